@@ -1,0 +1,24 @@
+"""Redis clients with short, explicit timeouts and no hidden retries."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+
+def connect(url: str, *, timeout_s: float, max_connections: int = 32) -> Redis:
+    """An asyncio client whose every call gives up after ``timeout_s``.
+
+    redis-py's defaults would retry with backoff and wait seconds per call,
+    holding a caller for a minute while Redis is down; we would rather know
+    at once and let the caller buffer.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+        health_check_interval=0,
+    )

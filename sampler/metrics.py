@@ -1,0 +1,43 @@
+"""Metrics of the sampler and its queue writer, on the registry they are given."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+DROP_REASONS = ("budget", "queue_full", "buffer_full", "redis_unavailable", "redis_error")
+
+
+class SamplerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sampled = Counter(
+            "vai_sampled_total",
+            "Sampling decisions by reason (an event with several reasons counts once per reason).",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "vai_sample_dropped_total",
+            "Sampled events not queued, by reason: budget, queue_full, buffer_full, "
+            "redis_unavailable, redis_error.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.queued = Counter(
+            "vai_sample_queued_total",
+            "Sampled events written to the model's Redis stream.",
+            ["model"],
+            registry=registry,
+        )
+        self.queue_length = Gauge(
+            "vai_queue_length",
+            "Entries in the model's stream waiting for attribution (last poll).",
+            ["model"],
+            registry=registry,
+        )
+        self.redis_up = Gauge("vai_redis_up", "1 if the last Redis call succeeded, else 0.", registry=registry)
+        self.buffered = Gauge(
+            "vai_buffer_events", "Sampled events waiting in memory to be written to Redis.", registry=registry
+        )
+        self.buffered_bytes = Gauge(
+            "vai_buffer_bytes", "Bytes of sampled events waiting in memory to be written to Redis.", registry=registry
+        )

@@ -1,0 +1,52 @@
+"""Run-time sampling-policy overrides, persisted in Redis and shared by every replica.
+
+Each model's overrides are a hash of field -> JSON value, so two replicas that
+change different fields at once both keep their change (``HSET`` merges).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sampler import keys
+
+log = logging.getLogger(__name__)
+
+
+class PolicyStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def load_all(self) -> dict[str, dict[str, Any]]:
+        """Every model's stored overrides."""
+        models = sorted(member.decode() for member in await self._redis.smembers(keys.POLICY_MODELS))  # type: ignore[misc]
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            pipe.hgetall(keys.policy(model))
+        overrides: dict[str, dict[str, Any]] = {}
+        for model, stored in zip(models, await pipe.execute(), strict=True):
+            try:
+                overrides[model] = {name.decode(): json.loads(value) for name, value in stored.items()}
+            except ValueError:
+                log.error("ignoring unreadable sampling policy of %r in Redis", model)
+        return overrides
+
+    async def save(self, model: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into the model's stored overrides."""
+        if not changes:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(keys.policy(model), mapping={name: json.dumps(value) for name, value in changes.items()})
+        pipe.sadd(keys.POLICY_MODELS, model)
+        await pipe.execute()
+
+    async def clear(self, model: str) -> None:
+        """Forget the model's overrides: the config file's policy applies again."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(keys.policy(model))
+        pipe.srem(keys.POLICY_MODELS, model)
+        await pipe.execute()

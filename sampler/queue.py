@@ -1,0 +1,183 @@
+"""The producer side of the sample streams: a bounded buffer flushed to Redis in the background.
+
+Requests never wait on Redis. They hand sampled events to :meth:`QueueWriter.offer`,
+which either buffers them or says why not. A background task writes the buffer
+with pipelined ``XADD ... MAXLEN ~`` calls; while Redis is unreachable the
+events wait (up to the buffer bounds) and are written when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import islice
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sampler import keys
+from sampler.contract import MESSAGE_FIELD, SampledEvent
+from sampler.metrics import SamplerMetrics
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    model: str
+    fields: dict[bytes, bytes]
+    size: int
+
+
+class QueueWriter:
+    def __init__(
+        self,
+        redis: Redis,
+        metrics: SamplerMetrics,
+        *,
+        max_events: int,
+        max_bytes: int,
+        batch_size: int,
+        stream_maxlen: int,
+        queue_max_length: int,
+        retry_s: float,
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._batch_size = batch_size
+        self._stream_maxlen = stream_maxlen
+        self._queue_max_length = queue_max_length
+        self._retry_s = retry_s
+        self._buffer: deque[_Entry] = deque()
+        self._bytes = 0
+        self._buffered: Counter[str] = Counter()
+        self._lengths: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self.redis_up = True
+        metrics.redis_up.set(1)
+        metrics.buffered.set_function(lambda: len(self._buffer))
+        metrics.buffered_bytes.set_function(lambda: self._bytes)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
+
+    def queue_lengths(self) -> dict[str, int]:
+        """Last polled stream length per model."""
+        return dict(self._lengths)
+
+    def offer(self, event: SampledEvent) -> str | None:
+        """Buffer ``event`` for writing; returns the drop reason when it cannot be kept."""
+        model = event.model
+        fields = event.encode()
+        size = len(fields[MESSAGE_FIELD])
+        reason: str | None = None
+        if self._lengths.get(model, 0) + self._buffered[model] >= self._queue_max_length:
+            reason = "queue_full"
+        elif len(self._buffer) >= self._max_events or self._bytes + size > self._max_bytes:
+            reason = "buffer_full" if self.redis_up else "redis_unavailable"
+        if reason is not None:
+            self._metrics.dropped.labels(model, reason).inc()
+            return reason
+        self._buffer.append(_Entry(model, fields, size))
+        self._bytes += size
+        self._buffered[model] += 1
+        self._wake.set()
+        return None
+
+    async def run(self) -> None:
+        """Flush forever (until cancelled), backing off while Redis is unreachable."""
+        while True:
+            await self._wake.wait()
+            if not await self.flush_once():
+                await asyncio.sleep(self._retry_s)
+            elif not self._buffer:
+                self._wake.clear()
+
+    async def flush_once(self) -> bool:
+        """Write up to one batch; ``False`` when Redis could not be reached."""
+        batch = list(islice(self._buffer, self._batch_size))
+        if not batch:
+            return True
+        pipe = self._redis.pipeline(transaction=False)
+        for entry in batch:
+            pipe.xadd(keys.sample_stream(entry.model), entry.fields,  # type: ignore[arg-type]
+                      maxlen=self._stream_maxlen, approximate=True)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except REDIS_DOWN as error:
+            self._mark_up(False, error)
+            return False
+        self._mark_up(True)
+        for entry, result in zip(batch, results, strict=True):
+            self._buffer.popleft()
+            self._bytes -= entry.size
+            self._buffered[entry.model] -= 1
+            if isinstance(result, Exception):
+                log.error("XADD to %s failed: %s", keys.sample_stream(entry.model), result)
+                self._metrics.dropped.labels(entry.model, "redis_error").inc()
+            else:
+                self._metrics.queued.labels(entry.model).inc()
+        return True
+
+    async def drain(self, *, timeout_s: float) -> None:
+        """Try to write everything buffered before shutting down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._buffer and loop.time() < deadline:
+            if not await self.flush_once():
+                await asyncio.sleep(min(self._retry_s, max(0.0, deadline - loop.time())))
+        if self._buffer:
+            log.warning("shutting down with %d sampled events not written to Redis", len(self._buffer))
+
+    async def ping(self) -> bool:
+        """Check Redis now (at start-up) and record whether it answered."""
+        try:
+            await self._redis.ping()  # type: ignore[misc]
+        except REDIS_DOWN as error:
+            self._mark_up(False, error)
+            return False
+        self._mark_up(True)
+        return True
+
+    async def poll_lengths(self, models: Iterable[str]) -> None:
+        """Read each model's stream length (its backlog: workers delete what they finish)."""
+        names = sorted(set(models) | set(self._buffered))
+        if not names:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for model in names:
+            pipe.xlen(keys.sample_stream(model))
+        try:
+            lengths = await pipe.execute(raise_on_error=False)
+        except REDIS_DOWN as error:
+            self._mark_up(False, error)
+            return
+        self._mark_up(True)
+        for model, length in zip(names, lengths, strict=True):
+            if isinstance(length, Exception):
+                log.error("XLEN %s failed: %s", keys.sample_stream(model), length)
+                continue
+            self._lengths[model] = int(length)
+            self._metrics.queue_length.labels(model).set(length)
+
+    def _mark_up(self, up: bool, error: BaseException | None = None) -> None:
+        if up != self.redis_up:
+            if up:
+                log.info("Redis reachable again; flushing %d buffered samples", len(self._buffer))
+            else:
+                log.warning("Redis unreachable (%s); buffering samples", error)
+        self.redis_up = up
+        self._metrics.redis_up.set(1 if up else 0)

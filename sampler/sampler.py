@@ -1,0 +1,112 @@
+"""Per-model sampling decisions: the reasons an event is worth explaining, and the budget."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from sampler.bucket import TokenBucket
+from sampler.policy import Reason, SamplingPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Sampler:
+    """Holds every model's effective policy, its event counter and its token bucket.
+
+    ``base`` gives a model's policy before run-time overrides (defaults plus the
+    config file). Overrides come from ``PUT /v1/models/{model}/sampling`` and
+    from the periodic refresh that reads what other replicas stored.
+    """
+
+    def __init__(
+        self,
+        base: Callable[[str], SamplingPolicy],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = base
+        self._clock = clock
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._policies: dict[str, SamplingPolicy] = {}
+        self._seen: dict[str, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def policy(self, model: str) -> SamplingPolicy:
+        policy = self._policies.get(model)
+        if policy is None:
+            policy = self._base(model).merged(self._overrides.get(model, {}))
+            self._install(model, policy)
+        return policy
+
+    def preview(self, model: str, changes: Mapping[str, Any]) -> tuple[SamplingPolicy, dict[str, Any]]:
+        """The policy and override set that ``changes`` would give; raises ``ValidationError``."""
+        overrides = {**self._overrides.get(model, {}), **changes}
+        return self._base(model).merged(overrides), overrides
+
+    def set_overrides(self, model: str, overrides: Mapping[str, Any]) -> SamplingPolicy:
+        """Replace a model's run-time overrides; raises ``ValidationError`` if they are invalid."""
+        policy = self._base(model).merged(dict(overrides))
+        self._overrides[model] = dict(overrides)
+        self._install(model, policy)
+        return policy
+
+    def sync_overrides(self, stored: Mapping[str, Mapping[str, Any]]) -> None:
+        """Adopt the full set of overrides read from Redis (other replicas' changes)."""
+        for model in set(self._overrides) | set(stored):
+            wanted = dict(stored.get(model, {}))
+            if self._overrides.get(model, {}) == wanted:
+                continue
+            try:
+                self.set_overrides(model, wanted)
+            except ValidationError as error:
+                log.error("ignoring invalid stored sampling policy for %r: %s", model, error)
+
+    def reasons(
+        self,
+        model: str,
+        *,
+        confidence: float,
+        margin: float,
+        cohort: Mapping[str, str],
+        has_input: bool,
+    ) -> tuple[Reason, ...]:
+        """Why this event should be sampled (empty: it should not). Counts it for ``every_n``."""
+        policy = self.policy(model)
+        seen = self._seen[model] = self._seen.get(model, 0) + 1
+        if policy.require_input and not has_input:
+            return ()
+        found: list[Reason] = []
+        if policy.every_n is not None and seen % policy.every_n == 0:
+            found.append("every_n")
+        if policy.confidence_below is not None and confidence < policy.confidence_below:
+            found.append("low_confidence")
+        if policy.margin_below is not None and margin < policy.margin_below:
+            found.append("low_margin")
+        if cohort and any(_matches(matcher, cohort) for matcher in policy.flagged_cohorts):
+            found.append("flagged_cohort")
+        return tuple(found)
+
+    def admit(self, model: str) -> bool:
+        """Spend one unit of the model's sampling budget, if any is left."""
+        self.policy(model)
+        return self._buckets[model].take()
+
+    def seen(self, model: str) -> int:
+        return self._seen.get(model, 0)
+
+    def _install(self, model: str, policy: SamplingPolicy) -> None:
+        self._policies[model] = policy
+        bucket = self._buckets.get(model)
+        if bucket is None:
+            self._buckets[model] = TokenBucket(policy.max_per_second, clock=self._clock)
+        else:
+            bucket.set_rate(policy.max_per_second)
+
+
+def _matches(matcher: Mapping[str, str], cohort: Mapping[str, str]) -> bool:
+    return all(cohort.get(key) == value for key, value in matcher.items())

@@ -1,0 +1,56 @@
+"""Bearer-token checks for the three scopes: ingest, read, admin."""
+
+from __future__ import annotations
+
+import enum
+import hmac
+
+from service.errors import SidecarError
+from service.settings import Settings
+
+
+class Scope(enum.Enum):
+    INGEST = "ingest"
+    READ = "read"
+    ADMIN = "admin"
+
+
+class TokenAuth:
+    """Admin tokens are accepted for every scope; every comparison is constant-time."""
+
+    def __init__(self, settings: Settings) -> None:
+        admin = _encode(settings.admin_tokens)
+        self._tokens = {
+            Scope.INGEST: _encode(settings.ingest_tokens) + admin,
+            Scope.READ: _encode(settings.read_tokens) + admin,
+            Scope.ADMIN: admin,
+        }
+        self._all = tuple({token for tokens in self._tokens.values() for token in tokens})
+        self.enabled = settings.auth_enabled
+
+    def check(self, authorization: str | None, scope: Scope) -> None:
+        """Raise 401 without a known token, 403 with a token of another scope."""
+        if not self.enabled:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise SidecarError(401, "authorization: send 'Authorization: Bearer <token>'",
+                               field="authorization", headers={"WWW-Authenticate": "Bearer"})
+        presented = token.strip().encode()
+        if _known(presented, self._tokens[scope]):
+            return
+        if _known(presented, self._all):
+            raise SidecarError(403, f"authorization: this token may not {scope.value}", field="authorization")
+        raise SidecarError(401, "authorization: unknown token", field="authorization",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+
+def _encode(tokens: tuple[str, ...]) -> tuple[bytes, ...]:
+    return tuple(token.encode() for token in tokens)
+
+
+def _known(presented: bytes, tokens: tuple[bytes, ...]) -> bool:
+    found = False
+    for token in tokens:
+        found |= hmac.compare_digest(presented, token)
+    return found

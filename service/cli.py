@@ -1,0 +1,61 @@
+"""``vai-sidecar``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from sampler.embedded import EmbeddedRedis
+from service.app import create_app
+from service.settings import Settings
+
+log = logging.getLogger("vai_sidecar")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vai-sidecar", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP sidecar (embedded Redis unless VAI_REDIS_URL)")
+    serve.add_argument("--host", help="bind address (default VAI_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default VAI_PORT or 8000)")
+    args = parser.parse_args(argv)
+    overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve_forever(settings)
+
+
+def serve_forever(settings: Settings) -> int:
+    if not settings.auth_enabled and not _is_loopback(settings.host):
+        log.error("refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS "
+                  "or bind 127.0.0.1", settings.host)
+        return 2
+    embedded: EmbeddedRedis | None = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(data_dir=settings.redis_data_dir).start()
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    loop="uvloop", http="httptools", access_log=False)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

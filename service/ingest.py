@@ -1,0 +1,197 @@
+"""The ingest data plane: validate events, record metrics, sample, enqueue. No HTTP here."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from sampler.contract import SampledEvent
+from sampler.labels import BoundedLabel
+from sampler.metrics import SamplerMetrics
+from sampler.policy import Reason
+from sampler.queue import QueueWriter
+from sampler.sampler import Sampler
+from service.errors import FieldError, SidecarError
+from service.metrics import IngestMetrics
+from service.parsing import Rejected, decode_body
+from service.settings import Settings
+from service.validation import Prediction, validate
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    request_id: str | None
+    field: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    request_id: str
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    sampled: list[Sampled] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+
+class IngestHandler:
+    """Turns request bodies into accepted predictions, metrics and queued samples."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sampler: Sampler,
+        writer: QueueWriter,
+        metrics: IngestMetrics,
+        sampler_metrics: SamplerMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._sampler = sampler
+        self._writer = writer
+        self._metrics = metrics
+        self._sampler_metrics = sampler_metrics
+        self._clock = clock
+        self._models: dict[str, BoundedLabel] = {}
+        """Known models, each with the bounded set of its version labels."""
+        self._cohort_values = {key: BoundedLabel(settings.max_cohort_values) for key in settings.cohort_keys}
+        self.embedding_dims: dict[str, int] = {}
+        self._recent: dict[str, dict[str, None]] = {}
+        self.counts: Counter[str] = Counter()
+        """Accepted events per model since start (for /status)."""
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self._models)
+
+    def ingest(self, body: bytes) -> IngestResult:
+        """Handle one request body; raises ``SidecarError`` when nothing in it is valid."""
+        received_at = self._clock()
+        try:
+            decoded = decode_body(body, max_batch=self._settings.max_batch)
+        except SidecarError:
+            self._metrics.rejected.labels("invalid_body").inc()
+            raise
+        result = IngestResult()
+        accepted: list[Prediction] = []
+        for index, item in enumerate(decoded):
+            try:
+                if isinstance(item, Rejected):
+                    raise item.error
+                prediction = validate(item, received_at=received_at)
+                self._admit(prediction)
+            except FieldError as error:
+                self._metrics.rejected.labels(error.reason).inc()
+                result.rejected.append(Rejection(index, item.request_id, error.field, str(error)))
+                continue
+            accepted.append(prediction)
+        result.accepted = len(accepted)
+        self._observe(accepted)
+        result.sampled = [sampled for sampled in map(self._sample, accepted) if sampled is not None]
+        if not accepted:
+            raise SidecarError(422, "no valid event in the request", detail=_detail(result))
+        return result
+
+    def _admit(self, prediction: Prediction) -> None:
+        """Checks that depend on what came before; records the event once it passes them all."""
+        model = prediction.model
+        if model not in self._models and len(self._models) >= self._settings.max_models:
+            raise FieldError("model", f"unknown model and already {self._settings.max_models} models "
+                             "(raise VAI_MAX_MODELS)", reason="too_many_models")
+        dim = self.embedding_dims.get(model)
+        if prediction.embedding_dim and dim is not None and dim != prediction.embedding_dim:
+            raise FieldError("embedding", f"expected {dim} values for model {model!r}, got "
+                             f"{prediction.embedding_dim}", reason="embedding_length")
+        recent = self._recent.setdefault(model, {})
+        if prediction.request_id in recent:
+            raise FieldError("request_id", f"duplicate of a recent event of model {model!r}", reason="duplicate")
+        if self._settings.dedupe_window:
+            recent[prediction.request_id] = None
+            if len(recent) > self._settings.dedupe_window:
+                del recent[next(iter(recent))]
+        if prediction.embedding_dim and dim is None:
+            self.embedding_dims[model] = prediction.embedding_dim
+        if model not in self._models:
+            self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
+
+    def _observe(self, accepted: list[Prediction]) -> None:
+        events: Counter[tuple[str, str]] = Counter()
+        low: Counter[tuple[str, str]] = Counter()
+        cohorts: Counter[tuple[str, str, str]] = Counter()
+        for prediction in accepted:
+            labels = (prediction.model, self._models[prediction.model](prediction.version))
+            events[labels] += 1
+            confidence_hist, margin_hist = self._metrics.histograms(*labels)
+            confidence_hist.observe(prediction.confidence)
+            margin_hist.observe(prediction.margin)
+            threshold = self._sampler.policy(prediction.model).confidence_below
+            if threshold is not None and prediction.confidence < threshold:
+                low[labels] += 1
+            for key, values in self._cohort_values.items():
+                value = prediction.cohort.get(key)
+                if value is not None:
+                    cohorts[(prediction.model, key, values(value))] += 1
+        for labels, count in events.items():
+            self._metrics.events.labels(*labels).inc(count)
+            self.counts[labels[0]] += count
+        for labels, count in low.items():
+            self._metrics.low_confidence.labels(*labels).inc(count)
+        for cohort_labels, count in cohorts.items():
+            self._metrics.cohort_events.labels(*cohort_labels).inc(count)
+
+    def _sample(self, prediction: Prediction) -> Sampled | None:
+        model = prediction.model
+        reasons = self._sampler.reasons(
+            model,
+            confidence=prediction.confidence,
+            margin=prediction.margin,
+            cohort=prediction.cohort,
+            has_input=prediction.input is not None,
+        )
+        if not reasons:
+            self._metrics.not_sampled.labels(model).inc()
+            return None
+        for reason in reasons:
+            self._sampler_metrics.sampled.labels(model, reason).inc()
+        if not self._sampler.admit(model):
+            self._sampler_metrics.dropped.labels(model, "budget").inc()
+            return None
+        if self._writer.offer(_message(prediction, reasons)) is not None:
+            return None
+        return Sampled(prediction.request_id, reasons)
+
+
+def _message(prediction: Prediction, reasons: tuple[Reason, ...]) -> SampledEvent:
+    return SampledEvent(
+        model=prediction.model,
+        model_version=prediction.version,
+        request_id=prediction.request_id,
+        timestamp=prediction.timestamp,
+        received_at=prediction.received_at,
+        reasons=reasons,
+        predicted=prediction.predicted,
+        confidence=prediction.confidence,
+        margin=prediction.margin,
+        num_classes=prediction.num_classes,
+        cohort=prediction.cohort,
+        label=prediction.label,
+        input=prediction.input,
+    )
+
+
+def _detail(result: IngestResult) -> dict[str, Any]:
+    return orjson.loads(result.to_json())  # type: ignore[no-any-return]

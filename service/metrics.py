@@ -1,0 +1,61 @@
+"""Ingest metrics, on the registry they are given; label children are cached."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+MARGIN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "vai_events", "Valid prediction events accepted.", ["model", "version"], registry=registry
+        )
+        self.rejected = Counter(
+            "vai_events_rejected",
+            "Events refused, by reason (a body that could not be read counts once).",
+            ["reason"],
+            registry=registry,
+        )
+        self.not_sampled = Counter(
+            "vai_events_not_sampled", "Accepted events no sampling rule chose.", ["model"], registry=registry
+        )
+        self.confidence = Histogram(
+            "vai_prediction_confidence",
+            "Top-1 probability of accepted events (softmax of the logits when logits are sent).",
+            ["model", "version"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=registry,
+        )
+        self.margin = Histogram(
+            "vai_logit_margin",
+            "Top-1 minus top-2 logit of accepted events (log-probabilities when probabilities are sent).",
+            ["model", "version"],
+            buckets=MARGIN_BUCKETS,
+            registry=registry,
+        )
+        self.low_confidence = Counter(
+            "vai_low_confidence",
+            "Accepted events whose top-1 probability is below the model's confidence_below threshold.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.cohort_events = Counter(
+            "vai_cohort_events",
+            "Accepted events per allowlisted cohort key and value (rare values as __other__).",
+            ["model", "cohort", "value"],
+            registry=registry,
+        )
+        self._histograms: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
+
+    def histograms(self, model: str, version: str) -> tuple[Histogram, Histogram]:
+        """Cached (confidence, margin) children of one model version."""
+        pair = self._histograms.get((model, version))
+        if pair is None:
+            pair = self._histograms[(model, version)] = (
+                self.confidence.labels(model, version),
+                self.margin.labels(model, version),
+            )
+        return pair

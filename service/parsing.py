@@ -1,0 +1,139 @@
+"""Turn a raw request body into decoded events, one verdict per position.
+
+The fast path decodes the whole body into typed structs in one pass. Only when
+that fails does the body get taken apart event by event, so that one bad
+event never costs the valid ones beside it. JSON that msgspec refuses (NaN or
+Infinity tokens are not JSON) is re-read by the standard library, which
+accepts them, so the error can name the event and field instead of failing
+the whole body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from service.errors import FieldError, SidecarError
+from service.schemas import BatchIn, EventIn, RawBatchIn
+
+_BATCH = msgspec.json.Decoder(BatchIn)
+_RAW_BATCH = msgspec.json.Decoder(RawBatchIn)
+_EVENT = msgspec.json.Decoder(EventIn)
+_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?:\.events\[\d+\])?\.?(?P<path>[^`]*)`)?$", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An event refused at ``index`` of the request."""
+
+    index: int
+    request_id: str | None
+    error: FieldError
+
+
+Decoded = EventIn | Rejected
+
+
+def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
+    """Every event of ``body`` in order, decoded or rejected; raises ``SidecarError`` for the envelope."""
+    if not body.strip():
+        raise SidecarError(422, "body: empty; send one event object or {\"events\": [...]}", field="body")
+    try:
+        events = _BATCH.decode(body).events
+    except msgspec.ValidationError as error:
+        if "at `$.events[" in str(error):
+            return _decode_one_by_one(body, max_batch=max_batch)
+        return [_decode_single(body)]
+    except msgspec.DecodeError:
+        return _decode_lenient(body, max_batch=max_batch)
+    _check_count(len(events), max_batch)
+    return list(events)
+
+
+def _decode_single(body: bytes) -> Decoded:
+    try:
+        return _EVENT.decode(body)
+    except msgspec.ValidationError as error:
+        return Rejected(0, _request_id_of(body), field_error(error))
+
+
+def _decode_one_by_one(body: bytes, *, max_batch: int) -> list[Decoded]:
+    raw_events = _RAW_BATCH.decode(body).events
+    _check_count(len(raw_events), max_batch)
+    decoded: list[Decoded] = []
+    for index, raw in enumerate(raw_events):
+        try:
+            decoded.append(_EVENT.decode(raw))
+        except msgspec.ValidationError as error:
+            decoded.append(Rejected(index, _request_id_of(bytes(raw)), field_error(error)))
+    return decoded
+
+
+def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SidecarError(422, f"body: not valid JSON: {error}", field="body") from None
+    if isinstance(document, dict) and set(document) == {"events"} and isinstance(document["events"], list):
+        items: list[Any] = document["events"]
+        _check_count(len(items), max_batch)
+    else:
+        items = [document]
+    return [_decode_item(index, item) for index, item in enumerate(items)]
+
+
+def _decode_item(index: int, item: Any) -> Decoded:
+    request_id = item.get("request_id") if isinstance(item, dict) else None
+    request_id = request_id if isinstance(request_id, str) else None
+    bad = _non_finite_path(item, "")
+    if bad is not None:
+        return Rejected(index, request_id, FieldError(bad, "must be a finite number", reason="non_finite"))
+    try:
+        return _EVENT.decode(msgspec.json.encode(item))
+    except msgspec.ValidationError as error:
+        return Rejected(index, request_id, field_error(error))
+
+
+def _non_finite_path(value: Any, path: str) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for child_path, child in items:
+        found = _non_finite_path(child, child_path)
+        if found is not None:
+            return found
+    return None
+
+
+def field_error(error: msgspec.ValidationError) -> FieldError:
+    """Our error for a msgspec one: ``field: message`` with the path inside the event."""
+    match = _PATH.match(str(error))
+    message = match.group("message") if match else str(error)
+    path = (match.group("path") if match else None) or "event"
+    reason = "non_finite" if "out of range" in message else "invalid"
+    return FieldError(path, message[:1].lower() + message[1:], reason=reason)
+
+
+def _request_id_of(raw: bytes) -> str | None:
+    try:
+        found = msgspec.json.decode(raw, type=dict[str, msgspec.Raw]).get("request_id")
+        return msgspec.json.decode(found, type=str) if found is not None else None
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+def _check_count(count: int, max_batch: int) -> None:
+    if count == 0:
+        raise SidecarError(422, "events: empty list", field="events")
+    if count > max_batch:
+        raise SidecarError(422, f"events: at most {max_batch} per request, got {count}", field="events")

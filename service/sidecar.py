@@ -1,0 +1,147 @@
+"""Everything one sidecar process holds, built from settings and torn down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from sampler.connection import connect
+from sampler.metrics import SamplerMetrics
+from sampler.policy import SamplingPolicy, SamplingPolicyPatch
+from sampler.policy_store import PolicyStore
+from sampler.queue import REDIS_DOWN, QueueWriter
+from sampler.sampler import Sampler
+from service.auth import TokenAuth
+from service.errors import SidecarError
+from service.ingest import IngestHandler
+from service.metrics import IngestMetrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    redis_up: bool
+    buffered_events: int
+    buffered_bytes: int
+    buffer_max_events: int
+    queue_lengths: dict[str, int]
+    accepted: dict[str, int]
+    auth_enabled: bool
+
+
+class Sidecar:
+    """The plain object behind the HTTP routes; ``start``/``stop`` run its background tasks."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        if settings.redis_url is None:
+            raise ValueError("Settings.redis_url must be set (the CLI starts an embedded Redis when it is not)")
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+        self.auth = TokenAuth(settings)
+        self.sampler = Sampler(settings.model_policy)
+        self.policies = PolicyStore(self.redis)
+        self.sampler_metrics = SamplerMetrics(self.registry)
+        self.writer = QueueWriter(
+            self.redis,
+            self.sampler_metrics,
+            max_events=settings.buffer_max_events,
+            max_bytes=settings.buffer_max_bytes,
+            batch_size=settings.flush_batch,
+            stream_maxlen=settings.stream_maxlen,
+            queue_max_length=settings.queue_max_length,
+            retry_s=settings.flush_retry_s,
+        )
+        self.ingest = IngestHandler(
+            settings,
+            sampler=self.sampler,
+            writer=self.writer,
+            metrics=IngestMetrics(self.registry),
+            sampler_metrics=self.sampler_metrics,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if await self.writer.ping():
+            await self._refresh_policies()
+        self._tasks = [
+            asyncio.create_task(self.writer.run(), name="queue-writer"),
+            asyncio.create_task(self._every(self.settings.policy_refresh_s, self._refresh_policies),
+                                name="policy-refresh"),
+            asyncio.create_task(self._every(self.settings.queue_poll_s, self._poll_queues), name="queue-poll"),
+        ]
+
+    async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.writer.drain(timeout_s=drain_timeout_s)
+        await self.redis.aclose()
+
+    def status(self) -> Status:
+        return Status(
+            redis_up=self.writer.redis_up,
+            buffered_events=self.writer.buffered,
+            buffered_bytes=self.writer.buffered_bytes,
+            buffer_max_events=self.settings.buffer_max_events,
+            queue_lengths=self.writer.queue_lengths(),
+            accepted=dict(self.ingest.counts),
+            auth_enabled=self.auth.enabled,
+        )
+
+    async def update_policy(self, model: str, patch: SamplingPolicyPatch) -> SamplingPolicy:
+        """Apply a partial policy change, persist it for every replica, and return the result."""
+        changes = patch.changes()
+        try:
+            _, overrides = self.sampler.preview(model, changes)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise SidecarError(422, f"{where}: {first['msg']}", field=where) from None
+        try:
+            await self.policies.save(model, changes)
+        except REDIS_DOWN as error:
+            raise SidecarError(503, f"redis: policy not stored, try again: {error}",
+                               headers={"Retry-After": "1"}) from None
+        return self.sampler.set_overrides(model, overrides)
+
+    async def reset_policy(self, model: str) -> SamplingPolicy:
+        """Drop the run-time overrides of ``model``."""
+        try:
+            await self.policies.clear(model)
+        except REDIS_DOWN as error:
+            raise SidecarError(503, f"redis: policy not reset, try again: {error}",
+                               headers={"Retry-After": "1"}) from None
+        return self.sampler.set_overrides(model, {})
+
+    async def _refresh_policies(self) -> None:
+        try:
+            stored = await self.policies.load_all()
+        except REDIS_DOWN as error:
+            log.debug("policy refresh skipped: %s", error)
+            return
+        self.sampler.sync_overrides(stored)
+
+    async def _poll_queues(self) -> None:
+        await self.writer.poll_lengths(self.ingest.models)
+
+    @staticmethod
+    async def _every(period_s: float, action: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await action()
+            except Exception:  # a periodic task must outlive any one failure
+                log.exception("periodic task %s failed", getattr(action, "__name__", action))
