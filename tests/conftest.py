@@ -1,0 +1,115 @@
+"""Shared fixtures: a real redis-server on a random loopback port, settings, a running app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from sampler.embedded import EmbeddedRedis
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """One real redis-server for the session; tests flush it through ``redis_url``."""
+    server = EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis"), append_only=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_settings(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    """Settings on the test Redis, isolated from the caller's ``VAI_*`` environment."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("VAI_"):
+            monkeypatch.delenv(name)
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"redis_url": redis_url, "policy_refresh_s": 0.1, "queue_poll_s": 0.1}
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    """Start the app (lifespan included) with settings overrides; stopped after the test."""
+    clients: list[TestClient] = []
+
+    def make(registry: CollectorRegistry | None = None, **overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides), registry=registry))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in reversed(clients):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def event(request_id: str = "r1", *, model: str = "digits", **fields: Any) -> dict[str, Any]:
+    """A valid event; ``fields`` override or add to it."""
+    body: dict[str, Any] = {"model": model, "request_id": request_id, "logits": [4.0, 1.0, 0.5]}
+    body.update(fields)
+    return body
+
+
+@pytest.fixture
+def tmp_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test alone, free to be stopped and restarted (same port, same data)."""
+    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

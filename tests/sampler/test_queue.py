@@ -1,0 +1,121 @@
+"""The queue writer against a real Redis, including an outage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from conftest import event, wait_until
+from sampler import keys
+from sampler.connection import connect
+from sampler.contract import SampledEvent
+from sampler.embedded import EmbeddedRedis
+from sampler.metrics import SamplerMetrics
+from sampler.queue import QueueWriter
+
+pytestmark = pytest.mark.anyio
+
+
+def message(request_id: str, model: str = "digits") -> SampledEvent:
+    return SampledEvent(model=model, model_version="v", request_id=request_id, timestamp=1.0, received_at=1.0,
+                        reasons=("every_n",), predicted=0, confidence=0.9, margin=1.0, num_classes=3)
+
+
+@pytest.fixture
+async def writer_factory(redis_url: str) -> AsyncIterator[Callable[..., tuple[QueueWriter, CollectorRegistry]]]:
+    clients = []
+
+    def make(**overrides: int) -> tuple[QueueWriter, CollectorRegistry]:
+        client = connect(redis_url, timeout_s=0.5)
+        clients.append(client)
+        registry = CollectorRegistry()
+        options = {"max_events": 100, "max_bytes": 1 << 20, "batch_size": 10, "stream_maxlen": 1000,
+                   "queue_max_length": 100, "retry_s": 0.05}
+        options.update(overrides)
+        return QueueWriter(client, SamplerMetrics(registry), **options), registry  # type: ignore[arg-type]
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_flush_writes_versioned_messages_in_order(writer_factory, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    writer, registry = writer_factory()
+    for i in range(25):
+        assert writer.offer(message(f"r{i}")) is None
+    while writer.buffered:
+        assert await writer.flush_once()
+    entries = redis_client.xrange(keys.sample_stream("digits"))
+    assert [SampledEvent.decode(fields).request_id for _, fields in entries] == [f"r{i}" for i in range(25)]
+    assert registry.get_sample_value("vai_sample_queued_total", {"model": "digits"}) == 25
+
+
+async def test_queue_cap_counts_backlog_and_buffer(writer_factory) -> None:  # type: ignore[no-untyped-def]
+    writer, registry = writer_factory(queue_max_length=5)
+    reasons = [writer.offer(message(f"r{i}")) for i in range(5)]
+    while writer.buffered:
+        await writer.flush_once()
+    await writer.poll_lengths(["digits"])
+    reasons += [writer.offer(message("late"))]
+    assert reasons == [None] * 5 + ["queue_full"]
+    assert writer.queue_lengths() == {"digits": 5}
+    assert registry.get_sample_value("vai_sample_dropped_total", {"model": "digits", "reason": "queue_full"}) == 1
+
+
+async def test_buffer_bounds_by_count_and_bytes(writer_factory) -> None:  # type: ignore[no-untyped-def]
+    writer, _ = writer_factory(max_events=3)
+    assert [writer.offer(message(f"r{i}")) for i in range(4)] == [None, None, None, "buffer_full"]
+    size = len(message("r0").encode()[b"m"])
+    small, _ = writer_factory(max_bytes=2 * size + 1)
+    assert [small.offer(message(f"r{i}")) for i in range(3)] == [None, None, "buffer_full"]
+
+
+async def test_entry_refused_by_redis_is_dropped_not_retried(writer_factory, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    redis_client.set(keys.sample_stream("broken"), "not a stream")
+    writer, registry = writer_factory()
+    writer.offer(message("a", model="broken"))
+    writer.offer(message("b"))
+    assert await writer.flush_once()
+    assert writer.buffered == 0
+    assert registry.get_sample_value("vai_sample_dropped_total", {"model": "broken", "reason": "redis_error"}) == 1
+    assert redis_client.xlen(keys.sample_stream("digits")) == 1
+
+
+def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
+    own_redis: EmbeddedRedis, make_client: Callable[..., TestClient]
+) -> None:
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, redis_url=own_redis.url, buffer_max_events=50, flush_retry_s=0.05,
+                         sampling={"every_n": 1, "max_per_second": 10_000})
+    stream = keys.sample_stream("digits")
+    direct = redis.Redis.from_url(own_redis.url)
+
+    def queued() -> float:
+        return registry.get_sample_value("vai_sample_queued_total", {"model": "digits"}) or 0.0
+
+    client.post("/v1/events", json={"events": [event(f"before{i}") for i in range(10)]})
+    wait_until(lambda: queued() == 10, what="first 10 queued")
+    own_redis.stop()
+    wait_until(lambda: registry.get_sample_value("vai_redis_up") == 0, what="redis_up to drop")
+
+    response = client.post("/v1/events", json={"events": [event(f"during{i}") for i in range(80)]})
+    assert response.status_code == 202
+    assert response.json()["accepted"] == 80
+    dropped = registry.get_sample_value("vai_sample_dropped_total",
+                                        {"model": "digits", "reason": "redis_unavailable"})
+    assert dropped == 30
+    assert client.get("/status").json()["buffered_events"] == 50
+
+    restarted = EmbeddedRedis(data_dir=own_redis.data_dir, port=own_redis.port).start()
+    try:
+        wait_until(lambda: queued() == 60, what="buffer flushed after restart")
+        ids = [SampledEvent.decode(fields).request_id for _, fields in direct.xrange(stream)]
+        assert ids == [f"before{i}" for i in range(10)] + [f"during{i}" for i in range(50)]
+        assert registry.get_sample_value("vai_redis_up") == 1
+    finally:
+        direct.close()
+        restarted.stop()

@@ -1,0 +1,98 @@
+"""Sampling reasons and the budget, on known inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from sampler.policy import SamplingPolicy
+from sampler.sampler import Sampler
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_sampler(clock: FakeClock | None = None, **policy: object) -> Sampler:
+    base = SamplingPolicy.model_validate(policy)
+    return Sampler(lambda model: base, clock=clock or FakeClock())
+
+
+def decide(sampler: Sampler, *, confidence: float = 0.9, margin: float = 5.0,
+           cohort: dict[str, str] | None = None, has_input: bool = True, model: str = "m") -> tuple[str, ...]:
+    return sampler.reasons(model, confidence=confidence, margin=margin, cohort=cohort or {}, has_input=has_input)
+
+
+def test_every_n_picks_exactly_the_nth_events_per_model() -> None:
+    sampler = make_sampler(every_n=10, confidence_below=None)
+    picked = [i for i in range(1, 101) if decide(sampler)]
+    assert picked == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert [decide(sampler, model="other") for _ in range(3)] == [(), (), ()]
+
+
+@pytest.mark.parametrize(
+    ("policy", "inputs", "expected"),
+    [
+        pytest.param({"confidence_below": 0.5}, {"confidence": 0.49}, ("low_confidence",), id="below-confidence"),
+        pytest.param({"confidence_below": 0.5}, {"confidence": 0.5}, (), id="at-confidence-threshold"),
+        pytest.param({"margin_below": 1.0}, {"margin": 0.99}, ("low_margin",), id="below-margin"),
+        pytest.param({"margin_below": None}, {"margin": 0.0}, (), id="margin-disabled"),
+        pytest.param({"flagged_cohorts": [{"region": "eu"}]}, {"cohort": {"region": "eu", "device": "x"}},
+                     ("flagged_cohort",), id="cohort-match"),
+        pytest.param({"flagged_cohorts": [{"region": "eu", "device": "mobile"}]},
+                     {"cohort": {"region": "eu", "device": "web"}}, (), id="cohort-partial-match"),
+        pytest.param({"confidence_below": 0.5, "margin_below": 1.0, "flagged_cohorts": [{"a": "b"}]},
+                     {"confidence": 0.3, "margin": 0.2, "cohort": {"a": "b"}},
+                     ("low_confidence", "low_margin", "flagged_cohort"), id="several-reasons"),
+        pytest.param({"confidence_below": 0.5, "require_input": True}, {"confidence": 0.1, "has_input": False},
+                     (), id="require-input-without-input"),
+    ],
+)
+def test_reasons(policy: dict[str, object], inputs: dict[str, object], expected: tuple[str, ...]) -> None:
+    sampler = make_sampler(every_n=None, **{"confidence_below": None, **policy})
+    assert decide(sampler, **inputs) == expected  # type: ignore[arg-type]
+
+
+def test_require_input_still_counts_events_for_every_n() -> None:
+    sampler = make_sampler(every_n=2, confidence_below=None, require_input=True)
+    assert decide(sampler, has_input=True) == ()
+    assert decide(sampler, has_input=False) == ()
+    assert decide(sampler, has_input=True) == ()
+    assert decide(sampler, has_input=True) == ("every_n",)
+
+
+def test_budget_admits_rate_per_second_after_the_burst() -> None:
+    clock = FakeClock()
+    sampler = make_sampler(clock, max_per_second=5)
+    assert sum(sampler.admit("m") for _ in range(20)) == 5
+    clock.now += 1.0
+    assert sum(sampler.admit("m") for _ in range(20)) == 5
+    clock.now += 0.2
+    assert sum(sampler.admit("m") for _ in range(20)) == 1
+
+
+def test_zero_budget_admits_nothing() -> None:
+    sampler = make_sampler(max_per_second=0)
+    assert not any(sampler.admit("m") for _ in range(5))
+
+
+def test_overrides_change_the_policy_and_the_budget() -> None:
+    clock = FakeClock()
+    sampler = make_sampler(clock, max_per_second=1)
+    assert sum(sampler.admit("m") for _ in range(5)) == 1
+    sampler.set_overrides("m", {"max_per_second": 100.0, "every_n": 1})
+    clock.now += 1.0
+    assert sum(sampler.admit("m") for _ in range(200)) == 100
+    assert decide(sampler) == ("every_n",)
+    assert sampler.policy("other").every_n == 100
+
+
+def test_sync_ignores_invalid_stored_overrides(caplog: pytest.LogCaptureFixture) -> None:
+    sampler = make_sampler(every_n=5)
+    sampler.sync_overrides({"m": {"every_n": 0}, "n": {"every_n": 2}})
+    assert sampler.policy("m").every_n == 5
+    assert sampler.policy("n").every_n == 2
+    assert "invalid stored sampling policy" in caplog.text

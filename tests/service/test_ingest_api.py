@@ -1,0 +1,55 @@
+"""POST /v1/events: what is accepted, what is sampled, and the response shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+from fastapi.testclient import TestClient
+
+from conftest import event
+from sampler import keys
+from sampler.contract import SampledEvent
+
+
+def test_single_event_is_accepted(client: TestClient) -> None:
+    response = client.post("/v1/events", json=event())
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 1, "rejected": [], "sampled": []}
+
+
+def test_batch_reports_sampled_events_with_reasons(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(sampling={"every_n": 2, "confidence_below": 0.5})
+    events = [event(f"r{i}") for i in range(4)] + [event("unsure", logits=[1.0, 1.0, 1.0])]
+    response = client.post("/v1/events", json={"events": events})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 5
+    assert body["sampled"] == [
+        {"request_id": "r1", "reasons": ["every_n"]},
+        {"request_id": "r3", "reasons": ["every_n"]},
+        {"request_id": "unsure", "reasons": ["low_confidence"]},
+    ]
+
+
+def test_sampled_events_reach_the_model_stream(
+    make_client: Callable[..., TestClient], redis_client: redis.Redis
+) -> None:
+    client = make_client(sampling={"every_n": 1})
+    client.post("/v1/events", json=event("a", cohort={"region": "eu"}, label=2, input=[[0.0, 1.0], [2.0, 3.0]]))
+    entries = _wait_for_entries(redis_client, "digits", 1)
+    message = SampledEvent.decode(entries[0][1])
+    assert (message.request_id, message.predicted, message.label) == ("a", 0, 2)
+    assert message.cohort == {"region": "eu"}
+    assert message.input is not None and message.input.to_array().tolist() == [[0.0, 1.0], [2.0, 3.0]]
+
+
+def _wait_for_entries(client: redis.Redis, model: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries = client.xrange(keys.sample_stream(model))
+        if len(entries) >= count:
+            return entries  # type: ignore[return-value]
+    raise AssertionError(f"stream of {model} did not reach {count} entries")
