@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,7 +12,10 @@ from service.errors import SidecarError
 from service.sidecar import Sidecar
 
 
-def get_sidecar(request: Request) -> Sidecar:
+# Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` ones in a thread pool.
+
+
+async def get_sidecar(request: Request) -> Sidecar:
     sidecar: Sidecar = request.app.state.sidecar
     return sidecar
 
@@ -20,14 +23,13 @@ def get_sidecar(request: Request) -> Sidecar:
 SidecarDep = Annotated[Sidecar, Depends(get_sidecar)]
 
 
-def _require(scope: Scope) -> Callable[[Request], None]:
-    def check(request: Request) -> None:
+def _require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
+    async def check(request: Request) -> None:
         request.app.state.sidecar.auth.check(request.headers.get("authorization"), scope)
 
     return check
 
 
-IngestScope = Depends(_require(Scope.INGEST))
 ReadScope = Depends(_require(Scope.READ))
 AdminScope = Depends(_require(Scope.ADMIN))
 

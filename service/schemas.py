@@ -1,9 +1,11 @@
 """Wire schemas of the ingest API, decoded straight from the raw body with msgspec.
 
 msgspec validates types while it parses, which is several times cheaper than
-FastAPI body models for events that carry thousands of floats. The embedding
-is kept as raw JSON: only its shape is checked on the request path and it is
-parsed later, off the request path, by the monitors that need it.
+FastAPI body models for events that carry thousands of floats. The number
+lists are kept as raw JSON: the scores are parsed by orjson straight into an
+array (faster than a typed list of floats), and the embedding only has its
+shape checked on the request path; the monitors that need it parse it later,
+off the request path.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ ModelName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 CohortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Scores = Annotated[list[float], msgspec.Meta(min_length=2, max_length=100_000)]
 Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=8)]
 
 ABSENT = msgspec.Raw(b"")
-"""Marks an embedding that was not sent (``msgspec.Raw`` cannot be optional)."""
+"""Marks a raw field that was not sent (``msgspec.Raw`` cannot be optional)."""
 
 
 class InputIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -40,8 +41,10 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     model_version: Version = "unversioned"
     timestamp: str | float | None = None
     """RFC 3339 string or epoch seconds; receive time when absent."""
-    logits: Scores | None = None
-    probabilities: Scores | None = None
+    logits: msgspec.Raw = ABSENT
+    """List of at least 2 finite numbers (exactly one of logits or probabilities)."""
+    probabilities: msgspec.Raw = ABSENT
+    """List of at least 2 probabilities summing to 1 ± 1e-3."""
     embedding: msgspec.Raw = ABSENT
     """List of finite floats, kept raw; same length for every event of a model."""
     cohort: Annotated[dict[CohortText, CohortText], msgspec.Meta(max_length=32)] | None = None
@@ -66,6 +69,8 @@ class RawBatchIn(msgspec.Struct, forbid_unknown_fields=True):
 class Event(EventIn):
     """Documentation twin of :class:`EventIn` (a raw field has no JSON schema)."""
 
+    logits: list[float] | None = None  # type: ignore[assignment]
+    probabilities: list[float] | None = None  # type: ignore[assignment]
     embedding: list[float] | None = None  # type: ignore[assignment]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import orjson
 
 from sampler.contract import DTYPES, InputTensor
 from service.errors import FieldError
@@ -21,7 +22,8 @@ from service.schemas import EventIn
 PROBABILITY_TOLERANCE = 1e-3
 _TINY = 1e-12
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
-_NUMBER_BYTES = b"0123456789+-.eE \t\n\r,"
+_NOT_NUMBER = (b'"', b"[", b"{", b"t", b"f", b"n")
+_MIN_CLASSES, _MAX_CLASSES = 2, 100_000
 _BIG_EXPONENT = re.compile(rb"[eE]\+?\d{3}")
 
 
@@ -60,9 +62,7 @@ def validate(event: EventIn, *, received_at: float) -> Prediction:
     predicted, confidence, margin = summarise(scores, from_logits=from_logits)
     if event.label is not None and event.label >= scores.shape[0]:
         raise FieldError("label", f"class {event.label} out of range for {scores.shape[0]} classes")
-    raw_embedding = bytes(event.embedding) or None
-    if raw_embedding == b"null":
-        raw_embedding = None
+    raw_embedding = _present(event.embedding)
     return Prediction(
         model=event.model,
         version=event.model_version,
@@ -83,48 +83,74 @@ def validate(event: EventIn, *, received_at: float) -> Prediction:
 
 
 def summarise(scores: np.ndarray, *, from_logits: bool) -> tuple[int, float, float]:
-    """Predicted class, top-1 probability and top-1 minus top-2 logit."""
+    """Predicted class, top-1 probability and top-1 minus top-2 logit, in a handful of numpy calls."""
     predicted = int(scores.argmax())
-    second, first = np.partition(scores, -2)[-2:]
+    first = float(scores[predicted])
     if from_logits:
-        confidence = 1.0 / float(np.exp(scores - first).sum())
-        return predicted, confidence, float(first - second)
-    margin = math.log(max(float(first), _TINY)) - math.log(max(float(second), _TINY))
-    return predicted, float(first), margin
+        weights = np.exp(scores - first)  # weights[predicted] == 1
+        confidence = 1.0 / float(weights.sum())
+        weights[predicted] = 0.0
+        runner_up = float(weights.max())  # exp(second - first)
+        if runner_up > 0.0:
+            return predicted, confidence, -math.log(runner_up)
+        second = float(np.partition(scores, -2)[-2])  # exp underflowed: margin above ~745
+        return predicted, confidence, first - second
+    rest = scores.copy()
+    rest[predicted] = -1.0
+    second = float(rest.max())
+    return predicted, first, math.log(max(first, _TINY)) - math.log(max(second, _TINY))
 
 
 def _scores_of(event: EventIn) -> tuple[np.ndarray, bool]:
-    if (event.logits is None) == (event.probabilities is None):
+    logits, probabilities = _present(event.logits), _present(event.probabilities)
+    if (logits is None) == (probabilities is None):
         raise FieldError("logits", "send exactly one of logits or probabilities", reason="missing_scores")
-    from_logits = event.logits is not None
-    field = "logits" if from_logits else "probabilities"
-    scores = np.frombuffer(array("d", event.logits or event.probabilities or ()), dtype=np.float64)
-    if not np.isfinite(scores).all():
-        index = int(np.flatnonzero(~np.isfinite(scores))[0])
-        raise FieldError(f"{field}[{index}]", "must be a finite number", reason="non_finite")
-    if not from_logits:
+    field = "logits" if logits is not None else "probabilities"
+    raw = logits if logits is not None else probabilities
+    _check_number_list(raw, field)  # type: ignore[arg-type]
+    try:
+        values = orjson.loads(raw)  # type: ignore[arg-type]  # refuses NaN, Infinity and 1e400
+    except orjson.JSONDecodeError:
+        raise FieldError(field, "every value must be a finite number", reason="non_finite") from None
+    if not _MIN_CLASSES <= len(values) <= _MAX_CLASSES:
+        raise FieldError(field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {len(values)}",
+                         reason="bad_length")
+    scores = np.frombuffer(array("d", values), dtype=np.float64)
+    if probabilities is not None:
         low, high, total = float(scores.min()), float(scores.max()), float(scores.sum())
         if low < 0.0 or high > 1.0:
             raise FieldError("probabilities", "every value must lie in [0, 1]", reason="bad_probabilities")
         if abs(total - 1.0) > PROBABILITY_TOLERANCE:
             raise FieldError("probabilities", f"must sum to 1 ± {PROBABILITY_TOLERANCE}, got {total:.6g}",
                              reason="bad_probabilities")
-    return scores, from_logits
+    return scores, logits is not None
+
+
+def _present(raw: msgspec.Raw) -> bytes | None:
+    value = bytes(raw)
+    return None if value in (b"", b"null") else value
+
+
+def _check_number_list(raw: bytes, field: str) -> None:
+    """Raw JSON (well-formed: msgspec checked it) is a flat list of numbers exactly when it holds
+    no string, nested value, true, false or null between its brackets."""
+    end = len(raw) - 1
+    if raw[:1] != b"[" or any(raw.find(marker, 1, end) >= 0 for marker in _NOT_NUMBER):
+        raise FieldError(field, "must be a flat list of numbers")
 
 
 def embedding_length(raw: bytes) -> int:
     """Length of a raw JSON embedding after checking it is a flat, non-empty list of finite numbers."""
-    inner = raw[1:-1]
-    if raw[:1] != b"[" or inner.translate(None, _NUMBER_BYTES):
-        raise FieldError("embedding", "must be a flat list of numbers")
-    if not inner.strip():
+    _check_number_list(raw, "embedding")
+    commas = raw.count(b",")
+    if commas == 0 and not raw[1:-1].strip():
         raise FieldError("embedding", "must not be empty")
-    if (b"e" in inner or b"E" in inner) and _BIG_EXPONENT.search(inner):
+    if (raw.find(b"e") >= 0 or raw.find(b"E") >= 0) and _BIG_EXPONENT.search(raw):
         try:
             msgspec.json.decode(raw, type=list[float])
         except msgspec.ValidationError as error:
             raise FieldError("embedding", "must hold finite numbers only", reason="non_finite") from error
-    return inner.count(b",") + 1
+    return commas + 1
 
 
 def decode_embedding(raw: bytes) -> np.ndarray:

@@ -1,0 +1,133 @@
+"""Ingest throughput and latency of the sidecar beside a bare FastAPI + orjson floor.
+
+    .venv/bin/python -m benchmarks.ingest [--seconds 8] [--rounds 2]
+
+Events carry 1000 logits and a 768-float embedding. Both servers run as one
+uvicorn process pinned to CPU 0 (uvloop, httptools); the load generator runs
+pinned to CPU 1. Phases alternate floor/sidecar for ``--rounds`` rounds and
+the mean of the rounds is printed, with the ratio sidecar/floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from benchmarks import loadgen
+from sampler.embedded import EmbeddedRedis, free_port
+
+SLOT = b"@" * 12
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_template(events_per_request: int, *, seed: int = 0) -> loadgen.Template:
+    rng = np.random.default_rng(seed)
+    events: list[dict[str, Any]] = []
+    for index in range(events_per_request):
+        logits = rng.normal(0.0, 2.0, 1000)
+        logits[rng.integers(1000)] += 12.0 if index % 10 else 2.0  # one in ten is unsure
+        events.append({
+            "model": "bench", "model_version": "v1", "request_id": SLOT.decode(),
+            "logits": logits.round(6).tolist(), "embedding": rng.normal(0.0, 1.0, 768).round(6).tolist(),
+            "cohort": {"region": ("eu", "us", "apac")[index % 3], "device": "mobile"},
+        })
+    body = orjson.dumps(events[0] if events_per_request == 1 else {"events": events})
+    slots, start = [], 0
+    while (found := body.find(SLOT, start)) >= 0:
+        slots.append(found)
+        start = found + len(SLOT)
+    return loadgen.Template(bytearray(body), slots, len(SLOT))
+
+
+@contextmanager
+def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[None]:
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env},
+                               preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{command} did not start") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def measure(port: int, template: loadgen.Template, *, connections: int, seconds: float,
+            first_id: int) -> loadgen.Result:
+    result = loadgen.run(port, template, connections=connections, seconds=seconds, first_id=first_id)
+    if result.errors:
+        raise RuntimeError(f"{result.errors} of {result.requests} requests failed on port {port}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) >= 2:
+        os.sched_setaffinity(0, {1})
+    batch, single = make_template(100), make_template(1)
+    floor_port, sidecar_port = free_port(), free_port()
+    uvicorn_flags = ["--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
+    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data_dir=Path(data)) as redis_server, \
+            server([sys.executable, "-m", "uvicorn", "benchmarks.floor:app", "--port", str(floor_port),
+                    *uvicorn_flags], floor_port, {}), \
+            server([sys.executable, "-m", "service.cli", "serve", "--port", str(sidecar_port)], sidecar_port,
+                   {"VAI_REDIS_URL": redis_server.url, "VAI_LOG_LEVEL": "warning",
+                    "VAI_COHORT_KEYS": "region,device"}):
+        figures: dict[tuple[str, str], list[loadgen.Result]] = {}
+        next_id = 0
+        for phase, template, connections in (("batch100", batch, 4), ("single", single, 8)):
+            for name, port in (("floor", floor_port), ("sidecar", sidecar_port)):
+                measure(port, template, connections=connections, seconds=1.0, first_id=next_id)  # warm-up
+                next_id += 10_000_000
+            for _ in range(args.rounds):
+                for name, port in (("floor", floor_port), ("sidecar", sidecar_port)):
+                    result = measure(port, template, connections=connections, seconds=args.seconds,
+                                     first_id=next_id)
+                    next_id += 10_000_000
+                    figures.setdefault((phase, name), []).append(result)
+    report(figures)
+
+
+def report(figures: dict[tuple[str, str], list[loadgen.Result]]) -> None:
+    def mean(phase: str, name: str, what: str) -> float:
+        results = figures[(phase, name)]
+        if what == "rps":
+            return sum(r.req_per_s for r in results) / len(results)
+        return sum(r.percentile_ms(float(what)) for r in results) / len(results)
+
+    floor_eps, side_eps = mean("batch100", "floor", "rps") * 100, mean("batch100", "sidecar", "rps") * 100
+    print(f"batches of 100 events (1000 logits + 768-float embedding each), 4 connections:")
+    print(f"  floor   {floor_eps:8.0f} events/s")
+    print(f"  sidecar {side_eps:8.0f} events/s   ratio {side_eps / floor_eps:.2f} (target >= 0.9)")
+    print("single events, 8 connections:")
+    for name in ("floor", "sidecar"):
+        print(f"  {name:7} {mean('single', name, 'rps'):8.0f} req/s   p50 {mean('single', name, '50'):6.2f} ms"
+              f"   p99 {mean('single', name, '99'):6.2f} ms")
+    ratio = mean("single", "sidecar", "rps") / mean("single", "floor", "rps")
+    print(f"  ratio {ratio:.2f} (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
