@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,10 @@ def serve_forever(settings: Settings) -> int:
         log.error("refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS "
                   "or bind 127.0.0.1", settings.host)
         return 2
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turning them into SystemExit
+    # lets the embedded Redis below be stopped instead of orphaned.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(data_dir=settings.redis_data_dir).start()
@@ -46,6 +51,10 @@ def serve_forever(settings: Settings) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,94 @@
+"""`vai-sidecar serve` as a user runs it: embedded Redis, real HTTP, a real Prometheus scraping it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import event, wait_until
+from sampler.embedded import free_port
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
+    env.update({"VAI_SAMPLING__EVERY_N": "1", "VAI_LOG_LEVEL": "warning", "VAI_COHORT_KEYS": "region"})
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+                               cwd=tmp_path, env={**env, "PYTHONPATH": str(Path(__file__).parents[2])})
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/livez", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return process.poll() is not None and pytest.fail(f"serve exited with {process.returncode}")
+
+    wait_until(up, timeout_s=30, what="vai-sidecar serve to answer /livez")
+    yield base, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_serve_uses_an_embedded_redis_and_stops_it(served: tuple[str, subprocess.Popen[bytes]],
+                                                   tmp_path: Path) -> None:
+    base, process = served
+    response = httpx.post(f"{base}/v1/events", json={"events": [event("a"), event("b")]})
+    assert response.status_code == 202
+    assert [s["request_id"] for s in response.json()["sampled"]] == ["a", "b"]
+    wait_until(lambda: httpx.get(f"{base}/status").json()["queue_lengths"].get("digits") == 2,
+               what="both samples in the embedded Redis stream")
+    assert (tmp_path / ".vai-data" / "redis").is_dir()
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / ".vai-data" / "redis")], capture_output=True)
+    assert leftover.stdout == b"", "the embedded redis-server outlived the sidecar"
+
+
+def test_prometheus_scrapes_the_sidecar(served: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus is not installed (scripts/setup.sh installs it)")
+        pytest.skip("prometheus is not installed")
+    base, _ = served
+    httpx.post(f"{base}/v1/events", json={"events": [event(f"r{i}", cohort={"region": "eu"}) for i in range(3)]})
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: vai\n    static_configs: [{{targets: ['{base.removeprefix('http://')}']}}]\n"
+    )
+    prometheus = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def scraped() -> float | None:
+            try:
+                query = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
+                                  params={"query": 'sum(vai_cohort_events_total{cohort="region",value="eu"})'},
+                                  timeout=1).json()
+            except (httpx.HTTPError, ValueError):
+                return None
+            results = query.get("data", {}).get("result", [])
+            return float(results[0]["value"][1]) if results else None
+
+        assert wait_until(scraped, timeout_s=30, what="Prometheus to scrape vai metrics") == 3.0
+        targets = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets").json()["data"]["activeTargets"]
+        assert [t["health"] for t in targets] == ["up"]
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
