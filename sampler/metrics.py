@@ -34,6 +34,11 @@ class SamplerMetrics:
             ["model"],
             registry=registry,
         )
+        self.queue_max_length = Gauge(
+            "vai_queue_max_length",
+            "Backlog per model stream above which new samples are dropped (queue_full).",
+            registry=registry,
+        )
         self.redis_up = Gauge("vai_redis_up", "1 if the last Redis call succeeded, else 0.", registry=registry)
         self.buffered = Gauge(
             "vai_buffer_events", "Sampled events waiting in memory to be written to Redis.", registry=registry

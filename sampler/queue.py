@@ -63,6 +63,7 @@ class QueueWriter:
         self._wake = asyncio.Event()
         self.redis_up = True
         metrics.redis_up.set(1)
+        metrics.queue_max_length.set(queue_max_length)
         metrics.buffered.set_function(lambda: len(self._buffer))
         metrics.buffered_bytes.set_function(lambda: self._bytes)
 
