@@ -17,13 +17,13 @@ class SamplingPolicy(BaseModel):
 
     every_n: int | None = Field(default=100, ge=1)
     """Sample the n-th, 2n-th, ... event of the model seen by this replica; null disables."""
-    confidence_below: float | None = Field(default=0.5, ge=0.0, le=1.0)
+    confidence_below: float | None = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
     """Sample when the top-1 probability is below this; null disables."""
-    margin_below: float | None = Field(default=None, ge=0.0)
+    margin_below: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     """Sample when top-1 minus top-2 logit is below this; null disables."""
     flagged_cohorts: list[dict[str, str]] = Field(default_factory=list, max_length=100)
     """Sample when every key/value of one matcher is present in the event's cohort."""
-    max_per_second: float = Field(default=50.0, ge=0.0, le=100_000.0)
+    max_per_second: float = Field(default=50.0, ge=0.0, le=100_000.0, allow_inf_nan=False)
     """Token-bucket budget of sampled events per second per replica (burst: one second's worth)."""
     require_input: bool = False
     """Only sample events that carry a model input (attribution needs it)."""
@@ -36,13 +36,13 @@ class SamplingPolicy(BaseModel):
 class SamplingPolicyPatch(BaseModel):
     """A partial policy: only the fields sent are changed (``null`` disables a threshold)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     every_n: int | None = Field(default=None, ge=1)
-    confidence_below: float | None = Field(default=None, ge=0.0, le=1.0)
-    margin_below: float | None = Field(default=None, ge=0.0)
+    confidence_below: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    margin_below: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     flagged_cohorts: list[dict[str, str]] | None = Field(default=None, max_length=100)
-    max_per_second: float | None = Field(default=None, ge=0.0, le=100_000.0)
+    max_per_second: float | None = Field(default=None, ge=0.0, le=100_000.0, allow_inf_nan=False)
     require_input: bool | None = None
 
     def changes(self) -> dict[str, Any]:

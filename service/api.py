@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from service.auth import Scope
+from service.errors import SidecarError
 from service.deps import AdminScope, ReadScope, SidecarDep, read_body
 from service.schemas import openapi_body_schema
 from service.sidecar import Sidecar
@@ -33,7 +34,11 @@ async def post_events(request: Request) -> Response:
     # The hot path skips dependency injection (it costs more than the auth check itself).
     sidecar: Sidecar = request.app.state.sidecar
     sidecar.auth.check(request.headers.get("authorization"), Scope.INGEST)
-    body = await read_body(request, limit_bytes=sidecar.settings.max_body_bytes)
+    try:
+        body = await read_body(request, limit_bytes=sidecar.settings.max_body_bytes)
+    except SidecarError as error:
+        sidecar.ingest.reject_body("body_too_large" if error.status == 413 else "invalid_body")
+        raise
     return Response(sidecar.ingest.ingest(body).to_json(), status_code=202, media_type="application/json")
 
 

@@ -64,7 +64,8 @@ async def _validation_error(request: Request, error: Exception) -> Response:
     if not isinstance(error, RequestValidationError):  # pragma: no cover
         raise error
     first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "path", "query")]
+    where = () if first.get("type") == "json_invalid" else first.get("loc", ())
+    location = [str(part) for part in where if part not in ("body", "path", "query")]
     field = ".".join(location) or "body"
     body = {"error": f"{field}: {first.get('msg', 'invalid')}", "field": field}
     return Response(orjson.dumps(body), status_code=422, media_type="application/json")

@@ -103,8 +103,14 @@ class IngestHandler:
         self._observe(accepted)
         result.sampled = [sampled for sampled in map(self._sample, accepted) if sampled is not None]
         if not accepted:
-            raise SidecarError(422, "no valid event in the request", detail=_detail(result))
+            first = result.rejected[0]
+            raise SidecarError(422, f"no valid event in the request; first: {first.error}", field=first.field,
+                               detail=_detail(result))
         return result
+
+    def reject_body(self, reason: str) -> None:
+        """Count a request whose body was refused before it could be read (too large, bad headers)."""
+        self._metrics.rejected.labels(reason).inc()
 
     def _admit(self, prediction: Prediction) -> None:
         """Checks that depend on what came before; records the event once it passes them all."""

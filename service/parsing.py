@@ -24,6 +24,8 @@ from service.schemas import BatchIn, EventIn, RawBatchIn
 _BATCH = msgspec.json.Decoder(BatchIn)
 _RAW_BATCH = msgspec.json.Decoder(RawBatchIn)
 _EVENT = msgspec.json.Decoder(EventIn)
+_UNREADABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What msgspec raises for bytes that are not (strict, UTF-8, reasonably shallow) JSON."""
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?:\.events\[\d+\])?\.?(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -44,12 +46,13 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
     if not body.strip():
         raise SidecarError(422, "body: empty; send one event object or {\"events\": [...]}", field="body")
     try:
-        events = _BATCH.decode(body).events
-    except msgspec.ValidationError as error:
-        if "at `$.events[" in str(error):
-            return _decode_one_by_one(body, max_batch=max_batch)
-        return [_decode_single(body)]
-    except msgspec.DecodeError:
+        try:
+            events = _BATCH.decode(body).events
+        except msgspec.ValidationError as error:
+            if "at `$.events[" in str(error):
+                return _decode_one_by_one(body, max_batch=max_batch)
+            return [_decode_single(body)]
+    except _UNREADABLE:
         return _decode_lenient(body, max_batch=max_batch)
     _check_count(len(events), max_batch)
     return list(events)
@@ -77,7 +80,7 @@ def _decode_one_by_one(body: bytes, *, max_batch: int) -> list[Decoded]:
 def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
         raise SidecarError(422, f"body: not valid JSON: {error}", field="body") from None
     if isinstance(document, dict) and set(document) == {"events"} and isinstance(document["events"], list):
         items: list[Any] = document["events"]
@@ -90,13 +93,16 @@ def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
 def _decode_item(index: int, item: Any) -> Decoded:
     request_id = item.get("request_id") if isinstance(item, dict) else None
     request_id = request_id if isinstance(request_id, str) else None
-    bad = _non_finite_path(item, "")
-    if bad is not None:
-        return Rejected(index, request_id, FieldError(bad, "must be a finite number", reason="non_finite"))
     try:
+        bad = _non_finite_path(item, "")
+        if bad is not None:
+            return Rejected(index, request_id,
+                            FieldError(bad or "event", "must be a finite number", reason="non_finite"))
         return _EVENT.decode(msgspec.json.encode(item))
     except msgspec.ValidationError as error:
         return Rejected(index, request_id, field_error(error))
+    except RecursionError:
+        return Rejected(index, request_id, FieldError("event", "nested too deeply"))
 
 
 def _non_finite_path(value: Any, path: str) -> str | None:
@@ -128,7 +134,7 @@ def _request_id_of(raw: bytes) -> str | None:
     try:
         found = msgspec.json.decode(raw, type=dict[str, msgspec.Raw]).get("request_id")
         return msgspec.json.decode(found, type=str) if found is not None else None
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, *_UNREADABLE):
         return None
 
 

@@ -2,10 +2,8 @@
 
 msgspec validates types while it parses, which is several times cheaper than
 FastAPI body models for events that carry thousands of floats. The number
-lists are kept as raw JSON: the scores are parsed by orjson straight into an
-array (faster than a typed list of floats), and the embedding only has its
-shape checked on the request path; the monitors that need it parse it later,
-off the request path.
+lists are kept as raw JSON and parsed by orjson, which is faster than msgspec's
+typed float lists and refuses NaN, Infinity and out-of-range numbers.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     probabilities: msgspec.Raw = ABSENT
     """List of at least 2 probabilities summing to 1 ± 1e-3."""
     embedding: msgspec.Raw = ABSENT
-    """List of finite floats, kept raw; same length for every event of a model."""
+    """List of finite floats; same length for every event of a model."""
     cohort: Annotated[dict[CohortText, CohortText], msgspec.Meta(max_length=32)] | None = None
     input: InputIn | list[Any] | None = None
     """Model input for attribution: ``{"shape", "dtype", "data"}`` or a nested list."""

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -110,6 +110,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _check_model_policies(self) -> Settings:
+        for name in self.models:
+            try:
+                self.model_policy(name)
+            except ValidationError as error:
+                raise ValueError(f"models.{name}.sampling: {error}") from None
+        return self
 
     @classmethod
     def settings_customise_sources(

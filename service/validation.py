@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import re
 from array import array
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +19,12 @@ from service.errors import FieldError
 from service.schemas import EventIn
 
 PROBABILITY_TOLERANCE = 1e-3
+MAX_MARGIN = 1e6
+"""Margins are capped here so that one absurd event cannot make the histogram's sum infinite."""
 _TINY = 1e-12
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
 _NOT_NUMBER = (b'"', b"[", b"{", b"t", b"f", b"n")
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000
-_BIG_EXPONENT = re.compile(rb"[eE]\+?\d{3}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +44,15 @@ class Prediction:
     """Top-1 probability (softmax of the logits when logits were sent)."""
     margin: float
     """Top-1 minus top-2 logit (log-probabilities stand in for logits)."""
-    embedding: bytes | None
-    """The embedding as raw JSON; decoded off the request path."""
-    embedding_dim: int
+    embedding: list[float] | None
+    """As sent; turned into an array off the request path by the monitors that use it."""
     cohort: dict[str, str]
     input: InputTensor | None
     label: int | None
+
+    @property
+    def embedding_dim(self) -> int:
+        return len(self.embedding) if self.embedding is not None else 0
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +66,7 @@ def validate(event: EventIn, *, received_at: float) -> Prediction:
     if event.label is not None and event.label >= scores.shape[0]:
         raise FieldError("label", f"class {event.label} out of range for {scores.shape[0]} classes")
     raw_embedding = _present(event.embedding)
+    embedding = parse_embedding(raw_embedding) if raw_embedding is not None else None
     return Prediction(
         model=event.model,
         version=event.model_version,
@@ -74,8 +78,7 @@ def validate(event: EventIn, *, received_at: float) -> Prediction:
         predicted=predicted,
         confidence=confidence,
         margin=margin,
-        embedding=raw_embedding,
-        embedding_dim=embedding_length(raw_embedding) if raw_embedding else 0,
+        embedding=embedding,
         cohort=event.cohort or {},
         input=_input_of(event.input),
         label=event.label,
@@ -87,18 +90,19 @@ def summarise(scores: np.ndarray, *, from_logits: bool) -> tuple[int, float, flo
     predicted = int(scores.argmax())
     first = float(scores[predicted])
     if from_logits:
-        weights = np.exp(scores - first)  # weights[predicted] == 1
+        with np.errstate(over="ignore"):  # finite logits 1e308 apart overflow to -inf, whose exp is 0
+            weights = np.exp(scores - first)  # weights[predicted] == 1
         confidence = 1.0 / float(weights.sum())
         weights[predicted] = 0.0
         runner_up = float(weights.max())  # exp(second - first)
         if runner_up > 0.0:
             return predicted, confidence, -math.log(runner_up)
         second = float(np.partition(scores, -2)[-2])  # exp underflowed: margin above ~745
-        return predicted, confidence, first - second
+        return predicted, confidence, min(first - second, MAX_MARGIN)
     rest = scores.copy()
     rest[predicted] = -1.0
     second = float(rest.max())
-    return predicted, first, math.log(max(first, _TINY)) - math.log(max(second, _TINY))
+    return predicted, first, min(math.log(max(first, _TINY)) - math.log(max(second, _TINY)), MAX_MARGIN)
 
 
 def _scores_of(event: EventIn) -> tuple[np.ndarray, bool]:
@@ -139,23 +143,16 @@ def _check_number_list(raw: bytes, field: str) -> None:
         raise FieldError(field, "must be a flat list of numbers")
 
 
-def embedding_length(raw: bytes) -> int:
-    """Length of a raw JSON embedding after checking it is a flat, non-empty list of finite numbers."""
+def parse_embedding(raw: bytes) -> list[float]:
+    """A raw JSON embedding as a list, after checking it is a non-empty flat list of finite numbers."""
     _check_number_list(raw, "embedding")
-    commas = raw.count(b",")
-    if commas == 0 and not raw[1:-1].strip():
+    try:
+        values: list[float] = orjson.loads(raw)  # refuses NaN, Infinity, 1e400 and 400-digit integers
+    except orjson.JSONDecodeError:
+        raise FieldError("embedding", "every value must be a finite number", reason="non_finite") from None
+    if not values:
         raise FieldError("embedding", "must not be empty")
-    if (raw.find(b"e") >= 0 or raw.find(b"E") >= 0) and _BIG_EXPONENT.search(raw):
-        try:
-            msgspec.json.decode(raw, type=list[float])
-        except msgspec.ValidationError as error:
-            raise FieldError("embedding", "must hold finite numbers only", reason="non_finite") from error
-    return commas + 1
-
-
-def decode_embedding(raw: bytes) -> np.ndarray:
-    """A raw embedding (already checked by :func:`embedding_length`) as float32."""
-    return np.asarray(msgspec.json.decode(raw, type=list[float]), dtype=np.float32)
+    return values
 
 
 def _timestamp_of(value: str | float | None, received_at: float) -> float:
@@ -202,7 +199,8 @@ def _nested_input(value: list[Any]) -> InputTensor:
         raise FieldError("input", "a nested list must be rectangular") from None
     if array_in.dtype.kind not in "iuf" or array_in.size == 0 or array_in.ndim > 8:
         raise FieldError("input", "a nested list must be a non-empty array of numbers (at most 8 dimensions)")
-    as_float = array_in.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_float = array_in.astype(np.float32)
     if not np.isfinite(as_float).all():
         raise FieldError("input", "holds values that are not finite float32 numbers", reason="non_finite")
     return InputTensor.from_array(as_float)
