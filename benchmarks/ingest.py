@@ -38,11 +38,16 @@ def make_template(events_per_request: int, *, seed: int = 0) -> loadgen.Template
     for index in range(events_per_request):
         logits = rng.normal(0.0, 2.0, 1000)
         logits[rng.integers(1000)] += 12.0 if index % 10 else 2.0  # one in ten is unsure
-        events.append({
-            "model": "bench", "model_version": "v1", "request_id": SLOT.decode(),
-            "logits": logits.round(6).tolist(), "embedding": rng.normal(0.0, 1.0, 768).round(6).tolist(),
-            "cohort": {"region": ("eu", "us", "apac")[index % 3], "device": "mobile"},
-        })
+        events.append(
+            {
+                "model": "bench",
+                "model_version": "v1",
+                "request_id": SLOT.decode(),
+                "logits": logits.round(6).tolist(),
+                "embedding": rng.normal(0.0, 1.0, 768).round(6).tolist(),
+                "cohort": {"region": ("eu", "us", "apac")[index % 3], "device": "mobile"},
+            }
+        )
     body = orjson.dumps(events[0] if events_per_request == 1 else {"events": events})
     slots, start = [], 0
     while (found := body.find(SLOT, start)) >= 0:
@@ -53,8 +58,9 @@ def make_template(events_per_request: int, *, seed: int = 0) -> loadgen.Template
 
 @contextmanager
 def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[None]:
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env},
-                               preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, preexec_fn=lambda: os.sched_setaffinity(0, {0})
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -71,8 +77,9 @@ def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[None]
         process.wait(10)
 
 
-def measure(port: int, template: loadgen.Template, *, connections: int, seconds: float,
-            first_id: int) -> loadgen.Result:
+def measure(
+    port: int, template: loadgen.Template, *, connections: int, seconds: float, first_id: int
+) -> loadgen.Result:
     result = loadgen.run(port, template, connections=connections, seconds=seconds, first_id=first_id)
     if result.errors:
         raise RuntimeError(f"{result.errors} of {result.requests} requests failed on port {port}")
@@ -89,22 +96,29 @@ def main() -> None:
     batch, single = make_template(100), make_template(1)
     floor_port, sidecar_port = free_port(), free_port()
     uvicorn_flags = ["--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
-    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data_dir=Path(data)) as redis_server, \
-            server([sys.executable, "-m", "uvicorn", "benchmarks.floor:app", "--port", str(floor_port),
-                    *uvicorn_flags], floor_port, {}), \
-            server([sys.executable, "-m", "service.cli", "serve", "--port", str(sidecar_port)], sidecar_port,
-                   {"VAI_REDIS_URL": redis_server.url, "VAI_LOG_LEVEL": "warning",
-                    "VAI_COHORT_KEYS": "region,device"}):
+    with (
+        tempfile.TemporaryDirectory() as data,
+        EmbeddedRedis(data_dir=Path(data)) as redis_server,
+        server(
+            [sys.executable, "-m", "uvicorn", "benchmarks.floor:app", "--port", str(floor_port), *uvicorn_flags],
+            floor_port,
+            {},
+        ),
+        server(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(sidecar_port)],
+            sidecar_port,
+            {"VAI_REDIS_URL": redis_server.url, "VAI_LOG_LEVEL": "warning", "VAI_COHORT_KEYS": "region,device"},
+        ),
+    ):
         figures: dict[tuple[str, str], list[loadgen.Result]] = {}
         next_id = 0
         for phase, template, connections in (("batch100", batch, 4), ("single", single, 8)):
-            for name, port in (("floor", floor_port), ("sidecar", sidecar_port)):
+            for port in (floor_port, sidecar_port):
                 measure(port, template, connections=connections, seconds=1.0, first_id=next_id)  # warm-up
                 next_id += 10_000_000
             for _ in range(args.rounds):
                 for name, port in (("floor", floor_port), ("sidecar", sidecar_port)):
-                    result = measure(port, template, connections=connections, seconds=args.seconds,
-                                     first_id=next_id)
+                    result = measure(port, template, connections=connections, seconds=args.seconds, first_id=next_id)
                     next_id += 10_000_000
                     figures.setdefault((phase, name), []).append(result)
     report(figures)
@@ -118,13 +132,15 @@ def report(figures: dict[tuple[str, str], list[loadgen.Result]]) -> None:
         return sum(r.percentile_ms(float(what)) for r in results) / len(results)
 
     floor_eps, side_eps = mean("batch100", "floor", "rps") * 100, mean("batch100", "sidecar", "rps") * 100
-    print(f"batches of 100 events (1000 logits + 768-float embedding each), 4 connections:")
+    print("batches of 100 events (1000 logits + 768-float embedding each), 4 connections:")
     print(f"  floor   {floor_eps:8.0f} events/s")
     print(f"  sidecar {side_eps:8.0f} events/s   ratio {side_eps / floor_eps:.2f} (target >= 0.9)")
     print("single events, 8 connections:")
     for name in ("floor", "sidecar"):
-        print(f"  {name:7} {mean('single', name, 'rps'):8.0f} req/s   p50 {mean('single', name, '50'):6.2f} ms"
-              f"   p99 {mean('single', name, '99'):6.2f} ms")
+        print(
+            f"  {name:7} {mean('single', name, 'rps'):8.0f} req/s   p50 {mean('single', name, '50'):6.2f} ms"
+            f"   p99 {mean('single', name, '99'):6.2f} ms"
+        )
     ratio = mean("single", "sidecar", "rps") / mean("single", "floor", "rps")
     print(f"  ratio {ratio:.2f} (target >= 0.5)")
 

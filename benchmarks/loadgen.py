@@ -23,7 +23,7 @@ class Template:
 
     def fill(self, counter: int) -> bytes:
         for offset in self.slots:
-            self.body[offset:offset + self.width] = b"%0*d" % (self.width, counter)
+            self.body[offset : offset + self.width] = b"%0*d" % (self.width, counter)
             counter += 1
         return bytes(self.body)
 
@@ -43,11 +43,12 @@ class Result:
         return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
 
 
-async def _worker(port: int, template: Template, start_id: int, stride: int, deadline: float,
-                  result: Result) -> None:
+async def _worker(port: int, template: Template, start_id: int, stride: int, deadline: float, result: Result) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(template.body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(template.body)}\r\n\r\n"
+    ).encode()
     counter = start_id
     try:
         while time.perf_counter() < deadline:
@@ -80,11 +81,14 @@ def run(port: int, template: Template, *, connections: int, seconds: float, firs
 
     async def main() -> None:
         deadline = time.perf_counter() + seconds
-        await asyncio.gather(*(
-            _worker(port, template_copy, first_id + index * per_request, stride, deadline, result)
-            for index, template_copy in enumerate(
-                Template(bytearray(template.body), template.slots, template.width) for _ in range(connections))
-        ))
+        await asyncio.gather(
+            *(
+                _worker(port, template_copy, first_id + index * per_request, stride, deadline, result)
+                for index, template_copy in enumerate(
+                    Template(bytearray(template.body), template.slots, template.width) for _ in range(connections)
+                )
+            )
+        )
 
     asyncio.run(main())
     return result

@@ -10,9 +10,10 @@ its result is stored, so a stream's length is its backlog.
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sampler.policy import Reason
@@ -41,12 +42,14 @@ class InputTensor(BaseModel):
     data: str
 
     @classmethod
-    def from_array(cls, array: np.ndarray) -> InputTensor:
+    def from_array(cls, array: npt.NDArray[Any]) -> InputTensor:
         dtype = DTYPES[array.dtype.name]
         raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
-        return cls(shape=array.shape, dtype=array.dtype.name, data=base64.b64encode(raw).decode())  # type: ignore[arg-type]
+        return cls.model_validate(
+            {"shape": array.shape, "dtype": array.dtype.name, "data": base64.b64encode(raw).decode()}
+        )
 
-    def to_array(self) -> np.ndarray:
+    def to_array(self) -> npt.NDArray[Any]:
         """The tensor as a native-endian numpy array; raises ``MessageError`` on a mismatch."""
         raw = base64.b64decode(self.data, validate=True)
         dtype = DTYPES[self.dtype]

@@ -17,8 +17,7 @@ class SamplerMetrics:
         )
         self.dropped = Counter(
             "vai_sample_dropped_total",
-            "Sampled events not queued, by reason: budget, queue_full, buffer_full, "
-            "redis_unavailable, redis_error.",
+            "Sampled events not queued, by reason: budget, queue_full, buffer_full, redis_unavailable, redis_error.",
             ["model", "reason"],
             registry=registry,
         )

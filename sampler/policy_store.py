@@ -23,7 +23,8 @@ class PolicyStore:
 
     async def load_all(self) -> dict[str, dict[str, Any]]:
         """Every model's stored overrides."""
-        models = sorted(member.decode() for member in await self._redis.smembers(keys.POLICY_MODELS))  # type: ignore[misc]
+        members = await self._redis.smembers(keys.POLICY_MODELS)
+        models = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         pipe = self._redis.pipeline(transaction=False)
         for model in models:
             pipe.hgetall(keys.policy(model))

@@ -114,8 +114,12 @@ class QueueWriter:
             return True
         pipe = self._redis.pipeline(transaction=False)
         for entry in batch:
-            pipe.xadd(keys.sample_stream(entry.model), entry.fields,  # type: ignore[arg-type]
-                      maxlen=self._stream_maxlen, approximate=True)
+            pipe.xadd(
+                keys.sample_stream(entry.model),
+                entry.fields,  # type: ignore[arg-type]
+                maxlen=self._stream_maxlen,
+                approximate=True,
+            )
         try:
             results = await pipe.execute(raise_on_error=False)
         except REDIS_DOWN as error:
@@ -146,7 +150,7 @@ class QueueWriter:
     async def ping(self) -> bool:
         """Check Redis now (at start-up) and record whether it answered."""
         try:
-            await self._redis.ping()  # type: ignore[misc]
+            await self._redis.ping()
         except REDIS_DOWN as error:
             self._mark_up(False, error)
             return False

@@ -11,8 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from service.auth import Scope
-from service.errors import SidecarError
 from service.deps import AdminScope, ReadScope, SidecarDep, read_body
+from service.errors import SidecarError
 from service.schemas import openapi_body_schema
 from service.sidecar import Sidecar
 
@@ -28,8 +28,9 @@ def _json(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
 
 
-@router.post("/v1/events", status_code=202, openapi_extra=_INGEST_DOC,
-             summary="Post one prediction event or {\"events\": [...]}")
+@router.post(
+    "/v1/events", status_code=202, openapi_extra=_INGEST_DOC, summary='Post one prediction event or {"events": [...]}'
+)
 async def post_events(request: Request) -> Response:
     # The hot path skips dependency injection (it costs more than the auth check itself).
     sidecar: Sidecar = request.app.state.sidecar

@@ -55,8 +55,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 async def _sidecar_error(request: Request, error: Exception) -> Response:
     if not isinstance(error, SidecarError):  # pragma: no cover - registered for SidecarError only
         raise error
-    return Response(orjson.dumps(error.body()), status_code=error.status, media_type="application/json",
-                    headers=error.headers)
+    return Response(
+        orjson.dumps(error.body()), status_code=error.status, media_type="application/json", headers=error.headers
+    )
 
 
 async def _validation_error(request: Request, error: Exception) -> Response:

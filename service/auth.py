@@ -34,15 +34,20 @@ class TokenAuth:
             return
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise SidecarError(401, "authorization: send 'Authorization: Bearer <token>'",
-                               field="authorization", headers={"WWW-Authenticate": "Bearer"})
+            raise SidecarError(
+                401,
+                "authorization: send 'Authorization: Bearer <token>'",
+                field="authorization",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         presented = token.strip().encode()
         if _known(presented, self._tokens[scope]):
             return
         if _known(presented, self._all):
             raise SidecarError(403, f"authorization: this token may not {scope.value}", field="authorization")
-        raise SidecarError(401, "authorization: unknown token", field="authorization",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise SidecarError(
+            401, "authorization: unknown token", field="authorization", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 def _encode(tokens: tuple[str, ...]) -> tuple[bytes, ...]:

@@ -33,8 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_forever(settings: Settings) -> int:
     if not settings.auth_enabled and not _is_loopback(settings.host):
-        log.error("refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS "
-                  "or bind 127.0.0.1", settings.host)
+        log.error(
+            "refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS "
+            "or bind 127.0.0.1",
+            settings.host,
+        )
         return 2
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turning them into SystemExit
     # lets the embedded Redis below be stopped instead of orphaned.
@@ -45,8 +48,15 @@ def serve_forever(settings: Settings) -> int:
         embedded = EmbeddedRedis(data_dir=settings.redis_data_dir).start()
         settings = settings.model_copy(update={"redis_url": embedded.url})
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    loop="uvloop", http="httptools", access_log=False)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+        )
     finally:
         if embedded is not None:
             embedded.stop()

@@ -11,7 +11,6 @@ from service.auth import Scope
 from service.errors import SidecarError
 from service.sidecar import Sidecar
 
-
 # Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` ones in a thread pool.
 
 
@@ -38,12 +37,16 @@ async def read_body(request: Request, *, limit_bytes: int) -> bytes:
     """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit_bytes):
-        raise _too_large(limit_bytes) if declared.isdigit() else SidecarError(
-            400, "content-length: not a number", field="content-length")
+        raise (
+            _too_large(limit_bytes)
+            if declared.isdigit()
+            else SidecarError(400, "content-length: not a number", field="content-length")
+        )
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
-        raise SidecarError(415, f"content-encoding: {encoding!r} is not supported; send plain JSON",
-                           field="content-encoding")
+        raise SidecarError(
+            415, f"content-encoding: {encoding!r} is not supported; send plain JSON", field="content-encoding"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

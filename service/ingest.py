@@ -104,8 +104,9 @@ class IngestHandler:
         result.sampled = [sampled for sampled in map(self._sample, accepted) if sampled is not None]
         if not accepted:
             first = result.rejected[0]
-            raise SidecarError(422, f"no valid event in the request; first: {first.error}", field=first.field,
-                               detail=_detail(result))
+            raise SidecarError(
+                422, f"no valid event in the request; first: {first.error}", field=first.field, detail=_detail(result)
+            )
         return result
 
     def reject_body(self, reason: str) -> None:
@@ -116,12 +117,18 @@ class IngestHandler:
         """Checks that depend on what came before; records the event once it passes them all."""
         model = prediction.model
         if model not in self._models and len(self._models) >= self._settings.max_models:
-            raise FieldError("model", f"unknown model and already {self._settings.max_models} models "
-                             "(raise VAI_MAX_MODELS)", reason="too_many_models")
+            raise FieldError(
+                "model",
+                f"unknown model and already {self._settings.max_models} models (raise VAI_MAX_MODELS)",
+                reason="too_many_models",
+            )
         dim = self.embedding_dims.get(model)
         if prediction.embedding_dim and dim is not None and dim != prediction.embedding_dim:
-            raise FieldError("embedding", f"expected {dim} values for model {model!r}, got "
-                             f"{prediction.embedding_dim}", reason="embedding_length")
+            raise FieldError(
+                "embedding",
+                f"expected {dim} values for model {model!r}, got {prediction.embedding_dim}",
+                reason="embedding_length",
+            )
         recent = self._recent.setdefault(model, {})
         if prediction.request_id in recent:
             raise FieldError("request_id", f"duplicate of a recent event of model {model!r}", reason="duplicate")

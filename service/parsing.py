@@ -44,7 +44,7 @@ Decoded = EventIn | Rejected
 def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
     """Every event of ``body`` in order, decoded or rejected; raises ``SidecarError`` for the envelope."""
     if not body.strip():
-        raise SidecarError(422, "body: empty; send one event object or {\"events\": [...]}", field="body")
+        raise SidecarError(422, 'body: empty; send one event object or {"events": [...]}', field="body")
     try:
         try:
             events = _BATCH.decode(body).events
@@ -96,8 +96,9 @@ def _decode_item(index: int, item: Any) -> Decoded:
     try:
         bad = _non_finite_path(item, "")
         if bad is not None:
-            return Rejected(index, request_id,
-                            FieldError(bad or "event", "must be a finite number", reason="non_finite"))
+            return Rejected(
+                index, request_id, FieldError(bad or "event", "must be a finite number", reason="non_finite")
+            )
         return _EVENT.decode(msgspec.json.encode(item))
     except msgspec.ValidationError as error:
         return Rejected(index, request_id, field_error(error))

@@ -80,7 +80,5 @@ class Batch(msgspec.Struct):
 
 def openapi_body_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """JSON schema of the request body and its components, for the OpenAPI document."""
-    (one, many), components = msgspec.json.schema_components(
-        [Event, Batch], ref_template="#/components/schemas/{name}"
-    )
+    (one, many), components = msgspec.json.schema_components([Event, Batch], ref_template="#/components/schemas/{name}")
     return {"oneOf": [one, many]}, components

@@ -146,4 +146,3 @@ class Settings(BaseSettings):
         """Default policy with the config file's overrides for ``model`` applied."""
         section = self.models.get(model)
         return self.sampling.merged(section.sampling) if section else self.sampling
-

@@ -75,8 +75,9 @@ class Sidecar:
             await self._refresh_policies()
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="queue-writer"),
-            asyncio.create_task(self._every(self.settings.policy_refresh_s, self._refresh_policies),
-                                name="policy-refresh"),
+            asyncio.create_task(
+                self._every(self.settings.policy_refresh_s, self._refresh_policies), name="policy-refresh"
+            ),
             asyncio.create_task(self._every(self.settings.queue_poll_s, self._poll_queues), name="queue-poll"),
         ]
 
@@ -113,8 +114,9 @@ class Sidecar:
         try:
             await self.policies.save(model, changes)
         except REDIS_DOWN as error:
-            raise SidecarError(503, f"redis: policy not stored, try again: {error}",
-                               headers={"Retry-After": "1"}) from None
+            raise SidecarError(
+                503, f"redis: policy not stored, try again: {error}", headers={"Retry-After": "1"}
+            ) from None
         return self.sampler.set_overrides(model, overrides)
 
     async def reset_policy(self, model: str) -> SamplingPolicy:
@@ -122,8 +124,9 @@ class Sidecar:
         try:
             await self.policies.clear(model)
         except REDIS_DOWN as error:
-            raise SidecarError(503, f"redis: policy not reset, try again: {error}",
-                               headers={"Retry-After": "1"}) from None
+            raise SidecarError(
+                503, f"redis: policy not reset, try again: {error}", headers={"Retry-After": "1"}
+            ) from None
         return self.sampler.set_overrides(model, {})
 
     async def _refresh_policies(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from sampler.contract import DTYPES, InputTensor
@@ -36,7 +37,7 @@ class Prediction:
     request_id: str
     timestamp: float
     received_at: float
-    scores: np.ndarray
+    scores: npt.NDArray[np.float64]
     """The logits or probabilities as sent (float64)."""
     from_logits: bool
     predicted: int
@@ -85,7 +86,7 @@ def validate(event: EventIn, *, received_at: float) -> Prediction:
     )
 
 
-def summarise(scores: np.ndarray, *, from_logits: bool) -> tuple[int, float, float]:
+def summarise(scores: npt.NDArray[np.float64], *, from_logits: bool) -> tuple[int, float, float]:
     """Predicted class, top-1 probability and top-1 minus top-2 logit, in a handful of numpy calls."""
     predicted = int(scores.argmax())
     first = float(scores[predicted])
@@ -105,7 +106,7 @@ def summarise(scores: np.ndarray, *, from_logits: bool) -> tuple[int, float, flo
     return predicted, first, min(math.log(max(first, _TINY)) - math.log(max(second, _TINY)), MAX_MARGIN)
 
 
-def _scores_of(event: EventIn) -> tuple[np.ndarray, bool]:
+def _scores_of(event: EventIn) -> tuple[npt.NDArray[np.float64], bool]:
     logits, probabilities = _present(event.logits), _present(event.probabilities)
     if (logits is None) == (probabilities is None):
         raise FieldError("logits", "send exactly one of logits or probabilities", reason="missing_scores")
@@ -117,16 +118,18 @@ def _scores_of(event: EventIn) -> tuple[np.ndarray, bool]:
     except orjson.JSONDecodeError:
         raise FieldError(field, "every value must be a finite number", reason="non_finite") from None
     if not _MIN_CLASSES <= len(values) <= _MAX_CLASSES:
-        raise FieldError(field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {len(values)}",
-                         reason="bad_length")
+        raise FieldError(
+            field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {len(values)}", reason="bad_length"
+        )
     scores = np.frombuffer(array("d", values), dtype=np.float64)
     if probabilities is not None:
         low, high, total = float(scores.min()), float(scores.max()), float(scores.sum())
         if low < 0.0 or high > 1.0:
             raise FieldError("probabilities", "every value must lie in [0, 1]", reason="bad_probabilities")
         if abs(total - 1.0) > PROBABILITY_TOLERANCE:
-            raise FieldError("probabilities", f"must sum to 1 ± {PROBABILITY_TOLERANCE}, got {total:.6g}",
-                             reason="bad_probabilities")
+            raise FieldError(
+                "probabilities", f"must sum to 1 ± {PROBABILITY_TOLERANCE}, got {total:.6g}", reason="bad_probabilities"
+            )
     return scores, logits is not None
 
 
@@ -185,8 +188,11 @@ def _input_of(value: Any) -> InputTensor | None:
     dtype = DTYPES[value.dtype]
     expected = math.prod(value.shape) * dtype.itemsize
     if len(raw) != expected:
-        raise FieldError("input.data", f"{len(raw)} bytes do not match shape {value.shape} of {value.dtype} "
-                         f"({expected} bytes)", reason="shape_mismatch")
+        raise FieldError(
+            "input.data",
+            f"{len(raw)} bytes do not match shape {value.shape} of {value.dtype} ({expected} bytes)",
+            reason="shape_mismatch",
+        )
     if dtype.kind == "f" and not np.isfinite(np.frombuffer(raw, dtype=dtype)).all():
         raise FieldError("input.data", "holds NaN or infinite values", reason="non_finite")
     return InputTensor.model_construct(shape=tuple(value.shape), dtype=value.dtype, data=value.data)

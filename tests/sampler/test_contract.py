@@ -12,8 +12,16 @@ from sampler.contract import MESSAGE_FIELD, InputTensor, MessageError, SampledEv
 
 def message(**fields: object) -> SampledEvent:
     values: dict[str, object] = {
-        "model": "digits", "model_version": "v1", "request_id": "r", "timestamp": 1.0, "received_at": 2.0,
-        "reasons": ("every_n",), "predicted": 3, "confidence": 0.9, "margin": 2.0, "num_classes": 10,
+        "model": "digits",
+        "model_version": "v1",
+        "request_id": "r",
+        "timestamp": 1.0,
+        "received_at": 2.0,
+        "reasons": ("every_n",),
+        "predicted": 3,
+        "confidence": 0.9,
+        "margin": 2.0,
+        "num_classes": 10,
     }
     values.update(fields)
     return SampledEvent.model_validate(values)

@@ -21,8 +21,18 @@ pytestmark = pytest.mark.anyio
 
 
 def message(request_id: str, model: str = "digits") -> SampledEvent:
-    return SampledEvent(model=model, model_version="v", request_id=request_id, timestamp=1.0, received_at=1.0,
-                        reasons=("every_n",), predicted=0, confidence=0.9, margin=1.0, num_classes=3)
+    return SampledEvent(
+        model=model,
+        model_version="v",
+        request_id=request_id,
+        timestamp=1.0,
+        received_at=1.0,
+        reasons=("every_n",),
+        predicted=0,
+        confidence=0.9,
+        margin=1.0,
+        num_classes=3,
+    )
 
 
 @pytest.fixture
@@ -33,8 +43,14 @@ async def writer_factory(redis_url: str) -> AsyncIterator[Callable[..., tuple[Qu
         client = connect(redis_url, timeout_s=0.5)
         clients.append(client)
         registry = CollectorRegistry()
-        options = {"max_events": 100, "max_bytes": 1 << 20, "batch_size": 10, "stream_maxlen": 1000,
-                   "queue_max_length": 100, "retry_s": 0.05}
+        options = {
+            "max_events": 100,
+            "max_bytes": 1 << 20,
+            "batch_size": 10,
+            "stream_maxlen": 1000,
+            "queue_max_length": 100,
+            "retry_s": 0.05,
+        }
         options.update(overrides)
         return QueueWriter(client, SamplerMetrics(registry), **options), registry  # type: ignore[arg-type]
 
@@ -89,8 +105,13 @@ def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
     own_redis: EmbeddedRedis, make_client: Callable[..., TestClient]
 ) -> None:
     registry = CollectorRegistry()
-    client = make_client(registry=registry, redis_url=own_redis.url, buffer_max_events=50, flush_retry_s=0.05,
-                         sampling={"every_n": 1, "max_per_second": 10_000})
+    client = make_client(
+        registry=registry,
+        redis_url=own_redis.url,
+        buffer_max_events=50,
+        flush_retry_s=0.05,
+        sampling={"every_n": 1, "max_per_second": 10_000},
+    )
     stream = keys.sample_stream("digits")
     direct = redis.Redis.from_url(own_redis.url)
 
@@ -105,8 +126,7 @@ def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
     response = client.post("/v1/events", json={"events": [event(f"during{i}") for i in range(80)]})
     assert response.status_code == 202
     assert response.json()["accepted"] == 80
-    dropped = registry.get_sample_value("vai_sample_dropped_total",
-                                        {"model": "digits", "reason": "redis_unavailable"})
+    dropped = registry.get_sample_value("vai_sample_dropped_total", {"model": "digits", "reason": "redis_unavailable"})
     assert dropped == 30
     assert client.get("/status").json()["buffered_events"] == 50
 

@@ -21,8 +21,15 @@ def make_sampler(clock: FakeClock | None = None, **policy: object) -> Sampler:
     return Sampler(lambda model: base, clock=clock or FakeClock())
 
 
-def decide(sampler: Sampler, *, confidence: float = 0.9, margin: float = 5.0,
-           cohort: dict[str, str] | None = None, has_input: bool = True, model: str = "m") -> tuple[str, ...]:
+def decide(
+    sampler: Sampler,
+    *,
+    confidence: float = 0.9,
+    margin: float = 5.0,
+    cohort: dict[str, str] | None = None,
+    has_input: bool = True,
+    model: str = "m",
+) -> tuple[str, ...]:
     return sampler.reasons(model, confidence=confidence, margin=margin, cohort=cohort or {}, has_input=has_input)
 
 
@@ -40,15 +47,30 @@ def test_every_n_picks_exactly_the_nth_events_per_model() -> None:
         pytest.param({"confidence_below": 0.5}, {"confidence": 0.5}, (), id="at-confidence-threshold"),
         pytest.param({"margin_below": 1.0}, {"margin": 0.99}, ("low_margin",), id="below-margin"),
         pytest.param({"margin_below": None}, {"margin": 0.0}, (), id="margin-disabled"),
-        pytest.param({"flagged_cohorts": [{"region": "eu"}]}, {"cohort": {"region": "eu", "device": "x"}},
-                     ("flagged_cohort",), id="cohort-match"),
-        pytest.param({"flagged_cohorts": [{"region": "eu", "device": "mobile"}]},
-                     {"cohort": {"region": "eu", "device": "web"}}, (), id="cohort-partial-match"),
-        pytest.param({"confidence_below": 0.5, "margin_below": 1.0, "flagged_cohorts": [{"a": "b"}]},
-                     {"confidence": 0.3, "margin": 0.2, "cohort": {"a": "b"}},
-                     ("low_confidence", "low_margin", "flagged_cohort"), id="several-reasons"),
-        pytest.param({"confidence_below": 0.5, "require_input": True}, {"confidence": 0.1, "has_input": False},
-                     (), id="require-input-without-input"),
+        pytest.param(
+            {"flagged_cohorts": [{"region": "eu"}]},
+            {"cohort": {"region": "eu", "device": "x"}},
+            ("flagged_cohort",),
+            id="cohort-match",
+        ),
+        pytest.param(
+            {"flagged_cohorts": [{"region": "eu", "device": "mobile"}]},
+            {"cohort": {"region": "eu", "device": "web"}},
+            (),
+            id="cohort-partial-match",
+        ),
+        pytest.param(
+            {"confidence_below": 0.5, "margin_below": 1.0, "flagged_cohorts": [{"a": "b"}]},
+            {"confidence": 0.3, "margin": 0.2, "cohort": {"a": "b"}},
+            ("low_confidence", "low_margin", "flagged_cohort"),
+            id="several-reasons",
+        ),
+        pytest.param(
+            {"confidence_below": 0.5, "require_input": True},
+            {"confidence": 0.1, "has_input": False},
+            (),
+            id="require-input-without-input",
+        ),
     ],
 )
 def test_reasons(policy: dict[str, object], inputs: dict[str, object], expected: tuple[str, ...]) -> None:

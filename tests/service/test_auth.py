@@ -47,10 +47,13 @@ OK = {"POST": 202, "GET": 200, "PUT": 200, "DELETE": 200}
 
 
 @pytest.mark.parametrize("route", [pytest.param(route, id=route.replace(" ", "-")) for route in ROUTES])
-@pytest.mark.parametrize("authorization", [
-    pytest.param(None, id="no-header"),
-    pytest.param("Bearer whatever", id="any-token"),
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(None, id="no-header"),
+        pytest.param("Bearer whatever", id="any-token"),
+    ],
+)
 def test_every_route_is_open_without_tokens(client: TestClient, route: str, authorization: str | None) -> None:
     response = _call(client, route, authorization)
     assert response.status_code == OK[route.split(" ")[0]], response.text
@@ -77,13 +80,16 @@ def _expected(route: str, token: str | None) -> int:
 
 
 @pytest.mark.parametrize("route", [pytest.param(route, id=route.replace(" ", "-")) for route in ROUTES])
-@pytest.mark.parametrize("token", [
-    pytest.param(None, id="no-token"),
-    pytest.param("unknown", id="unknown-token"),
-    pytest.param("i", id="ingest-token"),
-    pytest.param("r", id="read-token"),
-    pytest.param("a", id="admin-token"),
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(None, id="no-token"),
+        pytest.param("unknown", id="unknown-token"),
+        pytest.param("i", id="ingest-token"),
+        pytest.param("r", id="read-token"),
+        pytest.param("a", id="admin-token"),
+    ],
+)
 def test_scope_matrix(make_client: ClientFactory, route: str, token: str | None) -> None:
     client = make_client(**TOKENS)
     response = _call(client, route, None if token is None else f"Bearer {token}")
@@ -96,16 +102,19 @@ def test_scope_matrix(make_client: ClientFactory, route: str, token: str | None)
 
 
 @pytest.mark.parametrize("route", [pytest.param(route, id=route.replace(" ", "-")) for route in ROUTES[:5]])
-@pytest.mark.parametrize("authorization", [
-    pytest.param("a", id="token-without-scheme"),
-    pytest.param("Basic YTph", id="basic-scheme"),
-    pytest.param("Basic a", id="basic-with-a-known-token"),
-    pytest.param("Bearer", id="bearer-alone"),
-    pytest.param("Bearer ", id="bearer-and-space"),
-    pytest.param("Bearer a extra", id="token-with-trailing-words"),
-    pytest.param("Bearera", id="no-space-after-bearer"),
-    pytest.param("", id="empty-header"),
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param("a", id="token-without-scheme"),
+        pytest.param("Basic YTph", id="basic-scheme"),
+        pytest.param("Basic a", id="basic-with-a-known-token"),
+        pytest.param("Bearer", id="bearer-alone"),
+        pytest.param("Bearer ", id="bearer-and-space"),
+        pytest.param("Bearer a extra", id="token-with-trailing-words"),
+        pytest.param("Bearera", id="no-space-after-bearer"),
+        pytest.param("", id="empty-header"),
+    ],
+)
 def test_malformed_authorization_is_401(make_client: ClientFactory, route: str, authorization: str) -> None:
     client = make_client(**TOKENS)
     response = _call(client, route, authorization)
@@ -143,16 +152,23 @@ def uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return runs
 
 
-@pytest.mark.parametrize("host", [
-    pytest.param("0.0.0.0", id="ipv4-any"),
-    pytest.param("::", id="ipv6-any"),
-    pytest.param("10.1.2.3", id="private-address"),
-    pytest.param("sidecar.example.com", id="host-name"),
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param("0.0.0.0", id="ipv4-any"),
+        pytest.param("::", id="ipv6-any"),
+        pytest.param("10.1.2.3", id="private-address"),
+        pytest.param("sidecar.example.com", id="host-name"),
+    ],
+)
 @pytest.mark.parametrize("embedded", [pytest.param(False, id="redis-url"), pytest.param(True, id="embedded-redis")])
 def test_cli_refuses_non_loopback_host_with_auth_off(
-    make_settings: Callable[..., Settings], uvicorn_runs: list[str], tmp_path: Path,
-    caplog: pytest.LogCaptureFixture, host: str, embedded: bool,
+    make_settings: Callable[..., Settings],
+    uvicorn_runs: list[str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    embedded: bool,
 ) -> None:
     data_dir = tmp_path / "redis"
     settings = make_settings(host=host, redis_data_dir=data_dir)
@@ -166,12 +182,15 @@ def test_cli_refuses_non_loopback_host_with_auth_off(
     assert "auth" in caplog.text
 
 
-@pytest.mark.parametrize(("host", "tokens"), [
-    pytest.param("127.0.0.1", {}, id="loopback-auth-off"),
-    pytest.param("::1", {}, id="ipv6-loopback-auth-off"),
-    pytest.param("localhost", {}, id="localhost-auth-off"),
-    pytest.param("0.0.0.0", {"ingest_tokens": ("i",)}, id="any-address-auth-on"),
-])
+@pytest.mark.parametrize(
+    ("host", "tokens"),
+    [
+        pytest.param("127.0.0.1", {}, id="loopback-auth-off"),
+        pytest.param("::1", {}, id="ipv6-loopback-auth-off"),
+        pytest.param("localhost", {}, id="localhost-auth-off"),
+        pytest.param("0.0.0.0", {"ingest_tokens": ("i",)}, id="any-address-auth-on"),
+    ],
+)
 def test_cli_serves_loopback_or_with_auth_on(
     make_settings: Callable[..., Settings], uvicorn_runs: list[str], host: str, tokens: dict[str, Any]
 ) -> None:

@@ -22,8 +22,11 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
     env.update({"VAI_SAMPLING__EVERY_N": "1", "VAI_LOG_LEVEL": "warning", "VAI_COHORT_KEYS": "region"})
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                               cwd=tmp_path, env={**env, "PYTHONPATH": str(Path(__file__).parents[2])})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -39,14 +42,15 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         process.wait()
 
 
-def test_serve_uses_an_embedded_redis_and_stops_it(served: tuple[str, subprocess.Popen[bytes]],
-                                                   tmp_path: Path) -> None:
+def test_serve_uses_an_embedded_redis_and_stops_it(served: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
     base, process = served
     response = httpx.post(f"{base}/v1/events", json={"events": [event("a"), event("b")]})
     assert response.status_code == 202
     assert [s["request_id"] for s in response.json()["sampled"]] == ["a", "b"]
-    wait_until(lambda: httpx.get(f"{base}/status").json()["queue_lengths"].get("digits") == 2,
-               what="both samples in the embedded Redis stream")
+    wait_until(
+        lambda: httpx.get(f"{base}/status").json()["queue_lengths"].get("digits") == 2,
+        what="both samples in the embedded Redis stream",
+    )
     assert (tmp_path / ".vai-data" / "redis").is_dir()
 
     process.send_signal(signal.SIGTERM)
@@ -71,16 +75,25 @@ def test_prometheus_scrapes_the_sidecar(served: tuple[str, subprocess.Popen[byte
         f"  - job_name: vai\n    static_configs: [{{targets: ['{base.removeprefix('http://')}']}}]\n"
     )
     prometheus = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
+
         def scraped() -> float | None:
             try:
-                query = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
-                                  params={"query": 'sum(vai_cohort_events_total{cohort="region",value="eu"})'},
-                                  timeout=1).json()
+                query = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/query",
+                    params={"query": 'sum(vai_cohort_events_total{cohort="region",value="eu"})'},
+                    timeout=1,
+                ).json()
             except (httpx.HTTPError, ValueError):
                 return None
             results = query.get("data", {}).get("result", [])

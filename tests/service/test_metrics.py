@@ -82,8 +82,14 @@ D3 = event("d3", model_version="v2", logits=[3.0, 0.0, 0.0], cohort={"region": "
 D4 = event("d4", model_version="v2", logits=[1.5, 0.5, 0.0])  # margin 1; 4th
 D5 = event("d5", model_version="v3", logits=[4.0, 1.0, 0.5])  # third version: __other__
 T1 = event("t1", model="text", model_version="v1", probabilities=[0.8, 0.2], logits=None, cohort={"region": "eu"})
-T2 = event("t2", model="text", model_version="v1", probabilities=[0.3, 0.7], logits=None,
-           cohort={"region": "us", "tier": "free"})  # 2nd of text
+T2 = event(
+    "t2",
+    model="text",
+    model_version="v1",
+    probabilities=[0.3, 0.7],
+    logits=None,
+    cohort={"region": "us", "tier": "free"},
+)  # 2nd of text
 MIX_SETTINGS: dict[str, Any] = {
     "cohort_keys": ("region",),
     "max_cohort_values": 2,
@@ -109,15 +115,20 @@ def mixed(make_client: ClientFactory) -> TestClient:
 
 def test_event_counts_by_model_and_version(mixed: TestClient) -> None:
     samples = _scrape(mixed)
-    assert _by_label({k: v for k, v in samples.items() if ("model", "digits") in k[1]}, "vai_events_total",
-                     "version") == {"v1": 2, "v2": 2, "__other__": 1}
+    assert _by_label(
+        {k: v for k, v in samples.items() if ("model", "digits") in k[1]}, "vai_events_total", "version"
+    ) == {"v1": 2, "v2": 2, "__other__": 1}
     assert _value(samples, "vai_events_total", model="text", version="v1") == 2
     assert _total(samples, "vai_events_total") == 7
 
 
 def test_rejections_by_reason(mixed: TestClient) -> None:
     assert _by_label(_scrape(mixed), "vai_events_rejected_total", "reason") == {
-        "duplicate": 1, "bad_probabilities": 1, "invalid_body": 1, "non_finite": 1}
+        "duplicate": 1,
+        "bad_probabilities": 1,
+        "invalid_body": 1,
+        "non_finite": 1,
+    }
 
 
 def test_confidence_histogram(mixed: TestClient) -> None:
@@ -145,9 +156,11 @@ def test_margin_histogram_buckets(mixed: TestClient) -> None:
         ("text", "v1"): [0, 0, 0, 1, 2, 2, 2, 2, 2, 2],  # log(7/3) = 0.85 and log(4) = 1.39
     }
     for (model, version), counts in expected.items():
-        assert _buckets(samples, "vai_logit_margin", model=model, version=version) == dict(zip(les, counts))
+        expected_buckets = dict(zip(les, counts, strict=True))
+        assert _buckets(samples, "vai_logit_margin", model=model, version=version) == expected_buckets
     assert _value(samples, "vai_logit_margin_sum", model="text", version="v1") == pytest.approx(
-        math.log(0.7 / 0.3) + math.log(0.8 / 0.2), rel=1e-12)
+        math.log(0.7 / 0.3) + math.log(0.8 / 0.2), rel=1e-12
+    )
     assert _value(samples, "vai_logit_margin_sum", model="digits", version="v2") == pytest.approx(4.0)
 
 
@@ -174,11 +187,17 @@ def test_cohort_counter_bounds_values(mixed: TestClient) -> None:
 
 
 def test_sampling_counters_and_queue_length(mixed: TestClient) -> None:
-    samples = _scrape_until(mixed, lambda s: _value(s, "vai_queue_length", model="digits") == 2
-                            and _value(s, "vai_queue_length", model="text") == 1)
-    assert {(dict(labels)["model"], dict(labels)["reason"]): value
-            for (name, labels), value in samples.items() if name == "vai_sampled_total"} == {
-        ("digits", "every_n"): 2, ("digits", "low_confidence"): 1, ("text", "every_n"): 1}
+    samples = _scrape_until(
+        mixed,
+        lambda s: (
+            _value(s, "vai_queue_length", model="digits") == 2 and _value(s, "vai_queue_length", model="text") == 1
+        ),
+    )
+    assert {
+        (dict(labels)["model"], dict(labels)["reason"]): value
+        for (name, labels), value in samples.items()
+        if name == "vai_sampled_total"
+    } == {("digits", "every_n"): 2, ("digits", "low_confidence"): 1, ("text", "every_n"): 1}
     assert _by_label(samples, "vai_events_not_sampled_total", "model") == {"digits": 3, "text": 1}
     assert _value(samples, "vai_redis_up") == 1
 
@@ -192,8 +211,9 @@ def _invariant_holds(samples: Samples, model: str) -> bool:
 
 
 def test_accounting_invariant_of_the_mix(mixed: TestClient) -> None:
-    samples = _scrape_until(mixed, lambda s: _value(s, "vai_buffer_events") == 0
-                            and _total(s, "vai_sample_queued_total") == 3)
+    samples = _scrape_until(
+        mixed, lambda s: _value(s, "vai_buffer_events") == 0 and _total(s, "vai_sample_queued_total") == 3
+    )
     assert _invariant_holds(samples, "digits")
     assert _invariant_holds(samples, "text")
 
@@ -209,11 +229,19 @@ def test_accounting_invariant_with_drops(make_client: ClientFactory) -> None:
     )
     events = [event(f"{model}{i}", model=model) for model in ("budget", "full", "quiet") for i in range(4)]
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 12
-    samples = _scrape_until(client, lambda s: _value(s, "vai_buffer_events") == 0
-                            and _total(s, "vai_sample_queued_total") == 3
-                            and _value(s, "vai_queue_length", model="full") == 2)
-    dropped = {(dict(labels)["model"], dict(labels)["reason"]): value
-               for (name, labels), value in samples.items() if name == "vai_sample_dropped_total"}
+    samples = _scrape_until(
+        client,
+        lambda s: (
+            _value(s, "vai_buffer_events") == 0
+            and _total(s, "vai_sample_queued_total") == 3
+            and _value(s, "vai_queue_length", model="full") == 2
+        ),
+    )
+    dropped = {
+        (dict(labels)["model"], dict(labels)["reason"]): value
+        for (name, labels), value in samples.items()
+        if name == "vai_sample_dropped_total"
+    }
     assert dropped == {("budget", "budget"): 3, ("full", "queue_full"): 2}
     assert _value(samples, "vai_sample_queued_total", model="budget") == 1
     assert _value(samples, "vai_sample_queued_total", model="full") == 2
@@ -230,10 +258,17 @@ def test_versions_beyond_the_limit_count_as_other(make_client: ClientFactory) ->
     events.append(event("other-model", model="text", model_version="v9"))
     assert client.post("/v1/events", json={"events": events}).status_code == 202
     samples = _scrape(client)
-    for name in ("vai_events_total", "vai_prediction_confidence_count", "vai_logit_margin_count",
-                 "vai_low_confidence_total"):
+    for name in (
+        "vai_events_total",
+        "vai_prediction_confidence_count",
+        "vai_logit_margin_count",
+        "vai_low_confidence_total",
+    ):
         assert _by_label({k: v for k, v in samples.items() if ("model", "digits") in k[1]}, name, "version") == {
-            "v1": 2, "v2": 2, "__other__": 3}, name
+            "v1": 2,
+            "v2": 2,
+            "__other__": 3,
+        }, name
     assert _value(samples, "vai_events_total", model="text", version="v9") == 1
 
 
@@ -252,6 +287,7 @@ def test_exposition_passes_promtool(mixed: TestClient) -> None:
         pytest.skip("promtool is not installed")
     promtool = PROMTOOL if os.access(PROMTOOL, os.X_OK) else str(shutil.which("promtool"))
     exposition = mixed.get("/metrics").content
-    checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60,
-                             check=False)
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60, check=False
+    )
     assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()

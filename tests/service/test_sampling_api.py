@@ -65,8 +65,12 @@ def test_put_changes_only_the_fields_sent(client: TestClient, redis_client: redi
     assert first.json() == {**DEFAULTS, "every_n": 5}
     second = client.put(PATH, json={"confidence_below": None, "flagged_cohorts": [{"region": "eu", "tier": "free"}]})
     assert second.status_code == 200
-    expected = {**DEFAULTS, "every_n": 5, "confidence_below": None,
-                "flagged_cohorts": [{"region": "eu", "tier": "free"}]}
+    expected = {
+        **DEFAULTS,
+        "every_n": 5,
+        "confidence_below": None,
+        "flagged_cohorts": [{"region": "eu", "tier": "free"}],
+    }
     assert second.json() == expected
     assert client.put(PATH, json={}).json() == expected
     assert client.get(PATH).json() == expected
@@ -133,11 +137,14 @@ def test_invalid_put_is_422_naming_the_field_and_changes_nothing(
     assert redis_client.hgetall(keys.policy("digits")) == {b"every_n": b"7"}
 
 
-@pytest.mark.parametrize(("path", "status"), [
-    pytest.param("/v1/models/" + "m" * 65 + "/sampling", 422, id="model-65-chars"),
-    pytest.param("/v1/models/bad%20name/sampling", 422, id="model-with-space"),
-    pytest.param("/v1/models/a%2Fb/sampling", 404, id="model-with-slash"),
-])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        pytest.param("/v1/models/" + "m" * 65 + "/sampling", 422, id="model-65-chars"),
+        pytest.param("/v1/models/bad%20name/sampling", 422, id="model-with-space"),
+        pytest.param("/v1/models/a%2Fb/sampling", 404, id="model-with-slash"),
+    ],
+)
 def test_bad_model_in_path_is_refused(client: TestClient, path: str, status: int) -> None:
     for method in ("GET", "PUT", "DELETE"):
         response = client.request(method, path, json={"every_n": 3} if method == "PUT" else None)
@@ -184,11 +191,13 @@ def test_new_policy_changes_sampling_of_later_events(client: TestClient) -> None
     assert _sampled(client, *(event(f"b{i}") for i in range(3))) == [(f"b{i}", ["every_n"]) for i in range(3)]
     client.put(PATH, json={"every_n": None, "flagged_cohorts": [{"region": "eu"}]})
     assert _sampled(client, event("c0", cohort={"region": "us"}), event("c1", cohort={"region": "eu", "x": "y"})) == [
-        ("c1", ["flagged_cohort"])]
+        ("c1", ["flagged_cohort"])
+    ]
     client.put(PATH, json={"flagged_cohorts": [], "confidence_below": 0.9, "require_input": True})
     unsure = [1.0, 1.0, 1.0]
     assert _sampled(client, event("d0", logits=unsure), event("d1", logits=unsure, input=[[0.5, 0.5]])) == [
-        ("d1", ["low_confidence"])]
+        ("d1", ["low_confidence"])
+    ]
     client.delete(PATH)
     assert _sampled(client, event("e0", logits=unsure)) == [("e0", ["low_confidence"])]
 
@@ -226,17 +235,23 @@ def test_config_file_overrides_one_model(digits_every_3: TestClient) -> None:
 
 def test_run_time_changes_layer_over_the_config_file(digits_every_3: TestClient) -> None:
     client = digits_every_3
-    assert client.put(PATH, json={"confidence_below": 0.9}).json() == {**DEFAULTS, "every_n": 3,
-                                                                      "confidence_below": 0.9}
+    assert client.put(PATH, json={"confidence_below": 0.9}).json() == {
+        **DEFAULTS,
+        "every_n": 3,
+        "confidence_below": 0.9,
+    }
     assert client.put(PATH, json={"every_n": 50}).json()["every_n"] == 50
     assert client.delete(PATH).json() == {**DEFAULTS, "every_n": 3}
 
 
-@pytest.mark.parametrize("section", [
-    pytest.param({"every_n": 0}, id="every-n-0"),
-    pytest.param({"confidence_below": 2}, id="confidence-below-2"),
-    pytest.param({"every_m": 3}, id="unknown-field"),
-])
+@pytest.mark.parametrize(
+    "section",
+    [
+        pytest.param({"every_n": 0}, id="every-n-0"),
+        pytest.param({"confidence_below": 2}, id="confidence-below-2"),
+        pytest.param({"every_m": 3}, id="unknown-field"),
+    ],
+)
 def test_invalid_per_model_sampling_in_config_is_refused_at_start(
     make_settings: Callable[..., Settings], section: dict[str, Any]
 ) -> None:
