@@ -33,3 +33,28 @@ def dead_letter_stream(model: str) -> str:
 def model_from_stream(key: str) -> str:
     """Inverse of :func:`sample_stream`."""
     return key.removeprefix(f"{PREFIX}:stream:")
+
+
+def explanation(model: str, request_id: str) -> str:
+    """Hash of one sampled event's explanation: ``status``, ``summary`` and ``detail`` (JSON)."""
+    return f"{PREFIX}:expl:{model}:{request_id}"
+
+
+def explanation_index(model: str, facet: str = "time", value: str = "") -> str:
+    """Sorted set of request ids by event time: all of a model's (``time``), or one facet value
+    (``reason``, ``cohort`` as ``key=value``, ``predicted``, ``version``)."""
+    return f"{PREFIX}:idx:{model}:{facet}" + (f":{value}" if value else "")
+
+
+EXPLAINED_MODELS = f"{PREFIX}:expl-models"
+"""Set of the models that have stored explanations."""
+
+
+def worker_heartbeat(consumer: str) -> str:
+    """String with a TTL, refreshed by a live attribution worker."""
+    return f"{PREFIX}:worker:{consumer}"
+
+
+def sanity(model: str) -> str:
+    """Hash of method -> JSON of the latest randomisation sanity check of a model."""
+    return f"{PREFIX}:sanity:{model}"

@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sampler import keys
 from sampler.contract import MESSAGE_FIELD, SampledEvent
+from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,13 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    model: str
+    event: SampledEvent
     fields: dict[bytes, bytes]
     size: int
+
+    @property
+    def model(self) -> str:
+        return self.event.model
 
 
 class QueueWriter:
@@ -40,6 +45,7 @@ class QueueWriter:
         self,
         redis: Redis,
         metrics: SamplerMetrics,
+        store: ExplanationStore,
         *,
         max_events: int,
         max_bytes: int,
@@ -50,6 +56,7 @@ class QueueWriter:
     ) -> None:
         self._redis = redis
         self._metrics = metrics
+        self._store = store
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._batch_size = batch_size
@@ -92,7 +99,7 @@ class QueueWriter:
         if reason is not None:
             self._metrics.dropped.labels(model, reason).inc()
             return reason
-        self._buffer.append(_Entry(model, fields, size))
+        self._buffer.append(_Entry(event, fields, size))
         self._bytes += size
         self._buffered[model] += 1
         self._wake.set()
@@ -120,13 +127,14 @@ class QueueWriter:
                 maxlen=self._stream_maxlen,
                 approximate=True,
             )
+            await self._store.mark_queued(pipe, entry.event)
         try:
             results = await pipe.execute(raise_on_error=False)
         except REDIS_DOWN as error:
             self._mark_up(False, error)
             return False
         self._mark_up(True)
-        for entry, result in zip(batch, results, strict=True):
+        for entry, result in zip(batch, results[::2], strict=True):
             self._buffer.popleft()
             self._bytes -= entry.size
             self._buffered[entry.model] -= 1

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     """Most stream entries written in one pipelined round trip."""
     flush_retry_s: float = Field(default=0.5, gt=0)
     """Wait before retrying after a failed flush."""
+    explanation_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    """Retention of stored explanations and their indices (every key gets this TTL)."""
 
     @field_validator("ingest_tokens", "read_tokens", "admin_tokens", "cohort_keys", mode="before")
     @classmethod

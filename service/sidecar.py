@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from sampler.connection import connect
+from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from sampler.policy_store import PolicyStore
@@ -51,9 +52,11 @@ class Sidecar:
         self.sampler = Sampler(settings.model_policy)
         self.policies = PolicyStore(self.redis)
         self.sampler_metrics = SamplerMetrics(self.registry)
+        self.explanations = ExplanationStore(self.redis, ttl_s=settings.explanation_ttl_s)
         self.writer = QueueWriter(
             self.redis,
             self.sampler_metrics,
+            self.explanations,
             max_events=settings.buffer_max_events,
             max_bytes=settings.buffer_max_bytes,
             batch_size=settings.flush_batch,

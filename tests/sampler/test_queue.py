@@ -14,6 +14,7 @@ from sampler import keys
 from sampler.connection import connect
 from sampler.contract import SampledEvent
 from sampler.embedded import EmbeddedRedis
+from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.queue import QueueWriter
 
@@ -52,7 +53,8 @@ async def writer_factory(redis_url: str) -> AsyncIterator[Callable[..., tuple[Qu
             "retry_s": 0.05,
         }
         options.update(overrides)
-        return QueueWriter(client, SamplerMetrics(registry), **options), registry  # type: ignore[arg-type]
+        store = ExplanationStore(client, ttl_s=3600)
+        return QueueWriter(client, SamplerMetrics(registry), store, **options), registry  # type: ignore[arg-type]
 
     yield make
     for client in clients:

@@ -1,0 +1,258 @@
+"""Stored explanations: the record format and the Redis store that workers write and the API reads.
+
+One hash per sampled event (``status``, ``summary``, ``detail``), indexed by event
+time per model and per facet (reason, cohort value, predicted class, version).
+Every key has a TTL (the retention); index entries older than the retention are
+trimmed on write. The sidecar marks an event ``queued`` when it is written to
+the stream, so it can be found before a worker explains it.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from sampler import keys
+from sampler.contract import InputTensor, SampledEvent
+from sampler.policy import Reason
+
+Status = Literal["queued", "done", "failed"]
+FACETS = ("reason", "cohort", "predicted", "version")
+
+
+class Fidelity(BaseModel):
+    """Deletion curve summary: lower ``deletion_auc`` than ``random_auc`` means a faithful map."""
+
+    deletion_auc: float
+    random_auc: float
+
+
+class StoredAttribution(BaseModel):
+    """One method's map, compact: float16 of ``values / scale``, little-endian, base64."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shape: tuple[int, ...]
+    scale: float
+    data: str
+    target: int
+    convergence_delta: float | None = None
+    fidelity: Fidelity | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def from_array(cls, values: npt.NDArray[Any], *, target: int, **figures: Any) -> StoredAttribution:
+        scale = float(np.abs(values).max()) or 1.0
+        half = (values / scale).astype("<f2")
+        return cls(
+            shape=values.shape, scale=scale, data=base64.b64encode(half.tobytes()).decode(), target=target, **figures
+        )
+
+    def to_array(self) -> npt.NDArray[np.float32]:
+        half = np.frombuffer(base64.b64decode(self.data), dtype="<f2").reshape(self.shape)
+        return half.astype(np.float32) * np.float32(self.scale)
+
+
+class ExplanationSummary(BaseModel):
+    model: str
+    model_version: str
+    request_id: str
+    status: Status
+    reasons: tuple[Reason, ...]
+    predicted: int
+    confidence: float
+    cohort: dict[str, str] = Field(default_factory=dict)
+    timestamp: float
+    label: int | None = None
+    methods: tuple[str, ...] = ()
+
+    @classmethod
+    def queued(cls, event: SampledEvent) -> ExplanationSummary:
+        return cls(
+            model=event.model,
+            model_version=event.model_version,
+            request_id=event.request_id,
+            status="queued",
+            reasons=event.reasons,
+            predicted=event.predicted,
+            confidence=event.confidence,
+            cohort=event.cohort,
+            timestamp=event.timestamp,
+            label=event.label,
+        )
+
+
+class ExplanationDetail(BaseModel):
+    attributions: dict[str, StoredAttribution] = Field(default_factory=dict)
+    agreement: float | None = None
+    """Mean pairwise Spearman correlation of the methods' absolute maps."""
+    error: str | None = None
+    input: InputTensor | None = None
+    explained_at: float | None = None
+
+
+class ExplanationRecord(BaseModel):
+    summary: ExplanationSummary
+    detail: ExplanationDetail = Field(default_factory=ExplanationDetail)
+
+
+class ExplanationQuery(BaseModel):
+    model: str
+    version: str | None = None
+    reason: Reason | None = None
+    cohort: tuple[str, str] | None = None
+    predicted: int | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: tuple[float, str] | None = None
+    """(timestamp, request_id) of the last item of the previous page."""
+
+
+class ExplanationPage(BaseModel):
+    items: list[ExplanationSummary]
+    next_cursor: tuple[float, str] | None = None
+
+
+_SAVE = """
+if ARGV[1] ~= 'done' and redis.call('HGET', KEYS[1], 'status') == 'done' then return 0 end
+if ARGV[1] == 'queued' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+for i = 2, #KEYS - 1 do
+  redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[7])
+  redis.call('EXPIRE', KEYS[i], ARGV[4])
+end
+redis.call('SADD', KEYS[#KEYS], ARGV[8])
+return 1
+"""
+
+
+def _index_keys(summary: ExplanationSummary) -> list[str]:
+    model = summary.model
+    found = [keys.explanation_index(model)]
+    found += [keys.explanation_index(model, "reason", reason) for reason in summary.reasons]
+    found += [keys.explanation_index(model, "cohort", f"{k}={v}") for k, v in sorted(summary.cohort.items())]
+    found.append(keys.explanation_index(model, "predicted", str(summary.predicted)))
+    found.append(keys.explanation_index(model, "version", summary.model_version))
+    return found
+
+
+class ExplanationStore:
+    """Writes are idempotent by (model, request_id): a ``done`` record is never overwritten."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._save = redis.register_script(_SAVE)
+
+    async def mark_queued(self, pipe: Pipeline, event: SampledEvent) -> None:
+        """Queue the 'queued' record of ``event`` on ``pipe`` (no-op in Redis if a record exists)."""
+        await self._add_save(pipe, ExplanationRecord(summary=ExplanationSummary.queued(event)))
+
+    async def save(self, record: ExplanationRecord) -> bool:
+        """Store ``record``; ``False`` when a finished one was there already."""
+        pipe = self._redis.pipeline(transaction=False)
+        await self._add_save(pipe, record)
+        (stored,) = await pipe.execute()
+        return bool(stored)
+
+    async def _add_save(self, pipe: Pipeline, record: ExplanationRecord) -> None:
+        summary = record.summary
+        index_keys = _index_keys(summary)
+        cutoff = time.time() - self._ttl_s
+        await self._save(
+            keys=[keys.explanation(summary.model, summary.request_id), *index_keys, keys.EXPLAINED_MODELS],
+            args=[
+                summary.status,
+                summary.model_dump_json(),
+                record.detail.model_dump_json(exclude_none=True),
+                self._ttl_s,
+                summary.timestamp,
+                summary.request_id,
+                cutoff,
+                summary.model,
+            ],
+            client=pipe,
+        )
+
+    async def get(self, model: str, request_id: str) -> ExplanationRecord | None:
+        summary, detail = await self._redis.hmget(keys.explanation(model, request_id), ["summary", "detail"])
+        if summary is None:
+            return None
+        return ExplanationRecord(
+            summary=ExplanationSummary.model_validate_json(summary),
+            detail=ExplanationDetail.model_validate_json(detail or b"{}"),
+        )
+
+    async def models(self) -> list[str]:
+        members = await self._redis.smembers(keys.EXPLAINED_MODELS)
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+    async def query(self, query: ExplanationQuery) -> ExplanationPage:
+        """Newest first, filtered; reads the most selective index and checks the other filters."""
+        index = _primary_index(query)
+        upper: float | str = query.until if query.until is not None else "+inf"
+        if query.cursor is not None:
+            upper = min(query.cursor[0], query.until) if query.until is not None else query.cursor[0]
+        lower: float | str = query.since if query.since is not None else "-inf"
+        items: list[ExplanationSummary] = []
+        offset, chunk = 0, max(query.limit * 2, 50)
+        while len(items) <= query.limit:
+            members: list[tuple[bytes, float]] = await self._redis.zrevrangebyscore(  # type: ignore[assignment]
+                index, upper, lower, start=offset, num=chunk, withscores=True
+            )
+            if not members:
+                break
+            offset += len(members)
+            for summary in await self._summaries(query.model, members, query.cursor):
+                if _matches(summary, query):
+                    items.append(summary)
+            if len(members) < chunk:
+                break
+        page, extra = items[: query.limit], items[query.limit :]
+        cursor = (page[-1].timestamp, page[-1].request_id) if extra else None
+        return ExplanationPage(items=page, next_cursor=cursor)
+
+    async def _summaries(
+        self, model: str, members: list[tuple[bytes, float]], cursor: tuple[float, str] | None
+    ) -> list[ExplanationSummary]:
+        wanted = [m.decode() for m, score in members if cursor is None or _after_cursor(score, m.decode(), cursor)]
+        pipe = self._redis.pipeline(transaction=False)
+        for request_id in wanted:
+            pipe.hget(keys.explanation(model, request_id), "summary")
+        return [ExplanationSummary.model_validate_json(raw) for raw in await pipe.execute() if raw is not None]
+
+
+def _after_cursor(score: float, request_id: str, cursor: tuple[float, str]) -> bool:
+    """Order is (timestamp desc, request_id desc): is this member past the cursor?"""
+    return score < cursor[0] or (score == cursor[0] and request_id < cursor[1])
+
+
+def _primary_index(query: ExplanationQuery) -> str:
+    if query.cohort is not None:
+        return keys.explanation_index(query.model, "cohort", f"{query.cohort[0]}={query.cohort[1]}")
+    if query.predicted is not None:
+        return keys.explanation_index(query.model, "predicted", str(query.predicted))
+    if query.reason is not None:
+        return keys.explanation_index(query.model, "reason", query.reason)
+    if query.version is not None:
+        return keys.explanation_index(query.model, "version", query.version)
+    return keys.explanation_index(query.model)
+
+
+def _matches(summary: ExplanationSummary, query: ExplanationQuery) -> bool:
+    return (
+        (query.version is None or summary.model_version == query.version)
+        and (query.reason is None or query.reason in summary.reasons)
+        and (query.cohort is None or summary.cohort.get(query.cohort[0]) == query.cohort[1])
+        and (query.predicted is None or summary.predicted == query.predicted)
+    )

@@ -1,0 +1,121 @@
+"""The explanation store against a real Redis: idempotent writes, indices, filters, pages, TTLs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import redis
+
+from sampler.connection import connect
+from sampler.explanations import (
+    ExplanationDetail,
+    ExplanationQuery,
+    ExplanationRecord,
+    ExplanationStore,
+    ExplanationSummary,
+    StoredAttribution,
+)
+
+pytestmark = pytest.mark.anyio
+T0 = time.time() - 1000  # index entries older than the retention are trimmed on write
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[ExplanationStore]:
+    client = connect(redis_url, timeout_s=1.0)
+    yield ExplanationStore(client, ttl_s=3600)
+    await client.aclose()
+
+
+def summary(request_id: str, timestamp: float, **fields: object) -> ExplanationSummary:
+    values: dict[str, object] = {
+        "model": "digits",
+        "model_version": "v1",
+        "request_id": request_id,
+        "status": "done",
+        "reasons": ("every_n",),
+        "predicted": 3,
+        "confidence": 0.9,
+        "timestamp": T0 + timestamp,
+    }
+    values.update(fields)
+    return ExplanationSummary.model_validate(values)
+
+
+def test_attribution_round_trip_keeps_relative_precision() -> None:
+    values = np.random.default_rng(0).normal(0, 1e-6, (1, 8, 8)).astype(np.float32)
+    stored = StoredAttribution.from_array(values, target=3)
+    np.testing.assert_allclose(stored.to_array(), values, atol=1e-6 * 2e-3 * 8)
+
+
+async def test_done_record_is_never_overwritten(store: ExplanationStore) -> None:
+    done = ExplanationRecord(summary=summary("a", 10.0, methods=("saliency",)), detail=ExplanationDetail(agreement=0.5))
+    assert await store.save(done)
+    assert not await store.save(
+        ExplanationRecord(summary=summary("a", 10.0, status="failed"), detail=ExplanationDetail(error="late duplicate"))
+    )
+    stored = await store.get("digits", "a")
+    assert stored is not None and stored.summary.status == "done" and stored.detail.agreement == 0.5
+
+
+async def test_failed_record_is_replaced_by_a_later_success(store: ExplanationStore) -> None:
+    await store.save(
+        ExplanationRecord(summary=summary("a", 10.0, status="failed"), detail=ExplanationDetail(error="boom"))
+    )
+    assert await store.save(ExplanationRecord(summary=summary("a", 10.0)))
+    stored = await store.get("digits", "a")
+    assert stored is not None and stored.summary.status == "done" and stored.detail.error is None
+
+
+async def test_filters_and_pages_newest_first(store: ExplanationStore) -> None:
+    for i in range(10):
+        await store.save(
+            ExplanationRecord(
+                summary=summary(
+                    f"r{i}",
+                    100.0 + i // 2,  # pairs share a timestamp: the cursor must break ties
+                    reasons=("low_confidence",) if i % 2 else ("every_n",),
+                    cohort={"region": "eu" if i < 5 else "us"},
+                    predicted=i % 3,
+                )
+            )
+        )
+    everything = await store.query(ExplanationQuery(model="digits", limit=100))
+    assert [s.request_id for s in everything.items] == [f"r{i}" for i in (9, 8, 7, 6, 5, 4, 3, 2, 1, 0)]
+    assert everything.next_cursor is None
+
+    seen, cursor = [], None
+    while True:
+        page = await store.query(ExplanationQuery(model="digits", limit=3, cursor=cursor))
+        seen += [s.request_id for s in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [s.request_id for s in everything.items]
+
+    async def ids(**filters: object) -> list[str]:
+        page = await store.query(ExplanationQuery.model_validate({"model": "digits", **filters}))
+        return [s.request_id for s in page.items]
+
+    assert await ids(reason="low_confidence") == ["r9", "r7", "r5", "r3", "r1"]
+    assert await ids(cohort=("region", "eu"), reason="every_n") == ["r4", "r2", "r0"]
+    assert await ids(predicted=0) == ["r9", "r6", "r3", "r0"]
+    assert await ids(since=T0 + 102.0, until=T0 + 103.0) == ["r7", "r6", "r5", "r4"]
+    assert await ids(version="v2") == []
+
+
+async def test_entries_older_than_the_retention_are_trimmed(store: ExplanationStore) -> None:
+    await store.save(ExplanationRecord(summary=summary("old", -10_000.0)))
+    await store.save(ExplanationRecord(summary=summary("new", 0.0)))
+    page = await store.query(ExplanationQuery(model="digits"))
+    assert [s.request_id for s in page.items] == ["new"]
+
+
+async def test_every_key_has_a_ttl(store: ExplanationStore, redis_client: redis.Redis) -> None:
+    await store.save(ExplanationRecord(summary=summary("a", 10.0, cohort={"region": "eu"})))
+    for key in redis_client.keys("vai:*"):
+        if key != b"vai:expl-models":
+            assert 0 < redis_client.ttl(key) <= 3600, key
