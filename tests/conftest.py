@@ -77,18 +77,6 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
 
 
-def event(request_id: str = "r1", *, model: str = "digits", **fields: Any) -> dict[str, Any]:
-    """A valid event; ``fields`` override or add to it."""
-    body: dict[str, Any] = {"model": model, "request_id": request_id, "logits": [4.0, 1.0, 0.5]}
-    body.update(fields)
-    return body
-
-
-@pytest.fixture
-def tmp_dir(tmp_path: Path) -> Path:
-    return tmp_path
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -100,16 +88,3 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
     yield server
     server.stop()
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -9,7 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from conftest import event, wait_until
+from helpers import event, wait_until
 from sampler import keys
 from sampler.connection import connect
 from sampler.contract import SampledEvent

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from conftest import event
+from helpers import event
 from service import cli
 from service.settings import Settings
 

@@ -17,7 +17,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from conftest import event
+from helpers import event
 from sampler import keys
 from sampler.contract import SampledEvent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import event, wait_until
+from helpers import event, wait_until
 from sampler.embedded import free_port
 
 

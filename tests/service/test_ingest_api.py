@@ -7,7 +7,7 @@ from collections.abc import Callable
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import event
+from helpers import event
 from sampler import keys
 from sampler.contract import SampledEvent
 

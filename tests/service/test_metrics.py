@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import event
+from helpers import event
 
 ClientFactory = Callable[..., TestClient]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

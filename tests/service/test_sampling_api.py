@@ -14,7 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from conftest import event
+from helpers import event
 from sampler import keys
 from service.settings import Settings
 
