@@ -1,0 +1,87 @@
+"""A small CNN on scikit-learn's bundled 8x8 digits, saved as TorchScript with Grad-CAM and embedding entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from attribution_workers.models.training import DatasetSplit, TrainingPlan, save_torchscript, stratified_split, train
+
+INPUT_SHAPE = (1, 8, 8)
+"""One image: a single grey channel of 8x8 pixels in [0, 1]."""
+NUM_CLASSES = 10
+EMBEDDING_DIM = 64
+"""Width of the penultimate layer returned by ``embed``."""
+FILE_NAME = "digits-cnn-v1.pt"
+"""Cache file name; the version changes whenever the architecture or the training plan does."""
+PLAN = TrainingPlan(epochs=20, batch_size=64, learning_rate=3e-3, seed=0)
+
+_TEST_FRACTION = 0.25
+_SPLIT_SEED = 0
+_PIXEL_MAX = 16.0
+
+
+class DigitsCNN(nn.Module):
+    """conv-relu-pool-conv-relu (``features``, 32x4x4) then dense-relu (``embed``, 64) and a linear classifier.
+
+    ``head(features(x)) == forward(x)``, which is what lets the loader hook Grad-CAM
+    between the two even after scripting (TorchScript modules take no hooks).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+        )
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, EMBEDDING_DIM), nn.ReLU())
+        self.classifier = nn.Linear(EMBEDDING_DIM, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, 10]`` of images ``[B, 1, 8, 8]``."""
+        return self.head(self.features(x))
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last convolutional activations ``[B, 32, 4, 4]`` (the Grad-CAM layer)."""
+        activations: torch.Tensor = self.conv(x)
+        return activations
+
+    @torch.jit.export
+    def head(self, activations: torch.Tensor) -> torch.Tensor:
+        """Logits from ``features`` activations."""
+        logits: torch.Tensor = self.classifier(self.dense(activations))
+        return logits
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate embedding ``[B, 64]`` (what the drift monitors watch)."""
+        embedding: torch.Tensor = self.dense(self.features(x))
+        return embedding
+
+
+def load_digits_split() -> DatasetSplit:
+    """The bundled digits as ``[N, 1, 8, 8]`` float32 in [0, 1], split 75/25 stratified with a fixed seed."""
+    digits = load_digits()
+    features = (digits.images / _PIXEL_MAX).astype(np.float32)[:, np.newaxis]
+    return stratified_split(features, digits.target.astype(np.int64), test_fraction=_TEST_FRACTION, seed=_SPLIT_SEED)
+
+
+def train_digits_cnn(split: DatasetSplit, *, plan: TrainingPlan = PLAN) -> DigitsCNN:
+    """A freshly trained eager model (a few seconds on one CPU core with the default plan)."""
+    return train(DigitsCNN, split.train, plan)
+
+
+def ensure_digits_model(cache_dir: Path) -> Path:
+    """Path of the scripted digits model in ``cache_dir``, training and saving it first if it is missing."""
+    path = cache_dir / FILE_NAME
+    if not path.exists():
+        save_torchscript(train_digits_cnn(load_digits_split()), path)
+    return path

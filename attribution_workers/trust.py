@@ -1,0 +1,212 @@
+"""How far to trust attributions: deletion fidelity, agreement between methods, and the model-randomisation check.
+
+All rank comparisons use Spearman's correlation of the *absolute* attribution values
+(importance regardless of sign), computed per input over every input element. A map
+that is constant carries no ranking, so its correlation with anything is defined as 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+from scipy.stats import rankdata
+
+from attribution_workers.errors import AttributionError
+from attribution_workers.explainer import Explanation, stack_maps
+from attribution_workers.loader import LoadedModel
+from attribution_workers.methods import MethodName
+
+
+def spearman_rows(first: ArrayLike, second: ArrayLike) -> NDArray[np.float64]:
+    """Spearman correlation of each row of ``first`` ``[B, N]`` with the same row of ``second`` (ties averaged)."""
+    ranks = [rankdata(np.asarray(values, dtype=np.float64), axis=1) for values in (first, second)]
+    if ranks[0].shape != ranks[1].shape or ranks[0].ndim != 2:
+        raise AttributionError(f"need two [B, N] arrays of one shape, got {ranks[0].shape} and {ranks[1].shape}")
+    a, b = (r - r.mean(axis=1, keepdims=True) for r in ranks)
+    numerator = (a * b).sum(axis=1)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    correlation = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+    clipped: NDArray[np.float64] = np.clip(correlation, -1.0, 1.0)
+    return clipped
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Deletion-curve areas for one input, each in [0, 1]: lower means the target probability fell faster."""
+
+    deletion_auc: float
+    """Area when elements go most-attributed first."""
+    random_auc: float
+    """Mean area over seeded random orders."""
+
+    @property
+    def gain(self) -> float:
+        """``random_auc - deletion_auc``: above 0 the attribution order beats chance (faithful)."""
+        return self.random_auc - self.deletion_auc
+
+
+def deletion_fidelity(
+    model: LoadedModel,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    attributions: ArrayLike,
+    *,
+    steps: int = 16,
+    random_orders: int = 3,
+    seed: int = 0,
+    rows_per_pass: int = 4096,
+) -> list[Fidelity]:
+    """Deletion curves (Petsiuk et al. 2018) of a batch, one :class:`Fidelity` per input.
+
+    Input elements are set to the model's baseline in ``steps`` equal steps, in order of
+    decreasing signed attribution (ties broken at random), and the softmax probability of
+    the target is read after each step. The area uses the deleted fraction as x, so it
+    lies in [0, 1]. The same is done for ``random_orders`` random orders (seeded).
+    """
+    flat = inputs.to(device=model.device, dtype=torch.float32).reshape(len(inputs), -1)
+    scores = np.asarray(attributions, dtype=np.float64).reshape(len(inputs), -1)
+    if scores.shape != flat.shape or targets.shape != (len(flat),) or not len(flat) or min(steps, random_orders) < 1:
+        raise AttributionError(
+            f"need B >= 1 inputs, B targets, attributions shaped like the inputs {tuple(inputs.shape)} and "
+            f"steps, random_orders >= 1; got {tuple(targets.shape)}, {np.shape(attributions)}, {steps}, {random_orders}"
+        )
+    counts = np.round(np.linspace(0.0, 1.0, steps + 1) * scores.shape[1]).astype(np.int64)
+    areas = np.stack(
+        [
+            _area(_curves(model, flat, targets, order=order, counts=counts, rows_per_pass=rows_per_pass), counts)
+            for order in _orders(scores, random_orders=random_orders, seed=seed)
+        ]
+    )
+    return [
+        Fidelity(deletion_auc=float(areas[0, row]), random_auc=float(areas[1:, row].mean())) for row in range(len(flat))
+    ]
+
+
+def _orders(scores: NDArray[np.float64], *, random_orders: int, seed: int) -> list[NDArray[np.int64]]:
+    """Deletion orders of every row: by decreasing score (random tie-breaks), then ``random_orders`` random ones."""
+    rng = np.random.default_rng(seed)
+    by_score = np.lexsort((rng.random(scores.shape), -scores), axis=1)
+    identity = np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    return [by_score] + [rng.permuted(identity, axis=1) for _ in range(random_orders)]
+
+
+def _curves(
+    model: LoadedModel,
+    flat: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    order: NDArray[np.int64],
+    counts: NDArray[np.int64],
+    rows_per_pass: int,
+) -> NDArray[np.float64]:
+    """Target probability ``[B, len(counts)]`` after deleting the first ``counts`` elements of ``order``."""
+    positions = torch.from_numpy(np.argsort(order, axis=1)).to(flat.device)
+    thresholds = torch.from_numpy(counts).to(flat.device)
+    baseline = model.baseline.reshape(1, 1, -1)
+    targets = targets.to(device=flat.device, dtype=torch.int64)
+    probabilities = []
+    for rows in _row_slices(len(flat), max(1, rows_per_pass // len(counts))):
+        deleted = positions[rows, None, :] < thresholds[None, :, None]
+        perturbed = torch.where(deleted, baseline, flat[rows, None, :])
+        with torch.no_grad():
+            logits = model.module(perturbed.reshape(-1, *model.input_shape)).reshape(len(perturbed), len(counts), -1)
+        chosen = targets[rows, None, None].expand(-1, len(counts), 1)
+        probabilities.append(logits.softmax(dim=-1).gather(-1, chosen).squeeze(-1))
+    curves: NDArray[np.float64] = torch.cat(probabilities).double().cpu().numpy()
+    return curves
+
+
+def _area(curves: NDArray[np.float64], counts: NDArray[np.int64]) -> NDArray[np.float64]:
+    widths = np.diff(counts / counts[-1])
+    areas: NDArray[np.float64] = ((curves[:, 1:] + curves[:, :-1]) / 2 * widths).sum(axis=1)
+    return areas
+
+
+def _row_slices(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Pairwise rank agreement between methods, averaged over inputs."""
+
+    methods: tuple[MethodName, ...]
+    matrix: NDArray[np.float64]
+    """``[M, M]`` mean Spearman of |attribution|, symmetric, 1 on the diagonal; rows and columns follow ``methods``."""
+
+    @property
+    def mean(self) -> float:
+        """Mean over the distinct pairs of methods, in [-1, 1]."""
+        upper = np.triu_indices(len(self.methods), k=1)
+        return float(self.matrix[upper].mean())
+
+
+def agreement(explanations: Sequence[Explanation]) -> Agreement:
+    """How similarly the methods of these explanations rank input elements (they must share >= 2 methods)."""
+    methods = explanations[0].methods if explanations else ()
+    if len(methods) < 2 or any(explanation.methods != methods for explanation in explanations):
+        raise AttributionError("agreement needs explanations that all have the same two or more methods")
+    flat = {method: np.abs(stack_maps(explanations, method)).reshape(len(explanations), -1) for method in methods}
+    matrix = np.eye(len(methods))
+    for i, first in enumerate(methods):
+        for j in range(i + 1, len(methods)):
+            matrix[i, j] = matrix[j, i] = spearman_rows(flat[first], flat[methods[j]]).mean()
+    return Agreement(methods=methods, matrix=matrix)
+
+
+class ExplainsModel(Protocol):
+    """What the randomisation check needs of an explainer (:class:`~attribution_workers.explainer.Explainer` fits)."""
+
+    @property
+    def model(self) -> LoadedModel: ...
+
+    def with_model(self, model: LoadedModel) -> ExplainsModel: ...
+
+    def explain(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[Explanation]: ...
+
+
+@dataclass(frozen=True)
+class RandomisationCheck:
+    """Model-randomisation sanity check (Adebayo et al. 2018) of one method.
+
+    A method whose maps barely change when the model's weights are replaced by random
+    ones does not explain what the model learned (it may be an edge detector). Methods
+    that scale by ``input - baseline`` (Integrated Gradients, Gradient SHAP, occlusion)
+    score high on sparse inputs such as the digits, as gradient x input did in the paper.
+    """
+
+    method: MethodName
+    similarity: float
+    """Mean Spearman of |attribution| between the trained and the randomised model, in [-1, 1]."""
+    max_similarity: float
+
+    @property
+    def flagged(self) -> bool:
+        """True when ``similarity`` reaches ``max_similarity``: the method is insensitive to the model."""
+        return self.similarity >= self.max_similarity
+
+
+def randomisation_check(
+    explainer: ExplainsModel,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    seed: int = 0,
+    max_similarity: float = 0.5,
+) -> list[RandomisationCheck]:
+    """Compare each method's maps of ``inputs`` (a few recent ones) before and after re-drawing every weight."""
+    trained = explainer.explain(inputs, targets)
+    randomised = explainer.with_model(explainer.model.randomised(seed=seed)).explain(inputs, targets)
+    checks = []
+    for method in trained[0].methods:
+        before = np.abs(stack_maps(trained, method)).reshape(len(trained), -1)
+        after = np.abs(stack_maps(randomised, method)).reshape(len(randomised), -1)
+        similarity = float(spearman_rows(before, after).mean())
+        checks.append(RandomisationCheck(method=method, similarity=similarity, max_similarity=max_similarity))
+    return checks

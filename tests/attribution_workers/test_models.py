@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attribution_workers.loader import LoadedModel
+from attribution_workers.models import digits, tabular
+from attribution_workers.models.training import DatasetSplit, TrainingPlan
+
+ONE_EPOCH = TrainingPlan(epochs=1, batch_size=64, learning_rate=1e-3, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("model_fixture", "split_fixture", "minimum"),
+    [
+        pytest.param("digits_model", "digits_split", 0.95, id="digits-cnn"),
+        pytest.param("tabular_model", "tabular_split", 0.93, id="breast-cancer-mlp"),
+    ],
+)
+def test_scripted_model_reaches_test_accuracy(
+    request: pytest.FixtureRequest, model_fixture: str, split_fixture: str, minimum: float
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_fixture)
+    split: DatasetSplit = request.getfixturevalue(split_fixture)
+
+    with torch.no_grad():
+        predicted = model.module(torch.from_numpy(split.test.features)).argmax(dim=1).numpy()
+
+    assert (predicted == split.test.labels).mean() >= minimum
+
+
+@pytest.mark.parametrize(
+    ("train", "load_split"),
+    [
+        pytest.param(digits.train_digits_cnn, digits.load_digits_split, id="digits-cnn"),
+        pytest.param(tabular.train_breast_cancer_mlp, tabular.load_breast_cancer_split, id="breast-cancer-mlp"),
+    ],
+)
+def test_training_is_deterministic_and_keeps_global_rng(
+    train: Callable[..., nn.Module], load_split: Callable[[], DatasetSplit]
+) -> None:
+    split = load_split()
+    rng_before = torch.random.get_rng_state()
+
+    first, second = train(split, plan=ONE_EPOCH), train(split, plan=ONE_EPOCH)
+
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_digits_split_is_fixed_scaled_and_stratified(digits_split: DatasetSplit) -> None:
+    again = digits.load_digits_split()
+
+    assert digits_split.train.features.shape == (1347, *digits.INPUT_SHAPE)
+    assert digits_split.test.features.shape == (450, *digits.INPUT_SHAPE)
+    assert np.array_equal(again.test.features, digits_split.test.features)
+    assert digits_split.test.features.min() >= 0.0
+    assert digits_split.test.features.max() <= 1.0
+    all_labels = np.concatenate([digits_split.train.labels, digits_split.test.labels])
+    expected = np.bincount(all_labels) * len(digits_split.test.labels) / len(all_labels)
+    assert np.abs(np.bincount(digits_split.test.labels) - expected).max() <= 1
+
+
+def test_scripted_digits_entry_points_agree(digits_path: Path, digits_split: DatasetSplit) -> None:
+    scripted = torch.jit.load(str(digits_path))  # type: ignore[no-untyped-call]
+    images = torch.from_numpy(digits_split.test.features[:5])
+
+    with torch.no_grad():
+        logits = scripted(images)
+        staged = scripted.head(scripted.features(images))
+        embedding = scripted.embed(images)
+
+    assert torch.allclose(logits, staged)
+    assert embedding.shape == (5, digits.EMBEDDING_DIM)
+
+
+def test_scripted_tabular_model_standardises_with_train_statistics(
+    tabular_path: Path, tabular_split: DatasetSplit
+) -> None:
+    scripted = torch.jit.load(str(tabular_path))  # type: ignore[no-untyped-call]
+    train_mean = tabular_split.train.features.mean(axis=0)
+
+    with torch.no_grad():
+        baseline = scripted.baseline()
+        embedding = scripted.embed(torch.from_numpy(tabular_split.test.features[:5]))
+
+    assert np.allclose(baseline.numpy(), train_mean, rtol=1e-5)
+    assert embedding.shape == (5, tabular.EMBEDDING_DIM)
+    assert len(tabular.feature_names()) == tabular.NUM_FEATURES
+
+
+def test_ensure_keeps_an_existing_file(digits_path: Path) -> None:
+    modified = digits_path.stat().st_mtime_ns
+
+    assert digits.ensure_digits_model(digits_path.parent) == digits_path
+    assert digits_path.stat().st_mtime_ns == modified
