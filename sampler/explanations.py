@@ -103,6 +103,16 @@ class ExplanationRecord(BaseModel):
     detail: ExplanationDetail = Field(default_factory=ExplanationDetail)
 
 
+class SanityFigure(BaseModel):
+    """Latest randomisation sanity check of one method of a model (Adebayo et al. 2018)."""
+
+    similarity: float
+    """Mean Spearman correlation of |maps| from the trained and a randomised model; high is bad."""
+    flagged: bool
+    samples: int
+    checked_at: float
+
+
 class ExplanationQuery(BaseModel):
     model: str
     version: str | None = None
@@ -192,6 +202,19 @@ class ExplanationStore:
             summary=ExplanationSummary.model_validate_json(summary),
             detail=ExplanationDetail.model_validate_json(detail or b"{}"),
         )
+
+    async def save_sanity(self, model: str, method: str, figure: SanityFigure) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(keys.sanity(model), method, figure.model_dump_json())
+        pipe.expire(keys.sanity(model), self._ttl_s)
+        await pipe.execute()
+
+    async def sanity(self, model: str) -> dict[str, SanityFigure]:
+        stored = await self._redis.hgetall(keys.sanity(model))
+        return {
+            (method.decode() if isinstance(method, bytes) else method): SanityFigure.model_validate_json(body)
+            for method, body in stored.items()
+        }
 
     async def models(self) -> list[str]:
         members = await self._redis.smembers(keys.EXPLAINED_MODELS)

@@ -24,10 +24,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP sidecar (embedded Redis unless VAI_REDIS_URL)")
     serve.add_argument("--host", help="bind address (default VAI_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default VAI_PORT or 8000)")
+    worker = commands.add_parser("worker", help="run an attribution worker (needs VAI_REDIS_URL and a config file)")
+    worker.add_argument("--metrics-port", type=int, dest="worker_metrics_port", help="port of the worker's /metrics")
     args = parser.parse_args(argv)
-    overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
+    names = ("host", "port", "worker_metrics_port")
+    overrides = {name: value for name in names if (value := getattr(args, name, None)) is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "worker":
+        from attribution_workers.main import run_worker  # torch is only imported by the commands that need it
+
+        return run_worker(settings)
     return serve_forever(settings)
 
 

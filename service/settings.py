@@ -106,6 +106,25 @@ class Settings(BaseSettings):
     explanation_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     """Retention of stored explanations and their indices (every key gets this TTL)."""
 
+    worker_consumer: str | None = None
+    """Consumer name of an attribution worker in the group; default host-pid."""
+    worker_batch_size: int = Field(default=16, ge=1)
+    """Most sampled events explained together in one batch."""
+    worker_block_ms: int = Field(default=1000, ge=1)
+    """How long one read waits for new entries (also bounds the shutdown delay)."""
+    worker_job_timeout_s: float = Field(default=120.0, gt=0)
+    """A batch taking longer is given up and retried."""
+    worker_max_deliveries: int = Field(default=3, ge=1)
+    """Deliveries of an entry before it moves to the dead-letter stream."""
+    worker_retry_after_ms: int = Field(default=30_000, ge=1)
+    """Idle time after which a failed entry, or one of a dead worker, is claimed again."""
+    worker_heartbeat_ttl_s: int = Field(default=15, ge=1)
+    """TTL of the worker's heartbeat key (refreshed every third of it)."""
+    worker_metrics_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the worker's own /metrics (0 disables it)."""
+    worker_device: str | None = None
+    """Torch device for attribution (``cuda``, ``cpu``); default CUDA when available."""
+
     @field_validator("ingest_tokens", "read_tokens", "admin_tokens", "cohort_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

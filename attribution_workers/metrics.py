@@ -1,0 +1,61 @@
+"""Metrics of an attribution worker, on the registry it is given."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.explanations = Counter(
+            "vai_explanations",
+            "Explanations by outcome: ok, failed (will retry), dead (dead-lettered), trimmed "
+            "(stream entry trimmed while pending), duplicate (already stored).",
+            ["model", "method", "status"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "vai_attribution_seconds",
+            "Wall time of one method on one batch.",
+            ["model", "method"],
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.lag = Histogram(
+            "vai_explanation_lag_seconds",
+            "Event time to stored explanation.",
+            ["model"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "vai_dead_letters", "Stream entries moved to the dead-letter stream.", ["model"], registry=registry
+        )
+        self.batch_size = Histogram(
+            "vai_worker_batch_size",
+            "Sampled events explained together in one batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
+        self.fidelity = Gauge(
+            "vai_explanation_fidelity",
+            "Deletion-curve gain of the last batch: random-order area minus attribution-order area "
+            "(above 0 the map beats chance).",
+            ["model", "method"],
+            registry=registry,
+        )
+        self.agreement = Gauge(
+            "vai_attribution_agreement",
+            "Mean pairwise Spearman correlation of the methods' |maps| over the last batch.",
+            ["model"],
+            registry=registry,
+        )
+        self.sanity = Gauge(
+            "vai_attribution_sanity_similarity",
+            "Similarity of maps from the trained and a randomised model (high: method ignores the model).",
+            ["model", "method"],
+            registry=registry,
+        )

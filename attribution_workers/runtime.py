@@ -1,0 +1,260 @@
+"""One model ready to explain sampled events: blocking torch work, called from a worker thread."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from attribution_workers.config import AttributionConfig
+from attribution_workers.errors import AttributionError
+from attribution_workers.explainer import Attribution, Explainer, Explanation
+from attribution_workers.loader import LoadedModel, load_model
+from attribution_workers.trust import Fidelity as DeletionFidelity
+from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
+from sampler.contract import MessageError, SampledEvent
+from sampler.explanations import (
+    ExplanationDetail,
+    ExplanationRecord,
+    ExplanationSummary,
+    Fidelity,
+    StoredAttribution,
+)
+
+LABEL_SUFFIX = "@label"
+"""Maps towards the true label (when known and different from the prediction) are stored as ``method@label``."""
+
+
+class PermanentError(AttributionError):
+    """This event can never be explained (no input, wrong shape): dead-letter it without retrying."""
+
+
+@dataclass
+class Outcome:
+    """What became of one event: a record to store, and whether retrying could help."""
+
+    record: ExplanationRecord
+    retry: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.record.summary.status == "done"
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[Outcome]
+    seconds: dict[str, float] = field(default_factory=dict)
+    fidelity_gain: dict[str, float] = field(default_factory=dict)
+    agreement: float | None = None
+
+
+class ModelRuntime:
+    """Loads a model once and explains batches of its sampled events with every configured method."""
+
+    def __init__(self, name: str, config: AttributionConfig, *, device: str | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.model: LoadedModel = load_model(config.model, device=device)
+        combined = Explainer(
+            self.model,
+            methods=config.methods,
+            ig_steps=config.ig_steps,
+            occlusion_window=config.occlusion_window,
+            shap_samples=config.shap_samples,
+        )
+        self.methods = combined.methods
+        self._combined = combined
+        self._explainers = {
+            method: Explainer(
+                self.model,
+                methods=[method],
+                ig_steps=config.ig_steps,
+                occlusion_window=config.occlusion_window,
+                shap_samples=config.shap_samples,
+            )
+            for method in self.methods
+        }
+        self._recent: deque[tuple[torch.Tensor, int]] = deque(maxlen=config.sanity_samples)
+        self._last_sanity = time.monotonic()
+        self._lock = threading.Lock()
+
+    def explain(self, events: Sequence[SampledEvent]) -> BatchResult:
+        """Explain the whole batch at once; if that fails, each event alone, so one poison event
+        cannot hold back the others."""
+        with self._lock:
+            usable, outcomes = self._usable(events)
+            if not usable:
+                return BatchResult(outcomes)
+            try:
+                result = self._explain_batch(usable)
+            except Exception:  # isolate the culprit: one event at a time
+                result = BatchResult([])
+                for event, tensor in usable:
+                    try:
+                        result.outcomes += self._explain_batch([(event, tensor)]).outcomes
+                    except Exception as error:
+                        result.outcomes.append(_failed(event, f"{type(error).__name__}: {error}", retry=True))
+            result.outcomes = outcomes + result.outcomes
+            return result
+
+    def sanity_due(self) -> bool:
+        return time.monotonic() - self._last_sanity >= self.config.sanity_every_s and len(self._recent) >= 2
+
+    def sanity_check(self, *, seed: int = 0) -> list[RandomisationCheck]:
+        """Randomisation check of every method on the recent inputs."""
+        with self._lock:
+            self._last_sanity = time.monotonic()
+            inputs = torch.stack([tensor for tensor, _ in self._recent]).to(self.model.device)
+            targets = torch.tensor([target for _, target in self._recent], device=self.model.device)
+            return randomisation_check(
+                self._combined, inputs, targets, seed=seed, max_similarity=self.config.sanity_max_similarity
+            )
+
+    def _usable(self, events: Sequence[SampledEvent]) -> tuple[list[tuple[SampledEvent, torch.Tensor]], list[Outcome]]:
+        usable, refused = [], []
+        for event in events:
+            try:
+                usable.append((event, self._tensor(event)))
+            except PermanentError as error:
+                refused.append(_failed(event, str(error), retry=False))
+        return usable, refused
+
+    def _tensor(self, event: SampledEvent) -> torch.Tensor:
+        if event.input is None:
+            raise PermanentError("event has no input to attribute (set require_input in the sampling policy)")
+        try:
+            array = event.input.to_array()
+        except MessageError as error:
+            raise PermanentError(str(error)) from None
+        shape = self.config.model.input_shape
+        if array.size != math.prod(shape):
+            raise PermanentError(f"input of shape {list(array.shape)} does not fit the model's {list(shape)}")
+        if not 0 <= event.predicted < self.config.model.num_classes:
+            raise PermanentError(
+                f"predicted class {event.predicted} out of range for {self.config.model.num_classes} classes"
+            )
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).reshape(shape))
+
+    def _explain_batch(self, usable: list[tuple[SampledEvent, torch.Tensor]]) -> BatchResult:
+        rows = [(event, tensor, event.predicted) for event, tensor in usable]
+        rows += [
+            (event, tensor, event.label)
+            for event, tensor in usable
+            if event.label is not None
+            and event.label != event.predicted
+            and 0 <= event.label < self.config.model.num_classes
+        ]
+        inputs = torch.stack([tensor for _, tensor, _ in rows]).to(self.model.device)
+        targets = torch.tensor([target for _, _, target in rows], device=self.model.device)
+        explanations, seconds = self._run_methods(inputs, targets)
+        count = len(usable)
+        fidelities = {
+            method: deletion_fidelity(
+                self.model,
+                inputs[:count],
+                targets[:count],
+                np.stack([e[method].values for e in explanations[:count]]),
+                steps=self.config.fidelity_steps,
+                random_orders=self.config.fidelity_random_orders,
+            )
+            for method in self.methods
+        }
+        agreements = [agreement([e]).mean if len(self.methods) >= 2 else None for e in explanations[:count]]
+        label_rows = {rows[i][0].request_id: explanations[i] for i in range(count, len(rows))}
+        now = time.time()
+        outcomes = [
+            Outcome(
+                self._record(
+                    event,
+                    explanations[i],
+                    label_rows.get(event.request_id),
+                    {m: fidelities[m][i] for m in self.methods},
+                    agreements[i],
+                    seconds,
+                    now,
+                )
+            )
+            for i, (event, _) in enumerate(usable)
+        ]
+        for event, tensor in usable:
+            self._recent.append((tensor, event.predicted))
+        valid = [a for a in agreements if a is not None and math.isfinite(a)]
+        return BatchResult(
+            outcomes,
+            seconds=seconds,
+            fidelity_gain={m: float(np.mean([f.gain for f in fidelities[m]])) for m in self.methods},
+            agreement=float(np.mean(valid)) if valid else None,
+        )
+
+    def _run_methods(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[Explanation], dict[str, float]]:
+        per_method: dict[str, list[Explanation]] = {}
+        seconds: dict[str, float] = {}
+        for method, explainer in self._explainers.items():
+            started = time.perf_counter()
+            per_method[method] = explainer.explain(inputs, targets)
+            if inputs.device.type == "cuda":
+                torch.cuda.synchronize(inputs.device)
+            seconds[method] = time.perf_counter() - started
+        combined = [
+            Explanation(
+                target=per_method[self.methods[0]][row].target,
+                attributions=tuple(per_method[m][row].attributions[0] for m in self.methods),
+            )
+            for row in range(len(inputs))
+        ]
+        return combined, seconds
+
+    def _record(
+        self,
+        event: SampledEvent,
+        explanation: Explanation,
+        label: Explanation | None,
+        fidelity: dict[str, DeletionFidelity],
+        agreement_value: float | None,
+        seconds: dict[str, float],
+        now: float,
+    ) -> ExplanationRecord:
+        stored: dict[str, StoredAttribution] = {
+            a.method: _stored(a, explanation.target, fidelity.get(a.method), seconds[a.method])
+            for a in explanation.attributions
+        }
+        if label is not None:
+            stored |= {
+                a.method + LABEL_SUFFIX: _stored(a, label.target, None, seconds[a.method]) for a in label.attributions
+            }
+        summary = ExplanationSummary.queued(event).model_copy(update={"status": "done", "methods": self.methods})
+        detail = ExplanationDetail(
+            attributions=stored,
+            agreement=agreement_value if agreement_value is None or math.isfinite(agreement_value) else None,
+            input=event.input if self.config.store_inputs else None,
+            explained_at=now,
+        )
+        return ExplanationRecord(summary=summary, detail=detail)
+
+
+def _stored(
+    attribution: Attribution, target: int, fidelity: DeletionFidelity | None, seconds: float
+) -> StoredAttribution:
+    figure = None
+    if fidelity is not None:
+        figure = Fidelity(deletion_auc=fidelity.deletion_auc, random_auc=fidelity.random_auc)
+    delta = attribution.convergence_delta
+    return StoredAttribution.from_array(
+        attribution.values,
+        target=target,
+        fidelity=figure,
+        seconds=seconds,
+        convergence_delta=delta if delta is None or math.isfinite(delta) else None,
+    )
+
+
+def _failed(event: SampledEvent, error: str, *, retry: bool) -> Outcome:
+    summary = ExplanationSummary.queued(event).model_copy(update={"status": "failed"})
+    return Outcome(ExplanationRecord(summary=summary, detail=ExplanationDetail(error=error[:2000])), retry=retry)

@@ -1,0 +1,167 @@
+"""Reading stored explanations: query parsing, public shapes, heatmaps. No HTTP here."""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from attribution_workers.heatmap import render_bar_chart, render_image_heatmap
+from sampler.explanations import ExplanationQuery, ExplanationRecord, ExplanationStore, Fidelity
+from service.errors import SidecarError
+
+
+class AttributionPublic(BaseModel):
+    shape: tuple[int, ...]
+    values: list[Any]
+    """Nested lists with ``shape``."""
+    target: int
+    convergence_delta: float | None = None
+    fidelity: Fidelity | None = None
+    seconds: float | None = None
+
+
+class ExplanationPublic(BaseModel):
+    model: str
+    model_version: str
+    request_id: str
+    status: str
+    reasons: tuple[str, ...]
+    predicted: int
+    confidence: float
+    cohort: dict[str, str]
+    timestamp: float
+    label: int | None
+    methods: tuple[str, ...]
+    attributions: dict[str, AttributionPublic]
+    agreement: float | None = None
+    sanity_similarity: dict[str, float] = {}
+    """Latest randomisation check per method: similarity to a randomised model's map (high is bad)."""
+    error: str | None = None
+    input: dict[str, Any] | None = None
+    explained_at: float | None = None
+
+
+def parse_query(params: dict[str, str], *, default_model: str | None) -> ExplanationQuery:
+    """``ExplanationQuery`` from query parameters; 422 naming the parameter on a bad value."""
+    values: dict[str, Any] = {
+        name: params[name] for name in ("version", "reason", "predicted", "limit") if name in params
+    }
+    values["model"] = params.get("model") or default_model
+    if values["model"] is None:
+        raise SidecarError(422, "model: required (several models have explanations)", field="model")
+    if "cohort" in params:
+        key, sep, value = params["cohort"].partition(":")
+        if not sep or not key or not value:
+            raise SidecarError(422, "cohort: use key:value, e.g. cohort=region:eu", field="cohort")
+        values["cohort"] = (key, value)
+    for name in ("since", "until"):
+        if name in params:
+            values[name] = _time_param(name, params[name])
+    if "cursor" in params:
+        values["cursor"] = _decode_cursor(params["cursor"])
+    try:
+        return ExplanationQuery.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "query"
+        raise SidecarError(422, f"{field}: {first['msg']}", field=field) from None
+
+
+def encode_cursor(cursor: tuple[float, str] | None) -> str | None:
+    if cursor is None:
+        return None
+    return base64.urlsafe_b64encode(orjson.dumps(cursor)).decode()
+
+
+def _decode_cursor(text: str) -> tuple[float, str]:
+    try:
+        timestamp, request_id = orjson.loads(base64.urlsafe_b64decode(text.encode()))
+        return float(timestamp), str(request_id)
+    except (ValueError, TypeError):
+        raise SidecarError(422, "cursor: not a cursor returned by this API", field="cursor") from None
+
+
+def _time_param(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise SidecarError(422, f"{name}: use epoch seconds or RFC 3339", field=name) from None
+        if parsed.tzinfo is None:
+            raise SidecarError(422, f"{name}: needs a UTC offset (RFC 3339)", field=name) from None
+        value = parsed.timestamp()
+    if not math.isfinite(value):
+        raise SidecarError(422, f"{name}: must be finite", field=name)
+    return value
+
+
+def to_public(record: ExplanationRecord, sanity: dict[str, float]) -> ExplanationPublic:
+    detail = record.detail
+    attributions = {
+        method: AttributionPublic(
+            shape=stored.shape,
+            values=stored.to_array().tolist(),
+            target=stored.target,
+            convergence_delta=stored.convergence_delta,
+            fidelity=stored.fidelity,
+            seconds=stored.seconds,
+        )
+        for method, stored in detail.attributions.items()
+    }
+    model_input = None
+    if detail.input is not None:
+        model_input = {"shape": detail.input.shape, "values": detail.input.to_array().tolist()}
+    return ExplanationPublic(
+        **record.summary.model_dump(),
+        attributions=attributions,
+        agreement=detail.agreement,
+        sanity_similarity={m: sanity[m] for m in record.summary.methods if m in sanity},
+        error=detail.error,
+        input=model_input,
+        explained_at=detail.explained_at,
+    )
+
+
+async def default_model(store: ExplanationStore) -> str | None:
+    models = await store.models()
+    return models[0] if len(models) == 1 else None
+
+
+def render_heatmap(record: ExplanationRecord, method: str, *, feature_names: list[str] | None) -> bytes:
+    """PNG of one method's map: over the input for images, a signed bar chart for flat inputs.
+
+    Blocking matplotlib work: call it from a worker thread.
+    """
+    stored = record.detail.attributions.get(method)
+    if stored is None:
+        available = ", ".join(record.detail.attributions) or "none yet"
+        raise SidecarError(404, f"method: no {method!r} map for this event (available: {available})", field="method")
+    values = stored.to_array()
+    summary = record.summary
+    title = f"{summary.model} {summary.request_id}: {method}, class {stored.target}"
+    if values.ndim == 1 or (values.ndim == 2 and values.shape[0] == 1):
+        flat = values.reshape(-1)
+        names = (
+            feature_names if feature_names and len(feature_names) == flat.size else [f"x{i}" for i in range(flat.size)]
+        )
+        return render_bar_chart(flat, names, title=title)
+    image = record.detail.input.to_array() if record.detail.input is not None else None
+    return render_image_heatmap(_plane(image, values.shape), _plane(values, values.shape), title=title)
+
+
+def _plane(array: npt.NDArray[Any] | None, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
+    """A 2-D picture of a channel-first map or input (channels averaged); zeros when absent."""
+    if array is None:
+        return np.zeros(shape[-2:])
+    data = np.asarray(array, dtype=np.float64).reshape(shape)
+    plane: npt.NDArray[np.float64] = data.reshape(-1, *shape[-2:]).mean(axis=0)
+    return plane

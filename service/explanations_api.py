@@ -1,0 +1,66 @@
+"""HTTP routes for stored explanations (read token)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from sampler.explanations import ExplanationRecord
+from service.deps import ReadScope, SidecarDep
+from service.errors import SidecarError
+from service.explanations import (
+    ExplanationPublic,
+    default_model,
+    encode_cursor,
+    parse_query,
+    render_heatmap,
+    to_public,
+)
+from service.sidecar import Sidecar
+
+router = APIRouter(dependencies=[ReadScope])
+ModelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+@router.get("/v1/explanations", summary="Stored explanations, newest first, filtered")
+async def list_explanations(request: Request, sidecar: SidecarDep) -> Response:
+    query = parse_query(dict(request.query_params), default_model=await default_model(sidecar.explanations))
+    page = await sidecar.explanations.query(query)
+    body = {"items": [item.model_dump() for item in page.items], "next_cursor": encode_cursor(page.next_cursor)}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/v1/explanations/{model}/{request_id}")
+async def get_explanation(model: ModelPath, request_id: RequestIdPath, sidecar: SidecarDep) -> ExplanationPublic:
+    record = await _record(sidecar, model, request_id)
+    sanity = await sidecar.explanations.sanity(model)
+    return to_public(record, {method: figure.similarity for method, figure in sanity.items()})
+
+
+@router.get("/v1/explanations/{model}/{request_id}/heatmap.png", response_class=Response)
+async def get_heatmap(
+    model: ModelPath,
+    request_id: RequestIdPath,
+    sidecar: SidecarDep,
+    method: Annotated[str, Query(min_length=1, max_length=64)],
+) -> Response:
+    record = await _record(sidecar, model, request_id)
+    section = sidecar.settings.models.get(model)
+    names = (section.model_extra or {}).get("feature_names") if section else None
+    png = await run_in_threadpool(render_heatmap, record, method, feature_names=names)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+async def _record(sidecar: Sidecar, model: str, request_id: str) -> ExplanationRecord:
+    record = await sidecar.explanations.get(model, request_id)
+    if record is None:
+        raise SidecarError(
+            404,
+            f"request_id: no sampled event {request_id!r} of model {model!r} (never sampled, or past the retention)",
+            field="request_id",
+        )
+    return record
