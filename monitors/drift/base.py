@@ -1,0 +1,128 @@
+"""Our drift-detector protocol, its input and result types, and plain-array state encoding.
+
+Third-party detectors (alibi-detect) sit behind adapters implementing
+:class:`DriftDetector`, so another backend can replace them without touching
+the monitor, and nothing outside ``monitors.drift`` sees their ``{"data": ...}`` dicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from monitors.drift.states import DetectorState
+
+P_VALUE_FLOOR = 1e-300
+"""p-values are clipped to this before ``-log10`` so scores stay finite."""
+
+
+def surprise(p_value: float) -> float:
+    """``-log10(p)``: the score of p-value tests, so that larger always means more drift."""
+    return max(0.0, -math.log10(max(p_value, P_VALUE_FLOOR)))
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEvent:
+    """What the request path hands to drift monitoring for one prediction."""
+
+    predicted: int
+    confidence: float
+    embedding: NDArray[np.float32] | None
+    time_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DriftBatch:
+    """Consecutive events of one model, oldest first."""
+
+    predicted: NDArray[np.int64]
+    """Predicted class per event, shape ``(n,)``."""
+    confidence: NDArray[np.float64]
+    """Top-1 probability per event, shape ``(n,)``."""
+    embeddings: NDArray[np.float32] | None
+    """Shape ``(n, d)``; ``None`` when any event of the batch came without one."""
+    time_s: float
+    """Time of the newest event, epoch seconds."""
+
+    def __len__(self) -> int:
+        return int(self.predicted.size)
+
+    @classmethod
+    def from_events(cls, events: Sequence[DriftEvent]) -> DriftBatch:
+        if not events:
+            raise ValueError("a drift batch needs at least one event")
+        vectors = [e.embedding for e in events]
+        shapes = {v.shape for v in vectors if v is not None}
+        embeddings = None
+        if len(shapes) == 1 and all(v is not None for v in vectors):
+            embeddings = np.stack([v for v in vectors if v is not None]).astype(np.float32, copy=False)
+        return cls(
+            predicted=np.array([e.predicted for e in events], dtype=np.int64),
+            confidence=np.array([e.confidence for e in events], dtype=np.float64),
+            embeddings=embeddings,
+            time_s=max(e.time_s for e in events),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DriftResult:
+    """The latest verdict of one detector. For every detector, ``drift`` is ``score > threshold``."""
+
+    name: str
+    score: float
+    threshold: float
+    drift: bool
+    p_value: float | None = None
+    """Set by the tests that have one."""
+    since: float | None = None
+    """Epoch seconds of the first result of the current run of drift verdicts (set by the monitor)."""
+
+
+class DriftDetector(Protocol):
+    """One detector kind over a model's event stream."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the results it produces (the ``detector`` metric label)."""
+        ...
+
+    def update(self, batch: DriftBatch) -> list[DriftResult]:
+        """Take the next events; return a result per test that has a new verdict (maybe none)."""
+        ...
+
+    def export_state(self) -> DetectorState:
+        """Everything needed to rebuild the detector without recalibrating, as a JSON-ready model."""
+        ...
+
+
+class EncodedArray(BaseModel):
+    """A numpy array as JSON: little-endian bytes in base64, with shape and dtype (never pickle)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dtype: Literal["float32", "float64", "int64"]
+    shape: tuple[int, ...] = Field(max_length=4)
+    data: str
+
+    @classmethod
+    def of(cls, array: NDArray[np.generic]) -> EncodedArray:
+        name = array.dtype.name
+        if name not in ("float32", "float64", "int64"):
+            raise ValueError(f"cannot encode dtype {name}: cast to float32, float64 or int64 first")
+        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        return cls(dtype=name, shape=array.shape, data=base64.b64encode(raw).decode())
+
+    def decode(self) -> NDArray[np.generic]:
+        dtype = np.dtype(self.dtype).newbyteorder("<")
+        raw = base64.b64decode(self.data, validate=True)
+        if len(raw) != int(np.prod(self.shape)) * dtype.itemsize:
+            raise ValueError(f"encoded array: {len(raw)} bytes do not fit shape {list(self.shape)} of {self.dtype}")
+        return np.frombuffer(raw, dtype=dtype).reshape(self.shape).astype(np.dtype(self.dtype))

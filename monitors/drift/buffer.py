@@ -1,0 +1,49 @@
+"""The bounded hand-off between the request path and drift detection."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from prometheus_client import Counter
+
+from monitors.drift.base import DriftEvent
+
+
+class IngestBuffer:
+    """Events waiting for the drift runner; when full, the oldest are dropped and counted.
+
+    ``append`` is O(1) and holds a lock only for a deque operation, so the
+    request path never waits on detection.
+    """
+
+    def __init__(self, *, capacity_events: int = 10_000, skipped: Counter | None = None) -> None:
+        if capacity_events < 1:
+            raise ValueError(f"capacity_events must be at least 1, got {capacity_events}")
+        self._events: deque[DriftEvent] = deque(maxlen=capacity_events)
+        self._skipped_counter = skipped
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @property
+    def skipped_total(self) -> int:
+        """Events dropped because the buffer was full."""
+        return self._skipped
+
+    def append(self, event: DriftEvent) -> None:
+        with self._lock:
+            dropped = len(self._events) == self._events.maxlen
+            self._events.append(event)
+            if dropped:
+                self._skipped += 1
+        if dropped and self._skipped_counter is not None:
+            self._skipped_counter.inc()
+
+    def drain(self, max_events: int) -> list[DriftEvent]:
+        """Remove and return up to ``max_events`` of the oldest events."""
+        with self._lock:
+            count = min(max_events, len(self._events))
+            return [self._events.popleft() for _ in range(count)]

@@ -1,0 +1,62 @@
+"""Prometheus metrics of drift monitoring, on a registry passed in.
+
+| metric | type | labels | meaning |
+| --- | --- | --- | --- |
+| ``vai_drift_score`` | gauge | model, detector | latest test statistic (larger = more drift) |
+| ``vai_drift_threshold`` | gauge | model, detector | the score above which the detector reports drift |
+| ``vai_drift_detected`` | gauge | model, detector | 1 while the latest verdict is drift, else 0 |
+| ``vai_drift_p_value`` | gauge | model, detector | latest p-value (windowed tests only) |
+| ``vai_embedding_distance`` | histogram | model | cosine distance of each embedding to the reference centroid |
+| ``vai_drift_events_skipped_total`` | counter | model | events not examined (buffer full, or calibrating) |
+
+``detector`` takes the closed set of result names: ``mmd_online``/``lsdd_online``,
+``window_mmd``, ``window_ks``, ``output_class_chi2``, ``output_confidence_ks``,
+``embedding_distance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from monitors.drift.base import DriftResult
+
+DISTANCE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
+"""Cosine distance lies in [0, 2]; most in-distribution embeddings sit well below 0.5."""
+
+
+class DriftMetrics:
+    def __init__(self, *, registry: CollectorRegistry, distance_buckets: Sequence[float] = DISTANCE_BUCKETS) -> None:
+        labels = ("model", "detector")
+        self._score = Gauge("vai_drift_score", "Latest drift test statistic.", labels, registry=registry)
+        self._threshold = Gauge(
+            "vai_drift_threshold", "Score above which drift is reported.", labels, registry=registry
+        )
+        self._detected = Gauge("vai_drift_detected", "1 while the latest verdict is drift.", labels, registry=registry)
+        self._p_value = Gauge("vai_drift_p_value", "Latest p-value of a windowed test.", labels, registry=registry)
+        self._distance = Histogram(
+            "vai_embedding_distance",
+            "Cosine distance of embeddings to the reference centroid.",
+            ("model",),
+            buckets=tuple(distance_buckets),
+            registry=registry,
+        )
+        self._skipped = Counter(
+            "vai_drift_events_skipped", "Events not examined by drift detection.", ("model",), registry=registry
+        )
+
+    def record(self, model: str, result: DriftResult) -> None:
+        """Expose one detector's latest verdict."""
+        self._score.labels(model, result.name).set(result.score)
+        self._threshold.labels(model, result.name).set(result.threshold)
+        self._detected.labels(model, result.name).set(1.0 if result.drift else 0.0)
+        if result.p_value is not None:
+            self._p_value.labels(model, result.name).set(result.p_value)
+
+    def skipped(self, model: str) -> Counter:
+        """The model's counter of skipped events (handed to its ingest buffer)."""
+        return self._skipped.labels(model)
+
+    def distance_histogram(self, model: str) -> Histogram:
+        return self._distance.labels(model)

@@ -1,0 +1,278 @@
+"""A model's drift monitor: reference, detectors, phases and latest verdicts.
+
+Phases: ``warming_up`` (no reference was given: the first
+``config.reference_events`` events become it) -> ``calibrating`` (waiting for
+:meth:`DriftMonitor.calibrate`, which is slow and runs in a worker thread;
+events meanwhile are skipped and counted) -> ``monitoring``. A monitor rebuilt
+with :meth:`DriftMonitor.from_state` starts in ``monitoring``.
+
+Detectors built (alibi-detect is imported only for the first two):
+
+* embeddings, after PCA: the online detector (``mmd_online``/``lsdd_online``)
+  and the windowed MMD/KS tests (``window_mmd``, ``window_ks``);
+* raw embeddings: ``embedding_distance``;
+* predictions: ``output_class_chi2``, ``output_confidence_ks``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitors.drift.base import DriftBatch, DriftDetector, DriftResult
+from monitors.drift.config import DriftConfig
+from monitors.drift.embedding import EmbeddingDistance
+from monitors.drift.metrics import DriftMetrics
+from monitors.drift.output import OutputDrift
+from monitors.drift.reduction import Pca
+from monitors.drift.reference import Reference
+from monitors.drift.states import (
+    EmbeddingDistanceState,
+    MonitorState,
+    OnlineState,
+    OutputDriftState,
+    WindowTestsState,
+)
+from monitors.drift.tumbling import concat, head
+
+
+class Phase(StrEnum):
+    WARMING_UP = "warming_up"
+    CALIBRATING = "calibrating"
+    MONITORING = "monitoring"
+
+
+class NotCalibratedError(RuntimeError):
+    """The monitor has no calibrated detectors yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Detectors:
+    pca: Pca | None
+    raw: tuple[DriftDetector, ...]
+    """Fed the batch as it comes."""
+    reduced: tuple[DriftDetector, ...]
+    """Fed the batch with PCA applied to its embeddings."""
+
+
+class DriftMonitor:
+    """Drift monitoring of one model; ``update`` from one thread, the other methods from any."""
+
+    def __init__(
+        self, *, model: str, config: DriftConfig, metrics: DriftMetrics, reference: Reference | None = None
+    ) -> None:
+        self._model = model
+        self._config = config
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._reference = reference
+        self._warmup: list[DriftBatch] = []
+        self._warmup_count = 0
+        self._detectors: _Detectors | None = None
+        self._calibrating = False
+        self._error: str | None = None
+        self._results: dict[str, DriftResult] = {}
+
+    @classmethod
+    def from_state(cls, state: MonitorState, *, metrics: DriftMetrics) -> DriftMonitor:
+        """A monitor in ``monitoring`` from an exported state (its own config included), without calibration."""
+        monitor = cls(model=state.model, config=state.config, metrics=metrics)
+        monitor._detectors = _restore(state, metrics)
+        return monitor
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def phase(self) -> Phase:
+        with self._lock:
+            return self._phase_locked()
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when a reference waits for :meth:`calibrate` and no calibration ran or failed."""
+        with self._lock:
+            return self._reference is not None and self._detectors is None and not self._calibrating and not self._error
+
+    @property
+    def calibration_error(self) -> str | None:
+        """Why the last calibration failed; calling :meth:`calibrate` again retries."""
+        with self._lock:
+            return self._error
+
+    def results(self) -> tuple[DriftResult, ...]:
+        """Latest verdict of each detector, by name."""
+        with self._lock:
+            return tuple(self._results[name] for name in sorted(self._results))
+
+    def update(self, batch: DriftBatch) -> list[DriftResult]:
+        """Take the next events: collect them, skip them, or run the detectors, depending on the phase."""
+        with self._lock:
+            detectors = self._detectors
+            if detectors is None:
+                self._take_warmup(batch)
+                return []
+        fresh = _run(detectors, batch)  # outside the lock: readers of results() must not wait on detection
+        results: list[DriftResult] = []
+        with self._lock:
+            for result in fresh:
+                previous = self._results.get(result.name)
+                since = (previous.since if previous and previous.drift else batch.time_s) if result.drift else None
+                results.append(replace(result, since=since))
+                self._results[result.name] = results[-1]
+        for result in results:
+            self._metrics.record(self._model, result)
+        return results
+
+    def calibrate(self) -> None:
+        """Fit PCA and detectors on the reference (slow); then the monitor is ``monitoring``."""
+        with self._lock:
+            if self._reference is None or self._detectors is not None or self._calibrating:
+                raise RuntimeError(f"model {self._model}: nothing to calibrate in phase {self._phase_locked().value}")
+            self._calibrating, self._error, reference = True, None, self._reference
+        try:
+            detectors = _build(self._model, reference, self._config, self._metrics)
+        except Exception as error:
+            with self._lock:
+                self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
+            raise
+        with self._lock:
+            self._calibrating, self._detectors = False, detectors
+
+    def export_state(self) -> MonitorState:
+        """The calibrated state (see :mod:`monitors.drift.states`); raises ``NotCalibratedError`` before that."""
+        with self._lock:
+            detectors = self._detectors
+        if detectors is None:
+            raise NotCalibratedError(f"model {self._model} is not calibrated yet: export once phase is 'monitoring'")
+        return MonitorState(
+            model=self._model,
+            config=self._config,
+            pca=None if detectors.pca is None else detectors.pca.export_state(),
+            detectors=tuple(d.export_state() for d in (*detectors.reduced, *detectors.raw)),
+        )
+
+    def _phase_locked(self) -> Phase:
+        if self._detectors is not None:
+            return Phase.MONITORING
+        return Phase.CALIBRATING if self._reference is not None else Phase.WARMING_UP
+
+    def _take_warmup(self, batch: DriftBatch) -> None:
+        if self._reference is not None:
+            self._metrics.skipped(self._model).inc(len(batch))
+            return
+        wanted = self._config.reference_events - self._warmup_count
+        self._warmup.append(head(batch, wanted))
+        self._warmup_count += min(wanted, len(batch))
+        if len(batch) > wanted:
+            self._metrics.skipped(self._model).inc(len(batch) - wanted)
+        if self._warmup_count >= self._config.reference_events:
+            self._reference = Reference.from_batch(concat(self._warmup))
+            self._warmup = []
+
+
+def _run(detectors: _Detectors, batch: DriftBatch) -> list[DriftResult]:
+    results: list[DriftResult] = []
+    for detector in detectors.raw:
+        results.extend(detector.update(batch))
+    if detectors.reduced and batch.embeddings is not None:
+        pca = detectors.pca
+        reduced = batch if pca is None else replace(batch, embeddings=pca.transform(batch.embeddings))
+        for detector in detectors.reduced:
+            results.extend(detector.update(reduced))
+    return results
+
+
+def _build(model: str, reference: Reference, config: DriftConfig, metrics: DriftMetrics) -> _Detectors:
+    rng = np.random.default_rng(config.seed)
+    ref = reference.deduplicated()
+    raw: list[DriftDetector] = [
+        OutputDrift.fit(
+            predicted=ref.predicted,
+            confidence=ref.confidence,
+            window_events=config.window_events,
+            p_value=config.p_value,
+        )
+    ]
+    if ref.embeddings is None:
+        return _Detectors(pca=None, raw=tuple(raw), reduced=())
+    raw.append(
+        EmbeddingDistance.fit(
+            ref.embeddings,
+            window_events=config.window_events,
+            p_value=config.p_value,
+            histogram=metrics.distance_histogram(model),
+        )
+    )
+    pca, detector_ref = None, ref
+    if config.pca_components is not None and ref.embeddings.shape[1] > config.pca_components:
+        # Axes fitted on the rows the detectors compare against overstate the reference's spread along
+        # them (sample-eigenvalue bias) and read as drift on clean data, so PCA gets a disjoint half.
+        pca_ref, detector_ref = ref.halves(rng)
+        pca = Pca.fit(_embeddings(pca_ref), n_components=config.pca_components)
+    x = _embeddings(detector_ref.subsample(config.max_reference, rng))
+    return _Detectors(
+        pca=pca, raw=tuple(raw), reduced=tuple(_alibi_detectors(x if pca is None else pca.transform(x), config))
+    )
+
+
+def _embeddings(reference: Reference) -> NDArray[np.float32]:
+    if reference.embeddings is None:
+        raise ValueError("reference has no embeddings")
+    return reference.embeddings
+
+
+def _alibi_detectors(x: NDArray[np.float32], config: DriftConfig) -> list[DriftDetector]:
+    # Imported here so a deployment with online_detector="none" and window_tests=False never loads alibi-detect.
+    from monitors.drift.online import OnlineDriftDetector
+    from monitors.drift.window_tests import WindowTests
+
+    detectors: list[DriftDetector] = []
+    if config.online_detector != "none":
+        detectors.append(
+            OnlineDriftDetector.calibrate(
+                x,
+                method=config.online_detector,
+                ert=config.ert,
+                window_size=config.window_size,
+                n_bootstraps=config.bootstraps,
+                device=config.device,
+            )
+        )
+    if config.window_tests:
+        detectors.append(
+            WindowTests(
+                x,
+                window_events=config.window_events,
+                p_value=config.p_value,
+                n_permutations=config.n_permutations,
+                device=config.device,
+            )
+        )
+    return detectors
+
+
+def _restore(state: MonitorState, metrics: DriftMetrics) -> _Detectors:
+    device = state.config.device
+    raw: list[DriftDetector] = []
+    reduced: list[DriftDetector] = []
+    for detector_state in state.detectors:
+        if isinstance(detector_state, OutputDriftState):
+            raw.append(OutputDrift.from_state(detector_state))
+        elif isinstance(detector_state, EmbeddingDistanceState):
+            raw.append(EmbeddingDistance.from_state(detector_state, histogram=metrics.distance_histogram(state.model)))
+        elif isinstance(detector_state, OnlineState):
+            from monitors.drift.online import OnlineDriftDetector
+
+            reduced.append(OnlineDriftDetector.from_state(detector_state, device=device))
+        elif isinstance(detector_state, WindowTestsState):
+            from monitors.drift.window_tests import WindowTests
+
+            reduced.append(WindowTests.from_state(detector_state, device=device))
+    pca = None if state.pca is None else Pca.from_state(state.pca)
+    return _Detectors(pca=pca, raw=tuple(raw), reduced=tuple(reduced))

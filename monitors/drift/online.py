@@ -1,0 +1,246 @@
+"""Online drift on (reduced) embeddings: alibi-detect's ``MMDDriftOnline``/``LSDDDriftOnline`` behind our protocol.
+
+Calibration (:meth:`OnlineDriftDetector.calibrate`) bootstraps the per-step
+thresholds for the configured expected run time (ERT) and window. For MMD the
+bootstrap runs vectorised (:mod:`monitors.drift.mmd_thresholds`, seconds at
+ERT 1000); LSDD keeps alibi-detect's own loop (minutes at that ERT). Either way
+callers run it off the request path. Its outcome is exported as
+:class:`OnlineState` (plain arrays and numbers) and
+:meth:`OnlineDriftDetector.from_state` rebuilds the detector without
+bootstrapping again; ``calibrate`` itself returns the rebuilt detector, so a
+replica that imports the state scores every event bit for bit alike.
+
+alibi-detect has no public way to set thresholds: they are computed inside the
+constructor (``_configure_thresholds``) and its ``save_detector`` does not keep
+them. The detectors here therefore subclass the pytorch backend classes and
+override the private configuration steps (thresholds, reference split, LSDD
+kernel centres); the rest of alibi-detect's code runs unchanged. The kernel
+bandwidth is always passed explicitly (median heuristic computed here), so
+calibrated and restored detectors share it exactly. Scoring goes through
+``score`` plus ``get_threshold``, never ``predict``, whose ``test_stats`` and
+``drift_preds`` histories grow by one element per event, re-copied each time,
+for the life of the detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from monitors.drift._alibi import LSDDDriftOnlineTorch, MMDDriftOnlineTorch, zero_diag
+from monitors.drift.base import DriftBatch, DriftResult, EncodedArray
+from monitors.drift.mmd_thresholds import bootstrap_mmd_thresholds
+from monitors.drift.states import OnlineMethod, OnlineState
+
+
+class _VectorisedMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
+    """alibi-detect's MMD online detector whose threshold bootstrap runs vectorised (see ``mmd_thresholds``)."""
+
+    def _configure_thresholds(self) -> None:
+        self.thresholds = bootstrap_mmd_thresholds(
+            self.k_xx, window_size=self.window_size, ert=self.ert, n_bootstraps=self.n_bootstraps
+        )
+
+
+class _PresetMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
+    """alibi-detect's MMD online detector with thresholds and reference split taken from a saved state."""
+
+    def __init__(self, *, preset: OnlineState, **kwargs: Any) -> None:
+        self._preset = preset
+        super().__init__(**kwargs)
+
+    def _configure_thresholds(self) -> None:
+        self.thresholds = list(self._preset.thresholds)
+
+    def _configure_ref_subset(self) -> None:
+        self.ref_inds = torch.from_numpy(self._preset.ref_inds.decode())
+        self.init_test_inds = torch.from_numpy(self._preset.init_test_inds.decode())
+        self._initialise_state()
+        rw_size = self.ref_inds.numel()
+        self.k_xx_sub = self.k_xx[self.ref_inds][:, self.ref_inds]
+        self.k_xx_sub_sum = zero_diag(self.k_xx_sub).sum() / (rw_size * (rw_size - 1))
+
+
+class _PresetLSDD(LSDDDriftOnlineTorch):  # type: ignore[misc]
+    """alibi-detect's LSDD online detector with centres, thresholds and split taken from a saved state."""
+
+    def __init__(self, *, preset: OnlineState, **kwargs: Any) -> None:
+        if preset.kernel_perm is None or preset.h_lam_inv is None:
+            raise ValueError("LSDD state lacks kernel_perm or h_lam_inv: export it again from a calibrated detector")
+        self._preset = preset
+        self._perm = torch.from_numpy(preset.kernel_perm.decode())
+        self._h_lam_inv = torch.from_numpy(preset.h_lam_inv.decode())
+        super().__init__(**kwargs)
+
+    def _configure_kernel_centers(self) -> None:
+        self.c_inds, self.non_c_inds = self._perm[: self.n_kernel_centers], self._perm[self.n_kernel_centers :]
+        self.kernel_centers = torch.from_numpy(self.x_ref[self.c_inds]).to(self.device)
+        self.x_ref_eff = torch.from_numpy(self.x_ref[self.non_c_inds]).to(self.device)
+        self.k_xc = self.kernel(self.x_ref_eff, self.kernel_centers)
+
+    def _configure_thresholds(self) -> None:
+        self.thresholds = list(self._preset.thresholds)
+        self.H_lam_inv = self._h_lam_inv.to(self.device)
+
+    def _configure_ref_subset(self) -> None:
+        self.ref_inds = torch.from_numpy(self._preset.ref_inds.decode())
+        self.init_test_inds = torch.from_numpy(self._preset.init_test_inds.decode())
+        self._initialise_state()
+        self.c2s = self.k_xc[self.ref_inds].mean(0)
+
+
+class OnlineDriftDetector:
+    """Sliding-window online drift test scored one event at a time (implements ``DriftDetector``)."""
+
+    def __init__(self, *, backend: Any, state: OnlineState) -> None:
+        """Use :meth:`calibrate` or :meth:`from_state`; this wraps an already configured alibi-detect detector."""
+        self._backend = backend
+        self._state = state
+        self._name = f"{state.method}_online"
+
+    @classmethod
+    def calibrate(
+        cls,
+        reference: NDArray[np.float32],
+        *,
+        method: OnlineMethod,
+        ert: int,
+        window_size: int,
+        n_bootstraps: int,
+        device: str = "cpu",
+    ) -> OnlineDriftDetector:
+        """Bootstrap thresholds for ``ert`` and ``window_size`` on ``reference`` (slow: run it in a worker).
+
+        The detector returned is rebuilt from the exported state, so a detector
+        restored elsewhere from that state scores every event bit for bit alike.
+        """
+        x = _checked_reference(reference, window_size)
+        sigma = median_sigma(x if method == "mmd" else standardise(x))
+        kwargs = _backend_kwargs(
+            x, ert=ert, window_size=window_size, n_bootstraps=n_bootstraps, sigma=sigma, device=device
+        )
+        backend = _VectorisedMMD(**kwargs) if method == "mmd" else LSDDDriftOnlineTorch(**kwargs)
+        state = OnlineState(
+            method=method,
+            ert=ert,
+            window_size=window_size,
+            n_bootstraps=n_bootstraps,
+            reference=EncodedArray.of(x),
+            sigma=sigma,
+            thresholds=tuple(float(t) for t in backend.thresholds),
+            ref_inds=EncodedArray.of(backend.ref_inds.cpu().numpy().astype(np.int64)),
+            init_test_inds=EncodedArray.of(backend.init_test_inds.cpu().numpy().astype(np.int64)),
+            **_lsdd_extras(backend) if method == "lsdd" else {},
+        )
+        return cls.from_state(state, device=device)
+
+    @classmethod
+    def from_state(cls, state: OnlineState, *, device: str = "cpu") -> OnlineDriftDetector:
+        """Rebuild a calibrated detector, at step 0, without bootstrapping."""
+        x = state.reference.decode().astype(np.float32)
+        if len(state.thresholds) != state.window_size:
+            raise ValueError(f"state has {len(state.thresholds)} thresholds for window_size={state.window_size}")
+        kwargs = _backend_kwargs(
+            x,
+            ert=state.ert,
+            window_size=state.window_size,
+            n_bootstraps=state.n_bootstraps,
+            sigma=state.sigma,
+            device=device,
+        )
+        preset_class = _PresetMMD if state.method == "mmd" else _PresetLSDD
+        return cls(backend=preset_class(preset=state, **kwargs), state=state)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self._name,)
+
+    @property
+    def backend(self) -> Any:
+        """The wrapped alibi-detect detector, for inspection only."""
+        return self._backend
+
+    def reset(self) -> None:
+        """Back to step 0 (test window drawn from the reference), keeping the thresholds; e.g. after an alarm."""
+        self._backend.reset_state()
+
+    def scores(self, x: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Feed ``(n, d)`` rows in order; the test statistic and threshold after each."""
+        rows = np.ascontiguousarray(x, dtype=np.float32)
+        dim = self._state.reference.shape[1]
+        if rows.ndim != 2 or rows.shape[1] != dim:
+            raise ValueError(f"expected rows of shape (n, {dim}) (after PCA), got {rows.shape}")
+        scores = np.empty(len(rows))
+        thresholds = np.empty(len(rows))
+        with torch.no_grad():
+            for i, row in enumerate(rows):
+                scores[i] = self._backend.score(row)
+                thresholds[i] = self._backend.get_threshold(self._backend.t)
+        return scores, thresholds
+
+    def update(self, batch: DriftBatch) -> list[DriftResult]:
+        """One result per batch: the event whose statistic rose furthest above (or stayed closest to) its threshold."""
+        if batch.embeddings is None or len(batch) == 0:
+            return []
+        scores, thresholds = self.scores(batch.embeddings)
+        worst = int(np.argmax(scores - thresholds))
+        score, threshold = float(scores[worst]), float(thresholds[worst])
+        return [DriftResult(name=self._name, score=score, threshold=threshold, drift=score > threshold)]
+
+    def export_state(self) -> OnlineState:
+        return self._state
+
+
+def median_sigma(x: NDArray[np.float32]) -> float:
+    """Median heuristic bandwidth: ``sqrt(median pairwise squared distance / 2)``, as alibi-detect infers it."""
+    data = x.astype(np.float64)
+    norms = np.sum(data * data, axis=1)
+    squared = norms[:, None] + norms[None, :] - 2.0 * data @ data.T
+    upper = squared[np.triu_indices(len(data), k=1)]
+    sigma = float(np.sqrt(max(float(np.median(upper)), 0.0) / 2.0))
+    if sigma <= 0.0:
+        raise ValueError(
+            "reference rows are (nearly) all identical: a kernel bandwidth cannot be set; collect a varied reference"
+        )
+    return float(np.float32(sigma))
+
+
+def standardise(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Zero mean, unit variance per column, as alibi-detect's LSDD detectors normalise their inputs."""
+    data = x.astype(np.float64)
+    scaled: NDArray[np.float32] = ((data - data.mean(axis=0)) / (data.std(axis=0, ddof=1) + 1e-12)).astype(np.float32)
+    return scaled
+
+
+def _checked_reference(reference: NDArray[np.float32], window_size: int) -> NDArray[np.float32]:
+    x = np.ascontiguousarray(reference, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"reference must be a (n, d) matrix, got shape {x.shape}")
+    if len(np.unique(x, axis=0)) != len(x):
+        raise ValueError("reference has duplicate rows: deduplicate it (Reference.prepare does)")
+    if len(x) < 4 * window_size + 1:
+        raise ValueError(f"reference has {len(x)} rows; window_size={window_size} needs at least {4 * window_size + 1}")
+    return x
+
+
+def _backend_kwargs(
+    x: NDArray[np.float32], *, ert: int, window_size: int, n_bootstraps: int, sigma: float, device: str
+) -> dict[str, Any]:
+    return {
+        "x_ref": x,
+        "ert": ert,
+        "window_size": window_size,
+        "n_bootstraps": n_bootstraps,
+        "sigma": np.array([sigma], dtype=np.float32),
+        "device": device,
+        "verbose": False,
+    }
+
+
+def _lsdd_extras(backend: Any) -> dict[str, EncodedArray]:
+    perm = torch.cat([backend.c_inds, backend.non_c_inds]).cpu().numpy().astype(np.int64)
+    h_lam_inv = backend.H_lam_inv.detach().cpu().numpy().astype(np.float32)
+    return {"kernel_perm": EncodedArray.of(perm), "h_lam_inv": EncodedArray.of(h_lam_inv)}

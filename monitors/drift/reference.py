@@ -1,0 +1,64 @@
+"""The reference sample a model's detectors compare against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitors.drift.base import DriftBatch
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Predictions (and embeddings, if the model has them) taken as undrifted."""
+
+    predicted: NDArray[np.int64]
+    confidence: NDArray[np.float64]
+    embeddings: NDArray[np.float32] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.predicted.shape[0] if self.predicted.ndim == 1 else -1
+        if n < 2 or self.confidence.shape != (n,):
+            raise ValueError(
+                f"reference needs predicted and confidence of one shape (n,) with n >= 2, "
+                f"got {self.predicted.shape} and {self.confidence.shape}"
+            )
+        if self.embeddings is not None and (self.embeddings.ndim != 2 or len(self.embeddings) != n):
+            raise ValueError(f"reference embeddings must have shape ({n}, d), got {self.embeddings.shape}")
+
+    def __len__(self) -> int:
+        return int(self.predicted.size)
+
+    @classmethod
+    def from_batch(cls, batch: DriftBatch) -> Reference:
+        return cls(predicted=batch.predicted, confidence=batch.confidence, embeddings=batch.embeddings)
+
+    def deduplicated(self) -> Reference:
+        """Without repeated embedding rows (the online detectors need distinct rows); order kept."""
+        if self.embeddings is None:
+            return self
+        _, first = np.unique(self.embeddings, axis=0, return_index=True)
+        return self._rows(np.sort(first))
+
+    def subsample(self, max_rows: int, rng: np.random.Generator) -> Reference:
+        """A random subsample of at most ``max_rows`` rows, order kept."""
+        if len(self) <= max_rows:
+            return self
+        return self._rows(np.sort(rng.choice(len(self), size=max_rows, replace=False)))
+
+    def halves(self, rng: np.random.Generator) -> tuple[Reference, Reference]:
+        """Two disjoint random halves."""
+        order = rng.permutation(len(self))
+        middle = len(self) // 2
+        return self._rows(np.sort(order[:middle])), self._rows(np.sort(order[middle:]))
+
+    def _rows(self, index: NDArray[np.intp]) -> Reference:
+        return Reference(
+            predicted=self.predicted[index],
+            confidence=self.confidence[index],
+            embeddings=None
+            if self.embeddings is None
+            else np.ascontiguousarray(self.embeddings[index], dtype=np.float32),
+        )

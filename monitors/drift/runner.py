@@ -1,0 +1,89 @@
+"""The background thread that drains ingest buffers into drift monitors, off the request path."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from monitors.drift.base import DriftBatch
+from monitors.drift.buffer import IngestBuffer
+from monitors.drift.monitor import DriftMonitor
+
+logger = logging.getLogger(__name__)
+
+
+class DriftRunner:
+    """Runs detectors for every registered (monitor, buffer) pair; calibrations get a thread each.
+
+    ``start`` launches the loop; ``run_once`` does one pass synchronously (what
+    the loop repeats, and what tests call). A detector error is logged and the
+    batch dropped; the loop goes on. ``stop`` does not wait for a calibration in
+    progress (alibi-detect's bootstrap cannot be interrupted); its daemon thread
+    ends with the process.
+    """
+
+    def __init__(self, *, poll_interval_s: float = 0.2, max_batch_events: int = 1000) -> None:
+        if poll_interval_s <= 0 or max_batch_events < 1:
+            raise ValueError("poll_interval_s must be > 0 and max_batch_events >= 1")
+        self._poll_interval_s = poll_interval_s
+        self._max_batch = max_batch_events
+        self._pairs: list[tuple[DriftMonitor, IngestBuffer]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._calibrations: dict[int, threading.Thread] = {}
+
+    def add(self, *, monitor: DriftMonitor, buffer: IngestBuffer) -> None:
+        with self._lock:
+            self._pairs.append((monitor, buffer))
+
+    def run_once(self) -> int:
+        """Start due calibrations and feed each monitor one batch; returns the events processed."""
+        with self._lock:
+            pairs = list(self._pairs)
+        processed = 0
+        for monitor, buffer in pairs:
+            self._start_calibration(monitor)
+            events = buffer.drain(self._max_batch)
+            if not events:
+                continue
+            processed += len(events)
+            try:
+                monitor.update(DriftBatch.from_events(events))
+            except Exception:
+                logger.exception("drift detection failed for model %s; %d events dropped", monitor.model, len(events))
+        return processed
+
+    def _start_calibration(self, monitor: DriftMonitor) -> None:
+        running = self._calibrations.get(id(monitor))
+        if not monitor.needs_calibration or (running is not None and running.is_alive()):
+            return
+        thread = threading.Thread(
+            target=_calibrate, args=(monitor,), name=f"drift-calibrate-{monitor.model}", daemon=True
+        )
+        self._calibrations[id(monitor)] = thread
+        thread.start()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("drift runner already started")
+        self._thread = threading.Thread(target=self._loop, name="drift-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self.run_once() == 0:
+                self._stop.wait(self._poll_interval_s)
+
+
+def _calibrate(monitor: DriftMonitor) -> None:
+    try:
+        monitor.calibrate()
+    except Exception:
+        logger.exception("drift calibration failed for model %s", monitor.model)

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from monitors.drift.base import DriftBatch, DriftEvent
+from monitors.drift.buffer import IngestBuffer
+from monitors.drift.config import DriftConfig
+from monitors.drift.metrics import DriftMetrics
+from monitors.drift.monitor import DriftMonitor, NotCalibratedError, Phase
+from monitors.drift.reference import Reference
+from monitors.drift.runner import DriftRunner
+from monitors.drift.states import MonitorState
+
+DIM = 16
+CONFIG = DriftConfig(
+    reference_events=600,
+    max_reference=300,
+    pca_components=4,
+    ert=50,
+    window_size=10,
+    n_bootstraps=500,
+    window_events=100,
+    n_permutations=50,
+)
+
+
+def events_batch(rng: np.random.Generator, n: int, *, shift: float = 0.0, t: float = 1.0) -> DriftBatch:
+    x = rng.normal(size=(n, DIM))
+    x[:, 0] += 3.0
+    x[:, 1:] += shift
+    return DriftBatch(
+        predicted=rng.integers(0, 4, n).astype(np.int64),
+        confidence=rng.uniform(0.4, 1.0, n),
+        embeddings=x.astype(np.float32),
+        time_s=t,
+    )
+
+
+def as_events(batch: DriftBatch) -> list[DriftEvent]:
+    assert batch.embeddings is not None
+    return [
+        DriftEvent(predicted=int(p), confidence=float(c), embedding=e, time_s=batch.time_s)
+        for p, c, e in zip(batch.predicted, batch.confidence, batch.embeddings, strict=True)
+    ]
+
+
+def phase(monitor: DriftMonitor) -> Phase:
+    """The phase as a plain call, so the type checker does not narrow it between assertions."""
+    return monitor.phase
+
+
+def skipped(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value("vai_drift_events_skipped_total", {"model": "digits"})
+
+
+def test_phases_warm_up_calibrate_monitor() -> None:
+    rng = np.random.default_rng(0)
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry))
+    assert phase(monitor) is Phase.WARMING_UP and not monitor.needs_calibration
+
+    monitor.update(events_batch(rng, 400))
+    assert phase(monitor) is Phase.WARMING_UP
+    monitor.update(events_batch(rng, 250))  # 200 complete the reference, 50 are skipped
+    assert phase(monitor) is Phase.CALIBRATING and monitor.needs_calibration
+    monitor.update(events_batch(rng, 100))
+    assert skipped(registry) == 150
+
+    monitor.calibrate()
+    assert phase(monitor) is Phase.MONITORING
+    results = monitor.update(events_batch(rng, 100))
+    assert {r.name for r in results} == {
+        "mmd_online",
+        "window_mmd",
+        "window_ks",
+        "embedding_distance",
+        "output_class_chi2",
+        "output_confidence_ks",
+    }
+    for r in results:
+        labels = {"model": "digits", "detector": r.name}
+        assert registry.get_sample_value("vai_drift_score", labels) == pytest.approx(r.score)
+        assert registry.get_sample_value("vai_drift_threshold", labels) == pytest.approx(r.threshold)
+        assert registry.get_sample_value("vai_drift_detected", labels) == (1.0 if r.drift else 0.0)
+
+
+def test_since_marks_start_of_drift_run() -> None:
+    rng = np.random.default_rng(1)
+    reference = Reference.from_batch(events_batch(rng, 600))
+    monitor = DriftMonitor(
+        model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+    )
+    monitor.calibrate()
+    monitor.update(events_batch(rng, 30, t=10.0))
+    monitor.update(events_batch(rng, 100, shift=1.0, t=20.0))
+    monitor.update(events_batch(rng, 100, shift=1.0, t=30.0))
+    online = {r.name: r for r in monitor.results()}["mmd_online"]
+    assert online.drift and online.since == 20.0
+
+
+def test_exported_monitor_continues_identically() -> None:
+    rng = np.random.default_rng(2)
+    monitor = DriftMonitor(
+        model="digits",
+        config=CONFIG,
+        metrics=DriftMetrics(registry=CollectorRegistry()),
+        reference=Reference.from_batch(events_batch(rng, 600)),
+    )
+    monitor.calibrate()
+    state = MonitorState.model_validate_json(monitor.export_state().model_dump_json())
+    restored = DriftMonitor.from_state(state, metrics=DriftMetrics(registry=CollectorRegistry()))
+    assert restored.phase is Phase.MONITORING
+
+    for shift in (0.0, 0.0, 0.6):
+        batch = events_batch(rng, 100, shift=shift)
+        ours = {r.name: r for r in monitor.update(batch)}
+        theirs = {r.name: r for r in restored.update(batch)}
+        assert ours.keys() == theirs.keys()
+        for name, result in ours.items():
+            assert theirs[name].score == result.score
+            if name != "window_mmd":  # its threshold comes from fresh random permutations
+                assert theirs[name].threshold == result.threshold and theirs[name].drift == result.drift
+
+
+def test_export_before_calibration_says_what_to_do() -> None:
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()))
+    with pytest.raises(NotCalibratedError, match="once phase is 'monitoring'"):
+        monitor.export_state()
+
+
+def test_model_without_embeddings_gets_output_drift_only() -> None:
+    rng = np.random.default_rng(3)
+    batch = events_batch(rng, 600)
+    reference = Reference(predicted=batch.predicted, confidence=batch.confidence)
+    monitor = DriftMonitor(
+        model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+    )
+    monitor.calibrate()
+    results = monitor.update(events_batch(rng, 100))
+    assert {r.name for r in results} == {"output_class_chi2", "output_confidence_ks"}
+    assert [d.kind for d in monitor.export_state().detectors] == ["output"]
+
+
+def test_failed_calibration_is_reported_not_retried() -> None:
+    rng = np.random.default_rng(4)
+    batch = events_batch(rng, 600)
+    assert batch.embeddings is not None
+    same = np.repeat(batch.embeddings[:1], 600, axis=0)
+    reference = Reference(predicted=batch.predicted, confidence=batch.confidence, embeddings=same)
+    monitor = DriftMonitor(
+        model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+    )
+    with pytest.raises(ValueError):
+        monitor.calibrate()
+    assert monitor.phase is Phase.CALIBRATING
+    assert monitor.calibration_error is not None and not monitor.needs_calibration
+
+
+def test_runner_warms_up_calibrates_in_background_and_detects(wait_until) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    registry = CollectorRegistry()
+    metrics = DriftMetrics(registry=registry)
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=metrics)
+    buffer = IngestBuffer(capacity_events=5_000, skipped=metrics.skipped("digits"))
+    runner = DriftRunner(poll_interval_s=0.01, max_batch_events=200)
+    runner.add(monitor=monitor, buffer=buffer)
+    runner.start()
+    try:
+        for event in as_events(events_batch(rng, 600)):
+            buffer.append(event)
+        wait_until(lambda: monitor.phase is Phase.MONITORING, timeout_s=60)
+        for event in as_events(events_batch(rng, 300, shift=1.0, t=time.time())):
+            buffer.append(event)
+        wait_until(lambda: any(r.name == "mmd_online" and r.drift for r in monitor.results()), timeout_s=30)
+    finally:
+        runner.stop()
+    assert registry.get_sample_value("vai_drift_detected", {"model": "digits", "detector": "mmd_online"}) == 1.0
+
+
+def test_buffer_drops_oldest_and_counts() -> None:
+    registry = CollectorRegistry()
+    buffer = IngestBuffer(capacity_events=3, skipped=DriftMetrics(registry=registry).skipped("digits"))
+    for i in range(5):
+        buffer.append(DriftEvent(predicted=i, confidence=0.5, embedding=None, time_s=float(i)))
+    assert len(buffer) == 3 and buffer.skipped_total == 2
+    assert skipped(registry) == 2
+    assert [e.predicted for e in buffer.drain(2)] == [2, 3]
+    assert [e.predicted for e in buffer.drain(10)] == [4]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"ert": 1000, "n_bootstraps": 1000}, "at least 10000", id="bootstraps-below-10x-ert"),
+        pytest.param({"window_size": 300}, "shrink window_size", id="window-too-large-for-reference"),
+    ],
+)
+def test_config_errors_name_the_fix(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        DriftConfig(**kwargs)

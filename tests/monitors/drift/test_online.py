@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from monitors.drift.base import DriftBatch
+from monitors.drift.online import OnlineDriftDetector
+from monitors.drift.states import OnlineMethod, OnlineState
+
+ERT = 50
+WINDOW = 10
+BOOTSTRAPS = 500
+DIM = 8
+
+
+def gaussian(rng: np.random.Generator, n: int, shift: float = 0.0) -> NDArray[Any]:
+    return (rng.normal(size=(n, DIM)) + shift).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=[pytest.param("mmd", id="mmd"), pytest.param("lsdd", id="lsdd")])
+def calibrated(request: pytest.FixtureRequest) -> OnlineState:
+    """One calibration per method for the whole module; tests rebuild detectors from its state."""
+    import torch
+
+    torch.manual_seed(1)
+    method: OnlineMethod = request.param
+    reference = gaussian(np.random.default_rng(1), 300)
+    detector = OnlineDriftDetector.calibrate(
+        reference, method=method, ert=ERT, window_size=WINDOW, n_bootstraps=BOOTSTRAPS
+    )
+    return detector.export_state()
+
+
+def first_alarm(detector: OnlineDriftDetector, x: NDArray[Any]) -> int | None:
+    scores, thresholds = detector.scores(x)
+    hits = np.nonzero(scores > thresholds)[0]
+    return int(hits[0]) + 1 if hits.size else None
+
+
+def test_false_alarm_run_length_matches_ert(calibrated: OnlineState) -> None:
+    rng = np.random.default_rng(2)
+    detector = OnlineDriftDetector.from_state(calibrated)
+    cap = 4 * ERT
+    runs = []
+    for _ in range(30):
+        detector.reset()
+        runs.append(first_alarm(detector, gaussian(rng, cap)) or cap)
+    assert ERT / 2.5 < np.mean(runs) < ERT * 2.5
+    # A run much shorter than the ERT mostly passes without a false alarm: P = (1 - 1/ERT)^5 ~ 0.9.
+    assert np.mean([r > ERT // 10 for r in runs]) >= 0.75
+
+
+def test_alarm_soon_after_shift(calibrated: OnlineState) -> None:
+    rng = np.random.default_rng(3)
+    detector = OnlineDriftDetector.from_state(calibrated)
+    delays = []
+    for _ in range(10):
+        detector.reset()
+        first_alarm(detector, gaussian(rng, 2 * WINDOW))
+        delays.append(first_alarm(detector, gaussian(rng, 5 * WINDOW, shift=1.0)))
+    assert all(d is not None and d <= 2 * WINDOW for d in delays), delays
+
+
+def test_exported_state_scores_identically_without_recalibrating(calibrated: OnlineState) -> None:
+    rng = np.random.default_rng(4)
+    stream = np.concatenate([gaussian(rng, 60), gaussian(rng, 40, shift=0.8)])
+    original = OnlineDriftDetector.from_state(calibrated)
+    first_scores, first_thresholds = original.scores(stream[:30])
+
+    restored = OnlineDriftDetector.from_state(
+        OnlineState.model_validate_json(original.export_state().model_dump_json())
+    )
+    restored.scores(stream[:30])
+    rest_original = original.scores(stream[30:])
+    rest_restored = restored.scores(stream[30:])
+
+    np.testing.assert_array_equal(rest_original[0], rest_restored[0])
+    np.testing.assert_array_equal(rest_original[1], rest_restored[1])
+    assert first_scores.shape == first_thresholds.shape == (30,)
+
+
+def test_calibrated_detector_equals_one_restored_from_json() -> None:
+    rng = np.random.default_rng(5)
+    detector = OnlineDriftDetector.calibrate(gaussian(rng, 200), method="mmd", ert=20, window_size=5, n_bootstraps=200)
+    restored = OnlineDriftDetector.from_state(
+        OnlineState.model_validate_json(detector.export_state().model_dump_json())
+    )
+    stream = np.concatenate([gaussian(rng, 30), gaussian(rng, 30, shift=1.0)])
+    np.testing.assert_array_equal(detector.scores(stream)[0], restored.scores(stream)[0])
+
+
+def test_history_stays_bounded(calibrated: OnlineState) -> None:
+    detector = OnlineDriftDetector.from_state(calibrated)
+    detector.scores(gaussian(np.random.default_rng(6), 300))
+    backend = detector.backend
+    assert backend.t == 300
+    assert len(backend.test_stats) == 0 and len(backend.drift_preds) == 0
+    assert tuple(backend.test_window.shape) == (WINDOW, DIM)
+
+
+def test_update_reports_worst_event_of_batch(calibrated: OnlineState) -> None:
+    rng = np.random.default_rng(7)
+    detector = OnlineDriftDetector.from_state(calibrated)
+    x = np.concatenate([gaussian(rng, 20), gaussian(rng, 20, shift=1.5)])
+    batch = DriftBatch(predicted=np.zeros(40, dtype=np.int64), confidence=np.full(40, 0.9), embeddings=x, time_s=1.0)
+    (result,) = detector.update(batch)
+    assert result.name == f"{calibrated.method}_online"
+    assert result.drift and result.score > result.threshold
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        pytest.param(np.zeros((100, DIM), dtype=np.float32), "duplicate rows", id="duplicates"),
+        pytest.param(np.random.default_rng(0).normal(size=(30, DIM)), "needs at least 41", id="too-small"),
+    ],
+)
+def test_calibrate_rejects_unusable_reference(reference: NDArray[Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OnlineDriftDetector.calibrate(reference, method="mmd", ert=ERT, window_size=WINDOW, n_bootstraps=BOOTSTRAPS)
+
+
+def test_scores_reject_wrong_width(calibrated: OnlineState) -> None:
+    detector = OnlineDriftDetector.from_state(calibrated)
+    with pytest.raises(ValueError, match=r"shape \(n, 8\)"):
+        detector.scores(np.zeros((3, DIM + 1), dtype=np.float32))

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from monitors.cohorts import ALL, OTHER, CohortGuard
+from monitors.records import LabelledPrediction
+from monitors.window import SeriesKey, WindowStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(i: int, *, version: str = "1", cohort: dict[str, str] | None = None) -> LabelledPrediction:
+    return LabelledPrediction(
+        model="m", version=version, predicted=i % 3, confidence=0.8, label=0, time_s=float(i), cohort=cohort or {}
+    )
+
+
+def labels(store: WindowStore, cohort: str = ALL, version: str = "1") -> list[float]:
+    return [r.time_s for r in store.snapshot(SeriesKey("m", version, cohort))]
+
+
+def make_store(
+    *, max_items: int = 10_000, horizon_s: float = 3600.0, keys: tuple[str, ...] = ()
+) -> tuple[WindowStore, FakeClock]:
+    clock = FakeClock()
+    guard = CohortGuard(keys=keys, max_values_per_key=2)
+    return WindowStore(guard=guard, horizon_s=horizon_s, max_items=max_items, clock=clock), clock
+
+
+def test_evicts_by_count_oldest_first() -> None:
+    store, _ = make_store(max_items=3)
+    for i in range(5):
+        store.append(record(i))
+    assert labels(store) == [2.0, 3.0, 4.0]
+
+
+def test_evicts_by_time() -> None:
+    store, clock = make_store(horizon_s=60.0)
+    store.append(record(0))
+    clock.now += 30
+    store.append(record(1))
+    clock.now += 31  # the first is now 61 s old, the second 31 s
+    assert labels(store) == [1.0]
+    clock.now += 30
+    assert labels(store) == []
+    assert store.snapshots() == []  # an emptied window is forgotten
+
+
+def test_small_cohort_keeps_its_own_window() -> None:
+    store, _ = make_store(max_items=5, keys=("region",))
+    store.append(record(0, cohort={"region": "ap"}))
+    for i in range(1, 20):
+        store.append(record(i, cohort={"region": "eu"}))
+    assert labels(store) == [15.0, 16.0, 17.0, 18.0, 19.0]
+    assert labels(store, "region=ap") == [0.0]
+
+
+def test_versions_have_separate_windows() -> None:
+    store, _ = make_store()
+    store.append(record(0, version="1"))
+    store.append(record(1, version="2"))
+    assert [s.key.version for s in store.snapshots()] == ["1", "2"]
+
+
+def test_labelled_total_outlives_eviction() -> None:
+    store, _ = make_store(max_items=2)
+    for i in range(7):
+        store.append(record(i))
+    (snapshot,) = store.snapshots()
+    assert len(snapshot.records) == 2
+    assert snapshot.labelled_total == 7
+
+
+def test_guard_caps_values_per_key_and_ignores_other_keys() -> None:
+    guard = CohortGuard(keys=["region"], max_values_per_key=2)
+    assert guard.slices({"region": "eu", "user": "42"}) == (ALL, "region=eu")
+    assert guard.slices({"region": "us"}) == (ALL, "region=us")
+    assert guard.slices({"region": "ap"}) == (ALL, f"region={OTHER}")
+    assert guard.slices({"region": "eu"}) == (ALL, "region=eu")
+    assert guard.slices({}) == (ALL,)
+
+
+@pytest.mark.parametrize(
+    ("keys", "limit"),
+    [pytest.param(["a=b"], 3, id="equals-in-key"), pytest.param(["region"], 0, id="zero-values")],
+)
+def test_guard_rejects_bad_settings(keys: list[str], limit: int) -> None:
+    with pytest.raises(ValueError):
+        CohortGuard(keys=keys, max_values_per_key=limit)
+
+
+def test_concurrent_appends_all_counted() -> None:
+    store, _ = make_store(max_items=100_000, keys=("region",))
+    start = threading.Barrier(4)
+
+    def writer(region: str) -> None:
+        start.wait()
+        for i in range(2_000):
+            store.append(record(i, cohort={"region": region}))
+
+    threads = [threading.Thread(target=writer, args=(r,)) for r in ("a", "b", "c", "d")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    totals = {s.key.cohort: len(s.records) for s in store.snapshots()}
+    # Which two regions win the two admitted values depends on scheduling; the counts do not.
+    assert totals.pop(ALL) == 8_000
+    assert totals.pop(f"region={OTHER}") == 4_000
+    assert sorted(totals.values()) == [2_000, 2_000]
