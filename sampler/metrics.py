@@ -39,6 +39,9 @@ class SamplerMetrics:
             registry=registry,
         )
         self.redis_up = Gauge("vai_redis_up", "1 if the last Redis call succeeded, else 0.", registry=registry)
+        self.buffer_max_events = Gauge(
+            "vai_buffer_max_events", "Capacity of the in-memory buffer of sampled events.", registry=registry
+        )
         self.buffered = Gauge(
             "vai_buffer_events", "Sampled events waiting in memory to be written to Redis.", registry=registry
         )

@@ -71,6 +71,7 @@ class QueueWriter:
         self.redis_up = True
         metrics.redis_up.set(1)
         metrics.queue_max_length.set(queue_max_length)
+        metrics.buffer_max_events.set(max_events)
         metrics.buffered.set_function(lambda: len(self._buffer))
         metrics.buffered_bytes.set_function(lambda: self._bytes)
 

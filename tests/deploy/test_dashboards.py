@@ -1,0 +1,150 @@
+"""deploy/grafana: the dashboard is well formed, reads only series the sidecar exports, every query
+is valid PromQL, and the provisioning files point at each other and at the compose stack."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "vai-sidecar.json"
+DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
+PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "vai.yml"
+COMPOSE = ROOT / "docker-compose.yml"
+
+METRIC_NAME = re.compile(r"\bvai_[a-z0-9_]+\b")
+DATASOURCE_REFS = ({"type": "prometheus", "uid": "${datasource}"}, {"type": "prometheus", "uid": "prometheus"})
+# What Grafana substitutes before a query reaches Prometheus, for checking the PromQL offline.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$model": ".*"}
+
+
+def _dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every panel, those inside collapsed rows included."""
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _queries() -> list[dict[str, Any]]:
+    return [panel for panel in _panels(_dashboard()["panels"]) if panel.get("type") != "row"]
+
+
+def _exprs() -> list[str]:
+    return [target["expr"] for panel in _queries() for target in panel.get("targets", [])]
+
+
+def _variables() -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in _dashboard()["templating"]["list"]}
+
+
+def _variable_query(variable: dict[str, Any]) -> str:
+    query = variable.get("query", "")
+    return str(query["query"] if isinstance(query, dict) else query)
+
+
+@pytest.mark.parametrize(
+    "panel", [pytest.param(panel, id=panel.get("title") or f"id-{panel.get('id')}") for panel in _queries()]
+)
+def test_panel_has_a_title_and_queries(panel: dict[str, Any]) -> None:
+    assert panel.get("title", "").strip()
+    assert panel.get("description", "").strip(), "on-call needs to know what a panel shows"
+    targets = panel.get("targets", [])
+    assert targets, "a panel without a query shows nothing"
+    for target in targets:
+        assert target.get("expr", "").strip()
+        assert target.get("datasource", panel.get("datasource")) in DATASOURCE_REFS
+    ref_ids = [target["refId"] for target in targets]
+    assert len(ref_ids) == len(set(ref_ids))
+
+
+def test_panel_ids_are_unique() -> None:
+    ids = [panel["id"] for panel in _panels(_dashboard()["panels"])]
+    assert len(ids) == len(set(ids)), sorted(ids)
+
+
+def test_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in _panels(_dashboard()["panels"]):
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_dashboard_reads_only_exported_series(exported_names: frozenset[str]) -> None:
+    texts = _exprs() + [_variable_query(variable) for variable in _variables().values()]
+    used = {name for text in texts for name in METRIC_NAME.findall(text)}
+    assert used <= exported_names, f"not exported by the sidecar: {sorted(used - exported_names)}"
+    # The panels named in the brief, by the series behind them.
+    assert used >= {
+        "vai_events_total",
+        "vai_events_rejected_total",
+        "vai_prediction_confidence_bucket",
+        "vai_low_confidence_total",
+        "vai_logit_margin_bucket",
+        "vai_cohort_events_total",
+        "vai_sampled_total",
+        "vai_sample_dropped_total",
+        "vai_queue_length",
+        "vai_queue_max_length",
+        "vai_redis_up",
+        "vai_buffer_events",
+    }
+
+
+def test_template_variables() -> None:
+    variables = _variables()
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    model = variables["model"]
+    assert model["type"] == "query"
+    assert re.sub(r"\s", "", _variable_query(model)) == "label_values(vai_events_total,model)"
+    assert model["multi"] and model["includeAll"]
+    # "All" as a regex keeps models that appear after the dashboard was loaded.
+    assert model["allValue"] == ".*"
+
+
+def test_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    def substituted(expr: str) -> str:
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+        return expr
+
+    rules = [{"record": f"dashboard:query_{index}", "expr": substituted(expr)} for index, expr in enumerate(_exprs())]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_provisioning_matches_the_dashboard_and_compose() -> None:
+    datasource = yaml.safe_load(DATASOURCES.read_text(encoding="utf-8"))["datasources"][0]
+    assert datasource["type"] == "prometheus"
+    # The dashboard's datasource variable defaults to the provisioned uid.
+    assert _variables()["datasource"]["current"]["value"] == datasource["uid"] == "prometheus"
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
+    assert datasource["url"] == "http://prometheus:9090" and "prometheus" in compose
+
+    provider = yaml.safe_load(PROVIDERS.read_text(encoding="utf-8"))["providers"][0]
+    mounts = dict(volume.split(":")[:2] for volume in compose["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"

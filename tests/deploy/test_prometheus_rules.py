@@ -1,0 +1,125 @@
+"""deploy/prometheus and deploy/RUNBOOK.md: promtool accepts the config and the rules, the rule
+unit tests pass, every alert can be acted on, and it only reads series the sidecar exports."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
+RUNBOOK = ROOT / "deploy" / "RUNBOOK.md"
+
+METRIC_NAME = re.compile(r"\bvai_[a-z0-9_]+\b")
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _alerts() -> list[dict[str, Any]]:
+    return [rule for group in _load(ALERTS)["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def _by_alert() -> list[Any]:
+    return [pytest.param(rule, id=rule["alert"]) for rule in _alerts()]
+
+
+def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _runbook_anchors() -> set[str]:
+    """GitHub's anchors of the runbook's headings: lower case, punctuation dropped, spaces to dashes."""
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize(
+    ("config", "cwd"),
+    [
+        pytest.param("deploy/prometheus/prometheus.yml", ROOT, id="relative-from-repo-root"),
+        # rule_files are resolved against the config file's folder, as in the container.
+        pytest.param(str(CONFIG), None, id="absolute-from-elsewhere"),
+    ],
+)
+def test_promtool_accepts_the_config(promtool: str, config: str, cwd: Path | None, tmp_path: Path) -> None:
+    result = _run([promtool, "check", "config", config], cwd=cwd or tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr
+    assert f"{len(_alerts())} rules found" in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_rules(promtool: str) -> None:
+    result = _run([promtool, "check", "rules", "deploy/prometheus/alerts.yml"], cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rule_unit_tests_pass(promtool: str) -> None:
+    result = _run([promtool, "test", "rules", "deploy/prometheus/alerts_test.yml"], cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_config_scrapes_the_sidecar_and_loads_the_alerts() -> None:
+    config = _load(CONFIG)
+    assert config["rule_files"] == ["alerts.yml"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    sidecar = jobs["vai-sidecar"]
+    assert sidecar.get("metrics_path", "/metrics") == "/metrics"
+    targets = [target for static in sidecar["static_configs"] for target in static["targets"]]
+    # docker-compose.yml names the service "sidecar"; the CLI's default port is 8000.
+    assert targets == ["sidecar:8000"]
+
+
+@pytest.mark.parametrize("rule", _by_alert())
+def test_alert_reads_only_exported_series(rule: dict[str, Any], exported_names: frozenset[str]) -> None:
+    used = set(METRIC_NAME.findall(rule["expr"]))
+    assert used or rule["expr"].startswith("up{"), "reads no vai_* series (only the down alert may)"
+    assert used <= exported_names, f"not exported by the sidecar: {sorted(used - exported_names)}"
+
+
+@pytest.mark.parametrize("rule", _by_alert())
+def test_alert_can_be_acted_on(rule: dict[str, Any]) -> None:
+    assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), "every alert needs a `for:` duration"
+    assert rule["labels"]["severity"] in SEVERITIES
+    annotations = rule["annotations"]
+    assert set(annotations) >= {"summary", "description", "runbook"}
+    assert "$value" in annotations["description"], "the description should state the measured value"
+    if re.search(r"by \([^)]*\bmodel\b", rule["expr"]):
+        assert "$labels.model" in annotations["description"]
+        assert "$labels.model" in annotations["summary"]
+    page, _, anchor = annotations["runbook"].partition("#")
+    assert page == "deploy/RUNBOOK.md"
+    assert anchor == rule["alert"].lower()
+    assert anchor in _runbook_anchors(), f"RUNBOOK.md has no section #{anchor}"
+
+
+def test_every_alert_fires_and_stays_quiet_in_the_unit_tests() -> None:
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for test in _load(ALERTS_TEST)["tests"]:
+        for case in test.get("alert_rule_test", []):
+            (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
+    names = {rule["alert"] for rule in _alerts()}
+    assert names - fired == set(), "alerts never shown firing"
+    assert names - quiet == set(), "alerts never shown staying quiet"
+    assert fired | quiet <= names, "unit tests of alerts that do not exist"
+
+
+def test_alert_names_are_unique() -> None:
+    names = [rule["alert"] for rule in _alerts()]
+    assert len(names) == len(set(names))
+
+
+def test_runbook_names_only_exported_series(exported_names: frozenset[str]) -> None:
+    used = set(METRIC_NAME.findall(RUNBOOK.read_text(encoding="utf-8")))
+    assert used <= exported_names, f"not exported by the sidecar: {sorted(used - exported_names)}"
