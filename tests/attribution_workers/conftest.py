@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,44 +10,6 @@ import torch
 from attribution_workers.loader import LoadedModel, ModelSpec, load_model
 from attribution_workers.models import digits, tabular
 from attribution_workers.models.training import DatasetSplit
-
-HERE = Path(__file__).parent
-
-TORCHSCRIPT_DEPRECATIONS = tuple(
-    f"ignore:`torch.jit.{name}` is deprecated:DeprecationWarning" for name in ("script", "save", "load")
-)
-"""torch 2.13 warns on every TorchScript call; the models are TorchScript by design, so only these are let through."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.is_relative_to(HERE):
-            for warning in TORCHSCRIPT_DEPRECATIONS:
-                item.add_marker(pytest.mark.filterwarnings(warning))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: these models are tiny, and spinning OpenMP threads crawl on a busy 2-core runner."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="session")
-def digits_split() -> DatasetSplit:
-    return digits.load_digits_split()
-
-
-@pytest.fixture(scope="session")
-def digits_path(model_dir: Path) -> Path:
-    return digits.ensure_digits_model(model_dir)
 
 
 @pytest.fixture(scope="session")

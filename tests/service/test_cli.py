@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import event, wait_until
+from helpers import event, redis_servers_in, wait_until
 from sampler.embedded import free_port
 
 
@@ -38,8 +38,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     wait_until(up, timeout_s=30, what="vai-sidecar serve to answer /livez")
     yield base, process
     if process.poll() is None:
-        process.kill()
-        process.wait()
+        process.terminate()  # SIGKILL would orphan the embedded redis-server
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def test_serve_uses_an_embedded_redis_and_stops_it(served: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
@@ -55,8 +59,7 @@ def test_serve_uses_an_embedded_redis_and_stops_it(served: tuple[str, subprocess
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
-    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / ".vai-data" / "redis")], capture_output=True)
-    assert leftover.stdout == b"", "the embedded redis-server outlived the sidecar"
+    assert redis_servers_in(tmp_path / ".vai-data" / "redis") == [], "the embedded redis-server outlived the sidecar"
 
 
 def test_prometheus_scrapes_the_sidecar(served: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
