@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
 from attribution_workers.config import attribution_configs
@@ -52,6 +53,8 @@ def make_worker(
 
 
 def run_worker(settings: Settings) -> int:
+    if settings.worker_torch_threads:
+        torch.set_num_threads(settings.worker_torch_threads)
     registry = CollectorRegistry()
     runtimes = build_runtimes(settings)
     worker = make_worker(settings, runtimes, registry)

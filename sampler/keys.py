@@ -58,3 +58,18 @@ def worker_heartbeat(consumer: str) -> str:
 def sanity(model: str) -> str:
     """Hash of method -> JSON of the latest randomisation sanity check of a model."""
     return f"{PREFIX}:sanity:{model}"
+
+
+def prediction(model: str, request_id: str) -> str:
+    """A compact prediction record waiting for its delayed label (with a TTL)."""
+    return f"{PREFIX}:pred:{model}:{request_id}"
+
+
+def drift_state(model: str) -> str:
+    """JSON of a model's calibrated drift monitor, shared by every replica."""
+    return f"{PREFIX}:drift:{model}"
+
+
+def drift_version(model: str) -> str:
+    """Changes whenever :func:`drift_state` is replaced, so replicas know to reload it."""
+    return f"{PREFIX}:drift-version:{model}"

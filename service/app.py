@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
-from service import explanations_api
+from service import explanations_api, monitoring_api
 from service.api import BODY_COMPONENTS, router
 from service.errors import SidecarError
 from service.settings import Settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app = FastAPI(title="vai-sidecar", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
     app.include_router(explanations_api.router)
+    app.include_router(monitoring_api.router)
     app.add_exception_handler(SidecarError, _sidecar_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
 

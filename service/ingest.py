@@ -18,6 +18,7 @@ from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.errors import FieldError, SidecarError
 from service.metrics import IngestMetrics
+from service.monitoring import Monitoring
 from service.parsing import Rejected, decode_body
 from service.settings import Settings
 from service.validation import Prediction, validate
@@ -58,6 +59,7 @@ class IngestHandler:
         writer: QueueWriter,
         metrics: IngestMetrics,
         sampler_metrics: SamplerMetrics,
+        monitoring: Monitoring | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -65,6 +67,7 @@ class IngestHandler:
         self._writer = writer
         self._metrics = metrics
         self._sampler_metrics = sampler_metrics
+        self._monitoring = monitoring
         self._clock = clock
         self._models: dict[str, BoundedLabel] = {}
         """Known models, each with the bounded set of its version labels."""
@@ -77,6 +80,20 @@ class IngestHandler:
     @property
     def models(self) -> list[str]:
         return sorted(self._models)
+
+    def knows(self, model: str) -> bool:
+        return model in self._models
+
+    def register(self, model: str) -> None:
+        """Know ``model`` before any event of it (e.g. a drift reference); raises ``FieldError`` past the cap."""
+        if model not in self._models:
+            if len(self._models) >= self._settings.max_models:
+                raise FieldError(
+                    "model",
+                    f"unknown model and already {self._settings.max_models} models (raise VAI_MAX_MODELS)",
+                    reason="too_many_models",
+                )
+            self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
 
     def ingest(self, body: bytes) -> IngestResult:
         """Handle one request body; raises ``SidecarError`` when nothing in it is valid."""
@@ -117,11 +134,7 @@ class IngestHandler:
         """Checks that depend on what came before; records the event once it passes them all."""
         model = prediction.model
         if model not in self._models and len(self._models) >= self._settings.max_models:
-            raise FieldError(
-                "model",
-                f"unknown model and already {self._settings.max_models} models (raise VAI_MAX_MODELS)",
-                reason="too_many_models",
-            )
+            self.register(model)  # the cap's error, before any other check
         dim = self.embedding_dims.get(model)
         if prediction.embedding_dim and dim is not None and dim != prediction.embedding_dim:
             raise FieldError(
@@ -138,8 +151,7 @@ class IngestHandler:
                 del recent[next(iter(recent))]
         if prediction.embedding_dim and dim is None:
             self.embedding_dims[model] = prediction.embedding_dim
-        if model not in self._models:
-            self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
+        self.register(model)
 
     def _observe(self, accepted: list[Prediction]) -> None:
         events: Counter[tuple[str, str]] = Counter()
@@ -151,6 +163,8 @@ class IngestHandler:
             confidence_hist, margin_hist = self._metrics.histograms(*labels)
             confidence_hist.observe(prediction.confidence)
             margin_hist.observe(prediction.margin)
+            if self._monitoring is not None:
+                self._monitoring.observe(prediction, labels[1])
             threshold = self._sampler.policy(prediction.model).confidence_below
             if threshold is not None and prediction.confidence < threshold:
                 low[labels] += 1

@@ -23,6 +23,7 @@ from service.auth import TokenAuth
 from service.errors import SidecarError
 from service.ingest import IngestHandler
 from service.metrics import IngestMetrics
+from service.monitoring import Monitoring
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,31 @@ class Sidecar:
             queue_max_length=settings.queue_max_length,
             retry_s=settings.flush_retry_s,
         )
+        self.monitoring: Monitoring | None = None
+        if settings.monitors_enabled:
+            self.monitoring = Monitoring(settings, self.redis, self.registry, known_model=self._knows)
         self.ingest = IngestHandler(
             settings,
             sampler=self.sampler,
             writer=self.writer,
             metrics=IngestMetrics(self.registry),
             sampler_metrics=self.sampler_metrics,
+            monitoring=self.monitoring,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if await self.writer.ping():
             await self._refresh_policies()
-        self._tasks = [
+        if self.monitoring is not None:
+            self.monitoring.start()
+            self._tasks += [
+                asyncio.create_task(self._every(0.1, self.monitoring.flush_records), name="prediction-records"),
+                asyncio.create_task(
+                    self._every(self.settings.drift_sync_s, self.monitoring.sync_drift_states), name="drift-sync"
+                ),
+            ]
+        self._tasks += [
             asyncio.create_task(self.writer.run(), name="queue-writer"),
             asyncio.create_task(
                 self._every(self.settings.policy_refresh_s, self._refresh_policies), name="policy-refresh"
@@ -91,6 +104,10 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.monitoring is not None:
+            self.monitoring.stop()
+            while await self.monitoring.flush_records():
+                pass
         await self.writer.drain(timeout_s=drain_timeout_s)
         await self.redis.aclose()
 
@@ -131,6 +148,9 @@ class Sidecar:
                 503, f"redis: policy not reset, try again: {error}", headers={"Retry-After": "1"}
             ) from None
         return self.sampler.set_overrides(model, {})
+
+    def _knows(self, model: str) -> bool:
+        return self.ingest.knows(model)
 
     async def _refresh_policies(self) -> None:
         try:

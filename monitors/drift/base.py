@@ -35,7 +35,8 @@ class DriftEvent:
 
     predicted: int
     confidence: float
-    embedding: NDArray[np.float32] | None
+    embedding: NDArray[np.float32] | Sequence[float] | None
+    """An array, or the list the request parsed (turned into an array in the runner, off the request path)."""
     time_s: float
 
 
@@ -60,10 +61,10 @@ class DriftBatch:
         if not events:
             raise ValueError("a drift batch needs at least one event")
         vectors = [e.embedding for e in events]
-        shapes = {v.shape for v in vectors if v is not None}
+        shapes = {np.shape(v) for v in vectors if v is not None}
         embeddings = None
         if len(shapes) == 1 and all(v is not None for v in vectors):
-            embeddings = np.stack([v for v in vectors if v is not None]).astype(np.float32, copy=False)
+            embeddings = np.asarray(vectors, dtype=np.float32)
         return cls(
             predicted=np.array([e.predicted for e in events], dtype=np.int64),
             confidence=np.array([e.confidence for e in events], dtype=np.float64),

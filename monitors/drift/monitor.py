@@ -191,14 +191,16 @@ def _run(detectors: _Detectors, batch: DriftBatch) -> list[DriftResult]:
 def _build(model: str, reference: Reference, config: DriftConfig, metrics: DriftMetrics) -> _Detectors:
     rng = np.random.default_rng(config.seed)
     ref = reference.deduplicated()
-    raw: list[DriftDetector] = [
-        OutputDrift.fit(
-            predicted=ref.predicted,
-            confidence=ref.confidence,
-            window_events=config.window_events,
-            p_value=config.p_value,
+    raw: list[DriftDetector] = []
+    if ref.has_outputs:
+        raw.append(
+            OutputDrift.fit(
+                predicted=ref.predicted,
+                confidence=ref.confidence,
+                window_events=config.window_events,
+                p_value=config.p_value,
+            )
         )
-    ]
     if ref.embeddings is None:
         return _Detectors(pca=None, raw=tuple(raw), reduced=())
     raw.append(

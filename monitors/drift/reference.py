@@ -17,6 +17,8 @@ class Reference:
     predicted: NDArray[np.int64]
     confidence: NDArray[np.float64]
     embeddings: NDArray[np.float32] | None = None
+    has_outputs: bool = True
+    """False when only embeddings were given: ``predicted``/``confidence`` are placeholders, output drift is off."""
 
     def __post_init__(self) -> None:
         n = self.predicted.shape[0] if self.predicted.ndim == 1 else -1
@@ -56,6 +58,7 @@ class Reference:
 
     def _rows(self, index: NDArray[np.intp]) -> Reference:
         return Reference(
+            has_outputs=self.has_outputs,
             predicted=self.predicted[index],
             confidence=self.confidence[index],
             embeddings=None

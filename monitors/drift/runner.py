@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from monitors.drift.base import DriftBatch
 from monitors.drift.buffer import IngestBuffer
@@ -22,25 +23,35 @@ class DriftRunner:
     ends with the process.
     """
 
-    def __init__(self, *, poll_interval_s: float = 0.2, max_batch_events: int = 1000) -> None:
-        if poll_interval_s <= 0 or max_batch_events < 1:
-            raise ValueError("poll_interval_s must be > 0 and max_batch_events >= 1")
+    def __init__(self, *, poll_interval_s: float = 0.2, max_batch_events: int = 1000, busy_share: float = 1.0) -> None:
+        """``busy_share``: at most this share of wall time is spent detecting (the rest waits), so that
+        detection in a thread of the serving process leaves the GIL to the request path; events that
+        arrive faster than that are dropped by the bounded buffers and counted as skipped."""
+        if poll_interval_s <= 0 or max_batch_events < 1 or not 0 < busy_share <= 1:
+            raise ValueError("poll_interval_s must be > 0, max_batch_events >= 1 and busy_share in (0, 1]")
+        self._busy_share = busy_share
         self._poll_interval_s = poll_interval_s
         self._max_batch = max_batch_events
-        self._pairs: list[tuple[DriftMonitor, IngestBuffer]] = []
+        self._pairs: dict[str, tuple[DriftMonitor, IngestBuffer]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._calibrations: dict[int, threading.Thread] = {}
 
     def add(self, *, monitor: DriftMonitor, buffer: IngestBuffer) -> None:
+        """Watch ``monitor``'s model, replacing the monitor it had (a new reference, a restored state)."""
         with self._lock:
-            self._pairs.append((monitor, buffer))
+            self._pairs[monitor.model] = (monitor, buffer)
+
+    def monitor(self, model: str) -> DriftMonitor | None:
+        with self._lock:
+            pair = self._pairs.get(model)
+        return pair[0] if pair else None
 
     def run_once(self) -> int:
         """Start due calibrations and feed each monitor one batch; returns the events processed."""
         with self._lock:
-            pairs = list(self._pairs)
+            pairs = list(self._pairs.values())
         processed = 0
         for monitor, buffer in pairs:
             self._start_calibration(monitor)
@@ -78,8 +89,12 @@ class DriftRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            started = time.perf_counter()
             if self.run_once() == 0:
                 self._stop.wait(self._poll_interval_s)
+                continue
+            busy = time.perf_counter() - started
+            self._stop.wait(busy * (1.0 - self._busy_share) / self._busy_share)
 
 
 def _calibrate(monitor: DriftMonitor) -> None:

@@ -1,0 +1,194 @@
+"""HTTP routes of the monitors: delayed labels, drift references and status, calibration."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from monitors.calibration import calibration_of
+from monitors.reliability_plot import render_reliability_png
+from monitors.window import SeriesSnapshot
+from service.deps import AdminScope, IngestScope, ReadScope, SidecarDep, read_body
+from service.errors import FieldError, SidecarError
+from service.monitoring import Monitoring, reference_from_arrays
+from service.sidecar import Sidecar
+
+router = APIRouter()
+ModelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+NPY_TYPES = ("application/octet-stream", "application/x-npy")
+
+
+class LabelIn(BaseModel):
+    model: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    request_id: str = Field(min_length=1, max_length=128)
+    label: int = Field(ge=0, strict=True)
+
+
+class LabelsIn(BaseModel):
+    labels: list[LabelIn] = Field(min_length=1, max_length=10_000)
+
+
+def _monitoring(sidecar: Sidecar) -> Monitoring:
+    if sidecar.monitoring is None:
+        raise SidecarError(409, "monitors are off in this sidecar (VAI_MONITORS_ENABLED=false)")
+    return sidecar.monitoring
+
+
+@router.post("/v1/labels", dependencies=[IngestScope], summary="Join delayed ground truth to predictions")
+async def post_labels(body: LabelsIn, sidecar: SidecarDep) -> Response:
+    result = await _monitoring(sidecar).apply_labels(
+        [(item.model, item.request_id, item.label) for item in body.labels]
+    )
+    return Response(orjson.dumps(result), media_type="application/json")
+
+
+@router.put(
+    "/v1/models/{model}/reference",
+    dependencies=[AdminScope],
+    status_code=202,
+    summary="Set the drift reference: JSON {embeddings, probabilities?} or an .npy of embeddings",
+)
+async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep) -> Response:
+    monitoring = _monitoring(sidecar)
+    body = await read_body(request, limit_bytes=sidecar.settings.max_reference_bytes)
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    try:
+        embeddings, probabilities = await run_in_threadpool(_arrays, body, content_type)
+        reference = await run_in_threadpool(reference_from_arrays, embeddings, probabilities)
+        dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
+        known = sidecar.ingest.embedding_dims.get(model)
+        if known is not None and known != dims:
+            raise ValueError(f"embeddings: {dims} values per row, but this model's events have {known}")
+        sidecar.ingest.register(model)
+    except FieldError as error:
+        raise SidecarError(422, str(error), field=error.field) from None
+    except ValueError as error:
+        field = str(error).split(":", 1)[0]
+        raise SidecarError(422, str(error), field=field if " " not in field else "body") from None
+    sidecar.ingest.embedding_dims[model] = dims
+    monitoring.set_reference(model, reference)
+    body_out = {
+        "model": model,
+        "state": "calibrating",
+        "rows": len(reference),
+        "dims": dims,
+        "outputs": reference.has_outputs,
+    }
+    return Response(orjson.dumps(body_out), status_code=202, media_type="application/json")
+
+
+def _arrays(body: bytes, content_type: str) -> tuple[Any, Any]:
+    if content_type in NPY_TYPES:
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False), None
+        except (ValueError, OSError, EOFError) as error:
+            raise ValueError(f"body: not a .npy array without pickled objects ({error})") from None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"body: not valid JSON ({error})") from None
+    if (
+        not isinstance(document, dict)
+        or "embeddings" not in document
+        or set(document) - {"embeddings", "probabilities"}
+    ):
+        raise ValueError(
+            'body: send {"embeddings": [[...], ...], "probabilities": [[...], ...]} (probabilities '
+            "optional) or an .npy file with Content-Type: application/octet-stream"
+        )
+    return document["embeddings"], document.get("probabilities")
+
+
+@router.get("/v1/models/{model}/drift", dependencies=[ReadScope])
+async def get_drift(model: ModelPath, sidecar: SidecarDep) -> Response:
+    status = _monitoring(sidecar).drift_status(model)
+    if status is None:
+        raise SidecarError(404, f"model: no events or reference seen for {model!r}", field="model")
+    detectors = [
+        {
+            "name": r.name,
+            "score": r.score,
+            "threshold": r.threshold,
+            "drift": r.drift,
+            "since": r.since,
+            "p_value": r.p_value,
+        }
+        for r in status.detectors
+    ]
+    body = {
+        "model": model,
+        "state": status.state,
+        "detectors": detectors,
+        "calibration_error": status.calibration_error,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _series(monitoring: Monitoring, model: str, version: str | None, cohort: str | None) -> list[SeriesSnapshot]:
+    return [
+        s
+        for s in monitoring.windows.snapshots()
+        if s.key.model == model
+        and (version is None or s.key.version == version)
+        and (cohort is None or s.key.cohort == cohort)
+        and s.records
+    ]
+
+
+def _report(snapshot: SeriesSnapshot) -> dict[str, Any]:
+    report = calibration_of(snapshot.records)
+    return {
+        "version": snapshot.key.version,
+        "cohort": snapshot.key.cohort,
+        "count": report.count,
+        "ece": report.ece,
+        "mce": report.mce,
+        "brier_score": report.brier_score,
+        "brier_count": report.brier_count,
+        "bins": [
+            {
+                "lower": b.lower,
+                "upper": b.upper,
+                "count": b.count,
+                "mean_confidence": b.mean_confidence,
+                "accuracy": b.accuracy,
+            }
+            for b in report.bins
+        ],
+    }
+
+
+@router.get("/v1/models/{model}/calibration", dependencies=[ReadScope])
+async def get_calibration(
+    model: ModelPath,
+    sidecar: SidecarDep,
+    version: Annotated[str | None, Query(max_length=64)] = None,
+    cohort: Annotated[str | None, Query(max_length=300)] = None,
+) -> Response:
+    series = _series(_monitoring(sidecar), model, version, cohort)
+    reports = await run_in_threadpool(lambda: [_report(s) for s in series])
+    return Response(orjson.dumps({"model": model, "series": reports}), media_type="application/json")
+
+
+@router.get("/v1/models/{model}/calibration.png", dependencies=[ReadScope], response_class=Response)
+async def get_calibration_png(
+    model: ModelPath,
+    sidecar: SidecarDep,
+    version: Annotated[str | None, Query(max_length=64)] = None,
+    cohort: Annotated[str, Query(max_length=300)] = "all",
+) -> Response:
+    series = _series(_monitoring(sidecar), model, version, cohort)
+    if not series:
+        raise SidecarError(
+            404, f"model: no labelled predictions of {model!r} for this version and cohort", field="model"
+        )
+    chosen = max(series, key=lambda s: len(s.records))
+    title = f"{model} {chosen.key.version} ({chosen.key.cohort})"
+    png = await run_in_threadpool(lambda: render_reliability_png(calibration_of(chosen.records), title=title))
+    return Response(png, media_type="image/png")
