@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything from a fresh clone: a virtualenv with the project and its test tools,
-# and (for the tests, when run as root with apt) Prometheus and promtool.
+# and (for the tests, when run as root with apt) Prometheus, promtool and Chromium.
 # Idempotent and quick when nothing changed. Usage: scripts/setup.sh [--with-test-tools]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ fi
 if [ "${1:-}" = "--with-test-tools" ]; then
   missing=()
   command -v promtool >/dev/null || missing+=(prometheus)
+  command -v chromium >/dev/null || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       apt-get update -qq >/dev/null

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
-from service import explanations_api, monitoring_api
+from service import explanations_api, monitoring_api, ui
 from service.api import BODY_COMPONENTS, router
 from service.errors import SidecarError
 from service.settings import Settings
@@ -41,6 +41,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(router)
     app.include_router(explanations_api.router)
     app.include_router(monitoring_api.router)
+    app.include_router(ui.router)
     app.add_exception_handler(SidecarError, _sidecar_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
 

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from attribution_workers.heatmap import render_bar_chart, render_image_heatmap
-from sampler.explanations import ExplanationQuery, ExplanationRecord, ExplanationStore, Fidelity
+from sampler.explanations import ExplanationQuery, ExplanationRecord, ExplanationStore, Fidelity, SanityFigure
 from service.errors import SidecarError
 
 
@@ -43,6 +43,8 @@ class ExplanationPublic(BaseModel):
     agreement: float | None = None
     sanity_similarity: dict[str, float] = {}
     """Latest randomisation check per method: similarity to a randomised model's map (high is bad)."""
+    sanity_flagged: dict[str, bool] = {}
+    """Whether that similarity reached the model's configured limit (the method ignores the model)."""
     error: str | None = None
     input: dict[str, Any] | None = None
     explained_at: float | None = None
@@ -104,7 +106,7 @@ def _time_param(name: str, text: str) -> float:
     return value
 
 
-def to_public(record: ExplanationRecord, sanity: dict[str, float]) -> ExplanationPublic:
+def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> ExplanationPublic:
     detail = record.detail
     attributions = {
         method: AttributionPublic(
@@ -124,7 +126,8 @@ def to_public(record: ExplanationRecord, sanity: dict[str, float]) -> Explanatio
         **record.summary.model_dump(),
         attributions=attributions,
         agreement=detail.agreement,
-        sanity_similarity={m: sanity[m] for m in record.summary.methods if m in sanity},
+        sanity_similarity={m: sanity[m].similarity for m in record.summary.methods if m in sanity},
+        sanity_flagged={m: sanity[m].flagged for m in record.summary.methods if m in sanity},
         error=detail.error,
         input=model_input,
         explained_at=detail.explained_at,

@@ -37,8 +37,7 @@ async def list_explanations(request: Request, sidecar: SidecarDep) -> Response:
 @router.get("/v1/explanations/{model}/{request_id}")
 async def get_explanation(model: ModelPath, request_id: RequestIdPath, sidecar: SidecarDep) -> ExplanationPublic:
     record = await _record(sidecar, model, request_id)
-    sanity = await sidecar.explanations.sanity(model)
-    return to_public(record, {method: figure.similarity for method, figure in sanity.items()})
+    return to_public(record, await sidecar.explanations.sanity(model))
 
 
 @router.get("/v1/explanations/{model}/{request_id}/heatmap.png", response_class=Response)

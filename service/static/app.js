@@ -1,0 +1,648 @@
+// Viewer of stored explanations. Vanilla JS, no build step, no external code.
+// Every piece of data reaches the page through textContent or DOM properties, never innerHTML.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "vai-ui-token";
+  const PAGE_SIZE = (() => {
+    const asked = Number(new URLSearchParams(window.location.search).get("limit")); // /ui?limit=100
+    return Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : 25;
+  })();
+  const SANITY_MAX = 0.5; // fallback when a record has no sanity_flagged: the worker's default limit
+  const AGREEMENT_LOW = 0.3; // mean pairwise Spearman below this: the methods rank the input differently
+  const CANVAS_PX = 192;
+
+  const byId = (id) => document.getElementById(id);
+  const state = { token: "", query: null, cursor: null, selected: null, blobUrls: [], detailSeq: 0, listSeq: 0 };
+
+  // --- DOM helpers ----------------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") node.className = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child)); // strings become text nodes
+    }
+    return node;
+  }
+
+  const badge = (kind, text) => el("span", { class: `badge badge-${kind}` }, text);
+
+  function statusBadge(status) {
+    const icons = { done: "✓", queued: "…", failed: "✗" };
+    return el("span", { class: `status status-${status}` }, `${icons[status] || ""} ${status}`.trim());
+  }
+
+  function number(value, digits = 3) {
+    return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "—";
+  }
+
+  const present = (value) => value !== null && value !== undefined;
+  const percent = (value) => (typeof value === "number" ? `${(value * 100).toFixed(1)}%` : "—");
+
+  function localTime(epochSeconds) {
+    if (typeof epochSeconds !== "number") return "—";
+    const date = new Date(epochSeconds * 1000);
+    const pad = (n) => String(n).padStart(2, "0");
+    return (
+      `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ` +
+      `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`
+    );
+  }
+
+  function timeElement(epochSeconds) {
+    if (typeof epochSeconds !== "number") return "—";
+    const iso = new Date(epochSeconds * 1000).toISOString();
+    return el("time", { datetime: iso, title: iso }, localTime(epochSeconds));
+  }
+
+  const cohortText = (cohort) =>
+    Object.entries(cohort || {})
+      .map(([key, value]) => `${key}=${value}`)
+      .join(", ");
+
+  // --- messages -------------------------------------------------------------------------------
+
+  function showMessage(text, kind = "error") {
+    const box = byId("message");
+    box.className = `message message-${kind}`;
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  function clearMessage() {
+    byId("message").hidden = true;
+  }
+
+  function announce(text) {
+    byId("live").textContent = text; // read out by screen readers; errors go through the alert above
+  }
+
+  // --- API ------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  function describe(error) {
+    if (!(error instanceof ApiError)) return `Unexpected error: ${error && error.message ? error.message : error}`;
+    if (error.status === 401) {
+      return state.token
+        ? "401 Unauthorized: the sidecar does not know this token. Check it and press “Use token”."
+        : "401 Unauthorized: the sidecar needs a read token. Enter it above and press “Use token”.";
+    }
+    if (error.status === 403) return "403 Forbidden: this token may not read explanations; use a read or admin token.";
+    if (error.status === 0) return error.message;
+    return `${error.status}: ${error.message}`;
+  }
+
+  async function request(path, params) {
+    const url = new URL(path, window.location.origin);
+    for (const [name, value] of Object.entries(params || {})) {
+      if (value !== null && value !== undefined && value !== "") url.searchParams.set(name, value);
+    }
+    const headers = { Accept: "application/json, image/png" };
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    let response;
+    try {
+      response = await fetch(url, { headers, credentials: "omit", cache: "no-store" });
+    } catch (error) {
+      throw new ApiError(0, "Could not reach the sidecar (network error). Is it still running?");
+    }
+    if (!response.ok) {
+      let message = response.statusText || "request failed";
+      try {
+        const body = await response.json();
+        if (body && typeof body.error === "string") message = body.error;
+      } catch (error) {
+        // not JSON: keep the status text
+      }
+      throw new ApiError(response.status, message);
+    }
+    return response;
+  }
+
+  const recordPath = (model, requestId) =>
+    `/v1/explanations/${encodeURIComponent(model)}/${encodeURIComponent(requestId)}`;
+
+  // --- token ----------------------------------------------------------------------------------
+
+  function setupToken() {
+    const input = byId("token");
+    const remember = byId("remember");
+    const saved = window.sessionStorage.getItem(TOKEN_KEY);
+    if (saved) {
+      state.token = saved;
+      input.value = saved;
+      remember.checked = true;
+    }
+    remember.addEventListener("change", () => {
+      if (!remember.checked) window.sessionStorage.removeItem(TOKEN_KEY);
+    });
+    byId("token-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      state.token = input.value.trim();
+      if (remember.checked && state.token) window.sessionStorage.setItem(TOKEN_KEY, state.token);
+      else window.sessionStorage.removeItem(TOKEN_KEY);
+      search();
+      if (state.selected) openRecord(state.selected.model, state.selected.requestId);
+    });
+  }
+
+  // --- list -----------------------------------------------------------------------------------
+
+  function filterQuery() {
+    const form = byId("filters");
+    const value = (name) => form.elements[name].value.trim();
+    const epoch = (name) => {
+      const text = value(name);
+      if (!text) return "";
+      const millis = new Date(text).getTime(); // datetime-local: the browser's local time zone
+      return Number.isFinite(millis) ? String(millis / 1000) : "";
+    };
+    return {
+      model: value("model"),
+      version: value("version"),
+      reason: value("reason"),
+      cohort: value("cohort"),
+      predicted: value("predicted"),
+      since: epoch("since"),
+      until: epoch("until"),
+      limit: String(PAGE_SIZE),
+    };
+  }
+
+  async function search() {
+    state.query = filterQuery();
+    state.cursor = null;
+    byId("list").replaceChildren();
+    byId("list-count").textContent = "";
+    byId("list-empty").hidden = true;
+    byId("more").hidden = true;
+    await loadPage();
+  }
+
+  async function loadPage() {
+    const seq = ++state.listSeq;
+    const list = byId("list");
+    list.setAttribute("aria-busy", "true");
+    try {
+      const params = { ...state.query, cursor: state.cursor };
+      const page = await (await request("/v1/explanations", params)).json();
+      if (seq !== state.listSeq) return;
+      clearMessage();
+      const modelInput = byId("f-model");
+      if (!modelInput.value && page.items.length) modelInput.value = page.items[0].model;
+      for (const item of page.items) list.append(listItem(item));
+      state.cursor = page.next_cursor;
+      byId("more").hidden = !page.next_cursor;
+      byId("list-empty").hidden = list.children.length > 0;
+      const count = list.children.length;
+      byId("list-count").textContent = `(${count}${page.next_cursor ? "+" : ""} shown)`;
+      announce(`${count} explanations listed${page.next_cursor ? ", more available" : ""}.`);
+    } catch (error) {
+      if (seq !== state.listSeq) return;
+      showMessage(describe(error));
+      const modelMissing = error instanceof ApiError && error.status === 422 && /^model:/.test(error.message);
+      if (modelMissing) byId("f-model").focus();
+    } finally {
+      if (seq === state.listSeq) list.removeAttribute("aria-busy");
+    }
+  }
+
+  function listItem(item) {
+    const selected =
+      state.selected && state.selected.requestId === item.request_id && state.selected.model === item.model;
+    const label = present(item.label) ? item.label : null;
+    const button = el(
+      "button",
+      {
+        type: "button",
+        class: "item",
+        "aria-current": selected ? "true" : null,
+        "data-model": item.model,
+        "data-request-id": item.request_id,
+        onclick: () => openRecord(item.model, item.request_id),
+      },
+      el("span", { class: "item-head" }, el("span", { class: "rid" }, item.request_id), statusBadge(item.status)),
+      el(
+        "span",
+        { class: "item-line" },
+        el("span", {}, "class ", el("strong", {}, String(item.predicted))),
+        el("span", {}, percent(item.confidence)),
+        label === null ? null : el("span", { class: label === item.predicted ? "" : "mismatch" },
+          label === item.predicted ? `label ${label} ✓` : `label ${label} ✗`),
+        el("span", { class: "muted" }, timeElement(item.timestamp)),
+      ),
+      el(
+        "span",
+        { class: "item-line" },
+        (item.reasons || []).map((reason) => el("span", { class: "chip" }, reason)),
+        item.cohort && Object.keys(item.cohort).length ? el("span", { class: "muted" }, cohortText(item.cohort)) : null,
+      ),
+    );
+    return el("li", {}, button);
+  }
+
+  function markSelected() {
+    for (const button of byId("list").querySelectorAll("button.item")) {
+      const on =
+        state.selected &&
+        button.dataset.model === state.selected.model &&
+        button.dataset.requestId === state.selected.requestId;
+      if (on) button.setAttribute("aria-current", "true");
+      else button.removeAttribute("aria-current");
+    }
+  }
+
+  function listKeys(event) {
+    if (!["ArrowDown", "ArrowUp", "Home", "End"].includes(event.key)) return;
+    const buttons = [...byId("list").querySelectorAll("button.item")];
+    const at = buttons.indexOf(document.activeElement);
+    if (at < 0 || !buttons.length) return;
+    const next = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: buttons.length - 1 }[event.key];
+    event.preventDefault();
+    buttons[Math.max(0, Math.min(buttons.length - 1, next))].focus();
+  }
+
+  // --- detail ---------------------------------------------------------------------------------
+
+  function releaseBlobs() {
+    for (const url of state.blobUrls) URL.revokeObjectURL(url);
+    state.blobUrls = [];
+  }
+
+  async function openRecord(model, requestId) {
+    const seq = ++state.detailSeq;
+    state.selected = { model, requestId };
+    markSelected();
+    window.history.replaceState(null, "", `#${encodeURIComponent(model)}/${encodeURIComponent(requestId)}`);
+    const detail = byId("detail");
+    detail.dataset.state = "loading";
+    detail.setAttribute("aria-busy", "true");
+    try {
+      const record = await (await request(recordPath(model, requestId))).json();
+      if (seq !== state.detailSeq) return;
+      releaseBlobs();
+      detail.replaceChildren(...renderRecord(record));
+      clearMessage();
+      announce(`Showing ${record.request_id}: ${record.status}.`);
+      await loadHeatmaps(record, seq);
+    } catch (error) {
+      if (seq !== state.detailSeq) return;
+      releaseBlobs();
+      detail.replaceChildren(
+        el("h2", { id: "detail-title" }, requestId),
+        el("p", { class: "banner banner-failed" }, describe(error)),
+      );
+    } finally {
+      if (seq === state.detailSeq) {
+        detail.dataset.state = "ready";
+        detail.removeAttribute("aria-busy");
+      }
+    }
+  }
+
+  function renderRecord(record) {
+    const parts = [
+      el(
+        "div",
+        { class: "detail-head" },
+        el("h2", { id: "detail-title" }, record.request_id),
+        statusBadge(record.status),
+        el("span", { class: "muted" }, `${record.model} · version ${record.model_version}`),
+        el(
+          "button",
+          { type: "button", class: "small", onclick: () => openRecord(record.model, record.request_id) },
+          "Reload",
+        ),
+      ),
+    ];
+    if (record.status === "failed") {
+      parts.push(el("p", { class: "banner banner-failed" }, "✗ Failed: ", record.error || "no error message stored"));
+    } else if (record.status === "queued") {
+      parts.push(el("p", { class: "banner banner-queued" },
+        "… Queued: no worker has explained this event yet. Press Reload to check again."));
+    } else if (record.error) {
+      parts.push(el("p", { class: "banner banner-queued" }, "Partial: ", record.error));
+    }
+    parts.push(el("div", { class: "overview" }, renderInput(record.input), renderFacts(record)));
+    if (record.status === "done" || Object.keys(record.attributions || {}).length) parts.push(renderTrust(record));
+    if (Object.keys(record.attributions || {}).length || record.status === "done") parts.push(renderMaps(record));
+    return parts;
+  }
+
+  function fact(name, ...value) {
+    return [el("dt", {}, name), el("dd", {}, ...value)];
+  }
+
+  function renderFacts(record) {
+    const hasLabel = record.label !== null && record.label !== undefined;
+    const labelValue = !hasLabel
+      ? el("span", { class: "muted" }, "not known yet")
+      : record.label === record.predicted
+        ? `${record.label} ✓ matches the prediction`
+        : el("span", { class: "mismatch" }, `${record.label} ✗ differs from the prediction`);
+    const reasons = (record.reasons || []).map((reason) => el("span", { class: "chip" }, reason));
+    const cohort = cohortText(record.cohort);
+    return el(
+      "dl",
+      { class: "facts" },
+      fact("Predicted class", el("strong", {}, String(record.predicted))),
+      fact("Confidence", percent(record.confidence)),
+      fact("Label", labelValue),
+      fact("Sampled because", reasons.length ? reasons : "—"),
+      fact("Cohort", cohort || el("span", { class: "muted" }, "none")),
+      fact("Event time", timeElement(record.timestamp)),
+      fact("Explained at", record.explained_at ? timeElement(record.explained_at) : "—"),
+    );
+  }
+
+  // --- input ----------------------------------------------------------------------------------
+
+  function renderInput(input) {
+    const box = el("figure", { class: "input" });
+    if (!input || !Array.isArray(input.shape)) {
+      box.append(el("figcaption", {}, "Input"), el("p", { class: "muted" }, "Not stored with this explanation."));
+      return box;
+    }
+    const shape = input.shape;
+    const flat = [input.values].flat(Infinity).map(Number);
+    if (shape.length >= 2 && shape[shape.length - 1] > 1 && shape[shape.length - 2] > 1) {
+      const canvas = drawImage(flat, shape);
+      box.append(canvas, el("figcaption", {}, `Input (${shape.join("×")})`));
+    } else {
+      const shown = flat.slice(0, 32);
+      const first = flat.length > shown.length ? ` (first ${shown.length})` : "";
+      box.append(
+        el("figcaption", {}, `Input: ${flat.length} features${first}`),
+        el("ol", { class: "features", start: "0" }, shown.map((value) => el("li", {}, number(value, 4)))),
+      );
+    }
+    return box;
+  }
+
+  function drawImage(flat, shape) {
+    const height = shape[shape.length - 2];
+    const width = shape[shape.length - 1];
+    const channels = flat.length / (height * width);
+    const rgb = channels === 3;
+    const finite = flat.filter(Number.isFinite);
+    const low = Math.min(...finite);
+    const span = Math.max(...finite) - low || 1;
+    const scaled = (v) => (Number.isFinite(v) ? Math.round((255 * (v - low)) / span) : 0);
+    const small = document.createElement("canvas");
+    small.width = width;
+    small.height = height;
+    const context = small.getContext("2d");
+    const image = context.createImageData(width, height);
+    for (let p = 0; p < width * height; p += 1) {
+      let r, g, b;
+      if (rgb) {
+        [r, g, b] = [0, 1, 2].map((c) => scaled(flat[c * width * height + p]));
+      } else {
+        let sum = 0;
+        for (let c = 0; c < channels; c += 1) sum += flat[c * width * height + p];
+        r = g = b = scaled(sum / channels);
+      }
+      image.data.set([r, g, b, 255], p * 4);
+    }
+    context.putImageData(image, 0, 0);
+    const scale = Math.max(1, Math.floor(CANVAS_PX / Math.max(width, height)));
+    const canvas = el("canvas", {
+      width: width * scale,
+      height: height * scale,
+      class: "input-canvas",
+      role: "img",
+      "aria-label": `model input, ${width}×${height} pixels${rgb ? ", colour" : ", grey"}`,
+    });
+    const big = canvas.getContext("2d");
+    big.imageSmoothingEnabled = false;
+    big.drawImage(small, 0, 0, canvas.width, canvas.height);
+    return canvas;
+  }
+
+  // --- trust ----------------------------------------------------------------------------------
+
+  const baseMethod = (name) => name.split("@")[0];
+
+  function agreementVerdict(agreement) {
+    if (typeof agreement !== "number") {
+      return el("span", { class: "muted" }, "not computed (needs two or more methods)");
+    }
+    if (agreement >= AGREEMENT_LOW) return badge("ok", "✓ the methods broadly agree");
+    return badge(
+      "warn",
+      `⚠ low agreement (below ${AGREEMENT_LOW}): the methods rank pixels differently; compare before trusting any`,
+    );
+  }
+
+  function renderTrust(record) {
+    const section = el(
+      "section",
+      { class: "trust", "aria-labelledby": "trust-title" },
+      el("h3", { id: "trust-title" }, "Can these maps be trusted?"),
+      el(
+        "p",
+        { class: "agreement" },
+        el("strong", {}, "Agreement "),
+        el("span", { class: "figure" }, number(record.agreement, 2)),
+        " ",
+        agreementVerdict(record.agreement),
+        el("span", { class: "hint" }, " Mean rank correlation of the methods' |maps|, from −1 to 1."),
+      ),
+    );
+    const sanity = record.sanity_similarity || {};
+    const methods = Object.keys(sanity);
+    if (!methods.length) {
+      section.append(el("p", { class: "muted" }, "No randomisation sanity check has run for this model yet."));
+      return section;
+    }
+    const header = ["Method", "Similarity", "Verdict"].map((name) => el("th", { scope: "col" }, name));
+    const rows = methods.map((method) =>
+      el(
+        "tr",
+        {},
+        el("th", { scope: "row" }, method),
+        el("td", { class: "num" }, number(sanity[method], 2)),
+        el("td", {}, sanityBadge(record, method)),
+      ),
+    );
+    section.append(
+      el(
+        "table",
+        { class: "sanity" },
+        el(
+          "caption",
+          {},
+          "Randomisation sanity check: how similar each method's maps are on the trained and on a randomised model ",
+          "(high is bad).",
+        ),
+        el("thead", {}, el("tr", {}, header)),
+        el("tbody", {}, rows),
+      ),
+    );
+    return section;
+  }
+
+  function sanityBadge(record, method) {
+    const similarity = (record.sanity_similarity || {})[method];
+    if (typeof similarity !== "number") return el("span", { class: "muted" }, "not checked");
+    const flagged = (record.sanity_flagged || {})[method];
+    return (typeof flagged === "boolean" ? flagged : similarity >= SANITY_MAX)
+      ? badge("warn", "⚠ map barely changes on a randomised model — don't trust it")
+      : badge("ok", "✓ depends on the model");
+  }
+
+  // --- heatmaps -------------------------------------------------------------------------------
+
+  function renderMaps(record) {
+    const attributions = record.attributions || {};
+    const names = Object.keys(attributions);
+    const section = el(
+      "section",
+      { class: "maps", "aria-labelledby": "maps-title" },
+      el("h3", { id: "maps-title" }, "Attribution maps"),
+      el(
+        "p",
+        { class: "hint" },
+        "Fidelity: deletion AUC is the score left as the most-attributed pixels are removed first; ",
+        el("strong", {}, "lower than random = faithful"),
+        ".",
+      ),
+    );
+    if (!names.length) {
+      section.append(el("p", { class: "muted" }, "No maps stored."));
+      return section;
+    }
+    const groups = new Map(); // by suffix: "" (the predicted class), "label" (maps keyed method@label), ...
+    for (const name of names) {
+      const suffix = name.includes("@") ? name.slice(name.indexOf("@") + 1) : "";
+      if (!groups.has(suffix)) groups.set(suffix, []);
+      groups.get(suffix).push(name);
+    }
+    for (const suffix of [...groups.keys()].sort()) {
+      const members = groups.get(suffix);
+      const target = attributions[members[0]].target;
+      const titles = { "": `For the predicted class ${target}`, label: `For the label, class ${target}` };
+      section.append(
+        el("h4", {}, titles[suffix] || `For ${suffix}, class ${target}`),
+        el(
+          "div",
+          { class: "map-grid" },
+          members.map((name) => mapCard(name, attributions[name], record, baseMethod(name))),
+        ),
+      );
+    }
+    return section;
+  }
+
+  function fidelityFigure(fidelity) {
+    if (!fidelity) return el("span", { class: "muted" }, "not measured");
+    const faithful = fidelity.deletion_auc < fidelity.random_auc;
+    return el(
+      "span",
+      {},
+      `${number(fidelity.deletion_auc)} vs random ${number(fidelity.random_auc)} `,
+      faithful ? badge("ok", "✓ faithful") : badge("warn", "⚠ no better than random"),
+    );
+  }
+
+  function mapCard(name, attribution, record, method) {
+    const similarity = (record.sanity_similarity || {})[method];
+    const target = name.includes("@") ? `class ${attribution.target} (the label)` : `class ${attribution.target}`;
+    const delta = attribution.convergence_delta;
+    const figures = el(
+      "dl",
+      { class: "map-figures" },
+      fact("Deletion AUC", fidelityFigure(attribution.fidelity)),
+      present(delta)
+        ? fact("Convergence δ", number(delta, 4), el("span", { class: "hint" }, " (IG; near 0 is good)"))
+        : null,
+      fact("Time", present(attribution.seconds) ? `${number(attribution.seconds, 3)} s` : "—"),
+      typeof similarity === "number" ? fact("Sanity", number(similarity, 2), " ", sanityBadge(record, method)) : null,
+    );
+    return el(
+      "figure",
+      { class: "map", "data-method": name },
+      el(
+        "figcaption",
+        {},
+        el("span", { class: "method" }, baseMethod(name)),
+        el("span", { class: "muted" }, ` for ${target}`),
+      ),
+      el(
+        "div",
+        { class: "map-image" },
+        el("img", { class: "heatmap", alt: `${name} heatmap for ${target}`, "data-state": "loading" }),
+        el("p", { class: "muted map-status" }, "Loading heatmap…"),
+      ),
+      figures,
+    );
+  }
+
+  async function loadHeatmaps(record, seq) {
+    const cards = byId("detail").querySelectorAll("figure.map");
+    await Promise.all([...cards].map(async (card) => {
+      const img = card.querySelector("img.heatmap");
+      const status = card.querySelector(".map-status");
+      try {
+        const path = `${recordPath(record.model, record.request_id)}/heatmap.png`;
+        const response = await request(path, { method: card.dataset.method });
+        const blob = await response.blob();
+        if (seq !== state.detailSeq) return;
+        const url = URL.createObjectURL(blob);
+        state.blobUrls.push(url);
+        img.src = url;
+        await img.decode();
+        img.dataset.state = "loaded";
+        status.remove();
+      } catch (error) {
+        if (seq !== state.detailSeq) return;
+        img.dataset.state = "error";
+        img.hidden = true;
+        status.className = "banner banner-failed map-status";
+        status.textContent = `Heatmap not available: ${describe(error)}`;
+      }
+    }));
+  }
+
+  // --- start ----------------------------------------------------------------------------------
+
+  function openFromHash() {
+    const parts = window.location.hash.slice(1).split("/");
+    if (parts.length !== 2) return;
+    try {
+      const [model, requestId] = parts.map(decodeURIComponent);
+      if (model && requestId) openRecord(model, requestId);
+    } catch (error) {
+      showMessage("The address after # is not a model/request id pair.");
+    }
+  }
+
+  function start() {
+    setupToken();
+    const filters = byId("filters");
+    filters.addEventListener("submit", (event) => {
+      event.preventDefault();
+      search();
+    });
+    filters.addEventListener("reset", () => window.setTimeout(search, 0));
+    byId("more").addEventListener("click", loadPage);
+    byId("list").addEventListener("keydown", listKeys);
+    window.addEventListener("hashchange", openFromHash);
+    search();
+    openFromHash();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
