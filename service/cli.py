@@ -26,7 +26,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default VAI_PORT or 8000)")
     worker = commands.add_parser("worker", help="run an attribution worker (needs VAI_REDIS_URL and a config file)")
     worker.add_argument("--metrics-port", type=int, dest="worker_metrics_port", help="port of the worker's /metrics")
+    demo = commands.add_parser(
+        "demo", help="the whole loop on the digits CNN: embedded Redis, sidecar, worker and replayed traffic"
+    )
+    demo.add_argument("--host", help="bind address (default VAI_HOST or 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="port (default VAI_PORT or 8000)")
+    demo.add_argument(
+        "--duration", type=float, default=0.0, metavar="SECONDS", help="stop after this long (default 0: until Ctrl-C)"
+    )
     args = parser.parse_args(argv)
+    if getattr(args, "duration", 0.0) < 0:
+        parser.error("--duration must be 0 (until Ctrl-C) or more")
     names = ("host", "port", "worker_metrics_port")
     overrides = {name: value for name in names if (value := getattr(args, name, None)) is not None}
     settings = Settings(**overrides)
@@ -35,16 +45,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from attribution_workers.main import run_worker  # torch is only imported by the commands that need it
 
         return run_worker(settings)
+    if args.command == "demo":
+        if _refuses_open_bind(settings):
+            return 2
+        from service.demo import run_demo  # torch is only imported by the commands that need it
+
+        return run_demo(settings, duration_s=args.duration)
     return serve_forever(settings)
 
 
 def serve_forever(settings: Settings) -> int:
-    if not settings.auth_enabled and not _is_loopback(settings.host):
-        log.error(
-            "refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS "
-            "or bind 127.0.0.1",
-            settings.host,
-        )
+    if _refuses_open_bind(settings):
         return 2
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turning them into SystemExit
     # lets the embedded Redis below be stopped instead of orphaned.
@@ -68,6 +79,16 @@ def serve_forever(settings: Settings) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _refuses_open_bind(settings: Settings) -> bool:
+    if settings.auth_enabled or _is_loopback(settings.host):
+        return False
+    log.error(
+        "refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS or bind 127.0.0.1",
+        settings.host,
+    )
+    return True
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
