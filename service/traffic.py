@@ -173,6 +173,37 @@ class DigitsTraffic:
             return False
         return True
 
+    def put_reference(self, reference: Split, *, token: str | None = None) -> bool:
+        """``PUT`` the drift reference: embeddings and probabilities of ``reference`` (e.g. the training split).
+
+        Needs an admin token when auth is on. A failure is logged and counted, never raised.
+        """
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(reference.features, dtype=np.float32))
+            body = orjson.dumps(
+                {
+                    "embeddings": self._model.embed(x).numpy(),
+                    "probabilities": torch.softmax(self._model(x), dim=1).numpy(),
+                },
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            )
+        headers = {**self._headers, **({"Authorization": f"Bearer {token}"} if token else {})}
+        path = self._path.removesuffix("/v1/events") + f"/v1/models/{self._model_name}/reference"
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=60)
+        try:
+            connection.request("PUT", path, body=body, headers=headers)
+            response = connection.getresponse()
+            status, answer = response.status, response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self._failed(f"reference upload: {type(error).__name__}: {error}")
+            return False
+        finally:
+            connection.close()
+        if status != 202:
+            self._failed(f"reference upload: HTTP {status}: {answer[:200].decode(errors='replace')}")
+            return False
+        return True
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
