@@ -41,7 +41,7 @@ async def writer_factory(redis_url: str) -> AsyncIterator[Callable[..., tuple[Qu
     clients = []
 
     def make(**overrides: int) -> tuple[QueueWriter, CollectorRegistry]:
-        client = connect(redis_url, timeout_s=0.5)
+        client = connect(redis_url, timeout_s=5.0)
         clients.append(client)
         registry = CollectorRegistry()
         options = {
@@ -76,7 +76,7 @@ async def test_queue_cap_counts_backlog_and_buffer(writer_factory) -> None:  # t
     writer, registry = writer_factory(queue_max_length=5)
     reasons = [writer.offer(message(f"r{i}")) for i in range(5)]
     while writer.buffered:
-        await writer.flush_once()
+        assert await writer.flush_once(), "Redis did not answer"
     await writer.poll_lengths(["digits"])
     reasons += [writer.offer(message("late"))]
     assert reasons == [None] * 5 + ["queue_full"]
