@@ -76,7 +76,7 @@ class Monitoring:
         )
         QualityCollector(store=self.windows, registry=registry)
         self._drift_metrics = DriftMetrics(registry=registry)
-        self.runner = DriftRunner(busy_share=settings.drift_cpu_share)
+        self.runner = DriftRunner(busy_share=settings.drift_cpu_share, max_batch_events=200)
         self._buffers: dict[str, IngestBuffer] = {}
         self._versions: dict[str, str] = {}
         """Drift-state version each model's monitor came from (or was stored as)."""

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     """Drift detectors (``VAI_DRIFT__ERT=1000``, ``[drift]`` in the file)."""
     drift_buffer_events: int = Field(default=10_000, ge=1)
     """Events per model waiting for the drift detectors; beyond it the oldest are skipped and counted."""
-    drift_cpu_share: float = Field(default=0.3, gt=0, le=1)
+    drift_cpu_share: float = Field(default=0.1, gt=0, le=1)
     """Most of the wall time the drift thread may spend detecting (it shares the GIL with requests)."""
     drift_sync_s: float = Field(default=5.0, gt=0)
     """How often calibrated drift states are stored to / adopted from Redis."""
