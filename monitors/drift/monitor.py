@@ -70,6 +70,7 @@ class DriftMonitor:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._reference = reference
+        self._from_warmup = False
         self._warmup: list[DriftBatch] = []
         self._warmup_count = 0
         self._detectors: _Detectors | None = None
@@ -140,6 +141,8 @@ class DriftMonitor:
         except Exception as error:
             with self._lock:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
+                if self._from_warmup:  # e.g. too few distinct rows: collect a fresh warm-up instead of sticking
+                    self._reference, self._from_warmup, self._warmup_count = None, False, 0
             raise
         with self._lock:
             self._calibrating, self._detectors = False, detectors
@@ -173,6 +176,7 @@ class DriftMonitor:
             self._metrics.skipped(self._model).inc(len(batch) - wanted)
         if self._warmup_count >= self._config.reference_events:
             self._reference = Reference.from_batch(concat(self._warmup))
+            self._from_warmup, self._error = True, None
             self._warmup = []
 
 

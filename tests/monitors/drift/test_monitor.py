@@ -161,6 +161,28 @@ def test_failed_calibration_is_reported_not_retried() -> None:
     assert monitor.calibration_error is not None and not monitor.needs_calibration
 
 
+def test_failed_calibration_of_a_warm_up_collects_a_new_one() -> None:
+    rng = np.random.default_rng(5)
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()))
+    batch = events_batch(rng, 600)
+    assert batch.embeddings is not None
+    degenerate = DriftBatch(
+        predicted=batch.predicted,
+        confidence=batch.confidence,
+        embeddings=np.repeat(batch.embeddings[:3], 200, axis=0),
+        time_s=1.0,
+    )
+    monitor.update(degenerate)  # a warm-up of 3 distinct rows: too few for the online detector
+    assert phase(monitor) is Phase.CALIBRATING
+    with pytest.raises(ValueError):
+        monitor.calibrate()
+    assert phase(monitor) is Phase.WARMING_UP and monitor.calibration_error is not None
+    monitor.update(events_batch(rng, 600))
+    assert monitor.needs_calibration and monitor.calibration_error is None
+    monitor.calibrate()
+    assert phase(monitor) is Phase.MONITORING
+
+
 def test_runner_warms_up_calibrates_in_background_and_detects(wait_until) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(5)
     registry = CollectorRegistry()
