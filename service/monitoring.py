@@ -39,6 +39,13 @@ from service.validation import Prediction
 
 log = logging.getLogger(__name__)
 
+_SET_ALL = """
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1]) end
+return #KEYS
+"""
+"""One round trip and one command for a whole batch of prediction records (a pipeline of SETs
+cost ~40 µs of event-loop time per record)."""
+
 
 @dataclass(frozen=True, slots=True)
 class LabelVerdict:
@@ -81,6 +88,7 @@ class Monitoring:
         self._versions: dict[str, str] = {}
         """Drift-state version each model's monitor came from (or was stored as)."""
         self._pending: dict[tuple[str, str], bytes] = {}
+        self._set_all = redis.register_script(_SET_ALL)
         self.labels = Counter(
             "vai_labels",
             "Delayed labels by whether they found their prediction.",
@@ -194,11 +202,9 @@ class Monitoring:
         if not self._pending:
             return 0
         taken = [(key, self._pending.pop(key)) for key in list(self._pending)[:batch]]
-        pipe = self._redis.pipeline(transaction=False)
-        for (model, request_id), body in taken:
-            pipe.set(keys.prediction(model, request_id), body, ex=self._settings.prediction_ttl_s)
         try:
-            await pipe.execute()
+            await self._set_all(keys=[keys.prediction(model, request_id) for (model, request_id), _ in taken],
+                                args=[self._settings.prediction_ttl_s, *(body for _, body in taken)])
         except REDIS_DOWN as error:
             self._pending = dict(taken) | self._pending  # keep them, oldest first, for the next try
             log.debug("prediction records not written yet: %s", error)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from monitors.drift.base import DriftBatch, DriftDetector, DriftResult
@@ -137,7 +138,10 @@ class DriftMonitor:
                 raise RuntimeError(f"model {self._model}: nothing to calibrate in phase {self._phase_locked().value}")
             self._calibrating, self._error, reference = True, None, self._reference
         try:
-            detectors = _build(self._model, reference, self._config, self._metrics)
+            # Seeded bootstrap: the same reference gives the same thresholds on every replica and rerun.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self._config.seed)
+                detectors = _build(self._model, reference, self._config, self._metrics)
         except Exception as error:
             with self._lock:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
