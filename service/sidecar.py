@@ -98,18 +98,25 @@ class Sidecar:
         ]
 
     async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
+        """Stop the background tasks, then write what is buffered; every step is bounded in time,
+        because a shutdown that hangs on a dead Redis would keep the pod from terminating."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+            for task in stuck:
+                log.error("background task %s did not stop within %.0f s", task.get_name(), drain_timeout_s)
         self._tasks = []
         if self.monitoring is not None:
             self.monitoring.stop()
-            while await self.monitoring.flush_records():
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain_timeout_s):
+                    while await self.monitoring.flush_records():
+                        pass
         await self.writer.drain(timeout_s=drain_timeout_s)
-        await self.redis.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout_s):
+                await self.redis.aclose()
 
     def status(self) -> Status:
         return Status(
