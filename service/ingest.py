@@ -173,12 +173,12 @@ class IngestHandler:
                 if value is not None:
                     cohorts[(prediction.model, key, values(value))] += 1
         for labels, count in events.items():
-            self._metrics.events.labels(*labels).inc(count)
+            self._metrics.child(self._metrics.events, *labels).inc(count)
             self.counts[labels[0]] += count
         for labels, count in low.items():
-            self._metrics.low_confidence.labels(*labels).inc(count)
+            self._metrics.child(self._metrics.low_confidence, *labels).inc(count)
         for cohort_labels, count in cohorts.items():
-            self._metrics.cohort_events.labels(*cohort_labels).inc(count)
+            self._metrics.child(self._metrics.cohort_events, *cohort_labels).inc(count)
 
     def _sample(self, prediction: Prediction) -> Sampled | None:
         model = prediction.model
@@ -190,12 +190,12 @@ class IngestHandler:
             has_input=prediction.input is not None,
         )
         if not reasons:
-            self._metrics.not_sampled.labels(model).inc()
+            self._metrics.child(self._metrics.not_sampled, model).inc()
             return None
         for reason in reasons:
-            self._sampler_metrics.sampled.labels(model, reason).inc()
+            self._metrics.child(self._sampler_metrics.sampled, model, reason).inc()
         if not self._sampler.admit(model):
-            self._sampler_metrics.dropped.labels(model, "budget").inc()
+            self._metrics.child(self._sampler_metrics.dropped, model, "budget").inc()
             return None
         if self._writer.offer(_message(prediction, reasons)) is not None:
             return None

@@ -49,6 +49,15 @@ class IngestMetrics:
             registry=registry,
         )
         self._histograms: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
+
+    def child(self, counter: Counter, *labels: str) -> Counter:
+        """``counter.labels(*labels)``, cached: label lookup costs as much as the increment."""
+        key = (id(counter), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = counter.labels(*labels)
+        return found
 
     def histograms(self, model: str, version: str) -> tuple[Histogram, Histogram]:
         """Cached (confidence, margin) children of one model version."""

@@ -203,8 +203,10 @@ class Monitoring:
             return 0
         taken = [(key, self._pending.pop(key)) for key in list(self._pending)[:batch]]
         try:
-            await self._set_all(keys=[keys.prediction(model, request_id) for (model, request_id), _ in taken],
-                                args=[self._settings.prediction_ttl_s, *(body for _, body in taken)])
+            await self._set_all(
+                keys=[keys.prediction(model, request_id) for (model, request_id), _ in taken],
+                args=[self._settings.prediction_ttl_s, *(body for _, body in taken)],
+            )
         except REDIS_DOWN as error:
             self._pending = dict(taken) | self._pending  # keep them, oldest first, for the next try
             log.debug("prediction records not written yet: %s", error)

@@ -46,6 +46,10 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
     if not body.strip():
         raise SidecarError(422, 'body: empty; send one event object or {"events": [...]}', field="body")
     try:
+        if not _looks_like_batch(body):
+            single = _decode_single(body)
+            if not (isinstance(single, Rejected) and "unknown field `events`" in str(single.error)):
+                return [single]
         try:
             events = _BATCH.decode(body).events
         except msgspec.ValidationError as error:
@@ -56,6 +60,11 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
         return _decode_lenient(body, max_batch=max_batch)
     _check_count(len(events), max_batch)
     return list(events)
+
+
+def _looks_like_batch(body: bytes) -> bool:
+    """Cheap guess so that a single event is decoded once (a wrong guess only costs a retry)."""
+    return body.lstrip()[:12].replace(b" ", b"").startswith(b'{"events"')
 
 
 def _decode_single(body: bytes) -> Decoded:
