@@ -128,8 +128,9 @@ class Monitoring:
             self.labels.labels(model, "true").inc()
             return
         if len(self._pending) >= self._settings.prediction_buffer_events:
-            self._pending.pop(next(iter(self._pending)))
-            self.records_dropped.labels(model).inc()
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            self.records_dropped.labels(oldest[0]).inc()  # counted against the model whose record is lost
         self._pending[(model, prediction.request_id)] = orjson.dumps(
             (
                 version,

@@ -262,3 +262,11 @@ def test_requests_never_wait_for_a_detector(make_client: Callable[..., TestClien
         assert skipped is not None and skipped >= 200, "a full buffer drops (and counts) instead of blocking"
     finally:
         release.set()
+
+
+def test_full_record_buffer_drops_the_oldest_and_counts_it(make_client: Callable[..., TestClient]) -> None:
+    registry = CollectorRegistry()  # Redis unreachable: the records stay in memory
+    client = make_client(registry=registry, prediction_buffer_events=2, redis_url="redis://127.0.0.1:1/0")
+    client.post("/v1/events", json={"events": [event("a", model="m1"), event("b", model="m2"), event("c", model="m2")]})
+    assert registry.get_sample_value("vai_prediction_records_dropped_total", {"model": "m1"}) == 1
+    assert registry.get_sample_value("vai_prediction_records_dropped_total", {"model": "m2"}) is None
