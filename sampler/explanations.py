@@ -10,6 +10,7 @@ the stream, so it can be found before a worker explains it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from sampler import keys
 from sampler.contract import InputTensor, SampledEvent
@@ -167,6 +169,12 @@ class ExplanationStore:
     async def mark_queued(self, pipe: Pipeline, event: SampledEvent) -> None:
         """Queue the 'queued' record of ``event`` on ``pipe`` (no-op in Redis if a record exists)."""
         await self._add_save(pipe, ExplanationRecord(summary=ExplanationSummary.queued(event)))
+
+    async def mark_failed(self, event: SampledEvent, error: str) -> None:
+        """Record that ``event`` will never be explained (best effort: Redis may be the problem)."""
+        summary = ExplanationSummary.queued(event).model_copy(update={"status": "failed"})
+        with contextlib.suppress(OSError, RedisError):
+            await self.save(ExplanationRecord(summary=summary, detail=ExplanationDetail(error=error[:2000])))
 
     async def save(self, record: ExplanationRecord) -> bool:
         """Store ``record``; ``False`` when a finished one was there already."""

@@ -142,6 +142,7 @@ class QueueWriter:
             if isinstance(result, Exception):
                 log.error("XADD to %s failed: %s", keys.sample_stream(entry.model), result)
                 self._metrics.dropped.labels(entry.model, "redis_error").inc()
+                await self._store.mark_failed(entry.event, f"not queued: Redis refused the entry: {result}")
             else:
                 self._metrics.queued.labels(entry.model).inc()
         return True

@@ -101,6 +101,8 @@ async def test_entry_refused_by_redis_is_dropped_not_retried(writer_factory, red
     assert writer.buffered == 0
     assert registry.get_sample_value("vai_sample_dropped_total", {"model": "broken", "reason": "redis_error"}) == 1
     assert redis_client.xlen(keys.sample_stream("digits")) == 1
+    assert redis_client.hget(keys.explanation("broken", "a"), "status") == b"failed", "not left 'queued' forever"
+    assert redis_client.hget(keys.explanation("digits", "b"), "status") == b"queued"
 
 
 def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
