@@ -8,6 +8,11 @@ import shutil
 import pytest
 from prometheus_client import CollectorRegistry
 
+from attribution_workers.metrics import WorkerMetrics
+from monitors.cohorts import CohortGuard
+from monitors.collector import QualityCollector
+from monitors.drift.metrics import DriftMetrics
+from monitors.window import WindowStore
 from sampler.metrics import SamplerMetrics
 from service.metrics import IngestMetrics
 
@@ -29,11 +34,19 @@ def promtool() -> str:
 
 @pytest.fixture(scope="session")
 def exported_names() -> frozenset[str]:
-    """Every series name the sidecar's /metrics can carry, from its real metric classes."""
+    """Every series name the sidecar's and the attribution worker's /metrics can carry, from their
+    real metric classes."""
     registry = CollectorRegistry()
     IngestMetrics(registry)
     SamplerMetrics(registry)
-    names: set[str] = set()
+    DriftMetrics(registry=registry)
+    # The quality collector yields every family on each scrape, with samples only for series that
+    # have data; the family names are what matters here.
+    QualityCollector(store=WindowStore(guard=CohortGuard(keys=(), max_values_per_key=1)), registry=registry)
+    # The worker runs as its own process (job vai-worker) with its own registry; names do not clash.
+    WorkerMetrics(registry)
+    # service.monitoring.Monitoring needs settings and a Redis client to build; its two counters:
+    names: set[str] = {"vai_labels_total", "vai_prediction_records_dropped_total"}
     for family in registry.collect():
         assert family.type in _SUFFIXES, f"{family.name}: no suffixes known for type {family.type}"
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])

@@ -69,7 +69,7 @@ def test_rule_unit_tests_pass(promtool: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_config_scrapes_the_sidecar_and_loads_the_alerts() -> None:
+def test_config_scrapes_the_sidecar_and_the_worker_and_loads_the_alerts() -> None:
     config = _load(CONFIG)
     assert config["rule_files"] == ["alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -78,6 +78,10 @@ def test_config_scrapes_the_sidecar_and_loads_the_alerts() -> None:
     targets = [target for static in sidecar["static_configs"] for target in static["targets"]]
     # docker-compose.yml names the service "sidecar"; the CLI's default port is 8000.
     assert targets == ["sidecar:8000"]
+    worker = jobs["vai-worker"]
+    assert worker.get("metrics_path", "/metrics") == "/metrics"
+    # The attribution worker's metrics port is 8001.
+    assert [target for static in worker["static_configs"] for target in static["targets"]] == ["worker:8001"]
 
 
 @pytest.mark.parametrize("rule", _by_alert())
