@@ -30,11 +30,6 @@ def dead_letter_stream(model: str) -> str:
     return f"{PREFIX}:dead:{model}"
 
 
-def model_from_stream(key: str) -> str:
-    """Inverse of :func:`sample_stream`."""
-    return key.removeprefix(f"{PREFIX}:stream:")
-
-
 def explanation(model: str, request_id: str) -> str:
     """Hash of one sampled event's explanation: ``status``, ``summary`` and ``detail`` (JSON)."""
     return f"{PREFIX}:expl:{model}:{request_id}"

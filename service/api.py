@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from service.auth import Scope
-from service.deps import AdminScope, ReadScope, SidecarDep, read_body
+from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, read_body
 from service.errors import SidecarError
 from service.schemas import openapi_body_schema
 from service.sidecar import Sidecar
 
 router = APIRouter()
-ModelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 _BODY_SCHEMA, BODY_COMPONENTS = openapi_body_schema()
 _INGEST_DOC: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": _BODY_SCHEMA}}}

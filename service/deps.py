@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from service.auth import Scope
 from service.errors import SidecarError
+from service.schemas import MODEL_PATTERN
 from service.sidecar import Sidecar
 
 # Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` ones in a thread pool.
@@ -20,6 +21,7 @@ async def get_sidecar(request: Request) -> Sidecar:
 
 
 SidecarDep = Annotated[Sidecar, Depends(get_sidecar)]
+ModelPath = Annotated[str, Path(pattern=MODEL_PATTERN)]
 
 
 def _require(scope: Scope) -> Callable[[Request], Awaitable[None]]:

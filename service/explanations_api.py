@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from sampler.explanations import ExplanationRecord
-from service.deps import ReadScope, SidecarDep
+from service.deps import ModelPath, ReadScope, SidecarDep
 from service.errors import SidecarError
 from service.explanations import (
     ExplanationPublic,
@@ -22,7 +22,6 @@ from service.explanations import (
 from service.sidecar import Sidecar
 
 router = APIRouter(dependencies=[ReadScope])
-ModelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 

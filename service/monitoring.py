@@ -310,9 +310,6 @@ class Monitoring:
         self._versions[model] = version
         log.info("drift monitor of %s calibrated; state stored (version %s)", model, version)
 
-    def known_models(self) -> list[str]:
-        return sorted(self._buffers)
-
 
 def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
     """A drift reference from uploaded arrays; raises ``ValueError`` naming the field."""

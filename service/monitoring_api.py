@@ -7,25 +7,25 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from monitors.calibration import calibration_of
 from monitors.reliability_plot import render_reliability_png
 from monitors.window import SeriesSnapshot
-from service.deps import AdminScope, IngestScope, ReadScope, SidecarDep, read_body
+from service.deps import AdminScope, IngestScope, ModelPath, ReadScope, SidecarDep, read_body
 from service.errors import FieldError, SidecarError
 from service.monitoring import Monitoring, reference_from_arrays
+from service.schemas import MODEL_PATTERN
 from service.sidecar import Sidecar
 
 router = APIRouter()
-ModelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 NPY_TYPES = ("application/octet-stream", "application/x-npy")
 
 
 class LabelIn(BaseModel):
-    model: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    model: str = Field(pattern=MODEL_PATTERN)
     request_id: str = Field(min_length=1, max_length=128)
     label: int = Field(ge=0, strict=True)
 

@@ -12,7 +12,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-ModelName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+MODEL_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+"""What a model name may be, wherever one arrives (events, labels, paths)."""
+ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_PATTERN)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 CohortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

@@ -33,10 +33,6 @@ class Pca:
     def input_dim(self) -> int:
         return int(self._components.shape[1])
 
-    @property
-    def output_dim(self) -> int:
-        return int(self._components.shape[0])
-
     def transform(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"expected embeddings of shape (n, {self.input_dim}), got {x.shape}")
