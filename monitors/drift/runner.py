@@ -37,6 +37,8 @@ class DriftRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._calibrations: dict[int, threading.Thread] = {}
+        self._failures: dict[str, str] = {}
+        """The last calibration error of each model, so that a repeat is not logged again."""
 
     def add(self, *, monitor: DriftMonitor, buffer: IngestBuffer) -> None:
         """Watch ``monitor``'s model, replacing the monitor it had (a new reference, a restored state)."""
@@ -70,7 +72,7 @@ class DriftRunner:
         if not monitor.needs_calibration or (running is not None and running.is_alive()):
             return
         thread = threading.Thread(
-            target=_calibrate, args=(monitor,), name=f"drift-calibrate-{monitor.model}", daemon=True
+            target=self._calibrate, args=(monitor,), name=f"drift-calibrate-{monitor.model}", daemon=True
         )
         self._calibrations[id(monitor)] = thread
         thread.start()
@@ -96,9 +98,17 @@ class DriftRunner:
             busy = time.perf_counter() - started
             self._stop.wait(busy * (1.0 - self._busy_share) / self._busy_share)
 
-
-def _calibrate(monitor: DriftMonitor) -> None:
-    try:
-        monitor.calibrate()
-    except Exception:
-        logger.exception("drift calibration failed for model %s", monitor.model)
+    def _calibrate(self, monitor: DriftMonitor) -> None:
+        try:
+            monitor.calibrate()
+        except Exception as error:
+            # A warm-up reference that cannot calibrate (say, traffic of identical embeddings) is
+            # retried on every fresh warm-up: log the traceback once, not once a second.
+            message = f"{type(error).__name__}: {error}"
+            if self._failures.get(monitor.model) != message:
+                logger.exception("drift calibration failed for model %s (repeats are logged at debug)", monitor.model)
+            else:
+                logger.debug("drift calibration failed again for model %s: %s", monitor.model, message)
+            self._failures[monitor.model] = message
+        else:
+            self._failures.pop(monitor.model, None)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -181,6 +183,33 @@ def test_failed_calibration_of_a_warm_up_collects_a_new_one() -> None:
     assert monitor.needs_calibration and monitor.calibration_error is None
     monitor.calibrate()
     assert phase(monitor) is Phase.MONITORING
+
+
+def test_runner_logs_a_repeated_calibration_failure_once(wait_until, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Degenerate traffic fails every warm-up calibration: one traceback, not one per warm-up."""
+    rng = np.random.default_rng(6)
+    metrics = DriftMetrics(registry=CollectorRegistry())
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=metrics)
+    buffer = IngestBuffer(capacity_events=5_000)
+    runner = DriftRunner(poll_interval_s=0.01, max_batch_events=600)
+    runner.add(monitor=monitor, buffer=buffer)
+    batch = events_batch(rng, 600)
+    assert batch.embeddings is not None
+    identical = replace(batch, embeddings=np.repeat(batch.embeddings[:1], 600, axis=0))
+    caplog.set_level(logging.DEBUG, logger="monitors.drift.runner")
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "calibration failed" in r.getMessage()]
+
+    runner.start()
+    try:
+        for attempt in range(1, 4):
+            for event in as_events(identical):
+                buffer.append(event)
+            wait_until(lambda: len(failures()) == attempt, timeout_s=30)  # noqa: B023 - waited on right here
+    finally:
+        runner.stop()
+    assert [r.levelno for r in failures()] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
 
 
 def test_runner_warms_up_calibrates_in_background_and_detects(wait_until) -> None:  # type: ignore[no-untyped-def]
