@@ -6,40 +6,17 @@ import dataclasses
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
-from service.auth import Scope
-from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, read_body
-from service.errors import SidecarError
-from service.schemas import openapi_body_schema
-from service.sidecar import Sidecar
+from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep
 
 router = APIRouter()
-_BODY_SCHEMA, BODY_COMPONENTS = openapi_body_schema()
-_INGEST_DOC: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": _BODY_SCHEMA}}}
-}
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
-
-
-@router.post(
-    "/v1/events", status_code=202, openapi_extra=_INGEST_DOC, summary='Post one prediction event or {"events": [...]}'
-)
-async def post_events(request: Request) -> Response:
-    # The hot path skips dependency injection (it costs more than the auth check itself).
-    sidecar: Sidecar = request.app.state.sidecar
-    sidecar.auth.check(request.headers.get("authorization"), Scope.INGEST)
-    try:
-        body = await read_body(request, limit_bytes=sidecar.settings.max_body_bytes)
-    except SidecarError as error:
-        sidecar.ingest.reject_body("body_too_large" if error.status == 413 else "invalid_body")
-        raise
-    return Response(sidecar.ingest.ingest(body).to_json(), status_code=202, media_type="application/json")
 
 
 @router.get("/v1/models/{model}/sampling", dependencies=[ReadScope])

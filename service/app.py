@@ -14,8 +14,10 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from service import explanations_api, monitoring_api, ui
-from service.api import BODY_COMPONENTS, router
+from service.api import router
 from service.errors import SidecarError
+from service.ingest_route import INGEST_PATH, IngestRoute
+from service.schemas import openapi_ingest_path
 from service.settings import Settings
 from service.sidecar import Sidecar
 
@@ -42,13 +44,16 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(explanations_api.router)
     app.include_router(monitoring_api.router)
     app.include_router(ui.router)
+    app.add_middleware(IngestRoute)
     app.add_exception_handler(SidecarError, _sidecar_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(BODY_COMPONENTS)
+            ingest_path, components = openapi_ingest_path()
+            schema["paths"] = {INGEST_PATH: ingest_path, **schema.get("paths", {})}
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from service.auth import Scope
-from service.errors import SidecarError
+from service.body import collect_body
 from service.schemas import MODEL_PATTERN
 from service.sidecar import Sidecar
 
@@ -36,29 +36,12 @@ ReadScope = Depends(_require(Scope.READ))
 AdminScope = Depends(_require(Scope.ADMIN))
 
 
-async def read_body(request: Request, *, limit_bytes: int) -> bytes:
-    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit_bytes):
-        raise (
-            _too_large(limit_bytes)
-            if declared.isdigit()
-            else SidecarError(400, "content-length: not a number", field="content-length")
-        )
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding != "identity":
-        raise SidecarError(
-            415, f"content-encoding: {encoding!r} is not supported; send plain JSON", field="content-encoding"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise _too_large(limit_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(limit_bytes: int) -> SidecarError:
-    return SidecarError(413, f"body: larger than {limit_bytes} bytes (VAI_MAX_BODY_BYTES)", field="body")
+async def read_body(request: Request, *, limit_bytes: int, limit_setting: str) -> bytes:
+    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes`` (set by ``limit_setting``)."""
+    return await collect_body(
+        request.stream(),
+        content_length=request.headers.get("content-length"),
+        content_encoding=request.headers.get("content-encoding"),
+        limit_bytes=limit_bytes,
+        limit_setting=limit_setting,
+    )

@@ -17,9 +17,10 @@ from sampler.policy import Reason
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.errors import FieldError, SidecarError
+from service.fast_parsing import BodyDecoder
 from service.metrics import IngestMetrics
 from service.monitoring import Monitoring
-from service.parsing import Rejected, decode_body
+from service.parsing import Rejected
 from service.settings import Settings
 from service.validation import Prediction, validate
 
@@ -69,6 +70,7 @@ class IngestHandler:
         self._sampler_metrics = sampler_metrics
         self._monitoring = monitoring
         self._clock = clock
+        self._decoder = BodyDecoder(max_batch=settings.max_batch)
         self._models: dict[str, BoundedLabel] = {}
         """Known models, each with the bounded set of its version labels."""
         self._cohort_values = {key: BoundedLabel(settings.max_cohort_values) for key in settings.cohort_keys}
@@ -99,7 +101,7 @@ class IngestHandler:
         """Handle one request body; raises ``SidecarError`` when nothing in it is valid."""
         received_at = self._clock()
         try:
-            decoded = decode_body(body, max_batch=self._settings.max_batch)
+            decoded = self._decoder.decode(body)
         except SidecarError:
             self._metrics.rejected.labels("invalid_body").inc()
             raise

@@ -56,7 +56,9 @@ async def post_labels(body: LabelsIn, sidecar: SidecarDep) -> Response:
 )
 async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep) -> Response:
     monitoring = _monitoring(sidecar)
-    body = await read_body(request, limit_bytes=sidecar.settings.max_reference_bytes)
+    body = await read_body(
+        request, limit_bytes=sidecar.settings.max_reference_bytes, limit_setting="VAI_MAX_REFERENCE_BYTES"
+    )
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:
         embeddings, probabilities = await run_in_threadpool(_arrays, body, content_type)

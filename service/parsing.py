@@ -1,6 +1,7 @@
-"""Turn a raw request body into decoded events, one verdict per position.
+"""The careful path of body decoding: every event in order, decoded or rejected with its field named.
 
-The fast path decodes the whole body into typed structs in one pass. Only when
+It serves the bodies the fast path (``service.fast_parsing``) will not judge.
+msgspec first decodes the whole body into typed structs in one pass. Only when
 that fails does the body get taken apart event by event, so that one bad
 event never costs the valid ones beside it. JSON that msgspec refuses (NaN or
 Infinity tokens are not JSON) is re-read by the standard library, which
@@ -58,7 +59,7 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
             return [_decode_single(body)]
     except _UNREADABLE:
         return _decode_lenient(body, max_batch=max_batch)
-    _check_count(len(events), max_batch)
+    check_count(len(events), max_batch)
     return list(events)
 
 
@@ -76,7 +77,7 @@ def _decode_single(body: bytes) -> Decoded:
 
 def _decode_one_by_one(body: bytes, *, max_batch: int) -> list[Decoded]:
     raw_events = _RAW_BATCH.decode(body).events
-    _check_count(len(raw_events), max_batch)
+    check_count(len(raw_events), max_batch)
     decoded: list[Decoded] = []
     for index, raw in enumerate(raw_events):
         try:
@@ -93,7 +94,7 @@ def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
         raise SidecarError(422, f"body: not valid JSON: {error}", field="body") from None
     if isinstance(document, dict) and set(document) == {"events"} and isinstance(document["events"], list):
         items: list[Any] = document["events"]
-        _check_count(len(items), max_batch)
+        check_count(len(items), max_batch)
     else:
         items = [document]
     return [_decode_item(index, item) for index, item in enumerate(items)]
@@ -148,7 +149,8 @@ def _request_id_of(raw: bytes) -> str | None:
         return None
 
 
-def _check_count(count: int, max_batch: int) -> None:
+def check_count(count: int, max_batch: int) -> None:
+    """Refuses an empty batch or one larger than ``max_batch``."""
     if count == 0:
         raise SidecarError(422, "events: empty list", field="events")
     if count > max_batch:

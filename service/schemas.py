@@ -1,9 +1,11 @@
-"""Wire schemas of the ingest API, decoded straight from the raw body with msgspec.
+"""Wire schemas of the ingest API, checked by msgspec.
 
-msgspec validates types while it parses, which is several times cheaper than
-FastAPI body models for events that carry thousands of floats. The number
-lists are kept as raw JSON and parsed by orjson, which is faster than msgspec's
-typed float lists and refuses NaN, Infinity and out-of-range numbers.
+msgspec validates types while it parses (or converts), which is several times
+cheaper than FastAPI body models for events that carry thousands of floats.
+The number lists are typed ``Any`` here: the fast path (``service.fast_parsing``)
+fills them with float64 arrays copied straight out of simdjson's parse, the
+careful path with the decoded JSON values; ``service.validation`` turns both
+into checked arrays.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 CohortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=8)]
 
-ABSENT = msgspec.Raw(b"")
-"""Marks a raw field that was not sent (``msgspec.Raw`` cannot be optional)."""
+NUMBER_FIELDS = ("logits", "probabilities", "embedding")
+"""The fields holding lists of numbers, the bulk of every event."""
 
 
 class InputIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,11 +43,11 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     model_version: Version = "unversioned"
     timestamp: str | float | None = None
     """RFC 3339 string or epoch seconds; receive time when absent."""
-    logits: msgspec.Raw = ABSENT
+    logits: Any = None
     """List of at least 2 finite numbers (exactly one of logits or probabilities)."""
-    probabilities: msgspec.Raw = ABSENT
+    probabilities: Any = None
     """List of at least 2 probabilities summing to 1 ± 1e-3."""
-    embedding: msgspec.Raw = ABSENT
+    embedding: Any = None
     """List of finite floats; same length for every event of a model."""
     cohort: Annotated[dict[CohortText, CohortText], msgspec.Meta(max_length=32)] | None = None
     input: InputIn | list[Any] | None = None
@@ -67,11 +69,11 @@ class RawBatchIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Event(EventIn):
-    """Documentation twin of :class:`EventIn` (a raw field has no JSON schema)."""
+    """Documentation twin of :class:`EventIn` (an ``Any`` field has no useful JSON schema)."""
 
-    logits: list[float] | None = None  # type: ignore[assignment]
-    probabilities: list[float] | None = None  # type: ignore[assignment]
-    embedding: list[float] | None = None  # type: ignore[assignment]
+    logits: list[float] | None = None
+    probabilities: list[float] | None = None
+    embedding: list[float] | None = None
 
 
 class Batch(msgspec.Struct):
@@ -80,7 +82,50 @@ class Batch(msgspec.Struct):
     events: list[Event]
 
 
-def openapi_body_schema() -> tuple[dict[str, Any], dict[str, Any]]:
-    """JSON schema of the request body and its components, for the OpenAPI document."""
-    (one, many), components = msgspec.json.schema_components([Event, Batch], ref_template="#/components/schemas/{name}")
-    return {"oneOf": [one, many]}, components
+class Rejection(msgspec.Struct):
+    """Documentation of one refused event in the answer."""
+
+    index: int
+    request_id: str | None
+    field: str
+    error: str
+
+
+class SampledAnswer(msgspec.Struct):
+    """Documentation of one sampled event in the answer."""
+
+    request_id: str
+    reasons: list[str]
+
+
+class IngestAnswer(msgspec.Struct):
+    """Documentation of the answer to ``POST /v1/events`` (202, and the detail of a 422)."""
+
+    accepted: int
+    rejected: list[Rejection]
+    sampled: list[SampledAnswer]
+
+
+def openapi_ingest_path() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The OpenAPI path item of ``POST /v1/events`` (served outside FastAPI's routing) and its components."""
+    (one, many, answer), components = msgspec.json.schema_components(
+        [Event, Batch, IngestAnswer], ref_template="#/components/schemas/{name}"
+    )
+    error = {"description": "Refused; the body names the field: {error, field, ...}"}
+    post = {
+        "summary": 'Post one prediction event or {"events": [...]}',
+        "operationId": "post_events",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [one, many]}}}},
+        "responses": {
+            "202": {
+                "description": "Accepted (some events may be rejected)",
+                "content": {"application/json": {"schema": answer}},
+            },
+            "401": error,
+            "403": error,
+            "413": error,
+            "415": error,
+            "422": {"description": "No valid event; the detail is the answer above plus {error, field}"},
+        },
+    }
+    return {"post": post}, components

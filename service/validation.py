@@ -5,15 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from array import array
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from sampler.contract import DTYPES, InputTensor
 from service.errors import FieldError
@@ -23,8 +20,10 @@ PROBABILITY_TOLERANCE = 1e-3
 MAX_MARGIN = 1e6
 """Margins are capped here so that one absurd event cannot make the histogram's sum infinite."""
 _TINY = 1e-12
+_EXP_SAFE_SPREAD = 700.0
+"""exp(-700) is a normal double: logits spread less than this need no floating-point error handling."""
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
-_NOT_NUMBER = (b'"', b"[", b"{", b"t", b"f", b"n")
+_NUMBER_TYPES = (int, float)  # not bool: JSON true is no number
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000
 
 
@@ -45,15 +44,14 @@ class Prediction:
     """Top-1 probability (softmax of the logits when logits were sent)."""
     margin: float
     """Top-1 minus top-2 logit (log-probabilities stand in for logits)."""
-    embedding: list[float] | None
-    """As sent; turned into an array off the request path by the monitors that use it."""
+    embedding: npt.NDArray[np.float64] | None
     cohort: dict[str, str]
     input: InputTensor | None
     label: int | None
 
     @property
     def embedding_dim(self) -> int:
-        return len(self.embedding) if self.embedding is not None else 0
+        return int(self.embedding.shape[0]) if self.embedding is not None else 0
 
     @property
     def num_classes(self) -> int:
@@ -66,8 +64,7 @@ def validate(event: EventIn, *, received_at: float) -> Prediction:
     predicted, confidence, margin = summarise(scores, from_logits=from_logits)
     if event.label is not None and event.label >= scores.shape[0]:
         raise FieldError("label", f"class {event.label} out of range for {scores.shape[0]} classes")
-    raw_embedding = _present(event.embedding)
-    embedding = parse_embedding(raw_embedding) if raw_embedding is not None else None
+    embedding = _embedding_of(event.embedding)
     return Prediction(
         model=event.model,
         version=event.model_version,
@@ -91,37 +88,38 @@ def summarise(scores: npt.NDArray[np.float64], *, from_logits: bool) -> tuple[in
     predicted = int(scores.argmax())
     first = float(scores[predicted])
     if from_logits:
-        with np.errstate(over="ignore"):  # finite logits 1e308 apart overflow to -inf, whose exp is 0
-            weights = np.exp(scores - first)  # weights[predicted] == 1
+        if first - float(scores.min()) > _EXP_SAFE_SPREAD:
+            return predicted, *_summarise_wide(scores, predicted, first)
+        weights = np.exp(scores - first)  # weights[predicted] == 1; nothing under- or overflows
         confidence = 1.0 / float(weights.sum())
         weights[predicted] = 0.0
-        runner_up = float(weights.max())  # exp(second - first)
-        if runner_up > 0.0:
-            return predicted, confidence, -math.log(runner_up)
-        second = float(np.partition(scores, -2)[-2])  # exp underflowed: margin above ~745
-        return predicted, confidence, min(first - second, MAX_MARGIN)
+        return predicted, confidence, -math.log(float(weights.max()))  # max is exp(second - first)
     rest = scores.copy()
     rest[predicted] = -1.0
     second = float(rest.max())
     return predicted, first, min(math.log(max(first, _TINY)) - math.log(max(second, _TINY)), MAX_MARGIN)
 
 
+def _summarise_wide(scores: npt.NDArray[np.float64], predicted: int, first: float) -> tuple[float, float]:
+    """Confidence and margin of logits whose spread would under- or overflow ``exp``."""
+    with np.errstate(over="ignore", under="ignore"):  # finite logits 1e308 apart overflow to -inf, whose exp is 0
+        weights = np.exp(scores - first)
+    confidence = 1.0 / float(weights.sum())
+    second = float(np.partition(scores, -2)[-2])
+    return confidence, min(first - second, MAX_MARGIN)
+
+
 def _scores_of(event: EventIn) -> tuple[npt.NDArray[np.float64], bool]:
-    logits, probabilities = _present(event.logits), _present(event.probabilities)
+    logits = numbers_of(event.logits, "logits")
+    probabilities = numbers_of(event.probabilities, "probabilities")
     if (logits is None) == (probabilities is None):
         raise FieldError("logits", "send exactly one of logits or probabilities", reason="missing_scores")
     field = "logits" if logits is not None else "probabilities"
-    raw = logits if logits is not None else probabilities
-    _check_number_list(raw, field)  # type: ignore[arg-type]
-    try:
-        values = orjson.loads(raw)  # type: ignore[arg-type]  # refuses NaN, Infinity and 1e400
-    except orjson.JSONDecodeError:
-        raise FieldError(field, "every value must be a finite number", reason="non_finite") from None
-    if not _MIN_CLASSES <= len(values) <= _MAX_CLASSES:
+    scores: npt.NDArray[np.float64] = logits if logits is not None else probabilities  # type: ignore[assignment]
+    if not _MIN_CLASSES <= scores.shape[0] <= _MAX_CLASSES:
         raise FieldError(
-            field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {len(values)}", reason="bad_length"
+            field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {scores.shape[0]}", reason="bad_length"
         )
-    scores = np.frombuffer(array("d", values), dtype=np.float64)
     if probabilities is not None:
         low, high, total = float(scores.min()), float(scores.max()), float(scores.sum())
         if low < 0.0 or high > 1.0:
@@ -133,29 +131,30 @@ def _scores_of(event: EventIn) -> tuple[npt.NDArray[np.float64], bool]:
     return scores, logits is not None
 
 
-def _present(raw: msgspec.Raw) -> bytes | None:
-    value = bytes(raw)
-    return None if value in (b"", b"null") else value
+def numbers_of(value: Any, field: str) -> npt.NDArray[np.float64] | None:
+    """A number-list field as a float64 array, ``None`` when absent.
 
-
-def _check_number_list(raw: bytes, field: str) -> None:
-    """Raw JSON (well-formed: msgspec checked it) is a flat list of numbers exactly when it holds
-    no string, nested value, true, false or null between its brackets."""
-    end = len(raw) - 1
-    if raw[:1] != b"[" or any(raw.find(marker, 1, end) >= 0 for marker in _NOT_NUMBER):
+    The fast path hands over arrays it has already checked (flat, finite); the
+    careful path hands over the decoded JSON value, checked here.
+    """
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    if not isinstance(value, list) or not all(type(item) in _NUMBER_TYPES for item in value):
         raise FieldError(field, "must be a flat list of numbers")
-
-
-def parse_embedding(raw: bytes) -> list[float]:
-    """A raw JSON embedding as a list, after checking it is a non-empty flat list of finite numbers."""
-    _check_number_list(raw, "embedding")
     try:
-        values: list[float] = orjson.loads(raw)  # refuses NaN, Infinity, 1e400 and 400-digit integers
-    except orjson.JSONDecodeError:
-        raise FieldError("embedding", "every value must be a finite number", reason="non_finite") from None
-    if not values:
-        raise FieldError("embedding", "must not be empty")
+        values = np.array(value, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        values = np.array([math.inf])
+    if not np.isfinite(values).all():
+        raise FieldError(field, "every value must be a finite number", reason="non_finite")
     return values
+
+
+def _embedding_of(value: Any) -> npt.NDArray[np.float64] | None:
+    embedding = numbers_of(value, "embedding")
+    if embedding is not None and embedding.shape[0] == 0:
+        raise FieldError("embedding", "must not be empty")
+    return embedding
 
 
 def _timestamp_of(value: str | float | None, received_at: float) -> float:

@@ -11,7 +11,7 @@ import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,8 +35,8 @@ class DriftEvent:
 
     predicted: int
     confidence: float
-    embedding: NDArray[np.float32] | Sequence[float] | None
-    """An array, or the list the request parsed (turned into an array in the runner, off the request path)."""
+    embedding: NDArray[np.floating[Any]] | Sequence[float] | None
+    """As the request decoded it; stacked into a float32 batch in the runner, off the request path."""
     time_s: float
 
 

@@ -167,11 +167,16 @@ BAD_EVENTS = [
     pytest.param(_event_bytes(logits=["4.0", 1.0]), "logits", None, id="logits-string-element"),
     pytest.param(_event_bytes(logits=[True, 1.0]), "logits", None, id="logits-bool-element"),
     pytest.param(_event_bytes(logits=[[4.0, 1.0]]), "logits", None, id="logits-nested-list"),
+    pytest.param(_event_bytes(logits=[[4.0], [1.0], [0.5]]), "logits", None, id="logits-nested-singletons"),
+    pytest.param(_event_bytes(logits=[4.0, [1.0], 0.5]), "logits", None, id="logits-one-nested-singleton"),
+    pytest.param(_event_bytes(logits=[4.0, [], 1.0]), "logits", None, id="logits-nested-empty-list"),
+    pytest.param(_event_bytes(logits=[4.0, None]), "logits", None, id="logits-null-element"),
     pytest.param(_event_bytes(logits={"a": 1.0, "b": 2.0}), "logits", None, id="logits-object"),
     # Embedding.
     pytest.param(_event_bytes(embedding=[]), "embedding", None, id="embedding-empty"),
     pytest.param(_event_bytes(embedding="0.1,0.2"), "embedding", None, id="embedding-string"),
     pytest.param(_event_bytes(embedding=[[0.1, 0.2]]), "embedding", None, id="embedding-nested"),
+    pytest.param(_event_bytes(embedding=[[0.1], [0.2]]), "embedding", None, id="embedding-nested-singletons"),
     pytest.param(_event_bytes(embedding=[True, 0.2]), "embedding", None, id="embedding-bool-element"),
     pytest.param(_event_bytes(embedding={"x": 0.1}), "embedding", None, id="embedding-object"),
     # Input.

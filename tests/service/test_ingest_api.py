@@ -53,3 +53,24 @@ def _wait_for_entries(client: redis.Redis, model: str, count: int) -> list[tuple
         if len(entries) >= count:
             return entries  # type: ignore[return-value]
     raise AssertionError(f"stream of {model} did not reach {count} entries")
+
+
+def test_ingest_path_answers_other_methods_with_405(client: TestClient) -> None:
+    response = client.get("/v1/events")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"].startswith("method")
+
+
+def test_other_paths_still_reach_the_application(client: TestClient) -> None:
+    assert client.get("/livez").json() == {"status": "ok"}
+    assert client.post("/v1/events/", json=event()).status_code == 404
+
+
+def test_ingest_path_is_documented_in_openapi(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/v1/events"]["post"]
+    assert set(post["responses"]) >= {"202", "413", "422"}
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body["oneOf"] == [{"$ref": "#/components/schemas/Event"}, {"$ref": "#/components/schemas/Batch"}]
+    assert {"Event", "Batch", "IngestAnswer"} <= set(schema["components"]["schemas"])

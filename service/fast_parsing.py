@@ -1,0 +1,148 @@
+"""The fast path of body decoding: simdjson parses, number lists become arrays without Python floats.
+
+An event of 1000 logits and a 768-float embedding is ~1,800 numbers. Turning
+each into a Python float (what ``orjson.loads`` or msgspec do) is most of the
+cost of a request; simdjson's DOM keeps them as doubles, and ``as_buffer``
+copies a list into a float64 array directly. The small fields are converted
+to Python and checked by msgspec against the same ``EventIn`` schema as the
+careful path.
+
+The fast path only answers for bodies it can judge with certainty. simdjson
+refuses NaN/Infinity tokens, numbers beyond float range, integers beyond 64
+bits, bad UTF-8 and nesting deeper than 1024; such bodies (and any duplicate
+key) go to the careful path in ``service.parsing``, which names the event and
+field at fault.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import simdjson
+
+from service.errors import FieldError
+from service.parsing import Decoded, Rejected, check_count, decode_body, field_error
+from service.schemas import NUMBER_FIELDS, EventIn
+
+_OPEN = 91  # b"["
+_ENCODE = msgspec.json.Encoder().encode
+_REUSED = "re-use a parser"
+"""pysimdjson's complaint when a proxy of the previous document is still alive."""
+
+
+class BodyDecoder:
+    """Decodes request bodies, the fast way when it can. One per process: it keeps its parser's buffers."""
+
+    def __init__(self, *, max_batch: int) -> None:
+        self._max_batch = max_batch
+        self._parser = simdjson.Parser()
+
+    def decode(self, body: bytes) -> list[Decoded]:
+        """Every event of ``body`` in order, decoded or rejected; raises ``SidecarError`` for the envelope."""
+        fast = self.decode_fast(body) if body.strip() else None
+        return fast if fast is not None else decode_body(body, max_batch=self._max_batch)
+
+    def decode_fast(self, body: bytes) -> list[Decoded] | None:
+        """The decoded events, or ``None`` when the body needs the careful path to be judged."""
+        document = self._parse(body)
+        if isinstance(document, simdjson.Object) and "events" in document:
+            keys = list(document.keys())
+            events = document["events"]
+            if keys != ["events"] or not isinstance(events, simdjson.Array):
+                return None  # an odd envelope: the careful path words the error
+            check_count(len(events), self._max_batch)
+            items: Any = events
+            expected_brackets = 1
+        elif document is not None:
+            items = (document,)
+            expected_brackets = 0
+        else:
+            return None
+        decoded: list[Decoded] = []
+        for index, item in enumerate(items):
+            judged = _decode_item(index, item)
+            if judged is None:
+                return None
+            decoded.append(judged[0])
+            expected_brackets += judged[1]
+        if _count_open_brackets(body) != expected_brackets:
+            return None  # a number list holds nested lists that as_buffer flattened, or a '[' was escaped
+        return decoded
+
+    def _parse(self, body: bytes) -> Any:
+        try:
+            return self._parser.parse(body)
+        except RuntimeError as error:
+            if _REUSED not in str(error):
+                return None  # e.g. an integer beyond 64 bits
+            self._parser = simdjson.Parser()  # a proxy outlived its request: leave that parser to it
+            return self._parse(body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+
+def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
+    """The item's verdict and how many '[' its JSON text holds; ``None`` when the careful path must judge."""
+    try:
+        if not isinstance(item, simdjson.Object):
+            value = _plain(item)
+            return _checked(index, value, {}), _brackets_in(value)
+        keys = list(item.keys())
+        if len(set(keys)) != len(keys):
+            return None  # which duplicate wins is the careful path's call
+        fields: dict[str, Any] = {}
+        numbers: dict[str, npt.NDArray[np.float64] | FieldError] = {}
+        for key in keys:
+            value = item[key]
+            if key in NUMBER_FIELDS and isinstance(value, simdjson.Array):
+                numbers[key] = _array_of(value, key)
+            else:
+                fields[key] = _plain(value)
+        return _checked(index, fields, numbers), len(numbers) + _brackets_in(fields)
+    except RecursionError:
+        return None
+
+
+def _checked(index: int, fields: Any, numbers: dict[str, npt.NDArray[np.float64] | FieldError]) -> Decoded:
+    request_id = fields.get("request_id") if isinstance(fields, dict) else None
+    request_id = request_id if isinstance(request_id, str) else None
+    for error in numbers.values():
+        if isinstance(error, FieldError):
+            return Rejected(index, request_id, error)
+    if isinstance(fields, dict) and numbers:
+        fields = {**fields, **numbers}
+    try:
+        return msgspec.convert(fields, EventIn)
+    except msgspec.ValidationError as error:
+        return Rejected(index, request_id, field_error(error))
+
+
+def _array_of(value: Any, field: str) -> npt.NDArray[np.float64] | FieldError:
+    """The list's numbers as float64; an error (returned, not raised: a traceback would keep the parse alive)."""
+    try:
+        array = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
+    except TypeError:  # a string, bool, null or object among the numbers
+        return FieldError(field, "must be a flat list of numbers")
+    if array.shape[0] != len(value):
+        return FieldError(field, "must be a flat list of numbers")  # as_buffer flattened a nested list
+    return array
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def _brackets_in(value: Any) -> int:
+    """How many '[' the JSON text of ``value`` holds, as lists and inside strings (msgspec never escapes '[')."""
+    return _ENCODE(value).count(b"[")
+
+
+def _count_open_brackets(body: bytes) -> int:
+    return int(np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN))
