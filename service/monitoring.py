@@ -83,7 +83,9 @@ class Monitoring:
         )
         QualityCollector(store=self.windows, registry=registry)
         self._drift_metrics = DriftMetrics(registry=registry)
-        self.runner = DriftRunner(busy_share=settings.drift_cpu_share, max_batch_events=200)
+        self.runner = DriftRunner(
+            busy_share=settings.drift_cpu_share, max_batch_events=200, math_threads=settings.drift_threads
+        )
         self._buffers: dict[str, IngestBuffer] = {}
         self._versions: dict[str, str] = {}
         """Drift-state version each model's monitor came from (or was stored as)."""

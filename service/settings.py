@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     """Events per model waiting for the drift detectors; beyond it the oldest are skipped and counted."""
     drift_cpu_share: float = Field(default=0.1, gt=0, le=1)
     """Most of the wall time the drift thread may spend detecting (it shares the GIL with requests)."""
+    drift_threads: int = Field(default=1, ge=1)
+    """Torch and BLAS threads for drift detection. The sidecar shares its host with the model server,
+    and on a busy or pinned CPU extra math threads spin against the request path instead of helping."""
     drift_sync_s: float = Field(default=5.0, gt=0)
     """How often calibrated drift states are stored to / adopted from Redis."""
     prediction_ttl_s: int = Field(default=24 * 3600, ge=1)

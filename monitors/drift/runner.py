@@ -6,6 +6,9 @@ import logging
 import threading
 import time
 
+import torch
+from threadpoolctl import threadpool_limits
+
 from monitors.drift.base import DriftBatch
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
@@ -23,12 +26,24 @@ class DriftRunner:
     ends with the process.
     """
 
-    def __init__(self, *, poll_interval_s: float = 0.2, max_batch_events: int = 1000, busy_share: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        poll_interval_s: float = 0.2,
+        max_batch_events: int = 1000,
+        busy_share: float = 1.0,
+        math_threads: int | None = None,
+    ) -> None:
         """``busy_share``: at most this share of wall time is spent detecting (the rest waits), so that
         detection in a thread of the serving process leaves the GIL to the request path; events that
-        arrive faster than that are dropped by the bounded buffers and counted as skipped."""
+        arrive faster than that are dropped by the bounded buffers and counted as skipped.
+        ``math_threads``: torch threads of the detection and calibration threads, and BLAS threads of
+        the process (``None`` leaves both alone); torch's setting is per thread, so each thread sets it."""
         if poll_interval_s <= 0 or max_batch_events < 1 or not 0 < busy_share <= 1:
             raise ValueError("poll_interval_s must be > 0, max_batch_events >= 1 and busy_share in (0, 1]")
+        if math_threads is not None and math_threads < 1:
+            raise ValueError(f"math_threads must be at least 1, got {math_threads}")
+        self._math_threads = math_threads
         self._busy_share = busy_share
         self._poll_interval_s = poll_interval_s
         self._max_batch = max_batch_events
@@ -80,6 +95,8 @@ class DriftRunner:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("drift runner already started")
+        if self._math_threads is not None:
+            threadpool_limits(limits=self._math_threads, user_api="blas")  # process-wide
         self._thread = threading.Thread(target=self._loop, name="drift-runner", daemon=True)
         self._thread.start()
 
@@ -89,7 +106,12 @@ class DriftRunner:
             self._thread.join(timeout_s)
             self._thread = None
 
+    def _limit_threads(self) -> None:
+        if self._math_threads is not None:
+            torch.set_num_threads(self._math_threads)
+
     def _loop(self) -> None:
+        self._limit_threads()
         while not self._stop.is_set():
             started = time.perf_counter()
             if self.run_once() == 0:
@@ -99,6 +121,7 @@ class DriftRunner:
             self._stop.wait(busy * (1.0 - self._busy_share) / self._busy_share)
 
     def _calibrate(self, monitor: DriftMonitor) -> None:
+        self._limit_threads()
         try:
             monitor.calibrate()
         except Exception as error:

@@ -6,10 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from threadpoolctl import threadpool_info, threadpool_limits
 
-from monitors.drift.base import DriftBatch, DriftEvent
+from monitors.drift.base import DriftBatch, DriftEvent, DriftResult
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
@@ -210,6 +212,38 @@ def test_runner_logs_a_repeated_calibration_failure_once(wait_until, caplog) -> 
     finally:
         runner.stop()
     assert [r.levelno for r in failures()] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
+
+
+def test_runner_threads_keep_to_the_math_thread_limit(wait_until) -> None:  # type: ignore[no-untyped-def]
+    """torch's thread count is per thread: the detection and calibration threads must set it themselves."""
+    seen: list[tuple[str, int]] = []
+
+    class Recording(DriftMonitor):
+        def update(self, batch: DriftBatch) -> list[DriftResult]:
+            seen.append(("update", torch.get_num_threads()))
+            return super().update(batch)
+
+        def calibrate(self) -> None:
+            seen.append(("calibrate", torch.get_num_threads()))
+            super().calibrate()
+
+    blas_before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    wanted = torch.get_num_threads() + 2  # neither this thread's count nor a new thread's default
+    monitor = Recording(model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()))
+    buffer = IngestBuffer(capacity_events=5_000)
+    runner = DriftRunner(poll_interval_s=0.01, max_batch_events=600, math_threads=wanted)
+    runner.add(monitor=monitor, buffer=buffer)
+    runner.start()
+    try:
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} <= {wanted}
+        for event in as_events(events_batch(np.random.default_rng(7), 600)):
+            buffer.append(event)
+        wait_until(lambda: {kind for kind, _ in seen} == {"update", "calibrate"}, timeout_s=30)
+    finally:
+        runner.stop()
+        if blas_before:
+            threadpool_limits(limits=blas_before[0], user_api="blas")
+    assert {count for _, count in seen} == {wanted}
 
 
 def test_runner_warms_up_calibrates_in_background_and_detects(wait_until) -> None:  # type: ignore[no-untyped-def]
