@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from service.errors import SidecarError
 
@@ -14,8 +14,12 @@ async def collect_body(
     content_encoding: str | None,
     limit_bytes: int,
     limit_setting: str = "VAI_MAX_BODY_BYTES",
+    on_chunk: Callable[[bytes], None] | None = None,
 ) -> bytes:
-    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes`` (set by ``limit_setting``)."""
+    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes`` (set by ``limit_setting``).
+
+    ``on_chunk`` sees every chunk as it arrives, while it is still in the CPU cache.
+    """
     if content_length is not None and (not content_length.isdigit() or int(content_length) > limit_bytes):
         raise (
             _too_large(limit_bytes, limit_setting)
@@ -34,6 +38,8 @@ async def collect_body(
         if size > limit_bytes:
             raise _too_large(limit_bytes, limit_setting)
         parts.append(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk)
     return b"".join(parts)
 
 

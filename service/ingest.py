@@ -22,7 +22,7 @@ from service.metrics import IngestMetrics
 from service.monitoring import Monitoring
 from service.parsing import Rejected
 from service.settings import Settings
-from service.validation import Prediction, validate
+from service.validation import Checked, Prediction, check, predictions
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,27 +97,31 @@ class IngestHandler:
                 )
             self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
 
-    def ingest(self, body: bytes) -> IngestResult:
-        """Handle one request body; raises ``SidecarError`` when nothing in it is valid."""
+    def ingest(self, body: bytes, *, open_brackets: int | None = None) -> IngestResult:
+        """Handle one request body; raises ``SidecarError`` when nothing in it is valid.
+
+        ``open_brackets``: the body's count of b"[", when it was taken while reading (see ``BracketTally``).
+        """
         received_at = self._clock()
         try:
-            decoded = self._decoder.decode(body)
+            decoded = self._decoder.decode(body, open_brackets=open_brackets)
         except SidecarError:
             self._metrics.rejected.labels("invalid_body").inc()
             raise
         result = IngestResult()
-        accepted: list[Prediction] = []
+        checked: list[Checked] = []
         for index, item in enumerate(decoded):
             try:
                 if isinstance(item, Rejected):
                     raise item.error
-                prediction = validate(item, received_at=received_at)
-                self._admit(prediction)
+                valid = check(item, received_at=received_at)
+                self._admit(valid)
             except FieldError as error:
                 self._metrics.rejected.labels(error.reason).inc()
                 result.rejected.append(Rejection(index, item.request_id, error.field, str(error)))
                 continue
-            accepted.append(prediction)
+            checked.append(valid)
+        accepted = predictions(checked, received_at=received_at)
         result.accepted = len(accepted)
         self._observe(accepted)
         result.sampled = [sampled for sampled in map(self._sample, accepted) if sampled is not None]
@@ -132,36 +136,34 @@ class IngestHandler:
         """Count a request whose body was refused before it could be read (too large, bad headers)."""
         self._metrics.rejected.labels(reason).inc()
 
-    def _admit(self, prediction: Prediction) -> None:
+    def _admit(self, event: Checked) -> None:
         """Checks that depend on what came before; records the event once it passes them all."""
-        model = prediction.model
-        if model not in self._models and len(self._models) >= self._settings.max_models:
+        model, request_id, dims = event.model, event.request_id, event.embedding_dim
+        if model not in self._models:
             self.register(model)  # the cap's error, before any other check
-        dim = self.embedding_dims.get(model)
-        if prediction.embedding_dim and dim is not None and dim != prediction.embedding_dim:
+        known_dims = self.embedding_dims.get(model)
+        if dims and known_dims is not None and known_dims != dims:
             raise FieldError(
-                "embedding",
-                f"expected {dim} values for model {model!r}, got {prediction.embedding_dim}",
-                reason="embedding_length",
+                "embedding", f"expected {known_dims} values for model {model!r}, got {dims}", reason="embedding_length"
             )
         recent = self._recent.setdefault(model, {})
-        if prediction.request_id in recent:
+        if request_id in recent:
             raise FieldError("request_id", f"duplicate of a recent event of model {model!r}", reason="duplicate")
         if self._settings.dedupe_window:
-            recent[prediction.request_id] = None
+            recent[request_id] = None
             if len(recent) > self._settings.dedupe_window:
                 del recent[next(iter(recent))]
-        if prediction.embedding_dim and dim is None:
-            self.embedding_dims[model] = prediction.embedding_dim
-        self.register(model)
+        if dims and known_dims is None:
+            self.embedding_dims[model] = dims
 
     def _observe(self, accepted: list[Prediction]) -> None:
-        events: Counter[tuple[str, str]] = Counter()
-        low: Counter[tuple[str, str]] = Counter()
-        cohorts: Counter[tuple[str, str, str]] = Counter()
+        """Histograms per event; counters once per label set of the request."""
+        events: dict[tuple[str, str], int] = {}
+        low: dict[tuple[str, str], int] = {}
+        cohorts: dict[tuple[str, str, str], int] = {}
         for prediction in accepted:
             labels = (prediction.model, self._models[prediction.model](prediction.version))
-            events[labels] += 1
+            events[labels] = events.get(labels, 0) + 1
             confidence_hist, margin_hist = self._metrics.histograms(*labels)
             confidence_hist.observe(prediction.confidence)
             margin_hist.observe(prediction.margin)
@@ -169,11 +171,13 @@ class IngestHandler:
                 self._monitoring.observe(prediction, labels[1])
             threshold = self._sampler.policy(prediction.model).confidence_below
             if threshold is not None and prediction.confidence < threshold:
-                low[labels] += 1
-            for key, values in self._cohort_values.items():
-                value = prediction.cohort.get(key)
-                if value is not None:
-                    cohorts[(prediction.model, key, values(value))] += 1
+                low[labels] = low.get(labels, 0) + 1
+            if prediction.cohort:
+                for key, values in self._cohort_values.items():
+                    value = prediction.cohort.get(key)
+                    if value is not None:
+                        cohort_labels = (prediction.model, key, values(value))
+                        cohorts[cohort_labels] = cohorts.get(cohort_labels, 0) + 1
         for labels, count in events.items():
             self._metrics.child(self._metrics.events, *labels).inc(count)
             self.counts[labels[0]] += count

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.auth import Scope as AuthScope
 from service.body import collect_body
 from service.errors import SidecarError
+from service.fast_parsing import BracketTally
 from service.sidecar import Sidecar
 
 INGEST_PATH = "/v1/events"
@@ -64,17 +65,19 @@ async def _ingest(sidecar: Sidecar, scope: Scope, receive: Receive) -> bytes:
         raise SidecarError(405, "method: POST only", headers={"Allow": "POST"})
     headers = _headers(scope, (b"authorization", b"content-length", b"content-encoding"))
     sidecar.auth.check(headers.get(b"authorization"), AuthScope.INGEST)
+    tally = BracketTally()
     try:
         body = await collect_body(
             _chunks(receive),
             content_length=headers.get(b"content-length"),
             content_encoding=headers.get(b"content-encoding"),
             limit_bytes=sidecar.settings.max_body_bytes,
+            on_chunk=tally,
         )
     except SidecarError as error:
         sidecar.ingest.reject_body("body_too_large" if error.status == 413 else "invalid_body")
         raise
-    return sidecar.ingest.ingest(body).to_json()
+    return sidecar.ingest.ingest(body, open_brackets=tally.count).to_json()
 
 
 def _headers(scope: Scope, wanted: tuple[bytes, ...]) -> dict[bytes, str]:

@@ -35,7 +35,7 @@ from monitors.window import WindowStore
 from sampler import keys
 from sampler.queue import REDIS_DOWN
 from service.settings import Settings
-from service.validation import Prediction
+from service.validation import Prediction, softmax
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,7 @@ class Monitoring:
         if prediction.num_classes > self._settings.brier_max_classes:
             return None
         scores = prediction.scores
-        if not prediction.from_logits:
-            return scores.tolist()  # type: ignore[no-any-return]
-        with np.errstate(over="ignore"):  # finite logits 1e308 apart overflow to -inf, whose exp is 0
-            weights = np.exp(scores - scores.max())
-        return (weights / weights.sum()).tolist()  # type: ignore[no-any-return]
+        return (softmax(scores) if prediction.from_logits else scores).tolist()  # type: ignore[no-any-return]
 
     def _start_model(self, model: str) -> IngestBuffer:
         buffer = IngestBuffer(

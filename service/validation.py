@@ -58,29 +58,82 @@ class Prediction:
         return int(self.scores.shape[0])
 
 
-def validate(event: EventIn, *, received_at: float) -> Prediction:
-    """The event as a :class:`Prediction`; raises ``FieldError`` naming the first bad field."""
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """An event that passed every check of its own; its scores get summarised with its request's others."""
+
+    event: EventIn
+    timestamp: float
+    scores: npt.NDArray[np.float64]
+    from_logits: bool
+    embedding: npt.NDArray[np.float64] | None
+    input: InputTensor | None
+
+    @property
+    def model(self) -> str:
+        return self.event.model
+
+    @property
+    def request_id(self) -> str:
+        return self.event.request_id
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embedding.shape[0]) if self.embedding is not None else 0
+
+
+def check(event: EventIn, *, received_at: float) -> Checked:
+    """Every check of one event; raises ``FieldError`` naming the first bad field."""
     scores, from_logits = _scores_of(event)
-    predicted, confidence, margin = summarise(scores, from_logits=from_logits)
     if event.label is not None and event.label >= scores.shape[0]:
         raise FieldError("label", f"class {event.label} out of range for {scores.shape[0]} classes")
-    embedding = _embedding_of(event.embedding)
-    return Prediction(
-        model=event.model,
-        version=event.model_version,
-        request_id=event.request_id,
+    return Checked(
+        event=event,
         timestamp=_timestamp_of(event.timestamp, received_at),
-        received_at=received_at,
         scores=scores,
         from_logits=from_logits,
-        predicted=predicted,
-        confidence=confidence,
-        margin=margin,
-        embedding=embedding,
-        cohort=event.cohort or {},
+        embedding=_embedding_of(event.embedding),
         input=_input_of(event.input),
-        label=event.label,
     )
+
+
+def predictions(checked: list[Checked], *, received_at: float) -> list[Prediction]:
+    """The checked events as predictions, their scores summarised in one numpy pass per shape."""
+    summaries: list[tuple[int, float, float]] = [(0, 0.0, 0.0)] * len(checked)
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for index, item in enumerate(checked):
+        groups.setdefault((item.scores.shape[0], item.from_logits), []).append(index)
+    for (_, from_logits), indices in groups.items():
+        if len(indices) == 1:
+            summaries[indices[0]] = summarise(checked[indices[0]].scores, from_logits=from_logits)
+            continue
+        found = summarise_rows([checked[i].scores for i in indices], from_logits=from_logits)
+        for index, summary in zip(indices, found, strict=True):
+            summaries[index] = summary
+    return [
+        Prediction(
+            model=item.event.model,
+            version=item.event.model_version,
+            request_id=item.event.request_id,
+            timestamp=item.timestamp,
+            received_at=received_at,
+            scores=item.scores,
+            from_logits=item.from_logits,
+            predicted=predicted,
+            confidence=confidence,
+            margin=margin,
+            embedding=item.embedding,
+            cohort=item.event.cohort or {},
+            input=item.input,
+            label=item.event.label,
+        )
+        for item, (predicted, confidence, margin) in zip(checked, summaries, strict=True)
+    ]
+
+
+def validate(event: EventIn, *, received_at: float) -> Prediction:
+    """One event as a :class:`Prediction`; raises ``FieldError`` naming the first bad field."""
+    return predictions([check(event, received_at=received_at)], received_at=received_at)[0]
 
 
 def summarise(scores: npt.NDArray[np.float64], *, from_logits: bool) -> tuple[int, float, float]:
@@ -98,6 +151,47 @@ def summarise(scores: npt.NDArray[np.float64], *, from_logits: bool) -> tuple[in
     rest[predicted] = -1.0
     second = float(rest.max())
     return predicted, first, min(math.log(max(first, _TINY)) - math.log(max(second, _TINY)), MAX_MARGIN)
+
+
+def summarise_rows(rows: list[npt.NDArray[np.float64]], *, from_logits: bool) -> list[tuple[int, float, float]]:
+    """:func:`summarise` of equally long score vectors, vectorised (numpy's per-call cost dominates one row).
+
+    The arithmetic runs in place on one stacked copy: fresh temporaries of a request's worth of scores
+    cost more in memory traffic than the arithmetic itself.
+    """
+    scores = np.stack(rows)
+    index = np.arange(scores.shape[0])
+    predicted = scores.argmax(axis=1)
+    first = scores[index, predicted]
+    if not from_logits:
+        scores[index, predicted] = -1.0
+        second = scores.max(axis=1)
+        margin = np.minimum(np.log(np.maximum(first, _TINY)) - np.log(np.maximum(second, _TINY)), MAX_MARGIN)
+        return list(zip(predicted.tolist(), first.tolist(), margin.tolist(), strict=True))
+    with np.errstate(over="ignore", under="ignore"):  # finite logits 1e308 apart overflow to -inf, exp() to 0
+        np.subtract(scores, first[:, None], out=scores)
+        np.exp(scores, out=scores)  # 1 at the predicted class
+    confidence = 1.0 / scores.sum(axis=1)
+    scores[index, predicted] = 0.0
+    runner_up = scores.max(axis=1)  # exp(second - first); 0 when that underflowed
+    margin = -np.log(runner_up + (runner_up == 0.0))  # underflowed rows get 0 here and are redone below
+    found = list(zip(predicted.tolist(), confidence.tolist(), margin.tolist(), strict=True))
+    for row in np.flatnonzero(runner_up == 0.0).tolist():  # margins beyond ~745: exact, one by one
+        found[row] = summarise(rows[row], from_logits=True)
+    return found
+
+
+def softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Probabilities of finite logits, however far apart (np.errstate only when they could overflow)."""
+    top = float(logits.max())
+    weights: npt.NDArray[np.float64]
+    if top - float(logits.min()) <= _EXP_SAFE_SPREAD:
+        weights = np.exp(logits - top)
+    else:
+        with np.errstate(over="ignore", under="ignore"):  # logits 1e308 apart overflow to -inf, whose exp is 0
+            weights = np.exp(logits - top)
+    weights /= weights.sum()
+    return weights
 
 
 def _summarise_wide(scores: npt.NDArray[np.float64], predicted: int, first: float) -> tuple[float, float]:
