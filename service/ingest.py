@@ -157,32 +157,33 @@ class IngestHandler:
             self.embedding_dims[model] = dims
 
     def _observe(self, accepted: list[Prediction]) -> None:
-        """Histograms per event; counters once per label set of the request."""
-        events: dict[tuple[str, str], int] = {}
-        low: dict[tuple[str, str], int] = {}
+        """Metrics and monitors for a request's accepted events, each metric touched once per label set."""
+        figures: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         cohorts: dict[tuple[str, str, str], int] = {}
         for prediction in accepted:
             labels = (prediction.model, self._models[prediction.model](prediction.version))
-            events[labels] = events.get(labels, 0) + 1
-            confidence_hist, margin_hist = self._metrics.histograms(*labels)
-            confidence_hist.observe(prediction.confidence)
-            margin_hist.observe(prediction.margin)
+            found = figures.get(labels)
+            if found is None:
+                found = figures[labels] = ([], [])
+            found[0].append(prediction.confidence)
+            found[1].append(prediction.margin)
             if self._monitoring is not None:
                 self._monitoring.observe(prediction, labels[1])
-            threshold = self._sampler.policy(prediction.model).confidence_below
-            if threshold is not None and prediction.confidence < threshold:
-                low[labels] = low.get(labels, 0) + 1
             if prediction.cohort:
                 for key, values in self._cohort_values.items():
                     value = prediction.cohort.get(key)
                     if value is not None:
                         cohort_labels = (prediction.model, key, values(value))
                         cohorts[cohort_labels] = cohorts.get(cohort_labels, 0) + 1
-        for labels, count in events.items():
-            self._metrics.child(self._metrics.events, *labels).inc(count)
-            self.counts[labels[0]] += count
-        for labels, count in low.items():
-            self._metrics.child(self._metrics.low_confidence, *labels).inc(count)
+        for labels, (confidences, margins) in figures.items():
+            self._metrics.confidence.observe_many(labels, confidences)
+            self._metrics.margin.observe_many(labels, margins)
+            self._metrics.child(self._metrics.events, *labels).inc(len(confidences))
+            self.counts[labels[0]] += len(confidences)
+            threshold = self._sampler.policy(labels[0]).confidence_below
+            low = sum(confidence < threshold for confidence in confidences) if threshold is not None else 0
+            if low:
+                self._metrics.child(self._metrics.low_confidence, *labels).inc(low)
         for cohort_labels, count in cohorts.items():
             self._metrics.child(self._metrics.cohort_events, *cohort_labels).inc(count)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+
+from service.histograms import BatchHistogram
 
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 MARGIN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -22,14 +24,14 @@ class IngestMetrics:
         self.not_sampled = Counter(
             "vai_events_not_sampled", "Accepted events no sampling rule chose.", ["model"], registry=registry
         )
-        self.confidence = Histogram(
+        self.confidence = BatchHistogram(
             "vai_prediction_confidence",
             "Top-1 probability of accepted events (softmax of the logits when logits are sent).",
             ["model", "version"],
             buckets=CONFIDENCE_BUCKETS,
             registry=registry,
         )
-        self.margin = Histogram(
+        self.margin = BatchHistogram(
             "vai_logit_margin",
             "Top-1 minus top-2 logit of accepted events (log-probabilities when probabilities are sent).",
             ["model", "version"],
@@ -48,7 +50,6 @@ class IngestMetrics:
             ["model", "cohort", "value"],
             registry=registry,
         )
-        self._histograms: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
         self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
 
     def child(self, counter: Counter, *labels: str) -> Counter:
@@ -58,13 +59,3 @@ class IngestMetrics:
         if found is None:
             found = self._children[key] = counter.labels(*labels)
         return found
-
-    def histograms(self, model: str, version: str) -> tuple[Histogram, Histogram]:
-        """Cached (confidence, margin) children of one model version."""
-        pair = self._histograms.get((model, version))
-        if pair is None:
-            pair = self._histograms[(model, version)] = (
-                self.confidence.labels(model, version),
-                self.margin.labels(model, version),
-            )
-        return pair
