@@ -5,8 +5,11 @@
 Events carry 1000 logits and a 768-float embedding. Three servers, each one
 uvicorn process pinned to CPU 0 (uvloop, httptools): the floor, the sidecar
 with its monitors off, and the sidecar as configured by default (monitors on);
-the load generator runs pinned to CPU 1. Phases alternate between the servers
-for ``--rounds`` rounds; the mean of the rounds is printed with the ratios.
+the load generator and Redis run pinned to CPU 1. Phases alternate between the
+servers for ``--rounds`` rounds; the servers not being measured are paused
+(SIGSTOP), so that background work of one (the monitors' drift backlog, say)
+is charged to it and not to the next phase. The mean of the rounds is printed
+with the ratios.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +64,7 @@ def make_template(events_per_request: int, *, seed: int = 0) -> loadgen.Template
 
 
 @contextmanager
-def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[None]:
+def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, preexec_fn=lambda: os.sched_setaffinity(0, {0})
     )
@@ -74,10 +78,17 @@ def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[None]
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"{command} did not start") from None
                 time.sleep(0.1)
-        yield
+        yield process
     finally:
+        process.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
         process.terminate()
         process.wait(10)
+
+
+def only(running: subprocess.Popen[bytes], servers: list[subprocess.Popen[bytes]]) -> None:
+    """Let ``running`` run and pause the other servers."""
+    for process in servers:
+        process.send_signal(signal.SIGCONT if process is running else signal.SIGSTOP)
 
 
 def measure(
@@ -134,28 +145,32 @@ def main() -> None:
             [sys.executable, "-m", "uvicorn", "benchmarks.floor:app", "--port", str(floor_port), *uvicorn_flags],
             floor_port,
             {},
-        ),
+        ) as floor,
         server(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(bare_port)],
             bare_port,
             {**sidecar_env, "VAI_REDIS_URL": redis_server.url, "VAI_MONITORS_ENABLED": "false"},
-        ),
+        ) as bare,
         server(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(sidecar_port)],
             sidecar_port,
             {**sidecar_env, "VAI_REDIS_URL": redis_server.url},
-        ),
+        ) as sidecar,
     ):
         # Steady state: calibrating the drift detectors is a one-off of seconds of CPU, done before measuring.
         calibrated(sidecar_port)
+        servers = {"floor": (floor_port, floor), "monitors off": (bare_port, bare), "sidecar": (sidecar_port, sidecar)}
+        processes = [process for _, process in servers.values()]
         figures: dict[tuple[str, str], list[loadgen.Result]] = {}
         next_id = 0
         for phase, template, connections in (("batch100", batch, 4), ("single", single, 8)):
-            for port in (floor_port, bare_port, sidecar_port):
+            for port, process in servers.values():
+                only(process, processes)
                 measure(port, template, connections=connections, seconds=1.0, first_id=next_id)  # warm-up
                 next_id += 10_000_000
             for _ in range(args.rounds):
-                for name, port in (("floor", floor_port), ("monitors off", bare_port), ("sidecar", sidecar_port)):
+                for name, (port, process) in servers.items():
+                    only(process, processes)
                     result = measure(port, template, connections=connections, seconds=args.seconds, first_id=next_id)
                     next_id += 10_000_000
                     figures.setdefault((phase, name), []).append(result)
@@ -181,8 +196,10 @@ def report(figures: dict[tuple[str, str], list[loadgen.Result]]) -> None:
     floor_rps = mean("single", "floor", "rps")
     for name in names:
         rps = mean("single", name, "rps")
-        print(f"  {name:12} {rps:8.0f} req/s   p50 {mean('single', name, '50'):6.2f} ms"
-              f"   p99 {mean('single', name, '99'):6.2f} ms   ratio to floor {rps / floor_rps:.2f}")
+        print(
+            f"  {name:12} {rps:8.0f} req/s   p50 {mean('single', name, '50'):6.2f} ms"
+            f"   p99 {mean('single', name, '99'):6.2f} ms   ratio to floor {rps / floor_rps:.2f}"
+        )
     print("  sidecar / floor target >= 0.5")
 
 

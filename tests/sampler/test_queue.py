@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -9,7 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from helpers import event, wait_until
+from helpers import event, redis_servers_in, wait_until
 from sampler import keys
 from sampler.connection import connect
 from sampler.contract import SampledEvent
@@ -143,3 +146,34 @@ def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
     finally:
         direct.close()
         restarted.stop()
+
+
+async def test_a_redis_that_stops_answering_times_out_and_holds_no_connection(
+    own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A paused Redis (SIGSTOP: no refusal, just silence) costs the flush its timeout, not a hang; the
+    event stays buffered and is written once Redis answers, and no pipeline is left holding a
+    connection (redis-py logs 'Unclosed Pipeline client' for one)."""
+    client = connect(own_redis.url, timeout_s=0.2)
+    writer = QueueWriter(
+        client,
+        SamplerMetrics(CollectorRegistry()),
+        ExplanationStore(client, ttl_s=3600),
+        max_events=10,
+        max_bytes=1 << 20,
+        batch_size=10,
+        stream_maxlen=100,
+        queue_max_length=100,
+        retry_s=0.05,
+    )
+    assert writer.offer(message("r1")) is None
+    (pid,) = redis_servers_in(own_redis.data_dir)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert await writer.flush_once() is False
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    gc.collect()
+    assert await writer.flush_once() is True
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+    await client.aclose()
