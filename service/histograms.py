@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
@@ -13,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+_FEW = 8
+"""Up to this many values are binned in plain Python (a single-event request has one)."""
 _go_float = cast(Callable[[float], str], floatToGoString)  # untyped upstream
 
 
@@ -40,6 +43,7 @@ class BatchHistogram:
             bounds.append(math.inf)
         self._name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
         self._bounds = np.array(bounds)
+        self._bound_list = bounds
         self._les = [_go_float(bound) for bound in bounds]  # the ``le`` labels prometheus_client would write
         self._series: dict[tuple[str, ...], tuple[npt.NDArray[np.int64], list[float]]] = {}
         self._lock = threading.Lock()
@@ -49,14 +53,25 @@ class BatchHistogram:
         """Count ``values`` (finite numbers) under ``labels``."""
         if len(labels) != len(self._labelnames):
             raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {labels}")
+        if len(values) <= _FEW:  # numpy's per-call cost is more than a few bisections
+            with self._lock:
+                counts, sum_ = self._series_locked(labels)
+                for value in values:
+                    counts[bisect_left(self._bound_list, value)] += 1
+                    sum_[0] += value
+            return
         array = np.asarray(values, dtype=np.float64)
-        counts = np.bincount(np.searchsorted(self._bounds, array, side="left"), minlength=self._bounds.size)
+        found = np.bincount(np.searchsorted(self._bounds, array, side="left"), minlength=self._bounds.size)
         with self._lock:
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = (np.zeros(self._bounds.size, dtype=np.int64), [0.0])
-            series[0][:] += counts
-            series[1][0] += float(array.sum())
+            counts, sum_ = self._series_locked(labels)
+            counts += found
+            sum_[0] = sum(values, sum_[0])  # in order, as prometheus_client adds them
+
+    def _series_locked(self, labels: tuple[str, ...]) -> tuple[npt.NDArray[np.int64], list[float]]:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = (np.zeros(self._bounds.size, dtype=np.int64), [0.0])
+        return series
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)

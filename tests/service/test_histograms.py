@@ -18,7 +18,7 @@ def _exposition(registry: CollectorRegistry) -> list[str]:
 
 def test_same_exposition_as_prometheus_client() -> None:
     rng = np.random.default_rng(0)
-    values = {("a", "v1"): [*rng.uniform(0, 5, 300).tolist(), *BUCKETS, 0.0], ("b", "v2"): [7.5]}
+    values = {("a", "v1"): [*rng.uniform(0, 5, 300).tolist(), *BUCKETS, 0.0, *BUCKETS], ("b", "v2"): [7.5]}
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     reference = Histogram("x_seconds", "Help.", ["model", "version"], buckets=BUCKETS, registry=theirs)
     batch = BatchHistogram("x_seconds", "Help.", ["model", "version"], buckets=BUCKETS, registry=ours)
@@ -26,8 +26,10 @@ def test_same_exposition_as_prometheus_client() -> None:
         for value in observed:
             reference.labels(*labels).observe(value)
         half = len(observed) // 2
-        batch.observe_many(labels, observed[:half])
-        batch.observe_many(labels, observed[half:])
+        batch.observe_many(labels, observed[:half])  # numpy's way
+        for value in observed[half : half + 5]:
+            batch.observe_many(labels, [value])  # the few-values way
+        batch.observe_many(labels, observed[half + 5 :])
     assert _exposition(ours) == _exposition(theirs)
 
 
