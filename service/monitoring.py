@@ -84,7 +84,10 @@ class Monitoring:
         QualityCollector(store=self.windows, registry=registry)
         self._drift_metrics = DriftMetrics(registry=registry)
         self.runner = DriftRunner(
-            busy_share=settings.drift_cpu_share, max_batch_events=200, math_threads=settings.drift_threads
+            busy_share=settings.drift_cpu_share,
+            max_batch_events=200,
+            math_threads=settings.drift_threads,
+            background_priority=True,
         )
         self._buffers: dict[str, IngestBuffer] = {}
         self._versions: dict[str, str] = {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 
@@ -14,6 +16,7 @@ from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
 
 logger = logging.getLogger(__name__)
+BACKGROUND_NICENESS = 19
 
 
 class DriftRunner:
@@ -33,17 +36,20 @@ class DriftRunner:
         max_batch_events: int = 1000,
         busy_share: float = 1.0,
         math_threads: int | None = None,
+        background_priority: bool = False,
     ) -> None:
         """``busy_share``: at most this share of wall time is spent detecting (the rest waits), so that
         detection in a thread of the serving process leaves the GIL to the request path; events that
         arrive faster than that are dropped by the bounded buffers and counted as skipped.
         ``math_threads``: torch threads of the detection and calibration threads, and BLAS threads of
-        the process (``None`` leaves both alone); torch's setting is per thread, so each thread sets it."""
+        the process (``None`` leaves both alone); torch's setting is per thread, so each thread sets it.
+        ``background_priority``: run the detection and calibration threads at the lowest CPU priority."""
         if poll_interval_s <= 0 or max_batch_events < 1 or not 0 < busy_share <= 1:
             raise ValueError("poll_interval_s must be > 0, max_batch_events >= 1 and busy_share in (0, 1]")
         if math_threads is not None and math_threads < 1:
             raise ValueError(f"math_threads must be at least 1, got {math_threads}")
         self._math_threads = math_threads
+        self._background_priority = background_priority
         self._busy_share = busy_share
         self._poll_interval_s = poll_interval_s
         self._max_batch = max_batch_events
@@ -109,6 +115,11 @@ class DriftRunner:
     def _limit_threads(self) -> None:
         if self._math_threads is not None:
             torch.set_num_threads(self._math_threads)
+        if self._background_priority:
+            # Linux applies a thread id's niceness to that thread alone: requests keep the core under
+            # load, and a window test's burst of CPU waits for the time they leave.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
 
     def _loop(self) -> None:
         self._limit_threads()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from dataclasses import replace
 
@@ -17,7 +19,7 @@ from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor, NotCalibratedError, Phase
 from monitors.drift.reference import Reference
-from monitors.drift.runner import DriftRunner
+from monitors.drift.runner import BACKGROUND_NICENESS, DriftRunner
 from monitors.drift.states import MonitorState
 
 DIM = 16
@@ -214,36 +216,42 @@ def test_runner_logs_a_repeated_calibration_failure_once(wait_until, caplog) -> 
     assert [r.levelno for r in failures()] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
 
 
-def test_runner_threads_keep_to_the_math_thread_limit(wait_until) -> None:  # type: ignore[no-untyped-def]
-    """torch's thread count is per thread: the detection and calibration threads must set it themselves."""
-    seen: list[tuple[str, int]] = []
+def test_runner_threads_keep_to_the_thread_limit_at_background_priority(wait_until) -> None:  # type: ignore[no-untyped-def]
+    """torch's thread count and the CPU priority are per thread: the detection and calibration threads
+    set both themselves, and the caller's thread keeps its own."""
+    seen: list[tuple[str, int, int]] = []
+
+    def record(kind: str) -> None:
+        seen.append((kind, torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
 
     class Recording(DriftMonitor):
         def update(self, batch: DriftBatch) -> list[DriftResult]:
-            seen.append(("update", torch.get_num_threads()))
+            record("update")
             return super().update(batch)
 
         def calibrate(self) -> None:
-            seen.append(("calibrate", torch.get_num_threads()))
+            record("calibrate")
             super().calibrate()
 
     blas_before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    own_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     wanted = torch.get_num_threads() + 2  # neither this thread's count nor a new thread's default
     monitor = Recording(model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()))
     buffer = IngestBuffer(capacity_events=5_000)
-    runner = DriftRunner(poll_interval_s=0.01, max_batch_events=600, math_threads=wanted)
+    runner = DriftRunner(poll_interval_s=0.01, max_batch_events=600, math_threads=wanted, background_priority=True)
     runner.add(monitor=monitor, buffer=buffer)
     runner.start()
     try:
         assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} <= {wanted}
         for event in as_events(events_batch(np.random.default_rng(7), 600)):
             buffer.append(event)
-        wait_until(lambda: {kind for kind, _ in seen} == {"update", "calibrate"}, timeout_s=30)
+        wait_until(lambda: {kind for kind, _, _ in seen} == {"update", "calibrate"}, timeout_s=30)
     finally:
         runner.stop()
         if blas_before:
             threadpool_limits(limits=blas_before[0], user_api="blas")
-    assert {count for _, count in seen} == {wanted}
+    assert {(threads, priority) for _, threads, priority in seen} == {(wanted, BACKGROUND_NICENESS)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_priority
 
 
 def test_runner_warms_up_calibrates_in_background_and_detects(wait_until) -> None:  # type: ignore[no-untyped-def]
