@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from service import explanations_api, monitoring_api, ui
 from service.api import router
 from service.errors import SidecarError
+from service.ingest import IngestResult
 from service.ingest_route import INGEST_PATH, IngestRoute
 from service.schemas import openapi_ingest_path
 from service.settings import Settings
@@ -51,7 +52,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            ingest_path, components = openapi_ingest_path()
+            ingest_path, components = openapi_ingest_path(IngestResult)
             schema["paths"] = {INGEST_PATH: ingest_path, **schema.get("paths", {})}
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
             app.openapi_schema = schema

@@ -82,34 +82,11 @@ class Batch(msgspec.Struct):
     events: list[Event]
 
 
-class Rejection(msgspec.Struct):
-    """Documentation of one refused event in the answer."""
-
-    index: int
-    request_id: str | None
-    field: str
-    error: str
-
-
-class SampledAnswer(msgspec.Struct):
-    """Documentation of one sampled event in the answer."""
-
-    request_id: str
-    reasons: list[str]
-
-
-class IngestAnswer(msgspec.Struct):
-    """Documentation of the answer to ``POST /v1/events`` (202, and the detail of a 422)."""
-
-    accepted: int
-    rejected: list[Rejection]
-    sampled: list[SampledAnswer]
-
-
-def openapi_ingest_path() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The OpenAPI path item of ``POST /v1/events`` (served outside FastAPI's routing) and its components."""
+def openapi_ingest_path(answer_type: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The OpenAPI path item of ``POST /v1/events`` (served outside FastAPI's routing) and its components;
+    ``answer_type`` is the result the route encodes (``service.ingest.IngestResult``)."""
     (one, many, answer), components = msgspec.json.schema_components(
-        [Event, Batch, IngestAnswer], ref_template="#/components/schemas/{name}"
+        [Event, Batch, answer_type], ref_template="#/components/schemas/{name}"
     )
     error = {"description": "Refused; the body names the field: {error, field, ...}"}
     post = {

@@ -131,11 +131,6 @@ def predictions(checked: list[Checked], *, received_at: float) -> list[Predictio
     ]
 
 
-def validate(event: EventIn, *, received_at: float) -> Prediction:
-    """One event as a :class:`Prediction`; raises ``FieldError`` naming the first bad field."""
-    return predictions([check(event, received_at=received_at)], received_at=received_at)[0]
-
-
 def summarise(scores: npt.NDArray[np.float64], *, from_logits: bool) -> tuple[int, float, float]:
     """Predicted class, top-1 probability and top-1 minus top-2 logit, in a handful of numpy calls."""
     predicted = int(scores.argmax())

@@ -14,7 +14,7 @@ from helpers import event
 from service.errors import FieldError, SidecarError
 from service.fast_parsing import BodyDecoder
 from service.parsing import Decoded, Rejected, decode_body
-from service.validation import Prediction, validate
+from service.validation import Prediction, check, predictions
 
 MAX_BATCH = 50
 
@@ -28,7 +28,7 @@ def _verdict(item: Decoded) -> Prediction | tuple[str | None, str, str]:
     if isinstance(item, Rejected):
         return item.request_id, item.error.field, item.error.reason
     try:
-        return validate(item, received_at=1_700_000_000.0)
+        return predictions([check(item, received_at=1.7e9)], received_at=1.7e9)[0]
     except FieldError as error:
         return item.request_id, error.field, error.reason
 

@@ -73,4 +73,4 @@ def test_ingest_path_is_documented_in_openapi(client: TestClient) -> None:
     assert set(post["responses"]) >= {"202", "413", "422"}
     body = post["requestBody"]["content"]["application/json"]["schema"]
     assert body["oneOf"] == [{"$ref": "#/components/schemas/Event"}, {"$ref": "#/components/schemas/Batch"}]
-    assert {"Event", "Batch", "IngestAnswer"} <= set(schema["components"]["schemas"])
+    assert {"Event", "Batch", "IngestResult"} <= set(schema["components"]["schemas"])
