@@ -13,7 +13,7 @@ from attribution_workers.config import attribution_configs
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.worker import AttributionWorker, default_consumer
-from sampler.connection import connect
+from common.redis import connect
 from sampler.explanations import ExplanationStore
 from service.settings import Settings
 

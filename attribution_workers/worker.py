@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import BatchResult, ModelRuntime, Outcome
-from sampler import keys
+from common import keys
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanations import ExplanationStore, SanityFigure
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from attribution_workers.models import digits
-from sampler.embedded import EmbeddedRedis, free_port
+from common.embedded_redis import EmbeddedRedis, free_port
 from service.demo import METHODS
 from service.traffic import DigitsTraffic, TrafficStats
 

@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from benchmarks import loadgen
-from sampler.embedded import EmbeddedRedis
+from common.embedded_redis import EmbeddedRedis
 
 SLOT = b"@" * 12
 ROOT = Path(__file__).resolve().parent.parent

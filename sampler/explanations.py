@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from sampler import keys
+from common import keys
 from sampler.contract import InputTensor, SampledEvent
 from sampler.policy import Reason
 

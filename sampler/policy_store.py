@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from sampler import keys
+from common import keys
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,14 @@ from dataclasses import dataclass
 from itertools import islice
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sampler import keys
+from common import keys
+from common.redis import REDIS_DOWN
 from sampler.contract import MESSAGE_FIELD, SampledEvent
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 
 log = logging.getLogger(__name__)
-
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-
 
 @dataclass(frozen=True, slots=True)
 class _Entry:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from sampler.embedded import EmbeddedRedis
+from common.embedded_redis import EmbeddedRedis
 from service.app import create_app
 from service.settings import Settings
 

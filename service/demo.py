@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.models import digits
 from attribution_workers.runtime import ModelRuntime
-from sampler.embedded import EmbeddedRedis
+from common.embedded_redis import EmbeddedRedis
 from service.app import create_app
 from service.settings import Settings
 from service.traffic import DigitsTraffic

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from sampler.contract import SampledEvent
-from sampler.labels import BoundedLabel
+from common.cardinality import BoundedLabel
 from sampler.metrics import SamplerMetrics
 from sampler.policy import Reason
 from sampler.queue import QueueWriter

@@ -32,8 +32,8 @@ from monitors.drift.runner import DriftRunner
 from monitors.drift.states import MonitorState
 from monitors.records import LabelledPrediction
 from monitors.window import WindowStore
-from sampler import keys
-from sampler.queue import REDIS_DOWN
+from common import keys
+from common.redis import REDIS_DOWN
 from service.settings import Settings
 from service.validation import Prediction, softmax
 

@@ -12,12 +12,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from sampler.connection import connect
+from common.redis import connect
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from sampler.policy_store import PolicyStore
-from sampler.queue import REDIS_DOWN, QueueWriter
+from common.redis import REDIS_DOWN
+from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.auth import TokenAuth
 from service.errors import SidecarError

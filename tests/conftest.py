@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from attribution_workers.models import digits
 from attribution_workers.models.training import DatasetSplit
-from sampler.embedded import EmbeddedRedis
+from common.embedded_redis import EmbeddedRedis
 from service.app import create_app
 from service.settings import Settings
 

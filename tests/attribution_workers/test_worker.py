@@ -24,7 +24,7 @@ from attribution_workers.models import digits
 from attribution_workers.models.training import DatasetSplit
 from helpers import wait_until
 from poison_net import POISON
-from sampler import keys
+from common import keys
 from service.settings import Settings
 
 METHODS = ["gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from sampler.connection import connect
+from common.redis import connect
 from sampler.explanations import (
     ExplanationDetail,
     ExplanationQuery,

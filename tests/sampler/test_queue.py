@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from helpers import event, redis_servers_in, wait_until
-from sampler import keys
-from sampler.connection import connect
+from common import keys
+from common.redis import connect
 from sampler.contract import SampledEvent
-from sampler.embedded import EmbeddedRedis
+from common.embedded_redis import EmbeddedRedis
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.queue import QueueWriter

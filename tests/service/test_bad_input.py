@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from helpers import event
-from sampler import keys
+from common import keys
 from sampler.contract import SampledEvent
 
 ClientFactory = Callable[..., TestClient]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from helpers import event, redis_servers_in, wait_until
-from sampler.embedded import free_port
+from common.embedded_redis import free_port
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from attribution_workers.models.training import Split
 from helpers import redis_servers_in, wait_until
-from sampler.embedded import free_port
+from common.embedded_redis import free_port
 from service.corruptions import CORRUPTIONS, Corruption, blur, corrupt
 from service.traffic import DigitsTraffic
 

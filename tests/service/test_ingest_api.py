@@ -8,7 +8,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from helpers import event
-from sampler import keys
+from common import keys
 from sampler.contract import SampledEvent
 
 

@@ -273,7 +273,7 @@ def test_versions_beyond_the_limit_count_as_other(make_client: ClientFactory) ->
 
 
 def test_redis_up_is_zero_when_redis_is_unreachable(make_client: ClientFactory) -> None:
-    from sampler.embedded import free_port
+    from common.embedded_redis import free_port
 
     client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.1)
     samples = _scrape(client)

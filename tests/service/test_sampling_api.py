@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from helpers import event
-from sampler import keys
+from common import keys
 from service.settings import Settings
 
 ClientFactory = Callable[..., TestClient]

@@ -41,7 +41,7 @@ from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.models import digits
 from attribution_workers.models.training import DatasetSplit
 from helpers import wait_until
-from sampler import keys
+from common import keys
 from sampler.explanations import (
     ExplanationDetail,
     ExplanationRecord,

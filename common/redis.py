@@ -5,6 +5,9 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def connect(url: str, *, timeout_s: float, max_connections: int = 32) -> Redis:
@@ -22,3 +25,9 @@ def connect(url: str, *, timeout_s: float, max_connections: int = 32) -> Redis:
         max_connections=max_connections,
         health_check_interval=0,
     )
+
+
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Redis did not answer: down, unreachable or hung past the socket timeout."""
+REDIS_FAILED: tuple[type[BaseException], ...] = (RedisError, OSError)
+"""Any failure of a Redis call, including refusals such as ``OOM`` under ``noeviction``."""
