@@ -40,7 +40,7 @@ def attribution_configs(models: dict[str, Any]) -> dict[str, AttributionConfig]:
     """Every model of the settings that has an ``attribution`` section."""
     found: dict[str, AttributionConfig] = {}
     for name, section in models.items():
-        extra = getattr(section, "model_extra", None) or {}
-        if "attribution" in extra:
-            found[name] = AttributionConfig.model_validate(extra["attribution"])
+        section = getattr(section, "attribution", None)
+        if section is not None:
+            found[name] = AttributionConfig.model_validate(section)
     return found

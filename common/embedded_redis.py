@@ -38,7 +38,7 @@ def redis_server_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: on Linux, get SIGTERM when the parent dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -90,7 +90,7 @@ class EmbeddedRedis:
             str(self.log_file.resolve()),
         ]
         self._process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         self._wait_ready(timeout_s)
         log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)

@@ -68,3 +68,45 @@ def drift_state(model: str) -> str:
 def drift_version(model: str) -> str:
     """Changes whenever :func:`drift_state` is replaced, so replicas know to reload it."""
     return f"{PREFIX}:drift-version:{model}"
+
+
+# --- the fleet monitor (monitors.fleet) ------------------------------------------------------
+
+MONITORED_MODELS = f"{PREFIX}:monitored-models"
+"""Set of the models whose sidecars publish monitoring records."""
+
+MONITOR_GROUP = "monitor"
+"""Consumer group the owning monitor reads a model's prediction feed with."""
+
+MONITOR_MEMBERS = f"{PREFIX}:monitor-members"
+"""Sorted set of live monitor processes, scored by the time their membership expires (epoch ms)."""
+
+
+def prediction_feed(model: str) -> str:
+    """Stream of compact monitoring records, one per accepted event of a model (``MAXLEN ~``)."""
+    return f"{PREFIX}:feed:{model}"
+
+
+def labelled_feed(model: str) -> str:
+    """Stream of labelled monitoring records of a model, trimmed to the calibration window (``MINID ~``)."""
+    return f"{PREFIX}:labelled:{model}"
+
+
+def monitor_lease(model: str) -> str:
+    """The id of the monitor process that owns a model, with a TTL it renews."""
+    return f"{PREFIX}:lease:{model}"
+
+
+def drift_status(model: str) -> str:
+    """JSON of the owning monitor's latest drift verdicts of a model, read by every sidecar."""
+    return f"{PREFIX}:drift-status:{model}"
+
+
+def quality_report(model: str) -> str:
+    """JSON of the owning monitor's calibration and quality figures of a model, read by every sidecar."""
+    return f"{PREFIX}:quality:{model}"
+
+
+def drift_reference(model: str) -> str:
+    """An uploaded drift reference (arrays, no pickle), waiting for the owning monitor to calibrate on it."""
+    return f"{PREFIX}:reference:{model}"

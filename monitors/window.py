@@ -77,6 +77,13 @@ class WindowStore:
                 self._totals[key] = self._totals.get(key, 0) + 1
                 self._evict(window, now)
 
+    def forget(self, model: str) -> None:
+        """Drop every window of ``model``."""
+        with self._lock:
+            for key in [key for key in self._windows if key.model == model]:
+                del self._windows[key]
+                self._totals.pop(key, None)
+
     def snapshots(self) -> list[SeriesSnapshot]:
         """Every non-empty window after evicting expired predictions, sorted by key."""
         now = self._clock()

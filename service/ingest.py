@@ -19,7 +19,7 @@ from sampler.sampler import Sampler
 from service.errors import FieldError, SidecarError
 from service.fast_parsing import BodyDecoder
 from service.metrics import IngestMetrics
-from service.monitoring import Monitoring
+from service.feed_writer import FeedWriter
 from service.parsing import Rejected
 from service.settings import Settings
 from service.validation import Checked, Prediction, check, predictions
@@ -60,7 +60,7 @@ class IngestHandler:
         writer: QueueWriter,
         metrics: IngestMetrics,
         sampler_metrics: SamplerMetrics,
-        monitoring: Monitoring | None = None,
+        feed: FeedWriter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -68,7 +68,7 @@ class IngestHandler:
         self._writer = writer
         self._metrics = metrics
         self._sampler_metrics = sampler_metrics
-        self._monitoring = monitoring
+        self._feed = feed
         self._clock = clock
         self._decoder = BodyDecoder(max_batch=settings.max_batch)
         self._models: dict[str, BoundedLabel] = {}
@@ -85,6 +85,10 @@ class IngestHandler:
 
     def knows(self, model: str) -> bool:
         return model in self._models
+
+    @property
+    def known_models(self) -> set[str]:
+        return set(self._models)
 
     def register(self, model: str) -> None:
         """Know ``model`` before any event of it (e.g. a drift reference); raises ``FieldError`` past the cap."""
@@ -167,8 +171,8 @@ class IngestHandler:
                 found = figures[labels] = ([], [])
             found[0].append(prediction.confidence)
             found[1].append(prediction.margin)
-            if self._monitoring is not None:
-                self._monitoring.observe(prediction, labels[1])
+            if self._feed is not None:
+                self._feed.observe(prediction, prediction.version)
             if prediction.cohort:
                 for key, values in self._cohort_values.items():
                     value = prediction.cohort.get(key)

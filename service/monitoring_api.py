@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -11,12 +12,13 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from monitors.calibration import calibration_of
-from monitors.reliability_plot import render_reliability_png
-from monitors.window import SeriesSnapshot
+from common.errors import InvalidInput, MonitorsOff, NotFound
+from monitors.calibration import CalibrationReport, ReliabilityBin
+from monitors.fleet.references import reference_from_arrays
+from monitors.fleet.results import SeriesQuality
 from service.deps import AdminScope, IngestScope, ModelPath, ReadScope, SidecarDep, read_body
-from service.errors import FieldError, SidecarError
-from service.monitoring import Monitoring, reference_from_arrays
+from service.errors import FieldError
+from service.monitoring import Monitoring
 from service.schemas import MODEL_PATTERN
 from service.sidecar import Sidecar
 
@@ -36,14 +38,14 @@ class LabelsIn(BaseModel):
 
 def _monitoring(sidecar: Sidecar) -> Monitoring:
     if sidecar.monitoring is None:
-        raise SidecarError(409, "monitors are off in this sidecar (VAI_MONITORS_ENABLED=false)")
+        raise MonitorsOff()
     return sidecar.monitoring
 
 
 @router.post("/v1/labels", dependencies=[IngestScope], summary="Join delayed ground truth to predictions")
 async def post_labels(body: LabelsIn, sidecar: SidecarDep) -> Response:
     result = await _monitoring(sidecar).apply_labels(
-        [(item.model, item.request_id, item.label) for item in body.labels]
+        [(item.model, item.request_id, item.label) for item in body.labels], known=sidecar.ingest.known_models
     )
     return Response(orjson.dumps(result), media_type="application/json")
 
@@ -69,12 +71,12 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
             raise ValueError(f"embeddings: {dims} values per row, but this model's events have {known}")
         sidecar.ingest.register(model)
     except FieldError as error:
-        raise SidecarError(422, str(error), field=error.field) from None
+        raise InvalidInput(str(error), field=error.field) from None
     except ValueError as error:
         field = str(error).split(":", 1)[0]
-        raise SidecarError(422, str(error), field=field if " " not in field else "body") from None
+        raise InvalidInput(str(error), field=field if " " not in field else "body") from None
+    await monitoring.set_reference(model, reference)
     sidecar.ingest.embedding_dims[model] = dims
-    monitoring.set_reference(model, reference)
     body_out = {
         "model": model,
         "state": "calibrating",
@@ -109,61 +111,26 @@ def _arrays(body: bytes, content_type: str) -> tuple[Any, Any]:
 
 @router.get("/v1/models/{model}/drift", dependencies=[ReadScope])
 async def get_drift(model: ModelPath, sidecar: SidecarDep) -> Response:
-    status = _monitoring(sidecar).drift_status(model)
+    status = await _monitoring(sidecar).drift_status(model)
     if status is None:
-        raise SidecarError(404, f"model: no events or reference seen for {model!r}", field="model")
-    detectors = [
-        {
-            "name": r.name,
-            "score": r.score,
-            "threshold": r.threshold,
-            "drift": r.drift,
-            "since": r.since,
-            "p_value": r.p_value,
-        }
-        for r in status.detectors
-    ]
-    body = {
-        "model": model,
-        "state": status.state,
-        "detectors": detectors,
-        "calibration_error": status.calibration_error,
-    }
+        raise NotFound(
+            f"model: no monitor has published drift verdicts for {model!r} (no events or reference yet, "
+            "or no `vai-sidecar monitor` running on this Redis)",
+            field="model",
+        )
+    body = {**status.model_dump(), "age_s": max(0.0, time.time() - status.updated_at)}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _series(monitoring: Monitoring, model: str, version: str | None, cohort: str | None) -> list[SeriesSnapshot]:
+async def _series(sidecar: Sidecar, model: str, version: str | None, cohort: str | None) -> list[SeriesQuality]:
+    report = await _monitoring(sidecar).quality(model)
+    if report is None:
+        return []
     return [
         s
-        for s in monitoring.windows.snapshots()
-        if s.key.model == model
-        and (version is None or s.key.version == version)
-        and (cohort is None or s.key.cohort == cohort)
-        and s.records
+        for s in report.series
+        if (version is None or s.version == version) and (cohort is None or s.cohort == cohort) and s.count
     ]
-
-
-def _report(snapshot: SeriesSnapshot) -> dict[str, Any]:
-    report = calibration_of(snapshot.records)
-    return {
-        "version": snapshot.key.version,
-        "cohort": snapshot.key.cohort,
-        "count": report.count,
-        "ece": report.ece,
-        "mce": report.mce,
-        "brier_score": report.brier_score,
-        "brier_count": report.brier_count,
-        "bins": [
-            {
-                "lower": b.lower,
-                "upper": b.upper,
-                "count": b.count,
-                "mean_confidence": b.mean_confidence,
-                "accuracy": b.accuracy,
-            }
-            for b in report.bins
-        ],
-    }
 
 
 @router.get("/v1/models/{model}/calibration", dependencies=[ReadScope])
@@ -173,9 +140,9 @@ async def get_calibration(
     version: Annotated[str | None, Query(max_length=64)] = None,
     cohort: Annotated[str | None, Query(max_length=300)] = None,
 ) -> Response:
-    series = _series(_monitoring(sidecar), model, version, cohort)
-    reports = await run_in_threadpool(lambda: [_report(s) for s in series])
-    return Response(orjson.dumps({"model": model, "series": reports}), media_type="application/json")
+    series = await _series(sidecar, model, version, cohort)
+    body = {"model": model, "series": [s.model_dump() for s in series]}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get("/v1/models/{model}/calibration.png", dependencies=[ReadScope], response_class=Response)
@@ -185,12 +152,29 @@ async def get_calibration_png(
     version: Annotated[str | None, Query(max_length=64)] = None,
     cohort: Annotated[str, Query(max_length=300)] = "all",
 ) -> Response:
-    series = _series(_monitoring(sidecar), model, version, cohort)
+    series = await _series(sidecar, model, version, cohort)
     if not series:
-        raise SidecarError(
-            404, f"model: no labelled predictions of {model!r} for this version and cohort", field="model"
-        )
-    chosen = max(series, key=lambda s: len(s.records))
-    title = f"{model} {chosen.key.version} ({chosen.key.cohort})"
-    png = await run_in_threadpool(lambda: render_reliability_png(calibration_of(chosen.records), title=title))
+        raise NotFound(f"model: no labelled predictions of {model!r} for this version and cohort", field="model")
+    chosen = max(series, key=lambda s: s.count)
+    title = f"{model} {chosen.version} ({chosen.cohort})"
+    png = await run_in_threadpool(_render_reliability, chosen, title)
     return Response(png, media_type="image/png")
+
+
+def _render_reliability(series: SeriesQuality, title: str) -> bytes:
+    from service.images import render_reliability_png  # Pillow, loaded on the first chart asked for
+
+    report = CalibrationReport(
+        count=series.count,
+        ece=series.ece,
+        mce=series.mce,
+        brier_score=series.brier_score,
+        brier_count=series.brier_count,
+        bins=tuple(
+            ReliabilityBin(
+                lower=b.lower, upper=b.upper, count=b.count, mean_confidence=b.mean_confidence, accuracy=b.accuracy
+            )
+            for b in series.bins
+        ),
+    )
+    return render_reliability_png(report, title=title)

@@ -24,6 +24,7 @@ from service.auth import TokenAuth
 from service.errors import SidecarError
 from service.ingest import IngestHandler
 from service.metrics import IngestMetrics
+from service.feed_writer import FeedWriter
 from service.monitoring import Monitoring
 from service.settings import Settings
 
@@ -66,30 +67,34 @@ class Sidecar:
             queue_max_length=settings.queue_max_length,
             retry_s=settings.flush_retry_s,
         )
+        self.feed: FeedWriter | None = None
         self.monitoring: Monitoring | None = None
         if settings.monitors_enabled:
-            self.monitoring = Monitoring(settings, self.redis, self.registry, known_model=self._knows)
+            self.feed = FeedWriter(
+                self.redis,
+                self.registry,
+                max_per_second=settings.monitor_max_per_second,
+                max_records=settings.monitor_buffer_records,
+                stream_maxlen=settings.monitor_stream_maxlen,
+                prediction_ttl_s=settings.prediction_ttl_s,
+                brier_max_classes=settings.brier_max_classes,
+            )
+            self.monitoring = Monitoring(self.redis, self.feed, self.registry)
         self.ingest = IngestHandler(
             settings,
             sampler=self.sampler,
             writer=self.writer,
             metrics=IngestMetrics(self.registry),
             sampler_metrics=self.sampler_metrics,
-            monitoring=self.monitoring,
+            feed=self.feed,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if await self.writer.ping():
             await self._refresh_policies()
-        if self.monitoring is not None:
-            self.monitoring.start()
-            self._tasks += [
-                asyncio.create_task(self._every(0.1, self.monitoring.flush_records), name="prediction-records"),
-                asyncio.create_task(
-                    self._every(self.settings.drift_sync_s, self.monitoring.sync_drift_states), name="drift-sync"
-                ),
-            ]
+        if self.feed is not None:
+            self._tasks.append(asyncio.create_task(self.feed.run(), name="monitoring-feed"))
         self._tasks += [
             asyncio.create_task(self.writer.run(), name="queue-writer"),
             asyncio.create_task(
@@ -108,11 +113,10 @@ class Sidecar:
             for task in stuck:
                 log.error("background task %s did not stop within %.0f s", task.get_name(), drain_timeout_s)
         self._tasks = []
-        if self.monitoring is not None:
-            self.monitoring.stop()
+        if self.feed is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_timeout_s):
-                    while await self.monitoring.flush_records():
+                    while await self.feed.flush():
                         pass
         await self.writer.drain(timeout_s=drain_timeout_s)
         with contextlib.suppress(TimeoutError):
@@ -156,9 +160,6 @@ class Sidecar:
                 503, f"redis: policy not reset, try again: {error}", headers={"Retry-After": "1"}
             ) from None
         return self.sampler.set_overrides(model, {})
-
-    def _knows(self, model: str) -> bool:
-        return self.ingest.knows(model)
 
     async def _refresh_policies(self) -> None:
         try:

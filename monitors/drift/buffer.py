@@ -23,6 +23,7 @@ class IngestBuffer:
         self._events: deque[DriftEvent] = deque(maxlen=capacity_events)
         self._skipped_counter = skipped
         self._skipped = 0
+        self._taken = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -32,6 +33,16 @@ class IngestBuffer:
     def skipped_total(self) -> int:
         """Events dropped because the buffer was full."""
         return self._skipped
+
+    @property
+    def taken_total(self) -> int:
+        """Events handed to the detectors by :meth:`drain`."""
+        return self._taken
+
+    def oldest_time_s(self) -> float | None:
+        """Event time of the oldest waiting event, if any."""
+        with self._lock:
+            return self._events[0].time_s if self._events else None
 
     def append(self, event: DriftEvent) -> None:
         with self._lock:
@@ -46,4 +57,5 @@ class IngestBuffer:
         """Remove and return up to ``max_events`` of the oldest events."""
         with self._lock:
             count = min(max_events, len(self._events))
+            self._taken += count
             return [self._events.popleft() for _ in range(count)]

@@ -54,6 +54,15 @@ class DriftMetrics:
         if result.p_value is not None:
             self._p_value.labels(model, result.name).set(result.p_value)
 
+    def forget(self, model: str) -> None:
+        """Drop every series of ``model`` (this process no longer monitors it: another one exports them)."""
+        for family in (self._score, self._threshold, self._detected, self._p_value):
+            for labels in [key for key in family._metrics if key[0] == model]:  # noqa: SLF001
+                family.remove(*labels)
+        for family in (self._distance, self._skipped):
+            if (model,) in family._metrics:  # noqa: SLF001
+                family.remove(model)
+
     def skipped(self, model: str) -> Counter:
         """The model's counter of skipped events (handed to its ingest buffer)."""
         return self._skipped.labels(model)

@@ -66,6 +66,12 @@ class DriftRunner:
         with self._lock:
             self._pairs[monitor.model] = (monitor, buffer)
 
+    def remove(self, model: str) -> None:
+        """Stop watching ``model`` (a calibration in progress finishes in its thread and is dropped)."""
+        with self._lock:
+            self._pairs.pop(model, None)
+        self._failures.pop(model, None)
+
     def monitor(self, model: str) -> DriftMonitor | None:
         with self._lock:
             pair = self._pairs.get(model)

@@ -1,0 +1,83 @@
+"""Which drift monitor an owner starts a model with, and how its calibrated state is shared.
+
+The calibrated state (PCA, reference, thresholds; JSON, no pickle) is stored under
+``vai:drift:{model}`` with ``vai:drift-version:{model}`` naming what it was calibrated on: the
+id of an uploaded reference, or ``warmup-…`` for a reference gathered from traffic. A new owner
+adopts a stored state that matches the newest reference without recalibrating.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from common import keys
+from monitors.drift.config import DriftConfig
+from monitors.drift.metrics import DriftMetrics
+from monitors.drift.monitor import DriftMonitor
+from monitors.drift.states import MonitorState
+from monitors.fleet.lease import Leases
+from monitors.fleet.references import ReferenceStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Started:
+    monitor: DriftMonitor
+    built_from: str | None
+    """Reference id the monitor calibrates (or was calibrated) on; ``None`` for a warm-up."""
+    stored: bool
+    """Whether its calibrated state is already in Redis."""
+
+
+class DriftStates:
+    def __init__(self, redis: Redis, leases: Leases, *, config: DriftConfig, metrics: DriftMetrics) -> None:
+        self._redis = redis
+        self._leases = leases
+        self._config = config
+        self._metrics = metrics
+        self.references = ReferenceStore(redis)
+
+    async def start(self, model: str) -> Started:
+        """The monitor a new owner runs: adopted, calibrating on the newest reference, or warming up."""
+        reference_id = await self.references.latest_id(model)
+        version = _text(await self._redis.get(keys.drift_version(model)))
+        body = await self._redis.get(keys.drift_state(model))
+        if body is not None and version is not None and (reference_id is None or version == reference_id):
+            try:
+                state = MonitorState.model_validate_json(body)
+            except ValueError as error:
+                log.error("ignoring unreadable drift state of %s: %s", model, error)
+            else:
+                log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
+                return Started(DriftMonitor.from_state(state, metrics=self._metrics), version, stored=True)
+        if reference_id is not None:
+            return await self.from_reference(model)
+        return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)
+
+    async def from_reference(self, model: str) -> Started:
+        stored = await self.references.get(model)
+        if stored is None:
+            return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)
+        monitor = DriftMonitor(model=model, config=self._config, metrics=self._metrics, reference=stored.reference)
+        return Started(monitor, stored.id, stored=False)
+
+    async def store(self, model: str, started: Started) -> bool:
+        """Share a calibrated state, if this process still owns the model."""
+        version = started.built_from or f"warmup-{uuid.uuid4().hex}"
+        state = started.monitor.export_state().model_dump_json()
+        written = await self._leases.set_if_owner(
+            model, {keys.drift_state(model): state, keys.drift_version(model): version}
+        )
+        if written:
+            started.built_from, started.stored = version, True
+            log.info("drift monitor of %s calibrated; state stored (%s)", model, version)
+        return written
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

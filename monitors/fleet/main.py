@@ -1,0 +1,45 @@
+"""``vai-sidecar monitor``: run a monitor process until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from monitors.fleet.process import MonitorProcess
+from monitors.fleet.settings import MonitorSettings
+
+log = logging.getLogger(__name__)
+
+
+def run_monitor(settings: MonitorSettings) -> int:
+    if settings.redis_url is None:
+        log.error("the monitor needs VAI_REDIS_URL: the Redis its sidecars publish to")
+        return 2
+    registry = CollectorRegistry()
+    if settings.monitor_metrics_port:
+        start_http_server(settings.monitor_metrics_port, addr=settings.host, registry=registry)
+    asyncio.run(_run(MonitorProcess(settings, registry=registry)))
+    return 0
+
+
+async def _run(process: MonitorProcess) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await process.start()
+    log.info("monitor %s started", process.owner)
+    try:
+        await stop.wait()
+    finally:
+        await process.stop()
+        log.info("monitor %s stopped", process.owner)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = MonitorSettings()
+    settings.configure_logging()
+    return run_monitor(settings)

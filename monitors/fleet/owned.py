@@ -1,0 +1,264 @@
+"""One model owned by this monitor process: its feeds read, its detectors and windows fed, results published."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from common import keys
+from common.cardinality import BoundedLabel
+from common.redis import REDIS_FAILED
+from monitors.drift.base import DriftEvent
+from monitors.drift.buffer import IngestBuffer
+from monitors.drift.runner import DriftRunner
+from monitors.feed import FeedFormatError, MonitoringRecord
+from monitors.fleet.drift_state import DriftStates, Started
+from monitors.fleet.lease import Leases
+from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.reports import drift_status, quality_report
+from monitors.fleet.settings import MonitorSettings
+from monitors.records import LabelledPrediction
+from monitors.window import WindowStore
+
+log = logging.getLogger(__name__)
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+class OwnedModel:
+    """Started when this process takes the model's lease, stopped when it loses or gives it up."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        redis: Redis,
+        leases: Leases,
+        states: DriftStates,
+        runner: DriftRunner,
+        windows: WindowStore,
+        metrics: MonitorMetrics,
+        settings: MonitorSettings,
+        skipped: Any,
+    ) -> None:
+        self.model = model
+        self._redis = redis
+        self._leases = leases
+        self._states = states
+        self._runner = runner
+        self._windows = windows
+        self._metrics = metrics
+        self._settings = settings
+        self._versions = BoundedLabel(settings.max_versions_per_model)
+        self.buffer = IngestBuffer(capacity_events=settings.drift_buffer_events, skipped=skipped)
+        self._drift: Started | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_labelled = "0-0"
+        self._redis_backlog = 0
+        self._next_waiting_s: float | None = None
+        self._examined_seen = 0
+
+    async def start(self) -> None:
+        self._drift = await self._states.start(self.model)
+        self._runner.add(monitor=self._drift.monitor, buffer=self.buffer)
+        await self._ensure_group()
+        await self._reload_window()
+        self._metrics.owned.labels(self.model).set(1)
+        self._tasks = [
+            asyncio.create_task(self._forever(self._read_feed), name=f"feed-{self.model}"),
+            asyncio.create_task(self._forever(self._read_labelled), name=f"labelled-{self.model}"),
+            asyncio.create_task(self._every(self._settings.monitor_status_s, self._publish_status)),
+            asyncio.create_task(self._every(self._settings.monitor_report_s, self._publish_quality)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._runner.remove(self.model)
+        self._windows.forget(self.model)
+
+    # --- feeds ---------------------------------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(keys.prediction_feed(self.model), keys.MONITOR_GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _read_feed(self) -> None:
+        if len(self.buffer) > self._settings.drift_buffer_events // 2:
+            await asyncio.sleep(0.05)  # the detectors are behind: leave the records in Redis, where lag shows
+            return
+        feed = keys.prediction_feed(self.model)
+        try:
+            # Entries a previous owner read but never acknowledged come first, then new ones.
+            _, claimed, *_ = await self._redis.xautoclaim(
+                feed, keys.MONITOR_GROUP, self._leases.owner, min_idle_time=0, count=self._settings.monitor_read_batch
+            )
+            entries: Entries = claimed or []
+            if not entries:
+                answer = await self._redis.xreadgroup(
+                    keys.MONITOR_GROUP,
+                    self._leases.owner,
+                    {feed: ">"},
+                    count=self._settings.monitor_read_batch,
+                    block=500,
+                )
+                entries = answer[0][1] if answer else []
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self._ensure_group()  # Redis came back empty
+            return
+        if entries:
+            self._take(entries)
+            await self._redis.xack(feed, keys.MONITOR_GROUP, *(entry_id for entry_id, _ in entries))
+
+    def _take(self, entries: Entries) -> None:
+        for _, fields in entries:
+            if not fields:
+                continue  # trimmed while pending
+            try:
+                record = MonitoringRecord.from_fields(self.model, fields)
+            except FeedFormatError as error:
+                self._metrics.invalid.labels(self.model).inc()
+                log.debug("skipping a feed entry of %s: %s", self.model, error)
+                continue
+            self.buffer.append(DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s))
+
+    async def _reload_window(self) -> None:
+        """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must."""
+        start = f"{int((time.time() - self._settings.calibration_window_s) * 1000)}-0"
+        while True:
+            entries = await self._redis.xrange(keys.labelled_feed(self.model), min=start, count=2000)
+            if not entries:
+                return
+            self._take_labelled(entries)
+            start = "(" + entries[-1][0].decode()
+
+    async def _read_labelled(self) -> None:
+        answer = await self._redis.xread({keys.labelled_feed(self.model): self._last_labelled}, count=2000, block=500)
+        if answer:
+            self._take_labelled(answer[0][1])
+
+    def _take_labelled(self, entries: Entries) -> None:
+        for entry_id, fields in entries:
+            self._last_labelled = entry_id.decode()
+            try:
+                record = MonitoringRecord.from_fields(self.model, fields)
+            except FeedFormatError:
+                self._metrics.invalid.labels(self.model).inc()
+                continue
+            if record.label is None or not 0 <= record.label < record.num_classes:
+                self._metrics.invalid.labels(self.model).inc()
+                continue
+            self._windows.append(
+                LabelledPrediction(
+                    model=self.model,
+                    version=self._versions(record.version),
+                    predicted=record.predicted,
+                    confidence=min(max(record.confidence, 0.0), 1.0),
+                    label=record.label,
+                    time_s=record.time_s,
+                    cohort=record.cohort,
+                    probabilities=None if record.probabilities is None else np.asarray(record.probabilities),
+                )
+            )
+            self._metrics.labelled.labels(self.model).inc()
+
+    # --- results -------------------------------------------------------------------------------
+
+    async def _publish_status(self) -> None:
+        drift = self._drift
+        if drift is None:
+            return
+        await self._follow_reference(drift)
+        drift = self._drift
+        if drift is None:
+            return
+        if drift.monitor.phase.value == "monitoring" and not drift.stored:
+            await self._states.store(self.model, drift)
+        await self._measure_backlog()
+        examined = self.buffer.taken_total
+        self._metrics.examined.labels(self.model).inc(examined - self._examined_seen)
+        self._examined_seen = examined
+        backlog = self._redis_backlog + len(self.buffer)
+        oldest = self.buffer.oldest_time_s() or self._next_waiting_s
+        waiting_s = max(0.0, time.time() - oldest) if oldest is not None and backlog else 0.0
+        self._metrics.backlog.labels(self.model).set(backlog)
+        self._metrics.oldest.labels(self.model).set(waiting_s)
+        status = drift_status(
+            self.model, drift.monitor, examined=examined, backlog=backlog, waiting_s=waiting_s, owner=self._leases.owner
+        )
+        await self._leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()})
+
+    async def _follow_reference(self, drift: Started) -> None:
+        latest = await self._states.references.latest_id(self.model)
+        if latest is None or latest == drift.built_from:
+            return
+        started = await self._states.from_reference(self.model)
+        self._drift = started
+        self._runner.add(monitor=started.monitor, buffer=self.buffer)
+        log.info("drift monitor of %s calibrating on the uploaded reference %s", self.model, latest)
+
+    async def _measure_backlog(self) -> None:
+        feed = keys.prediction_feed(self.model)
+        groups = await self._redis.xinfo_groups(feed)
+        group = next((g for g in groups if g["name"] in (keys.MONITOR_GROUP, keys.MONITOR_GROUP.encode())), None)
+        if group is None:
+            return
+        lag = group.get("lag")
+        self._redis_backlog = int(lag) if lag is not None else 0
+        self._next_waiting_s = None
+        if self._redis_backlog:
+            last = group["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else last
+            after = await self._redis.xrange(feed, min=f"({last}", count=1)
+            if after:
+                self._next_waiting_s = int(after[0][0].split(b"-")[0]) / 1000
+
+    async def _publish_quality(self) -> None:
+        snapshots = [s for s in self._windows.snapshots() if s.key.model == self.model and s.records]
+        report = await asyncio.to_thread(
+            quality_report,
+            self.model,
+            snapshots,
+            window_s=self._settings.calibration_window_s,
+            owner=self._leases.owner,
+        )
+        await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
+        await self._every(0.0, step)
+
+    async def _every(self, period_s: float, step: Callable[[], Awaitable[None]]) -> None:
+        failing = False
+        while True:
+            try:
+                await step()
+            except REDIS_FAILED as error:
+                if not failing:
+                    log.warning("monitor of %s: redis failed (%s); retrying", self.model, type(error).__name__)
+                failing = True
+                await asyncio.sleep(0.5)
+                continue
+            except Exception:
+                log.exception("monitor of %s: %s failed", self.model, getattr(step, "__name__", step))
+                await asyncio.sleep(1.0)
+                continue
+            if failing:
+                log.info("monitor of %s: redis is back", self.model)
+            failing = False
+            if period_s:
+                await asyncio.sleep(period_s)

@@ -1,0 +1,153 @@
+"""The monitor process: take a fair share of the models' leases, run what each owned model needs.
+
+Every ``ttl / 3`` the process renews its membership and its leases, drops the models whose lease
+it lost, gives one back when it owns more than its share (so a newly started monitor gets work),
+and tries to take unowned models up to its share. Detection runs in one background thread
+(:class:`DriftRunner`) for every owned model; Redis I/O stays on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from common import keys
+from common.redis import REDIS_FAILED, connect
+from monitors.cohorts import CohortGuard
+from monitors.collector import QualityCollector
+from monitors.drift.metrics import DriftMetrics
+from monitors.drift.runner import DriftRunner
+from monitors.fleet.drift_state import DriftStates
+from monitors.fleet.lease import Leases, fair_share
+from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.owned import OwnedModel
+from monitors.fleet.settings import MonitorSettings
+from monitors.window import WindowStore
+
+log = logging.getLogger(__name__)
+
+
+def default_monitor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class MonitorProcess:
+    def __init__(self, settings: MonitorSettings, *, registry: CollectorRegistry | None = None) -> None:
+        if settings.redis_url is None:
+            raise ValueError("the monitor needs VAI_REDIS_URL (the Redis its sidecars publish to)")
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        # Blocking reads wait up to 0.5 s, so the socket timeout must be longer than that.
+        self.redis: Redis = connect(settings.redis_url, timeout_s=max(settings.redis_timeout_s, 2.0))
+        self.leases = Leases(
+            self.redis,
+            owner=settings.monitor_id or default_monitor_id(),
+            ttl_ms=int(settings.monitor_lease_ttl_s * 1000),
+        )
+        self.metrics = MonitorMetrics(self.registry)
+        self.drift_metrics = DriftMetrics(registry=self.registry)
+        self.windows = WindowStore(
+            guard=CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values),
+            horizon_s=settings.calibration_window_s,
+            max_items=settings.calibration_window_max,
+        )
+        QualityCollector(store=self.windows, registry=self.registry)
+        self.states = DriftStates(self.redis, self.leases, config=settings.drift, metrics=self.drift_metrics)
+        self.runner = DriftRunner(max_batch_events=500, math_threads=settings.drift_threads)
+        self.owned: dict[str, OwnedModel] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    @property
+    def owner(self) -> str:
+        return self.leases.owner
+
+    async def start(self) -> None:
+        self.runner.start()
+        self._task = asyncio.create_task(self._loop(), name="monitor-leases")
+
+    async def stop(self) -> None:
+        """Give every model back at once (another monitor takes it without waiting for the TTL)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for model in list(self.owned):
+            await self._drop(model, release=True)
+        try:
+            async with asyncio.timeout(2.0):
+                await self.leases.leave()
+        except (TimeoutError, *REDIS_FAILED):
+            pass
+        self.runner.stop()
+        await self.redis.aclose()
+
+    async def _loop(self) -> None:
+        period = self.settings.monitor_lease_ttl_s / 3
+        while True:
+            try:
+                await self.tick()
+            except REDIS_FAILED as error:
+                if not self._failing:
+                    log.warning("monitor %s: redis failed (%s); retrying", self.owner, type(error).__name__)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("monitor %s: redis is back", self.owner)
+                self._failing = False
+            await asyncio.sleep(period)
+
+    async def tick(self) -> None:
+        """One round of membership, lease renewal, hand-back and taking."""
+        alive = await self.leases.heartbeat()
+        self.metrics.members.set(alive)
+        for model in list(self.owned):
+            if not await self.leases.renew(model):
+                log.warning("monitor %s lost the lease of %s", self.owner, model)
+                await self._drop(model, release=False)
+        models = sorted(m.decode() for m in await self.redis.smembers(keys.MONITORED_MODELS))
+        share = fair_share(len(models), alive)
+        if len(self.owned) > share:
+            await self._drop(sorted(self.owned)[-1], release=True)
+            return
+        for model in models:
+            if len(self.owned) >= share:
+                break
+            if model not in self.owned and await self.leases.acquire(model):
+                await self._take(model)
+
+    async def _take(self, model: str) -> None:
+        owned = OwnedModel(
+            model,
+            redis=self.redis,
+            leases=self.leases,
+            states=self.states,
+            runner=self.runner,
+            windows=self.windows,
+            metrics=self.metrics,
+            settings=self.settings,
+            skipped=self.drift_metrics.skipped(model),
+        )
+        try:
+            await owned.start()
+        except BaseException:
+            await owned.stop()
+            await self.leases.release(model)
+            raise
+        self.owned[model] = owned
+        log.info("monitor %s owns %s", self.owner, model)
+
+    async def _drop(self, model: str, *, release: bool) -> None:
+        owned = self.owned.pop(model)
+        await owned.stop()
+        self.drift_metrics.forget(model)
+        self.metrics.forget(model)
+        if release:
+            with contextlib.suppress(REDIS_FAILED):
+                await self.leases.release(model)
+        log.info("monitor %s no longer owns %s", self.owner, model)

@@ -1,0 +1,99 @@
+"""Uploaded drift references: checked on the sidecar, stored in Redis, calibrated on by the owning monitor.
+
+The sidecar that receives ``PUT /v1/models/{model}/reference`` checks the arrays and stores them
+here with a fresh id; the model's owning monitor sees the new id and calibrates on it (the
+sidecar never loads the detectors). Arrays are raw little-endian bytes with their shapes; no pickle.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from redis.asyncio import Redis
+
+from common import keys
+from monitors.drift.reference import Reference
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReference:
+    id: str
+    reference: Reference
+
+
+def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
+    """A drift reference from uploaded arrays; raises ``ValueError`` whose message starts with the field."""
+    x = _matrix(embeddings, "embeddings")
+    if probabilities is None:
+        return Reference(
+            predicted=np.zeros(len(x), dtype=np.int64), confidence=np.ones(len(x)), embeddings=x, has_outputs=False
+        )
+    p = _matrix(probabilities, "probabilities").astype(np.float64)
+    if len(p) != len(x):
+        raise ValueError(f"probabilities: {len(p)} rows for {len(x)} embeddings")
+    if (p < 0).any() or (p > 1).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError("probabilities: every row must lie in [0, 1] and sum to 1 ± 1e-3")
+    return Reference(predicted=p.argmax(axis=1).astype(np.int64), confidence=p.max(axis=1), embeddings=x)
+
+
+def _matrix(value: Any, field_name: str) -> npt.NDArray[np.float32]:
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ValueError(f"{field_name}: must be a rectangular array of numbers") from None
+    if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
+        raise ValueError(f"{field_name}: need a 2-D array with at least 2 rows, got shape {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{field_name}: every value must be a finite float32")
+    return array
+
+
+class ReferenceStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def put(self, model: str, reference: Reference) -> str:
+        """Store ``reference`` as the model's newest; returns its id."""
+        if reference.embeddings is None:
+            raise ValueError("embeddings: a stored reference needs embeddings")
+        reference_id = uuid.uuid4().hex
+        rows, dims = reference.embeddings.shape
+        fields: dict[str, bytes | str | int] = {
+            "id": reference_id,
+            "rows": rows,
+            "dims": dims,
+            "embeddings": np.ascontiguousarray(reference.embeddings, dtype="<f4").tobytes(),
+            "has_outputs": int(reference.has_outputs),
+            "predicted": np.ascontiguousarray(reference.predicted, dtype="<i8").tobytes(),
+            "confidence": np.ascontiguousarray(reference.confidence, dtype="<f8").tobytes(),
+        }
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(keys.drift_reference(model))
+        pipe.hset(keys.drift_reference(model), mapping=fields)  # type: ignore[arg-type]
+        pipe.sadd(keys.MONITORED_MODELS, model)
+        await pipe.execute()
+        return reference_id
+
+    async def latest_id(self, model: str) -> str | None:
+        value = await self._redis.hget(keys.drift_reference(model), "id")
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def get(self, model: str) -> StoredReference | None:
+        raw = await self._redis.hgetall(keys.drift_reference(model))
+        if not raw:
+            return None
+        fields = {k.decode(): v for k, v in raw.items()}
+        rows, dims = int(fields["rows"]), int(fields["dims"])
+        embeddings = np.frombuffer(fields["embeddings"], dtype="<f4").reshape(rows, dims).astype(np.float32)
+        reference = Reference(
+            predicted=np.frombuffer(fields["predicted"], dtype="<i8").astype(np.int64),
+            confidence=np.frombuffer(fields["confidence"], dtype="<f8").astype(np.float64),
+            embeddings=embeddings,
+            has_outputs=fields["has_outputs"] == b"1",
+        )
+        return StoredReference(id=fields["id"].decode(), reference=reference)

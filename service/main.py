@@ -1,0 +1,105 @@
+"""``vai-sidecar serve``: the sidecar, with an embedded Redis and monitor unless told to use external ones."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from common.embedded_redis import EmbeddedRedis, die_with_parent
+from service.app import create_app
+from service.settings import SidecarSettings
+
+log = logging.getLogger("vai_sidecar")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vai-sidecar serve", description=__doc__)
+    parser.add_argument("--host", help="bind address (default VAI_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default VAI_PORT or 8000)")
+    args = parser.parse_args(argv)
+    overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
+    settings = SidecarSettings(**overrides)
+    settings.configure_logging()
+    return serve_forever(settings)
+
+
+def serve_forever(settings: SidecarSettings) -> int:
+    if _refuses_open_bind(settings):
+        return 2
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turning them into SystemExit
+    # lets the embedded Redis below be stopped instead of orphaned.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
+    embedded: EmbeddedRedis | None = None
+    monitor: subprocess.Popen[bytes] | None = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(data_dir=settings.redis_data_dir).start()
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+    try:
+        if settings.monitors_enabled and settings.monitor == "embedded":
+            monitor = start_monitor(settings.redis_url or "")
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+        )
+    finally:
+        if monitor is not None:
+            stop_child(monitor)
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def start_monitor(redis_url: str) -> subprocess.Popen[bytes]:
+    """``vai-sidecar monitor`` as a child on the same Redis (``VAI_MONITOR=embedded``); it dies with us."""
+    env = {**os.environ, "VAI_REDIS_URL": redis_url}
+    command = [sys.executable, "-m", "common.cli", "monitor"]
+    log.info("starting the embedded monitor (metrics on port %s)", env.get("VAI_MONITOR_METRICS_PORT", "8002"))
+    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+
+
+def stop_child(process: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _refuses_open_bind(settings: SidecarSettings) -> bool:
+    if settings.auth_enabled or _is_loopback(settings.host):
+        return False
+    log.error(
+        "refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS or bind 127.0.0.1",
+        settings.host,
+    )
+    return True
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
