@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,3 +49,43 @@ def redis_servers_in(directory: Path) -> list[int]:
             except OSError:  # gone, or not ours to read
                 continue
     return found
+
+
+REPO = Path(__file__).parents[1]
+
+
+def role_env(**values: str) -> dict[str, str]:
+    """The environment of a role process: ours without any ``VAI_*``, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
+    env.update({"PYTHONPATH": str(REPO), "VAI_LOG_LEVEL": "warning", **values})
+    return env
+
+
+def start_role(role: str, *args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """``vai-sidecar ROLE ARGS`` as a real process."""
+    return subprocess.Popen([sys.executable, "-m", "common.cli", role, *args], cwd=cwd, env=env)
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout_s: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail at once if ``process`` exits."""
+    import httpx
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited with {process.returncode}")
+        try:
+            return httpx.get(url, timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout_s=timeout_s, what=f"{url} to answer", interval_s=0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 20.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

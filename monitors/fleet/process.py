@@ -43,8 +43,8 @@ class MonitorProcess:
             raise ValueError("the monitor needs VAI_REDIS_URL (the Redis its sidecars publish to)")
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        # Blocking reads wait up to 0.5 s, so the socket timeout must be longer than that.
-        self.redis: Redis = connect(settings.redis_url, timeout_s=max(settings.redis_timeout_s, 2.0))
+        # Blocking reads wait up to 0.5 s; on a busy host a short socket timeout would cut them off.
+        self.redis: Redis = connect(settings.redis_url, timeout_s=max(settings.redis_timeout_s, 5.0))
         self.leases = Leases(
             self.redis,
             owner=settings.monitor_id or default_monitor_id(),

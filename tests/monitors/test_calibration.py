@@ -14,7 +14,6 @@ from monitors.calibration import (
     compute_calibration,
 )
 from monitors.records import LabelledPrediction
-from monitors.reliability_plot import render_reliability_png
 
 # Worked by hand with bins (k/15, (k+1)/15]:
 #   0.95 -> bin 14: 2 events, 1 right: accuracy 0.5, confidence 0.95, gap 0.45
@@ -158,10 +157,3 @@ def test_records_brier_uses_only_events_with_vectors() -> None:
     assert report.count == 3
     assert report.brier_count == 2
     assert report.brier_score == pytest.approx(0.5)
-
-
-def test_reliability_png() -> None:
-    report = compute_calibration(confidence=HAND_CONFIDENCE, predicted=HAND_PREDICTED, labels=HAND_LABELS)
-    png = render_reliability_png(report, title="digits v1")
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    assert len(png) > 5_000

@@ -1,0 +1,179 @@
+"""PNG pictures of attributions: an image with its signed map, or a signed bar chart of tabular features.
+
+Signs keep one meaning in both pictures: blue is positive (the feature raises the explained
+class's score), orange negative. The map's palette is centred at 0 and symmetric, so white
+always means "no attribution" and equal magnitudes look equally strong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from PIL import Image
+
+from service.images._canvas import (
+    AXIS,
+    BLUE,
+    DIVERGING,
+    GREY,
+    GRID,
+    INK,
+    MUTED,
+    VERMILION,
+    Canvas,
+    ImageDataError,
+    NothingToDraw,
+    colourise,
+    nice_ticks,
+    number,
+)
+
+PANEL_PX = 240
+"""Side of each picture panel: an 8x8 input is drawn as 30-pixel blocks."""
+_MARGIN = 20
+_GAP = 28
+_BAR_WIDTH = 720
+_ROW = 24
+
+
+def render_image_heatmap(image: ArrayLike, attribution: ArrayLike, *, title: str) -> bytes:
+    """PNG of a 2-D ``image`` (grey), its same-shaped ``attribution`` and the map over the image.
+
+    The map uses a diverging palette centred at 0 (colour bar with its range). Small inputs are
+    enlarged in whole blocks so every pixel stays visible; large ones are shrunk to the panel.
+    """
+    pixels = np.asarray(image, dtype=np.float64)
+    values = np.asarray(attribution, dtype=np.float64)
+    if pixels.ndim != 2 or pixels.shape != values.shape:
+        raise ImageDataError(f"need a 2-D image and a map of the same shape, got {pixels.shape} and {values.shape}")
+    if values.size == 0:
+        raise NothingToDraw(f"the map is empty (shape {values.shape}): nothing to draw")
+    if not np.isfinite(values).all():
+        raise ImageDataError(f"attribution has {int((~np.isfinite(values)).sum())} non-finite values")
+    limit = float(np.abs(values).max()) or 1.0
+    grey = _grey(pixels)
+    mapped = colourise(values, limit)
+    opacity = (np.abs(values) / limit)[..., None] * 0.85
+    overlay = np.rint(grey[..., None] * (1.0 - opacity) + mapped * opacity).astype(np.uint8)
+    panels = [
+        ("input", np.repeat(grey[..., None], 3, axis=2).astype(np.uint8)),
+        ("attribution", mapped),
+        ("attribution over input", overlay),
+    ]
+    width = 2 * _MARGIN + 3 * PANEL_PX + 2 * _GAP + 110
+    canvas = Canvas(width, 84 + PANEL_PX + 46)
+    canvas.text((_MARGIN, 18), canvas.fitted(title, width - 2 * _MARGIN, size=17), size=17)
+    top = 76
+    for index, (caption, rgb) in enumerate(panels):
+        left = _MARGIN + index * (PANEL_PX + _GAP)
+        canvas.text((left + PANEL_PX / 2, top - 10), caption, size=13, fill=MUTED, anchor="ms")
+        _paste_panel(canvas, rgb, left, top)
+    _colour_bar(canvas, _MARGIN + 3 * PANEL_PX + 2 * _GAP + 8, top, values, limit)
+    note = "blue: raises the class score   orange: lowers it   white: no effect"
+    canvas.text((_MARGIN, top + PANEL_PX + 22), note, size=12, fill=MUTED, anchor="lm")
+    return canvas.png()
+
+
+def render_bar_chart(values: ArrayLike, feature_names: Sequence[str], *, title: str, top_k: int = 10) -> bytes:
+    """PNG of the ``top_k`` features by |value| as signed horizontal bars, largest at the top."""
+    scores = np.asarray(values, dtype=np.float64)
+    if scores.ndim != 1 or len(scores) != len(feature_names) or top_k < 1:
+        raise ImageDataError(
+            f"need one value per feature name and top_k >= 1, got {scores.shape}, {len(feature_names)} names, {top_k}"
+        )
+    if scores.size == 0:
+        raise NothingToDraw("no feature values: nothing to draw")
+    if not np.isfinite(scores).all():
+        raise ImageDataError(f"attribution has {int((~np.isfinite(scores)).sum())} non-finite values")
+    chosen = np.argsort(-np.abs(scores), kind="stable")[:top_k]
+    shown = scores[chosen]
+    names = [str(feature_names[index]) for index in chosen]
+    top = 70
+    canvas = Canvas(_BAR_WIDTH, top + _ROW * len(chosen) + 74)
+    canvas.text((_MARGIN, 18), canvas.fitted(title, _BAR_WIDTH - 2 * _MARGIN, size=17), size=17)
+    subtitle = f"top {len(chosen)} of {scores.size} features by |attribution|"
+    canvas.text((_MARGIN, 44), subtitle, size=12, fill=MUTED)
+    label_px = min(220.0, max(canvas.text_width(name, size=13) for name in names))
+    plot_left = _MARGIN + label_px + 14
+    low, high = min(0.0, float(shown.min())), max(0.0, float(shown.max()))
+    if low == high:
+        high = 1.0
+    inner_left = plot_left + (58 if low < 0 else 4)
+    inner_right = _BAR_WIDTH - _MARGIN - (58 if high > 0 else 4)
+
+    def x_of(value: float) -> float:
+        return inner_left + (value - low) / (high - low) * (inner_right - inner_left)
+
+    bottom = top + _ROW * len(chosen)
+    _bar_axis(canvas, x_of, (low, high), top, bottom)
+    for row, (name, value) in enumerate(zip(names, shown, strict=True)):
+        middle = top + _ROW * row + _ROW / 2
+        canvas.text((plot_left - 14, middle), canvas.fitted(name, label_px, size=13), size=13, anchor="rm")
+        start, end = sorted((x_of(0.0), x_of(float(value))))
+        colour = BLUE if value >= 0 else VERMILION
+        canvas.draw.rectangle([start, middle - 8, max(end, start + 1), middle + 8], fill=colour)
+        label_x, anchor = (end + 5, "lm") if value >= 0 else (start - 5, "rm")
+        canvas.text((label_x, middle), number(float(value), signed=True), size=11, fill=INK, anchor=anchor)
+    canvas.draw.line([x_of(0.0), top - 4, x_of(0.0), bottom + 4], fill=AXIS, width=1)
+    legend_y = bottom + 44
+    after = canvas.swatch((_MARGIN, legend_y), "raises the class score", fill=BLUE)
+    canvas.swatch((after, legend_y), "lowers it", fill=VERMILION)
+    return canvas.png()
+
+
+def _grey(pixels: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The input scaled to 0..255 (a constant or non-finite input shows mid grey)."""
+    finite = np.where(np.isfinite(pixels), pixels, np.nan)
+    low, high = np.nanmin(finite, initial=np.inf), np.nanmax(finite, initial=-np.inf)
+    if not np.isfinite(low) or not high > low:
+        return np.full(pixels.shape, 128.0)
+    scaled: NDArray[np.float64] = np.nan_to_num((finite - low) / (high - low) * 255.0, nan=128.0)
+    return scaled
+
+
+def _paste_panel(canvas: Canvas, rgb: NDArray[np.uint8], left: int, top: int) -> None:
+    """``rgb`` fitted into a ``PANEL_PX`` square (whole-block enlargement when it fits) with a frame."""
+    height, width = rgb.shape[:2]
+    longest = max(height, width)
+    if longest <= PANEL_PX:
+        block = PANEL_PX // longest
+        picture = Image.fromarray(np.repeat(np.repeat(rgb, block, axis=0), block, axis=1), mode="RGB")
+    else:
+        size = (max(1, round(width * PANEL_PX / longest)), max(1, round(height * PANEL_PX / longest)))
+        picture = Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.BOX)
+    x = left + (PANEL_PX - picture.width) // 2
+    y = top + (PANEL_PX - picture.height) // 2
+    canvas.image.paste(picture, (x, y))
+    canvas.draw.rectangle([x - 1, y - 1, x + picture.width, y + picture.height], outline=GREY)
+
+
+def _colour_bar(canvas: Canvas, left: int, top: int, values: NDArray[np.float64], limit: float) -> None:
+    """Vertical palette strip, +limit at the top, with min / 0 / max labels and the data's range."""
+    strip = DIVERGING[::-1][:, None, :].repeat(16, axis=1)
+    bar = Image.fromarray(strip, mode="RGB").resize((16, PANEL_PX), Image.Resampling.BILINEAR)
+    canvas.image.paste(bar, (left, top))
+    canvas.draw.rectangle([left - 1, top - 1, left + 16, top + PANEL_PX], outline=GREY)
+    canvas.text((left + 8, top - 10), "attribution", size=12, fill=MUTED, anchor="ms")
+    for y, value in ((top, limit), (top + PANEL_PX / 2, 0.0), (top + PANEL_PX, -limit)):
+        canvas.draw.line([left + 16, y, left + 21, y], fill=AXIS)
+        canvas.text((left + 25, y), number(value, signed=True), size=11, fill=INK, anchor="lm")
+    for value in (float(values.min()), float(values.max())):
+        y = top + PANEL_PX / 2 - value / limit * PANEL_PX / 2
+        canvas.draw.polygon([(left - 2, y), (left - 8, y - 4), (left - 8, y + 4)], fill=INK)
+    canvas.text((left + 8, top + PANEL_PX + 16), "data range", size=10, fill=MUTED, anchor="mm")
+    data_range = f"{number(float(values.min()))} .. {number(float(values.max()))}"
+    canvas.text((left + 8, top + PANEL_PX + 30), data_range, size=10, fill=MUTED, anchor="mm")
+
+
+def _bar_axis(canvas: Canvas, x_of: Callable[[float], float], span: tuple[float, float], top: int, bottom: int) -> None:
+    """Vertical grid lines, the axis line under the bars (all of ``span``), tick labels and the caption."""
+    for tick in nice_ticks(*span):
+        x = x_of(tick)
+        canvas.draw.line([x, top - 4, x, bottom], fill=GRID)
+        canvas.draw.line([x, bottom, x, bottom + 4], fill=AXIS)
+        canvas.text((x, bottom + 7), number(tick), size=11, fill=MUTED, anchor="mt")
+    left, right = x_of(span[0]), x_of(span[1])
+    canvas.draw.line([left, bottom, right, bottom], fill=AXIS)
+    canvas.text(((left + right) / 2, bottom + 24), "attribution", size=11, fill=MUTED, anchor="mt")
