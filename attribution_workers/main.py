@@ -1,26 +1,33 @@
-"""``vai-sidecar worker``: build the runtimes from settings and work until SIGTERM."""
+"""``vai-sidecar worker``: build the runtimes from settings and work until SIGTERM.
+
+Exit status: 0 after SIGTERM/SIGINT; :data:`~attribution_workers.bounded.EXIT_TIMED_OUT` (3) when a
+batch overran ``VAI_WORKER_JOB_TIMEOUT_S`` (its entries stay pending for the restarted worker). A Redis
+outage does not end the worker: it waits for Redis, also at start.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
+from attribution_workers.bounded import EXIT_TIMED_OUT, WorkTimedOut
 from attribution_workers.config import attribution_configs
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
+from attribution_workers.settings import WorkerSettings
 from attribution_workers.worker import AttributionWorker, default_consumer
 from common.redis import connect
 from sampler.explanations import ExplanationStore
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def build_runtimes(settings: Settings) -> dict[str, ModelRuntime]:
+def build_runtimes(settings: WorkerSettings) -> dict[str, ModelRuntime]:
     configs = attribution_configs(settings.models)
     if not configs:
         raise SystemExit("no model has an [models.NAME.attribution] section in VAI_CONFIG_FILE")
@@ -28,7 +35,11 @@ def build_runtimes(settings: Settings) -> dict[str, ModelRuntime]:
 
 
 def make_worker(
-    settings: Settings, runtimes: dict[str, ModelRuntime], registry: CollectorRegistry, *, redis_timeout_s: float = 10.0
+    settings: WorkerSettings,
+    runtimes: dict[str, ModelRuntime],
+    registry: CollectorRegistry,
+    *,
+    redis_timeout_s: float = 10.0,
 ) -> AttributionWorker:
     if settings.redis_url is None:
         raise SystemExit(
@@ -52,7 +63,7 @@ def make_worker(
     )
 
 
-def run_worker(settings: Settings) -> int:
+def run_worker(settings: WorkerSettings) -> int:
     if settings.worker_torch_threads:
         torch.set_num_threads(settings.worker_torch_threads)
     registry = CollectorRegistry()
@@ -68,7 +79,12 @@ def run_worker(settings: Settings) -> int:
             runtime.model.device,
             ", ".join(runtime.methods),
         )
-    asyncio.run(_work(worker))
+    try:
+        asyncio.run(_work(worker))
+    except WorkTimedOut as error:
+        log.critical("%s: exiting with status %d for the supervisor to restart the worker", error, EXIT_TIMED_OUT)
+        logging.shutdown()
+        os._exit(EXIT_TIMED_OUT)  # not sys.exit: the interpreter would wait for the hung thread
     return 0
 
 
@@ -79,3 +95,16 @@ async def _work(worker: AttributionWorker) -> None:
         loop.add_signal_handler(signum, stop.set)
     await worker.run(stop)
     log.info("worker %s stopped after %d explanations", worker.consumer, worker.processed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vai-sidecar worker [--metrics-port N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="vai-sidecar worker", description="Explain sampled events with Captum.")
+    parser.add_argument("--metrics-port", type=int, dest="worker_metrics_port", help="port of the worker's /metrics")
+    args = parser.parse_args(argv)
+    overrides = {} if args.worker_metrics_port is None else {"worker_metrics_port": args.worker_metrics_port}
+    settings = WorkerSettings(**overrides)
+    settings.configure_logging()
+    return run_worker(settings)

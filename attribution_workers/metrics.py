@@ -59,3 +59,8 @@ class WorkerMetrics:
             ["model", "method"],
             registry=registry,
         )
+        self.redis_up = Gauge(
+            "vai_worker_redis_up",
+            "1 while the worker's Redis calls succeed, 0 during an outage (the worker waits it out).",
+            registry=registry,
+        )

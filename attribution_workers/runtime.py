@@ -1,4 +1,9 @@
-"""One model ready to explain sampled events: blocking torch work, called from a worker thread."""
+"""One model ready to explain sampled events: blocking torch work, called from a worker thread.
+
+Calls are serialised by a lock. A call that overruns the worker's deadline keeps the lock until it
+returns, which may be never, so the worker ends its process rather than wait for it
+(see :mod:`attribution_workers.worker`).
+"""
 
 from __future__ import annotations
 
@@ -235,6 +240,7 @@ class ModelRuntime:
             agreement=agreement_value if agreement_value is None or math.isfinite(agreement_value) else None,
             input=event.input if self.config.store_inputs else None,
             explained_at=now,
+            feature_names=self.config.feature_names,
         )
         return ExplanationRecord(summary=summary, detail=detail)
 

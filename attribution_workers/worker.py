@@ -6,7 +6,26 @@ deleted) only after its result is stored; storing is idempotent by
 ``XAUTOCLAIM`` once it has been idle ``retry_after_ms`` (also how the entries of a
 dead consumer come back); after ``max_deliveries`` it moves to the dead-letter
 stream with its error. Entries that do not decode, or can never be explained,
-go there at once, unexecuted.
+go there at once, unexecuted, and so do entries delivered more than
+``max_deliveries`` times (their worker died or timed out on each).
+
+Redis outages: a failed Redis call pauses the loop with capped exponential
+backoff (0.1 s doubling to 5 s, jittered), logged once per outage and once on
+recovery (``vai_worker_redis_up``); the worker also starts while Redis is
+unreachable, and recreates its consumer groups when Redis comes back empty.
+
+Timeouts: a thread cannot be stopped, so a batch that overruns
+``job_timeout_s`` ends the process. (The alternative, a long-lived child process
+per model that the worker kills and restarts, would add a second process protocol
+and copy every batch and result across it, for a rare event a supervisor already
+handles.) On a timeout, entries that have had their ``max_deliveries`` are
+dead-lettered, the others stay pending, the heartbeat is removed, and
+:class:`~attribution_workers.bounded.WorkTimedOut` reaches ``vai-sidecar worker``,
+which exits with
+:data:`~attribution_workers.bounded.EXIT_TIMED_OUT` for its supervisor to restart
+it. The restarted worker reclaims the entries with ``XAUTOCLAIM``, counting the
+delivery, so a batch that always hangs ends in the dead-letter stream. The
+randomisation sanity check has the same deadline.
 """
 
 from __future__ import annotations
@@ -18,29 +37,23 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import NoReturn
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
+from attribution_workers.bounded import WorkTimedOut, run_bounded
+from attribution_workers.consumer import Delivery, GroupConsumer
 from attribution_workers.metrics import WorkerMetrics
+from attribution_workers.reconnect import RedisOutage
 from attribution_workers.runtime import BatchResult, ModelRuntime, Outcome
 from common import keys
+from common.redis import REDIS_FAILED
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanations import ExplanationStore, SanityFigure
 
 log = logging.getLogger(__name__)
-Fields = dict[bytes, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    entry_id: bytes
-    fields: Fields | None
-    """None when the entry was trimmed from the stream while pending."""
-    deliveries: int
+__all__ = ["AttributionWorker", "Delivery", "default_consumer"]
 
 
 def default_consumer() -> str:
@@ -68,125 +81,79 @@ class AttributionWorker:
         self._runtimes = dict(runtimes)
         self._metrics = metrics
         self.consumer = consumer
-        self._batch_size = batch_size
-        self._block_ms = block_ms
         self._job_timeout_s = job_timeout_s
         self._max_deliveries = max_deliveries
-        self._retry_after_ms = retry_after_ms
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._streams = {keys.sample_stream(model): model for model in self._runtimes}
+        self._consumer = GroupConsumer(
+            redis,
+            self._streams,
+            consumer=consumer,
+            batch_size=batch_size,
+            block_ms=block_ms,
+            retry_after_ms=retry_after_ms,
+            max_deliveries=max_deliveries,
+        )
         self.processed = 0
+        self._outage = RedisOutage(metrics.redis_up)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set; the batch in hand is always finished first."""
-        await self.ensure_groups()
+        """Work until ``stop`` is set; the batch in hand is always finished first.
+
+        Redis outages are waited out; :class:`WorkTimedOut` ends the run (see the module docstring).
+        """
         heartbeat = asyncio.create_task(self._heartbeat(stop), name="heartbeat")
         try:
-            while not stop.is_set():
-                await self.step()
+            await self._work(stop)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await self._redis.delete(keys.worker_heartbeat(self.consumer))
+            with contextlib.suppress(*REDIS_FAILED):
+                await self._redis.delete(keys.worker_heartbeat(self.consumer))
+
+    async def _work(self, stop: asyncio.Event) -> None:
+        grouped = False
+        while not stop.is_set():
+            try:
+                if not grouped:
+                    await self.ensure_groups()
+                    grouped = True
+                await self.step()
+            except REDIS_FAILED as error:
+                await _pause(stop, self._outage.failed(error))
+            else:
+                self._outage.succeeded()
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
     async def ensure_groups(self) -> None:
         """Create the consumer group of every stream (at 0, so nothing already queued is missed)."""
-        for stream in self._streams:
-            try:
-                await self._redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
-            except ResponseError as error:
-                if "BUSYGROUP" not in str(error):
-                    raise
+        await self._consumer.ensure_groups()
 
     async def step(self) -> int:
         """Reclaim idle entries, read new ones, and process them; returns how many were handled."""
         handled = 0
         for stream, model in self._streams.items():
-            claimed = await self._claim_idle(stream)
+            claimed = await self._consumer.claim_idle(stream)
             if claimed:
                 await self._process(model, stream, claimed)
                 handled += len(claimed)
-        for stream, deliveries in (await self._read_new()).items():
+        for stream, deliveries in (await self._consumer.read_new()).items():
             await self._process(self._streams[stream], stream, deliveries)
             handled += len(deliveries)
         return handled
-
-    async def _read_new(self) -> dict[str, list[Delivery]]:
-        response: Any
-        try:
-            response = await self._redis.xreadgroup(
-                keys.CONSUMER_GROUP,
-                self.consumer,
-                {s: ">" for s in self._streams},
-                count=self._batch_size,
-                block=self._block_ms,
-            )
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            log.warning("consumer group missing (Redis restarted empty?); recreating at 0")
-            await self.ensure_groups()
-            return {}
-        found: dict[str, list[Delivery]] = {}
-        for stream, entries in response or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            found[name] = [Delivery(entry_id, fields or None, 1) for entry_id, fields in entries]
-        return found
-
-    async def _claim_idle(self, stream: str) -> list[Delivery]:
-        try:
-            _, entries, *deleted = await self._redis.xautoclaim(
-                stream,
-                keys.CONSUMER_GROUP,
-                self.consumer,
-                min_idle_time=self._retry_after_ms,
-                start_id="0-0",
-                count=self._batch_size,
-            )
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            await self.ensure_groups()
-            return []
-        gone_ids: list[bytes] = list(deleted[0]) if deleted else []
-        live = [(entry_id, fields) for entry_id, fields in entries if entry_id is not None and fields]
-        if len(live) < len(entries):  # Redis < 7 reports trimmed entries without their ids
-            gone_ids += await self._vanished(stream)
-        gone = [Delivery(entry_id, None, 0) for entry_id in gone_ids]
-        if not live:
-            return gone
-        counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in live])
-        return gone + [
-            Delivery(entry_id, fields, counts.get(entry_id, self._max_deliveries)) for entry_id, fields in live
-        ]
-
-    async def _vanished(self, stream: str) -> list[bytes]:
-        """Ids pending on this consumer whose entries are no longer in the stream."""
-        pending: list[dict[str, Any]] = await self._redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min="-", max="+", count=self._batch_size * 4, consumername=self.consumer
-        )
-        ids = [item["message_id"] for item in pending]
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.xrange(stream, entry_id, entry_id, count=1)
-        return [entry_id for entry_id, found in zip(ids, await pipe.execute(), strict=True) if not found]
-
-    async def _delivery_counts(self, stream: str, entry_ids: list[bytes]) -> dict[bytes, int]:
-        pending: list[dict[str, Any]] = await self._redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min=entry_ids[0], max=entry_ids[-1], count=len(entry_ids) * 4 + 16
-        )
-        return {item["message_id"]: int(item["times_delivered"]) for item in pending}
 
     async def _process(self, model: str, stream: str, deliveries: list[Delivery]) -> None:
         events: list[tuple[Delivery, SampledEvent]] = []
         for delivery in deliveries:
             if delivery.fields is None:  # trimmed by MAXLEN while pending: nothing left to explain
                 self._metrics.explanations.labels(model, "-", "trimmed").inc()
-                await self._finish(stream, delivery.entry_id)
+                await self._consumer.finish(stream, delivery.entry_id)
+                continue
+            if delivery.deliveries > self._max_deliveries:  # its worker died or timed out each time
+                await self._dead_letter(model, stream, delivery, f"no result after {delivery.deliveries} deliveries")
                 continue
             try:
                 events.append((delivery, SampledEvent.decode(delivery.fields)))
@@ -196,17 +163,26 @@ class AttributionWorker:
             return
         self._metrics.batch_size.observe(len(events))
         runtime = self._runtimes[model]
+        batch = [e for _, e in events]
         try:
-            result = await asyncio.wait_for(
-                asyncio.to_thread(runtime.explain, [e for _, e in events]), timeout=self._job_timeout_s
+            result = await run_bounded(
+                lambda: runtime.explain(batch), timeout_s=self._job_timeout_s, name=f"explain-{model}"
             )
         except TimeoutError:
-            log.error("batch of %d %s events timed out after %.0f s", len(events), model, self._job_timeout_s)
-            await self._retry_or_give_up(model, stream, [d for d, _ in events], "attribution timed out")
-            return
+            await self._timed_out(model, stream, [d for d, _ in events])
         await self._settle(model, stream, events, result)
         if runtime.sanity_due():
             await self._sanity(model, runtime)
+
+    async def _timed_out(self, model: str, stream: str, deliveries: list[Delivery]) -> NoReturn:
+        """Give up on the entries that had their last delivery, leave the others pending, end the run."""
+        message = f"batch of {len(deliveries)} {model} events timed out after {self._job_timeout_s:g} s"
+        log.error("%s; the worker must restart to free the model", message)
+        try:
+            await self._retry_or_give_up(model, stream, deliveries, "attribution timed out")
+        except REDIS_FAILED:
+            log.exception("could not record the timed-out batch; its entries stay pending")
+        raise WorkTimedOut(message)
 
     async def _settle(
         self, model: str, stream: str, events: list[tuple[Delivery, SampledEvent]], result: BatchResult
@@ -230,7 +206,7 @@ class AttributionWorker:
                 self._metrics.explanations.labels(model, method, status).inc()
             if stored:
                 self._metrics.lag.labels(model).observe(max(0.0, time.time() - summary.timestamp))
-            await self._finish(stream, delivery.entry_id)
+            await self._consumer.finish(stream, delivery.entry_id)
             self.processed += 1
             return
         error = outcome.record.detail.error or "unknown error"
@@ -256,33 +232,16 @@ class AttributionWorker:
                 )
 
     async def _dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> None:
-        fields: dict[bytes, bytes] = dict(delivery.fields or {})
-        fields.update(
-            {
-                b"error": error.encode()[:4000],
-                b"source_id": delivery.entry_id,
-                b"deliveries": str(delivery.deliveries).encode(),
-                b"consumer": self.consumer.encode(),
-            }
-        )
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(keys.dead_letter_stream(model), fields)  # type: ignore[arg-type]
-        pipe.xack(stream, keys.CONSUMER_GROUP, delivery.entry_id)
-        pipe.xdel(stream, delivery.entry_id)
-        await pipe.execute()
+        await self._consumer.dead_letter(model, stream, delivery, error)
         self._metrics.dead_letters.labels(model).inc()
         self._metrics.explanations.labels(model, "-", "dead").inc()
         log.error("%s entry %s dead-lettered: %s", model, delivery.entry_id.decode(), error)
 
-    async def _finish(self, stream: str, entry_id: bytes) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xack(stream, keys.CONSUMER_GROUP, entry_id)
-        pipe.xdel(stream, entry_id)
-        await pipe.execute()
-
     async def _sanity(self, model: str, runtime: ModelRuntime) -> None:
         try:
-            checks = await asyncio.to_thread(runtime.sanity_check)
+            checks = await run_bounded(runtime.sanity_check, timeout_s=self._job_timeout_s, name=f"sanity-{model}")
+        except TimeoutError:
+            raise WorkTimedOut(f"sanity check of {model} timed out after {self._job_timeout_s:g} s") from None
         except Exception:
             log.exception("randomisation sanity check of %s failed", model)
             return
@@ -309,7 +268,14 @@ class AttributionWorker:
             body = orjson.dumps(
                 {"models": sorted(self._runtimes), "pid": os.getpid(), "processed": self.processed, "at": time.time()}
             )
-            with contextlib.suppress(OSError, ConnectionError):
+            try:
                 await self._redis.set(key, body, ex=self._heartbeat_ttl_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._heartbeat_ttl_s / 3)
+            except REDIS_FAILED as error:  # the work loop reports outages; the heartbeat just tries again
+                log.debug("heartbeat not written: %s: %s", type(error).__name__, error)
+            await _pause(stop, self._heartbeat_ttl_s / 3)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

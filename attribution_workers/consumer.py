@@ -1,0 +1,148 @@
+"""One consumer of the ``attribution`` group on the sample streams: reading, reclaiming, settling entries."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from common import keys
+
+log = logging.getLogger(__name__)
+Fields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    entry_id: bytes
+    fields: Fields | None
+    """None when the entry was trimmed from the stream while pending."""
+    deliveries: int
+
+
+class GroupConsumer:
+    """Stream mechanics of one consumer; what an entry means is the worker's business."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        streams: Iterable[str],
+        *,
+        consumer: str,
+        batch_size: int,
+        block_ms: int,
+        retry_after_ms: int,
+        max_deliveries: int,
+    ) -> None:
+        self._redis = redis
+        self._streams = list(streams)
+        self.consumer = consumer
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._retry_after_ms = retry_after_ms
+        self._max_deliveries = max_deliveries
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group of every stream (at 0, so nothing already queued is missed)."""
+        for stream in self._streams:
+            try:
+                await self._redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            except ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+    async def read_new(self) -> dict[str, list[Delivery]]:
+        """New entries of every stream (blocking up to ``block_ms``), by stream."""
+        response: Any
+        try:
+            response = await self._redis.xreadgroup(
+                keys.CONSUMER_GROUP,
+                self.consumer,
+                {s: ">" for s in self._streams},
+                count=self._batch_size,
+                block=self._block_ms,
+            )
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            log.warning("consumer group missing (Redis restarted empty?); recreating at 0")
+            await self.ensure_groups()
+            return {}
+        found: dict[str, list[Delivery]] = {}
+        for stream, entries in response or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            found[name] = [Delivery(entry_id, fields or None, 1) for entry_id, fields in entries]
+        return found
+
+    async def claim_idle(self, stream: str) -> list[Delivery]:
+        """Entries pending longer than ``retry_after_ms`` on any consumer, now ours, with their delivery counts."""
+        try:
+            _, entries, *deleted = await self._redis.xautoclaim(
+                stream,
+                keys.CONSUMER_GROUP,
+                self.consumer,
+                min_idle_time=self._retry_after_ms,
+                start_id="0-0",
+                count=self._batch_size,
+            )
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self.ensure_groups()
+            return []
+        gone_ids: list[bytes] = list(deleted[0]) if deleted else []
+        live = [(entry_id, fields) for entry_id, fields in entries if entry_id is not None and fields]
+        if len(live) < len(entries):  # Redis < 7 reports trimmed entries without their ids
+            gone_ids += await self._vanished(stream)
+        gone = [Delivery(entry_id, None, 0) for entry_id in gone_ids]
+        if not live:
+            return gone
+        counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in live])
+        return gone + [
+            Delivery(entry_id, fields, counts.get(entry_id, self._max_deliveries)) for entry_id, fields in live
+        ]
+
+    async def _vanished(self, stream: str) -> list[bytes]:
+        """Ids pending on this consumer whose entries are no longer in the stream."""
+        pending: list[dict[str, Any]] = await self._redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min="-", max="+", count=self._batch_size * 4, consumername=self.consumer
+        )
+        ids = [item["message_id"] for item in pending]
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+        return [entry_id for entry_id, found in zip(ids, await pipe.execute(), strict=True) if not found]
+
+    async def _delivery_counts(self, stream: str, entry_ids: list[bytes]) -> dict[bytes, int]:
+        pending: list[dict[str, Any]] = await self._redis.xpending_range(
+            stream, keys.CONSUMER_GROUP, min=entry_ids[0], max=entry_ids[-1], count=len(entry_ids) * 4 + 16
+        )
+        return {item["message_id"]: int(item["times_delivered"]) for item in pending}
+
+    async def finish(self, stream: str, entry_id: bytes) -> None:
+        """Acknowledge and delete an entry whose result is stored (or that has nothing left to do)."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xack(stream, keys.CONSUMER_GROUP, entry_id)
+        pipe.xdel(stream, entry_id)
+        await pipe.execute()
+
+    async def dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> None:
+        """Move an entry to the model's dead-letter stream with its error, in one transaction."""
+        fields: dict[bytes, bytes] = dict(delivery.fields or {})
+        fields.update(
+            {
+                b"error": error.encode()[:4000],
+                b"source_id": delivery.entry_id,
+                b"deliveries": str(delivery.deliveries).encode(),
+                b"consumer": self.consumer.encode(),
+            }
+        )
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(keys.dead_letter_stream(model), fields)  # type: ignore[arg-type]
+        pipe.xack(stream, keys.CONSUMER_GROUP, delivery.entry_id)
+        pipe.xdel(stream, delivery.entry_id)
+        await pipe.execute()
