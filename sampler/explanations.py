@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -22,11 +24,14 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from common import keys
+from common.errors import RedisUnavailable
+from common.redis import REDIS_FAILED
 from sampler.contract import InputTensor, SampledEvent
 from sampler.policy import Reason
 
 Status = Literal["queued", "done", "failed"]
 FACETS = ("reason", "cohort", "predicted", "version")
+log = logging.getLogger(__name__)
 
 
 class Fidelity(BaseModel):
@@ -98,6 +103,8 @@ class ExplanationDetail(BaseModel):
     error: str | None = None
     input: InputTensor | None = None
     explained_at: float | None = None
+    feature_names: tuple[str, ...] | None = None
+    """Names of a flat input's features, from the model's attribution config (for the bar chart)."""
 
 
 class ExplanationRecord(BaseModel):
@@ -203,7 +210,8 @@ class ExplanationStore:
         )
 
     async def get(self, model: str, request_id: str) -> ExplanationRecord | None:
-        summary, detail = await self._redis.hmget(keys.explanation(model, request_id), ["summary", "detail"])
+        with _reading():
+            summary, detail = await self._redis.hmget(keys.explanation(model, request_id), ["summary", "detail"])
         if summary is None:
             return None
         return ExplanationRecord(
@@ -218,18 +226,28 @@ class ExplanationStore:
         await pipe.execute()
 
     async def sanity(self, model: str) -> dict[str, SanityFigure]:
-        stored = await self._redis.hgetall(keys.sanity(model))
+        with _reading():
+            stored = await self._redis.hgetall(keys.sanity(model))
         return {
             (method.decode() if isinstance(method, bytes) else method): SanityFigure.model_validate_json(body)
             for method, body in stored.items()
         }
 
     async def models(self) -> list[str]:
-        members = await self._redis.smembers(keys.EXPLAINED_MODELS)
+        with _reading():
+            members = await self._redis.smembers(keys.EXPLAINED_MODELS)
         return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
 
     async def query(self, query: ExplanationQuery) -> ExplanationPage:
         """Newest first, filtered; reads the most selective index and checks the other filters."""
+        with _reading():
+            items = await self._find(query)
+        page, extra = items[: query.limit], items[query.limit :]
+        cursor = (page[-1].timestamp, page[-1].request_id) if extra else None
+        return ExplanationPage(items=page, next_cursor=cursor)
+
+    async def _find(self, query: ExplanationQuery) -> list[ExplanationSummary]:
+        """Up to ``limit + 1`` matching summaries, newest first."""
         index = _primary_index(query)
         upper: float | str = query.until if query.until is not None else "+inf"
         if query.cursor is not None:
@@ -249,9 +267,7 @@ class ExplanationStore:
                     items.append(summary)
             if len(members) < chunk:
                 break
-        page, extra = items[: query.limit], items[query.limit :]
-        cursor = (page[-1].timestamp, page[-1].request_id) if extra else None
-        return ExplanationPage(items=page, next_cursor=cursor)
+        return items
 
     async def _summaries(
         self, model: str, members: list[tuple[bytes, float]], cursor: tuple[float, str] | None
@@ -261,6 +277,16 @@ class ExplanationStore:
         for request_id in wanted:
             pipe.hget(keys.explanation(model, request_id), "summary")
         return [ExplanationSummary.model_validate_json(raw) for raw in await pipe.execute() if raw is not None]
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """Redis failing a read (down, hung past the timeout, refusing) becomes ``RedisUnavailable`` (503)."""
+    try:
+        yield
+    except REDIS_FAILED as error:
+        log.warning("explanations not read: %s", error)
+        raise RedisUnavailable("explanations cannot be read now") from None
 
 
 def _after_cursor(score: float, request_id: str, cursor: tuple[float, str]) -> bool:

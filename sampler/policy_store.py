@@ -2,17 +2,23 @@
 
 Each model's overrides are a hash of field -> JSON value, so two replicas that
 change different fields at once both keep their change (``HSET`` merges).
+A write that Redis fails (down, hung, out of memory) raises ``RedisUnavailable``;
+``load_all`` leaves Redis's own errors to its caller, the periodic refresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from redis.asyncio import Redis
 
 from common import keys
+from common.errors import RedisUnavailable
+from common.redis import REDIS_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +49,22 @@ class PolicyStore:
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(keys.policy(model), mapping={name: json.dumps(value) for name, value in changes.items()})
         pipe.sadd(keys.POLICY_MODELS, model)
-        await pipe.execute()
+        with _writing("sampling policy not stored"):
+            await pipe.execute()
 
     async def clear(self, model: str) -> None:
         """Forget the model's overrides: the config file's policy applies again."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(keys.policy(model))
         pipe.srem(keys.POLICY_MODELS, model)
-        await pipe.execute()
+        with _writing("sampling policy not reset"):
+            await pipe.execute()
+
+
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    try:
+        yield
+    except REDIS_FAILED as error:
+        log.warning("%s: %s", what, error)
+        raise RedisUnavailable(what) from None

@@ -25,6 +25,7 @@ from sampler.metrics import SamplerMetrics
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     event: SampledEvent

@@ -21,6 +21,10 @@ class Sampler:
     ``base`` gives a model's policy before run-time overrides (defaults plus the
     config file). Overrides come from ``PUT /v1/models/{model}/sampling`` and
     from the periodic refresh that reads what other replicas stored.
+
+    Only models with events (``reasons``/``admit``, which the ingest path calls for
+    admitted models) or with overrides hold state here: reading the policy of any
+    other name (``policy``, answered to read tokens) computes it and keeps nothing.
     """
 
     def __init__(
@@ -37,10 +41,10 @@ class Sampler:
         self._buckets: dict[str, TokenBucket] = {}
 
     def policy(self, model: str) -> SamplingPolicy:
+        """The model's effective policy; a model with no state here gets one computed, not stored."""
         policy = self._policies.get(model)
         if policy is None:
             policy = self._base(model).merged(self._overrides.get(model, {}))
-            self._install(model, policy)
         return policy
 
     def preview(self, model: str, changes: Mapping[str, Any]) -> tuple[SamplingPolicy, dict[str, Any]]:
@@ -49,10 +53,20 @@ class Sampler:
         return self._base(model).merged(overrides), overrides
 
     def set_overrides(self, model: str, overrides: Mapping[str, Any]) -> SamplingPolicy:
-        """Replace a model's run-time overrides; raises ``ValidationError`` if they are invalid."""
+        """Replace a model's run-time overrides; raises ``ValidationError`` if they are invalid.
+
+        No overrides for a model without events drops everything held about it.
+        """
         policy = self._base(model).merged(dict(overrides))
-        self._overrides[model] = dict(overrides)
-        self._install(model, policy)
+        if overrides:
+            self._overrides[model] = dict(overrides)
+        else:
+            self._overrides.pop(model, None)
+        if overrides or model in self._seen:
+            self._install(model, policy)
+        else:
+            self._policies.pop(model, None)
+            self._buckets.pop(model, None)
         return policy
 
     def sync_overrides(self, stored: Mapping[str, Mapping[str, Any]]) -> None:
@@ -76,7 +90,7 @@ class Sampler:
         has_input: bool,
     ) -> tuple[Reason, ...]:
         """Why this event should be sampled (empty: it should not). Counts it for ``every_n``."""
-        policy = self.policy(model)
+        policy = self._active(model)
         seen = self._seen[model] = self._seen.get(model, 0) + 1
         if policy.require_input and not has_input:
             return ()
@@ -93,11 +107,19 @@ class Sampler:
 
     def admit(self, model: str) -> bool:
         """Spend one unit of the model's sampling budget, if any is left."""
-        self.policy(model)
+        self._active(model)
         return self._buckets[model].take()
 
     def seen(self, model: str) -> int:
         return self._seen.get(model, 0)
+
+    def _active(self, model: str) -> SamplingPolicy:
+        """The policy of a model with events, its bucket installed on first use."""
+        policy = self._policies.get(model)
+        if policy is None:
+            policy = self.policy(model)
+            self._install(model, policy)
+        return policy
 
     def _install(self, model: str, policy: SamplingPolicy) -> None:
         self._policies[model] = policy

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
-from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep
+from service.auth import Scope
+from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc
 
 router = APIRouter()
+POLICY_BODY_BYTES = 64 * 1024
+"""Largest ``PUT /v1/models/{model}/sampling`` body (100 cohort matchers fit many times over)."""
+PolicyPatchBody = Annotated[
+    SamplingPolicyPatch, json_body(SamplingPolicyPatch, scope=Scope.ADMIN, limit_bytes=POLICY_BODY_BYTES)
+]
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
@@ -24,8 +30,8 @@ async def get_sampling(model: ModelPath, sidecar: SidecarDep) -> SamplingPolicy:
     return sidecar.sampler.policy(model)
 
 
-@router.put("/v1/models/{model}/sampling", dependencies=[AdminScope])
-async def put_sampling(model: ModelPath, patch: SamplingPolicyPatch, sidecar: SidecarDep) -> SamplingPolicy:
+@router.put("/v1/models/{model}/sampling", openapi_extra=json_body_doc(SamplingPolicyPatch))
+async def put_sampling(model: ModelPath, patch: PolicyPatchBody, sidecar: SidecarDep) -> SamplingPolicy:
     return await sidecar.update_policy(model, patch)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,20 +12,22 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
+from common.errors import RedisUnavailable, VaiError
 from service import explanations_api, monitoring_api, ui
 from service.api import router
-from service.errors import SidecarError
 from service.ingest import IngestResult
 from service.ingest_route import INGEST_PATH, IngestRoute
 from service.schemas import openapi_ingest_path
-from service.settings import Settings
+from service.settings import SidecarSettings
 from service.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None = None) -> FastAPI:
     """The application; its lifespan builds the sidecar and runs its background tasks."""
 
     @asynccontextmanager
@@ -46,8 +48,11 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(monitoring_api.router)
     app.include_router(ui.router)
     app.add_middleware(IngestRoute)
-    app.add_exception_handler(SidecarError, _sidecar_error)
+    app.add_exception_handler(VaiError, _vai_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(Exception, _internal_error)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -62,21 +67,45 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     return app
 
 
-async def _sidecar_error(request: Request, error: Exception) -> Response:
-    if not isinstance(error, SidecarError):  # pragma: no cover - registered for SidecarError only
+def _answer(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def _vai_error(request: Request, error: Exception) -> Response:
+    """The one handler of the error family: its status (per instance), body and headers."""
+    if not isinstance(error, VaiError):  # pragma: no cover - registered for VaiError only
         raise error
-    return Response(
-        orjson.dumps(error.body()), status_code=error.status, media_type="application/json", headers=error.headers
-    )
+    return _answer(error.status, error.body(), error.headers)
+
+
+async def _redis_error(request: Request, error: Exception) -> Response:
+    """A Redis failure no route translated: 503, never 500, and never Redis's address."""
+    log.warning("%s %s: redis failed: %s", request.method, request.url.path, error)
+    return await _vai_error(request, RedisUnavailable())
 
 
 async def _validation_error(request: Request, error: Exception) -> Response:
-    """FastAPI's own validation (path, query, small JSON bodies) in our error shape."""
+    """FastAPI's own validation (path, query, small JSON bodies, JSON it cannot decode) in our error shape."""
     if not isinstance(error, RequestValidationError):  # pragma: no cover
         raise error
     first = error.errors()[0]
     where = () if first.get("type") == "json_invalid" else first.get("loc", ())
     location = [str(part) for part in where if part not in ("body", "path", "query")]
     field = ".".join(location) or "body"
-    body = {"error": f"{field}: {first.get('msg', 'invalid')}", "field": field}
-    return Response(orjson.dumps(body), status_code=422, media_type="application/json")
+    return _answer(422, {"error": f"{field}: {first.get('msg', 'invalid')}", "field": field})
+
+
+_HTTP_FIELDS = {400: "body", 404: "path", 405: "method"}
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's and FastAPI's ``HTTPException`` (unknown path, wrong method…) in our error shape."""
+    if not isinstance(error, HTTPException):  # pragma: no cover
+        raise error
+    field = _HTTP_FIELDS.get(error.status_code, "request")
+    return _answer(error.status_code, {"error": f"{field}: {error.detail}", "field": field}, error.headers)
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    """A bug: 500 in the same shape (Starlette logs the error; the connection is closed after it)."""
+    return _answer(500, {"error": "internal error; see the sidecar's log", "field": None})

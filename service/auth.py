@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 import hmac
 
-from service.errors import SidecarError
-from service.settings import Settings
+from common.errors import Forbidden, Unauthorized
+from service.settings import SidecarSettings
 
 
 class Scope(enum.Enum):
@@ -18,7 +18,7 @@ class Scope(enum.Enum):
 class TokenAuth:
     """Admin tokens are accepted for every scope; every comparison is constant-time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: SidecarSettings) -> None:
         admin = _encode(settings.admin_tokens)
         self._tokens = {
             Scope.INGEST: _encode(settings.ingest_tokens) + admin,
@@ -34,20 +34,13 @@ class TokenAuth:
             return
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise SidecarError(
-                401,
-                "authorization: send 'Authorization: Bearer <token>'",
-                field="authorization",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise Unauthorized("authorization: send 'Authorization: Bearer <token>'", field="authorization")
         presented = token.strip().encode()
         if _known(presented, self._tokens[scope]):
             return
         if _known(presented, self._all):
-            raise SidecarError(403, f"authorization: this token may not {scope.value}", field="authorization")
-        raise SidecarError(
-            401, "authorization: unknown token", field="authorization", headers={"WWW-Authenticate": "Bearer"}
-        )
+            raise Forbidden(f"authorization: this token may not {scope.value}", field="authorization")
+        raise Unauthorized("authorization: unknown token", field="authorization")
 
 
 def _encode(tokens: tuple[str, ...]) -> tuple[bytes, ...]:

@@ -12,9 +12,8 @@ import numpy.typing as npt
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from attribution_workers.heatmap import render_bar_chart, render_image_heatmap
+from common.errors import InvalidInput, NotFound
 from sampler.explanations import ExplanationQuery, ExplanationRecord, ExplanationStore, Fidelity, SanityFigure
-from service.errors import SidecarError
 
 
 class AttributionPublic(BaseModel):
@@ -57,11 +56,11 @@ def parse_query(params: dict[str, str], *, default_model: str | None) -> Explana
     }
     values["model"] = params.get("model") or default_model
     if values["model"] is None:
-        raise SidecarError(422, "model: required (several models have explanations)", field="model")
+        raise InvalidInput("model: required (several models have explanations)", field="model")
     if "cohort" in params:
         key, sep, value = params["cohort"].partition(":")
         if not sep or not key or not value:
-            raise SidecarError(422, "cohort: use key:value, e.g. cohort=region:eu", field="cohort")
+            raise InvalidInput("cohort: use key:value, e.g. cohort=region:eu", field="cohort")
         values["cohort"] = (key, value)
     for name in ("since", "until"):
         if name in params:
@@ -73,7 +72,7 @@ def parse_query(params: dict[str, str], *, default_model: str | None) -> Explana
     except ValidationError as error:
         first = error.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "query"
-        raise SidecarError(422, f"{field}: {first['msg']}", field=field) from None
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
 
 
 def encode_cursor(cursor: tuple[float, str] | None) -> str | None:
@@ -87,7 +86,7 @@ def _decode_cursor(text: str) -> tuple[float, str]:
         timestamp, request_id = orjson.loads(base64.urlsafe_b64decode(text.encode()))
         return float(timestamp), str(request_id)
     except (ValueError, TypeError):
-        raise SidecarError(422, "cursor: not a cursor returned by this API", field="cursor") from None
+        raise InvalidInput("cursor: not a cursor returned by this API", field="cursor") from None
 
 
 def _time_param(name: str, text: str) -> float:
@@ -97,12 +96,12 @@ def _time_param(name: str, text: str) -> float:
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            raise SidecarError(422, f"{name}: use epoch seconds or RFC 3339", field=name) from None
+            raise InvalidInput(f"{name}: use epoch seconds or RFC 3339", field=name) from None
         if parsed.tzinfo is None:
-            raise SidecarError(422, f"{name}: needs a UTC offset (RFC 3339)", field=name) from None
+            raise InvalidInput(f"{name}: needs a UTC offset (RFC 3339)", field=name) from None
         value = parsed.timestamp()
     if not math.isfinite(value):
-        raise SidecarError(422, f"{name}: must be finite", field=name)
+        raise InvalidInput(f"{name}: must be finite", field=name)
     return value
 
 
@@ -142,23 +141,37 @@ async def default_model(store: ExplanationStore) -> str | None:
 def render_heatmap(record: ExplanationRecord, method: str, *, feature_names: list[str] | None) -> bytes:
     """PNG of one method's map: over the input for images, a signed bar chart for flat inputs.
 
-    Blocking matplotlib work: call it from a worker thread.
+    Blocking Pillow work: call it from a worker thread. 404 when there is no map to draw,
+    422 naming ``method`` when the stored map cannot be drawn (it does not fit the stored input).
     """
+    from service import images  # Pillow loads with the first picture, not with the sidecar
+
     stored = record.detail.attributions.get(method)
     if stored is None:
         available = ", ".join(record.detail.attributions) or "none yet"
-        raise SidecarError(404, f"method: no {method!r} map for this event (available: {available})", field="method")
+        raise NotFound(f"method: no {method!r} map for this event (available: {available})", field="method")
     values = stored.to_array()
+    if values.size == 0:
+        raise NotFound(f"method: the {method!r} map of this event is empty: nothing to draw", field="method")
     summary = record.summary
     title = f"{summary.model} {summary.request_id}: {method}, class {stored.target}"
-    if values.ndim == 1 or (values.ndim == 2 and values.shape[0] == 1):
-        flat = values.reshape(-1)
-        names = (
-            feature_names if feature_names and len(feature_names) == flat.size else [f"x{i}" for i in range(flat.size)]
-        )
-        return render_bar_chart(flat, names, title=title)
     image = record.detail.input.to_array() if record.detail.input is not None else None
-    return render_image_heatmap(_plane(image, values.shape), _plane(values, values.shape), title=title)
+    flat = values.ndim == 1 or (values.ndim == 2 and values.shape[0] == 1)
+    if not flat and image is not None and image.size != values.size:
+        raise InvalidInput(
+            f"method: the {method!r} map has shape {values.shape}, which does not fit the stored input of shape "
+            f"{image.shape}",
+            field="method",
+        )
+    try:
+        if flat:
+            names = feature_names if feature_names and len(feature_names) == values.size else None
+            return images.render_bar_chart(
+                values.reshape(-1), names or [f"x{i}" for i in range(values.size)], title=title
+            )
+        return images.render_image_heatmap(_plane(image, values.shape), _plane(values, values.shape), title=title)
+    except images.ImageDataError as error:
+        raise InvalidInput(f"method: cannot draw the {method!r} map: {error}", field="method") from None
 
 
 def _plane(array: npt.NDArray[Any] | None, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:

@@ -8,9 +8,9 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from common.errors import NotFound
 from sampler.explanations import ExplanationRecord
 from service.deps import ModelPath, ReadScope, SidecarDep
-from service.errors import SidecarError
 from service.explanations import (
     ExplanationPublic,
     default_model,
@@ -47,8 +47,7 @@ async def get_heatmap(
     method: Annotated[str, Query(min_length=1, max_length=64)],
 ) -> Response:
     record = await _record(sidecar, model, request_id)
-    section = sidecar.settings.models.get(model)
-    names = (section.model_extra or {}).get("feature_names") if section else None
+    names = list(record.detail.feature_names) if record.detail.feature_names else None
     png = await run_in_threadpool(render_heatmap, record, method, feature_names=names)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
@@ -56,8 +55,7 @@ async def get_heatmap(
 async def _record(sidecar: Sidecar, model: str, request_id: str) -> ExplanationRecord:
     record = await sidecar.explanations.get(model, request_id)
     if record is None:
-        raise SidecarError(
-            404,
+        raise NotFound(
             f"request_id: no sampled event {request_id!r} of model {model!r} (never sampled, or past the retention)",
             field="request_id",
         )

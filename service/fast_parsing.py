@@ -41,7 +41,7 @@ class BodyDecoder:
         self._parser = simdjson.Parser()
 
     def decode(self, body: bytes, *, open_brackets: int | None = None) -> list[Decoded]:
-        """Every event of ``body`` in order, decoded or rejected; raises ``SidecarError`` for the envelope.
+        """Every event of ``body`` in order, decoded or rejected; raises ``InvalidInput`` for the envelope.
 
         ``open_brackets``: the body's count of b"[", when a :class:`BracketTally` took it while reading.
         """

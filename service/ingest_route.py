@@ -6,7 +6,7 @@ our 2-core machine class, about as much as decoding and checking an event of
 1,800 numbers. The serving stack waits on this one path, so it is answered
 here, before that machinery; every other path goes on to FastAPI. The layer
 sits inside Starlette's error middleware: a bug still becomes a logged 500,
-and errors keep the one ``SidecarError`` shape. ``service.app`` documents the
+and errors keep the one ``VaiError`` shape. ``service.app`` documents the
 path in the OpenAPI schema.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.errors import MethodNotAllowed, PayloadTooLarge, VaiError
 from service.auth import Scope as AuthScope
 from service.body import collect_body
-from service.errors import SidecarError
 from service.fast_parsing import BracketTally
 from service.sidecar import Sidecar
 
@@ -42,7 +42,7 @@ class IngestRoute:
         headers: dict[str, Any] = {}
         try:
             status, content = 202, await _ingest(sidecar, scope, receive)
-        except SidecarError as error:
+        except VaiError as error:
             status, content, headers = error.status, orjson.dumps(error.body()), error.headers or {}
         except _Disconnected:
             return  # nobody is left to answer
@@ -62,7 +62,7 @@ class IngestRoute:
 
 async def _ingest(sidecar: Sidecar, scope: Scope, receive: Receive) -> bytes:
     if scope["method"] != "POST":
-        raise SidecarError(405, "method: POST only", headers={"Allow": "POST"})
+        raise MethodNotAllowed("method: POST only", field="method", headers={"Allow": "POST"})
     headers = _headers(scope, (b"authorization", b"content-length", b"content-encoding"))
     sidecar.auth.check(headers.get(b"authorization"), AuthScope.INGEST)
     tally = BracketTally()
@@ -74,8 +74,8 @@ async def _ingest(sidecar: Sidecar, scope: Scope, receive: Receive) -> bytes:
             limit_bytes=sidecar.settings.max_body_bytes,
             on_chunk=tally,
         )
-    except SidecarError as error:
-        sidecar.ingest.reject_body("body_too_large" if error.status == 413 else "invalid_body")
+    except VaiError as error:
+        sidecar.ingest.reject_body("body_too_large" if isinstance(error, PayloadTooLarge) else "invalid_body")
         raise
     return sidecar.ingest.ingest(body, open_brackets=tally.count).to_json()
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import msgspec
 
-from service.errors import FieldError, SidecarError
+from common.errors import InvalidInput
+from service.errors import FieldError
 from service.schemas import BatchIn, EventIn, RawBatchIn
 
 _BATCH = msgspec.json.Decoder(BatchIn)
@@ -43,9 +44,9 @@ Decoded = EventIn | Rejected
 
 
 def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
-    """Every event of ``body`` in order, decoded or rejected; raises ``SidecarError`` for the envelope."""
+    """Every event of ``body`` in order, decoded or rejected; raises ``InvalidInput`` for the envelope."""
     if not body.strip():
-        raise SidecarError(422, 'body: empty; send one event object or {"events": [...]}', field="body")
+        raise InvalidInput('body: empty; send one event object or {"events": [...]}', field="body")
     try:
         if not _looks_like_batch(body):
             single = _decode_single(body)
@@ -91,7 +92,7 @@ def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as error:
-        raise SidecarError(422, f"body: not valid JSON: {error}", field="body") from None
+        raise InvalidInput(f"body: not valid JSON: {error}", field="body") from None
     if isinstance(document, dict) and set(document) == {"events"} and isinstance(document["events"], list):
         items: list[Any] = document["events"]
         check_count(len(items), max_batch)
@@ -152,6 +153,6 @@ def _request_id_of(raw: bytes) -> str | None:
 def check_count(count: int, max_batch: int) -> None:
     """Refuses an empty batch or one larger than ``max_batch``."""
     if count == 0:
-        raise SidecarError(422, "events: empty list", field="events")
+        raise InvalidInput("events: empty list", field="events")
     if count > max_batch:
-        raise SidecarError(422, f"events: at most {max_batch} per request, got {count}", field="events")
+        raise InvalidInput(f"events: at most {max_batch} per request, got {count}", field="events")

@@ -10,15 +10,28 @@ into checked arrays.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
 
 MODEL_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-"""What a model name may be, wherever one arrives (events, labels, paths)."""
-ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_PATTERN)]
+"""What a model name may be, wherever one arrives (events, labels, paths), for JSON Schema and pydantic.
+
+Both read ``$`` as the end of the text (pydantic compiles patterns with Rust's regex).
+Python's ``re`` does not: there ``$`` also matches before a final newline, so
+``"nl\\n"`` would pass. Python-side checks use :data:`MODEL_RE` (``\\Z``) instead.
+"""
+MODEL_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+""":data:`MODEL_PATTERN` for Python's ``re`` (msgspec checks ``pattern`` with ``re.search``)."""
+VERSION_PATTERN = r"^[!-~]{1,64}$"
+"""A model version: 1 to 64 visible ASCII characters (no whitespace or control characters)."""
+VERSION_RE = re.compile(r"\A[!-~]{1,64}\Z")
+_JSON_SCHEMA_PATTERNS = {MODEL_RE.pattern: MODEL_PATTERN, VERSION_RE.pattern: VERSION_PATTERN}
+"""msgspec puts the Python spellings in the schemas it writes; clients read JSON Schema (ECMA) ones."""
+ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_RE.pattern)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Version = Annotated[str, msgspec.Meta(pattern=VERSION_RE.pattern)]
 CohortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=8)]
 
@@ -88,6 +101,7 @@ def openapi_ingest_path(answer_type: type) -> tuple[dict[str, Any], dict[str, An
     (one, many, answer), components = msgspec.json.schema_components(
         [Event, Batch, answer_type], ref_template="#/components/schemas/{name}"
     )
+    components = _json_schema_patterns(components)
     error = {"description": "Refused; the body names the field: {error, field, ...}"}
     post = {
         "summary": 'Post one prediction event or {"events": [...]}',
@@ -106,3 +120,15 @@ def openapi_ingest_path(answer_type: type) -> tuple[dict[str, Any], dict[str, An
         },
     }
     return {"post": post}, components
+
+
+def _json_schema_patterns(schema: Any) -> Any:
+    """``schema`` with every Python-only ``pattern`` replaced by its JSON Schema spelling."""
+    if isinstance(schema, dict):
+        return {
+            key: _JSON_SCHEMA_PATTERNS.get(value, value) if key == "pattern" else _json_schema_patterns(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_json_schema_patterns(item) for item in schema]
+    return schema

@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from service.errors import SidecarError
+from common.errors import NotFound
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_SECURITY_POLICY = (
@@ -41,5 +41,5 @@ async def asset(name: str) -> FileResponse:
     """One of the viewer's files; ``no-cache`` still lets the browser revalidate by ETag."""
     media_type = _ASSETS.get(name)
     if media_type is None:
-        raise SidecarError(404, f"name: no viewer file {name!r}", field="name")
+        raise NotFound(f"name: no viewer file {name!r}", field="name")
     return FileResponse(STATIC_DIR / name, media_type=media_type, headers=_HEADERS)

@@ -12,11 +12,11 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from helpers import event, redis_servers_in, wait_until
 from common import keys
-from common.redis import connect
-from sampler.contract import SampledEvent
 from common.embedded_redis import EmbeddedRedis
+from common.redis import connect
+from helpers import event, redis_servers_in, wait_until
+from sampler.contract import SampledEvent
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.queue import QueueWriter

@@ -118,3 +118,36 @@ def test_sync_ignores_invalid_stored_overrides(caplog: pytest.LogCaptureFixture)
     assert sampler.policy("m").every_n == 5
     assert sampler.policy("n").every_n == 2
     assert "invalid stored sampling policy" in caplog.text
+
+
+def _held(sampler: Sampler) -> dict[str, set[str]]:
+    """The models each of the sampler's per-model dicts holds."""
+    return {name: set(getattr(sampler, name)) for name in ("_policies", "_overrides", "_seen", "_buckets")}
+
+
+def test_policy_of_unknown_models_creates_no_state() -> None:
+    sampler = make_sampler(every_n=7)
+    for i in range(2000):
+        assert sampler.policy(f"unknown-{i}").every_n == 7
+    assert sampler.set_overrides("unknown-0", {}).every_n == 7
+    assert _held(sampler) == {name: set() for name in _held(sampler)}
+
+
+def test_models_with_events_or_overrides_keep_their_state() -> None:
+    sampler = make_sampler(every_n=2, confidence_below=None)
+    assert [decide(sampler) for _ in range(2)] == [(), ("every_n",)]
+    assert sampler.admit("m")
+    sampler.set_overrides("tuned", {"every_n": 5})
+    assert sampler.policy("tuned").every_n == 5
+    assert _held(sampler) == {
+        "_policies": {"m", "tuned"},
+        "_overrides": {"tuned"},
+        "_seen": {"m"},
+        "_buckets": {"m", "tuned"},
+    }
+    sampler.set_overrides("m", {})  # a reset keeps the counter of a model with events
+    assert decide(sampler) == ()
+    assert decide(sampler) == ("every_n",)
+    sampler.set_overrides("tuned", {})
+    assert _held(sampler)["_policies"] == {"m"}
+    assert _held(sampler)["_buckets"] == {"m"}

@@ -14,8 +14,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from helpers import event
-from service import cli
-from service.settings import Settings
+from service import main as cli
+from service.settings import SidecarSettings
 
 ClientFactory = Callable[..., TestClient]
 TOKENS = {"ingest_tokens": ("i",), "read_tokens": ("r",), "admin_tokens": ("a",)}
@@ -163,7 +163,7 @@ def uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 )
 @pytest.mark.parametrize("embedded", [pytest.param(False, id="redis-url"), pytest.param(True, id="embedded-redis")])
 def test_cli_refuses_non_loopback_host_with_auth_off(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., SidecarSettings],
     uvicorn_runs: list[str],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -192,7 +192,7 @@ def test_cli_refuses_non_loopback_host_with_auth_off(
     ],
 )
 def test_cli_serves_loopback_or_with_auth_on(
-    make_settings: Callable[..., Settings], uvicorn_runs: list[str], host: str, tokens: dict[str, Any]
+    make_settings: Callable[..., SidecarSettings], uvicorn_runs: list[str], host: str, tokens: dict[str, Any]
 ) -> None:
     assert cli.serve_forever(make_settings(host=host, **tokens)) == 0
     assert uvicorn_runs == [host]

@@ -17,8 +17,8 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from helpers import event
 from common import keys
+from helpers import event
 from sampler.contract import SampledEvent
 
 ClientFactory = Callable[..., TestClient]
@@ -219,12 +219,18 @@ BAD_EVENTS = [
     pytest.param(_event_bytes(model="m" * 65), "model", None, id="model-65-chars"),
     pytest.param(_event_bytes(model=""), "model", None, id="model-empty"),
     pytest.param(_event_bytes(model=7), "model", None, id="model-number"),
+    pytest.param(_event_bytes(model="nl\n"), "model", None, id="model-trailing-newline"),
+    pytest.param(_event_bytes(model="\nnl"), "model", None, id="model-leading-newline"),
+    pytest.param(_event_bytes(model="m" * 64 + "\n"), "model", None, id="model-64-chars-and-newline"),
     pytest.param(_event_bytes(drop=("request_id",)), "request_id", None, id="request-id-missing"),
     pytest.param(_event_bytes(request_id=""), "request_id", None, id="request-id-empty"),
     pytest.param(_event_bytes(request_id="r" * 129), "request_id", None, id="request-id-129-chars"),
     pytest.param(_event_bytes(request_id=12), "request_id", None, id="request-id-number"),
     pytest.param(_event_bytes(model_version=""), "model_version", None, id="model-version-empty"),
     pytest.param(_event_bytes(model_version=2), "model_version", None, id="model-version-number"),
+    pytest.param(_event_bytes(model_version="v1\n"), "model_version", None, id="model-version-trailing-newline"),
+    pytest.param(_event_bytes(model_version="v 1"), "model_version", None, id="model-version-with-space"),
+    pytest.param(_event_bytes(model_version="v" * 65), "model_version", None, id="model-version-65-chars"),
     # Timestamp and label.
     pytest.param(_event_bytes(timestamp="2024-05-01T12:00:00"), "timestamp", None, id="timestamp-without-offset"),
     pytest.param(_event_bytes(timestamp="yesterday"), "timestamp", None, id="timestamp-not-a-date"),
@@ -512,6 +518,24 @@ def test_events_of_a_model_beyond_max_models_are_rejected(make_client: ClientFac
     assert "model" in _names(alone.json())
     assert _rejections(registry) == {"too_many_models": 2.0}
     assert client.get("/status").json()["accepted"] == {"m1": 2, "m2": 1}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"model": "nl\n"}, id="model-trailing-newline"),
+        pytest.param({"model_version": "v1\n"}, id="version-trailing-newline"),
+    ],
+)
+def test_a_name_with_a_trailing_newline_takes_no_model_slot(make_client: ClientFactory, bad: dict[str, str]) -> None:
+    client = make_client(max_models=1)
+    fields = {"model": "nl", **bad}
+    for body in (event("a", **fields), {"events": [event("b", **fields), event("c", **fields)]}):
+        response = client.post("/v1/events", json=body)
+        assert response.status_code == 422, response.text
+        assert next(iter(bad)) in _names(response.json())
+    assert client.post("/v1/events", json=event("d", model="ok")).status_code == 202
+    assert client.get("/status").json()["accepted"] == {"ok": 1}
 
 
 def test_embedding_length_must_stay_the_same_for_a_model(make_client: ClientFactory) -> None:

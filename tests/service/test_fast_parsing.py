@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.errors import VaiError
 from helpers import event
-from service.errors import FieldError, SidecarError
+from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
 from service.parsing import Decoded, Rejected, decode_body
 from service.validation import Prediction, check, predictions
@@ -119,11 +120,11 @@ def test_bodies_the_fast_path_cannot_judge_go_to_the_careful_path(body: bytes) -
     assert decoder.decode_fast(body) is None
     try:
         expected: list[Decoded] | str = decode_body(body, max_batch=MAX_BATCH)
-    except SidecarError as error:
+    except VaiError as error:
         expected = error.message
     try:
         got: list[Decoded] | str = decoder.decode(body)
-    except SidecarError as error:
+    except VaiError as error:
         got = error.message
     if isinstance(expected, str) or isinstance(got, str):
         assert got == expected
@@ -142,7 +143,7 @@ def test_a_parse_kept_alive_by_an_error_does_not_break_the_next_request() -> Non
     """pysimdjson refuses to reuse a parser while proxies of its last document live; an exception's
     traceback can keep them alive, so the decoder must recover rather than fail every later body."""
     decoder = BodyDecoder(max_batch=2)
-    with pytest.raises(SidecarError) as kept:
+    with pytest.raises(VaiError) as kept:
         decoder.decode(_batch(event("a"), event("b"), event("c")))  # too many: raised mid-parse
     assert kept.value.__traceback__ is not None
     decoded = decoder.decode_fast(json.dumps(event("next")).encode())

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import redis
 from fastapi.testclient import TestClient
 
-from helpers import event
 from common import keys
+from helpers import event
 from sampler.contract import SampledEvent
 
 

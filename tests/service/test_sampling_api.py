@@ -14,9 +14,9 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from helpers import event
 from common import keys
-from service.settings import Settings
+from helpers import event
+from service.settings import SidecarSettings
 
 ClientFactory = Callable[..., TestClient]
 DEFAULTS: dict[str, Any] = {
@@ -143,6 +143,8 @@ def test_invalid_put_is_422_naming_the_field_and_changes_nothing(
         pytest.param("/v1/models/" + "m" * 65 + "/sampling", 422, id="model-65-chars"),
         pytest.param("/v1/models/bad%20name/sampling", 422, id="model-with-space"),
         pytest.param("/v1/models/a%2Fb/sampling", 404, id="model-with-slash"),
+        pytest.param("/v1/models/nl%0A/sampling", 422, id="model-trailing-newline"),
+        pytest.param("/v1/models/%0Anl/sampling", 422, id="model-leading-newline"),
     ],
 )
 def test_bad_model_in_path_is_refused(client: TestClient, path: str, status: int) -> None:
@@ -253,7 +255,7 @@ def test_run_time_changes_layer_over_the_config_file(digits_every_3: TestClient)
     ],
 )
 def test_invalid_per_model_sampling_in_config_is_refused_at_start(
-    make_settings: Callable[..., Settings], section: dict[str, Any]
+    make_settings: Callable[..., SidecarSettings], section: dict[str, Any]
 ) -> None:
     """A bad ``[models.NAME.sampling]`` must fail loading settings, not the first event of that model."""
     with pytest.raises(ValidationError, match=next(iter(section))):
@@ -271,3 +273,17 @@ def test_unreadable_policy_in_redis_is_ignored(make_client: ClientFactory, redis
     assert client.get(PATH).json() == {**DEFAULTS, "every_n": 9}
     assert client.get("/v1/models/broken/sampling").json() == DEFAULTS
     assert client.post("/v1/events", json=event("ok")).status_code == 202
+
+
+def test_reading_policies_of_unknown_models_keeps_no_state(client: TestClient) -> None:
+    """A read token must not be able to grow the sidecar's memory one model name at a time."""
+    sampler = client.app.state.sidecar.sampler  # type: ignore[attr-defined]
+    for i in range(2000):
+        response = client.get(f"/v1/models/unknown-{i}/sampling")
+        assert response.status_code == 200
+        assert response.json() == DEFAULTS
+    assert client.delete("/v1/models/unknown-0/sampling").json() == DEFAULTS
+    held = {name: getattr(sampler, name) for name in ("_policies", "_overrides", "_seen", "_buckets")}
+    assert held == {name: {} for name in held}
+    assert _sampled(client, event("r1", logits=[1.0, 1.0, 1.0])) == [("r1", ["low_confidence"])]
+    assert set(sampler._policies) == set(sampler._buckets) == {"digits"}
