@@ -5,9 +5,10 @@
 About two and a half minutes on two cores (printed as it goes). The digits CNN is trained once into ``--cache-dir``
 (default: a temporary directory, a few seconds). Its TorchScript ``embed`` gives
 the 64-dimensional embeddings and the softmax of its logits the predicted class
-and confidence. The reference is the training split (as ``vai-sidecar demo``
-uploads it); the traffic is the test split (450 images), clean or corrupted by
-:func:`service.corruptions.corrupt`, replayed as shuffled passes (each image once
+and confidence. The reference is the training split (``vai-sidecar demo`` now
+uploads a held-out split instead, which the model never trained on); the traffic
+is the test split (450 images), clean or corrupted by
+:func:`demo.corruptions.corrupt`, replayed as shuffled passes (each image once
 per pass, as ``DigitsTraffic`` replays it) or, for the false-alarm runs, also
 bootstrap-resampled (with replacement), which repeats images within a window and
 makes the windowed tests flag clean traffic (shown). The library is used directly: a
@@ -41,7 +42,8 @@ import torch
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
-from attribution_workers.models import digits
+from demo.corruptions import CORRUPTIONS, Corruption, corrupt
+from demo.models import digits
 from monitors.drift.base import DriftBatch
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
@@ -49,7 +51,6 @@ from monitors.drift.monitor import DriftMonitor
 from monitors.drift.online import OnlineDriftDetector
 from monitors.drift.reference import Reference
 from monitors.drift.states import MonitorState, OnlineState
-from service.corruptions import CORRUPTIONS, Corruption, corrupt
 
 BATCH = 10
 ONLINE = "mmd_online"

@@ -11,9 +11,19 @@ import warnings
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
-    from alibi_detect.cd import KSDrift, MMDDrift
+    from alibi_detect.cd import KSDrift
     from alibi_detect.cd.pytorch.lsdd_online import LSDDDriftOnlineTorch
+    from alibi_detect.cd.pytorch.mmd import MMDDriftTorch
     from alibi_detect.cd.pytorch.mmd_online import MMDDriftOnlineTorch
     from alibi_detect.utils.pytorch import quantile, zero_diag
+    from alibi_detect.utils.pytorch.distance import mmd2_from_kernel_matrix
 
-__all__ = ["KSDrift", "LSDDDriftOnlineTorch", "MMDDrift", "MMDDriftOnlineTorch", "quantile", "zero_diag"]
+__all__ = [
+    "KSDrift",
+    "LSDDDriftOnlineTorch",
+    "MMDDriftOnlineTorch",
+    "MMDDriftTorch",
+    "mmd2_from_kernel_matrix",
+    "quantile",
+    "zero_diag",
+]

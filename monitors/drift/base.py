@@ -7,15 +7,13 @@ the monitor, and nothing outside ``monitors.drift`` sees their ``{"data": ...}``
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from monitors.drift.states import DetectorState
@@ -102,28 +100,3 @@ class DriftDetector(Protocol):
     def export_state(self) -> DetectorState:
         """Everything needed to rebuild the detector without recalibrating, as a JSON-ready model."""
         ...
-
-
-class EncodedArray(BaseModel):
-    """A numpy array as JSON: little-endian bytes in base64, with shape and dtype (never pickle)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    dtype: Literal["float32", "float64", "int64"]
-    shape: tuple[int, ...] = Field(max_length=4)
-    data: str
-
-    @classmethod
-    def of(cls, array: NDArray[np.generic]) -> EncodedArray:
-        name = array.dtype.name
-        if name not in ("float32", "float64", "int64"):
-            raise ValueError(f"cannot encode dtype {name}: cast to float32, float64 or int64 first")
-        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-        return cls(dtype=name, shape=array.shape, data=base64.b64encode(raw).decode())
-
-    def decode(self) -> NDArray[np.generic]:
-        dtype = np.dtype(self.dtype).newbyteorder("<")
-        raw = base64.b64decode(self.data, validate=True)
-        if len(raw) != int(np.prod(self.shape)) * dtype.itemsize:
-            raise ValueError(f"encoded array: {len(raw)} bytes do not fit shape {list(self.shape)} of {self.dtype}")
-        return np.frombuffer(raw, dtype=dtype).reshape(self.shape).astype(np.dtype(self.dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -36,7 +37,7 @@ class DriftConfig(BaseModel):
     window_tests: bool = True
     """Run the alibi-detect MMD permutation and per-dimension KS tests on each tumbling window."""
     n_permutations: int = Field(default=100, ge=10)
-    """Permutations of the windowed MMD test."""
+    """Permutations of the windowed MMD test; its p-value is ``(1 + #{permuted >= observed}) / (1 + n)``."""
     p_value: float = Field(default=0.05, gt=0.0, lt=1.0)
     """Significance level of every windowed test (before the Bonferroni correction of the KS test)."""
     device: str = "cpu"
@@ -50,6 +51,11 @@ class DriftConfig(BaseModel):
             raise ValueError(
                 f"n_bootstraps={self.n_bootstraps} is too few for ert={self.ert}: "
                 f"use at least {BOOTSTRAPS_PER_ERT * self.ert} (10 x ert) or leave it unset"
+            )
+        if self.window_tests and self.p_value * (self.n_permutations + 1) < 1 - 1e-9:
+            raise ValueError(
+                f"n_permutations={self.n_permutations} cannot give a permutation p-value <= {self.p_value}: "
+                f"use at least {math.ceil(1 / self.p_value) - 1}"
             )
         least = self.least_reference
         collected = self.reference_events // 2 if self.pca_components is not None else self.reference_events

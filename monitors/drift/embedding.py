@@ -14,7 +14,8 @@ from numpy.typing import NDArray
 from prometheus_client import Histogram
 from scipy import stats
 
-from monitors.drift.base import DriftBatch, DriftResult, EncodedArray
+from common.codec import EncodedArray
+from monitors.drift.base import DriftBatch, DriftResult
 from monitors.drift.states import EmbeddingDistanceState
 from monitors.drift.tumbling import Tumbler
 

@@ -57,10 +57,10 @@ class DriftMetrics:
     def forget(self, model: str) -> None:
         """Drop every series of ``model`` (this process no longer monitors it: another one exports them)."""
         for family in (self._score, self._threshold, self._detected, self._p_value):
-            for labels in [key for key in family._metrics if key[0] == model]:  # noqa: SLF001
+            for labels in [key for key in family._metrics if key[0] == model]:
                 family.remove(*labels)
         for family in (self._distance, self._skipped):
-            if (model,) in family._metrics:  # noqa: SLF001
+            if (model,) in family._metrics:
                 family.remove(model)
 
     def skipped(self, model: str) -> Counter:

@@ -1,6 +1,10 @@
 """Bootstrap thresholds of the online MMD detector, vectorised.
 
-The same procedure as alibi-detect's ``MMDDriftOnlineTorch._configure_thresholds``
+:func:`held_out_mmd_thresholds` (what the detector uses) calibrates for the one
+reference split it keeps; :func:`bootstrap_mmd_thresholds` is alibi-detect's
+procedure, kept for comparison (``benchmarks/drift_ert.py --before``), described next.
+
+It is the same procedure as alibi-detect's ``MMDDriftOnlineTorch._configure_thresholds``
 (Cobb et al., 2021): each bootstrap sample splits the reference into a
 sub-reference and an extended test window of ``2W - 1`` rows, read as ``W``
 overlapping windows; the threshold at step ``w`` is the ``1 - 1/ERT`` quantile
@@ -36,14 +40,7 @@ def bootstrap_mmd_thresholds(k_xx: torch.Tensor, *, window_size: int, ert: int, 
         [_window_mmds(kernel, column_sums, full_sum, rows, window_size) for rows in torch.split(test_rows, CHUNK)]
     )
     # Select in float32, as alibi-detect does, so a sample equal to a threshold is treated alike.
-    mmds = mmds.float().cpu()
-    thresholds: list[float] = []
-    alive = torch.ones(n_bootstraps, dtype=torch.bool)
-    for w in range(window_size):
-        threshold = quantile(mmds[alive, w], 1 - 1.0 / ert)
-        thresholds.append(threshold)
-        alive &= mmds[:, w] < threshold
-    return thresholds
+    return _sequential_quantiles(mmds.float().cpu(), ert=ert, keep_ties=False)
 
 
 def _window_mmds(
@@ -66,3 +63,72 @@ def _window_mmds(
             k_xx_sums + block / (window_size * (window_size - 1)) - 2 * k_xy_cols[:, w : w + window_size].sum(1)
         )
     return torch.stack(columns, 1)
+
+
+def held_out_mmd_thresholds(
+    k_xx: torch.Tensor,
+    *,
+    ref_inds: torch.Tensor,
+    init_test_inds: torch.Tensor,
+    held_out_inds: torch.Tensor,
+    ert: int,
+    n_bootstraps: int,
+) -> list[float]:
+    """Thresholds for the reference rows the detector keeps, calibrated mostly on rows it does not keep.
+
+    The deployed detector compares each test window with the fixed rows ``ref_inds``; its first
+    windows start as the rows ``init_test_inds``. Each bootstrap sample is such a run: the ``W``
+    initial rows followed by ``W - 1`` distinct rows drawn from the kept and held-out rows together,
+    scored against the kept rows less those drawn. Drawing from the held-out rows alone would take
+    their own sampling error for the kept reference's (a few hundred rows are far too few: single
+    calibrations were off by 3x either way); drawing from both shrinks that error in proportion, and
+    the kept reference stays (nearly) the deployed one, unlike alibi-detect's fresh split per sample,
+    whose thresholds are too high for a typical kept reference (run lengths about 2x the ERT on the
+    digits embeddings). Thresholds are the ``1 - 1/ERT`` quantiles over the samples that have not
+    crossed an earlier one, as in :func:`bootstrap_mmd_thresholds`. Draws use torch's global generator.
+    """
+    window_size, kept = init_test_inds.numel(), ref_inds.numel()
+    if kept - (window_size - 1) < 2:
+        raise ValueError(f"{kept} kept rows are too few for window_size={window_size}")
+    kernel = k_xx.double()
+    pool = torch.cat([init_test_inds, ref_inds, held_out_inds]).to(kernel.device)
+    k_pool = kernel[pool][:, pool]
+    k_pool = k_pool - torch.diag_embed(k_pool.diagonal())
+    draws = torch.rand(n_bootstraps, pool.numel() - window_size).argsort(1)[:, : window_size - 1] + window_size
+    rows = torch.cat([torch.arange(window_size).expand(n_bootstraps, -1), draws], 1).to(kernel.device)
+    mmds = torch.cat([_sample_mmds(k_pool, chunk, window_size, kept) for chunk in torch.split(rows, CHUNK)])
+    return _sequential_quantiles(mmds.float().cpu(), ert=ert, keep_ties=True)
+
+
+def _sample_mmds(k_pool: torch.Tensor, rows: torch.Tensor, window_size: int, kept: int) -> torch.Tensor:
+    """Squared MMD of each sample's ``W`` windows against the kept rows (``[W, W + kept)``) it did not draw."""
+    k_yy = k_pool[rows[:, :, None], rows[:, None, :]]  # (B, 2W-1, 2W-1), zero diagonal
+    is_kept = ((rows >= window_size) & (rows < window_size + kept)).to(k_pool.dtype)
+    kept_sums = k_pool[window_size : window_size + kept].sum(0)[rows]  # sum over all kept rows, per ETW row
+    sub_size = kept - is_kept.sum(1)
+    pair_sum = k_pool[window_size : window_size + kept, window_size : window_size + kept].sum()
+    k_xx_sums = pair_sum - 2 * (kept_sums * is_kept).sum(1) + torch.einsum("bi,bij,bj->b", is_kept, k_yy, is_kept)
+    k_xx_sums = k_xx_sums / (sub_size * (sub_size - 1))
+    ref_means = (kept_sums - torch.einsum("bj,bjy->by", is_kept, k_yy)) / sub_size[:, None]
+    prefix = torch.nn.functional.pad(k_yy.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    start = torch.arange(window_size, device=rows.device)
+    end = start + window_size
+    block = prefix[:, end, end] - prefix[:, start, end] - prefix[:, end, start] + prefix[:, start, start]
+    means = torch.nn.functional.pad(ref_means.cumsum(1), (1, 0))
+    return (
+        k_xx_sums[:, None]
+        + block / (window_size * (window_size - 1))
+        - 2 * (means[:, end] - means[:, start]) / window_size
+    )
+
+
+def _sequential_quantiles(mmds: torch.Tensor, *, ert: int, keep_ties: bool) -> list[float]:
+    """Per step, the ``1 - 1/ERT`` quantile over the samples below every earlier threshold."""
+    thresholds: list[float] = []
+    alive = torch.ones(mmds.shape[0], dtype=torch.bool)
+    for w in range(mmds.shape[1]):
+        threshold = quantile(mmds[alive, w], 1 - 1.0 / ert)
+        thresholds.append(threshold)
+        # A sample equal to its threshold raises no alarm (drift is ``score > threshold``): it stays alive.
+        alive &= mmds[:, w] <= threshold if keep_ties else mmds[:, w] < threshold
+    return thresholds

@@ -3,7 +3,10 @@
 Calibration (:meth:`OnlineDriftDetector.calibrate`) bootstraps the per-step
 thresholds for the configured expected run time (ERT) and window. For MMD the
 bootstrap runs vectorised (:mod:`monitors.drift.mmd_thresholds`, seconds at
-ERT 1000); LSDD keeps alibi-detect's own loop (minutes at that ERT). Either way
+ERT 1000) and is drawn for the reference rows the detector keeps
+(:class:`_HeldOutMMD`: ``KEPT_SHARE`` of them; the rest are held out for
+calibration), not re-split per sample as alibi-detect does; LSDD keeps
+alibi-detect's own loop (minutes at that ERT). Either way
 callers run it off the request path. Its outcome is exported as
 :class:`OnlineState` (plain arrays and numbers) and
 :meth:`OnlineDriftDetector.from_state` rebuilds the detector without
@@ -30,19 +33,54 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from common.codec import EncodedArray
 from monitors.drift._alibi import LSDDDriftOnlineTorch, MMDDriftOnlineTorch, zero_diag
-from monitors.drift.base import DriftBatch, DriftResult, EncodedArray
-from monitors.drift.mmd_thresholds import bootstrap_mmd_thresholds
+from monitors.drift.base import DriftBatch, DriftResult
+from monitors.drift.mmd_thresholds import held_out_mmd_thresholds
 from monitors.drift.states import OnlineMethod, OnlineState
 
+KEPT_SHARE = 0.7
+"""MMD: share of the reference rows (beyond the initial test window) the detector keeps; the rest help calibrate it."""
 
-class _VectorisedMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
-    """alibi-detect's MMD online detector whose threshold bootstrap runs vectorised (see ``mmd_thresholds``)."""
+
+class _HeldOutMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
+    """alibi-detect's MMD online detector calibrated on held-out rows given the rows it keeps.
+
+    alibi-detect re-splits the reference for every bootstrap sample, so its thresholds fit the
+    average reference, not the one kept: run lengths about 2x the ERT on the digits embeddings.
+    Here one seeded split (``torch.randperm``) fixes the kept reference, the initial test window
+    and the held-out rows, and :func:`held_out_mmd_thresholds` calibrates on runs drawn from the
+    kept and held-out rows against the kept reference (less the rows drawn).
+    """
 
     def _configure_thresholds(self) -> None:
-        self.thresholds = bootstrap_mmd_thresholds(
-            self.k_xx, window_size=self.window_size, ert=self.ert, n_bootstraps=self.n_bootstraps
+        self.ref_inds, self.init_test_inds, self.held_out_inds = held_out_split(self.n, self.window_size)
+        self.thresholds = held_out_mmd_thresholds(
+            self.k_xx,
+            ref_inds=self.ref_inds,
+            init_test_inds=self.init_test_inds,
+            held_out_inds=self.held_out_inds,
+            ert=self.ert,
+            n_bootstraps=self.n_bootstraps,
         )
+
+    def _configure_ref_subset(self) -> None:
+        _use_ref_subset(self)
+
+
+def held_out_split(n: int, window_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kept reference, initial test window and held-out rows of ``n`` reference rows (torch's generator)."""
+    perm = torch.randperm(n)
+    kept = round(KEPT_SHARE * (n - window_size))
+    return perm[:kept], perm[kept : kept + window_size], perm[kept + window_size :]
+
+
+def _use_ref_subset(backend: Any) -> None:
+    """Set the kernel sums of the reference split already in ``backend.ref_inds`` and reset to step 0."""
+    backend._initialise_state()
+    rw_size = backend.ref_inds.numel()
+    backend.k_xx_sub = backend.k_xx[backend.ref_inds][:, backend.ref_inds]
+    backend.k_xx_sub_sum = zero_diag(backend.k_xx_sub).sum() / (rw_size * (rw_size - 1))
 
 
 class _PresetMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
@@ -58,10 +96,7 @@ class _PresetMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
     def _configure_ref_subset(self) -> None:
         self.ref_inds = torch.from_numpy(self._preset.ref_inds.decode())
         self.init_test_inds = torch.from_numpy(self._preset.init_test_inds.decode())
-        self._initialise_state()
-        rw_size = self.ref_inds.numel()
-        self.k_xx_sub = self.k_xx[self.ref_inds][:, self.ref_inds]
-        self.k_xx_sub_sum = zero_diag(self.k_xx_sub).sum() / (rw_size * (rw_size - 1))
+        _use_ref_subset(self)
 
 
 class _PresetLSDD(LSDDDriftOnlineTorch):  # type: ignore[misc]
@@ -122,7 +157,7 @@ class OnlineDriftDetector:
         kwargs = _backend_kwargs(
             x, ert=ert, window_size=window_size, n_bootstraps=n_bootstraps, sigma=sigma, device=device
         )
-        backend = _VectorisedMMD(**kwargs) if method == "mmd" else LSDDDriftOnlineTorch(**kwargs)
+        backend = _HeldOutMMD(**kwargs) if method == "mmd" else LSDDDriftOnlineTorch(**kwargs)
         state = OnlineState(
             method=method,
             ert=ert,
@@ -133,7 +168,7 @@ class OnlineDriftDetector:
             thresholds=tuple(float(t) for t in backend.thresholds),
             ref_inds=EncodedArray.of(backend.ref_inds.cpu().numpy().astype(np.int64)),
             init_test_inds=EncodedArray.of(backend.init_test_inds.cpu().numpy().astype(np.int64)),
-            **_lsdd_extras(backend) if method == "lsdd" else {},
+            **_lsdd_extras(backend) if method == "lsdd" else _mmd_extras(backend),
         )
         return cls.from_state(state, device=device)
 
@@ -238,6 +273,10 @@ def _backend_kwargs(
         "device": device,
         "verbose": False,
     }
+
+
+def _mmd_extras(backend: Any) -> dict[str, EncodedArray]:
+    return {"held_out_inds": EncodedArray.of(backend.held_out_inds.cpu().numpy().astype(np.int64))}
 
 
 def _lsdd_extras(backend: Any) -> dict[str, EncodedArray]:

@@ -13,7 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from monitors.drift.base import DriftBatch, DriftResult, EncodedArray, surprise
+from common.codec import EncodedArray
+from monitors.drift.base import DriftBatch, DriftResult, surprise
 from monitors.drift.states import OutputDriftState
 from monitors.drift.tumbling import Tumbler
 

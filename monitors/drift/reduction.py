@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from monitors.drift.base import EncodedArray
+from common.codec import EncodedArray
 from monitors.drift.states import PcaState
 
 

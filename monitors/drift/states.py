@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitors.drift.base import EncodedArray
+from common.codec import EncodedArray
 from monitors.drift.config import DriftConfig
 
 OnlineMethod = Literal["mmd", "lsdd"]
@@ -45,6 +45,8 @@ class OnlineState(BaseModel):
     """Threshold of the test statistic at steps ``0 .. window_size - 1``; the last holds from then on."""
     ref_inds: EncodedArray
     init_test_inds: EncodedArray
+    held_out_inds: EncodedArray | None = None
+    """MMD: the reference rows the thresholds were calibrated on, in neither ``ref_inds`` nor ``init_test_inds``."""
     kernel_perm: EncodedArray | None = None
     """LSDD: permutation of the reference whose first ``2 x window_size`` rows are the kernel centres."""
     h_lam_inv: EncodedArray | None = None

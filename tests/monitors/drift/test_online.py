@@ -7,7 +7,7 @@ import pytest
 from numpy.typing import NDArray
 
 from monitors.drift.base import DriftBatch
-from monitors.drift.online import OnlineDriftDetector
+from monitors.drift.online import KEPT_SHARE, OnlineDriftDetector
 from monitors.drift.states import OnlineMethod, OnlineState
 
 ERT = 50
@@ -127,3 +127,27 @@ def test_scores_reject_wrong_width(calibrated: OnlineState) -> None:
     detector = OnlineDriftDetector.from_state(calibrated)
     with pytest.raises(ValueError, match=r"shape \(n, 8\)"):
         detector.scores(np.zeros((3, DIM + 1), dtype=np.float32))
+
+
+def test_mmd_calibrates_on_held_out_rows_deterministically() -> None:
+    """The kept reference, initial window and held-out rows partition the reference; a torch seed fixes them."""
+    import torch
+
+    reference = gaussian(np.random.default_rng(8), 200)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(9)
+        states.append(
+            OnlineDriftDetector.calibrate(
+                reference, method="mmd", ert=20, window_size=5, n_bootstraps=200
+            ).export_state()
+        )
+    first, second = states
+    assert first == second
+    assert first.held_out_inds is not None
+    kept, init, held = (s.decode() for s in (first.ref_inds, first.init_test_inds, first.held_out_inds))
+    assert sorted(np.concatenate([kept, init, held]).tolist()) == list(range(200))
+    assert len(init) == 5 and len(kept) == round(KEPT_SHARE * (200 - 5))
+    torch.manual_seed(10)
+    other = OnlineDriftDetector.calibrate(reference, method="mmd", ert=20, window_size=5, n_bootstraps=200)
+    assert other.export_state().held_out_inds != first.held_out_inds

@@ -9,7 +9,8 @@ import pytest
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
-from monitors.drift.base import DriftBatch, EncodedArray
+from common.codec import EncodedArray
+from monitors.drift.base import DriftBatch
 from monitors.drift.embedding import EmbeddingDistance
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.output import OutputDrift

@@ -1,0 +1,220 @@
+"""Does one calibration of the online MMD detector hold its ERT? Per calibration seed, on the digits CNN's embeddings.
+
+    .venv/bin/python -m benchmarks.drift_ert [--cache-dir DIR] [--seeds 10] [--streams 200] [--before]
+
+For each seed (``DriftConfig(seed=s)``: PCA half, detector half and the torch
+draws) the monitor is calibrated as deployed (default config: ERT 1000, window
+50, 10,000 bootstrap samples, online detector only) and the script prints the
+last (steady) threshold, the median run length of clean streams (the test
+split, 450 images, replayed in shuffled passes, capped at 4 x ERT), the share
+alarming within 800 events (a geometric run length of mean 1000 has median
+693 and alarms within 800 with probability 0.55), and the median detection
+delay on a shift (the test split corrupted, ``mixed`` and ``blur`` at severity
+1; one window of clean events first, trials alarming in it left out). With
+``--before`` the same reference rows are also calibrated the way alibi-detect
+does (each bootstrap sample re-splits them; the kept reference is one more random split).
+
+Run lengths are computed from the kernel matrix of the pool of rows at once
+(the statistic of every window of a stream from cumulative sums), not event by
+event; the first seed checks it against ``OnlineDriftDetector.scores``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+if not __package__:
+    sys.exit("run it as a module from the repository root: .venv/bin/python -m benchmarks.drift_ert")
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry
+
+from benchmarks.drift_digits import Digits, model_dir, passes
+from common.codec import EncodedArray
+from demo.corruptions import CORRUPTIONS, Corruption
+from monitors.drift.config import DriftConfig
+from monitors.drift.metrics import DriftMetrics
+from monitors.drift.mmd_thresholds import bootstrap_mmd_thresholds
+from monitors.drift.monitor import DriftMonitor
+from monitors.drift.online import OnlineDriftDetector
+from monitors.drift.reduction import Pca
+from monitors.drift.states import OnlineState
+
+CAP_PER_ERT = 4
+EARLY = 800
+SHIFTS: tuple[tuple[str, tuple[Corruption, ...]], ...] = (("mixed", CORRUPTIONS), ("blur", ("blur",)))
+
+
+def rbf(a: NDArray[np.float64], b: NDArray[np.float64], sigma: float) -> NDArray[np.float64]:
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.asarray(np.exp(-np.maximum(squared, 0) / (2 * sigma**2)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Split:
+    reference: NDArray[np.float32]
+    ref_inds: NDArray[np.int64]
+    init_test_inds: NDArray[np.int64]
+    sigma: float
+    thresholds: tuple[float, ...]
+
+
+class Pool:
+    """A calibrated detector's kernel sums against a finite pool of rows (its initial window first)."""
+
+    def __init__(self, split: Split, rows: NDArray[np.float32], window: int) -> None:
+        x = split.reference.astype(np.float64)
+        ref = x[split.ref_inds]
+        pool = np.concatenate([x[split.init_test_inds], rows.astype(np.float64)])
+        k_ref = rbf(ref, ref, split.sigma)
+        self.k_xx_sum = (k_ref.sum() - np.trace(k_ref)) / (len(ref) * (len(ref) - 1))
+        self.col_means = rbf(ref, pool, split.sigma).mean(0)
+        self.kernel = rbf(pool, pool, split.sigma)
+        self.window = window
+        self.thresholds = np.array(split.thresholds)
+
+    def scores(self, rows: NDArray[np.intp]) -> NDArray[np.float64]:
+        """The statistic after each event of a stream of pool rows (0 = the first row after the initial window)."""
+        w = self.window
+        z = np.concatenate([np.arange(w), rows + w])
+        t = np.arange(1, len(rows) + 1)
+        pairs = np.zeros(len(rows))
+        for lag in range(1, w):
+            sums = np.concatenate([[0.0], self.kernel[z[:-lag], z[lag:]].cumsum()])
+            pairs += sums[t + w - lag] - sums[t]
+        means = np.concatenate([[0.0], self.col_means[z].cumsum()])
+        statistic: NDArray[np.float64] = self.k_xx_sum + 2 * pairs / (w * (w - 1)) - 2 * (means[t + w] - means[t]) / w
+        return statistic
+
+    def first_alarm(self, rows: NDArray[np.intp]) -> int | None:
+        steps = np.minimum(np.arange(1, len(rows) + 1), self.window - 1)
+        hits = np.nonzero(self.scores(rows) > self.thresholds[steps])[0]
+        return int(hits[0]) + 1 if hits.size else None
+
+
+def deployed(data: Digits, seed: int) -> tuple[Pca, Split, float]:
+    config = DriftConfig(seed=seed, window_tests=False)
+    monitor = DriftMonitor(
+        model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=data.reference()
+    )
+    started = time.perf_counter()
+    monitor.calibrate()
+    took = time.perf_counter() - started
+    state = monitor.export_state()
+    online = next(d for d in state.detectors if isinstance(d, OnlineState))
+    assert state.pca is not None
+    return Pca.from_state(state.pca), split_of(online), took
+
+
+def split_of(state: OnlineState) -> Split:
+    return Split(
+        reference=state.reference.decode().astype(np.float32),
+        ref_inds=state.ref_inds.decode().astype(np.int64),
+        init_test_inds=state.init_test_inds.decode().astype(np.int64),
+        sigma=state.sigma,
+        thresholds=state.thresholds,
+    )
+
+
+def alibi_style(after: Split, config: DriftConfig, seed: int) -> tuple[Split, float]:
+    """The previous calibration on the same rows: re-split bootstrap, then one random kept split."""
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    x = after.reference.astype(np.float64)
+    kernel = torch.from_numpy(rbf(x, x, after.sigma)).float()
+    w = config.window_size
+    thresholds = bootstrap_mmd_thresholds(kernel, window_size=w, ert=config.ert, n_bootstraps=config.bootstraps)
+    perm = torch.randperm(len(x)).numpy().astype(np.int64)
+    took = time.perf_counter() - started
+    split = Split(after.reference, perm[: len(x) - (2 * w - 1)], perm[-w:], after.sigma, tuple(thresholds))
+    return split, took
+
+
+def run_lengths(pool: Pool, size: int, *, streams: int, cap: int) -> NDArray[np.int64]:
+    rng = np.random.default_rng(1)
+    found = [pool.first_alarm(passes(rng, cap, size)) for _ in range(streams)]
+    return np.array([cap if f is None else f for f in found])
+
+
+def delay(pool: Pool, size: int, shifted_offset: int, *, trials: int = 20) -> float:
+    """Median events after the shift until the alarm (a miss counts as infinite)."""
+    w, delays = pool.window, []
+    for trial in range(trials):
+        rng = np.random.default_rng(1000 + trial)
+        rows = np.concatenate([rng.permutation(size)[:w], shifted_offset + np.concatenate([rng.permutation(size)] * 2)])
+        first = pool.first_alarm(rows)
+        if first is not None and first <= w:
+            continue
+        delays.append(np.inf if first is None else first - w)
+    return float(np.median(delays)) if delays else float("nan")
+
+
+def report(label: str, split: Split, rows: NDArray[np.float32], size: int, args: argparse.Namespace) -> str:
+    config = DriftConfig()
+    pool = Pool(split, rows, config.window_size)
+    lengths = run_lengths(pool, size, streams=args.streams, cap=CAP_PER_ERT * config.ert)
+    delays = [delay(pool, size, size * (k + 1)) for k in range(len(SHIFTS))]
+    return (
+        f"{label:7s} kept {len(split.ref_inds):4d}  threshold {split.thresholds[-1]:.5f}  "
+        f"median run {np.median(lengths):5.0f}  within {EARLY}: {np.mean(lengths <= EARLY):4.0%}  "
+        f"capped {np.mean(lengths == CAP_PER_ERT * config.ert):4.0%}  "
+        + "  ".join(f"delay {name} {d:4.0f}" for (name, _), d in zip(SHIFTS, delays, strict=True))
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", type=Path, help="where the digits CNN is trained once (default: a temp dir)")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--streams", type=int, default=200, help="clean streams per seed")
+    parser.add_argument("--before", action="store_true", help="also calibrate as alibi-detect does (re-split)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+    with model_dir(args.cache_dir) as cache_dir:
+        data = Digits(cache_dir)
+    shifted = [data.corrupted(np.arange(len(data.test)), kinds=kinds, severity=1.0, seed=0) for _, kinds in SHIFTS]
+    raw = np.concatenate([data.test.embeddings, *(s.embeddings for s in shifted)])
+    size = len(data.test)
+    print(
+        f"ERT 1000, window 50; {args.streams} clean streams per seed of the test split ({size} images), capped at 4000"
+    )
+    for seed in range(args.seeds):
+        pca, after, took = deployed(data, seed)
+        rows = pca.transform(raw)
+        if seed == 0:
+            check(after, rows[:300])
+        print(f"seed {seed}: calibration {took:.1f} s", flush=True)
+        print("  " + report("after", after, rows, size, args), flush=True)
+        if args.before:
+            before, took = alibi_style(after, DriftConfig(), seed)
+            print(f"  {report('before', before, rows, size, args)}  ({took:.1f} s)", flush=True)
+
+
+def check(split: Split, rows: NDArray[np.float32]) -> None:
+    """The pool statistic equals the detector's own, event by event."""
+    state = OnlineState(
+        method="mmd",
+        ert=1000,
+        window_size=len(split.init_test_inds),
+        n_bootstraps=10000,
+        reference=EncodedArray.of(split.reference),
+        sigma=split.sigma,
+        thresholds=split.thresholds,
+        ref_inds=EncodedArray.of(split.ref_inds),
+        init_test_inds=EncodedArray.of(split.init_test_inds),
+    )
+    ours = Pool(split, rows, len(split.init_test_inds)).scores(np.arange(len(rows)))
+    theirs, _ = OnlineDriftDetector.from_state(state).scores(rows)
+    print(f"pool statistic vs OnlineDriftDetector.scores: max abs difference {np.abs(ours - theirs).max():.1e}")
+
+
+if __name__ == "__main__":
+    main()

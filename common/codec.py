@@ -1,0 +1,50 @@
+"""The one array codec: a numpy array as JSON — little-endian bytes in base64, with shape and dtype.
+
+Used wherever an array travels inside JSON (drift states, queue messages' model inputs).
+Never pickle; a size that does not fit the shape is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+DTYPES = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
+}
+"""The dtypes an encoded array may have, as little-endian numpy dtypes."""
+DtypeName = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"]
+
+
+class EncodedArray(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dtype: DtypeName
+    shape: tuple[int, ...] = Field(max_length=8)
+    data: str
+    """Base64 of the little-endian bytes, C order."""
+
+    @classmethod
+    def of(cls, array: NDArray[Any]) -> EncodedArray:
+        name = array.dtype.name
+        if name not in DTYPES:
+            raise ValueError(f"cannot encode dtype {name}: use one of {', '.join(DTYPES)}")
+        raw = np.ascontiguousarray(array, dtype=DTYPES[name]).tobytes()
+        return cls.model_validate({"dtype": name, "shape": array.shape, "data": base64.b64encode(raw).decode()})
+
+    def decode(self) -> NDArray[Any]:
+        """The array in native byte order; ``ValueError`` when the bytes do not fit the shape."""
+        wire = DTYPES[self.dtype]
+        try:
+            raw = base64.b64decode(self.data, validate=True)
+        except binascii.Error as error:
+            raise ValueError(f"encoded array: not base64 ({error})") from None
+        if len(raw) != int(np.prod(self.shape)) * wire.itemsize:
+            raise ValueError(f"encoded array: {len(raw)} bytes do not fit shape {list(self.shape)} of {self.dtype}")
+        return np.frombuffer(raw, dtype=wire).reshape(self.shape).astype(wire.newbyteorder("="))
