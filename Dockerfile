@@ -17,10 +17,12 @@ RUN pip install torch==2.13.0
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY common ./common
 COPY service ./service
 COPY sampler ./sampler
 COPY monitors ./monitors
 COPY attribution_workers ./attribution_workers
+COPY demo ./demo
 RUN pip install .
 
 # --- runtime ---------------------------------------------------------------------------------

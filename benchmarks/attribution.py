@@ -23,8 +23,8 @@ import torch
 from attribution_workers.explainer import Explainer, stack_maps
 from attribution_workers.loader import LoadedModel, ModelSpec, load_model
 from attribution_workers.methods import METHOD_NAMES, MethodName
-from attribution_workers.models import digits
 from attribution_workers.trust import deletion_fidelity
+from demo.models import digits
 
 KERNEL_SHAP_SAMPLES = 128
 """Kernel SHAP coalitions per image: twice the 64 pixels."""

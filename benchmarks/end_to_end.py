@@ -2,11 +2,11 @@
 
     .venv/bin/python -m benchmarks.end_to_end [--rate 20 [40 ...]] [--seconds 30] [--batch 2]
 
-Starts an embedded Redis, the sidecar (``python -m service.cli serve``, monitors
+Starts an embedded Redis, the sidecar (``python -m common.cli serve``, monitors
 off so only attribution is measured) and one attribution worker (``python -m
-service.cli worker``) as subprocesses, with a config file that samples every
+common.cli worker``) as subprocesses, with a config file that samples every
 digits event carrying an input and explains it with the five image methods
-(the settings of ``vai-sidecar demo``). Traffic is :class:`service.traffic.DigitsTraffic`
+(the settings of ``vai-sidecar demo``). Traffic is :class:`demo.traffic.DigitsTraffic`
 replaying the digits test split at each ``--rate`` (events/s, in batches of
 ``--batch``) for ``--seconds``; then it waits (bounded) until every sampled event's
 record is ``done``, lists the records (``GET /v1/explanations``, paged), reads each
@@ -41,10 +41,10 @@ import httpx
 import numpy as np
 import torch
 
-from attribution_workers.models import digits
 from common.embedded_redis import EmbeddedRedis, free_port
-from service.demo import METHODS
-from service.traffic import DigitsTraffic, TrafficStats
+from demo.models import digits
+from demo.settings import METHODS
+from demo.traffic import DigitsTraffic, TrafficStats
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "digits"
@@ -55,7 +55,7 @@ ATTRIBUTION = {
     "fidelity_random_orders": 2,
     "sanity_every_s": 60,
 }
-"""As ``service.demo.demo_settings`` (its randomisation sanity check included)."""
+"""As ``demo.settings.ATTRIBUTION`` (its randomisation sanity check included)."""
 
 
 def config_toml(model_path: Path) -> str:
@@ -295,8 +295,8 @@ def run_all(args: argparse.Namespace, temporary: Path) -> list[RunResult]:
             "VAI_MONITORS_ENABLED": "false",
             "VAI_CONFIG_FILE": str(config),
         }
-        serve = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-        work = [sys.executable, "-m", "service.cli", "worker"]
+        serve = [sys.executable, "-m", "common.cli", "serve", "--port", str(port)]
+        work = [sys.executable, "-m", "common.cli", "worker"]
         with (
             httpx.Client(base_url=base_url, timeout=10.0) as client,
             process(serve, env, "sidecar") as sidecar,

@@ -148,12 +148,12 @@ def main() -> None:
             {},
         ) as floor,
         server(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(bare_port)],
+            [sys.executable, "-m", "common.cli", "serve", "--port", str(bare_port)],
             bare_port,
             {**sidecar_env, "VAI_REDIS_URL": redis_server.url, "VAI_MONITORS_ENABLED": "false"},
         ) as bare,
         server(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(sidecar_port)],
+            [sys.executable, "-m", "common.cli", "serve", "--port", str(sidecar_port)],
             sidecar_port,
             {**sidecar_env, "VAI_REDIS_URL": redis_server.url},
         ) as sidecar,

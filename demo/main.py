@@ -1,85 +1,80 @@
-"""``vai-sidecar demo``: the whole loop on a real model, in one process.
+"""``vai-sidecar demo``: the whole loop on a real model, every role in one process.
 
-An embedded Redis, the digits CNN (trained once into ``.vai-data/models``), the
-sidecar on ``--host``/``--port``, an attribution worker on its own event loop in a
-thread, and :class:`~service.traffic.DigitsTraffic` replaying the digits test set,
-clean at first and then corrupted (the drift phase). SIGINT/SIGTERM, or the end of
-``--duration``, stop the traffic first, then the server, the worker and Redis.
+An embedded Redis; the digits CNN (trained once into ``.vai-data/models`` without the held-out
+drift reference); the sidecar on ``--host``/``--port`` (``monitor="external"``: the demo runs the
+monitor itself); the fleet monitor and an attribution worker, each on its own event loop in a
+thread (:mod:`demo.roles`); and :class:`~demo.traffic.DigitsTraffic` replaying the digits test set,
+clean at first and then corrupted (the drift phase). SIGINT/SIGTERM, or the end of ``--duration``,
+stop the traffic first, then the server, the worker, the monitor and Redis.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
+import os
 import signal
 import socket
+import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import torch
 import uvicorn
-from prometheus_client import CollectorRegistry, start_http_server
 
-from attribution_workers.main import build_runtimes, make_worker
-from attribution_workers.models import digits
-from attribution_workers.runtime import ModelRuntime
 from common.embedded_redis import EmbeddedRedis
+from demo import roles
+from demo.models import digits
+from demo.models.training import Split
+from demo.settings import DATA_DIR, MODEL, monitor_settings, sidecar_settings, worker_settings
+from demo.traffic import DigitsTraffic
 from service.app import create_app
-from service.settings import Settings
-from service.traffic import DigitsTraffic
+from service.settings import SidecarSettings
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = Path(".vai-data")
-"""Everything the demo keeps lives here, relative to the working directory."""
-MODEL = "digits"
-METHODS = ("gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap")
-SAMPLING: dict[str, Any] = {
-    "every_n": 20,
-    "confidence_below": 0.6,
-    "flagged_cohorts": [{"region": "eu"}],
-    "require_input": True,
-    "max_per_second": 20,
-}
 DEFAULT_DRIFT_AFTER_S = 60.0
 """When the drift phase starts if the demo runs until Ctrl-C (else after a third of ``--duration``)."""
 
 
-def demo_settings(base: Settings, *, redis_url: str, model_path: Path) -> Settings:
-    """``base`` (environment and arguments) with the demo's Redis, policy and attribution section."""
-    attribution = {
-        "model": {"torchscript": str(model_path.resolve()), "input_shape": list(digits.INPUT_SHAPE), "num_classes": 10},
-        "methods": list(METHODS),
-        "ig_steps": 16,
-        "shap_samples": 8,
-        "fidelity_steps": 8,
-        "fidelity_random_orders": 2,
-        "sanity_every_s": 60,
-    }
-    return Settings.model_validate(
-        {
-            **base.model_dump(),
-            "redis_url": redis_url,
-            "redis_data_dir": DATA_DIR / "demo-redis",
-            "cohort_keys": ("region", "device"),
-            "models": {MODEL: {"sampling": SAMPLING, "attribution": attribution}},
-            "worker_block_ms": 500,
-        }
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vai-sidecar demo [--host H] [--port P] [--duration SECONDS]``."""
+    parser = argparse.ArgumentParser(prog="vai-sidecar demo", description="The whole loop on the digits CNN.")
+    parser.add_argument("--host", help="bind address (default VAI_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default VAI_PORT or 8000)")
+    parser.add_argument(
+        "--duration", type=float, default=0.0, metavar="SECONDS", help="stop after this long (default 0: until Ctrl-C)"
     )
+    args = parser.parse_args(argv)
+    if args.duration < 0:
+        parser.error("--duration must be 0 (until Ctrl-C) or more")
+    overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
+    base = SidecarSettings(**overrides)
+    base.configure_logging()
+    if not (base.auth_enabled or _is_loopback(base.host)):
+        log.error("refusing to bind %s with auth off: set VAI_*_TOKENS or bind 127.0.0.1", base.host)
+        return 2
+    try:
+        code = run_demo(base, duration_s=args.duration)
+    except Exception:  # logged here: a thread left running could abort the process before Python prints it
+        log.exception("the demo failed")
+        code = 1
+    return _leave(code)
 
 
 def drift_after_s(duration_s: float | None) -> float:
     return duration_s / 3 if duration_s else DEFAULT_DRIFT_AFTER_S
 
 
-def run_demo(base: Settings, *, duration_s: float | None = None) -> int:
+def run_demo(base: SidecarSettings, *, duration_s: float | None = None) -> int:
     """Run until SIGINT/SIGTERM or for ``duration_s`` seconds (``None`` or 0: until a signal)."""
     _quiet_torchscript()
     torch.set_num_threads(1)  # a tiny model: more intra-op threads only spin against each other
@@ -96,69 +91,28 @@ def run_demo(base: Settings, *, duration_s: float | None = None) -> int:
             stack.callback(redis.stop)  # registered first: a signal during start() still stops it
             redis.start()
             model_path = _model_file(DATA_DIR / "models")
-            settings = demo_settings(base, redis_url=redis.url, model_path=model_path)
-            worker = WorkerThread(settings, build_runtimes(settings))
-            stack.callback(worker.stop)
-            worker.start()
-            metrics_server, _ = start_http_server(0, addr=settings.host, registry=worker.registry)
-            stack.callback(metrics_server.server_close)
-            stack.callback(metrics_server.shutdown)
-            worker_url = f"http://{_display_host(settings.host)}:{metrics_server.server_port}"
-            return demo.serve(_Parts(settings, worker, listener, model_path, worker_url))
+            urls: dict[str, str] = {}
+            threads: list[roles.LoopThread] = []
+            for name, thread, port in _roles(base, redis.url, model_path):
+                stack.callback(thread.stop)  # stopped in reverse: the worker, then the monitor
+                thread.start()
+                server = roles.metrics_server(thread.registry, host=base.host, port=port)
+                stack.callback(server.server_close)
+                stack.callback(server.shutdown)
+                urls[name] = f"http://{_display_host(base.host)}:{server.server_port}/metrics"
+                threads.append(thread)
+            settings = sidecar_settings(base, redis_url=redis.url)
+            return demo.serve(_Parts(settings, tuple(threads), listener, model_path, urls))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-class WorkerThread:
-    """An attribution worker on its own event loop in a thread; :meth:`stop` lets it finish its batch."""
-
-    def __init__(self, settings: Settings, runtimes: dict[str, ModelRuntime]) -> None:
-        self.registry = CollectorRegistry()
-        self.failed = False
-        self._settings = settings
-        self._runtimes = runtimes
-        self._thread = threading.Thread(target=self._main, name="attribution-worker", daemon=True)
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, *, timeout_s: float = 30.0) -> None:
-        with self._lock:
-            self._stopping = True
-            if self._loop is not None and self._stop is not None:
-                self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            log.warning("attribution worker still busy after %.0f s; leaving it behind", timeout_s)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._work())
-        except Exception:
-            log.exception("attribution worker crashed")
-            self.failed = True
-
-    async def _work(self) -> None:
-        stop = asyncio.Event()
-        with self._lock:
-            if self._stopping:
-                return
-            self._loop, self._stop = asyncio.get_running_loop(), stop
-        worker = make_worker(self._settings, self._runtimes, self.registry)
-        for name, runtime in self._runtimes.items():
-            log.info("worker explains %s on %s with %s", name, runtime.model.device, ", ".join(runtime.methods))
-        try:
-            await worker.run(stop)
-        finally:
-            with self._lock:
-                self._loop = None
-            await worker.aclose()
-            log.info("worker stopped after %d explanations", worker.processed)
+def _roles(base: SidecarSettings, redis_url: str, model_path: Path) -> Iterator[tuple[str, roles.LoopThread, int]]:
+    monitor = monitor_settings(base, redis_url=redis_url)
+    yield "monitor", roles.monitor_thread(monitor), monitor.monitor_metrics_port
+    worker = worker_settings(base, redis_url=redis_url, model_path=model_path)
+    yield "worker", roles.worker_thread(worker), worker.worker_metrics_port
 
 
 class _Server(uvicorn.Server):
@@ -169,11 +123,15 @@ class _Server(uvicorn.Server):
 
 @dataclass(frozen=True)
 class _Parts:
-    settings: Settings
-    worker: WorkerThread
+    settings: SidecarSettings
+    threads: tuple[roles.LoopThread, ...]
     listener: socket.socket
     model_path: Path
-    worker_url: str
+    metrics_urls: dict[str, str]
+
+    @property
+    def failed(self) -> bool:
+        return any(thread.failed for thread in self.threads)
 
 
 class _Demo:
@@ -199,7 +157,7 @@ class _Demo:
         )
         self._server = _Server(config)
         asyncio.run(self._serve(self._server, parts))
-        return 1 if self.failed or parts.worker.failed else 0
+        return 1 if self.failed or parts.failed else 0
 
     async def _serve(self, server: _Server, parts: _Parts) -> None:
         serving = asyncio.create_task(server.serve(sockets=[parts.listener]))
@@ -210,17 +168,18 @@ class _Demo:
             await asyncio.sleep(0.05)
         port = parts.listener.getsockname()[1]
         base_url = f"http://{_display_host(parts.settings.host)}:{port}"
-        traffic, stop_traffic = self._traffic(parts, base_url), threading.Event()
+        split = digits.load_digits_split(hold_out_reference=True)
+        traffic, stop_traffic = self._traffic(parts, base_url, split.test), threading.Event()
         admin = parts.settings.admin_tokens
-        # The training split as the drift reference, so the detectors calibrate at once (in the background).
-        await asyncio.to_thread(
-            traffic.put_reference, digits.load_digits_split().train, token=admin[0] if admin else None
-        )
+        # The held-out part as the drift reference (never trained on, never replayed); the monitor calibrates
+        # on it in the background.
+        if split.reference is not None:
+            await asyncio.to_thread(traffic.put_reference, split.reference, token=admin[0] if admin else None)
         replay = asyncio.create_task(asyncio.to_thread(traffic.run, stop_traffic))
-        print(banner(base_url, parts.worker_url, self.duration_s), flush=True)
+        print(banner(base_url, parts.metrics_urls, self.duration_s), flush=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.duration_s if self.duration_s else math.inf
-        while not (self._stop_requested or parts.worker.failed or loop.time() >= deadline):
+        while not (self._stop_requested or parts.failed or loop.time() >= deadline):
             if serving.done() or replay.done():
                 break
             await asyncio.wait({serving, replay}, timeout=0.2)
@@ -233,19 +192,19 @@ class _Demo:
         server.should_exit = True
         await serving
 
-    def _traffic(self, parts: _Parts, base_url: str) -> DigitsTraffic:
+    def _traffic(self, parts: _Parts, base_url: str, replayed: Split) -> DigitsTraffic:
         model = torch.jit.load(str(parts.model_path), map_location="cpu")  # type: ignore[no-untyped-call]
         tokens = parts.settings.ingest_tokens + parts.settings.admin_tokens
         return DigitsTraffic(
             base_url,
             model=model.eval(),
-            split=digits.load_digits_split().test,
+            split=replayed,
             drift_after_s=drift_after_s(self.duration_s),
             token=tokens[0] if tokens else None,
         )
 
 
-def banner(base_url: str, worker_url: str, duration_s: float | None) -> str:
+def banner(base_url: str, metrics_urls: dict[str, str], duration_s: float | None) -> str:
     """What to open, and what the phases are."""
     drift_at = drift_after_s(duration_s)
     until = f"for {duration_s:g} s" if duration_s else "until Ctrl-C"
@@ -255,20 +214,39 @@ def banner(base_url: str, worker_url: str, duration_s: float | None) -> str:
             f"  viewer        {base_url}/ui",
             f"  API docs      {base_url}/docs",
             f"  metrics       {base_url}/metrics",
-            f"  worker        {worker_url}/metrics",
+            *(f"  {name:13} {url}" for name, url in metrics_urls.items()),
+            f"  drift         {base_url}/v1/models/{MODEL}/drift",
             f"  explanations  {base_url}/v1/explanations?model={MODEL}",
             f"phases: 0-{drift_at:.0f} s clean digits test images at 40 events/s; from {drift_at:.0f} s drift: noise, "
             "blur and occlusion corrupt the inputs, confidence drops and the embeddings shift. Every 20th event, "
             "low-confidence ones (< 0.6) and region=eu ones are sampled and explained with 5 methods. "
-            "The drift detectors use the training split as their reference.",
+            "The monitor's drift reference is a held-out third of the training data that the model never saw "
+            "and the traffic never replays.",
         ]
     )
 
 
+def _leave(code: int) -> int:
+    """``code``, or exit at once with it when a thread is still running (everything else is stopped by now).
+
+    A drift calibration cannot be interrupted (alibi-detect's bootstrap) and runs in a daemon thread; an
+    interpreter that finalises while such a thread is inside torch kills it mid-C++, and the process
+    aborts ("terminate called without an active exception", status 134) instead of exiting with ``code``.
+    """
+    running = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if not running:
+        return code
+    log.info("leaving without waiting for %s", ", ".join(running))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _model_file(cache_dir: Path) -> Path:
-    if not (cache_dir / digits.FILE_NAME).exists():
+    if not (cache_dir / digits.HELD_OUT_FILE_NAME).exists():
         log.info("training the digits CNN once into %s (a few seconds)", cache_dir)
-    return digits.ensure_digits_model(cache_dir)
+    return digits.ensure_digits_model(cache_dir, hold_out_reference=True)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -281,6 +259,15 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.close()
         raise
     return listener
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _display_host(host: str) -> str:

@@ -2,7 +2,7 @@
 
 :class:`DigitsTraffic` runs the model itself for the logits and the penultimate
 embedding, posts fixed-size batches at a steady rate, and after ``drift_after_s``
-corrupts its inputs (see :mod:`service.corruptions`) so confidence falls and the
+corrupts its inputs (see :mod:`demo.corruptions`) so confidence falls and the
 embeddings move. It only needs the standard library's HTTP client, and a failed
 request is logged and skipped: the replay never stops on an error of the server.
 """
@@ -25,8 +25,8 @@ import numpy as np
 import orjson
 import torch
 
-from attribution_workers.models.training import Split
-from service.corruptions import corrupt
+from demo.corruptions import corrupt
+from demo.models.training import Split
 
 log = logging.getLogger(__name__)
 

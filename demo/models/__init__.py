@@ -1,6 +1,7 @@
-"""Reference models built and trained by this package from scikit-learn's bundled data sets (nothing is downloaded).
+"""The demo's models (the tests use them too), trained by our code from scikit-learn's bundled data sets.
 
-Each module trains a small deterministic model, saves it as TorchScript and follows the
-conventions that :mod:`attribution_workers.loader` understands (``features``/``head`` for
-Grad-CAM, ``embed`` for the drift monitors, ``baseline`` for attribution).
+Nothing is downloaded. Each module trains a small deterministic model, saves it as TorchScript
+and follows the conventions that :mod:`attribution_workers.loader` understands (``features``/``head``
+for Grad-CAM, ``embed`` for the drift monitors, ``baseline`` for attribution). No product code
+imports this package: the product explains whatever model its config file names.
 """

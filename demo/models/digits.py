@@ -9,7 +9,14 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from attribution_workers.models.training import DatasetSplit, TrainingPlan, save_torchscript, stratified_split, train
+from demo.models.training import (
+    DatasetSplit,
+    TrainingPlan,
+    hold_out,
+    save_torchscript,
+    stratified_split,
+    train,
+)
 
 INPUT_SHAPE = (1, 8, 8)
 """One image: a single grey channel of 8x8 pixels in [0, 1]."""
@@ -18,6 +25,11 @@ EMBEDDING_DIM = 64
 """Width of the penultimate layer returned by ``embed``."""
 FILE_NAME = "digits-cnn-v1.pt"
 """Cache file name; the version changes whenever the architecture or the training plan does."""
+HELD_OUT_FILE_NAME = "digits-cnn-v1-heldout.pt"
+"""Cache file name of the model trained without the held-out drift reference (the demo's)."""
+REFERENCE_FRACTION = 1 / 3
+"""Share of the training side held out as the drift reference: 449 images, enough for the online detector
+(PCA fits on half of the rows, the detector needs ``4 x window_size + 1`` of the other half)."""
 PLAN = TrainingPlan(epochs=20, batch_size=64, learning_rate=3e-3, seed=0)
 
 _TEST_FRACTION = 0.25
@@ -67,11 +79,16 @@ class DigitsCNN(nn.Module):
         return embedding
 
 
-def load_digits_split() -> DatasetSplit:
-    """The bundled digits as ``[N, 1, 8, 8]`` float32 in [0, 1], split 75/25 stratified with a fixed seed."""
+def load_digits_split(*, hold_out_reference: bool = False) -> DatasetSplit:
+    """The bundled digits as ``[N, 1, 8, 8]`` float32 in [0, 1], split 75/25 stratified with a fixed seed.
+
+    ``hold_out_reference`` moves a third of the training side to ``reference`` (898 train, 449 reference,
+    450 test); the test side is the same either way.
+    """
     digits = load_digits()
     features = (digits.images / _PIXEL_MAX).astype(np.float32)[:, np.newaxis]
-    return stratified_split(features, digits.target.astype(np.int64), test_fraction=_TEST_FRACTION, seed=_SPLIT_SEED)
+    split = stratified_split(features, digits.target.astype(np.int64), test_fraction=_TEST_FRACTION, seed=_SPLIT_SEED)
+    return hold_out(split, fraction=REFERENCE_FRACTION, seed=_SPLIT_SEED) if hold_out_reference else split
 
 
 def train_digits_cnn(split: DatasetSplit, *, plan: TrainingPlan = PLAN) -> DigitsCNN:
@@ -79,9 +96,12 @@ def train_digits_cnn(split: DatasetSplit, *, plan: TrainingPlan = PLAN) -> Digit
     return train(DigitsCNN, split.train, plan)
 
 
-def ensure_digits_model(cache_dir: Path) -> Path:
-    """Path of the scripted digits model in ``cache_dir``, training and saving it first if it is missing."""
-    path = cache_dir / FILE_NAME
+def ensure_digits_model(cache_dir: Path, *, hold_out_reference: bool = False) -> Path:
+    """Path of the scripted digits model in ``cache_dir``, training and saving it first if it is missing.
+
+    ``hold_out_reference``: the model trained without ``load_digits_split(hold_out_reference=True).reference``.
+    """
+    path = cache_dir / (HELD_OUT_FILE_NAME if hold_out_reference else FILE_NAME)
     if not path.exists():
-        save_torchscript(train_digits_cnn(load_digits_split()), path)
+        save_torchscript(train_digits_cnn(load_digits_split(hold_out_reference=hold_out_reference)), path)
     return path

@@ -15,7 +15,7 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
-from attribution_workers.models.training import (
+from demo.models.training import (
     DatasetSplit,
     Split,
     TrainingPlan,

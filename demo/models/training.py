@@ -34,6 +34,19 @@ class DatasetSplit:
 
     train: Split
     test: Split
+    reference: Split | None = None
+    """Held out of both: never trained on, never replayed. The drift reference of the demo (see ``hold_out``)."""
+
+
+def hold_out(split: DatasetSplit, *, fraction: float, seed: int) -> DatasetSplit:
+    """``split`` with a stratified ``fraction`` of its training side moved to ``reference``.
+
+    A drift reference must look like clean serving traffic, which the model has never seen:
+    its training data would make confident, tightly clustered embeddings that unseen data
+    never matches, so clean traffic would read as drifted.
+    """
+    kept = stratified_split(split.train.features, split.train.labels, test_fraction=fraction, seed=seed)
+    return DatasetSplit(train=kept.train, test=split.test, reference=kept.test)
 
 
 @dataclass(frozen=True, kw_only=True)

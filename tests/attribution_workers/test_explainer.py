@@ -12,7 +12,7 @@ from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Explainer, stack_maps
 from attribution_workers.loader import GradCamView, LoadedModel, ModelSpec, load_model
 from attribution_workers.methods import METHOD_NAMES, MethodName
-from attribution_workers.models import digits
+from demo.models import digits
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 FAST = {"ig_steps": 16, "shap_samples": 8}

@@ -11,10 +11,10 @@ from torch import nn
 
 from attribution_workers.errors import AttributionError
 from attribution_workers.loader import GradCamView, LoadedModel, ModelSpec, load_model, resolve_device
-from attribution_workers.models import digits
-from attribution_workers.models.training import DatasetSplit
+from demo.models import digits
+from demo.models.training import DatasetSplit
 
-FACTORY = "attribution_workers.models.digits:DigitsCNN"
+FACTORY = "demo.models.digits:DigitsCNN"
 
 
 class NotWeights:
@@ -136,7 +136,7 @@ def test_spec_rejects_inconsistent_sources(fields: dict[str, Any], message: str)
     ("fields", "message"),
     [
         pytest.param({"factory": "attribution_workers.nowhere:Model"}, "cannot be imported", id="missing-module"),
-        pytest.param({"factory": "attribution_workers.models.digits:PLAN"}, "not a callable", id="not-callable"),
+        pytest.param({"factory": "demo.models.digits:PLAN"}, "not a callable", id="not-callable"),
         pytest.param({"factory": FACTORY, "gradcam_layer": "conv.9"}, "not a submodule", id="missing-layer"),
         pytest.param({"torchscript": Path("/nonexistent/model.pt")}, "cannot be loaded as TorchScript", id="no-file"),
     ],

@@ -20,14 +20,16 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from attribution_workers.main import build_runtimes, make_worker
-from attribution_workers.models import digits
-from attribution_workers.models.training import DatasetSplit
+from attribution_workers.settings import WorkerSettings
+from common import keys
+from demo.models import digits
+from demo.models.training import DatasetSplit
 from helpers import wait_until
 from poison_net import POISON
-from common import keys
-from service.settings import Settings
 
 METHODS = ["gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap"]
+
+SAMPLE_EVERY_EVENT = {"every_n": 1, "max_per_second": 10_000}
 
 
 def attribution_section(path: Path, **extra: Any) -> dict[str, Any]:
@@ -59,24 +61,23 @@ def image_event(index: int, image: np.ndarray, predicted: int, **fields: Any) ->
 
 
 @pytest.fixture
-def worker_settings(make_settings: Callable[..., Settings], digits_path: Path) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
+def worker_settings(
+    make_worker_settings: Callable[..., WorkerSettings], digits_path: Path
+) -> Callable[..., WorkerSettings]:
+    def make(**overrides: Any) -> WorkerSettings:
         section = overrides.pop("attribution", {})
         values: dict[str, Any] = {
             "models": {"digits": {"attribution": attribution_section(digits_path, **section)}},
-            "sampling": {"every_n": 1, "max_per_second": 10_000},
-            "worker_block_ms": 50,
             "worker_retry_after_ms": 100,
-            "worker_metrics_port": 0,
         }
         values.update(overrides)
-        return make_settings(**values)
+        return make_worker_settings(**values)
 
     return make
 
 
 def drain(
-    settings: Settings,
+    settings: WorkerSettings,
     done: Callable[[], bool],
     *,
     registry: CollectorRegistry | None = None,
@@ -110,13 +111,13 @@ def stored(client: redis.Redis, model: str = "digits") -> dict[str, bytes]:
 
 
 def test_sampled_events_become_explanations_with_every_method(
-    worker_settings: Callable[..., Settings],
+    worker_settings: Callable[..., WorkerSettings],
     make_client: Callable[..., TestClient],
     digits_split: DatasetSplit,
     redis_client: redis.Redis,
 ) -> None:
     settings = worker_settings()
-    client = make_client(**settings.model_dump(include={"models", "sampling"}))
+    client = make_client(sampling=SAMPLE_EVERY_EVENT)
     images, labels = digits_split.test.features[:6], digits_split.test.labels[:6]
     events = [image_event(i, images[i], int(labels[i]), label=int(labels[(i + 1) % 6])) for i in range(6)]
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 6
@@ -160,7 +161,7 @@ def test_sampled_events_become_explanations_with_every_method(
 
 
 def test_undecodable_and_pickled_entries_are_dead_lettered_unexecuted(
-    worker_settings: Callable[..., Settings], redis_client: redis.Redis, tmp_path: Path
+    worker_settings: Callable[..., WorkerSettings], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     marker = tmp_path / "executed"
 
@@ -182,7 +183,7 @@ def test_undecodable_and_pickled_entries_are_dead_lettered_unexecuted(
 
 
 def test_poison_event_is_dead_lettered_after_max_deliveries_while_others_flow(
-    worker_settings: Callable[..., Settings],
+    worker_settings: Callable[..., WorkerSettings],
     make_client: Callable[..., TestClient],
     redis_client: redis.Redis,
     tmp_path: Path,
@@ -195,7 +196,7 @@ def test_poison_event_is_dead_lettered_after_max_deliveries_while_others_flow(
     settings = worker_settings(
         attribution={"model": model, "methods": ["saliency", "integrated_gradients"]}, worker_max_deliveries=2
     )
-    client = make_client(**settings.model_dump(include={"models", "sampling"}))
+    client = make_client(sampling=SAMPLE_EVERY_EVENT)
     rng = np.random.default_rng(0)
     rows = [rng.random(64).astype(np.float32) for _ in range(5)]
     rows[2][10] = POISON
@@ -214,13 +215,13 @@ def test_poison_event_is_dead_lettered_after_max_deliveries_while_others_flow(
 
 
 def test_lost_consumer_group_is_recreated(
-    worker_settings: Callable[..., Settings],
+    worker_settings: Callable[..., WorkerSettings],
     make_client: Callable[..., TestClient],
     digits_split: DatasetSplit,
     redis_client: redis.Redis,
 ) -> None:
     settings = worker_settings()
-    client = make_client(**settings.model_dump(include={"models", "sampling"}))
+    client = make_client(sampling=SAMPLE_EVERY_EVENT)
     image = digits_split.test.features[0]
 
     def lose_group_then_post() -> None:
@@ -231,7 +232,7 @@ def test_lost_consumer_group_is_recreated(
 
 
 def test_entries_trimmed_while_pending_are_acked_and_counted(
-    worker_settings: Callable[..., Settings], redis_client: redis.Redis
+    worker_settings: Callable[..., WorkerSettings], redis_client: redis.Redis
 ) -> None:
     stream = keys.sample_stream("digits")
     registry = CollectorRegistry()
@@ -267,7 +268,7 @@ def _toml(value: Any) -> str:
 
 
 def test_worker_killed_mid_batch_leaves_exactly_one_result_per_event(
-    worker_settings: Callable[..., Settings],
+    worker_settings: Callable[..., WorkerSettings],
     make_client: Callable[..., TestClient],
     digits_split: DatasetSplit,
     digits_path: Path,
@@ -281,8 +282,7 @@ def test_worker_killed_mid_batch_leaves_exactly_one_result_per_event(
     import sys
 
     count = 16
-    settings = worker_settings()
-    client = make_client(**settings.model_dump(include={"models", "sampling"}))
+    client = make_client(sampling=SAMPLE_EVERY_EVENT)
     features, labels = digits_split.test.features, digits_split.test.labels
     client.post("/v1/events", json={"events": [image_event(i, features[i], int(labels[i])) for i in range(count)]})
     wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == count, what="all queued")
@@ -306,7 +306,7 @@ def test_worker_killed_mid_batch_leaves_exactly_one_result_per_event(
 
     def start(name: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
+            [sys.executable, "-m", "common.cli", "worker"],
             env={**env, "VAI_WORKER_CONSUMER": name},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""``vai-sidecar demo`` as a user runs it, and the corruptions behind its drift phase."""
+"""``vai-sidecar demo`` as a user runs it, its replayed traffic, and the corruptions behind its drift phase."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import torch
 from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 
-from attribution_workers.models.training import Split
-from helpers import redis_servers_in, wait_until
 from common.embedded_redis import free_port
-from service.corruptions import CORRUPTIONS, Corruption, blur, corrupt
-from service.traffic import DigitsTraffic
+from demo.corruptions import CORRUPTIONS, Corruption, blur, corrupt
+from demo.models.training import Split
+from demo.traffic import DigitsTraffic
+from helpers import redis_servers_in, wait_until
 
 REPO = Path(__file__).parents[2]
 DURATION_S = 25
@@ -176,7 +176,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
     env["PYTHONPATH"] = str(REPO)
-    command = [sys.executable, "-m", "service.cli", "demo", "--port", str(port), "--duration", str(DURATION_S)]
+    command = [sys.executable, "-m", "common.cli", "demo", "--port", str(port), "--duration", str(DURATION_S)]
     with subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
@@ -222,7 +222,8 @@ def test_demo_runs_the_whole_loop_then_stops_everything_by_itself(demo: Demo) ->
     for path in ("/ui", "/docs", "/metrics", "/v1/explanations?model=digits"):
         assert f"{demo.base}{path}" in demo.output.text()
     worker_metrics = re.search(r"worker\s+(http://\S+/metrics)", demo.output.text())
-    assert worker_metrics is not None
+    monitor_metrics = re.search(r"monitor\s+(http://\S+/metrics)", demo.output.text())
+    assert worker_metrics is not None and monitor_metrics is not None
     assert len(redis_servers_in(demo.redis_dir)) == 1, "the check at the end would not see a leftover redis-server"
 
     demo.output.wait_for("drift phase:", timeout_s=DURATION_S)
@@ -241,9 +242,14 @@ def test_demo_runs_the_whole_loop_then_stops_everything_by_itself(demo: Demo) ->
     ok = ("vai_explanations_total", (("method", "gradcam"), ("model", "digits"), ("status", "ok")))
     assert samples(worker_metrics.group(1)).get(ok, 0) > 0
     assert samples(f"{demo.base}/metrics")[("vai_events_total", (("model", "digits"), ("version", "v1")))] > 0
+    # The monitor role: it owns the model (its lease), reads the feed and publishes for the sidecar to answer.
+    drift = httpx.get(f"{demo.base}/v1/models/digits/drift", timeout=2).json()
+    assert drift["state"] in ("calibrating", "monitoring") and drift["examined"] > 0, drift
+    assert samples(monitor_metrics.group(1)).get(("vai_monitor_records_examined_total", (("model", "digits"),)), 0) > 0
 
     assert demo.process.wait(timeout=DURATION_S + 30) == 0
     demo.output.close()
     assert redis_servers_in(demo.redis_dir) == [], "the embedded redis-server outlived the demo"
     assert "worker stopped after" in demo.output.text()
+    assert re.search(r"monitor \S+ stopped", demo.output.text())
     assert "Traceback" not in demo.output.text()

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from attribution_workers.loader import LoadedModel
-from attribution_workers.models import digits, tabular
-from attribution_workers.models.training import DatasetSplit, TrainingPlan
+from demo.models import digits, tabular
+from demo.models.training import DatasetSplit, TrainingPlan
 
 ONE_EPOCH = TrainingPlan(epochs=1, batch_size=64, learning_rate=1e-3, seed=3)
 
@@ -100,3 +100,15 @@ def test_ensure_keeps_an_existing_file(digits_path: Path) -> None:
 
     assert digits.ensure_digits_model(digits_path.parent) == digits_path
     assert digits_path.stat().st_mtime_ns == modified
+
+
+def test_held_out_reference_is_a_stratified_third_of_the_training_side(digits_split: DatasetSplit) -> None:
+    held = digits.load_digits_split(hold_out_reference=True)
+
+    assert held.reference is not None and digits_split.reference is None
+    assert (len(held.train.labels), len(held.reference.labels), len(held.test.labels)) == (898, 449, 450)
+    np.testing.assert_array_equal(held.test.features, digits_split.test.features)  # the replay is unchanged
+    rows = np.concatenate([held.train.features, held.reference.features]).reshape(len(digits_split.train.labels), -1)
+    assert sorted(map(bytes, rows)) == sorted(map(bytes, digits_split.train.features.reshape(len(rows), -1)))
+    expected = np.bincount(digits_split.train.labels) / 3
+    assert np.abs(np.bincount(held.reference.labels) - expected).max() <= 1

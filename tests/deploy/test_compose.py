@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import Settings
+from service.settings import SidecarSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -68,8 +68,8 @@ def test_sidecar_service() -> None:
     for name in ("VAI_INGEST_TOKENS", "VAI_READ_TOKENS", "VAI_ADMIN_TOKENS"):
         # Overridable from the environment, with a default that says it is a placeholder.
         assert re.fullmatch(rf"\$\{{{name}:-change-me-[a-z]+\}}", environment[name]), environment[name]
-    # Every VAI_* variable set is a real setting (Settings forbids unknown ones anyway).
-    known = {f"VAI_{field.upper()}" for field in Settings.model_fields}
+    # Every VAI_* variable set is a real setting (SidecarSettings forbids unknown ones anyway).
+    known = {f"VAI_{field.upper()}" for field in SidecarSettings.model_fields}
     assert set(environment) <= known
     assert "/livez" in " ".join(sidecar["healthcheck"]["test"])
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import event, redis_servers_in, wait_until
 from common.embedded_redis import free_port
+from helpers import event, redis_servers_in, wait_until
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
     env.update({"VAI_SAMPLING__EVERY_N": "1", "VAI_LOG_LEVEL": "warning", "VAI_COHORT_KEYS": "region"})
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "common.cli", "serve", "--port", str(port)],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(Path(__file__).parents[2])},
     )

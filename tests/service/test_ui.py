@@ -38,10 +38,11 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as AsyncRedis
 
 from attribution_workers.main import build_runtimes, make_worker
-from attribution_workers.models import digits
-from attribution_workers.models.training import DatasetSplit
-from helpers import wait_until
+from attribution_workers.settings import WorkerSettings
 from common import keys
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from helpers import wait_until
 from sampler.explanations import (
     ExplanationDetail,
     ExplanationRecord,
@@ -50,7 +51,7 @@ from sampler.explanations import (
     StoredAttribution,
 )
 from service.app import create_app
-from service.settings import Settings
+from service.settings import SidecarSettings
 from service.ui import CONTENT_SECURITY_POLICY
 
 STATIC = Path(__file__).parents[2] / "service" / "static"
@@ -340,7 +341,7 @@ def digits_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
     torch.set_num_threads(previous)
 
 
-def _drain(settings: Settings, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
+def _drain(settings: WorkerSettings, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
     """An in-process attribution worker until ``done()`` (as in tests/attribution_workers/test_worker.py)."""
 
     async def loop() -> None:
@@ -411,7 +412,8 @@ def _save_records(redis_url: str, now: float, *, ttl_s: int) -> None:
 
 @pytest.fixture
 def stored_site(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., SidecarSettings],
+    make_worker_settings: Callable[..., WorkerSettings],
     digits_files: tuple[Path, DatasetSplit],
     redis_url: str,
     redis_client: redis.Redis,
@@ -425,13 +427,9 @@ def stored_site(
         **{"sanity_every_s": 0.001, "sanity_samples": 2},
     }
     settings = make_settings(
-        models={"digits": {"attribution": attribution}},
-        sampling={"every_n": 1, "max_per_second": 10_000},
-        read_tokens="read-token",
-        ingest_tokens="ingest-token",
-        worker_block_ms=50,
-        worker_metrics_port=0,
+        sampling={"every_n": 1, "max_per_second": 10_000}, read_tokens="read-token", ingest_tokens="ingest-token"
     )
+    worker_settings = make_worker_settings(models={"digits": {"attribution": attribution}})
     now = time.time()
     images, labels = split.test.features, split.test.labels
     # img0's label differs from its prediction, so it also gets a map for the label's class.
@@ -449,7 +447,7 @@ def stored_site(
             statuses = {redis_client.hget(key, "status") for key in redis_client.scan_iter("vai:expl:digits:*")}
             return statuses == {b"done"} and redis_client.hlen(keys.sanity("digits")) == len(METHODS)
 
-        _drain(settings, finished)
+        _drain(worker_settings, finished)
         assert httpx.post(f"{base}/v1/events", json=queued, headers=ingest).status_code < 300
         wait_until(lambda: redis_client.hget(keys.explanation("digits", "img6"), "status") == b"queued", what="queued")
         _save_records(redis_url, now, ttl_s=settings.explanation_ttl_s)
