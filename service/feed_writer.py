@@ -103,12 +103,17 @@ class FeedWriter:
         self._announced: set[str] = set()
         self._announced_at = time.monotonic()
         self.redis_up = True
+        self._writing = asyncio.Lock()
+        """Held while a batch is out of the buffer and on its way to Redis."""
         self._set_all = redis.register_script(_SET_ALL)
         self.dropped = Counter(
             "vai_monitor_records_dropped",
             "Monitoring records not written to Redis, by feed and reason.",
             ["model", "feed", "reason"],
             registry=registry,
+        )
+        self.labels = Counter(
+            "vai_labels", "Labels by whether they found their prediction.", ["model", "matched"], registry=registry
         )
         self.written = Counter(
             "vai_monitor_records_written",
@@ -126,6 +131,7 @@ class FeedWriter:
         record = self._record(prediction, version)
         if prediction.label is not None:
             self.offer(LABELLED, record.labelled(prediction.label))
+            self.labels.labels(prediction.model, "true").inc()
         else:
             self.offer(RECORDS, record)
         if self._budget.admit(prediction.received_at):
@@ -157,7 +163,7 @@ class FeedWriter:
             num_classes=prediction.num_classes,
             cohort=prediction.cohort,
             probabilities=probabilities,
-            embedding=None if embedding is None else embedding.astype(np.float32),
+            embedding=None if embedding is None else _float32(embedding),
         )
 
     def take_local(self, model: str, request_id: str) -> MonitoringRecord | None:
@@ -176,10 +182,19 @@ class FeedWriter:
             if not written:
                 await asyncio.sleep(0.01 if self.redis_up else self._retry_s)
 
+    async def settled(self) -> None:
+        """Wait until no batch is half-way to Redis: then every record is either here or in Redis."""
+        async with self._writing:
+            pass
+
     async def flush(self) -> int:
         """Write up to one batch; returns how many records were written."""
         if not self._pending:
             return 0
+        async with self._writing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
         try:
             results = await self._write(batch)
@@ -233,3 +248,13 @@ class FeedWriter:
             if isinstance(result, REDIS_DOWN):
                 raise result
         return [outcome[id(item)] for item in batch]
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float32(values: np.ndarray) -> np.ndarray:
+    """float32 for the wire; values beyond its range (valid float64 events can hold them) are clipped."""
+    if values.size and float(np.abs(values).max()) > _F32_MAX:
+        values = np.clip(values, -_F32_MAX, _F32_MAX)
+    return values.astype(np.float32)

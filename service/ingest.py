@@ -10,18 +10,19 @@ from typing import Any
 
 import orjson
 
-from sampler.contract import SampledEvent
 from common.cardinality import BoundedLabel
+from common.errors import InvalidInput, VaiError
+from sampler.contract import SampledEvent
 from sampler.metrics import SamplerMetrics
 from sampler.policy import Reason
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
-from service.errors import FieldError, SidecarError
+from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
-from service.metrics import IngestMetrics
 from service.feed_writer import FeedWriter
+from service.metrics import IngestMetrics
 from service.parsing import Rejected
-from service.settings import Settings
+from service.settings import SidecarSettings
 from service.validation import Checked, Prediction, check, predictions
 
 
@@ -54,7 +55,7 @@ class IngestHandler:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SidecarSettings,
         *,
         sampler: Sampler,
         writer: QueueWriter,
@@ -102,14 +103,14 @@ class IngestHandler:
             self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
 
     def ingest(self, body: bytes, *, open_brackets: int | None = None) -> IngestResult:
-        """Handle one request body; raises ``SidecarError`` when nothing in it is valid.
+        """Handle one request body; raises ``InvalidInput`` when nothing in it is valid.
 
         ``open_brackets``: the body's count of b"[", when it was taken while reading (see ``BracketTally``).
         """
         received_at = self._clock()
         try:
             decoded = self._decoder.decode(body, open_brackets=open_brackets)
-        except SidecarError:
+        except VaiError:
             self._metrics.rejected.labels("invalid_body").inc()
             raise
         result = IngestResult()
@@ -131,8 +132,8 @@ class IngestHandler:
         result.sampled = [sampled for sampled in map(self._sample, accepted) if sampled is not None]
         if not accepted:
             first = result.rejected[0]
-            raise SidecarError(
-                422, f"no valid event in the request; first: {first.error}", field=first.field, detail=_detail(result)
+            raise InvalidInput(
+                f"no valid event in the request; first: {first.error}", field=first.field, detail=_detail(result)
             )
         return result
 

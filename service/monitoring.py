@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from common import keys
@@ -45,20 +44,16 @@ class LabelsResult:
 
 
 class Monitoring:
-    def __init__(self, redis: Redis, writer: FeedWriter, registry: CollectorRegistry) -> None:
+    def __init__(self, redis: Redis, writer: FeedWriter) -> None:
         self._redis = redis
         self.writer = writer
         self.references = ReferenceStore(redis)
-        self.labels = Counter(
-            "vai_labels",
-            "Delayed labels by whether they found their prediction.",
-            ["model", "matched"],
-            registry=registry,
-        )
+        self.labels = writer.labels
 
     async def apply_labels(self, labels: list[tuple[str, str, int]], *, known: set[str]) -> LabelsResult:
         """Join delayed labels to their predictions: this replica's buffer first, then Redis."""
         result = LabelsResult()
+        await self.writer.settled()  # a record on its way to Redis would be found in neither place
         remote: list[tuple[int, str, str, int]] = []
         for index, (model, request_id, label) in enumerate(labels):
             local = self.writer.take_local(model, request_id)

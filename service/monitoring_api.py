@@ -16,7 +16,8 @@ from common.errors import InvalidInput, MonitorsOff, NotFound
 from monitors.calibration import CalibrationReport, ReliabilityBin
 from monitors.fleet.references import reference_from_arrays
 from monitors.fleet.results import SeriesQuality
-from service.deps import AdminScope, IngestScope, ModelPath, ReadScope, SidecarDep, read_body
+from service.auth import Scope
+from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.errors import FieldError
 from service.monitoring import Monitoring
 from service.schemas import MODEL_PATTERN
@@ -42,8 +43,13 @@ def _monitoring(sidecar: Sidecar) -> Monitoring:
     return sidecar.monitoring
 
 
-@router.post("/v1/labels", dependencies=[IngestScope], summary="Join delayed ground truth to predictions")
-async def post_labels(body: LabelsIn, sidecar: SidecarDep) -> Response:
+LABELS_BODY_BYTES = 4 * 1024 * 1024
+"""Most bytes of one ``POST /v1/labels`` (10,000 labels take about 1.5 MB)."""
+LabelsBody = Annotated[LabelsIn, json_body(LabelsIn, scope=Scope.INGEST, limit_bytes=LABELS_BODY_BYTES)]
+
+
+@router.post("/v1/labels", summary="Join delayed ground truth to predictions", openapi_extra=json_body_doc(LabelsIn))
+async def post_labels(body: LabelsBody, sidecar: SidecarDep) -> Response:
     result = await _monitoring(sidecar).apply_labels(
         [(item.model, item.request_id, item.label) for item in body.labels], known=sidecar.ingest.known_models
     )

@@ -20,7 +20,7 @@ Tokens = CommaList
 class ModelConfig(BaseModel):
     """Per-model section of the config file (``[models.NAME]``)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")  # other roles' sections (``attribution``) share the file
 
     sampling: dict[str, Any] = Field(default_factory=dict)
     """Overrides of the default sampling policy for this model."""
@@ -102,7 +102,7 @@ class SidecarSettings(RoleSettings):
     """Publish the full probability vector (for the Brier score) of models with at most this many classes."""
 
     @model_validator(mode="after")
-    def _check_model_policies(self) -> Settings:
+    def _check_model_policies(self) -> SidecarSettings:
         for name in self.models:
             try:
                 self.model_policy(name)
@@ -118,7 +118,3 @@ class SidecarSettings(RoleSettings):
         """Default policy with the config file's overrides for ``model`` applied."""
         section = self.models.get(model)
         return self.sampling.merged(section.sampling) if section else self.sampling
-
-
-Settings = SidecarSettings
-"""The name the routes and tests use."""

@@ -12,21 +12,20 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from common.redis import connect
+from common.errors import InvalidInput
+from common.redis import REDIS_FAILED, connect
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from sampler.policy_store import PolicyStore
-from common.redis import REDIS_DOWN
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.auth import TokenAuth
-from service.errors import SidecarError
+from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
 from service.metrics import IngestMetrics
-from service.feed_writer import FeedWriter
 from service.monitoring import Monitoring
-from service.settings import Settings
+from service.settings import SidecarSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +44,9 @@ class Status:
 class Sidecar:
     """The plain object behind the HTTP routes; ``start``/``stop`` run its background tasks."""
 
-    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: SidecarSettings, *, registry: CollectorRegistry | None = None) -> None:
         if settings.redis_url is None:
-            raise ValueError("Settings.redis_url must be set (the CLI starts an embedded Redis when it is not)")
+            raise ValueError("SidecarSettings.redis_url must be set (the CLI starts an embedded Redis when it is not)")
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
@@ -79,7 +78,7 @@ class Sidecar:
                 prediction_ttl_s=settings.prediction_ttl_s,
                 brier_max_classes=settings.brier_max_classes,
             )
-            self.monitoring = Monitoring(self.redis, self.feed, self.registry)
+            self.monitoring = Monitoring(self.redis, self.feed)
         self.ingest = IngestHandler(
             settings,
             sampler=self.sampler,
@@ -142,30 +141,20 @@ class Sidecar:
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "body"
-            raise SidecarError(422, f"{where}: {first['msg']}", field=where) from None
-        try:
-            await self.policies.save(model, changes)
-        except REDIS_DOWN as error:
-            raise SidecarError(
-                503, f"redis: policy not stored, try again: {error}", headers={"Retry-After": "1"}
-            ) from None
+            raise InvalidInput(f"{where}: {first['msg']}", field=where) from None
+        await self.policies.save(model, changes)  # RedisUnavailable (503) when Redis fails
         return self.sampler.set_overrides(model, overrides)
 
     async def reset_policy(self, model: str) -> SamplingPolicy:
         """Drop the run-time overrides of ``model``."""
-        try:
-            await self.policies.clear(model)
-        except REDIS_DOWN as error:
-            raise SidecarError(
-                503, f"redis: policy not reset, try again: {error}", headers={"Retry-After": "1"}
-            ) from None
+        await self.policies.clear(model)  # RedisUnavailable (503) when Redis fails
         return self.sampler.set_overrides(model, {})
 
     async def _refresh_policies(self) -> None:
         try:
             stored = await self.policies.load_all()
-        except REDIS_DOWN as error:
-            log.debug("policy refresh skipped: %s", error)
+        except REDIS_FAILED as error:
+            log.debug("policy refresh skipped: %s", type(error).__name__)
             return
         self.sampler.sync_overrides(stored)
 

@@ -12,11 +12,14 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from attribution_workers.models import digits
-from attribution_workers.models.training import DatasetSplit
+from attribution_workers.loader import LoadedModel, ModelSpec, load_model
+from attribution_workers.settings import WorkerSettings
 from common.embedded_redis import EmbeddedRedis
+from demo.models import digits, tabular
+from demo.models.training import DatasetSplit
+from helpers import MonitorRunner
 from service.app import create_app
-from service.settings import Settings
+from service.settings import SidecarSettings
 
 
 @pytest.fixture(scope="session")
@@ -43,24 +46,47 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def make_settings(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
-    """Settings on the test Redis, isolated from the caller's ``VAI_*`` environment."""
+def make_settings(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., SidecarSettings]:
+    """SidecarSettings on the test Redis, isolated from the caller's ``VAI_*`` environment."""
     import os
 
     for name in list(os.environ):
         if name.startswith("VAI_"):
             monkeypatch.delenv(name)
 
-    def make(**overrides: Any) -> Settings:
+    def make(**overrides: Any) -> SidecarSettings:
         values: dict[str, Any] = {"redis_url": redis_url, "policy_refresh_s": 0.1, "queue_poll_s": 0.1}
         values.update(overrides)
-        return Settings(**values)
+        return SidecarSettings(**values)
 
     return make
 
 
 @pytest.fixture
-def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+def make_worker_settings(
+    redis_url: str, make_settings: Callable[..., SidecarSettings]
+) -> Callable[..., WorkerSettings]:
+    """Attribution-worker settings on the test Redis (``make_settings`` has cleared ``VAI_*``)."""
+
+    def make(**overrides: Any) -> WorkerSettings:
+        values: dict[str, Any] = {"redis_url": redis_url, "worker_block_ms": 50, "worker_metrics_port": 0}
+        values.update(overrides)
+        return WorkerSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def monitors(redis_url: str, make_settings: Callable[..., SidecarSettings]) -> Iterator[MonitorRunner]:
+    """Start in-process monitors with ``monitors.start(**settings)``; all are stopped after the test."""
+    runner = MonitorRunner(redis_url)
+    yield runner
+    for process in reversed(runner.started):
+        runner.stop(process)
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., SidecarSettings]) -> Iterator[Callable[..., TestClient]]:
     """Start the app (lifespan included) with settings overrides; stopped after the test."""
     clients: list[TestClient] = []
 
@@ -115,3 +141,25 @@ def digits_split() -> DatasetSplit:
 @pytest.fixture(scope="session")
 def digits_path(model_dir: Path) -> Path:
     return digits.ensure_digits_model(model_dir)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_path: Path) -> LoadedModel:
+    spec = ModelSpec(torchscript=digits_path, input_shape=digits.INPUT_SHAPE, num_classes=digits.NUM_CLASSES)
+    return load_model(spec, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tabular_split() -> DatasetSplit:
+    return tabular.load_breast_cancer_split()
+
+
+@pytest.fixture(scope="session")
+def tabular_path(model_dir: Path) -> Path:
+    return tabular.ensure_breast_cancer_model(model_dir)
+
+
+@pytest.fixture(scope="session")
+def tabular_model(tabular_path: Path) -> LoadedModel:
+    spec = ModelSpec(torchscript=tabular_path, input_shape=(tabular.NUM_FEATURES,), num_classes=tabular.NUM_CLASSES)
+    return load_model(spec, device="cpu")

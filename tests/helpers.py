@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from monitors.fleet.process import MonitorProcess
+from monitors.fleet.settings import MonitorSettings
 
 
 def event(request_id: str = "r1", *, model: str = "digits", **fields: Any) -> dict[str, Any]:
@@ -89,3 +96,44 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 20.0) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class MonitorRunner:
+    """``MonitorProcess`` instances on the test Redis, each on its own event loop in a thread."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis_url = redis_url
+        self._loops: dict[int, tuple[asyncio.AbstractEventLoop, threading.Thread]] = {}
+        self.started: list[MonitorProcess] = []
+
+    def start(self, *, registry: CollectorRegistry | None = None, **overrides: Any) -> MonitorProcess:
+        values: dict[str, Any] = {
+            "redis_url": self._redis_url,
+            "monitor_metrics_port": 0,
+            "monitor_lease_ttl_s": 1.0,
+            "monitor_status_s": 0.1,
+            "monitor_report_s": 0.1,
+        }
+        values.update(overrides)
+        process = MonitorProcess(MonitorSettings(**values), registry=registry or CollectorRegistry())
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=f"monitor-{len(self.started)}", daemon=True)
+        thread.start()
+        asyncio.run_coroutine_threadsafe(process.start(), loop).result(30)
+        self._loops[id(process)] = (loop, thread)
+        self.started.append(process)
+        return process
+
+    def stop(self, process: MonitorProcess) -> None:
+        """Stop one (giving its leases back); again is harmless."""
+        loop, thread = self._loops[id(process)]
+        if not process.stopped:
+            asyncio.run_coroutine_threadsafe(process.stop(), loop).result(30)
+        if thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+    def run(self, process: MonitorProcess, coroutine: Any) -> Any:
+        """Run a coroutine on ``process``'s loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loops[id(process)][0]).result(30)

@@ -53,8 +53,10 @@ class DriftStates:
             except ValueError as error:
                 log.error("ignoring unreadable drift state of %s: %s", model, error)
             else:
-                log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
-                return Started(DriftMonitor.from_state(state, metrics=self._metrics), version, stored=True)
+                if state.config == self._config:
+                    log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
+                    return Started(DriftMonitor.from_state(state, metrics=self._metrics), version, stored=True)
+                log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
         if reference_id is not None:
             return await self.from_reference(model)
         return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)

@@ -63,6 +63,7 @@ class OwnedModel:
         self._redis_backlog = 0
         self._next_waiting_s: float | None = None
         self._examined_seen = 0
+        self._stopping = False
 
     async def start(self) -> None:
         self._drift = await self._states.start(self.model)
@@ -77,10 +78,14 @@ class OwnedModel:
             asyncio.create_task(self._every(self._settings.monitor_report_s, self._publish_quality)),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout_s: float = 5.0) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in stuck:
+                log.error("monitor of %s: task %s did not stop within %.0f s", self.model, task.get_name(), timeout_s)
         self._tasks = []
         self._runner.remove(self.model)
         self._windows.forget(self.model)
@@ -121,7 +126,11 @@ class OwnedModel:
             return
         if entries:
             self._take(entries)
-            await self._redis.xack(feed, keys.MONITOR_GROUP, *(entry_id for entry_id, _ in entries))
+            ids = [entry_id for entry_id, _ in entries]
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xack(feed, keys.MONITOR_GROUP, *ids)
+            pipe.xdel(feed, *ids)  # so the stream's length is what waits (as with the sample streams)
+            await pipe.execute()
 
     def _take(self, entries: Entries) -> None:
         for _, fields in entries:
@@ -211,20 +220,14 @@ class OwnedModel:
         log.info("drift monitor of %s calibrating on the uploaded reference %s", self.model, latest)
 
     async def _measure_backlog(self) -> None:
+        """Examined entries are deleted, so the feed's length is what waits and its head the oldest."""
         feed = keys.prediction_feed(self.model)
-        groups = await self._redis.xinfo_groups(feed)
-        group = next((g for g in groups if g["name"] in (keys.MONITOR_GROUP, keys.MONITOR_GROUP.encode())), None)
-        if group is None:
-            return
-        lag = group.get("lag")
-        self._redis_backlog = int(lag) if lag is not None else 0
-        self._next_waiting_s = None
-        if self._redis_backlog:
-            last = group["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else last
-            after = await self._redis.xrange(feed, min=f"({last}", count=1)
-            if after:
-                self._next_waiting_s = int(after[0][0].split(b"-")[0]) / 1000
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xlen(feed)
+        pipe.xrange(feed, count=1)
+        length, head = await pipe.execute()
+        self._redis_backlog = int(length)
+        self._next_waiting_s = int(head[0][0].split(b"-")[0]) / 1000 if head else None
 
     async def _publish_quality(self) -> None:
         snapshots = [s for s in self._windows.snapshots() if s.key.model == self.model and s.records]
@@ -243,13 +246,19 @@ class OwnedModel:
         await self._every(0.0, step)
 
     async def _every(self, period_s: float, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until stopped, riding out failures. A cancellation can reach us disguised (redis-py
+        turns one inside its own timeout into ``TimeoutError``) or swallowed, so the loop also checks."""
         failing = False
-        while True:
+        while not self._stopping:
             try:
                 await step()
             except REDIS_FAILED as error:
+                if self._stopping or cancelling():
+                    raise asyncio.CancelledError from error
                 if not failing:
-                    log.warning("monitor of %s: redis failed (%s); retrying", self.model, type(error).__name__)
+                    log.warning(
+                        "monitor of %s: redis failed (%s: %s); retrying", self.model, type(error).__name__, error
+                    )
                 failing = True
                 await asyncio.sleep(0.5)
                 continue
@@ -257,8 +266,15 @@ class OwnedModel:
                 log.exception("monitor of %s: %s failed", self.model, getattr(step, "__name__", step))
                 await asyncio.sleep(1.0)
                 continue
+            if self._stopping or cancelling():
+                raise asyncio.CancelledError
             if failing:
                 log.info("monitor of %s: redis is back", self.model)
             failing = False
             if period_s:
                 await asyncio.sleep(period_s)
+
+
+def cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -26,7 +26,7 @@ from monitors.drift.runner import DriftRunner
 from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases, fair_share
 from monitors.fleet.metrics import MonitorMetrics
-from monitors.fleet.owned import OwnedModel
+from monitors.fleet.owned import OwnedModel, cancelling
 from monitors.fleet.settings import MonitorSettings
 from monitors.window import WindowStore
 
@@ -63,6 +63,7 @@ class MonitorProcess:
         self.owned: dict[str, OwnedModel] = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self.stopped = False
 
     @property
     def owner(self) -> str:
@@ -74,9 +75,12 @@ class MonitorProcess:
 
     async def stop(self) -> None:
         """Give every model back at once (another monitor takes it without waiting for the TTL)."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=5.0)
         for model in list(self.owned):
             await self._drop(model, release=True)
         try:
@@ -89,13 +93,17 @@ class MonitorProcess:
 
     async def _loop(self) -> None:
         period = self.settings.monitor_lease_ttl_s / 3
-        while True:
+        while not self.stopped:
             try:
                 await self.tick()
             except REDIS_FAILED as error:
+                if cancelling():
+                    raise
                 if not self._failing:
                     log.warning("monitor %s: redis failed (%s); retrying", self.owner, type(error).__name__)
                 self._failing = True
+            except Exception:  # the lease loop must outlive any one failure, or every model would go unwatched
+                log.exception("monitor %s: lease round failed", self.owner)
             else:
                 if self._failing:
                     log.info("monitor %s: redis is back", self.owner)

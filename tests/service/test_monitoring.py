@@ -1,8 +1,10 @@
-"""Monitors in the running sidecar: delayed labels, calibration, cohort quality and drift on real embeddings."""
+"""Monitoring through the sidecar: labels joined on any replica, figures from the fleet monitor, drift on real
+embeddings, and what the sidecar publishes when Redis or the budget says no."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,9 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from attribution_workers.models.training import DatasetSplit
-from helpers import event, wait_until
-from service.corruptions import corrupt
+from demo.corruptions import corrupt
+from demo.models.training import DatasetSplit
+from helpers import MonitorRunner, event, wait_until
 
 # Small detectors so calibration takes a second: online MMD at ERT 100 (window 10), 400-event tumbling windows.
 FAST_DRIFT = {
@@ -46,8 +48,22 @@ def expected_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) ->
     return total
 
 
-def test_delayed_labels_join_predictions_and_feed_calibration(make_client: Callable[..., TestClient]) -> None:
-    registry = CollectorRegistry()
+def _series(client: TestClient, count: int, **params: str) -> dict[str, dict[str, Any]]:
+    """The calibration series once the monitor has published ``count`` labelled predictions in ``all``."""
+
+    def published() -> dict[str, dict[str, Any]] | None:
+        found = client.get("/v1/models/digits/calibration", params=params).json()["series"]
+        series = {s["cohort"]: s for s in found}
+        return series if series.get("all", {}).get("count") == count else None
+
+    return wait_until(published, timeout_s=30, what=f"{count} labelled predictions in the published figures")
+
+
+def test_delayed_labels_join_predictions_and_feed_calibration(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner
+) -> None:
+    registry, monitor_registry = CollectorRegistry(), CollectorRegistry()
+    monitors.start(registry=monitor_registry, cohort_keys=("region",))
     client = make_client(registry=registry, cohort_keys=("region",))
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(3) * 0.7, size=60)
@@ -59,28 +75,32 @@ def test_delayed_labels_join_predictions_and_feed_calibration(make_client: Calla
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 60
 
     body = {
-        "labels": [{"model": "digits", "request_id": f"r{i}", "label": label} for i, label in enumerate(labels)]
+        "labels": [
+            {"model": "digits", "request_id": f"r{i}", "label": 3 if i == 2 else label}
+            for i, label in enumerate(labels)
+        ]
         + [
             {"model": "digits", "request_id": "never-seen", "label": 1},
             {"model": "other", "request_id": "r1", "label": 1},
             {"model": "digits", "request_id": "r0", "label": 0},
         ]
-    }  # r0 again: labelled already
+    }  # r2 with a class the model does not have; r0 again: labelled already
     result = client.post("/v1/labels", json=body).json()
-    assert result["matched"] == 60
-    assert [u["request_id"] for u in result["unmatched"]] == ["never-seen", "r0"]
-    assert [r["request_id"] for r in result["rejected"]] == ["r1"]
-    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 60
+    assert result["matched"] == 60 - 1, result
+    assert [u["request_id"] for u in result["unmatched"]] == ["never-seen", "r1", "r0"]
+    assert [r["request_id"] for r in result["rejected"]] == ["r2"]
+    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 59
     assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "false"}) == 2
-
-    series = {s["cohort"]: s for s in client.get("/v1/models/digits/calibration").json()["series"]}
-    assert set(series) == {"all", "region=eu"} and series["all"]["count"] == 60
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    assert registry.get_sample_value("vai_labels_total", {"model": "__unknown__", "matched": "false"}) == 1
+    series = _series(client, 59)
+    assert set(series) == {"all", "region=eu"}
+    kept = [i for i in range(60) if i != 2]
+    confidence = probabilities[kept].max(axis=1)
+    correct = probabilities[kept].argmax(axis=1) == np.asarray(labels)[kept]
     assert series["all"]["ece"] == pytest.approx(expected_ece(confidence, correct), abs=1e-9)
-    brier = np.mean(((probabilities - np.eye(3)[labels]) ** 2).sum(axis=1))
+    brier = np.mean(((probabilities[kept] - np.eye(3)[np.asarray(labels)[kept]]) ** 2).sum(axis=1))
     assert series["all"]["brier_score"] == pytest.approx(brier, abs=1e-9)
-    assert registry.get_sample_value(
+    assert monitor_registry.get_sample_value(
         "vai_calibration_ece", {"model": "digits", "version": "unversioned", "cohort": "all"}
     ) == pytest.approx(series["all"]["ece"])
     png = client.get("/v1/models/digits/calibration.png")
@@ -91,27 +111,26 @@ def test_labels_wait_in_redis_until_they_arrive(make_client: Callable[..., TestC
     first = make_client()
     first.post("/v1/events", json=event("late", logits=[0.0, 3.0]))
     first.__exit__(None, None, None)  # this replica goes away; its records were flushed to Redis on shutdown
-    second = make_client()
-    second.post("/v1/events", json=event("other", logits=[0.0, 3.0]))  # the model is known to this replica too
-    assert (
-        second.post("/v1/labels", json={"labels": [{"model": "digits", "request_id": "late", "label": 1}]}).json()[
-            "matched"
-        ]
-        == 1
-    )
+    second = make_client()  # a replica that never saw the event or its model
+    answer = second.post("/v1/labels", json={"labels": [{"model": "digits", "request_id": "late", "label": 1}]})
+    assert answer.json()["matched"] == 1
 
 
-def test_label_in_the_event_counts_as_matched(make_client: Callable[..., TestClient]) -> None:
+def test_label_in_the_event_counts_as_matched(make_client: Callable[..., TestClient], monitors: MonitorRunner) -> None:
+    monitors.start()
     registry = CollectorRegistry()
     client = make_client(registry=registry)
     client.post("/v1/events", json={"events": [event("a", label=0), event("b", label=1)]})
     assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 2
-    assert client.get("/v1/models/digits/calibration").json()["series"][0]["count"] == 2
+    assert _series(client, 2)["all"]["count"] == 2
 
 
-def test_a_worse_cohort_shows_lower_accuracy_with_a_wider_interval(make_client: Callable[..., TestClient]) -> None:
-    registry = CollectorRegistry()
-    client = make_client(registry=registry, cohort_keys=("region",))
+def test_a_worse_cohort_shows_lower_accuracy_with_a_wider_interval(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner
+) -> None:
+    monitor_registry = CollectorRegistry()
+    monitors.start(registry=monitor_registry, cohort_keys=("region",))
+    client = make_client(cohort_keys=("region",))
     rng = np.random.default_rng(1)
     events, labels = [], []
     for i in range(400):
@@ -124,19 +143,19 @@ def test_a_worse_cohort_shows_lower_accuracy_with_a_wider_interval(make_client: 
         "/v1/labels",
         json={"labels": [{"model": "digits", "request_id": f"r{i}", "label": label} for i, label in enumerate(labels)]},
     )
+    series = _series(client, 400)
+    eu, us = series["region=eu"], series["region=us"]
+    assert eu["accuracy"] < us["accuracy"] - 0.2
+    assert eu["accuracy_upper"] - eu["accuracy_lower"] > 2 * (us["accuracy_upper"] - us["accuracy_lower"])
+    assert eu["count"] == 50
 
-    def figure(name: str, region: str) -> float:
-        value = registry.get_sample_value(
-            name, {"model": "digits", "version": "unversioned", "cohort": f"region={region}"}
+    def figure(name: str) -> float | None:
+        return monitor_registry.get_sample_value(
+            name, {"model": "digits", "version": "unversioned", "cohort": "region=eu"}
         )
-        assert value is not None
-        return value
 
-    assert figure("vai_accuracy", "eu") < figure("vai_accuracy", "us") - 0.2
-    eu_width = figure("vai_accuracy_upper", "eu") - figure("vai_accuracy_lower", "eu")
-    us_width = figure("vai_accuracy_upper", "us") - figure("vai_accuracy_lower", "us")
-    assert eu_width > 2 * us_width
-    assert figure("vai_cohort_labelled_total", "eu") == 50
+    assert figure("vai_cohort_labelled_total") == 50
+    assert figure("vai_accuracy") == pytest.approx(eu["accuracy"])
 
 
 def _digits_batch(module: torch.jit.ScriptModule, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,23 +175,28 @@ def _post(client: TestClient, prefix: str, embeddings: np.ndarray, probabilities
 
 def test_online_drift_quiet_on_clean_digits_and_alarms_on_corrupted_ones(
     make_client: Callable[..., TestClient],
+    monitors: MonitorRunner,
     digits_path: Path,
     digits_split: DatasetSplit,
 ) -> None:
     module = torch.jit.load(str(digits_path))
-    registry = CollectorRegistry()
-    client = make_client(registry=registry, drift=FAST_DRIFT, drift_cpu_share=1.0, drift_sync_s=0.2)
-    reference_x, reference_p = _digits_batch(module, digits_split.train.features[:800])
+    monitor_registry = CollectorRegistry()
+    first = monitors.start(registry=monitor_registry, drift=FAST_DRIFT)
+    client = make_client()
+    # The reference is held-out data, never the training split (its embeddings are more confident).
+    reference_x, reference_p = _digits_batch(module, digits_split.test.features[260:])
     response = client.put(
         "/v1/models/digits/reference", json={"embeddings": reference_x.tolist(), "probabilities": reference_p.tolist()}
     )
     assert response.status_code == 202 and response.json()["dims"] == 64
     wait_until(
-        lambda: client.get("/v1/models/digits/drift").json()["state"] == "monitoring", timeout_s=60, what="calibration"
+        lambda: client.get("/v1/models/digits/drift").json().get("state") == "monitoring",
+        timeout_s=60,
+        what="calibration",
     )
 
     def detected() -> float | None:
-        return registry.get_sample_value("vai_drift_detected", {"model": "digits", "detector": "mmd_online"})
+        return monitor_registry.get_sample_value("vai_drift_detected", {"model": "digits", "detector": "mmd_online"})
 
     clean_x, clean_p = _digits_batch(module, digits_split.test.features[:60])
     _post(client, "clean", clean_x, clean_p)  # 60 events, well within the ERT of 100
@@ -183,15 +207,23 @@ def test_online_drift_quiet_on_clean_digits_and_alarms_on_corrupted_ones(
     drift_x, drift_p = _digits_batch(module, shifted)
     _post(client, "drift", drift_x, drift_p)
     wait_until(lambda: detected() == 1.0, timeout_s=30, what="the online detector to alarm on corrupted traffic")
-    status = client.get("/v1/models/digits/drift").json()
-    online = next(d for d in status["detectors"] if d["name"] == "mmd_online")
-    assert online["drift"] and online["score"] > online["threshold"] and online["since"] is not None
 
-    restarted = make_client(drift=FAST_DRIFT, drift_sync_s=0.2)  # another replica, or this one after a restart
-    restarted.post("/v1/events", json=probabilities_event("wake", clean_p[0].tolist(), embedding=clean_x[0].tolist()))
+    def alarm_published() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        status = client.get("/v1/models/digits/drift").json()
+        online = next(d for d in status["detectors"] if d["name"] == "mmd_online")
+        return (status, online) if online["drift"] else None
+
+    status, online = wait_until(alarm_published, what="every replica to answer the alarm")
+    assert online["drift"] and online["score"] > online["threshold"] and online["since"] is not None
+    assert status["examined"] >= 260 and status["owner"] == first.owner
+
+    monitors.stop(first)  # the owner goes away; another monitor adopts the stored calibration
+    second = monitors.start(drift=FAST_DRIFT)
     wait_until(
-        lambda: restarted.get("/v1/models/digits/drift").json()["state"] == "monitoring",
-        timeout_s=10,
+        lambda: (
+            (s := client.get("/v1/models/digits/drift").json())["owner"] == second.owner and s["state"] == "monitoring"
+        ),
+        timeout_s=15,
         what="the stored calibration to be adopted without recalibrating",
     )
 
@@ -223,7 +255,7 @@ def test_bad_reference_is_422_naming_the_field(make_client: Callable[..., TestCl
 def test_reference_as_npy_upload_and_pickles_refused(make_client: Callable[..., TestClient]) -> None:
     import io
 
-    client = make_client(drift=FAST_DRIFT)
+    client = make_client()
     buffer = io.BytesIO()
     np.save(buffer, np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32))
     response = client.put(
@@ -246,27 +278,81 @@ def test_reference_as_npy_upload_and_pickles_refused(make_client: Callable[..., 
     assert mismatch.status_code == 422 and mismatch.json()["field"] == "embedding"
 
 
-def test_requests_never_wait_for_a_detector(make_client: Callable[..., TestClient]) -> None:
-    registry = CollectorRegistry()
-    client = make_client(registry=registry, drift_buffer_events=50)
+def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner
+) -> None:
+    monitor = monitors.start(drift_buffer_events=100)
+    client = make_client()
     client.post("/v1/events", json=event("first", embedding=[0.1, 0.2]))
-    sidecar = client.app.state.sidecar  # type: ignore[attr-defined]
-    monitor = sidecar.monitoring.runner.monitor("digits")
+    wait_until(lambda: "digits" in monitor.owned, what="the monitor to take the model")
     release = threading.Event()
-    monitor.update = lambda batch: release.wait(60) and []  # a detector that hangs until released
+    drift = monitor.owned["digits"]
+    drift.buffer.drain = lambda max_events: release.wait(60) and []  # type: ignore[method-assign]  # a hung detector
     try:
-        for start in range(0, 300, 100):
+        for start in range(0, 600, 100):
             events = [event(f"e{i}", embedding=[0.1, 0.2]) for i in range(start, start + 100)]
             assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 100
-        skipped = registry.get_sample_value("vai_drift_events_skipped_total", {"model": "digits"})
-        assert skipped is not None and skipped >= 200, "a full buffer drops (and counts) instead of blocking"
+
+        def behind() -> dict[str, Any] | None:
+            status = client.get("/v1/models/digits/drift").json()
+            return status if status["backlog"] >= 500 and status["oldest_waiting_s"] > 0 else None
+
+        status = wait_until(behind, timeout_s=20, what="the backlog to be published")
+        assert status["examined"] < 600
     finally:
         release.set()
 
 
-def test_full_record_buffer_drops_the_oldest_and_counts_it(make_client: Callable[..., TestClient]) -> None:
-    registry = CollectorRegistry()  # Redis unreachable: the records stay in memory
-    client = make_client(registry=registry, prediction_buffer_events=2, redis_url="redis://127.0.0.1:1/0")
+def test_records_redis_cannot_take_are_dropped_oldest_first_and_counted(
+    make_client: Callable[..., TestClient],
+) -> None:
+    registry = CollectorRegistry()  # Redis unreachable: the records wait in memory, up to the bound
+    client = make_client(registry=registry, monitor_buffer_records=2, redis_url="redis://127.0.0.1:1/0")
+    feed = client.app.state.sidecar.feed  # type: ignore[attr-defined]
+    client.post("/v1/events", json=event("first", model="m0"))
+    wait_until(lambda: not feed.redis_up, what="the first write to fail")
     client.post("/v1/events", json={"events": [event("a", model="m1"), event("b", model="m2"), event("c", model="m2")]})
-    assert registry.get_sample_value("vai_prediction_records_dropped_total", {"model": "m1"}) == 1
-    assert registry.get_sample_value("vai_prediction_records_dropped_total", {"model": "m2"}) is None
+
+    def dropped(model: str, feed_name: str) -> float | None:
+        labels = {"model": model, "feed": feed_name, "reason": "redis_unavailable"}
+        return registry.get_sample_value("vai_monitor_records_dropped_total", labels)
+
+    # Each event makes a record for label joins and one for the drift feed: 8 records, 2 kept (c's).
+    assert dropped("m0", "label_join") == 1 and dropped("m0", "predictions") == 1
+    assert dropped("m1", "label_join") == 1 and dropped("m1", "predictions") == 1
+    assert dropped("m2", "label_join") == 1 and dropped("m2", "predictions") == 1
+    assert len(feed) == 2
+
+
+def test_the_budget_samples_the_drift_feed_and_counts_what_it_skips(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, monitor_max_per_second=20)
+    now = time.time()
+    events = [event(f"e{i}", timestamp=now) for i in range(300)]
+    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 300
+    skipped = registry.get_sample_value(
+        "vai_monitor_records_dropped_total", {"model": "digits", "feed": "predictions", "reason": "budget"}
+    )
+    assert skipped is not None and 200 <= skipped < 300
+    wait_until(lambda: redis_client.xlen("vai:feed:digits") == 300 - skipped, what="the sampled records in Redis")
+    # Prediction records for label joins are never sampled.
+    wait_until(lambda: len(list(redis_client.scan_iter("vai:pred:digits:*"))) == 300, what="every prediction record")
+
+
+def test_records_redis_refuses_are_counted(make_client: Callable[..., TestClient], redis_client: Any) -> None:
+    registry = CollectorRegistry()
+    client = make_client(registry=registry)
+    redis_client.config_set("maxmemory", "1")
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    try:
+        client.post("/v1/events", json={"events": [event("a"), event("b")]})
+
+        def refused(feed_name: str) -> float:
+            labels = {"model": "digits", "feed": feed_name, "reason": "redis_error"}
+            return registry.get_sample_value("vai_monitor_records_dropped_total", labels) or 0.0
+
+        wait_until(lambda: refused("predictions") == 2 and refused("label_join") == 2, what="refusals counted")
+    finally:
+        redis_client.config_set("maxmemory", "0")

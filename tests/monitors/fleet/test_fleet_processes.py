@@ -146,7 +146,9 @@ def test_drift_is_computed_once_per_model_and_answered_by_every_replica(fleet: F
         assert [d["name"] for d in answered["detectors"]] == [d["name"] for d in alpha["detectors"]]
     # Exactly one series per model and detector in the whole fleet, whichever monitor exports it.
     wait_until(lambda: len(_series_lines(fleet, "vai_drift_threshold{", "alpha")) == len(alpha["detectors"]))
-    names = [line.split('detector="')[1].split('"')[0] for line in _series_lines(fleet, "vai_drift_threshold{", "alpha")]
+    names = [
+        line.split('detector="')[1].split('"')[0] for line in _series_lines(fleet, "vai_drift_threshold{", "alpha")
+    ]
     assert sorted(names) == sorted(d["name"] for d in alpha["detectors"])
     examined = _series_lines(fleet, "vai_monitor_records_examined_total{", "alpha")
     assert len(examined) == 1 and float(examined[0].split()[-1]) >= 600
@@ -168,9 +170,10 @@ def test_labels_posted_to_different_replicas_give_the_pooled_figures(fleet: Flee
         body = {"labels": [{"model": "gamma", "request_id": f"g{i}", "label": int(labels[i])} for i in mine]}
         url = fleet.sidecars[(replica + 1) % 3]
         answer = wait_until(
-            lambda body=body, url=url: (r := httpx.post(f"{url}/v1/labels", json=body, timeout=5)).json()["matched"]
-            == len(body["labels"])
-            and r,
+            lambda body=body, url=url: (
+                (r := httpx.post(f"{url}/v1/labels", json=body, timeout=5)).json()["matched"] == len(body["labels"])
+                and r
+            ),
             what="every label to find its prediction record",
         )
         assert answer.status_code == 200
@@ -236,7 +239,9 @@ def test_redis_down_gives_503_from_every_redis_backed_route_and_ingest_goes_on(t
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/livez", process)
-        assert httpx.post(f"{base}/v1/events", json={"model": "m", "request_id": "a", "logits": [1, 2]}).status_code == 202
+        assert (
+            httpx.post(f"{base}/v1/events", json={"model": "m", "request_id": "a", "logits": [1, 2]}).status_code == 202
+        )
         server.stop()
         with httpx.Client(base_url=base, timeout=10) as client:
             answers = {
