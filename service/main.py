@@ -45,7 +45,7 @@ def serve_forever(settings: SidecarSettings) -> int:
         settings = settings.model_copy(update={"redis_url": embedded.url})
     try:
         if settings.monitors_enabled and settings.monitor == "embedded":
-            monitor = start_monitor(settings.redis_url or "")
+            monitor = start_monitor(settings.redis_url or "", host=settings.host)
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -63,9 +63,10 @@ def serve_forever(settings: SidecarSettings) -> int:
     return 0
 
 
-def start_monitor(redis_url: str) -> subprocess.Popen[bytes]:
-    """``vai-sidecar monitor`` as a child on the same Redis (``VAI_MONITOR=embedded``); it dies with us."""
-    env = {**os.environ, "VAI_REDIS_URL": redis_url}
+def start_monitor(redis_url: str, *, host: str) -> subprocess.Popen[bytes]:
+    """``vai-sidecar monitor`` as a child on the same Redis (``VAI_MONITOR=embedded``); it dies with us.
+    Its ``/metrics`` binds the sidecar's address, so whoever scrapes the sidecar reaches it too."""
+    env = {**os.environ, "VAI_REDIS_URL": redis_url, "VAI_HOST": host}
     command = [sys.executable, "-m", "common.cli", "monitor"]
     log.info("starting the embedded monitor (metrics on port %s)", env.get("VAI_MONITOR_METRICS_PORT", "8002"))
     return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
