@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
@@ -253,7 +254,7 @@ class FeedWriter:
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-def _float32(values: np.ndarray) -> np.ndarray:
+def _float32(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
     """float32 for the wire; values beyond its range (valid float64 events can hold them) are clipped."""
     if values.size and float(np.abs(values).max()) > _F32_MAX:
         values = np.clip(values, -_F32_MAX, _F32_MAX)

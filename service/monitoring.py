@@ -107,7 +107,7 @@ class Monitoring:
 
     async def _get(self, key: str, what: str) -> bytes | None:
         try:
-            value: bytes | None = await self._redis.get(key)
+            value: bytes | None = await self._redis.get(key)  # type: ignore[assignment]
         except REDIS_FAILED:
             raise RedisUnavailable(f"redis: {what} not read") from None
         return value

@@ -56,10 +56,12 @@ class DriftMetrics:
 
     def forget(self, model: str) -> None:
         """Drop every series of ``model`` (this process no longer monitors it: another one exports them)."""
-        for family in (self._score, self._threshold, self._detected, self._p_value):
-            for labels in [key for key in family._metrics if key[0] == model]:
-                family.remove(*labels)
-        for family in (self._distance, self._skipped):
+        gauges: tuple[Gauge, ...] = (self._score, self._threshold, self._detected, self._p_value)
+        for gauge in gauges:
+            for labels in [key for key in gauge._metrics if key[0] == model]:
+                gauge.remove(*labels)
+        per_model: tuple[Histogram | Counter, ...] = (self._distance, self._skipped)
+        for family in per_model:
             if (model,) in family._metrics:
                 family.remove(model)
 

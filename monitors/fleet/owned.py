@@ -106,12 +106,12 @@ class OwnedModel:
         feed = keys.prediction_feed(self.model)
         try:
             # Entries a previous owner read but never acknowledged come first, then new ones.
-            _, claimed, *_ = await self._redis.xautoclaim(
+            claim: Any = await self._redis.xautoclaim(
                 feed, keys.MONITOR_GROUP, self._leases.owner, min_idle_time=0, count=self._settings.monitor_read_batch
             )
-            entries: Entries = claimed or []
+            entries: Entries = claim[1] or []
             if not entries:
-                answer = await self._redis.xreadgroup(
+                answer: Any = await self._redis.xreadgroup(
                     keys.MONITOR_GROUP,
                     self._leases.owner,
                     {feed: ">"},
@@ -148,14 +148,18 @@ class OwnedModel:
         """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must."""
         start = f"{int((time.time() - self._settings.calibration_window_s) * 1000)}-0"
         while True:
-            entries = await self._redis.xrange(keys.labelled_feed(self.model), min=start, count=2000)
+            entries: Entries = await self._redis.xrange(  # type: ignore[assignment]
+                keys.labelled_feed(self.model), min=start, count=2000
+            )
             if not entries:
                 return
             self._take_labelled(entries)
             start = "(" + entries[-1][0].decode()
 
     async def _read_labelled(self) -> None:
-        answer = await self._redis.xread({keys.labelled_feed(self.model): self._last_labelled}, count=2000, block=500)
+        answer: Any = await self._redis.xread(
+            {keys.labelled_feed(self.model): self._last_labelled}, count=2000, block=500
+        )
         if answer:
             self._take_labelled(answer[0][1])
 
@@ -239,6 +243,9 @@ class OwnedModel:
             owner=self._leases.owner,
         )
         await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
+        # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).
+        horizon_ms = int((time.time() - self._settings.calibration_window_s) * 1000)
+        await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
 
     # --- plumbing ------------------------------------------------------------------------------
 

@@ -83,11 +83,9 @@ class MonitorProcess:
             await asyncio.wait([self._task], timeout=5.0)
         for model in list(self.owned):
             await self._drop(model, release=True)
-        try:
+        with contextlib.suppress(TimeoutError, *REDIS_FAILED):
             async with asyncio.timeout(2.0):
                 await self.leases.leave()
-        except (TimeoutError, *REDIS_FAILED):
-            pass
         self.runner.stop()
         await self.redis.aclose()
 
@@ -118,7 +116,8 @@ class MonitorProcess:
             if not await self.leases.renew(model):
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
                 await self._drop(model, release=False)
-        models = sorted(m.decode() for m in await self.redis.smembers(keys.MONITORED_MODELS))
+        members: set[bytes] = await self.redis.smembers(keys.MONITORED_MODELS)  # type: ignore[assignment]
+        models = sorted(m.decode() for m in members)
         share = fair_share(len(models), alive)
         if len(self.owned) > share:
             await self._drop(sorted(self.owned)[-1], release=True)
@@ -156,6 +155,6 @@ class MonitorProcess:
         self.drift_metrics.forget(model)
         self.metrics.forget(model)
         if release:
-            with contextlib.suppress(REDIS_FAILED):
+            with contextlib.suppress(*REDIS_FAILED):
                 await self.leases.release(model)
         log.info("monitor %s no longer owns %s", self.owner, model)

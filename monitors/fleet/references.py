@@ -84,7 +84,7 @@ class ReferenceStore:
         return value.decode() if isinstance(value, bytes) else value
 
     async def get(self, model: str) -> StoredReference | None:
-        raw = await self._redis.hgetall(keys.drift_reference(model))
+        raw: dict[bytes, bytes] = await self._redis.hgetall(keys.drift_reference(model))  # type: ignore[assignment]
         if not raw:
             return None
         fields = {k.decode(): v for k, v in raw.items()}
