@@ -10,11 +10,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.vai-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ client/pyproject.toml -nt "$stamp" ]; then
   # torch==2.13.0 is pinned in pyproject.toml: installing it first keeps pip from
   # resolving a newer build (with several GB of CUDA packages) for other dependencies.
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
   .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+  # The client for serving stacks is its own distribution (no dependencies); the tests use it.
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e client
   touch "$stamp"
 fi
 

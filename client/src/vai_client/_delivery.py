@@ -1,0 +1,221 @@
+"""Getting one batch to the sidecar: the HTTP call, and what to do with each answer.
+
+``BatchDelivery`` is a plain state machine shared by the threaded and the asyncio client: ask it
+for the next body, post it however you like, tell it what came back, and sleep for the delay it
+returns. It splits on 413, backs off on errors, honours ``Retry-After``, and counts every item once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import random
+import socket
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from vai_client._encoding import join_batch
+from vai_client._stats import Counters
+
+log = logging.getLogger("vai_client")
+
+RETRY_STATUSES = frozenset({408, 429, 503})
+"""4xx answers worth trying again (5xx all are)."""
+TRANSIENT_ERRORS = (OSError, TimeoutError, http.client.HTTPException)
+"""What a failed attempt may raise: refused, reset, timed out, or a broken answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Transport:
+    """One keep-alive HTTP connection to the sidecar, used by one thread at a time."""
+
+    def __init__(self, url: str, *, token: str | None, timeout_s: float) -> None:
+        self._url = url
+        self._token = token
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url: expected http(s)://host[:port], got {url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self.timeout_s = timeout_s
+        self._connection: http.client.HTTPConnection | None = None
+
+    def clone(self) -> Transport:
+        """The same sidecar on a connection of its own."""
+        return Transport(self._url, token=self._token, timeout_s=self.timeout_s)
+
+    def attempt_timeout_s(self, remaining_s: float | None) -> float:
+        """The timeout of one attempt: ``timeout_s``, or less when a deadline is that close."""
+        return self.timeout_s if remaining_s is None else max(0.001, min(self.timeout_s, remaining_s))
+
+    def post(self, path: str, body: bytes, *, timeout_s: float | None = None) -> Response:
+        """POST ``body``; raises one of ``TRANSIENT_ERRORS`` when no answer came back."""
+        connection = self._connect(timeout_s or self.timeout_s)
+        try:
+            connection.request("POST", self._prefix + path, body=body, headers=self._headers)
+            answer = connection.getresponse()
+            payload = answer.read()
+        except BaseException:
+            self.close()
+            raise
+        if answer.will_close:
+            self.close()
+        return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, payload)
+
+    def _connect(self, timeout_s: float) -> http.client.HTTPConnection:
+        if self._connection is None:
+            if self._https:
+                self._connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=timeout_s, context=ssl.create_default_context()
+                )
+            else:
+                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
+            self._connection.connect()
+            self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        elif self._connection.sock is not None:
+            self._connection.sock.settimeout(timeout_s)
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    backoff_base_s: float = 0.05
+    """First delay after a failed attempt; doubled each time."""
+    backoff_max_s: float = 5.0
+    """Cap of the doubling (the sender keeps trying at this pace while the sidecar stays away)."""
+    retry_after_max_s: float = 60.0
+    """Cap of a sidecar's ``Retry-After``."""
+
+    def backoff_s(self, failures: int) -> float:
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures - 1, 30))
+        return float(ceiling * random.uniform(0.5, 1.0))
+
+    def retry_after_s(self, value: str | None, failures: int) -> float:
+        if value is not None:
+            try:
+                seconds = float(value)
+            except ValueError:
+                try:
+                    seconds = max(0.0, parsedate_to_datetime(value).timestamp() - time.time())  # past: now
+                except (TypeError, ValueError, IndexError):
+                    seconds = -1.0
+            if seconds >= 0:
+                return min(seconds, self.retry_after_max_s)
+        return self.backoff_s(failures)
+
+
+class BatchDelivery:
+    """One batch of encoded items on its way: ``next_body()`` → post → ``record*()`` → sleep, until done."""
+
+    def __init__(self, kind: str, items: list[bytes], counters: Counters, policy: RetryPolicy) -> None:
+        self.kind = kind  # "events" or "labels"
+        self.path = f"/v1/{kind}"
+        self._pending: deque[list[bytes]] = deque([items])
+        self._counters = counters
+        self._policy = policy
+        self._failures = 0
+        self._retried_chunk = False
+
+    @property
+    def done(self) -> bool:
+        return not self._pending
+
+    def next_body(self) -> bytes:
+        return join_batch(self.kind, self._pending[0])
+
+    def record_error(self, error: BaseException) -> float:
+        """No answer (refused, reset, timed out): retry the same chunk after a backoff."""
+        log.debug("vai sidecar unreachable (%s); retrying", error)
+        return self._retry(self._policy.backoff_s(self._failures + 1))
+
+    def record_response(self, response: Response) -> float:
+        """Settle the current chunk from the sidecar's answer; the delay before the next attempt."""
+        status = response.status
+        chunk = self._pending[0]
+        if 200 <= status < 300:
+            self._pending.popleft()
+            self._settle(len(chunk), self._rejected_in(response.body, len(chunk)))
+            return 0.0
+        if status == 413 and len(chunk) > 1:
+            self._pending.popleft()
+            half = len(chunk) // 2
+            self._pending.extendleft([chunk[half:], chunk[:half]])
+            return 0.0
+        if status in RETRY_STATUSES or status >= 500:
+            return self._retry(self._policy.retry_after_s(response.headers.get("retry-after"), self._failures + 1))
+        self._pending.popleft()
+        arrived = self._arrived_before(response.body) if status == 422 else 0
+        if arrived < len(chunk):
+            log.warning("vai sidecar refused %d %s with %d: %s", len(chunk), self.kind, status, response.body[:300])
+        self._settle(len(chunk), len(chunk) - arrived)
+        return 0.0
+
+    def abandon(self) -> int:
+        """Give up what is left (out of time): counted as failed."""
+        left = sum(len(chunk) for chunk in self._pending)
+        self._pending.clear()
+        self._counters.add("failed", left)
+        return left
+
+    def _retry(self, delay_s: float) -> float:
+        self._failures += 1
+        self._retried_chunk = True
+        self._counters.add("retried", len(self._pending[0]))
+        return delay_s
+
+    def _settle(self, size: int, rejected: int) -> None:
+        self._counters.add("sent", size - rejected)
+        self._counters.add("rejected", rejected)
+        self._failures = 0
+        self._retried_chunk = False
+
+    def _rejected_in(self, body: bytes, size: int) -> int:
+        """Items of a 2xx answer the sidecar refused (``rejected`` entries); duplicates of a retried
+        chunk are not counted: they are this chunk's own events, which arrived before an answer was lost."""
+        try:
+            answer: Any = json.loads(body)
+        except ValueError:
+            return 0
+        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        if not isinstance(rejected, list):
+            return 0
+        if self._retried_chunk:
+            rejected = [item for item in rejected if not _is_duplicate(item)]
+        return min(len(rejected), size)
+
+    def _arrived_before(self, body: bytes) -> int:
+        """Items of a retried chunk refused only as duplicates: an earlier attempt delivered them."""
+        if not self._retried_chunk:
+            return 0
+        try:
+            answer: Any = json.loads(body)
+        except ValueError:
+            return 0
+        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        return sum(map(_is_duplicate, rejected)) if isinstance(rejected, list) else 0
+
+
+def _is_duplicate(item: Any) -> bool:
+    return isinstance(item, dict) and "duplicate" in str(item.get("error", "")).lower()

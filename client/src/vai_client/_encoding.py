@@ -1,0 +1,124 @@
+"""Events as the caller hands them over, and as the sidecar reads them.
+
+Two steps, split between two threads on purpose:
+
+* ``snapshot`` runs inside ``log()``, on the caller's thread: it only takes a private copy of each
+  tensor (a torch tensor is detached and moved to the CPU, an array copied, a list shallow-copied),
+  so the caller may reuse its buffers at once. It does no encoding.
+* ``encode_event`` runs on the sender (thread or executor): it turns one snapshot into JSON bytes.
+  Events are encoded one at a time so the sender never holds the GIL for a whole batch.
+
+numpy is used when the caller's process already imported it (``sys.modules``); the client never
+imports numpy or torch itself, and works on plain lists without either.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import json
+import sys
+from typing import Any, Literal
+
+TensorEncoding = Literal["json", "compact"]
+
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
+"""The dtypes the sidecar reads in a ``{"shape", "dtype", "data"}`` tensor."""
+TENSOR_FIELDS = ("logits", "probabilities", "embedding")
+
+
+def _numpy() -> Any:
+    return sys.modules.get("numpy")
+
+
+def snapshot_tensor(value: Any) -> Any:
+    """A private copy of ``value`` (torch tensor, numpy array, list or tuple), cheap enough for ``log()``."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if hasattr(value, "detach"):  # a torch tensor, duck-typed: torch is never imported here
+        value = value.detach()
+        if hasattr(value, "cpu"):
+            value = value.cpu()
+        try:
+            return value.numpy().copy()
+        except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks, or no numpy at all
+            return value.float().tolist() if hasattr(value, "float") else value.tolist()
+    np = _numpy()
+    if np is not None and isinstance(value, np.ndarray):
+        return value.copy()
+    if np is not None and hasattr(value, "__array__"):
+        return np.array(value, copy=True)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return list(value)
+
+
+def snapshot_event(fields: dict[str, Any]) -> dict[str, Any]:
+    """The event ``log()`` keeps: given fields only, tensors copied, a datetime as RFC 3339 text."""
+    event: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name in TENSOR_FIELDS or name == "input":
+            value = snapshot_tensor(value)
+        elif name == "cohort":
+            value = {str(k): str(v) for k, v in value.items()}
+        elif name == "timestamp" and hasattr(value, "isoformat"):
+            value = value.isoformat()
+        elif name == "label":
+            value = int(value)
+        event[name] = value
+    return event
+
+
+def encode_event(event: dict[str, Any], tensor_encoding: TensorEncoding) -> bytes:
+    """One event as JSON bytes, with tensors as number lists (``json``) or base64 tensors (``compact``)."""
+    body = dict(event)
+    for name in TENSOR_FIELDS:
+        if name in body:
+            body[name] = _compact(body[name]) if tensor_encoding == "compact" else _number_list(body[name])
+    if "input" in body:
+        body["input"] = _input(body["input"])
+    # NaN/Infinity are written as the tokens the sidecar rejects by event and field, so one bad
+    # event is reported as rejected instead of failing the whole batch here.
+    return json.dumps(body, separators=(",", ":"), allow_nan=True).encode()
+
+
+def _number_list(value: Any) -> Any:
+    return value.reshape(-1).tolist() if hasattr(value, "tolist") else value
+
+
+def _compact(value: Any) -> dict[str, Any]:
+    if hasattr(value, "dtype"):  # a numpy array
+        if value.dtype.name not in DTYPES:
+            value = value.astype("float64")
+        return _tensor(value, keep_shape=False)
+    values = array.array("d", value)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return {"dtype": "float64", "shape": [len(values)], "data": base64.b64encode(values.tobytes()).decode()}
+
+
+def _input(value: Any) -> Any:
+    """The model input: an array as the sidecar's ``{"shape", "dtype", "data"}``, a (nested) list as it is."""
+    if not hasattr(value, "dtype"):
+        return value
+    if value.dtype.name not in DTYPES:
+        value = value.astype("float32")
+    return _tensor(value, keep_shape=True)
+
+
+def _tensor(value: Any, *, keep_shape: bool) -> dict[str, Any]:
+    little = value.astype(value.dtype.newbyteorder("<"), copy=False)
+    shape = list(value.shape) if keep_shape else [int(value.size)]
+    data = base64.b64encode(little.tobytes()).decode()
+    return {"shape": shape, "dtype": value.dtype.name, "data": data}
+
+
+def encode_label(model: str, request_id: str, label: int) -> bytes:
+    return json.dumps({"model": model, "request_id": request_id, "label": int(label)}).encode()
+
+
+def join_batch(key: str, items: list[bytes]) -> bytes:
+    """``{"events": [...]}`` (or ``labels``) from items already encoded."""
+    return b'{"' + key.encode() + b'":[' + b",".join(items) + b"]}"

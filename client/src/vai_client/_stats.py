@@ -1,0 +1,63 @@
+"""What became of the events (and labels) handed to a client, readable as ``client.stats``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+OUTCOMES = ("sent", "dropped", "rejected", "retried", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """Counts of items (events and labels) since the client was made.
+
+    ``sent``: accepted by the sidecar. ``dropped``: the oldest waiting, pushed out of the full buffer
+    (or refused by a client already closed). ``rejected``: refused by the sidecar (an invalid event,
+    a 4xx other than 408/413/429, or an item that cannot be encoded). ``retried``: items in attempts
+    that failed and were tried again (one item retried three times counts three). ``failed``: given
+    up unsent when ``close()`` or interpreter exit ran out of time. ``buffered``: waiting now.
+    """
+
+    sent: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    retried: int = 0
+    failed: int = 0
+    buffered: int = 0
+
+
+class Counters:
+    """The live counts, and their Prometheus mirror ``vai_client_events_total{outcome}`` when given a registry."""
+
+    def __init__(self, registry: Any = None) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(OUTCOMES, 0)
+        self._prometheus: Any = None
+        if registry is not None:
+            from prometheus_client import Counter  # only when asked for: the client needs nothing installed
+
+            self._prometheus = Counter(
+                "vai_client_events",
+                "Events and labels handed to the vai sidecar client, by what became of them",
+                ["outcome"],
+                registry=registry,
+            )
+            for outcome in OUTCOMES:
+                self._prometheus.labels(outcome)
+
+    def add(self, outcome: str, n: int) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            self._counts[outcome] += n
+        if self._prometheus is not None:
+            self._prometheus.labels(outcome).inc(n)
+
+    def get(self, outcome: str) -> int:
+        return self._counts[outcome]
+
+    def snapshot(self, buffered: int) -> ClientStats:
+        with self._lock:
+            return ClientStats(**self._counts, buffered=buffered)

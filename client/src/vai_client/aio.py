@@ -1,0 +1,246 @@
+"""``AsyncClient``: the same ``log()``, with an asyncio task as the sender.
+
+The task does the waiting (batching, backoff, ``Retry-After``) on the event loop; encoding and the
+blocking ``http.client`` call run on one private worker thread (``run_in_executor``), so the loop is
+never held up by a slow or hung sidecar and the keep-alive connection stays on one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vai_client._core import Core, deliver_blocking
+from vai_client._delivery import TRANSIENT_ERRORS, BatchDelivery, Response, RetryPolicy, Transport
+from vai_client._encoding import TensorEncoding
+from vai_client._stats import ClientStats
+
+
+class AsyncClient:
+    """``Client`` for asyncio servers: ``log()``/``label()`` are plain (non-async) calls that return at once.
+
+    Start it inside the running loop (``async with AsyncClient(url) as client`` or ``await client.start()``,
+    e.g. in a FastAPI lifespan) and ``await client.close()`` before the loop ends. Items still waiting
+    when the interpreter exits without ``close()`` are posted from an ``atexit`` hook, within
+    ``atexit_timeout_s``. Same arguments, counters and guarantees as ``Client``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        max_buffer: int = 10_000,
+        batch_size: int = 100,
+        flush_interval_s: float = 0.2,
+        timeout_s: float = 2.0,
+        registry: Any = None,
+        tensor_encoding: TensorEncoding = "json",
+        atexit_timeout_s: float = 2.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._core = Core(
+            max_buffer=max_buffer,
+            batch_size=batch_size,
+            tensor_encoding=tensor_encoding,
+            registry=registry,
+            policy=retry_policy or RetryPolicy(),
+        )
+        self._transport = Transport(url, token=token, timeout_s=timeout_s)
+        self._flush_interval_s = flush_interval_s
+        self._atexit_timeout_s = atexit_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vai-client-http")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._interrupt: asyncio.Event | None = None
+        self._progress: asyncio.Condition | None = None
+        self._deadline: float | None = None
+        atexit.register(self._at_exit)
+
+    async def start(self) -> AsyncClient:
+        """Start the sender task on the running loop (``log()`` also does, the first time it runs in one)."""
+        self._ensure_task()
+        return self
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def log(
+        self,
+        *,
+        model: str,
+        request_id: str,
+        logits: Any = None,
+        probabilities: Any = None,
+        embedding: Any = None,
+        cohort: dict[str, str] | None = None,
+        input: Any = None,
+        label: int | None = None,
+        model_version: str | None = None,
+        timestamp: Any = None,
+    ) -> None:
+        """Queue one prediction's event and return (see ``Client.log``)."""
+        event = self._core.event(
+            {
+                "model": model,
+                "model_version": model_version,
+                "request_id": request_id,
+                "timestamp": time.time() if timestamp is None else timestamp,
+                "logits": logits,
+                "probabilities": probabilities,
+                "embedding": embedding,
+                "cohort": cohort,
+                "input": input,
+                "label": label,
+            }
+        )
+        if event is not None:
+            self._queued(self._core.put("events", event))
+
+    def label(self, model: str, request_id: str, label: int) -> None:
+        """Queue a delayed ground-truth label; returns at once."""
+        self._queued(self._core.put("labels", (model, request_id, label)))
+
+    @property
+    def stats(self) -> ClientStats:
+        return self._core.stats()
+
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything logged so far is settled; False on timeout."""
+        self._ensure_task()
+        assert self._wake is not None and self._progress is not None
+        target = self._core.enqueued
+        self._wake.set()
+        async with self._progress:
+            try:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self._core.settled >= target), timeout_s)
+            except TimeoutError:
+                return False
+        return True
+
+    async def close(self, timeout_s: float = 5.0) -> bool:
+        """Send what is waiting within ``timeout_s``, then stop; what is left counts as failed."""
+        with self._core.lock:
+            already = self._core.closed
+            self._core.closed = True
+        failed_before = self._core.counters.get("failed")
+        if not already:
+            atexit.unregister(self._at_exit)
+            self._deadline = time.monotonic() + timeout_s
+            if self._task is not None and not self._task.done():
+                assert self._wake is not None and self._interrupt is not None
+                self._interrupt.set()
+                self._wake.set()
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._task), timeout_s + 0.5)
+                self._task.cancel()
+            self._core.discard()
+            self._executor.submit(self._transport.close)
+            self._executor.shutdown(wait=False)
+        return self._core.drained(failed_before)
+
+    def _ensure_task(self) -> None:
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._interrupt = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._task = self._loop.create_task(self._run(), name="vai-client-sender")
+
+    def _queued(self, waiting: int) -> None:
+        if self._task is None:
+            try:
+                self._ensure_task()
+            except RuntimeError:  # no running loop here (yet): the first flush interval of a started client
+                return
+        if waiting >= self._core.batch_size and self._wake is not None and not self._wake.is_set():
+            assert self._loop is not None
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self._loop:
+                self._wake.set()
+            else:  # called from another thread
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._progress is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
+            self._wake.clear()
+            while (batch := self._core.take()) is not None:
+                delivery = await loop.run_in_executor(self._executor, self._core.delivery, *batch)
+                try:
+                    await self._deliver(delivery)
+                except asyncio.CancelledError:
+                    delivery.abandon()
+                    raise
+                async with self._progress:
+                    self._progress.notify_all()
+            if self._deadline is not None:
+                return
+
+    async def _deliver(self, delivery: BatchDelivery) -> None:
+        loop = asyncio.get_running_loop()
+        while not delivery.done:
+            remaining = self._remaining_s()
+            if remaining is not None and remaining <= 0:
+                delivery.abandon()
+                return
+            timeout_s = self._transport.attempt_timeout_s(remaining)
+            body = delivery.next_body()
+            outcome = await loop.run_in_executor(self._executor, self._post, delivery.path, body, timeout_s)
+            if isinstance(outcome, Response):
+                delay_s = delivery.record_response(outcome)
+            else:
+                delay_s = delivery.record_error(outcome)
+            if delay_s > 0 and not delivery.done:
+                await self._pause(delay_s)
+
+    def _post(self, path: str, body: bytes, timeout_s: float) -> Response | BaseException:
+        try:
+            return self._transport.post(path, body, timeout_s=timeout_s)
+        except TRANSIENT_ERRORS as error:
+            return error
+
+    def _remaining_s(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    async def _pause(self, delay_s: float) -> None:
+        assert self._interrupt is not None
+        until = time.monotonic() + delay_s
+        while True:
+            remaining = self._remaining_s()
+            left = until - time.monotonic() if remaining is None else min(until - time.monotonic(), remaining)
+            if left <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._interrupt.wait(), left)
+            self._interrupt.clear()
+
+    def _at_exit(self) -> None:
+        """The loop is gone by now: post what is left from this thread, within ``atexit_timeout_s``."""
+        with self._core.lock:
+            self._core.closed = True
+        deadline = time.monotonic() + self._atexit_timeout_s
+        transport = self._transport.clone()  # the executor's connection may be mid-call, or its thread gone
+        while (batch := self._core.take()) is not None:
+            deliver_blocking(
+                self._core.delivery(*batch),
+                transport,
+                remaining_s=lambda: deadline - time.monotonic(),
+                pause=lambda s: time.sleep(max(0.0, min(s, deadline - time.monotonic()))),
+            )
+        transport.close()

@@ -1,0 +1,192 @@
+"""``Client``: ``log()`` appends to a bounded buffer; one daemon thread batches and posts, in order."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+from vai_client._core import Core, deliver_blocking
+from vai_client._delivery import RetryPolicy, Transport
+from vai_client._encoding import TensorEncoding
+from vai_client._stats import ClientStats
+
+
+class Client:
+    """Feeds a vai sidecar from a model server without ever making a prediction wait for it.
+
+    ``log()`` and ``label()`` copy what they are given into a bounded FIFO (``max_buffer`` items; when
+    full, the oldest is dropped and counted) and return. One daemon thread posts batches of up to
+    ``batch_size`` to ``{url}/v1/events`` (and ``/v1/labels``) every ``flush_interval_s`` or as soon as a
+    batch is full, one batch at a time, so each model's events arrive in the order they were logged.
+    A batch that gets no answer (refused, reset, ``timeout_s``), 408, 429 or a 5xx is tried again after
+    an exponential backoff (or the sidecar's ``Retry-After``) for as long as the client is open; 413
+    splits it in half; other 4xx count its events as rejected. ``tensor_encoding="compact"`` sends
+    logits, probabilities and embeddings as base64 tensors, which needs a sidecar that reads them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        max_buffer: int = 10_000,
+        batch_size: int = 100,
+        flush_interval_s: float = 0.2,
+        timeout_s: float = 2.0,
+        registry: Any = None,
+        tensor_encoding: TensorEncoding = "json",
+        atexit_timeout_s: float = 2.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._core = Core(
+            max_buffer=max_buffer,
+            batch_size=batch_size,
+            tensor_encoding=tensor_encoding,
+            registry=registry,
+            policy=retry_policy or RetryPolicy(),
+        )
+        self._url = url
+        self._token = token
+        self._timeout_s = timeout_s
+        self._flush_interval_s = flush_interval_s
+        self._atexit_timeout_s = atexit_timeout_s
+        self._start()
+        atexit.register(self._at_exit)
+        os.register_at_fork(after_in_child=functools.partial(_restart_in_child, weakref.ref(self)))
+
+    def _start(self) -> None:
+        """The sender thread (again in a forked child, whose copy of the parent's thread does not run)."""
+        self._transport = Transport(self._url, token=self._token, timeout_s=self._timeout_s)
+        self._wake = threading.Event()  # a batch is ready, or flush/close asked
+        self._interrupt = threading.Event()  # close: cut a backoff short
+        self._progress = threading.Condition()
+        self._deadline: float | None = None
+        self._core.lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="vai-client-sender", daemon=True)
+        self._thread.start()
+
+    def log(
+        self,
+        *,
+        model: str,
+        request_id: str,
+        logits: Any = None,
+        probabilities: Any = None,
+        embedding: Any = None,
+        cohort: dict[str, str] | None = None,
+        input: Any = None,
+        label: int | None = None,
+        model_version: str | None = None,
+        timestamp: Any = None,
+    ) -> None:
+        """Queue one prediction's event; returns at once. Tensors (torch, numpy, lists) are copied, not encoded.
+
+        ``timestamp`` defaults to now (epoch seconds), so events sent late keep their time.
+        """
+        event = self._core.event(
+            {
+                "model": model,
+                "model_version": model_version,
+                "request_id": request_id,
+                "timestamp": time.time() if timestamp is None else timestamp,
+                "logits": logits,
+                "probabilities": probabilities,
+                "embedding": embedding,
+                "cohort": cohort,
+                "input": input,
+                "label": label,
+            }
+        )
+        if event is not None:
+            self._queued(self._core.put("events", event))
+
+    def label(self, model: str, request_id: str, label: int) -> None:
+        """Queue a delayed ground-truth label for an event logged earlier; returns at once."""
+        self._queued(self._core.put("labels", (model, request_id, label)))
+
+    def _queued(self, waiting: int) -> None:
+        if waiting >= self._core.batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def stats(self) -> ClientStats:
+        return self._core.stats()
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything logged so far is settled (sent, rejected or dropped); False on timeout."""
+        target = self._core.enqueued
+        self._wake.set()
+        with self._progress:
+            return self._progress.wait_for(lambda: self._core.settled >= target, timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Send what is waiting within ``timeout_s``, then stop; what is left counts as failed.
+
+        True when nothing was left unsent (everything logged is sent, rejected or dropped).
+        Later ``log()`` calls are counted as dropped.
+        """
+        with self._core.lock:
+            already = self._core.closed
+            self._core.closed = True
+        if already:
+            return self._core.drained(self._core.counters.get("failed"))
+        atexit.unregister(self._at_exit)
+        failed_before = self._core.counters.get("failed")
+        self._deadline = time.monotonic() + timeout_s
+        self._interrupt.set()
+        self._wake.set()
+        self._thread.join(timeout_s + 0.5)
+        if self._thread.is_alive():  # stuck past its deadline in a call: give up on the rest
+            self._core.discard()
+        else:
+            self._transport.close()
+        return self._core.drained(failed_before)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _at_exit(self) -> None:
+        self.close(self._atexit_timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._flush_interval_s)
+            self._wake.clear()
+            while (batch := self._core.take()) is not None:
+                delivery = self._core.delivery(*batch)
+                deliver_blocking(delivery, self._transport, remaining_s=self._remaining_s, pause=self._pause)
+                with self._progress:
+                    self._progress.notify_all()
+            if self._deadline is not None:
+                return
+
+    def _remaining_s(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _pause(self, delay_s: float) -> None:
+        """Sleep out a backoff; ``close()`` shortens it to its own deadline."""
+        until = time.monotonic() + delay_s
+        while True:
+            left = until - time.monotonic()
+            remaining = self._remaining_s()
+            if remaining is not None:
+                left = min(left, remaining)
+            if left <= 0:
+                return
+            self._interrupt.wait(left)
+            self._interrupt.clear()
+
+
+def _restart_in_child(reference: weakref.ref[Client]) -> None:
+    """After ``fork()`` (e.g. gunicorn ``--preload``) the child has the buffer but no sender thread."""
+    client = reference()
+    if client is not None and not client._core.closed:
+        client._start()

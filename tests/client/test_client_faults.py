@@ -1,0 +1,238 @@
+"""The client against sidecars that misbehave: hung, 503/429 with Retry-After, 413, 4xx, 5xx; draining; counters."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from client_servers import Answer, HungServer, accept_all, report, scripted, timed_logs
+from prometheus_client import CollectorRegistry
+from vai_client import Client, RetryPolicy
+
+from common.embedded_redis import free_port
+from helpers import wait_until
+
+FAST_RETRY = RetryPolicy(backoff_base_s=0.01, backoff_max_s=0.05)
+
+
+def failing_first(times: int, status: int, headers: dict[str, str] | None = None) -> Any:
+    """Answer ``status`` to the first ``times`` requests, then accept everything."""
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def respond(path: str, document: dict[str, Any]) -> Answer:
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if n <= times:
+            return status, headers or {}, {"error": "not now", "field": "body"}
+        return accept_all(path, document)
+
+    return respond
+
+
+def test_hung_sidecar_never_blocks_the_caller() -> None:
+    hung = HungServer()
+    try:
+        client = Client(
+            hung.url, timeout_s=0.2, batch_size=20, max_buffer=100, flush_interval_s=0.01, retry_policy=FAST_RETRY
+        )
+        durations = timed_logs(client, 300, model="hung")
+        wait_until(lambda: client.stats.retried >= 40, what="two timed-out attempts")
+        durations += timed_logs(client, 300, model="hung", start=300)
+        report("sidecar hung (accepts, never answers)", durations)
+        stats = client.stats
+        assert stats.sent == 0 and stats.dropped >= 600 - 100 - 20 and stats.retried >= 40
+        assert hung.accepted  # it did connect: the attempts timed out, they were not refused
+        assert not client.close(0.3)
+        assert client.stats.failed + client.stats.dropped == 600
+    finally:
+        hung.close()
+
+
+@pytest.mark.parametrize(
+    "status",
+    [pytest.param(503, id="503-unavailable"), pytest.param(429, id="429-too-many")],
+)
+@pytest.mark.parametrize(
+    "retry_after",
+    [pytest.param("1", id="seconds"), pytest.param(None, id="no-header")],
+)
+def test_retry_after_is_honoured(status: int, retry_after: str | None) -> None:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    with scripted(failing_first(1, status, headers)) as server:
+        client = Client(server.url, flush_interval_s=0.01, retry_policy=FAST_RETRY)
+        report(f"{status} then 202", timed_logs(client, 10))
+        assert client.flush(10)
+        assert (client.stats.sent, client.stats.retried, client.stats.rejected) == (10, 10, 0)
+        (first, *_), (second, *_) = server.requests[:2]
+        if retry_after:
+            assert second - first >= 0.95  # the sidecar asked for a second
+        else:
+            assert second - first < 0.9  # our own backoff, far shorter
+        assert [e["request_id"] for e in server.items()[10:]] == [f"m-{i}" for i in range(10)]
+        client.close()
+
+
+def test_413_splits_the_batch_in_order() -> None:
+    def small_batches_only(path: str, document: dict[str, Any]) -> Answer:
+        if len(document["events"]) > 7:
+            return 413, {}, {"error": "body too large", "field": "body"}
+        return accept_all(path, document)
+
+    with scripted(small_batches_only) as server:
+        client = Client(server.url, batch_size=40, flush_interval_s=0.01)
+        report("413 splitting", timed_logs(client, 40))
+        assert client.flush(10)
+        assert (client.stats.sent, client.stats.rejected, client.stats.retried) == (40, 0, 0)
+        delivered = [
+            e["request_id"] for _, _, doc, _ in server.requests if len(doc["events"]) <= 7 for e in doc["events"]
+        ]
+        assert delivered == [f"m-{i}" for i in range(40)]
+        client.close()
+
+
+def test_one_event_too_large_is_rejected_alone() -> None:
+    def no_big_events(path: str, document: dict[str, Any]) -> Answer:
+        if any(len(e["logits"]) > 3 for e in document["events"]):
+            return 413, {}, {"error": "body too large", "field": "body"}
+        return accept_all(path, document)
+
+    with scripted(no_big_events) as server:
+        client = Client(server.url, flush_interval_s=0.01)
+        client.log(model="m", request_id="small-1", logits=[1.0, 0.0])
+        client.log(model="m", request_id="huge", logits=list(range(100)))
+        client.log(model="m", request_id="small-2", logits=[1.0, 0.0])
+        assert client.flush(10)
+        assert (client.stats.sent, client.stats.rejected) == (2, 1)
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"),
+    [
+        pytest.param(400, False, id="400-rejected"),
+        pytest.param(401, False, id="401-rejected"),
+        pytest.param(408, True, id="408-retried"),
+        pytest.param(500, True, id="500-retried"),
+        pytest.param(502, True, id="502-retried"),
+    ],
+)
+def test_4xx_rejects_and_5xx_retries(status: int, retried: bool) -> None:
+    with scripted(failing_first(1, status)) as server:
+        client = Client(server.url, flush_interval_s=0.01, retry_policy=FAST_RETRY)
+        timed_logs(client, 5)
+        assert client.flush(10)
+        expected = (5, 0, 5) if retried else (0, 5, 0)
+        assert (client.stats.sent, client.stats.rejected, client.stats.retried) == expected
+        client.close()
+
+
+def test_rejected_entries_of_a_202_are_counted() -> None:
+    def reject_odd(path: str, document: dict[str, Any]) -> Answer:
+        events = document["events"]
+        rejected = [
+            {"index": i, "request_id": e["request_id"], "field": "logits", "error": "bad"}
+            for i, e in enumerate(events)
+            if i % 2
+        ]
+        return 202, {}, {"accepted": len(events) - len(rejected), "rejected": rejected, "sampled": []}
+
+    with scripted(reject_odd) as server:
+        client = Client(server.url, batch_size=10, flush_interval_s=0.01)
+        timed_logs(client, 10)
+        assert client.flush(10)
+        assert (client.stats.sent, client.stats.rejected) == (5, 5)
+        client.close()
+
+
+def test_close_drains_everything() -> None:
+    with scripted() as server:
+        client = Client(server.url, batch_size=64, flush_interval_s=60)  # only close() makes it send
+        report("close() drain", timed_logs(client, 1000))
+        assert client.close(10)
+        assert client.stats.sent == 1000 and client.stats.buffered == 0
+        assert [e["request_id"] for e in server.items()] == [f"m-{i}" for i in range(1000)]
+        client.log(model="m", request_id="late", logits=[1.0, 0.0])  # after close: counted, never raises
+        assert client.stats.dropped == 1
+
+
+def test_close_gives_up_on_time_when_the_sidecar_is_down() -> None:
+    client = Client(f"http://127.0.0.1:{free_port()}", flush_interval_s=0.01)
+    timed_logs(client, 50)
+    assert not client.close(0.3)
+    assert client.stats.failed == 50 and client.stats.sent == 0
+
+
+def test_counters_mirror_to_prometheus() -> None:
+    registry = CollectorRegistry()
+    with scripted(failing_first(1, 503)) as server:
+        client = Client(server.url, max_buffer=5, flush_interval_s=30, registry=registry, retry_policy=FAST_RETRY)
+        timed_logs(client, 8)  # 3 dropped before the sender ever runs
+        assert client.close(10)
+        stats = client.stats
+        for outcome in ("sent", "dropped", "rejected", "retried", "failed"):
+            value = registry.get_sample_value("vai_client_events_total", {"outcome": outcome})
+            assert value == getattr(stats, outcome), outcome
+        assert (stats.sent, stats.dropped, stats.retried) == (5, 3, 5)
+
+
+def test_unreadable_values_never_raise_into_the_caller() -> None:
+    with scripted() as server:
+        client = Client(server.url, flush_interval_s=0.01)
+        client.log(model="m", request_id="a", logits=object())
+        client.log(model="m", request_id="b", logits=[1.0, 0.0], cohort={"k": object()})  # type: ignore[dict-item]  # str() of anything
+        client.log(model="m", request_id="c", logits=[1.0, 0.0], label="not a number")  # type: ignore[arg-type]
+        assert client.flush(10)
+        assert (client.stats.sent, client.stats.rejected) == (1, 2)
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype"),
+    [
+        pytest.param(np.array([1.5, -2.0, 3.25], dtype=np.float32), "float32", id="numpy-float32"),
+        pytest.param(np.array([[1.5, -2.0, 3.25]], dtype=np.float16), "float16", id="numpy-float16-2d"),
+        pytest.param([1.5, -2.0, 3.25], "float64", id="list"),
+    ],
+)
+def test_compact_tensor_encoding(value: Any, dtype: str) -> None:
+    with scripted() as server:
+        client = Client(server.url, flush_interval_s=0.01, tensor_encoding="compact")
+        client.log(model="m", request_id="r", logits=value, embedding=value, input=np.ones((2, 3), dtype=np.float32))
+        assert client.flush(10)
+        (event,) = server.items()
+        for field in ("logits", "embedding"):
+            tensor = event[field]
+            assert (tensor["dtype"], tensor["shape"]) == (dtype, [3])
+            decoded = np.frombuffer(base64.b64decode(tensor["data"]), dtype=np.dtype(dtype).newbyteorder("<"))
+            assert decoded.tolist() == [1.5, -2.0, 3.25]
+        assert (event["input"]["shape"], event["input"]["dtype"]) == ([2, 3], "float32")
+        client.close()
+
+
+def test_json_encoding_sends_number_lists_and_the_token() -> None:
+    with scripted() as server:
+        client = Client(server.url + "/", token="secret", flush_interval_s=0.01)
+        client.log(model="m", request_id="r", logits=np.array([[1.0, 2.0]]), timestamp=123.5, label=1)
+        assert client.flush(10)
+        (event,) = server.items()
+        assert event == {"model": "m", "request_id": "r", "timestamp": 123.5, "logits": [1.0, 2.0], "label": 1}
+        assert server.requests[0][3]["Authorization"] == "Bearer secret"
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        pytest.param("2", 2.0, 2.0, id="seconds"),
+        pytest.param("3600", 60.0, 60.0, id="capped"),
+        pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.0, id="http-date-past"),
+        pytest.param("soon", 0.025, 0.05, id="unreadable-falls-back-to-backoff"),
+    ],
+)
+def test_retry_after_header_forms(header: str, low: float, high: float) -> None:
+    assert low <= RetryPolicy(backoff_base_s=0.05).retry_after_s(header, 1) <= high
