@@ -21,7 +21,6 @@ from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Attribution, Explainer, Explanation
 from attribution_workers.loader import LoadedModel, load_model
-from attribution_workers.trust import Fidelity as DeletionFidelity
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanations import (
@@ -135,7 +134,7 @@ class ModelRuntime:
         if event.input is None:
             raise PermanentError("event has no input to attribute (set require_input in the sampling policy)")
         try:
-            array = event.input.to_array()
+            array = event.input.decode()
         except MessageError as error:
             raise PermanentError(str(error)) from None
         shape = self.config.model.input_shape
@@ -221,7 +220,7 @@ class ModelRuntime:
         event: SampledEvent,
         explanation: Explanation,
         label: Explanation | None,
-        fidelity: dict[str, DeletionFidelity],
+        fidelity: dict[str, Fidelity],
         agreement_value: float | None,
         seconds: dict[str, float],
         now: float,
@@ -245,17 +244,12 @@ class ModelRuntime:
         return ExplanationRecord(summary=summary, detail=detail)
 
 
-def _stored(
-    attribution: Attribution, target: int, fidelity: DeletionFidelity | None, seconds: float
-) -> StoredAttribution:
-    figure = None
-    if fidelity is not None:
-        figure = Fidelity(deletion_auc=fidelity.deletion_auc, random_auc=fidelity.random_auc)
+def _stored(attribution: Attribution, target: int, fidelity: Fidelity | None, seconds: float) -> StoredAttribution:
     delta = attribution.convergence_delta
     return StoredAttribution.from_array(
         attribution.values,
         target=target,
-        fidelity=figure,
+        fidelity=fidelity,
         seconds=seconds,
         convergence_delta=delta if delta is None or math.isfinite(delta) else None,
     )

@@ -20,6 +20,7 @@ from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Explanation, stack_maps
 from attribution_workers.loader import LoadedModel
 from attribution_workers.methods import MethodName
+from sampler.explanations import Fidelity
 
 
 def spearman_rows(first: ArrayLike, second: ArrayLike) -> NDArray[np.float64]:
@@ -33,21 +34,6 @@ def spearman_rows(first: ArrayLike, second: ArrayLike) -> NDArray[np.float64]:
     correlation = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
     clipped: NDArray[np.float64] = np.clip(correlation, -1.0, 1.0)
     return clipped
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """Deletion-curve areas for one input, each in [0, 1]: lower means the target probability fell faster."""
-
-    deletion_auc: float
-    """Area when elements go most-attributed first."""
-    random_auc: float
-    """Mean area over seeded random orders."""
-
-    @property
-    def gain(self) -> float:
-        """``random_auc - deletion_auc``: above 0 the attribution order beats chance (faithful)."""
-        return self.random_auc - self.deletion_auc
 
 
 def deletion_fidelity(

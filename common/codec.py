@@ -1,14 +1,14 @@
 """The one array codec: a numpy array as JSON — little-endian bytes in base64, with shape and dtype.
 
-Used wherever an array travels inside JSON (drift states, queue messages' model inputs).
-Never pickle; a size that does not fit the shape is refused.
+Used wherever an array travels inside JSON (drift states, queue messages' model inputs,
+stored attribution maps). Never pickle; a size that does not fit the shape is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,28 +23,37 @@ DtypeName = Literal["float16", "float32", "float64", "int8", "int16", "int32", "
 
 
 class EncodedArray(BaseModel):
+    """``{"shape", "dtype", "data"}``: the same fields, in the same order, as the ingest API's ``input``."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dtype: DtypeName
+    subject: ClassVar[str] = "encoded array"
+    """How :meth:`decode` errors name the array."""
+    decode_error: ClassVar[type[ValueError]] = ValueError
+    """What :meth:`decode` raises."""
+
     shape: tuple[int, ...] = Field(max_length=8)
+    dtype: DtypeName
     data: str
     """Base64 of the little-endian bytes, C order."""
 
     @classmethod
-    def of(cls, array: NDArray[Any]) -> EncodedArray:
+    def of(cls, array: NDArray[Any]) -> Self:
         name = array.dtype.name
         if name not in DTYPES:
             raise ValueError(f"cannot encode dtype {name}: use one of {', '.join(DTYPES)}")
         raw = np.ascontiguousarray(array, dtype=DTYPES[name]).tobytes()
-        return cls.model_validate({"dtype": name, "shape": array.shape, "data": base64.b64encode(raw).decode()})
+        return cls.model_validate({"shape": array.shape, "dtype": name, "data": base64.b64encode(raw).decode()})
 
     def decode(self) -> NDArray[Any]:
-        """The array in native byte order; ``ValueError`` when the bytes do not fit the shape."""
+        """The array in native byte order; :attr:`decode_error` on data that is not base64 or does not fit."""
         wire = DTYPES[self.dtype]
         try:
             raw = base64.b64decode(self.data, validate=True)
         except binascii.Error as error:
-            raise ValueError(f"encoded array: not base64 ({error})") from None
+            raise self.decode_error(f"{self.subject}: not base64 ({error})") from None
         if len(raw) != int(np.prod(self.shape)) * wire.itemsize:
-            raise ValueError(f"encoded array: {len(raw)} bytes do not fit shape {list(self.shape)} of {self.dtype}")
+            raise self.decode_error(
+                f"{self.subject}: {len(raw)} bytes do not fit shape {list(self.shape)} of {self.dtype}"
+            )
         return np.frombuffer(raw, dtype=wire).reshape(self.shape).astype(wire.newbyteorder("="))

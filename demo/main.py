@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import os
@@ -59,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     base = SidecarSettings(**overrides)
     base.configure_logging()
-    if not (base.auth_enabled or _is_loopback(base.host)):
+    if base.open_without_auth:
         log.error("refusing to bind %s with auth off: set VAI_*_TOKENS or bind 127.0.0.1", base.host)
         return 2
     try:
@@ -259,15 +258,6 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.close()
         raise
     return listener
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _display_host(host: str) -> str:

@@ -98,16 +98,6 @@ class WindowStore:
                 for key, window in sorted(self._windows.items())
             ]
 
-    def snapshot(self, key: SeriesKey) -> tuple[LabelledPrediction, ...]:
-        """The predictions in one window (empty if it has none)."""
-        now = self._clock()
-        with self._lock:
-            window = self._windows.get(key)
-            if window is None:
-                return ()
-            self._evict(window, now)
-            return tuple(r for _, r in window)
-
     def _evict(self, window: deque[tuple[float, LabelledPrediction]], now: float) -> None:
         cutoff = now - self._horizon_s
         while window and window[0][0] < cutoff:

@@ -9,54 +9,28 @@ its result is stored, so a stream's length is its backlog.
 
 from __future__ import annotations
 
-import base64
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.codec import EncodedArray
 from sampler.policy import Reason
 
 MESSAGE_FIELD = b"m"
 """The one field of every stream entry."""
-
-DTYPES: dict[str, np.dtype[np.generic]] = {
-    name: np.dtype(name).newbyteorder("<")
-    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
-}
-"""Input dtypes accepted on the wire, all little-endian."""
 
 
 class MessageError(ValueError):
     """A stream entry that is not a valid message of a version this code reads."""
 
 
-class InputTensor(BaseModel):
-    """A model input: raw little-endian bytes (base64) with shape and dtype."""
+class InputTensor(EncodedArray):
+    """A model input (:class:`EncodedArray`, at least one dimension); ``decode`` raises ``MessageError``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    subject: ClassVar[str] = "input"
+    decode_error: ClassVar[type[ValueError]] = MessageError
 
     shape: tuple[int, ...] = Field(min_length=1, max_length=8)
-    dtype: Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"]
-    data: str
-
-    @classmethod
-    def from_array(cls, array: npt.NDArray[Any]) -> InputTensor:
-        dtype = DTYPES[array.dtype.name]
-        raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
-        return cls.model_validate(
-            {"shape": array.shape, "dtype": array.dtype.name, "data": base64.b64encode(raw).decode()}
-        )
-
-    def to_array(self) -> npt.NDArray[Any]:
-        """The tensor as a native-endian numpy array; raises ``MessageError`` on a mismatch."""
-        raw = base64.b64decode(self.data, validate=True)
-        dtype = DTYPES[self.dtype]
-        expected = int(np.prod(self.shape)) * dtype.itemsize
-        if len(raw) != expected:
-            raise MessageError(f"input: {len(raw)} bytes do not fit shape {list(self.shape)} of {self.dtype}")
-        return np.frombuffer(raw, dtype=dtype).reshape(self.shape).astype(dtype.newbyteorder("="))
 
 
 class SampledEvent(BaseModel):

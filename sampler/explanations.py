@@ -9,7 +9,6 @@ the stream, so it can be found before a worker explains it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import time
@@ -24,25 +23,35 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from common import keys
+from common.codec import EncodedArray
 from common.errors import RedisUnavailable
+from common.names import MODEL_PATTERN, VERSION_PATTERN
 from common.redis import REDIS_FAILED
 from sampler.contract import InputTensor, SampledEvent
 from sampler.policy import Reason
 
-Status = Literal["queued", "done", "failed"]
-FACETS = ("reason", "cohort", "predicted", "version")
+ExplanationStatus = Literal["queued", "done", "failed"]
 log = logging.getLogger(__name__)
 
 
 class Fidelity(BaseModel):
-    """Deletion curve summary: lower ``deletion_auc`` than ``random_auc`` means a faithful map."""
+    """Deletion-curve areas of one map, each in [0, 1]: lower means the target probability fell faster."""
+
+    model_config = ConfigDict(frozen=True)
 
     deletion_auc: float
+    """Area when elements go most-attributed first."""
     random_auc: float
+    """Mean area over seeded random orders."""
+
+    @property
+    def gain(self) -> float:
+        """``random_auc - deletion_auc``: above 0 the attribution order beats chance (faithful)."""
+        return self.random_auc - self.deletion_auc
 
 
 class StoredAttribution(BaseModel):
-    """One method's map, compact: float16 of ``values / scale``, little-endian, base64."""
+    """One method's map, compact: ``values / scale`` as float16 in the array codec (its dtype implied)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -57,13 +66,11 @@ class StoredAttribution(BaseModel):
     @classmethod
     def from_array(cls, values: npt.NDArray[Any], *, target: int, **figures: Any) -> StoredAttribution:
         scale = float(np.abs(values).max()) or 1.0
-        half = (values / scale).astype("<f2")
-        return cls(
-            shape=values.shape, scale=scale, data=base64.b64encode(half.tobytes()).decode(), target=target, **figures
-        )
+        half = EncodedArray.of((values / scale).astype(np.float16))
+        return cls(shape=half.shape, scale=scale, data=half.data, target=target, **figures)
 
     def to_array(self) -> npt.NDArray[np.float32]:
-        half = np.frombuffer(base64.b64decode(self.data), dtype="<f2").reshape(self.shape)
+        half = EncodedArray(shape=self.shape, dtype="float16", data=self.data).decode()
         return half.astype(np.float32) * np.float32(self.scale)
 
 
@@ -71,7 +78,7 @@ class ExplanationSummary(BaseModel):
     model: str
     model_version: str
     request_id: str
-    status: Status
+    status: ExplanationStatus
     reasons: tuple[Reason, ...]
     predicted: int
     confidence: float
@@ -123,8 +130,8 @@ class SanityFigure(BaseModel):
 
 
 class ExplanationQuery(BaseModel):
-    model: str
-    version: str | None = None
+    model: str = Field(pattern=MODEL_PATTERN)
+    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
     reason: Reason | None = None
     cohort: tuple[str, str] | None = None
     predicted: int | None = None

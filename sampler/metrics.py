@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-DROP_REASONS = ("budget", "queue_full", "buffer_full", "redis_unavailable", "redis_error")
-
 
 class SamplerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:

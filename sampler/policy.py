@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Reason = Literal["every_n", "low_confidence", "low_margin", "flagged_cohort"]
-REASONS: tuple[Reason, ...] = ("every_n", "low_confidence", "low_margin", "flagged_cohort")
 
 
 class SamplingPolicy(BaseModel):

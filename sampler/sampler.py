@@ -110,9 +110,6 @@ class Sampler:
         self._active(model)
         return self._buckets[model].take()
 
-    def seen(self, model: str) -> int:
-        return self._seen.get(model, 0)
-
     def _active(self, model: str) -> SamplingPolicy:
         """The policy of a model with events, its bucket installed on first use."""
         policy = self._policies.get(model)

@@ -8,9 +8,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Path, Request
 from pydantic import BaseModel
 
+from common.names import MODEL_PATTERN
 from service.auth import Scope
 from service.body import collect_body, parse_json
-from service.schemas import MODEL_PATTERN
 from service.settings import SidecarSettings
 from service.sidecar import Sidecar
 

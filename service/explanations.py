@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -13,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from common.errors import InvalidInput, NotFound
+from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
 from sampler.explanations import ExplanationQuery, ExplanationRecord, ExplanationStore, Fidelity, SanityFigure
 
 
@@ -91,18 +90,13 @@ def _decode_cursor(text: str) -> tuple[float, str]:
 
 def _time_param(name: str, text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise InvalidInput(f"{name}: use epoch seconds or RFC 3339", field=name) from None
-        if parsed.tzinfo is None:
-            raise InvalidInput(f"{name}: needs a UTC offset (RFC 3339)", field=name) from None
-        value = parsed.timestamp()
-    if not math.isfinite(value):
-        raise InvalidInput(f"{name}: must be finite", field=name)
-    return value
+        return parse_timestamp(text, epoch_text=True)
+    except NoUtcOffset:
+        raise InvalidInput(f"{name}: needs a UTC offset (RFC 3339)", field=name) from None
+    except NotFinite:
+        raise InvalidInput(f"{name}: must be finite", field=name) from None
+    except TimestampError:
+        raise InvalidInput(f"{name}: use epoch seconds or RFC 3339", field=name) from None
 
 
 def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> ExplanationPublic:
@@ -120,7 +114,7 @@ def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> Exp
     }
     model_input = None
     if detail.input is not None:
-        model_input = {"shape": detail.input.shape, "values": detail.input.to_array().tolist()}
+        model_input = {"shape": detail.input.shape, "values": detail.input.decode().tolist()}
     return ExplanationPublic(
         **record.summary.model_dump(),
         attributions=attributions,
@@ -155,7 +149,7 @@ def render_heatmap(record: ExplanationRecord, method: str, *, feature_names: lis
         raise NotFound(f"method: the {method!r} map of this event is empty: nothing to draw", field="method")
     summary = record.summary
     title = f"{summary.model} {summary.request_id}: {method}, class {stored.target}"
-    image = record.detail.input.to_array() if record.detail.input is not None else None
+    image = record.detail.input.decode() if record.detail.input is not None else None
     flat = values.ndim == 1 or (values.ndim == 2 and values.shape[0] == 1)
     if not flat and image is not None and image.size != values.size:
         raise InvalidInput(

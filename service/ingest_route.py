@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from common.errors import MethodNotAllowed, PayloadTooLarge, VaiError
-from service.auth import Scope as AuthScope
+from service.auth import Scope
 from service.body import collect_body
 from service.fast_parsing import BracketTally
 from service.sidecar import Sidecar
@@ -34,7 +35,7 @@ class IngestRoute:
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != INGEST_PATH:
             await self._app(scope, receive, send)
             return
@@ -60,11 +61,11 @@ class IngestRoute:
         await send({"type": "http.response.body", "body": content})
 
 
-async def _ingest(sidecar: Sidecar, scope: Scope, receive: Receive) -> bytes:
+async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes:
     if scope["method"] != "POST":
         raise MethodNotAllowed("method: POST only", field="method", headers={"Allow": "POST"})
     headers = _headers(scope, (b"authorization", b"content-length", b"content-encoding"))
-    sidecar.auth.check(headers.get(b"authorization"), AuthScope.INGEST)
+    sidecar.auth.check(headers.get(b"authorization"), Scope.INGEST)
     tally = BracketTally()
     try:
         body = await collect_body(
@@ -80,7 +81,7 @@ async def _ingest(sidecar: Sidecar, scope: Scope, receive: Receive) -> bytes:
     return sidecar.ingest.ingest(body, open_brackets=tally.count).to_json()
 
 
-def _headers(scope: Scope, wanted: tuple[bytes, ...]) -> dict[bytes, str]:
+def _headers(scope: AsgiScope, wanted: tuple[bytes, ...]) -> dict[bytes, str]:
     """The ``wanted`` request headers (ASGI gives names lower-cased), decoded as latin-1 like Starlette."""
     return {name: value.decode("latin-1") for name, value in scope["headers"] if name in wanted}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import signal
@@ -83,7 +82,7 @@ def stop_child(process: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> 
 
 
 def _refuses_open_bind(settings: SidecarSettings) -> bool:
-    if settings.auth_enabled or _is_loopback(settings.host):
+    if not settings.open_without_auth:
         return False
     log.error(
         "refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS or bind 127.0.0.1",
@@ -94,12 +93,3 @@ def _refuses_open_bind(settings: SidecarSettings) -> bool:
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -10,23 +10,12 @@ into checked arrays.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 import msgspec
 
-MODEL_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-"""What a model name may be, wherever one arrives (events, labels, paths), for JSON Schema and pydantic.
+from common.names import MODEL_PATTERN, MODEL_RE, VERSION_PATTERN, VERSION_RE
 
-Both read ``$`` as the end of the text (pydantic compiles patterns with Rust's regex).
-Python's ``re`` does not: there ``$`` also matches before a final newline, so
-``"nl\\n"`` would pass. Python-side checks use :data:`MODEL_RE` (``\\Z``) instead.
-"""
-MODEL_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
-""":data:`MODEL_PATTERN` for Python's ``re`` (msgspec checks ``pattern`` with ``re.search``)."""
-VERSION_PATTERN = r"^[!-~]{1,64}$"
-"""A model version: 1 to 64 visible ASCII characters (no whitespace or control characters)."""
-VERSION_RE = re.compile(r"\A[!-~]{1,64}\Z")
 _JSON_SCHEMA_PATTERNS = {MODEL_RE.pattern: MODEL_PATTERN, VERSION_RE.pattern: VERSION_PATTERN}
 """msgspec puts the Python spellings in the schemas it writes; clients read JSON Schema (ECMA) ones."""
 ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_RE.pattern)]

@@ -6,13 +6,14 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from sampler.contract import DTYPES, InputTensor
+from common.codec import DTYPES
+from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
+from sampler.contract import InputTensor
 from service.errors import FieldError
 from service.schemas import EventIn
 
@@ -249,17 +250,17 @@ def _embedding_of(value: Any) -> npt.NDArray[np.float64] | None:
 def _timestamp_of(value: str | float | None, received_at: float) -> float:
     if value is None:
         return received_at
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise FieldError("timestamp", f"not an RFC 3339 date-time: {value[:40]!r}") from None
-        if parsed.tzinfo is None:
-            raise FieldError("timestamp", "needs a UTC offset such as 'Z' or '+02:00' (RFC 3339)")
-        value = parsed.timestamp()
-    if not 0.0 < value < _LATEST_EPOCH_S:
+    try:
+        seconds = parse_timestamp(value)
+    except NoUtcOffset:
+        raise FieldError("timestamp", "needs a UTC offset such as 'Z' or '+02:00' (RFC 3339)") from None
+    except NotFinite:
+        raise FieldError("timestamp", "epoch seconds out of range") from None
+    except TimestampError as error:
+        raise FieldError("timestamp", str(error)) from None
+    if not 0.0 < seconds < _LATEST_EPOCH_S:
         raise FieldError("timestamp", "epoch seconds out of range")
-    return float(value)
+    return seconds
 
 
 def _input_of(value: Any) -> InputTensor | None:
@@ -297,4 +298,4 @@ def _nested_input(value: list[Any]) -> InputTensor:
         as_float = array_in.astype(np.float32)
     if not np.isfinite(as_float).all():
         raise FieldError("input", "holds values that are not finite float32 numbers", reason="non_finite")
-    return InputTensor.from_array(as_float)
+    return InputTensor.of(as_float)

@@ -88,11 +88,6 @@ class DriftResult:
 class DriftDetector(Protocol):
     """One detector kind over a model's event stream."""
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Names of the results it produces (the ``detector`` metric label)."""
-        ...
-
     def update(self, batch: DriftBatch) -> list[DriftResult]:
         """Take the next events; return a result per test that has a new verdict (maybe none)."""
         ...

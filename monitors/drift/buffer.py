@@ -21,18 +21,12 @@ class IngestBuffer:
         if capacity_events < 1:
             raise ValueError(f"capacity_events must be at least 1, got {capacity_events}")
         self._events: deque[DriftEvent] = deque(maxlen=capacity_events)
-        self._skipped_counter = skipped
-        self._skipped = 0
+        self._skipped = skipped
         self._taken = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._events)
-
-    @property
-    def skipped_total(self) -> int:
-        """Events dropped because the buffer was full."""
-        return self._skipped
 
     @property
     def taken_total(self) -> int:
@@ -48,10 +42,8 @@ class IngestBuffer:
         with self._lock:
             dropped = len(self._events) == self._events.maxlen
             self._events.append(event)
-            if dropped:
-                self._skipped += 1
-        if dropped and self._skipped_counter is not None:
-            self._skipped_counter.inc()
+        if dropped and self._skipped is not None:
+            self._skipped.inc()
 
     def drain(self, max_events: int) -> list[DriftEvent]:
         """Remove and return up to ``max_events`` of the oldest events."""

@@ -76,10 +76,6 @@ class EmbeddingDistance:
             histogram=histogram,
         )
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (NAME,)
-
     def update(self, batch: DriftBatch) -> list[DriftResult]:
         if batch.embeddings is None:
             return []

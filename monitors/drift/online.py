@@ -190,10 +190,6 @@ class OnlineDriftDetector:
         return cls(backend=preset_class(preset=state, **kwargs), state=state)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return (self._name,)
-
-    @property
     def backend(self) -> Any:
         """The wrapped alibi-detect detector, for inspection only."""
         return self._backend

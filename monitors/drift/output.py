@@ -59,10 +59,6 @@ class OutputDrift:
             p_value=state.p_value,
         )
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (CLASS_NAME, CONFIDENCE_NAME)
-
     def update(self, batch: DriftBatch) -> list[DriftResult]:
         results: list[DriftResult] = []
         for window in self._tumbler.add(batch):

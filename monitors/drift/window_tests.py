@@ -113,10 +113,6 @@ class WindowTests:
             device=device,
         )
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (MMD_NAME, KS_NAME)
-
     def update(self, batch: DriftBatch) -> list[DriftResult]:
         if batch.embeddings is None:
             return []
@@ -130,10 +126,6 @@ class WindowTests:
         """Both tests of one window of ``(n, d)`` rows against the reference."""
         rows = self._rows(x)
         return [self._mmd_result(rows), self._ks_result(rows)]
-
-    def mmd_test(self, x: NDArray[np.float32]) -> DriftResult:
-        """The MMD permutation test alone of one window of ``(n, d)`` rows."""
-        return self._mmd_result(self._rows(x))
 
     def _rows(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         rows = np.ascontiguousarray(x, dtype=np.float32)

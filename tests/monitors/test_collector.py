@@ -58,7 +58,7 @@ def test_scrape_round_trip(store: WindowStore) -> None:
 
     cohorts = {dict(labels)["cohort"] for labels in samples["vai_accuracy"]}
     assert cohorts == {"all", "region=eu", "region=us", "region=__other__"}
-    records = store.snapshot(SeriesKey("digits", "v1", "region=eu"))
+    (records,) = [s.records for s in store.snapshots() if s.key == SeriesKey("digits", "v1", "region=eu")]
     calibration, quality = calibration_of(records), quality_of(records)
     eu = key("region=eu")
     assert samples["vai_calibration_ece"][eu] == pytest.approx(calibration.ece)

@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from monitors.cohorts import ALL, OTHER, CohortGuard
+from common.cardinality import OTHER
+from monitors.cohorts import ALL, CohortGuard
 from monitors.records import LabelledPrediction
 from monitors.window import SeriesKey, WindowStore
 
@@ -24,7 +25,8 @@ def record(i: int, *, version: str = "1", cohort: dict[str, str] | None = None) 
 
 
 def labels(store: WindowStore, cohort: str = ALL, version: str = "1") -> list[float]:
-    return [r.time_s for r in store.snapshot(SeriesKey("m", version, cohort))]
+    wanted = SeriesKey("m", version, cohort)
+    return [r.time_s for snapshot in store.snapshots() if snapshot.key == wanted for r in snapshot.records]
 
 
 def make_store(

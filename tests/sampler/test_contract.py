@@ -29,11 +29,11 @@ def message(**fields: object) -> SampledEvent:
 
 def test_round_trip_with_input() -> None:
     image = np.arange(64, dtype=np.float32).reshape(1, 8, 8)
-    original = message(input=InputTensor.from_array(image), cohort={"region": "eu"}, label=4)
+    original = message(input=InputTensor.of(image), cohort={"region": "eu"}, label=4)
     decoded = SampledEvent.decode(original.encode())
     assert decoded == original
     assert decoded.input is not None
-    np.testing.assert_array_equal(decoded.input.to_array(), image)
+    np.testing.assert_array_equal(decoded.input.decode(), image)
 
 
 @pytest.mark.parametrize(
@@ -54,4 +54,4 @@ def test_malformed_entries_raise_message_error(fields: dict[bytes, bytes]) -> No
 def test_input_with_wrong_byte_count_is_refused() -> None:
     tensor = InputTensor(shape=(2, 2), dtype="float32", data="AAAAAA==")
     with pytest.raises(MessageError, match="do not fit shape"):
-        tensor.to_array()
+        tensor.decode()

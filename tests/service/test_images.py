@@ -181,7 +181,7 @@ def _record(values: NDArray[np.float64], model_input: NDArray[np.float64] | None
         ),
         detail=ExplanationDetail(
             attributions={"saliency": stored},
-            input=InputTensor.from_array(model_input) if model_input is not None else None,
+            input=InputTensor.of(model_input) if model_input is not None else None,
         ),
     )
 

@@ -41,7 +41,7 @@ def test_sampled_events_reach_the_model_stream(
     message = SampledEvent.decode(entries[0][1])
     assert (message.request_id, message.predicted, message.label) == ("a", 0, 2)
     assert message.cohort == {"region": "eu"}
-    assert message.input is not None and message.input.to_array().tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    assert message.input is not None and message.input.decode().tolist() == [[0.0, 1.0], [2.0, 3.0]]
 
 
 def _wait_for_entries(client: redis.Redis, model: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -1,0 +1,21 @@
+"""What a model name and a model version may be, wherever one arrives (events, labels, paths, queries).
+
+Each rule has two spellings. ``*_PATTERN`` is for JSON Schema and pydantic, which both
+read ``$`` as the end of the text (pydantic compiles patterns with Rust's regex).
+Python's ``re`` does not: there ``$`` also matches before a final newline, so
+``"nl\\n"`` would pass. Python-side checks (msgspec checks ``pattern`` with
+``re.search``) use ``*_RE`` (``\\Z``) instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+MODEL_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+"""A model name: 1 to 64 letters, digits, ``.``, ``_`` or ``-``."""
+MODEL_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+""":data:`MODEL_PATTERN` for Python's ``re``."""
+VERSION_PATTERN = r"^[!-~]{1,64}$"
+"""A model version: 1 to 64 visible ASCII characters (no whitespace or control characters)."""
+VERSION_RE = re.compile(r"\A[!-~]{1,64}\Z")
+""":data:`VERSION_PATTERN` for Python's ``re``."""

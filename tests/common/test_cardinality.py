@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from common.cardinality import OTHER, BoundedLabel
+
+
+def test_first_values_pass_and_later_ones_become_other() -> None:
+    label = BoundedLabel(2)
+    assert [label(v) for v in ("eu", "us", "ap", "eu", "us", "ap")] == ["eu", "us", OTHER, "eu", "us", OTHER]
+
+
+def test_literal_other_is_never_kept_as_a_value() -> None:
+    label = BoundedLabel(2)
+    assert label(OTHER) == OTHER
+    assert label("eu") == "eu"
+    assert label("us") == "us", "the literal did not take a place"
+    assert label("ap") == OTHER
+
+
+@pytest.mark.parametrize("limit", [pytest.param(0, id="zero"), pytest.param(-1, id="negative")])
+def test_limit_below_one_is_refused(limit: int) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        BoundedLabel(limit)
+
+
+def test_concurrent_first_sightings_keep_exactly_the_limit() -> None:
+    label = BoundedLabel(5)
+    start = threading.Barrier(8)
+    seen: list[set[str]] = [set() for _ in range(8)]
+
+    def admit(worker: int) -> None:
+        start.wait()
+        for value in range(200):
+            seen[worker].add(label(f"{worker}-{value}"))
+
+    threads = [threading.Thread(target=admit, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kept = set().union(*seen) - {OTHER}
+    assert len(kept) == 5
+    assert all(label(value) == value for value in kept)
