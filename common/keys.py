@@ -55,6 +55,11 @@ def sanity(model: str) -> str:
     return f"{PREFIX}:sanity:{model}"
 
 
+def prediction_prefix() -> str:
+    """What every :func:`prediction` key starts with."""
+    return f"{PREFIX}:pred:"
+
+
 def prediction(model: str, request_id: str) -> str:
     """A compact prediction record waiting for its delayed label (with a TTL)."""
     return f"{PREFIX}:pred:{model}:{request_id}"
@@ -74,6 +79,9 @@ def drift_version(model: str) -> str:
 
 MONITORED_MODELS = f"{PREFIX}:monitored-models"
 """Set of the models whose sidecars publish monitoring records."""
+
+LABELLED_MODELS = f"{PREFIX}:labelled-models"
+"""Set of the models some replica has received labels for: their predictions wait in Redis for labels."""
 
 MONITOR_GROUP = "monitor"
 """Consumer group the owning monitor reads a model's prediction feed with."""

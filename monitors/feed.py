@@ -1,18 +1,21 @@
 """The monitoring feed: what every sidecar publishes about each accepted event, and how it reads back.
 
-The sidecars write, the fleet monitor reads; this module owns the format (versioned)
-so neither re-spells it. One stream entry per event, fields:
+The sidecars write, the fleet monitor reads; this module owns the format (versioned) so
+neither re-spells it. A record is one blob of length-prefixed parts, each a one-byte tag,
+a 4-byte little-endian length and the bytes:
 
 * ``v`` — format version (``1``);
 * ``h`` — JSON header: request id, model version, event time, predicted class, top-1
-  probability, margin, cohort, and the label when the record is a labelled one;
-* ``p`` — the probability vector as little-endian float64 bytes, when the model has few
-  classes (Brier score); absent otherwise;
-* ``e`` — the embedding as little-endian float32 bytes (4 bytes a value, not JSON numbers); absent
-  when the event had none.
+  probability, margin, number of classes, cohort, and the label of a labelled record;
+* ``p`` — the probability vector as little-endian float64, when the model has few classes
+  (Brier score); absent otherwise;
+* ``e`` — the embedding as little-endian float32 (4 bytes a value, not JSON numbers); absent
+  when the event had none, and in the records that wait for a delayed label.
 
-The same record, as one blob (:meth:`MonitoringRecord.to_blob`), is what a sidecar keeps in Redis
-while a prediction waits for its delayed label. Imports numpy and orjson only: the sidecar stays lean.
+A stream entry has the blob as its one field ``r`` (one argument to pack, not a dozen); the
+record waiting in Redis for its label is the same blob without ``e``. The header is encoded
+once per record however many blobs are made of it. Imports numpy and orjson only: the
+sidecar stays lean.
 """
 
 from __future__ import annotations
@@ -25,9 +28,17 @@ import numpy.typing as npt
 import orjson
 
 FORMAT_VERSION = 1
-_VERSION = str(FORMAT_VERSION).encode()
+ENTRY_FIELD = b"r"
+"""The one field of a stream entry."""
 _F32 = np.dtype("<f4")
 _F64 = np.dtype("<f8")
+
+
+def _part(tag: bytes, value: bytes) -> bytes:
+    return tag + len(value).to_bytes(4, "little") + value
+
+
+_VERSION_PART = _part(b"v", str(FORMAT_VERSION).encode())
 
 
 class FeedFormatError(ValueError):
@@ -51,12 +62,21 @@ class MonitoringRecord:
     probabilities: npt.NDArray[np.float64] | None = None
     embedding: npt.NDArray[np.float32] | None = None
     label: int | None = None
+    _head: bytes | None = field(default=None, repr=False, compare=False)
 
     def labelled(self, label: int) -> MonitoringRecord:
         """The same prediction with its true label (and without the embedding, which labels do not need)."""
-        return replace(self, label=label, embedding=None)
+        return replace(self, label=label, embedding=None, _head=None)
 
-    def _header(self) -> bytes:
+    def blob(self, *, embedding: bool = True) -> bytes:
+        """The record as one value; ``embedding=False`` leaves the embedding out."""
+        if self._head is None:
+            self._head = self._encode_head()
+        if not embedding or self.embedding is None:
+            return self._head
+        return self._head + _part(b"e", np.ascontiguousarray(self.embedding, dtype=_F32).tobytes())
+
+    def _encode_head(self) -> bytes:
         header: dict[str, Any] = {
             "id": self.request_id,
             "ver": self.version,
@@ -70,23 +90,28 @@ class MonitoringRecord:
             header["co"] = self.cohort
         if self.label is not None:
             header["y"] = self.label
-        return orjson.dumps(header)
-
-    def to_fields(self) -> dict[bytes, bytes]:
-        """The stream entry."""
-        fields = {b"v": _VERSION, b"h": self._header()}
+        head = _VERSION_PART + _part(b"h", orjson.dumps(header))
         if self.probabilities is not None:
-            fields[b"p"] = np.ascontiguousarray(self.probabilities, dtype=_F64).tobytes()
-        if self.embedding is not None:
-            fields[b"e"] = np.ascontiguousarray(self.embedding, dtype=_F32).tobytes()
-        return fields
+            head += _part(b"p", np.ascontiguousarray(self.probabilities, dtype=_F64).tobytes())
+        return head
 
     @classmethod
-    def from_fields(cls, model: str, fields: dict[bytes, bytes]) -> MonitoringRecord:
-        if fields.get(b"v") != _VERSION:
-            raise FeedFormatError(f"monitoring record of version {fields.get(b'v')!r}; this reader knows {_VERSION!r}")
+    def from_entry(cls, model: str, fields: dict[bytes, bytes]) -> MonitoringRecord:
+        """A record from a stream entry."""
+        blob = fields.get(ENTRY_FIELD)
+        if blob is None:
+            raise FeedFormatError(f"stream entry without the field {ENTRY_FIELD!r}")
+        return cls.from_blob(model, blob)
+
+    @classmethod
+    def from_blob(cls, model: str, blob: bytes) -> MonitoringRecord:
+        parts = _parts(blob)
+        if parts.get(b"v") != str(FORMAT_VERSION).encode():
+            raise FeedFormatError(
+                f"monitoring record of version {parts.get(b'v')!r}; this reader knows {FORMAT_VERSION}"
+            )
         try:
-            header = orjson.loads(fields[b"h"])
+            header = orjson.loads(parts[b"h"])
             record = cls(
                 model=model,
                 request_id=str(header["id"]),
@@ -99,30 +124,25 @@ class MonitoringRecord:
                 cohort={str(k): str(v) for k, v in header.get("co", {}).items()},
                 label=int(header["y"]) if "y" in header else None,
             )
-        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as error:
             raise FeedFormatError(f"monitoring record header unreadable: {error}") from None
-        record.probabilities = _vector(fields.get(b"p"), _F64, np.float64, record.num_classes)
-        record.embedding = _vector(fields.get(b"e"), _F32, np.float32, None)
+        record.probabilities = _vector(parts.get(b"p"), _F64, np.float64, record.num_classes)
+        record.embedding = _vector(parts.get(b"e"), _F32, np.float32, None)
         return record
 
-    def to_blob(self) -> bytes:
-        """The record as one value: the stream fields, length-prefixed (no embedding)."""
-        parts = [(name, value) for name, value in replace(self, embedding=None).to_fields().items()]
-        return b"".join(name + len(value).to_bytes(4, "little") + value for name, value in parts)
 
-    @classmethod
-    def from_blob(cls, model: str, blob: bytes) -> MonitoringRecord:
-        fields: dict[bytes, bytes] = {}
-        at = 0
-        while at < len(blob):
-            if at + 5 > len(blob):
-                raise FeedFormatError("monitoring record blob truncated")
-            size = int.from_bytes(blob[at + 1 : at + 5], "little")
-            fields[blob[at : at + 1]] = blob[at + 5 : at + 5 + size]
-            at += 5 + size
-        if at != len(blob):
-            raise FeedFormatError("monitoring record blob truncated")
-        return cls.from_fields(model, fields)
+def _parts(blob: bytes) -> dict[bytes, bytes]:
+    parts: dict[bytes, bytes] = {}
+    at = 0
+    while at < len(blob):
+        if at + 5 > len(blob):
+            raise FeedFormatError("monitoring record truncated")
+        size = int.from_bytes(blob[at + 1 : at + 5], "little")
+        if at + 5 + size > len(blob):
+            raise FeedFormatError("monitoring record truncated")
+        parts[blob[at : at + 1]] = blob[at + 5 : at + 5 + size]
+        at += 5 + size
+    return parts
 
 
 def _vector(raw: bytes | None, wire: np.dtype[Any], dtype: type[np.floating[Any]], length: int | None) -> Any:

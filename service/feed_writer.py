@@ -8,8 +8,10 @@ Per accepted event the request path only appends to bounded buffers (O(1), no I/
 * the labelled feed (``vai:labelled:{model}``) when the event carries its label, or when a
   delayed label joins its record.
 
-A background task writes them continuously in pipelined batches (``XADD … MAXLEN ~`` and one
-Lua call for the records). Every record not kept is counted in
+A background task writes them continuously, one pipelined round trip per batch (an ``XADD …
+MAXLEN ~`` per feed record, one Lua call for all records waiting for labels); a batch that comes
+back short waits a few milliseconds for company, so single-event traffic is not written one
+record per round trip. Every record not kept is counted in
 ``vai_monitor_records_dropped_total{model, feed, reason}``: ``budget``, ``buffer_full``
 (Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
 ``redis_error`` (Redis refused the write, e.g. out of memory).
@@ -30,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_DOWN, REDIS_FAILED
+from common.redis import REDIS_DOWN
 from monitors.feed import MonitoringRecord
 from service.validation import Prediction, softmax
 
@@ -39,10 +41,21 @@ log = logging.getLogger(__name__)
 PREDICTIONS, LABELLED, RECORDS = "predictions", "labelled", "label_join"
 """The ``feed`` label: the drift feed, the labelled feed, and records waiting for a delayed label."""
 
-_SET_ALL = """
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1]) end
+_WRITE = """
+local maxlen, ttl = ARGV[1], ARGV[2]
+for i = 1, #KEYS do
+  local blob = ARGV[2 + i]
+  if string.sub(KEYS[i], 1, #ARGV[3 + #KEYS]) == ARGV[3 + #KEYS] then
+    redis.call('SET', KEYS[i], blob, 'EX', ttl)
+  else
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'r', blob)
+  end
+end
 return #KEYS
 """
+"""A whole batch in one command: an entry for each stream key, a ``SET … EX`` for each prediction-record key
+(recognised by the prefix passed last). One command packs and parses in a few microseconds per record;
+a pipeline of ``XADD`` s cost redis-py ~17 µs each."""
 
 
 class UniformBudget:
@@ -75,7 +88,8 @@ class UniformBudget:
 class _Pending:
     feed: str
     model: str
-    record: MonitoringRecord
+    request_id: str
+    blob: bytes
 
 
 class FeedWriter:
@@ -89,7 +103,10 @@ class FeedWriter:
         stream_maxlen: int,
         prediction_ttl_s: int,
         brier_max_classes: int,
-        batch: int = 500,
+        label_records: str = "auto",
+        labelled_models: frozenset[str] = frozenset(),
+        batch: int = 1000,
+        linger_s: float = 0.005,
         retry_s: float = 0.5,
     ) -> None:
         self._redis = redis
@@ -99,20 +116,18 @@ class FeedWriter:
         self._stream_maxlen = stream_maxlen
         self._ttl_s = prediction_ttl_s
         self._brier_max_classes = brier_max_classes
+        self._label_records = label_records
+        self._labelled_models = set(labelled_models)
+        self._labelled_unannounced = set(labelled_models)
         self._batch = batch
+        self._linger_s = linger_s
         self._retry_s = retry_s
         self._announced: set[str] = set()
         self._announced_at = time.monotonic()
         self.redis_up = True
         self._writing = asyncio.Lock()
         """Held while a batch is out of the buffer and on its way to Redis."""
-        self._set_all = redis.register_script(_SET_ALL)
-        self.dropped = Counter(
-            "vai_monitor_records_dropped",
-            "Monitoring records not written to Redis, by feed and reason.",
-            ["model", "feed", "reason"],
-            registry=registry,
-        )
+        self._write_all = redis.register_script(_WRITE)
         self.labels = Counter(
             "vai_labels", "Labels by whether they found their prediction.", ["model", "matched"], registry=registry
         )
@@ -122,30 +137,70 @@ class FeedWriter:
             ["model", "feed"],
             registry=registry,
         )
+        self.dropped = Counter(
+            "vai_monitor_records_dropped",
+            "Monitoring records not written to Redis, by feed and reason.",
+            ["model", "feed", "reason"],
+            registry=registry,
+        )
 
     def __len__(self) -> int:
         return len(self._pending)
 
     # --- request path ------------------------------------------------------------------------
 
-    def observe(self, prediction: Prediction, version: str) -> None:
+    def observe(self, prediction: Prediction, version: str) -> bool:
+        """Hand one accepted prediction over; returns False when the budget kept it off the drift feed.
+
+        The record is built only when something will be written: the drift feed within the budget,
+        the labelled feed for an event with its label, a label-join record for a model that gets labels.
+        """
+        model = prediction.model
+        admitted = self._budget.admit(prediction.received_at)
+        labelled = prediction.label is not None
+        if not (admitted or labelled or self.keeps_records(model)):
+            return False
         record = self._record(prediction, version)
-        if prediction.label is not None:
-            self.offer(LABELLED, record.labelled(prediction.label))
-            self.labels.labels(prediction.model, "true").inc()
-        else:
+        if labelled:
+            self.offer(LABELLED, record.labelled(prediction.label))  # type: ignore[arg-type]
+            self.labels.labels(model, "true").inc()
+            self.mark_labelled(model)
+        elif self.keeps_records(model):
             self.offer(RECORDS, record)
-        if self._budget.admit(prediction.received_at):
-            self.offer(PREDICTIONS, record)
-        else:
-            self.dropped.labels(prediction.model, PREDICTIONS, "budget").inc()
+        if admitted:
+            self._append(PREDICTIONS, model, record.request_id, record.blob(embedding=True))
+        return admitted
+
+    def keeps_records(self, model: str) -> bool:
+        """Whether accepted events of ``model`` wait in Redis for a delayed label (``VAI_LABEL_RECORDS``)."""
+        if self._label_records == "all":
+            return True
+        return self._label_records == "auto" and model in self._labelled_models
+
+    def mark_labelled(self, model: str) -> None:
+        """``model`` gets labels: keep its records from now on, and tell the other replicas."""
+        if model not in self._labelled_models:
+            self._labelled_models.add(model)
+            self._labelled_unannounced.add(model)
+
+    def sync_labelled(self, models: set[str]) -> None:
+        """Models any replica has seen labels for (read from Redis)."""
+        self._labelled_models |= models
+
+    def count_budget_drops(self, model: str, count: int) -> None:
+        if count:
+            self.dropped.labels(model, PREDICTIONS, "budget").inc(count)
 
     def offer(self, feed: str, record: MonitoringRecord) -> None:
+        """Queue ``record`` for ``feed`` (the label-join record never carries the embedding)."""
+        self._append(feed, record.model, record.request_id, record.blob(embedding=feed == PREDICTIONS))
+
+    def _append(self, feed: str, model: str, request_id: str, blob: bytes) -> None:
         if len(self._pending) >= self._max_records:
             oldest = self._pending.popleft()
             reason = "buffer_full" if self.redis_up else "redis_unavailable"
             self.dropped.labels(oldest.model, oldest.feed, reason).inc()
-        self._pending.append(_Pending(feed, record.model, record))
+        self._pending.append(_Pending(feed, model, request_id, blob))
 
     def _record(self, prediction: Prediction, version: str) -> MonitoringRecord:
         probabilities = None
@@ -170,9 +225,9 @@ class FeedWriter:
     def take_local(self, model: str, request_id: str) -> MonitoringRecord | None:
         """A prediction record still waiting here (its label came before it reached Redis)."""
         for item in self._pending:
-            if item.feed == RECORDS and item.model == model and item.record.request_id == request_id:
+            if item.feed == RECORDS and item.model == model and item.request_id == request_id:
                 self._pending.remove(item)
-                return item.record
+                return MonitoringRecord.from_blob(model, item.blob)
         return None
 
     # --- background --------------------------------------------------------------------------
@@ -182,6 +237,8 @@ class FeedWriter:
             written = await self.flush()
             if not written:
                 await asyncio.sleep(0.01 if self.redis_up else self._retry_s)
+            elif written < self._batch:
+                await asyncio.sleep(self._linger_s)  # let a few more requests add to the next batch
 
     async def settled(self) -> None:
         """Wait until no batch is half-way to Redis: then every record is either here or in Redis."""
@@ -189,7 +246,7 @@ class FeedWriter:
             pass
 
     async def flush(self) -> int:
-        """Write up to one batch; returns how many records were written."""
+        """Write up to one batch; returns how many records were written (or dropped as refused)."""
         if not self._pending:
             return 0
         async with self._writing:
@@ -198,7 +255,7 @@ class FeedWriter:
     async def _flush(self) -> int:
         batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
         try:
-            results = await self._write(batch)
+            refused = await self._write(batch)
         except REDIS_DOWN as error:
             self._pending.extendleft(reversed(batch))  # they wait, oldest first, within the bound
             if self.redis_up:
@@ -208,47 +265,57 @@ class FeedWriter:
         if not self.redis_up:
             log.info("redis is back: writing the monitoring records that waited")
         self.redis_up = True
-        for item, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                self.dropped.labels(item.model, item.feed, "redis_error").inc()
+        written: dict[tuple[str, str], int] = {}
+        for index, item in enumerate(batch):
+            labels = (item.model, item.feed)
+            if index in refused:
+                self.dropped.labels(*labels, "redis_error").inc()
             else:
-                self.written.labels(item.model, item.feed).inc()
+                written[labels] = written.get(labels, 0) + 1
+        for labels, count in written.items():
+            self.written.labels(*labels).inc(count)
         return len(batch)
 
-    async def _write(self, batch: list[_Pending]) -> list[object]:
+    async def _write(self, batch: list[_Pending]) -> set[int]:
+        """One round trip for the whole batch; returns the indices Redis refused (e.g. out of memory)."""
+        targets = [
+            keys.prediction(item.model, item.request_id)
+            if item.feed == RECORDS
+            else keys.prediction_feed(item.model)
+            if item.feed == PREDICTIONS
+            else keys.labelled_feed(item.model)
+            for item in batch
+        ]
         pipe = self._redis.pipeline(transaction=False)
-        records = [item for item in batch if item.feed == RECORDS]
-        for item in batch:
-            if item.feed == RECORDS:
-                continue
-            stream = keys.prediction_feed(item.model) if item.feed == PREDICTIONS else keys.labelled_feed(item.model)
-            pipe.xadd(stream, item.record.to_fields(), maxlen=self._stream_maxlen, approximate=True)  # type: ignore[arg-type]
+        args: list[bytes | str | int] = [
+            self._stream_maxlen,
+            self._ttl_s,
+            *(item.blob for item in batch),
+            keys.prediction_prefix(),
+        ]
+        await self._write_all(keys=targets, args=args, client=pipe)  # queued: one round trip with the SADD
         if time.monotonic() - self._announced_at > 10.0:  # Redis may have restarted empty: say it again
             self._announced, self._announced_at = set(), time.monotonic()
         new_models = {item.model for item in batch} - self._announced
         if new_models:
             pipe.sadd(keys.MONITORED_MODELS, *new_models)
-        results: list[object] = list(await pipe.execute(raise_on_error=False)) if len(pipe) else []
-        if new_models and not isinstance(results[-1], Exception):
-            self._announced |= new_models
-        streamed = iter(results)
-        outcome: dict[int, object] = {id(item): next(streamed) for item in batch if item.feed != RECORDS}
-        if records:
-            try:
-                await self._set_all(
-                    keys=[keys.prediction(item.model, item.record.request_id) for item in records],
-                    args=[self._ttl_s, *(item.record.to_blob() for item in records)],
-                )
-            except REDIS_DOWN:
-                raise
-            except REDIS_FAILED as error:
-                outcome.update({id(item): error for item in records})
-            else:
-                outcome.update({id(item): True for item in records})
-        for result in outcome.values():
+        labelled, self._labelled_unannounced = self._labelled_unannounced, set()
+        if labelled:
+            pipe.sadd(keys.LABELLED_MODELS, *labelled)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self._labelled_unannounced |= labelled
+            raise
+        for result in results:
             if isinstance(result, REDIS_DOWN):
                 raise result
-        return [outcome[id(item)] for item in batch]
+        if new_models and not isinstance(results[1], Exception):
+            self._announced |= new_models
+        if isinstance(results[0], Exception):  # refused as a whole (out of memory under noeviction)
+            log.debug("redis refused %d monitoring records: %s", len(batch), results[0])
+            return set(range(len(batch)))
+        return set()
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -256,6 +323,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def _float32(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
     """float32 for the wire; values beyond its range (valid float64 events can hold them) are clipped."""
-    if values.size and float(np.abs(values).max()) > _F32_MAX:
+    if values.size and (values.max() > _F32_MAX or values.min() < -_F32_MAX):
         values = np.clip(values, -_F32_MAX, _F32_MAX)
     return values.astype(np.float32)

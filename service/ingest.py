@@ -84,9 +84,6 @@ class IngestHandler:
     def models(self) -> list[str]:
         return sorted(self._models)
 
-    def knows(self, model: str) -> bool:
-        return model in self._models
-
     @property
     def known_models(self) -> set[str]:
         return set(self._models)
@@ -165,6 +162,7 @@ class IngestHandler:
         """Metrics and monitors for a request's accepted events, each metric touched once per label set."""
         figures: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         cohorts: dict[tuple[str, str, str], int] = {}
+        budget_drops: dict[str, int] = {}
         for prediction in accepted:
             labels = (prediction.model, self._models[prediction.model](prediction.version))
             found = figures.get(labels)
@@ -172,8 +170,8 @@ class IngestHandler:
                 found = figures[labels] = ([], [])
             found[0].append(prediction.confidence)
             found[1].append(prediction.margin)
-            if self._feed is not None:
-                self._feed.observe(prediction, prediction.version)
+            if self._feed is not None and not self._feed.observe(prediction, prediction.version):
+                budget_drops[prediction.model] = budget_drops.get(prediction.model, 0) + 1
             if prediction.cohort:
                 for key, values in self._cohort_values.items():
                     value = prediction.cohort.get(key)
@@ -191,6 +189,9 @@ class IngestHandler:
                 self._metrics.child(self._metrics.low_confidence, *labels).inc(low)
         for cohort_labels, count in cohorts.items():
             self._metrics.child(self._metrics.cohort_events, *cohort_labels).inc(count)
+        if self._feed is not None:
+            for model, count in budget_drops.items():
+                self._feed.count_budget_drops(model, count)
 
     def _sample(self, prediction: Prediction) -> Sampled | None:
         model = prediction.model

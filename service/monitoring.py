@@ -56,6 +56,8 @@ class Monitoring:
         await self.writer.settled()  # a record on its way to Redis would be found in neither place
         remote: list[tuple[int, str, str, int]] = []
         for index, (model, request_id, label) in enumerate(labels):
+            if model in known:  # a model this replica serves (bounded by VAI_MAX_MODELS) starts keeping records
+                self.writer.mark_labelled(model)
             local = self.writer.take_local(model, request_id)
             if local is None:
                 remote.append((index, model, request_id, label))
@@ -87,6 +89,7 @@ class Monitoring:
             message = f"label: class {label} out of range for {record.num_classes} classes"
             result.rejected.append(LabelVerdict(index, record.request_id, "rejected", message))
             return
+        self.writer.mark_labelled(record.model)
         self.writer.offer(LABELLED, record.labelled(label))
         self.labels.labels(record.model, "true").inc()
         result.matched += 1

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import InvalidInput, MonitorsOff, NotFound
+from common.names import MODEL_PATTERN
 from monitors.calibration import CalibrationReport, ReliabilityBin
 from monitors.fleet.references import reference_from_arrays
 from monitors.fleet.results import SeriesQuality
@@ -20,7 +21,6 @@ from service.auth import Scope
 from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.errors import FieldError
 from service.monitoring import Monitoring
-from service.schemas import MODEL_PATTERN
 from service.sidecar import Sidecar
 
 router = APIRouter()

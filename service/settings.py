@@ -6,6 +6,7 @@ monitor and the attribution worker have settings classes of their own.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,8 @@ class ModelConfig(BaseModel):
 
     sampling: dict[str, Any] = Field(default_factory=dict)
     """Overrides of the default sampling policy for this model."""
+    delayed_labels: bool = False
+    """The serving stack posts labels for this model later: keep its predictions for them from the first event."""
 
 
 class SidecarSettings(RoleSettings):
@@ -89,13 +92,17 @@ class SidecarSettings(RoleSettings):
     monitor: Literal["embedded", "external"] = "embedded"
     """``embedded``: ``serve`` starts one ``vai-sidecar monitor`` child on the same Redis and stops it on exit;
     ``external``: the monitors are a separate deployment (run as many as you like: leases share the models)."""
-    monitor_max_per_second: int = Field(default=2000, ge=0)
+    monitor_max_per_second: int = Field(default=200, ge=0)
     """Most events per second this replica publishes to the drift feed; beyond it events are sampled uniformly
-    at random (and counted as ``budget``). 0: no limit. Labelled records are never sampled."""
+    at random (and counted as ``budget``). Size it as what one monitor examines per model (~150-1,000 events/s,
+    see the README) divided by the replicas. 0: no limit. Labelled records are never sampled."""
     monitor_stream_maxlen: int = Field(default=100_000, ge=100)
     """Approximate ``MAXLEN`` of each model's monitoring streams: how far a stopped monitor can fall behind."""
     monitor_buffer_records: int = Field(default=50_000, ge=1)
     """Monitoring records waiting in memory to be written to Redis; beyond it the oldest are dropped and counted."""
+    label_records: Literal["auto", "all", "none"] = "auto"
+    """Which accepted events wait in Redis for a delayed label: ``auto``, those of models declared with
+    ``delayed_labels = true`` or for which any replica has received a label; ``all``; ``none``."""
     prediction_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long a prediction waits in Redis for its delayed label."""
     brier_max_classes: int = Field(default=32, ge=2)
@@ -113,6 +120,16 @@ class SidecarSettings(RoleSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.ingest_tokens or self.read_tokens or self.admin_tokens)
+
+    @property
+    def open_without_auth(self) -> bool:
+        """Auth is off and ``host`` is not loopback: anyone who reaches the port could use every API."""
+        if self.auth_enabled or self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name other than localhost
+            return True
 
     def model_policy(self, model: str) -> SamplingPolicy:
         """Default policy with the config file's overrides for ``model`` applied."""

@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from common import keys
 from common.errors import InvalidInput
 from common.redis import REDIS_FAILED, connect
 from sampler.explanations import ExplanationStore
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Status:
+class SidecarStatus:
+    """What ``GET /status`` answers."""
+
     redis_up: bool
     buffered_events: int
     buffered_bytes: int
@@ -77,6 +80,8 @@ class Sidecar:
                 stream_maxlen=settings.monitor_stream_maxlen,
                 prediction_ttl_s=settings.prediction_ttl_s,
                 brier_max_classes=settings.brier_max_classes,
+                label_records=settings.label_records,
+                labelled_models=frozenset(name for name, section in settings.models.items() if section.delayed_labels),
             )
             self.monitoring = Monitoring(self.redis, self.feed)
         self.ingest = IngestHandler(
@@ -122,8 +127,8 @@ class Sidecar:
             async with asyncio.timeout(drain_timeout_s):
                 await self.redis.aclose()
 
-    def status(self) -> Status:
-        return Status(
+    def status(self) -> SidecarStatus:
+        return SidecarStatus(
             redis_up=self.writer.redis_up,
             buffered_events=self.writer.buffered,
             buffered_bytes=self.writer.buffered_bytes,
@@ -157,6 +162,12 @@ class Sidecar:
             log.debug("policy refresh skipped: %s", type(error).__name__)
             return
         self.sampler.sync_overrides(stored)
+        if self.feed is not None:
+            try:
+                labelled: set[bytes] = await self.redis.smembers(keys.LABELLED_MODELS)  # type: ignore[assignment]
+            except REDIS_FAILED:
+                return
+            self.feed.sync_labelled({model.decode() for model in labelled})
 
     async def _poll_queues(self) -> None:
         await self.writer.poll_lengths(self.ingest.models)

@@ -137,7 +137,7 @@ class OwnedModel:
             if not fields:
                 continue  # trimmed while pending
             try:
-                record = MonitoringRecord.from_fields(self.model, fields)
+                record = MonitoringRecord.from_entry(self.model, fields)
             except FeedFormatError as error:
                 self._metrics.invalid.labels(self.model).inc()
                 log.debug("skipping a feed entry of %s: %s", self.model, error)
@@ -167,7 +167,7 @@ class OwnedModel:
         for entry_id, fields in entries:
             self._last_labelled = entry_id.decode()
             try:
-                record = MonitoringRecord.from_fields(self.model, fields)
+                record = MonitoringRecord.from_entry(self.model, fields)
             except FeedFormatError:
                 self._metrics.invalid.labels(self.model).inc()
                 continue

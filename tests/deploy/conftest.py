@@ -12,8 +12,10 @@ from attribution_workers.metrics import WorkerMetrics
 from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
 from monitors.drift.metrics import DriftMetrics
+from monitors.fleet.metrics import MonitorMetrics
 from monitors.window import WindowStore
 from sampler.metrics import SamplerMetrics
+from service.feed_writer import FeedWriter
 from service.metrics import IngestMetrics
 
 # What each metric type puts on the wire after its family name (prometheus_client adds _created
@@ -32,6 +34,13 @@ def promtool() -> str:
     return found
 
 
+class _NoRedis:
+    """Enough of a Redis client for FeedWriter to declare its metrics."""
+
+    def register_script(self, script: str) -> None:
+        return None
+
+
 @pytest.fixture(scope="session")
 def exported_names() -> frozenset[str]:
     """Every series name the sidecar's and the attribution worker's /metrics can carry, from their
@@ -45,8 +54,17 @@ def exported_names() -> frozenset[str]:
     QualityCollector(store=WindowStore(guard=CohortGuard(keys=(), max_values_per_key=1)), registry=registry)
     # The worker runs as its own process (job vai-worker) with its own registry; names do not clash.
     WorkerMetrics(registry)
-    # service.monitoring.Monitoring needs settings and a Redis client to build; its two counters:
-    names: set[str] = {"vai_labels_total", "vai_prediction_records_dropped_total"}
+    MonitorMetrics(registry)
+    FeedWriter(
+        _NoRedis(),
+        registry,
+        max_per_second=0,
+        max_records=1,
+        stream_maxlen=100,
+        prediction_ttl_s=1,
+        brier_max_classes=2,
+    )
+    names: set[str] = set()
     for family in registry.collect():
         assert family.type in _SUFFIXES, f"{family.name}: no suffixes known for type {family.type}"
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])

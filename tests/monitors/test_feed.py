@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitors.feed import FeedFormatError, MonitoringRecord
+from monitors.feed import ENTRY_FIELD, FeedFormatError, MonitoringRecord
 
 
 def _record(**fields: object) -> MonitoringRecord:
@@ -26,11 +26,11 @@ def _record(**fields: object) -> MonitoringRecord:
     return MonitoringRecord(**values)  # type: ignore[arg-type]
 
 
-def test_fields_round_trip_exactly_with_the_embedding_as_float32_bytes() -> None:
+def test_an_entry_round_trips_exactly_with_the_embedding_as_float32_bytes() -> None:
     record = _record()
-    fields = record.to_fields()
-    assert fields[b"v"] == b"1" and len(fields[b"e"]) == 5 * 4 and len(fields[b"p"]) == 3 * 8
-    back = MonitoringRecord.from_fields("m", fields)
+    blob = record.blob()
+    assert len(blob) - len(record.blob(embedding=False)) == 5 + 5 * 4, "the embedding part: tag, length, float32s"
+    back = MonitoringRecord.from_entry("m", {ENTRY_FIELD: blob})
     assert back.probabilities is not None and back.embedding is not None
     np.testing.assert_array_equal(back.probabilities, record.probabilities)  # float64: pooled figures stay exact
     np.testing.assert_array_equal(back.embedding, record.embedding)
@@ -44,34 +44,49 @@ def test_fields_round_trip_exactly_with_the_embedding_as_float32_bytes() -> None
 
 
 def test_a_labelled_blob_keeps_the_prediction_and_drops_the_embedding() -> None:
-    blob = _record().labelled(1).to_blob()
+    blob = _record().labelled(1).blob()
     back = MonitoringRecord.from_blob("m", blob)
     assert back.label == 1 and back.embedding is None and back.confidence == 0.7
 
 
 def test_optional_parts_are_absent_not_empty() -> None:
-    fields = _record(probabilities=None, embedding=None, cohort={}).to_fields()
-    assert set(fields) == {b"v", b"h"}
-    back = MonitoringRecord.from_fields("m", fields)
+    blob = _record(probabilities=None, embedding=None, cohort={}).blob()
+    assert b'"co"' not in blob
+    back = MonitoringRecord.from_blob("m", blob)
     assert back.probabilities is None and back.embedding is None and back.cohort == {}
 
 
+def _part(tag: bytes, value: bytes) -> bytes:
+    return tag + len(value).to_bytes(4, "little") + value
+
+
+GOOD_HEADER = b'{"id":"r","ver":"v","t":1.0,"c":0,"p":0.5,"m":0.0,"n":2}'
+
+
 @pytest.mark.parametrize(
-    "fields",
+    "blob",
     [
-        pytest.param({b"v": b"2", b"h": b"{}"}, id="newer-version"),
-        pytest.param({b"h": b"{}"}, id="no-version"),
-        pytest.param({b"v": b"1", b"h": b"not json"}, id="header-not-json"),
-        pytest.param({b"v": b"1", b"h": b'{"id": "r"}'}, id="header-missing-fields"),
-        pytest.param({**_record().to_fields(), b"e": b"\x00\x01\x02"}, id="embedding-not-whole-floats"),
-        pytest.param({**_record().to_fields(), b"p": np.zeros(4).tobytes()}, id="probabilities-wrong-length"),
+        pytest.param(_part(b"v", b"2") + _part(b"h", GOOD_HEADER), id="newer-version"),
+        pytest.param(_part(b"h", GOOD_HEADER), id="no-version"),
+        pytest.param(_part(b"v", b"1") + _part(b"h", b"not json"), id="header-not-json"),
+        pytest.param(_part(b"v", b"1") + _part(b"h", b'{"id": "r"}'), id="header-missing-fields"),
+        pytest.param(_part(b"v", b"1") + _part(b"h", b"[1, 2]"), id="header-not-an-object"),
+        pytest.param(
+            _part(b"v", b"1") + _part(b"h", GOOD_HEADER) + _part(b"e", b"\x00\x01\x02"), id="embedding-ragged"
+        ),
+        pytest.param(_part(b"v", b"1") + _part(b"h", GOOD_HEADER) + _part(b"p", bytes(24)), id="probabilities-3-of-2"),
     ],
 )
-def test_what_is_not_a_record_is_refused_with_a_reason(fields: dict[bytes, bytes]) -> None:
+def test_what_is_not_a_record_is_refused_with_a_reason(blob: bytes) -> None:
     with pytest.raises(FeedFormatError):
-        MonitoringRecord.from_fields("m", fields)
+        MonitoringRecord.from_blob("m", blob)
+
+
+def test_an_entry_without_the_record_field_is_refused() -> None:
+    with pytest.raises(FeedFormatError):
+        MonitoringRecord.from_entry("m", {b"h": b"{}"})
 
 
 def test_a_truncated_blob_is_refused() -> None:
     with pytest.raises(FeedFormatError):
-        MonitoringRecord.from_blob("m", _record().to_blob()[:-3])
+        MonitoringRecord.from_blob("m", _record().blob()[:-3])

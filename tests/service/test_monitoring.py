@@ -31,6 +31,10 @@ FAST_DRIFT = {
 }
 
 
+LABELLED = {"digits": {"delayed_labels": True}}
+"""The config that declares the model's labels come later: its predictions wait for them from the first event."""
+
+
 def probabilities_event(request_id: str, probabilities: list[float], **fields: Any) -> dict[str, Any]:
     body = event(request_id, probabilities=probabilities, **fields)
     body.pop("logits")
@@ -64,7 +68,7 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
 ) -> None:
     registry, monitor_registry = CollectorRegistry(), CollectorRegistry()
     monitors.start(registry=monitor_registry, cohort_keys=("region",))
-    client = make_client(registry=registry, cohort_keys=("region",))
+    client = make_client(registry=registry, cohort_keys=("region",), models=LABELLED)
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(3) * 0.7, size=60)
     labels = [int(rng.choice(3, p=p)) for p in probabilities]
@@ -108,10 +112,10 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
 
 
 def test_labels_wait_in_redis_until_they_arrive(make_client: Callable[..., TestClient]) -> None:
-    first = make_client()
+    first = make_client(models=LABELLED)
     first.post("/v1/events", json=event("late", logits=[0.0, 3.0]))
     first.__exit__(None, None, None)  # this replica goes away; its records were flushed to Redis on shutdown
-    second = make_client()  # a replica that never saw the event or its model
+    second = make_client(models=LABELLED)  # a replica that never saw the event or its model
     answer = second.post("/v1/labels", json={"labels": [{"model": "digits", "request_id": "late", "label": 1}]})
     assert answer.json()["matched"] == 1
 
@@ -130,7 +134,7 @@ def test_a_worse_cohort_shows_lower_accuracy_with_a_wider_interval(
 ) -> None:
     monitor_registry = CollectorRegistry()
     monitors.start(registry=monitor_registry, cohort_keys=("region",))
-    client = make_client(cohort_keys=("region",))
+    client = make_client(cohort_keys=("region",), models=LABELLED)
     rng = np.random.default_rng(1)
     events, labels = [], []
     for i in range(400):
@@ -182,7 +186,7 @@ def test_online_drift_quiet_on_clean_digits_and_alarms_on_corrupted_ones(
     module = torch.jit.load(str(digits_path))
     monitor_registry = CollectorRegistry()
     first = monitors.start(registry=monitor_registry, drift=FAST_DRIFT)
-    client = make_client()
+    client = make_client(monitor_max_per_second=0)  # every event reaches the detectors
     # The reference is held-out data, never the training split (its embeddings are more confident).
     reference_x, reference_p = _digits_batch(module, digits_split.test.features[260:])
     response = client.put(
@@ -282,7 +286,7 @@ def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
     make_client: Callable[..., TestClient], monitors: MonitorRunner
 ) -> None:
     monitor = monitors.start(drift_buffer_events=100)
-    client = make_client()
+    client = make_client(monitor_max_per_second=0)
     client.post("/v1/events", json=event("first", embedding=[0.1, 0.2]))
     wait_until(lambda: "digits" in monitor.owned, what="the monitor to take the model")
     release = threading.Event()
@@ -307,7 +311,9 @@ def test_records_redis_cannot_take_are_dropped_oldest_first_and_counted(
     make_client: Callable[..., TestClient],
 ) -> None:
     registry = CollectorRegistry()  # Redis unreachable: the records wait in memory, up to the bound
-    client = make_client(registry=registry, monitor_buffer_records=2, redis_url="redis://127.0.0.1:1/0")
+    client = make_client(
+        registry=registry, monitor_buffer_records=2, label_records="all", redis_url="redis://127.0.0.1:1/0"
+    )
     feed = client.app.state.sidecar.feed  # type: ignore[attr-defined]
     client.post("/v1/events", json=event("first", model="m0"))
     wait_until(lambda: not feed.redis_up, what="the first write to fail")
@@ -328,7 +334,7 @@ def test_the_budget_samples_the_drift_feed_and_counts_what_it_skips(
     make_client: Callable[..., TestClient], redis_client: Any
 ) -> None:
     registry = CollectorRegistry()
-    client = make_client(registry=registry, monitor_max_per_second=20)
+    client = make_client(registry=registry, monitor_max_per_second=20, models=LABELLED)
     now = time.time()
     events = [event(f"e{i}", timestamp=now) for i in range(300)]
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 300
@@ -343,7 +349,7 @@ def test_the_budget_samples_the_drift_feed_and_counts_what_it_skips(
 
 def test_records_redis_refuses_are_counted(make_client: Callable[..., TestClient], redis_client: Any) -> None:
     registry = CollectorRegistry()
-    client = make_client(registry=registry)
+    client = make_client(registry=registry, models=LABELLED)
     redis_client.config_set("maxmemory", "1")
     redis_client.config_set("maxmemory-policy", "noeviction")
     try:
@@ -356,3 +362,33 @@ def test_records_redis_refuses_are_counted(make_client: Callable[..., TestClient
         wait_until(lambda: refused("predictions") == 2 and refused("label_join") == 2, what="refusals counted")
     finally:
         redis_client.config_set("maxmemory", "0")
+
+
+def test_records_are_kept_once_a_model_gets_labels_and_every_replica_learns_it(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    first, second = make_client(), make_client()  # auto: nothing declared
+    first.post("/v1/events", json=event("before"))
+    assert first.post("/v1/labels", json=_label("before")).json()["unmatched"], "no record was kept yet"
+    first.post("/v1/events", json=event("after"))
+    assert first.post("/v1/labels", json=_label("after")).json()["matched"] == 1
+    wait_until(lambda: redis_client.sismember("vai:labelled-models", "digits"), what="the other replicas to be told")
+    wait_until(lambda: second.app.state.sidecar.feed.keeps_records("digits"), what="the policy refresh")  # type: ignore[attr-defined]
+    second.post("/v1/events", json=event("on-second"))
+    # Labels come late by nature: this one waits until the second replica's record has reached Redis.
+    wait_until(lambda: redis_client.exists("vai:pred:digits:on-second"), what="the second replica's record")
+    assert first.post("/v1/labels", json=_label("on-second")).json()["matched"] == 1
+
+
+def test_no_records_for_models_without_labels_and_none_at_all_when_told(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    client = make_client(label_records="none", models=LABELLED)
+    client.post("/v1/events", json={"events": [event("a"), event("b", label=1)]})
+    client.post("/v1/events", json=event("c", model="quiet"))
+    wait_until(lambda: redis_client.xlen("vai:labelled:digits") == 1, what="the inline label published")
+    assert list(redis_client.scan_iter("vai:pred:*")) == []
+
+
+def _label(request_id: str, label: int = 0) -> dict[str, Any]:
+    return {"labels": [{"model": "digits", "request_id": request_id, "label": label}]}

@@ -51,7 +51,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         sidecars = []
         for _ in range(3):
             port = free_port()
-            env = role_env(VAI_REDIS_URL=server.url, VAI_MONITOR="external", VAI_SAMPLING__EVERY_N="1000000")
+            env = role_env(
+                VAI_REDIS_URL=server.url,
+                VAI_MONITOR="external",
+                VAI_SAMPLING__EVERY_N="1000000",
+                VAI_MODELS='{"gamma": {"delayed_labels": true}}',
+            )
             process = start_role("serve", "--port", str(port), env=env, cwd=workdir)
             processes.append(process)
             sidecars.append((f"http://127.0.0.1:{port}", process))
@@ -165,18 +170,13 @@ def test_labels_posted_to_different_replicas_give_the_pooled_figures(fleet: Flee
     ]
     _post_round_robin(fleet, events, batch=20)
     sent = [np.asarray(e["probabilities"], dtype=np.float64) for e in events]
+    with redis.Redis.from_url(fleet.redis_url) as client:  # labels come late: every record is in Redis by then
+        wait_until(lambda: len(list(client.scan_iter("vai:pred:gamma:*", count=1000))) == n, what="all records")
     for replica in range(3):  # labels of events sent to replica k go to replica k+1
         mine = [i for i in range(n) if (i // 20) % 3 == replica]
         body = {"labels": [{"model": "gamma", "request_id": f"g{i}", "label": int(labels[i])} for i in mine]}
-        url = fleet.sidecars[(replica + 1) % 3]
-        answer = wait_until(
-            lambda body=body, url=url: (
-                (r := httpx.post(f"{url}/v1/labels", json=body, timeout=5)).json()["matched"] == len(body["labels"])
-                and r
-            ),
-            what="every label to find its prediction record",
-        )
-        assert answer.status_code == 200
+        answer = httpx.post(f"{fleet.sidecars[(replica + 1) % 3]}/v1/labels", json=body, timeout=5)
+        assert answer.status_code == 200 and answer.json()["matched"] == len(mine)
 
     def series() -> dict | None:
         found = httpx.get(f"{fleet.sidecars[2]}/v1/models/gamma/calibration?cohort=all", timeout=5).json()["series"]
@@ -206,8 +206,8 @@ def test_labels_posted_to_different_replicas_give_the_pooled_figures(fleet: Flee
 
 def test_a_killed_owner_is_replaced_with_its_calibrated_state(fleet: Fleet) -> None:
     before = _monitoring(fleet, "alpha")
-    client = redis.Redis.from_url(fleet.redis_url)
-    version = client.get(keys.drift_version("alpha"))
+    with redis.Redis.from_url(fleet.redis_url) as client:
+        version = client.get(keys.drift_version("alpha"))
     assert version is not None
     owner, _ = fleet.monitors[before["owner"]]
     killed_at = time.monotonic()
@@ -222,7 +222,8 @@ def test_a_killed_owner_is_replaced_with_its_calibrated_state(fleet: Fleet) -> N
     status = wait_until(taken_over, timeout_s=15, what="the surviving monitor to take alpha over", interval_s=0.05)
     took_s = time.monotonic() - killed_at
     assert status["state"] == "monitoring", "adopted the stored calibration, no recalibration"
-    assert client.get(keys.drift_version("alpha")) == version
+    with redis.Redis.from_url(fleet.redis_url) as client:
+        assert client.get(keys.drift_version("alpha")) == version
     # It keeps examining what the replicas publish.
     examined = status["examined"]
     _post_round_robin(fleet, _events("alpha", 1000, 150, np.random.default_rng(3)))
