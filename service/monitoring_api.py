@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 
 from common.errors import InvalidInput, MonitorsOff, NotFound
 from common.names import MODEL_PATTERN
-from monitors.calibration import CalibrationReport, ReliabilityBin
 from monitors.fleet.references import reference_from_arrays
 from monitors.fleet.results import SeriesQuality
 from service.auth import Scope
@@ -170,17 +169,4 @@ async def get_calibration_png(
 def _render_reliability(series: SeriesQuality, title: str) -> bytes:
     from service.images import render_reliability_png  # Pillow, loaded on the first chart asked for
 
-    report = CalibrationReport(
-        count=series.count,
-        ece=series.ece,
-        mce=series.mce,
-        brier_score=series.brier_score,
-        brier_count=series.brier_count,
-        bins=tuple(
-            ReliabilityBin(
-                lower=b.lower, upper=b.upper, count=b.count, mean_confidence=b.mean_confidence, accuracy=b.accuracy
-            )
-            for b in series.bins
-        ),
-    )
-    return render_reliability_png(report, title=title)
+    return render_reliability_png(series.calibration(), title=title)

@@ -1,13 +1,15 @@
 """What the owning monitor publishes for every sidecar to answer: typed, versioned JSON in Redis.
 
 The monitor writes these (only while it holds the model's lease); any sidecar replica reads
-them for ``GET /v1/models/{model}/drift`` and ``/calibration``. Pydantic and the Redis keys
-only: a sidecar imports this without the detectors.
+them for ``GET /v1/models/{model}/drift`` and ``/calibration``. Pydantic and the calibration
+types only (numpy): a sidecar imports this without the detectors.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from monitors.calibration import CalibrationReport, ReliabilityBin
 
 FORMAT_VERSION = 1
 
@@ -67,6 +69,17 @@ class SeriesQuality(_Result):
     accuracy_lower: float
     accuracy_upper: float
     bins: tuple[Bin, ...] = Field(default=())
+
+    def calibration(self) -> CalibrationReport:
+        """The calibration figures as the reliability diagram takes them."""
+        return CalibrationReport(
+            count=self.count,
+            ece=self.ece,
+            mce=self.mce,
+            brier_score=self.brier_score,
+            brier_count=self.brier_count,
+            bins=tuple(ReliabilityBin(**b.model_dump()) for b in self.bins),
+        )
 
 
 class QualityReport(_Result):
