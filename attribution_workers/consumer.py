@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common import keys
+from common.redis import execute
 
 log = logging.getLogger(__name__)
 Fields = dict[bytes, bytes]
@@ -115,7 +116,7 @@ class GroupConsumer:
         pipe = self._redis.pipeline(transaction=False)
         for entry_id in ids:
             pipe.xrange(stream, entry_id, entry_id, count=1)
-        return [entry_id for entry_id, found in zip(ids, await pipe.execute(), strict=True) if not found]
+        return [entry_id for entry_id, found in zip(ids, await execute(pipe), strict=True) if not found]
 
     async def _delivery_counts(self, stream: str, entry_ids: list[bytes]) -> dict[bytes, int]:
         pending: list[dict[str, Any]] = await self._redis.xpending_range(
@@ -128,7 +129,7 @@ class GroupConsumer:
         pipe = self._redis.pipeline(transaction=True)
         pipe.xack(stream, keys.CONSUMER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
-        await pipe.execute()
+        await execute(pipe)
 
     async def dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> None:
         """Move an entry to the model's dead-letter stream with its error, in one transaction."""
@@ -145,4 +146,4 @@ class GroupConsumer:
         pipe.xadd(keys.dead_letter_stream(model), fields)  # type: ignore[arg-type]
         pipe.xack(stream, keys.CONSUMER_GROUP, delivery.entry_id)
         pipe.xdel(stream, delivery.entry_id)
-        await pipe.execute()
+        await execute(pipe)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,3 +34,16 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeou
 """Redis did not answer: down, unreachable or hung past the socket timeout."""
 REDIS_FAILED: tuple[type[BaseException], ...] = (RedisError, OSError)
 """Any failure of a Redis call, including refusals such as ``OOM`` under ``noeviction``."""
+
+
+async def execute(pipe: Pipeline, *, raise_on_error: bool = True) -> list[Any]:
+    """Run a pipeline and always give its connection back.
+
+    When a pipelined call fails, times out or is cancelled, redis-py keeps the connection on the
+    pipeline object, and warns "Unclosed client session" when the pipeline is collected; every
+    pipeline of ours runs through here instead of ``pipe.execute()``.
+    """
+    try:
+        return await pipe.execute(raise_on_error=raise_on_error)
+    finally:
+        await pipe.reset()  # type: ignore[no-untyped-call]

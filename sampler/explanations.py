@@ -26,7 +26,7 @@ from common import keys
 from common.codec import EncodedArray
 from common.errors import RedisUnavailable
 from common.names import MODEL_PATTERN, VERSION_PATTERN
-from common.redis import REDIS_FAILED
+from common.redis import REDIS_FAILED, execute
 from sampler.contract import InputTensor, SampledEvent
 from sampler.policy import Reason
 
@@ -194,7 +194,7 @@ class ExplanationStore:
         """Store ``record``; ``False`` when a finished one was there already."""
         pipe = self._redis.pipeline(transaction=False)
         await self._add_save(pipe, record)
-        (stored,) = await pipe.execute()
+        (stored,) = await execute(pipe)
         return bool(stored)
 
     async def _add_save(self, pipe: Pipeline, record: ExplanationRecord) -> None:
@@ -230,7 +230,7 @@ class ExplanationStore:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(keys.sanity(model), method, figure.model_dump_json())
         pipe.expire(keys.sanity(model), self._ttl_s)
-        await pipe.execute()
+        await execute(pipe)
 
     async def sanity(self, model: str) -> dict[str, SanityFigure]:
         with _reading():
@@ -283,7 +283,7 @@ class ExplanationStore:
         pipe = self._redis.pipeline(transaction=False)
         for request_id in wanted:
             pipe.hget(keys.explanation(model, request_id), "summary")
-        return [ExplanationSummary.model_validate_json(raw) for raw in await pipe.execute() if raw is not None]
+        return [ExplanationSummary.model_validate_json(raw) for raw in await execute(pipe) if raw is not None]
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from common import keys
 from common.errors import RedisUnavailable
-from common.redis import REDIS_FAILED
+from common.redis import REDIS_FAILED, execute
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class PolicyStore:
         for model in models:
             pipe.hgetall(keys.policy(model))
         overrides: dict[str, dict[str, Any]] = {}
-        for model, stored in zip(models, await pipe.execute(), strict=True):
+        for model, stored in zip(models, await execute(pipe), strict=True):
             try:
                 overrides[model] = {name.decode(): json.loads(value) for name, value in stored.items()}
             except ValueError:
@@ -50,7 +50,7 @@ class PolicyStore:
         pipe.hset(keys.policy(model), mapping={name: json.dumps(value) for name, value in changes.items()})
         pipe.sadd(keys.POLICY_MODELS, model)
         with _writing("sampling policy not stored"):
-            await pipe.execute()
+            await execute(pipe)
 
     async def clear(self, model: str) -> None:
         """Forget the model's overrides: the config file's policy applies again."""
@@ -58,7 +58,7 @@ class PolicyStore:
         pipe.delete(keys.policy(model))
         pipe.srem(keys.POLICY_MODELS, model)
         with _writing("sampling policy not reset"):
-            await pipe.execute()
+            await execute(pipe)
 
 
 @contextlib.contextmanager

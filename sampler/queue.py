@@ -18,7 +18,7 @@ from itertools import islice
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_DOWN
+from common.redis import REDIS_DOWN, execute
 from sampler.contract import MESSAGE_FIELD, SampledEvent
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
@@ -127,7 +127,7 @@ class QueueWriter:
             )
             await self._store.mark_queued(pipe, entry.event)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await execute(pipe, raise_on_error=False)
         except REDIS_DOWN as error:
             self._mark_up(False, error)
             return False
@@ -173,7 +173,7 @@ class QueueWriter:
         for model in names:
             pipe.xlen(keys.sample_stream(model))
         try:
-            lengths = await pipe.execute(raise_on_error=False)
+            lengths = await execute(pipe, raise_on_error=False)
         except REDIS_DOWN as error:
             self._mark_up(False, error)
             return

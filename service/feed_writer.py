@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_DOWN
+from common.redis import REDIS_DOWN, execute
 from monitors.feed import MonitoringRecord
 from service.validation import Prediction, softmax
 
@@ -303,7 +303,7 @@ class FeedWriter:
         if labelled:
             pipe.sadd(keys.LABELLED_MODELS, *labelled)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await execute(pipe, raise_on_error=False)
         except BaseException:
             self._labelled_unannounced |= labelled
             raise

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from common import keys
 from common.errors import RedisUnavailable
-from common.redis import REDIS_FAILED
+from common.redis import REDIS_FAILED, execute
 from monitors.drift.reference import Reference
 from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.references import ReferenceStore
@@ -68,7 +68,7 @@ class Monitoring:
             for _, model, request_id, _ in remote:
                 pipe.getdel(keys.prediction(model, request_id))
             try:
-                bodies = await pipe.execute()
+                bodies = await execute(pipe)
             except REDIS_FAILED:
                 raise RedisUnavailable("redis: labels not joined") from None
             for (index, model, request_id, label), body in zip(remote, bodies, strict=True):

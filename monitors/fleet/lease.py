@@ -15,6 +15,7 @@ import time
 from redis.asyncio import Redis
 
 from common import keys
+from common.redis import execute
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -51,7 +52,7 @@ class Leases:
         pipe.zadd(keys.MONITOR_MEMBERS, {self.owner: now_ms + self.ttl_ms})
         pipe.zremrangebyscore(keys.MONITOR_MEMBERS, "-inf", now_ms)
         pipe.zcard(keys.MONITOR_MEMBERS)
-        *_, alive = await pipe.execute()
+        *_, alive = await execute(pipe)
         return max(1, int(alive))
 
     async def leave(self) -> None:

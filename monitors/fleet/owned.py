@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from common import keys
 from common.cardinality import BoundedLabel
-from common.redis import REDIS_FAILED
+from common.redis import REDIS_FAILED, execute
 from monitors.drift.base import DriftEvent
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.runner import DriftRunner
@@ -130,7 +130,7 @@ class OwnedModel:
             pipe = self._redis.pipeline(transaction=False)
             pipe.xack(feed, keys.MONITOR_GROUP, *ids)
             pipe.xdel(feed, *ids)  # so the stream's length is what waits (as with the sample streams)
-            await pipe.execute()
+            await execute(pipe)
 
     def _take(self, entries: Entries) -> None:
         for _, fields in entries:
@@ -229,7 +229,7 @@ class OwnedModel:
         pipe = self._redis.pipeline(transaction=False)
         pipe.xlen(feed)
         pipe.xrange(feed, count=1)
-        length, head = await pipe.execute()
+        length, head = await execute(pipe)
         self._redis_backlog = int(length)
         self._next_waiting_s = int(head[0][0].split(b"-")[0]) / 1000 if head else None
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from redis.asyncio import Redis
 
 from common import keys
+from common.redis import execute
 from monitors.drift.reference import Reference
 
 
@@ -76,7 +77,7 @@ class ReferenceStore:
         pipe.delete(keys.drift_reference(model))
         pipe.hset(keys.drift_reference(model), mapping=fields)  # type: ignore[arg-type]
         pipe.sadd(keys.MONITORED_MODELS, model)
-        await pipe.execute()
+        await execute(pipe)
         return reference_id
 
     async def latest_id(self, model: str) -> str | None:
