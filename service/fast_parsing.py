@@ -3,7 +3,9 @@
 An event of 1000 logits and a 768-float embedding is ~1,800 numbers. Turning
 each into a Python float (what ``orjson.loads`` or msgspec do) is most of the
 cost of a request; simdjson's DOM keeps them as doubles, and ``as_buffer``
-copies a list into a float64 array directly. The small fields are converted
+copies a list into a float64 array directly. A tensor object in a number
+field (``service.tensors``) is decoded here too: our compact form costs one
+base64 decode and one ``np.frombuffer``. The small fields are converted
 to Python and checked by msgspec against the same ``EventIn`` schema as the
 careful path.
 
@@ -23,9 +25,11 @@ import numpy as np
 import numpy.typing as npt
 import simdjson
 
+from service.binary_body import decode_binary
 from service.errors import FieldError
 from service.parsing import Decoded, Rejected, check_count, decode_body, field_error
 from service.schemas import NUMBER_FIELDS, EventIn
+from service.tensors import vector_of
 
 _OPEN = 91  # b"["
 _ENCODE = msgspec.json.Encoder().encode
@@ -40,11 +44,16 @@ class BodyDecoder:
         self._max_batch = max_batch
         self._parser = simdjson.Parser()
 
-    def decode(self, body: bytes, *, open_brackets: int | None = None) -> list[Decoded]:
+    def decode(
+        self, body: bytes, *, open_brackets: int | None = None, header_length: str | None = None
+    ) -> list[Decoded]:
         """Every event of ``body`` in order, decoded or rejected; raises ``InvalidInput`` for the envelope.
 
         ``open_brackets``: the body's count of b"[", when a :class:`BracketTally` took it while reading.
+        ``header_length``: the ``Inference-Header-Content-Length`` of a binary-extension body.
         """
+        if header_length is not None:
+            return decode_binary(body, header_length, max_batch=self._max_batch)
         fast = self.decode_fast(body, open_brackets=open_brackets) if body.strip() else None
         return fast if fast is not None else decode_body(body, max_batch=self._max_batch)
 
@@ -100,13 +109,19 @@ def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
             return None  # which duplicate wins is the careful path's call
         fields: dict[str, Any] = {}
         numbers: dict[str, npt.NDArray[np.float64] | FieldError] = {}
+        brackets = 0
         for key in keys:
             value = item[key]
             if key in NUMBER_FIELDS and isinstance(value, simdjson.Array):
                 numbers[key] = _array_of(value, key)
+                brackets += 1
+            elif key in NUMBER_FIELDS and isinstance(value, simdjson.Object):
+                tensor = value.as_dict()  # small unless v2 JSON numbers: compact data is one base64 string
+                numbers[key] = _vector_of(tensor, key)
+                brackets += _brackets_in(tensor)
             else:
                 fields[key] = _plain(value)
-        return _checked(index, fields, numbers), len(numbers) + _brackets_in(fields)
+        return _checked(index, fields, numbers), brackets + _brackets_in(fields)
     except RecursionError:
         return None
 
@@ -134,6 +149,14 @@ def _array_of(value: Any, field: str) -> npt.NDArray[np.float64] | FieldError:
     if array.shape[0] != len(value):
         return FieldError(field, "must be a flat list of numbers")  # as_buffer flattened a nested list
     return array
+
+
+def _vector_of(tensor: dict[str, Any], field: str) -> npt.NDArray[np.float64] | FieldError:
+    """A tensor object's numbers as float64; an error (returned, as in :func:`_array_of`)."""
+    try:
+        return vector_of(tensor, field)
+    except FieldError as error:
+        return error.with_traceback(None)
 
 
 def _plain(value: Any) -> Any:

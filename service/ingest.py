@@ -99,14 +99,17 @@ class IngestHandler:
                 )
             self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
 
-    def ingest(self, body: bytes, *, open_brackets: int | None = None) -> IngestResult:
+    def ingest(
+        self, body: bytes, *, open_brackets: int | None = None, header_length: str | None = None
+    ) -> IngestResult:
         """Handle one request body; raises ``InvalidInput`` when nothing in it is valid.
 
         ``open_brackets``: the body's count of b"[", when it was taken while reading (see ``BracketTally``).
+        ``header_length``: ``Inference-Header-Content-Length`` of a body in the binary tensor extension.
         """
         received_at = self._clock()
         try:
-            decoded = self._decoder.decode(body, open_brackets=open_brackets)
+            decoded = self._decoder.decode(body, open_brackets=open_brackets, header_length=header_length)
         except VaiError:
             self._metrics.rejected.labels("invalid_body").inc()
             raise

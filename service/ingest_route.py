@@ -21,12 +21,15 @@ from starlette.types import Scope as AsgiScope
 
 from common.errors import MethodNotAllowed, PayloadTooLarge, VaiError
 from service.auth import Scope
+from service.binary_body import HEADER_LENGTH
 from service.body import collect_body
 from service.fast_parsing import BracketTally
 from service.sidecar import Sidecar
 
 INGEST_PATH = "/v1/events"
 _JSON = (b"content-type", b"application/json")
+_HEADER_LENGTH = HEADER_LENGTH.encode()
+_WANTED = (b"authorization", b"content-length", b"content-encoding", _HEADER_LENGTH)
 
 
 class IngestRoute:
@@ -64,9 +67,10 @@ class IngestRoute:
 async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes:
     if scope["method"] != "POST":
         raise MethodNotAllowed("method: POST only", field="method", headers={"Allow": "POST"})
-    headers = _headers(scope, (b"authorization", b"content-length", b"content-encoding"))
+    headers = _headers(scope, _WANTED)
     sidecar.auth.check(headers.get(b"authorization"), Scope.INGEST)
-    tally = BracketTally()
+    header_length = headers.get(_HEADER_LENGTH)
+    tally = BracketTally() if header_length is None else None
     try:
         body = await collect_body(
             _chunks(receive),
@@ -78,7 +82,8 @@ async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes
     except VaiError as error:
         sidecar.ingest.reject_body("body_too_large" if isinstance(error, PayloadTooLarge) else "invalid_body")
         raise
-    return sidecar.ingest.ingest(body, open_brackets=tally.count).to_json()
+    open_brackets = tally.count if tally is not None else None
+    return sidecar.ingest.ingest(body, open_brackets=open_brackets, header_length=header_length).to_json()
 
 
 def _headers(scope: AsgiScope, wanted: tuple[bytes, ...]) -> dict[bytes, str]:

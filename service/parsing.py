@@ -98,19 +98,22 @@ def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
         check_count(len(items), max_batch)
     else:
         items = [document]
-    return [_decode_item(index, item) for index, item in enumerate(items)]
+    return [decode_object(index, item, via_json=True) for index, item in enumerate(items)]
 
 
-def _decode_item(index: int, item: Any) -> Decoded:
+def decode_object(index: int, item: Any, *, via_json: bool = False, finite: bool = False) -> Decoded:
+    """One event already parsed into Python objects, NaN tokens included; ``via_json``: re-encode and decode
+    it as the careful path's JSON does (else converted as is, e.g. with ``BinaryTensor``s in its fields);
+    ``finite``: its parser refused NaN and infinity, so they need no search."""
     request_id = item.get("request_id") if isinstance(item, dict) else None
     request_id = request_id if isinstance(request_id, str) else None
     try:
-        bad = _non_finite_path(item, "")
+        bad = None if finite else _non_finite_path(item, "")
         if bad is not None:
             return Rejected(
                 index, request_id, FieldError(bad or "event", "must be a finite number", reason="non_finite")
             )
-        return _EVENT.decode(msgspec.json.encode(item))
+        return _EVENT.decode(msgspec.json.encode(item)) if via_json else msgspec.convert(item, EventIn)
     except msgspec.ValidationError as error:
         return Rejected(index, request_id, field_error(error))
     except RecursionError:

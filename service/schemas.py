@@ -2,7 +2,8 @@
 
 msgspec validates types while it parses (or converts), which is several times
 cheaper than FastAPI body models for events that carry thousands of floats.
-The number lists are typed ``Any`` here: the fast path (``service.fast_parsing``)
+The number lists (and ``input``) are typed ``Any`` here: each may also be a
+tensor object (``service.tensors``); the fast path (``service.fast_parsing``)
 fills them with float64 arrays copied straight out of simdjson's parse, the
 careful path with the decoded JSON values; ``service.validation`` turns both
 into checked arrays.
@@ -28,13 +29,21 @@ NUMBER_FIELDS = ("logits", "probabilities", "embedding")
 """The fields holding lists of numbers, the bulk of every event."""
 
 
-class InputIn(msgspec.Struct, forbid_unknown_fields=True):
-    """A model input as raw little-endian bytes."""
+class TensorIn(msgspec.Struct):
+    """A tensor object (documentation only; ``service.tensors`` checks it): an Open Inference Protocol v2
+    tensor (``datatype`` and a list of numbers, or ``parameters.binary_data_size`` with the binary
+    extension) or our compact form (``dtype`` and base64 of the little-endian bytes)."""
 
     shape: Shape
-    dtype: str
-    data: str
-    """Base64 of the little-endian bytes."""
+    datatype: str | None = None
+    """v2: ``FP16``, ``FP32``, ``FP64``, ``INT8``, ``INT16``, ``INT32``, ``INT64`` or ``UINT8``."""
+    dtype: str | None = None
+    """Compact form: ``float16``, ``float32``, ``float64``, ``int8``, ``int16``, ``int32``, ``int64``, ``uint8``."""
+    data: list[Any] | str | None = None
+    """v2: numbers, flat or nested (absent with the binary extension); compact form: base64."""
+    parameters: dict[str, Any] | None = None
+    """v2 binary extension: ``{"binary_data_size": K}``, the data being the next K bytes after the JSON header."""
+    name: str | None = None
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,8 +61,8 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     embedding: Any = None
     """List of finite floats; same length for every event of a model."""
     cohort: Annotated[dict[CohortText, CohortText], msgspec.Meta(max_length=32)] | None = None
-    input: InputIn | list[Any] | None = None
-    """Model input for attribution: ``{"shape", "dtype", "data"}`` or a nested list."""
+    input: Any = None
+    """Model input for attribution: a nested list or a tensor object (compact or v2)."""
     label: Annotated[int, msgspec.Meta(ge=0)] | None = None
     """Ground-truth class index, when already known."""
 
@@ -73,9 +82,10 @@ class RawBatchIn(msgspec.Struct, forbid_unknown_fields=True):
 class Event(EventIn):
     """Documentation twin of :class:`EventIn` (an ``Any`` field has no useful JSON schema)."""
 
-    logits: list[float] | None = None
-    probabilities: list[float] | None = None
-    embedding: list[float] | None = None
+    logits: list[float] | TensorIn | None = None
+    probabilities: list[float] | TensorIn | None = None
+    embedding: list[float] | TensorIn | None = None
+    input: list[Any] | TensorIn | None = None
 
 
 class Batch(msgspec.Struct):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -11,11 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.codec import DTYPES
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
 from sampler.contract import InputTensor
 from service.errors import FieldError
 from service.schemas import EventIn
+from service.tensors import BinaryTensor, tensor_of, vector_of
 
 PROBABILITY_TOLERANCE = 1e-3
 MAX_MARGIN = 1e6
@@ -225,10 +223,13 @@ def numbers_of(value: Any, field: str) -> npt.NDArray[np.float64] | None:
     """A number-list field as a float64 array, ``None`` when absent.
 
     The fast path hands over arrays it has already checked (flat, finite); the
-    careful path hands over the decoded JSON value, checked here.
+    careful path hands over the decoded JSON value, checked here: a list of
+    numbers or a tensor object (``service.tensors``).
     """
     if value is None or isinstance(value, np.ndarray):
         return value
+    if isinstance(value, dict | BinaryTensor):
+        return vector_of(value, field)
     if not isinstance(value, list) or not all(type(item) in _NUMBER_TYPES for item in value):
         raise FieldError(field, "must be a flat list of numbers")
     try:
@@ -268,23 +269,10 @@ def _input_of(value: Any) -> InputTensor | None:
         return None
     if isinstance(value, list):
         return _nested_input(value)
-    if value.dtype not in DTYPES:
-        raise FieldError("input.dtype", f"unknown dtype {value.dtype!r}; use one of {', '.join(DTYPES)}")
-    try:
-        raw = base64.b64decode(value.data, validate=True)
-    except (binascii.Error, ValueError):
-        raise FieldError("input.data", "not valid base64") from None
-    dtype = DTYPES[value.dtype]
-    expected = math.prod(value.shape) * dtype.itemsize
-    if len(raw) != expected:
-        raise FieldError(
-            "input.data",
-            f"{len(raw)} bytes do not match shape {value.shape} of {value.dtype} ({expected} bytes)",
-            reason="shape_mismatch",
-        )
-    if dtype.kind == "f" and not np.isfinite(np.frombuffer(raw, dtype=dtype)).all():
-        raise FieldError("input.data", "holds NaN or infinite values", reason="non_finite")
-    return InputTensor.model_construct(shape=tuple(value.shape), dtype=value.dtype, data=value.data)
+    array = tensor_of(value, "input")
+    if isinstance(value, dict) and "dtype" in value:  # the compact form: keep the base64 as sent
+        return InputTensor.model_construct(shape=tuple(array.shape), dtype=value["dtype"], data=value["data"])
+    return InputTensor.of(array)
 
 
 def _nested_input(value: list[Any]) -> InputTensor:

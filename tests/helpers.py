@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,19 @@ class MonitorRunner:
     def run(self, process: MonitorProcess, coroutine: Any) -> Any:
         """Run a coroutine on ``process``'s loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loops[id(process)][0]).result(30)
+
+
+def binary_body(document: Any, sections: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """A body in the Open Inference Protocol's binary tensor extension and its headers: the JSON ``document``
+    followed by ``sections`` in order (their tensors carry ``parameters.binary_data_size`` already)."""
+    header = json.dumps(document).encode()
+    return header + b"".join(sections), {
+        "inference-header-content-length": str(len(header)),
+        "content-type": "application/octet-stream",
+    }
+
+
+def binary_tensor(array: Any, datatype: str) -> tuple[dict[str, Any], bytes]:
+    """The v2 tensor object of the binary extension for ``array`` (a numpy array), and its section."""
+    raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    return {"shape": list(array.shape), "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}, raw
