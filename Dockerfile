@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# vai-sidecar image: `docker build -t vai-sidecar .`; docker-compose.yml runs it beside Redis,
-# Prometheus and Grafana.
+# vai-sidecar image: `docker build -t vai-sidecar .`. One image for every role
+# (`vai-sidecar serve | monitor | worker`); docker-compose.yml runs each as a service beside Redis,
+# Prometheus, Alertmanager and Grafana.
 
 # --- build: a virtualenv with the project and its dependencies -------------------------------
 FROM python:3.11-slim AS build
@@ -33,6 +34,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/vai vai
+# /models, owned by vai: a named volume mounted there starts with this owner, so the compose
+# stack's `models` service (running as vai) can write the trained model into it.
+RUN install -d -o vai -g vai /models
 COPY --from=build /opt/venv /opt/venv
 
 # Non-root. The working directory is writable: without VAI_REDIS_URL the sidecar starts an
@@ -40,9 +44,11 @@ COPY --from=build /opt/venv /opt/venv
 USER vai
 WORKDIR /var/lib/vai
 
-EXPOSE 8000
+# 8000: the sidecar; 8001: a worker's /metrics; 8002: a monitor's /metrics.
+EXPOSE 8000 8001 8002
 
-# No curl in the image: probe /livez (no token needed) with the standard library.
+# No curl in the image: probe /livez (no token needed) with the standard library. The monitor
+# and worker services override this with a probe of their own /metrics (docker-compose.yml).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('VAI_PORT', '8000'), timeout=2)"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,6 +18,9 @@ from monitors.window import WindowStore
 from sampler.metrics import SamplerMetrics
 from service.feed_writer import FeedWriter
 from service.metrics import IngestMetrics
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 # What each metric type puts on the wire after its family name (prometheus_client adds _created
 # too; nothing should alert on that).
@@ -56,7 +60,7 @@ def exported_names() -> frozenset[str]:
     WorkerMetrics(registry)
     MonitorMetrics(registry)
     FeedWriter(
-        _NoRedis(),
+        cast("Redis", _NoRedis()),
         registry,
         max_per_second=0,
         max_records=1,

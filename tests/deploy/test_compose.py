@@ -1,32 +1,107 @@
-"""docker-compose.yml, Dockerfile and .dockerignore, checked by reading them (no Docker here)."""
+"""docker-compose.yml, Dockerfile, .dockerignore and what the stack mounts, checked offline (no Docker here):
+the Compose Specification schema, the services and their wiring, every mounted file, the config file
+every role reads, Alertmanager's config and its webhook receiver."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
+from attribution_workers.config import attribution_configs
+from attribution_workers.settings import WorkerSettings
+from common.embedded_redis import free_port
+from demo.models import digits
+from helpers import wait_until
+from monitors.fleet.settings import MonitorSettings
 from service.settings import SidecarSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-SERVICES = ("redis", "sidecar", "prometheus", "grafana")
+ENV_EXAMPLE = ROOT / "deploy" / "compose" / "env.example"
+VAI_CONFIG = ROOT / "deploy" / "compose" / "vai.toml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+ALERT_LOG = ROOT / "deploy" / "alertmanager" / "alert_log.py"
+
+SERVICES = {
+    "redis",
+    "models",
+    "sidecar",
+    "monitor",
+    "worker",
+    "worker-gpu",
+    "demo-traffic",
+    "prometheus",
+    "alertmanager",
+    "alert-log",
+    "grafana",
+}
+ONE_SHOT = {"models", "demo-traffic"}
+"""Services that run a job and exit: no health check; others wait for them to complete, not to be healthy."""
+SECRETS = ("REDIS_PASSWORD", "VAI_INGEST_TOKENS", "VAI_READ_TOKENS", "VAI_ADMIN_TOKENS", "GRAFANA_ADMIN_PASSWORD")
+VAI_IMAGE_ROLES: dict[str, type[BaseSettings]] = {
+    "sidecar": SidecarSettings,
+    "monitor": MonitorSettings,
+    "worker": WorkerSettings,
+}
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:[?-])(?P<arg>[^}]*))?\}")
 
 
-def _pyproject() -> dict[str, Any]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+def _text() -> str:
+    """The compose file without its comment lines (compose interpolates values, not comments)."""
+    lines = COMPOSE.read_text(encoding="utf-8").splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#")) + "\n"
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(_text())
+    return loaded
 
 
 def _services() -> dict[str, dict[str, Any]]:
-    services: dict[str, dict[str, Any]] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
+    services: dict[str, dict[str, Any]] = _compose()["services"]
     return services
+
+
+def _env_example() -> dict[str, str]:
+    lines = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _interpolated(values: dict[str, str]) -> dict[str, Any]:
+    """The compose file as docker compose reads it with ``values`` as its environment (.env): parsed first,
+    then ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` substituted in every string value."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        if name in values and values[name] != "":
+            return values[name]
+        assert op != ":?", f"{name} is required: {arg}"
+        return arg if op == ":-" else ""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return INTERPOLATION.sub(substitute, node) if isinstance(node, str) else node
+
+    return dict(walk(_compose()))
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -36,69 +111,345 @@ def _instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-def test_compose_has_the_four_services() -> None:
-    assert set(_services()) == set(SERVICES)
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in SERVICES])
-def test_service_has_a_healthcheck(name: str) -> None:
-    test = _services()[name]["healthcheck"]["test"]
+def _check_jsonschema() -> list[str]:
+    try:
+        import check_jsonschema  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("check-jsonschema is not installed (a dev dependency: pip install -e '.[dev]')")
+        pytest.skip("check-jsonschema is not installed")
+    return [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+
+
+# --- the Compose Specification ------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    command = _check_jsonschema()
+    result = subprocess.run([*command, str(COMPOSE)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_as_interpolated_with_the_example_env_matches_the_specification(tmp_path: Path) -> None:
+    command = _check_jsonschema()
+    path = tmp_path / "docker-compose.json"
+    path.write_text(json.dumps(_interpolated(_env_example())), encoding="utf-8")
+    result = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("secret", [pytest.param(name, id=name) for name in SECRETS])
+def test_secrets_are_required_and_have_no_default(secret: str) -> None:
+    uses = [m for m in INTERPOLATION.finditer(_text()) if m["name"] == secret]
+    assert uses, f"{secret} is not used"
+    assert all(m["op"] == ":?" and m["arg"].strip() for m in uses), f"{secret} must be ${{{secret}:?message}}"
+    example = _env_example()
+    with pytest.raises(AssertionError, match=f"{secret} is required"):
+        _interpolated({name: value for name, value in example.items() if name != secret})
+    assert "CHANGE-ME" in example[secret]
+
+
+def test_env_example_names_every_variable_the_compose_file_reads() -> None:
+    required = {m["name"] for m in INTERPOLATION.finditer(_text()) if m["op"] == ":?"}
+    optional = {m["name"] for m in INTERPOLATION.finditer(_text()) if m["op"] != ":?"}
+    text = ENV_EXAMPLE.read_text(encoding="utf-8")
+    assert required == set(SECRETS) <= set(_env_example())
+    for name in optional - {"VAI_LOG_LEVEL"}:
+        assert f"# {name}=" in text, f"{name} is not documented in {ENV_EXAMPLE.name}"
+
+
+# --- services and their wiring ------------------------------------------------------------------
+
+
+def test_compose_runs_every_role_and_the_observability_stack() -> None:
+    assert set(_services()) == SERVICES
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in sorted(SERVICES - ONE_SHOT)])
+def test_long_running_service_has_a_healthcheck(name: str) -> None:
+    service = _services()[name]
+    test = service["healthcheck"]["test"]
     assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
-    assert "curl" not in test, "the images have no curl"
+    assert "curl" not in " ".join(test), "the images have no curl"
+    assert service["restart"] == "unless-stopped"
 
 
-def test_dependencies_wait_for_health() -> None:
+@pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in sorted(ONE_SHOT)])
+def test_one_shot_service_has_no_healthcheck_and_no_restart_loop(name: str) -> None:
+    service = _services()[name]
+    assert service["healthcheck"] == {"disable": True}
+    assert service["restart"] in ("no", "on-failure")
+
+
+def test_dependencies_wait_for_health_or_completion() -> None:
     services = _services()
     edges = {
-        (name, dependency): spec
+        (name, dependency): spec["condition"]
         for name, service in services.items()
         for dependency, spec in service.get("depends_on", {}).items()
     }
-    assert set(edges) == {("sidecar", "redis"), ("prometheus", "sidecar"), ("grafana", "prometheus")}
-    for (name, dependency), spec in edges.items():
-        assert spec == {"condition": "service_healthy"}, f"{name} -> {dependency}"
-        assert "healthcheck" in services[dependency]
+    assert edges == {
+        ("sidecar", "redis"): "service_healthy",
+        ("monitor", "redis"): "service_healthy",
+        ("worker", "redis"): "service_healthy",
+        ("worker", "models"): "service_completed_successfully",
+        ("worker-gpu", "redis"): "service_healthy",
+        ("worker-gpu", "models"): "service_completed_successfully",
+        ("demo-traffic", "sidecar"): "service_healthy",
+        ("demo-traffic", "models"): "service_completed_successfully",
+        ("prometheus", "sidecar"): "service_healthy",
+        ("prometheus", "monitor"): "service_healthy",
+        ("prometheus", "worker"): "service_healthy",
+        ("prometheus", "alertmanager"): "service_healthy",
+        ("alertmanager", "alert-log"): "service_healthy",
+        ("grafana", "prometheus"): "service_healthy",
+    }
+    for (name, dependency), condition in edges.items():
+        if condition == "service_healthy":
+            assert services[dependency]["healthcheck"].get("disable") is not True, f"{name} -> {dependency}"
+        else:
+            assert dependency in ONE_SHOT
 
 
-def test_sidecar_service() -> None:
-    sidecar = _services()["sidecar"]
-    assert sidecar["build"] == "."
-    environment = sidecar["environment"]
-    assert environment["VAI_REDIS_URL"] == "redis://redis:6379/0"
-    for name in ("VAI_INGEST_TOKENS", "VAI_READ_TOKENS", "VAI_ADMIN_TOKENS"):
-        # Overridable from the environment, with a default that says it is a placeholder.
-        assert re.fullmatch(rf"\$\{{{name}:-change-me-[a-z]+\}}", environment[name]), environment[name]
-    # Every VAI_* variable set is a real setting (SidecarSettings forbids unknown ones anyway).
-    known = {f"VAI_{field.upper()}" for field in SidecarSettings.model_fields}
-    assert set(environment) <= known
-    assert "/livez" in " ".join(sidecar["healthcheck"]["test"])
-
-
-def test_redis_service() -> None:
+def test_redis_persists_and_refuses_writes_when_full() -> None:
     redis = _services()["redis"]
     assert redis["image"].startswith("redis:7")
-    assert "--appendonly" in redis["command"] and "yes" in redis["command"]
-    assert redis["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+    command = redis["command"]
+    option = {command[i]: command[i + 1] for i in range(1, len(command) - 1) if command[i].startswith("--")}
+    assert option["--appendonly"] == "yes"
+    assert option["--maxmemory-policy"] == "noeviction"
+    assert re.fullmatch(r"\$\{REDIS_MAXMEMORY:-\d+[kmg]b\}", option["--maxmemory"])
+    assert option["--requirepass"].startswith("${REDIS_PASSWORD:?")
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
 
 
-def test_prometheus_and_grafana_services() -> None:
+@pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in VAI_IMAGE_ROLES])
+def test_role_environment_is_made_of_real_settings(name: str) -> None:
+    service = _services()[name]
+    assert service["build"] == "." and service["image"] == "vai-sidecar:local"
+    environment = service["environment"]
+    known = {f"VAI_{field.upper()}" for field in VAI_IMAGE_ROLES[name].model_fields}
+    assert set(environment) <= known, sorted(set(environment) - known)
+    assert environment["VAI_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert environment["VAI_REDIS_URL"].endswith("@redis:6379/0")
+    assert environment["VAI_CONFIG_FILE"] == "/etc/vai/vai.toml"
+    assert "./deploy/compose/vai.toml:/etc/vai/vai.toml:ro" in service["volumes"]
+
+
+def test_roles_are_wired_as_separate_deployments() -> None:
     services = _services()
-    prometheus = services["prometheus"]
-    assert prometheus["image"].startswith("prom/prometheus")
-    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
-    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
-    grafana = services["grafana"]
-    assert grafana["image"].startswith("grafana/grafana")
-    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
-    assert "change-me" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert services["sidecar"]["environment"]["VAI_MONITOR"] == "external"
+    assert "command" not in services["sidecar"], "the image's CMD: serve on 0.0.0.0"
+    assert services["monitor"]["command"] == ["vai-sidecar", "monitor"]
+    assert services["worker"]["command"] == ["vai-sidecar", "worker"]
+    for name in ("monitor", "worker"):
+        # Prometheus scrapes them from another container; nothing publishes their ports.
+        assert services[name]["environment"]["VAI_HOST"] == "0.0.0.0"
+        assert "ports" not in services[name]
+    assert "/livez" in " ".join(services["sidecar"]["healthcheck"]["test"])
+    assert ":8002/metrics" in " ".join(services["monitor"]["healthcheck"]["test"])
+    assert ":8001/metrics" in " ".join(services["worker"]["healthcheck"]["test"])
 
 
-def test_bind_mounts_exist() -> None:
-    for name, service in _services().items():
+def test_gpu_worker_is_a_profile_with_a_device_reservation() -> None:
+    services = _services()
+    gpu, cpu = services["worker-gpu"], services["worker"]
+    assert gpu["profiles"] == ["gpu"] and "profiles" not in cpu
+    assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    ]
+    assert gpu["environment"]["VAI_WORKER_DEVICE"] == "cuda" and cpu["environment"]["VAI_WORKER_DEVICE"] == "cpu"
+    assert gpu["networks"]["default"]["aliases"] == ["worker"], "Prometheus finds workers by the name `worker`"
+    own = ("profiles", "deploy", "environment", "networks")
+    assert {k: v for k, v in gpu.items() if k not in own} == {k: v for k, v in cpu.items() if k not in own}
+    assert {k: v for k, v in gpu["environment"].items() if k != "VAI_WORKER_DEVICE"} == {
+        k: v for k, v in cpu["environment"].items() if k != "VAI_WORKER_DEVICE"
+    }
+
+
+def test_the_model_the_worker_explains_is_the_one_the_init_service_trains() -> None:
+    services = _services()
+    trained = services["models"]["command"]
+    assert trained[:2] == ["python", "-c"]
+    assert 'ensure_digits_model(Path("/models"), hold_out_reference=True)' in trained[2]
+    assert "models:/models" in services["models"]["volumes"]
+    path = Path("/models") / digits.HELD_OUT_FILE_NAME
+    for name in ("worker", "worker-gpu", "demo-traffic"):
+        assert "models:/models:ro" in services[name]["volumes"], name
+    traffic = services["demo-traffic"]["command"]
+    assert traffic[traffic.index("--model-file") + 1] == str(path)
+    assert traffic[traffic.index("--url") + 1] == "http://sidecar:8000"
+    assert services["demo-traffic"]["profiles"] == ["demo"]
+
+    worker = WorkerSettings(config_file=VAI_CONFIG)
+    (config,) = attribution_configs(worker.models).values()
+    assert config.model.torchscript == path
+    assert config.model.input_shape == digits.INPUT_SHAPE and config.model.num_classes == digits.NUM_CLASSES
+
+
+def test_every_role_reads_the_config_file() -> None:
+    sidecar = SidecarSettings(config_file=VAI_CONFIG)
+    monitor = MonitorSettings(config_file=VAI_CONFIG)
+    assert sidecar.cohort_keys == monitor.cohort_keys == ("region", "device")
+    assert sidecar.models["digits"].delayed_labels
+    assert monitor.drift.online_detector == "mmd"
+    # The methods the sanity-check alert relies on by default are among those the worker computes.
+    (config,) = attribution_configs(WorkerSettings(config_file=VAI_CONFIG).models).values()
+    relied_on = re.search(r'method=~"([^"]+)"', ALERTS.read_text(encoding="utf-8"))
+    assert relied_on is not None and config.methods is not None
+    assert set(relied_on.group(1).split("|")) <= set(config.methods)
+
+
+def test_every_mounted_file_exists_and_named_volumes_are_declared() -> None:
+    compose = _compose()
+    for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":", 1)[0]
             if source.startswith("."):
-                assert (ROOT / source).is_dir(), f"{name}: {source} does not exist"
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in compose["volumes"], f"{name}: volume {source} is not declared"
+
+
+def test_published_ports_bind_loopback_only() -> None:
+    for name, service in _services().items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_prometheus_scrapes_the_services_of_each_role() -> None:
+    services = _services()
+    config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["vai-sidecar"]["static_configs"] == [{"targets": ["sidecar:8000"]}]
+    for job, service, port in (
+        ("vai-monitor", "monitor", MonitorSettings.model_fields["monitor_metrics_port"].default),
+        ("vai-worker", "worker", WorkerSettings.model_fields["worker_metrics_port"].default),
+    ):
+        (discovery,) = jobs[job]["dns_sd_configs"]
+        assert discovery["names"] == [service] and discovery["type"] == "A" and discovery["port"] == port
+        assert service in services
+    (alertmanager,) = config["alerting"]["alertmanagers"]
+    assert alertmanager["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    prometheus = services["prometheus"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_grafana_service() -> None:
+    grafana = _services()["grafana"]
+    assert grafana["image"].startswith("grafana/grafana")
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+# --- Alertmanager and its webhook receiver -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def amtool() -> str:
+    found = shutil.which("amtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("amtool is not installed (Debian package prometheus-alertmanager; scripts/setup.sh)")
+        pytest.skip("amtool is not installed (Debian package prometheus-alertmanager)")
+    return found
+
+
+def test_amtool_accepts_the_alertmanager_config(amtool: str) -> None:
+    result = subprocess.run(
+        [amtool, "check-config", str(ALERTMANAGER)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        pytest.param("alertname=VaiSidecarRedisDown severity=critical", "page", id="critical-pages"),
+        pytest.param("alertname=VaiModelDriftDetected severity=warning model=digits", "ticket", id="warning-ticket"),
+        pytest.param("alertname=VaiAttributionMethodFailsSanityCheck severity=info model=d", "none", id="info-silent"),
+    ],
+)
+def test_alertmanager_routes_by_severity(amtool: str, labels: str, receiver: str) -> None:
+    result = subprocess.run(
+        [amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels.split()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receiver
+
+
+def test_alertmanager_config_names_real_alerts_and_the_webhook_service() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    named: set[str] = set()
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            found = re.fullmatch(r'alertname=~?"([^"]+)"', matcher)
+            if found:
+                named.update(found.group(1).split("|"))
+    assert named and named <= alerts, sorted(named - alerts)
+    assert {"VaiSidecarRedisDown", "VaiWorkerRedisDown", "VaiSidecarQueueBacklogHigh", "VaiExplanationLagHigh"} <= named
+    assert "model" in config["route"]["group_by"]
+    command = _services()["alert-log"]["command"]
+    port = command[command.index("--port") + 1]
+    urls = [hook["url"] for receiver in config["receivers"] for hook in receiver.get("webhook_configs", [])]
+    assert urls and all(url.startswith(f"http://alert-log:{port}/") for url in urls)
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in _services()["alertmanager"]["volumes"]
+
+
+def test_alert_log_prints_each_alert_it_is_sent(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "alert-log.txt"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ALERT_LOG), "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=out
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout_s=20, what="alert_log.py to answer", interval_s=0.05)
+        notification = {
+            "version": "4",
+            "status": "firing",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "VaiModelDriftDetected", "severity": "warning", "model": "digits"},
+                    "annotations": {"summary": "Drift detected on digits"},
+                }
+            ],
+        }
+        assert httpx.post(f"{url}/ticket", content=json.dumps(notification), timeout=5).status_code == 200
+        assert httpx.post(f"{url}/ticket", content=b"not json", timeout=5).status_code == 400
+        expected = "[ticket] FIRING warning VaiModelDriftDetected model=digits :: Drift detected on digits"
+        wait_until(lambda: expected in log.read_text(), timeout_s=10, what="the alert printed")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+
+
+# --- the image ----------------------------------------------------------------------------------
 
 
 def test_dockerfile() -> None:
@@ -113,6 +464,8 @@ def test_dockerfile() -> None:
     torch_at = next(index for index, run in enumerate(runs) if f"pip install {pinned}" in run)
     project_at = next(index for index, run in enumerate(runs) if re.search(r"pip install \.(\s|$)", run))
     assert torch_at < project_at, "torch must be installed (pinned) before the project"
+    # The models volume starts with the image's owner of /models: the vai user must be able to write it.
+    assert any(re.search(r"install -d -o vai -g vai /models\b", run) for run in runs)
 
     users = [arguments for keyword, arguments in instructions if keyword == "USER"]
     assert users and users[-1] not in ("root", "0"), "the sidecar must not run as root"

@@ -43,7 +43,9 @@ def _queries() -> list[dict[str, Any]]:
 
 
 def _exprs() -> list[str]:
-    return [target["expr"] for panel in _queries() for target in panel.get("targets", [])]
+    """Every PromQL expression of the dashboard: the panels' queries and the annotations'."""
+    panels = [target["expr"] for panel in _queries() for target in panel.get("targets", [])]
+    return panels + [annotation["expr"] for annotation in _dashboard()["annotations"]["list"] if "expr" in annotation]
 
 
 def _variables() -> dict[str, dict[str, Any]]:
@@ -105,7 +107,58 @@ def test_dashboard_reads_only_exported_series(exported_names: frozenset[str]) ->
         "vai_queue_max_length",
         "vai_redis_up",
         "vai_buffer_events",
+        # drift, calibration, cohort quality
+        "vai_drift_score",
+        "vai_drift_threshold",
+        "vai_drift_detected",
+        "vai_calibration_ece",
+        "vai_brier_score",
+        "vai_accuracy",
+        "vai_accuracy_lower",
+        "vai_accuracy_upper",
+        "vai_cohort_window_events",
+        # the attribution pipeline and explanation trust
+        "vai_explanations_total",
+        "vai_explanation_lag_seconds_bucket",
+        "vai_dead_letters_total",
+        "vai_worker_redis_up",
+        "vai_attribution_sanity_similarity",
+        "vai_explanation_fidelity",
+        "vai_attribution_agreement",
+        # the monitor
+        "vai_monitor_records_examined_total",
+        "vai_monitor_backlog_records",
+        "vai_monitor_oldest_waiting_seconds",
+        "vai_monitor_owned",
     }
+
+
+def test_rows_cover_every_signal() -> None:
+    rows = [panel["title"] for panel in _dashboard()["panels"] if panel["type"] == "row"]
+    assert rows == [
+        "Health",
+        "Traffic",
+        "Prediction quality",
+        "Sampling pipeline",
+        "Drift",
+        "Calibration",
+        "Cohort quality",
+        "Attribution pipeline",
+        "Explanation trust",
+        "Monitor",
+    ]
+
+
+def test_drift_alarms_are_annotations_and_the_viewer_is_linked() -> None:
+    annotations = {a["name"]: a for a in _dashboard()["annotations"]["list"] if "expr" in a}
+    assert 'detector=~"mmd_online|lsdd_online"' in annotations["Online drift alarms"]["expr"]
+    assert 'alertname="VaiModelDriftDetected"' in annotations["Drift alerts"]["expr"]
+    assert "${sidecar}/ui" in [link["url"] for link in _dashboard()["links"]]
+    assert _variables()["sidecar"]["type"] == "textbox"
+    linked = [
+        panel["title"] for panel in _queries() if any(link["url"] == "${sidecar}/ui" for link in panel.get("links", []))
+    ]
+    assert len(linked) >= 3, linked
 
 
 def test_template_variables() -> None:

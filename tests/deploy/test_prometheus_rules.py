@@ -69,19 +69,35 @@ def test_rule_unit_tests_pass(promtool: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_config_scrapes_the_sidecar_and_the_worker_and_loads_the_alerts() -> None:
+def test_config_scrapes_every_role_loads_the_alerts_and_sends_them_to_alertmanager() -> None:
     config = _load(CONFIG)
     assert config["rule_files"] == ["alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    sidecar = jobs["vai-sidecar"]
-    assert sidecar.get("metrics_path", "/metrics") == "/metrics"
-    targets = [target for static in sidecar["static_configs"] for target in static["targets"]]
+    assert set(jobs) == {"vai-sidecar", "vai-monitor", "vai-worker"}, "the job names the alerts use"
+    for job in jobs.values():
+        assert job.get("metrics_path", "/metrics") == "/metrics"
     # docker-compose.yml names the service "sidecar"; the CLI's default port is 8000.
-    assert targets == ["sidecar:8000"]
-    worker = jobs["vai-worker"]
-    assert worker.get("metrics_path", "/metrics") == "/metrics"
-    # The attribution worker's metrics port is 8001.
-    assert [target for static in worker["static_configs"] for target in static["targets"]] == ["worker:8001"]
+    assert [target for static in jobs["vai-sidecar"]["static_configs"] for target in static["targets"]] == [
+        "sidecar:8000"
+    ]
+    # Monitors (8002) and workers (8001) by DNS: every replica of the service (tests/deploy/test_compose.py).
+    assert [(d["names"], d["port"]) for d in jobs["vai-monitor"]["dns_sd_configs"]] == [(["monitor"], 8002)]
+    assert [(d["names"], d["port"]) for d in jobs["vai-worker"]["dns_sd_configs"]] == [(["worker"], 8001)]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+
+
+def test_drift_pages_once_per_model_from_the_online_detector_only() -> None:
+    (drift,) = [rule for rule in _alerts() if rule["alert"] == "VaiModelDriftDetected"]
+    assert 'detector=~"mmd_online|lsdd_online"' in drift["expr"]
+    assert re.search(r"max by \(model\)", drift["expr"])
+    assert not any("vai_drift_detected" in rule["expr"] for rule in _alerts() if rule["alert"] != drift["alert"])
+    # The other detectors appear as evidence in the description, queried when the alert fires.
+    assert 'detector!~"mmd_online|lsdd_online"' in drift["annotations"]["description"]
+
+
+def test_sanity_alert_watches_only_the_methods_relied_on() -> None:
+    (sanity,) = [rule for rule in _alerts() if rule["alert"] == "VaiAttributionMethodFailsSanityCheck"]
+    assert 'vai_attribution_sanity_similarity{method=~"saliency|gradcam"}' in sanity["expr"]
 
 
 @pytest.mark.parametrize("rule", _by_alert())
