@@ -118,3 +118,14 @@ def quality_report(model: str) -> str:
 def drift_reference(model: str) -> str:
     """An uploaded drift reference (arrays, no pickle), waiting for the owning monitor to calibrate on it."""
     return f"{PREFIX}:reference:{model}"
+
+
+# --- the KServe inference logger (service.kserve) ---------------------------------------------
+
+KSERVE_PENDING_INDEX = f"{PREFIX}:kserve-pending"
+"""Sorted set of the ce-ids of stored KServe requests, scored by when they become orphans (epoch s)."""
+
+
+def kserve_pending(ce_id: str) -> str:
+    """A KServe request waiting for its response (JSON, with a TTL), or the marker a response leaves."""
+    return f"{PREFIX}:kserve:{ce_id}"

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from common.errors import RedisUnavailable, VaiError
-from service import explanations_api, monitoring_api, ui
+from service import explanations_api, kserve_api, monitoring_api, ui
 from service.api import router
 from service.ingest import IngestResult
 from service.ingest_route import INGEST_PATH, IngestRoute
@@ -46,6 +46,7 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     app.include_router(router)
     app.include_router(explanations_api.router)
     app.include_router(monitoring_api.router)
+    app.include_router(kserve_api.router)
     app.include_router(ui.router)
     app.add_middleware(IngestRoute)
     app.add_exception_handler(VaiError, _vai_error)

@@ -18,6 +18,37 @@ from sampler.policy import SamplingPolicy
 Tokens = CommaList
 
 
+class KServeMapping(BaseModel):
+    """How KServe inference-logger payloads of one InferenceService become events (``[models.NAME.kserve]``).
+
+    v2 (Open Inference Protocol) tensors are named; v1 ``predictions``/``instances`` items are
+    either lists (used whole) or objects (a key picks the value). The first dimension of every v2
+    tensor is the batch.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str | None = Field(default=None, min_length=1, max_length=253)
+    """The InferenceService (``ce-inferenceservicename``) whose events are ingested as this model;
+    default: the section name. Events always take the section name, so its sampling and labels apply."""
+    scores_are: Literal["logits", "probabilities"]
+    """Whether the scores output holds logits or probabilities."""
+    scores: str | None = None
+    """v2: the name of the output tensor holding the scores; v1: the key of each prediction object.
+    Unset: the first v2 output, or each v1 prediction itself (a list of numbers)."""
+    embedding: str | None = None
+    """v2: the name of the output tensor holding the embedding; v1: the key of each prediction object. Unset: none."""
+    input: str | None = None
+    """The model input kept for attribution: v2, the name of an input tensor; v1, the key of each instance
+    object, or ``"instances"`` for the whole instance. Unset: no input is kept (events are not explainable)."""
+    input_shape: list[int] | None = Field(default=None, min_length=1, max_length=8)
+    """Shape of one instance's input, without the batch dimension; each input is reshaped to it. Unset: as sent."""
+    cohort_metadata: list[str] = Field(default_factory=list)
+    """Keys of ``ce-metadata`` (the request headers the logger forwards) copied into the event's cohort."""
+    label_metadata: str | None = None
+    """Key of ``ce-metadata`` holding a ground-truth class index, when the caller knows it. Unset: none."""
+
+
 class ModelConfig(BaseModel):
     """Per-model section of the config file (``[models.NAME]``)."""
 
@@ -27,6 +58,8 @@ class ModelConfig(BaseModel):
     """Overrides of the default sampling policy for this model."""
     delayed_labels: bool = False
     """The serving stack posts labels for this model later: keep its predictions for them from the first event."""
+    kserve: KServeMapping | None = None
+    """How ``POST /v1/cloudevents`` (KServe's inference logger) maps this model's payloads; unset: not accepted."""
 
 
 class SidecarSettings(RoleSettings):
@@ -62,6 +95,8 @@ class SidecarSettings(RoleSettings):
     """Distinct values kept per cohort key; the rest count as ``__other__``."""
     dedupe_window: int = Field(default=10_000, ge=0)
     """Recent request ids remembered per model to reject duplicates (0 disables)."""
+    kserve_join_ttl_s: int = Field(default=60, ge=1)
+    """How long a KServe request waits in Redis for its response (``POST /v1/cloudevents``); later, it is an orphan."""
 
     sampling: SamplingPolicy = SamplingPolicy()
     """Default sampling policy (``VAI_SAMPLING__EVERY_N=10`` or ``[sampling]`` in the file)."""

@@ -24,11 +24,14 @@ from sampler.sampler import Sampler
 from service.auth import TokenAuth
 from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
+from service.kserve import KServeLogger
 from service.metrics import IngestMetrics
 from service.monitoring import Monitoring
 from service.settings import SidecarSettings
 
 log = logging.getLogger(__name__)
+KSERVE_SWEEP_S = 5.0
+"""How often orphaned KServe requests are looked for (at most every join TTL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,7 @@ class Sidecar:
             sampler_metrics=self.sampler_metrics,
             feed=self.feed,
         )
+        self.kserve = KServeLogger(settings, redis=self.redis, ingest=self.ingest, registry=self.registry)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -106,6 +110,9 @@ class Sidecar:
             ),
             asyncio.create_task(self._every(self.settings.queue_poll_s, self._poll_queues), name="queue-poll"),
         ]
+        if self.kserve.enabled:
+            sweep_s = min(KSERVE_SWEEP_S, self.settings.kserve_join_ttl_s)
+            self._tasks.append(asyncio.create_task(self._every(sweep_s, self.kserve.sweep), name="kserve-sweep"))
 
     async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
         """Stop the background tasks, then write what is buffered; every step is bounded in time,

@@ -1,0 +1,231 @@
+"""KServe's inference logger as a source of events: join each request to its response, then ingest.
+
+The logger posts every request and every response of an InferenceService as CloudEvents
+(``service.kserve_payloads`` reads them). Behind a Kubernetes Service the two halves may reach
+different replicas, so they meet in Redis under ``keys.kserve_pending(ce_id)``:
+
+- a request stores its model inputs there (``SET NX EX``) and its id in ``keys.KSERVE_PENDING_INDEX``;
+- a response takes them (``GETDEL``) in one transaction that leaves a marker in their place, then
+  ingests one event per instance (request ids ``{ce-id}:{i}``) through the ordinary data plane;
+  with no request waiting it is ingested at once without inputs (monitored, not explainable);
+- a request that finds the marker came after its response: it is dropped and counted;
+- a request whose response never comes is counted by :meth:`KServeLogger.sweep` once its TTL is past.
+
+This module owns the stored record's format (``{"v": 1, "inputs", "metadata"}``) and its keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+
+from common import keys
+from common.codec import EncodedArray
+from common.errors import InvalidInput, RedisUnavailable, VaiError
+from common.redis import REDIS_FAILED, execute
+from common.timestamps import TimestampError, parse_timestamp
+from service.ingest import IngestHandler
+from service.kserve_payloads import CloudEvent, Prediction, read_event, request_inputs, response_prediction
+from service.settings import KServeMapping, SidecarSettings
+
+RECORD_VERSION = 1
+MARKER = b"answered"
+"""What a response leaves under the key: a request arriving later is dropped."""
+GRACE_S = 2.0
+"""Past its key's TTL, an orphan is counted only after this, so a response just in time is never counted twice."""
+UNMAPPED = "__unmapped__"
+"""The ``model`` label of events refused before a model was known."""
+
+
+class KServeLogger:
+    """``handle(headers, body)`` for each CloudEvent; ``sweep()`` now and then to count orphaned requests."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        *,
+        redis: Redis,
+        ingest: IngestHandler,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._ingest = ingest
+        self._ttl_s = settings.kserve_join_ttl_s
+        self._clock = clock
+        self._mappings: dict[str, tuple[str, KServeMapping]] = {
+            section.kserve.service or name: (name, section.kserve)
+            for name, section in settings.models.items()
+            if section.kserve is not None
+        }
+        self.events = Counter(
+            "vai_kserve_events",
+            "KServe logger CloudEvents by outcome (request_stored, joined, response_only, request_dropped, "
+            "request_expired, duplicate, invalid).",
+            ["model", "outcome"],
+            registry=registry,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Some model section has a ``kserve`` mapping."""
+        return bool(self._mappings)
+
+    async def handle(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """One CloudEvent; a small summary for the logger, or a ``VaiError`` naming what is wrong."""
+        model = UNMAPPED
+        try:
+            event = read_event(headers, body)
+            model, mapping = self._mapping(event)
+            if event.is_request:
+                return await self._request(model, mapping, event)
+            return await self._response(model, mapping, event)
+        except VaiError as error:
+            if not isinstance(error, RedisUnavailable):
+                self.events.labels(model, "invalid").inc()
+            raise
+
+    def _mapping(self, event: CloudEvent) -> tuple[str, KServeMapping]:
+        if event.service is None:
+            raise InvalidInput(
+                "ce-inferenceservicename: missing; it picks the model section with the kserve mapping",
+                field="ce-inferenceservicename",
+            )
+        found = self._mappings.get(event.service)
+        if found is None:
+            raise InvalidInput(
+                f"ce-inferenceservicename: no model section maps {event.service!r}; add "
+                f"[models.{event.service}.kserve] with at least scores_are (or kserve.service naming it) to the config",
+                field="ce-inferenceservicename",
+            )
+        return found
+
+    async def _request(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
+        inputs = request_inputs(event, mapping)
+        record = orjson.dumps(
+            {
+                "v": RECORD_VERSION,
+                "inputs": None if inputs is None else [EncodedArray.of(row).model_dump(mode="json") for row in inputs],
+                "metadata": event.metadata,
+            }
+        )
+        key, member = keys.kserve_pending(event.id), f"{model}:{event.id}"
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(key, record, nx=True, ex=self._ttl_s)
+            pipe.get(key)
+            # indexed in the same transaction, so a response arriving at once always finds the entry to remove
+            pipe.zadd(keys.KSERVE_PENDING_INDEX, {member: self._clock() + self._ttl_s + GRACE_S}, nx=True)
+            stored, current, _ = await execute(pipe)
+            if not stored and current == MARKER:
+                await self._redis.zrem(keys.KSERVE_PENDING_INDEX, member)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis is unavailable: KServe requests cannot wait for their responses") from None
+        outcome = "request_stored" if stored else "request_dropped" if current == MARKER else "duplicate"
+        self.events.labels(model, outcome).inc()
+        return {"outcome": outcome, "model": model, "id": event.id}
+
+    async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
+        prediction = response_prediction(event, mapping)
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.getdel(keys.kserve_pending(event.id))
+            pipe.set(keys.kserve_pending(event.id), MARKER, ex=self._ttl_s)
+            pipe.zrem(keys.KSERVE_PENDING_INDEX, f"{model}:{event.id}")
+            previous, _, _ = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable(
+                "redis is unavailable: KServe responses cannot be joined to their requests"
+            ) from None
+        if previous == MARKER:
+            self.events.labels(model, "duplicate").inc()
+            return {"outcome": "duplicate", "model": model, "id": event.id, "accepted": 0}
+        record = _record(previous)
+        outcome = "joined" if record is not None else "response_only"
+        body = _events_body(model, mapping, event, prediction, record)
+        try:
+            result = self._ingest.ingest(body)
+        finally:
+            self.events.labels(model, outcome).inc()
+        return {
+            "outcome": outcome,
+            "model": model,
+            "id": event.id,
+            "accepted": result.accepted,
+            "rejected": [
+                {"index": item.index, "request_id": item.request_id, "field": item.field, "error": item.error}
+                for item in result.rejected
+            ],
+        }
+
+    async def sweep(self, *, now: float | None = None, limit: int = 1000) -> int:
+        """Count the requests whose response never came (each once, whichever replica sweeps); how many."""
+        try:
+            due: list[bytes] = await self._redis.zrangebyscore(  # type: ignore[assignment]
+                keys.KSERVE_PENDING_INDEX, "-inf", self._clock() if now is None else now, start=0, num=limit
+            )
+            if not due:
+                return 0
+            pipe = self._redis.pipeline(transaction=False)
+            for member in due:
+                pipe.zrem(keys.KSERVE_PENDING_INDEX, member)
+            removed = await execute(pipe)
+        except REDIS_FAILED:
+            return 0  # counted by a later sweep
+        for member, gone in zip(due, removed, strict=True):
+            if gone:
+                self.events.labels(member.decode().split(":", 1)[0], "request_expired").inc()
+        return sum(1 for gone in removed if gone)
+
+
+def _record(value: bytes | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and record.get("v") == RECORD_VERSION else None
+
+
+def _events_body(
+    model: str, mapping: KServeMapping, event: CloudEvent, prediction: Prediction, record: dict[str, Any] | None
+) -> bytes:
+    """The events of one response, as the ingest API's JSON with compact tensors."""
+    count = len(prediction.scores)
+    stored = record.get("inputs") if record is not None else None
+    inputs = stored if isinstance(stored, list) and len(stored) == count else None
+    metadata = {**(record.get("metadata") or {} if record is not None else {}), **event.metadata}
+    common: dict[str, Any] = {
+        "model": model,
+        "model_version": prediction.model_version or f"{event.service}-{event.endpoint}",
+    }
+    cohort = {key: metadata[key] for key in mapping.cohort_metadata if key in metadata}
+    if cohort:
+        common["cohort"] = cohort
+    label = metadata.get(mapping.label_metadata) if mapping.label_metadata is not None else None
+    if label is not None and label.strip().isdigit():
+        common["label"] = int(label)
+    if event.time is not None:
+        with contextlib.suppress(TimestampError, ValueError):  # else the receive time stands in
+            common["timestamp"] = parse_timestamp(event.time)
+    events = []
+    for index, scores in enumerate(prediction.scores):
+        item = {**common, "request_id": f"{event.id}:{index}", mapping.scores_are: _compact(scores)}
+        if prediction.embeddings is not None and index < len(prediction.embeddings):
+            item["embedding"] = _compact(prediction.embeddings[index])
+        if inputs is not None:
+            item["input"] = inputs[index]
+        events.append(item)
+    return orjson.dumps({"events": events})
+
+
+def _compact(array: Any) -> dict[str, Any]:
+    encoded: dict[str, Any] = EncodedArray.of(array).model_dump(mode="json")
+    return encoded

@@ -1,0 +1,370 @@
+"""``POST /v1/cloudevents``: KServe inference-logger CloudEvents, shaped as KServe sends them, end as events."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from common import keys
+from sampler.contract import SampledEvent
+
+ClientFactory = Callable[..., TestClient]
+REQUEST = "org.kubeflow.serving.inference.request"
+RESPONSE = "org.kubeflow.serving.inference.response"
+MODELS: dict[str, Any] = {
+    "iris": {
+        "sampling": {"every_n": 1},
+        "kserve": {
+            "scores_are": "probabilities",
+            "input": "instances",
+            "cohort_metadata": ["X-Region"],
+            "label_metadata": "X-Label",
+        },
+    },
+    "digits": {
+        "sampling": {"every_n": 1},
+        "kserve": {
+            "service": "digits-isvc",
+            "scores_are": "logits",
+            "scores": "logits",
+            "embedding": "features",
+            "input": "pixels",
+            "input_shape": [2, 2],
+        },
+    },
+}
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def kserve(make_client: ClientFactory, registry: CollectorRegistry) -> TestClient:
+    return make_client(registry=registry, models=MODELS)
+
+
+def _headers(
+    ce_id: str,
+    kind: str,
+    service: str = "iris",
+    *,
+    endpoint: str = "default",
+    metadata: dict[str, list[str]] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, str]:
+    """The headers of KServe's logger (pkg/logger/worker.go), binary-mode CloudEvents."""
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": ce_id,
+        "ce-type": kind,
+        "ce-source": f"http://localhost:9081/{service}",
+        "ce-time": "2026-11-29T04:05:06.123456789Z",
+        "ce-inferenceservicename": service,
+        "ce-namespace": "models",
+        "ce-component": "predictor",
+        "ce-endpoint": endpoint,
+        "ce-metadata": json.dumps(metadata or {}),
+        "content-type": content_type,
+    }
+
+
+def _post(client: TestClient, headers: dict[str, str], body: bytes | dict[str, Any]) -> httpx2.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post("/v1/cloudevents", content=content, headers=headers)
+
+
+def _v1_request(count: int = 1) -> dict[str, Any]:
+    return {"instances": [[5.1 + i, 3.5, 1.4, 0.2] for i in range(count)]}
+
+
+def _v1_response(count: int = 1) -> dict[str, Any]:
+    return {"predictions": [[0.8, 0.15, 0.05] for _ in range(count)]}
+
+
+def _v2_request(count: int) -> dict[str, Any]:
+    pixels = np.arange(count * 4, dtype=np.float32)
+    return {
+        "id": "x",
+        "inputs": [
+            {"name": "pixels", "shape": [count, 4], "datatype": "FP32", "data": pixels.tolist()},
+            {"name": "note", "shape": [count], "datatype": "BYTES", "data": ["a"] * count},
+        ],
+    }
+
+
+def _v2_response(count: int, version: str | None = "v3") -> dict[str, Any]:
+    logits = np.tile(np.array([3.0, 0.5, -1.0], dtype=np.float32), (count, 1))
+    document: dict[str, Any] = {
+        "model_name": "digits",
+        "id": "x",
+        "outputs": [
+            {"name": "logits", "shape": [count, 3], "datatype": "FP32", "data": logits.ravel().tolist()},
+            {"name": "features", "shape": [count, 2], "datatype": "FP64", "data": [0.5, 1.5] * count},
+        ],
+    }
+    if version is not None:
+        document["model_version"] = version
+    return document
+
+
+def _v2_binary_response(count: int) -> tuple[bytes, int]:
+    """The v2 response in the binary tensor extension: JSON header, then the raw little-endian tensors."""
+    logits = np.tile(np.array([3.0, 0.5, -1.0], dtype="<f4"), (count, 1)).tobytes()
+    features = np.tile(np.array([0.5, 1.5], dtype="<f8"), (count, 1)).tobytes()
+    header = json.dumps(
+        {
+            "model_name": "digits",
+            "model_version": "v3",
+            "id": "x",
+            "outputs": [
+                {
+                    "name": "logits",
+                    "shape": [count, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(logits)},
+                },
+                {
+                    "name": "features",
+                    "shape": [count, 2],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": len(features)},
+                },
+            ],
+        }
+    ).encode()
+    return header + logits + features, len(header)
+
+
+def _outcome(registry: CollectorRegistry, model: str, outcome: str) -> float:
+    return registry.get_sample_value("vai_kserve_events_total", {"model": model, "outcome": outcome}) or 0.0
+
+
+def _accepted(registry: CollectorRegistry, model: str, version: str) -> float:
+    return registry.get_sample_value("vai_events_total", {"model": model, "version": version}) or 0.0
+
+
+def _samples(client: redis.Redis, model: str, count: int) -> list[SampledEvent]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.sample_stream(model))  # type: ignore[assignment]
+        if len(entries) >= count:
+            return [SampledEvent.decode(fields) for _, fields in entries]
+    raise AssertionError(f"stream of {model} did not reach {count} entries")
+
+
+def test_v1_request_then_response_joins_inputs_cohort_and_label(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
+) -> None:
+    ce_id = str(uuid.uuid4())
+    metadata = {"X-Region": ["eu"], "X-Label": ["0"]}
+    stored = _post(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request())
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["outcome"] == "request_stored"
+    joined = _post(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
+    assert joined.status_code == 200, joined.text
+    assert joined.json() | {"rejected": []} == {
+        "outcome": "joined",
+        "model": "iris",
+        "id": ce_id,
+        "accepted": 1,
+        "rejected": [],
+    }
+    (sample,) = _samples(redis_client, "iris", 1)
+    assert (sample.request_id, sample.model_version, sample.label) == (f"{ce_id}:0", "iris-default", 0)
+    assert sample.cohort == {"X-Region": "eu"}
+    assert sample.input is not None
+    assert sample.input.decode().tolist() == pytest.approx([5.1, 3.5, 1.4, 0.2])
+    assert _outcome(registry, "iris", "request_stored") == 1
+    assert _outcome(registry, "iris", "joined") == 1
+    assert _accepted(registry, "iris", "iris-default") == 1
+    assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
+
+
+def test_v2_response_then_request_is_monitored_and_the_late_request_dropped(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
+) -> None:
+    ce_id = str(uuid.uuid4())
+    first = _post(kserve, _headers(ce_id, RESPONSE, "digits-isvc"), _v2_response(1))
+    assert first.status_code == 200, first.text
+    assert (first.json()["outcome"], first.json()["accepted"]) == ("response_only", 1)
+    late = _post(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(1))
+    assert (late.status_code, late.json()["outcome"]) == (200, "request_dropped")
+    (sample,) = _samples(redis_client, "digits", 1)
+    assert (sample.request_id, sample.model_version, sample.input) == (f"{ce_id}:0", "v3", None)
+    assert _outcome(registry, "digits", "response_only") == 1
+    assert _outcome(registry, "digits", "request_dropped") == 1
+    assert _accepted(registry, "digits", "v3") == 1
+    assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0  # the dropped request is no orphan
+
+
+def test_response_only_is_monitored_and_a_repeated_response_is_not_counted_twice(
+    kserve: TestClient, registry: CollectorRegistry
+) -> None:
+    ce_id = str(uuid.uuid4())
+    assert _post(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "response_only"
+    assert _post(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "duplicate"
+    assert _accepted(registry, "iris", "iris-default") == 1
+
+
+def test_batch_of_8_in_the_binary_extension_becomes_8_events_with_their_inputs(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
+) -> None:
+    ce_id = str(uuid.uuid4())
+    assert _post(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(8)).status_code == 200
+    body, header_length = _v2_binary_response(8)
+    headers = _headers(ce_id, RESPONSE, "digits-isvc", content_type="application/octet-stream")
+    answer = _post(kserve, headers | {"inference-header-content-length": str(header_length)}, body)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["outcome"], answer.json()["accepted"]) == ("joined", 8)
+    samples = _samples(redis_client, "digits", 8)
+    assert [sample.request_id for sample in samples] == [f"{ce_id}:{i}" for i in range(8)]
+    for index, sample in enumerate(samples):
+        assert sample.input is not None
+        assert sample.input.decode().tolist() == [[4 * index, 4 * index + 1], [4 * index + 2, 4 * index + 3]]
+    assert _accepted(registry, "digits", "v3") == 8
+
+
+def test_binary_extension_without_its_header_length_is_still_read(kserve: TestClient) -> None:
+    body, _ = _v2_binary_response(2)
+    headers = _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc", content_type="application/octet-stream")
+    answer = _post(kserve, headers, body)
+    assert (answer.status_code, answer.json()["accepted"]) == (200, 2), answer.text
+
+
+def test_canary_endpoint_becomes_the_version(kserve: TestClient, registry: CollectorRegistry) -> None:
+    for endpoint in ("default", "canary", "canary"):
+        ce_id = str(uuid.uuid4())
+        assert _post(kserve, _headers(ce_id, REQUEST, endpoint=endpoint), _v1_request()).status_code == 200
+        assert _post(kserve, _headers(ce_id, RESPONSE, endpoint=endpoint), _v1_response()).status_code == 200
+    assert _accepted(registry, "iris", "iris-default") == 1
+    assert _accepted(registry, "iris", "iris-canary") == 2
+
+
+def test_v2_without_model_version_falls_back_to_the_endpoint(kserve: TestClient, registry: CollectorRegistry) -> None:
+    headers = _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc", endpoint="canary")
+    assert _post(kserve, headers, _v2_response(1, version=None)).status_code == 200
+    assert _accepted(registry, "digits", "digits-isvc-canary") == 1
+
+
+def test_structured_mode_request_and_response(kserve: TestClient, registry: CollectorRegistry) -> None:
+    ce_id = str(uuid.uuid4())
+
+    def structured(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "specversion": "1.0",
+            "id": ce_id,
+            "type": kind,
+            "source": "http://localhost:9081/iris",
+            "time": "2026-11-29T04:05:06Z",
+            "inferenceservicename": "iris",
+            "namespace": "models",
+            "component": "predictor",
+            "endpoint": "default",
+            "metadata": json.dumps({"X-Region": ["us"]}),
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+
+    headers = {"content-type": "application/cloudevents+json; charset=utf-8"}
+    assert _post(kserve, headers, structured(REQUEST, _v1_request(2))).json()["outcome"] == "request_stored"
+    answer = _post(kserve, headers, structured(RESPONSE, _v1_response(2)))
+    assert (answer.status_code, answer.json()["outcome"], answer.json()["accepted"]) == (200, "joined", 2)
+    assert _accepted(registry, "iris", "iris-default") == 2
+
+
+def test_orphaned_requests_are_counted_once(kserve: TestClient, registry: CollectorRegistry) -> None:
+    ce_id = str(uuid.uuid4())
+    assert _post(kserve, _headers(ce_id, REQUEST), _v1_request()).status_code == 200
+    sweeper = kserve.app.state.sidecar.kserve  # type: ignore[attr-defined]
+    assert kserve.portal is not None
+    assert kserve.portal.call(sweeper.sweep) == 0  # not yet due
+    later = time.time() + 3600
+    assert kserve.portal.call(lambda: sweeper.sweep(now=later)) == 1
+    assert kserve.portal.call(lambda: sweeper.sweep(now=later)) == 0
+    assert _outcome(registry, "iris", "request_expired") == 1
+
+
+def _bad(ce_id: str) -> list[Any]:
+    good = _headers(ce_id, RESPONSE)
+    binary, length = _v2_binary_response(2)
+    v2 = _headers(ce_id, RESPONSE, "digits-isvc", content_type="application/octet-stream")
+    return [
+        pytest.param({k: v for k, v in good.items() if k != "ce-id"}, _v1_response(), 400, "ce-id", id="no-ce-id"),
+        pytest.param(
+            {k: v for k, v in good.items() if k != "ce-type"}, _v1_response(), 400, "ce-type", id="no-ce-type"
+        ),
+        pytest.param(good | {"ce-type": "org.kubeflow.other"}, _v1_response(), 400, "ce-type", id="unknown-type"),
+        pytest.param(good | {"ce-specversion": "0.3"}, _v1_response(), 400, "ce-specversion", id="old-specversion"),
+        pytest.param(good | {"ce-metadata": "{not json"}, _v1_response(), 400, "ce-metadata", id="bad-metadata"),
+        pytest.param(good, {"answer": 42}, 422, "body", id="not-v1-or-v2"),
+        pytest.param(good, b'{"predictions": [[0.8, 0.2]', 422, "body", id="truncated-json"),
+        pytest.param(good, {"predictions": [[0.8, "x"]]}, 422, "predictions[0]", id="v1-not-numbers"),
+        pytest.param(
+            good | {"ce-inferenceservicename": "nobody"}, _v1_response(), 422, "ce-inferenceservicename", id="unmapped"
+        ),
+        pytest.param(
+            {k: v for k, v in good.items() if k != "ce-inferenceservicename"},
+            _v1_response(),
+            422,
+            "ce-inferenceservicename",
+            id="no-service",
+        ),
+        pytest.param(
+            v2 | {"inference-header-content-length": str(length)},
+            binary[:-5],
+            422,
+            "outputs[1].parameters.binary_data_size",
+            id="truncated-binary",
+        ),
+        pytest.param(
+            v2 | {"inference-header-content-length": str(len(binary) + 1)},
+            binary,
+            422,
+            "inference-header-content-length",
+            id="header-length-past-body",
+        ),
+        pytest.param(
+            _headers(ce_id, RESPONSE, "digits-isvc"),
+            _v2_response(1) | {"outputs": [{"name": "logits", "shape": [1, 3], "datatype": "FP32", "data": [1.0]}]},
+            422,
+            "outputs[0].data",
+            id="v2-data-short-of-shape",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("headers", "body", "status", "field"), _bad("bad-1"))
+def test_malformed_cloudevents_are_refused_naming_the_field(
+    kserve: TestClient, registry: CollectorRegistry, headers: dict[str, str], body: Any, status: int, field: str
+) -> None:
+    answer = _post(kserve, headers, body)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["field"] == field
+    assert sum(_outcome(registry, model, "invalid") for model in ("iris", "digits", "__unmapped__")) == 1
+    assert _accepted(registry, "iris", "iris-default") == 0
+
+
+def test_ingest_token_is_required_when_set(make_client: ClientFactory) -> None:
+    client = make_client(models=MODELS, ingest_tokens="secret")
+    headers = _headers(str(uuid.uuid4()), RESPONSE)
+    assert _post(client, headers, _v1_response()).status_code == 401
+    assert _post(client, headers | {"authorization": "Bearer secret"}, _v1_response()).status_code == 200
+
+
+def test_redis_down_is_503_with_retry_after(make_client: ClientFactory) -> None:
+    client = make_client(models=MODELS, redis_url="redis://127.0.0.1:1", redis_timeout_s=0.2)
+    answer = _post(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request())
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
