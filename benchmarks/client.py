@@ -133,11 +133,13 @@ def run_case(case: str, url: str, args: argparse.Namespace, **options: Any) -> l
     client = Client(url, max_buffer=args.buffer, **options)
     out = [line(case, timed_calls(client, args, paced=True, tag="paced"), client)]
     if case.startswith("up"):
-        assert client.flush(60), "the sidecar did not take the paced events"
+        if not client.flush(60):
+            raise SystemExit("the sidecar did not take the paced events")
         before = client.stats.sent
         began = time.perf_counter()
         durations = timed_calls(client, args, paced=False, tag="burst")
-        assert client.flush(120), "the sidecar did not take the burst"
+        if not client.flush(120):
+            raise SystemExit("the sidecar did not take the burst")
         elapsed = time.perf_counter() - began
         delivered = client.stats.sent - before
         out.append(line(f"{case}, unpaced", durations, client, f"   delivered {delivered / elapsed:,.0f} events/s"))
@@ -164,7 +166,8 @@ def floor(url: str, args: argparse.Namespace, *, batches: int = 50) -> str:
         connection.request("POST", "/v1/events", body=body, headers={"Content-Type": "application/json"})
         answer = connection.getresponse()
         answer.read()
-        assert answer.status == 202, answer.status
+        if answer.status != 202:
+            raise SystemExit(f"the sidecar answered {answer.status}")
     elapsed = time.perf_counter() - began
     connection.close()
     return f"{'floor (bare http.client)':<26} delivered {len(events) / elapsed:,.0f} events/s"

@@ -109,7 +109,8 @@ def deployed(data: Digits, seed: int) -> tuple[Pca, Split, float]:
     took = time.perf_counter() - started
     state = monitor.export_state()
     online = next(d for d in state.detectors if isinstance(d, OnlineState))
-    assert state.pca is not None
+    if state.pca is None:
+        raise SystemExit("the calibrated monitor has no PCA: set pca_components")
     return Pca.from_state(state.pca), split_of(online), took
 
 

@@ -65,7 +65,8 @@ def _template(body: bytes, *, search_end: int | None = None) -> Template:
     while (found := body.find(SLOT, start, search_end)) >= 0:
         slots.append(found)
         start = found + len(SLOT)
-    assert len(slots) == BATCH
+    if len(slots) != BATCH:
+        raise SystemExit(f"found {len(slots)} request-id slots in the body, expected {BATCH}")
     return Template(bytearray(body), slots, len(SLOT))
 
 
