@@ -43,19 +43,24 @@ PREDICTIONS, LABELLED, RECORDS = "predictions", "labelled", "label_join"
 
 _WRITE = """
 local maxlen, ttl = ARGV[1], ARGV[2]
+local trimmed = {}
 for i = 1, #KEYS do
   local blob = ARGV[2 + i]
+  trimmed[i] = 0
   if string.sub(KEYS[i], 1, #ARGV[3 + #KEYS]) == ARGV[3 + #KEYS] then
     redis.call('SET', KEYS[i], blob, 'EX', ttl)
   else
+    local before = redis.call('XLEN', KEYS[i])
     redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'r', blob)
+    trimmed[i] = before + 1 - redis.call('XLEN', KEYS[i])
   end
 end
-return #KEYS
+return trimmed
 """
 """A whole batch in one command: an entry for each stream key, a ``SET … EX`` for each prediction-record key
 (recognised by the prefix passed last). One command packs and parses in a few microseconds per record;
-a pipeline of ``XADD`` s cost redis-py ~17 µs each."""
+a pipeline of ``XADD`` s cost redis-py ~17 µs each. It returns, per key, how many older entries ``MAXLEN``
+trimmed: records the monitor never read (it deletes what it examined, so only a backlog is trimmed)."""
 
 
 class UniformBudget:
@@ -134,6 +139,12 @@ class FeedWriter:
         self.written = Counter(
             "vai_monitor_records_written",
             "Monitoring records written to Redis, by feed.",
+            ["model", "feed"],
+            registry=registry,
+        )
+        self.trimmed = Counter(
+            "vai_monitor_records_trimmed",
+            "Records trimmed from a feed by MAXLEN before the monitor read them (it was that far behind).",
             ["model", "feed"],
             registry=registry,
         )
@@ -315,6 +326,9 @@ class FeedWriter:
         if isinstance(results[0], Exception):  # refused as a whole (out of memory under noeviction)
             log.debug("redis refused %d monitoring records: %s", len(batch), results[0])
             return set(range(len(batch)))
+        for item, count in zip(batch, results[0], strict=False):
+            if count:
+                self.trimmed.labels(item.model, item.feed).inc(int(count))
         return set()
 
 

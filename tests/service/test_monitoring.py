@@ -392,3 +392,20 @@ def test_no_records_for_models_without_labels_and_none_at_all_when_told(
 
 def _label(request_id: str, label: int = 0) -> dict[str, Any]:
     return {"labels": [{"model": "digits", "request_id": request_id, "label": label}]}
+
+
+def test_records_trimmed_before_the_monitor_read_them_are_counted(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    registry = CollectorRegistry()  # no monitor runs: the drift feed only grows, and MAXLEN trims it
+    client = make_client(registry=registry, monitor_max_per_second=0, monitor_stream_maxlen=100)
+    for start in range(0, 1000, 100):
+        events = [event(f"e{i}") for i in range(start, start + 100)]
+        assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 100
+
+    def trimmed() -> float:
+        labels = {"model": "digits", "feed": "predictions"}
+        return registry.get_sample_value("vai_monitor_records_trimmed_total", labels) or 0.0
+
+    wait_until(lambda: trimmed() + redis_client.xlen("vai:feed:digits") == 1000, what="every record accounted")
+    assert trimmed() > 0
