@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from prometheus_client import CollectorRegistry
 
 from monitors.fleet.process import MonitorProcess
@@ -154,3 +157,35 @@ def binary_tensor(array: Any, datatype: str) -> tuple[dict[str, Any], bytes]:
     """The v2 tensor object of the binary extension for ``array`` (a numpy array), and its section."""
     raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
     return {"shape": list(array.shape), "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}, raw
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that says when it is listening (or gave up), so the test waits on an event, not a clock."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.ready.set()
+
+
+@contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """Run ``app`` (lifespan included) on a free loopback port in a thread; yield its base URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = _Server(uvicorn.Config(app, log_level="warning", ws="none", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        if not (server.ready.wait(timeout=30) and server.started):
+            raise AssertionError("uvicorn did not start")
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,11 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import uvicorn
-from fastapi import FastAPI
 
 from common.embedded_redis import EmbeddedRedis
-from helpers import redis_servers_in
+from helpers import redis_servers_in, serve_app
 from service.app import create_app
 
 READS = [
@@ -28,37 +24,6 @@ READS = [
     "GET /v1/explanations/digits/r1/heatmap.png?method=saliency",
 ]
 WRITES = ["PUT /v1/models/digits/sampling", "DELETE /v1/models/digits/sampling"]
-
-
-class _Server(uvicorn.Server):
-    """uvicorn that says when it is listening (or gave up), so the test waits on an event, not a clock."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        finally:
-            self.ready.set()
-
-
-@contextmanager
-def _serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` (lifespan included) on a free loopback port in a thread; yield its base URL."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = _Server(uvicorn.Config(app, log_level="warning", ws="none", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        assert server.ready.wait(timeout=30) and server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        listener.close()
 
 
 @contextmanager
@@ -108,7 +73,7 @@ def _assert_unavailable(response: httpx.Response, port: int) -> None:
 
 @pytest.fixture
 def sidecar_url(own_redis: EmbeddedRedis, make_settings: Callable[..., Any]) -> Iterator[str]:
-    with _serve(create_app(make_settings(redis_url=own_redis.url, redis_timeout_s=0.2))) as url:
+    with serve_app(create_app(make_settings(redis_url=own_redis.url, redis_timeout_s=0.2))) as url:
         yield url
 
 

@@ -16,12 +16,9 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +28,6 @@ import numpy.typing as npt
 import pytest
 import redis
 import torch
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as AsyncRedis
@@ -42,7 +37,7 @@ from attribution_workers.settings import WorkerSettings
 from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import wait_until
+from helpers import serve_app, wait_until
 from sampler.explanations import (
     ExplanationDetail,
     ExplanationRecord,
@@ -302,37 +297,6 @@ def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
     opened.close()
 
 
-class _Server(uvicorn.Server):
-    """uvicorn that says when it is listening (or gave up), so the test waits on an event, not a clock."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        finally:
-            self.ready.set()
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` (lifespan included) on a free loopback port in a thread; yield its base URL."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = _Server(uvicorn.Config(app, log_level="warning", ws="none", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        assert server.ready.wait(timeout=30) and server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        listener.close()
-
-
 @pytest.fixture(scope="module")
 def digits_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, DatasetSplit]]:
     previous = torch.get_num_threads()
@@ -439,7 +403,7 @@ def stored_site(
     ]
     queued = _image_event(6, images[6], int(labels[6]), timestamp=now - 3600)
     ingest = {"Authorization": "Bearer ingest-token"}
-    with serve(create_app(settings)) as base:
+    with serve_app(create_app(settings)) as base:
         assert httpx.post(f"{base}/v1/events", json={"events": done}, headers=ingest).json()["accepted"] == 6
         wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 6, what="6 queued")
 

@@ -116,7 +116,8 @@ class AsyncClient:
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything logged so far is settled; False on timeout."""
         self._ensure_task()
-        assert self._wake is not None and self._progress is not None
+        if self._wake is None or self._progress is None:
+            raise RuntimeError("AsyncClient is not started: await start() inside the running loop")
         target = self._core.enqueued
         self._wake.set()
         async with self._progress:
@@ -136,7 +137,8 @@ class AsyncClient:
             atexit.unregister(self._at_exit)
             self._deadline = time.monotonic() + timeout_s
             if self._task is not None and not self._task.done():
-                assert self._wake is not None and self._interrupt is not None
+                if self._wake is None or self._interrupt is None:
+                    raise RuntimeError("AsyncClient is not started: await start() inside the running loop")
                 self._interrupt.set()
                 self._wake.set()
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -163,7 +165,8 @@ class AsyncClient:
             except RuntimeError:  # no running loop here (yet): the first flush interval of a started client
                 return
         if waiting >= self._core.batch_size and self._wake is not None and not self._wake.is_set():
-            assert self._loop is not None
+            if self._loop is None:
+                raise RuntimeError("AsyncClient is not started: await start() inside the running loop")
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
@@ -174,7 +177,8 @@ class AsyncClient:
                 self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _run(self) -> None:
-        assert self._wake is not None and self._progress is not None
+        if self._wake is None or self._progress is None:
+            raise RuntimeError("AsyncClient is not started: await start() inside the running loop")
         loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -219,7 +223,8 @@ class AsyncClient:
         return None if self._deadline is None else self._deadline - time.monotonic()
 
     async def _pause(self, delay_s: float) -> None:
-        assert self._interrupt is not None
+        if self._interrupt is None:
+            raise RuntimeError("AsyncClient is not started: await start() inside the running loop")
         until = time.monotonic() + delay_s
         while True:
             remaining = self._remaining_s()
