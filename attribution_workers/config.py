@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from attribution_workers.lime import LimeSettings
 from attribution_workers.loader import ModelSpec
 from attribution_workers.methods import MethodName
+from attribution_workers.verdict import VerdictRule
 
 
 class AttributionConfig(BaseModel):
@@ -22,6 +24,11 @@ class AttributionConfig(BaseModel):
     ig_steps: int = Field(default=32, ge=1)
     occlusion_window: int = Field(default=2, ge=1)
     shap_samples: int = Field(default=16, ge=1)
+    lime_samples: int = Field(default=64, ge=1, le=4096)
+    """LIME: perturbed copies of each input, one model row each (the cost, and the surrogate fit's data)."""
+    lime_patch: int | None = Field(default=None, ge=1)
+    """LIME: superpixel edge of images in input elements; default: the smallest edge leaving at most
+    ``lime_samples // 4`` patches (``attribution_workers.lime``)."""
     fidelity_steps: int = Field(default=16, ge=1)
     """Deletion-curve steps (each costs one forward pass per random order plus one)."""
     fidelity_random_orders: int = Field(default=3, ge=1)
@@ -32,8 +39,32 @@ class AttributionConfig(BaseModel):
     sanity_samples: int = Field(default=16, ge=1)
     sanity_max_similarity: float = Field(default=0.5, gt=-1.0, le=1.0)
     """Similarity at or above which a method is flagged as insensitive to the model."""
+    verdict_min_fidelity_gain: float = Field(default=0.0, ge=-1.0, lt=1.0)
+    """Deletion gain above which a map beats random (``attribution_workers.verdict``)."""
+    verdict_min_agreement: float = Field(default=0.2, ge=-1.0, le=1.0)
+    """Mean Spearman correlation with the other methods' maps from which a map agrees with them: about
+    1.645 / sqrt(N - 1) for inputs of N elements (0.2 for the 8x8 digits), not below 0.1."""
     feature_names: tuple[str, ...] | None = None
     """Names of the input features, for the bar charts of flat inputs."""
+    inspect_layers: tuple[str, ...] | None = None
+    """Dotted names of the layers whose outputs are inspected on every explained input (hooks, one extra
+    forward pass per batch); default: the convolution, linear and activation modules, at most
+    ``inspect_max_layers`` of them evenly spread. ``[]`` switches inspection off."""
+    inspect_max_layers: int = Field(default=16, ge=1, le=64)
+    """Cap of the default layer choice."""
+    inspect_window: int = Field(default=64, ge=2, le=4096)
+    """Recent inputs the layer-health figures (dead units, saturation, shift) are computed over; the first
+    this many of a model version are the shift's baseline."""
+    feature_map_layers: tuple[str, ...] | None = None
+    """Inspected layers whose feature maps are stored with each explanation; default: the convolutions."""
+    feature_map_channels: int = Field(default=8, ge=0, le=64)
+    """Channels kept per stored feature map, strongest mean |activation| first (0: store none)."""
+
+    def lime_settings(self) -> LimeSettings:
+        return LimeSettings(samples=self.lime_samples, patch=self.lime_patch)
+
+    def verdict_rule(self) -> VerdictRule:
+        return VerdictRule(min_fidelity_gain=self.verdict_min_fidelity_gain, min_agreement=self.verdict_min_agreement)
 
 
 def attribution_configs(models: dict[str, Any]) -> dict[str, AttributionConfig]:

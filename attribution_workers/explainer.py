@@ -11,10 +11,18 @@ import torch
 from numpy.typing import NDArray
 
 from attribution_workers.errors import AttributionError
+from attribution_workers.lime import LimeSettings
 from attribution_workers.loader import LoadedModel
 from attribution_workers.methods import METHOD_NAMES, METHODS, MethodName, MethodOutput, MethodSettings
 
-DEFAULT_METHODS: tuple[MethodName, ...] = ("gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap")
+DEFAULT_METHODS: tuple[MethodName, ...] = (
+    "gradcam",
+    "integrated_gradients",
+    "occlusion",
+    "saliency",
+    "gradient_shap",
+    "lime",
+)
 """What an explainer runs unless told otherwise (``gradcam`` only where the model has a Grad-CAM layer)."""
 _INDEX_DTYPES = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
 
@@ -71,6 +79,7 @@ class Explainer:
         shap_samples: int = 16,
         shap_stdev: float = 0.1,
         rows_per_pass: int = 4096,
+        lime: LimeSettings | None = None,
     ) -> None:
         """Check the settings against ``model``; raises ``AttributionError``.
 
@@ -82,6 +91,7 @@ class Explainer:
         twice the input size), per input.
         ``shap_stdev``: Gradient SHAP input noise, in input units (0 for raw-scale tables).
         ``rows_per_pass``: most model rows per forward pass; bounds memory.
+        ``lime``: LIME's samples, superpixel edge and seed (default :class:`LimeSettings`).
         """
         self._model = model
         self._methods = self._checked_methods(model, methods)
@@ -92,6 +102,7 @@ class Explainer:
             shap_samples=shap_samples,
             shap_stdev=float(shap_stdev),
             rows_per_pass=rows_per_pass,
+            lime=lime or LimeSettings(),
         )
 
     @property
@@ -104,7 +115,8 @@ class Explainer:
 
     def with_model(self, model: LoadedModel) -> Explainer:
         """The same methods and settings on another model (e.g. a randomised copy)."""
-        return Explainer(model, methods=self._methods, **dataclasses.asdict(self._settings))
+        settings = {field.name: getattr(self._settings, field.name) for field in dataclasses.fields(self._settings)}
+        return Explainer(model, methods=self._methods, **settings)
 
     def explain(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[Explanation]:
         """Attribute ``targets`` ``[B]`` (class indices) of ``inputs`` ``[B, *input_shape]``, every method at once."""

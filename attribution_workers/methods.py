@@ -3,13 +3,14 @@
 Every function takes inputs ``[B, *input_shape]`` and int64 targets ``[B]`` on the model's
 device and returns detached tensors on that device. ``gradient_shap`` and ``kernel_shap``
 sample at random and are not seeded here (seeding would mean swapping process-wide RNG
-state under other threads), so two runs differ by sampling noise.
+state under other threads), so two runs differ by sampling noise. ``lime`` draws its
+coalitions from a private seeded generator instead (:mod:`attribution_workers.lime`): deterministic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import torch
@@ -24,9 +25,10 @@ from captum.attr import (
 )
 
 from attribution_workers.errors import AttributionError
+from attribution_workers.lime import LimeSettings, lime_maps
 from attribution_workers.loader import LoadedModel
 
-MethodName = Literal["gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap", "kernel_shap"]
+MethodName = Literal["gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap", "kernel_shap", "lime"]
 METHOD_NAMES: tuple[MethodName, ...] = get_args(MethodName)
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -43,9 +45,11 @@ class MethodSettings:
     shap_samples: int
     shap_stdev: float
     rows_per_pass: int
+    lime: LimeSettings = field(default_factory=LimeSettings)
+    """LIME's own settings (validated there)."""
 
     def __post_init__(self) -> None:
-        counts = {name: value for name, value in vars(self).items() if name != "shap_stdev"}
+        counts = {name: value for name, value in vars(self).items() if isinstance(value, int)}
         too_small = {name: value for name, value in counts.items() if value < 1}
         if too_small or self.shap_stdev < 0:
             raise AttributionError(f"counts must be >= 1 and shap_stdev >= 0, got {too_small or self.shap_stdev}")
@@ -167,6 +171,11 @@ def kernel_shap(
     return MethodOutput(torch.cat(values).detach())
 
 
+def lime(model: LoadedModel, inputs: torch.Tensor, targets: torch.Tensor, settings: MethodSettings) -> MethodOutput:
+    """LIME over superpixels (a grid of patches; features of flat inputs), seeded; one ridge fit per row."""
+    return MethodOutput(lime_maps(model, inputs, targets, settings.lime, rows_per_pass=settings.rows_per_pass))
+
+
 METHODS: dict[MethodName, Method] = {
     "gradcam": gradcam,
     "integrated_gradients": integrated_gradients,
@@ -174,6 +183,7 @@ METHODS: dict[MethodName, Method] = {
     "saliency": saliency,
     "gradient_shap": gradient_shap,
     "kernel_shap": kernel_shap,
+    "lime": lime,
 }
 
 

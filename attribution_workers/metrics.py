@@ -64,3 +64,29 @@ class WorkerMetrics:
             "1 while the worker's Redis calls succeed, 0 during an outage (the worker waits it out).",
             registry=registry,
         )
+        self.layer_dead = Gauge(
+            "vai_layer_dead_units_ratio",
+            "Share of a layer's units exactly 0 on every one of the worker's recent sampled inputs.",
+            ["model", "layer"],
+            registry=registry,
+        )
+        self.layer_saturated = Gauge(
+            "vai_layer_saturated_ratio",
+            "Share of a bounded activation's outputs within 1% of a bound, over the recent sampled inputs.",
+            ["model", "layer"],
+            registry=registry,
+        )
+        self.inspection_seconds = Histogram(
+            "vai_layer_inspection_seconds",
+            "Wall time of the layer inspection of one batch (hooked forward pass and per-input statistics).",
+            ["model"],
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.layer_shift = Gauge(
+            "vai_layer_activation_shift",
+            "Mean over a layer's units of |recent mean - baseline mean| / baseline std; baseline: the first "
+            "window of inputs the worker saw for the model version.",
+            ["model", "layer"],
+            registry=registry,
+        )

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +20,8 @@ import torch
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Attribution, Explainer, Explanation
+from attribution_workers.inspection import BatchInspection, LayerInspector
+from attribution_workers.inspection_health import HealthSnapshot, LayerHealthTracker
 from attribution_workers.loader import LoadedModel, load_model
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
@@ -28,8 +30,10 @@ from sampler.explanations import (
     ExplanationRecord,
     ExplanationSummary,
     Fidelity,
+    SanityFigure,
     StoredAttribution,
 )
+from sampler.verdicts import MethodTrust
 
 LABEL_SUFFIX = "@label"
 """Maps towards the true label (when known and different from the prediction) are stored as ``method@label``."""
@@ -57,6 +61,10 @@ class BatchResult:
     seconds: dict[str, float] = field(default_factory=dict)
     fidelity_gain: dict[str, float] = field(default_factory=dict)
     agreement: float | None = None
+    layer_health: HealthSnapshot | None = None
+    """Layer health of the batch's last model version after it (None when nothing is inspected)."""
+    inspection_seconds: float = 0.0
+    """Wall time of the batch's hooked forward pass and its per-layer summaries."""
 
 
 class ModelRuntime:
@@ -72,6 +80,7 @@ class ModelRuntime:
             ig_steps=config.ig_steps,
             occlusion_window=config.occlusion_window,
             shap_samples=config.shap_samples,
+            lime=config.lime_settings(),
         )
         self.methods = combined.methods
         self._combined = combined
@@ -82,27 +91,32 @@ class ModelRuntime:
                 ig_steps=config.ig_steps,
                 occlusion_window=config.occlusion_window,
                 shap_samples=config.shap_samples,
+                lime=config.lime_settings(),
             )
             for method in self.methods
         }
         self._recent: deque[tuple[torch.Tensor, int]] = deque(maxlen=config.sanity_samples)
+        self.inspector = LayerInspector(self.model, config)
+        self._health = LayerHealthTracker(window=config.inspect_window)
         self._last_sanity = time.monotonic()
         self._lock = threading.Lock()
+        self._rule = config.verdict_rule()
 
-    def explain(self, events: Sequence[SampledEvent]) -> BatchResult:
+    def explain(self, events: Sequence[SampledEvent], sanity: Mapping[str, SanityFigure] | None = None) -> BatchResult:
         """Explain the whole batch at once; if that fails, each event alone, so one poison event
-        cannot hold back the others."""
+        cannot hold back the others. ``sanity``: the model's latest sanity figure per method, for the verdicts."""
+        sanity = dict(sanity or {})
         with self._lock:
             usable, outcomes = self._usable(events)
             if not usable:
                 return BatchResult(outcomes)
             try:
-                result = self._explain_batch(usable)
+                result = self._explain_batch(usable, sanity)
             except Exception:  # isolate the culprit: one event at a time
                 result = BatchResult([])
                 for event, tensor in usable:
                     try:
-                        result.outcomes += self._explain_batch([(event, tensor)]).outcomes
+                        result.outcomes += self._explain_batch([(event, tensor)], sanity).outcomes
                     except Exception as error:
                         result.outcomes.append(_failed(event, f"{type(error).__name__}: {error}", retry=True))
             result.outcomes = outcomes + result.outcomes
@@ -146,7 +160,9 @@ class ModelRuntime:
             )
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).reshape(shape))
 
-    def _explain_batch(self, usable: list[tuple[SampledEvent, torch.Tensor]]) -> BatchResult:
+    def _explain_batch(
+        self, usable: list[tuple[SampledEvent, torch.Tensor]], sanity: Mapping[str, SanityFigure]
+    ) -> BatchResult:
         rows = [(event, tensor, event.predicted) for event, tensor in usable]
         rows += [
             (event, tensor, event.label)
@@ -157,8 +173,11 @@ class ModelRuntime:
         ]
         inputs = torch.stack([tensor for _, tensor, _ in rows]).to(self.model.device)
         targets = torch.tensor([target for _, _, target in rows], device=self.model.device)
-        explanations, seconds = self._run_methods(inputs, targets)
         count = len(usable)
+        started = time.perf_counter()
+        inspection = self.inspector.inspect(inputs[:count]) if self.inspector.layers else None
+        inspection_seconds = time.perf_counter() - started
+        explanations, seconds = self._run_methods(inputs, targets)
         fidelities = {
             method: deletion_fidelity(
                 self.model,
@@ -170,7 +189,18 @@ class ModelRuntime:
             )
             for method in self.methods
         }
-        agreements = [agreement([e]).mean if len(self.methods) >= 2 else None for e in explanations[:count]]
+        matrices = [agreement([e]) if len(self.methods) >= 2 else None for e in explanations[:count]]
+        agreements = [None if matrix is None else matrix.mean for matrix in matrices]
+        trusts = [
+            self._rule.row(
+                self.methods,
+                fidelity={m: fidelities[m][i] for m in self.methods},
+                agreement=matrices[i],
+                sanity=sanity,
+                label_suffix=LABEL_SUFFIX,
+            )
+            for i in range(count)
+        ]
         label_rows = {rows[i][0].request_id: explanations[i] for i in range(count, len(rows))}
         now = time.time()
         outcomes = [
@@ -183,6 +213,7 @@ class ModelRuntime:
                     agreements[i],
                     seconds,
                     now,
+                    trusts[i],
                 )
             )
             for i, (event, _) in enumerate(usable)
@@ -195,7 +226,21 @@ class ModelRuntime:
             seconds=seconds,
             fidelity_gain={m: float(np.mean([f.gain for f in fidelities[m]])) for m in self.methods},
             agreement=float(np.mean(valid)) if valid else None,
+            layer_health=self._inspected(usable, outcomes, inspection),
+            inspection_seconds=inspection_seconds,
         )
+
+    def _inspected(
+        self, usable: list[tuple[SampledEvent, torch.Tensor]], outcomes: list[Outcome], found: BatchInspection | None
+    ) -> HealthSnapshot | None:
+        """Layer statistics and feature maps onto each record; the rows into the health windows."""
+        if found is None:
+            return None
+        for row, ((event, _), outcome) in enumerate(zip(usable, outcomes, strict=True)):
+            outcome.record.detail.layers = found.stats(row)
+            outcome.record.detail.feature_maps = found.feature_maps(row)
+            self._health.add(event.model_version, found, row)
+        return self._health.snapshot(usable[-1][0].model_version)
 
     def _run_methods(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[Explanation], dict[str, float]]:
         per_method: dict[str, list[Explanation]] = {}
@@ -224,16 +269,22 @@ class ModelRuntime:
         agreement_value: float | None,
         seconds: dict[str, float],
         now: float,
+        trust: dict[str, MethodTrust],
     ) -> ExplanationRecord:
         stored: dict[str, StoredAttribution] = {
-            a.method: _stored(a, explanation.target, fidelity.get(a.method), seconds[a.method])
+            a.method: _stored(a, explanation.target, fidelity.get(a.method), seconds[a.method], trust.get(a.method))
             for a in explanation.attributions
         }
         if label is not None:
             stored |= {
-                a.method + LABEL_SUFFIX: _stored(a, label.target, None, seconds[a.method]) for a in label.attributions
+                a.method + LABEL_SUFFIX: _stored(
+                    a, label.target, None, seconds[a.method], trust.get(a.method + LABEL_SUFFIX)
+                )
+                for a in label.attributions
             }
-        summary = ExplanationSummary.queued(event).model_copy(update={"status": "done", "methods": self.methods})
+        summary = ExplanationSummary.queued(event).model_copy(
+            update={"status": "done", "methods": self.methods, "trust": {m: trust[m] for m in self.methods}}
+        )
         detail = ExplanationDetail(
             attributions=stored,
             agreement=agreement_value if agreement_value is None or math.isfinite(agreement_value) else None,
@@ -244,7 +295,9 @@ class ModelRuntime:
         return ExplanationRecord(summary=summary, detail=detail)
 
 
-def _stored(attribution: Attribution, target: int, fidelity: Fidelity | None, seconds: float) -> StoredAttribution:
+def _stored(
+    attribution: Attribution, target: int, fidelity: Fidelity | None, seconds: float, trust: MethodTrust | None
+) -> StoredAttribution:
     delta = attribution.convergence_delta
     return StoredAttribution.from_array(
         attribution.values,
@@ -252,6 +305,8 @@ def _stored(attribution: Attribution, target: int, fidelity: Fidelity | None, se
         fidelity=fidelity,
         seconds=seconds,
         convergence_delta=delta if delta is None or math.isfinite(delta) else None,
+        agreement=trust.agreement if trust is not None else None,
+        verdict=trust.verdict if trust is not None else None,
     )
 
 

@@ -132,6 +132,11 @@ class Agreement:
         upper = np.triu_indices(len(self.methods), k=1)
         return float(self.matrix[upper].mean())
 
+    def of(self, method: MethodName) -> float:
+        """Mean agreement of ``method`` with each of the other methods, in [-1, 1]."""
+        row = self.methods.index(method)
+        return float(np.delete(self.matrix[row], row).mean())
+
 
 def agreement(explanations: Sequence[Explanation]) -> Agreement:
     """How similarly the methods of these explanations rank input elements (they must share >= 2 methods)."""

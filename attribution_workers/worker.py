@@ -44,13 +44,16 @@ from redis.asyncio import Redis
 
 from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.consumer import Delivery, GroupConsumer
+from attribution_workers.inspection_health import HealthSnapshot
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.reconnect import RedisOutage
 from attribution_workers.runtime import BatchResult, ModelRuntime, Outcome
 from common import keys
+from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanations import ExplanationStore, SanityFigure
+from sampler.layers import LayerHealthReport, LayerHealthStore
 
 log = logging.getLogger(__name__)
 __all__ = ["AttributionWorker", "Delivery", "default_consumer"]
@@ -96,6 +99,7 @@ class AttributionWorker:
         )
         self.processed = 0
         self._outage = RedisOutage(metrics.redis_up)
+        self._layers = LayerHealthStore(redis)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; the batch in hand is always finished first.
@@ -164,15 +168,26 @@ class AttributionWorker:
         self._metrics.batch_size.observe(len(events))
         runtime = self._runtimes[model]
         batch = [e for _, e in events]
+        sanity = await self._sanity_figures(model)
         try:
             result = await run_bounded(
-                lambda: runtime.explain(batch), timeout_s=self._job_timeout_s, name=f"explain-{model}"
+                lambda: runtime.explain(batch, sanity), timeout_s=self._job_timeout_s, name=f"explain-{model}"
             )
         except TimeoutError:
             await self._timed_out(model, stream, [d for d, _ in events])
         await self._settle(model, stream, events, result)
         if runtime.sanity_due():
             await self._sanity(model, runtime)
+
+    async def _sanity_figures(self, model: str) -> dict[str, SanityFigure]:
+        """The latest sanity figure of each method of ``model`` (any worker's), for the verdicts.
+
+        Unreadable, it is a Redis outage like any other: the batch waits, its entries pending.
+        """
+        try:
+            return await self._store.sanity(model)
+        except RedisUnavailable as error:
+            raise ConnectionError(str(error)) from error
 
     async def _timed_out(self, model: str, stream: str, deliveries: list[Delivery]) -> NoReturn:
         """Give up on the entries that had their last delivery, leave the others pending, end the run."""
@@ -196,6 +211,27 @@ class AttributionWorker:
             self._metrics.agreement.labels(model).set(result.agreement)
         for outcome in result.outcomes:
             await self._settle_one(model, stream, by_id[outcome.record.summary.request_id], outcome)
+        if result.layer_health is not None:
+            self._metrics.inspection_seconds.labels(model).observe(result.inspection_seconds)
+            await self._publish_layers(model, result.layer_health)
+
+    async def _publish_layers(self, model: str, snapshot: HealthSnapshot) -> None:
+        """Layer gauges of ``model``, and this worker's report for every sidecar to serve."""
+        for layer in snapshot.layers:
+            self._metrics.layer_dead.labels(model, layer.name).set(layer.dead_ratio)
+            if layer.saturated_ratio is not None:
+                self._metrics.layer_saturated.labels(model, layer.name).set(layer.saturated_ratio)
+            if layer.activation_shift is not None:
+                self._metrics.layer_shift.labels(model, layer.name).set(layer.activation_shift)
+        report = LayerHealthReport(
+            worker=self.consumer,
+            version=snapshot.version,
+            samples=snapshot.samples,
+            window=snapshot.window,
+            updated_at=time.time(),
+            layers=snapshot.layers,
+        )
+        await self._layers.publish(model, report)
 
     async def _settle_one(self, model: str, stream: str, delivery: Delivery, outcome: Outcome) -> None:
         summary = outcome.record.summary

@@ -55,6 +55,16 @@ def sanity(model: str) -> str:
     return f"{PREFIX}:sanity:{model}"
 
 
+def layer_health(model: str, worker: str) -> str:
+    """JSON of one worker's layer-health report of a model (``sampler.layers``), with a TTL."""
+    return f"{PREFIX}:layers:{model}:{worker}"
+
+
+def layer_health_index(model: str) -> str:
+    """Sorted set of the workers that reported a model's layer health, scored by report time (epoch s)."""
+    return f"{PREFIX}:layers-index:{model}"
+
+
 def prediction_prefix() -> str:
     """What every :func:`prediction` key starts with."""
     return f"{PREFIX}:pred:"
@@ -118,6 +128,31 @@ def quality_report(model: str) -> str:
 def drift_reference(model: str) -> str:
     """An uploaded drift reference (arrays, no pickle), waiting for the owning monitor to calibrate on it."""
     return f"{PREFIX}:reference:{model}"
+
+
+def projection(model: str, method: str) -> str:
+    """JSON of the owning monitor's latest 2-D embedding projection of a model by ``method``."""
+    return f"{PREFIX}:projection:{model}:{method}"
+
+
+def projection_wanted(model: str, method: str) -> str:
+    """Marker with a TTL a sidecar sets when a projection is asked for; the owner computes only wanted ones."""
+    return f"{PREFIX}:projection-wanted:{model}:{method}"
+
+
+def projection_status(model: str) -> str:
+    """JSON of the owner's projection methods and their latest errors, read by the sidecars."""
+    return f"{PREFIX}:projection-status:{model}"
+
+
+def drift_history(model: str) -> str:
+    """Stream of a model's detector verdicts over time (capped ``MAXLEN``), appended by the owning monitor."""
+    return f"{PREFIX}:drift-history:{model}"
+
+
+def distributions(model: str) -> str:
+    """JSON of the confidence and margin histograms of a model's recent traffic against its reference."""
+    return f"{PREFIX}:distributions:{model}"
 
 
 # --- the KServe inference logger (service.kserve) ---------------------------------------------

@@ -33,7 +33,7 @@ from common.embedded_redis import EmbeddedRedis
 from demo import roles
 from demo.models import digits
 from demo.models.training import Split
-from demo.settings import DATA_DIR, MODEL, monitor_settings, sidecar_settings, worker_settings
+from demo.settings import DATA_DIR, METHODS, MODEL, monitor_settings, sidecar_settings, worker_settings
 from demo.traffic import DigitsTraffic
 from service.app import create_app
 from service.settings import SidecarSettings
@@ -110,7 +110,8 @@ def run_demo(base: SidecarSettings, *, duration_s: float | None = None) -> int:
 def _roles(base: SidecarSettings, redis_url: str, model_path: Path) -> Iterator[tuple[str, roles.LoopThread, int]]:
     monitor = monitor_settings(base, redis_url=redis_url)
     yield "monitor", roles.monitor_thread(monitor), monitor.monitor_metrics_port
-    worker = worker_settings(base, redis_url=redis_url, model_path=model_path)
+    weights = digits.ensure_digits_weights(model_path)  # the eager model's, so the worker can hook its layers
+    worker = worker_settings(base, redis_url=redis_url, model_path=model_path, weights_path=weights)
     yield "worker", roles.worker_thread(worker), worker.worker_metrics_port
 
 
@@ -218,7 +219,7 @@ def banner(base_url: str, metrics_urls: dict[str, str], duration_s: float | None
             f"  explanations  {base_url}/v1/explanations?model={MODEL}",
             f"phases: 0-{drift_at:.0f} s clean digits test images at 40 events/s; from {drift_at:.0f} s drift: noise, "
             "blur and occlusion corrupt the inputs, confidence drops and the embeddings shift. Every 20th event, "
-            "low-confidence ones (< 0.6) and region=eu ones are sampled and explained with 5 methods. "
+            f"low-confidence ones (< 0.6) and region=eu ones are sampled and explained with {', '.join(METHODS)}. "
             "The monitor's drift reference is a held-out third of the training data that the model never saw "
             "and the traffic never replays.",
         ]

@@ -28,7 +28,9 @@ from common.errors import RedisUnavailable
 from common.names import MODEL_PATTERN, VERSION_PATTERN
 from common.redis import REDIS_FAILED, execute
 from sampler.contract import InputTensor, SampledEvent
+from sampler.layers import FeatureMaps, LayerStats
 from sampler.policy import Reason
+from sampler.verdicts import MethodTrust, Verdict
 
 ExplanationStatus = Literal["queued", "done", "failed"]
 log = logging.getLogger(__name__)
@@ -62,6 +64,10 @@ class StoredAttribution(BaseModel):
     convergence_delta: float | None = None
     fidelity: Fidelity | None = None
     seconds: float | None = None
+    agreement: float | None = None
+    """Mean Spearman correlation of this map's |values| with each other method's map of the same input."""
+    verdict: Verdict | None = None
+    """Whether to trust this map (``sampler.verdicts``); None in records older than verdicts."""
 
     @classmethod
     def from_array(cls, values: npt.NDArray[Any], *, target: int, **figures: Any) -> StoredAttribution:
@@ -86,6 +92,9 @@ class ExplanationSummary(BaseModel):
     timestamp: float
     label: int | None = None
     methods: tuple[str, ...] = ()
+    trust: dict[str, MethodTrust] = Field(default_factory=dict)
+    """Each method's verdict and figures towards the prediction, copied from the detail so that lists and the
+    per-method aggregate read no maps."""
 
     @classmethod
     def queued(cls, event: SampledEvent) -> ExplanationSummary:
@@ -112,6 +121,10 @@ class ExplanationDetail(BaseModel):
     explained_at: float | None = None
     feature_names: tuple[str, ...] | None = None
     """Names of a flat input's features, from the model's attribution config (for the bar chart)."""
+    layers: list[LayerStats] = Field(default_factory=list)
+    """The inspected layers' outputs on this input (``sampler.layers``)."""
+    feature_maps: dict[str, FeatureMaps] = Field(default_factory=dict)
+    """A few channels of some layers' outputs, by layer name; drawn on request, not in the JSON detail."""
 
 
 class ExplanationRecord(BaseModel):
@@ -239,6 +252,23 @@ class ExplanationStore:
             (method.decode() if isinstance(method, bytes) else method): SanityFigure.model_validate_json(body)
             for method, body in stored.items()
         }
+
+    async def latest_done(self, model: str, *, limit: int) -> list[ExplanationSummary]:
+        """The model's newest ``limit`` done summaries, newest first; looks at ``4 * limit + 100`` entries at most
+        (so fewer come back when most recent events are still queued or failed)."""
+        index, chunk, most = keys.explanation_index(model), max(limit, 50), 4 * limit + 100
+        found: list[ExplanationSummary] = []
+        offset = 0
+        with _reading():
+            while len(found) < limit and offset < most:
+                members: list[tuple[bytes, float]] = await self._redis.zrevrange(  # type: ignore[assignment]
+                    index, offset, offset + chunk - 1, withscores=True
+                )
+                offset += len(members)
+                found += [s for s in await self._summaries(model, members, None) if s.status == "done"]
+                if len(members) < chunk:
+                    break
+        return found[:limit]
 
     async def models(self) -> list[str]:
         with _reading():

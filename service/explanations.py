@@ -13,6 +13,8 @@ from pydantic import BaseModel, ValidationError
 from common.errors import InvalidInput, NotFound
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
 from sampler.explanations import ExplanationQuery, ExplanationRecord, ExplanationStore, Fidelity, SanityFigure
+from sampler.layers import LayerStats
+from sampler.verdicts import Verdict
 
 
 class AttributionPublic(BaseModel):
@@ -23,6 +25,10 @@ class AttributionPublic(BaseModel):
     convergence_delta: float | None = None
     fidelity: Fidelity | None = None
     seconds: float | None = None
+    agreement: float | None = None
+    """Mean Spearman correlation of this map's |values| with each other method's map."""
+    verdict: Verdict | None = None
+    """Whether to trust this map, from its sanity check, deletion test and agreement (null parts: not measured)."""
 
 
 class ExplanationPublic(BaseModel):
@@ -46,6 +52,8 @@ class ExplanationPublic(BaseModel):
     error: str | None = None
     input: dict[str, Any] | None = None
     explained_at: float | None = None
+    layers: list[LayerStats] = []
+    """The inspected layers' outputs on this input; ``activations.png?layer=`` draws the stored maps."""
 
 
 def parse_query(params: dict[str, str], *, default_model: str | None) -> ExplanationQuery:
@@ -109,6 +117,8 @@ def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> Exp
             convergence_delta=stored.convergence_delta,
             fidelity=stored.fidelity,
             seconds=stored.seconds,
+            agreement=stored.agreement,
+            verdict=stored.verdict,
         )
         for method, stored in detail.attributions.items()
     }
@@ -124,6 +134,7 @@ def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> Exp
         error=detail.error,
         input=model_input,
         explained_at=detail.explained_at,
+        layers=detail.layers,
     )
 
 

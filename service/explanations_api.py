@@ -10,6 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from common.errors import NotFound
 from sampler.explanations import ExplanationRecord
+from sampler.layers import ModelLayers
+from sampler.verdicts import MethodTrustReport, method_trust_report
 from service.deps import ModelPath, ReadScope, SidecarDep
 from service.explanations import (
     ExplanationPublic,
@@ -19,6 +21,7 @@ from service.explanations import (
     render_heatmap,
     to_public,
 )
+from service.layers import model_layers, render_activations
 from service.sidecar import Sidecar
 
 router = APIRouter(dependencies=[ReadScope])
@@ -31,6 +34,16 @@ async def list_explanations(request: Request, sidecar: SidecarDep) -> Response:
     page = await sidecar.explanations.query(query)
     body = {"items": [item.model_dump() for item in page.items], "next_cursor": encode_cursor(page.next_cursor)}
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/v1/explanations/{model}/methods", summary="Per attribution method: sanity, deletion, agreement, verdicts")
+async def get_method_trust(
+    model: ModelPath, sidecar: SidecarDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> MethodTrustReport:
+    """Over the model's latest ``limit`` done explanations. Declared before the detail route, so an event whose
+    request_id is ``methods`` is not readable by id."""
+    summaries = await sidecar.explanations.latest_done(model, limit=limit)
+    return method_trust_report(model, [summary.trust for summary in summaries])
 
 
 @router.get("/v1/explanations/{model}/{request_id}")
@@ -50,6 +63,24 @@ async def get_heatmap(
     names = list(record.detail.feature_names) if record.detail.feature_names else None
     png = await run_in_threadpool(render_heatmap, record, method, feature_names=names)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/v1/explanations/{model}/{request_id}/activations.png", response_class=Response)
+async def get_activations(
+    model: ModelPath,
+    request_id: RequestIdPath,
+    sidecar: SidecarDep,
+    layer: Annotated[str, Query(min_length=1, max_length=200)],
+) -> Response:
+    """The stored feature maps of one inspected layer on this event's input, as a channel grid."""
+    record = await _record(sidecar, model, request_id)
+    png = await run_in_threadpool(render_activations, record, layer)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/v1/models/{model}/layers", summary="Layer health the attribution workers saw lately")
+async def get_layers(model: ModelPath, sidecar: SidecarDep) -> ModelLayers:
+    return await model_layers(sidecar.redis, model)
 
 
 async def _record(sidecar: Sidecar, model: str, request_id: str) -> ExplanationRecord:

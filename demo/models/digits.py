@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -30,6 +33,8 @@ HELD_OUT_FILE_NAME = "digits-cnn-v1-heldout.pt"
 REFERENCE_FRACTION = 1 / 3
 """Share of the training side held out as the drift reference: 449 images, enough for the online detector
 (PCA fits on half of the rows, the detector needs ``4 x window_size + 1`` of the other half)."""
+FACTORY = "demo.models.digits:DigitsCNN"
+"""The eager model, for a worker's ``factory`` (with :func:`ensure_digits_weights`): hooks need it."""
 PLAN = TrainingPlan(epochs=20, batch_size=64, learning_rate=3e-3, seed=0)
 
 _TEST_FRACTION = 0.25
@@ -104,4 +109,26 @@ def ensure_digits_model(cache_dir: Path, *, hold_out_reference: bool = False) ->
     path = cache_dir / (HELD_OUT_FILE_NAME if hold_out_reference else FILE_NAME)
     if not path.exists():
         save_torchscript(train_digits_cnn(load_digits_split(hold_out_reference=hold_out_reference)), path)
+    return path
+
+
+def ensure_digits_weights(model_path: Path) -> Path:
+    """The weights of the scripted model at ``model_path`` as ``.safetensors`` beside it, written once.
+
+    A worker loads the eager :class:`DigitsCNN` (``FACTORY``) with them to inspect its layers: a scripted
+    module takes no forward hooks. Taken from the scripted file, so both run exactly the same weights.
+    """
+    path = model_path.with_suffix(".safetensors")
+    if path.exists():
+        return path
+    scripted: torch.nn.Module = torch.jit.load(str(model_path), map_location="cpu")  # type: ignore[no-untyped-call]
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in scripted.state_dict().items()}
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        save_file(state, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path

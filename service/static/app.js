@@ -202,6 +202,7 @@
       clearMessage();
       const modelInput = byId("f-model");
       if (!modelInput.value && page.items.length) modelInput.value = page.items[0].model;
+      linkOverview(modelInput.value);
       for (const item of page.items) list.append(listItem(item));
       state.cursor = page.next_cursor;
       byId("more").hidden = !page.next_cursor;
@@ -217,6 +218,18 @@
     } finally {
       if (seq === state.listSeq) list.removeAttribute("aria-busy");
     }
+  }
+
+  /** A link to the model's overview page (/ui/models/{model}), next to the list's title. */
+  function linkOverview(model) {
+    let link = byId("overview-link");
+    if (!link) {
+      link = el("a", { id: "overview-link", class: "overview-link" });
+      byId("list-title").after(link);
+    }
+    link.hidden = !model;
+    link.href = model ? `/ui/models/${encodeURIComponent(model)}` : "";
+    link.textContent = model ? `Overview of ${model}: drift, calibration, projection →` : "";
   }
 
   function listItem(item) {
@@ -297,6 +310,7 @@
       clearMessage();
       announce(`Showing ${record.request_id}: ${record.status}.`);
       await loadHeatmaps(record, seq);
+      await loadActivations(record, seq);
     } catch (error) {
       if (seq !== state.detailSeq) return;
       releaseBlobs();
@@ -338,6 +352,7 @@
     parts.push(el("div", { class: "overview" }, renderInput(record.input), renderFacts(record)));
     if (record.status === "done" || Object.keys(record.attributions || {}).length) parts.push(renderTrust(record));
     if (Object.keys(record.attributions || {}).length || record.status === "done") parts.push(renderMaps(record));
+    if ((record.layers || []).length) parts.push(renderLayers(record));
     return parts;
   }
 
@@ -446,11 +461,65 @@
     );
   }
 
+  // One verdict per map (stored by the worker): trusted when every check that ran passes.
+  function verdictBadge(verdict) {
+    const summary = verdict && typeof verdict.summary === "string" ? verdict.summary : null;
+    if (!verdict || typeof verdict.trusted !== "boolean") {
+      return el("span", { class: "badge badge-none verdict", title: summary }, "? not measured");
+    }
+    return verdict.trusted
+      ? el("span", { class: "badge badge-ok verdict", title: summary }, "✓ trusted")
+      : el("span", { class: "badge badge-warn verdict", title: summary }, "✗ not trusted");
+  }
+
+  function renderVerdicts(record) {
+    const attributions = record.attributions || {};
+    const names = Object.keys(attributions).filter((name) => !name.includes("@") && attributions[name].verdict);
+    if (!names.length) {
+      return el("p", { class: "muted" }, "No verdicts stored with these maps (explained before verdicts existed).");
+    }
+    const header = ["Method", "Verdict", "Why"].map((name) => el("th", { scope: "col" }, name));
+    const rows = names.map((name) =>
+      el(
+        "tr",
+        { "data-method": name },
+        el("th", { scope: "row" }, name),
+        el("td", {}, verdictBadge(attributions[name].verdict)),
+        el("td", { class: "verdict-summary" }, attributions[name].verdict.summary || "", laterSanity(record, name)),
+      ),
+    );
+    return el(
+      "table",
+      { class: "verdicts" },
+      el(
+        "caption",
+        {},
+        "Verdict per method: trusted when every check that ran passes (the randomisation sanity check, ",
+        "deletion faster than random, agreement with the other methods). The figures behind it follow.",
+      ),
+      el("thead", {}, el("tr", {}, header)),
+      el("tbody", {}, rows),
+    );
+  }
+
+  // A verdict made before the model's first sanity check says so; a check that has run since is pointed out.
+  function laterSanity(record, method) {
+    const flagged = (record.sanity_flagged || {})[method];
+    if (record.attributions[method].verdict.passes_sanity !== null || typeof flagged !== "boolean") return null;
+    return el(
+      "span",
+      { class: "hint later-sanity" },
+      flagged ? " A later sanity check flags this method (below)." : " A later sanity check passed (below).",
+    );
+  }
+
   function renderTrust(record) {
     const section = el(
       "section",
       { class: "trust", "aria-labelledby": "trust-title" },
       el("h3", { id: "trust-title" }, "Can these maps be trusted?"),
+      renderVerdicts(record),
+      el("h4", {}, "The figures behind the verdicts"),
       el(
         "p",
         { class: "agreement" },
@@ -564,7 +633,11 @@
     const figures = el(
       "dl",
       { class: "map-figures" },
+      attribution.verdict ? fact("Verdict", verdictBadge(attribution.verdict)) : null,
       fact("Deletion AUC", fidelityFigure(attribution.fidelity)),
+      present(attribution.agreement)
+        ? fact("Agreement", number(attribution.agreement, 2), el("span", { class: "hint" }, " (mean ρ, others)"))
+        : null,
       present(delta)
         ? fact("Convergence δ", number(delta, 4), el("span", { class: "hint" }, " (IG; near 0 is good)"))
         : null,
@@ -614,6 +687,83 @@
         status.textContent = `Heatmap not available: ${describe(error)}`;
       }
     }));
+  }
+
+  // --- layers (the worker's inspection of this input) ----------------------------------------
+
+  function renderLayers(record) {
+    const layers = record.layers;
+    const header = ["Layer", "Kind", "Shape", "Mean", "Std", "Zero share", "Saturated"].map((name) =>
+      el("th", { scope: "col" }, name),
+    );
+    const rows = layers.map((layer) =>
+      el(
+        "tr",
+        {},
+        el("th", { scope: "row" }, layer.name),
+        el("td", {}, layer.kind),
+        el("td", { class: "num" }, (layer.shape || []).join("×")),
+        el("td", { class: "num" }, number(layer.mean)),
+        el("td", { class: "num" }, number(layer.std)),
+        el("td", { class: "num" }, percent(layer.zero_share)),
+        el("td", { class: "num" }, present(layer.saturated_share) ? percent(layer.saturated_share) : "—"),
+      ),
+    );
+    const section = el(
+      "section",
+      { class: "layers", "aria-labelledby": "layers-title" },
+      el("h3", { id: "layers-title" }, "Layers"),
+      el("p", { class: "hint" }, `Each layer's output on this one input (${layers.length} inspected layers). `,
+        "Saturated: share near a bound of a bounded activation (— when the layer has none)."),
+      el("table", { class: "layer-table" }, el("thead", {}, el("tr", {}, header)), el("tbody", {}, rows)),
+    );
+    const mapped = layers.filter((layer) => (layer.feature_map_channels || []).length);
+    if (!mapped.length) return section;
+    const picker = el(
+      "select",
+      { id: "activation-layer", onchange: () => loadActivations(record, state.detailSeq) },
+      mapped.map((layer) => el("option", { value: layer.name }, `${layer.name} (${layer.shape.join("×")})`)),
+    );
+    section.append(
+      el("p", {}, el("label", { for: "activation-layer" }, "Feature maps of "), picker),
+      el(
+        "figure",
+        { class: "activations" },
+        el("img", { class: "activations-image", alt: "feature maps of the chosen layer", "data-state": "loading" }),
+        el("p", { class: "muted activations-status" }, "Loading feature maps…"),
+      ),
+    );
+    return section;
+  }
+
+  async function loadActivations(record, seq) {
+    const picker = byId("activation-layer");
+    if (!picker) return;
+    const img = byId("detail").querySelector("img.activations-image");
+    const status = byId("detail").querySelector(".activations-status");
+    img.dataset.state = "loading";
+    status.className = "muted activations-status";
+    status.textContent = "Loading feature maps…";
+    status.hidden = false;
+    try {
+      const path = `${recordPath(record.model, record.request_id)}/activations.png`;
+      const blob = await (await request(path, { layer: picker.value })).blob();
+      if (seq !== state.detailSeq) return;
+      const url = URL.createObjectURL(blob);
+      state.blobUrls.push(url);
+      img.src = url;
+      img.alt = `feature maps of layer ${picker.value}`;
+      img.hidden = false;
+      await img.decode();
+      img.dataset.state = "loaded";
+      status.hidden = true;
+    } catch (error) {
+      if (seq !== state.detailSeq) return;
+      img.dataset.state = "error";
+      img.hidden = true;
+      status.className = "banner banner-failed activations-status";
+      status.textContent = `Feature maps not available: ${describe(error)}`;
+    }
   }
 
   // --- start ----------------------------------------------------------------------------------

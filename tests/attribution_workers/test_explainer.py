@@ -15,7 +15,7 @@ from attribution_workers.methods import METHOD_NAMES, MethodName
 from demo.models import digits
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-FAST = {"ig_steps": 16, "shap_samples": 8}
+FAST: dict[str, Any] = {"ig_steps": 16, "shap_samples": 8}
 KERNEL_SHAP = {"shap_samples": 96}
 
 
@@ -83,6 +83,7 @@ def test_default_methods_include_gradcam_only_where_possible(
         "occlusion",
         "saliency",
         "gradient_shap",
+        "lime",
     )
     assert "gradcam" not in Explainer(tabular_model).methods
 
@@ -159,7 +160,7 @@ def test_explain_rejects_a_malformed_batch(
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        pytest.param({"methods": ["lime"]}, "distinct names", id="unknown-method"),
+        pytest.param({"methods": ["deeplift"]}, "distinct names", id="unknown-method"),
         pytest.param({"methods": []}, "distinct names", id="no-method"),
         pytest.param({"methods": ["saliency", "saliency"]}, "distinct names", id="duplicate"),
         pytest.param({"ig_steps": 0}, r"counts must be >= 1 .*'ig_steps': 0", id="zero-steps"),

@@ -1,0 +1,157 @@
+"""Internal state of explained models: the record formats the worker writes and the sidecar reads.
+
+Two kinds of record, both written by the attribution worker (:mod:`attribution_workers.inspection`):
+
+- per explained event, inside its :class:`~sampler.explanations.ExplanationDetail`: one
+  :class:`LayerStats` per inspected layer, and :class:`FeatureMaps` (float16, a few channels)
+  for the layers whose feature maps are kept. Only the statistics are public JSON; the maps are
+  drawn as a PNG on request;
+- per model and worker: a :class:`LayerHealthReport` over the worker's recent samples (dead units,
+  saturation, activation shift against the first window it saw), kept by :class:`LayerHealthStore`
+  with a TTL, one key per (model, worker) and an index of the workers that reported lately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from common import keys
+from common.codec import EncodedArray
+from common.errors import RedisUnavailable
+from common.redis import REDIS_FAILED, execute
+
+LayerKind = Literal["conv", "linear", "activation", "other"]
+Baseline = Literal["first_window", "uploaded"]
+log = logging.getLogger(__name__)
+
+REPORT_FRESH_S = 3600
+"""A worker's report is served for this long after its last update (and expires then)."""
+
+
+class LayerStats(BaseModel):
+    """One layer's output on one explained input (the public ``layers`` items of an explanation).
+
+    ``mean``/``std`` (population) over every element of the per-sample output; None when the output
+    held non-finite values. ``zero_share``: share of elements exactly 0. ``saturated_share``: share
+    within 1% of the output range of a bound, for bounded activations only (else None).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: LayerKind
+    shape: tuple[int, ...]
+    """Per-sample output shape (no batch dimension)."""
+    mean: float | None
+    std: float | None
+    zero_share: float
+    saturated_share: float | None = None
+    feature_map_channels: tuple[int, ...] = ()
+    """Channels whose maps are stored with the explanation (strongest first); empty when none are."""
+
+
+class FeatureMaps(BaseModel):
+    """A few channels of one layer's output, compact: ``values / scale`` as float16 in the array codec."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channels: tuple[int, ...]
+    """Channel indices, ranked by mean |activation| (strongest first); ``shape[0] == len(channels)``."""
+    shape: tuple[int, ...]
+    """``(channels, H, W)``."""
+    scale: float
+    data: str
+
+    @classmethod
+    def from_array(cls, maps: npt.NDArray[Any], channels: tuple[int, ...]) -> FeatureMaps:
+        finite = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = float(np.abs(finite).max(initial=0.0)) or 1.0
+        half = EncodedArray.of((finite / scale).astype(np.float16))
+        return cls(channels=channels, shape=half.shape, scale=scale, data=half.data)
+
+    def to_array(self) -> npt.NDArray[np.float32]:
+        half = EncodedArray(shape=self.shape, dtype="float16", data=self.data).decode()
+        return half.astype(np.float32) * np.float32(self.scale)
+
+
+class LayerHealth(BaseModel):
+    """One layer over a worker's recent samples of one model version."""
+
+    name: str
+    kind: LayerKind
+    units: int
+    """Channels of a channel-first map, else features of the last axis (see the worker's inspection module)."""
+    dead_ratio: float
+    """Share of units that were exactly 0 on every one of the recent samples."""
+    saturated_ratio: float | None
+    """Mean saturated share over the recent samples; None for unbounded layers."""
+    activation_shift: float | None
+    """Mean over units of |mean now - mean in the first window| / (std there + eps); None until that window is full."""
+
+
+class LayerHealthReport(BaseModel):
+    """What one worker saw inside one model lately."""
+
+    worker: str
+    version: str
+    samples: int
+    """Inputs of this version the worker has inspected since it started."""
+    window: int
+    """Inputs the recent figures are computed over (at most the configured window)."""
+    baseline: Baseline = "first_window"
+    updated_at: float
+    layers: list[LayerHealth]
+
+
+class ModelLayers(BaseModel):
+    """``GET /v1/models/{model}/layers``: one report per worker that explained the model lately."""
+
+    model: str
+    reports: list[LayerHealthReport]
+
+
+class LayerHealthStore:
+    """Reports by (model, worker), each with a TTL; an index per model finds the fresh ones."""
+
+    def __init__(self, redis: Redis, *, fresh_s: int = REPORT_FRESH_S) -> None:
+        self._redis = redis
+        self._fresh_s = fresh_s
+
+    async def publish(self, model: str, report: LayerHealthReport) -> None:
+        index = keys.layer_health_index(model)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.layer_health(model, report.worker), report.model_dump_json(), ex=self._fresh_s)
+        pipe.zadd(index, {report.worker: report.updated_at})
+        pipe.zremrangebyscore(index, "-inf", f"({report.updated_at - self._fresh_s}")
+        pipe.expire(index, self._fresh_s)
+        await execute(pipe)
+
+    async def reports(self, model: str, *, now: float | None = None) -> list[LayerHealthReport]:
+        """Fresh reports of ``model``, most recently updated first; ``RedisUnavailable`` when Redis fails."""
+        cutoff = (time.time() if now is None else now) - self._fresh_s
+        with _reading():
+            workers: list[bytes] = await self._redis.zrevrangebyscore(  # type: ignore[assignment]
+                keys.layer_health_index(model), "+inf", cutoff
+            )
+            if not workers:
+                return []
+            bodies = await self._redis.mget([keys.layer_health(model, worker.decode()) for worker in workers])
+        return [LayerHealthReport.model_validate_json(body) for body in bodies if body is not None]
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    try:
+        yield
+    except REDIS_FAILED as error:
+        log.warning("layer reports not read: %s", error)
+        raise RedisUnavailable("layer reports cannot be read now") from None

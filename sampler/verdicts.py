@@ -1,0 +1,109 @@
+"""How far each attribution method can be trusted: the verdict stored with each map, and its aggregate.
+
+The attribution worker judges every map it stores from three figures (see
+``attribution_workers.verdict``) and writes a :class:`Verdict` with the map and a compact
+:class:`MethodTrust` copy into the explanation's summary, so lists and the per-method
+aggregate (:func:`method_trust_report`) never read maps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Verdict(BaseModel):
+    """One map's verdict; ``None`` in a part means not measured."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trusted: bool | None = None
+    """Every measured part passes; ``None`` when nothing was measured."""
+    passes_sanity: bool | None = None
+    """The latest randomisation sanity check of this method on this model was not flagged."""
+    beats_random: bool | None = None
+    """Deleting elements in the map's order lowers the target probability faster than random orders."""
+    agrees: bool | None = None
+    """The map ranks elements like the explanation's other methods (``None`` with one method)."""
+    summary: str = "Not measured."
+    """One plain sentence: the verdict, then the parts with their figures."""
+
+
+class MethodTrust(BaseModel):
+    """One method's trust figures in one explanation (towards the prediction)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    verdict: Verdict
+    fidelity_gain: float | None = None
+    """``random_auc - deletion_auc`` of the map's deletion curve."""
+    agreement: float | None = None
+    """Mean Spearman correlation of this map's |values| with each other method's, in [-1, 1]."""
+
+
+class MethodFigures(BaseModel):
+    """One method's figures over a model's recent explanations."""
+
+    method: str
+    explanations: int
+    """Explanations that ran this method."""
+    sanity_checked: int
+    """Of them, those explained after a sanity check of the method had run."""
+    sanity_pass_share: float | None
+    mean_fidelity_gain: float | None
+    fidelity_count: int
+    mean_agreement: float | None
+    agreement_count: int
+    trusted_share: float | None
+    """Share of trusted verdicts among the verdicts with at least one measured part."""
+    verdict_count: int
+
+
+class MethodTrustReport(BaseModel):
+    """``GET /v1/explanations/{model}/methods``: per method, over the model's latest done explanations."""
+
+    model: str
+    explanations: int
+    """Done explanations looked at (at most the requested limit)."""
+    methods: list[MethodFigures] = Field(default_factory=list)
+    """Sorted by method name."""
+
+
+def method_trust_report(model: str, trusts: Sequence[dict[str, MethodTrust]]) -> MethodTrustReport:
+    """Aggregate the per-method trust of ``trusts`` (one dict per explanation, as in its summary)."""
+    names = sorted({method for trust in trusts for method in trust})
+    return MethodTrustReport(
+        model=model,
+        explanations=len(trusts),
+        methods=[_figures(method, [trust[method] for trust in trusts if method in trust]) for method in names],
+    )
+
+
+def _figures(method: str, found: list[MethodTrust]) -> MethodFigures:
+    sanity = [t.verdict.passes_sanity for t in found if t.verdict.passes_sanity is not None]
+    gains = [t.fidelity_gain for t in found if t.fidelity_gain is not None and math.isfinite(t.fidelity_gain)]
+    agreements = [t.agreement for t in found if t.agreement is not None and math.isfinite(t.agreement)]
+    trusted = [t.verdict.trusted for t in found if t.verdict.trusted is not None]
+    return MethodFigures(
+        method=method,
+        explanations=len(found),
+        sanity_checked=len(sanity),
+        sanity_pass_share=_share(sanity),
+        mean_fidelity_gain=_mean(gains),
+        fidelity_count=len(gains),
+        mean_agreement=_mean(agreements),
+        agreement_count=len(agreements),
+        trusted_share=_share(trusted),
+        verdict_count=len(trusted),
+    )
+
+
+def _share(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    listed = list(values)
+    return math.fsum(listed) / len(listed) if listed else None

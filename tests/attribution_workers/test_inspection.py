@@ -1,0 +1,236 @@
+"""Layer inspection on the real digits CNN: hooks only for one pass, statistics as a direct forward pass gives them,
+health windows that see the demo's corruptions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from attribution_workers.config import AttributionConfig
+from attribution_workers.errors import AttributionError
+from attribution_workers.inspection import LayerInspector
+from attribution_workers.loader import GradCamView, ModelSpec, load_model
+from attribution_workers.runtime import ModelRuntime
+from common.codec import EncodedArray
+from demo.corruptions import corrupt
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from sampler.contract import InputTensor, SampledEvent
+
+DIGITS_LAYERS = ["conv.0", "conv.1", "conv.3", "conv.4", "dense.1", "dense.2", "classifier"]
+
+
+@pytest.fixture(scope="module")
+def eager_spec(digits_path: Path) -> ModelSpec:
+    weights = digits.ensure_digits_weights(digits_path)
+    return ModelSpec(
+        factory=digits.FACTORY, weights=weights, input_shape=digits.INPUT_SHAPE, num_classes=digits.NUM_CLASSES
+    )
+
+
+def config(spec: ModelSpec, **fields: Any) -> AttributionConfig:
+    values: dict[str, Any] = {"methods": ("saliency", "gradcam"), "fidelity_steps": 2, "fidelity_random_orders": 1}
+    values.update(fields)
+    return AttributionConfig(model=spec, **values)
+
+
+def events(images: NDArray[np.float32], *, prefix: str, version: str = "v1") -> list[SampledEvent]:
+    return [
+        SampledEvent(
+            model="digits",
+            model_version=version,
+            request_id=f"{prefix}{index}",
+            timestamp=1.0 + index,
+            received_at=1.0 + index,
+            reasons=("every_n",),
+            predicted=0,
+            confidence=0.5,
+            margin=0.1,
+            num_classes=10,
+            input=InputTensor.model_validate(
+                EncodedArray.of(np.ascontiguousarray(image, dtype=np.float32)).model_dump()
+            ),
+        )
+        for index, image in enumerate(images)
+    ]
+
+
+def hook_counts(runtime: ModelRuntime) -> dict[str, int]:
+    return {layer.name: len(layer.module._forward_hooks) for layer in runtime.inspector.layers}
+
+
+def test_default_layers_are_the_convolutions_linears_and_activations(eager_spec: ModelSpec) -> None:
+    inspector = LayerInspector(load_model(eager_spec, device="cpu"), config(eager_spec))
+    assert [layer.name for layer in inspector.layers] == DIGITS_LAYERS
+    assert [layer.kind for layer in inspector.layers] == [
+        "conv", "activation", "conv", "activation", "linear", "activation", "linear"
+    ]  # fmt: skip
+    assert [layer.name for layer in inspector.layers if layer.keep_maps] == ["conv.0", "conv.3"]
+    capped = LayerInspector(load_model(eager_spec, device="cpu"), config(eager_spec, inspect_max_layers=3))
+    assert [layer.name for layer in capped.layers] == ["conv.0", "conv.4", "classifier"]  # spread first to last
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        pytest.param({"inspect_layers": ("conv.9",)}, "not a submodule", id="unknown-layer"),
+        pytest.param({"inspect_layers": ("conv.0",), "feature_map_layers": ("conv.3",)}, "not among", id="maps"),
+    ],
+)
+def test_bad_layer_names_are_refused_with_the_name(eager_spec: ModelSpec, fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(AttributionError, match=message):
+        LayerInspector(load_model(eager_spec, device="cpu"), config(eager_spec, **fields))
+
+
+def test_a_scripted_model_shows_only_its_features_output(digits_path: Path) -> None:
+    spec = ModelSpec(torchscript=digits_path, input_shape=digits.INPUT_SHAPE, num_classes=digits.NUM_CLASSES)
+    model = load_model(spec, device="cpu")
+    assert [layer.name for layer in LayerInspector(model, config(spec)).layers] == ["features"]
+    with pytest.raises(AttributionError, match="TorchScript"):
+        LayerInspector(model, config(spec, inspect_layers=("conv.0",)))
+
+
+def test_hooks_are_there_for_one_pass_of_a_batch_and_gone_after_it(
+    eager_spec: ModelSpec, digits_split: DatasetSplit
+) -> None:
+    runtime = ModelRuntime("digits", config(eager_spec), device="cpu")
+    seen: list[dict[str, int]] = []
+    spy = runtime.model.module.register_forward_pre_hook(lambda module, args: seen.append(hook_counts(runtime)))
+    try:
+        result = runtime.explain(events(digits_split.test.features[:4], prefix="a"))
+    finally:
+        spy.remove()
+    assert all(outcome.ok for outcome in result.outcomes)
+    everywhere = dict.fromkeys(DIGITS_LAYERS, 1)
+    assert seen.count(everywhere) == 1, "hooked for exactly one forward pass of the batch"
+    assert len(seen) > 2 and all(counts in (everywhere, dict.fromkeys(DIGITS_LAYERS, 0)) for counts in seen)
+    assert hook_counts(runtime) == dict.fromkeys(DIGITS_LAYERS, 0)
+
+
+def test_hooks_are_removed_when_the_batch_fails(eager_spec: ModelSpec, digits_split: DatasetSplit) -> None:
+    runtime = ModelRuntime("digits", config(eager_spec), device="cpu")
+    classifier = runtime.model.module.get_submodule("model.classifier")
+    assert isinstance(runtime.model.module, GradCamView)
+
+    def poison(module: nn.Module, args: object, output: object) -> None:
+        raise RuntimeError("poisoned layer")
+
+    handle: RemovableHandle = classifier.register_forward_hook(poison)
+    try:
+        with pytest.raises(RuntimeError, match="poisoned"):
+            runtime.inspector.inspect(torch.from_numpy(digits_split.test.features[:2]))
+        assert hook_counts(runtime) == {**dict.fromkeys(DIGITS_LAYERS, 0), "classifier": 1}  # the poison only
+        result = runtime.explain(events(digits_split.test.features[:3], prefix="p"))
+        assert [outcome.retry for outcome in result.outcomes] == [True] * 3
+        assert all("poisoned" in (outcome.record.detail.error or "") for outcome in result.outcomes)
+        assert hook_counts(runtime) == {**dict.fromkeys(DIGITS_LAYERS, 0), "classifier": 1}
+        with pytest.raises(KeyError), runtime.inspector.hooked():
+            raise KeyError("fails inside the hooked block")
+        assert hook_counts(runtime) == {**dict.fromkeys(DIGITS_LAYERS, 0), "classifier": 1}
+    finally:
+        handle.remove()
+    assert all(outcome.ok for outcome in runtime.explain(events(digits_split.test.features[:2], prefix="q")).outcomes)
+
+
+def test_layer_statistics_equal_a_direct_forward_pass_with_own_hooks(
+    eager_spec: ModelSpec, digits_split: DatasetSplit
+) -> None:
+    runtime = ModelRuntime("digits", config(eager_spec, feature_map_channels=5), device="cpu")
+    images = digits_split.test.features[:6]
+    outcomes = runtime.explain(events(images, prefix="s")).outcomes
+
+    twin = load_model(eager_spec, device="cpu").module.get_submodule("model")
+    outputs: dict[str, NDArray[np.float64]] = {}
+    handles = [
+        twin.get_submodule(name).register_forward_hook(
+            lambda m, a, out, name=name: outputs.__setitem__(name, out.detach().numpy().astype(np.float64).copy())
+        )
+        for name in DIGITS_LAYERS
+    ]
+    try:
+        with torch.no_grad():
+            twin(torch.from_numpy(images))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    for row, outcome in enumerate(outcomes):
+        detail = outcome.record.detail
+        assert [layer.name for layer in detail.layers] == DIGITS_LAYERS
+        for layer in detail.layers:
+            direct = outputs[layer.name][row]
+            assert layer.shape == direct.shape
+            assert layer.mean == pytest.approx(direct.mean(), rel=1e-5, abs=1e-6)
+            assert layer.std == pytest.approx(direct.std(), rel=1e-5, abs=1e-6)
+            assert layer.zero_share == pytest.approx(float((direct == 0).mean()))
+            assert layer.saturated_share is None  # ReLU and linear layers are unbounded
+        for name in ("conv.0", "conv.3"):
+            direct = outputs[name][row]
+            strength = np.abs(direct).mean(axis=(1, 2))
+            expected = tuple(int(c) for c in np.argsort(-strength, kind="stable")[:5])
+            stored = detail.feature_maps[name]
+            assert stored.channels == expected
+            assert next(layer for layer in detail.layers if layer.name == name).feature_map_channels == expected
+            np.testing.assert_allclose(stored.to_array(), direct[list(expected)], rtol=2e-3, atol=2e-3 * stored.scale)
+        assert set(detail.feature_maps) == {"conv.0", "conv.3"}
+
+
+def test_saturation_is_counted_for_bounded_activations(eager_spec: ModelSpec, digits_split: DatasetSplit) -> None:
+    model = load_model(eager_spec, device="cpu")
+    root = model.module.get_submodule("model")
+    dense = root.get_submodule("dense")
+    assert isinstance(dense, nn.Sequential)
+    dense[2] = nn.Hardtanh(0.0, 1.0)  # bounded in [0, 1]: saturated at 0 or above 0.99
+    inspector = LayerInspector(model, config(eager_spec, inspect_layers=("dense.1", "dense.2")))
+    images = torch.from_numpy(digits_split.test.features[:3])
+    found = inspector.inspect(images)
+    with torch.no_grad():
+        direct = dense[1](root.get_submodule("conv")(images).flatten(1)).numpy()
+    for row in range(3):
+        pre, post = found.stats(row)
+        assert pre.saturated_share is None
+        clipped = np.clip(direct[row], 0.0, 1.0)
+        assert post.saturated_share == pytest.approx(float(((clipped <= 0.01) | (clipped >= 0.99)).mean()))
+        assert post.zero_share == pytest.approx(float((clipped == 0).mean()))
+
+
+def test_corrupted_digits_raise_the_activation_shift_well_above_its_clean_value(
+    eager_spec: ModelSpec, digits_split: DatasetSplit
+) -> None:
+    runtime = ModelRuntime("digits", config(eager_spec, inspect_window=32, methods=("saliency",)), device="cpu")
+    clean = digits_split.test.features
+
+    def feed(images: NDArray[np.float32], prefix: str) -> dict[str, float | None]:
+        snapshot = None
+        for start in range(0, len(images), 16):
+            snapshot = runtime.explain(events(images[start : start + 16], prefix=f"{prefix}{start}-")).layer_health
+        assert snapshot is not None
+        return {layer.name: layer.activation_shift for layer in snapshot.layers}
+
+    assert feed(clean[:16], "b") == dict.fromkeys(DIGITS_LAYERS, None)  # baseline not complete
+    assert feed(clean[16:32], "c") == dict.fromkeys(DIGITS_LAYERS, 0.0)  # the window is the baseline
+    clean_shift = feed(clean[32:96], "d")
+    drifted, _ = corrupt(clean[96:128], seed=7)
+    drift_shift = feed(drifted, "e")
+    for name in ("conv.0", "conv.1", "conv.3", "conv.4"):
+        before, after = clean_shift[name], drift_shift[name]
+        assert before is not None and after is not None
+        assert after > 3 * before and after > 0.4, f"{name}: shift {before:.3f} clean, {after:.3f} corrupted"
+
+
+def test_each_model_version_has_its_own_baseline(eager_spec: ModelSpec, digits_split: DatasetSplit) -> None:
+    runtime = ModelRuntime("digits", config(eager_spec, inspect_window=4, methods=("saliency",)), device="cpu")
+    images = digits_split.test.features
+    first = runtime.explain(events(images[:8], prefix="a", version="v1")).layer_health
+    second = runtime.explain(events(images[8:10], prefix="b", version="v2")).layer_health
+    assert first is not None and first.version == "v1" and first.samples == 8 and first.window == 4
+    assert second is not None and second.version == "v2" and second.samples == 2 and second.window == 2
+    assert all(layer.activation_shift is None for layer in second.layers)
+    assert all(0.0 <= layer.dead_ratio <= 1.0 for layer in first.layers)

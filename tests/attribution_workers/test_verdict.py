@@ -1,0 +1,208 @@
+"""One verdict per map: the rule on fixed figures, per-method agreement, and the worker runtime storing verdicts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from numpy.typing import NDArray
+from scipy.stats import spearmanr
+
+from attribution_workers.config import AttributionConfig
+from attribution_workers.explainer import Attribution, Explainer, Explanation
+from attribution_workers.methods import MethodName
+from attribution_workers.runtime import LABEL_SUFFIX, ModelRuntime
+from attribution_workers.trust import agreement
+from attribution_workers.verdict import VerdictRule
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from sampler.contract import InputTensor, SampledEvent
+from sampler.explanations import Fidelity, SanityFigure
+
+RULE = VerdictRule(min_fidelity_gain=0.0, min_agreement=0.2)
+PASSING_SANITY = SanityFigure(similarity=0.21, flagged=False, samples=16, checked_at=1.0)
+FAILING_SANITY = SanityFigure(similarity=0.91, flagged=True, samples=16, checked_at=1.0)
+GOOD_DELETION = Fidelity(deletion_auc=0.2, random_auc=0.5)
+BAD_DELETION = Fidelity(deletion_auc=0.5, random_auc=0.45)
+
+
+@pytest.mark.parametrize(
+    ("sanity", "fidelity", "agreement_value", "expected"),
+    [
+        pytest.param(PASSING_SANITY, GOOD_DELETION, 0.35, (True, True, True, True), id="all-pass"),
+        pytest.param(FAILING_SANITY, GOOD_DELETION, 0.35, (False, False, True, True), id="fails-sanity"),
+        pytest.param(PASSING_SANITY, BAD_DELETION, 0.35, (False, True, False, True), id="worse-than-random"),
+        pytest.param(PASSING_SANITY, GOOD_DELETION, 0.05, (False, True, True, False), id="disagrees"),
+        pytest.param(FAILING_SANITY, BAD_DELETION, -0.1, (False, False, False, False), id="fails-everything"),
+        pytest.param(None, GOOD_DELETION, 0.35, (True, None, True, True), id="no-sanity-check-yet"),
+        pytest.param(PASSING_SANITY, GOOD_DELETION, None, (True, True, True, None), id="one-method"),
+        pytest.param(None, BAD_DELETION, None, (False, None, False, None), id="only-deletion-fails"),
+        pytest.param(None, None, None, (None, None, None, None), id="nothing-measured"),
+    ],
+)
+def test_a_map_is_trusted_when_every_measured_part_passes(
+    sanity: SanityFigure | None,
+    fidelity: Fidelity | None,
+    agreement_value: float | None,
+    expected: tuple[bool | None, ...],
+) -> None:
+    verdict = RULE.judge(sanity=sanity, fidelity=fidelity, agreement=agreement_value)
+
+    assert (verdict.trusted, verdict.passes_sanity, verdict.beats_random, verdict.agrees) == expected
+    head = {True: "Trusted: ", False: "Not trusted: ", None: "Not measured"}[expected[0]]
+    assert verdict.summary.startswith(head) and verdict.summary.endswith(".")
+
+
+def test_the_summary_gives_the_failures_first_with_their_figures() -> None:
+    verdict = RULE.judge(sanity=FAILING_SANITY, fidelity=GOOD_DELETION, agreement=None)
+
+    assert verdict.summary == (
+        "Not trusted: fails the sanity check (similarity 0.91 to a randomised model's maps); "
+        "beats random deletion (gain +0.30) (agreement not measured)."
+    )
+    assert RULE.judge(sanity=None, fidelity=None, agreement=None).summary == (
+        "Not measured (no sanity check has run yet; deletion not tested; agreement not measured)."
+    )
+
+
+def test_the_thresholds_are_strict_for_deletion_and_inclusive_for_agreement() -> None:
+    even = Fidelity(deletion_auc=0.4, random_auc=0.4)
+    strict = VerdictRule(min_fidelity_gain=0.1, min_agreement=0.5)
+
+    assert RULE.judge(sanity=None, fidelity=even, agreement=0.2).beats_random is False
+    assert RULE.judge(sanity=None, fidelity=even, agreement=0.2).agrees is True
+    assert strict.judge(sanity=None, fidelity=GOOD_DELETION, agreement=0.49).agrees is False
+    assert (
+        strict.judge(sanity=None, fidelity=Fidelity(deletion_auc=0.4, random_auc=0.45), agreement=None).beats_random
+        is False
+    )
+
+
+def _explanation(maps: dict[MethodName, NDArray[np.float64]]) -> Explanation:
+    return Explanation(
+        target=0,
+        attributions=tuple(Attribution(method=m, values=v.astype(np.float32)) for m, v in maps.items()),
+    )
+
+
+def test_per_method_agreement_is_the_mean_spearman_with_the_other_methods() -> None:
+    rng = np.random.default_rng(3)
+    maps: dict[MethodName, NDArray[np.float64]] = {
+        m: rng.normal(size=(1, 4, 4)) for m in ("gradcam", "saliency", "lime")
+    }
+    maps["lime"] = maps["saliency"] * 2 + rng.normal(scale=0.3, size=(1, 4, 4))
+
+    matrix = agreement([_explanation(maps)])
+
+    for method in maps:
+        others = [other for other in maps if other != method]
+        expected = np.mean(
+            [spearmanr(np.abs(maps[method]).ravel(), np.abs(maps[other]).ravel()).statistic for other in others]
+        )
+        assert matrix.of(method) == pytest.approx(expected)
+    assert np.mean([matrix.of(m) for m in maps]) == pytest.approx(matrix.mean)
+
+
+def test_a_row_of_verdicts_covers_every_method_and_the_label_maps() -> None:
+    rng = np.random.default_rng(4)
+    maps: dict[MethodName, NDArray[np.float64]] = {m: rng.normal(size=(1, 4, 4)) for m in ("saliency", "lime")}
+    matrix = agreement([_explanation(maps)])
+
+    row = RULE.row(
+        ["saliency", "lime"],
+        fidelity={"saliency": GOOD_DELETION, "lime": BAD_DELETION},
+        agreement=matrix,
+        sanity={"saliency": FAILING_SANITY},
+        label_suffix="@label",
+    )
+
+    assert set(row) == {"saliency", "lime", "saliency@label", "lime@label"}
+    assert row["saliency"].agreement == row["lime"].agreement == pytest.approx(matrix.of("lime"))
+    assert row["saliency"].fidelity_gain == pytest.approx(0.3) and row["lime"].fidelity_gain == pytest.approx(-0.05)
+    assert row["saliency"].verdict.passes_sanity is False and row["lime"].verdict.passes_sanity is None
+    assert row["lime"].verdict.beats_random is False
+    label = row["saliency@label"].verdict
+    assert (label.trusted, label.passes_sanity, label.beats_random, label.agrees) == (False, False, None, None)
+    assert row["lime@label"].verdict.trusted is None
+    alone = RULE.row(["lime"], fidelity={"lime": GOOD_DELETION}, agreement=None, sanity={})
+    assert set(alone) == {"lime"} and alone["lime"].verdict.agrees is None and alone["lime"].agreement is None
+
+
+def _events(split: DatasetSplit, count: int) -> list[SampledEvent]:
+    now = time.time()
+    return [
+        SampledEvent(
+            model="digits",
+            model_version="v1",
+            request_id=f"r{row}",
+            timestamp=now,
+            received_at=now,
+            reasons=("every_n",),
+            predicted=int(split.test.labels[row]),
+            confidence=0.9,
+            margin=1.0,
+            num_classes=digits.NUM_CLASSES,
+            label=int(split.test.labels[row + 1]),
+            input=InputTensor.of(split.test.features[row]),
+        )
+        for row in range(count)
+    ]
+
+
+def test_the_runtime_stores_a_verdict_with_every_map_and_its_figures_in_the_summary(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    methods: list[MethodName] = ["gradcam", "saliency", "lime"]
+    config = AttributionConfig.model_validate(
+        {
+            "model": {"torchscript": str(digits_path), "input_shape": [1, 8, 8], "num_classes": 10},
+            "methods": methods,
+            "fidelity_steps": 4,
+            "fidelity_random_orders": 1,
+            "inspect_layers": [],
+        }
+    )
+    runtime = ModelRuntime("digits", config, device="cpu")
+    events = _events(digits_split, 4)
+
+    result = runtime.explain(events, {"saliency": FAILING_SANITY, "lime": PASSING_SANITY})
+
+    maps = Explainer(runtime.model, methods=methods).explain(*_inputs_and_targets(events, runtime.model.device.type))
+    for outcome, explanation in zip(result.outcomes, maps, strict=True):
+        record = outcome.record
+        assert set(record.summary.trust) == set(methods)
+        for method in methods:
+            stored = record.detail.attributions[method]
+            trust = record.summary.trust[method]
+            assert stored.verdict == trust.verdict and stored.agreement == trust.agreement
+            assert stored.fidelity is not None and trust.fidelity_gain == pytest.approx(stored.fidelity.gain)
+            others = [m for m in methods if m != method]
+            expected = np.mean([_spearman(explanation[method].values, explanation[m].values) for m in others])
+            assert trust.agreement == pytest.approx(expected, abs=1e-9)
+            assert trust.verdict == RULE.judge(
+                sanity={"saliency": FAILING_SANITY, "lime": PASSING_SANITY}.get(method),
+                fidelity=stored.fidelity,
+                agreement=trust.agreement,
+            )
+        assert record.summary.trust["saliency"].verdict.trusted is False
+        assert record.summary.trust["gradcam"].verdict.passes_sanity is None
+        if record.summary.label != record.summary.predicted:
+            label_verdict = record.detail.attributions["saliency" + LABEL_SUFFIX].verdict
+            assert label_verdict is not None and label_verdict.passes_sanity is False
+            assert label_verdict.beats_random is None and label_verdict.agrees is None
+
+
+def _inputs_and_targets(events: list[SampledEvent], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = torch.stack([torch.from_numpy(e.input.decode()) for e in events if e.input is not None]).to(device)
+    return inputs, torch.tensor([e.predicted for e in events], device=device)
+
+
+def _spearman(first: NDArray[np.floating[Any]], second: NDArray[np.floating[Any]]) -> float:
+    first, second = np.abs(first).ravel(), np.abs(second).ravel()
+    if first.std() == 0 or second.std() == 0:
+        return 0.0
+    return float(spearmanr(first, second).statistic)

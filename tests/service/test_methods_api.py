@@ -1,0 +1,321 @@
+"""GET /v1/explanations/{model}/methods: per-method trust over a model's latest done explanations, real Redis.
+
+The expected figures are computed here, independently, from the records as they were stored (or, end to end,
+from each explanation's detail as the API serves it), never from the summaries the route reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry
+
+from attribution_workers.main import build_runtimes, make_worker
+from attribution_workers.settings import WorkerSettings
+from common import keys
+from common.embedded_redis import EmbeddedRedis
+from common.redis import connect
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from helpers import serve_app, wait_until
+from sampler.explanations import (
+    ExplanationDetail,
+    ExplanationRecord,
+    ExplanationStatus,
+    ExplanationStore,
+    ExplanationSummary,
+    Fidelity,
+    SanityFigure,
+    StoredAttribution,
+)
+from sampler.verdicts import MethodTrust, Verdict
+from service.app import create_app
+
+METHODS = ("gradcam", "saliency", "lime")
+T0 = time.time() - 600
+
+
+def _save(redis_url: str, records: list[ExplanationRecord], sanity: dict[str, SanityFigure] | None = None) -> None:
+    async def save() -> None:
+        client = connect(redis_url, timeout_s=2.0)
+        store = ExplanationStore(client, ttl_s=3600)
+        for record in records:
+            await store.save(record)
+        for method, figure in (sanity or {}).items():
+            await store.save_sanity("digits", method, figure)
+        await client.aclose()
+
+    asyncio.run(save())
+
+
+def _maybe(rng: np.random.Generator, value: Any, chance: float = 0.25) -> Any:
+    return None if rng.random() < chance else value
+
+
+def _trust(rng: np.random.Generator) -> MethodTrust:
+    verdict = Verdict(
+        trusted=_maybe(rng, bool(rng.random() < 0.6)),
+        passes_sanity=_maybe(rng, bool(rng.random() < 0.7)),
+        beats_random=_maybe(rng, bool(rng.random() < 0.8)),
+        agrees=_maybe(rng, bool(rng.random() < 0.5)),
+        summary="fixed",
+    )
+    gain = _maybe(rng, float(rng.normal(0.2, 0.2)))
+    return MethodTrust(verdict=verdict, fidelity_gain=gain, agreement=_maybe(rng, float(rng.uniform(-0.2, 0.8))))
+
+
+def _record(
+    index: int, status: ExplanationStatus, rng: np.random.Generator, methods: tuple[str, ...]
+) -> ExplanationRecord:
+    trust = {method: _trust(rng) for method in methods} if status == "done" else {}
+    summary = ExplanationSummary(
+        model="digits",
+        model_version="v1",
+        request_id=f"r{index:03d}",
+        status=status,
+        reasons=("every_n",),
+        predicted=index % 10,
+        confidence=0.8,
+        timestamp=T0 + index,
+        methods=methods if status == "done" else (),
+        trust=trust,
+    )
+    maps = {
+        method: StoredAttribution.from_array(
+            np.ones((1, 2, 2), dtype=np.float32),
+            target=index % 10,
+            fidelity=None if t.fidelity_gain is None else Fidelity(deletion_auc=0.3, random_auc=0.3 + t.fidelity_gain),
+            agreement=t.agreement,
+            verdict=t.verdict,
+        )
+        for method, t in trust.items()
+    }
+    maps |= {f"{m}@label": StoredAttribution.from_array(np.ones((1, 2, 2)), target=0) for m in trust}
+    return ExplanationRecord(summary=summary, detail=ExplanationDetail(attributions=maps))
+
+
+def _expected(trusts: list[dict[str, MethodTrust]]) -> dict[str, Any]:
+    """The contract's figures, computed plainly from per-explanation trust."""
+    methods = []
+    for method in sorted({m for trust in trusts for m in trust}):
+        found = [trust[method] for trust in trusts if method in trust]
+        sanity = [t.verdict.passes_sanity for t in found if t.verdict.passes_sanity is not None]
+        gains = [t.fidelity_gain for t in found if t.fidelity_gain is not None]
+        agreements = [t.agreement for t in found if t.agreement is not None]
+        trusted = [t.verdict.trusted for t in found if t.verdict.trusted is not None]
+        methods.append(
+            {
+                "method": method,
+                "explanations": len(found),
+                "sanity_checked": len(sanity),
+                "sanity_pass_share": sum(sanity) / len(sanity) if sanity else None,
+                "mean_fidelity_gain": sum(gains) / len(gains) if gains else None,
+                "fidelity_count": len(gains),
+                "mean_agreement": sum(agreements) / len(agreements) if agreements else None,
+                "trusted_share": sum(trusted) / len(trusted) if trusted else None,
+            }
+        )
+    return {"model": "digits", "explanations": len(trusts), "methods": methods}
+
+
+def _contract(body: dict[str, Any]) -> dict[str, Any]:
+    fields = (
+        "method",
+        "explanations",
+        "sanity_checked",
+        "sanity_pass_share",
+        "mean_fidelity_gain",
+        "fidelity_count",
+        "mean_agreement",
+        "trusted_share",
+    )
+    return {
+        "model": body["model"],
+        "explanations": body["explanations"],
+        "methods": [{name: row[name] for name in fields} for row in body["methods"]],
+    }
+
+
+def _assert_same(answer: dict[str, Any], expected: dict[str, Any]) -> None:
+    found = _contract(answer)
+    assert (found["model"], found["explanations"]) == (expected["model"], expected["explanations"])
+    assert [row["method"] for row in found["methods"]] == [row["method"] for row in expected["methods"]]
+    for row, wanted in zip(found["methods"], expected["methods"], strict=True):
+        assert row == pytest.approx(wanted), (row, wanted)
+
+
+@pytest.mark.parametrize("limit", [pytest.param(None, id="default-200"), pytest.param(7, id="latest-7")])
+def test_the_aggregate_equals_a_direct_computation_over_the_stored_records(
+    make_client: Callable[..., TestClient], redis_url: str, limit: int | None
+) -> None:
+    rng = np.random.default_rng(5)
+    statuses = cast(list[ExplanationStatus], ["done"] * 30 + ["failed"] * 3 + ["queued"] * 2)
+    order = rng.permutation(len(statuses))
+    records = [
+        _record(i, statuses[order[i]], rng, METHODS if i % 4 else ("saliency", "lime")) for i in range(len(statuses))
+    ]
+    old_format = _record(len(statuses), "done", rng, ())  # a record from before verdicts: no trust at all
+    _save(redis_url, [*records, old_format])
+    client = make_client(read_tokens=("r",))
+
+    params = {} if limit is None else {"limit": limit}
+    response = client.get("/v1/explanations/digits/methods", params=params, headers={"authorization": "Bearer r"})
+
+    assert response.status_code == 200, response.text
+    done = sorted((r for r in [*records, old_format] if r.summary.status == "done"), key=lambda r: -r.summary.timestamp)
+    latest = done[: limit or 200]
+    _assert_same(response.json(), _expected([r.summary.trust for r in latest]))
+    assert response.json()["explanations"] == (limit or 31)
+    assert all(row["method"] in METHODS for row in response.json()["methods"])  # maps towards the label: not methods
+
+
+def test_a_model_without_explanations_has_no_methods(client: TestClient) -> None:
+    body = client.get("/v1/explanations/other/methods").json()
+
+    assert body == {"model": "other", "explanations": 0, "methods": []}
+
+
+def test_the_route_needs_the_read_token(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(read_tokens=("r",), ingest_tokens=("i",))
+
+    assert client.get("/v1/explanations/digits/methods").status_code == 401
+    assert client.get("/v1/explanations/digits/methods", headers={"authorization": "Bearer i"}).status_code == 403
+    assert client.get("/v1/explanations/digits/methods", headers={"authorization": "Bearer r"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        pytest.param("limit=0", "limit", id="zero"),
+        pytest.param("limit=-3", "limit", id="negative"),
+        pytest.param("limit=1001", "limit", id="too-many"),
+        pytest.param("limit=many", "limit", id="not-a-number"),
+        pytest.param("limit=2.5", "limit", id="fraction"),
+    ],
+)
+def test_a_bad_limit_is_a_422_naming_it(client: TestClient, query: str, field: str) -> None:
+    response = client.get(f"/v1/explanations/digits/methods?{query}")
+
+    assert response.status_code == 422
+    assert response.json()["field"] == field and response.json()["error"].startswith(f"{field}:")
+
+
+def test_a_bad_model_name_is_a_422_naming_it(client: TestClient) -> None:
+    response = client.get("/v1/explanations/bad%20name!/methods")
+
+    assert response.status_code == 422 and response.json()["field"] == "model"
+
+
+def test_redis_down_is_a_503_with_retry_after(own_redis: EmbeddedRedis, make_settings: Callable[..., Any]) -> None:
+    app = create_app(make_settings(redis_url=own_redis.url, redis_timeout_s=0.2))
+    with serve_app(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+        assert http.get("/v1/explanations/digits/methods").status_code == 200
+        own_redis.kill()
+        response = http.get("/v1/explanations/digits/methods")
+
+    assert response.status_code == 503 and response.headers["retry-after"].isdigit()
+    assert response.json()["error"] and str(own_redis.port) not in response.text
+
+
+def _image_event(index: int, image: NDArray[np.float32], predicted: int, label: int) -> dict[str, Any]:
+    logits = np.full(10, -2.0)
+    logits[predicted] = 3.0
+    data = base64.b64encode(np.ascontiguousarray(image, dtype="<f4").tobytes()).decode()
+    return {
+        "model": "digits",
+        "request_id": f"img{index}",
+        "logits": logits.tolist(),
+        "label": label,
+        "input": {"shape": list(image.shape), "dtype": "float32", "data": data},
+    }
+
+
+def _drain(settings: WorkerSettings, done: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    async def loop() -> None:
+        worker = make_worker(settings, build_runtimes(settings), CollectorRegistry())
+        try:
+            await worker.ensure_groups()
+            deadline = time.monotonic() + timeout_s
+            while not done():
+                assert time.monotonic() < deadline, "worker did not finish in time"
+                await worker.step()
+        finally:
+            await worker.aclose()
+
+    asyncio.run(loop())
+
+
+def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
+    make_client: Callable[..., TestClient],
+    make_worker_settings: Callable[..., WorkerSettings],
+    digits_path: Path,
+    digits_split: DatasetSplit,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    section = {
+        "model": {"torchscript": str(digits_path), "input_shape": list(digits.INPUT_SHAPE), "num_classes": 10},
+        "methods": list(METHODS),
+        "fidelity_steps": 4,
+        "fidelity_random_orders": 1,
+        "inspect_layers": [],
+    }
+    settings = make_worker_settings(models={"digits": {"attribution": section}}, worker_retry_after_ms=100)
+    flagged = SanityFigure(similarity=0.93, flagged=True, samples=16, checked_at=time.time())
+    passing = SanityFigure(similarity=0.12, flagged=False, samples=16, checked_at=time.time())
+    _save(redis_url, [], sanity={"saliency": flagged, "gradcam": passing})
+    client = make_client(sampling={"every_n": 1, "max_per_second": 10_000})
+    images, labels = digits_split.test.features[:6], digits_split.test.labels[:6]
+    events = [_image_event(i, images[i], int(labels[i]), int(labels[(i + 1) % 6])) for i in range(6)]
+    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 6
+    wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 6, what="6 queued")
+
+    _drain(settings, lambda: all(s == b"done" for s in _statuses(redis_client)) and len(_statuses(redis_client)) == 6)
+
+    details = [client.get(f"/v1/explanations/digits/img{i}").json() for i in range(6)]
+    trusts = []
+    for detail in details:
+        for name, attribution in detail["attributions"].items():
+            assert set(attribution["verdict"]) == {"trusted", "passes_sanity", "beats_random", "agrees", "summary"}
+            assert attribution["verdict"]["passes_sanity"] is {"saliency": False, "gradcam": True}.get(
+                name.removesuffix("@label")
+            )
+        assert detail["attributions"]["saliency"]["verdict"]["trusted"] is False
+        assert detail["attributions"]["lime"]["verdict"]["summary"].endswith("(no sanity check has run yet).")
+        trusts.append(
+            {
+                method: MethodTrust(
+                    verdict=Verdict.model_validate(detail["attributions"][method]["verdict"]),
+                    fidelity_gain=_gain(detail["attributions"][method]["fidelity"]),
+                    agreement=detail["attributions"][method]["agreement"],
+                )
+                for method in METHODS
+            }
+        )
+    answer = client.get("/v1/explanations/digits/methods", params={"limit": 50}).json()
+    _assert_same(answer, _expected(trusts))
+    by_method = {row["method"]: row for row in answer["methods"]}
+    assert by_method["saliency"]["sanity_pass_share"] == 0.0 and by_method["saliency"]["trusted_share"] == 0.0
+    assert by_method["lime"]["sanity_checked"] == 0 and by_method["lime"]["sanity_pass_share"] is None
+    assert by_method["gradcam"]["sanity_checked"] == 6 and by_method["lime"]["fidelity_count"] == 6
+    assert all(math.isfinite(row["mean_agreement"]) for row in answer["methods"])
+
+
+def _gain(fidelity: dict[str, float] | None) -> float | None:
+    return None if fidelity is None else fidelity["random_auc"] - fidelity["deletion_auc"]
+
+
+def _statuses(client: redis.Redis) -> list[Any]:
+    return [client.hget(key, "status") for key in client.scan_iter("vai:expl:digits:*")]
