@@ -1,4 +1,5 @@
-"""Sliding windows of labelled predictions, one per (model, version, cohort slice).
+"""Sliding windows of labelled predictions, one per (model, version, cohort slice), and of the
+confidences of every recent prediction (:class:`PredictionWindow`, behind accuracy estimates).
 
 Each window keeps the predictions appended in the last ``horizon_s`` seconds
 (by the store's clock at append time, so late labels are not dropped on
@@ -12,8 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
 
 from monitors.cohorts import CohortGuard
 from monitors.records import LabelledPrediction
@@ -102,3 +106,98 @@ class WindowStore:
         cutoff = now - self._horizon_s
         while window and window[0][0] < cutoff:
             window.popleft()
+
+
+DEFAULT_RECENT_HORIZON_S = 900.0
+DEFAULT_RECENT_MAX_ITEMS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceSnapshot:
+    key: SeriesKey
+    confidence: NDArray[np.float64]
+    """Top-1 probabilities of the recent predictions, oldest first."""
+
+
+class _Ring:
+    """Append times and confidences into fixed arrays; the oldest go first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.times = np.zeros(capacity, dtype=np.float64)
+        self.confidence = np.zeros(capacity, dtype=np.float64)
+        self.start = 0
+        self.size = 0
+
+    def append(self, now: float, confidence: float) -> None:
+        capacity = self.times.size
+        at = (self.start + self.size) % capacity
+        self.times[at], self.confidence[at] = now, confidence
+        if self.size < capacity:
+            self.size += 1
+        else:
+            self.start = (self.start + 1) % capacity
+
+    def evict(self, cutoff: float) -> None:
+        while self.size and self.times[self.start] < cutoff:
+            self.start = (self.start + 1) % self.times.size
+            self.size -= 1
+
+    def values(self) -> NDArray[np.float64]:
+        order = (self.start + np.arange(self.size)) % self.times.size
+        return np.asarray(self.confidence[order], dtype=np.float64)
+
+
+class PredictionWindow:
+    """Top-1 probabilities of every prediction the monitor examined, labelled or not: one ring per
+    (model, version, cohort slice), the slices given by the same :class:`CohortGuard` as the labelled
+    windows. Each ring keeps the last ``horizon_s`` seconds (store clock), at most ``max_items``
+    (float64 time and confidence: 16 bytes each; the confidence exactly as the labelled windows hold it, so
+    one at an ATC threshold counts as it did when the threshold was fitted). The accuracy estimates are
+    shares of these. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        guard: CohortGuard,
+        horizon_s: float = DEFAULT_RECENT_HORIZON_S,
+        max_items: int = DEFAULT_RECENT_MAX_ITEMS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if horizon_s <= 0 or max_items < 1:
+            raise ValueError(f"horizon_s must be > 0 and max_items >= 1, got {horizon_s} and {max_items}")
+        self._guard = guard
+        self._horizon_s = horizon_s
+        self._max_items = max_items
+        self._clock = clock
+        self._rings: dict[SeriesKey, _Ring] = {}
+        self._lock = threading.Lock()
+
+    def append(self, model: str, version: str, cohort: Mapping[str, str], confidence: float) -> None:
+        keys = [SeriesKey(model, version, label) for label in self._guard.slices(cohort)]
+        now = self._clock()
+        with self._lock:
+            for key in keys:
+                ring = self._rings.get(key)
+                if ring is None:
+                    ring = self._rings[key] = _Ring(self._max_items)
+                ring.append(now, confidence)
+
+    def forget(self, model: str) -> None:
+        with self._lock:
+            for key in [key for key in self._rings if key.model == model]:
+                del self._rings[key]
+
+    def snapshots(self, model: str) -> list[ConfidenceSnapshot]:
+        """The non-empty rings of ``model`` after evicting expired predictions, sorted by key."""
+        cutoff = self._clock() - self._horizon_s
+        with self._lock:
+            found = []
+            for key in sorted(k for k in self._rings if k.model == model):
+                ring = self._rings[key]
+                ring.evict(cutoff)
+                if not ring.size:
+                    del self._rings[key]
+                    continue
+                found.append(ConfidenceSnapshot(key=key, confidence=ring.values()))
+            return found

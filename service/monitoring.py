@@ -8,9 +8,13 @@ answers with the figures the owning monitor published for the whole fleet.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+import orjson
 from redis.asyncio import Redis
 
 from common import keys
@@ -20,6 +24,7 @@ from monitors.drift.reference import Reference
 from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.references import ReferenceStore
 from monitors.fleet.results import DriftStatus, QualityReport
+from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
 from service.feed_writer import LABELLED, FeedWriter
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,17 @@ class LabelVerdict:
     outcome: str
     """``matched``, ``unmatched`` (never seen, expired or labelled already) or ``rejected``."""
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedView:
+    """A view as the owning monitor published it (``body`` is its JSON), or why there is none."""
+
+    body: bytes | None
+    monitored: bool
+    """Whether the model is known to the monitors (some replica published its records or a reference)."""
+    status: ProjectionStatus | None = None
+    """The owner's projection methods and errors (projections only)."""
 
 
 @dataclass(slots=True)
@@ -94,9 +110,11 @@ class Monitoring:
         self.labels.labels(record.model, "true").inc()
         result.matched += 1
 
-    async def set_reference(self, model: str, reference: Reference) -> str:
+    async def set_reference(
+        self, model: str, reference: Reference, *, margin: npt.NDArray[np.float64] | None = None
+    ) -> str:
         try:
-            return await self.references.put(model, reference)
+            return await self.references.put(model, reference, margin=margin)
         except REDIS_FAILED:
             raise RedisUnavailable("redis: reference not stored") from None
 
@@ -108,9 +126,55 @@ class Monitoring:
         body = await self._get(keys.quality_report(model), "calibration")
         return None if body is None else QualityReport.model_validate_json(body)
 
+    async def projection(self, model: str, method: str) -> PublishedView:
+        """The published projection; asking marks it wanted, so the owner keeps computing it for a while."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.projection_wanted(model, method), b"1", ex=WANTED_TTL_S)
+        pipe.get(keys.projection(model, method))
+        pipe.get(keys.projection_status(model))
+        pipe.sismember(keys.MONITORED_MODELS, model)
+        try:
+            _, body, status, monitored = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: projection not read") from None
+        parsed = None if status is None else ProjectionStatus.model_validate_json(status)
+        return PublishedView(body=body, monitored=bool(monitored), status=parsed)
+
+    async def distributions(self, model: str) -> PublishedView:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.distributions(model))
+        pipe.sismember(keys.MONITORED_MODELS, model)
+        try:
+            body, monitored = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: distributions not read") from None
+        return PublishedView(body=body, monitored=bool(monitored))
+
+    async def drift_history(self, model: str) -> tuple[DriftHistory, bool]:
+        """The model's drift-score history, oldest first, and whether the model is known to the monitors."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xrange(keys.drift_history(model))
+        pipe.sismember(keys.MONITORED_MODELS, model)
+        try:
+            entries, monitored = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: drift history not read") from None
+        history = await asyncio.to_thread(_history, model, entries)
+        return history, bool(monitored)
+
     async def _get(self, key: str, what: str) -> bytes | None:
         try:
             value: bytes | None = await self._redis.get(key)  # type: ignore[assignment]
         except REDIS_FAILED:
             raise RedisUnavailable(f"redis: {what} not read") from None
         return value
+
+
+def _history(model: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DriftHistory:
+    points: list[HistoryPoint] = []
+    for _, fields in entries:
+        try:
+            points += [HistoryPoint.model_validate(item) for item in orjson.loads(fields.get(b"p", b"[]"))]
+        except (ValueError, TypeError) as error:  # a foreign or newer entry: skip it, serve the rest
+            log.warning("skipping an unreadable drift-history entry of %s: %s", model, error)
+    return DriftHistory(model=model, points=tuple(points))

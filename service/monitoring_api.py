@@ -1,10 +1,10 @@
-"""HTTP routes of the monitors: delayed labels, drift references and status, calibration."""
+"""HTTP routes of the monitors: delayed labels, drift references and status, calibration, overview views."""
 
 from __future__ import annotations
 
 import io
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
@@ -12,14 +12,15 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from common.errors import InvalidInput, MonitorsOff, NotFound
+from common.errors import InvalidInput, MonitorsOff, NotFound, Unavailable
 from common.names import MODEL_PATTERN
-from monitors.fleet.references import reference_from_arrays
+from monitors.fleet.references import upload_from_arrays
 from monitors.fleet.results import SeriesQuality
+from monitors.fleet.views import Projection
 from service.auth import Scope
 from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.errors import FieldError
-from service.monitoring import Monitoring
+from service.monitoring import Monitoring, PublishedView
 from service.sidecar import Sidecar
 
 router = APIRouter()
@@ -69,7 +70,7 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:
         embeddings, probabilities = await run_in_threadpool(_arrays, body, content_type)
-        reference = await run_in_threadpool(reference_from_arrays, embeddings, probabilities)
+        reference, margin = await run_in_threadpool(upload_from_arrays, embeddings, probabilities)
         dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
         known = sidecar.ingest.embedding_dims.get(model)
         if known is not None and known != dims:
@@ -80,7 +81,7 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
     except ValueError as error:
         field = str(error).split(":", 1)[0]
         raise InvalidInput(str(error), field=field if " " not in field else "body") from None
-    await monitoring.set_reference(model, reference)
+    await monitoring.set_reference(model, reference, margin=margin)
     sidecar.ingest.embedding_dims[model] = dims
     body_out = {
         "model": model,
@@ -145,8 +146,11 @@ async def get_calibration(
     version: Annotated[str | None, Query(max_length=64)] = None,
     cohort: Annotated[str | None, Query(max_length=300)] = None,
 ) -> Response:
-    series = await _series(sidecar, model, version, cohort)
-    body = {"model": model, "series": [s.model_dump() for s in series]}
+    report = await _monitoring(sidecar).quality(model)
+    chosen = report.chosen(version=version, cohort=cohort) if report is not None else None
+    shown = {"series", "estimates", "temperature", "window_s", "updated_at"}
+    figures = chosen.model_dump(include=shown) if chosen is not None else {}
+    body = {"model": model, "series": [], "estimates": [], "temperature": [], **figures}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -170,3 +174,75 @@ def _render_reliability(series: SeriesQuality, title: str) -> bytes:
     from service.images import render_reliability_png  # Pillow, loaded on the first chart asked for
 
     return render_reliability_png(series.calibration(), title=title)
+
+
+# --- model overview views (computed by the owning monitor, served as published) ------------------------
+
+
+def _unknown(model: str) -> NotFound:
+    return NotFound(
+        f"model: {model!r} is unknown to the monitors (no events or reference published for it)", field="model"
+    )
+
+
+@router.get("/v1/models/{model}/projection", dependencies=[ReadScope], summary="2-D embedding projection")
+async def get_projection(
+    model: ModelPath,
+    sidecar: SidecarDep,
+    method: Annotated[Literal["pca", "umap"], Query()] = "pca",
+    limit: Annotated[int | None, Query(ge=2, le=100_000)] = None,
+) -> Response:
+    view = await _monitoring(sidecar).projection(model, method)
+    if view.body is None:
+        raise _projection_missing(model, method, view)
+    if limit is None:
+        return Response(view.body, media_type="application/json")  # as published: no parsing on the request path
+    body = await run_in_threadpool(_limited, view.body, limit)
+    return Response(body, media_type="application/json")
+
+
+def _limited(body: bytes, limit: int) -> bytes:
+    return Projection.model_validate_json(body).limited(limit).model_dump_json().encode()
+
+
+def _projection_missing(model: str, method: str, view: PublishedView) -> Exception:
+    if not view.monitored:
+        return _unknown(model)
+    if view.status is not None and method not in view.status.methods:
+        enabled = ", ".join(view.status.methods) or "none"
+        return InvalidInput(
+            f"method: {method} is not computed by this fleet's monitors (VAI_PROJECTION_METHODS: {enabled})",
+            field="method",
+        )
+    error = None if view.status is None else view.status.errors.get(method)
+    if error is not None:
+        return Unavailable(
+            f"method: the {method} projection failed ({error}); retried when traffic changes", retry_after_s=30
+        )
+    wait_s = 10 if method == "umap" else 2
+    return Unavailable(
+        f"the {method} projection of {model!r} is being computed by its monitor; try again in {wait_s} s",
+        retry_after_s=wait_s,
+    )
+
+
+@router.get("/v1/models/{model}/drift/history", dependencies=[ReadScope], summary="Drift scores over time")
+async def get_drift_history(model: ModelPath, sidecar: SidecarDep) -> Response:
+    history, monitored = await _monitoring(sidecar).drift_history(model)
+    if not history.points and not monitored:
+        raise _unknown(model)
+    return Response(await run_in_threadpool(history.model_dump_json), media_type="application/json")
+
+
+@router.get(
+    "/v1/models/{model}/distributions", dependencies=[ReadScope], summary="Confidence and margin now vs reference"
+)
+async def get_distributions(model: ModelPath, sidecar: SidecarDep) -> Response:
+    view = await _monitoring(sidecar).distributions(model)
+    if view.body is None:
+        if not view.monitored:
+            raise _unknown(model)
+        raise Unavailable(
+            f"the distributions of {model!r} are being computed by its monitor; try again", retry_after_s=5
+        )
+    return Response(view.body, media_type="application/json")

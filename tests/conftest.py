@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+import monitors.drift.online  # alibi-detect's slow import once, here, never racing in a monitor thread
 from attribution_workers.loader import LoadedModel, ModelSpec, load_model
 from attribution_workers.settings import WorkerSettings
 from common.embedded_redis import EmbeddedRedis

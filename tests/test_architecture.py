@@ -22,7 +22,7 @@ ALLOWED = {
     "demo": {"common", "sampler", "monitors", "attribution_workers", "service"},
 }
 """What each top-level package may import; ``demo`` is imported by nothing."""
-HEAVY = ("torch", "captum", "alibi_detect", "matplotlib", "sklearn")
+HEAVY = ("torch", "captum", "alibi_detect", "matplotlib", "sklearn", "umap", "numba", "pynndescent")
 
 
 def _modules() -> dict[str, Path]:

@@ -9,6 +9,10 @@
 | ``vai_monitor_oldest_waiting_seconds`` | gauge | model | age of the oldest record not yet examined |
 | ``vai_monitor_owned`` | gauge | model | 1 on the monitor process that owns the model |
 | ``vai_monitor_members`` | gauge | | monitor processes alive, as this one sees them |
+| ``vai_estimated_accuracy`` | gauge | model, version, cohort | accuracy estimated from confidences alone (ATC) |
+| ``vai_calibration_temperature`` | gauge | model, version | temperature minimising the labelled window's NLL |
+| ``vai_calibration_ece_after_temperature`` | gauge | model, version | ECE the window would have after that scaling |
+| ``vai_monitor_projection_seconds`` | gauge | model, method | compute time of the latest embedding projection |
 
 Only the owner of a model exports its series, so each has exactly one source in the fleet.
 """
@@ -16,6 +20,8 @@ Only the owner of a model exports its series, so each has exactly one source in 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from monitors.fleet.results import QualityReport
 
 
 class MonitorMetrics:
@@ -38,8 +44,55 @@ class MonitorMetrics:
         )
         self.owned = Gauge("vai_monitor_owned", "1 on the process that owns the model.", model, registry=registry)
         self.members = Gauge("vai_monitor_members", "Monitor processes alive.", registry=registry)
+        self.estimated_accuracy = Gauge(
+            "vai_estimated_accuracy",
+            "Accuracy estimated from the confidences of recent predictions (ATC): an estimate, not a measurement.",
+            ("model", "version", "cohort"),
+            registry=registry,
+        )
+        self.temperature = Gauge(
+            "vai_calibration_temperature",
+            "Temperature minimising the NLL of the labelled window.",
+            ("model", "version"),
+            registry=registry,
+        )
+        self.ece_after_temperature = Gauge(
+            "vai_calibration_ece_after_temperature",
+            "ECE of the labelled window after temperature scaling.",
+            ("model", "version"),
+            registry=registry,
+        )
+        self._estimate_series: dict[str, dict[Gauge, set[tuple[str, ...]]]] = {}
+        self.projection_seconds = Gauge(
+            "vai_monitor_projection_seconds",
+            "Compute time of the latest embedding projection (UMAP: fit included when it fitted).",
+            ("model", "method"),
+            registry=registry,
+        )
+
+    def publish_estimates(self, report: QualityReport) -> None:
+        """Set the estimate and temperature gauges of ``report``'s model; drop its series the report no longer has."""
+        values: dict[Gauge, dict[tuple[str, ...], float]] = {
+            self.estimated_accuracy: {
+                (report.model, e.version, e.cohort): e.estimated_accuracy for e in report.estimates
+            },
+            self.temperature: {(report.model, t.version): t.temperature for t in report.temperature},
+            self.ece_after_temperature: {(report.model, t.version): t.ece_after for t in report.temperature},
+        }
+        seen = self._estimate_series.setdefault(report.model, {})
+        for family, series in values.items():
+            for labels in seen.get(family, set()) - series.keys():
+                family.remove(*labels)
+            for labels, value in series.items():
+                family.labels(*labels).set(value)
+            seen[family] = set(series)
 
     def forget(self, model: str) -> None:
         for family in (self.examined, self.labelled, self.invalid, self.backlog, self.oldest, self.owned):
             if (model,) in family._metrics:
                 family.remove(model)
+        for estimated, series in self._estimate_series.pop(model, {}).items():
+            for labels in series:
+                estimated.remove(*labels)
+        for placed in [key for key in self.projection_seconds._metrics if key[0] == model]:
+            self.projection_seconds.remove(*placed)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,11 @@ from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.drift_state import DriftStates, Started
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.reports import drift_status, quality_report
 from monitors.fleet.settings import MonitorSettings
 from monitors.records import LabelledPrediction
-from monitors.window import WindowStore
+from monitors.window import PredictionWindow, WindowStore
 
 log = logging.getLogger(__name__)
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -43,9 +45,11 @@ class OwnedModel:
         states: DriftStates,
         runner: DriftRunner,
         windows: WindowStore,
+        recent: PredictionWindow,
         metrics: MonitorMetrics,
         settings: MonitorSettings,
         skipped: Any,
+        views: ModelViews | None = None,
     ) -> None:
         self.model = model
         self._redis = redis
@@ -53,6 +57,7 @@ class OwnedModel:
         self._states = states
         self._runner = runner
         self._windows = windows
+        self._recent = recent
         self._metrics = metrics
         self._settings = settings
         self._versions = BoundedLabel(settings.max_versions_per_model)
@@ -64,6 +69,8 @@ class OwnedModel:
         self._next_waiting_s: float | None = None
         self._examined_seen = 0
         self._stopping = False
+        self.views = views
+        """Projection, drift history and distributions of the model overview."""
 
     async def start(self) -> None:
         self._drift = await self._states.start(self.model)
@@ -76,6 +83,7 @@ class OwnedModel:
             asyncio.create_task(self._forever(self._read_labelled), name=f"labelled-{self.model}"),
             asyncio.create_task(self._every(self._settings.monitor_status_s, self._publish_status)),
             asyncio.create_task(self._every(self._settings.monitor_report_s, self._publish_quality)),
+            *self._view_tasks(),
         ]
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
@@ -89,6 +97,7 @@ class OwnedModel:
         self._tasks = []
         self._runner.remove(self.model)
         self._windows.forget(self.model)
+        self._recent.forget(self.model)
 
     # --- feeds ---------------------------------------------------------------------------------
 
@@ -143,6 +152,11 @@ class OwnedModel:
                 log.debug("skipping a feed entry of %s: %s", self.model, error)
                 continue
             self.buffer.append(DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s))
+            if self.views is not None:
+                self.views.observe(record)
+            self._recent.append(
+                self.model, self._versions(record.version), record.cohort, min(max(record.confidence, 0.0), 1.0)
+            )
 
     async def _reload_window(self) -> None:
         """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must."""
@@ -187,6 +201,8 @@ class OwnedModel:
                 )
             )
             self._metrics.labelled.labels(self.model).inc()
+            if self.views is not None:
+                self.views.label(record.request_id, record.label)
 
     # --- results -------------------------------------------------------------------------------
 
@@ -213,6 +229,8 @@ class OwnedModel:
             self.model, drift.monitor, examined=examined, backlog=backlog, waiting_s=waiting_s, owner=self._leases.owner
         )
         await self._leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()})
+        if self.views is not None:
+            await self.views.record_history(status)
 
     async def _follow_reference(self, drift: Started) -> None:
         latest = await self._states.references.latest_id(self.model)
@@ -241,11 +259,25 @@ class OwnedModel:
             snapshots,
             window_s=self._settings.calibration_window_s,
             owner=self._leases.owner,
+            recent=self._recent.snapshots(self.model),
+            min_labelled=self._settings.estimate_min_labelled,
         )
         await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
+        if not self._stopping:
+            self._metrics.publish_estimates(report)
         # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).
         horizon_ms = int((time.time() - self._settings.calibration_window_s) * 1000)
         await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
+
+    def _view_tasks(self) -> list[asyncio.Task[None]]:
+        views = self.views
+        if views is None:
+            return []
+        every = self._settings.projection_refresh_s
+        steps = [views.publish_distributions] + [
+            partial(views.publish_projection, method) for method in self._settings.projection_methods
+        ]
+        return [asyncio.create_task(self._every(every, step), name=f"views-{self.model}") for step in steps]
 
     # --- plumbing ------------------------------------------------------------------------------
 

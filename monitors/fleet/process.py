@@ -27,8 +27,10 @@ from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases, fair_share
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.owned import OwnedModel, cancelling
+from monitors.fleet.projection import ProjectionPool, UmapSettings
+from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.settings import MonitorSettings
-from monitors.window import WindowStore
+from monitors.window import PredictionWindow, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,22 @@ class MonitorProcess:
         )
         self.metrics = MonitorMetrics(self.registry)
         self.drift_metrics = DriftMetrics(registry=self.registry)
+        guard = CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values)
         self.windows = WindowStore(
-            guard=CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values),
-            horizon_s=settings.calibration_window_s,
-            max_items=settings.calibration_window_max,
+            guard=guard, horizon_s=settings.calibration_window_s, max_items=settings.calibration_window_max
+        )
+        # Every examined prediction's confidence, sliced by the same guard (accuracy estimates).
+        self.recent = PredictionWindow(
+            guard=guard, horizon_s=settings.estimate_window_s, max_items=settings.estimate_window_max
         )
         QualityCollector(store=self.windows, registry=self.registry)
         self.states = DriftStates(self.redis, self.leases, config=settings.drift, metrics=self.drift_metrics)
         self.runner = DriftRunner(max_batch_events=500, math_threads=settings.drift_threads)
         self.owned: dict[str, OwnedModel] = {}
+        self.projections = ProjectionPool(
+            threads=settings.drift_threads, umap=UmapSettings(seed=settings.projection_seed)
+        )
+        """The UMAP worker process, started when a UMAP projection is first wanted."""
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self.stopped = False
@@ -87,6 +96,7 @@ class MonitorProcess:
             async with asyncio.timeout(2.0):
                 await self.leases.leave()
         self.runner.stop()
+        self.projections.close()
         await self.redis.aclose()
 
     async def _loop(self) -> None:
@@ -136,9 +146,11 @@ class MonitorProcess:
             states=self.states,
             runner=self.runner,
             windows=self.windows,
+            recent=self.recent,
             metrics=self.metrics,
             settings=self.settings,
             skipped=self.drift_metrics.skipped(model),
+            views=self._views(model),
         )
         try:
             await owned.start()
@@ -148,6 +160,17 @@ class MonitorProcess:
             raise
         self.owned[model] = owned
         log.info("monitor %s owns %s", self.owner, model)
+
+    def _views(self, model: str) -> ModelViews:
+        return ModelViews(
+            model,
+            redis=self.redis,
+            leases=self.leases,
+            references=self.states.references,
+            pool=self.projections,
+            settings=self.settings,
+            metrics=self.metrics,
+        )
 
     async def _drop(self, model: str, *, release: bool) -> None:
         owned = self.owned.pop(model)

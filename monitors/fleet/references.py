@@ -19,11 +19,37 @@ from common import keys
 from common.redis import execute
 from monitors.drift.reference import Reference
 
+MAX_MARGIN = 1e6
+"""Margins are capped here, as the sidecar caps the feed's ``margin``."""
+_TINY = 1e-12
+
 
 @dataclass(frozen=True, slots=True)
 class StoredReference:
     id: str
     reference: Reference
+    margin: npt.NDArray[np.float64] | None = None
+    """Top-1 minus runner-up log-probability per row; ``None`` without probabilities (or stored before it was kept)."""
+
+
+def margins_of(probabilities: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The feed's ``margin`` of probability rows: ``log p1 - log p2``, as the sidecar computes it for events."""
+    p = np.array(probabilities, dtype=np.float64)
+    rows = np.arange(len(p))
+    predicted = p.argmax(axis=1)
+    first = p[rows, predicted].copy()
+    p[rows, predicted] = -1.0
+    second = p.max(axis=1)  # -1 (so the floor) for a single class
+    margin = np.log(np.maximum(first, _TINY)) - np.log(np.maximum(second, _TINY))
+    return np.asarray(np.minimum(margin, MAX_MARGIN), dtype=np.float64)
+
+
+def upload_from_arrays(embeddings: Any, probabilities: Any) -> tuple[Reference, npt.NDArray[np.float64] | None]:
+    """:func:`reference_from_arrays` and the rows' margins (``None`` without probabilities)."""
+    reference = reference_from_arrays(embeddings, probabilities)
+    if probabilities is None:
+        return reference, None
+    return reference, margins_of(np.asarray(probabilities, dtype=np.float64))
 
 
 def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
@@ -58,8 +84,8 @@ class ReferenceStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def put(self, model: str, reference: Reference) -> str:
-        """Store ``reference`` as the model's newest; returns its id."""
+    async def put(self, model: str, reference: Reference, *, margin: npt.NDArray[np.float64] | None = None) -> str:
+        """Store ``reference`` (and its rows' margins, if known) as the model's newest; returns its id."""
         if reference.embeddings is None:
             raise ValueError("embeddings: a stored reference needs embeddings")
         reference_id = uuid.uuid4().hex
@@ -73,6 +99,8 @@ class ReferenceStore:
             "predicted": np.ascontiguousarray(reference.predicted, dtype="<i8").tobytes(),
             "confidence": np.ascontiguousarray(reference.confidence, dtype="<f8").tobytes(),
         }
+        if margin is not None:
+            fields["margin"] = np.ascontiguousarray(margin, dtype="<f8").tobytes()
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(keys.drift_reference(model))
         pipe.hset(keys.drift_reference(model), mapping=fields)  # type: ignore[arg-type]
@@ -97,4 +125,9 @@ class ReferenceStore:
             embeddings=embeddings,
             has_outputs=fields["has_outputs"] == b"1",
         )
-        return StoredReference(id=fields["id"].decode(), reference=reference)
+        margin = fields.get("margin")  # absent from references stored before margins were kept
+        return StoredReference(
+            id=fields["id"].decode(),
+            reference=reference,
+            margin=None if margin is None else np.frombuffer(margin, dtype="<f8").astype(np.float64),
+        )

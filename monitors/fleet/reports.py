@@ -6,10 +6,21 @@ import time
 from collections.abc import Sequence
 
 from monitors.calibration import calibration_of
+from monitors.cohorts import ALL
 from monitors.drift.monitor import DriftMonitor
-from monitors.fleet.results import Bin, DetectorVerdict, DriftStatus, QualityReport, SeriesQuality
+from monitors.estimates import MIN_LABELLED, estimate_cohorts
+from monitors.fleet.results import (
+    AccuracyEstimate,
+    Bin,
+    DetectorVerdict,
+    DriftStatus,
+    QualityReport,
+    SeriesQuality,
+    TemperatureScaling,
+)
 from monitors.quality import quality_of
-from monitors.window import SeriesSnapshot
+from monitors.temperature import temperature_of
+from monitors.window import ConfidenceSnapshot, SeriesSnapshot
 
 
 def drift_status(
@@ -60,11 +71,67 @@ def series_quality(snapshot: SeriesSnapshot) -> SeriesQuality:
     )
 
 
-def quality_report(model: str, snapshots: Sequence[SeriesSnapshot], *, window_s: float, owner: str) -> QualityReport:
+def accuracy_estimates(
+    snapshots: Sequence[SeriesSnapshot], recent: Sequence[ConfidenceSnapshot], *, min_labelled: int = MIN_LABELLED
+) -> tuple[AccuracyEstimate, ...]:
+    """ATC estimates of one model's (version, cohort) slices from its labelled windows and recent predictions."""
+    found = estimate_cohorts(
+        {(s.key.version, s.key.cohort): s.records for s in snapshots},
+        {(r.key.version, r.key.cohort): r.confidence for r in recent},
+        min_labelled=min_labelled,
+    )
+    return tuple(
+        AccuracyEstimate(
+            version=e.version,
+            cohort=e.cohort,
+            estimated_accuracy=e.estimated_accuracy,
+            predictions=e.predictions,
+            threshold=e.fit.threshold,
+            fitted_on=e.fit.fitted_on,
+            fitted_cohort=e.fitted_cohort,
+        )
+        for e in found
+    )
+
+
+def temperature_scaling(
+    snapshots: Sequence[SeriesSnapshot], *, min_labelled: int = MIN_LABELLED
+) -> tuple[TemperatureScaling, ...]:
+    """The temperature of each version, fitted on its labelled window (cohort ``all``)."""
+    scaled = []
+    for snapshot in snapshots:
+        fit = temperature_of(snapshot.records, min_labelled=min_labelled) if snapshot.key.cohort == ALL else None
+        if fit is not None:
+            scaled.append(
+                TemperatureScaling(
+                    version=snapshot.key.version,
+                    temperature=fit.temperature,
+                    ece_before=fit.ece_before,
+                    ece_after=fit.ece_after,
+                    nll_before=fit.nll_before,
+                    nll_after=fit.nll_after,
+                    count=fit.count,
+                )
+            )
+    return tuple(scaled)
+
+
+def quality_report(
+    model: str,
+    snapshots: Sequence[SeriesSnapshot],
+    *,
+    window_s: float,
+    owner: str,
+    recent: Sequence[ConfidenceSnapshot] = (),
+    min_labelled: int = MIN_LABELLED,
+) -> QualityReport:
+    """The report of one model: ``snapshots`` are its labelled windows, ``recent`` its recent predictions."""
     return QualityReport(
         model=model,
         window_s=window_s,
         series=tuple(series_quality(s) for s in snapshots),
+        estimates=accuracy_estimates(snapshots, recent, min_labelled=min_labelled),
+        temperature=temperature_scaling(snapshots, min_labelled=min_labelled),
         owner=owner,
         updated_at=time.time(),
     )

@@ -7,6 +7,8 @@ types only (numpy): a sidecar imports this without the detectors.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitors.calibration import CalibrationReport, ReliabilityBin
@@ -82,10 +84,59 @@ class SeriesQuality(_Result):
         )
 
 
+class AccuracyEstimate(_Result):
+    """Estimated accuracy of one (model version, cohort slice) from its recent predictions alone (ATC, see
+    :mod:`monitors.estimates`): an estimate, not a measurement."""
+
+    version: str
+    cohort: str
+    estimated_accuracy: float
+    predictions: int
+    """Recent predictions, labelled or not, the estimate is the share of (those with confidence >= threshold)."""
+    threshold: float
+    fitted_on: int
+    """Labelled predictions the threshold was fitted on."""
+    source: Literal["labelled_window", "reference"] = "labelled_window"
+    fitted_cohort: str
+    """Cohort slice the threshold was fitted on: this one, or ``all`` when this one has too few labels."""
+
+
+class TemperatureScaling(_Result):
+    """What one temperature ``T`` fitted on a version's labelled window would do (see :mod:`monitors.temperature`)."""
+
+    version: str
+    temperature: float
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    count: int
+    """Labelled probability vectors of the version's window (cohort ``all``) the fit used."""
+
+
 class QualityReport(_Result):
     v: int = FORMAT_VERSION
     model: str
     window_s: float
     series: tuple[SeriesQuality, ...] = ()
+    estimates: tuple[AccuracyEstimate, ...] = ()
+    """Per (version, cohort) with enough labels to fit on and recent predictions to estimate from."""
+    temperature: tuple[TemperatureScaling, ...] = ()
+    """Per version whose labelled window holds enough probability vectors."""
     owner: str
     updated_at: float
+
+    def chosen(self, *, version: str | None = None, cohort: str | None = None) -> QualityReport:
+        """The report narrowed to a version and/or a cohort (``None``: all); temperatures are per version only.
+        Series without labelled predictions are left out."""
+
+        def kept(item: SeriesQuality | AccuracyEstimate) -> bool:
+            return (version is None or item.version == version) and (cohort is None or item.cohort == cohort)
+
+        return self.model_copy(
+            update={
+                "series": tuple(s for s in self.series if kept(s) and s.count),
+                "estimates": tuple(e for e in self.estimates if kept(e)),
+                "temperature": tuple(t for t in self.temperature if version is None or t.version == version),
+            }
+        )

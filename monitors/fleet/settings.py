@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from common.settings import CommaList, RoleSettings
 from monitors.drift.config import DriftConfig
+from monitors.fleet.views import METHODS
 
 
 class MonitorSettings(RoleSettings):
@@ -43,3 +44,35 @@ class MonitorSettings(RoleSettings):
     """Sliding window of labelled predictions behind calibration and quality figures."""
     calibration_window_max: int = Field(default=10_000, ge=1)
     """Most labelled predictions per window (per model version and cohort slice)."""
+    estimate_window_s: float = Field(default=900.0, gt=0)
+    """Recent predictions (labelled or not) behind the accuracy estimates (ATC)."""
+    estimate_window_max: int = Field(default=5_000, ge=1)
+    """Most recent predictions kept per model version and cohort slice for the accuracy estimates."""
+    estimate_min_labelled: int = Field(default=30, ge=1)
+    """Fewest labelled predictions an accuracy threshold (ATC) or a temperature is fitted on; below, none is shown."""
+
+    projection_methods: CommaList = ("pca", "umap")
+    """Embedding projections of the model overview (``pca``, ``umap``), each computed only while asked for."""
+    projection_max_reference: int = Field(default=2_000, ge=4, le=5_000)
+    """Most reference embeddings in a projection (a seeded random sample of the reference). UMAP fits under
+    4,096 rows with exact neighbours; above, NN-descent, whose first compile costs minutes and ~0.5 GiB more."""
+    projection_max_production: int = Field(default=2_000, ge=1)
+    """Most production embeddings in a projection: the latest examined records that have one."""
+    projection_refresh_s: float = Field(default=5.0, gt=0)
+    """How often projections and distributions are recomputed (only when their inputs changed)."""
+    projection_seed: int = 0
+    """Seed of the reference sample and of UMAP (reproducible layouts on every owner)."""
+    distribution_events: int = Field(default=10_000, ge=1)
+    """Latest examined records behind the confidence and margin histograms."""
+    drift_history_s: float = Field(default=5.0, gt=0)
+    """Least time between two points of the drift-score history (a point is added only when a verdict changed)."""
+    drift_history_max: int = Field(default=2_000, ge=10)
+    """Most points (each with every detector's verdict) kept in a model's drift-score history."""
+
+    @field_validator("projection_methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown projection methods {unknown}; choose among {list(METHODS)}")
+        return value

@@ -1,0 +1,171 @@
+"""2-D projections of embeddings in the reference's frame: PCA (numpy) and UMAP (umap-learn, in a child process).
+
+Both are fitted on the reference sample once per reference id and only *transform* production, so a
+point keeps its place between refreshes and production is drawn in the reference's coordinates.
+
+PCA is a centred SVD (milliseconds for a few thousand rows; run in a thread). UMAP's first fit costs
+seconds to tens of seconds (``import umap`` and numba's JIT included), so it runs in one spawned worker
+process (:class:`ProjectionPool`) that keeps the fitted models, and never stalls the monitor's event loop,
+its lease renewals or its detectors. umap is imported in that process only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Coordinates = npt.NDArray[np.float64]
+"""Shape ``(n, 2)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PcaFrame:
+    """The reference's mean and its two principal axes (rows of ``components``)."""
+
+    mean: npt.NDArray[np.float64]
+    components: npt.NDArray[np.float64]
+
+    @classmethod
+    def fit(cls, reference: npt.NDArray[np.floating[Any]]) -> PcaFrame:
+        """Centred SVD; each axis's sign fixed so its largest loading is positive (as scikit-learn does)."""
+        x = np.asarray(reference, dtype=np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"PCA needs at least 2 reference rows, got shape {list(x.shape)}")
+        mean = x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        components = np.zeros((2, x.shape[1]))
+        axes = vt[: min(2, len(vt))]
+        signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+        components[: len(axes)] = axes * np.where(signs == 0, 1.0, signs)[:, None]
+        return cls(mean=mean, components=components)
+
+    def transform(self, x: npt.NDArray[np.floating[Any]]) -> Coordinates:
+        if len(x) == 0:
+            return np.zeros((0, 2))
+        return np.asarray((np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class UmapSettings:
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    seed: int = 0
+    cached_models: int = 8
+    """Fitted models kept by the worker process (one per reference id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UmapResult:
+    reference: Coordinates
+    production: Coordinates
+    fit_s: float
+    transform_s: float
+    cached: bool
+    """Whether the reference's fitted model was reused (no fit ran)."""
+
+
+_FITTED: OrderedDict[str, Any] = OrderedDict()
+"""The worker process's fitted UMAP models by reference id, least recently used first."""
+
+
+def fit_umap(reference: npt.NDArray[np.float32], settings: UmapSettings) -> Any:
+    """A UMAP model fitted on ``reference`` (seeded, so single-threaded and reproducible)."""
+    import umap  # heavy (numba): only ever in the projection process or a benchmark
+
+    if len(reference) < 4:
+        raise ValueError(f"UMAP needs at least 4 reference rows, got {len(reference)}")
+    model = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(settings.n_neighbors, len(reference) - 1),
+        min_dist=settings.min_dist,
+        random_state=settings.seed,
+        n_jobs=1,
+    )
+    model.fit(np.asarray(reference, dtype=np.float32))
+    return model
+
+
+def umap_project(
+    reference_id: str,
+    reference: npt.NDArray[np.float32],
+    production: npt.NDArray[np.float32],
+    settings: UmapSettings,
+) -> UmapResult:
+    """Runs in the worker process: fit on ``reference`` unless cached under ``reference_id``; transform production."""
+    started = time.perf_counter()
+    model = _FITTED.get(reference_id)
+    cached = model is not None
+    if model is None:
+        model = fit_umap(reference, settings)
+        _FITTED[reference_id] = model
+        while len(_FITTED) > settings.cached_models:
+            _FITTED.popitem(last=False)
+    _FITTED.move_to_end(reference_id)
+    fitted = time.perf_counter()
+    placed = model.transform(np.asarray(production, dtype=np.float32)) if len(production) else np.zeros((0, 2))
+    return UmapResult(
+        reference=np.asarray(model.embedding_, dtype=np.float64),
+        production=np.asarray(placed, dtype=np.float64),
+        fit_s=fitted - started,
+        transform_s=time.perf_counter() - fitted,
+        cached=cached,
+    )
+
+
+def _limit_threads(threads: int) -> None:
+    """Initializer of the worker: bounded math threads, set before numba or BLAS is loaded."""
+    for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+
+
+class ProjectionPool:
+    """One spawned worker process for UMAP, started on first use, shared by every model this monitor owns."""
+
+    def __init__(self, *, threads: int = 1, umap: UmapSettings | None = None) -> None:
+        self._threads = threads
+        self.umap_settings = umap or UmapSettings()
+        self._executor: ProcessPoolExecutor | None = None
+
+    async def umap(
+        self, reference_id: str, reference: npt.NDArray[np.float32], production: npt.NDArray[np.float32]
+    ) -> UmapResult:
+        executor = self._start()
+        call = partial(umap_project, reference_id, reference, production, self.umap_settings)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, call)
+        except BrokenProcessPool:
+            self.close()  # the worker died (killed, out of memory): the next call starts a fresh one
+            raise
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_limit_threads,
+                initargs=(self._threads,),
+            )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the worker now, even in the middle of a fit (a fit can take tens of seconds)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes: dict[int, Any] = dict(getattr(executor, "_processes", None) or {})  # no public way to kill
+        for process in processes.values():
+            with contextlib.suppress(OSError, ValueError):
+                process.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)  # returns once the pool saw its worker go

@@ -1,0 +1,126 @@
+"""The model-overview views the owning monitor publishes: embedding projection, drift history, distributions.
+
+Typed, versioned JSON in Redis (the owner writes, every sidecar replica reads and serves it). Pydantic
+and numpy only, so the sidecar imports this without umap, scikit-learn or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+FORMAT_VERSION = 1
+METHODS = ("pca", "umap")
+"""Projection methods a monitor can compute (``VAI_PROJECTION_METHODS`` picks among them)."""
+Method = Literal["pca", "umap"]
+WANTED_TTL_S = 300
+"""A projection asked for within this long keeps being refreshed; an idle model's projections cost nothing."""
+NOTE = (
+    "2-D projection of the embeddings: production points are placed in the reference's frame (PCA fitted, or "
+    "UMAP fitted, on the reference sample). Distances and clusters in 2-D are not distances in the embedding "
+    "space; read the drift detectors' verdicts for whether production moved."
+)
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ProjectionPoint(_Result):
+    x: float
+    y: float
+    source: Literal["reference", "production"]
+    time: float | None = None
+    predicted: int | None = None
+    label: int | None = None
+    cohort: dict[str, str] = {}
+    request_id: str | None = None
+    """Set only for production events sampled for explanation (their record opens with this id)."""
+
+
+class Projection(_Result):
+    v: int = FORMAT_VERSION
+    model: str
+    method: Method
+    computed_at: float
+    seconds: float
+    """Compute time of this projection (fit included when the reference's frame was fitted for it)."""
+    reference_count: int
+    production_count: int
+    points: tuple[ProjectionPoint, ...] = ()
+    note: str = NOTE
+    reference_id: str = ""
+    owner: str = ""
+
+    def limited(self, limit: int | None) -> Projection:
+        """At most ``limit`` points, taken evenly from each source in proportion (each source keeps one)."""
+        if limit is None or len(self.points) <= limit:
+            return self
+        reference = [p for p in self.points if p.source == "reference"]
+        production = [p for p in self.points if p.source == "production"]
+        keep_reference = round(limit * len(reference) / len(self.points))
+        if reference and production:
+            keep_reference = min(max(keep_reference, 1), limit - 1)
+        chosen = _evenly(reference, keep_reference) + _evenly(production, limit - keep_reference)
+        return self.model_copy(
+            update={
+                "points": tuple(chosen),
+                "reference_count": sum(p.source == "reference" for p in chosen),
+                "production_count": sum(p.source == "production" for p in chosen),
+            }
+        )
+
+
+def _evenly(points: list[ProjectionPoint], count: int) -> list[ProjectionPoint]:
+    if count >= len(points):
+        return points
+    if count <= 0:
+        return []
+    return [points[int(i)] for i in np.linspace(0, len(points) - 1, count).round().astype(int)]
+
+
+class ProjectionStatus(_Result):
+    """What the sidecar needs to say why a projection is missing."""
+
+    v: int = FORMAT_VERSION
+    methods: tuple[str, ...]
+    """Methods the owning monitor computes (when asked for)."""
+    errors: dict[str, str] = {}
+    """Latest failure per method, cleared by its next success."""
+    updated_at: float
+
+
+class HistoryPoint(_Result):
+    time: float
+    detector: str
+    score: float
+    threshold: float
+    drift: bool
+
+
+class DriftHistory(_Result):
+    model: str
+    points: tuple[HistoryPoint, ...] = ()
+    """Oldest first."""
+
+
+class Histogram(_Result):
+    edges: tuple[float, ...]
+    """``len(counts) + 1`` bin edges; values beyond the last edge count in the last bin."""
+    production: tuple[int, ...]
+    reference: tuple[int, ...] | None = None
+    """``None`` when the reference has no such figure (an upload without probabilities)."""
+
+
+class Distributions(_Result):
+    v: int = FORMAT_VERSION
+    model: str
+    updated_at: float
+    production_count: int
+    reference_count: int
+    confidence: Histogram
+    margin: Histogram
+    """Top-1 log-probability minus the runner-up's (the feed's ``margin``)."""
+    owner: str = ""

@@ -1,0 +1,204 @@
+"""The owner's side of the overview views: PCA in the reference's frame, the samples it keeps, reference margins,
+and the capped drift-score history (real Redis, real digits embeddings)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pytest
+import redis
+import torch
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis as AsyncRedis
+from sklearn.decomposition import PCA
+
+from common import keys
+from demo.models.training import DatasetSplit
+from held_out_digits import TORCHSCRIPT_WARNINGS
+from monitors.feed import MonitoringRecord
+from monitors.fleet.lease import Leases
+from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.projection import PcaFrame, ProjectionPool
+from monitors.fleet.projection_sample import ViewSamples
+from monitors.fleet.projection_views import ModelViews
+from monitors.fleet.references import ReferenceStore, margins_of, upload_from_arrays
+from monitors.fleet.results import DetectorVerdict, DriftStatus
+from monitors.fleet.settings import MonitorSettings
+from monitors.fleet.views import Projection, ProjectionPoint
+from service.validation import summarise_rows
+
+pytestmark = TORCHSCRIPT_WARNINGS
+
+
+@pytest.fixture(scope="module")
+def embeddings(
+    digits_path: Path, digits_split: DatasetSplit
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Reference and production embeddings of the digits CNN (held-out test images, two disjoint parts)."""
+    module = torch.jit.load(str(digits_path))  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        x = module.embed(torch.from_numpy(digits_split.test.features)).numpy().astype(np.float32)
+    return x[150:], x[:150]
+
+
+def test_pca_coordinates_equal_scikit_learns_up_to_each_axis_sign(
+    embeddings: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+) -> None:
+    reference, production = embeddings
+    frame = PcaFrame.fit(reference)
+    sklearn = PCA(n_components=2).fit(reference.astype(np.float64))
+    for rows in (reference, production):
+        ours, theirs = frame.transform(rows), sklearn.transform(rows.astype(np.float64))
+        signs = np.sign((ours * theirs).sum(axis=0))
+        assert set(signs.tolist()) <= {-1.0, 1.0}
+        np.testing.assert_allclose(ours * signs, theirs, atol=1e-9 * float(np.abs(theirs).max()))
+    # A frame refitted on the same reference (a new owner) draws every point in the same place.
+    np.testing.assert_array_equal(PcaFrame.fit(reference.copy()).transform(production), frame.transform(production))
+
+
+def test_one_dimensional_embeddings_project_onto_a_line() -> None:
+    reference = np.array([[0.0], [1.0], [3.0]], dtype=np.float32)
+    placed = PcaFrame.fit(reference).transform(np.array([[2.0]], dtype=np.float32))
+    assert placed.shape == (1, 2) and placed[0, 1] == 0.0
+    assert abs(placed[0, 0]) == pytest.approx(2.0 - 4.0 / 3.0)
+
+
+def _point(source: str, n: int) -> ProjectionPoint:
+    return ProjectionPoint(x=float(n), y=0.0, source=source)
+
+
+def test_limit_takes_points_evenly_from_both_sources() -> None:
+    points = tuple(_point("reference", n) for n in range(300)) + tuple(_point("production", n) for n in range(100))
+    full = Projection(
+        model="m", method="pca", computed_at=0.0, seconds=0.0, reference_count=300, production_count=100, points=points
+    )
+    limited = full.limited(40)
+    reference = [p.x for p in limited.points if p.source == "reference"]
+    production = [p.x for p in limited.points if p.source == "production"]
+    assert (len(reference), len(production)) == (30, 10)
+    assert (limited.reference_count, limited.production_count) == (30, 10)
+    assert reference[0] == 0 and reference[-1] == 299 and production[0] == 0 and production[-1] == 99
+    assert np.ptp(np.diff(reference)) <= 1 and np.ptp(np.diff(production)) <= 1, "evenly spaced"
+    tiny = full.limited(2)
+    assert sorted(p.source for p in tiny.points) == ["production", "reference"], "each source keeps a point"
+    assert full.limited(None) is full and full.limited(1000) is full
+
+
+def test_reference_margins_are_the_sidecars_margins() -> None:
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(5) * 0.3, size=200)
+    probabilities[0] = [1.0, 0.0, 0.0, 0.0, 0.0]  # a runner-up at 0: capped like the sidecar caps it
+    probabilities[1] = [0.4, 0.4, 0.2, 0.0, 0.0]  # a tie: margin 0
+    sidecar = [m for _, _, m in summarise_rows(list(probabilities), from_logits=False)]
+    np.testing.assert_allclose(margins_of(probabilities), sidecar, rtol=1e-12)
+    assert margins_of(probabilities)[1] == 0.0
+
+
+def test_references_stored_before_margins_were_kept_still_read(redis_url: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    p = rng.dirichlet(np.ones(3), size=20)
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        try:
+            store = ReferenceStore(client)
+            reference, margin = upload_from_arrays(x, p)
+            assert margin is not None
+            await store.put("with", reference, margin=margin)
+            await store.put("without", reference)  # the format before margins: no "margin" field
+            assert await client.hexists(keys.drift_reference("without"), "margin") == 0
+            stored = await store.get("with")
+            assert stored is not None and stored.margin is not None
+            np.testing.assert_array_equal(stored.margin, margins_of(p))
+            old = await store.get("without")
+            assert old is not None and old.margin is None
+            assert old.reference.embeddings is not None
+            np.testing.assert_array_equal(old.reference.embeddings, x)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def _record(n: int, *, embedding: bool = True) -> MonitoringRecord:
+    return MonitoringRecord(
+        model="m",
+        request_id=f"r{n}",
+        version="v1",
+        time_s=float(n),
+        predicted=n % 3,
+        confidence=0.5,
+        margin=0.1 * n,
+        num_classes=3,
+        embedding=np.full(4, n, dtype=np.float32) if embedding else None,
+    )
+
+
+def test_samples_are_bounded_and_the_first_traffic_becomes_a_frozen_reference() -> None:
+    samples = ViewSamples(max_production=5, max_reference=8, distribution_events=7, traffic_rows=6)
+    for n in range(4):
+        samples.observe(_record(n))
+    assert samples.traffic_reference("me") is None, "fewer records than the drift warm-up takes"
+    for n in range(4, 12):
+        samples.observe(_record(n, embedding=n % 2 == 0))
+    reference = samples.traffic_reference("me")
+    assert reference is not None and reference.embeddings is not None
+    assert reference.embeddings[:, 0].tolist() == [0, 1, 2, 3, 4, 6], "the first six with an embedding"
+    assert [s.request_id for s in samples.snapshot()] == ["r3", "r4", "r6", "r8", "r10"]
+    confidence, margin = samples.score_arrays()
+    assert len(confidence) == 7 and margin.tolist() == pytest.approx([0.1 * n for n in range(5, 12)])
+    for n in range(30):
+        samples.label(f"r{n}", n % 3)
+    assert len(samples.labels) == 20 and "r29" in samples.labels and "r9" not in samples.labels
+
+
+def _status(scores: list[float], *, at: float) -> DriftStatus:
+    return DriftStatus(
+        model="m",
+        state="monitoring",
+        detectors=tuple(
+            DetectorVerdict(name=f"d{i}", score=s, threshold=1.0, drift=s > 1.0) for i, s in enumerate(scores)
+        ),
+        owner="me",
+        updated_at=at,
+    )
+
+
+def test_drift_history_is_capped_oldest_first_and_written_only_by_the_owner(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    settings = MonitorSettings(redis_url=redis_url, drift_history_s=0.001, drift_history_max=10)
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        leases = Leases(client, owner="me", ttl_ms=60_000)
+        views = ModelViews(
+            "m",
+            redis=client,
+            leases=leases,
+            references=ReferenceStore(client),
+            pool=ProjectionPool(),
+            settings=settings,
+            metrics=MonitorMetrics(CollectorRegistry()),
+        )
+        try:
+            await views.record_history(_status([0.5], at=1.0))  # not the owner yet: refused
+            assert await leases.acquire("m")
+            for n in range(30):
+                await views.record_history(_status([0.1 * n, 2.0], at=100.0 + n))
+                await views.record_history(_status([0.1 * n, 2.0], at=200.0 + n))  # unchanged: not appended
+                await asyncio.sleep(0.002)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis_client.xrange(keys.drift_history("m"))  # type: ignore[assignment]
+    assert len(entries) == 10
+    points = [point for _, fields in entries for point in orjson.loads(fields[b"p"])]
+    assert [p["time"] for p in points if p["detector"] == "d0"] == [100.0 + n for n in range(20, 30)]
+    assert all(p["drift"] == (p["score"] > p["threshold"]) for p in points)

@@ -1,0 +1,60 @@
+"""The window of recent confidences behind the accuracy estimates: bounded, expiring, sliced like the labelled
+windows (one guard, so both agree on which values share ``__other__``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitors.cohorts import CohortGuard
+from monitors.window import PredictionWindow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_slices_bound_and_order() -> None:
+    window = PredictionWindow(guard=CohortGuard(keys=["region"], max_values_per_key=1), max_items=3)
+    for i, region in enumerate(["eu", "us", "eu", "eu", "us"]):
+        window.append("m", "v1", {"region": region, "ignored": "x"}, i / 10)
+    window.append("other", "v1", {}, 0.9)
+    found = {s.key.cohort: s.confidence.tolist() for s in window.snapshots("m")}
+    assert found == {
+        "all": pytest.approx([0.2, 0.3, 0.4]),  # the last three, oldest first
+        "region=eu": pytest.approx([0.0, 0.2, 0.3]),
+        "region=__other__": pytest.approx([0.1, 0.4]),  # one value per key allowed: us shares __other__
+    }
+    assert [s.key.model for s in window.snapshots("other")] == ["other"]
+
+
+def test_expired_predictions_go_and_empty_slices_with_them() -> None:
+    clock = Clock()
+    window = PredictionWindow(guard=CohortGuard(keys=["region"], max_values_per_key=5), horizon_s=10, clock=clock)
+    window.append("m", "v1", {"region": "eu"}, 0.5)
+    clock.now = 6.0
+    window.append("m", "v1", {}, 0.7)
+    clock.now = 12.0
+    assert {s.key.cohort: s.confidence.tolist() for s in window.snapshots("m")} == {"all": [0.7]}
+    clock.now = 17.0
+    assert window.snapshots("m") == []
+
+
+def test_the_ring_wraps_many_times_and_forget_drops_a_model() -> None:
+    window = PredictionWindow(guard=CohortGuard(keys=[], max_values_per_key=1), max_items=7)
+    values = np.linspace(0, 1, 53)
+    for value in values:
+        window.append("m", "v", {}, float(value))
+    (snapshot,) = window.snapshots("m")
+    np.testing.assert_array_equal(snapshot.confidence, values[-7:])
+    window.forget("m")
+    assert window.snapshots("m") == []
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_items"):
+        PredictionWindow(guard=CohortGuard(keys=[], max_values_per_key=1), max_items=0)
