@@ -276,7 +276,7 @@ def test_the_model_the_worker_explains_is_the_one_the_init_service_trains() -> N
     services = _services()
     trained = services["models"]["command"]
     assert trained[:2] == ["python", "-c"]
-    assert 'ensure_digits_model(Path("/models"), hold_out_reference=True)' in trained[2]
+    assert 'ensure_digits_weights(ensure_digits_model(Path("/models"), hold_out_reference=True))' in trained[2]
     assert "models:/models" in services["models"]["volumes"]
     path = Path("/models") / digits.HELD_OUT_FILE_NAME
     for name in ("worker", "worker-gpu", "demo-traffic"):
@@ -288,7 +288,8 @@ def test_the_model_the_worker_explains_is_the_one_the_init_service_trains() -> N
 
     worker = WorkerSettings(config_file=VAI_CONFIG)
     (config,) = attribution_configs(worker.models).values()
-    assert config.model.torchscript == path
+    # The eager model with the scripted file's weights (hooks need it): the same weights the traffic runs.
+    assert config.model.factory == digits.FACTORY and config.model.weights == path.with_suffix(".safetensors")
     assert config.model.input_shape == digits.INPUT_SHAPE and config.model.num_classes == digits.NUM_CLASSES
 
 

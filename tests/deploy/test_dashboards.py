@@ -145,6 +145,7 @@ def test_rows_cover_every_signal() -> None:
         "Cohort quality",
         "Attribution pipeline",
         "Explanation trust",
+        "Layer health",
         "Monitor",
     ]
 
@@ -153,7 +154,7 @@ def test_drift_alarms_are_annotations_and_the_viewer_is_linked() -> None:
     annotations = {a["name"]: a for a in _dashboard()["annotations"]["list"] if "expr" in a}
     assert 'detector=~"mmd_online|lsdd_online"' in annotations["Online drift alarms"]["expr"]
     assert 'alertname="VaiModelDriftDetected"' in annotations["Drift alerts"]["expr"]
-    assert "${sidecar}/ui" in [link["url"] for link in _dashboard()["links"]]
+    assert {"${sidecar}/ui", "${sidecar}/ui/models/${model}"} <= {link["url"] for link in _dashboard()["links"]}
     assert _variables()["sidecar"]["type"] == "textbox"
     linked = [
         panel["title"] for panel in _queries() if any(link["url"] == "${sidecar}/ui" for link in panel.get("links", []))

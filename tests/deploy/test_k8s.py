@@ -396,7 +396,7 @@ def test_each_role_accepts_its_environment_and_the_config_file(
             assert set(configs) == {"digits"}
             mounts = [PurePosixPath(mount["mountPath"]) for mount in container["volumeMounts"]]
             for config in configs.values():
-                weights = PurePosixPath(str(config.model.torchscript))
+                weights = PurePosixPath(str(config.model.weights or config.model.torchscript))
                 assert any(weights.is_relative_to(mount) for mount in mounts), f"{weights} is on no volume"
 
 
