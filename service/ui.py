@@ -1,8 +1,9 @@
-"""``GET /ui``: a static viewer of stored explanations for engineers.
+"""``GET /ui``: a static viewer of stored explanations for engineers, and ``GET /ui/models/{model}``,
+the overview of one model (distributions, drift, calibration, cohorts, projection, attribution trust).
 
-The page, its script and its stylesheet hold no data and need no token; the script
-reads the read-token routes of :mod:`service.explanations_api` with a token the user
-types in. Everything is served from here (no CDN), under a Content-Security-Policy
+The pages, their scripts and their stylesheets hold no data and need no token; the scripts
+read the read-token routes of :mod:`service.explanations_api` and :mod:`service.monitoring_api`
+with a token the user types in. Everything is served from here (no CDN), under a Content-Security-Policy
 that allows only this origin's script and style, so the page has no inline code.
 """
 
@@ -14,13 +15,15 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from common.errors import NotFound
+from service.deps import ModelPath
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+_JS, _CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
+_ASSETS = {"app.js": _JS, "app.css": _CSS, "overview.js": _JS, "charts.js": _JS, "overview.css": _CSS}
 _HEADERS = {
     "Cache-Control": "no-cache",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -34,6 +37,12 @@ router = APIRouter(include_in_schema=False)
 @router.get("/ui")
 async def viewer() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+
+@router.get("/ui/models/{model}")
+async def model_overview(model: ModelPath) -> FileResponse:
+    """The same page for every model: its script reads the model's name from the address."""
+    return FileResponse(STATIC_DIR / "overview.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
 
 
 @router.get("/ui/static/{name}")

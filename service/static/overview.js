@@ -1,0 +1,638 @@
+// Overview of one model at /ui/models/{model}: every view at once, drawn as SVG from the read-token JSON routes.
+// Vanilla JS, no build step, no external code; data reaches the page through textContent and attributes only.
+"use strict";
+
+(() => {
+  const C = window.VaiCharts;
+  const TOKEN_KEY = "vai-ui-token"; // shared with the explanation viewer
+  const REFRESH_MS = 10000;
+  const METHODS_LIMIT = 200;
+  const SAMPLED_LISTED = 12;
+  const MODEL = decodeURIComponent(window.location.pathname.replace(/\/+$/, "").split("/").pop() || "");
+  const enc = encodeURIComponent(MODEL);
+  const PATHS = {
+    distributions: `/v1/models/${enc}/distributions`,
+    history: `/v1/models/${enc}/drift/history`,
+    drift: `/v1/models/${enc}/drift`,
+    calibration: `/v1/models/${enc}/calibration`,
+    projection: `/v1/models/${enc}/projection`,
+    methods: `/v1/explanations/${enc}/methods`,
+    layers: `/v1/models/${enc}/layers`,
+  };
+
+  const byId = (id) => document.getElementById(id);
+  const state = {
+    token: "",
+    cycle: new Map(), // path+query -> promise, shared by the views of one refresh
+    busy: new Set(),
+    calibration: null,
+    seriesKey: null,
+    projection: { data: null, method: "pca", colourBy: "class", domain: null, pinned: null },
+    verdict: null,
+  };
+
+  // --- DOM helpers ----------------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") node.className = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  const fmt = C.formatNumber;
+  const pct = (v) => (typeof v === "number" && Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : "—");
+  const num = (v, digits = 3) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "—");
+  const cohortText = (cohort) => Object.entries(cohort || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+
+  function ago(epochSeconds) {
+    if (typeof epochSeconds !== "number") return "at an unknown time";
+    const s = Math.max(0, Date.now() / 1000 - epochSeconds);
+    if (s < 90) return `${Math.round(s)} s ago`;
+    if (s < 5400) return `${Math.round(s / 60)} min ago`;
+    return `${(s / 3600).toFixed(1)} h ago`;
+  }
+
+  function span(seconds) {
+    if (seconds < 120) return `${Math.round(seconds)} s`;
+    if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  function meter(value) {
+    if (typeof value !== "number" || !Number.isFinite(value)) return el("span", { class: "muted" }, "not measured");
+    return el("span", { class: "share" }, el("meter", { min: 0, max: 1, value }), ` ${pct(value)}`);
+  }
+
+  // --- API ------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, message, retryAfter) {
+      super(message);
+      this.status = status;
+      this.retryAfter = retryAfter;
+    }
+  }
+
+  /** No data for a view yet, though the route answered. */
+  class NoData extends Error {}
+
+  async function fetchJson(path, params) {
+    const url = new URL(path, window.location.origin);
+    for (const [name, value] of Object.entries(params || {})) url.searchParams.set(name, value);
+    const headers = { Accept: "application/json" };
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    let response;
+    try {
+      response = await fetch(url, { headers, credentials: "omit", cache: "no-store" });
+    } catch (error) {
+      throw new ApiError(0, "could not reach the sidecar (network error)");
+    }
+    if (!response.ok) {
+      let message = response.statusText || "request failed";
+      try {
+        const body = await response.json();
+        if (body && typeof body.error === "string") message = body.error;
+        else if (body && typeof body.detail === "string") message = body.detail;
+      } catch (error) {
+        // not JSON: keep the status text
+      }
+      throw new ApiError(response.status, message, response.headers.get("Retry-After"));
+    }
+    return response.json();
+  }
+
+  /** One request per path and query in each refresh, shared by the views that need it. */
+  function get(path, params) {
+    const key = `${path}?${new URLSearchParams(params || {})}`;
+    if (!state.cycle.has(key)) state.cycle.set(key, fetchJson(path, params));
+    return state.cycle.get(key);
+  }
+
+  function reason(error) {
+    if (error instanceof NoData) return error.message;
+    if (!(error instanceof ApiError)) return `unexpected error: ${error && error.message ? error.message : error}`;
+    const later = error.retryAfter && !/again/.test(error.message) ? ` (try again in ${error.retryAfter} s)` : "";
+    if (error.status === 0) return error.message;
+    return `${error.status}: ${error.message}${later}`;
+  }
+
+  function showMessage(text) {
+    const box = byId("message");
+    box.className = "message message-error";
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  // --- views ----------------------------------------------------------------------------------
+
+  const VIEWS = [
+    { id: "v-distributions", load: loadDistributions },
+    { id: "v-drift", load: loadDrift },
+    { id: "v-calibration", load: loadCalibration },
+    { id: "v-cohorts", load: loadCohorts },
+    { id: "v-projection", load: loadProjection },
+    { id: "v-methods", load: loadMethods },
+    { id: "v-layers", load: loadLayers },
+  ];
+
+  const part = (section, selector) => section.querySelector(selector);
+
+  function evidence(section, ...text) {
+    part(section, ".evidence").replaceChildren(...text);
+  }
+
+  async function refreshView(view) {
+    if (state.busy.has(view.id)) return;
+    state.busy.add(view.id);
+    const section = byId(view.id);
+    section.setAttribute("aria-busy", "true");
+    try {
+      await view.load(section);
+      section.dataset.state = "ready";
+      markStale(section, null);
+    } catch (error) {
+      unavailable(section, view, error);
+    } finally {
+      state.busy.delete(view.id);
+      section.removeAttribute("aria-busy");
+    }
+  }
+
+  function unavailable(section, view, error) {
+    if (!(error instanceof ApiError) && !(error instanceof NoData)) console.error(error); // a bug of this page
+    const denied = error instanceof ApiError && (error.status === 401 || error.status === 403);
+    if (denied) {
+      showMessage(error.status === 401
+        ? "401 Unauthorized: this sidecar needs a read token. Enter it above and press “Use token”."
+        : "403 Forbidden: this token may not read monitoring data; use a read or admin token.");
+    }
+    const transient = error instanceof ApiError && (error.status === 0 || error.status === 503);
+    if (transient && section.dataset.state === "ready") {
+      markStale(section, reason(error)); // keep what is drawn (and its zoom) through a passing failure
+      return;
+    }
+    markStale(section, null);
+    section.dataset.state = denied ? "denied" : "empty";
+    evidence(section, "");
+    const retry = el("button", {
+      type: "button",
+      class: "small retry",
+      onclick: () => {
+        state.cycle = new Map();
+        refreshView(view);
+      },
+    }, "Retry");
+    const notYet = error instanceof NoData || (error instanceof ApiError && [0, 404, 503].includes(error.status));
+    const lead = notYet ? "No data yet" : "Not available";
+    part(section, ".body").replaceChildren(el("p", { class: "empty" }, `${lead}: ${reason(error)} `, retry));
+  }
+
+  function markStale(section, why) {
+    const old = part(section, ".stale");
+    if (old) old.remove();
+    if (why) part(section, ".evidence").before(el("p", { class: "stale" }, `⚠ Not refreshed: ${why}`));
+  }
+
+  async function refreshAll() {
+    state.cycle = new Map();
+    await Promise.all(VIEWS.map(refreshView));
+    if (!VIEWS.some((v) => byId(v.id).dataset.state === "denied")) byId("message").hidden = true;
+    const shown = byId("refreshed");
+    shown.textContent = `updated ${new Date().toLocaleTimeString()}`;
+    shown.dataset.count = String(Number(shown.dataset.count || 0) + 1);
+  }
+
+  // --- distributions --------------------------------------------------------------------------
+
+  async function loadDistributions(section) {
+    const d = await get(PATHS.distributions);
+    if (!d.production_count) throw new NoData("no production predictions in the monitor's window yet");
+    const panel = (title, hist, xLabel) => el("figure", { class: "chart-box" },
+      C.histogram({ ...hist, xLabel, label: `${title}: production against reference, shares per bin` }),
+      el("figcaption", {}, title));
+    part(section, ".body").replaceChildren(
+      panel("Confidence (top-class probability)", d.confidence, "confidence"),
+      panel("Logit margin (top minus runner-up)", d.margin, "logit margin"),
+    );
+    const reference = d.confidence.reference ? `${d.reference_count} reference rows` : "no reference outputs uploaded";
+    evidence(section, `Observed pattern: the last ${d.production_count} production predictions against ${reference}, `,
+      `as shares per bin; updated ${ago(d.updated_at)}.`);
+  }
+
+  // --- drift ----------------------------------------------------------------------------------
+
+  async function loadDrift(section) {
+    const [history, status] = await Promise.allSettled([get(PATHS.history), get(PATHS.drift)]);
+    renderVerdicts(section, status.status === "fulfilled" ? status.value : null);
+    if (history.status === "rejected") throw history.reason;
+    const groups = new Map();
+    for (const p of history.value.points || []) {
+      if (!groups.has(p.detector)) groups.set(p.detector, []);
+      groups.get(p.detector).push(p);
+    }
+    if (!groups.size) throw new NoData("no drift scores yet (the monitor is warming up or calibrating)");
+    const all = history.value.points;
+    const start = Math.min(...all.map((p) => p.time));
+    const end = Math.max(...all.map((p) => p.time));
+    const charts = [...groups].map(([name, points]) => {
+      const alarms = points.filter((p) => p.drift).length;
+      return el("figure", { class: "chart-box", "data-detector": name },
+        C.timeline({ points, start, end, label: `${name}: score over time against its threshold, ${alarms} alarms` }),
+        el("figcaption", {}, el("strong", {}, name), ` · ${points.length} scores, ${alarms} over the threshold`));
+    });
+    part(section, ".body").replaceChildren(...charts);
+    const s = status.status === "fulfilled" ? status.value : null;
+    const examined = s ? `; ${s.examined} records examined, state ${s.state}` : "";
+    evidence(section, `Statistical test on recent production windows against the reference: ${all.length} scores `,
+      `from ${groups.size} detectors over ${span(end - start)}${examined}. An alarm says the inputs changed, `,
+      "not that the predictions got worse.");
+  }
+
+  function renderVerdicts(section, status) {
+    state.verdict = status;
+    const box = part(section, ".verdicts");
+    if (!status) {
+      box.replaceChildren(el("p", { class: "muted" }, "No current verdict published."));
+    } else {
+      const items = (status.detectors || []).map((d) => el("li", { class: d.drift ? "verdict drift" : "verdict" },
+        el("strong", {}, d.name), ` ${fmt(d.score)} vs threshold ${fmt(d.threshold)} `,
+        d.drift ? el("span", { class: "badge badge-warn" }, "▲ drift")
+          : el("span", { class: "badge badge-ok" }, "✓ no drift")));
+      box.replaceChildren(el("p", {}, `Now (${status.state}, ${ago(status.updated_at)}):`),
+        items.length ? el("ul", { class: "verdict-list" }, items) : el("span", { class: "muted" }, " no detector yet"));
+    }
+    const text = !status ? "no verdict yet"
+      : !(status.detectors || []).length ? `${status.state}, no detector has scored yet`
+        : status.detectors.some((d) => d.drift)
+          ? `drift: ${status.detectors.filter((d) => d.drift).map((d) => d.name).join(", ")}`
+          : "no drift detected";
+    byId("projection-verdict").textContent = text;
+  }
+
+  // --- calibration and cohorts ----------------------------------------------------------------
+
+  const seriesKey = (s) => `${s.version}\u0000${s.cohort}`;
+  const byVersion = (a, b) => a.localeCompare(b, undefined, { numeric: true });
+
+  function chosenSeries(series) {
+    const found = series.find((s) => seriesKey(s) === state.seriesKey);
+    if (found) return found;
+    const newest = [...new Set(series.map((s) => s.version))].sort(byVersion).pop();
+    return series.find((s) => s.version === newest && s.cohort === "all") || series.find((s) => s.version === newest);
+  }
+
+  async function loadCalibration(section) {
+    const payload = await get(PATHS.calibration);
+    state.calibration = payload;
+    renderCalibration(section, payload);
+  }
+
+  function renderCalibration(section, payload) {
+    const series = (payload.series || []).filter((s) => s.count > 0);
+    if (!series.length) throw new NoData("no labelled predictions yet (labels arrive through POST /v1/labels)");
+    const chosen = chosenSeries(series);
+    state.seriesKey = seriesKey(chosen);
+    fillSeriesSelect(series);
+    const temperature = (payload.temperature || []).find((t) => t.version === chosen.version);
+    const facts = el("dl", { class: "facts" },
+      el("dt", {}, "ECE"), el("dd", {}, num(chosen.ece)),
+      el("dt", {}, "MCE"), el("dd", {}, num(chosen.mce)),
+      el("dt", {}, "Brier score"), el("dd", {}, chosen.brier_score === null ? "— (no probabilities sent)"
+        : `${num(chosen.brier_score)} (n = ${chosen.brier_count})`),
+      el("dt", {}, "Accuracy"),
+      el("dd", {}, `${pct(chosen.accuracy)} (95% ${pct(chosen.accuracy_lower)}–${pct(chosen.accuracy_upper)})`),
+      temperature ? [el("dt", {}, "Temperature scaling"), el("dd", {},
+        `T = ${num(temperature.temperature, 2)}, fitted on all ${temperature.count} labelled predictions of `,
+        `${temperature.version}, would move their ECE `,
+        `${num(temperature.ece_before)} → ${num(temperature.ece_after)}`)]
+      : null);
+    part(section, ".body").replaceChildren(
+      el("figure", { class: "chart-box" }, C.reliability({
+        bins: chosen.bins || [],
+        label: `reliability diagram of ${chosen.version}, cohort ${chosen.cohort}: accuracy per confidence bin`,
+      }), el("figcaption", {}, `${chosen.version} · ${chosen.cohort}`)),
+      facts,
+    );
+    evidence(section, `Benchmark on this monitoring window, n = ${chosen.count} labelled predictions `,
+      `(version ${chosen.version}, cohort ${chosen.cohort}): what this window showed, not a promise about `,
+      "tomorrow's traffic.");
+  }
+
+  function fillSeriesSelect(series) {
+    const select = byId("series");
+    const options = [...series].sort((a, b) => byVersion(a.version, b.version) || a.cohort.localeCompare(b.cohort))
+      .map((s) => [seriesKey(s), `${s.version} · ${s.cohort} (n = ${s.count})`]);
+    const same = options.length === select.options.length &&
+      options.every(([key], i) => select.options[i].value === key);
+    if (same) options.forEach(([, text], i) => { select.options[i].text = text; }); // counts grow; the list stays
+    else select.replaceChildren(...options.map(([key, text]) => el("option", { value: key }, text)));
+    select.value = state.seriesKey;
+  }
+
+  async function loadCohorts(section) {
+    const payload = await get(PATHS.calibration);
+    renderCohorts(section, payload);
+  }
+
+  function cohortRows(payload, version) {
+    const measured = (payload.series || []).filter((s) => s.version === version && s.count > 0);
+    const estimates = (payload.estimates || []).filter((e) => e.version === version);
+    const cohorts = [...new Set([...measured.map((s) => s.cohort), ...estimates.map((e) => e.cohort)])]
+      .sort((a, b) => (a === "all" ? -1 : b === "all" ? 1 : a.localeCompare(b)));
+    return cohorts.map((cohort) => {
+      const s = measured.find((m) => m.cohort === cohort);
+      const e = estimates.find((m) => m.cohort === cohort);
+      return {
+        label: cohort,
+        accuracy: s ? s.accuracy : NaN,
+        lower: s ? s.accuracy_lower : NaN,
+        upper: s ? s.accuracy_upper : NaN,
+        n: s ? s.count : 0,
+        estimate: e ? e.estimated_accuracy : NaN,
+        estimateN: e ? e.predictions : 0,
+        estimateNote: e && e.fitted_cohort && e.fitted_cohort !== cohort
+          ? `threshold fitted on ${e.fitted_cohort}` : "",
+        fit: e,
+      };
+    });
+  }
+
+  function renderCohorts(section, payload) {
+    const series = (payload.series || []).filter((s) => s.count > 0);
+    if (!series.length && !(payload.estimates || []).length) {
+      throw new NoData("no labelled predictions or estimates yet");
+    }
+    const version = series.length ? chosenSeries(series).version
+      : [...new Set(payload.estimates.map((e) => e.version))].sort(byVersion).pop();
+    const rows = cohortRows(payload, version);
+    part(section, ".body").replaceChildren(el("figure", { class: "chart-box" },
+      C.intervals({ rows, label: `accuracy per cohort of ${version}, measured with 95% intervals and estimated` }),
+      el("figcaption", {}, `version ${version}`)));
+    const labelled = rows.find((r) => r.label === "all") || rows[0];
+    const fit = (rows.find((r) => r.label === "all" && r.fit) || rows.find((r) => r.fit) || {}).fit;
+    const source = fit ? String(fit.source || "labelled_window").replace("_", " ") : "";
+    const estimateText = fit
+      ? `Diamonds: estimates from confidence (ATC), not measured; for ${fit.cohort}: ${fit.predictions} ` +
+        `predictions, confidence threshold ${num(fit.threshold)} fitted on ${fit.fitted_on} labelled ones (${source}).`
+      : "No accuracy estimate published yet (ATC needs a fit on labelled data).";
+    evidence(section, `Benchmark on this monitoring window, n = ${labelled ? labelled.n : 0} labelled predictions of `,
+      `version ${version}; bars are 95% Wilson intervals, n printed per cohort. `, el("strong", {}, estimateText));
+  }
+
+  function onSeriesChange() {
+    state.seriesKey = byId("series").value;
+    if (!state.calibration) return;
+    for (const [id, render] of [["v-calibration", renderCalibration], ["v-cohorts", renderCohorts]]) {
+      try {
+        render(byId(id), state.calibration);
+        byId(id).dataset.state = "ready";
+      } catch (error) {
+        unavailable(byId(id), VIEWS.find((v) => v.id === id), error);
+      }
+    }
+  }
+
+  // --- methods and layers ---------------------------------------------------------------------
+
+  async function loadMethods(section) {
+    const m = await get(PATHS.methods, { limit: String(METHODS_LIMIT) });
+    if (!m.explanations || !(m.methods || []).length) {
+      throw new NoData("no finished explanations among the most recent ones (are the workers behind?)");
+    }
+    const head = ["Method", "Trusted", "Passes sanity check", "Mean fidelity gain", "Mean agreement", "Explanations"];
+    const rows = m.methods.map((r) => el("tr", {},
+      el("th", { scope: "row" }, r.method),
+      el("td", {}, meter(r.trusted_share), typeof r.verdict_count === "number"
+        ? el("span", { class: "muted" }, ` of ${r.verdict_count}`) : null),
+      el("td", {}, meter(r.sanity_pass_share), el("span", { class: "muted" }, ` of ${r.sanity_checked} checked`)),
+      el("td", { class: "num" }, num(r.mean_fidelity_gain),
+        el("span", { class: "muted" }, ` (n = ${r.fidelity_count})`)),
+      el("td", { class: "num" }, num(r.mean_agreement, 2)),
+      el("td", { class: "num" }, String(r.explanations))));
+    part(section, ".body").replaceChildren(el("table", { class: "data", "data-rows": rows.length },
+      el("caption", {}, "Trusted: passes the randomisation sanity check, beats random deletion and agrees with the ",
+        "others. Fidelity gain: area under the score as features are deleted in random order minus in the map's ",
+        "order (above 0 = better than random). Agreement: mean rank correlation with the other methods' maps."),
+      el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows)));
+    evidence(section, `Observed pattern over ${m.explanations} sampled explanations `,
+      `(the latest ${METHODS_LIMIT} finished ones at most); `,
+      "sampling favours low-confidence and flagged events, so this is not a random sample of traffic.");
+  }
+
+  async function loadLayers(section) {
+    const l = await get(PATHS.layers);
+    if (!(l.reports || []).length) throw new NoData("no worker has reported layer statistics yet");
+    const head = ["Layer", "Kind", "Units", "Dead units", "Saturated", "Activation shift"];
+    const blocks = l.reports.map((report) => {
+      const rows = report.layers.map((layer) => el("tr", { class: layer.dead_ratio >= 0.5 ? "flagged" : null },
+        el("th", { scope: "row" }, layer.name),
+        el("td", {}, layer.kind),
+        el("td", { class: "num" }, String(layer.units)),
+        el("td", {}, meter(layer.dead_ratio),
+          layer.dead_ratio >= 0.5 ? el("span", { class: "badge badge-warn" }, " ⚠ mostly dead") : null),
+        el("td", {}, meter(layer.saturated_ratio)),
+        el("td", { class: "num" }, num(layer.activation_shift))));
+      return el("table", { class: "data", "data-rows": rows.length },
+        el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples · `,
+          `shift against ${report.baseline === "uploaded" ? "an uploaded reference" : "the first window it saw"} · `,
+          `updated ${ago(report.updated_at)}`),
+        el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, rows));
+    });
+    part(section, ".body").replaceChildren(...blocks);
+    const samples = l.reports.reduce((total, r) => total + r.samples, 0);
+    evidence(section, `Observed pattern over ${samples} sampled inputs explained by ${l.reports.length} worker(s) `,
+      `(the last ${l.reports[0].window} per worker); dead = never active across them.`);
+  }
+
+  // --- projection -----------------------------------------------------------------------------
+
+  async function loadProjection(section) {
+    const p = state.projection;
+    const data = await get(PATHS.projection, { method: p.method }); // the verdict beside it: the drift view
+    if (!(data.points || []).length) throw new NoData("the projection has no points yet");
+    const same = p.data && p.data.method === data.method && p.data.computed_at === data.computed_at;
+    if (same && section.dataset.state === "ready") return; // unchanged: keep the zoom, hover and selection
+    if (p.data && p.data.method !== data.method) p.domain = null;
+    p.data = data;
+    renderProjection(section);
+    const sampled = data.points.filter((q) => q.request_id).length;
+    evidence(section, `Observed pattern: ${data.reference_count} reference and ${data.production_count} recent `,
+      `production embeddings, ${data.method.toUpperCase()} to 2-D, computed ${ago(data.computed_at)} in `,
+      `${num(data.seconds, 2)} s; ${sampled} ringed points link to their explanation. `,
+      data.note ? el("span", { class: "muted" }, data.note) : "");
+  }
+
+  const SOURCE_STYLE = {
+    reference: { colour: C.OKABE_ITO.sky, shape: "circle" },
+    production: { colour: C.OKABE_ITO.vermillion, shape: "triangle" },
+  };
+  const UNKNOWN_STYLE = { colour: C.OKABE_ITO.grey, shape: "square" };
+
+  /** How each point is drawn under the chosen colouring, and the legend that explains it. */
+  function projectionStyle(points, colourBy) {
+    const keyOf = {
+      class: (q) => (q.predicted === null || q.predicted === undefined ? "unknown" : `class ${q.predicted}`),
+      source: (q) => q.source,
+      cohort: (q) => cohortText(q.cohort) || "no cohort",
+    }[colourBy];
+    const counts = new Map();
+    for (const q of points) counts.set(keyOf(q), (counts.get(keyOf(q)) || 0) + 1);
+    const names = [...counts.keys()].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    const styles = new Map(names.map((name, i) => {
+      if (colourBy === "source") return [name, SOURCE_STYLE[name] || UNKNOWN_STYLE];
+      if (name === "unknown" || name === "no cohort") return [name, UNKNOWN_STYLE];
+      const index = colourBy === "class" ? Number(name.slice(6)) : i;
+      return [name, C.category(index)];
+    }));
+    return {
+      styleOf: (q) => ({ ...styles.get(keyOf(q)), ring: Boolean(q.request_id) }),
+      legend: names.map((name) => ({ name, style: styles.get(name), count: counts.get(name) })),
+    };
+  }
+
+  function pointFacts(q) {
+    const label = q.label === null || q.label === undefined ? "not known"
+      : `${q.label} ${q.label === q.predicted ? "✓" : "✗ differs"}`;
+    return [
+      ["source", q.source],
+      ["predicted class", q.predicted === null || q.predicted === undefined ? "—" : String(q.predicted)],
+      ["label", label],
+      ["cohort", cohortText(q.cohort) || "none"],
+      ["time", typeof q.time === "number" ? new Date(q.time * 1000).toLocaleString() : "—"],
+      ["position", `(${fmt(q.x)}, ${fmt(q.y)})`],
+      ["explanation", q.request_id ? `${q.request_id} (click to open)` : "not sampled"],
+    ];
+  }
+
+  const explanationHref = (requestId) => `/ui#${enc}/${encodeURIComponent(requestId)}`;
+
+  function showTooltip(section, q, event) {
+    const tip = byId("tooltip");
+    if (!q || !event) {
+      tip.hidden = true;
+      return;
+    }
+    tip.replaceChildren(...pointFacts(q).map(([name, value]) =>
+      el("div", {}, el("span", { class: "muted" }, `${name}: `), value)));
+    const box = part(section, ".projection").getBoundingClientRect();
+    tip.style.left = `${event.clientX - box.left + 14}px`;
+    tip.style.top = `${event.clientY - box.top + 14}px`;
+    tip.hidden = false;
+  }
+
+  function renderProjection(section) {
+    const p = state.projection;
+    const points = p.data.points;
+    const { styleOf, legend } = projectionStyle(points, p.colourBy);
+    const svg = C.scatter({
+      points,
+      domain: p.domain,
+      styleOf,
+      label: `${p.data.method.toUpperCase()} projection of ${points.length} embeddings, coloured by ${p.colourBy}`,
+      onHover: (index, event) => showTooltip(section, index === null ? null : points[index], event),
+      onPick: (index) => {
+        const q = points[index];
+        if (q.request_id) window.location.assign(explanationHref(q.request_id));
+        else {
+          p.pinned = q;
+          renderSide(section, legend);
+        }
+      },
+      onZoom: (domain) => {
+        p.domain = domain;
+        renderProjection(section);
+      },
+    });
+    byId("tooltip").hidden = true;
+    part(section, ".plot").replaceChildren(svg);
+    byId("reset-zoom").disabled = !p.domain;
+    renderSide(section, legend);
+  }
+
+  function renderSide(section, legend) {
+    const p = state.projection;
+    const linked = p.data.points.filter((q) => q.request_id).slice(-SAMPLED_LISTED).reverse();
+    const parts = [
+      el("h3", {}, "Legend"),
+      el("ul", { class: "legend-list" }, legend.map((entry) => el("li", {}, C.swatch(entry.style), ` ${entry.name} `,
+        el("span", { class: "muted" }, `(${entry.count})`)))),
+      el("p", { class: "hint" }, C.swatch({ colour: "#ffffff", shape: "circle", ring: true }),
+        " ringed: sampled and explained"),
+      p.pinned ? [el("h3", {}, "Selected point"), el("dl", { class: "facts" },
+        pointFacts(p.pinned).map(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]))] : null,
+      el("h3", {}, "Explained points"),
+      linked.length
+        ? el("ul", { class: "links" }, linked.map((q) => el("li", {}, el("a", { href: explanationHref(q.request_id) },
+          q.request_id), el("span", { class: "muted" }, ` class ${q.predicted}`))))
+        : el("p", { class: "muted" }, "none in this sample yet"),
+    ];
+    part(section, ".side").replaceChildren(...parts.flat().filter(Boolean));
+  }
+
+  // --- start ----------------------------------------------------------------------------------
+
+  function setupToken() {
+    const input = byId("token");
+    const remember = byId("remember");
+    const saved = window.sessionStorage.getItem(TOKEN_KEY);
+    if (saved) {
+      state.token = saved;
+      input.value = saved;
+      remember.checked = true;
+    }
+    remember.addEventListener("change", () => {
+      if (!remember.checked) window.sessionStorage.removeItem(TOKEN_KEY);
+    });
+    byId("token-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      state.token = input.value.trim();
+      if (remember.checked && state.token) window.sessionStorage.setItem(TOKEN_KEY, state.token);
+      else window.sessionStorage.removeItem(TOKEN_KEY);
+      refreshAll();
+    });
+  }
+
+  function setupControls() {
+    const p = state.projection;
+    byId("series").addEventListener("change", onSeriesChange);
+    byId("method").addEventListener("change", (event) => {
+      p.method = event.target.value;
+      p.domain = null;
+      state.cycle = new Map();
+      byId("v-projection").dataset.state = "loading";
+      refreshView(VIEWS.find((v) => v.id === "v-projection"));
+    });
+    byId("colour-by").addEventListener("change", (event) => {
+      p.colourBy = event.target.value;
+      if (p.data) renderProjection(byId("v-projection"));
+    });
+    byId("reset-zoom").addEventListener("click", () => {
+      p.domain = null;
+      if (p.data) renderProjection(byId("v-projection"));
+    });
+  }
+
+  function start() {
+    byId("model-name").textContent = MODEL;
+    document.title = `${MODEL} · model overview · vai-sidecar`;
+    setupToken();
+    setupControls();
+    refreshAll();
+    window.setInterval(() => {
+      if (byId("auto").checked && !document.hidden) refreshAll();
+    }, REFRESH_MS);
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

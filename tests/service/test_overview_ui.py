@@ -1,0 +1,350 @@
+"""The model overview at /ui/models/{model}: its HTTP surface, then the page in a real headless Chromium.
+
+The browser tests drive Chromium over the DevTools protocol (:mod:`cdp`). One serves a sidecar with
+no monitoring data, where every view must say so and offer a retry; the other starts
+``vai-sidecar demo`` as a real process, waits (polling its JSON routes) until every route the page
+reads has data, and checks that every chart is drawn with marks, that hover and click on the
+projection work, and that no request leaves the origin. Screenshots go to /tmp/vai-overview-*.png.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from cdp import Browser, find_chromium
+from common.embedded_redis import free_port
+from helpers import serve_app, wait_until
+from service.app import create_app
+from service.settings import SidecarSettings
+from service.ui import CONTENT_SECURITY_POLICY
+
+REPO = Path(__file__).parents[2]
+STATIC = REPO / "service" / "static"
+MARKUP_FROM_STRINGS = re.compile(r"\.(?:inner|outer)HTML\b|insertAdjacentHTML|document\.write|\beval\(|new Function")
+OVERVIEW_FILES = ("overview.html", "overview.js", "overview.css", "charts.js")
+VIEWS = ("distributions", "drift", "calibration", "cohorts", "projection", "methods", "layers")
+CHART_VIEWS = ("distributions", "drift", "calibration", "cohorts", "projection")
+TABLE_VIEWS = ("methods", "layers")
+SCREENSHOTS = Path("/tmp")
+
+
+# --- plain HTTP --------------------------------------------------------------------------------
+
+
+def test_overview_is_served_with_the_viewers_policy_and_no_inline_code(client: TestClient) -> None:
+    page = client.get("/ui/models/digits")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert page.headers["cache-control"] == "no-cache"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    html = page.text
+    assert html == (STATIC / "overview.html").read_text()
+    scripts = re.findall(r"<script[^>]*>", html)
+    assert scripts == [
+        '<script src="/ui/static/charts.js" defer>',
+        '<script src="/ui/static/overview.js" defer>',
+    ]
+    assert not re.search(r"\sstyle=|<style|\son[a-z]+=", html), "inline style or handler: the policy would block it"
+    assert "model-name" in html and "digits" not in html, "the page holds no data: the script reads the address"
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type"),
+    [
+        pytest.param("overview.js", "text/javascript", id="script"),
+        pytest.param("charts.js", "text/javascript", id="charts"),
+        pytest.param("overview.css", "text/css", id="stylesheet"),
+    ],
+)
+def test_overview_assets_are_served_from_the_sidecar(client: TestClient, name: str, media_type: str) -> None:
+    response = client.get(f"/ui/static/{name}")
+    assert response.status_code == 200 and response.headers["content-type"].startswith(media_type)
+    assert response.text == (STATIC / name).read_text()
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in OVERVIEW_FILES])
+def test_overview_files_build_no_markup_from_strings(name: str) -> None:
+    text = (STATIC / name).read_text()
+    assert not MARKUP_FROM_STRINGS.search(text), "only textContent and DOM properties may carry data"
+    assert "http:" not in text and "https:" not in text and "@import" not in text
+    assert "fetch(" not in text or 'credentials: "omit"' in text
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "field"),
+    [
+        pytest.param("/ui/models/bad%20name", 422, "model", id="bad-model-name"),
+        pytest.param("/ui/models/" + "m" * 65, 422, "model", id="model-name-too-long"),
+        pytest.param("/ui/static/overview.html", 404, "name", id="page-not-an-asset"),
+    ],
+)
+def test_overview_refuses_bad_addresses(client: TestClient, path: str, status: int, field: str) -> None:
+    response = client.get(path)
+    assert response.status_code == status
+    assert field in response.text
+
+
+def test_overview_needs_no_token_but_its_data_does(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(read_tokens="reader")
+    assert client.get("/ui/models/digits").status_code == 200
+    assert client.get("/ui/static/charts.js").status_code == 200
+    assert client.get("/v1/models/digits/calibration").status_code == 401
+
+
+# --- the page in a browser ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return find_chromium()
+
+
+@pytest.fixture
+def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
+    opened = Browser(chromium, tmp_path / "chromium-profile", width=1400, height=1000)
+    yield opened
+    opened.close()
+
+
+def _states(browser: Browser) -> dict[str, str]:
+    found: dict[str, str] = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('section.view')].map(s => [s.id.slice(2), s.dataset.state]))"
+    )
+    return found
+
+
+def _same_origin(requests: list[str], base: str) -> list[str]:
+    """The requests that left ``base``'s origin (data: and blob: URLs stay in the page)."""
+    origin = urlsplit(base)
+    return [
+        url
+        for url in requests
+        if urlsplit(url).scheme not in ("data", "blob")
+        and (urlsplit(url).scheme, urlsplit(url).netloc) != (origin.scheme, origin.netloc)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_every_view_says_when_it_has_no_data_and_offers_a_retry(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    with serve_app(create_app(make_settings(read_tokens="read-token"))) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('message').textContent.startsWith('401')", "the 401 message")
+        browser.type_into("#token", "read-token")
+        browser.click("#token-form button[type=submit]")
+        states = "[...document.querySelectorAll('section.view')].map(s => s.dataset.state)"
+        browser.wait_for(f"{states}.every(s => s === 'empty')", "every view to say it has no data")
+        assert browser.evaluate("document.getElementById('message').hidden")
+        texts = browser.evaluate("[...document.querySelectorAll('section.view .empty')].map(p => p.textContent)")
+        assert len(texts) == len(VIEWS) and all(text.startswith("No data yet: ") for text in texts), texts
+        assert browser.evaluate("document.getElementById('model-name').textContent") == "digits"
+        browser.click("#v-calibration .retry")
+        browser.wait_for("document.querySelector('#v-calibration').dataset.state === 'empty'", "the retry")
+        assert _same_origin(browser.requests, base) == []
+    assert all("status of 40" in error or "status of 50" in error for error in browser.errors), browser.errors
+
+
+# --- against a running demo --------------------------------------------------------------------
+
+
+@dataclass
+class Demo:
+    base: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    """``vai-sidecar demo`` until Ctrl-C (its drift phase starts after 60 s), auth off, on a free port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
+    env.update({"PYTHONPATH": str(REPO), "VAI_LOG_LEVEL": "warning"})
+    log = (tmp_path / "demo.log").open("wb")
+    command = [sys.executable, "-m", "common.cli", "demo", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield Demo(f"http://127.0.0.1:{port}", process)
+    finally:
+        if process.poll() is None:
+            process.terminate()  # SIGTERM: the demo stops its embedded redis-server itself
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def _json(base: str, path: str, **params: Any) -> Any:
+    """The JSON at ``path``, or None while the route answers anything but 200."""
+    try:
+        response = httpx.get(f"{base}{path}", params=params, timeout=5)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+READY: dict[str, tuple[str, dict[str, Any], Callable[[Any], bool]]] = {
+    "distributions": ("/v1/models/digits/distributions", {}, lambda d: d["production_count"] > 0),
+    "drift": ("/v1/models/digits/drift", {}, lambda d: len(d["detectors"]) > 0),
+    "drift history (with an alarm)": (
+        "/v1/models/digits/drift/history",
+        {},
+        lambda d: any(point["drift"] for point in d["points"]),
+    ),
+    "calibration (with estimates)": (
+        "/v1/models/digits/calibration",
+        {},
+        lambda d: any(s["count"] > 0 for s in d["series"]) and len(d.get("estimates", [])) > 0,
+    ),
+    "projection (with explained points)": (
+        "/v1/models/digits/projection",
+        {"method": "pca"},
+        lambda d: (
+            {p["source"] for p in d["points"]} == {"reference", "production"}
+            and any(p["request_id"] for p in d["points"])
+        ),
+    ),
+    "methods": ("/v1/explanations/digits/methods", {}, lambda d: d["explanations"] > 0),
+    "layers": ("/v1/models/digits/layers", {}, lambda d: len(d["reports"]) > 0),
+}
+
+
+def _wait_for_data(demo: Demo, timeout_s: float) -> None:
+    """Poll every route the page reads until each has data; fail naming those still without."""
+    missing = set(READY)
+
+    def all_ready() -> bool:
+        if demo.process.poll() is not None:
+            raise AssertionError(f"the demo exited with {demo.process.returncode}")
+        for name in sorted(missing):
+            path, params, ready = READY[name]
+            body = _json(demo.base, path, **params)
+            if body is not None and ready(body):
+                missing.discard(name)
+        return not missing
+
+    try:
+        wait_until(all_ready, timeout_s=timeout_s, what="every route of the overview to have data", interval_s=2.0)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; still without data: {sorted(missing)}") from None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("chromium")
+def test_overview_draws_every_view_from_a_running_demo(demo: Demo, browser: Browser) -> None:
+    _wait_for_data(demo, timeout_s=360)
+    browser.navigate(f"{demo.base}/ui")  # in through the explanation list's link
+    browser.wait_for(
+        "document.getElementById('overview-link') && !document.getElementById('overview-link').hidden",
+        "the link to the overview",
+    )
+    browser.click("#overview-link")
+    browser.wait_for("location.pathname === '/ui/models/digits' && document.readyState === 'complete'", "the overview")
+    states = "[...document.querySelectorAll('section.view')].map(s => s.dataset.state)"
+    browser.wait_for(f"{states}.every(s => s === 'ready')", "every view to be drawn", timeout_s=30)
+    marks = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('section.view')].map(s => [s.id.slice(2),"
+        " [...s.querySelectorAll('svg.chart')].map(g => [Number(g.dataset.marks),"
+        " g.querySelectorAll('.mark').length])]))"
+    )
+    for view in CHART_VIEWS:
+        assert marks[view], f"{view}: no chart"
+        assert all(counted > 0 and drawn >= counted for counted, drawn in marks[view]), (view, marks[view])
+    assert len(marks["distributions"]) == 2
+    rows = browser.evaluate(
+        "Object.fromEntries(['methods', 'layers'].map(v => [v,"
+        " [...document.querySelectorAll(`#v-${v} table.data tbody tr`)].length]))"
+    )
+    assert all(rows[view] > 0 for view in TABLE_VIEWS), rows
+    captions = browser.evaluate("[...document.querySelectorAll('section.view .evidence')].map(p => p.textContent)")
+    assert len(captions) == len(VIEWS) and all(re.search(r"\d", text) for text in captions), captions
+    assert "not measured" in browser.evaluate("document.querySelector('#v-cohorts .evidence').textContent")
+    assert browser.evaluate("document.querySelectorAll('#v-drift .alarm').length") > 0
+    assert browser.evaluate("document.getElementById('projection-verdict').textContent") not in ("", "—")
+    browser.screenshot(SCREENSHOTS / "vai-overview-page.png")
+
+    _hover_and_zoom(browser)
+    x, y = browser.centre_of("#v-projection .mark.linked")
+    browser.mouse("mouseMoved", x, y)
+    browser.wait_for("/explanation: \\S+ \\(click/.test(document.getElementById('tooltip').textContent)", "its tooltip")
+    shown = browser.evaluate("document.getElementById('tooltip').textContent")
+    request_id = re.search(r"explanation: (\S+) \(click", shown)
+    assert request_id is not None, shown
+    browser.mouse_click(x, y)
+    browser.wait_for("location.pathname === '/ui' && location.hash.startsWith('#digits/')", "the explanation viewer")
+    opened = browser.evaluate("decodeURIComponent(location.hash.slice('#digits/'.length))")
+    assert opened == request_id.group(1)
+    browser.wait_for(
+        f"document.getElementById('detail-title').textContent === {opened!r}"
+        " && document.getElementById('detail').dataset.state === 'ready'",
+        "the explanation's detail",
+    )
+    browser.screenshot(SCREENSHOTS / "vai-overview-click-through.png")
+    assert _same_origin(browser.requests, demo.base) == []
+    assert browser.errors == []
+    for name in ("page", "projection", "click-through"):
+        print(f"screenshot: {SCREENSHOTS / f'vai-overview-{name}.png'}")
+
+
+def _marks(browser: Browser) -> int:
+    return int(browser.evaluate("Number(document.querySelector('#v-projection svg.chart').dataset.marks)"))
+
+
+def _hover_and_zoom(browser: Browser) -> None:
+    """Hover shows the tooltip; the wheel and a dragged box zoom in; a refresh keeps the zoom and the chosen
+    calibration series; reset shows every point again."""
+    x, y = browser.centre_of("#v-projection .mark")
+    browser.mouse("mouseMoved", x, y)
+    browser.wait_for("!document.getElementById('tooltip').hidden", "the tooltip")
+    tooltip = browser.evaluate("document.getElementById('tooltip').textContent")
+    assert "source:" in tooltip and "predicted class:" in tooltip, tooltip
+    full = _marks(browser)
+    left, top = browser.centre_of("#v-projection svg.chart")
+    browser.mouse("mouseWheel", left, top, deltaX=0, deltaY=-400)
+    browser.wait_for("!document.getElementById('reset-zoom').disabled", "the wheel's zoom")
+    assert _marks(browser) <= full
+    browser.click("#reset-zoom")
+    browser.mouse("mouseMoved", left - 150, top - 120)
+    browser.mouse("mousePressed", left - 150, top - 120, button="left", buttons=1, clickCount=1)
+    browser.mouse("mouseMoved", left + 150, top + 120, buttons=1)
+    browser.mouse("mouseReleased", left + 150, top + 120, button="left", buttons=0, clickCount=1)
+    browser.wait_for("!document.getElementById('reset-zoom').disabled", "the box's zoom")
+    assert _marks(browser) < full
+    cohort = browser.evaluate(
+        "(() => { const s = document.getElementById('series');"
+        " const o = [...s.options].find(o => o.text.includes('region=')); s.value = o.value;"
+        " s.dispatchEvent(new Event('change')); return o.text; })()"
+    )
+    refreshes = browser.evaluate("Number(document.getElementById('refreshed').dataset.count)")
+    browser.wait_for(
+        f"Number(document.getElementById('refreshed').dataset.count) > {refreshes}", "the next refresh", timeout_s=30
+    )
+    assert browser.evaluate("!document.getElementById('reset-zoom').disabled"), "the refresh lost the zoom"
+    chosen = browser.evaluate("document.getElementById('series').selectedOptions[0].text")
+    assert chosen.split(" (")[0] == cohort.split(" (")[0], (chosen, cohort)
+    zoomed = _marks(browser)
+    x, y = browser.centre_of("#v-projection .mark")
+    browser.mouse("mouseMoved", x, y)
+    browser.wait_for("!document.getElementById('tooltip').hidden", "the tooltip when zoomed")
+    browser.screenshot(SCREENSHOTS / "vai-overview-projection.png")
+    browser.click("#reset-zoom")
+    assert _marks(browser) > zoomed
