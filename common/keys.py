@@ -37,7 +37,7 @@ def explanation(model: str, request_id: str) -> str:
 
 def explanation_index(model: str, facet: str = "time", value: str = "") -> str:
     """Sorted set of request ids by event time: all of a model's (``time``), or one facet value
-    (``reason``, ``cohort`` as ``key=value``, ``predicted``, ``version``)."""
+    (``reason``, ``cohort`` as ``key=value``, ``predicted``, ``version``, and ``status`` ``done`` for finished ones)."""
     return f"{PREFIX}:idx:{model}:{facet}" + (f":{value}" if value else "")
 
 

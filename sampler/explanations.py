@@ -182,6 +182,8 @@ def _index_keys(summary: ExplanationSummary) -> list[str]:
     found += [keys.explanation_index(model, "cohort", f"{k}={v}") for k, v in sorted(summary.cohort.items())]
     found.append(keys.explanation_index(model, "predicted", str(summary.predicted)))
     found.append(keys.explanation_index(model, "version", summary.model_version))
+    if summary.status == "done":
+        found.append(keys.explanation_index(model, "status", "done"))
     return found
 
 
@@ -254,20 +256,13 @@ class ExplanationStore:
         }
 
     async def latest_done(self, model: str, *, limit: int) -> list[ExplanationSummary]:
-        """The model's newest ``limit`` done summaries, newest first; looks at ``4 * limit + 100`` entries at most
-        (so fewer come back when most recent events are still queued or failed)."""
-        index, chunk, most = keys.explanation_index(model), max(limit, 50), 4 * limit + 100
-        found: list[ExplanationSummary] = []
-        offset = 0
+        """The model's newest ``limit`` done summaries (by event time), newest first, from the index of finished
+        explanations: a backlog of queued events does not hide the finished ones behind it."""
         with _reading():
-            while len(found) < limit and offset < most:
-                members: list[tuple[bytes, float]] = await self._redis.zrevrange(  # type: ignore[assignment]
-                    index, offset, offset + chunk - 1, withscores=True
-                )
-                offset += len(members)
-                found += [s for s in await self._summaries(model, members, None) if s.status == "done"]
-                if len(members) < chunk:
-                    break
+            members: list[tuple[bytes, float]] = await self._redis.zrevrange(  # type: ignore[assignment]
+                keys.explanation_index(model, "status", "done"), 0, limit - 1, withscores=True
+            )
+            found = [s for s in await self._summaries(model, members, None) if s.status == "done"]
         return found[:limit]
 
     async def models(self) -> list[str]:

@@ -119,3 +119,17 @@ async def test_every_key_has_a_ttl(store: ExplanationStore, redis_client: redis.
     for key in redis_client.keys("vai:*"):
         if key != b"vai:expl-models":
             assert 0 < redis_client.ttl(key) <= 3600, key
+
+
+async def test_latest_done_finds_finished_explanations_behind_a_backlog_of_queued_ones(store: ExplanationStore) -> None:
+    # Ten finished explanations, then 2,000 newer events still queued (workers behind): the finished ones
+    # are still found, newest first, and a queued record finished later joins them.
+    for i in range(10):
+        await store.save(ExplanationRecord(summary=summary(f"done-{i}", float(i))))
+    for i in range(2000):
+        await store.save(ExplanationRecord(summary=summary(f"queued-{i}", 100.0 + i / 10, status="queued")))
+    found = await store.latest_done("digits", limit=5)
+    assert [s.request_id for s in found] == [f"done-{i}" for i in (9, 8, 7, 6, 5)]
+    await store.save(ExplanationRecord(summary=summary("queued-1999", 100.0 + 199.9)))
+    assert [s.request_id for s in await store.latest_done("digits", limit=2)] == ["queued-1999", "done-9"]
+    assert len(await store.latest_done("digits", limit=50)) == 11
