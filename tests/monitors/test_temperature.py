@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from held_out_digits import TORCHSCRIPT_WARNINGS, HeldOutDigits, load_held_out_digits
 from numpy.typing import NDArray
 
+from held_out_digits import TORCHSCRIPT_WARNINGS, HeldOutDigits, load_held_out_digits
 from monitors.records import LabelledPrediction
 from monitors.temperature import BOUNDS, MIN_LABELLED, fit_temperature, scale, temperature_of
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from held_out_digits import TORCHSCRIPT_WARNINGS, load_held_out_digits
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
+from held_out_digits import TORCHSCRIPT_WARNINGS, load_held_out_digits
 from helpers import MonitorRunner, event, wait_until
 from monitors.cohorts import CohortGuard
 from monitors.estimates import fit_atc
