@@ -193,3 +193,20 @@ class Canvas:
 
 def _between(start: tuple[float, float], end: tuple[float, float], fraction: float) -> tuple[float, float]:
     return start[0] + (end[0] - start[0]) * fraction, start[1] + (end[1] - start[1]) * fraction
+
+
+def paste_panel(canvas: Canvas, rgb: NDArray[np.uint8], left: int, top: int, *, size_px: int) -> None:
+    """``rgb`` fitted into a ``size_px`` square at (left, top) with a grey frame: whole-block enlargement when
+    it fits, so every element stays visible; box-filtered reduction otherwise."""
+    height, width = rgb.shape[:2]
+    longest = max(height, width)
+    if longest <= size_px:
+        block = size_px // longest
+        picture = Image.fromarray(np.repeat(np.repeat(rgb, block, axis=0), block, axis=1), mode="RGB")
+    else:
+        size = (max(1, round(width * size_px / longest)), max(1, round(height * size_px / longest)))
+        picture = Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.BOX)
+    x = left + (size_px - picture.width) // 2
+    y = top + (size_px - picture.height) // 2
+    canvas.image.paste(picture, (x, y))
+    canvas.draw.rectangle([x - 1, y - 1, x + picture.width, y + picture.height], outline=GREY)

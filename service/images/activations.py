@@ -26,6 +26,7 @@ from service.images._canvas import (
     colourise,
     diverging_lut,
     number,
+    paste_panel,
 )
 
 PANEL_PX = 112
@@ -62,7 +63,7 @@ def render_channel_grid(maps: ArrayLike, channels: Sequence[int], *, title: str,
         left = _MARGIN + (index % columns) * (PANEL_PX + _GAP)
         top = grid_top + (index // columns) * (PANEL_PX + _LABEL + _GAP)
         canvas.text((left + PANEL_PX / 2, top + 12), f"channel {channels[index]}", size=12, fill=INK, anchor="ms")
-        _paste(canvas, _colours(values[index], high, signed=signed), left, top + _LABEL)
+        paste_panel(canvas, _colours(values[index], high, signed=signed), left, top + _LABEL, size_px=PANEL_PX)
     _legend(canvas, (_MARGIN, grid_bottom + 14), high, signed=signed, span=(float(values.min()), float(values.max())))
     return canvas.png()
 
@@ -73,22 +74,6 @@ def _colours(plane: NDArray[np.float64], high: float, *, signed: bool) -> NDArra
     index = np.rint(np.clip(plane / high, 0.0, 1.0) * (len(VIRIDIS) - 1)).astype(np.intp)
     colours: NDArray[np.uint8] = VIRIDIS[index]
     return colours
-
-
-def _paste(canvas: Canvas, rgb: NDArray[np.uint8], left: int, top: int) -> None:
-    """``rgb`` in a ``PANEL_PX`` square: whole blocks when it fits, so every unit stays visible."""
-    height, width = rgb.shape[:2]
-    longest = max(height, width)
-    if longest <= PANEL_PX:
-        block = PANEL_PX // longest
-        picture = Image.fromarray(np.repeat(np.repeat(rgb, block, axis=0), block, axis=1), mode="RGB")
-    else:
-        size = (max(1, round(width * PANEL_PX / longest)), max(1, round(height * PANEL_PX / longest)))
-        picture = Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.BOX)
-    x = left + (PANEL_PX - picture.width) // 2
-    y = top + (PANEL_PX - picture.height) // 2
-    canvas.image.paste(picture, (x, y))
-    canvas.draw.rectangle([x - 1, y - 1, x + picture.width, y + picture.height], outline=GREY)
 
 
 def _legend(canvas: Canvas, corner: tuple[int, int], high: float, *, signed: bool, span: tuple[float, float]) -> None:

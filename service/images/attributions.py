@@ -28,6 +28,7 @@ from service.images._canvas import (
     colourise,
     nice_ticks,
     number,
+    paste_panel,
 )
 
 PANEL_PX = 240
@@ -69,7 +70,7 @@ def render_image_heatmap(image: ArrayLike, attribution: ArrayLike, *, title: str
     for index, (caption, rgb) in enumerate(panels):
         left = _MARGIN + index * (PANEL_PX + _GAP)
         canvas.text((left + PANEL_PX / 2, top - 10), caption, size=13, fill=MUTED, anchor="ms")
-        _paste_panel(canvas, rgb, left, top)
+        paste_panel(canvas, rgb, left, top, size_px=PANEL_PX)
     _colour_bar(canvas, _MARGIN + 3 * PANEL_PX + 2 * _GAP + 8, top, values, limit)
     note = "blue: raises the class score   orange: lowers it   white: no effect"
     canvas.text((_MARGIN, top + PANEL_PX + 22), note, size=12, fill=MUTED, anchor="lm")
@@ -131,22 +132,6 @@ def _grey(pixels: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.full(pixels.shape, 128.0)
     scaled: NDArray[np.float64] = np.nan_to_num((finite - low) / (high - low) * 255.0, nan=128.0)
     return scaled
-
-
-def _paste_panel(canvas: Canvas, rgb: NDArray[np.uint8], left: int, top: int) -> None:
-    """``rgb`` fitted into a ``PANEL_PX`` square (whole-block enlargement when it fits) with a frame."""
-    height, width = rgb.shape[:2]
-    longest = max(height, width)
-    if longest <= PANEL_PX:
-        block = PANEL_PX // longest
-        picture = Image.fromarray(np.repeat(np.repeat(rgb, block, axis=0), block, axis=1), mode="RGB")
-    else:
-        size = (max(1, round(width * PANEL_PX / longest)), max(1, round(height * PANEL_PX / longest)))
-        picture = Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.BOX)
-    x = left + (PANEL_PX - picture.width) // 2
-    y = top + (PANEL_PX - picture.height) // 2
-    canvas.image.paste(picture, (x, y))
-    canvas.draw.rectangle([x - 1, y - 1, x + picture.width, y + picture.height], outline=GREY)
 
 
 def _colour_bar(canvas: Canvas, left: int, top: int, values: NDArray[np.float64], limit: float) -> None:
