@@ -23,7 +23,7 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _JS, _CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
-_ASSETS = {"app.js": _JS, "app.css": _CSS, "overview.js": _JS, "charts.js": _JS, "overview.css": _CSS}
+_ASSETS = {"page.js": _JS, "app.js": _JS, "app.css": _CSS, "overview.js": _JS, "charts.js": _JS, "overview.css": _CSS}
 _HEADERS = {
     "Cache-Control": "no-cache",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,

@@ -3,7 +3,6 @@
 "use strict";
 
 (() => {
-  const TOKEN_KEY = "vai-ui-token";
   const PAGE_SIZE = (() => {
     const asked = Number(new URLSearchParams(window.location.search).get("limit")); // /ui?limit=100
     return Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : 25;
@@ -17,20 +16,7 @@
 
   // --- DOM helpers ----------------------------------------------------------------------------
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (name === "class") node.className = value;
-      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
-      else node.setAttribute(name, value === true ? "" : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : String(child)); // strings become text nodes
-    }
-    return node;
-  }
+  const { el } = window.VaiPage;
 
   const badge = (kind, text) => el("span", { class: `badge badge-${kind}` }, text);
 
@@ -137,22 +123,8 @@
   // --- token ----------------------------------------------------------------------------------
 
   function setupToken() {
-    const input = byId("token");
-    const remember = byId("remember");
-    const saved = window.sessionStorage.getItem(TOKEN_KEY);
-    if (saved) {
-      state.token = saved;
-      input.value = saved;
-      remember.checked = true;
-    }
-    remember.addEventListener("change", () => {
-      if (!remember.checked) window.sessionStorage.removeItem(TOKEN_KEY);
-    });
-    byId("token-form").addEventListener("submit", (event) => {
-      event.preventDefault();
-      state.token = input.value.trim();
-      if (remember.checked && state.token) window.sessionStorage.setItem(TOKEN_KEY, state.token);
-      else window.sessionStorage.removeItem(TOKEN_KEY);
+    state.token = window.VaiPage.tokenForm((token) => {
+      state.token = token;
       search();
       if (state.selected) openRecord(state.selected.model, state.selected.requestId);
     });

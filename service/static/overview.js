@@ -4,7 +4,6 @@
 
 (() => {
   const C = window.VaiCharts;
-  const TOKEN_KEY = "vai-ui-token"; // shared with the explanation viewer
   const REFRESH_MS = 10000;
   const METHODS_LIMIT = 200;
   const SAMPLED_LISTED = 12;
@@ -33,20 +32,7 @@
 
   // --- DOM helpers ----------------------------------------------------------------------------
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (name === "class") node.className = value;
-      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
-      else node.setAttribute(name, value === true ? "" : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : String(child));
-    }
-    return node;
-  }
+  const { el } = window.VaiPage;
 
   const fmt = C.formatNumber;
   const pct = (v) => (typeof v === "number" && Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : "—");
@@ -583,22 +569,8 @@
   // --- start ----------------------------------------------------------------------------------
 
   function setupToken() {
-    const input = byId("token");
-    const remember = byId("remember");
-    const saved = window.sessionStorage.getItem(TOKEN_KEY);
-    if (saved) {
-      state.token = saved;
-      input.value = saved;
-      remember.checked = true;
-    }
-    remember.addEventListener("change", () => {
-      if (!remember.checked) window.sessionStorage.removeItem(TOKEN_KEY);
-    });
-    byId("token-form").addEventListener("submit", (event) => {
-      event.preventDefault();
-      state.token = input.value.trim();
-      if (remember.checked && state.token) window.sessionStorage.setItem(TOKEN_KEY, state.token);
-      else window.sessionStorage.removeItem(TOKEN_KEY);
+    state.token = window.VaiPage.tokenForm((token) => {
+      state.token = token;
       refreshAll();
     });
   }

@@ -33,7 +33,7 @@ from service.ui import CONTENT_SECURITY_POLICY
 REPO = Path(__file__).parents[2]
 STATIC = REPO / "service" / "static"
 MARKUP_FROM_STRINGS = re.compile(r"\.(?:inner|outer)HTML\b|insertAdjacentHTML|document\.write|\beval\(|new Function")
-OVERVIEW_FILES = ("overview.html", "overview.js", "overview.css", "charts.js")
+OVERVIEW_FILES = ("overview.html", "overview.js", "overview.css", "charts.js", "page.js")
 VIEWS = ("distributions", "drift", "calibration", "cohorts", "projection", "methods", "layers")
 CHART_VIEWS = ("distributions", "drift", "calibration", "cohorts", "projection")
 TABLE_VIEWS = ("methods", "layers")
@@ -54,6 +54,7 @@ def test_overview_is_served_with_the_viewers_policy_and_no_inline_code(client: T
     assert html == (STATIC / "overview.html").read_text()
     scripts = re.findall(r"<script[^>]*>", html)
     assert scripts == [
+        '<script src="/ui/static/page.js" defer>',
         '<script src="/ui/static/charts.js" defer>',
         '<script src="/ui/static/overview.js" defer>',
     ]

@@ -68,7 +68,8 @@ def test_page_is_served_with_a_strict_policy_and_no_data(client: TestClient) -> 
     assert page.headers["cache-control"] == "no-cache"
     assert page.headers["x-content-type-options"] == "nosniff"
     html = page.text
-    assert '<script src="/ui/static/app.js" defer></script>' in html
+    # The shared helpers first: deferred scripts run in document order.
+    assert '<script src="/ui/static/page.js" defer></script>\n  <script src="/ui/static/app.js" defer></script>' in html
     assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline script: the policy would block it"
     assert not re.search(r"\sstyle=|<style|\son[a-z]+=", html), "inline style or handler: the policy would block it"
 
@@ -77,6 +78,7 @@ def test_page_is_served_with_a_strict_policy_and_no_data(client: TestClient) -> 
     ("name", "media_type"),
     [
         pytest.param("app.js", "text/javascript", id="script"),
+        pytest.param("page.js", "text/javascript", id="shared-script"),
         pytest.param("app.css", "text/css", id="stylesheet"),
     ],
 )
