@@ -212,6 +212,7 @@ def banner(base_url: str, metrics_urls: dict[str, str], duration_s: float | None
         [
             f"vai-sidecar demo: the digits CNN behind the sidecar at {base_url}, running {until}",
             f"  viewer        {base_url}/ui",
+            f"  overview      {base_url}/ui/models/{MODEL}",
             f"  API docs      {base_url}/docs",
             f"  metrics       {base_url}/metrics",
             *(f"  {name:13} {url}" for name, url in metrics_urls.items()),
