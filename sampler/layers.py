@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
@@ -145,7 +145,17 @@ class LayerHealthStore:
             if not workers:
                 return []
             bodies = await self._redis.mget([keys.layer_health(model, worker.decode()) for worker in workers])
-        return [LayerHealthReport.model_validate_json(body) for body in bodies if body is not None]
+        return [report for body in bodies if body is not None and (report := _report(body)) is not None]
+
+
+def _report(body: bytes | str) -> LayerHealthReport | None:
+    """One worker's report, or ``None`` (logged) when it does not parse: a worker of another version during a
+    rolling upgrade must not take the other reports down with it."""
+    try:
+        return LayerHealthReport.model_validate_json(body)
+    except ValidationError as error:
+        log.warning("layer report skipped, not readable: %s", str(error).splitlines()[0])
+        return None
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ async def get_method_trust(
     """Over the model's latest ``limit`` done explanations. Declared before the detail route, so an event whose
     request_id is ``methods`` is not readable by id."""
     summaries = await sidecar.explanations.latest_done(model, limit=limit)
-    return method_trust_report(model, [summary.trust for summary in summaries])
+    return await run_in_threadpool(method_trust_report, model, [summary.trust for summary in summaries])
 
 
 @router.get("/v1/explanations/{model}/{request_id}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import orjson
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from common import keys
@@ -129,16 +130,16 @@ class Monitoring:
     async def projection(self, model: str, method: str) -> PublishedView:
         """The published projection; asking marks it wanted, so the owner keeps computing it for a while."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(keys.projection_wanted(model, method), b"1", ex=WANTED_TTL_S)
         pipe.get(keys.projection(model, method))
         pipe.get(keys.projection_status(model))
         pipe.sismember(keys.MONITORED_MODELS, model)
         try:
-            _, body, status, monitored = await execute(pipe)
+            body, status, monitored = await execute(pipe)
+            if monitored:  # only models the monitors know: a reader cannot create keys for any name
+                await self._redis.set(keys.projection_wanted(model, method), b"1", ex=WANTED_TTL_S)
         except REDIS_FAILED:
             raise RedisUnavailable("redis: projection not read") from None
-        parsed = None if status is None else ProjectionStatus.model_validate_json(status)
-        return PublishedView(body=body, monitored=bool(monitored), status=parsed)
+        return PublishedView(body=body, monitored=bool(monitored), status=_projection_status(status))
 
     async def distributions(self, model: str) -> PublishedView:
         pipe = self._redis.pipeline(transaction=False)
@@ -178,3 +179,14 @@ def _history(model: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> Dri
         except (ValueError, TypeError) as error:  # a foreign or newer entry: skip it, serve the rest
             log.warning("skipping an unreadable drift-history entry of %s: %s", model, error)
     return DriftHistory(model=model, points=tuple(points))
+
+
+def _projection_status(body: bytes | None) -> ProjectionStatus | None:
+    """The owner's projection status, or ``None`` when absent or unreadable (an owner of another version)."""
+    if body is None:
+        return None
+    try:
+        return ProjectionStatus.model_validate_json(body)
+    except ValidationError as error:
+        log.warning("projection status skipped, not readable: %s", str(error).splitlines()[0])
+        return None

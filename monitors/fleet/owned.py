@@ -262,7 +262,9 @@ class OwnedModel:
             recent=self._recent.snapshots(self.model),
             min_labelled=self._settings.estimate_min_labelled,
         )
-        await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
+        owned = await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
+        if not owned:  # another monitor took the model: its series and its feed are not ours any more
+            return
         if not self._stopping:
             self._metrics.publish_estimates(report)
         # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits
 
 Coordinates = npt.NDArray[np.float64]
 """Shape ``(n, 2)``."""
@@ -124,10 +125,15 @@ def umap_project(
     )
 
 
+_LIMITS: list[Any] = []
+
+
 def _limit_threads(threads: int) -> None:
-    """Initializer of the worker: bounded math threads, set before numba or BLAS is loaded."""
+    """Initializer of the worker: bounded math threads. numba reads its variable when umap is first imported;
+    BLAS is already loaded with numpy (this module's import), so it is limited through threadpoolctl."""
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
+    _LIMITS.append(threadpool_limits(limits=threads))  # kept: the limit holds for the worker's life
 
 
 class ProjectionPool:
@@ -146,7 +152,8 @@ class ProjectionPool:
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, call)
         except BrokenProcessPool:
-            self.close()  # the worker died (killed, out of memory): the next call starts a fresh one
+            if self._executor is executor:  # not a fresh pool another model's call has started since
+                self.close()  # the worker died (killed, out of memory): the next call starts a fresh one
             raise
 
     def _start(self) -> ProcessPoolExecutor:

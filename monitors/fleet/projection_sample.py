@@ -6,6 +6,7 @@ publishers. Nothing here touches Redis except reading the uploaded reference.
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +110,7 @@ class ViewSamples:
         if len(traffic.embeddings) < self._traffic_rows or len({e.shape for e in traffic.embeddings}) != 1:
             return None
         self._traffic_sample = ReferenceSample(
-            id=f"traffic-{owner}",
+            id=f"traffic-{owner}-{uuid.uuid4().hex}",  # unique: the UMAP cache is shared by every model
             embeddings=np.stack(traffic.embeddings).astype(np.float32),
             predicted=np.asarray(traffic.predicted, dtype=np.int64),
             confidence=np.asarray(traffic.confidence, dtype=np.float64),

@@ -156,8 +156,9 @@ class ModelViews:
         body = await asyncio.to_thread(
             self._projection_json, method, reference, production, placed, explained, dict(self.samples.labels)
         )
-        await self._leases.set_if_owner(self.model, {keys.projection(self.model, method): body, **self._status_value()})
-        self._metrics.projection_seconds.labels(self.model, method).set(placed.seconds)
+        written = {keys.projection(self.model, method): body, **self._status_value()}
+        if await self._leases.set_if_owner(self.model, written):
+            self._metrics.projection_seconds.labels(self.model, method).set(placed.seconds)
         self._done[method] = state
 
     async def _place(

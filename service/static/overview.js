@@ -24,6 +24,7 @@
     token: "",
     cycle: new Map(), // path+query -> promise, shared by the views of one refresh
     busy: new Set(),
+    again: new Set(),
     calibration: null,
     seriesKey: null,
     projection: { data: null, method: "pca", colourBy: "class", domain: null, pinned: null },
@@ -137,7 +138,10 @@
   }
 
   async function refreshView(view) {
-    if (state.busy.has(view.id)) return;
+    if (state.busy.has(view.id)) {
+      state.again.add(view.id); // asked again mid-load (e.g. another projection method): load once more after
+      return;
+    }
     state.busy.add(view.id);
     const section = byId(view.id);
     section.setAttribute("aria-busy", "true");
@@ -150,6 +154,7 @@
     } finally {
       state.busy.delete(view.id);
       section.removeAttribute("aria-busy");
+      if (state.again.delete(view.id)) refreshView(view);
     }
   }
 

@@ -154,6 +154,10 @@ def test_layers_png_and_reports_are_served_and_the_drift_phase_raises_the_shift(
     assert registry.get_sample_value("vai_layer_inspection_seconds_count", {"model": "digits"}) == 4  # one per batch
     unknown = client.get("/v1/models/other/layers")
     assert unknown.status_code == 404 and unknown.json()["field"] == "model"
+    # A report this sidecar cannot read (a worker of another version) is skipped, not a 500 for all of them.
+    redis_client.set(keys.layer_health("digits", "worker-z"), b'{"v": 99, "layers": "?"}', ex=60)
+    redis_client.zadd(keys.layer_health_index("digits"), {"worker-z": time.time()})
+    assert [r["worker"] for r in client.get("/v1/models/digits/layers").json()["reports"]] == ["worker-a"]
 
     clean = {name: shift(registry, name) for name in LAYERS}
     drifted, _ = corrupt(images[64:96], seed=3)  # the demo's drift phase: noise, blur, occlusion

@@ -221,10 +221,11 @@ def test_projections_are_computed_only_while_asked_for(
     assert 0 < redis_client.ttl(keys.projection_wanted("digits", "pca")) <= WANTED_TTL_S
 
 
-def test_unknown_model_is_404_on_every_view(client: TestClient) -> None:
+def test_unknown_model_is_404_on_every_view(client: TestClient, redis_client: redis.Redis) -> None:
     for path in ("projection", "drift/history", "distributions"):
         response = client.get(f"/v1/models/nobody/{path}")
         assert response.status_code == 404 and response.json()["field"] == "model", path
+    assert redis_client.exists(keys.projection_wanted("nobody", "pca")) == 0, "a reader created a key for any name"
 
 
 def test_drift_history_and_distributions_are_served_by_every_replica(

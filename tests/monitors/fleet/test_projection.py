@@ -148,6 +148,14 @@ def test_samples_are_bounded_and_the_first_traffic_becomes_a_frozen_reference() 
         samples.observe(_record(n, embedding=n % 2 == 0))
     reference = samples.traffic_reference("me")
     assert reference is not None and reference.embeddings is not None
+    assert samples.traffic_reference("me") is reference, "frozen"
+    # The UMAP fits of every model a monitor owns share one cache keyed by reference id: another model's (or
+    # a later owner's) traffic reference must never be mistaken for this one.
+    other = ViewSamples(max_production=5, max_reference=8, distribution_events=7, traffic_rows=6)
+    for n in range(12):
+        other.observe(_record(n))
+    other_reference = other.traffic_reference("me")
+    assert other_reference is not None and other_reference.id != reference.id
     assert reference.embeddings[:, 0].tolist() == [0, 1, 2, 3, 4, 6], "the first six with an embedding"
     assert [s.request_id for s in samples.snapshot()] == ["r3", "r4", "r6", "r8", "r10"]
     confidence, margin = samples.score_arrays()
