@@ -122,5 +122,10 @@ class ViewSamples:
         return list(self.production)
 
     def score_arrays(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        pairs: Any = np.asarray(self.scores, dtype=np.float64).reshape(-1, 2)
-        return pairs[:, 0], pairs[:, 1]
+        return score_arrays(list(self.scores))
+
+
+def score_arrays(pairs: list[tuple[float, float]]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(confidence, margin) columns of a copy of ``ViewSamples.scores`` (convert it off the event loop)."""
+    array: Any = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    return array[:, 0], array[:, 1]

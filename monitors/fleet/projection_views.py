@@ -23,7 +23,7 @@ from monitors.feed import MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.projection import Coordinates, PcaFrame, ProjectionPool
-from monitors.fleet.projection_sample import ReferenceSample, Seen, ViewSamples
+from monitors.fleet.projection_sample import ReferenceSample, Seen, ViewSamples, score_arrays
 from monitors.fleet.references import ReferenceStore
 from monitors.fleet.results import DriftStatus
 from monitors.fleet.settings import MonitorSettings
@@ -120,10 +120,8 @@ class ModelViews:
         if self._done.get("distributions") == state or (reference is None and not self.samples.observed):
             await self._publish_status()
             return
-        confidence, margin = self.samples.score_arrays()
-        result = await asyncio.to_thread(
-            distributions_of, self.model, confidence, margin, reference, owner=self._leases.owner
-        )
+        pairs = list(self.samples.scores)  # copied on the loop, where the deque grows; numpy in the thread
+        result = await asyncio.to_thread(_distributions, self.model, pairs, reference, self._leases.owner)
         await self._leases.set_if_owner(
             self.model,
             {keys.distributions(self.model): result.model_dump_json(), **self._status_value()},
@@ -297,3 +295,10 @@ def _histogram(
         production=counts(production),
         reference=None if reference is None else counts(reference),
     )
+
+
+def _distributions(
+    model: str, pairs: list[tuple[float, float]], reference: ReferenceSample | None, owner: str
+) -> Distributions:
+    confidence, margin = score_arrays(pairs)
+    return distributions_of(model, confidence, margin, reference, owner=owner)
