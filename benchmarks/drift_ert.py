@@ -1,6 +1,7 @@
-"""Does one calibration of the online MMD detector hold its ERT? Per calibration seed, on the digits CNN's embeddings.
+"""Does one calibration of the online MMD detector hold its ERT? Per calibration seed, on real embeddings.
 
-    .venv/bin/python -m benchmarks.drift_ert [--cache-dir DIR] [--seeds 10] [--streams 200] [--before]
+    .venv/bin/python -m benchmarks.drift_ert [--data digits|sentences] [--reference N] [--cache-dir DIR]
+        [--seeds 10] [--streams 200] [--before]
 
 For each seed (``DriftConfig(seed=s)``: PCA half, detector half and the torch
 draws) the monitor is calibrated as deployed (default config: ERT 1000, window
@@ -13,6 +14,15 @@ delay on a shift (the test split corrupted, ``mixed`` and ``blur`` at severity
 1; one window of clean events first, trials alarming in it left out). With
 ``--before`` the same reference rows are also calibrated the way alibi-detect
 does (each bootstrap sample re-splits them; the kept reference is one more random split).
+All this is on the digits CNN's embeddings by default.
+
+``--data sentences`` measures the same on MiniLM sentence embeddings of local text
+(:mod:`benchmarks.sentence_embeddings`, optional extra ``bench``): the monitor's
+reference is ``--reference`` clean sentences (default 2000, the default
+``reference_events``; half fit PCA, the other half is the detector's, so
+``max_reference`` is raised to ``N / 2``), the clean streams replay 2000 held-out
+sentences, and the shifts are ``domain`` (scientific-library documentation) and
+``typos`` (the held-out sentences with one character in ten replaced).
 
 Run lengths are computed from the kernel matrix of the pool of rows at once
 (the statistic of every window of a stream from cumulative sums), not event by
@@ -36,6 +46,7 @@ import torch
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
+from benchmarks import sentence_embeddings
 from benchmarks.drift_digits import Digits, model_dir, passes
 from common.codec import EncodedArray
 from demo.corruptions import CORRUPTIONS, Corruption
@@ -45,6 +56,7 @@ from monitors.drift.mmd_thresholds import bootstrap_mmd_thresholds
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.online import OnlineDriftDetector
 from monitors.drift.reduction import Pca
+from monitors.drift.reference import Reference
 from monitors.drift.states import OnlineState
 
 CAP_PER_ERT = 4
@@ -55,6 +67,40 @@ SHIFTS: tuple[tuple[str, tuple[Corruption, ...]], ...] = (("mixed", CORRUPTIONS)
 def rbf(a: NDArray[np.float64], b: NDArray[np.float64], sigma: float) -> NDArray[np.float64]:
     squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
     return np.asarray(np.exp(-np.maximum(squared, 0) / (2 * sigma**2)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Data:
+    """The monitor's reference, the clean traffic its streams replay, and shifted traffic."""
+
+    name: str
+    reference: Reference
+    traffic: NDArray[np.float32]
+    shifts: tuple[tuple[str, NDArray[np.float32]], ...]
+    """Each as many rows as ``traffic``."""
+    described: str
+    max_reference: int = DriftConfig().max_reference
+
+
+def digits_data(cache_dir: Path | None) -> Data:
+    with model_dir(cache_dir) as directory:
+        digits = Digits(directory)
+    rows = np.arange(len(digits.test))
+    shifts = tuple(
+        (name, digits.corrupted(rows, kinds=kinds, severity=1.0, seed=0).embeddings) for name, kinds in SHIFTS
+    )
+    return Data("digits", digits.reference(), digits.test.embeddings, shifts, f"the test split ({len(rows)} images)")
+
+
+def sentence_data(cache_dir: Path | None, reference_rows: int) -> Data:
+    sentences = sentence_embeddings.load(cache_dir or sentence_embeddings.DEFAULT_CACHE)
+    if not 2 <= reference_rows <= len(sentences.reference_pool):
+        raise SystemExit(f"--reference must be 2 to {len(sentences.reference_pool)} sentences")
+    x = sentences.reference_pool[:reference_rows]
+    n = len(x)
+    reference = Reference(predicted=np.zeros(n, np.int64), confidence=np.ones(n), embeddings=x, has_outputs=False)
+    described = f"held-out sentences ({len(sentences.traffic)}); reference {n} sentences"
+    return Data("sentences", reference, sentences.traffic, sentences.shifts, described, max(n // 2, 2))
 
 
 @dataclass(frozen=True)
@@ -99,10 +145,10 @@ class Pool:
         return int(hits[0]) + 1 if hits.size else None
 
 
-def deployed(data: Digits, seed: int) -> tuple[Pca, Split, float]:
-    config = DriftConfig(seed=seed, window_tests=False)
+def deployed(data: Data, seed: int) -> tuple[Pca, Split, float]:
+    config = DriftConfig(seed=seed, window_tests=False, max_reference=data.max_reference)
     monitor = DriftMonitor(
-        model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=data.reference()
+        model=data.name, config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=data.reference
     )
     started = time.perf_counter()
     monitor.calibrate()
@@ -157,46 +203,48 @@ def delay(pool: Pool, size: int, shifted_offset: int, *, trials: int = 20) -> fl
     return float(np.median(delays)) if delays else float("nan")
 
 
-def report(label: str, split: Split, rows: NDArray[np.float32], size: int, args: argparse.Namespace) -> str:
-    config = DriftConfig()
+def report(label: str, split: Split, rows: NDArray[np.float32], data: Data, args: argparse.Namespace) -> str:
+    config, size = DriftConfig(), len(data.traffic)
     pool = Pool(split, rows, config.window_size)
     lengths = run_lengths(pool, size, streams=args.streams, cap=CAP_PER_ERT * config.ert)
-    delays = [delay(pool, size, size * (k + 1)) for k in range(len(SHIFTS))]
+    delays = [delay(pool, size, size * (k + 1)) for k in range(len(data.shifts))]
     return (
         f"{label:7s} kept {len(split.ref_inds):4d}  threshold {split.thresholds[-1]:.5f}  "
         f"median run {np.median(lengths):5.0f}  within {EARLY}: {np.mean(lengths <= EARLY):4.0%}  "
         f"capped {np.mean(lengths == CAP_PER_ERT * config.ert):4.0%}  "
-        + "  ".join(f"delay {name} {d:4.0f}" for (name, _), d in zip(SHIFTS, delays, strict=True))
+        + "  ".join(f"delay {name} {d:4.0f}" for (name, _), d in zip(data.shifts, delays, strict=True))
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", type=Path, help="where the digits CNN is trained once (default: a temp dir)")
+    parser.add_argument("--data", choices=("digits", "sentences"), default="digits")
+    parser.add_argument("--reference", type=int, default=2000, help="sentences: reference rows given to the monitor")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where the digits CNN is trained once (default: a temp dir) or the sentence embeddings are cached "
+        f"(default: {sentence_embeddings.DEFAULT_CACHE})",
+    )
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--streams", type=int, default=200, help="clean streams per seed")
     parser.add_argument("--before", action="store_true", help="also calibrate as alibi-detect does (re-split)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
-    with model_dir(args.cache_dir) as cache_dir:
-        data = Digits(cache_dir)
-    shifted = [data.corrupted(np.arange(len(data.test)), kinds=kinds, severity=1.0, seed=0) for _, kinds in SHIFTS]
-    raw = np.concatenate([data.test.embeddings, *(s.embeddings for s in shifted)])
-    size = len(data.test)
-    print(
-        f"ERT 1000, window 50; {args.streams} clean streams per seed of the test split ({size} images), capped at 4000"
-    )
+    data = digits_data(args.cache_dir) if args.data == "digits" else sentence_data(args.cache_dir, args.reference)
+    raw = np.concatenate([data.traffic, *(x for _, x in data.shifts)])
+    print(f"ERT 1000, window 50; {args.streams} clean streams per seed of {data.described}, capped at 4000")
     for seed in range(args.seeds):
         pca, after, took = deployed(data, seed)
         rows = pca.transform(raw)
         if seed == 0:
             check(after, rows[:300])
         print(f"seed {seed}: calibration {took:.1f} s", flush=True)
-        print("  " + report("after", after, rows, size, args), flush=True)
+        print("  " + report("after", after, rows, data, args), flush=True)
         if args.before:
             before, took = alibi_style(after, DriftConfig(), seed)
-            print(f"  {report('before', before, rows, size, args)}  ({took:.1f} s)", flush=True)
+            print(f"  {report('before', before, rows, data, args)}  ({took:.1f} s)", flush=True)
 
 
 def check(split: Split, rows: NDArray[np.float32]) -> None:
