@@ -128,17 +128,6 @@ async def get_drift(model: ModelPath, sidecar: SidecarDep) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _series(sidecar: Sidecar, model: str, version: str | None, cohort: str | None) -> list[SeriesQuality]:
-    report = await _monitoring(sidecar).quality(model)
-    if report is None:
-        return []
-    return [
-        s
-        for s in report.series
-        if (version is None or s.version == version) and (cohort is None or s.cohort == cohort) and s.count
-    ]
-
-
 @router.get("/v1/models/{model}/calibration", dependencies=[ReadScope])
 async def get_calibration(
     model: ModelPath,
@@ -161,7 +150,8 @@ async def get_calibration_png(
     version: Annotated[str | None, Query(max_length=64)] = None,
     cohort: Annotated[str, Query(max_length=300)] = "all",
 ) -> Response:
-    series = await _series(sidecar, model, version, cohort)
+    report = await _monitoring(sidecar).quality(model)
+    series = report.chosen(version=version, cohort=cohort).series if report is not None else ()
     if not series:
         raise NotFound(f"model: no labelled predictions of {model!r} for this version and cohort", field="model")
     chosen = max(series, key=lambda s: s.count)

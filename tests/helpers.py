@@ -189,3 +189,22 @@ def serve_app(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         listener.close()
+
+
+def drain_worker(settings: Any, done: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
+    """Run an in-process attribution worker (``WorkerSettings``) step by step until ``done()``."""
+    from attribution_workers.main import build_runtimes, make_worker
+
+    async def loop() -> None:
+        worker = make_worker(settings, build_runtimes(settings), CollectorRegistry())
+        try:
+            await worker.ensure_groups()
+            deadline = time.monotonic() + timeout_s
+            while not done():
+                if time.monotonic() > deadline:
+                    raise AssertionError("the worker did not finish in time")
+                await worker.step()
+        finally:
+            await worker.aclose()
+
+    asyncio.run(loop())

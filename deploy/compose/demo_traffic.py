@@ -43,7 +43,8 @@ def _token() -> str | None:
 def _upload_reference(traffic: DigitsTraffic, token: str | None, *, attempts: int) -> bool:
     """The held-out third of the training data (never trained on, never replayed) as the drift reference."""
     reference = digits.load_digits_split(hold_out_reference=True).reference
-    assert reference is not None
+    if reference is None:
+        raise RuntimeError("the digits split came without its held-out reference")
     for attempt in range(attempts):
         if traffic.put_reference(reference, token=token):
             log.info("drift reference uploaded (%d images)", len(reference.labels))

@@ -251,10 +251,15 @@ def test_prometheus_sees_every_role_and_the_drift_alert_fires_only_in_the_drift_
             "vai-worker": "up",
         }, targets
         # Clean traffic, watched by the calibrated detectors: the drift alert stays quiet.
+        # Polled until the watch ends or the alert goes off (query_range below checks every second of it).
         watched_until = time.monotonic() + CLEAN_S
-        while time.monotonic() < watched_until:
-            assert _drift_alert_states(stack) == set(), "the drift alert went off on clean traffic"
-            time.sleep(2)
+        wait_until(
+            lambda: time.monotonic() >= watched_until or _drift_alert_states(stack),
+            timeout_s=CLEAN_S + 30,
+            what="the end of the clean watch",
+            interval_s=2,
+        )
+        assert _drift_alert_states(stack) == set(), "the drift alert went off on clean traffic"
     finally:
         clean.send_signal(signal.SIGTERM)
         assert clean.wait(timeout=30) == 0, stack.traffic_log.read_text()

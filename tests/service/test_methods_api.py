@@ -20,16 +20,14 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
-from prometheus_client import CollectorRegistry
 
-from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
 from common import keys
 from common.embedded_redis import EmbeddedRedis
 from common.redis import connect
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import serve_app, wait_until
+from helpers import drain_worker, serve_app, wait_until
 from sampler.explanations import (
     ExplanationDetail,
     ExplanationRecord,
@@ -242,21 +240,6 @@ def _image_event(index: int, image: NDArray[np.float32], predicted: int, label: 
     }
 
 
-def _drain(settings: WorkerSettings, done: Callable[[], bool], timeout_s: float = 120.0) -> None:
-    async def loop() -> None:
-        worker = make_worker(settings, build_runtimes(settings), CollectorRegistry())
-        try:
-            await worker.ensure_groups()
-            deadline = time.monotonic() + timeout_s
-            while not done():
-                assert time.monotonic() < deadline, "worker did not finish in time"
-                await worker.step()
-        finally:
-            await worker.aclose()
-
-    asyncio.run(loop())
-
-
 def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
     make_client: Callable[..., TestClient],
     make_worker_settings: Callable[..., WorkerSettings],
@@ -282,7 +265,11 @@ def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 6
     wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 6, what="6 queued")
 
-    _drain(settings, lambda: all(s == b"done" for s in _statuses(redis_client)) and len(_statuses(redis_client)) == 6)
+    def finished() -> bool:
+        statuses = _statuses(redis_client)
+        return len(statuses) == 6 and all(s == b"done" for s in statuses)
+
+    drain_worker(settings, finished, timeout_s=120.0)
 
     details = [client.get(f"/v1/explanations/digits/img{i}").json() for i in range(6)]
     trusts = []

@@ -24,16 +24,14 @@ import pytest
 import redis
 import torch
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as AsyncRedis
 
-from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
 from cdp import Browser, find_chromium
 from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import serve_app, wait_until
+from helpers import drain_worker, serve_app, wait_until
 from sampler.explanations import (
     ExplanationDetail,
     ExplanationRecord,
@@ -140,23 +138,6 @@ def digits_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
     torch.set_num_threads(previous)
 
 
-def _drain(settings: WorkerSettings, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    """An in-process attribution worker until ``done()`` (as in tests/attribution_workers/test_worker.py)."""
-
-    async def loop() -> None:
-        worker = make_worker(settings, build_runtimes(settings), CollectorRegistry())
-        try:
-            await worker.ensure_groups()
-            deadline = time.monotonic() + timeout_s
-            while not done():
-                assert time.monotonic() < deadline, "the worker did not finish in time"
-                await worker.step()
-        finally:
-            await worker.aclose()
-
-    asyncio.run(loop())
-
-
 def _image_event(index: int, image: npt.NDArray[np.float32], predicted: int, **fields: Any) -> dict[str, Any]:
     logits = np.full(10, -2.0)
     logits[predicted] = 3.0
@@ -246,7 +227,7 @@ def stored_site(
             statuses = {redis_client.hget(key, "status") for key in redis_client.scan_iter("vai:expl:digits:*")}
             return statuses == {b"done"} and redis_client.hlen(keys.sanity("digits")) == len(METHODS)
 
-        _drain(worker_settings, finished)
+        drain_worker(worker_settings, finished)
         assert httpx.post(f"{base}/v1/events", json=queued, headers=ingest).status_code < 300
         wait_until(lambda: redis_client.hget(keys.explanation("digits", "img6"), "status") == b"queued", what="queued")
         _save_records(redis_url, now, ttl_s=settings.explanation_ttl_s)
