@@ -29,7 +29,7 @@ from service.binary_body import decode_binary
 from service.errors import FieldError
 from service.parsing import Decoded, Rejected, check_count, decode_body, field_error
 from service.schemas import NUMBER_FIELDS, EventIn
-from service.tensors import vector_of
+from service.tensors import BinaryTensor, vectors_of
 
 _OPEN = 91  # b"["
 _ENCODE = msgspec.json.Encoder().encode
@@ -53,9 +53,9 @@ class BodyDecoder:
         ``header_length``: the ``Inference-Header-Content-Length`` of a binary-extension body.
         """
         if header_length is not None:
-            return decode_binary(body, header_length, max_batch=self._max_batch)
+            return read_tensors(decode_binary(body, header_length, max_batch=self._max_batch))
         fast = self.decode_fast(body, open_brackets=open_brackets) if body.strip() else None
-        return fast if fast is not None else decode_body(body, max_batch=self._max_batch)
+        return read_tensors(fast if fast is not None else decode_body(body, max_batch=self._max_batch))
 
     def decode_fast(self, body: bytes, *, open_brackets: int | None = None) -> list[Decoded] | None:
         """The decoded events, or ``None`` when the body needs the careful path to be judged."""
@@ -75,6 +75,8 @@ class BodyDecoder:
             expected_brackets = 0
         else:
             return None
+        if items and _holds_tensors(items[0]):
+            return _decode_whole(items)
         decoded: list[Decoded] = []
         for index, item in enumerate(items):
             judged = _decode_item(index, item)
@@ -108,7 +110,7 @@ def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
         if len(set(keys)) != len(keys):
             return None  # which duplicate wins is the careful path's call
         fields: dict[str, Any] = {}
-        numbers: dict[str, npt.NDArray[np.float64] | FieldError] = {}
+        numbers: dict[str, Any] = {}  # arrays, errors, and tensor objects for read_tensors
         brackets = 0
         for key in keys:
             value = item[key]
@@ -116,9 +118,8 @@ def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
                 numbers[key] = _array_of(value, key)
                 brackets += 1
             elif key in NUMBER_FIELDS and isinstance(value, simdjson.Object):
-                tensor = value.as_dict()  # small unless v2 JSON numbers: compact data is one base64 string
-                numbers[key] = _vector_of(tensor, key)
-                brackets += _brackets_in(tensor)
+                numbers[key] = tensor = value.as_dict()  # small unless v2 JSON numbers: compact data is one string
+                brackets += _tensor_brackets(tensor)
             else:
                 fields[key] = _plain(value)
         return _checked(index, fields, numbers), brackets + _brackets_in(fields)
@@ -126,7 +127,30 @@ def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
         return None
 
 
-def _checked(index: int, fields: Any, numbers: dict[str, npt.NDArray[np.float64] | FieldError]) -> Decoded:
+def _holds_tensors(item: Any) -> bool:
+    """Whether the (first) event's scores are a tensor object: then the body holds no long number lists."""
+    return isinstance(item, simdjson.Object) and any(
+        isinstance(item.get(key), simdjson.Object) for key in ("logits", "probabilities")
+    )
+
+
+def _decode_whole(items: Any) -> list[Decoded] | None:
+    """The events of a body of tensor objects, each converted whole by simdjson (~6x faster than field by
+    field). Nothing goes through ``as_buffer`` here, so no nested list can hide and no '[' needs counting;
+    a number list among the tensors becomes Python floats, checked later like the careful path's."""
+    decoded: list[Decoded] = []
+    try:
+        for index, item in enumerate(items):
+            fields = _plain(item)
+            if isinstance(item, simdjson.Object) and len(fields) != len(item):
+                return None  # which duplicate wins is the careful path's call
+            decoded.append(_checked(index, fields, {}))
+    except RecursionError:
+        return None
+    return decoded
+
+
+def _checked(index: int, fields: Any, numbers: dict[str, Any]) -> Decoded:
     request_id = fields.get("request_id") if isinstance(fields, dict) else None
     request_id = request_id if isinstance(request_id, str) else None
     for error in numbers.values():
@@ -151,14 +175,6 @@ def _array_of(value: Any, field: str) -> npt.NDArray[np.float64] | FieldError:
     return array
 
 
-def _vector_of(tensor: dict[str, Any], field: str) -> npt.NDArray[np.float64] | FieldError:
-    """A tensor object's numbers as float64; an error (returned, as in :func:`_array_of`)."""
-    try:
-        return vector_of(tensor, field)
-    except FieldError as error:
-        return error.with_traceback(None)
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, simdjson.Object):
         return value.as_dict()
@@ -170,6 +186,45 @@ def _plain(value: Any) -> Any:
 def _brackets_in(value: Any) -> int:
     """How many '[' the JSON text of ``value`` holds, as lists and inside strings (msgspec never escapes '[')."""
     return _ENCODE(value).count(b"[")
+
+
+def _tensor_brackets(tensor: dict[str, Any]) -> int:
+    """:func:`_brackets_in` of a tensor object, leaving out a compact form's long base64 text.
+
+    A '[' in that text is not base64, so the tensor is refused anyway; the count then exceeds the
+    expected one, which only sends the body to the careful path. Counting it would cost more than
+    decoding the text (``str.count`` scans ~1 byte per nanosecond).
+    """
+    if isinstance(tensor.get("data"), str):
+        return _brackets_in({key: value for key, value in tensor.items() if key != "data"})
+    return _brackets_in(tensor)
+
+
+def read_tensors(decoded: list[Decoded]) -> list[Decoded]:
+    """``decoded`` with the tensor objects in number fields read as float64 vectors (or the event refused).
+
+    All of a request's tensors are read together (:func:`service.tensors.vectors_of`): one numpy pass
+    per dtype and length instead of several calls per tensor.
+    """
+    wanted = [
+        (position, key)
+        for position, event in enumerate(decoded)
+        if isinstance(event, EventIn)
+        for key in NUMBER_FIELDS
+        if isinstance(getattr(event, key), (dict, BinaryTensor))
+    ]
+    if not wanted:
+        return decoded
+    vectors = vectors_of([(getattr(decoded[position], key), key) for position, key in wanted])
+    for (position, key), vector in zip(wanted, vectors, strict=True):
+        event = decoded[position]
+        if isinstance(event, Rejected):
+            continue  # an earlier field of it was refused
+        if isinstance(vector, FieldError):
+            decoded[position] = Rejected(position, event.request_id, vector)
+        else:
+            setattr(event, key, vector)
+    return decoded
 
 
 def count_open_brackets(data: bytes) -> int:

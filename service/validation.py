@@ -103,9 +103,6 @@ def predictions(checked: list[Checked], *, received_at: float) -> list[Predictio
     for index, item in enumerate(checked):
         groups.setdefault((item.scores.shape[0], item.from_logits), []).append(index)
     for (_, from_logits), indices in groups.items():
-        if len(indices) == 1:
-            summaries[indices[0]] = summarise(checked[indices[0]].scores, from_logits=from_logits)
-            continue
         found = summarise_rows([checked[i].scores for i in indices], from_logits=from_logits)
         for index, summary in zip(indices, found, strict=True):
             summaries[index] = summary
@@ -131,27 +128,19 @@ def predictions(checked: list[Checked], *, received_at: float) -> list[Predictio
 
 
 def summarise(scores: npt.NDArray[np.float64], *, from_logits: bool) -> tuple[int, float, float]:
-    """Predicted class, top-1 probability and top-1 minus top-2 logit, in a handful of numpy calls."""
-    predicted = int(scores.argmax())
-    first = float(scores[predicted])
-    if from_logits:
-        if first - float(scores.min()) > _EXP_SAFE_SPREAD:
-            return predicted, *_summarise_wide(scores, predicted, first)
-        weights = np.exp(scores - first)  # weights[predicted] == 1; nothing under- or overflows
-        confidence = 1.0 / float(weights.sum())
-        weights[predicted] = 0.0
-        return predicted, confidence, -math.log(float(weights.max()))  # max is exp(second - first)
-    rest = scores.copy()
-    rest[predicted] = -1.0
-    second = float(rest.max())
-    return predicted, first, min(math.log(max(first, _TINY)) - math.log(max(second, _TINY)), MAX_MARGIN)
+    """Predicted class, top-1 probability and top-1 minus top-2 logit (log-probability) of one score vector."""
+    return summarise_rows([scores], from_logits=from_logits)[0]
 
 
 def summarise_rows(rows: list[npt.NDArray[np.float64]], *, from_logits: bool) -> list[tuple[int, float, float]]:
-    """:func:`summarise` of equally long score vectors, vectorised (numpy's per-call cost dominates one row).
+    """Predicted class, top-1 probability and top-1 minus top-2 logit of equally long score vectors, vectorised.
 
     The arithmetic runs in place on one stacked copy: fresh temporaries of a request's worth of scores
-    cost more in memory traffic than the arithmetic itself.
+    cost more in memory traffic than the arithmetic itself. The softmax's exponentials are taken in
+    float32, which numpy vectorises on every x86-64 CPU (its float64 ``exp`` only with AVX-512): ~4x
+    less time for the most expensive step of ingest, at a relative error of the confidence below
+    1e-7 — far finer than any histogram bucket, sampling threshold or calibration bin. The margin
+    comes from the scores themselves, in float64.
     """
     scores = np.stack(rows)
     index = np.arange(scores.shape[0])
@@ -163,16 +152,14 @@ def summarise_rows(rows: list[npt.NDArray[np.float64]], *, from_logits: bool) ->
         margin = np.minimum(np.log(np.maximum(first, _TINY)) - np.log(np.maximum(second, _TINY)), MAX_MARGIN)
         return list(zip(predicted.tolist(), first.tolist(), margin.tolist(), strict=True))
     with np.errstate(over="ignore", under="ignore"):  # finite logits 1e308 apart overflow to -inf, exp() to 0
-        np.subtract(scores, first[:, None], out=scores)
-        np.exp(scores, out=scores)  # 1 at the predicted class
-    confidence = 1.0 / scores.sum(axis=1)
-    scores[index, predicted] = 0.0
-    runner_up = scores.max(axis=1)  # exp(second - first); 0 when that underflowed
-    margin = -np.log(runner_up + (runner_up == 0.0))  # underflowed rows get 0 here and are redone below
-    found = list(zip(predicted.tolist(), confidence.tolist(), margin.tolist(), strict=True))
-    for row in np.flatnonzero(runner_up == 0.0).tolist():  # margins beyond ~745: exact, one by one
-        found[row] = summarise(rows[row], from_logits=True)
-    return found
+        np.subtract(scores, first[:, None], out=scores)  # <= 0; exactly 0 at the predicted class
+        scores[index, predicted] = -np.inf
+        gap = scores.max(axis=1)  # second minus first
+        weights = scores.astype(np.float32)
+        np.exp(weights, out=weights)
+    confidence = 1.0 / (1.0 + weights.sum(axis=1, dtype=np.float64))
+    margin = np.minimum(-gap, MAX_MARGIN)
+    return list(zip(predicted.tolist(), confidence.tolist(), margin.tolist(), strict=True))
 
 
 def softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -186,15 +173,6 @@ def softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
             weights = np.exp(logits - top)
     weights /= weights.sum()
     return weights
-
-
-def _summarise_wide(scores: npt.NDArray[np.float64], predicted: int, first: float) -> tuple[float, float]:
-    """Confidence and margin of logits whose spread would under- or overflow ``exp``."""
-    with np.errstate(over="ignore", under="ignore"):  # finite logits 1e308 apart overflow to -inf, whose exp is 0
-        weights = np.exp(scores - first)
-    confidence = 1.0 / float(weights.sum())
-    second = float(np.partition(scores, -2)[-2])
-    return confidence, min(first - second, MAX_MARGIN)
 
 
 def _scores_of(event: EventIn) -> tuple[npt.NDArray[np.float64], bool]:

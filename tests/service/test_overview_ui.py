@@ -152,7 +152,8 @@ def test_every_view_says_when_it_has_no_data_and_offers_a_retry(
         browser.click("#token-form button[type=submit]")
         states = "[...document.querySelectorAll('section.view')].map(s => s.dataset.state)"
         browser.wait_for(f"{states}.every(s => s === 'empty')", "every view to say it has no data")
-        assert browser.evaluate("document.getElementById('message').hidden")
+        # the views settle one by one; the message is hidden once the whole refresh has finished
+        browser.wait_for("document.getElementById('message').hidden", "the 401 message to go")
         texts = browser.evaluate("[...document.querySelectorAll('section.view .empty')].map(p => p.textContent)")
         assert len(texts) == len(VIEWS) and all(text.startswith("No data yet: ") for text in texts), texts
         assert browser.evaluate("document.getElementById('model-name').textContent") == "digits"

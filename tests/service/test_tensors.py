@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from helpers import binary_body, binary_tensor, event
+from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
 from service.parsing import Rejected, decode_body
+from service.tensors import BinaryTensor, vector_of, vectors_of
 from service.validation import check, predictions
 
 ClientFactory = Callable[..., TestClient]
@@ -312,3 +314,56 @@ def test_a_binary_body_over_the_limit_is_413(make_client: ClientFactory) -> None
     body, headers = binary_body({"events": events}, [*sections, b"\x00" * 4096])
     response = _post(make_client(max_body_bytes=2048), body, headers)
     assert response.status_code == 413
+
+
+def _one_by_one(value: Any, field: str) -> npt.NDArray[np.float64] | FieldError:
+    try:
+        return vector_of(value, field)
+    except FieldError as error:
+        return error
+
+
+def test_a_request_s_tensors_read_together_get_the_verdicts_of_one_by_one() -> None:
+    """vectors_of groups tensors by dtype and length; every verdict must be vector_of's, in order."""
+    rng = np.random.default_rng(3)
+    nan_row, inf_row, big = rng.normal(size=6), rng.normal(size=6), np.full(6, 1e308)
+    nan_row[2], inf_row[5] = np.nan, -np.inf
+    sections = np.array([3.0, 1.0, 2.0], dtype="<f4").tobytes()
+    tensors: list[tuple[Any, str]] = [
+        (_compact(rng.normal(size=6).astype(np.float32)), "logits"),
+        (_compact(nan_row.astype(np.float32)), "logits"),  # same group as the first: only this row refused
+        (_compact(rng.normal(size=6).astype(np.float32)), "logits"),
+        (_compact(inf_row), "embedding"),
+        (_compact(big), "embedding"),  # finite, though its float64 sum overflows
+        (_compact(np.full(6, 60000.0, dtype=np.float16)), "logits"),  # finite float16 past float16's sum range
+        (_compact(rng.normal(size=(1, 6)).astype(np.float32)), "logits"),  # [1, n] joins the [n] group
+        (_compact(rng.normal(size=(2, 3)).astype(np.float32)), "logits"),  # not a vector
+        ({**_compact(np.ones(6, dtype=np.float32)), "data": "not base64!"}, "logits"),
+        ({**_compact(np.ones(6, dtype=np.float32)), "shape": [7]}, "logits"),  # bytes do not fill the shape
+        (_compact(INTEGERS.astype(np.int16)), "logits"),
+        (_v2(LOGITS, "FP32"), "probabilities"),
+        (BinaryTensor({"shape": [3], "datatype": "FP32"}, sections), "logits"),
+        (BinaryTensor({"shape": [3], "datatype": "FP32"}, None, "runs past the body"), "logits"),
+        ([1.0, 2.0], "logits"),
+    ]
+    with np.errstate(all="raise"):  # nothing may warn, e.g. on the overflowing sums
+        together = vectors_of(tensors)
+    alone = [_one_by_one(value, field) for value, field in tensors]
+    assert len(together) == len(alone)
+    for found, expected in zip(together, alone, strict=True):
+        if isinstance(expected, FieldError):
+            assert isinstance(found, FieldError)
+            assert (found.field, str(found), found.reason) == (expected.field, str(expected), expected.reason)
+        else:
+            assert isinstance(found, np.ndarray) and found.dtype == np.float64
+            np.testing.assert_array_equal(found, expected)
+    refused = [found.field for found in together if isinstance(found, FieldError)]
+    assert refused == [
+        "logits.data",
+        "embedding.data",
+        "logits.shape",
+        "logits.data",
+        "logits.data",
+        "logits.parameters.binary_data_size",
+        "logits",
+    ]

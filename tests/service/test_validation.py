@@ -24,7 +24,7 @@ def test_logit_summary_matches_an_independent_computation() -> None:
     for row, (predicted, confidence, margin) in zip(rows, summarise_rows(list(rows), from_logits=True), strict=True):
         ordered = np.sort(row)
         assert row[predicted] == ordered[-1]
-        assert confidence == pytest.approx(softmax(row).max(), rel=1e-12)
+        assert confidence == pytest.approx(softmax(row).max(), rel=1e-7)  # exponentials in float32
         assert margin == pytest.approx(ordered[-1] - ordered[-2], abs=1e-9)
 
 
