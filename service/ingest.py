@@ -129,7 +129,7 @@ class IngestHandler:
         accepted = predictions(checked, received_at=received_at)
         result.accepted = len(accepted)
         self._observe(accepted)
-        result.sampled = [sampled for sampled in map(self._sample, accepted) if sampled is not None]
+        result.sampled = self._sample_all(accepted)
         if not accepted:
             first = result.rejected[0]
             raise InvalidInput(
@@ -196,18 +196,29 @@ class IngestHandler:
             for model, count in budget_drops.items():
                 self._feed.count_budget_drops(model, count)
 
-    def _sample(self, prediction: Prediction) -> Sampled | None:
+    def _sample_all(self, accepted: list[Prediction]) -> list[Sampled]:
+        """Sampling decisions for a request's accepted events; most are not sampled, counted once per model."""
+        found: list[Sampled] = []
+        skipped: dict[str, int] = {}
+        for prediction in accepted:
+            model = prediction.model
+            reasons = self._sampler.reasons(
+                model,
+                confidence=prediction.confidence,
+                margin=prediction.margin,
+                cohort=prediction.cohort,
+                has_input=prediction.input is not None,
+            )
+            if not reasons:
+                skipped[model] = skipped.get(model, 0) + 1
+            elif (sampled := self._sample(prediction, reasons)) is not None:
+                found.append(sampled)
+        for model, count in skipped.items():
+            self._metrics.child(self._metrics.not_sampled, model).inc(count)
+        return found
+
+    def _sample(self, prediction: Prediction, reasons: tuple[Reason, ...]) -> Sampled | None:
         model = prediction.model
-        reasons = self._sampler.reasons(
-            model,
-            confidence=prediction.confidence,
-            margin=prediction.margin,
-            cohort=prediction.cohort,
-            has_input=prediction.input is not None,
-        )
-        if not reasons:
-            self._metrics.child(self._metrics.not_sampled, model).inc()
-            return None
         for reason in reasons:
             self._metrics.child(self._sampler_metrics.sampled, model, reason).inc()
         if not self._sampler.admit(model):
