@@ -25,7 +25,7 @@ from attribution_workers.inspection_health import HealthSnapshot, LayerHealthTra
 from attribution_workers.loader import LoadedModel, load_model
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
-from sampler.explanations import (
+from sampler.explanation_records import (
     ExplanationDetail,
     ExplanationRecord,
     ExplanationSummary,

@@ -20,7 +20,7 @@ from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Explanation, stack_maps
 from attribution_workers.loader import LoadedModel
 from attribution_workers.methods import MethodName
-from sampler.explanations import Fidelity
+from sampler.explanation_records import Fidelity
 
 
 def spearman_rows(first: ArrayLike, second: ArrayLike) -> NDArray[np.float64]:

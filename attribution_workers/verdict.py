@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from attribution_workers.methods import MethodName
 from attribution_workers.trust import Agreement
-from sampler.explanations import Fidelity, SanityFigure
+from sampler.explanation_records import Fidelity, SanityFigure
 from sampler.verdicts import MethodTrust, Verdict
 
 

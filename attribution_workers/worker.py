@@ -52,7 +52,8 @@ from common import keys
 from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED
 from sampler.contract import MessageError, SampledEvent
-from sampler.explanations import ExplanationStore, SanityFigure
+from sampler.explanation_records import SanityFigure
+from sampler.explanations import ExplanationStore
 from sampler.layers import LayerHealthReport, LayerHealthStore
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from demo.corruptions import corrupt
 from demo.models import digits
 from demo.settings import ATTRIBUTION, METHODS
 from sampler.contract import InputTensor, SampledEvent
-from sampler.explanations import SanityFigure
+from sampler.explanation_records import SanityFigure
 
 PARTS = ("trusted", "passes_sanity", "beats_random", "agrees")
 BATCH = 16

@@ -1,4 +1,5 @@
-"""Stored explanations: the record format and the Redis store that workers write and the API reads.
+"""Stored explanations: the Redis store that workers write and the API reads (records in
+:mod:`sampler.explanation_records`).
 
 One hash per sampled event (``status``, ``summary``, ``detail``), indexed by event
 time per model and per facet (reason, cohort value, predicted class, version).
@@ -14,151 +15,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any, Literal
 
-import numpy as np
-import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from common import keys
-from common.codec import EncodedArray
 from common.errors import RedisUnavailable
-from common.names import MODEL_PATTERN, VERSION_PATTERN
 from common.redis import REDIS_FAILED, execute
-from sampler.contract import InputTensor, SampledEvent
-from sampler.layers import FeatureMaps, LayerStats
-from sampler.policy import Reason
-from sampler.verdicts import MethodTrust, Verdict
+from sampler.contract import SampledEvent
+from sampler.explanation_records import (
+    ExplanationDetail,
+    ExplanationPage,
+    ExplanationQuery,
+    ExplanationRecord,
+    ExplanationSummary,
+    SanityFigure,
+)
 
-ExplanationStatus = Literal["queued", "done", "failed"]
 log = logging.getLogger(__name__)
-
-
-class Fidelity(BaseModel):
-    """Deletion-curve areas of one map, each in [0, 1]: lower means the target probability fell faster."""
-
-    model_config = ConfigDict(frozen=True)
-
-    deletion_auc: float
-    """Area when elements go most-attributed first."""
-    random_auc: float
-    """Mean area over seeded random orders."""
-
-    @property
-    def gain(self) -> float:
-        """``random_auc - deletion_auc``: above 0 the attribution order beats chance (faithful)."""
-        return self.random_auc - self.deletion_auc
-
-
-class StoredAttribution(BaseModel):
-    """One method's map, compact: ``values / scale`` as float16 in the array codec (its dtype implied)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    shape: tuple[int, ...]
-    scale: float
-    data: str
-    target: int
-    convergence_delta: float | None = None
-    fidelity: Fidelity | None = None
-    seconds: float | None = None
-    agreement: float | None = None
-    """Mean Spearman correlation of this map's |values| with each other method's map of the same input."""
-    verdict: Verdict | None = None
-    """Whether to trust this map (``sampler.verdicts``); None in records older than verdicts."""
-
-    @classmethod
-    def from_array(cls, values: npt.NDArray[Any], *, target: int, **figures: Any) -> StoredAttribution:
-        scale = float(np.abs(values).max()) or 1.0
-        half = EncodedArray.of((values / scale).astype(np.float16))
-        return cls(shape=half.shape, scale=scale, data=half.data, target=target, **figures)
-
-    def to_array(self) -> npt.NDArray[np.float32]:
-        half = EncodedArray(shape=self.shape, dtype="float16", data=self.data).decode()
-        return half.astype(np.float32) * np.float32(self.scale)
-
-
-class ExplanationSummary(BaseModel):
-    model: str
-    model_version: str
-    request_id: str
-    status: ExplanationStatus
-    reasons: tuple[Reason, ...]
-    predicted: int
-    confidence: float
-    cohort: dict[str, str] = Field(default_factory=dict)
-    timestamp: float
-    label: int | None = None
-    methods: tuple[str, ...] = ()
-    trust: dict[str, MethodTrust] = Field(default_factory=dict)
-    """Each method's verdict and figures towards the prediction, copied from the detail so that lists and the
-    per-method aggregate read no maps."""
-
-    @classmethod
-    def queued(cls, event: SampledEvent) -> ExplanationSummary:
-        return cls(
-            model=event.model,
-            model_version=event.model_version,
-            request_id=event.request_id,
-            status="queued",
-            reasons=event.reasons,
-            predicted=event.predicted,
-            confidence=event.confidence,
-            cohort=event.cohort,
-            timestamp=event.timestamp,
-            label=event.label,
-        )
-
-
-class ExplanationDetail(BaseModel):
-    attributions: dict[str, StoredAttribution] = Field(default_factory=dict)
-    agreement: float | None = None
-    """Mean pairwise Spearman correlation of the methods' absolute maps."""
-    error: str | None = None
-    input: InputTensor | None = None
-    explained_at: float | None = None
-    feature_names: tuple[str, ...] | None = None
-    """Names of a flat input's features, from the model's attribution config (for the bar chart)."""
-    layers: list[LayerStats] = Field(default_factory=list)
-    """The inspected layers' outputs on this input (``sampler.layers``)."""
-    feature_maps: dict[str, FeatureMaps] = Field(default_factory=dict)
-    """A few channels of some layers' outputs, by layer name; drawn on request, not in the JSON detail."""
-
-
-class ExplanationRecord(BaseModel):
-    summary: ExplanationSummary
-    detail: ExplanationDetail = Field(default_factory=ExplanationDetail)
-
-
-class SanityFigure(BaseModel):
-    """Latest randomisation sanity check of one method of a model (Adebayo et al. 2018)."""
-
-    similarity: float
-    """Mean Spearman correlation of |maps| from the trained and a randomised model; high is bad."""
-    flagged: bool
-    samples: int
-    checked_at: float
-
-
-class ExplanationQuery(BaseModel):
-    model: str = Field(pattern=MODEL_PATTERN)
-    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
-    reason: Reason | None = None
-    cohort: tuple[str, str] | None = None
-    predicted: int | None = None
-    since: float | None = None
-    until: float | None = None
-    limit: int = Field(default=50, ge=1, le=500)
-    cursor: tuple[float, str] | None = None
-    """(timestamp, request_id) of the last item of the previous page."""
-
-
-class ExplanationPage(BaseModel):
-    items: list[ExplanationSummary]
-    next_cursor: tuple[float, str] | None = None
 
 
 _SAVE = """

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import InvalidInput, NotFound
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
-from sampler.explanations import ExplanationQuery, ExplanationRecord, ExplanationStore, Fidelity, SanityFigure
+from sampler.explanation_records import ExplanationQuery, ExplanationRecord, Fidelity, SanityFigure
+from sampler.explanations import ExplanationStore
 from sampler.layers import LayerStats
 from sampler.verdicts import Verdict
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import NotFound
-from sampler.explanations import ExplanationRecord
+from sampler.explanation_records import ExplanationRecord
 from sampler.layers import ModelLayers
 from sampler.verdicts import MethodTrustReport, method_trust_report
 from service.deps import ModelPath, ReadScope, SidecarDep

@@ -11,9 +11,9 @@ Per accepted event the request path only appends to bounded buffers (O(1), no I/
 A background task writes them continuously, one pipelined round trip per batch (an ``XADD …
 MAXLEN ~`` per feed record, one Lua call for all records waiting for labels); once it has
 caught up it waits ``linger_s`` (50 ms) for records to gather, so a thinned feed costs ~20
-round trips a second instead of one per request (each costs ~0.2 ms of the sidecar's CPU). Every record not kept is counted in
-``vai_monitor_records_dropped_total{model, feed, reason}``: ``budget``, ``buffer_full``
-(Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
+round trips a second instead of one per request (each costs ~0.2 ms of the sidecar's CPU).
+Every record not kept is counted in ``vai_monitor_records_dropped_total{model, feed, reason}``:
+``budget``, ``buffer_full`` (Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
 ``redis_error`` (Redis refused the write, e.g. out of memory).
 """
 

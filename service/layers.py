@@ -8,7 +8,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from common.errors import InvalidInput, NotFound
-from sampler.explanations import ExplanationRecord
+from sampler.explanation_records import ExplanationRecord
 from sampler.layers import LayerHealthStore, ModelLayers
 
 

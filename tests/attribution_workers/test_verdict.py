@@ -21,7 +21,7 @@ from attribution_workers.verdict import VerdictRule
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from sampler.contract import InputTensor, SampledEvent
-from sampler.explanations import Fidelity, SanityFigure
+from sampler.explanation_records import Fidelity, SanityFigure
 
 RULE = VerdictRule(min_fidelity_gain=0.0, min_agreement=0.2)
 PASSING_SANITY = SanityFigure(similarity=0.21, flagged=False, samples=16, checked_at=1.0)

@@ -10,14 +10,14 @@ import pytest
 import redis
 
 from common.redis import connect
-from sampler.explanations import (
+from sampler.explanation_records import (
     ExplanationDetail,
     ExplanationQuery,
     ExplanationRecord,
-    ExplanationStore,
     ExplanationSummary,
     StoredAttribution,
 )
+from sampler.explanations import ExplanationStore
 
 pytestmark = pytest.mark.anyio
 T0 = time.time() - 1000  # index entries older than the retention are trimmed on write

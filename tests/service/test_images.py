@@ -17,7 +17,7 @@ from PIL import Image
 from common.errors import InvalidInput, NotFound
 from monitors.calibration import CalibrationReport, compute_calibration
 from sampler.contract import InputTensor
-from sampler.explanations import ExplanationDetail, ExplanationRecord, ExplanationSummary, StoredAttribution
+from sampler.explanation_records import ExplanationDetail, ExplanationRecord, ExplanationSummary, StoredAttribution
 from service.explanations import render_heatmap
 from service.images import ImageDataError, NothingToDraw, render_bar_chart, render_image_heatmap, render_reliability_png
 from service.images._canvas import BLUE, VERMILION, nice_ticks

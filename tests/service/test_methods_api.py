@@ -28,16 +28,16 @@ from common.redis import connect
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import drain_worker, serve_app, wait_until
-from sampler.explanations import (
+from sampler.explanation_records import (
     ExplanationDetail,
     ExplanationRecord,
     ExplanationStatus,
-    ExplanationStore,
     ExplanationSummary,
     Fidelity,
     SanityFigure,
     StoredAttribution,
 )
+from sampler.explanations import ExplanationStore
 from sampler.verdicts import MethodTrust, Verdict
 from service.app import create_app
 

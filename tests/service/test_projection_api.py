@@ -27,7 +27,8 @@ from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
 from helpers import MonitorRunner, event, serve_app, wait_until
 from monitors.fleet.views import WANTED_TTL_S
-from sampler.explanations import ExplanationRecord, ExplanationStore, ExplanationSummary
+from sampler.explanation_records import ExplanationRecord, ExplanationSummary
+from sampler.explanations import ExplanationStore
 from service.app import create_app
 from service.validation import summarise_rows
 

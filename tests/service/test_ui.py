@@ -32,13 +32,8 @@ from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import drain_worker, serve_app, wait_until
-from sampler.explanations import (
-    ExplanationDetail,
-    ExplanationRecord,
-    ExplanationStore,
-    ExplanationSummary,
-    StoredAttribution,
-)
+from sampler.explanation_records import ExplanationDetail, ExplanationRecord, ExplanationSummary, StoredAttribution
+from sampler.explanations import ExplanationStore
 from service.app import create_app
 from service.settings import SidecarSettings
 from service.ui import CONTENT_SECURITY_POLICY
