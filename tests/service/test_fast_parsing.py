@@ -13,7 +13,7 @@ import pytest
 from common.errors import VaiError
 from helpers import event
 from service.errors import FieldError
-from service.fast_parsing import BodyDecoder
+from service.fast_parsing import BodyDecoder, read_tensors
 from service.parsing import Decoded, Rejected, decode_body
 from service.validation import Prediction, check, predictions
 
@@ -148,3 +148,32 @@ def test_a_parse_kept_alive_by_an_error_does_not_break_the_next_request() -> Non
     assert kept.value.__traceback__ is not None
     decoded = decoder.decode_fast(json.dumps(event("next")).encode())
     assert decoded is not None and isinstance(_verdict(decoded[0]), Prediction)
+
+
+def _compact(values: list[float]) -> dict[str, Any]:
+    raw = np.array(values, dtype="<f4").tobytes()
+    return {"shape": [len(values)], "dtype": "float32", "data": base64.b64encode(raw).decode()}
+
+
+TENSOR_BODIES = [
+    pytest.param(_batch(event("a", logits=_compact([4.0, 1.0])), event("b", logits=[4.0, 1.0])), id="tensor-then-list"),
+    pytest.param(
+        _batch(event("a", logits=_compact([4.0, 1.0])), event("b", logits={**_compact([1.0, 2.0]), "data": "!"})),
+        id="tensor-then-bad-base64",
+    ),
+    pytest.param(
+        _batch(event("a", logits=_compact([4.0, 1.0])), event("b", logits=_compact([float("nan"), 1.0]))),
+        id="tensor-then-nan-bytes",
+    ),
+    pytest.param(_batch(event("a", logits=_compact([4.0, 1.0]), model="bad name")), id="tensor-and-bad-model"),
+    pytest.param(json.dumps(event("a", logits=_compact([4.0, 1.0]))).encode(), id="single-tensor-event"),
+]
+
+
+@pytest.mark.parametrize("body", TENSOR_BODIES)
+def test_bodies_of_tensors_take_the_careful_reader_and_get_the_fast_path_s_verdicts(body: bytes) -> None:
+    """A body whose first scores are a tensor is read by msgspec (quicker there); verdicts must not change."""
+    decoder = BodyDecoder(max_batch=MAX_BATCH)
+    fast = decoder.decode_fast(body)
+    assert fast is not None
+    _same(decoder.decode(body), read_tensors(fast))
