@@ -8,7 +8,7 @@ A few minutes on two cores. Every process it starts is stopped on the way out.
 run on CPU 0), one model with 768-d embeddings and 1000 classes, default detectors (PCA to
 ``--pca`` components, online MMD at ERT 1000, window 50), two rows: windowed tests off and on
 (``VAI_DRIFT__WINDOW_TESTS``). Records are published straight into Redis in the sidecars' format
-(``MonitoringRecord.to_fields``, ``XADD`` to ``keys.prediction_feed``, ``SADD
+(``MonitoringRecord.blob`` as the entry's one field, ``XADD`` to ``keys.prediction_feed``, ``SADD
 keys.MONITORED_MODELS``) and the reference (2,000 synthetic rows) through ``ReferenceStore``.
 Once the drift status says ``monitoring`` (the time to get there, calibration included, is
 printed), ``--events`` clean records are pushed at once and ``examined`` is read from the
@@ -79,7 +79,7 @@ from redis.asyncio import Redis as AsyncRedis
 from common import keys
 from common.embedded_redis import EmbeddedRedis, free_port
 from monitors.drift.reference import Reference
-from monitors.feed import MonitoringRecord
+from monitors.feed import ENTRY_FIELD, MonitoringRecord
 from monitors.fleet.references import ReferenceStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,17 +202,19 @@ class Synthetic:
         confidence = rng.beta(8, 2, count)
         now = time.time()
         return [
-            MonitoringRecord(
-                model=model,
-                request_id=f"r{seed}-{i}",
-                version="v1",
-                time_s=now,
-                predicted=int(predicted[i]),
-                confidence=float(confidence[i]),
-                margin=1.0,
-                num_classes=1000,
-                embedding=embeddings[i],
-            ).to_fields()
+            {
+                ENTRY_FIELD: MonitoringRecord(
+                    model=model,
+                    request_id=f"r{seed}-{i}",
+                    version="v1",
+                    time_s=now,
+                    predicted=int(predicted[i]),
+                    confidence=float(confidence[i]),
+                    margin=1.0,
+                    num_classes=1000,
+                    embedding=embeddings[i],
+                ).blob()
+            }
             for i in range(count)
         ]
 

@@ -1,4 +1,4 @@
-"""Two-sample tests on tumbling windows of (reduced) embeddings: alibi-detect ``MMDDrift`` and ``KSDrift``.
+"""Two-sample tests on tumbling windows of (reduced) embeddings: alibi-detect's MMD permutation test and KS tests.
 
 A second view next to the online detector: a verdict per full window, with a
 p-value. ``window_mmd`` is a permutation test of the squared MMD (alibi-detect's
@@ -11,6 +11,16 @@ too many: 5.9 % at 0.05 and 100 permutations). It scores the squared MMD
 against :func:`permutation_threshold`, which gives the same verdict.
 ``window_ks`` runs a KS test per dimension and scores ``-log10`` of the
 Bonferroni-adjusted smallest p-value against ``-log10(p_value)``.
+
+Both run in the drift runner's thread, next to the online detector, so both are
+computed in bulk rather than through alibi-detect's loops: the permuted MMDs
+from one matrix product over the kernel matrix's blocks (:func:`mmd2_by_split`)
+instead of one re-indexed ``(n + m)``-square copy of it per permutation, the KS
+statistics of every dimension from one sort (:func:`ks_statistics`) and one
+p-value, the largest statistic's, instead of a scipy call per dimension. On one
+core, a 500-event window against a 1,000-row reference went from about 2 s to
+about 40 ms. Values are alibi-detect's, from the same permutation draws, up to
+float rounding (the MMD sums are now float64, alibi-detect's float32).
 """
 
 from __future__ import annotations
@@ -20,9 +30,10 @@ import math
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from scipy import stats
 
 from common.codec import EncodedArray
-from monitors.drift._alibi import KSDrift, MMDDriftTorch, mmd2_from_kernel_matrix
+from monitors.drift._alibi import MMDDriftTorch
 from monitors.drift.base import DriftBatch, DriftResult, surprise
 from monitors.drift.states import WindowTestsState
 from monitors.drift.tumbling import Tumbler
@@ -59,25 +70,86 @@ def _too_few_permutations(p_value: float, n_permutations: int) -> ValueError:
     return ValueError(f"n_permutations={n_permutations} cannot reach p <= {p_value}: use at least {least}")
 
 
+def mmd2_by_split(k_xx: torch.Tensor, k_xy: torch.Tensor, k_yy: torch.Tensor, in_y: torch.Tensor) -> torch.Tensor:
+    """alibi-detect's unbiased squared MMD for several splits of the rows of ``[[k_xx, k_xy], [k_xy', k_yy]]``.
+
+    The kernel matrix (reference rows first, ``n + m`` in all, zero diagonal) is passed as its blocks,
+    never assembled. Column ``g`` of ``in_y`` (``(n + m, G)``, 0/1) marks the ``m`` rows that are y in
+    split ``g``. Each value is ``mmd2_from_kernel_matrix`` of the matrix with those rows moved last,
+    ``S_xx / (n (n - 1)) + S_yy / (m (m - 1)) - 2 S_yx / (n m)``, from one product: with ``a`` a
+    column of ``in_y``, ``S_yy = a'Ka``, ``S_yx = a'K1 - S_yy``, ``S_xx = 1'K1 - a'K1 - 1'Ka + S_yy``
+    (row and column sums kept apart: ``k_xx`` is symmetric only up to rounding). Run it in float64:
+    ``S_xx`` is a difference of sums a thousand times larger than its share of the MMD.
+    """
+    n, m = len(k_xx), len(k_yy)
+    a_x, a_y = in_y[:n], in_y[n:]
+    s_yy = (a_x * (k_xx @ a_x + k_xy @ a_y)).sum(dim=0) + (a_y * (k_xy.T @ a_x + k_yy @ a_y)).sum(dim=0)
+    row_sums = torch.cat([k_xx.sum(dim=1) + k_xy.sum(dim=1), k_xy.sum(dim=0) + k_yy.sum(dim=1)])
+    col_sums = torch.cat([k_xx.sum(dim=0) + k_xy.sum(dim=1), k_xy.sum(dim=0) + k_yy.sum(dim=0)])
+    s_y_rows, s_y_cols = row_sums @ in_y, col_sums @ in_y
+    s_yx = s_y_rows - s_yy
+    s_xx = row_sums.sum() - s_y_rows - s_y_cols + s_yy
+    mmd2: torch.Tensor = s_xx / (n * (n - 1)) + s_yy / (m * (m - 1)) - 2.0 * s_yx / (n * m)
+    return mmd2
+
+
+def permuted_y_rows(n_rows: int, m: int, n_permutations: int) -> torch.Tensor:
+    """Rows that alibi-detect's permutation test puts in y, one permutation per row: the last ``m`` of a ``randperm``.
+
+    Drawn one at a time from torch's global generator, as ``mmd2_from_kernel_matrix(permute=True)``
+    draws them, so a seeded run permutes exactly as alibi-detect would.
+    """
+    return torch.stack([torch.randperm(n_rows)[-m:] for _ in range(n_permutations)])
+
+
+def ks_statistics(reference: NDArray[np.float32], x: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Two-sample KS statistic ``max |F_ref - F_x|`` of every column, from one sort of both samples.
+
+    As scipy's ``ks_2samp``: the empirical CDFs (right-continuous, ties counted) are compared at
+    every value of either sample; within a run of equal values only its last position counts them all.
+    """
+    n_ref = len(reference)
+    values = np.concatenate([reference, x])
+    order = np.argsort(values, axis=0, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=0)
+    from_ref = order < n_ref
+    gap = np.abs(np.cumsum(from_ref, axis=0) / n_ref - np.cumsum(~from_ref, axis=0) / len(x))
+    last_of_run = np.ones_like(from_ref)
+    last_of_run[:-1] = ordered[1:] != ordered[:-1]
+    statistics: NDArray[np.float64] = np.max(np.where(last_of_run, gap, 0.0), axis=0)
+    return statistics
+
+
+def ks_p_values(statistics: NDArray[np.float64], n_ref: int, n_x: int) -> NDArray[np.float64]:
+    """Two-sided KS p-values of ``statistics``, as alibi-detect's ``KSDrift.score`` gives them per column.
+
+    That is scipy's ``ks_2samp(method="asymp")``: ``kstwo.sf(D, round(n m / (n + m)))``.
+    """
+    p: NDArray[np.float64] = np.clip(stats.kstwo.sf(statistics, np.round(n_ref * n_x / (n_ref + n_x))), 0.0, 1.0)
+    return p
+
+
 class _PermutationMMD(MMDDriftTorch):  # type: ignore[misc]
-    """alibi-detect's MMD permutation test returning the permuted statistics (its ``score`` keeps one quantile)."""
+    """alibi-detect's MMD permutation test returning the permuted statistics (its ``score`` keeps one quantile).
+
+    Built with alibi-detect's defaults: the kernel's bandwidth comes from the reference, whose kernel
+    matrix ``k_xx`` it keeps.
+    """
 
     def permutation_test(self, x: NDArray[np.float32]) -> tuple[float, NDArray[np.float64]]:
         """The squared MMD of ``x`` against the reference and its ``n_permutations`` permuted values."""
         x_ref, y = self.preprocess(x)
         x_ref_t, y_t = torch.from_numpy(x_ref).to(self.device), torch.from_numpy(y).to(self.device)
-        m = y_t.shape[0]
+        n_rows, m = len(x_ref) + len(y), len(y)
+        # Split 0 is the window itself (its rows last), then alibi-detect's permutations.
+        y_rows = torch.cat([torch.arange(n_rows - m, n_rows)[None], permuted_y_rows(n_rows, m, self.n_permutations)])
+        in_y = torch.zeros(n_rows, len(y_rows), dtype=torch.float64).scatter_(0, y_rows.T, 1.0).to(self.device)
         with torch.no_grad():
-            kernel_mat = self.kernel_matrix(x_ref_t, y_t)
-            kernel_mat = kernel_mat - torch.diag(kernel_mat.diag())
-            observed = mmd2_from_kernel_matrix(kernel_mat, m, permute=False, zero_diag=False)
-            permuted = torch.stack(
-                [
-                    mmd2_from_kernel_matrix(kernel_mat, m, permute=True, zero_diag=False)
-                    for _ in range(self.n_permutations)
-                ]
-            )
-        return float(observed.cpu()), permuted.cpu().numpy().astype(np.float64)
+            k_xx = self.k_xx.to(torch.float64, copy=True).fill_diagonal_(0.0)
+            k_xy = self.kernel(x_ref_t, y_t).to(torch.float64)
+            k_yy = self.kernel(y_t, y_t).to(torch.float64).fill_diagonal_(0.0)
+            mmd2 = mmd2_by_split(k_xx, k_xy, k_yy, in_y).cpu().numpy()
+        return float(mmd2[0]), mmd2[1:]
 
 
 class WindowTests:
@@ -101,7 +173,6 @@ class WindowTests:
         self._n_permutations = n_permutations
         self._tumbler = Tumbler(size=window_events)
         self._mmd = _PermutationMMD(self._reference, p_val=p_value, n_permutations=n_permutations, device=device)
-        self._ks = KSDrift(self._reference, p_val=p_value, correction="bonferroni")
 
     @classmethod
     def from_state(cls, state: WindowTestsState, *, device: str = "cpu") -> WindowTests:
@@ -145,8 +216,9 @@ class WindowTests:
         )
 
     def _ks_result(self, rows: NDArray[np.float32]) -> DriftResult:
-        p_features, _ = self._ks.score(rows)
-        p_ks = min(1.0, float(np.min(p_features)) * rows.shape[1])
+        # The p-value falls as the statistic grows: the smallest is the largest statistic's, one scipy call.
+        largest = np.max(ks_statistics(self._reference, rows), keepdims=True)
+        p_ks = min(1.0, float(ks_p_values(largest, len(self._reference), len(rows))[0]) * rows.shape[1])
         return DriftResult(
             name=KS_NAME,
             score=surprise(p_ks),

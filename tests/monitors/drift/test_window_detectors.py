@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
+from scipy import stats
 
 from common.codec import EncodedArray
+from demo.models.training import DatasetSplit
+from monitors.drift._alibi import KSDrift
 from monitors.drift.base import DriftBatch
 from monitors.drift.embedding import EmbeddingDistance
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.output import OutputDrift
 from monitors.drift.reduction import Pca
 from monitors.drift.tumbling import Tumbler
-from monitors.drift.window_tests import WindowTests
+from monitors.drift.window_tests import KS_NAME, WindowTests, ks_p_values, ks_statistics
 
 DIM = 8
 
@@ -124,6 +127,37 @@ def test_window_tests_quiet_then_flag_shift() -> None:
     assert not clean["window_mmd"].drift and not clean["window_ks"].drift
     assert shifted["window_mmd"].drift and shifted["window_ks"].drift
     assert shifted["window_ks"].p_value is not None and shifted["window_ks"].p_value < 0.01
+
+
+@pytest.mark.parametrize(
+    ("classes", "rows"),
+    [
+        pytest.param(10, 300, id="unseen-digits"),
+        pytest.param(5, 300, id="digits-0-4"),
+        pytest.param(10, 37, id="small-window"),
+    ],
+)
+def test_ks_p_values_are_alibi_detects(digits_split: DatasetSplit, classes: int, rows: int) -> None:
+    """Real pixels (17 grey levels: ties everywhere; border pixels all zero): scipy's per-column values.
+
+    ``KSDrift.score`` calls ``ks_2samp(method="asymp")`` per column and stores the result in float32.
+    """
+    reference = digits_split.train.features.reshape(-1, 64)[:600]
+    x = digits_split.test.features[digits_split.test.labels < classes].reshape(-1, 64)[:rows]
+    scipy_ks = [stats.ks_2samp(reference[:, f], x[:, f], method="asymp") for f in range(64)]
+    alibi_p, alibi_d = KSDrift(reference, p_val=0.05, correction="bonferroni").score(x)
+
+    statistics = ks_statistics(reference, x)
+    np.testing.assert_array_equal(statistics, [r.statistic for r in scipy_ks])
+    p_values = ks_p_values(statistics, len(reference), len(x))
+    np.testing.assert_allclose(p_values, [r.pvalue for r in scipy_ks], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(p_values, alibi_p, rtol=1e-6, atol=0)
+    assert np.any(alibi_d == 0.0)  # all-zero border pixels
+
+    detector = WindowTests(reference, window_events=10, p_value=0.05, n_permutations=20)
+    (result,) = [r for r in detector.test(x) if r.name == KS_NAME]
+    assert result.p_value == pytest.approx(min(1.0, min(r.pvalue for r in scipy_ks) * 64), rel=1e-12)
+    assert result.drift is (classes < 10)
 
 
 def test_tumbler_cuts_exact_windows_across_batches() -> None:
