@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +76,9 @@ class IngestHandler:
         """Known models, each with the bounded set of its version labels."""
         self._cohort_values = {key: BoundedLabel(settings.max_cohort_values) for key in settings.cohort_keys}
         self.embedding_dims: dict[str, int] = {}
-        self._recent: dict[str, dict[str, None]] = {}
+        self._recent: dict[str, OrderedDict[str, None]] = {}
+        """Recent request ids per model, oldest first. An OrderedDict: evicting a plain dict's first key
+        (``next(iter(d))``) walks over every key deleted before it, ~8 µs per event at 10,000 ids."""
         self.counts: Counter[str] = Counter()
         """Accepted events per model since start (for /status)."""
 
@@ -151,13 +153,15 @@ class IngestHandler:
             raise FieldError(
                 "embedding", f"expected {known_dims} values for model {model!r}, got {dims}", reason="embedding_length"
             )
-        recent = self._recent.setdefault(model, {})
+        recent = self._recent.get(model)
+        if recent is None:
+            recent = self._recent[model] = OrderedDict()
         if request_id in recent:
             raise FieldError("request_id", f"duplicate of a recent event of model {model!r}", reason="duplicate")
         if self._settings.dedupe_window:
             recent[request_id] = None
             if len(recent) > self._settings.dedupe_window:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
         if dims and known_dims is None:
             self.embedding_dims[model] = dims
 
