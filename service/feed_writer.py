@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from common import keys
 from common.redis import REDIS_DOWN, execute
 from monitors.feed import MonitoringRecord
+from service.tensors import Vector
 from service.validation import Prediction, softmax
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ class FeedWriter:
         probabilities = None
         if prediction.num_classes <= self._brier_max_classes:
             scores = prediction.scores
-            probabilities = softmax(scores) if prediction.from_logits else np.array(scores, dtype=np.float64)
+            wide = np.asarray(scores, dtype=np.float64)
+            probabilities = softmax(wide) if prediction.from_logits else wide.copy()
         embedding = prediction.embedding
         return MonitoringRecord(
             model=prediction.model,
@@ -333,8 +335,10 @@ class FeedWriter:
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-def _float32(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+def _float32(values: Vector) -> npt.NDArray[np.float32]:
     """float32 for the wire; values beyond its range (valid float64 events can hold them) are clipped."""
+    if values.dtype == np.float32:
+        return values.view(np.float32)  # as sent: no copy
     if values.size and (values.max() > _F32_MAX or values.min() < -_F32_MAX):
-        values = np.clip(values, -_F32_MAX, _F32_MAX)
+        return np.clip(values, -_F32_MAX, _F32_MAX).astype(np.float32)
     return values.astype(np.float32)

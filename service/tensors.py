@@ -41,8 +41,12 @@ OIP_DATATYPES = {
 _OIP_KEYS = frozenset(("name", "shape", "datatype", "data", "parameters"))
 _COMPACT_KEYS = frozenset(("shape", "dtype", "data"))
 _COMPACT_NAMES = {name: name for name in DTYPES}
+_COMPACT_DTYPES = {name: DTYPES[name] for name in DTYPES}
+_FLOAT32 = DTYPES["float32"]
 _MAX_DIMS = 8
 _NUMBER_TYPES = (int, float)  # not bool
+Vector = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+"""Scores or an embedding: float32 when sent as float32 tensors, else float64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +78,10 @@ class _Unread:
         return array if len(self.shape) == 1 else array.reshape(self.shape)
 
 
-def vector_of(value: Any, field: str) -> npt.NDArray[np.float64]:
-    """A tensor object of ``field`` as a flat float64 vector (a leading batch dimension of 1 is dropped)."""
+def vector_of(value: Any, field: str) -> Vector:
+    """A tensor object of ``field`` as a flat vector (a leading batch dimension of 1 is dropped): float32
+    as sent, any other dtype widened to float64 (float32 is what models emit; widening it would cost a
+    copy of every score and embedding for no precision the model had)."""
     array = tensor_of(value, field)
     if array.ndim > 1 and array.shape[0] == 1:
         array = array.reshape(array.shape[1:])
@@ -85,48 +91,96 @@ def vector_of(value: Any, field: str) -> npt.NDArray[np.float64]:
             f"must be one-dimensional (or [1, n]), got {list(array.shape)}",
             reason="bad_tensor",
         )
-    return array.astype(np.float64, copy=False)
+    return array if array.dtype == _FLOAT32 else array.astype(np.float64)
 
 
-def vectors_of(tensors: list[tuple[Any, str]]) -> list[npt.NDArray[np.float64] | FieldError]:
+def vectors_of(tensors: list[tuple[Any, str]]) -> list[Vector | FieldError]:
     """:func:`vector_of` of many ``(tensor object, field)`` pairs, each verdict the same; errors are returned.
 
     Bytes of one dtype and length (a request's logits, its embeddings) are read, checked for NaN and
-    infinity and widened to float64 in one numpy pass each: numpy's per-call cost is most of the
-    cost of reading one vector. Tensors of other forms are read one by one.
+    infinity and (unless float32) widened to float64 in one numpy pass each: numpy's per-call cost is most of the
+    cost of reading one vector. A well-formed compact vector takes a short lane
+    (:func:`_compact_vector`); anything else is read, or refused, by the general code.
     """
-    found: list[npt.NDArray[np.float64] | FieldError | None] = [None] * len(tensors)
-    groups: dict[tuple[np.dtype[Any], int], list[tuple[int, _Unread]]] = {}
+    found: list[Vector | FieldError | None] = [None] * len(tensors)
+    groups: dict[tuple[np.dtype[Any], int], tuple[list[int], list[bytes | bytearray | memoryview]]] = {}
     for position, (value, field) in enumerate(tensors):
-        try:
-            unread = _unread(value, field)
-            if isinstance(unread, _Unread) and (length := _vector_length(unread.shape)):
-                if len(unread.raw) != length * unread.dtype.itemsize:
-                    raise _size_error(unread, len(unread.raw))
-                groups.setdefault((unread.dtype, length), []).append((position, unread))
-            else:
-                found[position] = vector_of(value, field)
-        except FieldError as error:
-            found[position] = error.with_traceback(None)
-    for (dtype, length), members in groups.items():
-        matrix = np.frombuffer(b"".join(unread.raw for _, unread in members), dtype=dtype).reshape(-1, length)
-        wide = matrix.astype(np.float64)
-        for row, (position, _) in enumerate(members):
-            found[position] = wide[row]
+        vector: tuple[np.dtype[Any], int, bytes | bytearray | memoryview] | None = _compact_vector(value)
+        if vector is None:
+            try:
+                vector = _vector_bytes(value, field)
+                if vector is None:
+                    found[position] = vector_of(value, field)  # v2 numbers, or a shape [1, n] does not cover
+                    continue
+            except FieldError as error:
+                found[position] = error.with_traceback(None)
+                continue
+        dtype, length, raw = vector
+        group = groups.get((dtype, length))
+        if group is None:
+            group = groups[dtype, length] = ([], [])
+        group[0].append(position)
+        group[1].append(raw)
+    for (dtype, length), (positions, raws) in groups.items():
+        matrix = np.frombuffer(b"".join(raws), dtype=dtype).reshape(-1, length)
+        values = matrix if dtype == _FLOAT32 else matrix.astype(np.float64)
+        for position, row in zip(positions, values, strict=True):
+            found[position] = row
         if dtype.kind == "f":
-            with np.errstate(over="ignore", invalid="ignore"):  # float64 values near the limit may overflow a sum
-                sums = wide.sum(axis=1)
-            for row in np.flatnonzero(~np.isfinite(sums)).tolist():  # a row's sum is finite if its values are,
-                if not np.isfinite(matrix[row]).all():  # unless they overflowed it
-                    found[members[row][0]] = _non_finite(tensors[members[row][0]][1])
+            for row in _rows_not_finite(matrix):
+                found[positions[row]] = _non_finite(tensors[positions[row]][1])
     return found  # type: ignore[return-value]  # every position was filled above
 
 
-def _vector_length(shape: list[int]) -> int:
-    """The length of a ``[n]`` or ``[1, n]`` shape; 0 for any other."""
+def _compact_vector(value: Any) -> tuple[np.dtype[Any], int, bytearray] | None:
+    """dtype, length and bytes of a compact-form vector whose header is right and whose bytes fill it;
+    ``None`` for anything else (the general code then reads it, or words its error)."""
+    if type(value) is not dict or value.keys() != _COMPACT_KEYS:
+        return None
+    name, shape, data = value["dtype"], value["shape"], value["data"]
+    if type(name) is not str or type(shape) is not list or type(data) is not str:
+        return None
+    dtype, length = _COMPACT_DTYPES.get(name), _vector_length(shape)
+    if dtype is None or not length:
+        return None
+    try:
+        raw = pybase64.b64decode_as_bytearray(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return (dtype, length, raw) if len(raw) == length * dtype.itemsize else None
+
+
+def _vector_bytes(value: Any, field: str) -> tuple[np.dtype[Any], int, bytes | bytearray | memoryview] | None:
+    """dtype, length and bytes of a tensor object holding one vector, checked; ``None`` when it is not
+    bytes of a ``[n]`` or ``[1, n]`` shape. Raises ``FieldError``."""
+    unread = _unread(value, field)
+    if not isinstance(unread, _Unread) or not (length := _vector_length(unread.shape)):
+        return None
+    if len(unread.raw) != length * unread.dtype.itemsize:
+        raise _size_error(unread, len(unread.raw))
+    return unread.dtype, length, unread.raw
+
+
+def _rows_not_finite(matrix: npt.NDArray[Any]) -> list[int]:
+    """Rows of ``matrix`` holding NaN or infinity."""
+    if matrix.dtype.itemsize < 8:  # a float64 sum of narrower floats is finite exactly when they are
+        sums = matrix.sum(axis=1, dtype=np.float64)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 values near the limit may overflow it
+            sums = matrix.sum(axis=1)
+    suspects = np.flatnonzero(~np.isfinite(sums)).tolist()
+    return [row for row in suspects if not np.isfinite(matrix[row]).all()]
+
+
+def _vector_length(shape: list[Any]) -> int:
+    """The length of a ``[n]`` or ``[1, n]`` shape of positive integers; 0 for any other."""
     if len(shape) == 1:
-        return shape[0]
-    return shape[1] if len(shape) == 2 and shape[0] == 1 else 0
+        length = shape[0]
+    elif len(shape) == 2 and type(shape[0]) is int and shape[0] == 1:
+        length = shape[1]
+    else:
+        return 0
+    return length if type(length) is int and length >= 1 else 0
 
 
 def tensor_of(value: Any, field: str) -> npt.NDArray[Any]:

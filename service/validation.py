@@ -13,7 +13,7 @@ from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_time
 from sampler.contract import InputTensor
 from service.errors import FieldError
 from service.schemas import EventIn
-from service.tensors import BinaryTensor, tensor_of, vector_of
+from service.tensors import BinaryTensor, Vector, tensor_of, vector_of
 
 PROBABILITY_TOLERANCE = 1e-3
 MAX_MARGIN = 1e6
@@ -35,15 +35,15 @@ class Prediction:
     request_id: str
     timestamp: float
     received_at: float
-    scores: npt.NDArray[np.float64]
-    """The logits or probabilities as sent (float64)."""
+    scores: Vector
+    """The logits or probabilities: float32 when sent as a float32 tensor, else float64."""
     from_logits: bool
     predicted: int
     confidence: float
     """Top-1 probability (softmax of the logits when logits were sent)."""
     margin: float
     """Top-1 minus top-2 logit (log-probabilities stand in for logits)."""
-    embedding: npt.NDArray[np.float64] | None
+    embedding: Vector | None
     cohort: dict[str, str]
     input: InputTensor | None
     label: int | None
@@ -63,9 +63,9 @@ class Checked:
 
     event: EventIn
     timestamp: float
-    scores: npt.NDArray[np.float64]
+    scores: Vector
     from_logits: bool
-    embedding: npt.NDArray[np.float64] | None
+    embedding: Vector | None
     input: InputTensor | None
 
     @property
@@ -127,12 +127,12 @@ def predictions(checked: list[Checked], *, received_at: float) -> list[Predictio
     ]
 
 
-def summarise(scores: npt.NDArray[np.float64], *, from_logits: bool) -> tuple[int, float, float]:
+def summarise(scores: Vector, *, from_logits: bool) -> tuple[int, float, float]:
     """Predicted class, top-1 probability and top-1 minus top-2 logit (log-probability) of one score vector."""
     return summarise_rows([scores], from_logits=from_logits)[0]
 
 
-def summarise_rows(rows: list[npt.NDArray[np.float64]], *, from_logits: bool) -> list[tuple[int, float, float]]:
+def summarise_rows(rows: list[Vector], *, from_logits: bool) -> list[tuple[int, float, float]]:
     """Predicted class, top-1 probability and top-1 minus top-2 logit of equally long score vectors, vectorised.
 
     The arithmetic runs in place on one stacked copy: fresh temporaries of a request's worth of scores
@@ -155,7 +155,7 @@ def summarise_rows(rows: list[npt.NDArray[np.float64]], *, from_logits: bool) ->
         np.subtract(scores, first[:, None], out=scores)  # <= 0; exactly 0 at the predicted class
         scores[index, predicted] = -np.inf
         gap = scores.max(axis=1)  # second minus first
-        weights = scores.astype(np.float32)
+        weights = scores if scores.dtype == np.float32 else scores.astype(np.float32)
         np.exp(weights, out=weights)
     confidence = 1.0 / (1.0 + weights.sum(axis=1, dtype=np.float64))
     margin = np.minimum(-gap, MAX_MARGIN)
@@ -175,13 +175,13 @@ def softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return weights
 
 
-def _scores_of(event: EventIn) -> tuple[npt.NDArray[np.float64], bool]:
+def _scores_of(event: EventIn) -> tuple[Vector, bool]:
     logits = numbers_of(event.logits, "logits")
     probabilities = numbers_of(event.probabilities, "probabilities")
     if (logits is None) == (probabilities is None):
         raise FieldError("logits", "send exactly one of logits or probabilities", reason="missing_scores")
     field = "logits" if logits is not None else "probabilities"
-    scores: npt.NDArray[np.float64] = logits if logits is not None else probabilities  # type: ignore[assignment]
+    scores: Vector = logits if logits is not None else probabilities  # type: ignore[assignment]
     if not _MIN_CLASSES <= scores.shape[0] <= _MAX_CLASSES:
         raise FieldError(
             field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {scores.shape[0]}", reason="bad_length"
@@ -197,7 +197,7 @@ def _scores_of(event: EventIn) -> tuple[npt.NDArray[np.float64], bool]:
     return scores, logits is not None
 
 
-def numbers_of(value: Any, field: str) -> npt.NDArray[np.float64] | None:
+def numbers_of(value: Any, field: str) -> Vector | None:
     """A number-list field as a float64 array, ``None`` when absent.
 
     The fast path hands over arrays it has already checked (flat, finite); the
@@ -219,7 +219,7 @@ def numbers_of(value: Any, field: str) -> npt.NDArray[np.float64] | None:
     return values
 
 
-def _embedding_of(value: Any) -> npt.NDArray[np.float64] | None:
+def _embedding_of(value: Any) -> Vector | None:
     embedding = numbers_of(value, "embedding")
     if embedding is not None and embedding.shape[0] == 0:
         raise FieldError("embedding", "must not be empty")

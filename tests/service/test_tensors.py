@@ -355,8 +355,12 @@ def test_a_request_s_tensors_read_together_get_the_verdicts_of_one_by_one() -> N
             assert isinstance(found, FieldError)
             assert (found.field, str(found), found.reason) == (expected.field, str(expected), expected.reason)
         else:
-            assert isinstance(found, np.ndarray) and found.dtype == np.float64
+            assert isinstance(found, np.ndarray) and isinstance(expected, np.ndarray)
+            assert found.dtype == expected.dtype == (np.float32 if found.dtype == np.float32 else np.float64)
             np.testing.assert_array_equal(found, expected)
+    float32, int16 = together[0], together[10]
+    assert isinstance(float32, np.ndarray) and float32.dtype == np.float32  # kept as sent
+    assert isinstance(int16, np.ndarray) and int16.dtype == np.float64  # widened
     refused = [found.field for found in together if isinstance(found, FieldError)]
     assert refused == [
         "logits.data",
