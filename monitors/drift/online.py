@@ -5,7 +5,9 @@ thresholds for the configured expected run time (ERT) and window. For MMD the
 bootstrap runs vectorised (:mod:`monitors.drift.mmd_thresholds`, seconds at
 ERT 1000) and is drawn for the reference rows the detector keeps
 (:class:`_HeldOutMMD`: ``KEPT_SHARE`` of them; the rest are held out for
-calibration), not re-split per sample as alibi-detect does; LSDD keeps
+calibration), not re-split per sample as alibi-detect does, and its last
+threshold, which holds from step ``W`` on, is set on a clean stream of
+``STEADY_PER_ERT x ERT`` events; LSDD keeps
 alibi-detect's own loop (minutes at that ERT). Either way
 callers run it off the request path. Its outcome is exported as
 :class:`OnlineState` (plain arrays and numbers) and
@@ -41,6 +43,12 @@ from monitors.drift.states import OnlineMethod, OnlineState
 
 KEPT_SHARE = 0.7
 """MMD: share of the reference rows (beyond the initial test window) the detector keeps; the rest help calibrate it."""
+STEADY_PER_ERT = 1000
+"""MMD: events of the clean stream behind the last (steady) threshold, per event of ERT (~1,000 alarms on it).
+
+alibi-detect's ``10 x ERT`` bootstrap runs give that threshold, which sets the run length, from
+about ten exceedances (single calibrations' run lengths off by up to ~1.6x on the digits embeddings
+for that alone); the stream costs ``O(W)`` per event, so this many cost about what the runs do."""
 
 
 class _HeldOutMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
@@ -62,6 +70,7 @@ class _HeldOutMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
             held_out_inds=self.held_out_inds,
             ert=self.ert,
             n_bootstraps=self.n_bootstraps,
+            n_steady=STEADY_PER_ERT * self.ert,
         )
 
     def _configure_ref_subset(self) -> None:

@@ -67,3 +67,73 @@ def test_held_out_thresholds_equal_a_direct_computation() -> None:
         expected.append(float(quantile(mmds[alive, w], 1 - 1 / ert)))
         alive &= mmds[:, w] <= expected[-1]
     np.testing.assert_allclose(ours, expected, rtol=1e-5)
+
+
+def _gaussian_pool(seed: int, n: int = 400, dim: int = 3) -> torch.Tensor:
+    """Zero-diagonal kernel matrix of a pool laid out as ``held_out_mmd_thresholds`` lays it out."""
+    x = torch.from_numpy(np.random.default_rng(seed).normal(size=(n, dim)))
+    k = torch.exp(-(torch.cdist(x, x) ** 2) / 2)
+    return k - torch.diag_embed(k.diagonal())
+
+
+def test_stream_statistic_equals_the_run_statistic_window_by_window() -> None:
+    """Each window of the calibration stream is scored as a bootstrap run's window is (kept rows it holds left out)."""
+    from monitors.drift.mmd_thresholds import _sample_mmds, _stream, _stream_statistic
+
+    window, kept = 6, 150
+    k_pool = _gaussian_pool(1, n=250)
+    stream = _stream(250, window, 1000)
+
+    ours = _stream_statistic(k_pool, stream, window, kept)
+
+    windows = stream.unfold(0, window, 1)
+    assert all(len(set(w.tolist())) == window for w in windows), "a row twice in one window"
+    assert int(stream.min()) >= window  # the initial rows are not replayed
+    np.testing.assert_allclose(ours, _sample_mmds(k_pool, windows, window, kept)[:, 0], rtol=0, atol=1e-12)
+
+
+def _thresholds(seed: int, *, n_bootstraps: int, n_steady: int) -> list[float]:
+    from monitors.drift.mmd_thresholds import held_out_mmd_thresholds
+
+    n = 400
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(n, 3)))
+    k = torch.exp(-(torch.cdist(x, x) ** 2) / 2)
+    ref, init, held = torch.arange(0, 270), torch.arange(270, 275), torch.arange(275, n)
+    torch.manual_seed(seed)
+    return held_out_mmd_thresholds(
+        k, ref_inds=ref, init_test_inds=init, held_out_inds=held, ert=20, n_bootstraps=n_bootstraps, n_steady=n_steady
+    )
+
+
+def test_steady_threshold_is_seeded_and_leaves_the_earlier_thresholds() -> None:
+    sequential = _thresholds(3, n_bootstraps=200, n_steady=0)
+    steady = _thresholds(3, n_bootstraps=200, n_steady=4000)
+
+    assert steady == _thresholds(3, n_bootstraps=200, n_steady=4000)
+    assert steady[:-1] == sequential[:-1]
+    assert steady[-1] != _thresholds(4, n_bootstraps=200, n_steady=4000)[-1]
+
+
+def test_steady_threshold_agrees_with_many_sequential_runs_and_its_spread_shrinks() -> None:
+    """Same level as the sequential last threshold (given plenty of runs); the spread over seeds falls with the steps.
+
+    ERT 20, window 5: the sequential estimate from 20,000 runs (1,000 per event of ERT) has a Monte-Carlo
+    error of ~1-2%; a stream of 20 x ERT steps rests on ~20 alarms, of 400 x ERT on ~400.
+    """
+    reference = _thresholds(0, n_bootstraps=20_000, n_steady=0)[-1]
+    short = np.array([_thresholds(seed, n_bootstraps=200, n_steady=20 * 20)[-1] for seed in range(8)])
+    long = np.array([_thresholds(seed, n_bootstraps=200, n_steady=400 * 20)[-1] for seed in range(8)])
+
+    assert abs(np.mean(long) / reference - 1) < 0.05, (np.mean(long), reference)
+    assert np.std(long) < 0.5 * np.std(short), (np.std(long), np.std(short))
+
+
+def test_stream_scored_in_segments_gives_the_same_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitors.drift import mmd_thresholds
+
+    k_pool = _gaussian_pool(2, n=300)
+    torch.manual_seed(1)
+    whole = mmd_thresholds.steady_threshold(k_pool, window_size=6, kept=200, ert=50, n_steps=5000)
+    monkeypatch.setattr(mmd_thresholds, "STREAM_CHUNK", 777)
+    torch.manual_seed(1)
+    assert mmd_thresholds.steady_threshold(k_pool, window_size=6, kept=200, ert=50, n_steps=5000) == whole

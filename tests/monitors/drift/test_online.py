@@ -151,3 +151,38 @@ def test_mmd_calibrates_on_held_out_rows_deterministically() -> None:
     torch.manual_seed(10)
     other = OnlineDriftDetector.calibrate(reference, method="mmd", ert=20, window_size=5, n_bootstraps=200)
     assert other.export_state().held_out_inds != first.held_out_inds
+
+
+def test_mmd_last_threshold_is_the_steady_estimate_and_survives_export() -> None:
+    """The threshold that holds after the first window comes from the calibration stream, not the 10 x ERT runs."""
+    import torch
+
+    from monitors.drift.mmd_thresholds import held_out_mmd_thresholds
+    from monitors.drift.online import STEADY_PER_ERT, held_out_split
+
+    reference = gaussian(np.random.default_rng(11), 200)
+    torch.manual_seed(12)
+    detector = OnlineDriftDetector.calibrate(reference, method="mmd", ert=20, window_size=5, n_bootstraps=200)
+    torch.manual_seed(12)  # the calibration's draws again: the split, the runs, the stream
+    ref_inds, init_test_inds, held_out_inds = held_out_split(200, 5)
+    k_xx = detector.backend.k_xx
+
+    def thresholds(n_steady: int) -> list[float]:
+        return held_out_mmd_thresholds(
+            k_xx,
+            ref_inds=ref_inds,
+            init_test_inds=init_test_inds,
+            held_out_inds=held_out_inds,
+            ert=20,
+            n_bootstraps=200,
+            n_steady=n_steady,
+        )
+
+    steady = thresholds(STEADY_PER_ERT * 20)
+    torch.manual_seed(12)
+    held_out_split(200, 5)
+    sequential = thresholds(0)
+
+    restored = OnlineState.model_validate_json(detector.export_state().model_dump_json())
+    assert list(restored.thresholds) == steady
+    assert steady[:-1] == sequential[:-1] and steady[-1] != sequential[-1]
