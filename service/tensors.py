@@ -43,6 +43,7 @@ _COMPACT_KEYS = frozenset(("shape", "dtype", "data"))
 _COMPACT_NAMES = {name: name for name in DTYPES}
 _COMPACT_DTYPES = {name: DTYPES[name] for name in DTYPES}
 _FLOAT32 = DTYPES["float32"]
+_OIP_DTYPES = {name: DTYPES[dtype] for name, dtype in OIP_DATATYPES.items()}
 _MAX_DIMS = 8
 _NUMBER_TYPES = (int, float)  # not bool
 Vector = npt.NDArray[np.float32] | npt.NDArray[np.float64]
@@ -99,13 +100,16 @@ def vectors_of(tensors: list[tuple[Any, str]]) -> list[Vector | FieldError]:
 
     Bytes of one dtype and length (a request's logits, its embeddings) are read, checked for NaN and
     infinity and (unless float32) widened to float64 in one numpy pass each: numpy's per-call cost is most of the
-    cost of reading one vector. A well-formed compact vector takes a short lane
-    (:func:`_compact_vector`); anything else is read, or refused, by the general code.
+    cost of reading one vector. A well-formed compact or binary vector takes a short lane
+    (:func:`_compact_vector`, :func:`_binary_vector`); anything else is read, or refused, by the
+    general code.
     """
     found: list[Vector | FieldError | None] = [None] * len(tensors)
     groups: dict[tuple[np.dtype[Any], int], tuple[list[int], list[bytes | bytearray | memoryview]]] = {}
     for position, (value, field) in enumerate(tensors):
-        vector: tuple[np.dtype[Any], int, bytes | bytearray | memoryview] | None = _compact_vector(value)
+        vector: tuple[np.dtype[Any], int, bytes | bytearray | memoryview] | None = (
+            _compact_vector(value) if type(value) is dict else _binary_vector(value)
+        )
         if vector is None:
             try:
                 vector = _vector_bytes(value, field)
@@ -148,6 +152,19 @@ def _compact_vector(value: Any) -> tuple[np.dtype[Any], int, bytearray] | None:
     except (binascii.Error, ValueError):
         return None
     return (dtype, length, raw) if len(raw) == length * dtype.itemsize else None
+
+
+def _binary_vector(value: Any) -> tuple[np.dtype[Any], int, memoryview] | None:
+    """:func:`_compact_vector` for a binary-extension section: the same short lane, the same ``None``."""
+    if type(value) is not BinaryTensor or value.raw is None or not value.spec.keys() <= _OIP_KEYS:
+        return None
+    name, shape = value.spec.get("datatype"), value.spec.get("shape")
+    if type(name) is not str or type(shape) is not list:
+        return None
+    dtype, length = _OIP_DTYPES.get(name), _vector_length(shape)
+    if dtype is None or not length or len(value.raw) != length * dtype.itemsize:
+        return None
+    return dtype, length, memoryview(value.raw)
 
 
 def _vector_bytes(value: Any, field: str) -> tuple[np.dtype[Any], int, bytes | bytearray | memoryview] | None:
