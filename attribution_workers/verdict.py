@@ -3,7 +3,7 @@
 A map is *trusted* when every part that was measured passes:
 
 - **passes sanity**: the latest randomisation check of the method on this model (the stored
-  :class:`~sampler.explanations.SanityFigure`, shared by every worker) is not flagged. Not
+  :class:`~sampler.explanation_records.SanityFigure`, shared by every worker) is not flagged. Not
   measured until a check has run.
 - **beats random**: the deletion-curve gain (random-order area minus the map's area) is above
   ``min_fidelity_gain``, 0 by default. Per input this is a weak test: on the demo's digits,

@@ -1,7 +1,7 @@
 """Does one calibration of the online MMD detector hold its ERT? Per calibration seed, on real embeddings.
 
     .venv/bin/python -m benchmarks.drift_ert [--data digits|sentences] [--reference N] [--cache-dir DIR]
-        [--seeds 10] [--streams 200] [--before] [--sequential]
+        [--seeds 10] [--streams 200] [--before] [--steady]
 
 For each seed (``DriftConfig(seed=s)``: PCA half, detector half and the torch
 draws) the monitor is calibrated as deployed (default config: ERT 1000, window
@@ -18,8 +18,9 @@ delay on a shift (the test split corrupted, ``mixed`` and ``blur`` at severity
 1; one window of clean events first, trials alarming in it left out). With
 ``--before`` the same reference rows are also calibrated the way alibi-detect
 does (each bootstrap sample re-splits them; the kept reference is one more random split).
-With ``--sequential`` the same split is also calibrated as before the steady threshold
-(its last threshold from the ``10 x ERT`` sequential runs, the draws the deployed calibration makes).
+With ``--steady`` the same split is also calibrated with the steady threshold
+(``steady_steps_per_ert=1000``: the last threshold from a clean stream of 1,000 x ERT events
+instead of the ``10 x ERT`` sequential runs; the same draws otherwise).
 All this is on the digits CNN's embeddings by default.
 
 ``--data sentences`` measures the same on MiniLM sentence embeddings of local text
@@ -66,6 +67,8 @@ from monitors.drift.reference import Reference
 from monitors.drift.states import OnlineState
 
 CAP_PER_ERT = 6
+STEADY_STEPS_PER_ERT = 1000
+"""``--steady``: the calibration stream, per event of ERT (``DriftConfig.steady_steps_per_ert``)."""
 EARLY = 800
 SHIFTS: tuple[tuple[str, tuple[Corruption, ...]], ...] = (("mixed", CORRUPTIONS), ("blur", ("blur",)))
 
@@ -190,8 +193,8 @@ def alibi_style(after: Split, config: DriftConfig, seed: int) -> tuple[Split, fl
     return split, took
 
 
-def sequential(after: Split, seed: int) -> tuple[Split, float]:
-    """The same split calibrated without the steady threshold: the deployed draws, all thresholds sequential."""
+def steady(after: Split, seed: int) -> tuple[Split, float]:
+    """The same split calibrated with the steady threshold (``steady_steps_per_ert=1000``), the same draws."""
     config = DriftConfig()
     backend = OnlineDriftDetector.from_state(state_of(after)).backend
     started = time.perf_counter()
@@ -205,6 +208,7 @@ def sequential(after: Split, seed: int) -> tuple[Split, float]:
             held_out_inds=held_out_inds,
             ert=config.ert,
             n_bootstraps=config.bootstraps,
+            n_steady=STEADY_STEPS_PER_ERT * config.ert,
         )
     took = time.perf_counter() - started
     if not np.array_equal(ref_inds.numpy(), after.ref_inds):
@@ -284,7 +288,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--streams", type=int, default=200, help="clean streams per seed")
     parser.add_argument("--before", action="store_true", help="also calibrate as alibi-detect does (re-split)")
-    parser.add_argument("--sequential", action="store_true", help="also the last threshold from the sequential runs")
+    parser.add_argument("--steady", action="store_true", help="also the last threshold from a calibration stream")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
@@ -299,9 +303,9 @@ def main() -> None:
             check(after, rows[:300])
         print(f"seed {seed}: calibration {took:.1f} s", flush=True)
         print("  " + report("after", after, rows, data, args), flush=True)
-        if args.sequential:
-            previous, took = sequential(after, seed)
-            print(f"  {report('sequential', previous, rows, data, args)}  ({took:.1f} s)", flush=True)
+        if args.steady:
+            stream, took = steady(after, seed)
+            print(f"  {report('steady', stream, rows, data, args)}  ({took:.1f} s)", flush=True)
         if args.before:
             before, took = alibi_style(after, DriftConfig(), seed)
             print(f"  {report('before', before, rows, data, args)}  ({took:.1f} s)", flush=True)

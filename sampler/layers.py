@@ -2,7 +2,7 @@
 
 Two kinds of record, both written by the attribution worker (:mod:`attribution_workers.inspection`):
 
-- per explained event, inside its :class:`~sampler.explanations.ExplanationDetail`: one
+- per explained event, inside its :class:`~sampler.explanation_records.ExplanationDetail`: one
   :class:`LayerStats` per inspected layer, and :class:`FeatureMaps` (float16, a few channels)
   for the layers whose feature maps are kept. Only the statistics are public JSON; the maps are
   drawn as a PNG on request;

@@ -127,6 +127,8 @@ def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
                 brackets += _tensor_brackets(tensor)
             else:
                 fields[key] = _plain(value)
+        if any(isinstance(number, FieldError) for number in numbers.values()):
+            return None  # which of the event's faults to name first is the careful path's call
         return _checked(index, fields, numbers), brackets + _brackets_in(fields)
     except RecursionError:
         return None
@@ -144,9 +146,6 @@ def _scores_are_tensors(body: bytes) -> bool:
 def _checked(index: int, fields: Any, numbers: dict[str, Any]) -> Decoded:
     request_id = fields.get("request_id") if isinstance(fields, dict) else None
     request_id = request_id if isinstance(request_id, str) else None
-    for error in numbers.values():
-        if isinstance(error, FieldError):
-            return Rejected(index, request_id, error)
     if isinstance(fields, dict) and numbers:
         fields = {**fields, **numbers}
     try:

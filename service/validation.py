@@ -140,7 +140,7 @@ def summarise_rows(rows: list[Vector], *, from_logits: bool) -> list[tuple[int, 
     float32, which numpy vectorises on every x86-64 CPU (its float64 ``exp`` only with AVX-512): ~4x
     less time for the most expensive step of ingest, at a relative error of the confidence below
     1e-7 — far finer than any histogram bucket, sampling threshold or calibration bin. The margin
-    comes from the scores themselves, in float64.
+    comes from the scores themselves, in their own precision.
     """
     scores = np.stack(rows)
     index = np.arange(scores.shape[0])
@@ -198,7 +198,7 @@ def _scores_of(event: EventIn) -> tuple[Vector, bool]:
 
 
 def numbers_of(value: Any, field: str) -> Vector | None:
-    """A number-list field as a float64 array, ``None`` when absent.
+    """A number-list field as a vector (float64; float32 for a float32 tensor), ``None`` when absent.
 
     The fast path hands over arrays it has already checked (flat, finite); the
     careful path hands over the decoded JSON value, checked here: a list of

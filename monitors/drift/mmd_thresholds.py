@@ -27,7 +27,8 @@ from monitors.drift._alibi import quantile
 CHUNK = 500
 """Bootstrap samples processed together: memory is ``CHUNK x (2W-1)^2`` doubles."""
 STREAM_CHUNK = 250_000
-"""Steps of the steady-threshold stream scored together: memory is about ``9 x STREAM_CHUNK`` doubles."""
+"""Steps of the steady-threshold stream scored together: temporaries of about ``20 x STREAM_CHUNK`` doubles
+(~40 MB), besides the stream's row indices and statistics (12 bytes per step)."""
 
 
 def bootstrap_mmd_thresholds(k_xx: torch.Tensor, *, window_size: int, ert: int, n_bootstraps: int) -> list[float]:
@@ -106,7 +107,7 @@ def held_out_mmd_thresholds(
     rows = torch.cat([torch.arange(window_size).expand(n_bootstraps, -1), draws], 1).to(kernel.device)
     mmds = torch.cat([_sample_mmds(k_pool, chunk, window_size, kept) for chunk in torch.split(rows, CHUNK)])
     thresholds = _sequential_quantiles(mmds.float().cpu(), ert=ert, keep_ties=True)
-    if n_steady > 0:
+    if n_steady >= window_size:  # a stream shorter than one window has no step after it
         thresholds[-1] = steady_threshold(k_pool, window_size=window_size, kept=kept, ert=ert, n_steps=n_steady)
     return thresholds
 

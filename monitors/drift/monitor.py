@@ -251,6 +251,7 @@ def _alibi_detectors(x: NDArray[np.float32], config: DriftConfig) -> list[DriftD
                 ert=config.ert,
                 window_size=config.window_size,
                 n_bootstraps=config.bootstraps,
+                steady_steps=config.steady_steps_per_ert * config.ert,
                 device=config.device,
             )
         )

@@ -5,9 +5,9 @@ thresholds for the configured expected run time (ERT) and window. For MMD the
 bootstrap runs vectorised (:mod:`monitors.drift.mmd_thresholds`, seconds at
 ERT 1000) and is drawn for the reference rows the detector keeps
 (:class:`_HeldOutMMD`: ``KEPT_SHARE`` of them; the rest are held out for
-calibration), not re-split per sample as alibi-detect does, and its last
-threshold, which holds from step ``W`` on, is set on a clean stream of
-``STEADY_PER_ERT x ERT`` events; LSDD keeps
+calibration), not re-split per sample as alibi-detect does (optionally its
+last threshold, which holds from step ``W`` on, is set on a clean stream:
+``steady_steps``); LSDD keeps
 alibi-detect's own loop (minutes at that ERT). Either way
 callers run it off the request path. Its outcome is exported as
 :class:`OnlineState` (plain arrays and numbers) and
@@ -43,12 +43,6 @@ from monitors.drift.states import OnlineMethod, OnlineState
 
 KEPT_SHARE = 0.7
 """MMD: share of the reference rows (beyond the initial test window) the detector keeps; the rest help calibrate it."""
-STEADY_PER_ERT = 1000
-"""MMD: events of the clean stream behind the last (steady) threshold, per event of ERT (~1,000 alarms on it).
-
-alibi-detect's ``10 x ERT`` bootstrap runs give that threshold, which sets the run length, from
-about ten exceedances (single calibrations' run lengths off by up to ~1.6x on the digits embeddings
-for that alone); the stream costs ``O(W)`` per event, so this many cost about what the runs do."""
 
 
 class _HeldOutMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
@@ -61,6 +55,10 @@ class _HeldOutMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
     kept and held-out rows against the kept reference (less the rows drawn).
     """
 
+    def __init__(self, *args: Any, steady_steps: int = 0, **kwargs: Any) -> None:
+        self._steady_steps = steady_steps  # read by _configure_thresholds, which alibi-detect's constructor calls
+        super().__init__(*args, **kwargs)
+
     def _configure_thresholds(self) -> None:
         self.ref_inds, self.init_test_inds, self.held_out_inds = held_out_split(self.n, self.window_size)
         self.thresholds = held_out_mmd_thresholds(
@@ -70,7 +68,7 @@ class _HeldOutMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
             held_out_inds=self.held_out_inds,
             ert=self.ert,
             n_bootstraps=self.n_bootstraps,
-            n_steady=STEADY_PER_ERT * self.ert,
+            n_steady=self._steady_steps,
         )
 
     def _configure_ref_subset(self) -> None:
@@ -154,9 +152,13 @@ class OnlineDriftDetector:
         ert: int,
         window_size: int,
         n_bootstraps: int,
+        steady_steps: int = 0,
         device: str = "cpu",
     ) -> OnlineDriftDetector:
         """Bootstrap thresholds for ``ert`` and ``window_size`` on ``reference`` (slow: run it in a worker).
+
+        ``steady_steps`` (MMD): re-estimate the last threshold on a clean stream of that many events
+        (:func:`monitors.drift.mmd_thresholds.steady_threshold`); 0 keeps the bootstrap's.
 
         The detector returned is rebuilt from the exported state, so a detector
         restored elsewhere from that state scores every event bit for bit alike.
@@ -166,7 +168,9 @@ class OnlineDriftDetector:
         kwargs = _backend_kwargs(
             x, ert=ert, window_size=window_size, n_bootstraps=n_bootstraps, sigma=sigma, device=device
         )
-        backend = _HeldOutMMD(**kwargs) if method == "mmd" else LSDDDriftOnlineTorch(**kwargs)
+        backend = (
+            _HeldOutMMD(steady_steps=steady_steps, **kwargs) if method == "mmd" else LSDDDriftOnlineTorch(**kwargs)
+        )
         state = OnlineState(
             method=method,
             ert=ert,

@@ -13,7 +13,7 @@ import pytest
 from common.errors import VaiError
 from helpers import event
 from service.errors import FieldError
-from service.fast_parsing import BodyDecoder, read_tensors
+from service.fast_parsing import BodyDecoder, _scores_are_tensors, read_tensors
 from service.parsing import Decoded, Rejected, decode_body
 from service.validation import Prediction, check, predictions
 
@@ -22,6 +22,11 @@ MAX_BATCH = 50
 
 def _batch(*events: dict[str, Any]) -> bytes:
     return json.dumps({"events": list(events)}).encode()
+
+
+def _compact(values: list[float]) -> dict[str, Any]:
+    raw = np.array(values, dtype="<f4").tobytes()
+    return {"shape": [len(values)], "dtype": "float32", "data": base64.b64encode(raw).decode()}
 
 
 def _verdict(item: Decoded) -> Prediction | tuple[str | None, str, str]:
@@ -39,6 +44,7 @@ def _same(fast: list[Decoded], careful: list[Decoded]) -> None:
     for mine, theirs in zip(fast, careful, strict=True):
         a, b = _verdict(mine), _verdict(theirs)
         if isinstance(a, Prediction) and isinstance(b, Prediction):
+            assert a.scores.dtype == b.scores.dtype
             np.testing.assert_array_equal(a.scores, b.scores)
             if a.embedding is None or b.embedding is None:
                 assert a.embedding is None and b.embedding is None
@@ -82,7 +88,7 @@ VALID = [
         id="batch-with-schema-errors",
     ),
     pytest.param(
-        _batch(event("s", logits="4,1"), event("t", logits=[4.0, "1"]), event("u", embedding={"a": 1.0})),
+        _batch(event("s", logits="4,1"), event("u", embedding={"a": 1.0})),
         id="batch-with-number-field-errors",
     ),
     pytest.param(b'{"events":[1,"x",[1,2],null]}', id="batch-of-non-objects"),
@@ -111,6 +117,13 @@ HANDED_OVER = [
     pytest.param(b'{"events": 3}', id="events-not-a-list"),
     pytest.param(b'{"model":"m","request_id":"r","cohort":{"a":' + b"[" * 2000 + b"]" * 2000 + b"}}", id="deep"),
     pytest.param(b"null", id="null-body"),
+    # a list that is not all numbers: which of the event's faults comes first is the careful path's call
+    pytest.param(_batch(event("ok"), event("t", logits=[4.0, "1"])), id="list-with-a-string"),
+    pytest.param(
+        _batch(event("t", logits={**_compact([float("nan"), 1.0])}, embedding=[1.0, "x"])),
+        id="bad-list-beside-a-bad-tensor",
+    ),
+    pytest.param(_batch(event("t", model="bad name", embedding=[1.0, "x"])), id="bad-list-beside-a-bad-model"),
 ]
 
 
@@ -150,11 +163,6 @@ def test_a_parse_kept_alive_by_an_error_does_not_break_the_next_request() -> Non
     assert decoded is not None and isinstance(_verdict(decoded[0]), Prediction)
 
 
-def _compact(values: list[float]) -> dict[str, Any]:
-    raw = np.array(values, dtype="<f4").tobytes()
-    return {"shape": [len(values)], "dtype": "float32", "data": base64.b64encode(raw).decode()}
-
-
 TENSOR_BODIES = [
     pytest.param(_batch(event("a", logits=_compact([4.0, 1.0])), event("b", logits=[4.0, 1.0])), id="tensor-then-list"),
     pytest.param(
@@ -173,7 +181,12 @@ TENSOR_BODIES = [
 @pytest.mark.parametrize("body", TENSOR_BODIES)
 def test_bodies_of_tensors_take_the_careful_reader_and_get_the_fast_path_s_verdicts(body: bytes) -> None:
     """A body whose first scores are a tensor is read by msgspec (quicker there); verdicts must not change."""
+    assert _scores_are_tensors(body)
     decoder = BodyDecoder(max_batch=MAX_BATCH)
     fast = decoder.decode_fast(body)
     assert fast is not None
     _same(decoder.decode(body), read_tensors(fast))
+
+
+def test_bodies_of_number_lists_stay_on_the_fast_path() -> None:
+    assert not _scores_are_tensors(_batch(event("a"), event("b", logits=_compact([4.0, 1.0]))))

@@ -153,16 +153,21 @@ def test_mmd_calibrates_on_held_out_rows_deterministically() -> None:
     assert other.export_state().held_out_inds != first.held_out_inds
 
 
-def test_mmd_last_threshold_is_the_steady_estimate_and_survives_export() -> None:
-    """The threshold that holds after the first window comes from the calibration stream, not the 10 x ERT runs."""
+def test_mmd_last_threshold_is_the_steady_estimate_when_asked_and_survives_export() -> None:
+    """With ``steady_steps`` the threshold that holds after the first window comes from the calibration stream;
+    without it, from the 10 x ERT runs like the others."""
     import torch
 
     from monitors.drift.mmd_thresholds import held_out_mmd_thresholds
-    from monitors.drift.online import STEADY_PER_ERT, held_out_split
+    from monitors.drift.online import held_out_split
 
     reference = gaussian(np.random.default_rng(11), 200)
     torch.manual_seed(12)
-    detector = OnlineDriftDetector.calibrate(reference, method="mmd", ert=20, window_size=5, n_bootstraps=200)
+    detector = OnlineDriftDetector.calibrate(
+        reference, method="mmd", ert=20, window_size=5, n_bootstraps=200, steady_steps=20_000
+    )
+    torch.manual_seed(12)
+    default = OnlineDriftDetector.calibrate(reference, method="mmd", ert=20, window_size=5, n_bootstraps=200)
     torch.manual_seed(12)  # the calibration's draws again: the split, the runs, the stream
     ref_inds, init_test_inds, held_out_inds = held_out_split(200, 5)
     k_xx = detector.backend.k_xx
@@ -178,11 +183,12 @@ def test_mmd_last_threshold_is_the_steady_estimate_and_survives_export() -> None
             n_steady=n_steady,
         )
 
-    steady = thresholds(STEADY_PER_ERT * 20)
+    steady = thresholds(20_000)
     torch.manual_seed(12)
     held_out_split(200, 5)
     sequential = thresholds(0)
 
     restored = OnlineState.model_validate_json(detector.export_state().model_dump_json())
     assert list(restored.thresholds) == steady
+    assert list(default.export_state().thresholds) == sequential
     assert steady[:-1] == sequential[:-1] and steady[-1] != sequential[-1]
