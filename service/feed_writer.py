@@ -267,6 +267,9 @@ class FeedWriter:
         batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
         try:
             refused = await self._write(batch)
+        except asyncio.CancelledError:  # stopping mid-write: the batch waits for the final flush (or its count)
+            self._pending.extendleft(reversed(batch))
+            raise
         except REDIS_DOWN as error:
             self._pending.extendleft(reversed(batch))  # they wait, oldest first, within the bound
             if self.redis_up:
@@ -286,6 +289,15 @@ class FeedWriter:
         for labels, count in written.items():
             self.written.labels(*labels).inc(count)
         return len(batch)
+
+    def abandon(self) -> int:
+        """Count every record still waiting as dropped (``redis_unavailable``): called at shutdown, once the
+        final flush has given up (Redis down or too slow), so no record leaves without a counter."""
+        abandoned = len(self._pending)
+        for item in self._pending:
+            self.dropped.labels(item.model, item.feed, "redis_unavailable").inc()
+        self._pending.clear()
+        return abandoned
 
     async def _write(self, batch: list[_Pending]) -> set[int]:
         """One round trip for the whole batch; returns the indices Redis refused (e.g. out of memory)."""

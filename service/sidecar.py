@@ -129,6 +129,8 @@ class Sidecar:
                 async with asyncio.timeout(drain_timeout_s):
                     while await self.feed.flush():
                         pass
+            if abandoned := self.feed.abandon():
+                log.warning("%d monitoring records not written before shutdown (counted as dropped)", abandoned)
         await self.writer.drain(timeout_s=drain_timeout_s)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout_s):

@@ -39,6 +39,9 @@ from monitors.drift.states import WindowTestsState
 from monitors.drift.tumbling import Tumbler
 
 MMD_NAME = "window_mmd"
+SPLITS_PER_PRODUCT = 256
+"""Permutations scored by one matrix product: memory is ``(n + m) x 256`` doubles per product, whatever
+``n_permutations`` is."""
 KS_NAME = "window_ks"
 
 
@@ -143,13 +146,30 @@ class _PermutationMMD(MMDDriftTorch):  # type: ignore[misc]
         n_rows, m = len(x_ref) + len(y), len(y)
         # Split 0 is the window itself (its rows last), then alibi-detect's permutations.
         y_rows = torch.cat([torch.arange(n_rows - m, n_rows)[None], permuted_y_rows(n_rows, m, self.n_permutations)])
-        in_y = torch.zeros(n_rows, len(y_rows), dtype=torch.float64).scatter_(0, y_rows.T, 1.0).to(self.device)
         with torch.no_grad():
-            k_xx = self.k_xx.to(torch.float64, copy=True).fill_diagonal_(0.0)
+            k_xx = self._reference_kernel()
             k_xy = self.kernel(x_ref_t, y_t).to(torch.float64)
             k_yy = self.kernel(y_t, y_t).to(torch.float64).fill_diagonal_(0.0)
-            mmd2 = mmd2_by_split(k_xx, k_xy, k_yy, in_y).cpu().numpy()
-        return float(mmd2[0]), mmd2[1:]
+            mmd2 = torch.cat(
+                [
+                    mmd2_by_split(k_xx, k_xy, k_yy, _indicators(n_rows, rows).to(self.device))
+                    for rows in torch.split(y_rows, SPLITS_PER_PRODUCT)
+                ]
+            )
+        values = mmd2.cpu().numpy()
+        return float(values[0]), values[1:]
+
+    def _reference_kernel(self) -> torch.Tensor:
+        """The reference's kernel matrix in float64 with a zero diagonal, made once (the reference is fixed)."""
+        cached: torch.Tensor | None = getattr(self, "_k_xx_zero_diagonal", None)
+        if cached is None:
+            cached = self._k_xx_zero_diagonal = self.k_xx.to(torch.float64, copy=True).fill_diagonal_(0.0)
+        return cached
+
+
+def _indicators(n_rows: int, y_rows: torch.Tensor) -> torch.Tensor:
+    """``(n_rows, G)`` float64 columns, 1 at the rows each split puts in y."""
+    return torch.zeros(n_rows, len(y_rows), dtype=torch.float64).scatter_(0, y_rows.T, 1.0)
 
 
 class WindowTests:

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
 from helpers import MonitorRunner, event, wait_until
+from service.app import create_app
+from service.settings import SidecarSettings
 
 # Small detectors so calibration takes a second: online MMD at ERT 100 (window 10), 400-event tumbling windows.
 FAST_DRIFT = {
@@ -328,6 +330,22 @@ def test_records_redis_cannot_take_are_dropped_oldest_first_and_counted(
     assert dropped("m1", "label_join") == 1 and dropped("m1", "predictions") == 1
     assert dropped("m2", "label_join") == 1 and dropped("m2", "predictions") == 1
     assert len(feed) == 2
+
+
+def test_records_still_waiting_at_shutdown_are_counted(make_settings: Callable[..., SidecarSettings]) -> None:
+    registry = CollectorRegistry()  # Redis unreachable: nothing can be written, not even at shutdown
+    settings = make_settings(label_records="all", redis_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings, registry=registry)) as client:
+        feed = client.app.state.sidecar.feed  # type: ignore[attr-defined]
+        client.post("/v1/events", json={"events": [event("a", model="m"), event("b", model="m")]})
+        wait_until(lambda: not feed.redis_up, what="the first write to fail")
+        assert len(feed) == 4  # a label-join record and a drift-feed record per event
+
+    def dropped(feed_name: str) -> float | None:
+        labels = {"model": "m", "feed": feed_name, "reason": "redis_unavailable"}
+        return registry.get_sample_value("vai_monitor_records_dropped_total", labels)
+
+    assert dropped("label_join") == 2 and dropped("predictions") == 2
 
 
 def test_the_budget_samples_the_drift_feed_and_counts_what_it_skips(

@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 from scipy import stats
 
 from demo.models.training import DatasetSplit
+from monitors.drift import window_tests
 from monitors.drift._alibi import MMDDriftTorch, mmd2_from_kernel_matrix
 from monitors.drift.config import DriftConfig
 from monitors.drift.window_tests import (
@@ -163,3 +164,20 @@ def test_size_on_null_data_is_alpha() -> None:
     n = references * windows_each
     low, high = stats.binom.interval(0.999, n, alpha)
     assert low <= flagged <= high, f"{flagged}/{n} flagged, expected within [{low:.0f}, {high:.0f}] at alpha {alpha}"
+
+
+def test_many_permutations_are_scored_in_bounded_products(
+    digits_windows: dict[str, NDArray[np.float32]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Splitting the permutations over several products changes nothing but the memory they take."""
+    reference, x = digits_windows["reference"], digits_windows["fewer-classes"]
+    tests = WindowTests(reference, window_events=WINDOW_ROWS, p_value=0.05, n_permutations=300)
+
+    def permuted(splits_per_product: int) -> tuple[float, NDArray[np.float64]]:
+        monkeypatch.setattr(window_tests, "SPLITS_PER_PRODUCT", splits_per_product)
+        torch.manual_seed(5)
+        return tests._mmd.permutation_test(x)
+
+    (observed, chunked), (observed_whole, whole) = permuted(64), permuted(1000)
+    assert observed == observed_whole and len(chunked) == 300
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)
