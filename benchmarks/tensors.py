@@ -1,6 +1,6 @@
 """Events/s of the same events sent three ways, beside floors that only decode the bodies.
 
-    .venv/bin/python -m benchmarks.tensors [--seconds 3] [--rounds 3]
+    .venv/bin/python -m benchmarks.tensors [--seconds 3] [--rounds 3] [--stages]
 
 Events carry 1,000 logits and a 768-d embedding, in batches of 100, posted to
 ``POST /v1/events`` of the real ASGI app (``service.app.create_app``, monitors
@@ -15,7 +15,8 @@ Each has a floor: a bare ASGI callable that reads the same body the same way
 and only decodes it (orjson; orjson and pybase64's base64 decode and ``np.frombuffer``; the binary
 split and ``np.frombuffer``), checking nothing. Every request id is unique (the
 sidecar refuses duplicates). Phases rotate for ``--rounds`` rounds; the best
-round of each is printed. No assertions: the figures go in the README.
+round of each is printed. ``--stages`` then prints the CPU per event of each step of ingest for
+the tensor forms. No assertions: the figures go in the README.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import binascii
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +40,12 @@ import pybase64
 from benchmarks.loadgen import Template
 from common.embedded_redis import EmbeddedRedis
 from service.app import create_app
+from service.binary_body import decode_binary
+from service.fast_parsing import read_tensors
+from service.parsing import decode_body
+from service.schemas import EventIn
 from service.settings import SidecarSettings
+from service.validation import check, predictions
 
 SLOT = b"@" * 12
 BATCH = 100
@@ -187,7 +194,7 @@ async def _drive(app: Asgi, template: Template, extra: list[tuple[bytes, bytes]]
     return requests * BATCH / elapsed
 
 
-async def main(seconds: float, rounds: int) -> None:
+async def main(seconds: float, rounds: int, *, stages: bool) -> None:
     with tempfile.TemporaryDirectory() as directory:
         redis_server = EmbeddedRedis(data_dir=Path(directory), append_only=False).start()
         try:
@@ -195,8 +202,50 @@ async def main(seconds: float, rounds: int) -> None:
             app = create_app(settings)
             async with app.router.lifespan_context(app):
                 await _measure(app, seconds, rounds)
+                if stages:
+                    _stages(app.state.sidecar.ingest)
         finally:
             redis_server.stop()
+
+
+def _stages(handler: Any, repeats: int = 8, requests: int = 20) -> None:
+    """CPU µs per event of each step of ingest for the tensor forms (medians of ``repeats`` passes).
+
+    Each step runs over the same bodies on its own (so each starts from cold data), then the
+    whole of ``IngestHandler.ingest``; the steps need not add up to the whole.
+    """
+    print("\nCPU per event (us), medians:  parse = decode_body / decode_binary, read = read_tensors,")
+    print("check = validation.check, summary = validation.predictions, ingest = IngestHandler.ingest")
+    counter = 10**9
+    for form in ("compact", "binary"):
+        template, extra = bodies()[form]
+        length = dict(extra).get(b"inference-header-content-length")
+        found: dict[str, list[float]] = {name: [] for name in ("parse", "read", "check", "summary", "ingest")}
+        for _ in range(repeats):
+            batch = [bytes(template.fill(counter + i * BATCH)) for i in range(requests)]
+            counter += requests * BATCH
+            marks = [time.process_time()]
+            parsed = [
+                decode_binary(b, length.decode(), max_batch=BATCH) if length else decode_body(b, max_batch=BATCH)
+                for b in batch
+            ]
+            marks.append(time.process_time())
+            for decoded in parsed:
+                read_tensors(decoded)
+            marks.append(time.process_time())
+            checked = [
+                [check(item, received_at=1.7e9) for item in decoded if isinstance(item, EventIn)] for decoded in parsed
+            ]
+            marks.append(time.process_time())
+            for items in checked:
+                predictions(items, received_at=1.7e9)
+            marks.append(time.process_time())
+            for body in batch:
+                handler.ingest(body, header_length=length.decode() if length else None)
+            marks.append(time.process_time())
+            for name, start, end in zip(found, marks, marks[1:], strict=False):
+                found[name].append((end - start) / (requests * BATCH) * 1e6)
+        print(f"{form:<8} " + "  ".join(f"{name} {statistics.median(v):5.1f}" for name, v in found.items()))
 
 
 async def _measure(app: Any, seconds: float, rounds: int) -> None:
@@ -225,5 +274,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stages", action="store_true", help="also the CPU per event of each step of ingest")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.seconds, arguments.rounds))
+    asyncio.run(main(arguments.seconds, arguments.rounds, stages=arguments.stages))
