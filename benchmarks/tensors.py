@@ -41,8 +41,7 @@ from benchmarks.loadgen import Template
 from common.embedded_redis import EmbeddedRedis
 from service.app import create_app
 from service.binary_body import decode_binary
-from service.fast_parsing import read_tensors
-from service.parsing import decode_body
+from service.parsing import decode_body, read_tensors
 from service.schemas import EventIn
 from service.settings import SidecarSettings
 from service.validation import check, predictions

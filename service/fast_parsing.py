@@ -9,7 +9,7 @@ careful path.
 
 A body whose scores are tensor objects (``service.tensors``) holds no long number
 lists: msgspec's typed decode of the careful path reads it quickest, and
-:func:`read_tensors` then reads all its tensors together, one numpy pass per
+:func:`service.parsing.read_tensors` then reads all its tensors together, one numpy pass per
 dtype and length. Binary-extension bodies take the same last step.
 
 The fast path only answers for bodies it can judge with certainty. simdjson
@@ -31,9 +31,8 @@ import simdjson
 
 from service.binary_body import decode_binary
 from service.errors import FieldError
-from service.parsing import Decoded, Rejected, check_count, decode_body, field_error
+from service.parsing import Decoded, Rejected, check_count, decode_body, field_error, read_tensors
 from service.schemas import NUMBER_FIELDS, EventIn
-from service.tensors import BinaryTensor, vectors_of
 
 _OPEN = 91  # b"["
 _FIRST_SCORES = re.compile(rb'"(?:logits|probabilities)"\s*:\s*([\[{])')
@@ -188,33 +187,6 @@ def _tensor_brackets(tensor: dict[str, Any]) -> int:
     if isinstance(tensor.get("data"), str):
         return _brackets_in({key: value for key, value in tensor.items() if key != "data"})
     return _brackets_in(tensor)
-
-
-def read_tensors(decoded: list[Decoded]) -> list[Decoded]:
-    """``decoded`` with the tensor objects in number fields read as float64 vectors (or the event refused).
-
-    All of a request's tensors are read together (:func:`service.tensors.vectors_of`): one numpy pass
-    per dtype and length instead of several calls per tensor.
-    """
-    wanted = [
-        (position, key)
-        for position, event in enumerate(decoded)
-        if isinstance(event, EventIn)
-        for key in NUMBER_FIELDS
-        if isinstance(getattr(event, key), (dict, BinaryTensor))
-    ]
-    if not wanted:
-        return decoded
-    vectors = vectors_of([(getattr(decoded[position], key), key) for position, key in wanted])
-    for (position, key), vector in zip(wanted, vectors, strict=True):
-        event = decoded[position]
-        if isinstance(event, Rejected):
-            continue  # an earlier field of it was refused
-        if isinstance(vector, FieldError):
-            decoded[position] = Rejected(position, event.request_id, vector)
-        else:
-            setattr(event, key, vector)
-    return decoded
 
 
 def count_open_brackets(data: bytes) -> int:

@@ -13,8 +13,8 @@ import pytest
 from common.errors import VaiError
 from helpers import event
 from service.errors import FieldError
-from service.fast_parsing import BodyDecoder, _scores_are_tensors, read_tensors
-from service.parsing import Decoded, Rejected, decode_body
+from service.fast_parsing import BodyDecoder, _scores_are_tensors
+from service.parsing import Decoded, Rejected, decode_body, read_tensors
 from service.validation import Prediction, check, predictions
 
 MAX_BATCH = 50
