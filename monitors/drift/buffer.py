@@ -33,6 +33,12 @@ class IngestBuffer:
         """Events handed to the detectors by :meth:`drain`."""
         return self._taken
 
+    @property
+    def room(self) -> int:
+        """Events that fit before the oldest would be dropped."""
+        with self._lock:
+            return (self._events.maxlen or 0) - len(self._events)
+
     def oldest_time_s(self) -> float | None:
         """Event time of the oldest waiting event, if any."""
         with self._lock:

@@ -113,10 +113,11 @@ class OwnedModel:
             await asyncio.sleep(0.05)  # the detectors are behind: leave the records in Redis, where lag shows
             return
         feed = keys.prediction_feed(self.model)
+        count = min(self._settings.monitor_read_batch, self.buffer.room)  # never more than fits: the rest waits
         try:
             # Entries a previous owner read but never acknowledged come first, then new ones.
             claim: Any = await self._redis.xautoclaim(
-                feed, keys.MONITOR_GROUP, self._leases.owner, min_idle_time=0, count=self._settings.monitor_read_batch
+                feed, keys.MONITOR_GROUP, self._leases.owner, min_idle_time=0, count=count
             )
             entries: Entries = claim[1] or []
             if not entries:
@@ -124,7 +125,7 @@ class OwnedModel:
                     keys.MONITOR_GROUP,
                     self._leases.owner,
                     {feed: ">"},
-                    count=self._settings.monitor_read_batch,
+                    count=count,
                     block=500,
                 )
                 entries = answer[0][1] if answer else []
