@@ -57,3 +57,25 @@ class EncodedArray(BaseModel):
                 f"{self.subject}: {len(raw)} bytes do not fit shape {list(self.shape)} of {self.dtype}"
             )
         return np.frombuffer(raw, dtype=wire).reshape(self.shape).astype(wire.newbyteorder("="))
+
+
+class ScaledHalf(BaseModel):
+    """An array kept compactly: ``values / scale`` as float16 in the array codec, ``scale`` the largest
+    magnitude (so float16's range and precision are spent where the values are). Maps and activations."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shape: tuple[int, ...]
+    scale: float
+    data: str
+
+    @staticmethod
+    def encoded(values: NDArray[Any]) -> dict[str, Any]:
+        """``shape``, ``scale`` and ``data`` of finite ``values``, for a subclass's constructor."""
+        scale = float(np.abs(values).max(initial=0.0)) or 1.0
+        half = EncodedArray.of((values / scale).astype(np.float16))
+        return {"shape": half.shape, "scale": scale, "data": half.data}
+
+    def to_array(self) -> NDArray[np.float32]:
+        half = EncodedArray(shape=self.shape, dtype="float16", data=self.data).decode()
+        return half.astype(np.float32) * np.float32(self.scale)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.codec import EncodedArray
+from common.codec import ScaledHalf
 from common.names import MODEL_PATTERN, VERSION_PATTERN
 from sampler.contract import InputTensor, SampledEvent
 from sampler.layers import FeatureMaps, LayerStats
@@ -37,14 +36,9 @@ class Fidelity(BaseModel):
         return self.random_auc - self.deletion_auc
 
 
-class StoredAttribution(BaseModel):
+class StoredAttribution(ScaledHalf):
     """One method's map, compact: ``values / scale`` as float16 in the array codec (its dtype implied)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    shape: tuple[int, ...]
-    scale: float
-    data: str
     target: int
     convergence_delta: float | None = None
     fidelity: Fidelity | None = None
@@ -56,13 +50,7 @@ class StoredAttribution(BaseModel):
 
     @classmethod
     def from_array(cls, values: npt.NDArray[Any], *, target: int, **figures: Any) -> StoredAttribution:
-        scale = float(np.abs(values).max()) or 1.0
-        half = EncodedArray.of((values / scale).astype(np.float16))
-        return cls(shape=half.shape, scale=scale, data=half.data, target=target, **figures)
-
-    def to_array(self) -> npt.NDArray[np.float32]:
-        half = EncodedArray(shape=self.shape, dtype="float16", data=self.data).decode()
-        return half.astype(np.float32) * np.float32(self.scale)
+        return cls(**cls.encoded(values), target=target, **figures)
 
 
 class ExplanationSummary(BaseModel):

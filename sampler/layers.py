@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
-from common.codec import EncodedArray
+from common.codec import ScaledHalf
 from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED, execute
 
@@ -59,28 +59,17 @@ class LayerStats(BaseModel):
     """Channels whose maps are stored with the explanation (strongest first); empty when none are."""
 
 
-class FeatureMaps(BaseModel):
+class FeatureMaps(ScaledHalf):
     """A few channels of one layer's output, compact: ``values / scale`` as float16 in the array codec."""
-
-    model_config = ConfigDict(frozen=True)
 
     channels: tuple[int, ...]
     """Channel indices, ranked by mean |activation| (strongest first); ``shape[0] == len(channels)``."""
-    shape: tuple[int, ...]
-    """``(channels, H, W)``."""
-    scale: float
-    data: str
 
     @classmethod
     def from_array(cls, maps: npt.NDArray[Any], channels: tuple[int, ...]) -> FeatureMaps:
+        """``maps`` of shape ``(channels, H, W)``; NaN and infinity are stored as 0."""
         finite = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        scale = float(np.abs(finite).max(initial=0.0)) or 1.0
-        half = EncodedArray.of((finite / scale).astype(np.float16))
-        return cls(channels=channels, shape=half.shape, scale=scale, data=half.data)
-
-    def to_array(self) -> npt.NDArray[np.float32]:
-        half = EncodedArray(shape=self.shape, dtype="float16", data=self.data).decode()
-        return half.astype(np.float32) * np.float32(self.scale)
+        return cls(channels=channels, **cls.encoded(finite))
 
 
 class LayerHealth(BaseModel):

@@ -196,10 +196,17 @@ def count_open_brackets(data: bytes) -> int:
 
 class BracketTally:
     """Counts b"[" chunk by chunk as a body arrives: a pass over the whole body afterwards costs
-    several times more, because by then it has left the CPU cache."""
+    several times more, because by then it has left the CPU cache. A body whose first chunk shows
+    tensor scores goes to the careful path, which needs no count: ``count`` is then ``None``."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count: int | None = 0
+        self._first = True
 
     def __call__(self, chunk: bytes) -> None:
-        self.count += count_open_brackets(chunk)
+        if self._first:
+            self._first = False
+            if _scores_are_tensors(chunk):
+                self.count = None
+        if self.count is not None:
+            self.count += count_open_brackets(chunk)

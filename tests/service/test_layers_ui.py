@@ -17,20 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
-from cdp import Browser, find_chromium
+from cdp import Browser
 from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import serve_app, wait_until
 from service.app import create_app
 from service.settings import SidecarSettings
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    opened = Browser(find_chromium(), tmp_path / "chromium-profile")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cdp import Browser, find_chromium
+from cdp import Browser
 from common.embedded_redis import free_port
 from helpers import serve_app, wait_until
 from service.app import create_app
@@ -108,18 +108,6 @@ def test_overview_needs_no_token_but_its_data_does(make_client: Callable[..., Te
 
 
 # --- the page in a browser ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    return find_chromium()
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
-    opened = Browser(chromium, tmp_path / "chromium-profile", width=1400, height=1000)
-    yield opened
-    opened.close()
 
 
 def _states(browser: Browser) -> dict[str, str]:

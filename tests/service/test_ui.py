@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from redis.asyncio import Redis as AsyncRedis
 
 from attribution_workers.settings import WorkerSettings
-from cdp import Browser, find_chromium
+from cdp import Browser
 from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
@@ -110,19 +110,6 @@ def test_page_needs_no_token_but_the_data_does(make_client: Callable[..., TestCl
 
 
 # --- the page in a browser ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Path of the browser; looked up before the (slower) data fixtures so that a skip is quick."""
-    return find_chromium()
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
-    opened = Browser(chromium, tmp_path / "chromium-profile")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")
