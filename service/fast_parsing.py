@@ -8,9 +8,11 @@ to Python and checked by msgspec against the same ``EventIn`` schema as the
 careful path.
 
 A body whose scores are tensor objects (``service.tensors``) holds no long number
-lists: msgspec's typed decode of the careful path reads it quickest, and
+lists. When all its tensors are well formed, a short lane (``service.tensor_lanes``)
+reads it: compact base64 straight out of the body, binary sections as strided views,
+one matrix per field. Otherwise msgspec's typed decode of the careful path reads it, and
 :func:`service.parsing.read_tensors` then reads all its tensors together, one numpy pass per
-dtype and length. Binary-extension bodies take the same last step.
+dtype and length. Binary-extension bodies take the same two routes.
 
 The fast path only answers for bodies it can judge with certainty. simdjson
 refuses NaN/Infinity tokens, numbers beyond float range, integers beyond 64
@@ -33,6 +35,7 @@ from service.binary_body import decode_binary
 from service.errors import FieldError
 from service.parsing import Decoded, Rejected, check_count, decode_body, field_error, read_tensors
 from service.schemas import NUMBER_FIELDS, EventIn
+from service.tensor_lanes import decode_binary_fast, decode_compact
 
 _OPEN = 91  # b"["
 _FIRST_SCORES = re.compile(rb'"(?:logits|probabilities)"\s*:\s*([\[{])')
@@ -56,10 +59,12 @@ class BodyDecoder:
         ``open_brackets``: the body's count of b"[", when a :class:`BracketTally` took it while reading.
         ``header_length``: the ``Inference-Header-Content-Length`` of a binary-extension body.
         """
-        if header_length is not None:
-            return read_tensors(decode_binary(body, header_length, max_batch=self._max_batch))
+        if header_length is not None:  # a short lane for well-formed tensors, else the general reader
+            lane = decode_binary_fast(body, header_length, max_batch=self._max_batch)
+            return lane or read_tensors(decode_binary(body, header_length, max_batch=self._max_batch))
         if _scores_are_tensors(body):  # no number lists: msgspec's typed decode is the quickest reader
-            return read_tensors(decode_body(body, max_batch=self._max_batch))
+            lane = decode_compact(body, max_batch=self._max_batch)
+            return lane or read_tensors(decode_body(body, max_batch=self._max_batch))
         fast = self.decode_fast(body, open_brackets=open_brackets) if body.strip() else None
         return read_tensors(fast if fast is not None else decode_body(body, max_batch=self._max_batch))
 

@@ -49,7 +49,7 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
     if not body.strip():
         raise InvalidInput('body: empty; send one event object or {"events": [...]}', field="body")
     try:
-        if not _looks_like_batch(body):
+        if not looks_like_batch(body):
             single = _decode_single(body)
             if not (isinstance(single, Rejected) and "unknown field `events`" in str(single.error)):
                 return [single]
@@ -65,7 +65,7 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
     return list(events)
 
 
-def _looks_like_batch(body: bytes) -> bool:
+def looks_like_batch(body: bytes) -> bool:
     """Cheap guess so that a single event is decoded once (a wrong guess only costs a retry)."""
     return body.lstrip()[:12].replace(b" ", b"").startswith(b'{"events"')
 

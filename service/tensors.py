@@ -144,7 +144,7 @@ def _compact_vector(value: Any) -> tuple[np.dtype[Any], int, bytearray] | None:
     name, shape, data = value["dtype"], value["shape"], value["data"]
     if type(name) is not str or type(shape) is not list or type(data) is not str:
         return None
-    dtype, length = _COMPACT_DTYPES.get(name), _vector_length(shape)
+    dtype, length = _COMPACT_DTYPES.get(name), vector_length(shape)
     if dtype is None or not length:
         return None
     try:
@@ -161,7 +161,7 @@ def _binary_vector(value: Any) -> tuple[np.dtype[Any], int, memoryview] | None:
     name, shape = value.spec.get("datatype"), value.spec.get("shape")
     if type(name) is not str or type(shape) is not list:
         return None
-    dtype, length = _OIP_DTYPES.get(name), _vector_length(shape)
+    dtype, length = _OIP_DTYPES.get(name), vector_length(shape)
     if dtype is None or not length or len(value.raw) != length * dtype.itemsize:
         return None
     return dtype, length, memoryview(value.raw)
@@ -171,7 +171,7 @@ def _vector_bytes(value: Any, field: str) -> tuple[np.dtype[Any], int, bytes | b
     """dtype, length and bytes of a tensor object holding one vector, checked; ``None`` when it is not
     bytes of a ``[n]`` or ``[1, n]`` shape. Raises ``FieldError``."""
     unread = _unread(value, field)
-    if not isinstance(unread, _Unread) or not (length := _vector_length(unread.shape)):
+    if not isinstance(unread, _Unread) or not (length := vector_length(unread.shape)):
         return None
     if len(unread.raw) != length * unread.dtype.itemsize:
         raise _size_error(unread, len(unread.raw))
@@ -189,7 +189,7 @@ def _rows_not_finite(matrix: npt.NDArray[Any]) -> list[int]:
     return [row for row in suspects if not np.isfinite(matrix[row]).all()]
 
 
-def _vector_length(shape: list[Any]) -> int:
+def vector_length(shape: list[Any]) -> int:
     """The length of a ``[n]`` or ``[1, n]`` shape of positive integers; 0 for any other."""
     if len(shape) == 1:
         length = shape[0]
