@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from common import keys
 from common.redis import REDIS_DOWN, execute
 from monitors.feed import MonitoringRecord
-from service.tensors import Vector
-from service.validation import Prediction, softmax
+from service.feed_records import UniformBudget, monitoring_record
+from service.validation import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -62,32 +59,6 @@ return trimmed
 (recognised by the prefix passed last). One command packs and parses in a few microseconds per record;
 a pipeline of ``XADD`` s cost redis-py ~17 µs each. It returns, per key, how many older entries ``MAXLEN``
 trimmed: records the monitor never read (it deletes what it examined, so only a backlog is trimmed)."""
-
-
-class UniformBudget:
-    """Keeps each event with probability ``budget / rate`` once the rate exceeds the budget.
-
-    The rate is the larger of the previous second's count and the current second's so far,
-    so a burst is thinned from its start and every event of a second has the same chance.
-    """
-
-    def __init__(self, per_second: int, *, rng: random.Random | None = None) -> None:
-        self._budget = per_second
-        self._second = 0
-        self._count = 0
-        self._previous = 0
-        self._random = (rng or random.Random()).random
-
-    def admit(self, now_s: float) -> bool:
-        if self._budget <= 0:
-            return True
-        second = int(now_s)
-        if second != self._second:
-            self._previous = self._count if second == self._second + 1 else 0
-            self._second, self._count = second, 0
-        self._count += 1
-        rate = max(self._previous, self._count)
-        return rate <= self._budget or self._random() < self._budget / rate
 
 
 @dataclass(slots=True)
@@ -172,7 +143,7 @@ class FeedWriter:
         labelled = prediction.label is not None
         if not (admitted or labelled or self.keeps_records(model)):
             return False
-        record = self._record(prediction, version)
+        record = monitoring_record(prediction, version, brier_max_classes=self._brier_max_classes)
         if labelled:
             self.offer(LABELLED, record.labelled(prediction.label))  # type: ignore[arg-type]
             self.labels.labels(model, "true").inc()
@@ -213,27 +184,6 @@ class FeedWriter:
             reason = "buffer_full" if self.redis_up else "redis_unavailable"
             self.dropped.labels(oldest.model, oldest.feed, reason).inc()
         self._pending.append(_Pending(feed, model, request_id, blob))
-
-    def _record(self, prediction: Prediction, version: str) -> MonitoringRecord:
-        probabilities = None
-        if prediction.num_classes <= self._brier_max_classes:
-            scores = prediction.scores
-            wide = np.asarray(scores, dtype=np.float64)
-            probabilities = softmax(wide) if prediction.from_logits else wide.copy()
-        embedding = prediction.embedding
-        return MonitoringRecord(
-            model=prediction.model,
-            request_id=prediction.request_id,
-            version=version,
-            time_s=prediction.timestamp,
-            predicted=prediction.predicted,
-            confidence=prediction.confidence,
-            margin=prediction.margin,
-            num_classes=prediction.num_classes,
-            cohort=prediction.cohort,
-            probabilities=probabilities,
-            embedding=None if embedding is None else _float32(embedding),
-        )
 
     def take_local(self, model: str, request_id: str) -> MonitoringRecord | None:
         """A prediction record still waiting here (its label came before it reached Redis)."""
@@ -342,15 +292,3 @@ class FeedWriter:
             if count:
                 self.trimmed.labels(item.model, item.feed).inc(int(count))
         return set()
-
-
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _float32(values: Vector) -> npt.NDArray[np.float32]:
-    """float32 for the wire; values beyond its range (valid float64 events can hold them) are clipped."""
-    if values.dtype == np.float32:
-        return values.view(np.float32)  # as sent: no copy
-    if values.size and (values.max() > _F32_MAX or values.min() < -_F32_MAX):
-        return np.clip(values, -_F32_MAX, _F32_MAX).astype(np.float32)
-    return values.astype(np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from service.feed_writer import UniformBudget
+from service.feed_records import UniformBudget
 
 
 def test_within_the_budget_everything_is_kept() -> None:
