@@ -62,7 +62,7 @@ class BodyDecoder:
         if header_length is not None:  # a short lane for well-formed tensors, else the general reader
             lane = decode_binary_fast(body, header_length, max_batch=self._max_batch)
             return lane or read_tensors(decode_binary(body, header_length, max_batch=self._max_batch))
-        if _scores_are_tensors(body):  # no number lists: msgspec's typed decode is the quickest reader
+        if scores_are_tensors(body):  # no number lists: msgspec's typed decode is the quickest reader
             lane = decode_compact(body, max_batch=self._max_batch)
             return lane or read_tensors(decode_body(body, max_batch=self._max_batch))
         fast = self.decode_fast(body, open_brackets=open_brackets) if body.strip() else None
@@ -138,7 +138,7 @@ def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
         return None
 
 
-def _scores_are_tensors(body: bytes) -> bool:
+def scores_are_tensors(body: bytes) -> bool:
     """Whether the first event's scores, within the body's first 4 KiB, are a tensor object rather than a list.
 
     Only a guess at the route: both paths judge every body alike (tested), one is just quicker for it.
@@ -211,7 +211,7 @@ class BracketTally:
     def __call__(self, chunk: bytes) -> None:
         if self._first:
             self._first = False
-            if _scores_are_tensors(chunk):
+            if scores_are_tensors(chunk):
                 self.count = None
         if self.count is not None:
             self.count += count_open_brackets(chunk)

@@ -13,7 +13,7 @@ import pytest
 from common.errors import VaiError
 from helpers import event
 from service.errors import FieldError
-from service.fast_parsing import BodyDecoder, _scores_are_tensors
+from service.fast_parsing import BodyDecoder, scores_are_tensors
 from service.parsing import Decoded, Rejected, decode_body, read_tensors
 from service.validation import Prediction, check, predictions
 
@@ -181,7 +181,7 @@ TENSOR_BODIES = [
 @pytest.mark.parametrize("body", TENSOR_BODIES)
 def test_bodies_of_tensors_take_the_careful_reader_and_get_the_fast_path_s_verdicts(body: bytes) -> None:
     """A body whose first scores are a tensor is read by msgspec (quicker there); verdicts must not change."""
-    assert _scores_are_tensors(body)
+    assert scores_are_tensors(body)
     decoder = BodyDecoder(max_batch=MAX_BATCH)
     fast = decoder.decode_fast(body)
     assert fast is not None
@@ -189,4 +189,4 @@ def test_bodies_of_tensors_take_the_careful_reader_and_get_the_fast_path_s_verdi
 
 
 def test_bodies_of_number_lists_stay_on_the_fast_path() -> None:
-    assert not _scores_are_tensors(_batch(event("a"), event("b", logits=_compact([4.0, 1.0]))))
+    assert not scores_are_tensors(_batch(event("a"), event("b", logits=_compact([4.0, 1.0]))))
