@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -21,16 +20,15 @@ from monitors.drift.buffer import IngestBuffer
 from monitors.drift.runner import DriftRunner
 from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.drift_state import DriftStates, Started
+from monitors.fleet.labelled import Entries, LabelledFeed
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.projection_views import ModelViews
-from monitors.fleet.reports import drift_status, quality_report
+from monitors.fleet.reports import drift_status
 from monitors.fleet.settings import MonitorSettings
-from monitors.records import LabelledPrediction
 from monitors.window import PredictionWindow, WindowStore
 
 log = logging.getLogger(__name__)
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 class OwnedModel:
@@ -64,23 +62,33 @@ class OwnedModel:
         self.buffer = IngestBuffer(capacity_events=settings.drift_buffer_events, skipped=skipped)
         self._drift: Started | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_labelled = "0-0"
         self._redis_backlog = 0
         self._next_waiting_s: float | None = None
         self._examined_seen = 0
         self._stopping = False
         self.views = views
         """Projection, drift history and distributions of the model overview."""
+        self._labelled = LabelledFeed(
+            model,
+            redis=redis,
+            leases=leases,
+            windows=windows,
+            recent=recent,
+            metrics=metrics,
+            settings=settings,
+            versions=self._versions,
+            views=views,
+        )
 
     async def start(self) -> None:
         self._drift = await self._states.start(self.model)
         self._runner.add(monitor=self._drift.monitor, buffer=self.buffer)
         await self._ensure_group()
-        await self._reload_window()
+        await self._labelled.reload()
         self._metrics.owned.labels(self.model).set(1)
         self._tasks = [
             asyncio.create_task(self._forever(self._read_feed), name=f"feed-{self.model}"),
-            asyncio.create_task(self._forever(self._read_labelled), name=f"labelled-{self.model}"),
+            asyncio.create_task(self._forever(self._labelled.read), name=f"labelled-{self.model}"),
             asyncio.create_task(self._every(self._settings.monitor_status_s, self._publish_status)),
             asyncio.create_task(self._every(self._settings.monitor_report_s, self._publish_quality)),
             *self._view_tasks(),
@@ -159,52 +167,6 @@ class OwnedModel:
                 self.model, self._versions(record.version), record.cohort, min(max(record.confidence, 0.0), 1.0)
             )
 
-    async def _reload_window(self) -> None:
-        """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must."""
-        start = f"{int((time.time() - self._settings.calibration_window_s) * 1000)}-0"
-        while True:
-            entries: Entries = await self._redis.xrange(  # type: ignore[assignment]
-                keys.labelled_feed(self.model), min=start, count=2000
-            )
-            if not entries:
-                return
-            self._take_labelled(entries)
-            start = "(" + entries[-1][0].decode()
-
-    async def _read_labelled(self) -> None:
-        answer: Any = await self._redis.xread(
-            {keys.labelled_feed(self.model): self._last_labelled}, count=2000, block=500
-        )
-        if answer:
-            self._take_labelled(answer[0][1])
-
-    def _take_labelled(self, entries: Entries) -> None:
-        for entry_id, fields in entries:
-            self._last_labelled = entry_id.decode()
-            try:
-                record = MonitoringRecord.from_entry(self.model, fields)
-            except FeedFormatError:
-                self._metrics.invalid.labels(self.model).inc()
-                continue
-            if record.label is None or not 0 <= record.label < record.num_classes:
-                self._metrics.invalid.labels(self.model).inc()
-                continue
-            self._windows.append(
-                LabelledPrediction(
-                    model=self.model,
-                    version=self._versions(record.version),
-                    predicted=record.predicted,
-                    confidence=min(max(record.confidence, 0.0), 1.0),
-                    label=record.label,
-                    time_s=record.time_s,
-                    cohort=record.cohort,
-                    probabilities=None if record.probabilities is None else np.asarray(record.probabilities),
-                )
-            )
-            self._metrics.labelled.labels(self.model).inc()
-            if self.views is not None:
-                self.views.label(record.request_id, record.label)
-
     # --- results -------------------------------------------------------------------------------
 
     async def _publish_status(self) -> None:
@@ -253,24 +215,7 @@ class OwnedModel:
         self._next_waiting_s = int(head[0][0].split(b"-")[0]) / 1000 if head else None
 
     async def _publish_quality(self) -> None:
-        snapshots = [s for s in self._windows.snapshots() if s.key.model == self.model and s.records]
-        report = await asyncio.to_thread(
-            quality_report,
-            self.model,
-            snapshots,
-            window_s=self._settings.calibration_window_s,
-            owner=self._leases.owner,
-            recent=self._recent.snapshots(self.model),
-            min_labelled=self._settings.estimate_min_labelled,
-        )
-        owned = await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
-        if not owned:  # another monitor took the model: its series and its feed are not ours any more
-            return
-        if not self._stopping:
-            self._metrics.publish_estimates(report)
-        # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).
-        horizon_ms = int((time.time() - self._settings.calibration_window_s) * 1000)
-        await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
+        await self._labelled.publish_quality(stopping=self._stopping)
 
     def _view_tasks(self) -> list[asyncio.Task[None]]:
         views = self.views

@@ -1,0 +1,117 @@
+"""The labelled side of an owned model: the labelled feed read into the window, and the quality report published."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from redis.asyncio import Redis
+
+from common import keys
+from common.cardinality import BoundedLabel
+from monitors.feed import FeedFormatError, MonitoringRecord
+from monitors.fleet.lease import Leases
+from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.projection_views import ModelViews
+from monitors.fleet.reports import quality_report
+from monitors.fleet.settings import MonitorSettings
+from monitors.records import LabelledPrediction
+from monitors.window import PredictionWindow, WindowStore
+
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+class LabelledFeed:
+    """Feeds the model's labelled window from ``vai:labelled:{model}`` and publishes its quality report."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        redis: Redis,
+        leases: Leases,
+        windows: WindowStore,
+        recent: PredictionWindow,
+        metrics: MonitorMetrics,
+        settings: MonitorSettings,
+        versions: BoundedLabel,
+        views: ModelViews | None,
+    ) -> None:
+        self.model = model
+        self._redis = redis
+        self._leases = leases
+        self._windows = windows
+        self._recent = recent
+        self._metrics = metrics
+        self._settings = settings
+        self._versions = versions
+        self._views = views
+        self._last = "0-0"
+        """The last labelled entry read."""
+
+    async def reload(self) -> None:
+        """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must."""
+        start = f"{int((time.time() - self._settings.calibration_window_s) * 1000)}-0"
+        while True:
+            entries: Entries = await self._redis.xrange(  # type: ignore[assignment]
+                keys.labelled_feed(self.model), min=start, count=2000
+            )
+            if not entries:
+                return
+            self._take(entries)
+            start = "(" + entries[-1][0].decode()
+
+    async def read(self) -> None:
+        answer: Any = await self._redis.xread({keys.labelled_feed(self.model): self._last}, count=2000, block=500)
+        if answer:
+            self._take(answer[0][1])
+
+    def _take(self, entries: Entries) -> None:
+        for entry_id, fields in entries:
+            self._last = entry_id.decode()
+            try:
+                record = MonitoringRecord.from_entry(self.model, fields)
+            except FeedFormatError:
+                self._metrics.invalid.labels(self.model).inc()
+                continue
+            if record.label is None or not 0 <= record.label < record.num_classes:
+                self._metrics.invalid.labels(self.model).inc()
+                continue
+            self._windows.append(
+                LabelledPrediction(
+                    model=self.model,
+                    version=self._versions(record.version),
+                    predicted=record.predicted,
+                    confidence=min(max(record.confidence, 0.0), 1.0),
+                    label=record.label,
+                    time_s=record.time_s,
+                    cohort=record.cohort,
+                    probabilities=None if record.probabilities is None else np.asarray(record.probabilities),
+                )
+            )
+            self._metrics.labelled.labels(self.model).inc()
+            if self._views is not None:
+                self._views.label(record.request_id, record.label)
+
+    async def publish_quality(self, *, stopping: bool) -> None:
+        """The window's report to Redis and, unless ``stopping``, to this process's metrics; the feed trimmed."""
+        snapshots = [s for s in self._windows.snapshots() if s.key.model == self.model and s.records]
+        report = await asyncio.to_thread(
+            quality_report,
+            self.model,
+            snapshots,
+            window_s=self._settings.calibration_window_s,
+            owner=self._leases.owner,
+            recent=self._recent.snapshots(self.model),
+            min_labelled=self._settings.estimate_min_labelled,
+        )
+        owned = await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
+        if not owned:  # another monitor took the model: its series and its feed are not ours any more
+            return
+        if not stopping:
+            self._metrics.publish_estimates(report)
+        # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).
+        horizon_ms = int((time.time() - self._settings.calibration_window_s) * 1000)
+        await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
