@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import binascii
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -212,7 +211,7 @@ def _stages(handler: Any, repeats: int = 8, requests: int = 20) -> None:
     Each step runs over the same bodies on its own (so each starts from cold data), then the
     whole of ``IngestHandler.ingest``; the steps need not add up to the whole.
     """
-    print("\nCPU per event (us), best of passes:  decode = BodyDecoder.decode (tensors read, the lane the route takes),")
+    print("\nCPU per event (us), best of passes:  decode = BodyDecoder.decode (tensors read, the route's lane),")
     print("check = validation.check, summary = validation.predictions, ingest = IngestHandler.ingest")
     counter = 10**9
     decoder = BodyDecoder(max_batch=BATCH)
