@@ -82,13 +82,21 @@ class Stream:
 
 
 class Digits:
-    """The scripted digits CNN and the fixed train/test split."""
+    """The scripted digits CNN and the fixed train/test split.
 
-    def __init__(self, cache_dir: Path) -> None:
-        self.model = torch.jit.load(str(digits.ensure_digits_model(cache_dir)), map_location="cpu").eval()  # type: ignore[no-untyped-call]
-        self.split = digits.load_digits_split()
+    ``held_out``: the demo's model, trained without a third of the training side, which is then the
+    reference (449 images, as ``vai-sidecar demo`` uploads it): reference and traffic are both images
+    the model never saw. Otherwise the reference is the training split itself (this benchmark's figures).
+    """
+
+    def __init__(self, cache_dir: Path, *, held_out: bool = False) -> None:
+        path = digits.ensure_digits_model(cache_dir, hold_out_reference=held_out)
+        self.model = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
+        self.split = digits.load_digits_split(hold_out_reference=held_out)
         self.train = self.embed(self.split.train.features)
         self.test = self.embed(self.split.test.features)
+        held = self.split.reference
+        self.held_out = None if held is None else self.embed(held.features)
 
     def embed(self, images: NDArray[np.float32]) -> Stream:
         with torch.no_grad():
@@ -102,8 +110,10 @@ class Digits:
         return self.embed(images)
 
     def reference(self) -> Reference:
-        p = self.train.probabilities
-        return Reference(predicted=p.argmax(1).astype(np.int64), confidence=p.max(1), embeddings=self.train.embeddings)
+        """The held-out images if the model was trained without them, else the training split."""
+        rows = self.train if self.held_out is None else self.held_out
+        p = rows.probabilities
+        return Reference(predicted=p.argmax(1).astype(np.int64), confidence=p.max(1), embeddings=rows.embeddings)
 
 
 def fresh(state: MonitorState) -> DriftMonitor:

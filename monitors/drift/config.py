@@ -21,11 +21,22 @@ class DriftConfig(BaseModel):
     reference_events: int = Field(default=2000, ge=2)
     """Events collected as the reference when none is given (the ``warming_up`` phase).
 
-    When PCA applies, half of them fit it and the other half is the multivariate detectors' reference."""
+    When PCA applies, ``pca_share`` of them fit it; of the rest, ``max_reference`` are the multivariate
+    detectors' reference and the others only help calibrate the online detector."""
     max_reference: int = Field(default=1000, ge=2)
-    """Reference rows of the multivariate detectors (a seeded random subsample above this); cost grows with it."""
+    """Reference rows of the multivariate detectors (a seeded random subsample above this); cost grows with it.
+
+    Rows beyond it (at most twice as many) still calibrate the online MMD detector: they cost calibration
+    time only, and show it traffic its reference was not drawn from."""
     pca_components: int | None = Field(default=32, ge=1)
     """Embedding dimensions kept by PCA before the multivariate detectors; ``None`` keeps them all."""
+    pca_share: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Share of the reference rows that fit PCA (when it applies). No detector or calibration uses them:
+    rows a projection was fitted on spread more along its axes than new rows do (~10% more variance
+    with 1,000 of 384-d sentence embeddings), which reads as drift. A quarter (its other rows calibrate as
+    spare rows), with ``steady_steps_per_ert``, narrowed the per-seed spread of run lengths on sentence
+    embeddings a little but put fewer seeds within 25% of the ERT, and erred long on the digits' small
+    reference (README, Benchmarks), so the default stays a half."""
     online_detector: Literal["mmd", "lsdd", "none"] = "mmd"
     """Online detector on embeddings (alibi-detect, pytorch backend); ``none`` skips it."""
     ert: int = Field(default=1000, ge=2)
@@ -37,10 +48,10 @@ class DriftConfig(BaseModel):
     steady_steps_per_ert: int = Field(default=0, ge=0, le=10_000)
     """MMD: when above 0, the online detector's last threshold (the one that holds after its first window
     and so sets the run length) is re-estimated on a clean stream of this many x ``ert`` events replayed
-    from the reference rows, at hazard 1/ERT (1,000: ~3% Monte-Carlo error instead of ~30% from the
-    bootstrap runs; calibration ~1.5x longer). Off by default: on sentence embeddings at the default
-    reference size it did not bring more calibration seeds within 25% of the ERT, and it errs long
-    (README, Benchmarks)."""
+    from the calibration rows, at hazard 1/ERT (1,000: ~3% Monte-Carlo error instead of ~30% from the
+    bootstrap runs; calibration a few seconds longer). Off by default: on sentence embeddings it did not
+    bring more calibration seeds within 25% of the ERT, with or without spare rows, and on the digits'
+    small held-out reference it errs long (2-23x the ERT against 1-8x) (README, Benchmarks)."""
     window_events: int = Field(default=500, ge=10)
     """Events per tumbling window of the batch tests (MMD/KS, output drift, embedding distance)."""
     window_tests: bool = True
@@ -72,13 +83,19 @@ class DriftConfig(BaseModel):
                 f"use at least {math.ceil(1 / self.p_value) - 1}"
             )
         least = self.least_reference
-        collected = self.reference_events // 2 if self.pca_components is not None else self.reference_events
+        collected = self.reference_events - (self.pca_rows(self.reference_events) if self.pca_components else 0)
         if self.online_detector != "none" and min(collected, self.max_reference) < least:
             raise ValueError(
-                f"the online detector's reference (max_reference, and reference_events, halved when PCA applies) "
-                f"must hold at least {least} rows for window_size={self.window_size}: raise them or shrink window_size"
+                f"the online detector's reference (max_reference, and reference_events less the pca_share that "
+                f"fits PCA) must hold at least {least} rows for window_size={self.window_size}: raise them, lower "
+                "pca_share or shrink window_size"
             )
         return self
+
+    def pca_rows(self, reference_rows: int) -> int:
+        """Rows of a reference of ``reference_rows`` that fit PCA: ``pca_share`` of them rounded down (a half is
+        ``reference_rows // 2``, as before the setting existed), at least 2, 1 left over."""
+        return min(max(int(self.pca_share * reference_rows), 2), reference_rows - 1)
 
     @property
     def bootstraps(self) -> int:

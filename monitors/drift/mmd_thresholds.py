@@ -80,21 +80,28 @@ def held_out_mmd_thresholds(
     ert: int,
     n_bootstraps: int,
     n_steady: int = 0,
+    generator: torch.Generator | None = None,
 ) -> list[float]:
     """Thresholds for the reference rows the detector keeps, calibrated mostly on rows it does not keep.
 
     The deployed detector compares each test window with the fixed rows ``ref_inds``; its first
-    windows start as the rows ``init_test_inds``. Each bootstrap sample is such a run: the ``W``
-    initial rows followed by ``W - 1`` distinct rows drawn from the kept and held-out rows together,
-    scored against the kept rows less those drawn. Drawing from the held-out rows alone would take
-    their own sampling error for the kept reference's (a few hundred rows are far too few: single
-    calibrations were off by 3x either way); drawing from both shrinks that error in proportion, and
-    the kept reference stays (nearly) the deployed one, unlike alibi-detect's fresh split per sample,
-    whose thresholds are too high for a typical kept reference (run lengths about 2x the ERT on the
-    digits embeddings). Thresholds are the ``1 - 1/ERT`` quantiles over the samples that have not
+    windows start as the rows ``init_test_inds``. ``held_out_inds`` are the undrifted rows it does not
+    keep (the detector's held-out rows and any spare reference rows: every index of ``k_xx`` is a row).
+    Each bootstrap sample is such a run: the ``W`` initial rows followed by ``W - 1`` distinct rows
+    drawn from the kept and held-out rows together, scored against the kept rows less those drawn.
+    Drawing from the held-out rows alone would take their own sampling error for the kept reference's
+    (a few hundred rows are far too few: single calibrations were off by 3x either way); drawing from
+    both shrinks that error in proportion (in a mean-shift picture, to the error of the kept rows'
+    offset estimated from kept and held-out rows together, ~1/(kept + held out)), so more held-out rows
+    narrow it. The kept reference stays (nearly) the deployed one, unlike alibi-detect's fresh split
+    per sample, whose thresholds are too high for a typical kept reference (run lengths about 2x the ERT
+    on the digits embeddings); "nearly": a window is scored against the kept rows it does not hold,
+    fewer than the deployed detector has, which likely raises the thresholds where kept rows are few
+    (the digits' 122-201 kept rows: runs up to 8x the ERT).
+    Thresholds are the ``1 - 1/ERT`` quantiles over the samples that have not
     crossed an earlier one, as in :func:`bootstrap_mmd_thresholds`. With ``n_steady`` > 0 the last
     threshold, which holds for every step after the first ``W``, is re-estimated on a clean stream of
-    that many steps (:func:`steady_threshold`). Draws use torch's global generator.
+    that many steps (:func:`steady_threshold`). Draws use ``generator`` (torch's global one if ``None``).
     """
     window_size, kept = init_test_inds.numel(), ref_inds.numel()
     if kept - (window_size - 1) < 2:
@@ -103,16 +110,43 @@ def held_out_mmd_thresholds(
     pool = torch.cat([init_test_inds, ref_inds, held_out_inds]).to(kernel.device)
     k_pool = kernel[pool][:, pool]
     k_pool = k_pool - torch.diag_embed(k_pool.diagonal())
-    draws = torch.rand(n_bootstraps, pool.numel() - window_size).argsort(1)[:, : window_size - 1] + window_size
-    rows = torch.cat([torch.arange(window_size).expand(n_bootstraps, -1), draws], 1).to(kernel.device)
-    mmds = torch.cat([_sample_mmds(k_pool, chunk, window_size, kept) for chunk in torch.split(rows, CHUNK)])
+    mmds = torch.cat(
+        [
+            _sample_mmds(
+                k_pool, _draw_runs(size, pool.numel(), window_size, generator).to(kernel.device), window_size, kept
+            )
+            for size in _chunks(n_bootstraps)
+        ]
+    )
     thresholds = _sequential_quantiles(mmds.float().cpu(), ert=ert, keep_ties=True)
     if n_steady >= window_size:  # a stream shorter than one window has no step after it
-        thresholds[-1] = steady_threshold(k_pool, window_size=window_size, kept=kept, ert=ert, n_steps=n_steady)
+        thresholds[-1] = steady_threshold(
+            k_pool, window_size=window_size, kept=kept, ert=ert, n_steps=n_steady, generator=generator
+        )
     return thresholds
 
 
-def steady_threshold(k_pool: torch.Tensor, *, window_size: int, kept: int, ert: int, n_steps: int) -> float:
+def _chunks(total: int) -> list[int]:
+    return [min(CHUNK, total - start) for start in range(0, total, CHUNK)]
+
+
+def _draw_runs(count: int, pool_size: int, window_size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``count`` runs of pool rows: the initial window ``[0, W)``, then ``W - 1`` distinct rows of the rest."""
+    draws = (
+        torch.rand(count, pool_size - window_size, generator=generator).argsort(1)[:, : window_size - 1] + window_size
+    )
+    return torch.cat([torch.arange(window_size).expand(count, -1), draws], 1)
+
+
+def steady_threshold(
+    k_pool: torch.Tensor,
+    *,
+    window_size: int,
+    kept: int,
+    ert: int,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+) -> float:
     """The threshold after the first ``W`` steps, whose hazard on a clean stream of ``n_steps`` events is ``1 / ERT``.
 
     The detector uses its last threshold at every step after the first ``W``, so that one threshold
@@ -126,7 +160,7 @@ def steady_threshold(k_pool: torch.Tensor, *, window_size: int, kept: int, ert: 
     not hold; one step costs ``O(W)`` kernel look-ups, so ``1000 x ERT`` steps (~1,000 alarms,
     Monte-Carlo error of the hazard ~3%) cost less than the ``10 x ERT`` sequential runs.
     """
-    z = _stream(k_pool.shape[0], window_size, n_steps)
+    z = _stream(k_pool.shape[0], window_size, n_steps, generator)
     segments = (z[start : start + STREAM_CHUNK + window_size - 1] for start in range(0, n_steps + 1, STREAM_CHUNK))
     s = torch.cat([_stream_statistic(k_pool, rows, window_size, kept).float().cpu() for rows in segments])
     earlier = s.unfold(0, window_size - 1, 1).max(1).values[:-1]  # max of the W - 1 statistics before ``current``
@@ -140,14 +174,14 @@ def steady_threshold(k_pool: torch.Tensor, *, window_size: int, kept: int, ert: 
     return float(torch.tensor(high, dtype=torch.float32))
 
 
-def _stream(pool_size: int, window_size: int, n_steps: int) -> torch.Tensor:
+def _stream(pool_size: int, window_size: int, n_steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pool rows ``[W, pool_size)`` in blocks, each a permutation of the rows not among the last ``W - 1`` drawn."""
     rows = torch.arange(window_size, pool_size)
     blocks, recent = [], torch.zeros(pool_size, dtype=torch.bool)
     total = 0
     while total < n_steps + window_size:
         candidates = rows[~recent[rows]]
-        block = candidates[torch.randperm(candidates.numel())]
+        block = candidates[torch.randperm(candidates.numel(), generator=generator)]
         blocks.append(block)
         total += block.numel()
         recent.zero_()

@@ -6,6 +6,11 @@ Phases: ``warming_up`` (no reference was given: the first
 events meanwhile are skipped and counted) -> ``monitoring``. A monitor rebuilt
 with :meth:`DriftMonitor.from_state` starts in ``monitoring``.
 
+Reference rows: when PCA applies, ``pca_share`` of them fit it and nothing else;
+of the rest, ``max_reference`` are the multivariate detectors' reference and
+the others (at most ``SPARE_PER_REFERENCE_ROW`` per reference row) are spare
+rows that only the online MMD detector's calibration sees.
+
 Detectors built (alibi-detect is imported only for the first two):
 
 * embeddings, after PCA: the online detector (``mmd_online``/``lsdd_online``)
@@ -39,6 +44,10 @@ from monitors.drift.states import (
     WindowTestsState,
 )
 from monitors.drift.tumbling import concat, head
+
+SPARE_PER_REFERENCE_ROW = 2
+"""Reference rows beyond ``max_reference`` that calibrate the online detector, per detector reference row
+(a random subsample above this): they bound the calibration's kernel matrix, not the cost per event."""
 
 
 class Phase(StrEnum):
@@ -138,10 +147,14 @@ class DriftMonitor:
                 raise RuntimeError(f"model {self._model}: nothing to calibrate in phase {self._phase_locked().value}")
             self._calibrating, self._error, reference = True, None, self._reference
         try:
-            # Seeded bootstrap: the same reference gives the same thresholds on every replica and rerun.
+            # Seeded bootstrap: the same reference gives the same thresholds on every replica and rerun. The MMD
+            # calibration draws from a generator of its own, so other models calibrating (or window tests
+            # permuting) in other threads at the same time cannot change its draws; what draws from torch's
+            # global generator (LSDD, inside alibi-detect) is seeded too, best effort.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self._config.seed)
-                detectors = _build(self._model, reference, self._config, self._metrics)
+                generator = torch.Generator().manual_seed(self._config.seed)
+                detectors = _build(self._model, reference, self._config, self._metrics, generator)
         except Exception as error:
             with self._lock:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
@@ -196,7 +209,9 @@ def _run(detectors: _Detectors, batch: DriftBatch) -> list[DriftResult]:
     return results
 
 
-def _build(model: str, reference: Reference, config: DriftConfig, metrics: DriftMetrics) -> _Detectors:
+def _build(
+    model: str, reference: Reference, config: DriftConfig, metrics: DriftMetrics, generator: torch.Generator
+) -> _Detectors:
     rng = np.random.default_rng(config.seed)
     ref = reference.deduplicated()
     raw: list[DriftDetector] = []
@@ -222,13 +237,15 @@ def _build(model: str, reference: Reference, config: DriftConfig, metrics: Drift
     pca, detector_ref = None, ref
     if config.pca_components is not None and ref.embeddings.shape[1] > config.pca_components:
         # Axes fitted on the rows the detectors compare against overstate the reference's spread along
-        # them (sample-eigenvalue bias) and read as drift on clean data, so PCA gets a disjoint half.
-        pca_ref, detector_ref = ref.halves(rng)
+        # them (sample-eigenvalue bias) and read as drift on clean data, so PCA gets disjoint rows.
+        pca_ref, detector_ref = ref.split(config.pca_rows(len(ref)), rng)
         pca = Pca.fit(_embeddings(pca_ref), n_components=config.pca_components)
-    x = _embeddings(detector_ref.subsample(config.max_reference, rng))
-    return _Detectors(
-        pca=pca, raw=tuple(raw), reduced=tuple(_alibi_detectors(x if pca is None else pca.transform(x), config))
-    )
+    kept, left = detector_ref.subsample(config.max_reference, rng)
+    x = _embeddings(kept)
+    spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
+    if pca is not None:
+        x, spare = pca.transform(x), None if spare is None else pca.transform(spare)
+    return _Detectors(pca=pca, raw=tuple(raw), reduced=tuple(_alibi_detectors(x, spare, config, generator)))
 
 
 def _embeddings(reference: Reference) -> NDArray[np.float32]:
@@ -237,7 +254,9 @@ def _embeddings(reference: Reference) -> NDArray[np.float32]:
     return reference.embeddings
 
 
-def _alibi_detectors(x: NDArray[np.float32], config: DriftConfig) -> list[DriftDetector]:
+def _alibi_detectors(
+    x: NDArray[np.float32], spare: NDArray[np.float32] | None, config: DriftConfig, generator: torch.Generator
+) -> list[DriftDetector]:
     # Imported here so a deployment with online_detector="none" and window_tests=False never loads alibi-detect.
     from monitors.drift.online import OnlineDriftDetector
     from monitors.drift.window_tests import WindowTests
@@ -252,6 +271,8 @@ def _alibi_detectors(x: NDArray[np.float32], config: DriftConfig) -> list[DriftD
                 window_size=config.window_size,
                 n_bootstraps=config.bootstraps,
                 steady_steps=config.steady_steps_per_ert * config.ert,
+                spare=spare,
+                generator=generator,
                 device=config.device,
             )
         )

@@ -5,9 +5,9 @@ thresholds for the configured expected run time (ERT) and window. For MMD the
 bootstrap runs vectorised (:mod:`monitors.drift.mmd_thresholds`, seconds at
 ERT 1000) and is drawn for the reference rows the detector keeps
 (:class:`_HeldOutMMD`: ``KEPT_SHARE`` of them; the rest are held out for
-calibration), not re-split per sample as alibi-detect does (optionally its
-last threshold, which holds from step ``W`` on, is set on a clean stream:
-``steady_steps``); LSDD keeps
+calibration, with any ``spare`` rows the caller has), not re-split per sample
+as alibi-detect does (optionally its last threshold, which holds from step
+``W`` on, is set on a clean stream: ``steady_steps``); LSDD keeps
 alibi-detect's own loop (minutes at that ERT). Either way
 callers run it off the request path. Its outcome is exported as
 :class:`OnlineState` (plain arrays and numbers) and
@@ -52,32 +52,57 @@ class _HeldOutMMD(MMDDriftOnlineTorch):  # type: ignore[misc]
     average reference, not the one kept: run lengths about 2x the ERT on the digits embeddings.
     Here one seeded split (``torch.randperm``) fixes the kept reference, the initial test window
     and the held-out rows, and :func:`held_out_mmd_thresholds` calibrates on runs drawn from the
-    kept and held-out rows against the kept reference (less the rows drawn).
+    kept and held-out rows against the kept reference (less the rows drawn). Spare rows (reference
+    rows the monitor gives no detector) join the held-out ones: the more rows the calibration sees
+    that the kept reference was not drawn from, the better it sees how far that reference sits from
+    traffic, and the fewer kept rows a calibration window takes from the reference it is scored on.
+    They are not stored: the state holds what scoring needs.
     """
 
-    def __init__(self, *args: Any, steady_steps: int = 0, **kwargs: Any) -> None:
-        self._steady_steps = steady_steps  # read by _configure_thresholds, which alibi-detect's constructor calls
+    def __init__(
+        self,
+        *args: Any,
+        steady_steps: int = 0,
+        spare: NDArray[np.float32] | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Read by _configure_thresholds, which alibi-detect's constructor calls.
+        self._steady_steps = steady_steps
+        self._spare = spare
+        self._generator = generator
         super().__init__(*args, **kwargs)
 
     def _configure_thresholds(self) -> None:
-        self.ref_inds, self.init_test_inds, self.held_out_inds = held_out_split(self.n, self.window_size)
+        self.ref_inds, self.init_test_inds, self.held_out_inds = held_out_split(
+            self.n, self.window_size, self._generator
+        )
+        kernel, held_out = self.k_xx, self.held_out_inds
+        if self._spare is not None and len(self._spare):
+            # Spare rows join the held-out ones, after the reference's: one kernel matrix over both.
+            rows = torch.cat([self.x_ref, torch.from_numpy(self._spare).to(self.x_ref)])
+            kernel = self.kernel(rows, rows)
+            held_out = torch.cat([held_out, torch.arange(self.n, rows.shape[0])])
         self.thresholds = held_out_mmd_thresholds(
-            self.k_xx,
+            kernel,
             ref_inds=self.ref_inds,
             init_test_inds=self.init_test_inds,
-            held_out_inds=self.held_out_inds,
+            held_out_inds=held_out,
             ert=self.ert,
             n_bootstraps=self.n_bootstraps,
             n_steady=self._steady_steps,
+            generator=self._generator,
         )
 
     def _configure_ref_subset(self) -> None:
         _use_ref_subset(self)
 
 
-def held_out_split(n: int, window_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Kept reference, initial test window and held-out rows of ``n`` reference rows (torch's generator)."""
-    perm = torch.randperm(n)
+def held_out_split(
+    n: int, window_size: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kept reference, initial test window and held-out rows of ``n`` reference rows (``generator``, or torch's)."""
+    perm = torch.randperm(n, generator=generator)
     kept = round(KEPT_SHARE * (n - window_size))
     return perm[:kept], perm[kept : kept + window_size], perm[kept + window_size :]
 
@@ -153,12 +178,19 @@ class OnlineDriftDetector:
         window_size: int,
         n_bootstraps: int,
         steady_steps: int = 0,
+        spare: NDArray[np.float32] | None = None,
+        generator: torch.Generator | None = None,
         device: str = "cpu",
     ) -> OnlineDriftDetector:
         """Bootstrap thresholds for ``ert`` and ``window_size`` on ``reference`` (slow: run it in a worker).
 
         ``steady_steps`` (MMD): re-estimate the last threshold on a clean stream of that many events
         (:func:`monitors.drift.mmd_thresholds.steady_threshold`); 0 keeps the bootstrap's.
+        ``spare`` (MMD; LSDD ignores it): more undrifted rows, of the reference's width, that the
+        detector does not keep, only calibrates on, as it does on its held-out rows.
+        ``generator`` (MMD): the calibration's random draws, so that calibrations running at once in
+        several threads cannot change each other's (torch's global generator when ``None``; LSDD always
+        draws from it, inside alibi-detect).
 
         The detector returned is rebuilt from the exported state, so a detector
         restored elsewhere from that state scores every event bit for bit alike.
@@ -168,9 +200,11 @@ class OnlineDriftDetector:
         kwargs = _backend_kwargs(
             x, ert=ert, window_size=window_size, n_bootstraps=n_bootstraps, sigma=sigma, device=device
         )
-        backend = (
-            _HeldOutMMD(steady_steps=steady_steps, **kwargs) if method == "mmd" else LSDDDriftOnlineTorch(**kwargs)
-        )
+        if method == "lsdd":
+            backend = LSDDDriftOnlineTorch(**kwargs)
+        else:
+            spare = _checked_spare(spare, x.shape[1])
+            backend = _HeldOutMMD(steady_steps=steady_steps, spare=spare, generator=generator, **kwargs)
         state = OnlineState(
             method=method,
             ert=ert,
@@ -268,6 +302,15 @@ def _checked_reference(reference: NDArray[np.float32], window_size: int) -> NDAr
     if len(x) < 4 * window_size + 1:
         raise ValueError(f"reference has {len(x)} rows; window_size={window_size} needs at least {4 * window_size + 1}")
     return x
+
+
+def _checked_spare(spare: NDArray[np.float32] | None, dim: int) -> NDArray[np.float32] | None:
+    if spare is None:
+        return None
+    rows = np.ascontiguousarray(spare, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != dim:
+        raise ValueError(f"spare rows must have shape (n, {dim}) like the reference, got {rows.shape}")
+    return rows
 
 
 def _backend_kwargs(

@@ -44,17 +44,20 @@ class Reference:
         _, first = np.unique(self.embeddings, axis=0, return_index=True)
         return self._rows(np.sort(first))
 
-    def subsample(self, max_rows: int, rng: np.random.Generator) -> Reference:
-        """A random subsample of at most ``max_rows`` rows, order kept."""
+    def subsample(self, max_rows: int, rng: np.random.Generator) -> tuple[Reference, Reference | None]:
+        """A random subsample of at most ``max_rows`` rows and the rows left out (``None`` if none), order kept."""
         if len(self) <= max_rows:
-            return self
-        return self._rows(np.sort(rng.choice(len(self), size=max_rows, replace=False)))
+            return self, None
+        chosen = np.zeros(len(self), dtype=bool)
+        chosen[rng.choice(len(self), size=max_rows, replace=False)] = True
+        return self._rows(np.flatnonzero(chosen)), self._rows(np.flatnonzero(~chosen))
 
-    def halves(self, rng: np.random.Generator) -> tuple[Reference, Reference]:
-        """Two disjoint random halves."""
+    def split(self, count: int, rng: np.random.Generator) -> tuple[Reference, Reference]:
+        """``count`` random rows and the rest, disjoint (``count = len // 2``: two random halves)."""
+        if not 0 < count < len(self):
+            raise ValueError(f"cannot split {len(self)} rows into {count} and the rest")
         order = rng.permutation(len(self))
-        middle = len(self) // 2
-        return self._rows(np.sort(order[:middle])), self._rows(np.sort(order[middle:]))
+        return self._rows(np.sort(order[:count])), self._rows(np.sort(order[count:]))
 
     def _rows(self, index: NDArray[np.intp]) -> Reference:
         return Reference(

@@ -20,7 +20,7 @@ from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor, NotCalibratedError, Phase
 from monitors.drift.reference import Reference
 from monitors.drift.runner import BACKGROUND_NICENESS, DriftRunner
-from monitors.drift.states import MonitorState
+from monitors.drift.states import MonitorState, OnlineState
 
 DIM = 16
 CONFIG = DriftConfig(
@@ -293,8 +293,105 @@ def test_buffer_drops_oldest_and_counts() -> None:
     [
         pytest.param({"ert": 1000, "n_bootstraps": 1000}, "at least 10000", id="bootstraps-below-10x-ert"),
         pytest.param({"window_size": 300}, "shrink window_size", id="window-too-large-for-reference"),
+        pytest.param(
+            {"reference_events": 600, "pca_share": 0.7}, "lower pca_share", id="pca-share-leaves-too-few-rows"
+        ),
     ],
 )
 def test_config_errors_name_the_fix(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         DriftConfig(**kwargs)
+
+
+def test_reference_rows_fit_pca_then_the_detectors_and_the_rest_only_calibrate() -> None:
+    """``pca_share`` of the rows fit PCA; ``max_reference`` of the rest are the detectors' reference; the rows
+    left over (here 150) calibrate the online detector as spare rows, projected by the same PCA."""
+    from monitors.drift.online import OnlineDriftDetector
+    from monitors.drift.reduction import Pca
+    from monitors.drift.states import OnlineState, PcaState
+
+    config = DriftConfig(**{**CONFIG.model_dump(), "pca_share": 0.25, "steady_steps_per_ert": 100})
+    reference = Reference.from_batch(events_batch(np.random.default_rng(3), 600))
+    monitor = DriftMonitor(
+        model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+    )
+    monitor.calibrate()
+    state = monitor.export_state()
+
+    rng = np.random.default_rng(config.seed)
+    pca_rows, rest = reference.split(150, rng)
+    kept, left = rest.subsample(300, rng)
+    assert left is not None and len(left) == 150
+    pca = Pca.fit(pca_rows.embeddings, n_components=4)  # type: ignore[arg-type]
+    torch.manual_seed(config.seed)
+    expected = OnlineDriftDetector.calibrate(
+        pca.transform(kept.embeddings),  # type: ignore[arg-type]
+        method="mmd",
+        ert=config.ert,
+        window_size=config.window_size,
+        n_bootstraps=config.bootstraps,
+        steady_steps=100 * config.ert,
+        spare=pca.transform(left.embeddings),  # type: ignore[arg-type]
+    ).export_state()
+    assert isinstance(state.pca, PcaState) and state.pca == pca.export_state()
+    assert next(d for d in state.detectors if isinstance(d, OnlineState)) == expected
+
+
+def test_a_state_stored_before_pca_share_is_adopted_and_scores_alike() -> None:
+    """States written before ``pca_share`` existed fitted PCA on half the rows, as the default still does: they
+    load with that default, so an owner with the same settings adopts them (``DriftStates.start`` compares the
+    settings) and scores as the monitor that stored them."""
+    rng = np.random.default_rng(4)
+    monitor = DriftMonitor(
+        model="digits",
+        config=CONFIG,
+        metrics=DriftMetrics(registry=CollectorRegistry()),
+        reference=Reference.from_batch(events_batch(rng, 600)),
+    )
+    monitor.calibrate()
+    stored = monitor.export_state().model_dump(mode="json")
+    del stored["config"]["pca_share"]  # as the earlier version wrote it
+
+    state = MonitorState.model_validate(stored)
+    restored = DriftMonitor.from_state(state, metrics=DriftMetrics(registry=CollectorRegistry()))
+
+    assert state.config == CONFIG
+    batch = events_batch(rng, 100)
+    assert [r.score for r in restored.update(batch)] == [r.score for r in monitor.update(batch)]
+
+
+@pytest.mark.parametrize("rows", [pytest.param(1999, id="odd"), pytest.param(2000, id="even")])
+def test_default_pca_share_splits_as_the_halves_did(rows: int) -> None:
+    """The default must fit PCA on ``rows // 2`` rows, as before ``pca_share``, or adopted states would not match."""
+    assert DriftConfig().pca_rows(rows) == rows // 2
+    assert DriftConfig(pca_share=0.25).pca_rows(rows) == rows // 4
+
+
+def test_a_calibration_s_draws_are_its_own_while_other_threads_draw_from_torch() -> None:
+    """Two models calibrate at once in the runner's threads, and window tests permute meanwhile: the MMD
+    calibration draws from a generator of its own, so the same reference and seed give the same thresholds."""
+    reference = Reference.from_batch(events_batch(np.random.default_rng(8), 600))
+
+    def thresholds() -> tuple[float, ...]:
+        monitor = DriftMonitor(
+            model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+        )
+        monitor.calibrate()
+        (online,) = [d for d in monitor.export_state().detectors if isinstance(d, OnlineState)]
+        return online.thresholds
+
+    alone = thresholds()
+    stop = threading.Event()
+
+    def draw_forever() -> None:
+        while not stop.is_set():
+            torch.randperm(1000)
+
+    noise = threading.Thread(target=draw_forever)
+    noise.start()
+    try:
+        meanwhile = thresholds()
+    finally:
+        stop.set()
+        noise.join()
+    assert meanwhile == alone

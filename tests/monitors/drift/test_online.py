@@ -192,3 +192,48 @@ def test_mmd_last_threshold_is_the_steady_estimate_when_asked_and_survives_expor
     assert list(restored.thresholds) == steady
     assert list(default.export_state().thresholds) == sequential
     assert steady[:-1] == sequential[:-1] and steady[-1] != sequential[-1]
+
+
+def test_mmd_spare_rows_join_the_held_out_rows_and_leave_the_kept_reference() -> None:
+    """Spare rows are calibrated on as held-out rows appended after the reference's; what is kept is unchanged."""
+    import torch
+
+    from monitors.drift.mmd_thresholds import held_out_mmd_thresholds
+    from monitors.drift.online import held_out_split
+
+    rng = np.random.default_rng(13)
+    reference, spare = gaussian(rng, 200), gaussian(rng, 150)
+    torch.manual_seed(14)
+    with_spare = OnlineDriftDetector.calibrate(
+        reference, method="mmd", ert=20, window_size=5, n_bootstraps=200, steady_steps=2000, spare=spare
+    )
+    torch.manual_seed(14)
+    without = OnlineDriftDetector.calibrate(
+        reference, method="mmd", ert=20, window_size=5, n_bootstraps=200, steady_steps=2000
+    )
+    torch.manual_seed(14)  # the calibration's draws again: the split, the runs, the stream
+    ref_inds, init_test_inds, held_out_inds = held_out_split(200, 5)
+    rows = torch.from_numpy(np.concatenate([reference, spare]))
+    kernel = with_spare.backend.kernel(rows, rows)
+    expected = held_out_mmd_thresholds(
+        kernel,
+        ref_inds=ref_inds,
+        init_test_inds=init_test_inds,
+        held_out_inds=torch.cat([held_out_inds, torch.arange(200, 350)]),
+        ert=20,
+        n_bootstraps=200,
+        n_steady=2000,
+    )
+
+    ours, theirs = with_spare.export_state(), without.export_state()
+    assert list(ours.thresholds) == expected
+    assert ours.thresholds != theirs.thresholds
+    assert ours.model_copy(update={"thresholds": theirs.thresholds}) == theirs  # reference, split, sigma alike
+
+
+def test_spare_rows_of_another_width_are_refused() -> None:
+    reference = gaussian(np.random.default_rng(15), 200)
+    with pytest.raises(ValueError, match="spare rows must have shape"):
+        OnlineDriftDetector.calibrate(
+            reference, method="mmd", ert=20, window_size=5, n_bootstraps=200, spare=reference[:, :3]
+        )
