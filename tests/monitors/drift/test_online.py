@@ -7,7 +7,8 @@ import pytest
 from numpy.typing import NDArray
 
 from monitors.drift.base import DriftBatch
-from monitors.drift.online import KEPT_SHARE, OnlineDriftDetector
+from monitors.drift.online import OnlineDriftDetector
+from monitors.drift.online_backends import KEPT_SHARE
 from monitors.drift.states import OnlineMethod, OnlineState
 
 ERT = 50
@@ -159,7 +160,7 @@ def test_mmd_last_threshold_is_the_steady_estimate_when_asked_and_survives_expor
     import torch
 
     from monitors.drift.mmd_thresholds import held_out_mmd_thresholds
-    from monitors.drift.online import held_out_split
+    from monitors.drift.online_backends import held_out_split
 
     reference = gaussian(np.random.default_rng(11), 200)
     torch.manual_seed(12)
@@ -199,7 +200,7 @@ def test_mmd_spare_rows_join_the_held_out_rows_and_leave_the_kept_reference() ->
     import torch
 
     from monitors.drift.mmd_thresholds import held_out_mmd_thresholds
-    from monitors.drift.online import held_out_split
+    from monitors.drift.online_backends import held_out_split
 
     rng = np.random.default_rng(13)
     reference, spare = gaussian(rng, 200), gaussian(rng, 150)
