@@ -221,7 +221,14 @@ def delay(pool: Pool, size: int, shifted: tuple[int, int], *, trials: int = 20) 
     return float(np.median(delays)) if delays else float("nan")
 
 
-def report(label: str, split: Split, rows: NDArray[np.float32], data: Data, args: argparse.Namespace) -> str:
+Summary = dict[str, list[tuple[float, float]]]
+"""Per label, each seed's (mean, median) run length, for the closing lines."""
+
+
+def report(
+    label: str, split: Split, rows: NDArray[np.float32], data: Data, args: argparse.Namespace, summary: Summary
+) -> str:
+    """One seed's line for ``label``; its mean and median run also go into ``summary``."""
     config, size = DriftConfig(), len(data.traffic)
     cap = CAP_PER_ERT * config.ert
     pool = Pool(split, rows, config.window_size)
@@ -230,7 +237,7 @@ def report(label: str, split: Split, rows: NDArray[np.float32], data: Data, args
     offsets = np.cumsum([size, *counts[:-1]])
     delays = [delay(pool, size, (int(offset), count)) for offset, count in zip(offsets, counts, strict=True)]
     mean, median = censored_mean(lengths, cap), float(np.median(np.minimum(lengths, cap)))
-    SUMMARY.setdefault(label, []).append((mean, median))
+    summary.setdefault(label, []).append((mean, median))
     return (
         f"{label:10s} kept {len(split.ref_inds):4d}  threshold {split.thresholds[-1]:.5f}  "
         f"mean run {mean:5.0f}  median run {median:5.0f}  within {EARLY}: {np.mean(lengths <= EARLY):4.0%}  "
@@ -239,13 +246,9 @@ def report(label: str, split: Split, rows: NDArray[np.float32], data: Data, args
     )
 
 
-SUMMARY: dict[str, list[tuple[float, float]]] = {}
-"""Per label, each seed's (mean, median) run length, for the closing lines."""
-
-
-def summarise(ert: int) -> None:
+def summarise(summary: Summary, ert: int) -> None:
     geometric_median = np.log(2) * ert  # of a geometric run length of mean ``ert``
-    for label, runs in SUMMARY.items():
+    for label, runs in summary.items():
         means, medians = np.array(runs).T
         print(
             f"{label}: mean run {means.min():.0f}-{means.max():.0f} ({means.max() / means.min():.2f}x), "
@@ -288,6 +291,7 @@ def main() -> None:
         "steady_steps_per_ert": args.steady_steps_per_ert,
     }
     overrides = {name: value for name, value in settings.items() if value is not None}
+    summary: Summary = {}
     for seed in range(args.seeds):
         config = DriftConfig(seed=seed, window_tests=False, **overrides)
         pca, after, took = deployed(data, config)
@@ -295,16 +299,16 @@ def main() -> None:
         if seed == 0:
             check(after, rows[:300])
         print(f"seed {seed}: calibration {took:.1f} s", flush=True)
-        print("  " + report("deployed", after, rows, data, args), flush=True)
+        print("  " + report("deployed", after, rows, data, args, summary), flush=True)
         if args.sequential:
             _, sequential, took = deployed(data, config.model_copy(update={"steady_steps_per_ert": 0}))
             if not np.array_equal(sequential.ref_inds, after.ref_inds):
                 raise SystemExit("the sequential calibration kept other rows than the deployed one")
-            print(f"  {report('sequential', sequential, rows, data, args)}  ({took:.1f} s)", flush=True)
+            print(f"  {report('sequential', sequential, rows, data, args, summary)}  ({took:.1f} s)", flush=True)
         if args.before:
             before, took = alibi_style(after, DriftConfig(), seed)
-            print(f"  {report('before', before, rows, data, args)}  ({took:.1f} s)", flush=True)
-    summarise(DriftConfig().ert)
+            print(f"  {report('before', before, rows, data, args, summary)}  ({took:.1f} s)", flush=True)
+    summarise(summary, DriftConfig().ert)
 
 
 def check(split: Split, rows: NDArray[np.float32]) -> None:
