@@ -30,7 +30,7 @@ TENSOR_FIELDS = frozenset(("logits", "probabilities", "embedding", "input"))
 
 def decode_binary(body: bytes, header_length: str, *, max_batch: int) -> list[Decoded]:
     """Every event of a binary-extension ``body`` in order, decoded or rejected; ``InvalidInput`` for the framing."""
-    size = int(header_length) if header_length.isdigit() else -1
+    size = int(header_length) if header_length.isascii() and header_length.isdigit() else -1  # not '²'
     if not 0 < size <= len(body):
         raise InvalidInput(
             f"{HEADER_LENGTH}: {header_length!r} is not a JSON length within the {len(body)}-byte body",

@@ -28,10 +28,11 @@ async def collect_body(
     ``limit_setting`` names the setting behind the limit in the error (``None``: a fixed limit).
     ``on_chunk`` sees every chunk as it arrives, while it is still in the CPU cache.
     """
-    if content_length is not None and (not content_length.isdigit() or int(content_length) > limit_bytes):
+    digits = content_length is not None and content_length.isascii() and content_length.isdigit()  # not '²'
+    if content_length is not None and (not digits or int(content_length) > limit_bytes):
         raise (
             _too_large(limit_bytes, limit_setting)
-            if content_length.isdigit()
+            if digits
             else BadRequest("content-length: not a number", field="content-length")
         )
     encoding = (content_encoding or "identity").lower()

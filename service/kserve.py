@@ -210,7 +210,7 @@ def _events_body(
     if cohort:
         common["cohort"] = cohort
     label = metadata.get(mapping.label_metadata) if mapping.label_metadata is not None else None
-    if label is not None and label.strip().isdigit():
+    if label is not None and label.strip().isascii() and label.strip().isdigit():
         common["label"] = int(label)
     if event.time is not None:
         with contextlib.suppress(TimestampError, ValueError):  # else the receive time stands in

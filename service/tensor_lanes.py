@@ -124,7 +124,7 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> li
     Every event must hold the same tensor fields, in the same order, with the same headers: the
     sections then repeat with a fixed stride, and each field is one strided view of the body.
     """
-    size = int(header_length) if header_length.isdigit() else -1
+    size = int(header_length) if header_length.isascii() and header_length.isdigit() else -1
     if not 0 < size <= len(body):
         return None
     try:

@@ -192,6 +192,20 @@ def test_v1_request_then_response_joins_inputs_cohort_and_label(
     assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
 
 
+def test_a_label_that_is_not_ascii_digits_is_left_out_not_a_crash(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
+) -> None:
+    """'²'.isdigit() is true, but int() refuses it: such a label is no label, and the event is still monitored."""
+    ce_id = str(uuid.uuid4())
+    metadata = {"X-Region": ["eu"], "X-Label": ["\u00b2"]}
+    assert _post(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request()).status_code == 200
+    joined = _post(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
+    assert joined.status_code == 200, joined.text
+    assert joined.json()["accepted"] == 1
+    (sample,) = _samples(redis_client, "iris", 1)
+    assert sample.label is None
+
+
 def test_v2_response_then_request_is_monitored_and_the_late_request_dropped(
     kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:

@@ -14,11 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from common.errors import InvalidInput
 from helpers import binary_body, binary_tensor, event
 from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
 from service.parsing import Rejected, decode_body
-from service.tensors import BinaryTensor, vector_of, vectors_of
+from service.tensors import BinaryTensor, Vector, vector_of, vectors_of
 from service.validation import check, predictions
 
 ClientFactory = Callable[..., TestClient]
@@ -300,6 +301,16 @@ def test_bad_framing_refuses_the_body(
     assert _rejections(registry) == {"invalid_body": 1.0}
 
 
+@pytest.mark.parametrize("header_length", ["\u00b2", "\u00b9\u00b2", "\uff11\uff12"])
+def test_a_header_length_of_non_ascii_digits_is_refused_not_a_crash(header_length: str) -> None:
+    """``str.isdigit()`` is true for '²' (latin-1 0xb2, which a header can carry) but ``int()`` refuses it."""
+    events, sections = _binary_batch()
+    body, _ = binary_body({"events": events}, sections)
+    with pytest.raises(InvalidInput) as refused:
+        BodyDecoder(max_batch=50).decode(body, header_length=header_length)
+    assert refused.value.field == "inference-header-content-length"
+
+
 def test_a_nan_token_in_the_json_header_names_its_field(make_client: ClientFactory) -> None:
     events, sections = _binary_batch()
     header = json.dumps({"events": events}).replace('"request_id": "r1"', '"timestamp": NaN, "request_id": "r1"')
@@ -316,7 +327,7 @@ def test_a_binary_body_over_the_limit_is_413(make_client: ClientFactory) -> None
     assert response.status_code == 413
 
 
-def _one_by_one(value: Any, field: str) -> npt.NDArray[np.float64] | FieldError:
+def _one_by_one(value: Any, field: str) -> Vector | FieldError:
     try:
         return vector_of(value, field)
     except FieldError as error:
