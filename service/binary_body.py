@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from common.errors import InvalidInput
+from common.numbers import ascii_decimal
 from service.parsing import Decoded, check_count, decode_object
 from service.tensors import BinaryTensor
 
@@ -30,7 +31,7 @@ TENSOR_FIELDS = frozenset(("logits", "probabilities", "embedding", "input"))
 
 def decode_binary(body: bytes, header_length: str, *, max_batch: int) -> list[Decoded]:
     """Every event of a binary-extension ``body`` in order, decoded or rejected; ``InvalidInput`` for the framing."""
-    size = int(header_length) if header_length.isascii() and header_length.isdigit() else -1  # not '²'
+    size = ascii_decimal(header_length) or -1
     if not 0 < size <= len(body):
         raise InvalidInput(
             f"{HEADER_LENGTH}: {header_length!r} is not a JSON length within the {len(body)}-byte body",

@@ -10,6 +10,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from common.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from common.numbers import ascii_decimal
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,11 +29,11 @@ async def collect_body(
     ``limit_setting`` names the setting behind the limit in the error (``None``: a fixed limit).
     ``on_chunk`` sees every chunk as it arrives, while it is still in the CPU cache.
     """
-    digits = content_length is not None and content_length.isascii() and content_length.isdigit()  # not '²'
-    if content_length is not None and (not digits or int(content_length) > limit_bytes):
+    declared = None if content_length is None else ascii_decimal(content_length, max_digits=30)
+    if content_length is not None and (declared is None or declared > limit_bytes):
         raise (
             _too_large(limit_bytes, limit_setting)
-            if digits
+            if declared is not None
             else BadRequest("content-length: not a number", field="content-length")
         )
     encoding = (content_encoding or "identity").lower()

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from common import keys
 from common.codec import EncodedArray
 from common.errors import InvalidInput, RedisUnavailable, VaiError
+from common.numbers import ascii_decimal
 from common.redis import REDIS_FAILED, execute
 from common.timestamps import TimestampError, parse_timestamp
 from service.ingest import IngestHandler
@@ -210,8 +211,9 @@ def _events_body(
     if cohort:
         common["cohort"] = cohort
     label = metadata.get(mapping.label_metadata) if mapping.label_metadata is not None else None
-    if label is not None and label.strip().isascii() and label.strip().isdigit():
-        common["label"] = int(label)
+    label_index = None if label is None else ascii_decimal(label.strip(), max_digits=9)
+    if label_index is not None:  # anything else is no label: the event is still monitored
+        common["label"] = label_index
     if event.time is not None:
         with contextlib.suppress(TimestampError, ValueError):  # else the receive time stands in
             common["timestamp"] = parse_timestamp(event.time)

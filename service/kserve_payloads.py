@@ -26,6 +26,7 @@ import numpy.typing as npt
 import orjson
 
 from common.errors import BadRequest, InvalidInput
+from common.numbers import ascii_decimal
 from service.errors import FieldError
 from service.settings import KServeMapping
 from service.tensors import BinaryTensor, tensor_of
@@ -139,7 +140,7 @@ def _metadata(value: Any, field: str) -> dict[str, str]:
 def _split(payload: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The payload's JSON document and the bytes after it (the binary tensor sections, if any)."""
     if header_length is not None:
-        size = int(header_length) if header_length.isascii() and header_length.isdigit() else -1
+        size = ascii_decimal(header_length) or -1
         if not 0 < size <= len(payload):
             raise InvalidInput(
                 f"{HEADER_LENGTH}: {header_length!r} is not a JSON length within the {len(payload)}-byte body",

@@ -31,6 +31,7 @@ import orjson
 import pybase64
 
 from common.codec import DTYPES
+from common.numbers import ascii_decimal
 from service.parsing import Decoded, looks_like_batch
 from service.schemas import NUMBER_FIELDS, EventIn
 from service.tensors import OIP_DATATYPES, vector_length
@@ -124,7 +125,7 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> li
     Every event must hold the same tensor fields, in the same order, with the same headers: the
     sections then repeat with a fixed stride, and each field is one strided view of the body.
     """
-    size = int(header_length) if header_length.isascii() and header_length.isdigit() else -1
+    size = ascii_decimal(header_length) or -1
     if not 0 < size <= len(body):
         return None
     try:
@@ -163,11 +164,11 @@ def _layout(items: list[dict[str, Any]]) -> tuple[list[tuple[str, np.dtype[Any],
             return None
         fields.append((key, dtype, length, stride))
         stride += section
-    for item in items:
+    for item in items[1:]:  # each header read on its own: == would take 8.0 for 8 and true for 1
         if [key for key in item if key in _TENSOR_FIELDS] != keys:
             return None
-        for key in keys:
-            if item[key] != first[key]:
+        for key, dtype, length, _ in fields:
+            if _binary_vector(item[key]) != (dtype, length, length * dtype.itemsize):
                 return None
     return fields, stride
 
@@ -189,11 +190,10 @@ def _binary_vector(value: Any) -> tuple[np.dtype[Any] | None, int, int]:
     parameters, shape = value.get("parameters"), value.get("shape")
     if type(parameters) is not dict or parameters.keys() != {"binary_data_size"} or type(shape) is not list:
         return None, 0, 0
-    size, dtype = parameters["binary_data_size"], _OIP_DTYPES.get(value.get("datatype"))  # type: ignore[arg-type]
-    length = vector_length(shape)
-    if type(size) is not int or not length:
+    size, name, length = parameters["binary_data_size"], value.get("datatype"), vector_length(shape)
+    if type(size) is not int or type(name) is not str or not length:
         return None, 0, 0
-    return dtype, length, size
+    return _OIP_DTYPES.get(name), length, size
 
 
 def _checked(matrix: npt.NDArray[Any]) -> npt.NDArray[Any] | None:

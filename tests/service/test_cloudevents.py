@@ -192,12 +192,14 @@ def test_v1_request_then_response_joins_inputs_cohort_and_label(
     assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
 
 
-def test_a_label_that_is_not_ascii_digits_is_left_out_not_a_crash(
-    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
+@pytest.mark.parametrize("label", ["\u00b2", "1" * 25, "0" * 5000 + "1"])
+def test_a_label_that_is_not_a_small_ascii_number_is_left_out_not_a_crash(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis, label: str
 ) -> None:
-    """'²'.isdigit() is true, but int() refuses it: such a label is no label, and the event is still monitored."""
+    """'²'.isdigit() is true but int() refuses it; 25 digits overflow the JSON encoder's 64 bits; int() refuses
+    5,000 digits. Such a label is no label, and the event is still monitored."""
     ce_id = str(uuid.uuid4())
-    metadata = {"X-Region": ["eu"], "X-Label": ["\u00b2"]}
+    metadata = {"X-Region": ["eu"], "X-Label": [label]}
     assert _post(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request()).status_code == 200
     joined = _post(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
     assert joined.status_code == 200, joined.text

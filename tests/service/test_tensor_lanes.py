@@ -154,7 +154,19 @@ def _binary_variants() -> dict[str, tuple[bytes, str]]:
         "a header length past the body": (body, str(len(body) + 1)),
         "a header length that is not a number": (body, "12a"),
         "a bad model name": _binary([*events[:3], {**events[3], "model": "no spaces"}]),
+        "a list as datatype": _edited_header(body, length, 0, "datatype", ["FP32"]),
+        "a float size in a later event": _edited_header(body, length, 2, "parameters", {"binary_data_size": 40.0}),
+        "a float in a later event's shape": _edited_header(body, length, 2, "shape", [10.0]),
+        "true for 1 in a later event's shape": _edited_header(body, length, 2, "shape", [True, 10]),
     }
+
+
+def _edited_header(body: bytes, length: str, index: int, key: str, value: Any) -> tuple[bytes, str]:
+    """``body`` with one key of event ``index``'s logits tensor replaced (``==`` may call the new value equal)."""
+    document = json.loads(body[: int(length)])
+    document["events"][index]["logits"][key] = value
+    header = json.dumps(document).encode()
+    return header + body[int(length) :], str(len(header))
 
 
 @pytest.mark.parametrize("case", list(_binary_variants()))

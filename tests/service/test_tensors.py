@@ -301,9 +301,10 @@ def test_bad_framing_refuses_the_body(
     assert _rejections(registry) == {"invalid_body": 1.0}
 
 
-@pytest.mark.parametrize("header_length", ["\u00b2", "\u00b9\u00b2", "\uff11\uff12"])
+@pytest.mark.parametrize("header_length", ["\u00b2", "\u00b9\u00b2", "\uff11\uff12", "0" * 5000 + "65"])
 def test_a_header_length_of_non_ascii_digits_is_refused_not_a_crash(header_length: str) -> None:
-    """``str.isdigit()`` is true for '²' (latin-1 0xb2, which a header can carry) but ``int()`` refuses it."""
+    """``str.isdigit()`` is true for '²' (latin-1 0xb2, which a header can carry) but ``int()`` refuses it, and
+    more than 4,300 digits."""
     events, sections = _binary_batch()
     body, _ = binary_body({"events": events}, sections)
     with pytest.raises(InvalidInput) as refused:
