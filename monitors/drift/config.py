@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 BOOTSTRAPS_PER_ERT = 10
 """alibi-detect asks for at least ten bootstrap samples per event of expected run time."""
 MAX_STEADY_STEPS = 20_000_000
 """Longest calibration stream for the steady threshold (~240 MB of indices and statistics)."""
+
+
+PCA_SHARE = 0.5
+"""The default ``pca_share``: the halves every state stored before the setting existed was fitted with."""
 
 
 class DriftConfig(BaseModel):
@@ -30,7 +34,7 @@ class DriftConfig(BaseModel):
     time only, and show it traffic its reference was not drawn from."""
     pca_components: int | None = Field(default=32, ge=1)
     """Embedding dimensions kept by PCA before the multivariate detectors; ``None`` keeps them all."""
-    pca_share: float = Field(default=0.5, gt=0.0, lt=1.0)
+    pca_share: float = Field(default=PCA_SHARE, gt=0.0, lt=1.0)
     """Share of the reference rows that fit PCA (when it applies). No detector or calibration uses them:
     rows a projection was fitted on spread more along its axes than new rows do (~10% more variance
     with 1,000 of 384-d sentence embeddings), which reads as drift. A quarter (its other rows calibrate as
@@ -91,6 +95,16 @@ class DriftConfig(BaseModel):
                 "pca_share or shrink window_size"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_pca_share(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``pca_share`` is left out at its default: a stored state then reads as before the setting existed,
+        so monitors of the previous release (whose ``DriftConfig`` forbids unknown keys) still adopt it during a
+        rolling upgrade. Set to anything else, it is kept, and such a monitor refuses the state and recalibrates."""
+        data: dict[str, Any] = handler(self)
+        if self.pca_share == PCA_SHARE:
+            data.pop("pca_share", None)
+        return data
 
     def pca_rows(self, reference_rows: int) -> int:
         """Rows of a reference of ``reference_rows`` that fit PCA: ``pca_share`` of them rounded down (a half is

@@ -350,7 +350,7 @@ def test_a_state_stored_before_pca_share_is_adopted_and_scores_alike() -> None:
     )
     monitor.calibrate()
     stored = monitor.export_state().model_dump(mode="json")
-    del stored["config"]["pca_share"]  # as the earlier version wrote it
+    assert "pca_share" not in stored["config"]  # at its default the state reads as the earlier version wrote it
 
     state = MonitorState.model_validate(stored)
     restored = DriftMonitor.from_state(state, metrics=DriftMetrics(registry=CollectorRegistry()))
@@ -395,3 +395,10 @@ def test_a_calibration_s_draws_are_its_own_while_other_threads_draw_from_torch()
         stop.set()
         noise.join()
     assert meanwhile == alone
+
+
+def test_a_pca_share_other_than_the_default_is_stored() -> None:
+    config = DriftConfig(pca_share=0.25)
+    assert config.model_dump()["pca_share"] == 0.25
+    assert DriftConfig.model_validate(config.model_dump()) == config
+    assert DriftConfig.model_validate(DriftConfig().model_dump()) == DriftConfig()
