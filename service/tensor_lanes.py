@@ -34,10 +34,8 @@ from common.codec import DTYPES
 from common.numbers import ascii_decimal
 from service.parsing import Decoded, looks_like_batch
 from service.schemas import NUMBER_FIELDS, EventIn
-from service.tensors import OIP_DATATYPES, vector_length
+from service.tensors import OIP_DTYPES, all_finite, vector_length, widened
 
-_FLOAT32 = DTYPES["float32"]
-_OIP_DTYPES = {name: DTYPES[dtype] for name, dtype in OIP_DATATYPES.items()}
 _BINARY_KEYS = frozenset(("name", "shape", "datatype", "parameters"))
 _TENSOR_FIELDS = frozenset((*NUMBER_FIELDS, "input"))
 """Fields that may take a section of the body (an ``input`` section sends the body to the general reader)."""
@@ -193,17 +191,11 @@ def _binary_vector(value: Any) -> tuple[np.dtype[Any] | None, int, int]:
     size, name, length = parameters["binary_data_size"], value.get("datatype"), vector_length(shape)
     if type(size) is not int or type(name) is not str or not length:
         return None, 0, 0
-    return _OIP_DTYPES.get(name), length, size
+    return OIP_DTYPES.get(name), length, size
 
 
 def _checked(matrix: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
-    """``matrix`` as the events' vectors (float32 as is, other dtypes widened to float64); ``None`` if not finite."""
-    if matrix.dtype.kind == "f" and not _all_finite(matrix):
+    """``matrix`` as the events' vectors (:func:`service.tensors.widened`); ``None`` if not finite."""
+    if matrix.dtype.kind == "f" and not all_finite(matrix):
         return None
-    return matrix if matrix.dtype == _FLOAT32 else matrix.astype(np.float64)
-
-
-def _all_finite(matrix: npt.NDArray[Any]) -> bool:
-    """Whether every value is finite: ``np.isfinite`` is vectorised and its temporary small, and it beats a
-    float64 sum of float32 values (0.13 against 0.41 us per 1,000) and cannot overflow as a float32 sum can."""
-    return bool(np.isfinite(matrix).all())
+    return widened(matrix)

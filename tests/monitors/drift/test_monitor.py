@@ -95,15 +95,21 @@ def test_phases_warm_up_calibrate_monitor() -> None:
         assert registry.get_sample_value("vai_drift_detected", labels) == (1.0 if r.drift else 0.0)
 
 
+def _calibrated(reference: Reference, config: DriftConfig = CONFIG) -> DriftMonitor:
+    """A monitor of model ``digits`` calibrated on ``reference``, with a registry of its own."""
+    monitor = DriftMonitor(
+        model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+    )
+    monitor.calibrate()
+    return monitor
+
+
 def test_since_marks_start_of_drift_run() -> None:
     rng = np.random.default_rng(1)
     reference = Reference.from_batch(events_batch(rng, 600))
     # ERT 200: at ERT 50 a clean prefix of 30 events alarms about half the time, and ``since`` would mark it.
     config = CONFIG.model_copy(update={"ert": 200})
-    monitor = DriftMonitor(
-        model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
-    )
-    monitor.calibrate()
+    monitor = _calibrated(reference, config)
     assert not any(r.drift for r in monitor.update(events_batch(rng, 30, t=10.0)) if r.name == "mmd_online")
     monitor.update(events_batch(rng, 100, shift=1.0, t=20.0))
     monitor.update(events_batch(rng, 100, shift=1.0, t=30.0))
@@ -113,13 +119,7 @@ def test_since_marks_start_of_drift_run() -> None:
 
 def test_exported_monitor_continues_identically() -> None:
     rng = np.random.default_rng(2)
-    monitor = DriftMonitor(
-        model="digits",
-        config=CONFIG,
-        metrics=DriftMetrics(registry=CollectorRegistry()),
-        reference=Reference.from_batch(events_batch(rng, 600)),
-    )
-    monitor.calibrate()
+    monitor = _calibrated(Reference.from_batch(events_batch(rng, 600)))
     state = MonitorState.model_validate_json(monitor.export_state().model_dump_json())
     restored = DriftMonitor.from_state(state, metrics=DriftMetrics(registry=CollectorRegistry()))
     assert restored.phase is Phase.MONITORING
@@ -145,10 +145,7 @@ def test_model_without_embeddings_gets_output_drift_only() -> None:
     rng = np.random.default_rng(3)
     batch = events_batch(rng, 600)
     reference = Reference(predicted=batch.predicted, confidence=batch.confidence)
-    monitor = DriftMonitor(
-        model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
-    )
-    monitor.calibrate()
+    monitor = _calibrated(reference)
     results = monitor.update(events_batch(rng, 100))
     assert {r.name for r in results} == {"output_class_chi2", "output_confidence_ks"}
     assert [d.kind for d in monitor.export_state().detectors] == ["output"]
@@ -312,11 +309,7 @@ def test_reference_rows_fit_pca_then_the_detectors_and_the_rest_only_calibrate()
 
     config = DriftConfig(**{**CONFIG.model_dump(), "pca_share": 0.25, "steady_steps_per_ert": 100})
     reference = Reference.from_batch(events_batch(np.random.default_rng(3), 600))
-    monitor = DriftMonitor(
-        model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
-    )
-    monitor.calibrate()
-    state = monitor.export_state()
+    state = _calibrated(reference, config).export_state()
 
     rng = np.random.default_rng(config.seed)
     pca_rows, rest = reference.split(150, rng)
@@ -342,13 +335,7 @@ def test_a_state_stored_before_pca_share_is_adopted_and_scores_alike() -> None:
     load with that default, so an owner with the same settings adopts them (``DriftStates.start`` compares the
     settings) and scores as the monitor that stored them."""
     rng = np.random.default_rng(4)
-    monitor = DriftMonitor(
-        model="digits",
-        config=CONFIG,
-        metrics=DriftMetrics(registry=CollectorRegistry()),
-        reference=Reference.from_batch(events_batch(rng, 600)),
-    )
-    monitor.calibrate()
+    monitor = _calibrated(Reference.from_batch(events_batch(rng, 600)))
     stored = monitor.export_state().model_dump(mode="json")
     assert "pca_share" not in stored["config"]  # at its default the state reads as the earlier version wrote it
 
@@ -373,11 +360,7 @@ def test_a_calibration_s_draws_are_its_own_while_other_threads_draw_from_torch()
     reference = Reference.from_batch(events_batch(np.random.default_rng(8), 600))
 
     def thresholds() -> tuple[float, ...]:
-        monitor = DriftMonitor(
-            model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
-        )
-        monitor.calibrate()
-        (online,) = [d for d in monitor.export_state().detectors if isinstance(d, OnlineState)]
+        (online,) = [d for d in _calibrated(reference).export_state().detectors if isinstance(d, OnlineState)]
         return online.thresholds
 
     alone = thresholds()
