@@ -56,7 +56,14 @@ def make_settings(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[.
             monkeypatch.delenv(name)
 
     def make(**overrides: Any) -> SidecarSettings:
-        values: dict[str, Any] = {"redis_url": redis_url, "policy_refresh_s": 0.1, "queue_poll_s": 0.1}
+        # A 2-core CI runner busy with a monitor process can stall a Redis reply past the 0.5 s default,
+        # which the sidecar rightly answers with 503; tests about timeouts set their own.
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "policy_refresh_s": 0.1,
+            "queue_poll_s": 0.1,
+            "redis_timeout_s": 5.0,
+        }
         values.update(overrides)
         return SidecarSettings(**values)
 

@@ -58,7 +58,11 @@ def _series(client: TestClient, count: int, **params: str) -> dict[str, dict[str
     """The calibration series once the monitor has published ``count`` labelled predictions in ``all``."""
 
     def published() -> dict[str, dict[str, Any]] | None:
-        found = client.get("/v1/models/digits/calibration", params=params).json()["series"]
+        response = client.get("/v1/models/digits/calibration", params=params)
+        if response.status_code == 503:  # Redis slow to answer: retry, as Retry-After asks
+            return None
+        assert response.status_code == 200, response.text
+        found = response.json()["series"]
         series = {s["cohort"]: s for s in found}
         return series if series.get("all", {}).get("count") == count else None
 
