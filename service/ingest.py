@@ -202,24 +202,28 @@ class IngestHandler:
 
     def _sample_all(self, accepted: list[Prediction]) -> list[Sampled]:
         """Sampling decisions for a request's accepted events; most are not sampled, counted once per model."""
-        found: list[Sampled] = []
-        skipped: dict[str, int] = {}
-        for prediction in accepted:
-            model = prediction.model
-            reasons = self._sampler.reasons(
+        positions: dict[str, list[int]] = {}
+        for position, prediction in enumerate(accepted):
+            positions.setdefault(prediction.model, []).append(position)
+        chosen: list[tuple[int, tuple[Reason, ...]]] = []
+        for model, at in positions.items():
+            events = accepted if len(at) == len(accepted) else [accepted[i] for i in at]
+            found = self._sampler.reasons_many(
                 model,
-                confidence=prediction.confidence,
-                margin=prediction.margin,
-                cohort=prediction.cohort,
-                has_input=prediction.input is not None,
+                [p.confidence for p in events],
+                [p.margin for p in events],
+                [p.cohort for p in events],
+                [p.input is not None for p in events],
             )
-            if not reasons:
-                skipped[model] = skipped.get(model, 0) + 1
-            elif (sampled := self._sample(prediction, reasons)) is not None:
-                found.append(sampled)
-        for model, count in skipped.items():
-            self._metrics.child(self._metrics.not_sampled, model).inc(count)
-        return found
+            if len(found) < len(at):
+                self._metrics.child(self._metrics.not_sampled, model).inc(len(at) - len(found))
+            chosen += [(at[i], reasons) for i, reasons in found]
+        chosen.sort(key=lambda pair: pair[0])  # admitted and queued in arrival order, as they came
+        return [
+            sampled
+            for position, reasons in chosen
+            if (sampled := self._sample(accepted[position], reasons)) is not None
+        ]
 
     def _sample(self, prediction: Prediction, reasons: tuple[Reason, ...]) -> Sampled | None:
         model = prediction.model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sampler.policy import SamplingPolicy
@@ -151,3 +152,35 @@ def test_models_with_events_or_overrides_keep_their_state() -> None:
     sampler.set_overrides("tuned", {})
     assert _held(sampler)["_policies"] == {"m"}
     assert _held(sampler)["_buckets"] == {"m"}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"every_n": 7, "confidence_below": 0.4, "margin_below": 1.0},
+        {"every_n": 3, "confidence_below": None, "flagged_cohorts": [{"region": "eu"}], "require_input": True},
+        {"every_n": None, "confidence_below": 0.6, "margin_below": None},
+    ],
+)
+def test_a_request_s_decisions_at_once_equal_the_decisions_event_by_event(policy: dict[str, object]) -> None:
+    rng = np.random.default_rng(3)
+    one_by_one, at_once = make_sampler(**policy), make_sampler(**policy)
+    for size in (1, 5, 100, 2, 33):
+        confidences = rng.uniform(0.2, 1.0, size).tolist()
+        margins = rng.uniform(0.0, 3.0, size).tolist()
+        cohorts = [{"region": str(rng.choice(["eu", "us"]))} if rng.random() < 0.8 else {} for _ in range(size)]
+        inputs = (rng.random(size) < 0.5).tolist()
+        expected = [
+            (i, reasons)
+            for i in range(size)
+            if (
+                reasons := decide(
+                    one_by_one,
+                    confidence=confidences[i],
+                    margin=margins[i],
+                    cohort=cohorts[i],
+                    has_input=inputs[i],
+                )
+            )
+        ]
+        assert at_once.reasons_many("m", confidences, margins, cohorts, inputs) == expected
