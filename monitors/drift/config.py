@@ -53,9 +53,11 @@ class DriftConfig(BaseModel):
     """MMD: when above 0, the online detector's last threshold (the one that holds after its first window
     and so sets the run length) is re-estimated on a clean stream of this many x ``ert`` events replayed
     from the calibration rows, at hazard 1/ERT (1,000: ~3% Monte-Carlo error instead of ~30% from the
-    bootstrap runs; calibration a few seconds longer). Off by default: on sentence embeddings it did not
-    bring more calibration seeds within 25% of the ERT, with or without spare rows, and on the digits'
-    small held-out reference it errs long (2-23x the ERT against 1-8x) (README, Benchmarks)."""
+    bootstrap runs; calibration a few seconds longer), then scaled from the stream's windows to fresh ones
+    (``mmd_thresholds.fresh_window_ratio``: without that it erred long where the reference is small, 2-23x
+    the ERT on the digits). Off by default: per calibration seed, mean runs 0.5-3.4x the ERT on the digits'
+    small held-out reference (4 of 10 seeds within 25%, against 1 of 10 sequentially), 0.73-1.1x on
+    sentence embeddings with ``pca_share`` 0.25 (9 of 10, as the default) (README, Benchmarks)."""
     window_events: int = Field(default=500, ge=10)
     """Events per tumbling window of the batch tests (MMD/KS, output drift, embedding distance)."""
     window_tests: bool = True

@@ -15,7 +15,8 @@ one tensor operation. Permutations are drawn as alibi-detect draws them, so a
 given torch seed gives the same thresholds up to float rounding (tested).
 
 :func:`steady_threshold` re-estimates the last threshold, the one that sets the run length, on a
-long stream instead of from the ~10 runs above it (see there).
+long stream instead of from the ~10 runs above it (see there); :func:`fresh_window_ratio` then scales it
+from the stream's windows to fresh ones.
 """
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ def held_out_mmd_thresholds(
     narrow it. The kept reference stays (nearly) the deployed one, unlike alibi-detect's fresh split
     per sample, whose thresholds are too high for a typical kept reference (run lengths about 2x the ERT
     on the digits embeddings); "nearly": a window is scored against the kept rows it does not hold,
-    fewer than the deployed detector has, which likely raises the thresholds where kept rows are few
-    (the digits' 122-201 kept rows: runs up to 8x the ERT).
+    fewer than the deployed detector has, and those move opposite to the kept rows it draws, so its
+    statistic scatters more than a fresh window's does (:func:`fresh_window_ratio`; where kept rows are
+    few, e.g. the digits' 122, the thresholds come out too high: runs 1-8x the ERT sequentially).
     Thresholds are the ``1 - 1/ERT`` quantiles over the samples that have not
     crossed an earlier one, as in :func:`bootstrap_mmd_thresholds`. With ``n_steady`` > 0 the last
     threshold, which holds for every step after the first ``W``, is re-estimated on a clean stream of
-    that many steps (:func:`steady_threshold`). Draws use ``generator`` (torch's global one if ``None``).
+    that many steps (:func:`steady_threshold`) and divided by :func:`fresh_window_ratio` to put it on
+    the deployed detector's scale. Draws use ``generator`` (torch's global one if ``None``).
     """
     window_size, kept = init_test_inds.numel(), ref_inds.numel()
     if kept - (window_size - 1) < 2:
@@ -120,10 +123,39 @@ def held_out_mmd_thresholds(
     )
     thresholds = _sequential_quantiles(mmds.float().cpu(), ert=ert, keep_ties=True)
     if n_steady >= window_size:  # a stream shorter than one window has no step after it
-        thresholds[-1] = steady_threshold(
+        stream_level = steady_threshold(
             k_pool, window_size=window_size, kept=kept, ert=ert, n_steps=n_steady, generator=generator
         )
+        ratio = fresh_window_ratio(kept=kept, held_out=pool.numel() - window_size - kept, window_size=window_size)
+        thresholds[-1] = float(torch.tensor(stream_level / ratio, dtype=torch.float32))
     return thresholds
+
+
+def fresh_window_ratio(*, kept: int, held_out: int, window_size: int) -> float:
+    """How much more a calibration stream window scatters about its reference than a fresh one (about 1 for many rows).
+
+    The steady stream draws each window of ``W`` rows from the ``kept`` and ``held_out`` rows (``j = W kept /
+    (kept + held_out)`` kept ones on average) and scores it against the kept rows it does not hold. Those
+    shrink as the window takes rows, and each kept row a window draws moves the rest the other way, so the
+    difference of their mean embeddings, ``(j/W + j/(kept - j)) d_K + ((W - j)/W) d_H`` with ``d_K``, ``d_H``
+    the drawn rows' deviations from the kept and held-out means (without-replacement variances
+    ``(1 - j/kept)/j`` and ``(1 - h/held_out)/h`` per unit of row variance, ``h = W - j``), scatters more than
+    a fresh window does about the deployed detector's fixed kept rows (variance ``1/W``). This is that ratio of
+    variances. The statistic is, to first order, a squared norm of that difference less its mean, so its
+    spread, and a threshold, scale with the ratio: 1.45 for the digits' 122 kept and 53 held-out rows at
+    window 50 (their steady thresholds gave mean runs of 2.4-23x the ERT without it, 0.5-3.4x with it), 1.06
+    for 665 kept and 285 held out. It leaves out each seed's offset of the kept rows, which the calibration
+    sees only through the held-out rows (with so few rows that alone spreads the runs several-fold), and it
+    is not applied to the sequential thresholds, whose last one comes out lower: divided by it, the digits'
+    runs came out about half the ERT.
+    """
+    pool = kept + held_out
+    drawn_kept = window_size * kept / pool
+    drawn_held = window_size - drawn_kept
+    kept_part = (drawn_kept / window_size + drawn_kept / (kept - drawn_kept)) ** 2
+    kept_part *= (1 - drawn_kept / kept) / drawn_kept
+    held_part = (drawn_held / window_size) ** 2 * (1 - drawn_held / held_out) / drawn_held if held_out else 0.0
+    return window_size * (kept_part + held_part)
 
 
 def _chunks(total: int) -> list[int]:

@@ -3,9 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numpy.typing import NDArray
 
 from monitors.drift._alibi import MMDDriftOnlineTorch
-from monitors.drift.mmd_thresholds import bootstrap_mmd_thresholds
+from monitors.drift.mmd_thresholds import bootstrap_mmd_thresholds, fresh_window_ratio, held_out_mmd_thresholds
+from monitors.drift.online_backends import held_out_split
 
 
 @pytest.mark.parametrize(
@@ -137,3 +139,95 @@ def test_stream_scored_in_segments_gives_the_same_threshold(monkeypatch: pytest.
     monkeypatch.setattr(mmd_thresholds, "STREAM_CHUNK", 777)
     torch.manual_seed(1)
     assert mmd_thresholds.steady_threshold(k_pool, window_size=6, kept=200, ert=50, n_steps=5000) == whole
+
+
+@pytest.mark.parametrize(
+    ("kept", "held_out", "window"),
+    [
+        pytest.param(122, 53, 50, id="digits-122-kept"),
+        pytest.param(35, 15, 10, id="small-35-kept"),
+        pytest.param(665, 285, 50, id="sentences-665-kept"),
+    ],
+)
+def test_fresh_window_ratio_is_the_variance_ratio_of_the_window_and_reference_means(
+    kept: int, held_out: int, window: int
+) -> None:
+    """Windows drawn from fixed kept and held-out values, each against the kept values it does not hold: the
+    variance of (window mean - those kept values' mean) over that of a fresh window's mean (row variance / W)."""
+    values = torch.from_numpy(np.random.default_rng(4).normal(size=kept + held_out))
+    values[:kept] -= values[:kept].mean() - 0.3  # the kept rows' offset is fixed: no part of the ratio
+    values[kept:] -= values[kept:].mean()
+    row_variance = (values[:kept].var() * (kept - 1) + values[kept:].var() * (held_out - 1)) / (kept + held_out - 2)
+    draws = torch.rand(20_000, kept + held_out, generator=torch.Generator().manual_seed(5)).argsort(1)[:, :window]
+    in_window = torch.zeros(draws.shape[0], kept + held_out, dtype=torch.float64).scatter_(1, draws, 1.0)
+    kept_left = 1 - in_window[:, :kept]
+    reference_means = (kept_left * values[:kept]).sum(1) / kept_left.sum(1)
+    differences = values[draws].mean(1) - reference_means
+
+    measured = float(differences.var() / (row_variance / window))
+    expected = fresh_window_ratio(kept=kept, held_out=held_out, window_size=window)
+    assert abs(measured / expected - 1) < 0.05, (measured, expected)
+
+
+def test_fresh_window_ratio_vanishes_for_a_large_reference() -> None:
+    assert fresh_window_ratio(kept=122, held_out=53, window_size=50) > 1.4
+    assert 1.0 <= fresh_window_ratio(kept=1_000_000, held_out=400_000, window_size=50) < 1.001
+
+
+def _fresh_statistics(
+    kept_rows: NDArray[np.float64], fresh: NDArray[np.float64], window: int, sigma: float
+) -> torch.Tensor:
+    """The deployed statistic of each window of fresh rows against every kept row (alibi-detect's formula)."""
+
+    def kernel(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+        squared = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return np.asarray(np.exp(-squared / (2 * sigma**2)), dtype=np.float64)
+
+    k_xx = kernel(kept_rows, kept_rows)
+    n = len(kept_rows)
+    steps, starts = len(fresh) - window + 1, np.arange(len(fresh) - window + 1)
+    pairs = np.zeros(steps)
+    for lag in range(1, window):
+        sums = np.concatenate([[0.0], np.exp(-((fresh[:-lag] - fresh[lag:]) ** 2).sum(1) / (2 * sigma**2)).cumsum()])
+        pairs += sums[starts + window - lag] - sums[starts]
+    cross = np.concatenate([[0.0], kernel(kept_rows, fresh).mean(0).cumsum()])
+    statistic = (k_xx.sum() - n) / (n * (n - 1)) + 2 * pairs / (window * (window - 1))
+    return torch.from_numpy(statistic - 2 * (cross[starts + window] - cross[starts]) / window)
+
+
+def _run_length(statistics: torch.Tensor, threshold: float, window: int) -> float:
+    """1 / hazard: steps whose previous ``W - 1`` statistics were at most ``threshold`` over those crossing it."""
+    earlier = statistics.unfold(0, window - 1, 1).max(1).values[:-1] <= threshold
+    crossing = earlier & (statistics[window - 1 :] > threshold)
+    return float(earlier.sum()) / max(int(crossing.sum()), 1)
+
+
+@pytest.mark.slow
+def test_steady_threshold_holds_the_ert_on_fresh_rows_for_a_small_reference() -> None:
+    """60 rows (35 kept, 15 held out), window 10, ERT 50: on fresh rows the corrected steady threshold's run length
+    is about the ERT (per seed it varies with the kept rows' offset); without the correction it is far longer."""
+    window, ert, sigma = 10, 50, 1.5
+    corrected, uncorrected = [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(60, 3))
+        generator = torch.Generator().manual_seed(seed)
+        ref, init, held = held_out_split(60, window, generator)
+        k = torch.exp(-(torch.cdist(torch.from_numpy(x), torch.from_numpy(x)) ** 2) / (2 * sigma**2))
+        thresholds = held_out_mmd_thresholds(
+            k,
+            ref_inds=ref,
+            init_test_inds=init,
+            held_out_inds=held,
+            ert=ert,
+            n_bootstraps=10 * ert,
+            n_steady=1000 * ert,
+            generator=generator,
+        )
+        ratio = fresh_window_ratio(kept=ref.numel(), held_out=held.numel(), window_size=window)
+        statistics = _fresh_statistics(x[ref.numpy()], rng.normal(size=(150_000, 3)), window, sigma)
+        corrected.append(_run_length(statistics, thresholds[-1], window))
+        uncorrected.append(_run_length(statistics, thresholds[-1] * ratio, window))
+
+    assert 0.75 * ert < np.median(corrected) < 1.33 * ert, corrected
+    assert np.median(uncorrected) > 1.4 * ert, uncorrected
