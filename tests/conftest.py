@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-import monitors.drift.online  # alibi-detect's slow import once, here, never racing in a monitor thread
+import monitors.drift.online  # noqa: F401  # alibi-detect's slow import once, here, never racing in a monitor thread
 from attribution_workers.loader import LoadedModel, ModelSpec, load_model
 from attribution_workers.settings import WorkerSettings
 from common.embedded_redis import EmbeddedRedis
@@ -84,8 +84,8 @@ def make_worker_settings(
     return make
 
 
-@pytest.fixture
-def monitors(redis_url: str, make_settings: Callable[..., SidecarSettings]) -> Iterator[MonitorRunner]:
+@pytest.fixture(name="monitors")  # the function's own name would shadow the ``monitors`` package imported above
+def monitor_runner(redis_url: str, make_settings: Callable[..., SidecarSettings]) -> Iterator[MonitorRunner]:
     """Start in-process monitors with ``monitors.start(**settings)``; all are stopped after the test."""
     runner = MonitorRunner(redis_url)
     yield runner

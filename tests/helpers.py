@@ -13,13 +13,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
+import redis
 import uvicorn
 from prometheus_client import CollectorRegistry
 
 from monitors.fleet.process import MonitorProcess
 from monitors.fleet.settings import MonitorSettings
+
+if TYPE_CHECKING:
+    import torch
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from service.sidecar import Sidecar
 
 
 def event(request_id: str = "r1", *, model: str = "digits", **fields: Any) -> dict[str, Any]:
@@ -29,9 +37,19 @@ def event(request_id: str = "r1", *, model: str = "digits", **fields: Any) -> di
     return body
 
 
+T = TypeVar("T")
+
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+"""One stream entry as a client without ``decode_responses`` returns it: id and fields, all bytes."""
+
+
 def wait_until(
-    predicate: Callable[[], Any], *, timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.01
-) -> Any:
+    predicate: Callable[[], T | Literal[False] | None],
+    *,
+    timeout_s: float = 10.0,
+    what: str = "condition",
+    interval_s: float = 0.01,
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``.
 
     The short pause between polls leaves the CPU to the process being waited for (2-core runners).
@@ -83,7 +101,7 @@ def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout_s: float = 
 
     def up() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"{process.args} exited with {process.returncode}")
+            raise AssertionError(f"{process.args!r} exited with {process.returncode}")
         try:
             return httpx.get(url, timeout=0.5).status_code == 200
         except httpx.HTTPError:
@@ -208,3 +226,56 @@ def drain_worker(settings: Any, done: Callable[[], bool], *, timeout_s: float = 
             await worker.aclose()
 
     asyncio.run(loop())
+
+
+# redis-py types each reply for both ``decode_responses`` modes (and RESP2/RESP3) as one union; the test
+# clients never decode, so these narrow the replies the tests read to what Redis sends them.
+
+
+def stream_entries(client: redis.Redis, stream: str) -> list[StreamEntry]:
+    """``XRANGE stream - +``: every entry, oldest first."""
+    return cast(list[StreamEntry], client.xrange(stream))
+
+
+def read_group(
+    client: redis.Redis, group: str, consumer: str, stream: str, *, count: int | None = None
+) -> list[tuple[bytes, list[StreamEntry]]]:
+    """``XREADGROUP`` of new entries (``>``) from one stream: ``[(stream, entries)]``, empty when there are none."""
+    return cast(list[tuple[bytes, list[StreamEntry]]], client.xreadgroup(group, consumer, {stream: ">"}, count=count))
+
+
+def hash_field(client: redis.Redis, key: str | bytes, field: str) -> bytes | None:
+    """``HGET``; ``None`` when the key or field is missing."""
+    value = client.hget(key, field)
+    assert value is None or isinstance(value, bytes), f"a decoding client? {value!r}"
+    return value
+
+
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    """``torch.jit.load``, which torch leaves unannotated."""
+    import torch
+
+    load: Callable[[str], torch.jit.ScriptModule] = torch.jit.load
+    return load(str(path))
+
+
+def hash_all(client: redis.Redis, key: str) -> dict[bytes, bytes]:
+    """``HGETALL``: every field of the hash, empty when the key is missing."""
+    return cast(dict[bytes, bytes], client.hgetall(key))
+
+
+def app_of(client: TestClient) -> FastAPI:
+    """The app behind ``client`` (``TestClient`` types it as any ASGI app)."""
+    from fastapi import FastAPI
+
+    assert isinstance(client.app, FastAPI)
+    return client.app
+
+
+def sidecar_of(client: TestClient) -> Sidecar:
+    """The running app's ``Sidecar`` (the lifespan keeps it in ``app.state``)."""
+    from service.sidecar import Sidecar
+
+    sidecar = app_of(client).state.sidecar
+    assert isinstance(sidecar, Sidecar)
+    return sidecar

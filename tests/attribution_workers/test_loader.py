@@ -13,6 +13,7 @@ from attribution_workers.errors import AttributionError
 from attribution_workers.loader import GradCamView, LoadedModel, ModelSpec, load_model, resolve_device
 from demo.models import digits
 from demo.models.training import DatasetSplit
+from helpers import load_torchscript
 
 FACTORY = "demo.models.digits:DigitsCNN"
 
@@ -27,7 +28,7 @@ def _digits_spec(**fields: Any) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def digits_state(digits_path: Path) -> dict[str, torch.Tensor]:
-    scripted: nn.Module = torch.jit.load(str(digits_path))  # type: ignore[no-untyped-call]
+    scripted: nn.Module = load_torchscript(digits_path)
     return {name: tensor.clone() for name, tensor in scripted.state_dict().items()}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import redis
 import torch
@@ -24,7 +25,7 @@ from attribution_workers.settings import WorkerSettings
 from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import wait_until
+from helpers import hash_field, stream_entries, wait_until
 from poison_net import POISON
 
 METHODS = ["gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap"]
@@ -45,7 +46,7 @@ def attribution_section(path: Path, **extra: Any) -> dict[str, Any]:
     return section
 
 
-def image_event(index: int, image: np.ndarray, predicted: int, **fields: Any) -> dict[str, Any]:
+def image_event(index: int, image: npt.NDArray[np.floating[Any]], predicted: int, **fields: Any) -> dict[str, Any]:
     logits = np.full(10, -2.0)
     logits[predicted] = 3.0
     data = base64.b64encode(np.ascontiguousarray(image, dtype="<f4").tobytes()).decode()
@@ -103,10 +104,10 @@ def drain(
     asyncio.run(loop())
 
 
-def stored(client: redis.Redis, model: str = "digits") -> dict[str, bytes]:
-    found = {}
+def stored(client: redis.Redis, model: str = "digits") -> dict[str, bytes | None]:
+    found: dict[str, bytes | None] = {}
     for key in client.scan_iter(f"vai:expl:{model}:*"):
-        found[key.decode().rsplit(":", 1)[1]] = client.hget(key, "status")
+        found[key.decode().rsplit(":", 1)[1]] = hash_field(client, key, "status")
     return found
 
 
@@ -178,7 +179,7 @@ def test_undecodable_and_pickled_entries_are_dead_lettered_unexecuted(
     drain(worker_settings(), lambda: redis_client.xlen(keys.dead_letter_stream("digits")) == 2, before=add_entries)
     assert not marker.exists()
     assert redis_client.xlen(stream) == 0
-    dead = redis_client.xrange(keys.dead_letter_stream("digits"))
+    dead = stream_entries(redis_client, keys.dead_letter_stream("digits"))
     assert all(b"undecodable entry" in fields[b"error"] for _, fields in dead)
 
 
@@ -207,7 +208,7 @@ def test_poison_event_is_dead_lettered_after_max_deliveries_while_others_flow(
     statuses = stored(redis_client)
     assert statuses.pop("img2") == b"failed"
     assert set(statuses.values()) == {b"done"}
-    ((_, dead),) = redis_client.xrange(keys.dead_letter_stream("digits"))
+    ((_, dead),) = stream_entries(redis_client, keys.dead_letter_stream("digits"))
     assert b"poison input" in dead[b"error"] and dead[b"deliveries"] == b"2"
     assert redis_client.xlen(keys.sample_stream("digits")) == 0
     record = client.get("/v1/explanations/digits/img2").json()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import redis
 import torch
@@ -34,12 +35,12 @@ from common.embedded_redis import EmbeddedRedis, free_port
 from common.redis import connect
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import wait_until
+from helpers import hash_field, read_group, stream_entries, wait_until
 from sampler.contract import InputTensor, SampledEvent
 from sampler.explanations import ExplanationStore
 
 REPO = Path(__file__).parents[2]
-HERE = Path(__file__).parent
+TESTS = Path(__file__).parents[1]  # hang_net, which the worker loads by name
 
 
 # --- the pieces, in process ----------------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_run_bounded_returns_raises_and_gives_up_on_a_hung_call() -> None:
 # --- real worker processes -----------------------------------------------------------------------
 
 
-def sampled_event(model: str, request_id: str, values: np.ndarray, predicted: int) -> SampledEvent:
+def sampled_event(model: str, request_id: str, values: npt.NDArray[np.float32], predicted: int) -> SampledEvent:
     now = time.time()
     return SampledEvent(
         model=model,
@@ -119,8 +120,7 @@ def sampled_event(model: str, request_id: str, values: np.ndarray, predicted: in
 
 
 def status(client: redis.Redis, model: str, request_id: str) -> bytes | None:
-    value: bytes | None = client.hget(keys.explanation(model, request_id), "status")
-    return value
+    return hash_field(client, keys.explanation(model, request_id), "status")
 
 
 class WorkerProcess:
@@ -166,7 +166,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
                 "VAI_WORKER_RETRY_AFTER_MS": "200",
                 "VAI_WORKER_HEARTBEAT_TTL_S": "3",
                 "VAI_LOG_LEVEL": "info",
-                "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)]),
+                "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]),
                 "PYTHONWARNINGS": "ignore",
             }
         )
@@ -190,7 +190,7 @@ def digits_models(digits_path: Path) -> dict[str, Any]:
 
 def post_digit(client: redis.Redis, split: DatasetSplit, request_id: str) -> None:
     image, label = split.test.features[0], int(split.test.labels[0])
-    client.xadd(keys.sample_stream("digits"), sampled_event("digits", request_id, image, label).encode())  # type: ignore[arg-type]
+    client.xadd(keys.sample_stream("digits"), sampled_event("digits", request_id, image, label).encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
 
 
 @pytest.mark.slow
@@ -264,7 +264,7 @@ def test_hung_batch_ends_the_process_and_is_dead_lettered_after_max_deliveries(
     models = {"hang": {"attribution": {"model": spec, "methods": ["saliency"], "fidelity_steps": 2}}}
     values = np.full(64, hang_net.HANG, dtype=np.float32)
     stream = keys.sample_stream("hang")
-    redis_client.xadd(stream, sampled_event("hang", "stuck", values, 1).encode())  # type: ignore[arg-type]
+    redis_client.xadd(stream, sampled_event("hang", "stuck", values, 1).encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
     settings = {"worker_job_timeout_s": "1", "worker_max_deliveries": "2"}
 
     first = start_worker(redis_url, models, "hung", **settings)
@@ -276,7 +276,7 @@ def test_hung_batch_ends_the_process_and_is_dead_lettered_after_max_deliveries(
 
     second = start_worker(redis_url, models, "hung", **settings)  # the supervisor's restart
     assert second.process.wait(timeout=90) == EXIT_TIMED_OUT, second.log()
-    ((_, dead),) = redis_client.xrange(keys.dead_letter_stream("hang"))
+    ((_, dead),) = stream_entries(redis_client, keys.dead_letter_stream("hang"))
     assert b"attribution timed out (after 2 deliveries)" in dead[b"error"]
     assert redis_client.xlen(stream) == 0
     assert redis_client.xpending(stream, keys.CONSUMER_GROUP)["pending"] == 0
@@ -305,7 +305,7 @@ def test_entry_delivered_past_max_deliveries_is_dead_lettered_unexecuted(
         try:
             await worker.ensure_groups()
             post_digit(redis_client, digits_split, "cursed")
-            ((_, ((entry_id, _),)),) = redis_client.xreadgroup(keys.CONSUMER_GROUP, "ghost", {stream: ">"})
+            ((_, ((entry_id, _),)),) = read_group(redis_client, keys.CONSUMER_GROUP, "ghost", stream)
             redis_client.xclaim(stream, keys.CONSUMER_GROUP, "ghost", 0, [entry_id])  # its second delivery
             while not redis_client.xlen(keys.dead_letter_stream("digits")):
                 await worker.step()  # the third delivery
@@ -313,7 +313,7 @@ def test_entry_delivered_past_max_deliveries_is_dead_lettered_unexecuted(
             await worker.aclose()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
-    ((_, dead),) = redis_client.xrange(keys.dead_letter_stream("digits"))
+    ((_, dead),) = stream_entries(redis_client, keys.dead_letter_stream("digits"))
     assert dead[b"error"] == b"no result after 3 deliveries"
     assert status(redis_client, "digits", "cursed") is None, "never explained"
     assert redis_client.xlen(stream) == 0

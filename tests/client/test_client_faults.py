@@ -185,7 +185,7 @@ def test_unreadable_values_never_raise_into_the_caller() -> None:
         client = Client(server.url, flush_interval_s=0.01)
         client.log(model="m", request_id="a", logits=object())
         client.log(model="m", request_id="b", logits=[1.0, 0.0], cohort={"k": object()})  # type: ignore[dict-item]  # str() of anything
-        client.log(model="m", request_id="c", logits=[1.0, 0.0], label="not a number")  # type: ignore[arg-type]
+        client.log(model="m", request_id="c", logits=[1.0, 0.0], label="not a number")  # type: ignore[arg-type]  # refused, not raised
         assert client.flush(10)
         assert (client.stats.sent, client.stats.rejected) == (1, 2)
         client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -14,7 +15,7 @@ from client_servers import INGEST_TOKEN, READ_TOKEN, report, timed_logs
 from vai_client import Client
 
 from common.embedded_redis import free_port
-from helpers import wait_until
+from helpers import stream_entries, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +25,8 @@ def stream_ids(redis_client: redis.Redis, model: str) -> list[str]:
     return [str(event["request_id"]) for event in stream_events(redis_client, model)]
 
 
-def stream_events(redis_client: redis.Redis, model: str) -> list[dict[str, object]]:
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis_client.xrange(f"vai:stream:{model}")  # type: ignore[assignment]
-    return [json.loads(fields[b"m"]) for _, fields in entries]
+def stream_events(redis_client: redis.Redis, model: str) -> list[dict[str, Any]]:
+    return [json.loads(fields[b"m"]) for _, fields in stream_entries(redis_client, f"vai:stream:{model}")]
 
 
 def accepted(url: str, model: str) -> int:
@@ -50,7 +50,11 @@ def test_events_arrive_in_order_per_model(sidecar: str, redis_client: redis.Redi
     for model in ("alpha", "beta", "gamma"):
         assert accepted(sidecar, model) == 150
         expected = [f"{model}-{i}" for i in range(150)]
-        assert wait_until(lambda m=model, e=expected: stream_ids(redis_client, m) == e, what=f"{model} stream")
+
+        def arrived(model: str = model, expected: list[str] = expected) -> bool:
+            return stream_ids(redis_client, model) == expected
+
+        assert wait_until(arrived, what=f"{model} stream")
     status = httpx.get(f"{sidecar}/status", headers={"Authorization": f"Bearer {READ_TOKEN}"})
     assert status.status_code == 200
     assert client.close(5)

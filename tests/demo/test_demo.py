@@ -79,7 +79,7 @@ def test_blur_keeps_a_flat_image_flat_and_occlusion_paints_a_square() -> None:
 def test_corrupt_refuses_bad_arguments(arguments: dict[str, object]) -> None:
     call = {"images": images(2), "seed": 0, **arguments}
     with pytest.raises(ValueError):
-        corrupt(**call)  # type: ignore[arg-type]
+        corrupt(**call)  # type: ignore[arg-type]  # bad arguments on purpose
 
 
 class ConstantModel:

@@ -11,6 +11,7 @@ from torch import nn
 from attribution_workers.loader import LoadedModel
 from demo.models import digits, tabular
 from demo.models.training import DatasetSplit, TrainingPlan
+from helpers import load_torchscript
 
 ONE_EPOCH = TrainingPlan(epochs=1, batch_size=64, learning_rate=1e-3, seed=3)
 
@@ -68,7 +69,7 @@ def test_digits_split_is_fixed_scaled_and_stratified(digits_split: DatasetSplit)
 
 
 def test_scripted_digits_entry_points_agree(digits_path: Path, digits_split: DatasetSplit) -> None:
-    scripted = torch.jit.load(str(digits_path))  # type: ignore[no-untyped-call]
+    scripted = load_torchscript(digits_path)
     images = torch.from_numpy(digits_split.test.features[:5])
 
     with torch.no_grad():
@@ -83,7 +84,7 @@ def test_scripted_digits_entry_points_agree(digits_path: Path, digits_split: Dat
 def test_scripted_tabular_model_standardises_with_train_statistics(
     tabular_path: Path, tabular_split: DatasetSplit
 ) -> None:
-    scripted = torch.jit.load(str(tabular_path))  # type: ignore[no-untyped-call]
+    scripted = load_torchscript(tabular_path)
     train_mean = tabular_split.train.features.mean(axis=0)
 
     with torch.no_grad():

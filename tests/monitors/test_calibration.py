@@ -131,7 +131,7 @@ def test_bin_edges(confidence: float, expected_bin: int) -> None:
 )
 def test_rejects_bad_input(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        compute_calibration(**kwargs)  # type: ignore[arg-type]
+        compute_calibration(**kwargs)  # type: ignore[arg-type]  # bad input on purpose
 
 
 def _record(confidence: float, predicted: int, label: int, probabilities: list[float] | None) -> LabelledPrediction:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from monitors.feed import ENTRY_FIELD, FeedFormatError, MonitoringRecord
 
 
-def _record(**fields: object) -> MonitoringRecord:
-    values: dict[str, object] = {
+def _record(**fields: Any) -> MonitoringRecord:
+    values: dict[str, Any] = {
         "model": "m",
         "request_id": "r1",
         "version": "v2",
@@ -23,7 +25,7 @@ def _record(**fields: object) -> MonitoringRecord:
         "embedding": np.arange(5, dtype=np.float32) / 3,
     }
     values.update(fields)
-    return MonitoringRecord(**values)  # type: ignore[arg-type]
+    return MonitoringRecord(**values)
 
 
 def test_an_entry_round_trips_exactly_with_the_embedding_as_float32_bytes() -> None:
@@ -31,6 +33,7 @@ def test_an_entry_round_trips_exactly_with_the_embedding_as_float32_bytes() -> N
     blob = record.blob()
     assert len(blob) - len(record.blob(embedding=False)) == 5 + 5 * 4, "the embedding part: tag, length, float32s"
     back = MonitoringRecord.from_entry("m", {ENTRY_FIELD: blob})
+    assert record.probabilities is not None and record.embedding is not None
     assert back.probabilities is not None and back.embedding is not None
     np.testing.assert_array_equal(back.probabilities, record.probabilities)  # float64: pooled figures stay exact
     np.testing.assert_array_equal(back.embedding, record.embedding)

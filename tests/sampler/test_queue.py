@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from common import keys
 from common.embedded_redis import EmbeddedRedis
 from common.redis import connect
-from helpers import event, redis_servers_in, wait_until
+from helpers import event, redis_servers_in, stream_entries, wait_until
 from sampler.contract import SampledEvent
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
@@ -39,43 +39,53 @@ def message(request_id: str, model: str = "digits") -> SampledEvent:
     )
 
 
+WriterFactory = Callable[..., tuple[QueueWriter, CollectorRegistry]]
+"""``make(max_events=..., max_bytes=..., queue_max_length=...)``: a writer on its own client, and its registry."""
+
+
 @pytest.fixture
-async def writer_factory(redis_url: str) -> AsyncIterator[Callable[..., tuple[QueueWriter, CollectorRegistry]]]:
+async def writer_factory(redis_url: str) -> AsyncIterator[WriterFactory]:
     clients = []
 
-    def make(**overrides: int) -> tuple[QueueWriter, CollectorRegistry]:
+    def make(
+        *, max_events: int = 100, max_bytes: int = 1 << 20, queue_max_length: int = 100
+    ) -> tuple[QueueWriter, CollectorRegistry]:
         client = connect(redis_url, timeout_s=5.0)
         clients.append(client)
         registry = CollectorRegistry()
-        options = {
-            "max_events": 100,
-            "max_bytes": 1 << 20,
-            "batch_size": 10,
-            "stream_maxlen": 1000,
-            "queue_max_length": 100,
-            "retry_s": 0.05,
-        }
-        options.update(overrides)
         store = ExplanationStore(client, ttl_s=3600)
-        return QueueWriter(client, SamplerMetrics(registry), store, **options), registry  # type: ignore[arg-type]
+        writer = QueueWriter(
+            client,
+            SamplerMetrics(registry),
+            store,
+            max_events=max_events,
+            max_bytes=max_bytes,
+            batch_size=10,
+            stream_maxlen=1000,
+            queue_max_length=queue_max_length,
+            retry_s=0.05,
+        )
+        return writer, registry
 
     yield make
     for client in clients:
         await client.aclose()
 
 
-async def test_flush_writes_versioned_messages_in_order(writer_factory, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+async def test_flush_writes_versioned_messages_in_order(
+    writer_factory: WriterFactory, redis_client: redis.Redis
+) -> None:
     writer, registry = writer_factory()
     for i in range(25):
         assert writer.offer(message(f"r{i}")) is None
     while writer.buffered:
         assert await writer.flush_once()
-    entries = redis_client.xrange(keys.sample_stream("digits"))
+    entries = stream_entries(redis_client, keys.sample_stream("digits"))
     assert [SampledEvent.decode(fields).request_id for _, fields in entries] == [f"r{i}" for i in range(25)]
     assert registry.get_sample_value("vai_sample_queued_total", {"model": "digits"}) == 25
 
 
-async def test_queue_cap_counts_backlog_and_buffer(writer_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_queue_cap_counts_backlog_and_buffer(writer_factory: WriterFactory) -> None:
     writer, registry = writer_factory(queue_max_length=5)
     reasons = [writer.offer(message(f"r{i}")) for i in range(5)]
     while writer.buffered:
@@ -87,7 +97,7 @@ async def test_queue_cap_counts_backlog_and_buffer(writer_factory) -> None:  # t
     assert registry.get_sample_value("vai_sample_dropped_total", {"model": "digits", "reason": "queue_full"}) == 1
 
 
-async def test_buffer_bounds_by_count_and_bytes(writer_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_buffer_bounds_by_count_and_bytes(writer_factory: WriterFactory) -> None:
     writer, _ = writer_factory(max_events=3)
     assert [writer.offer(message(f"r{i}")) for i in range(4)] == [None, None, None, "buffer_full"]
     size = len(message("r0").encode()[b"m"])
@@ -95,7 +105,9 @@ async def test_buffer_bounds_by_count_and_bytes(writer_factory) -> None:  # type
     assert [small.offer(message(f"r{i}")) for i in range(3)] == [None, None, "buffer_full"]
 
 
-async def test_entry_refused_by_redis_is_dropped_not_retried(writer_factory, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+async def test_entry_refused_by_redis_is_dropped_not_retried(
+    writer_factory: WriterFactory, redis_client: redis.Redis
+) -> None:
     redis_client.set(keys.sample_stream("broken"), "not a stream")
     writer, registry = writer_factory()
     writer.offer(message("a", model="broken"))
@@ -140,7 +152,7 @@ def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
     restarted = EmbeddedRedis(data_dir=own_redis.data_dir, port=own_redis.port).start()
     try:
         wait_until(lambda: queued() == 60, what="buffer flushed after restart")
-        ids = [SampledEvent.decode(fields).request_id for _, fields in direct.xrange(stream)]
+        ids = [SampledEvent.decode(fields).request_id for _, fields in stream_entries(direct, stream)]
         assert ids == [f"before{i}" for i in range(10)] + [f"during{i}" for i in range(50)]
         assert registry.get_sample_value("vai_redis_up") == 1
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ class FakeClock:
         return self.now
 
 
-def make_sampler(clock: FakeClock | None = None, **policy: object) -> Sampler:
+def make_sampler(*, clock: FakeClock | None = None, **policy: Any) -> Sampler:
     base = SamplingPolicy.model_validate(policy)
     return Sampler(lambda model: base, clock=clock or FakeClock())
 
@@ -74,7 +76,7 @@ def test_every_n_picks_exactly_the_nth_events_per_model() -> None:
         ),
     ],
 )
-def test_reasons(policy: dict[str, object], inputs: dict[str, object], expected: tuple[str, ...]) -> None:
+def test_reasons(policy: dict[str, Any], inputs: dict[str, object], expected: tuple[str, ...]) -> None:
     sampler = make_sampler(every_n=None, **{"confidence_below": None, **policy})
     assert decide(sampler, **inputs) == expected  # type: ignore[arg-type]
 
@@ -89,7 +91,7 @@ def test_require_input_still_counts_events_for_every_n() -> None:
 
 def test_budget_admits_rate_per_second_after_the_burst() -> None:
     clock = FakeClock()
-    sampler = make_sampler(clock, max_per_second=5)
+    sampler = make_sampler(clock=clock, max_per_second=5)
     assert sum(sampler.admit("m") for _ in range(20)) == 5
     clock.now += 1.0
     assert sum(sampler.admit("m") for _ in range(20)) == 5
@@ -104,7 +106,7 @@ def test_zero_budget_admits_nothing() -> None:
 
 def test_overrides_change_the_policy_and_the_budget() -> None:
     clock = FakeClock()
-    sampler = make_sampler(clock, max_per_second=1)
+    sampler = make_sampler(clock=clock, max_per_second=1)
     assert sum(sampler.admit("m") for _ in range(5)) == 1
     sampler.set_overrides("m", {"max_per_second": 100.0, "every_n": 1})
     clock.now += 1.0
@@ -162,7 +164,7 @@ def test_models_with_events_or_overrides_keep_their_state() -> None:
         {"every_n": None, "confidence_below": 0.6, "margin_below": None},
     ],
 )
-def test_a_request_s_decisions_at_once_equal_the_decisions_event_by_event(policy: dict[str, object]) -> None:
+def test_a_request_s_decisions_at_once_equal_the_decisions_event_by_event(policy: dict[str, Any]) -> None:
     rng = np.random.default_rng(3)
     one_by_one, at_once = make_sampler(**policy), make_sampler(**policy)
     for size in (1, 5, 100, 2, 33):

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from common import keys
-from helpers import event
+from helpers import event, stream_entries
 from sampler.contract import SampledEvent
 
 ClientFactory = Callable[..., TestClient]
@@ -357,7 +357,7 @@ def test_batch_above_max_batch_is_refused_whole(make_client: ClientFactory) -> N
 
 
 def _stream_ids(client: redis.Redis, model: str) -> list[str]:
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.sample_stream(model))  # type: ignore[assignment]
+    entries = stream_entries(client, keys.sample_stream(model))
     return [SampledEvent.decode(fields).request_id for _, fields in entries]
 
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from common import keys
+from helpers import sidecar_of, stream_entries
 from sampler.contract import SampledEvent
 
 ClientFactory = Callable[..., TestClient]
@@ -158,7 +159,7 @@ def _accepted(registry: CollectorRegistry, model: str, version: str) -> float:
 def _samples(client: redis.Redis, model: str, count: int) -> list[SampledEvent]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.sample_stream(model))  # type: ignore[assignment]
+        entries = stream_entries(client, keys.sample_stream(model))
         if len(entries) >= count:
             return [SampledEvent.decode(fields) for _, fields in entries]
     raise AssertionError(f"stream of {model} did not reach {count} entries")
@@ -303,7 +304,7 @@ def test_structured_mode_request_and_response(kserve: TestClient, registry: Coll
 def test_orphaned_requests_are_counted_once(kserve: TestClient, registry: CollectorRegistry) -> None:
     ce_id = str(uuid.uuid4())
     assert _post(kserve, _headers(ce_id, REQUEST), _v1_request()).status_code == 200
-    sweeper = kserve.app.state.sidecar.kserve  # type: ignore[attr-defined]
+    sweeper = sidecar_of(kserve).kserve
     assert kserve.portal is not None
     assert kserve.portal.call(sweeper.sweep) == 0  # not yet due
     later = time.time() + 3600

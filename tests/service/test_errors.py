@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from common import errors
+from helpers import app_of
 
 ClientFactory = Callable[..., TestClient]
 
@@ -25,7 +26,7 @@ def _with_route(client: TestClient, path: str, raised: BaseException) -> TestCli
     async def endpoint() -> None:
         raise raised
 
-    client.app.add_api_route(path, endpoint, methods=["GET"])  # type: ignore[attr-defined]
+    app_of(client).add_api_route(path, endpoint, methods=["GET"])
     return client
 
 
@@ -86,7 +87,7 @@ def test_fastapi_validation_and_json_decode_errors_are_422_in_the_error_shape(cl
     async def post_thing(thing: _Thing) -> dict[str, int]:
         return {"count": thing.count}
 
-    client.app.add_api_route("/thing", post_thing, methods=["POST"])  # type: ignore[attr-defined]
+    app_of(client).add_api_route("/thing", post_thing, methods=["POST"])
     bad_json = client.post("/thing", content=b'{"count": ', headers={"content-type": "application/json"})
     assert bad_json.status_code == 422
     _assert_shape(bad_json.json(), "body")

@@ -84,7 +84,7 @@ VALID = [
     pytest.param(json.dumps(event("ünïcødé ✓"), ensure_ascii=False).encode(), id="utf8-strings"),
     pytest.param(json.dumps(event("ünïcødé ✓"), ensure_ascii=True).encode(), id="escaped-utf8-strings"),
     pytest.param(
-        _batch(event("ok"), event("bad", label=True), event("bad2", model=7), event("ok2"), event("x", foo=1)),
+        _batch(event("ok"), event("bad", label=True), {**event("bad2"), "model": 7}, event("ok2"), event("x", foo=1)),
         id="batch-with-schema-errors",
     ),
     pytest.param(

@@ -8,7 +8,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from common import keys
-from helpers import event
+from helpers import StreamEntry, event, stream_entries
 from sampler.contract import SampledEvent
 
 
@@ -44,14 +44,14 @@ def test_sampled_events_reach_the_model_stream(
     assert message.input is not None and message.input.decode().tolist() == [[0.0, 1.0], [2.0, 3.0]]
 
 
-def _wait_for_entries(client: redis.Redis, model: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+def _wait_for_entries(client: redis.Redis, model: str, count: int) -> list[StreamEntry]:
     import time
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        entries = client.xrange(keys.sample_stream(model))
+        entries = stream_entries(client, keys.sample_stream(model))
         if len(entries) >= count:
-            return entries  # type: ignore[return-value]
+            return entries
     raise AssertionError(f"stream of {model} did not reach {count} entries")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -17,8 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
-from helpers import MonitorRunner, event, wait_until
+from helpers import MonitorRunner, event, load_torchscript, sidecar_of, wait_until
+from monitors.drift.base import DriftEvent
 from service.app import create_app
+from service.feed_writer import FeedWriter
 from service.settings import SidecarSettings
 
 # Small detectors so calibration takes a second: online MMD at ERT 100 (window 10), 400-event tumbling windows.
@@ -43,7 +46,7 @@ def probabilities_event(request_id: str, probabilities: list[float], **fields: A
     return body
 
 
-def expected_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+def expected_ece(confidence: npt.NDArray[np.floating[Any]], correct: npt.NDArray[np.bool_], bins: int = 15) -> float:
     """Top-label ECE written out independently: equal-width bins (k/15, (k+1)/15]."""
     total = 0.0
     for k in range(bins):
@@ -52,6 +55,13 @@ def expected_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) ->
         if chosen.any():
             total += chosen.sum() / len(confidence) * abs(correct[chosen].mean() - confidence[chosen].mean())
     return total
+
+
+def _feed(client: TestClient) -> FeedWriter:
+    """The sidecar's monitoring feed writer (there is one whenever monitoring is on, as in these tests)."""
+    feed = sidecar_of(client).feed
+    assert feed is not None
+    return feed
 
 
 def _series(client: TestClient, count: int, **params: str) -> dict[str, dict[str, Any]]:
@@ -168,13 +178,17 @@ def test_a_worse_cohort_shows_lower_accuracy_with_a_wider_interval(
     assert figure("vai_accuracy") == pytest.approx(eu["accuracy"])
 
 
-def _digits_batch(module: torch.jit.ScriptModule, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _digits_batch(
+    module: torch.jit.ScriptModule, images: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         return module.embed(x).numpy(), torch.softmax(module(x), dim=1).numpy()
 
 
-def _post(client: TestClient, prefix: str, embeddings: np.ndarray, probabilities: np.ndarray) -> None:
+def _post(
+    client: TestClient, prefix: str, embeddings: npt.NDArray[np.float32], probabilities: npt.NDArray[np.float32]
+) -> None:
     events = [
         probabilities_event(f"{prefix}{i}", (p / p.sum()).tolist(), embedding=e.tolist())
         for i, (e, p) in enumerate(zip(embeddings, probabilities, strict=True))
@@ -189,7 +203,7 @@ def test_online_drift_quiet_on_clean_digits_and_alarms_on_corrupted_ones(
     digits_path: Path,
     digits_split: DatasetSplit,
 ) -> None:
-    module = torch.jit.load(str(digits_path))
+    module = load_torchscript(digits_path)
     monitor_registry = CollectorRegistry()
     first = monitors.start(registry=monitor_registry, drift=FAST_DRIFT)
     client = make_client(monitor_max_per_second=0)  # every event reaches the detectors
@@ -297,7 +311,12 @@ def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
     wait_until(lambda: "digits" in monitor.owned, what="the monitor to take the model")
     release = threading.Event()
     drift = monitor.owned["digits"]
-    drift.buffer.drain = lambda max_events: release.wait(60) and []  # type: ignore[method-assign]  # a hung detector
+
+    def hung_drain(max_events: int) -> list[DriftEvent]:  # a hung detector
+        release.wait(60)
+        return []
+
+    drift.buffer.drain = hung_drain  # type: ignore[method-assign]  # replaced on purpose, for this one buffer
     try:
         for start in range(0, 600, 100):
             events = [event(f"e{i}", embedding=[0.1, 0.2]) for i in range(start, start + 100)]
@@ -320,7 +339,7 @@ def test_records_redis_cannot_take_are_dropped_oldest_first_and_counted(
     client = make_client(
         registry=registry, monitor_buffer_records=2, label_records="all", redis_url="redis://127.0.0.1:1/0"
     )
-    feed = client.app.state.sidecar.feed  # type: ignore[attr-defined]
+    feed = _feed(client)
     client.post("/v1/events", json=event("first", model="m0"))
     wait_until(lambda: not feed.redis_up, what="the first write to fail")
     client.post("/v1/events", json={"events": [event("a", model="m1"), event("b", model="m2"), event("c", model="m2")]})
@@ -340,7 +359,7 @@ def test_records_still_waiting_at_shutdown_are_counted(make_settings: Callable[.
     registry = CollectorRegistry()  # Redis unreachable: nothing can be written, not even at shutdown
     settings = make_settings(label_records="all", redis_url="redis://127.0.0.1:1/0")
     with TestClient(create_app(settings, registry=registry)) as client:
-        feed = client.app.state.sidecar.feed  # type: ignore[attr-defined]
+        feed = _feed(client)
         client.post("/v1/events", json={"events": [event("a", model="m"), event("b", model="m")]})
         wait_until(lambda: not feed.redis_up, what="the first write to fail")
         assert len(feed) == 4  # a label-join record and a drift-feed record per event
@@ -395,7 +414,8 @@ def test_records_are_kept_once_a_model_gets_labels_and_every_replica_learns_it(
     first.post("/v1/events", json=event("after"))
     assert first.post("/v1/labels", json=_label("after")).json()["matched"] == 1
     wait_until(lambda: redis_client.sismember("vai:labelled-models", "digits"), what="the other replicas to be told")
-    wait_until(lambda: second.app.state.sidecar.feed.keeps_records("digits"), what="the policy refresh")  # type: ignore[attr-defined]
+    second_feed = _feed(second)
+    wait_until(lambda: second_feed.keeps_records("digits"), what="the policy refresh")
     second.post("/v1/events", json=event("on-second"))
     # Labels come late by nature: this one waits until the second replica's record has reached Redis.
     wait_until(lambda: redis_client.exists("vai:pred:digits:on-second"), what="the second replica's record")

@@ -135,7 +135,7 @@ def test_every_view_says_when_it_has_no_data_and_offers_a_retry(
 ) -> None:
     with serve_app(create_app(make_settings(read_tokens="read-token"))) as base:
         browser.navigate(f"{base}/ui/models/digits")
-        browser.wait_for("document.getElementById('message').textContent.startsWith('401')", "the 401 message")
+        browser.wait_for("document.getElementById('message')?.textContent.startsWith('401')", "the 401 message")
         browser.type_into("#token", "read-token")
         browser.click("#token-form button[type=submit]")
         states = "[...document.querySelectorAll('section.view')].map(s => s.dataset.state)"
@@ -275,7 +275,9 @@ def test_overview_draws_every_view_from_a_running_demo(demo: Demo, browser: Brow
     _hover_and_zoom(browser)
     x, y = browser.centre_of("#v-projection .mark.linked")
     browser.mouse("mouseMoved", x, y)
-    browser.wait_for("/explanation: \\S+ \\(click/.test(document.getElementById('tooltip').textContent)", "its tooltip")
+    browser.wait_for(
+        "/explanation: \\S+ \\(click/.test(document.getElementById('tooltip')?.textContent)", "its tooltip"
+    )
     shown = browser.evaluate("document.getElementById('tooltip').textContent")
     request_id = re.search(r"explanation: (\S+) \(click", shown)
     assert request_id is not None, shown
@@ -284,8 +286,8 @@ def test_overview_draws_every_view_from_a_running_demo(demo: Demo, browser: Brow
     opened = browser.evaluate("decodeURIComponent(location.hash.slice('#digits/'.length))")
     assert opened == request_id.group(1)
     browser.wait_for(
-        f"document.getElementById('detail-title').textContent === {opened!r}"
-        " && document.getElementById('detail').dataset.state === 'ready'",
+        f"document.getElementById('detail-title')?.textContent === {opened!r}"
+        " && document.getElementById('detail')?.dataset.state === 'ready'",
         "the explanation's detail",
     )
     browser.screenshot(SCREENSHOTS / "vai-overview-click-through.png")
@@ -326,7 +328,7 @@ def _hover_and_zoom(browser: Browser) -> None:
     )
     refreshes = browser.evaluate("Number(document.getElementById('refreshed').dataset.count)")
     browser.wait_for(
-        f"Number(document.getElementById('refreshed').dataset.count) > {refreshes}", "the next refresh", timeout_s=30
+        f"Number(document.getElementById('refreshed')?.dataset.count) > {refreshes}", "the next refresh", timeout_s=30
     )
     assert browser.evaluate("!document.getElementById('reset-zoom').disabled"), "the refresh lost the zoom"
     chosen = browser.evaluate("document.getElementById('series').selectedOptions[0].text")

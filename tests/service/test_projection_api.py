@@ -25,7 +25,7 @@ from common import keys
 from common.embedded_redis import EmbeddedRedis
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
-from helpers import MonitorRunner, event, serve_app, wait_until
+from helpers import MonitorRunner, event, load_torchscript, serve_app, wait_until
 from monitors.fleet.views import WANTED_TTL_S
 from sampler.explanation_records import ExplanationRecord, ExplanationSummary
 from sampler.explanations import ExplanationStore
@@ -42,7 +42,12 @@ FAST_DRIFT = {
     "window_events": 100,
     "window_tests": False,
 }
-FAST_VIEWS = {"projection_refresh_s": 0.1, "drift_history_s": 0.05, "drift": FAST_DRIFT, "monitor_lease_ttl_s": 5.0}
+FAST_VIEWS: dict[str, Any] = {
+    "projection_refresh_s": 0.1,
+    "drift_history_s": 0.05,
+    "drift": FAST_DRIFT,
+    "monitor_lease_ttl_s": 5.0,
+}
 """Quick refreshes; a lease that a busy 2-core box cannot lose (a new owner starts its traffic sample afresh)."""
 LABELLED = {"digits": {"delayed_labels": True}}
 NO_SAMPLING = {"every_n": None, "confidence_below": None}
@@ -50,7 +55,7 @@ NO_SAMPLING = {"every_n": None, "confidence_below": None}
 
 @pytest.fixture(scope="module")
 def digits_module(digits_path: Path) -> torch.jit.ScriptModule:
-    module: torch.jit.ScriptModule = torch.jit.load(str(digits_path))  # type: ignore[no-untyped-call]
+    module = load_torchscript(digits_path)
     return module
 
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from common import keys
-from helpers import event
+from helpers import event, hash_all, sidecar_of
 from service.settings import SidecarSettings
 
 ClientFactory = Callable[..., TestClient]
@@ -75,7 +75,7 @@ def test_put_changes_only_the_fields_sent(client: TestClient, redis_client: redi
     assert client.put(PATH, json={}).json() == expected
     assert client.get(PATH).json() == expected
     assert client.get("/v1/models/text/sampling").json() == DEFAULTS
-    raw: dict[bytes, bytes] = redis_client.hgetall(keys.policy("digits"))  # type: ignore[assignment]
+    raw = hash_all(redis_client, keys.policy("digits"))
     stored = {name.decode(): json.loads(value) for name, value in raw.items()}
     assert stored == {"every_n": 5, "confidence_below": None, "flagged_cohorts": [{"region": "eu", "tier": "free"}]}
     assert redis_client.smembers(keys.POLICY_MODELS) == {b"digits"}
@@ -277,7 +277,7 @@ def test_unreadable_policy_in_redis_is_ignored(make_client: ClientFactory, redis
 
 def test_reading_policies_of_unknown_models_keeps_no_state(client: TestClient) -> None:
     """A read token must not be able to grow the sidecar's memory one model name at a time."""
-    sampler = client.app.state.sidecar.sampler  # type: ignore[attr-defined]
+    sampler = sidecar_of(client).sampler
     for i in range(2000):
         response = client.get(f"/v1/models/unknown-{i}/sampling")
         assert response.status_code == 200

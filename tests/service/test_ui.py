@@ -220,10 +220,10 @@ def stored_site(
 @pytest.mark.usefixtures("chromium")  # first, so that a missing browser skips before the data is made
 def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser: Browser, tmp_path: Path) -> None:
     browser.navigate(f"{stored_site}/ui?limit=5")
-    browser.wait_for("/^401/.test(document.getElementById('message').textContent)", "the 401 message")
+    browser.wait_for("/^401/.test(document.getElementById('message')?.textContent)", "the 401 message")
     browser.type_into("#token", "ingest-token")
     browser.click("#token-form button[type=submit]")
-    browser.wait_for("/^403/.test(document.getElementById('message').textContent)", "the 403 message")
+    browser.wait_for("/^403/.test(document.getElementById('message')?.textContent)", "the 403 message")
     assert all("status of 40" in error for error in browser.errors), browser.errors  # the refused fetches only
     browser.errors.clear()
 
@@ -259,7 +259,7 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     assert browser.evaluate("document.activeElement.dataset.requestId") == "img1"
     browser.press("Home", 36)
     browser.press("Enter", 13)
-    browser.wait_for("document.getElementById('detail').dataset.state === 'ready'", "the first explanation")
+    browser.wait_for("document.getElementById('detail')?.dataset.state === 'ready'", "the first explanation")
     assert browser.evaluate("document.getElementById('detail-title').textContent") == "img0"
     browser.wait_for(
         "![...document.querySelectorAll('img.heatmap')].some(i => i.dataset.state === 'loading')", "maps", timeout_s=45
@@ -305,7 +305,7 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
 def _open(browser: Browser, request_id: str) -> None:
     browser.click(f"#list button.item[data-request-id={json.dumps(request_id)}]")
     browser.wait_for(
-        f"document.getElementById('detail-title').textContent === {json.dumps(request_id)}"
-        " && document.getElementById('detail').dataset.state === 'ready'",
+        f"document.getElementById('detail-title')?.textContent === {json.dumps(request_id)}"
+        " && document.getElementById('detail')?.dataset.state === 'ready'",
         f"the detail of {request_id}",
     )

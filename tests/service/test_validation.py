@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy.special import softmax
 
@@ -11,7 +14,7 @@ from service.validation import MAX_MARGIN, check, predictions, summarise, summar
 from service.validation import softmax as softmax_of
 
 
-def _logit_rows(rng: np.random.Generator) -> np.ndarray:
+def _logit_rows(rng: np.random.Generator) -> npt.NDArray[np.float64]:
     rows = rng.normal(0.0, 3.0, (40, 10))
     rows[0] = 1.0  # all tied
     rows[1, [2, 7]] = 50.0  # top two tied
@@ -28,7 +31,7 @@ def test_logit_summary_matches_an_independent_computation() -> None:
         assert margin == pytest.approx(ordered[-1] - ordered[-2], abs=1e-9)
 
 
-def _independent(row: np.ndarray, *, from_logits: bool) -> tuple[int, float, float]:
+def _independent(row: npt.NDArray[np.floating[Any]], *, from_logits: bool) -> tuple[int, float, float]:
     """Predicted class, confidence and margin the plain way, in float64 (the oracle for summarise_rows)."""
     wide = row.astype(np.float64)
     ordered = np.sort(wide)
@@ -40,7 +43,7 @@ def _independent(row: np.ndarray, *, from_logits: bool) -> tuple[int, float, flo
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("from_logits", [True, False])
-def test_rows_at_once_match_an_independent_computation(from_logits: bool, dtype: type) -> None:
+def test_rows_at_once_match_an_independent_computation(from_logits: bool, dtype: type[np.floating[Any]]) -> None:
     rng = np.random.default_rng(1)
     rows = (_logit_rows(rng) if from_logits else rng.dirichlet(np.ones(10), 40)).astype(dtype)
     together = summarise_rows(list(rows), from_logits=from_logits)
@@ -83,7 +86,9 @@ def test_a_request_of_mixed_shapes_is_summarised_per_shape() -> None:
         (np.array([800.0, 0.0, 799.0]), np.array([1.0, 0.0, np.exp(-1.0)]) / (1.0 + np.exp(-1.0))),
     ],
 )
-def test_softmax_of_any_finite_logits_is_a_distribution(logits: np.ndarray, expected: np.ndarray) -> None:
+def test_softmax_of_any_finite_logits_is_a_distribution(
+    logits: npt.NDArray[np.float64], expected: npt.NDArray[np.float64]
+) -> None:
     with np.errstate(over="raise", invalid="raise"):
         found = softmax_of(logits)
     np.testing.assert_allclose(found, expected, rtol=1e-12)

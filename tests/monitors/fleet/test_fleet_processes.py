@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -85,7 +86,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         server.stop()
 
 
-def _events(model: str, start: int, count: int, rng: np.random.Generator, *, shift: float = 0.0) -> list[dict]:
+def _events(
+    model: str, start: int, count: int, rng: np.random.Generator, *, shift: float = 0.0
+) -> list[dict[str, Any]]:
     events = []
     for i in range(start, start + count):
         logits = rng.normal(size=3) * 2
@@ -100,22 +103,25 @@ def _events(model: str, start: int, count: int, rng: np.random.Generator, *, shi
     return events
 
 
-def _post_round_robin(fleet: Fleet, events: list[dict], *, batch: int = 50) -> None:
+def _post_round_robin(fleet: Fleet, events: list[dict[str, Any]], *, batch: int = 50) -> None:
     for n, at in enumerate(range(0, len(events), batch)):
         url = fleet.sidecars[n % len(fleet.sidecars)]
         response = httpx.post(f"{url}/v1/events", json={"events": events[at : at + batch]}, timeout=10)
         assert response.status_code == 202, response.text
 
 
-def _drift(url: str, model: str) -> dict | None:
+def _drift(url: str, model: str) -> dict[str, Any] | None:
     response = httpx.get(f"{url}/v1/models/{model}/drift", timeout=5)
-    return response.json() if response.status_code == 200 else None
+    if response.status_code != 200:
+        return None
+    status: dict[str, Any] = response.json()
+    return status
 
 
-def _monitoring(fleet: Fleet, model: str) -> dict:
+def _monitoring(fleet: Fleet, model: str) -> dict[str, Any]:
     """Wait for the model's detectors to be calibrated, then feed them until each has a verdict."""
 
-    def calibrated() -> dict | None:
+    def calibrated() -> dict[str, Any] | None:
         status = _drift(fleet.sidecars[0], model)
         return status if status and status["state"] == "monitoring" else None
 
@@ -124,7 +130,7 @@ def _monitoring(fleet: Fleet, model: str) -> dict:
         return status
     _post_round_robin(fleet, _events(model, 10_000, 100, np.random.default_rng(9)))
 
-    def judged() -> dict | None:
+    def judged() -> dict[str, Any] | None:
         status = _drift(fleet.sidecars[0], model)
         return status if status and status["detectors"] else None
 
@@ -178,7 +184,7 @@ def test_labels_posted_to_different_replicas_give_the_pooled_figures(fleet: Flee
         answer = httpx.post(f"{fleet.sidecars[(replica + 1) % 3]}/v1/labels", json=body, timeout=5)
         assert answer.status_code == 200 and answer.json()["matched"] == len(mine)
 
-    def series() -> dict | None:
+    def series() -> dict[str, Any] | None:
         found = httpx.get(f"{fleet.sidecars[2]}/v1/models/gamma/calibration?cohort=all", timeout=5).json()["series"]
         return found[0] if found and found[0]["count"] == n else None
 
@@ -215,7 +221,7 @@ def test_a_killed_owner_is_replaced_with_its_calibrated_state(fleet: Fleet) -> N
     owner.wait()
     survivor = next(name for name in fleet.monitors if name != before["owner"])
 
-    def taken_over() -> dict | None:
+    def taken_over() -> dict[str, Any] | None:
         status = _drift(fleet.sidecars[1], "alpha")
         return status if status and status["owner"] == survivor else None
 

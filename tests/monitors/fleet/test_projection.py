@@ -19,6 +19,7 @@ from sklearn.decomposition import PCA
 from common import keys
 from demo.models.training import DatasetSplit
 from held_out_digits import TORCHSCRIPT_WARNINGS
+from helpers import load_torchscript, stream_entries
 from monitors.feed import MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
@@ -39,7 +40,7 @@ def embeddings(
     digits_path: Path, digits_split: DatasetSplit
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Reference and production embeddings of the digits CNN (held-out test images, two disjoint parts)."""
-    module = torch.jit.load(str(digits_path))  # type: ignore[no-untyped-call]
+    module = load_torchscript(digits_path)
     with torch.no_grad():
         x = module.embed(torch.from_numpy(digits_split.test.features)).numpy().astype(np.float32)
     return x[150:], x[:150]
@@ -205,7 +206,7 @@ def test_drift_history_is_capped_oldest_first_and_written_only_by_the_owner(
             await client.aclose()
 
     asyncio.run(run())
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis_client.xrange(keys.drift_history("m"))  # type: ignore[assignment]
+    entries = stream_entries(redis_client, keys.drift_history("m"))
     assert len(entries) == 10
     points = [point for _, fields in entries for point in orjson.loads(fields[b"p"])]
     assert [p["time"] for p in points if p["detector"] == "d0"] == [100.0 + n for n in range(20, 30)]

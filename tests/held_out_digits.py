@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from demo.corruptions import Corruption, corrupt
 from demo.models import digits
 from demo.models.training import DatasetSplit
+from helpers import load_torchscript
 
 TORCHSCRIPT_WARNINGS = [
     pytest.mark.filterwarnings(f"ignore:`torch.jit.{verb}` is deprecated:DeprecationWarning")
@@ -51,6 +52,6 @@ class HeldOutDigits:
 
 def load_held_out_digits(model_dir: Path) -> HeldOutDigits:
     path = digits.ensure_digits_model(model_dir, hold_out_reference=True)
-    module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+    module = load_torchscript(path)
     module.eval()
     return HeldOutDigits(module=module, split=digits.load_digits_split(hold_out_reference=True))
