@@ -127,6 +127,9 @@ def _compact_variants() -> dict[str, bytes]:
         "wrong length": json.dumps(wrong_length).encode(),
         "bad base64": json.dumps(bad_base64).encode(),
         "a bad model name": _compact_body([*events[:3], {**events[3], "model": "no spaces"}]),
+        "a model name ending in a newline": _compact_body([*events[:3], {**events[3], "model": "nl\n"}]),
+        "a bad version": _compact_body([*events[:3], {**events[3], "model_version": "v 1"}]),
+        "a version not a string": _compact_body([*events[:3], {**events[3], "model_version": 2}]),
         "an unknown key": _compact_body([*events[:3], {**events[3], "extra": 1}]),
         "too many events": _compact_body(_events(51)),
     }
