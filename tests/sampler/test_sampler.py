@@ -156,17 +156,37 @@ def test_models_with_events_or_overrides_keep_their_state() -> None:
     assert _held(sampler)["_buckets"] == {"m"}
 
 
+def _expected_reasons(
+    policy: SamplingPolicy, seen: int, confidence: float, margin: float, cohort: dict[str, str], has_input: bool
+) -> tuple[str, ...]:
+    """The policy's rules written out on their own, for one event that is the model's ``seen``-th."""
+    if policy.require_input and not has_input:
+        return ()
+    found = []
+    if policy.every_n is not None and seen % policy.every_n == 0:
+        found.append("every_n")
+    if policy.confidence_below is not None and confidence < policy.confidence_below:
+        found.append("low_confidence")
+    if policy.margin_below is not None and margin < policy.margin_below:
+        found.append("low_margin")
+    if any(all(cohort.get(key) == value for key, value in matcher.items()) for matcher in policy.flagged_cohorts):
+        found.append("flagged_cohort")
+    return tuple(found)
+
+
 @pytest.mark.parametrize(
     "policy",
     [
         {"every_n": 7, "confidence_below": 0.4, "margin_below": 1.0},
         {"every_n": 3, "confidence_below": None, "flagged_cohorts": [{"region": "eu"}], "require_input": True},
         {"every_n": None, "confidence_below": 0.6, "margin_below": None},
+        {"every_n": 1, "confidence_below": 0.5, "margin_below": 2.0, "flagged_cohorts": [{"region": "us"}]},
     ],
 )
-def test_a_request_s_decisions_at_once_equal_the_decisions_event_by_event(policy: dict[str, Any]) -> None:
+def test_a_request_s_decisions_at_once_follow_the_rules_event_by_event(policy: dict[str, Any]) -> None:
     rng = np.random.default_rng(3)
-    one_by_one, at_once = make_sampler(**policy), make_sampler(**policy)
+    sampler, rules = make_sampler(**policy), SamplingPolicy.model_validate(policy)
+    seen = 0
     for size in (1, 5, 100, 2, 33):
         confidences = rng.uniform(0.2, 1.0, size).tolist()
         margins = rng.uniform(0.0, 3.0, size).tolist()
@@ -175,14 +195,13 @@ def test_a_request_s_decisions_at_once_equal_the_decisions_event_by_event(policy
         expected = [
             (i, reasons)
             for i in range(size)
-            if (
-                reasons := decide(
-                    one_by_one,
-                    confidence=confidences[i],
-                    margin=margins[i],
-                    cohort=cohorts[i],
-                    has_input=inputs[i],
-                )
-            )
+            if (reasons := _expected_reasons(rules, seen + i + 1, confidences[i], margins[i], cohorts[i], inputs[i]))
         ]
-        assert at_once.reasons_many("m", confidences, margins, cohorts, inputs) == expected
+        assert sampler.reasons_many("m", confidences, margins, cohorts, inputs) == expected
+        seen += size
+
+
+def test_an_event_gives_every_reason_it_meets_in_one_order() -> None:
+    sampler = make_sampler(every_n=1, confidence_below=0.5, margin_below=2.0, flagged_cohorts=[{"region": "us"}])
+    reasons = decide(sampler, confidence=0.1, margin=0.5, cohort={"region": "us"})
+    assert reasons == ("every_n", "low_confidence", "low_margin", "flagged_cohort")

@@ -292,3 +292,20 @@ def test_exposition_passes_promtool(mixed: TestClient) -> None:
         [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60, check=False
     )
     assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
+
+
+def test_a_request_mixing_models_is_sampled_and_counted_in_arrival_order(make_client: ClientFactory) -> None:
+    """Each model's events are decided together; what is sampled still comes back, and is queued, as it arrived."""
+    client = make_client(
+        models={
+            "odd": {"sampling": {"every_n": 2, "confidence_below": None}},
+            "all": {"sampling": {"every_n": 1, "confidence_below": None, "max_per_second": 0.001}},  # one token
+        },
+    )
+    events = [event(f"{model}{i}", model=model) for i in range(4) for model in ("odd", "all")]
+    result = client.post("/v1/events", json={"events": events}).json()
+    assert [s["request_id"] for s in result["sampled"]] == ["all0", "odd1", "odd3"]
+    samples = _scrape_until(client, lambda s: _value(s, "vai_buffer_events") == 0)
+    assert _by_label(samples, "vai_events_not_sampled_total", "model") == {"odd": 2}
+    assert _value(samples, "vai_sample_dropped_total", model="all", reason="budget") == 3
+    assert _invariant_holds(samples, "odd") and _invariant_holds(samples, "all")
