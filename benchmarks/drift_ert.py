@@ -318,9 +318,9 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
     data_of = _data_source(args)
-    data = data_of(0)
+    first = data_of(0)
     cap = CAP_PER_ERT * DriftConfig().ert
-    print(f"ERT 1000, window 50; {args.streams} clean streams per seed of {data.described}, capped at {cap}")
+    print(f"ERT 1000, window 50; {args.streams} clean streams per seed of {first.described}, capped at {cap}")
     settings = {
         "max_reference": args.max_reference,
         "pca_share": args.pca_share,
@@ -330,7 +330,7 @@ def main() -> None:
     summary: Summary = {}
     for seed in range(args.seeds):
         config = DriftConfig(seed=seed, window_tests=False, **overrides)
-        data = data_of(seed)
+        data = first if seed == 0 else data_of(seed)
         pca, after, took = deployed(data, config)
         rows = pca.transform(np.concatenate([data.traffic, *(x for _, x in data.shifts)]))
         if seed == 0:
@@ -351,6 +351,8 @@ def main() -> None:
 def _data_source(args: argparse.Namespace) -> Callable[[int], Data]:
     """The data of each seed: one for every seed, except the digits' random split, drawn per seed."""
     if args.data == "sentences":
+        if args.random_split:
+            raise SystemExit("--random-split splits the digits' unseen images; sentences have their own pool")
         sentences = sentence_data(args.cache_dir, args.reference)
         return lambda seed: sentences
     if not args.random_split:

@@ -155,7 +155,7 @@ def test_fresh_window_ratio_is_the_variance_ratio_of_the_window_and_reference_me
     """Windows drawn from fixed kept and held-out values, each against the kept values it does not hold: the
     variance of (window mean - those kept values' mean) over that of a fresh window's mean (row variance / W)."""
     values = torch.from_numpy(np.random.default_rng(4).normal(size=kept + held_out))
-    values[:kept] -= values[:kept].mean() - 0.3  # the kept rows' offset is fixed: no part of the ratio
+    values[:kept] -= values[:kept].mean()  # no offset between kept and held-out rows: the ratio leaves it out
     values[kept:] -= values[kept:].mean()
     row_variance = (values[:kept].var() * (kept - 1) + values[kept:].var() * (held_out - 1)) / (kept + held_out - 2)
     draws = torch.rand(20_000, kept + held_out, generator=torch.Generator().manual_seed(5)).argsort(1)[:, :window]
