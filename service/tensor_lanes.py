@@ -66,6 +66,13 @@ class CompactEvent(EventIn, forbid_unknown_fields=True):
     embedding: CompactTensor | None = None
 
 
+class NamedEvent(EventIn, forbid_unknown_fields=True):
+    """:class:`EventIn` with its model name and version checked after the conversion, as :class:`CompactEvent`."""
+
+    model: str  # without EventIn's pattern: checked in decode_binary_fast
+    model_version: str = "unversioned"  # likewise
+
+
 class CompactBatch(msgspec.Struct, forbid_unknown_fields=True):
     events: list[CompactEvent]
 
@@ -100,7 +107,7 @@ def decode_compact(body: bytes, *, max_batch: int) -> list[Decoded] | None:
     return events  # type: ignore[return-value]  # number fields now hold vectors
 
 
-def _names_valid(events: list[CompactEvent]) -> bool:
+def _names_valid(events: list[CompactEvent] | list[NamedEvent]) -> bool:
     """Whether every model name and version matches :class:`EventIn`'s patterns (checked as msgspec checks them)."""
     return all(MODEL_RE.search(name) for name in {event.model for event in events}) and all(
         VERSION_RE.search(version) for version in {event.model_version for event in events}
@@ -151,8 +158,10 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> li
     fields, stride = layout
     try:
         # Their tensor dicts are replaced below, before anything reads them.
-        events: list[Decoded] = msgspec.convert(items, list[EventIn])
+        events: list[NamedEvent] = msgspec.convert(items, list[NamedEvent])
     except msgspec.ValidationError:
+        return None
+    if not _names_valid(events):
         return None
     tail = np.frombuffer(body, dtype=np.uint8, offset=size).reshape(len(items), stride)
     for field, dtype, length, offset in fields:
@@ -161,7 +170,7 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> li
             return None
         for event, row in zip(events, matrix, strict=True):
             setattr(event, field, row)
-    return events
+    return [*events]  # as list[Decoded]
 
 
 def _layout(items: list[dict[str, Any]]) -> tuple[list[tuple[str, np.dtype[Any], int, int]], int] | None:

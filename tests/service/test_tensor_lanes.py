@@ -157,6 +157,8 @@ def _binary_variants() -> dict[str, tuple[bytes, str]]:
         "a header length past the body": (body, str(len(body) + 1)),
         "a header length that is not a number": (body, "12a"),
         "a bad model name": _binary([*events[:3], {**events[3], "model": "no spaces"}]),
+        "a model name ending in a newline": _binary([*events[:3], {**events[3], "model": "nl\n"}]),
+        "a bad version": _binary([*events[:3], {**events[3], "model_version": "v 1"}]),
         "a list as datatype": _edited_header(body, length, 0, "datatype", ["FP32"]),
         "a float size in a later event": _edited_header(body, length, 2, "parameters", {"binary_data_size": 40.0}),
         "a float in a later event's shape": _edited_header(body, length, 2, "shape", [10.0]),
