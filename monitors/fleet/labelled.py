@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,10 @@ from monitors.records import LabelledPrediction
 from monitors.window import PredictionWindow, WindowStore
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
+RECENT_REQUESTS = 100_000
+"""Request ids of labelled records remembered per model to leave out a second copy of one. A sidecar
+whose write timed out sends the batch again (the first may have landed): at-least-once delivery, and a
+copy would count its event twice in the calibration figures. Copies arrive within seconds."""
 
 
 class LabelledFeed:
@@ -50,6 +55,8 @@ class LabelledFeed:
         self._views = views
         self._last = "0-0"
         """The last labelled entry read."""
+        self._taken: OrderedDict[str, None] = OrderedDict()
+        """Request ids of the labelled records taken, oldest first (at most ``RECENT_REQUESTS``)."""
 
     async def reload(self) -> None:
         """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must."""
@@ -79,6 +86,12 @@ class LabelledFeed:
             if record.label is None or not 0 <= record.label < record.num_classes:
                 self._metrics.invalid.labels(self.model).inc()
                 continue
+            if record.request_id in self._taken:
+                self._metrics.duplicates.labels(self.model).inc()
+                continue
+            self._taken[record.request_id] = None
+            if len(self._taken) > RECENT_REQUESTS:
+                self._taken.popitem(last=False)
             self._windows.append(
                 LabelledPrediction(
                     model=self.model,

@@ -36,6 +36,12 @@ class MonitorMetrics:
         self.invalid = Counter(
             "vai_monitor_records_invalid", "Feed entries that did not decode.", model, registry=registry
         )
+        self.duplicates = Counter(
+            "vai_monitor_labelled_duplicates",
+            "Labelled records of a request already taken (a writer re-sent a batch whose reply timed out), left out.",
+            model,
+            registry=registry,
+        )
         self.backlog = Gauge(
             "vai_monitor_backlog_records", "Records published and not yet examined.", model, registry=registry
         )

@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import redis
 import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from common import keys
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
-from helpers import MonitorRunner, event, load_torchscript, sidecar_of, wait_until
+from helpers import MonitorRunner, event, load_torchscript, sidecar_of, stream_entries, wait_until
 from monitors.drift.base import DriftEvent
 from service.app import create_app
 from service.feed_writer import FeedWriter
@@ -125,6 +127,36 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
     ) == pytest.approx(series["all"]["ece"])
     png = client.get("/v1/models/digits/calibration.png")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+
+
+def test_a_labelled_record_sent_twice_counts_once(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner, redis_client: redis.Redis
+) -> None:
+    """A sidecar whose write timed out sends its batch again, though the first may have landed: the monitor
+    takes each request's labelled record once, and counts the copy."""
+    monitor_registry = CollectorRegistry()
+    monitors.start(registry=monitor_registry)
+    client = make_client(models=LABELLED)
+    events = [probabilities_event(f"r{i}", [0.7, 0.2, 0.1]) for i in range(6)]
+    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 6
+    labels = [{"model": "digits", "request_id": f"r{i}", "label": i % 2} for i in range(6)]
+    assert client.post("/v1/labels", json={"labels": labels}).json()["matched"] == 6
+    first = _series(client, 6)["all"]
+    copied = stream_entries(redis_client, keys.labelled_feed("digits"))[2][1]
+    redis_client.xadd(keys.labelled_feed("digits"), copied)  # type: ignore[arg-type]  # bytes fields, as sent
+
+    def counted() -> bool:
+        value = monitor_registry.get_sample_value("vai_monitor_labelled_duplicates_total", {"model": "digits"})
+        return value == 1
+
+    wait_until(counted, what="the copy counted")
+    seen_at = time.time()
+    report = wait_until(
+        lambda: (r := client.get("/v1/models/digits/calibration").json())["updated_at"] > seen_at and r,
+        what="a report published after the copy",
+    )
+    assert [s["count"] for s in report["series"] if s["cohort"] == "all"] == [6]
+    assert next(s for s in report["series"] if s["cohort"] == "all")["ece"] == first["ece"]
 
 
 def test_labels_wait_in_redis_until_they_arrive(make_client: Callable[..., TestClient]) -> None:
