@@ -22,7 +22,7 @@ class Sampler:
     config file). Overrides come from ``PUT /v1/models/{model}/sampling`` and
     from the periodic refresh that reads what other replicas stored.
 
-    Only models with events (``reasons``/``admit``, which the ingest path calls for
+    Only models with events (``reasons_many``/``admit``, which the ingest path calls for
     admitted models) or with overrides hold state here: reading the policy of any
     other name (``policy``, answered to read tokens) computes it and keeps nothing.
     """
@@ -79,19 +79,6 @@ class Sampler:
                 self.set_overrides(model, wanted)
             except ValidationError as error:
                 log.error("ignoring invalid stored sampling policy for %r: %s", model, error)
-
-    def reasons(
-        self,
-        model: str,
-        *,
-        confidence: float,
-        margin: float,
-        cohort: Mapping[str, str],
-        has_input: bool,
-    ) -> tuple[Reason, ...]:
-        """Why this event should be sampled (empty: it should not). Counts it for ``every_n``."""
-        found = self.reasons_many(model, [confidence], [margin], [cohort], [has_input])
-        return found[0][1] if found else ()
 
     def reasons_many(
         self,

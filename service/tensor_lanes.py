@@ -22,7 +22,8 @@ there, once. A lane's events are the general reader's events, field for field (t
 from __future__ import annotations
 
 import binascii
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -52,25 +53,20 @@ class CompactTensor(msgspec.Struct, forbid_unknown_fields=True):
     data: msgspec.Raw
 
 
-class CompactEvent(EventIn, forbid_unknown_fields=True):
-    """:class:`EventIn` whose number fields, when present, are compact tensors (replaced by vectors once read).
+class NamedEvent(EventIn, forbid_unknown_fields=True):
+    """:class:`EventIn` whose model name and version are checked after the decode, once per distinct value
+    (:func:`_names_valid`; a batch has one or two): msgspec checks their patterns per event, ~1 µs each."""
 
-    Model names and versions are checked after the decode, once per distinct value (a batch has one or
-    two): their patterns, checked per event by msgspec, cost ~1 µs per event.
-    """
+    model: str
+    model_version: str = "unversioned"
 
-    model: str  # without EventIn's pattern: checked in decode_compact
-    model_version: str = "unversioned"  # likewise
+
+class CompactEvent(NamedEvent, forbid_unknown_fields=True):
+    """:class:`NamedEvent` whose number fields, when present, are compact tensors (replaced by vectors once read)."""
+
     logits: CompactTensor | None = None
     probabilities: CompactTensor | None = None
     embedding: CompactTensor | None = None
-
-
-class NamedEvent(EventIn, forbid_unknown_fields=True):
-    """:class:`EventIn` with its model name and version checked after the conversion, as :class:`CompactEvent`."""
-
-    model: str  # without EventIn's pattern: checked in decode_binary_fast
-    model_version: str = "unversioned"  # likewise
 
 
 class CompactBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,7 +103,7 @@ def decode_compact(body: bytes, *, max_batch: int) -> list[Decoded] | None:
     return events  # type: ignore[return-value]  # number fields now hold vectors
 
 
-def _names_valid(events: list[CompactEvent] | list[NamedEvent]) -> bool:
+def _names_valid(events: Sequence[NamedEvent]) -> bool:
     """Whether every model name and version matches :class:`EventIn`'s patterns (checked as msgspec checks them)."""
     return all(MODEL_RE.search(name) for name in {event.model for event in events}) and all(
         VERSION_RE.search(version) for version in {event.model_version for event in events}
@@ -170,7 +166,7 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> li
             return None
         for event, row in zip(events, matrix, strict=True):
             setattr(event, field, row)
-    return [*events]  # as list[Decoded]
+    return cast(list[Decoded], events)  # number fields now hold vectors
 
 
 def _layout(items: list[dict[str, Any]]) -> tuple[list[tuple[str, np.dtype[Any], int, int]], int] | None:

@@ -33,7 +33,8 @@ def decide(
     has_input: bool = True,
     model: str = "m",
 ) -> tuple[str, ...]:
-    return sampler.reasons(model, confidence=confidence, margin=margin, cohort=cohort or {}, has_input=has_input)
+    found = sampler.reasons_many(model, [confidence], [margin], [cohort or {}], [has_input])
+    return found[0][1] if found else ()
 
 
 def test_every_n_picks_exactly_the_nth_events_per_model() -> None:
