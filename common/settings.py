@@ -53,7 +53,8 @@ class RoleSettings(BaseSettings):
     redis_url: str | None = None
     """Redis every role shares. The sidecar starts a private embedded ``redis-server`` when unset."""
     redis_timeout_s: float = Field(default=0.5, gt=0)
-    """Socket timeout of every Redis call (no hidden retries)."""
+    """Socket timeout of every Redis call (no hidden retries); the sidecar's background writers have their own,
+    ``redis_writer_timeout_s``."""
 
     @field_validator("*", mode="before")
     @classmethod

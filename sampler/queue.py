@@ -9,6 +9,7 @@ events wait (up to the buffer bounds) and are written when it returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -145,20 +146,21 @@ class QueueWriter:
         return True
 
     async def drain(self, *, timeout_s: float) -> None:
-        """Try to write everything buffered before shutting down."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self._buffer and loop.time() < deadline:
-            if not await self.flush_once():
-                await asyncio.sleep(min(self._retry_s, max(0.0, deadline - loop.time())))
+        """Try to write everything buffered before shutting down, for at most ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):  # a batch cut short stays buffered (popped only once written)
+                while self._buffer:
+                    if not await self.flush_once():
+                        await asyncio.sleep(self._retry_s)
         if self._buffer:
             log.warning("shutting down with %d sampled events not written to Redis", len(self._buffer))
 
-    async def ping(self) -> bool:
-        """Check Redis now (at start-up) and record whether it answered."""
+    async def ping(self, *, timeout_s: float) -> bool:
+        """Check Redis now (at start-up, within ``timeout_s``) and record whether it answered."""
         try:
-            await self._redis.ping()
-        except REDIS_DOWN as error:
+            async with asyncio.timeout(timeout_s):
+                await self._redis.ping()
+        except REDIS_DOWN as error:  # the built-in TimeoutError is an OSError
             self._mark_up(False, error)
             return False
         self._mark_up(True)

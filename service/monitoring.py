@@ -61,8 +61,9 @@ class LabelsResult:
 
 
 class Monitoring:
-    def __init__(self, redis: Redis, writer: FeedWriter) -> None:
+    def __init__(self, redis: Redis, writer: FeedWriter, *, timeout_s: float) -> None:
         self._redis = redis
+        self._timeout_s = timeout_s
         self.writer = writer
         self.references = ReferenceStore(redis)
         self.labels = writer.labels
@@ -70,7 +71,11 @@ class Monitoring:
     async def apply_labels(self, labels: list[tuple[str, str, int]], *, known: set[str]) -> LabelsResult:
         """Join delayed labels to their predictions: this replica's buffer first, then Redis."""
         result = LabelsResult()
-        await self.writer.settled()  # a record on its way to Redis would be found in neither place
+        try:  # a record on its way to Redis would be found in neither place
+            async with asyncio.timeout(self._timeout_s):
+                await self.writer.settled()
+        except TimeoutError:
+            raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
         remote: list[tuple[int, str, str, int]] = []
         for index, (model, request_id, label) in enumerate(labels):
             if model in known:  # a model this replica serves (bounded by VAI_MAX_MODELS) starts keeping records

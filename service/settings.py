@@ -119,6 +119,11 @@ class SidecarSettings(RoleSettings):
     """Most stream entries written in one pipelined round trip."""
     flush_retry_s: float = Field(default=0.5, gt=0)
     """Wait before retrying after a failed flush."""
+    redis_writer_timeout_s: float = Field(default=5.0, gt=0)
+    """Socket timeout of the background writers' Redis calls (sampled events, monitoring records, queue
+    polls); requests use ``redis_timeout_s``. Nobody waits on these calls, and a reply left unread while
+    the event loop is busy must not count as an outage: a writer that gives up on a batch Redis has already
+    taken sends it again."""
     explanation_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     """Retention of stored explanations and their indices (every key gets this TTL)."""
 

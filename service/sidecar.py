@@ -56,13 +56,17 @@ class Sidecar:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+        self.writer_redis = connect(
+            settings.redis_url, timeout_s=max(settings.redis_writer_timeout_s, settings.redis_timeout_s)
+        )
+        """The background writers' own client: a longer timeout than the requests' (see the setting)."""
         self.auth = TokenAuth(settings)
         self.sampler = Sampler(settings.model_policy)
         self.policies = PolicyStore(self.redis)
         self.sampler_metrics = SamplerMetrics(self.registry)
         self.explanations = ExplanationStore(self.redis, ttl_s=settings.explanation_ttl_s)
         self.writer = QueueWriter(
-            self.redis,
+            self.writer_redis,
             self.sampler_metrics,
             self.explanations,
             max_events=settings.buffer_max_events,
@@ -76,7 +80,7 @@ class Sidecar:
         self.monitoring: Monitoring | None = None
         if settings.monitors_enabled:
             self.feed = FeedWriter(
-                self.redis,
+                self.writer_redis,
                 self.registry,
                 max_per_second=settings.monitor_max_per_second,
                 max_records=settings.monitor_buffer_records,
@@ -86,7 +90,7 @@ class Sidecar:
                 label_records=settings.label_records,
                 labelled_models=frozenset(name for name, section in settings.models.items() if section.delayed_labels),
             )
-            self.monitoring = Monitoring(self.redis, self.feed)
+            self.monitoring = Monitoring(self.redis, self.feed, timeout_s=settings.redis_timeout_s)
         self.ingest = IngestHandler(
             settings,
             sampler=self.sampler,
@@ -99,7 +103,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        if await self.writer.ping():
+        if await self.writer.ping(timeout_s=self.settings.redis_timeout_s):
             await self._refresh_policies()
         if self.feed is not None:
             self._tasks.append(asyncio.create_task(self.feed.run(), name="monitoring-feed"))
@@ -135,6 +139,7 @@ class Sidecar:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout_s):
                 await self.redis.aclose()
+                await self.writer_redis.aclose()
 
     def status(self) -> SidecarStatus:
         return SidecarStatus(
