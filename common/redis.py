@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -47,3 +48,13 @@ async def execute(pipe: Pipeline, *, raise_on_error: bool = True) -> list[Any]:
         return await pipe.execute(raise_on_error=raise_on_error)
     finally:
         await pipe.reset()  # type: ignore[no-untyped-call]
+
+
+def queue_script(pipe: Pipeline, script: str, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> None:
+    """Queue a Lua ``script`` on ``pipe`` as ``EVAL``, so the pipeline stays one round trip.
+
+    redis-py's ``Script`` on a pipeline sends ``SCRIPT EXISTS`` in a round trip of its own before every
+    execution; ``EVAL`` carries the text, which Redis compiles once and caches by its SHA1 (so a Redis
+    that restarted empty needs nothing loaded either).
+    """
+    pipe.eval(script, len(keys), *keys, *args)

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from common import keys
 from common.errors import RedisUnavailable
-from common.redis import REDIS_FAILED, execute
+from common.redis import REDIS_FAILED, execute, queue_script
 from sampler.contract import SampledEvent
 from sampler.explanation_records import (
     ExplanationDetail,
@@ -69,11 +69,10 @@ class ExplanationStore:
     def __init__(self, redis: Redis, *, ttl_s: int) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
-        self._save = redis.register_script(_SAVE)
 
-    async def mark_queued(self, pipe: Pipeline, event: SampledEvent) -> None:
+    def mark_queued(self, pipe: Pipeline, event: SampledEvent) -> None:
         """Queue the 'queued' record of ``event`` on ``pipe`` (no-op in Redis if a record exists)."""
-        await self._add_save(pipe, ExplanationRecord(summary=ExplanationSummary.queued(event)))
+        self._add_save(pipe, ExplanationRecord(summary=ExplanationSummary.queued(event)))
 
     async def mark_failed(self, event: SampledEvent, error: str) -> None:
         """Record that ``event`` will never be explained (best effort: Redis may be the problem)."""
@@ -84,17 +83,19 @@ class ExplanationStore:
     async def save(self, record: ExplanationRecord) -> bool:
         """Store ``record``; ``False`` when a finished one was there already."""
         pipe = self._redis.pipeline(transaction=False)
-        await self._add_save(pipe, record)
+        self._add_save(pipe, record)
         (stored,) = await execute(pipe)
         return bool(stored)
 
-    async def _add_save(self, pipe: Pipeline, record: ExplanationRecord) -> None:
+    def _add_save(self, pipe: Pipeline, record: ExplanationRecord) -> None:
         summary = record.summary
         index_keys = _index_keys(summary)
         cutoff = time.time() - self._ttl_s
-        await self._save(
-            keys=[keys.explanation(summary.model, summary.request_id), *index_keys, keys.EXPLAINED_MODELS],
-            args=[
+        queue_script(
+            pipe,
+            _SAVE,
+            [keys.explanation(summary.model, summary.request_id), *index_keys, keys.EXPLAINED_MODELS],
+            [
                 summary.status,
                 summary.model_dump_json(),
                 record.detail.model_dump_json(exclude_none=True),
@@ -104,7 +105,6 @@ class ExplanationStore:
                 cutoff,
                 summary.model,
             ],
-            client=pipe,
         )
 
     async def get(self, model: str, request_id: str) -> ExplanationRecord | None:

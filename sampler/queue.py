@@ -126,7 +126,7 @@ class QueueWriter:
                 maxlen=self._stream_maxlen,
                 approximate=True,
             )
-            await self._store.mark_queued(pipe, entry.event)
+            self._store.mark_queued(pipe, entry.event)
         try:
             results = await execute(pipe, raise_on_error=False)
         except REDIS_DOWN as error:

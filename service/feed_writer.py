@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_DOWN, execute
+from common.redis import REDIS_DOWN, execute, queue_script
 from monitors.feed import MonitoringRecord
 from service.feed_records import UniformBudget, monitoring_record
 from service.validation import Prediction
@@ -104,7 +104,6 @@ class FeedWriter:
         self.redis_up = True
         self._writing = asyncio.Lock()
         """Held while a batch is out of the buffer and on its way to Redis."""
-        self._write_all = redis.register_script(_WRITE)
         self.labels = Counter(
             "vai_labels", "Labels by whether they found their prediction.", ["model", "matched"], registry=registry
         )
@@ -266,7 +265,7 @@ class FeedWriter:
             *(item.blob for item in batch),
             keys.prediction_prefix(),
         ]
-        await self._write_all(keys=targets, args=args, client=pipe)  # queued: one round trip with the SADD
+        queue_script(pipe, _WRITE, targets, args)  # one round trip with the SADDs
         if time.monotonic() - self._announced_at > 10.0:  # Redis may have restarted empty: say it again
             self._announced, self._announced_at = set(), time.monotonic()
         new_models = {item.model for item in batch} - self._announced
