@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -19,16 +19,20 @@ def connect(url: str, *, timeout_s: float, max_connections: int = 32) -> Redis:
 
     redis-py's defaults would retry with backoff and wait seconds per call,
     holding a caller for a minute while Redis is down; we would rather know
-    at once and let the caller buffer.
+    at once and let the caller buffer. When all ``max_connections`` are in use,
+    a call waits for one (within ``timeout_s``) instead of failing at once, as
+    redis-py's plain pool does.
     """
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
         health_check_interval=0,
     )
+    return Redis.from_pool(pool)
 
 
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)

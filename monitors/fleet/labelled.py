@@ -36,6 +36,7 @@ class LabelledFeed:
         model: str,
         *,
         redis: Redis,
+        readers: Redis,
         leases: Leases,
         windows: WindowStore,
         recent: PredictionWindow,
@@ -46,6 +47,8 @@ class LabelledFeed:
     ) -> None:
         self.model = model
         self._redis = redis
+        self._readers = readers
+        """For the blocking read alone."""
         self._leases = leases
         self._windows = windows
         self._recent = recent
@@ -71,7 +74,7 @@ class LabelledFeed:
             start = "(" + entries[-1][0].decode()
 
     async def read(self) -> None:
-        answer: Any = await self._redis.xread({keys.labelled_feed(self.model): self._last}, count=2000, block=500)
+        answer: Any = await self._readers.xread({keys.labelled_feed(self.model): self._last}, count=2000, block=500)
         if answer:
             self._take(answer[0][1])
 

@@ -39,6 +39,7 @@ class OwnedModel:
         model: str,
         *,
         redis: Redis,
+        readers: Redis,
         leases: Leases,
         states: DriftStates,
         runner: DriftRunner,
@@ -51,6 +52,8 @@ class OwnedModel:
     ) -> None:
         self.model = model
         self._redis = redis
+        self._readers = readers
+        """For the blocking reads alone (see ``MonitorProcess.readers``)."""
         self._leases = leases
         self._states = states
         self._runner = runner
@@ -71,6 +74,7 @@ class OwnedModel:
         self._labelled = LabelledFeed(
             model,
             redis=redis,
+            readers=readers,
             leases=leases,
             windows=windows,
             recent=recent,
@@ -129,7 +133,7 @@ class OwnedModel:
             )
             entries: Entries = claim[1] or []
             if not entries:
-                answer: Any = await self._redis.xreadgroup(
+                answer: Any = await self._readers.xreadgroup(
                     keys.MONITOR_GROUP,
                     self._leases.owner,
                     {feed: ">"},

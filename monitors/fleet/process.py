@@ -33,6 +33,8 @@ from monitors.fleet.settings import MonitorSettings
 from monitors.window import PredictionWindow, WindowStore
 
 log = logging.getLogger(__name__)
+READER_CONNECTIONS = 1024
+"""Most connections of the blocking reads: two per owned model, so up to 512 models per monitor process."""
 
 
 def default_monitor_id() -> str:
@@ -46,7 +48,11 @@ class MonitorProcess:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         # Blocking reads wait up to 0.5 s; on a busy host a short socket timeout would cut them off.
-        self.redis: Redis = connect(settings.redis_url, timeout_s=max(settings.redis_timeout_s, 5.0))
+        timeout_s = max(settings.redis_timeout_s, 5.0)
+        self.redis: Redis = connect(settings.redis_url, timeout_s=timeout_s)
+        self.readers: Redis = connect(settings.redis_url, timeout_s=timeout_s, max_connections=READER_CONNECTIONS)
+        """The blocking reads' own client: each owned model keeps two of them waiting (its feed and its labelled
+        feed), which in the shared pool of 32 left no connection for lease renewals beyond ~15 models."""
         self.leases = Leases(
             self.redis,
             owner=settings.monitor_id or default_monitor_id(),
@@ -98,6 +104,7 @@ class MonitorProcess:
         self.runner.stop()
         self.projections.close()
         await self.redis.aclose()
+        await self.readers.aclose()
 
     async def _loop(self) -> None:
         period = self.settings.monitor_lease_ttl_s / 3
@@ -142,6 +149,7 @@ class MonitorProcess:
         owned = OwnedModel(
             model,
             redis=self.redis,
+            readers=self.readers,
             leases=self.leases,
             states=self.states,
             runner=self.runner,

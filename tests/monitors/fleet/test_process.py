@@ -1,0 +1,47 @@
+"""One monitor process against a real Redis: what it can own at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from fastapi.testclient import TestClient
+
+from common import keys
+from helpers import MonitorRunner, event, wait_until
+
+MODELS = 24
+"""More than one connection pool of 32 would hold with two blocking reads per model."""
+
+
+def test_a_monitor_keeps_reading_and_renewing_with_many_models(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner, redis_client: redis.Redis
+) -> None:
+    client = make_client(max_models=MODELS, sampling={"every_n": 1_000_000})
+    names = [f"m{index:02d}" for index in range(MODELS)]
+
+    def post(round_: int) -> None:
+        events = [event(f"{round_}-{name}-{i}", model=name) for name in names for i in range(3)]
+        assert client.post("/v1/events", json={"events": events}).json()["accepted"] == len(events)
+
+    def examined(name: str) -> int:
+        answer = client.get(f"/v1/models/{name}/drift")
+        body: dict[str, Any] = answer.json() if answer.status_code == 200 else {}
+        return int(body.get("examined") or 0)
+
+    post(0)
+    # The defaults (the tests' 1 s lease and 0.1 s cadences would make 24 models a load test of a busy CI host).
+    process = monitors.start(monitor_lease_ttl_s=3.0, monitor_status_s=0.5, monitor_report_s=2.0)
+    wait_until(lambda: len(process.owned) == MODELS, timeout_s=30, what="the monitor to own every model")
+    wait_until(lambda: all(examined(name) >= 3 for name in names), timeout_s=30, what="every feed read")
+    for round_ in range(1, 4):  # lease renewals and reads going on together
+        post(round_)
+        wait_until(
+            lambda r=round_: all(examined(name) >= 3 * (r + 1) for name in names),  # type: ignore[misc]
+            timeout_s=30,
+            what=f"round {round_} read for every model",
+        )
+    assert len(process.owned) == MODELS
+    owners = {redis_client.get(keys.monitor_lease(name)) for name in names}
+    assert owners == {process.owner.encode()}, owners
