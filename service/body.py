@@ -4,8 +4,9 @@ and parsing a small JSON body into a pydantic model."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -13,6 +14,9 @@ from common.errors import BadRequest, InvalidInput, PayloadTooLarge, Unsupported
 from common.numbers import ascii_decimal
 
 M = TypeVar("M", bound=BaseModel)
+NOT_UNICODE = "not valid Unicode: a UTF-16 surrogate escape (\\ud800 to \\udfff) without its pair"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""The only way JSON text spells a lone surrogate (UTF-8 cannot encode one)."""
 
 
 async def collect_body(
@@ -68,9 +72,62 @@ def parse_json(body: bytes, model: type[M]) -> M:
         document = json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidInput(f"body: not valid JSON ({error})", field="body") from None
+    refuse_lone_surrogates(body, document)
     try:
         return model.model_validate(document)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+
+
+def refuse_lone_surrogates(text: bytes, document: Any) -> None:
+    """422 naming the first key or string of ``document`` (read from ``text`` by the standard library's
+    JSON reader) that is not Unicode; a scan of ``text`` for a surrogate escape first, so most bodies cost
+    no walk."""
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return
+    try:
+        where = not_unicode_at(document)
+    except RecursionError:
+        raise InvalidInput("body: nested too deeply", field="body") from None
+    if where is not None:
+        field = ".".join(str(part) for part in where) or "body"
+        raise InvalidInput(f"{field}: {NOT_UNICODE}", field=field)
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8. The standard library's JSON reader (the one that reads
+    ``NaN``) lets a lone surrogate escape such as ``"\\ud800"`` through, and every writer after it refuses it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode written as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def not_unicode_at(value: Any) -> list[str | int] | None:
+    """Where the first key or string of a parsed JSON ``value`` is not Unicode (see :func:`is_unicode`):
+    its path of keys and indices, ``[]`` for ``value`` itself; ``None`` when all are."""
+    if isinstance(value, str):
+        return None if is_unicode(value) else []
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and not is_unicode(key):
+            return [printable(key)]
+        found = not_unicode_at(item)
+        if found is not None:
+            return [key, *found]
+    return None

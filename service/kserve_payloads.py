@@ -27,6 +27,7 @@ import orjson
 
 from common.errors import BadRequest, InvalidInput
 from common.numbers import ascii_decimal
+from service.body import refuse_lone_surrogates
 from service.errors import FieldError
 from service.settings import KServeMapping
 from service.tensors import BinaryTensor, tensor_of
@@ -124,7 +125,7 @@ def _metadata(value: Any, field: str) -> dict[str, str]:
     if value is None or value == "":
         return {}
     try:
-        document = json.loads(value) if isinstance(value, str) else value
+        document = orjson.loads(value) if isinstance(value, str) else value  # refuses lone surrogate escapes
     except ValueError:
         raise BadRequest(f"{field}: not valid JSON", field=field) from None
     if not isinstance(document, dict):
@@ -168,9 +169,11 @@ def _parse_prefix(payload: bytes) -> tuple[Any, int]:
     """A JSON value at the start of ``payload`` and its byte length (latin-1 maps each byte to one character)."""
     text = payload.decode("latin-1")
     try:
-        return json.JSONDecoder().raw_decode(text)
+        document, end = json.JSONDecoder().raw_decode(text)
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"body: the payload is not JSON ({error})", field="body") from None
+    refuse_lone_surrogates(payload[:end], document)
+    return document, end
 
 
 def request_inputs(event: CloudEvent, mapping: KServeMapping) -> list[Array] | None:

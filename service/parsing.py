@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from common.errors import InvalidInput
+from service.body import NOT_UNICODE, not_unicode_at, printable
 from service.errors import FieldError
 from service.schemas import NUMBER_FIELDS, BatchIn, EventIn, RawBatchIn
 from service.tensors import BinaryTensor, vectors_of
@@ -107,13 +108,16 @@ def decode_object(index: int, item: Any, *, via_json: bool = False, finite: bool
     it as the careful path's JSON does (else converted as is, e.g. with ``BinaryTensor``s in its fields);
     ``finite``: its parser refused NaN and infinity, so they need no search."""
     request_id = item.get("request_id") if isinstance(item, dict) else None
-    request_id = request_id if isinstance(request_id, str) else None
+    request_id = printable(request_id) if isinstance(request_id, str) else None
     try:
         bad = None if finite else _non_finite_path(item, "")
         if bad is not None:
             return Rejected(
                 index, request_id, FieldError(bad or "event", "must be a finite number", reason="non_finite")
             )
+        where = None if finite else not_unicode_at(item)  # a parser that refuses NaN refuses lone surrogates too
+        if where is not None:
+            return Rejected(index, request_id, FieldError(_path_text(where) or "event", NOT_UNICODE))
         return _EVENT.decode(msgspec.json.encode(item)) if via_json else msgspec.convert(item, EventIn)
     except msgspec.ValidationError as error:
         return Rejected(index, request_id, field_error(error))
@@ -135,6 +139,14 @@ def _non_finite_path(value: Any, path: str) -> str | None:
         if found is not None:
             return found
     return None
+
+
+def _path_text(parts: list[str | int]) -> str:
+    """A path as the event errors write it: ``cohort.region``, ``logits[3]``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text
 
 
 def field_error(error: msgspec.ValidationError) -> FieldError:

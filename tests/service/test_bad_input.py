@@ -652,3 +652,57 @@ def test_random_corruptions_never_cause_a_server_error(make_client: ClientFactor
         if response.status_code >= 500 or (response.status_code >= 400 and "error" not in response.json()):
             failures.append(f"#{attempt} {kind}: {response.status_code} {response.text[:200]}")
     assert not failures, f"{len(failures)} of 300 corrupt bodies failed:\n" + "\n".join(failures[:15])
+
+
+GOOD = [json.dumps(event(request_id)).encode() for request_id in ("r0", "r2")]
+
+
+@pytest.mark.parametrize("binary_header", [False, True], ids=["json", "binary-extension"])
+@pytest.mark.parametrize(
+    ("bad", "field", "request_id"),
+    [
+        pytest.param(
+            b'{"model":"digits","request_id":"\\ud800x","logits":[4.0,1.0]}', "request_id", "\\ud800x", id="id"
+        ),
+        pytest.param(
+            b'{"model":"digits","request_id":"r1","logits":[4.0,1.0],"cohort":{"\\udc00":"x"}}',
+            "cohort.\\udc00",
+            "r1",
+            id="cohort-key",
+        ),
+        pytest.param(
+            b'{"model":"digits","request_id":"r1","logits":[NaN],"cohort":{"region":"a\\udbff"}}',
+            "logits[0]",  # the first problem is named
+            "r1",
+            id="with-nan",
+        ),
+        pytest.param(
+            b'{"model":"digits","request_id":"r1","logits":[4.0,1.0],"cohort":{"region":"a\\udbff"}}',
+            "cohort.region",
+            "r1",
+            id="cohort-value",
+        ),
+    ],
+)
+def test_a_lone_surrogate_escape_is_refused_with_its_event_alone(
+    make_client: ClientFactory, bad: bytes, field: str, request_id: str, binary_header: bool
+) -> None:
+    """JSON may spell a UTF-16 surrogate without its pair (``"\\ud800"``); no UTF-8 writer takes it, so the
+    event is refused by name, and its neighbours kept (it used to be a 500 after they were counted)."""
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, cohort_keys=("region",), label_records="all")
+    body = b'{"events":[' + b",".join([GOOD[0], bad, GOOD[1]]) + b"]}"
+    headers = {"inference-header-content-length": str(len(body))} if binary_header else {}
+    response = _post(client, body, **headers)
+    assert response.status_code == 202, response.text
+    (rejection,) = response.json()["rejected"]
+    assert (rejection["index"], rejection["request_id"], rejection["field"]) == (1, request_id, field)
+    assert field == "logits[0]" or "not valid Unicode" in rejection["error"], rejection
+    assert _accepted(registry) == 2 and sum(_rejections(registry).values()) == 1
+
+
+def test_a_surrogate_pair_is_one_character(make_client: ClientFactory) -> None:
+    client = make_client(cohort_keys=("region",))
+    pair = b'{"model":"digits","request_id":"r1","logits":[4.0,1.0],"cohort":{"region":"\\ud83d\\ude00"}}'
+    response = _post(client, b'{"events":[' + pair + b"]}")
+    assert response.status_code == 202 and response.json()["accepted"] == 1, response.text

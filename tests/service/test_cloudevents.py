@@ -325,6 +325,9 @@ def _bad(ce_id: str) -> list[Any]:
         pytest.param(good | {"ce-type": "org.kubeflow.other"}, _v1_response(), 400, "ce-type", id="unknown-type"),
         pytest.param(good | {"ce-specversion": "0.3"}, _v1_response(), 400, "ce-specversion", id="old-specversion"),
         pytest.param(good | {"ce-metadata": "{not json"}, _v1_response(), 400, "ce-metadata", id="bad-metadata"),
+        pytest.param(
+            good | {"ce-metadata": '{"X-Region": ["\\ud800"]}'}, _v1_response(), 400, "ce-metadata", id="lone-surrogate"
+        ),
         pytest.param(good, {"answer": 42}, 422, "body", id="not-v1-or-v2"),
         pytest.param(good, b'{"predictions": [[0.8, 0.2]', 422, "body", id="truncated-json"),
         pytest.param(good, {"predictions": [[0.8, "x"]]}, 422, "predictions[0]", id="v1-not-numbers"),

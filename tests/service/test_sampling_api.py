@@ -114,6 +114,7 @@ INVALID = [
     pytest.param(b'{"flagged_cohorts": [{"region": 1}]}', "flagged_cohorts", id="flagged-cohorts-number-value"),
     pytest.param(b'{"flagged_cohorts": [{"region": ["eu"]}]}', "flagged_cohorts", id="flagged-cohorts-list-value"),
     pytest.param(b'{"flagged_cohorts": null}', "flagged_cohorts", id="flagged-cohorts-null"),
+    pytest.param(b'{"flagged_cohorts": [{"region": "\\ud800"}]}', "flagged_cohorts.0.region", id="lone-surrogate"),
     pytest.param(b"[]", "body", id="body-list"),
     pytest.param(b'"every_n"', "body", id="body-string"),
     pytest.param(b"", "body", id="body-empty"),
