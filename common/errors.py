@@ -74,6 +74,12 @@ class MonitorsOff(Conflict):
         super().__init__(message)
 
 
+class RequestTimeout(VaiError):
+    """The body did not arrive in time."""
+
+    status = 408
+
+
 class PayloadTooLarge(VaiError):
     status = 413
 

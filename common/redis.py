@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,3 +63,12 @@ def queue_script(pipe: Pipeline, script: str, keys: Sequence[str], args: Sequenc
     that restarted empty needs nothing loaded either).
     """
     pipe.eval(script, len(keys), *keys, *args)
+
+
+def cancelling() -> bool:
+    """Whether the current task has been asked to stop. redis-py on Python 3.11 can swallow a cancellation
+    (its ``asyncio.wait_for`` returns the result when the write finished as the cancel came) or turn one into
+    a ``ConnectionError``, so a loop that calls Redis checks this after each round instead of trusting the
+    ``CancelledError`` to reach it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -19,7 +19,7 @@ from itertools import islice
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_DOWN, execute
+from common.redis import REDIS_DOWN, cancelling, execute
 from sampler.contract import MESSAGE_FIELD, SampledEvent
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
@@ -106,7 +106,7 @@ class QueueWriter:
 
     async def run(self) -> None:
         """Flush forever (until cancelled), backing off while Redis is unreachable."""
-        while True:
+        while not cancelling():  # a cancel that redis-py swallowed still stops the loop
             await self._wake.wait()
             if not await self.flush_once():
                 await asyncio.sleep(self._retry_s)

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from common.errors import RedisUnavailable, VaiError
 from service import explanations_api, kserve_api, monitoring_api, ui
@@ -53,6 +54,7 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)
 
     def openapi() -> dict[str, Any]:
@@ -105,6 +107,12 @@ async def _http_error(request: Request, error: Exception) -> Response:
         raise error
     field = _HTTP_FIELDS.get(error.status_code, "request")
     return _answer(error.status_code, {"error": f"{field}: {error.detail}", "field": field}, error.headers)
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    """The client went away before its body was all sent: nobody to answer, and nothing to log but a line."""
+    log.debug("%s %s: the client disconnected before sending its whole body", request.method, request.url.path)
+    return _answer(400, {"error": "body: the client disconnected before sending all of it", "field": "body"})
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:

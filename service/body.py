@@ -3,6 +3,7 @@ and parsing a small JSON body into a pydantic model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from common.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from common.errors import BadRequest, InvalidInput, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from common.numbers import ascii_decimal
 
 M = TypeVar("M", bound=BaseModel)
@@ -25,10 +26,13 @@ async def collect_body(
     content_length: str | None,
     content_encoding: str | None,
     limit_bytes: int,
+    timeout_s: float,
     limit_setting: str | None = "VAI_MAX_BODY_BYTES",
     on_chunk: Callable[[bytes], None] | None = None,
 ) -> bytes:
-    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes``.
+    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes``, and with 408 when
+    it has not all arrived within ``timeout_s`` (a client that stops half-way would hold its connection,
+    and a graceful shutdown, for as long as it likes).
 
     ``limit_setting`` names the setting behind the limit in the error (``None``: a fixed limit).
     ``on_chunk`` sees every chunk as it arrives, while it is still in the CPU cache.
@@ -47,13 +51,19 @@ async def collect_body(
         )
     parts: list[bytes] = []
     size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit_bytes:
-            raise _too_large(limit_bytes, limit_setting)
-        parts.append(chunk)
-        if on_chunk is not None:
-            on_chunk(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit_bytes:
+                    raise _too_large(limit_bytes, limit_setting)
+                parts.append(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"body: not all received within {timeout_s:g} s (VAI_BODY_TIMEOUT_S)", field="body"
+        ) from None
     return b"".join(parts)
 
 

@@ -89,10 +89,12 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
 
 async def read_body(request: Request, *, limit_bytes: int, limit_setting: str | None) -> bytes:
     """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes`` (set by ``limit_setting``)."""
+    sidecar: Sidecar = request.app.state.sidecar
     return await collect_body(
         request.stream(),
         content_length=request.headers.get("content-length"),
         content_encoding=request.headers.get("content-encoding"),
         limit_bytes=limit_bytes,
+        timeout_s=sidecar.settings.body_timeout_s,
         limit_setting=limit_setting,
     )

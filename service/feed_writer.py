@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_DOWN, execute, queue_script
+from common.redis import REDIS_DOWN, cancelling, execute, queue_script
 from monitors.feed import MonitoringRecord
 from service.feed_records import UniformBudget, monitoring_record
 from service.validation import Prediction
@@ -195,7 +195,7 @@ class FeedWriter:
     # --- background --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
+        while not cancelling():  # a cancel that redis-py swallowed still stops the loop
             written = await self.flush()
             if written < self._batch:  # caught up: let records gather, one round trip per linger
                 await asyncio.sleep(self._linger_s if self.redis_up else self._retry_s)

@@ -19,7 +19,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from common.errors import MethodNotAllowed, PayloadTooLarge, VaiError
+from common.errors import MethodNotAllowed, PayloadTooLarge, RequestTimeout, VaiError
 from service.auth import Scope
 from service.binary_body import HEADER_LENGTH
 from service.body import collect_body
@@ -77,10 +77,17 @@ async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes
             content_length=headers.get(b"content-length"),
             content_encoding=headers.get(b"content-encoding"),
             limit_bytes=sidecar.settings.max_body_bytes,
+            timeout_s=sidecar.settings.body_timeout_s,
             on_chunk=tally,
         )
     except VaiError as error:
-        sidecar.ingest.reject_body("body_too_large" if isinstance(error, PayloadTooLarge) else "invalid_body")
+        sidecar.ingest.reject_body(
+            "body_too_large"
+            if isinstance(error, PayloadTooLarge)
+            else "body_timeout"
+            if isinstance(error, RequestTimeout)
+            else "invalid_body"
+        )
         raise
     open_brackets = tally.count if tally is not None else None
     return sidecar.ingest.ingest(body, open_brackets=open_brackets, header_length=header_length).to_json()

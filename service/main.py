@@ -17,6 +17,9 @@ from service.app import create_app
 from service.settings import SidecarSettings
 
 log = logging.getLogger("vai_sidecar")
+GRACEFUL_SHUTDOWN_S = 10
+"""How long a stopping sidecar waits for open requests before closing their connections (Kubernetes
+waits 30 s by default before SIGKILL, and the buffers still have to be written after it)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +56,7 @@ def serve_forever(settings: SidecarSettings) -> int:
             loop="uvloop",
             http="httptools",
             access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
     finally:
         if monitor is not None:

@@ -85,6 +85,10 @@ class SidecarSettings(RoleSettings):
     """Largest request body accepted; larger ones get 413 without being read whole."""
     max_reference_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     """Largest drift-reference upload accepted."""
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest a request body may take to arrive in full (408 after it): a client that stops half-way would
+    otherwise hold its connection, and a graceful shutdown, for as long as it likes. Raise it to upload
+    a large drift reference over a slow link."""
     max_models: int = Field(default=20, ge=1)
     """Distinct model names accepted per process; events of further models are rejected."""
     max_versions_per_model: int = Field(default=5, ge=1)

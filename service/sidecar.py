@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from common import keys
 from common.errors import InvalidInput
-from common.redis import REDIS_FAILED, connect
+from common.redis import REDIS_FAILED, cancelling, connect
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
@@ -188,9 +188,11 @@ class Sidecar:
 
     @staticmethod
     async def _every(period_s: float, action: Callable[[], Awaitable[Any]]) -> None:
-        while True:
+        while not cancelling():  # a cancel that redis-py swallowed still stops the loop
             await asyncio.sleep(period_s)
             try:
                 await action()
             except Exception:  # a periodic task must outlive any one failure
+                if cancelling():
+                    break
                 log.exception("periodic task %s failed", getattr(action, "__name__", action))

@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from common import keys
 from common.cardinality import BoundedLabel
-from common.redis import REDIS_FAILED, execute
+from common.redis import REDIS_FAILED, cancelling, execute
 from monitors.drift.base import DriftEvent
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.runner import DriftRunner
@@ -264,8 +264,3 @@ class OwnedModel:
             failing = False
             if period_s:
                 await asyncio.sleep(period_s)
-
-
-def cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

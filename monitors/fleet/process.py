@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_FAILED, connect
+from common.redis import REDIS_FAILED, cancelling, connect
 from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
 from monitors.drift.metrics import DriftMetrics
@@ -26,7 +26,7 @@ from monitors.drift.runner import DriftRunner
 from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases, fair_share
 from monitors.fleet.metrics import MonitorMetrics
-from monitors.fleet.owned import OwnedModel, cancelling
+from monitors.fleet.owned import OwnedModel
 from monitors.fleet.projection import ProjectionPool, UmapSettings
 from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.settings import MonitorSettings

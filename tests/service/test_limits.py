@@ -1,14 +1,23 @@
-"""Bodies of FastAPI routes: the token is checked before a byte is read, then at most the route's limit."""
+"""Request bodies: the token is checked before a byte is read, then at most the route's limit, within the
+body timeout; a client that leaves half-way costs a debug line."""
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
+from helpers import serve_app, wait_until
 from service.api import POLICY_BODY_BYTES
+from service.app import create_app
+from service.settings import SidecarSettings
 
 ClientFactory = Callable[..., TestClient]
 TOKENS = {"ingest_tokens": ("i",), "read_tokens": ("r",), "admin_tokens": ("a",)}
@@ -124,3 +133,59 @@ def test_put_sampling_body_is_documented_in_openapi(client: TestClient) -> None:
     operation = client.get("/openapi.json").json()["paths"]["/v1/models/{model}/sampling"]["put"]
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert {"every_n", "flagged_cohorts", "max_per_second"} <= set(schema["properties"])
+
+
+BODY_ROUTES = [
+    pytest.param("POST", "/v1/events", id="events"),
+    pytest.param("POST", "/v1/labels", id="labels"),
+    pytest.param("POST", "/v1/cloudevents", id="cloudevents"),
+    pytest.param("PUT", PATH, id="sampling"),
+    pytest.param("PUT", "/v1/models/digits/reference", id="reference"),
+]
+
+
+def _half_sent(url: str, method: str, path: str) -> socket.socket:
+    """A connection that sent its headers (with the admin token) and 1 byte of a 100-byte body."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.sendall(
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100\r\n\r\n{".encode()
+    )
+    return connection
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+def test_a_body_that_stops_half_way_is_408_after_the_body_timeout(
+    make_settings: Callable[..., SidecarSettings], method: str, path: str
+) -> None:
+    """A client that stops sending would otherwise hold its connection, and a graceful shutdown, for good."""
+    registry = CollectorRegistry()
+    with serve_app(create_app(make_settings(body_timeout_s=0.5, **TOKENS), registry=registry)) as url:
+        connection = _half_sent(url, method, path)
+        connection.settimeout(10)
+        try:
+            answer = connection.recv(65536)
+        finally:
+            connection.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(body) == {"error": "body: not all received within 0.5 s (VAI_BODY_TIMEOUT_S)", "field": "body"}
+    if path == "/v1/events":
+        assert registry.get_sample_value("vai_events_rejected_total", {"reason": "body_timeout"}) == 1
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+def test_a_client_that_leaves_mid_body_costs_no_traceback(
+    make_settings: Callable[..., SidecarSettings], caplog: pytest.LogCaptureFixture, method: str, path: str
+) -> None:
+    """Any client that can reach the port could otherwise fill the log with one traceback per disconnect."""
+    caplog.set_level(logging.DEBUG, logger="service.app")
+    with serve_app(create_app(make_settings(**TOKENS))) as url:
+        _half_sent(url, method, path).close()
+        if path != "/v1/events":  # the ingest route answers nobody without a word; the others say so at debug
+            wait_until(lambda: "disconnected before sending its whole body" in caplog.text, what="the disconnect")
+        with httpx2.Client(base_url=url) as client:
+            assert client.get("/livez").status_code == 200
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text
