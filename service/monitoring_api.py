@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 from typing import Annotated, Any, Literal
 
@@ -93,12 +94,33 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
     return Response(orjson.dumps(body_out), status_code=202, media_type="application/json")
 
 
+def _npy(body: bytes) -> Any:
+    """An .npy array whose header is checked against the bytes that follow it before anything is allocated:
+    ``np.load`` allocates the shape a header declares before reading, so a 100-byte body could claim 70 TiB."""
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)  # type: ignore[no-untyped-call]
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(stream)  # type: ignore[no-untyped-call]
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"body: not a .npy array ({error})") from None
+    if dtype.hasobject:
+        raise ValueError("body: an .npy array of Python objects is not read (pickles run code)")
+    count = math.prod(shape)
+    data = memoryview(body)[stream.tell() :]
+    if len(data) != count * dtype.itemsize:
+        raise ValueError(
+            f"body: the .npy header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes), "
+            f"but {len(data)} bytes follow it"
+        )
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran_order else "C")
+
+
 def _arrays(body: bytes, content_type: str) -> tuple[Any, Any]:
     if content_type in NPY_TYPES:
-        try:
-            return np.load(io.BytesIO(body), allow_pickle=False), None
-        except (ValueError, OSError, EOFError) as error:
-            raise ValueError(f"body: not a .npy array without pickled objects ({error})") from None
+        return _npy(body), None
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:

@@ -330,6 +330,20 @@ def test_reference_as_npy_upload_and_pickles_refused(make_client: Callable[..., 
         "/v1/models/digits/reference", content=pickled.getvalue(), headers={"content-type": "application/octet-stream"}
     )
     assert refused.status_code == 422 and refused.json()["field"] == "body"
+    lying = buffer.getvalue().replace(b"(400, 8)", b"(99999999, 99999)")  # np.load would allocate 36 TiB first
+    refused = client.put("/v1/models/digits/reference", content=lying, headers={"content-type": "application/x-npy"})
+    assert refused.status_code == 422 and "bytes follow it" in refused.json()["error"], refused.text
+    truncated = buffer.getvalue()[:-4]
+    refused = client.put(
+        "/v1/models/digits/reference", content=truncated, headers={"content-type": "application/x-npy"}
+    )
+    assert refused.status_code == 422 and refused.json()["field"] == "body", refused.text
+    fortran = io.BytesIO()
+    np.save(fortran, np.asfortranarray(np.random.default_rng(1).normal(size=(300, 8))))
+    answer = client.put(
+        "/v1/models/digits/reference", content=fortran.getvalue(), headers={"content-type": "application/x-npy"}
+    )
+    assert answer.status_code == 202 and (answer.json()["rows"], answer.json()["dims"]) == (300, 8), answer.text
     mismatch = client.post("/v1/events", json=event("x", embedding=[0.0] * 5))
     assert mismatch.status_code == 422 and mismatch.json()["field"] == "embedding"
 
