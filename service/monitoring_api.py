@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from common.errors import InvalidInput, MonitorsOff, NotFound, Unavailable
+from common.errors import Conflict, InvalidInput, MonitorsOff, NotFound, Unavailable
 from common.names import MODEL_PATTERN
 from monitors.fleet.references import upload_from_arrays
 from monitors.fleet.results import SeriesQuality
@@ -226,7 +226,12 @@ def _projection_missing(model: str, method: str, view: PublishedView) -> Excepti
             f"method: {method} is not computed by this fleet's monitors (VAI_PROJECTION_METHODS: {enabled})",
             field="method",
         )
-    error = None if view.status is None else view.status.errors.get(method)
+    status = view.status
+    if status is not None and method in status.blocked:
+        return Conflict(f"method: no {method} projection of {model!r}: {status.blocked[method]}", field="method")
+    if status is not None and method in status.waiting:
+        return Unavailable(f"no {method} projection of {model!r} yet: {status.waiting[method]}", retry_after_s=10)
+    error = None if status is None else status.errors.get(method)
     if error is not None:
         return Unavailable(
             f"method: the {method} projection failed ({error}); retried when traffic changes", retry_after_s=30

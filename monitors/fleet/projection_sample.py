@@ -102,6 +102,19 @@ class ViewSamples:
         while len(self.labels) > self._max_labels:
             self.labels.popitem(last=False)
 
+    def no_reference(self) -> tuple[str, bool]:
+        """Why there is no traffic reference yet, and whether more traffic alone can change that."""
+        seen = self._traffic.embeddings
+        if self.observed and not seen:
+            return f"none of the {self.observed} events examined carries an embedding; no reference was uploaded", False
+        if len({e.shape for e in seen}) > 1:
+            return "the first events' embeddings differ in length, and no reference was uploaded", False
+        return (
+            f"no reference was uploaded; {len(seen)} of the {self._traffic_rows} event embeddings that stand in "
+            "for one have been examined",
+            True,
+        )
+
     def traffic_reference(self, owner: str) -> ReferenceSample | None:
         """The first traffic as a reference, once there is as much as the drift warm-up takes (then frozen)."""
         traffic = self._traffic

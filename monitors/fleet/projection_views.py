@@ -81,6 +81,8 @@ class ModelViews:
         self._pca: tuple[str, PcaFrame] | None = None
         self._done: dict[str, tuple[object, ...]] = {}
         self._errors: dict[str, str] = {}
+        self._waiting: dict[str, str] = {}
+        self._blocked: dict[str, str] = {}
         self._last_history: tuple[object, ...] | None = None
         self._history_at = 0.0
         self._append = redis.register_script(_APPEND_IF_OWNER)
@@ -135,7 +137,19 @@ class ModelViews:
             return
         reference = await self.reference()
         if reference is None or reference.embeddings is None:
+            why, curable = (
+                self.samples.no_reference()
+                if reference is None
+                else ("the uploaded reference carries no embeddings", False)
+            )
+            if (self._waiting if curable else self._blocked).get(method) != why:
+                self._waiting.pop(method, None)
+                self._blocked.pop(method, None)
+                (self._waiting if curable else self._blocked)[method] = why
+                await self._publish_status()
             return
+        self._waiting.pop(method, None)
+        self._blocked.pop(method, None)
         state = (reference.id, self.samples.observed, self.samples.labelled)
         if self._done.get(method) == state:
             return
@@ -249,7 +263,11 @@ class ModelViews:
 
     def _status_value(self) -> dict[str, str | bytes]:
         status = ProjectionStatus(
-            methods=tuple(self._settings.projection_methods), errors=dict(self._errors), updated_at=time.time()
+            methods=tuple(self._settings.projection_methods),
+            errors=dict(self._errors),
+            waiting=dict(self._waiting),
+            blocked=dict(self._blocked),
+            updated_at=time.time(),
         )
         return {keys.projection_status(self.model): status.model_dump_json()}
 

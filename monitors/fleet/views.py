@@ -89,6 +89,10 @@ class ProjectionStatus(_Result):
     """Methods the owning monitor computes (when asked for)."""
     errors: dict[str, str] = {}
     """Latest failure per method, cleared by its next success."""
+    waiting: dict[str, str] = {}
+    """Why a method has nothing to show yet that more traffic will cure (e.g. too few embeddings so far)."""
+    blocked: dict[str, str] = {}
+    """Why a method cannot be computed until something changes (e.g. the events carry no embedding)."""
     updated_at: float
 
 

@@ -344,3 +344,27 @@ def test_umap_projection_on_digits_embeddings(
     votes = np.array([np.bincount(reference_class[row], minlength=10).argmax() for row in nearest])
     agreement = float((votes == production_p.argmax(axis=1)).mean())
     assert agreement >= 0.8, agreement
+
+
+def test_a_projection_that_cannot_come_says_why(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner
+) -> None:
+    """Without a reference the first 400 event embeddings stand in for one: until then the answer says how
+    many it has (503, it comes by itself); events without embeddings never make one (409), nor "try again"."""
+    monitors.start(projection_methods=("pca",), **FAST_VIEWS)
+    client = make_client(monitor_max_per_second=0, sampling=NO_SAMPLING)
+    client.post("/v1/events", json={"events": [event(f"a{i}", model="plain") for i in range(20)]})
+    client.post("/v1/events", json={"events": [event(f"b{i}", embedding=[float(i)] * 8) for i in range(20)]})
+
+    def answer(model: str, status: int) -> dict[str, Any] | None:
+        response = client.get(f"/v1/models/{model}/projection")
+        return response.json() if response.status_code == status else None
+
+    blocked = wait_until(lambda: answer("plain", 409), what="the owner to say it has no embeddings")
+    assert blocked["field"] == "method" and "none of the 20 events examined carries an embedding" in blocked["error"]
+    waiting = wait_until(  # the first asking only tells the owner the projection is wanted
+        lambda: (found := answer("digits", 503)) and "20 of the 400 event embeddings" in found["error"] and found,
+        what="the owner to say what it waits for",
+    )
+    assert "try again" not in waiting["error"], waiting
+    assert client.get("/v1/models/digits/projection").headers["retry-after"] == "10"
