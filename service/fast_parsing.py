@@ -10,9 +10,10 @@ careful path.
 A body whose scores are tensor objects (``service.tensors``) holds no long number
 lists. When all its tensors are well formed, a short lane (``service.tensor_lanes``)
 reads it: compact base64 straight out of the body, binary sections as strided views,
-one matrix per field. Otherwise msgspec's typed decode of the careful path reads it, and
-:func:`service.parsing.read_tensors` then reads all its tensors together, one numpy pass per
-dtype and length. Binary-extension bodies take the same two routes.
+one matrix per field, handed over as a :class:`~service.tensor_lanes.Lane`. Otherwise
+msgspec's typed decode of the careful path reads it, and :func:`service.parsing.read_tensors`
+then reads all its tensors together, one numpy pass per dtype and length. Binary-extension
+bodies take the same two routes.
 
 The fast path only answers for bodies it can judge with certainty. simdjson
 refuses NaN/Infinity tokens, numbers beyond float range, integers beyond 64
@@ -35,7 +36,7 @@ from service.binary_body import decode_binary
 from service.errors import FieldError
 from service.parsing import Decoded, Rejected, check_count, decode_body, field_error, read_tensors
 from service.schemas import NUMBER_FIELDS, EventIn
-from service.tensor_lanes import decode_binary_fast, decode_compact
+from service.tensor_lanes import Lane, decode_binary_fast, decode_compact
 
 _OPEN = 91  # b"["
 _FIRST_SCORES = re.compile(rb'"(?:logits|probabilities)"\s*:\s*([\[{])')
@@ -53,8 +54,10 @@ class BodyDecoder:
 
     def decode(
         self, body: bytes, *, open_brackets: int | None = None, header_length: str | None = None
-    ) -> list[Decoded]:
+    ) -> Lane | list[Decoded]:
         """Every event of ``body`` in order, decoded or rejected; raises ``InvalidInput`` for the envelope.
+
+        A body a short lane read comes as a :class:`Lane`: its events and one matrix per number field.
 
         ``open_brackets``: the body's count of b"[", when a :class:`BracketTally` took it while reading.
         ``header_length``: the ``Inference-Header-Content-Length`` of a binary-extension body.

@@ -11,8 +11,9 @@ import numpy as np
 import numpy.typing as npt
 
 from monitors.feed import MonitoringRecord
+from service.scores import softmax
 from service.tensors import Vector
-from service.validation import Prediction, softmax
+from service.validation import Prediction
 
 
 class UniformBudget:

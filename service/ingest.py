@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from common.cardinality import BoundedLabel
 from common.errors import InvalidInput, VaiError
-from sampler.contract import SampledEvent
+from sampler.contract import InputTensor, SampledEvent
 from sampler.metrics import SamplerMetrics
 from sampler.policy import Reason
 from sampler.queue import QueueWriter
@@ -21,9 +21,22 @@ from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
 from service.feed_writer import FeedWriter
 from service.metrics import IngestMetrics
-from service.parsing import Rejected
+from service.parsing import Decoded, Rejected
+from service.schemas import EventIn
+from service.scores import summarise_matrix
 from service.settings import SidecarSettings
-from service.validation import Checked, Prediction, check, predictions
+from service.tensor_lanes import Lane
+from service.validation import (
+    Accepted,
+    Checked,
+    Prediction,
+    check,
+    check_lane_event,
+    scores_chosen,
+    summarised,
+)
+
+_Key = TypeVar("_Key", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +129,10 @@ class IngestHandler:
             self._metrics.rejected.labels("invalid_body").inc()
             raise
         result = IngestResult()
-        checked: list[Checked] = []
-        for index, item in enumerate(decoded):
-            try:
-                if isinstance(item, Rejected):
-                    raise item.error
-                valid = check(item, received_at=received_at)
-                self._admit(valid)
-            except FieldError as error:
-                self._metrics.rejected.labels(error.reason).inc()
-                result.rejected.append(Rejection(index, item.request_id, error.field, str(error)))
-                continue
-            checked.append(valid)
-        accepted = predictions(checked, received_at=received_at)
+        if isinstance(decoded, Lane):
+            accepted = self._admit_lane(decoded, result.rejected, received_at=received_at)
+        else:
+            accepted = self._admit_each(decoded, result.rejected, received_at=received_at)
         result.accepted = len(accepted)
         self._observe(accepted)
         result.sampled = self._sample_all(accepted)
@@ -139,13 +143,72 @@ class IngestHandler:
             )
         return result
 
+    def _admit_each(self, decoded: list[Decoded], rejected: list[Rejection], *, received_at: float) -> Accepted:
+        """The events that pass every check, event by event; the others go to ``rejected``."""
+        checked: list[Checked] = []
+        for index, item in enumerate(decoded):
+            try:
+                if isinstance(item, Rejected):
+                    raise item.error
+                valid = check(item, received_at=received_at)
+                self._admit(valid.model, valid.request_id, valid.embedding_dim)
+            except FieldError as error:
+                self._reject(rejected, index, item.request_id, error)
+                continue
+            checked.append(valid)
+        return summarised(checked, received_at=received_at)
+
+    def _admit_lane(self, lane: Lane, rejected: list[Rejection], *, received_at: float) -> Accepted:
+        """:meth:`_admit_each` for a lane's events, whose number fields are alike in every event: their presence
+        and lengths are checked once, the scores summarised straight from the lane's matrix."""
+        events, vectors = lane.events, lane.vectors
+        try:
+            scores, from_logits = scores_chosen(vectors.get("logits"), vectors.get("probabilities"))
+        except FieldError as error:  # what check() says of every event
+            for index, event in enumerate(events):
+                self._reject(rejected, index, event.request_id, error)
+            return summarised([], received_at=received_at)
+        embeddings = vectors.get("embedding")
+        classes, dims = scores.shape[1], 0 if embeddings is None else embeddings.shape[1]
+        kept: list[int] = []
+        timestamps: list[float] = []
+        inputs: list[InputTensor | None] = []
+        for index, event in enumerate(events):
+            try:
+                timestamp, model_input = check_lane_event(
+                    event, classes, received_at=received_at, probabilities=None if from_logits else scores[index]
+                )
+                self._admit(event.model, event.request_id, dims)
+            except FieldError as error:
+                self._reject(rejected, index, event.request_id, error)
+                continue
+            kept.append(index)
+            timestamps.append(timestamp)
+            inputs.append(model_input)
+        if len(kept) < len(events):  # rows taken out (copied): the summary reads one matrix
+            scores, embeddings = scores[kept], None if embeddings is None else embeddings[kept]
+            events = [events[index] for index in kept]
+        return Accepted(
+            list(events),
+            timestamps,
+            scores,
+            [from_logits] * len(kept),
+            [None] * len(kept) if embeddings is None else embeddings,
+            inputs,
+            *summarise_matrix(scores, from_logits=from_logits),
+            received_at,
+        )
+
+    def _reject(self, rejected: list[Rejection], index: int, request_id: str | None, error: FieldError) -> None:
+        self._metrics.rejected.labels(error.reason).inc()
+        rejected.append(Rejection(index, request_id, error.field, str(error)))
+
     def reject_body(self, reason: str) -> None:
         """Count a request whose body was refused before it could be read (too large, bad headers)."""
         self._metrics.rejected.labels(reason).inc()
 
-    def _admit(self, event: Checked) -> None:
+    def _admit(self, model: str, request_id: str, dims: int) -> None:
         """Checks that depend on what came before; records the event once it passes them all."""
-        model, request_id, dims = event.model, event.request_id, event.embedding_dim
         if model not in self._models:
             self.register(model)  # the cap's error, before any other check
         known_dims = self.embedding_dims.get(model)
@@ -158,62 +221,69 @@ class IngestHandler:
             recent = self._recent[model] = OrderedDict()
         if request_id in recent:
             raise FieldError("request_id", f"duplicate of a recent event of model {model!r}", reason="duplicate")
-        if self._settings.dedupe_window:
+        window = self._settings.dedupe_window
+        if window:
             recent[request_id] = None
-            if len(recent) > self._settings.dedupe_window:
+            if len(recent) > window:
                 recent.popitem(last=False)
         if dims and known_dims is None:
             self.embedding_dims[model] = dims
 
-    def _observe(self, accepted: list[Prediction]) -> None:
+    def _observe(self, accepted: Accepted) -> None:
         """Metrics and monitors for a request's accepted events, each metric touched once per label set."""
-        figures: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
-        cohorts: dict[tuple[str, str, str], int] = {}
-        budget_drops: dict[str, int] = {}
-        for prediction in accepted:
-            labels = (prediction.model, self._models[prediction.model](prediction.version))
-            found = figures.get(labels)
-            if found is None:
-                found = figures[labels] = ([], [])
-            found[0].append(prediction.confidence)
-            found[1].append(prediction.margin)
-            if self._feed is not None and not self._feed.observe(prediction, prediction.version):
-                budget_drops[prediction.model] = budget_drops.get(prediction.model, 0) + 1
-            if prediction.cohort:
-                for key, values in self._cohort_values.items():
-                    value = prediction.cohort.get(key)
-                    if value is not None:
-                        cohort_labels = (prediction.model, key, values(value))
-                        cohorts[cohort_labels] = cohorts.get(cohort_labels, 0) + 1
-        for labels, (confidences, margins) in figures.items():
+        groups: dict[tuple[str, str], list[int]] = {}
+        for (model, version), at in _positions([(event.model, event.model_version) for event in accepted.events]):
+            labels = (model, self._models[model](version))  # taken in arrival order: the labels taken per event
+            groups[labels] = sorted(groups[labels] + at) if labels in groups else at  # versions past the cap meet
+        for labels, at in groups.items():
+            every = len(at) == len(accepted)
+            confidences = accepted.confidences if every else [accepted.confidences[i] for i in at]
             self._metrics.confidence.observe_many(labels, confidences)
-            self._metrics.margin.observe_many(labels, margins)
-            self._metrics.child(self._metrics.events, *labels).inc(len(confidences))
-            self.counts[labels[0]] += len(confidences)
+            self._metrics.margin.observe_many(labels, accepted.margins if every else [accepted.margins[i] for i in at])
+            self._metrics.child(self._metrics.events, *labels).inc(len(at))
+            self.counts[labels[0]] += len(at)
             threshold = self._sampler.policy(labels[0]).confidence_below
             low = sum(confidence < threshold for confidence in confidences) if threshold is not None else 0
             if low:
                 self._metrics.child(self._metrics.low_confidence, *labels).inc(low)
-        for cohort_labels, count in cohorts.items():
-            self._metrics.child(self._metrics.cohort_events, *cohort_labels).inc(count)
+        if self._cohort_values:
+            self._count_cohorts(accepted.events)
         if self._feed is not None:
-            for model, count in budget_drops.items():
-                self._feed.count_budget_drops(model, count)
+            self._feed_all(self._feed, accepted)
 
-    def _sample_all(self, accepted: list[Prediction]) -> list[Sampled]:
+    def _count_cohorts(self, events: list[EventIn]) -> None:
+        cohorts: dict[tuple[str, str, str], int] = {}
+        for event in events:
+            if event.cohort:
+                for key, values in self._cohort_values.items():
+                    value = event.cohort.get(key)
+                    if value is not None:
+                        labels = (event.model, key, values(value))
+                        cohorts[labels] = cohorts.get(labels, 0) + 1
+        for labels, count in cohorts.items():
+            self._metrics.child(self._metrics.cohort_events, *labels).inc(count)
+
+    @staticmethod
+    def _feed_all(feed: FeedWriter, accepted: Accepted) -> None:
+        budget_drops: dict[str, int] = {}
+        for index in range(len(accepted)):
+            prediction = accepted.prediction(index)
+            if not feed.observe(prediction, prediction.version):
+                budget_drops[prediction.model] = budget_drops.get(prediction.model, 0) + 1
+        for model, count in budget_drops.items():
+            feed.count_budget_drops(model, count)
+
+    def _sample_all(self, accepted: Accepted) -> list[Sampled]:
         """Sampling decisions for a request's accepted events; most are not sampled, counted once per model."""
-        positions: dict[str, list[int]] = {}
-        for position, prediction in enumerate(accepted):
-            positions.setdefault(prediction.model, []).append(position)
         chosen: list[tuple[int, tuple[Reason, ...]]] = []
-        for model, at in positions.items():
-            events = accepted if len(at) == len(accepted) else [accepted[i] for i in at]
+        for model, at in _positions([event.model for event in accepted.events]):
+            every = len(at) == len(accepted)
             found = self._sampler.reasons_many(
                 model,
-                [p.confidence for p in events],
-                [p.margin for p in events],
-                [p.cohort for p in events],
-                [p.input is not None for p in events],
+                accepted.confidences if every else [accepted.confidences[i] for i in at],
+                accepted.margins if every else [accepted.margins[i] for i in at],
+                [accepted.events[i].cohort or {} for i in at],
+                [accepted.inputs[i] is not None for i in at],
             )
             if len(found) < len(at):
                 self._metrics.child(self._metrics.not_sampled, model).inc(len(at) - len(found))
@@ -222,7 +292,7 @@ class IngestHandler:
         return [
             sampled
             for position, reasons in chosen
-            if (sampled := self._sample(accepted[position], reasons)) is not None
+            if (sampled := self._sample(accepted.prediction(position), reasons)) is not None
         ]
 
     def _sample(self, prediction: Prediction, reasons: tuple[Reason, ...]) -> Sampled | None:
@@ -235,6 +305,19 @@ class IngestHandler:
         if self._writer.offer(_message(prediction, reasons)) is not None:
             return None
         return Sampled(prediction.request_id, reasons)
+
+
+def _positions(keys: list[_Key]) -> Iterable[tuple[_Key, list[int]]]:
+    """Each distinct key with its positions in ``keys``, in order of first appearance (most requests have one)."""
+    if len(set(keys)) == 1:
+        return [(keys[0], list(range(len(keys))))]
+    found: dict[_Key, list[int]] = {}
+    for position, key in enumerate(keys):
+        at = found.get(key)
+        if at is None:
+            at = found[key] = []
+        at.append(position)
+    return found.items()
 
 
 def _message(prediction: Prediction, reasons: tuple[Reason, ...]) -> SampledEvent:

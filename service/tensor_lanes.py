@@ -11,19 +11,22 @@ look at each tensor's header in Python before reading it. Here:
 - binary-extension headers are parsed once by orjson (it keeps each event's key order, which says
   which section is whose), and all events are converted by msgspec in one call;
 - every tensor of one field, dtype and length is then one numpy matrix, checked for NaN and
-  infinity in one pass.
+  infinity in one pass, and handed over as such (:class:`Lane`): ingest checks, summarises and
+  counts a lane's events column by column (``IngestHandler._admit_lane``).
 
 A lane answers only when the whole body is well formed; anything else (a list of numbers, a bad
 header, invalid base64, a size that disagrees, NaN, an event msgspec refuses, a JSON escape in the
 base64 text) returns ``None`` and the general reader judges the body, so every error is worded
-there, once. A lane's events are the general reader's events, field for field (tested).
+there, once. A lane's events, their rows of the matrices put in, are the general reader's events,
+field for field (tested).
 """
 
 from __future__ import annotations
 
 import binascii
 from collections.abc import Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -34,7 +37,7 @@ import pybase64
 from common.codec import DTYPES
 from common.names import MODEL_RE, VERSION_RE
 from common.numbers import ascii_decimal
-from service.parsing import Decoded, looks_like_batch
+from service.parsing import looks_like_batch
 from service.schemas import NUMBER_FIELDS, EventIn
 from service.tensors import OIP_DTYPES, all_finite, vector_length, widened
 
@@ -73,11 +76,22 @@ class CompactBatch(msgspec.Struct, forbid_unknown_fields=True):
     events: list[CompactEvent]
 
 
+@dataclass(slots=True)
+class Lane:
+    """The events of a body a lane read, and the vectors of each number field they hold, one matrix per field."""
+
+    events: Sequence[NamedEvent]
+    """Their number fields are left as read (tensor headers): ``vectors`` holds their values."""
+    vectors: dict[str, npt.NDArray[Any]]
+    """Row ``i`` is event ``i``'s vector (float32 as sent, any other dtype widened to float64), checked finite;
+    a field absent from every event is absent here."""
+
+
 _COMPACT_BATCH = msgspec.json.Decoder(CompactBatch)
 _COMPACT_EVENT = msgspec.json.Decoder(CompactEvent)
 
 
-def decode_compact(body: bytes, *, max_batch: int) -> list[Decoded] | None:
+def decode_compact(body: bytes, *, max_batch: int) -> Lane | None:
     """Every event of a body of well-formed compact tensors, its number fields read; ``None`` otherwise.
 
     Each number field must be absent from every event or a vector of one dtype and length in every
@@ -91,6 +105,7 @@ def decode_compact(body: bytes, *, max_batch: int) -> list[Decoded] | None:
         return None
     if not 0 < len(events) <= max_batch or not _names_valid(events):
         return None
+    vectors = {}
     for field in NUMBER_FIELDS:
         tensors = [getattr(event, field) for event in events]
         if tensors[0] is None and tensors.count(None) == len(tensors):
@@ -98,9 +113,8 @@ def decode_compact(body: bytes, *, max_batch: int) -> list[Decoded] | None:
         matrix = _compact_matrix(tensors)
         if matrix is None:
             return None
-        for event, row in zip(events, matrix, strict=True):
-            setattr(event, field, row)
-    return events  # type: ignore[return-value]  # number fields now hold vectors
+        vectors[field] = matrix
+    return Lane(events, vectors)
 
 
 def _names_valid(events: Sequence[NamedEvent]) -> bool:
@@ -134,7 +148,7 @@ def _compact_matrix(tensors: list[CompactTensor | None]) -> npt.NDArray[Any] | N
     return _checked(np.frombuffer(b"".join(raws), dtype=dtype).reshape(-1, length))
 
 
-def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> list[Decoded] | None:
+def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> Lane | None:
     """Every event of a binary-extension body whose events hold the same binary vectors, read; ``None`` otherwise.
 
     Every event must hold the same tensor fields, in the same order, with the same headers: the
@@ -153,20 +167,19 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> li
         return None
     fields, stride = layout
     try:
-        # Their tensor dicts are replaced below, before anything reads them.
         events: list[NamedEvent] = msgspec.convert(items, list[NamedEvent])
     except msgspec.ValidationError:
         return None
     if not _names_valid(events):
         return None
     tail = np.frombuffer(body, dtype=np.uint8, offset=size).reshape(len(items), stride)
+    vectors = {}
     for field, dtype, length, offset in fields:
         matrix = _checked(tail[:, offset : offset + length * dtype.itemsize].view(dtype))
         if matrix is None:
             return None
-        for event, row in zip(events, matrix, strict=True):
-            setattr(event, field, row)
-    return cast(list[Decoded], events)  # number fields now hold vectors
+        vectors[field] = matrix
+    return Lane(events, vectors)
 
 
 def _layout(items: list[dict[str, Any]]) -> tuple[list[tuple[str, np.dtype[Any], int, int]], int] | None:

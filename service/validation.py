@@ -13,14 +13,10 @@ from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_time
 from sampler.contract import InputTensor
 from service.errors import FieldError
 from service.schemas import EventIn
+from service.scores import summarise_matrix
 from service.tensors import BinaryTensor, Vector, tensor_of, vector_of
 
 PROBABILITY_TOLERANCE = 1e-3
-MAX_MARGIN = 1e6
-"""Margins are capped here so that one absurd event cannot make the histogram's sum infinite."""
-_TINY = 1e-12
-_EXP_SAFE_SPREAD = 700.0
-"""exp(-700) is a normal double: logits spread less than this need no floating-point error handling."""
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
 _NUMBER_TYPES = (int, float)  # not bool: JSON true is no number
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000
@@ -81,11 +77,66 @@ class Checked:
         return int(self.embedding.shape[0]) if self.embedding is not None else 0
 
 
+@dataclass(slots=True)
+class Accepted:
+    """A request's accepted events, field by field. An event's :class:`Prediction` is built only when something
+    takes one (the monitoring feed takes every one; sampling the few it chooses): metrics and sampling read
+    the columns, and building a prediction per event cost ~0.6 µs."""
+
+    events: list[EventIn]
+    timestamps: list[float]
+    scores: list[Vector] | npt.NDArray[Any]
+    """One row per event: the general reader's vectors, or the rows of a lane's matrix."""
+    from_logits: list[bool]
+    embeddings: list[Vector | None] | npt.NDArray[Any]
+    inputs: list[InputTensor | None]
+    predicted: list[int]
+    confidences: list[float]
+    margins: list[float]
+    received_at: float
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def prediction(self, index: int) -> Prediction:
+        event = self.events[index]
+        # Positional, in field order: ~0.7 µs less than keywords.
+        return Prediction(
+            event.model,
+            event.model_version,
+            event.request_id,
+            self.timestamps[index],
+            self.received_at,
+            self.scores[index],
+            self.from_logits[index],
+            self.predicted[index],
+            self.confidences[index],
+            self.margins[index],
+            self.embeddings[index],
+            event.cohort or {},
+            self.inputs[index],
+            event.label,
+        )
+
+
+def check_lane_event(
+    event: EventIn, classes: int, *, received_at: float, probabilities: Vector | None = None
+) -> tuple[float, InputTensor | None]:
+    """What :func:`check` checks of a lane's event once its scores' presence and length were checked for the
+    whole lane (they are alike in every event): its ``probabilities``, label, timestamp and input, in that
+    order; the timestamp and input as :class:`Checked` holds them. Its embedding needs no check."""
+    if probabilities is not None:
+        check_probabilities(probabilities)
+    if event.label is not None:
+        check_label(event.label, classes)
+    timestamp = received_at if event.timestamp is None else _timestamp_of(event.timestamp, received_at)
+    return timestamp, None if event.input is None else _input_of(event.input)
+
+
 def check(event: EventIn, *, received_at: float) -> Checked:
     """Every check of one event; raises ``FieldError`` naming the first bad field."""
     scores, from_logits = _scores_of(event)
-    if event.label is not None and event.label >= scores.shape[0]:
-        raise FieldError("label", f"class {event.label} out of range for {scores.shape[0]} classes")
+    check_label(event.label, scores.shape[0])
     # Positional: keyword arguments to a dataclass cost ~3x as much, and this runs once per event.
     # Order: event, timestamp, scores, from_logits, embedding, input.
     return Checked(
@@ -98,107 +149,70 @@ def check(event: EventIn, *, received_at: float) -> Checked:
     )
 
 
-def predictions(checked: list[Checked], *, received_at: float) -> list[Prediction]:
-    """The checked events as predictions, their scores summarised in one numpy pass per shape."""
-    summaries: list[tuple[int, float, float]] = [(0, 0.0, 0.0)] * len(checked)
+def summarised(checked: list[Checked], *, received_at: float) -> Accepted:
+    """The checked events as accepted ones, their scores summarised in one numpy pass per shape."""
+    count = len(checked)
+    predicted, confidences, margins = [0] * count, [0.0] * count, [0.0] * count
     groups: dict[tuple[int, bool], list[int]] = {}
     for index, item in enumerate(checked):
         groups.setdefault((item.scores.shape[0], item.from_logits), []).append(index)
     for (_, from_logits), indices in groups.items():
-        found = summarise_rows([checked[i].scores for i in indices], from_logits=from_logits)
-        for index, summary in zip(indices, found, strict=True):
-            summaries[index] = summary
-    # Positional, in field order (model, version, request_id, timestamp, received_at, scores, from_logits,
-    # predicted, confidence, margin, embedding, cohort, input, label): ~0.7 µs less per event than keywords.
-    return [
-        Prediction(
-            item.event.model,
-            item.event.model_version,
-            item.event.request_id,
-            item.timestamp,
-            received_at,
-            item.scores,
-            item.from_logits,
-            predicted,
-            confidence,
-            margin,
-            item.embedding,
-            item.event.cohort or {},
-            item.input,
-            item.event.label,
-        )
-        for item, (predicted, confidence, margin) in zip(checked, summaries, strict=True)
-    ]
-
-
-def summarise(scores: Vector, *, from_logits: bool) -> tuple[int, float, float]:
-    """Predicted class, top-1 probability and top-1 minus top-2 logit (log-probability) of one score vector."""
-    return summarise_rows([scores], from_logits=from_logits)[0]
-
-
-def summarise_rows(rows: list[Vector], *, from_logits: bool) -> list[tuple[int, float, float]]:
-    """Predicted class, top-1 probability and top-1 minus top-2 logit of equally long score vectors, vectorised.
-
-    The arithmetic runs in place on one stacked copy: fresh temporaries of a request's worth of scores
-    cost more in memory traffic than the arithmetic itself. The softmax's exponentials are taken in
-    float32, which numpy vectorises on every x86-64 CPU (its float64 ``exp`` only with AVX-512): ~4x
-    less time for the most expensive step of ingest, at a relative error of the confidence below
-    1e-7 — far finer than any histogram bucket, sampling threshold or calibration bin. The margin
-    comes from the scores themselves, in their own precision.
-    """
-    scores = np.concatenate(rows).reshape(len(rows), -1)  # as np.stack (the rows are alike), at half the cost
-    index = np.arange(scores.shape[0])
-    predicted = scores.argmax(axis=1)
-    first = scores[index, predicted]
-    if not from_logits:
-        scores[index, predicted] = -1.0
-        second = scores.max(axis=1)
-        margin = np.minimum(np.log(np.maximum(first, _TINY)) - np.log(np.maximum(second, _TINY)), MAX_MARGIN)
-        return list(zip(predicted.tolist(), first.tolist(), margin.tolist(), strict=True))
-    with np.errstate(over="ignore", under="ignore"):  # finite logits 1e308 apart overflow to -inf, exp() to 0
-        np.subtract(scores, first[:, None], out=scores)  # <= 0; exactly 0 at the predicted class
-        scores[index, predicted] = -np.inf
-        gap = scores.max(axis=1)  # second minus first
-        weights = scores if scores.dtype == np.float32 else scores.astype(np.float32)
-        np.exp(weights, out=weights)
-    confidence = 1.0 / (1.0 + weights.sum(axis=1, dtype=np.float64))
-    margin = np.minimum(-gap, MAX_MARGIN)
-    return list(zip(predicted.tolist(), confidence.tolist(), margin.tolist(), strict=True))
-
-
-def softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Probabilities of finite logits, however far apart (np.errstate only when they could overflow)."""
-    top = float(logits.max())
-    weights: npt.NDArray[np.float64]
-    if top - float(logits.min()) <= _EXP_SAFE_SPREAD:
-        weights = np.exp(logits - top)
-    else:
-        with np.errstate(over="ignore", under="ignore"):  # logits 1e308 apart overflow to -inf, whose exp is 0
-            weights = np.exp(logits - top)
-    weights /= weights.sum()
-    return weights
+        rows = [checked[i].scores for i in indices]
+        stacked = np.concatenate(rows).reshape(len(rows), -1)  # as np.stack (the rows are alike), at half the cost
+        found = summarise_matrix(stacked, from_logits=from_logits, overwrite=True)
+        for index, top, confidence, margin in zip(indices, *found, strict=True):
+            predicted[index], confidences[index], margins[index] = top, confidence, margin
+    return Accepted(
+        [item.event for item in checked],
+        [item.timestamp for item in checked],
+        [item.scores for item in checked],
+        [item.from_logits for item in checked],
+        [item.embedding for item in checked],
+        [item.input for item in checked],
+        predicted,
+        confidences,
+        margins,
+        received_at,
+    )
 
 
 def _scores_of(event: EventIn) -> tuple[Vector, bool]:
-    logits = numbers_of(event.logits, "logits")
-    probabilities = numbers_of(event.probabilities, "probabilities")
+    scores, from_logits = scores_chosen(
+        numbers_of(event.logits, "logits"), numbers_of(event.probabilities, "probabilities")
+    )
+    if not from_logits:
+        check_probabilities(scores)
+    return scores, from_logits
+
+
+def scores_chosen(logits: Any, probabilities: Any) -> tuple[Any, bool]:
+    """The one of ``logits`` and ``probabilities`` sent (vectors, or a lane's matrices: a row per event), and
+    whether it is the logits; raises ``FieldError`` unless exactly one was sent, of an allowed length."""
     if (logits is None) == (probabilities is None):
         raise FieldError("logits", "send exactly one of logits or probabilities", reason="missing_scores")
     field = "logits" if logits is not None else "probabilities"
-    scores: Vector = logits if logits is not None else probabilities  # type: ignore[assignment]
-    if not _MIN_CLASSES <= scores.shape[0] <= _MAX_CLASSES:
-        raise FieldError(
-            field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {scores.shape[0]}", reason="bad_length"
-        )
-    if probabilities is not None:
-        low, high, total = float(scores.min()), float(scores.max()), float(scores.sum())
-        if low < 0.0 or high > 1.0:
-            raise FieldError("probabilities", "every value must lie in [0, 1]", reason="bad_probabilities")
-        if abs(total - 1.0) > PROBABILITY_TOLERANCE:
-            raise FieldError(
-                "probabilities", f"must sum to 1 ± {PROBABILITY_TOLERANCE}, got {total:.6g}", reason="bad_probabilities"
-            )
+    scores = logits if logits is not None else probabilities
+    classes = scores.shape[-1]
+    if not _MIN_CLASSES <= classes <= _MAX_CLASSES:
+        raise FieldError(field, f"needs {_MIN_CLASSES} to {_MAX_CLASSES} values, got {classes}", reason="bad_length")
     return scores, logits is not None
+
+
+def check_probabilities(scores: Vector) -> None:
+    """Raises ``FieldError`` unless ``scores`` (one event's) lie in [0, 1] and sum to 1."""
+    low, high, total = float(scores.min()), float(scores.max()), float(scores.sum())
+    if low < 0.0 or high > 1.0:
+        raise FieldError("probabilities", "every value must lie in [0, 1]", reason="bad_probabilities")
+    if abs(total - 1.0) > PROBABILITY_TOLERANCE:
+        raise FieldError(
+            "probabilities", f"must sum to 1 ± {PROBABILITY_TOLERANCE}, got {total:.6g}", reason="bad_probabilities"
+        )
+
+
+def check_label(label: int | None, classes: int) -> None:
+    """Raises ``FieldError`` unless ``label`` is absent or one of ``classes`` classes."""
+    if label is not None and label >= classes:
+        raise FieldError("label", f"class {label} out of range for {classes} classes")
 
 
 def numbers_of(value: Any, field: str) -> Vector | None:

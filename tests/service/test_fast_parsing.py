@@ -7,6 +7,7 @@ import json
 import struct
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -15,7 +16,8 @@ from helpers import event
 from service.errors import FieldError
 from service.fast_parsing import BodyDecoder, scores_are_tensors
 from service.parsing import Decoded, Rejected, decode_body, read_tensors
-from service.validation import Prediction, check, predictions
+from service.tensor_lanes import Lane
+from service.validation import Prediction, check, summarised
 
 MAX_BATCH = 50
 
@@ -34,12 +36,23 @@ def _verdict(item: Decoded) -> Prediction | tuple[str | None, str, str]:
     if isinstance(item, Rejected):
         return item.request_id, item.error.field, item.error.reason
     try:
-        return predictions([check(item, received_at=1.7e9)], received_at=1.7e9)[0]
+        return summarised([check(item, received_at=1.7e9)], received_at=1.7e9).prediction(0)
     except FieldError as error:
         return item.request_id, error.field, error.reason
 
 
-def _same(fast: list[Decoded], careful: list[Decoded]) -> None:
+def _read(found: Lane | list[Decoded]) -> list[Decoded]:
+    """The events as the general reader gives them (a lane's with their rows of its matrices put in)."""
+    if not isinstance(found, Lane):
+        return found
+    return [
+        msgspec.structs.replace(event, **{field: matrix[index] for field, matrix in found.vectors.items()})
+        for index, event in enumerate(found.events)
+    ]
+
+
+def _same(fast: Lane | list[Decoded], careful: list[Decoded]) -> None:
+    fast = _read(fast)
     assert len(fast) == len(careful)
     for mine, theirs in zip(fast, careful, strict=True):
         a, b = _verdict(mine), _verdict(theirs)
@@ -136,7 +149,7 @@ def test_bodies_the_fast_path_cannot_judge_go_to_the_careful_path(body: bytes) -
     except VaiError as error:
         expected = error.message
     try:
-        got: list[Decoded] | str = decoder.decode(body)
+        got: Lane | list[Decoded] | str = decoder.decode(body)
     except VaiError as error:
         got = error.message
     if isinstance(expected, str) or isinstance(got, str):
@@ -147,7 +160,7 @@ def test_bodies_the_fast_path_cannot_judge_go_to_the_careful_path(body: bytes) -
 
 def test_nested_lists_are_refused_even_when_they_flatten_to_the_right_length() -> None:
     body = _batch(event("a", logits=[[4.0], [1.0], [0.5]]), event("b"))
-    verdicts = [_verdict(item) for item in BodyDecoder(max_batch=MAX_BATCH).decode(body)]
+    verdicts = [_verdict(item) for item in _read(BodyDecoder(max_batch=MAX_BATCH).decode(body))]
     assert verdicts[0] == ("a", "logits", "invalid")
     assert isinstance(verdicts[1], Prediction)
 

@@ -30,7 +30,7 @@ from monitors.fleet.views import WANTED_TTL_S
 from sampler.explanation_records import ExplanationRecord, ExplanationSummary
 from sampler.explanations import ExplanationStore
 from service.app import create_app
-from service.validation import summarise_rows
+from service.scores import summarise_rows
 
 Array = npt.NDArray[Any]
 FAST_DRIFT = {

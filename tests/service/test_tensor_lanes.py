@@ -5,18 +5,34 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
-from helpers import binary_body, binary_tensor, event
+from common.errors import InvalidInput
+from common.redis import connect
+from helpers import binary_body, binary_tensor, event, stream_entries
+from sampler.explanations import ExplanationStore
+from sampler.metrics import SamplerMetrics
+from sampler.policy import SamplingPolicy
+from sampler.queue import QueueWriter
+from sampler.sampler import Sampler
 from service.binary_body import decode_binary
+from service.feed_writer import FeedWriter
+from service.ingest import IngestHandler
+from service.metrics import IngestMetrics
 from service.parsing import Decoded, decode_body, read_tensors
 from service.schemas import EventIn
-from service.tensor_lanes import decode_binary_fast, decode_compact
+from service.scores import summarise_rows
+from service.settings import SidecarSettings
+from service.tensor_lanes import Lane, decode_binary_fast, decode_compact
 
 RNG = np.random.default_rng(11)
 FIELDS = EventIn.__struct_fields__
@@ -63,9 +79,17 @@ def _binary(events: list[dict[str, Any]], datatype: str = "FP32") -> tuple[bytes
     return body, headers["inference-header-content-length"]
 
 
-def _same(lane: list[Decoded], general: list[Decoded]) -> None:
-    assert len(lane) == len(general)
-    for found, expected in zip(lane, general, strict=True):
+def _read(lane: Lane) -> list[Decoded]:
+    """The lane's events with their rows of its matrices put in, as the general reader gives them."""
+    return [
+        msgspec.structs.replace(event, **{field: matrix[index] for field, matrix in lane.vectors.items()})
+        for index, event in enumerate(lane.events)
+    ]
+
+
+def _same(lane: Lane, general: list[Decoded]) -> None:
+    assert len(lane.events) == len(general)
+    for found, expected in zip(_read(lane), general, strict=True):
         assert isinstance(found, EventIn) and isinstance(expected, EventIn), (found, expected)
         for name in FIELDS:
             mine, theirs = getattr(found, name), getattr(expected, name)
@@ -82,7 +106,7 @@ def test_a_compact_batch_takes_the_lane_and_reads_as_the_general_reader_does(dty
     lane = decode_compact(body, max_batch=50)
     assert lane is not None
     _same(lane, read_tensors(decode_body(body, max_batch=50)))
-    assert lane[0].logits.dtype == (np.float32 if dtype == "float32" else np.float64)  # type: ignore[union-attr]
+    assert lane.vectors["logits"].dtype == (np.float32 if dtype == "float32" else np.float64)
 
 
 def test_a_single_compact_event_takes_the_lane() -> None:
@@ -187,14 +211,14 @@ def test_duplicate_keys_read_alike_in_the_lane_and_the_general_reader() -> None:
     lane = decode_compact(body, max_batch=50)
     assert lane is not None
     _same(lane, read_tensors(decode_body(body, max_batch=50)))
-    np.testing.assert_array_equal(lane[0].logits, events[0]["logits"])  # type: ignore[union-attr]  # the last wins
+    np.testing.assert_array_equal(lane.vectors["logits"][0], events[0]["logits"])  # the last wins
 
 
 def test_the_lane_s_events_are_events() -> None:
     """The rest of ingest takes the lane's events as it takes the general reader's."""
     lane = decode_compact(_compact_body(_events(1)), max_batch=5)
-    assert lane is not None and isinstance(lane[0], EventIn)
-    assert msgspec.structs.asdict(lane[0]).keys() == set(FIELDS)
+    assert lane is not None and isinstance(lane.events[0], EventIn)
+    assert msgspec.structs.asdict(lane.events[0]).keys() == set(FIELDS)
 
 
 def _mutations(body: bytes, count: int, rng: np.random.Generator) -> list[bytes]:
@@ -229,3 +253,206 @@ def test_whatever_the_binary_lane_answers_is_what_the_general_reader_answers() -
             answered += 1
             _same(lane, read_tensors(decode_binary(mutated, length, max_batch=50)))
     assert answered > 50
+
+
+@dataclass
+class _Side:
+    """An ingest handler with its real queue and monitoring writers (flushed to Redis by :func:`_written`)."""
+
+    handler: IngestHandler
+    registry: CollectorRegistry
+    writer: QueueWriter
+    feed: FeedWriter
+    redis: Redis
+
+
+def _side(redis_url: str) -> _Side:
+    settings = SidecarSettings(
+        redis_url=redis_url,
+        max_models=3,
+        max_versions_per_model=2,
+        cohort_keys=("region",),
+        max_cohort_values=1,
+        sampling=SamplingPolicy(
+            every_n=4, confidence_below=0.6, margin_below=0.3, flagged_cohorts=[{"region": "apac"}], max_per_second=5
+        ),
+    )
+    registry, client = CollectorRegistry(), connect(redis_url, timeout_s=5.0)
+    sampler_metrics = SamplerMetrics(registry)
+    writer = QueueWriter(  # a small queue: some samples are refused (queue_full)
+        client,
+        sampler_metrics,
+        ExplanationStore(client, ttl_s=3600),
+        max_events=100,
+        max_bytes=1 << 24,
+        batch_size=1000,
+        stream_maxlen=1000,
+        queue_max_length=4,
+        retry_s=0.1,
+    )
+    # No budget (its draws are random); every event also keeps a record for a delayed label.
+    feed = FeedWriter(
+        client,
+        registry,
+        max_per_second=0,
+        max_records=10_000,
+        stream_maxlen=10_000,
+        prediction_ttl_s=3600,
+        brier_max_classes=10,
+        label_records="all",
+    )
+    handler = IngestHandler(
+        settings,
+        sampler=Sampler(settings.model_policy, clock=lambda: 0.0),
+        writer=writer,
+        metrics=IngestMetrics(registry),
+        sampler_metrics=sampler_metrics,
+        feed=feed,
+        clock=lambda: 1.7e9,
+    )
+    return _Side(handler, registry, writer, feed, client)
+
+
+async def _written(side: _Side, redis_client: redis.Redis) -> dict[bytes, Any]:
+    """Everything both writers of ``side`` wrote to Redis (entry ids left out), then an empty Redis again."""
+    while side.writer.buffered:
+        assert await side.writer.flush_once()
+    while await side.feed.flush():
+        pass
+    await side.redis.aclose()
+    found: dict[bytes, Any] = {}
+    for key in sorted(redis_client.scan_iter("vai:*")):
+        kind = redis_client.type(key)
+        if kind == b"stream":
+            found[key] = [fields for _, fields in stream_entries(redis_client, key.decode())]
+        elif kind == b"string":
+            found[key] = redis_client.get(key)
+        elif kind == b"hash":
+            found[key] = redis_client.hgetall(key)
+        elif kind == b"set":
+            found[key] = sorted(redis_client.smembers(key))
+        else:
+            found[key] = kind
+    redis_client.flushdb()
+    return found
+
+
+def _requests(rng: np.random.Generator) -> list[list[dict[str, Any]]]:
+    """Requests whose events pass and fail every check of ingest, alone and by what came before."""
+    extras: list[dict[str, Any]] = [
+        {"model_version": "v2"},
+        {"model_version": "v3", "label": 2},
+        {"label": 10},  # out of range
+        {"timestamp": "yesterday"},
+        {"timestamp": "2026-11-29T10:00:00Z", "cohort": {"region": "apac"}},
+        {"timestamp": 1.6e9, "model_version": "v4"},
+        {"duplicate": True},  # of r0, within the request
+        {"cohort": {"region": "us"}, "label": 1},
+    ]
+    first = [event(f"r{i}", model="lanes", **extras[i % len(extras)]) for i in range(17)]
+    for index, item in enumerate(first):
+        if item.pop("duplicate", False):
+            item["request_id"] = "r0"
+        logits = rng.normal(size=10).astype(np.float32)
+        logits[index % 10] += rng.choice([0.1, 4.0])  # some confident, some not
+        item.update(logits=logits, embedding=rng.normal(size=4).astype(np.float32))
+    others = [
+        event(f"s{i}", model=("lanes", "m2", "m3", "m4", "m5")[i % 5], logits=rng.normal(size=10).astype(np.float32))
+        for i in range(9)
+    ] + [event("r1", model="lanes", logits=rng.normal(size=10).astype(np.float32))]  # a recent duplicate
+    wider = [event(f"w{i}", model="lanes", logits=first[i]["logits"], embedding=np.ones(6, "f4")) for i in range(3)]
+    no_scores = [event(f"n{i}", model="lanes", embedding=np.ones(4, "f4")) for i in range(3)]
+    for item in no_scores:
+        del item["logits"]
+    short = [event(f"t{i}", model="lanes", logits=np.ones(1, "f4")) for i in range(3)]
+    probabilities = []
+    for i in range(6):
+        values = rng.dirichlet(np.ones(10)).astype(np.float32)
+        values[0] += 0.1 if i == 2 else 0.0  # sums to 1.1
+        probabilities.append(event(f"p{i}", model="m2", probabilities=values))
+        del probabilities[-1]["logits"]
+    return [first, others, wider, no_scores, short, probabilities]
+
+
+_DATATYPES = {"float32": "FP32", "float64": "FP64"}
+
+
+def _outcome(handler: IngestHandler, body: bytes, header_length: str | None) -> Any:
+    try:
+        return handler.ingest(body, header_length=header_length).to_json()
+    except InvalidInput as error:
+        return error.message, error.field, error.detail
+
+
+def _samples(registry: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+    return sorted(
+        (sample.name, sorted(sample.labels.items()), sample.value)
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    )
+
+
+@pytest.mark.parametrize("form", ["compact", "binary"])
+@pytest.mark.anyio
+async def test_ingest_of_a_lane_s_events_is_ingest_of_the_general_reader_s(
+    form: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The same events through the lane and, made to miss it, through the general reader: the same results,
+    rejections and their wording, metrics, sampling decisions, queued messages and monitoring records."""
+    lane_side, general_side = _side(redis_url), _side(redis_url)
+    for events in _requests(np.random.default_rng(8)):
+        if form == "compact":
+            body, length = _compact_body(events), None
+            other_length = None
+            # The same values, one header in another shape: the lane takes only bodies of one shape per field.
+            detour = [{**events[0], **{k: v.reshape(1, -1) for k, v in events[0].items() if isinstance(v, np.ndarray)}}]
+            other = _compact_body(detour + events[1:])
+            assert decode_compact(body, max_batch=50) is not None and decode_compact(other, max_batch=50) is None
+        else:
+            body, length = _binary(events)
+            # The same values, one tensor as JSON numbers: the lane takes only bodies of binary sections.
+            field = next(key for key, value in events[0].items() if isinstance(value, np.ndarray))
+            as_json = {"shape": list(events[0][field].shape), "datatype": _DATATYPES[events[0][field].dtype.name]}
+            detour = [{**events[0], field: {**as_json, "data": events[0][field].tolist()}}]
+            other, other_length = _binary(detour + events[1:])
+            assert decode_binary_fast(body, length, max_batch=50) is not None
+            assert decode_binary_fast(other, other_length, max_batch=50) is None
+        lane_found = _outcome(lane_side.handler, body, length)
+        assert lane_found == _outcome(general_side.handler, other, other_length)
+    lane, general = lane_side.handler, general_side.handler
+    assert lane.counts["lanes"] > 0
+    assert _samples(lane_side.registry) == _samples(general_side.registry)
+    queue_full = {"model": "lanes", "reason": "queue_full"}
+    assert lane_side.registry.get_sample_value("vai_sample_dropped_total", queue_full)
+    assert lane.embedding_dims == general.embedding_dims and lane.models == general.models
+    written = await _written(lane_side, redis_client)
+    assert any(key.startswith(b"vai:stream:") for key in written) and any(b":pred:" in key for key in written)
+    assert written == await _written(general_side, redis_client)
+
+
+def test_versions_past_the_cap_share_a_label_whose_sum_adds_in_arrival_order() -> None:
+    """A request's versions are labelled once each, and the versions past the cap (two here) counted together,
+    their confidences added in the order the events came, as when each event was observed on its own."""
+    side = _side("redis://127.0.0.1:1/0")  # its writers are never flushed
+    handler, registry = side.handler, side.registry
+    versions = ["v1", "v2", "v3", "v4", "v3", "v1", "v5", "v4", "v2", "v3", "v5", "v4"]
+    rng = np.random.default_rng(0)
+    events = [
+        event(f"o{i}", model="lanes", model_version=version, logits=rng.normal(scale=3.0, size=10).astype(np.float32))
+        for i, version in enumerate(versions)
+    ]
+    handler.ingest(_compact_body(events))
+    summaries = summarise_rows([item["logits"] for item in events], from_logits=True)
+    pairs = list(zip(summaries, versions, strict=True))
+    by_version = [summary[1] for name in ("v3", "v4", "v5") for summary, version in pairs if version == name]
+    arrival = [
+        summary[1] for summary, version in zip(summaries, versions, strict=True) if version in {"v3", "v4", "v5"}
+    ]
+    assert sum(by_version, 0.0) != sum(arrival, 0.0)  # these values tell the two orders apart
+    for label, kept in (("v1", {"v1"}), ("v2", {"v2"}), ("__other__", {"v3", "v4", "v5"})):
+        confidences = [summary[1] for summary, version in zip(summaries, versions, strict=True) if version in kept]
+        labels = {"model": "lanes", "version": label}
+        assert registry.get_sample_value("vai_events_total", labels) == len(confidences)
+        assert registry.get_sample_value("vai_prediction_confidence_sum", labels) == sum(confidences, 0.0)
+        assert registry.get_sample_value("vai_prediction_confidence_count", labels) == len(confidences)

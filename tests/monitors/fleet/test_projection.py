@@ -30,7 +30,7 @@ from monitors.fleet.references import ReferenceStore, margins_of, upload_from_ar
 from monitors.fleet.results import DetectorVerdict, DriftStatus
 from monitors.fleet.settings import MonitorSettings
 from monitors.fleet.views import Projection, ProjectionPoint
-from service.validation import summarise_rows
+from service.scores import summarise_rows
 
 pytestmark = TORCHSCRIPT_WARNINGS
 

@@ -10,8 +10,9 @@ import pytest
 from scipy.special import softmax
 
 from service.schemas import EventIn
-from service.validation import MAX_MARGIN, check, predictions, summarise, summarise_rows
-from service.validation import softmax as softmax_of
+from service.scores import MAX_MARGIN, summarise, summarise_matrix, summarise_rows
+from service.scores import softmax as softmax_of
+from service.validation import check, summarised
 
 
 def _logit_rows(rng: np.random.Generator) -> npt.NDArray[np.float64]:
@@ -71,7 +72,8 @@ def test_a_request_of_mixed_shapes_is_summarised_per_shape() -> None:
         for i, n in enumerate([3, 10, 10, 3, 10, 7, 3])
     ]
     checked = [check(event, received_at=1.0) for event in events]
-    for prediction, item in zip(predictions(checked, received_at=1.0), checked, strict=True):
+    accepted = summarised(checked, received_at=1.0)
+    for prediction, item in zip(map(accepted.prediction, range(len(accepted))), checked, strict=True):
         assert prediction.request_id == item.request_id
         expected = _independent(item.scores, from_logits=item.from_logits)
         found = (prediction.predicted, prediction.confidence, prediction.margin)
@@ -92,3 +94,17 @@ def test_softmax_of_any_finite_logits_is_a_distribution(
     with np.errstate(over="raise", invalid="raise"):
         found = softmax_of(logits)
     np.testing.assert_allclose(found, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probabilities"])
+def test_a_matrix_is_summarised_as_its_rows_are_and_left_as_it_was(from_logits: bool) -> None:
+    """A lane hands over a strided view of the body (a binary field among others): summarised as stacked rows."""
+    rng = np.random.default_rng(4)
+    block = rng.normal(size=(6, 24)).astype(np.float32)
+    if not from_logits:
+        block[:, 4:14] = rng.dirichlet(np.ones(10), size=6)
+    view = block[:, 4:14]
+    before = view.copy()
+    found = summarise_matrix(view, from_logits=from_logits)
+    np.testing.assert_array_equal(view, before)
+    assert list(zip(*found, strict=True)) == summarise_rows([row.copy() for row in view], from_logits=from_logits)
