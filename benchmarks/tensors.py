@@ -220,7 +220,7 @@ def _stages(handler: Any, repeats: int = 8, requests: int = 20) -> None:
     """
     print("\nCPU per event (us), best of passes:  decode = BodyDecoder.decode (tensors read, the route's lane),")
     print("check = the lane's checks (validation.scores_chosen, check_lane_event), summary = the numpy summary")
-    print("(validation.summarise_matrix), ingest = IngestHandler.ingest")
+    print("(scores.summarise_matrix), ingest = IngestHandler.ingest")
     counter = 10**9
     decoder = BodyDecoder(max_batch=BATCH)
     for form in ("compact", "binary"):
