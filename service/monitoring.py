@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
-from common.errors import RedisUnavailable
+from common.errors import InvalidInput, RedisUnavailable
+from common.names import MODEL_PATTERN
 from common.redis import REDIS_FAILED, execute
 from monitors.drift.reference import Reference
 from monitors.feed import FeedFormatError, MonitoringRecord
@@ -33,10 +35,19 @@ UNKNOWN_MODEL = "__unknown__"
 """The ``model`` label of labels for a model this replica has never seen and Redis has no record of."""
 
 
+class LabelIn(BaseModel):
+    """One delayed label of ``POST /v1/labels``."""
+
+    model: str = Field(pattern=MODEL_PATTERN)
+    request_id: str = Field(min_length=1, max_length=128)
+    label: int = Field(ge=0, strict=True)
+
+
 @dataclass(frozen=True, slots=True)
 class LabelVerdict:
     index: int
-    request_id: str
+    request_id: str | None
+    """As sent (``None`` when the item had none, or not a string)."""
     outcome: str
     """``matched``, ``unmatched`` (never seen, expired or labelled already) or ``rejected``."""
     error: str | None = None
@@ -68,16 +79,19 @@ class Monitoring:
         self.references = ReferenceStore(redis)
         self.labels = writer.labels
 
-    async def apply_labels(self, labels: list[tuple[str, str, int]], *, known: set[str]) -> LabelsResult:
-        """Join delayed labels to their predictions: this replica's buffer first, then Redis."""
+    async def apply_labels(self, items: list[Any], *, known: set[str]) -> LabelsResult:
+        """Join delayed labels to their predictions: this replica's buffer first, then Redis. Each item is
+        checked on its own: one that is not a :class:`LabelIn` is rejected by name, and the others go on;
+        ``InvalidInput`` when none is valid."""
         result = LabelsResult()
+        labels = self._valid_labels(items, known=known, result=result)
         try:  # a record on its way to Redis would be found in neither place
             async with asyncio.timeout(self._timeout_s):
                 await self.writer.settled()
         except TimeoutError:
             raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
         remote: list[tuple[int, str, str, int]] = []
-        for index, (model, request_id, label) in enumerate(labels):
+        for index, model, request_id, label in labels:
             if model in known:  # a model this replica serves (bounded by VAI_MAX_MODELS) starts keeping records
                 self.writer.mark_labelled(model)
             local = self.writer.take_local(model, request_id)
@@ -102,14 +116,41 @@ class Monitoring:
                     record = MonitoringRecord.from_blob(model, body)
                 except FeedFormatError as error:
                     result.rejected.append(LabelVerdict(index, request_id, "rejected", f"prediction record: {error}"))
+                    self.labels.labels(model, "rejected").inc()
                     continue
                 self._join(result, index, record, label)
         return result
 
+    def _valid_labels(
+        self, items: list[Any], *, known: set[str], result: LabelsResult
+    ) -> list[tuple[int, str, str, int]]:
+        """The items that are labels, with their positions; the others rejected (and counted) by name."""
+        labels: list[tuple[int, str, str, int]] = []
+        for index, item in enumerate(items):
+            try:
+                valid = LabelIn.model_validate(item)
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(["labels", str(index), *(str(part) for part in first["loc"])])
+                fields = item if isinstance(item, dict) else {}
+                request_id, model = fields.get("request_id"), fields.get("model")
+                request_id = request_id if isinstance(request_id, str) else None
+                result.rejected.append(LabelVerdict(index, request_id, "rejected", f"{where}: {first['msg']}"))
+                self.labels.labels(
+                    model if isinstance(model, str) and model in known else UNKNOWN_MODEL, "rejected"
+                ).inc()
+                continue
+            labels.append((index, valid.model, valid.request_id, valid.label))
+        if not labels:
+            first_error = result.rejected[0].error or "labels: no valid label"
+            raise InvalidInput(f"no valid label in the request; first: {first_error}", field=first_error.split(":")[0])
+        return labels
+
     def _join(self, result: LabelsResult, index: int, record: MonitoringRecord, label: int) -> None:
         if label >= record.num_classes:
-            message = f"label: class {label} out of range for {record.num_classes} classes"
+            message = f"labels.{index}.label: class {label} out of range for {record.num_classes} classes"
             result.rejected.append(LabelVerdict(index, record.request_id, "rejected", message))
+            self.labels.labels(record.model, "rejected").inc()
             return
         self.writer.mark_labelled(record.model)
         self.writer.offer(LABELLED, record.labelled(label))

@@ -14,28 +14,29 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import Conflict, InvalidInput, MonitorsOff, NotFound, Unavailable
-from common.names import MODEL_PATTERN
 from monitors.fleet.references import upload_from_arrays
 from monitors.fleet.results import SeriesQuality
 from monitors.fleet.views import Projection
 from service.auth import Scope
 from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.errors import FieldError
-from service.monitoring import Monitoring, PublishedView
+from service.monitoring import LabelIn, Monitoring, PublishedView
 from service.sidecar import Sidecar
 
 router = APIRouter()
 NPY_TYPES = ("application/octet-stream", "application/x-npy")
 
 
-class LabelIn(BaseModel):
-    model: str = Field(pattern=MODEL_PATTERN)
-    request_id: str = Field(min_length=1, max_length=128)
-    label: int = Field(ge=0, strict=True)
-
-
 class LabelsIn(BaseModel):
+    """The body as documented (OpenAPI)."""
+
     labels: list[LabelIn] = Field(min_length=1, max_length=10_000)
+
+
+class _LabelsEnvelope(BaseModel):
+    """The body as read: each label is checked on its own (one bad label does not cost the others)."""
+
+    labels: list[Any] = Field(min_length=1, max_length=10_000)
 
 
 def _monitoring(sidecar: Sidecar) -> Monitoring:
@@ -46,14 +47,12 @@ def _monitoring(sidecar: Sidecar) -> Monitoring:
 
 LABELS_BODY_BYTES = 4 * 1024 * 1024
 """Most bytes of one ``POST /v1/labels`` (10,000 labels take about 1.5 MB)."""
-LabelsBody = Annotated[LabelsIn, json_body(LabelsIn, scope=Scope.INGEST, limit_bytes=LABELS_BODY_BYTES)]
+LabelsBody = Annotated[_LabelsEnvelope, json_body(_LabelsEnvelope, scope=Scope.INGEST, limit_bytes=LABELS_BODY_BYTES)]
 
 
 @router.post("/v1/labels", summary="Join delayed ground truth to predictions", openapi_extra=json_body_doc(LabelsIn))
 async def post_labels(body: LabelsBody, sidecar: SidecarDep) -> Response:
-    result = await _monitoring(sidecar).apply_labels(
-        [(item.model, item.request_id, item.label) for item in body.labels], known=sidecar.ingest.known_models
-    )
+    result = await _monitoring(sidecar).apply_labels(body.labels, known=sidecar.ingest.known_models)
     return Response(orjson.dumps(result), media_type="application/json")
 
 

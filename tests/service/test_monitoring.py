@@ -497,3 +497,35 @@ def test_records_trimmed_before_the_monitor_read_them_are_counted(
 
     wait_until(lambda: trimmed() + redis_client.xlen("vai:feed:digits") == 1000, what="every record accounted")
     assert trimmed() > 0
+
+
+def test_a_bad_label_is_rejected_by_name_and_the_others_join(make_client: Callable[..., TestClient]) -> None:
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, models=LABELLED)
+    assert client.post("/v1/events", json={"events": [event("g0"), event("g1")]}).json()["accepted"] == 2
+    items: list[Any] = [
+        {"model": "digits", "request_id": "g0", "label": 1},
+        {"model": "digits"},
+        5,
+        {"model": ["digits"], "request_id": "x", "label": 1},
+        {"model": "digits", "request_id": "y", "label": -1},
+        {"model": "digits", "request_id": "z", "label": "2"},
+        {"model": "digits", "request_id": "g1", "label": 0},
+    ]
+    answer = client.post("/v1/labels", json={"labels": items})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["matched"] == 2 and result["unmatched"] == []
+    rejected = {r["index"]: (r["request_id"], r["error"].split(":")[0]) for r in result["rejected"]}
+    assert rejected == {
+        1: (None, "labels.1.request_id"),
+        2: (None, "labels.2"),
+        3: ("x", "labels.3.model"),
+        4: ("y", "labels.4.label"),
+        5: ("z", "labels.5.label"),
+    }
+    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 2
+    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "rejected"}) == 3
+    assert registry.get_sample_value("vai_labels_total", {"model": "__unknown__", "matched": "rejected"}) == 2
+    only_bad = client.post("/v1/labels", json={"labels": [{"model": "digits", "request_id": "q", "label": -1}]})
+    assert only_bad.status_code == 422 and only_bad.json()["field"] == "labels.0.label", only_bad.text
