@@ -59,6 +59,7 @@ class KServeLogger:
         self._redis = redis
         self._ingest = ingest
         self._ttl_s = settings.kserve_join_ttl_s
+        self._max_batch = settings.max_batch
         self._clock = clock
         self._mappings: dict[str, tuple[str, KServeMapping]] = {
             section.kserve.service or name: (name, section.kserve)
@@ -109,6 +110,11 @@ class KServeLogger:
 
     async def _request(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
         inputs = request_inputs(event, mapping)
+        if inputs is not None and len(inputs) > self._max_batch:  # its response would be refused: no orphan
+            raise InvalidInput(
+                f"inputs: at most {self._max_batch} instances per request (VAI_MAX_BATCH), got {len(inputs)}",
+                field="inputs",
+            )
         record = orjson.dumps(
             {
                 "v": RECORD_VERSION,
@@ -148,7 +154,14 @@ class KServeLogger:
             self.events.labels(model, "duplicate").inc()
             return {"outcome": "duplicate", "model": model, "id": event.id, "accepted": 0}
         record = _record(previous)
-        outcome = "joined" if record is not None else "response_only"
+        stored = record.get("inputs") if record is not None else None
+        outcome = (
+            "response_only"
+            if record is None
+            else "count_mismatch"  # monitored without the inputs: whose instance is whose cannot be told
+            if isinstance(stored, list) and len(stored) != len(prediction.scores)
+            else "joined"
+        )
         body = _events_body(model, mapping, event, prediction, record)
         try:
             result = self._ingest.ingest(body)

@@ -388,3 +388,25 @@ def test_redis_down_is_503_with_retry_after(make_client: ClientFactory) -> None:
     answer = _post(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request())
     assert answer.status_code == 503, answer.text
     assert answer.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize(("instances", "predictions"), [(2, 1), (1, 3)], ids=["fewer-predictions", "more"])
+def test_a_response_whose_count_differs_from_its_request_is_counted_as_such(
+    kserve: TestClient, registry: CollectorRegistry, instances: int, predictions: int
+) -> None:
+    """Which instance is whose cannot be told: the predictions are monitored without inputs, and counted apart."""
+    ce_id = str(uuid.uuid4())
+    assert _post(kserve, _headers(ce_id, REQUEST), _v1_request(instances)).json()["outcome"] == "request_stored"
+    answer = _post(kserve, _headers(ce_id, RESPONSE), _v1_response(predictions))
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["outcome"], answer.json()["accepted"]) == ("count_mismatch", predictions)
+    assert _outcome(registry, "iris", "count_mismatch") == 1 and _outcome(registry, "iris", "joined") == 0
+
+
+def test_a_request_over_the_batch_limit_is_refused_not_left_to_expire(
+    make_client: ClientFactory, registry: CollectorRegistry, redis_client: redis.Redis
+) -> None:
+    client = make_client(registry=registry, models=MODELS, max_batch=10)
+    answer = _post(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request(11))
+    assert answer.status_code == 422 and answer.json()["field"] == "inputs", answer.text
+    assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
