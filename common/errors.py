@@ -31,10 +31,9 @@ class VaiError(Exception):
         self.headers = headers
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"error": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return {**error, **self.detail}
+        """``{"error", "field"}`` (``field`` null when no one field is at fault: Redis down, a conflict), and any
+        detail (e.g. the per-event rejections)."""
+        return {"error": self.message, "field": self.field, **self.detail}
 
 
 class BadRequest(VaiError):

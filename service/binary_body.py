@@ -15,13 +15,13 @@ refuse the whole body (the framing itself is wrong).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
 
 from common.errors import InvalidInput
 from common.numbers import ascii_decimal
+from service.body import lenient_json
 from service.parsing import Decoded, check_count, decode_object
 from service.tensors import BinaryTensor
 
@@ -55,8 +55,8 @@ def _load(header: bytes) -> tuple[Any, bool]:
         return orjson.loads(header), True
     except orjson.JSONDecodeError:
         pass
-    try:  # NaN/Infinity tokens: read them, so that the event and field holding them get named
-        return json.loads(header), False
+    try:  # NaN/Infinity tokens or invalid UTF-8: read them, so that the event and field holding them get named
+        return lenient_json(header), False
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"body: the JSON header is not valid JSON ({error})", field="body") from None
 

@@ -15,7 +15,7 @@ from common.errors import BadRequest, InvalidInput, PayloadTooLarge, RequestTime
 from common.numbers import ascii_decimal
 
 M = TypeVar("M", bound=BaseModel)
-NOT_UNICODE = "not valid Unicode: a UTF-16 surrogate escape (\\ud800 to \\udfff) without its pair"
+NOT_UNICODE = "not valid Unicode: invalid UTF-8, or a UTF-16 surrogate escape (\\ud800 to \\udfff) without its pair"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """The only way JSON text spells a lone surrogate (UTF-8 cannot encode one)."""
 
@@ -89,6 +89,16 @@ def parse_json(body: bytes, model: type[M]) -> M:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+
+
+def lenient_json(text: bytes) -> Any:
+    """``text`` read by the standard library's JSON reader, which reads ``NaN`` and ``Infinity`` tokens (so the
+    field holding one can be named), with invalid UTF-8 read as lone surrogates: the string holding it, not the
+    whole body, is then refused (:func:`not_unicode_at`). Raises ``ValueError`` or ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except UnicodeDecodeError:
+        return json.loads(text.decode("utf-8", "surrogateescape"))
 
 
 def refuse_lone_surrogates(text: bytes, document: Any) -> None:

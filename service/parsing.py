@@ -11,7 +11,6 @@ the whole body.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import msgspec
 
 from common.errors import InvalidInput
-from service.body import NOT_UNICODE, not_unicode_at, printable
+from service.body import NOT_UNICODE, lenient_json, not_unicode_at, printable
 from service.errors import FieldError
 from service.schemas import NUMBER_FIELDS, BatchIn, EventIn, RawBatchIn
 from service.tensors import BinaryTensor, vectors_of
@@ -92,7 +91,7 @@ def _decode_one_by_one(body: bytes, *, max_batch: int) -> list[Decoded]:
 
 def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
     try:
-        document = json.loads(body)
+        document = lenient_json(body)
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"body: not valid JSON: {error}", field="body") from None
     if isinstance(document, dict) and set(document) == {"events"} and isinstance(document["events"], list):

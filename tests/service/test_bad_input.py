@@ -303,10 +303,10 @@ ENVELOPES = [
     pytest.param(b" \n\t ", "body", 1, id="whitespace"),
     pytest.param(b'{"model": "digits", "request_id":', "body", 1, id="truncated-json"),
     pytest.param(b"not json at all", "body", 1, id="not-json"),
-    pytest.param(b'{"model":"dig\xffits","request_id":"bad","logits":[4.0,1.0]}', "body", 1, id="invalid-utf8"),
+    pytest.param(b'{"model":"dig\xffits","request_id":"bad","logits":[4.0,1.0]}', "model", 1, id="invalid-utf8"),
     pytest.param(
         b'{"events":[{"model":"dig\xffits","request_id":"bad","logits":[4.0,1.0]}]}',
-        "body",
+        "model",  # the event and field holding it are named, as for any bad value
         1,
         id="invalid-utf8-in-batch",
     ),
@@ -681,6 +681,12 @@ GOOD = [json.dumps(event(request_id)).encode() for request_id in ("r0", "r2")]
             "cohort.region",
             "r1",
             id="cohort-value",
+        ),
+        pytest.param(
+            b'{"model":"digits","request_id":"r1","logits":[4.0,1.0],"cohort":{"region":"a\xff\xfe"}}',
+            "cohort.region",
+            "r1",
+            id="invalid-utf8",
         ),
     ],
 )
