@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,6 +107,25 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def watch(self, stop: threading.Event, *, period_s: float = 1.0) -> None:
+        """Start redis-server again (same port, same data) whenever it exits on its own, until ``stop`` is set;
+        run in a thread of its own. Without it, a redis-server killed (say, by the kernel's OOM killer) stayed
+        dead while the sidecar answered 503 to everything that needs Redis, and ``/livez`` 200."""
+        wait_s = period_s
+        while not stop.wait(wait_s):
+            process = self._process
+            if process is None or process.poll() is None:  # stopped by us, or running
+                wait_s = period_s
+                continue
+            log.error("embedded redis-server exited with %s; starting it again on %s", process.returncode, self.url)
+            try:
+                self.start()
+            except (RuntimeError, OSError) as error:
+                log.error("embedded redis-server did not start again: %s", error)
+                wait_s = min(wait_s * 2, 30.0)
+            else:
+                wait_s = period_s
 
     def kill(self) -> None:
         """Stop without a clean shutdown (for tests of an outage)."""

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 
 import uvicorn
@@ -42,9 +43,11 @@ def serve_forever(settings: SidecarSettings) -> int:
         signal.signal(signum, _exit_cleanly)
     embedded: EmbeddedRedis | None = None
     monitor: subprocess.Popen[bytes] | None = None
+    stopping = threading.Event()
     if settings.redis_url is None:
         embedded = EmbeddedRedis(data_dir=settings.redis_data_dir).start()
         settings = settings.model_copy(update={"redis_url": embedded.url})
+        threading.Thread(target=embedded.watch, args=(stopping,), name="embedded-redis", daemon=True).start()
     try:
         if settings.monitors_enabled and settings.monitor == "embedded":
             monitor = start_monitor(settings.redis_url or "", host=settings.host)
@@ -59,6 +62,7 @@ def serve_forever(settings: SidecarSettings) -> int:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
     finally:
+        stopping.set()
         if monitor is not None:
             stop_child(monitor)
         if embedded is not None:
