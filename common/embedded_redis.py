@@ -111,7 +111,10 @@ class EmbeddedRedis:
     def watch(self, stop: threading.Event, *, period_s: float = 1.0) -> None:
         """Start redis-server again (same port, same data) whenever it exits on its own, until ``stop`` is set;
         run in a thread of its own. Without it, a redis-server killed (say, by the kernel's OOM killer) stayed
-        dead while the sidecar answered 503 to everything that needs Redis, and ``/livez`` 200."""
+        dead while the sidecar answered 503 to everything that needs Redis, and ``/livez`` 200.
+
+        A server started here dies with this thread (the parent-death signal is per thread): :meth:`stop` the
+        server before setting ``stop``."""
         wait_s = period_s
         while not stop.wait(wait_s):
             process = self._process
@@ -121,7 +124,7 @@ class EmbeddedRedis:
             log.error("embedded redis-server exited with %s; starting it again on %s", process.returncode, self.url)
             try:
                 self.start()
-            except (RuntimeError, OSError) as error:
+            except Exception as error:  # this thread must outlive any failure: the server dies with it
                 log.error("embedded redis-server did not start again: %s", error)
                 wait_s = min(wait_s * 2, 30.0)
             else:

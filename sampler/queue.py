@@ -66,6 +66,7 @@ class QueueWriter:
         self._buffered: Counter[str] = Counter()
         self._lengths: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self.redis_up = True
         metrics.redis_up.set(1)
         metrics.queue_max_length.set(queue_max_length)
@@ -114,7 +115,12 @@ class QueueWriter:
                 self._wake.clear()
 
     async def flush_once(self) -> bool:
-        """Write up to one batch; ``False`` when Redis could not be reached."""
+        """Write up to one batch; ``False`` when Redis could not be reached. One at a time: the final drain may
+        run while a writer task that did not stop is still flushing, and two would write a batch twice."""
+        async with self._flushing:
+            return await self._flush_once()
+
+    async def _flush_once(self) -> bool:
         batch = list(islice(self._buffer, self._batch_size))
         if not batch:
             return True
@@ -146,10 +152,13 @@ class QueueWriter:
         return True
 
     async def drain(self, *, timeout_s: float) -> None:
-        """Try to write everything buffered before shutting down, for at most ``timeout_s``."""
+        """Try to write everything buffered before shutting down, for about ``timeout_s`` (each flush is bounded
+        by the writer's Redis timeout; the deadline is checked between them, as a cancel can be swallowed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):  # a batch cut short stays buffered (popped only once written)
-                while self._buffer:
+            while self._buffer and loop.time() < deadline and not cancelling():
+                async with asyncio.timeout_at(deadline):  # a batch cut short stays buffered
                     if not await self.flush_once():
                         await asyncio.sleep(self._retry_s)
         if self._buffer:

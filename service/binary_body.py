@@ -37,7 +37,7 @@ def decode_binary(body: bytes, header_length: str, *, max_batch: int) -> list[De
             f"{HEADER_LENGTH}: {header_length!r} is not a JSON length within the {len(body)}-byte body",
             field=HEADER_LENGTH,
         )
-    document, finite = _load(body[:size])
+    document, finite, unicode = _load(body[:size])
     items = _items(document, max_batch=max_batch)
     sections = _Sections(memoryview(body)[size:])
     for item in items:
@@ -46,17 +46,19 @@ def decode_binary(body: bytes, header_length: str, *, max_batch: int) -> list[De
                 if key in TENSOR_FIELDS and _is_binary(value):
                     item[key] = sections.cut(value)
     sections.check_all_used()
-    return [decode_object(index, item, finite=finite) for index, item in enumerate(items)]
+    return [decode_object(index, item, finite=finite, unicode=unicode) for index, item in enumerate(items)]
 
 
-def _load(header: bytes) -> tuple[Any, bool]:
-    """The JSON header, and whether its numbers are known finite (orjson refuses NaN, Infinity and 1e400)."""
+def _load(header: bytes) -> tuple[Any, bool, bool]:
+    """The JSON header, whether its numbers are known finite (orjson refuses NaN, Infinity and 1e400), and
+    whether its text is known Unicode (orjson refuses invalid UTF-8 and lone surrogates too)."""
     try:
-        return orjson.loads(header), True
+        return orjson.loads(header), True, True
     except orjson.JSONDecodeError:
         pass
     try:  # NaN/Infinity tokens or invalid UTF-8: read them, so that the event and field holding them get named
-        return lenient_json(header), False
+        document, unicode = lenient_json(header)
+        return document, False, unicode
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"body: the JSON header is not valid JSON ({error})", field="body") from None
 

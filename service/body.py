@@ -16,6 +16,9 @@ from common.numbers import ascii_decimal
 
 M = TypeVar("M", bound=BaseModel)
 NOT_UNICODE = "not valid Unicode: invalid UTF-8, or a UTF-16 surrogate escape (\\ud800 to \\udfff) without its pair"
+_CLOSE = {"Connection": "close"}
+"""On a body left unread: the rest of it would otherwise arrive as the connection's next request, or keep
+a client that dribbles it connected."""
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """The only way JSON text spells a lone surrogate (UTF-8 cannot encode one)."""
 
@@ -62,27 +65,31 @@ async def collect_body(
                     on_chunk(chunk)
     except TimeoutError:
         raise RequestTimeout(
-            f"body: not all received within {timeout_s:g} s (VAI_BODY_TIMEOUT_S)", field="body"
+            f"body: not all received within {timeout_s:g} s (VAI_BODY_TIMEOUT_S)", field="body", headers=_CLOSE
         ) from None
     return b"".join(parts)
 
 
 def _too_large(limit_bytes: int, limit_setting: str | None) -> PayloadTooLarge:
     where = f" ({limit_setting})" if limit_setting else ""
-    return PayloadTooLarge(f"body: larger than {limit_bytes} bytes{where}", field="body")
+    return PayloadTooLarge(f"body: larger than {limit_bytes} bytes{where}", field="body", headers=_CLOSE)
 
 
-def parse_json(body: bytes, model: type[M]) -> M:
+def parse_json(body: bytes, model: type[M], *, text_checked_by_model: bool = False) -> M:
     """``body`` as ``model``; 422 naming the field at fault.
 
     The standard library's reader accepts ``NaN`` and ``Infinity`` tokens and reads ``1e400`` as
     infinity, so a non-finite number is refused by the model against its own field, not as "not JSON".
+    ``text_checked_by_model``: invalid UTF-8 and lone surrogates are left in the document (as lone
+    surrogates) for the model's consumer to refuse item by item (:func:`not_unicode_at`), instead of
+    refusing the whole body.
     """
     try:
-        document = json.loads(body)
+        document = lenient_json(body)[0] if text_checked_by_model else json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidInput(f"body: not valid JSON ({error})", field="body") from None
-    refuse_lone_surrogates(body, document)
+    if not text_checked_by_model:
+        refuse_lone_surrogates(body, document)
     try:
         return model.model_validate(document)
     except ValidationError as error:
@@ -91,14 +98,16 @@ def parse_json(body: bytes, model: type[M]) -> M:
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
 
 
-def lenient_json(text: bytes) -> Any:
+def lenient_json(text: bytes) -> tuple[Any, bool]:
     """``text`` read by the standard library's JSON reader, which reads ``NaN`` and ``Infinity`` tokens (so the
     field holding one can be named), with invalid UTF-8 read as lone surrogates: the string holding it, not the
-    whole body, is then refused (:func:`not_unicode_at`). Raises ``ValueError`` or ``RecursionError``."""
+    whole body, is then refused (:func:`not_unicode_at`). Also whether all its text is surely Unicode (no
+    invalid UTF-8, no surrogate escape), when no string needs that check. Raises ``ValueError`` or
+    ``RecursionError``."""
     try:
-        return json.loads(text)
+        return json.loads(text), _SURROGATE_ESCAPE.search(text) is None
     except UnicodeDecodeError:
-        return json.loads(text.decode("utf-8", "surrogateescape"))
+        return json.loads(text.decode("utf-8", "surrogateescape")), False
 
 
 def refuse_lone_surrogates(text: bytes, document: Any) -> None:

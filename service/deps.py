@@ -46,8 +46,10 @@ def json_body(
     scope: Scope,
     limit_bytes: int | Callable[[SidecarSettings], int],
     limit_setting: str | None = None,
+    text_checked_by_model: bool = False,
 ) -> Any:
-    """A dependency giving the JSON body as ``model``, read only once the token holds ``scope``.
+    """A dependency giving the JSON body as ``model``, read only once the token holds ``scope``
+    (``text_checked_by_model``: see :func:`~service.body.parse_json`).
 
     FastAPI reads and parses a body *parameter* before it runs any dependency, whatever its
     size and whoever sent it. Declare the body through this instead::
@@ -64,7 +66,8 @@ def json_body(
         sidecar: Sidecar = request.app.state.sidecar
         sidecar.auth.check(request.headers.get("authorization"), scope)
         limit = limit_bytes if isinstance(limit_bytes, int) else limit_bytes(sidecar.settings)
-        return parse_json(await read_body(request, limit_bytes=limit, limit_setting=limit_setting), model)
+        body = await read_body(request, limit_bytes=limit, limit_setting=limit_setting)
+        return parse_json(body, model, text_checked_by_model=text_checked_by_model)
 
     return Depends(read)
 

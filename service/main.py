@@ -62,11 +62,11 @@ def serve_forever(settings: SidecarSettings) -> int:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
     finally:
-        stopping.set()
         if monitor is not None:
             stop_child(monitor)
         if embedded is not None:
-            embedded.stop()
+            embedded.stop()  # before its watcher ends: a server the watcher restarted dies with that thread
+        stopping.set()
     return 0
 
 

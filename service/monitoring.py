@@ -28,6 +28,7 @@ from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.references import ReferenceStore
 from monitors.fleet.results import DriftStatus, QualityReport
 from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
+from service.body import NOT_UNICODE, not_unicode_at, printable
 from service.feed_writer import LABELLED, FeedWriter
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class LabelVerdict:
     outcome: str
     """``matched``, ``unmatched`` (never seen, expired or labelled already) or ``rejected``."""
     error: str | None = None
+    model: str | None = None
+    """The model the label named (a string), when it named one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,33 +118,53 @@ class Monitoring:
                 try:
                     record = MonitoringRecord.from_blob(model, body)
                 except FeedFormatError as error:
-                    result.rejected.append(LabelVerdict(index, request_id, "rejected", f"prediction record: {error}"))
-                    self.labels.labels(model, "rejected").inc()
+                    result.rejected.append(
+                        LabelVerdict(index, request_id, "rejected", f"prediction record: {error}", model)
+                    )
                     continue
                 self._join(result, index, record, label)
+        result.rejected.sort(key=lambda verdict: verdict.index)
+        self._count_rejected(result.rejected, known)
         return result
+
+    def _count_rejected(self, rejected: list[LabelVerdict], known: set[str]) -> None:
+        for verdict in rejected:
+            model = verdict.model if verdict.model is not None and verdict.model in known else UNKNOWN_MODEL
+            self.labels.labels(model, "rejected").inc()
 
     def _valid_labels(
         self, items: list[Any], *, known: set[str], result: LabelsResult
     ) -> list[tuple[int, str, str, int]]:
-        """The items that are labels, with their positions; the others rejected (and counted) by name."""
+        """The items that are labels, with their positions; the others go to ``result.rejected`` by name (their
+        count waits for the end of the request: a 503 on the way must not count them twice when retried)."""
         labels: list[tuple[int, str, str, int]] = []
         for index, item in enumerate(items):
+            fields = item if isinstance(item, dict) else {}
+            request_id = fields.get("request_id")
             try:
+                where = not_unicode_at(item)  # the body was read leniently: its text is checked here
+                if where is not None:
+                    path = ".".join(["labels", str(index), *(str(part) for part in where)])
+                    raise ValueError(f"{path}: {NOT_UNICODE}")
                 valid = LabelIn.model_validate(item)
             except ValidationError as error:
                 first = error.errors()[0]
-                where = ".".join(["labels", str(index), *(str(part) for part in first["loc"])])
-                fields = item if isinstance(item, dict) else {}
-                request_id, model = fields.get("request_id"), fields.get("model")
-                request_id = request_id if isinstance(request_id, str) else None
-                result.rejected.append(LabelVerdict(index, request_id, "rejected", f"{where}: {first['msg']}"))
-                self.labels.labels(
-                    model if isinstance(model, str) and model in known else UNKNOWN_MODEL, "rejected"
-                ).inc()
+                path = ".".join(["labels", str(index), *(str(part) for part in first["loc"])])
+                message = f"{path}: {first['msg']}"
+            except ValueError as error:
+                message = str(error)
+            except RecursionError:
+                message = f"labels.{index}: nested too deeply"
+            else:
+                labels.append((index, valid.model, valid.request_id, valid.label))
                 continue
-            labels.append((index, valid.model, valid.request_id, valid.label))
+            named = printable(request_id) if isinstance(request_id, str) else None
+            model = fields.get("model")
+            result.rejected.append(
+                LabelVerdict(index, named, "rejected", message, model if isinstance(model, str) else None)
+            )
         if not labels:
+            self._count_rejected(result.rejected, known)
             first_error = result.rejected[0].error or "labels: no valid label"
             raise InvalidInput(f"no valid label in the request; first: {first_error}", field=first_error.split(":")[0])
         return labels
@@ -149,8 +172,7 @@ class Monitoring:
     def _join(self, result: LabelsResult, index: int, record: MonitoringRecord, label: int) -> None:
         if label >= record.num_classes:
             message = f"labels.{index}.label: class {label} out of range for {record.num_classes} classes"
-            result.rejected.append(LabelVerdict(index, record.request_id, "rejected", message))
-            self.labels.labels(record.model, "rejected").inc()
+            result.rejected.append(LabelVerdict(index, record.request_id, "rejected", message, record.model))
             return
         self.writer.mark_labelled(record.model)
         self.writer.offer(LABELLED, record.labelled(label))

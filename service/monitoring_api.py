@@ -47,7 +47,10 @@ def _monitoring(sidecar: Sidecar) -> Monitoring:
 
 LABELS_BODY_BYTES = 4 * 1024 * 1024
 """Most bytes of one ``POST /v1/labels`` (10,000 labels take about 1.5 MB)."""
-LabelsBody = Annotated[_LabelsEnvelope, json_body(_LabelsEnvelope, scope=Scope.INGEST, limit_bytes=LABELS_BODY_BYTES)]
+LabelsBody = Annotated[
+    _LabelsEnvelope,
+    json_body(_LabelsEnvelope, scope=Scope.INGEST, limit_bytes=LABELS_BODY_BYTES, text_checked_by_model=True),
+]
 
 
 @router.post("/v1/labels", summary="Join delayed ground truth to predictions", openapi_extra=json_body_doc(LabelsIn))

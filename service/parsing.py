@@ -91,7 +91,7 @@ def _decode_one_by_one(body: bytes, *, max_batch: int) -> list[Decoded]:
 
 def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
     try:
-        document = lenient_json(body)
+        document, unicode = lenient_json(body)
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"body: not valid JSON: {error}", field="body") from None
     if isinstance(document, dict) and set(document) == {"events"} and isinstance(document["events"], list):
@@ -99,13 +99,16 @@ def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
         check_count(len(items), max_batch)
     else:
         items = [document]
-    return [decode_object(index, item, via_json=True) for index, item in enumerate(items)]
+    return [decode_object(index, item, via_json=True, unicode=unicode) for index, item in enumerate(items)]
 
 
-def decode_object(index: int, item: Any, *, via_json: bool = False, finite: bool = False) -> Decoded:
+def decode_object(
+    index: int, item: Any, *, via_json: bool = False, finite: bool = False, unicode: bool = False
+) -> Decoded:
     """One event already parsed into Python objects, NaN tokens included; ``via_json``: re-encode and decode
     it as the careful path's JSON does (else converted as is, e.g. with ``BinaryTensor``s in its fields);
-    ``finite``: its parser refused NaN and infinity, so they need no search."""
+    ``finite``: its parser refused NaN and infinity (and lone surrogates), so they need no search;
+    ``unicode``: its text is surely Unicode (see :func:`~service.body.lenient_json`), so it needs no search."""
     request_id = item.get("request_id") if isinstance(item, dict) else None
     request_id = printable(request_id) if isinstance(request_id, str) else None
     try:
@@ -114,7 +117,7 @@ def decode_object(index: int, item: Any, *, via_json: bool = False, finite: bool
             return Rejected(
                 index, request_id, FieldError(bad or "event", "must be a finite number", reason="non_finite")
             )
-        where = None if finite else not_unicode_at(item)  # a parser that refuses NaN refuses lone surrogates too
+        where = None if finite or unicode else not_unicode_at(item)
         if where is not None:
             return Rejected(index, request_id, FieldError(_path_text(where) or "event", NOT_UNICODE))
         return _EVENT.decode(msgspec.json.encode(item)) if via_json else msgspec.convert(item, EventIn)

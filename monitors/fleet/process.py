@@ -33,8 +33,9 @@ from monitors.fleet.settings import MonitorSettings
 from monitors.window import PredictionWindow, WindowStore
 
 log = logging.getLogger(__name__)
-READER_CONNECTIONS = 1024
-"""Most connections of the blocking reads: two per owned model, so up to 512 models per monitor process."""
+READER_CONNECTIONS = 512
+"""Most connections of the blocking reads: two per owned model, so up to 256 models per monitor process (and
+within a container's usual limit of 1,024 open files)."""
 
 
 def default_monitor_id() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import signal
@@ -188,4 +189,34 @@ async def test_a_redis_that_stops_answering_times_out_and_holds_no_connection(
     gc.collect()
     assert await writer.flush_once() is True
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+    await client.aclose()
+
+
+async def test_drain_gives_up_near_its_deadline_while_redis_is_hung(own_redis: EmbeddedRedis) -> None:
+    """Shutdown must not wait on a hung Redis past the drain's time (a pod that does not stop is killed, its
+    buffer lost): the drain stops between flushes at its deadline, the event still buffered and counted as
+    such, and two flushes never run at once (the drain may meet a writer task that did not stop)."""
+    client = connect(own_redis.url, timeout_s=0.5)
+    writer = QueueWriter(
+        client,
+        SamplerMetrics(CollectorRegistry()),
+        ExplanationStore(client, ttl_s=3600),
+        max_events=10,
+        max_bytes=1 << 20,
+        batch_size=10,
+        stream_maxlen=100,
+        queue_max_length=100,
+        retry_s=0.05,
+    )
+    assert writer.offer(message("r1")) is None
+    (pid,) = redis_servers_in(own_redis.data_dir)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        still_running = asyncio.create_task(writer.flush_once())  # a writer task's flush, not yet given up
+        await asyncio.wait_for(writer.drain(timeout_s=1.5), timeout=30)  # a liveness bound, not a speed figure
+        assert writer.buffered == 1
+        assert await still_running is False
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert await writer.flush_once() is True
     await client.aclose()

@@ -529,3 +529,16 @@ def test_a_bad_label_is_rejected_by_name_and_the_others_join(make_client: Callab
     assert registry.get_sample_value("vai_labels_total", {"model": "__unknown__", "matched": "rejected"}) == 2
     only_bad = client.post("/v1/labels", json={"labels": [{"model": "digits", "request_id": "q", "label": -1}]})
     assert only_bad.status_code == 422 and only_bad.json()["field"] == "labels.0.label", only_bad.text
+    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "rejected"}) == 4
+    raw = (  # text that is not Unicode: a lone surrogate escape, raw invalid UTF-8; each refused alone
+        b'{"labels": [{"model": "digits", "request_id": "s\\ud800", "label": 1},'
+        b' {"model": "digits", "request_id": "b\xff", "label": 1},'
+        b' {"model": "digits", "request_id": "g0", "label": 2}]}'
+    )
+    answer = client.post("/v1/labels", content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert [(r["index"], r["error"].split(":")[0]) for r in answer.json()["rejected"]] == [
+        (0, "labels.0.request_id"),
+        (1, "labels.1.request_id"),
+    ]
+    assert answer.json()["unmatched"][0]["request_id"] == "g0"  # labelled already: the rest went on

@@ -43,9 +43,9 @@ def _busy(seconds: float) -> None:
 
 async def _flush_while_the_loop_is_busy(sidecar: Sidecar, server: EmbeddedRedis) -> tuple[bool, int]:
     """Both writers send a batch; Redis answers at once, but the loop reads the replies only 0.8 s later
-    (a first batch, written normally, has loaded the writers' scripts and opened their connections)."""
+    (a first batch, written normally, has opened the writers' connections)."""
     assert sidecar.feed is not None
-    assert await sidecar.writer.flush_once() and await sidecar.feed.flush() == 1  # scripts loaded, connections open
+    assert await sidecar.writer.flush_once() and await sidecar.feed.flush() == 1  # their connections open
     await asyncio.gather(*(sidecar.writer_redis.ping() for _ in range(2)))  # a connection for each writer
     assert sidecar.ingest.ingest(orjson.dumps(event("r2"))).accepted == 1
     with _paused(server):
