@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +79,18 @@ def redis_servers_in(directory: Path) -> list[int]:
             except OSError:  # gone, or not ours to read
                 continue
     return found
+
+
+@contextmanager
+def paused_redis(data_dir: Path) -> Iterator[None]:
+    """The redis-server of ``data_dir`` stopped (SIGSTOP) inside the block: connections stay open, nothing is
+    answered, as when Redis hangs."""
+    (pid,) = redis_servers_in(data_dir)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 REPO = Path(__file__).parents[1]

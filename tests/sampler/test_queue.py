@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import signal
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from common import keys
 from common.embedded_redis import EmbeddedRedis
 from common.redis import connect
-from helpers import event, redis_servers_in, stream_entries, wait_until
+from helpers import event, paused_redis, stream_entries, wait_until
 from sampler.contract import SampledEvent
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
@@ -161,14 +160,8 @@ def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
         restarted.stop()
 
 
-async def test_a_redis_that_stops_answering_times_out_and_holds_no_connection(
-    own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A paused Redis (SIGSTOP: no refusal, just silence) costs the flush its timeout, not a hang; the
-    event stays buffered and is written once Redis answers, and no pipeline is left holding a
-    connection (redis-py logs 'Unclosed Pipeline client' for one)."""
-    client = connect(own_redis.url, timeout_s=0.2)
-    writer = QueueWriter(
+def _small_writer(client: Redis) -> QueueWriter:
+    return QueueWriter(
         client,
         SamplerMetrics(CollectorRegistry()),
         ExplanationStore(client, ttl_s=3600),
@@ -179,13 +172,19 @@ async def test_a_redis_that_stops_answering_times_out_and_holds_no_connection(
         queue_max_length=100,
         retry_s=0.05,
     )
+
+
+async def test_a_redis_that_stops_answering_times_out_and_holds_no_connection(
+    own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A paused Redis (SIGSTOP: no refusal, just silence) costs the flush its timeout, not a hang; the
+    event stays buffered and is written once Redis answers, and no pipeline is left holding a
+    connection (redis-py logs 'Unclosed Pipeline client' for one)."""
+    client = connect(own_redis.url, timeout_s=0.2)
+    writer = _small_writer(client)
     assert writer.offer(message("r1")) is None
-    (pid,) = redis_servers_in(own_redis.data_dir)
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with paused_redis(own_redis.data_dir):
         assert await writer.flush_once() is False
-    finally:
-        os.kill(pid, signal.SIGCONT)
     gc.collect()
     assert await writer.flush_once() is True
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
@@ -197,26 +196,12 @@ async def test_drain_gives_up_near_its_deadline_while_redis_is_hung(own_redis: E
     buffer lost): the drain stops between flushes at its deadline, the event still buffered and counted as
     such, and two flushes never run at once (the drain may meet a writer task that did not stop)."""
     client = connect(own_redis.url, timeout_s=0.5)
-    writer = QueueWriter(
-        client,
-        SamplerMetrics(CollectorRegistry()),
-        ExplanationStore(client, ttl_s=3600),
-        max_events=10,
-        max_bytes=1 << 20,
-        batch_size=10,
-        stream_maxlen=100,
-        queue_max_length=100,
-        retry_s=0.05,
-    )
+    writer = _small_writer(client)
     assert writer.offer(message("r1")) is None
-    (pid,) = redis_servers_in(own_redis.data_dir)
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with paused_redis(own_redis.data_dir):
         still_running = asyncio.create_task(writer.flush_once())  # a writer task's flush, not yet given up
         await asyncio.wait_for(writer.drain(timeout_s=1.5), timeout=30)  # a liveness bound, not a speed figure
         assert writer.buffered == 1
         assert await still_running is False
-    finally:
-        os.kill(pid, signal.SIGCONT)
     assert await writer.flush_once() is True
     await client.aclose()

@@ -3,8 +3,6 @@ shape, without Redis's address, and the client's keep-alive connection survives.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 import redis
 
 from common.embedded_redis import EmbeddedRedis
-from helpers import redis_servers_in, serve_app
+from helpers import paused_redis, serve_app
 from service.app import create_app
 
 READS = [
@@ -43,12 +41,8 @@ def _broken(server: EmbeddedRedis, how: str) -> Iterator[None]:
             client.config_set("maxmemory", 0)
             client.close()
         return
-    (pid,) = redis_servers_in(server.data_dir)
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with paused_redis(server.data_dir):
         yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def _send(client: httpx.Client, route: str) -> httpx.Response:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -16,22 +13,11 @@ from fastapi.testclient import TestClient
 
 from common import keys
 from common.embedded_redis import EmbeddedRedis
-from helpers import event, redis_servers_in, sidecar_of, wait_until
+from helpers import event, paused_redis, sidecar_of, wait_until
 from service.settings import SidecarSettings
 from service.sidecar import Sidecar
 
 EVERY_EVENT = {"every_n": 1, "max_per_second": 10_000}
-
-
-@contextmanager
-def _paused(server: EmbeddedRedis) -> Iterator[None]:
-    """Redis stopped with SIGSTOP inside the block: connections stay open, nothing is answered."""
-    (pid,) = redis_servers_in(server.data_dir)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def _busy(seconds: float) -> None:
@@ -48,7 +34,7 @@ async def _flush_while_the_loop_is_busy(sidecar: Sidecar, server: EmbeddedRedis)
     assert await sidecar.writer.flush_once() and await sidecar.feed.flush() == 1  # their connections open
     await asyncio.gather(*(sidecar.writer_redis.ping() for _ in range(2)))  # a connection for each writer
     assert sidecar.ingest.ingest(orjson.dumps(event("r2"))).accepted == 1
-    with _paused(server):
+    with paused_redis(server.data_dir):
         queue = asyncio.create_task(sidecar.writer.flush_once())
         feed = asyncio.create_task(sidecar.feed.flush())
         await asyncio.sleep(0.1)  # both batches are sent and wait for Redis
@@ -100,7 +86,7 @@ def test_labels_answer_503_without_waiting_for_the_writers_timeout(
     client = make_client(redis_url=own_redis.url, redis_timeout_s=0.2, label_records="all")
     feed = sidecar_of(client).feed
     assert feed is not None
-    with _paused(own_redis):
+    with paused_redis(own_redis.data_dir):
         assert client.post("/v1/events", json=event("r1")).status_code == 202
         wait_until(lambda: len(feed) == 0, what="the record's batch to leave for Redis")
         answer = client.post("/v1/labels", json={"labels": [{"model": "digits", "request_id": "r1", "label": 0}]})
