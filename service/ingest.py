@@ -208,7 +208,10 @@ class IngestHandler:
         self._metrics.rejected.labels(reason).inc()
 
     def _admit(self, model: str, request_id: str, dims: int) -> None:
-        """Checks that depend on what came before; records the event once it passes them all."""
+        """Checks that depend on what came before (and the request id's text, checked here for both readers);
+        records the event once it passes them all."""
+        if not request_id.isprintable():  # a newline or NUL in an id breaks logs, keys and the viewer's links
+            raise FieldError("request_id", "must be printable text: no control characters")
         if model not in self._models:
             self.register(model)  # the cap's error, before any other check
         known_dims = self.embedding_dims.get(model)
