@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 import uvicorn
@@ -18,6 +19,8 @@ from service.app import create_app
 from service.settings import SidecarSettings
 
 log = logging.getLogger("vai_sidecar")
+CRASH_LOOP_S = 10.0
+"""An embedded child that exits sooner than this after its start is started again ever more slowly (up to 30 s)."""
 GRACEFUL_SHUTDOWN_S = 10
 """How long a stopping sidecar waits for open requests before closing their connections (Kubernetes
 waits 30 s by default before SIGKILL, and the buffers still have to be written after it)."""
@@ -42,7 +45,7 @@ def serve_forever(settings: SidecarSettings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
     embedded: EmbeddedRedis | None = None
-    monitor: subprocess.Popen[bytes] | None = None
+    monitor: EmbeddedMonitor | None = None
     stopping = threading.Event()
     if settings.redis_url is None:
         embedded = EmbeddedRedis(data_dir=settings.redis_data_dir).start()
@@ -50,7 +53,8 @@ def serve_forever(settings: SidecarSettings) -> int:
         threading.Thread(target=embedded.watch, args=(stopping,), name="embedded-redis", daemon=True).start()
     try:
         if settings.monitors_enabled and settings.monitor == "embedded":
-            monitor = start_monitor(settings.redis_url or "", host=settings.host)
+            monitor = EmbeddedMonitor(settings.redis_url or "", host=settings.host)
+            threading.Thread(target=monitor.watch, args=(stopping,), name="embedded-monitor", daemon=True).start()
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -61,11 +65,11 @@ def serve_forever(settings: SidecarSettings) -> int:
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
-    finally:
+    finally:  # each child before its watcher ends: one the watcher started again dies with that thread
         if monitor is not None:
-            stop_child(monitor)
+            monitor.stop()
         if embedded is not None:
-            embedded.stop()  # before its watcher ends: a server the watcher restarted dies with that thread
+            embedded.stop()
         stopping.set()
     return 0
 
@@ -77,6 +81,43 @@ def start_monitor(redis_url: str, *, host: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "common.cli", "monitor"]
     log.info("starting the embedded monitor (metrics on port %s)", env.get("VAI_MONITOR_METRICS_PORT", "8002"))
     return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+
+
+class EmbeddedMonitor:
+    """The monitor child of ``VAI_MONITOR=embedded`` (:func:`start_monitor`), started again whenever it exits on
+    its own: without it, a monitor that died left drift and calibration unwatched while the sidecar went on."""
+
+    def __init__(self, redis_url: str, *, host: str) -> None:
+        self._redis_url, self._host = redis_url, host
+        self.process = start_monitor(redis_url, host=host)
+        self._started_at = time.monotonic()
+        self._stopped = False
+
+    def watch(self, stop: threading.Event, *, period_s: float = 1.0) -> None:
+        """Until ``stop`` is set, in a thread of its own. A child started here dies with this thread (the
+        parent-death signal is per thread): :meth:`stop` the child before setting ``stop``."""
+        backoff_s = 0.0
+        while not stop.wait(period_s):
+            if self._stopped or self.process.poll() is None:
+                continue
+            lived_s = time.monotonic() - self._started_at
+            backoff_s = 0.0 if lived_s > CRASH_LOOP_S else min(max(2 * backoff_s, 2.0), 30.0)
+            log.error(
+                "embedded monitor exited with %s after %.0f s; starting it again in %.0f s",
+                self.process.returncode,
+                lived_s,
+                backoff_s,
+            )
+            if stop.wait(backoff_s) or self._stopped:
+                return
+            try:
+                self.process, self._started_at = start_monitor(self._redis_url, host=self._host), time.monotonic()
+            except Exception as error:  # this thread must outlive any failure: its child dies with it
+                log.error("embedded monitor did not start again: %s", error)
+
+    def stop(self) -> None:
+        self._stopped = True
+        stop_child(self.process)
 
 
 def stop_child(process: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> None:

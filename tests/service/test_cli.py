@@ -108,3 +108,31 @@ def test_prometheus_scrapes_the_sidecar(served: tuple[str, subprocess.Popen[byte
     finally:
         prometheus.terminate()
         prometheus.wait(10)
+
+
+def _monitor_children(parent: int) -> list[int]:
+    """Pids of the ``vai-sidecar monitor`` children of ``parent``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"monitor" in command:
+            found.append(int(proc.name))
+    return found
+
+
+def test_an_embedded_monitor_that_dies_is_started_again(served: tuple[str, subprocess.Popen[bytes]]) -> None:
+    _, process = served
+    (first,) = wait_until(lambda: _monitor_children(process.pid), what="the embedded monitor child")
+    os.kill(first, signal.SIGKILL)
+    (second,) = wait_until(
+        lambda: [pid for pid in _monitor_children(process.pid) if pid != first], what="a new monitor child"
+    )
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    assert not Path(f"/proc/{second}").exists(), "the monitor started again outlived serve"
