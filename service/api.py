@@ -45,7 +45,7 @@ async def status(sidecar: SidecarDep) -> Response:
     return _json(dataclasses.asdict(sidecar.status()))
 
 
-@router.get("/livez", include_in_schema=False)
+@router.api_route("/livez", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: some load balancers probe so
 async def livez() -> Response:
     return _json({"status": "ok"})
 

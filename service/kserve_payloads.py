@@ -65,6 +65,10 @@ class Prediction:
     model_version: str | None
 
 
+MAX_EVENT_ID = 120
+"""Longest ``ce-id``: its events' request ids, ``{ce-id}:{instance}``, must fit the 128 characters of one."""
+
+
 def read_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     """The CloudEvent of a request to ``POST /v1/cloudevents`` (``headers`` with lower-case names)."""
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -78,6 +82,13 @@ def read_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
             raise BadRequest(
                 f"{prefix}{name}: missing (is this a CloudEvent from KServe's logger?)", field=prefix + name
             )
+    event_id = attributes["id"]
+    if len(event_id) > MAX_EVENT_ID or not event_id.isprintable():
+        raise BadRequest(
+            f"{prefix}id: must be at most {MAX_EVENT_ID} printable characters (its events' request ids are "
+            "{id}:{instance})",
+            field=f"{prefix}id",
+        )
     if attributes["specversion"] != "1.0":
         raise BadRequest(f"{prefix}specversion: {attributes['specversion']!r} is not 1.0", field=f"{prefix}specversion")
     if attributes["type"] not in (REQUEST_TYPE, RESPONSE_TYPE):
@@ -210,7 +221,9 @@ def response_prediction(event: CloudEvent, mapping: KServeMapping) -> Prediction
     document = event.document
     if "outputs" in document and isinstance(document["outputs"], list):
         tensors = _v2_tensors(document["outputs"], event.sections, "outputs")
-        scores_name = mapping.scores or next(iter(tensors), None)
+        if not tensors:
+            raise InvalidInput("outputs: empty; the response holds no output tensor", field="outputs")
+        scores_name = mapping.scores or next(iter(tensors))
         if scores_name not in tensors:
             raise InvalidInput(f"outputs: no tensor named {scores_name!r} (kserve.scores)", field="outputs")
         scores = _rows(_convert(tensors[scores_name]), None)

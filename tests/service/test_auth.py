@@ -42,8 +42,9 @@ ROUTES = [
     "DELETE /v1/models/m/sampling",
     "GET /metrics",
     "GET /livez",
+    "HEAD /livez",
 ]
-OK = {"POST": 202, "GET": 200, "PUT": 200, "DELETE": 200}
+OK = {"POST": 202, "GET": 200, "HEAD": 200, "PUT": 200, "DELETE": 200}
 
 
 @pytest.mark.parametrize("route", [pytest.param(route, id=route.replace(" ", "-")) for route in ROUTES])
@@ -68,6 +69,7 @@ ALLOWED: dict[str, set[str | None]] = {
     "DELETE /v1/models/m/sampling": {"a"},
     "GET /metrics": {None, "i", "r", "a", "unknown"},
     "GET /livez": {None, "i", "r", "a", "unknown"},
+    "HEAD /livez": {None, "i", "r", "a", "unknown"},
 }
 
 

@@ -325,6 +325,8 @@ def _bad(ce_id: str) -> list[Any]:
         pytest.param(good | {"ce-type": "org.kubeflow.other"}, _v1_response(), 400, "ce-type", id="unknown-type"),
         pytest.param(good | {"ce-specversion": "0.3"}, _v1_response(), 400, "ce-specversion", id="old-specversion"),
         pytest.param(good | {"ce-metadata": "{not json"}, _v1_response(), 400, "ce-metadata", id="bad-metadata"),
+        pytest.param(good | {"ce-id": "x" * 121}, _v1_response(), 400, "ce-id", id="ce-id-too-long"),
+        pytest.param(v2, {"model_name": "digits", "outputs": []}, 422, "outputs", id="v2-no-outputs"),
         pytest.param(
             good | {"ce-metadata": '{"X-Region": ["\\ud800"]}'}, _v1_response(), 400, "ce-metadata", id="lone-surrogate"
         ),
