@@ -15,6 +15,7 @@ refuse the whole body (the framing itself is wrong).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -37,7 +38,14 @@ def decode_binary(body: bytes, header_length: str, *, max_batch: int) -> list[De
             f"{HEADER_LENGTH}: {header_length!r} is not a JSON length within the {len(body)}-byte body",
             field=HEADER_LENGTH,
         )
-    document, finite, unicode = _load(body[:size])
+    try:
+        document, finite, unicode = _load(body[:size])
+    except InvalidInput:
+        if (end := _json_end(body)) is not None and end > size:  # the header goes on past the length given
+            raise InvalidInput(
+                f"{HEADER_LENGTH}: {size} cuts the JSON header short (it ends at byte {end})", field=HEADER_LENGTH
+            ) from None
+        raise
     items = _items(document, max_batch=max_batch)
     sections = _Sections(memoryview(body)[size:])
     for item in items:
@@ -61,6 +69,14 @@ def _load(header: bytes) -> tuple[Any, bool, bool]:
         return document, False, unicode
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"body: the JSON header is not valid JSON ({error})", field="body") from None
+
+
+def _json_end(body: bytes) -> int | None:
+    """Where a JSON value at the start of ``body`` ends (latin-1 maps each byte to one character), if one does."""
+    try:
+        return json.JSONDecoder().raw_decode(body.decode("latin-1"))[1]
+    except (ValueError, RecursionError):
+        return None
 
 
 def _items(document: Any, *, max_batch: int) -> list[Any]:
