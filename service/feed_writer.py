@@ -131,17 +131,17 @@ class FeedWriter:
 
     # --- request path ------------------------------------------------------------------------
 
-    def observe(self, prediction: Prediction, version: str) -> bool:
-        """Hand one accepted prediction over; returns False when the budget kept it off the drift feed.
+    def admit(self, model: str, received_at: float, *, labelled: bool) -> tuple[bool, bool]:
+        """Whether an accepted event goes on the drift feed (within the budget; drawn once per event), and
+        whether anything at all will be written for it: only then is its :meth:`take` needed."""
+        admitted = self._budget.admit(received_at)
+        return admitted, admitted or labelled or self.keeps_records(model)
 
-        The record is built only when something will be written: the drift feed within the budget,
-        the labelled feed for an event with its label, a label-join record for a model that gets labels.
-        """
+    def take(self, prediction: Prediction, version: str, *, admitted: bool) -> None:
+        """Write what :meth:`admit` said is wanted of ``prediction``: the drift feed when ``admitted``, the
+        labelled feed for an event with its label, a label-join record for a model that gets labels."""
         model = prediction.model
-        admitted = self._budget.admit(prediction.received_at)
         labelled = prediction.label is not None
-        if not (admitted or labelled or self.keeps_records(model)):
-            return False
         record = monitoring_record(prediction, version, brier_max_classes=self._brier_max_classes)
         if labelled:
             self.offer(LABELLED, record.labelled(prediction.label))  # type: ignore[arg-type]
@@ -151,7 +151,6 @@ class FeedWriter:
             self.offer(RECORDS, record)
         if admitted:
             self._append(PREDICTIONS, model, record.request_id, record.blob(embedding=True))
-        return admitted
 
     def keeps_records(self, model: str) -> bool:
         """Whether accepted events of ``model`` wait in Redis for a delayed label (``VAI_LABEL_RECORDS``)."""

@@ -269,10 +269,12 @@ class IngestHandler:
     @staticmethod
     def _feed_all(feed: FeedWriter, accepted: Accepted) -> None:
         budget_drops: dict[str, int] = {}
-        for index in range(len(accepted)):
-            prediction = accepted.prediction(index)
-            if not feed.observe(prediction, prediction.version):
-                budget_drops[prediction.model] = budget_drops.get(prediction.model, 0) + 1
+        for index, event in enumerate(accepted.events):
+            admitted, wanted = feed.admit(event.model, accepted.received_at, labelled=event.label is not None)
+            if not admitted:
+                budget_drops[event.model] = budget_drops.get(event.model, 0) + 1
+            if wanted:  # most events past the budget need no Prediction at all
+                feed.take(accepted.prediction(index), event.model_version, admitted=admitted)
         for model, count in budget_drops.items():
             feed.count_budget_drops(model, count)
 

@@ -155,14 +155,15 @@ class KServeLogger:
             return {"outcome": "duplicate", "model": model, "id": event.id, "accepted": 0}
         record = _record(previous)
         stored = record.get("inputs") if record is not None else None
+        inputs = stored if isinstance(stored, list) and len(stored) == len(prediction.scores) else None
         outcome = (
             "response_only"
             if record is None
             else "count_mismatch"  # monitored without the inputs: whose instance is whose cannot be told
-            if isinstance(stored, list) and len(stored) != len(prediction.scores)
+            if isinstance(stored, list) and inputs is None
             else "joined"
         )
-        body = _events_body(model, mapping, event, prediction, record)
+        body = _events_body(model, mapping, event, prediction, record, inputs)
         try:
             result = self._ingest.ingest(body)
         finally:
@@ -209,12 +210,15 @@ def _record(value: bytes | None) -> dict[str, Any] | None:
 
 
 def _events_body(
-    model: str, mapping: KServeMapping, event: CloudEvent, prediction: Prediction, record: dict[str, Any] | None
+    model: str,
+    mapping: KServeMapping,
+    event: CloudEvent,
+    prediction: Prediction,
+    record: dict[str, Any] | None,
+    inputs: list[Any] | None,
 ) -> bytes:
-    """The events of one response, as the ingest API's JSON with compact tensors."""
-    count = len(prediction.scores)
-    stored = record.get("inputs") if record is not None else None
-    inputs = stored if isinstance(stored, list) and len(stored) == count else None
+    """The events of one response, as the ingest API's JSON with compact tensors; ``inputs``: the request's, one
+    per prediction, when they were kept and match in number."""
     metadata = {**(record.get("metadata") or {} if record is not None else {}), **event.metadata}
     common: dict[str, Any] = {
         "model": model,
