@@ -46,13 +46,7 @@ async def get_method_trust(
     return await run_in_threadpool(method_trust_report, model, [summary.trust for summary in summaries])
 
 
-@router.get("/v1/explanations/{model}/{request_id}")
-async def get_explanation(model: ModelPath, request_id: RequestIdPath, sidecar: SidecarDep) -> ExplanationPublic:
-    record = await _record(sidecar, model, request_id)
-    return to_public(record, await sidecar.explanations.sanity(model))
-
-
-@router.get("/v1/explanations/{model}/{request_id}/heatmap.png", response_class=Response)
+@router.get("/v1/explanations/{model}/{request_id:path}/heatmap.png", response_class=Response)
 async def get_heatmap(
     model: ModelPath,
     request_id: RequestIdPath,
@@ -65,7 +59,7 @@ async def get_heatmap(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
-@router.get("/v1/explanations/{model}/{request_id}/activations.png", response_class=Response)
+@router.get("/v1/explanations/{model}/{request_id:path}/activations.png", response_class=Response)
 async def get_activations(
     model: ModelPath,
     request_id: RequestIdPath,
@@ -76,6 +70,15 @@ async def get_activations(
     record = await _record(sidecar, model, request_id)
     png = await run_in_threadpool(render_activations, record, layer)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/v1/explanations/{model}/{request_id:path}")
+async def get_explanation(model: ModelPath, request_id: RequestIdPath, sidecar: SidecarDep) -> ExplanationPublic:
+    """Declared after the PNG routes: a request id may hold ``/`` (sent as ``%2F`` or as is), so this route
+    takes the rest of the path. Paths are matched decoded, so an id ending ``/heatmap.png`` or
+    ``/activations.png`` reads as that image's route, and the id ``methods`` as the methods route."""
+    record = await _record(sidecar, model, request_id)
+    return to_public(record, await sidecar.explanations.sanity(model))
 
 
 @router.get("/v1/models/{model}/layers", summary="Layer health the attribution workers saw lately")

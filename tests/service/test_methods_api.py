@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -183,6 +184,23 @@ def test_a_model_without_explanations_has_no_methods(client: TestClient) -> None
     body = client.get("/v1/explanations/other/methods").json()
 
     assert body == {"model": "other", "explanations": 0, "methods": []}
+
+
+@pytest.mark.parametrize("request_id", ["tenant/7/a b", "x?y#z%/", "a/methods"])
+def test_a_request_id_holding_a_slash_is_readable_by_id(client: TestClient, redis_url: str, request_id: str) -> None:
+    record = _record(1, "done", np.random.default_rng(3), ("saliency",))
+    record = record.model_copy(update={"summary": record.summary.model_copy(update={"request_id": request_id})})
+    _save(redis_url, [record])
+    encoded = quote(request_id, safe="")
+
+    for path in (f"/v1/explanations/digits/{encoded}", f"/v1/explanations/digits/{quote(request_id, safe='/')}"):
+        response = client.get(path)
+        assert response.status_code == 200, (path, response.text)
+        assert response.json()["request_id"] == request_id
+    png = client.get(f"/v1/explanations/digits/{encoded}/heatmap.png", params={"method": "saliency"})
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    missing = client.get(f"/v1/explanations/digits/{quote(request_id + '/x', safe='')}")
+    assert missing.status_code == 404 and missing.json()["field"] == "request_id"
 
 
 def test_the_route_needs_the_read_token(make_client: Callable[..., TestClient]) -> None:
