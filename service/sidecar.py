@@ -32,6 +32,10 @@ from service.settings import SidecarSettings
 log = logging.getLogger(__name__)
 KSERVE_SWEEP_S = 5.0
 """How often orphaned KServe requests are looked for (at most every join TTL)."""
+DRAIN_S = 5.0
+"""How long a stopping sidecar has, in all, to stop its tasks and write what it holds to Redis."""
+CLOSE_S = 1.0
+"""Longest a stopping sidecar waits for its Redis connections to close, after ``DRAIN_S``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,26 +122,29 @@ class Sidecar:
             sweep_s = min(KSERVE_SWEEP_S, self.settings.kserve_join_ttl_s)
             self._tasks.append(asyncio.create_task(self._every(sweep_s, self.kserve.sweep), name="kserve-sweep"))
 
-    async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
-        """Stop the background tasks, then write what is buffered; every step is bounded in time,
-        because a shutdown that hangs on a dead Redis would keep the pod from terminating."""
+    async def stop(self, *, drain_timeout_s: float = DRAIN_S) -> None:
+        """Stop the background tasks, then write what is buffered, all within ``drain_timeout_s`` together
+        (closing the connections gets at most one second more): a shutdown that hangs on a dead Redis would
+        keep the pod from terminating, and Kubernetes kills it after its grace period."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout_s
         for task in self._tasks:
             task.cancel()
         if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+            _, stuck = await asyncio.wait(self._tasks, timeout=max(deadline - loop.time(), 0.0))
             for task in stuck:
                 log.error("background task %s did not stop within %.0f s", task.get_name(), drain_timeout_s)
         self._tasks = []
         if self.feed is not None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(drain_timeout_s):
+                async with asyncio.timeout_at(deadline):
                     while await self.feed.flush():
                         pass
             if abandoned := self.feed.abandon():
                 log.warning("%d monitoring records not written before shutdown (counted as dropped)", abandoned)
-        await self.writer.drain(timeout_s=drain_timeout_s)
+        await self.writer.drain(timeout_s=max(deadline - loop.time(), 0.0))
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_timeout_s):
+            async with asyncio.timeout(CLOSE_S):
                 await self.redis.aclose()
                 await self.writer_redis.aclose()
 
