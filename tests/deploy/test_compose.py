@@ -25,7 +25,9 @@ from common.embedded_redis import free_port
 from demo.models import digits
 from helpers import wait_until
 from monitors.fleet.settings import MonitorSettings
+from service.main import GRACEFUL_SHUTDOWN_S
 from service.settings import SidecarSettings
+from service.sidecar import CLOSE_S, DRAIN_S
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -254,6 +256,23 @@ def test_roles_are_wired_as_separate_deployments() -> None:
     assert "/livez" in " ".join(services["sidecar"]["healthcheck"]["test"])
     assert ":8002/metrics" in " ".join(services["monitor"]["healthcheck"]["test"])
     assert ":8001/metrics" in " ".join(services["worker"]["healthcheck"]["test"])
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, duration
+    return int(match[1])
+
+
+def test_each_role_has_time_to_stop_before_it_is_killed() -> None:
+    """Compose kills 10 s after SIGTERM unless told otherwise: the sidecar needs its graceful period, its drain
+    and closing; a worker finishes the batch in hand (its job timeout, as the Kubernetes grace period allows)."""
+    services = _services()
+    assert _seconds(services["sidecar"]["stop_grace_period"]) >= GRACEFUL_SHUTDOWN_S + DRAIN_S + CLOSE_S
+    assert _seconds(services["monitor"]["stop_grace_period"]) >= 10
+    job_timeout_s = WorkerSettings.model_fields["worker_job_timeout_s"].default
+    for name in ("worker", "worker-gpu"):
+        assert _seconds(services[name]["stop_grace_period"]) > job_timeout_s
 
 
 def test_gpu_worker_is_a_profile_with_a_device_reservation() -> None:

@@ -30,7 +30,9 @@ from common import keys
 from common.settings import RoleSettings
 from monitors.fleet.settings import MonitorSettings
 from scripts import k8s_rules
+from service.main import GRACEFUL_SHUTDOWN_S
 from service.settings import SidecarSettings
+from service.sidecar import CLOSE_S, DRAIN_S
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -145,11 +147,17 @@ def _vai_containers(objects: list[Obj]) -> list[tuple[str, Obj, Obj]]:
     """(role, pod template, container) of every container running `vai-sidecar ROLE`."""
     found = []
     for _, template in _templates(objects):
-        for container in template["spec"]["containers"]:
+        for container in _all_containers(template):
             command = container.get("command", [])
             if command[:1] == ["vai-sidecar"]:
                 found.append((command[1], template, container))
     return found
+
+
+def _all_containers(template: Obj) -> list[Obj]:
+    """A pod template's containers, its init containers (native sidecars among them) included."""
+    containers: list[Obj] = template["spec"]["containers"] + template["spec"].get("initContainers", [])
+    return containers
 
 
 def _labels(template: Obj) -> dict[str, str]:
@@ -181,7 +189,7 @@ def _selected(objects: list[Obj], selector: Obj) -> list[Obj]:
 
 
 def _port_names(template: Obj) -> set[str]:
-    return {port["name"] for container in template["spec"]["containers"] for port in container.get("ports", [])}
+    return {port["name"] for container in _all_containers(template) for port in container.get("ports", [])}
 
 
 def _secret(objects: list[Obj], name: str) -> dict[str, str]:
@@ -333,7 +341,7 @@ def test_every_vai_variable_is_a_setting_of_its_role(built: list[Obj]) -> None:
             )
     # The other containers (the model server) set no VAI_* variable: those are the roles' own.
     for _, template in _templates(built):
-        for container in template["spec"]["containers"] + template["spec"].get("initContainers", []):
+        for container in _all_containers(template):
             if container.get("command", [])[:1] != ["vai-sidecar"]:
                 assert not [var for var in container.get("env", []) if var["name"].startswith("VAI_")]
 
@@ -408,9 +416,20 @@ def test_the_sidecar_is_sized_for_its_footprint_and_probed_on_livez(built: list[
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/livez", "port": "vai-http"}, probe
     # The pod also runs the model server: the sidecar's port name must not clash with its ports.
-    names = [port["name"] for c in template["spec"]["containers"] for port in c.get("ports", [])]
+    names = [port["name"] for c in _all_containers(template) for port in c.get("ports", [])]
     assert len(names) == len(set(names))
     assert _labels(template)["vai-sidecar/enabled"] == "true"
+
+
+def test_the_sidecar_starts_before_and_stops_after_the_model_server(built: list[Obj]) -> None:
+    """A native sidecar: an init container that keeps running. The model server starts once it answers /livez
+    and it is stopped only after the model server exits, so the events of the server's own start and shutdown
+    land; the grace period leaves room for the model server's drain and then the sidecar's whole stop."""
+    ((template, container),) = [(t, c) for role, t, c in _vai_containers(built) if role == "serve"]
+    assert container in template["spec"]["initContainers"] and container["restartPolicy"] == "Always"
+    assert container["startupProbe"]["httpGet"] == {"path": "/livez", "port": "vai-http"}
+    sidecar_stop = GRACEFUL_SHUTDOWN_S + DRAIN_S + CLOSE_S
+    assert template["spec"]["terminationGracePeriodSeconds"] >= sidecar_stop + 30  # 30 s: the default grace
 
 
 def test_the_monitor_runs_two_replicas_probed_on_metrics(built: list[Obj]) -> None:
@@ -522,7 +541,7 @@ def test_every_redis_client_may_reach_redis_and_nothing_else(built: list[Obj]) -
         if any(
             var["name"] in ("VAI_REDIS_URL", "REDIS_PASSWORD")
             and template["metadata"]["labels"].get("app.kubernetes.io/name") != "redis"
-            for container in template["spec"]["containers"]
+            for container in _all_containers(template)
             for var in container.get("env", [])
         )
     ]
