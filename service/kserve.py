@@ -164,10 +164,8 @@ class KServeLogger:
             else "joined"
         )
         body = _events_body(model, mapping, event, prediction, record, inputs)
-        try:
-            result = self._ingest.ingest(body)
-        finally:
-            self.events.labels(model, outcome).inc()
+        result = self._ingest.ingest(body)  # refused whole: counted by handle(), as invalid
+        self.events.labels(model, outcome).inc()
         return {
             "outcome": outcome,
             "model": model,

@@ -412,3 +412,19 @@ def test_a_request_over_the_batch_limit_is_refused_not_left_to_expire(
     answer = _post(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request(11))
     assert answer.status_code == 422 and answer.json()["field"] == "inputs", answer.text
     assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
+
+
+def test_a_response_over_the_batch_limit_ends_in_one_outcome(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    """Ingest refuses the whole response: the CloudEvent is counted once, as invalid, not also as monitored."""
+    client = make_client(registry=registry, models=MODELS, max_batch=10)
+    answer = _post(client, _headers(str(uuid.uuid4()), RESPONSE), _v1_response(11))
+    assert answer.status_code == 422, answer.text
+    outcomes = ("response_only", "joined", "count_mismatch", "invalid")
+    assert {name: _outcome(registry, "iris", name) for name in outcomes} == {
+        "response_only": 0,
+        "joined": 0,
+        "count_mismatch": 0,
+        "invalid": 1,
+    }
