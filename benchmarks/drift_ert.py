@@ -5,20 +5,19 @@
         [--streams 200]
         [--sequential] [--before] [--random-split]
 
-For each seed (``DriftConfig(seed=s)``: the PCA rows, the detector's rows, the spare rows and the torch
-draws) the monitor is calibrated as deployed (default config: ERT 1000, window 50, 10,000 bootstrap
-samples; online detector only; ``--max-reference``, ``--pca-share``, ``--pca-components`` and
-``--steady-steps-per-ert`` set those settings) and the script prints the last threshold, the run length of clean streams (the clean traffic replayed
-in shuffled passes, capped at 6 x ERT): its mean, which the ERT is, estimated as events observed /
-alarms (the maximum-likelihood mean of a geometric run length censored at the cap; at 6 x ERT a
-geometric run is capped 0.25% of the time), its median and the share alarming within 800 events (a
-geometric run length of mean 1000 has median 693 and alarms within 800 with probability 0.55, so a
-median within 25% of the ERT is not what a calibrated detector gives), and the median detection delay
-on each shift (one window of clean events first, trials alarming in it left out).
-``--sequential`` also calibrates the same seed with ``steady_steps_per_ert=0`` (every threshold from
-the ``10 x ERT`` bootstrap runs; the same split and draws otherwise). ``--before`` also calibrates the
-same detector rows the way alibi-detect does (each bootstrap sample re-splits them; the kept reference
-is one more random split).
+For each seed (``DriftConfig(seed=s)``: the PCA rows, the detector's rows, the spare rows and the torch draws)
+the monitor is calibrated as deployed (default config: ERT 1000, window 50, 10,000 bootstrap samples; online
+detector only; ``--max-reference``, ``--pca-share``, ``--pca-components`` and ``--steady-steps-per-ert`` set
+those settings) and the script prints the last threshold, the run length of clean streams (the clean traffic
+replayed in shuffled passes, capped at 6 x ERT): its mean, which the ERT is, estimated as events observed /
+alarms (the maximum-likelihood mean of a geometric run length censored at the cap; at 6 x ERT a geometric run
+is capped 0.25% of the time), its median and the share alarming within 800 events (a geometric run length of
+mean 1000 has median 693 and alarms within 800 with probability 0.55, so a median within 25% of the ERT is not
+what a calibrated detector gives), and the median detection delay on each shift (one window of clean events
+first, trials alarming in it left out). ``--sequential`` also calibrates the same seed with
+``steady_steps_per_ert=0`` (every threshold from the ``10 x ERT`` bootstrap runs; the same split and draws
+otherwise). ``--before`` also calibrates the same detector rows the way alibi-detect does (each bootstrap
+sample re-splits them; the kept reference is one more random split).
 
 Digits (default): the demo's CNN, trained without a held-out third of its training side; the reference
 is that held-out third (449 images, as ``vai-sidecar demo`` uploads it) and the clean traffic the test
