@@ -8,6 +8,7 @@ the monitor, and nothing outside ``monitors.drift`` sees their ``{"data": ...}``
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -47,27 +48,55 @@ class DriftBatch:
     confidence: NDArray[np.float64]
     """Top-1 probability per event, shape ``(n,)``."""
     embeddings: NDArray[np.float32] | None
-    """Shape ``(n, d)``; ``None`` when any event of the batch came without one."""
+    """Shape ``(m, d)``: the embeddings of the events that came with one, of one width; ``None`` when none did."""
     time_s: float
     """Time of the newest event, epoch seconds."""
+    embedded: NDArray[np.intp] | None = None
+    """Which events ``embeddings`` belong to, when not all of them: ``None`` when each event has its row."""
+    sent_without: int = 0
+    """Events that came without an embedding (the others without a row came with one of another width)."""
 
     def __len__(self) -> int:
         return int(self.predicted.size)
 
+    @property
+    def unembedded(self) -> int:
+        """Events without a row in ``embeddings``: sent without one, or with one of another width."""
+        return len(self) - (0 if self.embeddings is None else len(self.embeddings))
+
+    def embedded_part(self) -> DriftBatch | None:
+        """The events that have a row in ``embeddings``, each with its row; ``None`` when none has."""
+        if self.embeddings is None or self.embedded is None:
+            return None if self.embeddings is None else self
+        return DriftBatch(
+            predicted=self.predicted[self.embedded],
+            confidence=self.confidence[self.embedded],
+            embeddings=self.embeddings,
+            time_s=self.time_s,
+        )
+
     @classmethod
-    def from_events(cls, events: Sequence[DriftEvent]) -> DriftBatch:
+    def from_events(cls, events: Sequence[DriftEvent], *, width: int | None = None) -> DriftBatch:
+        """Every event's outputs; the embeddings of those that came with one of ``width`` (given: the
+        reference's), else of the batch's most common width. An event without one, or the odd one of another
+        width, cannot blind the embedding detectors to the rest of its batch."""
         if not events:
             raise ValueError("a drift batch needs at least one event")
         vectors = [e.embedding for e in events]
-        shapes = {np.shape(v) for v in vectors if v is not None}
-        embeddings = None
-        if len(shapes) == 1 and all(v is not None for v in vectors):
-            embeddings = np.asarray(vectors, dtype=np.float32)
+        shapes = Counter(np.shape(v) for v in vectors if v is not None)
+        embeddings, embedded = None, None
+        shape = (width,) if width is not None else shapes.most_common(1)[0][0] if shapes else None
+        rows = [i for i, v in enumerate(vectors) if v is not None and np.shape(v) == shape]
+        if rows:
+            embeddings = np.asarray([vectors[i] for i in rows], dtype=np.float32)
+            embedded = None if len(rows) == len(events) else np.asarray(rows, dtype=np.intp)
         return cls(
             predicted=np.array([e.predicted for e in events], dtype=np.int64),
             confidence=np.array([e.confidence for e in events], dtype=np.float64),
             embeddings=embeddings,
             time_s=max(e.time_s for e in events),
+            embedded=embedded,
+            sent_without=sum(v is None for v in vectors),
         )
 
 

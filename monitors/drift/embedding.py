@@ -76,6 +76,11 @@ class EmbeddingDistance:
             histogram=histogram,
         )
 
+    @property
+    def width(self) -> int:
+        """Width of the embeddings it compares."""
+        return int(self._centroid.size)
+
     def update(self, batch: DriftBatch) -> list[DriftResult]:
         if batch.embeddings is None:
             return []

@@ -8,6 +8,8 @@
 | ``vai_drift_p_value`` | gauge | model, detector | latest p-value (windowed tests only) |
 | ``vai_embedding_distance`` | histogram | model | cosine distance of each embedding to the reference centroid |
 | ``vai_drift_events_skipped_total`` | counter | model | events not examined (buffer full, or calibrating) |
+| ``vai_drift_embeddings_skipped_total`` | counter | model, reason | events examined without their embedding: |
+|   |   |   | ``missing`` (sent without one), ``width`` (another width than the reference's) |
 
 ``detector`` takes the closed set of result names: ``mmd_online``/``lsdd_online``,
 ``window_mmd``, ``window_ks``, ``output_class_chi2``, ``output_confidence_ks``,
@@ -45,6 +47,12 @@ class DriftMetrics:
         self._skipped = Counter(
             "vai_drift_events_skipped", "Events not examined by drift detection.", ("model",), registry=registry
         )
+        self._embeddings_skipped = Counter(
+            "vai_drift_embeddings_skipped",
+            "Events whose outputs were examined but not their embedding (reason: missing, width).",
+            ("model", "reason"),
+            registry=registry,
+        )
 
     def record(self, model: str, result: DriftResult) -> None:
         """Expose one detector's latest verdict."""
@@ -64,10 +72,18 @@ class DriftMetrics:
         for family in per_model:
             if (model,) in family._metrics:
                 family.remove(model)
+        for labels in [key for key in self._embeddings_skipped._metrics if key[0] == model]:
+            self._embeddings_skipped.remove(*labels)
 
     def skipped(self, model: str) -> Counter:
         """The model's counter of skipped events (handed to its ingest buffer)."""
         return self._skipped.labels(model)
+
+    def embeddings_skipped(self, model: str, *, missing: int, other_width: int) -> None:
+        """Count events whose outputs were examined but not their embedding."""
+        for reason, count in (("missing", missing), ("width", other_width)):
+            if count:
+                self._embeddings_skipped.labels(model, reason).inc(count)
 
     def distance_histogram(self, model: str) -> Histogram:
         return self._distance.labels(model)

@@ -63,10 +63,25 @@ class NotCalibratedError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class _Detectors:
     pca: Pca | None
-    raw: tuple[DriftDetector, ...]
-    """Fed the batch as it comes."""
+    outputs: tuple[DriftDetector, ...]
+    """Fed every event (predicted class and confidence)."""
+    embedded: tuple[DriftDetector, ...]
+    """Fed the events that came with an embedding of ``width``, as it came."""
     reduced: tuple[DriftDetector, ...]
-    """Fed the batch with PCA applied to its embeddings."""
+    """Fed the same events with PCA applied to their embeddings."""
+    width: int | None
+    """Embedding width of the reference the embedding detectors compare against; ``None`` when it had none."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """One batch through the detectors: their fresh verdicts, and the events whose embedding none examined."""
+
+    results: list[DriftResult]
+    missing: int = 0
+    """Events that came without an embedding."""
+    other_width: int = 0
+    """Events whose embedding had another width than the reference's."""
 
 
 class DriftMonitor:
@@ -116,6 +131,12 @@ class DriftMonitor:
         with self._lock:
             return self._error
 
+    @property
+    def embedding_width(self) -> int | None:
+        """Width of the embeddings the detectors compare (``None`` before calibration, or without embeddings)."""
+        with self._lock:
+            return None if self._detectors is None else self._detectors.width
+
     def results(self) -> tuple[DriftResult, ...]:
         """Latest verdict of each detector, by name."""
         with self._lock:
@@ -128,16 +149,17 @@ class DriftMonitor:
             if detectors is None:
                 self._take_warmup(batch)
                 return []
-        fresh = _run(detectors, batch)  # outside the lock: readers of results() must not wait on detection
+        done = _run(detectors, batch)  # outside the lock: readers of results() must not wait on detection
         results: list[DriftResult] = []
         with self._lock:
-            for result in fresh:
+            for result in done.results:
                 previous = self._results.get(result.name)
                 since = (previous.since if previous and previous.drift else batch.time_s) if result.drift else None
                 results.append(replace(result, since=since))
                 self._results[result.name] = results[-1]
         for result in results:
             self._metrics.record(self._model, result)
+        self._metrics.embeddings_skipped(self._model, missing=done.missing, other_width=done.other_width)
         return results
 
     def calibrate(self) -> None:
@@ -174,7 +196,7 @@ class DriftMonitor:
             model=self._model,
             config=self._config,
             pca=None if detectors.pca is None else detectors.pca.export_state(),
-            detectors=tuple(d.export_state() for d in (*detectors.reduced, *detectors.raw)),
+            detectors=tuple(d.export_state() for d in (*detectors.reduced, *detectors.outputs, *detectors.embedded)),
         )
 
     def _phase_locked(self) -> Phase:
@@ -186,6 +208,10 @@ class DriftMonitor:
         if self._reference is not None:
             self._metrics.skipped(self._model).inc(len(batch))
             return
+        part = batch.embedded_part()
+        if part is not None and len(part) < len(batch):  # the reference keeps events with their embeddings
+            self._metrics.skipped(self._model).inc(len(batch) - len(part))
+            batch = part
         wanted = self._config.reference_events - self._warmup_count
         self._warmup.append(head(batch, wanted))
         self._warmup_count += min(wanted, len(batch))
@@ -197,16 +223,21 @@ class DriftMonitor:
             self._warmup = []
 
 
-def _run(detectors: _Detectors, batch: DriftBatch) -> list[DriftResult]:
-    results: list[DriftResult] = []
-    for detector in detectors.raw:
-        results.extend(detector.update(batch))
-    if detectors.reduced and batch.embeddings is not None:
+def _run(detectors: _Detectors, batch: DriftBatch) -> _Pass:
+    results = [result for detector in detectors.outputs for result in detector.update(batch)]
+    if detectors.width is None:
+        return _Pass(results)
+    part = batch.embedded_part()
+    if part is None or part.embeddings is None or part.embeddings.shape[1] != detectors.width:
+        return _Pass(results, missing=batch.sent_without, other_width=len(batch) - batch.sent_without)
+    for detector in detectors.embedded:
+        results.extend(detector.update(part))
+    if detectors.reduced:
         pca = detectors.pca
-        reduced = batch if pca is None else replace(batch, embeddings=pca.transform(batch.embeddings))
+        reduced = part if pca is None else replace(part, embeddings=pca.transform(part.embeddings))
         for detector in detectors.reduced:
             results.extend(detector.update(reduced))
-    return results
+    return _Pass(results, missing=batch.sent_without, other_width=batch.unembedded - batch.sent_without)
 
 
 def _build(
@@ -214,9 +245,9 @@ def _build(
 ) -> _Detectors:
     rng = np.random.default_rng(config.seed)
     ref = reference.deduplicated()
-    raw: list[DriftDetector] = []
+    outputs: list[DriftDetector] = []
     if ref.has_outputs:
-        raw.append(
+        outputs.append(
             OutputDrift.fit(
                 predicted=ref.predicted,
                 confidence=ref.confidence,
@@ -225,14 +256,12 @@ def _build(
             )
         )
     if ref.embeddings is None:
-        return _Detectors(pca=None, raw=tuple(raw), reduced=())
-    raw.append(
-        EmbeddingDistance.fit(
-            ref.embeddings,
-            window_events=config.window_events,
-            p_value=config.p_value,
-            histogram=metrics.distance_histogram(model),
-        )
+        return _Detectors(pca=None, outputs=tuple(outputs), embedded=(), reduced=(), width=None)
+    distance = EmbeddingDistance.fit(
+        ref.embeddings,
+        window_events=config.window_events,
+        p_value=config.p_value,
+        histogram=metrics.distance_histogram(model),
     )
     pca, detector_ref = None, ref
     if config.pca_components is not None and ref.embeddings.shape[1] > config.pca_components:
@@ -245,7 +274,13 @@ def _build(
     spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
     if pca is not None:
         x, spare = pca.transform(x), None if spare is None else pca.transform(spare)
-    return _Detectors(pca=pca, raw=tuple(raw), reduced=tuple(_alibi_detectors(x, spare, config, generator)))
+    return _Detectors(
+        pca=pca,
+        outputs=tuple(outputs),
+        embedded=(distance,),
+        reduced=tuple(_alibi_detectors(x, spare, config, generator)),
+        width=int(ref.embeddings.shape[1]),
+    )
 
 
 def _embeddings(reference: Reference) -> NDArray[np.float32]:
@@ -291,13 +326,15 @@ def _alibi_detectors(
 
 def _restore(state: MonitorState, metrics: DriftMetrics) -> _Detectors:
     device = state.config.device
-    raw: list[DriftDetector] = []
+    outputs: list[DriftDetector] = []
+    embedded: list[EmbeddingDistance] = []
     reduced: list[DriftDetector] = []
     for detector_state in state.detectors:
         if isinstance(detector_state, OutputDriftState):
-            raw.append(OutputDrift.from_state(detector_state))
+            outputs.append(OutputDrift.from_state(detector_state))
         elif isinstance(detector_state, EmbeddingDistanceState):
-            raw.append(EmbeddingDistance.from_state(detector_state, histogram=metrics.distance_histogram(state.model)))
+            histogram = metrics.distance_histogram(state.model)
+            embedded.append(EmbeddingDistance.from_state(detector_state, histogram=histogram))
         elif isinstance(detector_state, OnlineState):
             from monitors.drift.online import OnlineDriftDetector
 
@@ -307,4 +344,5 @@ def _restore(state: MonitorState, metrics: DriftMetrics) -> _Detectors:
 
             reduced.append(WindowTests.from_state(detector_state, device=device))
     pca = None if state.pca is None else Pca.from_state(state.pca)
-    return _Detectors(pca=pca, raw=tuple(raw), reduced=tuple(reduced))
+    width = embedded[0].width if embedded else pca.input_dim if pca is not None else None
+    return _Detectors(pca=pca, outputs=tuple(outputs), embedded=tuple(embedded), reduced=tuple(reduced), width=width)

@@ -89,7 +89,7 @@ class DriftRunner:
                 continue
             processed += len(events)
             try:
-                monitor.update(DriftBatch.from_events(events))
+                monitor.update(DriftBatch.from_events(events, width=monitor.embedding_width))
             except Exception:
                 logger.exception("drift detection failed for model %s; %d events dropped", monitor.model, len(events))
         return processed

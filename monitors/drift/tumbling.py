@@ -8,11 +8,11 @@ from monitors.drift.base import DriftBatch
 
 
 def concat(batches: list[DriftBatch]) -> DriftBatch:
-    """One batch of all events in order; embeddings only if every batch had them with one width."""
+    """One batch of all events in order; embeddings only if every event of every batch had one, of one width."""
     vectors = [b.embeddings for b in batches]
     widths = {v.shape[1] for v in vectors if v is not None}
     embeddings = None
-    if len(widths) == 1 and all(v is not None for v in vectors):
+    if len(widths) == 1 and all(v is not None and b.embedded is None for v, b in zip(vectors, batches, strict=True)):
         embeddings = np.concatenate([v for v in vectors if v is not None])
     return DriftBatch(
         predicted=np.concatenate([b.predicted for b in batches]),
@@ -23,19 +23,21 @@ def concat(batches: list[DriftBatch]) -> DriftBatch:
 
 
 def head(batch: DriftBatch, stop: int) -> DriftBatch:
+    """The first ``stop`` events (embeddings only when every event has its row)."""
     return DriftBatch(
         predicted=batch.predicted[:stop],
         confidence=batch.confidence[:stop],
-        embeddings=None if batch.embeddings is None else batch.embeddings[:stop],
+        embeddings=None if batch.embeddings is None or batch.embedded is not None else batch.embeddings[:stop],
         time_s=batch.time_s,
     )
 
 
 def tail(batch: DriftBatch, start: int) -> DriftBatch:
+    """The events from ``start`` on (embeddings only when every event has its row)."""
     return DriftBatch(
         predicted=batch.predicted[start:],
         confidence=batch.confidence[start:],
-        embeddings=None if batch.embeddings is None else batch.embeddings[start:],
+        embeddings=None if batch.embeddings is None or batch.embedded is not None else batch.embeddings[start:],
         time_s=batch.time_s,
     )
 

@@ -151,6 +151,79 @@ def test_model_without_embeddings_gets_output_drift_only() -> None:
     assert [d.kind for d in monitor.export_state().detectors] == ["output"]
 
 
+def _events_with_gaps(batch: DriftBatch, *, every: int, odd_width: int | None = None) -> list[DriftEvent]:
+    """The batch's events; every ``every``-th comes without its embedding (or, given ``odd_width``, with one
+    of that width)."""
+    events = as_events(batch)
+    for i in range(0, len(events), every):
+        embedding = None if odd_width is None else np.zeros(odd_width, dtype=np.float32)
+        events[i] = replace(events[i], embedding=embedding)
+    return events
+
+
+def embeddings_skipped(monitor: DriftMonitor, registry: CollectorRegistry, reason: str) -> float | None:
+    return registry.get_sample_value("vai_drift_embeddings_skipped_total", {"model": monitor.model, "reason": reason})
+
+
+@pytest.mark.parametrize("odd_width", [pytest.param(None, id="missing"), pytest.param(DIM + 1, id="other-width")])
+def test_an_event_without_its_embedding_does_not_blind_the_batch(odd_width: int | None) -> None:
+    """One event in 50 without an embedding (or with one of another width): the embedding detectors still see
+    the other 49 of each 50, exactly as they would alone, and the odd ones are counted."""
+    rng = np.random.default_rng(6)
+    reference = Reference.from_batch(events_batch(rng, 600))
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry), reference=reference)
+    monitor.calibrate()
+    twin = _calibrated(reference)
+    batch = events_batch(rng, 200, shift=1.0)
+    events = _events_with_gaps(batch, every=50, odd_width=odd_width)
+    kept = np.array([i % 50 != 0 for i in range(200)])
+
+    ours = {r.name: r for r in monitor.update(DriftBatch.from_events(events))}
+    assert batch.embeddings is not None
+    alone = replace(batch, predicted=batch.predicted[kept], confidence=batch.confidence[kept])
+    theirs = {r.name: r for r in twin.update(replace(alone, embeddings=batch.embeddings[kept]))}
+
+    for name in ("mmd_online", "window_mmd", "window_ks", "embedding_distance"):
+        assert ours[name].score == theirs[name].score, name
+    assert ours["mmd_online"].drift and ours["window_ks"].drift
+    assert {"output_class_chi2", "output_confidence_ks"} <= ours.keys()  # every event's outputs
+    reason = "missing" if odd_width is None else "width"
+    assert embeddings_skipped(monitor, registry, reason) == 4
+
+
+def test_a_batch_whose_embeddings_all_have_another_width_is_counted_not_raised() -> None:
+    rng = np.random.default_rng(7)
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(
+        model="digits",
+        config=CONFIG,
+        metrics=DriftMetrics(registry=registry),
+        reference=Reference.from_batch(events_batch(rng, 600)),
+    )
+    monitor.calibrate()
+    batch = events_batch(rng, 100)
+    assert batch.embeddings is not None
+    wide = replace(batch, embeddings=np.hstack([batch.embeddings, batch.embeddings]))
+
+    results = monitor.update(wide)
+
+    assert {r.name for r in results} == {"output_class_chi2", "output_confidence_ks"}
+    assert embeddings_skipped(monitor, registry, "width") == 100
+
+
+def test_a_warm_up_keeps_the_events_with_embeddings() -> None:
+    rng = np.random.default_rng(8)
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry))
+    for _ in range(7):
+        monitor.update(DriftBatch.from_events(_events_with_gaps(events_batch(rng, 100), every=50)))
+    assert phase(monitor) is Phase.CALIBRATING
+    monitor.calibrate()
+    assert "mmd_online" in {r.name for r in monitor.update(events_batch(rng, 100))}
+    assert skipped(registry) == 7 * 2 + 86  # 14 without an embedding; 686 with one, 600 taken
+
+
 def test_failed_calibration_is_reported_not_retried() -> None:
     rng = np.random.default_rng(4)
     batch = events_batch(rng, 600)
@@ -385,3 +458,18 @@ def test_a_pca_share_other_than_the_default_is_stored() -> None:
     assert config.model_dump()["pca_share"] == 0.25
     assert DriftConfig.model_validate(config.model_dump()) == config
     assert DriftConfig.model_validate(DriftConfig().model_dump()) == DriftConfig()
+
+
+def test_a_batch_keeps_the_embeddings_of_the_width_asked_for_even_when_fewer() -> None:
+    wide = [DriftEvent(predicted=0, confidence=0.9, embedding=np.ones(8, np.float32), time_s=1.0)] * 3
+    narrow = [DriftEvent(predicted=1, confidence=0.8, embedding=np.ones(4, np.float32), time_s=2.0)]
+    bare = [DriftEvent(predicted=2, confidence=0.7, embedding=None, time_s=3.0)]
+    events = [*wide, *narrow, *bare]
+
+    most = DriftBatch.from_events(events)
+    asked = DriftBatch.from_events(events, width=4)
+
+    assert most.embeddings is not None and most.embeddings.shape == (3, 8) and most.sent_without == 1
+    assert asked.embeddings is not None and asked.embeddings.shape == (1, 4) and asked.unembedded == 4
+    part = asked.embedded_part()
+    assert part is not None and part.predicted.tolist() == [1] and len(asked) == 5
