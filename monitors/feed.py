@@ -20,6 +20,7 @@ sidecar stays lean.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,6 +40,10 @@ def _part(tag: bytes, value: bytes) -> bytes:
 
 
 _VERSION_PART = _part(b"v", str(FORMAT_VERSION).encode())
+
+
+_SLACK = 1e-6
+"""How far past [0, 1] a probability may round and still be read (the readers clip it)."""
 
 
 class FeedFormatError(ValueError):
@@ -126,9 +131,27 @@ class MonitoringRecord:
             )
         except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as error:
             raise FeedFormatError(f"monitoring record header unreadable: {error}") from None
+        _check_header(record)
         record.probabilities = _vector(parts.get(b"p"), _F64, np.float64, record.num_classes)
+        probabilities = record.probabilities
+        if probabilities is not None and not ((probabilities >= -_SLACK) & (probabilities <= 1 + _SLACK)).all():
+            raise FeedFormatError("probability vector holds values outside [0, 1] (or NaN)")
         record.embedding = _vector(parts.get(b"e"), _F32, np.float32, None)
+        if record.embedding is not None and not np.isfinite(record.embedding).all():
+            raise FeedFormatError("embedding holds NaN or infinite values")
         return record
+
+
+def _check_header(record: MonitoringRecord) -> None:
+    """What the sidecar never writes, so a record holding it was not written by one: refused, not examined."""
+    if not all(math.isfinite(value) for value in (record.time_s, record.confidence, record.margin)):
+        raise FeedFormatError("monitoring record with a time, confidence or margin that is NaN or infinite")
+    if not -_SLACK <= record.confidence <= 1.0 + _SLACK:
+        raise FeedFormatError(f"monitoring record with confidence {record.confidence} outside [0, 1]")
+    if not 0 <= record.predicted < record.num_classes:
+        raise FeedFormatError(f"monitoring record predicting class {record.predicted} of {record.num_classes} classes")
+    if record.label is not None and not 0 <= record.label < record.num_classes:
+        raise FeedFormatError(f"monitoring record labelled {record.label} of {record.num_classes} classes")
 
 
 def _parts(blob: bytes) -> dict[bytes, bytes]:

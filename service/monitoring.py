@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
-from common.errors import InvalidInput, RedisUnavailable
+from common.errors import InvalidInput, RedisUnavailable, Unavailable
 from common.names import MODEL_PATTERN
 from common.redis import REDIS_FAILED, execute
 from monitors.drift.reference import Reference
@@ -32,6 +32,7 @@ from service.body import NOT_UNICODE, not_unicode_at, printable
 from service.feed_writer import LABELLED, FeedWriter
 
 log = logging.getLogger(__name__)
+_Result = TypeVar("_Result", bound=BaseModel)
 UNKNOWN_MODEL = "__unknown__"
 """The ``model`` label of labels for a model this replica has never seen and Redis has no record of."""
 
@@ -189,11 +190,11 @@ class Monitoring:
 
     async def drift_status(self, model: str) -> DriftStatus | None:
         body = await self._get(keys.drift_status(model), "drift status")
-        return None if body is None else DriftStatus.model_validate_json(body)
+        return None if body is None else _published(DriftStatus, body, model, "drift status")
 
     async def quality(self, model: str) -> QualityReport | None:
         body = await self._get(keys.quality_report(model), "calibration")
-        return None if body is None else QualityReport.model_validate_json(body)
+        return None if body is None else _published(QualityReport, body, model, "calibration")
 
     async def projection(self, model: str, method: str) -> PublishedView:
         """The published projection; asking marks it wanted, so the owner keeps computing it for a while."""
@@ -237,6 +238,16 @@ class Monitoring:
         except REDIS_FAILED:
             raise RedisUnavailable(f"redis: {what} not read") from None
         return value
+
+
+def _published(kind: type[_Result], body: bytes, model: str, what: str) -> _Result:
+    """A result the owning monitor published; one this sidecar cannot read (a monitor of another release, a
+    value out of its contract) is a 503 while the owner writes it again, not a 500."""
+    try:
+        return kind.model_validate_json(body)
+    except ValidationError as error:
+        log.warning("%s of model %s unreadable: %s", what, model, error.errors(include_url=False)[:1])
+        raise Unavailable(f"{what} of model {model!r} cannot be read now; try again", retry_after_s=5) from None
 
 
 def _history(model: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DriftHistory:

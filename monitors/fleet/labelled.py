@@ -86,7 +86,7 @@ class LabelledFeed:
             except FeedFormatError:
                 self._metrics.invalid.labels(self.model).inc()
                 continue
-            if record.label is None or not 0 <= record.label < record.num_classes:
+            if record.label is None:  # its range is checked as the record is read
                 self._metrics.invalid.labels(self.model).inc()
                 continue
             if record.request_id in self._taken:

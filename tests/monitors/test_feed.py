@@ -93,3 +93,31 @@ def test_an_entry_without_the_record_field_is_refused() -> None:
 def test_a_truncated_blob_is_refused() -> None:
     with pytest.raises(FeedFormatError):
         MonitoringRecord.from_blob("m", _record().blob()[:-3])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"embedding": np.array([0.5, np.nan], np.float32)}, id="embedding-nan"),
+        pytest.param({"embedding": np.array([np.inf, 0.5], np.float32)}, id="embedding-inf"),
+        pytest.param({"probabilities": np.array([0.1, np.nan, 0.7])}, id="probabilities-nan"),
+        pytest.param({"probabilities": np.array([-0.5, 0.8, 0.7])}, id="probabilities-negative"),
+        pytest.param({"confidence": float("nan")}, id="confidence-nan"),
+        pytest.param({"confidence": 1.5}, id="confidence-above-1"),
+        pytest.param({"margin": float("inf")}, id="margin-inf"),
+        pytest.param({"time_s": float("nan")}, id="time-nan"),
+        pytest.param({"predicted": 3}, id="predicted-past-the-classes"),
+        pytest.param({"predicted": -1}, id="predicted-negative"),
+        pytest.param({"label": 3}, id="label-past-the-classes"),
+    ],
+)
+def test_a_record_no_sidecar_writes_is_refused(fields: dict[str, Any]) -> None:
+    """Values a sidecar never publishes would turn drift scores or calibration into NaN: the record is refused
+    (and counted as invalid by its reader), never examined."""
+    with pytest.raises(FeedFormatError):
+        MonitoringRecord.from_blob("m", _record(**fields).blob())
+
+
+def test_a_probability_a_rounding_past_1_is_read() -> None:
+    back = MonitoringRecord.from_blob("m", _record(confidence=1.0 + 1e-12).blob())
+    assert back.confidence == 1.0 + 1e-12

@@ -542,3 +542,27 @@ def test_a_bad_label_is_rejected_by_name_and_the_others_join(make_client: Callab
         (1, "labels.1.request_id"),
     ]
     assert answer.json()["unmatched"][0]["request_id"] == "g0"  # labelled already: the rest went on
+
+
+@pytest.mark.parametrize(
+    ("route", "key", "what"),
+    [
+        pytest.param("/v1/models/digits/drift", keys.drift_status("digits"), "drift status", id="drift"),
+        pytest.param("/v1/models/digits/calibration", keys.quality_report("digits"), "calibration", id="calibration"),
+    ],
+)
+def test_a_published_result_this_sidecar_cannot_read_is_a_503(
+    make_client: Callable[..., TestClient], redis_client: Any, route: str, key: str, what: str
+) -> None:
+    """E.g. a score stored as null (NaN, as pydantic writes it) by a monitor: 503 while the owner writes it
+    again, never a 500."""
+    client = make_client()
+    redis_client.set(
+        key,
+        b'{"v":1,"model":"digits","state":"monitoring","owner":"m","updated_at":1.0,'
+        b'"detectors":[{"name":"mmd_online","score":null,"threshold":0.1,"drift":false}],'
+        b'"windows":"not a list"}',
+    )
+    response = client.get(route)
+    assert response.status_code == 503 and response.headers["retry-after"].isdigit(), response.text
+    assert response.json()["error"].startswith(f"{what} of model 'digits' cannot be read")
