@@ -32,6 +32,7 @@ from service.validation import (
     Prediction,
     check,
     check_lane_event,
+    rows_beyond_float32,
     scores_chosen,
     summarised,
 )
@@ -170,13 +171,18 @@ class IngestHandler:
             return summarised([], received_at=received_at)
         embeddings = vectors.get("embedding")
         classes, dims = scores.shape[1], 0 if embeddings is None else embeddings.shape[1]
+        beyond = rows_beyond_float32(embeddings)
         kept: list[int] = []
         timestamps: list[float] = []
         inputs: list[InputTensor | None] = []
         for index, event in enumerate(events):
             try:
                 timestamp, model_input = check_lane_event(
-                    event, classes, received_at=received_at, probabilities=None if from_logits else scores[index]
+                    event,
+                    classes,
+                    received_at=received_at,
+                    probabilities=None if from_logits else scores[index],
+                    embedding=embeddings[index] if embeddings is not None and index in beyond else None,
                 )
                 self._admit(event.model, event.request_id, dims)
             except FieldError as error:

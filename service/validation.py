@@ -19,6 +19,9 @@ from service.tensors import BinaryTensor, Vector, tensor_of, vector_of
 PROBABILITY_TOLERANCE = 1e-3
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
 _NUMBER_TYPES = (int, float)  # not bool: JSON true is no number
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Embeddings are published as float32 (``service.feed_records``): a larger value would reach the monitor as
+infinity, and its detectors would score NaN."""
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000
 
 
@@ -120,16 +123,24 @@ class Accepted:
 
 
 def check_lane_event(
-    event: EventIn, classes: int, *, received_at: float, probabilities: Vector | None = None
+    event: EventIn,
+    classes: int,
+    *,
+    received_at: float,
+    probabilities: Vector | None = None,
+    embedding: Vector | None = None,
 ) -> tuple[float, InputTensor | None]:
     """What :func:`check` checks of a lane's event once its scores' presence and length were checked for the
     whole lane (they are alike in every event): its ``probabilities``, label, timestamp and input, in that
-    order; the timestamp and input as :class:`Checked` holds them. Its embedding needs no check."""
+    order; the timestamp and input as :class:`Checked` holds them. Its embedding (its row of the lane's matrix,
+    presence and length checked with the lane's) is checked for float32 range, between the two."""
     if probabilities is not None:
         check_probabilities(probabilities)
     if event.label is not None:
         check_label(event.label, classes)
     timestamp = received_at if event.timestamp is None else _timestamp_of(event.timestamp, received_at)
+    if embedding is not None:
+        check_float32_range(embedding)
     return timestamp, None if event.input is None else _input_of(event.input)
 
 
@@ -239,9 +250,28 @@ def numbers_of(value: Any, field: str) -> Vector | None:
 
 def _embedding_of(value: Any) -> Vector | None:
     embedding = numbers_of(value, "embedding")
-    if embedding is not None and embedding.shape[0] == 0:
-        raise FieldError("embedding", "must not be empty")
+    if embedding is not None:
+        if embedding.shape[0] == 0:
+            raise FieldError("embedding", "must not be empty")
+        check_float32_range(embedding)
     return embedding
+
+
+def rows_beyond_float32(embeddings: Vector | None) -> set[int]:
+    """The rows of a lane's (finite) embedding matrix that :func:`check_float32_range` refuses, in one pass."""
+    if embeddings is None or embeddings.dtype == np.float32:
+        return set()
+    return set(np.flatnonzero(np.abs(embeddings).max(axis=1) > FLOAT32_MAX).tolist())
+
+
+def check_float32_range(embedding: Vector) -> None:
+    """A finite embedding's values fit float32, as which it is published (a float32 one fits by its type)."""
+    if embedding.dtype != np.float32 and np.abs(embedding).max() > FLOAT32_MAX:
+        raise FieldError(
+            "embedding",
+            f"holds a value beyond float32 range (±{FLOAT32_MAX:.4g}), as which it is kept",
+            reason="non_finite",
+        )
 
 
 def _timestamp_of(value: str | float | None, received_at: float) -> float:

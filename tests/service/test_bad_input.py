@@ -130,6 +130,13 @@ BAD_EVENTS = [
         "non_finite",
         id="embedding-400-digit-mantissa",
     ),
+    pytest.param(_event_bytes(embedding=[1e39, 0.0]), "embedding", "non_finite", id="embedding-beyond-float32"),
+    pytest.param(
+        _event_bytes(embedding={"shape": [2], "datatype": "FP64", "data": [0.5, -1e300]}),
+        "embedding",
+        "non_finite",
+        id="embedding-fp64-tensor-beyond-float32",
+    ),
     pytest.param(_with_raw(b'"input":[[NaN,1.0]]'), "input", "non_finite", id="input-list-nan-token"),
     pytest.param(_with_raw(b'"input":[[1e400,1.0]]'), "input", "non_finite", id="input-list-1e400"),
     pytest.param(_event_bytes(input=[[1e39, 0.0]]), "input", "non_finite", id="input-list-beyond-float32"),
@@ -588,8 +595,11 @@ def test_huge_finite_logits_keep_every_figure_finite(make_client: ClientFactory,
 
 
 def test_large_but_representable_numbers_are_accepted(make_client: ClientFactory) -> None:
+    """Logits are kept as float64; an embedding is published as float32, so its values must fit that."""
     body = _with_raw(
-        b'"embedding":[1e300,-1e-300,' + b"1" * 300 + b'],"timestamp":1700000000.123456789', drop_logits=False
+        b'"logits":[1e300,-1e-300,' + b"1" * 300 + b'],"embedding":[3.4e38,-1e-300,' + b"1" * 38 + b"],"
+        b'"timestamp":1700000000.123456789',
+        drop_logits=True,
     )
     response = _post(make_client(), body)
     assert response.status_code == 202, response.text

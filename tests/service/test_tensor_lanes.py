@@ -70,7 +70,7 @@ def _binary(events: list[dict[str, Any]], datatype: str = "FP32") -> tuple[bytes
         document = {}
         for key, value in item.items():
             if isinstance(value, np.ndarray):
-                document[key], raw = binary_tensor(value, datatype)
+                document[key], raw = binary_tensor(value, "FP64" if value.dtype == np.float64 else datatype)
                 sections.append(raw)
             else:
                 document[key] = value
@@ -371,7 +371,13 @@ def _requests(rng: np.random.Generator) -> list[list[dict[str, Any]]]:
         values[0] += 0.1 if i == 2 else 0.0  # sums to 1.1
         probabilities.append(event(f"p{i}", model="m2", probabilities=values))
         del probabilities[-1]["logits"]
-    return [first, others, wider, no_scores, short, probabilities]
+    # float64 embeddings: a finite value beyond float32's range is refused (it is published as float32), in
+    # its turn among the checks (the timestamp's first).
+    beyond = [event(f"b{i}", model="m3", logits=rng.normal(size=10), embedding=rng.normal(size=4)) for i in range(4)]
+    beyond[1]["embedding"][2] = 1e39
+    beyond[2]["embedding"][0] = -1e39
+    beyond[2]["timestamp"] = "yesterday"
+    return [first, others, wider, no_scores, short, probabilities, beyond]
 
 
 _DATATYPES = {"float32": "FP32", "float64": "FP64"}
