@@ -15,7 +15,7 @@ import time
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import execute
+from common.redis import execute, queue_script
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -63,6 +63,16 @@ class Leases:
 
     async def renew(self, model: str) -> bool:
         return bool(await self._renew(keys=[keys.monitor_lease(model)], args=[self.owner, self.ttl_ms]))
+
+    async def renew_all(self, models: list[str]) -> list[bool]:
+        """:meth:`renew` for each of ``models`` in one round trip (a monitor owning a hundred models would
+        otherwise spend a round trip on each, every third of the lease's life)."""
+        if not models:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            queue_script(pipe, _RENEW, [keys.monitor_lease(model)], [self.owner, self.ttl_ms])
+        return [bool(renewed) for renewed in await execute(pipe)]
 
     async def release(self, model: str) -> None:
         await self._release(keys=[keys.monitor_lease(model)], args=[self.owner])

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 READER_CONNECTIONS = 512
 """Most connections of the blocking reads: two per owned model, so up to 256 models per monitor process (and
 within a container's usual limit of 1,024 open files)."""
+MAX_MODELS = READER_CONNECTIONS // 2
+"""Models one monitor process owns at most: each holds two blocking reads (its feed and its labelled feed)."""
 
 
 def default_monitor_id() -> str:
@@ -79,6 +81,8 @@ class MonitorProcess:
         """The UMAP worker process, started when a UMAP projection is first wanted."""
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._unowned = 0
+        """Models the live monitors could not own at the last round (warned about once)."""
         self.stopped = False
 
     @property
@@ -130,21 +134,40 @@ class MonitorProcess:
         """One round of membership, lease renewal, hand-back and taking."""
         alive = await self.leases.heartbeat()
         self.metrics.members.set(alive)
-        for model in list(self.owned):
-            if not await self.leases.renew(model):
+        held = list(self.owned)
+        for model, renewed in zip(held, await self.leases.renew_all(held), strict=True):
+            if not renewed:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
                 await self._drop(model, release=False)
         members: set[bytes] = await self.redis.smembers(keys.MONITORED_MODELS)  # type: ignore[assignment]
         models = sorted(m.decode() for m in members)
-        share = fair_share(len(models), alive)
+        share = min(fair_share(len(models), alive), MAX_MODELS)
+        self._say_if_over(len(models), alive)
         if len(self.owned) > share:
             await self._drop(sorted(self.owned)[-1], release=True)
             return
+        # Taking a model takes a few round trips; the leases held are renewed only at the next round, so a
+        # round stops taking after a third of the lease's life (the rest wait for the next round).
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.monitor_lease_ttl_s / 3
         for model in models:
-            if len(self.owned) >= share:
+            if len(self.owned) >= share or loop.time() > until:
                 break
             if model not in self.owned and await self.leases.acquire(model):
                 await self._take(model)
+
+    def _say_if_over(self, models: int, alive: int) -> None:
+        """Warn once (until it changes) when the live monitors together cannot own every model."""
+        over = max(models - alive * MAX_MODELS, 0)
+        if over and over != self._unowned:
+            log.warning(
+                "%d models are more than %d monitor(s) can own (%d each): %d go unwatched; run more monitors",
+                models,
+                alive,
+                MAX_MODELS,
+                over,
+            )
+        self._unowned = over
 
     async def _take(self, model: str) -> None:
         owned = OwnedModel(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from common import keys
 from helpers import MonitorRunner, event, wait_until
+from monitors.fleet.process import MAX_MODELS, MonitorProcess
+from monitors.fleet.settings import MonitorSettings
 
 MODELS = 24
 """More than one connection pool of 32 would hold with two blocking reads per model."""
@@ -45,3 +49,28 @@ def test_a_monitor_keeps_reading_and_renewing_with_many_models(
     assert len(process.owned) == MODELS
     owners = {redis_client.get(keys.monitor_lease(name)) for name in names}
     assert owners == {process.owner.encode()}, owners
+
+
+def test_a_round_stops_taking_models_while_the_leases_it_took_still_hold(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Taking a model costs round trips, and the leases held are renewed once a round: a round stops taking
+    after a third of the lease's life, so no lease it took runs out before the next round renews it (taking
+    300 models in one round took over a second here, past a 1 s lease)."""
+    names = [f"t{index:03d}" for index in range(300)]
+    redis_client.sadd(keys.MONITORED_MODELS, *names)
+    settings = MonitorSettings(redis_url=redis_url, monitor_metrics_port=0, monitor_lease_ttl_s=1.0)
+
+    async def one_round() -> tuple[list[str], int]:
+        process = MonitorProcess(settings, registry=CollectorRegistry())
+        process.runner.start()
+        try:
+            await process.tick()
+            taken = sorted(process.owned)
+            return taken, int(redis_client.pttl(keys.monitor_lease(taken[0])))
+        finally:
+            await process.stop()
+
+    taken, first_left_ms = asyncio.run(one_round())
+    assert 0 < len(taken) < MAX_MODELS
+    assert first_left_ms > 0, "the first lease taken ran out within the round"
