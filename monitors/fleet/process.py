@@ -141,6 +141,9 @@ class MonitorProcess:
                 await self._drop(model, release=False)
         members: set[bytes] = await self.redis.smembers(keys.MONITORED_MODELS)  # type: ignore[assignment]
         models = sorted(m.decode() for m in members)
+        for model in sorted(set(self.owned) - set(models)):  # no longer monitored: its series go too
+            log.info("monitor %s gives up %s: no longer in %s", self.owner, model, keys.MONITORED_MODELS)
+            await self._drop(model, release=True)
         share = min(fair_share(len(models), alive), MAX_MODELS)
         self._say_if_over(len(models), alive)
         if len(self.owned) > share:

@@ -74,3 +74,12 @@ def test_a_round_stops_taking_models_while_the_leases_it_took_still_hold(
     taken, first_left_ms = asyncio.run(one_round())
     assert 0 < len(taken) < MAX_MODELS
     assert first_left_ms > 0, "the first lease taken ran out within the round"
+
+
+def test_a_model_removed_from_the_monitored_set_is_given_up(monitors: MonitorRunner, redis_client: redis.Redis) -> None:
+    redis_client.sadd(keys.MONITORED_MODELS, "kept", "retired")
+    process = monitors.start()
+    wait_until(lambda: set(process.owned) == {"kept", "retired"}, what="both models owned")
+    redis_client.srem(keys.MONITORED_MODELS, "retired")
+    wait_until(lambda: set(process.owned) == {"kept"}, what="the retired model given up")
+    assert redis_client.get(keys.monitor_lease("retired")) is None
