@@ -55,6 +55,7 @@ MAY_BE_EMPTY = {
     "vai_sample_dropped_total": "the demo's sampling budget may never be reached",
     "vai_monitor_records_dropped_total": "under the drift feed's budget nothing is dropped",
     "vai_drift_events_skipped_total": "records arriving while calibrating may or may not occur",
+    "vai_drift_embeddings_skipped_total": "the demo's traffic sends every event with its embedding",
     "vai_buffer_events": "present, but only as a gauge of 0",
     "vai_layer_saturated_ratio": "the digits CNN has no bounded activation (ReLU only)",
     "ALERTS": "only the drift alert is expected to fire",
