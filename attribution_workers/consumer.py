@@ -1,4 +1,10 @@
-"""One consumer of the ``attribution`` group on the sample streams: reading, reclaiming, settling entries."""
+"""One consumer of the ``attribution`` group on the sample streams: reading, reclaiming, settling entries.
+
+The dead-letter stream of a model is bounded: ``XTRIM MAXLEN ~`` after each add keeps about
+``dead_letter_max_entries`` of the newest, and the key has the explanations' retention as its TTL, refreshed
+on each add. A message over ``dead_letter_max_input_bytes`` is kept without its ``input`` (an operator needs
+the error and the event, not the tensor, which may be personal data), and ``m_bytes`` notes its size as sent.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common import keys
 from common.redis import execute
+from sampler.contract import MESSAGE_FIELD
 
 log = logging.getLogger(__name__)
 Fields = dict[bytes, bytes]
@@ -38,6 +46,9 @@ class GroupConsumer:
         block_ms: int,
         retry_after_ms: int,
         max_deliveries: int,
+        dead_letter_max_entries: int = 10_000,
+        dead_letter_ttl_s: int = 7 * 24 * 3600,
+        dead_letter_max_input_bytes: int = 64 * 1024,
     ) -> None:
         self._redis = redis
         self._streams = list(streams)
@@ -46,6 +57,9 @@ class GroupConsumer:
         self._block_ms = block_ms
         self._retry_after_ms = retry_after_ms
         self._max_deliveries = max_deliveries
+        self._dead_max_entries = dead_letter_max_entries
+        self._dead_ttl_s = dead_letter_ttl_s
+        self._dead_max_input_bytes = dead_letter_max_input_bytes
 
     async def ensure_groups(self) -> None:
         """Create the consumer group of every stream (at 0, so nothing already queued is missed)."""
@@ -131,9 +145,10 @@ class GroupConsumer:
         pipe.xdel(stream, entry_id)
         await execute(pipe)
 
-    async def dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> None:
-        """Move an entry to the model's dead-letter stream with its error, in one transaction."""
-        fields: dict[bytes, bytes] = dict(delivery.fields or {})
+    async def dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> int:
+        """Move an entry to the model's dead-letter stream with its error, in one transaction; returns how many
+        of the oldest dead entries were trimmed to make room."""
+        fields = _without_large_input(dict(delivery.fields or {}), self._dead_max_input_bytes)
         fields.update(
             {
                 b"error": error.encode()[:4000],
@@ -142,8 +157,38 @@ class GroupConsumer:
                 b"consumer": self.consumer.encode(),
             }
         )
+        dead = keys.dead_letter_stream(model)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(keys.dead_letter_stream(model), fields)  # type: ignore[arg-type]
+        pipe.xadd(dead, fields)  # type: ignore[arg-type]
+        pipe.xtrim(dead, maxlen=self._dead_max_entries, approximate=True)
+        pipe.expire(dead, self._dead_ttl_s)
         pipe.xack(stream, keys.CONSUMER_GROUP, delivery.entry_id)
         pipe.xdel(stream, delivery.entry_id)
-        await execute(pipe)
+        _, trimmed, *_ = await execute(pipe)
+        return int(trimmed)
+
+
+def _without_large_input(fields: Fields, max_bytes: int) -> Fields:
+    """``fields`` with each value over ``max_bytes`` noted by its size (``NAME_bytes``) and dropped, except the
+    message, which is kept without its ``input`` when that brings it under ``max_bytes``."""
+    kept: Fields = {}
+    for name, value in fields.items():
+        if len(value) <= max_bytes:
+            kept[name] = value
+            continue
+        kept[name + b"_bytes"] = str(len(value)).encode()
+        smaller = _message_without_input(value) if name == MESSAGE_FIELD else None
+        if smaller is not None and len(smaller) <= max_bytes:
+            kept[name] = smaller
+    return kept
+
+
+def _message_without_input(body: bytes) -> bytes | None:
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    message.pop("input", None)
+    return orjson.dumps(message)

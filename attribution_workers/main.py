@@ -60,6 +60,9 @@ def make_worker(
         max_deliveries=settings.worker_max_deliveries,
         retry_after_ms=settings.worker_retry_after_ms,
         heartbeat_ttl_s=settings.worker_heartbeat_ttl_s,
+        dead_letter_max_entries=settings.worker_dead_letter_max_entries,
+        dead_letter_ttl_s=settings.explanation_ttl_s,
+        dead_letter_max_input_bytes=settings.worker_dead_letter_max_input_bytes,
     )
 
 

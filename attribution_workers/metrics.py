@@ -34,6 +34,20 @@ class WorkerMetrics:
         self.dead_letters = Counter(
             "vai_dead_letters", "Stream entries moved to the dead-letter stream.", ["model"], registry=registry
         )
+        self.dead_letters_trimmed = Counter(
+            "vai_dead_letters_trimmed",
+            "Oldest dead-letter entries dropped to keep the stream near VAI_WORKER_DEAD_LETTER_MAX_ENTRIES.",
+            ["model"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "vai_worker_errors",
+            "Entries, batches or steps that failed with an error other than a Redis outage (a bug, a stored "
+            "record that no longer parses, data Redis refused); their entries are retried or dead-lettered. "
+            "model is '-' for a step failing outside any one model's batch.",
+            ["model"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "vai_worker_batch_size",
             "Sampled events explained together in one batch.",

@@ -40,7 +40,8 @@ LABEL_SUFFIX = "@label"
 
 
 class PermanentError(AttributionError):
-    """This event can never be explained (no input, wrong shape): dead-letter it without retrying."""
+    """This event can never be explained (no input, wrong shape, non-finite values): dead-letter it without
+    retrying."""
 
 
 @dataclass
@@ -154,6 +155,9 @@ class ModelRuntime:
         shape = self.config.model.input_shape
         if array.size != math.prod(shape):
             raise PermanentError(f"input of shape {list(array.shape)} does not fit the model's {list(shape)}")
+        if not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise PermanentError(f"input has {bad} non-finite values (NaN or infinity) of {array.size}")
         if not 0 <= event.predicted < self.config.model.num_classes:
             raise PermanentError(
                 f"predicted class {event.predicted} out of range for {self.config.model.num_classes} classes"

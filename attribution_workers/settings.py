@@ -39,6 +39,11 @@ class WorkerSettings(RoleSettings):
     """A batch taking longer is given up and retried."""
     worker_max_deliveries: int = Field(default=3, ge=1)
     """Deliveries of an entry before it moves to the dead-letter stream."""
+    worker_dead_letter_max_entries: int = Field(default=10_000, ge=1)
+    """About how many of the newest entries a model's dead-letter stream keeps (``XTRIM MAXLEN ~``: whole
+    stream nodes go, so it may hold up to about 100 more); its key has the explanations' retention as its TTL."""
+    worker_dead_letter_max_input_bytes: int = Field(default=64 * 1024, ge=0)
+    """A dead-lettered message larger than this is kept without its ``input``, its size noted in ``m_bytes``."""
     worker_retry_after_ms: int = Field(default=30_000, ge=1)
     """Idle time after which a failed entry, or one of a dead worker, is claimed again."""
     worker_heartbeat_ttl_s: int = Field(default=15, ge=1)

@@ -9,6 +9,11 @@ stream with its error. Entries that do not decode, or can never be explained,
 go there at once, unexecuted, and so do entries delivered more than
 ``max_deliveries`` times (their worker died or timed out on each).
 
+Failures: an error in the work of one entry or batch that is not a Redis outage (a bug, a stored record
+that no longer parses, data Redis refuses) fails that entry or batch, which is retried or dead-lettered as
+above, and is counted in ``vai_worker_errors_total``; the loop goes on with the next. An entry whose
+``model`` is not its stream's goes to the dead-letter stream at once.
+
 Redis outages: a failed Redis call pauses the loop with capped exponential
 backoff (0.1 s doubling to 5 s, jittered), logged once per outage and once on
 recovery (``vai_worker_redis_up``); the worker also starts while Redis is
@@ -36,7 +41,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 import orjson
@@ -44,17 +49,18 @@ from redis.asyncio import Redis
 
 from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.consumer import Delivery, GroupConsumer
-from attribution_workers.inspection_health import HealthSnapshot
+from attribution_workers.failures import is_outage
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.reconnect import RedisOutage
 from attribution_workers.runtime import BatchResult, ModelRuntime, Outcome
+from attribution_workers.upkeep import BatchUpkeep
 from common import keys
 from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanation_records import SanityFigure
 from sampler.explanations import ExplanationStore
-from sampler.layers import LayerHealthReport, LayerHealthStore
+from sampler.layers import LayerHealthStore
 
 log = logging.getLogger(__name__)
 __all__ = ["AttributionWorker", "Delivery", "default_consumer"]
@@ -79,6 +85,9 @@ class AttributionWorker:
         max_deliveries: int = 3,
         retry_after_ms: int = 30_000,
         heartbeat_ttl_s: int = 15,
+        dead_letter_max_entries: int = 10_000,
+        dead_letter_ttl_s: int = 7 * 24 * 3600,
+        dead_letter_max_input_bytes: int = 64 * 1024,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -97,10 +106,15 @@ class AttributionWorker:
             block_ms=block_ms,
             retry_after_ms=retry_after_ms,
             max_deliveries=max_deliveries,
+            dead_letter_max_entries=dead_letter_max_entries,
+            dead_letter_ttl_s=dead_letter_ttl_s,
+            dead_letter_max_input_bytes=dead_letter_max_input_bytes,
         )
         self.processed = 0
         self._outage = RedisOutage(metrics.redis_up)
-        self._layers = LayerHealthStore(redis)
+        self._upkeep = BatchUpkeep(
+            store, LayerHealthStore(redis), metrics, worker=consumer, job_timeout_s=job_timeout_s
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; the batch in hand is always finished first.
@@ -125,8 +139,15 @@ class AttributionWorker:
                     await self.ensure_groups()
                     grouped = True
                 await self.step()
-            except REDIS_FAILED as error:
-                await _pause(stop, self._outage.failed(error))
+            except WorkTimedOut:
+                raise
+            except Exception as error:
+                if is_outage(error):
+                    await _pause(stop, self._outage.failed(error))
+                    continue
+                self._metrics.errors.labels("-").inc()  # the entries of the step stay pending for a retry
+                log.exception("worker step failed; going on")
+                await _pause(stop, _AFTER_ERROR_S)
             else:
                 self._outage.succeeded()
 
@@ -153,32 +174,70 @@ class AttributionWorker:
     async def _process(self, model: str, stream: str, deliveries: list[Delivery]) -> None:
         events: list[tuple[Delivery, SampledEvent]] = []
         for delivery in deliveries:
-            if delivery.fields is None:  # trimmed by MAXLEN while pending: nothing left to explain
-                self._metrics.explanations.labels(model, "-", "trimmed").inc()
-                await self._consumer.finish(stream, delivery.entry_id)
-                continue
-            if delivery.deliveries > self._max_deliveries:  # its worker died or timed out each time
-                await self._dead_letter(model, stream, delivery, f"no result after {delivery.deliveries} deliveries")
-                continue
             try:
-                events.append((delivery, SampledEvent.decode(delivery.fields)))
-            except MessageError as error:
-                await self._dead_letter(model, stream, delivery, f"undecodable entry: {error}")
+                event = await self._admitted(model, stream, delivery)
+            except Exception as error:
+                await self._failed(model, stream, [delivery], error)
+                continue
+            if event is not None:
+                events.append((delivery, event))
         if not events:
             return
+        try:
+            result = await self._explained(model, stream, events)
+        except Exception as error:
+            await self._failed(model, stream, [d for d, _ in events], error)
+            return
+        await self._settle(model, stream, events, result)
+        try:
+            await self._upkeep.after_batch(model, self._runtimes[model], result)
+        except Exception as error:  # the entries are settled: nothing to retry
+            if isinstance(error, WorkTimedOut) or is_outage(error):
+                raise
+            self._metrics.errors.labels(model).inc()
+            log.exception("%s: layer health or sanity check failed after a batch", model)
+
+    async def _admitted(self, model: str, stream: str, delivery: Delivery) -> SampledEvent | None:
+        """The event of an entry to explain, or None when the entry is settled without it."""
+        if delivery.fields is None:  # trimmed by MAXLEN while pending: nothing left to explain
+            self._metrics.explanations.labels(model, "-", "trimmed").inc()
+            await self._consumer.finish(stream, delivery.entry_id)
+            return None
+        if delivery.deliveries > self._max_deliveries:  # its worker died or timed out each time
+            await self._dead_letter(model, stream, delivery, f"no result after {delivery.deliveries} deliveries")
+            return None
+        try:
+            event = SampledEvent.decode(delivery.fields)
+        except MessageError as error:
+            await self._dead_letter(model, stream, delivery, f"undecodable entry: {error}")
+            return None
+        if event.model != model:
+            await self._dead_letter(
+                model, stream, delivery, f"entry of model {event.model!r} in the stream of {model!r}"
+            )
+            return None
+        return event
+
+    async def _explained(self, model: str, stream: str, events: list[tuple[Delivery, SampledEvent]]) -> BatchResult:
         self._metrics.batch_size.observe(len(events))
         runtime = self._runtimes[model]
         batch = [e for _, e in events]
         sanity = await self._sanity_figures(model)
         try:
-            result = await run_bounded(
+            return await run_bounded(
                 lambda: runtime.explain(batch, sanity), timeout_s=self._job_timeout_s, name=f"explain-{model}"
             )
         except TimeoutError:
             await self._timed_out(model, stream, [d for d, _ in events])
-        await self._settle(model, stream, events, result)
-        if runtime.sanity_due():
-            await self._sanity(model, runtime)
+
+    async def _failed(self, model: str, stream: str, deliveries: Sequence[Delivery], error: Exception) -> None:
+        """The work of ``deliveries`` raised ``error``: a Redis outage or a timeout goes on up (the entries stay
+        pending); anything else fails just these entries, retried or dead-lettered like any failure."""
+        if isinstance(error, WorkTimedOut) or is_outage(error):
+            raise error
+        self._metrics.errors.labels(model).inc()
+        log.error("%s: %d entries failed unexpectedly", model, len(deliveries), exc_info=error)
+        await self._retry_or_give_up(model, stream, deliveries, f"{type(error).__name__}: {error}")
 
     async def _sanity_figures(self, model: str) -> dict[str, SanityFigure]:
         """The latest sanity figure of each method of ``model`` (any worker's), for the verdicts.
@@ -210,29 +269,12 @@ class AttributionWorker:
             self._metrics.fidelity.labels(model, method).set(gain)
         if result.agreement is not None:
             self._metrics.agreement.labels(model).set(result.agreement)
-        for outcome in result.outcomes:
-            await self._settle_one(model, stream, by_id[outcome.record.summary.request_id], outcome)
-        if result.layer_health is not None:
-            self._metrics.inspection_seconds.labels(model).observe(result.inspection_seconds)
-            await self._publish_layers(model, result.layer_health)
-
-    async def _publish_layers(self, model: str, snapshot: HealthSnapshot) -> None:
-        """Layer gauges of ``model``, and this worker's report for every sidecar to serve."""
-        for layer in snapshot.layers:
-            self._metrics.layer_dead.labels(model, layer.name).set(layer.dead_ratio)
-            if layer.saturated_ratio is not None:
-                self._metrics.layer_saturated.labels(model, layer.name).set(layer.saturated_ratio)
-            if layer.activation_shift is not None:
-                self._metrics.layer_shift.labels(model, layer.name).set(layer.activation_shift)
-        report = LayerHealthReport(
-            worker=self.consumer,
-            version=snapshot.version,
-            samples=snapshot.samples,
-            window=snapshot.window,
-            updated_at=time.time(),
-            layers=snapshot.layers,
-        )
-        await self._layers.publish(model, report)
+        for outcome in result.outcomes:  # each alone: one that cannot be stored does not strand the others
+            delivery = by_id[outcome.record.summary.request_id]
+            try:
+                await self._settle_one(model, stream, delivery, outcome)
+            except Exception as error:
+                await self._failed(model, stream, [delivery], error)
 
     async def _settle_one(self, model: str, stream: str, delivery: Delivery, outcome: Outcome) -> None:
         summary = outcome.record.summary
@@ -253,7 +295,7 @@ class AttributionWorker:
         else:
             await self._retry_or_give_up(model, stream, [delivery], error)
 
-    async def _retry_or_give_up(self, model: str, stream: str, deliveries: list[Delivery], error: str) -> None:
+    async def _retry_or_give_up(self, model: str, stream: str, deliveries: Sequence[Delivery], error: str) -> None:
         for delivery in deliveries:
             if delivery.deliveries >= self._max_deliveries:
                 await self._dead_letter(model, stream, delivery, f"{error} (after {delivery.deliveries} deliveries)")
@@ -269,35 +311,11 @@ class AttributionWorker:
                 )
 
     async def _dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> None:
-        await self._consumer.dead_letter(model, stream, delivery, error)
+        trimmed = await self._consumer.dead_letter(model, stream, delivery, error)
         self._metrics.dead_letters.labels(model).inc()
+        self._metrics.dead_letters_trimmed.labels(model).inc(trimmed)
         self._metrics.explanations.labels(model, "-", "dead").inc()
         log.error("%s entry %s dead-lettered: %s", model, delivery.entry_id.decode(), error)
-
-    async def _sanity(self, model: str, runtime: ModelRuntime) -> None:
-        try:
-            checks = await run_bounded(runtime.sanity_check, timeout_s=self._job_timeout_s, name=f"sanity-{model}")
-        except TimeoutError:
-            raise WorkTimedOut(f"sanity check of {model} timed out after {self._job_timeout_s:g} s") from None
-        except Exception:
-            log.exception("randomisation sanity check of %s failed", model)
-            return
-        for check in checks:
-            self._metrics.sanity.labels(model, check.method).set(check.similarity)
-            figure = SanityFigure(
-                similarity=check.similarity,
-                flagged=check.flagged,
-                samples=runtime.config.sanity_samples,
-                checked_at=time.time(),
-            )
-            await self._store.save_sanity(model, check.method, figure)
-            if check.flagged:
-                log.warning(
-                    "%s: %s maps barely change on a randomised model (similarity %.2f)",
-                    model,
-                    check.method,
-                    check.similarity,
-                )
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         key = keys.worker_heartbeat(self.consumer)
@@ -310,6 +328,10 @@ class AttributionWorker:
             except REDIS_FAILED as error:  # the work loop reports outages; the heartbeat just tries again
                 log.debug("heartbeat not written: %s: %s", type(error).__name__, error)
             await _pause(stop, self._heartbeat_ttl_s / 3)
+
+
+_AFTER_ERROR_S = 1.0
+"""Pause after a step failed with an error other than a Redis outage, so a persistent bug cannot spin the loop."""
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

@@ -34,9 +34,10 @@ class InputTensor(EncodedArray):
 
 
 class SampledEvent(BaseModel):
-    """A prediction chosen for attribution (message version 1)."""
+    """A prediction chosen for attribution (message version 1). Numbers are finite: pydantic's JSON parser takes
+    ``NaN`` and ``Infinity``, which no event time or probability can be, so such an entry is undecodable."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     v: Literal[1] = 1
     model: str
@@ -68,4 +69,6 @@ class SampledEvent(BaseModel):
         try:
             return cls.model_validate_json(body)
         except ValidationError as error:
-            raise MessageError(f"not a version-1 sampled event: {error.errors()[0]['msg']}") from error
+            first = error.errors()[0]
+            where = "".join(f"{part}: " for part in first["loc"][:1])
+            raise MessageError(f"not a version-1 sampled event: {where}{first['msg']}") from error

@@ -54,6 +54,10 @@ class StoredAttribution(ScaledHalf):
 
 
 class ExplanationSummary(BaseModel):
+    """What lists show of an explanation. Its numbers are finite: a stored ``NaN`` reads as unreadable."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
     model: str
     model_version: str
     request_id: str

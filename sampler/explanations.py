@@ -6,6 +6,9 @@ time per model and per facet (reason, cohort value, predicted class, version).
 Every key has a TTL (the retention); index entries older than the retention are
 trimmed on write. The sidecar marks an event ``queued`` when it is written to
 the stream, so it can be found before a worker explains it.
+
+A stored record or sanity figure that no longer parses (written by a bug, or by hand) is logged once and
+read as absent: one bad record never fails a page, and a bad figure is overwritten by the next check.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from common import keys
-from common.errors import RedisUnavailable
+from common.errors import InvalidInput, RedisUnavailable
 from common.redis import REDIS_FAILED, execute, queue_script
 from sampler.contract import SampledEvent
 from sampler.explanation_records import (
@@ -39,16 +44,20 @@ log = logging.getLogger(__name__)
 _SAVE = """
 if ARGV[1] ~= 'done' and redis.call('HGET', KEYS[1], 'status') == 'done' then return 0 end
 if ARGV[1] == 'queued' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
 for i = 2, #KEYS - 1 do
   redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[7])
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[#KEYS], ARGV[8])
 return 1
 """
+"""Indices first: a score Redis refuses fails the script before the record exists (scripts do not roll back)."""
+
+_WARNED_MAX = 1024
+"""Unreadable keys remembered so each is logged once (past this many, the memory starts again)."""
 
 
 def _index_keys(summary: ExplanationSummary) -> list[str]:
@@ -69,6 +78,7 @@ class ExplanationStore:
     def __init__(self, redis: Redis, *, ttl_s: int) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._warned: set[tuple[str, str]] = set()
 
     def mark_queued(self, pipe: Pipeline, event: SampledEvent) -> None:
         """Queue the 'queued' record of ``event`` on ``pipe`` (no-op in Redis if a record exists)."""
@@ -88,7 +98,12 @@ class ExplanationStore:
         return bool(stored)
 
     def _add_save(self, pipe: Pipeline, record: ExplanationRecord) -> None:
+        """Queue the save script; a non-finite time or confidence (which JSON would store as null, unreadable)
+        raises ``InvalidInput`` before anything is written."""
         summary = record.summary
+        for name in ("timestamp", "confidence"):
+            if not math.isfinite(getattr(summary, name)):
+                raise InvalidInput(f"{name}: must be a finite number to store an explanation", field=name)
         index_keys = _index_keys(summary)
         cutoff = time.time() - self._ttl_s
         queue_script(
@@ -108,14 +123,20 @@ class ExplanationStore:
         )
 
     async def get(self, model: str, request_id: str) -> ExplanationRecord | None:
+        """The stored record; None when there is none, or it no longer parses (logged once)."""
+        key = keys.explanation(model, request_id)
         with _reading():
-            summary, detail = await self._redis.hmget(keys.explanation(model, request_id), ["summary", "detail"])
+            summary, detail = await self._redis.hmget(key, ["summary", "detail"])
         if summary is None:
             return None
-        return ExplanationRecord(
-            summary=ExplanationSummary.model_validate_json(summary),
-            detail=ExplanationDetail.model_validate_json(detail or b"{}"),
-        )
+        try:
+            return ExplanationRecord(
+                summary=ExplanationSummary.model_validate_json(summary),
+                detail=ExplanationDetail.model_validate_json(detail or b"{}"),
+            )
+        except ValidationError as error:
+            self._unreadable(key, "record", error)
+            return None
 
     async def save_sanity(self, model: str, method: str, figure: SanityFigure) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -124,12 +145,30 @@ class ExplanationStore:
         await execute(pipe)
 
     async def sanity(self, model: str) -> dict[str, SanityFigure]:
+        """The latest figure of each method; one that no longer parses is logged once and left out, as if never
+        checked (the next check overwrites it)."""
+        key = keys.sanity(model)
         with _reading():
-            stored = await self._redis.hgetall(keys.sanity(model))
-        return {
-            (method.decode() if isinstance(method, bytes) else method): SanityFigure.model_validate_json(body)
-            for method, body in stored.items()
-        }
+            stored = await self._redis.hgetall(key)
+        figures: dict[str, SanityFigure] = {}
+        for field, body in stored.items():
+            method = field.decode() if isinstance(field, bytes) else field
+            try:
+                figures[method] = SanityFigure.model_validate_json(body)
+            except ValidationError as error:
+                self._unreadable(key, method, error)
+        return figures
+
+    def _unreadable(self, key: str, field: str, error: ValidationError) -> None:
+        """Log a stored value that no longer parses, once per key and field."""
+        if (key, field) in self._warned:
+            return
+        if len(self._warned) >= _WARNED_MAX:
+            self._warned.clear()
+        self._warned.add((key, field))
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "value"
+        log.warning("unreadable stored %s of %s, read as absent: %s: %s", field, key, where, first["msg"])
 
     async def latest_done(self, model: str, *, limit: int) -> list[ExplanationSummary]:
         """The model's newest ``limit`` done summaries (by event time), newest first, from the index of finished
@@ -184,18 +223,33 @@ class ExplanationStore:
         pipe = self._redis.pipeline(transaction=False)
         for request_id in wanted:
             pipe.hget(keys.explanation(model, request_id), "summary")
-        raws = [raw for raw in await execute(pipe) if raw is not None]
+        raws = [(rid, raw) for rid, raw in zip(wanted, await execute(pipe), strict=True) if raw is not None]
         if len(raws) <= _PARSED_ON_THE_LOOP:
-            return _parsed(raws)
-        return await asyncio.to_thread(_parsed, raws)  # ~55 µs a summary: hundreds would hold the loop
+            parsed = _parsed(raws)
+        else:
+            parsed = await asyncio.to_thread(_parsed, raws)  # ~55 µs a summary: hundreds would hold the loop
+        summaries: list[ExplanationSummary] = []
+        for request_id, found in parsed:
+            if isinstance(found, ValidationError):
+                self._unreadable(keys.explanation(model, request_id), "summary", found)
+            else:
+                summaries.append(found)
+        return summaries
 
 
 _PARSED_ON_THE_LOOP = 64
 """Summaries parsed on the event loop; more (the trust report reads up to 1,000) are parsed in a thread."""
 
 
-def _parsed(raws: list[bytes]) -> list[ExplanationSummary]:
-    return [ExplanationSummary.model_validate_json(raw) for raw in raws]
+def _parsed(raws: list[tuple[str, bytes]]) -> list[tuple[str, ExplanationSummary | ValidationError]]:
+    """Each stored summary by request id, or the error that says why it does not parse."""
+    found: list[tuple[str, ExplanationSummary | ValidationError]] = []
+    for request_id, raw in raws:
+        try:
+            found.append((request_id, ExplanationSummary.model_validate_json(raw)))
+        except ValidationError as error:
+            found.append((request_id, error))
+    return found
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import numpy as np
@@ -90,11 +91,16 @@ def encode_cursor(cursor: tuple[float, str] | None) -> str | None:
 
 
 def _decode_cursor(text: str) -> tuple[float, str]:
+    """(timestamp, request_id); 422 naming ``cursor`` for anything else, a non-finite time included (Redis would
+    refuse it as a score, which must not read as Redis being down)."""
     try:
         timestamp, request_id = orjson.loads(base64.urlsafe_b64decode(text.encode()))
-        return float(timestamp), str(request_id)
+        found = float(timestamp), str(request_id)
     except (ValueError, TypeError):
-        raise InvalidInput("cursor: not a cursor returned by this API", field="cursor") from None
+        found = None
+    if found is None or not math.isfinite(found[0]):
+        raise InvalidInput("cursor: not a cursor returned by this API", field="cursor")
+    return found
 
 
 def _time_param(name: str, text: str) -> float:

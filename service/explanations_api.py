@@ -90,7 +90,8 @@ async def _record(sidecar: Sidecar, model: str, request_id: str) -> ExplanationR
     record = await sidecar.explanations.get(model, request_id)
     if record is None:
         raise NotFound(
-            f"request_id: no sampled event {request_id!r} of model {model!r} (never sampled, or past the retention)",
+            f"request_id: no sampled event {request_id!r} of model {model!r} (never sampled, past the retention, "
+            "or its stored record is unreadable)",
             field="request_id",
         )
     return record

@@ -317,3 +317,30 @@ def test_entry_delivered_past_max_deliveries_is_dead_lettered_unexecuted(
     assert dead[b"error"] == b"no result after 3 deliveries"
     assert status(redis_client, "digits", "cursed") is None, "never explained"
     assert redis_client.xlen(stream) == 0
+
+
+@pytest.mark.slow
+def test_bad_stored_and_queued_data_neither_kills_the_worker_nor_reads_as_an_outage(
+    start_worker: Callable[..., WorkerProcess],
+    digits_models: dict[str, Any],
+    digits_split: DatasetSplit,
+    redis_url: str,
+    redis_client: redis.Redis,
+) -> None:
+    """A sanity figure that does not parse, then an entry with a NaN time: both once crashed or stalled it."""
+    redis_client.hset(keys.sanity("digits"), "saliency", '{"similarity":"high","flagged":false}')
+    body = json.loads(sampled_event("digits", "nan-time", digits_split.test.features[1], 1).model_dump_json())
+    redis_client.xadd(keys.sample_stream("digits"), {"m": json.dumps(body | {"timestamp": float("nan")})})
+    post_digit(redis_client, digits_split, "fine")
+    worker = start_worker(redis_url, digits_models, "steady")
+
+    wait_until(lambda: status(redis_client, "digits", "fine") == b"done", timeout_s=90, what="the good entry stored")
+    wait_until(lambda: redis_client.xlen(keys.dead_letter_stream("digits")) == 1, timeout_s=30, what="a dead letter")
+    post_digit(redis_client, digits_split, "later")
+    wait_until(lambda: status(redis_client, "digits", "later") == b"done", timeout_s=30, what="a later entry stored")
+    assert worker.stop() == 0
+    log = worker.log()
+    assert log.count("unreadable stored saliency of vai:sanity:digits") == 1, log
+    assert "Redis unavailable" not in log and "Traceback" not in log, log
+    ((_, dead),) = stream_entries(redis_client, keys.dead_letter_stream("digits"))
+    assert b"timestamp: Input should be a finite number" in dead[b"error"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 
 import numpy as np
@@ -55,3 +57,21 @@ def test_input_with_wrong_byte_count_is_refused() -> None:
     tensor = InputTensor(shape=(2, 2), dtype="float32", data="AAAAAA==")
     with pytest.raises(MessageError, match="do not fit shape"):
         tensor.decode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("timestamp", math.nan, id="nan-timestamp"),
+        pytest.param("timestamp", math.inf, id="inf-timestamp"),
+        pytest.param("received_at", -math.inf, id="minus-inf-received-at"),
+        pytest.param("confidence", math.nan, id="nan-confidence"),
+        pytest.param("margin", math.inf, id="inf-margin"),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_field(field: str, value: float) -> None:
+    """pydantic's JSON parser reads ``NaN`` and ``Infinity`` (``json.dumps`` writes them); none is an event time
+    or a probability, and a stored one breaks the explanation store."""
+    values = message().model_dump(mode="json") | {field: value}
+    with pytest.raises(MessageError, match=f"{field}: Input should be a finite number"):
+        SampledEvent.decode({MESSAGE_FIELD: json.dumps(values).encode()})

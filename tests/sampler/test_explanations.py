@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -9,12 +12,16 @@ import numpy as np
 import pytest
 import redis
 
+from common import keys
+from common.errors import InvalidInput
 from common.redis import connect
+from helpers import hash_field
 from sampler.explanation_records import (
     ExplanationDetail,
     ExplanationQuery,
     ExplanationRecord,
     ExplanationSummary,
+    SanityFigure,
     StoredAttribution,
 )
 from sampler.explanations import ExplanationStore
@@ -133,3 +140,72 @@ async def test_latest_done_finds_finished_explanations_behind_a_backlog_of_queue
     await store.save(ExplanationRecord(summary=summary("queued-1999", 100.0 + 199.9)))
     assert [s.request_id for s in await store.latest_done("digits", limit=2)] == ["queued-1999", "done-9"]
     assert len(await store.latest_done("digits", limit=50)) == 11
+
+
+async def test_an_unreadable_summary_is_skipped_and_logged_once(
+    store: ExplanationStore, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, at in (("before", 10.0), ("bad", 20.0), ("after", 30.0)):
+        await store.save(ExplanationRecord(summary=summary(name, at)))
+    # What an infinite event time stored as JSON looks like: pydantic writes it as null.
+    broken = summary("bad", 20.0).model_dump(mode="json") | {"timestamp": None}
+    redis_client.hset(keys.explanation("digits", "bad"), "summary", json.dumps(broken))
+    caplog.set_level(logging.WARNING, logger="sampler.explanations")
+
+    for _ in range(2):
+        page = await store.query(ExplanationQuery(model="digits"))
+        assert [s.request_id for s in page.items] == ["after", "before"]
+        assert [s.request_id for s in await store.latest_done("digits", limit=10)] == ["after", "before"]
+        assert await store.get("digits", "bad") is None
+    warnings = [r.getMessage() for r in caplog.records if "unreadable stored" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # the summary (in lists) and the record (by id), once each
+    assert all("vai:expl:digits:bad" in w and "timestamp" in w for w in warnings)
+
+
+async def test_a_stored_nan_confidence_is_unreadable(store: ExplanationStore, redis_client: redis.Redis) -> None:
+    await store.save(ExplanationRecord(summary=summary("nan", 10.0)))
+    stored = hash_field(redis_client, keys.explanation("digits", "nan"), "summary")
+    assert stored is not None
+    redis_client.hset(
+        keys.explanation("digits", "nan"), "summary", stored.replace(b'"confidence":0.9', b'"confidence":NaN')
+    )
+    assert (await store.query(ExplanationQuery(model="digits"))).items == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"timestamp": math.nan}, id="nan-timestamp"),
+        pytest.param({"timestamp": math.inf}, id="inf-timestamp"),
+        pytest.param({"confidence": math.nan}, id="nan-confidence"),
+    ],
+)
+async def test_a_non_finite_record_is_refused_before_anything_is_written(
+    store: ExplanationStore, redis_client: redis.Redis, fields: dict[str, float]
+) -> None:
+    record = ExplanationRecord(summary=summary("odd", 10.0).model_copy(update=fields))  # copies skip validation
+    with pytest.raises(InvalidInput) as refused:
+        await store.save(record)
+    assert refused.value.field == next(iter(fields))
+    assert redis_client.keys("vai:*") == []
+
+
+async def test_a_script_error_leaves_no_record_behind(store: ExplanationStore, redis_client: redis.Redis) -> None:
+    """Redis scripts do not roll back: the indices go first, so a refused index write leaves no record."""
+    redis_client.set(keys.explanation_index("digits", "predicted", "3"), "not a sorted set")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        await store.save(ExplanationRecord(summary=summary("a", 10.0)))
+    assert not redis_client.exists(keys.explanation("digits", "a"))
+
+
+async def test_an_unreadable_sanity_figure_is_left_out_and_logged_once(
+    store: ExplanationStore, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=T0)
+    await store.save_sanity("digits", "gradcam", good)
+    redis_client.hset(keys.sanity("digits"), "saliency", '{"similarity":"high","flagged":false}')
+    caplog.set_level(logging.WARNING, logger="sampler.explanations")
+    for _ in range(3):
+        assert await store.sanity("digits") == {"gradcam": good}
+    warnings = [r.getMessage() for r in caplog.records if "unreadable stored" in r.getMessage()]
+    assert len(warnings) == 1 and "saliency" in warnings[0] and "vai:sanity:digits" in warnings[0], warnings

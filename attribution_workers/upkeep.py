@@ -1,0 +1,89 @@
+"""After each batch of a model: its layer-health report and, when due, its randomisation sanity check."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from attribution_workers.bounded import WorkTimedOut, run_bounded
+from attribution_workers.inspection_health import HealthSnapshot
+from attribution_workers.metrics import WorkerMetrics
+from attribution_workers.runtime import BatchResult, ModelRuntime
+from sampler.explanation_records import SanityFigure
+from sampler.explanations import ExplanationStore
+from sampler.layers import LayerHealthReport, LayerHealthStore
+
+log = logging.getLogger(__name__)
+
+
+class BatchUpkeep:
+    """Publishes what a batch taught about its model; the entries of the batch are settled already."""
+
+    def __init__(
+        self,
+        store: ExplanationStore,
+        layers: LayerHealthStore,
+        metrics: WorkerMetrics,
+        *,
+        worker: str,
+        job_timeout_s: float,
+    ) -> None:
+        self._store = store
+        self._layers = layers
+        self._metrics = metrics
+        self._worker = worker
+        self._job_timeout_s = job_timeout_s
+
+    async def after_batch(self, model: str, runtime: ModelRuntime, result: BatchResult) -> None:
+        if result.layer_health is not None:
+            self._metrics.inspection_seconds.labels(model).observe(result.inspection_seconds)
+            await self._publish_layers(model, result.layer_health)
+        if runtime.sanity_due():
+            await self._sanity(model, runtime)
+
+    async def _publish_layers(self, model: str, snapshot: HealthSnapshot) -> None:
+        """Layer gauges of ``model``, and this worker's report for every sidecar to serve."""
+        for layer in snapshot.layers:
+            self._metrics.layer_dead.labels(model, layer.name).set(layer.dead_ratio)
+            if layer.saturated_ratio is not None:
+                self._metrics.layer_saturated.labels(model, layer.name).set(layer.saturated_ratio)
+            if layer.activation_shift is not None:
+                self._metrics.layer_shift.labels(model, layer.name).set(layer.activation_shift)
+        report = LayerHealthReport(
+            worker=self._worker,
+            version=snapshot.version,
+            samples=snapshot.samples,
+            window=snapshot.window,
+            updated_at=time.time(),
+            layers=snapshot.layers,
+        )
+        await self._layers.publish(model, report)
+
+    async def _sanity(self, model: str, runtime: ModelRuntime) -> None:
+        try:
+            checks = await run_bounded(runtime.sanity_check, timeout_s=self._job_timeout_s, name=f"sanity-{model}")
+        except TimeoutError:
+            raise WorkTimedOut(f"sanity check of {model} timed out after {self._job_timeout_s:g} s") from None
+        except Exception:
+            log.exception("randomisation sanity check of %s failed", model)
+            return
+        for check in checks:
+            self._metrics.sanity.labels(model, check.method).set(check.similarity)
+            if not math.isfinite(check.similarity):  # JSON would store it as null: an unreadable figure
+                log.warning("%s: %s sanity similarity is not a number; not stored", model, check.method)
+                continue
+            figure = SanityFigure(
+                similarity=check.similarity,
+                flagged=check.flagged,
+                samples=runtime.config.sanity_samples,
+                checked_at=time.time(),
+            )
+            await self._store.save_sanity(model, check.method, figure)
+            if check.flagged:
+                log.warning(
+                    "%s: %s maps barely change on a randomised model (similarity %.2f)",
+                    model,
+                    check.method,
+                    check.similarity,
+                )

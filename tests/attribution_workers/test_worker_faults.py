@@ -1,0 +1,241 @@
+"""Entries and stored data that must fail alone: the real worker, the real digits model, a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from attribution_workers.main import build_runtimes, make_worker
+from attribution_workers.settings import WorkerSettings
+from common import keys
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from helpers import hash_field, stream_entries
+from sampler.contract import MESSAGE_FIELD, InputTensor, SampledEvent
+
+STREAM = keys.sample_stream("digits")
+DEAD = keys.dead_letter_stream("digits")
+
+
+@pytest.fixture
+def worker_settings(
+    make_worker_settings: Callable[..., WorkerSettings], digits_path: Path
+) -> Callable[..., WorkerSettings]:
+    def make(**overrides: Any) -> WorkerSettings:
+        spec = {"torchscript": str(digits_path), "input_shape": list(digits.INPUT_SHAPE), "num_classes": 10}
+        values: dict[str, Any] = {
+            "models": {"digits": {"attribution": {"model": spec, "methods": ["saliency"], "fidelity_steps": 2}}},
+            "worker_retry_after_ms": 50,
+            "worker_max_deliveries": 2,
+        }
+        return make_worker_settings(**(values | overrides))
+
+    return make
+
+
+def drain(settings: WorkerSettings, done: Callable[[], bool], registry: CollectorRegistry) -> None:
+    """Step an in-process worker until ``done()``; an exception out of a step fails the test."""
+
+    async def loop() -> None:
+        worker = make_worker(settings, build_runtimes(settings), registry)
+        try:
+            await worker.ensure_groups()
+            deadline = time.monotonic() + 60
+            while not done():
+                assert time.monotonic() < deadline, "the worker did not finish in time"
+                await worker.step()
+        finally:
+            await worker.aclose()
+
+    asyncio.run(loop())
+
+
+def event(request_id: str, values: npt.NDArray[Any], predicted: int, **fields: Any) -> SampledEvent:
+    now = time.time()
+    body: dict[str, Any] = {
+        "model": "digits",
+        "model_version": "v1",
+        "request_id": request_id,
+        "timestamp": now,
+        "received_at": now,
+        "reasons": ("every_n",),
+        "predicted": predicted,
+        "confidence": 0.9,
+        "margin": 0.5,
+        "num_classes": 10,
+        "input": InputTensor.of(np.ascontiguousarray(values, dtype=np.float32)),
+    }
+    return SampledEvent.model_validate(body | fields)
+
+
+def add(client: redis.Redis, *events: SampledEvent) -> None:
+    for item in events:
+        client.xadd(STREAM, item.encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
+
+
+def add_raw(client: redis.Redis, item: SampledEvent, **fields: float) -> None:
+    """``item`` with ``fields`` overridden as ``json.dumps`` writes them (``NaN``, ``Infinity``)."""
+    body = json.loads(item.model_dump_json(exclude_none=True)) | fields
+    client.xadd(STREAM, {MESSAGE_FIELD: json.dumps(body).encode()})
+
+
+def status(client: redis.Redis, request_id: str, model: str = "digits") -> bytes | None:
+    return hash_field(client, keys.explanation(model, request_id), "status")
+
+
+def settled(client: redis.Redis) -> bool:
+    return client.xlen(STREAM) == 0 and client.xpending(STREAM, keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def dead(client: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
+    """Dead-lettered entries by request id (from their message, when it decodes)."""
+    found = {}
+    for _, fields in stream_entries(client, DEAD):
+        found[json.loads(fields[MESSAGE_FIELD])["request_id"].encode()] = fields  # json: NaN too
+    return found
+
+
+def counted(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_an_unreadable_sanity_figure_does_not_stop_the_worker(
+    worker_settings: Callable[..., WorkerSettings],
+    digits_split: DatasetSplit,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_client.hset(keys.sanity("digits"), "saliency", '{"similarity":"high","flagged":false}')
+    images, labels = digits_split.test.features, digits_split.test.labels
+    add(redis_client, *(event(f"img{i}", images[i], int(labels[i])) for i in range(3)))
+    caplog.set_level(logging.WARNING)
+
+    # one event a batch: the figure is read for each
+    drain(worker_settings(worker_batch_size=1), lambda: settled(redis_client), CollectorRegistry())
+
+    assert [status(redis_client, f"img{i}") for i in range(3)] == [b"done"] * 3
+    assert redis_client.xlen(DEAD) == 0
+    warnings = [r.getMessage() for r in caplog.records if "unreadable stored saliency" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+
+
+def test_non_finite_numbers_are_dead_lettered_at_once_and_their_neighbours_stored(
+    worker_settings: Callable[..., WorkerSettings],
+    digits_split: DatasetSplit,
+    redis_client: redis.Redis,
+) -> None:
+    images, labels = digits_split.test.features, digits_split.test.labels
+    good = [event(f"good{i}", images[i], int(labels[i])) for i in range(3)]
+    add(redis_client, good[0])
+    add_raw(redis_client, event("nan-time", images[3], int(labels[3])), timestamp=float("nan"))
+    add(redis_client, good[1])
+    add_raw(redis_client, event("inf-time", images[4], int(labels[4])), timestamp=float("inf"))
+    add_raw(redis_client, event("nan-confidence", images[5], int(labels[5])), confidence=float("nan"))
+    add(redis_client, good[2])
+    registry = CollectorRegistry()
+
+    drain(worker_settings(), lambda: settled(redis_client), registry)
+
+    assert [status(redis_client, f"good{i}") for i in range(3)] == [b"done"] * 3
+    found = dead(redis_client)
+    assert sorted(found) == [b"inf-time", b"nan-confidence", b"nan-time"]
+    for request_id, field in (
+        (b"nan-time", "timestamp"),
+        (b"inf-time", "timestamp"),
+        (b"nan-confidence", "confidence"),
+    ):
+        assert found[request_id][b"deliveries"] == b"1"
+        assert f"undecodable entry: not a version-1 sampled event: {field}: Input should be a finite number" in (
+            found[request_id][b"error"].decode()
+        )
+        assert status(redis_client, request_id.decode()) is None, "nothing stored for it"
+
+
+def test_a_result_redis_refuses_fails_alone_and_is_no_outage(
+    worker_settings: Callable[..., WorkerSettings],
+    digits_split: DatasetSplit,
+    redis_client: redis.Redis,
+) -> None:
+    """One event's index key holds the wrong type: its save fails on every delivery; the others are stored."""
+    images = digits_split.test.features
+    redis_client.set(keys.explanation_index("digits", "predicted", "9"), "not a sorted set")
+    add(redis_client, event("a", images[0], 1), event("refused", images[1], 9), event("b", images[2], 2))
+    registry = CollectorRegistry()
+
+    drain(worker_settings(), lambda: settled(redis_client), registry)  # a step raising (an "outage") fails it
+
+    assert status(redis_client, "a") == status(redis_client, "b") == b"done"
+    assert status(redis_client, "refused") is None, "a failed save writes nothing"
+    (fields,) = dead(redis_client).values()
+    assert b"WRONGTYPE" in fields[b"error"] and fields[b"deliveries"] == b"2"
+    assert counted(registry, "vai_worker_errors_total", model="digits") == 2
+
+
+def test_non_finite_input_is_dead_lettered_at_once(
+    worker_settings: Callable[..., WorkerSettings], digits_split: DatasetSplit, redis_client: redis.Redis
+) -> None:
+    image = digits_split.test.features[0].copy()
+    image.reshape(-1)[[3, 7]] = [np.nan, np.inf]
+    add(redis_client, event("odd", image, 1))
+    drain(worker_settings(worker_max_deliveries=3), lambda: settled(redis_client), CollectorRegistry())
+    fields = dead(redis_client)[b"odd"]
+    assert fields[b"deliveries"] == b"1"
+    assert b"input has 2 non-finite values (NaN or infinity) of 64" in fields[b"error"]
+
+
+def test_an_entry_of_another_model_is_dead_lettered_unexplained(
+    worker_settings: Callable[..., WorkerSettings], digits_split: DatasetSplit, redis_client: redis.Redis
+) -> None:
+    add(redis_client, event("intruder", digits_split.test.features[0], 1, model="victim"))
+    drain(worker_settings(), lambda: settled(redis_client), CollectorRegistry())
+    fields = dead(redis_client)[b"intruder"]
+    assert fields[b"error"] == b"entry of model 'victim' in the stream of 'digits'"
+    assert status(redis_client, "intruder", "victim") is None
+    assert status(redis_client, "intruder") is None
+
+
+def test_the_dead_letter_stream_is_capped_and_expires(
+    worker_settings: Callable[..., WorkerSettings], redis_client: redis.Redis
+) -> None:
+    count = 400
+    pipe = redis_client.pipeline()
+    for i in range(count):
+        pipe.xadd(STREAM, {MESSAGE_FIELD: f"not json {i}".encode()})
+    pipe.execute()
+    registry = CollectorRegistry()
+    settings = worker_settings(worker_dead_letter_max_entries=10, worker_batch_size=64, explanation_ttl_s=600)
+
+    drain(settings, lambda: settled(redis_client), registry)
+
+    kept = redis_client.xlen(DEAD)
+    assert kept < count // 2, "trimmed (MAXLEN ~ drops whole stream nodes of up to 100 entries)"
+    assert counted(registry, "vai_dead_letters_trimmed_total", model="digits") == count - kept
+    assert counted(registry, "vai_dead_letters_total", model="digits") == count
+    assert 0 < redis_client.ttl(DEAD) <= 600
+    _, newest = stream_entries(redis_client, DEAD)[-1]
+    assert newest[MESSAGE_FIELD] == f"not json {count - 1}".encode(), "the newest are kept"
+
+
+def test_a_large_input_is_not_copied_into_the_dead_letter_stream(
+    worker_settings: Callable[..., WorkerSettings], redis_client: redis.Redis
+) -> None:
+    huge = event("huge", np.ones(4096, dtype=np.float32), 1)  # the wrong shape: dead-lettered at once
+    add(redis_client, huge)
+    drain(worker_settings(worker_dead_letter_max_input_bytes=2048), lambda: settled(redis_client), CollectorRegistry())
+    fields = dead(redis_client)[b"huge"]
+    assert b"does not fit the model's [1, 8, 8]" in fields[b"error"]
+    assert int(fields[b"m_bytes"]) == len(huge.encode()[MESSAGE_FIELD]) > 2048
+    kept = orjson.loads(fields[MESSAGE_FIELD])
+    assert "input" not in kept and kept == huge.model_dump(mode="json", exclude_none=True, exclude={"input"})

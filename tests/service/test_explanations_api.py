@@ -1,0 +1,111 @@
+"""GET /v1/explanations: bad cursors and unreadable stored records, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import orjson
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from common import keys
+from common.redis import connect
+from sampler.explanation_records import ExplanationRecord, ExplanationSummary, SanityFigure
+from sampler.explanations import ExplanationStore
+
+T0 = time.time() - 600
+
+
+def _summary(request_id: str, at: float) -> ExplanationSummary:
+    return ExplanationSummary(
+        model="digits",
+        model_version="v1",
+        request_id=request_id,
+        status="done",
+        reasons=("every_n",),
+        predicted=3,
+        confidence=0.9,
+        timestamp=T0 + at,
+        methods=("saliency",),
+    )
+
+
+def _save(redis_url: str, *records: ExplanationRecord) -> None:
+    async def save() -> None:
+        client = connect(redis_url, timeout_s=2.0)
+        store = ExplanationStore(client, ttl_s=3600)
+        for record in records:
+            await store.save(record)
+        await client.aclose()
+
+    asyncio.run(save())
+
+
+def _cursor(value: object) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(value)).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        pytest.param(_cursor(["nan", "x"]), id="nan-text"),
+        pytest.param(_cursor(["inf", "x"]), id="inf-text"),
+        pytest.param(base64.urlsafe_b64encode(b'[NaN, "x"]').decode(), id="nan-literal"),
+        pytest.param(_cursor([1.5]), id="one-part"),
+        pytest.param("%%%", id="not-base64"),
+    ],
+)
+def test_a_bad_cursor_is_a_422_naming_it(client: TestClient, redis_url: str, cursor: str) -> None:
+    _save(redis_url, ExplanationRecord(summary=_summary("a", 1.0)))
+
+    response = client.get("/v1/explanations", params={"model": "digits", "cursor": cursor})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "cursor" and "retry-after" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param({"timestamp": None}, id="infinite-time-stored-as-null"),
+        pytest.param({"confidence": None}, id="nan-confidence-stored-as-null"),
+    ],
+)
+def test_one_unreadable_record_does_not_break_the_model_s_pages(
+    client: TestClient, redis_url: str, redis_client: redis.Redis, broken: dict[str, object]
+) -> None:
+    _save(redis_url, *(ExplanationRecord(summary=_summary(name, at)) for name, at in (("old", 1.0), ("bad", 2.0))))
+    _save(redis_url, ExplanationRecord(summary=_summary("new", 3.0)))
+    body = _summary("bad", 2.0).model_dump(mode="json") | broken
+    redis_client.hset(keys.explanation("digits", "bad"), "summary", json.dumps(body))
+
+    listing = client.get("/v1/explanations", params={"model": "digits"})
+    assert listing.status_code == 200, listing.text
+    assert [item["request_id"] for item in listing.json()["items"]] == ["new", "old"]
+    assert client.get("/v1/explanations/digits/new").status_code == 200
+    missing = client.get("/v1/explanations/digits/bad")
+    assert missing.status_code == 404 and missing.json()["field"] == "request_id"
+    methods = client.get("/v1/explanations/digits/methods")
+    assert methods.status_code == 200 and methods.json()["explanations"] == 2
+
+
+def test_an_unreadable_sanity_figure_is_left_out_of_the_detail(
+    client: TestClient, redis_url: str, redis_client: redis.Redis
+) -> None:
+    summary = _summary("a", 1.0).model_copy(update={"methods": ("saliency", "gradcam")})
+    _save(redis_url, ExplanationRecord(summary=summary))
+    redis_client.hset(keys.sanity("digits"), "saliency", '{"similarity":"high","flagged":false}')
+    redis_client.hset(
+        keys.sanity("digits"),
+        "gradcam",
+        SanityFigure(similarity=0.2, flagged=False, samples=4, checked_at=T0).model_dump_json(),
+    )
+
+    response = client.get("/v1/explanations/digits/a")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["sanity_similarity"] == {"gradcam": 0.2}  # saliency reads as never checked
