@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import itertools
+import logging
 import threading
 from typing import Any
 
@@ -184,10 +186,12 @@ def test_unreadable_values_never_raise_into_the_caller() -> None:
     with scripted() as server:
         client = Client(server.url, flush_interval_s=0.01)
         client.log(model="m", request_id="a", logits=object())
-        client.log(model="m", request_id="b", logits=[1.0, 0.0], cohort={"k": object()})  # type: ignore[dict-item]  # str() of anything
+        client.log(model="m", request_id="b", logits=[1.0, 0.0], cohort={"k": object()})  # type: ignore[dict-item]  # refused, not str()-ed
         client.log(model="m", request_id="c", logits=[1.0, 0.0], label="not a number")  # type: ignore[arg-type]  # refused, not raised
+        client.log(model="m", request_id="ok", logits=[1.0, 0.0])
         assert client.flush(10)
-        assert (client.stats.sent, client.stats.rejected) == (1, 2)
+        assert (client.stats.sent, client.stats.rejected) == (1, 3)
+        assert [e["request_id"] for e in server.items()] == ["ok"]
         client.close()
 
 
@@ -230,9 +234,47 @@ def test_json_encoding_sends_number_lists_and_the_token() -> None:
     [
         pytest.param("2", 2.0, 2.0, id="seconds"),
         pytest.param("3600", 60.0, 60.0, id="capped"),
-        pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.0, id="http-date-past"),
+        pytest.param("0", 0.025, 0.05, id="zero-waits-the-backoff"),
+        pytest.param("-5", 0.025, 0.05, id="negative-waits-the-backoff"),
+        pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", 0.025, 0.05, id="http-date-past-waits-the-backoff"),
         pytest.param("soon", 0.025, 0.05, id="unreadable-falls-back-to-backoff"),
     ],
 )
 def test_retry_after_header_forms(header: str, low: float, high: float) -> None:
     assert low <= RetryPolicy(backoff_base_s=0.05).retry_after_s(header, 1) <= high
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [pytest.param("0", id="zero"), pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", id="http-date-past")],
+)
+def test_retry_after_never_shortens_the_backoff(retry_after: str) -> None:
+    """A sidecar answering 503 with ``Retry-After: 0`` is not hammered: each retry still waits out the backoff."""
+    policy = RetryPolicy(backoff_base_s=0.1, backoff_max_s=0.4)
+    with scripted(failing_first(4, 503, {"Retry-After": retry_after})) as server:
+        client = Client(server.url, flush_interval_s=0.01, retry_policy=policy)
+        timed_logs(client, 3)
+        assert client.flush(10)
+        assert (client.stats.sent, client.stats.retried) == (3, 12)
+        times = [received for received, *_ in server.requests]
+        assert len(times) == 5
+        for failures, (before, after) in enumerate(itertools.pairwise(times), start=1):
+            floor = 0.5 * min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (failures - 1))  # jitter's low end
+            assert after - before >= floor, failures
+        client.close()
+
+
+def test_a_refusal_per_event_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Events each too large (413 alone): one warning, not one per event; each is still counted."""
+
+    def nothing_fits(path: str, document: dict[str, Any]) -> Answer:
+        return 413, {}, {"error": "body too large", "field": "body"}
+
+    with scripted(nothing_fits) as server, caplog.at_level(logging.WARNING, logger="vai_client"):
+        client = Client(server.url, batch_size=1, flush_interval_s=0.01)
+        timed_logs(client, 40)
+        assert client.flush(20)
+        assert (client.stats.sent, client.stats.rejected) == (0, 40)
+        client.close()
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "413" in refusals[0].getMessage()

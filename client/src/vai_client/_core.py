@@ -8,8 +8,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from vai_client._delivery import TRANSIENT_ERRORS, BatchDelivery, RetryPolicy, Transport
-from vai_client._encoding import TensorEncoding, encode_event, encode_label, snapshot_event
+from vai_client._delivery import TRANSIENT_ERRORS, BatchDelivery, RefusalLog, RetryPolicy, Transport
+from vai_client._encoding import (
+    TensorEncoding,
+    UnreadableField,
+    encode_event,
+    encode_label,
+    label_value,
+    snapshot_bytes,
+    snapshot_event,
+)
 from vai_client._stats import ClientStats, Counters
 
 log = logging.getLogger("vai_client")
@@ -19,64 +27,89 @@ class Core:
     """The bounded FIFO of events and labels (the oldest dropped when full), and the counts of what became of them.
 
     One FIFO for both kinds keeps a label behind the event it labels; the sender takes runs of one kind.
+    The FIFO is bounded twice: ``max_buffer`` items, and ``max_buffer_bytes`` of tensor data.
     """
 
     def __init__(
-        self, *, max_buffer: int, batch_size: int, tensor_encoding: TensorEncoding, registry: Any, policy: RetryPolicy
+        self,
+        *,
+        max_buffer: int,
+        max_buffer_bytes: int,
+        batch_size: int,
+        tensor_encoding: TensorEncoding,
+        registry: Any,
+        policy: RetryPolicy,
     ) -> None:
-        if max_buffer < 1 or batch_size < 1:
-            raise ValueError("max_buffer and batch_size must be at least 1")
+        if max_buffer < 1 or batch_size < 1 or max_buffer_bytes < 1:
+            raise ValueError("max_buffer, max_buffer_bytes and batch_size must be at least 1")
         if tensor_encoding not in ("json", "compact"):
             raise ValueError(f"tensor_encoding: 'json' or 'compact', not {tensor_encoding!r}")
         self.max_buffer = max_buffer
+        self.max_buffer_bytes = max_buffer_bytes
         self.batch_size = batch_size
         self.tensor_encoding: TensorEncoding = tensor_encoding
         self.policy = policy
         self.counters = Counters(registry)
+        self.refusals = RefusalLog()
         self.lock = threading.Lock()
-        self.items: deque[tuple[str, Any]] = deque()
+        self.items: deque[tuple[str, Any, int]] = deque()
+        self.buffered_bytes = 0
         self.enqueued = 0
         self.closed = False
         self._warned: set[str] = set()
 
-    def put(self, kind: str, item: Any) -> int:
-        """Append (never blocks on I/O); the number waiting afterwards, 0 when refused (client closed)."""
+    def put(self, kind: str, item: Any, size: int = 0) -> int:
+        """Append (never blocks on I/O), dropping the oldest while either bound is passed; the number
+        waiting afterwards. Dropped instead (counted): an item when the client is closed, or one larger
+        than ``max_buffer_bytes`` on its own."""
         dropped = 0
+        oversized = False
         with self.lock:
             self.enqueued += 1
-            if self.closed:
+            if self.closed or size > self.max_buffer_bytes:
                 dropped = 1
-                waiting = 0
+                waiting = 0 if self.closed else len(self.items)
+                oversized = not self.closed and "oversized" not in self._warned
+                if oversized:
+                    self._warned.add("oversized")
             else:
-                if len(self.items) >= self.max_buffer:
-                    self.items.popleft()
-                    dropped = 1
-                self.items.append((kind, item))
+                self.items.append((kind, item, size))
+                self.buffered_bytes += size
+                while len(self.items) > self.max_buffer or self.buffered_bytes > self.max_buffer_bytes:
+                    self.buffered_bytes -= self.items.popleft()[2]
+                    dropped += 1
                 waiting = len(self.items)
-        if dropped:
-            self.counters.add("dropped", 1)
+        self.counters.add("dropped", dropped)
+        if oversized:
+            log.warning("vai client dropped %s of %d bytes, over max_buffer_bytes on its own", kind, size)
         return waiting
 
-    def event(self, fields: dict[str, Any]) -> Any:
-        """The snapshot ``log()`` buffers, or None (counted as rejected) when a field cannot be read."""
+    def event(self, fields: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+        """The snapshot ``log()`` buffers and its tensors' size; None (counted as rejected) if a field is unreadable."""
         try:
-            return snapshot_event(fields)
+            event = snapshot_event(fields)
+            return event, snapshot_bytes(event)
         except Exception as error:  # the model server must never fail because monitoring could not read a value
-            self._count_unreadable(error, new_item=True)
+            self._count_unreadable("event", error, new_item=True)
             return None
 
-    def _count_unreadable(self, error: Exception, *, new_item: bool) -> None:
+    def label(self, model: str, request_id: str, label: Any) -> tuple[str, str, int] | None:
+        """The label ``label()`` buffers, or None (counted as rejected) when it is not an integer."""
+        try:
+            return model, request_id, label_value(label)
+        except Exception as error:
+            self._count_unreadable("label", UnreadableField("label", error), new_item=True)
+            return None
+
+    def _count_unreadable(self, what: str, error: Exception, *, new_item: bool) -> None:
+        key = f"{what}:{error.field if isinstance(error, UnreadableField) else type(error).__name__}"
         with self.lock:
             self.enqueued += int(new_item)
-            first = type(error).__name__ not in self._warned
-            self._warned.add(type(error).__name__)
+            first = key not in self._warned
+            self._warned.add(key)
         self.counters.add("rejected", 1)
         if first:
-            log.warning(
-                "vai client could not read an event (%s: %s); such events are counted as rejected",
-                type(error).__name__,
-                error,
-            )
+            log.warning("vai client could not read %s (%s); such items are counted as rejected", what, error)
 
     def take(self) -> tuple[str, list[Any]] | None:
         """The oldest run of items of one kind, at most ``batch_size``."""
@@ -86,7 +119,9 @@ class Core:
             kind = self.items[0][0]
             batch: list[Any] = []
             while self.items and len(batch) < self.batch_size and self.items[0][0] == kind:
-                batch.append(self.items.popleft()[1])
+                _, item, size = self.items.popleft()
+                self.buffered_bytes -= size
+                batch.append(item)
         return kind, batch
 
     def discard(self) -> int:
@@ -94,8 +129,17 @@ class Core:
         with self.lock:
             left = len(self.items)
             self.items.clear()
+            self.buffered_bytes = 0
         self.counters.add("failed", left)
         return left
+
+    def after_fork(self) -> None:
+        """A forked child starts empty, with counts at zero: what the parent buffered is the parent's to send."""
+        self.lock = threading.Lock()
+        self.items.clear()
+        self.buffered_bytes = 0
+        self.enqueued = 0
+        self.counters.reset()
 
     def delivery(self, kind: str, batch: list[Any]) -> BatchDelivery:
         """Encode a batch (on the sender, never in ``log()``); items that cannot be encoded count as rejected."""
@@ -103,9 +147,27 @@ class Core:
         for item in batch:
             try:
                 encoded.append(encode_event(item, self.tensor_encoding) if kind == "events" else encode_label(*item))
-            except (TypeError, ValueError) as error:
-                self._count_unreadable(error, new_item=False)
-        return BatchDelivery(kind, encoded, self.counters, self.policy)
+            except Exception as error:  # OverflowError, RecursionError, ...: one item's fault, not the sender's
+                self._count_unreadable(kind[:-1], error, new_item=False)
+        return BatchDelivery(kind, encoded, self.counters, self.policy, self.refusals)
+
+    def crashed(self, kind: str, left: int, error: Exception) -> None:
+        """An unexpected error while sending one batch: its unsettled items count as rejected, and the sender
+        goes on. Logged with its traceback once per kind of error."""
+        key = f"crash:{type(error).__name__}"
+        with self.lock:
+            first = key not in self._warned
+            self._warned.add(key)
+        self.counters.add("rejected", left)
+        level = logging.ERROR if first else logging.DEBUG
+        log.log(
+            level,
+            "vai client failed to send a batch of %s (%s); its %d unsent items are counted as rejected",
+            kind,
+            error,
+            left,
+            exc_info=error,
+        )
 
     @property
     def settled(self) -> int:
@@ -118,7 +180,25 @@ class Core:
         return self.settled >= self.enqueued and self.counters.get("failed") == failed_before
 
     def stats(self) -> ClientStats:
-        return self.counters.snapshot(buffered=len(self.items))
+        return self.counters.snapshot(buffered=len(self.items), buffered_bytes=self.buffered_bytes)
+
+
+def send_blocking(
+    core: Core,
+    kind: str,
+    items: list[Any],
+    transport: Transport,
+    *,
+    remaining_s: Callable[[], float | None],
+    pause: Callable[[float], None],
+) -> None:
+    """Encode and post one batch taken from ``core``; an unexpected error costs this batch, never the sender."""
+    delivery = None
+    try:
+        delivery = core.delivery(kind, items)
+        deliver_blocking(delivery, transport, remaining_s=remaining_s, pause=pause)
+    except Exception as error:
+        core.crashed(kind, len(items) if delivery is None else delivery.left, error)
 
 
 def deliver_blocking(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import random
 import socket
 import ssl
@@ -113,34 +114,75 @@ class RetryPolicy:
         return float(ceiling * random.uniform(0.5, 1.0))
 
     def retry_after_s(self, value: str | None, failures: int) -> float:
-        if value is not None:
+        """The wait before the next attempt: the backoff, or longer when the sidecar's ``Retry-After`` asks for it.
+
+        A ``Retry-After`` of 0, a date in the past or an unreadable value never shortens the backoff
+        (a sidecar answering ``Retry-After: 0`` would otherwise be hammered); it is capped at ``retry_after_max_s``.
+        """
+        backoff = self.backoff_s(failures)
+        if value is None:
+            return backoff
+        try:
+            seconds = float(value)
+        except ValueError:
             try:
-                seconds = float(value)
-            except ValueError:
-                try:
-                    seconds = max(0.0, parsedate_to_datetime(value).timestamp() - time.time())  # past: now
-                except (TypeError, ValueError, IndexError):
-                    seconds = -1.0
-            if seconds >= 0:
-                return min(seconds, self.retry_after_max_s)
-        return self.backoff_s(failures)
+                seconds = parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                seconds = 0.0
+        if math.isnan(seconds):
+            seconds = 0.0
+        return max(backoff, min(seconds, self.retry_after_max_s))
+
+
+class RefusalLog:
+    """Warnings about refused items, at most one per kind and status every ``interval_s``, with a count of the rest.
+
+    One event after another refused (a 413 for each event too large, a wrong token for each batch)
+    would otherwise write a warning per item or per batch.
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, int], float] = {}
+        self._quiet: dict[tuple[str, int], int] = {}
+
+    def refused(self, kind: str, status: int, count: int, body: bytes) -> None:
+        key = (kind, status)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._quiet[key] = self._quiet.get(key, 0) + count
+            log.debug("vai sidecar refused %d %s with %d: %s", count, kind, status, body[:300])
+            return
+        self._last[key] = now
+        quiet = self._quiet.pop(key, 0)
+        more = f" (and {quiet} more since the last such warning)" if quiet else ""
+        log.warning("vai sidecar refused %d %s with %d%s: %s", count, kind, status, more, body[:300])
 
 
 class BatchDelivery:
     """One batch of encoded items on its way: ``next_body()`` → post → ``record*()`` → sleep, until done."""
 
-    def __init__(self, kind: str, items: list[bytes], counters: Counters, policy: RetryPolicy) -> None:
+    def __init__(
+        self, kind: str, items: list[bytes], counters: Counters, policy: RetryPolicy, refusals: RefusalLog
+    ) -> None:
         self.kind = kind  # "events" or "labels"
         self.path = f"/v1/{kind}"
         self._pending: deque[list[bytes]] = deque([items])
         self._counters = counters
         self._policy = policy
+        self._refusals = refusals
         self._failures = 0
         self._retried_chunk = False
 
     @property
     def done(self) -> bool:
         return not self._pending
+
+    @property
+    def left(self) -> int:
+        """Items not settled yet."""
+        return sum(len(chunk) for chunk in self._pending)
 
     def next_body(self) -> bytes:
         return join_batch(self.kind, self._pending[0])
@@ -168,13 +210,13 @@ class BatchDelivery:
         self._pending.popleft()
         arrived = self._arrived_before(response.body) if status == 422 else 0
         if arrived < len(chunk):
-            log.warning("vai sidecar refused %d %s with %d: %s", len(chunk), self.kind, status, response.body[:300])
+            self._refusals.refused(self.kind, status, len(chunk) - arrived, response.body)
         self._settle(len(chunk), len(chunk) - arrived)
         return 0.0
 
     def abandon(self) -> int:
         """Give up what is left (out of time): counted as failed."""
-        left = sum(len(chunk) for chunk in self._pending)
+        left = self.left
         self._pending.clear()
         self._counters.add("failed", left)
         return left

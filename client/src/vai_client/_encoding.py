@@ -17,6 +17,8 @@ from __future__ import annotations
 import array
 import base64
 import json
+import math
+import operator
 import sys
 from typing import Any, Literal
 
@@ -53,22 +55,87 @@ def snapshot_tensor(value: Any) -> Any:
     return list(value)
 
 
+class UnreadableField(ValueError):
+    """A field ``log()`` or ``label()`` cannot take as given; the item is counted as rejected."""
+
+    def __init__(self, field: str, error: Exception) -> None:
+        super().__init__(f"{field}: {type(error).__name__}: {error}")
+        self.field = field
+
+
 def snapshot_event(fields: dict[str, Any]) -> dict[str, Any]:
-    """The event ``log()`` keeps: given fields only, tensors copied, a datetime as RFC 3339 text."""
+    """The event ``log()`` keeps: given fields only, tensors copied, a datetime as RFC 3339 text.
+
+    Raises ``UnreadableField`` for a value that cannot be taken without changing it.
+    """
     event: dict[str, Any] = {}
-    for name, value in fields.items():
-        if value is None:
-            continue
-        if name in TENSOR_FIELDS or name == "input":
-            value = snapshot_tensor(value)
-        elif name == "cohort":
-            value = {str(k): str(v) for k, v in value.items()}
-        elif name == "timestamp" and hasattr(value, "isoformat"):
-            value = value.isoformat()
-        elif name == "label":
-            value = int(value)
-        event[name] = value
+    name = ""
+    try:
+        for name, value in fields.items():
+            if value is None:
+                continue
+            if name in TENSOR_FIELDS or name == "input":
+                value = snapshot_tensor(value)
+            elif name == "cohort":
+                value = {_cohort_text(k): _cohort_text(v) for k, v in value.items()}
+            elif name == "timestamp" and hasattr(value, "isoformat"):
+                value = value.isoformat()
+            elif name == "label":
+                value = label_value(value)
+            event[name] = value
+    except Exception as error:
+        raise UnreadableField(name, error) from error
     return event
+
+
+def _cohort_text(value: Any) -> str:
+    """A cohort key or value: a str as it is, an int as its decimal text; None, a float, a bool or else is refused."""
+    if type(value) is str:
+        return value
+    if isinstance(value, str):  # a subclass (an enum's member): its text, not its repr
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    raise TypeError(f"cohort keys and values must be str (or int), not {type(value).__name__}: {value!r:.40}")
+
+
+def label_value(value: Any) -> int:
+    """A class label as an int: an int, or a float (numpy, torch scalar) with an integral finite value.
+
+    A bool, a fraction, NaN/inf or a non-number is refused (``TypeError``/``ValueError``), never truncated.
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, bool | str | bytes) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        raise TypeError(f"a label must be an integer, not {type(value).__name__}: {value!r:.40}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    number = float(value)
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValueError(f"a label must be an integer, not {number!r}")
+    return int(number)
+
+
+def snapshot_bytes(event: dict[str, Any]) -> int:
+    """What an event's tensors hold, for the byte bound: an array's ``nbytes``, 8 bytes per number of a list."""
+    size = 0
+    for name, value in event.items():
+        if name in TENSOR_FIELDS or name == "input":
+            size += _tensor_bytes(value)
+    return size
+
+
+def _tensor_bytes(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)
+    if type(nbytes) is int:  # a numpy array
+        return nbytes
+    if isinstance(value, list | tuple):
+        if value and isinstance(value[0], list | tuple):  # nested: assumed rectangular, so this stays O(depth)
+            return len(value) * _tensor_bytes(value[0])
+        return 8 * len(value)
+    return 8
 
 
 def encode_event(event: dict[str, Any], tensor_encoding: TensorEncoding) -> bytes:
@@ -116,7 +183,7 @@ def _tensor(value: Any, *, keep_shape: bool) -> dict[str, Any]:
 
 
 def encode_label(model: str, request_id: str, label: int) -> bytes:
-    return json.dumps({"model": model, "request_id": request_id, "label": int(label)}).encode()
+    return json.dumps({"model": model, "request_id": request_id, "label": label}).encode()
 
 
 def join_batch(key: str, items: list[bytes]) -> bytes:

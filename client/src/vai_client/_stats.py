@@ -17,7 +17,9 @@ class ClientStats:
     (or refused by a client already closed). ``rejected``: refused by the sidecar (an invalid event,
     a 4xx other than 408/413/429, or an item that cannot be encoded). ``retried``: items in attempts
     that failed and were tried again (one item retried three times counts three). ``failed``: given
-    up unsent when ``close()`` or interpreter exit ran out of time. ``buffered``: waiting now.
+    up unsent when ``close()`` or interpreter exit ran out of time. ``buffered``: waiting now, and
+    ``buffered_bytes`` what their tensors hold (the figure ``max_buffer_bytes`` bounds).
+    In a child made by ``fork()`` the counts start at zero: they describe what the child was given.
     """
 
     sent: int = 0
@@ -26,6 +28,7 @@ class ClientStats:
     retried: int = 0
     failed: int = 0
     buffered: int = 0
+    buffered_bytes: int = 0
 
 
 class Counters:
@@ -47,6 +50,15 @@ class Counters:
             for outcome in OUTCOMES:
                 self._prometheus.labels(outcome)
 
+    def reset(self) -> None:
+        """Zero every count (a forked child's own start); the Prometheus mirror too."""
+        self._lock = threading.Lock()  # the parent's may have been held by a thread the child does not have
+        self._counts = dict.fromkeys(OUTCOMES, 0)
+        if self._prometheus is not None:
+            self._prometheus.clear()
+            for outcome in OUTCOMES:
+                self._prometheus.labels(outcome)
+
     def add(self, outcome: str, n: int) -> None:
         if n <= 0:
             return
@@ -58,6 +70,6 @@ class Counters:
     def get(self, outcome: str) -> int:
         return self._counts[outcome]
 
-    def snapshot(self, buffered: int) -> ClientStats:
+    def snapshot(self, buffered: int, buffered_bytes: int) -> ClientStats:
         with self._lock:
-            return ClientStats(**self._counts, buffered=buffered)
+            return ClientStats(**self._counts, buffered=buffered, buffered_bytes=buffered_bytes)

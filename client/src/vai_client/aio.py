@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vai_client._core import Core, deliver_blocking
+from vai_client._core import Core, send_blocking
 from vai_client._delivery import TRANSIENT_ERRORS, BatchDelivery, Response, RetryPolicy, Transport
 from vai_client._encoding import TensorEncoding
 from vai_client._stats import ClientStats
@@ -35,6 +35,7 @@ class AsyncClient:
         *,
         token: str | None = None,
         max_buffer: int = 10_000,
+        max_buffer_bytes: int = 64 * 2**20,
         batch_size: int = 100,
         flush_interval_s: float = 0.2,
         timeout_s: float = 2.0,
@@ -45,6 +46,7 @@ class AsyncClient:
     ) -> None:
         self._core = Core(
             max_buffer=max_buffer,
+            max_buffer_bytes=max_buffer_bytes,
             batch_size=batch_size,
             tensor_encoding=tensor_encoding,
             registry=registry,
@@ -103,11 +105,13 @@ class AsyncClient:
             }
         )
         if event is not None:
-            self._queued(self._core.put("events", event))
+            self._queued(self._core.put("events", *event))
 
     def label(self, model: str, request_id: str, label: int) -> None:
-        """Queue a delayed ground-truth label; returns at once."""
-        self._queued(self._core.put("labels", (model, request_id, label)))
+        """Queue a delayed ground-truth label; returns at once (see ``Client.label``)."""
+        item = self._core.label(model, request_id, label)
+        if item is not None:
+            self._queued(self._core.put("labels", item))
 
     @property
     def stats(self) -> ClientStats:
@@ -185,16 +189,26 @@ class AsyncClient:
                 await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
             self._wake.clear()
             while (batch := self._core.take()) is not None:
-                delivery = await loop.run_in_executor(self._executor, self._core.delivery, *batch)
-                try:
-                    await self._deliver(delivery)
-                except asyncio.CancelledError:
-                    delivery.abandon()
-                    raise
+                await self._send(loop, *batch)
                 async with self._progress:
                     self._progress.notify_all()
             if self._deadline is not None:
                 return
+
+    async def _send(self, loop: asyncio.AbstractEventLoop, kind: str, items: list[Any]) -> None:
+        """Encode (on the worker thread) and post one batch; an unexpected error costs this batch, never the task."""
+        delivery = None
+        try:
+            delivery = await loop.run_in_executor(self._executor, self._core.delivery, kind, items)
+            await self._deliver(delivery)
+        except asyncio.CancelledError:
+            if delivery is None:
+                self._core.counters.add("failed", len(items))
+            else:
+                delivery.abandon()
+            raise
+        except Exception as error:
+            self._core.crashed(kind, len(items) if delivery is None else delivery.left, error)
 
     async def _deliver(self, delivery: BatchDelivery) -> None:
         loop = asyncio.get_running_loop()
@@ -242,8 +256,9 @@ class AsyncClient:
         deadline = time.monotonic() + self._atexit_timeout_s
         transport = self._transport.clone()  # the executor's connection may be mid-call, or its thread gone
         while (batch := self._core.take()) is not None:
-            deliver_blocking(
-                self._core.delivery(*batch),
+            send_blocking(
+                self._core,
+                *batch,
                 transport,
                 remaining_s=lambda: deadline - time.monotonic(),
                 pause=lambda s: time.sleep(max(0.0, min(s, deadline - time.monotonic()))),

@@ -10,7 +10,7 @@ import time
 import weakref
 from typing import Any
 
-from vai_client._core import Core, deliver_blocking
+from vai_client._core import Core, send_blocking
 from vai_client._delivery import RetryPolicy, Transport
 from vai_client._encoding import TensorEncoding
 from vai_client._stats import ClientStats
@@ -19,14 +19,15 @@ from vai_client._stats import ClientStats
 class Client:
     """Feeds a vai sidecar from a model server without ever making a prediction wait for it.
 
-    ``log()`` and ``label()`` copy what they are given into a bounded FIFO (``max_buffer`` items; when
-    full, the oldest is dropped and counted) and return. One daemon thread posts batches of up to
-    ``batch_size`` to ``{url}/v1/events`` (and ``/v1/labels``) every ``flush_interval_s`` or as soon as a
-    batch is full, one batch at a time, so each model's events arrive in the order they were logged.
-    A batch that gets no answer (refused, reset, ``timeout_s``), 408, 429 or a 5xx is tried again after
-    an exponential backoff (or the sidecar's ``Retry-After``) for as long as the client is open; 413
-    splits it in half; other 4xx count its events as rejected. ``tensor_encoding="compact"`` sends
-    logits, probabilities and embeddings as base64 tensors, which needs a sidecar that reads them.
+    ``log()`` and ``label()`` copy what they are given into a bounded FIFO (``max_buffer`` items and
+    ``max_buffer_bytes`` of tensor data; when full, the oldest is dropped and counted) and return. One
+    daemon thread posts batches of up to ``batch_size`` to ``{url}/v1/events`` (and ``/v1/labels``)
+    every ``flush_interval_s`` or as soon as a batch is full, one batch at a time, so each model's
+    events arrive in the order they were logged. A batch that gets no answer (refused, reset,
+    ``timeout_s``), 408, 429 or a 5xx is tried again after an exponential backoff (or the sidecar's
+    ``Retry-After``, when longer) for as long as the client is open; 413 splits it in half; other 4xx
+    count its events as rejected. ``tensor_encoding="compact"`` sends logits, probabilities and
+    embeddings as base64 tensors, which needs a sidecar that reads them.
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class Client:
         *,
         token: str | None = None,
         max_buffer: int = 10_000,
+        max_buffer_bytes: int = 64 * 2**20,
         batch_size: int = 100,
         flush_interval_s: float = 0.2,
         timeout_s: float = 2.0,
@@ -45,6 +47,7 @@ class Client:
     ) -> None:
         self._core = Core(
             max_buffer=max_buffer,
+            max_buffer_bytes=max_buffer_bytes,
             batch_size=batch_size,
             tensor_encoding=tensor_encoding,
             registry=registry,
@@ -66,7 +69,6 @@ class Client:
         self._interrupt = threading.Event()  # close: cut a backoff short
         self._progress = threading.Condition()
         self._deadline: float | None = None
-        self._core.lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="vai-client-sender", daemon=True)
         self._thread.start()
 
@@ -103,11 +105,16 @@ class Client:
             }
         )
         if event is not None:
-            self._queued(self._core.put("events", event))
+            self._queued(self._core.put("events", *event))
 
     def label(self, model: str, request_id: str, label: int) -> None:
-        """Queue a delayed ground-truth label for an event logged earlier; returns at once."""
-        self._queued(self._core.put("labels", (model, request_id, label)))
+        """Queue a delayed ground-truth label for an event logged earlier; returns at once.
+
+        A label that is not an integer (a bool, 2.9, NaN, inf) is counted as rejected, never truncated.
+        """
+        item = self._core.label(model, request_id, label)
+        if item is not None:
+            self._queued(self._core.put("labels", item))
 
     def _queued(self, waiting: int) -> None:
         if waiting >= self._core.batch_size and not self._wake.is_set():
@@ -161,8 +168,7 @@ class Client:
             self._wake.wait(self._flush_interval_s)
             self._wake.clear()
             while (batch := self._core.take()) is not None:
-                delivery = self._core.delivery(*batch)
-                deliver_blocking(delivery, self._transport, remaining_s=self._remaining_s, pause=self._pause)
+                send_blocking(self._core, *batch, self._transport, remaining_s=self._remaining_s, pause=self._pause)
                 with self._progress:
                     self._progress.notify_all()
             if self._deadline is not None:
@@ -186,7 +192,9 @@ class Client:
 
 
 def _restart_in_child(reference: weakref.ref[Client]) -> None:
-    """After ``fork()`` (e.g. gunicorn ``--preload``) the child has the buffer but no sender thread."""
+    """After ``fork()`` (e.g. gunicorn ``--preload``) the child has no sender thread, and a copy of the
+    parent's buffer that the parent sends: the child starts empty, with its own counts, and its own sender."""
     client = reference()
     if client is not None and not client._core.closed:
+        client._core.after_fork()
         client._start()
