@@ -22,6 +22,9 @@ from common.redis import execute
 from sampler.contract import MESSAGE_FIELD
 
 log = logging.getLogger(__name__)
+GONE_AFTER_MS = 3_600_000
+"""A consumer that has not read for this long (a live worker reads every ``block_ms``) and holds nothing pending
+belongs to a worker that is gone."""
 Fields = dict[bytes, bytes]
 
 
@@ -62,13 +65,31 @@ class GroupConsumer:
         self._dead_max_input_bytes = dead_letter_max_input_bytes
 
     async def ensure_groups(self) -> None:
-        """Create the consumer group of every stream (at 0, so nothing already queued is missed)."""
+        """Create the consumer group of every stream (at 0, so nothing already queued is missed), and forget the
+        consumers of workers long gone."""
         for stream in self._streams:
             try:
                 await self._redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
             except ResponseError as error:
                 if "BUSYGROUP" not in str(error):
                     raise
+        await self.forget_gone_consumers()
+
+    async def forget_gone_consumers(self, *, idle_ms: int = GONE_AFTER_MS) -> int:
+        """Delete the group's consumers that hold no pending entry and have not read for ``idle_ms``: each
+        worker that ever ran (a pod name with a pid) stays in the group otherwise. One with pending entries is
+        left until they are reclaimed. Returns how many were deleted."""
+        gone = 0
+        for stream in self._streams:
+            consumers: list[dict[str, Any]] = await self._redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)
+            for consumer in consumers:
+                name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else str(consumer["name"])
+                if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > idle_ms:
+                    await self._redis.xgroup_delconsumer(stream, keys.CONSUMER_GROUP, name)
+                    gone += 1
+        if gone:
+            log.info("forgot %d consumers of workers gone for over %d s", gone, idle_ms // 1000)
+        return gone
 
     async def read_new(self) -> dict[str, list[Delivery]]:
         """New entries of every stream (blocking up to ``block_ms``), by stream."""

@@ -17,12 +17,14 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from attribution_workers.consumer import GroupConsumer
 from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
 from common import keys
+from common.redis import connect
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import hash_field, stream_entries
+from helpers import hash_field, stream_entries, wait_until
 from sampler.contract import MESSAGE_FIELD, InputTensor, SampledEvent
 
 STREAM = keys.sample_stream("digits")
@@ -239,3 +241,34 @@ def test_a_large_input_is_not_copied_into_the_dead_letter_stream(
     assert int(fields[b"m_bytes"]) == len(huge.encode()[MESSAGE_FIELD]) > 2048
     kept = orjson.loads(fields[MESSAGE_FIELD])
     assert "input" not in kept and kept == huge.model_dump(mode="json", exclude_none=True, exclude={"input"})
+
+
+def test_consumers_of_workers_long_gone_are_forgotten(redis_url: str, redis_client: redis.Redis) -> None:
+    """Each worker that ever ran leaves a consumer in the group; one that holds nothing pending and has not read
+    for the threshold is deleted, one with pending entries (to be reclaimed) and our own stay."""
+    redis_client.xgroup_create(STREAM, keys.CONSUMER_GROUP, id="0", mkstream=True)
+    redis_client.xadd(STREAM, {"m": b"x"})
+    redis_client.xreadgroup(keys.CONSUMER_GROUP, "gone-with-work", {STREAM: ">"}, count=1)
+    redis_client.xgroup_createconsumer(STREAM, keys.CONSUMER_GROUP, "gone-idle")
+    redis_client.xgroup_createconsumer(STREAM, keys.CONSUMER_GROUP, "me")  # ours: idle too, but kept
+
+    async def forget(idle_ms: int) -> int:
+        client = connect(redis_url, timeout_s=2.0)
+        consumer = GroupConsumer(
+            client, [STREAM], consumer="me", batch_size=1, block_ms=10, retry_after_ms=50, max_deliveries=2
+        )
+        try:
+            return await consumer.forget_gone_consumers(idle_ms=idle_ms)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(forget(idle_ms=3_600_000)) == 0  # none gone that long
+    wait_until(
+        lambda: all(
+            c["idle"] > 20 for c in redis_client.xinfo_consumers(STREAM, keys.CONSUMER_GROUP) if c["name"] != b"me"
+        ),
+        what="the others idle for 20 ms",
+    )
+    assert asyncio.run(forget(idle_ms=20)) == 1
+    names = {c["name"] for c in redis_client.xinfo_consumers(STREAM, keys.CONSUMER_GROUP)}
+    assert names == {b"gone-with-work", b"me"}
