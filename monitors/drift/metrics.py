@@ -9,7 +9,8 @@
 | ``vai_embedding_distance`` | histogram | model | cosine distance of each embedding to the reference centroid |
 | ``vai_drift_events_skipped_total`` | counter | model | events not examined (buffer full, or calibrating) |
 | ``vai_drift_embeddings_skipped_total`` | counter | model, reason | events examined without their embedding: |
-|   |   |   | ``missing`` (sent without one), ``width`` (another width than the reference's) |
+|   |   |   | ``missing`` (sent without one), ``width`` (another width than the reference's), |
+|   |   |   | ``too_large`` (values too large for float32 arithmetic, past ~1.8e19) |
 
 ``detector`` takes the closed set of result names: ``mmd_online``/``lsdd_online``,
 ``window_mmd``, ``window_ks``, ``output_class_chi2``, ``output_confidence_ks``,
@@ -49,7 +50,7 @@ class DriftMetrics:
         )
         self._embeddings_skipped = Counter(
             "vai_drift_embeddings_skipped",
-            "Events whose outputs were examined but not their embedding (reason: missing, width).",
+            "Events whose outputs were examined but not their embedding (reason: missing, width, too_large).",
             ("model", "reason"),
             registry=registry,
         )
@@ -79,9 +80,9 @@ class DriftMetrics:
         """The model's counter of skipped events (handed to its ingest buffer)."""
         return self._skipped.labels(model)
 
-    def embeddings_skipped(self, model: str, *, missing: int, other_width: int) -> None:
+    def embeddings_skipped(self, model: str, *, missing: int, other_width: int, too_large: int = 0) -> None:
         """Count events whose outputs were examined but not their embedding."""
-        for reason, count in (("missing", missing), ("width", other_width)):
+        for reason, count in (("missing", missing), ("width", other_width), ("too_large", too_large)):
             if count:
                 self._embeddings_skipped.labels(model, reason).inc(count)
 

@@ -21,6 +21,7 @@ Detectors built (alibi-detect is imported only for the first two):
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -82,6 +83,8 @@ class _Pass:
     """Events that came without an embedding."""
     other_width: int = 0
     """Events whose embedding had another width than the reference's."""
+    too_large: int = 0
+    """Events whose embedding is too large for float32 arithmetic (its squared norm overflows)."""
 
 
 class DriftMonitor:
@@ -98,6 +101,8 @@ class DriftMonitor:
         self._from_warmup = False
         self._warmup: list[DriftBatch] = []
         self._warmup_count = 0
+        self._warmup_width: int | None = None
+        """Embedding width of the warm-up's first event that had one: the reference's."""
         self._detectors: _Detectors | None = None
         self._calibrating = False
         self._error: str | None = None
@@ -133,9 +138,10 @@ class DriftMonitor:
 
     @property
     def embedding_width(self) -> int | None:
-        """Width of the embeddings the detectors compare (``None`` before calibration, or without embeddings)."""
+        """Width of the embeddings the detectors compare, or in warm-up the reference's so far (``None`` while
+        none has come, or for a model without embeddings)."""
         with self._lock:
-            return None if self._detectors is None else self._detectors.width
+            return self._warmup_width if self._detectors is None else self._detectors.width
 
     def results(self) -> tuple[DriftResult, ...]:
         """Latest verdict of each detector, by name."""
@@ -153,13 +159,17 @@ class DriftMonitor:
         results: list[DriftResult] = []
         with self._lock:
             for result in done.results:
+                if not (math.isfinite(result.score) and math.isfinite(result.threshold)):  # no verdict: keep the last
+                    continue
                 previous = self._results.get(result.name)
                 since = (previous.since if previous and previous.drift else batch.time_s) if result.drift else None
                 results.append(replace(result, since=since))
                 self._results[result.name] = results[-1]
         for result in results:
             self._metrics.record(self._model, result)
-        self._metrics.embeddings_skipped(self._model, missing=done.missing, other_width=done.other_width)
+        self._metrics.embeddings_skipped(
+            self._model, missing=done.missing, other_width=done.other_width, too_large=done.too_large
+        )
         return results
 
     def calibrate(self) -> None:
@@ -182,6 +192,7 @@ class DriftMonitor:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
                 if self._from_warmup:  # e.g. too few distinct rows: collect a fresh warm-up instead of sticking
                     self._reference, self._from_warmup, self._warmup_count = None, False, 0
+                    self._warmup_width = None
             raise
         with self._lock:
             self._calibrating, self._detectors = False, detectors
@@ -205,18 +216,29 @@ class DriftMonitor:
         return Phase.CALIBRATING if self._reference is not None else Phase.WARMING_UP
 
     def _take_warmup(self, batch: DriftBatch) -> None:
+        """Collect the reference. Once an event with an embedding has come, the reference holds only events with
+        an embedding of that first width (collected before it, events without one are let go): a batch with none
+        cannot leave the model without embedding detectors."""
+        skipped = self._metrics.skipped(self._model)
         if self._reference is not None:
-            self._metrics.skipped(self._model).inc(len(batch))
+            skipped.inc(len(batch))
             return
         part = batch.embedded_part()
-        if part is not None and len(part) < len(batch):  # the reference keeps events with their embeddings
-            self._metrics.skipped(self._model).inc(len(batch) - len(part))
+        if part is not None and part.embeddings is not None and self._warmup_width is None:
+            self._warmup_width = int(part.embeddings.shape[1])
+            skipped.inc(self._warmup_count)  # collected without embeddings: a reference with them replaces them
+            self._warmup, self._warmup_count = [], 0
+        if self._warmup_width is not None:
+            if part is None or part.embeddings is None or part.embeddings.shape[1] != self._warmup_width:
+                skipped.inc(len(batch))
+                return
+            skipped.inc(len(batch) - len(part))
             batch = part
         wanted = self._config.reference_events - self._warmup_count
         self._warmup.append(head(batch, wanted))
         self._warmup_count += min(wanted, len(batch))
         if len(batch) > wanted:
-            self._metrics.skipped(self._model).inc(len(batch) - wanted)
+            skipped.inc(len(batch) - wanted)
         if self._warmup_count >= self._config.reference_events:
             self._reference = Reference.from_batch(concat(self._warmup))
             self._from_warmup, self._error = True, None
@@ -230,6 +252,11 @@ def _run(detectors: _Detectors, batch: DriftBatch) -> _Pass:
     part = batch.embedded_part()
     if part is None or part.embeddings is None or part.embeddings.shape[1] != detectors.width:
         return _Pass(results, missing=batch.sent_without, other_width=len(batch) - batch.sent_without)
+    part, too_large = _within_float32(part)
+    if part is None or part.embeddings is None:
+        return _Pass(
+            results, missing=batch.sent_without, other_width=batch.unembedded - batch.sent_without, too_large=too_large
+        )
     for detector in detectors.embedded:
         results.extend(detector.update(part))
     if detectors.reduced:
@@ -237,7 +264,30 @@ def _run(detectors: _Detectors, batch: DriftBatch) -> _Pass:
         reduced = part if pca is None else replace(part, embeddings=pca.transform(part.embeddings))
         for detector in detectors.reduced:
             results.extend(detector.update(reduced))
-    return _Pass(results, missing=batch.sent_without, other_width=batch.unembedded - batch.sent_without)
+    return _Pass(
+        results, missing=batch.sent_without, other_width=batch.unembedded - batch.sent_without, too_large=too_large
+    )
+
+
+def _within_float32(part: DriftBatch) -> tuple[DriftBatch | None, int]:
+    """The events whose embedding's squared norm fits float32, in which the detectors compute (a value past
+    ~1.8e19 overflows there and turns scores into NaN), and how many were left out."""
+    assert part.embeddings is not None
+    fits = np.isfinite(np.einsum("ij,ij->i", part.embeddings, part.embeddings))
+    if fits.all():
+        return part, 0
+    kept = np.flatnonzero(fits)
+    if not kept.size:
+        return None, len(part)
+    return (
+        DriftBatch(
+            predicted=part.predicted[kept],
+            confidence=part.confidence[kept],
+            embeddings=part.embeddings[kept],
+            time_s=part.time_s,
+        ),
+        len(part) - int(kept.size),
+    )
 
 
 def _build(

@@ -460,6 +460,68 @@ def test_a_pca_share_other_than_the_default_is_stored() -> None:
     assert DriftConfig.model_validate(DriftConfig().model_dump()) == DriftConfig()
 
 
+def test_a_warm_up_batch_without_embeddings_or_of_another_width_cannot_turn_embedding_drift_off() -> None:
+    """Low traffic: a batch of events without embeddings comes first, and others with none or with another width
+    come between: the reference still holds embeddings (of the first width), and the embedding detectors run."""
+    rng = np.random.default_rng(9)
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry))
+
+    def bare(n: int) -> list[DriftEvent]:
+        return [replace(e, embedding=None) for e in as_events(events_batch(rng, n))]
+
+    def wide(n: int) -> list[DriftEvent]:
+        return [replace(e, embedding=np.zeros(DIM + 3, np.float32)) for e in as_events(events_batch(rng, n))]
+
+    monitor.update(DriftBatch.from_events(bare(30)))  # collected while no embedding has come
+    assert monitor.embedding_width is None
+    for _ in range(7):
+        events = as_events(events_batch(rng, 100))
+        monitor.update(DriftBatch.from_events(events, width=monitor.embedding_width))
+        assert monitor.embedding_width == DIM
+        monitor.update(DriftBatch.from_events(bare(5), width=monitor.embedding_width))
+        monitor.update(DriftBatch.from_events(wide(5), width=monitor.embedding_width))
+    assert phase(monitor) is Phase.CALIBRATING
+    monitor.calibrate()
+
+    assert monitor.embedding_width == DIM
+    assert "mmd_online" in {r.name for r in monitor.update(events_batch(rng, 100))}
+    assert skipped(registry) == 30 + 7 * 10 + 100  # the first bare batch, the odd ones, 100 past the reference
+
+
+def test_embeddings_too_large_for_float32_arithmetic_are_left_out_not_scored_nan() -> None:
+    """1e20 fits float32 but its square does not: such rows would turn every embedding score into NaN (read as
+    "no drift"); they are left out and counted, and the rest of the batch is scored as it would be alone."""
+    rng = np.random.default_rng(10)
+    reference = Reference.from_batch(events_batch(rng, 600))
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry), reference=reference)
+    monitor.calibrate()
+    twin = _calibrated(reference)
+    batch = events_batch(rng, 100)
+    assert batch.embeddings is not None
+    huge = batch.embeddings.copy()
+    huge[[3, 40], 1] = 1e20
+
+    ours = {r.name: r for r in monitor.update(replace(batch, embeddings=huge))}
+    kept = np.array([i not in (3, 40) for i in range(100)])
+    theirs = {
+        r.name: r
+        for r in twin.update(
+            replace(
+                batch,
+                predicted=batch.predicted[kept],
+                confidence=batch.confidence[kept],
+                embeddings=batch.embeddings[kept],
+            )
+        )
+    }
+
+    assert all(np.isfinite(r.score) for r in ours.values())
+    assert ours["mmd_online"].score == theirs["mmd_online"].score
+    assert embeddings_skipped(monitor, registry, "too_large") == 2
+
+
 def test_a_batch_keeps_the_embeddings_of_the_width_asked_for_even_when_fewer() -> None:
     wide = [DriftEvent(predicted=0, confidence=0.9, embedding=np.ones(8, np.float32), time_s=1.0)] * 3
     narrow = [DriftEvent(predicted=1, confidence=0.8, embedding=np.ones(4, np.float32), time_s=2.0)]
