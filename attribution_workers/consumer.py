@@ -167,7 +167,7 @@ class GroupConsumer:
         await execute(pipe)
 
     async def dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> int:
-        """Move an entry to the model's dead-letter stream with its error, in one transaction; returns how many
+        """Move an entry to the model's dead-letter stream with its error (copied, then acked); returns how many
         of the oldest dead entries were trimmed to make room."""
         fields = _without_large_input(dict(delivery.fields or {}), self._dead_max_input_bytes)
         fields.update(
@@ -179,13 +179,15 @@ class GroupConsumer:
             }
         )
         dead = keys.dead_letter_stream(model)
+        # Two round trips, not one MULTI: Redis runs the rest of a transaction when one command fails (say the
+        # key holds another type), and the entry would be deleted with no copy. Acked only once copied; a crash
+        # in between copies it again on its next delivery.
         pipe = self._redis.pipeline(transaction=True)
         pipe.xadd(dead, fields)  # type: ignore[arg-type]
         pipe.xtrim(dead, maxlen=self._dead_max_entries, approximate=True)
         pipe.expire(dead, self._dead_ttl_s)
-        pipe.xack(stream, keys.CONSUMER_GROUP, delivery.entry_id)
-        pipe.xdel(stream, delivery.entry_id)
-        _, trimmed, *_ = await execute(pipe)
+        _, trimmed, _ = await execute(pipe)
+        await self.finish(stream, delivery.entry_id)
         return int(trimmed)
 
 

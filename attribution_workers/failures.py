@@ -8,23 +8,24 @@ from redis.exceptions import DataError, ResponseError
 
 from common.redis import REDIS_FAILED
 
-_REDIS_STATE = re.compile(
-    r"(?<![A-Za-z])(?:BUSY|CLUSTERDOWN|LOADING|MASTERDOWN|MISCONF|NOGROUP|NOREPLICAS|NOSCRIPT|OOM|READONLY)(?![A-Za-z])"
+_ABOUT_THE_DATA = re.compile(
+    r"WRONGTYPE|not a valid float|is not an integer|out of range|value is not|invalid (?:expire|stream ID)",
+    re.IGNORECASE,
 )
-"""Error codes of a Redis state (busy, loading, full, a consumer group lost with its data...): an outage, not a
-fault of the data sent. Searched anywhere in the message: Redis 6 wraps a script's ``-OOM`` in ``ERR Error running
-script``."""
+"""Refusals of the values one command sent (a score that is no float, a key of another type...): sending other
+data works. Searched anywhere in the message: a script wraps them in ``ERR Error running script``."""
 
 
 def about_the_data(error: BaseException) -> bool:
     """Whether Redis (or redis-py) refused the arguments of one command, e.g. ``ERR value is not a valid float``
-    from a script or ``WRONGTYPE``: sending other data works, so this is no outage."""
+    from a script or ``WRONGTYPE``. Anything else Redis answers (an unknown command on an old Redis, a cluster's
+    ``MOVED`` or ``CROSSSLOT``, ``OOM``, ``LOADING``...) is about Redis or its setup, so the entries wait for it
+    rather than being dead-lettered one after another."""
     if type(error) is DataError:
         return True
     if type(error) is not ResponseError:  # OutOfMemoryError, ReadOnlyError, BusyLoadingError...: Redis's state
         return False
-    message = str(error).rpartition("caused error: ")[2]  # a pipeline prefixes the failed command
-    return _REDIS_STATE.search(message) is None
+    return _ABOUT_THE_DATA.search(str(error)) is not None
 
 
 def is_outage(error: BaseException) -> bool:

@@ -272,3 +272,26 @@ def test_consumers_of_workers_long_gone_are_forgotten(redis_url: str, redis_clie
     assert asyncio.run(forget(idle_ms=20)) == 1
     names = {c["name"] for c in redis_client.xinfo_consumers(STREAM, keys.CONSUMER_GROUP)}
     assert names == {b"gone-with-work", b"me"}
+
+
+def test_an_entry_whose_dead_letter_cannot_be_written_stays_pending(redis_url: str, redis_client: redis.Redis) -> None:
+    """A transaction does not stop at a failing command: the entry was once deleted though its copy failed."""
+    redis_client.xgroup_create(STREAM, keys.CONSUMER_GROUP, id="0", mkstream=True)
+    entry = redis_client.xadd(STREAM, {"m": b"not a sampled event"})
+    redis_client.set(DEAD, b"a string where the dead-letter stream goes")
+
+    async def move() -> None:
+        client = connect(redis_url, timeout_s=2.0)
+        consumer = GroupConsumer(
+            client, [STREAM], consumer="me", batch_size=1, block_ms=10, retry_after_ms=50, max_deliveries=2
+        )
+        try:
+            (delivery,) = (await consumer.read_new())[STREAM]
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await consumer.dead_letter("digits", STREAM, delivery, "undecodable")
+        finally:
+            await client.aclose()
+
+    asyncio.run(move())
+    assert [entry_id for entry_id, _ in redis_client.xrange(STREAM)] == [entry]
+    assert redis_client.xpending(STREAM, keys.CONSUMER_GROUP)["pending"] == 1
