@@ -90,8 +90,14 @@ class EmbeddedRedis:
             "--logfile",
             str(self.log_file.resolve()),
         ]
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground process group, and Redis must
+        # not exit before the roles that write to it have stopped (we stop it last; it dies with us regardless).
         self._process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            start_new_session=True,
         )
         self._wait_ready(timeout_s)
         log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -86,6 +87,9 @@ def run_demo(base: SidecarSettings, *, duration_s: float | None = None) -> int:
             except OSError as error:
                 log.error("cannot listen on %s port %d: %s", base.host, base.port, error.strerror or error)
                 return 1
+            # A fresh Redis each run: the last run's drift alarms and drifted labels would show in this one's clean
+            # phase (the calibration window is an hour).
+            shutil.rmtree(DATA_DIR / "demo-redis", ignore_errors=True)
             redis = EmbeddedRedis(data_dir=DATA_DIR / "demo-redis")
             stack.callback(redis.stop)  # registered first: a signal during start() still stops it
             redis.start()
@@ -213,7 +217,7 @@ def banner(base_url: str, metrics_urls: dict[str, str], duration_s: float | None
             f"vai-sidecar demo: the digits CNN behind the sidecar at {base_url}, running {until}",
             f"  viewer        {base_url}/ui",
             f"  overview      {base_url}/ui/models/{MODEL}",
-            f"  API docs      {base_url}/docs",
+            f"  OpenAPI       {base_url}/openapi.json",
             f"  metrics       {base_url}/metrics",
             *(f"  {name:13} {url}" for name, url in metrics_urls.items()),
             f"  drift         {base_url}/v1/models/{MODEL}/drift",

@@ -43,7 +43,9 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
         finally:
             await sidecar.stop()
 
-    app = FastAPI(title="vai-sidecar", version="0.1.0", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load Swagger UI from a CDN, which a sidecar must not need (they come up
+    # blank offline); the OpenAPI document is at /openapi.json.
+    app = FastAPI(title="vai-sidecar", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
     app.include_router(explanations_api.router)
     app.include_router(monitoring_api.router)

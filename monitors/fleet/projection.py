@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import signal
 import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
@@ -130,7 +131,9 @@ _LIMITS: list[Any] = []
 
 def _limit_threads(threads: int) -> None:
     """Initializer of the worker: bounded math threads. numba reads its variable when umap is first imported;
-    BLAS is already loaded with numpy (this module's import), so it is limited through threadpoolctl."""
+    BLAS is already loaded with numpy (this module's import), so it is limited through threadpoolctl. It ignores
+    SIGINT: Ctrl-C in a terminal reaches the whole process group, and the monitor stops the pool itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     _LIMITS.append(threadpool_limits(limits=threads))  # kept: the limit holds for the worker's life

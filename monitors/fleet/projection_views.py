@@ -98,7 +98,7 @@ class ModelViews:
     # --- drift history -----------------------------------------------------------------------------
 
     async def record_history(self, status: DriftStatus) -> None:
-        """Append the verdicts at most every ``drift_history_s``, and only when one changed."""
+        """Append the verdicts at most every ``drift_history_s``, and only when a score, threshold or verdict moved."""
         verdicts = tuple((d.name, d.score, d.threshold, d.drift) for d in status.detectors)
         now = time.time()
         if not verdicts or verdicts == self._last_history or now - self._history_at < self._settings.drift_history_s:

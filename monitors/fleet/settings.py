@@ -65,7 +65,8 @@ class MonitorSettings(RoleSettings):
     distribution_events: int = Field(default=10_000, ge=1)
     """Latest examined records behind the confidence and margin histograms."""
     drift_history_s: float = Field(default=5.0, gt=0)
-    """Least time between two points of the drift-score history (a point is added only when a verdict changed)."""
+    """Least time between two points of the drift-score history (a point is added only when a detector's score,
+    threshold or verdict changed)."""
     drift_history_max: int = Field(default=2_000, ge=10)
     """Most points (each with every detector's verdict) kept in a model's drift-score history."""
 

@@ -219,7 +219,7 @@ def test_demo_runs_the_whole_loop_then_stops_everything_by_itself(demo: Demo) ->
     # Progress is read from the demo's own output: polling HTTP in a loop would steal the CPU it needs.
     demo.output.wait_for("explanations  ", timeout_s=120)  # the banner comes once the server is up
     assert httpx.get(f"{demo.base}/livez").status_code == 200
-    for path in ("/ui", "/ui/models/digits", "/docs", "/metrics", "/v1/explanations?model=digits"):
+    for path in ("/ui", "/ui/models/digits", "/openapi.json", "/metrics", "/v1/explanations?model=digits"):
         assert f"{demo.base}{path}" in demo.output.text()
     worker_metrics = re.search(r"worker\s+(http://\S+/metrics)", demo.output.text())
     monitor_metrics = re.search(r"monitor\s+(http://\S+/metrics)", demo.output.text())

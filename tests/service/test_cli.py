@@ -136,3 +136,41 @@ def test_an_embedded_monitor_that_dies_is_started_again(served: tuple[str, subpr
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
     assert not Path(f"/proc/{second}").exists(), "the monitor started again outlived serve"
+
+
+def test_ctrl_c_to_the_process_group_stops_serve_before_its_redis(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group: the embedded redis-server is not in it
+    (a session of its own), so it is stopped by serve, last, instead of exiting under the running sidecar."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "common.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[2]), "VAI_MONITORS_ENABLED": "false"},
+        start_new_session=True,  # its own group, as a shell gives a foreground job
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{base}/livez"), timeout_s=30, what="serve to answer /livez")
+        assert httpx.get(f"{base}/docs").status_code == 404  # Swagger UI would load from a CDN: no docs pages
+        assert httpx.get(f"{base}/openapi.json").status_code == 200
+        (redis_pid,) = redis_servers_in(tmp_path / ".vai-data" / "redis")
+        assert os.getpgid(redis_pid) != os.getpgid(process.pid)
+
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr, stderr.decode()
+    assert redis_servers_in(tmp_path / ".vai-data" / "redis") == []
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
