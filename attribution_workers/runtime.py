@@ -228,7 +228,9 @@ class ModelRuntime:
         return BatchResult(
             outcomes,
             seconds=seconds,
-            fidelity_gain={m: float(np.mean([f.gain for f in fidelities[m]])) for m in self.methods},
+            fidelity_gain={  # over the maps that ranked something (a constant map has no fidelity)
+                m: float(np.mean(gains)) for m in self.methods if (gains := [f.gain for f in fidelities[m] if f])
+            },
             agreement=float(np.mean(valid)) if valid else None,
             layer_health=self._inspected(usable, outcomes, inspection),
             inspection_seconds=inspection_seconds,
@@ -269,7 +271,7 @@ class ModelRuntime:
         event: SampledEvent,
         explanation: Explanation,
         label: Explanation | None,
-        fidelity: dict[str, Fidelity],
+        fidelity: dict[str, Fidelity | None],
         agreement_value: float | None,
         seconds: dict[str, float],
         now: float,

@@ -46,13 +46,15 @@ def deletion_fidelity(
     random_orders: int = 3,
     seed: int = 0,
     rows_per_pass: int = 4096,
-) -> list[Fidelity]:
+) -> list[Fidelity | None]:
     """Deletion curves (Petsiuk et al. 2018) of a batch, one :class:`Fidelity` per input.
 
     Input elements are set to the model's baseline in ``steps`` equal steps, in order of
     decreasing signed attribution (ties broken at random), and the softmax probability of
     the target is read after each step. The area uses the deleted fraction as x, so it
     lies in [0, 1]. The same is done for ``random_orders`` random orders (seeded).
+    A constant map (e.g. a Grad-CAM map of zeros) orders nothing: its order would be the random
+    tie-breaks alone, a coin flip against the random orders, so it gets ``None`` (not measured).
     """
     flat = inputs.to(device=model.device, dtype=torch.float32).reshape(len(inputs), -1)
     scores = np.asarray(attributions, dtype=np.float64).reshape(len(inputs), -1)
@@ -68,8 +70,10 @@ def deletion_fidelity(
             for order in _orders(scores, random_orders=random_orders, seed=seed)
         ]
     )
+    constant = np.ptp(scores, axis=1) == 0
     return [
-        Fidelity(deletion_auc=float(areas[0, row]), random_auc=float(areas[1:, row].mean())) for row in range(len(flat))
+        None if constant[row] else Fidelity(deletion_auc=float(areas[0, row]), random_auc=float(areas[1:, row].mean()))
+        for row in range(len(flat))
     ]
 
 

@@ -56,7 +56,7 @@ class VerdictRule:
         self,
         methods: Sequence[MethodName],
         *,
-        fidelity: Mapping[str, Fidelity],
+        fidelity: Mapping[str, Fidelity | None],
         agreement: Agreement | None,
         sanity: Mapping[str, SanityFigure],
         label_suffix: str | None = None,

@@ -9,6 +9,7 @@ from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Attribution, Explainer, Explanation, stack_maps
 from attribution_workers.loader import LoadedModel
 from attribution_workers.trust import agreement, deletion_fidelity, randomisation_check, spearman_rows
+from sampler.explanation_records import Fidelity
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -59,8 +60,8 @@ def test_integrated_gradients_order_deletes_evidence_faster_than_random(
         Explainer(digits_model, methods=["integrated_gradients"]).explain(images, targets), "integrated_gradients"
     )
 
-    faithful = deletion_fidelity(digits_model, images, targets, maps)
-    reversed_order = deletion_fidelity(digits_model, images, targets, -maps)
+    faithful = measured(deletion_fidelity(digits_model, images, targets, maps))
+    reversed_order = measured(deletion_fidelity(digits_model, images, targets, -maps))
 
     assert all(0.0 <= f.deletion_auc <= 1.0 and 0.0 <= f.random_auc <= 1.0 for f in faithful)
     assert np.mean([f.gain for f in faithful]) > 0.2
@@ -74,11 +75,31 @@ def test_deletion_fidelity_is_reproducible_and_batching_does_not_change_it(
     images, targets = digits_batch
     maps = np.random.default_rng(1).normal(size=images.shape)
 
-    whole = deletion_fidelity(digits_model, images, targets, maps, seed=4)
-    in_small_passes = deletion_fidelity(digits_model, images, targets, maps, seed=4, rows_per_pass=40)
+    whole = measured(deletion_fidelity(digits_model, images, targets, maps, seed=4))
+    in_small_passes = measured(deletion_fidelity(digits_model, images, targets, maps, seed=4, rows_per_pass=40))
 
     assert [f.deletion_auc for f in whole] == pytest.approx([f.deletion_auc for f in in_small_passes])
     assert [f.random_auc for f in whole] == pytest.approx([f.random_auc for f in in_small_passes])
+
+
+def measured(found: list[Fidelity | None]) -> list[Fidelity]:
+    """The fidelities of maps that all ranked something."""
+    assert all(f is not None for f in found)
+    return [f for f in found if f is not None]
+
+
+def test_a_constant_map_has_no_fidelity(digits_model: LoadedModel, digits_batch: Batch) -> None:
+    """A map of zeros (Grad-CAM's, when nothing activates) orders nothing: its "order" would be random tie-breaks,
+    and its gain a coin flip that once passed half of such maps as faithful. Not measured."""
+    images, targets = digits_batch
+    maps = np.random.default_rng(2).normal(size=images.shape)
+    maps[1] = 0.0
+    maps[3] = 0.5
+
+    found = deletion_fidelity(digits_model, images, targets, maps)
+
+    assert found[1] is None and found[3] is None
+    assert all(f is not None for i, f in enumerate(found) if i not in (1, 3))
 
 
 def test_deletion_fidelity_needs_input_shaped_maps(digits_model: LoadedModel, digits_batch: Batch) -> None:
