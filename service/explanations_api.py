@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, TypeVar
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -24,6 +27,8 @@ from service.explanations import (
 from service.layers import model_layers, render_activations
 from service.sidecar import Sidecar
 
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 router = APIRouter(dependencies=[ReadScope])
 RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
@@ -55,7 +60,7 @@ async def get_heatmap(
 ) -> Response:
     record = await _record(sidecar, model, request_id)
     names = list(record.detail.feature_names) if record.detail.feature_names else None
-    png = await run_in_threadpool(render_heatmap, record, method, feature_names=names)
+    png = await _readable(model, request_id, partial(render_heatmap, record, method, feature_names=names))
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
@@ -68,7 +73,7 @@ async def get_activations(
 ) -> Response:
     """The stored feature maps of one inspected layer on this event's input, as a channel grid."""
     record = await _record(sidecar, model, request_id)
-    png = await run_in_threadpool(render_activations, record, layer)
+    png = await _readable(model, request_id, partial(render_activations, record, layer))
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
@@ -78,7 +83,8 @@ async def get_explanation(model: ModelPath, request_id: RequestIdPath, sidecar: 
     takes the rest of the path. Paths are matched decoded, so an id ending ``/heatmap.png`` or
     ``/activations.png`` reads as that image's route, and the id ``methods`` as the methods route."""
     record = await _record(sidecar, model, request_id)
-    return to_public(record, await sidecar.explanations.sanity(model))
+    sanity = await sidecar.explanations.sanity(model)
+    return await _readable(model, request_id, partial(to_public, record, sanity), in_thread=False)
 
 
 @router.get("/v1/models/{model}/layers", summary="Layer health the attribution workers saw lately")
@@ -89,9 +95,23 @@ async def get_layers(model: ModelPath, sidecar: SidecarDep) -> ModelLayers:
 async def _record(sidecar: Sidecar, model: str, request_id: str) -> ExplanationRecord:
     record = await sidecar.explanations.get(model, request_id)
     if record is None:
-        raise NotFound(
-            f"request_id: no sampled event {request_id!r} of model {model!r} (never sampled, past the retention, "
-            "or its stored record is unreadable)",
-            field="request_id",
-        )
+        raise _absent(model, request_id)
     return record
+
+
+async def _readable(model: str, request_id: str, call: Callable[[], _T], *, in_thread: bool = True) -> _T:
+    """``call``'s answer; a stored array that parsed but does not decode (data that does not fill its shape, or is
+    not base64) reads as an unreadable record, not as a 500."""
+    try:
+        return await run_in_threadpool(call) if in_thread else call()
+    except ValueError:  # binascii.Error included
+        log.warning("stored explanation %s of model %s does not decode", request_id, model, exc_info=True)
+        raise _absent(model, request_id) from None
+
+
+def _absent(model: str, request_id: str) -> NotFound:
+    return NotFound(
+        f"request_id: no sampled event {request_id!r} of model {model!r} (never sampled, past the retention, "
+        "or its stored record is unreadable)",
+        field="request_id",
+    )

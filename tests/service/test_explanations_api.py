@@ -14,7 +14,13 @@ from fastapi.testclient import TestClient
 
 from common import keys
 from common.redis import connect
-from sampler.explanation_records import ExplanationRecord, ExplanationSummary, SanityFigure
+from sampler.explanation_records import (
+    ExplanationDetail,
+    ExplanationRecord,
+    ExplanationSummary,
+    SanityFigure,
+    StoredAttribution,
+)
 from sampler.explanations import ExplanationStore
 
 T0 = time.time() - 600
@@ -109,3 +115,28 @@ def test_an_unreadable_sanity_figure_is_left_out_of_the_detail(
 
     assert response.status_code == 200, response.text
     assert response.json()["sanity_similarity"] == {"gradcam": 0.2}  # saliency reads as never checked
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(base64.b64encode(b"\x00" * 6).decode(), id="too-short-for-its-shape"),
+        pytest.param("not base64 at all!", id="not-base64"),
+    ],
+)
+def test_a_stored_map_that_parses_but_does_not_decode_is_a_404_not_a_500(
+    client: TestClient, redis_url: str, data: str
+) -> None:
+    broken = StoredAttribution(shape=(1, 8, 8), scale=1.0, data=data, target=3)
+    record = ExplanationRecord(
+        summary=_summary("broken", 1.0), detail=ExplanationDetail(attributions={"saliency": broken})
+    )
+    _save(redis_url, record)
+
+    for path, params in (
+        ("/v1/explanations/digits/broken", {}),
+        ("/v1/explanations/digits/broken/heatmap.png", {"method": "saliency"}),
+    ):
+        response = client.get(path, params=params)
+        assert response.status_code == 404, response.text
+        assert response.json()["field"] == "request_id" and "unreadable" in response.json()["error"]
