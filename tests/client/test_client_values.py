@@ -105,6 +105,9 @@ def test_labels_are_integers_or_rejected() -> None:
         pytest.param({None: "eu"}, None, id="none-key"),
         pytest.param({"ratio": 0.5}, None, id="float"),
         pytest.param({"vip": True}, None, id="bool"),
+        pytest.param({"bucket": np.int64(3), np.int32(7): "x"}, {"bucket": "3", "7": "x"}, id="numpy-int-as-text"),
+        pytest.param({"vip": np.bool_(True)}, None, id="numpy-bool"),
+        pytest.param({"ratio": np.float32(0.5)}, None, id="numpy-float"),
     ],
 )
 def test_cohorts_are_text(cohort: dict[Any, Any], sent: dict[str, str] | None) -> None:

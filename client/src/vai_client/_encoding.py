@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import base64
+import contextlib
 import json
 import math
 import operator
@@ -96,6 +97,9 @@ def _cohort_text(value: Any) -> str:
         return str.__str__(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return int.__repr__(value)
+    if not isinstance(value, bool) and str(getattr(value, "dtype", "")) not in ("bool", "torch.bool"):
+        with contextlib.suppress(TypeError):
+            return str(operator.index(value))  # a numpy or torch integer, as from a dataframe's column
     raise TypeError(f"cohort keys and values must be str (or int), not {type(value).__name__}: {value!r:.40}")
 
 

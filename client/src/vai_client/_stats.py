@@ -55,6 +55,7 @@ class Counters:
         self._lock = threading.Lock()  # the parent's may have been held by a thread the child does not have
         self._counts = dict.fromkeys(OUTCOMES, 0)
         if self._prometheus is not None:
+            _fresh_locks(self._prometheus)
             self._prometheus.clear()
             for outcome in OUTCOMES:
                 self._prometheus.labels(outcome)
@@ -73,3 +74,12 @@ class Counters:
     def snapshot(self, buffered: int, buffered_bytes: int) -> ClientStats:
         with self._lock:
             return ClientStats(**self._counts, buffered=buffered, buffered_bytes=buffered_bytes)
+
+
+def _fresh_locks(counter: Any) -> None:
+    """New locks for a Prometheus counter and its children in a forked child: a lock the parent's sender thread
+    held at the fork would be held for ever there (prometheus_client keeps them private; best effort)."""
+    for metric in (counter, *getattr(counter, "_metrics", {}).values()):
+        for owner in (metric, getattr(metric, "_value", None)):
+            if owner is not None and hasattr(owner, "_lock"):
+                owner._lock = threading.Lock()
