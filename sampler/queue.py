@@ -161,7 +161,16 @@ class QueueWriter:
                 async with asyncio.timeout_at(deadline):  # a batch cut short stays buffered
                     if not await self.flush_once():
                         await asyncio.sleep(self._retry_s)
-        if self._buffer:
+        if self._buffer and not self._flushing.locked():  # none leaves without a counter
+            log.warning(
+                "shutting down with %d sampled events not written to Redis (counted as dropped)", len(self._buffer)
+            )
+            for entry in self._buffer:
+                self._metrics.dropped.labels(entry.model, "redis_unavailable").inc()
+            self._buffer.clear()
+            self._buffered.clear()
+            self._bytes = 0
+        elif self._buffer:  # a flush still under way (a writer task that did not stop) owns them
             log.warning("shutting down with %d sampled events not written to Redis", len(self._buffer))
 
     async def ping(self, *, timeout_s: float) -> bool:

@@ -160,10 +160,10 @@ def test_redis_outage_loses_nothing_up_to_the_buffer_bound(
         restarted.stop()
 
 
-def _small_writer(client: Redis) -> QueueWriter:
+def _small_writer(client: Redis, registry: CollectorRegistry | None = None) -> QueueWriter:
     return QueueWriter(
         client,
-        SamplerMetrics(CollectorRegistry()),
+        SamplerMetrics(registry or CollectorRegistry()),
         ExplanationStore(client, ttl_s=3600),
         max_events=10,
         max_bytes=1 << 20,
@@ -193,15 +193,17 @@ async def test_a_redis_that_stops_answering_times_out_and_holds_no_connection(
 
 async def test_drain_gives_up_near_its_deadline_while_redis_is_hung(own_redis: EmbeddedRedis) -> None:
     """Shutdown must not wait on a hung Redis past the drain's time (a pod that does not stop is killed, its
-    buffer lost): the drain stops between flushes at its deadline, the event still buffered and counted as
-    such, and two flushes never run at once (the drain may meet a writer task that did not stop)."""
+    buffer lost): the drain stops between flushes at its deadline, the event not written counted as dropped,
+    and two flushes never run at once (the drain may meet a writer task that did not stop)."""
     client = connect(own_redis.url, timeout_s=0.5)
-    writer = _small_writer(client)
+    registry = CollectorRegistry()
+    writer = _small_writer(client, registry)
     assert writer.offer(message("r1")) is None
     with paused_redis(own_redis.data_dir):
         still_running = asyncio.create_task(writer.flush_once())  # a writer task's flush, not yet given up
         await asyncio.wait_for(writer.drain(timeout_s=1.5), timeout=30)  # a liveness bound, not a speed figure
-        assert writer.buffered == 1
         assert await still_running is False
-    assert await writer.flush_once() is True
+        assert writer.buffered == 0
+    dropped = registry.get_sample_value("vai_sample_dropped_total", {"model": "digits", "reason": "redis_unavailable"})
+    assert dropped == 1
     await client.aclose()

@@ -117,5 +117,8 @@ async def test_a_stop_with_redis_hung_ends_within_its_one_deadline(
         took = loop.time() - started
 
     assert took < 2.0 + CLOSE_S + 0.5, took
-    assert len(sidecar.feed) == 0  # abandoned: counted as dropped
-    assert sidecar.writer.buffered == 50
+    assert len(sidecar.feed) == 0 and sidecar.writer.buffered == 0  # abandoned: counted as dropped
+    dropped = sidecar.registry.get_sample_value(
+        "vai_sample_dropped_total", {"model": "digits", "reason": "redis_unavailable"}
+    )
+    assert dropped == 50
