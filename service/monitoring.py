@@ -82,6 +82,8 @@ class Monitoring:
         self.writer = writer
         self.references = ReferenceStore(redis)
         self.labels = writer.labels
+        self._unreadable: set[tuple[str, str]] = set()
+        """(model, what) of published results found unreadable, warned about once until one reads again."""
 
     async def apply_labels(self, items: list[Any], *, known: set[str]) -> LabelsResult:
         """Join delayed labels to their predictions: this replica's buffer first, then Redis. Each item is
@@ -190,11 +192,11 @@ class Monitoring:
 
     async def drift_status(self, model: str) -> DriftStatus | None:
         body = await self._get(keys.drift_status(model), "drift status")
-        return None if body is None else _published(DriftStatus, body, model, "drift status")
+        return None if body is None else self._published(DriftStatus, body, model, "drift status")
 
     async def quality(self, model: str) -> QualityReport | None:
         body = await self._get(keys.quality_report(model), "calibration")
-        return None if body is None else _published(QualityReport, body, model, "calibration")
+        return None if body is None else self._published(QualityReport, body, model, "calibration")
 
     async def projection(self, model: str, method: str) -> PublishedView:
         """The published projection; asking marks it wanted, so the owner keeps computing it for a while."""
@@ -232,22 +234,25 @@ class Monitoring:
         history = await asyncio.to_thread(_history, model, entries)
         return history, bool(monitored)
 
+    def _published(self, kind: type[_Result], body: bytes, model: str, what: str) -> _Result:
+        """A result the owning monitor published; one this sidecar cannot read (a monitor of another release, a
+        value out of its contract) is a 503 while the owner writes it again, not a 500. Logged once until it reads."""
+        try:
+            found = kind.model_validate_json(body)
+        except ValidationError as error:
+            if (model, what) not in self._unreadable:
+                self._unreadable.add((model, what))
+                log.warning("%s of model %s unreadable: %s", what, model, error.errors(include_url=False)[:1])
+            raise Unavailable(f"{what} of model {model!r} cannot be read now; try again", retry_after_s=5) from None
+        self._unreadable.discard((model, what))
+        return found
+
     async def _get(self, key: str, what: str) -> bytes | None:
         try:
             value: bytes | None = await self._redis.get(key)  # type: ignore[assignment]
         except REDIS_FAILED:
             raise RedisUnavailable(f"redis: {what} not read") from None
         return value
-
-
-def _published(kind: type[_Result], body: bytes, model: str, what: str) -> _Result:
-    """A result the owning monitor published; one this sidecar cannot read (a monitor of another release, a
-    value out of its contract) is a 503 while the owner writes it again, not a 500."""
-    try:
-        return kind.model_validate_json(body)
-    except ValidationError as error:
-        log.warning("%s of model %s unreadable: %s", what, model, error.errors(include_url=False)[:1])
-        raise Unavailable(f"{what} of model {model!r} cannot be read now; try again", retry_after_s=5) from None
 
 
 def _history(model: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DriftHistory:

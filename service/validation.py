@@ -261,12 +261,13 @@ def rows_beyond_float32(embeddings: Vector | None) -> set[int]:
     """The rows of a lane's (finite) embedding matrix that :func:`check_float32_range` refuses, in one pass."""
     if embeddings is None or embeddings.dtype == np.float32:
         return set()
-    return set(np.flatnonzero(np.abs(embeddings).max(axis=1) > FLOAT32_MAX).tolist())
+    beyond = (embeddings.max(axis=1) > FLOAT32_MAX) | (embeddings.min(axis=1) < -FLOAT32_MAX)  # no |x| copy
+    return set(np.flatnonzero(beyond).tolist())
 
 
 def check_float32_range(embedding: Vector) -> None:
     """A finite embedding's values fit float32, as which it is published (a float32 one fits by its type)."""
-    if embedding.dtype != np.float32 and np.abs(embedding).max() > FLOAT32_MAX:
+    if embedding.dtype != np.float32 and (embedding.max() > FLOAT32_MAX or embedding.min() < -FLOAT32_MAX):
         raise FieldError(
             "embedding",
             f"holds a value beyond float32 range (±{FLOAT32_MAX:.4g}), as which it is kept",

@@ -113,7 +113,9 @@ class MonitorProcess:
 
     async def _loop(self) -> None:
         period = self.settings.monitor_lease_ttl_s / 3
+        loop = asyncio.get_running_loop()
         while not self.stopped:
+            started = loop.time()
             try:
                 await self.tick()
             except REDIS_FAILED as error:
@@ -128,10 +130,12 @@ class MonitorProcess:
                 if self._failing:
                     log.info("monitor %s: redis is back", self.owner)
                 self._failing = False
-            await asyncio.sleep(period)
+            await asyncio.sleep(max(period - (loop.time() - started), 0.0))  # renewals a period apart, not after
 
     async def tick(self) -> None:
         """One round of membership, lease renewal, hand-back and taking."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.monitor_lease_ttl_s / 3  # a third of the lease's life from renewal
         alive = await self.leases.heartbeat()
         self.metrics.members.set(alive)
         held = list(self.owned)
@@ -150,9 +154,7 @@ class MonitorProcess:
             await self._drop(sorted(self.owned)[-1], release=True)
             return
         # Taking a model takes a few round trips; the leases held are renewed only at the next round, so a
-        # round stops taking after a third of the lease's life (the rest wait for the next round).
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self.settings.monitor_lease_ttl_s / 3
+        # round stops taking a third of the lease's life after it renewed them (the rest wait for the next round).
         for model in models:
             if len(self.owned) >= share or loop.time() > until:
                 break
