@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from client_servers import scripted
 from vai_client import Client
+from vai_client._encoding import LIST_ITEM_BYTES
 
 from common.embedded_redis import free_port
 from helpers import wait_until
@@ -22,9 +23,10 @@ def test_the_default_byte_bound_drops_the_oldest_inputs() -> None:
     for i in range(120):
         client.log(model="m", request_id=str(i), logits=[1.0, 0.0], input=IMAGE)
     stats = client.stats
-    kept = 64 * 2**20 // (IMAGE.nbytes + 16)  # each event also holds its two logits
+    logits = 2 * LIST_ITEM_BYTES  # each event also holds its two logits, as Python floats
+    kept = 64 * 2**20 // (IMAGE.nbytes + logits)
     assert (stats.buffered, stats.dropped) == (kept, 120 - kept)
-    assert stats.buffered_bytes == kept * (IMAGE.nbytes + 16) <= 64 * 2**20
+    assert stats.buffered_bytes == kept * (IMAGE.nbytes + logits) <= 64 * 2**20
     assert not client.close(0.2)
     wait_until(lambda: client.stats.failed == kept, what="the unsent events counted as failed")
 
@@ -36,7 +38,7 @@ def test_the_newest_events_within_the_byte_bound_are_sent() -> None:
         for i in range(40):
             client.log(model="m", request_id=str(i), probabilities=[0.5, 0.5], input=one)
         client.log(model="m", request_id="huge", probabilities=[0.5, 0.5], input=np.ones(2**19, np.float32))
-        assert (client.stats.buffered, client.stats.dropped) == (15, 26)  # 15 x (64 KiB + 16) fit in 1 MiB
+        assert (client.stats.buffered, client.stats.dropped) == (15, 26)  # 15 x (64 KiB + 2 floats) fit in 1 MiB
         assert client.close(10)
         assert [e["request_id"] for e in server.items()] == [str(i) for i in range(25, 40)]
         assert (client.stats.sent, client.stats.buffered_bytes) == (15, 0)

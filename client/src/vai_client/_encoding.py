@@ -131,15 +131,19 @@ def snapshot_bytes(event: dict[str, Any]) -> int:
     return size
 
 
+LIST_ITEM_BYTES = 32
+"""What a Python float in a list costs: its 8-byte pointer and its 24-byte object."""
+
+
 def _tensor_bytes(value: Any) -> int:
     nbytes = getattr(value, "nbytes", None)
     if type(nbytes) is int:  # a numpy array
         return nbytes
     if isinstance(value, list | tuple):
-        if value and isinstance(value[0], list | tuple):  # nested: assumed rectangular, so this stays O(depth)
-            return len(value) * _tensor_bytes(value[0])
-        return 8 * len(value)
-    return 8
+        if value and isinstance(value[0], list | tuple):  # nested: each row counted (a ragged one is not rectangular)
+            return sum(_tensor_bytes(row) for row in value)
+        return LIST_ITEM_BYTES * len(value)
+    return LIST_ITEM_BYTES
 
 
 def encode_event(event: dict[str, Any], tensor_encoding: TensorEncoding) -> bytes:
