@@ -160,7 +160,7 @@ async def get_calibration(
     cohort: Annotated[str | None, Query(max_length=300)] = None,
 ) -> Response:
     report = await _monitoring(sidecar).quality(model)
-    chosen = report.chosen(version=version, cohort=cohort) if report is not None else None
+    chosen = report.chosen(version=version, cohort=_slice(cohort)) if report is not None else None
     shown = {"series", "estimates", "temperature", "window_s", "updated_at"}
     figures = chosen.model_dump(include=shown) if chosen is not None else {}
     body = {"model": model, "series": [], "estimates": [], "temperature": [], **figures}
@@ -175,13 +175,25 @@ async def get_calibration_png(
     cohort: Annotated[str, Query(max_length=300)] = "all",
 ) -> Response:
     report = await _monitoring(sidecar).quality(model)
-    series = report.chosen(version=version, cohort=cohort).series if report is not None else ()
+    series = report.chosen(version=version, cohort=_slice(cohort)).series if report is not None else ()
     if not series:
-        raise NotFound(f"model: no labelled predictions of {model!r} for this version and cohort", field="model")
+        if report is None or not report.series:
+            raise NotFound(f"model: no labelled predictions of {model!r}", field="model")
+        field = "cohort" if cohort != "all" else "version"
+        raise NotFound(f"{field}: no labelled predictions of {model!r} for this version and cohort", field=field)
     chosen = max(series, key=lambda s: s.count)
     title = f"{model} {chosen.version} ({chosen.cohort})"
     png = await run_in_threadpool(_render_reliability, chosen, title)
     return Response(png, media_type="image/png")
+
+
+def _slice(cohort: str | None) -> str | None:
+    """A cohort slice as the series name it (``region=eu``), given so or as ``region:eu`` like the explanations'
+    filter takes it."""
+    if cohort is None or "=" in cohort or ":" not in cohort:
+        return cohort
+    key, _, value = cohort.partition(":")
+    return f"{key}={value}"
 
 
 def _render_reliability(series: SeriesQuality, title: str) -> bytes:

@@ -127,6 +127,13 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
     ) == pytest.approx(series["all"]["ece"])
     png = client.get("/v1/models/digits/calibration.png")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    # A slice named as the series are (region=eu) or as the explanations' filter takes it (region:eu).
+    for named in ("region=eu", "region:eu"):
+        sliced = client.get("/v1/models/digits/calibration", params={"cohort": named}).json()["series"]
+        assert [s["cohort"] for s in sliced] == ["region=eu"], named
+        assert client.get("/v1/models/digits/calibration.png", params={"cohort": named}).status_code == 200
+    missing = client.get("/v1/models/digits/calibration.png", params={"cohort": "region:us"})
+    assert missing.status_code == 404 and missing.json()["field"] == "cohort"
 
 
 def test_a_labelled_record_sent_twice_counts_once(
