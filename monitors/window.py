@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from monitors.cohorts import CohortGuard
+from monitors.cohorts import ALL, CohortGuard
 from monitors.records import LabelledPrediction
 
 DEFAULT_HORIZON_S = 3600.0
@@ -142,6 +142,9 @@ class _Ring:
             self.start = (self.start + 1) % self.times.size
             self.size -= 1
 
+    def oldest(self) -> float:
+        return float(self.times[self.start])
+
     def values(self) -> NDArray[np.float64]:
         order = (self.start + np.arange(self.size)) % self.times.size
         return np.asarray(self.confidence[order], dtype=np.float64)
@@ -189,13 +192,20 @@ class PredictionWindow:
                 del self._rings[key]
 
     def snapshots(self, model: str) -> list[ConfidenceSnapshot]:
-        """The non-empty rings of ``model`` after evicting expired predictions, sorted by key."""
+        """The non-empty rings of ``model`` after evicting expired predictions, sorted by key. Each slice is cut
+        to the span of its version's ``all`` ring, which ``max_items`` shortens first (it takes every event): a
+        slice reaching further back would mix older traffic into its estimate, and the whole could then lie
+        outside the range of its parts."""
         cutoff = self._clock() - self._horizon_s
         with self._lock:
-            found = []
-            for key in sorted(k for k in self._rings if k.model == model):
-                ring = self._rings[key]
+            rings = {key: self._rings[key] for key in sorted(k for k in self._rings if k.model == model)}
+            for ring in rings.values():
                 ring.evict(cutoff)
+            starts = {key.version: ring.oldest() for key, ring in rings.items() if key.cohort == ALL and ring.size}
+            found = []
+            for key, ring in rings.items():
+                if key.cohort != ALL and key.version in starts:
+                    ring.evict(starts[key.version])
                 if not ring.size:
                     del self._rings[key]
                     continue

@@ -155,11 +155,13 @@ class MonitorProcess:
             return
         # Taking a model takes a few round trips; the leases held are renewed only at the next round, so a
         # round stops taking a third of the lease's life after it renewed them (the rest wait for the next round).
+        took = 0
         for model in models:
-            if len(self.owned) >= share or loop.time() > until:
+            if len(self.owned) >= share or (took and loop.time() > until):  # one a round at least, however slow
                 break
             if model not in self.owned and await self.leases.acquire(model):
                 await self._take(model)
+                took += 1
 
     def _say_if_over(self, models: int, alive: int) -> None:
         """Warn once (until it changes) when the live monitors together cannot own every model."""

@@ -19,15 +19,17 @@ class Clock:
 
 
 def test_slices_bound_and_order() -> None:
-    window = PredictionWindow(guard=CohortGuard(keys=["region"], max_values_per_key=1), max_items=3)
+    clock = Clock()
+    window = PredictionWindow(guard=CohortGuard(keys=["region"], max_values_per_key=1), max_items=3, clock=clock)
     for i, region in enumerate(["eu", "us", "eu", "eu", "us"]):
+        clock.now = float(i)
         window.append("m", "v1", {"region": region, "ignored": "x"}, i / 10)
     window.append("other", "v1", {}, 0.9)
     found = {s.key.cohort: s.confidence.tolist() for s in window.snapshots("m")}
     assert found == {
         "all": pytest.approx([0.2, 0.3, 0.4]),  # the last three, oldest first
-        "region=eu": pytest.approx([0.0, 0.2, 0.3]),
-        "region=__other__": pytest.approx([0.1, 0.4]),  # one value per key allowed: us shares __other__
+        "region=eu": pytest.approx([0.2, 0.3]),  # no further back than all's window: the parts of the whole
+        "region=__other__": pytest.approx([0.4]),  # one value per key allowed: us shares __other__
     }
     assert [s.key.model for s in window.snapshots("other")] == ["other"]
 
