@@ -47,7 +47,8 @@ class MonitorSettings(RoleSettings):
     estimate_window_s: float = Field(default=900.0, gt=0)
     """Recent predictions (labelled or not) behind the accuracy estimates (ATC)."""
     estimate_window_max: int = Field(default=5_000, ge=1)
-    """Most recent predictions kept per model version and cohort slice for the accuracy estimates."""
+    """Most recent predictions kept per model version and cohort slice for the accuracy estimates; each slice is
+    cut to the span of its version's whole window."""
     estimate_min_labelled: int = Field(default=30, ge=1)
     """Fewest labelled predictions an accuracy threshold (ATC) or a temperature is fitted on; below, none is shown."""
 
