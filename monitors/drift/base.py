@@ -75,6 +75,15 @@ class DriftBatch:
             time_s=self.time_s,
         )
 
+    def rows(self, index: NDArray[np.intp]) -> DriftBatch:
+        """The events at ``index`` of a batch whose every event has its row (``embedded`` is ``None``)."""
+        return DriftBatch(
+            predicted=self.predicted[index],
+            confidence=self.confidence[index],
+            embeddings=None if self.embeddings is None else self.embeddings[index],
+            time_s=self.time_s,
+        )
+
     @classmethod
     def from_events(cls, events: Sequence[DriftEvent], *, width: int | None = None) -> DriftBatch:
         """Every event's outputs; the embeddings of those that came with one of ``width`` (given: the

@@ -249,45 +249,27 @@ def _run(detectors: _Detectors, batch: DriftBatch) -> _Pass:
     results = [result for detector in detectors.outputs for result in detector.update(batch)]
     if detectors.width is None:
         return _Pass(results)
+    missing = batch.sent_without
     part = batch.embedded_part()
     if part is None or part.embeddings is None or part.embeddings.shape[1] != detectors.width:
-        return _Pass(results, missing=batch.sent_without, other_width=len(batch) - batch.sent_without)
-    part, too_large = _within_float32(part)
-    if part is None or part.embeddings is None:
-        return _Pass(
-            results, missing=batch.sent_without, other_width=batch.unembedded - batch.sent_without, too_large=too_large
-        )
+        return _Pass(results, missing=missing, other_width=len(batch) - missing)
+    other_width = batch.unembedded - missing
+    # Rows whose squared norm overflows float32, in which the detectors compute (values past ~1.8e19), would turn
+    # every score into NaN: left out and counted.
+    fits = np.isfinite(np.einsum("ij,ij->i", part.embeddings, part.embeddings))
+    too_large = len(part) - int(np.count_nonzero(fits))
+    if too_large == len(part):
+        return _Pass(results, missing=missing, other_width=other_width, too_large=too_large)
+    if too_large:
+        part = part.rows(np.flatnonzero(fits))
     for detector in detectors.embedded:
         results.extend(detector.update(part))
-    if detectors.reduced:
+    if detectors.reduced and part.embeddings is not None:
         pca = detectors.pca
         reduced = part if pca is None else replace(part, embeddings=pca.transform(part.embeddings))
         for detector in detectors.reduced:
             results.extend(detector.update(reduced))
-    return _Pass(
-        results, missing=batch.sent_without, other_width=batch.unembedded - batch.sent_without, too_large=too_large
-    )
-
-
-def _within_float32(part: DriftBatch) -> tuple[DriftBatch | None, int]:
-    """The events whose embedding's squared norm fits float32, in which the detectors compute (a value past
-    ~1.8e19 overflows there and turns scores into NaN), and how many were left out."""
-    assert part.embeddings is not None
-    fits = np.isfinite(np.einsum("ij,ij->i", part.embeddings, part.embeddings))
-    if fits.all():
-        return part, 0
-    kept = np.flatnonzero(fits)
-    if not kept.size:
-        return None, len(part)
-    return (
-        DriftBatch(
-            predicted=part.predicted[kept],
-            confidence=part.confidence[kept],
-            embeddings=part.embeddings[kept],
-            time_s=part.time_s,
-        ),
-        len(part) - int(kept.size),
-    )
+    return _Pass(results, missing=missing, other_width=other_width, too_large=too_large)
 
 
 def _build(
