@@ -19,7 +19,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from common.errors import MethodNotAllowed, PayloadTooLarge, RequestTimeout, VaiError
+from common.errors import Forbidden, MethodNotAllowed, PayloadTooLarge, RequestTimeout, Unauthorized, VaiError
 from service.auth import Scope
 from service.binary_body import HEADER_LENGTH
 from service.body import collect_body
@@ -30,6 +30,12 @@ INGEST_PATH = "/v1/events"
 _JSON = (b"content-type", b"application/json")
 _HEADER_LENGTH = HEADER_LENGTH.encode()
 _WANTED = (b"authorization", b"content-length", b"content-encoding", _HEADER_LENGTH)
+_REFUSED: dict[type[VaiError], str] = {
+    MethodNotAllowed: "method_not_allowed",
+    Unauthorized: "unauthorized",
+    Forbidden: "forbidden",
+}
+"""``vai_events_rejected_total`` reasons of a request refused before its body is read."""
 
 
 class IngestRoute:
@@ -65,10 +71,14 @@ class IngestRoute:
 
 
 async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes:
-    if scope["method"] != "POST":
-        raise MethodNotAllowed("method: POST only", field="method", headers={"Allow": "POST"})
     headers = _headers(scope, _WANTED)
-    sidecar.auth.check(headers.get(b"authorization"), Scope.INGEST)
+    try:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("method: POST only", field="method", headers={"Allow": "POST"})
+        sidecar.auth.check(headers.get(b"authorization"), Scope.INGEST)
+    except VaiError as error:  # counted too: a fleet sending with a wrong token must show on the dashboard
+        sidecar.ingest.reject_body(_REFUSED.get(type(error), "invalid_body"))
+        raise
     header_length = headers.get(_HEADER_LENGTH)
     tally = BracketTally() if header_length is None else None
     try:

@@ -12,6 +12,7 @@ import httpx2
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from helpers import event
 from service import main as cli
@@ -198,3 +199,22 @@ def test_cli_serves_loopback_or_with_auth_on(
 ) -> None:
     assert cli.serve_forever(make_settings(host=host, **tokens)) == 0
     assert uvicorn_runs == [host]
+
+
+def test_refused_ingest_requests_each_end_in_one_counter(make_client: ClientFactory) -> None:
+    """A fleet posting with a wrong token, or the wrong method, delivers nothing: that must show in the
+    rejection counter the alert reads, once per request (the body is never read)."""
+    registry = CollectorRegistry()
+    client = make_client(registry, **TOKENS)
+    assert _call(client, "POST /v1/events", None).status_code == 401
+    assert _call(client, "POST /v1/events", "Bearer unknown").status_code == 401
+    assert _call(client, "POST /v1/events", "Bearer r").status_code == 403
+    assert client.put("/v1/events", headers={"authorization": "Bearer i"}).status_code == 405
+    assert _call(client, "POST /v1/events", "Bearer i").status_code == 202
+
+    def rejected(reason: str) -> float | None:
+        return registry.get_sample_value("vai_events_rejected_total", {"reason": reason})
+
+    assert (rejected("unauthorized"), rejected("forbidden"), rejected("method_not_allowed")) == (2, 1, 1)
+    accepted = [s.value for m in registry.collect() for s in m.samples if s.name == "vai_events_total"]
+    assert accepted == [1]
