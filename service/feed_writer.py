@@ -23,6 +23,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
@@ -67,6 +69,8 @@ class _Pending:
     model: str
     request_id: str
     blob: bytes
+    taken: bool = False
+    """A label-join record a delayed label took while it waited here: skipped when its turn comes."""
 
 
 class FeedWriter:
@@ -89,6 +93,10 @@ class FeedWriter:
         self._redis = redis
         self._budget = UniformBudget(max_per_second)
         self._pending: deque[_Pending] = deque()
+        self._waiting: dict[tuple[str, str], _Pending] = {}
+        """The label-join records in ``_pending`` by (model, request id): a label finds its record in O(1)."""
+        self._taken = 0
+        """How many records in ``_pending`` were taken by a label (they leave it when their turn comes)."""
         self._max_records = max_records
         self._stream_maxlen = stream_maxlen
         self._ttl_s = prediction_ttl_s
@@ -127,7 +135,7 @@ class FeedWriter:
         )
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) - self._taken
 
     # --- request path ------------------------------------------------------------------------
 
@@ -179,17 +187,34 @@ class FeedWriter:
     def _append(self, feed: str, model: str, request_id: str, blob: bytes) -> None:
         if len(self._pending) >= self._max_records:
             oldest = self._pending.popleft()
-            reason = "buffer_full" if self.redis_up else "redis_unavailable"
-            self.dropped.labels(oldest.model, oldest.feed, reason).inc()
-        self._pending.append(_Pending(feed, model, request_id, blob))
+            self._forget(oldest)
+            if not oldest.taken:
+                reason = "buffer_full" if self.redis_up else "redis_unavailable"
+                self.dropped.labels(oldest.model, oldest.feed, reason).inc()
+        item = _Pending(feed, model, request_id, blob)
+        self._pending.append(item)
+        if feed == RECORDS:
+            self._waiting[(model, request_id)] = item
+
+    def waits_here(self, model: str, request_id: str) -> bool:
+        """Whether the prediction record of ``request_id`` is still here (its label came before it reached Redis)."""
+        return (model, request_id) in self._waiting
 
     def take_local(self, model: str, request_id: str) -> MonitoringRecord | None:
-        """A prediction record still waiting here (its label came before it reached Redis)."""
-        for item in self._pending:
-            if item.feed == RECORDS and item.model == model and item.request_id == request_id:
-                self._pending.remove(item)
-                return MonitoringRecord.from_blob(model, item.blob)
-        return None
+        """The prediction record of ``request_id`` if it is still here; it will not be written."""
+        item = self._waiting.pop((model, request_id), None)
+        if item is None:
+            return None
+        item.taken = True
+        self._taken += 1
+        return MonitoringRecord.from_blob(model, item.blob)
+
+    def _forget(self, item: _Pending) -> None:
+        """``item`` left ``_pending`` for good."""
+        if item.taken:
+            self._taken -= 1
+        elif item.feed == RECORDS and self._waiting.get((item.model, item.request_id)) is item:
+            del self._waiting[(item.model, item.request_id)]
 
     # --- background --------------------------------------------------------------------------
 
@@ -199,10 +224,16 @@ class FeedWriter:
             if written < self._batch:  # caught up: let records gather, one round trip per linger
                 await asyncio.sleep(self._linger_s if self.redis_up else self._retry_s)
 
-    async def settled(self) -> None:
-        """Wait until no batch is half-way to Redis: then every record is either here or in Redis."""
-        async with self._writing:
-            pass
+    @asynccontextmanager
+    async def held(self, timeout_s: float) -> AsyncIterator[None]:
+        """While this is held no batch is half-way to Redis and none leaves: every record is either here or
+        in Redis, and stays where it is. ``TimeoutError`` when a batch in flight does not land in time."""
+        async with asyncio.timeout(timeout_s):
+            await self._writing.acquire()
+        try:
+            yield
+        finally:
+            self._writing.release()
 
     async def flush(self) -> int:
         """Write up to one batch; returns how many records were written (or dropped as refused)."""
@@ -212,7 +243,11 @@ class FeedWriter:
             return await self._flush()
 
     async def _flush(self) -> int:
-        batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
+        popped = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
+        batch = [item for item in popped if not item.taken]
+        self._taken -= len(popped) - len(batch)
+        if not batch:
+            return len(popped)
         try:
             refused = await self._write(batch)
         except asyncio.CancelledError:  # stopping mid-write: the batch waits for the final flush (or its count)
@@ -229,6 +264,7 @@ class FeedWriter:
         self.redis_up = True
         written: dict[tuple[str, str], int] = {}
         for index, item in enumerate(batch):
+            self._forget(item)
             labels = (item.model, item.feed)
             if index in refused:
                 self.dropped.labels(*labels, "redis_error").inc()
@@ -236,16 +272,18 @@ class FeedWriter:
                 written[labels] = written.get(labels, 0) + 1
         for labels, count in written.items():
             self.written.labels(*labels).inc(count)
-        return len(batch)
+        return len(popped)
 
     def abandon(self) -> int:
         """Count every record still waiting as dropped (``redis_unavailable``): called at shutdown, once the
         final flush has given up (Redis down or too slow), so no record leaves without a counter."""
-        abandoned = len(self._pending)
-        for item in self._pending:
+        abandoned = [item for item in self._pending if not item.taken]
+        for item in abandoned:
             self.dropped.labels(item.model, item.feed, "redis_unavailable").inc()
         self._pending.clear()
-        return abandoned
+        self._waiting.clear()
+        self._taken = 0
+        return len(abandoned)
 
     async def _write(self, batch: list[_Pending]) -> set[int]:
         """One round trip for the whole batch; returns the indices Redis refused (e.g. out of memory)."""

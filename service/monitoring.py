@@ -88,47 +88,65 @@ class Monitoring:
     async def apply_labels(self, items: list[Any], *, known: set[str]) -> LabelsResult:
         """Join delayed labels to their predictions: this replica's buffer first, then Redis. Each item is
         checked on its own: one that is not a :class:`LabelIn` is rejected by name, and the others go on;
-        ``InvalidInput`` when none is valid."""
+        ``InvalidInput`` when none is valid. On ``RedisUnavailable`` nothing was joined or counted, so the
+        caller can send the same labels again."""
         result = LabelsResult()
         labels = self._valid_labels(items, known=known, result=result)
-        try:  # a record on its way to Redis would be found in neither place
-            async with asyncio.timeout(self._timeout_s):
-                await self.writer.settled()
-        except TimeoutError:
-            raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
-        remote: list[tuple[int, str, str, int]] = []
-        for index, model, request_id, label in labels:
+        for _, model, _, _ in labels:
             if model in known:  # a model this replica serves (bounded by VAI_MAX_MODELS) starts keeping records
                 self.writer.mark_labelled(model)
-            local = self.writer.take_local(model, request_id)
-            if local is None:
-                remote.append((index, model, request_id, label))
-            else:
-                self._join(result, index, local, label)
-        if remote:
-            pipe = self._redis.pipeline(transaction=False)
-            for _, model, request_id, _ in remote:
-                pipe.getdel(keys.prediction(model, request_id))
+        try:  # held: a record on its way to Redis would be found in neither place, nor one that leaves meanwhile
+            async with self.writer.held(self._timeout_s):
+                here = [self.writer.waits_here(model, request_id) for _, model, request_id, _ in labels]
+                remote = [label for label, found in zip(labels, here, strict=True) if not found]
+                bodies = await self._take_remote(remote)
+                for item, found in zip(labels, here, strict=True):
+                    if found:  # nothing awaited since: still here, unless the same label came twice
+                        self._join_local(result, item, known)
+        except TimeoutError:
+            raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
+        for (index, model, request_id, label), body in zip(remote, bodies, strict=True):
+            if body is None:
+                self._unmatched(result, (index, model, request_id, label), known)
+                continue
             try:
-                bodies = await execute(pipe)
-            except REDIS_FAILED:
-                raise RedisUnavailable("redis: labels not joined") from None
-            for (index, model, request_id, label), body in zip(remote, bodies, strict=True):
-                if body is None:
-                    result.unmatched.append(LabelVerdict(index, request_id, "unmatched"))
-                    self.labels.labels(model if model in known else UNKNOWN_MODEL, "false").inc()
-                    continue
-                try:
-                    record = MonitoringRecord.from_blob(model, body)
-                except FeedFormatError as error:
-                    result.rejected.append(
-                        LabelVerdict(index, request_id, "rejected", f"prediction record: {error}", model)
-                    )
-                    continue
-                self._join(result, index, record, label)
+                record = MonitoringRecord.from_blob(model, body)
+            except FeedFormatError as error:
+                result.rejected.append(
+                    LabelVerdict(index, request_id, "rejected", f"prediction record: {error}", model)
+                )
+                continue
+            self._join(result, index, record, label)
+        result.unmatched.sort(key=lambda verdict: verdict.index)
         result.rejected.sort(key=lambda verdict: verdict.index)
         self._count_rejected(result.rejected, known)
         return result
+
+    def _join_local(self, result: LabelsResult, item: tuple[int, str, str, int], known: set[str]) -> None:
+        index, model, request_id, label = item
+        record = self.writer.take_local(model, request_id)
+        if record is None:
+            self._unmatched(result, item, known)
+        else:
+            self._join(result, index, record, label)
+
+    def _unmatched(self, result: LabelsResult, item: tuple[int, str, str, int], known: set[str]) -> None:
+        index, model, request_id, _ = item
+        result.unmatched.append(LabelVerdict(index, request_id, "unmatched"))
+        self.labels.labels(model if model in known else UNKNOWN_MODEL, "false").inc()
+
+    async def _take_remote(self, labels: list[tuple[int, str, str, int]]) -> list[bytes | None]:
+        """The prediction records of ``labels`` in Redis, deleted as they are read (``GETDEL``: a label
+        counts once, on whichever replica it arrives)."""
+        if not labels:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for _, model, request_id, _ in labels:
+            pipe.getdel(keys.prediction(model, request_id))
+        try:
+            return await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: labels not joined") from None
 
     def _count_rejected(self, rejected: list[LabelVerdict], known: set[str]) -> None:
         for verdict in rejected:

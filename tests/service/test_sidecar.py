@@ -9,11 +9,16 @@ from collections.abc import Callable
 import orjson
 import pytest
 import redis
+import redis.asyncio
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from common import keys
 from common.embedded_redis import EmbeddedRedis
+from common.errors import RedisUnavailable
 from helpers import event, paused_redis, sidecar_of, wait_until
+from monitors.feed import MonitoringRecord
+from service.feed_writer import RECORDS, FeedWriter
 from service.settings import SidecarSettings
 from service.sidecar import CLOSE_S, Sidecar
 
@@ -122,3 +127,62 @@ async def test_a_stop_with_redis_hung_ends_within_its_one_deadline(
         "vai_sample_dropped_total", {"model": "digits", "reason": "redis_unavailable"}
     )
     assert dropped == 50
+
+
+@pytest.mark.anyio
+async def test_labels_refused_with_503_are_neither_joined_nor_counted_so_a_retry_counts_once(
+    own_redis: EmbeddedRedis, make_settings: Callable[..., SidecarSettings]
+) -> None:
+    """One label's record still waits in this replica, another's is in Redis, and Redis hangs: the 503 says
+    "try again", so nothing may be joined or counted yet; the retry then joins both, each counted once."""
+    registry = CollectorRegistry()
+    settings = make_settings(redis_url=own_redis.url, redis_timeout_s=0.2, label_records="all")
+    sidecar = Sidecar(settings, registry=registry)
+    assert sidecar.feed is not None and sidecar.monitoring is not None
+    labels = [{"model": "digits", "request_id": rid, "label": 0} for rid in ("in-redis", "here")]
+    try:
+        assert sidecar.ingest.ingest(orjson.dumps(event("in-redis"))).accepted == 1
+        assert await sidecar.feed.flush() == 2  # its prediction record and its drift feed record
+        assert sidecar.ingest.ingest(orjson.dumps(event("here"))).accepted == 1
+        waiting = len(sidecar.feed)
+        with paused_redis(own_redis.data_dir), pytest.raises(RedisUnavailable):
+            await sidecar.monitoring.apply_labels(labels, known={"digits"})
+        assert [s for m in registry.collect() if m.name == "vai_labels" for s in m.samples] == []
+        assert sidecar.feed.waits_here("digits", "here"), "the record stays for the retry"
+        result = await sidecar.monitoring.apply_labels(labels, known={"digits"})
+        assert (result.matched, result.unmatched, result.rejected) == (2, [], [])
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 2
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "false"}) is None
+        assert len(sidecar.feed) == waiting - 1 + 2, "the taken record leaves, two labelled ones come"
+        while await sidecar.feed.flush():
+            pass
+        direct = redis.Redis.from_url(own_redis.url)
+        assert direct.exists(keys.prediction("digits", "here")) == 0
+        assert direct.xlen(keys.labelled_feed("digits")) == 2
+        direct.close()
+    finally:
+        await sidecar.stop(drain_timeout_s=1.0)
+
+
+def test_a_label_finds_its_waiting_record_among_many_and_the_taken_one_is_never_written() -> None:
+    """A label takes its record out of the buffer by key (not by walking it), and what it took is skipped
+    when its turn comes: not written, not counted as dropped, not in the buffer's length."""
+    registry = CollectorRegistry()
+    feed = FeedWriter(
+        redis.asyncio.Redis(),  # never reached: nothing is flushed
+        registry,
+        max_per_second=0,
+        max_records=3,
+        stream_maxlen=100,
+        prediction_ttl_s=60,
+        brier_max_classes=10,
+        label_records="all",
+    )
+    for rid in ("a", "b", "c"):
+        feed.offer(RECORDS, MonitoringRecord("digits", rid, "v1", 0.0, 0, 0.9, 0.5, 2))
+    assert feed.take_local("digits", "a") is not None and feed.take_local("digits", "a") is None
+    assert len(feed) == 2 and not feed.waits_here("digits", "a")
+    feed.offer(RECORDS, MonitoringRecord("digits", "d", "v1", 0.0, 0, 0.9, 0.5, 2))
+    dropped = {"model": "digits", "feed": RECORDS, "reason": "buffer_full"}
+    assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) is None, "the taken one made room"
+    assert len(feed) == 3 and feed.waits_here("digits", "b") and feed.waits_here("digits", "d")
