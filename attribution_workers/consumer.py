@@ -154,10 +154,15 @@ class GroupConsumer:
         return [entry_id for entry_id, found in zip(ids, await execute(pipe), strict=True) if not found]
 
     async def _delivery_counts(self, stream: str, entry_ids: list[bytes]) -> dict[bytes, int]:
-        pending: list[dict[str, Any]] = await self._redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min=entry_ids[0], max=entry_ids[-1], count=len(entry_ids) * 4 + 16
-        )
-        return {item["message_id"]: int(item["times_delivered"]) for item in pending}
+        """The delivery count of each entry just claimed, asked for by its own id on this consumer (one round trip):
+        a range over the claimed ids would also hold other workers' entries, and a count limit could cut off ours."""
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xpending_range(
+                stream, keys.CONSUMER_GROUP, min=entry_id, max=entry_id, count=1, consumername=self.consumer
+            )
+        answers: list[list[dict[str, Any]]] = await execute(pipe)
+        return {item["message_id"]: int(item["times_delivered"]) for pending in answers for item in pending}
 
     async def finish(self, stream: str, entry_id: bytes) -> None:
         """Acknowledge and delete an entry whose result is stored (or that has nothing left to do)."""

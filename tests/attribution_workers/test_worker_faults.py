@@ -295,3 +295,28 @@ def test_an_entry_whose_dead_letter_cannot_be_written_stays_pending(redis_url: s
     asyncio.run(move())
     assert [entry_id for entry_id, _ in redis_client.xrange(STREAM) or []] == [entry]
     assert redis_client.xpending(STREAM, keys.CONSUMER_GROUP)["pending"] == 1
+
+
+def test_claimed_entries_keep_their_delivery_counts_between_other_workers_entries(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Idle entries of a dead worker sit between fresh entries another worker holds; each claimed entry gets its
+    own delivery count. A lookup over the claimed range across all consumers, with a count limit, once missed
+    the later ones, which then counted as at ``max_deliveries`` and were dead-lettered after one failure."""
+    redis_client.xgroup_create(STREAM, keys.CONSUMER_GROUP, id="0", mkstream=True)
+    ids: list[Any] = [redis_client.xadd(STREAM, {"m": str(i).encode()}) for i in range(100)]
+    redis_client.xreadgroup(keys.CONSUMER_GROUP, "busy", {STREAM: ">"}, count=100)  # fresh, not to be claimed
+    idle = ids[::10]  # every tenth entry belongs to a worker gone an hour ago, delivered 3 times so far
+    redis_client.xclaim(STREAM, keys.CONSUMER_GROUP, "gone", 0, idle, idle=3_600_000, retrycount=3)
+
+    async def claim() -> list[tuple[bytes, int]]:
+        client = connect(redis_url, timeout_s=2.0)
+        consumer = GroupConsumer(
+            client, [STREAM], consumer="me", batch_size=10, block_ms=10, retry_after_ms=60_000, max_deliveries=10
+        )
+        try:
+            return [(d.entry_id, d.deliveries) for d in await consumer.claim_idle(STREAM)]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(claim()) == [(entry_id, 4) for entry_id in idle]  # 3, and this claim

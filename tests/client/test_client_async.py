@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import Any
 
 import pytest
 from client_servers import Answer, HungServer, accept_all, report, scripted, timed_logs
-from vai_client import AsyncClient, RetryPolicy
+from vai_client import AsyncClient, Client, RetryPolicy
 
 from common.embedded_redis import free_port
 from helpers import wait_until
@@ -106,3 +107,11 @@ def test_log_before_the_loop_starts_is_kept() -> None:
         asyncio.run(main())
         wait_until(lambda: server.items(), what="the early event")
         assert [e["request_id"] for e in server.items()] == ["early"]
+
+
+@pytest.mark.parametrize("method", [pytest.param("log", id="log"), pytest.param("label", id="label")])
+def test_both_clients_share_one_log_and_label(method: str) -> None:
+    """``log()`` and ``label()`` are written once for both clients: same signature, same event, one definition."""
+    threaded, asynchronous = getattr(Client, method), getattr(AsyncClient, method)
+    assert inspect.signature(threaded) == inspect.signature(asynchronous)
+    assert threaded is asynchronous

@@ -176,7 +176,7 @@ def test_counters_mirror_to_prometheus() -> None:
         timed_logs(client, 8)  # 3 dropped before the sender ever runs
         assert client.close(10)
         stats = client.stats
-        for outcome in ("sent", "dropped", "rejected", "retried", "failed"):
+        for outcome in ("sent", "dropped", "rejected", "retried", "failed", "errored"):
             value = registry.get_sample_value("vai_client_events_total", {"outcome": outcome})
             assert value == getattr(stats, outcome), outcome
         assert (stats.sent, stats.dropped, stats.retried) == (5, 3, 5)

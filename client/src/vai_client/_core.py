@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -171,9 +172,9 @@ class Core:
 
     @property
     def settled(self) -> int:
-        """Items whose fate is known: sent, rejected, dropped or failed."""
+        """Items whose fate is known: sent, rejected, dropped, failed or errored."""
         get = self.counters.get
-        return get("sent") + get("rejected") + get("dropped") + get("failed")
+        return get("sent") + get("rejected") + get("dropped") + get("failed") + get("errored")
 
     def drained(self, failed_before: int) -> bool:
         """Everything logged is settled, and nothing more failed since ``failed_before``."""
@@ -181,6 +182,67 @@ class Core:
 
     def stats(self) -> ClientStats:
         return self.counters.snapshot(buffered=len(self.items), buffered_bytes=self.buffered_bytes)
+
+
+class ClientBase:
+    """What ``Client`` and ``AsyncClient`` share: ``log()``, ``label()`` and ``stats``, which only buffer and count.
+
+    A subclass sets ``_core`` and says in ``_queued`` how its sender is woken once a batch is waiting.
+    """
+
+    _core: Core
+
+    def log(
+        self,
+        *,
+        model: str,
+        request_id: str,
+        logits: Any = None,
+        probabilities: Any = None,
+        embedding: Any = None,
+        cohort: dict[str, str] | None = None,
+        input: Any = None,
+        label: int | None = None,
+        model_version: str | None = None,
+        timestamp: Any = None,
+    ) -> None:
+        """Queue one prediction's event; returns at once. Tensors (torch, numpy, lists) are copied, not encoded.
+
+        ``timestamp`` defaults to now (epoch seconds), so events sent late keep their time.
+        """
+        event = self._core.event(
+            {
+                "model": model,
+                "model_version": model_version,
+                "request_id": request_id,
+                "timestamp": time.time() if timestamp is None else timestamp,
+                "logits": logits,
+                "probabilities": probabilities,
+                "embedding": embedding,
+                "cohort": cohort,
+                "input": input,
+                "label": label,
+            }
+        )
+        if event is not None:
+            self._queued(self._core.put("events", *event))
+
+    def label(self, model: str, request_id: str, label: int) -> None:
+        """Queue a delayed ground-truth label for an event logged earlier; returns at once.
+
+        A label that is not an integer (a bool, 2.9, NaN, inf) is counted as rejected, never truncated.
+        """
+        item = self._core.label(model, request_id, label)
+        if item is not None:
+            self._queued(self._core.put("labels", item))
+
+    @property
+    def stats(self) -> ClientStats:
+        return self._core.stats()
+
+    def _queued(self, waiting: int) -> None:
+        """An item was buffered and ``waiting`` wait now: wake the sender when a batch is full."""
+        raise NotImplementedError
 
 
 def send_blocking(

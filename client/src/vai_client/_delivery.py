@@ -3,6 +3,11 @@
 ``BatchDelivery`` is a plain state machine shared by the threaded and the asyncio client: ask it
 for the next body, post it however you like, tell it what came back, and sleep for the delay it
 returns. It splits on 413, backs off on errors, honours ``Retry-After``, and counts every item once.
+
+An outage (no answer, 408, 429, 503, or a gateway's 502/504) is waited out for as long as the client is open.
+Any other 5xx may be the fault of one event in the batch (a sidecar bug it triggers): the batch is split in
+halves to isolate it, and one event alone is given up after ``server_error_attempts`` (counted as ``errored``),
+so it cannot hold back every later batch.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from vai_client._stats import Counters
 
 log = logging.getLogger("vai_client")
 
-RETRY_STATUSES = frozenset({408, 429, 503})
-"""4xx answers worth trying again (5xx all are)."""
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+"""Answers tried again, unchanged, for as long as the client is open: a timeout, a sidecar asking to slow down or
+unavailable, a gateway that could not reach it. Other 5xx split the batch (see ``BatchDelivery``)."""
 TRANSIENT_ERRORS = (OSError, TimeoutError, http.client.HTTPException)
 """What a failed attempt may raise: refused, reset, timed out, or a broken answer."""
 
@@ -108,6 +114,13 @@ class RetryPolicy:
     """Cap of the doubling (the sender keeps trying at this pace while the sidecar stays away)."""
     retry_after_max_s: float = 60.0
     """Cap of a sidecar's ``Retry-After``."""
+    server_error_attempts: int = 5
+    """Attempts one event gets alone when the sidecar answers a 5xx other than 502/503/504 (a batch that gets one
+    is split in halves first, to find the event at fault); then it is given up, counted as ``errored``."""
+
+    def __post_init__(self) -> None:
+        if self.server_error_attempts < 1:
+            raise ValueError(f"server_error_attempts: at least 1, not {self.server_error_attempts}")
 
     def backoff_s(self, failures: int) -> float:
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures - 1, 30))
@@ -160,20 +173,33 @@ class RefusalLog:
         log.warning("vai sidecar refused %d %s with %d%s: %s", count, kind, status, more, body[:300])
 
 
+@dataclass(slots=True)
+class Chunk:
+    """Part of a batch posted as one request; the batch itself until an answer splits it."""
+
+    items: list[bytes]
+    retried: bool = False
+    """Already sent once (a 5xx or no answer): a duplicate refusal means an earlier attempt delivered it."""
+    server_errors: int = 0
+    """5xx answers (other than 502/503/504) to this chunk alone."""
+
+
 class BatchDelivery:
-    """One batch of encoded items on its way: ``next_body()`` → post → ``record*()`` → sleep, until done."""
+    """One batch of encoded items on its way: ``next_body()`` → post → ``record*()`` → sleep, until done.
+
+    The chunks go out in order, so what is delivered keeps the order it was logged in.
+    """
 
     def __init__(
         self, kind: str, items: list[bytes], counters: Counters, policy: RetryPolicy, refusals: RefusalLog
     ) -> None:
         self.kind = kind  # "events" or "labels"
         self.path = f"/v1/{kind}"
-        self._pending: deque[list[bytes]] = deque([items])
+        self._pending: deque[Chunk] = deque([Chunk(items)])
         self._counters = counters
         self._policy = policy
         self._refusals = refusals
         self._failures = 0
-        self._retried_chunk = False
 
     @property
     def done(self) -> bool:
@@ -182,10 +208,10 @@ class BatchDelivery:
     @property
     def left(self) -> int:
         """Items not settled yet."""
-        return sum(len(chunk) for chunk in self._pending)
+        return sum(len(chunk.items) for chunk in self._pending)
 
     def next_body(self) -> bytes:
-        return join_batch(self.kind, self._pending[0])
+        return join_batch(self.kind, self._pending[0].items)
 
     def record_error(self, error: BaseException) -> float:
         """No answer (refused, reset, timed out): retry the same chunk after a backoff."""
@@ -196,22 +222,23 @@ class BatchDelivery:
         """Settle the current chunk from the sidecar's answer; the delay before the next attempt."""
         status = response.status
         chunk = self._pending[0]
+        size = len(chunk.items)
         if 200 <= status < 300:
             self._pending.popleft()
-            self._settle(len(chunk), self._rejected_in(response.body, len(chunk)))
+            self._settle(size, self._rejected_in(response.body, size, chunk.retried))
             return 0.0
-        if status == 413 and len(chunk) > 1:
-            self._pending.popleft()
-            half = len(chunk) // 2
-            self._pending.extendleft([chunk[half:], chunk[:half]])
+        if status == 413 and size > 1:
+            self._split(retried=chunk.retried)
             return 0.0
-        if status in RETRY_STATUSES or status >= 500:
+        if status in RETRY_STATUSES:
             return self._retry(self._policy.retry_after_s(response.headers.get("retry-after"), self._failures + 1))
+        if status >= 500:
+            return self._server_error(response)
         self._pending.popleft()
-        arrived = self._arrived_before(response.body) if status == 422 else 0
-        if arrived < len(chunk):
-            self._refusals.refused(self.kind, status, len(chunk) - arrived, response.body)
-        self._settle(len(chunk), len(chunk) - arrived)
+        arrived = self._arrived_before(response.body, chunk.retried) if status == 422 else 0
+        if arrived < size:
+            self._refusals.refused(self.kind, status, size - arrived, response.body)
+        self._settle(size, size - arrived)
         return 0.0
 
     def abandon(self) -> int:
@@ -223,17 +250,39 @@ class BatchDelivery:
 
     def _retry(self, delay_s: float) -> float:
         self._failures += 1
-        self._retried_chunk = True
-        self._counters.add("retried", len(self._pending[0]))
+        chunk = self._pending[0]
+        chunk.retried = True
+        self._counters.add("retried", len(chunk.items))
         return delay_s
+
+    def _split(self, *, retried: bool) -> None:
+        """The current chunk in two halves, in order, at the front."""
+        items = self._pending.popleft().items
+        half = len(items) // 2
+        self._pending.extendleft([Chunk(items[half:], retried), Chunk(items[:half], retried)])
+
+    def _server_error(self, response: Response) -> float:
+        """A 5xx that is not an outage may be one event's fault: split the chunk to find it, retry one event alone
+        after a backoff, and give it up (counted as errored) after ``server_error_attempts``."""
+        chunk = self._pending[0]
+        if len(chunk.items) > 1:
+            self._counters.add("retried", len(chunk.items))
+            self._split(retried=True)
+            return 0.0
+        chunk.server_errors += 1
+        if chunk.server_errors < self._policy.server_error_attempts:
+            return self._retry(self._policy.retry_after_s(response.headers.get("retry-after"), self._failures + 1))
+        self._pending.popleft()
+        self._counters.add("errored", 1)
+        self._refusals.refused(self.kind, response.status, 1, response.body)
+        return 0.0
 
     def _settle(self, size: int, rejected: int) -> None:
         self._counters.add("sent", size - rejected)
         self._counters.add("rejected", rejected)
         self._failures = 0
-        self._retried_chunk = False
 
-    def _rejected_in(self, body: bytes, size: int) -> int:
+    def _rejected_in(self, body: bytes, size: int, retried: bool) -> int:
         """Items of a 2xx answer the sidecar refused (``rejected`` entries); duplicates of a retried
         chunk are not counted: they are this chunk's own events, which arrived before an answer was lost."""
         try:
@@ -243,13 +292,13 @@ class BatchDelivery:
         rejected = answer.get("rejected") if isinstance(answer, dict) else None
         if not isinstance(rejected, list):
             return 0
-        if self._retried_chunk:
+        if retried:
             rejected = [item for item in rejected if not _is_duplicate(item)]
         return min(len(rejected), size)
 
-    def _arrived_before(self, body: bytes) -> int:
+    def _arrived_before(self, body: bytes, retried: bool) -> int:
         """Items of a retried chunk refused only as duplicates: an earlier attempt delivered them."""
-        if not self._retried_chunk:
+        if not retried:
             return 0
         try:
             answer: Any = json.loads(body)

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-OUTCOMES = ("sent", "dropped", "rejected", "retried", "failed")
+OUTCOMES = ("sent", "dropped", "rejected", "retried", "failed", "errored")
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +17,9 @@ class ClientStats:
     (or refused by a client already closed). ``rejected``: refused by the sidecar (an invalid event,
     a 4xx other than 408/413/429, or an item that cannot be encoded). ``retried``: items in attempts
     that failed and were tried again (one item retried three times counts three). ``failed``: given
-    up unsent when ``close()`` or interpreter exit ran out of time. ``buffered``: waiting now, and
+    up unsent when ``close()`` or interpreter exit ran out of time. ``errored``: given up after the sidecar
+    answered a server error (a 5xx other than 502/503/504) to it alone ``server_error_attempts`` times (the
+    batch it came in was split to isolate it, and its other items went on). ``buffered``: waiting now, and
     ``buffered_bytes`` what their tensors hold (the figure ``max_buffer_bytes`` bounds).
     In a child made by ``fork()`` the counts start at zero: they describe what the child was given.
     """
@@ -27,6 +29,7 @@ class ClientStats:
     rejected: int = 0
     retried: int = 0
     failed: int = 0
+    errored: int = 0
     buffered: int = 0
     buffered_bytes: int = 0
 

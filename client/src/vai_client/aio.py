@@ -14,13 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vai_client._core import Core, send_blocking
+from vai_client._core import ClientBase, Core, send_blocking
 from vai_client._delivery import TRANSIENT_ERRORS, BatchDelivery, Response, RetryPolicy, Transport
 from vai_client._encoding import TensorEncoding
-from vai_client._stats import ClientStats
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """``Client`` for asyncio servers: ``log()``/``label()`` are plain (non-async) calls that return at once.
 
     Start it inside the running loop (``async with AsyncClient(url) as client`` or ``await client.start()``,
@@ -74,48 +73,6 @@ class AsyncClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    def log(
-        self,
-        *,
-        model: str,
-        request_id: str,
-        logits: Any = None,
-        probabilities: Any = None,
-        embedding: Any = None,
-        cohort: dict[str, str] | None = None,
-        input: Any = None,
-        label: int | None = None,
-        model_version: str | None = None,
-        timestamp: Any = None,
-    ) -> None:
-        """Queue one prediction's event and return (see ``Client.log``)."""
-        event = self._core.event(
-            {
-                "model": model,
-                "model_version": model_version,
-                "request_id": request_id,
-                "timestamp": time.time() if timestamp is None else timestamp,
-                "logits": logits,
-                "probabilities": probabilities,
-                "embedding": embedding,
-                "cohort": cohort,
-                "input": input,
-                "label": label,
-            }
-        )
-        if event is not None:
-            self._queued(self._core.put("events", *event))
-
-    def label(self, model: str, request_id: str, label: int) -> None:
-        """Queue a delayed ground-truth label; returns at once (see ``Client.label``)."""
-        item = self._core.label(model, request_id, label)
-        if item is not None:
-            self._queued(self._core.put("labels", item))
-
-    @property
-    def stats(self) -> ClientStats:
-        return self._core.stats()
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything logged so far is settled; False on timeout."""

@@ -10,13 +10,12 @@ import time
 import weakref
 from typing import Any
 
-from vai_client._core import Core, send_blocking
+from vai_client._core import ClientBase, Core, send_blocking
 from vai_client._delivery import RetryPolicy, Transport
 from vai_client._encoding import TensorEncoding
-from vai_client._stats import ClientStats
 
 
-class Client:
+class Client(ClientBase):
     """Feeds a vai sidecar from a model server without ever making a prediction wait for it.
 
     ``log()`` and ``label()`` copy what they are given into a bounded FIFO (``max_buffer`` items and
@@ -24,10 +23,11 @@ class Client:
     daemon thread posts batches of up to ``batch_size`` to ``{url}/v1/events`` (and ``/v1/labels``)
     every ``flush_interval_s`` or as soon as a batch is full, one batch at a time, so each model's
     events arrive in the order they were logged. A batch that gets no answer (refused, reset,
-    ``timeout_s``), 408, 429 or a 5xx is tried again after an exponential backoff (or the sidecar's
-    ``Retry-After``, when longer) for as long as the client is open; 413 splits it in half; other 4xx
-    count its events as rejected. ``tensor_encoding="compact"`` sends logits, probabilities and
-    embeddings as base64 tensors, which needs a sidecar that reads them.
+    ``timeout_s``), 408, 429, 502, 503 or 504 is tried again after an exponential backoff (or the sidecar's
+    ``Retry-After``, when longer) for as long as the client is open; 413 splits it in half; another 5xx
+    splits it too, and an event that still gets one alone is given up after ``server_error_attempts``
+    (counted as errored); other 4xx count its events as rejected. ``tensor_encoding="compact"`` sends
+    logits, probabilities and embeddings as base64 tensors, which needs a sidecar that reads them.
     """
 
     def __init__(
@@ -72,57 +72,9 @@ class Client:
         self._thread = threading.Thread(target=self._run, name="vai-client-sender", daemon=True)
         self._thread.start()
 
-    def log(
-        self,
-        *,
-        model: str,
-        request_id: str,
-        logits: Any = None,
-        probabilities: Any = None,
-        embedding: Any = None,
-        cohort: dict[str, str] | None = None,
-        input: Any = None,
-        label: int | None = None,
-        model_version: str | None = None,
-        timestamp: Any = None,
-    ) -> None:
-        """Queue one prediction's event; returns at once. Tensors (torch, numpy, lists) are copied, not encoded.
-
-        ``timestamp`` defaults to now (epoch seconds), so events sent late keep their time.
-        """
-        event = self._core.event(
-            {
-                "model": model,
-                "model_version": model_version,
-                "request_id": request_id,
-                "timestamp": time.time() if timestamp is None else timestamp,
-                "logits": logits,
-                "probabilities": probabilities,
-                "embedding": embedding,
-                "cohort": cohort,
-                "input": input,
-                "label": label,
-            }
-        )
-        if event is not None:
-            self._queued(self._core.put("events", *event))
-
-    def label(self, model: str, request_id: str, label: int) -> None:
-        """Queue a delayed ground-truth label for an event logged earlier; returns at once.
-
-        A label that is not an integer (a bool, 2.9, NaN, inf) is counted as rejected, never truncated.
-        """
-        item = self._core.label(model, request_id, label)
-        if item is not None:
-            self._queued(self._core.put("labels", item))
-
     def _queued(self, waiting: int) -> None:
         if waiting >= self._core.batch_size and not self._wake.is_set():
             self._wake.set()
-
-    @property
-    def stats(self) -> ClientStats:
-        return self._core.stats()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything logged so far is settled (sent, rejected or dropped); False on timeout."""
