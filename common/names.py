@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 
-MODEL_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-"""A model name: 1 to 64 letters, digits, ``.``, ``_`` or ``-``."""
-MODEL_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+MODEL_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+"""A model name: 1 to 64 letters, digits, ``.``, ``_`` or ``-``, not starting with ``.``: a browser reads a path
+segment ``.`` or ``..`` as a step in the path, so such a model's pages and links could never be opened."""
+MODEL_RE = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")
 """:data:`MODEL_PATTERN` for Python's ``re``."""
 VERSION_PATTERN = r"^[!-~]{1,64}$"
 """A model version: 1 to 64 visible ASCII characters (no whitespace or control characters)."""

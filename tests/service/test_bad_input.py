@@ -535,9 +535,13 @@ def test_events_of_a_model_beyond_max_models_are_rejected(make_client: ClientFac
     [
         pytest.param({"model": "nl\n"}, id="model-trailing-newline"),
         pytest.param({"model_version": "v1\n"}, id="version-trailing-newline"),
+        pytest.param({"model": ".."}, id="model-dot-dot"),
+        pytest.param({"model": "."}, id="model-dot"),
+        pytest.param({"model": ".hidden"}, id="model-leading-dot"),
     ],
 )
 def test_a_name_with_a_trailing_newline_takes_no_model_slot(make_client: ClientFactory, bad: dict[str, str]) -> None:
+    """Nor does a model name a browser would read as a step in the path (its pages could never be opened)."""
     client = make_client(max_models=1)
     fields = {"model": "nl", **bad}
     for body in (event("a", **fields), {"events": [event("b", **fields), event("c", **fields)]}):
