@@ -216,6 +216,13 @@ class Monitoring:
         body = await self._get(keys.quality_report(model), "calibration")
         return None if body is None else self._published(QualityReport, body, model, "calibration")
 
+    async def monitored(self, model: str) -> bool:
+        """Whether the monitors know ``model`` (some replica published its records or a reference)."""
+        try:
+            return bool(await self._redis.sismember(keys.MONITORED_MODELS, model))
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: models not read") from None
+
     async def projection(self, model: str, method: str) -> PublishedView:
         """The published projection; asking marks it wanted, so the owner keeps computing it for a while."""
         pipe = self._redis.pipeline(transaction=False)

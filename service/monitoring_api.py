@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -159,7 +160,10 @@ async def get_calibration(
     version: Annotated[str | None, Query(max_length=64)] = None,
     cohort: Annotated[str | None, Query(max_length=300)] = None,
 ) -> Response:
-    report = await _monitoring(sidecar).quality(model)
+    monitoring = _monitoring(sidecar)
+    report = await monitoring.quality(model)
+    if report is None and not await monitoring.monitored(model):
+        raise _unknown(model)  # as the other views: a typo in a name is not "no labels yet"
     chosen = report.chosen(version=version, cohort=_slice(cohort)) if report is not None else None
     shown = {"series", "estimates", "temperature", "window_s", "updated_at"}
     figures = chosen.model_dump(include=shown) if chosen is not None else {}
@@ -181,10 +185,22 @@ async def get_calibration_png(
             raise NotFound(f"model: no labelled predictions of {model!r}", field="model")
         field = "cohort" if cohort != "all" else "version"
         raise NotFound(f"{field}: no labelled predictions of {model!r} for this version and cohort", field=field)
-    chosen = max(series, key=lambda s: s.count)
+    chosen = newest(series)
     title = f"{model} {chosen.version} ({chosen.cohort})"
     png = await run_in_threadpool(_render_reliability, chosen, title)
     return Response(png, media_type="image/png")
+
+
+def newest(series: tuple[SeriesQuality, ...]) -> SeriesQuality:
+    """The series of the newest version, as the overview page picks it (not the one with most labels: during a
+    canary rollout that is the old version)."""
+    version = max({s.version for s in series}, key=_version_order)
+    return next(s for s in series if s.version == version)
+
+
+def _version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Versions in natural order (``v2`` < ``v10``), as the viewer sorts them: the last is the newest."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.casefold()) for part in re.split(r"(\d+)", version))
 
 
 def _slice(cohort: str | None) -> str | None:

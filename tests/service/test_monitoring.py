@@ -22,8 +22,10 @@ from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
 from helpers import MonitorRunner, event, load_torchscript, sidecar_of, stream_entries, wait_until
 from monitors.drift.base import DriftEvent
+from monitors.fleet.results import SeriesQuality
 from service.app import create_app
 from service.feed_writer import FeedWriter
+from service.monitoring_api import newest
 from service.settings import SidecarSettings
 
 # Small detectors so calibration takes a second: online MMD at ERT 100 (window 10), 400-event tumbling windows.
@@ -71,7 +73,7 @@ def _series(client: TestClient, count: int, **params: str) -> dict[str, dict[str
 
     def published() -> dict[str, dict[str, Any]] | None:
         response = client.get("/v1/models/digits/calibration", params=params)
-        if response.status_code == 503:  # Redis slow to answer: retry, as Retry-After asks
+        if response.status_code in (404, 503):  # not announced to the monitors yet, or Redis slow: retry
             return None
         assert response.status_code == 200, response.text
         found = response.json()["series"]
@@ -573,3 +575,25 @@ def test_a_published_result_this_sidecar_cannot_read_is_a_503(
     response = client.get(route)
     assert response.status_code == 503 and response.headers["retry-after"].isdigit(), response.text
     assert response.json()["error"].startswith(f"{what} of model 'digits' cannot be read")
+
+
+def test_calibration_of_a_model_no_monitor_knows_is_a_404_like_every_other_view(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A typo in a model name must not read as "no labels yet"."""
+    response = make_client().get("/v1/models/nope/calibration")
+    assert response.status_code == 404 and response.json()["field"] == "model", response.text
+
+
+def test_the_reliability_png_draws_the_newest_version_as_the_page_does() -> None:
+    """Not the version with most labels: during a canary rollout that is the old one."""
+
+    def series(version: str, count: int) -> SeriesQuality:
+        return SeriesQuality(
+            version=version, cohort="all", count=count, ece=0.0, mce=0.0, brier_score=None, brier_count=0,
+            accuracy=1.0, accuracy_lower=0.9, accuracy_upper=1.0,
+        )  # fmt: skip
+
+    found = (series("v2", 10_000), series("v10", 40), series("v9", 3))
+    assert newest(found).version == "v10"
+    assert newest((series("2026-01-02", 5), series("2026-01-10", 1))).version == "2026-01-10"
