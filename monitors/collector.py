@@ -1,4 +1,8 @@
-"""Prometheus collector computing calibration and quality from the windows at scrape time.
+"""Prometheus collector exporting the calibration and quality of the windows as last measured.
+
+A scrape never reads the windows or computes anything: the owner of a model measures its windows off the
+event loop (:meth:`QualityCollector.measure`, with the report it publishes) and hands the figures over
+(:meth:`QualityCollector.publish`); a scrape exports the latest of each model.
 
 Labels: ``model``, ``version`` and ``cohort`` (``all`` or ``key=value``, see
 :mod:`monitors.cohorts`); per-class figures add ``class`` (the class index).
@@ -16,17 +20,38 @@ Labels: ``model``, ``version`` and ``cohort`` (``all`` or ``key=value``, see
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from monitors.calibration import calibration_of
-from monitors.quality import ClassQuality, quality_of
-from monitors.window import SeriesSnapshot, WindowStore
+from monitors.calibration import CalibrationReport, calibration_of
+from monitors.quality import ClassQuality, QualityReport, quality_of
+from monitors.window import SeriesKey, SeriesSnapshot, WindowStore
 
 SERIES_LABELS = ("model", "version", "cohort")
 CLASS_LABELS = (*SERIES_LABELS, "class")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFigures:
+    """Calibration and quality of one window, computed once for the published report and the scrape."""
+
+    key: SeriesKey
+    labelled_total: int
+    calibration: CalibrationReport
+    quality: QualityReport
+
+    @classmethod
+    def of(cls, snapshot: SeriesSnapshot) -> SeriesFigures:
+        return cls(
+            key=snapshot.key,
+            labelled_total=snapshot.labelled_total,
+            calibration=calibration_of(snapshot.records),
+            quality=quality_of(snapshot.records),
+        )
 
 
 class _Families:
@@ -65,32 +90,49 @@ class _Families:
 
 
 class QualityCollector(Collector):
-    """Exposes calibration and cohort quality of a :class:`WindowStore`; registers itself on ``registry``."""
+    """Exposes calibration and cohort quality of a :class:`WindowStore`'s models as last published; registers
+    itself on ``registry``. Thread-safe."""
 
     def __init__(self, *, store: WindowStore, registry: CollectorRegistry, max_classes: int = 20) -> None:
         if max_classes < 0:
             raise ValueError(f"max_classes must be >= 0, got {max_classes}")
         self._store = store
         self._max_classes = max_classes
+        self._published: dict[str, tuple[SeriesFigures, ...]] = {}
+        self._lock = threading.Lock()
         registry.register(self)
+
+    def measure(self, model: str) -> tuple[list[SeriesSnapshot], list[SeriesFigures]]:
+        """``model``'s windows and their figures. It copies the windows and computes: call it off the event loop."""
+        snapshots = self._store.snapshots(model)
+        return snapshots, [SeriesFigures.of(s) for s in snapshots]
+
+    def publish(self, model: str, figures: Sequence[SeriesFigures]) -> None:
+        """What scrapes export for ``model`` until the next :meth:`publish` or :meth:`forget`."""
+        with self._lock:
+            self._published[model] = tuple(figures)
+
+    def forget(self, model: str) -> None:
+        with self._lock:
+            self._published.pop(model, None)
 
     def describe(self) -> list[Metric]:
         """The families without samples, so registering does not compute anything."""
         return _Families().all()
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            published = sorted((f for figures in self._published.values() for f in figures), key=lambda f: f.key)
         families = _Families()
-        for snapshot in self._store.snapshots():
-            self._add(families, snapshot)
+        for figures in published:
+            self._add(families, figures)
         yield from families.all()
 
-    def _add(self, families: _Families, snapshot: SeriesSnapshot) -> None:
-        key = snapshot.key
+    def _add(self, families: _Families, figures: SeriesFigures) -> None:
+        key, calibration, quality = figures.key, figures.calibration, figures.quality
         labels = [key.model, key.version, key.cohort]
-        families.total.add_metric(labels, snapshot.labelled_total)
-        families.window.add_metric(labels, len(snapshot.records))
-        calibration = calibration_of(snapshot.records)
-        quality = quality_of(snapshot.records)
+        families.total.add_metric(labels, figures.labelled_total)
+        families.window.add_metric(labels, calibration.count)
         families.ece.add_metric(labels, calibration.ece)
         families.mce.add_metric(labels, calibration.mce)
         if calibration.brier_score is not None:

@@ -3,9 +3,12 @@ confidences of every recent prediction (:class:`PredictionWindow`, behind accura
 
 Each window keeps the predictions appended in the last ``horizon_s`` seconds
 (by the store's clock at append time, so late labels are not dropped on
-arrival) and at most ``max_items`` of them; the oldest go first. A slice has a
-window of its own, so a small cohort is not crowded out by a large one. Windows
-that empty out are forgotten, so retired versions drop out of the metrics.
+arrival; a replayed one is stamped with the time it first arrived) and at most
+``max_items`` of them; the oldest go first. Every slice has a window of its own,
+and a snapshot cuts each cohort slice to the span of its version's ``all``
+window, which ``max_items`` shortens first (it takes every event): a slice and
+the whole it is shown beside cover one period. Windows that empty out are
+forgotten, so retired versions drop out of the metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,6 +48,59 @@ class SeriesSnapshot:
     """Predictions ever appended to this series since the process started."""
 
 
+class _Series(Protocol):
+    """A window of one series, its items in the order of their (store clock) times."""
+
+    @property
+    def size(self) -> int: ...
+
+    def evict(self, cutoff: float) -> None:
+        """Drop the items timed before ``cutoff``."""
+
+    def oldest(self) -> float: ...
+
+
+_SeriesT = TypeVar("_SeriesT", bound=_Series)
+
+
+def _cut(series: dict[SeriesKey, _SeriesT], model: str, cutoff: float) -> dict[SeriesKey, _SeriesT]:
+    """``model``'s non-empty windows, sorted by key, after evicting what is timed before ``cutoff``; each cohort
+    slice cut to the span of its version's ``all`` window, which the cap shortens first (it takes every event): a
+    slice reaching further back would mix older traffic into what is shown beside the whole. Windows that empty
+    out are removed from ``series``. Call it under the lock that guards ``series``."""
+    found = {key: series[key] for key in sorted(k for k in series if k.model == model)}
+    for window in found.values():
+        window.evict(cutoff)
+    starts = {key.version: window.oldest() for key, window in found.items() if key.cohort == ALL and window.size}
+    for key, window in list(found.items()):
+        if key.cohort != ALL and key.version in starts:
+            window.evict(starts[key.version])
+        if not window.size:
+            del series[key], found[key]
+    return found
+
+
+class _Labelled:
+    """The labelled predictions of one series with the time each was appended at, oldest first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.items: deque[tuple[float, LabelledPrediction]] = deque(maxlen=capacity)
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    def evict(self, cutoff: float) -> None:
+        while self.items and self.items[0][0] < cutoff:
+            self.items.popleft()
+
+    def oldest(self) -> float:
+        return self.items[0][0]
+
+    def records(self) -> tuple[LabelledPrediction, ...]:
+        return tuple(record for _, record in self.items)
+
+
 class WindowStore:
     """Bounded sliding windows of labelled predictions; every method is thread-safe.
 
@@ -64,22 +121,24 @@ class WindowStore:
         self._horizon_s = horizon_s
         self._max_items = max_items
         self._clock = clock
-        self._windows: dict[SeriesKey, deque[tuple[float, LabelledPrediction]]] = {}
+        self._windows: dict[SeriesKey, _Labelled] = {}
         self._totals: dict[SeriesKey, int] = {}
         self._lock = threading.Lock()
 
-    def append(self, record: LabelledPrediction) -> None:
-        """Add a labelled prediction to its (model, version) window and its cohort slices."""
+    def append(self, record: LabelledPrediction, *, age_s: float = 0.0) -> None:
+        """Add a labelled prediction to its (model, version) window and its cohort slices, timed ``age_s`` seconds
+        before now (a label replayed by a new owner keeps the time it arrived at, so it leaves on time)."""
         keys = [SeriesKey(record.model, record.version, label) for label in self._guard.slices(record.cohort)]
         now = self._clock()
+        at = now - max(age_s, 0.0)
         with self._lock:
             for key in keys:
                 window = self._windows.get(key)
                 if window is None:
-                    window = self._windows[key] = deque(maxlen=self._max_items)
-                window.append((now, record))
+                    window = self._windows[key] = _Labelled(self._max_items)
+                window.items.append((at, record))
                 self._totals[key] = self._totals.get(key, 0) + 1
-                self._evict(window, now)
+                window.evict(now - self._horizon_s)
 
     def forget(self, model: str) -> None:
         """Drop every window of ``model``."""
@@ -88,24 +147,15 @@ class WindowStore:
                 del self._windows[key]
                 self._totals.pop(key, None)
 
-    def snapshots(self) -> list[SeriesSnapshot]:
-        """Every non-empty window after evicting expired predictions, sorted by key."""
-        now = self._clock()
+    def snapshots(self, model: str) -> list[SeriesSnapshot]:
+        """The non-empty windows of ``model`` after evicting expired predictions, sorted by key; each cohort slice
+        cut to the span of its version's ``all`` window. Only ``model``'s windows are read or copied."""
+        cutoff = self._clock() - self._horizon_s
         with self._lock:
-            for key in list(self._windows):
-                window = self._windows[key]
-                self._evict(window, now)
-                if not window:
-                    del self._windows[key]
             return [
-                SeriesSnapshot(key=key, records=tuple(r for _, r in window), labelled_total=self._totals[key])
-                for key, window in sorted(self._windows.items())
+                SeriesSnapshot(key=key, records=window.records(), labelled_total=self._totals[key])
+                for key, window in _cut(self._windows, model, cutoff).items()
             ]
-
-    def _evict(self, window: deque[tuple[float, LabelledPrediction]], now: float) -> None:
-        cutoff = now - self._horizon_s
-        while window and window[0][0] < cutoff:
-            window.popleft()
 
 
 DEFAULT_RECENT_HORIZON_S = 900.0
@@ -198,16 +248,7 @@ class PredictionWindow:
         outside the range of its parts."""
         cutoff = self._clock() - self._horizon_s
         with self._lock:
-            rings = {key: self._rings[key] for key in sorted(k for k in self._rings if k.model == model)}
-            for ring in rings.values():
-                ring.evict(cutoff)
-            starts = {key.version: ring.oldest() for key, ring in rings.items() if key.cohort == ALL and ring.size}
-            found = []
-            for key, ring in rings.items():
-                if key.cohort != ALL and key.version in starts:
-                    ring.evict(starts[key.version])
-                if not ring.size:
-                    del self._rings[key]
-                    continue
-                found.append(ConfidenceSnapshot(key=key, confidence=ring.values()))
-            return found
+            return [
+                ConfidenceSnapshot(key=key, confidence=ring.values())
+                for key, ring in _cut(self._rings, model, cutoff).items()
+            ]

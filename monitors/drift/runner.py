@@ -57,9 +57,10 @@ class DriftRunner:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._calibrations: dict[int, threading.Thread] = {}
+        self._calibrations: dict[str, tuple[DriftMonitor, threading.Thread]] = {}
+        """The latest calibration thread of each watched model, with the monitor it calibrates."""
         self._failures: dict[str, str] = {}
-        """The last calibration error of each model, so that a repeat is not logged again."""
+        """The last calibration error of each model, so that a repeat is not logged again (under the lock)."""
 
     def add(self, *, monitor: DriftMonitor, buffer: IngestBuffer) -> None:
         """Watch ``monitor``'s model, replacing the monitor it had (a new reference, a restored state)."""
@@ -70,12 +71,8 @@ class DriftRunner:
         """Stop watching ``model`` (a calibration in progress finishes in its thread and is dropped)."""
         with self._lock:
             self._pairs.pop(model, None)
-        self._failures.pop(model, None)
-
-    def monitor(self, model: str) -> DriftMonitor | None:
-        with self._lock:
-            pair = self._pairs.get(model)
-        return pair[0] if pair else None
+            self._calibrations.pop(model, None)
+            self._failures.pop(model, None)
 
     def run_once(self) -> int:
         """Start due calibrations and feed each monitor one batch; returns the events processed."""
@@ -95,13 +92,17 @@ class DriftRunner:
         return processed
 
     def _start_calibration(self, monitor: DriftMonitor) -> None:
-        running = self._calibrations.get(id(monitor))
-        if not monitor.needs_calibration or (running is not None and running.is_alive()):
+        """A thread calibrating ``monitor`` unless one is at it (one that calibrated a replaced monitor is let go)."""
+        if not monitor.needs_calibration:
             return
-        thread = threading.Thread(
-            target=self._calibrate, args=(monitor,), name=f"drift-calibrate-{monitor.model}", daemon=True
-        )
-        self._calibrations[id(monitor)] = thread
+        with self._lock:
+            running = self._calibrations.get(monitor.model)
+            if running is not None and running[0] is monitor and running[1].is_alive():
+                return
+            thread = threading.Thread(
+                target=self._calibrate, args=(monitor,), name=f"drift-calibrate-{monitor.model}", daemon=True
+            )
+            self._calibrations[monitor.model] = (monitor, thread)
         thread.start()
 
     def start(self) -> None:
@@ -145,10 +146,13 @@ class DriftRunner:
             # A warm-up reference that cannot calibrate (say, traffic of identical embeddings) is
             # retried on every fresh warm-up: log the traceback once, not once a second.
             message = f"{type(error).__name__}: {error}"
-            if self._failures.get(monitor.model) != message:
+            with self._lock:
+                repeated = self._failures.get(monitor.model) == message
+                self._failures[monitor.model] = message
+            if not repeated:
                 logger.exception("drift calibration failed for model %s (repeats are logged at debug)", monitor.model)
             else:
                 logger.debug("drift calibration failed again for model %s: %s", monitor.model, message)
-            self._failures[monitor.model] = message
         else:
-            self._failures.pop(monitor.model, None)
+            with self._lock:
+                self._failures.pop(monitor.model, None)

@@ -50,6 +50,12 @@ def permutation_p_value(observed: float, permuted: NDArray[np.float64]) -> float
     return float((1 + np.count_nonzero(permuted >= observed)) / (1 + permuted.size))
 
 
+def rejects(p: float, alpha: float) -> bool:
+    """The decision of both window tests: drift iff ``p <= alpha`` (a permutation p-value's size needs the
+    equality: it takes the values ``k / (1 + B)``, ``alpha`` among them)."""
+    return p <= alpha
+
+
 def rejections_allowed(p_value: float, n_permutations: int) -> int:
     """Most permuted statistics at or above the observed one for which ``permutation_p_value <= p_value``."""
     # The epsilon keeps e.g. 0.05 * 100 from flooring to 4 through float rounding.
@@ -231,7 +237,7 @@ class WindowTests:
             name=MMD_NAME,
             score=distance,
             threshold=permutation_threshold(permuted, self._p_value),
-            drift=p_mmd <= self._p_value,
+            drift=rejects(p_mmd, self._p_value),
             p_value=p_mmd,
         )
 
@@ -243,7 +249,7 @@ class WindowTests:
             name=KS_NAME,
             score=surprise(p_ks),
             threshold=surprise(self._p_value),
-            drift=p_ks < self._p_value,
+            drift=rejects(p_ks, self._p_value),
             p_value=p_ks,
         )
 

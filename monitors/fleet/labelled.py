@@ -12,11 +12,13 @@ from redis.asyncio import Redis
 
 from common import keys
 from common.cardinality import BoundedLabel
+from monitors.collector import QualityCollector, SeriesFigures
 from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.reports import quality_report
+from monitors.fleet.results import QualityReport
 from monitors.fleet.settings import MonitorSettings
 from monitors.records import LabelledPrediction
 from monitors.window import PredictionWindow, WindowStore
@@ -40,6 +42,7 @@ class LabelledFeed:
         leases: Leases,
         windows: WindowStore,
         recent: PredictionWindow,
+        collector: QualityCollector,
         metrics: MonitorMetrics,
         settings: MonitorSettings,
         versions: BoundedLabel,
@@ -52,6 +55,7 @@ class LabelledFeed:
         self._leases = leases
         self._windows = windows
         self._recent = recent
+        self._collector = collector
         self._metrics = metrics
         self._settings = settings
         self._versions = versions
@@ -62,15 +66,18 @@ class LabelledFeed:
         """Request ids of the labelled records taken, oldest first (at most ``RECENT_REQUESTS``)."""
 
     async def reload(self) -> None:
-        """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must."""
-        start = f"{int((time.time() - self._settings.calibration_window_s) * 1000)}-0"
+        """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must; each record
+        is timed by its entry's id (Redis's clock, as is ``now``), so it leaves the window when it would have."""
+        seconds, microseconds = await self._redis.time()
+        now_s = seconds + microseconds / 1e6
+        start = f"{int((now_s - self._settings.calibration_window_s) * 1000)}-0"
         while True:
             entries: Entries = await self._redis.xrange(  # type: ignore[assignment]
                 keys.labelled_feed(self.model), min=start, count=2000
             )
             if not entries:
                 return
-            self._take(entries)
+            self._take(entries, replayed_at_s=now_s)
             start = "(" + entries[-1][0].decode()
 
     async def read(self) -> None:
@@ -78,7 +85,9 @@ class LabelledFeed:
         if answer:
             self._take(answer[0][1])
 
-    def _take(self, entries: Entries) -> None:
+    def _take(self, entries: Entries, *, replayed_at_s: float | None = None) -> None:
+        """Take labelled entries into the windows: as read now, or (``replayed_at_s``, Redis's time) aged by their
+        ids."""
         for entry_id, fields in entries:
             self._last = entry_id.decode()
             try:
@@ -105,7 +114,8 @@ class LabelledFeed:
                     time_s=record.time_s,
                     cohort=record.cohort,
                     probabilities=None if record.probabilities is None else np.asarray(record.probabilities),
-                )
+                ),
+                age_s=0.0 if replayed_at_s is None else replayed_at_s - _entry_time_s(entry_id),
             )
             self._metrics.labelled.labels(self.model).inc()
             if self._views is not None:
@@ -113,21 +123,33 @@ class LabelledFeed:
 
     async def publish_quality(self, *, stopping: bool) -> None:
         """The window's report to Redis and, unless ``stopping``, to this process's metrics; the feed trimmed."""
-        snapshots = [s for s in self._windows.snapshots() if s.key.model == self.model and s.records]
-        report = await asyncio.to_thread(
-            quality_report,
+        report, figures = await asyncio.to_thread(self._measure)
+        owned = await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
+        if not owned:  # another monitor took the model: its series and its feed are not ours any more
+            return
+        if not stopping:
+            self._metrics.publish_estimates(report)
+            self._collector.publish(self.model, figures)
+        # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).
+        horizon_ms = int((time.time() - self._settings.calibration_window_s) * 1000)
+        await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
+
+    def _measure(self) -> tuple[QualityReport, list[SeriesFigures]]:
+        """The model's report and the figures of its windows. It copies the windows and computes: run it in a
+        worker thread, never on the event loop (which renews the leases)."""
+        snapshots, figures = self._collector.measure(self.model)
+        report = quality_report(
             self.model,
             snapshots,
             window_s=self._settings.calibration_window_s,
             owner=self._leases.owner,
             recent=self._recent.snapshots(self.model),
             min_labelled=self._settings.estimate_min_labelled,
+            figures=figures,
         )
-        owned = await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
-        if not owned:  # another monitor took the model: its series and its feed are not ours any more
-            return
-        if not stopping:
-            self._metrics.publish_estimates(report)
-        # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).
-        horizon_ms = int((time.time() - self._settings.calibration_window_s) * 1000)
-        await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
+        return report, figures
+
+
+def _entry_time_s(entry_id: bytes) -> float:
+    """When Redis wrote a stream entry, from its id (``<milliseconds>-<sequence>``)."""
+    return int(entry_id.split(b"-")[0]) / 1000

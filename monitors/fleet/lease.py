@@ -3,20 +3,30 @@
 A lease is ``SET vai:lease:{model} <owner> NX PX ttl``; the owner renews it every third of the
 TTL and every write it makes for the model checks, in the same Lua call, that it still holds the
 lease (a paused owner that lost its lease cannot overwrite its successor's results). Monitor
-processes register in a sorted set scored by when their membership expires, so each knows how
-many are alive and takes no more than its fair share of the models.
+processes register in a sorted set scored by when their membership expires, by Redis's clock
+(the hosts' clocks may disagree by more than the TTL), so each knows how many are alive and
+takes no more than its fair share of the models. Every script runs as ``EVAL`` (Redis caches it
+by its SHA1), so a pipeline of them stays one round trip.
 """
 
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
 from common import keys
 from common.redis import execute, queue_script
 
+_HEARTBEAT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+return redis.call('ZCARD', KEYS[1])
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -41,18 +51,10 @@ class Leases:
         self._redis = redis
         self.owner = owner
         self.ttl_ms = ttl_ms
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
-        self._set_if_owner = redis.register_script(_SET_IF_OWNER)
 
     async def heartbeat(self) -> int:
         """Renew this process's membership and return how many monitor processes are alive."""
-        now_ms = int(time.time() * 1000)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zadd(keys.MONITOR_MEMBERS, {self.owner: now_ms + self.ttl_ms})
-        pipe.zremrangebyscore(keys.MONITOR_MEMBERS, "-inf", now_ms)
-        pipe.zcard(keys.MONITOR_MEMBERS)
-        *_, alive = await execute(pipe)
+        alive = await self._eval(_HEARTBEAT, [keys.MONITOR_MEMBERS], [self.owner, self.ttl_ms])
         return max(1, int(alive))
 
     async def leave(self) -> None:
@@ -61,12 +63,9 @@ class Leases:
     async def acquire(self, model: str) -> bool:
         return bool(await self._redis.set(keys.monitor_lease(model), self.owner, nx=True, px=self.ttl_ms))
 
-    async def renew(self, model: str) -> bool:
-        return bool(await self._renew(keys=[keys.monitor_lease(model)], args=[self.owner, self.ttl_ms]))
-
     async def renew_all(self, models: list[str]) -> list[bool]:
-        """:meth:`renew` for each of ``models`` in one round trip (a monitor owning a hundred models would
-        otherwise spend a round trip on each, every third of the lease's life)."""
+        """Renew the lease of each of ``models`` still held, in one round trip (a monitor owning a hundred models
+        would otherwise spend a round trip on each, every third of the lease's life)."""
         if not models:
             return []
         pipe = self._redis.pipeline(transaction=False)
@@ -75,20 +74,23 @@ class Leases:
         return [bool(renewed) for renewed in await execute(pipe)]
 
     async def release(self, model: str) -> None:
-        await self._release(keys=[keys.monitor_lease(model)], args=[self.owner])
-
-    async def holder(self, model: str) -> str | None:
-        value = await self._redis.get(keys.monitor_lease(model))
-        return value.decode() if isinstance(value, bytes) else value
+        await self._eval(_RELEASE, [keys.monitor_lease(model)], [self.owner])
 
     async def set_if_owner(self, model: str, values: dict[str, bytes | str]) -> bool:
         """Write ``values`` (key -> value) only while this process holds ``model``'s lease."""
         names = list(values)
         return bool(
-            await self._set_if_owner(
-                keys=[keys.monitor_lease(model), *names], args=[self.owner, *(values[n] for n in names)]
+            await self._eval(
+                _SET_IF_OWNER, [keys.monitor_lease(model), *names], [self.owner, *(values[n] for n in names)]
             )
         )
+
+    async def _eval(self, script: str, names: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
+        """One script as ``EVAL``, as :func:`queue_script` queues them on a pipeline."""
+        pipe = self._redis.pipeline(transaction=False)
+        queue_script(pipe, script, names, args)
+        (answer,) = await execute(pipe)
+        return answer
 
 
 def fair_share(models: int, monitors: int) -> int:

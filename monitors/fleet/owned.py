@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from common import keys
 from common.cardinality import BoundedLabel
 from common.redis import REDIS_FAILED, cancelling, execute
+from monitors.collector import QualityCollector
 from monitors.drift.base import DriftEvent
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.runner import DriftRunner
@@ -29,6 +30,9 @@ from monitors.fleet.settings import MonitorSettings
 from monitors.window import PredictionWindow, WindowStore
 
 log = logging.getLogger(__name__)
+RECLAIM_EVERY_TTLS = 5
+"""After the take-over, entries another consumer left pending (idle past the lease's TTL) are claimed once every
+this many lease TTLs."""
 
 
 class OwnedModel:
@@ -45,6 +49,7 @@ class OwnedModel:
         runner: DriftRunner,
         windows: WindowStore,
         recent: PredictionWindow,
+        collector: QualityCollector,
         metrics: MonitorMetrics,
         settings: MonitorSettings,
         skipped: Any,
@@ -69,6 +74,11 @@ class OwnedModel:
         self._next_waiting_s: float | None = None
         self._examined_seen = 0
         self._stopping = False
+        self._claim_from: str | None = "0-0"
+        """Where the pass claiming pending entries goes on (``None`` between passes): the take-over starts one."""
+        self._claim_idle_ms = 0
+        """Idle time of the entries the pass claims: any at the take-over, then those idle past the lease's TTL."""
+        self._next_claim_s = 0.0
         self.views = views
         """Projection, drift history and distributions of the model overview."""
         self._labelled = LabelledFeed(
@@ -78,6 +88,7 @@ class OwnedModel:
             leases=leases,
             windows=windows,
             recent=recent,
+            collector=collector,
             metrics=metrics,
             settings=settings,
             versions=self._versions,
@@ -127,20 +138,7 @@ class OwnedModel:
         feed = keys.prediction_feed(self.model)
         count = min(self._settings.monitor_read_batch, self.buffer.room)  # never more than fits: the rest waits
         try:
-            # Entries a previous owner read but never acknowledged come first, then new ones.
-            claim: Any = await self._redis.xautoclaim(
-                feed, keys.MONITOR_GROUP, self._leases.owner, min_idle_time=0, count=count
-            )
-            entries: Entries = claim[1] or []
-            if not entries:
-                answer: Any = await self._readers.xreadgroup(
-                    keys.MONITOR_GROUP,
-                    self._leases.owner,
-                    {feed: ">"},
-                    count=count,
-                    block=500,
-                )
-                entries = answer[0][1] if answer else []
+            entries = await (self._claim(feed, count) if self._claim_due() else self._read_new(feed, count))
         except ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
@@ -153,6 +151,36 @@ class OwnedModel:
             pipe.xack(feed, keys.MONITOR_GROUP, *ids)
             pipe.xdel(feed, *ids)  # so the stream's length is what waits (as with the sample streams)
             await execute(pipe)
+
+    def _claim_due(self) -> bool:
+        """Whether to claim pending entries now: a pass is going on, or the next one is due."""
+        if self._claim_from is None and time.monotonic() >= self._next_claim_s:
+            self._claim_from, self._claim_idle_ms = "0-0", self._leases.ttl_ms
+        return self._claim_from is not None
+
+    async def _claim(self, feed: str, count: int) -> Entries:
+        """One page of the pending entries of the group (what a previous owner read and never acknowledged)."""
+        claim: Any = await self._redis.xautoclaim(
+            feed,
+            keys.MONITOR_GROUP,
+            self._leases.owner,
+            min_idle_time=self._claim_idle_ms,
+            start_id=self._claim_from or "0-0",
+            count=count,
+        )
+        cursor = claim[0].decode() if isinstance(claim[0], bytes) else str(claim[0])
+        self._claim_from = None if cursor == "0-0" else cursor
+        if self._claim_from is None:
+            self._next_claim_s = time.monotonic() + RECLAIM_EVERY_TTLS * self._leases.ttl_ms / 1000
+        entries: Entries = claim[1] or []
+        return entries
+
+    async def _read_new(self, feed: str, count: int) -> Entries:
+        answer: Any = await self._readers.xreadgroup(
+            keys.MONITOR_GROUP, self._leases.owner, {feed: ">"}, count=count, block=500
+        )
+        entries: Entries = answer[0][1] if answer else []
+        return entries
 
     def _take(self, entries: Entries) -> None:
         for _, fields in entries:

@@ -71,7 +71,8 @@ class MonitorProcess:
         self.recent = PredictionWindow(
             guard=guard, horizon_s=settings.estimate_window_s, max_items=settings.estimate_window_max
         )
-        QualityCollector(store=self.windows, registry=self.registry)
+        self.quality = QualityCollector(store=self.windows, registry=self.registry)
+        """Exports the figures each owned model's report was last computed with (a scrape computes nothing)."""
         self.states = DriftStates(self.redis, self.leases, config=settings.drift, metrics=self.drift_metrics)
         self.runner = DriftRunner(max_batch_events=500, math_threads=settings.drift_threads)
         self.owned: dict[str, OwnedModel] = {}
@@ -186,6 +187,7 @@ class MonitorProcess:
             runner=self.runner,
             windows=self.windows,
             recent=self.recent,
+            collector=self.quality,
             metrics=self.metrics,
             settings=self.settings,
             skipped=self.drift_metrics.skipped(model),
@@ -216,6 +218,7 @@ class MonitorProcess:
         await owned.stop()
         self.drift_metrics.forget(model)
         self.metrics.forget(model)
+        self.quality.forget(model)
         if release:
             with contextlib.suppress(*REDIS_FAILED):
                 await self.leases.release(model)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from monitors.calibration import calibration_of
 from monitors.cohorts import ALL
+from monitors.collector import SeriesFigures
 from monitors.drift.monitor import DriftMonitor
 from monitors.estimates import MIN_LABELLED, estimate_cohorts
 from monitors.fleet.results import (
@@ -18,7 +18,6 @@ from monitors.fleet.results import (
     SeriesQuality,
     TemperatureScaling,
 )
-from monitors.quality import quality_of
 from monitors.temperature import temperature_of
 from monitors.window import ConfidenceSnapshot, SeriesSnapshot
 
@@ -44,12 +43,12 @@ def drift_status(
     )
 
 
-def series_quality(snapshot: SeriesSnapshot) -> SeriesQuality:
-    calibration = calibration_of(snapshot.records)
-    accuracy = quality_of(snapshot.records).accuracy
+def series_quality(figures: SeriesFigures) -> SeriesQuality:
+    calibration = figures.calibration
+    accuracy = figures.quality.accuracy
     return SeriesQuality(
-        version=snapshot.key.version,
-        cohort=snapshot.key.cohort,
+        version=figures.key.version,
+        cohort=figures.key.cohort,
         count=calibration.count,
         ece=calibration.ece,
         mce=calibration.mce,
@@ -124,12 +123,16 @@ def quality_report(
     owner: str,
     recent: Sequence[ConfidenceSnapshot] = (),
     min_labelled: int = MIN_LABELLED,
+    figures: Sequence[SeriesFigures] | None = None,
 ) -> QualityReport:
-    """The report of one model: ``snapshots`` are its labelled windows, ``recent`` its recent predictions."""
+    """The report of one model: ``snapshots`` are its labelled windows, ``recent`` its recent predictions,
+    ``figures`` those of ``snapshots`` when they are already computed."""
+    if figures is None:
+        figures = [SeriesFigures.of(s) for s in snapshots]
     return QualityReport(
         model=model,
         window_s=window_s,
-        series=tuple(series_quality(s) for s in snapshots),
+        series=tuple(series_quality(f) for f in figures),
         estimates=accuracy_estimates(snapshots, recent, min_labelled=min_labelled),
         temperature=temperature_scaling(snapshots, min_labelled=min_labelled),
         owner=owner,

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitors.calibration import calibration_of
 from monitors.cohorts import CohortGuard
-from monitors.collector import QualityCollector
+from monitors.collector import QualityCollector, SeriesFigures
 from monitors.quality import quality_of
 from monitors.records import LabelledPrediction
 from monitors.window import SeriesKey, WindowStore
@@ -20,6 +20,14 @@ def scrape(registry: CollectorRegistry) -> dict[str, dict[tuple[tuple[str, str],
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
+
+
+def measured(store: WindowStore, registry: CollectorRegistry, **settings: int) -> QualityCollector:
+    """A collector of ``store`` on ``registry`` that has published the figures of model ``digits``."""
+    collector = QualityCollector(store=store, registry=registry, **settings)
+    _, figures = collector.measure("digits")
+    collector.publish("digits", figures)
+    return collector
 
 
 def key(cohort: str, **extra: str) -> tuple[tuple[str, str], ...]:
@@ -52,13 +60,13 @@ def store() -> WindowStore:
 
 def test_scrape_round_trip(store: WindowStore) -> None:
     registry = CollectorRegistry()
-    QualityCollector(store=store, registry=registry)
+    measured(store, registry)
 
     samples = scrape(registry)
 
     cohorts = {dict(labels)["cohort"] for labels in samples["vai_accuracy"]}
     assert cohorts == {"all", "region=eu", "region=us", "region=__other__"}
-    (records,) = [s.records for s in store.snapshots() if s.key == SeriesKey("digits", "v1", "region=eu")]
+    (records,) = [s.records for s in store.snapshots("digits") if s.key == SeriesKey("digits", "v1", "region=eu")]
     calibration, quality = calibration_of(records), quality_of(records)
     eu = key("region=eu")
     assert samples["vai_calibration_ece"][eu] == pytest.approx(calibration.ece)
@@ -78,7 +86,7 @@ def test_scrape_round_trip(store: WindowStore) -> None:
 
 def test_metric_types(store: WindowStore) -> None:
     registry = CollectorRegistry()
-    QualityCollector(store=store, registry=registry)
+    measured(store, registry)
     types = {f.name: f.type for f in text_string_to_metric_families(generate_latest(registry).decode())}
     assert types["vai_cohort_labelled"] == "counter"
     assert types["vai_calibration_ece"] == "gauge"
@@ -94,7 +102,7 @@ def test_no_brier_without_probability_vectors() -> None:
     store = WindowStore(guard=CohortGuard(keys=[], max_values_per_key=1))
     store.append(LabelledPrediction(model="digits", version="v1", predicted=1, confidence=0.7, label=1, time_s=0.0))
     registry = CollectorRegistry()
-    QualityCollector(store=store, registry=registry)
+    measured(store, registry)
     samples = scrape(registry)
     assert "vai_brier_score" not in samples
     assert samples["vai_calibration_ece"][key("all")] == pytest.approx(0.3)
@@ -108,6 +116,34 @@ def test_class_series_capped_by_support() -> None:
                 LabelledPrediction(model="digits", version="v1", predicted=label, confidence=0.9, label=label, time_s=0)
             )
     registry = CollectorRegistry()
-    QualityCollector(store=store, registry=registry, max_classes=2)
+    measured(store, registry, max_classes=2)
     classes = {dict(labels)["class"] for labels in scrape(registry)["vai_class_precision"]}
     assert classes == {"0", "1"}
+
+
+def test_a_scrape_exports_what_was_published_and_never_reads_the_windows(
+    store: WindowStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The windows' lock is the one appends take on the event loop: a scrape must not wait on it, or compute."""
+    registry = CollectorRegistry()
+    collector = QualityCollector(store=store, registry=registry)
+    snapshots, figures = collector.measure("digits")
+    assert figures == [SeriesFigures.of(s) for s in snapshots]
+    collector.publish("digits", figures)
+
+    def refused(*_: object) -> None:
+        raise AssertionError("a scrape read the windows")
+
+    monkeypatch.setattr(store, "snapshots", refused)
+    store.append(LabelledPrediction(model="digits", version="v1", predicted=0, confidence=0.9, label=0, time_s=0.0))
+    assert scrape(registry)["vai_cohort_window_events"][key("all")] == 600, "the last published figures"
+    collector.publish("digits", [])
+    assert "vai_cohort_window_events" not in scrape(registry)
+
+
+def test_a_forgotten_model_leaves_the_scrape(store: WindowStore) -> None:
+    registry = CollectorRegistry()
+    collector = measured(store, registry)
+    assert scrape(registry)["vai_accuracy"]
+    collector.forget("digits")
+    assert "vai_accuracy" not in scrape(registry)

@@ -18,15 +18,15 @@ class FakeClock:
         return self.now
 
 
-def record(i: int, *, version: str = "1", cohort: dict[str, str] | None = None) -> LabelledPrediction:
+def record(i: int, *, version: str = "1", cohort: dict[str, str] | None = None, model: str = "m") -> LabelledPrediction:
     return LabelledPrediction(
-        model="m", version=version, predicted=i % 3, confidence=0.8, label=0, time_s=float(i), cohort=cohort or {}
+        model=model, version=version, predicted=i % 3, confidence=0.8, label=0, time_s=float(i), cohort=cohort or {}
     )
 
 
 def labels(store: WindowStore, cohort: str = ALL, version: str = "1") -> list[float]:
     wanted = SeriesKey("m", version, cohort)
-    return [r.time_s for snapshot in store.snapshots() if snapshot.key == wanted for r in snapshot.records]
+    return [r.time_s for snapshot in store.snapshots("m") if snapshot.key == wanted for r in snapshot.records]
 
 
 def make_store(
@@ -53,30 +53,68 @@ def test_evicts_by_time() -> None:
     assert labels(store) == [1.0]
     clock.now += 30
     assert labels(store) == []
-    assert store.snapshots() == []  # an emptied window is forgotten
+    assert store.snapshots("m") == []  # an emptied window is forgotten
 
 
-def test_small_cohort_keeps_its_own_window() -> None:
-    store, _ = make_store(max_items=5, keys=("region",))
+def test_cohort_slices_are_cut_to_the_span_of_all() -> None:
+    """The ``all`` window takes every event, so its cap shortens its span first: a slice reaching further back
+    would be compared with ``all`` over another period."""
+    store, clock = make_store(max_items=5, keys=("region",))
     store.append(record(0, cohort={"region": "ap"}))
     for i in range(1, 20):
+        clock.now += 1
         store.append(record(i, cohort={"region": "eu"}))
     assert labels(store) == [15.0, 16.0, 17.0, 18.0, 19.0]
-    assert labels(store, "region=ap") == [0.0]
+    assert labels(store, "region=eu") == [15.0, 16.0, 17.0, 18.0, 19.0]
+    assert labels(store, "region=ap") == [], "an ap label older than every label of all"
+    clock.now += 1
+    store.append(record(20, cohort={"region": "ap"}))
+    assert labels(store, "region=ap") == [20.0]
+    assert labels(store) == [16.0, 17.0, 18.0, 19.0, 20.0]
+
+
+def test_slices_are_cut_per_version() -> None:
+    store, clock = make_store(max_items=2, keys=("region",))
+    store.append(record(0, version="1", cohort={"region": "ap"}))
+    for i in range(1, 4):
+        clock.now += 1
+        store.append(record(i, version="2", cohort={"region": "eu"}))
+    assert labels(store, "region=ap", version="1") == [0.0], "version 2 does not cut version 1"
+    assert labels(store, "region=eu", version="2") == [2.0, 3.0]
+
+
+def test_snapshots_are_of_one_model() -> None:
+    store, _ = make_store()
+    store.append(record(0))
+    store.append(record(1, model="other"))
+    assert [s.key.model for s in store.snapshots("other")] == ["other"]
+    assert [s.key.model for s in store.snapshots("m")] == ["m"]
+    assert store.snapshots("none") == []
+
+
+def test_an_append_with_an_age_is_stamped_and_evicted_on_it() -> None:
+    """A label replayed by a new owner keeps the time it arrived at, so the window keeps its horizon."""
+    store, clock = make_store(horizon_s=60.0)
+    store.append(record(0), age_s=90.0)
+    store.append(record(1), age_s=50.0)
+    store.append(record(2))
+    assert labels(store) == [1.0, 2.0]
+    clock.now += 11
+    assert labels(store) == [2.0]
 
 
 def test_versions_have_separate_windows() -> None:
     store, _ = make_store()
     store.append(record(0, version="1"))
     store.append(record(1, version="2"))
-    assert [s.key.version for s in store.snapshots()] == ["1", "2"]
+    assert [s.key.version for s in store.snapshots("m")] == ["1", "2"]
 
 
 def test_labelled_total_outlives_eviction() -> None:
     store, _ = make_store(max_items=2)
     for i in range(7):
         store.append(record(i))
-    (snapshot,) = store.snapshots()
+    (snapshot,) = store.snapshots("m")
     assert len(snapshot.records) == 2
     assert snapshot.labelled_total == 7
 
@@ -113,7 +151,7 @@ def test_concurrent_appends_all_counted() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    totals = {s.key.cohort: len(s.records) for s in store.snapshots()}
+    totals = {s.key.cohort: len(s.records) for s in store.snapshots("m")}
     # Which two regions win the two admitted values depends on scheduling; the counts do not.
     assert totals.pop(ALL) == 8_000
     assert totals.pop(f"region={OTHER}") == 4_000

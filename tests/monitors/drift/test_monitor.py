@@ -535,3 +535,29 @@ def test_a_batch_keeps_the_embeddings_of_the_width_asked_for_even_when_fewer() -
     assert asked.embeddings is not None and asked.embeddings.shape == (1, 4) and asked.unembedded == 4
     part = asked.embedded_part()
     assert part is not None and part.predicted.tolist() == [1] and len(asked) == 5
+
+
+class _Calibrating:
+    """Just enough of a drift monitor for the runner's calibration threads."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.needs_calibration = True
+        self.embedding_width = None
+
+    def calibrate(self) -> None:
+        self.needs_calibration = False
+
+
+def test_runner_keeps_no_calibration_thread_of_a_replaced_or_removed_monitor(wait_until) -> None:  # type: ignore[no-untyped-def]
+    """A new reference replaces the model's monitor: the finished calibration of the old one is not kept."""
+    runner = DriftRunner(poll_interval_s=0.01)
+    buffer = IngestBuffer(capacity_events=10)
+    for _ in range(3):
+        monitor = _Calibrating("digits")
+        runner.add(monitor=monitor, buffer=buffer)  # type: ignore[arg-type]
+        runner.run_once()
+        wait_until(lambda m=monitor: not m.needs_calibration)
+    assert len(runner._calibrations) <= 1
+    runner.remove("digits")
+    assert not runner._calibrations

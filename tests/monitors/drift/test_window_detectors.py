@@ -12,6 +12,7 @@ from scipy import stats
 
 from common.codec import EncodedArray
 from demo.models.training import DatasetSplit
+from monitors.drift import window_tests
 from monitors.drift._alibi import KSDrift
 from monitors.drift.base import DriftBatch
 from monitors.drift.embedding import EmbeddingDistance
@@ -201,3 +202,15 @@ def test_encoded_array_rejects_truncated_data() -> None:
     encoded = EncodedArray.of(np.zeros(4))
     with pytest.raises(ValueError, match="do not fit"):
         EncodedArray(dtype="float64", shape=(5,), data=encoded.data).decode()
+
+
+def test_both_window_tests_declare_drift_at_a_p_value_equal_to_alpha(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule, ``p <= alpha``, for the MMD and the KS test (the permutation test's size needs the equality)."""
+    rng = np.random.default_rng(0)
+    detector = WindowTests(
+        rng.normal(size=(100, 1)).astype(np.float32), window_events=50, p_value=0.05, n_permutations=99
+    )
+    monkeypatch.setattr(window_tests, "permutation_p_value", lambda *_: 0.05)
+    monkeypatch.setattr(window_tests, "ks_p_values", lambda *_: np.array([0.05]))
+    results = detector.test(rng.normal(size=(50, 1)).astype(np.float32))
+    assert [(r.p_value, r.drift) for r in results] == [(0.05, True), (0.05, True)]

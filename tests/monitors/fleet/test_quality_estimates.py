@@ -123,6 +123,9 @@ def test_labels_posted_to_a_sidecar_give_estimates_and_a_temperature(
         assert gauge("vai_estimated_accuracy", cohort=cohort) == pytest.approx(estimate["estimated_accuracy"])
     assert gauge("vai_calibration_temperature") == pytest.approx(temperature["temperature"])
     assert gauge("vai_calibration_ece_after_temperature") == pytest.approx(temperature["ece_after"])
+    # The scrape exports the figures the report was computed with (the collector kept on the process).
+    assert gauge("vai_calibration_ece", cohort="all") == pytest.approx(series["all"]["ece"], abs=1e-12)
+    assert gauge("vai_cohort_window_events", cohort="all") == len(labelled)
 
 
 def _windows(labelled: int, recent: int) -> tuple[WindowStore, PredictionWindow]:
@@ -143,7 +146,7 @@ def _windows(labelled: int, recent: int) -> tuple[WindowStore, PredictionWindow]
 )
 def test_nothing_is_estimated_below_the_minimum_of_labels(labelled: int, published: bool) -> None:
     windows, recent = _windows(labelled, 100)
-    report = quality_report("m", windows.snapshots(), window_s=60, owner="me", recent=recent.snapshots("m"))
+    report = quality_report("m", windows.snapshots("m"), window_s=60, owner="me", recent=recent.snapshots("m"))
     assert [(e.cohort, e.predictions) for e in report.estimates] == (
         [("all", 100), ("region=eu", 100)] if published else []
     )
@@ -153,7 +156,7 @@ def test_nothing_is_estimated_below_the_minimum_of_labels(labelled: int, publish
 
 def test_the_report_narrows_to_a_version_and_a_cohort() -> None:
     windows, recent = _windows(40, 10)
-    report = quality_report("m", windows.snapshots(), window_s=60, owner="me", recent=recent.snapshots("m"))
+    report = quality_report("m", windows.snapshots("m"), window_s=60, owner="me", recent=recent.snapshots("m"))
     narrowed = report.chosen(cohort="region=eu")
     assert [e.cohort for e in narrowed.estimates] == ["region=eu"] and [s.cohort for s in narrowed.series] == [
         "region=eu"
@@ -170,7 +173,7 @@ def test_the_gauges_follow_the_latest_report_and_go_with_the_model() -> None:
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry)
     windows, recent = _windows(40, 10)
-    report = quality_report("m", windows.snapshots(), window_s=60, owner="me", recent=recent.snapshots("m"))
+    report = quality_report("m", windows.snapshots("m"), window_s=60, owner="me", recent=recent.snapshots("m"))
     metrics.publish_estimates(report)
     labels = {"model": "m", "version": "v1"}
     assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "region=eu"}) == pytest.approx(

@@ -1,0 +1,165 @@
+"""The labelled side of an owned model against a real Redis: the window rebuilt by a new owner, the report."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from common import keys
+from common.cardinality import BoundedLabel
+from common.redis import connect
+from monitors.cohorts import CohortGuard
+from monitors.collector import QualityCollector
+from monitors.feed import ENTRY_FIELD, MonitoringRecord
+from monitors.fleet.labelled import LabelledFeed
+from monitors.fleet.lease import Leases
+from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.settings import MonitorSettings
+from monitors.window import PredictionWindow, WindowStore
+
+HOUR_S = 3600.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def labelled_blob(request_id: str, label: int = 1) -> bytes:
+    record = MonitoringRecord(
+        model="m",
+        request_id=request_id,
+        version="v1",
+        time_s=0.0,
+        predicted=1,
+        confidence=0.8,
+        margin=0.5,
+        num_classes=3,
+    )
+    return record.labelled(label).blob()
+
+
+def add_labelled(client: redis.Redis, request_id: str, *, age_s: float) -> None:
+    entry_ms = int((time.time() - age_s) * 1000)
+    client.xadd(keys.labelled_feed("m"), {ENTRY_FIELD: labelled_blob(request_id)}, id=f"{entry_ms}-0")
+
+
+class Parts:
+    """A labelled feed of model ``m`` and what it writes into, on its own event loop's Redis client."""
+
+    def __init__(self, redis_url: str) -> None:
+        guard = CohortGuard(keys=["region"], max_values_per_key=5)
+        self.clock = FakeClock()
+        self.windows = WindowStore(guard=guard, horizon_s=HOUR_S, clock=self.clock)
+        self.recent = PredictionWindow(guard=guard)
+        self.registry = CollectorRegistry()
+        self.collector = QualityCollector(store=self.windows, registry=self.registry)
+        self.settings = MonitorSettings(redis_url=redis_url, monitor_metrics_port=0, calibration_window_s=HOUR_S)
+        self._url = redis_url
+
+    @asynccontextmanager
+    async def feed(self) -> AsyncIterator[LabelledFeed]:
+        """The feed, holding the model's lease."""
+        client = connect(self._url, timeout_s=5)
+        leases = Leases(client, owner="me", ttl_ms=5000)
+        await leases.acquire("m")
+        feed = LabelledFeed(
+            "m",
+            redis=client,
+            readers=client,
+            leases=leases,
+            windows=self.windows,
+            recent=self.recent,
+            collector=self.collector,
+            metrics=MonitorMetrics(self.registry),
+            settings=self.settings,
+            versions=BoundedLabel(5),
+            views=None,
+        )
+        try:
+            yield feed
+        finally:
+            await client.aclose()
+
+    def window_of(self) -> list[str]:
+        return [str(r.time_s) for s in self.windows.snapshots("m") if s.key.cohort == "all" for r in s.records]
+
+
+@pytest.fixture
+def parts(redis_url: str) -> Iterator[Parts]:
+    yield Parts(redis_url)
+
+
+def test_a_new_owner_keeps_the_windows_horizon(parts: Parts, redis_client: redis.Redis) -> None:
+    """Labels replayed at take-over keep the time they arrived at: one 50 minutes old leaves the window 10 minutes
+    later, not an hour after the take-over."""
+    add_labelled(redis_client, "old", age_s=50 * 60)
+    add_labelled(redis_client, "new", age_s=60)
+
+    async def reload() -> None:
+        async with parts.feed() as feed:
+            await feed.reload()
+
+    asyncio.run(reload())
+    assert len(parts.window_of()) == 2
+    parts.clock.now += 20 * 60
+    (snapshot,) = [s for s in parts.windows.snapshots("m") if s.key.cohort == "all"]
+    assert [r.time_s for r in snapshot.records] == [0.0] and snapshot.labelled_total == 2
+
+
+def test_the_report_takes_its_snapshots_off_the_event_loop(
+    parts: Parts, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_labelled(redis_client, "a", age_s=1)
+    add_labelled(redis_client, "b", age_s=1)
+    seen: list[str] = []
+
+    def spy(method: Callable[..., Any]) -> Callable[..., Any]:
+        def recorded(*args: Any) -> Any:
+            seen.append(threading.current_thread().name)
+            return method(*args)
+
+        return recorded
+
+    monkeypatch.setattr(parts.windows, "snapshots", spy(parts.windows.snapshots))
+    monkeypatch.setattr(parts.recent, "snapshots", spy(parts.recent.snapshots))
+
+    async def publish() -> str:
+        async with parts.feed() as feed:
+            await feed.reload()
+            await feed.publish_quality(stopping=False)
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(publish())
+    assert len(seen) == 2 and loop_thread not in seen, seen
+    assert redis_client.get(keys.quality_report("m")) is not None
+    labels = {"model": "m", "version": "v1", "cohort": "all"}
+    assert parts.registry.get_sample_value("vai_cohort_window_events", labels) == 2, "the collector has the figures"
+
+
+def test_a_report_is_exported_only_while_the_model_is_owned(parts: Parts, redis_client: redis.Redis) -> None:
+    add_labelled(redis_client, "a", age_s=1)
+
+    async def publish() -> None:
+        async with parts.feed() as feed:
+            await feed.reload()
+            redis_client.set(keys.monitor_lease("m"), "another monitor")
+            await feed.publish_quality(stopping=False)
+
+    asyncio.run(publish())
+    assert redis_client.get(keys.quality_report("m")) is None
+    assert (
+        parts.registry.get_sample_value("vai_cohort_window_events", {"model": "m", "version": "v1", "cohort": "all"})
+        is None
+    )
