@@ -114,11 +114,27 @@ class QueueWriter:
             elif not self._buffer:
                 self._wake.clear()
 
+    def _drop_batch(self, reason: str) -> None:
+        for _ in range(min(self._batch_size, len(self._buffer))):
+            self._forget(self._buffer.popleft(), reason)
+
+    def _forget(self, entry: _Entry, reason: str | None = None) -> None:
+        """``entry`` left the buffer: written, or dropped for ``reason`` (counted)."""
+        self._bytes -= entry.size
+        self._buffered[entry.model] -= 1
+        if reason is not None:
+            self._metrics.dropped.labels(entry.model, reason).inc()
+
     async def flush_once(self) -> bool:
         """Write up to one batch; ``False`` when Redis could not be reached. One at a time: the final drain may
         run while a writer task that did not stop is still flushing, and two would write a batch twice."""
         async with self._flushing:
-            return await self._flush_once()
+            try:
+                return await self._flush_once()
+            except Exception:  # costs the batch it hit (counted), never the writer task: one that ended would
+                log.exception("writing sampled events failed: the batch is dropped (counted)")  # leave every
+                self._drop_batch("error")  # later sample in the buffer while /status still looked healthy
+                return False
 
     async def _flush_once(self) -> bool:
         batch = list(islice(self._buffer, self._batch_size))
@@ -139,16 +155,21 @@ class QueueWriter:
             self._mark_up(False, error)
             return False
         self._mark_up(True)
-        for entry, result in zip(batch, results[::2], strict=True):
-            self._buffer.popleft()
-            self._bytes -= entry.size
-            self._buffered[entry.model] -= 1
+        refused: list[tuple[_Entry, Exception]] = []
+        for entry, result in zip(batch, results[::2], strict=True):  # settled with no await: a cancel cannot
+            self._buffer.popleft()  # leave written entries in the buffer to be written again
             if isinstance(result, Exception):
                 log.error("XADD to %s failed: %s", keys.sample_stream(entry.model), result)
-                self._metrics.dropped.labels(entry.model, "redis_error").inc()
-                await self._store.mark_failed(entry.event, f"not queued: Redis refused the entry: {result}")
+                self._forget(entry, "redis_error")
+                refused.append((entry, result))
             else:
+                self._forget(entry)
                 self._metrics.queued.labels(entry.model).inc()
+        for entry, refusal in refused:
+            try:
+                await self._store.mark_failed(entry.event, f"not queued: Redis refused the entry: {refusal}")
+            except Exception:  # its record stays 'queued' until it expires; the batch is settled
+                log.exception("recording sampled event %s as failed failed", entry.event.request_id)
         return True
 
     async def drain(self, *, timeout_s: float) -> None:

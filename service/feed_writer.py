@@ -14,7 +14,8 @@ caught up it waits ``linger_s`` (50 ms) for records to gather, so a thinned feed
 round trips a second instead of one per request (each costs ~0.2 ms of the sidecar's CPU).
 Every record not kept is counted in ``vai_monitor_records_dropped_total{model, feed, reason}``:
 ``budget``, ``buffer_full`` (Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
-``redis_error`` (Redis refused the write, e.g. out of memory).
+``redis_error`` (Redis refused the write, e.g. out of memory) or ``error`` (an unexpected error cost the
+batch; logged with its traceback, and the writer goes on).
 """
 
 from __future__ import annotations
@@ -259,6 +260,12 @@ class FeedWriter:
                 log.warning("monitoring records wait in memory: redis unavailable (%s)", type(error).__name__)
             self.redis_up = False
             return 0
+        except Exception:  # costs this batch (counted), never the writer: a task that ended would drop the rest
+            log.exception("writing monitoring records failed: the batch is dropped (counted)")
+            for item in batch:
+                self._forget(item)
+                self.dropped.labels(item.model, item.feed, "error").inc()
+            return len(popped)
         if not self.redis_up:
             log.info("redis is back: writing the monitoring records that waited")
         self.redis_up = True

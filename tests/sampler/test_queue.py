@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Callable
 
@@ -118,6 +119,36 @@ async def test_entry_refused_by_redis_is_dropped_not_retried(
     assert redis_client.xlen(keys.sample_stream("digits")) == 1
     assert redis_client.hget(keys.explanation("broken", "a"), "status") == b"failed", "not left 'queued' forever"
     assert redis_client.hget(keys.explanation("digits", "b"), "status") == b"queued"
+
+
+async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``predicate`` while the event loop runs the task under test."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_an_unexpected_error_costs_its_batch_counted_never_the_writer(
+    writer_factory: WriterFactory, redis_client: redis.Redis
+) -> None:
+    """A batch that cannot even be written (here a confidence that the record store refuses) is dropped and
+    counted; the writer task goes on with the next batch instead of ending and leaving the buffer to fill."""
+    writer, registry = writer_factory()
+    writer.offer(message("bad").model_copy(update={"confidence": float("nan")}))
+    task = asyncio.create_task(writer.run())
+    try:
+        await _until(lambda: writer.buffered == 0)
+        writer.offer(message("next"))
+        await _until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 1)
+        assert not task.done()
+        assert registry.get_sample_value("vai_sample_dropped_total", {"model": "digits", "reason": "error"}) == 1
+        assert [
+            SampledEvent.decode(f).request_id for _, f in stream_entries(redis_client, keys.sample_stream("digits"))
+        ] == ["next"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def test_redis_outage_loses_nothing_up_to_the_buffer_bound(

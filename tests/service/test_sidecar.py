@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -14,10 +15,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from common import keys
+from common import redis as common_redis
 from common.embedded_redis import EmbeddedRedis
 from common.errors import RedisUnavailable
 from helpers import event, paused_redis, sidecar_of, wait_until
 from monitors.feed import MonitoringRecord
+from service import feed_writer
 from service.feed_writer import RECORDS, FeedWriter
 from service.settings import SidecarSettings
 from service.sidecar import CLOSE_S, Sidecar
@@ -186,3 +189,36 @@ def test_a_label_finds_its_waiting_record_among_many_and_the_taken_one_is_never_
     dropped = {"model": "digits", "feed": RECORDS, "reason": "buffer_full"}
     assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) is None, "the taken one made room"
     assert len(feed) == 3 and feed.waits_here("digits", "b") and feed.waits_here("digits", "d")
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_error_costs_the_feed_its_batch_counted_never_the_writer(
+    own_redis: EmbeddedRedis, make_settings: Callable[..., SidecarSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug hit while writing a batch (injected here, once) drops that batch, counted as ``error``; the records
+    after it are written. Before, the writer task ended and every later record was lost as ``buffer_full``."""
+    registry = CollectorRegistry()
+    sidecar = Sidecar(make_settings(redis_url=own_redis.url, label_records="all"), registry=registry)
+    assert sidecar.feed is not None
+    real = common_redis.queue_script
+    failures = iter([RuntimeError("a bug")])
+
+    def once_broken(*args: Any) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        real(*args)
+
+    monkeypatch.setattr(feed_writer, "queue_script", once_broken)
+    try:
+        assert sidecar.ingest.ingest(orjson.dumps(event("lost"))).accepted == 1
+        assert await sidecar.feed.flush() == 2 and len(sidecar.feed) == 0
+        dropped = {"model": "digits", "feed": RECORDS, "reason": "error"}
+        assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) == 1
+        assert sidecar.ingest.ingest(orjson.dumps(event("kept"))).accepted == 1
+        assert await sidecar.feed.flush() == 2
+        direct = redis.Redis.from_url(own_redis.url)
+        assert direct.exists(keys.prediction("digits", "kept")) == 1
+        direct.close()
+    finally:
+        await sidecar.stop(drain_timeout_s=1.0)
