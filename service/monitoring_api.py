@@ -75,18 +75,28 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
     try:
         embeddings, probabilities = await run_in_threadpool(_arrays, body, content_type)
         reference, margin = await run_in_threadpool(upload_from_arrays, embeddings, probabilities)
-        dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
-        known = sidecar.ingest.embedding_dims.get(model)
-        if known is not None and known != dims:
-            raise ValueError(f"embeddings: {dims} values per row, but this model's events have {known}")
-        sidecar.ingest.register(model)
     except FieldError as error:
         raise InvalidInput(str(error), field=error.field) from None
-    except ValueError as error:
+    except ValueError as error:  # upload_from_arrays names the field first: "embeddings: ..."
         field = str(error).split(":", 1)[0]
         raise InvalidInput(str(error), field=field if " " not in field else "body") from None
-    await monitoring.set_reference(model, reference, margin=margin)
-    sidecar.ingest.embedding_dims[model] = dims
+    dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
+    known = sidecar.ingest.embedding_dims.get(model)
+    if known is not None and known != dims:
+        raise InvalidInput(
+            f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
+        )
+    try:
+        sidecar.ingest.register(model)
+    except FieldError as error:  # too many models
+        raise InvalidInput(str(error), field=error.field) from None
+    sidecar.ingest.embedding_dims[model] = dims  # before the await: events or an upload of another width that
+    try:  # arrive meanwhile are refused, not stored beside a reference they do not match
+        await monitoring.set_reference(model, reference, margin=margin)
+    except BaseException:
+        if known is None:
+            sidecar.ingest.embedding_dims.pop(model, None)
+        raise
     body_out = {
         "model": model,
         "state": "calibrating",

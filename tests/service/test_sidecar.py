@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -222,3 +223,31 @@ async def test_an_unexpected_error_costs_the_feed_its_batch_counted_never_the_wr
         direct.close()
     finally:
         await sidecar.stop(drain_timeout_s=1.0)
+
+
+def test_events_of_another_width_during_a_reference_upload_are_refused(
+    own_redis: EmbeddedRedis, make_client: Callable[..., TestClient]
+) -> None:
+    """The upload claims the model's embedding width before it waits on Redis: an event of another width that
+    arrives meanwhile is refused, not accepted beside a reference it does not match; an upload that fails
+    gives the width back."""
+    client = make_client(redis_url=own_redis.url, redis_timeout_s=1.0, admin_tokens=("a",), ingest_tokens=("i",))
+    reference = {"embeddings": [[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]]}
+    answers: list[int] = []
+    with paused_redis(own_redis.data_dir):
+        upload = threading.Thread(
+            target=lambda: answers.append(
+                client.put(
+                    "/v1/models/digits/reference", json=reference, headers={"authorization": "Bearer a"}
+                ).status_code
+            )
+        )
+        upload.start()
+        wait_until(lambda: sidecar_of(client).ingest.embedding_dims.get("digits") == 4, what="the width claimed")
+        during = client.post(
+            "/v1/events", json=event("r1", embedding=[0.5, 0.5, 0.5]), headers={"authorization": "Bearer i"}
+        )
+        upload.join()
+    assert during.status_code == 422 and during.json()["rejected"][0]["field"] == "embedding", during.text
+    assert answers == [503]
+    assert "digits" not in sidecar_of(client).ingest.embedding_dims, "a failed upload gives the width back"
