@@ -2,7 +2,9 @@
 
 All rank comparisons use Spearman's correlation of the *absolute* attribution values
 (importance regardless of sign), computed per input over every input element. A map
-that is constant carries no ranking, so its correlation with anything is defined as 0.
+that is constant (e.g. a Grad-CAM map of zeros) carries no ranking: between methods it
+agrees and disagrees with nothing, so its pairs are left out of the agreement (a 0 there
+would pull the other methods' agreement down); in the randomisation check it counts as 0.
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ from attribution_workers.methods import MethodName
 from sampler.explanation_records import Fidelity
 
 
-def spearman_rows(first: ArrayLike, second: ArrayLike) -> NDArray[np.float64]:
-    """Spearman correlation of each row of ``first`` ``[B, N]`` with the same row of ``second`` (ties averaged)."""
+def spearman_rows(first: ArrayLike, second: ArrayLike, *, constant: float = 0.0) -> NDArray[np.float64]:
+    """Spearman correlation of each row of ``first`` ``[B, N]`` with the same row of ``second`` (ties averaged);
+    ``constant`` where either row is constant (no ranking to correlate)."""
     ranks = [rankdata(np.asarray(values, dtype=np.float64), axis=1) for values in (first, second)]
     if ranks[0].shape != ranks[1].shape or ranks[0].ndim != 2:
         raise AttributionError(f"need two [B, N] arrays of one shape, got {ranks[0].shape} and {ranks[1].shape}")
     a, b = (r - r.mean(axis=1, keepdims=True) for r in ranks)
     numerator = (a * b).sum(axis=1)
     denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    correlation = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+    correlation = np.divide(numerator, denominator, out=np.full_like(numerator, constant), where=denominator > 0)
     clipped: NDArray[np.float64] = np.clip(correlation, -1.0, 1.0)
     return clipped
 
@@ -128,18 +131,25 @@ class Agreement:
 
     methods: tuple[MethodName, ...]
     matrix: NDArray[np.float64]
-    """``[M, M]`` mean Spearman of |attribution|, symmetric, 1 on the diagonal; rows and columns follow ``methods``."""
+    """``[M, M]`` mean Spearman of |attribution|, symmetric, 1 on the diagonal; rows and columns follow ``methods``.
+    NaN for a pair with no input where both maps rank something."""
 
     @property
-    def mean(self) -> float:
-        """Mean over the distinct pairs of methods, in [-1, 1]."""
+    def mean(self) -> float | None:
+        """Mean over the distinct pairs of methods that were measured, in [-1, 1]; ``None`` when none was."""
         upper = np.triu_indices(len(self.methods), k=1)
-        return float(self.matrix[upper].mean())
+        return _mean_measured(self.matrix[upper])
 
-    def of(self, method: MethodName) -> float:
-        """Mean agreement of ``method`` with each of the other methods, in [-1, 1]."""
+    def of(self, method: MethodName) -> float | None:
+        """Mean agreement of ``method`` with each of the other methods, in [-1, 1]; ``None`` when its map ranked
+        nothing (or no other one did)."""
         row = self.methods.index(method)
-        return float(np.delete(self.matrix[row], row).mean())
+        return _mean_measured(np.delete(self.matrix[row], row))
+
+
+def _mean_measured(values: NDArray[np.float64]) -> float | None:
+    measured = values[~np.isnan(values)]
+    return float(measured.mean()) if measured.size else None
 
 
 def agreement(explanations: Sequence[Explanation]) -> Agreement:
@@ -151,7 +161,8 @@ def agreement(explanations: Sequence[Explanation]) -> Agreement:
     matrix = np.eye(len(methods))
     for i, first in enumerate(methods):
         for j in range(i + 1, len(methods)):
-            matrix[i, j] = matrix[j, i] = spearman_rows(flat[first], flat[methods[j]]).mean()
+            value = _mean_measured(spearman_rows(flat[first], flat[methods[j]], constant=np.nan))
+            matrix[i, j] = matrix[j, i] = np.nan if value is None else value
     return Agreement(methods=methods, matrix=matrix)
 
 

@@ -116,7 +116,31 @@ def test_agreement_is_a_symmetric_rank_correlation_matrix(digits_model: LoadedMo
     assert np.allclose(result.matrix, result.matrix.T)
     assert np.allclose(np.diag(result.matrix), 1.0)
     assert np.abs(result.matrix).max() <= 1.0
-    assert -1.0 <= result.mean <= 1.0
+    assert result.mean is not None and -1.0 <= result.mean <= 1.0
+
+
+def test_a_constant_map_is_left_out_of_agreement_not_counted_as_disagreeing() -> None:
+    """A Grad-CAM map of zeros ranks nothing: it neither agrees nor disagrees. Counted as 0, it halved the
+    agreement of methods that agree perfectly with each other, and the viewer warned of low agreement."""
+    rng = np.random.default_rng(0)
+    ranked = rng.normal(size=(1, 8, 8)).astype(np.float32)
+
+    def explanation(zeros_too: bool) -> Explanation:
+        maps = [Attribution(method="saliency", values=ranked[0]), Attribution(method="occlusion", values=2 * ranked[0])]
+        if zeros_too:
+            maps.append(Attribution(method="gradcam", values=np.zeros((8, 8), dtype=np.float32)))
+        return Explanation(target=0, attributions=tuple(maps))
+
+    result = agreement([explanation(zeros_too=True)])
+
+    assert result.of("saliency") == pytest.approx(1.0) and result.of("occlusion") == pytest.approx(1.0)
+    assert result.of("gradcam") is None, "not measured, rather than disagreeing"
+    assert result.mean == pytest.approx(1.0)
+    two_inputs = agreement([explanation(zeros_too=True), explanation(zeros_too=True)])
+    assert two_inputs.mean == pytest.approx(1.0)
+    zeros = Attribution(method="saliency", values=np.zeros((8, 8), dtype=np.float32))
+    nothing = Explanation(target=0, attributions=(zeros, Attribution(method="gradcam", values=zeros.values)))
+    assert agreement([nothing]).mean is None
 
 
 def test_agreement_needs_two_methods(digits_model: LoadedModel, digits_batch: Batch) -> None:
