@@ -1,6 +1,8 @@
 """One verdict per map from its three trust figures: sanity check, deletion fidelity, agreement.
 
-A map is *trusted* when every part that was measured passes:
+A map is *trusted* when every part that was measured passes and at least one part measured the map itself
+(deletion or agreement): the sanity check judges the method, so alone it leaves the map unjudged (``None``);
+any part that fails makes it *not trusted*:
 
 - **passes sanity**: the latest randomisation check of the method on this model (the stored
   :class:`~sampler.explanation_records.SanityFigure`, shared by every worker) is not flagged. Not
@@ -43,7 +45,8 @@ class VerdictRule:
         beats_random = None if fidelity is None else fidelity.gain > self.min_fidelity_gain
         agrees = None if agreement is None else agreement >= self.min_agreement
         measured = [part for part in (passes_sanity, beats_random, agrees) if part is not None]
-        trusted = all(measured) if measured else None
+        of_the_map = beats_random is not None or agrees is not None
+        trusted = False if not all(measured) else True if of_the_map else None
         return Verdict(
             trusted=trusted,
             passes_sanity=passes_sanity,
@@ -106,7 +109,9 @@ class VerdictRule:
             passed.append(f"agrees with the other methods (mean rho {agreement:+.2f})")
         else:
             failed.append(f"disagrees with the other methods (mean rho {agreement:+.2f} < {self.min_agreement:.2f})")
-        head = {True: "Trusted", False: "Not trusted", None: "Not measured"}[trusted]
+        head = {True: "Trusted", False: "Not trusted", None: "Not judged"}[trusted]
+        if trusted is None and sanity is not None:
+            missing.append("nothing about this map itself was measured")
         parts = failed + passed
         text = f"{head}: {'; '.join(parts)}" if parts else head
         return f"{text}{' (' + '; '.join(missing) + ')' if missing else ''}."

@@ -42,6 +42,8 @@ BAD_DELETION = Fidelity(deletion_auc=0.5, random_auc=0.45)
         pytest.param(PASSING_SANITY, GOOD_DELETION, None, (True, True, True, None), id="one-method"),
         pytest.param(None, BAD_DELETION, None, (False, None, False, None), id="only-deletion-fails"),
         pytest.param(None, None, None, (None, None, None, None), id="nothing-measured"),
+        pytest.param(PASSING_SANITY, None, None, (None, True, None, None), id="only-the-method-checked"),
+        pytest.param(FAILING_SANITY, None, None, (False, False, None, None), id="only-the-method-fails"),
     ],
 )
 def test_a_map_is_trusted_when_every_measured_part_passes(
@@ -53,7 +55,7 @@ def test_a_map_is_trusted_when_every_measured_part_passes(
     verdict = RULE.judge(sanity=sanity, fidelity=fidelity, agreement=agreement_value)
 
     assert (verdict.trusted, verdict.passes_sanity, verdict.beats_random, verdict.agrees) == expected
-    head = {True: "Trusted: ", False: "Not trusted: ", None: "Not measured"}[expected[0]]
+    head = {True: "Trusted: ", False: "Not trusted: ", None: "Not judged"}[expected[0]]
     assert verdict.summary.startswith(head) and verdict.summary.endswith(".")
 
 
@@ -65,7 +67,11 @@ def test_the_summary_gives_the_failures_first_with_their_figures() -> None:
         "beats random deletion (gain +0.30) (agreement not measured)."
     )
     assert RULE.judge(sanity=None, fidelity=None, agreement=None).summary == (
-        "Not measured (no sanity check has run yet; deletion not tested; agreement not measured)."
+        "Not judged (no sanity check has run yet; deletion not tested; agreement not measured)."
+    )
+    assert RULE.judge(sanity=PASSING_SANITY, fidelity=None, agreement=None).summary == (
+        "Not judged: passes the sanity check (similarity 0.21 to a randomised model's maps) (deletion not tested; "
+        "agreement not measured; nothing about this map itself was measured)."
     )
 
 

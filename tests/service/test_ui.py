@@ -290,7 +290,7 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     for method, shown, why in verdicts:
         verdict = figures["attributions"][method]["verdict"]
         assert shown == {True: "✓ trusted", False: "✗ not trusted", None: "? not measured"}[verdict["trusted"]]
-        assert why.startswith(verdict["summary"]) and why.startswith(("Trusted", "Not trusted", "Not measured")), why
+        assert why.startswith(verdict["summary"]) and why.startswith(("Trusted", "Not trusted", "Not judged")), why
         later = verdict["passes_sanity"] is None and method in figures["sanity_flagged"]  # checked after this one
         assert ("A later sanity check" in why) == later, why
     assert browser.evaluate("location.hash") == "#digits/img0"
