@@ -53,6 +53,7 @@ class VerdictRule:
             beats_random=beats_random,
             agrees=agrees,
             summary=self._summary(trusted, sanity, fidelity, agreement),
+            min_agreement=self.min_agreement,
         )
 
     def row(

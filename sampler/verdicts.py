@@ -20,15 +20,19 @@ class Verdict(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     trusted: bool | None = None
-    """Every measured part passes; ``None`` when nothing was measured."""
+    """Every measured part passes and one of them measured the map itself (deletion or agreement); ``False`` when
+    any part fails; ``None`` otherwise (not judged: the sanity check alone judges the method, not the map)."""
     passes_sanity: bool | None = None
     """The latest randomisation sanity check of this method on this model was not flagged."""
     beats_random: bool | None = None
     """Deleting elements in the map's order lowers the target probability faster than random orders."""
     agrees: bool | None = None
     """The map ranks elements like the explanation's other methods (``None`` with one method)."""
-    summary: str = "Not measured."
+    summary: str = "Not judged."
     """One plain sentence: the verdict, then the parts with their figures."""
+    min_agreement: float | None = None
+    """The agreement threshold this verdict used (the worker's ``verdict_min_agreement``); ``None`` in records
+    stored before it was kept."""
 
 
 class MethodTrust(BaseModel):

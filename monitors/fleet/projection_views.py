@@ -38,6 +38,9 @@ from monitors.fleet.views import (
 
 log = logging.getLogger(__name__)
 BINS = 20
+_STATUS_FIELD, _DONE = "status", (b"done", "done")
+"""The explanation hash's status field and its finished value, as bytes or decoded (``common.keys.explanation``;
+written by the sampler's store, which this package may not import)."""
 _APPEND_IF_OWNER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'p', ARGV[3])
@@ -191,13 +194,16 @@ class ModelViews:
         return _Placed(placed_reference, placed_production, time.perf_counter() - started)
 
     async def _explained(self, request_ids: list[str]) -> list[bool]:
-        """Which production events were sampled for explanation (their record exists), in one pipeline."""
+        """Which production events a worker has explained (their record's status is ``done``), in one pipeline.
+
+        A sampled event's record exists from the moment it is queued: only a finished one has maps to open.
+        """
         if not request_ids:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for request_id in request_ids:
-            pipe.exists(keys.explanation(self.model, request_id))
-        return [bool(found) for found in await execute(pipe)]
+            pipe.hget(keys.explanation(self.model, request_id), _STATUS_FIELD)
+        return [status in _DONE for status in await execute(pipe)]
 
     def _projection_json(
         self,

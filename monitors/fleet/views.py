@@ -37,7 +37,7 @@ class ProjectionPoint(_Result):
     label: int | None = None
     cohort: dict[str, str] = {}
     request_id: str | None = None
-    """Set only for production events sampled for explanation (their record opens with this id)."""
+    """Set only for production events a worker had explained (status ``done``) when the view was computed."""
 
 
 class Projection(_Result):

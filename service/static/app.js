@@ -8,7 +8,9 @@
     return Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : 25;
   })();
   const SANITY_MAX = 0.5; // fallback when a record has no sanity_flagged: the worker's default limit
-  const AGREEMENT_LOW = 0.3; // mean pairwise Spearman below this: the methods rank the input differently
+  // The verdicts' agreement threshold (the worker's verdict_min_agreement, default 0.2: the 5% critical value of
+  // Spearman's rho on 64 elements). A verdict that stores the threshold it used (min_agreement) is read instead.
+  const VERDICT_MIN_AGREEMENT = 0.2;
   const CANVAS_PX = 192;
 
   const byId = (id) => document.getElementById(id);
@@ -79,7 +81,19 @@
     }
   }
 
+  /** The record route answered with something else (a list, the methods aggregate, another record): ids such
+   * as "..", "." or "methods" address other routes once the browser normalises the path. */
+  class NotThisRecord extends Error {
+    constructor(requestId) {
+      super(
+        `Cannot open “${requestId}” here: the sidecar answered with something other than this explanation ` +
+          "(request ids such as “.”, “..”, “methods” or ending in “/heatmap.png” address other routes).",
+      );
+    }
+  }
+
   function describe(error) {
+    if (error instanceof NotThisRecord) return error.message;
     if (!(error instanceof ApiError)) return `Unexpected error: ${error && error.message ? error.message : error}`;
     if (error.status === 401) {
       return state.token
@@ -277,6 +291,7 @@
     try {
       const record = await (await request(recordPath(model, requestId))).json();
       if (seq !== state.detailSeq) return;
+      if (!record || record.request_id !== requestId || record.model !== model) throw new NotThisRecord(requestId);
       releaseBlobs();
       detail.replaceChildren(...renderRecord(record));
       clearMessage();
@@ -321,7 +336,7 @@
     } else if (record.error) {
       parts.push(el("p", { class: "banner banner-queued" }, "Partial: ", record.error));
     }
-    parts.push(el("div", { class: "overview" }, renderInput(record.input), renderFacts(record)));
+    parts.push(el("div", { class: "overview" }, renderInput(record.input, record.status), renderFacts(record)));
     if (record.status === "done" || Object.keys(record.attributions || {}).length) parts.push(renderTrust(record));
     if (Object.keys(record.attributions || {}).length || record.status === "done") parts.push(renderMaps(record));
     if ((record.layers || []).length) parts.push(renderLayers(record));
@@ -356,10 +371,13 @@
 
   // --- input ----------------------------------------------------------------------------------
 
-  function renderInput(input) {
+  function renderInput(input, status) {
     const box = el("figure", { class: "input" });
     if (!input || !Array.isArray(input.shape)) {
-      box.append(el("figcaption", {}, "Input"), el("p", { class: "muted" }, "Not stored with this explanation."));
+      const why = status === "queued"
+        ? "Shown once a worker has explained this event (the worker stores it with the maps)."
+        : "Not stored with this explanation.";
+      box.append(el("figcaption", {}, "Input"), el("p", { class: "muted" }, why));
       return box;
     }
     const shape = input.shape;
@@ -422,22 +440,35 @@
 
   const baseMethod = (name) => name.split("@")[0];
 
-  function agreementVerdict(agreement) {
+  /** The agreement threshold the record's verdicts used: stored with a verdict, else the worker's default. */
+  function agreementThreshold(record) {
+    for (const attribution of Object.values(record.attributions || {})) {
+      const stored = attribution.verdict && attribution.verdict.min_agreement;
+      if (typeof stored === "number" && Number.isFinite(stored)) return stored;
+    }
+    return VERDICT_MIN_AGREEMENT;
+  }
+
+  function agreementVerdict(record) {
+    const agreement = record.agreement;
     if (typeof agreement !== "number") {
       return el("span", { class: "muted" }, "not computed (needs two or more methods)");
     }
-    if (agreement >= AGREEMENT_LOW) return badge("ok", "✓ the methods broadly agree");
+    const low = agreementThreshold(record);
+    const rule = `${number(low, 2)}, the verdicts' threshold`;
+    if (agreement >= low) return badge("ok", `✓ the methods broadly agree (at least ${rule})`);
     return badge(
       "warn",
-      `⚠ low agreement (below ${AGREEMENT_LOW}): the methods rank pixels differently; compare before trusting any`,
+      `⚠ low agreement (below ${rule}): the methods rank pixels differently; compare before trusting any`,
     );
   }
 
-  // One verdict per map (stored by the worker): trusted when every check that ran passes.
+  // One verdict per map (stored by the worker): trusted when every check that ran passes and one of them measured the
+  // map itself (deletion or agreement); not judged when only the method's sanity check ran.
   function verdictBadge(verdict) {
     const summary = verdict && typeof verdict.summary === "string" ? verdict.summary : null;
     if (!verdict || typeof verdict.trusted !== "boolean") {
-      return el("span", { class: "badge badge-none verdict", title: summary }, "? not measured");
+      return el("span", { class: "badge badge-none verdict", title: summary }, "? not judged");
     }
     return verdict.trusted
       ? el("span", { class: "badge badge-ok verdict", title: summary }, "✓ trusted")
@@ -467,7 +498,8 @@
         "caption",
         {},
         "Verdict per method: trusted when every check that ran passes (the randomisation sanity check, ",
-        "deletion faster than random, agreement with the other methods). The figures behind it follow.",
+        "deletion faster than random, agreement with the other methods) and deletion or agreement measured ",
+        "the map itself; the sanity check alone judges the method, not the map. The figures behind it follow.",
       ),
       el("thead", {}, el("tr", {}, header)),
       el("tbody", {}, rows),
@@ -498,7 +530,7 @@
         el("strong", {}, "Agreement "),
         el("span", { class: "figure" }, number(record.agreement, 2)),
         " ",
-        agreementVerdict(record.agreement),
+        agreementVerdict(record),
         el("span", { class: "hint" }, " Mean rank correlation of the methods' |maps|, from −1 to 1."),
       ),
     );

@@ -146,8 +146,10 @@
     return node("circle", { cx, cy, r, ...attrs });
   }
 
-  /** Shares per bin of production (bars) against the reference (a step line), on the same edges. */
-  function histogram({ edges, production, reference, xLabel, label }) {
+  /** Shares per bin of production (bars) against the reference (a step line), on the same edges. With
+   * ``openEnd``, the last bin holds every value at or above its lower edge (the values beyond the axis too):
+   * it is labelled "≥ lower edge", in its tooltip and in the chart. */
+  function histogram({ edges, production, reference, xLabel, label, openEnd = false }) {
     const share = (counts) => {
       const total = counts.reduce((a, b) => a + b, 0) || 1;
       return counts.map((c) => c / total);
@@ -163,6 +165,9 @@
       yFormat: (v) => `${Math.round(v * 100)}%`,
       label,
     });
+    const last = edges.length - 2;
+    const binText = (i) => (openEnd && i === last ? `≥ ${formatNumber(edges[i])} (beyond the axis too)`
+      : `${formatNumber(edges[i])}–${formatNumber(edges[i + 1])}`);
     const bars = node("g", { class: "bars" });
     let marks = 0;
     prod.forEach((value, i) => {
@@ -171,11 +176,14 @@
       bars.append(node("rect", {
         class: "mark", x: x0 + 0.5, y: ys(value), width: Math.max(0.5, x1 - x0 - 1), height: area.bottom - ys(value),
         fill: OKABE_ITO.orange, "data-share": value,
-      }, title(`${formatNumber(edges[i])}–${formatNumber(edges[i + 1])}: production ` +
-        `${(value * 100).toFixed(1)}% (${production[i]})`)));
+      }, title(`${binText(i)}: production ${(value * 100).toFixed(1)}% (${production[i]})`)));
       marks += production[i] > 0 ? 1 : 0;
     });
     svg.append(bars);
+    if (openEnd) {
+      svg.append(node("text", { class: "note", x: area.right, y: area.top + 10, "text-anchor": "end" },
+        `last bar: ≥ ${formatNumber(edges[last])}`));
+    }
     if (ref) {
       let path = `M${xs(edges[0])},${ys(0)}`;
       ref.forEach((value, i) => {

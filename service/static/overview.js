@@ -184,7 +184,17 @@
     }, "Retry");
     const notYet = error instanceof NoData || (error instanceof ApiError && [0, 404, 503].includes(error.status));
     const lead = notYet ? "No data yet" : "Not available";
-    part(section, ".body").replaceChildren(el("p", { class: "empty" }, `${lead}: ${reason(error)} `, retry));
+    emptyBody(section).replaceChildren(el("p", { class: "empty" }, `${lead}: ${reason(error)} `, retry));
+  }
+
+  /** Where a view says it has nothing to show: its body, or the projection's plot (its side list and tooltip,
+   * static nodes of the page, stay for the next successful load). */
+  function emptyBody(section) {
+    const plot = part(section, ".plot");
+    if (!plot) return part(section, ".body");
+    part(section, ".side").replaceChildren();
+    byId("tooltip").hidden = true;
+    return plot;
   }
 
   function markStale(section, why) {
@@ -207,12 +217,12 @@
   async function loadDistributions(section) {
     const d = await get(PATHS.distributions);
     if (!d.production_count) throw new NoData("no production predictions in the monitor's window yet");
-    const panel = (title, hist, xLabel) => el("figure", { class: "chart-box" },
-      C.histogram({ ...hist, xLabel, label: `${title}: production against reference, shares per bin` }),
+    const panel = (title, hist, xLabel, openEnd) => el("figure", { class: "chart-box" },
+      C.histogram({ ...hist, xLabel, openEnd, label: `${title}: production against reference, shares per bin` }),
       el("figcaption", {}, title));
     part(section, ".body").replaceChildren(
-      panel("Confidence (top-class probability)", d.confidence, "confidence"),
-      panel("Logit margin (top minus runner-up)", d.margin, "logit margin"),
+      panel("Confidence (top-class probability)", d.confidence, "confidence", false),
+      panel("Logit margin (top minus runner-up)", d.margin, "logit margin", true), // the monitor clips into the last bin
     );
     const reference = d.confidence.reference ? `${d.reference_count} reference rows` : "no reference outputs uploaded";
     evidence(section, `Observed pattern: the last ${d.production_count} production predictions against ${reference}, `,
@@ -230,7 +240,7 @@
       if (!groups.has(p.detector)) groups.set(p.detector, []);
       groups.get(p.detector).push(p);
     }
-    if (!groups.size) throw new NoData("no drift scores yet (the monitor is warming up or calibrating)");
+    if (!groups.size) throw new NoData(noScoresYet(status.status === "fulfilled" ? status.value : null));
     const all = history.value.points;
     const start = Math.min(...all.map((p) => p.time));
     const end = Math.max(...all.map((p) => p.time));
@@ -246,6 +256,25 @@
     evidence(section, `Statistical test on recent production windows against the reference: ${all.length} scores `,
       `from ${groups.size} detectors over ${span(end - start)}${examined}. An alarm says the inputs changed, `,
       "not that the predictions got worse.");
+  }
+
+  /** Why the history has no score yet, from the state the monitor published (not a guess). */
+  function noScoresYet(status) {
+    if (!status) return "no drift scores yet (no monitor has published a verdict for this model)";
+    const examined = typeof status.examined === "number" ? `${status.examined} records examined` : "";
+    if (status.calibration_error) return `no drift scores: calibrating the detectors failed: ${status.calibration_error}`;
+    if (status.state === "warming_up") {
+      return `no drift scores yet: the monitor is warming up (the first events become the reference; ${examined})`;
+    }
+    if (status.state === "calibrating") {
+      return `no drift scores yet: the monitor is calibrating its detectors on the reference (${examined})`;
+    }
+    if (status.state === "monitoring") {
+      return (status.detectors || []).length
+        ? `monitoring (${examined}); no score in the history yet (a point is added when a verdict changes)`
+        : `monitoring (${examined}); no detector has a result yet (each needs a full window of events)`;
+    }
+    return `no drift scores yet (state ${status.state}; ${examined})`;
   }
 
   function renderVerdicts(section, status) {
@@ -460,7 +489,8 @@
     const sampled = data.points.filter((q) => q.request_id).length;
     evidence(section, `Observed pattern: ${data.reference_count} reference and ${data.production_count} recent `,
       `production embeddings, ${data.method.toUpperCase()} to 2-D, computed ${ago(data.computed_at)} in `,
-      `${num(data.seconds, 2)} s; ${sampled} ringed points link to their explanation. `,
+      `${num(data.seconds, 2)} s; ${sampled} ringed points had been explained by then and link to their `,
+      "explanation (sampled events still queued are not ringed). ",
       data.note ? el("span", { class: "muted" }, data.note) : "");
   }
 
@@ -502,7 +532,8 @@
       ["cohort", cohortText(q.cohort) || "none"],
       ["time", typeof q.time === "number" ? new Date(q.time * 1000).toLocaleString() : "—"],
       ["position", `(${fmt(q.x)}, ${fmt(q.y)})`],
-      ["explanation", q.request_id ? `${q.request_id} (click to open)` : "not sampled"],
+      ["explanation", q.request_id ? `${q.request_id} (click to open)`
+        : q.source === "production" ? "none (not sampled, or not explained yet)" : "—"],
     ];
   }
 
@@ -559,14 +590,14 @@
       el("ul", { class: "legend-list" }, legend.map((entry) => el("li", {}, C.swatch(entry.style), ` ${entry.name} `,
         el("span", { class: "muted" }, `(${entry.count})`)))),
       el("p", { class: "hint" }, C.swatch({ colour: "#ffffff", shape: "circle", ring: true }),
-        " ringed: sampled and explained"),
+        " ringed: explained (click to open); queued ones are not ringed"),
       p.pinned ? [el("h3", {}, "Selected point"), el("dl", { class: "facts" },
         pointFacts(p.pinned).map(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]))] : null,
       el("h3", {}, "Explained points"),
       linked.length
         ? el("ul", { class: "links" }, linked.map((q) => el("li", {}, el("a", { href: explanationHref(q.request_id) },
           q.request_id), el("span", { class: "muted" }, ` class ${q.predicted}`))))
-        : el("p", { class: "muted" }, "none in this sample yet"),
+        : el("p", { class: "muted" }, "none explained in this sample yet"),
     ];
     part(section, ".side").replaceChildren(...parts.flat().filter(Boolean));
   }
@@ -592,11 +623,11 @@
     });
     byId("colour-by").addEventListener("change", (event) => {
       p.colourBy = event.target.value;
-      if (p.data) renderProjection(byId("v-projection"));
+      if (p.data && byId("v-projection").dataset.state === "ready") renderProjection(byId("v-projection"));
     });
     byId("reset-zoom").addEventListener("click", () => {
       p.domain = null;
-      if (p.data) renderProjection(byId("v-projection"));
+      if (p.data && byId("v-projection").dataset.state === "ready") renderProjection(byId("v-projection"));
     });
   }
 

@@ -9,10 +9,13 @@ projection work, and that no request leaves the origin. Screenshots go to /tmp/v
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +25,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdp import Browser
 from common.embedded_redis import free_port
 from helpers import serve_app, wait_until
+from monitors.fleet.results import DriftStatus
+from monitors.fleet.views import Distributions, Histogram, Projection, ProjectionPoint
 from service.app import create_app
 from service.settings import SidecarSettings
 from service.ui import CONTENT_SECURITY_POLICY
@@ -149,6 +155,136 @@ def test_every_view_says_when_it_has_no_data_and_offers_a_retry(
         browser.wait_for("document.querySelector('#v-calibration').dataset.state === 'empty'", "the retry")
         assert _same_origin(browser.requests, base) == []
     assert all("status of 40" in error or "status of 50" in error for error in browser.errors), browser.errors
+
+
+class _Scripted:
+    """The real app, except that some GET paths answer from a script: each path's answers in turn, the last one
+    repeated (a 503 carries ``Retry-After`` as the sidecar's do)."""
+
+    def __init__(self, app: ASGIApp, answers: dict[str, list[tuple[int, Any]]]) -> None:
+        self.app = app
+        self.answers = answers
+        self.asked: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path not in self.answers:
+            await self.app(scope, receive, send)
+            return
+        script = self.answers[path]
+        status, body = script[min(self.asked[path], len(script) - 1)]
+        self.asked[path] += 1
+        payload = json.dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if status == 503:
+            headers.append((b"retry-after", b"2"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _projection_body() -> dict[str, Any]:
+    """A small published projection: 20 reference and 20 production points, 3 of them explained."""
+    points = [ProjectionPoint(x=i / 10, y=(i % 5) / 10, source="reference", predicted=i % 3) for i in range(20)]
+    points += [
+        ProjectionPoint(
+            x=1 + i / 10,
+            y=(i % 4) / 10,
+            source="production",
+            time=time.time() - i,
+            predicted=i % 3,
+            request_id=f"p{i}" if i % 7 == 0 else None,
+        )
+        for i in range(20)
+    ]
+    body = Projection(
+        model="digits",
+        method="pca",
+        computed_at=time.time(),
+        seconds=0.01,
+        reference_count=20,
+        production_count=20,
+        points=tuple(points),
+    )
+    return body.model_dump(mode="json")
+
+
+def _page_errors(browser: Browser) -> list[str]:
+    """Console errors and exceptions of the page, not the browser's log of refused fetches (no data: 404)."""
+    return [error for error in browser.errors if "status of 40" not in error and "status of 50" not in error]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_projection_recovers_when_its_first_load_failed(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    computing = {"error": "the pca projection of 'digits' is being computed by its monitor; try again in 2 s"}
+    app = _Scripted(
+        create_app(make_settings()),
+        {"/v1/models/digits/projection": [(503, computing), (200, _projection_body())]},
+    )
+    projection = "document.getElementById('v-projection')"
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for(f"{projection}.dataset.state === 'empty'", "the first answer (503)")
+        shown = browser.evaluate(f"{projection}.querySelector('.empty').textContent")
+        assert shown.startswith("No data yet: 503: ") and "being computed" in shown, shown
+        browser.click("#v-projection .retry")
+        browser.wait_for(f"{projection}.dataset.state === 'ready'", "the projection after Retry")
+        assert _marks(browser) == 40
+        links = browser.evaluate("[...document.querySelectorAll('#v-projection .side a')].map(a => a.textContent)")
+        assert links == ["p14", "p7", "p0"]
+        x, y = browser.centre_of("#v-projection .mark")
+        browser.mouse("mouseMoved", x, y)
+        browser.wait_for("!document.getElementById('tooltip').hidden", "the tooltip")
+        assert app.asked["/v1/models/digits/projection"] == 2
+    assert _page_errors(browser) == []
+
+
+def _histogram(edges: list[float], production: list[int], reference: list[int]) -> Histogram:
+    return Histogram(edges=tuple(edges), production=tuple(production), reference=tuple(reference))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_margin_overflow_bin_is_open_and_drift_copy_follows_the_monitors_state(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    bins = 20
+    distributions = Distributions(
+        model="digits",
+        updated_at=time.time(),
+        production_count=200,
+        reference_count=100,
+        confidence=_histogram([i / bins for i in range(bins + 1)], [10] * bins, [5] * bins),
+        margin=_histogram([14 * i / bins for i in range(bins + 1)], [9] * (bins - 1) + [29], [5] * bins),
+    )
+    status = DriftStatus(model="digits", state="monitoring", examined=341, owner="m1", updated_at=time.time())
+    app = _Scripted(
+        create_app(make_settings()),
+        {
+            "/v1/models/digits/distributions": [(200, distributions.model_dump(mode="json"))],
+            "/v1/models/digits/drift": [(200, {**status.model_dump(mode="json"), "age_s": 1.0})],
+            "/v1/models/digits/drift/history": [(200, {"points": []})],
+        },
+    )
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('v-distributions').dataset.state === 'ready'", "the histograms")
+        browser.wait_for("document.getElementById('v-drift').dataset.state === 'empty'", "the drift view")
+        drift = browser.evaluate("document.querySelector('#v-drift .empty').textContent")
+        assert "monitoring" in drift and "341" in drift and "warming up" not in drift, drift
+        titles = browser.evaluate(
+            "[...document.querySelectorAll('#v-distributions svg.chart')].map(s =>"
+            " [...s.querySelectorAll('.mark title')].map(t => t.textContent))"
+        )
+        confidence, margin = titles
+        assert confidence[-1].startswith("0.95–1: production"), confidence[-1]
+        assert margin[-2].startswith("12.6–13.3: production"), margin[-2]
+        assert margin[-1].startswith("≥ 13.3"), margin[-1]
+        chart_text = browser.evaluate("document.querySelectorAll('#v-distributions svg.chart')[1].textContent")
+        assert "≥ 13.3" in chart_text
+    assert _page_errors(browser) == []
 
 
 # --- against a running demo --------------------------------------------------------------------

@@ -27,7 +27,7 @@ from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
 from helpers import MonitorRunner, event, load_torchscript, serve_app, wait_until
 from monitors.fleet.views import WANTED_TTL_S
-from sampler.explanation_records import ExplanationRecord, ExplanationSummary
+from sampler.explanation_records import ExplanationRecord, ExplanationStatus, ExplanationSummary
 from sampler.explanations import ExplanationStore
 from service.app import create_app
 from service.scores import summarise_rows
@@ -85,8 +85,9 @@ def _upload(client: TestClient, embeddings: Array, probabilities: Array) -> None
     assert client.put("/v1/models/digits/reference", json=body).status_code == 202
 
 
-def _store_explanations(redis_url: str, request_ids: list[str]) -> None:
-    """Real explanation records, as an attribution worker stores them."""
+def _store_explanations(redis_url: str, request_ids: list[str], *, status: ExplanationStatus = "done") -> None:
+    """Real explanation records, as an attribution worker stores them (``queued``: as the sidecar marks a
+    sampled event before any worker explained it)."""
 
     async def save() -> None:
         client = AsyncRedis.from_url(redis_url)
@@ -97,7 +98,7 @@ def _store_explanations(redis_url: str, request_ids: list[str]) -> None:
                     model="digits",
                     model_version="v1",
                     request_id=request_id,
-                    status="done",
+                    status=status,
                     reasons=("every_n",),
                     predicted=n % 10,
                     confidence=0.9,
@@ -139,6 +140,7 @@ def test_projection_has_reference_and_production_points_with_working_click_throu
     ids = _post(client, "p", production_x, production_p)
     explained = ids[::25]
     _store_explanations(redis_url, explained)
+    _store_explanations(redis_url, ids[5::25], status="queued")  # sampled, not explained: no ring, no link
     first = client.get("/v1/models/digits/projection")  # asking is what makes the monitor compute it
     assert first.status_code == 503 and first.headers["retry-after"].isdigit()
     assert "being computed" in first.json()["error"]
@@ -162,7 +164,7 @@ def test_projection_has_reference_and_production_points_with_working_click_throu
     by_order = dict(zip(ids, production, strict=True))  # the latest examined records, oldest first
     assert {rid: by_order[rid]["label"] for rid in labels} == labels
     assert all(by_order[rid]["label"] is None for rid in ids[30:])
-    # Click-through: exactly the sampled events carry their id, and each id opens its explanation.
+    # Click-through: exactly the explained events carry their id, and each id opens its explanation.
     clickable = [p["request_id"] for p in production if p["request_id"] is not None]
     assert clickable == explained
     for request_id in clickable:

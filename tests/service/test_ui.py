@@ -274,7 +274,7 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     record = httpx.get(f"{stored_site}/v1/explanations/digits/img0", headers={"Authorization": "Bearer read-token"})
     figures = record.json()
     agreement = browser.evaluate("document.querySelector('#detail .agreement').textContent")
-    assert ("low agreement" in agreement) == (figures["agreement"] < 0.3), agreement
+    assert ("low agreement" in agreement) == (figures["agreement"] < 0.2), agreement  # the verdicts' threshold
     rows = browser.evaluate(
         "[...document.querySelectorAll('table.sanity tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
     )
@@ -289,7 +289,7 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     assert [method for method, _, _ in verdicts] == METHODS
     for method, shown, why in verdicts:
         verdict = figures["attributions"][method]["verdict"]
-        assert shown == {True: "✓ trusted", False: "✗ not trusted", None: "? not measured"}[verdict["trusted"]]
+        assert shown == {True: "✓ trusted", False: "✗ not trusted", None: "? not judged"}[verdict["trusted"]]
         assert why.startswith(verdict["summary"]) and why.startswith(("Trusted", "Not trusted", "Not judged")), why
         later = verdict["passes_sanity"] is None and method in figures["sanity_flagged"]  # checked after this one
         assert ("A later sanity check" in why) == later, why
@@ -300,6 +300,90 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     shutil.copyfile(shot, SCREENSHOT_COPY)
     assert shot.read_bytes().startswith(b"\x89PNG")
     assert browser.errors == []
+
+
+def _save(redis_url: str, *records: ExplanationRecord) -> None:
+    async def save() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        try:
+            store = ExplanationStore(client, ttl_s=3600)
+            for record in records:
+                await store.save(record)
+        finally:
+            await client.aclose()
+
+    asyncio.run(save())
+
+
+def _done(request_id: str, agreement: float) -> ExplanationRecord:
+    """A finished record of two methods whose mean agreement is ``agreement`` (no verdicts stored)."""
+    rng = np.random.default_rng(1)
+    maps = {name: StoredAttribution.from_array(rng.normal(size=(1, 8, 8)), target=3) for name in ("saliency", "lime")}
+    summary = ExplanationSummary(
+        model="digits",
+        model_version="v1",
+        request_id=request_id,
+        status="done",
+        reasons=("low_confidence",),
+        predicted=3,
+        confidence=0.4,
+        timestamp=time.time() - 60,
+        methods=tuple(maps),
+    )
+    return ExplanationRecord(summary=summary, detail=ExplanationDetail(attributions=maps, agreement=agreement))
+
+
+def _show(browser: Browser, model_and_id: str) -> str:
+    """Open ``#model/id`` in the viewer; the detail's text once it has settled."""
+    browser.evaluate(f"location.hash = {json.dumps(model_and_id)}")
+    wanted = json.dumps(model_and_id.split("/", 1)[1])
+    browser.wait_for(
+        f"document.getElementById('detail-title')?.textContent === decodeURIComponent({wanted})"
+        " && document.getElementById('detail')?.dataset.state === 'ready'",
+        f"the detail of {model_and_id}",
+    )
+    text: str = browser.evaluate("document.getElementById('detail').textContent")
+    return text
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_viewer_uses_the_verdicts_threshold_and_refuses_answers_that_are_not_the_record(
+    make_settings: Callable[..., SidecarSettings], redis_url: str, browser: Browser
+) -> None:
+    queued = ExplanationSummary(
+        model="digits",
+        model_version="v1",
+        request_id="q1",
+        status="queued",
+        reasons=("every_n",),
+        predicted=1,
+        confidence=0.9,
+        timestamp=time.time() - 30,
+    )
+    _save(redis_url, _done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued))
+    with serve_app(create_app(make_settings())) as base:
+        browser.navigate(f"{base}/ui")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 3", "the list")
+        # One rule on one screen: the verdicts' threshold (0.2), not a second one of the viewer's own.
+        _show(browser, "digits/between")
+        agreement = browser.evaluate("document.querySelector('#detail .agreement').textContent")
+        assert "✓ the methods broadly agree (at least 0.20, the verdicts' threshold)" in agreement, agreement
+        _show(browser, "digits/low")
+        agreement = browser.evaluate("document.querySelector('#detail .agreement').textContent")
+        assert "low agreement (below 0.20, the verdicts' threshold)" in agreement, agreement
+        # A queued record has no input yet: it comes with the maps.
+        _show(browser, "digits/q1")
+        shown = browser.evaluate("document.querySelector('#detail figure.input').textContent")
+        assert "Shown once a worker has explained this event" in shown, shown
+        # Ids the browser turns into another route's address: an error, not a page of "undefined".
+        text = _show(browser, "digits/methods")  # the methods aggregate answers
+        banner = browser.evaluate("document.querySelector('#detail .banner-failed')?.textContent || ''")
+        assert banner.startswith("Cannot open “methods” here") and "undefined" not in text, text
+        text = _show(browser, "digits/%2E%2E")  # the path is normalised to /v1/explanations/
+        banner = browser.evaluate("document.querySelector('#detail .banner-failed')?.textContent || ''")
+        assert banner and "undefined" not in text, text
+    assert [error for error in browser.errors if "status of 4" not in error] == []
 
 
 def _open(browser: Browser, request_id: str) -> None:
