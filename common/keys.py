@@ -158,9 +158,26 @@ def distributions(model: str) -> str:
 # --- the KServe inference logger (service.kserve) ---------------------------------------------
 
 KSERVE_PENDING_INDEX = f"{PREFIX}:kserve-pending"
-"""Sorted set of the ce-ids of stored KServe requests, scored by when they become orphans (epoch s)."""
+"""Sorted set of the stored KServe requests (:func:`kserve_join_member`), scored by when they become orphans
+(epoch s)."""
 
 
-def kserve_pending(ce_id: str) -> str:
+def kserve_join_member(model: str, namespace: str, ce_id: str) -> str:
+    """A request's join scope: ``{len}:{model}:{len}:{namespace}:{ce_id}``. A ce-id is the caller's to choose (KServe
+    takes it from the ``Ce-Id`` header), so it is unique only within one model and namespace; the length prefixes
+    keep any two triples apart whatever characters they hold."""
+    return f"{len(model)}:{model}:{len(namespace)}:{namespace}:{ce_id}"
+
+
+def kserve_member_model(member: str) -> str:
+    """The model of a :func:`kserve_join_member` (or of an older ``{model}:{ce_id}`` one)."""
+    head, _, rest = member.partition(":")
+    size = int(head) if head.isdecimal() and len(head) <= 3 else -1
+    if 0 < size < len(rest) and rest[size] == ":":
+        return rest[:size]
+    return head
+
+
+def kserve_pending(model: str, namespace: str, ce_id: str) -> str:
     """A KServe request waiting for its response (JSON, with a TTL), or the marker a response leaves."""
-    return f"{PREFIX}:kserve:{ce_id}"
+    return f"{PREFIX}:kserve:{kserve_join_member(model, namespace, ce_id)}"

@@ -109,14 +109,14 @@ class _Sections:
         spec = {key: value for key, value in tensor.items() if key != "parameters"}
         if parameters:
             spec["parameters"] = parameters
-        if "data" in tensor:
-            return BinaryTensor(spec, None, "a tensor with binary_data_size must not also carry data")
         if self._offset is None:
             return BinaryTensor(spec, None, "an earlier binary_data_size was unreadable, so this section is unknown")
         if type(size) is not int or size < 0:
             self._offset = None
             return BinaryTensor(spec, None, f"must be a non-negative integer, got {size!r}")
         start, self._offset = self._offset, self._offset + size
+        if "data" in tensor:  # its section is there all the same: the later ones start after it
+            return BinaryTensor(spec, None, "a tensor with binary_data_size must not also carry data")
         if self._offset > len(self._tail):
             return BinaryTensor(
                 spec, None, f"section of {size} bytes at offset {start} runs past the body ({len(self._tail)} bytes)"

@@ -2,14 +2,21 @@
 
 The logger posts every request and every response of an InferenceService as CloudEvents
 (``service.kserve_payloads`` reads them). Behind a Kubernetes Service the two halves may reach
-different replicas, so they meet in Redis under ``keys.kserve_pending(ce_id)``:
+different replicas, so they meet in Redis under ``keys.kserve_pending(model, namespace, ce_id)`` (a ce-id is
+the caller's to choose, so it is unique only within one InferenceService):
 
 - a request stores its model inputs there (``SET NX EX``) and its id in ``keys.KSERVE_PENDING_INDEX``;
 - a response takes them (``GETDEL``) in one transaction that leaves a marker in their place, then
   ingests one event per instance (request ids ``{ce-id}:{i}``) through the ordinary data plane;
   with no request waiting it is ingested at once without inputs (monitored, not explainable);
 - a request that finds the marker came after its response: it is dropped and counted;
-- a request whose response never comes is counted by :meth:`KServeLogger.sweep` once its TTL is past.
+- a request whose response never comes is counted by :meth:`KServeLogger.sweep` once its TTL is past;
+- a response whose join timed out may have been joined or not (Redis may have run it, its reply came too late):
+  it is ingested at once without inputs rather than answered 503, since a retry would find its own marker and be
+  dropped as a duplicate (and KServe's logger never retries). A request it did not consume expires as an orphan.
+
+Only the mapped component's events (``kserve.component``, default ``predictor``) are read: a transformer's
+request and response are the same inference seen from outside, and counted as ``other_component``.
 
 This module owns the stored record's format (``{"v": 1, "inputs", "metadata"}``) and its keys.
 """
@@ -17,6 +24,8 @@ This module owns the stored record's format (``{"v": 1, "inputs", "metadata"}``)
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,14 +33,16 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import keys
 from common.codec import EncodedArray
 from common.errors import InvalidInput, RedisUnavailable, VaiError
+from common.names import VERSION_RE
 from common.numbers import ascii_decimal
 from common.redis import REDIS_FAILED, execute
 from common.timestamps import TimestampError, parse_timestamp
-from service.ingest import IngestHandler
+from service.ingest import IngestHandler, IngestResult
 from service.kserve_payloads import CloudEvent, Prediction, read_event, request_inputs, response_prediction
 from service.settings import KServeMapping, SidecarSettings
 
@@ -42,6 +53,8 @@ GRACE_S = 2.0
 """Past its key's TTL, an orphan is counted only after this, so a response just in time is never counted twice."""
 UNMAPPED = "__unmapped__"
 """The ``model`` label of events refused before a model was known."""
+MAX_VERSION = 64
+NOT_VERSION_TEXT = re.compile(r"[^!-~]")
 
 
 class KServeLogger:
@@ -61,16 +74,23 @@ class KServeLogger:
         self._ttl_s = settings.kserve_join_ttl_s
         self._max_batch = settings.max_batch
         self._clock = clock
-        self._mappings: dict[str, tuple[str, KServeMapping]] = {
+        self._mappings: dict[str, tuple[str, KServeMapping]] = {  # one section per service: SidecarSettings checks
             section.kserve.service or name: (name, section.kserve)
             for name, section in settings.models.items()
             if section.kserve is not None
         }
         self.events = Counter(
             "vai_kserve_events",
-            "KServe logger CloudEvents by outcome (request_stored, joined, response_only, request_dropped, "
-            "request_expired, duplicate, invalid).",
+            "KServe logger CloudEvents by outcome (request_stored, joined, count_mismatch, response_only, "
+            "request_dropped, request_expired, duplicate, other_component, invalid, redis_unavailable).",
             ["model", "outcome"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "vai_kserve_parts_dropped",
+            "Events of KServe responses monitored without a part that was unusable (label: no class of the "
+            "prediction; embedding: missing, or not one row per instance).",
+            ["model", "part"],
             registry=registry,
         )
 
@@ -80,17 +100,20 @@ class KServeLogger:
         return bool(self._mappings)
 
     async def handle(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-        """One CloudEvent; a small summary for the logger, or a ``VaiError`` naming what is wrong."""
+        """One CloudEvent; a small summary for the logger, or a ``VaiError`` naming what is wrong. Each ends in
+        exactly one ``vai_kserve_events_total`` outcome."""
         model = UNMAPPED
         try:
             event = read_event(headers, body)
             model, mapping = self._mapping(event)
+            if event.component != mapping.component:
+                self.events.labels(model, "other_component").inc()
+                return _reply("other_component", model, event.id)
             if event.is_request:
                 return await self._request(model, mapping, event)
             return await self._response(model, mapping, event)
         except VaiError as error:
-            if not isinstance(error, RedisUnavailable):
-                self.events.labels(model, "invalid").inc()
+            self.events.labels(model, "redis_unavailable" if isinstance(error, RedisUnavailable) else "invalid").inc()
             raise
 
     def _mapping(self, event: CloudEvent) -> tuple[str, KServeMapping]:
@@ -122,7 +145,8 @@ class KServeLogger:
                 "metadata": event.metadata,
             }
         )
-        key, member = keys.kserve_pending(event.id), f"{model}:{event.id}"
+        key = keys.kserve_pending(model, event.namespace, event.id)
+        member = keys.kserve_join_member(model, event.namespace, event.id)
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.set(key, record, nx=True, ex=self._ttl_s)
@@ -136,23 +160,21 @@ class KServeLogger:
             raise RedisUnavailable("redis is unavailable: KServe requests cannot wait for their responses") from None
         outcome = "request_stored" if stored else "request_dropped" if current == MARKER else "duplicate"
         self.events.labels(model, outcome).inc()
-        return {"outcome": outcome, "model": model, "id": event.id}
+        return _reply(outcome, model, event.id)
 
     async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
         prediction = response_prediction(event, mapping)
         try:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.getdel(keys.kserve_pending(event.id))
-            pipe.set(keys.kserve_pending(event.id), MARKER, ex=self._ttl_s)
-            pipe.zrem(keys.KSERVE_PENDING_INDEX, f"{model}:{event.id}")
-            previous, _, _ = await execute(pipe)
+            previous = await self._join(model, event)
+        except RedisTimeoutError:  # joined or not, unknown: monitored without inputs (module docstring)
+            previous = None
         except REDIS_FAILED:
             raise RedisUnavailable(
                 "redis is unavailable: KServe responses cannot be joined to their requests"
             ) from None
         if previous == MARKER:
             self.events.labels(model, "duplicate").inc()
-            return {"outcome": "duplicate", "model": model, "id": event.id, "accepted": 0}
+            return _reply("duplicate", model, event.id)
         record = _record(previous)
         stored = record.get("inputs") if record is not None else None
         inputs = stored if isinstance(stored, list) and len(stored) == len(prediction.scores) else None
@@ -163,19 +185,22 @@ class KServeLogger:
             if isinstance(stored, list) and inputs is None
             else "joined"
         )
-        body = _events_body(model, mapping, event, prediction, record, inputs)
+        body, dropped = _events_body(model, mapping, event, prediction, record, inputs)
         result = self._ingest.ingest(body)  # refused whole: counted by handle(), as invalid
         self.events.labels(model, outcome).inc()
-        return {
-            "outcome": outcome,
-            "model": model,
-            "id": event.id,
-            "accepted": result.accepted,
-            "rejected": [
-                {"index": item.index, "request_id": item.request_id, "field": item.field, "error": item.error}
-                for item in result.rejected
-            ],
-        }
+        for part in dropped:
+            self.dropped.labels(model, part).inc()
+        return _reply(outcome, model, event.id, result)
+
+    async def _join(self, model: str, event: CloudEvent) -> bytes | None:
+        """Take the request waiting for this response, leaving the marker in its place; what was there."""
+        key = keys.kserve_pending(model, event.namespace, event.id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.getdel(key)
+        pipe.set(key, MARKER, ex=self._ttl_s)
+        pipe.zrem(keys.KSERVE_PENDING_INDEX, keys.kserve_join_member(model, event.namespace, event.id))
+        previous, _, _ = await execute(pipe)
+        return previous if isinstance(previous, bytes) else None
 
     async def sweep(self, *, now: float | None = None, limit: int = 1000) -> int:
         """Count the requests whose response never came (each once, whichever replica sweeps); how many."""
@@ -193,8 +218,23 @@ class KServeLogger:
             return 0  # counted by a later sweep
         for member, gone in zip(due, removed, strict=True):
             if gone:
-                self.events.labels(member.decode().split(":", 1)[0], "request_expired").inc()
+                self.events.labels(keys.kserve_member_model(member.decode()), "request_expired").inc()
         return sum(1 for gone in removed if gone)
+
+
+def _reply(outcome: str, model: str, event_id: str, result: IngestResult | None = None) -> dict[str, Any]:
+    """The answer to KServe's logger: always ``{"outcome", "model", "id", "accepted", "rejected"}``."""
+    rejected = [] if result is None else result.rejected
+    return {
+        "outcome": outcome,
+        "model": model,
+        "id": event_id,
+        "accepted": 0 if result is None else result.accepted,
+        "rejected": [
+            {"index": item.index, "request_id": item.request_id, "field": item.field, "error": item.error}
+            for item in rejected
+        ],
+    }
 
 
 def _record(value: bytes | None) -> dict[str, Any] | None:
@@ -214,33 +254,50 @@ def _events_body(
     prediction: Prediction,
     record: dict[str, Any] | None,
     inputs: list[Any] | None,
-) -> bytes:
-    """The events of one response, as the ingest API's JSON with compact tensors; ``inputs``: the request's, one
-    per prediction, when they were kept and match in number."""
+) -> tuple[bytes, list[str]]:
+    """The events of one response, as the ingest API's JSON with compact tensors, and the parts left out of them
+    (one name per event and part); ``inputs``: the request's, one per prediction, when kept and matching in number."""
     metadata = {**(record.get("metadata") or {} if record is not None else {}), **event.metadata}
     common: dict[str, Any] = {
         "model": model,
-        "model_version": prediction.model_version or f"{event.service}-{event.endpoint}",
+        "model_version": _safe_version(prediction.model_version or f"{event.service}-{event.endpoint}"),
     }
     cohort = {key: metadata[key] for key in mapping.cohort_metadata if key in metadata}
     if cohort:
         common["cohort"] = cohort
     label = metadata.get(mapping.label_metadata) if mapping.label_metadata is not None else None
     label_index = None if label is None else ascii_decimal(label.strip(), max_digits=9)
-    if label_index is not None:  # anything else is no label: the event is still monitored
-        common["label"] = label_index
     if event.time is not None:
         with contextlib.suppress(TimestampError, ValueError):  # else the receive time stands in
             common["timestamp"] = parse_timestamp(event.time)
-    events = []
+    events, dropped = [], []
     for index, scores in enumerate(prediction.scores):
         item = {**common, "request_id": f"{event.id}:{index}", mapping.scores_are: _compact(scores)}
-        if prediction.embeddings is not None and index < len(prediction.embeddings):
-            item["embedding"] = _compact(prediction.embeddings[index])
+        if label_index is not None and label_index < scores.shape[-1]:
+            item["label"] = label_index
+        elif label is not None:  # no class of this prediction: the event is monitored without it
+            dropped.append("label")
+        embedding = prediction.embeddings[index] if prediction.embeddings is not None else None
+        if embedding is not None:
+            item["embedding"] = _compact(embedding)
+        elif prediction.embeddings is not None:
+            dropped.append("embedding")
         if inputs is not None:
             item["input"] = inputs[index]
         events.append(item)
-    return orjson.dumps({"events": events})
+    return orjson.dumps({"events": events}), dropped
+
+
+def _safe_version(text: str) -> str:
+    """``text`` as a version (1-64 visible ASCII characters): other characters become ``_``; a longer one keeps
+    its first 55 characters and ``~`` with 8 hex digits of its hash, so that two long versions stay apart."""
+    if VERSION_RE.match(text):
+        return text
+    cleaned = NOT_VERSION_TEXT.sub("_", text) or "_"
+    if len(cleaned) <= MAX_VERSION:
+        return cleaned
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned[: MAX_VERSION - 9]}~{digest}"
 
 
 def _compact(array: Any) -> dict[str, Any]:

@@ -44,16 +44,22 @@ Array = npt.NDArray[Any]
 
 @dataclass(frozen=True, slots=True)
 class CloudEvent:
-    """One logger event: its attributes, and its payload's JSON document and binary sections."""
+    """One logger event: its attributes, and its payload as received (read by :func:`request_inputs` and
+    :func:`response_prediction`, so that an event the mapping skips is never parsed)."""
 
     id: str
     is_request: bool
     service: str | None
+    namespace: str
+    """``ce-namespace``; ``""`` when absent. A ce-id is unique only within one InferenceService and namespace."""
+    component: str
+    """``ce-component`` (``predictor``, ``transformer``, ``explainer``); ``predictor`` when absent."""
     endpoint: str
     time: str | None
     metadata: dict[str, str]
-    document: dict[str, Any]
-    sections: bytes
+    payload: bytes | dict[str, Any]
+    """The payload's bytes, or in structured mode its ``data`` object, already parsed."""
+    header_length: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +67,9 @@ class Prediction:
     """A response payload, per instance."""
 
     scores: list[Array]
-    embeddings: list[Array] | None
+    embeddings: list[Array | None] | None
+    """One per instance (``None``: that instance's is missing or unusable, and it is monitored without one);
+    ``None`` when the mapping names no embedding."""
     model_version: str | None
 
 
@@ -95,21 +103,28 @@ def read_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         raise BadRequest(
             f"{prefix}type: {attributes['type']!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}", field=f"{prefix}type"
         )
-    document, sections = _split(payload, header_length)
-    service = attributes.get("inferenceservicename")
     return CloudEvent(
         id=attributes["id"],
         is_request=attributes["type"] == REQUEST_TYPE,
-        service=service if isinstance(service, str) and service else None,
+        service=_text(attributes, "inferenceservicename") or None,
+        namespace=_text(attributes, "namespace"),
+        component=_text(attributes, "component") or "predictor",
         endpoint=str(attributes.get("endpoint") or "default"),
         time=attributes["time"] if isinstance(attributes.get("time"), str) else None,
         metadata=_metadata(attributes.get("metadata"), f"{prefix}metadata"),
-        document=document,
-        sections=sections,
+        payload=payload,
+        header_length=header_length,
     )
 
 
-def _structured(body: bytes) -> tuple[dict[str, Any], bytes, str | None, str]:
+def _text(attributes: dict[str, Any], name: str) -> str:
+    value = attributes.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _structured(body: bytes) -> tuple[dict[str, Any], bytes | dict[str, Any], str | None, str]:
+    """Attributes, and the payload: bytes, or the JSON object ``data`` already parsed (orjson writes 254 levels of
+    nesting at most but reads 1,024, so serialising it again could fail)."""
     try:
         attributes = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -124,7 +139,7 @@ def _structured(body: bytes) -> tuple[dict[str, Any], bytes, str | None, str]:
     elif isinstance(attributes.get("data"), str):
         payload = attributes["data"].encode()
     elif isinstance(attributes.get("data"), dict):
-        payload = orjson.dumps(attributes["data"])
+        payload = attributes["data"]
     else:
         raise InvalidInput("data: missing; it must hold the inference payload", field="data")
     length = attributes.get(HEADER_LENGTH.replace("-", ""))
@@ -147,6 +162,13 @@ def _metadata(value: Any, field: str) -> dict[str, str]:
         if isinstance(first, str):
             metadata[str(key)] = first
     return metadata
+
+
+def _document(event: CloudEvent) -> tuple[dict[str, Any], bytes]:
+    """The payload's JSON document and its binary sections."""
+    if isinstance(event.payload, dict):
+        return event.payload, b""
+    return _split(event.payload, event.header_length)
 
 
 def _split(payload: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -189,18 +211,18 @@ def _parse_prefix(payload: bytes) -> tuple[Any, int]:
 
 def request_inputs(event: CloudEvent, mapping: KServeMapping) -> list[Array] | None:
     """Each instance's model input, or ``None`` when the mapping keeps none."""
+    document, sections = _document(event)
     if mapping.input is None:
         return None
-    document = event.document
     if "inputs" in document and isinstance(document["inputs"], list):
-        tensors = _v2_tensors(document["inputs"], event.sections, "inputs")
+        tensors = _v2_tensors(document["inputs"], sections, "inputs")
         if mapping.input not in tensors:
             raise InvalidInput(f"inputs: no tensor named {mapping.input!r} (kserve.input)", field="inputs")
-        rows = _rows(_convert(tensors[mapping.input]), None)
+        where, _ = tensors[mapping.input]
+        rows = [_finite(row, where) for row in _instances(_convert(tensors[mapping.input]))]
     elif isinstance(document.get("instances"), list):
         rows = [
-            _v1_array(item, mapping.input, f"instances[{index}]", np.float32, whole=V1_WHOLE_INSTANCE)
-            for index, item in enumerate(document["instances"])
+            _v1_input(item, mapping.input, f"instances[{index}]") for index, item in enumerate(document["instances"])
         ]
     else:
         raise InvalidInput("body: a request payload needs 'instances' (v1) or 'inputs' (v2)", field="body")
@@ -218,31 +240,23 @@ def request_inputs(event: CloudEvent, mapping: KServeMapping) -> list[Array] | N
 
 def response_prediction(event: CloudEvent, mapping: KServeMapping) -> Prediction:
     """Each instance's scores (and embedding) of a response payload."""
-    document = event.document
+    document, sections = _document(event)
     if "outputs" in document and isinstance(document["outputs"], list):
-        tensors = _v2_tensors(document["outputs"], event.sections, "outputs")
+        tensors = _v2_tensors(document["outputs"], sections, "outputs")
         if not tensors:
             raise InvalidInput("outputs: empty; the response holds no output tensor", field="outputs")
         scores_name = mapping.scores or next(iter(tensors))
         if scores_name not in tensors:
             raise InvalidInput(f"outputs: no tensor named {scores_name!r} (kserve.scores)", field="outputs")
-        scores = _rows(_convert(tensors[scores_name]), None)
-        embeddings = None
-        if mapping.embedding is not None:
-            if mapping.embedding not in tensors:
-                raise InvalidInput(
-                    f"outputs: no tensor named {mapping.embedding!r} (kserve.embedding)", field="outputs"
-                )
-            embeddings = _rows(_convert(tensors[mapping.embedding]), len(scores))
+        scores = _score_rows(tensors[scores_name])
+        embeddings = None if mapping.embedding is None else _v2_embeddings(tensors.get(mapping.embedding), len(scores))
         version = document.get("model_version")
         return Prediction(scores, embeddings, version if isinstance(version, str) and version else None)
     if isinstance(document.get("predictions"), list):
         items = document["predictions"]
         return Prediction(
             [_v1_array(item, mapping.scores, f"predictions[{i}]", np.float64) for i, item in enumerate(items)],
-            None
-            if mapping.embedding is None
-            else [_v1_array(item, mapping.embedding, f"predictions[{i}]", np.float64) for i, item in enumerate(items)],
+            None if mapping.embedding is None else _v1_embeddings(items, mapping.embedding),
             None,
         )
     raise InvalidInput("body: a response payload needs 'predictions' (v1) or 'outputs' (v2)", field="body")
@@ -270,6 +284,11 @@ def _v2_tensors(tensors: list[Any], sections: bytes, field: str) -> dict[str, tu
             problem = f"section of {size} bytes at offset {offset} runs past the body ({len(sections)} bytes)"
             value, offset = BinaryTensor(spec, section, "" if section is not None else problem), offset + size
         found[tensor["name"]] = (where, value)
+    if offset < len(sections):  # the framing is wrong: refused as /v1/events refuses it
+        raise InvalidInput(
+            f"body: {len(sections) - offset} bytes after the binary sections are referenced by no binary_data_size",
+            field=HEADER_LENGTH,
+        )
     return found
 
 
@@ -281,11 +300,56 @@ def _convert(entry: tuple[str, Any]) -> Array:
         raise InvalidInput(str(error), field=error.field) from None
 
 
-def _rows(array: Array, count: int | None) -> list[Array]:
-    """One row per instance: the first dimension is the batch (a 1-D tensor is one instance)."""
-    if array.ndim == 1 or (count == 1 and array.shape[0] != 1):
-        return [array]
+def _instances(array: Array) -> list[Array]:
+    """One input per instance: the first dimension is the batch (a 1-D input tensor is one instance)."""
+    return [array] if array.ndim == 1 else list(array)
+
+
+def _v1_input(item: Any, key: str, where: str) -> Array:
+    return _finite(_v1_array(item, key, where, np.float32, whole=V1_WHOLE_INSTANCE), where)
+
+
+def _finite(row: Array, where: str) -> Array:
+    """``row``, refused naming ``where`` when it holds NaN or infinity (a value past float32 becomes infinity):
+    kept, it would have its prediction refused at the join."""
+    if np.issubdtype(row.dtype, np.floating) and not np.isfinite(row).all():
+        raise InvalidInput(f"{where}: holds NaN or infinite values (or values past float32)", field=where)
+    return row
+
+
+def _score_rows(entry: tuple[str, Any]) -> list[Array]:
+    """One row of scores per instance: the first dimension of a v2 tensor is the batch."""
+    array = _convert(entry)
+    if array.ndim < 2:
+        where = entry[0]
+        raise InvalidInput(
+            f"{where}: shape {list(array.shape)} is one value per instance (the first dimension is the batch); "
+            "scores need [batch, classes]",
+            field=where,
+        )
     return list(array)
+
+
+def _v2_embeddings(entry: tuple[str, Any] | None, count: int) -> list[Array | None]:
+    """One embedding per instance, or none at all when the tensor is missing or not ``[count, ...]``."""
+    array = None if entry is None else _convert(entry)
+    if array is None or array.ndim < 2 or array.shape[0] != count:
+        return [None] * count
+    return list(array)
+
+
+def _v1_embeddings(items: list[Any], key: str) -> list[Array | None]:
+    """Each prediction's embedding; ``None`` where a prediction has none."""
+    return [
+        _v1_array(item, key, f"predictions[{index}]", np.float64) if _has(item, key) else None
+        for index, item in enumerate(items)
+    ]
+
+
+def _has(item: Any, key: str) -> bool:
+    if isinstance(item, dict):
+        return key in item
+    return isinstance(item, list) and key.isdigit() and int(key) < len(item)
 
 
 def _v1_array(item: Any, key: str | None, where: str, dtype: type[np.generic], *, whole: str | None = None) -> Array:
@@ -298,7 +362,8 @@ def _v1_array(item: Any, key: str | None, where: str, dtype: type[np.generic], *
         else:
             raise InvalidInput(f"{where}: has no {key!r} (kserve mapping)", field=where)
     try:
-        array = np.asarray(value, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # a value past the dtype's range: checked by the caller
+            array = np.asarray(value, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"{where}: must be a (nested) list of numbers", field=where) from None
     if array.ndim == 0:

@@ -132,9 +132,16 @@ def stop_child(process: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> 
 
 def _refuses_open_bind(settings: SidecarSettings) -> bool:
     if not settings.open_without_auth:
+        if settings.kserve_open:
+            log.warning(
+                "POST /v1/cloudevents takes events without a token (VAI_KSERVE_OPEN): let a NetworkPolicy admit "
+                "only the InferenceServices' pods to port %s",
+                settings.port,
+            )
         return False
     log.error(
-        "refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS or bind 127.0.0.1",
+        "refusing to bind %s with auth off: set VAI_INGEST_TOKENS/VAI_READ_TOKENS/VAI_ADMIN_TOKENS (KServe's logger "
+        "needs none with VAI_KSERVE_OPEN=true) or bind 127.0.0.1",
         settings.host,
     )
     return True

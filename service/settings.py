@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.names import MODEL_PATTERN, MODEL_RE
 from common.settings import CommaList, RoleSettings
 from sampler.policy import SamplingPolicy
 
@@ -46,7 +47,11 @@ class KServeMapping(BaseModel):
     cohort_metadata: list[str] = Field(default_factory=list)
     """Keys of ``ce-metadata`` (the request headers the logger forwards) copied into the event's cohort."""
     label_metadata: str | None = None
-    """Key of ``ce-metadata`` holding a ground-truth class index, when the caller knows it. Unset: none."""
+    """Key of ``ce-metadata`` holding a ground-truth class index, when the caller knows it. Unset: none.
+    A value that is no class of the prediction is dropped (counted), and the event monitored without it."""
+    component: Literal["predictor", "transformer", "explainer"] = "predictor"
+    """The InferenceService component (``ce-component``) whose events are ingested; the logger of every other
+    component is answered 200 and counted as ``other_component``, so one inference is monitored once."""
 
 
 class ModelConfig(BaseModel):
@@ -101,6 +106,10 @@ class SidecarSettings(RoleSettings):
     """Recent request ids remembered per model to reject duplicates (0 disables)."""
     kserve_join_ttl_s: int = Field(default=60, ge=1)
     """How long a KServe request waits in Redis for its response (``POST /v1/cloudevents``); later, it is an orphan."""
+    kserve_open: bool = False
+    """``POST /v1/cloudevents`` takes events without a token (KServe's logger cannot send one); every other route
+    keeps its tokens. Anyone who reaches the port can then post events of the mapped models: let a Kubernetes
+    NetworkPolicy admit only the InferenceServices' pods to it. Set tokens too to bind a non-loopback address."""
 
     sampling: SamplingPolicy = SamplingPolicy()
     """Default sampling policy (``VAI_SAMPLING__EVERY_N=10`` or ``[sampling]`` in the file)."""
@@ -159,6 +168,25 @@ class SidecarSettings(RoleSettings):
                 self.model_policy(name)
             except ValidationError as error:
                 raise ValueError(f"models.{name}.sampling: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _check_kserve_sections(self) -> SidecarSettings:
+        mapped: dict[str, str] = {}
+        for name, section in self.models.items():
+            if section.kserve is None:
+                continue
+            if not MODEL_RE.match(name):
+                raise ValueError(
+                    f"models.{name}: not a model name ({MODEL_PATTERN}), so its kserve events could never be ingested"
+                )
+            service = section.kserve.service or name
+            if service in mapped:
+                raise ValueError(
+                    f"models.{mapped[service]}.kserve and models.{name}.kserve both map InferenceService {service!r} "
+                    "(kserve.service, default: the section name); each InferenceService maps to one section"
+                )
+            mapped[service] = name
         return self
 
     @property
