@@ -1,9 +1,10 @@
 """KServe's inference logger as a source of events: join each request to its response, then ingest.
 
 The logger posts every request and every response of an InferenceService as CloudEvents
-(``service.kserve_payloads`` reads them). Behind a Kubernetes Service the two halves may reach
-different replicas, so they meet in Redis under ``keys.kserve_pending(model, namespace, ce_id)`` (a ce-id is
-the caller's to choose, so it is unique only within one InferenceService):
+(``service.cloudevents`` and ``service.kserve_payloads`` read them). Behind a Kubernetes Service the
+two halves may reach different replicas, so they meet in Redis under
+``keys.kserve_pending(model, namespace, ce_id)`` (a ce-id is the caller's to choose, so it is unique only
+within one InferenceService):
 
 - a request stores its model inputs there (``SET NX EX``) and its id in ``keys.KSERVE_PENDING_INDEX``;
 - a response takes them (``GETDEL``) in one transaction that leaves a marker in their place, then
@@ -42,8 +43,9 @@ from common.names import VERSION_RE
 from common.numbers import ascii_decimal
 from common.redis import REDIS_FAILED, execute
 from common.timestamps import TimestampError, parse_timestamp
+from service.cloudevents import CloudEvent, read_event
 from service.ingest import IngestHandler, IngestResult
-from service.kserve_payloads import CloudEvent, Prediction, read_event, request_inputs, response_prediction
+from service.kserve_payloads import Prediction, request_inputs, response_prediction
 from service.settings import KServeMapping, SidecarSettings
 
 RECORD_VERSION = 1
