@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import BadRequest, InvalidInput, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from common.numbers import ascii_decimal
+from service.errors import first_problem
 
 M = TypeVar("M", bound=BaseModel)
 NOT_UNICODE = "not valid Unicode: invalid UTF-8, or a UTF-16 surrogate escape (\\ud800 to \\udfff) without its pair"
@@ -93,9 +94,8 @@ def parse_json(body: bytes, model: type[M], *, text_checked_by_model: bool = Fal
     try:
         return model.model_validate(document)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "body"
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+        field, message = first_problem(error)
+        raise InvalidInput(message, field=field) from None
 
 
 def lenient_json(text: bytes) -> tuple[Any, bool]:

@@ -1,6 +1,9 @@
-"""The per-field error of event validation. HTTP errors are the project's one family, ``common.errors``."""
+"""The per-field error of event validation, and pydantic's errors as a field and a message. HTTP errors are the
+project's one family, ``common.errors``."""
 
 from __future__ import annotations
+
+from pydantic import ValidationError
 
 
 class FieldError(ValueError):
@@ -10,3 +13,11 @@ class FieldError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = reason
+
+
+def first_problem(error: ValidationError, *prefix: str) -> tuple[str, str]:
+    """The first problem pydantic found: its field's dotted path (after ``prefix``; ``body`` for the whole) and
+    ``"path: message"``, as every 4xx of ours names it."""
+    first = error.errors()[0]
+    field = ".".join([*prefix, *(str(part) for part in first["loc"])]) or "body"
+    return field, f"{field}: {first['msg']}"

@@ -29,6 +29,7 @@ from monitors.fleet.references import ReferenceStore
 from monitors.fleet.results import DriftStatus, QualityReport
 from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
 from service.body import NOT_UNICODE, not_unicode_at, printable
+from service.errors import first_problem
 from service.feed_writer import LABELLED, FeedWriter
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,7 @@ class Monitoring:
                     raise ValueError(f"{path}: {NOT_UNICODE}")
                 valid = LabelIn.model_validate(item)
             except ValidationError as error:
-                first = error.errors()[0]
-                path = ".".join(["labels", str(index), *(str(part) for part in first["loc"])])
-                message = f"{path}: {first['msg']}"
+                _, message = first_problem(error, "labels", str(index))
             except ValueError as error:
                 message = str(error)
             except RecursionError:

@@ -22,6 +22,7 @@ from sampler.policy_store import PolicyStore
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.auth import TokenAuth
+from service.errors import first_problem
 from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
 from service.kserve import KServeLogger
@@ -165,9 +166,8 @@ class Sidecar:
         try:
             _, overrides = self.sampler.preview(model, changes)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            raise InvalidInput(f"{where}: {first['msg']}", field=where) from None
+            field, message = first_problem(error)
+            raise InvalidInput(message, field=field) from None
         await self.policies.save(model, changes)  # RedisUnavailable (503) when Redis fails
         return self.sampler.set_overrides(model, overrides)
 
