@@ -203,9 +203,6 @@ def test_dependencies_wait_for_health_or_completion() -> None:
         ("worker-gpu", "models"): "service_completed_successfully",
         ("demo-traffic", "sidecar"): "service_healthy",
         ("demo-traffic", "models"): "service_completed_successfully",
-        ("prometheus", "sidecar"): "service_healthy",
-        ("prometheus", "monitor"): "service_healthy",
-        ("prometheus", "worker"): "service_healthy",
         ("prometheus", "alertmanager"): "service_healthy",
         ("alertmanager", "alert-log"): "service_healthy",
         ("grafana", "prometheus"): "service_healthy",
@@ -215,6 +212,20 @@ def test_dependencies_wait_for_health_or_completion() -> None:
             assert services[dependency]["healthcheck"].get("disable") is not True, f"{name} -> {dependency}"
         else:
             assert dependency in ONE_SHOT
+
+
+def test_prometheus_and_grafana_never_wait_for_a_role() -> None:
+    """The stack that alerts on a role being down must start while that role is down: not even
+    `service_started`, which fails too when the role's own dependency (the `models` job) fails."""
+    services = _services()
+    roles = {"sidecar", "monitor", "worker", "worker-gpu", "models", "demo-traffic"}
+
+    def depends_on(name: str) -> set[str]:
+        direct = set(services[name].get("depends_on", {}))
+        return direct.union(*(depends_on(dependency) for dependency in direct))
+
+    for name in ("prometheus", "grafana", "alertmanager"):
+        assert depends_on(name) & roles == set(), f"{name} depends on {sorted(depends_on(name) & roles)}"
 
 
 def test_redis_persists_and_refuses_writes_when_full() -> None:
@@ -430,6 +441,154 @@ def test_alertmanager_config_names_real_alerts_and_the_webhook_service() -> None
     urls = [hook["url"] for receiver in config["receivers"] for hook in receiver.get("webhook_configs", [])]
     assert urls and all(url.startswith(f"http://alert-log:{port}/") for url in urls)
     assert "./deploy/alertmanager:/etc/alertmanager:ro" in _services()["alertmanager"]["volumes"]
+
+
+_AGGREGATION = re.compile(r"\b(?:sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\)\s*)?\(")
+
+
+def _carried_labels(expr: str) -> set[str]:
+    """Of instance and model, the labels an alert's series carry (an aggregation keeps them)."""
+    aggregations = _AGGREGATION.findall(expr)
+    if not aggregations:
+        return {"instance"}  # a per-target series (up, vai_redis_up, ...): instance, never model
+    kept = {label.strip() for by in aggregations for label in by.split(",")}
+    return kept & {"instance", "model"}
+
+
+def _inhibit_cases() -> list[Any]:
+    alerts = {
+        rule["alert"]: _carried_labels(rule["expr"])
+        for group in yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    cases = []
+    for rule in yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))["inhibit_rules"]:
+        named = []
+        for side in ("source_matchers", "target_matchers"):
+            found = [re.fullmatch(r'alertname=~?"([^"]+)"', matcher) for matcher in rule[side]]
+            named.append({name: alerts[name] for match in found if match for name in match.group(1).split("|")})
+        if named[0]:
+            cases.append(pytest.param(named[0], named[1], set(rule.get("equal", [])), id="+".join(sorted(named[0]))))
+    return cases
+
+
+@pytest.mark.parametrize(("sources", "targets", "equal"), _inhibit_cases())
+def test_inhibitions_hold_back_only_what_their_cause_explains(
+    sources: dict[str, set[str]], targets: dict[str, set[str]], equal: set[str]
+) -> None:
+    """Alertmanager treats a missing `equal` as always equal: a per-instance source with no
+    `equal: [instance]` would let one replica or worker silence the whole fleet's alerts."""
+    for source, carried in sources.items():
+        for label in ("instance", "model"):
+            if label in carried:
+                assert label in equal, f"{source} is per {label}: it may only hold back its own {label}'s alerts"
+    for label in equal:
+        for name, carried in {**sources, **targets}.items():
+            assert label in carried, f"equal: [{label}], but {name} has no {label}: the rule never matches"
+
+
+def _alert(name: str, severity: str = "warning", **labels: str) -> dict[str, Any]:
+    return {"labels": {"alertname": name, "severity": severity, **labels}, "annotations": {}}
+
+
+def test_alertmanager_inhibits_only_within_the_cause_s_scope(tmp_path: Path) -> None:
+    """A real Alertmanager with deploy/alertmanager/alertmanager.yml: one worker or one replica in
+    trouble silences nothing of the rest of the fleet; a fleet-wide cause silences what it explains."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("alertmanager is not installed (Debian package prometheus-alertmanager)")
+        pytest.skip("alertmanager is not installed (Debian package prometheus-alertmanager)")
+    port = free_port()
+    log = tmp_path / "alertmanager.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={ALERTMANAGER}",
+                f"--storage.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/api/v2"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout_s=30, what="Alertmanager to answer", interval_s=0.1)
+        sent = [
+            # One worker cut off from Redis, one worker down, one sidecar replica cut off from Redis.
+            _alert("VaiWorkerRedisDown", job="vai-worker", instance="w1:8001"),
+            _alert("VaiAttributionWorkerDown", job="vai-worker", instance="w2:8001"),
+            _alert("VaiSidecarRedisDown", "critical", job="vai-sidecar", instance="a:8000"),
+            _alert("VaiSidecarBufferNotDraining", job="vai-sidecar", instance="a:8000"),
+            _alert("VaiSidecarBufferNotDraining", job="vai-sidecar", instance="b:8000"),
+            _alert("VaiDeadLetters", model="digits"),
+            _alert("VaiSidecarSamplesLost", model="digits", reason="queue_full"),
+            _alert("VaiExplanationLagHigh", model="img"),
+            # No worker at all for `text`.
+            _alert("VaiNoAttributionWorker", model="text"),
+            _alert("VaiSidecarQueueBacklogHigh", model="text"),
+            _alert("VaiSidecarQueueBacklogHigh", model="img"),
+        ]
+        assert httpx.post(f"{url}/alerts", json=sent, timeout=5).status_code == 200
+
+        def inhibited() -> dict[tuple[str, str], bool] | None:
+            alerts = httpx.get(f"{url}/alerts", timeout=5).json()
+            if len(alerts) < len(sent):
+                return None
+            return {
+                (a["labels"]["alertname"], a["labels"].get("instance") or a["labels"].get("model", "")): bool(
+                    a["status"]["inhibitedBy"]
+                )
+                for a in alerts
+            }
+
+        state = wait_until(inhibited, timeout_s=10, what="the alerts stored")
+        assert state == {
+            ("VaiWorkerRedisDown", "w1:8001"): False,
+            ("VaiAttributionWorkerDown", "w2:8001"): False,
+            ("VaiSidecarRedisDown", "a:8000"): False,
+            ("VaiSidecarBufferNotDraining", "a:8000"): True,
+            ("VaiSidecarBufferNotDraining", "b:8000"): False,
+            ("VaiDeadLetters", "digits"): False,
+            ("VaiSidecarSamplesLost", "digits"): False,
+            ("VaiExplanationLagHigh", "img"): False,
+            ("VaiNoAttributionWorker", "text"): False,
+            ("VaiSidecarQueueBacklogHigh", "text"): True,
+            ("VaiSidecarQueueBacklogHigh", "img"): False,
+        }
+        # Redis down for every sidecar: the outage pages once.
+        assert httpx.post(f"{url}/alerts", json=[_alert("VaiRedisDown", "critical")], timeout=5).status_code == 200
+
+        def fleet_inhibited() -> dict[tuple[str, str], bool] | None:
+            now = inhibited()
+            return now if now and now[("VaiDeadLetters", "digits")] else None
+
+        state = wait_until(fleet_inhibited, timeout_s=10, what="the fleet-wide inhibition")
+        held = {key for key, value in state.items() if value}
+        assert held == {
+            ("VaiWorkerRedisDown", "w1:8001"),
+            ("VaiSidecarRedisDown", "a:8000"),
+            ("VaiSidecarBufferNotDraining", "a:8000"),
+            ("VaiSidecarBufferNotDraining", "b:8000"),
+            ("VaiDeadLetters", "digits"),
+            ("VaiSidecarSamplesLost", "digits"),
+            ("VaiExplanationLagHigh", "img"),
+            ("VaiSidecarQueueBacklogHigh", "text"),
+            ("VaiSidecarQueueBacklogHigh", "img"),
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def test_alert_log_prints_each_alert_it_is_sent(tmp_path: Path) -> None:

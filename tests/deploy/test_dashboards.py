@@ -202,3 +202,52 @@ def test_provisioning_matches_the_dashboard_and_compose() -> None:
     mounts = dict(volume.split(":")[:2] for volume in compose["grafana"]["volumes"])
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def _unit_kind(unit: str) -> str:
+    return {"s": "seconds", "ms": "seconds", "bytes": "bytes", "decbytes": "bytes"}.get(unit, "other")
+
+
+def _query_kind(expr: str) -> str:
+    names = set(METRIC_NAME.findall(expr))
+    if names and all(re.search(r"_seconds(_bucket|_sum|_count)?$", name) for name in names):
+        return "other" if "_count" in expr and "histogram_quantile" not in expr else "seconds"
+    if names and all(re.search(r"_bytes$", name) for name in names):
+        return "bytes"
+    return "other"
+
+
+@pytest.mark.parametrize(
+    "panel", [pytest.param(p, id=f"{p['id']}-{p['title']}") for p in _queries() if len(p.get("targets", [])) > 1]
+)
+def test_a_query_in_another_unit_than_the_panels_has_its_own_unit(panel: dict[str, Any]) -> None:
+    """Records and seconds on one axis read as one scale: the odd query needs an override with its unit."""
+    default = _unit_kind(panel["fieldConfig"]["defaults"].get("unit", ""))
+    overridden = {
+        override["matcher"]["options"]
+        for override in panel["fieldConfig"].get("overrides", [])
+        if override["matcher"]["id"] == "byFrameRefID" and any(p["id"] == "unit" for p in override["properties"])
+    }
+    for target in panel["targets"]:
+        if _query_kind(target["expr"]) != default:
+            assert target["refId"] in overridden, f"query {target['refId']} is in another unit than the panel's"
+
+
+def test_sanity_panel_names_the_methods_the_alert_watches() -> None:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))
+    (sanity,) = [
+        r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "VaiAttributionMethodFailsSanityCheck"
+    ]
+    watched = re.search(r'method=~"([^"]+)"', sanity["expr"])
+    assert watched is not None
+    (panel,) = [p for p in _queries() if "vai_attribution_sanity_similarity" in json.dumps(p.get("targets"))]
+    methods = {"gradcam", "saliency", "lime", "integrated_gradients", "occlusion", "gradient_shap"}
+    named = {word for word in re.findall(r"[a-z_]+", panel["description"]) if word in methods}
+    assert named == set(watched.group(1).split("|"))
+
+
+def test_explanation_status_panel_says_failures_count_once() -> None:
+    """The worker counts failed, dead and trimmed entries once, with method="-" (attribution_workers/worker.py)."""
+    (panel,) = [p for p in _queries() if p["title"] == "Explanations by status"]
+    assert 'method="-"' in panel["description"]
+    assert "once" in panel["description"]

@@ -408,11 +408,40 @@ def test_each_role_accepts_its_environment_and_the_config_file(
                 assert any(weights.is_relative_to(mount) for mount in mounts), f"{weights} is on no volume"
 
 
-def test_the_sidecar_is_sized_for_its_footprint_and_probed_on_livez(built: list[Obj]) -> None:
+MIB = 1024 * 1024
+_QUANTITY = {"Ki": 1024, "Mi": MIB, "Gi": 1024 * MIB}
+SIDECAR_IDLE_BYTES = 90 * MIB
+"""Resident sidecar with headroom, buffers empty (measured ~80-95 MiB, python -m benchmarks.startup)."""
+EMBEDDING_WIDTH = 512
+"""The widest embedding the example is sized for (the comment in model-server.yaml gives the formula)."""
+MONITOR_RECORD_OVERHEAD_BYTES = 1024
+
+
+def _bytes(quantity: str) -> int:
+    found = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity)
+    assert found is not None, f"{quantity}: not a quantity in Ki, Mi or Gi"
+    return int(found.group(1)) * _QUANTITY[found.group(2)]
+
+
+def test_the_sidecar_is_sized_for_its_footprint_and_probed_on_livez(
+    built: list[Obj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sidecars = [(template, container) for role, template, container in _vai_containers(built) if role == "serve"]
     assert len(sidecars) == 1
     template, container = sidecars[0]
-    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    assert set(container["resources"]["limits"]) == {"memory"}, "no CPU limit: throttling only delays events"
+    # A Redis outage fills both buffers to their caps; an OOM kill then loses every buffered sample.
+    # Measured: 348 MiB resident at the default caps with 512-wide embeddings.
+    settings = _settings(container, template, built, tmp_path, monkeypatch)
+    full = (
+        SIDECAR_IDLE_BYTES
+        + settings.buffer_max_bytes
+        + settings.monitor_buffer_records * (8 * EMBEDDING_WIDTH + MONITOR_RECORD_OVERHEAD_BYTES)
+    )
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    assert limit >= full, f"limit {limit / MIB:.0f} MiB < {full / MIB:.0f} MiB with both buffers full"
+    assert limit >= 348 * MIB
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/livez", "port": "vai-http"}, probe
     # The pod also runs the model server: the sidecar's port name must not clash with its ports.
@@ -608,6 +637,26 @@ def test_keda_reads_the_redis_the_workers_use(built: list[Obj]) -> None:
         assert params["password"] == url.password
         assert trigger["metadata"]["databaseIndex"] == (url.path.strip("/") or "0")
         assert trigger["metadata"]["enableTLS"] == str(url.scheme == "rediss").lower()
+
+
+def test_the_model_server_sends_exactly_one_ingest_token(
+    built: list[Obj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidecar takes a comma-separated list (several during a rotation); a bearer header takes one."""
+    (server,) = [
+        container
+        for template in (t for _, t in _templates(built))
+        for container in template["spec"].get("containers", [])
+        if container["name"] == "model-server"
+    ]
+    ref = _env(server, "SIDECAR_INGEST_TOKEN")["valueFrom"]["secretKeyRef"]
+    token = _secret(built, ref["name"])[ref["key"]]
+    assert "," not in token and token.strip() == token and token
+    ((_, template, sidecar),) = [entry for entry in _vai_containers(built) if entry[0] == "serve"]
+    ingest = _env(sidecar, "VAI_INGEST_TOKENS")["valueFrom"]["secretKeyRef"]
+    assert ref["key"] != ingest["key"], "the ingest-tokens key is a list, documented as comma-separated"
+    settings = _settings(sidecar, template, built, tmp_path, monkeypatch)
+    assert token in list(settings.ingest_tokens)
 
 
 def test_example_secrets_are_marked_placeholders(built: list[Obj]) -> None:

@@ -147,3 +147,51 @@ def test_alert_names_are_unique() -> None:
 def test_runbook_names_only_exported_series(exported_names: frozenset[str]) -> None:
     used = set(METRIC_NAME.findall(RUNBOOK.read_text(encoding="utf-8")))
     assert used <= exported_names, f"not exported by the sidecar: {sorted(used - exported_names)}"
+
+
+def _runbook_sections() -> dict[str, str]:
+    parts = re.split(r"^## (.+)$", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_runbook_names_only_files_that_exist() -> None:
+    paths = set(re.findall(r"`([\w./-]+\.(?:py|ya?ml|json|toml|env|md))`", RUNBOOK.read_text(encoding="utf-8")))
+    assert paths
+    assert {path for path in paths if not (ROOT / path).exists()} == set()
+
+
+@pytest.mark.parametrize("section", list(_runbook_sections()))
+def test_runbook_gives_kubernetes_commands_beside_compose_ones(section: str) -> None:
+    text = _runbook_sections()[section]
+    if "docker compose" in text:
+        assert "kubectl" in text, f"{section}: docker compose commands only"
+    for command in re.findall(r"docker inspect [^`]*", text):
+        assert not command.rstrip().endswith("'"), f"{section}: `{command}` names no container"
+
+
+def test_runbook_lists_every_rejection_reason() -> None:
+    from service.ingest_route import _REFUSED
+
+    reasons = set(_REFUSED.values()) | {"invalid_body", "invalid", "body_too_large", "body_timeout"}
+    for source in (ROOT / "service").glob("*.py"):
+        reasons |= set(re.findall(r'reason="([a-z_]+)"', source.read_text(encoding="utf-8")))
+    section = _runbook_sections()["VaiSidecarEventsRejected"]
+    table = {
+        name
+        for row in re.findall(r"^\s*\| (.+?) \|", section, flags=re.MULTILINE)
+        for name in re.findall(r"`(\w+)`", row)
+    }
+    assert reasons - table == set(), "reasons missing from the RUNBOOK table"
+
+
+def test_runbook_does_not_break_failures_down_by_method() -> None:
+    """The worker counts failed, dead and trimmed explanations once per entry with method="-"."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    assert not re.search(r'by \(method\) \(rate\(vai_explanations_total\{[^}]*status="(failed|dead|trimmed)"', text)
+
+
+def test_config_says_how_to_scrape_an_embedded_monitor() -> None:
+    """With VAI_MONITOR=embedded (the default) the monitor child serves on the sidecar's port 8002,
+    which no job of this config (sidecar:8000) reads: the config must say how."""
+    text = CONFIG.read_text(encoding="utf-8")
+    assert "VAI_MONITOR=embedded" in text and '"sidecar:8002"' in text
