@@ -104,3 +104,9 @@ class WorkerMetrics:
             ["model", "layer"],
             registry=registry,
         )
+
+    def start_counting(self, model: str) -> None:
+        """Create ``model``'s counters at 0, so that their first increment is an increase Prometheus sees
+        (``increase()`` cannot see a series that appears at 1: a first dead letter would never alert)."""
+        for counter in (self.dead_letters, self.dead_letters_trimmed, self.errors):
+            counter.labels(model)

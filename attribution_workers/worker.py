@@ -98,6 +98,8 @@ class AttributionWorker:
         self._max_deliveries = max_deliveries
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._streams = {keys.sample_stream(model): model for model in self._runtimes}
+        for model in self._runtimes:
+            metrics.start_counting(model)
         self._consumer = GroupConsumer(
             redis,
             self._streams,

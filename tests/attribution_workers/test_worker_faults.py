@@ -320,3 +320,13 @@ def test_claimed_entries_keep_their_delivery_counts_between_other_workers_entrie
             await client.aclose()
 
     assert asyncio.run(claim()) == [(entry_id, 4) for entry_id in idle]  # 3, and this claim
+
+
+def test_a_model_s_failure_counters_start_at_zero_so_the_first_dead_letter_alerts(
+    worker_settings: Callable[..., WorkerSettings], redis_client: redis.Redis
+) -> None:
+    """A counter that first appears at 1 is invisible to increase(): VaiDeadLetters would miss the first."""
+    registry = CollectorRegistry()
+    drain(worker_settings(), lambda: settled(redis_client), registry)
+    for name in ("vai_dead_letters_total", "vai_dead_letters_trimmed_total", "vai_worker_errors_total"):
+        assert registry.get_sample_value(name, {"model": "digits"}) == 0.0, name  # present, not absent
