@@ -163,19 +163,16 @@ KSERVE_PENDING_INDEX = f"{PREFIX}:kserve-pending"
 
 
 def kserve_join_member(model: str, namespace: str, ce_id: str) -> str:
-    """A request's join scope: ``{len}:{model}:{len}:{namespace}:{ce_id}``. A ce-id is the caller's to choose (KServe
-    takes it from the ``Ce-Id`` header), so it is unique only within one model and namespace; the length prefixes
-    keep any two triples apart whatever characters they hold."""
-    return f"{len(model)}:{model}:{len(namespace)}:{namespace}:{ce_id}"
+    """A request's join scope: ``{model}:{len}:{namespace}:{ce_id}``. A ce-id is the caller's to choose (KServe takes
+    it from the ``Ce-Id`` header), so it is unique only within one model and namespace. A model name holds no ``:``
+    and the namespace's length comes before it, so any two triples stay apart; the model comes first, as in the
+    ``{model}:{ce_id}`` members of earlier releases, which read it the same way during a rolling upgrade."""
+    return f"{model}:{len(namespace)}:{namespace}:{ce_id}"
 
 
 def kserve_member_model(member: str) -> str:
-    """The model of a :func:`kserve_join_member` (or of an older ``{model}:{ce_id}`` one)."""
-    head, _, rest = member.partition(":")
-    size = int(head) if head.isdecimal() and len(head) <= 3 else -1
-    if 0 < size < len(rest) and rest[size] == ":":
-        return rest[:size]
-    return head
+    """The model of a :func:`kserve_join_member` (or of an earlier release's ``{model}:{ce_id}``)."""
+    return member.partition(":")[0]
 
 
 def kserve_pending(model: str, namespace: str, ce_id: str) -> str:

@@ -72,6 +72,8 @@ class _Pending:
     blob: bytes
     taken: bool = False
     """A label-join record a delayed label took while it waited here: skipped when its turn comes."""
+    gone: bool = False
+    """Out of ``_pending`` for good (written, dropped, or skipped as taken)."""
 
 
 class FeedWriter:
@@ -98,6 +100,8 @@ class FeedWriter:
         """The label-join records in ``_pending`` by (model, request id): a label finds its record in O(1)."""
         self._taken = 0
         """How many records in ``_pending`` were taken by a label (they leave it when their turn comes)."""
+        self._lent: dict[tuple[str, str], _Pending] = {}
+        """Records taken by the label request under way, until it settles (:meth:`keep_taken`, :meth:`give_back`)."""
         self._max_records = max_records
         self._stream_maxlen = stream_maxlen
         self._ttl_s = prediction_ttl_s
@@ -208,10 +212,30 @@ class FeedWriter:
             return None
         item.taken = True
         self._taken += 1
+        self._lent[(model, request_id)] = item
         return MonitoringRecord.from_blob(model, item.blob)
+
+    def give_back(self) -> None:
+        """Undo every :meth:`take_local` since the last :meth:`keep_taken` (their labels were not joined after all):
+        the records wait again, and one the full buffer dropped meanwhile is counted as dropped now."""
+        for key, item in self._lent.items():
+            if item.gone:
+                self.dropped.labels(
+                    item.model, item.feed, "buffer_full" if self.redis_up else "redis_unavailable"
+                ).inc()
+                continue
+            item.taken = False
+            self._taken -= 1
+            self._waiting[key] = item
+        self._lent.clear()
+
+    def keep_taken(self) -> None:
+        """The records taken since the last call were joined: they will not be written."""
+        self._lent.clear()
 
     def _forget(self, item: _Pending) -> None:
         """``item`` left ``_pending`` for good."""
+        item.gone = True
         if item.taken:
             self._taken -= 1
         elif item.feed == RECORDS and self._waiting.get((item.model, item.request_id)) is item:
@@ -243,12 +267,18 @@ class FeedWriter:
         async with self._writing:
             return await self._flush()
 
-    async def _flush(self) -> int:
+    def _next_batch(self) -> tuple[list[_Pending], int]:
+        """Up to one batch out of the buffer, less the records labels took (not written); and how many left it."""
         popped = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
-        batch = [item for item in popped if not item.taken]
-        self._taken -= len(popped) - len(batch)
+        for item in popped:
+            if item.taken:
+                self._forget(item)
+        return [item for item in popped if not item.gone], len(popped)
+
+    async def _flush(self) -> int:
+        batch, popped = self._next_batch()
         if not batch:
-            return len(popped)
+            return popped
         try:
             refused = await self._write(batch)
         except asyncio.CancelledError:  # stopping mid-write: the batch waits for the final flush (or its count)
@@ -265,10 +295,14 @@ class FeedWriter:
             for item in batch:
                 self._forget(item)
                 self.dropped.labels(item.model, item.feed, "error").inc()
-            return len(popped)
+            return popped
         if not self.redis_up:
             log.info("redis is back: writing the monitoring records that waited")
         self.redis_up = True
+        self._count_written(batch, refused)
+        return popped
+
+    def _count_written(self, batch: list[_Pending], refused: set[int]) -> None:
         written: dict[tuple[str, str], int] = {}
         for index, item in enumerate(batch):
             self._forget(item)
@@ -279,7 +313,6 @@ class FeedWriter:
                 written[labels] = written.get(labels, 0) + 1
         for labels, count in written.items():
             self.written.labels(*labels).inc(count)
-        return len(popped)
 
     def abandon(self) -> int:
         """Count every record still waiting as dropped (``redis_unavailable``): called at shutdown, once the

@@ -36,10 +36,10 @@ class Prediction:
 
 
 def request_inputs(event: CloudEvent, mapping: KServeMapping) -> list[Array] | None:
-    """Each instance's model input, or ``None`` when the mapping keeps none."""
-    document, sections = payload_document(event)
+    """Each instance's model input, or ``None`` when the mapping keeps none (the payload is then never read)."""
     if mapping.input is None:
         return None
+    document, sections = payload_document(event)
     if "inputs" in document and isinstance(document["inputs"], list):
         tensors = _v2_tensors(document["inputs"], sections, "inputs")
         if mapping.input not in tensors:

@@ -83,6 +83,7 @@ class Monitoring:
         self.writer = writer
         self.references = ReferenceStore(redis)
         self.labels = writer.labels
+        self._reference_locks: dict[str, asyncio.Lock] = {}
         self._unreadable: set[tuple[str, str]] = set()
         """(model, what) of published results found unreadable, warned about once until one reads again."""
 
@@ -98,14 +99,19 @@ class Monitoring:
                 self.writer.mark_labelled(model)
         try:  # held: a record on its way to Redis would be found in neither place, nor one that leaves meanwhile
             async with self.writer.held(self._timeout_s):
-                here = [self.writer.waits_here(model, request_id) for _, model, request_id, _ in labels]
-                remote = [label for label, found in zip(labels, here, strict=True) if not found]
-                bodies = await self._take_remote(remote)
-                for item, found in zip(labels, here, strict=True):
-                    if found:  # nothing awaited since: still here, unless the same label came twice
-                        self._join_local(result, item, known)
+                local = [(item, self.writer.take_local(item[1], item[2])) for item in labels]
+                remote = [item for item, record in local if record is None]
+                try:
+                    bodies = await self._take_remote(remote)
+                except BaseException:
+                    self.writer.give_back()  # nothing joined or counted: the caller may send them again
+                    raise
+                self.writer.keep_taken()
         except TimeoutError:
             raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
+        for (index, _, _, label), record in local:
+            if record is not None:
+                self._join(result, index, record, label)
         for (index, model, request_id, label), body in zip(remote, bodies, strict=True):
             if body is None:
                 self._unmatched(result, (index, model, request_id, label), known)
@@ -122,14 +128,6 @@ class Monitoring:
         result.rejected.sort(key=lambda verdict: verdict.index)
         self._count_rejected(result.rejected, known)
         return result
-
-    def _join_local(self, result: LabelsResult, item: tuple[int, str, str, int], known: set[str]) -> None:
-        index, model, request_id, label = item
-        record = self.writer.take_local(model, request_id)
-        if record is None:
-            self._unmatched(result, item, known)
-        else:
-            self._join(result, index, record, label)
 
     def _unmatched(self, result: LabelsResult, item: tuple[int, str, str, int], known: set[str]) -> None:
         index, model, request_id, _ = item
@@ -198,6 +196,11 @@ class Monitoring:
         self.writer.offer(LABELLED, record.labelled(label))
         self.labels.labels(record.model, "true").inc()
         result.matched += 1
+
+    def reference_lock(self, model: str) -> asyncio.Lock:
+        """Held while a reference of ``model`` is uploaded (one model, one upload at a time; models are bounded
+        by ``VAI_MAX_MODELS`` before this is asked for)."""
+        return self._reference_locks.setdefault(model, asyncio.Lock())
 
     async def set_reference(
         self, model: str, reference: Reference, *, margin: npt.NDArray[np.float64] | None = None

@@ -81,22 +81,23 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
         field = str(error).split(":", 1)[0]
         raise InvalidInput(str(error), field=field if " " not in field else "body") from None
     dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
-    known = sidecar.ingest.embedding_dims.get(model)
-    if known is not None and known != dims:
-        raise InvalidInput(
-            f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
-        )
     try:
         sidecar.ingest.register(model)
     except FieldError as error:  # too many models
         raise InvalidInput(str(error), field=error.field) from None
-    sidecar.ingest.embedding_dims[model] = dims  # before the await: events or an upload of another width that
-    try:  # arrive meanwhile are refused, not stored beside a reference they do not match
-        await monitoring.set_reference(model, reference, margin=margin)
-    except BaseException:
-        if known is None:
-            sidecar.ingest.embedding_dims.pop(model, None)
-        raise
+    async with monitoring.reference_lock(model):  # one upload of a model at a time: a failed one undoes only its own
+        known = sidecar.ingest.embedding_dims.get(model)
+        if known is not None and known != dims:
+            raise InvalidInput(
+                f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
+            )
+        sidecar.ingest.embedding_dims[model] = dims  # before the await: events of another width arriving meanwhile
+        try:  # are refused, not stored beside a reference they do not match
+            await monitoring.set_reference(model, reference, margin=margin)
+        except BaseException:
+            if known is None:
+                sidecar.ingest.embedding_dims.pop(model, None)
+            raise
     body_out = {
         "model": model,
         "state": "calibrating",

@@ -125,3 +125,17 @@ def test_an_outage_is_waited_out_whole_however_long(status: int) -> None:
 def test_server_error_attempts_must_be_positive() -> None:
     with pytest.raises(ValueError, match="server_error_attempts"):
         RetryPolicy(server_error_attempts=0)
+
+
+def test_splitting_on_a_server_error_backs_off_so_a_sidecar_failing_everything_is_not_hammered() -> None:
+    """Each split waits the backoff as any failed attempt does (a 500 to every request would otherwise bring about
+    2N - 1 requests back to back for a batch of N); a success resets it."""
+    from vai_client._delivery import BatchDelivery, RefusalLog, Response  # the state machine both clients use
+    from vai_client._stats import Counters
+
+    policy = RetryPolicy(backoff_base_s=0.05, backoff_max_s=5.0)
+    delivery = BatchDelivery("events", [b"{}"] * 8, Counters(), policy, RefusalLog())
+    failed = Response(500, {}, b'{"error": "internal error"}')
+    delays = [delivery.record_response(failed) for _ in range(3)]  # 8 -> 4 + 4 -> 2 + 2 + 4 -> 1 + 1 + 2 + 4
+    assert all(delay > 0 for delay in delays), delays
+    assert delays[1] >= delays[0] * 0.5, "the backoff grows (jittered) while the failures go on"

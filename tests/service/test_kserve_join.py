@@ -408,3 +408,10 @@ def test_a_skipped_component_s_payload_is_not_read(kserve: TestClient, registry:
     skipped = _post(kserve, _headers("raw", REQUEST, component="transformer"), b"\x89PNG\r\n\x1a\n")
     assert (skipped.status_code, skipped.json()["outcome"]) == (200, "other_component"), skipped.text
     assert _outcome(registry, "iris", "invalid") == 0
+
+
+def test_a_request_of_a_model_that_keeps_no_input_is_not_read(kserve: TestClient, registry: CollectorRegistry) -> None:
+    """Its payload is of no use (no `kserve.input`), so a payload the sidecar could not read costs nothing."""
+    answer = _post(kserve, _headers(str(uuid.uuid4()), REQUEST, LONG_SERVICE), b"not a payload we read")
+    assert answer.status_code == 200 and answer.json()["outcome"] == "request_stored", answer.text
+    assert _outcome(registry, "long", "invalid") == 0

@@ -190,6 +190,14 @@ def test_a_label_finds_its_waiting_record_among_many_and_the_taken_one_is_never_
     dropped = {"model": "digits", "feed": RECORDS, "reason": "buffer_full"}
     assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) is None, "the taken one made room"
     assert len(feed) == 3 and feed.waits_here("digits", "b") and feed.waits_here("digits", "d")
+    # A label request that fails gives back what it took; one the full buffer dropped meanwhile is counted then.
+    feed.keep_taken()
+    assert feed.take_local("digits", "b") is not None and feed.take_local("digits", "c") is not None
+    feed.offer(RECORDS, MonitoringRecord("digits", "e", "v1", 0.0, 0, 0.9, 0.5, 2))  # pushes out the oldest, b
+    feed.give_back()
+    assert not feed.waits_here("digits", "b") and feed.waits_here("digits", "c")
+    assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) == 1
+    assert len(feed) == 3
 
 
 @pytest.mark.anyio

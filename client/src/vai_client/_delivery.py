@@ -268,7 +268,8 @@ class BatchDelivery:
         if len(chunk.items) > 1:
             self._counters.add("retried", len(chunk.items))
             self._split(retried=True)
-            return 0.0
+            self._failures += 1  # backed off as any failure: a sidecar failing every request is not hammered
+            return self._policy.backoff_s(self._failures)
         chunk.server_errors += 1
         if chunk.server_errors < self._policy.server_error_attempts:
             return self._retry(self._policy.retry_after_s(response.headers.get("retry-after"), self._failures + 1))
