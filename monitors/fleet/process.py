@@ -82,6 +82,8 @@ class MonitorProcess:
         """The UMAP worker process, started when a UMAP projection is first wanted."""
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._renewed_at = 0.0
+        """When (event-loop time) the leases were last renewed: past their TTL without one, they are gone."""
         self._unowned = 0
         """Models the live monitors could not own at the last round (warned about once)."""
         self.stopped = False
@@ -125,6 +127,7 @@ class MonitorProcess:
                 if not self._failing:
                     log.warning("monitor %s: redis failed (%s); retrying", self.owner, type(error).__name__)
                 self._failing = True
+                await self._give_up_lapsed(loop.time())
             except Exception:  # the lease loop must outlive any one failure, or every model would go unwatched
                 log.exception("monitor %s: lease round failed", self.owner)
             else:
@@ -140,7 +143,9 @@ class MonitorProcess:
         alive = await self.leases.heartbeat()
         self.metrics.members.set(alive)
         held = list(self.owned)
-        for model, renewed in zip(held, await self.leases.renew_all(held), strict=True):
+        renewals = await self.leases.renew_all(held)
+        self._renewed_at = loop.time()
+        for model, renewed in zip(held, renewals, strict=True):
             if not renewed:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
                 await self._drop(model, release=False)
@@ -212,6 +217,17 @@ class MonitorProcess:
             settings=self.settings,
             metrics=self.metrics,
         )
+
+    async def _give_up_lapsed(self, now: float) -> None:
+        """Redis out of reach for longer than a lease: the leases have run out, and another monitor may own these
+        models by now. Stop acting and exporting figures as their owner (frozen figures would read as current);
+        once Redis answers, models are taken again and adopt their stored state."""
+        if self.owned and now - self._renewed_at > self.settings.monitor_lease_ttl_s:
+            log.warning(
+                "monitor %s: leases not renewed within their TTL; giving up %d models", self.owner, len(self.owned)
+            )
+            for model in list(self.owned):
+                await self._drop(model, release=False)
 
     async def _drop(self, model: str, *, release: bool) -> None:
         owned = self.owned.pop(model)

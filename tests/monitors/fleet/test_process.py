@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from common import keys
-from helpers import MonitorRunner, event, wait_until
+from common.embedded_redis import EmbeddedRedis
+from helpers import MonitorRunner, event, paused_redis, wait_until
 from monitors.fleet.process import MonitorProcess
 from monitors.fleet.settings import MonitorSettings
 
@@ -87,3 +88,21 @@ def test_a_model_removed_from_the_monitored_set_is_given_up(monitors: MonitorRun
         lambda: "a-retired" not in process.owned and redis_client.get(keys.monitor_lease("a-retired")) is None,
         what="the retired model given up, its lease with it",
     )
+
+
+def test_a_monitor_cut_off_from_redis_past_its_lease_stops_acting_as_owner(own_redis: EmbeddedRedis) -> None:
+    """Its leases ran out while Redis did not answer, so another monitor may own its models by now: it drops them
+    (and the figures it exported as their owner, which would otherwise stay frozen and read as current), then
+    takes them again once Redis answers."""
+    direct = redis.Redis.from_url(own_redis.url)
+    direct.sadd(keys.MONITORED_MODELS, "m")
+    runner = MonitorRunner(own_redis.url)
+    process = runner.start(redis_timeout_s=0.3)
+    try:
+        wait_until(lambda: "m" in process.owned, what="the model owned")
+        with paused_redis(own_redis.data_dir):
+            wait_until(lambda: "m" not in process.owned, what="the model given up once its lease lapsed")
+        wait_until(lambda: "m" in process.owned, what="the model taken again")
+    finally:
+        runner.stop(process)
+        direct.close()
