@@ -8,20 +8,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx2
 import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from kserve_events import REQUEST, RESPONSE, outcome_count, post_event, sampled
 from prometheus_client import CollectorRegistry
 
 from common import keys
-from helpers import sidecar_of, stream_entries
-from sampler.contract import SampledEvent
+from helpers import sidecar_of
 
 ClientFactory = Callable[..., TestClient]
-REQUEST = "org.kubeflow.serving.inference.request"
-RESPONSE = "org.kubeflow.serving.inference.response"
 MODELS: dict[str, Any] = {
     "iris": {
         "sampling": {"every_n": 1},
@@ -79,11 +76,6 @@ def _headers(
         "ce-metadata": json.dumps(metadata or {}),
         "content-type": content_type,
     }
-
-
-def _post(client: TestClient, headers: dict[str, str], body: bytes | dict[str, Any]) -> httpx2.Response:
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.post("/v1/cloudevents", content=content, headers=headers)
 
 
 def _v1_request(count: int = 1) -> dict[str, Any]:
@@ -148,21 +140,8 @@ def _v2_binary_response(count: int) -> tuple[bytes, int]:
     return header + logits + features, len(header)
 
 
-def _outcome(registry: CollectorRegistry, model: str, outcome: str) -> float:
-    return registry.get_sample_value("vai_kserve_events_total", {"model": model, "outcome": outcome}) or 0.0
-
-
 def _accepted(registry: CollectorRegistry, model: str, version: str) -> float:
     return registry.get_sample_value("vai_events_total", {"model": model, "version": version}) or 0.0
-
-
-def _samples(client: redis.Redis, model: str, count: int) -> list[SampledEvent]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        entries = stream_entries(client, keys.sample_stream(model))
-        if len(entries) >= count:
-            return [SampledEvent.decode(fields) for _, fields in entries]
-    raise AssertionError(f"stream of {model} did not reach {count} entries")
 
 
 def test_v1_request_then_response_joins_inputs_cohort_and_label(
@@ -170,10 +149,10 @@ def test_v1_request_then_response_joins_inputs_cohort_and_label(
 ) -> None:
     ce_id = str(uuid.uuid4())
     metadata = {"X-Region": ["eu"], "X-Label": ["0"]}
-    stored = _post(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request())
+    stored = post_event(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request())
     assert stored.status_code == 200, stored.text
     assert stored.json()["outcome"] == "request_stored"
-    joined = _post(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
+    joined = post_event(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
     assert joined.status_code == 200, joined.text
     assert joined.json() | {"rejected": []} == {
         "outcome": "joined",
@@ -182,13 +161,13 @@ def test_v1_request_then_response_joins_inputs_cohort_and_label(
         "accepted": 1,
         "rejected": [],
     }
-    (sample,) = _samples(redis_client, "iris", 1)
+    (sample,) = sampled(redis_client, "iris", 1)
     assert (sample.request_id, sample.model_version, sample.label) == (f"{ce_id}:0", "iris-default", 0)
     assert sample.cohort == {"X-Region": "eu"}
     assert sample.input is not None
     assert sample.input.decode().tolist() == pytest.approx([5.1, 3.5, 1.4, 0.2])
-    assert _outcome(registry, "iris", "request_stored") == 1
-    assert _outcome(registry, "iris", "joined") == 1
+    assert outcome_count(registry, "iris", "request_stored") == 1
+    assert outcome_count(registry, "iris", "joined") == 1
     assert _accepted(registry, "iris", "iris-default") == 1
     assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
 
@@ -201,11 +180,11 @@ def test_a_label_that_is_not_a_small_ascii_number_is_left_out_not_a_crash(
     5,000 digits. Such a label is no label, and the event is still monitored."""
     ce_id = str(uuid.uuid4())
     metadata = {"X-Region": ["eu"], "X-Label": [label]}
-    assert _post(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request()).status_code == 200
-    joined = _post(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
+    assert post_event(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request()).status_code == 200
+    joined = post_event(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
     assert joined.status_code == 200, joined.text
     assert joined.json()["accepted"] == 1
-    (sample,) = _samples(redis_client, "iris", 1)
+    (sample,) = sampled(redis_client, "iris", 1)
     assert sample.label is None
 
 
@@ -213,15 +192,15 @@ def test_v2_response_then_request_is_monitored_and_the_late_request_dropped(
     kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:
     ce_id = str(uuid.uuid4())
-    first = _post(kserve, _headers(ce_id, RESPONSE, "digits-isvc"), _v2_response(1))
+    first = post_event(kserve, _headers(ce_id, RESPONSE, "digits-isvc"), _v2_response(1))
     assert first.status_code == 200, first.text
     assert (first.json()["outcome"], first.json()["accepted"]) == ("response_only", 1)
-    late = _post(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(1))
+    late = post_event(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(1))
     assert (late.status_code, late.json()["outcome"]) == (200, "request_dropped")
-    (sample,) = _samples(redis_client, "digits", 1)
+    (sample,) = sampled(redis_client, "digits", 1)
     assert (sample.request_id, sample.model_version, sample.input) == (f"{ce_id}:0", "v3", None)
-    assert _outcome(registry, "digits", "response_only") == 1
-    assert _outcome(registry, "digits", "request_dropped") == 1
+    assert outcome_count(registry, "digits", "response_only") == 1
+    assert outcome_count(registry, "digits", "request_dropped") == 1
     assert _accepted(registry, "digits", "v3") == 1
     assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0  # the dropped request is no orphan
 
@@ -230,8 +209,8 @@ def test_response_only_is_monitored_and_a_repeated_response_is_not_counted_twice
     kserve: TestClient, registry: CollectorRegistry
 ) -> None:
     ce_id = str(uuid.uuid4())
-    assert _post(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "response_only"
-    assert _post(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "duplicate"
+    assert post_event(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "response_only"
+    assert post_event(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "duplicate"
     assert _accepted(registry, "iris", "iris-default") == 1
 
 
@@ -239,13 +218,13 @@ def test_batch_of_8_in_the_binary_extension_becomes_8_events_with_their_inputs(
     kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:
     ce_id = str(uuid.uuid4())
-    assert _post(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(8)).status_code == 200
+    assert post_event(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(8)).status_code == 200
     body, header_length = _v2_binary_response(8)
     headers = _headers(ce_id, RESPONSE, "digits-isvc", content_type="application/octet-stream")
-    answer = _post(kserve, headers | {"inference-header-content-length": str(header_length)}, body)
+    answer = post_event(kserve, headers | {"inference-header-content-length": str(header_length)}, body)
     assert answer.status_code == 200, answer.text
     assert (answer.json()["outcome"], answer.json()["accepted"]) == ("joined", 8)
-    samples = _samples(redis_client, "digits", 8)
+    samples = sampled(redis_client, "digits", 8)
     assert [sample.request_id for sample in samples] == [f"{ce_id}:{i}" for i in range(8)]
     for index, sample in enumerate(samples):
         assert sample.input is not None
@@ -256,22 +235,22 @@ def test_batch_of_8_in_the_binary_extension_becomes_8_events_with_their_inputs(
 def test_binary_extension_without_its_header_length_is_still_read(kserve: TestClient) -> None:
     body, _ = _v2_binary_response(2)
     headers = _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc", content_type="application/octet-stream")
-    answer = _post(kserve, headers, body)
+    answer = post_event(kserve, headers, body)
     assert (answer.status_code, answer.json()["accepted"]) == (200, 2), answer.text
 
 
 def test_canary_endpoint_becomes_the_version(kserve: TestClient, registry: CollectorRegistry) -> None:
     for endpoint in ("default", "canary", "canary"):
         ce_id = str(uuid.uuid4())
-        assert _post(kserve, _headers(ce_id, REQUEST, endpoint=endpoint), _v1_request()).status_code == 200
-        assert _post(kserve, _headers(ce_id, RESPONSE, endpoint=endpoint), _v1_response()).status_code == 200
+        assert post_event(kserve, _headers(ce_id, REQUEST, endpoint=endpoint), _v1_request()).status_code == 200
+        assert post_event(kserve, _headers(ce_id, RESPONSE, endpoint=endpoint), _v1_response()).status_code == 200
     assert _accepted(registry, "iris", "iris-default") == 1
     assert _accepted(registry, "iris", "iris-canary") == 2
 
 
 def test_v2_without_model_version_falls_back_to_the_endpoint(kserve: TestClient, registry: CollectorRegistry) -> None:
     headers = _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc", endpoint="canary")
-    assert _post(kserve, headers, _v2_response(1, version=None)).status_code == 200
+    assert post_event(kserve, headers, _v2_response(1, version=None)).status_code == 200
     assert _accepted(registry, "digits", "digits-isvc-canary") == 1
 
 
@@ -295,22 +274,22 @@ def test_structured_mode_request_and_response(kserve: TestClient, registry: Coll
         }
 
     headers = {"content-type": "application/cloudevents+json; charset=utf-8"}
-    assert _post(kserve, headers, structured(REQUEST, _v1_request(2))).json()["outcome"] == "request_stored"
-    answer = _post(kserve, headers, structured(RESPONSE, _v1_response(2)))
+    assert post_event(kserve, headers, structured(REQUEST, _v1_request(2))).json()["outcome"] == "request_stored"
+    answer = post_event(kserve, headers, structured(RESPONSE, _v1_response(2)))
     assert (answer.status_code, answer.json()["outcome"], answer.json()["accepted"]) == (200, "joined", 2)
     assert _accepted(registry, "iris", "iris-default") == 2
 
 
 def test_orphaned_requests_are_counted_once(kserve: TestClient, registry: CollectorRegistry) -> None:
     ce_id = str(uuid.uuid4())
-    assert _post(kserve, _headers(ce_id, REQUEST), _v1_request()).status_code == 200
+    assert post_event(kserve, _headers(ce_id, REQUEST), _v1_request()).status_code == 200
     sweeper = sidecar_of(kserve).kserve
     assert kserve.portal is not None
     assert kserve.portal.call(sweeper.sweep) == 0  # not yet due
     later = time.time() + 3600
     assert kserve.portal.call(lambda: sweeper.sweep(now=later)) == 1
     assert kserve.portal.call(lambda: sweeper.sweep(now=later)) == 0
-    assert _outcome(registry, "iris", "request_expired") == 1
+    assert outcome_count(registry, "iris", "request_expired") == 1
 
 
 def _bad(ce_id: str) -> list[Any]:
@@ -371,23 +350,23 @@ def _bad(ce_id: str) -> list[Any]:
 def test_malformed_cloudevents_are_refused_naming_the_field(
     kserve: TestClient, registry: CollectorRegistry, headers: dict[str, str], body: Any, status: int, field: str
 ) -> None:
-    answer = _post(kserve, headers, body)
+    answer = post_event(kserve, headers, body)
     assert answer.status_code == status, answer.text
     assert answer.json()["field"] == field
-    assert sum(_outcome(registry, model, "invalid") for model in ("iris", "digits", "__unmapped__")) == 1
+    assert sum(outcome_count(registry, model, "invalid") for model in ("iris", "digits", "__unmapped__")) == 1
     assert _accepted(registry, "iris", "iris-default") == 0
 
 
 def test_ingest_token_is_required_when_set(make_client: ClientFactory) -> None:
     client = make_client(models=MODELS, ingest_tokens="secret")
     headers = _headers(str(uuid.uuid4()), RESPONSE)
-    assert _post(client, headers, _v1_response()).status_code == 401
-    assert _post(client, headers | {"authorization": "Bearer secret"}, _v1_response()).status_code == 200
+    assert post_event(client, headers, _v1_response()).status_code == 401
+    assert post_event(client, headers | {"authorization": "Bearer secret"}, _v1_response()).status_code == 200
 
 
 def test_redis_down_is_503_with_retry_after(make_client: ClientFactory) -> None:
     client = make_client(models=MODELS, redis_url="redis://127.0.0.1:1", redis_timeout_s=0.2)
-    answer = _post(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request())
+    answer = post_event(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request())
     assert answer.status_code == 503, answer.text
     assert answer.headers["retry-after"] == "1"
 
@@ -398,18 +377,18 @@ def test_a_response_whose_count_differs_from_its_request_is_counted_as_such(
 ) -> None:
     """Which instance is whose cannot be told: the predictions are monitored without inputs, and counted apart."""
     ce_id = str(uuid.uuid4())
-    assert _post(kserve, _headers(ce_id, REQUEST), _v1_request(instances)).json()["outcome"] == "request_stored"
-    answer = _post(kserve, _headers(ce_id, RESPONSE), _v1_response(predictions))
+    assert post_event(kserve, _headers(ce_id, REQUEST), _v1_request(instances)).json()["outcome"] == "request_stored"
+    answer = post_event(kserve, _headers(ce_id, RESPONSE), _v1_response(predictions))
     assert answer.status_code == 200, answer.text
     assert (answer.json()["outcome"], answer.json()["accepted"]) == ("count_mismatch", predictions)
-    assert _outcome(registry, "iris", "count_mismatch") == 1 and _outcome(registry, "iris", "joined") == 0
+    assert outcome_count(registry, "iris", "count_mismatch") == 1 and outcome_count(registry, "iris", "joined") == 0
 
 
 def test_a_request_over_the_batch_limit_is_refused_not_left_to_expire(
     make_client: ClientFactory, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:
     client = make_client(registry=registry, models=MODELS, max_batch=10)
-    answer = _post(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request(11))
+    answer = post_event(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request(11))
     assert answer.status_code == 422 and answer.json()["field"] == "inputs", answer.text
     assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
 
@@ -419,10 +398,10 @@ def test_a_response_over_the_batch_limit_ends_in_one_outcome(
 ) -> None:
     """Ingest refuses the whole response: the CloudEvent is counted once, as invalid, not also as monitored."""
     client = make_client(registry=registry, models=MODELS, max_batch=10)
-    answer = _post(client, _headers(str(uuid.uuid4()), RESPONSE), _v1_response(11))
+    answer = post_event(client, _headers(str(uuid.uuid4()), RESPONSE), _v1_response(11))
     assert answer.status_code == 422, answer.text
     outcomes = ("response_only", "joined", "count_mismatch", "invalid")
-    assert {name: _outcome(registry, "iris", name) for name in outcomes} == {
+    assert {name: outcome_count(registry, "iris", name) for name in outcomes} == {
         "response_only": 0,
         "joined": 0,
         "count_mismatch": 0,

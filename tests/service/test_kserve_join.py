@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx2
 import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from kserve_events import REQUEST, RESPONSE, outcome_count, post_event, sampled
 from prometheus_client import CollectorRegistry
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,12 +20,8 @@ import service.kserve
 from common import keys
 from common.names import VERSION_RE
 from common.redis import execute
-from helpers import stream_entries
-from sampler.contract import SampledEvent
 
 ClientFactory = Callable[..., TestClient]
-REQUEST = "org.kubeflow.serving.inference.request"
-RESPONSE = "org.kubeflow.serving.inference.response"
 LONG_SERVICE = "s" * 63
 MODELS: dict[str, Any] = {
     "iris": {
@@ -76,11 +72,6 @@ def _headers(ce_id: str, kind: str, service: str = "iris", **attributes: str) ->
     return headers | {f"ce-{name}": value for name, value in attributes.items()}
 
 
-def _post(client: TestClient, headers: dict[str, str], body: bytes | dict[str, Any]) -> httpx2.Response:
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.post("/v1/cloudevents", content=content, headers=headers)
-
-
 def _v1_request(value: float = 5.1) -> dict[str, Any]:
     return {"instances": [[value, 3.5, 1.4, 0.2]]}
 
@@ -103,21 +94,8 @@ def _v2_response(count: int, **document: Any) -> dict[str, Any]:
     return {"model_name": "digits", "model_version": "v3", "outputs": outputs} | document
 
 
-def _outcome(registry: CollectorRegistry, model: str, outcome: str) -> float:
-    return registry.get_sample_value("vai_kserve_events_total", {"model": model, "outcome": outcome}) or 0.0
-
-
 def _dropped(registry: CollectorRegistry, model: str, part: str) -> float:
     return registry.get_sample_value("vai_kserve_parts_dropped_total", {"model": model, "part": part}) or 0.0
-
-
-def _samples(client: redis.Redis, model: str, count: int) -> list[SampledEvent]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        entries = stream_entries(client, keys.sample_stream(model))
-        if len(entries) >= count:
-            return [SampledEvent.decode(fields) for _, fields in entries]
-    raise AssertionError(f"stream of {model} did not reach {count} entries")
 
 
 # --- H1: the join is scoped by model and namespace ------------------------------------------------
@@ -127,17 +105,17 @@ def test_a_ce_id_shared_by_two_services_joins_each_to_its_own_request(
     kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:
     ce_id = str(uuid.uuid4())
-    assert _post(kserve, _headers(ce_id, REQUEST), _v1_request()).json()["outcome"] == "request_stored"
-    second = _post(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(1, start=100.0))
+    assert post_event(kserve, _headers(ce_id, REQUEST), _v1_request()).json()["outcome"] == "request_stored"
+    second = post_event(kserve, _headers(ce_id, REQUEST, "digits-isvc"), _v2_request(1, start=100.0))
     assert second.json()["outcome"] == "request_stored", second.text
-    digits = _post(kserve, _headers(ce_id, RESPONSE, "digits-isvc"), _v2_response(1))
-    iris = _post(kserve, _headers(ce_id, RESPONSE), _v1_response())
+    digits = post_event(kserve, _headers(ce_id, RESPONSE, "digits-isvc"), _v2_response(1))
+    iris = post_event(kserve, _headers(ce_id, RESPONSE), _v1_response())
     assert (digits.json()["outcome"], digits.json()["accepted"]) == ("joined", 1), digits.text
     assert (iris.json()["outcome"], iris.json()["accepted"]) == ("joined", 1), iris.text
-    (digits_sample,) = _samples(redis_client, "digits", 1)
+    (digits_sample,) = sampled(redis_client, "digits", 1)
     assert digits_sample.input is not None
     assert digits_sample.input.decode().tolist() == [100.0, 101.0, 102.0, 103.0]
-    (iris_sample,) = _samples(redis_client, "iris", 1)
+    (iris_sample,) = sampled(redis_client, "iris", 1)
     assert iris_sample.input is not None
     assert iris_sample.input.decode().tolist() == pytest.approx([5.1, 3.5, 1.4, 0.2])
     assert redis_client.zcard(keys.KSERVE_PENDING_INDEX) == 0
@@ -146,11 +124,11 @@ def test_a_ce_id_shared_by_two_services_joins_each_to_its_own_request(
 def test_the_same_ce_id_in_two_namespaces_is_two_requests(kserve: TestClient, redis_client: redis.Redis) -> None:
     ce_id = str(uuid.uuid4())
     for namespace, value in (("team-a", 1.0), ("team-b", 2.0)):
-        stored = _post(kserve, _headers(ce_id, REQUEST, namespace=namespace), _v1_request(value))
+        stored = post_event(kserve, _headers(ce_id, REQUEST, namespace=namespace), _v1_request(value))
         assert stored.json()["outcome"] == "request_stored", stored.text
-    joined = _post(kserve, _headers(ce_id, RESPONSE, namespace="team-b"), _v1_response())
+    joined = post_event(kserve, _headers(ce_id, RESPONSE, namespace="team-b"), _v1_response())
     assert joined.json()["outcome"] == "joined", joined.text
-    (sample,) = _samples(redis_client, "iris", 1)
+    (sample,) = sampled(redis_client, "iris", 1)
     assert sample.input is not None and sample.input.decode().tolist()[0] == 2.0
 
 
@@ -170,11 +148,11 @@ def test_join_keys_are_unambiguous(one: tuple[str, str, str], other: tuple[str, 
 def test_an_orphan_is_counted_against_its_model(kserve: TestClient, registry: CollectorRegistry) -> None:
     from helpers import sidecar_of
 
-    assert _post(kserve, _headers(str(uuid.uuid4()), REQUEST, "digits-isvc"), _v2_request(1)).status_code == 200
+    assert post_event(kserve, _headers(str(uuid.uuid4()), REQUEST, "digits-isvc"), _v2_request(1)).status_code == 200
     sweeper = sidecar_of(kserve).kserve
     assert kserve.portal is not None
     assert kserve.portal.call(lambda: sweeper.sweep(now=time.time() + 3600)) == 1
-    assert _outcome(registry, "digits", "request_expired") == 1
+    assert outcome_count(registry, "digits", "request_expired") == 1
 
 
 # --- M1: structured data nested deeper than orjson writes ------------------------------------------
@@ -198,10 +176,10 @@ def test_structured_data_nested_past_orjson_s_write_limit_is_422_not_500(
     kserve: TestClient, registry: CollectorRegistry, kind: str, data: dict[str, Any], field: str
 ) -> None:
     document = {"specversion": "1.0", "id": "deep", "type": kind, "inferenceservicename": "iris", "data": data}
-    answer = _post(kserve, {"content-type": "application/cloudevents+json"}, document)
+    answer = post_event(kserve, {"content-type": "application/cloudevents+json"}, document)
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == field
-    assert _outcome(registry, "iris", "invalid") == 1
+    assert outcome_count(registry, "iris", "invalid") == 1
 
 
 # --- M2: a join whose Redis reply came too late -----------------------------------------------------
@@ -213,19 +191,19 @@ def test_a_response_whose_join_reply_times_out_is_still_monitored(
     """Redis ran the join (the request is consumed) but its reply came too late: the prediction is monitored
     without its inputs, not answered 503 and then lost as a duplicate of itself."""
     ce_id = str(uuid.uuid4())
-    assert _post(kserve, _headers(ce_id, REQUEST), _v1_request()).json()["outcome"] == "request_stored"
+    assert post_event(kserve, _headers(ce_id, REQUEST), _v1_request()).json()["outcome"] == "request_stored"
 
     async def late(pipe: Any, **options: Any) -> list[Any]:
         await execute(pipe, **options)
         raise RedisTimeoutError("Timeout reading from socket")
 
     monkeypatch.setattr(service.kserve, "execute", late)
-    answer = _post(kserve, _headers(ce_id, RESPONSE), _v1_response())
+    answer = post_event(kserve, _headers(ce_id, RESPONSE), _v1_response())
     assert answer.status_code == 200, answer.text
     assert (answer.json()["outcome"], answer.json()["accepted"]) == ("response_only", 1)
-    (sample,) = _samples(redis_client, "iris", 1)
+    (sample,) = sampled(redis_client, "iris", 1)
     assert sample.request_id == f"{ce_id}:0"
-    assert _outcome(registry, "iris", "response_only") == 1
+    assert outcome_count(registry, "iris", "response_only") == 1
 
 
 # --- M3, M5, L5: a bad part is dropped (and counted), the prediction kept ------------------------------
@@ -237,11 +215,11 @@ def test_an_out_of_range_label_is_dropped_and_counted_not_the_prediction(
 ) -> None:
     ce_id = str(uuid.uuid4())
     metadata = json.dumps({"X-Label": [label]})
-    assert _post(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request()).status_code == 200
-    answer = _post(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
+    assert post_event(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request()).status_code == 200
+    answer = post_event(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
     assert answer.status_code == 200, answer.text
     assert (answer.json()["outcome"], answer.json()["accepted"]) == ("joined", 1)
-    (sample,) = _samples(redis_client, "iris", 1)
+    (sample,) = sampled(redis_client, "iris", 1)
     assert sample.label is None and sample.input is not None
     assert _dropped(registry, "iris", "label") == 1
 
@@ -250,12 +228,12 @@ def test_a_request_input_past_float32_is_refused_naming_it_and_the_response_moni
     kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:
     ce_id = str(uuid.uuid4())
-    refused = _post(kserve, _headers(ce_id, REQUEST), _v1_request(1e39))
+    refused = post_event(kserve, _headers(ce_id, REQUEST), _v1_request(1e39))
     assert refused.status_code == 422, refused.text
     assert refused.json()["field"] == "instances[0]"
-    answer = _post(kserve, _headers(ce_id, RESPONSE), _v1_response())
+    answer = post_event(kserve, _headers(ce_id, RESPONSE), _v1_response())
     assert (answer.status_code, answer.json()["outcome"], answer.json()["accepted"]) == (200, "response_only", 1)
-    assert _outcome(registry, "iris", "invalid") == 1
+    assert outcome_count(registry, "iris", "invalid") == 1
 
 
 def test_a_v2_request_input_holding_infinity_is_refused_naming_its_tensor(kserve: TestClient) -> None:
@@ -265,7 +243,7 @@ def test_a_v2_request_input_holding_infinity_is_refused_naming_its_tensor(kserve
         {"inputs": [{"name": "pixels", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}
     ).encode()
     headers = _headers("inf", REQUEST, "digits-isvc") | {"inference-header-content-length": str(len(header))}
-    refused = _post(kserve, headers | {"content-type": "application/octet-stream"}, header + raw)
+    refused = post_event(kserve, headers | {"content-type": "application/octet-stream"}, header + raw)
     assert refused.status_code == 422, refused.text
     assert refused.json()["field"] == "inputs[0].data"
 
@@ -275,9 +253,9 @@ def test_a_missing_embedding_output_is_monitored_without_it_and_counted(
 ) -> None:
     response = _v2_response(2)
     response["outputs"] = response["outputs"][:1]
-    answer = _post(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response)
+    answer = post_event(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response)
     assert (answer.status_code, answer.json()["accepted"]) == (200, 2), answer.text
-    assert len(_samples(redis_client, "digits", 2)) == 2
+    assert len(sampled(redis_client, "digits", 2)) == 2
     assert _dropped(registry, "digits", "embedding") == 2
 
 
@@ -286,7 +264,7 @@ def test_a_1d_embedding_of_a_batch_is_monitored_without_it_and_counted(
 ) -> None:
     response = _v2_response(2)
     response["outputs"][1] = {"name": "features", "shape": [4], "datatype": "FP64", "data": [0.5, 1.5, 2.5, 3.5]}
-    answer = _post(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response)
+    answer = post_event(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response)
     assert (answer.status_code, answer.json()["accepted"]) == (200, 2), answer.text
     assert _dropped(registry, "digits", "embedding") == 2
 
@@ -296,10 +274,10 @@ def test_a_1d_embedding_of_a_batch_is_monitored_without_it_and_counted(
 
 def test_a_1d_scores_tensor_is_refused_naming_it(kserve: TestClient, registry: CollectorRegistry) -> None:
     response = {"outputs": [{"name": "logits", "shape": [3], "datatype": "INT64", "data": [1, 0, 1]}]}
-    answer = _post(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response)
+    answer = post_event(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response)
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == "outputs[0]"
-    assert _outcome(registry, "digits", "invalid") == 1
+    assert outcome_count(registry, "digits", "invalid") == 1
 
 
 # --- M4: an odd model_version or a long service name still gives a valid version ------------------------
@@ -321,17 +299,17 @@ def test_an_odd_version_is_made_valid_not_refused(
     model = "long" if service == LONG_SERVICE else "digits"
     response = _v2_response(1, model_version=version)
     headers = _headers(str(uuid.uuid4()), RESPONSE, service, endpoint=endpoint)
-    answer = _post(kserve, headers, response)
+    answer = post_event(kserve, headers, response)
     assert (answer.status_code, answer.json()["accepted"]) == (200, 1), answer.text
-    (sample,) = _samples(redis_client, model, 1)
+    (sample,) = sampled(redis_client, model, 1)
     assert VERSION_RE.match(sample.model_version), sample.model_version
 
 
 def test_long_versions_that_share_a_prefix_stay_apart(kserve: TestClient, redis_client: redis.Redis) -> None:
     for suffix in ("a", "b"):
         response = _v2_response(1, model_version="v" * 70 + suffix)
-        assert _post(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response).status_code == 200
-    first, second = _samples(redis_client, "digits", 2)
+        assert post_event(kserve, _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc"), response).status_code == 200
+    first, second = sampled(redis_client, "digits", 2)
     assert first.model_version != second.model_version
 
 
@@ -344,7 +322,7 @@ def test_a_transformer_s_events_are_skipped_and_counted_once(
     ce_id = str(uuid.uuid4())
     raw_image = {"instances": [{"image": {"b64": "aGk="}}]}
     for kind, body in ((REQUEST, raw_image), (RESPONSE, _v1_response())):
-        skipped = _post(kserve, _headers(ce_id, kind, component="transformer"), body)
+        skipped = post_event(kserve, _headers(ce_id, kind, component="transformer"), body)
         assert skipped.status_code == 200, skipped.text
         assert skipped.json() == {
             "outcome": "other_component",
@@ -353,18 +331,18 @@ def test_a_transformer_s_events_are_skipped_and_counted_once(
             "accepted": 0,
             "rejected": [],
         }
-    assert _post(kserve, _headers(ce_id, REQUEST), _v1_request()).json()["outcome"] == "request_stored"
-    assert _post(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "joined"
-    assert len(_samples(redis_client, "iris", 1)) == 1
-    assert _outcome(registry, "iris", "other_component") == 2
-    assert _outcome(registry, "iris", "invalid") == _outcome(registry, "iris", "response_only") == 0
+    assert post_event(kserve, _headers(ce_id, REQUEST), _v1_request()).json()["outcome"] == "request_stored"
+    assert post_event(kserve, _headers(ce_id, RESPONSE), _v1_response()).json()["outcome"] == "joined"
+    assert len(sampled(redis_client, "iris", 1)) == 1
+    assert outcome_count(registry, "iris", "other_component") == 2
+    assert outcome_count(registry, "iris", "invalid") == outcome_count(registry, "iris", "response_only") == 0
 
 
 def test_a_mapping_may_pick_the_transformer(kserve: TestClient, registry: CollectorRegistry) -> None:
     ce_id = str(uuid.uuid4())
-    predictor = _post(kserve, _headers(ce_id, RESPONSE, "pre-isvc"), _v1_response())
+    predictor = post_event(kserve, _headers(ce_id, RESPONSE, "pre-isvc"), _v1_response())
     assert predictor.json()["outcome"] == "other_component", predictor.text
-    transformer = _post(kserve, _headers(ce_id, RESPONSE, "pre-isvc", component="transformer"), _v1_response())
+    transformer = post_event(kserve, _headers(ce_id, RESPONSE, "pre-isvc", component="transformer"), _v1_response())
     assert (transformer.json()["outcome"], transformer.json()["accepted"]) == ("response_only", 1), transformer.text
 
 
@@ -374,11 +352,11 @@ def test_a_mapping_may_pick_the_transformer(kserve: TestClient, registry: Collec
 def test_every_reply_has_accepted_and_rejected(kserve: TestClient) -> None:
     ce_id = str(uuid.uuid4())
     replies = [
-        _post(kserve, _headers(ce_id, REQUEST), _v1_request()),  # request_stored
-        _post(kserve, _headers(ce_id, REQUEST), _v1_request()),  # duplicate request
-        _post(kserve, _headers(ce_id, RESPONSE), _v1_response()),  # joined
-        _post(kserve, _headers(ce_id, RESPONSE), _v1_response()),  # duplicate response
-        _post(kserve, _headers(ce_id, REQUEST), _v1_request()),  # request_dropped
+        post_event(kserve, _headers(ce_id, REQUEST), _v1_request()),  # request_stored
+        post_event(kserve, _headers(ce_id, REQUEST), _v1_request()),  # duplicate request
+        post_event(kserve, _headers(ce_id, RESPONSE), _v1_response()),  # joined
+        post_event(kserve, _headers(ce_id, RESPONSE), _v1_response()),  # duplicate response
+        post_event(kserve, _headers(ce_id, REQUEST), _v1_request()),  # request_dropped
     ]
     for reply in replies:
         assert set(reply.json()) == {"outcome", "model", "id", "accepted", "rejected"}, reply.text
@@ -397,21 +375,21 @@ def test_every_reply_has_accepted_and_rejected(kserve: TestClient) -> None:
 def test_redis_down_is_503_and_counted(make_client: ClientFactory, registry: CollectorRegistry) -> None:
     client = make_client(registry=registry, models=MODELS, redis_url="redis://127.0.0.1:1", redis_timeout_s=0.2)
     for kind, body in ((REQUEST, _v1_request()), (RESPONSE, _v1_response())):
-        answer = _post(client, _headers(str(uuid.uuid4()), kind), body)
+        answer = post_event(client, _headers(str(uuid.uuid4()), kind), body)
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "1"
-    assert _outcome(registry, "iris", "redis_unavailable") == 2
+    assert outcome_count(registry, "iris", "redis_unavailable") == 2
 
 
 def test_a_skipped_component_s_payload_is_not_read(kserve: TestClient, registry: CollectorRegistry) -> None:
     """A transformer's request may hold anything (raw image bytes): skipped before its payload is parsed."""
-    skipped = _post(kserve, _headers("raw", REQUEST, component="transformer"), b"\x89PNG\r\n\x1a\n")
+    skipped = post_event(kserve, _headers("raw", REQUEST, component="transformer"), b"\x89PNG\r\n\x1a\n")
     assert (skipped.status_code, skipped.json()["outcome"]) == (200, "other_component"), skipped.text
-    assert _outcome(registry, "iris", "invalid") == 0
+    assert outcome_count(registry, "iris", "invalid") == 0
 
 
 def test_a_request_of_a_model_that_keeps_no_input_is_not_read(kserve: TestClient, registry: CollectorRegistry) -> None:
     """Its payload is of no use (no `kserve.input`), so a payload the sidecar could not read costs nothing."""
-    answer = _post(kserve, _headers(str(uuid.uuid4()), REQUEST, LONG_SERVICE), b"not a payload we read")
+    answer = post_event(kserve, _headers(str(uuid.uuid4()), REQUEST, LONG_SERVICE), b"not a payload we read")
     assert answer.status_code == 200 and answer.json()["outcome"] == "request_stored", answer.text
-    assert _outcome(registry, "long", "invalid") == 0
+    assert outcome_count(registry, "long", "invalid") == 0

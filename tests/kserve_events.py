@@ -1,0 +1,41 @@
+"""What the KServe tests share: the logger's event types, posting a CloudEvent, and reading what it became."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx2
+import redis
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from common import keys
+from helpers import stream_entries
+from sampler.contract import SampledEvent
+
+REQUEST = "org.kubeflow.serving.inference.request"
+RESPONSE = "org.kubeflow.serving.inference.response"
+
+
+def post_event(client: TestClient, headers: dict[str, str], body: bytes | dict[str, Any]) -> httpx2.Response:
+    """``POST /v1/cloudevents`` with ``body`` (a dict is sent as JSON)."""
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post("/v1/cloudevents", content=content, headers=headers)
+
+
+def outcome_count(registry: CollectorRegistry, model: str, name: str) -> float:
+    """How many CloudEvents of ``model`` ended as ``name`` (``vai_kserve_events_total``)."""
+    return registry.get_sample_value("vai_kserve_events_total", {"model": model, "outcome": name}) or 0.0
+
+
+def sampled(client: redis.Redis, model: str, count: int) -> list[SampledEvent]:
+    """The sampled events of ``model`` once its stream holds at least ``count`` (within 5 s)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries = stream_entries(client, keys.sample_stream(model))
+        if len(entries) >= count:
+            return [SampledEvent.decode(fields) for _, fields in entries]
+        time.sleep(0.02)
+    raise AssertionError(f"stream of {model} did not reach {count} entries")
