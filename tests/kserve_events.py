@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx2
@@ -12,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from common import keys
-from helpers import stream_entries
+from helpers import stream_entries, wait_until
 from sampler.contract import SampledEvent
 
 REQUEST = "org.kubeflow.serving.inference.request"
@@ -32,10 +31,10 @@ def outcome_count(registry: CollectorRegistry, model: str, name: str) -> float:
 
 def sampled(client: redis.Redis, model: str, count: int) -> list[SampledEvent]:
     """The sampled events of ``model`` once its stream holds at least ``count`` (within 5 s)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def found() -> list[SampledEvent] | None:
         entries = stream_entries(client, keys.sample_stream(model))
-        if len(entries) >= count:
-            return [SampledEvent.decode(fields) for _, fields in entries]
-        time.sleep(0.02)
-    raise AssertionError(f"stream of {model} did not reach {count} entries")
+        return [SampledEvent.decode(fields) for _, fields in entries] if len(entries) >= count else None
+
+    events: list[SampledEvent] = wait_until(found, timeout_s=5.0, what=f"{count} entries in the stream of {model}")
+    return events
