@@ -23,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
@@ -34,13 +32,14 @@ from redis.asyncio import Redis
 from common import keys
 from common.redis import REDIS_DOWN, cancelling, execute, queue_script
 from monitors.feed import MonitoringRecord
+from service.feed_buffer import RECORDS, FeedBuffer, Pending
 from service.feed_records import UniformBudget, monitoring_record
 from service.validation import Prediction
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS, LABELLED, RECORDS = "predictions", "labelled", "label_join"
-"""The ``feed`` label: the drift feed, the labelled feed, and records waiting for a delayed label."""
+PREDICTIONS, LABELLED = "predictions", "labelled"
+"""The ``feed`` label: the drift feed, the labelled feed, and (``RECORDS``) records waiting for a delayed label."""
 
 _WRITE = """
 local maxlen, ttl = ARGV[1], ARGV[2]
@@ -64,18 +63,6 @@ a pipeline of ``XADD`` s cost redis-py ~17 µs each. It returns, per key, how ma
 trimmed: records the monitor never read (it deletes what it examined, so only a backlog is trimmed)."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    feed: str
-    model: str
-    request_id: str
-    blob: bytes
-    taken: bool = False
-    """A label-join record a delayed label took while it waited here: skipped when its turn comes."""
-    gone: bool = False
-    """Out of ``_pending`` for good (written, dropped, or skipped as taken)."""
-
-
 class FeedWriter:
     def __init__(
         self,
@@ -95,14 +82,7 @@ class FeedWriter:
     ) -> None:
         self._redis = redis
         self._budget = UniformBudget(max_per_second)
-        self._pending: deque[_Pending] = deque()
-        self._waiting: dict[tuple[str, str], _Pending] = {}
-        """The label-join records in ``_pending`` by (model, request id): a label finds its record in O(1)."""
-        self._taken = 0
-        """How many records in ``_pending`` were taken by a label (they leave it when their turn comes)."""
-        self._lent: dict[tuple[str, str], _Pending] = {}
-        """Records taken by the label request under way, until it settles (:meth:`keep_taken`, :meth:`give_back`)."""
-        self._max_records = max_records
+        self._buffer = FeedBuffer(max_records)
         self._stream_maxlen = stream_maxlen
         self._ttl_s = prediction_ttl_s
         self._brier_max_classes = brier_max_classes
@@ -140,7 +120,7 @@ class FeedWriter:
         )
 
     def __len__(self) -> int:
-        return len(self._pending) - self._taken
+        return len(self._buffer)
 
     # --- request path ------------------------------------------------------------------------
 
@@ -190,56 +170,32 @@ class FeedWriter:
         self._append(feed, record.model, record.request_id, record.blob(embedding=feed == PREDICTIONS))
 
     def _append(self, feed: str, model: str, request_id: str, blob: bytes) -> None:
-        if len(self._pending) >= self._max_records:
-            oldest = self._pending.popleft()
-            self._forget(oldest)
-            if not oldest.taken:
-                reason = "buffer_full" if self.redis_up else "redis_unavailable"
-                self.dropped.labels(oldest.model, oldest.feed, reason).inc()
-        item = _Pending(feed, model, request_id, blob)
-        self._pending.append(item)
-        if feed == RECORDS:
-            self._waiting[(model, request_id)] = item
+        lost = self._buffer.append(Pending(feed, model, request_id, blob))
+        if lost is not None:
+            self._count_lost(lost)
+
+    def _count_lost(self, item: Pending) -> None:
+        reason = "buffer_full" if self.redis_up else "redis_unavailable"
+        self.dropped.labels(item.model, item.feed, reason).inc()
 
     def waits_here(self, model: str, request_id: str) -> bool:
         """Whether the prediction record of ``request_id`` is still here (its label came before it reached Redis)."""
-        return (model, request_id) in self._waiting
+        return self._buffer.waits_here(model, request_id)
 
     def take_local(self, model: str, request_id: str) -> MonitoringRecord | None:
-        """The prediction record of ``request_id`` if it is still here; it will not be written."""
-        item = self._waiting.pop((model, request_id), None)
-        if item is None:
-            return None
-        item.taken = True
-        self._taken += 1
-        self._lent[(model, request_id)] = item
-        return MonitoringRecord.from_blob(model, item.blob)
+        """The prediction record of ``request_id`` if it is still here; it will not be written (unless given back)."""
+        blob = self._buffer.take(model, request_id)
+        return None if blob is None else MonitoringRecord.from_blob(model, blob)
 
     def give_back(self) -> None:
         """Undo every :meth:`take_local` since the last :meth:`keep_taken` (their labels were not joined after all):
         the records wait again, and one the full buffer dropped meanwhile is counted as dropped now."""
-        for key, item in self._lent.items():
-            if item.gone:
-                self.dropped.labels(
-                    item.model, item.feed, "buffer_full" if self.redis_up else "redis_unavailable"
-                ).inc()
-                continue
-            item.taken = False
-            self._taken -= 1
-            self._waiting[key] = item
-        self._lent.clear()
+        for item in self._buffer.give_back():
+            self._count_lost(item)
 
     def keep_taken(self) -> None:
         """The records taken since the last call were joined: they will not be written."""
-        self._lent.clear()
-
-    def _forget(self, item: _Pending) -> None:
-        """``item`` left ``_pending`` for good."""
-        item.gone = True
-        if item.taken:
-            self._taken -= 1
-        elif item.feed == RECORDS and self._waiting.get((item.model, item.request_id)) is item:
-            del self._waiting[(item.model, item.request_id)]
+        self._buffer.keep_taken()
 
     # --- background --------------------------------------------------------------------------
 
@@ -262,30 +218,22 @@ class FeedWriter:
 
     async def flush(self) -> int:
         """Write up to one batch; returns how many records were written (or dropped as refused)."""
-        if not self._pending:
+        if not self._buffer.stored:
             return 0
         async with self._writing:
             return await self._flush()
 
-    def _next_batch(self) -> tuple[list[_Pending], int]:
-        """Up to one batch out of the buffer, less the records labels took (not written); and how many left it."""
-        popped = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
-        for item in popped:
-            if item.taken:
-                self._forget(item)
-        return [item for item in popped if not item.gone], len(popped)
-
     async def _flush(self) -> int:
-        batch, popped = self._next_batch()
+        batch, popped = self._buffer.next_batch(self._batch)
         if not batch:
             return popped
         try:
             refused = await self._write(batch)
         except asyncio.CancelledError:  # stopping mid-write: the batch waits for the final flush (or its count)
-            self._pending.extendleft(reversed(batch))
+            self._buffer.put_back(batch)
             raise
         except REDIS_DOWN as error:
-            self._pending.extendleft(reversed(batch))  # they wait, oldest first, within the bound
+            self._buffer.put_back(batch)  # they wait, oldest first, within the bound
             if self.redis_up:
                 log.warning("monitoring records wait in memory: redis unavailable (%s)", type(error).__name__)
             self.redis_up = False
@@ -293,7 +241,7 @@ class FeedWriter:
         except Exception:  # costs this batch (counted), never the writer: a task that ended would drop the rest
             log.exception("writing monitoring records failed: the batch is dropped (counted)")
             for item in batch:
-                self._forget(item)
+                self._buffer.forget(item)
                 self.dropped.labels(item.model, item.feed, "error").inc()
             return popped
         if not self.redis_up:
@@ -302,10 +250,10 @@ class FeedWriter:
         self._count_written(batch, refused)
         return popped
 
-    def _count_written(self, batch: list[_Pending], refused: set[int]) -> None:
+    def _count_written(self, batch: list[Pending], refused: set[int]) -> None:
         written: dict[tuple[str, str], int] = {}
         for index, item in enumerate(batch):
-            self._forget(item)
+            self._buffer.forget(item)
             labels = (item.model, item.feed)
             if index in refused:
                 self.dropped.labels(*labels, "redis_error").inc()
@@ -317,15 +265,12 @@ class FeedWriter:
     def abandon(self) -> int:
         """Count every record still waiting as dropped (``redis_unavailable``): called at shutdown, once the
         final flush has given up (Redis down or too slow), so no record leaves without a counter."""
-        abandoned = [item for item in self._pending if not item.taken]
+        abandoned = self._buffer.clear()
         for item in abandoned:
             self.dropped.labels(item.model, item.feed, "redis_unavailable").inc()
-        self._pending.clear()
-        self._waiting.clear()
-        self._taken = 0
         return len(abandoned)
 
-    async def _write(self, batch: list[_Pending]) -> set[int]:
+    async def _write(self, batch: list[Pending]) -> set[int]:
         """One round trip for the whole batch; returns the indices Redis refused (e.g. out of memory)."""
         targets = [
             keys.prediction(item.model, item.request_id)

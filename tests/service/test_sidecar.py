@@ -22,7 +22,8 @@ from common.errors import RedisUnavailable
 from helpers import event, paused_redis, sidecar_of, wait_until
 from monitors.feed import MonitoringRecord
 from service import feed_writer
-from service.feed_writer import RECORDS, FeedWriter
+from service.feed_buffer import RECORDS
+from service.feed_writer import FeedWriter
 from service.settings import SidecarSettings
 from service.sidecar import CLOSE_S, Sidecar
 
