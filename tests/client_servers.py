@@ -101,6 +101,24 @@ class HungServer:
         self._socket.close()
 
 
+def failing_first(
+    times: int, status: int, headers: dict[str, str] | None = None
+) -> Callable[[str, dict[str, Any]], Answer]:
+    """Answer ``status`` (with ``headers``) to the first ``times`` requests, then accept everything."""
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def respond(path: str, document: dict[str, Any]) -> Answer:
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if n <= times:
+            return status, headers or {}, {"error": "not now", "field": "body"}
+        return accept_all(path, document)
+
+    return respond
+
+
 @contextmanager
 def scripted(respond: Callable[[str, dict[str, Any]], Answer] = accept_all) -> Iterator[ScriptedServer]:
     server = ScriptedServer(respond)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
-import threading
 from typing import Any
 
 import numpy as np
 import pytest
-from client_servers import Answer, HungServer, accept_all, report, scripted, timed_logs
+from client_servers import Answer, HungServer, accept_all, failing_first, report, scripted, timed_logs
 from prometheus_client import CollectorRegistry
 from vai_client import Client, RetryPolicy
 
@@ -18,22 +17,6 @@ from common.embedded_redis import free_port
 from helpers import wait_until
 
 FAST_RETRY = RetryPolicy(backoff_base_s=0.01, backoff_max_s=0.05)
-
-
-def failing_first(times: int, status: int, headers: dict[str, str] | None = None) -> Any:
-    """Answer ``status`` to the first ``times`` requests, then accept everything."""
-    calls = {"n": 0}
-    lock = threading.Lock()
-
-    def respond(path: str, document: dict[str, Any]) -> Answer:
-        with lock:
-            calls["n"] += 1
-            n = calls["n"]
-        if n <= times:
-            return status, headers or {}, {"error": "not now", "field": "body"}
-        return accept_all(path, document)
-
-    return respond
 
 
 def test_hung_sidecar_never_blocks_the_caller() -> None:

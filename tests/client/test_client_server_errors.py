@@ -5,11 +5,10 @@ after ``server_error_attempts`` (counted as ``errored``) while every other event
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import pytest
-from client_servers import Answer, accept_all, scripted, timed_logs
+from client_servers import Answer, accept_all, failing_first, scripted, timed_logs
 from prometheus_client import CollectorRegistry
 from vai_client import AsyncClient, Client, RetryPolicy
 
@@ -23,22 +22,6 @@ def fails_on_poison(status: int) -> Any:
     def respond(path: str, document: dict[str, Any]) -> Answer:
         if any(event["request_id"] == POISON for event in document["events"]):
             return status, {}, {"error": "internal error; see the sidecar's log", "field": None}
-        return accept_all(path, document)
-
-    return respond
-
-
-def failing_first(times: int, status: int) -> Any:
-    """Answer ``status`` to the first ``times`` requests, then accept everything."""
-    calls = {"n": 0}
-    lock = threading.Lock()
-
-    def respond(path: str, document: dict[str, Any]) -> Answer:
-        with lock:
-            calls["n"] += 1
-            n = calls["n"]
-        if n <= times:
-            return status, {"Retry-After": "0"}, {"error": "not now", "field": "body"}
         return accept_all(path, document)
 
     return respond
@@ -111,7 +94,7 @@ def test_the_async_client_gives_up_the_poison_event_alone() -> None:
 def test_an_outage_is_waited_out_whole_however_long(status: int) -> None:
     """Far more failed attempts than ``server_error_attempts``: the batch is neither split nor given up."""
     times = FAST_RETRY.server_error_attempts * 3
-    with scripted(failing_first(times, status)) as server:
+    with scripted(failing_first(times, status, {"Retry-After": "0"})) as server:
         client = Client(server.url, batch_size=5, flush_interval_s=0.01, retry_policy=FAST_RETRY)
         timed_logs(client, 5)
         assert client.flush(10)
