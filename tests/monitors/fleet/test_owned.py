@@ -14,9 +14,14 @@ JUNK = b"not a monitoring record"
 """Counted as invalid, acknowledged and deleted like any examined entry."""
 
 
-def xautoclaims(client: redis.Redis) -> int:
+def calls(client: redis.Redis, command: str) -> int:
+    """How many times Redis ran ``command`` since its statistics were reset."""
     stats: dict[str, dict[str, int]] = client.info("commandstats")
-    return int(stats.get("cmdstat_xautoclaim", {}).get("calls", 0))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def xautoclaims(client: redis.Redis) -> int:
+    return calls(client, "xautoclaim")
 
 
 def pending(client: redis.Redis) -> int:
@@ -42,7 +47,9 @@ def test_a_new_owner_claims_what_was_left_once_not_before_every_read(
     wait_until(lambda: "m" in process.owned, what="the monitor to own m")
     wait_until(lambda: pending(redis_client) == 0 and redis_client.xlen(FEED) == 0, what="the left entries examined")
     claims = xautoclaims(redis_client)
-    time.sleep(2.0)  # an idle feed: about four blocking reads, each of which used to claim first
+    reads = calls(redis_client, "xreadgroup")
+    # An idle feed: wait for several more blocking reads, each of which used to claim first.
+    wait_until(lambda: calls(redis_client, "xreadgroup") >= reads + 4, what="four more reads of the feeds")
     assert xautoclaims(redis_client) == claims <= 2
 
 
