@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -141,18 +140,6 @@ def test_refused_requests_change_nothing(make_client: ClientFactory) -> None:
     assert status["auth_enabled"] is True
     policy = client.get("/v1/models/m/sampling", headers={"authorization": "Bearer r"}).json()
     assert policy["every_n"] == 100
-
-
-@pytest.fixture
-def uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Hosts ``uvicorn.run`` was asked to bind (it returns at once instead of serving)."""
-    runs: list[str] = []
-
-    def run(app: Any, *, host: str, **kwargs: Any) -> None:
-        runs.append(host)
-
-    monkeypatch.setattr(uvicorn, "run", run)
-    return runs
 
 
 @pytest.mark.parametrize(

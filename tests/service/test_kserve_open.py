@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -55,18 +54,6 @@ def test_without_kserve_open_cloudevents_needs_the_ingest_token(make_client: Cli
     assert _cloudevent(client) == 401
     assert _cloudevent(client, "Bearer r") == 403
     assert _cloudevent(client, "Bearer i") == 200
-
-
-@pytest.fixture
-def uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Hosts ``uvicorn.run`` was asked to bind (it returns at once instead of serving)."""
-    runs: list[str] = []
-
-    def run(app: Any, *, host: str, **kwargs: Any) -> None:
-        runs.append(host)
-
-    monkeypatch.setattr(uvicorn, "run", run)
-    return runs
 
 
 def test_kserve_open_with_tokens_binds_any_address_and_warns(
