@@ -95,11 +95,12 @@ def test_phases_warm_up_calibrate_monitor() -> None:
         assert registry.get_sample_value("vai_drift_detected", labels) == (1.0 if r.drift else 0.0)
 
 
-def _calibrated(reference: Reference, config: DriftConfig = CONFIG) -> DriftMonitor:
-    """A monitor of model ``digits`` calibrated on ``reference``, with a registry of its own."""
-    monitor = DriftMonitor(
-        model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
-    )
+def _calibrated(
+    reference: Reference, config: DriftConfig = CONFIG, registry: CollectorRegistry | None = None
+) -> DriftMonitor:
+    """A monitor of model ``digits`` calibrated on ``reference``, exporting to ``registry`` (one of its own)."""
+    metrics = DriftMetrics(registry=registry or CollectorRegistry())
+    monitor = DriftMonitor(model="digits", config=config, metrics=metrics, reference=reference)
     monitor.calibrate()
     return monitor
 
@@ -172,8 +173,7 @@ def test_an_event_without_its_embedding_does_not_blind_the_batch(odd_width: int 
     rng = np.random.default_rng(6)
     reference = Reference.from_batch(events_batch(rng, 600))
     registry = CollectorRegistry()
-    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry), reference=reference)
-    monitor.calibrate()
+    monitor = _calibrated(reference, registry=registry)
     twin = _calibrated(reference)
     batch = events_batch(rng, 200, shift=1.0)
     events = _events_with_gaps(batch, every=50, odd_width=odd_width)
@@ -495,8 +495,7 @@ def test_embeddings_too_large_for_float32_arithmetic_are_left_out_not_scored_nan
     rng = np.random.default_rng(10)
     reference = Reference.from_batch(events_batch(rng, 600))
     registry = CollectorRegistry()
-    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry), reference=reference)
-    monitor.calibrate()
+    monitor = _calibrated(reference, registry=registry)
     twin = _calibrated(reference)
     batch = events_batch(rng, 100)
     assert batch.embeddings is not None
