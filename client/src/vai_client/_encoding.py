@@ -123,7 +123,7 @@ def label_value(value: Any) -> int:
 
 
 def snapshot_bytes(event: dict[str, Any]) -> int:
-    """What an event's tensors hold, for the byte bound: an array's ``nbytes``, 8 bytes per number of a list."""
+    """What an event's tensors hold, for the byte bound: an array's ``nbytes``, ``LIST_ITEM_BYTES`` per list number."""
     size = 0
     for name, value in event.items():
         if name in TENSOR_FIELDS or name == "input":
