@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from typing import Any
 
@@ -115,3 +116,28 @@ def test_both_clients_share_one_log_and_label(method: str) -> None:
     threaded, asynchronous = getattr(Client, method), getattr(AsyncClient, method)
     assert inspect.signature(threaded) == inspect.signature(asynchronous)
     assert threaded is asynchronous
+
+
+def test_close_during_encoding_counts_each_event_once() -> None:
+    """``close()`` cancels the sender while the worker thread encodes a batch: the thread still counts what it
+    cannot encode (rejected), so the cancel may count as failed only what the thread did encode."""
+    slow_logits = [float(i % 7) for i in range(20_000)]  # a list: encoded on the worker thread, not in log()
+    events = 600
+
+    async def main(url: str) -> AsyncClient:
+        client = AsyncClient(
+            url, batch_size=events, max_buffer_bytes=2**30, flush_interval_s=0.01, tensor_encoding="compact"
+        )
+        await client.start()
+        timed_logs(client, events - 1, logits=slow_logits)
+        client.log(model="m", request_id="m-overflow", logits=[10**400, 1.0])  # unreadable, last in the batch
+        await asyncio.sleep(0.05)  # the sender has taken the batch and is encoding it
+        await client.close(timeout_s=0)
+        return client
+
+    with scripted() as server:
+        client = asyncio.run(main(server.url))
+        wait_until(lambda: not any(t.name.startswith("vai-client-http") for t in threading.enumerate()), timeout_s=30)
+        stats = client.stats
+        assert stats.rejected == 1
+        assert stats.sent + stats.rejected + stats.failed + stats.dropped + stats.errored == events

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from vai_client._core import ClientBase, Core, send_blocking
@@ -155,17 +156,26 @@ class AsyncClient(ClientBase):
     async def _send(self, loop: asyncio.AbstractEventLoop, kind: str, items: list[Any]) -> None:
         """Encode (on the worker thread) and post one batch; an unexpected error costs this batch, never the task."""
         delivery = None
+        encoding = self._executor.submit(self._core.delivery, kind, items)
         try:
-            delivery = await loop.run_in_executor(self._executor, self._core.delivery, kind, items)
+            delivery = await asyncio.wrap_future(encoding, loop=loop)
             await self._deliver(delivery)
         except asyncio.CancelledError:
-            if delivery is None:
-                self._core.counters.add("failed", len(items))
+            if delivery is None:  # settled by the thread when it is done: it counts what it cannot encode
+                encoding.add_done_callback(functools.partial(self._abandon_encoded, len(items)))
             else:
                 delivery.abandon()
             raise
         except Exception as error:
             self._core.crashed(kind, len(items) if delivery is None else delivery.left, error)
+
+    def _abandon_encoded(self, items: int, encoding: Future[BatchDelivery]) -> None:
+        """A batch whose sender was cancelled while it was encoded: what was encoded counts as failed (the
+        rest the encoder counted as rejected); all of it when the encoding never ran."""
+        if encoding.cancelled() or encoding.exception() is not None:
+            self._core.counters.add("failed", items)
+        else:
+            encoding.result().abandon()
 
     async def _deliver(self, delivery: BatchDelivery) -> None:
         loop = asyncio.get_running_loop()
