@@ -11,7 +11,8 @@ NN-descent, which UMAP uses from 4,096 reference rows), ``again`` is what every 
 
 Peak memory is the largest growth of the process's resident set during a step (sampled every 5 ms), over
 what it held when the step started; ``rss`` is the process's whole resident set at the end of the step.
-Also printed: the size of the published JSON and the time to build it (the owner does it in a thread).
+Also printed: the size of the published JSON and the time to build it (the owner does it in a thread), both as
+pydantic points (how it was built before) and as published (plain values dumped with orjson).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitors.fleet.projection import PcaFrame, UmapSettings, fit_umap
+from monitors.fleet.projection_body import Finite, Header, Placed, projection_json
+from monitors.fleet.projection_sample import ReferenceSample, Seen
 from monitors.fleet.views import Projection, ProjectionPoint
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -111,9 +114,28 @@ def umap_steps(reference: NDArray[np.float32], production: NDArray[np.float32], 
 def pca_steps(reference: NDArray[np.float32], production: NDArray[np.float32]) -> list[Step]:
     fit, frame = measure("pca fit", lambda: PcaFrame.fit(reference))
     transform, placed = measure("pca transform", lambda: (frame.transform(reference), frame.transform(production)))
-    serialise, body = measure("build + dump JSON", lambda: _json(placed[0], placed[1]))
+    pydantic, _ = measure("build + dump JSON (pydantic points)", lambda: _json(placed[0], placed[1]))
+    header, seen, finite = _published_parts(reference, production, placed)
+    explained = [n % 10 == 0 for n in range(len(seen))]
+    published, body = measure(
+        "build + dump JSON (as published, orjson)", lambda: projection_json(header, seen, finite, explained, {})
+    )
+    Projection.model_validate_json(body)  # what the sidecars read
     print(f"    published JSON: {len(body) / 2**20:.2f} MiB for {len(reference) + len(production)} points")
-    return [fit, transform, serialise]
+    return [fit, transform, pydantic, published]
+
+
+def _published_parts(
+    reference: NDArray[np.float32], production: NDArray[np.float32], placed: tuple[NDArray[Any], NDArray[Any]]
+) -> tuple[Header, list[Seen], Finite]:
+    """What the owner hands :func:`projection_json`: the same points, as :mod:`monitors.fleet.projection_views`
+    builds them."""
+    sample = ReferenceSample(
+        id="r", embeddings=reference, predicted=np.full(len(reference), 3), confidence=None, margin=None
+    )
+    seen = [Seen(row, 1.7e9 + n, 3, {"region": "eu"}, f"r-{n}", "v1", n + 1) for n, row in enumerate(production)]
+    finite = Finite.of(Placed(placed[0], placed[1], 0.0))
+    return Header("digits", "pca", sample, "owner", 0), seen, finite
 
 
 def _json(reference: NDArray[np.float64], production: NDArray[np.float64]) -> str:

@@ -145,6 +145,12 @@ def projection_status(model: str) -> str:
     return f"{PREFIX}:projection-status:{model}"
 
 
+def projection_traffic_reference(model: str) -> str:
+    """Versioned JSON of the traffic sample standing in for a model's reference in its projections (no reference
+    uploaded): written by the owner that took it, adopted by the next owner after a failover."""
+    return f"{PREFIX}:projection-traffic-reference:{model}"
+
+
 def drift_history(model: str) -> str:
     """Stream of a model's detector verdicts over time (capped ``MAXLEN``), appended by the owning monitor."""
     return f"{PREFIX}:drift-history:{model}"

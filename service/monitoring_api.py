@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import time
@@ -11,7 +12,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import Conflict, InvalidInput, MonitorsOff, NotFound, Unavailable
@@ -24,6 +25,7 @@ from service.errors import FieldError
 from service.monitoring import LabelIn, Monitoring, PublishedView
 from service.sidecar import Sidecar
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 NPY_TYPES = ("application/octet-stream", "application/x-npy")
 
@@ -246,16 +248,23 @@ async def get_projection(
     limit: Annotated[int | None, Query(ge=2, le=100_000)] = None,
 ) -> Response:
     view = await _monitoring(sidecar).projection(model, method)
-    if view.body is None:
-        raise _projection_missing(model, method, view)
+    if view.body is None or (view.status is not None and method in view.status.blocked):
+        raise _projection_missing(model, method, view)  # blocked: a body left from before is not current
     if limit is None:
         return Response(view.body, media_type="application/json")  # as published: no parsing on the request path
-    body = await run_in_threadpool(_limited, view.body, limit)
+    body = await run_in_threadpool(_limited, view.body, limit, model)
     return Response(body, media_type="application/json")
 
 
-def _limited(body: bytes, limit: int) -> bytes:
-    return Projection.model_validate_json(body).limited(limit).model_dump_json().encode()
+def _limited(body: bytes, limit: int, model: str) -> bytes:
+    """At most ``limit`` points of the published body; one this sidecar cannot read (a monitor of another release,
+    a value out of its contract) is a 503 while the owner writes it again, as the other views answer."""
+    try:
+        projection = Projection.model_validate_json(body)
+    except ValidationError as error:
+        log.warning("projection of model %s unreadable: %s", model, error.errors(include_url=False)[:1])
+        raise Unavailable(f"the projection of model {model!r} cannot be read now; try again", retry_after_s=5) from None
+    return projection.limited(limit).model_dump_json().encode()
 
 
 def _projection_missing(model: str, method: str, view: PublishedView) -> Exception:

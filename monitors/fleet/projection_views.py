@@ -11,48 +11,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import execute
 from monitors.feed import MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
-from monitors.fleet.projection import Coordinates, PcaFrame, ProjectionPool
-from monitors.fleet.projection_sample import ReferenceSample, Seen, ViewSamples, score_arrays
+from monitors.fleet.projection import PcaFrame, ProjectionPool
+from monitors.fleet.projection_body import Chosen, Finite, Header, Placed, projection_json, stacked
+from monitors.fleet.projection_sample import ReferenceSample, Seen, StoredTraffic, ViewSamples, score_arrays
 from monitors.fleet.references import ReferenceStore
 from monitors.fleet.results import DriftStatus
 from monitors.fleet.settings import MonitorSettings
-from monitors.fleet.views import (
-    Distributions,
-    Histogram,
-    HistoryPoint,
-    Projection,
-    ProjectionPoint,
-    ProjectionStatus,
-)
+from monitors.fleet.views import Distributions, Histogram, HistoryPoint, ProjectionStatus
 
 log = logging.getLogger(__name__)
 BINS = 20
-_STATUS_FIELD, _DONE = "status", (b"done", "done")
-"""The explanation hash's status field and its finished value, as bytes or decoded (``common.keys.explanation``;
-written by the sampler's store, which this package may not import)."""
+_STATUS_FIELD, _DONE = "status", "done"
+"""The explanation hash's status field and its finished value (``common.keys.explanation``; written by the
+sampler's store, which this package may not import)."""
+_DONE_FLAGS = """
+local flags = {}
+for i, name in ipairs(KEYS) do
+  flags[i] = redis.call('HGET', name, ARGV[1]) == ARGV[2] and '1' or '0'
+end
+return table.concat(flags)
+"""
 _APPEND_IF_OWNER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'p', ARGV[3])
 return 1
 """
-
-
-@dataclass(frozen=True, slots=True)
-class _Placed:
-    reference: Coordinates
-    production: Coordinates
-    seconds: float
 
 
 class ModelViews:
@@ -89,6 +81,9 @@ class ModelViews:
         self._last_history: tuple[object, ...] | None = None
         self._history_at = 0.0
         self._append = redis.register_script(_APPEND_IF_OWNER)
+        self._done_flags = redis.register_script(_DONE_FLAGS)
+        self._adoption_tried = False
+        self._shared_traffic_id: str | None = None
 
     # --- intake (event loop, O(1)) -----------------------------------------------------------------
 
@@ -145,45 +140,54 @@ class ModelViews:
                 if reference is None
                 else ("the uploaded reference carries no embeddings", False)
             )
-            if (self._waiting if curable else self._blocked).get(method) != why:
-                self._waiting.pop(method, None)
-                self._blocked.pop(method, None)
-                (self._waiting if curable else self._blocked)[method] = why
-                await self._publish_status()
+            await self._cannot(method, why, curable=curable)
             return
-        self._waiting.pop(method, None)
-        self._blocked.pop(method, None)
         state = (reference.id, self.samples.observed, self.samples.labelled)
         if self._done.get(method) == state:
             return
-        embeddings = reference.embeddings
-        production = [s for s in self.samples.snapshot() if s.embedding.shape == embeddings.shape[1:]]
-        try:
-            placed = await self._place(method, reference.id, embeddings, production)
-        except Exception as error:  # a failed fit is reported, and retried when something changes
+        chosen = await asyncio.to_thread(Chosen.of, self.samples.snapshot(), reference)  # copied on the loop
+        mismatch = chosen.mismatch(self.model, reference, traffic_rows=self.samples.traffic_rows)
+        if mismatch is not None:
+            await self._cannot(method, mismatch, curable=reference.from_traffic)
+            self._done[method] = state
+            return
+        self._waiting.pop(method, None)
+        self._blocked.pop(method, None)
+        try:  # a failed fit is reported, and retried when something changes
+            placed = Finite.of(await self._place(method, reference.id, reference.embeddings, chosen.production))
+        except Exception as error:
             log.warning("projection %s of %s failed: %s", method, self.model, error)
             self._errors[method] = f"{type(error).__name__}: {error}"[:500]
             self._done[method] = state
             await self._publish_status()
             return
         self._errors.pop(method, None)
-        explained = await self._explained([s.request_id for s in production])
-        body = await asyncio.to_thread(
-            self._projection_json, method, reference, production, placed, explained, dict(self.samples.labels)
-        )
+        explained = await self._explained([s.request_id for s in chosen.production])
+        header = Header(self.model, method, reference, self._leases.owner, chosen.other_width)
+        labels = dict(self.samples.labels)
+        body = await asyncio.to_thread(projection_json, header, chosen.production, placed, explained, labels)
         written = {keys.projection(self.model, method): body, **self._status_value()}
         if await self._leases.set_if_owner(self.model, written):
-            self._metrics.projection_seconds.labels(self.model, method).set(placed.seconds)
+            self._metrics.projection_seconds.labels(self.model, method).set(placed.placed.seconds)
         self._done[method] = state
+
+    async def _cannot(self, method: str, why: str, *, curable: bool) -> None:
+        """Say why ``method`` has nothing to show: waiting (more traffic cures it), else blocked."""
+        if (self._waiting if curable else self._blocked).get(method) == why:
+            return
+        self._waiting.pop(method, None)
+        self._blocked.pop(method, None)
+        (self._waiting if curable else self._blocked)[method] = why
+        await self._publish_status()
 
     async def _place(
         self, method: str, reference_id: str, embeddings: npt.NDArray[np.float32], production: list[Seen]
-    ) -> _Placed:
-        rows = np.stack([s.embedding for s in production]) if production else np.zeros((0, embeddings.shape[1]))
+    ) -> Placed:
+        rows = await asyncio.to_thread(stacked, production, embeddings.shape[1])
         started = time.perf_counter()
         if method == "umap":
-            result = await self._pool.umap(reference_id, embeddings, rows.astype(np.float32))
-            return _Placed(result.reference, result.production, result.fit_s + result.transform_s)
+            result = await self._pool.umap(reference_id, embeddings, rows)
+            return Placed(result.reference, result.production, result.fit_s + result.transform_s)
         frame = self._pca[1] if self._pca is not None and self._pca[0] == reference_id else None
         if frame is None:
             frame = await asyncio.to_thread(PcaFrame.fit, embeddings)
@@ -191,74 +195,33 @@ class ModelViews:
         placed_reference, placed_production = await asyncio.to_thread(
             lambda: (frame.transform(embeddings), frame.transform(rows))
         )
-        return _Placed(placed_reference, placed_production, time.perf_counter() - started)
+        return Placed(placed_reference, placed_production, time.perf_counter() - started)
 
     async def _explained(self, request_ids: list[str]) -> list[bool]:
-        """Which production events a worker has explained (their record's status is ``done``), in one pipeline.
+        """Which production events a worker has explained (their record's status is ``done``), in one script call
+        that answers a string of ``0``/``1`` (not thousands of replies parsed on the event loop).
 
         A sampled event's record exists from the moment it is queued: only a finished one has maps to open.
         """
         if not request_ids:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for request_id in request_ids:
-            pipe.hget(keys.explanation(self.model, request_id), _STATUS_FIELD)
-        return [status in _DONE for status in await execute(pipe)]
-
-    def _projection_json(
-        self,
-        method: str,
-        reference: ReferenceSample,
-        production: list[Seen],
-        placed: _Placed,
-        explained: list[bool],
-        labels: dict[str, int],
-    ) -> str:
-        points = [
-            ProjectionPoint(
-                x=float(x),
-                y=float(y),
-                source="reference",
-                predicted=None if reference.predicted is None else int(reference.predicted[i]),
-            )
-            for i, (x, y) in enumerate(placed.reference.tolist())
-        ]
-        points += [
-            ProjectionPoint(
-                x=float(x),
-                y=float(y),
-                source="production",
-                time=seen.time,
-                predicted=seen.predicted,
-                label=labels.get(seen.request_id),
-                cohort=seen.cohort,
-                request_id=seen.request_id if sampled else None,
-            )
-            for seen, (x, y), sampled in zip(production, placed.production.tolist(), explained, strict=True)
-        ]
-        return Projection(
-            model=self.model,
-            method=method,
-            computed_at=time.time(),
-            seconds=placed.seconds,
-            reference_count=len(placed.reference),
-            production_count=len(production),
-            points=tuple(points),
-            reference_id=reference.id,
-            owner=self._leases.owner,
-        ).model_dump_json()
+        names = [keys.explanation(self.model, request_id) for request_id in request_ids]
+        flags = await self._done_flags(keys=names, args=[_STATUS_FIELD, _DONE])
+        text = flags.decode() if isinstance(flags, bytes) else str(flags)
+        return [flag == "1" for flag in text]
 
     # --- shared ----------------------------------------------------------------------------------------
 
     async def reference(self) -> ReferenceSample | None:
-        """The uploaded reference (re-read when its id changes), else the first traffic this owner saw."""
+        """The uploaded reference (re-read when its id changes), else the traffic standing in for one: adopted
+        from the previous owner if it shared one, else the first traffic this owner saw (then shared)."""
         latest = await self._references.latest_id(self.model)
         if latest is None:
-            return self.samples.traffic_reference(self._leases.owner)
+            return await self._traffic_reference()
         if self._reference is None or self._reference.id != latest:
             stored = await self._references.get(self.model)
             if stored is None:
-                return self.samples.traffic_reference(self._leases.owner)
+                return await self._traffic_reference()
             self._reference = await asyncio.to_thread(
                 ReferenceSample.of,
                 stored,
@@ -266,6 +229,29 @@ class ModelViews:
                 seed=self._settings.projection_seed,
             )
         return self._reference
+
+    async def _traffic_reference(self) -> ReferenceSample | None:
+        if not self._adoption_tried:
+            self._adoption_tried = True
+            body = await self._redis.get(keys.projection_traffic_reference(self.model))
+            if body is not None:
+                await self._adopt(body)
+        sample = self.samples.traffic_reference(self._leases.owner)
+        if sample is not None and sample.id != self._shared_traffic_id:
+            body = await asyncio.to_thread(lambda: StoredTraffic.of(sample).model_dump_json())
+            if await self._leases.set_if_owner(self.model, {keys.projection_traffic_reference(self.model): body}):
+                self._shared_traffic_id = sample.id
+        return sample
+
+    async def _adopt(self, body: bytes | str) -> None:
+        try:
+            sample = await asyncio.to_thread(lambda: StoredTraffic.model_validate_json(body).sample())
+        except ValueError as error:  # pydantic's ValidationError included: another release's record
+            log.warning("ignoring the unreadable traffic reference of %s: %s", self.model, error)
+            return
+        self.samples.adopt(sample)
+        self._shared_traffic_id = sample.id
+        log.info("projection reference of %s adopted from its previous owner (%s)", self.model, sample.id)
 
     def _status_value(self) -> dict[str, str | bytes]:
         status = ProjectionStatus(

@@ -57,8 +57,9 @@ class MonitorSettings(RoleSettings):
     projection_max_reference: int = Field(default=2_000, ge=4, le=5_000)
     """Most reference embeddings in a projection (a seeded random sample of the reference). UMAP fits under
     4,096 rows with exact neighbours; above, NN-descent, whose first compile costs minutes and ~0.5 GiB more."""
-    projection_max_production: int = Field(default=2_000, ge=1)
-    """Most production embeddings in a projection: the latest examined records that have one."""
+    projection_max_production: int = Field(default=2_000, ge=1, le=5_000)
+    """Most production embeddings in a projection: the latest examined records that have one (at most 5,000, as
+    the reference: every point is ~170 bytes of every page load's body)."""
     projection_refresh_s: float = Field(default=5.0, gt=0)
     """How often projections and distributions are recomputed (only when their inputs changed)."""
     projection_seed: int = 0

@@ -38,6 +38,8 @@ class ProjectionPoint(_Result):
     cohort: dict[str, str] = {}
     request_id: str | None = None
     """Set only for production events a worker had explained (status ``done``) when the view was computed."""
+    version: str | None = None
+    """Model version of a production event (``None`` for reference points, and in views of older monitors)."""
 
 
 class Projection(_Result):
@@ -50,6 +52,10 @@ class Projection(_Result):
     reference_count: int
     production_count: int
     points: tuple[ProjectionPoint, ...] = ()
+    other_width_count: int = 0
+    """Latest production embeddings left out: their width is not the reference's (a model changed)."""
+    non_finite_count: int = 0
+    """Points left out because the method placed them at a non-finite coordinate (embeddings of huge magnitude)."""
     note: str = NOTE
     reference_id: str = ""
     owner: str = ""

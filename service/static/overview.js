@@ -7,6 +7,9 @@
   const REFRESH_MS = 10000;
   const METHODS_LIMIT = 200;
   const SAMPLED_LISTED = 12;
+  /** Most points the projection is asked for: the sidecar takes them evenly from each source (the default
+   * 2,000 reference and 2,000 production embeddings come whole; a fleet configured for more stays bounded). */
+  const PROJECTION_LIMIT = 4000;
   const MODEL = decodeURIComponent(window.location.pathname.replace(/\/+$/, "").split("/").pop() || "");
   const enc = encodeURIComponent(MODEL);
   const PATHS = {
@@ -54,8 +57,10 @@
     return `${(seconds / 3600).toFixed(1)} h`;
   }
 
-  function meter(value) {
-    if (typeof value !== "number" || !Number.isFinite(value)) return el("span", { class: "muted" }, "not measured");
+  const measured = (value) => typeof value === "number" && Number.isFinite(value);
+
+  function meter(value, missing = "not measured") {
+    if (!measured(value)) return el("span", { class: "muted" }, missing);
     return el("span", { class: "share" }, el("meter", { min: 0, max: 1, value }), ` ${pct(value)}`);
   }
 
@@ -454,14 +459,18 @@
     if (!(l.reports || []).length) throw new NoData("no worker has reported layer statistics yet");
     const head = ["Layer", "Kind", "Units", "Dead units", "Saturated", "Activation shift"];
     const blocks = l.reports.map((report) => {
-      const rows = report.layers.map((layer) => el("tr", { class: layer.dead_ratio >= 0.5 ? "flagged" : null },
-        el("th", { scope: "row" }, layer.name),
-        el("td", {}, layer.kind),
-        el("td", { class: "num" }, String(layer.units)),
-        el("td", {}, meter(layer.dead_ratio),
-          layer.dead_ratio >= 0.5 ? el("span", { class: "badge badge-warn" }, " ⚠ mostly dead") : null),
-        el("td", {}, meter(layer.saturated_ratio)),
-        el("td", { class: "num" }, num(layer.activation_shift))));
+      const rows = report.layers.map((layer) => {
+        // null: not applicable to this layer, or not measured yet; never shown as 0 % nor flagged
+        const dead = measured(layer.dead_ratio) && layer.dead_ratio >= 0.5;
+        return el("tr", { class: dead ? "flagged" : null },
+          el("th", { scope: "row" }, layer.name),
+          el("td", {}, layer.kind),
+          el("td", { class: "num" }, String(layer.units)),
+          el("td", {}, meter(layer.dead_ratio, "n/a"),
+            dead ? el("span", { class: "badge badge-warn" }, " ⚠ mostly dead") : null),
+          el("td", {}, meter(layer.saturated_ratio, "n/a")),
+          el("td", { class: "num" }, measured(layer.activation_shift) ? num(layer.activation_shift) : "n/a"));
+      });
       return el("table", { class: "data", "data-rows": rows.length },
         el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples · `,
           `shift against ${report.baseline === "uploaded" ? "an uploaded reference" : "the first window it saw"} · `,
@@ -479,7 +488,8 @@
 
   async function loadProjection(section) {
     const p = state.projection;
-    const data = await get(PATHS.projection, { method: p.method }); // the verdict beside it: the drift view
+    // the verdict beside it: the drift view
+    const data = await get(PATHS.projection, { method: p.method, limit: String(PROJECTION_LIMIT) });
     if (!(data.points || []).length) throw new NoData("the projection has no points yet");
     const same = p.data && p.data.method === data.method && p.data.computed_at === data.computed_at;
     if (same && section.dataset.state === "ready") return; // unchanged: keep the zoom, hover and selection
@@ -490,8 +500,17 @@
     evidence(section, `Observed pattern: ${data.reference_count} reference and ${data.production_count} recent `,
       `production embeddings, ${data.method.toUpperCase()} to 2-D, computed ${ago(data.computed_at)} in `,
       `${num(data.seconds, 2)} s; ${sampled} ringed points had been explained by then and link to their `,
-      "explanation (sampled events still queued are not ringed). ",
+      "explanation (sampled events still queued are not ringed). ", leftOut(data),
       data.note ? el("span", { class: "muted" }, data.note) : "");
+  }
+
+  /** What the owner left out of the drawing, if anything (fields absent from older monitors' views). */
+  function leftOut(data) {
+    const parts = [];
+    if (data.other_width_count) parts.push(`${data.other_width_count} production embeddings of another width `
+      + "than the reference's (a changed model?)");
+    if (data.non_finite_count) parts.push(`${data.non_finite_count} points placed at non-finite coordinates`);
+    return parts.length ? `Left out: ${parts.join("; ")}. ` : "";
   }
 
   const SOURCE_STYLE = {
@@ -528,6 +547,7 @@
     return [
       ["source", q.source],
       ["predicted class", q.predicted === null || q.predicted === undefined ? "—" : String(q.predicted)],
+      ["model version", q.version || "—"],
       ["label", label],
       ["cohort", cohortText(q.cohort) || "none"],
       ["time", typeof q.time === "number" ? new Date(q.time * 1000).toLocaleString() : "—"],

@@ -241,6 +241,47 @@ def test_projection_recovers_when_its_first_load_failed(
     assert _page_errors(browser) == []
 
 
+def _layers_body() -> dict[str, Any]:
+    """One worker's layer report as the worker writes it once a figure can be "not applicable" (``null``)."""
+    layer = {"kind": "activation", "units": 16, "saturated_ratio": None}
+    layers = [
+        {**layer, "name": "conv.0", "kind": "conv", "dead_ratio": None, "activation_shift": None},
+        {**layer, "name": "relu.1", "dead_ratio": 0.75, "activation_shift": 0.5},
+        {**layer, "name": "relu.2", "dead_ratio": 0.0, "activation_shift": None},
+    ]
+    report = {"worker": "w1", "version": "v1", "samples": 3, "window": 3, "baseline": "first_window"}
+    return {"model": "digits", "reports": [{**report, "updated_at": time.time(), "layers": layers}]}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_layer_figures_not_measured_read_n_a_and_the_projection_is_asked_for_a_bounded_number_of_points(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    app = _Scripted(
+        create_app(make_settings()),
+        {
+            "/v1/models/digits/layers": [(200, _layers_body())],
+            "/v1/models/digits/projection": [(200, _projection_body())],
+        },
+    )
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('v-layers').dataset.state === 'ready'", "the layer table")
+        browser.wait_for("document.getElementById('v-projection').dataset.state === 'ready'", "the projection")
+        rows = browser.evaluate(
+            "[...document.querySelectorAll('#v-layers tbody tr')].map(r =>"
+            " [r.className, ...[...r.cells].map(c => c.textContent.trim())])"
+        )
+        asked = [url for url in browser.requests if urlsplit(url).path == "/v1/models/digits/projection"]
+    conv, dead, healthy = rows
+    assert conv[4] == "n/a" and conv[6] == "n/a" and "mostly dead" not in conv[4] and conv[0] != "flagged", conv
+    assert dead[0] == "flagged" and "75.0%" in dead[4] and "mostly dead" in dead[4], dead
+    assert healthy[0] != "flagged" and healthy[4].startswith("0.0%") and healthy[6] == "n/a", healthy
+    assert asked and all(re.search(r"[?&]limit=\d+", url) for url in asked), asked
+    assert _page_errors(browser) == []
+
+
 def _histogram(edges: list[float], production: list[int], reference: list[int]) -> Histogram:
     return Histogram(edges=tuple(edges), production=tuple(production), reference=tuple(reference))
 

@@ -4,6 +4,7 @@ history and the confidence/margin distributions, computed once by the owning mon
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -227,6 +228,23 @@ def test_projections_are_computed_only_while_asked_for(
     assert body["reference_count"] == 50 and all(p["predicted"] is None for p in body["points"][:50])
     assert registry.get_sample_value("vai_monitor_projection_seconds", {"model": "digits", "method": "pca"}) is not None
     assert 0 < redis_client.ttl(keys.projection_wanted("digits", "pca")) <= WANTED_TTL_S
+
+
+def test_a_published_projection_this_sidecar_cannot_read_is_503_when_limited(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    """A body that does not validate (a null coordinate, a monitor of another release) is served as published
+    without ``limit``; with ``limit`` it has to be parsed, and then it is a 503 while the owner writes it again,
+    as the other views answer, never a 500."""
+    redis_client.sadd(keys.MONITORED_MODELS, "digits")
+    points = [{"x": None, "y": 0.0, "source": "reference"}, {"x": 1.0, "y": 0.0, "source": "production"}]
+    body = {"v": 1, "model": "digits", "method": "pca", "computed_at": time.time(), "seconds": 0.1}
+    body.update(reference_count=1, production_count=1, points=points)
+    redis_client.set(keys.projection("digits", "pca"), json.dumps(body))
+    assert client.get("/v1/models/digits/projection").status_code == 200
+    response = client.get("/v1/models/digits/projection", params={"limit": 2})
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"].isdigit() and "cannot be read" in response.json()["error"]
 
 
 def test_unknown_model_is_404_on_every_view(client: TestClient, redis_client: redis.Redis) -> None:

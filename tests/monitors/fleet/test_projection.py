@@ -211,3 +211,228 @@ def test_drift_history_is_capped_oldest_first_and_written_only_by_the_owner(
     points = [point for _, fields in entries for point in orjson.loads(fields[b"p"])]
     assert [p["time"] for p in points if p["detector"] == "d0"] == [100.0 + n for n in range(20, 30)]
     assert all(p["drift"] == (p["score"] > p["threshold"]) for p in points)
+
+
+# --- the owner's projection: widths, versions, non-finite coordinates, failover ------------------------
+
+
+TRAFFIC_30 = {"reference_events": 30, "max_reference": 30, "window_size": 2, "pca_components": 4, "window_tests": False}
+"""Drift settings under which the first 30 event embeddings stand in for a reference."""
+
+
+def _views(client: AsyncRedis, owner: str, settings: MonitorSettings, pool: ProjectionPool) -> ModelViews:
+    return ModelViews(
+        "m",
+        redis=client,
+        leases=Leases(client, owner=owner, ttl_ms=900_000),
+        references=ReferenceStore(client),
+        pool=pool,
+        settings=settings,
+        metrics=MonitorMetrics(CollectorRegistry()),
+    )
+
+
+async def _owning(
+    client: AsyncRedis, owner: str, settings: MonitorSettings, method: str = "pca", pool: ProjectionPool | None = None
+) -> ModelViews:
+    """A ``ModelViews`` of model ``m`` whose process holds the lease, with ``method`` asked for."""
+    views = _views(client, owner, settings, pool or ProjectionPool())
+    assert await Leases(client, owner=owner, ttl_ms=900_000).acquire("m")
+    await client.set(keys.projection_wanted("m", method), b"1")
+    return views
+
+
+def _with(n: int, embedding: npt.ArrayLike, *, version: str = "v1") -> MonitoringRecord:
+    return MonitoringRecord(
+        model="m",
+        request_id=f"r{n}",
+        version=version,
+        time_s=float(n),
+        predicted=n % 3,
+        confidence=0.5,
+        margin=0.1,
+        num_classes=3,
+        embedding=np.asarray(embedding, dtype=np.float32),
+    )
+
+
+def _published(client: redis.Redis, method: str = "pca") -> Projection | None:
+    body = client.get(keys.projection("m", method))
+    return None if body is None else Projection.model_validate_json(body)
+
+
+def _projection_status(client: redis.Redis) -> dict[str, dict[str, str]]:
+    status: dict[str, dict[str, str]] = orjson.loads(client.get(keys.projection_status("m")) or b"{}")
+    return status
+
+
+@pytest.mark.parametrize(
+    ("same", "other", "blocked"),
+    [
+        pytest.param(0, 50, True, id="all-of-another-width"),
+        pytest.param(10, 40, True, id="most-of-another-width"),
+        pytest.param(40, 10, False, id="a-few-of-another-width"),
+    ],
+)
+def test_production_of_another_width_is_counted_and_blocks_when_it_is_most_of_it(
+    redis_url: str, redis_client: redis.Redis, same: int, other: int, blocked: bool
+) -> None:
+    """After a model change the reference (64-d) no longer matches production (32-d): that is said, with the
+    remedy, not published as "0 production embeddings"."""
+    rng = np.random.default_rng(2)
+    settings = MonitorSettings(redis_url=redis_url)
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        try:
+            reference, _ = upload_from_arrays(rng.normal(size=(40, 64)).astype(np.float32), None)
+            await ReferenceStore(client).put("m", reference)
+            views = await _owning(client, "me", settings)
+            for n in range(same):
+                views.observe(_with(n, rng.normal(size=64)))
+            for n in range(same, same + other):
+                views.observe(_with(n, rng.normal(size=32)))
+            await views.publish_projection("pca")
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    status = _projection_status(redis_client)
+    published = _published(redis_client)
+    if blocked:
+        why = status["blocked"]["pca"]
+        assert "32" in why and "64" in why and "upload a reference" in why, why
+        assert f"{other} of the {same + other}" in why, why
+        assert published is None, "nothing published that reads as 'no production traffic'"
+    else:
+        assert "pca" not in status["blocked"] and published is not None
+        assert (published.production_count, published.other_width_count) == (same, other)
+
+
+def test_the_traffic_reference_takes_the_width_of_the_latest_traffic() -> None:
+    """One early event of another width (another replica, an older model) does not block the reference forever;
+    and once traffic has changed width for good, the reference taken from traffic follows it."""
+    samples = ViewSamples(max_production=50, max_reference=8, distribution_events=7, traffic_rows=6)
+    samples.observe(_with(0, np.zeros(32)))
+    for n in range(1, 6):
+        samples.observe(_with(n, np.full(64, n)))
+    assert samples.traffic_reference("me") is None, "5 of the 6 rows of the latest width so far"
+    why, curable = samples.no_reference()
+    assert curable and "5 of the 6" in why, why
+    samples.observe(_with(6, np.full(64, 6)))
+    first = samples.traffic_reference("me")
+    assert first is not None and first.embeddings is not None
+    assert first.embeddings.shape == (6, 64) and first.embeddings[:, 0].tolist() == [1, 2, 3, 4, 5, 6]
+    for n in range(7, 12):  # a new model's 16-d embeddings, then one of the old width: the new run starts over
+        samples.observe(_with(n, np.full(16, n)))
+    samples.observe(_with(12, np.full(64, 12)))
+    assert samples.traffic_reference("me") is first
+    for n in range(13, 19):
+        samples.observe(_with(n, np.full(16, n)))
+    latest = samples.traffic_reference("me")
+    assert latest is not None and latest.embeddings is not None and latest.id != first.id
+    assert latest.embeddings.shape == (6, 16) and latest.embeddings[:, 0].tolist() == list(range(13, 19))
+
+
+def test_points_carry_their_version_and_traffic_reference_rows_are_not_drawn_again_as_production(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    rng = np.random.default_rng(3)
+    settings = MonitorSettings(redis_url=redis_url, drift=TRAFFIC_30)
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        try:
+            views = await _owning(client, "me", settings)
+            for n in range(50):
+                views.observe(_with(n, rng.normal(size=8), version="v1" if n < 40 else "v2"))
+            await views.publish_projection("pca")
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    published = _published(redis_client)
+    assert published is not None and published.reference_count == 30
+    production = [p for p in published.points if p.source == "production"]
+    assert published.production_count == len(production) == 20, "the 20 records after the 30 taken as reference"
+    assert [p.time for p in production] == [float(n) for n in range(30, 50)]
+    assert [p.version for p in production] == ["v1"] * 10 + ["v2"] * 10
+    assert all(p.version is None for p in published.points if p.source == "reference")
+
+
+def test_a_new_owner_adopts_the_traffic_reference_instead_of_re_basing_on_current_traffic(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Without an uploaded reference the first owner's first traffic is the reference; after a failover the new
+    owner keeps comparing against it (as the drift detectors adopt their stored state), not against drifted
+    traffic it happened to see first."""
+    rng = np.random.default_rng(4)
+    settings = MonitorSettings(redis_url=redis_url, drift=TRAFFIC_30)
+    clean = rng.normal(size=(30, 8)).astype(np.float32)
+    drifted = (rng.normal(size=(60, 8)) + 3.0).astype(np.float32)
+
+    async def run() -> tuple[str, str]:
+        client = AsyncRedis.from_url(redis_url)
+        try:
+            first = await _owning(client, "first", settings)
+            for n, row in enumerate(clean):
+                first.observe(_with(n, row))
+            await first.publish_projection("pca")
+            before = _published(redis_client)
+            assert before is not None
+            await Leases(client, owner="first", ttl_ms=60_000).release("m")
+            second = await _owning(client, "second", settings)
+            for n, row in enumerate(drifted):
+                second.observe(_with(100 + n, row))
+            await second.publish_projection("pca")
+            adopted = await second.reference()
+            assert adopted is not None and adopted.embeddings is not None
+            np.testing.assert_array_equal(adopted.embeddings, clean)
+            return before.reference_id, adopted.id
+        finally:
+            await client.aclose()
+
+    first_id, second_id = asyncio.run(run())
+    assert second_id == first_id
+    published = _published(redis_client)
+    assert published is not None and published.owner == "second" and published.reference_id == first_id
+    production = np.array([[p.x, p.y] for p in published.points if p.source == "production"])
+    assert len(production) == 60 and float(np.abs(production.mean(axis=0)).max()) > 1.0, "drift stays visible"
+
+
+def test_max_production_is_bounded_like_max_reference(redis_url: str) -> None:
+    assert MonitorSettings(redis_url=redis_url, projection_max_production=5_000).projection_max_production == 5_000
+    with pytest.raises(ValueError, match="projection_max_production"):
+        MonitorSettings(redis_url=redis_url, projection_max_production=5_001)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the first UMAP fit JIT-compiles numba code
+def test_non_finite_umap_coordinates_are_left_out_and_counted(redis_url: str, redis_client: redis.Redis) -> None:
+    """Finite float32 embeddings of large magnitude (ingest accepts them) make umap-learn place some points at
+    NaN: they are left out and counted, never published as ``null`` coordinates nobody can read back."""
+    rng = np.random.default_rng(0)
+    settings = MonitorSettings(redis_url=redis_url, projection_methods=("umap",))
+    reference = (rng.normal(size=(200, 16)) * 1e19).astype(np.float32)
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        pool = ProjectionPool()
+        views = await _owning(client, "me", settings, method="umap", pool=pool)
+        try:
+            await ReferenceStore(client).put("m", upload_from_arrays(reference, None)[0])
+            for n, row in enumerate(rng.normal(size=(20, 16)) * 1e19):
+                views.observe(_with(n, row))
+            await views.publish_projection("umap")
+        finally:
+            pool.close()
+            await client.aclose()
+
+    asyncio.run(run())
+    published = _published(redis_client, "umap")
+    status = _projection_status(redis_client)
+    assert published is not None, status
+    coordinates = np.array([[p.x, p.y] for p in published.points])
+    assert np.isfinite(coordinates).all()
+    assert published.non_finite_count > 0
+    assert published.reference_count + published.production_count + published.non_finite_count == 220
