@@ -13,15 +13,24 @@ shows one layer, ``features``: the loader's ``cam`` identity between the two, wh
 
 When: :meth:`LayerInspector.inspect` registers the hooks, runs one no-grad forward pass on the
 batch, and removes them in ``finally``, also when that pass fails. So the attribution methods'
-own forward passes are never observed, and no hook outlives a batch.
+own forward passes are never observed, and no hook outlives a batch. A module called more than once
+in the pass (one ``nn.ReLU`` shared by several layers) is captured at each call, the k-th as
+``name#k`` (k >= 2), up to ``MAX_CALLS`` calls (a recurrent cell stepping over a long sequence).
 
 Per input and layer (:class:`~sampler.layers.LayerStats`): mean and population std of the output,
 share of elements exactly 0, and for bounded activations (sigmoid, tanh, hardtanh, ReLU6,
 hardsigmoid, softsign) the share within 1% of the output range of a bound (ReLU6: of 6 only;
 its 0 is counted by ``zero_share``). Units, for the health figures: the channels of a per-sample
-output with 3 or more axes (and of a convolution's), else the features of the last axis.
+output with 3 or more axes, else the features of the last axis; a ``(C, L)`` output is channels
+first for a convolution, and for an activation when the last convolution run before it in the pass
+gave an output of the same shape (Conv1d, maybe a norm, then ReLU: the ReLU's units are the conv's
+channels, not its positions). Exact 0 is the dead state (:attr:`InspectedLayer.zero_is_dead`) only
+of ReLU-like activations: ReLU, ReLU6, Hardtanh and Threshold to 0, hardswish, hardsigmoid and the
+shrinks; other layers never output exact zeros when a unit goes unused, so their dead ratio is None.
 Feature maps of ``(C, H, W)`` outputs keep the ``feature_map_channels`` channels of the highest mean
-|activation| for that input, as float16.
+|activation| for that input, as float16; a map with a side above ``MAX_MAP_SIDE`` is averaged over
+``f x f`` blocks, ``f = ceil(longest side / MAX_MAP_SIDE)`` (adaptive pooling, so the blocks at an
+edge that ``f`` does not divide are a little smaller), and is stored at ``ceil(H / f) x ceil(W / f)``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+from torch.nn import functional
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
@@ -45,6 +55,11 @@ SATURATION_TOLERANCE = 0.01
 """Share of a bounded activation's output range, next to a bound, that counts as saturated."""
 FEATURES = "features"
 """Name of the one inspectable point of a TorchScript ``features``/``head`` model."""
+MAX_CALLS = 8
+"""Calls of one module captured per forward pass; later calls are not inspected."""
+MAX_MAP_SIDE = 64
+"""Longest side of a stored feature map; larger maps are averaged down (see the module docstring)."""
+_ZERO_DEAD = (nn.ReLU, nn.Hardswish, nn.Hardsigmoid, nn.Hardshrink, nn.Softshrink)
 _Hook = Callable[[nn.Module, tuple[object, ...], object], None]
 
 
@@ -56,12 +71,16 @@ class InspectedLayer:
     bounds: tuple[float | None, float | None] | None
     """Saturation bounds (low, high) of a bounded activation; None for unbounded layers."""
     keep_maps: bool
+    zero_is_dead: bool = False
+    """Whether a unit that gives up outputs exactly 0 (ReLU-like activations): the dead ratio is measured."""
 
 
 @dataclass(frozen=True, eq=False)
 class LayerCapture:
-    """One layer's output on a batch, summarised per row (numpy, on the CPU)."""
+    """One call of a layer on a batch, summarised per row (numpy, on the CPU)."""
 
+    name: str
+    """The layer's name; ``name#k`` for its k-th call in the pass."""
     layer: InspectedLayer
     shape: tuple[int, ...]
     mean: npt.NDArray[np.float64]
@@ -86,12 +105,19 @@ class BatchInspection:
 
     def feature_maps(self, row: int) -> dict[str, FeatureMaps]:
         return {
-            capture.layer.name: FeatureMaps.from_array(
-                capture.maps[row], tuple(int(c) for c in capture.map_channels[row])
-            )
+            capture.name: FeatureMaps.from_array(capture.maps[row], tuple(int(c) for c in capture.map_channels[row]))
             for capture in self.captures
             if capture.maps is not None and capture.map_channels is not None
         }
+
+
+class _Pass:
+    """What one hooked forward pass saw: each inspected layer's captures in call order, the last conv's shape."""
+
+    def __init__(self) -> None:
+        self.captures: dict[str, list[LayerCapture]] = {}
+        self.conv_shape: torch.Size | None = None
+        """Per-row output shape of the last convolution that ran (inspected or not)."""
 
 
 class LayerInspector:
@@ -113,19 +139,25 @@ class LayerInspector:
                 bounds=_bounds(module),
                 keep_maps=config.feature_map_channels > 0
                 and (name in wanted_maps if wanted_maps is not None else _kind(module) == "conv"),
+                zero_is_dead=_zero_is_dead(module),
             )
             for name, module in found
         )
+        inspected = {id(layer.module) for layer in self.layers}
+        self._convs = tuple(module for module in _convolutions(model.module) if id(module) not in inspected)
+        """Convolutions that are not inspected: hooked too, for the shape their outputs give the next activation."""
 
     @contextlib.contextmanager
-    def hooked(self) -> Iterator[dict[str, LayerCapture]]:
-        """The layers' hooks, removed on leaving (also on an error); captures fill the dict as layers run."""
-        captures: dict[str, LayerCapture] = {}
+    def hooked(self) -> Iterator[dict[str, list[LayerCapture]]]:
+        """The layers' hooks, removed on leaving (also on an error); each layer's captures fill the dict as it runs."""
+        state = _Pass()
         handles = []
         try:
             for layer in self.layers:
-                handles.append(layer.module.register_forward_hook(self._hook(layer, captures)))
-            yield captures
+                handles.append(layer.module.register_forward_hook(self._hook(layer, state)))
+            for conv in self._convs:
+                handles.append(conv.register_forward_hook(_shape_hook(state)))
+            yield state.captures
         finally:
             for handle in handles:
                 handle.remove()
@@ -134,40 +166,50 @@ class LayerInspector:
         """One no-grad forward pass on ``inputs`` with the hooks in place; a layer that did not run is left out."""
         with torch.no_grad(), self.hooked() as captures:
             self._model.module(inputs)
-        return BatchInspection(tuple(captures[layer.name] for layer in self.layers if layer.name in captures))
+        return BatchInspection(tuple(found for layer in self.layers for found in captures.get(layer.name, ())))
 
-    def _hook(self, layer: InspectedLayer, captures: dict[str, LayerCapture]) -> _Hook:
+    def _hook(self, layer: InspectedLayer, state: _Pass) -> _Hook:
         def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() >= 1 and layer.name not in captures:
-                captures[layer.name] = capture(layer, output, self._map_channels)  # now: a later in-place op changes it
+            if not isinstance(output, torch.Tensor) or output.dim() < 1:
+                return
+            calls = state.captures.setdefault(layer.name, [])
+            channels_first = output.dim() >= 4 or (
+                output.dim() == 3
+                and (layer.kind == "conv" or (layer.kind == "activation" and output.shape[1:] == state.conv_shape))
+            )
+            if layer.kind == "conv":
+                state.conv_shape = output.shape[1:]
+            if len(calls) < MAX_CALLS:  # now: a later in-place op changes the output
+                name = f"{layer.name}#{len(calls) + 1}" if calls else layer.name
+                calls.append(capture(layer, output, self._map_channels, name=name, channels_first=channels_first))
 
         return hook
 
 
-def capture(layer: InspectedLayer, output: torch.Tensor, map_channels: int) -> LayerCapture:
-    """Per-row figures of one layer's batch output (see the module docstring)."""
+def _shape_hook(state: _Pass) -> _Hook:
+    def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() >= 1:
+            state.conv_shape = output.shape[1:]
+
+    return hook
+
+
+def capture(
+    layer: InspectedLayer, output: torch.Tensor, map_channels: int, *, name: str, channels_first: bool
+) -> LayerCapture:
+    """Per-row figures of one call of a layer (see the module docstring)."""
     values = output.detach().float()
     rows = values.flatten(1)
-    sat = None
-    if layer.bounds is not None:
-        low, high = layer.bounds
-        span = (high if high is not None else 0.0) - (low if low is not None else 0.0)
-        edge = SATURATION_TOLERANCE * span
-        hit = torch.zeros_like(rows, dtype=torch.bool)
-        if low is not None:
-            hit |= rows <= low + edge
-        if high is not None:
-            hit |= rows >= high - edge
-        sat = hit.float().mean(1).double().cpu().numpy()
-    units = _units(values, layer.kind)
+    units = _units(values, channels_first)
     maps, channels = _top_maps(values, map_channels) if layer.keep_maps else (None, None)
     return LayerCapture(
+        name=name,
         layer=layer,
         shape=tuple(values.shape[1:]),
         mean=rows.double().mean(1).cpu().numpy(),
         std=rows.double().std(1, correction=0).cpu().numpy(),
         zero_share=(rows == 0).double().mean(1).cpu().numpy(),
-        saturated_share=sat,
+        saturated_share=None if layer.bounds is None else _saturated(rows, layer.bounds),
         unit_means=units.double().mean(2).cpu().numpy(),
         unit_active=(units != 0).any(2).cpu().numpy(),
         maps=maps,
@@ -175,12 +217,24 @@ def capture(layer: InspectedLayer, output: torch.Tensor, map_channels: int) -> L
     )
 
 
-def _units(values: torch.Tensor, kind: LayerKind) -> torch.Tensor:
-    """``[B, units, positions]``: channels first for maps (and convolutions), else the last axis."""
+def _saturated(rows: torch.Tensor, bounds: tuple[float | None, float | None]) -> npt.NDArray[np.float64]:
+    low, high = bounds
+    span = (high if high is not None else 0.0) - (low if low is not None else 0.0)
+    edge = SATURATION_TOLERANCE * span
+    hit = torch.zeros_like(rows, dtype=torch.bool)
+    if low is not None:
+        hit |= rows <= low + edge
+    if high is not None:
+        hit |= rows >= high - edge
+    return hit.float().mean(1).double().cpu().numpy()
+
+
+def _units(values: torch.Tensor, channels_first: bool) -> torch.Tensor:
+    """``[B, units, positions]``: channels first, or the last axis as the units."""
     batch = values.shape[0]
     if values.dim() == 1:
         return values.reshape(batch, 1, 1)
-    if values.dim() >= 4 or (kind == "conv" and values.dim() == 3):
+    if channels_first:
         return values.flatten(2)
     return values.reshape(batch, -1, values.shape[-1]).transpose(1, 2)
 
@@ -191,7 +245,16 @@ def _top_maps(values: torch.Tensor, count: int) -> tuple[npt.NDArray[np.float32]
     strength = values.abs().mean(dim=(2, 3))
     top = strength.topk(min(count, values.shape[1]), dim=1).indices
     index = top[:, :, None, None].expand(-1, -1, values.shape[2], values.shape[3])
-    return values.gather(1, index).cpu().numpy(), top.cpu().numpy()
+    return _shrunk(values.gather(1, index)).cpu().numpy(), top.cpu().numpy()
+
+
+def _shrunk(maps: torch.Tensor) -> torch.Tensor:
+    """``[B, k, H, W]`` maps with no side above ``MAX_MAP_SIDE``: averaged over ``f x f`` blocks when larger."""
+    height, width = maps.shape[2], maps.shape[3]
+    factor = math.ceil(max(height, width) / MAX_MAP_SIDE)
+    if factor <= 1:
+        return maps
+    return functional.adaptive_avg_pool2d(maps, (math.ceil(height / factor), math.ceil(width / factor)))
 
 
 def _stats(capture: LayerCapture, row: int) -> LayerStats:
@@ -199,7 +262,7 @@ def _stats(capture: LayerCapture, row: int) -> LayerStats:
     finite = math.isfinite(mean) and math.isfinite(std)
     channels = () if capture.map_channels is None else tuple(int(c) for c in capture.map_channels[row])
     return LayerStats(
-        name=capture.layer.name,
+        name=capture.name,
         kind=capture.layer.kind,
         shape=capture.shape,
         mean=mean if finite else None,
@@ -252,6 +315,12 @@ def _eager_modules(root: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.
             yield from _eager_modules(child, f"{prefix}.{name}" if prefix else name)
 
 
+def _convolutions(module: nn.Module) -> Iterator[nn.Module]:
+    root = _root(module)
+    if not isinstance(root, torch.jit.ScriptModule):
+        yield from (m for _, m in _eager_modules(root) if isinstance(m, nn.modules.conv._ConvNd))
+
+
 def _kind(module: nn.Module) -> LayerKind:
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"
@@ -272,3 +341,11 @@ def _bounds(module: nn.Module) -> tuple[float | None, float | None] | None:
     if isinstance(module, nn.Tanh | nn.Softsign):
         return -1.0, 1.0
     return None
+
+
+def _zero_is_dead(module: nn.Module) -> bool:
+    if isinstance(module, nn.Hardtanh):  # ReLU6 too
+        return float(module.min_val) == 0.0
+    if isinstance(module, nn.Threshold):
+        return float(module.value) == 0.0
+    return isinstance(module, _ZERO_DEAD)

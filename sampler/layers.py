@@ -48,6 +48,7 @@ class LayerStats(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
+    """The module's dotted name; ``name#k`` for its k-th call in the forward pass (a module used more than once)."""
     kind: LayerKind
     shape: tuple[int, ...]
     """Per-sample output shape (no batch dimension)."""
@@ -63,7 +64,9 @@ class FeatureMaps(ScaledHalf):
     """A few channels of one layer's output, compact: ``values / scale`` as float16 in the array codec."""
 
     channels: tuple[int, ...]
-    """Channel indices, ranked by mean |activation| (strongest first); ``shape[0] == len(channels)``."""
+    """Channel indices, ranked by mean |activation| (strongest first); ``shape[0] == len(channels)``.
+    ``shape[1:]`` is the layer's ``(H, W)``, or, above 64 on a side, that averaged down over square blocks
+    (``attribution_workers.inspection.MAX_MAP_SIDE``)."""
 
     @classmethod
     def from_array(cls, maps: npt.NDArray[Any], channels: tuple[int, ...]) -> FeatureMaps:
@@ -73,18 +76,31 @@ class FeatureMaps(ScaledHalf):
 
 
 class LayerHealth(BaseModel):
-    """One layer over a worker's recent samples of one model version."""
+    """One layer over a worker's recent samples of one model version.
+
+    The recent figures rest on ``inputs`` inputs (the last ``window`` with a finite output on this layer); the
+    activation shift also on the version's first ``window`` such inputs, its baseline.
+    """
 
     name: str
+    """The module's dotted name; ``name#k`` for its k-th call in one forward pass (a module used more than once)."""
     kind: LayerKind
     units: int
-    """Channels of a channel-first map, else features of the last axis (see the worker's inspection module)."""
-    dead_ratio: float
-    """Share of units that were exactly 0 on every one of the recent samples."""
+    """Channels of a channel-first output (a convolution's, and an activation's after one), else features of the last
+    axis (see the worker's inspection module)."""
+    dead_ratio: float | None
+    """Share of units that were exactly 0 on every one of the last ``window`` inputs. None until the window is full,
+    and for layers whose dead state is not an exact 0 (convolutions, linear layers, LeakyReLU, SiLU, GELU, ELU,
+    sigmoid, tanh...): only ReLU-like activations are measured."""
     saturated_ratio: float | None
-    """Mean saturated share over the recent samples; None for unbounded layers."""
+    """Mean saturated share of the elements over the recent inputs; None for unbounded layers."""
     activation_shift: float | None
-    """Mean over units of |mean now - mean in the first window| / (std there + eps); None until that window is full."""
+    """Mean over units of |mean now - mean in the baseline| / (std there + eps); None until the recent window
+    no longer overlaps the baseline (``2 * window`` finite inputs), and when the layer was 0 all through it."""
+    inputs: int | None = None
+    """Inputs the recent figures rest on (at most ``window``); None in the reports of older workers."""
+    nonfinite_inputs: int = 0
+    """Inputs whose output of this layer held inf or NaN (e.g. an overflow), left out of every figure."""
 
 
 class LayerHealthReport(BaseModel):

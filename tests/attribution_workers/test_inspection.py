@@ -16,7 +16,8 @@ from torch.utils.hooks import RemovableHandle
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
 from attribution_workers.inspection import LayerInspector
-from attribution_workers.loader import GradCamView, ModelSpec, load_model
+from attribution_workers.inspection_health import LayerHealthTracker
+from attribution_workers.loader import GradCamView, LoadedModel, ModelSpec, load_model
 from attribution_workers.runtime import ModelRuntime
 from common.codec import EncodedArray
 from demo.corruptions import corrupt
@@ -215,8 +216,9 @@ def test_corrupted_digits_raise_the_activation_shift_well_above_its_clean_value(
         return {layer.name: layer.activation_shift for layer in snapshot.layers}
 
     assert feed(clean[:16], "b") == dict.fromkeys(DIGITS_LAYERS, None)  # baseline not complete
-    assert feed(clean[16:32], "c") == dict.fromkeys(DIGITS_LAYERS, 0.0)  # the window is the baseline
-    clean_shift = feed(clean[32:96], "d")
+    assert feed(clean[16:32], "c") == dict.fromkeys(DIGITS_LAYERS, None)  # the window is the baseline
+    assert feed(clean[32:48], "c") == dict.fromkeys(DIGITS_LAYERS, None)  # the window overlaps the baseline
+    clean_shift = feed(clean[48:96], "d")
     drifted, _ = corrupt(clean[96:128], seed=7)
     drift_shift = feed(drifted, "e")
     for name in ("conv.0", "conv.1", "conv.3", "conv.4"):
@@ -233,4 +235,112 @@ def test_each_model_version_has_its_own_baseline(eager_spec: ModelSpec, digits_s
     assert first is not None and first.version == "v1" and first.samples == 8 and first.window == 4
     assert second is not None and second.version == "v2" and second.samples == 2 and second.window == 2
     assert all(layer.activation_shift is None for layer in second.layers)
-    assert all(0.0 <= layer.dead_ratio <= 1.0 for layer in first.layers)
+    dead = {layer.name: layer.dead_ratio for layer in first.layers}
+    assert all(0.0 <= (dead[name] or -1.0) <= 1.0 for name in ("conv.1", "conv.4", "dense.2")), dead
+    assert all(layer.dead_ratio is None for layer in second.layers)  # 2 inputs: no full window yet
+
+
+def small_inspector(module: nn.Module, input_shape: tuple[int, ...], **fields: Any) -> LayerInspector:
+    """An inspector of a small real model (eval mode, on the CPU)."""
+    spec = ModelSpec(factory="tests.unused:model", weights=Path("unused.pt"), input_shape=input_shape, num_classes=2)
+    loaded = LoadedModel(
+        module=module.eval(),
+        device=torch.device("cpu"),
+        input_shape=input_shape,
+        num_classes=2,
+        baseline=torch.zeros(input_shape),
+        gradcam_layer_name=None,
+    )
+    return LayerInspector(loaded, config(spec, methods=("saliency",), **fields))
+
+
+def health(found: LayerInspector, inputs: torch.Tensor) -> dict[str, tuple[int, float | None]]:
+    """``(units, dead ratio)`` of each layer over ``inputs``, one window."""
+    tracker = LayerHealthTracker(window=len(inputs))
+    inspection = found.inspect(inputs)
+    for row in range(len(inputs)):
+        tracker.add("v1", inspection, row)
+    snapshot = tracker.snapshot("v1")
+    assert snapshot is not None
+    return {layer.name: (layer.units, layer.dead_ratio) for layer in snapshot.layers}
+
+
+def _conv1d(*, norm: bool) -> nn.Sequential:
+    """Conv1d(4 -> 8 channels), optionally a batch norm, then ReLU; channel 3 is 0 at every position."""
+    conv = nn.Conv1d(4, 8, 3, padding=1)
+    assert conv.bias is not None
+    with torch.no_grad():
+        conv.bias[3] = -1e3
+    return nn.Sequential(conv, nn.BatchNorm1d(8), nn.ReLU()) if norm else nn.Sequential(conv, nn.ReLU())
+
+
+@pytest.mark.parametrize(
+    ("norm", "relu"),
+    [pytest.param(False, "1", id="conv1d-relu"), pytest.param(True, "2", id="conv1d-batchnorm-relu")],
+)
+def test_the_units_of_an_activation_after_a_conv1d_are_its_channels(norm: bool, relu: str) -> None:
+    torch.manual_seed(0)
+    found = health(small_inspector(_conv1d(norm=norm), (4, 50)), torch.randn(32, 4, 50))
+    assert found["0"][0] == 8
+    units, dead = found[relu]
+    assert units == 8 and dead == pytest.approx(1 / 8)  # channel 3 is dead; the 50 positions are not units
+
+
+def test_the_units_of_an_activation_over_a_sequence_are_its_features() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 5)
+    with torch.no_grad():
+        linear.bias[0] = -1e3
+    found = health(small_inspector(nn.Sequential(linear, nn.ReLU()), (7, 6)), torch.randn(16, 7, 6))
+    units, dead = found["1"]
+    assert units == 5 and dead == pytest.approx(1 / 5)  # (tokens, features): the features are the units
+
+
+class _SharedAct(nn.Module):
+    """One ReLU module used after two layers; the second use has units 0-7 of 16 dead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.act = nn.ReLU()
+        with torch.no_grad():
+            self.fc1.bias[:] = 10.0
+            self.fc2.bias[:8] = -1e3
+            self.fc2.bias[8:] = 1e3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.act(self.fc2(self.act(self.fc1(x))))
+        return out
+
+
+def test_each_call_of_a_module_used_twice_is_inspected() -> None:
+    found = small_inspector(_SharedAct(), (10,), inspect_layers=("act", "fc2"))
+    inputs = torch.rand(16, 10)
+    inspection = found.inspect(inputs)
+    assert [stats.name for stats in inspection.stats(0)] == ["act", "act#2", "fc2"]
+    assert [stats.shape for stats in inspection.stats(0)] == [(32,), (16,), (16,)]
+    assert {name: figures for name, figures in health(found, inputs).items() if name != "fc2"} == {
+        "act": (32, 0.0),
+        "act#2": (16, 0.5),
+    }
+
+
+@pytest.mark.parametrize(
+    ("side", "stored"),
+    [
+        pytest.param((64, 40), (64, 40), id="64x40-kept"),
+        pytest.param((200, 130), (50, 33), id="200x130-averaged-over-4x4"),
+        pytest.param((65, 65), (33, 33), id="65x65-averaged-over-2x2"),
+    ],
+)
+def test_feature_maps_above_the_maximum_side_are_averaged_down(side: tuple[int, int], stored: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    found = small_inspector(nn.Sequential(conv, nn.ReLU()), (1, *side), feature_map_channels=2)
+    inputs = torch.rand(2, 1, *side)
+    maps = found.inspect(inputs).feature_maps(1)["0"]
+    assert maps.shape == (2, *stored) and max(maps.shape[1:]) <= 64
+    with torch.no_grad():
+        direct = nn.functional.adaptive_avg_pool2d(conv(inputs[1:]), stored)[0].numpy()
+    np.testing.assert_allclose(maps.to_array(), direct[list(maps.channels)], rtol=2e-3, atol=2e-3 * maps.scale)
