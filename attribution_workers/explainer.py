@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,20 @@ class Attribution:
     """Same shape as the input (without the batch dimension)."""
     convergence_delta: float | None = None
     """Integrated Gradients only: sum of attributions minus the change in target logit from the baseline."""
+
+    @property
+    def relative_delta(self) -> float | None:
+        """Integrated Gradients only: ``|convergence_delta| / |f(x) - f(baseline)|``, the change read back from the
+        map (its sum minus the delta); ``inf`` for a non-finite delta; ``None`` for the other methods and where the
+        logit did not change (no scale to judge the delta by)."""
+        if self.convergence_delta is None:
+            return None
+        if not math.isfinite(self.convergence_delta):
+            return math.inf
+        change = float(self.values.sum(dtype=np.float64)) - self.convergence_delta
+        if not math.isfinite(change):
+            return math.inf
+        return abs(self.convergence_delta) / abs(change) if change != 0 else None
 
 
 @dataclass(frozen=True)

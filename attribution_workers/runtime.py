@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from attribution_workers.explainer import Attribution, Explainer, Explanation
 from attribution_workers.inspection import BatchInspection, LayerInspector
 from attribution_workers.inspection_health import HealthSnapshot, LayerHealthTracker
 from attribution_workers.loader import LoadedModel, load_model
+from attribution_workers.methods import MethodName
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanation_records import (
@@ -37,11 +39,15 @@ from sampler.verdicts import MethodTrust
 
 LABEL_SUFFIX = "@label"
 """Maps towards the true label (when known and different from the prediction) are stored as ``method@label``."""
+MAX_LOGIT = math.sqrt(torch.finfo(torch.float32).max)
+"""Largest |logit| the runtime attributes (about 1.8e19): the methods square and sum model outputs in float32
+(LIME's and Kernel SHAP's regressions), which overflows beyond the square root of float32's largest value. Real
+logits are a few tens; digits scaled by 1e37 give about 1e37, on which LIME's fit failed on infinities."""
 
 
 class PermanentError(AttributionError):
-    """This event can never be explained (no input, wrong shape, non-finite values): dead-letter it without
-    retrying."""
+    """This event can never be explained (no input, wrong shape, non-finite inputs or model outputs): dead-letter
+    it without retrying."""
 
 
 @dataclass
@@ -75,33 +81,28 @@ class ModelRuntime:
         self.name = name
         self.config = config
         self.model: LoadedModel = load_model(config.model, device=device)
-        combined = Explainer(
-            self.model,
-            methods=config.methods,
-            ig_steps=config.ig_steps,
-            occlusion_window=config.occlusion_window,
-            shap_samples=config.shap_samples,
-            lime=config.lime_settings(),
-        )
+        combined = self._explainer(config.methods)
         self.methods = combined.methods
         self._combined = combined
-        self._explainers = {
-            method: Explainer(
-                self.model,
-                methods=[method],
-                ig_steps=config.ig_steps,
-                occlusion_window=config.occlusion_window,
-                shap_samples=config.shap_samples,
-                lime=config.lime_settings(),
-            )
-            for method in self.methods
-        }
+        self._explainers = {method: self._explainer([method]) for method in self.methods}
         self._recent: deque[tuple[torch.Tensor, int]] = deque(maxlen=config.sanity_samples)
         self.inspector = LayerInspector(self.model, config)
         self._health = LayerHealthTracker(window=config.inspect_window)
-        self._last_sanity = time.monotonic()
+        self._last_sanity: float | None = None
         self._lock = threading.Lock()
         self._rule = config.verdict_rule()
+
+    def _explainer(self, methods: Sequence[MethodName] | None) -> Explainer:
+        config = self.config
+        return Explainer(
+            self.model,
+            methods=methods,
+            ig_steps=config.ig_steps,
+            occlusion_window=config.occlusion_window,
+            shap_samples=config.shap_samples,
+            shap_stdev=config.shap_stdev,
+            lime=config.lime_settings(),
+        )
 
     def explain(self, events: Sequence[SampledEvent], sanity: Mapping[str, SanityFigure] | None = None) -> BatchResult:
         """Explain the whole batch at once; if that fails, each event alone, so one poison event
@@ -118,13 +119,20 @@ class ModelRuntime:
                 for event, tensor in usable:
                     try:
                         result.outcomes += self._explain_batch([(event, tensor)], sanity).outcomes
+                    except PermanentError as error:
+                        result.outcomes.append(_failed(event, str(error), retry=False))
                     except Exception as error:
                         result.outcomes.append(_failed(event, f"{type(error).__name__}: {error}", retry=True))
             result.outcomes = outcomes + result.outcomes
             return result
 
     def sanity_due(self) -> bool:
-        return time.monotonic() - self._last_sanity >= self.config.sanity_every_s and len(self._recent) >= 2
+        """True once ``sanity_samples`` inputs have been explained (the first check runs then, not
+        ``sanity_every_s`` after start: until it has, no map is judged), then every ``sanity_every_s``.
+        The window never shrinks, so every check runs on ``sanity_samples`` inputs."""
+        if len(self._recent) < self.config.sanity_samples:
+            return False
+        return self._last_sanity is None or time.monotonic() - self._last_sanity >= self.config.sanity_every_s
 
     def sanity_check(self, *, seed: int = 0) -> list[RandomisationCheck]:
         """Randomisation check of every method on the recent inputs."""
@@ -144,6 +152,19 @@ class ModelRuntime:
             except PermanentError as error:
                 refused.append(_failed(event, str(error), retry=False))
         return usable, refused
+
+    def _check_outputs(self, inputs: torch.Tensor) -> None:
+        """Finite inputs can give logits that are not finite, or too large (:data:`MAX_LOGIT`) for the methods'
+        arithmetic; their maps and trust figures would mean nothing. Raises :class:`PermanentError` (the batch is
+        then explained one event at a time, isolating the culprit)."""
+        with torch.no_grad():
+            logits = self.model.module(inputs).reshape(len(inputs), -1)
+        bad = (~torch.isfinite(logits) | (logits.abs() > MAX_LOGIT)).sum(dim=1)
+        if bool(bad.any()):
+            raise PermanentError(
+                f"the model's outputs on this input cannot be attributed: {int(bad.max())} of {logits.shape[1]} "
+                f"logits are NaN, infinite or beyond ±{MAX_LOGIT:.1e}"
+            )
 
     def _tensor(self, event: SampledEvent) -> torch.Tensor:
         if event.input is None:
@@ -178,6 +199,7 @@ class ModelRuntime:
         inputs = torch.stack([tensor for _, tensor, _ in rows]).to(self.model.device)
         targets = torch.tensor([target for _, _, target in rows], device=self.model.device)
         count = len(usable)
+        self._check_outputs(inputs[:count])
         started = time.perf_counter()
         inspection = self.inspector.inspect(inputs[:count]) if self.inspector.layers else None
         inspection_seconds = time.perf_counter() - started
@@ -190,6 +212,7 @@ class ModelRuntime:
                 np.stack([e[method].values for e in explanations[:count]]),
                 steps=self.config.fidelity_steps,
                 random_orders=self.config.fidelity_random_orders,
+                seeds=[_seed(event.request_id) for event, _ in usable],
             )
             for method in self.methods
         }
@@ -201,6 +224,7 @@ class ModelRuntime:
                 fidelity={m: fidelities[m][i] for m in self.methods},
                 agreement=matrices[i],
                 sanity=sanity,
+                convergence={a.method: a.relative_delta for a in explanations[i].attributions},
                 label_suffix=LABEL_SUFFIX,
             )
             for i in range(count)
@@ -314,6 +338,12 @@ def _stored(
         agreement=trust.agreement if trust is not None else None,
         verdict=trust.verdict if trust is not None else None,
     )
+
+
+def _seed(request_id: str) -> int:
+    """A stable seed per input (``hash`` is salted per process): its random deletion orders differ from every other
+    input's, and are the same on every delivery and every worker."""
+    return zlib.crc32(request_id.encode())
 
 
 def _failed(event: SampledEvent, error: str, *, retry: bool) -> Outcome:

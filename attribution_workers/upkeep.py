@@ -45,7 +45,8 @@ class BatchUpkeep:
     async def _publish_layers(self, model: str, snapshot: HealthSnapshot) -> None:
         """Layer gauges of ``model``, and this worker's report for every sidecar to serve."""
         for layer in snapshot.layers:
-            self._metrics.layer_dead.labels(model, layer.name).set(layer.dead_ratio)
+            if layer.dead_ratio is not None:
+                self._metrics.layer_dead.labels(model, layer.name).set(layer.dead_ratio)
             if layer.saturated_ratio is not None:
                 self._metrics.layer_saturated.labels(model, layer.name).set(layer.saturated_ratio)
             if layer.activation_shift is not None:
@@ -69,14 +70,19 @@ class BatchUpkeep:
             log.exception("randomisation sanity check of %s failed", model)
             return
         for check in checks:
-            self._metrics.sanity.labels(model, check.method).set(check.similarity)
-            if not math.isfinite(check.similarity):  # JSON would store it as null: an unreadable figure
-                log.warning("%s: %s sanity similarity is not a number; not stored", model, check.method)
+            if check.similarity is None or not math.isfinite(check.similarity):  # JSON would store NaN as null
+                log.warning(
+                    "%s: %s sanity check measured none of %d inputs (blank or non-finite maps); not stored",
+                    model,
+                    check.method,
+                    check.inputs,
+                )
                 continue
+            self._metrics.sanity.labels(model, check.method).set(check.similarity)
             figure = SanityFigure(
                 similarity=check.similarity,
                 flagged=check.flagged,
-                samples=runtime.config.sanity_samples,
+                samples=check.measured,  # the pairs the similarity averages, not the configured sanity_samples
                 checked_at=time.time(),
             )
             await self._store.save_sanity(model, check.method, figure)

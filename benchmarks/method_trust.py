@@ -7,8 +7,11 @@ Two phases as in the demo, clean test digits then corrupted ones (noise, blur, o
 ``--batches`` batches of 16 random images each go through ``ModelRuntime.explain`` with the
 demo's ``ATTRIBUTION`` settings, and the randomisation sanity check runs on the 16 most recent
 inputs after the first batch and half-way (the demo runs it every 60 s). Before the first check
-the sanity part is not measured. Prints each check's similarities and, per method, the share of
-trusted verdicts and of each part, with the mean deletion gain and agreement. The model is the
+the sanity part is not measured and no map is judged. Prints each check's similarities (the
+flagged figure, then the |map| and signed Spearman over the input's support) and, per method,
+the share of trusted verdicts and of each part, with the mean deletion gain and agreement.
+Request ids, and so the random deletion orders, are fixed: a rerun prints the same figures
+(Gradient SHAP's unseeded noise aside). The model is the
 demo's (trained without the held-out reference) and is trained into ``--cache-dir`` on first use.
 """
 
@@ -33,7 +36,7 @@ from demo.settings import ATTRIBUTION, METHODS
 from sampler.contract import InputTensor, SampledEvent
 from sampler.explanation_records import SanityFigure
 
-PARTS = ("trusted", "passes_sanity", "beats_random", "agrees")
+PARTS = ("trusted", "passes_sanity", "beats_random", "agrees", "converges")
 BATCH = 16
 
 
@@ -64,7 +67,8 @@ def _phase(runtime: ModelRuntime, phase: str, images: NDArray[np.float32], batch
     sanity: dict[str, SanityFigure] = {}
     seen: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for number in range(batches):
-        result = runtime.explain(_events(runtime, images[number * BATCH : (number + 1) * BATCH]), sanity)
+        batch = images[number * BATCH : (number + 1) * BATCH]
+        result = runtime.explain(_events(runtime, batch, prefix=f"{phase}-{number}"), sanity)
         for outcome in result.outcomes:
             for method, trust in outcome.record.summary.trust.items():
                 for part in PARTS:
@@ -78,13 +82,22 @@ def _phase(runtime: ModelRuntime, phase: str, images: NDArray[np.float32], batch
             checks = runtime.sanity_check()
             sanity = {
                 c.method: SanityFigure(
-                    similarity=c.similarity, flagged=c.flagged, samples=BATCH, checked_at=time.time()
+                    similarity=c.similarity, flagged=c.flagged, samples=c.measured, checked_at=time.time()
                 )
                 for c in checks
+                if c.similarity is not None
             }
-            shown = ", ".join(f"{c.method} {c.similarity:.2f}{' FLAGGED' if c.flagged else ''}" for c in checks)
+            shown = ", ".join(
+                f"{c.method} {_figure(c.similarity)} (|map| {_figure(c.absolute)}, signed {_figure(c.signed)})"
+                f"{' FLAGGED' if c.flagged else ''}"
+                for c in checks
+            )
             print(f"  {phase} sanity check after batch {number + 1}: {shown}")
     return {method: _summary(values) for method, values in seen.items()}
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
 
 
 def _summary(values: dict[str, list[float]]) -> dict[str, str]:
@@ -93,7 +106,7 @@ def _summary(values: dict[str, list[float]]) -> dict[str, str]:
     return shares | means
 
 
-def _events(runtime: ModelRuntime, images: NDArray[np.float32]) -> list[SampledEvent]:
+def _events(runtime: ModelRuntime, images: NDArray[np.float32], *, prefix: str) -> list[SampledEvent]:
     with torch.no_grad():
         confidence, predicted = runtime.model.module(torch.from_numpy(images)).softmax(dim=1).max(dim=1)
     now = time.time()
@@ -101,7 +114,7 @@ def _events(runtime: ModelRuntime, images: NDArray[np.float32]) -> list[SampledE
         SampledEvent(
             model="digits",
             model_version="v1",
-            request_id=f"r{row}-{now}",
+            request_id=f"{prefix}-{row}",
             timestamp=now,
             received_at=now,
             reasons=("every_n",),

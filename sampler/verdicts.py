@@ -20,14 +20,19 @@ class Verdict(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     trusted: bool | None = None
-    """Every measured part passes and one of them measured the map itself (deletion or agreement); ``False`` when
-    any part fails; ``None`` otherwise (not judged: the sanity check alone judges the method, not the map)."""
+    """The method passes its sanity check, every other measured part passes and one of them measured the map itself
+    (deletion or agreement); ``False`` when any part fails; ``None`` otherwise (not judged: the sanity check alone
+    judges the method, not the map, and before the method's first check the map parts alone judge nothing).
+    Records stored before that rule may be ``True`` with ``passes_sanity`` ``None``."""
     passes_sanity: bool | None = None
     """The latest randomisation sanity check of this method on this model was not flagged."""
     beats_random: bool | None = None
     """Deleting elements in the map's order lowers the target probability faster than random orders."""
     agrees: bool | None = None
     """The map ranks elements like the explanation's other methods (``None`` with one method)."""
+    converges: bool | None = None
+    """Integrated Gradients only: its convergence delta is a small enough share of the logit change it explains;
+    ``None`` for the other methods and in records stored before it was kept."""
     summary: str = "Not judged."
     """One plain sentence: the verdict, then the parts with their figures."""
     min_agreement: float | None = None

@@ -8,8 +8,8 @@
     return Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : 25;
   })();
   const SANITY_MAX = 0.5; // fallback when a record has no sanity_flagged: the worker's default limit
-  // The verdicts' agreement threshold (the worker's verdict_min_agreement, default 0.2: the 5% critical value of
-  // Spearman's rho on 64 elements). A verdict that stores the threshold it used (min_agreement) is read instead.
+  // The verdicts' agreement threshold (the worker's verdict_min_agreement, default 0.2: a convention, not a
+  // calibrated test for block maps). A verdict that stores the threshold it used (min_agreement) is read instead.
   const VERDICT_MIN_AGREEMENT = 0.2;
   const CANVAS_PX = 192;
 
@@ -463,8 +463,8 @@
     );
   }
 
-  // One verdict per map (stored by the worker): trusted when every check that ran passes and one of them measured the
-  // map itself (deletion or agreement); not judged when only the method's sanity check ran.
+  // One verdict per map (stored by the worker): trusted when the method has passed its sanity check, every other
+  // check that ran passes and one of them measured the map itself (deletion or agreement); else not judged.
   function verdictBadge(verdict) {
     const summary = verdict && typeof verdict.summary === "string" ? verdict.summary : null;
     if (!verdict || typeof verdict.trusted !== "boolean") {

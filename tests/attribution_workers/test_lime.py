@@ -120,29 +120,35 @@ def test_lime_beats_random_deletion_on_clean_digits(digits_model: LoadedModel, d
     assert (gains > 0).mean() >= 0.9
 
 
-def test_the_demo_methods_pass_the_sanity_check_where_integrated_gradients_fails(
+def test_every_method_passes_the_sanity_check_on_the_digits_support(
     digits_model: LoadedModel, digits_split: DatasetSplit
 ) -> None:
-    """The demo's choice of methods, on three demo-sized sanity batches of clean test digits."""
+    """The demo's choice of methods and the ones that scale by ``input - baseline``, on three demo-sized sanity
+    batches of clean test digits. Over every pixel, Integrated Gradients' |map| scored 0.91 and was flagged from the
+    ink's layout alone (independent noise on the ink scores 0.85 so); compared on the ink, with signs, it passes."""
     images = torch.from_numpy(digits_split.test.features[:48])
     with torch.no_grad():
         targets = digits_model.module(images).argmax(dim=1)
     explainer = Explainer(
         digits_model,
-        methods=[*METHODS, "integrated_gradients"],
+        methods=[*METHODS, "integrated_gradients", "occlusion", "gradient_shap"],
         ig_steps=ATTRIBUTION["ig_steps"],
         shap_samples=ATTRIBUTION["shap_samples"],
     )
     similarity: dict[str, list[float]] = {}
+    absolute: dict[str, list[float]] = {}
     for start in range(0, 48, 16):
         part = slice(start, start + 16)
         for check in randomisation_check(explainer, images[part], targets[part]):
+            assert check.similarity is not None and check.absolute is not None, check
             similarity.setdefault(check.method, []).append(check.similarity)
+            absolute.setdefault(check.method, []).append(check.absolute)
 
     means = {method: float(np.mean(values)) for method, values in similarity.items()}
-    # Measured: gradcam 0.06, saliency 0.20, lime 0.44, integrated_gradients 0.91 (flagged at 0.5).
-    assert all(means[method] < 0.5 for method in METHODS), means
-    assert means["integrated_gradients"] >= 0.5
+    # Measured: gradcam 0.02, saliency 0.08, lime -0.21, integrated_gradients -0.03, occlusion -0.17,
+    # gradient_shap -0.05 (flagged at 0.5); |map| alone: integrated_gradients 0.40, the weights flip its signs.
+    assert all(mean < 0.5 for mean in means.values()), means
+    assert np.mean(absolute["integrated_gradients"]) > means["integrated_gradients"] + 0.2
 
 
 @pytest.mark.parametrize(

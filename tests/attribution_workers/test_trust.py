@@ -75,11 +75,44 @@ def test_deletion_fidelity_is_reproducible_and_batching_does_not_change_it(
     images, targets = digits_batch
     maps = np.random.default_rng(1).normal(size=images.shape)
 
-    whole = measured(deletion_fidelity(digits_model, images, targets, maps, seed=4))
-    in_small_passes = measured(deletion_fidelity(digits_model, images, targets, maps, seed=4, rows_per_pass=40))
+    seeds = range(4, 4 + len(images))
+
+    whole = measured(deletion_fidelity(digits_model, images, targets, maps, seeds=seeds))
+    in_small_passes = measured(deletion_fidelity(digits_model, images, targets, maps, seeds=seeds, rows_per_pass=40))
+    alone = measured(deletion_fidelity(digits_model, images[3:4], targets[3:4], maps[3:4], seeds=[seeds[3]]))
 
     assert [f.deletion_auc for f in whole] == pytest.approx([f.deletion_auc for f in in_small_passes])
     assert [f.random_auc for f in whole] == pytest.approx([f.random_auc for f in in_small_passes])
+    assert alone[0].random_auc == pytest.approx(whole[3].random_auc), "a row's orders depend on its seed alone"
+
+
+def test_each_row_draws_its_own_random_orders(digits_model: LoadedModel, digits_batch: Batch) -> None:
+    """One generator re-created per call once gave every input of every batch the same random orders."""
+    images, targets = digits_batch[0][:1].repeat(3, 1, 1, 1), digits_batch[1][:1].repeat(3)
+    maps = np.random.default_rng(1).normal(size=images.shape)
+
+    found = measured(deletion_fidelity(digits_model, images, targets, maps, seeds=[7, 8, 7]))
+
+    assert found[0].random_auc != found[1].random_auc
+    assert found[0].random_auc == found[2].random_auc
+
+
+def test_the_random_reference_deletes_the_input_s_support_first(digits_model: LoadedModel, digits_batch: Batch) -> None:
+    """Half of a digit's pixels already equal the baseline; random orders over every pixel wasted half their steps,
+    so any map that merely put the ink first "beat random" (noise on the ink: 60 of 64 maps trusted). Against random
+    orders of the ink itself such a map gains nothing on average, while Integrated Gradients still does."""
+    images, targets = digits_batch
+    ink = (images != digits_model.baseline).numpy()
+    noise_on_ink = np.random.default_rng(5).random(size=images.shape) * ink
+    integrated = stack_maps(
+        Explainer(digits_model, methods=["integrated_gradients"]).explain(images, targets), "integrated_gradients"
+    )
+
+    noise_gains = [f.gain for f in measured(deletion_fidelity(digits_model, images, targets, noise_on_ink))]
+    ig_gains = [f.gain for f in measured(deletion_fidelity(digits_model, images, targets, integrated))]
+
+    assert abs(np.mean(noise_gains)) < 0.06, noise_gains
+    assert np.mean(ig_gains) > 0.15 and np.mean(ig_gains) > np.mean(noise_gains) + 0.1
 
 
 def measured(found: list[Fidelity | None]) -> list[Fidelity]:
@@ -163,4 +196,92 @@ def test_randomisation_check_flags_an_explainer_that_ignores_the_model(
     assert [check.method for check in real] == ["saliency", "gradcam"]
     for check in real:
         assert not check.flagged, check
-        assert check.similarity < echo.similarity - 0.5, check
+        assert check.similarity is not None and check.similarity < 0.5, check
+    assert (echo.inputs, echo.measured) == (8, 8)
+
+
+class BlankWhenRandomisedExplainer(InputEchoExplainer):
+    """Echoes the input on the trained model; on a randomised one, ``blank`` (zeros or NaN) in the chosen rows."""
+
+    def __init__(self, model: LoadedModel, rows: tuple[int, ...], blank: float, *, randomised: bool = False) -> None:
+        super().__init__(model)
+        self._rows, self._blank, self._randomised = rows, blank, randomised
+
+    def with_model(self, model: LoadedModel) -> BlankWhenRandomisedExplainer:
+        return BlankWhenRandomisedExplainer(model, self._rows, self._blank, randomised=True)
+
+    def explain(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[Explanation]:
+        found = super().explain(inputs, targets)
+        if not self._randomised:
+            return found
+        blank = Attribution(method="saliency", values=np.full(inputs.shape[1:], self._blank, dtype=np.float32))
+        return [
+            Explanation(target=e.target, attributions=(blank,)) if i in self._rows else e for i, e in enumerate(found)
+        ]
+
+
+@pytest.mark.parametrize("blank", [pytest.param(0.0, id="constant"), pytest.param(np.nan, id="nan")])
+def test_randomisation_pairs_with_a_blank_map_are_left_out_not_counted_as_passing(
+    digits_model: LoadedModel, digits_batch: Batch, blank: float
+) -> None:
+    """A constant or NaN map ranks nothing, so it is no evidence that the method follows the weights; counted as
+    similarity 0 it pulled the figure down (a method echoing the input passed with only NaN maps randomised)."""
+    images, targets = digits_batch[0][:8], digits_batch[1][:8]
+
+    (some,) = randomisation_check(BlankWhenRandomisedExplainer(digits_model, (1, 4, 6), blank), images, targets)
+    (every,) = randomisation_check(BlankWhenRandomisedExplainer(digits_model, tuple(range(8)), blank), images, targets)
+
+    assert (some.inputs, some.measured) == (8, 5)
+    assert some.similarity == pytest.approx(1.0) and some.flagged
+    assert (every.inputs, every.measured) == (8, 0)
+    assert every.similarity is None and not every.flagged
+
+
+class ModelFreeExplainer(InputEchoExplainer):
+    """Ignores the model's weights: ``kind`` "ink-noise" draws fresh uniform noise on the input's support (the
+    pixels off the baseline) at every call; "negated" echoes the input, negated on a randomised model."""
+
+    def __init__(self, model: LoadedModel, kind: str, *, calls: int = 0, randomised: bool = False) -> None:
+        super().__init__(model)
+        self._kind, self._calls, self._randomised = kind, calls, randomised
+
+    def with_model(self, model: LoadedModel) -> ModelFreeExplainer:
+        return ModelFreeExplainer(model, self._kind, calls=self._calls + 1, randomised=True)
+
+    def explain(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[Explanation]:
+        if self._kind == "ink-noise":
+            ink = (inputs != self.model.baseline).numpy()
+            values = np.random.default_rng(self._calls).random(size=inputs.shape) * ink
+        else:
+            values = -inputs.numpy() if self._randomised else inputs.numpy()
+        return [
+            Explanation(target=int(t), attributions=(Attribution(method="saliency", values=v.astype(np.float32)),))
+            for v, t in zip(values, targets, strict=True)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "absolute", "signed"),
+    [
+        pytest.param("ink-noise", (-0.3, 0.3), (-0.3, 0.3), id="noise-sharing-only-the-ink"),
+        pytest.param("negated", (0.99, 1.0), (-1.0, -0.99), id="sign-flipped-by-the-weights"),
+    ],
+)
+def test_the_randomisation_check_compares_the_maps_on_the_input_s_support_with_their_signs(
+    digits_model: LoadedModel,
+    digits_batch: Batch,
+    kind: str,
+    absolute: tuple[float, float],
+    signed: tuple[float, float],
+) -> None:
+    """Spearman of |map| over every pixel scored two independent noise maps that share only the ink 0.85 (the
+    background both leave at 0 ranks alike), and a map whose sign the weights flip 1.0: both were flagged, and with
+    them every method that scales by ``input - baseline``. Over the support, with signs, neither is."""
+    images, targets = digits_batch
+
+    (check,) = randomisation_check(ModelFreeExplainer(digits_model, kind), images, targets)
+
+    assert check.absolute is not None and absolute[0] <= check.absolute <= absolute[1], check
+    assert check.signed is not None and signed[0] <= check.signed <= signed[1], check
+    assert check.similarity == min(check.absolute, check.signed)
+    assert not check.flagged and check.measured == 16

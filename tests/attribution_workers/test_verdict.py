@@ -38,7 +38,7 @@ BAD_DELETION = Fidelity(deletion_auc=0.5, random_auc=0.45)
         pytest.param(PASSING_SANITY, BAD_DELETION, 0.35, (False, True, False, True), id="worse-than-random"),
         pytest.param(PASSING_SANITY, GOOD_DELETION, 0.05, (False, True, True, False), id="disagrees"),
         pytest.param(FAILING_SANITY, BAD_DELETION, -0.1, (False, False, False, False), id="fails-everything"),
-        pytest.param(None, GOOD_DELETION, 0.35, (True, None, True, True), id="no-sanity-check-yet"),
+        pytest.param(None, GOOD_DELETION, 0.35, (None, None, True, True), id="no-sanity-check-yet"),
         pytest.param(PASSING_SANITY, GOOD_DELETION, None, (True, True, True, None), id="one-method"),
         pytest.param(None, BAD_DELETION, None, (False, None, False, None), id="only-deletion-fails"),
         pytest.param(None, None, None, (None, None, None, None), id="nothing-measured"),
@@ -46,7 +46,7 @@ BAD_DELETION = Fidelity(deletion_auc=0.5, random_auc=0.45)
         pytest.param(FAILING_SANITY, None, None, (False, False, None, None), id="only-the-method-fails"),
     ],
 )
-def test_a_map_is_trusted_when_every_measured_part_passes(
+def test_a_map_is_trusted_when_every_part_passes_its_method_s_sanity_check_included(
     sanity: SanityFigure | None,
     fidelity: Fidelity | None,
     agreement_value: float | None,
@@ -69,10 +69,43 @@ def test_the_summary_gives_the_failures_first_with_their_figures() -> None:
     assert RULE.judge(sanity=None, fidelity=None, agreement=None).summary == (
         "Not judged (no sanity check has run yet; deletion not tested; agreement not measured)."
     )
+    assert RULE.judge(sanity=None, fidelity=GOOD_DELETION, agreement=0.35).summary == (
+        "Not judged: beats random deletion (gain +0.30); agrees with the other methods (mean rho +0.35) "
+        "(no sanity check has run yet)."
+    )
+    assert RULE.judge(sanity=None, fidelity=BAD_DELETION, agreement=None).summary == (
+        "Not trusted: does not beat random deletion (gain -0.05) (no sanity check has run yet; agreement not measured)."
+    )
     assert RULE.judge(sanity=PASSING_SANITY, fidelity=None, agreement=None).summary == (
         "Not judged: passes the sanity check (similarity 0.21 to a randomised model's maps) (deletion not tested; "
         "agreement not measured; nothing about this map itself was measured)."
     )
+
+
+@pytest.mark.parametrize(
+    ("convergence", "trusted", "converges", "text"),
+    [
+        pytest.param(0.02, True, True, "the integral converged (delta 2.0% of the logit change)", id="converged"),
+        pytest.param(0.1, True, True, "the integral converged (delta 10.0% of the logit change)", id="at-the-limit"),
+        pytest.param(
+            0.3,
+            False,
+            False,
+            "the integral did not converge (delta 30.0% of the logit change > 10%; raise ig_steps)",
+            id="too-coarse",
+        ),
+        pytest.param(None, True, None, None, id="not-integrated-gradients"),
+    ],
+)
+def test_an_integrated_gradients_map_fails_when_its_delta_is_a_large_share_of_the_logit_change(
+    convergence: float | None, trusted: bool, converges: bool | None, text: str | None
+) -> None:
+    verdict = RULE.judge(sanity=PASSING_SANITY, fidelity=GOOD_DELETION, agreement=0.35, convergence=convergence)
+
+    assert (verdict.trusted, verdict.converges) == (trusted, converges)
+    assert text is None or text in verdict.summary
+    unjudged = RULE.judge(sanity=PASSING_SANITY, fidelity=None, agreement=None, convergence=0.02)
+    assert unjudged.trusted is None, "converging says nothing about the map's ranking"
 
 
 def test_the_thresholds_are_strict_for_deletion_and_inclusive_for_agreement() -> None:

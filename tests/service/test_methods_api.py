@@ -293,7 +293,15 @@ def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
     trusts = []
     for detail in details:
         for name, attribution in detail["attributions"].items():
-            verdict_fields = {"trusted", "passes_sanity", "beats_random", "agrees", "summary", "min_agreement"}
+            verdict_fields = {
+                "trusted",
+                "passes_sanity",
+                "beats_random",
+                "agrees",
+                "converges",
+                "summary",
+                "min_agreement",
+            }
             assert set(attribution["verdict"]) == verdict_fields
             assert attribution["verdict"]["min_agreement"] == 0.2  # the threshold the viewer's badge uses
             assert attribution["verdict"]["passes_sanity"] is {"saliency": False, "gradcam": True}.get(

@@ -1,0 +1,180 @@
+"""The worker runtime on the real digits CNN: when maps are judged, when the sanity check runs, refused inputs,
+per-input deletion orders and the Gradient SHAP noise setting."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from numpy.typing import NDArray
+
+from attribution_workers.config import AttributionConfig
+from attribution_workers.runtime import ModelRuntime
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from sampler.contract import InputTensor, SampledEvent
+from sampler.explanation_records import SanityFigure
+
+
+def _runtime(digits_path: Path, **settings: Any) -> ModelRuntime:
+    config = AttributionConfig.model_validate(
+        {
+            "model": {"torchscript": str(digits_path), "input_shape": [1, 8, 8], "num_classes": 10},
+            "fidelity_steps": 8,
+            "fidelity_random_orders": 2,
+            "inspect_layers": [],
+            **settings,
+        }
+    )
+    return ModelRuntime("digits", config, device="cpu")
+
+
+def _event(request_id: str, image: NDArray[np.float32], predicted: int) -> SampledEvent:
+    now = time.time()
+    return SampledEvent(
+        model="digits",
+        model_version="v1",
+        request_id=request_id,
+        timestamp=now,
+        received_at=now,
+        reasons=("every_n",),
+        predicted=predicted,
+        confidence=0.9,
+        margin=1.0,
+        num_classes=digits.NUM_CLASSES,
+        input=InputTensor.of(image),
+    )
+
+
+def _events(split: DatasetSplit, rows: range) -> list[SampledEvent]:
+    return [_event(f"r{row}", split.test.features[row], int(split.test.labels[row])) for row in rows]
+
+
+def test_no_map_is_trusted_before_its_method_s_first_sanity_check(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """Before any check, 32 of 32 maps of integrated_gradients, gradient_shap and occlusion were stored as trusted;
+    after the first check those methods were flagged and such maps got 0 of 16. A map explained before the check
+    is not judged, whatever its deletion and agreement figures."""
+    runtime = _runtime(digits_path, methods=["saliency", "integrated_gradients", "occlusion"])
+
+    result = runtime.explain(_events(digits_split, range(6)), {})
+
+    verdicts = [trust.verdict for outcome in result.outcomes for trust in outcome.record.summary.trust.values()]
+    assert len(verdicts) == 18 and all(verdict.trusted is not True for verdict in verdicts)
+    judged_well = [v for v in verdicts if v.beats_random and v.agrees]
+    assert judged_well, "some maps pass both map parts: they are the ones that used to be trusted"
+    for verdict in judged_well:
+        assert verdict.trusted is None and verdict.passes_sanity is None
+        assert verdict.summary.startswith("Not judged: ") and verdict.summary.endswith("(no sanity check has run yet).")
+
+
+def test_the_first_sanity_check_is_due_as_soon_as_the_recent_window_is_full(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """It once waited ``sanity_every_s`` (300 s by default) after start, leaving every map of that time judged
+    without it; it runs on ``sanity_samples`` inputs, so the first figure is no noisier than the later ones."""
+    runtime = _runtime(digits_path, methods=["saliency"], sanity_samples=4)
+
+    runtime.explain(_events(digits_split, range(3)), {})
+    assert not runtime.sanity_due(), "three inputs are not a full window of four"
+    runtime.explain(_events(digits_split, range(3, 4)), {})
+    assert runtime.sanity_due()
+    (check,) = runtime.sanity_check()
+    assert check.inputs == 4
+    assert not runtime.sanity_due(), "the next one waits sanity_every_s"
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        pytest.param(1e37, id="finite-logits-too-large-to-attribute"),
+        pytest.param(1e38, id="logits-overflow-to-infinity"),
+    ],
+)
+def test_an_input_whose_logits_cannot_be_attributed_is_refused_at_once_and_its_neighbours_explained(
+    digits_path: Path, digits_split: DatasetSplit, scale: float
+) -> None:
+    """Finite pixels of 1e37 give logits of about 1e37, of 1e38 infinite ones: the maps were stored as "Trusted"
+    (identical deletion figures, IG delta 1e30), and with LIME the batch failed as retryable (its regression
+    overflowed), redelivered until max deliveries."""
+    runtime = _runtime(digits_path, methods=["saliency", "integrated_gradients", "lime"])
+    huge = (digits_split.test.features[0] * scale).astype(np.float32)
+    with torch.no_grad():
+        logits = runtime.model.module(torch.from_numpy(huge)[None])
+    assert not torch.isfinite(logits).all() or logits.abs().max() > 1e30
+    events = [*_events(digits_split, range(2)), _event("huge", huge, 0)]
+
+    result = runtime.explain(events, {})
+
+    outcomes = {outcome.record.summary.request_id: outcome for outcome in result.outcomes}
+    assert outcomes["r0"].ok and outcomes["r1"].ok
+    refused = outcomes["huge"]
+    assert not refused.ok and refused.retry is False
+    assert refused.record.detail.error is not None
+    assert refused.record.detail.error.startswith("the model's outputs on this input cannot be attributed")
+
+
+def test_each_input_gets_its_own_random_deletion_orders_reproducible_by_request_id(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """Every call once re-drew the same seeded orders, so batches of one shared one fixed random reference and
+    the mean gain carried its bias however many maps it averaged."""
+    runtime = _runtime(digits_path, methods=["saliency", "occlusion"])
+    image, label = digits_split.test.features[5], int(digits_split.test.labels[5])
+
+    def random_auc(request_id: str) -> float:
+        (outcome,) = runtime.explain([_event(request_id, image, label)], {}).outcomes
+        fidelity = outcome.record.detail.attributions["saliency"].fidelity
+        assert fidelity is not None
+        return fidelity.random_auc
+
+    first, other, again = random_auc("a"), random_auc("b"), random_auc("a")
+
+    assert first != other, "two inputs drew the same random orders"
+    assert first == again, "an input's orders follow its request id"
+
+
+def test_integrated_gradients_maps_whose_integral_did_not_converge_are_not_trusted(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """The convergence delta was stored and never read: a map that does not add up to the logit change it explains
+    (too few steps for this input) was trusted like any other."""
+    methods = ["saliency", "integrated_gradients"]
+    passing = {m: SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=1.0) for m in methods}
+    events = _events(digits_split, range(16))
+
+    def verdicts(ig_steps: int) -> list[Any]:
+        runtime = _runtime(digits_path, methods=methods, ig_steps=ig_steps)
+        outcomes = runtime.explain(events, passing).outcomes
+        assert all(o.record.summary.trust["saliency"].verdict.converges is None for o in outcomes)
+        return [o.record.summary.trust["integrated_gradients"].verdict for o in outcomes]
+
+    coarse, fine = verdicts(ig_steps=1), verdicts(ig_steps=64)
+
+    assert all(v.converges is True for v in fine)
+    failing = [v for v in coarse if v.converges is False]
+    assert failing, [v.summary for v in coarse]
+    for verdict in failing:
+        assert verdict.trusted is False and "the integral did not converge" in verdict.summary
+
+
+@pytest.mark.parametrize(
+    ("settings", "zero"),
+    [
+        pytest.param({"shap_stdev": 0.0}, True, id="no-noise-for-raw-scale-inputs"),
+        pytest.param({}, False, id="default-noise"),
+    ],
+)
+def test_the_gradient_shap_noise_is_configurable(digits_path: Path, settings: dict[str, Any], zero: bool) -> None:
+    """On the baseline itself (all zeros) Gradient SHAP multiplies by ``input - baseline``: zero without noise."""
+    runtime = _runtime(digits_path, methods=["gradient_shap"], **settings)
+
+    (outcome,) = runtime.explain([_event("zeros", np.zeros((1, 8, 8), dtype=np.float32), 0)], {}).outcomes
+
+    values = outcome.record.detail.attributions["gradient_shap"].to_array()
+    assert bool((values == 0).all()) is zero

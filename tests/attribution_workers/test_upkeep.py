@@ -1,0 +1,103 @@
+"""After a batch: the randomisation sanity check runs when due and its figures land in a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+
+from attribution_workers.config import AttributionConfig
+from attribution_workers.explainer import Explainer, stack_maps
+from attribution_workers.metrics import WorkerMetrics
+from attribution_workers.runtime import ModelRuntime
+from attribution_workers.upkeep import BatchUpkeep
+from common.redis import connect
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from sampler.contract import InputTensor, SampledEvent
+from sampler.explanation_records import SanityFigure
+from sampler.explanations import ExplanationStore
+from sampler.layers import LayerHealthStore
+
+SAMPLES = 16
+
+
+def _events(split: DatasetSplit) -> list[SampledEvent]:
+    now = time.time()
+    return [
+        SampledEvent(
+            model="digits",
+            model_version="v1",
+            request_id=f"r{row}",
+            timestamp=now,
+            received_at=now,
+            reasons=("every_n",),
+            predicted=int(split.test.labels[row]),
+            confidence=0.9,
+            margin=1.0,
+            num_classes=digits.NUM_CLASSES,
+            input=InputTensor.of(split.test.features[row]),
+        )
+        for row in range(SAMPLES)
+    ]
+
+
+def _ranking_pairs(runtime: ModelRuntime, events: list[SampledEvent]) -> int:
+    """Inputs whose Grad-CAM maps rank something on the input's support (the pixels off the baseline) on the trained
+    and on the randomised model (seed 0)."""
+    inputs = torch.stack([torch.from_numpy(e.input.decode()) for e in events if e.input is not None])
+    targets = torch.tensor([e.predicted for e in events])
+    support = (inputs != runtime.model.baseline).reshape(len(inputs), -1).numpy()
+    explainer = Explainer(runtime.model, methods=["gradcam"])
+    maps = [
+        stack_maps(each.explain(inputs, targets), "gradcam").reshape(len(inputs), -1)
+        for each in (explainer, explainer.with_model(runtime.model.randomised(seed=0)))
+    ]
+    ranking = [[np.ptp(row[ink]) > 0 for row, ink in zip(found, support, strict=True)] for found in maps]
+    return sum(first and second for first, second in zip(*ranking, strict=True))
+
+
+def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
+    redis_url: str, digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """It stored ``sanity_samples`` whatever the check used; a Grad-CAM map of zeros ranks nothing, so its pair is
+    not part of the similarity, and the figure's ``samples`` says how many pairs are."""
+    config = AttributionConfig.model_validate(
+        {
+            "model": {"torchscript": str(digits_path), "input_shape": [1, 8, 8], "num_classes": 10},
+            "methods": ["gradcam", "saliency"],
+            "fidelity_steps": 4,
+            "fidelity_random_orders": 1,
+            "inspect_layers": [],
+            "sanity_samples": SAMPLES,
+            "sanity_every_s": 0.001,
+        }
+    )
+    runtime = ModelRuntime("digits", config, device="cpu")
+    events = _events(digits_split)
+    expected = _ranking_pairs(runtime, events)
+    assert 0 < expected < SAMPLES, "the first test digits include blank Grad-CAM maps"
+
+    async def scenario() -> dict[str, SanityFigure]:
+        client = connect(redis_url, timeout_s=5)
+        store = ExplanationStore(client, ttl_s=3600)
+        upkeep = BatchUpkeep(
+            store, LayerHealthStore(client), WorkerMetrics(CollectorRegistry()), worker="w", job_timeout_s=60
+        )
+        try:
+            result = runtime.explain(events, {})
+            time.sleep(0.002)
+            assert runtime.sanity_due()
+            await upkeep.after_batch("digits", runtime, result)
+            return await store.sanity("digits")
+        finally:
+            await client.aclose()
+
+    figures = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+    assert figures["saliency"].samples == SAMPLES
+    assert figures["gradcam"].samples == expected
