@@ -169,6 +169,11 @@ class LayerHealthTracker:
             self._versions.popitem(last=False)
         health.add(inspection, row)
 
+    @property
+    def versions(self) -> list[str]:
+        """The versions kept, least recently seen first."""
+        return list(self._versions)
+
     def snapshot(self, version: str) -> HealthSnapshot | None:
         health = self._versions.get(version)
         return None if health is None or not health.layers else health.snapshot(version)

@@ -81,13 +81,13 @@ class WorkerMetrics:
         self.layer_dead = Gauge(
             "vai_layer_dead_units_ratio",
             "Share of a layer's units exactly 0 on every one of the worker's recent sampled inputs.",
-            ["model", "layer"],
+            ["model", "version", "layer"],
             registry=registry,
         )
         self.layer_saturated = Gauge(
             "vai_layer_saturated_ratio",
             "Share of a bounded activation's outputs within 1% of a bound, over the recent sampled inputs.",
-            ["model", "layer"],
+            ["model", "version", "layer"],
             registry=registry,
         )
         self.inspection_seconds = Histogram(
@@ -101,7 +101,7 @@ class WorkerMetrics:
             "vai_layer_activation_shift",
             "Mean over a layer's units of |recent mean - baseline mean| / baseline std; baseline: the first "
             "window of inputs the worker saw for the model version.",
-            ["model", "layer"],
+            ["model", "version", "layer"],
             registry=registry,
         )
 

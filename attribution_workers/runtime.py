@@ -68,8 +68,9 @@ class BatchResult:
     seconds: dict[str, float] = field(default_factory=dict)
     fidelity_gain: dict[str, float] = field(default_factory=dict)
     agreement: float | None = None
-    layer_health: HealthSnapshot | None = None
-    """Layer health of the batch's last model version after it (None when nothing is inspected)."""
+    layer_health: list[HealthSnapshot] = field(default_factory=list)
+    """Layer health after the batch of each model version in it, in order of first appearance (none when
+    nothing is inspected): during a rollout a batch mixes versions, and each has its own windows."""
     inspection_seconds: float = 0.0
     """Wall time of the batch's hooked forward pass and its per-layer summaries."""
 
@@ -262,15 +263,21 @@ class ModelRuntime:
 
     def _inspected(
         self, usable: list[tuple[SampledEvent, torch.Tensor]], outcomes: list[Outcome], found: BatchInspection | None
-    ) -> HealthSnapshot | None:
+    ) -> list[HealthSnapshot]:
         """Layer statistics and feature maps onto each record; the rows into the health windows."""
         if found is None:
-            return None
+            return []
         for row, ((event, _), outcome) in enumerate(zip(usable, outcomes, strict=True)):
             outcome.record.detail.layers = found.stats(row)
             outcome.record.detail.feature_maps = found.feature_maps(row)
             self._health.add(event.model_version, found, row)
-        return self._health.snapshot(usable[-1][0].model_version)
+        versions = dict.fromkeys(event.model_version for event, _ in usable)
+        return [snapshot for version in versions if (snapshot := self._health.snapshot(version)) is not None]
+
+    @property
+    def inspected_versions(self) -> list[str]:
+        """The model versions whose layer health this runtime still keeps (older ones are forgotten)."""
+        return self._health.versions
 
     def _run_methods(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[Explanation], dict[str, float]]:
         per_method: dict[str, list[Explanation]] = {}

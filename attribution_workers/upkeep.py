@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -34,23 +35,29 @@ class BatchUpkeep:
         self._metrics = metrics
         self._worker = worker
         self._job_timeout_s = job_timeout_s
+        self._gauged: dict[str, dict[str, set[str]]] = {}
+        """Per model and version, the layers whose gauges were set (to remove them with the version)."""
 
     async def after_batch(self, model: str, runtime: ModelRuntime, result: BatchResult) -> None:
-        if result.layer_health is not None:
+        if result.layer_health:
             self._metrics.inspection_seconds.labels(model).observe(result.inspection_seconds)
-            await self._publish_layers(model, result.layer_health)
+            for snapshot in result.layer_health:
+                await self._publish_layers(model, snapshot)
+            self._forget_versions(model, runtime.inspected_versions)
         if runtime.sanity_due():
             await self._sanity(model, runtime)
 
     async def _publish_layers(self, model: str, snapshot: HealthSnapshot) -> None:
-        """Layer gauges of ``model``, and this worker's report for every sidecar to serve."""
+        """Layer gauges of one version of ``model``, and this worker's report of it for every sidecar to serve."""
+        version = snapshot.version
+        self._gauged.setdefault(model, {}).setdefault(version, set()).update(layer.name for layer in snapshot.layers)
         for layer in snapshot.layers:
             if layer.dead_ratio is not None:
-                self._metrics.layer_dead.labels(model, layer.name).set(layer.dead_ratio)
+                self._metrics.layer_dead.labels(model, version, layer.name).set(layer.dead_ratio)
             if layer.saturated_ratio is not None:
-                self._metrics.layer_saturated.labels(model, layer.name).set(layer.saturated_ratio)
+                self._metrics.layer_saturated.labels(model, version, layer.name).set(layer.saturated_ratio)
             if layer.activation_shift is not None:
-                self._metrics.layer_shift.labels(model, layer.name).set(layer.activation_shift)
+                self._metrics.layer_shift.labels(model, version, layer.name).set(layer.activation_shift)
         report = LayerHealthReport(
             worker=self._worker,
             version=snapshot.version,
@@ -60,6 +67,15 @@ class BatchUpkeep:
             layers=snapshot.layers,
         )
         await self._layers.publish(model, report)
+
+    def _forget_versions(self, model: str, kept: list[str]) -> None:
+        """Drop the layer gauges of versions the runtime no longer keeps (the version label stays bounded)."""
+        gauged = self._gauged.get(model, {})
+        for version in [v for v in gauged if v not in kept]:
+            for layer in gauged.pop(version):
+                for gauge in (self._metrics.layer_dead, self._metrics.layer_saturated, self._metrics.layer_shift):
+                    with contextlib.suppress(KeyError):  # a figure never set for this layer
+                        gauge.remove(model, version, layer)
 
     async def _sanity(self, model: str, runtime: ModelRuntime) -> None:
         try:

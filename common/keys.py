@@ -55,13 +55,13 @@ def sanity(model: str) -> str:
     return f"{PREFIX}:sanity:{model}"
 
 
-def layer_health(model: str, worker: str) -> str:
-    """JSON of one worker's layer-health report of a model (``sampler.layers``), with a TTL."""
-    return f"{PREFIX}:layers:{model}:{worker}"
+def layer_health(model: str, worker: str, version: str) -> str:
+    """JSON of one worker's layer-health report of one version of a model (``sampler.layers``), with a TTL."""
+    return f"{PREFIX}:layers:{model}:{worker}:{version}"
 
 
 def layer_health_index(model: str) -> str:
-    """Sorted set of the workers that reported a model's layer health, scored by report time (epoch s)."""
+    """Sorted set of the :func:`layer_health` keys of a model's fresh reports, scored by report time (epoch s)."""
     return f"{PREFIX}:layers-index:{model}"
 
 

@@ -118,24 +118,24 @@ class LayerHealthReport(BaseModel):
 
 
 class ModelLayers(BaseModel):
-    """``GET /v1/models/{model}/layers``: one report per worker that explained the model lately."""
+    """``GET /v1/models/{model}/layers``: one report per worker and model version explained lately."""
 
     model: str
     reports: list[LayerHealthReport]
 
 
 class LayerHealthStore:
-    """Reports by (model, worker), each with a TTL; an index per model finds the fresh ones."""
+    """Reports by (model, worker, version), each with a TTL; an index per model finds the fresh ones."""
 
     def __init__(self, redis: Redis, *, fresh_s: int = REPORT_FRESH_S) -> None:
         self._redis = redis
         self._fresh_s = fresh_s
 
     async def publish(self, model: str, report: LayerHealthReport) -> None:
-        index = keys.layer_health_index(model)
+        index, key = keys.layer_health_index(model), keys.layer_health(model, report.worker, report.version)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(keys.layer_health(model, report.worker), report.model_dump_json(), ex=self._fresh_s)
-        pipe.zadd(index, {report.worker: report.updated_at})
+        pipe.set(key, report.model_dump_json(), ex=self._fresh_s)
+        pipe.zadd(index, {key: report.updated_at})
         pipe.zremrangebyscore(index, "-inf", f"({report.updated_at - self._fresh_s}")
         pipe.expire(index, self._fresh_s)
         await execute(pipe)
@@ -144,12 +144,12 @@ class LayerHealthStore:
         """Fresh reports of ``model``, most recently updated first; ``RedisUnavailable`` when Redis fails."""
         cutoff = (time.time() if now is None else now) - self._fresh_s
         with _reading():
-            workers: list[bytes] = await self._redis.zrevrangebyscore(  # type: ignore[assignment]
+            found: list[bytes] = await self._redis.zrevrangebyscore(  # type: ignore[assignment]
                 keys.layer_health_index(model), "+inf", cutoff
             )
-            if not workers:
+            if not found:
                 return []
-            bodies = await self._redis.mget([keys.layer_health(model, worker.decode()) for worker in workers])
+            bodies = await self._redis.mget(found)  # the reports' keys (an older worker's index held its name: None)
         return [report for body in bodies if body is not None and (report := _report(body)) is not None]
 
 

@@ -480,8 +480,10 @@
     });
     part(section, ".body").replaceChildren(...blocks);
     const samples = l.reports.reduce((total, r) => total + r.samples, 0);
-    evidence(section, `Observed pattern over ${samples} sampled inputs explained by ${l.reports.length} worker(s) `,
-      `(the last ${l.reports[0].window} per worker); dead = never active across them.`);
+    const workers = new Set(l.reports.map((r) => r.worker)).size;
+    const versions = new Set(l.reports.map((r) => r.version)).size;
+    evidence(section, `Observed pattern over ${samples} sampled inputs of ${versions} model version(s) explained by `,
+      `${workers} worker(s) (the last ${l.reports[0].window} per worker and version); dead = never active across them.`);
   }
 
   // --- projection -----------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def test_corrupted_digits_raise_the_activation_shift_well_above_its_clean_value(
     def feed(images: NDArray[np.float32], prefix: str) -> dict[str, float | None]:
         snapshot = None
         for start in range(0, len(images), 16):
-            snapshot = runtime.explain(events(images[start : start + 16], prefix=f"{prefix}{start}-")).layer_health
+            (snapshot,) = runtime.explain(events(images[start : start + 16], prefix=f"{prefix}{start}-")).layer_health
         assert snapshot is not None
         return {layer.name: layer.activation_shift for layer in snapshot.layers}
 
@@ -230,10 +230,10 @@ def test_corrupted_digits_raise_the_activation_shift_well_above_its_clean_value(
 def test_each_model_version_has_its_own_baseline(eager_spec: ModelSpec, digits_split: DatasetSplit) -> None:
     runtime = ModelRuntime("digits", config(eager_spec, inspect_window=4, methods=("saliency",)), device="cpu")
     images = digits_split.test.features
-    first = runtime.explain(events(images[:8], prefix="a", version="v1")).layer_health
-    second = runtime.explain(events(images[8:10], prefix="b", version="v2")).layer_health
-    assert first is not None and first.version == "v1" and first.samples == 8 and first.window == 4
-    assert second is not None and second.version == "v2" and second.samples == 2 and second.window == 2
+    (first,) = runtime.explain(events(images[:8], prefix="a", version="v1")).layer_health
+    (second,) = runtime.explain(events(images[8:10], prefix="b", version="v2")).layer_health
+    assert first.version == "v1" and first.samples == 8 and first.window == 4
+    assert second.version == "v2" and second.samples == 2 and second.window == 2
     assert all(layer.activation_shift is None for layer in second.layers)
     dead = {layer.name: layer.dead_ratio for layer in first.layers}
     assert all(0.0 <= (dead[name] or -1.0) <= 1.0 for name in ("conv.1", "conv.4", "dense.2")), dead

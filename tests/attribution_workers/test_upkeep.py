@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.explainer import Explainer, stack_maps
+from attribution_workers.inspection_health import MAX_VERSIONS
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.upkeep import BatchUpkeep
@@ -26,12 +27,12 @@ from sampler.layers import LayerHealthStore
 SAMPLES = 16
 
 
-def _events(split: DatasetSplit) -> list[SampledEvent]:
+def _events(split: DatasetSplit, versions: tuple[str, ...] = ("v1",), rows: int = SAMPLES) -> list[SampledEvent]:
     now = time.time()
     return [
         SampledEvent(
             model="digits",
-            model_version="v1",
+            model_version=versions[row % len(versions)],
             request_id=f"r{row}",
             timestamp=now,
             received_at=now,
@@ -42,7 +43,7 @@ def _events(split: DatasetSplit) -> list[SampledEvent]:
             num_classes=digits.NUM_CLASSES,
             input=InputTensor.of(split.test.features[row]),
         )
-        for row in range(SAMPLES)
+        for row in range(rows)
     ]
 
 
@@ -90,8 +91,7 @@ def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
         )
         try:
             result = runtime.explain(events, {})
-            time.sleep(0.002)
-            assert runtime.sanity_due()
+            assert runtime.sanity_due()  # the first check: as soon as sanity_samples inputs are explained
             await upkeep.after_batch("digits", runtime, result)
             return await store.sanity("digits")
         finally:
@@ -101,3 +101,59 @@ def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
 
     assert figures["saliency"].samples == SAMPLES
     assert figures["gradcam"].samples == expected
+
+
+def test_every_version_of_a_mixed_batch_publishes_its_layer_health(
+    redis_url: str, digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """During a rollout a batch mixes versions, each with its own windows. Only the batch's last event's version
+    was published (one report per worker, gauges without a version), so a version whose events never came last
+    never reached Redis or the gauges. Each version's report and gauges are kept; a version the runtime forgets
+    takes its gauges with it."""
+    config = AttributionConfig.model_validate(
+        {
+            "model": {  # eager: hooks reach every layer
+                "factory": digits.FACTORY,
+                "weights": str(digits.ensure_digits_weights(digits_path)),
+                "input_shape": list(digits.INPUT_SHAPE),
+                "num_classes": digits.NUM_CLASSES,
+            },
+            "methods": ["saliency"],
+            "fidelity_steps": 4,
+            "fidelity_random_orders": 1,
+            "inspect_window": 4,
+        }
+    )
+    runtime = ModelRuntime("digits", config, device="cpu")
+    registry = CollectorRegistry()
+
+    async def scenario() -> tuple[list[tuple[str, int]], list[float | None]]:
+        client = connect(redis_url, timeout_s=5)
+        layers = LayerHealthStore(client)
+        upkeep = BatchUpkeep(
+            ExplanationStore(client, ttl_s=3600), layers, WorkerMetrics(registry), worker="w", job_timeout_s=60
+        )
+        try:
+            mixed = _events(digits_split, versions=("v1", "v1", "v1", "v2"))  # v2 comes last in every four
+            for start in range(0, SAMPLES, 4):
+                await upkeep.after_batch("digits", runtime, runtime.explain(mixed[start : start + 4], {}))
+            reports = [(report.version, report.samples) for report in await layers.reports("digits")]
+            both = [gauged(registry, "v1"), gauged(registry, "v2")]
+            for version in ("v3", "v4", "v5"):  # the runtime keeps MAX_VERSIONS versions: v1 is forgotten
+                batch = _events(digits_split, versions=(version,), rows=4)
+                await upkeep.after_batch("digits", runtime, runtime.explain(batch, {}))
+            return reports, both
+        finally:
+            await client.aclose()
+
+    reports, both = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+    assert sorted(reports) == [("v1", 12), ("v2", 4)]
+    assert None not in both
+    assert MAX_VERSIONS == 4 and runtime.inspected_versions == ["v2", "v3", "v4", "v5"]
+    assert gauged(registry, "v1") is None and gauged(registry, "v5") is not None
+
+
+def gauged(registry: CollectorRegistry, version: str) -> float | None:
+    labels = {"model": "digits", "version": version, "layer": "dense.2"}
+    return registry.get_sample_value("vai_layer_dead_units_ratio", labels)

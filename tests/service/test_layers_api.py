@@ -96,7 +96,8 @@ def explain(
 
 
 def shift(registry: CollectorRegistry, layer: str) -> float | None:
-    return registry.get_sample_value("vai_layer_activation_shift", {"model": "digits", "layer": layer})
+    labels = {"model": "digits", "version": "unversioned", "layer": layer}
+    return registry.get_sample_value("vai_layer_activation_shift", labels)
 
 
 def test_layers_png_and_reports_are_served_and_the_drift_phase_raises_the_shift(
@@ -149,14 +150,17 @@ def test_layers_png_and_reports_are_served_and_the_drift_phase_raises_the_shift(
     by_name = {layer["name"]: layer for layer in report["layers"]}
     assert by_name["conv.0"]["units"] == 16 and by_name["dense.2"]["units"] == 64
     assert by_name["conv.0"]["saturated_ratio"] is None and by_name["conv.0"]["activation_shift"] is not None
-    gauge = registry.get_sample_value("vai_layer_dead_units_ratio", {"model": "digits", "layer": "dense.2"})
+    gauge = registry.get_sample_value(
+        "vai_layer_dead_units_ratio", {"model": "digits", "version": "unversioned", "layer": "dense.2"}
+    )
     assert gauge == pytest.approx(by_name["dense.2"]["dead_ratio"])
     assert registry.get_sample_value("vai_layer_inspection_seconds_count", {"model": "digits"}) == 4  # one per batch
     unknown = client.get("/v1/models/other/layers")
     assert unknown.status_code == 404 and unknown.json()["field"] == "model"
     # A report this sidecar cannot read (a worker of another version) is skipped, not a 500 for all of them.
-    redis_client.set(keys.layer_health("digits", "worker-z"), b'{"v": 99, "layers": "?"}', ex=60)
-    redis_client.zadd(keys.layer_health_index("digits"), {"worker-z": time.time()})
+    unreadable = keys.layer_health("digits", "worker-z", "unversioned")
+    redis_client.set(unreadable, b'{"v": 99, "layers": "?"}', ex=60)
+    redis_client.zadd(keys.layer_health_index("digits"), {unreadable: time.time(), "worker-y": time.time()})
     assert [r["worker"] for r in client.get("/v1/models/digits/layers").json()["reports"]] == ["worker-a"]
 
     clean = {name: shift(registry, name) for name in LAYERS}
