@@ -48,18 +48,16 @@ from torch.nn import functional
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
-from attribution_workers.loader import GradCamView, LoadedModel
+from attribution_workers.inspection_layers import bounds_of, choose, convolutions, kind_of, zero_is_dead
+from attribution_workers.loader import LoadedModel
 from sampler.layers import FeatureMaps, LayerKind, LayerStats
 
 SATURATION_TOLERANCE = 0.01
 """Share of a bounded activation's output range, next to a bound, that counts as saturated."""
-FEATURES = "features"
-"""Name of the one inspectable point of a TorchScript ``features``/``head`` model."""
 MAX_CALLS = 8
 """Calls of one module captured per forward pass; later calls are not inspected."""
 MAX_MAP_SIDE = 64
 """Longest side of a stored feature map; larger maps are averaged down (see the module docstring)."""
-_ZERO_DEAD = (nn.ReLU, nn.Hardswish, nn.Hardsigmoid, nn.Hardshrink, nn.Softshrink)
 _Hook = Callable[[nn.Module, tuple[object, ...], object], None]
 
 
@@ -126,7 +124,7 @@ class LayerInspector:
     def __init__(self, model: LoadedModel, config: AttributionConfig) -> None:
         self._model = model
         self._map_channels = config.feature_map_channels
-        found = _choose(model.module, config.inspect_layers, config.inspect_max_layers)
+        found = choose(model.module, config.inspect_layers, config.inspect_max_layers)
         wanted_maps = config.feature_map_layers
         unknown = sorted(set(wanted_maps or ()) - {name for name, _ in found})
         if unknown:
@@ -134,17 +132,17 @@ class LayerInspector:
         self.layers = tuple(
             InspectedLayer(
                 name=name,
-                kind=_kind(module),
+                kind=kind_of(module),
                 module=module,
-                bounds=_bounds(module),
+                bounds=bounds_of(module),
                 keep_maps=config.feature_map_channels > 0
-                and (name in wanted_maps if wanted_maps is not None else _kind(module) == "conv"),
-                zero_is_dead=_zero_is_dead(module),
+                and (name in wanted_maps if wanted_maps is not None else kind_of(module) == "conv"),
+                zero_is_dead=zero_is_dead(module),
             )
             for name, module in found
         )
         inspected = {id(layer.module) for layer in self.layers}
-        self._convs = tuple(module for module in _convolutions(model.module) if id(module) not in inspected)
+        self._convs = tuple(module for module in convolutions(model.module) if id(module) not in inspected)
         """Convolutions that are not inspected: hooked too, for the shape their outputs give the next activation."""
 
     @contextlib.contextmanager
@@ -271,81 +269,3 @@ def _stats(capture: LayerCapture, row: int) -> LayerStats:
         saturated_share=None if capture.saturated_share is None else float(capture.saturated_share[row]),
         feature_map_channels=channels,
     )
-
-
-def _root(module: nn.Module) -> nn.Module:
-    """The model as its config names it (the loader may have wrapped it for Grad-CAM)."""
-    return module.model if isinstance(module, GradCamView) else module
-
-
-def _choose(module: nn.Module, names: tuple[str, ...] | None, cap: int) -> list[tuple[str, nn.Module]]:
-    root = _root(module)
-    scripted = isinstance(root, torch.jit.ScriptModule)
-    if names is not None:
-        return [(name, _named(module, root, name, scripted)) for name in dict.fromkeys(names)]
-    if scripted:
-        return [(FEATURES, module.cam)] if isinstance(module, GradCamView) else []
-    found = [(name, m) for name, m in _eager_modules(root) if name and _kind(m) != "other"]
-    if len(found) <= cap:
-        return found
-    picks = sorted({round(i) for i in np.linspace(0, len(found) - 1, cap)})
-    return [found[i] for i in picks]
-
-
-def _named(module: nn.Module, root: nn.Module, name: str, scripted: bool) -> nn.Module:
-    if scripted:
-        if name == FEATURES and isinstance(module, GradCamView):
-            return module.cam
-        raise AttributionError(
-            f"inspect_layers: {name!r} is inside a TorchScript model, which takes no hooks; load the model "
-            f"from 'factory' and 'weights' to inspect its layers (only {FEATURES!r} works on a scripted "
-            "features/head model)"
-        )
-    try:
-        return root.get_submodule(name)
-    except AttributeError as error:
-        raise AttributionError(f"inspect_layers: {name!r} is not a submodule of the model: {error}") from None
-
-
-def _eager_modules(root: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """``named_modules`` in order, not descending into scripted submodules (they take no hooks)."""
-    yield prefix, root
-    for name, child in root.named_children():
-        if not isinstance(child, torch.jit.ScriptModule):
-            yield from _eager_modules(child, f"{prefix}.{name}" if prefix else name)
-
-
-def _convolutions(module: nn.Module) -> Iterator[nn.Module]:
-    root = _root(module)
-    if not isinstance(root, torch.jit.ScriptModule):
-        yield from (m for _, m in _eager_modules(root) if isinstance(m, nn.modules.conv._ConvNd))
-
-
-def _kind(module: nn.Module) -> LayerKind:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return "conv"
-    if isinstance(module, nn.Linear | nn.Bilinear):
-        return "linear"
-    if type(module).__module__ == nn.modules.activation.__name__ and not isinstance(module, nn.MultiheadAttention):
-        return "activation"
-    return "other"
-
-
-def _bounds(module: nn.Module) -> tuple[float | None, float | None] | None:
-    if isinstance(module, nn.ReLU6):
-        return None, 6.0
-    if isinstance(module, nn.Hardtanh):
-        return float(module.min_val), float(module.max_val)
-    if isinstance(module, nn.Sigmoid | nn.Hardsigmoid):
-        return 0.0, 1.0
-    if isinstance(module, nn.Tanh | nn.Softsign):
-        return -1.0, 1.0
-    return None
-
-
-def _zero_is_dead(module: nn.Module) -> bool:
-    if isinstance(module, nn.Hardtanh):  # ReLU6 too
-        return float(module.min_val) == 0.0
-    if isinstance(module, nn.Threshold):
-        return float(module.value) == 0.0
-    return isinstance(module, _ZERO_DEAD)
