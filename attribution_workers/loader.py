@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import importlib
 import math
 import pickle
@@ -82,6 +83,9 @@ class LoadedModel:
     """``[*input_shape]`` on ``device``: the input that stands for "no information"."""
     gradcam_layer_name: str | None
     """Dotted name in ``module`` of the layer Grad-CAM hooks, or None when Grad-CAM is unavailable."""
+    digest: str = ""
+    """Identity of the loaded model: SHA-256 (first 16 hex digits) of its file and, for a factory model, the
+    factory's name. A sanity figure measured on another model must not judge this one's maps."""
 
     @property
     def gradcam_layer(self) -> nn.Module | None:
@@ -149,6 +153,7 @@ def load_model(spec: ModelSpec, *, device: str | torch.device | None = None) -> 
         _check_layer(module, layer_name)
     _check_logits(_frozen(module), baseline, spec.num_classes)
     return LoadedModel(
+        digest=model_digest(spec),
         module=module,
         device=target,
         input_shape=tuple(spec.input_shape),
@@ -156,6 +161,18 @@ def load_model(spec: ModelSpec, *, device: str | torch.device | None = None) -> 
         baseline=baseline,
         gradcam_layer_name=layer_name,
     )
+
+
+def model_digest(spec: ModelSpec) -> str:
+    """SHA-256 of the model's file (TorchScript, or the factory's weights and the factory's name), 16 hex digits."""
+    digest = hashlib.sha256()
+    if spec.factory is not None:
+        digest.update(spec.factory.encode() + b"\0")
+    path = cast(Path, spec.torchscript or spec.weights)
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _load_torchscript(path: Path, device: torch.device) -> nn.Module:

@@ -107,8 +107,9 @@ class ModelRuntime:
 
     def explain(self, events: Sequence[SampledEvent], sanity: Mapping[str, SanityFigure] | None = None) -> BatchResult:
         """Explain the whole batch at once; if that fails, each event alone, so one poison event
-        cannot hold back the others. ``sanity``: the model's latest sanity figure per method, for the verdicts."""
-        sanity = dict(sanity or {})
+        cannot hold back the others. ``sanity``: the model's latest sanity figure per method, for the verdicts;
+        only figures measured on this very model count (after new weights, the old model's figure judges nothing)."""
+        sanity = {m: f for m, f in (sanity or {}).items() if f.model_digest == self.model.digest}
         with self._lock:
             usable, outcomes = self._usable(events)
             if not usable:

@@ -100,6 +100,7 @@ class BatchUpkeep:
                 flagged=check.flagged,
                 samples=check.measured,  # the pairs the similarity averages, not the configured sanity_samples
                 checked_at=time.time(),
+                model_digest=runtime.model.digest,
             )
             await self._store.save_sanity(model, check.method, figure)
             if check.flagged:

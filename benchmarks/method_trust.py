@@ -82,7 +82,11 @@ def _phase(runtime: ModelRuntime, phase: str, images: NDArray[np.float32], batch
             checks = runtime.sanity_check()
             sanity = {
                 c.method: SanityFigure(
-                    similarity=c.similarity, flagged=c.flagged, samples=c.measured, checked_at=time.time()
+                    similarity=c.similarity,
+                    flagged=c.flagged,
+                    samples=c.measured,
+                    checked_at=time.time(),
+                    model_digest=runtime.model.digest,
                 )
                 for c in checks
                 if c.similarity is not None

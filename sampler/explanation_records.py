@@ -113,10 +113,15 @@ class SanityFigure(BaseModel):
     """Latest randomisation sanity check of one method of a model (Adebayo et al. 2018)."""
 
     similarity: float
-    """Mean Spearman correlation of |maps| from the trained and a randomised model; high is bad."""
+    """The smaller of the signed and the |map| Spearman correlation, over each input's support, of the maps from
+    the trained and a randomised model (``attribution_workers.trust.RandomisationCheck``); high is bad."""
     flagged: bool
     samples: int
+    """Inputs whose pair of maps the figure averages."""
     checked_at: float
+    model_digest: str | None = None
+    """The checked model's identity (the worker's ``LoadedModel.digest``); a worker judges its maps only with
+    figures of its own model (None: a figure of an older worker, judged by nobody)."""
 
 
 class ExplanationQuery(BaseModel):

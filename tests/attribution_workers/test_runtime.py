@@ -145,12 +145,11 @@ def test_integrated_gradients_maps_whose_integral_did_not_converge_are_not_trust
     """The convergence delta was stored and never read: a map that does not add up to the logit change it explains
     (too few steps for this input) was trusted like any other."""
     methods = ["saliency", "integrated_gradients"]
-    passing = {m: SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=1.0) for m in methods}
     events = _events(digits_split, range(16))
 
     def verdicts(ig_steps: int) -> list[Any]:
         runtime = _runtime(digits_path, methods=methods, ig_steps=ig_steps)
-        outcomes = runtime.explain(events, passing).outcomes
+        outcomes = runtime.explain(events, _passing(methods, runtime.model.digest)).outcomes
         assert all(o.record.summary.trust["saliency"].verdict.converges is None for o in outcomes)
         return [o.record.summary.trust["integrated_gradients"].verdict for o in outcomes]
 
@@ -178,3 +177,24 @@ def test_the_gradient_shap_noise_is_configurable(digits_path: Path, settings: di
 
     values = outcome.record.detail.attributions["gradient_shap"].to_array()
     assert bool((values == 0).all()) is zero
+
+
+def test_a_sanity_figure_of_other_weights_judges_no_map(digits_path: Path, digits_split: DatasetSplit) -> None:
+    """Sanity figures are stored per model name: after new weights under the same name, the old model's figure
+    judged the new model's maps until the next check. Only a figure of this very model counts."""
+    runtime = _runtime(digits_path, methods=["saliency"])
+    events = _events(digits_split, range(16))
+
+    def trusted(digest: str | None) -> set[bool | None]:
+        outcomes = runtime.explain(events, _passing(["saliency"], digest)).outcomes
+        return {o.record.summary.trust["saliency"].verdict.trusted for o in outcomes}
+
+    assert len(runtime.model.digest) == 16
+    assert True in trusted(runtime.model.digest)
+    for other in ("0123456789abcdef", None):  # other weights; a figure of a worker that stored no digest
+        assert True not in trusted(other), other  # not judged (or failed on the map's own figures)
+
+
+def _passing(methods: list[str], digest: str | None) -> dict[str, SanityFigure]:
+    figure = SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=1.0, model_digest=digest)
+    return dict.fromkeys(methods, figure)

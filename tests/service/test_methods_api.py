@@ -22,6 +22,7 @@ import redis
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
+from attribution_workers.loader import ModelSpec, model_digest
 from attribution_workers.settings import WorkerSettings
 from common import keys
 from common.embedded_redis import EmbeddedRedis
@@ -274,8 +275,9 @@ def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
         "inspect_layers": [],
     }
     settings = make_worker_settings(models={"digits": {"attribution": section}}, worker_retry_after_ms=100)
-    flagged = SanityFigure(similarity=0.93, flagged=True, samples=16, checked_at=time.time())
-    passing = SanityFigure(similarity=0.12, flagged=False, samples=16, checked_at=time.time())
+    digest = model_digest(ModelSpec.model_validate(section["model"]))  # figures of this very model judge its maps
+    flagged = SanityFigure(similarity=0.93, flagged=True, samples=16, checked_at=time.time(), model_digest=digest)
+    passing = SanityFigure(similarity=0.12, flagged=False, samples=16, checked_at=time.time(), model_digest=digest)
     _save(redis_url, [], sanity={"saliency": flagged, "gradcam": passing})
     client = make_client(sampling={"every_n": 1, "max_per_second": 10_000})
     images, labels = digits_split.test.features[:6], digits_split.test.labels[:6]
