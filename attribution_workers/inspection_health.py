@@ -32,18 +32,27 @@ many inputs its recent figures rest on (``inputs``).
   window no longer overlaps the baseline (2K finite inputs; before that it is biased towards 0,
   and exactly 0 at K), and for a layer that was exactly 0 all through its baseline (no scale to
   measure by).
+
+The baseline of a version is shared by the workers of a model (:class:`~sampler.layers.LayerBaselineRecord`): the
+first one a worker completes is stored, and the others adopt it (:meth:`LayerHealthTracker.adopt`) instead of taking
+their own, so a restart during drift does not re-base the shift on drifted traffic. A layer whose name or units the
+stored baseline lacks keeps its own. On an adopted baseline the shift is shown after ``window`` inputs (the recent
+window never overlaps it); on the worker's own, after ``2 * window`` as above.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from attribution_workers.inspection import BatchInspection, LayerCapture
-from sampler.layers import LayerHealth
+from common.codec import EncodedArray
+from sampler.layers import LayerBaseline, LayerBaselineRecord, LayerHealth
 
 MAX_VERSIONS = 4
 """Model versions tracked at once (the least recently seen is dropped first)."""
@@ -61,6 +70,20 @@ class HealthSnapshot:
     samples: int
     window: int
     layers: list[LayerHealth]
+    baseline_stored: bool = False
+    """Whether the baseline is the version's stored one (else this worker's own, not stored yet)."""
+    baseline_worker: str | None = None
+    """The worker that took the stored baseline; None for this worker's own."""
+    baseline_taken_at: float | None = None
+    """When the baseline's window completed (epoch s); None while it is incomplete."""
+
+
+@dataclass(frozen=True)
+class BaselineDraft:
+    """A version's own baseline, complete and not stored yet: for the worker to store (and add who took it)."""
+
+    taken_at: float
+    layers: list[LayerBaseline]
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,13 @@ class _Baseline:
         std = means.std(axis=0)
         scale = float(np.sqrt(np.mean(np.square(means))))
         return cls(means.mean(axis=0), std, max(EPS_SHARE * float(std.mean()), EPS_SCALE * scale))
+
+    def record(self, name: str) -> LayerBaseline:
+        mean, std = EncodedArray.of(self.mean), EncodedArray.of(self.std)
+        return LayerBaseline(name=name, units=len(self.mean), mean=mean, std=std, eps=self.eps)
+
+    def same(self, other: _Baseline) -> bool:
+        return bool(np.array_equal(self.mean, other.mean) and np.array_equal(self.std, other.std))
 
     def shift(self, now: npt.NDArray[np.float64]) -> float | None:
         if self.eps == 0.0:  # every unit exactly 0 on every baseline input: nothing to measure against
@@ -96,6 +126,23 @@ class _LayerWindow:
         self.nonfinite = 0
         self._baseline: list[npt.NDArray[np.float64]] = []
         self.baseline: _Baseline | None = None
+        self.taken_at: float | None = None
+        self.adopted = False
+        """Whether :attr:`baseline` is another worker's (else this worker's first window, or None)."""
+        self.shared = False
+        """Whether :attr:`baseline` is the stored one (another worker's, or this worker's own, stored)."""
+
+    def adopt(self, stored: LayerBaseline | None) -> None:
+        """Take ``stored`` as the baseline, unless it does not fit this layer (then the layer keeps its own) or it
+        is this worker's own baseline, stored."""
+        arrays = None if stored is None or stored.units != self.units else stored.arrays()
+        if stored is None or arrays is None or not np.isfinite(stored.eps) or stored.eps < 0:
+            return
+        baseline = _Baseline(arrays[0], arrays[1], stored.eps)
+        self.shared = True
+        if self.baseline is not None and not self.adopted and self.baseline.same(baseline):
+            return
+        self.baseline, self._baseline, self.adopted = baseline, [], True
 
     def add(self, capture: LayerCapture, row: int) -> None:
         means = capture.unit_means[row]
@@ -111,7 +158,7 @@ class _LayerWindow:
             self._baseline.append(means)
             if len(self._baseline) >= self.window:
                 self.baseline = _Baseline.of(np.stack(self._baseline))
-                self._baseline = []
+                self._baseline, self.taken_at = [], time.time()
 
     def health(self, name: str) -> LayerHealth:
         return LayerHealth(
@@ -131,7 +178,8 @@ class _LayerWindow:
         return float(1.0 - np.stack(self.active).any(axis=0).mean())
 
     def shift(self) -> float | None:
-        if self.baseline is None or self.finite < 2 * self.window:  # the recent window overlaps the baseline
+        overlap = self.window if self.adopted else 2 * self.window  # until then the recent window overlaps its own
+        if self.baseline is None or self.finite < overlap:
             return None
         return self.baseline.shift(np.stack(self.means).mean(axis=0))
 
@@ -141,6 +189,16 @@ class _VersionHealth:
         self.window = window
         self.samples = 0
         self.layers: dict[str, _LayerWindow] = {}
+        self.stored: LayerBaselineRecord | None = None
+        """The version's stored baseline, once adopted (it may be this worker's own)."""
+
+    def adopt(self, record: LayerBaselineRecord) -> None:
+        self.stored = record
+        for name, layer in self.layers.items():
+            layer.adopt(self._stored_layer(name))
+
+    def _stored_layer(self, name: str) -> LayerBaseline | None:
+        return None if self.stored is None else next((s for s in self.stored.layers if s.name == name), None)
 
     def add(self, inspection: BatchInspection, row: int) -> None:
         self.samples += 1
@@ -148,11 +206,26 @@ class _VersionHealth:
             name = capture.name
             if name not in self.layers:
                 self.layers[name] = _LayerWindow(capture, self.window)
+                self.layers[name].adopt(self._stored_layer(name))
             self.layers[name].add(capture, row)
+
+    def draft(self) -> BaselineDraft | None:
+        """This worker's own baseline once every layer's is complete, until a stored one is adopted."""
+        own = [(name, layer.baseline, layer.taken_at) for name, layer in self.layers.items() if not layer.adopted]
+        if self.stored is not None or not own or any(baseline is None for _, baseline, _ in own):
+            return None
+        taken_at = max(at or 0.0 for _, _, at in own)
+        return BaselineDraft(taken_at, [baseline.record(name) for name, baseline, _ in own if baseline is not None])
 
     def snapshot(self, version: str) -> HealthSnapshot:
         layers = [layer.health(name) for name, layer in self.layers.items()]
-        return HealthSnapshot(version, self.samples, min(self.samples, self.window), layers)
+        window = min(self.samples, self.window)
+        if self.stored is not None and any(layer.shared for layer in self.layers.values()):
+            stored = self.stored
+            return HealthSnapshot(version, self.samples, window, layers, True, stored.worker, stored.taken_at)
+        times = [layer.taken_at for layer in self.layers.values()]
+        taken_at = None if None in times else max(t for t in times if t is not None)
+        return HealthSnapshot(version, self.samples, window, layers, baseline_taken_at=taken_at)
 
 
 class LayerHealthTracker:
@@ -163,11 +236,27 @@ class LayerHealthTracker:
         self._versions: OrderedDict[str, _VersionHealth] = OrderedDict()
 
     def add(self, version: str, inspection: BatchInspection, row: int) -> None:
+        self._seen(version).add(inspection, row)
+
+    def _seen(self, version: str) -> _VersionHealth:
         health = self._versions.pop(version, None) or _VersionHealth(self.window)
         self._versions[version] = health  # most recently seen last
         while len(self._versions) > MAX_VERSIONS:
             self._versions.popitem(last=False)
-        health.add(inspection, row)
+        return health
+
+    def adopt(self, version: str, record: LayerBaselineRecord) -> None:
+        """Take the stored baseline of ``version`` (the caller checked it was taken on this very model; one taken
+        over another window size serves as well: the shift compares the recent window with its per-unit figures)."""
+        self._seen(version).adopt(record)
+
+    def without_stored(self, versions: Iterable[str]) -> list[str]:
+        """Those of ``versions`` that have no stored baseline adopted yet."""
+        return [v for v in dict.fromkeys(versions) if (h := self._versions.get(v)) is None or h.stored is None]
+
+    def drafts(self) -> dict[str, BaselineDraft]:
+        """The versions whose own baseline is complete and not stored yet, with it."""
+        return {version: draft for version, health in self._versions.items() if (draft := health.draft()) is not None}
 
     @property
     def versions(self) -> list[str]:

@@ -22,7 +22,7 @@ from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Attribution, Explainer, Explanation
 from attribution_workers.inspection import BatchInspection, LayerInspector
-from attribution_workers.inspection_health import HealthSnapshot, LayerHealthTracker
+from attribution_workers.inspection_health import BaselineDraft, HealthSnapshot, LayerHealthTracker
 from attribution_workers.loader import LoadedModel, load_model
 from attribution_workers.methods import MethodName
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
@@ -35,6 +35,7 @@ from sampler.explanation_records import (
     SanityFigure,
     StoredAttribution,
 )
+from sampler.layers import LayerBaselineRecord
 from sampler.verdicts import MethodTrust
 
 LABEL_SUFFIX = "@label"
@@ -73,6 +74,8 @@ class BatchResult:
     nothing is inspected): during a rollout a batch mixes versions, and each has its own windows."""
     inspection_seconds: float = 0.0
     """Wall time of the batch's hooked forward pass and its per-layer summaries."""
+    new_baselines: dict[str, BaselineDraft] = field(default_factory=dict)
+    """Per version, this runtime's own activation-shift baseline, complete and not stored yet (to store)."""
 
 
 class ModelRuntime:
@@ -105,12 +108,21 @@ class ModelRuntime:
             lime=config.lime_settings(),
         )
 
-    def explain(self, events: Sequence[SampledEvent], sanity: Mapping[str, SanityFigure] | None = None) -> BatchResult:
+    def explain(
+        self,
+        events: Sequence[SampledEvent],
+        sanity: Mapping[str, SanityFigure] | None = None,
+        baselines: Mapping[str, LayerBaselineRecord] | None = None,
+    ) -> BatchResult:
         """Explain the whole batch at once; if that fails, each event alone, so one poison event
         cannot hold back the others. ``sanity``: the model's latest sanity figure per method, for the verdicts;
-        only figures measured on this very model count (after new weights, the old model's figure judges nothing)."""
+        ``baselines``: the stored activation-shift baseline per version, adopted before the batch's rows are added.
+        Only figures and baselines of this very model count (after new weights, the old model's judge nothing)."""
         sanity = {m: f for m, f in (sanity or {}).items() if f.model_digest == self.model.digest}
         with self._lock:
+            for version, record in (baselines or {}).items():
+                if record.model_digest == self.model.digest:
+                    self._health.adopt(version, record)
             usable, outcomes = self._usable(events)
             if not usable:
                 return BatchResult(outcomes)
@@ -260,6 +272,7 @@ class ModelRuntime:
             agreement=float(np.mean(valid)) if valid else None,
             layer_health=self._inspected(usable, outcomes, inspection),
             inspection_seconds=inspection_seconds,
+            new_baselines=self._health.drafts(),
         )
 
     def _inspected(
@@ -279,6 +292,11 @@ class ModelRuntime:
     def inspected_versions(self) -> list[str]:
         """The model versions whose layer health this runtime still keeps (older ones are forgotten)."""
         return self._health.versions
+
+    def baselines_wanted(self, versions: Sequence[str]) -> list[str]:
+        """Those of ``versions`` without a stored baseline adopted yet (to fetch before a batch of them). Called
+        between batches, from the event loop: a lookup, not worth blocking the loop on the lock for."""
+        return self._health.without_stored(versions)
 
     def _run_methods(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[Explanation], dict[str, float]]:
         per_method: dict[str, list[Explanation]] = {}

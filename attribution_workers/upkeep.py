@@ -1,4 +1,5 @@
-"""After each batch of a model: its layer-health report and, when due, its randomisation sanity check."""
+"""Around each batch of a model: the stored activation-shift baselines it adopts; after it, the baselines it
+completed, its layer-health report and, when due, its randomisation sanity check."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 
 from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.inspection_health import HealthSnapshot
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import BatchResult, ModelRuntime
+from common.errors import RedisUnavailable
+from common.redis import REDIS_FAILED
+from sampler.contract import SampledEvent
 from sampler.explanation_records import SanityFigure
 from sampler.explanations import ExplanationStore
-from sampler.layers import LayerHealthReport, LayerHealthStore
+from sampler.layers import LayerBaselineRecord, LayerBaselineStore, LayerHealthReport, LayerHealthStore
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +32,34 @@ class BatchUpkeep:
         layers: LayerHealthStore,
         metrics: WorkerMetrics,
         *,
+        baselines: LayerBaselineStore,
         worker: str,
         job_timeout_s: float,
     ) -> None:
         self._store = store
         self._layers = layers
+        self._baselines = baselines
         self._metrics = metrics
         self._worker = worker
         self._job_timeout_s = job_timeout_s
         self._gauged: dict[str, dict[str, set[str]]] = {}
         """Per model and version, the layers whose gauges were set (to remove them with the version)."""
 
+    async def stored_baselines(
+        self, model: str, runtime: ModelRuntime, events: Sequence[SampledEvent]
+    ) -> dict[str, LayerBaselineRecord]:
+        """The stored baselines of the batch's versions that ``runtime`` has not adopted yet, for it to adopt.
+
+        Unreadable, it is a Redis outage like any other: the batch waits, its entries pending.
+        """
+        wanted = runtime.baselines_wanted([event.model_version for event in events])
+        try:
+            return await self._baselines.fetch(model, wanted)
+        except RedisUnavailable as error:
+            raise ConnectionError(str(error)) from error
+
     async def after_batch(self, model: str, runtime: ModelRuntime, result: BatchResult) -> None:
+        await self._store_baselines(model, runtime, result)
         if result.layer_health:
             self._metrics.inspection_seconds.labels(model).observe(result.inspection_seconds)
             for snapshot in result.layer_health:
@@ -46,6 +67,28 @@ class BatchUpkeep:
             self._forget_versions(model, runtime.inspected_versions)
         if runtime.sanity_due():
             await self._sanity(model, runtime)
+
+    async def _store_baselines(self, model: str, runtime: ModelRuntime, result: BatchResult) -> None:
+        """Store the baselines the batch completed, unless another worker stored one first. Either way the runtime
+        adopts the stored one with its next batch of the version; one not stored (Redis failed) is tried again after
+        the next batch, and the batch's results are kept."""
+        for version, draft in result.new_baselines.items():
+            record = LayerBaselineRecord(
+                model_digest=runtime.model.digest,
+                window=runtime.config.inspect_window,
+                worker=self._worker,
+                taken_at=draft.taken_at,
+                layers=draft.layers,
+            )
+            try:
+                stored = await self._baselines.store(model, version, record)
+            except REDIS_FAILED as error:
+                log.warning("%s %s: baseline not stored, tried again after the next batch: %s", model, version, error)
+                continue
+            if stored:
+                log.info("%s %s: stored this worker's activation baseline for the other workers", model, version)
+            else:
+                log.debug("%s %s: a baseline is stored already; adopted next batch if of this model", model, version)
 
     async def _publish_layers(self, model: str, snapshot: HealthSnapshot) -> None:
         """Layer gauges of one version of ``model``, and this worker's report of it for every sidecar to serve."""
@@ -63,6 +106,9 @@ class BatchUpkeep:
             version=snapshot.version,
             samples=snapshot.samples,
             window=snapshot.window,
+            baseline_stored=snapshot.baseline_stored,
+            baseline_worker=snapshot.baseline_worker or (self._worker if snapshot.baseline_taken_at else None),
+            baseline_taken_at=snapshot.baseline_taken_at,
             updated_at=time.time(),
             layers=snapshot.layers,
         )

@@ -60,7 +60,7 @@ from common.redis import REDIS_FAILED
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanation_records import SanityFigure
 from sampler.explanations import ExplanationStore
-from sampler.layers import LayerHealthStore
+from sampler.layers import LayerBaselineStore, LayerHealthStore
 
 log = logging.getLogger(__name__)
 __all__ = ["AttributionWorker", "Delivery", "default_consumer"]
@@ -115,7 +115,12 @@ class AttributionWorker:
         self.processed = 0
         self._outage = RedisOutage(metrics.redis_up)
         self._upkeep = BatchUpkeep(
-            store, LayerHealthStore(redis), metrics, worker=consumer, job_timeout_s=job_timeout_s
+            store,
+            LayerHealthStore(redis),
+            metrics,
+            baselines=LayerBaselineStore(redis),
+            worker=consumer,
+            job_timeout_s=job_timeout_s,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -225,9 +230,12 @@ class AttributionWorker:
         runtime = self._runtimes[model]
         batch = [e for _, e in events]
         sanity = await self._sanity_figures(model)
+        baselines = await self._upkeep.stored_baselines(model, runtime, batch)
         try:
             return await run_bounded(
-                lambda: runtime.explain(batch, sanity), timeout_s=self._job_timeout_s, name=f"explain-{model}"
+                lambda: runtime.explain(batch, sanity, baselines),
+                timeout_s=self._job_timeout_s,
+                name=f"explain-{model}",
             )
         except TimeoutError:
             await self._timed_out(model, stream, [d for d, _ in events])

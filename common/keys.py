@@ -65,6 +65,12 @@ def layer_health_index(model: str) -> str:
     return f"{PREFIX}:layers-index:{model}"
 
 
+def layer_baseline(model: str, version: str) -> str:
+    """JSON of the activation-shift baseline of one version of a model, shared by its workers (``sampler.layers``):
+    the first one a worker completed, written once (``SET NX``) with a long TTL."""
+    return f"{PREFIX}:layer-baseline:{model}:{version}"
+
+
 def prediction_prefix() -> str:
     """What every :func:`prediction` key starts with."""
     return f"{PREFIX}:pred:"

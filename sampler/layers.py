@@ -7,8 +7,12 @@ Two kinds of record, both written by the attribution worker (:mod:`attribution_w
   for the layers whose feature maps are kept. Only the statistics are public JSON; the maps are
   drawn as a PNG on request;
 - per model and worker: a :class:`LayerHealthReport` over the worker's recent samples (dead units,
-  saturation, activation shift against the first window it saw), kept by :class:`LayerHealthStore`
-  with a TTL, one key per (model, worker) and an index of the workers that reported lately.
+  saturation, activation shift against the version's baseline), kept by :class:`LayerHealthStore`
+  with a TTL, one key per (model, worker) and an index of the workers that reported lately;
+- per model version: the activation-shift baseline, a :class:`LayerBaselineRecord` kept by
+  :class:`LayerBaselineStore`. The first worker to complete one stores it (``SET NX``: the first wins) and every
+  worker of that version adopts it, so a restarted worker or another replica measures the shift against the same
+  baseline instead of re-basing it on the traffic of the moment.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
-from common.codec import ScaledHalf
+from common.codec import EncodedArray, ScaledHalf
 from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED, execute
 
@@ -35,6 +39,10 @@ log = logging.getLogger(__name__)
 
 REPORT_FRESH_S = 3600
 """A worker's report is served for this long after its last update (and expires then)."""
+BASELINE_TTL_S = 90 * 24 * 3600
+"""A stored baseline expires this long after it was stored (90 days): long enough for any version's life, short
+enough that the baselines of retired versions do not pile up. The next worker to complete one afterwards stores its
+own."""
 
 
 class LayerStats(BaseModel):
@@ -96,7 +104,8 @@ class LayerHealth(BaseModel):
     """Mean saturated share of the elements over the recent inputs; None for unbounded layers."""
     activation_shift: float | None
     """Mean over units of |mean now - mean in the baseline| / (std there + eps); None until the recent window
-    no longer overlaps the baseline (``2 * window`` finite inputs), and when the layer was 0 all through it."""
+    no longer overlaps the baseline (``window`` finite inputs on the version's stored baseline, ``2 * window`` on the
+    worker's own), and when the layer was 0 all through it."""
     inputs: int | None = None
     """Inputs the recent figures rest on (at most ``window``); None in the reports of older workers."""
     nonfinite_inputs: int = 0
@@ -113,8 +122,92 @@ class LayerHealthReport(BaseModel):
     window: int
     """Inputs the recent figures are computed over (at most the configured window)."""
     baseline: Baseline = "first_window"
+    """The version's first ``window`` inputs; with ``baseline_stored``, those of the worker that stored it first."""
+    baseline_stored: bool = False
+    """Whether the baseline is the version's stored one, shared by every worker of the model (else this worker's own,
+    not stored yet, or the reports of older workers)."""
+    baseline_worker: str | None = None
+    """The worker whose first window the baseline is; None until it is complete, and in older workers' reports."""
+    baseline_taken_at: float | None = None
+    """When that window completed (epoch s); None until it is complete, and in older workers' reports."""
     updated_at: float
     layers: list[LayerHealth]
+
+
+class LayerBaseline(BaseModel):
+    """One layer's baseline: per unit, the mean and population std of its mean output over the window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    units: int
+    mean: EncodedArray
+    """float64, shape ``(units,)``."""
+    std: EncodedArray
+    """float64, shape ``(units,)``."""
+    eps: float
+
+    def arrays(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+        """``(mean, std)``, or None when they do not decode to ``units`` finite values each."""
+        try:
+            mean, std = (np.asarray(a.decode(), dtype=np.float64) for a in (self.mean, self.std))
+        except ValueError:
+            return None
+        if mean.shape != (self.units,) or std.shape != (self.units,):
+            return None
+        return (mean, std) if np.isfinite(mean).all() and np.isfinite(std).all() else None
+
+
+class LayerBaselineRecord(BaseModel):
+    """The activation-shift baseline of one version of a model (format 1), stored by the first worker to complete
+    it. Only workers whose model has ``model_digest`` adopt it: the baseline of other weights measures nothing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    v: Literal[1] = 1
+    model_digest: str
+    window: int
+    """Inputs it rests on (the worker's ``inspect_window``)."""
+    worker: str
+    taken_at: float
+    """When the window completed (epoch s)."""
+    layers: list[LayerBaseline]
+
+
+class LayerBaselineStore:
+    """One baseline per (model, version): the first stored wins, and every worker reads it."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int = BASELINE_TTL_S) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+
+    async def fetch(self, model: str, versions: list[str]) -> dict[str, LayerBaselineRecord]:
+        """The stored baselines of ``versions`` (those missing or unreadable are left out);
+        ``RedisUnavailable`` when Redis fails."""
+        if not versions:
+            return {}
+        with _reading("layer baselines"):
+            bodies = await self._redis.mget([keys.layer_baseline(model, version) for version in versions])
+        found = {}
+        for version, body in zip(versions, bodies, strict=True):
+            if body is not None and (record := _baseline(model, version, body)) is not None:
+                found[version] = record
+        return found
+
+    async def store(self, model: str, version: str, record: LayerBaselineRecord) -> bool:
+        """Store ``record`` unless a baseline of the version is stored already; True when it was stored. Raises
+        the client's error when Redis fails."""
+        key = keys.layer_baseline(model, version)
+        return bool(await self._redis.set(key, record.model_dump_json(), nx=True, ex=self._ttl_s))
+
+
+def _baseline(model: str, version: str, body: bytes | str) -> LayerBaselineRecord | None:
+    """A stored baseline, or None (logged) when it does not parse: another format, or damaged."""
+    try:
+        return LayerBaselineRecord.model_validate_json(body)
+    except ValidationError as error:
+        log.warning("baseline of %s %s ignored, not readable: %s", model, version, str(error).splitlines()[0])
+        return None
 
 
 class ModelLayers(BaseModel):
@@ -143,7 +236,7 @@ class LayerHealthStore:
     async def reports(self, model: str, *, now: float | None = None) -> list[LayerHealthReport]:
         """Fresh reports of ``model``, most recently updated first; ``RedisUnavailable`` when Redis fails."""
         cutoff = (time.time() if now is None else now) - self._fresh_s
-        with _reading():
+        with _reading("layer reports"):
             found: list[bytes] = await self._redis.zrevrangebyscore(  # type: ignore[assignment]
                 keys.layer_health_index(model), "+inf", cutoff
             )
@@ -164,9 +257,9 @@ def _report(body: bytes | str) -> LayerHealthReport | None:
 
 
 @contextlib.contextmanager
-def _reading() -> Iterator[None]:
+def _reading(what: str) -> Iterator[None]:
     try:
         yield
     except REDIS_FAILED as error:
-        log.warning("layer reports not read: %s", error)
-        raise RedisUnavailable("layer reports cannot be read now") from None
+        log.warning("%s not read: %s", what, error)
+        raise RedisUnavailable(f"{what} cannot be read now") from None

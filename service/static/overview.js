@@ -473,7 +473,9 @@
       });
       return el("table", { class: "data", "data-rows": rows.length },
         el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples · `,
-          `shift against ${report.baseline === "uploaded" ? "an uploaded reference" : "the first window it saw"} · `,
+          `shift against ${report.baseline === "uploaded" ? "an uploaded reference"
+            : report.baseline_stored ? `the version's stored first window (worker ${report.baseline_worker}, taken ${ago(report.baseline_taken_at)})`
+            : "the first window it saw"} · `,
           `updated ${ago(report.updated_at)}`),
         el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, rows));

@@ -22,7 +22,7 @@ from demo.models.training import DatasetSplit
 from sampler.contract import InputTensor, SampledEvent
 from sampler.explanation_records import SanityFigure
 from sampler.explanations import ExplanationStore
-from sampler.layers import LayerHealthStore
+from sampler.layers import LayerBaselineStore, LayerHealthStore
 
 SAMPLES = 16
 
@@ -87,7 +87,12 @@ def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
         client = connect(redis_url, timeout_s=5)
         store = ExplanationStore(client, ttl_s=3600)
         upkeep = BatchUpkeep(
-            store, LayerHealthStore(client), WorkerMetrics(CollectorRegistry()), worker="w", job_timeout_s=60
+            store,
+            LayerHealthStore(client),
+            WorkerMetrics(CollectorRegistry()),
+            baselines=LayerBaselineStore(client),
+            worker="w",
+            job_timeout_s=60,
         )
         try:
             result = runtime.explain(events, {})
@@ -131,7 +136,12 @@ def test_every_version_of_a_mixed_batch_publishes_its_layer_health(
         client = connect(redis_url, timeout_s=5)
         layers = LayerHealthStore(client)
         upkeep = BatchUpkeep(
-            ExplanationStore(client, ttl_s=3600), layers, WorkerMetrics(registry), worker="w", job_timeout_s=60
+            ExplanationStore(client, ttl_s=3600),
+            layers,
+            WorkerMetrics(registry),
+            baselines=LayerBaselineStore(client),
+            worker="w",
+            job_timeout_s=60,
         )
         try:
             mixed = _events(digits_split, versions=("v1", "v1", "v1", "v2"))  # v2 comes last in every four
