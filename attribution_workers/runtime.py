@@ -20,26 +20,19 @@ import torch
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
-from attribution_workers.explainer import Attribution, Explainer, Explanation
+from attribution_workers.explainer import Explainer, Explanation
 from attribution_workers.inspection import BatchInspection, LayerInspector
 from attribution_workers.inspection_health import BaselineDraft, HealthSnapshot, LayerHealthTracker
 from attribution_workers.loader import LoadedModel, load_model
 from attribution_workers.methods import MethodName
+from attribution_workers.outcomes import LABEL_SUFFIX, Outcome, failed, record_of
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanation_records import (
-    ExplanationDetail,
-    ExplanationRecord,
-    ExplanationSummary,
-    Fidelity,
     SanityFigure,
-    StoredAttribution,
 )
 from sampler.layers import LayerBaselineRecord
-from sampler.verdicts import MethodTrust
 
-LABEL_SUFFIX = "@label"
-"""Maps towards the true label (when known and different from the prediction) are stored as ``method@label``."""
 MAX_LOGIT = math.sqrt(torch.finfo(torch.float32).max)
 """Largest |logit| the runtime attributes (about 1.8e19): the methods square and sum model outputs in float32
 (LIME's and Kernel SHAP's regressions), which overflows beyond the square root of float32's largest value. Real
@@ -49,18 +42,6 @@ logits are a few tens; digits scaled by 1e37 give about 1e37, on which LIME's fi
 class PermanentError(AttributionError):
     """This event can never be explained (no input, wrong shape, non-finite inputs or model outputs): dead-letter
     it without retrying."""
-
-
-@dataclass
-class Outcome:
-    """What became of one event: a record to store, and whether retrying could help."""
-
-    record: ExplanationRecord
-    retry: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.record.summary.status == "done"
 
 
 @dataclass
@@ -134,9 +115,9 @@ class ModelRuntime:
                     try:
                         result.outcomes += self._explain_batch([(event, tensor)], sanity).outcomes
                     except PermanentError as error:
-                        result.outcomes.append(_failed(event, str(error), retry=False))
+                        result.outcomes.append(failed(event, str(error), retry=False))
                     except Exception as error:
-                        result.outcomes.append(_failed(event, f"{type(error).__name__}: {error}", retry=True))
+                        result.outcomes.append(failed(event, f"{type(error).__name__}: {error}", retry=True))
             result.outcomes = outcomes + result.outcomes
             return result
 
@@ -164,7 +145,7 @@ class ModelRuntime:
             try:
                 usable.append((event, self._tensor(event)))
             except PermanentError as error:
-                refused.append(_failed(event, str(error), retry=False))
+                refused.append(failed(event, str(error), retry=False))
         return usable, refused
 
     def _check_outputs(self, inputs: torch.Tensor) -> None:
@@ -247,7 +228,9 @@ class ModelRuntime:
         now = time.time()
         outcomes = [
             Outcome(
-                self._record(
+                record_of(
+                    self.methods,
+                    self.config,
                     event,
                     explanations[i],
                     label_rows.get(event.request_id),
@@ -316,62 +299,8 @@ class ModelRuntime:
         ]
         return combined, seconds
 
-    def _record(
-        self,
-        event: SampledEvent,
-        explanation: Explanation,
-        label: Explanation | None,
-        fidelity: dict[str, Fidelity | None],
-        agreement_value: float | None,
-        seconds: dict[str, float],
-        now: float,
-        trust: dict[str, MethodTrust],
-    ) -> ExplanationRecord:
-        stored: dict[str, StoredAttribution] = {
-            a.method: _stored(a, explanation.target, fidelity.get(a.method), seconds[a.method], trust.get(a.method))
-            for a in explanation.attributions
-        }
-        if label is not None:
-            stored |= {
-                a.method + LABEL_SUFFIX: _stored(
-                    a, label.target, None, seconds[a.method], trust.get(a.method + LABEL_SUFFIX)
-                )
-                for a in label.attributions
-            }
-        summary = ExplanationSummary.queued(event).model_copy(
-            update={"status": "done", "methods": self.methods, "trust": {m: trust[m] for m in self.methods}}
-        )
-        detail = ExplanationDetail(
-            attributions=stored,
-            agreement=agreement_value if agreement_value is None or math.isfinite(agreement_value) else None,
-            input=event.input if self.config.store_inputs else None,
-            explained_at=now,
-            feature_names=self.config.feature_names,
-        )
-        return ExplanationRecord(summary=summary, detail=detail)
-
-
-def _stored(
-    attribution: Attribution, target: int, fidelity: Fidelity | None, seconds: float, trust: MethodTrust | None
-) -> StoredAttribution:
-    delta = attribution.convergence_delta
-    return StoredAttribution.from_array(
-        attribution.values,
-        target=target,
-        fidelity=fidelity,
-        seconds=seconds,
-        convergence_delta=delta if delta is None or math.isfinite(delta) else None,
-        agreement=trust.agreement if trust is not None else None,
-        verdict=trust.verdict if trust is not None else None,
-    )
-
 
 def _seed(request_id: str) -> int:
     """A stable seed per input (``hash`` is salted per process): its random deletion orders differ from every other
     input's, and are the same on every delivery and every worker."""
     return zlib.crc32(request_id.encode())
-
-
-def _failed(event: SampledEvent, error: str, *, retry: bool) -> Outcome:
-    summary = ExplanationSummary.queued(event).model_copy(update={"status": "failed"})
-    return Outcome(ExplanationRecord(summary=summary, detail=ExplanationDetail(error=error[:2000])), retry=retry)

@@ -51,8 +51,9 @@ from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.consumer import Delivery, GroupConsumer
 from attribution_workers.failures import is_outage
 from attribution_workers.metrics import WorkerMetrics
+from attribution_workers.outcomes import Outcome
 from attribution_workers.reconnect import RedisOutage
-from attribution_workers.runtime import BatchResult, ModelRuntime, Outcome
+from attribution_workers.runtime import BatchResult, ModelRuntime
 from attribution_workers.upkeep import BatchUpkeep
 from common import keys
 from common.errors import RedisUnavailable

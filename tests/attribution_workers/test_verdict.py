@@ -15,7 +15,8 @@ from scipy.stats import spearmanr
 from attribution_workers.config import AttributionConfig
 from attribution_workers.explainer import Attribution, Explainer, Explanation
 from attribution_workers.methods import MethodName
-from attribution_workers.runtime import LABEL_SUFFIX, ModelRuntime
+from attribution_workers.outcomes import LABEL_SUFFIX
+from attribution_workers.runtime import ModelRuntime
 from attribution_workers.trust import agreement
 from attribution_workers.verdict import VerdictRule
 from demo.models import digits
