@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
+from small_models import eager_digits
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.inspection_health import HealthSnapshot
@@ -36,12 +37,7 @@ BATCH = 16
 def _config(digits_path: Path) -> AttributionConfig:
     return AttributionConfig.model_validate(
         {
-            "model": {
-                "factory": digits.FACTORY,
-                "weights": str(digits.ensure_digits_weights(digits_path)),
-                "input_shape": list(digits.INPUT_SHAPE),
-                "num_classes": digits.NUM_CLASSES,
-            },
+            "model": eager_digits(digits_path),
             "methods": ["saliency"],
             "fidelity_steps": 4,
             "fidelity_random_orders": 1,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import NDArray
+from small_models import small_inspector
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -17,7 +18,7 @@ from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
 from attribution_workers.inspection import LayerInspector
 from attribution_workers.inspection_health import LayerHealthTracker
-from attribution_workers.loader import GradCamView, LoadedModel, ModelSpec, load_model
+from attribution_workers.loader import GradCamView, ModelSpec, load_model
 from attribution_workers.runtime import ModelRuntime
 from common.codec import EncodedArray
 from demo.corruptions import corrupt
@@ -238,20 +239,6 @@ def test_each_model_version_has_its_own_baseline(eager_spec: ModelSpec, digits_s
     dead = {layer.name: layer.dead_ratio for layer in first.layers}
     assert all(0.0 <= (dead[name] or -1.0) <= 1.0 for name in ("conv.1", "conv.4", "dense.2")), dead
     assert all(layer.dead_ratio is None for layer in second.layers)  # 2 inputs: no full window yet
-
-
-def small_inspector(module: nn.Module, input_shape: tuple[int, ...], **fields: Any) -> LayerInspector:
-    """An inspector of a small real model (eval mode, on the CPU)."""
-    spec = ModelSpec(factory="tests.unused:model", weights=Path("unused.pt"), input_shape=input_shape, num_classes=2)
-    loaded = LoadedModel(
-        module=module.eval(),
-        device=torch.device("cpu"),
-        input_shape=input_shape,
-        num_classes=2,
-        baseline=torch.zeros(input_shape),
-        gradcam_layer_name=None,
-    )
-    return LayerInspector(loaded, config(spec, methods=("saliency",), **fields))
 
 
 def health(found: LayerInspector, inputs: torch.Tensor) -> dict[str, tuple[int, float | None]]:

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import NDArray
+from small_models import small_inspector
 from torch import nn
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.inspection import LayerInspector
 from attribution_workers.inspection_health import HealthSnapshot, LayerHealthTracker
-from attribution_workers.loader import LoadedModel, ModelSpec, load_model
+from attribution_workers.loader import ModelSpec, load_model
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from sampler.layers import LayerHealth, LayerHealthReport
@@ -38,20 +39,6 @@ def digits_inspector(digits_path: Path) -> LayerInspector:
 
 def config(spec: ModelSpec, **fields: Any) -> AttributionConfig:
     return AttributionConfig(model=spec, methods=("saliency",), **fields)
-
-
-def inspector(module: nn.Module, input_shape: tuple[int, ...], **fields: Any) -> LayerInspector:
-    """An inspector of a small real model (eval mode, on the CPU)."""
-    spec = ModelSpec(factory="tests.unused:model", weights=Path("unused.pt"), input_shape=input_shape, num_classes=2)
-    loaded = LoadedModel(
-        module=module.eval(),
-        device=torch.device("cpu"),
-        input_shape=input_shape,
-        num_classes=2,
-        baseline=torch.zeros(input_shape),
-        gradcam_layer_name=None,
-    )
-    return LayerInspector(loaded, config(spec, **fields))
 
 
 def feed(
@@ -156,7 +143,7 @@ def _stuck_half(activation: nn.Module) -> nn.Sequential:
 def test_the_dead_ratio_is_measured_only_where_exact_zero_is_the_dead_state(
     activation: nn.Module, dead: float | None
 ) -> None:
-    found = inspector(_stuck_half(activation), (4,))
+    found = small_inspector(_stuck_half(activation), (4,))
     layers = by_name(feed(LayerHealthTracker(window=16), found, torch.rand(16, 4)))
     assert layers["0"].dead_ratio is None  # a linear layer's output is not exactly 0 when its unit is unused
     assert layers["1"].dead_ratio == dead
@@ -191,7 +178,7 @@ def _step() -> nn.Sequential:
 def test_the_shift_of_a_layer_constant_in_its_baseline_does_not_explode(
     model: Callable[[], nn.Module], limit: float | None
 ) -> None:
-    found = inspector(model(), (1,))
+    found = small_inspector(model(), (1,))
     tracker = LayerHealthTracker(window=4)
     feed(tracker, found, torch.tensor([[0.1], [0.2], [0.3], [0.4]]))  # the baseline: the ReLU output is constant
     recent = feed(tracker, found, torch.tensor([[0.5], [0.5], [0.5], [1.0 + 2.0**-19]]))  # moves by ~2e-6 once

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
+from small_models import eager_digits
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.explainer import Explainer, stack_maps
@@ -117,12 +118,7 @@ def test_every_version_of_a_mixed_batch_publishes_its_layer_health(
     takes its gauges with it."""
     config = AttributionConfig.model_validate(
         {
-            "model": {  # eager: hooks reach every layer
-                "factory": digits.FACTORY,
-                "weights": str(digits.ensure_digits_weights(digits_path)),
-                "input_shape": list(digits.INPUT_SHAPE),
-                "num_classes": digits.NUM_CLASSES,
-            },
+            "model": eager_digits(digits_path),
             "methods": ["saliency"],
             "fidelity_steps": 4,
             "fidelity_random_orders": 1,

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from small_models import eager_digits
 
 from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.runtime import ModelRuntime
@@ -25,7 +26,6 @@ from attribution_workers.settings import WorkerSettings
 from common import keys
 from common.embedded_redis import EmbeddedRedis
 from demo.corruptions import corrupt
-from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import wait_until
 
@@ -47,12 +47,7 @@ def image_event(request_id: str, image: NDArray[np.float32]) -> dict[str, Any]:
 
 @pytest.fixture
 def settings(make_worker_settings: Callable[..., WorkerSettings], digits_path: Path) -> WorkerSettings:
-    model = {
-        "factory": digits.FACTORY,
-        "weights": str(digits.ensure_digits_weights(digits_path)),
-        "input_shape": list(digits.INPUT_SHAPE),
-        "num_classes": digits.NUM_CLASSES,
-    }
+    model = eager_digits(digits_path)
     section = {
         "model": model,
         "methods": ["saliency"],
