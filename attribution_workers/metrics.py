@@ -100,7 +100,7 @@ class WorkerMetrics:
         self.layer_shift = Gauge(
             "vai_layer_activation_shift",
             "Mean over a layer's units of |recent mean - baseline mean| / baseline std; baseline: the first "
-            "window of inputs the worker saw for the model version.",
+            "window of inputs of the model version a worker completed, shared by the workers of its weights.",
             ["model", "version", "layer"],
             registry=registry,
         )

@@ -54,7 +54,7 @@ class BatchUpkeep:
         """
         wanted = runtime.baselines_wanted([event.model_version for event in events])
         try:
-            return await self._baselines.fetch(model, wanted)
+            return await self._baselines.fetch(model, wanted, runtime.model.digest)
         except RedisUnavailable as error:
             raise ConnectionError(str(error)) from error
 

@@ -65,10 +65,11 @@ def layer_health_index(model: str) -> str:
     return f"{PREFIX}:layers-index:{model}"
 
 
-def layer_baseline(model: str, version: str) -> str:
-    """JSON of the activation-shift baseline of one version of a model, shared by its workers (``sampler.layers``):
-    the first one a worker completed, written once (``SET NX``) with a long TTL."""
-    return f"{PREFIX}:layer-baseline:{model}:{version}"
+def layer_baseline(model: str, version: str, digest: str) -> str:
+    """JSON of the activation-shift baseline of one version of a model with the weights of ``digest`` (a loaded
+    model's digest), shared by its workers (``sampler.layers``): the first one a worker completed, written once
+    (``SET NX``) with a long TTL. Other weights under the same version name have a baseline of their own."""
+    return f"{PREFIX}:layer-baseline:{model}:{version}:{digest}"
 
 
 def prediction_prefix() -> str:

@@ -6,13 +6,13 @@ Two kinds of record, both written by the attribution worker (:mod:`attribution_w
   :class:`LayerStats` per inspected layer, and :class:`FeatureMaps` (float16, a few channels)
   for the layers whose feature maps are kept. Only the statistics are public JSON; the maps are
   drawn as a PNG on request;
-- per model and worker: a :class:`LayerHealthReport` over the worker's recent samples (dead units,
-  saturation, activation shift against the version's baseline), kept by :class:`LayerHealthStore`
-  with a TTL, one key per (model, worker) and an index of the workers that reported lately;
-- per model version: the activation-shift baseline, a :class:`LayerBaselineRecord` kept by
+- per model, worker and model version: a :class:`LayerHealthReport` over the worker's recent samples of the
+  version (dead units, saturation, activation shift against the version's baseline), kept by
+  :class:`LayerHealthStore` with a TTL, one key per (model, worker, version) and an index of those keys;
+- per model version and weights: the activation-shift baseline, a :class:`LayerBaselineRecord` kept by
   :class:`LayerBaselineStore`. The first worker to complete one stores it (``SET NX``: the first wins) and every
-  worker of that version adopts it, so a restarted worker or another replica measures the shift against the same
-  baseline instead of re-basing it on the traffic of the moment.
+  worker of that version and those weights adopts it, so a restarted worker or another replica measures the shift
+  against the same baseline instead of re-basing it on the traffic of the moment.
 """
 
 from __future__ import annotations
@@ -175,19 +175,20 @@ class LayerBaselineRecord(BaseModel):
 
 
 class LayerBaselineStore:
-    """One baseline per (model, version): the first stored wins, and every worker reads it."""
+    """One baseline per (model, version, weights digest): the first stored wins, and every worker of those weights
+    reads it."""
 
     def __init__(self, redis: Redis, *, ttl_s: int = BASELINE_TTL_S) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
 
-    async def fetch(self, model: str, versions: list[str]) -> dict[str, LayerBaselineRecord]:
-        """The stored baselines of ``versions`` (those missing or unreadable are left out);
-        ``RedisUnavailable`` when Redis fails."""
+    async def fetch(self, model: str, versions: list[str], digest: str) -> dict[str, LayerBaselineRecord]:
+        """The stored baselines of ``versions`` of the model with weights ``digest`` (those missing or unreadable
+        are left out); ``RedisUnavailable`` when Redis fails."""
         if not versions:
             return {}
         with _reading("layer baselines"):
-            bodies = await self._redis.mget([keys.layer_baseline(model, version) for version in versions])
+            bodies = await self._redis.mget([keys.layer_baseline(model, version, digest) for version in versions])
         found = {}
         for version, body in zip(versions, bodies, strict=True):
             if body is not None and (record := _baseline(model, version, body)) is not None:
@@ -197,7 +198,7 @@ class LayerBaselineStore:
     async def store(self, model: str, version: str, record: LayerBaselineRecord) -> bool:
         """Store ``record`` unless a baseline of the version is stored already; True when it was stored. Raises
         the client's error when Redis fails."""
-        key = keys.layer_baseline(model, version)
+        key = keys.layer_baseline(model, version, record.model_digest)
         return bool(await self._redis.set(key, record.model_dump_json(), nx=True, ex=self._ttl_s))
 
 

@@ -232,8 +232,8 @@ class ModelViews:
 
     async def _traffic_reference(self) -> ReferenceSample | None:
         if not self._adoption_tried:
-            self._adoption_tried = True
             body = await self._redis.get(keys.projection_traffic_reference(self.model))
+            self._adoption_tried = True  # only once Redis answered: a failed read is tried again next refresh
             if body is not None:
                 await self._adopt(body)
         sample = self.samples.traffic_reference(self._leases.owner)

@@ -131,7 +131,8 @@ def test_close_during_encoding_counts_each_event_once() -> None:
         await client.start()
         timed_logs(client, events - 1, logits=slow_logits)
         client.log(model="m", request_id="m-overflow", logits=[10**400, 1.0])  # unreadable, last in the batch
-        await asyncio.sleep(0.05)  # the sender has taken the batch and is encoding it
+        while client.stats.buffered:  # until the sender has taken the batch (it then encodes it for ~1 s)
+            await asyncio.sleep(0.001)
         await client.close(timeout_s=0)
         return client
 

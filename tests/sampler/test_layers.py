@@ -27,7 +27,7 @@ def test_the_first_stored_baseline_wins_and_expires_late(redis_url: str, redis_c
         try:
             first = await store.store("digits", "v1", _record("a"))
             second = await store.store("digits", "v1", _record("b"))
-            return first, second, await store.fetch("digits", ["v1", "v2"])
+            return first, second, await store.fetch("digits", ["v1", "v2"], "d1")
         finally:
             await client.aclose()
 
@@ -37,19 +37,19 @@ def test_the_first_stored_baseline_wins_and_expires_late(redis_url: str, redis_c
     assert list(found) == ["v1"] and found["v1"].worker == "a"
     arrays = found["v1"].layers[0].arrays()
     assert arrays is not None and np.array_equal(arrays[0], np.linspace(0.0, 1.0, 4))
-    ttl = int(redis_client.ttl(keys.layer_baseline("digits", "v1")))
+    ttl = int(redis_client.ttl(keys.layer_baseline("digits", "v1", "d1")))
     assert BASELINE_TTL_S - 60 < ttl <= BASELINE_TTL_S
 
 
 def test_an_unreadable_baseline_is_skipped_not_raised(redis_url: str, redis_client: redis.Redis) -> None:
-    redis_client.set(keys.layer_baseline("digits", "old"), b'{"v": 0, "mu": [1.0]}')
-    redis_client.set(keys.layer_baseline("digits", "bad"), b"{not json")
+    redis_client.set(keys.layer_baseline("digits", "old", "d1"), b'{"v": 0, "mu": [1.0]}')
+    redis_client.set(keys.layer_baseline("digits", "bad", "d1"), b"{not json")
 
     async def scenario() -> dict[str, LayerBaselineRecord]:
         client = connect(redis_url, timeout_s=5)
         try:
             await LayerBaselineStore(client).store("digits", "v1", _record("a"))
-            return await LayerBaselineStore(client).fetch("digits", ["old", "bad", "v1"])
+            return await LayerBaselineStore(client).fetch("digits", ["old", "bad", "v1"], "d1")
         finally:
             await client.aclose()
 
