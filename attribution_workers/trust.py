@@ -213,9 +213,11 @@ class RandomisationCheck:
     elsewhere Integrated Gradients is exactly 0 and occlusion and Gradient SHAP nearly so,
     whatever the weights, so over every element two maps that share nothing but the input's
     layout correlated highly (independent noise on a digit's ink: 0.85, flagged). They are
-    compared with their signs and without (the weights may flip the sign and keep the
-    magnitude, or keep a ranking of magnitudes and scramble the signs); the method is
-    flagged only when both are high, i.e. on the smaller of the two (:attr:`similarity`).
+    compared with their signs and without, and the method is flagged when either is high,
+    i.e. on the larger of the two (:attr:`similarity`): on a randomised network gradient
+    signs are close to random, so the signed figure alone would flag almost nothing, while a
+    magnitude pattern that survives the re-drawn weights is the insensitivity the check is
+    for (a map whose sign the weights flip keeps its |map| exactly: flagged).
     """
 
     method: MethodName
@@ -232,11 +234,11 @@ class RandomisationCheck:
 
     @property
     def similarity(self) -> float | None:
-        """The figure the flag is decided on, in [-1, 1]: the smaller of :attr:`absolute` and :attr:`signed`
-        (high only when both are); ``None`` when no input was measured."""
+        """The figure the flag is decided on, in [-1, 1]: the larger of :attr:`absolute` and :attr:`signed`
+        (high when either is); ``None`` when no input was measured."""
         if self.absolute is None or self.signed is None:
             return None
-        return min(self.absolute, self.signed)
+        return max(self.absolute, self.signed)
 
     @property
     def flagged(self) -> bool:

@@ -113,7 +113,7 @@ class SanityFigure(BaseModel):
     """Latest randomisation sanity check of one method of a model (Adebayo et al. 2018)."""
 
     similarity: float
-    """The smaller of the signed and the |map| Spearman correlation, over each input's support, of the maps from
+    """The larger of the signed and the |map| Spearman correlation, over each input's support, of the maps from
     the trained and a randomised model (``attribution_workers.trust.RandomisationCheck``); high is bad."""
     flagged: bool
     samples: int

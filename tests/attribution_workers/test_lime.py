@@ -125,7 +125,8 @@ def test_every_method_passes_the_sanity_check_on_the_digits_support(
 ) -> None:
     """The demo's choice of methods and the ones that scale by ``input - baseline``, on three demo-sized sanity
     batches of clean test digits. Over every pixel, Integrated Gradients' |map| scored 0.91 and was flagged from the
-    ink's layout alone (independent noise on the ink scores 0.85 so); compared on the ink, with signs, it passes."""
+    ink's layout alone (independent noise on the ink scores 0.85 so); compared on the ink it passes, on |map| (the
+    deciding, larger figure) as well as with signs."""
     images = torch.from_numpy(digits_split.test.features[:48])
     with torch.no_grad():
         targets = digits_model.module(images).argmax(dim=1)
@@ -145,10 +146,10 @@ def test_every_method_passes_the_sanity_check_on_the_digits_support(
             absolute.setdefault(check.method, []).append(check.absolute)
 
     means = {method: float(np.mean(values)) for method, values in similarity.items()}
-    # Measured: gradcam 0.02, saliency 0.08, lime -0.21, integrated_gradients -0.03, occlusion -0.17,
-    # gradient_shap -0.05 (flagged at 0.5); |map| alone: integrated_gradients 0.40, the weights flip its signs.
-    assert all(mean < 0.5 for mean in means.values()), means
-    assert np.mean(absolute["integrated_gradients"]) > means["integrated_gradients"] + 0.2
+    # Measured (the larger of |map| and signed): integrated_gradients 0.40, gradient_shap and lime below it,
+    # flagged at 0.5; signed alone, integrated_gradients is near 0: the weights flip its signs.
+    assert all(max(values) < 0.5 for values in similarity.values()), similarity
+    assert means["integrated_gradients"] == pytest.approx(np.mean(absolute["integrated_gradients"]))
 
 
 @pytest.mark.parametrize(

@@ -261,10 +261,10 @@ class ModelFreeExplainer(InputEchoExplainer):
 
 
 @pytest.mark.parametrize(
-    ("kind", "absolute", "signed"),
+    ("kind", "absolute", "signed", "flagged"),
     [
-        pytest.param("ink-noise", (-0.3, 0.3), (-0.3, 0.3), id="noise-sharing-only-the-ink"),
-        pytest.param("negated", (0.99, 1.0), (-1.0, -0.99), id="sign-flipped-by-the-weights"),
+        pytest.param("ink-noise", (-0.3, 0.3), (-0.3, 0.3), False, id="noise-sharing-only-the-ink"),
+        pytest.param("negated", (0.99, 1.0), (-1.0, -0.99), True, id="sign-flipped-by-the-weights"),
     ],
 )
 def test_the_randomisation_check_compares_the_maps_on_the_input_s_support_with_their_signs(
@@ -273,15 +273,17 @@ def test_the_randomisation_check_compares_the_maps_on_the_input_s_support_with_t
     kind: str,
     absolute: tuple[float, float],
     signed: tuple[float, float],
+    flagged: bool,
 ) -> None:
     """Spearman of |map| over every pixel scored two independent noise maps that share only the ink 0.85 (the
-    background both leave at 0 ranks alike), and a map whose sign the weights flip 1.0: both were flagged, and with
-    them every method that scales by ``input - baseline``. Over the support, with signs, neither is."""
+    background both leave at 0 ranks alike): flagged, and with them every method that scales by
+    ``input - baseline``. Over the support they are not. A map whose sign the weights flip keeps its magnitudes
+    exactly: flagged on |map| (its signed figure is -1)."""
     images, targets = digits_batch
 
     (check,) = randomisation_check(ModelFreeExplainer(digits_model, kind), images, targets)
 
     assert check.absolute is not None and absolute[0] <= check.absolute <= absolute[1], check
     assert check.signed is not None and signed[0] <= check.signed <= signed[1], check
-    assert check.similarity == min(check.absolute, check.signed)
-    assert not check.flagged and check.measured == 16
+    assert check.similarity == max(check.absolute, check.signed)
+    assert check.flagged is flagged and check.measured == 16
