@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
-from small_models import eager_digits
+from small_models import eager_digits, sampled_digit
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.inspection_health import HealthSnapshot
@@ -23,9 +23,8 @@ from common import keys
 from common.codec import EncodedArray
 from common.redis import connect
 from demo.corruptions import corrupt
-from demo.models import digits
 from demo.models.training import DatasetSplit
-from sampler.contract import InputTensor, SampledEvent
+from sampler.contract import SampledEvent
 from sampler.explanations import ExplanationStore
 from sampler.layers import LayerBaselineRecord, LayerBaselineStore, LayerHealthReport, LayerHealthStore
 
@@ -47,22 +46,7 @@ def _config(digits_path: Path) -> AttributionConfig:
 
 
 def _events(images: NDArray[np.float32], prefix: str) -> list[SampledEvent]:
-    return [
-        SampledEvent(
-            model="digits",
-            model_version="v1",
-            request_id=f"{prefix}{row}",
-            timestamp=1.0 + row,
-            received_at=1.0 + row,
-            reasons=("every_n",),
-            predicted=0,
-            confidence=0.5,
-            margin=0.1,
-            num_classes=digits.NUM_CLASSES,
-            input=InputTensor.model_validate(EncodedArray.of(np.ascontiguousarray(image, np.float32)).model_dump()),
-        )
-        for row, image in enumerate(images)
-    ]
+    return [sampled_digit(f"{prefix}{row}", image) for row, image in enumerate(images)]
 
 
 class Worker:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import NDArray
-from small_models import small_inspector
+from small_models import sampled_digit, small_inspector
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -20,11 +20,10 @@ from attribution_workers.inspection import LayerInspector
 from attribution_workers.inspection_health import LayerHealthTracker
 from attribution_workers.loader import GradCamView, ModelSpec, load_model
 from attribution_workers.runtime import ModelRuntime
-from common.codec import EncodedArray
 from demo.corruptions import corrupt
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from sampler.contract import InputTensor, SampledEvent
+from sampler.contract import SampledEvent
 
 DIGITS_LAYERS = ["conv.0", "conv.1", "conv.3", "conv.4", "dense.1", "dense.2", "classifier"]
 
@@ -44,24 +43,7 @@ def config(spec: ModelSpec, **fields: Any) -> AttributionConfig:
 
 
 def events(images: NDArray[np.float32], *, prefix: str, version: str = "v1") -> list[SampledEvent]:
-    return [
-        SampledEvent(
-            model="digits",
-            model_version=version,
-            request_id=f"{prefix}{index}",
-            timestamp=1.0 + index,
-            received_at=1.0 + index,
-            reasons=("every_n",),
-            predicted=0,
-            confidence=0.5,
-            margin=0.1,
-            num_classes=10,
-            input=InputTensor.model_validate(
-                EncodedArray.of(np.ascontiguousarray(image, dtype=np.float32)).model_dump()
-            ),
-        )
-        for index, image in enumerate(images)
-    ]
+    return [sampled_digit(f"{prefix}{index}", image, version=version) for index, image in enumerate(images)]
 
 
 def hook_counts(runtime: ModelRuntime) -> dict[str, int]:

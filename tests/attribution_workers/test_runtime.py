@@ -3,7 +3,6 @@ per-input deletion orders and the Gradient SHAP noise setting."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from numpy.typing import NDArray
+from small_models import sampled_digit
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.runtime import ModelRuntime
-from demo.models import digits
 from demo.models.training import DatasetSplit
-from sampler.contract import InputTensor, SampledEvent
+from sampler.contract import SampledEvent
 from sampler.explanation_records import SanityFigure
 
 
@@ -34,20 +33,7 @@ def _runtime(digits_path: Path, **settings: Any) -> ModelRuntime:
 
 
 def _event(request_id: str, image: NDArray[np.float32], predicted: int) -> SampledEvent:
-    now = time.time()
-    return SampledEvent(
-        model="digits",
-        model_version="v1",
-        request_id=request_id,
-        timestamp=now,
-        received_at=now,
-        reasons=("every_n",),
-        predicted=predicted,
-        confidence=0.9,
-        margin=1.0,
-        num_classes=digits.NUM_CLASSES,
-        input=InputTensor.of(image),
-    )
+    return sampled_digit(request_id, image, predicted=predicted)
 
 
 def _events(split: DatasetSplit, rows: range) -> list[SampledEvent]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
-from small_models import eager_digits
+from small_models import eager_digits, sampled_digit
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.explainer import Explainer, stack_maps
@@ -18,9 +17,8 @@ from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.upkeep import BatchUpkeep
 from common.redis import connect
-from demo.models import digits
 from demo.models.training import DatasetSplit
-from sampler.contract import InputTensor, SampledEvent
+from sampler.contract import SampledEvent
 from sampler.explanation_records import SanityFigure
 from sampler.explanations import ExplanationStore
 from sampler.layers import LayerBaselineStore, LayerHealthStore
@@ -29,20 +27,12 @@ SAMPLES = 16
 
 
 def _events(split: DatasetSplit, versions: tuple[str, ...] = ("v1",), rows: int = SAMPLES) -> list[SampledEvent]:
-    now = time.time()
     return [
-        SampledEvent(
-            model="digits",
-            model_version=versions[row % len(versions)],
-            request_id=f"r{row}",
-            timestamp=now,
-            received_at=now,
-            reasons=("every_n",),
+        sampled_digit(
+            f"r{row}",
+            split.test.features[row],
             predicted=int(split.test.labels[row]),
-            confidence=0.9,
-            margin=1.0,
-            num_classes=digits.NUM_CLASSES,
-            input=InputTensor.of(split.test.features[row]),
+            version=versions[row % len(versions)],
         )
         for row in range(rows)
     ]

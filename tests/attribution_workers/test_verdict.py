@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from numpy.typing import NDArray
 from scipy.stats import spearmanr
+from small_models import sampled_digit
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.explainer import Attribution, Explainer, Explanation
@@ -19,9 +19,8 @@ from attribution_workers.outcomes import LABEL_SUFFIX
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.trust import agreement
 from attribution_workers.verdict import VerdictRule
-from demo.models import digits
 from demo.models.training import DatasetSplit
-from sampler.contract import InputTensor, SampledEvent
+from sampler.contract import SampledEvent
 from sampler.explanation_records import Fidelity, SanityFigure
 
 RULE = VerdictRule(min_fidelity_gain=0.0, min_agreement=0.2)
@@ -173,21 +172,12 @@ def test_a_row_of_verdicts_covers_every_method_and_the_label_maps() -> None:
 
 
 def _events(split: DatasetSplit, count: int) -> list[SampledEvent]:
-    now = time.time()
     return [
-        SampledEvent(
-            model="digits",
-            model_version="v1",
-            request_id=f"r{row}",
-            timestamp=now,
-            received_at=now,
-            reasons=("every_n",),
+        sampled_digit(
+            f"r{row}",
+            split.test.features[row],
             predicted=int(split.test.labels[row]),
-            confidence=0.9,
-            margin=1.0,
-            num_classes=digits.NUM_CLASSES,
             label=int(split.test.labels[row + 1]),
-            input=InputTensor.of(split.test.features[row]),
         )
         for row in range(count)
     ]
