@@ -97,6 +97,8 @@ class LayerCapture:
 @dataclass(frozen=True)
 class BatchInspection:
     captures: tuple[LayerCapture, ...]
+    outputs: torch.Tensor | None = None
+    """The model's outputs of the inspected pass (the runtime checks them: no second forward pass)."""
 
     def stats(self, row: int) -> list[LayerStats]:
         return [_stats(capture, row) for capture in self.captures]
@@ -163,8 +165,9 @@ class LayerInspector:
     def inspect(self, inputs: torch.Tensor) -> BatchInspection:
         """One no-grad forward pass on ``inputs`` with the hooks in place; a layer that did not run is left out."""
         with torch.no_grad(), self.hooked() as captures:
-            self._model.module(inputs)
-        return BatchInspection(tuple(found for layer in self.layers for found in captures.get(layer.name, ())))
+            outputs = self._model.module(inputs)
+        found = tuple(capture for layer in self.layers for capture in captures.get(layer.name, ()))
+        return BatchInspection(found, outputs if isinstance(outputs, torch.Tensor) else None)
 
     def _hook(self, layer: InspectedLayer, state: _Pass) -> _Hook:
         def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:

@@ -148,12 +148,15 @@ class ModelRuntime:
                 refused.append(failed(event, str(error), retry=False))
         return usable, refused
 
-    def _check_outputs(self, inputs: torch.Tensor) -> None:
+    def _check_outputs(self, inputs: torch.Tensor, outputs: torch.Tensor | None) -> None:
         """Finite inputs can give logits that are not finite, or too large (:data:`MAX_LOGIT`) for the methods'
         arithmetic; their maps and trust figures would mean nothing. Raises :class:`PermanentError` (the batch is
-        then explained one event at a time, isolating the culprit)."""
-        with torch.no_grad():
-            logits = self.model.module(inputs).reshape(len(inputs), -1)
+        then explained one event at a time, isolating the culprit). ``outputs``: the inspection pass's, when it
+        ran (else one forward pass here)."""
+        if outputs is None:
+            with torch.no_grad():
+                outputs = self.model.module(inputs)
+        logits = outputs.reshape(len(inputs), -1)
         bad = (~torch.isfinite(logits) | (logits.abs() > MAX_LOGIT)).sum(dim=1)
         if bool(bad.any()):
             raise PermanentError(
@@ -194,10 +197,10 @@ class ModelRuntime:
         inputs = torch.stack([tensor for _, tensor, _ in rows]).to(self.model.device)
         targets = torch.tensor([target for _, _, target in rows], device=self.model.device)
         count = len(usable)
-        self._check_outputs(inputs[:count])
         started = time.perf_counter()
         inspection = self.inspector.inspect(inputs[:count]) if self.inspector.layers else None
         inspection_seconds = time.perf_counter() - started
+        self._check_outputs(inputs[:count], None if inspection is None else inspection.outputs)
         explanations, seconds = self._run_methods(inputs, targets)
         fidelities = {
             method: deletion_fidelity(
