@@ -9,7 +9,9 @@ look at each tensor's header in Python before reading it. Here:
   :class:`msgspec.Raw` slice of the body (no Python string is built for the base64 text, which
   halves the decode), and the base64 is read straight out of the body;
 - binary-extension headers are parsed once by orjson (it keeps each event's key order, which says
-  which section is whose), and all events are converted by msgspec in one call;
+  which section is whose), and all events are converted by msgspec in one call, their tensor headers
+  into strictly typed structs, so that each later event's headers are checked against the first's
+  with one ``==`` each;
 - every tensor of one field, dtype and length is then one numpy matrix, checked for NaN and
   infinity in one pass, and handed over as such (:class:`Lane`): ingest checks, summarises and
   counts a lane's events column by column (``IngestHandler._admit_lane``).
@@ -74,6 +76,28 @@ class CompactEvent(NamedEvent, forbid_unknown_fields=True):
 
 class CompactBatch(msgspec.Struct, forbid_unknown_fields=True):
     events: list[CompactEvent]
+
+
+class BinaryParameters(msgspec.Struct, forbid_unknown_fields=True):
+    binary_data_size: int
+
+
+class BinaryHeader(msgspec.Struct, forbid_unknown_fields=True):
+    """A binary-extension tensor header, typed strictly: two are ``==`` only when they say the same (msgspec
+    refuses 8.0 or true for an int here, which dicts would call equal to 8 or 1)."""
+
+    shape: list[int]
+    datatype: str
+    parameters: BinaryParameters
+    name: str | None = None
+
+
+class BinaryEvent(NamedEvent, forbid_unknown_fields=True):
+    """:class:`NamedEvent` whose number fields, when present, are binary-extension headers."""
+
+    logits: BinaryHeader | None = None
+    probabilities: BinaryHeader | None = None
+    embedding: BinaryHeader | None = None
 
 
 @dataclass(slots=True)
@@ -162,15 +186,15 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> La
     except orjson.JSONDecodeError:
         return None
     items = _binary_items(document, max_batch)
-    layout = None if items is None else _layout(items)
+    layout = None if items is None else _first_layout(items[0])
     if items is None or layout is None or not layout[1] or layout[1] * len(items) != len(body) - size:
         return None
     fields, stride = layout
     try:
-        events: list[NamedEvent] = msgspec.convert(items, list[NamedEvent])
+        events: list[BinaryEvent] = msgspec.convert(items, list[BinaryEvent])
     except msgspec.ValidationError:
         return None
-    if not _names_valid(events):
+    if not _same_layout(items, events, [field for field, *_ in fields]) or not _names_valid(events):
         return None
     tail = np.frombuffer(body, dtype=np.uint8, offset=size).reshape(len(items), stride)
     vectors = {}
@@ -182,25 +206,32 @@ def decode_binary_fast(body: bytes, header_length: str, *, max_batch: int) -> La
     return Lane(events, vectors)
 
 
-def _layout(items: list[dict[str, Any]]) -> tuple[list[tuple[str, np.dtype[Any], int, int]], int] | None:
-    """Each tensor field's dtype, length and offset within an event's sections, and the sections' stride;
-    ``None`` unless every event holds the same binary vectors in the same order."""
-    first = items[0]
-    keys = [key for key in first if key in _TENSOR_FIELDS]
+def _first_layout(first: dict[str, Any]) -> tuple[list[tuple[str, np.dtype[Any], int, int]], int] | None:
+    """Each tensor field's dtype, length and offset within the first event's sections, and the sections' stride;
+    ``None`` unless each is a binary vector (an ``input`` is left to the general reader)."""
     fields, stride = [], 0
-    for key in keys:
+    for key in first:
+        if key not in _TENSOR_FIELDS:
+            continue
         dtype, length, section = _binary_vector(first[key]) if key != "input" else (None, 0, 0)
         if dtype is None or section != length * dtype.itemsize:
             return None
         fields.append((key, dtype, length, stride))
         stride += section
-    for item in items[1:]:  # each header read on its own: == would take 8.0 for 8 and true for 1
-        if [key for key in item if key in _TENSOR_FIELDS] != keys:
-            return None
-        for key, dtype, length, _ in fields:
-            if _binary_vector(item[key]) != (dtype, length, length * dtype.itemsize):
-                return None
     return fields, stride
+
+
+def _same_layout(items: list[dict[str, Any]], events: list[BinaryEvent], fields: list[str]) -> bool:
+    """Whether every event holds the first one's tensor fields, in its order, with equal (strictly typed) headers."""
+    keys, first = tuple(items[0]), events[0]
+    headers = [getattr(first, field) for field in fields]
+    for item, event in zip(items, events, strict=True):
+        if tuple(item) != keys and [key for key in item if key in _TENSOR_FIELDS] != fields:
+            return False
+        for field, header in zip(fields, headers, strict=True):
+            if getattr(event, field) != header:
+                return False
+    return True
 
 
 def _binary_items(document: Any, max_batch: int) -> list[dict[str, Any]] | None:
