@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,12 +44,21 @@ class Result:
         return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
 
 
-async def _worker(port: int, template: Template, start_id: int, stride: int, deadline: float, result: Result) -> None:
+async def _worker(
+    port: int,
+    template: Template,
+    start_id: int,
+    stride: int,
+    deadline: float,
+    result: Result,
+    headers: Sequence[tuple[bytes, bytes]],
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    extra = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     head = (
-        f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(template.body)}\r\n\r\n"
-    ).encode()
+        b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n%s\r\n" % (len(template.body), extra)
+    )
     counter = start_id
     try:
         while time.perf_counter() < deadline:
@@ -73,8 +83,17 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-def run(port: int, template: Template, *, connections: int, seconds: float, first_id: int) -> Result:
-    """Drive ``port`` for ``seconds`` with ``connections`` keep-alive connections."""
+def run(
+    port: int,
+    template: Template,
+    *,
+    connections: int,
+    seconds: float,
+    first_id: int,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> Result:
+    """Drive ``port`` for ``seconds`` with ``connections`` keep-alive connections, each request carrying
+    ``headers`` besides its content type and length."""
     per_request = len(template.slots)
     stride = per_request * connections
     result = Result(seconds=seconds)
@@ -83,7 +102,7 @@ def run(port: int, template: Template, *, connections: int, seconds: float, firs
         deadline = time.perf_counter() + seconds
         await asyncio.gather(
             *(
-                _worker(port, template_copy, first_id + index * per_request, stride, deadline, result)
+                _worker(port, template_copy, first_id + index * per_request, stride, deadline, result, headers)
                 for index, template_copy in enumerate(
                     Template(bytearray(template.body), template.slots, template.width) for _ in range(connections)
                 )

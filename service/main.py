@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -55,8 +56,14 @@ def serve_forever(settings: SidecarSettings) -> int:
         if settings.monitors_enabled and settings.monitor == "embedded":
             monitor = EmbeddedMonitor(settings.redis_url or "", host=settings.host)
             threading.Thread(target=monitor.watch, args=(stopping,), name="embedded-monitor", daemon=True).start()
+        app = create_app(settings)
+        # What the imports and the app built stays for the process's life: out of the collector's way, a full
+        # collection walks ~2,500 objects instead of ~90,000 (~7 instead of ~70 ms, one every ~2 s under load;
+        # ~10% less CPU per event for batches of binary tensors, python -m benchmarks.tensors_http).
+        gc.collect()
+        gc.freeze()
         uvicorn.run(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
