@@ -4,19 +4,20 @@
         [--max-reference N] [--pca-share S] [--pca-components N|none] [--steady-steps-per-ert N] [--cache-dir DIR]
         [--seeds 10] [--streams 200] [--sequential] [--before] [--random-split]
 
-For each seed (``DriftConfig(seed=s)``: the PCA rows, the detector's rows, the spare rows and the torch draws)
-the monitor is calibrated as deployed (default config: ERT 1000, window 50, 10,000 bootstrap samples; online
-detector only; ``--max-reference``, ``--pca-share``, ``--pca-components`` and ``--steady-steps-per-ert`` set
-those settings) and the script prints the last threshold, the run length of clean streams (the clean traffic
-replayed in shuffled passes, capped at 6 x ERT): its mean, which the ERT is, estimated as events observed /
-alarms (the maximum-likelihood mean of a geometric run length censored at the cap; at 6 x ERT a geometric run
-is capped 0.25% of the time), its median and the share alarming within 800 events (a geometric run length of
-mean 1000 has median 693 and alarms within 800 with probability 0.55, so a median within 25% of the ERT is not
-what a calibrated detector gives), and the median detection delay on each shift (one window of clean events
+For each seed (``DriftConfig(seed=s)``: the PCA rows, the detector's rows, the spare rows and the torch draws) the
+monitor is calibrated as deployed (default config: ERT 1000, window 50, 10,000 bootstrap samples; online detector
+only; ``--max-reference``, ``--pca-share``, ``--pca-components`` and ``--steady-steps-per-ert`` set those
+settings; without the last, ``steady_steps_per_ert`` is automatic as deployed: 1,000 from a reference of 5,000
+rows, else 0, printed per seed) and the script prints the last threshold, the run length of clean streams (the
+clean traffic replayed in shuffled passes, capped at 6 x ERT): its mean, which the ERT is, estimated as events
+observed / alarms (the maximum-likelihood mean of a geometric run length censored at the cap; at 6 x ERT a
+geometric run is capped 0.25% of the time), its median and the share alarming within 800 events (a geometric run
+length of mean 1000 has median 693 and alarms within 800 with probability 0.55, so a median within 25% of the ERT
+is not what a calibrated detector gives), and the median detection delay on each shift (one window of clean events
 first, trials alarming in it left out). ``--sequential`` also calibrates the same seed with
 ``steady_steps_per_ert=0`` (every threshold from the ``10 x ERT`` bootstrap runs; the same split and draws
-otherwise). ``--before`` also calibrates the same detector rows the way alibi-detect does (each bootstrap
-sample re-splits them; the kept reference is one more random split).
+otherwise). ``--before`` also calibrates the same detector rows the way alibi-detect does (each bootstrap sample
+re-splits them; the kept reference is one more random split).
 
 Digits (default): the demo's CNN, trained without a held-out third of its training side; the reference
 is that held-out third (449 images, as ``vai-sidecar demo`` uploads it) and the clean traffic the test
@@ -199,7 +200,9 @@ class Pool:
         return int(hits[0]) + 1 if hits.size else None
 
 
-def deployed(data: Data, config: DriftConfig) -> tuple[Pca | None, Split, float]:
+def deployed(data: Data, config: DriftConfig) -> tuple[Pca | None, Split, float, int]:
+    """PCA, the online detector's split and thresholds, the calibration's seconds, and the steady steps per ERT
+    it used (``steady_steps_per_ert`` resolved on the reference)."""
     monitor = DriftMonitor(
         model=data.name, config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=data.reference
     )
@@ -208,7 +211,10 @@ def deployed(data: Data, config: DriftConfig) -> tuple[Pca | None, Split, float]
     took = time.perf_counter() - started
     state = monitor.export_state()
     online = next(d for d in state.detectors if isinstance(d, OnlineState))
-    return None if state.pca is None else Pca.from_state(state.pca), split_of(online), took
+    steady = state.config.steady_steps_per_ert
+    if steady is None:
+        raise SystemExit("the monitor stored an unresolved steady_steps_per_ert")
+    return None if state.pca is None else Pca.from_state(state.pca), split_of(online), took, steady
 
 
 def split_of(state: OnlineState) -> Split:
@@ -318,7 +324,10 @@ def main() -> None:
         help="DriftConfig.pca_components, or none: no PCA (default: its default)",
     )
     parser.add_argument(
-        "--steady-steps-per-ert", type=int, help="DriftConfig.steady_steps_per_ert (default: its default)"
+        "--steady-steps-per-ert",
+        type=int,
+        help="DriftConfig.steady_steps_per_ert (default: automatic, as deployed: 1000 from a reference of 5,000 "
+        "rows, else 0)",
     )
     parser.add_argument(
         "--cache-dir",
@@ -355,15 +364,15 @@ def main() -> None:
     for seed in range(args.seeds):
         config = DriftConfig(seed=seed, window_tests=False, **overrides)
         data = first if seed == 0 else data_of(seed)
-        pca, after, took = deployed(data, config)
+        pca, after, took, steady = deployed(data, config)
         rows = np.concatenate([data.traffic, *(x for _, x in data.shifts)])
         rows = rows if pca is None else pca.transform(rows)
         if seed == 0:
             check(after, rows[:300])
-        print(f"seed {seed}: calibration {took:.1f} s", flush=True)
+        print(f"seed {seed}: calibration {took:.1f} s, steady_steps_per_ert {steady}", flush=True)
         print("  " + report("deployed", after, rows, data, args, summary), flush=True)
         if args.sequential:
-            _, sequential, took = deployed(data, config.model_copy(update={"steady_steps_per_ert": 0}))
+            _, sequential, took, _ = deployed(data, config.model_copy(update={"steady_steps_per_ert": 0}))
             if not np.array_equal(sequential.ref_inds, after.ref_inds):
                 raise SystemExit("the sequential calibration kept other rows than the deployed one")
             print(f"  {report('sequential', sequential, rows, data, args, summary)}  ({took:.1f} s)", flush=True)

@@ -11,6 +11,12 @@ BOOTSTRAPS_PER_ERT = 10
 """alibi-detect asks for at least ten bootstrap samples per event of expected run time."""
 MAX_STEADY_STEPS = 20_000_000
 """Longest calibration stream for the steady threshold (~240 MB of indices and statistics)."""
+AUTO_STEADY_MIN_REFERENCE = 5000
+"""Reference rows (as handed to the monitor, uploaded or collected) from which ``steady_steps_per_ert=None``
+chooses the steady threshold."""
+AUTO_STEADY_STEPS_PER_ERT = 1000
+"""``steady_steps_per_ert`` chosen automatically for a reference of ``AUTO_STEADY_MIN_REFERENCE`` rows or more
+(at most ``MAX_STEADY_STEPS // ert``)."""
 
 
 PCA_SHARE = 0.5
@@ -49,15 +55,17 @@ class DriftConfig(BaseModel):
     """Sliding test window of the online detector, events: smaller reacts faster to large shifts."""
     n_bootstraps: int | None = Field(default=None, ge=1)
     """Bootstrap samples for the online thresholds; ``None`` means ``10 * ert``, the least accepted."""
-    steady_steps_per_ert: int = Field(default=0, ge=0, le=10_000)
+    steady_steps_per_ert: int | None = Field(default=None, ge=0, le=10_000)
     """MMD: when above 0, the online detector's last threshold (the one that holds after its first window
     and so sets the run length) is re-estimated on a clean stream of this many x ``ert`` events replayed
     from the calibration rows, at hazard 1/ERT (1,000: ~3% Monte-Carlo error instead of ~30% from the
     bootstrap runs; calibration a few seconds longer), then scaled from the stream's windows to fresh ones
     (``mmd_thresholds.fresh_window_ratio``: without that it erred long where the reference is small, 2-23x
-    the ERT on the digits). Off by default: per calibration seed, mean runs 0.5-3.4x the ERT on the digits'
-    small held-out reference (4 of 10 seeds within 25%, against 1 of 10 sequentially), 0.73-1.1x on
-    sentence embeddings with ``pca_share`` 0.25 (9 of 10, as the default) (README, Benchmarks)."""
+    the ERT on the digits). 0: never (every threshold from the bootstrap runs). ``None``, the default
+    (``VAI_DRIFT__STEADY_STEPS_PER_ERT`` unset), is automatic (:meth:`steady_steps_for`): 1,000 from a reference
+    of 5,000 rows, 0 below. On sentence embeddings with a reference of 5,000 rows it put 20 of 20 calibration
+    seeds' mean run within 25% of the ERT (8 of 10 sequentially); at 2,000 rows no more than sequentially (7 of
+    10 both) (README, Benchmarks). A monitor stores the value it used (:meth:`resolved`), never ``None``."""
     window_events: int = Field(default=500, ge=10)
     """Events per tumbling window of the batch tests (MMD/KS, output drift, embedding distance)."""
     window_tests: bool = True
@@ -78,7 +86,7 @@ class DriftConfig(BaseModel):
                 f"n_bootstraps={self.n_bootstraps} is too few for ert={self.ert}: "
                 f"use at least {BOOTSTRAPS_PER_ERT * self.ert} (10 x ert) or leave it unset"
             )
-        if self.steady_steps_per_ert * self.ert > MAX_STEADY_STEPS:
+        if self.steady_steps_per_ert is not None and self.steady_steps_per_ert * self.ert > MAX_STEADY_STEPS:
             raise ValueError(
                 f"steady_steps_per_ert={self.steady_steps_per_ert} x ert={self.ert} is a calibration stream of more "
                 f"than {MAX_STEADY_STEPS} events (12 bytes each, held at once): lower it"
@@ -108,6 +116,23 @@ class DriftConfig(BaseModel):
             data.pop("pca_share", None)
         return data
 
+    def steady_steps_for(self, reference_rows: int) -> int:
+        """``steady_steps_per_ert`` for a reference of ``reference_rows`` (as handed to the monitor, before
+        deduplication and the PCA split): the setting when given; when ``None``, ``AUTO_STEADY_STEPS_PER_ERT``
+        from ``AUTO_STEADY_MIN_REFERENCE`` rows, capped to the longest stream allowed (``MAX_STEADY_STEPS //
+        ert``: above ert 20,000 fewer per ERT, still a smaller Monte-Carlo error than the bootstrap's), else 0."""
+        if self.steady_steps_per_ert is not None:
+            return self.steady_steps_per_ert
+        if reference_rows < AUTO_STEADY_MIN_REFERENCE:
+            return 0
+        return min(AUTO_STEADY_STEPS_PER_ERT, MAX_STEADY_STEPS // self.ert)
+
+    def resolved(self, reference_rows: int) -> DriftConfig:
+        """This config as calibrated on a reference of ``reference_rows``: ``steady_steps_per_ert`` made concrete
+        (:meth:`steady_steps_for`). Stored states hold it, so monitors of earlier releases (an ``int`` there, no
+        ``None``) still read them, and a state of the earlier default (0, under 5,000 rows) equals it."""
+        return self.model_copy(update={"steady_steps_per_ert": self.steady_steps_for(reference_rows)})
+
     def pca_rows(self, reference_rows: int) -> int:
         """Rows of a reference of ``reference_rows`` that fit PCA: ``pca_share`` of them rounded down (a half is
         ``reference_rows // 2``, as before the setting existed), at least 2, 1 left over."""
@@ -117,6 +142,13 @@ class DriftConfig(BaseModel):
     def bootstraps(self) -> int:
         """Bootstrap samples actually used."""
         return self.n_bootstraps if self.n_bootstraps is not None else BOOTSTRAPS_PER_ERT * self.ert
+
+    @property
+    def steady_steps(self) -> int:
+        """Events of the steady threshold's calibration stream (0: none), once :meth:`resolved` on the reference."""
+        if self.steady_steps_per_ert is None:
+            raise ValueError("steady_steps_per_ert is automatic: resolve the config on the reference first (resolved)")
+        return self.steady_steps_per_ert * self.ert
 
     @property
     def least_reference(self) -> int:

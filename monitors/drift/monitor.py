@@ -63,6 +63,8 @@ class NotCalibratedError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class _Detectors:
+    config: DriftConfig
+    """The config they were built with, resolved against the reference (:meth:`DriftConfig.resolved`)."""
     pca: Pca | None
     outputs: tuple[DriftDetector, ...]
     """Fed every event (predicted class and confidence)."""
@@ -179,14 +181,17 @@ class DriftMonitor:
                 raise RuntimeError(f"model {self._model}: nothing to calibrate in phase {self._phase_locked().value}")
             self._calibrating, self._error, reference = True, None, self._reference
         try:
+            # Resolved on the rows as handed over (uploaded or collected), before deduplication and the PCA split:
+            # what an owner adopting the stored state can count again (``DriftStates.start``).
+            config = self._config.resolved(len(reference))
             # Seeded bootstrap: the same reference gives the same thresholds on every replica and rerun. The MMD
             # calibration draws from a generator of its own, so other models calibrating (or window tests
             # permuting) in other threads at the same time cannot change its draws; what draws from torch's
             # global generator (LSDD, inside alibi-detect) is seeded too, best effort.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self._config.seed)
-                generator = torch.Generator().manual_seed(self._config.seed)
-                detectors = _build(self._model, reference, self._config, self._metrics, generator)
+                torch.manual_seed(config.seed)
+                generator = torch.Generator().manual_seed(config.seed)
+                detectors = _build(self._model, reference, config, self._metrics, generator)
         except Exception as error:
             with self._lock:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
@@ -198,14 +203,15 @@ class DriftMonitor:
             self._calibrating, self._detectors = False, detectors
 
     def export_state(self) -> MonitorState:
-        """The calibrated state (see :mod:`monitors.drift.states`); raises ``NotCalibratedError`` before that."""
+        """The calibrated state (see :mod:`monitors.drift.states`), with the config it was calibrated with, resolved
+        (no ``None`` left to choose); raises ``NotCalibratedError`` before that."""
         with self._lock:
             detectors = self._detectors
         if detectors is None:
             raise NotCalibratedError(f"model {self._model} is not calibrated yet: export once phase is 'monitoring'")
         return MonitorState(
             model=self._model,
-            config=self._config,
+            config=detectors.config,
             pca=None if detectors.pca is None else detectors.pca.export_state(),
             detectors=tuple(d.export_state() for d in (*detectors.reduced, *detectors.outputs, *detectors.embedded)),
         )
@@ -288,7 +294,7 @@ def _build(
             )
         )
     if ref.embeddings is None:
-        return _Detectors(pca=None, outputs=tuple(outputs), embedded=(), reduced=(), width=None)
+        return _Detectors(config=config, pca=None, outputs=tuple(outputs), embedded=(), reduced=(), width=None)
     distance = EmbeddingDistance.fit(
         ref.embeddings,
         window_events=config.window_events,
@@ -307,6 +313,7 @@ def _build(
     if pca is not None:
         x, spare = pca.transform(x), None if spare is None else pca.transform(spare)
     return _Detectors(
+        config=config,
         pca=pca,
         outputs=tuple(outputs),
         embedded=(distance,),
@@ -337,7 +344,7 @@ def _alibi_detectors(
                 ert=config.ert,
                 window_size=config.window_size,
                 n_bootstraps=config.bootstraps,
-                steady_steps=config.steady_steps_per_ert * config.ert,
+                steady_steps=config.steady_steps,
                 spare=spare,
                 generator=generator,
                 device=config.device,
@@ -377,4 +384,11 @@ def _restore(state: MonitorState, metrics: DriftMetrics) -> _Detectors:
             reduced.append(WindowTests.from_state(detector_state, device=device))
     pca = None if state.pca is None else Pca.from_state(state.pca)
     width = embedded[0].width if embedded else pca.input_dim if pca is not None else None
-    return _Detectors(pca=pca, outputs=tuple(outputs), embedded=tuple(embedded), reduced=tuple(reduced), width=width)
+    return _Detectors(
+        config=state.config,
+        pca=pca,
+        outputs=tuple(outputs),
+        embedded=tuple(embedded),
+        reduced=tuple(reduced),
+        width=width,
+    )

@@ -3,7 +3,10 @@
 The calibrated state (PCA, reference, thresholds; JSON, no pickle) is stored under
 ``vai:drift:{model}`` with ``vai:drift-version:{model}`` naming what it was calibrated on: the
 id of an uploaded reference, or ``warmup-…`` for a reference gathered from traffic. A new owner
-adopts a stored state that matches the newest reference without recalibrating.
+adopts a stored state that matches the newest reference without recalibrating, when its settings
+resolved on that reference (``DriftConfig.resolved``: the automatic ``steady_steps_per_ert``) are the
+stored ones. The stored settings are always resolved (an ``int`` there, as the previous release wrote
+and reads it), so a state of the previous release's default is adopted where the build is the same.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from monitors.fleet.lease import Leases
 from monitors.fleet.references import ReferenceStore
 
 log = logging.getLogger(__name__)
+
+WARMUP_VERSION = "warmup-"
+"""Prefix of the version of a state calibrated on a warm-up (``reference_events`` events of traffic)."""
 
 
 @dataclass(slots=True)
@@ -53,7 +59,7 @@ class DriftStates:
             except ValueError as error:
                 log.error("ignoring unreadable drift state of %s: %s", model, error)
             else:
-                if state.config == self._config:
+                if state.config == await self._resolved(model, version):
                     log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
                     return Started(DriftMonitor.from_state(state, metrics=self._metrics), version, stored=True)
                 log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
@@ -70,7 +76,7 @@ class DriftStates:
 
     async def store(self, model: str, started: Started) -> bool:
         """Share a calibrated state, if this process still owns the model."""
-        version = started.built_from or f"warmup-{uuid.uuid4().hex}"
+        version = started.built_from or f"{WARMUP_VERSION}{uuid.uuid4().hex}"
         state = started.monitor.export_state().model_dump_json()
         written = await self._leases.set_if_owner(
             model, {keys.drift_state(model): state, keys.drift_version(model): version}
@@ -79,6 +85,18 @@ class DriftStates:
             started.built_from, started.stored = version, True
             log.info("drift monitor of %s calibrated; state stored (%s)", model, version)
         return written
+
+    async def _resolved(self, model: str, version: str) -> DriftConfig | None:
+        """Our settings as a calibration on the reference named ``version`` resolves them; ``None`` when that
+        reference is no longer stored (a newer one replaced it meanwhile)."""
+        if self._config.steady_steps_per_ert is not None:
+            return self._config  # nothing depends on the reference
+        if version.startswith(WARMUP_VERSION):
+            return self._config.resolved(self._config.reference_events)  # a warm-up collects exactly that many
+        stored = await self.references.get(model)
+        if stored is None or stored.id != version:
+            return None
+        return self._config.resolved(len(stored.reference))
 
 
 def _text(value: bytes | str | None) -> str | None:

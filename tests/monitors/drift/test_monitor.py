@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from monitors.drift.monitor import DriftMonitor, NotCalibratedError, Phase
 from monitors.drift.reference import Reference
 from monitors.drift.runner import BACKGROUND_NICENESS, DriftRunner
 from monitors.drift.states import MonitorState, OnlineState
+from previous_release import PreviousDriftConfig
 
 DIM = 16
 CONFIG = DriftConfig(
@@ -415,7 +417,7 @@ def test_a_state_stored_before_pca_share_is_adopted_and_scores_alike() -> None:
     state = MonitorState.model_validate(stored)
     restored = DriftMonitor.from_state(state, metrics=DriftMetrics(registry=CollectorRegistry()))
 
-    assert state.config == CONFIG
+    assert state.config == CONFIG.resolved(600)
     batch = events_batch(rng, 100)
     assert [r.score for r in restored.update(batch)] == [r.score for r in monitor.update(batch)]
 
@@ -451,6 +453,35 @@ def test_a_calibration_s_draws_are_its_own_while_other_threads_draw_from_torch()
         stop.set()
         noise.join()
     assert meanwhile == alone
+
+
+def _online(state: MonitorState) -> OnlineState:
+    return next(d for d in state.detectors if isinstance(d, OnlineState))
+
+
+@pytest.mark.parametrize(
+    ("rows", "steady", "other"),
+    [pytest.param(4999, 0, 1000, id="below-5000-sequential"), pytest.param(5000, 1000, 0, id="5000-steady")],
+)
+def test_the_automatic_setting_calibrates_steady_from_5000_reference_rows(rows: int, steady: int, other: int) -> None:
+    """At the default the monitor builds what the explicit setting for its reference's size builds, and stores
+    that integer: a monitor of the previous release reads the state, and below 5,000 rows the stored settings are
+    the ones it wrote at its own default."""
+    config = CONFIG.model_copy(update={"window_tests": False})
+    reference = Reference.from_batch(events_batch(np.random.default_rng(5), rows))
+
+    state = _calibrated(reference, config).export_state()
+    same = _calibrated(reference, config.model_copy(update={"steady_steps_per_ert": steady})).export_state()
+    different = _calibrated(reference, config.model_copy(update={"steady_steps_per_ert": other})).export_state()
+
+    assert state.config.steady_steps_per_ert == steady
+    assert _online(state) == _online(same)
+    assert _online(state).thresholds[-1] != _online(different).thresholds[-1], "the setting changes the build"
+    stored = json.loads(state.model_dump_json())["config"]
+    assert type(stored["steady_steps_per_ert"]) is int and stored["steady_steps_per_ert"] == steady
+    assert PreviousDriftConfig.model_validate(stored).steady_steps_per_ert == steady  # refuses null, unknown keys
+    if steady == 0:
+        assert stored == PreviousDriftConfig(**config.model_dump(exclude={"steady_steps_per_ert"})).model_dump()
 
 
 def test_a_pca_share_other_than_the_default_is_stored() -> None:

@@ -1,0 +1,76 @@
+"""``DriftConfig``: the automatic ``steady_steps_per_ert`` and how it resolves on a reference."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from monitors.drift.config import (
+    AUTO_STEADY_MIN_REFERENCE,
+    AUTO_STEADY_STEPS_PER_ERT,
+    MAX_STEADY_STEPS,
+    DriftConfig,
+)
+from monitors.fleet.settings import MonitorSettings
+
+
+@pytest.mark.parametrize(
+    ("setting", "rows", "steps"),
+    [
+        pytest.param(None, 2000, 0, id="auto-default-reference"),
+        pytest.param(None, 4999, 0, id="auto-just-below"),
+        pytest.param(None, 5000, 1000, id="auto-at-5000"),
+        pytest.param(None, 20_549, 1000, id="auto-above"),
+        pytest.param(0, 10_000, 0, id="explicit-0-never"),
+        pytest.param(200, 449, 200, id="explicit-n-always"),
+        pytest.param(1000, 5000, 1000, id="explicit-1000"),
+    ],
+)
+def test_steady_steps_resolve_on_the_reference_rows(setting: int | None, rows: int, steps: int) -> None:
+    config = DriftConfig(steady_steps_per_ert=setting)
+    resolved = config.resolved(rows)
+    assert config.steady_steps_for(rows) == steps
+    assert resolved.steady_steps_per_ert == steps and resolved.steady_steps == steps * config.ert
+    assert resolved.model_copy(update={"steady_steps_per_ert": setting}) == config, "nothing else changes"
+
+
+def test_the_automatic_rule_s_constants() -> None:
+    assert (AUTO_STEADY_MIN_REFERENCE, AUTO_STEADY_STEPS_PER_ERT) == (5000, 1000)
+    assert DriftConfig().steady_steps_per_ert is None, "automatic by default"
+
+
+@pytest.mark.parametrize(
+    ("ert", "steps"),
+    [
+        pytest.param(20_000, 1000, id="largest-ert-at-1000"),
+        pytest.param(40_000, 500, id="capped-to-the-longest-stream"),
+        pytest.param(MAX_STEADY_STEPS + 1, 0, id="no-stream-fits"),
+    ],
+)
+def test_the_automatic_stream_keeps_to_the_longest_allowed(ert: int, steps: int) -> None:
+    """Above ert 20,000 a stream of 1,000 x ert would be refused: the automatic value is the most that fits."""
+    resolved = DriftConfig(ert=ert).resolved(AUTO_STEADY_MIN_REFERENCE)
+    assert resolved.steady_steps_per_ert == steps
+    assert DriftConfig.model_validate(resolved.model_dump()) == resolved, "the resolved config passes the check"
+    with pytest.raises(ValidationError, match="lower it"):
+        DriftConfig(ert=ert, steady_steps_per_ert=steps + 1)
+
+
+def test_an_unresolved_config_says_to_resolve_it_before_building() -> None:
+    with pytest.raises(ValueError, match="resolve the config"):
+        _ = DriftConfig().steady_steps
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [pytest.param("1000", 1000, id="always"), pytest.param("0", 0, id="never"), pytest.param(None, None, id="auto")],
+)
+def test_the_environment_sets_an_integer_or_leaves_it_automatic(
+    value: str | None, expected: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VAI_CONFIG_FILE", raising=False)
+    if value is None:
+        monkeypatch.delenv("VAI_DRIFT__STEADY_STEPS_PER_ERT", raising=False)
+    else:
+        monkeypatch.setenv("VAI_DRIFT__STEADY_STEPS_PER_ERT", value)
+    assert MonitorSettings().drift.steady_steps_per_ert == expected
