@@ -12,13 +12,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import Conflict, InvalidInput, MonitorsOff, NotFound, Unavailable
 from monitors.fleet.references import upload_from_arrays
 from monitors.fleet.results import SeriesQuality
-from monitors.fleet.views import Projection
 from service.auth import Scope
 from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.errors import FieldError
@@ -252,19 +251,8 @@ async def get_projection(
         raise _projection_missing(model, method, view)  # blocked: a body left from before is not current
     if limit is None:
         return Response(view.body, media_type="application/json")  # as published: no parsing on the request path
-    body = await run_in_threadpool(_limited, view.body, limit, model)
+    body = await run_in_threadpool(sidecar.projection_limits.limited, view.body, limit, model)
     return Response(body, media_type="application/json")
-
-
-def _limited(body: bytes, limit: int, model: str) -> bytes:
-    """At most ``limit`` points of the published body; one this sidecar cannot read (a monitor of another release,
-    a value out of its contract) is a 503 while the owner writes it again, as the other views answer."""
-    try:
-        projection = Projection.model_validate_json(body)
-    except ValidationError as error:
-        log.warning("projection of model %s unreadable: %s", model, error.errors(include_url=False)[:1])
-        raise Unavailable(f"the projection of model {model!r} cannot be read now; try again", retry_after_s=5) from None
-    return projection.limited(limit).model_dump_json().encode()
 
 
 def _projection_missing(model: str, method: str, view: PublishedView) -> Exception:

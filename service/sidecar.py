@@ -28,6 +28,7 @@ from service.ingest import IngestHandler
 from service.kserve import KServeLogger
 from service.metrics import IngestMetrics
 from service.monitoring import Monitoring
+from service.projection_limits import ProjectionLimits
 from service.settings import SidecarSettings
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Sidecar:
             feed=self.feed,
         )
         self.kserve = KServeLogger(settings, redis=self.redis, ingest=self.ingest, registry=self.registry)
+        self.projection_limits = ProjectionLimits()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
