@@ -377,7 +377,16 @@ def _requests(rng: np.random.Generator) -> list[list[dict[str, Any]]]:
     beyond[1]["embedding"][2] = 1e39
     beyond[2]["embedding"][0] = -1e39
     beyond[2]["timestamp"] = "yesterday"
-    return [first, others, wider, no_scores, short, probabilities, beyond]
+    # What serving stacks send: one model, no label, timestamp or input; then the same with a recent id, an id
+    # repeated within the request, and a control character in an id.
+    plain = [
+        event(f"c{i}", model="lanes", logits=rng.normal(size=10).astype(np.float32), embedding=np.ones(4, "f4"))
+        for i in range(12)
+    ]
+    recent = [*plain[4:6], {**plain[6], "request_id": "c0"}]
+    repeated = [*plain[6:8], {**plain[8], "request_id": "c6"}]
+    control = [*plain[9:11], {**plain[11], "request_id": "c\x07"}]
+    return [first, others, wider, no_scores, short, probabilities, beyond, plain[:4], recent, repeated, control]
 
 
 _DATATYPES = {"float32": "FP32", "float64": "FP64"}
