@@ -93,10 +93,10 @@ class DriftStates:
             return self._config  # nothing depends on the reference
         if version.startswith(WARMUP_VERSION):
             return self._config.resolved(self._config.reference_events)  # a warm-up collects exactly that many
-        stored = await self.references.get(model)
-        if stored is None or stored.id != version:
+        stored = await self.references.size(model)
+        if stored is None or stored[0] != version:
             return None
-        return self._config.resolved(len(stored.reference))
+        return self._config.resolved(stored[1])
 
 
 def _text(value: bytes | str | None) -> str | None:

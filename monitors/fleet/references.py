@@ -112,6 +112,13 @@ class ReferenceStore:
         value = await self._redis.hget(keys.drift_reference(model), "id")
         return value.decode() if isinstance(value, bytes) else value
 
+    async def size(self, model: str) -> tuple[str, int] | None:
+        """The stored reference's id and row count, without reading its rows; ``None`` when there is none."""
+        reference_id, rows = await self._redis.hmget(keys.drift_reference(model), ["id", "rows"])
+        if reference_id is None or rows is None:
+            return None
+        return _text(reference_id), int(rows)
+
     async def get(self, model: str) -> StoredReference | None:
         raw: dict[bytes, bytes] = await self._redis.hgetall(keys.drift_reference(model))  # type: ignore[assignment]
         if not raw:
@@ -131,3 +138,7 @@ class ReferenceStore:
             reference=reference,
             margin=None if margin is None else np.frombuffer(margin, dtype="<f8").astype(np.float64),
         )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
