@@ -78,16 +78,18 @@ class UmapResult:
     """Whether the reference's fitted model was reused (no fit ran)."""
 
 
-_FITTED: OrderedDict[str, Any] = OrderedDict()
-"""The worker process's fitted UMAP models by reference id, least recently used first."""
+_FITTED: OrderedDict[str, tuple[Any, npt.NDArray[np.intp]]] = OrderedDict()
+"""The worker process's fitted UMAP models by reference id, least recently used first, each with the map from
+the reference's rows to the distinct rows it was fitted on."""
 
 
 def fit_umap(reference: npt.NDArray[np.float32], settings: UmapSettings) -> Any:
-    """A UMAP model fitted on ``reference`` (seeded, so single-threaded and reproducible)."""
+    """A UMAP model fitted on ``reference`` (seeded, so single-threaded and reproducible); its rows should be
+    distinct (:func:`distinct_rows`)."""
     import umap  # heavy (numba): only ever in the projection process or a benchmark
 
     if len(reference) < 4:
-        raise ValueError(f"UMAP needs at least 4 reference rows, got {len(reference)}")
+        raise ValueError(f"UMAP needs at least 4 distinct reference rows, got {len(reference)}")
     model = umap.UMAP(
         n_components=2,
         n_neighbors=min(settings.n_neighbors, len(reference) - 1),
@@ -105,25 +107,39 @@ def umap_project(
     production: npt.NDArray[np.float32],
     settings: UmapSettings,
 ) -> UmapResult:
-    """Runs in the worker process: fit on ``reference`` unless cached under ``reference_id``; transform production."""
+    """Runs in the worker process: fit on ``reference`` unless cached under ``reference_id``; transform production.
+
+    Both are projected as distinct rows, and every copy of a row gets its coordinates: UMAP would scatter
+    identical rows (a repeated request, a blank input) into apparent structure, where PCA puts them on one point.
+    """
     started = time.perf_counter()
-    model = _FITTED.get(reference_id)
-    cached = model is not None
-    if model is None:
-        model = fit_umap(reference, settings)
-        _FITTED[reference_id] = model
+    found = _FITTED.get(reference_id)
+    cached = found is not None
+    if found is None:
+        rows, inverse = distinct_rows(reference)
+        found = _FITTED[reference_id] = (fit_umap(rows, settings), inverse)
         while len(_FITTED) > settings.cached_models:
             _FITTED.popitem(last=False)
     _FITTED.move_to_end(reference_id)
+    model, reference_rows = found
     fitted = time.perf_counter()
-    placed = model.transform(np.asarray(production, dtype=np.float32)) if len(production) else np.zeros((0, 2))
+    placed = np.zeros((0, 2))
+    if len(production):
+        rows, inverse = distinct_rows(production)
+        placed = np.asarray(model.transform(rows))[inverse]
     return UmapResult(
-        reference=np.asarray(model.embedding_, dtype=np.float64),
+        reference=np.asarray(model.embedding_, dtype=np.float64)[reference_rows],
         production=np.asarray(placed, dtype=np.float64),
         fit_s=fitted - started,
         transform_s=time.perf_counter() - fitted,
         cached=cached,
     )
+
+
+def distinct_rows(rows: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+    """The distinct rows of ``rows`` (float32) and, for each row, the index of its distinct row."""
+    found, inverse = np.unique(np.asarray(rows, dtype=np.float32), axis=0, return_inverse=True)
+    return found, inverse.reshape(-1)
 
 
 _LIMITS: list[Any] = []

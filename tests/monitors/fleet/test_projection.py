@@ -23,7 +23,7 @@ from helpers import load_torchscript, stream_entries
 from monitors.feed import MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
-from monitors.fleet.projection import PcaFrame, ProjectionPool
+from monitors.fleet.projection import PcaFrame, ProjectionPool, UmapSettings, umap_project
 from monitors.fleet.projection_sample import ViewSamples
 from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.references import ReferenceStore, margins_of, upload_from_arrays
@@ -436,3 +436,26 @@ def test_non_finite_umap_coordinates_are_left_out_and_counted(redis_url: str, re
     assert np.isfinite(coordinates).all()
     assert published.non_finite_count > 0
     assert published.reference_count + published.production_count + published.non_finite_count == 220
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the first UMAP fit JIT-compiles numba code
+@pytest.mark.filterwarnings("ignore:Tensorflow not installed:ImportWarning")  # umap's optional ParametricUMAP
+def test_umap_puts_every_copy_of_a_row_on_one_point() -> None:
+    """Identical embeddings (a repeated request, a blank input) are one point, as PCA places them: UMAP fitted on
+    the copies scattered them into apparent structure."""
+    rng = np.random.default_rng(3)
+    distinct = rng.normal(size=(80, 8)).astype(np.float32)
+    reference = np.concatenate([distinct[:60], np.repeat(distinct[60:61], 40, axis=0)])[rng.permutation(100)]
+    production = np.concatenate([distinct[61:71], np.repeat(distinct[71:72], 15, axis=0)])
+
+    result = umap_project("copies", reference, production, UmapSettings())
+
+    copies = (reference == distinct[60]).all(axis=1)
+    assert copies.sum() == 40 and np.unique(result.reference[copies], axis=0).shape == (1, 2)
+    assert np.unique(result.reference[~copies], axis=0).shape[0] == 60
+    assert np.unique(result.production[10:], axis=0).shape == (1, 2)
+    assert np.isfinite(result.production).all() and result.production.shape == (25, 2)
+    again = umap_project("copies", reference, production[:12], UmapSettings())  # the fitted model, reused
+    assert again.cached and np.array_equal(again.reference, result.reference)
+    assert np.array_equal(again.production[10], again.production[11])
