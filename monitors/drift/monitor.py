@@ -6,12 +6,8 @@ Phases: ``warming_up`` (no reference was given: the first
 events meanwhile are skipped and counted) -> ``monitoring``. A monitor rebuilt
 with :meth:`DriftMonitor.from_state` starts in ``monitoring``.
 
-Reference rows: when PCA applies, ``pca_share`` of them fit it and nothing else;
-of the rest, ``max_reference`` are the multivariate detectors' reference and
-the others (at most ``SPARE_PER_REFERENCE_ROW`` per reference row) are spare
-rows that only the online MMD detector's calibration sees.
-
-Detectors built (alibi-detect is imported only for the first two):
+Detectors built (``monitors.drift.detectors``, which also says which reference rows each gets;
+alibi-detect is imported only for the first two):
 
 * embeddings, after PCA: the online detector (``mmd_online``/``lsdd_online``)
   and the windowed MMD/KS tests (``window_mmd``, ``window_ks``);
@@ -28,27 +24,14 @@ from enum import StrEnum
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 
-from monitors.drift.base import DriftBatch, DriftDetector, DriftResult
+from monitors.drift.base import DriftBatch, DriftResult
 from monitors.drift.config import DriftConfig
-from monitors.drift.embedding import EmbeddingDistance
+from monitors.drift.detectors import Detectors, build, restore
 from monitors.drift.metrics import DriftMetrics
-from monitors.drift.output import OutputDrift
-from monitors.drift.reduction import Pca
 from monitors.drift.reference import Reference
-from monitors.drift.states import (
-    EmbeddingDistanceState,
-    MonitorState,
-    OnlineState,
-    OutputDriftState,
-    WindowTestsState,
-)
+from monitors.drift.states import MonitorState
 from monitors.drift.tumbling import concat, head
-
-SPARE_PER_REFERENCE_ROW = 2
-"""Reference rows beyond ``max_reference`` that calibrate the online detector, per detector reference row
-(a random subsample above this): they bound the calibration's kernel matrix, not the cost per event."""
 
 
 class Phase(StrEnum):
@@ -59,21 +42,6 @@ class Phase(StrEnum):
 
 class NotCalibratedError(RuntimeError):
     """The monitor has no calibrated detectors yet."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Detectors:
-    config: DriftConfig
-    """The config they were built with, resolved against the reference (:meth:`DriftConfig.resolved`)."""
-    pca: Pca | None
-    outputs: tuple[DriftDetector, ...]
-    """Fed every event (predicted class and confidence)."""
-    embedded: tuple[DriftDetector, ...]
-    """Fed the events that came with an embedding of ``width``, as it came."""
-    reduced: tuple[DriftDetector, ...]
-    """Fed the same events with PCA applied to their embeddings."""
-    width: int | None
-    """Embedding width of the reference the embedding detectors compare against; ``None`` when it had none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +73,7 @@ class DriftMonitor:
         self._warmup_count = 0
         self._warmup_width: int | None = None
         """Embedding width of the warm-up's first event that had one: the reference's."""
-        self._detectors: _Detectors | None = None
+        self._detectors: Detectors | None = None
         self._calibrating = False
         self._error: str | None = None
         self._results: dict[str, DriftResult] = {}
@@ -114,7 +82,7 @@ class DriftMonitor:
     def from_state(cls, state: MonitorState, *, metrics: DriftMetrics) -> DriftMonitor:
         """A monitor in ``monitoring`` from an exported state (its own config included), without calibration."""
         monitor = cls(model=state.model, config=state.config, metrics=metrics)
-        monitor._detectors = _restore(state, metrics)
+        monitor._detectors = restore(state, metrics)
         return monitor
 
     @property
@@ -191,7 +159,7 @@ class DriftMonitor:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 generator = torch.Generator().manual_seed(config.seed)
-                detectors = _build(self._model, reference, config, self._metrics, generator)
+                detectors = build(self._model, reference, config, self._metrics, generator)
         except Exception as error:
             with self._lock:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
@@ -251,7 +219,7 @@ class DriftMonitor:
             self._warmup = []
 
 
-def _run(detectors: _Detectors, batch: DriftBatch) -> _Pass:
+def _run(detectors: Detectors, batch: DriftBatch) -> _Pass:
     results = [result for detector in detectors.outputs for result in detector.update(batch)]
     if detectors.width is None:
         return _Pass(results)
@@ -276,119 +244,3 @@ def _run(detectors: _Detectors, batch: DriftBatch) -> _Pass:
         for detector in detectors.reduced:
             results.extend(detector.update(reduced))
     return _Pass(results, missing=missing, other_width=other_width, too_large=too_large)
-
-
-def _build(
-    model: str, reference: Reference, config: DriftConfig, metrics: DriftMetrics, generator: torch.Generator
-) -> _Detectors:
-    rng = np.random.default_rng(config.seed)
-    ref = reference.deduplicated()
-    outputs: list[DriftDetector] = []
-    if ref.has_outputs:
-        outputs.append(
-            OutputDrift.fit(
-                predicted=ref.predicted,
-                confidence=ref.confidence,
-                window_events=config.window_events,
-                p_value=config.p_value,
-            )
-        )
-    if ref.embeddings is None:
-        return _Detectors(config=config, pca=None, outputs=tuple(outputs), embedded=(), reduced=(), width=None)
-    distance = EmbeddingDistance.fit(
-        ref.embeddings,
-        window_events=config.window_events,
-        p_value=config.p_value,
-        histogram=metrics.distance_histogram(model),
-    )
-    pca, detector_ref = None, ref
-    if config.pca_components is not None and ref.embeddings.shape[1] > config.pca_components:
-        # Axes fitted on the rows the detectors compare against overstate the reference's spread along
-        # them (sample-eigenvalue bias) and read as drift on clean data, so PCA gets disjoint rows.
-        pca_ref, detector_ref = ref.split(config.pca_rows(len(ref)), rng)
-        pca = Pca.fit(_embeddings(pca_ref), n_components=config.pca_components)
-    kept, left = detector_ref.subsample(config.max_reference, rng)
-    x = _embeddings(kept)
-    spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
-    if pca is not None:
-        x, spare = pca.transform(x), None if spare is None else pca.transform(spare)
-    return _Detectors(
-        config=config,
-        pca=pca,
-        outputs=tuple(outputs),
-        embedded=(distance,),
-        reduced=tuple(_alibi_detectors(x, spare, config, generator)),
-        width=int(ref.embeddings.shape[1]),
-    )
-
-
-def _embeddings(reference: Reference) -> NDArray[np.float32]:
-    if reference.embeddings is None:
-        raise ValueError("reference has no embeddings")
-    return reference.embeddings
-
-
-def _alibi_detectors(
-    x: NDArray[np.float32], spare: NDArray[np.float32] | None, config: DriftConfig, generator: torch.Generator
-) -> list[DriftDetector]:
-    # Imported here so a deployment with online_detector="none" and window_tests=False never loads alibi-detect.
-    from monitors.drift.online import OnlineDriftDetector
-    from monitors.drift.window_tests import WindowTests
-
-    detectors: list[DriftDetector] = []
-    if config.online_detector != "none":
-        detectors.append(
-            OnlineDriftDetector.calibrate(
-                x,
-                method=config.online_detector,
-                ert=config.ert,
-                window_size=config.window_size,
-                n_bootstraps=config.bootstraps,
-                steady_steps=config.steady_steps,
-                spare=spare,
-                generator=generator,
-                device=config.device,
-            )
-        )
-    if config.window_tests:
-        detectors.append(
-            WindowTests(
-                x,
-                window_events=config.window_events,
-                p_value=config.p_value,
-                n_permutations=config.n_permutations,
-                device=config.device,
-            )
-        )
-    return detectors
-
-
-def _restore(state: MonitorState, metrics: DriftMetrics) -> _Detectors:
-    device = state.config.device
-    outputs: list[DriftDetector] = []
-    embedded: list[EmbeddingDistance] = []
-    reduced: list[DriftDetector] = []
-    for detector_state in state.detectors:
-        if isinstance(detector_state, OutputDriftState):
-            outputs.append(OutputDrift.from_state(detector_state))
-        elif isinstance(detector_state, EmbeddingDistanceState):
-            histogram = metrics.distance_histogram(state.model)
-            embedded.append(EmbeddingDistance.from_state(detector_state, histogram=histogram))
-        elif isinstance(detector_state, OnlineState):
-            from monitors.drift.online import OnlineDriftDetector
-
-            reduced.append(OnlineDriftDetector.from_state(detector_state, device=device))
-        elif isinstance(detector_state, WindowTestsState):
-            from monitors.drift.window_tests import WindowTests
-
-            reduced.append(WindowTests.from_state(detector_state, device=device))
-    pca = None if state.pca is None else Pca.from_state(state.pca)
-    width = embedded[0].width if embedded else pca.input_dim if pca is not None else None
-    return _Detectors(
-        config=state.config,
-        pca=pca,
-        outputs=tuple(outputs),
-        embedded=tuple(embedded),
-        reduced=tuple(reduced),
-        width=width,
-    )
