@@ -39,12 +39,10 @@ class _OwnKeys(TomlConfigSettingsSource):
 class RoleSettings(BaseSettings):
     """The base of every role's settings."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="VAI_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        use_attribute_docstrings=True,
-    )
+    # No use_attribute_docstrings: the fields' docstrings are for readers of this code (and the README's settings
+    # tables); turning them into descriptions made pydantic re-read this source at import, ~30-40 ms of every
+    # role's start-up, for descriptions nothing reads.
+    model_config = SettingsConfigDict(env_prefix="VAI_", env_nested_delimiter="__", extra="forbid")
 
     log_level: str = "info"
     """Python logging level name."""
