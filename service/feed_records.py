@@ -5,8 +5,6 @@ The writer that takes these records to Redis is ``service.feed_writer``.
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import numpy.typing as npt
 
@@ -23,23 +21,28 @@ class UniformBudget:
     so a burst is thinned from its start and every event of a second has the same chance.
     """
 
-    def __init__(self, per_second: int, *, rng: random.Random | None = None) -> None:
+    def __init__(self, per_second: int, *, rng: np.random.Generator | None = None) -> None:
         self._budget = per_second
         self._second = 0
         self._count = 0
         self._previous = 0
-        self._random = (rng or random.Random()).random
+        self._rng = rng or np.random.default_rng()
 
-    def admit(self, now_s: float) -> bool:
+    def admit_many(self, now_s: float, count: int) -> npt.NDArray[np.bool_]:
+        """Whether each of ``count`` events arriving now (a request's) is kept, each drawn at the rate the count
+        has reached with it, as if they came one by one, in one vectorised pass."""
         if self._budget <= 0:
-            return True
+            return np.ones(count, dtype=bool)
         second = int(now_s)
         if second != self._second:
             self._previous = self._count if second == self._second + 1 else 0
             self._second, self._count = second, 0
-        self._count += 1
-        rate = max(self._previous, self._count)
-        return rate <= self._budget or self._random() < self._budget / rate
+        rates = np.maximum(self._previous, np.arange(self._count + 1, self._count + count + 1))
+        self._count += count
+        kept = rates <= self._budget
+        if not kept.all():
+            kept |= self._rng.random(count) < self._budget / rates
+        return kept
 
 
 def monitoring_record(prediction: Prediction, version: str, *, brier_max_classes: int) -> MonitoringRecord:

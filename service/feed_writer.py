@@ -26,6 +26,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
@@ -124,11 +126,11 @@ class FeedWriter:
 
     # --- request path ------------------------------------------------------------------------
 
-    def admit(self, model: str, received_at: float, *, labelled: bool) -> tuple[bool, bool]:
-        """Whether an accepted event goes on the drift feed (within the budget; drawn once per event), and
-        whether anything at all will be written for it: only then is its :meth:`take` needed."""
-        admitted = self._budget.admit(received_at)
-        return admitted, admitted or labelled or self.keeps_records(model)
+    def admit(self, received_at: float, count: int) -> npt.NDArray[np.bool_]:
+        """Whether each of ``count`` accepted events received now goes on the drift feed (within the budget, drawn
+        once per event). An event needs :meth:`take` when admitted, labelled, or of a model that
+        :meth:`keeps_records`; the others need nothing."""
+        return self._budget.admit_many(received_at, count)
 
     def take(self, prediction: Prediction, version: str, *, admitted: bool) -> None:
         """Write what :meth:`admit` said is wanted of ``prediction``: the drift feed when ``admitted``, the

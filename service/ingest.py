@@ -8,6 +8,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 
 from common.cardinality import BoundedLabel
@@ -274,15 +275,16 @@ class IngestHandler:
 
     @staticmethod
     def _feed_all(feed: FeedWriter, accepted: Accepted) -> None:
-        budget_drops: dict[str, int] = {}
-        for index, event in enumerate(accepted.events):
-            admitted, wanted = feed.admit(event.model, accepted.received_at, labelled=event.label is not None)
-            if not admitted:
-                budget_drops[event.model] = budget_drops.get(event.model, 0) + 1
-            if wanted:  # most events past the budget need no Prediction at all
-                feed.take(accepted.prediction(index), event.model_version, admitted=admitted)
-        for model, count in budget_drops.items():
-            feed.count_budget_drops(model, count)
+        events = accepted.events
+        admitted = feed.admit(accepted.received_at, len(events))
+        wanted = admitted.copy()  # most events past the budget need no Prediction at all
+        for model, at in _positions([event.model for event in events]):
+            feed.count_budget_drops(model, len(at) - int(np.count_nonzero(admitted[at])))
+            if feed.keeps_records(model):
+                wanted[at] = True
+        wanted[[index for index, event in enumerate(events) if event.label is not None]] = True
+        for index in np.flatnonzero(wanted).tolist():
+            feed.take(accepted.prediction(index), events[index].model_version, admitted=bool(admitted[index]))
 
     def _sample_all(self, accepted: Accepted) -> list[Sampled]:
         """Sampling decisions for a request's accepted events; most are not sampled, counted once per model."""
