@@ -72,3 +72,8 @@ def cancelling() -> bool:
     ``CancelledError`` to reach it."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def text(value: bytes | str | None) -> str | None:
+    """A reply of a client without ``decode_responses`` as text (``None`` stays ``None``)."""
+    return value.decode() if isinstance(value, bytes) else value

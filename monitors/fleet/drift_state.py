@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from common import keys
+from common.redis import text
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor
@@ -51,7 +52,7 @@ class DriftStates:
     async def start(self, model: str) -> Started:
         """The monitor a new owner runs: adopted, calibrating on the newest reference, or warming up."""
         reference_id = await self.references.latest_id(model)
-        version = _text(await self._redis.get(keys.drift_version(model)))
+        version = text(await self._redis.get(keys.drift_version(model)))
         body = await self._redis.get(keys.drift_state(model))
         if body is not None and version is not None and (reference_id is None or version == reference_id):
             try:
@@ -97,7 +98,3 @@ class DriftStates:
         if stored is None or stored[0] != version:
             return None
         return self._config.resolved(stored[1])
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import execute
+from common.redis import execute, text
 from monitors.drift.reference import Reference
 
 MAX_MARGIN = 1e6
@@ -109,15 +109,15 @@ class ReferenceStore:
         return reference_id
 
     async def latest_id(self, model: str) -> str | None:
-        value = await self._redis.hget(keys.drift_reference(model), "id")
-        return value.decode() if isinstance(value, bytes) else value
+        return text(await self._redis.hget(keys.drift_reference(model), "id"))
 
     async def size(self, model: str) -> tuple[str, int] | None:
         """The stored reference's id and row count, without reading its rows; ``None`` when there is none."""
         reference_id, rows = await self._redis.hmget(keys.drift_reference(model), ["id", "rows"])
-        if reference_id is None or rows is None:
+        found = text(reference_id)
+        if found is None or rows is None:
             return None
-        return _text(reference_id), int(rows)
+        return found, int(rows)
 
     async def get(self, model: str) -> StoredReference | None:
         raw: dict[bytes, bytes] = await self._redis.hgetall(keys.drift_reference(model))  # type: ignore[assignment]
@@ -138,7 +138,3 @@ class ReferenceStore:
             reference=reference,
             margin=None if margin is None else np.frombuffer(margin, dtype="<f8").astype(np.float64),
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
