@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common import keys
-from common.redis import execute
+from common.redis import execute, text
 from sampler.contract import MESSAGE_FIELD
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class GroupConsumer:
             return {}
         found: dict[str, list[Delivery]] = {}
         for stream, entries in response or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
+            name = text(stream)
             found[name] = [Delivery(entry_id, fields or None, 1) for entry_id, fields in entries]
         return found
 

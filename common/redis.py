@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
@@ -74,6 +74,10 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+@overload
+def text(value: bytes | str) -> str: ...
+@overload
+def text(value: bytes | str | None) -> str | None: ...
 def text(value: bytes | str | None) -> str | None:
     """A reply of a client without ``decode_responses`` as text (``None`` stays ``None``)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from common import keys
 from common.errors import InvalidInput, RedisUnavailable
-from common.redis import REDIS_FAILED, execute, queue_script
+from common.redis import REDIS_FAILED, execute, queue_script, text
 from sampler.contract import SampledEvent
 from sampler.explanation_records import (
     ExplanationDetail,
@@ -152,7 +152,7 @@ class ExplanationStore:
             stored = await self._redis.hgetall(key)
         figures: dict[str, SanityFigure] = {}
         for field, body in stored.items():
-            method = field.decode() if isinstance(field, bytes) else field
+            method = text(field)
             try:
                 figures[method] = SanityFigure.model_validate_json(body)
             except ValidationError as error:
@@ -183,7 +183,7 @@ class ExplanationStore:
     async def models(self) -> list[str]:
         with _reading():
             members = await self._redis.smembers(keys.EXPLAINED_MODELS)
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        return sorted(map(text, members))
 
     async def query(self, query: ExplanationQuery) -> ExplanationPage:
         """Newest first, filtered; reads the most selective index and checks the other filters."""

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from common import keys
 from common.errors import RedisUnavailable
-from common.redis import REDIS_FAILED, execute
+from common.redis import REDIS_FAILED, execute, text
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class PolicyStore:
     async def load_all(self) -> dict[str, dict[str, Any]]:
         """Every model's stored overrides."""
         members = await self._redis.smembers(keys.POLICY_MODELS)
-        models = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        models = sorted(map(text, members))
         pipe = self._redis.pipeline(transaction=False)
         for model in models:
             pipe.hgetall(keys.policy(model))
