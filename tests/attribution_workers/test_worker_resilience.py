@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import redis
 import torch
 from prometheus_client import CollectorRegistry, Gauge
+from small_models import sampled_digit
 
 from attribution_workers.bounded import EXIT_TIMED_OUT, run_bounded
 from attribution_workers.config import AttributionConfig
@@ -36,7 +36,6 @@ from common.redis import connect
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import hash_field, read_group, stream_entries, wait_until
-from sampler.contract import InputTensor, SampledEvent
 from sampler.explanations import ExplanationStore
 
 REPO = Path(__file__).parents[2]
@@ -100,23 +99,6 @@ def test_run_bounded_returns_raises_and_gives_up_on_a_hung_call() -> None:
 
 
 # --- real worker processes -----------------------------------------------------------------------
-
-
-def sampled_event(model: str, request_id: str, values: npt.NDArray[np.float32], predicted: int) -> SampledEvent:
-    now = time.time()
-    return SampledEvent(
-        model=model,
-        model_version="v1",
-        request_id=request_id,
-        timestamp=now,
-        received_at=now,
-        reasons=("every_n",),
-        predicted=predicted,
-        confidence=0.9,
-        margin=0.5,
-        num_classes=10,
-        input=InputTensor.of(np.ascontiguousarray(values, dtype=np.float32)),
-    )
 
 
 def status(client: redis.Redis, model: str, request_id: str) -> bytes | None:
@@ -190,7 +172,7 @@ def digits_models(digits_path: Path) -> dict[str, Any]:
 
 def post_digit(client: redis.Redis, split: DatasetSplit, request_id: str) -> None:
     image, label = split.test.features[0], int(split.test.labels[0])
-    client.xadd(keys.sample_stream("digits"), sampled_event("digits", request_id, image, label).encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
+    client.xadd(keys.sample_stream("digits"), sampled_digit(request_id, image, predicted=label).encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
 
 
 @pytest.mark.slow
@@ -264,7 +246,7 @@ def test_hung_batch_ends_the_process_and_is_dead_lettered_after_max_deliveries(
     models = {"hang": {"attribution": {"model": spec, "methods": ["saliency"], "fidelity_steps": 2}}}
     values = np.full(64, hang_net.HANG, dtype=np.float32)
     stream = keys.sample_stream("hang")
-    redis_client.xadd(stream, sampled_event("hang", "stuck", values, 1).encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
+    redis_client.xadd(stream, sampled_digit("stuck", values, predicted=1, model="hang").encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
     settings = {"worker_job_timeout_s": "1", "worker_max_deliveries": "2"}
 
     first = start_worker(redis_url, models, "hung", **settings)
@@ -329,7 +311,7 @@ def test_bad_stored_and_queued_data_neither_kills_the_worker_nor_reads_as_an_out
 ) -> None:
     """A sanity figure that does not parse, then an entry with a NaN time: both once crashed or stalled it."""
     redis_client.hset(keys.sanity("digits"), "saliency", '{"similarity":"high","flagged":false}')
-    body = json.loads(sampled_event("digits", "nan-time", digits_split.test.features[1], 1).model_dump_json())
+    body = json.loads(sampled_digit("nan-time", digits_split.test.features[1], predicted=1).model_dump_json())
     redis_client.xadd(keys.sample_stream("digits"), {"m": json.dumps(body | {"timestamp": float("nan")})})
     post_digit(redis_client, digits_split, "fine")
     worker = start_worker(redis_url, digits_models, "steady")
