@@ -136,8 +136,9 @@ class IngestHandler:
         else:
             accepted = self._admit_each(decoded, result.rejected, received_at=received_at)
         result.accepted = len(accepted)
-        self._observe(accepted)
-        result.sampled = self._sample_all(accepted)
+        by_model = list(_positions([event.model for event in accepted.events]))  # read by metrics, feed, sampling
+        self._observe(accepted, by_model)
+        result.sampled = self._sample_all(accepted, by_model)
         if not accepted:
             first = result.rejected[0]
             raise InvalidInput(
@@ -239,7 +240,7 @@ class IngestHandler:
         if dims and known_dims is None:
             self.embedding_dims[model] = dims
 
-    def _observe(self, accepted: Accepted) -> None:
+    def _observe(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:
         """Metrics and monitors for a request's accepted events, each metric touched once per label set."""
         groups: dict[tuple[str, str], list[int]] = {}
         for (model, version), at in _positions([(event.model, event.model_version) for event in accepted.events]):
@@ -259,7 +260,7 @@ class IngestHandler:
         if self._cohort_values:
             self._count_cohorts(accepted.events)
         if self._feed is not None:
-            self._feed_all(self._feed, accepted)
+            self._feed_all(self._feed, accepted, by_model)
 
     def _count_cohorts(self, events: list[EventIn]) -> None:
         cohorts: dict[tuple[str, str, str], int] = {}
@@ -274,11 +275,11 @@ class IngestHandler:
             self._metrics.child(self._metrics.cohort_events, *labels).inc(count)
 
     @staticmethod
-    def _feed_all(feed: FeedWriter, accepted: Accepted) -> None:
+    def _feed_all(feed: FeedWriter, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:
         events = accepted.events
         admitted = feed.admit(accepted.received_at, len(events))
         wanted = admitted.copy()  # most events past the budget need no Prediction at all
-        for model, at in _positions([event.model for event in events]):
+        for model, at in by_model:
             feed.count_budget_drops(model, len(at) - int(np.count_nonzero(admitted[at])))
             if feed.keeps_records(model):
                 wanted[at] = True
@@ -286,10 +287,10 @@ class IngestHandler:
         for index in np.flatnonzero(wanted).tolist():
             feed.take(accepted.prediction(index), events[index].model_version, admitted=bool(admitted[index]))
 
-    def _sample_all(self, accepted: Accepted) -> list[Sampled]:
+    def _sample_all(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> list[Sampled]:
         """Sampling decisions for a request's accepted events; most are not sampled, counted once per model."""
         chosen: list[tuple[int, tuple[Reason, ...]]] = []
-        for model, at in _positions([event.model for event in accepted.events]):
+        for model, at in by_model:
             every = len(at) == len(accepted)
             found = self._sampler.reasons_many(
                 model,
