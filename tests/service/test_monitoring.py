@@ -124,9 +124,16 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
     assert series["all"]["ece"] == pytest.approx(expected_ece(confidence, correct), abs=1e-9)
     brier = np.mean(((probabilities[kept] - np.eye(3)[np.asarray(labels)[kept]]) ** 2).sum(axis=1))
     assert series["all"]["brier_score"] == pytest.approx(brier, abs=1e-9)
-    assert monitor_registry.get_sample_value(
-        "vai_calibration_ece", {"model": "digits", "version": "unversioned", "cohort": "all"}
-    ) == pytest.approx(series["all"]["ece"])
+    # The monitor writes its report to Redis, then its gauges: the scrape may lag the API by a moment.
+    wait_until(
+        lambda: (
+            monitor_registry.get_sample_value(
+                "vai_calibration_ece", {"model": "digits", "version": "unversioned", "cohort": "all"}
+            )
+            == pytest.approx(series["all"]["ece"])
+        ),
+        what="the monitor's ECE gauge to show the published figure",
+    )
     png = client.get("/v1/models/digits/calibration.png")
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     # A slice named as the series are (region=eu) or as the explanations' filter takes it (region:eu).
@@ -215,7 +222,7 @@ def test_a_worse_cohort_shows_lower_accuracy_with_a_wider_interval(
             name, {"model": "digits", "version": "unversioned", "cohort": "region=eu"}
         )
 
-    assert figure("vai_cohort_labelled_total") == 50
+    assert wait_until(lambda: figure("vai_cohort_labelled_total"), what="the monitor's cohort gauges") == 50
     assert figure("vai_accuracy") == pytest.approx(eu["accuracy"])
 
 

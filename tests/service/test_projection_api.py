@@ -226,7 +226,13 @@ def test_projections_are_computed_only_while_asked_for(
     assert registry.get_sample_value("vai_monitor_projection_seconds", {"model": "digits", "method": "pca"}) is None
     body = _projection(client, lambda b: b["production_count"] == 20)
     assert body["reference_count"] == 50 and all(p["predicted"] is None for p in body["points"][:50])
-    assert registry.get_sample_value("vai_monitor_projection_seconds", {"model": "digits", "method": "pca"}) is not None
+    wait_until(  # the monitor writes the projection to Redis, then its gauge
+        lambda: (
+            registry.get_sample_value("vai_monitor_projection_seconds", {"model": "digits", "method": "pca"})
+            is not None
+        ),
+        what="the projection's gauge",
+    )
     assert 0 < redis_client.ttl(keys.projection_wanted("digits", "pca")) <= WANTED_TTL_S
 
 

@@ -119,6 +119,8 @@ def test_labels_posted_to_a_sidecar_give_estimates_and_a_temperature(
     def gauge(name: str, **labels: str) -> float | None:
         return monitor_registry.get_sample_value(name, {"model": "digits", "version": "unversioned", **labels})
 
+    # The monitor writes its report to Redis, then its gauges (estimates first): the scrape may lag a moment.
+    wait_until(lambda: gauge("vai_cohort_window_events", cohort="all") == len(labelled), what="the window's gauges")
     for cohort, estimate in estimates.items():
         assert gauge("vai_estimated_accuracy", cohort=cohort) == pytest.approx(estimate["estimated_accuracy"])
     assert gauge("vai_calibration_temperature") == pytest.approx(temperature["temperature"])
