@@ -109,14 +109,14 @@ def held_out_mmd_thresholds(
     window_size, kept = init_test_inds.numel(), ref_inds.numel()
     if kept - (window_size - 1) < 2:
         raise ValueError(f"{kept} kept rows are too few for window_size={window_size}")
-    kernel = k_xx.double()
-    pool = torch.cat([init_test_inds, ref_inds, held_out_inds]).to(kernel.device)
-    k_pool = kernel[pool][:, pool]
-    k_pool = k_pool - torch.diag_embed(k_pool.diagonal())
+    pool = torch.cat([init_test_inds, ref_inds, held_out_inds]).to(k_xx.device)
+    # One gather in the kernel's own precision, then one double copy with its diagonal zeroed in place: at
+    # 2,450 pool rows (a 5,000-row reference) this holds 2 matrices at once instead of 4 (~100 MB less).
+    k_pool = k_xx[pool[:, None], pool].double().fill_diagonal_(0.0)
     mmds = torch.cat(
         [
             _sample_mmds(
-                k_pool, _draw_runs(size, pool.numel(), window_size, generator).to(kernel.device), window_size, kept
+                k_pool, _draw_runs(size, pool.numel(), window_size, generator).to(k_xx.device), window_size, kept
             )
             for size in _chunks(n_bootstraps)
         ]
@@ -268,7 +268,11 @@ def _sample_mmds(k_pool: torch.Tensor, rows: torch.Tensor, window_size: int, kep
     k_xx_sums = pair_sum - 2 * (kept_sums * is_kept).sum(1) + torch.einsum("bi,bij,bj->b", is_kept, k_yy, is_kept)
     k_xx_sums = k_xx_sums / (sub_size * (sub_size - 1))
     ref_means = (kept_sums - torch.einsum("bj,bjy->by", is_kept, k_yy)) / sub_size[:, None]
-    prefix = torch.nn.functional.pad(k_yy.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    # 2-d prefix sums with a leading zero row and column, built in place: one more (B, L+1, L+1) buffer, not three.
+    prefix = k_yy.new_zeros((k_yy.shape[0], k_yy.shape[1] + 1, k_yy.shape[2] + 1))
+    prefix[:, 1:, 1:] = k_yy
+    del k_yy
+    prefix.cumsum_(1).cumsum_(2)
     start = torch.arange(rows.shape[1] - window_size + 1, device=rows.device)
     end = start + window_size
     block = prefix[:, end, end] - prefix[:, start, end] - prefix[:, end, start] + prefix[:, start, start]
