@@ -20,7 +20,8 @@ BACKGROUND_NICENESS = 19
 
 
 class DriftRunner:
-    """Runs detectors for every registered (monitor, buffer) pair; calibrations get a thread each.
+    """Runs detectors for every registered (monitor, buffer) pair; calibrations get a thread each, and
+    at most ``max_calibrations`` of them calibrate at once.
 
     ``start`` launches the loop; ``run_once`` does one pass synchronously (what
     the loop repeats, and what tests call). A detector error is logged and the
@@ -37,15 +38,20 @@ class DriftRunner:
         busy_share: float = 1.0,
         math_threads: int | None = None,
         background_priority: bool = False,
+        max_calibrations: int = 2,
     ) -> None:
         """``busy_share``: at most this share of wall time is spent detecting (the rest waits), so that
         detection in a thread of the serving process leaves the GIL to the request path; events that
         arrive faster than that are dropped by the bounded buffers and counted as skipped.
         ``math_threads``: torch threads of the detection and calibration threads, and BLAS threads of
         the process (``None`` leaves both alone); torch's setting is per thread, so each thread sets it.
-        ``background_priority``: run the detection and calibration threads at the lowest CPU priority."""
-        if poll_interval_s <= 0 or max_batch_events < 1 or not 0 < busy_share <= 1:
-            raise ValueError("poll_interval_s must be > 0, max_batch_events >= 1 and busy_share in (0, 1]")
+        ``background_priority``: run the detection and calibration threads at the lowest CPU priority.
+        ``max_calibrations``: calibrations that run at once; the others wait their turn (each holds its
+        reference's kernel matrices and bootstrap buffers, ~0.3 GB at its peak for a 5,000-row reference)."""
+        if poll_interval_s <= 0 or max_batch_events < 1 or not 0 < busy_share <= 1 or max_calibrations < 1:
+            raise ValueError(
+                "poll_interval_s must be > 0, max_batch_events >= 1, busy_share in (0, 1] and max_calibrations >= 1"
+            )
         if math_threads is not None and math_threads < 1:
             raise ValueError(f"math_threads must be at least 1, got {math_threads}")
         self._math_threads = math_threads
@@ -57,6 +63,7 @@ class DriftRunner:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._calibration_slots = threading.BoundedSemaphore(max_calibrations)
         self._calibrations: dict[str, tuple[DriftMonitor, threading.Thread]] = {}
         """The latest calibration thread of each watched model, with the monitor it calibrates."""
         self._failures: dict[str, str] = {}
@@ -140,6 +147,14 @@ class DriftRunner:
 
     def _calibrate(self, monitor: DriftMonitor) -> None:
         self._limit_threads()
+        with self._calibration_slots:
+            with self._lock:
+                watched = self._pairs.get(monitor.model)
+            if watched is None or watched[0] is not monitor:
+                return  # replaced (a new reference) or removed while it waited: nothing to calibrate
+            self._calibrate_now(monitor)
+
+    def _calibrate_now(self, monitor: DriftMonitor) -> None:
         try:
             monitor.calibrate()
         except Exception as error:

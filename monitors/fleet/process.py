@@ -74,7 +74,9 @@ class MonitorProcess:
         self.quality = QualityCollector(store=self.windows, registry=self.registry)
         """Exports the figures each owned model's report was last computed with (a scrape computes nothing)."""
         self.states = DriftStates(self.redis, self.leases, config=settings.drift, metrics=self.drift_metrics)
-        self.runner = DriftRunner(max_batch_events=500, math_threads=settings.drift_threads)
+        self.runner = DriftRunner(
+            max_batch_events=500, math_threads=settings.drift_threads, max_calibrations=settings.drift_calibrations
+        )
         self.owned: dict[str, OwnedModel] = {}
         self.projections = ProjectionPool(
             threads=settings.drift_threads, umap=UmapSettings(seed=settings.projection_seed)

@@ -591,3 +591,69 @@ def test_runner_keeps_no_calibration_thread_of_a_replaced_or_removed_monitor(wai
     assert len(runner._calibrations) <= 1
     runner.remove("digits")
     assert not runner._calibrations
+
+
+class _Watched(DriftMonitor):
+    """A real monitor whose calibrations are counted (how many at once) and can be held until released."""
+
+    def __init__(self, model: str, reference: Reference, tally: dict[str, int], lock: threading.Lock) -> None:
+        super().__init__(
+            model=model, config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+        )
+        self.tally, self.lock = tally, lock
+        self.release = threading.Event()
+        self.release.set()
+        self.calibrated = False
+
+    def calibrate(self) -> None:
+        with self.lock:
+            self.tally["now"] += 1
+            self.tally["most"] = max(self.tally["most"], self.tally["now"])
+        try:
+            self.release.wait()
+            super().calibrate()
+            self.calibrated = True
+        finally:
+            with self.lock:
+                self.tally["now"] -= 1
+
+
+def test_runner_calibrates_no_more_models_at_once_than_allowed(wait_until) -> None:  # type: ignore[no-untyped-def]
+    """Each calibration holds its kernel matrices at once: three references arriving together calibrate
+    one after another under ``max_calibrations=1``, and all of them do."""
+    reference = Reference.from_batch(events_batch(np.random.default_rng(7), 600))
+    tally, lock = {"now": 0, "most": 0}, threading.Lock()
+    monitors = [_Watched(f"m{i}", reference, tally, lock) for i in range(3)]
+    runner = DriftRunner(poll_interval_s=0.01, max_calibrations=1)
+    for monitor in monitors:
+        runner.add(monitor=monitor, buffer=IngestBuffer(capacity_events=10))
+    runner.run_once()  # one thread per model, started together
+    wait_until(lambda: all(m.calibrated for m in monitors), timeout_s=60)
+    assert tally["most"] == 1
+    with pytest.raises(ValueError, match="max_calibrations"):
+        DriftRunner(max_calibrations=0)
+
+
+def test_a_calibration_waiting_its_turn_is_dropped_when_its_monitor_is_replaced(wait_until) -> None:  # type: ignore[no-untyped-def]
+    """A new reference replaces a model's monitor while its calibration waits for a slot: the old one is
+    never calibrated (its work would be thrown away), the new one is."""
+    reference = Reference.from_batch(events_batch(np.random.default_rng(8), 600))
+    tally, lock = {"now": 0, "most": 0}, threading.Lock()
+    busy, old, new = (_Watched(name, reference, tally, lock) for name in ("busy", "digits", "digits"))
+    busy.release.clear()
+    runner = DriftRunner(poll_interval_s=0.01, max_calibrations=1)
+    runner.add(monitor=busy, buffer=IngestBuffer(capacity_events=10))
+    runner.run_once()
+    wait_until(lambda: tally["now"] == 1)  # the busy model holds the slot
+    runner.add(monitor=old, buffer=IngestBuffer(capacity_events=10))
+    runner.run_once()  # its thread waits for the slot
+    runner.add(monitor=new, buffer=IngestBuffer(capacity_events=10))
+    runner.run_once()  # a thread for the new monitor, waiting as well
+    busy.release.set()
+
+    def calibrating() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("drift-calibrate-")]
+
+    wait_until(lambda: not calibrating(), timeout_s=60)  # both threads of "digits" have ended
+    assert new.calibrated and busy.calibrated
+    assert not old.calibrated and old.needs_calibration
