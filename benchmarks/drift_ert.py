@@ -30,7 +30,8 @@ the 899 unseen images at random instead, anew per seed (the traffic and its corr
 
 ``--data sentences``: MiniLM sentence embeddings of local text (:mod:`benchmarks.sentence_embeddings`,
 optional extra ``bench``): the monitor's reference is the first ``--reference`` sentences of the
-reference pool (default 2000, the default ``reference_events``); the clean streams replay the 2,000
+reference pool (default 2000, the default ``reference_events`` until 2026-11-30, now 5,000: pass
+``--corpus large --reference 5000`` to measure the deployed default); the clean streams replay the 2,000
 held-out sentences and the pool's sentences the reference does not use (5,000 in all at reference
 2,000), and the shifts are ``domain`` (scientific-library documentation) and ``typos`` (the held-out
 sentences with one character in ten replaced). ``--corpus large`` takes the larger clean corpus (standard-library

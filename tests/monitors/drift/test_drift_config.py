@@ -17,7 +17,7 @@ from monitors.fleet.settings import MonitorSettings
 @pytest.mark.parametrize(
     ("setting", "rows", "steps"),
     [
-        pytest.param(None, 2000, 0, id="auto-default-reference"),
+        pytest.param(None, 2000, 0, id="auto-former-default-reference"),
         pytest.param(None, 4999, 0, id="auto-just-below"),
         pytest.param(None, 5000, 1000, id="auto-at-5000"),
         pytest.param(None, 20_549, 1000, id="auto-above"),
@@ -37,6 +37,14 @@ def test_steady_steps_resolve_on_the_reference_rows(setting: int | None, rows: i
 def test_the_automatic_rule_s_constants() -> None:
     assert (AUTO_STEADY_MIN_REFERENCE, AUTO_STEADY_STEPS_PER_ERT) == (5000, 1000)
     assert DriftConfig().steady_steps_per_ert is None, "automatic by default"
+
+
+def test_a_default_warm_up_is_large_enough_for_the_steady_threshold() -> None:
+    """A monitor that warms up on traffic at the defaults gets the calibration measured to hold per seed."""
+    config = DriftConfig()
+    assert config.reference_events == AUTO_STEADY_MIN_REFERENCE
+    assert config.resolved(config.reference_events).steady_steps == AUTO_STEADY_STEPS_PER_ERT * config.ert
+    assert config.reference_events - config.pca_rows(config.reference_events) > config.max_reference, "spare rows"
 
 
 @pytest.mark.parametrize(
