@@ -28,21 +28,27 @@ class UniformBudget:
         self._previous = 0
         self._rng = rng or np.random.default_rng()
 
-    def admit_many(self, now_s: float, count: int) -> npt.NDArray[np.bool_]:
+    def admit_many(self, now_s: float, count: int) -> list[bool]:
         """Whether each of ``count`` events arriving now (a request's) is kept, each drawn at the rate the count
-        has reached with it, as if they came one by one, in one vectorised pass."""
+        has reached with it, as if they came one by one. A request within the budget draws nothing, a single
+        event one number; larger requests past the budget draw in one vectorised pass (a list either way:
+        the request path reads it event by event)."""
         if self._budget <= 0:
-            return np.ones(count, dtype=bool)
+            return [True] * count
         second = int(now_s)
         if second != self._second:
             self._previous = self._count if second == self._second + 1 else 0
             self._second, self._count = second, 0
-        rates = np.maximum(self._previous, np.arange(self._count + 1, self._count + count + 1))
+        first = self._count + 1  # the count with this request's first event
         self._count += count
-        kept = rates <= self._budget
-        if not kept.all():
-            kept |= self._rng.random(count) < self._budget / rates
-        return kept
+        if max(self._previous, self._count) <= self._budget:
+            return [True] * count
+        if count == 1:
+            rate = max(self._previous, first)
+            return [bool(self._rng.random() < self._budget / rate)]
+        rates = np.maximum(self._previous, np.arange(first, self._count + 1))
+        kept = (rates <= self._budget) | (self._rng.random(count) < self._budget / rates)
+        return kept.tolist()  # type: ignore[no-any-return]
 
 
 def monitoring_record(prediction: Prediction, version: str, *, brier_max_classes: int) -> MonitoringRecord:

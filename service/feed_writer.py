@@ -26,8 +26,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import numpy as np
-import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
@@ -120,13 +118,15 @@ class FeedWriter:
             ["model", "feed", "reason"],
             registry=registry,
         )
+        self._budget_drops: dict[str, Counter] = {}
+        """``dropped`` for each model's drift feed and the budget, looked up once."""
 
     def __len__(self) -> int:
         return len(self._buffer)
 
     # --- request path ------------------------------------------------------------------------
 
-    def admit(self, received_at: float, count: int) -> npt.NDArray[np.bool_]:
+    def admit(self, received_at: float, count: int) -> list[bool]:
         """Whether each of ``count`` accepted events received now goes on the drift feed (within the budget, drawn
         once per event). An event needs :meth:`take` when admitted, labelled, or of a model that
         :meth:`keeps_records`; the others need nothing."""
@@ -165,7 +165,10 @@ class FeedWriter:
 
     def count_budget_drops(self, model: str, count: int) -> None:
         if count:
-            self.dropped.labels(model, PREDICTIONS, "budget").inc(count)
+            counter = self._budget_drops.get(model)
+            if counter is None:  # the label lookup costs as much as the increment: once per model
+                counter = self._budget_drops[model] = self.dropped.labels(model, PREDICTIONS, "budget")
+            counter.inc(count)
 
     def offer(self, feed: str, record: MonitoringRecord) -> None:
         """Queue ``record`` for ``feed`` (the label-join record never carries the embedding)."""

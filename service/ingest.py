@@ -8,7 +8,6 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
 import orjson
 
 from common.cardinality import BoundedLabel
@@ -278,14 +277,17 @@ class IngestHandler:
     def _feed_all(feed: FeedWriter, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:
         events = accepted.events
         admitted = feed.admit(accepted.received_at, len(events))
-        wanted = admitted.copy()  # most events past the budget need no Prediction at all
+        wanted = admitted  # most events past the budget need no Prediction at all
         for model, at in by_model:
-            feed.count_budget_drops(model, len(at) - int(np.count_nonzero(admitted[at])))
+            kept = admitted.count(True) if len(at) == len(events) else sum(admitted[i] for i in at)
+            feed.count_budget_drops(model, len(at) - kept)
             if feed.keeps_records(model):
-                wanted[at] = True
-        wanted[[index for index, event in enumerate(events) if event.label is not None]] = True
-        for index in np.flatnonzero(wanted).tolist():
-            feed.take(accepted.prediction(index), events[index].model_version, admitted=bool(admitted[index]))
+                wanted = wanted.copy() if wanted is admitted else wanted
+                for index in at:
+                    wanted[index] = True
+        for index, event in enumerate(events):
+            if wanted[index] or event.label is not None:
+                feed.take(accepted.prediction(index), event.model_version, admitted=admitted[index])
 
     def _sample_all(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> list[Sampled]:
         """Sampling decisions for a request's accepted events; most are not sampled, counted once per model."""
