@@ -113,6 +113,15 @@ class DriftMonitor:
         with self._lock:
             return self._warmup_width if self._detectors is None else self._detectors.width
 
+    @property
+    def warmup_progress(self) -> tuple[int, int] | None:
+        """While warming up, the records collected for the reference so far and how many it takes
+        (``reference_events``); ``None`` in the other phases."""
+        with self._lock:
+            if self._phase_locked() is not Phase.WARMING_UP:
+                return None
+            return self._warmup_count, self._config.reference_events
+
     def results(self) -> tuple[DriftResult, ...]:
         """Latest verdict of each detector, by name."""
         with self._lock:

@@ -25,6 +25,7 @@ from monitors.window import ConfidenceSnapshot, SeriesSnapshot
 def drift_status(
     model: str, monitor: DriftMonitor, *, examined: int, backlog: int, waiting_s: float, owner: str
 ) -> DriftStatus:
+    collected, needed = monitor.warmup_progress or (None, None)
     return DriftStatus(
         model=model,
         state=monitor.phase.value,
@@ -35,6 +36,8 @@ def drift_status(
             for r in monitor.results()
         ),
         calibration_error=monitor.calibration_error,
+        warmup_collected=collected,
+        warmup_needed=needed,
         examined=examined,
         backlog=backlog,
         oldest_waiting_s=waiting_s,

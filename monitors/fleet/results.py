@@ -39,6 +39,11 @@ class DriftStatus(_Result):
     """``warming_up``, ``calibrating`` or ``monitoring``."""
     detectors: tuple[DetectorVerdict, ...] = ()
     calibration_error: str | None = None
+    warmup_collected: int | None = None
+    """While ``warming_up``: records collected for the reference so far (``None`` in the other states, and from
+    monitors of earlier releases)."""
+    warmup_needed: int | None = None
+    """While ``warming_up``: records the reference takes (``VAI_DRIFT__REFERENCE_EVENTS``)."""
     examined: int = 0
     """Records the detectors have examined since this owner took the model."""
     backlog: int = 0

@@ -269,7 +269,10 @@
     const examined = typeof status.examined === "number" ? `${status.examined} records examined` : "";
     if (status.calibration_error) return `no drift scores: calibrating the detectors failed: ${status.calibration_error}`;
     if (status.state === "warming_up") {
-      return `no drift scores yet: the monitor is warming up (the first events become the reference; ${examined})`;
+      const progress = typeof status.warmup_collected === "number" && typeof status.warmup_needed === "number"
+        ? `${status.warmup_collected} of ${status.warmup_needed} records collected`
+        : examined;
+      return `no drift scores yet: the monitor is warming up (the first events become the reference; ${progress})`;
     }
     if (status.state === "calibrating") {
       return `no drift scores yet: the monitor is calibrating its detectors on the reference (${examined})`;

@@ -394,6 +394,26 @@ def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
         release.set()
 
 
+def test_a_warming_up_monitor_says_how_far_its_reference_has_got(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner
+) -> None:
+    """Without an uploaded reference the first ``reference_events`` records become it: any replica shows how
+    many the monitor has collected, so "warming up" reads as progress, not as silence."""
+    monitors.start(drift=FAST_DRIFT)
+    client = make_client(monitor_max_per_second=0)  # every event reaches the monitor
+    rng = np.random.default_rng(3)
+    events = [event(f"w{i}", embedding=rng.normal(size=8).tolist()) for i in range(150)]
+    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 150
+
+    def collected() -> dict[str, Any] | None:
+        response = client.get("/v1/models/digits/drift")
+        status = response.json() if response.status_code == 200 else {}
+        return status if status.get("warmup_collected") == 150 else None
+
+    status = wait_until(collected, timeout_s=20, what="the warm-up progress to be published")
+    assert status["state"] == "warming_up" and status["warmup_needed"] == FAST_DRIFT["reference_events"]
+
+
 def test_records_redis_cannot_take_are_dropped_oldest_first_and_counted(
     make_client: Callable[..., TestClient],
 ) -> None:

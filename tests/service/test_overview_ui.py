@@ -325,6 +325,23 @@ def test_margin_overflow_bin_is_open_and_drift_copy_follows_the_monitors_state(
         assert margin[-1].startswith("≥ 13.3"), margin[-1]
         chart_text = browser.evaluate("document.querySelectorAll('#v-distributions svg.chart')[1].textContent")
         assert "≥ 13.3" in chart_text
+
+        # Warming up: the copy says how far the reference has got, as the monitor published it.
+        warming = DriftStatus(
+            model="digits",
+            state="warming_up",
+            warmup_collected=1234,
+            warmup_needed=5000,
+            examined=1234,
+            owner="m1",
+            updated_at=time.time(),
+        )
+        app.answers["/v1/models/digits/drift"] = [(200, {**warming.model_dump(mode="json"), "age_s": 1.0})]
+        app.asked.clear()
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('v-drift').dataset.state === 'empty'", "the drift view again")
+        drift = browser.evaluate("document.querySelector('#v-drift .empty').textContent")
+        assert "warming up" in drift and "1234 of 5000 records collected" in drift, drift
     assert _page_errors(browser) == []
 
 

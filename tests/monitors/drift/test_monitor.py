@@ -71,11 +71,13 @@ def test_phases_warm_up_calibrate_monitor() -> None:
     registry = CollectorRegistry()
     monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=registry))
     assert phase(monitor) is Phase.WARMING_UP and not monitor.needs_calibration
+    assert monitor.warmup_progress == (0, 600)
 
     monitor.update(events_batch(rng, 400))
-    assert phase(monitor) is Phase.WARMING_UP
+    assert phase(monitor) is Phase.WARMING_UP and monitor.warmup_progress == (400, 600)
     monitor.update(events_batch(rng, 250))  # 200 complete the reference, 50 are skipped
     assert phase(monitor) is Phase.CALIBRATING and monitor.needs_calibration
+    assert monitor.warmup_progress is None
     monitor.update(events_batch(rng, 100))
     assert skipped(registry) == 150
 
