@@ -11,6 +11,7 @@ and reads it), so a state of the previous release's default is adopted where the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ class DriftStates:
             else:
                 if state.config == await self._resolved(model, version):
                     log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
-                    return Started(DriftMonitor.from_state(state, metrics=self._metrics), version, stored=True)
+                    # Rebuilding the detectors is CPU work (~0.1 s for a 5,000-row reference's state): off the loop
+                    # that renews the leases, as a take-over adopts every model it takes.
+                    monitor = await asyncio.to_thread(DriftMonitor.from_state, state, metrics=self._metrics)
+                    return Started(monitor, version, stored=True)
                 log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
         if reference_id is not None:
             return await self.from_reference(model)
