@@ -8,6 +8,9 @@
 | ``vai_monitor_backlog_records`` | gauge | model | records published and not yet examined |
 | ``vai_monitor_oldest_waiting_seconds`` | gauge | model | age of the oldest record not yet examined |
 | ``vai_monitor_owned`` | gauge | model | 1 on the monitor process that owns the model |
+| ``vai_drift_monitoring`` | gauge | model | 1 while the drift detectors watch; 0 warming up or calibrating |
+| ``vai_drift_warmup_records`` | gauge | model | records collected for the reference while warming up (else 0) |
+| ``vai_drift_calibration_failed`` | gauge | model | 1 while the last drift calibration failed (why: ``/drift``) |
 | ``vai_monitor_members`` | gauge | | monitor processes alive, as this one sees them |
 | ``vai_estimated_accuracy`` | gauge | model, version, cohort | accuracy estimated from confidences alone (ATC) |
 | ``vai_calibration_temperature`` | gauge | model, version | temperature minimising the labelled window's NLL |
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from monitors.fleet.results import QualityReport
+from monitors.fleet.results import DriftStatus, QualityReport
 
 
 class MonitorMetrics:
@@ -49,6 +52,24 @@ class MonitorMetrics:
             "vai_monitor_oldest_waiting_seconds", "Age of the oldest record not yet examined.", model, registry=registry
         )
         self.owned = Gauge("vai_monitor_owned", "1 on the process that owns the model.", model, registry=registry)
+        self.drift_monitoring = Gauge(
+            "vai_drift_monitoring",
+            "1 while the model's drift detectors watch its records; 0 while warming up or calibrating.",
+            model,
+            registry=registry,
+        )
+        self.drift_warmup = Gauge(
+            "vai_drift_warmup_records",
+            "Records collected for the drift reference while warming up (VAI_DRIFT__REFERENCE_EVENTS needed); 0 after.",
+            model,
+            registry=registry,
+        )
+        self.drift_calibration_failed = Gauge(
+            "vai_drift_calibration_failed",
+            "1 while the model's last drift calibration failed (the error is in GET /v1/models/{model}/drift).",
+            model,
+            registry=registry,
+        )
         self.members = Gauge("vai_monitor_members", "Monitor processes alive.", registry=registry)
         self.estimated_accuracy = Gauge(
             "vai_estimated_accuracy",
@@ -93,8 +114,17 @@ class MonitorMetrics:
                 family.labels(*labels).set(value)
             seen[family] = set(series)
 
+    def publish_drift_state(self, status: DriftStatus) -> None:
+        """The drift monitor's state as the owner just published it (``/drift``), for alerts and dashboards."""
+        model = status.model
+        self.drift_monitoring.labels(model).set(1 if status.state == "monitoring" else 0)
+        self.drift_warmup.labels(model).set(status.warmup_collected or 0)
+        self.drift_calibration_failed.labels(model).set(1 if status.calibration_error else 0)
+
     def forget(self, model: str) -> None:
-        for family in (self.examined, self.labelled, self.invalid, self.backlog, self.oldest, self.owned):
+        families = (self.examined, self.labelled, self.invalid, self.backlog, self.oldest, self.owned)
+        drift = (self.drift_monitoring, self.drift_warmup, self.drift_calibration_failed)
+        for family in (*families, *drift):
             if (model,) in family._metrics:
                 family.remove(model)
         for estimated, series in self._estimate_series.pop(model, {}).items():

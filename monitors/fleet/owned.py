@@ -223,7 +223,8 @@ class OwnedModel:
         status = drift_status(
             self.model, drift.monitor, examined=examined, backlog=backlog, waiting_s=waiting_s, owner=self._leases.owner
         )
-        await self._leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()})
+        if await self._leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()}):
+            self._metrics.publish_drift_state(status)
         if self.views is not None:
             await self.views.record_history(status)
 

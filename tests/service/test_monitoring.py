@@ -266,6 +266,11 @@ def test_online_drift_quiet_on_clean_digits_and_alarms_on_corrupted_ones(
         timeout_s=60,
         what="calibration",
     )
+    wait_until(
+        lambda: monitor_registry.get_sample_value("vai_drift_monitoring", {"model": "digits"}) == 1,
+        what="the state gauge to say the detectors watch",
+    )
+    assert monitor_registry.get_sample_value("vai_drift_warmup_records", {"model": "digits"}) == 0
 
     def detected() -> float | None:
         return monitor_registry.get_sample_value("vai_drift_detected", {"model": "digits", "detector": "mmd_online"})
@@ -399,7 +404,8 @@ def test_a_warming_up_monitor_says_how_far_its_reference_has_got(
 ) -> None:
     """Without an uploaded reference the first ``reference_events`` records become it: any replica shows how
     many the monitor has collected, so "warming up" reads as progress, not as silence."""
-    monitors.start(drift=FAST_DRIFT)
+    monitor_registry = CollectorRegistry()
+    monitors.start(registry=monitor_registry, drift=FAST_DRIFT)
     client = make_client(monitor_max_per_second=0)  # every event reaches the monitor
     rng = np.random.default_rng(3)
     events = [event(f"w{i}", embedding=rng.normal(size=8).tolist()) for i in range(150)]
@@ -412,6 +418,13 @@ def test_a_warming_up_monitor_says_how_far_its_reference_has_got(
 
     status = wait_until(collected, timeout_s=20, what="the warm-up progress to be published")
     assert status["state"] == "warming_up" and status["warmup_needed"] == FAST_DRIFT["reference_events"]
+
+    def gauge(name: str) -> float | None:
+        return monitor_registry.get_sample_value(name, {"model": "digits"})
+
+    # Prometheus has it too (set once the status is in Redis): not watching yet, 150 collected, nothing failed.
+    wait_until(lambda: gauge("vai_drift_warmup_records") == 150, what="the warm-up gauge")
+    assert gauge("vai_drift_monitoring") == 0 and gauge("vai_drift_calibration_failed") == 0
 
 
 def test_records_redis_cannot_take_are_dropped_oldest_first_and_counted(

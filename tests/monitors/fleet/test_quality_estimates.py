@@ -20,6 +20,7 @@ from monitors.cohorts import CohortGuard
 from monitors.estimates import fit_atc
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.reports import quality_report
+from monitors.fleet.results import DriftStatus
 from monitors.records import LabelledPrediction
 from monitors.temperature import fit_temperature
 from monitors.window import PredictionWindow, WindowStore
@@ -184,6 +185,11 @@ def test_the_gauges_follow_the_latest_report_and_go_with_the_model() -> None:
     metrics.publish_estimates(report.chosen(cohort="all"))  # the eu slice went away
     assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "region=eu"}) is None
     assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "all"}) is not None
+    calibrating = DriftStatus(model="m", state="calibrating", calibration_error="boom", owner="me", updated_at=1.0)
+    metrics.publish_drift_state(calibrating)
+    assert registry.get_sample_value("vai_drift_calibration_failed", {"model": "m"}) == 1
+    assert registry.get_sample_value("vai_drift_monitoring", {"model": "m"}) == 0
     metrics.forget("m")
+    assert registry.get_sample_value("vai_drift_calibration_failed", {"model": "m"}) is None
     assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "all"}) is None
     assert registry.get_sample_value("vai_calibration_temperature", labels) is None
