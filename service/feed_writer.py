@@ -34,6 +34,7 @@ from common.redis import REDIS_DOWN, cancelling, execute, queue_script
 from monitors.feed import MonitoringRecord
 from service.feed_buffer import RECORDS, FeedBuffer, Pending
 from service.feed_records import UniformBudget, monitoring_record
+from service.metrics import CounterChildren
 from service.validation import Prediction
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,7 @@ class FeedWriter:
             ["model", "feed", "reason"],
             registry=registry,
         )
-        self._budget_drops: dict[str, Counter] = {}
-        """``dropped`` for each model's drift feed and the budget, looked up once."""
+        self._child = CounterChildren()
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -165,10 +165,7 @@ class FeedWriter:
 
     def count_budget_drops(self, model: str, count: int) -> None:
         if count:
-            counter = self._budget_drops.get(model)
-            if counter is None:  # the label lookup costs as much as the increment: once per model
-                counter = self._budget_drops[model] = self.dropped.labels(model, PREDICTIONS, "budget")
-            counter.inc(count)
+            self._child(self.dropped, model, PREDICTIONS, "budget").inc(count)
 
     def offer(self, feed: str, record: MonitoringRecord) -> None:
         """Queue ``record`` for ``feed`` (the label-join record never carries the embedding)."""

@@ -277,16 +277,14 @@ class IngestHandler:
     def _feed_all(feed: FeedWriter, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:
         events = accepted.events
         admitted = feed.admit(accepted.received_at, len(events))
-        wanted = admitted  # most events past the budget need no Prediction at all
+        keeping: set[str] = set()  # models whose every event waits in Redis for a delayed label
         for model, at in by_model:
             kept = admitted.count(True) if len(at) == len(events) else sum(admitted[i] for i in at)
             feed.count_budget_drops(model, len(at) - kept)
             if feed.keeps_records(model):
-                wanted = wanted.copy() if wanted is admitted else wanted
-                for index in at:
-                    wanted[index] = True
-        for index, event in enumerate(events):
-            if wanted[index] or event.label is not None:
+                keeping.add(model)
+        for index, event in enumerate(events):  # most events past the budget need no Prediction at all
+            if admitted[index] or event.label is not None or event.model in keeping:
                 feed.take(accepted.prediction(index), event.model_version, admitted=admitted[index])
 
     def _sample_all(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> list[Sampled]:

@@ -50,12 +50,18 @@ class IngestMetrics:
             ["model", "cohort", "value"],
             registry=registry,
         )
-        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
+        self.child = CounterChildren()
 
-    def child(self, counter: Counter, *labels: str) -> Counter:
-        """``counter.labels(*labels)``, cached: label lookup costs as much as the increment."""
+
+class CounterChildren:
+    """``counter.labels(*labels)``, cached: the label lookup costs as much as the increment, on the request path."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[int, tuple[str, ...]], Counter] = {}
+
+    def __call__(self, counter: Counter, *labels: str) -> Counter:
         key = (id(counter), labels)
-        found = self._children.get(key)
+        found = self._found.get(key)
         if found is None:
-            found = self._children[key] = counter.labels(*labels)
+            found = self._found[key] = counter.labels(*labels)
         return found
