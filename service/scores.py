@@ -15,11 +15,43 @@ MAX_MARGIN = 1e6
 _TINY = 1e-12
 _EXP_SAFE_SPREAD = 700.0
 """exp(-700) is a normal double: logits spread less than this need no floating-point error handling."""
+_FLOAT32_SAFE_SPREAD = 3.0e38
+"""Shifted logits down to minus this fit float32: spread less, a row's arithmetic cannot overflow."""
+_FLOAT32_EXP_FLOOR = -87.0
+"""exp(-87) is a normal float32 (1.6e-38)."""
 
 
 def summarise(scores: Vector, *, from_logits: bool) -> tuple[int, float, float]:
-    """Predicted class, top-1 probability and top-1 minus top-2 logit (log-probability) of one score vector."""
-    return summarise_rows([scores], from_logits=from_logits)[0]
+    """Predicted class, top-1 probability and top-1 minus top-2 logit (log-probability) of one score vector.
+
+    The figures of :func:`summarise_matrix` (bit for bit, checked on random rows in the tests) with about half
+    its numpy calls and no ``np.errstate``: a request of one event is the common case of a serving stack that
+    posts per prediction, and there each numpy call's fixed cost outweighs its arithmetic. For one event of
+    1,000 logits: ~9 instead of ~17 µs alone, 24 µs less CPU per request in the whole app under load
+    (in-process, alternated).
+    """
+    if scores.ndim != 1:
+        raise ValueError(f"one score vector expected, got shape {scores.shape}")
+    predicted = int(scores.argmax())
+    if not from_logits:  # one-element arrays: the logarithms in the scores' own precision, as for a matrix
+        top = scores[predicted : predicted + 1]
+        rest = scores.copy()
+        rest[predicted] = -1.0
+        margin = np.log(np.maximum(top, _TINY)) - np.log(np.maximum(rest.max(keepdims=True), _TINY))
+        return predicted, float(top[0]), min(float(margin[0]), MAX_MARGIN)
+    first = scores[predicted]
+    if float(first) - float(scores.min()) > _FLOAT32_SAFE_SPREAD:
+        return summarise_rows([scores], from_logits=True)[0]  # the careful arithmetic of the matrix path
+    shifted = scores - first  # <= 0; 0 at the top
+    shifted[predicted] = -np.inf
+    gap = shifted.max()  # second minus first
+    # Raised to exp's float32 floor: no underflow, whatever the caller's np.errstate, and the sum moves by
+    # under 1e-35 (the top's weight included), far below a double's resolution of 1 + sum.
+    weights = shifted if shifted.dtype == np.float32 else shifted.astype(np.float32)
+    np.maximum(weights, _FLOAT32_EXP_FLOOR, out=weights)
+    np.exp(weights, out=weights)
+    confidence = 1.0 / (1.0 + float(weights.sum(dtype=np.float64)))
+    return predicted, confidence, min(-float(gap), MAX_MARGIN)
 
 
 def summarise_rows(rows: list[Vector], *, from_logits: bool) -> list[tuple[int, float, float]]:

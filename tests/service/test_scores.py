@@ -55,11 +55,37 @@ def test_rows_at_once_match_an_independent_computation(from_logits: bool, dtype:
     assert summarise(rows[3], from_logits=from_logits) == together[3]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probabilities"])
+def test_one_row_alone_is_summarised_as_in_a_matrix_bit_for_bit(
+    from_logits: bool, dtype: type[np.floating[Any]]
+) -> None:
+    """The single-event path (``summarise``) and the request's matrix give the very same figures, for rows
+    of any spread (up to float32's range and beyond), ties and all, whatever the caller's np.errstate."""
+    rng = np.random.default_rng(5)
+    scales = [0.01, 1.0, 30.0, 1e5, 1e37] + ([1e300] if dtype == np.float64 else [])
+    for index in range(3000):
+        size = int(rng.integers(2, 60))
+        if from_logits:
+            row = rng.normal(0.0, scales[index % len(scales)], size).astype(dtype)
+        else:
+            row = rng.dirichlet(np.full(size, (0.05, 1.0, 10.0)[index % 3])).astype(dtype)
+        if index % 7 == 0:
+            row[rng.integers(size)] = row.max()  # the top two tied
+        if index % 11 == 0 and from_logits:
+            row[:] = row[0]  # all tied
+        with np.errstate(all="raise"):
+            alone = summarise(row, from_logits=from_logits)
+            in_matrix = summarise_rows([row], from_logits=from_logits)[0]
+        assert alone == in_matrix, (row, alone, in_matrix)
+
+
 def test_a_row_too_wide_for_exp_falls_back_without_floating_point_errors() -> None:
     rows = np.array([[1e308, -1e308, 0.0], [3.0, 1.0, 0.0]])
     with np.errstate(all="raise"):  # any overflow in the vectorised pass would raise here
         (predicted, confidence, margin), second = summarise_rows(list(rows), from_logits=True)
-    assert (predicted, confidence, margin) == (0, 1.0, MAX_MARGIN)
+        alone = summarise(rows[0], from_logits=True)
+    assert (predicted, confidence, margin) == alone == (0, 1.0, MAX_MARGIN)
     np.testing.assert_allclose(second, _independent(rows[1], from_logits=True), rtol=1e-7)
 
 
