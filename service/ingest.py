@@ -306,16 +306,17 @@ class IngestHandler:
         return [
             sampled
             for position, reasons in chosen
-            if (sampled := self._sample(accepted.prediction(position), reasons)) is not None
+            if (sampled := self._sample(accepted, position, reasons)) is not None
         ]
 
-    def _sample(self, prediction: Prediction, reasons: tuple[Reason, ...]) -> Sampled | None:
-        model = prediction.model
+    def _sample(self, accepted: Accepted, position: int, reasons: tuple[Reason, ...]) -> Sampled | None:
+        model = accepted.events[position].model
         for reason in reasons:
             self._metrics.child(self._sampler_metrics.sampled, model, reason).inc()
-        if not self._sampler.admit(model):
+        if not self._sampler.admit(model):  # most candidates past the budget: no Prediction built for them
             self._metrics.child(self._sampler_metrics.dropped, model, "budget").inc()
             return None
+        prediction = accepted.prediction(position)
         if self._writer.offer(_message(prediction, reasons)) is not None:
             return None
         return Sampled(prediction.request_id, reasons)
