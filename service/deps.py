@@ -98,6 +98,6 @@ async def read_body(request: Request, *, limit_bytes: int, limit_setting: str | 
         content_length=request.headers.get("content-length"),
         content_encoding=request.headers.get("content-encoding"),
         limit_bytes=limit_bytes,
-        timeout_s=sidecar.settings.body_timeout_s,
+        deadlines=sidecar.body_deadlines,
         limit_setting=limit_setting,
     )

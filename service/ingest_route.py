@@ -87,7 +87,7 @@ async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes
             content_length=headers.get(b"content-length"),
             content_encoding=headers.get(b"content-encoding"),
             limit_bytes=sidecar.settings.max_body_bytes,
-            timeout_s=sidecar.settings.body_timeout_s,
+            deadlines=sidecar.body_deadlines,
             on_chunk=tally,
         )
     except VaiError as error:

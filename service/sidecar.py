@@ -22,6 +22,7 @@ from sampler.policy_store import PolicyStore
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.auth import TokenAuth
+from service.body import BodyDeadlines
 from service.errors import first_problem
 from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
@@ -107,6 +108,7 @@ class Sidecar:
         )
         self.kserve = KServeLogger(settings, redis=self.redis, ingest=self.ingest, registry=self.registry)
         self.projection_limits = ProjectionLimits()
+        self.body_deadlines = BodyDeadlines(settings.body_timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -120,6 +122,7 @@ class Sidecar:
                 self._every(self.settings.policy_refresh_s, self._refresh_policies), name="policy-refresh"
             ),
             asyncio.create_task(self._every(self.settings.queue_poll_s, self._poll_queues), name="queue-poll"),
+            asyncio.create_task(self.body_deadlines.run(), name="body-deadlines"),
         ]
         if self.kserve.enabled:
             sweep_s = min(KSERVE_SWEEP_S, self.settings.kserve_join_ttl_s)
