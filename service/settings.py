@@ -91,7 +91,8 @@ class SidecarSettings(RoleSettings):
     max_reference_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     """Largest drift-reference upload accepted."""
     body_timeout_s: float = Field(default=60.0, gt=0)
-    """Longest a request body may take to arrive in full (408 after it): a client that stops half-way would
+    """Longest a request body may take to arrive in full (408 after it, checked every second, or every quarter
+    of the timeout when it is shorter than 4 s): a client that stops half-way would
     otherwise hold its connection, and a graceful shutdown, for as long as it likes. Raise it to upload
     a large drift reference over a slow link."""
     max_models: int = Field(default=20, ge=1)
