@@ -34,6 +34,14 @@ async def _stalled(first: bytes, started: asyncio.Event) -> AsyncIterator[bytes]
     yield b"never"
 
 
+async def _stalled_read(deadlines: BodyDeadlines) -> asyncio.Task[bytes]:
+    """A read under way whose client has sent the first byte and then nothing more."""
+    started = asyncio.Event()
+    read = asyncio.create_task(_read(deadlines, _stalled(b"{", started)))
+    await started.wait()
+    return read
+
+
 async def _sent(*parts: bytes) -> AsyncIterator[bytes]:
     for part in parts:
         await asyncio.sleep(0)
@@ -44,9 +52,7 @@ def test_a_read_past_its_deadline_is_a_request_timeout_and_leaves_nothing_behind
     async def scenario() -> None:
         clock = _Clock()
         deadlines = BodyDeadlines(2.0, clock=clock)
-        started = asyncio.Event()
-        read = asyncio.create_task(_read(deadlines, _stalled(b"{", started)))
-        await started.wait()
+        read = await _stalled_read(deadlines)
         clock.now += 1.9
         deadlines.sweep()  # not yet
         await asyncio.sleep(0)
@@ -80,9 +86,7 @@ def test_a_shutdown_that_cancels_a_timed_out_read_is_still_a_cancellation() -> N
     async def scenario() -> None:
         clock = _Clock()
         deadlines = BodyDeadlines(1.0, clock=clock)
-        started = asyncio.Event()
-        read = asyncio.create_task(_read(deadlines, _stalled(b"{", started)))
-        await started.wait()
+        read = await _stalled_read(deadlines)
         clock.now += 5.0
         deadlines.sweep()
         read.cancel()
