@@ -125,7 +125,10 @@ def _decode_item(index: int, item: Any) -> tuple[Decoded, int] | None:
         numbers: dict[str, Any] = {}  # arrays, errors, and tensor objects for read_tensors
         brackets = 0
         for key in keys:
-            value = item[key]
+            try:
+                value = item[key]
+            except KeyError:  # simdjson looks a key up as a C string: one holding "\u0000" is listed, then not found
+                return None  # (items() would find it, but builds every number list as Python floats: ~4x the cost)
             if key in NUMBER_FIELDS and isinstance(value, simdjson.Array):
                 numbers[key] = _array_of(value, key)
                 brackets += 1

@@ -105,6 +105,9 @@ VALID = [
         id="batch-with-number-field-errors",
     ),
     pytest.param(b'{"events":[1,"x",[1,2],null]}', id="batch-of-non-objects"),
+    pytest.param(
+        b'{"model":"m","request_id":"nul","logits":[4.0,1.0],"cohort":{"a\\u0000b":"v"}}', id="cohort-key-holding-nul"
+    ),
     pytest.param(b"[1, 2]", id="array-body"),
     pytest.param(b'"just a string"', id="string-body"),
 ]
@@ -130,6 +133,8 @@ HANDED_OVER = [
     pytest.param(b'{"events": 3}', id="events-not-a-list"),
     pytest.param(b'{"model":"m","request_id":"r","cohort":{"a":' + b"[" * 2000 + b"]" * 2000 + b"}}", id="deep"),
     pytest.param(b"null", id="null-body"),
+    # simdjson looks keys up as C strings: a key holding NUL is listed but not found by name
+    pytest.param(b'{"model":"m","request_id":"nul","logits":[4.0,1.0],"a\\u0000b":1}', id="unknown-key-holding-nul"),
     # a list that is not all numbers: which of the event's faults comes first is the careful path's call
     pytest.param(_batch(event("ok"), event("t", logits=[4.0, "1"])), id="list-with-a-string"),
     pytest.param(
