@@ -106,6 +106,10 @@ MONITOR_GROUP = "monitor"
 MONITOR_MEMBERS = f"{PREFIX}:monitor-members"
 """Sorted set of live monitor processes, scored by the time their membership expires (epoch ms)."""
 
+DRIFT_CONFIG = f"{PREFIX}:drift-config"
+"""JSON of the drift settings the monitors calibrate with (``DriftConfig``), written by each live monitor every
+lease round: sidecars refuse a reference too small for them at upload instead of it failing to calibrate."""
+
 
 def prediction_feed(model: str) -> str:
     """Stream of compact monitoring records, one per accepted event of a model (``MAXLEN ~``)."""

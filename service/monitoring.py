@@ -23,6 +23,7 @@ from common import keys
 from common.errors import InvalidInput, RedisUnavailable, Unavailable
 from common.names import MODEL_PATTERN
 from common.redis import REDIS_FAILED, execute
+from monitors.drift.config import DriftConfig
 from monitors.drift.reference import Reference
 from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.references import ReferenceStore
@@ -210,6 +211,30 @@ class Monitoring:
         except REDIS_FAILED:
             raise RedisUnavailable("redis: reference not stored") from None
 
+    async def check_reference(self, reference: Reference) -> None:
+        """Raises ``InvalidInput`` when ``reference`` has fewer distinct rows than the live monitors' drift settings
+        need to calibrate (``DriftConfig.least_rows``). Settings no monitor has published, or that this release
+        cannot read, check nothing here: the monitor then reports the failure on ``/drift``."""
+        body = await self._get(keys.DRIFT_CONFIG, "drift settings")
+        if body is None or reference.embeddings is None:
+            return
+        try:
+            config = DriftConfig.model_validate_json(body)
+        except ValidationError:
+            return
+        width = int(reference.embeddings.shape[1])
+        least = config.least_rows(width)
+        distinct = await asyncio.to_thread(_distinct_rows, reference)
+        if distinct >= least:
+            return
+        raise InvalidInput(
+            f"embeddings: {distinct} distinct rows, but the monitors' drift detectors need at least {least} "
+            f"for {width}-d embeddings (VAI_DRIFT__WINDOW_SIZE={config.window_size}"
+            + (f", VAI_DRIFT__PCA_SHARE={config.pca_share:g} of them fit PCA" if least > config.least_reference else "")
+            + ")",
+            field="embeddings",
+        )
+
     async def drift_status(self, model: str) -> DriftStatus | None:
         body = await self._get(keys.drift_status(model), "drift status")
         return None if body is None else self._published(DriftStatus, body, model, "drift status")
@@ -280,6 +305,10 @@ class Monitoring:
         except REDIS_FAILED:
             raise RedisUnavailable(f"redis: {what} not read") from None
         return value
+
+
+def _distinct_rows(reference: Reference) -> int:
+    return len(reference.deduplicated())
 
 
 def _history(model: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DriftHistory:

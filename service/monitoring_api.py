@@ -82,6 +82,7 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
         field = str(error).split(":", 1)[0]
         raise InvalidInput(str(error), field=field if " " not in field else "body") from None
     dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
+    await monitoring.check_reference(reference)
     try:
         sidecar.ingest.register(model)
     except FieldError as error:  # too many models

@@ -159,3 +159,18 @@ class DriftConfig(BaseModel):
     def least_reference(self) -> int:
         """Smallest reference the online detectors accept (LSDD sets ``2 x window`` rows aside as kernel centres)."""
         return 4 * self.window_size + 1
+
+    def least_rows(self, width: int) -> int:
+        """Fewest distinct rows a reference of ``width``-d embeddings needs to calibrate with this config: the
+        online detector's :attr:`least_reference` once PCA has taken its ``pca_share`` (when it applies, above
+        ``pca_components`` dimensions), 2 without an online detector. A sidecar refuses a smaller upload at once
+        instead of the monitor failing to calibrate it later."""
+        if self.online_detector == "none":
+            return 2
+        least = self.least_reference
+        if self.pca_components is None or width <= self.pca_components:
+            return least
+        rows = least + 1
+        while rows - self.pca_rows(rows) < least:
+            rows += 1
+        return rows

@@ -89,6 +89,7 @@ class MonitorProcess:
         self._unowned = 0
         """Models the live monitors could not own at the last round (warned about once)."""
         self.stopped = False
+        self._drift_config = settings.drift.model_dump_json()
 
     @property
     def owner(self) -> str:
@@ -144,6 +145,7 @@ class MonitorProcess:
         until = loop.time() + self.settings.monitor_lease_ttl_s / 3  # a third of the lease's life from renewal
         alive = await self.leases.heartbeat()
         self.metrics.members.set(alive)
+        await self.redis.set(keys.DRIFT_CONFIG, self._drift_config)
         held = list(self.owned)
         renewals = await self.leases.renew_all(held)
         self._renewed_at = loop.time()

@@ -329,6 +329,37 @@ def test_bad_reference_is_422_naming_the_field(make_client: Callable[..., TestCl
     assert response.status_code == 422 and response.json()["field"] == field
 
 
+def test_a_reference_too_small_for_the_monitors_is_422_at_upload(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner, redis_client: redis.Redis
+) -> None:
+    """The live monitors publish their drift settings; a reference with fewer distinct rows than those need is
+    refused when uploaded, naming what is missing, instead of a 202 and a calibration that fails later."""
+    client = make_client()
+    rng = np.random.default_rng(8)
+    assert client.put("/v1/models/other/reference", json={"embeddings": [[1.0, 2.0], [3.0, 4.0]]}).status_code == 202, (
+        "no monitor has said what it needs: the monitor judges, as before"
+    )
+    process = monitors.start(drift=FAST_DRIFT)
+    wait_until(lambda: redis_client.get(keys.DRIFT_CONFIG) is not None, what="the monitor's drift settings")
+    least = process.settings.drift.least_rows(64)  # 64-d, above pca_components: PCA takes its share first
+    assert least > process.settings.drift.least_reference
+    rows = rng.normal(size=(least - 1, 64))
+    refused = client.put("/v1/models/digits/reference", json={"embeddings": [*rows.tolist(), rows[0].tolist()]})
+    assert refused.status_code == 422, refused.text
+    assert refused.json() == {
+        "error": f"embeddings: {least - 1} distinct rows, but the monitors' drift detectors need at least {least} "
+        "for 64-d embeddings (VAI_DRIFT__WINDOW_SIZE=10, VAI_DRIFT__PCA_SHARE=0.5 of them fit PCA)",
+        "field": "embeddings",
+    }
+    accepted = client.put("/v1/models/digits/reference", json={"embeddings": rng.normal(size=(least, 64)).tolist()})
+    assert accepted.status_code == 202, accepted.text
+    wait_until(
+        lambda: client.get("/v1/models/digits/drift").json().get("state") == "monitoring",
+        timeout_s=60,
+        what="the smallest reference accepted to calibrate",
+    )
+
+
 def test_reference_as_npy_upload_and_pickles_refused(make_client: Callable[..., TestClient]) -> None:
     import io
 

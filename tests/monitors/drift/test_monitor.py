@@ -659,3 +659,33 @@ def test_a_calibration_waiting_its_turn_is_dropped_when_its_monitor_is_replaced(
     wait_until(lambda: not calibrating(), timeout_s=60)  # both threads of "digits" have ended
     assert new.calibrated and busy.calibrated
     assert not old.calibrated and old.needs_calibration
+
+
+@pytest.mark.parametrize("method", ["mmd", "lsdd"])
+@pytest.mark.parametrize("width", [CONFIG.pca_components or 0, DIM], ids=["without-pca", "with-pca"])
+def test_least_rows_is_the_smallest_reference_that_calibrates(method: str, width: int) -> None:
+    """What a sidecar refuses an upload below (``DriftConfig.least_rows``) is exactly where calibration starts
+    to work: one distinct row fewer fails, and repeated rows do not count."""
+    config = CONFIG.model_copy(update={"online_detector": method})
+    least = config.least_rows(width)
+    if width > (config.pca_components or 0):
+        assert least > config.least_reference, "PCA takes its share of the rows first"
+    else:
+        assert least == config.least_reference
+    rng = np.random.default_rng(6)
+
+    def monitor_of(rows: int, repeats: int = 0) -> DriftMonitor:
+        batch = events_batch(rng, rows)
+        assert batch.embeddings is not None
+        x = batch.embeddings[:, :width]
+        x = np.concatenate([x, x[:repeats]])  # repeated rows: the detectors see only distinct ones
+        reference = Reference(
+            predicted=np.resize(batch.predicted, len(x)), confidence=np.resize(batch.confidence, len(x)), embeddings=x
+        )
+        return DriftMonitor(
+            model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+        )
+
+    monitor_of(least).calibrate()
+    with pytest.raises(ValueError, match="rows"):
+        monitor_of(least - 1, repeats=5).calibrate()
