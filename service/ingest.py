@@ -12,9 +12,8 @@ import orjson
 
 from common.cardinality import BoundedLabel
 from common.errors import InvalidInput, VaiError
-from sampler.contract import InputTensor, SampledEvent
+from sampler.contract import InputTensor
 from sampler.metrics import SamplerMetrics
-from sampler.policy import Reason
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.errors import FieldError
@@ -22,6 +21,7 @@ from service.fast_parsing import BodyDecoder
 from service.feed_writer import FeedWriter
 from service.metrics import IngestMetrics
 from service.parsing import Decoded, Rejected
+from service.sampling import RequestSampling, Sampled
 from service.schemas import EventIn
 from service.scores import summarise_matrix
 from service.settings import SidecarSettings
@@ -29,7 +29,6 @@ from service.tensor_lanes import Lane
 from service.validation import (
     Accepted,
     Checked,
-    Prediction,
     check,
     check_lane_event,
     rows_beyond_float32,
@@ -46,12 +45,6 @@ class Rejection:
     request_id: str | None
     field: str
     error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Sampled:
-    request_id: str
-    reasons: tuple[Reason, ...]
 
 
 @dataclass(slots=True)
@@ -80,9 +73,8 @@ class IngestHandler:
     ) -> None:
         self._settings = settings
         self._sampler = sampler
-        self._writer = writer
+        self._sampling = RequestSampling(sampler, writer, metrics=metrics, sampler_metrics=sampler_metrics)
         self._metrics = metrics
-        self._sampler_metrics = sampler_metrics
         self._feed = feed
         self._clock = clock
         self._decoder = BodyDecoder(max_batch=settings.max_batch)
@@ -137,7 +129,7 @@ class IngestHandler:
         result.accepted = len(accepted)
         by_model = list(_positions([event.model for event in accepted.events]))  # read by metrics, feed, sampling
         self._observe(accepted, by_model)
-        result.sampled = self._sample_all(accepted, by_model)
+        result.sampled = self._sampling.take(accepted, by_model)
         if not accepted:
             first = result.rejected[0]
             raise InvalidInput(
@@ -287,40 +279,6 @@ class IngestHandler:
             if admitted[index] or event.label is not None or event.model in keeping:
                 feed.take(accepted.prediction(index), event.model_version, admitted=admitted[index])
 
-    def _sample_all(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> list[Sampled]:
-        """Sampling decisions for a request's accepted events; most are not sampled, counted once per model."""
-        chosen: list[tuple[int, tuple[Reason, ...]]] = []
-        for model, at in by_model:
-            every = len(at) == len(accepted)
-            found = self._sampler.reasons_many(
-                model,
-                accepted.confidences if every else [accepted.confidences[i] for i in at],
-                accepted.margins if every else [accepted.margins[i] for i in at],
-                [accepted.events[i].cohort or {} for i in at],
-                [accepted.inputs[i] is not None for i in at],
-            )
-            if len(found) < len(at):
-                self._metrics.child(self._metrics.not_sampled, model).inc(len(at) - len(found))
-            chosen += [(at[i], reasons) for i, reasons in found]
-        chosen.sort(key=lambda pair: pair[0])  # admitted and queued in arrival order, as they came
-        return [
-            sampled
-            for position, reasons in chosen
-            if (sampled := self._sample(accepted, position, reasons)) is not None
-        ]
-
-    def _sample(self, accepted: Accepted, position: int, reasons: tuple[Reason, ...]) -> Sampled | None:
-        model = accepted.events[position].model
-        for reason in reasons:
-            self._metrics.child(self._sampler_metrics.sampled, model, reason).inc()
-        if not self._sampler.admit(model):  # most candidates past the budget: no Prediction built for them
-            self._metrics.child(self._sampler_metrics.dropped, model, "budget").inc()
-            return None
-        prediction = accepted.prediction(position)
-        if self._writer.offer(_message(prediction, reasons)) is not None:
-            return None
-        return Sampled(prediction.request_id, reasons)
-
 
 def _positions(keys: list[_Key]) -> Iterable[tuple[_Key, list[int]]]:
     """Each distinct key with its positions in ``keys``, in order of first appearance (most requests have one)."""
@@ -333,24 +291,6 @@ def _positions(keys: list[_Key]) -> Iterable[tuple[_Key, list[int]]]:
             at = found[key] = []
         at.append(position)
     return found.items()
-
-
-def _message(prediction: Prediction, reasons: tuple[Reason, ...]) -> SampledEvent:
-    return SampledEvent(
-        model=prediction.model,
-        model_version=prediction.version,
-        request_id=prediction.request_id,
-        timestamp=prediction.timestamp,
-        received_at=prediction.received_at,
-        reasons=reasons,
-        predicted=prediction.predicted,
-        confidence=prediction.confidence,
-        margin=prediction.margin,
-        num_classes=prediction.num_classes,
-        cohort=prediction.cohort,
-        label=prediction.label,
-        input=prediction.input,
-    )
 
 
 def _detail(result: IngestResult) -> dict[str, Any]:
