@@ -178,9 +178,9 @@ class Monitoring:
                 labels.append((index, valid.model, valid.request_id, valid.label))
                 continue
             named = printable(request_id) if isinstance(request_id, str) else None
-            model = fields.get("model")
+            model = fields.get("model")  # echoed too: escaped like the id (a lone surrogate is no UTF-8)
             result.rejected.append(
-                LabelVerdict(index, named, "rejected", message, model if isinstance(model, str) else None)
+                LabelVerdict(index, named, "rejected", message, printable(model) if isinstance(model, str) else None)
             )
         if not labels:
             self._count_rejected(result.rejected, known)

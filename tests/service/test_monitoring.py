@@ -613,14 +613,17 @@ def test_a_bad_label_is_rejected_by_name_and_the_others_join(make_client: Callab
     raw = (  # text that is not Unicode: a lone surrogate escape, raw invalid UTF-8; each refused alone
         b'{"labels": [{"model": "digits", "request_id": "s\\ud800", "label": 1},'
         b' {"model": "digits", "request_id": "b\xff", "label": 1},'
-        b' {"model": "digits", "request_id": "g0", "label": 2}]}'
+        b' {"model": "digits", "request_id": "g0", "label": 2},'
+        b' {"model": "d\\ud800", "request_id": "m", "label": 1}]}'  # echoed back: escaped, never a 500
     )
     answer = client.post("/v1/labels", content=raw, headers={"content-type": "application/json"})
     assert answer.status_code == 200, answer.text
     assert [(r["index"], r["error"].split(":")[0]) for r in answer.json()["rejected"]] == [
         (0, "labels.0.request_id"),
         (1, "labels.1.request_id"),
+        (3, "labels.3.model"),
     ]
+    assert answer.json()["rejected"][2]["model"] == "d\\ud800"
     assert answer.json()["unmatched"][0]["request_id"] == "g0"  # labelled already: the rest went on
 
 
