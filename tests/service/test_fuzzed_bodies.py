@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -172,4 +173,50 @@ def test_mutated_bodies_never_get_a_5xx(
             assert response.status_code == 503 and "retry-after" in response.headers, (body, response.text)
         elif response.status_code >= 400:
             assert set(response.json()) >= {"error", "field"}, (body, response.text)
+    assert any(status < 300 for status in statuses) and any(400 <= status < 500 for status in statuses), statuses
+
+
+def _binary_body(rng: random.Random) -> tuple[bytes, bytes]:
+    """A body in the binary tensor extension (Open Inference Protocol): its JSON header and the raw tensors."""
+    events, raw = [], b""
+    for index in range(rng.randint(1, 3)):
+        logits, embedding = struct.pack("<3f", 4.0, 1.0, 0.5), struct.pack("<4f", 0.5, 0.5, 0.5, 0.5)
+        events.append(
+            event(
+                f"b{index}",
+                logits={"shape": [3], "datatype": "FP32", "parameters": {"binary_data_size": len(logits)}},
+                embedding={"shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": len(embedding)}},
+            )
+        )
+        raw += logits + embedding
+    return json.dumps({"events": events}).encode(), raw
+
+
+def test_mutated_binary_tensor_bodies_never_get_a_5xx(make_client: Callable[..., TestClient]) -> None:
+    """The header, the raw tensors or the declared header length changed: a 4xx naming the problem, or accepted."""
+    client = make_client()
+    rng = random.Random("binary")
+    statuses: set[int] = set()
+    for _ in range(CASES_PER_ROUTE):
+        header, raw = _binary_body(rng)
+        length = str(len(header))
+        roll = rng.random()
+        if roll < 0.4:
+            header = json.dumps(_changed(json.loads(header), rng)).encode("utf-8", "surrogatepass")
+            length = str(len(header))
+        elif roll < 0.7:
+            raw = _spliced(raw, rng)
+        elif roll < 0.85:
+            header = _spliced(header, rng)
+        else:
+            length = rng.choice(["-1", "0", "x", "1e3", "+5", str(len(header) + 3), "99999999999"])
+        response = client.post(
+            "/v1/events",
+            content=header + raw,
+            headers={"content-type": "application/octet-stream", "inference-header-content-length": length},
+        )
+        statuses.add(response.status_code)
+        assert response.status_code < 500, (header, raw, length, response.text)
+        if response.status_code >= 400:
+            assert set(response.json()) >= {"error", "field"}, (header, length, response.text)
     assert any(status < 300 for status in statuses) and any(400 <= status < 500 for status in statuses), statuses
