@@ -1,4 +1,5 @@
-"""Mutated bodies on every body route: a 4xx for what is wrong, never a 5xx (but a 503 with ``Retry-After``).
+"""Mutated bodies on every body route, odd query strings and names on every read route: a 4xx for what is wrong,
+never a 5xx (but a 503 with ``Retry-After``).
 
 Seeded per route, so every run sends the same cases. Fuzzing a running sidecar this way found two 500s (an event
 key holding ``\\u0000``; a rejected label's model that is a lone surrogate, echoed raw): with either fix undone,
@@ -13,6 +14,7 @@ import random
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -220,3 +222,55 @@ def test_mutated_binary_tensor_bodies_never_get_a_5xx(make_client: Callable[...,
         if response.status_code >= 400:
             assert set(response.json()) >= {"error", "field"}, (header, length, response.text)
     assert any(status < 300 for status in statuses) and any(400 <= status < 500 for status in statuses), statuses
+
+
+READ_ROUTES = [
+    "/v1/explanations",
+    "/v1/explanations/{m}/methods",
+    "/v1/explanations/{m}/r1",
+    "/v1/explanations/{m}/r1/heatmap.png",
+    "/v1/explanations/{m}/r1/activations.png",
+    "/v1/models/{m}/layers",
+    "/v1/models/{m}/sampling",
+    "/v1/models/{m}/drift",
+    "/v1/models/{m}/drift/history",
+    "/v1/models/{m}/calibration",
+    "/v1/models/{m}/calibration.png",
+    "/v1/models/{m}/projection",
+    "/ui/models/{m}",
+]
+QUERY_NAMES = ["model", "version", "reason", "cohort", "predicted", "since", "until", "limit", "cursor", "method"]
+QUERY_VALUES = [
+    "",
+    "0",
+    "-1",
+    "1e999",
+    "nan",
+    "inf",
+    "2.5",
+    "9" * 40,
+    "a:b",
+    "a:b:c",
+    ":",
+    "\x00",
+    "%",
+    "digits",
+    "x" * 400,
+]
+MODEL_NAMES = ["digits", "unknown", "a" * 65, "d%0A", "%2e%2e", "x%2Fy", "%C3%A9", "%ED%A0%80"]
+
+
+def test_odd_query_strings_and_names_on_read_routes_never_get_a_5xx(make_client: Callable[..., TestClient]) -> None:
+    """Every read route with random query parameters and odd model names: what is wrong is a 4xx in the error
+    shape (or a 404), never a 5xx but a 503 with ``Retry-After`` (e.g. a projection still being computed)."""
+    client = make_client()
+    assert client.post("/v1/events", json=event("r1", embedding=[0.5] * 4)).status_code == 202  # a known model
+    rng = random.Random("reads")
+    for _ in range(CASES_PER_ROUTE):
+        path = rng.choice(READ_ROUTES).format(m=rng.choice(MODEL_NAMES))
+        params = [(rng.choice(QUERY_NAMES), rng.choice(QUERY_VALUES)) for _ in range(rng.randint(0, 3))]
+        response = client.get(f"{path}?{urlencode(params)}" if params else path)
+        if response.status_code >= 500:
+            assert response.status_code == 503 and "retry-after" in response.headers, (path, params, response.text)
+        elif response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
+            assert set(response.json()) >= {"error", "field"}, (path, params, response.text)
