@@ -274,3 +274,53 @@ def test_odd_query_strings_and_names_on_read_routes_never_get_a_5xx(make_client:
             assert response.status_code == 503 and "retry-after" in response.headers, (path, params, response.text)
         elif response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
             assert set(response.json()) >= {"error", "field"}, (path, params, response.text)
+
+
+CE_HEADERS: dict[str, list[str | None]] = {
+    "ce-specversion": ["1.0", "0.3", "", None],
+    "ce-id": ["id-1", "id-2", "", "x" * 300, "a\tb", None],
+    "ce-type": [
+        "org.kubeflow.serving.inference.request",
+        "org.kubeflow.serving.inference.response",
+        "org.kubeflow.serving.inference.other",
+        None,
+    ],
+    "ce-source": ["s", "", None],
+    "ce-inferenceservicename": ["digits", "unknown", "", "a" * 200, None],
+    "ce-endpoint": ["default", "canary", "other", None],
+    "ce-metadata": ['{"X-Region": ["eu"]}', "{", "[]", '{"X-Region": 3}', '{"a": {"b": [1]}}', None],
+    "content-type": ["application/json", "application/octet-stream", "text/plain", "", None],
+}
+
+
+def test_mutated_binary_mode_cloudevents_never_get_a_5xx(make_client: Callable[..., TestClient]) -> None:
+    """KServe's logger sends its events in binary mode: the CloudEvents attributes as headers, the payload as the
+    body. Odd or missing attributes and mutated v1 and v2 payloads: a 4xx naming the problem, or accepted."""
+    client = make_client(models={"digits": {"kserve": {"scores_are": "probabilities"}}})
+    rng = random.Random("cloudevents")
+    payloads = [
+        {"instances": [[1.0, 2.0], [3.0, 4.0]]},
+        {"predictions": [[0.1, 0.9], [0.8, 0.2]]},
+        {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+        {
+            "model_name": "digits",
+            "id": "q",
+            "outputs": [{"name": "p", "shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.8, 0.2]}],
+        },
+    ]
+    statuses: set[int] = set()
+    for _ in range(CASES_PER_ROUTE):
+        headers = {name: choice for name, values in CE_HEADERS.items() if (choice := rng.choice(values)) is not None}
+        if rng.random() < 0.5:  # mostly well-formed attributes, so that the payload's own checks are reached
+            headers |= {
+                "ce-specversion": "1.0",
+                "ce-inferenceservicename": "digits",
+                "content-type": "application/json",
+            }
+        body = next(_bodies([rng.choice(payloads)], rng))
+        response = client.post("/v1/cloudevents", content=body, headers=headers)
+        statuses.add(response.status_code)
+        assert response.status_code < 500, (headers, body, response.text)
+        if response.status_code >= 400:
+            assert set(response.json()) >= {"error", "field"}, (headers, body, response.text)
+    assert any(status < 300 for status in statuses) and any(400 <= status < 500 for status in statuses), statuses
