@@ -90,6 +90,7 @@ class MonitorProcess:
         """Models the live monitors could not own at the last round (warned about once)."""
         self.stopped = False
         self._drift_config = settings.drift.model_dump_json()
+        """Published every round (``keys.DRIFT_CONFIG``): sidecars check an uploaded reference against it."""
 
     @property
     def owner(self) -> str:
@@ -145,10 +146,10 @@ class MonitorProcess:
         until = loop.time() + self.settings.monitor_lease_ttl_s / 3  # a third of the lease's life from renewal
         alive = await self.leases.heartbeat()
         self.metrics.members.set(alive)
-        await self.redis.set(keys.DRIFT_CONFIG, self._drift_config)
         held = list(self.owned)
         renewals = await self.leases.renew_all(held)
         self._renewed_at = loop.time()
+        await self.redis.set(keys.DRIFT_CONFIG, self._drift_config)  # after the renewals: never delays them
         for model, renewed in zip(held, renewals, strict=True):
             if not renewed:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
