@@ -116,7 +116,7 @@ class BodyDeadlines:
     def sweep(self) -> None:
         """Cancel the reads past their deadline (each once)."""
         now = self._clock()
-        for task, (deadline, _) in self._reading.items():
+        for task, (deadline, _) in list(self._reading.items()):  # a copy: nothing a cancel sets off can change it
             if deadline <= now and task not in self._expired:
                 self._expired.add(task)
                 task.cancel()
