@@ -24,8 +24,9 @@ _FLOAT32_EXP_FLOOR = -87.0
 def summarise(scores: Vector, *, from_logits: bool) -> tuple[int, float, float]:
     """Predicted class, top-1 probability and top-1 minus top-2 logit (log-probability) of one score vector.
 
-    The figures of :func:`summarise_matrix` (bit for bit, checked on random rows in the tests) with about half
-    its numpy calls and no ``np.errstate``: a request of one event is the common case of a serving stack that
+    The figures of the many-row arithmetic (bit for bit, checked on random rows in the tests) with about half
+    its numpy calls and no ``np.errstate``; :func:`summarise_matrix` takes it for a one-row matrix. A request
+    of one event is the common case of a serving stack that
     posts per prediction, and there each numpy call's fixed cost outweighs its arithmetic. For one event of
     1,000 logits: ~9 instead of ~17 µs alone, 24 µs less CPU per request in the whole app under load
     (in-process, alternated).
@@ -40,8 +41,9 @@ def summarise(scores: Vector, *, from_logits: bool) -> tuple[int, float, float]:
         margin = np.log(np.maximum(top, _TINY)) - np.log(np.maximum(rest.max(keepdims=True), _TINY))
         return predicted, float(top[0]), min(float(margin[0]), MAX_MARGIN)
     first = scores[predicted]
-    if float(first) - float(scores.min()) > _FLOAT32_SAFE_SPREAD:
-        return summarise_rows([scores], from_logits=True)[0]  # the careful arithmetic of the matrix path
+    if float(first) - float(scores.min()) > _FLOAT32_SAFE_SPREAD:  # the careful arithmetic of many rows
+        found = _summarise_many(scores[None, :], from_logits=True)
+        return found[0][0], found[1][0], found[2][0]
     shifted = scores - first  # <= 0; 0 at the top
     shifted[predicted] = -np.inf
     gap = shifted.max()  # second minus first
@@ -74,7 +76,17 @@ def summarise_matrix(
     float64 ``exp`` only with AVX-512): ~4x less time for the most expensive step of ingest, at a
     relative error of the confidence below 1e-7 — far finer than any histogram bucket, sampling
     threshold or calibration bin. The margin comes from the scores themselves, in their own precision.
+    One row (a request of one event, from any reader) is :func:`summarise`'s.
     """
+    if scores.shape[0] == 1:
+        predicted, confidence, margin = summarise(scores[0], from_logits=from_logits)
+        return [predicted], [confidence], [margin]
+    return _summarise_many(scores, from_logits=from_logits, overwrite=overwrite)
+
+
+def _summarise_many(
+    scores: npt.NDArray[Any], *, from_logits: bool, overwrite: bool = False
+) -> tuple[list[int], list[float], list[float]]:
     index = np.arange(scores.shape[0])
     predicted = scores.argmax(axis=1)
     first = scores[index, predicted]

@@ -13,7 +13,7 @@ from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_time
 from sampler.contract import InputTensor
 from service.errors import FieldError
 from service.schemas import EventIn
-from service.scores import summarise, summarise_matrix
+from service.scores import summarise_matrix
 from service.tensors import BinaryTensor, Vector, tensor_of, vector_of
 
 PROBABILITY_TOLERANCE = 1e-3
@@ -168,15 +168,12 @@ def summarised(checked: list[Checked], *, received_at: float) -> Accepted:
     for index, item in enumerate(checked):
         groups.setdefault((item.scores.shape[0], item.from_logits), []).append(index)
     for (_, from_logits), indices in groups.items():
-        if len(indices) == 1:  # a request of one event: the row's own summary, at half the numpy calls
-            index = indices[0]
-            predicted[index], confidences[index], margins[index] = summarise(
-                checked[index].scores, from_logits=from_logits
-            )
-            continue
         rows = [checked[i].scores for i in indices]
-        stacked = np.concatenate(rows).reshape(len(rows), -1)  # as np.stack (the rows are alike), at half the cost
-        found = summarise_matrix(stacked, from_logits=from_logits, overwrite=True)
+        if len(rows) == 1:  # a view, not a copy: one row is summarised out of place
+            found = summarise_matrix(rows[0][None, :], from_logits=from_logits)
+        else:
+            stacked = np.concatenate(rows).reshape(len(rows), -1)  # as np.stack (the rows are alike), at half the cost
+            found = summarise_matrix(stacked, from_logits=from_logits, overwrite=True)
         for index, top, confidence, margin in zip(indices, *found, strict=True):
             predicted[index], confidences[index], margins[index] = top, confidence, margin
     return Accepted(

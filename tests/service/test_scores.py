@@ -76,8 +76,8 @@ def test_one_row_alone_is_summarised_as_in_a_matrix_bit_for_bit(
             row[:] = row[0]  # all tied
         with np.errstate(all="raise"):
             alone = summarise(row, from_logits=from_logits)
-            in_matrix = summarise_rows([row], from_logits=from_logits)[0]
-        assert alone == in_matrix, (row, alone, in_matrix)
+            in_matrix = summarise_rows([row, row], from_logits=from_logits)[0]  # many rows: the general arithmetic
+        assert alone == in_matrix == summarise_rows([row], from_logits=from_logits)[0], (row, alone, in_matrix)
 
 
 def test_a_row_too_wide_for_exp_falls_back_without_floating_point_errors() -> None:
