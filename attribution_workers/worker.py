@@ -41,7 +41,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import NoReturn
 
 import orjson
@@ -51,9 +51,9 @@ from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.consumer import Delivery, GroupConsumer
 from attribution_workers.failures import is_outage
 from attribution_workers.metrics import WorkerMetrics
-from attribution_workers.outcomes import Outcome
 from attribution_workers.reconnect import RedisOutage
 from attribution_workers.runtime import BatchResult, ModelRuntime
+from attribution_workers.settlement import Settlement
 from attribution_workers.upkeep import BatchUpkeep
 from common import keys
 from common.errors import RedisUnavailable
@@ -113,7 +113,7 @@ class AttributionWorker:
             dead_letter_ttl_s=dead_letter_ttl_s,
             dead_letter_max_input_bytes=dead_letter_max_input_bytes,
         )
-        self.processed = 0
+        self._settlement = Settlement(self._consumer, store, metrics, max_deliveries=max_deliveries)
         self._outage = RedisOutage(metrics.redis_up)
         self._upkeep = BatchUpkeep(
             store,
@@ -159,6 +159,11 @@ class AttributionWorker:
             else:
                 self._outage.succeeded()
 
+    @property
+    def processed(self) -> int:
+        """Explanations this worker stored (or found already stored) since it started."""
+        return self._settlement.processed
+
     async def aclose(self) -> None:
         await self._redis.aclose()
 
@@ -185,7 +190,7 @@ class AttributionWorker:
             try:
                 event = await self._admitted(model, stream, delivery)
             except Exception as error:
-                await self._failed(model, stream, [delivery], error)
+                await self._settlement.failed(model, stream, [delivery], error)
                 continue
             if event is not None:
                 events.append((delivery, event))
@@ -194,9 +199,9 @@ class AttributionWorker:
         try:
             result = await self._explained(model, stream, events)
         except Exception as error:
-            await self._failed(model, stream, [d for d, _ in events], error)
+            await self._settlement.failed(model, stream, [d for d, _ in events], error)
             return
-        await self._settle(model, stream, events, result)
+        await self._settlement.settle(model, stream, events, result)
         try:
             await self._upkeep.after_batch(model, self._runtimes[model], result)
         except Exception as error:  # the entries are settled: nothing to retry
@@ -207,20 +212,21 @@ class AttributionWorker:
 
     async def _admitted(self, model: str, stream: str, delivery: Delivery) -> SampledEvent | None:
         """The event of an entry to explain, or None when the entry is settled without it."""
-        if delivery.fields is None:  # trimmed by MAXLEN while pending: nothing left to explain
-            self._metrics.explanations.labels(model, "-", "trimmed").inc()
-            await self._consumer.finish(stream, delivery.entry_id)
+        if delivery.fields is None:
+            await self._settlement.trimmed(model, stream, delivery)
             return None
         if delivery.deliveries > self._max_deliveries:  # its worker died or timed out each time
-            await self._dead_letter(model, stream, delivery, f"no result after {delivery.deliveries} deliveries")
+            await self._settlement.dead_letter(
+                model, stream, delivery, f"no result after {delivery.deliveries} deliveries"
+            )
             return None
         try:
             event = SampledEvent.decode(delivery.fields)
         except MessageError as error:
-            await self._dead_letter(model, stream, delivery, f"undecodable entry: {error}")
+            await self._settlement.dead_letter(model, stream, delivery, f"undecodable entry: {error}")
             return None
         if event.model != model:
-            await self._dead_letter(
+            await self._settlement.dead_letter(
                 model, stream, delivery, f"entry of model {event.model!r} in the stream of {model!r}"
             )
             return None
@@ -241,15 +247,6 @@ class AttributionWorker:
         except TimeoutError:
             await self._timed_out(model, stream, [d for d, _ in events])
 
-    async def _failed(self, model: str, stream: str, deliveries: Sequence[Delivery], error: Exception) -> None:
-        """The work of ``deliveries`` raised ``error``: a Redis outage or a timeout goes on up (the entries stay
-        pending); anything else fails just these entries, retried or dead-lettered like any failure."""
-        if isinstance(error, WorkTimedOut) or is_outage(error):
-            raise error
-        self._metrics.errors.labels(model).inc()
-        log.error("%s: %d entries failed unexpectedly", model, len(deliveries), exc_info=error)
-        await self._retry_or_give_up(model, stream, deliveries, f"{type(error).__name__}: {error}")
-
     async def _sanity_figures(self, model: str) -> dict[str, SanityFigure]:
         """The latest sanity figure of each method of ``model`` (any worker's), for the verdicts.
 
@@ -265,68 +262,10 @@ class AttributionWorker:
         message = f"batch of {len(deliveries)} {model} events timed out after {self._job_timeout_s:g} s"
         log.error("%s; the worker must restart to free the model", message)
         try:
-            await self._retry_or_give_up(model, stream, deliveries, "attribution timed out")
+            await self._settlement.retry_or_give_up(model, stream, deliveries, "attribution timed out")
         except REDIS_FAILED:
             log.exception("could not record the timed-out batch; its entries stay pending")
         raise WorkTimedOut(message)
-
-    async def _settle(
-        self, model: str, stream: str, events: list[tuple[Delivery, SampledEvent]], result: BatchResult
-    ) -> None:
-        by_id = {event.request_id: delivery for delivery, event in events}
-        for method, seconds in result.seconds.items():
-            self._metrics.seconds.labels(model, method).observe(seconds)
-        for method, gain in result.fidelity_gain.items():
-            self._metrics.fidelity.labels(model, method).set(gain)
-        if result.agreement is not None:
-            self._metrics.agreement.labels(model).set(result.agreement)
-        for outcome in result.outcomes:  # each alone: one that cannot be stored does not strand the others
-            delivery = by_id[outcome.record.summary.request_id]
-            try:
-                await self._settle_one(model, stream, delivery, outcome)
-            except Exception as error:
-                await self._failed(model, stream, [delivery], error)
-
-    async def _settle_one(self, model: str, stream: str, delivery: Delivery, outcome: Outcome) -> None:
-        summary = outcome.record.summary
-        if outcome.ok:
-            stored = await self._store.save(outcome.record)
-            status = "ok" if stored else "duplicate"
-            for method in summary.methods:
-                self._metrics.explanations.labels(model, method, status).inc()
-            if stored:
-                self._metrics.lag.labels(model).observe(max(0.0, time.time() - summary.timestamp))
-            await self._consumer.finish(stream, delivery.entry_id)
-            self.processed += 1
-            return
-        error = outcome.record.detail.error or "unknown error"
-        await self._store.save(outcome.record)
-        if not outcome.retry:
-            await self._dead_letter(model, stream, delivery, error)
-        else:
-            await self._retry_or_give_up(model, stream, [delivery], error)
-
-    async def _retry_or_give_up(self, model: str, stream: str, deliveries: Sequence[Delivery], error: str) -> None:
-        for delivery in deliveries:
-            if delivery.deliveries >= self._max_deliveries:
-                await self._dead_letter(model, stream, delivery, f"{error} (after {delivery.deliveries} deliveries)")
-            else:
-                self._metrics.explanations.labels(model, "-", "failed").inc()
-                log.warning(
-                    "%s entry %s failed (delivery %d of %d), will retry: %s",
-                    model,
-                    delivery.entry_id.decode(),
-                    delivery.deliveries,
-                    self._max_deliveries,
-                    error,
-                )
-
-    async def _dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> None:
-        trimmed = await self._consumer.dead_letter(model, stream, delivery, error)
-        self._metrics.dead_letters.labels(model).inc()
-        self._metrics.dead_letters_trimmed.labels(model).inc(trimmed)
-        self._metrics.explanations.labels(model, "-", "dead").inc()
-        log.error("%s entry %s dead-lettered: %s", model, delivery.entry_id.decode(), error)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         key = keys.worker_heartbeat(self.consumer)
