@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 from monitors.feed import MonitoringRecord
+from service.accepted import Prediction
 from service.scores import softmax
 from service.tensors import Vector
-from service.validation import Prediction
 
 
 class UniformBudget:

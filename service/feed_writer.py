@@ -32,10 +32,10 @@ from redis.asyncio import Redis
 from common import keys
 from common.redis import REDIS_DOWN, cancelling, execute, queue_script
 from monitors.feed import MonitoringRecord
+from service.accepted import Prediction
 from service.feed_buffer import RECORDS, FeedBuffer, Pending
 from service.feed_records import UniformBudget, monitoring_record
 from service.metrics import CounterChildren
-from service.validation import Prediction
 
 log = logging.getLogger(__name__)
 

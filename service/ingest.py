@@ -16,6 +16,7 @@ from sampler.contract import InputTensor
 from sampler.metrics import SamplerMetrics
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
+from service.accepted import Accepted, Checked
 from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
 from service.feed_writer import FeedWriter
@@ -27,8 +28,6 @@ from service.scores import summarise_matrix
 from service.settings import SidecarSettings
 from service.tensor_lanes import Lane
 from service.validation import (
-    Accepted,
-    Checked,
     check,
     check_lane_event,
     rows_beyond_float32,

@@ -10,8 +10,8 @@ from sampler.metrics import SamplerMetrics
 from sampler.policy import Reason
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
+from service.accepted import Accepted, Prediction
 from service.metrics import IngestMetrics
-from service.validation import Accepted, Prediction
 
 
 @dataclass(frozen=True, slots=True)

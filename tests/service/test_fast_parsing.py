@@ -13,11 +13,12 @@ import pytest
 
 from common.errors import VaiError
 from helpers import event
+from service.accepted import Prediction
 from service.errors import FieldError
 from service.fast_parsing import BodyDecoder, scores_are_tensors
 from service.parsing import Decoded, Rejected, decode_body, read_tensors
 from service.tensor_lanes import Lane
-from service.validation import Prediction, check, summarised
+from service.validation import check, summarised
 
 MAX_BATCH = 50
 
