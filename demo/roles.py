@@ -98,14 +98,7 @@ def monitor_thread(settings: MonitorSettings) -> LoopThread:
     registry = CollectorRegistry()
 
     async def body(stop: asyncio.Event) -> None:
-        process = MonitorProcess(settings, registry=registry)
-        await process.start()
-        log.info("monitor %s started", process.owner)
-        try:
-            await stop.wait()
-        finally:
-            await process.stop()
-            log.info("monitor %s stopped", process.owner)
+        await MonitorProcess(settings, registry=registry).run(stop)
 
     return LoopThread("monitor", body, registry=registry, stop_timeout_s=10.0)  # hands its leases back in < 1 s
 

@@ -41,13 +41,7 @@ async def _run(process: MonitorProcess) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await process.start()
-    log.info("monitor %s started", process.owner)
-    try:
-        await stop.wait()
-    finally:
-        await process.stop()
-        log.info("monitor %s stopped", process.owner)
+    await process.run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

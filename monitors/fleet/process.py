@@ -100,6 +100,16 @@ class MonitorProcess:
         self.runner.start()
         self._task = asyncio.create_task(self._loop(), name="monitor-leases")
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, work until ``stop`` is set, then stop: the whole life of a monitor role."""
+        await self.start()
+        log.info("monitor %s started", self.owner)
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+            log.info("monitor %s stopped", self.owner)
+
     async def stop(self) -> None:
         """Give every model back at once (another monitor takes it without waiting for the TTL)."""
         if self.stopped:
