@@ -21,6 +21,12 @@ NOT_UNICODE = "not valid Unicode: invalid UTF-8, or a UTF-16 surrogate escape (\
 _CLOSE = {"Connection": "close"}
 """On a body left unread: the rest of it would otherwise arrive as the connection's next request, or keep
 a client that dribbles it connected."""
+LINGER_MIN_BYTES = 64 * 2**20
+"""A 413 for a declared length of at most ``max(LINGER_MIN_BYTES, 4 × limit)`` keeps the connection open: the
+server (uvicorn on httptools, as ``vai-sidecar serve`` runs it) then discards the rest of the body as it
+arrives, without the app reading it, so that a client that writes its whole body before it reads the answer
+(``http.client``, ``requests``) gets the 413 instead of a reset (a socket closed with unread data resets the
+connection, and the answer with it). A larger declared length, or a chunked body over the limit, closes it."""
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """The only way JSON text spells a lone surrogate (UTF-8 cannot encode one)."""
 
@@ -45,7 +51,7 @@ async def collect_body(
     declared = None if content_length is None else ascii_decimal(content_length, max_digits=30)
     if content_length is not None and (declared is None or declared > limit_bytes):
         raise (
-            _too_large(limit_bytes, limit_setting)
+            _too_large(limit_bytes, limit_setting, declared=declared)
             if declared is not None
             else BadRequest("content-length: not a number", field="content-length")
         )
@@ -127,9 +133,12 @@ class BodyDeadlines:
             self.sweep()
 
 
-def _too_large(limit_bytes: int, limit_setting: str | None) -> PayloadTooLarge:
+def _too_large(limit_bytes: int, limit_setting: str | None, *, declared: int | None = None) -> PayloadTooLarge:
     where = f" ({limit_setting})" if limit_setting else ""
-    return PayloadTooLarge(f"body: larger than {limit_bytes} bytes{where}", field="body", headers=_CLOSE)
+    lingers = declared is not None and declared <= max(LINGER_MIN_BYTES, 4 * limit_bytes)
+    return PayloadTooLarge(
+        f"body: larger than {limit_bytes} bytes{where}", field="body", headers=None if lingers else _CLOSE
+    )
 
 
 def parse_json(body: bytes, model: type[M], *, text_checked_by_model: bool = False) -> M:

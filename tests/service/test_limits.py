@@ -3,6 +3,7 @@ body timeout; a client that leaves half-way costs a debug line."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from helpers import serve_app, wait_until
 from service.api import POLICY_BODY_BYTES
 from service.app import create_app
+from service.monitoring_api import LABELS_BODY_BYTES
 from service.settings import SidecarSettings
 
 ClientFactory = Callable[..., TestClient]
@@ -194,3 +196,61 @@ def test_a_client_that_leaves_mid_body_costs_no_traceback(
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
     written = capfd.readouterr().err  # uvicorn logs "Exception in ASGI application" to stderr, not to caplog
     assert "Traceback" not in written and "Exception in ASGI" not in written, written
+
+
+def _post_whole_then_read(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, str, bytes]:
+    """POST as ``http.client`` does: the whole body first, then the answer; (status, connection header, body)."""
+    connection.request(
+        "POST", path, body=body, headers={"Authorization": "Bearer i", "Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    return response.status, response.getheader("connection") or "", response.read()
+
+
+SMALL_BODY_BYTES = 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("path", "limit", "event"),
+    [
+        pytest.param(
+            "/v1/events",
+            SMALL_BODY_BYTES,
+            {"model": "digits", "request_id": "r", "probabilities": [0.5, 0.5]},
+            id="events",
+        ),
+        pytest.param("/v1/labels", LABELS_BODY_BYTES, {"model": "digits", "request_id": "r", "label": 1}, id="labels"),
+    ],
+)
+def test_a_client_that_writes_its_whole_body_first_reads_the_413_and_keeps_its_connection(
+    make_settings: Callable[..., SidecarSettings], path: str, limit: int, event: dict[str, Any]
+) -> None:
+    """A socket closed with a body still arriving resets the connection, and the 413 with it: the client
+    would see a reset and retry the same body for ever. Within 4x the limit the server discards the rest."""
+    with serve_app(create_app(make_settings(max_body_bytes=SMALL_BODY_BYTES, **TOKENS))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            status, close, answer = _post_whole_then_read(connection, path, b" " * (3 * limit) + b"{}")
+            assert (status, close) == (413, ""), answer
+            assert json.loads(answer)["field"] == "body"
+            small = json.dumps({"events": [event]} if path == "/v1/events" else {"labels": [event]}).encode()
+            assert _post_whole_then_read(connection, path, small)[0] in (200, 202)  # the same connection
+        finally:
+            connection.close()
+
+
+def test_a_body_declared_far_over_the_limit_is_refused_with_the_connection_closed(
+    make_settings: Callable[..., SidecarSettings],
+) -> None:
+    """Past what the server would discard, it closes: a client may then see a reset rather than the 413."""
+    limit = 1024
+    with serve_app(create_app(make_settings(max_body_bytes=limit, **TOKENS))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer i\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {64 * 2**20 + 1}\r\n\r\n".encode()
+            )
+            head = connection.recv(65536).partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 413") and b"connection: close" in head, head
