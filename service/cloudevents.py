@@ -134,6 +134,8 @@ def _metadata(value: Any, field: str) -> dict[str, str]:
         document = orjson.loads(value) if isinstance(value, str) else value  # refuses lone surrogate escapes
     except ValueError:
         raise BadRequest(f"{field}: not valid JSON", field=field) from None
+    if document is None:  # JSON null: no metadata, as an absent attribute
+        return {}
     if not isinstance(document, dict):
         raise BadRequest(f"{field}: must be a JSON object", field=field)
     metadata: dict[str, str] = {}

@@ -12,9 +12,10 @@ within one InferenceService):
   with no request waiting it is ingested at once without inputs (monitored, not explainable);
 - a request that finds the marker came after its response: it is dropped and counted;
 - a request whose response never comes is counted by :meth:`KServeLogger.sweep` once its TTL is past;
-- a response whose join timed out may have been joined or not (Redis may have run it, its reply came too late):
-  it is ingested at once without inputs rather than answered 503, since a retry would find its own marker and be
-  dropped as a duplicate (and KServe's logger never retries). A request it did not consume expires as an orphan.
+- a response whose join failed is ingested at once without inputs rather than answered 503: KServe's logger
+  never retries, so a 503 would lose the prediction, and after a timeout the join may have run after all (a
+  retry would find its own marker and be dropped as a duplicate). A request it did not consume expires as an
+  orphan. A request that cannot be stored is answered 503 (nothing of it could be monitored alone).
 
 Only the mapped component's events (``kserve.component``, default ``predictor``) are read: a transformer's
 request and response are the same inference seen from outside, and counted as ``other_component``.
@@ -24,9 +25,6 @@ This module owns the stored record's format (``{"v": 1, "inputs", "metadata"}``)
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,18 +32,23 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import keys
 from common.codec import EncodedArray
-from common.errors import InvalidInput, RedisUnavailable, VaiError
-from common.names import VERSION_RE
-from common.numbers import ascii_decimal
+from common.errors import (
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    RedisUnavailable,
+    RequestTimeout,
+    Unauthorized,
+    VaiError,
+)
 from common.redis import REDIS_FAILED, execute
-from common.timestamps import TimestampError, parse_timestamp
 from service.cloudevents import CloudEvent, read_event
 from service.ingest import IngestHandler, IngestResult
-from service.kserve_payloads import Prediction, request_inputs, response_prediction
+from service.kserve_events import events_body
+from service.kserve_payloads import request_inputs, response_prediction
 from service.settings import KServeMapping, SidecarSettings
 
 RECORD_VERSION = 1
@@ -55,8 +58,15 @@ GRACE_S = 2.0
 """Past its key's TTL, an orphan is counted only after this, so a response just in time is never counted twice."""
 UNMAPPED = "__unmapped__"
 """The ``model`` label of events refused before a model was known."""
-MAX_VERSION = 64
-NOT_VERSION_TEXT = re.compile(r"[^!-~]")
+
+
+REFUSED: dict[type[VaiError], str] = {
+    Unauthorized: "unauthorized",
+    Forbidden: "forbidden",
+    PayloadTooLarge: "body_too_large",
+    RequestTimeout: "body_timeout",
+}
+"""The outcome of a CloudEvent refused before it was read, by error (else ``invalid_body``)."""
 
 
 class KServeLogger:
@@ -84,17 +94,25 @@ class KServeLogger:
         self.events = Counter(
             "vai_kserve_events",
             "KServe logger CloudEvents by outcome (request_stored, joined, count_mismatch, response_only, "
-            "request_dropped, request_expired, duplicate, other_component, invalid, redis_unavailable).",
+            "request_dropped, request_expired, duplicate, other_component, invalid, redis_unavailable; refused "
+            "before being read: unauthorized, forbidden, body_too_large, body_timeout, invalid_body).",
             ["model", "outcome"],
             registry=registry,
         )
         self.dropped = Counter(
             "vai_kserve_parts_dropped",
             "Events of KServe responses monitored without a part that was unusable (label: no class of the "
-            "prediction; embedding: missing, or not one row per instance).",
+            "prediction; embedding: missing, or not one row per instance; cohort: a ce-metadata value of no "
+            "allowed length; time: a ce-time that is no time an event may have).",
             ["model", "part"],
             registry=registry,
         )
+
+    def refused(self, headers: Mapping[str, str], error: VaiError) -> None:
+        """Count a CloudEvent refused before :meth:`handle` read it: its token, or its body's size, encoding
+        or time. Its model is the mapped service its ``ce-inferenceservicename`` header names, if any."""
+        found = self._mappings.get(headers.get("ce-inferenceservicename", ""))
+        self.events.labels(UNMAPPED if found is None else found[0], REFUSED.get(type(error), "invalid_body")).inc()
 
     @property
     def enabled(self) -> bool:
@@ -168,12 +186,8 @@ class KServeLogger:
         prediction = response_prediction(event, mapping)
         try:
             previous = await self._join(model, event)
-        except RedisTimeoutError:  # joined or not, unknown: monitored without inputs (module docstring)
+        except REDIS_FAILED:  # joined or not (a timeout), unknown: monitored without inputs (module docstring)
             previous = None
-        except REDIS_FAILED:
-            raise RedisUnavailable(
-                "redis is unavailable: KServe responses cannot be joined to their requests"
-            ) from None
         if previous == MARKER:
             self.events.labels(model, "duplicate").inc()
             return _reply("duplicate", model, event.id)
@@ -187,7 +201,7 @@ class KServeLogger:
             if isinstance(stored, list) and inputs is None
             else "joined"
         )
-        body, dropped = _events_body(model, mapping, event, prediction, record, inputs)
+        body, dropped = events_body(model, mapping, event, prediction, record, inputs)
         result = self._ingest.ingest(body)  # refused whole: counted by handle(), as invalid
         self.events.labels(model, outcome).inc()
         for part in dropped:
@@ -247,61 +261,3 @@ def _record(value: bytes | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return record if isinstance(record, dict) and record.get("v") == RECORD_VERSION else None
-
-
-def _events_body(
-    model: str,
-    mapping: KServeMapping,
-    event: CloudEvent,
-    prediction: Prediction,
-    record: dict[str, Any] | None,
-    inputs: list[Any] | None,
-) -> tuple[bytes, list[str]]:
-    """The events of one response, as the ingest API's JSON with compact tensors, and the parts left out of them
-    (one name per event and part); ``inputs``: the request's, one per prediction, when kept and matching in number."""
-    metadata = {**(record.get("metadata") or {} if record is not None else {}), **event.metadata}
-    common: dict[str, Any] = {
-        "model": model,
-        "model_version": _safe_version(prediction.model_version or f"{event.service}-{event.endpoint}"),
-    }
-    cohort = {key: metadata[key] for key in mapping.cohort_metadata if key in metadata}
-    if cohort:
-        common["cohort"] = cohort
-    label = metadata.get(mapping.label_metadata) if mapping.label_metadata is not None else None
-    label_index = None if label is None else ascii_decimal(label.strip(), max_digits=9)
-    if event.time is not None:
-        with contextlib.suppress(TimestampError, ValueError):  # else the receive time stands in
-            common["timestamp"] = parse_timestamp(event.time)
-    events, dropped = [], []
-    for index, scores in enumerate(prediction.scores):
-        item = {**common, "request_id": f"{event.id}:{index}", mapping.scores_are: _compact(scores)}
-        if label_index is not None and label_index < scores.shape[-1]:
-            item["label"] = label_index
-        elif label is not None:  # no class of this prediction: the event is monitored without it
-            dropped.append("label")
-        embedding = prediction.embeddings[index] if prediction.embeddings is not None else None
-        if embedding is not None:
-            item["embedding"] = _compact(embedding)
-        elif prediction.embeddings is not None:
-            dropped.append("embedding")
-        if inputs is not None:
-            item["input"] = inputs[index]
-        events.append(item)
-    return orjson.dumps({"events": events}), dropped
-
-
-def _safe_version(text: str) -> str:
-    """``text`` as a version (1-64 visible ASCII characters): other characters become ``_``; a longer one keeps
-    its first 55 characters and ``~`` with 8 hex digits of its hash, so that two long versions stay apart."""
-    if VERSION_RE.match(text):
-        return text
-    cleaned = NOT_VERSION_TEXT.sub("_", text) or "_"
-    if len(cleaned) <= MAX_VERSION:
-        return cleaned
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{cleaned[: MAX_VERSION - 9]}~{digest}"
-
-
-def _compact(array: Any) -> dict[str, Any]:
-    encoded: dict[str, Any] = EncodedArray.of(array).model_dump(mode="json")
-    return encoded

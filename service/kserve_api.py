@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
+from common.errors import VaiError
 from service.auth import Scope
 from service.deps import SidecarDep, read_body
 from service.sidecar import Sidecar
@@ -12,16 +13,21 @@ from service.sidecar import Sidecar
 router = APIRouter()
 
 
-async def _logger_scope(request: Request) -> None:
-    """The ingest token, unless ``VAI_KSERVE_OPEN`` opens this route alone (KServe's logger sends no token)."""
-    sidecar: Sidecar = request.app.state.sidecar
-    if not sidecar.settings.kserve_open:
-        sidecar.auth.check(request.headers.get("authorization"), Scope.INGEST)
+async def _read(request: Request, sidecar: Sidecar) -> bytes:
+    """The body, after the ingest token unless ``VAI_KSERVE_OPEN`` opens this route alone (KServe's logger sends
+    no token); a CloudEvent refused here is counted too, so that none goes unseen."""
+    try:
+        if not sidecar.settings.kserve_open:
+            sidecar.auth.check(request.headers.get("authorization"), Scope.INGEST)
+        return await read_body(request, limit_bytes=sidecar.settings.max_body_bytes, limit_setting="VAI_MAX_BODY_BYTES")
+    except VaiError as error:
+        sidecar.kserve.refused(request.headers, error)
+        raise
 
 
-@router.post("/v1/cloudevents", dependencies=[Depends(_logger_scope)])
+@router.post("/v1/cloudevents")
 async def cloudevents(request: Request, sidecar: SidecarDep) -> Response:
     """One CloudEvent (binary or structured mode) of an inference request or response; 200 with a summary."""
-    body = await read_body(request, limit_bytes=sidecar.settings.max_body_bytes, limit_setting="VAI_MAX_BODY_BYTES")
+    body = await _read(request, sidecar)
     summary = await sidecar.kserve.handle(request.headers, body)
     return Response(orjson.dumps(summary), media_type="application/json")

@@ -17,7 +17,7 @@ from common.errors import InvalidInput
 from service.cloudevents import HEADER_LENGTH, CloudEvent, payload_document
 from service.errors import FieldError
 from service.settings import KServeMapping
-from service.tensors import BinaryTensor, tensor_of
+from service.tensors import BinaryTensor, beyond_float32, tensor_of
 
 Array = npt.NDArray[Any]
 V1_WHOLE_INSTANCE = "instances"
@@ -138,7 +138,7 @@ def _v1_input(item: Any, key: str, where: str) -> Array:
 def _finite(row: Array, where: str) -> Array:
     """``row``, refused naming ``where`` when it holds NaN or infinity (a value past float32 becomes infinity):
     kept, it would have its prediction refused at the join."""
-    if np.issubdtype(row.dtype, np.floating) and not np.isfinite(row).all():
+    if np.issubdtype(row.dtype, np.floating) and (not np.isfinite(row).all() or beyond_float32(row)):
         raise InvalidInput(f"{where}: holds NaN or infinite values (or values past float32)", field=where)
     return row
 

@@ -22,7 +22,9 @@ _JSON_SCHEMA_PATTERNS = {MODEL_RE.pattern: MODEL_PATTERN, VERSION_RE.pattern: VE
 ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_RE.pattern)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Version = Annotated[str, msgspec.Meta(pattern=VERSION_RE.pattern)]
-CohortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+MAX_COHORT_TEXT = 128
+"""Longest cohort key or value, in characters."""
+CohortText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_COHORT_TEXT)]
 Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=8)]
 
 NUMBER_FIELDS = ("logits", "probabilities", "embedding")

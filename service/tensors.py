@@ -48,6 +48,13 @@ _MAX_DIMS = 8
 _NUMBER_TYPES = (int, float)  # not bool
 Vector = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 """Scores or an embedding: float32 when sent as float32 tensors, else float64."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Embeddings are published, and inputs explained, as float32: a larger value would become infinity."""
+
+
+def beyond_float32(array: npt.NDArray[Any]) -> bool:
+    """Whether a finite float64 ``array`` holds a value float32 cannot (other dtypes fit, or are no floats)."""
+    return array.dtype == np.float64 and array.size > 0 and (array.max() > FLOAT32_MAX or array.min() < -FLOAT32_MAX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,11 @@ from service.accepted import Accepted, Checked
 from service.errors import FieldError
 from service.schemas import EventIn
 from service.scores import summarise_matrix
-from service.tensors import BinaryTensor, Vector, tensor_of, vector_of
+from service.tensors import FLOAT32_MAX, BinaryTensor, Vector, beyond_float32, tensor_of, vector_of
 
 PROBABILITY_TOLERANCE = 1e-3
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
 _NUMBER_TYPES = (int, float)  # not bool: JSON true is no number
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-"""Embeddings are published as float32 (``service.feed_records``): a larger value would reach the monitor as
-infinity, and its detectors would score NaN."""
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000
 
 
@@ -40,7 +37,7 @@ def check_lane_event(
         check_probabilities(probabilities)
     if event.label is not None:
         check_label(event.label, classes)
-    timestamp = received_at if event.timestamp is None else _timestamp_of(event.timestamp, received_at)
+    timestamp = received_at if event.timestamp is None else timestamp_of(event.timestamp, received_at)
     if embedding is not None:
         check_float32_range(embedding)
     return timestamp, None if event.input is None else _input_of(event.input)
@@ -54,7 +51,7 @@ def check(event: EventIn, *, received_at: float) -> Checked:
     # Order: event, timestamp, scores, from_logits, embedding, input.
     return Checked(
         event,
-        _timestamp_of(event.timestamp, received_at),
+        timestamp_of(event.timestamp, received_at),
         scores,
         from_logits,
         _embedding_of(event.embedding),
@@ -171,8 +168,9 @@ def rows_beyond_float32(embeddings: Vector | None) -> set[int]:
 
 
 def check_float32_range(embedding: Vector) -> None:
-    """A finite embedding's values fit float32, as which it is published (a float32 one fits by its type)."""
-    if embedding.dtype != np.float32 and (embedding.max() > FLOAT32_MAX or embedding.min() < -FLOAT32_MAX):
+    """A finite embedding's values fit float32, as which it is published (``service.feed_records``): a larger
+    value would reach the monitor as infinity, and its detectors would score NaN."""
+    if beyond_float32(embedding):
         raise FieldError(
             "embedding",
             f"holds a value beyond float32 range (±{FLOAT32_MAX:.4g}), as which it is kept",
@@ -180,7 +178,8 @@ def check_float32_range(embedding: Vector) -> None:
         )
 
 
-def _timestamp_of(value: str | float | None, received_at: float) -> float:
+def timestamp_of(value: str | float | None, received_at: float) -> float:
+    """An event's time in epoch seconds (``received_at`` when it has none); ``FieldError`` naming ``timestamp``."""
     if value is None:
         return received_at
     try:
@@ -202,6 +201,8 @@ def _input_of(value: Any) -> InputTensor | None:
     if isinstance(value, list):
         return _nested_input(value)
     array = tensor_of(value, "input")
+    if beyond_float32(array):  # the worker explains it as float32: it would become infinity
+        raise FieldError("input", "holds values that are not finite float32 numbers", reason="non_finite")
     if isinstance(value, dict) and "dtype" in value:  # the compact form: keep the base64 as sent
         return InputTensor.model_construct(shape=tuple(array.shape), dtype=value["dtype"], data=value["data"])
     return InputTensor.of(array)

@@ -141,6 +141,24 @@ BAD_EVENTS = [
     pytest.param(_with_raw(b'"input":[[1e400,1.0]]'), "input", "non_finite", id="input-list-1e400"),
     pytest.param(_event_bytes(input=[[1e39, 0.0]]), "input", "non_finite", id="input-list-beyond-float32"),
     pytest.param(
+        _event_bytes(input={"shape": [2], "datatype": "FP64", "data": [0.5, 1e300]}),
+        "input",
+        "non_finite",
+        id="input-fp64-tensor-beyond-float32",
+    ),
+    pytest.param(
+        _event_bytes(
+            input={
+                "shape": [2],
+                "dtype": "float64",
+                "data": base64.b64encode(struct.pack("<2d", 0.5, -3.5e38)).decode(),
+            }
+        ),
+        "input",
+        "non_finite",
+        id="input-compact-float64-beyond-float32",
+    ),
+    pytest.param(
         _event_bytes(input={"shape": [2], "dtype": "float32", "data": _b64_floats(float("nan"), 1.0)}),
         "input.data",
         "non_finite",

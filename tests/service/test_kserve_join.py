@@ -26,7 +26,12 @@ LONG_SERVICE = "s" * 63
 MODELS: dict[str, Any] = {
     "iris": {
         "sampling": {"every_n": 1},
-        "kserve": {"scores_are": "probabilities", "input": "instances", "label_metadata": "X-Label"},
+        "kserve": {
+            "scores_are": "probabilities",
+            "input": "instances",
+            "label_metadata": "X-Label",
+            "cohort_metadata": ["X-Region", "X-Tier"],
+        },
     },
     "digits": {
         "sampling": {"every_n": 1},
@@ -248,6 +253,14 @@ def test_a_v2_request_input_holding_infinity_is_refused_naming_its_tensor(kserve
     assert refused.json()["field"] == "inputs[0].data"
 
 
+def test_a_v2_fp64_request_input_past_float32_is_refused_naming_its_tensor(kserve: TestClient) -> None:
+    """The worker explains inputs as float32, where it would be infinity."""
+    request = {"inputs": [{"name": "pixels", "shape": [1, 4], "datatype": "FP64", "data": [1.0, 3.5e38, 0.0, 0.0]}]}
+    refused = post_event(kserve, _headers("fp64", REQUEST, "digits-isvc"), request)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["field"] == "inputs[0]"
+
+
 def test_a_missing_embedding_output_is_monitored_without_it_and_counted(
     kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:
@@ -369,16 +382,26 @@ def test_every_reply_has_accepted_and_rejected(kserve: TestClient) -> None:
     ]
 
 
-# --- L6: a CloudEvent answered 503 is counted ---------------------------------------------------------
+# --- L6: Redis down: a request is answered 503 and counted; a response is still monitored -------------
 
 
-def test_redis_down_is_503_and_counted(make_client: ClientFactory, registry: CollectorRegistry) -> None:
+def test_redis_down_a_request_is_503_and_a_response_is_monitored_without_inputs(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    """KServe's logger never retries: a 503 to a response would lose the prediction for good."""
     client = make_client(registry=registry, models=MODELS, redis_url="redis://127.0.0.1:1", redis_timeout_s=0.2)
-    for kind, body in ((REQUEST, _v1_request()), (RESPONSE, _v1_response())):
-        answer = post_event(client, _headers(str(uuid.uuid4()), kind), body)
-        assert answer.status_code == 503, answer.text
-        assert answer.headers["retry-after"] == "1"
-    assert outcome_count(registry, "iris", "redis_unavailable") == 2
+    request = post_event(client, _headers(str(uuid.uuid4()), REQUEST), _v1_request())
+    assert request.status_code == 503, request.text
+    assert request.headers["retry-after"] == "1"
+    assert outcome_count(registry, "iris", "redis_unavailable") == 1
+    response = post_event(client, _headers(str(uuid.uuid4()), RESPONSE), _v1_response())
+    assert (response.status_code, response.json()["outcome"], response.json()["accepted"]) == (
+        200,
+        "response_only",
+        1,
+    ), response.text
+    assert outcome_count(registry, "iris", "response_only") == 1
+    assert outcome_count(registry, "iris", "redis_unavailable") == 1
 
 
 def test_a_skipped_component_s_payload_is_not_read(kserve: TestClient, registry: CollectorRegistry) -> None:
@@ -393,3 +416,85 @@ def test_a_request_of_a_model_that_keeps_no_input_is_not_read(kserve: TestClient
     answer = post_event(kserve, _headers(str(uuid.uuid4()), REQUEST, LONG_SERVICE), b"not a payload we read")
     assert answer.status_code == 200 and answer.json()["outcome"] == "request_stored", answer.text
     assert outcome_count(registry, "long", "invalid") == 0
+
+
+# --- a bad attribute value costs that part, never the prediction ------------------------------------------
+
+
+@pytest.mark.parametrize("value", [pytest.param("r" * 129, id="too-long"), pytest.param("", id="empty")])
+def test_a_cohort_value_of_no_allowed_length_is_left_out_and_counted_not_the_prediction(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis, value: str
+) -> None:
+    ce_id = str(uuid.uuid4())
+    metadata = json.dumps({"X-Region": [value], "X-Tier": ["gold"]})
+    assert post_event(kserve, _headers(ce_id, REQUEST, metadata=metadata), _v1_request()).status_code == 200
+    answer = post_event(kserve, _headers(ce_id, RESPONSE, metadata=metadata), _v1_response())
+    assert (answer.status_code, answer.json()["outcome"], answer.json()["accepted"]) == (200, "joined", 1), answer.text
+    (sample,) = sampled(redis_client, "iris", 1)
+    assert sample.cohort == {"X-Tier": "gold"} and sample.input is not None
+    assert _dropped(registry, "iris", "cohort") == 1
+
+
+@pytest.mark.parametrize(
+    "ce_time",
+    [
+        pytest.param("1970-01-01T00:00:00Z", id="epoch-zero"),
+        pytest.param("9999-12-31T23:59:59Z", id="year-9999"),
+        pytest.param("yesterday", id="not-a-time"),
+    ],
+)
+def test_a_ce_time_no_event_may_have_gives_the_receive_time_and_is_counted(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis, ce_time: str
+) -> None:
+    before = time.time()
+    answer = post_event(kserve, _headers(str(uuid.uuid4()), RESPONSE, time=ce_time), _v1_response())
+    assert (answer.status_code, answer.json()["accepted"]) == (200, 1), answer.text
+    (sample,) = sampled(redis_client, "iris", 1)
+    assert before <= sample.timestamp <= time.time()
+    assert _dropped(registry, "iris", "time") == 1
+
+
+def test_a_valid_ce_time_is_the_event_s_time(kserve: TestClient, redis_client: redis.Redis) -> None:
+    answer = post_event(kserve, _headers(str(uuid.uuid4()), RESPONSE, time="2026-11-30T08:00:00Z"), _v1_response())
+    assert answer.status_code == 200, answer.text
+    (sample,) = sampled(redis_client, "iris", 1)
+    assert sample.timestamp == 1_796_025_600.0  # 2026-11-30T08:00:00Z
+
+
+def test_ce_metadata_null_is_no_metadata(kserve: TestClient) -> None:
+    answer = post_event(kserve, _headers(str(uuid.uuid4()), RESPONSE, metadata="null"), _v1_response())
+    assert (answer.status_code, answer.json()["accepted"]) == (200, 1), answer.text
+
+
+# --- canary and default stay apart when the server reports one model_version for both -----------------------
+
+
+def test_canary_and_default_with_the_same_model_version_are_two_versions(
+    kserve: TestClient, redis_client: redis.Redis
+) -> None:
+    for endpoint in ("default", "canary"):
+        headers = _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc", endpoint=endpoint)
+        assert post_event(kserve, headers, _v2_response(1, model_version="1")).status_code == 200
+    assert [sample.model_version for sample in sampled(redis_client, "digits", 2)] == ["1", "1-canary"]
+
+
+# --- a CloudEvent refused before it is read is counted too -------------------------------------------------
+
+
+def test_cloudevents_refused_before_being_read_are_counted(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    client = make_client(registry=registry, models=MODELS, max_body_bytes=4096, ingest_tokens=("i",))
+    token = {"authorization": "Bearer i"}
+    refusals = [
+        (_headers("a", RESPONSE), _v1_response(), 401, "unauthorized"),
+        (_headers("b", RESPONSE) | token, {"predictions": [[0.5, 0.5]] * 1000}, 413, "body_too_large"),
+        (_headers("c", RESPONSE) | token | {"content-encoding": "gzip"}, _v1_response(), 415, "invalid_body"),
+    ]
+    for headers, body, status, outcome in refusals:
+        answer = post_event(client, headers, body)
+        assert answer.status_code == status, answer.text
+        assert outcome_count(registry, "iris", outcome) == 1
+    unmapped = post_event(client, _headers("d", RESPONSE, "nobody"), _v1_response())
+    assert unmapped.status_code == 401
+    assert outcome_count(registry, service.kserve.UNMAPPED, "unauthorized") == 1
