@@ -308,7 +308,9 @@ class Monitoring:
 
 
 def _distinct_rows(reference: Reference) -> int:
-    return len(reference.deduplicated())
+    """How many distinct embedding rows ``reference`` holds (one or more: a ``Reference`` of them could not be
+    built below two rows)."""
+    return 0 if reference.embeddings is None else len(np.unique(reference.embeddings, axis=0))
 
 
 def _history(model: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DriftHistory:

@@ -82,6 +82,7 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
         field = str(error).split(":", 1)[0]
         raise InvalidInput(str(error), field=field if " " not in field else "body") from None
     dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
+    await monitoring.check_reference(reference)  # before the model takes a slot: a refused upload takes none
     try:
         sidecar.ingest.register(model)
     except FieldError as error:  # too many models
@@ -94,7 +95,6 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
             )
         sidecar.ingest.embedding_dims[model] = dims  # before the await: events of another width arriving meanwhile
         try:  # are refused, not stored beside a reference they do not match
-            await monitoring.check_reference(reference)
             await monitoring.set_reference(model, reference, margin=margin)
         except BaseException:
             if known is None:

@@ -351,6 +351,9 @@ def test_a_reference_too_small_for_the_monitors_is_422_at_upload(
         "for 64-d embeddings (VAI_DRIFT__WINDOW_SIZE=10, VAI_DRIFT__PCA_SHARE=0.5 of them fit PCA)",
         "field": "embeddings",
     }
+    one_row = client.put("/v1/models/single/reference", json={"embeddings": [[0.5, 1.0], [0.5, 1.0]]})
+    assert (one_row.status_code, one_row.json()["field"]) == (422, "embeddings"), one_row.text
+    assert "single" not in client.get("/status").json()["queue_lengths"], "a refused upload takes no model slot"
     accepted = client.put("/v1/models/digits/reference", json={"embeddings": rng.normal(size=(least, 64)).tolist()})
     assert accepted.status_code == 202, accepted.text
     wait_until(
