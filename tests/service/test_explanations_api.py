@@ -7,6 +7,7 @@ import base64
 import json
 import time
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -140,3 +141,34 @@ def test_a_stored_map_that_parses_but_does_not_decode_is_a_404_not_a_500(
         response = client.get(path, params=params)
         assert response.status_code == 404, response.text
         assert response.json()["field"] == "request_id" and "unreadable" in response.json()["error"]
+
+
+def test_a_record_is_made_public_off_the_event_loop(
+    client: TestClient, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image-sized maps are tens of megabytes of JSON numbers: built on the loop, they held up ingest."""
+    from service.explanations import to_public
+
+    on_loop: list[bool] = []
+
+    def watched(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> object:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return to_public(record, sanity)
+
+    monkeypatch.setattr("service.explanations_api.to_public", watched)
+    stored = StoredAttribution.from_array(np.linspace(-1.0, 1.0, 64).reshape(1, 8, 8), target=3)
+    record = ExplanationRecord(
+        summary=_summary("big", 1.0), detail=ExplanationDetail(attributions={"saliency": stored})
+    )
+    _save(redis_url, record)
+
+    response = client.get("/v1/explanations/digits/big")
+
+    assert response.status_code == 200, response.text
+    assert on_loop == [False]
+    values = np.array(response.json()["attributions"]["saliency"]["values"])
+    assert values.shape == (1, 8, 8) and abs(values.max() - 1.0) < 1e-3
