@@ -95,9 +95,10 @@ class Monitoring:
         caller can send the same labels again."""
         result = LabelsResult()
         labels = self._valid_labels(items, known=known, result=result)
-        for _, model, _, _ in labels:
-            if model in known:  # a model this replica serves (bounded by VAI_MAX_MODELS) starts keeping records
-                self.writer.mark_labelled(model)
+        models = {model for _, model, _, _ in labels}
+        for model in models & known:  # a model this replica serves (bounded by VAI_MAX_MODELS) keeps records
+            self.writer.mark_labelled(model)
+        await self._announce_labelled(models - known)
         try:  # held: a record on its way to Redis would be found in neither place, nor one that leaves meanwhile
             async with self.writer.held(self._timeout_s):
                 local = [(item, self.writer.take_local(item[1], item[2])) for item in labels]
@@ -129,6 +130,21 @@ class Monitoring:
         result.rejected.sort(key=lambda verdict: verdict.index)
         self._count_rejected(result.rejected, known)
         return result
+
+    async def _announce_labelled(self, models: set[str]) -> None:
+        """Of ``models``, none served here, those whose events other replicas publish (``keys.MONITORED_MODELS``)
+        get labels: those replicas keep their records from their next policy refresh (``VAI_LABEL_RECORDS``
+        auto). Nothing is kept here: unknown names create no state."""
+        if not models:
+            return
+        ordered = sorted(models)
+        try:
+            present = await self._redis.smismember(keys.MONITORED_MODELS, ordered)
+            fleet = [model for model, member in zip(ordered, present, strict=True) if member]
+            if fleet:
+                await self._redis.sadd(keys.LABELLED_MODELS, *fleet)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: labels not joined") from None
 
     def _unmatched(self, result: LabelsResult, item: tuple[int, str, str, int], known: set[str]) -> None:
         index, model, request_id, _ = item

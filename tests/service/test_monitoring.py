@@ -551,6 +551,23 @@ def test_records_are_kept_once_a_model_gets_labels_and_every_replica_learns_it(
     assert first.post("/v1/labels", json=_label("on-second")).json()["matched"] == 1
 
 
+def test_labels_first_sent_to_a_replica_that_never_served_the_model_still_turn_records_on(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    """Behind a Service, labels and events of one model may reach different replicas from the start."""
+    serving, labelling = make_client(), make_client()  # auto: nothing declared
+    serving.post("/v1/events", json=event("before"))
+    wait_until(lambda: redis_client.sismember("vai:monitored-models", "digits"), what="the model announced")
+    assert labelling.post("/v1/labels", json=_label("before")).json()["unmatched"], "no record was kept yet"
+    serving_feed = _feed(serving)
+    wait_until(lambda: serving_feed.keeps_records("digits"), what="the serving replica told")
+    serving.post("/v1/events", json=event("after"))
+    wait_until(lambda: redis_client.exists("vai:pred:digits:after"), what="the serving replica's record")
+    assert labelling.post("/v1/labels", json=_label("after")).json()["matched"] == 1
+    labelling.post("/v1/labels", json={"labels": [{"model": "nobody", "request_id": "x", "label": 0}]})
+    assert not redis_client.sismember("vai:labelled-models", "nobody"), "a model no replica serves is not announced"
+
+
 def test_no_records_for_models_without_labels_and_none_at_all_when_told(
     make_client: Callable[..., TestClient], redis_client: Any
 ) -> None:
