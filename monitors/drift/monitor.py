@@ -90,6 +90,10 @@ class DriftMonitor:
         return self._model
 
     @property
+    def config(self) -> DriftConfig:
+        return self._config
+
+    @property
     def phase(self) -> Phase:
         with self._lock:
             return self._phase_locked()

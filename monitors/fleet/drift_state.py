@@ -50,8 +50,9 @@ class DriftStates:
         self._metrics = metrics
         self.references = ReferenceStore(redis)
 
-    async def start(self, model: str) -> Started:
-        """The monitor a new owner runs: adopted, calibrating on the newest reference, or warming up."""
+    async def start(self, model: str, *, warm: DriftMonitor | None = None) -> Started:
+        """The monitor a new owner runs: adopted, calibrating on the newest reference, or warming up (``warm``,
+        this process's warm-up of the model from before it lost it, resumed when its settings are ours)."""
         reference_id = await self.references.latest_id(model)
         version = text(await self._redis.get(keys.drift_version(model)))
         body = await self._redis.get(keys.drift_state(model))
@@ -70,6 +71,10 @@ class DriftStates:
                 log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
         if reference_id is not None:
             return await self.from_reference(model)
+        if warm is not None and warm.config == self._config and warm.warmup_progress is not None:
+            collected, wanted = warm.warmup_progress
+            log.info("drift monitor of %s resumes its warm-up (%d of %d events)", model, collected, wanted)
+            return Started(warm, None, stored=False)
         return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)
 
     async def from_reference(self, model: str) -> Started:

@@ -18,6 +18,7 @@ from common.redis import REDIS_FAILED, cancelling, execute
 from monitors.collector import QualityCollector
 from monitors.drift.base import DriftEvent
 from monitors.drift.buffer import IngestBuffer
+from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
 from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.drift_state import DriftStates, Started
@@ -54,8 +55,11 @@ class OwnedModel:
         settings: MonitorSettings,
         skipped: Any,
         views: ModelViews | None = None,
+        warm: DriftMonitor | None = None,
     ) -> None:
         self.model = model
+        self._warm = warm
+        """A warm-up this process collected before it lost the model, resumed unless a state was stored since."""
         self._redis = redis
         self._readers = readers
         """For the blocking reads alone (see ``MonitorProcess.readers``)."""
@@ -96,7 +100,8 @@ class OwnedModel:
         )
 
     async def start(self) -> None:
-        self._drift = await self._states.start(self.model)
+        self._drift = await self._states.start(self.model, warm=self._warm)
+        self._warm = None
         self._runner.add(monitor=self._drift.monitor, buffer=self.buffer)
         await self._ensure_group()
         await self._labelled.reload()
@@ -108,6 +113,13 @@ class OwnedModel:
             asyncio.create_task(self._every(self._settings.monitor_report_s, self._publish_quality)),
             *self._view_tasks(),
         ]
+
+    @property
+    def warming_up(self) -> DriftMonitor | None:
+        """The drift monitor, while it collects a warm-up reference and has collected some of it."""
+        monitor = self._drift.monitor if self._drift is not None else None
+        progress = monitor.warmup_progress if monitor is not None else None
+        return monitor if progress is not None and progress[0] > 0 else None
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
         self._stopping = True

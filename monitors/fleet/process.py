@@ -22,6 +22,7 @@ from common.redis import REDIS_FAILED, cancelling, connect
 from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
 from monitors.drift.metrics import DriftMetrics
+from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
 from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases, fair_share
@@ -78,6 +79,9 @@ class MonitorProcess:
             max_batch_events=500, math_threads=settings.drift_threads, max_calibrations=settings.drift_calibrations
         )
         self.owned: dict[str, OwnedModel] = {}
+        self._warm: dict[str, DriftMonitor] = {}
+        """Warm-ups of models whose lease this process lost (a Redis outage past the TTL): resumed if it takes the
+        model again before anyone stored a calibrated state, instead of collecting ``reference_events`` anew."""
         self.projections = ProjectionPool(
             threads=settings.drift_threads, umap=UmapSettings(seed=settings.projection_seed)
         )
@@ -166,6 +170,8 @@ class MonitorProcess:
                 await self._drop(model, release=False)
         members: set[bytes] = await self.redis.smembers(keys.MONITORED_MODELS)  # type: ignore[assignment]
         models = sorted(m.decode() for m in members)
+        for model in set(self._warm) - set(models):
+            del self._warm[model]
         for model in sorted(set(self.owned) - set(models)):  # no longer monitored: its series go too
             log.info("monitor %s gives up %s: no longer in %s", self.owner, model, keys.MONITORED_MODELS)
             await self._drop(model, release=True)
@@ -212,6 +218,7 @@ class MonitorProcess:
             settings=self.settings,
             skipped=self.drift_metrics.skipped(model),
             views=self._views(model),
+            warm=self._warm.pop(model, None),
         )
         try:
             await owned.start()
@@ -247,6 +254,9 @@ class MonitorProcess:
     async def _drop(self, model: str, *, release: bool) -> None:
         owned = self.owned.pop(model)
         await owned.stop()
+        warm = owned.warming_up
+        if not release and warm is not None:  # lost, not handed on: kept for this process's next take
+            self._warm[model] = warm
         self.drift_metrics.forget(model)
         self.metrics.forget(model)
         self.quality.forget(model)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from common import keys
 from common.embedded_redis import EmbeddedRedis
 from helpers import MonitorRunner, event, paused_redis, wait_until
+from monitors.feed import MonitoringRecord
 from monitors.fleet.process import MonitorProcess
 from monitors.fleet.settings import MonitorSettings
 
@@ -90,19 +93,35 @@ def test_a_model_removed_from_the_monitored_set_is_given_up(monitors: MonitorRun
     )
 
 
+def _warmup_collected(process: MonitorProcess, model: str) -> int:
+    owned = process.owned.get(model)
+    monitor = owned.warming_up if owned is not None else None
+    progress = monitor.warmup_progress if monitor is not None else None
+    return 0 if progress is None else progress[0]
+
+
 def test_a_monitor_cut_off_from_redis_past_its_lease_stops_acting_as_owner(own_redis: EmbeddedRedis) -> None:
     """Its leases ran out while Redis did not answer, so another monitor may own its models by now: it drops them
     (and the figures it exported as their owner, which would otherwise stay frozen and read as current), then
-    takes them again once Redis answers."""
+    takes them again once Redis answers, resuming the warm-up it had collected (the records it examined are
+    gone from the feed, and a flaky Redis would otherwise keep the model warming up for good)."""
     direct = redis.Redis.from_url(own_redis.url)
     direct.sadd(keys.MONITORED_MODELS, "m")
     runner = MonitorRunner(own_redis.url)
     process = runner.start(redis_timeout_s=0.3)
+    rng = np.random.default_rng(3)
     try:
         wait_until(lambda: "m" in process.owned, what="the model owned")
+        for index in range(40):
+            record = MonitoringRecord(
+                "m", f"r{index}", "v1", time.time(), 0, 0.9, 0.8, 2, embedding=rng.normal(size=8).astype(np.float32)
+            )
+            direct.xadd(keys.prediction_feed("m"), {b"r": record.blob()})
+        wait_until(lambda: _warmup_collected(process, "m") == 40, what="the warm-up collected")
         with paused_redis(own_redis.data_dir):
             wait_until(lambda: "m" not in process.owned, what="the model given up once its lease lapsed")
         wait_until(lambda: "m" in process.owned, what="the model taken again")
+        assert _warmup_collected(process, "m") == 40
     finally:
         runner.stop(process)
         direct.close()
