@@ -159,12 +159,20 @@ class QueueWriter:
         for entry, result in zip(batch, results[::2], strict=True):  # settled with no await: a cancel cannot
             self._buffer.popleft()  # leave written entries in the buffer to be written again
             if isinstance(result, Exception):
-                log.error("XADD to %s failed: %s", keys.sample_stream(entry.model), result)
                 self._forget(entry, "redis_error")
                 refused.append((entry, result))
             else:
                 self._forget(entry)
                 self._metrics.queued.labels(entry.model).inc()
+        if refused:  # one line a batch, not one an entry: Redis out of memory refuses every one
+            entry, first = refused[0]
+            log.error(
+                "Redis refused %d of %d sampled events (counted as redis_error), e.g. XADD to %s: %s",
+                len(refused),
+                len(batch),
+                keys.sample_stream(entry.model),
+                first,
+            )
         for entry, refusal in refused:
             try:
                 await self._store.mark_failed(entry.event, f"not queued: Redis refused the entry: {refusal}")

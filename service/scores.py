@@ -56,12 +56,6 @@ def summarise(scores: Vector, *, from_logits: bool) -> tuple[int, float, float]:
     return predicted, confidence, min(-float(gap), MAX_MARGIN)
 
 
-def summarise_rows(rows: list[Vector], *, from_logits: bool) -> list[tuple[int, float, float]]:
-    """:func:`summarise_matrix` of equally long score vectors, one tuple per vector."""
-    found = summarise_matrix(np.concatenate(rows).reshape(len(rows), -1), from_logits=from_logits, overwrite=True)
-    return list(zip(*found, strict=True))
-
-
 def summarise_matrix(
     scores: npt.NDArray[Any], *, from_logits: bool, overwrite: bool = False
 ) -> tuple[list[int], list[float], list[float]]:

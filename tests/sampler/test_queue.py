@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -107,15 +108,18 @@ async def test_buffer_bounds_by_count_and_bytes(writer_factory: WriterFactory) -
 
 
 async def test_entry_refused_by_redis_is_dropped_not_retried(
-    writer_factory: WriterFactory, redis_client: redis.Redis
+    writer_factory: WriterFactory, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis_client.set(keys.sample_stream("broken"), "not a stream")
     writer, registry = writer_factory()
     writer.offer(message("a", model="broken"))
+    writer.offer(message("a2", model="broken"))
     writer.offer(message("b"))
     assert await writer.flush_once()
     assert writer.buffered == 0
-    assert registry.get_sample_value("vai_sample_dropped_total", {"model": "broken", "reason": "redis_error"}) == 1
+    assert registry.get_sample_value("vai_sample_dropped_total", {"model": "broken", "reason": "redis_error"}) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "refused 2 of 3" in errors[0], "one line a batch (Redis out of memory refuses all)"
     assert redis_client.xlen(keys.sample_stream("digits")) == 1
     assert redis_client.hget(keys.explanation("broken", "a"), "status") == b"failed", "not left 'queued' forever"
     assert redis_client.hget(keys.explanation("digits", "b"), "status") == b"queued"

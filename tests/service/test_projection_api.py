@@ -26,12 +26,11 @@ from common import keys
 from common.embedded_redis import EmbeddedRedis
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
-from helpers import MonitorRunner, event, load_torchscript, serve_app, wait_until
+from helpers import MonitorRunner, event, load_torchscript, serve_app, summarise_rows, wait_until
 from monitors.fleet.views import WANTED_TTL_S
 from sampler.explanation_records import ExplanationRecord, ExplanationStatus, ExplanationSummary
 from sampler.explanations import ExplanationStore
 from service.app import create_app
-from service.scores import summarise_rows
 
 Array = npt.NDArray[Any]
 FAST_DRIFT = {

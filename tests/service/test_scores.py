@@ -9,8 +9,9 @@ import numpy.typing as npt
 import pytest
 from scipy.special import softmax
 
+from helpers import summarise_rows
 from service.schemas import EventIn
-from service.scores import MAX_MARGIN, summarise, summarise_matrix, summarise_rows
+from service.scores import MAX_MARGIN, summarise, summarise_matrix
 from service.scores import softmax as softmax_of
 from service.validation import check, summarised
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from common.errors import InvalidInput
 from common.redis import connect
-from helpers import binary_body, binary_tensor, event, stream_entries
+from helpers import binary_body, binary_tensor, event, stream_entries, summarise_rows
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.policy import SamplingPolicy
@@ -30,7 +30,6 @@ from service.ingest import IngestHandler
 from service.metrics import IngestMetrics
 from service.parsing import Decoded, decode_body, read_tensors
 from service.schemas import EventIn
-from service.scores import summarise_rows
 from service.settings import SidecarSettings
 from service.tensor_lanes import Lane, decode_binary_fast, decode_compact
 

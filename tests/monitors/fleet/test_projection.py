@@ -19,7 +19,7 @@ from sklearn.decomposition import PCA
 from common import keys
 from demo.models.training import DatasetSplit
 from held_out_digits import TORCHSCRIPT_WARNINGS
-from helpers import load_torchscript, stream_entries
+from helpers import load_torchscript, stream_entries, summarise_rows
 from monitors.feed import MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
@@ -30,7 +30,6 @@ from monitors.fleet.references import ReferenceStore, margins_of, upload_from_ar
 from monitors.fleet.results import DetectorVerdict, DriftStatus
 from monitors.fleet.settings import MonitorSettings
 from monitors.fleet.views import Projection, ProjectionPoint
-from service.scores import summarise_rows
 
 pytestmark = TORCHSCRIPT_WARNINGS
 
