@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 _SAVE = """
-if ARGV[1] ~= 'done' and redis.call('HGET', KEYS[1], 'status') == 'done' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'done' then return 0 end
 if ARGV[1] == 'queued' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 2, #KEYS - 1 do
   redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
@@ -54,7 +54,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[#KEYS], ARGV[8])
 return 1
 """
-"""Indices first: a score Redis refuses fails the script before the record exists (scripts do not roll back)."""
+"""A ``done`` record is final: a later save of any status (a redelivered entry explained again) changes nothing.
+Indices first: a score Redis refuses fails the script before the record exists (scripts do not roll back)."""
 
 _WARNED_MAX = 1024
 """Unreadable keys remembered so each is logged once (past this many, the memory starts again)."""

@@ -15,7 +15,8 @@ class SamplerMetrics:
         )
         self.dropped = Counter(
             "vai_sample_dropped_total",
-            "Sampled events not queued, by reason: budget, queue_full, buffer_full, redis_unavailable, redis_error.",
+            "Sampled events not queued, by reason: budget, outside_retention (event time further from its receipt "
+            "than the explanation retention), queue_full, buffer_full, redis_unavailable, redis_error, error.",
             ["model", "reason"],
             registry=registry,
         )

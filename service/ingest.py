@@ -72,7 +72,13 @@ class IngestHandler:
     ) -> None:
         self._settings = settings
         self._sampler = sampler
-        self._sampling = RequestSampling(sampler, writer, metrics=metrics, sampler_metrics=sampler_metrics)
+        self._sampling = RequestSampling(
+            sampler,
+            writer,
+            metrics=metrics,
+            sampler_metrics=sampler_metrics,
+            retention_s=settings.explanation_ttl_s,
+        )
         self._metrics = metrics
         self._feed = feed
         self._clock = clock

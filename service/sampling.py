@@ -26,12 +26,21 @@ class RequestSampling:
     """Offers a request's accepted events to the sampling policy and queues those chosen, within the budget."""
 
     def __init__(
-        self, sampler: Sampler, writer: QueueWriter, *, metrics: IngestMetrics, sampler_metrics: SamplerMetrics
+        self,
+        sampler: Sampler,
+        writer: QueueWriter,
+        *,
+        metrics: IngestMetrics,
+        sampler_metrics: SamplerMetrics,
+        retention_s: float,
     ) -> None:
         self._sampler = sampler
         self._writer = writer
         self._metrics = metrics
         self._sampler_metrics = sampler_metrics
+        self._retention_s = retention_s
+        """``VAI_EXPLANATION_TTL_S``: explanations are listed by event time within it, so an event whose time is
+        further from its receipt is not sampled (counted ``outside_retention``): it could never be listed."""
 
     def take(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> list[Sampled]:
         """The events queued, in arrival order; most are not sampled, counted once per model.
@@ -62,6 +71,9 @@ class RequestSampling:
         model = accepted.events[position].model
         for reason in reasons:
             self._metrics.child(self._sampler_metrics.sampled, model, reason).inc()
+        if abs(accepted.timestamps[position] - accepted.received_at) > self._retention_s:
+            self._metrics.child(self._sampler_metrics.dropped, model, "outside_retention").inc()
+            return None
         if not self._sampler.admit(model):  # most candidates past the budget: no Prediction built for them
             self._metrics.child(self._sampler_metrics.dropped, model, "budget").inc()
             return None

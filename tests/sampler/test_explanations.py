@@ -66,6 +66,12 @@ async def test_done_record_is_never_overwritten(store: ExplanationStore) -> None
     )
     stored = await store.get("digits", "a")
     assert stored is not None and stored.summary.status == "done" and stored.detail.agreement == 0.5
+    again = ExplanationRecord(
+        summary=summary("a", 11.0, methods=("saliency",)), detail=ExplanationDetail(agreement=0.9)
+    )
+    assert not await store.save(again), "a redelivered entry explained again is a duplicate, not a new result"
+    stored = await store.get("digits", "a")
+    assert stored is not None and stored.summary == done.summary and stored.detail.agreement == 0.5
 
 
 async def test_failed_record_is_replaced_by_a_later_success(store: ExplanationStore) -> None:

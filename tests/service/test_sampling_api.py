@@ -12,6 +12,7 @@ import httpx2
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from common import keys
@@ -206,6 +207,25 @@ def test_new_policy_changes_sampling_of_later_events(client: TestClient) -> None
     ]
     client.delete(PATH)
     assert _sampled(client, event("e0", logits=unsure)) == [("e0", ["low_confidence"])]
+
+
+def test_an_event_whose_time_is_further_than_the_retention_from_now_is_not_sampled(
+    make_client: ClientFactory,
+) -> None:
+    """Explanations are listed by event time within the retention: an older one would be trimmed from the lists as
+    it was written (found explained, yet never listed), and one far ahead would sit on top of them."""
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, sampling={"every_n": 1}, explanation_ttl_s=3600)
+    now = time.time()
+    events = [
+        event("old", timestamp=now - 3700),
+        event("ahead", timestamp=now + 3700),
+        event("skewed", timestamp=now + 60),
+        event("recent", timestamp=now - 3500),
+    ]
+    assert _sampled(client, *events) == [("skewed", ["every_n"]), ("recent", ["every_n"])]
+    labels = {"model": "digits", "reason": "outside_retention"}
+    assert registry.get_sample_value("vai_sample_dropped_total", labels) == 2
 
 
 def test_budget_change_applies_to_later_events(client: TestClient) -> None:
