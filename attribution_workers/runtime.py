@@ -172,8 +172,16 @@ class ModelRuntime:
         except MessageError as error:
             raise PermanentError(str(error)) from None
         shape = self.config.model.input_shape
-        if array.size != math.prod(shape):
-            raise PermanentError(f"input of shape {list(array.shape)} does not fit the model's {list(shape)}")
+        if not fits(tuple(array.shape), tuple(shape)):
+            raise PermanentError(
+                f"input of shape {list(array.shape)} does not fit the model's {list(shape)} (send that shape, or it "
+                "flat in C order)"
+            )
+        if event.num_classes != self.config.model.num_classes:
+            raise PermanentError(
+                f"the sidecar summarised {event.num_classes} scores, but the model has {self.config.model.num_classes}"
+                " classes: another model's events?"
+            )
         if not np.isfinite(array).all():
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
             raise PermanentError(f"input has {bad} non-finite values (NaN or infinity) of {array.size}")
@@ -307,3 +315,13 @@ def _seed(request_id: str) -> int:
     """A stable seed per input (``hash`` is salted per process): its random deletion orders differ from every other
     input's, and are the same on every delivery and every worker."""
     return zlib.crc32(request_id.encode())
+
+
+def fits(sent: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    """Whether an input of shape ``sent`` is one of shape ``wanted``: the same shape up to dimensions of size 1
+    (``[8, 8]`` for ``[1, 8, 8]``), or flat in C order. Only the number of elements is not enough: a channels-last
+    image of a channels-first model, reshaped, would be explained scrambled."""
+    if math.prod(sent) != math.prod(wanted):
+        return False
+    squeezed = tuple(size for size in sent if size != 1)
+    return len(sent) == 1 or squeezed == tuple(size for size in wanted if size != 1)

@@ -67,7 +67,8 @@ def deletion_fidelity(
     ``seeds`` (one per row, e.g. from the request id; default: the row's index), so an input
     gets the same orders in any batch and different inputs get different ones.
     A constant map (e.g. a Grad-CAM map of zeros) orders nothing: its order would be the random
-    tie-breaks alone, a coin flip against the random orders, so it gets ``None`` (not measured).
+    tie-breaks alone, a coin flip against the random orders, so it gets ``None`` (not measured); so does an input
+    equal to the baseline everywhere, where deleting changes nothing and every curve is the same.
     """
     flat = inputs.to(device=model.device, dtype=torch.float32).reshape(len(inputs), -1)
     scores = np.asarray(attributions, dtype=np.float64).reshape(len(inputs), -1)
@@ -87,9 +88,11 @@ def deletion_fidelity(
             for order in _orders(scores, support, random_orders=random_orders, seeds=seeds)
         ]
     )
-    constant = np.ptp(scores, axis=1) == 0
+    unmeasurable = (np.ptp(scores, axis=1) == 0) | ~support.any(axis=1)  # a constant map; nothing to delete
     return [
-        None if constant[row] else Fidelity(deletion_auc=float(areas[0, row]), random_auc=float(areas[1:, row].mean()))
+        None
+        if unmeasurable[row]
+        else Fidelity(deletion_auc=float(areas[0, row]), random_auc=float(areas[1:, row].mean()))
         for row in range(len(flat))
     ]
 

@@ -135,6 +135,19 @@ def test_a_constant_map_has_no_fidelity(digits_model: LoadedModel, digits_batch:
     assert all(f is not None for i, f in enumerate(found) if i not in (1, 3))
 
 
+def test_an_input_equal_to_the_baseline_has_no_fidelity(digits_model: LoadedModel, digits_batch: Batch) -> None:
+    """Nothing to delete: every curve is the same, so a gain of 0 would read as "does not beat random deletion"."""
+    images, targets = digits_batch
+    images = images.clone()
+    images[2] = digits_model.baseline.reshape(images[2].shape)
+    maps = np.random.default_rng(4).normal(size=images.shape)
+
+    found = deletion_fidelity(digits_model, images, targets, maps)
+
+    assert found[2] is None
+    assert all(f is not None for i, f in enumerate(found) if i != 2)
+
+
 def test_deletion_fidelity_needs_input_shaped_maps(digits_model: LoadedModel, digits_batch: Batch) -> None:
     with pytest.raises(AttributionError, match="shaped like the inputs"):
         deletion_fidelity(digits_model, *digits_batch, np.zeros((16, 10)))

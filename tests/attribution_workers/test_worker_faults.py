@@ -197,6 +197,29 @@ def test_non_finite_input_is_dead_lettered_at_once(
     assert b"input has 2 non-finite values (NaN or infinity) of 64" in fields[b"error"]
 
 
+def test_an_input_is_explained_in_the_model_s_shape_or_flat_and_refused_in_another_of_as_many_values(
+    worker_settings: Callable[..., WorkerSettings], digits_split: DatasetSplit, redis_client: redis.Redis
+) -> None:
+    """Reshaping by the number of values alone would explain a channels-last image of a channels-first model
+    scrambled; events of a model with another number of classes are another model's."""
+    image = digits_split.test.features[0].reshape(8, 8)
+    add(
+        redis_client,
+        event("exact", image.reshape(1, 8, 8), 1),
+        event("squeezed", image, 1),
+        event("trailing-one", image.reshape(8, 8, 1), 1),
+        event("flat", image.reshape(64), 1),
+        event("other-layout", image.reshape(4, 16), 1),
+        event("three-classes", image.reshape(1, 8, 8), 1, num_classes=3),
+    )
+    drain(worker_settings(), lambda: settled(redis_client), CollectorRegistry())
+    assert [status(redis_client, name) for name in ("exact", "squeezed", "trailing-one", "flat")] == [b"done"] * 4
+    refused = dead(redis_client)
+    assert set(refused) == {b"other-layout", b"three-classes"}
+    assert b"input of shape [4, 16] does not fit the model's [1, 8, 8]" in refused[b"other-layout"][b"error"]
+    assert b"summarised 3 scores, but the model has 10 classes" in refused[b"three-classes"][b"error"]
+
+
 def test_an_entry_of_another_model_is_dead_lettered_unexplained(
     worker_settings: Callable[..., WorkerSettings], digits_split: DatasetSplit, redis_client: redis.Redis
 ) -> None:
