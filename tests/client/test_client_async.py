@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +146,99 @@ def test_close_during_encoding_counts_each_event_once() -> None:
         stats = client.stats
         assert stats.rejected == 1
         assert stats.sent + stats.rejected + stats.failed + stats.dropped + stats.errored == events
+
+
+def holding_the_first(first: str) -> tuple[Callable[[str, dict[str, Any]], Answer], list[str]]:
+    """A sidecar stand-in that refuses duplicates as the sidecar does, and whose first request is held unanswered
+    until the next one arrives, then answered 503 (``first="held"``) or 202 (``first="taken"``: its events were
+    taken, the client never learns it); or answered 503 with ``Retry-After: 60`` at once (``first="busy"``).
+    Also returns the request ids taken, in order."""
+    taken: list[str] = []
+    calls = {"n": 0}
+    lock = threading.Lock()
+    released = threading.Event()
+
+    def respond(path: str, document: dict[str, Any]) -> Answer:
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if n > 1:
+            released.set()
+        elif first == "busy":
+            return 503, {"Retry-After": "60"}, {"error": "busy", "field": "body"}
+        elif first == "held":
+            released.wait(30)
+            return 503, {}, {"error": "busy", "field": "body"}
+        events = document["events"]
+        with lock:
+            duplicates = [i for i, event in enumerate(events) if event["request_id"] in taken]
+            taken.extend(event["request_id"] for i, event in enumerate(events) if i not in duplicates)
+        if n == 1:
+            released.wait(30)
+        rejected = [{"index": i, "field": "request_id", "error": "duplicate of a recent event"} for i in duplicates]
+        return 202, {}, {"accepted": len(events) - len(rejected), "rejected": rejected, "sampled": []}
+
+    return respond, taken
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param("held", id="cancelled-in-flight"),
+        pytest.param("taken", id="cancelled-in-flight-after-it-arrived"),
+        pytest.param("busy", id="cancelled-backing-off"),
+    ],
+)
+def test_a_batch_cancelled_with_the_loop_is_sent_at_exit(tmp_path: Path, first: str) -> None:
+    """``asyncio.run(main())`` returning without ``close()`` while a batch is posted (or backing off): the loop
+    cancels the sender, the batch goes back ahead of the buffer, and the exit hook sends it, then the rest, in
+    order. A batch that did arrive comes back as duplicates, counted as sent. A real interpreter exit, in a
+    subprocess; its counts are read after the client's own exit hook."""
+    respond, taken = holding_the_first(first)
+    with scripted(respond) as server:
+        script = f"""
+import asyncio, atexit
+from vai_client import AsyncClient, RetryPolicy
+clients = []
+atexit.register(lambda: print("final", clients[0].stats, flush=True))  # registered first: runs last
+async def main():
+    policy = RetryPolicy(backoff_max_s=0.05)
+    client = AsyncClient({server.url!r}, timeout_s=0.5, atexit_timeout_s=10, retry_policy=policy)
+    clients.append(client)
+    await client.start()
+    for i in range(350):
+        client.log(model="m", request_id=str(i), logits=[1.0, 0.0])
+    while client.stats.buffered > 250 or ({first!r} == "busy" and not client.stats.retried):
+        await asyncio.sleep(0.001)  # until the first batch is taken (and, busy, refused once)
+    await asyncio.sleep(0.005)
+asyncio.run(main())
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert taken == [str(i) for i in range(350)]
+    final = out.stdout.strip().splitlines()[-1]
+    assert all(f"{count}," in final for count in ("sent=350", "rejected=0", "failed=0", "buffered=0")), final
+
+
+def test_a_batch_cancelled_before_it_was_encoded_is_sent_at_exit(tmp_path: Path) -> None:
+    """The loop ends while the taken batch still waits for the worker thread to encode it: the items go back to
+    the front of the buffer as they were, and the exit hook sends them."""
+    with scripted() as server:
+        script = f"""
+import asyncio, time
+from vai_client import AsyncClient
+client = AsyncClient({server.url!r}, flush_interval_s=0.01)
+async def main():
+    await client.start()
+    client._executor.submit(time.sleep, 0.3)  # the worker thread busy: the batch waits there to be encoded
+    for i in range(5):
+        client.log(model="m", request_id=str(i), logits=[1.0, 0.0])
+    while client.stats.buffered:
+        await asyncio.sleep(0.001)  # until the sender has taken the batch (and handed it to the worker thread)
+asyncio.run(main())
+print("cancelled", client.stats.buffered, client.stats.failed, flush=True)
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["cancelled", "5", "0"]
+        assert [e["request_id"] for e in server.items()] == [str(i) for i in range(5)]

@@ -64,7 +64,7 @@ if pid == 0:
     fresh = client.stats
     client.log(model="m", request_id="child", logits=[1.0, 0.0])
     ok = client.close(5)
-    exported = registry.get_sample_value("vai_client_events_total", {{"outcome": "sent"}})
+    exported = registry.get_sample_value("vai_client_events_total", {{"client": "default", "outcome": "sent"}})
     print("child", fresh.buffered, client.stats.sent, exported, ok, flush=True)
     os._exit(0)
 _, status = os.waitpid(pid, 0)

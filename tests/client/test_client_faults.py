@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import itertools
 import logging
 from typing import Any
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from client_servers import Answer, HungServer, accept_all, failing_first, report, scripted, timed_logs
 from prometheus_client import CollectorRegistry
-from vai_client import Client, RetryPolicy
+from vai_client import AsyncClient, Client, RetryPolicy
 
 from common.embedded_redis import free_port
 from helpers import wait_until
@@ -82,7 +84,7 @@ def test_413_splits_the_batch_in_order() -> None:
 
 def test_one_event_too_large_is_rejected_alone() -> None:
     def no_big_events(path: str, document: dict[str, Any]) -> Answer:
-        if any(len(e["logits"]) > 3 for e in document["events"]):
+        if any(e["logits"]["shape"] != [2] for e in document["events"]):
             return 413, {}, {"error": "body too large", "field": "body"}
         return accept_all(path, document)
 
@@ -160,9 +162,34 @@ def test_counters_mirror_to_prometheus() -> None:
         assert client.close(10)
         stats = client.stats
         for outcome in ("sent", "dropped", "rejected", "retried", "failed", "errored"):
-            value = registry.get_sample_value("vai_client_events_total", {"outcome": outcome})
+            value = registry.get_sample_value("vai_client_events_total", {"client": "default", "outcome": outcome})
             assert value == getattr(stats, outcome), outcome
         assert (stats.sent, stats.dropped, stats.retried) == (5, 3, 5)
+
+
+def test_clients_on_one_registry_export_under_their_names() -> None:
+    """Several clients, one registry: each client's series carries its ``name`` as the ``client`` label; a name
+    already taken on the registry is refused with the fix in the message, and free again once its client is gone."""
+    registry = CollectorRegistry()
+
+    def sent(name: str) -> float | None:
+        return registry.get_sample_value("vai_client_events_total", {"client": name, "outcome": "sent"})
+
+    with scripted() as server:
+        default = Client(server.url, registry=registry, flush_interval_s=0.01)
+        shadow = Client(server.url, registry=registry, name="shadow", flush_interval_s=0.01)
+        with pytest.raises(ValueError, match="a client named 'shadow' already exports to this registry"):
+            Client(server.url, registry=registry, name="shadow")
+        timed_logs(default, 3)
+        timed_logs(shadow, 5)
+        assert default.close(10) and shadow.close(10)
+        assert (sent("default"), sent("shadow")) == (3.0, 5.0)
+        del shadow
+        gc.collect()
+        again = Client(server.url, registry=registry, name="shadow", flush_interval_s=0.01)
+        timed_logs(again, 2)
+        assert again.close(10)
+        assert (sent("default"), sent("shadow")) == (3.0, 7.0)  # the same series goes on
 
 
 def test_unreadable_values_never_raise_into_the_caller() -> None:
@@ -201,9 +228,28 @@ def test_compact_tensor_encoding(value: Any, dtype: str) -> None:
         client.close()
 
 
+@pytest.mark.parametrize("client_class", [pytest.param(Client, id="thread"), pytest.param(AsyncClient, id="async")])
+def test_tensors_are_sent_compact_by_default(client_class: type[Client | AsyncClient]) -> None:
+    async def run(client: AsyncClient) -> bool:
+        await client.start()
+        client.log(model="m", request_id="r", logits=[1.5, -2.0], embedding=np.ones(4, dtype=np.float32))
+        return await client.close(10)
+
+    with scripted() as server:
+        client = client_class(server.url, flush_interval_s=0.01)
+        if isinstance(client, AsyncClient):
+            assert asyncio.run(run(client))
+        else:
+            client.log(model="m", request_id="r", logits=[1.5, -2.0], embedding=np.ones(4, dtype=np.float32))
+            assert client.close(10)
+        (event,) = server.items()
+        assert {k: v for k, v in event["logits"].items() if k != "data"} == {"dtype": "float64", "shape": [2]}
+        assert {k: v for k, v in event["embedding"].items() if k != "data"} == {"dtype": "float32", "shape": [4]}
+
+
 def test_json_encoding_sends_number_lists_and_the_token() -> None:
     with scripted() as server:
-        client = Client(server.url + "/", token="secret", flush_interval_s=0.01)
+        client = Client(server.url + "/", token="secret", flush_interval_s=0.01, tensor_encoding="json")
         client.log(model="m", request_id="r", logits=np.array([[1.0, 2.0]]), timestamp=123.5, label=1)
         assert client.flush(10)
         (event,) = server.items()

@@ -64,7 +64,7 @@ def test_an_event_that_makes_the_sidecar_fail_is_given_up_alone(status: int) -> 
         assert client.flush(10), client.stats
         stats = client.stats
         assert (stats.sent, stats.errored, stats.rejected, stats.dropped, stats.failed) == (39, 1, 0, 0, 0)
-        assert registry.get_sample_value("vai_client_events_total", {"outcome": "errored"}) == 1
+        assert registry.get_sample_value("vai_client_events_total", {"client": "default", "outcome": "errored"}) == 1
         check_poison_isolated(server.requests)
         assert client.close(5)
 
@@ -113,11 +113,13 @@ def test_server_error_attempts_must_be_positive() -> None:
 def test_splitting_on_a_server_error_backs_off_so_a_sidecar_failing_everything_is_not_hammered() -> None:
     """Each split waits the backoff as any failed attempt does (a 500 to every request would otherwise bring about
     2N - 1 requests back to back for a batch of N); a success resets it."""
-    from vai_client._delivery import BatchDelivery, RefusalLog, Response  # the state machine both clients use
+    from vai_client._delivery import BatchDelivery  # the state machine both clients use
+    from vai_client._policy import RefusalLog
     from vai_client._stats import Counters
+    from vai_client._transport import Response
 
     policy = RetryPolicy(backoff_base_s=0.05, backoff_max_s=5.0)
-    delivery = BatchDelivery("events", [b"{}"] * 8, Counters(), policy, RefusalLog())
+    delivery = BatchDelivery("events", [b"{}"] * 8, Counters(), policy, RefusalLog(), max_request_bytes=2**20)
     failed = Response(500, {}, b'{"error": "internal error"}')
     delays = [delivery.record_response(failed) for _ in range(3)]  # 8 -> 4 + 4 -> 2 + 2 + 4 -> 1 + 1 + 2 + 4
     assert all(delay > 0 for delay in delays), delays

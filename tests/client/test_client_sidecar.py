@@ -150,3 +150,29 @@ def test_stopped_sidecar_then_back(start_sidecar: Callable[[int], str], redis_cl
     assert numbers == sorted(numbers) and numbers[-150:] == list(range(150, 300))
     assert accepted(url, "down") == final.sent
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("max_request_bytes", "cut_off"),
+    [
+        pytest.param(8 * 2**20, False, id="cut-to-the-sidecar-limit"),
+        pytest.param(2**30, True, id="over-the-limit-split-when-refused"),
+    ],
+)
+def test_image_batches_larger_than_the_body_limit_arrive(sidecar: str, max_request_bytes: int, cut_off: bool) -> None:
+    """The README's own example: batches of 100 events with a 3×224×224 float32 input, 80 MB as one body against
+    the sidecar's 8 MiB ``VAI_MAX_BODY_BYTES``. Cut to ``max_request_bytes`` (by default that limit), every body
+    is taken at once; above it, the sidecar refuses the 80 MB body unread (a reset while it is sent) and the
+    smaller ones with 413, and the client splits until they fit: all arrive, nothing is stuck."""
+    client = Client(
+        sidecar, token=INGEST_TOKEN, max_request_bytes=max_request_bytes, flush_interval_s=3600, timeout_s=30
+    )  # sent once the batch of 100 is full; a slow answer to an 8 MiB body is not retried (retries are checked)
+    image = np.random.default_rng(0).random((3, 224, 224), dtype=np.float32)
+    for i in range(100):
+        client.log(model="images", request_id=f"images-{i}", logits=[2.0, 1.0], input=image)
+    assert client.flush(60), client.stats
+    stats = client.stats
+    assert (stats.sent, stats.rejected, stats.failed, stats.dropped) == (100, 0, 0, 0)
+    assert (stats.retried > 0) is cut_off
+    assert accepted(sidecar, "images") == 100
+    assert client.close(5)

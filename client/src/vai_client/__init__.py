@@ -7,7 +7,7 @@
 Standard library only; numpy arrays and torch tensors are read duck-typed, neither is imported here.
 """
 
-from vai_client._delivery import RetryPolicy
+from vai_client._policy import RetryPolicy
 from vai_client._stats import ClientStats
 from vai_client.aio import AsyncClient
 from vai_client.client import Client

@@ -6,10 +6,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
-from vai_client._delivery import TRANSIENT_ERRORS, BatchDelivery, RefusalLog, RetryPolicy, Transport
+from vai_client._delivery import BatchDelivery
 from vai_client._encoding import (
     TensorEncoding,
     UnreadableField,
@@ -19,16 +18,21 @@ from vai_client._encoding import (
     snapshot_bytes,
     snapshot_event,
 )
+from vai_client._policy import RefusalLog, RetryPolicy
 from vai_client._stats import ClientStats, Counters
 
 log = logging.getLogger("vai_client")
+
+MIN_REQUEST_BYTES = 1024
+"""The least ``max_request_bytes``: the sidecar's own least ``VAI_MAX_BODY_BYTES``."""
 
 
 class Core:
     """The bounded FIFO of events and labels (the oldest dropped when full), and the counts of what became of them.
 
     One FIFO for both kinds keeps a label behind the event it labels; the sender takes runs of one kind.
-    The FIFO is bounded twice: ``max_buffer`` items, and ``max_buffer_bytes`` of tensor data.
+    The FIFO is bounded twice: ``max_buffer`` items, and ``max_buffer_bytes`` of tensor data. Ahead of it,
+    ``parked`` holds batches a cancelled sender (the asyncio client's, when its loop ended) took and did not settle.
     """
 
     def __init__(
@@ -37,23 +41,31 @@ class Core:
         max_buffer: int,
         max_buffer_bytes: int,
         batch_size: int,
+        max_request_bytes: int,
         tensor_encoding: TensorEncoding,
         registry: Any,
+        name: str,
         policy: RetryPolicy,
     ) -> None:
         if max_buffer < 1 or batch_size < 1 or max_buffer_bytes < 1:
             raise ValueError("max_buffer, max_buffer_bytes and batch_size must be at least 1")
+        if max_request_bytes < MIN_REQUEST_BYTES:
+            raise ValueError(f"max_request_bytes: at least {MIN_REQUEST_BYTES} (the sidecar's own least limit)")
         if tensor_encoding not in ("json", "compact"):
             raise ValueError(f"tensor_encoding: 'json' or 'compact', not {tensor_encoding!r}")
         self.max_buffer = max_buffer
         self.max_buffer_bytes = max_buffer_bytes
         self.batch_size = batch_size
+        self.max_request_bytes = max_request_bytes
         self.tensor_encoding: TensorEncoding = tensor_encoding
         self.policy = policy
-        self.counters = Counters(registry)
+        self.counters = Counters(registry, name)
         self.refusals = RefusalLog()
         self.lock = threading.Lock()
         self.items: deque[tuple[str, Any, int]] = deque()
+        self.parked: deque[BatchDelivery] = deque()
+        self.finished = False
+        """``discard()`` ran: nothing more will be sent, and whatever comes back to the buffer counts as failed."""
         self.buffered_bytes = 0
         self.enqueued = 0
         self.closed = False
@@ -126,18 +138,50 @@ class Core:
         return kind, batch
 
     def discard(self) -> int:
-        """Count everything still waiting as failed (out of time at close)."""
+        """Count everything still waiting as failed (out of time at close), and what comes back later too."""
         with self.lock:
+            self.finished = True
             left = len(self.items)
             self.items.clear()
             self.buffered_bytes = 0
+            parked = list(self.parked)
+            self.parked.clear()
         self.counters.add("failed", left)
-        return left
+        return left + sum(delivery.abandon() for delivery in parked)
+
+    def park(self, delivery: BatchDelivery) -> None:
+        """A batch its sender was cancelled with, before it was settled, back ahead of the buffer for the next
+        sender (the exit hook); what its post in flight carried is marked as maybe arrived, so that duplicates
+        of it count as sent. Counted as failed instead once nothing will be sent."""
+        delivery.interrupted()
+        with self.lock:
+            if not self.finished:
+                self.parked.append(delivery)
+                return
+        delivery.abandon()
+
+    def unpark(self) -> BatchDelivery | None:
+        """The oldest parked batch, to be sent before anything in the buffer."""
+        with self.lock:
+            return self.parked.popleft() if self.parked else None
+
+    def put_back(self, kind: str, items: list[Any]) -> None:
+        """Items taken but never encoded (their sender cancelled first) back at the front of the buffer, in order;
+        counted as failed once nothing will be sent."""
+        with self.lock:
+            if not self.finished:
+                for item in reversed(items):
+                    size = snapshot_bytes(item) if kind == "events" else 0
+                    self.items.appendleft((kind, item, size))
+                    self.buffered_bytes += size
+                return
+        self.counters.add("failed", len(items))
 
     def after_fork(self) -> None:
         """A forked child starts empty, with counts at zero: what the parent buffered is the parent's to send."""
         self.lock = threading.Lock()
         self.items.clear()
+        self.parked.clear()
         self.buffered_bytes = 0
         self.enqueued = 0
         self.counters.reset()
@@ -150,7 +194,9 @@ class Core:
                 encoded.append(encode_event(item, self.tensor_encoding) if kind == "events" else encode_label(*item))
             except Exception as error:  # OverflowError, RecursionError, ...: one item's fault, not the sender's
                 self._count_unreadable(kind[:-1], error, new_item=False)
-        return BatchDelivery(kind, encoded, self.counters, self.policy, self.refusals)
+        return BatchDelivery(
+            kind, encoded, self.counters, self.policy, self.refusals, max_request_bytes=self.max_request_bytes
+        )
 
     def crashed(self, kind: str, left: int, error: Exception) -> None:
         """An unexpected error while sending one batch: its unsettled items count as rejected, and the sender
@@ -181,7 +227,8 @@ class Core:
         return self.settled >= self.enqueued and self.counters.get("failed") == failed_before
 
     def stats(self) -> ClientStats:
-        return self.counters.snapshot(buffered=len(self.items), buffered_bytes=self.buffered_bytes)
+        parked = sum(delivery.left for delivery in list(self.parked))
+        return self.counters.snapshot(buffered=len(self.items) + parked, buffered_bytes=self.buffered_bytes)
 
 
 class ClientBase:
@@ -243,46 +290,3 @@ class ClientBase:
     def _queued(self, waiting: int) -> None:
         """An item was buffered and ``waiting`` wait now: wake the sender when a batch is full."""
         raise NotImplementedError
-
-
-def send_blocking(
-    core: Core,
-    kind: str,
-    items: list[Any],
-    transport: Transport,
-    *,
-    remaining_s: Callable[[], float | None],
-    pause: Callable[[float], None],
-) -> None:
-    """Encode and post one batch taken from ``core``; an unexpected error costs this batch, never the sender."""
-    delivery = None
-    try:
-        delivery = core.delivery(kind, items)
-        deliver_blocking(delivery, transport, remaining_s=remaining_s, pause=pause)
-    except Exception as error:
-        core.crashed(kind, len(items) if delivery is None else delivery.left, error)
-
-
-def deliver_blocking(
-    delivery: BatchDelivery,
-    transport: Transport,
-    *,
-    remaining_s: Callable[[], float | None],
-    pause: Callable[[float], None],
-) -> None:
-    """Post one batch until it is settled, or abandon it when ``remaining_s()`` reaches 0 (closing)."""
-    while not delivery.done:
-        remaining = remaining_s()
-        if remaining is not None and remaining <= 0:
-            delivery.abandon()
-            return
-        try:
-            response = transport.post(
-                delivery.path, delivery.next_body(), timeout_s=transport.attempt_timeout_s(remaining)
-            )
-        except TRANSIENT_ERRORS as error:
-            delay_s = delivery.record_error(error)
-        else:
-            delay_s = delivery.record_response(response)
-        if delay_s > 0 and not delivery.done:
-            pause(delay_s)

@@ -197,3 +197,25 @@ def encode_label(model: str, request_id: str, label: int) -> bytes:
 def join_batch(key: str, items: list[bytes]) -> bytes:
     """``{"events": [...]}`` (or ``labels``) from items already encoded."""
     return b'{"' + key.encode() + b'":[' + b",".join(items) + b"]}"
+
+
+def runs_within(key: str, items: list[bytes], limit_bytes: int) -> tuple[list[list[bytes]], list[int]]:
+    """``items`` in order, in runs that ``join_batch(key, run)`` makes bodies of at most ``limit_bytes``;
+    and the sizes of the items left out, each too large for a body on its own."""
+    empty = len(join_batch(key, []))
+    runs: list[list[bytes]] = []
+    run: list[bytes] = []
+    size = empty
+    oversized = []
+    for item in items:
+        if empty + len(item) > limit_bytes:
+            oversized.append(len(item))
+            continue
+        if run and size + 1 + len(item) > limit_bytes:  # 1: the comma before it
+            runs.append(run)
+            run, size = [], empty
+        size += len(item) + (1 if run else 0)
+        run.append(item)
+    if run:
+        runs.append(run)
+    return runs, oversized

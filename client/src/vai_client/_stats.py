@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +17,15 @@ class ClientStats:
 
     ``sent``: accepted by the sidecar. ``dropped``: the oldest waiting, pushed out of the full buffer
     (or refused by a client already closed). ``rejected``: refused by the sidecar (an invalid event,
-    a 4xx other than 408/413/429, or an item that cannot be encoded). ``retried``: items in attempts
+    a 4xx other than 408/429, a connection cut off while one event alone was sent, ``server_error_attempts``
+    times), or never sent (an item that cannot be encoded, or larger than ``max_request_bytes`` on its own;
+    a 413 splits a batch, and only an event refused alone is rejected). ``retried``: items in attempts
     that failed and were tried again (one item retried three times counts three). ``failed``: given
     up unsent when ``close()`` or interpreter exit ran out of time. ``errored``: given up after the sidecar
     answered a server error (a 5xx other than 502/503/504) to it alone ``server_error_attempts`` times (the
-    batch it came in was split to isolate it, and its other items went on). ``buffered``: waiting now, and
-    ``buffered_bytes`` what their tensors hold (the figure ``max_buffer_bytes`` bounds).
+    batch it came in was split to isolate it, and its other items went on). ``buffered``: waiting now (with a
+    batch the asyncio client's sender was cancelled with, sent first by the exit hook), and ``buffered_bytes``
+    what the tensors in the buffer hold (the figure ``max_buffer_bytes`` bounds).
     In a child made by ``fork()`` the counts start at zero: they describe what the child was given.
     """
 
@@ -35,33 +40,33 @@ class ClientStats:
 
 
 class Counters:
-    """The live counts, and their Prometheus mirror ``vai_client_events_total{outcome}`` when given a registry."""
+    """The live counts, and their Prometheus mirror ``vai_client_events_total{client, outcome}`` when given a registry.
 
-    def __init__(self, registry: Any = None) -> None:
+    Several clients may export to one registry, each under its own ``name`` (the ``client`` label of its series):
+    they share the one counter, whose series each client creates at zero, and a forked child zeroes again.
+    """
+
+    def __init__(self, registry: Any = None, name: str = "default") -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(OUTCOMES, 0)
+        self._name = name
         self._prometheus: Any = None
         if registry is not None:
-            from prometheus_client import Counter  # only when asked for: the client needs nothing installed
-
-            self._prometheus = Counter(
-                "vai_client_events",
-                "Events and labels handed to the vai sidecar client, by what became of them",
-                ["outcome"],
-                registry=registry,
-            )
-            for outcome in OUTCOMES:
-                self._prometheus.labels(outcome)
+            self._prometheus = _claim(registry, name, self)
+            self._zero()
 
     def reset(self) -> None:
-        """Zero every count (a forked child's own start); the Prometheus mirror too."""
+        """Zero every count (a forked child's own start); this client's Prometheus series too."""
         self._lock = threading.Lock()  # the parent's may have been held by a thread the child does not have
         self._counts = dict.fromkeys(OUTCOMES, 0)
         if self._prometheus is not None:
-            _fresh_locks(self._prometheus)
-            self._prometheus.clear()
             for outcome in OUTCOMES:
-                self._prometheus.labels(outcome)
+                self._prometheus.remove(self._name, outcome)
+            self._zero()
+
+    def _zero(self) -> None:
+        for outcome in OUTCOMES:
+            self._prometheus.labels(self._name, outcome)
 
     def add(self, outcome: str, n: int) -> None:
         if n <= 0:
@@ -69,7 +74,7 @@ class Counters:
         with self._lock:
             self._counts[outcome] += n
         if self._prometheus is not None:
-            self._prometheus.labels(outcome).inc(n)
+            self._prometheus.labels(self._name, outcome).inc(n)
 
     def get(self, outcome: str) -> int:
         return self._counts[outcome]
@@ -79,10 +84,52 @@ class Counters:
             return ClientStats(**self._counts, buffered=buffered, buffered_bytes=buffered_bytes)
 
 
-def _fresh_locks(counter: Any) -> None:
-    """New locks for a Prometheus counter and its children in a forked child: a lock the parent's sender thread
+class _Export:
+    """One registry's ``vai_client_events`` counter, and the clients alive that export to it, by name."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter  # only when asked for: the client needs nothing installed
+
+        self.counter = Counter(
+            "vai_client_events",
+            "Events and labels handed to the vai sidecar client, by client and what became of them",
+            ["client", "outcome"],
+            registry=registry,
+        )
+        self.clients: weakref.WeakValueDictionary[str, Counters] = weakref.WeakValueDictionary()
+
+
+_EXPORTS: weakref.WeakKeyDictionary[Any, _Export] = weakref.WeakKeyDictionary()
+_EXPORTS_LOCK = threading.Lock()
+
+
+def _claim(registry: Any, name: str, counters: Counters) -> Any:
+    """The registry's counter (made by its first client), with ``name`` taken by ``counters`` as long as they live."""
+    with _EXPORTS_LOCK:
+        export = _EXPORTS.get(registry)
+        if export is None:
+            export = _EXPORTS[registry] = _Export(registry)
+        if export.clients.get(name) is not None:
+            raise ValueError(
+                f"name: a client named {name!r} already exports to this registry; "
+                "give each client on one registry a name of its own (Client(..., name=...))"
+            )
+        export.clients[name] = counters
+        return export.counter
+
+
+def _fresh_locks() -> None:
+    """New locks for every exported counter and its series in a forked child: a lock the parent's sender threads
     held at the fork would be held for ever there (prometheus_client keeps them private; best effort)."""
-    for metric in (counter, *getattr(counter, "_metrics", {}).values()):
-        for owner in (metric, getattr(metric, "_value", None)):
-            if owner is not None and hasattr(owner, "_lock"):
-                owner._lock = threading.Lock()
+    global _EXPORTS_LOCK
+    _EXPORTS_LOCK = threading.Lock()
+    for export in list(_EXPORTS.values()):
+        counter = export.counter
+        for metric in (counter, *getattr(counter, "_metrics", {}).values()):
+            for owner in (metric, getattr(metric, "_value", None)):
+                if owner is not None and hasattr(owner, "_lock"):
+                    owner._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; registered before any client's own hook, which uses the counters
+    os.register_at_fork(after_in_child=_fresh_locks)

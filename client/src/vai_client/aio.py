@@ -15,9 +15,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from vai_client._core import ClientBase, Core, send_blocking
-from vai_client._delivery import TRANSIENT_ERRORS, BatchDelivery, Response, RetryPolicy, Transport
+from vai_client._core import ClientBase, Core
+from vai_client._delivery import BatchDelivery
 from vai_client._encoding import TensorEncoding
+from vai_client._policy import RetryPolicy
+from vai_client._sending import resume_blocking, send_blocking
+from vai_client._transport import TRANSIENT_ERRORS, Response, Transport
 
 
 class AsyncClient(ClientBase):
@@ -26,7 +29,9 @@ class AsyncClient(ClientBase):
     Start it inside the running loop (``async with AsyncClient(url) as client`` or ``await client.start()``,
     e.g. in a FastAPI lifespan) and ``await client.close()`` before the loop ends. Items still waiting
     when the interpreter exits without ``close()`` are posted from an ``atexit`` hook, within
-    ``atexit_timeout_s``. Same arguments, counters and guarantees as ``Client``.
+    ``atexit_timeout_s``: first the batch the sender was cancelled with when the loop ended (back ahead of
+    the buffer, in order; what was in flight may arrive twice, and its duplicates count as sent), then the
+    buffer. Same arguments, counters and guarantees as ``Client``.
     """
 
     def __init__(
@@ -37,10 +42,12 @@ class AsyncClient(ClientBase):
         max_buffer: int = 10_000,
         max_buffer_bytes: int = 64 * 2**20,
         batch_size: int = 100,
+        max_request_bytes: int = 8 * 2**20,
         flush_interval_s: float = 0.2,
         timeout_s: float = 2.0,
         registry: Any = None,
-        tensor_encoding: TensorEncoding = "json",
+        name: str = "default",
+        tensor_encoding: TensorEncoding = "compact",
         atexit_timeout_s: float = 2.0,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
@@ -48,8 +55,10 @@ class AsyncClient(ClientBase):
             max_buffer=max_buffer,
             max_buffer_bytes=max_buffer_bytes,
             batch_size=batch_size,
+            max_request_bytes=max_request_bytes,
             tensor_encoding=tensor_encoding,
             registry=registry,
+            name=name,
             policy=retry_policy or RetryPolicy(),
         )
         self._transport = Transport(url, token=token, timeout_s=timeout_s)
@@ -106,6 +115,7 @@ class AsyncClient(ClientBase):
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(self._task), timeout_s + 0.5)
                 self._task.cancel()
+                await asyncio.wait({self._task})  # it parks what it held, which discard() then counts as failed
             self._core.discard()
             self._executor.submit(self._transport.close)
             self._executor.shutdown(wait=False)
@@ -160,22 +170,24 @@ class AsyncClient(ClientBase):
         try:
             delivery = await asyncio.wrap_future(encoding, loop=loop)
             await self._deliver(delivery)
-        except asyncio.CancelledError:
-            if delivery is None:  # settled by the thread when it is done: it counts what it cannot encode
-                encoding.add_done_callback(functools.partial(self._abandon_encoded, len(items)))
+        except asyncio.CancelledError:  # the loop is ending, or close() ran out of time: back to the buffer
+            if delivery is None:  # parked by the thread when it is done: it counts what it cannot encode
+                encoding.add_done_callback(functools.partial(self._park_encoded, kind, items))
             else:
-                delivery.abandon()
+                self._core.park(delivery)
             raise
         except Exception as error:
             self._core.crashed(kind, len(items) if delivery is None else delivery.left, error)
 
-    def _abandon_encoded(self, items: int, encoding: Future[BatchDelivery]) -> None:
-        """A batch whose sender was cancelled while it was encoded: what was encoded counts as failed (the
-        rest the encoder counted as rejected); all of it when the encoding never ran."""
-        if encoding.cancelled() or encoding.exception() is not None:
-            self._core.counters.add("failed", items)
+    def _park_encoded(self, kind: str, items: list[Any], encoding: Future[BatchDelivery]) -> None:
+        """A batch whose sender was cancelled while it was encoded: parked once encoded (the encoder counted
+        as rejected what it could not encode); back in the buffer when the encoding never ran."""
+        if encoding.cancelled():
+            self._core.put_back(kind, items)
+        elif encoding.exception() is not None:
+            self._core.counters.add("failed", len(items))
         else:
-            encoding.result().abandon()
+            self._core.park(encoding.result())
 
     async def _deliver(self, delivery: BatchDelivery) -> None:
         loop = asyncio.get_running_loop()
@@ -222,12 +234,15 @@ class AsyncClient(ClientBase):
             self._core.closed = True
         deadline = time.monotonic() + self._atexit_timeout_s
         transport = self._transport.clone()  # the executor's connection may be mid-call, or its thread gone
+
+        def remaining_s() -> float:
+            return deadline - time.monotonic()
+
+        def pause(delay_s: float) -> None:
+            time.sleep(max(0.0, min(delay_s, remaining_s())))
+
+        while (delivery := self._core.unpark()) is not None:
+            resume_blocking(self._core, delivery, transport, remaining_s=remaining_s, pause=pause)
         while (batch := self._core.take()) is not None:
-            send_blocking(
-                self._core,
-                *batch,
-                transport,
-                remaining_s=lambda: deadline - time.monotonic(),
-                pause=lambda s: time.sleep(max(0.0, min(s, deadline - time.monotonic()))),
-            )
+            send_blocking(self._core, *batch, transport, remaining_s=remaining_s, pause=pause)
         transport.close()

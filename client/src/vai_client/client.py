@@ -10,9 +10,11 @@ import time
 import weakref
 from typing import Any
 
-from vai_client._core import ClientBase, Core, send_blocking
-from vai_client._delivery import RetryPolicy, Transport
+from vai_client._core import ClientBase, Core
 from vai_client._encoding import TensorEncoding
+from vai_client._policy import RetryPolicy
+from vai_client._sending import send_blocking
+from vai_client._transport import Transport
 
 
 class Client(ClientBase):
@@ -22,12 +24,18 @@ class Client(ClientBase):
     ``max_buffer_bytes`` of tensor data; when full, the oldest is dropped and counted) and return. One
     daemon thread posts batches of up to ``batch_size`` to ``{url}/v1/events`` (and ``/v1/labels``)
     every ``flush_interval_s`` or as soon as a batch is full, one batch at a time, so each model's
-    events arrive in the order they were logged. A batch that gets no answer (refused, reset,
-    ``timeout_s``), 408, 429, 502, 503 or 504 is tried again after an exponential backoff (or the sidecar's
-    ``Retry-After``, when longer) for as long as the client is open; 413 splits it in half; another 5xx
-    splits it too, and an event that still gets one alone is given up after ``server_error_attempts``
-    (counted as errored); other 4xx count its events as rejected. ``tensor_encoding="compact"`` sends
-    logits, probabilities and embeddings as base64 tensors, which needs a sidecar that reads them.
+    events arrive in the order they were logged; a batch is cut into requests of at most
+    ``max_request_bytes`` (keep it at most the sidecar's ``VAI_MAX_BODY_BYTES``), and an event larger
+    than that on its own is rejected unsent. A batch that gets no answer (refused, reset on a reused
+    connection, ``timeout_s``), 408, 429, 502, 503 or 504 is tried again after an exponential backoff (or the
+    sidecar's ``Retry-After``, when longer) for as long as the client is open; 413 splits it in half, and so
+    does a connection opened for it and cut off while it is sent (a sidecar refusing a body too large without
+    reading it); another 5xx splits it too. An event that alone is still cut off, or gets such a 5xx, is given
+    up after ``server_error_attempts`` (counted as rejected, or errored); other 4xx count its events as
+    rejected. Tensors (logits, probabilities, embeddings) are sent as base64 tensors
+    (``tensor_encoding="compact"``, which this repository's sidecar reads); ``"json"`` sends number lists,
+    for a sidecar older than that. With ``registry=``, the counts are exported under the label
+    ``client=name`` (each client on one registry needs a name of its own).
     """
 
     def __init__(
@@ -38,10 +46,12 @@ class Client(ClientBase):
         max_buffer: int = 10_000,
         max_buffer_bytes: int = 64 * 2**20,
         batch_size: int = 100,
+        max_request_bytes: int = 8 * 2**20,
         flush_interval_s: float = 0.2,
         timeout_s: float = 2.0,
         registry: Any = None,
-        tensor_encoding: TensorEncoding = "json",
+        name: str = "default",
+        tensor_encoding: TensorEncoding = "compact",
         atexit_timeout_s: float = 2.0,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
@@ -49,8 +59,10 @@ class Client(ClientBase):
             max_buffer=max_buffer,
             max_buffer_bytes=max_buffer_bytes,
             batch_size=batch_size,
+            max_request_bytes=max_request_bytes,
             tensor_encoding=tensor_encoding,
             registry=registry,
+            name=name,
             policy=retry_policy or RetryPolicy(),
         )
         self._url = url
