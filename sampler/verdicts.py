@@ -9,7 +9,7 @@ aggregate (:func:`method_trust_report`) never read maps.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,17 @@ class MethodTrust(BaseModel):
     """Mean Spearman correlation of this map's |values| with each other method's, in [-1, 1]."""
 
 
+class LatestSanity(BaseModel):
+    """A method's latest randomisation sanity check on the model (the verdicts counted in
+    ``sanity_pass_share`` used the check in force when each map was explained)."""
+
+    similarity: float
+    flagged: bool
+    samples: int
+    """Inputs whose pair of maps (trained and randomised model) the similarity averages."""
+    checked_at: float
+
+
 class MethodFigures(BaseModel):
     """One method's figures over a model's recent explanations."""
 
@@ -68,6 +79,8 @@ class MethodFigures(BaseModel):
     trusted_share: float | None
     """Share of trusted verdicts among the verdicts with at least one measured part."""
     verdict_count: int
+    latest_sanity: LatestSanity | None = None
+    """``None`` before the method's first check on this model."""
 
 
 class MethodTrustReport(BaseModel):
@@ -80,17 +93,24 @@ class MethodTrustReport(BaseModel):
     """Sorted by method name."""
 
 
-def method_trust_report(model: str, trusts: Sequence[dict[str, MethodTrust]]) -> MethodTrustReport:
-    """Aggregate the per-method trust of ``trusts`` (one dict per explanation, as in its summary)."""
+def method_trust_report(
+    model: str, trusts: Sequence[dict[str, MethodTrust]], sanity: Mapping[str, LatestSanity] | None = None
+) -> MethodTrustReport:
+    """Aggregate the per-method trust of ``trusts`` (one dict per explanation, as in its summary), with each
+    method's latest sanity figure from ``sanity``."""
     names = sorted({method for trust in trusts for method in trust})
+    latest = sanity or {}
     return MethodTrustReport(
         model=model,
         explanations=len(trusts),
-        methods=[_figures(method, [trust[method] for trust in trusts if method in trust]) for method in names],
+        methods=[
+            _figures(method, [trust[method] for trust in trusts if method in trust], latest.get(method))
+            for method in names
+        ],
     )
 
 
-def _figures(method: str, found: list[MethodTrust]) -> MethodFigures:
+def _figures(method: str, found: list[MethodTrust], latest: LatestSanity | None) -> MethodFigures:
     sanity = [t.verdict.passes_sanity for t in found if t.verdict.passes_sanity is not None]
     gains = [t.fidelity_gain for t in found if t.fidelity_gain is not None and math.isfinite(t.fidelity_gain)]
     agreements = [t.agreement for t in found if t.agreement is not None and math.isfinite(t.agreement)]
@@ -106,6 +126,7 @@ def _figures(method: str, found: list[MethodTrust]) -> MethodFigures:
         agreement_count=len(agreements),
         trusted_share=_share(trusted),
         verdict_count=len(trusted),
+        latest_sanity=latest,
     )
 
 

@@ -51,6 +51,11 @@ class ExplanationPublic(BaseModel):
     """Latest randomisation check per method: similarity to a randomised model's map (high is bad)."""
     sanity_flagged: dict[str, bool] = {}
     """Whether that similarity reached the model's configured limit (the method ignores the model)."""
+    sanity_samples: dict[str, int] = {}
+    """How many inputs' pairs of maps that check averages."""
+    sanity_checked_at: dict[str, float] = {}
+    """When that check ran (epoch seconds). A map's verdict used the check in force when it was explained
+    (``explained_at``), which may be an earlier one."""
     error: str | None = None
     input: dict[str, Any] | None = None
     explained_at: float | None = None
@@ -138,6 +143,8 @@ def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> Exp
         agreement=detail.agreement,
         sanity_similarity={m: sanity[m].similarity for m in record.summary.methods if m in sanity},
         sanity_flagged={m: sanity[m].flagged for m in record.summary.methods if m in sanity},
+        sanity_samples={m: sanity[m].samples for m in record.summary.methods if m in sanity},
+        sanity_checked_at={m: sanity[m].checked_at for m in record.summary.methods if m in sanity},
         error=detail.error,
         input=model_input,
         explained_at=detail.explained_at,

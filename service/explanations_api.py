@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from common.errors import NotFound
 from sampler.explanation_records import ExplanationRecord, SanityFigure
 from sampler.layers import ModelLayers
-from sampler.verdicts import MethodTrustReport, method_trust_report
+from sampler.verdicts import LatestSanity, MethodTrustReport, method_trust_report
 from service.deps import ModelPath, ReadScope, SidecarDep
 from service.explanations import (
     ExplanationPublic,
@@ -49,7 +49,13 @@ async def get_method_trust(
     """Over the model's latest ``limit`` done explanations. Declared before the detail route, so an event whose
     request_id is ``methods`` is not readable by id."""
     summaries = await sidecar.explanations.latest_done(model, limit=limit)
-    return await run_in_threadpool(method_trust_report, model, [summary.trust for summary in summaries])
+    latest = {
+        method: LatestSanity(
+            similarity=figure.similarity, flagged=figure.flagged, samples=figure.samples, checked_at=figure.checked_at
+        )
+        for method, figure in (await sidecar.explanations.sanity(model)).items()
+    }
+    return await run_in_threadpool(method_trust_report, model, [summary.trust for summary in summaries], latest)
 
 
 @router.get("/v1/explanations/{model}/{request_id:path}/heatmap.png", response_class=Response)

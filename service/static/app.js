@@ -506,14 +506,20 @@
     );
   }
 
-  // A verdict made before the model's first sanity check says so; a check that has run since is pointed out.
+  // A verdict made before the model's first sanity check says so; a check that has run since is pointed out, and
+  // so is a later check that disagrees with the one the verdict used (the table below shows the latest).
   function laterSanity(record, method) {
     const flagged = (record.sanity_flagged || {})[method];
-    if (record.attributions[method].verdict.passes_sanity !== null || typeof flagged !== "boolean") return null;
+    const used = record.attributions[method].verdict.passes_sanity;
+    if (typeof flagged !== "boolean" || used === !flagged) return null;
+    const checked = (record.sanity_checked_at || {})[method];
+    const when = typeof checked === "number" ? ` (${localTime(checked)})` : "";
     return el(
       "span",
       { class: "hint later-sanity" },
-      flagged ? " A later sanity check flags this method (below)." : " A later sanity check passed (below).",
+      flagged
+        ? ` A later sanity check${when} flags this method (below).`
+        : ` A later sanity check${when} passed (below).`,
     );
   }
 
@@ -540,7 +546,11 @@
       section.append(el("p", { class: "muted" }, "No randomisation sanity check has run for this model yet."));
       return section;
     }
-    const header = ["Method", "Similarity", "Verdict"].map((name) => el("th", { scope: "col" }, name));
+    const header = ["Method", "Similarity", "Verdict", "Inputs", "Checked"].map((name) =>
+      el("th", { scope: "col" }, name),
+    );
+    const samples = record.sanity_samples || {};
+    const checkedAt = record.sanity_checked_at || {};
     const rows = methods.map((method) =>
       el(
         "tr",
@@ -548,6 +558,8 @@
         el("th", { scope: "row" }, method),
         el("td", { class: "num" }, number(sanity[method], 2)),
         el("td", {}, sanityBadge(record, method)),
+        el("td", { class: "num" }, present(samples[method]) ? String(samples[method]) : "—"),
+        el("td", {}, timeElement(checkedAt[method])),
       ),
     );
     section.append(
@@ -557,8 +569,9 @@
         el(
           "caption",
           {},
-          "Randomisation sanity check: how similar each method's maps are on the trained and on a randomised model ",
-          "(high is bad).",
+          "Latest randomisation sanity check: how similar each method's maps are on the trained and on a randomised ",
+          "model (high is bad), averaged over that many inputs. The verdicts above used the check in force when the ",
+          "maps were made.",
         ),
         el("thead", {}, el("tr", {}, header)),
         el("tbody", {}, rows),

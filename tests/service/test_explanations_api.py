@@ -23,6 +23,7 @@ from sampler.explanation_records import (
     StoredAttribution,
 )
 from sampler.explanations import ExplanationStore
+from sampler.verdicts import MethodTrust, Verdict
 
 T0 = time.time() - 600
 
@@ -116,6 +117,34 @@ def test_an_unreadable_sanity_figure_is_left_out_of_the_detail(
 
     assert response.status_code == 200, response.text
     assert response.json()["sanity_similarity"] == {"gradcam": 0.2}  # saliency reads as never checked
+    # What the figure rests on, and when it ran: the verdicts may have used an earlier check.
+    assert (response.json()["sanity_samples"], response.json()["sanity_checked_at"]) == (
+        {"gradcam": 4},
+        {"gradcam": T0},
+    )
+
+
+def test_the_methods_report_has_each_method_s_latest_sanity_check(
+    client: TestClient, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The pass share counts the checks the verdicts used; the latest check (and its size) is shown beside it."""
+    trust = {
+        "saliency": MethodTrust(verdict=Verdict(passes_sanity=True)),
+        "gradcam": MethodTrust(verdict=Verdict()),
+    }
+    summary = _summary("a", 1.0).model_copy(update={"methods": ("saliency", "gradcam"), "trust": trust})
+    _save(redis_url, ExplanationRecord(summary=summary))
+    redis_client.hset(
+        keys.sanity("digits"),
+        "saliency",
+        SanityFigure(similarity=0.7, flagged=True, samples=7, checked_at=T0 + 5).model_dump_json(),
+    )
+
+    rows = {row["method"]: row for row in client.get("/v1/explanations/digits/methods").json()["methods"]}
+
+    assert rows["saliency"]["sanity_pass_share"] == 1.0
+    assert rows["saliency"]["latest_sanity"] == {"similarity": 0.7, "flagged": True, "samples": 7, "checked_at": T0 + 5}
+    assert rows["gradcam"]["latest_sanity"] is None
 
 
 @pytest.mark.parametrize(

@@ -278,9 +278,10 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     rows = browser.evaluate(
         "[...document.querySelectorAll('table.sanity tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
     )
-    assert [method for method, _, _ in rows] == METHODS
-    for method, _, verdict in rows:
+    assert [row[0] for row in rows] == METHODS
+    for method, _, verdict, inputs, checked in rows:
         assert ("don't trust it" in verdict) == (figures["sanity_similarity"][method] >= 0.5), (method, verdict)
+        assert inputs == str(figures["sanity_samples"][method]) and checked.startswith("20"), (inputs, checked)
     # One verdict per method comes first in the trust section, then the figures behind it.
     assert browser.evaluate("document.querySelector('#detail .trust h3').nextElementSibling.matches('table.verdicts')")
     verdicts = browser.evaluate(
@@ -291,7 +292,8 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
         verdict = figures["attributions"][method]["verdict"]
         assert shown == {True: "✓ trusted", False: "✗ not trusted", None: "? not judged"}[verdict["trusted"]]
         assert why.startswith(verdict["summary"]) and why.startswith(("Trusted", "Not trusted", "Not judged")), why
-        later = verdict["passes_sanity"] is None and method in figures["sanity_flagged"]  # checked after this one
+        flagged = figures["sanity_flagged"].get(method)  # the latest check; the verdict used the one in force then
+        later = flagged is not None and verdict["passes_sanity"] != (not flagged)
         assert ("A later sanity check" in why) == later, why
     assert browser.evaluate("location.hash") == "#digits/img0"
 
