@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from attribution_workers.bounded import EXIT_TIMED_OUT, WorkTimedOut
 from attribution_workers.config import attribution_configs
+from attribution_workers.errors import AttributionError
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.settings import WorkerSettings
@@ -32,7 +33,13 @@ def build_runtimes(settings: WorkerSettings) -> dict[str, ModelRuntime]:
     configs = attribution_configs(settings.models)
     if not configs:
         raise SystemExit("no model has an [models.NAME.attribution] section in VAI_CONFIG_FILE")
-    return {name: ModelRuntime(name, config, device=settings.worker_device) for name, config in configs.items()}
+    runtimes = {}
+    for name, config in configs.items():
+        try:
+            runtimes[name] = ModelRuntime(name, config, device=settings.worker_device)
+        except (AttributionError, OSError) as error:  # the config does not fit the model: say which, no traceback
+            raise SystemExit(f"[models.{name}.attribution]: {error}") from error
+    return runtimes
 
 
 def make_worker(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from torch import nn
 
 from attribution_workers.errors import AttributionError
 from attribution_workers.loader import GradCamView, LoadedModel, ModelSpec, load_model, resolve_device
+from attribution_workers.main import build_runtimes
+from attribution_workers.settings import WorkerSettings
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import load_torchscript
@@ -191,3 +194,14 @@ def test_randomised_copy_redraws_weights_and_leaves_the_original(
         digits_model.module.named_parameters(), randomised.module.named_parameters(), strict=True
     ):
         assert not torch.equal(trained, fresh), name
+
+
+def test_a_model_section_that_does_not_fit_its_model_stops_the_worker_naming_it(
+    make_worker_settings: Callable[..., WorkerSettings], digits_path: Path
+) -> None:
+    """One line naming the section, not a traceback that leaves the reader to find which model it was."""
+    spec = {"torchscript": str(digits_path), "input_shape": [1, 16, 16], "num_classes": 10}
+    settings = make_worker_settings(models={"digits": {"attribution": {"model": spec, "methods": ["saliency"]}}})
+
+    with pytest.raises(SystemExit, match=r"^\[models\.digits\.attribution\]: the model does not run on one input"):
+        build_runtimes(settings)
