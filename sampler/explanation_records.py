@@ -129,7 +129,7 @@ class ExplanationQuery(BaseModel):
     version: str | None = Field(default=None, pattern=VERSION_PATTERN)
     reason: Reason | None = None
     cohort: tuple[str, str] | None = None
-    predicted: int | None = None
+    predicted: int | None = Field(default=None, ge=0)
     since: float | None = None
     until: float | None = None
     limit: int = Field(default=50, ge=1, le=500)

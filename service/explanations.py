@@ -100,7 +100,7 @@ def _decode_cursor(text: str) -> tuple[float, str]:
     refuse it as a score, which must not read as Redis being down)."""
     try:
         timestamp, request_id = orjson.loads(base64.urlsafe_b64decode(text.encode()))
-        found = float(timestamp), str(request_id)
+        found = (float(timestamp), request_id) if isinstance(request_id, str) else None
     except (ValueError, TypeError):
         found = None
     if found is None or not math.isfinite(found[0]):

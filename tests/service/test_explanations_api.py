@@ -64,6 +64,7 @@ def _cursor(value: object) -> str:
         pytest.param(_cursor(["inf", "x"]), id="inf-text"),
         pytest.param(base64.urlsafe_b64encode(b'[NaN, "x"]').decode(), id="nan-literal"),
         pytest.param(_cursor([1.5]), id="one-part"),
+        pytest.param(_cursor([1, 2]), id="id-not-text"),
         pytest.param("%%%", id="not-base64"),
     ],
 )
@@ -201,3 +202,9 @@ def test_a_record_is_made_public_off_the_event_loop(
     assert on_loop == [False]
     values = np.array(response.json()["attributions"]["saliency"]["values"])
     assert values.shape == (1, 8, 8) and abs(values.max() - 1.0) < 1e-3
+
+
+def test_a_negative_predicted_class_is_a_422_naming_it(client: TestClient) -> None:
+    response = client.get("/v1/explanations", params={"model": "digits", "predicted": "-1"})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "predicted"
