@@ -61,6 +61,13 @@ async def post_labels(body: LabelsBody, sidecar: SidecarDep) -> Response:
     return Response(orjson.dumps(result), media_type="application/json")
 
 
+def _register(sidecar: Sidecar, model: str) -> None:
+    try:
+        sidecar.ingest.register(model)
+    except FieldError as error:  # too many models
+        raise InvalidInput(str(error), field=error.field) from None
+
+
 @router.put(
     "/v1/models/{model}/reference",
     dependencies=[AdminScope],
@@ -82,19 +89,16 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
         field = str(error).split(":", 1)[0]
         raise InvalidInput(str(error), field=field if " " not in field else "body") from None
     dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
-    await monitoring.check_reference(reference)  # before the model takes a slot: a refused upload takes none
-    try:
-        sidecar.ingest.register(model)
-    except FieldError as error:  # too many models
-        raise InvalidInput(str(error), field=error.field) from None
     async with monitoring.reference_lock(model):  # one upload of a model at a time: a failed one undoes only its own
         known = sidecar.ingest.embedding_dims.get(model)
         if known is not None and known != dims:
             raise InvalidInput(
                 f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
             )
-        sidecar.ingest.embedding_dims[model] = dims  # before the await: events of another width arriving meanwhile
+        sidecar.ingest.embedding_dims[model] = dims  # before any await: events of another width arriving meanwhile
         try:  # are refused, not stored beside a reference they do not match
+            await monitoring.check_reference(reference)
+            _register(sidecar, model)  # after the check: a refused upload takes no model slot
             await monitoring.set_reference(model, reference, margin=margin)
         except BaseException:
             if known is None:
