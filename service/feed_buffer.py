@@ -85,6 +85,19 @@ class FeedBuffer:
         self._lent.clear()
         return lost
 
+    def give_back_one(self, model: str, request_id: str) -> Pending | None:
+        """Undo the :meth:`take` of one record (its label was refused); returned when the full queue pushed it
+        out meanwhile (lost, to be counted)."""
+        item = self._lent.pop((model, request_id), None)
+        if item is None:
+            return None
+        if item.gone:
+            return item
+        item.taken = False
+        self._taken -= 1
+        self._waiting[(model, request_id)] = item
+        return None
+
     def keep_taken(self) -> None:
         """The records taken since the last call were joined: they will not be written."""
         self._lent.clear()

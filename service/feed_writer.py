@@ -195,6 +195,12 @@ class FeedWriter:
         for item in self._buffer.give_back():
             self._count_lost(item)
 
+    def give_back_one(self, model: str, request_id: str) -> None:
+        """Undo the :meth:`take_local` of one record whose label was refused: it waits again for a valid one."""
+        lost = self._buffer.give_back_one(model, request_id)
+        if lost is not None:
+            self._count_lost(lost)
+
     def keep_taken(self) -> None:
         """The records taken since the last call were joined: they will not be written."""
         self._buffer.keep_taken()

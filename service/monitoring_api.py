@@ -21,7 +21,8 @@ from monitors.fleet.results import SeriesQuality
 from service.auth import Scope
 from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.errors import FieldError
-from service.monitoring import LabelIn, Monitoring, PublishedView
+from service.labels import LabelIn
+from service.monitoring import Monitoring, PublishedView
 from service.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ LabelsBody = Annotated[
 
 @router.post("/v1/labels", summary="Join delayed ground truth to predictions", openapi_extra=json_body_doc(LabelsIn))
 async def post_labels(body: LabelsBody, sidecar: SidecarDep) -> Response:
-    result = await _monitoring(sidecar).apply_labels(body.labels, known=sidecar.ingest.known_models)
+    result = await _monitoring(sidecar).delayed_labels.apply(body.labels, known=sidecar.ingest.known_models)
     return Response(orjson.dumps(result), media_type="application/json")
 
 

@@ -54,3 +54,20 @@ def test_a_batch_put_back_keeps_its_place_and_clear_returns_what_was_still_to_wr
     buffer.take("digits", "y")
     assert [item.request_id for item in buffer.clear()] == ["x"], "y was taken: nothing left to write of it"
     assert buffer.stored == 0 and len(buffer) == 0
+
+
+def test_one_taken_record_given_back_waits_again_and_the_others_stay_taken() -> None:
+    """A label refused for its class gives its record back alone; the request's other labels joined theirs."""
+    buffer = FeedBuffer(max_records=3)
+    for request_id in ("a", "b"):
+        buffer.append(_record(request_id))
+    assert buffer.take("digits", "a") is not None and buffer.take("digits", "b") is not None
+    assert buffer.give_back_one("digits", "a") is None
+    buffer.keep_taken()
+    assert buffer.waits_here("digits", "a") and not buffer.waits_here("digits", "b")
+    assert buffer.take("digits", "a") == b"a", "a corrected label still finds it"
+    buffer.append(_record("c"))
+    buffer.append(_record("d"))
+    buffer.append(_record("e"))  # the full queue pushes the taken a out
+    lost = buffer.give_back_one("digits", "a")
+    assert lost is not None and lost.request_id == "a", "pushed out while taken: lost, to be counted"

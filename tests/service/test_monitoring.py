@@ -568,6 +568,27 @@ def test_labels_first_sent_to_a_replica_that_never_served_the_model_still_turn_r
     assert not redis_client.sismember("vai:labelled-models", "nobody"), "a model no replica serves is not announced"
 
 
+@pytest.mark.parametrize(
+    "where", [pytest.param("redis", id="record-in-redis"), pytest.param("here", id="record-in-the-buffer")]
+)
+def test_a_label_of_no_class_of_the_prediction_leaves_its_record_for_a_corrected_one(
+    make_client: Callable[..., TestClient], redis_client: Any, where: str
+) -> None:
+    """The record was taken before the class could be checked against it: refused, it must be put back, or the
+    prediction could never be labelled."""
+    # With Redis out of reach the record stays in this replica's buffer, where the label finds it.
+    client = make_client(models=LABELLED, **({} if where == "redis" else {"redis_url": "redis://127.0.0.1:1/0"}))
+    client.post("/v1/events", json=event("bc1"))  # 3 classes
+    if where == "redis":
+        wait_until(lambda: redis_client.exists("vai:pred:digits:bc1"), what="the record in Redis")
+        ttl_before = redis_client.pttl("vai:pred:digits:bc1")
+    refused = client.post("/v1/labels", json=_label("bc1", label=3)).json()
+    assert refused["matched"] == 0 and refused["rejected"][0]["error"].endswith("class 3 out of range for 3 classes")
+    if where == "redis":
+        assert 0 < redis_client.pttl("vai:pred:digits:bc1") <= ttl_before, "back with the time it had left"
+    assert client.post("/v1/labels", json=_label("bc1", label=2)).json()["matched"] == 1
+
+
 def test_no_records_for_models_without_labels_and_none_at_all_when_told(
     make_client: Callable[..., TestClient], redis_client: Any
 ) -> None:

@@ -151,10 +151,10 @@ async def test_labels_refused_with_503_are_neither_joined_nor_counted_so_a_retry
         assert sidecar.ingest.ingest(orjson.dumps(event("here"))).accepted == 1
         waiting = len(sidecar.feed)
         with paused_redis(own_redis.data_dir), pytest.raises(RedisUnavailable):
-            await sidecar.monitoring.apply_labels(labels, known={"digits"})
+            await sidecar.monitoring.delayed_labels.apply(labels, known={"digits"})
         assert [s for m in registry.collect() if m.name == "vai_labels" for s in m.samples] == []
         assert sidecar.feed.waits_here("digits", "here"), "the record stays for the retry"
-        result = await sidecar.monitoring.apply_labels(labels, known={"digits"})
+        result = await sidecar.monitoring.delayed_labels.apply(labels, known={"digits"})
         assert (result.matched, result.unmatched, result.rejected) == (2, [], [])
         assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 2
         assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "false"}) is None
