@@ -2,13 +2,15 @@
 
 Every labelled prediction belongs to the slice ``all`` of its (model, version)
 and, for each allowlisted cohort key it carries, to the slice ``key=value``.
-Each key's values are kept closed by :class:`common.cardinality.BoundedLabel`
-(the rule of every labelled metric): later values share the slice ``key=__other__``.
+Each model's values of each key are kept closed by :class:`common.cardinality.BoundedLabel`
+(the rule of every labelled metric): later values share the slice ``key=__other__``. The
+bound is per model, so one model's values never take another's slots.
 Keys outside the allowlist are ignored. These strings are the ``cohort`` label of the metrics.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 
 from common.cardinality import BoundedLabel
@@ -32,13 +34,27 @@ class CohortGuard:
         for key in self._keys:
             if not key or "=" in key:
                 raise ValueError(f"cohort key {key!r} must be non-empty and contain no '='")
-        self._values = {key: BoundedLabel(max_values_per_key) for key in self._keys}
+        self._max_values = max_values_per_key
+        self._models: dict[str, dict[str, BoundedLabel]] = {}
+        self._lock = threading.Lock()
 
-    def slices(self, cohort: Mapping[str, str]) -> tuple[str, ...]:
-        """Slice labels of an event: ``all`` first, then one per allowlisted key it carries."""
+    def slices(self, model: str, cohort: Mapping[str, str]) -> tuple[str, ...]:
+        """Slice labels of an event of ``model``: ``all`` first, then one per allowlisted key it carries."""
         labels = [ALL]
-        for key, bounded in self._values.items():
+        if not self._keys:
+            return (ALL,)
+        values = self._models.get(model) or self._values_of(model)
+        for key, bounded in values.items():
             value = cohort.get(key)
             if value is not None:
                 labels.append(slice_label(key, bounded(value)))
         return tuple(labels)
+
+    def forget(self, model: str) -> None:
+        """Free ``model``'s slots (it is no longer owned: a later owner admits values anew)."""
+        with self._lock:
+            self._models.pop(model, None)
+
+    def _values_of(self, model: str) -> dict[str, BoundedLabel]:
+        with self._lock:
+            return self._models.setdefault(model, {key: BoundedLabel(self._max_values) for key in self._keys})

@@ -128,7 +128,8 @@ class WindowStore:
     def append(self, record: LabelledPrediction, *, age_s: float = 0.0) -> None:
         """Add a labelled prediction to its (model, version) window and its cohort slices, timed ``age_s`` seconds
         before now (a label replayed by a new owner keeps the time it arrived at, so it leaves on time)."""
-        keys = [SeriesKey(record.model, record.version, label) for label in self._guard.slices(record.cohort)]
+        slices = self._guard.slices(record.model, record.cohort)
+        keys = [SeriesKey(record.model, record.version, label) for label in slices]
         now = self._clock()
         at = now - max(age_s, 0.0)
         with self._lock:
@@ -141,11 +142,12 @@ class WindowStore:
                 window.evict(now - self._horizon_s)
 
     def forget(self, model: str) -> None:
-        """Drop every window of ``model``."""
+        """Drop every window of ``model``, and its cohort slots."""
         with self._lock:
             for key in [key for key in self._windows if key.model == model]:
                 del self._windows[key]
                 self._totals.pop(key, None)
+        self._guard.forget(model)
 
     def snapshots(self, model: str) -> list[SeriesSnapshot]:
         """The non-empty windows of ``model`` after evicting expired predictions, sorted by key; each cohort slice
@@ -227,7 +229,7 @@ class PredictionWindow:
         self._lock = threading.Lock()
 
     def append(self, model: str, version: str, cohort: Mapping[str, str], confidence: float) -> None:
-        keys = [SeriesKey(model, version, label) for label in self._guard.slices(cohort)]
+        keys = [SeriesKey(model, version, label) for label in self._guard.slices(model, cohort)]
         now = self._clock()
         with self._lock:
             for key in keys:

@@ -17,13 +17,13 @@ from sampler.metrics import SamplerMetrics
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.accepted import Accepted, Checked
+from service.cohorts import CohortCounts
 from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
 from service.feed_writer import FeedWriter
 from service.metrics import IngestMetrics
 from service.parsing import Decoded, Rejected
 from service.sampling import RequestSampling, Sampled
-from service.schemas import EventIn
 from service.scores import summarise_matrix
 from service.settings import SidecarSettings
 from service.tensor_lanes import Lane
@@ -85,7 +85,7 @@ class IngestHandler:
         self._decoder = BodyDecoder(max_batch=settings.max_batch)
         self._models: dict[str, BoundedLabel] = {}
         """Known models, each with the bounded set of its version labels."""
-        self._cohort_values = {key: BoundedLabel(settings.max_cohort_values) for key in settings.cohort_keys}
+        self._cohorts = CohortCounts(metrics, keys=settings.cohort_keys, max_values=settings.max_cohort_values)
         self.embedding_dims: dict[str, int] = {}
         self._recent: dict[str, OrderedDict[str, None]] = {}
         """Recent request ids per model, oldest first. An OrderedDict: evicting a plain dict's first key
@@ -253,22 +253,9 @@ class IngestHandler:
             low = sum(confidence < threshold for confidence in confidences) if threshold is not None else 0
             if low:
                 self._metrics.child(self._metrics.low_confidence, *labels).inc(low)
-        if self._cohort_values:
-            self._count_cohorts(accepted.events)
+        self._cohorts.count(accepted.events)
         if self._feed is not None:
             self._feed_all(self._feed, accepted, by_model)
-
-    def _count_cohorts(self, events: list[EventIn]) -> None:
-        cohorts: dict[tuple[str, str, str], int] = {}
-        for event in events:
-            if event.cohort:
-                for key, values in self._cohort_values.items():
-                    value = event.cohort.get(key)
-                    if value is not None:
-                        labels = (event.model, key, values(value))
-                        cohorts[labels] = cohorts.get(labels, 0) + 1
-        for labels, count in cohorts.items():
-            self._metrics.child(self._metrics.cohort_events, *labels).inc(count)
 
     @staticmethod
     def _feed_all(feed: FeedWriter, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:

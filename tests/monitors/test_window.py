@@ -119,13 +119,16 @@ def test_labelled_total_outlives_eviction() -> None:
     assert snapshot.labelled_total == 7
 
 
-def test_guard_caps_values_per_key_and_ignores_other_keys() -> None:
+def test_guard_caps_values_per_model_and_key_and_ignores_other_keys() -> None:
     guard = CohortGuard(keys=["region"], max_values_per_key=2)
-    assert guard.slices({"region": "eu", "user": "42"}) == (ALL, "region=eu")
-    assert guard.slices({"region": "us"}) == (ALL, "region=us")
-    assert guard.slices({"region": "ap"}) == (ALL, f"region={OTHER}")
-    assert guard.slices({"region": "eu"}) == (ALL, "region=eu")
-    assert guard.slices({}) == (ALL,)
+    assert guard.slices("m", {"region": "eu", "user": "42"}) == (ALL, "region=eu")
+    assert guard.slices("m", {"region": "us"}) == (ALL, "region=us")
+    assert guard.slices("m", {"region": "ap"}) == (ALL, f"region={OTHER}")
+    assert guard.slices("m", {"region": "eu"}) == (ALL, "region=eu")
+    assert guard.slices("m", {}) == (ALL,)
+    assert guard.slices("other", {"region": "ap"}) == (ALL, "region=ap"), "one model's values take no other's slots"
+    guard.forget("m")
+    assert guard.slices("m", {"region": "ap"}) == (ALL, "region=ap"), "a model forgotten admits values anew"
 
 
 @pytest.mark.parametrize(

@@ -309,3 +309,18 @@ def test_a_request_mixing_models_is_sampled_and_counted_in_arrival_order(make_cl
     assert _by_label(samples, "vai_events_not_sampled_total", "model") == {"odd": 2}
     assert _value(samples, "vai_sample_dropped_total", model="all", reason="budget") == 3
     assert _invariant_holds(samples, "odd") and _invariant_holds(samples, "all")
+
+
+def test_each_model_has_its_own_cohort_value_slots(make_client: Callable[..., TestClient]) -> None:
+    """A process-wide cap let the first model's values take every slot: another model's only value read
+    __other__."""
+    client = make_client(cohort_keys=("region",), max_cohort_values=2)
+    events = [event(f"d{region}", cohort={"region": region}) for region in ("eu", "us", "sa")]
+    events.append(event("t1", model="text", cohort={"region": "ap"}))
+    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 4
+    found = {
+        (dict(labels)["model"], dict(labels)["value"]): value
+        for (name, labels), value in _scrape(client).items()
+        if name == "vai_cohort_events_total"
+    }
+    assert found == {("digits", "eu"): 1, ("digits", "us"): 1, ("digits", "__other__"): 1, ("text", "ap"): 1}
