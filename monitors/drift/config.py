@@ -37,7 +37,9 @@ class DriftConfig(BaseModel):
     embeddings every one of 10 (and of 20) calibration seeds within 25% of the ERT, against 7 of 10 at 2,000,
     the default until 2026-11-30 (README, Benchmarks). Lower it for a model with little traffic (the monitor
     watches nothing until it has them) and accept a wider spread; a warm-up state stored at another value is
-    recalibrated."""
+    recalibrated. At start-up it (and ``max_reference``) must hold the online detector's :attr:`least_reference`
+    rows, what every width needs; embeddings wider than ``pca_components`` need :meth:`least_rows` of their width,
+    checked when the warm-up calibrates, whose error names the value to set."""
     max_reference: int = Field(default=1000, ge=2)
     """Reference rows of the multivariate detectors (a seeded random subsample above this); cost grows with it.
 
@@ -101,13 +103,13 @@ class DriftConfig(BaseModel):
                 f"n_permutations={self.n_permutations} cannot give a permutation p-value <= {self.p_value}: "
                 f"use at least {math.ceil(1 / self.p_value) - 1}"
             )
-        least = self.least_reference
-        collected = self.reference_events - (self.pca_rows(self.reference_events) if self.pca_components else 0)
-        if self.online_detector != "none" and min(collected, self.max_reference) < least:
+        # Only what a reference of any width needs: PCA's share applies above pca_components dimensions, a width
+        # known only once embeddings come, so least_rows(width) is checked where it is (uploads, calibration).
+        least = self.least_rows(0)
+        if min(self.reference_events, self.max_reference) < least:
             raise ValueError(
-                f"the online detector's reference (max_reference, and reference_events less the pca_share that "
-                f"fits PCA) must hold at least {least} rows for window_size={self.window_size}: raise them, lower "
-                "pca_share or shrink window_size"
+                f"the online detector's reference (reference_events and max_reference) must hold at least {least} "
+                f"rows for window_size={self.window_size}: raise them or shrink window_size"
             )
         return self
 
@@ -164,7 +166,8 @@ class DriftConfig(BaseModel):
         """Fewest distinct rows a reference of ``width``-d embeddings needs to calibrate with this config: the
         online detector's :attr:`least_reference` once PCA has taken its ``pca_share`` (when it applies, above
         ``pca_components`` dimensions), 2 without an online detector. A sidecar refuses a smaller upload at once
-        instead of the monitor failing to calibrate it later."""
+        instead of the monitor failing to calibrate it later; a warm-up is checked when it calibrates. ``width`` 0
+        (no PCA at any setting) gives what every width needs, the start-up check's bound."""
         if self.online_detector == "none":
             return 2
         least = self.least_reference

@@ -22,6 +22,7 @@ from monitors.drift.output import OutputDrift
 from monitors.drift.reduction import Pca
 from monitors.drift.reference import Reference
 from monitors.drift.states import (
+    DetectorState,
     EmbeddingDistanceState,
     MonitorState,
     OnlineState,
@@ -49,6 +50,9 @@ class Detectors:
     """Fed the same events with PCA applied to their embeddings."""
     width: int | None
     """Embedding width of the reference the embedding detectors compare against; ``None`` when it had none."""
+    online_rows: int | None = None
+    """Reference rows the online detector compares each event's window against (after deduplication, PCA's share,
+    the ``max_reference`` subsample and, for MMD, the rows held out to calibrate it); ``None`` without one."""
 
 
 def build(
@@ -70,6 +74,7 @@ def build(
         )
     if ref.embeddings is None:
         return Detectors(config=config, pca=None, outputs=tuple(outputs), embedded=(), reduced=(), width=None)
+    _check_rows(len(ref), int(ref.embeddings.shape[1]), config)
     distance = EmbeddingDistance.fit(
         ref.embeddings,
         window_events=config.window_events,
@@ -87,13 +92,41 @@ def build(
     spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
     if pca is not None:
         x, spare = pca.transform(x), None if spare is None else pca.transform(spare)
+    reduced = tuple(_alibi_detectors(x, spare, config, generator))
+    online = reduced[0].export_state() if config.online_detector != "none" else None  # first when there is one
     return Detectors(
         config=config,
         pca=pca,
         outputs=tuple(outputs),
         embedded=(distance,),
-        reduced=tuple(_alibi_detectors(x, spare, config, generator)),
+        reduced=reduced,
         width=int(ref.embeddings.shape[1]),
+        online_rows=_kept_rows(online),
+    )
+
+
+def _check_rows(rows: int, width: int, config: DriftConfig) -> None:
+    """Refuse a reference too small for ``config`` at its width (:meth:`DriftConfig.least_rows`), naming the fix.
+
+    Sidecars refuse such an upload at once; a warm-up is checked here, once collected: its width, and so whether
+    PCA takes its share, is unknown when the settings are read. Without this it failed in the online detector,
+    which counts only the rows PCA left it ("reference has 200 rows" of a 400-event warm-up)."""
+    least = config.least_rows(width)
+    if config.online_detector == "none" or rows >= least:
+        return
+    pca = least > config.least_reference
+    why = (
+        f"PCA to pca_components={config.pca_components} fits on pca_share={config.pca_share:g} of them, and the "
+        f"online detector needs {config.least_reference} of the rest"
+        if pca
+        else "the online detector needs them"
+    )
+    raise ValueError(
+        f"the reference has {rows} distinct rows of {width}-d embeddings, fewer than the {least} these drift "
+        f"settings need ({why} for window_size={config.window_size}): for a warm-up raise "
+        f"VAI_DRIFT__REFERENCE_EVENTS to {least} or more (repeated embeddings count once), for an upload send more "
+        "rows; or shrink VAI_DRIFT__WINDOW_SIZE"
+        + (f", lower VAI_DRIFT__PCA_SHARE or set VAI_DRIFT__PCA_COMPONENTS to {width} or more (no PCA)" if pca else "")
     )
 
 
@@ -179,4 +212,10 @@ def restore(state: MonitorState, metrics: DriftMetrics) -> Detectors:
         embedded=tuple(embedded),
         reduced=tuple(reduced),
         width=width,
+        online_rows=next((_kept_rows(s) for s in state.detectors if isinstance(s, OnlineState)), None),
     )
+
+
+def _kept_rows(state: DetectorState | None) -> int | None:
+    """Rows of an online detector's reference that its statistic compares against (``ref_inds``)."""
+    return int(state.ref_inds.shape[0]) if isinstance(state, OnlineState) else None

@@ -126,6 +126,20 @@ class DriftMonitor:
                 return None
             return self._warmup_count, self._config.reference_events
 
+    @property
+    def reference_rows(self) -> int | None:
+        """Rows of the reference as handed over (uploaded, or collected in the warm-up), before deduplication;
+        ``None`` while warming up, and for a monitor rebuilt from a stored state, which does not keep the count."""
+        with self._lock:
+            return None if self._reference is None else len(self._reference)
+
+    @property
+    def online_reference_rows(self) -> int | None:
+        """Reference rows the online detector compares against (``Detectors.online_rows``); ``None`` before
+        calibration and without an online detector."""
+        with self._lock:
+            return None if self._detectors is None else self._detectors.online_rows
+
     def results(self) -> tuple[DriftResult, ...]:
         """Latest verdict of each detector, by name."""
         with self._lock:

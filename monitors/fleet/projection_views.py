@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 import numpy as np
@@ -275,13 +276,14 @@ def distributions_of(
     *,
     owner: str = "",
 ) -> Distributions:
-    """Confidence histograms on fixed edges [0, 1]; margin edges from 0 to the 99th percentile of both samples."""
+    """Confidence histograms on fixed edges [0, 1]; margin edges from 0 to the 99th percentile of both samples,
+    rounded up to a whole number."""
     reference_confidence = None if reference is None else reference.confidence
     reference_margin = None if reference is None else reference.margin
-    confidence_edges = np.linspace(0.0, 1.0, BINS + 1)
+    confidence_edges = decimal_edges(1, BINS)
     pooled = [m for m in (margin, reference_margin) if m is not None and len(m)]
     top = float(np.quantile(np.concatenate(pooled), 0.99)) if pooled else 1.0
-    margin_edges = np.linspace(0.0, max(1.0, float(np.ceil(top))), BINS + 1)
+    margin_edges = decimal_edges(max(1, math.ceil(top)), BINS)
     return Distributions(
         model=model,
         updated_at=time.time(),
@@ -293,17 +295,27 @@ def distributions_of(
     )
 
 
+def decimal_edges(top: int, bins: int) -> npt.NDArray[np.float64]:
+    """``bins + 1`` equal-width edges from 0 to ``top``, each the float nearest its decimal value (``k * top /
+    bins``, one rounding): 0.7, where ``linspace`` gives 0.7000000000000001 and so put a confidence of exactly
+    0.7, common among rounded probabilities, in the bin below."""
+    return np.arange(bins + 1, dtype=np.float64) * top / bins
+
+
+def bin_counts(edges: npt.NDArray[np.float64], values: npt.NDArray[np.float64]) -> tuple[int, ...]:
+    """Counts of ``values`` in ``[edges[k], edges[k + 1])``, the last bin closed; values beyond an end count in
+    the bin at that end. By comparison with the edges themselves, so a value equal to an edge opens its bin."""
+    index = np.searchsorted(edges, values, side="right") - 1
+    return tuple(int(c) for c in np.bincount(np.clip(index, 0, len(edges) - 2), minlength=len(edges) - 1))
+
+
 def _histogram(
     edges: npt.NDArray[np.float64], production: npt.NDArray[np.float64], reference: npt.NDArray[np.float64] | None
 ) -> Histogram:
-    def counts(values: npt.NDArray[np.float64]) -> tuple[int, ...]:
-        clipped = np.clip(values, edges[0], edges[-1])  # beyond the last edge counts in the last bin
-        return tuple(int(c) for c in np.histogram(clipped, bins=edges)[0])
-
     return Histogram(
         edges=tuple(float(e) for e in edges),
-        production=counts(production),
-        reference=None if reference is None else counts(reference),
+        production=bin_counts(edges, production),
+        reference=None if reference is None else bin_counts(edges, reference),
     )
 
 

@@ -38,6 +38,8 @@ def drift_status(
         calibration_error=monitor.calibration_error,
         warmup_collected=collected,
         warmup_needed=needed,
+        reference_rows=monitor.reference_rows,
+        online_reference_rows=monitor.online_reference_rows,
         examined=examined,
         backlog=backlog,
         oldest_waiting_s=waiting_s,

@@ -44,6 +44,15 @@ class DriftStatus(_Result):
     monitors of earlier releases)."""
     warmup_needed: int | None = None
     """While ``warming_up``: records the reference takes (``VAI_DRIFT__REFERENCE_EVENTS``)."""
+    reference_rows: int | None = None
+    """Rows of the reference as handed to the monitor (uploaded, or collected in the warm-up), before deduplication;
+    ``None`` while ``warming_up``, from an owner that adopted the stored calibration (the state does not keep the
+    count), and from monitors of earlier releases."""
+    online_reference_rows: int | None = None
+    """Reference rows the online detector's verdicts rest on: those it compares each window against, after
+    deduplication, PCA's share, the ``max_reference`` subsample and the rows held out to calibrate it (122 of a
+    449-row upload of the digits). ``None`` before ``monitoring``, without an online detector, and from monitors of
+    earlier releases."""
     examined: int = 0
     """Records the detectors have examined since this owner took the model."""
     backlog: int = 0

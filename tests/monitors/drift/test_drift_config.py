@@ -82,3 +82,39 @@ def test_the_environment_sets_an_integer_or_leaves_it_automatic(
     else:
         monkeypatch.setenv("VAI_DRIFT__STEADY_STEPS_PER_ERT", value)
     assert MonitorSettings().drift.steady_steps_per_ert == expected
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        pytest.param({"VAI_DRIFT__REFERENCE_EVENTS": "400"}, id="400-events"),
+        pytest.param(
+            {"VAI_DRIFT__REFERENCE_EVENTS": "201", "VAI_DRIFT__PCA_SHARE": "0.9"}, id="201-events-pca-share-0.9"
+        ),
+    ],
+)
+def test_start_up_asks_only_what_every_embedding_width_needs(
+    setting: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether PCA takes its share depends on the embeddings' width, unknown at start-up: a warm-up that holds
+    enough rows without PCA starts (16-d embeddings need 201), and the width's bound waits for the width."""
+    monkeypatch.delenv("VAI_CONFIG_FILE", raising=False)
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    config = MonitorSettings().drift
+    assert config.least_rows(16) == config.least_reference == 201 <= config.reference_events
+    assert config.least_rows(64) > config.reference_events, "64-d embeddings would need more: checked at calibration"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"reference_events": 200}, id="reference-events"),
+        pytest.param({"max_reference": 200}, id="max-reference"),
+        pytest.param({"reference_events": 200, "pca_components": None}, id="reference-events-without-pca"),
+    ],
+)
+def test_start_up_refuses_what_no_width_can_calibrate(kwargs: dict[str, int | None]) -> None:
+    with pytest.raises(ValidationError, match="at least 201 rows for window_size=50: raise them or shrink window_size"):
+        DriftConfig.model_validate(kwargs)
+    assert DriftConfig.model_validate({**kwargs, "online_detector": "none"}).least_rows(64) == 2, "nothing to calibrate"

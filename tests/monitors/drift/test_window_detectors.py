@@ -17,7 +17,7 @@ from monitors.drift._alibi import KSDrift
 from monitors.drift.base import DriftBatch
 from monitors.drift.embedding import EmbeddingDistance
 from monitors.drift.metrics import DriftMetrics
-from monitors.drift.output import OutputDrift
+from monitors.drift.output import OutputDrift, class_p_value
 from monitors.drift.reduction import Pca
 from monitors.drift.tumbling import Tumbler
 from monitors.drift.window_tests import KS_NAME, WindowTests, ks_p_values, ks_statistics
@@ -93,6 +93,66 @@ def test_output_state_round_trip(output_drift: OutputDrift) -> None:
     assert output_drift.test(predicted=predicted, confidence=confidence) == restored.test(
         predicted=predicted, confidence=confidence
     )
+
+
+CLEAN_WINDOW = 500
+RARE_CLASSES = [0.49, 0.49] + [0.002] * 10
+
+
+def alarm_rates(
+    reference_rows: int, class_p: list[float], *, trials: int, seed: int, shift: float = 0.0
+) -> dict[str, int]:
+    """Alarms of each output test at alpha 0.05 over ``trials`` (reference, window) pairs, each drawn afresh: the
+    windows from the reference's distribution, but with ``shift`` of the shares moved onto class 0."""
+    rng = np.random.default_rng(seed)
+    p = np.array(class_p) / np.sum(class_p)
+    shifted = (1.0 - shift) * p + shift * np.eye(len(p))[0]
+    alarms = {"output_class_chi2": 0, "output_confidence_ks": 0}
+    for _ in range(trials):
+        predicted, confidence = outputs(rng, reference_rows, class_p=list(p))
+        detector = OutputDrift.fit(predicted=predicted, confidence=confidence, window_events=CLEAN_WINDOW, p_value=0.05)
+        for name, drift in verdicts(detector, *outputs(rng, CLEAN_WINDOW, class_p=list(shifted))).items():
+            alarms[name] += drift
+    return alarms
+
+
+@pytest.mark.parametrize(
+    ("reference_rows", "class_p"),
+    [
+        pytest.param(449, [0.1] * 10, id="449-rows-10-classes"),
+        pytest.param(500, [0.5, 0.3, 0.2], id="500-rows-3-classes"),
+        pytest.param(1000, [0.1] * 10, id="1000-rows-10-classes"),
+        pytest.param(5000, [0.1] * 10, id="5000-rows-10-classes"),
+        pytest.param(500, RARE_CLASSES, id="500-rows-10-rare-classes"),
+    ],
+)
+def test_output_drift_false_alarm_rate_is_alpha(reference_rows: int, class_p: list[float]) -> None:
+    """Clean windows of 500 against a reference drawn from the same distribution, the reference as small as a
+    window or ten times larger: each test alarms at rate alpha, within a binomial tolerance (0.1% either side;
+    seeded). A one-sample test against the reference's shares alarmed at 0.52 on the first; sparse cells left
+    unpooled made the test deaf (0.01) on the last."""
+    trials = 800
+    low, high = stats.binom.interval(0.999, trials, 0.05)
+    alarms = alarm_rates(reference_rows, class_p, trials=trials, seed=reference_rows + len(class_p))
+    assert all(low <= count <= high for count in alarms.values()), (alarms, (low, high))
+
+
+@pytest.mark.parametrize("reference_rows", [449, 1000, 5000])
+def test_output_drift_detects_a_shift_of_class_shares(reference_rows: int) -> None:
+    """15% of the traffic moved onto one of ten classes (its share 0.1 -> 0.235) is flagged in nearly every
+    window, whatever the reference's size."""
+    trials = 200
+    alarms = alarm_rates(reference_rows, [0.1] * 10, trials=trials, seed=reference_rows, shift=0.15)
+    assert alarms["output_class_chi2"] >= 0.95 * trials
+
+
+def test_class_test_pools_sparse_classes_into_one_cell() -> None:
+    """Classes whose expected count falls below 5 are pooled, from the rarest up, until the pooled cell has 5
+    too; classes absent from both samples are dropped; one cell left is nothing to test."""
+    reference, window = np.array([50, 50, 0, 1, 1]), np.array([50, 50, 0, 0, 3])
+    pooled = [[50, 50 + 1 + 1], [50, 50 + 0 + 3]]  # 5 of 205 rows: 2.5 expected; the next class joins them
+    assert class_p_value(reference, window) == stats.chi2_contingency(pooled, correction=False).pvalue
+    assert class_p_value(np.array([0, 40]), np.array([0, 7])) == 1.0
 
 
 def off_centre(rng: np.random.Generator, n: int, *, turn: float = 0.0) -> NDArray[Any]:
