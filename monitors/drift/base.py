@@ -123,6 +123,18 @@ class DriftResult:
     """Epoch seconds of the first result of the current run of drift verdicts (set by the monitor)."""
 
 
+@dataclass(frozen=True, slots=True)
+class OnlineResult(DriftResult):
+    """An online detector's verdict on a batch: its worst event's (the fields of :class:`DriftResult`), with how
+    many events it scored and how many of them were above their threshold, which :class:`DriftMetrics` counts.
+    Any other result is one test (a window)."""
+
+    events: int = 0
+    alarms: int = 0
+    ert: int = 0
+    """The expected run time the detector is calibrated to, events."""
+
+
 class DriftDetector(Protocol):
     """One detector kind over a model's event stream."""
 

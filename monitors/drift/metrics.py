@@ -6,6 +6,11 @@
 | ``vai_drift_threshold`` | gauge | model, detector | the score above which the detector reports drift |
 | ``vai_drift_detected`` | gauge | model, detector | 1 while the latest verdict is drift, else 0 |
 | ``vai_drift_p_value`` | gauge | model, detector | latest p-value (windowed tests only) |
+| ``vai_drift_tests_total`` | counter | model, detector | tests run: each event an online detector scored, |
+|   |   |   | each window of a windowed test |
+| ``vai_drift_alarms_total`` | counter | model, detector | tests whose statistic was above the threshold |
+| ``vai_drift_ert_events`` | gauge | model, detector | the ERT an online detector is calibrated to (events |
+|   |   |   | between false alarms on clean traffic); online detectors only |
 | ``vai_embedding_distance`` | histogram | model | cosine distance of each embedding to the reference centroid |
 | ``vai_drift_events_skipped_total`` | counter | model | events not examined (buffer full, or calibrating) |
 | ``vai_drift_embeddings_skipped_total`` | counter | model, reason | events examined without their embedding: |
@@ -15,6 +20,11 @@
 ``detector`` takes the closed set of result names: ``mmd_online``/``lsdd_online``,
 ``window_mmd``, ``window_ks``, ``output_class_chi2``, ``output_confidence_ks``,
 ``embedding_distance``.
+
+``vai_drift_detected`` is the latest verdict of a batch or window, for dashboards. Alerts read the counters
+instead: the share of an online detector's events that alarm does not depend on how many events a batch
+holds (a batch of ``b`` clean events holds an alarm about ``1 - exp(-b / ERT)`` of the time), and the share
+of a windowed test's windows that alarm is its false-alarm rate, alpha, on clean traffic.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from monitors.drift.base import DriftResult
+from monitors.drift.base import DriftResult, OnlineResult
 
 DISTANCE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
 """Cosine distance lies in [0, 2]; most in-distribution embeddings sit well below 0.5."""
@@ -38,6 +48,21 @@ class DriftMetrics:
         )
         self._detected = Gauge("vai_drift_detected", "1 while the latest verdict is drift.", labels, registry=registry)
         self._p_value = Gauge("vai_drift_p_value", "Latest p-value of a windowed test.", labels, registry=registry)
+        self._tests = Counter(
+            "vai_drift_tests",
+            "Tests run: each event an online detector scored, each window of a windowed test.",
+            labels,
+            registry=registry,
+        )
+        self._alarms = Counter(
+            "vai_drift_alarms", "Tests whose statistic was above the threshold.", labels, registry=registry
+        )
+        self._ert = Gauge(
+            "vai_drift_ert_events",
+            "Expected events between false alarms the online detector is calibrated to (ERT).",
+            labels,
+            registry=registry,
+        )
         self._distance = Histogram(
             "vai_embedding_distance",
             "Cosine distance of embeddings to the reference centroid.",
@@ -56,25 +81,39 @@ class DriftMetrics:
         )
 
     def record(self, model: str, result: DriftResult) -> None:
-        """Expose one detector's latest verdict."""
+        """Expose one detector's latest verdict, and count the tests behind it and their alarms."""
         self._score.labels(model, result.name).set(result.score)
         self._threshold.labels(model, result.name).set(result.threshold)
         self._detected.labels(model, result.name).set(1.0 if result.drift else 0.0)
         if result.p_value is not None:
             self._p_value.labels(model, result.name).set(result.p_value)
+        tests, alarms = 1, int(result.drift)
+        if isinstance(result, OnlineResult):
+            tests, alarms = result.events, result.alarms
+            self._ert.labels(model, result.name).set(result.ert)
+        # Both counters are created together, at 0 alarms too, so that a rate over them sees the first alarm.
+        self._tests.labels(model, result.name).inc(tests)
+        self._alarms.labels(model, result.name).inc(alarms)
 
     def forget(self, model: str) -> None:
         """Drop every series of ``model`` (this process no longer monitors it: another one exports them)."""
-        gauges: tuple[Gauge, ...] = (self._score, self._threshold, self._detected, self._p_value)
-        for gauge in gauges:
-            for labels in [key for key in gauge._metrics if key[0] == model]:
-                gauge.remove(*labels)
+        labelled: tuple[Gauge | Counter, ...] = (
+            self._score,
+            self._threshold,
+            self._detected,
+            self._p_value,
+            self._tests,
+            self._alarms,
+            self._ert,
+            self._embeddings_skipped,
+        )
+        for family in labelled:
+            for labels in [key for key in family._metrics if key[0] == model]:
+                family.remove(*labels)
         per_model: tuple[Histogram | Counter, ...] = (self._distance, self._skipped)
-        for family in per_model:
-            if (model,) in family._metrics:
-                family.remove(model)
-        for labels in [key for key in self._embeddings_skipped._metrics if key[0] == model]:
-            self._embeddings_skipped.remove(*labels)
+        for single in per_model:
+            if (model,) in single._metrics:
+                single.remove(model)
 
     def skipped(self, model: str) -> Counter:
         """The model's counter of skipped events (handed to its ingest buffer)."""

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 
 from common.codec import EncodedArray
 from monitors.drift._alibi import LSDDDriftOnlineTorch
-from monitors.drift.base import DriftBatch, DriftResult
+from monitors.drift.base import DriftBatch, DriftResult, OnlineResult
 from monitors.drift.online_backends import HeldOutMMD, PresetLSDD, PresetMMD
 from monitors.drift.states import OnlineMethod, OnlineState
 
@@ -143,13 +143,27 @@ class OnlineDriftDetector:
         return scores, thresholds
 
     def update(self, batch: DriftBatch) -> list[DriftResult]:
-        """One result per batch: the event whose statistic rose furthest above (or stayed closest to) its threshold."""
+        """One result per batch: the event whose statistic rose furthest above (or stayed closest to) its threshold,
+        with how many events were scored and how many were above their threshold (:class:`OnlineResult`).
+
+        The worst event's verdict says drift in about ``1 - exp(-b / ERT)`` of the batches of ``b`` clean events;
+        the share of events above their threshold does not depend on ``b``, so alerts read that."""
         if batch.embeddings is None or len(batch) == 0:
             return []
         scores, thresholds = self.scores(batch.embeddings)
         worst = int(np.argmax(scores - thresholds))
         score, threshold = float(scores[worst]), float(thresholds[worst])
-        return [DriftResult(name=self._name, score=score, threshold=threshold, drift=score > threshold)]
+        return [
+            OnlineResult(
+                name=self._name,
+                score=score,
+                threshold=threshold,
+                drift=score > threshold,
+                events=len(scores),
+                alarms=int(np.count_nonzero(scores > thresholds)),
+                ert=self._state.ert,
+            )
+        ]
 
     def export_state(self) -> OnlineState:
         return self._state

@@ -538,6 +538,10 @@ def test_alertmanager_inhibits_only_within_the_cause_s_scope(tmp_path: Path) -> 
             _alert("VaiNoAttributionWorker", model="text"),
             _alert("VaiSidecarQueueBacklogHigh", model="text"),
             _alert("VaiSidecarQueueBacklogHigh", model="img"),
+            # Drift of img's embeddings and of its outputs: one problem. Output drift alone on `tabular`.
+            _alert("VaiModelDriftDetected", model="img"),
+            _alert("VaiModelOutputDriftDetected", model="img"),
+            _alert("VaiModelOutputDriftDetected", model="tabular"),
         ]
         assert httpx.post(f"{url}/alerts", json=sent, timeout=5).status_code == 200
 
@@ -565,6 +569,9 @@ def test_alertmanager_inhibits_only_within_the_cause_s_scope(tmp_path: Path) -> 
             ("VaiNoAttributionWorker", "text"): False,
             ("VaiSidecarQueueBacklogHigh", "text"): True,
             ("VaiSidecarQueueBacklogHigh", "img"): False,
+            ("VaiModelDriftDetected", "img"): False,
+            ("VaiModelOutputDriftDetected", "img"): True,
+            ("VaiModelOutputDriftDetected", "tabular"): False,
         }
         # Redis down for every sidecar: the outage pages once.
         assert httpx.post(f"{url}/alerts", json=[_alert("VaiRedisDown", "critical")], timeout=5).status_code == 200
@@ -585,6 +592,7 @@ def test_alertmanager_inhibits_only_within_the_cause_s_scope(tmp_path: Path) -> 
             ("VaiExplanationLagHigh", "img"),
             ("VaiSidecarQueueBacklogHigh", "text"),
             ("VaiSidecarQueueBacklogHigh", "img"),
+            ("VaiModelOutputDriftDetected", "img"),
         }
     finally:
         process.terminate()

@@ -130,6 +130,12 @@ def test_dashboard_reads_only_exported_series(exported_names: frozenset[str]) ->
         "vai_monitor_backlog_records",
         "vai_monitor_oldest_waiting_seconds",
         "vai_monitor_owned",
+        "vai_monitor_records_trimmed_total",
+        "vai_labels_total",
+        # what the drift alerts read
+        "vai_drift_tests_total",
+        "vai_drift_alarms_total",
+        "vai_drift_ert_events",
     }
 
 
@@ -150,16 +156,56 @@ def test_rows_cover_every_signal() -> None:
     ]
 
 
+def _links() -> list[tuple[str, str]]:
+    """Every link of the dashboard, as (where, url): the dashboard's, the panels' and their data links."""
+    found = [("dashboard", link["url"]) for link in _dashboard()["links"]]
+    for panel in _queries():
+        found += [(panel["title"], link["url"]) for link in panel.get("links", [])]
+        field = panel.get("fieldConfig", {})
+        found += [(panel["title"], link["url"]) for link in field.get("defaults", {}).get("links", [])]
+        for override in field.get("overrides", []):
+            for prop in override["properties"]:
+                if prop["id"] == "links":
+                    found += [(panel["title"], link["url"]) for link in prop["value"]]
+    return found
+
+
+OVERVIEW_LINK = "${sidecar}/ui/models/${__field.labels.model}"
+"""A model's overview page from the series clicked: a data link, whose model label is always one model's name."""
+
+
 def test_drift_alarms_are_annotations_and_the_viewer_is_linked() -> None:
     annotations = {a["name"]: a for a in _dashboard()["annotations"]["list"] if "expr" in a}
     assert 'detector=~"mmd_online|lsdd_online"' in annotations["Online drift alarms"]["expr"]
-    assert 'alertname="VaiModelDriftDetected"' in annotations["Drift alerts"]["expr"]
-    assert {"${sidecar}/ui", "${sidecar}/ui/models/${model}"} <= {link["url"] for link in _dashboard()["links"]}
+    assert 'alertname=~"VaiModelDriftDetected|VaiModelOutputDriftDetected"' in annotations["Drift alerts"]["expr"]
+    assert {"${sidecar}/ui", "${sidecar}/openapi.json"} <= {link["url"] for link in _dashboard()["links"]}
     assert _variables()["sidecar"]["type"] == "textbox"
     linked = [
         panel["title"] for panel in _queries() if any(link["url"] == "${sidecar}/ui" for link in panel.get("links", []))
     ]
     assert len(linked) >= 3, linked
+    overview = {where for where, url in _links() if url == OVERVIEW_LINK}
+    assert {"Online detector: score vs threshold", "Alarm share per detector", "Dead units per layer"} <= overview
+
+
+def test_no_link_is_built_from_the_model_variable() -> None:
+    """$model is a regex (".*" for All) or a list when several models are chosen: /ui/models/.* is a 422."""
+    assert [(where, url) for where, url in _links() if "${model" in url or "$model" in url] == []
+
+
+@pytest.mark.parametrize(("where", "url"), [pytest.param(w, u, id=f"{w}: {u}") for w, u in sorted(set(_links()))])
+def test_every_link_opens_a_page_of_the_sidecar(where: str, url: str) -> None:
+    """Each link, as Grafana fills it in (All models chosen; a data link on a series of model digits), answers 200
+    from a real sidecar app (no Redis needed: none of these pages reads it)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import SidecarSettings
+
+    filled = url.replace("${sidecar}", "").replace("${__field.labels.model}", "digits").replace("${model}", ".*")
+    assert filled.startswith("/") and "$" not in filled, f"{where}: {url} is not a link to the sidecar"
+    client = TestClient(create_app(SidecarSettings(redis_url="redis://127.0.0.1:1")))  # no lifespan: no Redis
+    assert client.get(filled).status_code == 200, f"{where}: {url}"
 
 
 def test_template_variables() -> None:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -92,9 +93,42 @@ def test_drift_pages_once_per_model_from_the_online_detector_only() -> None:
     (drift,) = [rule for rule in _alerts() if rule["alert"] == "VaiModelDriftDetected"]
     assert 'detector=~"mmd_online|lsdd_online"' in drift["expr"]
     assert re.search(r"max by \(model\)", drift["expr"])
-    assert not any("vai_drift_detected" in rule["expr"] for rule in _alerts() if rule["alert"] != drift["alert"])
     # The other detectors appear as evidence in the description, queried when the alert fires.
     assert 'detector!~"mmd_online|lsdd_online"' in drift["annotations"]["description"]
+
+
+def test_drift_alerts_read_alarm_shares_not_the_latest_verdict() -> None:
+    """vai_drift_detected is the worst event of a batch: on clean traffic it says drift in more batches the bigger
+    they are. The alerts read the share of tests that alarmed, and the online one its detector's own ERT."""
+    rules = {rule["alert"]: rule["expr"] for rule in _alerts()}
+    assert not any("vai_drift_detected" in expr for expr in rules.values())
+    for name in ("VaiModelDriftDetected", "VaiModelOutputDriftDetected"):
+        assert "vai_drift_alarms_total" in rules[name] and "vai_drift_tests_total" in rules[name], name
+    assert "vai_drift_ert_events" in rules["VaiModelDriftDetected"]
+    assert 'detector=~"output_class_chi2|output_confidence_ks"' in rules["VaiModelOutputDriftDetected"]
+
+
+def test_calibration_alert_needs_enough_labels_for_a_calibrated_model_to_stay_below_it() -> None:
+    """ECE is biased upwards on few labels. A perfectly calibrated model (right with probability = its confidence,
+    confidences uniform on [0.1, 1], the widest spread of ten classes) must stay below the alert's ECE with the
+    fewest labels it accepts, in all but a few of 2,000 windows (about 1 in 2,500 at 500 labels; 23% at 200)."""
+    from monitors.calibration import compute_calibration
+
+    (rule,) = [rule for rule in _alerts() if rule["alert"] == "VaiModelCalibrationDegraded"]
+    found = re.search(r'vai_calibration_ece\{cohort="all"\}\) > ([\d.]+)', rule["expr"])
+    floor = re.search(r'vai_cohort_window_events\{cohort="all"\}\) >= (\d+)', rule["expr"])
+    assert found is not None and floor is not None
+    threshold, labels = float(found.group(1)), int(floor.group(1))
+    rng = np.random.default_rng(0)
+    above = 0
+    for _ in range(2000):
+        confidence = rng.uniform(0.1, 1.0, labels)
+        right = rng.random(labels) < confidence
+        report = compute_calibration(
+            confidence=confidence, predicted=np.zeros(labels, dtype=np.int64), labels=np.where(right, 0, 1)
+        )
+        above += report.ece > threshold
+    assert above <= 10, f"{above} of 2000 windows of {labels} labels above ECE {threshold}"
 
 
 def test_sanity_alert_watches_only_the_methods_relied_on() -> None:

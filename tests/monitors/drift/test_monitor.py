@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import replace
@@ -138,6 +139,29 @@ def test_exported_monitor_continues_identically() -> None:
             assert theirs[name].score == result.score
             if name != "window_mmd":  # its threshold comes from fresh random permutations
                 assert theirs[name].threshold == result.threshold and theirs[name].drift == result.drift
+
+
+def test_the_tests_behind_each_verdict_are_counted_per_detector() -> None:
+    """Every event with an embedding is one test of the online detector, every window one of a windowed test; on
+    drift nearly every event of the online detector is an alarm, whatever the batch size."""
+    rng = np.random.default_rng(5)
+    registry = CollectorRegistry()
+    monitor = _calibrated(Reference.from_batch(events_batch(rng, 600)), registry=registry)
+
+    def counted(name: str, detector: str) -> float | None:
+        return registry.get_sample_value(f"vai_drift_{name}_total", {"model": "digits", "detector": detector})
+
+    monitor.update(events_batch(rng, 250))
+    assert counted("tests", "mmd_online") == 250
+    assert counted("tests", "output_class_chi2") == counted("tests", "window_mmd") == 2  # window_events=100
+    clean_alarms = counted("alarms", "mmd_online")
+    assert clean_alarms is not None and clean_alarms < 50
+    for _ in range(3):
+        monitor.update(events_batch(rng, 100, shift=1.0))
+    assert counted("tests", "mmd_online") == 550
+    drift_alarms = (counted("alarms", "mmd_online") or 0) - clean_alarms
+    assert drift_alarms > 0.8 * 300
+    assert registry.get_sample_value("vai_drift_ert_events", {"model": "digits", "detector": "mmd_online"}) == 50
 
 
 def test_export_before_calibration_says_what_to_do() -> None:
@@ -367,14 +391,41 @@ def test_buffer_drops_oldest_and_counts() -> None:
     [
         pytest.param({"ert": 1000, "n_bootstraps": 1000}, "at least 10000", id="bootstraps-below-10x-ert"),
         pytest.param({"window_size": 300}, "shrink window_size", id="window-too-large-for-reference"),
-        pytest.param(
-            {"reference_events": 600, "pca_share": 0.7}, "lower pca_share", id="pca-share-leaves-too-few-rows"
-        ),
+        pytest.param({"reference_events": 200}, "raise them", id="warm-up-too-small-at-any-width"),
     ],
 )
 def test_config_errors_name_the_fix(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         DriftConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("width", "calibrates"), [pytest.param(4, True, id="no-pca-at-4-d"), pytest.param(DIM, False, id="pca-at-16-d")]
+)
+def test_a_warm_up_too_small_for_pca_at_its_width_says_so(width: int, calibrates: bool) -> None:
+    """60 events start (the online detector needs 41 rows at window_size=10) and calibrate 4-d embeddings, which
+    PCA to 4 dimensions leaves alone; 16-d ones need 81, PCA fitting on half of them. That warm-up's calibration
+    fails naming the setting and the bound (not the 30 rows PCA left, as the online detector counts them), the
+    status carries it while the monitor warms up afresh."""
+    config = CONFIG.model_copy(update={"reference_events": 60})
+    assert DriftConfig.model_validate(config.model_dump()) == config, "60 events pass the start-up check"
+    monitor = DriftMonitor(model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()))
+    batch = events_batch(np.random.default_rng(5), 60)
+    assert batch.embeddings is not None
+    monitor.update(replace(batch, embeddings=np.ascontiguousarray(batch.embeddings[:, :width])))
+    if calibrates:
+        monitor.calibrate()
+        assert phase(monitor) is Phase.MONITORING
+        return
+    message = (
+        "the reference has 60 distinct rows of 16-d embeddings, fewer than the 81 these drift settings need (PCA to "
+        "pca_components=4 fits on pca_share=0.5 of them, and the online detector needs 41 of the rest for "
+        "window_size=10): for a warm-up raise VAI_DRIFT__REFERENCE_EVENTS to 81 or more"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        monitor.calibrate()
+    assert phase(monitor) is Phase.WARMING_UP and monitor.warmup_progress == (0, 60)
+    assert monitor.calibration_error is not None and message in monitor.calibration_error
 
 
 def test_reference_rows_fit_pca_then_the_detectors_and_the_rest_only_calibrate() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from monitors.drift.base import DriftBatch
+from monitors.drift.base import DriftBatch, OnlineResult
 from monitors.drift.online import OnlineDriftDetector
 from monitors.drift.online_backends import KEPT_SHARE
 from monitors.drift.states import OnlineMethod, OnlineState
@@ -110,6 +110,20 @@ def test_update_reports_worst_event_of_batch(calibrated: OnlineState) -> None:
     (result,) = detector.update(batch)
     assert result.name == f"{calibrated.method}_online"
     assert result.drift and result.score > result.threshold
+
+
+def test_update_counts_the_events_scored_and_those_above_their_threshold(calibrated: OnlineState) -> None:
+    """The alert reads the share of events above threshold, which does not grow with the batch as the worst
+    event's verdict does."""
+    rng = np.random.default_rng(8)
+    x = np.concatenate([gaussian(rng, 30), gaussian(rng, 30, shift=1.5)])
+    scores, thresholds = OnlineDriftDetector.from_state(calibrated).scores(x)
+    above = int(np.count_nonzero(scores > thresholds))
+    assert 0 < above < len(x)
+    batch = DriftBatch(predicted=np.zeros(60, dtype=np.int64), confidence=np.full(60, 0.9), embeddings=x, time_s=1.0)
+    (result,) = OnlineDriftDetector.from_state(calibrated).update(batch)
+    assert isinstance(result, OnlineResult)
+    assert (result.events, result.alarms, result.ert) == (60, above, ERT)
 
 
 @pytest.mark.parametrize(
