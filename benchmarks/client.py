@@ -7,9 +7,10 @@ calls it once per prediction), and times every call with ``perf_counter``: p50, 
 The events carry ``--logits`` logits as a float32 numpy array and a ``--embedding``-d float32 embedding.
 
 * up: a real ``vai-sidecar serve`` (embedded Redis, ``VAI_MONITOR=external``) on loopback, with the
-  ``json`` tensor encoding (what the sidecar reads today). Also timed: events/s delivered when
+  client's default settings (``tensor_encoding="compact"``). Also timed: events/s delivered when
   ``--calls`` events are logged unpaced and flushed (first ``log()`` to ``flush()`` returning).
-  For scale, ``floor``: the same events pre-encoded and posted in batches of 100 with bare ``http.client``
+  For scale, ``floor``: the same events pre-encoded (as JSON number lists) and posted in batches of 100 with
+  bare ``http.client``
   on one connection, one batch after another: the pace of the sidecar itself on this host.
 * down: a loopback port nobody listens on (connection refused); the buffer (``--buffer``) overflows
   and drops its oldest.
@@ -188,7 +189,7 @@ def main() -> None:
     results: list[str] = []
     with sidecar() as url:
         results.append(floor(url, args))
-        results += run_case("up (json)", url, args)
+        results += run_case("up (compact)", url, args)
     results += run_case("down (refused)", f"http://127.0.0.1:{free_port()}", args)
     with hung_server() as url:
         results += run_case("hung (accepts, silent)", url, args, timeout_s=0.5)
