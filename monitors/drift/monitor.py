@@ -74,15 +74,22 @@ class DriftMonitor:
         self._warmup_width: int | None = None
         """Embedding width of the warm-up's first event that had one: the reference's."""
         self._detectors: Detectors | None = None
+        self._adopted_rows: int | None = None
+        """The reference's size of a monitor rebuilt from a stored state (:meth:`from_state`)."""
         self._calibrating = False
         self._error: str | None = None
         self._results: dict[str, DriftResult] = {}
 
     @classmethod
-    def from_state(cls, state: MonitorState, *, metrics: DriftMetrics) -> DriftMonitor:
-        """A monitor in ``monitoring`` from an exported state (its own config included), without calibration."""
+    def from_state(
+        cls, state: MonitorState, *, metrics: DriftMetrics, reference_rows: int | None = None
+    ) -> DriftMonitor:
+        """A monitor in ``monitoring`` from an exported state (its own config included), without calibration.
+        ``reference_rows``: the size of the reference it was calibrated on, when the caller knows it (the state
+        does not keep it)."""
         monitor = cls(model=state.model, config=state.config, metrics=metrics)
         monitor._detectors = restore(state, metrics)
+        monitor._adopted_rows = reference_rows
         return monitor
 
     @property
@@ -129,9 +136,9 @@ class DriftMonitor:
     @property
     def reference_rows(self) -> int | None:
         """Rows of the reference as handed over (uploaded, or collected in the warm-up), before deduplication;
-        ``None`` while warming up, and for a monitor rebuilt from a stored state, which does not keep the count."""
+        ``None`` while warming up, and for a monitor rebuilt from a stored state whose size was not given."""
         with self._lock:
-            return None if self._reference is None else len(self._reference)
+            return self._adopted_rows if self._reference is None else len(self._reference)
 
     @property
     def online_reference_rows(self) -> int | None:

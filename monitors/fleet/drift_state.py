@@ -62,11 +62,14 @@ class DriftStates:
             except ValueError as error:
                 log.error("ignoring unreadable drift state of %s: %s", model, error)
             else:
-                if state.config == await self._resolved(model, version):
+                rows = await self._rows(model, version)
+                if state.config == self._resolved(rows):
                     log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
                     # Rebuilding the detectors is CPU work (~0.1 s for a 5,000-row reference's state): off the loop
                     # that renews the leases, as a take-over adopts every model it takes.
-                    monitor = await asyncio.to_thread(DriftMonitor.from_state, state, metrics=self._metrics)
+                    monitor = await asyncio.to_thread(
+                        DriftMonitor.from_state, state, metrics=self._metrics, reference_rows=rows
+                    )
                     return Started(monitor, version, stored=True)
                 log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
         if reference_id is not None:
@@ -96,14 +99,17 @@ class DriftStates:
             log.info("drift monitor of %s calibrated; state stored (%s)", model, version)
         return written
 
-    async def _resolved(self, model: str, version: str) -> DriftConfig | None:
-        """Our settings as a calibration on the reference named ``version`` resolves them; ``None`` when that
-        reference is no longer stored (a newer one replaced it meanwhile)."""
+    async def _rows(self, model: str, version: str) -> int | None:
+        """Rows of the reference named ``version``: ``reference_events`` for a warm-up, the stored reference's for
+        an upload; ``None`` when that reference is no longer stored (a newer one replaced it meanwhile)."""
+        if version.startswith(WARMUP_VERSION):
+            return self._config.reference_events  # a warm-up collects exactly that many
+        stored = await self.references.size(model)
+        return stored[1] if stored is not None and stored[0] == version else None
+
+    def _resolved(self, rows: int | None) -> DriftConfig | None:
+        """Our settings as a calibration on a reference of ``rows`` rows resolves them; ``None`` when its size is
+        not known (the reference is no longer stored)."""
         if self._config.steady_steps_per_ert is not None:
             return self._config  # nothing depends on the reference
-        if version.startswith(WARMUP_VERSION):
-            return self._config.resolved(self._config.reference_events)  # a warm-up collects exactly that many
-        stored = await self.references.size(model)
-        if stored is None or stored[0] != version:
-            return None
-        return self._config.resolved(stored[1])
+        return None if rows is None else self._config.resolved(rows)

@@ -47,6 +47,8 @@ def test_a_stored_calibration_is_adopted_only_with_the_same_settings_and_referen
 
         adopted = await states.start("m")
         assert adopted.stored and adopted.monitor.phase.value == "monitoring"
+        rows = len(_reference())
+        assert adopted.monitor.reference_rows == rows, "/drift says how large the adopted reference is"
 
         changed = DriftStates(
             redis,
@@ -176,6 +178,7 @@ def test_a_warm_up_state_resolves_on_reference_events(redis_url: str) -> None:
         assert (await states.start("previous")).monitor.phase.value == "warming_up"
         adopted = await states.start("steady")
         assert adopted.stored and adopted.monitor.phase.value == "monitoring"
+        assert adopted.monitor.reference_rows == 5000, "a warm-up collects reference_events"
         await redis.aclose()
 
     asyncio.run(run())
