@@ -21,6 +21,7 @@ from service import explanations_api, kserve_api, monitoring_api, ui
 from service.api import router
 from service.ingest import IngestResult
 from service.ingest_route import INGEST_PATH, IngestRoute
+from service.internal_errors import InternalErrors
 from service.schemas import openapi_ingest_path
 from service.settings import SidecarSettings
 from service.sidecar import Sidecar
@@ -61,12 +62,12 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     app.include_router(kserve_api.router)
     app.include_router(ui.router)
     app.add_middleware(IngestRoute)
+    app.add_middleware(InternalErrors)  # outermost of ours: a bug anywhere below is a 500, the connection kept
     app.add_exception_handler(VaiError, _vai_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(Exception, _internal_error)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -124,8 +125,3 @@ async def _client_gone(request: Request, error: Exception) -> Response:
     """The client went away before its body was all sent: nobody to answer, and nothing to log but a line."""
     log.debug("%s %s: the client disconnected before sending its whole body", request.method, request.url.path)
     return _answer(400, {"error": "body: the client disconnected before sending all of it", "field": "body"})
-
-
-async def _internal_error(request: Request, error: Exception) -> Response:
-    """A bug: 500 in the same shape (Starlette logs the error; the connection is closed after it)."""
-    return _answer(500, {"error": "internal error; see the sidecar's log", "field": None})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from common import errors
-from helpers import app_of
+from helpers import app_of, serve_app
+from service.app import create_app
+from service.settings import SidecarSettings
 
 ClientFactory = Callable[..., TestClient]
 
@@ -121,3 +125,31 @@ def test_a_bug_is_a_500_in_the_error_shape(make_client: ClientFactory) -> None:
     assert response.status_code == 500
     _assert_shape(response.json(), None)
     assert "a bug" not in response.text
+
+
+def test_a_bug_leaves_the_connection_open_for_the_next_request(
+    make_settings: Callable[..., SidecarSettings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answered by Starlette's last-resort handler, a bug was raised again for uvicorn, which then closed the
+    connection: a keep-alive client's next request on it (a health check, the next batch) failed too."""
+    app = create_app(make_settings())
+
+    async def endpoint() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/bug", endpoint, methods=["GET"])
+    with serve_app(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            connection.request("GET", "/bug")
+            answer = connection.getresponse()
+            body = json.loads(answer.read())
+            assert answer.status == 500 and answer.getheader("connection") is None
+            _assert_shape(body, None)
+            assert "a bug" not in json.dumps(body)
+            connection.request("GET", "/livez")  # the same connection
+            assert connection.getresponse().status == 200
+        finally:
+            connection.close()
+    assert "GET /bug: internal error (answered 500)" in caplog.text and "RuntimeError: a bug" in caplog.text
