@@ -22,7 +22,6 @@ from monitors.drift.output import OutputDrift
 from monitors.drift.reduction import Pca
 from monitors.drift.reference import Reference
 from monitors.drift.states import (
-    DetectorState,
     EmbeddingDistanceState,
     MonitorState,
     OnlineState,
@@ -50,9 +49,18 @@ class Detectors:
     """Fed the same events with PCA applied to their embeddings."""
     width: int | None
     """Embedding width of the reference the embedding detectors compare against; ``None`` when it had none."""
-    online_rows: int | None = None
-    """Reference rows the online detector compares each event's window against (after deduplication, PCA's share,
-    the ``max_reference`` subsample and, for MMD, the rows held out to calibrate it); ``None`` without one."""
+
+    @property
+    def online_rows(self) -> int | None:
+        """Reference rows the online detector compares each event's window against (after deduplication, PCA's
+        share, the ``max_reference`` subsample and, for MMD, the rows held out to calibrate it); ``None`` without
+        one."""
+        if self.config.online_detector == "none" or not self.reduced:
+            return None
+        from monitors.drift.online import OnlineDriftDetector  # loaded already: these detectors were built with it
+
+        online = next((d for d in self.reduced if isinstance(d, OnlineDriftDetector)), None)
+        return None if online is None else int(online.export_state().ref_inds.shape[0])  # its state as built
 
 
 def build(
@@ -92,16 +100,13 @@ def build(
     spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
     if pca is not None:
         x, spare = pca.transform(x), None if spare is None else pca.transform(spare)
-    reduced = tuple(_alibi_detectors(x, spare, config, generator))
-    online = reduced[0].export_state() if config.online_detector != "none" else None  # first when there is one
     return Detectors(
         config=config,
         pca=pca,
         outputs=tuple(outputs),
         embedded=(distance,),
-        reduced=reduced,
+        reduced=tuple(_alibi_detectors(x, spare, config, generator)),
         width=int(ref.embeddings.shape[1]),
-        online_rows=_kept_rows(online),
     )
 
 
@@ -212,10 +217,4 @@ def restore(state: MonitorState, metrics: DriftMetrics) -> Detectors:
         embedded=tuple(embedded),
         reduced=tuple(reduced),
         width=width,
-        online_rows=next((_kept_rows(s) for s in state.detectors if isinstance(s, OnlineState)), None),
     )
-
-
-def _kept_rows(state: DetectorState | None) -> int | None:
-    """Rows of an online detector's reference that its statistic compares against (``ref_inds``)."""
-    return int(state.ref_inds.shape[0]) if isinstance(state, OnlineState) else None
