@@ -38,17 +38,21 @@ class CohortGuard:
         self._models: dict[str, dict[str, BoundedLabel]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self._keys
+
     def slices(self, model: str, cohort: Mapping[str, str]) -> tuple[str, ...]:
         """Slice labels of an event of ``model``: ``all`` first, then one per allowlisted key it carries."""
-        labels = [ALL]
+        return (ALL, *(slice_label(key, value) for key, value in self.values(model, cohort)))
+
+    def values(self, model: str, cohort: Mapping[str, str]) -> list[tuple[str, str]]:
+        """The allowlisted keys ``cohort`` carries, each with its value as ``model``'s bound lets it through (its
+        own, or ``__other__``), in the allowlist's order."""
         if not self._keys:
-            return (ALL,)
-        values = self._models.get(model) or self._values_of(model)
-        for key, bounded in values.items():
-            value = cohort.get(key)
-            if value is not None:
-                labels.append(slice_label(key, bounded(value)))
-        return tuple(labels)
+            return []
+        bounds = self._models.get(model) or self._values_of(model)
+        return [(key, bounded(cohort[key])) for key, bounded in bounds.items() if key in cohort]
 
     def forget(self, model: str) -> None:
         """Free ``model``'s slots (it is no longer owned: a later owner admits values anew)."""

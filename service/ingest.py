@@ -12,6 +12,7 @@ import orjson
 
 from common.cardinality import BoundedLabel
 from common.errors import InvalidInput, VaiError
+from monitors.cohorts import CohortGuard
 from sampler.contract import InputTensor
 from sampler.metrics import SamplerMetrics
 from sampler.queue import QueueWriter
@@ -85,7 +86,9 @@ class IngestHandler:
         self._decoder = BodyDecoder(max_batch=settings.max_batch)
         self._models: dict[str, BoundedLabel] = {}
         """Known models, each with the bounded set of its version labels."""
-        self._cohorts = CohortCounts(metrics, keys=settings.cohort_keys, max_values=settings.max_cohort_values)
+        self._cohorts = CohortCounts(
+            metrics, CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values)
+        )
         self.embedding_dims: dict[str, int] = {}
         self._recent: dict[str, OrderedDict[str, None]] = {}
         """Recent request ids per model, oldest first. An OrderedDict: evicting a plain dict's first key
