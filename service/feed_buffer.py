@@ -74,28 +74,23 @@ class FeedBuffer:
     def give_back(self) -> list[Pending]:
         """Undo every :meth:`take` since the last :meth:`keep_taken`: the records wait again. Returns those the
         full queue pushed out meanwhile (lost, to be counted)."""
-        lost = []
-        for key, item in self._lent.items():
-            if item.gone:
-                lost.append(item)
-                continue
-            item.taken = False
-            self._taken -= 1
-            self._waiting[key] = item
+        lost = [item for item in map(self._returned, list(self._lent)) if item is not None]
         self._lent.clear()
         return lost
 
     def give_back_one(self, model: str, request_id: str) -> Pending | None:
         """Undo the :meth:`take` of one record (its label was refused); returned when the full queue pushed it
         out meanwhile (lost, to be counted)."""
-        item = self._lent.pop((model, request_id), None)
-        if item is None:
-            return None
-        if item.gone:
+        return self._returned((model, request_id))
+
+    def _returned(self, key: tuple[str, str]) -> Pending | None:
+        """The lent record of ``key`` waits again; returned instead when the full queue pushed it out (lost)."""
+        item = self._lent.pop(key, None)
+        if item is None or item.gone:
             return item
         item.taken = False
         self._taken -= 1
-        self._waiting[(model, request_id)] = item
+        self._waiting[key] = item
         return None
 
     def keep_taken(self) -> None:
