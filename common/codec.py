@@ -16,10 +16,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DTYPES = {
     name: np.dtype(name).newbyteorder("<")
-    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
+    for name in (
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+    )
 }
 """The dtypes an encoded array may have, as little-endian numpy dtypes."""
-DtypeName = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"]
+DtypeName = Literal[
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"
+]
 
 
 class EncodedArray(BaseModel):

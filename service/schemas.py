@@ -38,9 +38,9 @@ class TensorIn(msgspec.Struct):
 
     shape: Shape
     datatype: str | None = None
-    """v2: ``FP16``, ``FP32``, ``FP64``, ``INT8``, ``INT16``, ``INT32``, ``INT64`` or ``UINT8``."""
+    """v2: ``FP16``, ``FP32``, ``FP64``, ``INT8`` to ``INT64``, ``UINT8`` to ``UINT64`` or ``BOOL``."""
     dtype: str | None = None
-    """Compact form: ``float16``, ``float32``, ``float64``, ``int8``, ``int16``, ``int32``, ``int64``, ``uint8``."""
+    """Compact form: ``float16``, ``float32``, ``float64``, ``int8`` to ``int64``, ``uint8`` to ``uint64``, ``bool``."""
     data: list[Any] | str | None = None
     """v2: numbers, flat or nested (absent with the binary extension); compact form: base64."""
     parameters: dict[str, Any] | None = None

@@ -41,7 +41,7 @@ from common.names import MODEL_RE, VERSION_RE
 from common.numbers import ascii_decimal
 from service.parsing import looks_like_batch
 from service.schemas import NUMBER_FIELDS, EventIn
-from service.tensors import OIP_DTYPES, all_finite, vector_length, widened
+from service.tensors import OIP_DTYPES, all_finite, bools_valid, vector_length, widened
 
 _BINARY_KEYS = frozenset(("name", "shape", "datatype", "parameters"))
 _TENSOR_FIELDS = frozenset((*NUMBER_FIELDS, "input"))
@@ -259,6 +259,6 @@ def _binary_vector(value: Any) -> tuple[np.dtype[Any] | None, int, int]:
 
 def _checked(matrix: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
     """``matrix`` as the events' vectors (:func:`service.tensors.widened`); ``None`` if not finite."""
-    if matrix.dtype.kind == "f" and not all_finite(matrix):
+    if (matrix.dtype.kind == "f" and not all_finite(matrix)) or not bools_valid(matrix):
         return None
     return widened(matrix)

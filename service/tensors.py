@@ -36,8 +36,12 @@ OIP_DATATYPES = {
     "INT32": "int32",
     "INT64": "int64",
     "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "BOOL": "bool",
 }
-"""Open Inference Protocol datatypes we accept, as ``common.codec.DTYPES`` names."""
+"""Open Inference Protocol datatypes we accept (all but ``BYTES``), as ``common.codec.DTYPES`` names."""
 _OIP_KEYS = frozenset(("name", "shape", "datatype", "data", "parameters"))
 _COMPACT_KEYS = frozenset(("shape", "dtype", "data"))
 _COMPACT_NAMES = {name: name for name in DTYPES}
@@ -46,6 +50,7 @@ OIP_DTYPES = {name: DTYPES[dtype] for name, dtype in OIP_DATATYPES.items()}
 """The same as numpy dtypes."""
 _MAX_DIMS = 8
 _NUMBER_TYPES = (int, float)  # not bool
+_BOOL_TYPES = (bool,)
 Vector = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 """Scores or an embedding: float32 when sent as float32 tensors, else float64."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -139,6 +144,9 @@ def vectors_of(tensors: list[tuple[Any, str]]) -> list[Vector | FieldError]:
         if dtype.kind == "f":
             for row in _rows_not_finite(matrix):
                 found[positions[row]] = _non_finite(tensors[positions[row]][1])
+        elif not bools_valid(matrix):
+            for row in np.flatnonzero(matrix.view(np.uint8).max(axis=1) > 1).tolist():
+                found[positions[row]] = _bool_error(f"{tensors[positions[row]][1]}.data")
     return found  # type: ignore[return-value]  # every position was filled above
 
 
@@ -181,6 +189,8 @@ def tensor_of(value: Any, field: str) -> npt.NDArray[Any]:
     array = unread.read() if isinstance(unread, _Unread) else unread
     if array.dtype.kind == "f" and not all_finite(array):
         raise _non_finite(field)
+    if not bools_valid(array):
+        raise _bool_error(f"{field}.data")
     return array
 
 
@@ -201,6 +211,17 @@ def _unread(value: Any, field: str) -> _Unread | npt.NDArray[Any]:
         return _from_numbers(data, dtype, shape, f"{field}.data")
     want = "a base64 string" if "dtype" in value else "a list of numbers (or binary_data_size in parameters)"
     raise FieldError(f"{field}.data", f"must be {want}", reason="bad_tensor")
+
+
+def bools_valid(array: npt.NDArray[Any]) -> bool:
+    """Whether the bytes of a ``bool`` array are each 0 or 1, as the protocol writes them; arrays of other dtypes
+    are valid. Another byte is refused, not read as true: it says the body is not framed as its header declares
+    (another datatype, or sections out of place)."""
+    return array.dtype.kind != "b" or array.size == 0 or int(array.view(np.uint8).max()) <= 1
+
+
+def _bool_error(field: str) -> FieldError:
+    return FieldError(field, "BOOL bytes must each be 0 or 1", reason="bad_tensor")
 
 
 def _non_finite(field: str) -> FieldError:
@@ -261,9 +282,11 @@ def _base64(data: str, field: str) -> bytearray:
 
 def _from_numbers(data: list[Any], dtype: np.dtype[Any], shape: list[int], field: str) -> npt.NDArray[Any]:
     flat: list[Any] = []
-    _flatten(data, flat, field)
+    _flatten(data, flat, field, _BOOL_TYPES if dtype.kind == "b" else _NUMBER_TYPES)
     if len(flat) != math.prod(shape):
-        raise FieldError(field, f"{len(flat)} numbers do not fill shape {shape}", reason="shape_mismatch")
+        raise FieldError(field, f"{len(flat)} values do not fill shape {shape}", reason="shape_mismatch")
+    if dtype.kind == "b":
+        return np.array(flat, dtype=dtype).reshape(shape)
     try:
         wide = np.array(flat, dtype=np.float64)
     except OverflowError:  # an integer beyond float range
@@ -277,13 +300,15 @@ def _from_numbers(data: list[Any], dtype: np.dtype[Any], shape: list[int], field
     return array.reshape(shape)
 
 
-def _flatten(data: list[Any], into: list[Any], field: str, depth: int = 0) -> None:
+def _flatten(data: list[Any], into: list[Any], field: str, types: tuple[type, ...], depth: int = 0) -> None:
+    """``data``'s items of ``types`` (numbers, or for ``BOOL`` true and false), nested lists flattened."""
     if depth > _MAX_DIMS:
         raise FieldError(field, f"nested deeper than {_MAX_DIMS} levels", reason="bad_tensor")
     for item in data:
-        if type(item) in _NUMBER_TYPES:
+        if type(item) in types:
             into.append(item)
         elif isinstance(item, list):
-            _flatten(item, into, field, depth + 1)
+            _flatten(item, into, field, types, depth + 1)
         else:
-            raise FieldError(field, "must hold only numbers (nested lists allowed)", reason="bad_tensor")
+            what = "true and false" if types is _BOOL_TYPES else "numbers"
+            raise FieldError(field, f"must hold only {what} (nested lists allowed)", reason="bad_tensor")

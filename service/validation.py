@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from common.codec import DtypeName
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
 from sampler.contract import InputTensor
 from service.accepted import Accepted, Checked
@@ -203,9 +204,11 @@ def _input_of(value: Any) -> InputTensor | None:
     array = tensor_of(value, "input")
     if beyond_float32(array):  # the worker explains it as float32: it would become infinity
         raise FieldError("input", "holds values that are not finite float32 numbers", reason="non_finite")
+    # A BOOL input is kept as uint8 (the same bytes, checked 0 or 1): readers of a stored input do arithmetic on it.
     if isinstance(value, dict) and "dtype" in value:  # the compact form: keep the base64 as sent
-        return InputTensor.model_construct(shape=tuple(array.shape), dtype=value["dtype"], data=value["data"])
-    return InputTensor.of(array)
+        dtype: DtypeName = "uint8" if array.dtype.kind == "b" else value["dtype"]
+        return InputTensor.model_construct(shape=tuple(array.shape), dtype=dtype, data=value["data"])
+    return InputTensor.of(array.view(np.uint8) if array.dtype.kind == "b" else array)
 
 
 def _nested_input(value: list[Any]) -> InputTensor:

@@ -232,6 +232,32 @@ def test_batch_of_8_in_the_binary_extension_becomes_8_events_with_their_inputs(
     assert _accepted(registry, "digits", "v3") == 8
 
 
+@pytest.mark.parametrize("datatype", ["UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT64", "BOOL", "FP16"])
+def test_an_input_tensor_of_any_numeric_datatype_is_kept_for_attribution(
+    kserve: TestClient, redis_client: redis.Redis, datatype: str
+) -> None:
+    dtype = np.dtype("float16" if datatype == "FP16" else datatype.lower()).newbyteorder("<")
+    pixels = (np.arange(8) % 2 if datatype == "BOOL" else np.arange(8) * 3).astype(dtype).reshape(2, 4)
+    request = {
+        "inputs": [
+            {"name": "pixels", "shape": [2, 4], "datatype": datatype, "parameters": {"binary_data_size": pixels.nbytes}}
+        ]
+    }
+    header = json.dumps(request).encode()
+    ce_id = str(uuid.uuid4())
+    headers = _headers(ce_id, REQUEST, "digits-isvc", content_type="application/octet-stream")
+    stored = post_event(
+        kserve, headers | {"inference-header-content-length": str(len(header))}, header + pixels.tobytes()
+    )
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["outcome"] == "request_stored", stored.text
+    assert post_event(kserve, _headers(ce_id, RESPONSE, "digits-isvc"), _v2_response(2)).json()["accepted"] == 2
+    for index, sample in enumerate(sampled(redis_client, "digits", 2)):
+        assert sample.input is not None
+        assert sample.input.dtype == ("uint8" if datatype == "BOOL" else dtype.name)  # BOOL kept as its bytes
+        assert sample.input.decode().astype(np.float64).ravel().tolist() == pixels[index].astype(np.float64).tolist()
+
+
 def test_binary_extension_without_its_header_length_is_still_read(kserve: TestClient) -> None:
     body, _ = _v2_binary_response(2)
     headers = _headers(str(uuid.uuid4()), RESPONSE, "digits-isvc", content_type="application/octet-stream")

@@ -33,13 +33,17 @@ DTYPES = {
     "INT32": "int32",
     "INT64": "int64",
     "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "BOOL": "bool",
 }
 LOGITS = np.array([4.0, 1.0, 0.5, 2.0])
 INTEGERS = np.array([4, 1, 0, 2])
 
 
 def _values(datatype: str) -> npt.NDArray[Any]:
-    return (INTEGERS if datatype.startswith(("INT", "UINT")) else LOGITS).astype(DTYPES[datatype])
+    return (INTEGERS if datatype.startswith(("INT", "UINT", "BOOL")) else LOGITS).astype(DTYPES[datatype])
 
 
 def _compact(array: npt.NDArray[Any]) -> dict[str, Any]:
@@ -220,6 +224,30 @@ BAD = [
         {"logits": {"shape": [], "datatype": "FP32", "data": []}}, "logits.shape", "bad_tensor", id="v2-empty-shape"
     ),
     pytest.param(
+        {"logits": {"shape": [2], "datatype": "BOOL", "data": [True, 1]}},
+        "logits.data",
+        "bad_tensor",
+        id="v2-bool-holding-a-number",
+    ),
+    pytest.param(
+        {"logits": {"shape": [2], "datatype": "UINT16", "data": [1, -1]}},
+        "logits.data",
+        "bad_tensor",
+        id="v2-uint16-negative",
+    ),
+    pytest.param(
+        {"logits": {"shape": [3], "dtype": "bool", "data": base64.b64encode(bytes([1, 2, 0])).decode()}},
+        "logits.data",
+        "bad_tensor",
+        id="compact-bool-byte-neither-0-nor-1",
+    ),
+    pytest.param(
+        {"input": {"shape": [1, 2], "dtype": "bool", "data": base64.b64encode(bytes([0, 255])).decode()}},
+        "input.data",
+        "bad_tensor",
+        id="compact-bool-input-byte-neither-0-nor-1",
+    ),
+    pytest.param(
         {"logits": {"shape": [2], "dtype": "float32", "data": _float32_b64(1, 2), "x": 1}},
         "logits",
         "bad_tensor",
@@ -267,6 +295,22 @@ def test_a_binary_size_that_disagrees_with_the_shape_rejects_that_event_only(mak
         (1, "logits.parameters.binary_data_size")
     ]
     assert _rejections(registry) == {"shape_mismatch": 1.0}
+
+
+def test_a_binary_bool_byte_neither_0_nor_1_rejects_that_event_only(make_client: ClientFactory) -> None:
+    events, sections = [], []
+    for index, raw in enumerate((bytes([1, 0, 1, 1]), bytes([1, 0, 2, 1]), bytes([0, 0, 1, 0]))):
+        events.append(
+            event(f"r{index}", logits={"shape": [4], "datatype": "BOOL", "parameters": {"binary_data_size": 4}})
+        )
+        sections.append(raw)
+    registry = CollectorRegistry()
+    body, headers = binary_body({"events": events}, sections)
+    response = _post(make_client(registry=registry), body, headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 2
+    assert [(r["index"], r["field"]) for r in response.json()["rejected"]] == [(1, "logits.data")]
+    assert _rejections(registry) == {"bad_tensor": 1.0}
 
 
 def test_a_truncated_binary_section_rejects_its_event_and_keeps_the_earlier_ones(make_client: ClientFactory) -> None:
