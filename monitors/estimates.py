@@ -10,8 +10,10 @@ confidence ``u`` (with ``below(u)`` = how many labelled confidences are ``< u``)
 above the largest confidence (``below = n``). The chosen candidate minimises ``|below - e|``, which is
 exactly the gap between the estimate on the labelled data itself and its measured accuracy (times
 ``n``). Without ties at the boundary the gap is 0 and ``t`` is the ``(e+1)``-th smallest confidence.
-Ties in confidence can make an exact match impossible; ties in the gap go to the higher threshold
-(the lower, more cautious estimate).
+Ties in confidence can make an exact match impossible (a model whose top-1 probability saturates at
+1.0 on right and wrong answers alike); ties in the gap go to the higher threshold (the lower, more
+cautious estimate). The fit says how far off it is on its own labelled predictions
+(:attr:`AtcFit.fit_gap`), so a reader can tell such a threshold from one that fits.
 
 Edge cases: no errors gives ``t`` = the smallest labelled confidence (new predictions less confident
 than any labelled one count as errors); all errors gives ``t`` just above the largest (only new
@@ -47,6 +49,9 @@ class AtcFit:
     """Labelled predictions behind the threshold."""
     errors: int
     """Of them, how many were wrong."""
+    fit_gap: float = 0.0
+    """The estimate on those labelled predictions minus their measured accuracy: 0 unless tied confidences
+    made an exact threshold impossible; far from 0, the estimate cannot be trusted on new traffic either."""
 
     def estimate(self, confidence: ArrayLike) -> float:
         """Estimated accuracy of predictions with these top-1 probabilities: the share ``>= threshold``."""
@@ -91,7 +96,10 @@ def fit_atc(confidence: ArrayLike, correct: ArrayLike, *, min_labelled: int = MI
     if conf.size < min_labelled:
         return None
     right = np.asarray(correct, dtype=bool)
-    return AtcFit(threshold=atc_threshold(conf, right), fitted_on=int(conf.size), errors=int(conf.size - right.sum()))
+    threshold = atc_threshold(conf, right)
+    errors = int(conf.size - right.sum())
+    own_estimate = float(np.mean(conf >= threshold))
+    return AtcFit(threshold, fitted_on=int(conf.size), errors=errors, fit_gap=own_estimate - float(right.mean()))
 
 
 def fit_records(records: Sequence[LabelledPrediction], *, min_labelled: int = MIN_LABELLED) -> AtcFit | None:

@@ -92,6 +92,7 @@ def accuracy_estimates(
             predictions=e.predictions,
             threshold=e.fit.threshold,
             fitted_on=e.fit.fitted_on,
+            fit_gap=e.fit.fit_gap,
             fitted_cohort=e.fitted_cohort,
         )
         for e in found

@@ -110,6 +110,9 @@ class AccuracyEstimate(_Result):
     threshold: float
     fitted_on: int
     """Labelled predictions the threshold was fitted on."""
+    fit_gap: float = 0.0
+    """The estimate on those labelled predictions minus their measured accuracy (0 but for tied confidences);
+    absent from reports of monitors older than the field."""
     source: Literal["labelled_window", "reference"] = "labelled_window"
     fitted_cohort: str
     """Cohort slice the threshold was fitted on: this one, or ``all`` when this one has too few labels."""

@@ -410,7 +410,11 @@
     const source = fit ? String(fit.source || "labelled_window").replace("_", " ") : "";
     const estimateText = fit
       ? `Diamonds: estimates from confidence (ATC), not measured; for ${fit.cohort}: ${fit.predictions} ` +
-        `predictions, confidence threshold ${num(fit.threshold)} fitted on ${fit.fitted_on} labelled ones (${source}).`
+        `predictions, confidence threshold ${num(fit.threshold)} fitted on ${fit.fitted_on} labelled ones (${source}).` +
+        (Math.abs(fit.fit_gap || 0) >= 0.02
+          ? ` On those labelled ones the estimate is off by ${num(100 * Math.abs(fit.fit_gap), 1)} points ` +
+            "(tied confidences leave no exact threshold): do not rely on it."
+          : "")
       : "No accuracy estimate published yet (ATC needs a fit on labelled data).";
     evidence(section, `Benchmark on this monitoring window, n = ${labelled ? labelled.n : 0} labelled predictions of `,
       `version ${version}; bars are 95% Wilson intervals, n printed per cohort. `, el("strong", {}, estimateText));

@@ -37,6 +37,7 @@ def test_a_hand_worked_example() -> None:
     fit = fit_atc(confidence, correct, min_labelled=10)
     assert fit is not None and fit.errors == 3 and fit.fitted_on == 10
     assert fit.estimate(confidence) == pytest.approx(0.7)  # on its own data, the measured accuracy
+    assert fit.fit_gap == 0.0
     assert fit.estimate([0.64, 0.65, 0.66, 0.1]) == pytest.approx(0.5)  # >= t counts as right
 
 
@@ -83,6 +84,18 @@ def test_ties_take_the_nearest_count_and_the_higher_threshold_among_equals() -> 
     assert atc_threshold(np.full(40, 0.8), np.arange(40) >= 3) == 0.8
     # one error, candidates 0.5 (0 below), 0.7 (2 below): equally near, the higher wins
     assert atc_threshold([0.5, 0.5, 0.7, 0.7], [True, True, False, True]) == 0.7
+
+
+def test_saturated_confidences_say_how_far_the_fit_is_off_on_its_own_labels() -> None:
+    # 36 predictions at probability 1.0, 8 of them wrong, and 4 right ones at 0.7: no threshold puts 8
+    # labelled predictions below it (the candidates count 0, 4 or 40), so the estimate on these very labels
+    # is 36/40 (t = 1.0) against a measured accuracy of 32/40.
+    confidence = np.array([1.0] * 36 + [0.7] * 4)
+    correct = np.array([False] * 8 + [True] * 28 + [True] * 4)
+    fit = fit_atc(confidence, correct)
+    assert fit is not None and fit.threshold == 1.0
+    assert fit.estimate(confidence) - correct.mean() == pytest.approx(0.1)
+    assert fit.fit_gap == pytest.approx(0.1)
 
 
 def test_too_few_labels_give_no_fit() -> None:

@@ -288,6 +288,29 @@ def _histogram(edges: list[float], production: list[int], reference: list[int]) 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("chromium")
+def _calibration(fit_gap: float) -> dict[str, Any]:
+    series = {"version": "v1", "cohort": "all", "count": 40, "accuracy": 0.8, "accuracy_lower": 0.65}
+    series |= {"accuracy_upper": 0.9, "ece": 0.1, "mce": 0.2, "brier_score": None, "brier_count": 0, "bins": []}
+    estimate = {"version": "v1", "cohort": "all", "estimated_accuracy": 0.9, "predictions": 400, "threshold": 1.0}
+    estimate |= {"fitted_on": 40, "fit_gap": fit_gap, "source": "labelled_window", "fitted_cohort": "all"}
+    return {"model": "digits", "series": [series], "estimates": [estimate], "temperature": []}
+
+
+def test_an_accuracy_estimate_that_misses_its_own_labels_is_flagged(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    texts = []
+    for fit_gap in (0.1, 0.0):
+        app = _Scripted(create_app(make_settings()), {"/v1/models/digits/calibration": [(200, _calibration(fit_gap))]})
+        with serve_app(app) as base:
+            browser.navigate(f"{base}/ui/models/digits")
+            browser.wait_for("document.getElementById('v-cohorts').dataset.state === 'ready'", "the cohorts view")
+            texts.append(browser.evaluate("document.querySelector('#v-cohorts .evidence').textContent"))
+    flagged, fitting = texts
+    assert "off by 10.0 points" in flagged and "do not rely on it" in flagged, flagged
+    assert "off by" not in fitting and "fitted on 40 labelled ones" in fitting, fitting
+
+
 def test_margin_overflow_bin_is_open_and_drift_copy_follows_the_monitors_state(
     make_settings: Callable[..., SidecarSettings], browser: Browser
 ) -> None:

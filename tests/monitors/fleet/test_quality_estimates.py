@@ -88,6 +88,7 @@ def test_labels_posted_to_a_sidecar_give_estimates_and_a_temperature(
             "predictions": int(chosen.sum()),
             "threshold": pytest.approx(fit.threshold, abs=1e-12),
             "fitted_on": fit.fitted_on,
+            "fit_gap": pytest.approx(fit.fit_gap, abs=1e-12),
             "source": "labelled_window",
             "fitted_cohort": fitted_on,
         }
