@@ -125,8 +125,8 @@ class DriftResult:
 
 @dataclass(frozen=True, slots=True)
 class OnlineResult(DriftResult):
-    """An online detector's verdict on a batch: its worst event's (the fields of :class:`DriftResult`), with how
-    many events it scored and how many of them were above their threshold, which :class:`DriftMetrics` counts.
+    """An online detector's verdict on a batch: its state after the last event (the fields of :class:`DriftResult`),
+    with how many events it scored and how many of them were above their threshold, which :class:`DriftMetrics` counts.
     Any other result is one test (a window)."""
 
     events: int = 0

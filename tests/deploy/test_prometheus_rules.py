@@ -98,8 +98,8 @@ def test_drift_pages_once_per_model_from_the_online_detector_only() -> None:
 
 
 def test_drift_alerts_read_alarm_shares_not_the_latest_verdict() -> None:
-    """vai_drift_detected is the worst event of a batch: on clean traffic it says drift in more batches the bigger
-    they are. The alerts read the share of tests that alarmed, and the online one its detector's own ERT."""
+    """vai_drift_detected is one reading per batch, blind to the events between readings. The alerts read the share
+    of tests that alarmed, and the online one its detector's own ERT."""
     rules = {rule["alert"]: rule["expr"] for rule in _alerts()}
     assert not any("vai_drift_detected" in expr for expr in rules.values())
     for name in ("VaiModelDriftDetected", "VaiModelOutputDriftDetected"):

@@ -102,14 +102,48 @@ def test_history_stays_bounded(calibrated: OnlineState) -> None:
     assert tuple(backend.test_window.shape) == (WINDOW, DIM)
 
 
-def test_update_reports_worst_event_of_batch(calibrated: OnlineState) -> None:
+def test_update_reports_the_state_after_the_last_event_and_counts_earlier_alarms(calibrated: OnlineState) -> None:
     rng = np.random.default_rng(7)
-    detector = OnlineDriftDetector.from_state(calibrated)
-    x = np.concatenate([gaussian(rng, 20), gaussian(rng, 20, shift=1.5)])
-    batch = DriftBatch(predicted=np.zeros(40, dtype=np.int64), confidence=np.full(40, 0.9), embeddings=x, time_s=1.0)
-    (result,) = detector.update(batch)
+    shifted_last = np.concatenate([gaussian(rng, 20), gaussian(rng, 20, shift=1.5)])
+    (result,) = OnlineDriftDetector.from_state(calibrated).update(_batch(shifted_last))
     assert result.name == f"{calibrated.method}_online"
     assert result.drift and result.score > result.threshold
+    # A burst of shifted events followed by clean ones: alarms inside the batch are counted, but the verdict is
+    # the latest traffic's (the worst event's would say drift in most big clean batches, see below).
+    burst = np.concatenate([gaussian(rng, 20), gaussian(rng, 20, shift=1.5), gaussian(rng, 10 * WINDOW)])
+    scores, thresholds = OnlineDriftDetector.from_state(calibrated).scores(burst)
+    assert scores[-1] <= thresholds[-1], "the window has slid past the burst"
+    (result,) = OnlineDriftDetector.from_state(calibrated).update(_batch(burst))
+    assert isinstance(result, OnlineResult)
+    assert not result.drift and (result.score, result.threshold) == (scores[-1], thresholds[-1])
+    assert result.alarms == int(np.count_nonzero(scores > thresholds)) > 0
+
+
+def test_clean_batches_say_drift_about_as_often_as_clean_events_do_whatever_their_size(
+    calibrated: OnlineState,
+) -> None:
+    """The verdict after each batch's last event alarms in about the per-event share of clean batches; the worst
+    event of a batch of 100 at ERT 50 would be above threshold in nearly all of them."""
+    rng = np.random.default_rng(9)
+    detector = OnlineDriftDetector.from_state(calibrated)
+    verdicts, worst, alarms, events = [], [], 0, 0
+    for _ in range(60):
+        x = gaussian(rng, 100)
+        scores, thresholds = OnlineDriftDetector.from_state(calibrated).scores(x)
+        worst.append(bool((scores > thresholds).any()))
+        (result,) = detector.update(_batch(x))
+        assert isinstance(result, OnlineResult)
+        verdicts.append(result.drift)
+        alarms, events = alarms + result.alarms, events + result.events
+    assert sum(worst) >= 40  # the old verdict: most clean batches
+    share = alarms / events
+    # Binomial band around the per-event share (60 batches), loose for the runs alarms come in.
+    assert sum(verdicts) <= 60 * share + 4 * (60 * share * (1 - share)) ** 0.5 + 3, (sum(verdicts), share)
+
+
+def _batch(x: NDArray[Any]) -> DriftBatch:
+    n = len(x)
+    return DriftBatch(predicted=np.zeros(n, dtype=np.int64), confidence=np.full(n, 0.9), embeddings=x, time_s=1.0)
 
 
 def test_update_counts_the_events_scored_and_those_above_their_threshold(calibrated: OnlineState) -> None:
