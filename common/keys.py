@@ -195,3 +195,12 @@ def kserve_member_model(member: str) -> str:
 def kserve_pending(model: str, namespace: str, ce_id: str) -> str:
     """A KServe request waiting for its response (JSON, with a TTL), or the marker a response leaves."""
     return f"{PREFIX}:kserve:{kserve_join_member(model, namespace, ce_id)}"
+
+
+# --- the fleet monitor's warm-ups (monitors.fleet.warmup_store) ---------------------------------
+
+
+def drift_warmup(model: str) -> str:
+    """Hash of the drift warm-up its owner has collected so far (``monitors.fleet.warmup_store``), with a TTL: a new
+    owner resumes it instead of collecting ``reference_events`` anew."""
+    return f"{PREFIX}:drift-warmup:{model}"

@@ -4,7 +4,9 @@ Phases: ``warming_up`` (no reference was given: the first
 ``config.reference_events`` events become it) -> ``calibrating`` (waiting for
 :meth:`DriftMonitor.calibrate`, which is slow and runs in a worker thread;
 events meanwhile are skipped and counted) -> ``monitoring``. A monitor rebuilt
-with :meth:`DriftMonitor.from_state` starts in ``monitoring``.
+with :meth:`DriftMonitor.from_state` starts in ``monitoring``. A warm-up's rows are read as they grow
+(:meth:`DriftMonitor.warmup_rows`), so that an owner can store them, and resumed by a fresh monitor
+(:meth:`DriftMonitor.resume_warmup`), its successor's.
 
 Detectors built (``monitors.drift.detectors``, which also says which reference rows each gets;
 alibi-detect is imported only for the first two):
@@ -17,6 +19,7 @@ alibi-detect is imported only for the first two):
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass, replace
@@ -31,7 +34,9 @@ from monitors.drift.detectors import Detectors, build, restore
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.reference import Reference
 from monitors.drift.states import MonitorState
-from monitors.drift.tumbling import concat, head
+from monitors.drift.tumbling import concat, head, tail
+
+log = logging.getLogger(__name__)
 
 
 class Phase(StrEnum):
@@ -42,6 +47,25 @@ class Phase(StrEnum):
 
 class NotCalibratedError(RuntimeError):
     """The monitor has no calibrated detectors yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupMark:
+    """How far a copy of a warm-up goes: its first ``rows`` rows, of the warm-up numbered ``epoch`` (the number
+    changes whenever the monitor lets its collected rows go and collects afresh)."""
+
+    epoch: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupRows:
+    """Rows of the current warm-up (numbered ``epoch``) from row ``start`` on; ``batch`` is ``None`` when none
+    was collected past it."""
+
+    epoch: int
+    start: int
+    batch: DriftBatch | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +97,10 @@ class DriftMonitor:
         self._warmup_count = 0
         self._warmup_width: int | None = None
         """Embedding width of the warm-up's first event that had one: the reference's."""
+        self._warmup_epoch = 0
+        """Changes whenever the collected rows are let go (see :class:`WarmupMark`)."""
+        self._width_unconfirmed = False
+        """A warm-up resumed from another owner's copy whose width the feed has not shown yet (``resume_warmup``)."""
         self._detectors: Detectors | None = None
         self._adopted_rows: int | None = None
         """The reference's size of a monitor rebuilt from a stored state (:meth:`from_state`)."""
@@ -141,11 +169,50 @@ class DriftMonitor:
             return self._adopted_rows if self._reference is None else len(self._reference)
 
     @property
+    def reference(self) -> Reference | None:
+        """The reference as handed over (uploaded, or collected in the warm-up); ``None`` while warming up, and for
+        a monitor rebuilt from a stored state."""
+        with self._lock:
+            return self._reference
+
+    @property
     def online_reference_rows(self) -> int | None:
         """Reference rows the online detector compares against (``Detectors.online_rows``); ``None`` before
         calibration and without an online detector."""
         with self._lock:
             return None if self._detectors is None else self._detectors.online_rows
+
+    def resume_warmup(self, rows: DriftBatch) -> WarmupMark:
+        """Take ``rows`` (another owner's warm-up, at most ``reference_events``, every one with an embedding of
+        one width or none with one) as the warm-up collected so far; returns the mark of what they are. Their
+        width is checked against the first records that come with an embedding: another width lets them go."""
+        with self._lock:
+            if self._phase_locked() is not Phase.WARMING_UP or self._warmup_count:
+                raise RuntimeError(f"model {self._model}: a warm-up resumes only in a fresh monitor")
+            if len(rows) > self._config.reference_events:
+                raise ValueError(f"{len(rows)} rows, more than reference_events={self._config.reference_events}")
+            self._take_warmup(rows)
+            self._width_unconfirmed = self._warmup_width is not None and self._reference is None
+            return WarmupMark(self._warmup_epoch, len(rows))
+
+    def warmup_rows(self, since: WarmupMark | None) -> WarmupRows | None:
+        """The warm-up's rows past ``since`` (all of them when ``since`` is ``None`` or of an earlier warm-up),
+        complete or still collecting; ``None`` when the monitor collects none (its reference was given, or it is
+        calibrated)."""
+        with self._lock:
+            if self._detectors is not None or (self._reference is not None and not self._from_warmup):
+                return None
+            start = since.rows if since is not None and since.epoch == self._warmup_epoch else 0
+            epoch, reference, chunks = self._warmup_epoch, self._reference, list(self._warmup)
+        if reference is not None:  # complete, calibrating
+            whole = DriftBatch(reference.predicted, reference.confidence, reference.embeddings, time_s=0.0)
+            return WarmupRows(epoch, start, tail(whole, start) if start < len(whole) else None)
+        skip = start
+        for index, chunk in enumerate(chunks):  # batches of whole events (each with its row, if any), in order
+            if len(chunk) > skip:
+                return WarmupRows(epoch, start, tail(concat(chunks[index:]), skip))
+            skip -= len(chunk)
+        return WarmupRows(epoch, start, None)
 
     def results(self) -> tuple[DriftResult, ...]:
         """Latest verdict of each detector, by name."""
@@ -198,8 +265,8 @@ class DriftMonitor:
             with self._lock:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
                 if self._from_warmup:  # e.g. too few distinct rows: collect a fresh warm-up instead of sticking
-                    self._reference, self._from_warmup, self._warmup_count = None, False, 0
-                    self._warmup_width = None
+                    self._reference, self._from_warmup = None, False
+                    self._restart_warmup()
             raise
         with self._lock:
             self._calibrating, self._detectors = False, detectors
@@ -231,11 +298,22 @@ class DriftMonitor:
         if self._reference is not None:
             skipped.inc(len(batch))
             return
+        if self._width_unconfirmed and batch.sent_without < len(batch):
+            self._width_unconfirmed = False
+            if batch.embeddings is None:  # every embedding of another width than the resumed rows' (the batch's)
+                log.warning(
+                    "model %s: the resumed warm-up's %d-d embeddings are not the feed's; collecting a fresh one",
+                    self._model,
+                    self._warmup_width,
+                )
+                self._restart_warmup()
+                skipped.inc(len(batch))  # their embeddings were left out of the batch: the next one sets the width
+                return
         part = batch.embedded_part()
         if part is not None and part.embeddings is not None and self._warmup_width is None:
-            self._warmup_width = int(part.embeddings.shape[1])
             skipped.inc(self._warmup_count)  # collected without embeddings: a reference with them replaces them
-            self._warmup, self._warmup_count = [], 0
+            self._restart_warmup()
+            self._warmup_width = int(part.embeddings.shape[1])
         if self._warmup_width is not None:
             if part is None or part.embeddings is None or part.embeddings.shape[1] != self._warmup_width:
                 skipped.inc(len(batch))
@@ -251,6 +329,12 @@ class DriftMonitor:
             self._reference = Reference.from_batch(concat(self._warmup))
             self._from_warmup, self._error = True, None
             self._warmup = []
+
+    def _restart_warmup(self) -> None:
+        """Let the collected rows go (under the lock): a fresh warm-up, numbered anew."""
+        self._warmup, self._warmup_count, self._warmup_width = [], 0, None
+        self._warmup_epoch += 1
+        self._width_unconfirmed = False
 
 
 def _run(detectors: Detectors, batch: DriftBatch) -> _Pass:

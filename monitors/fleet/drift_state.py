@@ -7,6 +7,8 @@ adopts a stored state that matches the newest reference without recalibrating, w
 resolved on that reference (``DriftConfig.resolved``: the automatic ``steady_steps_per_ert``) are the
 stored ones. The stored settings are always resolved (an ``int`` there, as the previous release wrote
 and reads it), so a state of the previous release's default is adopted where the build is the same.
+Without a state or an uploaded reference, the owner resumes the warm-up its predecessor stored
+(:mod:`monitors.fleet.warmup_store`), or its own from before it lost the model, whichever is further.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from common import keys
 from common.redis import text
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
-from monitors.drift.monitor import DriftMonitor
+from monitors.drift.monitor import DriftMonitor, WarmupMark
 from monitors.drift.states import MonitorState
 from monitors.fleet.lease import Leases
 from monitors.fleet.references import ReferenceStore
+from monitors.fleet.warmup_store import WarmupStore
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class Started:
     """Reference id the monitor calibrates (or was calibrated) on; ``None`` for a warm-up."""
     stored: bool
     """Whether its calibrated state is already in Redis."""
+    resumed: WarmupMark | None = None
+    """What of its warm-up is in Redis already: the stored warm-up it resumed."""
 
 
 class DriftStates:
@@ -49,10 +54,12 @@ class DriftStates:
         self._config = config
         self._metrics = metrics
         self.references = ReferenceStore(redis)
+        self.warmups = WarmupStore(redis, leases)
 
     async def start(self, model: str, *, warm: DriftMonitor | None = None) -> Started:
-        """The monitor a new owner runs: adopted, calibrating on the newest reference, or warming up (``warm``,
-        this process's warm-up of the model from before it lost it, resumed when its settings are ours)."""
+        """The monitor a new owner runs: adopted, calibrating on the newest reference, or warming up (resuming
+        the warm-up stored in Redis, or ``warm``, this process's warm-up of the model from before it lost it, when
+        its settings are ours: whichever holds more rows)."""
         reference_id = await self.references.latest_id(model)
         version = text(await self._redis.get(keys.drift_version(model)))
         body = await self._redis.get(keys.drift_state(model))
@@ -74,11 +81,7 @@ class DriftStates:
                 log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
         if reference_id is not None:
             return await self.from_reference(model)
-        if warm is not None and warm.config == self._config and warm.warmup_progress is not None:
-            collected, wanted = warm.warmup_progress
-            log.info("drift monitor of %s resumes its warm-up (%d of %d events)", model, collected, wanted)
-            return Started(warm, None, stored=False)
-        return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)
+        return await self._warm_up(model, warm)
 
     async def from_reference(self, model: str) -> Started:
         stored = await self.references.get(model)
@@ -98,6 +101,22 @@ class DriftStates:
             started.built_from, started.stored = version, True
             log.info("drift monitor of %s calibrated; state stored (%s)", model, version)
         return written
+
+    async def _warm_up(self, model: str, warm: DriftMonitor | None) -> Started:
+        own = warm.warmup_progress if warm is not None and warm.config == self._config else None
+        stored = await self.warmups.load(model, max_rows=self._config.reference_events)
+        wanted = self._config.reference_events
+        if stored is not None and (own is None or len(stored) >= own[0]):
+            monitor = DriftMonitor(model=model, config=self._config, metrics=self._metrics)
+            resumed = monitor.resume_warmup(stored)
+            log.info(
+                "drift monitor of %s resumes the warm-up stored in Redis (%d of %d events)", model, len(stored), wanted
+            )
+            return Started(monitor, None, stored=False, resumed=resumed)
+        if warm is not None and own is not None:
+            log.info("drift monitor of %s resumes its warm-up (%d of %d events)", model, own[0], wanted)
+            return Started(warm, None, stored=False)
+        return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)
 
     async def _rows(self, model: str, version: str) -> int | None:
         """Rows of the reference named ``version``: ``reference_events`` for a warm-up, the stored reference's for

@@ -28,6 +28,7 @@ from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.reports import drift_status
 from monitors.fleet.settings import MonitorSettings
+from monitors.fleet.warmup_store import WarmupCopy
 from monitors.window import PredictionWindow, WindowStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class OwnedModel:
         self._versions = BoundedLabel(settings.max_versions_per_model)
         self.buffer = IngestBuffer(capacity_events=settings.drift_buffer_events, skipped=skipped)
         self._drift: Started | None = None
+        self._warmup_copy = WarmupCopy(model, states.warmups)
+        """The drift warm-up as stored in Redis, for the next owner should this process die."""
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_backlog = 0
         self._next_waiting_s: float | None = None
@@ -110,6 +113,7 @@ class OwnedModel:
             asyncio.create_task(self._forever(self._read_feed), name=f"feed-{self.model}"),
             asyncio.create_task(self._forever(self._labelled.read), name=f"labelled-{self.model}"),
             asyncio.create_task(self._every(self._settings.monitor_status_s, self._publish_status)),
+            asyncio.create_task(self._every(self._settings.monitor_status_s, self._store_warmup)),
             asyncio.create_task(self._every(self._settings.monitor_report_s, self._publish_quality)),
             *self._view_tasks(),
         ]
@@ -239,6 +243,13 @@ class OwnedModel:
             self._metrics.publish_drift_state(status)
         if self.views is not None:
             await self.views.record_history(status)
+
+    async def _store_warmup(self) -> None:
+        """A task of its own: Redis refusing the warm-up's writes delays nothing else (its rows wait in memory)."""
+        drift = self._drift
+        if drift is not None:
+            keep = not drift.stored and drift.built_from is None
+            await self._warmup_copy.sync(drift.monitor, resumed=drift.resumed, keep=keep)
 
     async def _follow_reference(self, drift: Started) -> None:
         latest = await self._states.references.latest_id(self.model)
