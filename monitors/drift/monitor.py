@@ -19,7 +19,6 @@ alibi-detect is imported only for the first two):
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from dataclasses import dataclass, replace
@@ -34,9 +33,8 @@ from monitors.drift.detectors import Detectors, build, restore
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.reference import Reference
 from monitors.drift.states import MonitorState
-from monitors.drift.tumbling import concat, head, tail
-
-log = logging.getLogger(__name__)
+from monitors.drift.tumbling import tail
+from monitors.drift.warmup import Warmup, WarmupMark, WarmupRows, rows_past
 
 
 class Phase(StrEnum):
@@ -47,25 +45,6 @@ class Phase(StrEnum):
 
 class NotCalibratedError(RuntimeError):
     """The monitor has no calibrated detectors yet."""
-
-
-@dataclass(frozen=True, slots=True)
-class WarmupMark:
-    """How far a copy of a warm-up goes: its first ``rows`` rows, of the warm-up numbered ``epoch`` (the number
-    changes whenever the monitor lets its collected rows go and collects afresh)."""
-
-    epoch: int
-    rows: int
-
-
-@dataclass(frozen=True, slots=True)
-class WarmupRows:
-    """Rows of the current warm-up (numbered ``epoch``) from row ``start`` on; ``batch`` is ``None`` when none
-    was collected past it."""
-
-    epoch: int
-    start: int
-    batch: DriftBatch | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +72,7 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._reference = reference
         self._from_warmup = False
-        self._warmup: list[DriftBatch] = []
-        self._warmup_count = 0
-        self._warmup_width: int | None = None
-        """Embedding width of the warm-up's first event that had one: the reference's."""
-        self._warmup_epoch = 0
-        """Changes whenever the collected rows are let go (see :class:`WarmupMark`)."""
-        self._width_unconfirmed = False
-        """A warm-up resumed from another owner's copy whose width the feed has not shown yet (``resume_warmup``)."""
+        self._warmup = Warmup(model, config.reference_events)
         self._detectors: Detectors | None = None
         self._adopted_rows: int | None = None
         """The reference's size of a monitor rebuilt from a stored state (:meth:`from_state`)."""
@@ -150,7 +122,7 @@ class DriftMonitor:
         """Width of the embeddings the detectors compare, or in warm-up the reference's so far (``None`` while
         none has come, or for a model without embeddings)."""
         with self._lock:
-            return self._warmup_width if self._detectors is None else self._detectors.width
+            return self._warmup.width if self._detectors is None else self._detectors.width
 
     @property
     def warmup_progress(self) -> tuple[int, int] | None:
@@ -159,7 +131,7 @@ class DriftMonitor:
         with self._lock:
             if self._phase_locked() is not Phase.WARMING_UP:
                 return None
-            return self._warmup_count, self._config.reference_events
+            return self._warmup.count, self._config.reference_events
 
     @property
     def reference_rows(self) -> int | None:
@@ -183,17 +155,13 @@ class DriftMonitor:
             return None if self._detectors is None else self._detectors.online_rows
 
     def resume_warmup(self, rows: DriftBatch) -> WarmupMark:
-        """Take ``rows`` (another owner's warm-up, at most ``reference_events``, every one with an embedding of
-        one width or none with one) as the warm-up collected so far; returns the mark of what they are. Their
-        width is checked against the first records that come with an embedding: another width lets them go."""
+        """Take ``rows`` (another owner's warm-up: :meth:`Warmup.resume`) as the warm-up collected so far; returns
+        the mark of what they are."""
         with self._lock:
-            if self._phase_locked() is not Phase.WARMING_UP or self._warmup_count:
+            if self._phase_locked() is not Phase.WARMING_UP:
                 raise RuntimeError(f"model {self._model}: a warm-up resumes only in a fresh monitor")
-            if len(rows) > self._config.reference_events:
-                raise ValueError(f"{len(rows)} rows, more than reference_events={self._config.reference_events}")
-            self._take_warmup(rows)
-            self._width_unconfirmed = self._warmup_width is not None and self._reference is None
-            return WarmupMark(self._warmup_epoch, len(rows))
+            self._completed(self._warmup.resume(rows, self._metrics.skipped(self._model)))
+            return WarmupMark(self._warmup.epoch, len(rows))
 
     def warmup_rows(self, since: WarmupMark | None) -> WarmupRows | None:
         """The warm-up's rows past ``since`` (all of them when ``since`` is ``None`` or of an earlier warm-up),
@@ -202,17 +170,12 @@ class DriftMonitor:
         with self._lock:
             if self._detectors is not None or (self._reference is not None and not self._from_warmup):
                 return None
-            start = since.rows if since is not None and since.epoch == self._warmup_epoch else 0
-            epoch, reference, chunks = self._warmup_epoch, self._reference, list(self._warmup)
+            epoch, reference, chunks = self._warmup.epoch, self._reference, self._warmup.chunks()
+        start = since.rows if since is not None and since.epoch == epoch else 0
         if reference is not None:  # complete, calibrating
             whole = DriftBatch(reference.predicted, reference.confidence, reference.embeddings, time_s=0.0)
             return WarmupRows(epoch, start, tail(whole, start) if start < len(whole) else None)
-        skip = start
-        for index, chunk in enumerate(chunks):  # batches of whole events (each with its row, if any), in order
-            if len(chunk) > skip:
-                return WarmupRows(epoch, start, tail(concat(chunks[index:]), skip))
-            skip -= len(chunk)
-        return WarmupRows(epoch, start, None)
+        return WarmupRows(epoch, start, rows_past(chunks, start))
 
     def results(self) -> tuple[DriftResult, ...]:
         """Latest verdict of each detector, by name."""
@@ -224,7 +187,10 @@ class DriftMonitor:
         with self._lock:
             detectors = self._detectors
             if detectors is None:
-                self._take_warmup(batch)
+                if self._reference is None:
+                    self._completed(self._warmup.take(batch, self._metrics.skipped(self._model)))
+                else:  # calibrating
+                    self._metrics.skipped(self._model).inc(len(batch))
                 return []
         done = _run(detectors, batch)  # outside the lock: readers of results() must not wait on detection
         results: list[DriftResult] = []
@@ -266,7 +232,7 @@ class DriftMonitor:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
                 if self._from_warmup:  # e.g. too few distinct rows: collect a fresh warm-up instead of sticking
                     self._reference, self._from_warmup = None, False
-                    self._restart_warmup()
+                    self._warmup.restart()
             raise
         with self._lock:
             self._calibrating, self._detectors = False, detectors
@@ -290,51 +256,10 @@ class DriftMonitor:
             return Phase.MONITORING
         return Phase.CALIBRATING if self._reference is not None else Phase.WARMING_UP
 
-    def _take_warmup(self, batch: DriftBatch) -> None:
-        """Collect the reference. Once an event with an embedding has come, the reference holds only events with
-        an embedding of that first width (collected before it, events without one are let go): a batch with none
-        cannot leave the model without embedding detectors."""
-        skipped = self._metrics.skipped(self._model)
-        if self._reference is not None:
-            skipped.inc(len(batch))
-            return
-        if self._width_unconfirmed and batch.sent_without < len(batch):
-            self._width_unconfirmed = False
-            if batch.embeddings is None:  # every embedding of another width than the resumed rows' (the batch's)
-                log.warning(
-                    "model %s: the resumed warm-up's %d-d embeddings are not the feed's; collecting a fresh one",
-                    self._model,
-                    self._warmup_width,
-                )
-                self._restart_warmup()
-                skipped.inc(len(batch))  # their embeddings were left out of the batch: the next one sets the width
-                return
-        part = batch.embedded_part()
-        if part is not None and part.embeddings is not None and self._warmup_width is None:
-            skipped.inc(self._warmup_count)  # collected without embeddings: a reference with them replaces them
-            self._restart_warmup()
-            self._warmup_width = int(part.embeddings.shape[1])
-        if self._warmup_width is not None:
-            if part is None or part.embeddings is None or part.embeddings.shape[1] != self._warmup_width:
-                skipped.inc(len(batch))
-                return
-            skipped.inc(len(batch) - len(part))
-            batch = part
-        wanted = self._config.reference_events - self._warmup_count
-        self._warmup.append(head(batch, wanted))
-        self._warmup_count += min(wanted, len(batch))
-        if len(batch) > wanted:
-            skipped.inc(len(batch) - wanted)
-        if self._warmup_count >= self._config.reference_events:
-            self._reference = Reference.from_batch(concat(self._warmup))
-            self._from_warmup, self._error = True, None
-            self._warmup = []
-
-    def _restart_warmup(self) -> None:
-        """Let the collected rows go (under the lock): a fresh warm-up, numbered anew."""
-        self._warmup, self._warmup_count, self._warmup_width = [], 0, None
-        self._warmup_epoch += 1
-        self._width_unconfirmed = False
+    def _completed(self, reference: Reference | None) -> None:
+        """Under the lock: the warm-up's reference, once it is complete, is the one to calibrate."""
+        if reference is not None:
+            self._reference, self._from_warmup, self._error = reference, True, None
 
 
 def _run(detectors: Detectors, batch: DriftBatch) -> _Pass:

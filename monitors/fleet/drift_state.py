@@ -24,8 +24,9 @@ from common import keys
 from common.redis import text
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
-from monitors.drift.monitor import DriftMonitor, WarmupMark
+from monitors.drift.monitor import DriftMonitor
 from monitors.drift.states import MonitorState
+from monitors.drift.warmup import WarmupMark
 from monitors.fleet.lease import Leases
 from monitors.fleet.references import ReferenceStore
 from monitors.fleet.warmup_store import WarmupStore

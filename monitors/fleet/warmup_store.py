@@ -30,8 +30,9 @@ from redis.asyncio import Redis
 from common import keys
 from common.redis import execute, queue_script
 from monitors.drift.base import DriftBatch
-from monitors.drift.monitor import DriftMonitor, WarmupMark
+from monitors.drift.monitor import DriftMonitor
 from monitors.drift.tumbling import concat
+from monitors.drift.warmup import WarmupMark
 from monitors.fleet.lease import Leases
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 from monitors.drift.base import DriftBatch, DriftEvent
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
-from monitors.drift.monitor import DriftMonitor, WarmupMark, WarmupRows
+from monitors.drift.monitor import DriftMonitor
+from monitors.drift.warmup import WarmupMark, WarmupRows
 
 CONFIG = DriftConfig(
     reference_events=100, max_reference=100, pca_components=4, ert=50, window_size=10, window_tests=False
