@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -130,8 +129,10 @@ class LabelledFeed:
         if not stopping:
             self._metrics.publish_estimates(report)
             self._collector.publish(self.model, figures)
-        # The labelled feed needs to hold the window only (a new owner rebuilds the window from it).
-        horizon_ms = int((time.time() - self._settings.calibration_window_s) * 1000)
+        # The labelled feed needs to hold the window only (a new owner rebuilds the window from it). Entry ids are
+        # Redis's clock, so the cut-off is too: a monitor whose clock runs ahead would trim the whole window.
+        seconds, microseconds = await self._redis.time()
+        horizon_ms = int((seconds + microseconds / 1e6 - self._settings.calibration_window_s) * 1000)
         await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
 
     def _measure(self) -> tuple[QualityReport, list[SeriesFigures]]:

@@ -163,3 +163,20 @@ def test_a_report_is_exported_only_while_the_model_is_owned(parts: Parts, redis_
         parts.registry.get_sample_value("vai_cohort_window_events", {"model": "m", "version": "v1", "cohort": "all"})
         is None
     )
+
+
+def test_a_monitor_whose_clock_runs_ahead_trims_the_labelled_feed_by_redis_clock(
+    parts: Parts, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(3):
+        add_labelled(redis_client, f"r{index}", age_s=3 - index)
+    ahead = time.time() + 2 * HOUR_S  # past the window (1 h): by its own clock, every entry is out of it
+    monkeypatch.setattr(time, "time", lambda: ahead)  # this host's clock; Redis keeps its own
+
+    async def publish() -> None:
+        async with parts.feed() as feed:
+            await feed.reload()
+            await feed.publish_quality(stopping=False)
+
+    asyncio.run(publish())
+    assert redis_client.xlen(keys.labelled_feed("m")) == 3
