@@ -6,7 +6,7 @@
 | ``vai_monitor_labelled_records_total`` | counter | model | labelled records taken into the windows |
 | ``vai_monitor_records_invalid_total`` | counter | model | feed entries that did not decode (skipped) |
 | ``vai_monitor_backlog_records`` | gauge | model | records published and not yet examined |
-| ``vai_monitor_oldest_waiting_seconds`` | gauge | model | age of the oldest record not yet examined |
+| ``vai_monitor_oldest_waiting_seconds`` | gauge | model | how long the oldest record not yet examined has waited |
 | ``vai_monitor_owned`` | gauge | model | 1 on the monitor process that owns the model |
 | ``vai_drift_monitoring`` | gauge | model | 1 while the drift detectors watch; 0 warming up or calibrating |
 | ``vai_drift_warmup_records`` | gauge | model | records collected for the reference while warming up (else 0) |
@@ -49,7 +49,10 @@ class MonitorMetrics:
             "vai_monitor_backlog_records", "Records published and not yet examined.", model, registry=registry
         )
         self.oldest = Gauge(
-            "vai_monitor_oldest_waiting_seconds", "Age of the oldest record not yet examined.", model, registry=registry
+            "vai_monitor_oldest_waiting_seconds",
+            "How long the oldest record not yet examined has waited since it entered the feed (Redis's clock).",
+            model,
+            registry=registry,
         )
         self.owned = Gauge("vai_monitor_owned", "1 on the process that owns the model.", model, registry=registry)
         self.drift_monitoring = Gauge(

@@ -78,6 +78,7 @@ class OwnedModel:
         """The drift warm-up as stored in Redis, for the next owner should this process die."""
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_backlog = 0
+        self._redis_now_s = 0.0
         self._next_waiting_s: float | None = None
         self._examined_seen = 0
         self._stopping = False
@@ -199,7 +200,7 @@ class OwnedModel:
         return entries
 
     def _take(self, entries: Entries) -> None:
-        for _, fields in entries:
+        for entry_id, fields in entries:
             if not fields:
                 continue  # trimmed while pending
             try:
@@ -208,7 +209,10 @@ class OwnedModel:
                 self._metrics.invalid.labels(self.model).inc()
                 log.debug("skipping a feed entry of %s: %s", self.model, error)
                 continue
-            self.buffer.append(DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s))
+            entered_s = _entry_time_s(entry_id)
+            self.buffer.append(
+                DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s, entered_s)
+            )
             if self.views is not None:
                 self.views.observe(record)
             self._recent.append(
@@ -232,8 +236,8 @@ class OwnedModel:
         self._metrics.examined.labels(self.model).inc(examined - self._examined_seen)
         self._examined_seen = examined
         backlog = self._redis_backlog + len(self.buffer)
-        oldest = self.buffer.oldest_time_s() or self._next_waiting_s
-        waiting_s = max(0.0, time.time() - oldest) if oldest is not None and backlog else 0.0
+        oldest = self.buffer.oldest_entered_s() or self._next_waiting_s
+        waiting_s = max(0.0, self._redis_now_s - oldest) if oldest is not None and backlog else 0.0
         self._metrics.backlog.labels(self.model).set(backlog)
         self._metrics.oldest.labels(self.model).set(waiting_s)
         status = drift_status(
@@ -261,14 +265,17 @@ class OwnedModel:
         log.info("drift monitor of %s calibrating on the uploaded reference %s", self.model, latest)
 
     async def _measure_backlog(self) -> None:
-        """Examined entries are deleted, so the feed's length is what waits and its head the oldest."""
+        """Examined entries are deleted, so the feed's length is what waits and its head the oldest. Waits are
+        Redis's clock against the entries' ids (Redis's too): the hosts' clocks may disagree."""
         feed = keys.prediction_feed(self.model)
         pipe = self._redis.pipeline(transaction=False)
         pipe.xlen(feed)
         pipe.xrange(feed, count=1)
-        length, head = await execute(pipe)
+        pipe.time()
+        length, head, (seconds, microseconds) = await execute(pipe)
         self._redis_backlog = int(length)
-        self._next_waiting_s = int(head[0][0].split(b"-")[0]) / 1000 if head else None
+        self._next_waiting_s = _entry_time_s(head[0][0]) if head else None
+        self._redis_now_s = seconds + microseconds / 1e6
 
     async def _publish_quality(self) -> None:
         await self._labelled.publish_quality(stopping=self._stopping)
@@ -316,3 +323,9 @@ class OwnedModel:
             failing = False
             if period_s:
                 await asyncio.sleep(period_s)
+
+
+def _entry_time_s(entry_id: bytes | str) -> float:
+    """When Redis wrote a stream entry, from its id (``<milliseconds>-<sequence>``)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0]) / 1000

@@ -280,7 +280,9 @@ def test_online_drift_quiet_on_clean_digits_and_alarms_on_corrupted_ones(
     wait_until(lambda: detected() is not None, timeout_s=30, what="the online detector to score clean traffic")
     assert detected() == 0.0
 
-    shifted, _ = corrupt(digits_split.test.features[60:260], seed=0, kinds=("noise",), severity=1.5)
+    # A clear shift: at severity 1.5 only ~12% of the events rose above their threshold (clean: ~8/ERT), too
+    # little to call; at 3.0 nearly 80% do, and the statistic stays above it (the verdict is the latest event's).
+    shifted, _ = corrupt(digits_split.test.features[60:260], seed=0, kinds=("noise",), severity=3.0)
     drift_x, drift_p = _digits_batch(module, shifted)
     _post(client, "drift", drift_x, drift_p)
     wait_until(lambda: detected() == 1.0, timeout_s=30, what="the online detector to alarm on corrupted traffic")
@@ -408,7 +410,9 @@ def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
 ) -> None:
     monitor = monitors.start(drift_buffer_events=100)
     client = make_client(monitor_max_per_second=0)
-    client.post("/v1/events", json=event("first", embedding=[0.1, 0.2]))
+    posted_at = time.monotonic()
+    an_hour_ago = time.time() - 3600  # the events' own time (the client's): not how long they have waited
+    client.post("/v1/events", json=event("first", embedding=[0.1, 0.2], timestamp=an_hour_ago))
     wait_until(lambda: "digits" in monitor.owned, what="the monitor to take the model")
     release = threading.Event()
     drift = monitor.owned["digits"]
@@ -420,7 +424,7 @@ def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
     drift.buffer.drain = hung_drain  # type: ignore[method-assign]  # replaced on purpose, for this one buffer
     try:
         for start in range(0, 600, 100):
-            events = [event(f"e{i}", embedding=[0.1, 0.2]) for i in range(start, start + 100)]
+            events = [event(f"e{i}", embedding=[0.1, 0.2], timestamp=an_hour_ago) for i in range(start, start + 100)]
             assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 100
 
         def behind() -> dict[str, Any] | None:
@@ -429,6 +433,7 @@ def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
 
         status = wait_until(behind, timeout_s=20, what="the backlog to be published")
         assert status["examined"] < 600
+        assert status["oldest_waiting_s"] <= time.monotonic() - posted_at + 1.0, status
     finally:
         release.set()
 
