@@ -197,6 +197,12 @@ def kserve_pending(model: str, namespace: str, ce_id: str) -> str:
     return f"{PREFIX}:kserve:{kserve_join_member(model, namespace, ce_id)}"
 
 
+def cohort_values(model: str, key: str) -> str:
+    """Set of the values of cohort ``key`` admitted as labels of ``model`` for the whole fleet (first come, first
+    admitted, at most ``VAI_MAX_COHORT_VALUES``; ``monitors.cohort_admission``), with a TTL its users refresh."""
+    return f"{PREFIX}:cohort-values:{model}:{key}"
+
+
 # --- the fleet monitor's warm-ups (monitors.fleet.warmup_store) ---------------------------------
 
 

@@ -6,6 +6,12 @@ Each model's values of each key are kept closed by :class:`common.cardinality.Bo
 (the rule of every labelled metric): later values share the slice ``key=__other__``. The
 bound is per model, so one model's values never take another's slots.
 Keys outside the allowlist are ignored. These strings are the ``cohort`` label of the metrics.
+
+A guard built with ``fleet=True`` (every sidecar's and monitor's) does not pick values in the order
+its own process sees them: the fleet decides once, in Redis (``monitors.cohort_admission``), and the
+guard keeps what it is told (:meth:`CohortGuard.admit`). Until then a value is *undecided*: the guard
+notes it for the next decision round (at most :data:`UNDECIDED_PER_KEY` per model and key, or the cap
+if larger; further ones are ``__other__`` at once), and its callers hold what carries it until then.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 
-from common.cardinality import BoundedLabel
+from common.cardinality import OTHER, BoundedLabel
 
 ALL = "all"
 """The slice holding every event of a (model, version)."""
+UNDECIDED_PER_KEY = 256
+"""Most undecided values a fleet guard notes per model and key (or ``max_values_per_key`` if larger); further
+values are ``__other__`` at once. A decision round (every 50 ms) empties them, and once a key's cap is reached
+every value is decided in the process: only a burst of new values before the first answer reaches this."""
 
 
 def slice_label(key: str, value: str) -> str:
@@ -27,7 +37,7 @@ def slice_label(key: str, value: str) -> str:
 class CohortGuard:
     """Maps raw cohort attributes to a bounded set of slice labels; thread-safe."""
 
-    def __init__(self, *, keys: Iterable[str], max_values_per_key: int) -> None:
+    def __init__(self, *, keys: Iterable[str], max_values_per_key: int, fleet: bool = False) -> None:
         if max_values_per_key < 1:
             raise ValueError(f"max_values_per_key must be at least 1, got {max_values_per_key}")
         self._keys = tuple(dict.fromkeys(keys))
@@ -35,29 +45,99 @@ class CohortGuard:
             if not key or "=" in key:
                 raise ValueError(f"cohort key {key!r} must be non-empty and contain no '='")
         self._max_values = max_values_per_key
+        self._fleet = fleet
         self._models: dict[str, dict[str, BoundedLabel]] = {}
+        self._undecided: dict[tuple[str, str], dict[str, None]] = {}
+        """Per (model, key), the values waiting for the fleet's decision, in the order first seen."""
         self._lock = threading.Lock()
 
     @property
     def keys(self) -> tuple[str, ...]:
         return self._keys
 
-    def slices(self, model: str, cohort: Mapping[str, str]) -> tuple[str, ...]:
-        """Slice labels of an event of ``model``: ``all`` first, then one per allowlisted key it carries."""
-        return (ALL, *(slice_label(key, value) for key, value in self.values(model, cohort)))
+    @property
+    def max_values(self) -> int:
+        return self._max_values
 
-    def values(self, model: str, cohort: Mapping[str, str]) -> list[tuple[str, str]]:
+    def slices(self, model: str, cohort: Mapping[str, str], *, give_up: bool = False) -> tuple[str, ...] | None:
+        """Slice labels of an event of ``model``: ``all`` first, then one per allowlisted key it carries. ``None``
+        while a fleet guard waits for the decision of one of its values (see :meth:`values`); with ``give_up``,
+        such a value counts as ``__other__`` instead."""
+        labels = [ALL]
+        for key, value in self.values(model, cohort):
+            if value is None:
+                if not give_up:
+                    return None
+                value = OTHER
+            labels.append(slice_label(key, value))
+        return tuple(labels)
+
+    def values(self, model: str, cohort: Mapping[str, str]) -> list[tuple[str, str | None]]:
         """The allowlisted keys ``cohort`` carries, each with its value as ``model``'s bound lets it through (its
-        own, or ``__other__``), in the allowlist's order."""
+        own, or ``__other__``), in the allowlist's order. A fleet guard gives ``None`` for a value the fleet has
+        not decided yet, and notes it for the next decision round (:meth:`undecided`)."""
         if not self._keys:
             return []
         bounds = self._models.get(model) or self._values_of(model)
-        return [(key, bounded(cohort[key])) for key, bounded in bounds.items() if key in cohort]
+        if not self._fleet:
+            return [(key, bounded(cohort[key])) for key, bounded in bounds.items() if key in cohort]
+        found: list[tuple[str, str | None]] = []
+        for key, bounded in bounds.items():
+            if key in cohort:
+                value = cohort[key]
+                label = bounded.known(value)
+                found.append((key, label if label is not None else self._wait(model, key, value)))
+        return found
+
+    def label(self, model: str, key: str, value: str) -> str | None:
+        """The label of one value of ``model``'s ``key`` if it is decided (``None`` while it is not)."""
+        bounds = self._models.get(model)
+        return None if bounds is None or key not in bounds else bounds[key].known(value)
+
+    def undecided(self) -> dict[tuple[str, str], list[str]]:
+        """Per (model, key), the values waiting for a decision, in the order first seen."""
+        with self._lock:
+            return {pair: list(values) for pair, values in self._undecided.items()}
+
+    def kept(self) -> dict[tuple[str, str], list[str]]:
+        """Per (model, key), the values kept so far (those that have any)."""
+        with self._lock:
+            models = list(self._models.items())
+        return {
+            (model, key): kept for model, bounds in models for key, bounded in bounds.items() if (kept := bounded.kept)
+        }
+
+    def admit(self, model: str, key: str, values: Iterable[str]) -> None:
+        """Keep ``values``, the fleet's admitted values of ``model``'s ``key`` (at most the cap): each keeps its
+        own label for good; once the cap is reached every other value is ``__other__``. The undecided values this
+        settles are no longer waited for."""
+        if key not in self._keys:
+            return
+        bounded = (self._models.get(model) or self._values_of(model))[key]
+        bounded.keep(values)
+        with self._lock:
+            waiting = self._undecided.get((model, key))
+            if waiting:
+                for value in [value for value in waiting if bounded.known(value) is not None]:
+                    del waiting[value]
+                if not waiting:
+                    del self._undecided[(model, key)]
 
     def forget(self, model: str) -> None:
-        """Free ``model``'s slots (it is no longer owned: a later owner admits values anew)."""
+        """Free ``model``'s slots (it is no longer owned); a fleet guard learns its values from the fleet again."""
         with self._lock:
             self._models.pop(model, None)
+            for key in self._keys:
+                self._undecided.pop((model, key), None)
+
+    def _wait(self, model: str, key: str, value: str) -> str | None:
+        """Note an undecided value: ``None`` (wait for the decision), or ``__other__`` when too many wait."""
+        with self._lock:
+            waiting = self._undecided.setdefault((model, key), {})
+            if value in waiting or len(waiting) < max(self._max_values, UNDECIDED_PER_KEY):
+                waiting[value] = None
+                return None
+        return OTHER
 
     def _values_of(self, model: str) -> dict[str, BoundedLabel]:
         with self._lock:

@@ -9,6 +9,12 @@ and a snapshot cuts each cohort slice to the span of its version's ``all``
 window, which ``max_items`` shortens first (it takes every event): a slice and
 the whole it is shown beside cover one period. Windows that empty out are
 forgotten, so retired versions drop out of the metrics.
+
+With a fleet :class:`CohortGuard` (the monitor's), a prediction carrying a cohort value the fleet has
+not decided yet waits (tens of milliseconds) and joins its windows, ``all`` and every slice at once,
+when the value is decided (:meth:`WindowStore.release`, called by ``monitors.cohort_admission``):
+placed by the time it was appended at, so it leaves when it would have, and a snapshot never shows it
+in ``all`` but not in its slice.
 """
 
 from __future__ import annotations
@@ -97,6 +103,21 @@ class _Labelled:
     def oldest(self) -> float:
         return self.items[0][0]
 
+    def insert(self, at: float, record: LabelledPrediction) -> None:
+        """Add an item appended at ``at``, in time order (a held one comes late, near the end)."""
+        items = self.items
+        if not items or at >= items[-1][0]:
+            items.append((at, record))
+            return
+        if len(items) == items.maxlen:
+            if at < items[0][0]:
+                return  # older than every item kept: the first to go
+            items.popleft()
+        position = len(items)
+        while position and items[position - 1][0] > at:
+            position -= 1
+        items.insert(position, (at, record))
+
     def records(self) -> tuple[LabelledPrediction, ...]:
         return tuple(record for _, record in self.items)
 
@@ -123,30 +144,54 @@ class WindowStore:
         self._clock = clock
         self._windows: dict[SeriesKey, _Labelled] = {}
         self._totals: dict[SeriesKey, int] = {}
+        self._held: list[tuple[float, LabelledPrediction]] = []
+        """Predictions (with the time they were appended at) waiting for the fleet's decision of a cohort value."""
         self._lock = threading.Lock()
 
     def append(self, record: LabelledPrediction, *, age_s: float = 0.0) -> None:
         """Add a labelled prediction to its (model, version) window and its cohort slices, timed ``age_s`` seconds
-        before now (a label replayed by a new owner keeps the time it arrived at, so it leaves on time)."""
+        before now (a label replayed by a new owner keeps the time it arrived at, so it leaves on time). One
+        carrying a cohort value the fleet has not decided yet waits for the decision (:meth:`release`)."""
         slices = self._guard.slices(record.model, record.cohort)
-        keys = [SeriesKey(record.model, record.version, label) for label in slices]
         now = self._clock()
         at = now - max(age_s, 0.0)
         with self._lock:
-            for key in keys:
-                window = self._windows.get(key)
-                if window is None:
-                    window = self._windows[key] = _Labelled(self._max_items)
-                window.items.append((at, record))
-                self._totals[key] = self._totals.get(key, 0) + 1
-                window.evict(now - self._horizon_s)
+            if slices is None:
+                self._held.append((at, record))
+            else:
+                self._place(slices, at, record, now - self._horizon_s)
+
+    def release(self, *, give_up: bool) -> None:
+        """Place the held predictions whose values are decided now (with ``give_up``, every one: undecided values
+        as ``__other__``), each at the time it was appended."""
+        with self._lock:
+            held, self._held = self._held, []
+            cutoff = self._clock() - self._horizon_s
+            for at, record in held:
+                slices = self._guard.slices(record.model, record.cohort, give_up=give_up)
+                if slices is None:
+                    self._held.append((at, record))
+                else:
+                    self._place(slices, at, record, cutoff)
+
+    def _place(self, slices: tuple[str, ...], at: float, record: LabelledPrediction, cutoff: float) -> None:
+        """Add ``record`` to the windows of its version's ``slices`` (under the lock)."""
+        for label in slices:
+            key = SeriesKey(record.model, record.version, label)
+            window = self._windows.get(key)
+            if window is None:
+                window = self._windows[key] = _Labelled(self._max_items)
+            window.insert(at, record)
+            self._totals[key] = self._totals.get(key, 0) + 1
+            window.evict(cutoff)
 
     def forget(self, model: str) -> None:
-        """Drop every window of ``model``, and its cohort slots."""
+        """Drop every window of ``model``, what waits for a decision, and its cohort slots."""
         with self._lock:
             for key in [key for key in self._windows if key.model == model]:
                 del self._windows[key]
                 self._totals.pop(key, None)
+            self._held = [(at, record) for at, record in self._held if record.model != model]
         self._guard.forget(model)
 
     def snapshots(self, model: str) -> list[SeriesSnapshot]:
@@ -194,6 +239,26 @@ class _Ring:
             self.start = (self.start + 1) % self.times.size
             self.size -= 1
 
+    def insert(self, now: float, confidence: float) -> None:
+        """Add an item timed ``now`` in time order (a held one comes late, near the end)."""
+        capacity = self.times.size
+        if not self.size or now >= self.times[(self.start + self.size - 1) % capacity]:
+            self.append(now, confidence)
+            return
+        if self.size == capacity:
+            if now < self.times[self.start]:
+                return  # older than every item kept: the first to go
+            self.start = (self.start + 1) % capacity
+            self.size -= 1
+        position = self.size
+        while position and self.times[(self.start + position - 1) % capacity] > now:
+            here, before = (self.start + position) % capacity, (self.start + position - 1) % capacity
+            self.times[here], self.confidence[here] = self.times[before], self.confidence[before]
+            position -= 1
+        at = (self.start + position) % capacity
+        self.times[at], self.confidence[at] = now, confidence
+        self.size += 1
+
     def oldest(self) -> float:
         return float(self.times[self.start])
 
@@ -226,22 +291,46 @@ class PredictionWindow:
         self._max_items = max_items
         self._clock = clock
         self._rings: dict[SeriesKey, _Ring] = {}
+        self._held: list[tuple[float, str, str, Mapping[str, str], float]] = []
+        """(time, model, version, cohort, confidence) waiting for the fleet's decision of a cohort value."""
         self._lock = threading.Lock()
 
     def append(self, model: str, version: str, cohort: Mapping[str, str], confidence: float) -> None:
-        keys = [SeriesKey(model, version, label) for label in self._guard.slices(model, cohort)]
+        """Add a prediction's confidence to its version's ring and its cohort slices (one carrying an undecided
+        cohort value waits for the decision: :meth:`release`)."""
+        slices = self._guard.slices(model, cohort)
         now = self._clock()
         with self._lock:
-            for key in keys:
-                ring = self._rings.get(key)
-                if ring is None:
-                    ring = self._rings[key] = _Ring(self._max_items)
-                ring.append(now, confidence)
+            if slices is None:
+                self._held.append((now, model, version, cohort, confidence))
+                return
+            for label in slices:
+                self._ring(SeriesKey(model, version, label)).append(now, confidence)
+
+    def release(self, *, give_up: bool) -> None:
+        """As :meth:`WindowStore.release`."""
+        with self._lock:
+            held, self._held = self._held, []
+            for entry in held:
+                at, model, version, cohort, confidence = entry
+                slices = self._guard.slices(model, cohort, give_up=give_up)
+                if slices is None:
+                    self._held.append(entry)
+                    continue
+                for label in slices:
+                    self._ring(SeriesKey(model, version, label)).insert(at, confidence)
+
+    def _ring(self, key: SeriesKey) -> _Ring:
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._rings[key] = _Ring(self._max_items)
+        return ring
 
     def forget(self, model: str) -> None:
         with self._lock:
             for key in [key for key in self._rings if key.model == model]:
                 del self._rings[key]
+            self._held = [entry for entry in self._held if entry[1] != model]
 
     def snapshots(self, model: str) -> list[ConfidenceSnapshot]:
         """The non-empty rings of ``model`` after evicting expired predictions, sorted by key. Each slice is cut

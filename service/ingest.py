@@ -69,6 +69,7 @@ class IngestHandler:
         metrics: IngestMetrics,
         sampler_metrics: SamplerMetrics,
         feed: FeedWriter | None = None,
+        cohorts: CohortCounts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -86,9 +87,11 @@ class IngestHandler:
         self._decoder = BodyDecoder(max_batch=settings.max_batch)
         self._models: dict[str, BoundedLabel] = {}
         """Known models, each with the bounded set of its version labels."""
-        self._cohorts = CohortCounts(
-            metrics, CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values)
-        )
+        if cohorts is None:  # a handler on its own admits values itself; the sidecar's are the fleet's
+            cohorts = CohortCounts(
+                metrics, CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values)
+            )
+        self._cohorts = cohorts
         self.embedding_dims: dict[str, int] = {}
         self._recent: dict[str, OrderedDict[str, None]] = {}
         """Recent request ids per model, oldest first. An OrderedDict: evicting a plain dict's first key

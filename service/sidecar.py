@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from common import keys
 from common.errors import InvalidInput
 from common.redis import REDIS_FAILED, cancelling, connect
+from monitors.cohort_admission import CohortAdmission
+from monitors.cohorts import CohortGuard
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
@@ -23,6 +25,7 @@ from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.auth import TokenAuth
 from service.body import BodyDeadlines
+from service.cohorts import CohortCounts
 from service.errors import first_problem
 from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
@@ -98,13 +101,21 @@ class Sidecar:
                 labelled_models=frozenset(name for name, section in settings.models.items() if section.delayed_labels),
             )
             self.monitoring = Monitoring(self.redis, self.feed, timeout_s=settings.redis_timeout_s)
+        metrics = IngestMetrics(self.registry)
+        self.cohorts = CohortCounts(
+            metrics,
+            CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values, fleet=True),
+        )
+        self.cohort_admission = CohortAdmission(self.redis, self.cohorts.guard, [self.cohorts])
+        """Decides the cohort values every replica and the monitor label by, in Redis, off the request path."""
         self.ingest = IngestHandler(
             settings,
             sampler=self.sampler,
             writer=self.writer,
-            metrics=IngestMetrics(self.registry),
+            metrics=metrics,
             sampler_metrics=self.sampler_metrics,
             feed=self.feed,
+            cohorts=self.cohorts,
         )
         self.kserve = KServeLogger(settings, redis=self.redis, ingest=self.ingest, registry=self.registry)
         self.projection_limits = ProjectionLimits()
@@ -127,6 +138,8 @@ class Sidecar:
         if self.kserve.enabled:
             sweep_s = min(KSERVE_SWEEP_S, self.settings.kserve_join_ttl_s)
             self._tasks.append(asyncio.create_task(self._every(sweep_s, self.kserve.sweep), name="kserve-sweep"))
+        if self.settings.cohort_keys:
+            self._tasks.append(asyncio.create_task(self.cohort_admission.run(), name="cohort-admission"))
 
     async def stop(self, *, drain_timeout_s: float = DRAIN_S) -> None:
         """Stop the background tasks, then write what is buffered, all within ``drain_timeout_s`` together
@@ -141,6 +154,10 @@ class Sidecar:
             for task in stuck:
                 log.error("background task %s did not stop within %.0f s", task.get_name(), drain_timeout_s)
         self._tasks = []
+        with contextlib.suppress(TimeoutError):  # the last undecided values: decided, or __other__
+            async with asyncio.timeout_at(deadline):
+                await self.cohort_admission.settle()
+        self.cohort_admission.close()
         if self.feed is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from common import keys
 from common.redis import REDIS_FAILED, cancelling, connect
+from monitors.cohort_admission import CohortAdmission
 from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
 from monitors.drift.metrics import DriftMetrics
@@ -64,7 +65,7 @@ class MonitorProcess:
         )
         self.metrics = MonitorMetrics(self.registry)
         self.drift_metrics = DriftMetrics(registry=self.registry)
-        guard = CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values)
+        guard = CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values, fleet=True)
         self.windows = WindowStore(
             guard=guard, horizon_s=settings.calibration_window_s, max_items=settings.calibration_window_max
         )
@@ -72,6 +73,10 @@ class MonitorProcess:
         self.recent = PredictionWindow(
             guard=guard, horizon_s=settings.estimate_window_s, max_items=settings.estimate_window_max
         )
+        self.cohorts = CohortAdmission(self.redis, guard, [self.windows, self.recent])
+        """Decides the cohort values the sidecars count by, in Redis; what carries an undecided one waits in the
+        windows until then."""
+        self._cohort_task: asyncio.Task[None] | None = None
         self.quality = QualityCollector(store=self.windows, registry=self.registry)
         """Exports the figures each owned model's report was last computed with (a scrape computes nothing)."""
         self.states = DriftStates(self.redis, self.leases, config=settings.drift, metrics=self.drift_metrics)
@@ -103,6 +108,8 @@ class MonitorProcess:
     async def start(self) -> None:
         self.runner.start()
         self._task = asyncio.create_task(self._loop(), name="monitor-leases")
+        if self.settings.cohort_keys:
+            self._cohort_task = asyncio.create_task(self.cohorts.run(), name="cohort-admission")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, work until ``stop`` is set, then stop: the whole life of a monitor role."""
@@ -119,9 +126,11 @@ class MonitorProcess:
         if self.stopped:
             return
         self.stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=5.0)
+        tasks = [task for task in (self._task, self._cohort_task) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
         for model in list(self.owned):
             await self._drop(model, release=True)
         with contextlib.suppress(TimeoutError, *REDIS_FAILED):
@@ -221,6 +230,7 @@ class MonitorProcess:
             warm=self._warm.pop(model, None),
         )
         try:
+            await self.cohorts.load(model)  # the values its slices were decided with, before its labels replay
             await owned.start()
         except BaseException:
             await owned.stop()

@@ -44,3 +44,21 @@ def test_concurrent_first_sightings_keep_exactly_the_limit() -> None:
     kept = set().union(*seen) - {OTHER}
     assert len(kept) == 5
     assert all(label(value) == value for value in kept)
+
+
+def test_values_decided_elsewhere_are_kept_within_the_limit() -> None:
+    label = BoundedLabel(2)
+    assert label.known("eu") is None, "undecided while a slot is free"
+    label.keep([OTHER, "us", "eu", "ap"])
+    assert sorted(label.kept) == ["eu", "us"], "the literal is never kept; past the limit nothing is"
+    assert [label.known(v) for v in ("us", "eu", "ap", OTHER)] == ["us", "eu", OTHER, OTHER]
+    assert label("ap") == OTHER and label("eu") == "eu", "the process rule agrees with what was kept"
+
+
+def test_a_kept_value_stays_kept_whatever_is_kept_later() -> None:
+    label = BoundedLabel(2)
+    label.keep(["eu"])
+    assert label.known("us") is None
+    label.keep(["ap", "us"])  # another judge's later answer: the slot left goes to its first value
+    assert sorted(label.kept) == ["ap", "eu"]
+    assert label.known("us") == OTHER

@@ -171,13 +171,19 @@ def test_low_confidence_counter(mixed: TestClient) -> None:
     assert _total(samples, "vai_low_confidence_total") == 1
 
 
-def test_cohort_counter_bounds_values(mixed: TestClient) -> None:
-    samples = _scrape(mixed)
-    found = {
+def _cohort_counts(client: TestClient, events: int) -> dict[tuple[str, str, str], float]:
+    """``vai_cohort_events_total`` by (model, key, value), once ``events`` are counted: a value new to the fleet
+    counts once a decision round (off the request path) has admitted or refused it."""
+    samples = _scrape_until(client, lambda s: _total(s, "vai_cohort_events_total") == events)
+    return {
         (dict(labels)["model"], dict(labels)["cohort"], dict(labels)["value"]): value
         for (name, labels), value in samples.items()
         if name == "vai_cohort_events_total"
     }
+
+
+def test_cohort_counter_bounds_values(mixed: TestClient) -> None:
+    found = _cohort_counts(mixed, 5)
     assert found == {
         ("digits", "region", "eu"): 1,
         ("digits", "region", "us"): 1,
@@ -318,9 +324,5 @@ def test_each_model_has_its_own_cohort_value_slots(make_client: Callable[..., Te
     events = [event(f"d{region}", cohort={"region": region}) for region in ("eu", "us", "sa")]
     events.append(event("t1", model="text", cohort={"region": "ap"}))
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 4
-    found = {
-        (dict(labels)["model"], dict(labels)["value"]): value
-        for (name, labels), value in _scrape(client).items()
-        if name == "vai_cohort_events_total"
-    }
+    found = {(model, value): count for (model, _, value), count in _cohort_counts(client, 4).items()}
     assert found == {("digits", "eu"): 1, ("digits", "us"): 1, ("digits", "__other__"): 1, ("text", "ap"): 1}
