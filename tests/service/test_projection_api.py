@@ -272,7 +272,8 @@ def test_drift_history_and_distributions_are_served_by_every_replica(
     wait_until(lambda: first.get("/v1/models/digits/drift").json().get("state") == "monitoring", timeout_s=60)
     clean_x, clean_p = _digits(digits_module, digits_split.test.features[:60])
     _post(first, "clean", clean_x, clean_p)
-    shifted, _ = corrupt(digits_split.test.features[60:260], seed=0, kinds=("noise",), severity=1.5)
+    # A clear shift: at severity 1.5 too few events rise above threshold for the latest-event verdict.
+    shifted, _ = corrupt(digits_split.test.features[60:260], seed=0, kinds=("noise",), severity=3.0)
     drift_x, drift_p = _digits(digits_module, shifted)
 
     def history(points_wanted: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
