@@ -4,6 +4,11 @@ The dead-letter stream of a model is bounded: ``XTRIM MAXLEN ~`` after each add 
 ``dead_letter_max_entries`` of the newest, and the key has the explanations' retention as its TTL, refreshed
 on each add. A message over ``dead_letter_max_input_bytes`` is kept without its ``input`` (an operator needs
 the error and the event, not the tensor, which may be personal data), and ``m_bytes`` notes its size as sent.
+
+Redis counts a delivery at each ``XREADGROUP`` and ``XAUTOCLAIM``, whether or not the worker then got to try the
+entry; :meth:`GroupConsumer.uncount` takes back the deliveries that Redis itself failed (see
+:mod:`attribution_workers.worker`). ``XPENDING`` and ``XCLAIM`` are not refused when Redis is out of memory, so
+this works while ``OOM`` refuses every result.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common import keys
-from common.redis import execute, text
+from common.redis import execute, queue_script, text
 from sampler.contract import MESSAGE_FIELD
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,25 @@ GONE_AFTER_MS = 3_600_000
 """A consumer that has not read for this long (a live worker reads every ``block_ms``) and holds nothing pending
 belongs to a worker that is gone."""
 Fields = dict[bytes, bytes]
+
+_UNCOUNT = """
+local taken = 0
+for i = 3, #ARGV, 2 do
+  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #held == 1 and tonumber(held[1][4]) == tonumber(ARGV[i + 1]) then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', tonumber(ARGV[i + 1]) - 1, 'JUSTID')
+    taken = taken + 1
+  end
+end
+return taken
+"""
+"""Set back by one the delivery count of each (id, count) still pending on this consumer at that count: an entry
+another worker has claimed since (or that was acked) is left alone. ``JUSTID`` does not count a delivery."""
+
+
+def entry_time_s(entry_id: bytes) -> float:
+    """When the entry entered its stream, epoch seconds on Redis's clock: the first part of an id ``XADD *`` gave."""
+    return int(entry_id.split(b"-", 1)[0]) / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +187,25 @@ class GroupConsumer:
             )
         answers: list[list[dict[str, Any]]] = await execute(pipe)
         return {item["message_id"]: int(item["times_delivered"]) for pending in answers for item in pending}
+
+    async def uncount(self, stream: str, deliveries: Iterable[Delivery]) -> int:
+        """Take back the last delivery of each of ``deliveries`` still pending on this consumer at the count it was
+        delivered with (one round trip); returns how many were taken back."""
+        args: list[bytes | str | int] = [keys.CONSUMER_GROUP, self.consumer]
+        for delivery in deliveries:
+            if delivery.fields is not None and delivery.deliveries > 0:
+                args += [delivery.entry_id, delivery.deliveries]
+        if len(args) == 2:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        queue_script(pipe, _UNCOUNT, [stream], args)
+        (taken,) = await execute(pipe)
+        return int(taken)
+
+    async def redis_time_s(self) -> float:
+        """Redis's clock (``TIME``), the clock of the stream ids, in epoch seconds."""
+        seconds, micros = await self._redis.time()
+        return float(seconds) + micros / 1_000_000
 
     async def finish(self, stream: str, entry_id: bytes) -> None:
         """Acknowledge and delete an entry whose result is stored (or that has nothing left to do)."""

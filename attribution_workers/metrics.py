@@ -26,7 +26,9 @@ class WorkerMetrics:
         )
         self.lag = Histogram(
             "vai_explanation_lag_seconds",
-            "Event time to stored explanation.",
+            "How long a sampled event waited for its explanation: from its entry entering the model's stream "
+            "(the entry id) to its explanation being stored, both on Redis's clock (TIME, read once a batch); "
+            "queueing, retries and attribution, not the event's own timestamp.",
             ["model"],
             buckets=LAG_BUCKETS,
             registry=registry,

@@ -40,6 +40,11 @@ class RedisOutage:
         self._since: float | None = None
         self._retries = 0
 
+    @property
+    def down(self) -> bool:
+        """Whether the last Redis call failed (and none has succeeded since)."""
+        return self._since is not None
+
     def failed(self, error: BaseException) -> float:
         """Note a failed Redis call; returns how long to wait before the next try."""
         if self._since is None:

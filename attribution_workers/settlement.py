@@ -1,7 +1,9 @@
 """How each stream entry a worker took ends: stored and acknowledged, left pending for a retry, or dead-lettered.
 
 Every ending is counted in ``vai_explanations_total`` (and the dead-letter counters); see
-:mod:`attribution_workers.worker` for the delivery rules these carry out.
+:mod:`attribution_workers.worker` for the delivery rules these carry out. A dead-lettered event's explanation
+record reads ``failed`` with the reason before its entry leaves the stream, and entries that Redis failed before
+they were settled have their delivery taken back (:meth:`Settlement.interrupted`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ import logging
 import time
 from collections.abc import Sequence
 
+from redis.exceptions import ResponseError
+
+from attribution_workers import outcomes
 from attribution_workers.bounded import WorkTimedOut
-from attribution_workers.consumer import Delivery, GroupConsumer
+from attribution_workers.consumer import Delivery, GroupConsumer, entry_time_s
 from attribution_workers.failures import is_outage
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.outcomes import Outcome
 from attribution_workers.runtime import BatchResult
-from sampler.contract import SampledEvent
+from common.redis import REDIS_DOWN, REDIS_FAILED
+from sampler.contract import MessageError, SampledEvent
 from sampler.explanations import ExplanationStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,9 @@ class Settlement:
         self._metrics = metrics
         self._max_deliveries = max_deliveries
         self.processed = 0
+        self._owed: dict[str, dict[bytes, Delivery]] = {}
+        """By stream, deliveries Redis failed and did not answer for then: taken back before the next claim."""
+        self._clock_warned = False
 
     async def trimmed(self, model: str, stream: str, delivery: Delivery) -> None:
         """The entry was trimmed by ``MAXLEN`` while pending: nothing is left to explain."""
@@ -50,21 +59,54 @@ class Settlement:
             self._metrics.fidelity.labels(model, method).set(gain)
         if result.agreement is not None:
             self._metrics.agreement.labels(model).set(result.agreement)
-        for outcome in result.outcomes:  # each alone: one that cannot be stored does not strand the others
+        offset_s = await self._redis_clock_offset_s()
+        found = result.outcomes
+        for index, outcome in enumerate(found):  # each alone: one that cannot be stored does not strand the others
             delivery = by_id[outcome.record.summary.request_id]
             try:
-                await self._settle_one(model, stream, delivery, outcome)
+                await self._settle_one(model, stream, delivery, outcome, offset_s)
             except Exception as error:
-                await self.failed(model, stream, [delivery], error)
+                later = [by_id[o.record.summary.request_id] for o in found[index + 1 :]]
+                await self.failed(model, stream, [delivery], error, in_hand=later)
 
-    async def failed(self, model: str, stream: str, deliveries: Sequence[Delivery], error: Exception) -> None:
-        """The work of ``deliveries`` raised ``error``: a Redis outage or a timeout goes on up (the entries stay
-        pending); anything else fails just these entries, retried or dead-lettered like any failure."""
-        if isinstance(error, WorkTimedOut) or is_outage(error):
+    async def failed(
+        self,
+        model: str,
+        stream: str,
+        deliveries: Sequence[Delivery],
+        error: Exception,
+        *,
+        in_hand: Sequence[Delivery] = (),
+    ) -> None:
+        """The work of ``deliveries`` raised ``error``. A timeout goes on up, the delivery counted (the worker ends
+        as if it had died on them). A Redis outage goes on up too, once the delivery of ``deliveries`` and of
+        ``in_hand`` (the batch's others not settled yet) is taken back: Redis failed, not they. Anything else fails
+        just ``deliveries``, retried or dead-lettered like any failure."""
+        if isinstance(error, WorkTimedOut):
+            raise error
+        if is_outage(error):
+            await self.interrupted(stream, [*deliveries, *in_hand])
             raise error
         self._metrics.errors.labels(model).inc()
         log.error("%s: %d entries failed unexpectedly", model, len(deliveries), exc_info=error)
         await self.retry_or_give_up(model, stream, deliveries, f"{type(error).__name__}: {error}")
+
+    async def interrupted(self, stream: str, deliveries: Sequence[Delivery]) -> None:
+        """Redis failed before ``deliveries`` were settled: take back their delivery, so that the outage does not
+        count against them (a worker reclaiming entries while Redis refuses writes would otherwise see them at
+        ``max_deliveries`` when it recovers, and dead-letter them untried). Redis refusing writes still takes this
+        back; one that does not answer has it taken back before the next claim (:meth:`uncount_owed`)."""
+        owed = self._owed.setdefault(stream, {})
+        owed.update({d.entry_id: d for d in deliveries if d.fields is not None})
+        try:
+            await self._uncount(stream)
+        except REDIS_FAILED as error:
+            log.debug("%s: deliveries taken back once Redis answers: %s: %s", stream, type(error).__name__, error)
+
+    async def uncount_owed(self) -> None:
+        """Take back the deliveries :meth:`interrupted` could not; raises while Redis still fails."""
+        for stream in list(self._owed):
+            await self._uncount(stream)
 
     async def retry_or_give_up(self, model: str, stream: str, deliveries: Sequence[Delivery], error: str) -> None:
         """Leave each entry pending for ``XAUTOCLAIM``, or dead-letter it once it has had its last delivery."""
@@ -83,27 +125,96 @@ class Settlement:
                 )
 
     async def dead_letter(self, model: str, stream: str, delivery: Delivery, error: str) -> None:
+        """Mark the event's explanation ``failed`` with ``error``, then move the entry to the dead-letter stream.
+        Redis failing either raises: the entry stays pending, and the whole of this is done again."""
+        await self._mark_failed(model, delivery, error)
         trimmed = await self._consumer.dead_letter(model, stream, delivery, error)
         self._metrics.dead_letters.labels(model).inc()
         self._metrics.dead_letters_trimmed.labels(model).inc(trimmed)
         self._metrics.explanations.labels(model, "-", "dead").inc()
         log.error("%s entry %s dead-lettered: %s", model, delivery.entry_id.decode(), error)
 
-    async def _settle_one(self, model: str, stream: str, delivery: Delivery, outcome: Outcome) -> None:
+    async def _settle_one(
+        self, model: str, stream: str, delivery: Delivery, outcome: Outcome, offset_s: float | None
+    ) -> None:
         summary = outcome.record.summary
         if outcome.ok:
             stored = await self._store.save(outcome.record)
             status = "ok" if stored else "duplicate"
             for method in summary.methods:
                 self._metrics.explanations.labels(model, method, status).inc()
-            if stored:
-                self._metrics.lag.labels(model).observe(max(0.0, time.time() - summary.timestamp))
+            if stored and offset_s is not None:
+                waited_s = time.time() + offset_s - entry_time_s(delivery.entry_id)
+                self._metrics.lag.labels(model).observe(max(0.0, waited_s))
             await self._consumer.finish(stream, delivery.entry_id)
             self.processed += 1
             return
         error = outcome.record.detail.error or "unknown error"
-        await self._store.save(outcome.record)
         if not outcome.retry:
             await self.dead_letter(model, stream, delivery, error)
-        else:
-            await self.retry_or_give_up(model, stream, [delivery], error)
+            return
+        if delivery.deliveries < self._max_deliveries:
+            await self._store.save(outcome.record)  # failed until a later delivery stores it done
+        await self.retry_or_give_up(model, stream, [delivery], error)
+
+    async def _mark_failed(self, model: str, delivery: Delivery, error: str) -> None:
+        """Store the ``failed`` record of the entry's event, so that it does not read ``queued`` until it expires.
+        A Redis outage raises; a record that can never be stored (Redis refuses its data) is logged, not retried.
+        An entry that does not decode, or is another model's, has no record of this model to mark."""
+        event = _event_of(model, delivery)
+        if event is None:
+            return
+        try:
+            await self._store.save(outcomes.failed(event, error, retry=False).record)
+        except Exception as refusal:
+            if is_outage(refusal):
+                raise
+            log.error(
+                "%s entry %s: its explanation cannot be marked failed: %s: %s",
+                model,
+                delivery.entry_id.decode(),
+                type(refusal).__name__,
+                refusal,
+                exc_info=not isinstance(refusal, REDIS_FAILED),  # a bug, not data Redis refuses
+            )
+
+    async def _uncount(self, stream: str) -> None:
+        owed = self._owed.pop(stream, {})
+        if not owed:
+            return
+        try:
+            taken = await self._consumer.uncount(stream, owed.values())
+        except REDIS_FAILED as error:
+            if is_outage(error) and not _no_group(error):
+                self._owed[stream] = owed | self._owed.get(stream, {})
+                raise
+            log.warning("%s: delivery of %d entries not taken back: %s", stream, len(owed), error)
+            return
+        log.debug("%s: took back the delivery of %d of %d entries Redis failed", stream, taken, len(owed))
+
+    async def _redis_clock_offset_s(self) -> float | None:
+        """Redis's clock minus this host's, read once a batch: a wait runs from the entry's id (Redis's clock when
+        it entered the stream) to now on the same clock. None when Redis does not tell (no lag is observed)."""
+        try:
+            return await self._consumer.redis_time_s() - time.time()
+        except REDIS_FAILED as error:
+            if not isinstance(error, REDIS_DOWN) and not self._clock_warned:  # down: the results fail too
+                self._clock_warned = True
+                log.warning("explanation lag not measured: Redis TIME failed: %s: %s", type(error).__name__, error)
+            return None
+
+
+def _event_of(model: str, delivery: Delivery) -> SampledEvent | None:
+    """The entry's event, when it decodes and is ``model``'s."""
+    if delivery.fields is None:
+        return None
+    try:
+        event = SampledEvent.decode(delivery.fields)
+    except MessageError:
+        return None
+    return event if event.model == model else None
+
+
+def _no_group(error: BaseException) -> bool:
+    """The consumer group is gone (Redis restarted empty): so are its pending entries."""
+    return isinstance(error, ResponseError) and "NOGROUP" in str(error)

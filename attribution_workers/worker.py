@@ -7,7 +7,20 @@ deleted) only after its result is stored; storing is idempotent by
 dead consumer come back); after ``max_deliveries`` it moves to the dead-letter
 stream with its error. Entries that do not decode, or can never be explained,
 go there at once, unexecuted, and so do entries delivered more than
-``max_deliveries`` times (their worker died or timed out on each).
+``max_deliveries`` times (their worker died or timed out on each). A
+dead-lettered event's explanation record is marked ``failed`` with the error
+first (Redis failing that leaves the entry pending, to be settled again).
+
+Deliveries count against an entry only when the entry's own work failed or
+never ended: Redis counts one at each read and reclaim, so when Redis fails
+before the entries in hand are settled (a result it refuses, a reclaim while it
+is out of memory) the worker takes that delivery back (``XCLAIM … RETRYCOUNT``,
+which Redis serves even when out of memory) before the outage pauses it, or
+before its next claim when Redis did not answer. And a worker in an outage
+writes its heartbeat before it takes entries again: while Redis refuses writes
+it claims nothing. (Counting attempts in a key of our own was the alternative:
+that count is a write Redis refuses in the very outage, and a second counter
+beside Redis's own would disagree with ``XPENDING``.)
 
 Failures: an error in the work of one entry or batch that is not a Redis outage (a bug, a stored record
 that no longer parses, data Redis refuses) fails that entry or batch, which is retried or dead-lettered as
@@ -143,6 +156,8 @@ class AttributionWorker:
         grouped = False
         while not stop.is_set():
             try:
+                if self._outage.down:  # take no entry until Redis accepts a write: each claim would count
+                    await self._write_heartbeat()
                 if not grouped:
                     await self.ensure_groups()
                     grouped = True
@@ -173,6 +188,7 @@ class AttributionWorker:
 
     async def step(self) -> int:
         """Reclaim idle entries, read new ones, and process them; returns how many were handled."""
+        await self._settlement.uncount_owed()
         handled = 0
         for stream, model in self._streams.items():
             claimed = await self._consumer.claim_idle(stream)
@@ -186,11 +202,12 @@ class AttributionWorker:
 
     async def _process(self, model: str, stream: str, deliveries: list[Delivery]) -> None:
         events: list[tuple[Delivery, SampledEvent]] = []
-        for delivery in deliveries:
+        for index, delivery in enumerate(deliveries):
             try:
                 event = await self._admitted(model, stream, delivery)
             except Exception as error:
-                await self._settlement.failed(model, stream, [delivery], error)
+                in_hand = [d for d, _ in events] + deliveries[index + 1 :]
+                await self._settlement.failed(model, stream, [delivery], error, in_hand=in_hand)
                 continue
             if event is not None:
                 events.append((delivery, event))
@@ -268,16 +285,18 @@ class AttributionWorker:
         raise WorkTimedOut(message)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        key = keys.worker_heartbeat(self.consumer)
         while not stop.is_set():
-            body = orjson.dumps(
-                {"models": sorted(self._runtimes), "pid": os.getpid(), "processed": self.processed, "at": time.time()}
-            )
             try:
-                await self._redis.set(key, body, ex=self._heartbeat_ttl_s)
+                await self._write_heartbeat()
             except REDIS_FAILED as error:  # the work loop reports outages; the heartbeat just tries again
                 log.debug("heartbeat not written: %s: %s", type(error).__name__, error)
             await _pause(stop, self._heartbeat_ttl_s / 3)
+
+    async def _write_heartbeat(self) -> None:
+        body = orjson.dumps(
+            {"models": sorted(self._runtimes), "pid": os.getpid(), "processed": self.processed, "at": time.time()}
+        )
+        await self._redis.set(keys.worker_heartbeat(self.consumer), body, ex=self._heartbeat_ttl_s)
 
 
 _AFTER_ERROR_S = 1.0

@@ -297,7 +297,7 @@ def test_entry_delivered_past_max_deliveries_is_dead_lettered_unexecuted(
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
     ((_, dead),) = stream_entries(redis_client, keys.dead_letter_stream("digits"))
     assert dead[b"error"] == b"no result after 3 deliveries"
-    assert status(redis_client, "digits", "cursed") is None, "never explained"
+    assert status(redis_client, "digits", "cursed") == b"failed", "never explained, and not left queued"
     assert redis_client.xlen(stream) == 0
 
 
