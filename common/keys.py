@@ -210,3 +210,13 @@ def drift_warmup(model: str) -> str:
     """Hash of the drift warm-up its owner has collected so far (``monitors.fleet.warmup_store``), with a TTL: a new
     owner resumes it instead of collecting ``reference_events`` anew."""
     return f"{PREFIX}:drift-warmup:{model}"
+
+
+# --- each sidecar process's own (service.sidecar) --------------------------------------------
+
+
+def sidecar_mark(replica: str) -> str:
+    """Set by each sidecar process (``replica``: an id drawn at start) at every policy refresh, with a TTL: gone
+    while the process lives means Redis lost its data since it last looked (restarted empty, or flushed), so the
+    run-time overrides that vanished with it were lost, not reset (a reset leaves the mark)."""
+    return f"{PREFIX}:sidecar-mark:{replica}"

@@ -24,6 +24,8 @@ class Pending:
     """A label-join record a delayed label took while it waited here: skipped when its turn comes."""
     gone: bool = False
     """Out of the queue for good (written, dropped, or skipped as taken)."""
+    refused: bool = False
+    """Redis refused it once for lack of memory, and it waits to be written again (labelled records only)."""
 
 
 class FeedBuffer:

@@ -15,7 +15,13 @@ round trips a second instead of one per request (each costs ~0.2 ms of the sidec
 Every record not kept is counted in ``vai_monitor_records_dropped_total{model, feed, reason}``:
 ``budget``, ``buffer_full`` (Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
 ``redis_error`` (Redis refused the write, e.g. out of memory) or ``error`` (an unexpected error cost the
-batch; logged with its traceback, and the writer goes on).
+batch; logged with its traceback, and the writer goes on). A labelled record Redis refuses for lack of memory is
+not dropped: it waits, within the bound, to be written again (``vai_monitor_records_refused_total``), as it would
+while Redis is down; a delayed label taken from Redis never comes through here (``service.labels`` publishes it
+in the call that takes its record).
+
+The models published (``keys.MONITORED_MODELS``) and those that get labels (``keys.LABELLED_MODELS``) are
+announced with the batches, again every ``announce_s`` (10 s): a Redis that restarted empty learns them back.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from contextlib import asynccontextmanager
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from common import keys
 from common.redis import REDIS_DOWN, cancelling, execute, queue_script
@@ -39,6 +46,8 @@ from service.metrics import CounterChildren
 
 log = logging.getLogger(__name__)
 
+ANNOUNCE_S = 10.0
+"""How often the models this writer knows are announced again, in case Redis restarted empty."""
 PREDICTIONS, LABELLED = "predictions", "labelled"
 """The ``feed`` label: the drift feed, the labelled feed, and (``RECORDS``) records waiting for a delayed label."""
 
@@ -80,6 +89,7 @@ class FeedWriter:
         batch: int = 1000,
         linger_s: float = 0.05,
         retry_s: float = 0.5,
+        announce_s: float = ANNOUNCE_S,
     ) -> None:
         self._redis = redis
         self._budget = UniformBudget(max_per_second)
@@ -89,13 +99,16 @@ class FeedWriter:
         self._brier_max_classes = brier_max_classes
         self._label_records = label_records
         self._labelled_models = set(labelled_models)
-        self._labelled_unannounced = set(labelled_models)
         self._batch = batch
         self._linger_s = linger_s
         self._retry_s = retry_s
+        self._announce_s = announce_s
         self._announced: set[str] = set()
+        self._labelled_announced: set[str] = set()
         self._announced_at = time.monotonic()
         self.redis_up = True
+        self._memory_full = False
+        """Whether Redis's last answer refused labelled records for lack of memory (they wait here)."""
         self._writing = asyncio.Lock()
         """Held while a batch is out of the buffer and on its way to Redis."""
         self.labels = Counter(
@@ -119,10 +132,22 @@ class FeedWriter:
             ["model", "feed", "reason"],
             registry=registry,
         )
+        self.refused = Counter(
+            "vai_monitor_records_refused",
+            "Labelled records Redis refused for lack of memory, kept to be written again (each counted once; it"
+            " then ends in written or dropped).",
+            ["model", "feed"],
+            registry=registry,
+        )
         self._child = CounterChildren()
 
     def __len__(self) -> int:
         return len(self._buffer)
+
+    @property
+    def stream_maxlen(self) -> int:
+        """The ``MAXLEN ~`` of every feed stream (``VAI_MONITOR_STREAM_MAXLEN``)."""
+        return self._stream_maxlen
 
     # --- request path ------------------------------------------------------------------------
 
@@ -154,10 +179,9 @@ class FeedWriter:
         return self._label_records == "auto" and model in self._labelled_models
 
     def mark_labelled(self, model: str) -> None:
-        """``model`` gets labels: keep its records from now on, and tell the other replicas."""
-        if model not in self._labelled_models:
-            self._labelled_models.add(model)
-            self._labelled_unannounced.add(model)
+        """``model`` gets labels: keep its records from now on, and tell the other replicas (with the next batch,
+        and again every ``announce_s``)."""
+        self._labelled_models.add(model)
 
     def sync_labelled(self, models: set[str]) -> None:
         """Models any replica has seen labels for (read from Redis)."""
@@ -225,7 +249,8 @@ class FeedWriter:
             self._writing.release()
 
     async def flush(self) -> int:
-        """Write up to one batch; returns how many records were written (or dropped as refused)."""
+        """Write up to one batch; returns how many records were written (or dropped as refused), 0 when labelled
+        records Redis refused for lack of memory wait again (the caller waits before trying again)."""
         if not self._buffer.stored:
             return 0
         async with self._writing:
@@ -236,7 +261,7 @@ class FeedWriter:
         if not batch:
             return popped
         try:
-            refused = await self._write(batch)
+            refusal = await self._write(batch)
         except asyncio.CancelledError:  # stopping mid-write: the batch waits for the final flush (or its count)
             self._buffer.put_back(batch)
             raise
@@ -255,20 +280,43 @@ class FeedWriter:
         if not self.redis_up:
             log.info("redis is back: writing the monitoring records that waited")
         self.redis_up = True
-        self._count_written(batch, refused)
+        if refusal is not None:
+            return 0 if self._refused(batch, refusal) else popped
+        if self._memory_full:
+            log.info("redis takes monitoring records again: writing the labelled records that waited")
+        self._memory_full = False
+        self._count_written(batch)
         return popped
 
-    def _count_written(self, batch: list[Pending], refused: set[int]) -> None:
+    def _count_written(self, batch: list[Pending]) -> None:
         written: dict[tuple[str, str], int] = {}
-        for index, item in enumerate(batch):
+        for item in batch:
             self._buffer.forget(item)
             labels = (item.model, item.feed)
-            if index in refused:
-                self.dropped.labels(*labels, "redis_error").inc()
-            else:
-                written[labels] = written.get(labels, 0) + 1
+            written[labels] = written.get(labels, 0) + 1
         for labels, count in written.items():
             self.written.labels(*labels).inc(count)
+
+    def _refused(self, batch: list[Pending], error: Exception) -> bool:
+        """Redis refused the whole batch. For lack of memory, its labelled records wait to be written again (the
+        other feeds' records can be done without; a label cannot be sent again once joined), each counted once
+        in ``refused``; every other record is dropped (``redis_error``). Returns whether any waits."""
+        keep = _out_of_memory(error)
+        kept: list[Pending] = []
+        for item in batch:
+            if not (keep and item.feed == LABELLED):
+                self._buffer.forget(item)
+                self.dropped.labels(item.model, item.feed, "redis_error").inc()
+                continue
+            kept.append(item)
+            if not item.refused:
+                item.refused = True
+                self.refused.labels(item.model, item.feed).inc()
+        if kept and not self._memory_full:
+            log.warning("redis is out of memory: %d labelled records wait in memory to be written again", len(kept))
+        self._memory_full = self._memory_full or bool(kept)
+        self._buffer.put_back(kept)
+        return bool(kept)
 
     def abandon(self) -> int:
         """Count every record still waiting as dropped (``redis_unavailable``): called at shutdown, once the
@@ -278,8 +326,9 @@ class FeedWriter:
             self.dropped.labels(item.model, item.feed, "redis_unavailable").inc()
         return len(abandoned)
 
-    async def _write(self, batch: list[Pending]) -> set[int]:
-        """One round trip for the whole batch; returns the indices Redis refused (e.g. out of memory)."""
+    async def _write(self, batch: list[Pending]) -> Exception | None:
+        """One round trip for the whole batch; returns Redis's error when it refused the batch (e.g. out of
+        memory; one command, it is refused as a whole)."""
         targets = [
             keys.prediction(item.model, item.request_id)
             if item.feed == RECORDS
@@ -296,28 +345,34 @@ class FeedWriter:
             keys.prediction_prefix(),
         ]
         queue_script(pipe, _WRITE, targets, args)  # one round trip with the SADDs
-        if time.monotonic() - self._announced_at > 10.0:  # Redis may have restarted empty: say it again
-            self._announced, self._announced_at = set(), time.monotonic()
+        if time.monotonic() - self._announced_at > self._announce_s:  # Redis may have restarted empty: say it again
+            self._announced, self._labelled_announced = set(), set()
+            self._announced_at = time.monotonic()
         new_models = {item.model for item in batch} - self._announced
         if new_models:
             pipe.sadd(keys.MONITORED_MODELS, *new_models)
-        labelled, self._labelled_unannounced = self._labelled_unannounced, set()
+        labelled = self._labelled_models - self._labelled_announced
         if labelled:
             pipe.sadd(keys.LABELLED_MODELS, *labelled)
-        try:
-            results = await execute(pipe, raise_on_error=False)
-        except BaseException:
-            self._labelled_unannounced |= labelled
-            raise
+        results = await execute(pipe, raise_on_error=False)
         for result in results:
             if isinstance(result, REDIS_DOWN):
                 raise result
-        if new_models and not isinstance(results[1], Exception):
+        announced = iter(results[1:])  # an announcement Redis refused is made again with the next batch
+        if new_models and not isinstance(next(announced), Exception):
             self._announced |= new_models
+        if labelled and not isinstance(next(announced), Exception):
+            self._labelled_announced |= labelled
         if isinstance(results[0], Exception):  # refused as a whole (out of memory under noeviction)
             log.debug("redis refused %d monitoring records: %s", len(batch), results[0])
-            return set(range(len(batch)))
+            return results[0]
         for item, count in zip(batch, results[0], strict=False):
             if count:
                 self.trimmed.labels(item.model, item.feed).inc(int(count))
-        return set()
+        return None
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """Whether Redis refused for lack of memory (``maxmemory`` under ``noeviction``): a command's refusal reads
+    ``OOM …``; a script's, on Redis 6, ``ERR Error running script … -OOM command not allowed …``."""
+    return isinstance(error, OutOfMemoryError) or "OOM command not allowed" in str(error)

@@ -1,8 +1,12 @@
 """Delayed labels: each joined to its prediction record, this replica's buffer first, then Redis.
 
-A record is taken from Redis with its remaining time to live, atomically (so a label counts once, on whichever
-replica it arrives); a label refused for its class (out of range for the prediction) puts the record back, so
-the corrected label can still join it.
+A record in Redis is read, checked against its label, and then published to the labelled feed and deleted in
+one script, only if it is still the record read (so a label counts once, on whichever replica it arrives). The
+script's first write is the ``XADD``: a Redis out of memory (``noeviction``) refuses it before anything is
+deleted, and the route answers 503, the record still waiting for the same label sent again. A label refused for
+its class (out of range for the prediction) leaves the record where it is, for the corrected label. A record
+still in this replica's buffer never reached Redis: its labelled record goes through the buffer, which keeps it
+until Redis takes it.
 """
 
 from __future__ import annotations
@@ -19,22 +23,36 @@ from common import keys
 from common.errors import InvalidInput, RedisUnavailable
 from common.names import MODEL_PATTERN
 from common.redis import REDIS_FAILED, execute, queue_script
-from monitors.feed import FeedFormatError, MonitoringRecord
+from monitors.feed import ENTRY_FIELD, FeedFormatError, MonitoringRecord
 from service.body import NOT_UNICODE, not_unicode_at, printable
 from service.errors import first_problem
 from service.feed_writer import LABELLED, FeedWriter
 
 log = logging.getLogger(__name__)
-_TAKE = """
-local blob = redis.call('GET', KEYS[1])
-if not blob then return false end
-local ttl = redis.call('PTTL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return {blob, ttl}
+_PUBLISH = """
+local maxlen, field, n = ARGV[1], ARGV[2], #KEYS / 2
+local trimmed = {}
+for i = 1, n do
+  if redis.call('GET', KEYS[n + i]) == ARGV[2 + n + i] then
+    local before = redis.call('XLEN', KEYS[i])
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', field, ARGV[2 + i])
+    trimmed[i] = before + 1 - redis.call('XLEN', KEYS[i])
+    redis.call('DEL', KEYS[n + i])
+  else
+    trimmed[i] = -1
+  end
+end
+return trimmed
 """
-"""``GETDEL`` that also says how long the record had left (milliseconds), to put it back for a refused label."""
+"""Per label: the labelled feed and the prediction record's key (KEYS), the labelled record and the record as read
+(ARGV, after ``MAXLEN`` and the entry's field). Publishes and deletes each record still as read; returns how many
+older entries ``MAXLEN`` trimmed, or -1 for a record gone meanwhile (another replica's label took it). The
+``XADD`` is the first write: under ``maxmemory`` with ``noeviction`` Redis refuses it (the script has written
+nothing yet), so nothing is deleted; once a script has written, Redis lets the rest through."""
 _Label = tuple[int, str, str, int]
 """A valid label: its position in the request, model, request id and class."""
+_Found = MonitoringRecord | FeedFormatError | None
+"""What a label found in Redis: its record, one that could not be read, or none."""
 
 UNKNOWN_MODEL = "__unknown__"
 """The ``model`` label of labels for a model this replica has never seen and Redis has no record of."""
@@ -68,8 +86,9 @@ class LabelsResult:
 
 
 class DelayedLabels:
-    """``POST /v1/labels``: joins each valid label to its prediction record and offers the labelled record to the
-    monitor's feed; counts every label in ``vai_labels_total{model, matched}``."""
+    """``POST /v1/labels``: joins each valid label to its prediction record and publishes the labelled record to the
+    monitor's feed (a record from Redis in the call that takes it; one from this replica's buffer through it);
+    counts every label in ``vai_labels_total{model, matched}``."""
 
     def __init__(self, redis: Redis, writer: FeedWriter, *, timeout_s: float) -> None:
         self._redis = redis
@@ -91,9 +110,8 @@ class DelayedLabels:
         try:  # held: a record on its way to Redis would be found in neither place, nor one that leaves meanwhile
             async with self.writer.held(self._timeout_s):
                 local = [(item, self.writer.take_local(item[1], item[2])) for item in labels]
-                remote = [item for item, record in local if record is None]
                 try:
-                    taken = await self._take_remote(remote)
+                    remote = await self._join_remote([item for item, record in local if record is None])
                 except BaseException:
                     self.writer.give_back()  # nothing joined or counted: the caller may send them again
                     raise
@@ -105,23 +123,15 @@ class DelayedLabels:
             raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
         for (index, _, _, label), record in local:
             if record is not None:
-                self._join(result, index, record, label)
-        refused: list[tuple[str, bytes, int]] = []
-        for (index, model, request_id, label), found in zip(remote, taken, strict=True):
+                self._join(result, index, record, label, offer=True)
+        for (index, model, request_id, label), found in remote:
             if found is None:
                 self._unmatched(result, (index, model, request_id, label), known)
-                continue
-            body, ttl_ms = found
-            try:
-                record = MonitoringRecord.from_blob(model, body)
-            except FeedFormatError as error:
-                result.rejected.append(
-                    LabelVerdict(index, request_id, "rejected", f"prediction record: {error}", model)
-                )
-                continue
-            if not self._join(result, index, record, label):
-                refused.append((keys.prediction(model, request_id), body, ttl_ms))
-        await self._put_back(refused)
+            elif isinstance(found, FeedFormatError):
+                message = f"prediction record: {found}"
+                result.rejected.append(LabelVerdict(index, request_id, "rejected", message, model))
+            else:
+                self._join(result, index, found, label, offer=False)
         result.unmatched.sort(key=lambda verdict: verdict.index)
         result.rejected.sort(key=lambda verdict: verdict.index)
         self._count_rejected(result.rejected, known)
@@ -147,33 +157,52 @@ class DelayedLabels:
         result.unmatched.append(LabelVerdict(index, request_id, "unmatched"))
         self.labels.labels(model if model in known else UNKNOWN_MODEL, "false").inc()
 
-    async def _take_remote(self, labels: list[_Label]) -> list[tuple[bytes, int] | None]:
-        """The prediction records of ``labels`` in Redis with their remaining time to live (ms), deleted as they
-        are read (a label counts once, on whichever replica it arrives)."""
+    async def _join_remote(self, labels: list[_Label]) -> list[tuple[_Label, _Found]]:
+        """What each of ``labels`` found in Redis. The record of each label that is one of its classes is on the
+        labelled feed (and deleted) when this returns, all in one script that Redis refuses as a whole, before it
+        deletes anything, when it is out of memory (``RedisUnavailable``)."""
         if not labels:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for _, model, request_id, _ in labels:
-            queue_script(pipe, _TAKE, [keys.prediction(model, request_id)], [])
         try:
-            found = await execute(pipe)
+            bodies: list[bytes | None] = await self._redis.mget(  # type: ignore[assignment]  # no decode_responses
+                [keys.prediction(model, request_id) for _, model, request_id, _ in labels]
+            )
         except REDIS_FAILED:
             raise RedisUnavailable("redis: labels not joined") from None
-        return [None if item is None else (item[0], int(item[1])) for item in found]
+        found = [(item, _record(item[1], body)) for item, body in zip(labels, bodies, strict=True)]
+        joins = [
+            (at, record, body)
+            for at, (body, (item, record)) in enumerate(zip(bodies, found, strict=True))
+            if isinstance(record, MonitoringRecord) and body is not None and item[3] < record.num_classes
+        ]
+        trimmed = await self._publish([(found[at][0], record, body) for at, record, body in joins])
+        for (at, record, _), count in zip(joins, trimmed, strict=True):
+            if count < 0:  # another replica's label took it between the read and the script
+                found[at] = (found[at][0], None)
+                continue
+            self.writer.written.labels(record.model, LABELLED).inc()
+            if count:
+                self.writer.trimmed.labels(record.model, LABELLED).inc(count)
+        return found
 
-    async def _put_back(self, records: list[tuple[str, bytes, int]]) -> None:
-        """Records whose label was refused (no class of the prediction), back with the time they had left, unless
-        a record was written there meanwhile; a corrected label can still join them. Best effort: one Redis could
-        not take back is lost, as it would have been before it could be refused."""
-        if not records:
-            return
+    async def _publish(self, joins: list[tuple[_Label, MonitoringRecord, bytes]]) -> list[int]:
+        """Run :data:`_PUBLISH` for ``joins`` (label, its record, the record as read); per join, how many entries
+        ``MAXLEN`` trimmed, or -1 when the record was gone."""
+        if not joins:
+            return []
+        targets = [keys.labelled_feed(record.model) for _, record, _ in joins]
+        targets += [keys.prediction(record.model, record.request_id) for _, record, _ in joins]
+        args: list[bytes | str | int] = [self.writer.stream_maxlen, ENTRY_FIELD]
+        args += [record.labelled(label).blob() for (_, _, _, label), record, _ in joins]
+        args += [body for _, _, body in joins]
         pipe = self._redis.pipeline(transaction=False)
-        for key, body, ttl_ms in records:
-            pipe.set(key, body, px=max(ttl_ms, 1), nx=True)
+        queue_script(pipe, _PUBLISH, targets, args)
         try:
-            await execute(pipe)
-        except REDIS_FAILED as error:
-            log.warning("%d prediction records of refused labels not put back: %s", len(records), error)
+            (trimmed,) = await execute(pipe)
+        except REDIS_FAILED as error:  # out of memory included: nothing was deleted, the labels may come again
+            log.debug("labels not joined: %s", error)
+            raise RedisUnavailable("redis: labels not joined") from None
+        return [int(count) for count in trimmed]
 
     def _count_rejected(self, rejected: list[LabelVerdict], known: set[str]) -> None:
         for verdict in rejected:
@@ -213,14 +242,25 @@ class DelayedLabels:
             raise InvalidInput(f"no valid label in the request; first: {first_error}", field=first_error.split(":")[0])
         return labels
 
-    def _join(self, result: LabelsResult, index: int, record: MonitoringRecord, label: int) -> bool:
-        """Join ``label`` to ``record``; ``False`` when it is no class of the prediction (rejected by name)."""
+    def _join(self, result: LabelsResult, index: int, record: MonitoringRecord, label: int, *, offer: bool) -> None:
+        """Join ``label`` to ``record`` (its labelled record offered to the buffer when ``offer``: published
+        already otherwise); rejected by name when it is no class of the prediction."""
         if label >= record.num_classes:
             message = f"labels.{index}.label: class {label} out of range for {record.num_classes} classes"
             result.rejected.append(LabelVerdict(index, record.request_id, "rejected", message, record.model))
-            return False
+            return
         self.writer.mark_labelled(record.model)
-        self.writer.offer(LABELLED, record.labelled(label))
+        if offer:
+            self.writer.offer(LABELLED, record.labelled(label))
         self.labels.labels(record.model, "true").inc()
         result.matched += 1
-        return True
+
+
+def _record(model: str, body: bytes | None) -> _Found:
+    """The prediction record ``body`` holds (``None`` for none), or why it cannot be read."""
+    if body is None:
+        return None
+    try:
+        return MonitoringRecord.from_blob(model, body)
+    except FeedFormatError as error:
+        return error

@@ -53,6 +53,18 @@ class IngestMetrics:
         self.child = CounterChildren()
 
 
+class PolicyMetrics:
+    """Run-time sampling overrides (``PUT /v1/models/{model}/sampling``), as Redis keeps them for every replica."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.restored = Counter(
+            "vai_sampling_overrides_restored",
+            "Models whose run-time sampling overrides vanished from Redis (it restarted empty or was flushed) and "
+            "this replica wrote back as it last saw them.",
+            registry=registry,
+        )
+
+
 class CounterChildren:
     """``counter.labels(*labels)``, cached: the label lookup costs as much as the increment, on the request path."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from common import keys
-from common.errors import InvalidInput
+from common.errors import InvalidInput, RedisUnavailable
 from common.redis import REDIS_FAILED, cancelling, connect
 from monitors.cohort_admission import CohortAdmission
 from monitors.cohorts import CohortGuard
@@ -30,7 +32,7 @@ from service.errors import first_problem
 from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
 from service.kserve import KServeLogger
-from service.metrics import IngestMetrics
+from service.metrics import IngestMetrics, PolicyMetrics
 from service.monitoring import Monitoring
 from service.projection_limits import ProjectionLimits
 from service.settings import SidecarSettings
@@ -42,6 +44,11 @@ DRAIN_S = 5.0
 """How long a stopping sidecar has, in all, to stop its tasks and write what it holds to Redis."""
 CLOSE_S = 1.0
 """Longest a stopping sidecar waits for its Redis connections to close, after ``DRAIN_S``."""
+MARK_TTL_S = 3600
+"""The time to live of a replica's mark (``keys.sidecar_mark``), set again at every policy refresh. A replica
+that has not reached Redis for half of it cannot tell its overrides lost from reset, and adopts what Redis holds."""
+_REFRESH_FAILED: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_FAILED)
+"""A policy refresh that fails so (Redis down, or refusing to take back lost overrides) waits for the next."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,13 @@ class Sidecar:
         self.auth = TokenAuth(settings)
         self.sampler = Sampler(settings.model_policy)
         self.policies = PolicyStore(self.redis)
+        self.policy_metrics = PolicyMetrics(self.registry)
+        self.replica_id = uuid.uuid4().hex
+        """This process's id in Redis (its mark, ``keys.sidecar_mark``)."""
+        self._overrides_held: dict[str, dict[str, Any]] = {}
+        """The run-time overrides Redis held at the last refresh, with this replica's own changes since."""
+        self._marked_at: float | None = None
+        """When (monotonic) this replica last saw its mark in Redis, or set it."""
         self.sampler_metrics = SamplerMetrics(self.registry)
         self.explanations = ExplanationStore(self.redis, ttl_s=settings.explanation_ttl_s)
         self.writer = QueueWriter(
@@ -191,26 +205,72 @@ class Sidecar:
             field, message = first_problem(error)
             raise InvalidInput(message, field=field) from None
         await self.policies.save(model, changes)  # RedisUnavailable (503) when Redis fails
+        self._overrides_held[model] = dict(overrides)
         return self.sampler.set_overrides(model, overrides)
 
     async def reset_policy(self, model: str) -> SamplingPolicy:
         """Drop the run-time overrides of ``model``."""
         await self.policies.clear(model)  # RedisUnavailable (503) when Redis fails
+        self._overrides_held.pop(model, None)
         return self.sampler.set_overrides(model, {})
 
     async def _refresh_policies(self) -> None:
         try:
-            stored = await self.policies.load_all()
-        except REDIS_FAILED as error:
+            stored = await self._stored_overrides()
+        except _REFRESH_FAILED as error:
             log.debug("policy refresh skipped: %s", type(error).__name__)
             return
-        self.sampler.sync_overrides(stored)
+        if stored is not None:
+            self.sampler.sync_overrides(stored)
         if self.feed is not None:
             try:
                 labelled: set[bytes] = await self.redis.smembers(keys.LABELLED_MODELS)  # type: ignore[assignment]
             except REDIS_FAILED:
                 return
             self.feed.sync_labelled({model.decode() for model in labelled})
+
+    async def _stored_overrides(self) -> dict[str, dict[str, Any]] | None:
+        """The run-time overrides to adopt from Redis; ``None`` when Redis lost its data while they were read (the
+        next refresh sees it). Overrides that vanished while this replica's mark stayed were reset (``DELETE`` on
+        any replica); those that vanished with it were lost with Redis's data: written back, as last seen here.
+        Redis is where an admin's change lives, but when Redis lost it the replicas' copies are the only ones."""
+        mark = keys.sidecar_mark(self.replica_id)
+        marked = bool(await self.redis.exists(mark))
+        stored = await self.policies.load_all()
+        now = time.monotonic()
+        if marked:
+            if not await self.redis.expire(mark, MARK_TTL_S):  # EXPIRE: Redis out of memory still takes it
+                return None  # lost between the two calls: the next refresh writes back what vanished
+            self._marked_at = now
+        else:
+            if self._marked_at is not None and now - self._marked_at < MARK_TTL_S / 2:  # not expired: lost
+                stored = await self._write_back(stored)
+            try:
+                await self.redis.set(mark, 1, ex=MARK_TTL_S)
+                self._marked_at = now
+            except REDIS_FAILED as error:  # out of memory, say: what Redis holds is adopted all the same
+                log.debug("sidecar mark not set: %s", type(error).__name__)
+        self._overrides_held = {model: dict(fields) for model, fields in stored.items()}
+        return stored
+
+    async def _write_back(self, stored: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Write back the overrides this replica held that ``stored`` lacks; returns ``stored`` with them."""
+        lost: dict[str, dict[str, Any]] = {}
+        for model, fields in self._overrides_held.items():
+            missing = {name: value for name, value in fields.items() if name not in stored.get(model, {})}
+            if missing:
+                lost[model] = missing
+        if not lost:
+            return stored
+        for model, fields in lost.items():
+            await self.policies.save(model, fields)  # RedisUnavailable: the next refresh tries again
+        self.policy_metrics.restored.inc(len(lost))
+        log.warning(
+            "run-time sampling overrides of %s vanished from Redis (it restarted empty or was flushed): "
+            "written back as this replica last saw them",
+            ", ".join(sorted(lost)),
+        )
+        return {**stored, **{model: {**stored.get(model, {}), **fields} for model, fields in lost.items()}}
 
     async def _poll_queues(self) -> None:
         await self.writer.poll_lengths(self.ingest.models)
