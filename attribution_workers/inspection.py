@@ -16,26 +16,39 @@ batch, and removes them in ``finally``, also when that pass fails. So the attrib
 own forward passes are never observed, and no hook outlives a batch. A module called more than once
 in the pass (one ``nn.ReLU`` shared by several layers) is captured at each call, the k-th as
 ``name#k`` (k >= 2), up to ``MAX_CALLS`` calls (a recurrent cell stepping over a long sequence).
+Summarising a call cannot fail the batch: a call whose figures raise (an output shape nobody
+foresaw) is left out of that batch's inspection, named in :attr:`BatchInspection.failed`, and
+logged once per layer; the forward pass, and so the attributions, go on.
 
 Per input and layer (:class:`~sampler.layers.LayerStats`): mean and population std of the output,
 share of elements exactly 0, and for bounded activations (sigmoid, tanh, hardtanh, ReLU6,
-hardsigmoid, softsign) the share within 1% of the output range of a bound (ReLU6: of 6 only;
-its 0 is counted by ``zero_share``). Units, for the health figures: the channels of a per-sample
-output with 3 or more axes, else the features of the last axis; a ``(C, L)`` output is channels
-first for a convolution, and for an activation when the last convolution run before it in the pass
-gave an output of the same shape (Conv1d, maybe a norm, then ReLU: the ReLU's units are the conv's
-channels, not its positions). Exact 0 is the dead state (:attr:`InspectedLayer.zero_is_dead`) only
-of ReLU-like activations: ReLU, ReLU6, Hardtanh and Threshold to 0, hardswish, hardsigmoid and the
-shrinks; other layers never output exact zeros when a unit goes unused, so their dead ratio is None.
+hardsigmoid, softsign) the share within 1% of the output range of a bound. A bound at 0 of a
+ReLU-like activation (ReLU6, Hardtanh to 0, hardsigmoid) is not a saturation bound: its 0 is the
+dead state, counted by ``zero_share``, so only the top bound counts (ReLU6 and Hardtanh(0, 6) give
+the same figures). Units, for the health figures: the features of the last axis, except for
+channels-first outputs of 3 or more axes, whose units are their channels: a convolution's, and
+that of any other layer but a linear one whose per-sample output has the shape of the last
+convolution's output in the pass (Conv1d, maybe a norm, then ReLU: the ReLU's units are the conv's
+channels, not its positions). Pooling, upsampling and padding modules keep that layout: their
+output counts as the convolution's when their input did (conv, max-pool, ReLU). A Linear or an
+activation on a channels-last ``(H, W, C)`` output (ConvNeXt, Swin) has ``C`` units. A per-sample
+output of one number (``[B]``: a scalar gate) has one unit. Exact 0 is the dead state
+(:attr:`InspectedLayer.zero_is_dead`) only of ReLU-like activations: ReLU, ReLU6, Hardtanh and
+Threshold to 0, hardswish, hardsigmoid and the shrinks; other layers never output exact zeros when
+a unit goes unused, so their dead ratio is None.
 Feature maps of ``(C, H, W)`` outputs keep the ``feature_map_channels`` channels of the highest mean
-|activation| for that input, as float16; a map with a side above ``MAX_MAP_SIDE`` is averaged over
-``f x f`` blocks, ``f = ceil(longest side / MAX_MAP_SIDE)`` (adaptive pooling, so the blocks at an
-edge that ``f`` does not divide are a little smaller), and is stored at ``ceil(H / f) x ceil(W / f)``.
+|activation| for that input, as float16; a map with a side above ``MAX_MAP_SIDE`` is averaged down
+by ``f = ceil(longest side / MAX_MAP_SIDE)`` and stored at ``ceil(H / f) x ceil(W / f)``, with
+adaptive average pooling: stored pixel ``i`` of a side of ``n`` averages input rows ``floor(i n / m)``
+to ``ceil((i + 1) n / m) - 1`` (``m`` the stored side): windows of about ``f`` rows, which overlap
+their neighbours by a row or column where ``m`` does not divide ``n`` (200 x 130 is stored at 50 x 33:
+along the 130 side, windows of 4 or 5 rows, 0-3, 3-7, 7-11...), not smaller blocks at an edge.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,9 +61,11 @@ from torch.nn import functional
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
-from attribution_workers.inspection_layers import bounds_of, choose, convolutions, kind_of, zero_is_dead
+from attribution_workers.inspection_layers import bounds_of, choose, keeps_layout, kind_of, layout_modules, zero_is_dead
 from attribution_workers.loader import LoadedModel
 from sampler.layers import FeatureMaps, LayerKind, LayerStats
+
+log = logging.getLogger(__name__)
 
 SATURATION_TOLERANCE = 0.01
 """Share of a bounded activation's output range, next to a bound, that counts as saturated."""
@@ -99,6 +114,8 @@ class BatchInspection:
     captures: tuple[LayerCapture, ...]
     outputs: torch.Tensor | None = None
     """The model's outputs of the inspected pass (the runtime checks them: no second forward pass)."""
+    failed: tuple[str, ...] = ()
+    """Layers (``name#k`` for a later call) whose figures could not be taken on this batch: left out of it."""
 
     def stats(self, row: int) -> list[LayerStats]:
         return [_stats(capture, row) for capture in self.captures]
@@ -116,15 +133,35 @@ class _Pass:
 
     def __init__(self) -> None:
         self.captures: dict[str, list[LayerCapture]] = {}
+        self.calls: dict[str, int] = {}
+        """Calls of each inspected layer so far (a call whose figures failed counts: the next is still ``#k``)."""
+        self.failed: dict[str, str] = {}
+        """Per call name, why its figures could not be taken."""
         self.conv_shape: torch.Size | None = None
-        """Per-row output shape of the last convolution that ran (inspected or not)."""
+        """Per-row output shape of the last convolution that ran (inspected or not), or of a pooling, upsampling
+        or padding module on it: the channels-first layout."""
+
+    def layout(self, module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        """Follow the channels-first layout: a convolution sets it; a module that keeps it carries it on."""
+        if not isinstance(output, torch.Tensor) or output.dim() < 1:
+            return
+        if isinstance(module, nn.modules.conv._ConvNd):
+            self.conv_shape = output.shape[1:]
+            return
+        given = args[0] if args else None
+        on_conv = isinstance(given, torch.Tensor) and given.dim() == output.dim() and given.shape[1:] == self.conv_shape
+        if on_conv and keeps_layout(module):  # the conv's channels stay the channels
+            self.conv_shape = output.shape[1:]
 
 
 class LayerInspector:
     """Hooks the configured layers of one loaded model for the length of one forward pass."""
 
-    def __init__(self, model: LoadedModel, config: AttributionConfig) -> None:
+    def __init__(self, model: LoadedModel, config: AttributionConfig, *, name: str = "model") -> None:
         self._model = model
+        self._name = name
+        self._logged: set[str] = set()
+        """Layers whose failure was logged (once per layer: it would fail again on every batch)."""
         self._map_channels = config.feature_map_channels
         found = choose(model.module, config.inspect_layers, config.inspect_max_layers)
         wanted_maps = config.feature_map_layers
@@ -144,55 +181,76 @@ class LayerInspector:
             for name, module in found
         )
         inspected = {id(layer.module) for layer in self.layers}
-        self._convs = tuple(module for module in convolutions(model.module) if id(module) not in inspected)
-        """Convolutions that are not inspected: hooked too, for the shape their outputs give the next activation."""
+        self._layouts = tuple(module for module in layout_modules(model.module) if id(module) not in inspected)
+        """Convolutions (and pooling, upsampling, padding modules) that are not inspected: hooked too, for the
+        channels-first layout they give the layers after them."""
 
     @contextlib.contextmanager
-    def hooked(self) -> Iterator[dict[str, list[LayerCapture]]]:
-        """The layers' hooks, removed on leaving (also on an error); each layer's captures fill the dict as it runs."""
+    def hooked(self, failed: dict[str, str] | None = None) -> Iterator[dict[str, list[LayerCapture]]]:
+        """The layers' hooks, removed on leaving (also on an error); each layer's captures fill the dict as it runs,
+        and ``failed``, when given, the calls whose figures could not be taken (with why)."""
         state = _Pass()
         handles = []
         try:
             for layer in self.layers:
                 handles.append(layer.module.register_forward_hook(self._hook(layer, state)))
-            for conv in self._convs:
-                handles.append(conv.register_forward_hook(_shape_hook(state)))
+            for module in self._layouts:
+                handles.append(module.register_forward_hook(state.layout))
             yield state.captures
         finally:
             for handle in handles:
                 handle.remove()
+            if failed is not None:
+                failed.update(state.failed)
+            self._report(state.failed)
 
     def inspect(self, inputs: torch.Tensor) -> BatchInspection:
-        """One no-grad forward pass on ``inputs`` with the hooks in place; a layer that did not run is left out."""
-        with torch.no_grad(), self.hooked() as captures:
+        """One no-grad forward pass on ``inputs`` with the hooks in place; a layer that did not run, or whose
+        figures failed, is left out (the latter named in ``failed``)."""
+        failed: dict[str, str] = {}
+        with torch.no_grad(), self.hooked(failed) as captures:
             outputs = self._model.module(inputs)
         found = tuple(capture for layer in self.layers for capture in captures.get(layer.name, ()))
-        return BatchInspection(found, outputs if isinstance(outputs, torch.Tensor) else None)
+        return BatchInspection(found, outputs if isinstance(outputs, torch.Tensor) else None, tuple(failed))
+
+    def _report(self, failed: dict[str, str]) -> None:
+        for name, why in failed.items():
+            if name not in self._logged:
+                self._logged.add(name)
+                log.warning(
+                    "%s: layer %s is left out of the inspection of each batch its figures fail on (logged once): %s",
+                    self._name,
+                    name,
+                    why,
+                )
 
     def _hook(self, layer: InspectedLayer, state: _Pass) -> _Hook:
         def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
             if not isinstance(output, torch.Tensor) or output.dim() < 1:
                 return
-            calls = state.captures.setdefault(layer.name, [])
-            channels_first = output.dim() >= 4 or (
-                output.dim() == 3
-                and (layer.kind == "conv" or (layer.kind == "activation" and output.shape[1:] == state.conv_shape))
-            )
-            if layer.kind == "conv":
-                state.conv_shape = output.shape[1:]
-            if len(calls) < MAX_CALLS:  # now: a later in-place op changes the output
-                name = f"{layer.name}#{len(calls) + 1}" if calls else layer.name
-                calls.append(capture(layer, output, self._map_channels, name=name, channels_first=channels_first))
+            state.layout(module, args, output)
+            calls = state.calls[layer.name] = state.calls.get(layer.name, 0) + 1
+            if calls > MAX_CALLS:
+                return
+            name = f"{layer.name}#{calls}" if calls > 1 else layer.name
+            try:  # now: a later in-place op changes the output
+                found = capture(
+                    layer, output, self._map_channels, name=name, channels_first=_channels_first(layer, output, state)
+                )
+            except Exception as error:  # never fail the batch: leave this layer out of it
+                state.failed.setdefault(name, f"{type(error).__name__}: {error}"[:300])
+                return
+            state.captures.setdefault(layer.name, []).append(found)
 
         return hook
 
 
-def _shape_hook(state: _Pass) -> _Hook:
-    def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() >= 1:
-            state.conv_shape = output.shape[1:]
-
-    return hook
+def _channels_first(layer: InspectedLayer, output: torch.Tensor, state: _Pass) -> bool:
+    """Whether the output's units are its channels (axis 1): a convolution's, and a non-linear layer's on the
+    layout of the last convolution (see the module docstring); else the last axis."""
+    if output.dim() < 3:
+        return False
+    return layer.kind == "conv" or (layer.kind != "linear" and output.shape[1:] == state.conv_shape)
 
 
 def capture(
@@ -200,7 +258,7 @@ def capture(
 ) -> LayerCapture:
     """Per-row figures of one call of a layer (see the module docstring)."""
     values = output.detach().float()
-    rows = values.flatten(1)
+    rows = values.reshape(values.shape[0], -1)  # flatten(1) refuses a [B] output (one number per row)
     units = _units(values, channels_first)
     maps, channels = _top_maps(values, map_channels) if layer.keep_maps else (None, None)
     return LayerCapture(

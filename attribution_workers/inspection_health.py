@@ -5,7 +5,9 @@ last ``window`` (K) inspected inputs whose output of the layer was finite: per u
 output on the input (``m_u(x)``, averaged over positions) and whether it was non-zero anywhere. An
 input whose output held inf or NaN (a finite but huge input can overflow inside the model) is left
 out of every figure, baseline included, and counted (``nonfinite_inputs``). Each layer says how
-many inputs its recent figures rest on (``inputs``).
+many inputs its recent figures rest on (``inputs``). A layer keeps the number of units it first
+gave: an input on which it gives another (an output whose length follows the input's) is left out
+of its figures, and logged once, rather than failing the batch.
 
 - **dead ratio**: share of units that were exactly 0 on every one of the last K inputs. None
   until the window holds K inputs (on fewer inputs the ratio is biased upwards: 1 input of the
@@ -42,6 +44,7 @@ window never overlaps it); on the worker's own, after ``2 * window`` as above.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -54,6 +57,7 @@ from attribution_workers.inspection import BatchInspection, LayerCapture
 from common.codec import EncodedArray
 from sampler.layers import LayerBaseline, LayerBaselineRecord, LayerHealth
 
+log = logging.getLogger(__name__)
 MAX_VERSIONS = 4
 """Model versions tracked at once (the least recently seen is dropped first)."""
 EPS_SHARE = 0.1
@@ -191,6 +195,8 @@ class _VersionHealth:
         self.layers: dict[str, _LayerWindow] = {}
         self.stored: LayerBaselineRecord | None = None
         """The version's stored baseline, once adopted (it may be this worker's own)."""
+        self.mismatched: set[str] = set()
+        """Layers that gave another number of units than their window holds (logged once)."""
 
     def adopt(self, record: LayerBaselineRecord) -> None:
         self.stored = record
@@ -207,7 +213,18 @@ class _VersionHealth:
             if name not in self.layers:
                 self.layers[name] = _LayerWindow(capture, self.window)
                 self.layers[name].adopt(self._stored_layer(name))
-            self.layers[name].add(capture, row)
+            layer = self.layers[name]
+            if capture.unit_means.shape[1] != layer.units:  # its window's figures could not be stacked with it
+                if name not in self.mismatched:
+                    self.mismatched.add(name)
+                    log.warning(
+                        "layer %s gave %d units where its window holds %d: such inputs are left out of its health",
+                        name,
+                        capture.unit_means.shape[1],
+                        layer.units,
+                    )
+                continue
+            layer.add(capture, row)
 
     def draft(self) -> BaselineDraft | None:
         """This worker's own baseline once every layer's is complete, until a stored one is adopted."""

@@ -60,10 +60,20 @@ def eager_modules(root: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.M
             yield from eager_modules(child, f"{prefix}.{name}" if prefix else name)
 
 
-def convolutions(module: nn.Module) -> Iterator[nn.Module]:
+_LAYOUT_KEEPERS = (nn.modules.pooling.__name__, nn.modules.upsampling.__name__, nn.modules.padding.__name__)
+"""Modules whose output keeps its input's channels-first layout (the channels, on other positions)."""
+
+
+def keeps_layout(module: nn.Module) -> bool:
+    """Pooling, upsampling and padding modules: a convolution's channels stay the channels of their output."""
+    return type(module).__module__ in _LAYOUT_KEEPERS
+
+
+def layout_modules(module: nn.Module) -> Iterator[nn.Module]:
+    """The convolutions, and the modules that keep their layout, of an eager model (see :func:`keeps_layout`)."""
     root = root_of(module)
     if not isinstance(root, torch.jit.ScriptModule):
-        yield from (m for _, m in eager_modules(root) if isinstance(m, nn.modules.conv._ConvNd))
+        yield from (m for _, m in eager_modules(root) if isinstance(m, nn.modules.conv._ConvNd) or keeps_layout(m))
 
 
 def kind_of(module: nn.Module) -> LayerKind:
@@ -77,11 +87,15 @@ def kind_of(module: nn.Module) -> LayerKind:
 
 
 def bounds_of(module: nn.Module) -> tuple[float | None, float | None] | None:
-    if isinstance(module, nn.ReLU6):
-        return None, 6.0
-    if isinstance(module, nn.Hardtanh):
-        return float(module.min_val), float(module.max_val)
-    if isinstance(module, nn.Sigmoid | nn.Hardsigmoid):
+    """Saturation bounds (low, high). The low bound of a ReLU-like activation is its dead state, exact 0, counted
+    by the zero share and the dead ratio instead (:func:`zero_is_dead`): it is None, so that ReLU6, Hardtanh(0, 6)
+    and hardsigmoid's 0 read alike (the span a 1% tolerance is taken of stays the full output range)."""
+    if isinstance(module, nn.Hardtanh):  # ReLU6 too
+        low, high = float(module.min_val), float(module.max_val)
+        return None if zero_is_dead(module) else low, high
+    if isinstance(module, nn.Hardsigmoid):
+        return None, 1.0
+    if isinstance(module, nn.Sigmoid):
         return 0.0, 1.0
     if isinstance(module, nn.Tanh | nn.Softsign):
         return -1.0, 1.0

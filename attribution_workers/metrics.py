@@ -99,6 +99,13 @@ class WorkerMetrics:
             buckets=SECONDS_BUCKETS,
             registry=registry,
         )
+        self.inspection_failures = Counter(
+            "vai_layer_inspection_failures",
+            "Batches on which a layer's figures could not be taken (an output the inspection cannot summarise): "
+            "the layer is left out of that batch's inspection and the attributions go on; logged once per layer.",
+            ["model", "layer"],
+            registry=registry,
+        )
         self.layer_shift = Gauge(
             "vai_layer_activation_shift",
             "Mean over a layer's units of |recent mean - baseline mean| / baseline std; baseline: the first "

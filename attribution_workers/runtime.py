@@ -55,6 +55,8 @@ class BatchResult:
     nothing is inspected): during a rollout a batch mixes versions, and each has its own windows."""
     inspection_seconds: float = 0.0
     """Wall time of the batch's hooked forward pass and its per-layer summaries."""
+    inspection_failed: tuple[str, ...] = ()
+    """Layers left out of the batch's inspection because their figures could not be taken (the worker counts them)."""
     new_baselines: dict[str, BaselineDraft] = field(default_factory=dict)
     """Per version, this runtime's own activation-shift baseline, complete and not stored yet (to store)."""
 
@@ -71,7 +73,7 @@ class ModelRuntime:
         self._combined = combined
         self._explainers = {method: self._explainer([method]) for method in self.methods}
         self._recent: deque[tuple[torch.Tensor, int]] = deque(maxlen=config.sanity_samples)
-        self.inspector = LayerInspector(self.model, config)
+        self.inspector = LayerInspector(self.model, config, name=name)
         self._health = LayerHealthTracker(window=config.inspect_window)
         self._last_sanity: float | None = None
         self._lock = threading.Lock()
@@ -266,6 +268,7 @@ class ModelRuntime:
             agreement=float(np.mean(valid)) if valid else None,
             layer_health=self._inspected(usable, outcomes, inspection),
             inspection_seconds=inspection_seconds,
+            inspection_failed=() if inspection is None else inspection.failed,
             new_baselines=self._health.drafts(),
         )
 

@@ -60,6 +60,8 @@ class BatchUpkeep:
 
     async def after_batch(self, model: str, runtime: ModelRuntime, result: BatchResult) -> None:
         await self._store_baselines(model, runtime, result)
+        for layer in result.inspection_failed:
+            self._metrics.inspection_failures.labels(model, layer).inc()
         if result.layer_health:
             self._metrics.inspection_seconds.labels(model).observe(result.inspection_seconds)
             for snapshot in result.layer_health:

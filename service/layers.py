@@ -5,11 +5,13 @@ No HTTP here; the routes are in :mod:`service.explanations_api`.
 
 from __future__ import annotations
 
+import math
+
 from redis.asyncio import Redis
 
 from common.errors import InvalidInput, NotFound
 from sampler.explanation_records import ExplanationRecord
-from sampler.layers import LayerHealthStore, ModelLayers
+from sampler.layers import FeatureMaps, LayerHealthStore, ModelLayers
 
 
 async def model_layers(redis: Redis, model: str) -> ModelLayers:
@@ -34,15 +36,31 @@ def render_activations(record: ExplanationRecord, layer: str) -> bytes:
     if stored is None:
         available = ", ".join(sorted(record.detail.feature_maps)) or "none for this event"
         raise NotFound(f"layer: no feature maps of {layer!r} stored (layers with maps: {available})", field="layer")
-    maps = stored.to_array()
-    summary = record.summary
-    stats = next((s for s in record.detail.layers if s.name == layer), None)
-    shape = "x".join(str(n) for n in stats.shape) if stats is not None else "?"
-    title = f"{summary.model} {summary.request_id}: layer {layer} ({shape})"
-    subtitle = (
-        f"{len(stored.channels)} strongest channels by mean |activation| on this input (class {summary.predicted})"
-    )
+    title, subtitle = map_captions(record, layer, stored)
     try:
-        return render_channel_grid(maps, stored.channels, title=title, subtitle=subtitle)
+        return render_channel_grid(stored.to_array(), stored.channels, title=title, subtitle=subtitle)
     except ValueError as error:
         raise InvalidInput(f"layer: the stored maps of {layer!r} cannot be drawn: {error}", field="layer") from None
+
+
+def map_captions(record: ExplanationRecord, layer: str, stored: FeatureMaps) -> tuple[str, str]:
+    """Title and subtitle of the maps' picture. The title gives the layer's output shape and, for maps the worker
+    averaged down (a side above 64), the shape they were stored at; the subtitle begins with the block size."""
+    summary = record.summary
+    stats = next((s for s in record.detail.layers if s.name == layer), None)
+    strongest = (
+        f"{len(stored.channels)} strongest channels by mean |activation| on this input (class {summary.predicted})"
+    )
+    full = stats.shape[-2:] if stats is not None and len(stats.shape) >= 2 else None
+    kept = stored.shape[-2:]
+    if stats is None or full is None:
+        return f"{summary.model} {summary.request_id}: layer {layer} (maps {_dims(kept)})", strongest
+    head = f"{summary.model} {summary.request_id}: layer {layer} ({_dims(stats.shape)}"
+    if tuple(kept) == tuple(full):
+        return f"{head})", strongest
+    factor = math.ceil(max(full) / max(max(kept), 1))
+    return f"{head}, stored at {_dims(kept)})", f"averaged over {factor}×{factor} blocks; {strongest}"
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)

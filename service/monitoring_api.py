@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from common.errors import Conflict, InvalidInput, MonitorsOff, NotFound, Unavailable
 from monitors.fleet.references import upload_from_arrays
 from monitors.fleet.results import SeriesQuality
+from monitors.fleet.views import marked_stale
 from service.auth import Scope
 from service.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.errors import FieldError
@@ -253,12 +254,24 @@ async def get_projection(
     limit: Annotated[int | None, Query(ge=2, le=100_000)] = None,
 ) -> Response:
     view = await _monitoring(sidecar).projection(model, method)
-    if view.body is None or (view.status is not None and method in view.status.blocked):
-        raise _projection_missing(model, method, view)  # blocked: a body left from before is not current
-    if limit is None:
-        return Response(view.body, media_type="application/json")  # as published: no parsing on the request path
-    body = await run_in_threadpool(sidecar.projection_limits.limited, view.body, limit, model)
-    return Response(body, media_type="application/json")
+    status = view.status
+    if view.body is None or (status is not None and (method in status.blocked or method in status.waiting)):
+        raise _projection_missing(model, method, view)  # blocked or waiting: a body left from before is not current
+    body = view.body  # as published: no parsing on the request path
+    if limit is not None:
+        body = await run_in_threadpool(sidecar.projection_limits.limited, body, limit, model)
+    error = None if status is None else status.errors.get(method)
+    return Response(body if error is None else _stale(body, error, model), media_type="application/json")
+
+
+def _stale(body: bytes, error: str, model: str) -> bytes:
+    """The last good projection, saying that the latest recompute failed and why (``recompute_error``): still a
+    true picture of the traffic at its ``computed_at``, where a 503 would blank the page's view until some traffic
+    change made a recompute succeed."""
+    try:
+        return marked_stale(body, error)
+    except ValueError:
+        raise Unavailable(f"the projection of model {model!r} cannot be read now; try again", retry_after_s=5) from None
 
 
 def _projection_missing(model: str, method: str, view: PublishedView) -> Exception:

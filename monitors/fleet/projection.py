@@ -7,6 +7,15 @@ PCA is a centred SVD (milliseconds for a few thousand rows; run in a thread). UM
 seconds to tens of seconds (``import umap`` and numba's JIT included), so it runs in one spawned worker
 process (:class:`ProjectionPool`) that keeps the fitted models, and never stalls the monitor's event loop,
 its lease renewals or its detectors. umap is imported in that process only.
+
+A reference neither method can be fitted on raises :class:`Unprojectable` (PCA: fewer than 2 rows; UMAP: fewer than
+4 distinct rows): no traffic changes that, only a new reference does. A reference whose rows are all one point is
+fitted by PCA (every reference point at the origin) and flagged (:attr:`PcaFrame.flat`). UMAP works on the distinct
+rows centred on their mean and divided by their largest magnitude (:class:`UmapScale`): umap-learn's float32
+distances overflow on embeddings of magnitude ~1e19 and more (1e30 made its fit fail inside numpy), and a uniform
+scale and a shift leave its neighbour graph, and so the layout, as it was. A production row that lies more than
+:data:`UMAP_MAX_SCALED` reference spreads away is not transformed: its coordinates are NaN, which the publisher
+leaves out and counts.
 """
 
 from __future__ import annotations
@@ -30,6 +39,16 @@ from threadpoolctl import threadpool_limits
 
 Coordinates = npt.NDArray[np.float64]
 """Shape ``(n, 2)``."""
+UMAP_MIN_ROWS = 4
+"""Fewest distinct reference rows UMAP is fitted on."""
+UMAP_MAX_SCALED = 1e15
+"""Largest magnitude of a production row, in reference spreads (:class:`UmapScale`), that UMAP transforms: the
+squared distances of float32 stay far from overflow for any embedding width."""
+
+
+class Unprojectable(ValueError):
+    """The reference cannot be projected by the method, whatever the traffic: the message says why (a new reference
+    cures it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +57,24 @@ class PcaFrame:
 
     mean: npt.NDArray[np.float64]
     components: npt.NDArray[np.float64]
+    flat: bool = False
+    """Every reference row is the same point (no variance): the axes are the embedding's first two dimensions, chosen
+    by nothing in the data, and every reference point sits at the origin."""
 
     @classmethod
     def fit(cls, reference: npt.NDArray[np.floating[Any]]) -> PcaFrame:
         """Centred SVD; each axis's sign fixed so its largest loading is positive (as scikit-learn does)."""
         x = np.asarray(reference, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
-            raise ValueError(f"PCA needs at least 2 reference rows, got shape {list(x.shape)}")
+            raise Unprojectable(f"PCA needs at least 2 reference rows, got shape {list(x.shape)}")
         mean = x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        centred = x - mean
+        flat = not centred.any()
         components = np.zeros((2, x.shape[1]))
+        if flat:  # no direction to find: the SVD of zeros would name arbitrary ones
+            components[np.arange(min(2, x.shape[1])), np.arange(min(2, x.shape[1]))] = 1.0
+            return cls(mean=mean, components=components, flat=True)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
         axes = vt[: min(2, len(vt))]
         signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
         components[: len(axes)] = axes * np.where(signs == 0, 1.0, signs)[:, None]
@@ -78,18 +105,39 @@ class UmapResult:
     """Whether the reference's fitted model was reused (no fit ran)."""
 
 
-_FITTED: OrderedDict[str, tuple[Any, npt.NDArray[np.intp]]] = OrderedDict()
+@dataclass(frozen=True, slots=True)
+class UmapScale:
+    """The frame UMAP works in: rows minus the reference's mean, over its largest magnitude after that (float64)."""
+
+    mean: npt.NDArray[np.float64]
+    spread: float
+
+    @classmethod
+    def of(cls, reference: npt.NDArray[np.floating[Any]]) -> UmapScale:
+        """From the distinct reference rows (at least two, so the spread is above 0)."""
+        x = np.asarray(reference, dtype=np.float64)
+        mean = x.mean(axis=0)
+        spread = float(np.abs(x - mean).max())
+        return cls(mean, spread if spread > 0 and np.isfinite(spread) else 1.0)
+
+    def scaled(self, rows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+        return (np.asarray(rows, dtype=np.float64) - self.mean) / self.spread
+
+
+_FITTED: OrderedDict[str, tuple[Any, npt.NDArray[np.intp], UmapScale]] = OrderedDict()
 """The worker process's fitted UMAP models by reference id, least recently used first, each with the map from
-the reference's rows to the distinct rows it was fitted on."""
+the reference's rows to the distinct rows it was fitted on, and the scale it was fitted in."""
 
 
 def fit_umap(reference: npt.NDArray[np.float32], settings: UmapSettings) -> Any:
     """A UMAP model fitted on ``reference`` (seeded, so single-threaded and reproducible); its rows should be
-    distinct (:func:`distinct_rows`)."""
+    distinct (:func:`distinct_rows`) and of moderate magnitude (:class:`UmapScale`)."""
+    if len(reference) < UMAP_MIN_ROWS:
+        raise Unprojectable(
+            f"UMAP needs at least {UMAP_MIN_ROWS} distinct reference embeddings, the reference has {len(reference)}"
+        )
     import umap  # heavy (numba): only ever in the projection process or a benchmark
 
-    if len(reference) < 4:
-        raise ValueError(f"UMAP needs at least 4 distinct reference rows, got {len(reference)}")
     model = umap.UMAP(
         n_components=2,
         n_neighbors=min(settings.n_neighbors, len(reference) - 1),
@@ -111,22 +159,25 @@ def umap_project(
 
     Both are projected as distinct rows, and every copy of a row gets its coordinates: UMAP would scatter
     identical rows (a repeated request, a blank input) into apparent structure, where PCA puts them on one point.
+    Both are scaled first (:class:`UmapScale`); a production row too far out to place gets NaN coordinates.
     """
     started = time.perf_counter()
     found = _FITTED.get(reference_id)
     cached = found is not None
     if found is None:
         rows, inverse = distinct_rows(reference)
-        found = _FITTED[reference_id] = (fit_umap(rows, settings), inverse)
+        if len(rows) < UMAP_MIN_ROWS:
+            fit_umap(rows, settings)  # raises Unprojectable, before umap is imported
+        scale = UmapScale.of(rows)
+        found = _FITTED[reference_id] = (fit_umap(scale.scaled(rows).astype(np.float32), settings), inverse, scale)
         while len(_FITTED) > settings.cached_models:
             _FITTED.popitem(last=False)
     _FITTED.move_to_end(reference_id)
-    model, reference_rows = found
+    model, reference_rows, scale = found
     fitted = time.perf_counter()
     placed = np.zeros((0, 2))
     if len(production):
-        rows, inverse = distinct_rows(production)
-        placed = np.asarray(model.transform(rows))[inverse]
+        placed = _transformed(model, scale, production)
     return UmapResult(
         reference=np.asarray(model.embedding_, dtype=np.float64)[reference_rows],
         production=np.asarray(placed, dtype=np.float64),
@@ -134,6 +185,17 @@ def umap_project(
         transform_s=time.perf_counter() - fitted,
         cached=cached,
     )
+
+
+def _transformed(model: Any, scale: UmapScale, production: npt.NDArray[np.float32]) -> Coordinates:
+    """Production placed by ``model`` (distinct rows, copies share them); rows beyond reach are NaN."""
+    rows, inverse = distinct_rows(production)
+    scaled = scale.scaled(rows)
+    near = np.abs(scaled).max(axis=1) <= UMAP_MAX_SCALED
+    placed = np.full((len(rows), 2), np.nan)
+    if near.any():
+        placed[near] = np.asarray(model.transform(scaled[near].astype(np.float32)), dtype=np.float64)
+    return placed[inverse]
 
 
 def distinct_rows(rows: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:

@@ -20,6 +20,8 @@ class Placed:
     reference: Coordinates
     production: Coordinates
     seconds: float
+    warning: str | None = None
+    """What the reader must know to read these coordinates (a reference without variance), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,8 @@ def projection_json(
         "other_width_count": header.other_width,
         "non_finite_count": placed.left_out,
     }
+    if placed.placed.warning is not None:
+        body["warning"] = placed.placed.warning
     return orjson.dumps(body)
 
 

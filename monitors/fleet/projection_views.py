@@ -21,7 +21,7 @@ from common import keys
 from monitors.feed import MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
-from monitors.fleet.projection import PcaFrame, ProjectionPool
+from monitors.fleet.projection import PcaFrame, ProjectionPool, Unprojectable
 from monitors.fleet.projection_body import Chosen, Finite, Header, Placed, projection_json, stacked
 from monitors.fleet.projection_sample import ReferenceSample, Seen, StoredTraffic, ViewSamples, score_arrays
 from monitors.fleet.references import ReferenceStore
@@ -155,7 +155,12 @@ class ModelViews:
         self._waiting.pop(method, None)
         self._blocked.pop(method, None)
         try:  # a failed fit is reported, and retried when something changes
-            placed = Finite.of(await self._place(method, reference.id, reference.embeddings, chosen.production))
+            placed = Finite.of(await self._place(method, reference, reference.embeddings, chosen.production))
+        except Unprojectable as error:  # only another reference changes that
+            self._errors.pop(method, None)
+            await self._cannot(method, _new_reference(self.model, reference, str(error)), curable=False)
+            self._done[method] = state
+            return
         except Exception as error:
             log.warning("projection %s of %s failed: %s", method, self.model, error)
             self._errors[method] = f"{type(error).__name__}: {error}"[:500]
@@ -182,21 +187,22 @@ class ModelViews:
         await self._publish_status()
 
     async def _place(
-        self, method: str, reference_id: str, embeddings: npt.NDArray[np.float32], production: list[Seen]
+        self, method: str, reference: ReferenceSample, embeddings: npt.NDArray[np.float32], production: list[Seen]
     ) -> Placed:
         rows = await asyncio.to_thread(stacked, production, embeddings.shape[1])
         started = time.perf_counter()
         if method == "umap":
-            result = await self._pool.umap(reference_id, embeddings, rows)
+            result = await self._pool.umap(reference.id, embeddings, rows)
             return Placed(result.reference, result.production, result.fit_s + result.transform_s)
-        frame = self._pca[1] if self._pca is not None and self._pca[0] == reference_id else None
+        frame = self._pca[1] if self._pca is not None and self._pca[0] == reference.id else None
         if frame is None:
             frame = await asyncio.to_thread(PcaFrame.fit, embeddings)
-            self._pca = (reference_id, frame)
+            self._pca = (reference.id, frame)
         placed_reference, placed_production = await asyncio.to_thread(
             lambda: (frame.transform(embeddings), frame.transform(rows))
         )
-        return Placed(placed_reference, placed_production, time.perf_counter() - started)
+        warning = _flat(self.model, reference) if frame.flat else None
+        return Placed(placed_reference, placed_production, time.perf_counter() - started, warning)
 
     async def _explained(self, request_ids: list[str]) -> list[bool]:
         """Which production events a worker has explained (their record's status is ``done``), in one script call
@@ -266,6 +272,26 @@ class ModelViews:
 
     async def _publish_status(self) -> None:
         await self._leases.set_if_owner(self.model, self._status_value())
+
+
+def _new_reference(model: str, reference: ReferenceSample, why: str) -> str:
+    """Why a method cannot project ``reference``, and the remedy: only another reference changes it."""
+    rows = 0 if reference.embeddings is None else len(reference.embeddings)
+    origin = f"taken from the first {rows} event embeddings" if reference.from_traffic else "uploaded"
+    return (
+        f"{why} ({origin}); traffic cannot change that: upload a reference with varied embeddings "
+        f"(PUT /v1/models/{model}/reference)"
+    )
+
+
+def _flat(model: str, reference: ReferenceSample) -> str:
+    rows = 0 if reference.embeddings is None else len(reference.embeddings)
+    origin = "the first event embeddings, taken as the reference" if reference.from_traffic else "uploaded"
+    return (
+        f"All {rows} reference embeddings ({origin}) are the same point (no variance): PCA has no axes to fit, so "
+        "every reference point is drawn at (0, 0) and production along the embedding's first two dimensions, "
+        f"directions that mean nothing. Upload a reference with varied embeddings (PUT /v1/models/{model}/reference)."
+    )
 
 
 def distributions_of(

@@ -1,7 +1,7 @@
 """The model-overview views the owning monitor publishes: embedding projection, drift history, distributions.
 
-Typed, versioned JSON in Redis (the owner writes, every sidecar replica reads and serves it). Pydantic
-and numpy only, so the sidecar imports this without umap, scikit-learn or torch.
+Typed, versioned JSON in Redis (the owner writes, every sidecar replica reads and serves it). Pydantic,
+numpy and orjson only, so the sidecar imports this without umap, scikit-learn or torch.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT_VERSION = 1
 METHODS = ("pca", "umap")
@@ -50,7 +51,9 @@ class Projection(_Result):
     seconds: float
     """Compute time of this projection (fit included when the reference's frame was fitted for it)."""
     reference_count: int
+    """Reference points of the projection, all of them also when ``points`` is a cut (``shown_reference``)."""
     production_count: int
+    """Production points of the projection, all of them also when ``points`` is a cut (``shown_production``)."""
     points: tuple[ProjectionPoint, ...] = ()
     other_width_count: int = 0
     """Latest production embeddings left out: their width is not the reference's (a model changed)."""
@@ -59,9 +62,21 @@ class Projection(_Result):
     note: str = NOTE
     reference_id: str = ""
     owner: str = ""
+    warning: str | None = None
+    """What the reader must know to read the coordinates (e.g. a reference without variance: PCA has no axes), or
+    None. Absent from the views of older monitors."""
+    shown_reference: int | None = None
+    """Reference points in ``points`` when they are a cut (``limit``) of ``reference_count``; None when every
+    point is there."""
+    shown_production: int | None = None
+    """Production points in ``points`` when they are a cut of ``production_count``; None when every point is there."""
+    recompute_error: str | None = Field(default=None, exclude=True)
+    """Set by the sidecar as it serves the projection (never stored): the owner's latest recompute of this method
+    failed, and why; the points are those of the last success, at ``computed_at``."""
 
     def limited(self, limit: int | None) -> Projection:
-        """At most ``limit`` points, taken evenly from each source in proportion (each source keeps one)."""
+        """At most ``limit`` points, taken evenly from each source in proportion (each source keeps one); the
+        counts stay the projection's, and ``shown_*`` say how many of each are in the cut."""
         if limit is None or len(self.points) <= limit:
             return self
         reference = [p for p in self.points if p.source == "reference"]
@@ -73,10 +88,20 @@ class Projection(_Result):
         return self.model_copy(
             update={
                 "points": tuple(chosen),
-                "reference_count": sum(p.source == "reference" for p in chosen),
-                "production_count": sum(p.source == "production" for p in chosen),
+                "shown_reference": sum(p.source == "reference" for p in chosen),
+                "shown_production": sum(p.source == "production" for p in chosen),
             }
         )
+
+
+def marked_stale(body: bytes, error: str) -> bytes:
+    """A served projection ``body`` (a JSON object as the owner or :meth:`Projection.limited` wrote it) with
+    ``recompute_error`` added, without parsing its points. ``ValueError`` when it does not end as an object."""
+    head = body.rstrip()
+    if not head.endswith(b"}"):
+        raise ValueError("not a JSON object")
+    separator = b"" if head[:-1].rstrip().endswith(b"{") else b","
+    return head[:-1] + separator + b'"recompute_error":' + orjson.dumps(error) + b"}"
 
 
 def _evenly(points: list[ProjectionPoint], count: int) -> list[ProjectionPoint]:

@@ -464,22 +464,28 @@
   async function loadLayers(section) {
     const l = await get(PATHS.layers);
     if (!(l.reports || []).length) throw new NoData("no worker has reported layer statistics yet");
-    const head = ["Layer", "Kind", "Units", "Dead units", "Saturated", "Activation shift"];
+    const head = ["Layer", "Kind", "Units", "n", "Dead units", "Saturated", "Activation shift"];
     const blocks = l.reports.map((report) => {
       const rows = report.layers.map((layer) => {
         // null: not applicable to this layer, or not measured yet; never shown as 0 % nor flagged
         const dead = measured(layer.dead_ratio) && layer.dead_ratio >= 0.5;
+        const nonfinite = layer.nonfinite_inputs > 0
+          ? el("span", { class: "badge badge-warn", title: "inputs whose output of this layer held inf or NaN" },
+            ` ⚠ ${layer.nonfinite_inputs} non-finite left out`)
+          : null;
         return el("tr", { class: dead ? "flagged" : null },
           el("th", { scope: "row" }, layer.name),
           el("td", {}, layer.kind),
           el("td", { class: "num" }, String(layer.units)),
+          el("td", { class: "num" }, measured(layer.inputs) ? String(layer.inputs) : "—", nonfinite),
           el("td", {}, meter(layer.dead_ratio, "n/a"),
             dead ? el("span", { class: "badge badge-warn" }, " ⚠ mostly dead") : null),
           el("td", {}, meter(layer.saturated_ratio, "n/a")),
           el("td", { class: "num" }, measured(layer.activation_shift) ? num(layer.activation_shift) : "n/a"));
       });
       return el("table", { class: "data", "data-rows": rows.length },
-        el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples · `,
+        el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples, `,
+          `figures over the last ${report.window} · `,
           `shift against ${report.baseline === "uploaded" ? "an uploaded reference"
             : report.baseline_stored ? `the version's stored first window (worker ${report.baseline_worker}, taken ${ago(report.baseline_taken_at)})`
             : "the first window it saw"} · `,
@@ -492,7 +498,8 @@
     const workers = new Set(l.reports.map((r) => r.worker)).size;
     const versions = new Set(l.reports.map((r) => r.version)).size;
     evidence(section, `Observed pattern over ${samples} sampled inputs of ${versions} model version(s) explained by `,
-      `${workers} worker(s) (the last ${l.reports[0].window} per worker and version); dead = never active across them.`);
+      `${workers} worker(s); each table's caption gives the window its figures are over, and n the inputs each `,
+      "layer's figures rest on (those with a finite output); dead = never active across them.");
   }
 
   // --- projection -----------------------------------------------------------------------------
@@ -503,16 +510,36 @@
     const data = await get(PATHS.projection, { method: p.method, limit: String(PROJECTION_LIMIT) });
     if (!(data.points || []).length) throw new NoData("the projection has no points yet");
     const same = p.data && p.data.method === data.method && p.data.computed_at === data.computed_at;
-    if (same && section.dataset.state === "ready") return; // unchanged: keep the zoom, hover and selection
+    if (same && section.dataset.state === "ready") { // unchanged: keep the zoom, hover and selection
+      projectionEvidence(section, data); // but say it if a recompute failed since
+      return;
+    }
     if (p.data && p.data.method !== data.method) p.domain = null;
     p.data = data;
     renderProjection(section);
+    projectionEvidence(section, data);
+  }
+
+  function projectionEvidence(section, data) {
     const sampled = data.points.filter((q) => q.request_id).length;
-    evidence(section, `Observed pattern: ${data.reference_count} reference and ${data.production_count} recent `,
-      `production embeddings, ${data.method.toUpperCase()} to 2-D, computed ${ago(data.computed_at)} in `,
+    const failed = typeof data.recompute_error === "string"
+      ? el("strong", { class: "recompute-failed" }, `⚠ The latest recompute failed (${data.recompute_error}); `,
+        `this is the last successful one, computed ${ago(data.computed_at)}. `)
+      : "";
+    const warning = typeof data.warning === "string"
+      ? el("strong", { class: "projection-warning" }, `⚠ ${data.warning} `) : "";
+    evidence(section, failed, warning,
+      `Observed pattern: ${counted(data.shown_reference, data.reference_count)} reference and `,
+      `${counted(data.shown_production, data.production_count)} recent production embeddings, `,
+      `${data.method.toUpperCase()} to 2-D, computed ${ago(data.computed_at)} in `,
       `${num(data.seconds, 2)} s; ${sampled} ringed points had been explained by then and link to their `,
       "explanation (sampled events still queued are not ringed). ", leftOut(data),
       data.note ? el("span", { class: "muted" }, data.note) : "");
+  }
+
+  /** "1000 of 3000 (an even subsample)" when the sidecar cut the points to the page's limit, else the count. */
+  function counted(shown, total) {
+    return typeof shown === "number" && shown < total ? `${shown} of ${total} (an even subsample)` : `${total}`;
   }
 
   /** What the owner left out of the drawing, if anything (fields absent from older monitors' views). */

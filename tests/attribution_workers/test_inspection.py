@@ -171,7 +171,7 @@ def test_saturation_is_counted_for_bounded_activations(eager_spec: ModelSpec, di
     root = model.module.get_submodule("model")
     dense = root.get_submodule("dense")
     assert isinstance(dense, nn.Sequential)
-    dense[2] = nn.Hardtanh(0.0, 1.0)  # bounded in [0, 1]: saturated at 0 or above 0.99
+    dense[2] = nn.Hardtanh(0.0, 1.0)  # bounded in [0, 1]: saturated above 0.99; its 0 is dead, as ReLU6's
     inspector = LayerInspector(model, config(eager_spec, inspect_layers=("dense.1", "dense.2")))
     images = torch.from_numpy(digits_split.test.features[:3])
     found = inspector.inspect(images)
@@ -181,7 +181,7 @@ def test_saturation_is_counted_for_bounded_activations(eager_spec: ModelSpec, di
         pre, post = found.stats(row)
         assert pre.saturated_share is None
         clipped = np.clip(direct[row], 0.0, 1.0)
-        assert post.saturated_share == pytest.approx(float(((clipped <= 0.01) | (clipped >= 0.99)).mean()))
+        assert post.saturated_share == pytest.approx(float((clipped >= 0.99).mean()))
         assert post.zero_share == pytest.approx(float((clipped == 0).mean()))
 
 
@@ -264,6 +264,59 @@ def test_the_units_of_an_activation_over_a_sequence_are_its_features() -> None:
     found = health(small_inspector(nn.Sequential(linear, nn.ReLU()), (7, 6)), torch.randn(16, 7, 6))
     units, dead = found["1"]
     assert units == 5 and dead == pytest.approx(1 / 5)  # (tokens, features): the features are the units
+
+
+class _Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def test_the_units_of_a_channels_last_linear_and_its_activation_are_the_last_axis() -> None:
+    """A ConvNeXt/Swin-style MLP on ``(H, W, C)`` after a convolution: its units are the 6 features, 3 of them
+    dead (channels-first whatever the layer read H = 5 units and no dead one)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 6)
+    with torch.no_grad():
+        linear.bias[:3] = -1e3
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Permute(0, 2, 3, 1), linear, nn.ReLU(), _Permute(0, 3, 1, 2))
+    found = health(small_inspector(block, (3, 5, 7)), torch.randn(16, 3, 5, 7))
+    assert found == {"0": (8, None), "2": (6, None), "3": (6, 0.5)}
+
+
+def test_the_units_of_an_activation_after_a_conv_and_a_pooling_are_its_channels() -> None:
+    """Pooling keeps the conv's channels first (conv, max-pool, ReLU): the ReLU's units are the 8 channels."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    assert conv.bias is not None
+    with torch.no_grad():
+        conv.bias[3] = -1e3
+    block = nn.Sequential(conv, nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    found = health(small_inspector(block, (3, 8, 8)), torch.randn(16, 3, 8, 8))
+    assert found["2"] == (8, 1 / 8) and found["4"] == (5, None)
+
+
+def test_relu6_and_hardtanh_to_0_and_6_give_the_same_figures() -> None:
+    """Hardtanh(0, 6) is ReLU6: its 0 is the dead state (zero share, dead ratio), not a saturation; only 6 is."""
+    torch.manual_seed(0)
+    linear = nn.Linear(4, 8)
+    found = small_inspector(nn.Sequential(linear, nn.ReLU6(), nn.Hardtanh(0.0, 6.0)), (4,))
+    assert [layer.bounds for layer in found.layers[1:]] == [(None, 6.0), (None, 6.0)]
+    assert [layer.zero_is_dead for layer in found.layers[1:]] == [True, True]
+    inputs = torch.randn(16, 4) * 10  # outputs at 0, in between and at 6
+    stats = {s.name: s for s in found.inspect(inputs).stats(3)}
+    with torch.no_grad():
+        capped = linear(inputs[3]).clamp(0.0, 6.0)
+    expected = float((capped >= 6.0 * 0.99).float().mean())
+    assert 0.0 < expected < 1.0 and stats["1"].zero_share > 0.0
+    assert stats["1"].saturated_share == stats["2"].saturated_share == pytest.approx(expected)
+    assert stats["1"].zero_share == stats["2"].zero_share
+    hardsigmoid = small_inspector(nn.Sequential(nn.Linear(4, 8), nn.Hardsigmoid()), (4,)).layers[1]
+    assert (hardsigmoid.bounds, hardsigmoid.zero_is_dead) == ((None, 1.0), True)
+    assert small_inspector(nn.Sequential(nn.Hardtanh(-1.0, 1.0)), (4,)).layers[0].bounds == (-1.0, 1.0)
 
 
 class _SharedAct(nn.Module):

@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import torch
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from PIL import Image
 from prometheus_client import CollectorRegistry
-from small_models import eager_digits
+from small_models import eager_digits, small_inspector
+from torch import nn
 
 from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.runtime import ModelRuntime
@@ -28,6 +30,8 @@ from common.embedded_redis import EmbeddedRedis
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
 from helpers import wait_until
+from sampler.explanation_records import ExplanationDetail, ExplanationRecord, ExplanationSummary
+from service.layers import map_captions, render_activations
 
 SAMPLE_EVERY_EVENT = {"every_n": 1, "max_per_second": 10_000}
 LAYERS = ["conv.0", "conv.1", "conv.3", "conv.4", "dense.1", "dense.2", "classifier"]
@@ -176,3 +180,44 @@ def test_layer_reports_answer_503_while_redis_is_down(
     answer = client.get("/v1/models/digits/layers")
     assert answer.status_code == 503 and answer.headers["retry-after"]
     assert "try again" in answer.json()["error"]
+
+
+def _record_of(side: tuple[int, int]) -> ExplanationRecord:
+    """The record a worker stores for one input of a real 4-channel convolution on a ``side`` image."""
+    torch.manual_seed(0)
+    inspector = small_inspector(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1)), (1, *side), feature_map_channels=2)
+    inspection = inspector.inspect(torch.rand(1, 1, *side))
+    summary = ExplanationSummary(
+        model="digits",
+        model_version="v1",
+        request_id="r1",
+        status="done",
+        reasons=("every_n",),
+        predicted=3,
+        confidence=0.9,
+        timestamp=time.time(),
+    )
+    detail = ExplanationDetail(layers=inspection.stats(0), feature_maps=inspection.feature_maps(0))
+    return ExplanationRecord(summary=summary, detail=detail)
+
+
+@pytest.mark.parametrize(
+    ("side", "title", "subtitle"),
+    [
+        pytest.param((8, 8), "digits r1: layer 0 (4x8x8)", "2 strongest channels", id="kept-whole"),
+        pytest.param(
+            (200, 130),
+            "digits r1: layer 0 (4x200x130, stored at 50x33)",
+            "averaged over 4×4 blocks; 2 strongest channels",
+            id="averaged-down",
+        ),
+    ],
+)
+def test_the_maps_picture_says_the_shape_they_were_stored_at(side: tuple[int, int], title: str, subtitle: str) -> None:
+    """Maps above 64 px a side are stored averaged down: the picture says so, and at what size, instead of the
+    layer's full shape alone."""
+    record = _record_of(side)
+    stored = record.detail.feature_maps["0"]
+    assert map_captions(record, "0", stored)[0] == title
+    assert map_captions(record, "0", stored)[1].startswith(subtitle)
+    assert Image.open(io.BytesIO(render_activations(record, "0"))).format == "PNG"

@@ -274,11 +274,77 @@ def test_layer_figures_not_measured_read_n_a_and_the_projection_is_asked_for_a_b
             " [r.className, ...[...r.cells].map(c => c.textContent.trim())])"
         )
         asked = [url for url in browser.requests if urlsplit(url).path == "/v1/models/digits/projection"]
-    conv, dead, healthy = rows
-    assert conv[4] == "n/a" and conv[6] == "n/a" and "mostly dead" not in conv[4] and conv[0] != "flagged", conv
-    assert dead[0] == "flagged" and "75.0%" in dead[4] and "mostly dead" in dead[4], dead
-    assert healthy[0] != "flagged" and healthy[4].startswith("0.0%") and healthy[6] == "n/a", healthy
+    conv, dead, healthy = rows  # class, layer, kind, units, n, dead, saturated, shift
+    assert conv[5] == "n/a" and conv[7] == "n/a" and "mostly dead" not in conv[5] and conv[0] != "flagged", conv
+    assert dead[0] == "flagged" and "75.0%" in dead[5] and "mostly dead" in dead[5], dead
+    assert healthy[0] != "flagged" and healthy[5].startswith("0.0%") and healthy[7] == "n/a", healthy
     assert asked and all(re.search(r"[?&]limit=\d+", url) for url in asked), asked
+    assert _page_errors(browser) == []
+
+
+def _two_versions() -> dict[str, Any]:
+    """Reports of two versions: v1 over a full window of 64, v2 on the one input it has seen; v1's ``relu`` left out
+    2 inputs whose output overflowed."""
+    layer = {"kind": "activation", "units": 16, "saturated_ratio": None, "activation_shift": None}
+    report = {"worker": "w1", "baseline": "first_window", "updated_at": time.time()}
+    v1 = {**report, "version": "v1", "samples": 200, "window": 64}
+    v1["layers"] = [{**layer, "name": "relu", "dead_ratio": 0.25, "inputs": 64, "nonfinite_inputs": 2}]
+    v2 = {**report, "version": "v2", "samples": 1, "window": 1}
+    v2["layers"] = [{**layer, "name": "relu", "dead_ratio": None, "inputs": 1, "nonfinite_inputs": 0}]
+    return {"model": "digits", "reports": [v1, v2]}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_each_layer_table_says_its_own_window_and_how_many_inputs_each_layer_rests_on(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    """The caption of every report's table gives that report's window (v2 rests on 1 input, not v1's 64), and each
+    layer's ``inputs`` (n) and ``nonfinite_inputs`` are shown."""
+    app = _Scripted(create_app(make_settings()), {"/v1/models/digits/layers": [(200, _two_versions())]})
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('v-layers').dataset.state === 'ready'", "the layer tables")
+        captions = browser.evaluate("[...document.querySelectorAll('#v-layers caption')].map(c => c.textContent)")
+        head = browser.evaluate("[...document.querySelectorAll('#v-layers thead th')].map(c => c.textContent)")
+        rows = browser.evaluate(
+            "[...document.querySelectorAll('#v-layers tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
+        )
+        evidence = browser.evaluate("document.querySelector('#v-layers .evidence').textContent")
+    assert "version v1" in captions[0] and "over the last 64 " in captions[0], captions
+    assert "version v2" in captions[1] and "over the last 1 " in captions[1], captions
+    assert head[:5] == ["Layer", "Kind", "Units", "n", "Dead units"], head
+    (v1,), (v2,) = rows[:1], rows[1:]
+    assert v1[3].startswith("64") and "2 non-finite left out" in v1[3], v1
+    assert v2[3] == "1", v2
+    assert "64" not in evidence and "each table's caption gives the window" in evidence, evidence
+    assert _page_errors(browser) == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_the_projection_says_when_its_points_are_a_subsample_and_when_its_recompute_failed(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    """A cut to the page's limit is said (shown of total); so is a warning of the owner; and a recompute that failed
+    after the page drew the projection is said on the next refresh, the points (same ``computed_at``) kept."""
+    body = _projection_body()
+    cut = {**body, "shown_reference": 12, "shown_production": 8, "reference_count": 300, "production_count": 200}
+    cut["warning"] = "All 300 embeddings of the reference are the same point (no variance)"
+    failed = {**cut, "recompute_error": "ValueError: 150 of the 220 points were placed at non-finite coordinates"}
+    app = _Scripted(create_app(make_settings()), {"/v1/models/digits/projection": [(200, cut), (200, failed)]})
+    evidence = "document.querySelector('#v-projection .evidence').textContent"
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('v-projection').dataset.state === 'ready'", "the projection")
+        first = browser.evaluate(evidence)
+        browser.wait_for(f"{evidence}.includes('recompute failed')", "the next refresh (every 10 s)", timeout_s=40)
+        second = browser.evaluate(evidence)
+        marks = _marks(browser)
+    assert "12 of 300 (an even subsample) reference and 8 of 200 (an even subsample) recent production" in first
+    assert "⚠ All 300 embeddings of the reference are the same point" in first and "recompute" not in first
+    assert second.startswith("⚠ The latest recompute failed (ValueError: 150 of the 220 points"), second
+    assert "this is the last successful one" in second and marks == 40
     assert _page_errors(browser) == []
 
 

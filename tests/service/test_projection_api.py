@@ -27,7 +27,7 @@ from common.embedded_redis import EmbeddedRedis
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
 from helpers import MonitorRunner, event, load_torchscript, serve_app, summarise_rows, wait_until
-from monitors.fleet.views import WANTED_TTL_S
+from monitors.fleet.views import WANTED_TTL_S, Projection, ProjectionStatus
 from sampler.explanation_records import ExplanationRecord, ExplanationStatus, ExplanationSummary
 from sampler.explanations import ExplanationStore
 from service.app import create_app
@@ -181,7 +181,8 @@ def test_projection_has_reference_and_production_points_with_working_click_throu
 
     limited = client.get("/v1/models/digits/projection", params={"limit": 50}).json()
     sources = [p["source"] for p in limited["points"]]
-    assert len(sources) == 50 and limited["reference_count"] == sources.count("reference")
+    assert len(sources) == 50 and limited["shown_reference"] == sources.count("reference")
+    assert (limited["reference_count"], limited["production_count"]) == (len(reference_x), 200), "the totals"
     assert sources.count("reference") == round(50 * len(reference_x) / (len(reference_x) + 200))
 
 
@@ -250,6 +251,63 @@ def test_a_published_projection_this_sidecar_cannot_read_is_503_when_limited(
     response = client.get("/v1/models/digits/projection", params={"limit": 2})
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"].isdigit() and "cannot be read" in response.json()["error"]
+
+
+def _published_with(redis_client: redis.Redis, **status: dict[str, str]) -> dict[str, Any]:
+    """A projection of 30 reference and 10 production points published for ``digits``, with the owner's status."""
+    redis_client.sadd(keys.MONITORED_MODELS, "digits")
+    points = [{"x": float(i), "y": 0.0, "source": "reference" if i < 30 else "production"} for i in range(40)]
+    body = {"v": 1, "model": "digits", "method": "pca", "computed_at": time.time() - 600, "seconds": 0.1}
+    body.update(reference_count=30, production_count=10, points=points)
+    redis_client.set(keys.projection("digits", "pca"), json.dumps(body))
+    redis_client.set(
+        keys.projection_status("digits"), ProjectionStatus(methods=("pca",), updated_at=0, **status).model_dump_json()
+    )
+    return body
+
+
+@pytest.mark.parametrize("limit", [pytest.param(None, id="as-published"), pytest.param(20, id="limited")])
+def test_a_projection_whose_reference_became_unusable_is_503_with_why_not_the_old_body(
+    client: TestClient, redis_client: redis.Redis, limit: int | None
+) -> None:
+    """After a width change the owner waits for a new traffic reference: the body left from before is in the old
+    reference's frame and leaves the new traffic out, so it is not served as if current."""
+    why = "40 of the 50 latest production embeddings are 32-d, the reference's 64-d (taken from the first traffic)"
+    _published_with(redis_client, waiting={"pca": why})
+    response = client.get("/v1/models/digits/projection", params={} if limit is None else {"limit": limit})
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "10" and why in response.json()["error"]
+
+
+@pytest.mark.parametrize("limit", [pytest.param(None, id="as-published"), pytest.param(20, id="limited")])
+def test_the_last_good_projection_says_that_its_recompute_failed(
+    client: TestClient, redis_client: redis.Redis, limit: int | None
+) -> None:
+    """A failed recompute leaves the last good projection, a true picture of the traffic at its ``computed_at``:
+    served, with the failure and its reason (``recompute_error``), not as if current."""
+    error = "ValueError: 150 of the 220 points were placed at non-finite coordinates"
+    published = _published_with(redis_client, errors={"pca": error})
+    response = client.get("/v1/models/digits/projection", params={} if limit is None else {"limit": limit})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["recompute_error"] == error and body["computed_at"] == published["computed_at"]
+    assert len(body["points"]) == (limit or 40) and body["reference_count"] == 30
+    assert Projection.model_validate_json(response.content).recompute_error == error
+    redis_client.set(
+        keys.projection_status("digits"), ProjectionStatus(methods=("pca",), updated_at=0).model_dump_json()
+    )
+    assert "recompute_error" not in client.get("/v1/models/digits/projection", params={"limit": 20}).json()
+
+
+def test_a_limited_projection_keeps_its_totals_and_says_how_many_it_shows(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    _published_with(redis_client)
+    body = client.get("/v1/models/digits/projection", params={"limit": 20}).json()
+    assert len(body["points"]) == 20 and (body["reference_count"], body["production_count"]) == (30, 10)
+    assert (body["shown_reference"], body["shown_production"]) == (15, 5)
+    whole = client.get("/v1/models/digits/projection").json()
+    assert "shown_reference" not in whole and len(whole["points"]) == 40
 
 
 def test_unknown_model_is_404_on_every_view(client: TestClient, redis_client: redis.Redis) -> None:

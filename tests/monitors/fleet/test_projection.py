@@ -80,12 +80,16 @@ def test_limit_takes_points_evenly_from_both_sources() -> None:
     reference = [p.x for p in limited.points if p.source == "reference"]
     production = [p.x for p in limited.points if p.source == "production"]
     assert (len(reference), len(production)) == (30, 10)
-    assert (limited.reference_count, limited.production_count) == (30, 10)
+    assert (limited.reference_count, limited.production_count) == (300, 100), "the projection's totals"
+    assert (limited.shown_reference, limited.shown_production) == (30, 10), "how many of each the cut shows"
+    assert (full.shown_reference, full.shown_production) == (None, None)
     assert reference[0] == 0 and reference[-1] == 299 and production[0] == 0 and production[-1] == 99
     assert np.ptp(np.diff(reference)) <= 1 and np.ptp(np.diff(production)) <= 1, "evenly spaced"
     tiny = full.limited(2)
     assert sorted(p.source for p in tiny.points) == ["production", "reference"], "each source keeps a point"
     assert full.limited(None) is full and full.limited(1000) is full
+    older = Projection.model_validate({k: v for k, v in full.model_dump().items() if not k.startswith("shown_")})
+    assert older == full, "views without the new fields still read"
 
 
 def test_reference_margins_are_the_sidecars_margins() -> None:
@@ -219,9 +223,11 @@ TRAFFIC_30 = {"reference_events": 30, "max_reference": 30, "window_size": 2, "pc
 """Drift settings under which the first 30 event embeddings stand in for a reference."""
 
 
-def _views(client: AsyncRedis, owner: str, settings: MonitorSettings, pool: ProjectionPool) -> ModelViews:
+def _views(
+    client: AsyncRedis, owner: str, settings: MonitorSettings, pool: ProjectionPool, model: str = "m"
+) -> ModelViews:
     return ModelViews(
-        "m",
+        model,
         redis=client,
         leases=Leases(client, owner=owner, ttl_ms=900_000),
         references=ReferenceStore(client),
@@ -232,18 +238,23 @@ def _views(client: AsyncRedis, owner: str, settings: MonitorSettings, pool: Proj
 
 
 async def _owning(
-    client: AsyncRedis, owner: str, settings: MonitorSettings, method: str = "pca", pool: ProjectionPool | None = None
+    client: AsyncRedis,
+    owner: str,
+    settings: MonitorSettings,
+    method: str = "pca",
+    pool: ProjectionPool | None = None,
+    model: str = "m",
 ) -> ModelViews:
-    """A ``ModelViews`` of model ``m`` whose process holds the lease, with ``method`` asked for."""
-    views = _views(client, owner, settings, pool or ProjectionPool())
-    assert await Leases(client, owner=owner, ttl_ms=900_000).acquire("m")
-    await client.set(keys.projection_wanted("m", method), b"1")
+    """A ``ModelViews`` of ``model`` whose process holds the lease, with ``method`` asked for."""
+    views = _views(client, owner, settings, pool or ProjectionPool(), model)
+    assert await Leases(client, owner=owner, ttl_ms=900_000).acquire(model)
+    await client.set(keys.projection_wanted(model, method), b"1")
     return views
 
 
-def _with(n: int, embedding: npt.ArrayLike, *, version: str = "v1") -> MonitoringRecord:
+def _with(n: int, embedding: npt.ArrayLike, *, version: str = "v1", model: str = "m") -> MonitoringRecord:
     return MonitoringRecord(
-        model="m",
+        model=model,
         request_id=f"r{n}",
         version=version,
         time_s=float(n),
@@ -255,13 +266,13 @@ def _with(n: int, embedding: npt.ArrayLike, *, version: str = "v1") -> Monitorin
     )
 
 
-def _published(client: redis.Redis, method: str = "pca") -> Projection | None:
-    body = client.get(keys.projection("m", method))
+def _published(client: redis.Redis, method: str = "pca", model: str = "m") -> Projection | None:
+    body = client.get(keys.projection(model, method))
     return None if body is None else Projection.model_validate_json(body)
 
 
-def _projection_status(client: redis.Redis) -> dict[str, dict[str, str]]:
-    status: dict[str, dict[str, str]] = orjson.loads(client.get(keys.projection_status("m")) or b"{}")
+def _projection_status(client: redis.Redis, model: str = "m") -> dict[str, dict[str, str]]:
+    status: dict[str, dict[str, str]] = orjson.loads(client.get(keys.projection_status(model)) or b"{}")
     return status
 
 
@@ -407,34 +418,89 @@ def test_max_production_is_bounded_like_max_reference(redis_url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the first UMAP fit JIT-compiles numba code
-def test_non_finite_umap_coordinates_are_left_out_and_counted(redis_url: str, redis_client: redis.Redis) -> None:
-    """Finite float32 embeddings of large magnitude (ingest accepts them) make umap-learn place some points at
-    NaN: they are left out and counted, never published as ``null`` coordinates nobody can read back."""
+def test_umap_places_embeddings_of_huge_magnitude_and_leaves_out_those_beyond_reach(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Finite float32 embeddings of large magnitude (ingest accepts them): at ~1e30 umap-learn's own fit failed with
+    numpy's "zero-size array to reduction operation maximum", at ~1e19 it placed some points at NaN. Scaled first,
+    both are placed whole. A production row some 1e20 reference spreads away cannot be placed: it is left out and
+    counted, never published as a ``null`` coordinate nobody can read back."""
     rng = np.random.default_rng(0)
     settings = MonitorSettings(redis_url=redis_url, projection_methods=("umap",))
-    reference = (rng.normal(size=(200, 16)) * 1e19).astype(np.float32)
+    huge = (rng.random(size=(220, 16)) * 1e30).astype(np.float32)
+    unit = rng.normal(size=(220, 16)).astype(np.float32)
+    unit[200:203] = 1e20  # 3 production rows beyond reach
 
     async def run() -> None:
         client = AsyncRedis.from_url(redis_url)
         pool = ProjectionPool()
-        views = await _owning(client, "me", settings, method="umap", pool=pool)
         try:
-            await ReferenceStore(client).put("m", upload_from_arrays(reference, None)[0])
-            for n, row in enumerate(rng.normal(size=(20, 16)) * 1e19):
-                views.observe(_with(n, row))
-            await views.publish_projection("umap")
+            for model, rows in (("m", huge), ("n", unit)):
+                views = await _owning(client, "me", settings, method="umap", pool=pool, model=model)
+                await ReferenceStore(client).put(model, upload_from_arrays(rows[:200], None)[0])
+                for n, row in enumerate(rows[200:]):
+                    views.observe(_with(n, row, model=model))
+                await views.publish_projection("umap")
         finally:
             pool.close()
             await client.aclose()
 
     asyncio.run(run())
-    published = _published(redis_client, "umap")
+    for model, left_out in (("m", 0), ("n", 3)):
+        published = _published(redis_client, "umap", model=model)
+        assert published is not None, _projection_status(redis_client, model)
+        coordinates = np.array([[p.x, p.y] for p in published.points])
+        assert np.isfinite(coordinates).all()
+        assert (published.reference_count, published.production_count) == (200, 20 - left_out)
+        assert published.non_finite_count == left_out
+
+
+@pytest.mark.parametrize(
+    ("method", "from_traffic"),
+    [
+        pytest.param("umap", False, id="umap-uploaded"),
+        pytest.param("umap", True, id="umap-first-traffic"),
+        pytest.param("pca", True, id="pca-first-traffic"),
+    ],
+)
+def test_a_reference_of_one_repeated_embedding_is_said_not_retried_for_ever(
+    redis_url: str, redis_client: redis.Redis, method: str, from_traffic: bool
+) -> None:
+    """Every reference row the same point: UMAP cannot be fitted (it needs 4 distinct rows) and no traffic changes
+    that, so it is blocked (409) with the remedy, not an error "retried when traffic changes"; PCA is drawn, every
+    reference point at (0, 0), with a warning saying why the picture means nothing."""
+    settings = MonitorSettings(redis_url=redis_url, drift=TRAFFIC_30, projection_methods=(method,))
+    flat = np.ones(8, dtype=np.float32)
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        pool = ProjectionPool()
+        try:
+            views = await _owning(client, "me", settings, method=method, pool=pool)
+            if not from_traffic:
+                await ReferenceStore(client).put("m", upload_from_arrays(np.tile(flat, (30, 1)), None)[0])
+            for n in range(40):
+                views.observe(_with(n, flat if n < 30 else flat + n))
+            await views.publish_projection(method)
+        finally:
+            pool.close()
+            await client.aclose()
+
+    asyncio.run(run())
     status = _projection_status(redis_client)
-    assert published is not None, status
-    coordinates = np.array([[p.x, p.y] for p in published.points])
-    assert np.isfinite(coordinates).all()
-    assert published.non_finite_count > 0
-    assert published.reference_count + published.production_count + published.non_finite_count == 220
+    published = _published(redis_client, method)
+    if method == "umap":
+        why = status["blocked"]["umap"]
+        assert "UMAP needs at least 4 distinct reference embeddings, the reference has 1" in why, why
+        assert ("taken from the first 30 event embeddings" if from_traffic else "(uploaded)") in why, why
+        assert "PUT /v1/models/m/reference" in why and not status["errors"], status
+        assert published is None
+        return
+    assert published is not None and not status["blocked"] and not status["errors"], status
+    reference = [(p.x, p.y) for p in published.points if p.source == "reference"]
+    assert reference == [(0.0, 0.0)] * 30
+    assert published.warning is not None and "same point (no variance)" in published.warning
+    assert "PUT /v1/models/m/reference" in published.warning
 
 
 @pytest.mark.slow
