@@ -93,6 +93,21 @@ def paused_redis(data_dir: Path) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
+@contextmanager
+def full_redis(client: redis.Redis) -> Iterator[None]:
+    """Redis out of memory inside the block (``maxmemory`` 1, ``noeviction``: every write that needs memory is
+    refused with ``OOM``), as a full Redis is; its own limit and policy are back after the block (the session's
+    server is shared)."""
+    before = client.config_get("maxmemory*")
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", before["maxmemory"])
+        client.config_set("maxmemory-policy", before["maxmemory-policy"])
+
+
 REPO = Path(__file__).parents[1]
 
 

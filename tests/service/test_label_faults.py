@@ -3,8 +3,7 @@ record Redis refuses waits to be written again; never a 200 for a label the moni
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -12,23 +11,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from common import keys
-from helpers import event, stream_entries, wait_until
+from helpers import event, full_redis, stream_entries, wait_until
 from monitors.feed import MonitoringRecord
 from service.labels import _PUBLISH
 
 LABELLED = {"digits": {"delayed_labels": True}}
 """Predictions of ``digits`` wait in Redis for their labels from the first event."""
-
-
-@contextmanager
-def _full(client: redis.Redis) -> Iterator[None]:
-    """Redis out of memory inside the block (the session's server: its limit is lifted after)."""
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", 1)
-    try:
-        yield
-    finally:
-        client.config_set("maxmemory", 0)
 
 
 def _labelled(redis_client: redis.Redis) -> list[MonitoringRecord]:
@@ -49,7 +37,7 @@ def test_a_label_redis_cannot_publish_is_503_and_its_record_waits_for_it_again(
     client = make_client(registry=registry, models=LABELLED)
     assert client.post("/v1/events", json=event("oom1")).status_code == 202
     wait_until(lambda: redis_client.exists(keys.prediction("digits", "oom1")), what="the record in Redis")
-    with _full(redis_client):
+    with full_redis(redis_client):
         refused = client.post("/v1/labels", json=_label("oom1", 2))
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"].isdigit()
@@ -78,7 +66,7 @@ def test_a_labelled_record_redis_refuses_waits_and_is_written_once_it_has_room(
     def figure(name: str, **labels: str) -> float:
         return registry.get_sample_value(name, {"model": "digits", **labels}) or 0.0
 
-    with _full(redis_client):
+    with full_redis(redis_client):
         assert client.post("/v1/events", json=event("oom2", label=1)).status_code == 202
         wait_until(lambda: figure("vai_monitor_records_refused_total", feed="labelled") == 1, what="the refusal")
         wait_until(

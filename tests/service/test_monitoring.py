@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from common import keys
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
-from helpers import MonitorRunner, event, load_torchscript, sidecar_of, stream_entries, wait_until
+from helpers import MonitorRunner, event, full_redis, load_torchscript, sidecar_of, stream_entries, wait_until
 from monitors.drift.base import DriftEvent
 from monitors.fleet.results import SeriesQuality
 from service.app import create_app
@@ -525,9 +525,7 @@ def test_the_budget_samples_the_drift_feed_and_counts_what_it_skips(
 def test_records_redis_refuses_are_counted(make_client: Callable[..., TestClient], redis_client: Any) -> None:
     registry = CollectorRegistry()
     client = make_client(registry=registry, models=LABELLED)
-    redis_client.config_set("maxmemory", "1")
-    redis_client.config_set("maxmemory-policy", "noeviction")
-    try:
+    with full_redis(redis_client):
         client.post("/v1/events", json={"events": [event("a"), event("b")]})
 
         def refused(feed_name: str) -> float:
@@ -535,8 +533,6 @@ def test_records_redis_refuses_are_counted(make_client: Callable[..., TestClient
             return registry.get_sample_value("vai_monitor_records_dropped_total", labels) or 0.0
 
         wait_until(lambda: refused("predictions") == 2 and refused("label_join") == 2, what="refusals counted")
-    finally:
-        redis_client.config_set("maxmemory", "0")
 
 
 def test_records_are_kept_once_a_model_gets_labels_and_every_replica_learns_it(

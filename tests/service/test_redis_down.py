@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from common.embedded_redis import EmbeddedRedis
-from helpers import paused_redis, serve_app
+from helpers import full_redis, paused_redis, serve_app
 from service.app import create_app
 
 READS = [
@@ -33,12 +33,10 @@ def _broken(server: EmbeddedRedis, how: str) -> Iterator[None]:
         return
     if how == "oom":
         client = redis.Redis(port=server.port)
-        client.config_set("maxmemory-policy", "noeviction")
-        client.config_set("maxmemory", 1)
         try:
-            yield
+            with full_redis(client):
+                yield
         finally:
-            client.config_set("maxmemory", 0)
             client.close()
         return
     with paused_redis(server.data_dir):
