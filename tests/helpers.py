@@ -104,8 +104,8 @@ def full_redis(client: redis.Redis) -> Iterator[None]:
     try:
         yield
     finally:
-        client.config_set("maxmemory", before["maxmemory"])
-        client.config_set("maxmemory-policy", before["maxmemory-policy"])
+        client.config_set("maxmemory", str(before["maxmemory"]))
+        client.config_set("maxmemory-policy", str(before["maxmemory-policy"]))
 
 
 REPO = Path(__file__).parents[1]
