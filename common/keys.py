@@ -220,3 +220,23 @@ def sidecar_mark(replica: str) -> str:
     while the process lives means Redis lost its data since it last looked (restarted empty, or flushed), so the
     run-time overrides that vanished with it were lost, not reset (a reset leaves the mark)."""
     return f"{PREFIX}:sidecar-mark:{replica}"
+
+
+# --- what the monitors say about Redis and one another (monitors.fleet) -------------------------
+
+EPOCH = f"{PREFIX}:epoch"
+"""A random id set once (``SET NX``) by the first monitor to find it missing. Every monitor remembers the one it
+saw: another one (or none) means Redis lost its data (restarted empty, flushed) since, and with it every model's
+drift reference and calibration (``monitors.fleet.drift_state.Baselines``)."""
+
+DRIFT_CONFIGS = f"{PREFIX}:drift-configs"
+"""Hash of monitor id -> JSON of the drift settings it calibrates with (``DriftConfig``), written by each live
+monitor every lease round; a field counts while its monitor is a live member of :data:`MONITOR_MEMBERS`
+(``monitors.fleet.lease.live_drift_configs``). Sidecars check an uploaded reference against the strictest."""
+
+
+def drift_lost(model: str) -> str:
+    """JSON of the drift baseline Redis lost for a model (``monitors.fleet.drift_state.LostBaseline``): written by a
+    monitor that saw Redis lose its data when no monitor kept that baseline to store back; read by every owner,
+    deleted once the model has a reference or a calibrated state again."""
+    return f"{PREFIX}:drift-lost:{model}"

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from common import keys
 from common.errors import InvalidInput, RedisUnavailable, Unavailable
 from common.redis import REDIS_FAILED, execute
-from monitors.drift.config import DriftConfig
 from monitors.drift.reference import Reference
+from monitors.fleet.lease import live_drift_settings, strictest
 from monitors.fleet.references import ReferenceStore
 from monitors.fleet.results import DriftStatus, QualityReport
 from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
@@ -69,17 +69,20 @@ class Monitoring:
             raise RedisUnavailable("redis: reference not stored") from None
 
     async def check_reference(self, reference: Reference) -> None:
-        """Raises ``InvalidInput`` when ``reference`` has fewer distinct rows than the live monitors' drift settings
-        need to calibrate (``DriftConfig.least_rows``). Settings no monitor has published, or that this release
-        cannot read, check nothing here: the monitor then reports the failure on ``/drift``."""
-        body = await self._get(keys.DRIFT_CONFIG, "drift settings")
-        if body is None or reference.embeddings is None:
+        """Raises ``InvalidInput`` when ``reference`` has fewer distinct rows than the strictest of the live monitors'
+        drift settings needs to calibrate (``DriftConfig.least_rows``): whichever monitor owns the model, now or
+        after a hand-over, can calibrate it. Settings no live monitor has published, or that this release cannot
+        read, check nothing here: the monitor then reports the failure on ``/drift``."""
+        if reference.embeddings is None:
             return
         try:
-            config = DriftConfig.model_validate_json(body)
-        except ValidationError:
-            return
+            configs = await live_drift_settings(self._redis)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: drift settings not read") from None
         width = int(reference.embeddings.shape[1])
+        config = strictest(configs, width)
+        if config is None:
+            return
         least = config.least_rows(width)
         distinct = await asyncio.to_thread(_distinct_rows, reference)
         if distinct >= least:

@@ -7,34 +7,125 @@ adopts a stored state that matches the newest reference without recalibrating, w
 resolved on that reference (``DriftConfig.resolved``: the automatic ``steady_steps_per_ert``) are the
 stored ones. The stored settings are always resolved (an ``int`` there, as the previous release wrote
 and reads it), so a state of the previous release's default is adopted where the build is the same.
+
+Settings changed since the calibration are normally a deliberate change, and the owner recalibrates
+under its own. Two cases keep the stored state, under the settings stored with it (calibrated and
+valid), logged: another live monitor still runs those settings (monitors of different settings side
+by side, or a rolling restart half done: recalibrating at every hand-over would have them fight), or
+the uploaded reference is too small for the owner's settings (recalibrating would only fail). The
+owner looks again as the live monitors change (:meth:`DriftStates.keeps_stored`) and recalibrates
+under its own settings once neither holds.
+
 Without a state or an uploaded reference, the owner resumes the warm-up its predecessor stored
 (:mod:`monitors.fleet.warmup_store`), or its own from before it lost the model, whichever is further.
+
+Redis may lose everything (restarted without persistence, flushed). Each monitor keeps in memory the
+calibrated monitor, and its uploaded reference, of the models it gave up or lost (:class:`Baselines`,
+as many as it has owned at once), and notices the loss by ``vai:epoch`` changing. It then stores back
+what it kept (only where Redis holds neither a state nor a reference, so nothing newer is replaced),
+and marks the baselines nobody kept as lost (``vai:drift-lost:{model}``): an owner then waits for an
+uploaded reference again instead of warming up on today's traffic (``reference_lost`` on ``/drift``),
+or, for a warm-up reference, collects a new one saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import text
+from common.redis import execute, queue_script, text
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
-from monitors.drift.monitor import DriftMonitor
+from monitors.drift.monitor import DriftMonitor, Phase
 from monitors.drift.states import MonitorState
 from monitors.drift.warmup import WarmupMark
 from monitors.fleet.lease import Leases
-from monitors.fleet.references import ReferenceStore
+from monitors.fleet.references import ReferenceStore, StoredReference, reference_fields
 from monitors.fleet.warmup_store import WarmupStore
 
 log = logging.getLogger(__name__)
 
 WARMUP_VERSION = "warmup-"
 """Prefix of the version of a state calibrated on a warm-up (``reference_events`` events of traffic)."""
+WARMUP = "warmup"
+"""The ``reference_source`` of a monitor whose reference is (or will be) a warm-up."""
+UPLOAD = "upload:"
+"""Prefix of the ``reference_source`` of a monitor calibrated (or calibrating) on an uploaded reference."""
+
+LOOK_EVERY_S = 5.0
+"""How often a monitor notes which models have a baseline (two reads per monitored model): a baseline that came in
+the last few seconds before Redis lost its data may go unnoticed (its model then warms up as a new one)."""
+
+_NEITHER = """
+for i = 1, 3 do if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end end
+"""
+_RESTORE = (
+    _NEITHER
+    + """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+if #ARGV > 3 then redis.call('HSET', KEYS[3], unpack(ARGV, 4)) end
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('DEL', KEYS[5])
+return 1
+"""
+)
+"""Store back a state, its version and its reference (``ARGV[4..]``: field, value, ...), only where Redis holds none
+of the three: what an owner stored meanwhile is newer."""
+_MARK_LOST = (
+    _NEITHER
+    + """
+return redis.call('SET', KEYS[4], ARGV[1], 'NX') and 1 or 0
+"""
+)
+
+
+class LostBaseline(BaseModel):
+    """A model's drift baseline that Redis lost and no live monitor kept (``keys.drift_lost``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: Literal[1] = 1
+    source: str
+    """``upload:<id>`` or ``warmup``: what the model's drift monitor was calibrated (or calibrating) on."""
+    at: float
+    """When a monitor found Redis had lost its data (epoch seconds)."""
+
+    @property
+    def uploaded(self) -> bool:
+        return self.source.startswith(UPLOAD)
+
+    def note(self, model: str) -> str:
+        """What ``/drift`` says of it."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))
+        lost = f"Redis lost its data (restarted empty or flushed; noticed {when}), and no live monitor had kept "
+        if self.uploaded:
+            return (
+                f"{lost}the uploaded reference {self.source.removeprefix(UPLOAD)} of this model and its calibration: "
+                f"drift is not watched until a reference is uploaded again (PUT /v1/models/{model}/reference)"
+            )
+        return (
+            f"{lost}the warm-up reference of this model and its calibration: a new warm-up on current traffic "
+            "becomes the reference (if the model may have drifted meanwhile, upload a reference instead)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A calibrated drift monitor of a model this process no longer owns, with what it was calibrated on."""
+
+    monitor: DriftMonitor
+    version: str
+    reference: StoredReference | None
+    """The uploaded reference (``None`` for a warm-up: its rows are in the state)."""
 
 
 @dataclass(slots=True)
@@ -46,6 +137,38 @@ class Started:
     """Whether its calibrated state is already in Redis."""
     resumed: WarmupMark | None = None
     """What of its warm-up is in Redis already: the stored warm-up it resumed."""
+    reference: StoredReference | None = None
+    """The uploaded reference it was built from, once read (kept to store back should Redis lose it)."""
+    foreign: str | None = None
+    """Why it runs the settings stored with the state rather than this process's (``None``: it runs ours)."""
+    rows: int | None = None
+    """Rows of the reference, when known (for :meth:`DriftStates.keeps_stored`)."""
+    dims: int | None = None
+    """Width of the uploaded reference's embeddings, when known."""
+    lost: LostBaseline | None = None
+    """The baseline Redis lost, until the model has a stored state again."""
+
+    @property
+    def watching(self) -> bool:
+        """Whether the monitor takes the model's records: not while its uploaded reference is lost."""
+        return self.lost is None or not self.lost.uploaded or self.built_from is not None
+
+    @property
+    def source(self) -> str:
+        """``upload:<id>``, or ``warmup``; the lost reference's while waiting for it."""
+        if not self.watching and self.lost is not None:
+            return self.lost.source
+        if self.built_from is None or self.built_from.startswith(WARMUP_VERSION):
+            return WARMUP
+        return f"{UPLOAD}{self.built_from}"
+
+    def kept(self) -> Kept | None:
+        """What to keep of it when the model is given up: a stored calibration (and its reference, once read)."""
+        if not self.stored or self.built_from is None or self.monitor.phase is not Phase.MONITORING:
+            return None
+        if self.reference is None and not self.built_from.startswith(WARMUP_VERSION):
+            return None  # its reference not read yet: it could not be stored back whole
+        return Kept(self.monitor, self.built_from, self.reference)
 
 
 class DriftStates:
@@ -56,40 +179,51 @@ class DriftStates:
         self._metrics = metrics
         self.references = ReferenceStore(redis)
         self.warmups = WarmupStore(redis, leases)
+        self.fleet: tuple[DriftConfig, ...] = ()
+        """The drift settings of the live monitors, as the last lease round read them."""
 
-    async def start(self, model: str, *, warm: DriftMonitor | None = None) -> Started:
-        """The monitor a new owner runs: adopted, calibrating on the newest reference, or warming up (resuming
-        the warm-up stored in Redis, or ``warm``, this process's warm-up of the model from before it lost it, when
-        its settings are ours: whichever holds more rows)."""
-        reference_id = await self.references.latest_id(model)
-        version = text(await self._redis.get(keys.drift_version(model)))
-        body = await self._redis.get(keys.drift_state(model))
+    async def start(self, model: str, *, warm: DriftMonitor | None = None, kept: Kept | None = None) -> Started:
+        """The monitor a new owner runs: adopted, calibrating on the newest reference, this process's ``kept``
+        calibration stored back when Redis has neither a state nor a reference, waiting for a lost upload, or
+        warming up (resuming the warm-up stored in Redis, or ``warm``, this process's warm-up of the model from
+        before it lost it, when its settings are ours: whichever holds more rows)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in (keys.drift_version(model), keys.drift_state(model), keys.drift_lost(model)):
+            pipe.get(key)
+        pipe.hget(keys.drift_reference(model), "id")
+        version, body, lost_body, reference_id = (text(v) for v in await execute(pipe))
+        started: Started | None = None
         if body is not None and version is not None and (reference_id is None or version == reference_id):
-            try:
-                state = MonitorState.model_validate_json(body)
-            except ValueError as error:
-                log.error("ignoring unreadable drift state of %s: %s", model, error)
-            else:
-                rows = await self._rows(model, version)
-                if state.config == self._resolved(rows):
-                    log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
-                    # Rebuilding the detectors is CPU work (~0.1 s for a 5,000-row reference's state): off the loop
-                    # that renews the leases, as a take-over adopts every model it takes.
-                    monitor = await asyncio.to_thread(
-                        DriftMonitor.from_state, state, metrics=self._metrics, reference_rows=rows
-                    )
-                    return Started(monitor, version, stored=True)
-                log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
-        if reference_id is not None:
-            return await self.from_reference(model)
-        return await self._warm_up(model, warm)
+            started = await self._adopt(model, version, body)
+        if started is None and reference_id is not None:
+            started = await self.from_reference(model)
+        if started is not None:
+            if lost_body is not None:
+                await self._redis.delete(keys.drift_lost(model))
+            return started
+        if body is None and version is None and kept is not None and await self.restore(model, kept):
+            log.warning("Redis had lost the drift reference and state of %s: stored back from memory", model)
+            return self._resumed(kept)
+        lost = _lost(lost_body)
+        if lost is not None and lost.uploaded:
+            log.warning("drift monitor of %s not started: %s", model, lost.note(model))
+            return Started(self._fresh(model), None, stored=False, lost=lost)
+        started = await self._warm_up(model, warm)
+        started.lost = lost
+        return started
 
     async def from_reference(self, model: str) -> Started:
         stored = await self.references.get(model)
         if stored is None:
-            return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)
+            return Started(self._fresh(model), None, stored=False)
         monitor = DriftMonitor(model=model, config=self._config, metrics=self._metrics, reference=stored.reference)
-        return Started(monitor, stored.id, stored=False)
+        return Started(monitor, stored.id, stored=False, reference=stored)
+
+    async def recalibrate(self, model: str) -> Started:
+        """Calibrate under this process's settings: on the uploaded reference, or a fresh warm-up."""
+        if await self.references.latest_id(model) is not None:
+            return await self.from_reference(model)
+        return Started(self._fresh(model), None, stored=False)
 
     async def store(self, model: str, started: Started) -> bool:
         """Share a calibrated state, if this process still owns the model."""
@@ -99,16 +233,93 @@ class DriftStates:
             model, {keys.drift_state(model): state, keys.drift_version(model): version}
         )
         if written:
-            started.built_from, started.stored = version, True
+            started.built_from, started.stored, started.foreign, started.lost = version, True, None, None
+            await self._redis.delete(keys.drift_lost(model))
             log.info("drift monitor of %s calibrated; state stored (%s)", model, version)
         return written
+
+    async def restore(self, model: str, kept: Kept) -> bool:
+        """Store ``kept`` back (state, version and reference) if Redis holds none of them; whether it did."""
+        state = await asyncio.to_thread(lambda: kept.monitor.export_state().model_dump_json())  # off the lease loop
+        fields = [] if kept.reference is None else [p for f in reference_fields(kept.reference).items() for p in f]
+        names = [keys.drift_state(model), keys.drift_version(model), keys.drift_reference(model)]
+        written = await self._eval(
+            _RESTORE, [*names, keys.MONITORED_MODELS, keys.drift_lost(model)], [state, kept.version, model, *fields]
+        )
+        return bool(written)
+
+    async def mark_lost(self, model: str, lost: LostBaseline) -> bool:
+        """Say that ``model``'s baseline is lost, unless Redis holds a state or a reference of it (or says so)."""
+        names = [
+            keys.drift_state(model),
+            keys.drift_version(model),
+            keys.drift_reference(model),
+            keys.drift_lost(model),
+        ]
+        return bool(await self._eval(_MARK_LOST, names, [lost.model_dump_json()]))
+
+    def keeps_stored(self, config: DriftConfig, rows: int | None, dims: int | None) -> str | None:
+        """Why a state calibrated with ``config`` (not ours) on a reference of ``rows`` (``dims``-d for an upload)
+        is better run as it is than recalibrated under our settings; ``None`` when it is not."""
+        if rows is None:
+            return None
+        if any(live.resolved(rows) == config for live in self.fleet):
+            return "a live monitor runs those settings (monitors of different settings would recalibrate in turn)"
+        least = None if dims is None else self._config.least_rows(dims)
+        if least is not None and rows < least:
+            return f"its reference has {rows} rows, fewer than the {least} this monitor's settings need"
+        return None
+
+    async def _adopt(self, model: str, version: str, body: str) -> Started | None:
+        try:
+            state = MonitorState.model_validate_json(body)
+        except ValueError as error:
+            log.error("ignoring unreadable drift state of %s: %s", model, error)
+            return None
+        rows, dims = await self._size(model, version, state.config)
+        foreign, resolved = None, self._resolved(rows)
+        if state.config != resolved:
+            foreign = self.keeps_stored(state.config, rows, dims)
+            if foreign is None:
+                log.warning("drift settings of %s changed since its calibration: calibrating afresh", model)
+                return None
+            log.warning(
+                "drift monitor of %s adopted from Redis (%s) with the settings stored with it, not this monitor's "
+                "(%s): %s",
+                model,
+                version,
+                differences(state.config, resolved or self._config),
+                foreign,
+            )
+        else:
+            log.info("drift monitor of %s adopted from Redis (%s), no recalibration", model, version)
+        # Rebuilding the detectors is CPU work (~0.1 s for a 5,000-row reference's state): off the loop that renews
+        # the leases, as a take-over adopts every model it takes.
+        monitor = await asyncio.to_thread(DriftMonitor.from_state, state, metrics=self._metrics, reference_rows=rows)
+        return Started(monitor, version, stored=True, foreign=foreign, rows=rows, dims=dims)
+
+    def _resumed(self, kept: Kept) -> Started:
+        """``kept`` running again; under settings not ours, as long as :meth:`keeps_stored` says so."""
+        reference, config = kept.reference, kept.monitor.config
+        rows = config.reference_events if reference is None else len(reference.reference)
+        embeddings = None if reference is None else reference.reference.embeddings
+        dims = None if embeddings is None else int(embeddings.shape[1])
+        foreign = None
+        if config != self._resolved(rows):
+            foreign = self.keeps_stored(config, rows, dims) or "as it ran before Redis lost it"
+        return Started(
+            kept.monitor, kept.version, stored=True, reference=reference, foreign=foreign, rows=rows, dims=dims
+        )
+
+    def _fresh(self, model: str) -> DriftMonitor:
+        return DriftMonitor(model=model, config=self._config, metrics=self._metrics)
 
     async def _warm_up(self, model: str, warm: DriftMonitor | None) -> Started:
         own = warm.warmup_progress if warm is not None and warm.config == self._config else None
         stored = await self.warmups.load(model, max_rows=self._config.reference_events)
         wanted = self._config.reference_events
         if stored is not None and (own is None or len(stored) >= own[0]):
-            monitor = DriftMonitor(model=model, config=self._config, metrics=self._metrics)
+            monitor = self._fresh(model)
             resumed = monitor.resume_warmup(stored)
             log.info(
                 "drift monitor of %s resumes the warm-up stored in Redis (%d of %d events)", model, len(stored), wanted
@@ -117,15 +328,16 @@ class DriftStates:
         if warm is not None and own is not None:
             log.info("drift monitor of %s resumes its warm-up (%d of %d events)", model, own[0], wanted)
             return Started(warm, None, stored=False)
-        return Started(DriftMonitor(model=model, config=self._config, metrics=self._metrics), None, stored=False)
+        return Started(self._fresh(model), None, stored=False)
 
-    async def _rows(self, model: str, version: str) -> int | None:
-        """Rows of the reference named ``version``: ``reference_events`` for a warm-up, the stored reference's for
-        an upload; ``None`` when that reference is no longer stored (a newer one replaced it meanwhile)."""
+    async def _size(self, model: str, version: str, stored: DriftConfig) -> tuple[int | None, int | None]:
+        """Rows and width of the reference named ``version``: ``reference_events`` of the ``stored`` settings for a
+        warm-up (it collects exactly that many; width not needed), the stored reference's for an upload; ``None``
+        when that reference is no longer stored (a newer one replaced it meanwhile)."""
         if version.startswith(WARMUP_VERSION):
-            return self._config.reference_events  # a warm-up collects exactly that many
-        stored = await self.references.size(model)
-        return stored[1] if stored is not None and stored[0] == version else None
+            return stored.reference_events, None
+        size = await self.references.size(model)
+        return (size[1], size[2]) if size is not None and size[0] == version else (None, None)
 
     def _resolved(self, rows: int | None) -> DriftConfig | None:
         """Our settings as a calibration on a reference of ``rows`` rows resolves them; ``None`` when its size is
@@ -133,3 +345,108 @@ class DriftStates:
         if self._config.steady_steps_per_ert is not None:
             return self._config  # nothing depends on the reference
         return None if rows is None else self._config.resolved(rows)
+
+    async def _eval(self, script: str, names: list[str], args: list[bytes | str | int]) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        queue_script(pipe, script, names, args)
+        (answer,) = await execute(pipe)
+        return int(answer)
+
+
+def _lost(body: str | None) -> LostBaseline | None:
+    if body is None:
+        return None
+    try:
+        return LostBaseline.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def differences(stored: DriftConfig, ours: DriftConfig) -> str:
+    """The settings where ``stored`` differs from ``ours``, as ``name=stored (ours: value)``."""
+    a, b = stored.model_dump(), ours.model_dump()
+    return ", ".join(f"{k}={a.get(k)} (ours: {b.get(k)})" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
+
+
+class Baselines:
+    """What this process knows of the models' drift baselines beyond Redis, to give them back should Redis lose
+    its data: the calibrated monitors (with their references) of models it gave up or lost, at most ``limit`` (the
+    most models it has owned at once), and which models had one, as last seen."""
+
+    def __init__(self, redis: Redis, states: DriftStates, leases: Leases) -> None:
+        self._redis = redis
+        self._states = states
+        self._leases = leases
+        self._kept: dict[str, Kept] = {}
+        self.limit = 1
+        self._seen: dict[str, str] = {}
+        """Model -> ``upload:<id>`` or ``warmup``: its baseline as the last round saw it in Redis."""
+        self._epoch: str | None = None
+        self._look_at = 0.0
+        """When (monotonic) to look at the models' baselines next."""
+
+    @property
+    def seen(self) -> dict[str, str]:
+        """Model -> its baseline (``upload:<id>`` or ``warmup``) as the last round saw it in Redis."""
+        return dict(self._seen)
+
+    def keep(self, model: str, kept: Kept) -> None:
+        self._kept.pop(model, None)
+        self._kept[model] = kept
+        while len(self._kept) > self.limit:  # the longest kept go first
+            del self._kept[next(iter(self._kept))]
+
+    def take(self, model: str) -> Kept | None:
+        return self._kept.pop(model, None)
+
+    async def round(self, models: list[str]) -> None:
+        """Once per lease round, before taking models: store back what Redis lost, then look at it again."""
+        epoch = await self._leases.epoch()
+        if self._epoch is not None and epoch != self._epoch:
+            await self._recover(self._epoch, epoch)  # should it fail, the next round tries again
+            self._epoch = epoch
+            return  # ``models`` was read before the models were stored back: look next round
+        self._epoch = epoch
+        if time.monotonic() >= self._look_at:
+            self._look_at = time.monotonic() + LOOK_EVERY_S
+            await self._look(models)
+
+    async def _recover(self, previous: str, epoch: str) -> None:
+        log.warning(
+            "Redis lost its data (%s was %s, now %s: restarted empty, or flushed): storing back the drift "
+            "calibrations and references of %d models this monitor kept",
+            keys.EPOCH,
+            previous,
+            epoch,
+            len(self._kept),
+        )
+        restored = [model for model, kept in list(self._kept.items()) if await self._states.restore(model, kept)]
+        at = time.time()
+        lost = [
+            model
+            for model, source in sorted(self._seen.items())
+            if model not in restored and await self._states.mark_lost(model, LostBaseline(source=source, at=at))
+        ]
+        log.warning("drift baselines stored back: %s; lost (no monitor kept them): %s", restored, lost)
+        self._seen = {}
+
+    async def _look(self, models: list[str]) -> None:
+        """Note which models have a baseline, and forget the kept calibrations Redis has a newer one of (or that
+        are no longer monitored)."""
+        names = sorted(set(models) | set(self._kept))
+        pipe = self._redis.pipeline(transaction=False)
+        for model in names:
+            pipe.get(keys.drift_version(model))
+            pipe.hget(keys.drift_reference(model), "id")
+        answers = [text(a) for a in await execute(pipe)] if names else []
+        monitored, seen = set(models), {}
+        for model, version, reference_id in zip(names, answers[::2], answers[1::2], strict=True):
+            if reference_id is not None:
+                seen[model] = f"{UPLOAD}{reference_id}"
+            elif version is not None:
+                seen[model] = WARMUP if version.startswith(WARMUP_VERSION) else f"{UPLOAD}{version}"
+            kept = self._kept.get(model)
+            newer = any(v is not None and v != kept.version for v in (version, reference_id)) if kept else False
+            if kept is not None and (newer or model not in monitored):
+                del self._kept[model]
+        self._seen = {model: source for model, source in seen.items() if model in monitored}

@@ -12,6 +12,7 @@
 | ``vai_drift_warmup_records`` | gauge | model | records collected for the reference while warming up (else 0) |
 | ``vai_drift_calibration_failed`` | gauge | model | 1 while the last drift calibration failed (why: ``/drift``) |
 | ``vai_monitor_members`` | gauge | | monitor processes alive, as this one sees them |
+| ``vai_monitor_drift_configs`` | gauge | | distinct drift settings among the live monitors (above 1: they differ) |
 | ``vai_estimated_accuracy`` | gauge | model, version, cohort | accuracy estimated from confidences alone (ATC) |
 | ``vai_calibration_temperature`` | gauge | model, version | temperature minimising the labelled window's NLL |
 | ``vai_calibration_ece_after_temperature`` | gauge | model, version | ECE the window would have after that scaling |
@@ -74,6 +75,12 @@ class MonitorMetrics:
             registry=registry,
         )
         self.members = Gauge("vai_monitor_members", "Monitor processes alive.", registry=registry)
+        self.drift_configs = Gauge(
+            "vai_monitor_drift_configs",
+            "Distinct drift settings among the live monitors: above 1 they differ (uploads are checked against the "
+            "strictest; a model keeps the settings it was calibrated with when another monitor takes it).",
+            registry=registry,
+        )
         self.estimated_accuracy = Gauge(
             "vai_estimated_accuracy",
             "Accuracy estimated from the confidences of recent predictions (ATC): an estimate, not a measurement.",

@@ -14,19 +14,20 @@ from redis.exceptions import ResponseError
 
 from common import keys
 from common.cardinality import BoundedLabel
-from common.redis import REDIS_FAILED, cancelling, execute
+from common.redis import REDIS_FAILED, cancelling, execute, text
 from monitors.collector import QualityCollector
 from monitors.drift.base import DriftEvent
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
 from monitors.feed import FeedFormatError, MonitoringRecord
-from monitors.fleet.drift_state import DriftStates, Started
+from monitors.fleet.drift_state import UPLOAD, DriftStates, Kept, Started
 from monitors.fleet.labelled import Entries, LabelledFeed
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.reports import drift_status
+from monitors.fleet.results import REFERENCE_LOST
 from monitors.fleet.settings import MonitorSettings
 from monitors.fleet.warmup_store import WarmupCopy
 from monitors.window import PredictionWindow, WindowStore
@@ -57,10 +58,16 @@ class OwnedModel:
         skipped: Any,
         views: ModelViews | None = None,
         warm: DriftMonitor | None = None,
+        kept: Kept | None = None,
     ) -> None:
         self.model = model
         self._warm = warm
         """A warm-up this process collected before it lost the model, resumed unless a state was stored since."""
+        self._kept = kept
+        """This process's calibration of the model from before it gave it up, stored back if Redis lost it."""
+        self._skipped = skipped
+        self._looked_at: str | None = None
+        """The stored state's version last looked at while warming up (a state stored back after Redis lost it)."""
         self._redis = redis
         self._readers = readers
         """For the blocking reads alone (see ``MonitorProcess.readers``)."""
@@ -104,9 +111,10 @@ class OwnedModel:
         )
 
     async def start(self) -> None:
-        self._drift = await self._states.start(self.model, warm=self._warm)
-        self._warm = None
-        self._runner.add(monitor=self._drift.monitor, buffer=self.buffer)
+        self._looked_at = text(await self._redis.get(keys.drift_version(self.model)))
+        self._drift = await self._states.start(self.model, warm=self._warm, kept=self._kept)
+        self._warm = self._kept = None
+        self._watch(self._drift)
         await self._ensure_group()
         await self._labelled.reload()
         self._metrics.owned.labels(self.model).set(1)
@@ -125,6 +133,11 @@ class OwnedModel:
         monitor = self._drift.monitor if self._drift is not None else None
         progress = monitor.warmup_progress if monitor is not None else None
         return monitor if progress is not None and progress[0] > 0 else None
+
+    @property
+    def calibrated(self) -> Kept | None:
+        """The calibrated drift monitor (with its reference) to keep when the model is given up; ``None`` before."""
+        return None if self._drift is None else self._drift.kept()
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
         self._stopping = True
@@ -225,12 +238,15 @@ class OwnedModel:
         drift = self._drift
         if drift is None:
             return
-        await self._follow_reference(drift)
+        await self._follow(drift)
         drift = self._drift
         if drift is None:
             return
         if drift.monitor.phase.value == "monitoring" and not drift.stored:
             await self._states.store(self.model, drift)
+        await self._read_reference(drift)
+        if not drift.watching:  # its uploaded reference lost: what comes is passed over, and counted
+            self._skipped.inc(len(self.buffer.drain(len(self.buffer))))
         await self._measure_backlog()
         examined = self.buffer.taken_total
         self._metrics.examined.labels(self.model).inc(examined - self._examined_seen)
@@ -241,7 +257,15 @@ class OwnedModel:
         self._metrics.backlog.labels(self.model).set(backlog)
         self._metrics.oldest.labels(self.model).set(waiting_s)
         status = drift_status(
-            self.model, drift.monitor, examined=examined, backlog=backlog, waiting_s=waiting_s, owner=self._leases.owner
+            self.model,
+            drift.monitor,
+            examined=examined,
+            backlog=backlog,
+            waiting_s=waiting_s,
+            owner=self._leases.owner,
+            state=None if drift.watching else REFERENCE_LOST,
+            source=drift.source,
+            lost=None if drift.lost is None else drift.lost.note(self.model),
         )
         if await self._leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()}):
             self._metrics.publish_drift_state(status)
@@ -255,14 +279,49 @@ class OwnedModel:
             keep = not drift.stored and drift.built_from is None
             await self._warmup_copy.sync(drift.monitor, resumed=drift.resumed, keep=keep)
 
-    async def _follow_reference(self, drift: Started) -> None:
+    async def _follow(self, drift: Started) -> None:
+        """Run what Redis now says the model's drift monitor is: a newer upload, a calibration stored back after Redis
+        lost it, or, once no reason is left to run the settings stored with the state, a calibration under ours."""
+        started = await self._newer(drift)
+        config = drift.monitor.config
+        if started is None and drift.foreign and self._states.keeps_stored(config, drift.rows, drift.dims) is None:
+            log.warning(
+                "drift monitor of %s ran the settings stored with its state (%s); no longer: recalibrating under "
+                "this monitor's",
+                self.model,
+                drift.foreign,
+            )
+            started = await self._states.recalibrate(self.model)
+        if started is not None:
+            self._drift = started
+            self._watch(started)
+
+    async def _newer(self, drift: Started) -> Started | None:
         latest = await self._states.references.latest_id(self.model)
-        if latest is None or latest == drift.built_from:
-            return
-        started = await self._states.from_reference(self.model)
-        self._drift = started
-        self._runner.add(monitor=started.monitor, buffer=self.buffer)
-        log.info("drift monitor of %s calibrating on the uploaded reference %s", self.model, latest)
+        if latest is not None and latest != drift.built_from:
+            log.info("drift monitor of %s follows the uploaded reference %s", self.model, latest)
+            return await self._states.start(self.model)
+        if drift.stored or drift.built_from is not None:
+            return None
+        version = text(await self._redis.get(keys.drift_version(self.model)))
+        if version is None or version == self._looked_at:
+            return None
+        self._looked_at = version  # warming up (or waiting) while a state was stored: stored back, say
+        started = await self._states.start(self.model, warm=drift.monitor if drift.watching else None)
+        return None if started.monitor is drift.monitor else started
+
+    async def _read_reference(self, drift: Started) -> None:
+        """Read the uploaded reference of an adopted state once, to keep (see :attr:`calibrated`)."""
+        if drift.reference is None and drift.stored and drift.source.startswith(UPLOAD):
+            stored = await self._states.references.get(self.model)
+            if stored is not None and stored.id == drift.built_from:
+                drift.reference = stored
+
+    def _watch(self, drift: Started) -> None:
+        if drift.watching:
+            self._runner.add(monitor=drift.monitor, buffer=self.buffer)
+        else:
+            self._runner.remove(self.model)
 
     async def _measure_backlog(self) -> None:
         """Examined entries are deleted, so the feed's length is what waits and its head the oldest. Waits are

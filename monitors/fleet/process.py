@@ -1,8 +1,10 @@
 """The monitor process: take a fair share of the models' leases, run what each owned model needs.
 
-Every ``ttl / 3`` the process renews its membership and its leases, drops the models whose lease
-it lost, gives one back when it owns more than its share (so a newly started monitor gets work),
-and tries to take unowned models up to its share. Detection runs in one background thread
+Every ``ttl / 3`` the process renews its leases, drops the models whose lease it lost, renews its
+membership and publishes its drift settings, gives one back when it owns more than its share (so a
+newly started monitor gets work), and tries to take unowned models up to its share. The renewal
+comes first and alone decides what is lost: a full Redis refuses the membership's and the settings'
+writes (logged once, the round goes on) but renews leases. Detection runs in one background thread
 (:class:`DriftRunner`) for every owned model; Redis I/O stays on the event loop.
 """
 
@@ -13,9 +15,12 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from common import keys
 from common.redis import REDIS_FAILED, cancelling, connect
@@ -25,8 +30,8 @@ from monitors.collector import QualityCollector
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
-from monitors.fleet.drift_state import DriftStates
-from monitors.fleet.lease import Leases, fair_share
+from monitors.fleet.drift_state import Baselines, DriftStates, differences
+from monitors.fleet.lease import Leases, fair_share, parse_configs, strictest
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.owned import OwnedModel
 from monitors.fleet.projection import ProjectionPool, UmapSettings
@@ -87,6 +92,8 @@ class MonitorProcess:
         self._warm: dict[str, DriftMonitor] = {}
         """Warm-ups of models whose lease this process lost (a Redis outage past the TTL): resumed if it takes the
         model again before anyone stored a calibrated state, instead of collecting ``reference_events`` anew."""
+        self.baselines = Baselines(self.redis, self.states, self.leases)
+        """Calibrations of models this process gave up or lost, stored back should Redis lose its data."""
         self.projections = ProjectionPool(
             threads=settings.drift_threads, umap=UmapSettings(seed=settings.projection_seed)
         )
@@ -99,7 +106,14 @@ class MonitorProcess:
         """Models the live monitors could not own at the last round (warned about once)."""
         self.stopped = False
         self._drift_config = settings.drift.model_dump_json()
-        """Published every round (``keys.DRIFT_CONFIG``): sidecars check an uploaded reference against it."""
+        """Published every round (``keys.DRIFT_CONFIGS``): sidecars check an uploaded reference against the
+        strictest of the live monitors'."""
+        self._alive = 1
+        """Monitor processes alive at the last heartbeat Redis accepted."""
+        self._refused: set[str] = set()
+        """What of a round Redis refuses (full), warned about once until it accepts it again."""
+        self._configs_said: list[str] = []
+        """The live monitors' distinct drift settings last warned about."""
 
     @property
     def owner(self) -> str:
@@ -164,26 +178,28 @@ class MonitorProcess:
             await asyncio.sleep(max(period - (loop.time() - started), 0.0))  # renewals a period apart, not after
 
     async def tick(self) -> None:
-        """One round of membership, lease renewal, hand-back and taking."""
+        """One round of lease renewal, membership, hand-back and taking."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.settings.monitor_lease_ttl_s / 3  # a third of the lease's life from renewal
-        alive = await self.leases.heartbeat()
-        self.metrics.members.set(alive)
         held = list(self.owned)
-        renewals = await self.leases.renew_all(held)
+        renewals = await self.leases.renew_all(held)  # first, and nothing but its failure gives a model up
         self._renewed_at = loop.time()
-        await self.redis.set(keys.DRIFT_CONFIG, self._drift_config)  # after the renewals: never delays them
         for model, renewed in zip(held, renewals, strict=True):
             if not renewed:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
                 await self._drop(model, release=False)
+        await self._tolerated("its membership heartbeat", self._heartbeat)
+        alive = self._alive
+        self.metrics.members.set(alive)
+        await self._drift_settings()
         members: set[bytes] = await self.redis.smembers(keys.MONITORED_MODELS)  # type: ignore[assignment]
         models = sorted(m.decode() for m in members)
         for model in set(self._warm) - set(models):
             del self._warm[model]
         for model in sorted(set(self.owned) - set(models)):  # no longer monitored: its series go too
             log.info("monitor %s gives up %s: no longer in %s", self.owner, model, keys.MONITORED_MODELS)
-            await self._drop(model, release=True)
+            await self._drop(model, release=True, keep=False)
+        await self._tolerated("the drift baselines", partial(self.baselines.round, models))  # before taking any
         share = min(fair_share(len(models), alive), MAX_MODELS)
         self._say_if_over(len(models), alive)
         if len(self.owned) > share:
@@ -198,6 +214,54 @@ class MonitorProcess:
             if model not in self.owned and await self.leases.acquire(model):
                 await self._take(model)
                 took += 1
+
+    async def _heartbeat(self) -> None:
+        self._alive = await self.leases.heartbeat()
+
+    async def _drift_settings(self) -> None:
+        """Publish this process's drift settings, and see the live monitors': how many differ (logged, exported),
+        and the strictest, written where sidecars of the previous release read one (``keys.DRIFT_CONFIG``)."""
+        await self._tolerated("its drift settings", partial(self.leases.publish_config, self._drift_config))
+        configs = await self.leases.live_configs()
+        if self.owner not in configs:  # its own membership lapsed (Redis refuses the heartbeat): not a view to act on
+            return
+        distinct = sorted(set(configs.values()))
+        self.metrics.drift_configs.set(len(distinct))
+        self.states.fleet = tuple(parse_configs(distinct))
+        if len(distinct) > 1 and distinct != self._configs_said:
+            ours = self.settings.drift
+            others = {o: c for o, c in configs.items() if c != self._drift_config}
+            log.warning(
+                "the live monitors run %d different drift settings (vai_monitor_drift_configs): %s; uploads are "
+                "checked against the strictest, and a model changing hands keeps the settings it was calibrated "
+                "with while a live monitor runs them",
+                len(distinct),
+                "; ".join(
+                    f"{owner}: {differences(config, ours)}"
+                    for owner, body in sorted(others.items())
+                    for config in parse_configs([body])
+                ),
+            )
+        self._configs_said = distinct
+        legacy = strictest(self.states.fleet)
+        if legacy is not None:
+            await self._tolerated(
+                "its drift settings", partial(self.redis.set, keys.DRIFT_CONFIG, legacy.model_dump_json())
+            )
+
+    async def _tolerated(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+        """Run a step the round can do without: Redis refusing it (full: ``OOM command not allowed``) is logged once
+        until it is accepted again, and the round goes on. Redis out of reach still ends the round."""
+        try:
+            await step()
+        except ResponseError as error:
+            if what not in self._refused:
+                log.warning("monitor %s: Redis refused %s (%s); going on without it", self.owner, what, error)
+                self._refused.add(what)
+            return
+        if what in self._refused:
+            log.info("monitor %s: Redis accepts %s again", self.owner, what)
+            self._refused.discard(what)
 
     def _say_if_over(self, models: int, alive: int) -> None:
         """Warn once (until it changes) when the live monitors together cannot own every model."""
@@ -228,6 +292,7 @@ class MonitorProcess:
             skipped=self.drift_metrics.skipped(model),
             views=self._views(model),
             warm=self._warm.pop(model, None),
+            kept=self.baselines.take(model),
         )
         try:
             await self.cohorts.load(model)  # the values its slices were decided with, before its labels replay
@@ -237,6 +302,7 @@ class MonitorProcess:
             await self.leases.release(model)
             raise
         self.owned[model] = owned
+        self.baselines.limit = max(self.baselines.limit, len(self.owned))
         log.info("monitor %s owns %s", self.owner, model)
 
     def _views(self, model: str) -> ModelViews:
@@ -261,12 +327,15 @@ class MonitorProcess:
             for model in list(self.owned):
                 await self._drop(model, release=False)
 
-    async def _drop(self, model: str, *, release: bool) -> None:
+    async def _drop(self, model: str, *, release: bool, keep: bool = True) -> None:
         owned = self.owned.pop(model)
         await owned.stop()
         warm = owned.warming_up
         if not release and warm is not None:  # lost, not handed on: kept for this process's next take
             self._warm[model] = warm
+        calibrated = owned.calibrated
+        if keep and calibrated is not None:
+            self.baselines.keep(model, calibrated)
         self.drift_metrics.forget(model)
         self.metrics.forget(model)
         self.quality.forget(model)

@@ -80,6 +80,26 @@ def _matrix(value: Any, field_name: str) -> npt.NDArray[np.float32]:
     return array
 
 
+def reference_fields(stored: StoredReference) -> dict[str, bytes | str | int]:
+    """The hash fields ``stored`` is kept in (also to store it back, id and all, after Redis lost it)."""
+    reference, margin = stored.reference, stored.margin
+    if reference.embeddings is None:
+        raise ValueError("embeddings: a stored reference needs embeddings")
+    rows, dims = reference.embeddings.shape
+    fields: dict[str, bytes | str | int] = {
+        "id": stored.id,
+        "rows": rows,
+        "dims": dims,
+        "embeddings": np.ascontiguousarray(reference.embeddings, dtype="<f4").tobytes(),
+        "has_outputs": int(reference.has_outputs),
+        "predicted": np.ascontiguousarray(reference.predicted, dtype="<i8").tobytes(),
+        "confidence": np.ascontiguousarray(reference.confidence, dtype="<f8").tobytes(),
+    }
+    if margin is not None:
+        fields["margin"] = np.ascontiguousarray(margin, dtype="<f8").tobytes()
+    return fields
+
+
 class ReferenceStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -89,18 +109,7 @@ class ReferenceStore:
         if reference.embeddings is None:
             raise ValueError("embeddings: a stored reference needs embeddings")
         reference_id = uuid.uuid4().hex
-        rows, dims = reference.embeddings.shape
-        fields: dict[str, bytes | str | int] = {
-            "id": reference_id,
-            "rows": rows,
-            "dims": dims,
-            "embeddings": np.ascontiguousarray(reference.embeddings, dtype="<f4").tobytes(),
-            "has_outputs": int(reference.has_outputs),
-            "predicted": np.ascontiguousarray(reference.predicted, dtype="<i8").tobytes(),
-            "confidence": np.ascontiguousarray(reference.confidence, dtype="<f8").tobytes(),
-        }
-        if margin is not None:
-            fields["margin"] = np.ascontiguousarray(margin, dtype="<f8").tobytes()
+        fields = reference_fields(StoredReference(reference_id, reference, margin))
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(keys.drift_reference(model))
         pipe.hset(keys.drift_reference(model), mapping=fields)  # type: ignore[arg-type]
@@ -111,13 +120,14 @@ class ReferenceStore:
     async def latest_id(self, model: str) -> str | None:
         return text(await self._redis.hget(keys.drift_reference(model), "id"))
 
-    async def size(self, model: str) -> tuple[str, int] | None:
-        """The stored reference's id and row count, without reading its rows; ``None`` when there is none."""
-        reference_id, rows = await self._redis.hmget(keys.drift_reference(model), ["id", "rows"])
+    async def size(self, model: str) -> tuple[str, int, int] | None:
+        """The stored reference's id, row count and embedding width, without reading its rows; ``None`` when there
+        is none."""
+        reference_id, rows, dims = await self._redis.hmget(keys.drift_reference(model), ["id", "rows", "dims"])
         found = text(reference_id)
-        if found is None or rows is None:
+        if found is None or rows is None or dims is None:
             return None
-        return found, int(rows)
+        return found, int(rows), int(dims)
 
     async def get(self, model: str) -> StoredReference | None:
         raw: dict[bytes, bytes] = await self._redis.hgetall(keys.drift_reference(model))  # type: ignore[assignment]

@@ -23,12 +23,27 @@ from monitors.window import ConfidenceSnapshot, SeriesSnapshot
 
 
 def drift_status(
-    model: str, monitor: DriftMonitor, *, examined: int, backlog: int, waiting_s: float, owner: str
+    model: str,
+    monitor: DriftMonitor,
+    *,
+    examined: int,
+    backlog: int,
+    waiting_s: float,
+    owner: str,
+    state: str | None = None,
+    source: str | None = None,
+    lost: str | None = None,
 ) -> DriftStatus:
+    """``state``: the monitor's phase unless given (``reference_lost``); ``source`` and ``lost``: see
+    :class:`DriftStatus`."""
     collected, needed = monitor.warmup_progress or (None, None)
+    if state is not None:
+        collected = needed = None
     return DriftStatus(
         model=model,
-        state=monitor.phase.value,
+        state=state or monitor.phase.value,
+        reference_source=source,
+        reference_lost=lost,
         detectors=tuple(
             DetectorVerdict(
                 name=r.name, score=r.score, threshold=r.threshold, drift=r.drift, since=r.since, p_value=r.p_value

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from monitors.calibration import CalibrationReport, ReliabilityBin
 
 FORMAT_VERSION = 1
+REFERENCE_LOST = "reference_lost"
+"""The drift state of a model whose uploaded reference Redis lost with no monitor keeping it (see
+``DriftStatus.reference_lost``): nothing is watched until a reference is uploaded again."""
 
 
 class _Result(BaseModel):
@@ -36,7 +39,16 @@ class DriftStatus(_Result):
     v: int = FORMAT_VERSION
     model: str
     state: str
-    """``warming_up``, ``calibrating`` or ``monitoring``."""
+    """``warming_up``, ``calibrating`` or ``monitoring``; ``reference_lost`` (:data:`REFERENCE_LOST`) while the
+    uploaded reference Redis lost waits to be uploaded again."""
+    reference_source: str | None = None
+    """What the detectors' reference is (or, warming up or calibrating, will be): ``upload:<id>`` (an uploaded
+    reference) or ``warmup`` (the first ``reference_events`` records of traffic). ``None`` from monitors of earlier
+    releases."""
+    reference_lost: str | None = None
+    """Set when Redis lost the model's drift reference and calibration (restarted empty, flushed) and no live monitor
+    had kept them to store back: what was lost and what happens now (an upload is waited for; a warm-up is collected
+    anew). Cleared once a calibration is stored again."""
     detectors: tuple[DetectorVerdict, ...] = ()
     calibration_error: str | None = None
     warmup_collected: int | None = None
