@@ -95,9 +95,20 @@ class Monitoring:
             field="embeddings",
         )
 
-    async def drift_status(self, model: str) -> DriftStatus | None:
-        body = await self._get(keys.drift_status(model), "drift status")
-        return None if body is None else self._published(DriftStatus, body, model, "drift status")
+    async def drift_status(self, model: str) -> tuple[DriftStatus, float] | None:
+        """The published drift status and how old it is, in seconds: Redis's clock against the ``updated_at`` the
+        owner stamped with Redis's clock, so neither host's clock (nor a skew between them) enters it."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.drift_status(model))
+        pipe.time()
+        try:
+            body, (seconds, microseconds) = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: drift status not read") from None
+        if body is None:
+            return None
+        status = self._published(DriftStatus, body, model, "drift status")
+        return status, max(0.0, seconds + microseconds / 1e6 - status.updated_at)
 
     async def quality(self, model: str) -> QualityReport | None:
         body = await self._get(keys.quality_report(model), "calibration")

@@ -6,7 +6,6 @@ import io
 import logging
 import math
 import re
-import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -161,14 +160,15 @@ def _arrays(body: bytes, content_type: str) -> tuple[Any, Any]:
 
 @router.get("/v1/models/{model}/drift", dependencies=[ReadScope])
 async def get_drift(model: ModelPath, sidecar: SidecarDep) -> Response:
-    status = await _monitoring(sidecar).drift_status(model)
-    if status is None:
+    found = await _monitoring(sidecar).drift_status(model)
+    if found is None:
         raise NotFound(
             f"model: no monitor has published drift verdicts for {model!r} (no events or reference yet, "
             "or no `vai-sidecar monitor` running on this Redis)",
             field="model",
         )
-    body = {**status.model_dump(), "age_s": max(0.0, time.time() - status.updated_at)}
+    status, age_s = found
+    body = {**status.model_dump(), "age_s": age_s}
     return Response(orjson.dumps(body), media_type="application/json")
 
 

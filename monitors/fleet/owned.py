@@ -266,6 +266,7 @@ class OwnedModel:
             state=None if drift.watching else REFERENCE_LOST,
             source=drift.source,
             lost=None if drift.lost is None else drift.lost.note(self.model),
+            now_s=self._redis_now_s,  # read with the backlog: every sidecar's age_s is Redis's clock against it
         )
         if await self._leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()}):
             self._metrics.publish_drift_state(status)

@@ -33,9 +33,11 @@ def drift_status(
     state: str | None = None,
     source: str | None = None,
     lost: str | None = None,
+    now_s: float | None = None,
 ) -> DriftStatus:
     """``state``: the monitor's phase unless given (``reference_lost``); ``source`` and ``lost``: see
-    :class:`DriftStatus`."""
+    :class:`DriftStatus`. ``now_s``: Redis's clock, which readers on other hosts compare ``updated_at`` with
+    (this host's when not given)."""
     collected, needed = monitor.warmup_progress or (None, None)
     if state is not None:
         collected = needed = None
@@ -59,7 +61,7 @@ def drift_status(
         backlog=backlog,
         oldest_waiting_s=waiting_s,
         owner=owner,
-        updated_at=time.time(),
+        updated_at=time.time() if now_s is None else now_s,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -403,6 +404,25 @@ def test_reference_as_npy_upload_and_pickles_refused(make_client: Callable[..., 
     assert answer.status_code == 202 and (answer.json()["rows"], answer.json()["dims"]) == (300, 8), answer.text
     mismatch = client.post("/v1/events", json=event("x", embedding=[0.0] * 5))
     assert mismatch.status_code == 422 and mismatch.json()["field"] == "embedding"
+
+
+def test_drift_status_age_is_redis_clock_not_the_monitor_hosts(
+    make_client: Callable[..., TestClient], monitors: MonitorRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monitor host whose clock runs an hour behind the sidecar's: its status is still fresh (``age_s`` is Redis's
+    clock against the owner's Redis-clock stamp), where a comparison of the two hosts' clocks read it an hour old."""
+    behind = types.SimpleNamespace(time=lambda: time.time() - 3600)
+    monkeypatch.setattr("monitors.fleet.reports.time", behind)  # the monitor's reports only: not this host's clock
+    monitors.start()
+    client = make_client(monitor_max_per_second=0)
+    assert client.post("/v1/events", json=event("a", embedding=[0.1, 0.2])).status_code == 202
+    status = wait_until(
+        lambda: (answer := client.get("/v1/models/digits/drift")).status_code == 200 and answer.json(),
+        timeout_s=20,
+        what="a published drift status",
+    )
+    assert 0.0 <= status["age_s"] < 60.0, status
+    assert abs(status["updated_at"] - time.time()) < 60.0, "stamped with Redis's clock"
 
 
 def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
