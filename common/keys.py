@@ -227,7 +227,7 @@ def sidecar_mark(replica: str) -> str:
 EPOCH = f"{PREFIX}:epoch"
 """A random id set once (``SET NX``) by the first monitor to find it missing. Every monitor remembers the one it
 saw: another one (or none) means Redis lost its data (restarted empty, flushed) since, and with it every model's
-drift reference and calibration (``monitors.fleet.drift_state.Baselines``)."""
+drift reference and calibration (``monitors.fleet.baselines.Baselines``)."""
 
 DRIFT_CONFIGS = f"{PREFIX}:drift-configs"
 """Hash of monitor id -> JSON of the drift settings it calibrates with (``DriftConfig``), written by each live

@@ -30,7 +30,8 @@ from monitors.collector import QualityCollector
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
-from monitors.fleet.drift_state import Baselines, DriftStates, differences
+from monitors.fleet.baselines import Baselines
+from monitors.fleet.drift_state import DriftStates, differences
 from monitors.fleet.lease import Leases, fair_share, parse_configs, strictest
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.owned import OwnedModel
