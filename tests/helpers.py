@@ -108,6 +108,19 @@ def full_redis(client: redis.Redis) -> Iterator[None]:
         client.config_set("maxmemory-policy", str(before["maxmemory-policy"]))
 
 
+FAST_DRIFT: dict[str, Any] = {
+    "reference_events": 400,
+    "max_reference": 300,
+    "pca_components": 16,
+    "ert": 100,
+    "window_size": 10,
+    "window_events": 100,
+    "window_tests": False,
+}
+"""Drift settings that calibrate in well under a second on small references (no window tests, ERT 100), for tests
+that need the monitor watching, not the detectors' power."""
+
+
 REPO = Path(__file__).parents[1]
 
 

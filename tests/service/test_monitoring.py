@@ -21,25 +21,22 @@ from prometheus_client import CollectorRegistry
 from common import keys
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
-from helpers import MonitorRunner, event, full_redis, load_torchscript, sidecar_of, stream_entries, wait_until
+from helpers import (
+    FAST_DRIFT,
+    MonitorRunner,
+    event,
+    full_redis,
+    load_torchscript,
+    sidecar_of,
+    stream_entries,
+    wait_until,
+)
 from monitors.drift.base import DriftEvent
 from monitors.fleet.results import SeriesQuality
 from service.app import create_app
 from service.feed_writer import FeedWriter
 from service.monitoring_api import newest
 from service.settings import SidecarSettings
-
-# Small detectors so calibration takes a second: online MMD at ERT 100 (window 10), 400-event tumbling windows.
-FAST_DRIFT = {
-    "reference_events": 400,
-    "max_reference": 300,
-    "pca_components": 16,
-    "ert": 100,
-    "window_size": 10,
-    "window_events": 100,
-    "window_tests": False,
-}
-
 
 LABELLED = {"digits": {"delayed_labels": True}}
 """The config that declares the model's labels come later: its predictions wait for them from the first event."""

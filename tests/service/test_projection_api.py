@@ -26,22 +26,13 @@ from common import keys
 from common.embedded_redis import EmbeddedRedis
 from demo.corruptions import corrupt
 from demo.models.training import DatasetSplit
-from helpers import MonitorRunner, event, load_torchscript, serve_app, summarise_rows, wait_until
+from helpers import FAST_DRIFT, MonitorRunner, event, load_torchscript, serve_app, summarise_rows, wait_until
 from monitors.fleet.views import WANTED_TTL_S, Projection, ProjectionStatus
 from sampler.explanation_records import ExplanationRecord, ExplanationStatus, ExplanationSummary
 from sampler.explanations import ExplanationStore
 from service.app import create_app
 
 Array = npt.NDArray[Any]
-FAST_DRIFT = {
-    "reference_events": 400,
-    "max_reference": 300,
-    "pca_components": 16,
-    "ert": 100,
-    "window_size": 10,
-    "window_events": 100,
-    "window_tests": False,
-}
 FAST_VIEWS: dict[str, Any] = {
     "projection_refresh_s": 0.1,
     "drift_history_s": 0.05,

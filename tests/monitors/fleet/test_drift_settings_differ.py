@@ -17,22 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from common import keys
 from common.redis import connect
-from helpers import MonitorRunner, event, wait_until
+from helpers import FAST_DRIFT, MonitorRunner, event, wait_until
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.reference import Reference
 from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases
 
-LAX = {
-    "reference_events": 400,
-    "max_reference": 300,
-    "pca_components": 16,
-    "ert": 100,
-    "window_size": 10,
-    "window_events": 100,
-    "window_tests": False,
-}
+LAX = FAST_DRIFT
 """8-d embeddings (no PCA): a reference needs 41 distinct rows."""
 STRICT = {**LAX, "window_size": 30}
 """121 rows."""

@@ -17,22 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from common import keys
 from common.redis import connect
-from helpers import MonitorRunner, event, wait_until
+from helpers import FAST_DRIFT, MonitorRunner, event, wait_until
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.reference import Reference
 from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases
 
-DRIFT = {
-    "reference_events": 400,
-    "max_reference": 300,
-    "pca_components": 16,
-    "ert": 100,
-    "window_size": 10,
-    "window_events": 100,
-    "window_tests": False,
-}
+DRIFT = FAST_DRIFT
 
 
 def _embeddings(rows: int, seed: int = 0) -> list[list[float]]:
