@@ -11,6 +11,7 @@ until Redis takes it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,9 +91,11 @@ class DelayedLabels:
     monitor's feed (a record from Redis in the call that takes it; one from this replica's buffer through it);
     counts every label in ``vai_labels_total{model, matched}``."""
 
-    def __init__(self, redis: Redis, writer: FeedWriter, *, timeout_s: float) -> None:
+    def __init__(self, redis: Redis, writer: FeedWriter, *, timeout_s: float, retry_s: float = 0.0) -> None:
         self._redis = redis
         self._timeout_s = timeout_s
+        self._retry_s = retry_s
+        """How long labels that found no record wait before they look once more (``VAI_LABEL_JOIN_RETRY_S``)."""
         self.writer = writer
         self.labels: Counter = writer.labels
 
@@ -121,6 +124,7 @@ class DelayedLabels:
                 self.writer.keep_taken()
         except TimeoutError:
             raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
+        remote = await self._look_again(remote)
         for (index, _, _, label), record in local:
             if record is not None:
                 self._join(result, index, record, label, offer=True)
@@ -151,6 +155,21 @@ class DelayedLabels:
                 await self._redis.sadd(keys.LABELLED_MODELS, *fleet)
         except REDIS_FAILED:
             raise RedisUnavailable("redis: labels not joined") from None
+
+    async def _look_again(self, remote: list[tuple[_Label, _Found]]) -> list[tuple[_Label, _Found]]:
+        """``remote``, where each label that found no record has looked once more after ``retry_s``: a label
+        sent to this replica just after its event reached another one finds the record once that replica's
+        writer has flushed it (within ~50 ms when Redis keeps up). A 503 on the second look loses nothing: the
+        labels joined on the first are counted by the caller, the others are answered ``unmatched``."""
+        missing = [item for item, found in remote if found is None]
+        if not missing or self._retry_s <= 0:
+            return remote
+        await asyncio.sleep(self._retry_s)
+        try:
+            again = dict((item[0], found) for item, found in await self._join_remote(missing))
+        except RedisUnavailable:
+            return remote
+        return [(item, again.get(item[0]) if found is None else found) for item, found in remote]
 
     def _unmatched(self, result: LabelsResult, item: _Label, known: set[str]) -> None:
         index, model, request_id, _ = item

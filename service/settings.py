@@ -159,6 +159,9 @@ class SidecarSettings(RoleSettings):
     ``delayed_labels = true`` or for which any replica has received a label; ``all``; ``none``."""
     prediction_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long a prediction waits in Redis for its delayed label."""
+    label_join_retry_s: float = Field(default=0.25, ge=0.0, le=10.0, allow_inf_nan=False)
+    """Labels of ``POST /v1/labels`` that find no prediction record look once more after this long (the record
+    of an event that reached another replica a moment ago is on its way to Redis: ~50 ms); 0: answer at once."""
     brier_max_classes: int = Field(default=32, ge=2)
     """Publish the full probability vector (for the Brier score) of models with at most this many classes."""
 

@@ -114,7 +114,9 @@ class Sidecar:
                 label_records=settings.label_records,
                 labelled_models=frozenset(name for name, section in settings.models.items() if section.delayed_labels),
             )
-            self.monitoring = Monitoring(self.redis, self.feed, timeout_s=settings.redis_timeout_s)
+            self.monitoring = Monitoring(
+                self.redis, self.feed, timeout_s=settings.redis_timeout_s, label_retry_s=settings.label_join_retry_s
+            )
         metrics = IngestMetrics(self.registry)
         self.cohorts = CohortCounts(
             metrics,

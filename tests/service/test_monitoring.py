@@ -569,6 +569,22 @@ def test_records_are_kept_once_a_model_gets_labels_and_every_replica_learns_it(
     assert first.post("/v1/labels", json=_label("on-second")).json()["matched"] == 1
 
 
+def test_labels_sent_right_after_their_events_to_another_replica_join(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    """Behind a Service a label pipeline may post a label a moment after its event, to another replica, before
+    the serving replica's writer has put the record in Redis: the label looks once more before it is unmatched."""
+    serving = make_client(models=LABELLED)
+    labelling = make_client(models=LABELLED, label_join_retry_s=1.0)
+    ids = [f"quick{i}" for i in range(20)]
+    assert serving.post("/v1/events", json={"events": [event(i) for i in ids]}).json()["accepted"] == 20
+    labels = {"labels": [{"model": "digits", "request_id": i, "label": 0} for i in ids]}
+    answer = labelling.post("/v1/labels", json=labels).json()
+    assert (answer["matched"], answer["unmatched"]) == (20, [])
+    assert redis_client.xlen("vai:labelled:digits") == 20
+    assert labelling.post("/v1/labels", json=_label("never-sent")).json()["unmatched"][0]["request_id"] == "never-sent"
+
+
 def test_labels_first_sent_to_a_replica_that_never_served_the_model_still_turn_records_on(
     make_client: Callable[..., TestClient], redis_client: Any
 ) -> None:
