@@ -255,8 +255,8 @@ class IngestHandler:
             self._metrics.margin.observe_many(labels, accepted.margins if every else [accepted.margins[i] for i in at])
             self._metrics.child(self._metrics.events, *labels).inc(len(at))
             self.counts[labels[0]] += len(at)
-            threshold = self._sampler.policy(labels[0]).confidence_below
-            low = sum(confidence < threshold for confidence in confidences) if threshold is not None else 0
+            threshold = self._settings.low_confidence_threshold(labels[0])
+            low = sum(confidence < threshold for confidence in confidences)
             if low:
                 self._metrics.child(self._metrics.low_confidence, *labels).inc(low)
         self._cohorts.count(accepted.events)

@@ -40,7 +40,7 @@ class IngestMetrics:
         )
         self.low_confidence = Counter(
             "vai_low_confidence",
-            "Accepted events whose top-1 probability is below the model's confidence_below threshold.",
+            "Accepted events whose top-1 probability is below the model's low_confidence_below (default 0.5).",
             ["model", "version"],
             registry=registry,
         )

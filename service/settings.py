@@ -63,6 +63,8 @@ class ModelConfig(BaseModel):
     """Overrides of the default sampling policy for this model."""
     delayed_labels: bool = False
     """The serving stack posts labels for this model later: keep its predictions for them from the first event."""
+    low_confidence_below: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    """This model's ``VAI_LOW_CONFIDENCE_BELOW`` (unset: that setting)."""
     kserve: KServeMapping | None = None
     """How ``POST /v1/cloudevents`` (KServe's inference logger) maps this model's payloads; unset: not accepted."""
 
@@ -103,6 +105,10 @@ class SidecarSettings(RoleSettings):
     """Cohort keys exported as metric labels (comma-separated allowlist)."""
     max_cohort_values: int = Field(default=20, ge=1)
     """Distinct values kept per cohort key; the rest count as ``__other__``."""
+    low_confidence_below: float = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
+    """An event whose top-1 probability is below this counts in ``vai_low_confidence_total`` (what the alert
+    ``VaiModelLowConfidenceShareHigh`` watches); ``[models.NAME] low_confidence_below`` sets it per model. Apart
+    from the sampling policy's ``confidence_below``, so changing what is sampled never changes what is alerted on."""
     dedupe_window: int = Field(default=10_000, ge=0)
     """Recent request ids remembered per model to reject duplicates (0 disables)."""
     kserve_join_ttl_s: int = Field(default=60, ge=1)
@@ -206,6 +212,12 @@ class SidecarSettings(RoleSettings):
             return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:  # a host name other than localhost
             return True
+
+    def low_confidence_threshold(self, model: str) -> float:
+        """The top-1 probability below which an event of ``model`` counts as low-confidence."""
+        section = self.models.get(model)
+        own = section.low_confidence_below if section else None
+        return self.low_confidence_below if own is None else own
 
     def model_policy(self, model: str) -> SamplingPolicy:
         """Default policy with the config file's overrides for ``model`` applied."""

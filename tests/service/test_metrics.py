@@ -171,6 +171,18 @@ def test_low_confidence_counter(mixed: TestClient) -> None:
     assert _total(samples, "vai_low_confidence_total") == 1
 
 
+def test_low_confidence_counter_does_not_follow_sampling(make_client: ClientFactory) -> None:
+    """Turning low-confidence sampling off (or moving its threshold at run time) must not turn the alert off:
+    the counter has a threshold of its own, per model where the config file sets one."""
+    client = make_client(sampling={"confidence_below": None}, models={"text": {"low_confidence_below": 0.75}})
+    assert client.post("/v1/events", json={"events": [D1, D2, T1, T2]}).status_code == 202  # conf ~.9, .47, .8, .7
+    assert client.put("/v1/models/digits/sampling", json={"confidence_below": 0.99}).status_code == 200
+    assert client.post("/v1/events", json=event("d6", model_version="v1", logits=[4.0, 1.0, 0.5])).status_code == 202
+    samples = _scrape(client)
+    assert _value(samples, "vai_low_confidence_total", model="digits", version="v1") == 1  # D2 alone, at 0.5
+    assert _value(samples, "vai_low_confidence_total", model="text", version="v1") == 1  # T2 (0.7 < 0.75)
+
+
 def _cohort_counts(client: TestClient, events: int) -> dict[tuple[str, str, str], float]:
     """``vai_cohort_events_total`` by (model, key, value), once ``events`` are counted: a value new to the fleet
     counts once a decision round (off the request path) has admitted or refused it."""
@@ -259,7 +271,7 @@ def test_accounting_invariant_with_drops(make_client: ClientFactory) -> None:
 
 
 def test_versions_beyond_the_limit_count_as_other(make_client: ClientFactory) -> None:
-    client = make_client(max_versions_per_model=2, sampling={"confidence_below": 1.0})
+    client = make_client(max_versions_per_model=2, low_confidence_below=1.0)
     versions = ["v1", "v2", "v3", "v4", "v1", "v2", "v3"]
     events = [event(f"r{i}", model_version=version) for i, version in enumerate(versions)]
     events.append(event("other-model", model="text", model_version="v9"))
