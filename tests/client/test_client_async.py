@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_servers import Answer, HungServer, accept_all, report, scripted, timed_logs
+from client_servers import Answer, HungServer, accept_all, failing_first, report, scripted, timed_logs
 from vai_client import AsyncClient, Client, RetryPolicy
 
 from common.embedded_redis import free_port
@@ -111,6 +111,17 @@ def test_log_before_the_loop_starts_is_kept() -> None:
 
         asyncio.run(main())
         wait_until(lambda: server.items(), what="the early event")
+        assert [e["request_id"] for e in server.items()] == ["early"]
+
+
+def test_close_sends_what_a_never_started_client_holds() -> None:
+    """Made and given events before any loop ran, then closed in one: close() starts the sender to drain them."""
+    with scripted() as server:
+        client = AsyncClient(server.url, flush_interval_s=0.01)
+        client.log(model="m", request_id="early", logits=[1.0, 0.0])
+        client.label("m", "early", 0)
+        assert asyncio.run(client.close(10))
+        assert (client.stats.sent, client.stats.failed) == (2, 0)
         assert [e["request_id"] for e in server.items()] == ["early"]
 
 
@@ -242,3 +253,67 @@ print("cancelled", client.stats.buffered, client.stats.failed, flush=True)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["cancelled", "5", "0"]
         assert [e["request_id"] for e in server.items()] == [str(i) for i in range(5)]
+
+
+@pytest.mark.parametrize("closed", [pytest.param(True, id="close"), pytest.param(False, id="exit-hook")])
+def test_a_post_hung_on_the_worker_thread_never_holds_up_the_exit(tmp_path: Path, closed: bool) -> None:
+    """A hung sidecar and ``timeout_s=60``: once ``close(1.0)`` (or the exit hook, ``atexit_timeout_s=1``) gives up,
+    the process exits, though the worker thread is still stuck in its post (a daemon thread, never joined at exit).
+    Measured in a real interpreter; the bound asserted is loose, far under ``timeout_s``."""
+    hung = HungServer()
+    script = f"""
+import asyncio
+from vai_client import AsyncClient
+async def main():
+    client = AsyncClient({hung.url!r}, timeout_s=60, flush_interval_s=0.01, atexit_timeout_s=1.0)
+    await client.start()
+    client.log(model="m", request_id="r", logits=[1.0, 0.0])
+    await asyncio.sleep(0.5)  # the post is on the worker thread, waiting for an answer that never comes
+    if {closed}:
+        assert not await client.close(1.0)
+asyncio.run(main())
+"""
+    try:
+        began = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        elapsed = time.monotonic() - began
+        print(f"[vai_client] async client, hung sidecar, timeout_s=60: process exited after {elapsed:.1f} s")
+        assert out.returncode == 0, out.stderr
+        assert hung.accepted  # the post did reach the hung server
+        assert elapsed < 30
+    finally:
+        hung.close()
+
+
+def test_a_child_forked_inside_the_loop_never_sends_the_batch_of_the_parents_sender(tmp_path: Path) -> None:
+    """``fork()`` from a coroutine while the sender backs off holding a batch: the child's copy of that task is
+    cancelled when the child's ``asyncio.run()`` ends, and neither parks the parent's batch for the child's exit
+    hook nor counts it; the parent sends it, once (after the refused first attempt)."""
+    with scripted(failing_first(1, 503, {"Retry-After": "1"})) as server:
+        script = f"""
+import asyncio, os, sys
+from vai_client import AsyncClient
+async def main():
+    client = AsyncClient({server.url!r}, flush_interval_s=0.01)
+    await client.start()
+    for i in range(5):
+        client.log(model="m", request_id=str(i), logits=[1.0, 0.0])
+    while not client.stats.retried:
+        await asyncio.sleep(0.001)  # until the batch is refused once: the sender backs off, holding it
+    pid = os.fork()
+    if pid == 0:
+        print("child", client.stats, flush=True)
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    while client.stats.sent < 5:  # polled: the child's loop, closing, took the self-pipe out of the epoll both share
+        await asyncio.sleep(0.01)
+    assert await client.close(10)
+    print("parent", client.stats, flush=True)
+asyncio.run(main())
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        child, parent = out.stdout.splitlines()[:2]
+        assert "sent=0," in child and "buffered=0," in child and "rejected=0," in child
+        assert "sent=5," in parent and "retried=5," in parent
+        assert [e["request_id"] for e in server.items()] == [str(i) for i in range(5)] * 2  # refused, then taken

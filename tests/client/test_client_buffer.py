@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from client_servers import scripted
 from vai_client import Client
 from vai_client._encoding import LIST_ITEM_BYTES
@@ -76,3 +77,48 @@ print("parent", os.waitstatus_to_exitcode(status), flush=True)
         assert out.stdout.split("\n")[:2] == ["child 0 1 1.0 True", "parent 0"]
         ids = sorted(e["request_id"] for e in server.items())
         assert ids == ["child", *(f"sent-{i}" for i in range(5)), "waiting-0", "waiting-1"]
+
+
+@pytest.mark.parametrize(
+    "started",
+    [pytest.param(False, id="never-started-in-the-parent"), pytest.param(True, id="started-in-the-parent")],
+)
+def test_a_forked_child_of_an_async_client_does_not_send_what_the_parent_buffered(
+    tmp_path: Path, started: bool
+) -> None:
+    """gunicorn --preload with uvicorn workers: the ``AsyncClient`` made in the parent (never started there, or started
+    on a loop of a thread the child does not have). The child's copy starts empty with counts at zero, sends what the
+    child logs from the child's own loop (and its exit hook what is left), never what the parent buffered."""
+    with scripted() as server:
+        script = f"""
+import asyncio, os, sys, threading
+from vai_client import AsyncClient
+client = AsyncClient({server.url!r}, flush_interval_s=3600)
+if {started}:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(client.start(), loop).result()
+for i in range(50):
+    client.log(model="m", request_id=f"parent-{{i}}", logits=[1.0, 0.0])
+pid = os.fork()
+if pid == 0:
+    fresh = client.stats
+    async def child():
+        client.log(model="m", request_id="child", logits=[1.0, 0.0])
+        return await client.flush(5)
+    ok = asyncio.run(child())
+    print("child", fresh.buffered, client.stats.sent, ok, flush=True)
+    client.log(model="m", request_id="child-at-exit", logits=[1.0, 0.0])
+    sys.exit(0)  # the exit hook sends what the child left, and nothing of the parent's
+_, status = os.waitpid(pid, 0)
+async def parent():
+    await client.start()
+    return await client.close(5)
+ok = asyncio.run_coroutine_threadsafe(parent(), loop).result() if {started} else asyncio.run(parent())
+print("parent", os.waitstatus_to_exitcode(status), ok, client.stats.sent, flush=True)
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n")[:2] == ["child 0 1 True", "parent 0 True 50"], out.stderr
+        ids = sorted(e["request_id"] for e in server.items())
+        assert ids == sorted(["child", "child-at-exit", *(f"parent-{i}" for i in range(50))])

@@ -307,3 +307,50 @@ def test_a_refusal_per_event_is_logged_once(caplog: pytest.LogCaptureFixture) ->
         client.close()
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1 and "413" in refusals[0].getMessage()
+
+
+def test_unmatched_labels_are_counted_and_warned_once_per_model(caplog: pytest.LogCaptureFixture) -> None:
+    """``POST /v1/labels`` answers 200 with ``unmatched`` entries for labels that found no prediction record (as
+    the sidecar does for a model not declared with ``delayed_labels``): lost, so counted as ``unmatched``, not sent,
+    and one warning per model that says the fix."""
+
+    def no_records_of_b_or_c(path: str, document: dict[str, Any]) -> Answer:
+        if path != "/v1/labels":
+            return accept_all(path, document)
+        labels = document["labels"]
+        unmatched = [
+            {"index": i, "request_id": label["request_id"], "outcome": "unmatched", "error": None, "model": None}
+            for i, label in enumerate(labels)
+            if label["model"] != "a"
+        ]
+        return 200, {}, {"matched": len(labels) - len(unmatched), "unmatched": unmatched, "rejected": []}
+
+    registry = CollectorRegistry()
+    with scripted(no_records_of_b_or_c) as server, caplog.at_level(logging.WARNING, logger="vai_client"):
+        client = Client(server.url, batch_size=10, flush_interval_s=0.01, registry=registry)
+        timed_logs(client, 2)
+        for i in range(30):
+            client.label("abc"[i % 3], f"r{i}", 1)
+        assert client.flush(10)
+        assert client.close(5)
+    stats = client.stats
+    assert (stats.sent, stats.unmatched, stats.rejected) == (2 + 10, 20, 0)
+    assert registry.get_sample_value("vai_client_events_total", {"client": "default", "outcome": "unmatched"}) == 20
+    warnings = sorted(r.getMessage() for r in caplog.records if "matched no prediction" in r.getMessage())
+    assert len(warnings) == 2 and "'b'" in warnings[0] and "'c'" in warnings[1], warnings
+    assert all("delayed_labels = true" in message for message in warnings)
+
+
+def test_items_waiting_are_exported_as_a_gauge() -> None:
+    """``vai_client_buffered{client}`` and ``vai_client_buffered_bytes{client}``: what ``stats`` says is waiting,
+    read when the registry is collected."""
+    registry = CollectorRegistry()
+
+    def waiting(metric: str) -> float | None:
+        return registry.get_sample_value(metric, {"client": "idle"})
+
+    client = Client(f"http://127.0.0.1:{free_port()}", registry=registry, name="idle", flush_interval_s=3600)
+    timed_logs(client, 3, logits=np.ones(4, dtype=np.float32))
+    assert (waiting("vai_client_buffered"), waiting("vai_client_buffered_bytes")) == (3.0, 48.0)
+    assert not client.close(0)
+    assert (waiting("vai_client_buffered"), waiting("vai_client_buffered_bytes")) == (0.0, 0.0)

@@ -108,23 +108,31 @@ def test_invalid_events_are_counted_as_rejected(sidecar: str) -> None:
 
 
 def test_labels_join_their_events(sidecar: str) -> None:
+    """The sidecar keeps no prediction records of a model not declared with ``delayed_labels`` until its first
+    label: the labels of events logged before that match nothing, and are counted as unmatched (lost), not sent;
+    those of events logged after it join."""
     client = Client(sidecar, token=INGEST_TOKEN)
-    for i in range(5):
-        client.log(model="digits", request_id=f"r{i}", logits=[3.0, 1.0, 0.5])
-    for i in range(5):
-        client.label("digits", f"r{i}", i % 3)
-    assert client.flush(10)
-    assert client.stats.sent == 10
 
-    def labels_counted() -> float:
-        """Labels the sidecar took, matched or not (whether one matches is the sidecar's business, not the client's)."""
+    def log_then_label(start: int) -> None:
+        for i in range(start, start + 5):
+            client.log(model="digits", request_id=f"r{i}", logits=[3.0, 1.0, 0.5])
+        for i in range(start, start + 5):
+            client.label("digits", f"r{i}", i % 3)
+        assert client.flush(10)
+
+    log_then_label(0)
+    assert (client.stats.sent, client.stats.unmatched) == (5, 5)
+    log_then_label(5)
+    assert (client.stats.sent, client.stats.unmatched, client.stats.rejected) == (15, 5, 0)
+
+    def labels_counted(matched: str) -> float:
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in httpx.get(f"{sidecar}/metrics").text.splitlines()
-            if line.startswith("vai_labels_total{") and 'model="digits"' in line
+            if line.startswith("vai_labels_total{") and 'model="digits"' in line and f'matched="{matched}"' in line
         )
 
-    assert wait_until(lambda: labels_counted() == 5, what="5 labels counted")
+    assert wait_until(lambda: (labels_counted("true"), labels_counted("false")) == (5.0, 5.0), what="labels counted")
     client.close()
 
 

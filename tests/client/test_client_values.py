@@ -122,3 +122,21 @@ def test_cohorts_are_text(cohort: dict[Any, Any], sent: dict[str, str] | None) -
         else:
             assert [e["cohort"] for e in server.items()] == [sent]
         client.close()
+
+
+@pytest.mark.parametrize("encoding", ["json", "compact"])
+def test_nested_lists_are_copied_to_the_numbers(encoding: Any) -> None:
+    """The caller's rows are its buffers, reused at once: a row changed after ``log()`` changes nothing sent."""
+    with scripted() as server:
+        client = Client(server.url, flush_interval_s=3600, tensor_encoding=encoding)
+        row = [0.0, 1.0, 2.0]
+        image = [[row, (3.0, 4.0, 5.0)]]
+        nested = [row, row] if encoding == "json" else None  # compact tensors are flat
+        client.log(model="m", request_id="r", logits=[2.0, 1.0], embedding=nested, input=image)
+        row[0] = 99.0
+        image[0].append([6.0, 7.0, 8.0])
+        assert client.close(5)
+        (event,) = server.items()
+        assert event["input"] == [[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]]
+        if encoding == "json":
+            assert event["embedding"] == [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]

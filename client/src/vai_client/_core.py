@@ -19,7 +19,7 @@ from vai_client._encoding import (
     snapshot_event,
 )
 from vai_client._policy import RefusalLog, RetryPolicy
-from vai_client._stats import ClientStats, Counters
+from vai_client._stats import OUTCOMES, ClientStats, Counters
 
 log = logging.getLogger("vai_client")
 
@@ -70,6 +70,7 @@ class Core:
         self.enqueued = 0
         self.closed = False
         self._warned: set[str] = set()
+        self.counters.export_waiting(self.stats)
 
     def put(self, kind: str, item: Any, size: int = 0) -> int:
         """Append (never blocks on I/O), dropping the oldest while either bound is passed; the number
@@ -218,9 +219,8 @@ class Core:
 
     @property
     def settled(self) -> int:
-        """Items whose fate is known: sent, rejected, dropped, failed or errored."""
-        get = self.counters.get
-        return get("sent") + get("rejected") + get("dropped") + get("failed") + get("errored")
+        """Items whose fate is known: every outcome but ``retried``."""
+        return sum(self.counters.get(outcome) for outcome in OUTCOMES if outcome != "retried")
 
     def drained(self, failed_before: int) -> bool:
         """Everything logged is settled, and nothing more failed since ``failed_before``."""

@@ -11,13 +11,15 @@ halves to isolate it, and one event alone is given up after ``server_error_attem
 so it cannot hold back every later batch. A connection opened for a request and reset while it is sent
 (``CutOff``: a sidecar or proxy refusing a body too large without reading it) is taken as a 413 that could
 not be read: the batch is split, and one event alone is given up after ``server_error_attempts`` (``rejected``).
+A label the sidecar took but matched to no prediction record (``unmatched`` in its answer) is lost: it is counted
+as ``unmatched``, not ``sent``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +119,9 @@ class BatchDelivery:
         size = len(chunk.items)
         if 200 <= status < 300:
             self._pending.popleft()
-            self._settle(size, rejected_in(response.body, size, chunk.retried))
+            answer = _answer(response.body)
+            unmatched = self._unmatched(chunk.items, answer) if self.kind == "labels" else 0
+            self._settle(size, rejected_in(answer, size - unmatched, chunk.retried), unmatched)
             return 0.0
         if status == 413 and size > 1:
             self._split(retried=chunk.retried)
@@ -127,7 +131,7 @@ class BatchDelivery:
         if status >= 500:
             return self._server_error(response)
         self._pending.popleft()
-        arrived = arrived_before(response.body, chunk.retried) if status == 422 else 0
+        arrived = arrived_before(_answer(response.body)) if status == 422 and chunk.retried else 0
         if arrived < size:
             self._refusals.refused(self.kind, status, size - arrived, response.body)
         self._settle(size, size - arrived)
@@ -194,36 +198,62 @@ class BatchDelivery:
         self._pending.popleft()
         return None
 
-    def _settle(self, size: int, rejected: int) -> None:
-        self._counters.add("sent", size - rejected)
+    def _unmatched(self, items: list[bytes], answer: dict[str, Any]) -> int:
+        """Labels of a 2xx answer the sidecar matched to no prediction record (``unmatched`` entries): lost for good.
+        Warned about at most once a minute per model, with the fix."""
+        unmatched = _entries(answer, "unmatched")[: len(items)]
+        for model, count in Counter(_label_model(items, entry) for entry in unmatched).items():
+            self._refusals.warn(
+                ("unmatched", model),
+                count,
+                f"vai sidecar matched no prediction to {count} labels of model {model!r}; they are lost (counted as "
+                "unmatched). The sidecar keeps a model's predictions for labels only once it is declared with "
+                f"[models.{model}] delayed_labels = true in its config (or VAI_LABEL_RECORDS=all), or after the "
+                "first label it gets; else the prediction expired (VAI_PREDICTION_TTL_S) or was labelled already",
+            )
+        return len(unmatched)
+
+    def _settle(self, size: int, rejected: int, unmatched: int = 0) -> None:
+        self._counters.add("sent", size - rejected - unmatched)
         self._counters.add("rejected", rejected)
+        self._counters.add("unmatched", unmatched)
         self._failures = 0
 
 
-def rejected_in(body: bytes, size: int, retried: bool) -> int:
-    """Items of a 2xx answer the sidecar refused (``rejected`` entries); duplicates of a retried
+def rejected_in(answer: dict[str, Any], size: int, retried: bool) -> int:
+    """Items of a 2xx answer the sidecar refused (``rejected`` entries), at most ``size``; duplicates of a retried
     chunk are not counted: they are this chunk's own events, which arrived before an answer was lost."""
-    rejected = _rejected_entries(body)
-    if rejected is None:
-        return 0
+    rejected = _entries(answer, "rejected")
     if retried:
         rejected = [item for item in rejected if not _is_duplicate(item)]
     return min(len(rejected), size)
 
 
-def arrived_before(body: bytes, retried: bool) -> int:
+def arrived_before(answer: dict[str, Any]) -> int:
     """Items of a retried chunk refused only as duplicates: an earlier attempt delivered them."""
-    rejected = _rejected_entries(body) if retried else None
-    return 0 if rejected is None else sum(map(_is_duplicate, rejected))
+    return sum(map(_is_duplicate, _entries(answer, "rejected")))
 
 
-def _rejected_entries(body: bytes) -> list[Any] | None:
+def _answer(body: bytes) -> dict[str, Any]:
+    """The sidecar's JSON answer; empty when it is not a JSON object."""
     try:
         answer: Any = json.loads(body)
     except ValueError:
-        return None
-    rejected = answer.get("rejected") if isinstance(answer, dict) else None
-    return rejected if isinstance(rejected, list) else None
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _entries(answer: dict[str, Any], key: str) -> list[Any]:
+    entries = answer.get(key)
+    return entries if isinstance(entries, list) else []
+
+
+def _label_model(items: list[bytes], entry: Any) -> str:
+    """The model of the label (one of ``items``, as encoded) an answer's entry names by its ``index``."""
+    index = entry.get("index") if isinstance(entry, dict) else None
+    if type(index) is not int or not 0 <= index < len(items):
+        return "?"
+    return str(json.loads(items[index]).get("model"))
 
 
 def _is_duplicate(item: Any) -> bool:

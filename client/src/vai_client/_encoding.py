@@ -3,8 +3,8 @@
 Two steps, split between two threads on purpose:
 
 * ``snapshot`` runs inside ``log()``, on the caller's thread: it only takes a private copy of each
-  tensor (a torch tensor is detached and moved to the CPU, an array copied, a list shallow-copied),
-  so the caller may reuse its buffers at once. It does no encoding.
+  tensor (a torch tensor is detached and moved to the CPU, an array copied, a list copied down to its
+  numbers), so the caller may reuse its buffers at once. It does no encoding.
 * ``encode_event`` runs on the sender (thread or executor): it turns one snapshot into JSON bytes.
   Events are encoded one at a time so the sender never holds the GIL for a whole batch.
 
@@ -37,7 +37,7 @@ def _numpy() -> Any:
 def snapshot_tensor(value: Any) -> Any:
     """A private copy of ``value`` (torch tensor, numpy array, list or tuple), cheap enough for ``log()``."""
     if isinstance(value, list | tuple):
-        return list(value)
+        return _copy_list(value)
     if hasattr(value, "detach"):  # a torch tensor, duck-typed: torch is never imported here
         value = value.detach()
         if hasattr(value, "cpu"):
@@ -53,6 +53,17 @@ def snapshot_tensor(value: Any) -> Any:
         return np.array(value, copy=True)
     if hasattr(value, "tolist"):
         return value.tolist()
+    return list(value)
+
+
+def _copy_list(value: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """A (nested) list copied down to its numbers, as lists: the rows may be the caller's buffers too.
+
+    A level is taken as rows when its first item is a list or tuple (as ``_tensor_bytes`` counts it): a copy in C
+    per row of numbers, a Python step per row, never per number.
+    """
+    if value and isinstance(value[0], list | tuple):
+        return [_copy_list(row) if isinstance(row, list | tuple) else row for row in value]
     return list(value)
 
 

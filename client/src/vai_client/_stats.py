@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-OUTCOMES = ("sent", "dropped", "rejected", "retried", "failed", "errored")
+OUTCOMES = ("sent", "dropped", "rejected", "retried", "failed", "errored", "unmatched")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,9 @@ class ClientStats:
     that failed and were tried again (one item retried three times counts three). ``failed``: given
     up unsent when ``close()`` or interpreter exit ran out of time. ``errored``: given up after the sidecar
     answered a server error (a 5xx other than 502/503/504) to it alone ``server_error_attempts`` times (the
-    batch it came in was split to isolate it, and its other items went on). ``buffered``: waiting now (with a
+    batch it came in was split to isolate it, and its other items went on). ``unmatched``: labels the sidecar took
+    but matched to no prediction record (the model is not declared with ``delayed_labels``, the record expired,
+    or it was labelled already): lost, not sent. ``buffered``: waiting now (with a
     batch the asyncio client's sender was cancelled with, sent first by the exit hook), and ``buffered_bytes``
     what the tensors in the buffer hold (the figure ``max_buffer_bytes`` bounds).
     In a child made by ``fork()`` the counts start at zero: they describe what the child was given.
@@ -35,12 +38,14 @@ class ClientStats:
     retried: int = 0
     failed: int = 0
     errored: int = 0
+    unmatched: int = 0
     buffered: int = 0
     buffered_bytes: int = 0
 
 
 class Counters:
-    """The live counts, and their Prometheus mirror ``vai_client_events_total{client, outcome}`` when given a registry.
+    """The live counts, and their Prometheus mirror ``vai_client_events_total{client, outcome}`` when given a registry
+    (with the gauges of what waits, ``export_waiting``).
 
     Several clients may export to one registry, each under its own ``name`` (the ``client`` label of its series):
     they share the one counter, whose series each client creates at zero, and a forked child zeroes again.
@@ -50,10 +55,26 @@ class Counters:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(OUTCOMES, 0)
         self._name = name
+        self._export: _Export | None = None
         self._prometheus: Any = None
         if registry is not None:
-            self._prometheus = _claim(registry, name, self)
+            self._export = _claim(registry, name, self)
+            self._prometheus = self._export.counter
             self._zero()
+
+    def export_waiting(self, stats: Callable[[], ClientStats]) -> None:
+        """Export ``buffered`` and ``buffered_bytes`` of ``stats()`` as ``vai_client_buffered{client}`` and
+        ``vai_client_buffered_bytes{client}``, read when the registry is collected (0 once the client is gone)."""
+        if self._export is None:
+            return
+        owner = weakref.WeakMethod(stats)  # the registry must not keep the client alive
+
+        def waiting() -> ClientStats:
+            read = owner()
+            return ClientStats() if read is None else read()
+
+        self._export.buffered.labels(self._name).set_function(lambda: waiting().buffered)
+        self._export.buffered_bytes.labels(self._name).set_function(lambda: waiting().buffered_bytes)
 
     def reset(self) -> None:
         """Zero every count (a forked child's own start); this client's Prometheus series too."""
@@ -85,15 +106,25 @@ class Counters:
 
 
 class _Export:
-    """One registry's ``vai_client_events`` counter, and the clients alive that export to it, by name."""
+    """One registry's ``vai_client_events`` counter and ``vai_client_buffered`` gauges, and the clients alive that
+    export to them, by name."""
 
     def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter  # only when asked for: the client needs nothing installed
+        from prometheus_client import Counter, Gauge  # only when asked for: the client needs nothing installed
 
         self.counter = Counter(
             "vai_client_events",
             "Events and labels handed to the vai sidecar client, by client and what became of them",
             ["client", "outcome"],
+            registry=registry,
+        )
+        self.buffered = Gauge(
+            "vai_client_buffered", "Events and labels waiting in the vai sidecar client", ["client"], registry=registry
+        )
+        self.buffered_bytes = Gauge(
+            "vai_client_buffered_bytes",
+            "Tensor bytes waiting in the vai sidecar client (what max_buffer_bytes bounds)",
+            ["client"],
             registry=registry,
         )
         self.clients: weakref.WeakValueDictionary[str, Counters] = weakref.WeakValueDictionary()
@@ -103,8 +134,8 @@ _EXPORTS: weakref.WeakKeyDictionary[Any, _Export] = weakref.WeakKeyDictionary()
 _EXPORTS_LOCK = threading.Lock()
 
 
-def _claim(registry: Any, name: str, counters: Counters) -> Any:
-    """The registry's counter (made by its first client), with ``name`` taken by ``counters`` as long as they live."""
+def _claim(registry: Any, name: str, counters: Counters) -> _Export:
+    """The registry's metrics (made by its first client), with ``name`` taken by ``counters`` as long as they live."""
     with _EXPORTS_LOCK:
         export = _EXPORTS.get(registry)
         if export is None:
@@ -115,20 +146,24 @@ def _claim(registry: Any, name: str, counters: Counters) -> Any:
                 "give each client on one registry a name of its own (Client(..., name=...))"
             )
         export.clients[name] = counters
-        return export.counter
+        return export
 
 
 def _fresh_locks() -> None:
-    """New locks for every exported counter and its series in a forked child: a lock the parent's sender threads
-    held at the fork would be held for ever there (prometheus_client keeps them private; best effort)."""
+    """New locks for every exported metric and its series in a forked child: a lock the parent's threads held
+    at the fork would be held for ever there (prometheus_client keeps them private; best effort)."""
     global _EXPORTS_LOCK
     _EXPORTS_LOCK = threading.Lock()
     for export in list(_EXPORTS.values()):
-        counter = export.counter
-        for metric in (counter, *getattr(counter, "_metrics", {}).values()):
-            for owner in (metric, getattr(metric, "_value", None)):
-                if owner is not None and hasattr(owner, "_lock"):
-                    owner._lock = threading.Lock()
+        for family in (export.counter, export.buffered, export.buffered_bytes):
+            _fresh_metric_locks(family)
+
+
+def _fresh_metric_locks(family: Any) -> None:
+    for metric in (family, *getattr(family, "_metrics", {}).values()):
+        for owner in (metric, getattr(metric, "_value", None)):
+            if owner is not None and hasattr(owner, "_lock"):
+                owner._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX; registered before any client's own hook, which uses the counters

@@ -1,8 +1,9 @@
 """``AsyncClient``: the same ``log()``, with an asyncio task as the sender.
 
 The task does the waiting (batching, backoff, ``Retry-After``) on the event loop; encoding and the
-blocking ``http.client`` call run on one private worker thread (``run_in_executor``), so the loop is
-never held up by a slow or hung sidecar and the keep-alive connection stays on one thread.
+blocking ``http.client`` call run on one private daemon worker thread (``run_in_executor``), so the loop is
+never held up by a slow or hung sidecar, the keep-alive connection stays on one thread, and a post stuck on
+a hung sidecar never holds up the interpreter's exit past ``close()``'s (or the exit hook's) timeout.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from concurrent.futures import Future
 from typing import Any
 
 from vai_client._core import ClientBase, Core
@@ -21,6 +24,7 @@ from vai_client._encoding import TensorEncoding
 from vai_client._policy import RetryPolicy
 from vai_client._sending import resume_blocking, send_blocking
 from vai_client._transport import TRANSIENT_ERRORS, Response, Transport
+from vai_client._worker import DaemonWorker
 
 
 class AsyncClient(ClientBase):
@@ -32,6 +36,11 @@ class AsyncClient(ClientBase):
     ``atexit_timeout_s``: first the batch the sender was cancelled with when the loop ended (back ahead of
     the buffer, in order; what was in flight may arrive twice, and its duplicates count as sent), then the
     buffer. Same arguments, counters and guarantees as ``Client``.
+
+    In a child made by ``fork()`` the client starts over, unstarted: empty, its counts at zero, its sender
+    started on the child's own loop as a new client's is (the parent's loop and worker thread are not there).
+    What the parent buffered is the parent's to send; a copy of the parent's sender task, in a child forked from
+    inside the loop, stops without sending anything.
     """
 
     def __init__(
@@ -64,14 +73,20 @@ class AsyncClient(ClientBase):
         self._transport = Transport(url, token=token, timeout_s=timeout_s)
         self._flush_interval_s = flush_interval_s
         self._atexit_timeout_s = atexit_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vai-client-http")
+        self._unstarted()
+        atexit.register(self._at_exit)
+        os.register_at_fork(after_in_child=functools.partial(_start_over_in_child, weakref.ref(self)))
+
+    def _unstarted(self) -> None:
+        """No sender yet (again in a forked child): the first ``start()``, ``flush()`` or ``log()`` in a running
+        loop starts it there."""
+        self._executor = DaemonWorker("vai-client-http")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._interrupt: asyncio.Event | None = None
         self._progress: asyncio.Condition | None = None
         self._deadline: float | None = None
-        atexit.register(self._at_exit)
 
     async def start(self) -> AsyncClient:
         """Start the sender task on the running loop (``log()`` also does, the first time it runs in one)."""
@@ -107,6 +122,7 @@ class AsyncClient(ClientBase):
         if not already:
             atexit.unregister(self._at_exit)
             self._deadline = time.monotonic() + timeout_s
+            self._ensure_task()  # one never started (logged before any loop ran) sends what waits now
             if self._task is not None and not self._task.done():
                 if self._wake is None or self._interrupt is None:
                     raise RuntimeError("AsyncClient is not started: await start() inside the running loop")
@@ -155,9 +171,13 @@ class AsyncClient(ClientBase):
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
+            if self._orphaned(loop):
+                return
             self._wake.clear()
             while (batch := self._core.take()) is not None:
                 await self._send(loop, *batch)
+                if self._orphaned(loop):
+                    return
                 async with self._progress:
                     self._progress.notify_all()
             if self._deadline is not None:
@@ -171,13 +191,21 @@ class AsyncClient(ClientBase):
             delivery = await asyncio.wrap_future(encoding, loop=loop)
             await self._deliver(delivery)
         except asyncio.CancelledError:  # the loop is ending, or close() ran out of time: back to the buffer
+            if self._orphaned(loop):
+                raise
             if delivery is None:  # parked by the thread when it is done: it counts what it cannot encode
                 encoding.add_done_callback(functools.partial(self._park_encoded, kind, items))
             else:
                 self._core.park(delivery)
             raise
         except Exception as error:
-            self._core.crashed(kind, len(items) if delivery is None else delivery.left, error)
+            if not self._orphaned(loop):
+                self._core.crashed(kind, len(items) if delivery is None else delivery.left, error)
+
+    def _orphaned(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """This task is the copy of the parent's sender in a child forked inside the loop, whose client started over:
+        the batch it holds is the parent's, to be neither sent, parked nor counted here."""
+        return asyncio.current_task(loop) is not self._task
 
     def _park_encoded(self, kind: str, items: list[Any], encoding: Future[BatchDelivery]) -> None:
         """A batch whose sender was cancelled while it was encoded: parked once encoded (the encoder counted
@@ -246,3 +274,14 @@ class AsyncClient(ClientBase):
         while (batch := self._core.take()) is not None:
             send_blocking(self._core, *batch, transport, remaining_s=remaining_s, pause=pause)
         transport.close()
+
+
+def _start_over_in_child(reference: weakref.ref[AsyncClient]) -> None:
+    """After ``fork()`` (e.g. gunicorn ``--preload``) the child has neither the parent's loop thread nor its worker
+    thread, and a copy of the parent's buffer that the parent sends: the child's client starts over, empty, with
+    its own counts and its own connection, to be started on a loop of the child's."""
+    client = reference()
+    if client is not None and not client._core.closed:
+        client._core.after_fork()
+        client._transport = client._transport.clone()  # the parent's socket is the parent's
+        client._unstarted()
