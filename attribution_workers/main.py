@@ -8,6 +8,7 @@ outage does not end the worker: it waits for Redis, also at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -23,10 +24,12 @@ from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.settings import WorkerSettings
 from attribution_workers.worker import AttributionWorker, default_consumer
-from common.redis import connect
+from common.redis import REDIS_FAILED, connect
 from sampler.explanations import ExplanationStore
 
 log = logging.getLogger(__name__)
+CLOSE_S = 2.0
+"""How long closing the Redis connections may take at exit."""
 
 
 def build_runtimes(settings: WorkerSettings) -> dict[str, ModelRuntime]:
@@ -42,20 +45,19 @@ def build_runtimes(settings: WorkerSettings) -> dict[str, ModelRuntime]:
     return runtimes
 
 
+NO_REDIS = (
+    "the worker needs VAI_REDIS_URL (the sidecar's embedded Redis is private to it; "
+    "`vai-sidecar demo` runs both on one)"
+)
+
+
 def make_worker(
-    settings: WorkerSettings,
-    runtimes: dict[str, ModelRuntime],
-    registry: CollectorRegistry,
-    *,
-    redis_timeout_s: float = 10.0,
+    settings: WorkerSettings, runtimes: dict[str, ModelRuntime], registry: CollectorRegistry
 ) -> AttributionWorker:
     if settings.redis_url is None:
-        raise SystemExit(
-            "the worker needs VAI_REDIS_URL (the sidecar's embedded Redis is private to it; "
-            "`vai-sidecar demo` runs both on one)"
-        )
+        raise SystemExit(NO_REDIS)
     # Reads block for worker_block_ms, so the socket timeout must be longer than that.
-    redis = connect(settings.redis_url, timeout_s=max(redis_timeout_s, settings.worker_block_ms / 1000 + 5))
+    redis = connect(settings.redis_url, timeout_s=max(settings.redis_timeout_s, settings.worker_block_ms / 1000 + 5))
     return AttributionWorker(
         redis,
         ExplanationStore(redis, ttl_s=settings.explanation_ttl_s),
@@ -75,6 +77,9 @@ def make_worker(
 
 
 def run_worker(settings: WorkerSettings) -> int:
+    if settings.redis_url is None:  # before the models load (minutes on a GPU for a large one)
+        log.error(NO_REDIS)
+        return 2
     if settings.worker_torch_threads:
         torch.set_num_threads(settings.worker_torch_threads)
     registry = CollectorRegistry()
@@ -107,7 +112,12 @@ async def _work(worker: AttributionWorker) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await worker.run(stop)
+    try:
+        await worker.run(stop)
+    finally:
+        with contextlib.suppress(TimeoutError, *REDIS_FAILED):
+            async with asyncio.timeout(CLOSE_S):  # a hung Redis must not hold up the exit
+                await worker.aclose()
     log.info("worker %s stopped after %d explanations", worker.consumer, worker.processed)
 
 

@@ -24,7 +24,8 @@ class WorkerSettings(RoleSettings):
     host: str = "127.0.0.1"
     """Address the worker's ``/metrics`` binds."""
     redis_timeout_s: float = Field(default=10.0, gt=0)
-    """Socket timeout of the worker's Redis calls (its blocking reads add ``worker_block_ms`` to it)."""
+    """Socket timeout of the worker's Redis calls; at least ``worker_block_ms`` + 5 s, which its blocking reads
+    wait for."""
     models: dict[str, ModelSection] = Field(default_factory=dict)
     """Per-model sections of the config file; the worker explains those with an ``attribution`` section."""
     explanation_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)

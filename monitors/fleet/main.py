@@ -45,6 +45,17 @@ async def _run(process: MonitorProcess) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = MonitorSettings()
+    """``vai-sidecar monitor [--metrics-port N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="vai-sidecar monitor",
+        description="Drift, calibration and cohort quality for the whole fleet of each model it owns (settings: "
+        "VAI_* environment variables and VAI_CONFIG_FILE, see the README).",
+    )
+    parser.add_argument("--metrics-port", type=int, dest="monitor_metrics_port", help="port of the monitor's /metrics")
+    args = parser.parse_args(argv)
+    overrides = {} if args.monitor_metrics_port is None else {"monitor_metrics_port": args.monitor_metrics_port}
+    settings = MonitorSettings(**overrides)
     settings.configure_logging()
     return run_monitor(settings)

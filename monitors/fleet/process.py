@@ -251,8 +251,9 @@ class MonitorProcess:
             )
 
     async def _tolerated(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
-        """Run a step the round can do without: Redis refusing it (full: ``OOM command not allowed``) is logged once
-        until it is accepted again, and the round goes on. Redis out of reach still ends the round."""
+        """Run a step the round can do without: Redis refusing it (full: ``OOM command not allowed``; read-only,
+        loading, or a key of another type) is logged once, with Redis's words, until it is accepted again, and the
+        round goes on. Redis out of reach still ends the round."""
         try:
             await step()
         except ResponseError as error:
