@@ -24,7 +24,7 @@ from common.errors import InvalidInput
 from common.numbers import ascii_decimal
 from service.body import lenient_json
 from service.parsing import Decoded, check_count, decode_object
-from service.tensors import BinaryTensor
+from service.tensors import DATA_AND_BINARY, BinaryTensor
 
 HEADER_LENGTH = "inference-header-content-length"
 TENSOR_FIELDS = frozenset(("logits", "probabilities", "embedding", "input"))
@@ -116,7 +116,7 @@ class _Sections:
             return BinaryTensor(spec, None, f"must be a non-negative integer, got {size!r}")
         start, self._offset = self._offset, self._offset + size
         if "data" in tensor:  # its section is there all the same: the later ones start after it
-            return BinaryTensor(spec, None, "a tensor with binary_data_size must not also carry data")
+            return BinaryTensor(spec, None, DATA_AND_BINARY)
         if self._offset > len(self._tail):
             return BinaryTensor(
                 spec, None, f"section of {size} bytes at offset {start} runs past the body ({len(self._tail)} bytes)"

@@ -57,41 +57,73 @@ MAX_EVENT_ID = 120
 """Longest ``ce-id``: its events' request ids, ``{ce-id}:{instance}``, must fit the 128 characters of one."""
 
 
-def read_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
-    """The CloudEvent of a request to ``POST /v1/cloudevents`` (``headers`` with lower-case names)."""
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """A CloudEvent's attributes as sent, not yet checked (:func:`read_event` checks them): enough to tell whose
+    it is (:attr:`service`) even when it is malformed."""
+
+    values: dict[str, Any]
+    """Binary mode: the ``ce-*`` headers without their prefix; structured mode: the JSON object, ``data`` included."""
+    body: bytes | None
+    """Binary mode: the payload; ``None`` in structured mode (it is in ``values``)."""
+    header_length: str | None
+    prefix: str
+    """How an attribute is named in errors: ``ce-`` (a header) or nothing (a key of the JSON object)."""
+
+    @property
+    def service(self) -> str | None:
+        """``ce-inferenceservicename``, when it is a non-empty string."""
+        return _text(self.values, "inferenceservicename") or None
+
+
+def read_attributes(headers: Mapping[str, str], body: bytes) -> Attributes:
+    """The attributes of a request to ``POST /v1/cloudevents`` (``headers`` with lower-case names); a
+    ``BadRequest`` only for a structured-mode body that is no JSON object."""
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == STRUCTURED:
-        attributes, payload, header_length, prefix = _structured(body)
-    else:
-        attributes = {name[3:]: value for name, value in headers.items() if name.startswith("ce-")}
-        payload, header_length, prefix = body, headers.get(HEADER_LENGTH), "ce-"
+        return Attributes(_structured(body), None, None, "")
+    values = {name[3:]: value for name, value in headers.items() if name.startswith("ce-")}
+    return Attributes(values, body, headers.get(HEADER_LENGTH), "ce-")
+
+
+def read_event(attributes: Attributes) -> CloudEvent:
+    """The CloudEvent, its attributes checked; a ``BadRequest`` or ``InvalidInput`` naming the one at fault."""
+    values, prefix = attributes.values, attributes.prefix
     for name in ("specversion", "id", "type"):
-        if not isinstance(attributes.get(name), str) or not attributes[name]:
+        if values.get(name) in (None, ""):
             raise BadRequest(
                 f"{prefix}{name}: missing (is this a CloudEvent from KServe's logger?)", field=prefix + name
             )
-    event_id = attributes["id"]
+        if not isinstance(values[name], str):
+            raise BadRequest(f"{prefix}{name}: must be a string, got {values[name]!r}", field=prefix + name)
+    event_id = values["id"]
     if len(event_id) > MAX_EVENT_ID or not event_id.isprintable():
         raise BadRequest(
             f"{prefix}id: must be at most {MAX_EVENT_ID} printable characters (its events' request ids are "
             "{id}:{instance})",
             field=f"{prefix}id",
         )
-    if attributes["specversion"] != "1.0":
-        raise BadRequest(f"{prefix}specversion: {attributes['specversion']!r} is not 1.0", field=f"{prefix}specversion")
-    if attributes["type"] not in (REQUEST_TYPE, RESPONSE_TYPE):
+    if values["specversion"] != "1.0":
+        raise BadRequest(f"{prefix}specversion: {values['specversion']!r} is not 1.0", field=f"{prefix}specversion")
+    if values["type"] not in (REQUEST_TYPE, RESPONSE_TYPE):
         raise BadRequest(
-            f"{prefix}type: {attributes['type']!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}", field=f"{prefix}type"
+            f"{prefix}type: {values['type']!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}", field=f"{prefix}type"
         )
+    metadata = _metadata(values.get("metadata"), f"{prefix}metadata")
+    payload: bytes | dict[str, Any]
+    if attributes.body is not None:
+        payload, header_length = attributes.body, attributes.header_length
+    else:
+        payload, header_length = _structured_payload(values)
     return CloudEvent(
-        id=attributes["id"],
-        is_request=attributes["type"] == REQUEST_TYPE,
-        service=_text(attributes, "inferenceservicename") or None,
-        namespace=_text(attributes, "namespace"),
-        component=_text(attributes, "component") or "predictor",
-        endpoint=str(attributes.get("endpoint") or "default"),
-        time=attributes["time"] if isinstance(attributes.get("time"), str) else None,
-        metadata=_metadata(attributes.get("metadata"), f"{prefix}metadata"),
+        id=event_id,
+        is_request=values["type"] == REQUEST_TYPE,
+        service=attributes.service,
+        namespace=_text(values, "namespace"),
+        component=_text(values, "component") or "predictor",
+        endpoint=str(values.get("endpoint") or "default"),
+        time=values["time"] if isinstance(values.get("time"), str) else None,
+        metadata=metadata,
         payload=payload,
         header_length=header_length,
     )
@@ -102,15 +134,20 @@ def _text(attributes: dict[str, Any], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _structured(body: bytes) -> tuple[dict[str, Any], bytes | dict[str, Any], str | None, str]:
-    """Attributes, and the payload: bytes, or the JSON object ``data`` already parsed (orjson writes 254 levels of
-    nesting at most but reads 1,024, so serialising it again could fail)."""
+def _structured(body: bytes) -> dict[str, Any]:
     try:
         attributes = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"body: a structured CloudEvent must be a JSON object ({error})", field="body") from None
     if not isinstance(attributes, dict):
         raise BadRequest("body: a structured CloudEvent must be a JSON object", field="body")
+    return attributes
+
+
+def _structured_payload(attributes: dict[str, Any]) -> tuple[bytes | dict[str, Any], str | None]:
+    """The payload: bytes, or the JSON object ``data`` already parsed (orjson writes 254 levels of nesting at most
+    but reads 1,024, so serialising it again could fail); and the header length, if given."""
+    payload: bytes | dict[str, Any]
     if isinstance(attributes.get("data_base64"), str):
         try:
             payload = base64.b64decode(attributes["data_base64"], validate=True)
@@ -123,7 +160,7 @@ def _structured(body: bytes) -> tuple[dict[str, Any], bytes | dict[str, Any], st
     else:
         raise InvalidInput("data: missing; it must hold the inference payload", field="data")
     length = attributes.get(HEADER_LENGTH.replace("-", ""))
-    return attributes, payload, str(length) if length is not None else None, ""
+    return payload, str(length) if length is not None else None
 
 
 def _metadata(value: Any, field: str) -> dict[str, str]:
@@ -168,6 +205,9 @@ def _split(payload: bytes, header_length: str | None) -> tuple[dict[str, Any], b
             document, end = orjson.loads(payload), len(payload)
         except orjson.JSONDecodeError:
             document, end = _parse_prefix(payload)
+            if not _has_binary_tensors(document):  # nothing but whitespace may follow the JSON
+                _refuse_extra(payload, end)
+                end = len(payload)
     if not isinstance(document, dict):
         raise InvalidInput("body: the payload must be a JSON object (v1 or v2 protocol)", field="body")
     return document, payload[end:]
@@ -177,7 +217,28 @@ def _parse(header: bytes) -> Any:
     try:
         return orjson.loads(header)
     except orjson.JSONDecodeError:
-        return _parse_prefix(header)[0]
+        document, end = _parse_prefix(header)
+        _refuse_extra(header, end)
+        return document
+
+
+def _refuse_extra(text: bytes, end: int) -> None:
+    """Refuse ``text`` when more than whitespace follows its JSON value, which ends at ``end``."""
+    if text[end:].strip(b" \t\r\n"):
+        raise InvalidInput(f"body: the payload is not JSON (extra data after byte {end})", field="body")
+
+
+def _has_binary_tensors(document: Any) -> bool:
+    """Whether a v2 payload has a tensor of the binary extension, whose bytes follow its JSON."""
+    if not isinstance(document, dict):
+        return False
+    tensors = [item for key in ("inputs", "outputs") if isinstance(document.get(key), list) for item in document[key]]
+    return any(
+        isinstance(tensor, dict)
+        and isinstance(tensor.get("parameters"), dict)
+        and "binary_data_size" in tensor["parameters"]
+        for tensor in tensors
+    )
 
 
 def _parse_prefix(payload: bytes) -> tuple[Any, int]:

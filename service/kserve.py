@@ -45,10 +45,10 @@ from common.errors import (
     VaiError,
 )
 from common.redis import REDIS_FAILED, execute
-from service.cloudevents import CloudEvent, read_event
+from service.cloudevents import CloudEvent, read_attributes, read_event
 from service.ingest import IngestHandler, IngestResult
 from service.kserve_events import events_body
-from service.kserve_payloads import request_inputs, response_prediction
+from service.kserve_payloads import Array, request_inputs, response_prediction
 from service.settings import KServeMapping, SidecarSettings
 
 RECORD_VERSION = 1
@@ -95,15 +95,17 @@ class KServeLogger:
             "vai_kserve_events",
             "KServe logger CloudEvents by outcome (request_stored, joined, count_mismatch, response_only, "
             "request_dropped, request_expired, duplicate, other_component, invalid, redis_unavailable; refused "
-            "before being read: unauthorized, forbidden, body_too_large, body_timeout, invalid_body).",
+            "before being read: unauthorized, forbidden, body_too_large, body_timeout, invalid_body, disconnected).",
             ["model", "outcome"],
             registry=registry,
         )
         self.dropped = Counter(
             "vai_kserve_parts_dropped",
             "Events of KServe responses monitored without a part that was unusable (label: no class of the "
-            "prediction; embedding: missing, or not one row per instance; cohort: a ce-metadata value of no "
-            "allowed length; time: a ce-time that is no time an event may have).",
+            "prediction; embedding: missing, not numbers, NaN, infinite or past float32, not one row per instance, "
+            "or of another width than the model's; input: the request's, for the same reasons or not "
+            "kserve.input_shape; cohort: a ce-metadata value of no allowed length; time: a ce-time that is no time "
+            "an event may have).",
             ["model", "part"],
             registry=registry,
         )
@@ -111,8 +113,18 @@ class KServeLogger:
     def refused(self, headers: Mapping[str, str], error: VaiError) -> None:
         """Count a CloudEvent refused before :meth:`handle` read it: its token, or its body's size, encoding
         or time. Its model is the mapped service its ``ce-inferenceservicename`` header names, if any."""
-        found = self._mappings.get(headers.get("ce-inferenceservicename", ""))
-        self.events.labels(UNMAPPED if found is None else found[0], REFUSED.get(type(error), "invalid_body")).inc()
+        self.events.labels(
+            self._model_of(headers.get("ce-inferenceservicename")), REFUSED.get(type(error), "invalid_body")
+        ).inc()
+
+    def disconnected(self, headers: Mapping[str, str]) -> None:
+        """Count a CloudEvent whose sender went away before its body was all sent (nobody is left to answer)."""
+        self.events.labels(self._model_of(headers.get("ce-inferenceservicename")), "disconnected").inc()
+
+    def _model_of(self, service: str | None) -> str:
+        """The model section mapping ``service``, else ``UNMAPPED``."""
+        found = self._mappings.get(service or "")
+        return UNMAPPED if found is None else found[0]
 
     @property
     def enabled(self) -> bool:
@@ -124,7 +136,9 @@ class KServeLogger:
         exactly one ``vai_kserve_events_total`` outcome."""
         model = UNMAPPED
         try:
-            event = read_event(headers, body)
+            attributes = read_attributes(headers, body)
+            model = self._model_of(attributes.service)  # a malformed CloudEvent still counts against its model
+            event = read_event(attributes)
             model, mapping = self._mapping(event)
             if event.component != mapping.component:
                 self.events.labels(model, "other_component").inc()
@@ -153,34 +167,47 @@ class KServeLogger:
 
     async def _request(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
         inputs = request_inputs(event, mapping)
-        if inputs is not None and len(inputs) > self._max_batch:  # its response would be refused: no orphan
+        rows = None if inputs is None else inputs.rows
+        if rows is not None and len(rows) > self._max_batch:  # its response would be refused: no orphan
             raise InvalidInput(
-                f"inputs: at most {self._max_batch} instances per request (VAI_MAX_BATCH), got {len(inputs)}",
+                f"inputs: at most {self._max_batch} instances per request (VAI_MAX_BATCH), got {len(rows)}",
                 field="inputs",
             )
         record = orjson.dumps(
             {
                 "v": RECORD_VERSION,
-                "inputs": None if inputs is None else [EncodedArray.of(row).model_dump(mode="json") for row in inputs],
+                "inputs": None if rows is None else [None if row is None else _encoded(row) for row in rows],
+                "input_unusable": inputs is not None and rows is None,
                 "metadata": event.metadata,
             }
         )
-        key = keys.kserve_pending(model, event.namespace, event.id)
-        member = keys.kserve_join_member(model, event.namespace, event.id)
         try:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(key, record, nx=True, ex=self._ttl_s)
-            pipe.get(key)
-            # indexed in the same transaction, so a response arriving at once always finds the entry to remove
-            pipe.zadd(keys.KSERVE_PENDING_INDEX, {member: self._clock() + self._ttl_s + GRACE_S}, nx=True)
-            stored, current, _ = await execute(pipe)
-            if not stored and current == MARKER:
-                await self._redis.zrem(keys.KSERVE_PENDING_INDEX, member)
+            stored, current = await self._store(model, event, record)
         except REDIS_FAILED:
-            raise RedisUnavailable("redis is unavailable: KServe requests cannot wait for their responses") from None
+            if _keeps(mapping, event, rows):
+                raise RedisUnavailable(
+                    "redis is unavailable: KServe requests cannot wait for their responses"
+                ) from None
+            self.events.labels(model, "redis_unavailable").inc()  # 200: its response is monitored all the same
+            return _reply("redis_unavailable", model, event.id)
         outcome = "request_stored" if stored else "request_dropped" if current == MARKER else "duplicate"
         self.events.labels(model, outcome).inc()
         return _reply(outcome, model, event.id)
+
+    async def _store(self, model: str, event: CloudEvent, record: bytes) -> tuple[bool, Any]:
+        """Store a request's record unless one (or the marker of its response) is there; whether it was, and what
+        is there now."""
+        key = keys.kserve_pending(model, event.namespace, event.id)
+        member = keys.kserve_join_member(model, event.namespace, event.id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(key, record, nx=True, ex=self._ttl_s)
+        pipe.get(key)
+        # indexed in the same transaction, so a response arriving at once always finds the entry to remove
+        pipe.zadd(keys.KSERVE_PENDING_INDEX, {member: self._clock() + self._ttl_s + GRACE_S}, nx=True)
+        stored, current, _ = await execute(pipe)
+        if not stored and current == MARKER:
+            await self._redis.zrem(keys.KSERVE_PENDING_INDEX, member)
+        return bool(stored), current
 
     async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
         prediction = response_prediction(event, mapping)
@@ -193,6 +220,8 @@ class KServeLogger:
             return _reply("duplicate", model, event.id)
         record = _record(previous)
         stored = record.get("inputs") if record is not None else None
+        if record is not None and record.get("input_unusable") is True:  # every instance's, and counted so
+            stored = [None] * len(prediction.scores)
         inputs = stored if isinstance(stored, list) and len(stored) == len(prediction.scores) else None
         outcome = (
             "response_only"
@@ -201,7 +230,8 @@ class KServeLogger:
             if isinstance(stored, list) and inputs is None
             else "joined"
         )
-        body, dropped = events_body(model, mapping, event, prediction, record, inputs)
+        width = self._ingest.embedding_dims.get(model)  # read after the last await: ingest sees the same
+        body, dropped = events_body(model, mapping, event, prediction, record, inputs, embedding_width=width)
         result = self._ingest.ingest(body)  # refused whole: counted by handle(), as invalid
         self.events.labels(model, outcome).inc()
         for part in dropped:
@@ -251,6 +281,16 @@ def _reply(outcome: str, model: str, event_id: str, result: IngestResult | None 
             for item in rejected
         ],
     }
+
+
+def _encoded(row: Array) -> Any:
+    return EncodedArray.of(row).model_dump(mode="json")
+
+
+def _keeps(mapping: KServeMapping, event: CloudEvent, rows: list[Array | None] | None) -> bool:
+    """Whether a request holds anything for its response: a usable input, or metadata the mapping reads."""
+    wanted = [*mapping.cohort_metadata, *([] if mapping.label_metadata is None else [mapping.label_metadata])]
+    return any(row is not None for row in rows or ()) or any(key in event.metadata for key in wanted)
 
 
 def _record(value: bytes | None) -> dict[str, Any] | None:

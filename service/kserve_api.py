@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 
 from common.errors import VaiError
 from service.auth import Scope
@@ -15,13 +16,17 @@ router = APIRouter()
 
 async def _read(request: Request, sidecar: Sidecar) -> bytes:
     """The body, after the ingest token unless ``VAI_KSERVE_OPEN`` opens this route alone (KServe's logger sends
-    no token); a CloudEvent refused here is counted too, so that none goes unseen."""
+    no token); a CloudEvent refused here is counted too, so that none goes unseen, and so is one whose sender went
+    away before its body was all sent (the app's handler answers it, to nobody)."""
     try:
         if not sidecar.settings.kserve_open:
             sidecar.auth.check(request.headers.get("authorization"), Scope.INGEST)
         return await read_body(request, limit_bytes=sidecar.settings.max_body_bytes, limit_setting="VAI_MAX_BODY_BYTES")
     except VaiError as error:
         sidecar.kserve.refused(request.headers, error)
+        raise
+    except ClientDisconnect:
+        sidecar.kserve.disconnected(request.headers)
         raise
 
 

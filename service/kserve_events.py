@@ -14,7 +14,7 @@ from common.names import VERSION_RE
 from common.numbers import ascii_decimal
 from service.cloudevents import CloudEvent
 from service.errors import FieldError
-from service.kserve_payloads import Prediction
+from service.kserve_payloads import Array, Prediction
 from service.schemas import MAX_COHORT_TEXT
 from service.settings import KServeMapping
 from service.validation import timestamp_of
@@ -31,9 +31,13 @@ def events_body(
     prediction: Prediction,
     record: dict[str, Any] | None,
     inputs: list[Any] | None,
+    *,
+    embedding_width: int | None,
 ) -> tuple[bytes, list[str]]:
     """The events of one response, as the ingest API's JSON with compact tensors, and the parts left out of them
-    (one name per event and part); ``inputs``: the request's, one per prediction, when kept and matching in number."""
+    (one name per event and part). ``inputs``: the request's, one per prediction, when kept and matching in number
+    (``None`` for an instance whose input was unusable); ``embedding_width``: the model's, once known (an embedding
+    of another width would have its event refused, and the prediction with it)."""
     metadata = {**(record.get("metadata") or {} if record is not None else {}), **event.metadata}
     common: dict[str, Any] = {
         "model": model,
@@ -51,6 +55,7 @@ def events_body(
     if timestamp is not None:
         common["timestamp"] = timestamp
     left_out = ["cohort"] * bool(unusable) + ["time"] * (event.time is not None and timestamp is None)
+    embeddings = None if prediction.embeddings is None else _of_width(prediction.embeddings, embedding_width)
     events, dropped = [], []
     for index, scores in enumerate(prediction.scores):
         item = {**common, "request_id": f"{event.id}:{index}", mapping.scores_are: _compact(scores)}
@@ -58,16 +63,25 @@ def events_body(
             item["label"] = label_index
         elif label is not None:  # no class of this prediction: the event is monitored without it
             dropped.append("label")
-        embedding = prediction.embeddings[index] if prediction.embeddings is not None else None
-        if embedding is not None:
-            item["embedding"] = _compact(embedding)
-        elif prediction.embeddings is not None:
+        if embeddings is not None and embeddings[index] is not None:
+            item["embedding"] = _compact(embeddings[index])
+        elif embeddings is not None:
             dropped.append("embedding")
-        if inputs is not None:
+        if inputs is not None and inputs[index] is not None:
             item["input"] = inputs[index]
+        elif inputs is not None:
+            dropped.append("input")
         events.append(item)
         dropped.extend(left_out)
     return orjson.dumps({"events": events}), dropped
+
+
+def _of_width(embeddings: list[Array | None], width: int | None) -> list[Array | None]:
+    """``embeddings`` with ``None`` for each whose width is not ``width`` (when unknown, the first one's): every
+    embedding of a model has one width, and ingest refuses an event of another."""
+    if width is None:
+        width = next((embedding.shape[-1] for embedding in embeddings if embedding is not None), None)
+    return [None if embedding is None or embedding.shape[-1] != width else embedding for embedding in embeddings]
 
 
 def _timestamp(event: CloudEvent) -> float | None:

@@ -73,6 +73,10 @@ class BinaryTensor:
     problem: str = ""
 
 
+DATA_AND_BINARY = "a tensor with binary_data_size must not also carry data"
+"""Why a tensor with both is refused, by every reader of the binary extension."""
+
+
 @dataclass(slots=True)
 class _Unread:
     """A tensor's bytes with a checked header, not yet read as numbers."""
@@ -183,18 +187,22 @@ def vector_length(shape: list[Any]) -> int:
     return length if type(length) is int and length >= 1 else 0
 
 
-def tensor_of(value: Any, field: str) -> npt.NDArray[Any]:
-    """A tensor object of ``field`` as an array of its shape and declared dtype, checked (finite, filled)."""
-    unread = _unread(value, field)
+def tensor_of(value: Any, field: str, *, finite: bool = True) -> npt.NDArray[Any]:
+    """A tensor object of ``field`` as an array of its shape and declared dtype, checked (finite, filled).
+
+    ``finite=False`` leaves NaN and infinity to the caller (a value past its float dtype's range becomes
+    infinity), for one that judges the tensor row by row: a KServe response's instances.
+    """
+    unread = _unread(value, field, finite=finite)
     array = unread.read() if isinstance(unread, _Unread) else unread
-    if array.dtype.kind == "f" and not all_finite(array):
+    if finite and array.dtype.kind == "f" and not all_finite(array):
         raise _non_finite(field)
     if not bools_valid(array):
         raise _bool_error(f"{field}.data")
     return array
 
 
-def _unread(value: Any, field: str) -> _Unread | npt.NDArray[Any]:
+def _unread(value: Any, field: str, *, finite: bool = True) -> _Unread | npt.NDArray[Any]:
     """A tensor object's checked header and bytes; a v2 tensor of JSON numbers is read (and checked) at once."""
     if isinstance(value, BinaryTensor):
         if value.raw is None:
@@ -208,7 +216,7 @@ def _unread(value: Any, field: str) -> _Unread | npt.NDArray[Any]:
     if isinstance(data, str) and "dtype" in value:
         return _Unread(_base64(data, f"{field}.data"), dtype, shape, f"{field}.data")
     if isinstance(data, list) and "datatype" in value:
-        return _from_numbers(data, dtype, shape, f"{field}.data")
+        return _from_numbers(data, dtype, shape, f"{field}.data", finite=finite)
     want = "a base64 string" if "dtype" in value else "a list of numbers (or binary_data_size in parameters)"
     raise FieldError(f"{field}.data", f"must be {want}", reason="bad_tensor")
 
@@ -280,9 +288,11 @@ def _base64(data: str, field: str) -> bytearray:
         raise FieldError(field, "not valid base64", reason="bad_tensor") from None
 
 
-def _from_numbers(data: list[Any], dtype: np.dtype[Any], shape: list[int], field: str) -> npt.NDArray[Any]:
+def _from_numbers(
+    data: list[Any], dtype: np.dtype[Any], shape: list[int], field: str, *, finite: bool = True
+) -> npt.NDArray[Any]:
     flat: list[Any] = []
-    _flatten(data, flat, field, _BOOL_TYPES if dtype.kind == "b" else _NUMBER_TYPES)
+    _flatten(data, flat, field, _BOOL_TYPES if dtype.kind == "b" else _NUMBER_TYPES, shape)
     if len(flat) != math.prod(shape):
         raise FieldError(field, f"{len(flat)} values do not fill shape {shape}", reason="shape_mismatch")
     if dtype.kind == "b":
@@ -295,20 +305,50 @@ def _from_numbers(data: list[Any], dtype: np.dtype[Any], shape: list[int], field
         array = wide.astype(dtype)
     if dtype.kind in "iu" and not (np.isfinite(wide).all() and (array == wide).all()):
         raise FieldError(field, f"holds values that are not {dtype.name} integers", reason="bad_tensor")
-    if not np.isfinite(wide).all():
+    if finite and not np.isfinite(wide).all():
         raise FieldError(field, "holds NaN or infinite values", reason="non_finite")
+    if finite and dtype.kind == "f" and dtype.itemsize < 8 and not all_finite(array):  # finite numbers, too large
+        limit = float(np.finfo(dtype).max)
+        raise FieldError(field, f"holds a value beyond {dtype.name} range (±{limit:.4g})", reason="non_finite")
     return array.reshape(shape)
 
 
-def _flatten(data: list[Any], into: list[Any], field: str, types: tuple[type, ...], depth: int = 0) -> None:
-    """``data``'s items of ``types`` (numbers, or for ``BOOL`` true and false), nested lists flattened."""
-    if depth > _MAX_DIMS:
-        raise FieldError(field, f"nested deeper than {_MAX_DIMS} levels", reason="bad_tensor")
+def _flatten(data: list[Any], into: list[Any], field: str, types: tuple[type, ...], shape: list[int]) -> None:
+    """``data``'s items of ``types`` (numbers, or for ``BOOL`` true and false), flat or nested exactly as ``shape``:
+    the protocol's two forms (a ragged nesting could fill the shape by accident, rows no longer rows)."""
+    if data and type(data[0]) is list:
+        _nested(data, into, field, types, shape, 0)
+        return
     for item in data:
-        if type(item) in types:
-            into.append(item)
-        elif isinstance(item, list):
-            _flatten(item, into, field, types, depth + 1)
-        else:
-            what = "true and false" if types is _BOOL_TYPES else "numbers"
-            raise FieldError(field, f"must hold only {what} (nested lists allowed)", reason="bad_tensor")
+        if type(item) not in types:
+            raise _misplaced(field, types, item, shape)
+    into.extend(data)
+
+
+def _nested(
+    data: list[Any], into: list[Any], field: str, types: tuple[type, ...], shape: list[int], depth: int
+) -> None:
+    if len(data) != shape[depth]:
+        raise _misplaced(field, types, data, shape)
+    if depth == len(shape) - 1:
+        for item in data:
+            if type(item) not in types:
+                raise _misplaced(field, types, item, shape)
+        into.extend(data)
+        return
+    for item in data:
+        if type(item) is not list:
+            raise _misplaced(field, types, item, shape)
+        _nested(item, into, field, types, shape, depth + 1)
+
+
+def _misplaced(field: str, types: tuple[type, ...], item: Any, shape: list[int]) -> FieldError:
+    """The error for ``item`` (a number, a list or anything else) found where it does not belong."""
+    if type(item) is list or type(item) in types:
+        return FieldError(
+            field,
+            f"nested lists must follow shape {shape}: send the data flat, or nested exactly as the shape",
+            reason="shape_mismatch",
+        )
+    what = "true and false" if types is _BOOL_TYPES else "numbers"
+    return FieldError(field, f"must hold only {what} (flat, or lists nested as its shape)", reason="bad_tensor")

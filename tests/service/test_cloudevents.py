@@ -318,6 +318,12 @@ def test_orphaned_requests_are_counted_once(kserve: TestClient, registry: Collec
     assert outcome_count(registry, "iris", "request_expired") == 1
 
 
+def _sized(size: float, **tensor: Any) -> bytes:
+    """The JSON header of a v2 response whose scores tensor has ``binary_data_size`` ``size``."""
+    logits = {"name": "logits", "shape": [1, 3], "datatype": "FP32", "parameters": {"binary_data_size": size}}
+    return json.dumps({"outputs": [logits | tensor]}).encode()
+
+
 def _bad(ce_id: str) -> list[Any]:
     good = _headers(ce_id, RESPONSE)
     binary, length = _v2_binary_response(2)
@@ -350,10 +356,32 @@ def _bad(ce_id: str) -> list[Any]:
         ),
         pytest.param(
             v2 | {"inference-header-content-length": str(length)},
-            binary[:-5],
+            binary[:-40],
             422,
-            "outputs[1].parameters.binary_data_size",
+            "outputs[0].parameters.binary_data_size",
             id="truncated-binary",
+        ),
+        pytest.param(
+            v2 | {"inference-header-content-length": str(len(_sized(1e30)))},
+            _sized(1e30),
+            422,
+            "outputs[0].parameters.binary_data_size",
+            id="binary-size-past-64-bits",
+        ),
+        pytest.param(
+            v2 | {"inference-header-content-length": str(len(_sized(12, data=[1.0, 2.0, 3.0])))},
+            _sized(12, data=[1.0, 2.0, 3.0]) + b"\x00" * 12,
+            422,
+            "outputs[0].parameters.binary_data_size",
+            id="binary-size-and-data",
+        ),
+        pytest.param(good, json.dumps(_v1_response()).encode() + b"garbage", 422, "body", id="json-then-garbage"),
+        pytest.param(
+            _headers(ce_id, RESPONSE, "digits-isvc"),
+            {"outputs": [{"name": "logits", "shape": [3], "datatype": "FP32", "data": [[1.0, 2.0], [3.0]]}]},
+            422,
+            "outputs[0].data",
+            id="v2-ragged-data",
         ),
         pytest.param(
             v2 | {"inference-header-content-length": str(len(binary) + 1)},

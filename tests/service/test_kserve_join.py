@@ -170,21 +170,28 @@ def _deep(depth: int) -> Any:
     return value
 
 
-@pytest.mark.parametrize(
-    ("kind", "data", "field"),
-    [
-        pytest.param(REQUEST, {"instances": [_deep(300)]}, "instances[0]", id="request"),
-        pytest.param(RESPONSE, {"predictions": [_deep(300)]}, "predictions[0]", id="response"),
-    ],
-)
 def test_structured_data_nested_past_orjson_s_write_limit_is_422_not_500(
-    kserve: TestClient, registry: CollectorRegistry, kind: str, data: dict[str, Any], field: str
+    kserve: TestClient, registry: CollectorRegistry
 ) -> None:
-    document = {"specversion": "1.0", "id": "deep", "type": kind, "inferenceservicename": "iris", "data": data}
+    data = {"predictions": [_deep(300)]}
+    document = {"specversion": "1.0", "id": "deep", "type": RESPONSE, "inferenceservicename": "iris", "data": data}
     answer = post_event(kserve, {"content-type": "application/cloudevents+json"}, document)
     assert answer.status_code == 422, answer.text
-    assert answer.json()["field"] == field
+    assert answer.json()["field"] == "predictions[0]"
     assert outcome_count(registry, "iris", "invalid") == 1
+
+
+def test_a_structured_request_input_nested_past_orjson_s_write_limit_is_left_out(
+    kserve: TestClient, registry: CollectorRegistry
+) -> None:
+    data = {"instances": [_deep(300)]}
+    document = {"specversion": "1.0", "id": "deep", "type": REQUEST, "inferenceservicename": "iris", "data": data}
+    document["namespace"] = "models"  # as _headers() sends it
+    answer = post_event(kserve, {"content-type": "application/cloudevents+json"}, document)
+    assert (answer.status_code, answer.json()["outcome"]) == (200, "request_stored"), answer.text
+    response = post_event(kserve, _headers("deep", RESPONSE), _v1_response())
+    assert (response.json()["outcome"], response.json()["accepted"]) == ("joined", 1), response.text
+    assert _dropped(registry, "iris", "input") == 1
 
 
 # --- M2: a join whose Redis reply came too late -----------------------------------------------------
@@ -229,36 +236,39 @@ def test_an_out_of_range_label_is_dropped_and_counted_not_the_prediction(
     assert _dropped(registry, "iris", "label") == 1
 
 
-def test_a_request_input_past_float32_is_refused_naming_it_and_the_response_monitored(
+def test_a_request_input_past_float32_is_left_out_and_the_response_joined_without_it(
     kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
 ) -> None:
+    """The worker explains inputs as float32, where it would be infinity: that input is dropped, not the request
+    (its response is joined, and monitored without it). More cases: test_kserve_parts.py."""
     ce_id = str(uuid.uuid4())
-    refused = post_event(kserve, _headers(ce_id, REQUEST), _v1_request(1e39))
-    assert refused.status_code == 422, refused.text
-    assert refused.json()["field"] == "instances[0]"
+    stored = post_event(kserve, _headers(ce_id, REQUEST), _v1_request(1e39))
+    assert (stored.status_code, stored.json()["outcome"]) == (200, "request_stored"), stored.text
     answer = post_event(kserve, _headers(ce_id, RESPONSE), _v1_response())
-    assert (answer.status_code, answer.json()["outcome"], answer.json()["accepted"]) == (200, "response_only", 1)
-    assert outcome_count(registry, "iris", "invalid") == 1
+    assert (answer.status_code, answer.json()["outcome"], answer.json()["accepted"]) == (200, "joined", 1)
+    (sample,) = sampled(redis_client, "iris", 1)
+    assert sample.input is None
+    assert _dropped(registry, "iris", "input") == 1
+    assert outcome_count(registry, "iris", "invalid") == 0
 
 
-def test_a_v2_request_input_holding_infinity_is_refused_naming_its_tensor(kserve: TestClient) -> None:
-    """The v2 tensor reader already refused it; kept so that the two payload kinds stay alike."""
-    raw = np.array([[1.0, np.inf, 0.0, 0.0]], dtype="<f4").tobytes()
+def test_a_v2_request_input_row_holding_infinity_costs_that_instance_s_input_only(
+    kserve: TestClient, registry: CollectorRegistry, redis_client: redis.Redis
+) -> None:
+    raw = np.array([[1.0, np.inf, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]], dtype="<f4").tobytes()
     header = json.dumps(
-        {"inputs": [{"name": "pixels", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}
+        {"inputs": [{"name": "pixels", "shape": [2, 4], "datatype": "FP32", "parameters": {"binary_data_size": 32}}]}
     ).encode()
-    headers = _headers("inf", REQUEST, "digits-isvc") | {"inference-header-content-length": str(len(header))}
-    refused = post_event(kserve, headers | {"content-type": "application/octet-stream"}, header + raw)
-    assert refused.status_code == 422, refused.text
-    assert refused.json()["field"] == "inputs[0].data"
-
-
-def test_a_v2_fp64_request_input_past_float32_is_refused_naming_its_tensor(kserve: TestClient) -> None:
-    """The worker explains inputs as float32, where it would be infinity."""
-    request = {"inputs": [{"name": "pixels", "shape": [1, 4], "datatype": "FP64", "data": [1.0, 3.5e38, 0.0, 0.0]}]}
-    refused = post_event(kserve, _headers("fp64", REQUEST, "digits-isvc"), request)
-    assert refused.status_code == 422, refused.text
-    assert refused.json()["field"] == "inputs[0]"
+    ce_id = str(uuid.uuid4())
+    headers = _headers(ce_id, REQUEST, "digits-isvc") | {"inference-header-content-length": str(len(header))}
+    stored = post_event(kserve, headers | {"content-type": "application/octet-stream"}, header + raw)
+    assert (stored.status_code, stored.json()["outcome"]) == (200, "request_stored"), stored.text
+    answer = post_event(kserve, _headers(ce_id, RESPONSE, "digits-isvc"), _v2_response(2))
+    assert (answer.status_code, answer.json()["outcome"], answer.json()["accepted"]) == (200, "joined", 2)
+    first, second = sampled(redis_client, "digits", 2)
+    assert first.input is None
+    assert second.input is not None and second.input.decode().tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert _dropped(registry, "digits", "input") == 1
 
 
 def test_a_missing_embedding_output_is_monitored_without_it_and_counted(

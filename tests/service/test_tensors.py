@@ -20,7 +20,7 @@ from service.errors import FieldError
 from service.fast_parsing import BodyDecoder
 from service.parsing import Rejected, decode_body
 from service.tensor_lanes import Lane
-from service.tensors import BinaryTensor, Vector, vector_of, vectors_of
+from service.tensors import BinaryTensor, Vector, tensor_of, vector_of, vectors_of
 from service.validation import check, summarised
 
 ClientFactory = Callable[..., TestClient]
@@ -155,6 +155,24 @@ BAD = [
         id="v2-beyond-fp16",
     ),
     pytest.param(
+        {"embedding": {"shape": [2], "datatype": "FP32", "data": [1.0, 1e39]}},
+        "embedding.data",
+        "non_finite",
+        id="v2-beyond-fp32",
+    ),
+    pytest.param(
+        {"logits": {"shape": [3], "datatype": "FP32", "data": [[1.0, 2.0], [3.0]]}},
+        "logits.data",
+        "shape_mismatch",
+        id="v2-ragged-nesting",
+    ),
+    pytest.param(
+        {"logits": {"shape": [1, 4], "datatype": "FP32", "data": [[1.0, 2.0], [3.0, 4.0]]}},
+        "logits.data",
+        "shape_mismatch",
+        id="v2-nested-across-the-shape",
+    ),
+    pytest.param(
         {"logits": {"shape": [3], "dtype": "float32", "data": _float32_b64(1.0, 2.0)}},
         "logits.data",
         "shape_mismatch",
@@ -271,6 +289,45 @@ def test_a_bad_tensor_is_refused_naming_event_and_field_and_the_rest_kept(
     assert answer["accepted"] == 2
     assert [(item["index"], item["field"]) for item in answer["rejected"]] == [(1, field)], answer
     assert _rejections(registry) == {reason: 1.0}
+
+
+@pytest.mark.parametrize(
+    ("tensor", "error"),
+    [
+        pytest.param(
+            {"shape": [2], "datatype": "FP32", "data": [1.0, 1e39]},
+            "embedding.data: holds a value beyond float32 range (±3.403e+38)",
+            id="fp32",
+        ),
+        pytest.param(
+            {"shape": [2], "datatype": "FP16", "data": [1.0, 1e6]},
+            "embedding.data: holds a value beyond float16 range (±6.55e+04)",
+            id="fp16",
+        ),
+        pytest.param(
+            {"shape": [3], "datatype": "FP32", "data": [[1.0, 2.0], [3.0]]},
+            "embedding.data: nested lists must follow shape [3]: send the data flat, or nested exactly as the shape",
+            id="ragged",
+        ),
+    ],
+)
+def test_a_refused_tensor_says_what_is_wrong(tensor: dict[str, Any], error: str) -> None:
+    with pytest.raises(FieldError) as raised:
+        vector_of(tensor, "embedding")
+    assert str(raised.value) == error
+
+
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [
+        pytest.param([2, 3], [1, 2, 3, 4, 5, 6], id="flat"),
+        pytest.param([2, 3], [[1, 2, 3], [4, 5, 6]], id="nested-as-the-shape"),
+        pytest.param([1, 2, 3], [[[1, 2, 3], [4, 5, 6]]], id="three-levels"),
+    ],
+)
+def test_v2_data_flat_or_nested_as_its_shape_is_read(shape: list[int], data: list[Any]) -> None:
+    tensor = {"shape": shape, "datatype": "FP32", "data": data}
+    assert tensor_of(tensor, "input").ravel().tolist() == [1, 2, 3, 4, 5, 6]
 
 
 def _binary_batch() -> tuple[list[dict[str, Any]], list[bytes]]:
