@@ -99,6 +99,9 @@ async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes
             else "invalid_body"
         )
         raise
+    except _Disconnected:  # the request ends unanswered, but not uncounted
+        sidecar.ingest.reject_body("disconnected")
+        raise
     open_brackets = tally.count if tally is not None else None
     return sidecar.ingest.ingest(body, open_brackets=open_brackets, header_length=header_length).to_json()
 

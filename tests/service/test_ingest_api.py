@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Callable
 
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from common import keys
-from helpers import StreamEntry, event, stream_entries
+from helpers import StreamEntry, event, serve_app, stream_entries, wait_until
 from sampler.contract import SampledEvent
+from service.app import create_app
+from service.settings import SidecarSettings
 
 
 def test_single_event_is_accepted(client: TestClient) -> None:
@@ -74,3 +79,19 @@ def test_ingest_path_is_documented_in_openapi(client: TestClient) -> None:
     body = post["requestBody"]["content"]["application/json"]["schema"]
     assert body["oneOf"] == [{"$ref": "#/components/schemas/Event"}, {"$ref": "#/components/schemas/Batch"}]
     assert {"Event", "Batch", "IngestResult"} <= set(schema["components"]["schemas"])
+
+
+def test_a_request_whose_client_leaves_mid_body_is_counted(make_settings: Callable[..., SidecarSettings]) -> None:
+    """Nobody is left to answer, but every request received ends in one counter: `disconnected`."""
+    registry = CollectorRegistry()
+    with serve_app(create_app(make_settings(), registry=registry)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        head = f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(head.encode() + b"\r\n" + json.dumps(event("gone")).encode()[:10])
+
+        def counted() -> float:
+            return registry.get_sample_value("vai_events_rejected_total", {"reason": "disconnected"}) or 0.0
+
+        wait_until(lambda: counted() == 1, what="the disconnect counted")
+    assert registry.get_sample_value("vai_events_total", {"model": "digits", "version": "v1"}) is None
