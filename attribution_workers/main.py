@@ -23,7 +23,8 @@ from attribution_workers.errors import AttributionError
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.settings import WorkerSettings
-from attribution_workers.worker import AttributionWorker, default_consumer
+from attribution_workers.worker import AttributionWorker
+from common.names import process_id
 from common.redis import REDIS_FAILED, connect
 from sampler.explanations import ExplanationStore
 
@@ -63,7 +64,7 @@ def make_worker(
         ExplanationStore(redis, ttl_s=settings.explanation_ttl_s),
         runtimes,
         WorkerMetrics(registry),
-        consumer=settings.worker_consumer or default_consumer(),
+        consumer=settings.worker_consumer or process_id(),
         batch_size=settings.worker_batch_size,
         block_ms=settings.worker_block_ms,
         job_timeout_s=settings.worker_job_timeout_s,

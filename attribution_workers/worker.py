@@ -52,7 +52,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Mapping
 from typing import NoReturn
@@ -77,11 +76,7 @@ from sampler.explanations import ExplanationStore
 from sampler.layers import LayerBaselineStore, LayerHealthStore
 
 log = logging.getLogger(__name__)
-__all__ = ["AttributionWorker", "Delivery", "default_consumer"]
-
-
-def default_consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+__all__ = ["AttributionWorker", "Delivery"]
 
 
 class AttributionWorker:

@@ -9,7 +9,9 @@ Python's ``re`` does not: there ``$`` also matches before a final newline, so
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 
 MODEL_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
 """A model name: 1 to 64 letters, digits, ``.``, ``_`` or ``-``, not starting with ``.``: a browser reads a path
@@ -20,3 +22,9 @@ VERSION_PATTERN = r"^[!-~]{1,64}$"
 """A model version: 1 to 64 visible ASCII characters (no whitespace or control characters)."""
 VERSION_RE = re.compile(r"\A[!-~]{1,64}\Z")
 """:data:`VERSION_PATTERN` for Python's ``re``."""
+
+
+def process_id() -> str:
+    """This process in Redis when its settings name none: ``{hostname}-{pid}`` (a pod's name, in Kubernetes), so a
+    restarted process is a new consumer or owner and the one it replaced can be told apart in the logs."""
+    return f"{socket.gethostname()}-{os.getpid()}"

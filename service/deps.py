@@ -35,7 +35,6 @@ def _require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
     return check
 
 
-IngestScope = Depends(_require(Scope.INGEST))
 ReadScope = Depends(_require(Scope.READ))
 AdminScope = Depends(_require(Scope.ADMIN))
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -23,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common import keys
+from common.names import process_id
 from common.redis import REDIS_FAILED, cancelling, connect
 from monitors.cohort_admission import CohortAdmission
 from monitors.cohorts import CohortGuard
@@ -48,10 +47,6 @@ MAX_MODELS = READER_CONNECTIONS // 2
 """Models one monitor process owns at most: each holds two blocking reads (its feed and its labelled feed)."""
 
 
-def default_monitor_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 class MonitorProcess:
     def __init__(self, settings: MonitorSettings, *, registry: CollectorRegistry | None = None) -> None:
         if settings.redis_url is None:
@@ -66,7 +61,7 @@ class MonitorProcess:
         feed), which in the shared pool of 32 left no connection for lease renewals beyond ~15 models."""
         self.leases = Leases(
             self.redis,
-            owner=settings.monitor_id or default_monitor_id(),
+            owner=settings.monitor_id or process_id(),
             ttl_ms=int(settings.monitor_lease_ttl_s * 1000),
         )
         self.metrics = MonitorMetrics(self.registry)
