@@ -37,8 +37,9 @@ def render_activations(record: ExplanationRecord, layer: str) -> bytes:
         available = ", ".join(sorted(record.detail.feature_maps)) or "none for this event"
         raise NotFound(f"layer: no feature maps of {layer!r} stored (layers with maps: {available})", field="layer")
     title, subtitle = map_captions(record, layer, stored)
+    maps = stored.to_array()  # a stored array that does not decode is an unreadable record, as for heatmaps
     try:
-        return render_channel_grid(stored.to_array(), stored.channels, title=title, subtitle=subtitle)
+        return render_channel_grid(maps, stored.channels, title=title, subtitle=subtitle)
     except ValueError as error:
         raise InvalidInput(f"layer: the stored maps of {layer!r} cannot be drawn: {error}", field="layer") from None
 

@@ -23,6 +23,7 @@ from sampler.explanation_records import (
     StoredAttribution,
 )
 from sampler.explanations import ExplanationStore
+from sampler.layers import FeatureMaps
 from sampler.verdicts import MethodTrust, Verdict
 
 T0 = time.time() - 600
@@ -159,14 +160,17 @@ def test_a_stored_map_that_parses_but_does_not_decode_is_a_404_not_a_500(
     client: TestClient, redis_url: str, data: str
 ) -> None:
     broken = StoredAttribution(shape=(1, 8, 8), scale=1.0, data=data, target=3)
+    maps = FeatureMaps(shape=(1, 8, 8), scale=1.0, data=data, channels=(0,))
     record = ExplanationRecord(
-        summary=_summary("broken", 1.0), detail=ExplanationDetail(attributions={"saliency": broken})
+        summary=_summary("broken", 1.0),
+        detail=ExplanationDetail(attributions={"saliency": broken}, feature_maps={"conv1": maps}),
     )
     _save(redis_url, record)
 
     for path, params in (
         ("/v1/explanations/digits/broken", {}),
         ("/v1/explanations/digits/broken/heatmap.png", {"method": "saliency"}),
+        ("/v1/explanations/digits/broken/activations.png", {"layer": "conv1"}),
     ):
         response = client.get(path, params=params)
         assert response.status_code == 404, response.text
