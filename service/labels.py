@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
@@ -50,8 +50,19 @@ return trimmed
 older entries ``MAXLEN`` trimmed, or -1 for a record gone meanwhile (another replica's label took it). The
 ``XADD`` is the first write: under ``maxmemory`` with ``noeviction`` Redis refuses it (the script has written
 nothing yet), so nothing is deleted; once a script has written, Redis lets the rest through."""
-_Label = tuple[int, str, str, int]
-"""A valid label: its position in the request, model, request id and class."""
+
+
+class _Label(NamedTuple):
+    """A valid label."""
+
+    position: int
+    """Its index in the request."""
+    model: str
+    request_id: str
+    label: int
+    """The class."""
+
+
 _Found = MonitoringRecord | FeedFormatError | None
 """What a label found in Redis: its record, one that could not be read, or none."""
 
@@ -112,7 +123,7 @@ class DelayedLabels:
         await self._announce_labelled(models - known)
         try:  # held: a record on its way to Redis would be found in neither place, nor one that leaves meanwhile
             async with self.writer.held(self._timeout_s):
-                local = [(item, self.writer.take_local(item[1], item[2])) for item in labels]
+                local = [(item, self.writer.take_local(item.model, item.request_id)) for item in labels]
                 try:
                     remote = await self._join_remote([item for item, record in local if record is None])
                 except BaseException:
@@ -128,9 +139,10 @@ class DelayedLabels:
         for (index, _, _, label), record in local:
             if record is not None:
                 self._join(result, index, record, label, offer=True)
-        for (index, model, request_id, label), found in remote:
+        for item, found in remote:
+            index, model, request_id, label = item
             if found is None:
-                self._unmatched(result, (index, model, request_id, label), known)
+                self._unmatched(result, item, known)
             elif isinstance(found, FeedFormatError):
                 message = f"prediction record: {found}"
                 result.rejected.append(LabelVerdict(index, request_id, "rejected", message, model))
@@ -166,10 +178,10 @@ class DelayedLabels:
             return remote
         await asyncio.sleep(self._retry_s)
         try:
-            again = dict((item[0], found) for item, found in await self._join_remote(missing))
+            again = {item.position: found for item, found in await self._join_remote(missing)}
         except RedisUnavailable:
             return remote
-        return [(item, again.get(item[0]) if found is None else found) for item, found in remote]
+        return [(item, again.get(item.position) if found is None else found) for item, found in remote]
 
     def _unmatched(self, result: LabelsResult, item: _Label, known: set[str]) -> None:
         index, model, request_id, _ = item
@@ -188,11 +200,11 @@ class DelayedLabels:
             )
         except REDIS_FAILED:
             raise RedisUnavailable("redis: labels not joined") from None
-        found = [(item, _record(item[1], body)) for item, body in zip(labels, bodies, strict=True)]
+        found = [(item, _record(item.model, body)) for item, body in zip(labels, bodies, strict=True)]
         joins = [
             (at, record, body)
             for at, (body, (item, record)) in enumerate(zip(bodies, found, strict=True))
-            if isinstance(record, MonitoringRecord) and body is not None and item[3] < record.num_classes
+            if isinstance(record, MonitoringRecord) and body is not None and item.label < record.num_classes
         ]
         trimmed = await self._publish([(found[at][0], record, body) for at, record, body in joins])
         for (at, record, _), count in zip(joins, trimmed, strict=True):
@@ -248,7 +260,7 @@ class DelayedLabels:
             except RecursionError:
                 message = f"labels.{index}: nested too deeply"
             else:
-                labels.append((index, valid.model, valid.request_id, valid.label))
+                labels.append(_Label(index, valid.model, valid.request_id, valid.label))
                 continue
             named = printable(request_id) if isinstance(request_id, str) else None
             model = fields.get("model")  # echoed too: escaped like the id (a lone surrogate is no UTF-8)
