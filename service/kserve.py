@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from common import keys
@@ -49,6 +49,7 @@ from service.cloudevents import CloudEvent, read_attributes, read_event
 from service.ingest import IngestHandler, IngestResult
 from service.kserve_events import events_body
 from service.kserve_payloads import Array, request_inputs, response_prediction
+from service.metrics import KServeMetrics
 from service.settings import KServeMapping, SidecarSettings
 
 RECORD_VERSION = 1
@@ -91,24 +92,9 @@ class KServeLogger:
             for name, section in settings.models.items()
             if section.kserve is not None
         }
-        self.events = Counter(
-            "vai_kserve_events",
-            "KServe logger CloudEvents by outcome (request_stored, joined, count_mismatch, response_only, "
-            "request_dropped, request_expired, duplicate, other_component, invalid, redis_unavailable; refused "
-            "before being read: unauthorized, forbidden, body_too_large, body_timeout, invalid_body, disconnected).",
-            ["model", "outcome"],
-            registry=registry,
-        )
-        self.dropped = Counter(
-            "vai_kserve_parts_dropped",
-            "Events of KServe responses monitored without a part that was unusable (label: no class of the "
-            "prediction; embedding: missing, not numbers, NaN, infinite or past float32, not one row per instance, "
-            "or of another width than the model's; input: the request's, for the same reasons or not "
-            "kserve.input_shape; cohort: a ce-metadata value of no allowed length; time: a ce-time that is no time "
-            "an event may have).",
-            ["model", "part"],
-            registry=registry,
-        )
+        metrics = KServeMetrics(registry)
+        self.events = metrics.events
+        self.dropped = metrics.dropped
 
     def refused(self, headers: Mapping[str, str], error: VaiError) -> None:
         """Count a CloudEvent refused before :meth:`handle` read it: its token, or its body's size, encoding

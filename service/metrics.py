@@ -53,6 +53,31 @@ class IngestMetrics:
         self.child = CounterChildren()
 
 
+class KServeMetrics:
+    """What ``POST /v1/cloudevents`` (KServe's inference logger) counts: every CloudEvent once, and the parts of
+    events monitored without them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "vai_kserve_events",
+            "KServe logger CloudEvents by outcome (request_stored, joined, count_mismatch, response_only, "
+            "request_dropped, request_expired, duplicate, other_component, invalid, redis_unavailable; refused "
+            "before being read: unauthorized, forbidden, body_too_large, body_timeout, invalid_body, disconnected).",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "vai_kserve_parts_dropped",
+            "Events of KServe responses monitored without a part that was unusable (label: no class of the "
+            "prediction; embedding: missing, not numbers, NaN, infinite or past float32, not one row per instance, "
+            "or of another width than the model's; input: the request's, for the same reasons or not "
+            "kserve.input_shape; cohort: a ce-metadata value of no allowed length; time: a ce-time that is no time "
+            "an event may have).",
+            ["model", "part"],
+            registry=registry,
+        )
+
+
 class PolicyMetrics:
     """Run-time sampling overrides (``PUT /v1/models/{model}/sampling``), as Redis keeps them for every replica."""
 

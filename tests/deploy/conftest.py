@@ -17,7 +17,7 @@ from monitors.fleet.metrics import MonitorMetrics
 from monitors.window import WindowStore
 from sampler.metrics import SamplerMetrics
 from service.feed_writer import FeedWriter
-from service.metrics import IngestMetrics
+from service.metrics import IngestMetrics, KServeMetrics
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -51,6 +51,7 @@ def exported_names() -> frozenset[str]:
     real metric classes."""
     registry = CollectorRegistry()
     IngestMetrics(registry)
+    KServeMetrics(registry)
     SamplerMetrics(registry)
     DriftMetrics(registry=registry)
     # The quality collector yields every family on each scrape, with samples only for series that
