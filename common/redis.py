@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, overload
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -13,6 +14,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
 
 
 def connect(url: str, *, timeout_s: float, max_connections: int = 32) -> Redis:
@@ -72,6 +75,19 @@ def cancelling() -> bool:
     ``CancelledError`` to reach it."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def every(period_s: float, action: Callable[[], Awaitable[object]], *, what: str) -> None:
+    """Run ``action`` every ``period_s`` (after a first wait) until the task is cancelled; a round that fails is
+    logged (``what`` names it) and never ends the loop, which outlives any one failure."""
+    while not cancelling():  # a cancel that redis-py swallowed still stops the loop
+        await asyncio.sleep(period_s)
+        try:
+            await action()
+        except Exception:
+            if cancelling():
+                break
+            log.exception("%s failed", what)
 
 
 @overload

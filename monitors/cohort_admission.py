@@ -27,7 +27,6 @@ set that is missing (Redis restarted empty, or expired) starts from them, not an
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +35,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import REDIS_FAILED, cancelling, execute, queue_script, text
+from common.redis import REDIS_FAILED, cancelling, every, execute, queue_script, text
 from monitors.cohorts import CohortGuard
 
 log = logging.getLogger(__name__)
@@ -120,14 +119,7 @@ class CohortAdmission:
 
     async def run(self) -> None:
         """:meth:`settle` every ``period_s`` until cancelled; a round that fails never ends the task."""
-        while not cancelling():  # a cancel that redis-py swallowed still stops the loop
-            await asyncio.sleep(self._period_s)
-            try:
-                await self.settle()
-            except Exception:
-                if cancelling():
-                    break
-                log.exception("deciding cohort values failed")
+        await every(self._period_s, self.settle, what="deciding cohort values")
 
     async def settle(self) -> None:
         """One round: decide every undecided value (one round trip), then let each holder place what it held."""

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ from pydantic import ValidationError
 
 from common import keys
 from common.errors import InvalidInput, RedisUnavailable
-from common.redis import REDIS_FAILED, cancelling, connect
+from common.redis import REDIS_FAILED, connect, every
 from monitors.cohort_admission import CohortAdmission
 from monitors.cohorts import CohortGuard
 from sampler.explanations import ExplanationStore
@@ -146,14 +145,22 @@ class Sidecar:
         self._tasks += [
             asyncio.create_task(self.writer.run(), name="queue-writer"),
             asyncio.create_task(
-                self._every(self.settings.policy_refresh_s, self._refresh_policies), name="policy-refresh"
+                every(self.settings.policy_refresh_s, self._refresh_policies, what="refreshing the sampling policies"),
+                name="policy-refresh",
             ),
-            asyncio.create_task(self._every(self.settings.queue_poll_s, self._poll_queues), name="queue-poll"),
+            asyncio.create_task(
+                every(self.settings.queue_poll_s, self._poll_queues, what="polling the queue lengths"),
+                name="queue-poll",
+            ),
             asyncio.create_task(self.body_deadlines.run(), name="body-deadlines"),
         ]
         if self.kserve.enabled:
             sweep_s = min(KSERVE_SWEEP_S, self.settings.kserve_join_ttl_s)
-            self._tasks.append(asyncio.create_task(self._every(sweep_s, self.kserve.sweep), name="kserve-sweep"))
+            self._tasks.append(
+                asyncio.create_task(
+                    every(sweep_s, self.kserve.sweep, what="sweeping orphaned KServe requests"), name="kserve-sweep"
+                )
+            )
         if self.settings.cohort_keys:
             self._tasks.append(asyncio.create_task(self.cohort_admission.run(), name="cohort-admission"))
 
@@ -276,14 +283,3 @@ class Sidecar:
 
     async def _poll_queues(self) -> None:
         await self.writer.poll_lengths(self.ingest.models)
-
-    @staticmethod
-    async def _every(period_s: float, action: Callable[[], Awaitable[Any]]) -> None:
-        while not cancelling():  # a cancel that redis-py swallowed still stops the loop
-            await asyncio.sleep(period_s)
-            try:
-                await action()
-            except Exception:  # a periodic task must outlive any one failure
-                if cancelling():
-                    break
-                log.exception("periodic task %s failed", getattr(action, "__name__", action))
