@@ -445,7 +445,10 @@ def test_a_monitor_that_is_behind_says_so_and_ingest_never_waits(
             assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 100
 
         def behind() -> dict[str, Any] | None:
-            status = client.get("/v1/models/digits/drift").json()
+            answer = client.get("/v1/models/digits/drift")
+            if answer.status_code in (404, 503):  # a busy host: no report published yet, or Redis slow to answer
+                return None
+            status: dict[str, Any] = answer.json()
             return status if status["backlog"] >= 500 and status["oldest_waiting_s"] > 0 else None
 
         status = wait_until(behind, timeout_s=20, what="the backlog to be published")
