@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -212,6 +213,24 @@ class IngestHandler:
     def _reject(self, rejected: list[Rejection], index: int, request_id: str | None, error: FieldError) -> None:
         self._metrics.rejected.labels(error.reason).inc()
         rejected.append(Rejection(index, request_id, error.field, str(error)))
+
+    @contextlib.contextmanager
+    def embedding_width_claimed(self, model: str, dims: int) -> Iterator[None]:
+        """Hold ``model``'s embedding width at ``dims`` for an uploaded reference of that width: ``InvalidInput``
+        when its events already have another; events of another width arriving meanwhile are refused rather than
+        stored beside a reference they do not match. Let go again if the upload fails and no event had set it."""
+        known = self.embedding_dims.get(model)
+        if known is not None and known != dims:
+            raise InvalidInput(
+                f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
+            )
+        self.embedding_dims[model] = dims
+        try:
+            yield
+        except BaseException:
+            if known is None:
+                self.embedding_dims.pop(model, None)
+            raise
 
     def reject_body(self, reason: str) -> None:
         """Count a request whose body was refused before it could be read (too large, bad headers)."""

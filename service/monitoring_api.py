@@ -84,27 +84,14 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
     try:
         embeddings, probabilities = await run_in_threadpool(_arrays, body, content_type)
         reference, margin = await run_in_threadpool(upload_from_arrays, embeddings, probabilities)
-    except FieldError as error:
-        raise InvalidInput(str(error), field=error.field) from None
-    except ValueError as error:  # upload_from_arrays names the field first: "embeddings: ..."
-        field = str(error).split(":", 1)[0]
-        raise InvalidInput(str(error), field=field if " " not in field else "body") from None
+    except ValueError as error:  # an array numpy refuses in a way the checks did not foresee: still the body's
+        raise InvalidInput(f"body: {error}", field="body") from None
     dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
     async with monitoring.reference_lock(model):  # one upload of a model at a time: a failed one undoes only its own
-        known = sidecar.ingest.embedding_dims.get(model)
-        if known is not None and known != dims:
-            raise InvalidInput(
-                f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
-            )
-        sidecar.ingest.embedding_dims[model] = dims  # before any await: events of another width arriving meanwhile
-        try:  # are refused, not stored beside a reference they do not match
+        with sidecar.ingest.embedding_width_claimed(model, dims):
             await monitoring.check_reference(reference)
             _register(sidecar, model)  # after the check: a refused upload takes no model slot
             await monitoring.set_reference(model, reference, margin=margin)
-        except BaseException:
-            if known is None:
-                sidecar.ingest.embedding_dims.pop(model, None)
-            raise
     body_out = {
         "model": model,
         "state": "calibrating",
@@ -126,15 +113,16 @@ def _npy(body: bytes) -> Any:
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(stream)  # type: ignore[no-untyped-call]
     except (ValueError, OSError, EOFError) as error:
-        raise ValueError(f"body: not a .npy array ({error})") from None
+        raise InvalidInput(f"body: not a .npy array ({error})", field="body") from None
     if dtype.hasobject:
-        raise ValueError("body: an .npy array of Python objects is not read (pickles run code)")
+        raise InvalidInput("body: an .npy array of Python objects is not read (pickles run code)", field="body")
     count = math.prod(shape)
     data = memoryview(body)[stream.tell() :]
     if len(data) != count * dtype.itemsize:
-        raise ValueError(
+        raise InvalidInput(
             f"body: the .npy header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes), "
-            f"but {len(data)} bytes follow it"
+            f"but {len(data)} bytes follow it",
+            field="body",
         )
     return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran_order else "C")
 
@@ -145,15 +133,16 @@ def _arrays(body: bytes, content_type: str) -> tuple[Any, Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        raise ValueError(f"body: not valid JSON ({error})") from None
+        raise InvalidInput(f"body: not valid JSON ({error})", field="body") from None
     if (
         not isinstance(document, dict)
         or "embeddings" not in document
         or set(document) - {"embeddings", "probabilities"}
     ):
-        raise ValueError(
+        raise InvalidInput(
             'body: send {"embeddings": [[...], ...], "probabilities": [[...], ...]} (probabilities '
-            "optional) or an .npy file with Content-Type: application/octet-stream"
+            "optional) or an .npy file with Content-Type: application/octet-stream",
+            field="body",
         )
     return document["embeddings"], document.get("probabilities")
 

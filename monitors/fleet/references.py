@@ -16,6 +16,7 @@ import numpy.typing as npt
 from redis.asyncio import Redis
 
 from common import keys
+from common.errors import InvalidInput
 from common.redis import execute, text
 from monitors.drift.reference import Reference
 
@@ -53,7 +54,7 @@ def upload_from_arrays(embeddings: Any, probabilities: Any) -> tuple[Reference, 
 
 
 def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
-    """A drift reference from uploaded arrays; raises ``ValueError`` whose message starts with the field."""
+    """A drift reference from uploaded arrays; ``InvalidInput`` naming the field at fault."""
     x = _matrix(embeddings, "embeddings")
     if probabilities is None:
         return Reference(
@@ -61,9 +62,9 @@ def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
         )
     p = _matrix(probabilities, "probabilities").astype(np.float64)
     if len(p) != len(x):
-        raise ValueError(f"probabilities: {len(p)} rows for {len(x)} embeddings")
+        raise InvalidInput(f"probabilities: {len(p)} rows for {len(x)} embeddings", field="probabilities")
     if (p < 0).any() or (p > 1).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
-        raise ValueError("probabilities: every row must lie in [0, 1] and sum to 1 ± 1e-3")
+        raise InvalidInput("probabilities: every row must lie in [0, 1] and sum to 1 ± 1e-3", field="probabilities")
     return Reference(predicted=p.argmax(axis=1).astype(np.int64), confidence=p.max(axis=1), embeddings=x)
 
 
@@ -72,11 +73,13 @@ def _matrix(value: Any, field_name: str) -> npt.NDArray[np.float32]:
         with np.errstate(over="ignore", invalid="ignore"):
             array = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError):
-        raise ValueError(f"{field_name}: must be a rectangular array of numbers") from None
+        raise InvalidInput(f"{field_name}: must be a rectangular array of numbers", field=field_name) from None
     if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
-        raise ValueError(f"{field_name}: need a 2-D array with at least 2 rows, got shape {list(array.shape)}")
+        raise InvalidInput(
+            f"{field_name}: need a 2-D array with at least 2 rows, got shape {list(array.shape)}", field=field_name
+        )
     if not np.isfinite(array).all():
-        raise ValueError(f"{field_name}: every value must be a finite float32")
+        raise InvalidInput(f"{field_name}: every value must be a finite float32", field=field_name)
     return array
 
 
