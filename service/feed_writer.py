@@ -32,7 +32,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
@@ -42,7 +41,7 @@ from monitors.feed import MonitoringRecord
 from service.accepted import Prediction
 from service.feed_buffer import RECORDS, FeedBuffer, Pending
 from service.feed_records import UniformBudget, monitoring_record
-from service.metrics import CounterChildren
+from service.metrics import CounterChildren, FeedMetrics
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class FeedWriter:
     def __init__(
         self,
         redis: Redis,
-        registry: CollectorRegistry,
+        metrics: FeedMetrics,
         *,
         max_per_second: int,
         max_records: int,
@@ -111,34 +110,7 @@ class FeedWriter:
         """Whether Redis's last answer refused labelled records for lack of memory (they wait here)."""
         self._writing = asyncio.Lock()
         """Held while a batch is out of the buffer and on its way to Redis."""
-        self.labels = Counter(
-            "vai_labels", "Labels by whether they found their prediction.", ["model", "matched"], registry=registry
-        )
-        self.written = Counter(
-            "vai_monitor_records_written",
-            "Monitoring records written to Redis, by feed.",
-            ["model", "feed"],
-            registry=registry,
-        )
-        self.trimmed = Counter(
-            "vai_monitor_records_trimmed",
-            "Records trimmed from a feed by MAXLEN before the monitor read them (it was that far behind).",
-            ["model", "feed"],
-            registry=registry,
-        )
-        self.dropped = Counter(
-            "vai_monitor_records_dropped",
-            "Monitoring records not written to Redis, by feed and reason.",
-            ["model", "feed", "reason"],
-            registry=registry,
-        )
-        self.refused = Counter(
-            "vai_monitor_records_refused",
-            "Labelled records Redis refused for lack of memory, kept to be written again (each counted once; it"
-            " then ends in written or dropped).",
-            ["model", "feed"],
-            registry=registry,
-        )
+        self._metrics = metrics
         self._child = CounterChildren()
 
     def __len__(self) -> int:
@@ -165,7 +137,7 @@ class FeedWriter:
         record = monitoring_record(prediction, version, brier_max_classes=self._brier_max_classes)
         if labelled:
             self.offer(LABELLED, record.labelled(prediction.label))  # type: ignore[arg-type]
-            self.labels.labels(model, "true").inc()
+            self._metrics.labels.labels(model, "true").inc()
             self.mark_labelled(model)
         elif self.keeps_records(model):
             self.offer(RECORDS, record)
@@ -189,7 +161,7 @@ class FeedWriter:
 
     def count_budget_drops(self, model: str, count: int) -> None:
         if count:
-            self._child(self.dropped, model, PREDICTIONS, "budget").inc(count)
+            self._child(self._metrics.dropped, model, PREDICTIONS, "budget").inc(count)
 
     def offer(self, feed: str, record: MonitoringRecord) -> None:
         """Queue ``record`` for ``feed`` (the label-join record never carries the embedding)."""
@@ -202,7 +174,7 @@ class FeedWriter:
 
     def _count_lost(self, item: Pending) -> None:
         reason = "buffer_full" if self.redis_up else "redis_unavailable"
-        self.dropped.labels(item.model, item.feed, reason).inc()
+        self._metrics.dropped.labels(item.model, item.feed, reason).inc()
 
     def waits_here(self, model: str, request_id: str) -> bool:
         """Whether the prediction record of ``request_id`` is still here (its label came before it reached Redis)."""
@@ -275,7 +247,7 @@ class FeedWriter:
             log.exception("writing monitoring records failed: the batch is dropped (counted)")
             for item in batch:
                 self._buffer.forget(item)
-                self.dropped.labels(item.model, item.feed, "error").inc()
+                self._metrics.dropped.labels(item.model, item.feed, "error").inc()
             return popped
         if not self.redis_up:
             log.info("redis is back: writing the monitoring records that waited")
@@ -295,7 +267,7 @@ class FeedWriter:
             labels = (item.model, item.feed)
             written[labels] = written.get(labels, 0) + 1
         for labels, count in written.items():
-            self.written.labels(*labels).inc(count)
+            self._metrics.written.labels(*labels).inc(count)
 
     def _refused(self, batch: list[Pending], error: Exception) -> bool:
         """Redis refused the whole batch. For lack of memory, its labelled records wait to be written again (the
@@ -306,12 +278,12 @@ class FeedWriter:
         for item in batch:
             if not (keep and item.feed == LABELLED):
                 self._buffer.forget(item)
-                self.dropped.labels(item.model, item.feed, "redis_error").inc()
+                self._metrics.dropped.labels(item.model, item.feed, "redis_error").inc()
                 continue
             kept.append(item)
             if not item.refused:
                 item.refused = True
-                self.refused.labels(item.model, item.feed).inc()
+                self._metrics.refused.labels(item.model, item.feed).inc()
         if kept and not self._memory_full:
             log.warning("redis is out of memory: %d labelled records wait in memory to be written again", len(kept))
         self._memory_full = self._memory_full or bool(kept)
@@ -323,7 +295,7 @@ class FeedWriter:
         final flush has given up (Redis down or too slow), so no record leaves without a counter."""
         abandoned = self._buffer.clear()
         for item in abandoned:
-            self.dropped.labels(item.model, item.feed, "redis_unavailable").inc()
+            self._metrics.dropped.labels(item.model, item.feed, "redis_unavailable").inc()
         return len(abandoned)
 
     async def _write(self, batch: list[Pending]) -> Exception | None:
@@ -368,7 +340,7 @@ class FeedWriter:
             return results[0]
         for item, count in zip(batch, results[0], strict=False):
             if count:
-                self.trimmed.labels(item.model, item.feed).inc(int(count))
+                self._metrics.trimmed.labels(item.model, item.feed).inc(int(count))
         return None
 
 

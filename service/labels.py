@@ -28,6 +28,7 @@ from monitors.feed import ENTRY_FIELD, FeedFormatError, MonitoringRecord
 from service.body import NOT_UNICODE, not_unicode_at, printable
 from service.errors import first_problem
 from service.feed_writer import LABELLED, FeedWriter
+from service.metrics import FeedMetrics
 
 log = logging.getLogger(__name__)
 _PUBLISH = """
@@ -102,13 +103,16 @@ class DelayedLabels:
     monitor's feed (a record from Redis in the call that takes it; one from this replica's buffer through it);
     counts every label in ``vai_labels_total{model, matched}``."""
 
-    def __init__(self, redis: Redis, writer: FeedWriter, *, timeout_s: float, retry_s: float = 0.0) -> None:
+    def __init__(
+        self, redis: Redis, writer: FeedWriter, metrics: FeedMetrics, *, timeout_s: float, retry_s: float = 0.0
+    ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._timeout_s = timeout_s
         self._retry_s = retry_s
         """How long labels that found no record wait before they look once more (``VAI_LABEL_JOIN_RETRY_S``)."""
         self.writer = writer
-        self.labels: Counter = writer.labels
+        self.labels: Counter = metrics.labels
 
     async def apply(self, items: list[Any], *, known: set[str]) -> LabelsResult:
         """Join delayed labels to their predictions: this replica's buffer first, then Redis. Each item is
@@ -211,9 +215,9 @@ class DelayedLabels:
             if count < 0:  # another replica's label took it between the read and the script
                 found[at] = (found[at][0], None)
                 continue
-            self.writer.written.labels(record.model, LABELLED).inc()
+            self._metrics.written.labels(record.model, LABELLED).inc()
             if count:
-                self.writer.trimmed.labels(record.model, LABELLED).inc(count)
+                self._metrics.trimmed.labels(record.model, LABELLED).inc(count)
         return found
 
     async def _publish(self, joins: list[tuple[_Label, MonitoringRecord, bytes]]) -> list[int]:

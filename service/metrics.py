@@ -53,6 +53,41 @@ class IngestMetrics:
         self.child = CounterChildren()
 
 
+class FeedMetrics:
+    """What the sidecar's monitoring feed writer and label intake count: records written, trimmed unread, dropped
+    or refused per feed, and labels by whether they found their prediction."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.labels = Counter(
+            "vai_labels", "Labels by whether they found their prediction.", ["model", "matched"], registry=registry
+        )
+        self.written = Counter(
+            "vai_monitor_records_written",
+            "Monitoring records written to Redis, by feed.",
+            ["model", "feed"],
+            registry=registry,
+        )
+        self.trimmed = Counter(
+            "vai_monitor_records_trimmed",
+            "Records trimmed from a feed by MAXLEN before the monitor read them (it was that far behind).",
+            ["model", "feed"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "vai_monitor_records_dropped",
+            "Monitoring records not written to Redis, by feed and reason.",
+            ["model", "feed", "reason"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "vai_monitor_records_refused",
+            "Labelled records Redis refused for lack of memory, kept to be written again (each counted once; it"
+            " then ends in written or dropped).",
+            ["model", "feed"],
+            registry=registry,
+        )
+
+
 class KServeMetrics:
     """What ``POST /v1/cloudevents`` (KServe's inference logger) counts: every CloudEvent once, and the parts of
     events monitored without them."""

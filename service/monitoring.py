@@ -28,6 +28,7 @@ from monitors.fleet.results import DriftStatus, QualityReport
 from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
 from service.feed_writer import FeedWriter
 from service.labels import DelayedLabels
+from service.metrics import FeedMetrics
 
 log = logging.getLogger(__name__)
 _Result = TypeVar("_Result", bound=BaseModel)
@@ -47,10 +48,12 @@ class PublishedView:
 class Monitoring:
     """The sidecar's monitoring routes' plain object: delayed labels, references, and the published figures."""
 
-    def __init__(self, redis: Redis, writer: FeedWriter, *, timeout_s: float, label_retry_s: float = 0.0) -> None:
+    def __init__(
+        self, redis: Redis, writer: FeedWriter, metrics: FeedMetrics, *, timeout_s: float, label_retry_s: float = 0.0
+    ) -> None:
         self._redis = redis
         self.references = ReferenceStore(redis)
-        self.delayed_labels = DelayedLabels(redis, writer, timeout_s=timeout_s, retry_s=label_retry_s)
+        self.delayed_labels = DelayedLabels(redis, writer, metrics, timeout_s=timeout_s, retry_s=label_retry_s)
         self._reference_locks: dict[str, asyncio.Lock] = {}
         self._unreadable: set[tuple[str, str]] = set()
         """(model, what) of published results found unreadable, warned about once until one reads again."""

@@ -31,7 +31,7 @@ from service.errors import first_problem
 from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
 from service.kserve import KServeLogger
-from service.metrics import IngestMetrics, PolicyMetrics
+from service.metrics import FeedMetrics, IngestMetrics, PolicyMetrics
 from service.monitoring import Monitoring
 from service.projection_limits import ProjectionLimits
 from service.settings import SidecarSettings
@@ -102,9 +102,10 @@ class Sidecar:
         self.feed: FeedWriter | None = None
         self.monitoring: Monitoring | None = None
         if settings.monitors_enabled:
+            feed_metrics = FeedMetrics(self.registry)
             self.feed = FeedWriter(
                 self.writer_redis,
-                self.registry,
+                feed_metrics,
                 max_per_second=settings.monitor_max_per_second,
                 max_records=settings.monitor_buffer_records,
                 stream_maxlen=settings.monitor_stream_maxlen,
@@ -114,7 +115,11 @@ class Sidecar:
                 labelled_models=frozenset(name for name, section in settings.models.items() if section.delayed_labels),
             )
             self.monitoring = Monitoring(
-                self.redis, self.feed, timeout_s=settings.redis_timeout_s, label_retry_s=settings.label_join_retry_s
+                self.redis,
+                self.feed,
+                feed_metrics,
+                timeout_s=settings.redis_timeout_s,
+                label_retry_s=settings.label_join_retry_s,
             )
         metrics = IngestMetrics(self.registry)
         self.cohorts = CohortCounts(

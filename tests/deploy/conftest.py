@@ -17,7 +17,7 @@ from monitors.fleet.metrics import MonitorMetrics
 from monitors.window import WindowStore
 from sampler.metrics import SamplerMetrics
 from service.feed_writer import FeedWriter
-from service.metrics import IngestMetrics, KServeMetrics
+from service.metrics import FeedMetrics, IngestMetrics, KServeMetrics
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -62,7 +62,7 @@ def exported_names() -> frozenset[str]:
     MonitorMetrics(registry)
     FeedWriter(
         cast("Redis", _NoRedis()),
-        registry,
+        FeedMetrics(registry),
         max_per_second=0,
         max_records=1,
         stream_maxlen=100,

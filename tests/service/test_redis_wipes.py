@@ -17,6 +17,7 @@ from common.redis import connect
 from helpers import wait_until
 from monitors.feed import MonitoringRecord
 from service.feed_writer import PREDICTIONS, FeedWriter
+from service.metrics import FeedMetrics
 
 PATH = "/v1/models/digits/sampling"
 
@@ -43,7 +44,7 @@ async def test_models_learned_from_labels_are_announced_again_after_redis_lost_t
     client = connect(redis_url, timeout_s=5.0)
     writer = FeedWriter(
         client,
-        CollectorRegistry(),
+        FeedMetrics(CollectorRegistry()),
         max_per_second=0,
         max_records=100,
         stream_maxlen=1000,

@@ -24,6 +24,7 @@ from monitors.feed import MonitoringRecord
 from service import feed_writer
 from service.feed_buffer import RECORDS
 from service.feed_writer import FeedWriter
+from service.metrics import FeedMetrics
 from service.settings import SidecarSettings
 from service.sidecar import CLOSE_S, Sidecar
 
@@ -176,7 +177,7 @@ def test_a_label_finds_its_waiting_record_among_many_and_the_taken_one_is_never_
     registry = CollectorRegistry()
     feed = FeedWriter(
         redis.asyncio.Redis(),  # never reached: nothing is flushed
-        registry,
+        FeedMetrics(registry),
         max_per_second=0,
         max_records=3,
         stream_maxlen=100,

@@ -27,7 +27,7 @@ from sampler.sampler import Sampler
 from service.binary_body import decode_binary
 from service.feed_writer import FeedWriter
 from service.ingest import IngestHandler
-from service.metrics import IngestMetrics
+from service.metrics import FeedMetrics, IngestMetrics
 from service.parsing import Decoded, decode_body, read_tensors
 from service.schemas import EventIn
 from service.settings import SidecarSettings
@@ -292,7 +292,7 @@ def _side(redis_url: str) -> _Side:
     # No budget (its draws are random); every event also keeps a record for a delayed label.
     feed = FeedWriter(
         client,
-        registry,
+        FeedMetrics(registry),
         max_per_second=0,
         max_records=10_000,
         stream_maxlen=10_000,
