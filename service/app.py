@@ -55,6 +55,9 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
         # FastAPI's OpenTelemetry hooks off: the sidecar reports through Prometheus, and asking on every request
         # whether a tracer, meter or logger provider is configured cost ~3-8 µs of a single event's ~150.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # No 307 to the path with or without a trailing slash: its empty body broke the error shape, and its
+        # Location echoed the client's Host header. A path that is not a route is a 404 in the error shape.
+        redirect_slashes=False,
     )
     app.include_router(router)
     app.include_router(explanations_api.router)
