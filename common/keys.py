@@ -10,6 +10,9 @@ PREFIX = "vai"
 
 POLICY_MODELS = f"{PREFIX}:policy-models"
 """Set of the models that have run-time sampling-policy overrides."""
+POLICY_VERSION = f"{PREFIX}:policy-version"
+"""Counter bumped by every change of any model's sampling-policy overrides (``INCR``): a replica's refresh reads
+the hashes only when it moved, or vanished (Redis lost its data, or a writer of an earlier release never set it)."""
 
 CONSUMER_GROUP = "attribution"
 """Consumer group the attribution workers read the sample streams with."""

@@ -21,7 +21,7 @@ from monitors.cohorts import CohortGuard
 from sampler.explanations import ExplanationStore
 from sampler.metrics import SamplerMetrics
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
-from sampler.policy_store import PolicyStore
+from sampler.policy_store import PolicyStore, TooManyModels
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
 from service.auth import TokenAuth
@@ -46,6 +46,9 @@ CLOSE_S = 1.0
 MARK_TTL_S = 3600
 """The time to live of a replica's mark (``keys.sidecar_mark``), set again at every policy refresh. A replica
 that has not reached Redis for half of it cannot tell its overrides lost from reset, and adopts what Redis holds."""
+POLICY_FULL_READ_S = 60.0
+"""Longest a replica goes without reading every stored policy, even when their version counter has not moved (a
+writer of an earlier release changes them without bumping it)."""
 _REFRESH_FAILED: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_FAILED)
 """A policy refresh that fails so (Redis down, or refusing to take back lost overrides) waits for the next."""
 
@@ -86,6 +89,13 @@ class Sidecar:
         """The run-time overrides Redis held at the last refresh, with this replica's own changes since."""
         self._marked_at: float | None = None
         """When (monotonic) this replica last saw its mark in Redis, or set it."""
+        self._policy_version: int | None = None
+        """The version of the stored overrides (``PolicyStore.load_changed``) ``_overrides_held`` was read at."""
+        self._policy_read_at = 0.0
+        """When (monotonic) this replica last read every stored policy."""
+        self._policy_lock = asyncio.Lock()
+        """Held by each policy change and refresh of this replica, so that each installs what Redis held after it,
+        in the order they reached Redis (one lock, not one per model: changes are rare, admin-only and quick)."""
         self.sampler_metrics = SamplerMetrics(self.registry)
         self.explanations = ExplanationStore(self.redis, ttl_s=settings.explanation_ttl_s)
         self.writer = QueueWriter(
@@ -211,31 +221,62 @@ class Sidecar:
         )
 
     async def update_policy(self, model: str, patch: SamplingPolicyPatch) -> SamplingPolicy:
-        """Apply a partial policy change, persist it for every replica, and return the result."""
+        """Apply a partial policy change, persist it for every replica, and return the result: the model's policy
+        with every change stored so far, this one and any other replica's.
+
+        A model that neither has stored overrides nor is known to this replica is refused once the models with
+        stored overrides and those this replica knows are ``VAI_MAX_MODELS``: overrides may be set before a
+        model's first event, but a name that no replica serves must not make state without bound."""
         changes = patch.changes()
         try:
-            _, overrides = self.sampler.preview(model, changes)
+            self.sampler.preview(model, changes)
         except ValidationError as error:
             field, message = first_problem(error)
             raise InvalidInput(message, field=field) from None
-        await self.policies.save(model, changes)  # RedisUnavailable (503) when Redis fails
-        self._overrides_held[model] = dict(overrides)
-        return self.sampler.set_overrides(model, overrides)
+        known = self.ingest.known_models
+        cap = 0 if model in known else self.settings.max_models
+        async with self._policy_lock:
+            try:  # RedisUnavailable (503) when Redis fails
+                stored = await self.policies.save(model, changes, max_models=cap, known=sorted(known))
+            except TooManyModels:
+                raise InvalidInput(
+                    f"model: unknown model and already {cap} models with a sampling policy or events "
+                    "(raise VAI_MAX_MODELS)",
+                    field="model",
+                    detail={"reason": "too_many_models"},
+                ) from None
+            return self._install_overrides(model, stored, fallback=self.sampler.preview(model, changes)[1])
+
+    def _install_overrides(self, model: str, stored: dict[str, Any], *, fallback: dict[str, Any]) -> SamplingPolicy:
+        """Adopt ``stored``, what Redis holds for ``model`` after a change; ``fallback`` (this replica's view with
+        the change) when what Redis holds is invalid, as the refresh would leave it too."""
+        try:
+            policy = self.sampler.set_overrides(model, stored)
+        except ValidationError:
+            log.error("ignoring invalid sampling policy of %r in Redis", model)
+            stored, policy = fallback, self.sampler.set_overrides(model, fallback)
+        if stored:
+            self._overrides_held[model] = dict(stored)
+        else:
+            self._overrides_held.pop(model, None)
+        return policy
 
     async def reset_policy(self, model: str) -> SamplingPolicy:
         """Drop the run-time overrides of ``model``."""
-        await self.policies.clear(model)  # RedisUnavailable (503) when Redis fails
-        self._overrides_held.pop(model, None)
-        return self.sampler.set_overrides(model, {})
+        async with self._policy_lock:
+            await self.policies.clear(model)  # RedisUnavailable (503) when Redis fails
+            self._overrides_held.pop(model, None)
+            return self.sampler.set_overrides(model, {})
 
     async def _refresh_policies(self) -> None:
-        try:
-            stored = await self._stored_overrides()
-        except _REFRESH_FAILED as error:
-            log.debug("policy refresh skipped: %s", type(error).__name__)
-            return
-        if stored is not None:
-            self.sampler.sync_overrides(stored)
+        async with self._policy_lock:
+            try:
+                stored = await self._stored_overrides()
+            except _REFRESH_FAILED as error:
+                log.debug("policy refresh skipped: %s", type(error).__name__)
+                return
+            if stored is not None:
+                self.sampler.sync_overrides(stored)
         if self.feed is not None:
             try:
                 labelled: set[bytes] = await self.redis.smembers(keys.LABELLED_MODELS)  # type: ignore[assignment]
@@ -250,8 +291,14 @@ class Sidecar:
         Redis is where an admin's change lives, but when Redis lost it the replicas' copies are the only ones."""
         mark = keys.sidecar_mark(self.replica_id)
         marked = bool(await self.redis.exists(mark))
-        stored = await self.policies.load_all()
         now = time.monotonic()
+        fresh = marked and now - self._policy_read_at < POLICY_FULL_READ_S  # a lost mark: Redis may have lost all
+        since = self._policy_version if fresh else None
+        version, read = await self.policies.load_changed(since)
+        if read is None:  # unchanged since the last read (a change of this replica's moves the version too)
+            stored = {model: dict(fields) for model, fields in self._overrides_held.items()}
+        else:
+            stored, self._policy_read_at = read, now
         if marked:
             if not await self.redis.expire(mark, MARK_TTL_S):  # EXPIRE: Redis out of memory still takes it
                 return None  # lost between the two calls: the next refresh writes back what vanished
@@ -265,6 +312,7 @@ class Sidecar:
             except REDIS_FAILED as error:  # out of memory, say: what Redis holds is adopted all the same
                 log.debug("sidecar mark not set: %s", type(error).__name__)
         self._overrides_held = {model: dict(fields) for model, fields in stored.items()}
+        self._policy_version = version
         return stored
 
     async def _write_back(self, stored: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

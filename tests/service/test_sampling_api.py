@@ -293,6 +293,7 @@ def test_unreadable_policy_in_redis_is_ignored(make_client: ClientFactory, redis
     redis_client.hset(keys.policy("broken"), mapping={"every_n": "{not json"})
     redis_client.hset(keys.policy("text"), mapping={"every_n": "11"})
     redis_client.sadd(keys.POLICY_MODELS, "broken", "text")
+    redis_client.incr(keys.POLICY_VERSION)  # as every writer does, so that the replicas read the policies again
     _wait_for_policy(client, "text", {"every_n": 11})
     assert client.get(PATH).json() == {**DEFAULTS, "every_n": 9}
     assert client.get("/v1/models/broken/sampling").json() == DEFAULTS
