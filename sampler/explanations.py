@@ -7,6 +7,11 @@ Every key has a TTL (the retention); index entries older than the retention are
 trimmed on write. The sidecar marks an event ``queued`` when it is written to
 the stream, so it can be found before a worker explains it.
 
+A list request reads the smallest of its filters' indices and checks the others by membership (``ZMSCORE``,
+one round trip a chunk), so only summaries that match every filter are fetched and parsed; it examines at most
+``examine_max`` index entries, and when that bound comes first it answers what it found with a cursor from where
+it stopped (``ScannedPage``).
+
 A stored record or sanity figure that no longer parses (written by a bug, or by hand) is logged once and
 read as absent: one bad record never fails a page, and a bad figure is overwritten by the next check.
 """
@@ -57,6 +62,14 @@ return 1
 """A ``done`` record is final: a later save of any status (a redelivered entry explained again) changes nothing.
 Indices first: a score Redis refuses fails the script before the record exists (scripts do not roll back)."""
 
+EXAMINE_MAX = 5_000
+"""Index entries one list request examines at most (entries skipped as before its cursor do not count). A filter
+that matches nothing otherwise reads the whole index (up to the retention: millions of entries), holding the loop
+and Redis for seconds; 5,000 is 10 chunks of ``ZREVRANGEBYSCORE`` + ``ZMSCORE``, ~15 ms (mostly awaiting Redis)."""
+
+_INDEX_CHUNK = 500
+"""Index entries read (and checked against the other filters' indices) per round trip."""
+
 _WARNED_MAX = 1024
 """Unreadable keys remembered so each is logged once (past this many, the memory starts again)."""
 
@@ -73,12 +86,24 @@ def _index_keys(summary: ExplanationSummary) -> list[str]:
     return found
 
 
+class ScannedPage(ExplanationPage):
+    """A page of a list request, with how far its scan went."""
+
+    examined: int
+    """Index entries this request examined (past its cursor), at most the store's ``examine_max``."""
+    complete: bool
+    """``False`` when the scan stopped at ``examine_max`` before it found ``limit`` items: ``items`` are the matches
+    among the entries examined (maybe none), and ``next_cursor`` continues from the last one examined. An empty
+    page that is not complete does not mean that nothing matches."""
+
+
 class ExplanationStore:
     """Writes are idempotent by (model, request_id): a ``done`` record is never overwritten."""
 
-    def __init__(self, redis: Redis, *, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, *, ttl_s: int, examine_max: int = EXAMINE_MAX) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._examine_max = examine_max
         self._warned: set[tuple[str, str]] = set()
 
     def mark_queued(self, pipe: Pipeline, event: SampledEvent) -> None:
@@ -178,7 +203,7 @@ class ExplanationStore:
             members: list[tuple[bytes, float]] = await self._redis.zrevrange(  # type: ignore[assignment]
                 keys.explanation_index(model, "status", "done"), 0, limit - 1, withscores=True
             )
-            found = [s for s in await self._summaries(model, members, None) if s.status == "done"]
+            found = [s for s in await self._summaries(model, [m.decode() for m, _ in members]) if s.status == "done"]
         return found[:limit]
 
     async def models(self) -> list[str]:
@@ -186,41 +211,74 @@ class ExplanationStore:
             members = await self._redis.smembers(keys.EXPLAINED_MODELS)
         return sorted(map(text, members))
 
-    async def query(self, query: ExplanationQuery) -> ExplanationPage:
-        """Newest first, filtered; reads the most selective index and checks the other filters."""
+    async def query(self, query: ExplanationQuery) -> ScannedPage:
+        """Newest first, filtered; examines at most ``examine_max`` index entries (see ``ScannedPage``)."""
         with _reading():
-            items = await self._find(query)
+            items, examined, stopped_at = await self._find(query)
         page, extra = items[: query.limit], items[query.limit :]
-        cursor = (page[-1].timestamp, page[-1].request_id) if extra else None
-        return ExplanationPage(items=page, next_cursor=cursor)
+        cursor = (page[-1].timestamp, page[-1].request_id) if extra else stopped_at
+        return ScannedPage(items=page, next_cursor=cursor, examined=examined, complete=stopped_at is None)
 
-    async def _find(self, query: ExplanationQuery) -> list[ExplanationSummary]:
-        """Up to ``limit + 1`` matching summaries, newest first."""
-        index = _primary_index(query)
+    async def _find(self, query: ExplanationQuery) -> tuple[list[ExplanationSummary], int, tuple[float, str] | None]:
+        """Up to ``limit + 1`` matching summaries, newest first; the index entries examined; and the last one
+        examined when the scan stopped at ``examine_max`` before finding ``limit + 1`` (else None)."""
+        index, others = await self._indices(query)
         upper: float | str = query.until if query.until is not None else "+inf"
         if query.cursor is not None:
             upper = min(query.cursor[0], query.until) if query.until is not None else query.cursor[0]
         lower: float | str = query.since if query.since is not None else "-inf"
         items: list[ExplanationSummary] = []
-        offset, chunk = 0, max(query.limit * 2, 50)
-        while len(items) <= query.limit:
+        examined = offset = 0
+        last: tuple[float, str] | None = None
+        while index is not None and len(items) <= query.limit:
+            want = min(_INDEX_CHUNK, self._examine_max - examined)
             members: list[tuple[bytes, float]] = await self._redis.zrevrangebyscore(  # type: ignore[assignment]
-                index, upper, lower, start=offset, num=chunk, withscores=True
+                index, upper, lower, start=offset, num=want, withscores=True
             )
-            if not members:
-                break
             offset += len(members)
-            for summary in await self._summaries(query.model, members, query.cursor):
-                if _matches(summary, query):
-                    items.append(summary)
-            if len(members) < chunk:
+            fresh = [(m.decode(), score) for m, score in members]
+            if query.cursor is not None:  # ties at the cursor's time come first, already listed
+                fresh = [(rid, score) for rid, score in fresh if _after_cursor(score, rid, query.cursor)]
+            if fresh:
+                examined, last = examined + len(fresh), (fresh[-1][1], fresh[-1][0])
+                await self._collect(query, [rid for rid, _ in fresh], others, items)
+            if len(members) < want:
                 break
-        return items
+            if examined >= self._examine_max and len(items) <= query.limit:
+                return items, examined, last
+        return items, examined, None
 
-    async def _summaries(
-        self, model: str, members: list[tuple[bytes, float]], cursor: tuple[float, str] | None
-    ) -> list[ExplanationSummary]:
-        wanted = [m.decode() for m, score in members if cursor is None or _after_cursor(score, m.decode(), cursor)]
+    async def _indices(self, query: ExplanationQuery) -> tuple[str | None, list[str]]:
+        """The index to read (the smallest of the filters', by ``ZCARD``) and the others, checked by membership;
+        ``None`` to read when a filter's index is empty, as nothing can match."""
+        filters = _filter_indices(query)
+        if len(filters) <= 1:
+            return (filters[0] if filters else keys.explanation_index(query.model)), []
+        pipe = self._redis.pipeline(transaction=False)
+        for index in filters:
+            pipe.zcard(index)
+        sizes = await execute(pipe)
+        by_size = [index for _, index in sorted(zip(sizes, filters, strict=True), key=lambda pair: pair[0])]
+        return (by_size[0] if min(sizes) else None), by_size[1:]
+
+    async def _collect(
+        self, query: ExplanationQuery, request_ids: list[str], others: list[str], items: list[ExplanationSummary]
+    ) -> None:
+        """Append the matches among ``request_ids`` (in order) to ``items`` until it holds ``limit + 1``: only
+        those in every other filter's index are fetched and parsed, no more at a time than still wanted."""
+        if others:
+            pipe = self._redis.pipeline(transaction=False)
+            for index in others:
+                pipe.zmscore(index, request_ids)
+            scores = await execute(pipe)
+            request_ids = [rid for rid, *found in zip(request_ids, *scores, strict=True) if None not in found]
+        while request_ids and len(items) <= query.limit:
+            take = query.limit + 1 - len(items)
+            wanted, request_ids = request_ids[:take], request_ids[take:]
+            items += [summary for summary in await self._summaries(query.model, wanted) if _matches(summary, query)]
+
+    async def _summaries(self, model: str, wanted: list[str]) -> list[ExplanationSummary]:
+        """The stored summaries of ``wanted`` that exist and parse, in order (many are parsed in a thread)."""
         pipe = self._redis.pipeline(transaction=False)
         for request_id in wanted:
             pipe.hget(keys.explanation(model, request_id), "summary")
@@ -268,16 +326,18 @@ def _after_cursor(score: float, request_id: str, cursor: tuple[float, str]) -> b
     return score < cursor[0] or (score == cursor[0] and request_id < cursor[1])
 
 
-def _primary_index(query: ExplanationQuery) -> str:
+def _filter_indices(query: ExplanationQuery) -> list[str]:
+    """The index of each filter of ``query`` (every filter but the time range has one)."""
+    found = []
     if query.cohort is not None:
-        return keys.explanation_index(query.model, "cohort", f"{query.cohort[0]}={query.cohort[1]}")
+        found.append(keys.explanation_index(query.model, "cohort", f"{query.cohort[0]}={query.cohort[1]}"))
     if query.predicted is not None:
-        return keys.explanation_index(query.model, "predicted", str(query.predicted))
+        found.append(keys.explanation_index(query.model, "predicted", str(query.predicted)))
     if query.reason is not None:
-        return keys.explanation_index(query.model, "reason", query.reason)
+        found.append(keys.explanation_index(query.model, "reason", query.reason))
     if query.version is not None:
-        return keys.explanation_index(query.model, "version", query.version)
-    return keys.explanation_index(query.model)
+        found.append(keys.explanation_index(query.model, "version", query.version))
+    return found
 
 
 def _matches(summary: ExplanationSummary, query: ExplanationQuery) -> bool:

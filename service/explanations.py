@@ -96,12 +96,14 @@ def encode_cursor(cursor: tuple[float, str] | None) -> str | None:
 
 
 def _decode_cursor(text: str) -> tuple[float, str]:
-    """(timestamp, request_id); 422 naming ``cursor`` for anything else, a non-finite time included (Redis would
-    refuse it as a score, which must not read as Redis being down)."""
+    """(timestamp, request_id); 422 naming ``cursor`` for anything else: a time that is not a finite JSON number
+    (``"1"`` and ``true`` included; Redis would refuse a non-finite score, which must not read as Redis being down)
+    or an id that is not text."""
     try:
         timestamp, request_id = orjson.loads(base64.urlsafe_b64decode(text.encode()))
-        found = (float(timestamp), request_id) if isinstance(request_id, str) else None
-    except (ValueError, TypeError):
+        number = isinstance(timestamp, int | float) and not isinstance(timestamp, bool)
+        found = (float(timestamp), request_id) if number and isinstance(request_id, str) else None
+    except (ValueError, TypeError, OverflowError):
         found = None
     if found is None or not math.isfinite(found[0]):
         raise InvalidInput("cursor: not a cursor returned by this API", field="cursor")

@@ -36,9 +36,17 @@ RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 @router.get("/v1/explanations", summary="Stored explanations, newest first, filtered")
 async def list_explanations(request: Request, sidecar: SidecarDep) -> Response:
+    """One request examines a bounded number of index entries: ``complete: false`` says the scan stopped there
+    before ``limit`` items were found (an empty page then does not mean that nothing matches); ``next_cursor``
+    continues it."""
     query = parse_query(dict(request.query_params), default_model=await default_model(sidecar.explanations))
     page = await sidecar.explanations.query(query)
-    body = {"items": [item.model_dump() for item in page.items], "next_cursor": encode_cursor(page.next_cursor)}
+    body = {
+        "items": [item.model_dump() for item in page.items],
+        "next_cursor": encode_cursor(page.next_cursor),
+        "examined": page.examined,
+        "complete": page.complete,
+    }
     return Response(orjson.dumps(body), media_type="application/json")
 
 

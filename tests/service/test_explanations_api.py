@@ -66,6 +66,10 @@ def _cursor(value: object) -> str:
         pytest.param(base64.urlsafe_b64encode(b'[NaN, "x"]').decode(), id="nan-literal"),
         pytest.param(_cursor([1.5]), id="one-part"),
         pytest.param(_cursor([1, 2]), id="id-not-text"),
+        pytest.param(_cursor(["1", "x"]), id="time-as-text"),
+        pytest.param(_cursor([True, "x"]), id="time-as-boolean"),
+        pytest.param(base64.urlsafe_b64encode(b'[1e999, "x"]').decode(), id="time-overflowing"),
+        pytest.param(_cursor({"t": 1, "id": "x"}), id="object"),
         pytest.param("%%%", id="not-base64"),
     ],
 )
@@ -76,6 +80,36 @@ def test_a_bad_cursor_is_a_422_naming_it(client: TestClient, redis_url: str, cur
 
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "cursor" and "retry-after" not in response.headers
+
+
+def test_a_filter_matching_nothing_examines_a_bounded_part_of_the_index_and_says_so(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    """The audit's request: cohort and predicted class that never meet, over indices larger than the bound (5,000
+    entries examined per request): the empty page says the scan stopped, and its cursor continues it."""
+    members = [f"id{i:05d}" for i in range(7_000)]
+    redis_client.zadd(
+        keys.explanation_index("digits", "cohort", "region=eu"), {m: T0 + i for i, m in enumerate(members)}
+    )
+    redis_client.zadd(
+        keys.explanation_index("digits", "predicted", "99"), {f"p{m}": T0 + i for i, m in enumerate(members)}
+    )
+    params = {"model": "digits", "cohort": "region:eu", "predicted": "99", "limit": "1"}
+
+    first = client.get("/v1/explanations", params=params).json()
+    assert (first["items"], first["examined"], first["complete"]) == ([], 5_000, False)
+    assert first["next_cursor"] is not None
+    second = client.get("/v1/explanations", params=params | {"cursor": first["next_cursor"]}).json()
+    assert (second["items"], second["next_cursor"], second["examined"], second["complete"]) == ([], None, 2_000, True)
+
+
+def test_a_full_page_is_complete_and_names_what_it_examined(client: TestClient, redis_url: str) -> None:
+    _save(redis_url, *(ExplanationRecord(summary=_summary(name, at)) for name, at in (("a", 1.0), ("b", 2.0))))
+
+    body = client.get("/v1/explanations", params={"model": "digits", "limit": "1"}).json()
+
+    assert [item["request_id"] for item in body["items"]] == ["b"]
+    assert (body["examined"], body["complete"]) == (2, True) and body["next_cursor"] is not None
 
 
 @pytest.mark.parametrize(
