@@ -94,6 +94,9 @@ class IngestHandler:
             )
         self._cohorts = cohorts
         self.embedding_dims: dict[str, int] = {}
+        self._width_by_upload: set[str] = set()
+        """Models whose ``embedding_dims`` an uploaded reference set and no event has had since: a later upload
+        may still change it (see :meth:`embedding_width_claimed`)."""
         self._recent: dict[str, OrderedDict[str, None]] = {}
         """Recent request ids per model, oldest first. An OrderedDict: evicting a plain dict's first key
         (``next(iter(d))``) walks over every key deleted before it, ~8 µs per event at 10,000 ids."""
@@ -218,18 +221,29 @@ class IngestHandler:
     def embedding_width_claimed(self, model: str, dims: int) -> Iterator[None]:
         """Hold ``model``'s embedding width at ``dims`` for an uploaded reference of that width: ``InvalidInput``
         when its events already have another; events of another width arriving meanwhile are refused rather than
-        stored beside a reference they do not match. Let go again if the upload fails and no event had set it."""
+        stored beside a reference they do not match. A width that only an earlier upload set (no event of it since)
+        is replaced: that upload may have been the mistake. Put back as it was if the upload fails and no event
+        has had the claimed width meanwhile."""
         known = self.embedding_dims.get(model)
-        if known is not None and known != dims:
-            raise InvalidInput(
-                f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
-            )
+        by_upload = model in self._width_by_upload
+        if known is not None and not by_upload:
+            if known != dims:
+                raise InvalidInput(
+                    f"embeddings: {dims} values per row, but this model's events have {known}", field="embeddings"
+                )
+            yield  # the events' width: nothing to claim or give back
+            return
         self.embedding_dims[model] = dims
+        self._width_by_upload.add(model)
         try:
             yield
         except BaseException:
-            if known is None:
-                self.embedding_dims.pop(model, None)
+            if model in self._width_by_upload:  # no event took the claimed width meanwhile
+                if known is None:
+                    self.embedding_dims.pop(model, None)
+                    self._width_by_upload.discard(model)
+                else:
+                    self.embedding_dims[model] = known  # the earlier upload's, still stored
             raise
 
     def reject_body(self, reason: str) -> None:
@@ -260,6 +274,8 @@ class IngestHandler:
                 recent.popitem(last=False)
         if dims and known_dims is None:
             self.embedding_dims[model] = dims
+        elif dims and self._width_by_upload:
+            self._width_by_upload.discard(model)  # an event of the uploaded width: now the events' width too
 
     def _observe(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:
         """Metrics and monitors for a request's accepted events, each metric touched once per label set."""

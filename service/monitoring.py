@@ -8,7 +8,10 @@ monitor to calibrate on, and answers with the figures the owning monitor publish
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,11 +22,11 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
-from common.errors import InvalidInput, RedisUnavailable, Unavailable
+from common.errors import InvalidInput, RedisUnavailable, Unavailable, VaiError
 from common.redis import REDIS_FAILED, execute
 from monitors.drift.reference import Reference
 from monitors.fleet.lease import live_drift_settings, strictest
-from monitors.fleet.references import ReferenceStore
+from monitors.fleet.references import ReferenceStore, WriteUnconfirmed
 from monitors.fleet.results import DriftStatus, QualityReport
 from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
 from service.feed_writer import FeedWriter
@@ -32,6 +35,15 @@ from service.metrics import FeedMetrics
 
 log = logging.getLogger(__name__)
 _Result = TypeVar("_Result", bound=BaseModel)
+UPLOAD_BUSY_RETRY_S = 5
+"""Retry-After of an upload refused while another reference is being read on this sidecar."""
+
+
+class ReferenceOutcomeUnknown(VaiError):
+    """A reference's write was sent but Redis did not confirm it: it may be stored. No Retry-After: sending it
+    again blindly could store it twice (and make the monitor calibrate twice); the message says how to check."""
+
+    status = 504
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +66,40 @@ class Monitoring:
         self._redis = redis
         self.references = ReferenceStore(redis)
         self.delayed_labels = DelayedLabels(redis, writer, metrics, timeout_s=timeout_s, retry_s=label_retry_s)
-        self._reference_locks: dict[str, asyncio.Lock] = {}
+        self._upload = threading.Lock()
+        """Held while one reference is read, checked and stored: one at a time per process, since each costs a few
+        times its body in memory and holds the GIL in stretches (JSON parsing, numpy)."""
         self._unreadable: set[tuple[str, str]] = set()
         """(model, what) of published results found unreadable, warned about once until one reads again."""
 
-    def reference_lock(self, model: str) -> asyncio.Lock:
-        """Held while a reference of ``model`` is uploaded (one model, one upload at a time; models are bounded
-        by ``VAI_MAX_MODELS`` before this is asked for)."""
-        return self._reference_locks.setdefault(model, asyncio.Lock())
+    @contextlib.contextmanager
+    def reference_upload(self) -> Iterator[None]:
+        """Held from before a reference's body is read until it is stored: one upload at a time in this process,
+        whichever the model (a failed one undoes only its own width claim). Another upload meanwhile is refused
+        at once (503, ``Retry-After``), before its body is read: nothing of it was applied, so it is safe to
+        send again. Never waits, so it never blocks the event loop."""
+        if not self._upload.acquire(blocking=False):
+            raise Unavailable(
+                "another drift reference is being uploaded to this sidecar (one at a time); "
+                f"try again in {UPLOAD_BUSY_RETRY_S} s",
+                retry_after_s=UPLOAD_BUSY_RETRY_S,
+            )
+        try:
+            yield
+        finally:
+            self._upload.release()
 
     async def set_reference(
         self, model: str, reference: Reference, *, margin: npt.NDArray[np.float64] | None = None
     ) -> str:
         try:
             return await self.references.put(model, reference, margin=margin)
+        except WriteUnconfirmed as unconfirmed:
+            raise ReferenceOutcomeUnknown(
+                f"redis: the reference was sent but its write was not confirmed in time; it may still be stored, "
+                f"as id {unconfirmed.id}. Before sending it again, check GET /v1/models/{model}/drift: "
+                f'"reference_source" becomes "upload:{unconfirmed.id}" once the monitor has taken it'
+            ) from None
         except REDIS_FAILED:
             raise RedisUnavailable("redis: reference not stored") from None
 

@@ -9,12 +9,14 @@ import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import Conflict, InvalidInput, MonitorsOff, NotFound, Unavailable
+from monitors.drift.reference import Reference
 from monitors.fleet.references import upload_from_arrays
 from monitors.fleet.results import SeriesQuality
 from monitors.fleet.views import marked_stale
@@ -77,17 +79,9 @@ def _register(sidecar: Sidecar, model: str) -> None:
 )
 async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep) -> Response:
     monitoring = _monitoring(sidecar)
-    body = await read_body(
-        request, limit_bytes=sidecar.settings.max_reference_bytes, limit_setting="VAI_MAX_REFERENCE_BYTES"
-    )
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    try:
-        embeddings, probabilities = await run_in_threadpool(_arrays, body, content_type)
-        reference, margin = await run_in_threadpool(upload_from_arrays, embeddings, probabilities)
-    except ValueError as error:  # an array numpy refuses in a way the checks did not foresee: still the body's
-        raise InvalidInput(f"body: {error}", field="body") from None
-    dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
-    async with monitoring.reference_lock(model):  # one upload of a model at a time: a failed one undoes only its own
+    with monitoring.reference_upload():  # one at a time, taken before the body is read: memory and GIL bounded
+        reference, margin = await _read_reference(request, sidecar)
+        dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
         with sidecar.ingest.embedding_width_claimed(model, dims):
             await monitoring.check_reference(reference)
             _register(sidecar, model)  # after the check: a refused upload takes no model slot
@@ -102,6 +96,23 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
     return Response(orjson.dumps(body_out), status_code=202, media_type="application/json")
 
 
+async def _read_reference(request: Request, sidecar: Sidecar) -> tuple[Reference, npt.NDArray[np.float64] | None]:
+    """The uploaded reference and its rows' margins, parsed and checked in a worker thread."""
+    body = await read_body(
+        request, limit_bytes=sidecar.settings.max_reference_bytes, limit_setting="VAI_MAX_REFERENCE_BYTES"
+    )
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    try:
+        return await run_in_threadpool(_parsed, body, content_type)
+    except ValueError as error:  # an array numpy refuses in a way the checks did not foresee: still the body's
+        raise InvalidInput(f"body: {error}", field="body") from None
+
+
+def _parsed(body: bytes, content_type: str) -> tuple[Reference, npt.NDArray[np.float64] | None]:
+    embeddings, probabilities = _arrays(body, content_type)
+    return upload_from_arrays(embeddings, probabilities)
+
+
 def _npy(body: bytes) -> Any:
     """An .npy array whose header is checked against the bytes that follow it before anything is allocated:
     ``np.load`` allocates the shape a header declares before reading, so a 100-byte body could claim 70 TiB."""
@@ -112,8 +123,8 @@ def _npy(body: bytes) -> Any:
             raise ValueError(f"format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(stream)  # type: ignore[no-untyped-call]
-    except (ValueError, OSError, EOFError) as error:
-        raise InvalidInput(f"body: not a .npy array ({error})", field="body") from None
+    except (ValueError, OSError, EOFError, SyntaxError) as error:
+        raise InvalidInput(f"body: not a .npy array ({_clean(error)})", field="body") from None
     if dtype.hasobject:
         raise InvalidInput("body: an .npy array of Python objects is not read (pickles run code)", field="body")
     count = math.prod(shape)
@@ -125,6 +136,14 @@ def _npy(body: bytes) -> Any:
             field="body",
         )
     return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _clean(error: BaseException) -> str:
+    """numpy's header errors, without the Python internals some carry (``<ast.Call object at 0x7f…>``)."""
+    message = str(error)
+    if "Cannot parse header" in message or " object at 0x" in message:
+        return "its header is not a valid .npy header: a Python dict literal with descr, fortran_order and shape"
+    return message.splitlines()[0] if message else type(error).__name__
 
 
 def _arrays(body: bytes, content_type: str) -> tuple[Any, Any]:

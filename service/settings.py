@@ -90,8 +90,13 @@ class SidecarSettings(RoleSettings):
     """Most events in one ``POST /v1/events``."""
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413 without being read whole."""
-    max_reference_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
-    """Largest drift-reference upload accepted."""
+    max_reference_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest drift-reference upload accepted. 64 MiB holds what the detectors can use and more: an .npy of
+    20,000 × 768 float32 rows (61 MB), or about 7,000 such rows as JSON (~12 characters a number); the
+    detectors keep at most ``max_reference`` rows and twice as many spare ones (3,000 at the defaults). An
+    upload is parsed with a few times its size in memory, holding the GIL in stretches (one upload at a time
+    per process), and is stored in one Redis write: larger ones cost memory and stall the event loop and
+    Redis for nothing."""
     body_timeout_s: float = Field(default=60.0, gt=0)
     """Longest a request body may take to arrive in full (408 after it, checked every second, or every quarter
     of the timeout when it is shorter than 4 s): a client that stops half-way would

@@ -13,16 +13,33 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import keys
 from common.errors import InvalidInput
-from common.redis import execute, text
+from common.redis import REDIS_FAILED, execute, text
 from monitors.drift.reference import Reference
 
 MAX_MARGIN = 1e6
 """Margins are capped here, as the sidecar caps the feed's ``margin``."""
 _TINY = 1e-12
+WRITE_TIMEOUT_S = 5.0
+"""Least socket timeout of a reference's write, as the background writers' default (``redis_writer_timeout_s``):
+the request path's short timeout (0.5 s) would answer a write that Redis applies a moment later as failed."""
+WRITE_BYTES_PER_S = 16 * 1024 * 1024
+"""Slowest rate assumed for a reference's bytes to reach Redis and be applied (a loaded host); the write's timeout
+grows by its size over this, so 64 MiB gets 4 s more."""
+_NUMERIC_KINDS = "iuf"
+"""numpy dtype kinds read as numbers: integers and reals (not bools, complex, dates, text or bytes)."""
+
+
+class WriteUnconfirmed(Exception):
+    """A reference's write was sent but Redis did not confirm it in time: it may yet be stored, under ``id``."""
+
+    def __init__(self, reference_id: str) -> None:
+        super().__init__(reference_id)
+        self.id = reference_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +78,10 @@ def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
             predicted=np.zeros(len(x), dtype=np.int64), confidence=np.ones(len(x)), embeddings=x, has_outputs=False
         )
     p = _matrix(probabilities, "probabilities").astype(np.float64)
+    if p.shape[1] < 2:
+        raise InvalidInput(
+            f"probabilities: need at least 2 columns (one per class), got {p.shape[1]}", field="probabilities"
+        )
     if len(p) != len(x):
         raise InvalidInput(f"probabilities: {len(p)} rows for {len(x)} embeddings", field="probabilities")
     if (p < 0).any() or (p > 1).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
@@ -69,11 +90,18 @@ def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
 
 
 def _matrix(value: Any, field_name: str) -> npt.NDArray[np.float32]:
+    """``value`` as float32 rows. Its type is read first, without a ``dtype``: asked for float32 at once, numpy
+    would read ``"0.12"`` as a number, drop a complex number's imaginary part and turn dates into integers."""
     try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            array = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
+        found = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"{field_name}: must be a rectangular array of numbers", field=field_name) from None
+    if found.dtype.kind not in _NUMERIC_KINDS:
+        raise InvalidInput(
+            f"{field_name}: every value must be a real number, got {_kind_name(found.dtype)}", field=field_name
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = found.astype(np.float32, copy=False)
     if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
         raise InvalidInput(
             f"{field_name}: need a 2-D array with at least 2 rows, got shape {list(array.shape)}", field=field_name
@@ -81,6 +109,12 @@ def _matrix(value: Any, field_name: str) -> npt.NDArray[np.float32]:
     if not np.isfinite(array).all():
         raise InvalidInput(f"{field_name}: every value must be a finite float32", field=field_name)
     return array
+
+
+def _kind_name(dtype: np.dtype[Any]) -> str:
+    """What a non-numeric array holds, in a client's words (a JSON list mixing types reads as text or objects)."""
+    kinds = {"b": "booleans", "c": "complex numbers", "M": "dates", "m": "time spans", "U": "text", "S": "bytes"}
+    return kinds.get(dtype.kind, f"values of type {dtype}" if dtype.kind == "V" else "non-numeric values")
 
 
 def reference_fields(stored: StoredReference) -> dict[str, bytes | str | int]:
@@ -108,17 +142,43 @@ class ReferenceStore:
         self._redis = redis
 
     async def put(self, model: str, reference: Reference, *, margin: npt.NDArray[np.float64] | None = None) -> str:
-        """Store ``reference`` (and its rows' margins, if known) as the model's newest; returns its id."""
+        """Store ``reference`` (and its rows' margins, if known) as the model's newest; returns its id.
+
+        Written on a connection of its own whose timeout grows with the reference's size (``WRITE_TIMEOUT_S``,
+        ``WRITE_BYTES_PER_S``). Should Redis still not confirm it in time, the id is read back; ``WriteUnconfirmed``
+        when it is not (yet) the stored one: the write may still take effect."""
         if reference.embeddings is None:
             raise ValueError("embeddings: a stored reference needs embeddings")
         reference_id = uuid.uuid4().hex
         fields = reference_fields(StoredReference(reference_id, reference, margin))
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(keys.drift_reference(model))
-        pipe.hset(keys.drift_reference(model), mapping=fields)  # type: ignore[arg-type]
-        pipe.sadd(keys.MONITORED_MODELS, model)
-        await execute(pipe)
+        size = sum(len(value) for value in fields.values() if isinstance(value, bytes))
+        writer = self._writer(WRITE_TIMEOUT_S + size / WRITE_BYTES_PER_S)
+        try:
+            pipe = writer.pipeline(transaction=True)
+            pipe.delete(keys.drift_reference(model))
+            pipe.hset(keys.drift_reference(model), mapping=fields)  # type: ignore[arg-type]
+            pipe.sadd(keys.MONITORED_MODELS, model)
+            await execute(pipe)
+        except RedisTimeoutError:
+            if await self._stored_id(model) != reference_id:
+                raise WriteUnconfirmed(reference_id) from None
+        finally:
+            await writer.aclose()
         return reference_id
+
+    def _writer(self, timeout_s: float) -> Redis:
+        """A one-connection client to the same Redis as ours, with a socket timeout of at least ``timeout_s``."""
+        pool = self._redis.connection_pool
+        options = dict(pool.connection_kwargs)
+        options["socket_timeout"] = max(timeout_s, options.get("socket_timeout") or 0.0)
+        return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, max_connections=1, **options))
+
+    async def _stored_id(self, model: str) -> str | None:
+        """The stored reference's id, or ``None`` when none or when Redis does not answer."""
+        try:
+            return await self.latest_id(model)
+        except REDIS_FAILED:
+            return None
 
     async def latest_id(self, model: str) -> str | None:
         return text(await self._redis.hget(keys.drift_reference(model), "id"))

@@ -28,8 +28,10 @@ HUGE = 200 * 1024 * 1024
 CHUNK = b" " * 4096
 
 
-async def _put_asgi(app: Any, headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[int, int, bytes]:
-    """PUT ``PATH`` by driving the app directly with ``chunks`` chunks on offer; (status, chunks pulled, body)."""
+async def _put_asgi(
+    app: Any, headers: list[tuple[bytes, bytes]], chunks: int, path: str = PATH
+) -> tuple[int, int, bytes]:
+    """PUT ``path`` by driving the app directly with ``chunks`` chunks on offer; (status, chunks pulled, body)."""
     pulled = 0
     status = 0
     answer = b""
@@ -54,8 +56,8 @@ async def _put_asgi(app: Any, headers: list[tuple[bytes, bytes]], chunks: int) -
         "http_version": "1.1",
         "method": "PUT",
         "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
@@ -66,9 +68,11 @@ async def _put_asgi(app: Any, headers: list[tuple[bytes, bytes]], chunks: int) -
     return status, pulled, answer
 
 
-def _drive(client: TestClient, headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[int, int, bytes]:
+def _drive(
+    client: TestClient, headers: list[tuple[bytes, bytes]], chunks: int, path: str = PATH
+) -> tuple[int, int, bytes]:
     async def run() -> tuple[int, int, bytes]:
-        return await _put_asgi(client.app, headers, chunks)
+        return await _put_asgi(client.app, headers, chunks, path)
 
     assert client.portal is not None
     return client.portal.call(run)
@@ -129,6 +133,17 @@ def test_body_within_the_limit_is_read_and_applied(make_client: ClientFactory) -
     )
     assert too_big.status_code == 413
     assert client.get(PATH, headers={"authorization": "Bearer r"}).json()["every_n"] == 7
+
+
+def test_a_reference_over_64_mib_is_413_by_default_before_reading(make_client: ClientFactory) -> None:
+    """The default reference limit is one an upload can reach and the detectors can use (an .npy of 20,000
+    768-d rows is 61 MB): a larger one, which once answered 503 while Redis stored it late, is refused unread."""
+    client = make_client(**TOKENS)
+    over = 64 * 1024 * 1024 + 1
+    headers = [(b"content-length", str(over).encode()), (b"authorization", b"Bearer a")]
+    answer, pulled, body = _drive(client, headers, chunks=over // len(CHUNK) + 1, path="/v1/models/digits/reference")
+    assert (answer, pulled) == (413, 0), body
+    assert b"VAI_MAX_REFERENCE_BYTES" in body
 
 
 def test_put_sampling_body_is_documented_in_openapi(client: TestClient) -> None:
