@@ -103,7 +103,8 @@ class SidecarSettings(RoleSettings):
     otherwise hold its connection, and a graceful shutdown, for as long as it likes. Raise it to upload
     a large drift reference over a slow link."""
     max_models: int = Field(default=20, ge=1)
-    """Distinct model names accepted per process; events of further models are rejected."""
+    """Distinct model names accepted per process; events of further models are rejected, and so are sampling
+    policies for further models (counting models with a stored policy)."""
     max_versions_per_model: int = Field(default=5, ge=1)
     """Distinct versions kept as metric labels per model; the rest count as ``__other__``."""
     cohort_keys: Tokens = ()
