@@ -2,9 +2,9 @@
 the overview of one model (distributions, drift, calibration, cohorts, projection, attribution trust).
 
 The pages, their scripts and their stylesheets hold no data and need no token; the scripts
-read the read-token routes of :mod:`service.explanations_api` and :mod:`service.monitoring_api`
-with a token the user types in. Everything is served from here (no CDN), under a Content-Security-Policy
-that allows only this origin's script and style, so the page has no inline code.
+read the read-token routes of :mod:`service.explanations_api` and :mod:`service.monitoring_api`, and
+``/ui/explained-models`` here, with a token the user types in. Everything is served from here (no CDN),
+under a Content-Security-Policy that allows only this origin's script and style, so the page has no inline code.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from common.errors import NotFound
-from service.deps import ModelPath
+from service.deps import ModelPath, ReadScope, SidecarDep
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_SECURITY_POLICY = (
@@ -43,6 +43,13 @@ async def viewer() -> FileResponse:
 async def model_overview(model: ModelPath) -> FileResponse:
     """The same page for every model: its script reads the model's name from the address."""
     return FileResponse(STATIC_DIR / "overview.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+
+@router.get("/ui/explained-models", dependencies=[ReadScope])
+async def explained_models(sidecar: SidecarDep) -> dict[str, list[str]]:
+    """The models that have stored explanations, by name: the viewer lists the first when none is chosen, and
+    offers the others (``GET /v1/explanations`` needs ``model`` once there are several)."""
+    return {"models": await sidecar.explanations.models()}
 
 
 @router.get("/ui/static/{name}")

@@ -14,7 +14,17 @@
   const CANVAS_PX = 192;
 
   const byId = (id) => document.getElementById(id);
-  const state = { token: "", query: null, cursor: null, selected: null, blobUrls: [], detailSeq: 0, listSeq: 0 };
+  const state = {
+    token: "",
+    query: null,
+    cursor: null,
+    selected: null,
+    blobUrls: [],
+    detailSeq: 0,
+    listSeq: 0,
+    searchSeq: 0,
+    models: null, // the models with explanations, when last asked (GET /ui/explained-models)
+  };
 
   // --- DOM helpers ----------------------------------------------------------------------------
 
@@ -57,15 +67,19 @@
 
   // --- messages -------------------------------------------------------------------------------
 
-  function showMessage(text, kind = "error") {
+  /** The banner above both columns; ``owner`` ("list" or "address") is who may clear it: an explanation that loads
+   * does not hide why the list is empty. */
+  function showMessage(text, owner) {
     const box = byId("message");
-    box.className = `message message-${kind}`;
+    box.className = "message message-error";
     box.textContent = text;
+    box.dataset.owner = owner;
     box.hidden = false;
   }
 
-  function clearMessage() {
-    byId("message").hidden = true;
+  function clearMessage(owner) {
+    const box = byId("message");
+    if (box.dataset.owner === owner) box.hidden = true;
   }
 
   function announce(text) {
@@ -95,12 +109,9 @@
   function describe(error) {
     if (error instanceof NotThisRecord) return error.message;
     if (!(error instanceof ApiError)) return `Unexpected error: ${error && error.message ? error.message : error}`;
-    if (error.status === 401) {
-      return state.token
-        ? "401 Unauthorized: the sidecar does not know this token. Check it and press “Use token”."
-        : "401 Unauthorized: the sidecar needs a read token. Enter it above and press “Use token”.";
+    if (error.status === 401 || error.status === 403) {
+      return window.VaiPage.refusal(error.status, state.token, "explanations");
     }
-    if (error.status === 403) return "403 Forbidden: this token may not read explanations; use a read or admin token.";
     if (error.status === 0) return error.message;
     return `${error.status}: ${error.message}`;
   }
@@ -167,14 +178,71 @@
     };
   }
 
+  /** A new list from the filters. With the Model field empty, the first model with explanations is filled in (the
+   * list route needs one once several have explanations) and the others are offered; "Load more" keeps it. */
   async function search() {
-    state.query = filterQuery();
+    const seq = ++state.searchSeq;
     state.cursor = null;
     byId("list").replaceChildren();
     byId("list-count").textContent = "";
     byId("list-empty").hidden = true;
     byId("more").hidden = true;
+    const models = await explainedModels();
+    if (seq !== state.searchSeq || models === null) return;
+    const chosen = !byId("f-model").value.trim();
+    if (chosen) {
+      if (!models.length) {
+        linkOverview("");
+        const empty = byId("list-empty");
+        empty.textContent = "No explanations are stored yet: none of the sampled events has been explained.";
+        empty.hidden = false;
+        return;
+      }
+      byId("f-model").value = models[0];
+    }
+    state.query = filterQuery();
+    noteModels(chosen);
     await loadPage();
+  }
+
+  /** The models with explanations (offered under the Model field); null when they could not be read (said why). */
+  async function explainedModels() {
+    const seq = ++state.listSeq; // a list page still loading belongs to the previous search
+    try {
+      const { models } = await (await request("/ui/explained-models")).json();
+      if (seq !== state.listSeq) return null;
+      state.models = models;
+      byId("model-options").replaceChildren(...models.map((name) => el("option", { value: name })));
+      clearMessage("list");
+      return models;
+    } catch (error) {
+      if (seq === state.listSeq) showMessage(describe(error), "list");
+      return null;
+    }
+  }
+
+  /** Under the Model field: which models have explanations, the others as buttons (when there are several). */
+  function noteModels(chosen) {
+    const note = byId("model-note");
+    const models = state.models || [];
+    const shown = state.query ? state.query.model : "";
+    const others = models.filter((name) => name !== shown);
+    note.hidden = models.length < 2;
+    if (note.hidden) return;
+    const pick = (name) => el("button", {
+      type: "button",
+      class: "small",
+      onclick: () => {
+        byId("f-model").value = name;
+        search();
+      },
+    }, name);
+    note.replaceChildren(
+      `${models.length} models have explanations; showing ${shown}`,
+      chosen ? " (the first by name)" : "",
+      ". Show instead: ",
+      ...others.map(pick),
+    );
   }
 
   async function loadPage() {
@@ -185,20 +253,21 @@
       const params = { ...state.query, cursor: state.cursor };
       const page = await (await request("/v1/explanations", params)).json();
       if (seq !== state.listSeq) return;
-      clearMessage();
-      const modelInput = byId("f-model");
-      if (!modelInput.value && page.items.length) modelInput.value = page.items[0].model;
-      linkOverview(modelInput.value);
+      clearMessage("list");
+      linkOverview(state.query.model);
       for (const item of page.items) list.append(listItem(item));
       state.cursor = page.next_cursor;
       byId("more").hidden = !page.next_cursor;
+      byId("list-empty").textContent = page.complete === false // the scan stopped at its bound of entries
+        ? "None found among the entries examined so far; “Load more” looks further."
+        : "No explanations match these filters.";
       byId("list-empty").hidden = list.children.length > 0;
       const count = list.children.length;
       byId("list-count").textContent = `(${count}${page.next_cursor ? "+" : ""} shown)`;
       announce(`${count} explanations listed${page.next_cursor ? ", more available" : ""}.`);
     } catch (error) {
       if (seq !== state.listSeq) return;
-      showMessage(describe(error));
+      showMessage(describe(error), "list");
       const modelMissing = error instanceof ApiError && error.status === 422 && /^model:/.test(error.message);
       if (modelMissing) byId("f-model").focus();
     } finally {
@@ -230,7 +299,7 @@
         "aria-current": selected ? "true" : null,
         "data-model": item.model,
         "data-request-id": item.request_id,
-        onclick: () => openRecord(item.model, item.request_id),
+        onclick: () => openRecord(item.model, item.request_id, { reveal: true }),
       },
       el("span", { class: "item-head" }, el("span", { class: "rid" }, item.request_id), statusBadge(item.status)),
       el(
@@ -276,11 +345,14 @@
   // --- detail ---------------------------------------------------------------------------------
 
   function releaseBlobs() {
+    if (byId("zoom").open) byId("zoom").close();
     for (const url of state.blobUrls) URL.revokeObjectURL(url);
     state.blobUrls = [];
   }
 
-  async function openRecord(model, requestId) {
+  /** Show one explanation; ``reveal``: bring its heading into view and focus it when it is off screen (one column:
+   * the detail is below the list). */
+  async function openRecord(model, requestId, { reveal = false } = {}) {
     const seq = ++state.detailSeq;
     state.selected = { model, requestId };
     markSelected();
@@ -294,7 +366,8 @@
       if (!record || record.request_id !== requestId || record.model !== model) throw new NotThisRecord(requestId);
       releaseBlobs();
       detail.replaceChildren(...renderRecord(record));
-      clearMessage();
+      clearMessage("address");
+      if (reveal) revealDetail();
       announce(`Showing ${record.request_id}: ${record.status}.`);
       await loadHeatmaps(record, seq);
       await loadActivations(record, seq);
@@ -305,12 +378,22 @@
         el("h2", { id: "detail-title" }, requestId),
         el("p", { class: "banner banner-failed" }, describe(error)),
       );
+      if (reveal) revealDetail();
     } finally {
       if (seq === state.detailSeq) {
         detail.dataset.state = "ready";
         detail.removeAttribute("aria-busy");
       }
     }
+  }
+
+  function revealDetail() {
+    const heading = byId("detail-title");
+    const box = heading.getBoundingClientRect();
+    if (box.top >= 0 && box.bottom <= window.innerHeight) return; // in view already (two columns)
+    heading.tabIndex = -1;
+    byId("detail").scrollIntoView({ block: "start" });
+    heading.focus({ preventScroll: true });
   }
 
   function renderRecord(record) {
@@ -673,7 +756,12 @@
       el(
         "div",
         { class: "map-image" },
-        el("img", { class: "heatmap", alt: `${name} heatmap for ${target}`, "data-state": "loading" }),
+        el(
+          "button",
+          { type: "button", class: "map-zoom", title: "Show at full size", disabled: true, onclick: zoomIn },
+          el("img", { class: "heatmap", alt: `${name} heatmap for ${target}`, "data-state": "loading" }),
+          el("span", { class: "visually-hidden" }, " (show at full size)"),
+        ),
         el("p", { class: "muted map-status" }, "Loading heatmap…"),
       ),
       figures,
@@ -695,6 +783,7 @@
         img.src = url;
         await img.decode();
         img.dataset.state = "loaded";
+        img.parentElement.disabled = false;
         status.remove();
       } catch (error) {
         if (seq !== state.detailSeq) return;
@@ -704,6 +793,25 @@
         status.textContent = `Heatmap not available: ${describe(error)}`;
       }
     }));
+  }
+
+  /** The heatmap drawn at its own size (the card shrinks its title, ticks and legend to a few pixels). */
+  function zoomIn(event) {
+    const img = event.currentTarget.querySelector("img.heatmap");
+    const shown = byId("zoom-image");
+    shown.src = img.src;
+    shown.alt = img.alt;
+    byId("zoom-title").textContent = img.alt;
+    byId("zoom-open").href = img.src;
+    byId("zoom").showModal();
+  }
+
+  function setupZoom() {
+    const dialog = byId("zoom");
+    byId("zoom-close").addEventListener("click", () => dialog.close());
+    dialog.addEventListener("click", (event) => {
+      if (event.target === dialog) dialog.close(); // a click on the backdrop
+    });
   }
 
   // --- layers (the worker's inspection of this input) ----------------------------------------
@@ -785,19 +893,33 @@
 
   // --- start ----------------------------------------------------------------------------------
 
-  function openFromHash() {
+  /** The address after #: ``model/request_id`` (an explanation, its model's list beside it) or ``model``. */
+  function fromHash() {
     const parts = window.location.hash.slice(1).split("/");
-    if (parts.length !== 2) return;
+    if (!parts[0] || parts.length > 2) return null;
     try {
       const [model, requestId] = parts.map(decodeURIComponent);
-      if (model && requestId) openRecord(model, requestId);
+      return { model, requestId: requestId || "" };
     } catch (error) {
-      showMessage("The address after # is not a model/request id pair.");
+      showMessage("The address after # is not a model/request id pair.", "address");
+      return null;
     }
+  }
+
+  /** Follow a changed address: list its model when the list shows another, open its explanation. */
+  function openFromHash() {
+    const wanted = fromHash();
+    if (!wanted) return;
+    if (byId("f-model").value.trim() !== wanted.model || !state.query || state.query.model !== wanted.model) {
+      byId("f-model").value = wanted.model;
+      search();
+    }
+    if (wanted.requestId) openRecord(wanted.model, wanted.requestId, { reveal: true });
   }
 
   function start() {
     setupToken();
+    setupZoom();
     const filters = byId("filters");
     filters.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -807,8 +929,8 @@
     byId("more").addEventListener("click", loadPage);
     byId("list").addEventListener("keydown", listKeys);
     window.addEventListener("hashchange", openFromHash);
-    search();
-    openFromHash();
+    if (fromHash()) openFromHash();
+    else search(); // no model in the address: the first with explanations
   }
 
   document.addEventListener("DOMContentLoaded", start);

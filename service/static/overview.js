@@ -5,6 +5,7 @@
 (() => {
   const C = window.VaiCharts;
   const REFRESH_MS = 10000;
+  const AGO_TICK_MS = 5000;
   const METHODS_LIMIT = 200;
   const SAMPLED_LISTED = 12;
   /** Most points the projection is asked for: the sidecar takes them evenly from each source (the default
@@ -32,6 +33,8 @@
     seriesKey: null,
     projection: { data: null, method: "pca", colourBy: "class", domain: null, pinned: null },
     verdict: null,
+    errors: new Map(), // view id -> why it failed last (absent once it loads)
+    updatedAt: null, // when a refresh last loaded some view
   };
 
   // --- DOM helpers ----------------------------------------------------------------------------
@@ -49,6 +52,17 @@
     if (s < 90) return `${Math.round(s)} s ago`;
     if (s < 5400) return `${Math.round(s / 60)} min ago`;
     return `${(s / 3600).toFixed(1)} h ago`;
+  }
+
+  /** ``ago`` as an element that ``tickAgo`` keeps current: a view left stale still says its true age. */
+  function since(epochSeconds) {
+    if (typeof epochSeconds !== "number") return ago(epochSeconds);
+    const iso = new Date(epochSeconds * 1000).toISOString();
+    return el("time", { class: "ago", datetime: iso, title: iso, "data-at": epochSeconds }, ago(epochSeconds));
+  }
+
+  function tickAgo() {
+    for (const node of document.querySelectorAll("time.ago")) node.textContent = ago(Number(node.dataset.at));
   }
 
   function span(seconds) {
@@ -145,32 +159,34 @@
   async function refreshView(view) {
     if (state.busy.has(view.id)) {
       state.again.add(view.id); // asked again mid-load (e.g. another projection method): load once more after
-      return;
+      return null;
     }
     state.busy.add(view.id);
     const section = byId(view.id);
     section.setAttribute("aria-busy", "true");
+    let loaded = false;
     try {
       await view.load(section);
       section.dataset.state = "ready";
       markStale(section, null);
+      state.errors.delete(view.id);
+      loaded = true;
     } catch (error) {
       unavailable(section, view, error);
     } finally {
       state.busy.delete(view.id);
       section.removeAttribute("aria-busy");
+      showUnknown();
       if (state.again.delete(view.id)) refreshView(view);
     }
+    return loaded;
   }
 
   function unavailable(section, view, error) {
     if (!(error instanceof ApiError) && !(error instanceof NoData)) console.error(error); // a bug of this page
     const denied = error instanceof ApiError && (error.status === 401 || error.status === 403);
-    if (denied) {
-      showMessage(error.status === 401
-        ? "401 Unauthorized: this sidecar needs a read token. Enter it above and press “Use token”."
-        : "403 Forbidden: this token may not read monitoring data; use a read or admin token.");
-    }
+    state.errors.set(view.id, error);
+    if (denied) showMessage(window.VaiPage.refusal(error.status, state.token, "monitoring data"));
     const transient = error instanceof ApiError && (error.status === 0 || error.status === 503);
     if (transient && section.dataset.state === "ready") {
       markStale(section, reason(error)); // keep what is drawn (and its zoom) through a passing failure
@@ -210,11 +226,35 @@
 
   async function refreshAll() {
     state.cycle = new Map();
-    await Promise.all(VIEWS.map(refreshView));
+    const loaded = await Promise.all(VIEWS.map(refreshView));
     if (!VIEWS.some((v) => byId(v.id).dataset.state === "denied")) byId("message").hidden = true;
     const shown = byId("refreshed");
-    shown.textContent = `updated ${new Date().toLocaleTimeString()}`;
+    const now = new Date().toLocaleTimeString();
+    if (loaded.some((done) => done !== false)) { // a view still loading from before counts as not failed
+      state.updatedAt = now;
+      shown.textContent = `updated ${now}`;
+    } else {
+      shown.textContent = `⚠ nothing could be loaded at ${now}` +
+        (state.updatedAt ? ` (last updated ${state.updatedAt})` : "");
+    }
     shown.dataset.count = String(Number(shown.dataset.count || 0) + 1);
+    tickAgo();
+  }
+
+  /** One notice instead of every view's "no data" when the monitors do not know the model (a 404 naming it), and
+   * no view has anything else to say. */
+  function showUnknown() {
+    const errors = VIEWS.map((v) => state.errors.get(v.id));
+    const absent = (e) => e instanceof NoData || (e instanceof ApiError && e.status === 404);
+    const named = errors.find((e) => absent(e) && e instanceof ApiError && /unknown to the monitors/.test(e.message));
+    const unknown = Boolean(named) && errors.every(absent);
+    const notice = byId("unknown");
+    notice.hidden = !unknown;
+    byId("views").hidden = unknown;
+    if (unknown) {
+      byId("unknown-text").textContent = `Unknown model “${MODEL}”: ${named.message.replace(/^model: /, "")}. ` +
+        "Check the name in the address; this page shows the model's views once its monitor publishes them.";
+    }
   }
 
   // --- distributions --------------------------------------------------------------------------
@@ -231,14 +271,16 @@
     );
     const reference = d.confidence.reference ? `${d.reference_count} reference rows` : "no reference outputs uploaded";
     evidence(section, `Observed pattern: the last ${d.production_count} production predictions against ${reference}, `,
-      `as shares per bin; updated ${ago(d.updated_at)}.`);
+      "as shares per bin; updated ", since(d.updated_at), ".");
   }
 
   // --- drift ----------------------------------------------------------------------------------
 
   async function loadDrift(section) {
     const [history, status] = await Promise.allSettled([get(PATHS.history), get(PATHS.drift)]);
-    renderVerdicts(section, status.status === "fulfilled" ? status.value : null);
+    if (status.status === "fulfilled") renderVerdicts(section, status.value, null);
+    else if (status.reason instanceof ApiError && status.reason.status === 404) renderVerdicts(section, null, null);
+    else renderVerdicts(section, state.verdict, reason(status.reason)); // keep the alarms through a failure
     if (history.status === "rejected") throw history.reason;
     const groups = new Map();
     for (const p of history.value.points || []) {
@@ -285,17 +327,20 @@
     return `no drift scores yet (state ${status.state}; ${examined})`;
   }
 
-  function renderVerdicts(section, status) {
+  /** The monitor's current verdict; ``stale``: why it could not be read again (the last one read stays, marked). */
+  function renderVerdicts(section, status, stale) {
     state.verdict = status;
     const box = part(section, ".verdicts");
     if (!status) {
-      box.replaceChildren(el("p", { class: "muted" }, "No current verdict published."));
+      box.replaceChildren(el("p", { class: "muted" },
+        stale ? `No current verdict: ${stale}` : "No current verdict published."));
     } else {
       const items = (status.detectors || []).map((d) => el("li", { class: d.drift ? "verdict drift" : "verdict" },
         el("strong", {}, d.name), ` ${fmt(d.score)} vs threshold ${fmt(d.threshold)} `,
         d.drift ? el("span", { class: "badge badge-warn" }, "▲ drift")
           : el("span", { class: "badge badge-ok" }, "✓ no drift")));
-      box.replaceChildren(el("p", {}, `Now (${status.state}, ${ago(status.updated_at)}):`),
+      box.replaceChildren(stale ? el("p", { class: "stale" }, `⚠ Not refreshed: ${stale}`) : "",
+        el("p", {}, `Now (${status.state}, `, since(status.updated_at), "):"),
         items.length ? el("ul", { class: "verdict-list" }, items) : el("span", { class: "muted" }, " no detector yet"));
     }
     const text = !status ? "no verdict yet"
@@ -303,7 +348,7 @@
         : status.detectors.some((d) => d.drift)
           ? `drift: ${status.detectors.filter((d) => d.drift).map((d) => d.name).join(", ")}`
           : "no drift detected";
-    byId("projection-verdict").textContent = text;
+    byId("projection-verdict").textContent = status && stale ? `${text} (not refreshed)` : text;
   }
 
   // --- calibration and cohorts ----------------------------------------------------------------
@@ -448,7 +493,8 @@
       el("td", {}, meter(r.sanity_pass_share), el("span", { class: "muted" }, ` of ${r.sanity_checked} checked`)),
       el("td", { class: "num" }, num(r.mean_fidelity_gain),
         el("span", { class: "muted" }, ` (n = ${r.fidelity_count})`)),
-      el("td", { class: "num" }, num(r.mean_agreement, 2)),
+      el("td", { class: "num" }, num(r.mean_agreement, 2), typeof r.agreement_count === "number"
+        ? el("span", { class: "muted" }, ` (n = ${r.agreement_count})`) : null),
       el("td", { class: "num" }, String(r.explanations))));
     part(section, ".body").replaceChildren(el("table", { class: "data", "data-rows": rows.length },
       el("caption", {}, "Trusted: passes the randomisation sanity check, beats random deletion and agrees with the ",
@@ -486,10 +532,10 @@
       return el("table", { class: "data", "data-rows": rows.length },
         el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples, `,
           `figures over the last ${report.window} · `,
-          `shift against ${report.baseline === "uploaded" ? "an uploaded reference"
-            : report.baseline_stored ? `the version's stored first window (worker ${report.baseline_worker}, taken ${ago(report.baseline_taken_at)})`
-            : "the first window it saw"} · `,
-          `updated ${ago(report.updated_at)}`),
+          "shift against ", report.baseline === "uploaded" ? "an uploaded reference"
+            : report.baseline_stored ? ["the version's stored first window (worker ",
+              `${report.baseline_worker}, taken `, since(report.baseline_taken_at), ")"]
+            : "the first window it saw", " · updated ", since(report.updated_at)),
         el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, rows));
     });
@@ -524,14 +570,14 @@
     const sampled = data.points.filter((q) => q.request_id).length;
     const failed = typeof data.recompute_error === "string"
       ? el("strong", { class: "recompute-failed" }, `⚠ The latest recompute failed (${data.recompute_error}); `,
-        `this is the last successful one, computed ${ago(data.computed_at)}. `)
+        "this is the last successful one, computed ", since(data.computed_at), ". ")
       : "";
     const warning = typeof data.warning === "string"
       ? el("strong", { class: "projection-warning" }, `⚠ ${data.warning} `) : "";
     evidence(section, failed, warning,
       `Observed pattern: ${counted(data.shown_reference, data.reference_count)} reference and `,
       `${counted(data.shown_production, data.production_count)} recent production embeddings, `,
-      `${data.method.toUpperCase()} to 2-D, computed ${ago(data.computed_at)} in `,
+      `${data.method.toUpperCase()} to 2-D, computed `, since(data.computed_at), " in ",
       `${num(data.seconds, 2)} s; ${sampled} ringed points had been explained by then and link to their `,
       "explanation (sampled events still queued are not ringed). ", leftOut(data),
       data.note ? el("span", { class: "muted" }, data.note) : "");
@@ -691,6 +737,7 @@
 
   function start() {
     byId("model-name").textContent = MODEL;
+    byId("back").href = `/ui#${enc}`; // the viewer lists this model's explanations
     document.title = `${MODEL} · model overview · vai-sidecar`;
     setupToken();
     setupControls();
@@ -698,6 +745,7 @@
     window.setInterval(() => {
       if (byId("auto").checked && !document.hidden) refreshAll();
     }, REFRESH_MS);
+    window.setInterval(tickAgo, AGO_TICK_MS); // also while a view is stale or refreshing is off
   }
 
   document.addEventListener("DOMContentLoaded", start);

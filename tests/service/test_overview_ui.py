@@ -139,9 +139,14 @@ def _same_origin(requests: list[str], base: str) -> list[str]:
 def test_every_view_says_when_it_has_no_data_and_offers_a_retry(
     make_settings: Callable[..., SidecarSettings], browser: Browser
 ) -> None:
+    message = "document.getElementById('message')?.textContent"
     with serve_app(create_app(make_settings(read_tokens="read-token"))) as base:
         browser.navigate(f"{base}/ui/models/digits")
-        browser.wait_for("document.getElementById('message')?.textContent.startsWith('401')", "the 401 message")
+        browser.wait_for(f"{message}.startsWith('401')", "the 401 message")
+        assert "needs a read token" in browser.evaluate(message)
+        browser.type_into("#token", "not-a-token")
+        browser.click("#token-form button[type=submit]")
+        browser.wait_for(f"{message}.includes('does not know this token')", "the viewer's words for an unknown token")
         browser.type_into("#token", "read-token")
         browser.click("#token-form button[type=submit]")
         states = "[...document.querySelectorAll('section.view')].map(s => s.dataset.state)"
@@ -151,6 +156,12 @@ def test_every_view_says_when_it_has_no_data_and_offers_a_retry(
         texts = browser.evaluate("[...document.querySelectorAll('section.view .empty')].map(p => p.textContent)")
         assert len(texts) == len(VIEWS) and all(text.startswith("No data yet: ") for text in texts), texts
         assert browser.evaluate("document.getElementById('model-name').textContent") == "digits"
+        # No monitor knows the model: one notice instead of seven empty views, and no "updated" time.
+        notice = browser.evaluate("document.getElementById('unknown').hidden ? '' : document.body.innerText")
+        assert "Unknown model “digits”: 'digits' is unknown to the monitors" in notice, notice
+        assert browser.evaluate("document.getElementById('views').hidden")
+        refreshed = browser.evaluate("document.getElementById('refreshed').textContent")
+        assert refreshed.startswith("⚠ nothing could be loaded at ") and "updated" not in refreshed, refreshed
         browser.click("#v-calibration .retry")
         browser.wait_for("document.querySelector('#v-calibration').dataset.state === 'empty'", "the retry")
         assert _same_origin(browser.requests, base) == []
@@ -431,6 +442,77 @@ def test_margin_overflow_bin_is_open_and_drift_copy_follows_the_monitors_state(
         browser.wait_for("document.getElementById('v-drift').dataset.state === 'empty'", "the drift view again")
         drift = browser.evaluate("document.querySelector('#v-drift .empty').textContent")
         assert "warming up" in drift and "1234 of 5000 records collected" in drift, drift
+    assert _page_errors(browser) == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_a_failed_refresh_keeps_the_drift_alarms_and_ages_what_it_keeps(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    """Redis down after a first good load: the verdict list keeps its alarm, marked not refreshed, and the kept
+    views' "N s ago" go on counting. The methods table gives the n behind the mean agreement."""
+    now = time.time()
+    detector = {"name": "mmd", "score": 0.9, "threshold": 0.5, "drift": True}
+    status = DriftStatus(model="digits", state="monitoring", examined=900, owner="m1", updated_at=now - 3)
+    drift = {**status.model_dump(mode="json"), "detectors": [detector], "age_s": 3.0}
+    history = {
+        "points": [
+            {"time": now - 60 + i, "detector": "mmd", "score": 0.3 + 0.2 * i, "threshold": 0.5, "drift": i > 1}
+            for i in range(4)
+        ]
+    }
+    bins = [i / 4 for i in range(5)]
+    distributions = Distributions(
+        model="digits",
+        updated_at=now - 3,
+        production_count=40,
+        reference_count=40,
+        confidence=_histogram(bins, [10] * 4, [10] * 4),
+        margin=_histogram(bins, [10] * 4, [10] * 4),
+    )
+    figures = {
+        "method": "saliency",
+        "explanations": 9,
+        "sanity_checked": 9,
+        "sanity_pass_share": 1.0,
+        "mean_fidelity_gain": 0.1,
+        "fidelity_count": 8,
+        "mean_agreement": 0.4,
+        "agreement_count": 7,
+        "trusted_share": 1.0,
+        "verdict_count": 9,
+    }
+    down = (503, {"error": "redis is unavailable"})
+    app = _Scripted(
+        create_app(make_settings()),
+        {
+            "/v1/models/digits/drift": [(200, drift), down],
+            "/v1/models/digits/drift/history": [(200, history), down],
+            "/v1/models/digits/distributions": [(200, distributions.model_dump(mode="json")), down],
+            "/v1/explanations/digits/methods": [(200, {"model": "digits", "explanations": 9, "methods": [figures]})],
+        },
+    )
+    verdicts = "document.querySelector('#v-drift .verdicts').textContent"
+    shown_age = "document.querySelector('#v-distributions .evidence time.ago')?.textContent"
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        for view in ("drift", "distributions", "methods"):
+            browser.wait_for(f"document.getElementById('v-{view}').dataset.state === 'ready'", f"the {view} view")
+        assert "mmd" in browser.evaluate(verdicts) and "▲ drift" in browser.evaluate(verdicts)
+        agreement = browser.evaluate("document.querySelector('#v-methods tbody tr').cells[4].textContent")
+        assert agreement == "0.40 (n = 7)", agreement
+        browser.click("#token-form button[type=submit]")  # refresh now, with Redis "down"
+        browser.wait_for(f"{verdicts}.includes('Not refreshed')", "the verdict marked stale")
+        kept = browser.evaluate(verdicts)
+        assert "⚠ Not refreshed: 503: redis is unavailable" in kept and "mmd" in kept and "▲ drift" in kept, kept
+        assert "No current verdict" not in kept
+        assert browser.evaluate("document.getElementById('projection-verdict').textContent").endswith("(not refreshed)")
+        browser.wait_for("document.querySelector('#v-distributions .stale') !== null", "the histograms marked stale")
+        browser.click("#auto")  # no more refreshes: the ages must count on by themselves
+        first = browser.evaluate(shown_age)
+        assert first is not None and re.fullmatch(r"\d+ s ago", first), first
+        browser.wait_for(f"{shown_age} !== {json.dumps(first)}", "the kept histograms' age to go on", timeout_s=12)
     assert _page_errors(browser) == []
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import numpy as np
@@ -228,7 +229,7 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     browser.errors.clear()
 
     browser.type_into("#token", "read-token")
-    browser.click("#remember")
+    assert browser.evaluate("document.getElementById('remember').checked")  # kept for the tab unless unticked
     browser.click("#token-form button[type=submit]")
     browser.wait_for("document.querySelectorAll('#list button.item').length === 5", "the first page")
     assert browser.evaluate("document.getElementById('message').hidden")
@@ -296,12 +297,41 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
         later = flagged is not None and verdict["passes_sanity"] != (not flagged)
         assert ("A later sanity check" in why) == later, why
     assert browser.evaluate("location.hash") == "#digits/img0"
+    _zoom_a_heatmap(browser)
 
     shot = tmp_path / "ui.png"
     browser.screenshot(shot)
     shutil.copyfile(shot, SCREENSHOT_COPY)
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+    # One column (800 px): the detail lies below the list; opening an explanation brings it into view.
+    browser.call("Emulation.setDeviceMetricsOverride", width=800, height=900, deviceScaleFactor=1, mobile=False)
+    browser.evaluate("window.scrollTo(0, 0)")
+    _open(browser, "img2")
+    browser.wait_for("document.activeElement?.id === 'detail-title'", "the focus on the detail's heading")
+    top = browser.evaluate("document.getElementById('detail-title').getBoundingClientRect().top")
+    assert 0 <= top < 900, top
     assert browser.errors == []
+
+
+def _zoom_a_heatmap(browser: Browser) -> None:
+    """A heatmap card draws the PNG a third of its size; a click (or Enter) shows it at its own size."""
+    card = "document.querySelector('figure.map[data-method=saliency]')"
+    drawn = browser.evaluate(f"{card}.querySelector('img').getBoundingClientRect().width")
+    natural = browser.evaluate(f"{card}.querySelector('img').naturalWidth")
+    assert drawn < natural, (drawn, natural)
+    browser.evaluate(f"{card}.querySelector('button.map-zoom').focus()")
+    browser.press("Enter", 13)
+    browser.wait_for("document.getElementById('zoom').open", "the heatmap at full size")
+    shown = browser.evaluate(
+        "(() => { const i = document.getElementById('zoom-image'); return [i.alt, i.getBoundingClientRect().width,"
+        " i.src, document.getElementById('zoom-open').href]; })()"
+    )
+    alt = browser.evaluate(f"{card}.querySelector('img').alt")
+    assert shown[0] == alt and alt.startswith("saliency heatmap for class "), shown
+    assert shown[1] == natural and shown[2] == shown[3] and shown[2].startswith("blob:"), shown
+    browser.press("Escape", 27)
+    browser.wait_for("!document.getElementById('zoom').open", "the dialog to close")
 
 
 def _save(redis_url: str, *records: ExplanationRecord) -> None:
@@ -317,19 +347,19 @@ def _save(redis_url: str, *records: ExplanationRecord) -> None:
     asyncio.run(save())
 
 
-def _done(request_id: str, agreement: float) -> ExplanationRecord:
+def _done(request_id: str, agreement: float, *, model: str = "digits", age_s: float = 60) -> ExplanationRecord:
     """A finished record of two methods whose mean agreement is ``agreement`` (no verdicts stored)."""
     rng = np.random.default_rng(1)
     maps = {name: StoredAttribution.from_array(rng.normal(size=(1, 8, 8)), target=3) for name in ("saliency", "lime")}
     summary = ExplanationSummary(
-        model="digits",
+        model=model,
         model_version="v1",
         request_id=request_id,
         status="done",
         reasons=("low_confidence",),
         predicted=3,
         confidence=0.4,
-        timestamp=time.time() - 60,
+        timestamp=time.time() - age_s,
         methods=tuple(maps),
     )
     return ExplanationRecord(summary=summary, detail=ExplanationDetail(attributions=maps, agreement=agreement))
@@ -386,6 +416,95 @@ def test_viewer_uses_the_verdicts_threshold_and_refuses_answers_that_are_not_the
         banner = browser.evaluate("document.querySelector('#detail .banner-failed')?.textContent || ''")
         assert banner and "undefined" not in text, text
     assert [error for error in browser.errors if "status of 4" not in error] == []
+
+
+def test_the_viewer_learns_which_models_have_explanations(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
+    client = make_client(read_tokens="reader")
+    assert client.get("/ui/explained-models").status_code == 401
+    reader = {"Authorization": "Bearer reader"}
+    assert client.get("/ui/explained-models", headers=reader).json() == {"models": []}
+    _save(redis_url, _done("t1", 0.5, model="tabular"), _done("d1", 0.5))
+    assert client.get("/ui/explained-models", headers=reader).json() == {"models": ["digits", "tabular"]}
+    assert client.get("/v1/explanations", headers=reader).status_code == 422  # why the viewer asks
+
+
+def _listed(browser: Browser) -> list[str]:
+    found: list[str] = browser.evaluate(
+        "[...document.querySelectorAll('#list button.item')].map(b => b.dataset.requestId)"
+    )
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_viewer_lists_one_of_several_models_and_keeps_it_for_the_next_page(
+    make_settings: Callable[..., SidecarSettings], redis_url: str, browser: Browser
+) -> None:
+    """With two models explained the list route needs a model: the viewer fills in the first, offers the other,
+    asks "Load more" for the same model, and lists the model of an explanation opened by its address."""
+    _save(redis_url, *(_done(f"d{i}", 0.5, age_s=60 + i) for i in range(2)), _done("t0", 0.5, model="tabular"))
+    with serve_app(create_app(make_settings())) as base:
+        browser.navigate(f"{base}/ui?limit=1")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 1", "the first page")
+        assert browser.evaluate("document.getElementById('f-model').value") == "digits"
+        note = browser.evaluate("document.getElementById('model-note').textContent")
+        assert "2 models have explanations; showing digits" in note and note.endswith("tabular"), note
+        browser.click("#more")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 2", "the second page")
+        assert _listed(browser) == ["d0", "d1"]
+        assert browser.evaluate("document.getElementById('message').hidden")
+        pages = [url for url in browser.requests if urlsplit(url).path == "/v1/explanations"]
+        assert len(pages) == 2 and all(parse_qs(urlsplit(url).query)["model"] == ["digits"] for url in pages), pages
+        browser.click("#model-note button")
+        browser.wait_for("document.getElementById('f-model').value === 'tabular'", "the other model")
+        browser.wait_for("document.querySelector('#list button.item')?.dataset.requestId === 't0'", "its list")
+        # A deep link (from the overview page) lists that explanation's model beside it.
+        browser.navigate(f"{base}/ui#digits/d1")
+        browser.wait_for("document.getElementById('detail')?.dataset.state === 'ready'", "the detail")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 2", "the list of digits")
+        assert browser.evaluate("document.getElementById('f-model').value") == "digits"
+        assert browser.evaluate("document.querySelector('#list button.item[aria-current]').dataset.requestId") == "d1"
+        note = browser.evaluate("document.getElementById('model-note').textContent")
+        assert note == "2 models have explanations; showing digits. Show instead: tabular", note
+        assert browser.evaluate("document.getElementById('message').hidden")
+    assert [error for error in browser.errors if "status of 4" not in error] == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_the_token_follows_the_links_between_the_two_pages_within_the_tab(
+    make_settings: Callable[..., SidecarSettings], redis_url: str, browser: Browser
+) -> None:
+    """Entered once on the overview, the token serves the viewer reached by its links (kept in this tab's
+    sessionStorage, never in an address); unticking "remember for this tab" forgets it on both pages."""
+    _save(redis_url, _done("d1", 0.5))
+    message = "document.getElementById('message')"
+    with serve_app(create_app(make_settings(read_tokens="read-token"))) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for(f"{message}.textContent.startsWith('401')", "the 401 message")
+        browser.type_into("#token", "read-token")
+        browser.click("#token-form button[type=submit]")
+        browser.wait_for(f"{message}.hidden", "the overview to accept the token")
+        browser.click("#back")  # ← sampled explanations
+        browser.wait_for("location.pathname === '/ui' && location.hash === '#digits'", "the viewer")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 1", "the list, without asking")
+        assert browser.evaluate(f"{message}.hidden")
+        browser.click("#list button.item")
+        browser.wait_for("document.getElementById('detail')?.dataset.state === 'ready'", "the detail")
+        assert "Unauthorized" not in browser.evaluate("document.getElementById('detail').textContent")
+        browser.click("#overview-link")
+        browser.wait_for("location.pathname === '/ui/models/digits' && document.readyState === 'complete'", "back")
+        browser.wait_for("document.getElementById('v-methods').dataset.state !== 'loading'", "the overview's views")
+        assert browser.evaluate(f"{message}.hidden") and browser.evaluate("document.getElementById('token').value")
+        browser.click("#remember")  # untick: forgotten here and on the other page
+        assert browser.evaluate("sessionStorage.getItem('vai-ui-token')") is None
+        browser.navigate(f"{base}/ui")
+        browser.wait_for(f"{message}.textContent.startsWith('401')", "the viewer to ask again")
+        assert not browser.evaluate("document.getElementById('remember').checked")
+    assert not [url for url in browser.requests if "read-token" in url], "the token must never be in an address"
+    assert [error for error in browser.errors if "status of 40" not in error] == []
 
 
 def _open(browser: Browser, request_id: str) -> None:
