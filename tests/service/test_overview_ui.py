@@ -363,8 +363,6 @@ def _histogram(edges: list[float], production: list[int], reference: list[int]) 
     return Histogram(edges=tuple(edges), production=tuple(production), reference=tuple(reference))
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("chromium")
 def _calibration(fit_gap: float) -> dict[str, Any]:
     series = {"version": "v1", "cohort": "all", "count": 40, "accuracy": 0.8, "accuracy_lower": 0.65}
     series |= {"accuracy_upper": 0.9, "ece": 0.1, "mce": 0.2, "brier_score": None, "brier_count": 0, "bins": []}
@@ -373,6 +371,8 @@ def _calibration(fit_gap: float) -> dict[str, Any]:
     return {"model": "digits", "series": [series], "estimates": [estimate], "temperature": []}
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
 def test_an_accuracy_estimate_that_misses_its_own_labels_is_flagged(
     make_settings: Callable[..., SidecarSettings], browser: Browser
 ) -> None:
