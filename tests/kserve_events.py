@@ -18,6 +18,22 @@ REQUEST = "org.kubeflow.serving.inference.request"
 RESPONSE = "org.kubeflow.serving.inference.response"
 
 
+def cloudevent_headers(ce_id: str, kind: str, service: str, **attributes: str) -> dict[str, str]:
+    """Binary-mode CloudEvent headers as KServe's logger sends them; ``attributes`` override ``ce-*`` ones."""
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": ce_id,
+        "ce-type": kind,
+        "ce-source": f"http://localhost:9081/{service}",
+        "ce-inferenceservicename": service,
+        "ce-namespace": "models",
+        "ce-component": "predictor",
+        "ce-endpoint": "default",
+        "content-type": "application/json",
+    }
+    return headers | {f"ce-{name}": value for name, value in attributes.items()}
+
+
 def post_event(client: TestClient, headers: dict[str, str], body: bytes | dict[str, Any]) -> httpx2.Response:
     """``POST /v1/cloudevents`` with ``body`` (a dict is sent as JSON)."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from kserve_events import REQUEST, RESPONSE, outcome_count, post_event, sampled
+from kserve_events import REQUEST, RESPONSE, cloudevent_headers, outcome_count, post_event, sampled
 from prometheus_client import CollectorRegistry
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -62,19 +62,7 @@ def kserve(make_client: ClientFactory, registry: CollectorRegistry) -> TestClien
 
 
 def _headers(ce_id: str, kind: str, service: str = "iris", **attributes: str) -> dict[str, str]:
-    """Binary-mode CloudEvent headers as KServe's logger sends them; ``attributes`` override ``ce-*`` ones."""
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-id": ce_id,
-        "ce-type": kind,
-        "ce-source": f"http://localhost:9081/{service}",
-        "ce-inferenceservicename": service,
-        "ce-namespace": "models",
-        "ce-component": "predictor",
-        "ce-endpoint": "default",
-        "content-type": "application/json",
-    }
-    return headers | {f"ce-{name}": value for name, value in attributes.items()}
+    return cloudevent_headers(ce_id, kind, service, **attributes)
 
 
 def _v1_request(value: float = 5.1) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from kserve_events import REQUEST, RESPONSE, outcome_count, post_event, sampled
+from kserve_events import REQUEST, RESPONSE, cloudevent_headers, outcome_count, post_event, sampled
 from prometheus_client import CollectorRegistry
 
 from helpers import sidecar_of
@@ -49,15 +49,7 @@ def kserve(make_client: ClientFactory, registry: CollectorRegistry) -> TestClien
 
 
 def _headers(ce_id: str, kind: str, service: str = "digits-isvc", **attributes: str) -> dict[str, str]:
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-id": ce_id,
-        "ce-type": kind,
-        "ce-inferenceservicename": service,
-        "ce-namespace": "models",
-        "content-type": "application/json",
-    }
-    return headers | {f"ce-{name}": value for name, value in attributes.items()}
+    return cloudevent_headers(ce_id, kind, service, **attributes)
 
 
 def _binary(headers: dict[str, str], document: dict[str, Any], *sections: bytes) -> tuple[dict[str, str], bytes]:
