@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -50,9 +51,14 @@ def labelled_blob(request_id: str, label: int = 1) -> bytes:
     return record.labelled(label).blob()
 
 
+_SEQUENCE = itertools.count()
+"""The id's sequence part: two entries added within one millisecond must still have increasing ids."""
+
+
 def add_labelled(client: redis.Redis, request_id: str, *, age_s: float) -> None:
     entry_ms = int((time.time() - age_s) * 1000)
-    client.xadd(keys.labelled_feed("m"), {ENTRY_FIELD: labelled_blob(request_id)}, id=f"{entry_ms}-0")
+    entry_id = f"{entry_ms}-{next(_SEQUENCE)}"
+    client.xadd(keys.labelled_feed("m"), {ENTRY_FIELD: labelled_blob(request_id)}, id=entry_id)
 
 
 class Parts:
