@@ -250,14 +250,24 @@ def serve_app(app: Any) -> Iterator[str]:
         listener.close()
 
 
-def drain_worker(settings: Any, done: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
-    """Run an in-process attribution worker (``WorkerSettings``) step by step until ``done()``."""
+def drain_worker(
+    settings: Any,
+    done: Callable[[], bool],
+    *,
+    registry: CollectorRegistry | None = None,
+    before: Callable[[], object] | None = None,
+    timeout_s: float = 60.0,
+) -> None:
+    """Run an in-process attribution worker (``WorkerSettings``; its own event loop and Redis client) step by step
+    until ``done()``, after ``before()`` once its groups exist; an exception out of a step fails the test."""
     from attribution_workers.main import build_runtimes, make_worker
 
     async def loop() -> None:
-        worker = make_worker(settings, build_runtimes(settings), CollectorRegistry())
+        worker = make_worker(settings, build_runtimes(settings), registry or CollectorRegistry())
         try:
             await worker.ensure_groups()
+            if before is not None:
+                before()
             deadline = time.monotonic() + timeout_s
             while not done():
                 if time.monotonic() > deadline:

@@ -3,7 +3,6 @@ cannot be taken is left out of the batch (logged once) while its events are expl
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import time
@@ -22,11 +21,10 @@ from torch import nn
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.inspection_health import LayerHealthTracker
-from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.settings import WorkerSettings
 from common import keys
-from helpers import hash_field, wait_until
+from helpers import drain_worker, hash_field, wait_until
 from sampler.contract import InputTensor, SampledEvent
 
 FACTORY = f"{__name__}:gated"
@@ -165,19 +163,33 @@ def test_a_layer_whose_units_change_is_left_out_of_its_health_rather_than_failin
 # --- through the real worker and sidecar ---------------------------------------------------------------------------
 
 
-def _drain(settings: WorkerSettings, done: Callable[[], bool], registry: CollectorRegistry) -> None:
-    async def loop() -> None:
-        worker = make_worker(settings, build_runtimes(settings), registry)
-        try:
-            await worker.ensure_groups()
-            deadline = time.monotonic() + 60
-            while not done():
-                assert time.monotonic() < deadline, "the worker did not finish in time"
-                await worker.step()
-        finally:
-            await worker.aclose()
+def _queue_flat_inputs(
+    client: TestClient, redis_client: redis.Redis, model: str, *, count: int, seed: int
+) -> Callable[[], set[bytes | None]]:
+    """Post ``count`` events of ``model`` with a random 4-value input (request ids ``{model[0]}{i}``), wait until
+    all are queued, and return what reads their explanations' statuses."""
+    rng = np.random.default_rng(seed)
+    ids = [f"{model[0]}{i}" for i in range(count)]
+    events = [
+        {
+            "model": model,
+            "request_id": request_id,
+            "logits": [0.3, 0.7],
+            "input": {
+                "shape": [4],
+                "dtype": "float32",
+                "data": base64.b64encode(rng.random(4).astype("<f4").tobytes()).decode(),
+            },
+        }
+        for request_id in ids
+    ]
+    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == count
+    wait_until(lambda: redis_client.xlen(keys.sample_stream(model)) == count, what=f"{count} queued")
 
-    asyncio.run(loop())
+    def statuses() -> set[bytes | None]:
+        return {hash_field(redis_client, keys.explanation(model, request_id), "status") for request_id in ids}
+
+    return statuses
 
 
 def test_events_of_a_model_with_a_scalar_gate_are_explained_not_dead_lettered(
@@ -195,28 +207,10 @@ def test_events_of_a_model_with_a_scalar_gate_are_explained_not_dead_lettered(
         models={"gated": {"attribution": attribution}}, worker_retry_after_ms=100, worker_max_deliveries=2
     )
     client = make_client(sampling={"every_n": 1, "max_per_second": 10_000})
-    rng = np.random.default_rng(1)
-    events = [
-        {
-            "model": "gated",
-            "request_id": f"g{i}",
-            "logits": [0.3, 0.7],
-            "input": {
-                "shape": [4],
-                "dtype": "float32",
-                "data": base64.b64encode(rng.random(4).astype("<f4").tobytes()).decode(),
-            },
-        }
-        for i in range(5)
-    ]
-    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 5
-    wait_until(lambda: redis_client.xlen(keys.sample_stream("gated")) == 5, what="5 queued")
-
-    def statuses() -> set[bytes | None]:
-        return {hash_field(redis_client, keys.explanation("gated", f"g{i}"), "status") for i in range(5)}
+    statuses = _queue_flat_inputs(client, redis_client, "gated", count=5, seed=1)
 
     registry = CollectorRegistry()
-    _drain(settings, lambda: statuses() <= {b"done", b"failed"} and None not in statuses(), registry)
+    drain_worker(settings, lambda: statuses() <= {b"done", b"failed"} and None not in statuses(), registry=registry)
     assert statuses() == {b"done"}
     assert redis_client.xlen(keys.dead_letter_stream("gated")) == 0
     record = client.get("/v1/explanations/gated/g0").json()
@@ -244,28 +238,10 @@ def test_a_layer_left_out_of_the_inspection_is_counted_per_batch(
     }
     settings = make_worker_settings(models={"sparse": {"attribution": attribution}}, worker_retry_after_ms=100)
     client = make_client(sampling={"every_n": 1, "max_per_second": 10_000})
-    rng = np.random.default_rng(2)
-    events = [
-        {
-            "model": "sparse",
-            "request_id": f"s{i}",
-            "logits": [0.3, 0.7],
-            "input": {
-                "shape": [4],
-                "dtype": "float32",
-                "data": base64.b64encode(rng.random(4).astype("<f4").tobytes()).decode(),
-            },
-        }
-        for i in range(3)
-    ]
-    assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 3
-    wait_until(lambda: redis_client.xlen(keys.sample_stream("sparse")) == 3, what="3 queued")
-
-    def statuses() -> set[bytes | None]:
-        return {hash_field(redis_client, keys.explanation("sparse", f"s{i}"), "status") for i in range(3)}
+    statuses = _queue_flat_inputs(client, redis_client, "sparse", count=3, seed=2)
 
     registry = CollectorRegistry()
-    _drain(settings, lambda: statuses() == {b"done"}, registry)
+    drain_worker(settings, lambda: statuses() == {b"done"}, registry=registry)
     batches = registry.get_sample_value("vai_worker_batch_size_count")
     counted = registry.get_sample_value("vai_layer_inspection_failures_total", {"model": "sparse", "layer": "sparse"})
     assert batches is not None and batches >= 1 and counted == batches

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import pickle
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +18,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
 from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import hash_field, stream_entries, wait_until
+from helpers import drain_worker, hash_field, stream_entries, wait_until
 from poison_net import POISON
 
 METHODS = ["gradcam", "integrated_gradients", "occlusion", "saliency", "gradient_shap"]
@@ -77,33 +74,6 @@ def worker_settings(
     return make
 
 
-def drain(
-    settings: WorkerSettings,
-    done: Callable[[], bool],
-    *,
-    registry: CollectorRegistry | None = None,
-    before: Callable[[], object] | None = None,
-    timeout_s: float = 60.0,
-) -> None:
-    """Run an in-process worker (its own event loop and Redis client) until ``done()``."""
-
-    async def loop() -> None:
-        worker = make_worker(settings, build_runtimes(settings), registry or CollectorRegistry())
-        try:
-            await worker.ensure_groups()
-            if before is not None:
-                before()
-            deadline = time.monotonic() + timeout_s
-            while not done():
-                if time.monotonic() > deadline:
-                    raise AssertionError("worker did not finish in time")
-                await worker.step()
-        finally:
-            await worker.aclose()
-
-    asyncio.run(loop())
-
-
 def stored(client: redis.Redis, model: str = "digits") -> dict[str, bytes | None]:
     found: dict[str, bytes | None] = {}
     for key in client.scan_iter(f"vai:expl:{model}:*"):
@@ -126,7 +96,7 @@ def test_sampled_events_become_explanations_with_every_method(
     assert set(stored(redis_client).values()) == {b"queued"}
 
     registry = CollectorRegistry()
-    drain(settings, lambda: set(stored(redis_client).values()) == {b"done"}, registry=registry)
+    drain_worker(settings, lambda: set(stored(redis_client).values()) == {b"done"}, registry=registry)
 
     assert redis_client.xlen(keys.sample_stream("digits")) == 0
     assert redis_client.xpending(keys.sample_stream("digits"), keys.CONSUMER_GROUP)["pending"] == 0
@@ -176,7 +146,9 @@ def test_undecodable_and_pickled_entries_are_dead_lettered_unexecuted(
         redis_client.xadd(stream, {"m": pickle.dumps(Exploit())})
         redis_client.xadd(stream, {"payload": b"\x80\x04garbage"})
 
-    drain(worker_settings(), lambda: redis_client.xlen(keys.dead_letter_stream("digits")) == 2, before=add_entries)
+    drain_worker(
+        worker_settings(), lambda: redis_client.xlen(keys.dead_letter_stream("digits")) == 2, before=add_entries
+    )
     assert not marker.exists()
     assert redis_client.xlen(stream) == 0
     dead = stream_entries(redis_client, keys.dead_letter_stream("digits"))
@@ -204,7 +176,7 @@ def test_poison_event_is_dead_lettered_after_max_deliveries_while_others_flow(
     client.post("/v1/events", json={"events": [image_event(i, row, 1) for i, row in enumerate(rows)]})
     wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 5, what="5 queued")
 
-    drain(settings, lambda: redis_client.xlen(keys.dead_letter_stream("digits")) == 1, timeout_s=30)
+    drain_worker(settings, lambda: redis_client.xlen(keys.dead_letter_stream("digits")) == 1, timeout_s=30)
     statuses = stored(redis_client)
     assert statuses.pop("img2") == b"failed"
     assert set(statuses.values()) == {b"done"}
@@ -229,7 +201,7 @@ def test_lost_consumer_group_is_recreated(
         redis_client.flushall()  # what a Redis restarted without its data looks like
         client.post("/v1/events", json=image_event(0, image, int(digits_split.test.labels[0])))
 
-    drain(settings, lambda: stored(redis_client).get("img0") == b"done", before=lose_group_then_post)
+    drain_worker(settings, lambda: stored(redis_client).get("img0") == b"done", before=lose_group_then_post)
 
 
 def test_entries_trimmed_while_pending_are_acked_and_counted(
@@ -244,7 +216,7 @@ def test_entries_trimmed_while_pending_are_acked_and_counted(
         redis_client.xreadgroup(keys.CONSUMER_GROUP, "crashed-consumer", {stream: ">"}, count=3)
         redis_client.xtrim(stream, maxlen=0)
 
-    drain(
+    drain_worker(
         worker_settings(),
         lambda: redis_client.xpending(stream, keys.CONSUMER_GROUP)["pending"] == 0,
         registry=registry,

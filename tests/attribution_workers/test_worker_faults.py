@@ -18,13 +18,12 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from attribution_workers.consumer import GroupConsumer
-from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
 from common import keys
 from common.redis import connect
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import hash_field, stream_entries, wait_until
+from helpers import drain_worker, hash_field, stream_entries, wait_until
 from sampler.contract import MESSAGE_FIELD, InputTensor, SampledEvent
 
 STREAM = keys.sample_stream("digits")
@@ -45,23 +44,6 @@ def worker_settings(
         return make_worker_settings(**(values | overrides))
 
     return make
-
-
-def drain(settings: WorkerSettings, done: Callable[[], bool], registry: CollectorRegistry) -> None:
-    """Step an in-process worker until ``done()``; an exception out of a step fails the test."""
-
-    async def loop() -> None:
-        worker = make_worker(settings, build_runtimes(settings), registry)
-        try:
-            await worker.ensure_groups()
-            deadline = time.monotonic() + 60
-            while not done():
-                assert time.monotonic() < deadline, "the worker did not finish in time"
-                await worker.step()
-        finally:
-            await worker.aclose()
-
-    asyncio.run(loop())
 
 
 def event(request_id: str, values: npt.NDArray[Any], predicted: int, **fields: Any) -> SampledEvent:
@@ -125,7 +107,7 @@ def test_an_unreadable_sanity_figure_does_not_stop_the_worker(
     caplog.set_level(logging.WARNING)
 
     # one event a batch: the figure is read for each
-    drain(worker_settings(worker_batch_size=1), lambda: settled(redis_client), CollectorRegistry())
+    drain_worker(worker_settings(worker_batch_size=1), lambda: settled(redis_client))
 
     assert [status(redis_client, f"img{i}") for i in range(3)] == [b"done"] * 3
     assert redis_client.xlen(DEAD) == 0
@@ -148,7 +130,7 @@ def test_non_finite_numbers_are_dead_lettered_at_once_and_their_neighbours_store
     add(redis_client, good[2])
     registry = CollectorRegistry()
 
-    drain(worker_settings(), lambda: settled(redis_client), registry)
+    drain_worker(worker_settings(), lambda: settled(redis_client), registry=registry)
 
     assert [status(redis_client, f"good{i}") for i in range(3)] == [b"done"] * 3
     found = dead(redis_client)
@@ -176,7 +158,9 @@ def test_a_result_redis_refuses_fails_alone_and_is_no_outage(
     add(redis_client, event("a", images[0], 1), event("refused", images[1], 9), event("b", images[2], 2))
     registry = CollectorRegistry()
 
-    drain(worker_settings(), lambda: settled(redis_client), registry)  # a step raising (an "outage") fails it
+    drain_worker(
+        worker_settings(), lambda: settled(redis_client), registry=registry
+    )  # a step raising (an "outage") fails it
 
     assert status(redis_client, "a") == status(redis_client, "b") == b"done"
     assert status(redis_client, "refused") is None, "a failed save writes nothing"
@@ -191,7 +175,7 @@ def test_non_finite_input_is_dead_lettered_at_once(
     image = digits_split.test.features[0].copy()
     image.reshape(-1)[[3, 7]] = [np.nan, np.inf]
     add(redis_client, event("odd", image, 1))
-    drain(worker_settings(worker_max_deliveries=3), lambda: settled(redis_client), CollectorRegistry())
+    drain_worker(worker_settings(worker_max_deliveries=3), lambda: settled(redis_client))
     fields = dead(redis_client)[b"odd"]
     assert fields[b"deliveries"] == b"1"
     assert b"input has 2 non-finite values (NaN or infinity) of 64" in fields[b"error"]
@@ -212,7 +196,7 @@ def test_an_input_is_explained_in_the_model_s_shape_or_flat_and_refused_in_anoth
         event("other-layout", image.reshape(4, 16), 1),
         event("three-classes", image.reshape(1, 8, 8), 1, num_classes=3),
     )
-    drain(worker_settings(), lambda: settled(redis_client), CollectorRegistry())
+    drain_worker(worker_settings(), lambda: settled(redis_client))
     assert [status(redis_client, name) for name in ("exact", "squeezed", "trailing-one", "flat")] == [b"done"] * 4
     refused = dead(redis_client)
     assert set(refused) == {b"other-layout", b"three-classes"}
@@ -224,7 +208,7 @@ def test_an_entry_of_another_model_is_dead_lettered_unexplained(
     worker_settings: Callable[..., WorkerSettings], digits_split: DatasetSplit, redis_client: redis.Redis
 ) -> None:
     add(redis_client, event("intruder", digits_split.test.features[0], 1, model="victim"))
-    drain(worker_settings(), lambda: settled(redis_client), CollectorRegistry())
+    drain_worker(worker_settings(), lambda: settled(redis_client))
     fields = dead(redis_client)[b"intruder"]
     assert fields[b"error"] == b"entry of model 'victim' in the stream of 'digits'"
     assert status(redis_client, "intruder", "victim") is None
@@ -242,7 +226,7 @@ def test_the_dead_letter_stream_is_capped_and_expires(
     registry = CollectorRegistry()
     settings = worker_settings(worker_dead_letter_max_entries=10, worker_batch_size=64, explanation_ttl_s=600)
 
-    drain(settings, lambda: settled(redis_client), registry)
+    drain_worker(settings, lambda: settled(redis_client), registry=registry)
 
     kept = redis_client.xlen(DEAD)
     assert kept < count // 2, "trimmed (MAXLEN ~ drops whole stream nodes of up to 100 entries)"
@@ -258,7 +242,7 @@ def test_a_large_input_is_not_copied_into_the_dead_letter_stream(
 ) -> None:
     huge = event("huge", np.ones(4096, dtype=np.float32), 1)  # the wrong shape: dead-lettered at once
     add(redis_client, huge)
-    drain(worker_settings(worker_dead_letter_max_input_bytes=2048), lambda: settled(redis_client), CollectorRegistry())
+    drain_worker(worker_settings(worker_dead_letter_max_input_bytes=2048), lambda: settled(redis_client))
     fields = dead(redis_client)[b"huge"]
     assert b"does not fit the model's [1, 8, 8]" in fields[b"error"]
     assert int(fields[b"m_bytes"]) == len(huge.encode()[MESSAGE_FIELD]) > 2048
@@ -350,6 +334,6 @@ def test_a_model_s_failure_counters_start_at_zero_so_the_first_dead_letter_alert
 ) -> None:
     """A counter that first appears at 1 is invisible to increase(): VaiDeadLetters would miss the first."""
     registry = CollectorRegistry()
-    drain(worker_settings(), lambda: settled(redis_client), registry)
+    drain_worker(worker_settings(), lambda: settled(redis_client), registry=registry)
     for name in ("vai_dead_letters_total", "vai_dead_letters_trimmed_total", "vai_worker_errors_total"):
         assert registry.get_sample_value(name, {"model": "digits"}) == 0.0, name  # present, not absent

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
+from attribution_workers.worker import AttributionWorker
 from common import keys
 from common.redis import connect, execute
 from demo.models import digits
@@ -111,6 +112,25 @@ def outage(redis_client: redis.Redis) -> Iterator[Callable[[], None]]:
 
     yield end
     end()
+
+
+async def refused_then_dead_lettered(
+    worker: AttributionWorker,
+    redis_client: redis.Redis,
+    outage: Callable[[], None],
+    after_refusal: Callable[[], None] = lambda: None,
+) -> None:
+    """Once the pending entry may be reclaimed, a step whose writes Redis refuses (out of memory) raises; then,
+    ``after_refusal()`` checked and the outage over, steps until the entry is dead-lettered."""
+    wait_until(lambda: idle_for(redis_client, 60), what="the entry idle long enough to be reclaimed")
+    refuse_writes(redis_client)
+    with pytest.raises(redis.RedisError, match=r"OOM|maxmemory"):
+        await worker.step()
+    after_refusal()
+    outage()
+    wait_until(lambda: idle_for(redis_client, 60), what="the entry idle long enough to be reclaimed")
+    while not redis_client.xlen(DEAD):
+        await worker.step()
 
 
 def failures_logged(caplog: pytest.LogCaptureFixture) -> int:
@@ -274,16 +294,12 @@ def test_an_entry_whose_worker_died_on_every_delivery_is_dead_lettered_and_reads
             ((_, ((entry_id, _),)),) = read_group(redis_client, GROUP, "died", STREAM)
             redis_client.xclaim(STREAM, GROUP, "died-again", 0, [entry_id])
             redis_client.xclaim(STREAM, GROUP, "died-once-more", 0, [entry_id])
-            wait_until(lambda: idle_for(redis_client, 60), what="the entry idle long enough to be reclaimed")
-            refuse_writes(redis_client)
-            with pytest.raises(redis.RedisError, match=r"OOM|maxmemory"):
-                await worker.step()  # its record cannot be written: it stays pending, its delivery taken back
-            assert redis_client.xlen(DEAD) == 0 and status(redis_client, "cursed") == b"queued"
-            assert times_delivered(redis_client) == {entry_id: 3}
-            outage()
-            wait_until(lambda: idle_for(redis_client, 60), what="the entry idle long enough to be reclaimed")
-            while not redis_client.xlen(DEAD):
-                await worker.step()
+
+            def still_pending() -> None:  # its record could not be written: pending, its delivery taken back
+                assert redis_client.xlen(DEAD) == 0 and status(redis_client, "cursed") == b"queued"
+                assert times_delivered(redis_client) == {entry_id: 3}
+
+            await refused_then_dead_lettered(worker, redis_client, outage, still_pending)
         finally:
             await worker.aclose()
 
@@ -320,14 +336,7 @@ def test_an_input_that_fails_on_each_delivery_is_dead_lettered_though_an_outage_
             redis_client.xadd(STREAM, sampled("poison", values, 1).encode())  # type: ignore[arg-type]  # redis-py types fields as a dict (invariant) of unions
             await worker.step()  # fails on the input: pending for a retry, the record failed for now
             assert status(redis_client, "poison") == b"failed" and redis_client.xlen(DEAD) == 0
-            wait_until(lambda: idle_for(redis_client, 60), what="the entry idle long enough to be reclaimed")
-            refuse_writes(redis_client)
-            with pytest.raises(redis.RedisError, match=r"OOM|maxmemory"):
-                await worker.step()
-            outage()
-            wait_until(lambda: idle_for(redis_client, 60), what="the entry idle long enough to be reclaimed")
-            while not redis_client.xlen(DEAD):
-                await worker.step()
+            await refused_then_dead_lettered(worker, redis_client, outage)
         finally:
             await worker.aclose()
 
