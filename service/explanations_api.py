@@ -8,12 +8,13 @@ from functools import partial
 from typing import Annotated, TypeVar
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import NotFound
-from sampler.explanation_records import ExplanationRecord, SanityFigure
+from sampler.explanation_records import ExplanationRecord, ExplanationSummary, SanityFigure
 from sampler.layers import ModelLayers
 from sampler.verdicts import LatestSanity, MethodTrustReport, method_trust_report
 from service.deps import ModelPath, ReadScope, SidecarDep
@@ -34,12 +35,51 @@ router = APIRouter(dependencies=[ReadScope])
 RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 
-@router.get("/v1/explanations", summary="Stored explanations, newest first, filtered")
-async def list_explanations(request: Request, sidecar: SidecarDep) -> Response:
+class ExplanationListPublic(BaseModel):
+    items: list[ExplanationSummary]
+    next_cursor: str | None
+    """Pass as ``cursor`` to continue; null when the scan reached the end of what matches."""
+    examined: int
+    """Index entries this request looked at."""
+    complete: bool
+    """False when the scan stopped at its bound before ``limit`` items were found: an empty or short page then
+    does not mean that nothing more matches; ``next_cursor`` continues it."""
+
+
+@router.get(
+    "/v1/explanations",
+    summary="Stored explanations, newest first, filtered",
+    response_model=ExplanationListPublic,
+)
+async def list_explanations(
+    sidecar: SidecarDep,
+    model: Annotated[str | None, Query(description="Required when several models have explanations")] = None,
+    version: Annotated[str | None, Query(description="Model version")] = None,
+    reason: Annotated[str | None, Query(description="every_n, low_confidence, low_margin or flagged_cohort")] = None,
+    cohort: Annotated[str | None, Query(description="key:value, e.g. region:eu")] = None,
+    predicted: Annotated[str | None, Query(description="Predicted class index")] = None,
+    since: Annotated[str | None, Query(description="Epoch seconds or RFC 3339 with a UTC offset")] = None,
+    until: Annotated[str | None, Query(description="Epoch seconds or RFC 3339 with a UTC offset")] = None,
+    limit: Annotated[str | None, Query(description="1–500, default 50")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> Response:
     """One request examines a bounded number of index entries: ``complete: false`` says the scan stopped there
     before ``limit`` items were found (an empty page then does not mean that nothing matches); ``next_cursor``
-    continues it."""
-    query = parse_query(dict(request.query_params), default_model=await default_model(sidecar.explanations))
+    continues it. Parameters are checked here, not by FastAPI, so that a bad one is a 422 naming it in the
+    error shape."""
+    given = {
+        "model": model,
+        "version": version,
+        "reason": reason,
+        "cohort": cohort,
+        "predicted": predicted,
+        "since": since,
+        "until": until,
+        "limit": limit,
+        "cursor": cursor,
+    }
+    params = {name: value for name, value in given.items() if value is not None}
+    query = parse_query(params, default_model=await default_model(sidecar.explanations))
     page = await sidecar.explanations.query(query)
     body = {
         "items": [item.model_dump() for item in page.items],

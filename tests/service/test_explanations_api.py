@@ -246,3 +246,18 @@ def test_a_negative_predicted_class_is_a_422_naming_it(client: TestClient) -> No
     response = client.get("/v1/explanations", params={"model": "digits", "predicted": "-1"})
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "predicted"
+
+
+def test_the_list_s_parameters_and_page_are_documented_in_openapi(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/explanations"]["get"]
+    documented = {parameter["name"] for parameter in operation["parameters"]}
+    assert documented == {"model", "version", "reason", "cohort", "predicted", "since", "until", "limit", "cursor"}
+    page = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert page == {"$ref": "#/components/schemas/ExplanationListPublic"}
+
+
+def test_a_bad_limit_is_still_a_422_in_the_error_shape_naming_it(client: TestClient) -> None:
+    response = client.get("/v1/explanations", params={"model": "digits", "limit": "many"})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "limit"
+    assert set(response.json()) == {"error", "field"}
