@@ -197,13 +197,13 @@ class ModelRuntime:
         self, usable: list[tuple[SampledEvent, torch.Tensor]], sanity: Mapping[str, SanityFigure]
     ) -> BatchResult:
         rows = [(event, tensor, event.predicted) for event, tensor in usable]
-        rows += [
-            (event, tensor, event.label)
-            for event, tensor in usable
-            if event.label is not None
-            and event.label != event.predicted
-            and 0 <= event.label < self.config.model.num_classes
+        classes = self.config.model.num_classes
+        labelled = [  # by position: two events of a batch may share a request id (duplicates are per replica)
+            (i, event.label)
+            for i, (event, _) in enumerate(usable)
+            if event.label is not None and event.label != event.predicted and 0 <= event.label < classes
         ]
+        rows += [(*usable[i], label) for i, label in labelled]
         inputs = torch.stack([tensor for _, tensor, _ in rows]).to(self.model.device)
         targets = torch.tensor([target for _, _, target in rows], device=self.model.device)
         count = len(usable)
@@ -237,7 +237,7 @@ class ModelRuntime:
             )
             for i in range(count)
         ]
-        label_rows = {rows[i][0].request_id: explanations[i] for i in range(count, len(rows))}
+        label_rows = {i: explanations[count + k] for k, (i, _) in enumerate(labelled)}
         now = time.time()
         outcomes = [
             Outcome(
@@ -246,7 +246,7 @@ class ModelRuntime:
                     self.config,
                     event,
                     explanations[i],
-                    label_rows.get(event.request_id),
+                    label_rows.get(i),
                     {m: fidelities[m][i] for m in self.methods},
                     agreements[i],
                     seconds,

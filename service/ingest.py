@@ -274,7 +274,7 @@ class IngestHandler:
                 recent.popitem(last=False)
         if dims and known_dims is None:
             self.embedding_dims[model] = dims
-        elif dims and self._width_by_upload:
+        elif dims and model in self._width_by_upload:
             self._width_by_upload.discard(model)  # an event of the uploaded width: now the events' width too
 
     def _observe(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:

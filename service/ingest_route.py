@@ -103,7 +103,13 @@ async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes
         sidecar.ingest.reject_body("disconnected")
         raise
     open_brackets = tally.count if tally is not None else None
-    return sidecar.ingest.ingest(body, open_brackets=open_brackets, header_length=header_length).to_json()
+    try:
+        return sidecar.ingest.ingest(body, open_brackets=open_brackets, header_length=header_length).to_json()
+    except VaiError:
+        raise
+    except Exception:  # a bug, answered 500 by InternalErrors: its request still ends in a counter
+        sidecar.ingest.reject_body("internal")
+        raise
 
 
 def _headers(scope: AsgiScope, wanted: tuple[bytes, ...]) -> dict[bytes, str]:

@@ -135,6 +135,9 @@ class KServeLogger:
         except VaiError as error:
             self.events.labels(model, "redis_unavailable" if isinstance(error, RedisUnavailable) else "invalid").inc()
             raise
+        except Exception:  # a bug, answered 500: still one outcome
+            self.events.labels(model, "internal").inc()
+            raise
 
     def _mapping(self, event: CloudEvent) -> tuple[str, KServeMapping]:
         if event.service is None:

@@ -84,7 +84,8 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
         dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
         with sidecar.ingest.embedding_width_claimed(model, dims):
             await monitoring.check_reference(reference)
-            _register(sidecar, model)  # after the check: a refused upload takes no model slot
+            _register(sidecar, model)  # after the checks, so an upload they refuse takes no model slot; before
+            # the write, so no reference is stored for a model past VAI_MAX_MODELS (one Redis then fails keeps it)
             await monitoring.set_reference(model, reference, margin=margin)
     body_out = {
         "model": model,

@@ -132,7 +132,7 @@ class MonitorMetrics:
         self.drift_calibration_failed.labels(model).set(1 if status.calibration_error else 0)
 
     def forget(self, model: str) -> None:
-        families = (self.examined, self.labelled, self.invalid, self.backlog, self.oldest, self.owned)
+        families = (self.examined, self.labelled, self.invalid, self.duplicates, self.backlog, self.oldest, self.owned)
         drift = (self.drift_monitoring, self.drift_warmup, self.drift_calibration_failed)
         for family in (*families, *drift):
             if (model,) in family._metrics:

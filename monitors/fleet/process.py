@@ -178,8 +178,9 @@ class MonitorProcess:
         loop = asyncio.get_running_loop()
         until = loop.time() + self.settings.monitor_lease_ttl_s / 3  # a third of the lease's life from renewal
         held = list(self.owned)
+        sent_at = loop.time()  # Redis starts the leases' TTL when it applies them, after this, never before
         renewals = await self.leases.renew_all(held)  # first, and nothing but its failure gives a model up
-        self._renewed_at = loop.time()
+        self._renewed_at = sent_at
         for model, renewed in zip(held, renewals, strict=True):
             if not renewed:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)

@@ -184,3 +184,23 @@ def test_a_sanity_figure_of_other_weights_judges_no_map(digits_path: Path, digit
 def _passing(methods: list[str], digest: str | None) -> dict[str, SanityFigure]:
     figure = SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=1.0, model_digest=digest)
     return dict.fromkeys(methods, figure)
+
+
+def test_maps_towards_the_label_go_to_the_labelled_event_even_when_two_share_a_request_id(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """Duplicates are refused per replica only, so one batch may hold two events of one id; the label's maps
+    were looked up by id and given to both."""
+    runtime = _runtime(digits_path, methods=["saliency"])
+    image, label = digits_split.test.features[3], int(digits_split.test.labels[3])
+    wrong = (label + 1) % 10
+    events = [
+        sampled_digit("dup", image, predicted=wrong),
+        sampled_digit("dup", image, predicted=wrong, label=label),
+    ]
+
+    unlabelled, labelled = (outcome.record.detail.attributions for outcome in runtime.explain(events, {}).outcomes)
+
+    assert set(unlabelled) == {"saliency"}
+    assert set(labelled) == {"saliency", "saliency@label"}
+    assert labelled["saliency@label"].target == label

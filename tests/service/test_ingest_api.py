@@ -6,6 +6,7 @@ import json
 import socket
 from collections.abc import Callable
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -95,3 +96,19 @@ def test_a_request_whose_client_leaves_mid_body_is_counted(make_settings: Callab
 
         wait_until(lambda: counted() == 1, what="the disconnect counted")
     assert registry.get_sample_value("vai_events_total", {"model": "digits", "version": "v1"}) is None
+
+
+def test_a_bug_in_ingest_is_a_500_that_still_ends_in_a_counter(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    registry = CollectorRegistry()
+    client = make_client(registry=registry)
+    monkeypatch.setattr("service.ingest.IngestHandler.ingest", broken)
+    answer = client.post("/v1/events", json=event())
+    assert answer.status_code == 500
+    assert set(answer.json()) == {"error", "field"}
+    assert registry.get_sample_value("vai_events_rejected_total", {"reason": "internal"}) == 1
+    assert client.get("/livez").status_code == 200

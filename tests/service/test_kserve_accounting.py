@@ -105,3 +105,17 @@ def test_a_cloudevent_whose_sender_leaves_mid_body_is_counted(
         if sample.name.endswith("_total")
     ]
     assert [(sample.labels, sample.value) for sample in samples] == [({"model": model, "outcome": "disconnected"}, 1.0)]
+
+
+def test_a_bug_while_reading_a_cloudevent_still_ends_in_one_outcome(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, models=MODELS)
+    monkeypatch.setattr("service.kserve.read_event", broken)
+    answer = post_event(client, GOOD, PREDICTIONS)
+    assert answer.status_code == 500
+    assert outcome_count(registry, "digits", "internal") == 1
