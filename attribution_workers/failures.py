@@ -6,6 +6,7 @@ import re
 
 from redis.exceptions import DataError, ResponseError
 
+from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED
 
 _ABOUT_THE_DATA = re.compile(
@@ -29,5 +30,6 @@ def about_the_data(error: BaseException) -> bool:
 
 
 def is_outage(error: BaseException) -> bool:
-    """A failed Redis call that is not about the data: the loop waits with backoff, the entries stay pending."""
-    return isinstance(error, REDIS_FAILED) and not about_the_data(error)
+    """A failed Redis call that is not about the data (or a store's ``RedisUnavailable``): the loop waits with
+    backoff, the entries stay pending."""
+    return isinstance(error, RedisUnavailable) or (isinstance(error, REDIS_FAILED) and not about_the_data(error))

@@ -68,7 +68,6 @@ from attribution_workers.runtime import BatchResult, ModelRuntime
 from attribution_workers.settlement import Settlement
 from attribution_workers.upkeep import BatchUpkeep
 from common import keys
-from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanation_records import SanityFigure
@@ -262,12 +261,10 @@ class AttributionWorker:
     async def _sanity_figures(self, model: str) -> dict[str, SanityFigure]:
         """The latest sanity figure of each method of ``model`` (any worker's), for the verdicts.
 
-        Unreadable, it is a Redis outage like any other: the batch waits, its entries pending.
+        Unreadable (``RedisUnavailable``), it is a Redis outage like any other: the batch waits, its entries
+        pending.
         """
-        try:
-            return await self._store.sanity(model)
-        except RedisUnavailable as error:
-            raise ConnectionError(str(error)) from error
+        return await self._store.sanity(model)
 
     async def _timed_out(self, model: str, stream: str, deliveries: list[Delivery]) -> NoReturn:
         """Give up on the entries that had their last delivery, leave the others pending, end the run."""
