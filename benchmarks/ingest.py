@@ -30,7 +30,7 @@ per event is the figure the host's other load changes least. After each
 monitors-on phase the sidecar runs unloaded for ``--drain`` seconds, so that
 records its writer still held reach Redis before it is paused. The writer's
 figures come from the sidecar's ``/metrics`` (``vai_events_total``,
-``vai_monitor_records_written_total``, ``vai_monitor_records_dropped_total``)
+``vai_feed_records_written_total``, ``vai_feed_records_dropped_total``)
 read just before and just after each monitors-on phase, and again after the
 drain.
 """
@@ -244,7 +244,7 @@ class Figures:
     loads: list[str] = field(default_factory=list)
 
 
-WRITTEN, DROPPED, EVENTS = "vai_monitor_records_written_total", "vai_monitor_records_dropped_total", "vai_events_total"
+WRITTEN, DROPPED, EVENTS = "vai_feed_records_written_total", "vai_feed_records_dropped_total", "vai_events_total"
 EXAMINED = "vai_monitor_records_examined_total"
 
 

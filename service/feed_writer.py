@@ -12,11 +12,11 @@ A background task writes them continuously, one pipelined round trip per batch (
 MAXLEN ~`` per feed record, one Lua call for all records waiting for labels); once it has
 caught up it waits ``linger_s`` (50 ms) for records to gather, so a thinned feed costs ~20
 round trips a second instead of one per request (each costs ~0.2 ms of the sidecar's CPU).
-Every record not kept is counted in ``vai_monitor_records_dropped_total{model, feed, reason}``:
+Every record not kept is counted in ``vai_feed_records_dropped_total{model, feed, reason}``:
 ``budget``, ``buffer_full`` (Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
 ``redis_error`` (Redis refused the write, e.g. out of memory) or ``error`` (an unexpected error cost the
 batch; logged with its traceback, and the writer goes on). A labelled record Redis refuses for lack of memory is
-not dropped: it waits, within the bound, to be written again (``vai_monitor_records_refused_total``), as it would
+not dropped: it waits, within the bound, to be written again (``vai_feed_records_refused_total``), as it would
 while Redis is down; a delayed label taken from Redis never comes through here (``service.labels`` publishes it
 in the call that takes its record).
 

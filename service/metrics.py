@@ -62,25 +62,25 @@ class FeedMetrics:
             "vai_labels", "Labels by whether they found their prediction.", ["model", "matched"], registry=registry
         )
         self.written = Counter(
-            "vai_monitor_records_written",
+            "vai_feed_records_written",
             "Monitoring records written to Redis, by feed.",
             ["model", "feed"],
             registry=registry,
         )
         self.trimmed = Counter(
-            "vai_monitor_records_trimmed",
+            "vai_feed_records_trimmed",
             "Records trimmed from a feed by MAXLEN before the monitor read them (it was that far behind).",
             ["model", "feed"],
             registry=registry,
         )
         self.dropped = Counter(
-            "vai_monitor_records_dropped",
+            "vai_feed_records_dropped",
             "Monitoring records not written to Redis, by feed and reason.",
             ["model", "feed", "reason"],
             registry=registry,
         )
         self.refused = Counter(
-            "vai_monitor_records_refused",
+            "vai_feed_records_refused",
             "Labelled records Redis refused for lack of memory, kept to be written again (each counted once; it"
             " then ends in written or dropped).",
             ["model", "feed"],

@@ -130,7 +130,7 @@ def test_dashboard_reads_only_exported_series(exported_names: frozenset[str]) ->
         "vai_monitor_backlog_records",
         "vai_monitor_oldest_waiting_seconds",
         "vai_monitor_owned",
-        "vai_monitor_records_trimmed_total",
+        "vai_feed_records_trimmed_total",
         "vai_labels_total",
         # what the drift alerts read
         "vai_drift_tests_total",

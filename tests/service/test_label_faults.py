@@ -52,7 +52,7 @@ def test_a_label_redis_cannot_publish_is_503_and_its_record_waits_for_it_again(
     assert not redis_client.exists(keys.prediction("digits", "oom1"))
     assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 1
     written = {"model": "digits", "feed": "labelled"}
-    assert registry.get_sample_value("vai_monitor_records_written_total", written) == 1
+    assert registry.get_sample_value("vai_feed_records_written_total", written) == 1
 
 
 def test_a_labelled_record_redis_refuses_waits_and_is_written_once_it_has_room(
@@ -68,17 +68,17 @@ def test_a_labelled_record_redis_refuses_waits_and_is_written_once_it_has_room(
 
     with full_redis(redis_client):
         assert client.post("/v1/events", json=event("oom2", label=1)).status_code == 202
-        wait_until(lambda: figure("vai_monitor_records_refused_total", feed="labelled") == 1, what="the refusal")
+        wait_until(lambda: figure("vai_feed_records_refused_total", feed="labelled") == 1, what="the refusal")
         wait_until(
-            lambda: figure("vai_monitor_records_dropped_total", feed="predictions", reason="redis_error") == 1,
+            lambda: figure("vai_feed_records_dropped_total", feed="predictions", reason="redis_error") == 1,
             what="the drift record dropped",
         )
     wait_until(lambda: _labelled(redis_client), what="the labelled record written")
     [record] = _labelled(redis_client)
     assert (record.request_id, record.label) == ("oom2", 1)
-    assert figure("vai_monitor_records_written_total", feed="labelled") == 1
-    assert figure("vai_monitor_records_refused_total", feed="labelled") == 1, "counted once, refused many times"
-    assert figure("vai_monitor_records_dropped_total", feed="labelled", reason="redis_error") == 0
+    assert figure("vai_feed_records_written_total", feed="labelled") == 1
+    assert figure("vai_feed_records_refused_total", feed="labelled") == 1, "counted once, refused many times"
+    assert figure("vai_feed_records_dropped_total", feed="labelled", reason="redis_error") == 0
 
 
 def test_a_record_another_label_took_or_replaced_since_it_was_read_is_left_alone(redis_client: redis.Redis) -> None:

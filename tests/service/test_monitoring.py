@@ -500,7 +500,7 @@ def test_records_redis_cannot_take_are_dropped_oldest_first_and_counted(
 
     def dropped(model: str, feed_name: str) -> float | None:
         labels = {"model": model, "feed": feed_name, "reason": "redis_unavailable"}
-        return registry.get_sample_value("vai_monitor_records_dropped_total", labels)
+        return registry.get_sample_value("vai_feed_records_dropped_total", labels)
 
     # Each event makes a record for label joins and one for the drift feed: 8 records, 2 kept (c's).
     assert dropped("m0", "label_join") == 1 and dropped("m0", "predictions") == 1
@@ -520,7 +520,7 @@ def test_records_still_waiting_at_shutdown_are_counted(make_settings: Callable[.
 
     def dropped(feed_name: str) -> float | None:
         labels = {"model": "m", "feed": feed_name, "reason": "redis_unavailable"}
-        return registry.get_sample_value("vai_monitor_records_dropped_total", labels)
+        return registry.get_sample_value("vai_feed_records_dropped_total", labels)
 
     assert dropped("label_join") == 2 and dropped("predictions") == 2
 
@@ -534,7 +534,7 @@ def test_the_budget_samples_the_drift_feed_and_counts_what_it_skips(
     events = [event(f"e{i}", timestamp=now) for i in range(300)]
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 300
     skipped = registry.get_sample_value(
-        "vai_monitor_records_dropped_total", {"model": "digits", "feed": "predictions", "reason": "budget"}
+        "vai_feed_records_dropped_total", {"model": "digits", "feed": "predictions", "reason": "budget"}
     )
     assert skipped is not None and 200 <= skipped < 300
     wait_until(lambda: redis_client.xlen("vai:feed:digits") == 300 - skipped, what="the sampled records in Redis")
@@ -550,7 +550,7 @@ def test_records_redis_refuses_are_counted(make_client: Callable[..., TestClient
 
         def refused(feed_name: str) -> float:
             labels = {"model": "digits", "feed": feed_name, "reason": "redis_error"}
-            return registry.get_sample_value("vai_monitor_records_dropped_total", labels) or 0.0
+            return registry.get_sample_value("vai_feed_records_dropped_total", labels) or 0.0
 
         wait_until(lambda: refused("predictions") == 2 and refused("label_join") == 2, what="refusals counted")
 
@@ -651,7 +651,7 @@ def test_records_trimmed_before_the_monitor_read_them_are_counted(
 
     def trimmed() -> float:
         labels = {"model": "digits", "feed": "predictions"}
-        return registry.get_sample_value("vai_monitor_records_trimmed_total", labels) or 0.0
+        return registry.get_sample_value("vai_feed_records_trimmed_total", labels) or 0.0
 
     wait_until(lambda: trimmed() + redis_client.xlen("vai:feed:digits") == 1000, what="every record accounted")
     assert trimmed() > 0

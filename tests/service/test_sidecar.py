@@ -191,7 +191,7 @@ def test_a_label_finds_its_waiting_record_among_many_and_the_taken_one_is_never_
     assert len(feed) == 2 and not feed.waits_here("digits", "a")
     feed.offer(RECORDS, MonitoringRecord("digits", "d", "v1", 0.0, 0, 0.9, 0.5, 2))
     dropped = {"model": "digits", "feed": RECORDS, "reason": "buffer_full"}
-    assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) is None, "the taken one made room"
+    assert registry.get_sample_value("vai_feed_records_dropped_total", dropped) is None, "the taken one made room"
     assert len(feed) == 3 and feed.waits_here("digits", "b") and feed.waits_here("digits", "d")
     # A label request that fails gives back what it took; one the full buffer dropped meanwhile is counted then.
     feed.keep_taken()
@@ -199,7 +199,7 @@ def test_a_label_finds_its_waiting_record_among_many_and_the_taken_one_is_never_
     feed.offer(RECORDS, MonitoringRecord("digits", "e", "v1", 0.0, 0, 0.9, 0.5, 2))  # pushes out the oldest, b
     feed.give_back()
     assert not feed.waits_here("digits", "b") and feed.waits_here("digits", "c")
-    assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) == 1
+    assert registry.get_sample_value("vai_feed_records_dropped_total", dropped) == 1
     assert len(feed) == 3
 
 
@@ -226,7 +226,7 @@ async def test_an_unexpected_error_costs_the_feed_its_batch_counted_never_the_wr
         assert sidecar.ingest.ingest(orjson.dumps(event("lost"))).accepted == 1
         assert await sidecar.feed.flush() == 2 and len(sidecar.feed) == 0
         dropped = {"model": "digits", "feed": RECORDS, "reason": "error"}
-        assert registry.get_sample_value("vai_monitor_records_dropped_total", dropped) == 1
+        assert registry.get_sample_value("vai_feed_records_dropped_total", dropped) == 1
         assert sidecar.ingest.ingest(orjson.dumps(event("kept"))).accepted == 1
         assert await sidecar.feed.flush() == 2
         direct = redis.Redis.from_url(own_redis.url)
