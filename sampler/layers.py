@@ -106,6 +106,10 @@ class LayerHealth(BaseModel):
     """Mean over units of |mean now - mean in the baseline| / (std there + eps); None until the recent window
     no longer overlaps the baseline (``window`` finite inputs on the version's stored baseline, ``2 * window`` on the
     worker's own), and when the layer was 0 all through it."""
+    shift_units: int | None = None
+    """Units the shift averages over: those that varied in the baseline, and those constant there (dead) that have
+    left that value since; a unit constant through the baseline and still so carries no evidence and is left out.
+    None with the shift, and in the reports of older workers."""
     inputs: int | None = None
     """Inputs the recent figures rest on (at most ``window``); None in the reports of older workers."""
     nonfinite_inputs: int = 0

@@ -527,7 +527,12 @@
           el("td", {}, meter(layer.dead_ratio, "n/a"),
             dead ? el("span", { class: "badge badge-warn" }, " ⚠ mostly dead") : null),
           el("td", {}, meter(layer.saturated_ratio, "n/a")),
-          el("td", { class: "num" }, measured(layer.activation_shift) ? num(layer.activation_shift) : "n/a"));
+          el("td", {
+            class: "num",
+            title: measured(layer.shift_units)
+              ? `over ${layer.shift_units} of ${layer.units} units (units constant through the baseline, e.g. dead, and still so are left out)`
+              : null,
+          }, measured(layer.activation_shift) ? num(layer.activation_shift) : "n/a"));
       });
       return el("table", { class: "data", "data-rows": rows.length },
         el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples, `,

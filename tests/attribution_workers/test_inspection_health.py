@@ -187,3 +187,37 @@ def test_the_shift_of_a_layer_constant_in_its_baseline_does_not_explode(
         assert shift is None
     else:
         assert shift is not None and shift < limit
+
+
+def _live_and_dead() -> nn.Sequential:
+    """``ReLU(x)`` and ``ReLU(-x - 10)``: the second unit is dead for every x > -10."""
+    linear = nn.Linear(1, 2)
+    with torch.no_grad():
+        linear.weight[:] = torch.tensor([[1.0], [-1.0]])
+        linear.bias[:] = torch.tensor([0.0, -10.0])
+    return nn.Sequential(linear, nn.ReLU())
+
+
+def test_units_dead_through_the_baseline_and_still_dead_do_not_water_down_the_shift() -> None:
+    """The mean over all units counted a dead unit's 0: a layer with 23 of 64 dead units read 0.64 of its shift."""
+    found = small_inspector(_live_and_dead(), (1,))
+    tracker = LayerHealthTracker(window=4)
+    baseline = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    feed(tracker, found, baseline)
+    layer = by_name(feed(tracker, found, baseline + 1.0))["1"]
+
+    std = float(np.std([1.0, 2.0, 3.0, 4.0]))
+    eps = 0.1 * std / 2  # a tenth of the mean std over both units (the dead one's is 0)
+    assert layer.shift_units == 1
+    assert layer.activation_shift == pytest.approx(1.0 / (std + eps))
+
+
+def test_a_dead_unit_that_comes_alive_counts_in_the_shift() -> None:
+    found = small_inspector(_live_and_dead(), (1,))
+    tracker = LayerHealthTracker(window=4)
+    baseline = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    feed(tracker, found, baseline)
+    layer = by_name(feed(tracker, found, torch.tensor([[1.0], [2.0], [3.0], [-30.0]])))["1"]
+
+    assert layer.shift_units == 2
+    assert layer.activation_shift is not None and layer.activation_shift > 10

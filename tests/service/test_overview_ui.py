@@ -257,7 +257,7 @@ def _layers_body() -> dict[str, Any]:
     layer = {"kind": "activation", "units": 16, "saturated_ratio": None}
     layers = [
         {**layer, "name": "conv.0", "kind": "conv", "dead_ratio": None, "activation_shift": None},
-        {**layer, "name": "relu.1", "dead_ratio": 0.75, "activation_shift": 0.5},
+        {**layer, "name": "relu.1", "dead_ratio": 0.75, "activation_shift": 0.5, "shift_units": 12},
         {**layer, "name": "relu.2", "dead_ratio": 0.0, "activation_shift": None},
     ]
     report = {"worker": "w1", "version": "v1", "samples": 3, "window": 3, "baseline": "first_window"}
@@ -284,8 +284,12 @@ def test_layer_figures_not_measured_read_n_a_and_the_projection_is_asked_for_a_b
             "[...document.querySelectorAll('#v-layers tbody tr')].map(r =>"
             " [r.className, ...[...r.cells].map(c => c.textContent.trim())])"
         )
+        shift_titles = browser.evaluate(
+            "[...document.querySelectorAll('#v-layers tbody tr')].map(r => r.cells[6].title)"
+        )
         asked = [url for url in browser.requests if urlsplit(url).path == "/v1/models/digits/projection"]
     conv, dead, healthy = rows  # class, layer, kind, units, n, dead, saturated, shift
+    assert shift_titles[0] == "" and shift_titles[1].startswith("over 12 of 16 units"), shift_titles
     assert conv[5] == "n/a" and conv[7] == "n/a" and "mostly dead" not in conv[5] and conv[0] != "flagged", conv
     assert dead[0] == "flagged" and "75.0%" in dead[5] and "mostly dead" in dead[5], dead
     assert healthy[0] != "flagged" and healthy[5].startswith("0.0%") and healthy[7] == "n/a", healthy
