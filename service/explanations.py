@@ -159,6 +159,26 @@ async def default_model(store: ExplanationStore) -> str | None:
     return models[0] if len(models) == 1 else None
 
 
+_NOT_SIGNED = {
+    "saliency": "saliency is unsigned, |gradient| of the class score: blue = the score is sensitive to that value "
+    "(either way), white = insensitive",
+    "gradcam": "Grad-CAM keeps positive evidence only: blue = raises the class score at the last convolution, "
+    "white = no positive evidence there (not 'no effect')",
+}
+_BLANK = {
+    "gradcam": "the map is 0 everywhere: no positive evidence for this class at the Grad-CAM layer (the class "
+    "score does not rest on that layer's features here)",
+}
+
+
+def legend(method: str, values: npt.NDArray[Any]) -> str | None:
+    """What a map's colours mean, when not the signed legend (``None``): an unsigned method's, or a blank map's."""
+    name = method.split("@", 1)[0]
+    if not np.any(values):
+        return _BLANK.get(name, "the map is 0 everywhere: no input value moved the class score by this method")
+    return _NOT_SIGNED.get(name)
+
+
 def render_heatmap(record: ExplanationRecord, method: str, *, feature_names: list[str] | None) -> bytes:
     """PNG of one method's map: over the input for images, a signed bar chart for flat inputs.
 
@@ -184,13 +204,17 @@ def render_heatmap(record: ExplanationRecord, method: str, *, feature_names: lis
             f"{image.shape}",
             field="method",
         )
+    meaning = legend(method, values)
     try:
         if flat:
             names = feature_names if feature_names and len(feature_names) == values.size else None
             return images.render_bar_chart(
-                values.reshape(-1), names or [f"x{i}" for i in range(values.size)], title=title
+                values.reshape(-1), names or [f"x{i}" for i in range(values.size)], title=title, legend=meaning
             )
-        return images.render_image_heatmap(_plane(image, values.shape), _plane(values, values.shape), title=title)
+        picture = _plane(image, values.shape), _plane(values, values.shape)
+        if meaning is None:
+            return images.render_image_heatmap(*picture, title=title)
+        return images.render_image_heatmap(*picture, title=title, legend=meaning)
     except images.ImageDataError as error:
         raise InvalidInput(f"method: cannot draw the {method!r} map: {error}", field="method") from None
 

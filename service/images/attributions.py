@@ -1,8 +1,10 @@
 """PNG pictures of attributions: an image with its signed map, or a signed bar chart of tabular features.
 
 Signs keep one meaning in both pictures: blue is positive (the feature raises the explained
-class's score), orange negative. The map's palette is centred at 0 and symmetric, so white
-always means "no attribution" and equal magnitudes look equally strong.
+class's score), orange negative; a method whose map is not signed (saliency's |gradient|,
+Grad-CAM's positive part) says so in the picture's legend instead. The map's palette is centred
+at 0 and symmetric, so white always means "no attribution" and equal magnitudes look equally
+strong.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ _BAR_WIDTH = 720
 _ROW = 24
 
 
-def render_image_heatmap(image: ArrayLike, attribution: ArrayLike, *, title: str) -> bytes:
+SIGNED_LEGEND = "blue: raises the class score   orange: lowers it   white: no effect"
+"""What the colours of a signed map mean; a method whose map is not signed passes its own ``legend``."""
+
+
+def render_image_heatmap(image: ArrayLike, attribution: ArrayLike, *, title: str, legend: str = SIGNED_LEGEND) -> bytes:
     """PNG of a 2-D ``image`` (grey), its same-shaped ``attribution`` and the map over the image.
 
     The map uses a diverging palette centred at 0 (colour bar with its range). Small inputs are
@@ -72,13 +78,16 @@ def render_image_heatmap(image: ArrayLike, attribution: ArrayLike, *, title: str
         canvas.text((left + PANEL_PX / 2, top - 10), caption, size=13, fill=MUTED, anchor="ms")
         paste_panel(canvas, rgb, left, top, size_px=PANEL_PX)
     _colour_bar(canvas, _MARGIN + 3 * PANEL_PX + 2 * _GAP + 8, top, values, limit)
-    note = "blue: raises the class score   orange: lowers it   white: no effect"
+    note = canvas.fitted(legend, width - 2 * _MARGIN, size=12)
     canvas.text((_MARGIN, top + PANEL_PX + 22), note, size=12, fill=MUTED, anchor="lm")
     return canvas.png()
 
 
-def render_bar_chart(values: ArrayLike, feature_names: Sequence[str], *, title: str, top_k: int = 10) -> bytes:
-    """PNG of the ``top_k`` features by |value| as signed horizontal bars, largest at the top."""
+def render_bar_chart(
+    values: ArrayLike, feature_names: Sequence[str], *, title: str, top_k: int = 10, legend: str | None = None
+) -> bytes:
+    """PNG of the ``top_k`` features by |value| as signed horizontal bars, largest at the top; ``legend`` replaces
+    the signed legend for a method whose values are not signed."""
     scores = np.asarray(values, dtype=np.float64)
     if scores.ndim != 1 or len(scores) != len(feature_names) or top_k < 1:
         raise ImageDataError(
@@ -119,6 +128,9 @@ def render_bar_chart(values: ArrayLike, feature_names: Sequence[str], *, title: 
         canvas.text((label_x, middle), number(float(value), signed=True), size=11, fill=INK, anchor=anchor)
     canvas.draw.line([x_of(0.0), top - 4, x_of(0.0), bottom + 4], fill=AXIS, width=1)
     legend_y = bottom + 44
+    if legend is not None:
+        canvas.text((_MARGIN, legend_y), canvas.fitted(legend, _BAR_WIDTH - 2 * _MARGIN, size=12), size=12, fill=MUTED)
+        return canvas.png()
     after = canvas.swatch((_MARGIN, legend_y), "raises the class score", fill=BLUE)
     canvas.swatch((after, legend_y), "lowers it", fill=VERMILION)
     return canvas.png()

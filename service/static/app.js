@@ -715,15 +715,27 @@
     return section;
   }
 
-  function fidelityFigure(fidelity) {
+  function fidelityFigure(fidelity, verdict) {
     if (!fidelity) return el("span", { class: "muted" }, "not measured");
-    const faithful = fidelity.deletion_auc < fidelity.random_auc;
-    return el(
-      "span",
-      {},
-      `${number(fidelity.deletion_auc)} vs random ${number(fidelity.random_auc)} `,
-      faithful ? badge("ok", "✓ faithful") : badge("warn", "⚠ no better than random"),
-    );
+    // The worker's judgement (its configured minimum gain), not a bare comparison: on one input a map of noise
+    // on the ink deletes faster than chance more often than not, so a pass is weak evidence on its own.
+    const judged = verdict ? verdict.beats_random : null;
+    const mark = judged === true
+      ? badge("ok", "✓ deletes faster than chance on this input (weak evidence alone)")
+      : judged === false
+        ? badge("warn", "⚠ no better than random")
+        : el("span", { class: "muted" }, "(not judged)");
+    return el("span", {}, `${number(fidelity.deletion_auc)} vs random ${number(fidelity.random_auc)} `, mark);
+  }
+
+  function convergenceFigure(delta, verdict) {
+    const judged = verdict ? verdict.converges : null;
+    const mark = judged === true
+      ? badge("ok", "✓ small against the logit change")
+      : judged === false
+        ? badge("warn", "⚠ large against the logit change: the integral did not converge")
+        : el("span", { class: "hint" }, " (IG; judged as a share of the logit change it explains)");
+    return el("span", {}, number(delta, 4), " ", mark);
   }
 
   function mapCard(name, attribution, record, method) {
@@ -734,13 +746,11 @@
       "dl",
       { class: "map-figures" },
       attribution.verdict ? fact("Verdict", verdictBadge(attribution.verdict)) : null,
-      fact("Deletion AUC", fidelityFigure(attribution.fidelity)),
+      fact("Deletion AUC", fidelityFigure(attribution.fidelity, attribution.verdict)),
       present(attribution.agreement)
         ? fact("Agreement", number(attribution.agreement, 2), el("span", { class: "hint" }, " (mean ρ, others)"))
         : null,
-      present(delta)
-        ? fact("Convergence δ", number(delta, 4), el("span", { class: "hint" }, " (IG; near 0 is good)"))
-        : null,
+      present(delta) ? fact("Convergence δ", convergenceFigure(delta, attribution.verdict)) : null,
       fact("Time", present(attribution.seconds) ? `${number(attribution.seconds, 3)} s` : "—"),
       typeof similarity === "number" ? fact("Sanity", number(similarity, 2), " ", sanityBadge(record, method)) : null,
     );

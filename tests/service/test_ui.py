@@ -296,6 +296,17 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
         flagged = figures["sanity_flagged"].get(method)  # the latest check; the verdict used the one in force then
         later = flagged is not None and verdict["passes_sanity"] != (not flagged)
         assert ("A later sanity check" in why) == later, why
+    deletion = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('figure.map')].map(f => [f.dataset.method,"
+        " [...f.querySelectorAll('dt')].find(d => d.textContent === 'Deletion AUC')?.nextElementSibling.textContent]))"
+    )
+    for method in METHODS:  # the worker's judgement with its threshold, not a second rule of the viewer's
+        fidelity, verdict = figures["attributions"][method]["fidelity"], figures["attributions"][method]["verdict"]
+        if fidelity is None:
+            assert "not measured" in deletion[method], (method, deletion[method])
+            continue
+        said = {True: "faster than chance", False: "no better than random", None: "(not judged)"}
+        assert said[verdict["beats_random"]] in deletion[method], (method, deletion[method])
     assert browser.evaluate("location.hash") == "#digits/img0"
     _zoom_a_heatmap(browser)
 
