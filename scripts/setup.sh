@@ -11,6 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.vai-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ client/pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing torch 2.13.0 and the project into .venv (about 2 minutes the first time)..." >&2
   # torch==2.13.0 is pinned in pyproject.toml: installing it first keeps pip from
   # resolving a newer build (with several GB of CUDA packages) for other dependencies.
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
@@ -27,6 +28,7 @@ if [ "${1:-}" = "--with-test-tools" ]; then
   command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "setup: installing ${missing[*]} (Debian packages) for the Prometheus and browser tests..." >&2
       apt-get update -qq >/dev/null
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
