@@ -44,12 +44,12 @@ import pybase64
 from benchmarks.loadgen import Template
 from common.embedded_redis import EmbeddedRedis
 from service.app import create_app
-from service.fast_parsing import BodyDecoder
-from service.parsing import Decoded
-from service.scores import summarise_matrix
+from service.decoding.fast_parsing import BodyDecoder
+from service.decoding.parsing import Decoded
+from service.decoding.tensor_lanes import Lane
+from service.events.scores import summarise_matrix
+from service.ingest.validation import check_lane_event, scores_chosen
 from service.settings import SidecarSettings
-from service.tensor_lanes import Lane
-from service.validation import check_lane_event, scores_chosen
 
 SLOT = b"@" * 12
 BATCH = 100

@@ -17,12 +17,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from common.errors import RedisUnavailable, VaiError
-from service import explanations_api, kserve_api, monitoring_api, ui
-from service.api import router
-from service.ingest import IngestResult
-from service.ingest_route import INGEST_PATH, IngestRoute
-from service.internal_errors import InternalErrors
-from service.schemas import openapi_ingest_path
+from service.events.schemas import openapi_ingest_path
+from service.http.internal_errors import InternalErrors
+from service.ingest.handler import IngestResult
+from service.routes import explanations, kserve, monitoring, operations, ui
+from service.routes.ingest import INGEST_PATH, IngestRoute
 from service.settings import SidecarSettings
 from service.sidecar import Sidecar
 
@@ -59,10 +58,10 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
         # Location echoed the client's Host header. A path that is not a route is a 404 in the error shape.
         redirect_slashes=False,
     )
-    app.include_router(router)
-    app.include_router(explanations_api.router)
-    app.include_router(monitoring_api.router)
-    app.include_router(kserve_api.router)
+    app.include_router(operations.router)
+    app.include_router(explanations.router)
+    app.include_router(monitoring.router)
+    app.include_router(kserve.router)
     app.include_router(ui.router)
     app.add_middleware(IngestRoute)
     app.add_middleware(InternalErrors)  # outermost of ours: a bug anywhere below is a 500, the connection kept

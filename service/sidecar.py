@@ -24,16 +24,16 @@ from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from sampler.policy_store import PolicyStore, TooManyModels
 from sampler.queue import QueueWriter
 from sampler.sampler import Sampler
-from service.auth import TokenAuth
-from service.body import BodyDeadlines
-from service.cohorts import CohortCounts
-from service.errors import first_problem
-from service.feed_writer import FeedWriter
-from service.ingest import IngestHandler
-from service.kserve import KServeLogger
+from service.events.errors import first_problem
+from service.feed.writer import FeedWriter
+from service.http.auth import TokenAuth
+from service.http.body import BodyDeadlines
+from service.ingest.cohorts import CohortCounts
+from service.ingest.handler import IngestHandler
+from service.kserve.logger import KServeLogger
 from service.metrics import FeedMetrics, IngestMetrics, PolicyMetrics
-from service.monitoring import Monitoring
-from service.projection_limits import ProjectionLimits
+from service.monitoring.handler import Monitoring
+from service.monitoring.projection_limits import ProjectionLimits
 from service.settings import SidecarSettings
 
 log = logging.getLogger(__name__)

@@ -333,11 +333,11 @@ def sidecar_of(client: TestClient) -> Sidecar:
 
 
 def summarise_rows(rows: list[Any], *, from_logits: bool) -> list[tuple[int, float, float]]:
-    """``service.scores.summarise_matrix`` of equally long score vectors, one (predicted, confidence, margin)
+    """``service.events.scores.summarise_matrix`` of equally long score vectors, one (predicted, confidence, margin)
     per vector: what the sidecar computes for each event of a request."""
     import numpy as np
 
-    from service.scores import summarise_matrix
+    from service.events.scores import summarise_matrix
 
     found = summarise_matrix(np.concatenate(rows).reshape(len(rows), -1), from_logits=from_logits, overwrite=True)
     return list(zip(*found, strict=True))

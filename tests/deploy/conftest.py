@@ -16,7 +16,7 @@ from monitors.drift.metrics import DriftMetrics
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.window import WindowStore
 from sampler.metrics import SamplerMetrics
-from service.feed_writer import FeedWriter
+from service.feed.writer import FeedWriter
 from service.metrics import FeedMetrics, IngestMetrics, KServeMetrics
 
 if TYPE_CHECKING:

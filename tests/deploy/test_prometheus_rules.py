@@ -204,7 +204,7 @@ def test_runbook_gives_kubernetes_commands_beside_compose_ones(section: str) -> 
 
 
 def test_runbook_lists_every_rejection_reason() -> None:
-    from service.ingest_route import _REFUSED
+    from service.routes.ingest import _REFUSED
 
     reasons = set(_REFUSED.values()) | {"invalid_body", "invalid", "body_too_large", "body_timeout"}
     for source in (ROOT / "service").glob("*.py"):

@@ -142,7 +142,7 @@ def test_confidence_histogram(mixed: TestClient) -> None:
     for (model, version), values in expected.items():
         labels = {"model": model, "version": version}
         assert _value(samples, "vai_prediction_confidence_count", **labels) == len(values)
-        # rel 1e-7: the sidecar takes the softmax's exponentials in float32 (service.scores.summarise_matrix)
+        # rel 1e-7: the sidecar takes the softmax's exponentials in float32 (service.events.scores.summarise_matrix)
         assert _value(samples, "vai_prediction_confidence_sum", **labels) == pytest.approx(sum(values), rel=1e-7)
     assert _buckets(samples, "vai_prediction_confidence", model="digits", version="v1")["0.5"] == 1
 

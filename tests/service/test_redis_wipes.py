@@ -16,7 +16,7 @@ from common import keys
 from common.redis import connect
 from helpers import wait_until
 from monitors.feed import MonitoringRecord
-from service.feed_writer import PREDICTIONS, FeedWriter
+from service.feed.writer import PREDICTIONS, FeedWriter
 from service.metrics import FeedMetrics
 
 PATH = "/v1/models/digits/sampling"

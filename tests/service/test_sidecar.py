@@ -21,9 +21,9 @@ from common.embedded_redis import EmbeddedRedis
 from common.errors import RedisUnavailable
 from helpers import event, paused_redis, sidecar_of, wait_until
 from monitors.feed import MonitoringRecord
-from service import feed_writer
-from service.feed_buffer import RECORDS
-from service.feed_writer import FeedWriter
+from service.feed import writer as feed_writer
+from service.feed.buffer import RECORDS
+from service.feed.writer import FeedWriter
 from service.metrics import FeedMetrics
 from service.settings import SidecarSettings
 from service.sidecar import CLOSE_S, Sidecar

@@ -1,0 +1,292 @@
+"""KServe's inference logger as a source of events: join each request to its response, then ingest.
+
+The logger posts every request and every response of an InferenceService as CloudEvents
+(``service.kserve.cloudevents`` and ``service.kserve.payloads`` read them). Behind a Kubernetes Service the
+two halves may reach different replicas, so they meet in Redis under
+``keys.kserve_pending(model, namespace, ce_id)`` (a ce-id is the caller's to choose, so it is unique only
+within one InferenceService):
+
+- a request stores its model inputs there (``SET NX EX``) and its id in ``keys.KSERVE_PENDING_INDEX``;
+- a response takes them (``GETDEL``) in one transaction that leaves a marker in their place, then
+  ingests one event per instance (request ids ``{ce-id}:{i}``) through the ordinary data plane;
+  with no request waiting it is ingested at once without inputs (monitored, not explainable);
+- a request that finds the marker came after its response: it is dropped and counted;
+- a request whose response never comes is counted by :meth:`KServeLogger.sweep` once its TTL is past;
+- a response whose join failed is ingested at once without inputs rather than answered 503: KServe's logger
+  never retries, so a 503 would lose the prediction, and after a timeout the join may have run after all (a
+  retry would find its own marker and be dropped as a duplicate). A request it did not consume expires as an
+  orphan. A request that cannot be stored is answered 503 (nothing of it could be monitored alone).
+
+Only the mapped component's events (``kserve.component``, default ``predictor``) are read: a transformer's
+request and response are the same inference seen from outside, and counted as ``other_component``.
+
+This module owns the stored record's format (``{"v": 1, "inputs", "metadata"}``) and its keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from common import keys
+from common.codec import EncodedArray
+from common.errors import (
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    RedisUnavailable,
+    RequestTimeout,
+    Unauthorized,
+    VaiError,
+)
+from common.redis import REDIS_FAILED, execute
+from service.ingest.handler import IngestHandler, IngestResult
+from service.kserve.cloudevents import CloudEvent, read_attributes, read_event
+from service.kserve.instances import events_body
+from service.kserve.payloads import Array, request_inputs, response_prediction
+from service.metrics import KServeMetrics
+from service.settings import KServeMapping, SidecarSettings
+
+RECORD_VERSION = 1
+MARKER = b"answered"
+"""What a response leaves under the key: a request arriving later is dropped."""
+GRACE_S = 2.0
+"""Past its key's TTL, an orphan is counted only after this, so a response just in time is never counted twice."""
+UNMAPPED = "__unmapped__"
+"""The ``model`` label of events refused before a model was known."""
+
+
+REFUSED: dict[type[VaiError], str] = {
+    Unauthorized: "unauthorized",
+    Forbidden: "forbidden",
+    PayloadTooLarge: "body_too_large",
+    RequestTimeout: "body_timeout",
+}
+"""The outcome of a CloudEvent refused before it was read, by error (else ``invalid_body``)."""
+
+
+class KServeLogger:
+    """``handle(headers, body)`` for each CloudEvent; ``sweep()`` now and then to count orphaned requests."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        *,
+        redis: Redis,
+        ingest: IngestHandler,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._ingest = ingest
+        self._ttl_s = settings.kserve_join_ttl_s
+        self._max_batch = settings.max_batch
+        self._clock = clock
+        self._mappings: dict[str, tuple[str, KServeMapping]] = {  # one section per service: SidecarSettings checks
+            section.kserve.service or name: (name, section.kserve)
+            for name, section in settings.models.items()
+            if section.kserve is not None
+        }
+        metrics = KServeMetrics(registry)
+        self.events = metrics.events
+        self.dropped = metrics.dropped
+
+    def refused(self, headers: Mapping[str, str], error: VaiError) -> None:
+        """Count a CloudEvent refused before :meth:`handle` read it: its token, or its body's size, encoding
+        or time. Its model is the mapped service its ``ce-inferenceservicename`` header names, if any."""
+        self.events.labels(
+            self._model_of(headers.get("ce-inferenceservicename")), REFUSED.get(type(error), "invalid_body")
+        ).inc()
+
+    def disconnected(self, headers: Mapping[str, str]) -> None:
+        """Count a CloudEvent whose sender went away before its body was all sent (nobody is left to answer)."""
+        self.events.labels(self._model_of(headers.get("ce-inferenceservicename")), "disconnected").inc()
+
+    def _model_of(self, service: str | None) -> str:
+        """The model section mapping ``service``, else ``UNMAPPED``."""
+        found = self._mappings.get(service or "")
+        return UNMAPPED if found is None else found[0]
+
+    @property
+    def enabled(self) -> bool:
+        """Some model section has a ``kserve`` mapping."""
+        return bool(self._mappings)
+
+    async def handle(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """One CloudEvent; a small summary for the logger, or a ``VaiError`` naming what is wrong. Each ends in
+        exactly one ``vai_kserve_events_total`` outcome."""
+        model = UNMAPPED
+        try:
+            attributes = read_attributes(headers, body)
+            model = self._model_of(attributes.service)  # a malformed CloudEvent still counts against its model
+            event = read_event(attributes)
+            model, mapping = self._mapping(event)
+            if event.component != mapping.component:
+                self.events.labels(model, "other_component").inc()
+                return _reply("other_component", model, event.id)
+            if event.is_request:
+                return await self._request(model, mapping, event)
+            return await self._response(model, mapping, event)
+        except VaiError as error:
+            self.events.labels(model, "redis_unavailable" if isinstance(error, RedisUnavailable) else "invalid").inc()
+            raise
+        except Exception:  # a bug, answered 500: still one outcome
+            self.events.labels(model, "internal").inc()
+            raise
+
+    def _mapping(self, event: CloudEvent) -> tuple[str, KServeMapping]:
+        if event.service is None:
+            raise InvalidInput(
+                "ce-inferenceservicename: missing; it picks the model section with the kserve mapping",
+                field="ce-inferenceservicename",
+            )
+        found = self._mappings.get(event.service)
+        if found is None:
+            raise InvalidInput(
+                f"ce-inferenceservicename: no model section maps {event.service!r}; add "
+                f"[models.{event.service}.kserve] with at least scores_are (or kserve.service naming it) to the config",
+                field="ce-inferenceservicename",
+            )
+        return found
+
+    async def _request(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
+        inputs = request_inputs(event, mapping)
+        rows = None if inputs is None else inputs.rows
+        if rows is not None and len(rows) > self._max_batch:  # its response would be refused: no orphan
+            raise InvalidInput(
+                f"inputs: at most {self._max_batch} instances per request (VAI_MAX_BATCH), got {len(rows)}",
+                field="inputs",
+            )
+        record = orjson.dumps(
+            {
+                "v": RECORD_VERSION,
+                "inputs": None if rows is None else [None if row is None else _encoded(row) for row in rows],
+                "input_unusable": inputs is not None and rows is None,
+                "metadata": event.metadata,
+            }
+        )
+        try:
+            stored, current = await self._store(model, event, record)
+        except REDIS_FAILED:
+            if _keeps(mapping, event, rows):
+                raise RedisUnavailable(
+                    "redis is unavailable: KServe requests cannot wait for their responses"
+                ) from None
+            self.events.labels(model, "redis_unavailable").inc()  # 200: its response is monitored all the same
+            return _reply("redis_unavailable", model, event.id)
+        outcome = "request_stored" if stored else "request_dropped" if current == MARKER else "duplicate"
+        self.events.labels(model, outcome).inc()
+        return _reply(outcome, model, event.id)
+
+    async def _store(self, model: str, event: CloudEvent, record: bytes) -> tuple[bool, Any]:
+        """Store a request's record unless one (or the marker of its response) is there; whether it was, and what
+        is there now."""
+        key = keys.kserve_pending(model, event.namespace, event.id)
+        member = keys.kserve_join_member(model, event.namespace, event.id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(key, record, nx=True, ex=self._ttl_s)
+        pipe.get(key)
+        # indexed in the same transaction, so a response arriving at once always finds the entry to remove
+        pipe.zadd(keys.KSERVE_PENDING_INDEX, {member: self._clock() + self._ttl_s + GRACE_S}, nx=True)
+        stored, current, _ = await execute(pipe)
+        if not stored and current == MARKER:
+            await self._redis.zrem(keys.KSERVE_PENDING_INDEX, member)
+        return bool(stored), current
+
+    async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
+        prediction = response_prediction(event, mapping)
+        try:
+            previous = await self._join(model, event)
+        except REDIS_FAILED:  # joined or not (a timeout), unknown: monitored without inputs (module docstring)
+            previous = None
+        if previous == MARKER:
+            self.events.labels(model, "duplicate").inc()
+            return _reply("duplicate", model, event.id)
+        record = _record(previous)
+        stored = record.get("inputs") if record is not None else None
+        if record is not None and record.get("input_unusable") is True:  # every instance's, and counted so
+            stored = [None] * len(prediction.scores)
+        inputs = stored if isinstance(stored, list) and len(stored) == len(prediction.scores) else None
+        outcome = (
+            "response_only"
+            if record is None
+            else "count_mismatch"  # monitored without the inputs: whose instance is whose cannot be told
+            if isinstance(stored, list) and inputs is None
+            else "joined"
+        )
+        width = self._ingest.embedding_dims.get(model)  # read after the last await: ingest sees the same
+        body, dropped = events_body(model, mapping, event, prediction, record, inputs, embedding_width=width)
+        result = self._ingest.ingest(body)  # refused whole: counted by handle(), as invalid
+        self.events.labels(model, outcome).inc()
+        for part in dropped:
+            self.dropped.labels(model, part).inc()
+        return _reply(outcome, model, event.id, result)
+
+    async def _join(self, model: str, event: CloudEvent) -> bytes | None:
+        """Take the request waiting for this response, leaving the marker in its place; what was there."""
+        key = keys.kserve_pending(model, event.namespace, event.id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.getdel(key)
+        pipe.set(key, MARKER, ex=self._ttl_s)
+        pipe.zrem(keys.KSERVE_PENDING_INDEX, keys.kserve_join_member(model, event.namespace, event.id))
+        previous, _, _ = await execute(pipe)
+        return previous if isinstance(previous, bytes) else None
+
+    async def sweep(self, *, now: float | None = None, limit: int = 1000) -> int:
+        """Count the requests whose response never came (each once, whichever replica sweeps); how many."""
+        try:
+            due: list[bytes] = await self._redis.zrangebyscore(  # type: ignore[assignment]
+                keys.KSERVE_PENDING_INDEX, "-inf", self._clock() if now is None else now, start=0, num=limit
+            )
+            if not due:
+                return 0
+            pipe = self._redis.pipeline(transaction=False)
+            for member in due:
+                pipe.zrem(keys.KSERVE_PENDING_INDEX, member)
+            removed = await execute(pipe)
+        except REDIS_FAILED:
+            return 0  # counted by a later sweep
+        for member, gone in zip(due, removed, strict=True):
+            if gone:
+                self.events.labels(keys.kserve_member_model(member.decode()), "request_expired").inc()
+        return sum(1 for gone in removed if gone)
+
+
+def _reply(outcome: str, model: str, event_id: str, result: IngestResult | None = None) -> dict[str, Any]:
+    """The answer to KServe's logger: always ``{"outcome", "model", "id", "accepted", "rejected"}``."""
+    rejected = [] if result is None else result.rejected
+    return {
+        "outcome": outcome,
+        "model": model,
+        "id": event_id,
+        "accepted": 0 if result is None else result.accepted,
+        "rejected": [
+            {"index": item.index, "request_id": item.request_id, "field": item.field, "error": item.error}
+            for item in rejected
+        ],
+    }
+
+
+def _encoded(row: Array) -> Any:
+    return EncodedArray.of(row).model_dump(mode="json")
+
+
+def _keeps(mapping: KServeMapping, event: CloudEvent, rows: list[Array | None] | None) -> bool:
+    """Whether a request holds anything for its response: a usable input, or metadata the mapping reads."""
+    wanted = [*mapping.cohort_metadata, *([] if mapping.label_metadata is None else [mapping.label_metadata])]
+    return any(row is not None for row in rows or ()) or any(key in event.metadata for key in wanted)
+
+
+def _record(value: bytes | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and record.get("v") == RECORD_VERSION else None

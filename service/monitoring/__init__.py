@@ -1,0 +1,1 @@
+"""The sidecar's side of monitoring: drift references, the fleet monitor's published figures, projection cuts."""

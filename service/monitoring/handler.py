@@ -1,0 +1,240 @@
+"""The sidecar's side of monitoring: delayed labels, drift references, and the fleet monitor's figures.
+
+Nothing statistical runs here. The sidecar publishes records (``service.feed.writer``), joins
+delayed labels to the prediction records kept in Redis (``service.feed.labels``), stores uploaded references for the
+monitor to calibrate on, and answers with the figures the owning monitor published for the whole fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
+
+from common import keys
+from common.errors import InvalidInput, RedisUnavailable, Unavailable, VaiError
+from common.redis import REDIS_FAILED, execute
+from monitors.drift.reference import Reference
+from monitors.fleet.lease import live_drift_settings, strictest
+from monitors.fleet.references import ReferenceStore, WriteUnconfirmed
+from monitors.fleet.results import DriftStatus, QualityReport
+from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
+from service.feed.labels import DelayedLabels
+from service.feed.writer import FeedWriter
+from service.metrics import FeedMetrics
+
+log = logging.getLogger(__name__)
+_Result = TypeVar("_Result", bound=BaseModel)
+UPLOAD_BUSY_RETRY_S = 5
+"""Retry-After of an upload refused while another reference is being read on this sidecar."""
+
+
+class ReferenceOutcomeUnknown(VaiError):
+    """A reference's write was sent but Redis did not confirm it: it may be stored. No Retry-After: sending it
+    again blindly could store it twice (and make the monitor calibrate twice); the message says how to check."""
+
+    status = 504
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedView:
+    """A view as the owning monitor published it (``body`` is its JSON), or why there is none."""
+
+    body: bytes | None
+    monitored: bool
+    """Whether the model is known to the monitors (some replica published its records or a reference)."""
+    status: ProjectionStatus | None = None
+    """The owner's projection methods and errors (projections only)."""
+
+
+class Monitoring:
+    """The sidecar's monitoring routes' plain object: delayed labels, references, and the published figures."""
+
+    def __init__(
+        self, redis: Redis, writer: FeedWriter, metrics: FeedMetrics, *, timeout_s: float, label_retry_s: float = 0.0
+    ) -> None:
+        self._redis = redis
+        self.references = ReferenceStore(redis)
+        self.delayed_labels = DelayedLabels(redis, writer, metrics, timeout_s=timeout_s, retry_s=label_retry_s)
+        self._upload = threading.Lock()
+        """Held while one reference is read, checked and stored: one at a time per process, since each costs a few
+        times its body in memory and holds the GIL in stretches (JSON parsing, numpy)."""
+        self._unreadable: set[tuple[str, str]] = set()
+        """(model, what) of published results found unreadable, warned about once until one reads again."""
+
+    @contextlib.contextmanager
+    def reference_upload(self) -> Iterator[None]:
+        """Held from before a reference's body is read until it is stored: one upload at a time in this process,
+        whichever the model (a failed one undoes only its own width claim). Another upload meanwhile is refused
+        at once (503, ``Retry-After``), before its body is read: nothing of it was applied, so it is safe to
+        send again. Never waits, so it never blocks the event loop."""
+        if not self._upload.acquire(blocking=False):
+            raise Unavailable(
+                "another drift reference is being uploaded to this sidecar (one at a time); "
+                f"try again in {UPLOAD_BUSY_RETRY_S} s",
+                retry_after_s=UPLOAD_BUSY_RETRY_S,
+            )
+        try:
+            yield
+        finally:
+            self._upload.release()
+
+    async def set_reference(
+        self, model: str, reference: Reference, *, margin: npt.NDArray[np.float64] | None = None
+    ) -> str:
+        try:
+            return await self.references.put(model, reference, margin=margin)
+        except WriteUnconfirmed as unconfirmed:
+            raise ReferenceOutcomeUnknown(
+                f"redis: the reference was sent but its write was not confirmed in time; it may still be stored, "
+                f"as id {unconfirmed.id}. Before sending it again, check GET /v1/models/{model}/drift: "
+                f'"reference_source" becomes "upload:{unconfirmed.id}" once the monitor has taken it'
+            ) from None
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: reference not stored") from None
+
+    async def check_reference(self, reference: Reference) -> None:
+        """Raises ``InvalidInput`` when ``reference`` has fewer distinct rows than the strictest of the live monitors'
+        drift settings needs to calibrate (``DriftConfig.least_rows``): whichever monitor owns the model, now or
+        after a hand-over, can calibrate it. Settings no live monitor has published, or that this release cannot
+        read, check nothing here: the monitor then reports the failure on ``/drift``."""
+        if reference.embeddings is None:
+            return
+        try:
+            configs = await live_drift_settings(self._redis)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: drift settings not read") from None
+        width = int(reference.embeddings.shape[1])
+        config = strictest(configs, width)
+        if config is None:
+            return
+        least = config.least_rows(width)
+        distinct = await asyncio.to_thread(_distinct_rows, reference)
+        if distinct >= least:
+            return
+        raise InvalidInput(
+            f"embeddings: {distinct} distinct rows, but the monitors' drift detectors need at least {least} "
+            f"for {width}-d embeddings (VAI_DRIFT__WINDOW_SIZE={config.window_size}"
+            + (f", VAI_DRIFT__PCA_SHARE={config.pca_share:g} of them fit PCA" if least > config.least_reference else "")
+            + ")",
+            field="embeddings",
+        )
+
+    async def drift_status(self, model: str) -> tuple[DriftStatus, float] | None:
+        """The published drift status and how old it is, in seconds: Redis's clock against the ``updated_at`` the
+        owner stamped with Redis's clock, so neither host's clock (nor a skew between them) enters it."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.drift_status(model))
+        pipe.time()
+        try:
+            body, (seconds, microseconds) = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: drift status not read") from None
+        if body is None:
+            return None
+        status = self._published(DriftStatus, body, model, "drift status")
+        return status, max(0.0, seconds + microseconds / 1e6 - status.updated_at)
+
+    async def quality(self, model: str) -> QualityReport | None:
+        body = await self._get(keys.quality_report(model), "calibration")
+        return None if body is None else self._published(QualityReport, body, model, "calibration")
+
+    async def monitored(self, model: str) -> bool:
+        """Whether the monitors know ``model`` (some replica published its records or a reference)."""
+        try:
+            return bool(await self._redis.sismember(keys.MONITORED_MODELS, model))
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: models not read") from None
+
+    async def projection(self, model: str, method: str) -> PublishedView:
+        """The published projection; asking marks it wanted, so the owner keeps computing it for a while."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.projection(model, method))
+        pipe.get(keys.projection_status(model))
+        pipe.sismember(keys.MONITORED_MODELS, model)
+        try:
+            body, status, monitored = await execute(pipe)
+            if monitored:  # only models the monitors know: a reader cannot create keys for any name
+                await self._redis.set(keys.projection_wanted(model, method), b"1", ex=WANTED_TTL_S)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: projection not read") from None
+        return PublishedView(body=body, monitored=bool(monitored), status=_projection_status(status))
+
+    async def distributions(self, model: str) -> PublishedView:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.distributions(model))
+        pipe.sismember(keys.MONITORED_MODELS, model)
+        try:
+            body, monitored = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: distributions not read") from None
+        return PublishedView(body=body, monitored=bool(monitored))
+
+    async def drift_history(self, model: str) -> tuple[DriftHistory, bool]:
+        """The model's drift-score history, oldest first, and whether the model is known to the monitors."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xrange(keys.drift_history(model))
+        pipe.sismember(keys.MONITORED_MODELS, model)
+        try:
+            entries, monitored = await execute(pipe)
+        except REDIS_FAILED:
+            raise RedisUnavailable("redis: drift history not read") from None
+        history = await asyncio.to_thread(_history, model, entries)
+        return history, bool(monitored)
+
+    def _published(self, kind: type[_Result], body: bytes, model: str, what: str) -> _Result:
+        """A result the owning monitor published; one this sidecar cannot read (a monitor of another release, a
+        value out of its contract) is a 503 while the owner writes it again, not a 500. Logged once until it reads."""
+        try:
+            found = kind.model_validate_json(body)
+        except ValidationError as error:
+            if (model, what) not in self._unreadable:
+                self._unreadable.add((model, what))
+                log.warning("%s of model %s unreadable: %s", what, model, error.errors(include_url=False)[:1])
+            raise Unavailable(f"{what} of model {model!r} cannot be read now; try again", retry_after_s=5) from None
+        self._unreadable.discard((model, what))
+        return found
+
+    async def _get(self, key: str, what: str) -> bytes | None:
+        try:
+            value: bytes | None = await self._redis.get(key)  # type: ignore[assignment]
+        except REDIS_FAILED:
+            raise RedisUnavailable(f"redis: {what} not read") from None
+        return value
+
+
+def _distinct_rows(reference: Reference) -> int:
+    """How many distinct embedding rows ``reference`` holds (one or more: a ``Reference`` of them could not be
+    built below two rows)."""
+    return 0 if reference.embeddings is None else len(np.unique(reference.embeddings, axis=0))
+
+
+def _history(model: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DriftHistory:
+    points: list[HistoryPoint] = []
+    for _, fields in entries:
+        try:
+            points += [HistoryPoint.model_validate(item) for item in orjson.loads(fields.get(b"p", b"[]"))]
+        except (ValueError, TypeError) as error:  # a foreign or newer entry: skip it, serve the rest
+            log.warning("skipping an unreadable drift-history entry of %s: %s", model, error)
+    return DriftHistory(model=model, points=tuple(points))
+
+
+def _projection_status(body: bytes | None) -> ProjectionStatus | None:
+    """The owner's projection status, or ``None`` when absent or unreadable (an owner of another version)."""
+    if body is None:
+        return None
+    try:
+        return ProjectionStatus.model_validate_json(body)
+    except ValidationError as error:
+        log.warning("projection status skipped, not readable: %s", str(error).splitlines()[0])
+        return None
