@@ -23,6 +23,13 @@ P_VALUE_FLOOR = 1e-300
 """p-values are clipped to this before ``-log10`` so scores stay finite."""
 
 
+def rejects(p: float, alpha: float) -> bool:
+    """The decision of every test with a p-value: drift iff ``p <= alpha``. A permutation or exact p-value takes
+    discrete values (``k / (1 + B)``, ``alpha`` among them): its size is at most ``alpha`` only with the equality,
+    and one rule for every test keeps the alarm counts of all of them comparable."""
+    return p <= alpha
+
+
 def surprise(p_value: float) -> float:
     """``-log10(p)``: the score of p-value tests, so that larger always means more drift."""
     return max(0.0, -math.log10(max(p_value, P_VALUE_FLOOR)))

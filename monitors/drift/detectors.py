@@ -1,9 +1,11 @@
 """Building a model's drift detectors: from a reference (calibration) or from a stored state (adoption).
 
-Reference rows: when PCA applies, ``pca_share`` of them fit it and nothing else; of the rest,
-``max_reference`` are the multivariate detectors' reference and the others (at most
-``SPARE_PER_REFERENCE_ROW`` per reference row) are spare rows that only the online MMD detector's
-calibration sees. alibi-detect is imported only for the online detector and the window tests.
+Reference rows: the output tests and ``embedding_distance`` take every row. When PCA applies, ``pca_share`` of the
+distinct rows fit it and nothing else; of the distinct rows left, ``max_reference`` are the online detector's
+reference and the others (at most ``SPARE_PER_REFERENCE_ROW`` per reference row) are spare rows that only the online
+MMD detector's calibration sees; the window tests take ``max_reference`` of every row PCA did not fit on, repeated
+embeddings as often as they came (:func:`_reduced_rows`). alibi-detect is imported only for the online detector
+and the window tests.
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ class Detectors:
     """Fed the same events with PCA applied to their embeddings."""
     width: int | None
     """Embedding width of the reference the embedding detectors compare against; ``None`` when it had none."""
+    off: str | None = None
+    """Why detectors the config asks for are not among these (the reference could not calibrate them); ``None``
+    when none is missing."""
 
     @property
     def online_rows(self) -> int | None:
-        """Reference rows the online detector compares each event's window against (after deduplication, PCA's
+        """Reference rows the online detector compares each event's window against (one per distinct embedding, PCA's
         share, the ``max_reference`` subsample and, for MMD, the rows held out to calibrate it); ``None`` without
         one."""
         if self.config.online_detector == "none" or not self.reduced:
@@ -66,71 +71,144 @@ class Detectors:
 def build(
     model: str, reference: Reference, config: DriftConfig, metrics: DriftMetrics, generator: torch.Generator
 ) -> Detectors:
-    """The detectors of ``reference`` (deduplicated), calibrated with ``config`` resolved on it; ``generator`` seeds
-    the online detector's calibration draws."""
+    """The detectors of ``reference``, calibrated with ``config`` resolved on it; ``generator`` seeds the online
+    detector's calibration draws.
+
+    Every detector takes every row, repeated embeddings included, but the online detector, which takes one row per
+    distinct embedding (:func:`_reduced_rows`). A detector the reference cannot calibrate is left out and
+    :attr:`Detectors.off` says why, so that it cannot take the others with it: embeddings with too few distinct
+    rows (:func:`_too_few_distinct`) leave the output tests and ``embedding_distance``."""
     rng = np.random.default_rng(config.seed)
-    ref = reference.deduplicated()
     outputs: list[DriftDetector] = []
-    if ref.has_outputs:
+    if reference.has_outputs:
         outputs.append(
             OutputDrift.fit(
-                predicted=ref.predicted,
-                confidence=ref.confidence,
+                predicted=reference.predicted,
+                confidence=reference.confidence,
                 window_events=config.window_events,
                 p_value=config.p_value,
             )
         )
-    if ref.embeddings is None:
+    if reference.embeddings is None:
         return Detectors(config=config, pca=None, outputs=tuple(outputs), embedded=(), reduced=(), width=None)
-    _check_rows(len(ref), int(ref.embeddings.shape[1]), config)
-    distance = EmbeddingDistance.fit(
-        ref.embeddings,
-        window_events=config.window_events,
-        p_value=config.p_value,
-        histogram=metrics.distance_histogram(model),
-    )
-    pca, detector_ref = None, ref
-    if config.pca_components is not None and ref.embeddings.shape[1] > config.pca_components:
-        # Axes fitted on the rows the detectors compare against overstate the reference's spread along
-        # them (sample-eigenvalue bias) and read as drift on clean data, so PCA gets disjoint rows.
-        pca_ref, detector_ref = ref.split(config.pca_rows(len(ref)), rng)
-        pca = Pca.fit(_embeddings(pca_ref), n_components=config.pca_components)
-    kept, left = detector_ref.subsample(config.max_reference, rng)
-    x = _embeddings(kept)
-    spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
-    if pca is not None:
-        x, spare = pca.transform(x), None if spare is None else pca.transform(spare)
+    width = int(reference.embeddings.shape[1])
+    off: list[str] = []
+    embedded: tuple[DriftDetector, ...] = ()
+    try:
+        embedded = (
+            EmbeddingDistance.fit(
+                reference.embeddings,
+                window_events=config.window_events,
+                p_value=config.p_value,
+                histogram=metrics.distance_histogram(model),
+            ),
+        )
+    except ValueError as error:
+        off.append(f"embedding_distance is off: {error}")
+    distinct = reference.distinct_rows()
+    few = _too_few_distinct(len(reference), len(distinct), width, config)
+    if few is not None:
+        off.append(few)
+        return Detectors(
+            config=config,
+            pca=None,
+            outputs=tuple(outputs),
+            embedded=embedded,
+            reduced=(),
+            width=width,
+            off="; ".join(off),
+        )
+    rows = _reduced_rows(reference, distinct, config, rng)
     return Detectors(
         config=config,
-        pca=pca,
+        pca=rows.pca,
         outputs=tuple(outputs),
-        embedded=(distance,),
-        reduced=tuple(_alibi_detectors(x, spare, config, generator)),
-        width=int(ref.embeddings.shape[1]),
+        embedded=embedded,
+        reduced=tuple(_alibi_detectors(rows, config, generator)),
+        width=width,
+        off="; ".join(off) or None,
     )
 
 
-def _check_rows(rows: int, width: int, config: DriftConfig) -> None:
-    """Refuse a reference too small for ``config`` at its width (:meth:`DriftConfig.least_rows`), naming the fix.
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """The (reduced) reference rows of the online detector and the window tests."""
+
+    pca: Pca | None
+    online: NDArray[np.float32]
+    """One row per distinct embedding."""
+    spare: NDArray[np.float32] | None
+    """More distinct rows that only calibrate the online detector."""
+    window: NDArray[np.float32]
+    """Every row, repeated embeddings as often as they came."""
+
+
+def _reduced_rows(
+    reference: Reference, distinct: NDArray[np.intp], config: DriftConfig, rng: np.random.Generator
+) -> _Rows:
+    """PCA fits on ``pca_share`` of the distinct rows; the online detector takes ``max_reference`` of the distinct
+    rows left (:meth:`Reference.subsample`) and spare ones, as before repeated rows were kept for the others
+    (same draws, same thresholds); the window tests take ``max_reference`` of every row PCA did not fit on.
+
+    The online detector refuses repeated rows (``online._checked_reference``; its calibration draws windows of
+    distinct rows and :meth:`DriftConfig.least_rows`, which sidecars check uploads against, counts distinct ones).
+    Where traffic repeats an embedding the online detector's reference holds it once, so it can still read the
+    repeats as drift. The window tests take the copies of an embedding PCA fitted on one copy of: those are rows
+    PCA did not see, and traffic brings the same point as often."""
+    ref = reference.rows(distinct)
+    pca, detector_ref, fitted = None, ref, np.empty(0, dtype=np.intp)
+    if config.pca_components is not None and int(_embeddings(ref).shape[1]) > config.pca_components:
+        # Axes fitted on the rows the detectors compare against overstate the reference's spread along
+        # them (sample-eigenvalue bias) and read as drift on clean data, so PCA gets disjoint rows.
+        pca_part, rest = ref.split_index(config.pca_rows(len(ref)), rng)
+        pca = Pca.fit(_embeddings(ref.rows(pca_part)), n_components=config.pca_components)
+        detector_ref, fitted = ref.rows(rest), distinct[pca_part]
+    kept, left = detector_ref.subsample(config.max_reference, rng)
+    online = _embeddings(kept)
+    spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
+    window = online
+    if len(reference) - len(fitted) > len(detector_ref):  # repeated embeddings: the window tests take every copy
+        unfitted = np.setdiff1d(np.arange(len(reference), dtype=np.intp), fitted)
+        window = _embeddings(reference.rows(unfitted).subsample(config.max_reference, rng)[0])
+    if pca is None:
+        return _Rows(pca=None, online=online, spare=spare, window=window)
+    reduced = pca.transform(online)
+    return _Rows(
+        pca=pca,
+        online=reduced,
+        spare=None if spare is None else pca.transform(spare),
+        window=reduced if window is online else pca.transform(window),
+    )
+
+
+def _too_few_distinct(rows: int, distinct: int, width: int, config: DriftConfig) -> str | None:
+    """Why the online detector and the window tests are off: a reference with fewer distinct embeddings than
+    ``config`` needs at their width (:meth:`DriftConfig.least_rows`), naming the fix; ``None`` when it has enough.
 
     Sidecars refuse such an upload at once; a warm-up is checked here, once collected: its width, and so whether
     PCA takes its share, is unknown when the settings are read. Without this it failed in the online detector,
-    which counts only the rows PCA left it ("reference has 200 rows" of a 400-event warm-up)."""
+    which counts only the rows PCA left it ("reference has 200 rows" of a 400-event warm-up), and a warm-up of
+    one repeated embedding failed every calibration, output tests included, and warmed up again for good."""
+    if not config.window_tests and config.online_detector == "none":
+        return None
     least = config.least_rows(width)
-    if config.online_detector == "none" or rows >= least:
-        return
+    if distinct >= least:
+        return None
     pca = least > config.least_reference
     why = (
         f"PCA to pca_components={config.pca_components} fits on pca_share={config.pca_share:g} of them, and the "
         f"online detector needs {config.least_reference} of the rest"
         if pca
         else "the online detector needs them"
+        if config.online_detector != "none"
+        else "the window tests need them"
     )
-    raise ValueError(
-        f"the reference has {rows} distinct rows of {width}-d embeddings, fewer than the {least} these drift "
-        f"settings need ({why} for window_size={config.window_size}): for a warm-up raise "
-        f"VAI_DRIFT__REFERENCE_EVENTS to {least} or more (repeated embeddings count once), for an upload send more "
-        "rows; or shrink VAI_DRIFT__WINDOW_SIZE"
+    return (
+        f"the online detector and window tests are off: the reference's {rows} events have only {distinct} distinct "
+        f"{width}-d embeddings, fewer than the {least} these drift settings need ({why} for "
+        f"window_size={config.window_size}); the output tests and embedding_distance run. For a warm-up raise "
+        f"VAI_DRIFT__REFERENCE_EVENTS to {least} or more (repeated embeddings count once), for an upload send {least} "
+        "or more distinct rows; or shrink VAI_DRIFT__WINDOW_SIZE"
         + (f", lower VAI_DRIFT__PCA_SHARE or set VAI_DRIFT__PCA_COMPONENTS to {width} or more (no PCA)" if pca else "")
     )
 
@@ -141,9 +219,7 @@ def _embeddings(reference: Reference) -> NDArray[np.float32]:
     return reference.embeddings
 
 
-def _alibi_detectors(
-    x: NDArray[np.float32], spare: NDArray[np.float32] | None, config: DriftConfig, generator: torch.Generator
-) -> list[DriftDetector]:
+def _alibi_detectors(rows: _Rows, config: DriftConfig, generator: torch.Generator) -> list[DriftDetector]:
     # Imported here so a deployment with online_detector="none" and window_tests=False never loads alibi-detect.
     from monitors.drift.online import OnlineDriftDetector
     from monitors.drift.window_tests import WindowTests
@@ -152,13 +228,13 @@ def _alibi_detectors(
     if config.online_detector != "none":
         detectors.append(
             OnlineDriftDetector.calibrate(
-                x,
+                rows.online,
                 method=config.online_detector,
                 ert=config.ert,
                 window_size=config.window_size,
                 n_bootstraps=config.bootstraps,
                 steady_steps=config.steady_steps,
-                spare=spare,
+                spare=rows.spare,
                 generator=generator,
                 device=config.device,
             )
@@ -166,7 +242,7 @@ def _alibi_detectors(
     if config.window_tests:
         detectors.append(
             WindowTests(
-                x,
+                rows.window,
                 window_events=config.window_events,
                 p_value=config.p_value,
                 n_permutations=config.n_permutations,
@@ -209,12 +285,30 @@ def restore(state: MonitorState, metrics: DriftMetrics) -> Detectors:
 
             reduced.append(WindowTests.from_state(detector_state, device=device))
     pca = None if state.pca is None else Pca.from_state(state.pca)
-    width = embedded[0].width if embedded else pca.input_dim if pca is not None else None
+    width = embedded[0].width if embedded else pca.input_dim if pca is not None else _reduced_width(state)
+    config = state.config
+    wanted = config.online_detector != "none" or config.window_tests
     return Detectors(
-        config=state.config,
+        config=config,
         pca=pca,
         outputs=tuple(outputs),
         embedded=tuple(embedded),
         reduced=tuple(reduced),
         width=width,
+        off=_OFF_AS_STORED if width is not None and wanted and not reduced else None,
     )
+
+
+_OFF_AS_STORED = (
+    "the online detector and window tests are off: they were left out when this model was calibrated, on a reference "
+    "with too few distinct embeddings (the stored calibration does not keep its counts); upload a more varied "
+    "reference to recalibrate"
+)
+
+
+def _reduced_width(state: MonitorState) -> int | None:
+    """The embedding width of a state without PCA and without ``embedding_distance``: its reduced detectors'."""
+    for detector_state in state.detectors:
+        if isinstance(detector_state, OnlineState | WindowTestsState):
+            return int(detector_state.reference.shape[1])
+    return None

@@ -7,11 +7,12 @@
 | ``vai_drift_detected`` | gauge | model, detector | 1 while the latest verdict is drift, else 0 |
 | ``vai_drift_p_value`` | gauge | model, detector | latest p-value (windowed tests only) |
 | ``vai_drift_tests_total`` | counter | model, detector | tests run: each event an online detector scored, |
-|   |   |   | each window of a windowed test |
+|   |   |   | each window of a windowed test (not a window ``output_class_chi2`` cannot test: one class) |
 | ``vai_drift_alarms_total`` | counter | model, detector | tests whose statistic was above the threshold |
 | ``vai_drift_ert_events`` | gauge | model, detector | the ERT an online detector is calibrated to (events |
 |   |   |   | between false alarms on clean traffic); online detectors only |
 | ``vai_embedding_distance`` | histogram | model | cosine distance of each embedding to the reference centroid |
+|   |   |   | (all-zero embeddings, which have no direction, left out) |
 | ``vai_drift_events_skipped_total`` | counter | model | events not examined (buffer full, or calibrating) |
 | ``vai_drift_embeddings_skipped_total`` | counter | model, reason | events examined without their embedding: |
 |   |   |   | ``missing`` (sent without one), ``width`` (another width than the reference's), |

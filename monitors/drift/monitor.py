@@ -19,6 +19,7 @@ alibi-detect is imported only for the first two):
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass, replace
@@ -35,6 +36,8 @@ from monitors.drift.reference import Reference
 from monitors.drift.states import MonitorState
 from monitors.drift.tumbling import tail
 from monitors.drift.warmup import Warmup, WarmupMark, WarmupRows, rows_past
+
+logger = logging.getLogger(__name__)
 
 
 class Phase(StrEnum):
@@ -113,9 +116,11 @@ class DriftMonitor:
 
     @property
     def calibration_error(self) -> str | None:
-        """Why the last calibration failed; calling :meth:`calibrate` again retries."""
+        """Why the last calibration failed (calling :meth:`calibrate` again retries); once ``monitoring``, why
+        detectors its config asks for were left out (``Detectors.off``, e.g. too few distinct embeddings for the
+        online detector: the others run)."""
         with self._lock:
-            return self._error
+            return self._error if self._detectors is None else self._detectors.off
 
     @property
     def embedding_width(self) -> int | None:
@@ -230,12 +235,14 @@ class DriftMonitor:
         except Exception as error:
             with self._lock:
                 self._calibrating, self._error = False, f"{type(error).__name__}: {error}"
-                if self._from_warmup:  # e.g. too few distinct rows: collect a fresh warm-up instead of sticking
+                if self._from_warmup:  # a reference it cannot calibrate at all: collect a fresh warm-up, not stick
                     self._reference, self._from_warmup = None, False
                     self._warmup.restart()
             raise
         with self._lock:
             self._calibrating, self._detectors = False, detectors
+        if detectors.off is not None:
+            logger.warning("drift calibration of model %s left detectors out: %s", self._model, detectors.off)
 
     def export_state(self) -> MonitorState:
         """The calibrated state (see :mod:`monitors.drift.states`), with the config it was calibrated with, resolved

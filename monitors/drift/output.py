@@ -12,6 +12,11 @@ That rate is ``p_value`` over references drawn from the traffic; the windows tes
 its sampling error, so their rate given it spreads around ``p_value`` the more the smaller it is. Ten classes,
 windows of 500, at 0.05: with 449 rows, one reference in ten alarms on 13% or more of the clean windows (one in a
 hundred on about half); with 1,000, 11% and 22%; with 5,000, 7% and 9%.
+
+Both decide ``p <= p_value`` (:func:`~monitors.drift.base.rejects`), as every windowed test does. A window whose
+classes pool into one cell (a model that predicts one class, or every class too rare) has no class test: it gets
+no ``output_class_chi2`` result, so it is not counted in ``vai_drift_tests_total`` (a p-value of 1 counted as a
+test would dilute the alarm share the alerts read); its confidence test still runs.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from numpy.typing import NDArray
 from scipy import stats
 
 from common.codec import EncodedArray
-from monitors.drift.base import DriftBatch, DriftResult, surprise
+from monitors.drift.base import DriftBatch, DriftResult, rejects, surprise
 from monitors.drift.states import OutputDriftState
 from monitors.drift.tumbling import Tumbler
 
@@ -74,12 +79,14 @@ class OutputDrift:
         return results
 
     def test(self, *, predicted: NDArray[np.int64], confidence: NDArray[np.float64]) -> list[DriftResult]:
-        """Both tests of one window against the reference."""
+        """Both tests of one window against the reference; the class test only when it has two cells or more
+        (:func:`class_p_value`)."""
         if predicted.size == 0 or predicted.min() < 0:
             raise ValueError("predictions must be non-empty class indices >= 0")
         p_class = class_p_value(self._class_counts, np.bincount(predicted))
         p_confidence = float(stats.ks_2samp(self._confidence, confidence, method="asymp").pvalue)
-        return [self._result(CLASS_NAME, p_class), self._result(CONFIDENCE_NAME, p_confidence)]
+        results = [] if p_class is None else [self._result(CLASS_NAME, p_class)]
+        return [*results, self._result(CONFIDENCE_NAME, p_confidence)]
 
     def export_state(self) -> OutputDriftState:
         return OutputDriftState(
@@ -94,18 +101,19 @@ class OutputDrift:
             name=name,
             score=surprise(p_value),
             threshold=surprise(self._p_value),
-            drift=p_value < self._p_value,
+            drift=rejects(p_value, self._p_value),
             p_value=p_value,
         )
 
 
-def class_p_value(reference: NDArray[np.int64], window: NDArray[np.int64]) -> float:
+def class_p_value(reference: NDArray[np.int64], window: NDArray[np.int64]) -> float | None:
     """p-value of the chi-squared test that two samples of class indices (counts per class) share their class mix.
 
     The table is ``2 x K``: the reference's counts over the window's, classes absent from both dropped. The
     chi-squared approximation needs every expected count (row total x column total / grand total) at
     :data:`MIN_EXPECTED` or more: rarer classes are pooled into one cell, from the rarest up, until that cell
-    reaches it too (everything pooled: one cell, nothing to test, p = 1). The pooling rests on the column totals
+    reaches it too (everything pooled: one cell, nothing to test: ``None``, not a p-value of 1 that would count as a
+    test). The pooling rests on the column totals
     alone, margins the test conditions on, so it keeps the test's size; left unpooled, sparse cells made the test
     conservative (alarm rate ~0.015 at 0.05 with ten classes of 0.2% each beside two large ones; 0.05 pooled). A
     class new in the window is tested as any other (a column whose reference count is 0), pooled when rare. No
@@ -118,7 +126,7 @@ def class_p_value(reference: NDArray[np.int64], window: NDArray[np.int64]) -> fl
     table[1, : window.size] = window
     table = _pooled(table[:, table.sum(axis=0) > 0])
     if table.shape[1] < 2:
-        return 1.0
+        return None
     return float(stats.chi2_contingency(table, correction=False).pvalue)
 
 

@@ -37,12 +37,16 @@ class Reference:
     def from_batch(cls, batch: DriftBatch) -> Reference:
         return cls(predicted=batch.predicted, confidence=batch.confidence, embeddings=batch.embeddings)
 
-    def deduplicated(self) -> Reference:
-        """Without repeated embedding rows (the online detectors need distinct rows); order kept."""
+    def distinct_rows(self) -> NDArray[np.intp]:
+        """Index of the first row of each distinct embedding, in order (every row without embeddings).
+
+        Only the online detector needs distinct rows (:mod:`monitors.drift.detectors`): the other detectors compare
+        windows in which a repeated input (a blank request, a cached query) comes as often as it came here, so they
+        take every row; a reference cut to one row per embedding read its repeats as drift in every window."""
         if self.embeddings is None:
-            return self
+            return np.arange(len(self), dtype=np.intp)
         _, first = np.unique(self.embeddings, axis=0, return_index=True)
-        return self._rows(np.sort(first))
+        return np.sort(first).astype(np.intp)
 
     def subsample(self, max_rows: int, rng: np.random.Generator) -> tuple[Reference, Reference | None]:
         """A random subsample of at most ``max_rows`` rows and the rows left out (``None`` if none), order kept."""
@@ -50,16 +54,22 @@ class Reference:
             return self, None
         chosen = np.zeros(len(self), dtype=bool)
         chosen[rng.choice(len(self), size=max_rows, replace=False)] = True
-        return self._rows(np.flatnonzero(chosen)), self._rows(np.flatnonzero(~chosen))
+        return self.rows(np.flatnonzero(chosen)), self.rows(np.flatnonzero(~chosen))
 
     def split(self, count: int, rng: np.random.Generator) -> tuple[Reference, Reference]:
         """``count`` random rows and the rest, disjoint (``count = len // 2``: two random halves)."""
+        chosen, rest = self.split_index(count, rng)
+        return self.rows(chosen), self.rows(rest)
+
+    def split_index(self, count: int, rng: np.random.Generator) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """The index of :meth:`split`'s two parts (the same draw), each in order."""
         if not 0 < count < len(self):
             raise ValueError(f"cannot split {len(self)} rows into {count} and the rest")
         order = rng.permutation(len(self))
-        return self._rows(np.sort(order[:count])), self._rows(np.sort(order[count:]))
+        return np.sort(order[:count]), np.sort(order[count:])
 
-    def _rows(self, index: NDArray[np.intp]) -> Reference:
+    def rows(self, index: NDArray[np.intp]) -> Reference:
+        """The rows at ``index`` (two or more), in that order."""
         return Reference(
             has_outputs=self.has_outputs,
             predicted=self.predicted[index],

@@ -81,9 +81,13 @@ class EmbeddingDistanceState(BaseModel):
     kind: Literal["embedding_distance"] = "embedding_distance"
     centroid: EncodedArray
     tail_distance: float
-    """99th percentile of the reference's cosine distances to the centroid."""
+    """About the 99th percentile of the reference's cosine distances to the centroid: their
+    ``embedding.tail_rank(reference_rows)``-th largest."""
     window_events: int
     p_value: float
+    reference_rows: int | None = None
+    """Rows of the reference the tail was taken from, which the window test needs (an exact two-sample test);
+    ``None`` in states stored before it was kept (interpolated percentile, one-sample test)."""
 
 
 DetectorState = Annotated[

@@ -34,7 +34,7 @@ from scipy import stats
 
 from common.codec import EncodedArray
 from monitors.drift._alibi import MMDDriftTorch
-from monitors.drift.base import DriftBatch, DriftResult, surprise
+from monitors.drift.base import DriftBatch, DriftResult, rejects, surprise
 from monitors.drift.states import WindowTestsState
 from monitors.drift.tumbling import Tumbler
 
@@ -48,12 +48,6 @@ KS_NAME = "window_ks"
 def permutation_p_value(observed: float, permuted: NDArray[np.float64]) -> float:
     """``(1 + #{permuted >= observed}) / (1 + B)``: a valid p-value, never below ``1 / (1 + B)``."""
     return float((1 + np.count_nonzero(permuted >= observed)) / (1 + permuted.size))
-
-
-def rejects(p: float, alpha: float) -> bool:
-    """The decision of both window tests: drift iff ``p <= alpha`` (a permutation p-value's size needs the
-    equality: it takes the values ``k / (1 + B)``, ``alpha`` among them)."""
-    return p <= alpha
 
 
 def rejections_allowed(p_value: float, n_permutations: int) -> int:

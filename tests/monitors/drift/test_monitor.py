@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import replace
@@ -252,12 +251,15 @@ def test_a_warm_up_keeps_the_events_with_embeddings() -> None:
     assert skipped(registry) == 7 * 2 + 86  # 14 without an embedding; 686 with one, 600 taken
 
 
+def unusable(batch: DriftBatch) -> DriftBatch:
+    """``batch`` with a negative class index: a reference no calibration takes (the output tests refuse it)."""
+    predicted = batch.predicted.copy()
+    predicted[0] = -1
+    return replace(batch, predicted=predicted)
+
+
 def test_failed_calibration_is_reported_not_retried() -> None:
-    rng = np.random.default_rng(4)
-    batch = events_batch(rng, 600)
-    assert batch.embeddings is not None
-    same = np.repeat(batch.embeddings[:1], 600, axis=0)
-    reference = Reference(predicted=batch.predicted, confidence=batch.confidence, embeddings=same)
+    reference = Reference.from_batch(unusable(events_batch(np.random.default_rng(4), 600)))
     monitor = DriftMonitor(
         model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
     )
@@ -270,15 +272,7 @@ def test_failed_calibration_is_reported_not_retried() -> None:
 def test_failed_calibration_of_a_warm_up_collects_a_new_one() -> None:
     rng = np.random.default_rng(5)
     monitor = DriftMonitor(model="digits", config=CONFIG, metrics=DriftMetrics(registry=CollectorRegistry()))
-    batch = events_batch(rng, 600)
-    assert batch.embeddings is not None
-    degenerate = DriftBatch(
-        predicted=batch.predicted,
-        confidence=batch.confidence,
-        embeddings=np.repeat(batch.embeddings[:3], 200, axis=0),
-        time_s=1.0,
-    )
-    monitor.update(degenerate)  # a warm-up of 3 distinct rows: too few for the online detector
+    monitor.update(unusable(events_batch(rng, 600)))
     assert phase(monitor) is Phase.CALIBRATING
     with pytest.raises(ValueError):
         monitor.calibrate()
@@ -290,16 +284,14 @@ def test_failed_calibration_of_a_warm_up_collects_a_new_one() -> None:
 
 
 def test_runner_logs_a_repeated_calibration_failure_once(wait_until, caplog) -> None:  # type: ignore[no-untyped-def]
-    """Degenerate traffic fails every warm-up calibration: one traceback, not one per warm-up."""
+    """Unusable traffic fails every warm-up calibration: one traceback, not one per warm-up."""
     rng = np.random.default_rng(6)
     metrics = DriftMetrics(registry=CollectorRegistry())
     monitor = DriftMonitor(model="digits", config=CONFIG, metrics=metrics)
     buffer = IngestBuffer(capacity_events=5_000)
     runner = DriftRunner(poll_interval_s=0.01, max_batch_events=600)
     runner.add(monitor=monitor, buffer=buffer)
-    batch = events_batch(rng, 600)
-    assert batch.embeddings is not None
-    identical = replace(batch, embeddings=np.repeat(batch.embeddings[:1], 600, axis=0))
+    identical = unusable(events_batch(rng, 600))
     caplog.set_level(logging.DEBUG, logger="monitors.drift.runner")
 
     def failures() -> list[logging.LogRecord]:
@@ -400,32 +392,35 @@ def test_config_errors_name_the_fix(kwargs: dict[str, int], message: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("width", "calibrates"), [pytest.param(4, True, id="no-pca-at-4-d"), pytest.param(DIM, False, id="pca-at-16-d")]
+    ("width", "online"), [pytest.param(4, True, id="no-pca-at-4-d"), pytest.param(DIM, False, id="pca-at-16-d")]
 )
-def test_a_warm_up_too_small_for_pca_at_its_width_says_so(width: int, calibrates: bool) -> None:
+def test_a_warm_up_too_small_for_pca_at_its_width_says_so(width: int, online: bool) -> None:
     """60 events start (the online detector needs 41 rows at window_size=10) and calibrate 4-d embeddings, which
-    PCA to 4 dimensions leaves alone; 16-d ones need 81, PCA fitting on half of them. That warm-up's calibration
-    fails naming the setting and the bound (not the 30 rows PCA left, as the online detector counts them), the
-    status carries it while the monitor warms up afresh."""
+    PCA to 4 dimensions leaves alone; 16-d ones need 81, PCA fitting on half of them. That warm-up calibrates
+    without the online detector and window tests, whose absence the status names with the setting and the bound
+    (not the 30 rows PCA left, as the online detector counts them); the output tests watch meanwhile."""
     config = CONFIG.model_copy(update={"reference_events": 60})
     assert DriftConfig.model_validate(config.model_dump()) == config, "60 events pass the start-up check"
     monitor = DriftMonitor(model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()))
-    batch = events_batch(np.random.default_rng(5), 60)
+    rng = np.random.default_rng(5)
+    batch = events_batch(rng, 60)
     assert batch.embeddings is not None
     monitor.update(replace(batch, embeddings=np.ascontiguousarray(batch.embeddings[:, :width])))
-    if calibrates:
-        monitor.calibrate()
-        assert phase(monitor) is Phase.MONITORING
+    monitor.calibrate()
+    assert phase(monitor) is Phase.MONITORING
+    if online:
+        assert monitor.calibration_error is None and monitor.online_reference_rows is not None
         return
     message = (
-        "the reference has 60 distinct rows of 16-d embeddings, fewer than the 81 these drift settings need (PCA to "
-        "pca_components=4 fits on pca_share=0.5 of them, and the online detector needs 41 of the rest for "
-        "window_size=10): for a warm-up raise VAI_DRIFT__REFERENCE_EVENTS to 81 or more"
+        "the online detector and window tests are off: the reference's 60 events have only 60 distinct 16-d "
+        "embeddings, fewer than the 81 these drift settings need (PCA to pca_components=4 fits on pca_share=0.5 of "
+        "them, and the online detector needs 41 of the rest for window_size=10); the output tests and "
+        "embedding_distance run. For a warm-up raise VAI_DRIFT__REFERENCE_EVENTS to 81 or more"
     )
-    with pytest.raises(ValueError, match=re.escape(message)):
-        monitor.calibrate()
-    assert phase(monitor) is Phase.WARMING_UP and monitor.warmup_progress == (0, 60)
     assert monitor.calibration_error is not None and message in monitor.calibration_error
+    assert monitor.online_reference_rows is None
+    names = {r.name for r in monitor.update(events_batch(rng, 100))}
+    assert names == {"output_class_chi2", "output_confidence_ks", "embedding_distance"}
 
 
 def test_reference_rows_fit_pca_then_the_detectors_and_the_rest_only_calibrate() -> None:
@@ -715,8 +710,8 @@ def test_a_calibration_waiting_its_turn_is_dropped_when_its_monitor_is_replaced(
 @pytest.mark.parametrize("method", ["mmd", "lsdd"])
 @pytest.mark.parametrize("width", [CONFIG.pca_components or 0, DIM], ids=["without-pca", "with-pca"])
 def test_least_rows_is_the_smallest_reference_that_calibrates(method: str, width: int) -> None:
-    """What a sidecar refuses an upload below (``DriftConfig.least_rows``) is exactly where calibration starts
-    to work: one distinct row fewer fails, and repeated rows do not count."""
+    """What a sidecar refuses an upload below (``DriftConfig.least_rows``) is exactly where the online detector
+    starts to calibrate: one distinct row fewer leaves it out (saying so), and repeated rows do not count."""
     config = CONFIG.model_copy(update={"online_detector": method})
     least = config.least_rows(width)
     if width > (config.pca_components or 0):
@@ -737,6 +732,10 @@ def test_least_rows_is_the_smallest_reference_that_calibrates(method: str, width
             model="digits", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
         )
 
-    monitor_of(least).calibrate()
-    with pytest.raises(ValueError, match="rows"):
-        monitor_of(least - 1, repeats=5).calibrate()
+    enough = monitor_of(least)
+    enough.calibrate()
+    assert enough.online_reference_rows is not None and enough.calibration_error is None
+    fewer = monitor_of(least - 1, repeats=5)
+    fewer.calibrate()  # the output tests and embedding_distance, without the online detector
+    assert fewer.online_reference_rows is None
+    assert fewer.calibration_error is not None and f"only {least - 1} distinct" in fewer.calibration_error
