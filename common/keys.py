@@ -165,6 +165,19 @@ def projection_traffic_reference(model: str) -> str:
     return f"{PREFIX}:projection-traffic-reference:{model}"
 
 
+def drift_verdicts(model: str) -> str:
+    """Versioned JSON of the latest drift verdicts of a model and the calibration they are of
+    (``monitors.fleet.carried``), written by the owner with each status: a new owner that adopts that calibration
+    carries them on until its own results replace them."""
+    return f"{PREFIX}:drift-verdicts:{model}"
+
+
+def recent_predictions(model: str) -> str:
+    """Versioned JSON of the owner's window of recent prediction confidences of a model, the accuracy estimates'
+    (``monitors.fleet.recent_store``), written with each quality report (with a TTL): a new owner restores it."""
+    return f"{PREFIX}:recent-predictions:{model}"
+
+
 def drift_history(model: str) -> str:
     """Stream of a model's detector verdicts over time (capped ``MAXLEN``), appended by the owning monitor."""
     return f"{PREFIX}:drift-history:{model}"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -210,6 +210,17 @@ DEFAULT_RECENT_MAX_ITEMS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
+class RecentSeries:
+    """One ring of a :class:`PredictionWindow` as exported to another process: how long before the export each
+    prediction was appended, and its confidence, oldest first."""
+
+    version: str
+    cohort: str
+    ages_s: NDArray[np.float64]
+    confidence: NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
 class ConfidenceSnapshot:
     key: SeriesKey
     confidence: NDArray[np.float64]
@@ -263,8 +274,15 @@ class _Ring:
         return float(self.times[self.start])
 
     def values(self) -> NDArray[np.float64]:
-        order = (self.start + np.arange(self.size)) % self.times.size
-        return np.asarray(self.confidence[order], dtype=np.float64)
+        return np.asarray(self.confidence[self._order()], dtype=np.float64)
+
+    def stamped(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Times and confidences, oldest first (copies)."""
+        order = self._order()
+        return np.asarray(self.times[order], dtype=np.float64), np.asarray(self.confidence[order], dtype=np.float64)
+
+    def _order(self) -> NDArray[np.intp]:
+        return (self.start + np.arange(self.size)) % self.times.size
 
 
 class PredictionWindow:
@@ -331,6 +349,30 @@ class PredictionWindow:
             for key in [key for key in self._rings if key.model == model]:
                 del self._rings[key]
             self._held = [entry for entry in self._held if entry[1] != model]
+
+    def export(self, model: str) -> list[RecentSeries]:
+        """``model``'s rings as :meth:`snapshots` cuts them, each prediction with its age (for a new owner:
+        :meth:`restore`)."""
+        now = self._clock()
+        with self._lock:
+            stamped = [(key, ring.stamped()) for key, ring in _cut(self._rings, model, now - self._horizon_s).items()]
+        return [RecentSeries(key.version, key.cohort, now - times, conf) for key, (times, conf) in stamped]
+
+    def restore(self, model: str, series: Iterable[RecentSeries], *, version: Callable[[str], str] = str) -> int:
+        """Put back rings another process exported (a previous owner's), each prediction timed its age before now,
+        among what the rings hold already; those past the horizon are left out. ``version`` maps a stored version
+        label to this process's (``BoundedLabel``). Returns the predictions put back."""
+        now = self._clock()
+        cutoff = now - self._horizon_s
+        restored = 0
+        with self._lock:
+            for one in series:
+                ring = self._ring(SeriesKey(model, version(one.version), one.cohort))
+                for age_s, confidence in zip(one.ages_s.tolist(), one.confidence.tolist(), strict=True):
+                    if now - age_s >= cutoff:
+                        ring.insert(now - age_s, confidence)
+                        restored += 1
+        return restored
 
     def snapshots(self, model: str) -> list[ConfidenceSnapshot]:
         """The non-empty rings of ``model`` after evicting expired predictions, sorted by key. Each slice is cut

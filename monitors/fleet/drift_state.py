@@ -47,6 +47,7 @@ from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor, Phase
 from monitors.drift.states import MonitorState
 from monitors.drift.warmup import WarmupMark
+from monitors.fleet.carried import StoredVerdicts
 from monitors.fleet.lease import Leases
 from monitors.fleet.references import ReferenceStore, StoredReference, reference_fields
 from monitors.fleet.warmup_store import WarmupStore
@@ -222,11 +223,18 @@ class DriftStates:
         return Started(self._fresh(model), None, stored=False)
 
     async def store(self, model: str, started: Started) -> bool:
-        """Share a calibrated state, if this process still owns the model."""
+        """Share a calibrated state, if this process still owns the model; with it, in the same call, an empty record
+        of its verdicts (``monitors.fleet.carried``): verdicts of the state it replaces are never carried over."""
         version = started.built_from or f"{WARMUP_VERSION}{uuid.uuid4().hex}"
         state = started.monitor.export_state().model_dump_json()
+        verdicts = StoredVerdicts(calibration=version, owner=self._leases.owner, updated_at=time.time())
         written = await self._leases.set_if_owner(
-            model, {keys.drift_state(model): state, keys.drift_version(model): version}
+            model,
+            {
+                keys.drift_state(model): state,
+                keys.drift_version(model): version,
+                keys.drift_verdicts(model): verdicts.model_dump_json(),
+            },
         )
         if written:
             started.built_from, started.stored, started.foreign, started.lost = version, True, None, None

@@ -16,6 +16,7 @@ from monitors.feed import FeedFormatError, MonitoringRecord
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.projection_views import ModelViews
+from monitors.fleet.recent_store import RecentStore, encode
 from monitors.fleet.reports import quality_report
 from monitors.fleet.results import QualityReport
 from monitors.fleet.settings import MonitorSettings
@@ -46,6 +47,7 @@ class LabelledFeed:
         settings: MonitorSettings,
         versions: BoundedLabel,
         views: ModelViews | None,
+        store: RecentStore | None = None,
     ) -> None:
         self.model = model
         self._redis = redis
@@ -59,6 +61,8 @@ class LabelledFeed:
         self._settings = settings
         self._versions = versions
         self._views = views
+        self._store = store or RecentStore(redis, leases, horizon_s=settings.estimate_window_s)
+        """Where the window of recent predictions is kept for the next owner."""
         self._last = "0-0"
         """The last labelled entry read."""
         self._taken: OrderedDict[str, None] = OrderedDict()
@@ -66,7 +70,12 @@ class LabelledFeed:
 
     async def reload(self) -> None:
         """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must; each record
-        is timed by its entry's id (Redis's clock, as is ``now``), so it leaves the window when it would have."""
+        is timed by its entry's id (Redis's clock, as is ``now``), so it leaves the window when it would have. Then
+        restore the window of recent predictions its predecessor stored (:mod:`monitors.fleet.recent_store`)."""
+        await self._replay()
+        await self._store.restore(self.model, self._recent, version=self._versions)
+
+    async def _replay(self) -> None:
         seconds, microseconds = await self._redis.time()
         now_s = seconds + microseconds / 1e6
         start = f"{int((now_s - self._settings.calibration_window_s) * 1000)}-0"
@@ -121,24 +130,29 @@ class LabelledFeed:
                 self._views.label(record.request_id, record.label)
 
     async def publish_quality(self, *, stopping: bool) -> None:
-        """The window's report to Redis and, unless ``stopping``, to this process's metrics; the feed trimmed."""
-        report, figures = await asyncio.to_thread(self._measure)
+        """The window's report to Redis and, unless ``stopping``, to this process's metrics; the window of recent
+        predictions stored for the next owner; the feed trimmed."""
+        seconds, microseconds = await self._redis.time()
+        now_s = seconds + microseconds / 1e6
+        report, figures, recent = await asyncio.to_thread(self._measure, now_s)
         owned = await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
         if not owned:  # another monitor took the model: its series and its feed are not ours any more
             return
+        await self._store.save(self.model, recent)
         if not stopping:
             self._metrics.publish_estimates(report)
             self._collector.publish(self.model, figures)
         # The labelled feed needs to hold the window only (a new owner rebuilds the window from it). Entry ids are
         # Redis's clock, so the cut-off is too: a monitor whose clock runs ahead would trim the whole window.
-        seconds, microseconds = await self._redis.time()
-        horizon_ms = int((seconds + microseconds / 1e6 - self._settings.calibration_window_s) * 1000)
+        horizon_ms = int((now_s - self._settings.calibration_window_s) * 1000)
         await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
 
-    def _measure(self) -> tuple[QualityReport, list[SeriesFigures]]:
-        """The model's report and the figures of its windows. It copies the windows and computes: run it in a
-        worker thread, never on the event loop (which renews the leases)."""
+    def _measure(self, now_s: float) -> tuple[QualityReport, list[SeriesFigures], str]:
+        """The model's report, the figures of its windows and the window of recent predictions to store (written at
+        ``now_s``, Redis's clock). It copies the windows and computes: run it in a worker thread, never on the event
+        loop (which renews the leases)."""
         snapshots, figures = self._collector.measure(self.model)
+        recent = encode(self._recent.export(self.model), owner=self._leases.owner, at=now_s)
         report = quality_report(
             self.model,
             snapshots,
@@ -148,7 +162,7 @@ class LabelledFeed:
             min_labelled=self._settings.estimate_min_labelled,
             figures=figures,
         )
-        return report, figures
+        return report, figures, recent
 
 
 def _entry_time_s(entry_id: bytes) -> float:

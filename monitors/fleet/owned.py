@@ -21,6 +21,7 @@ from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
 from monitors.feed import FeedFormatError, MonitoringRecord
+from monitors.fleet.carried import CarriedVerdicts, FleetDriftMetrics, StoredVerdicts, load
 from monitors.fleet.drift_state import UPLOAD, DriftStates, Kept, Started
 from monitors.fleet.labelled import Entries, LabelledFeed
 from monitors.fleet.lease import Leases
@@ -59,6 +60,7 @@ class OwnedModel:
         views: ModelViews | None = None,
         warm: DriftMonitor | None = None,
         kept: Kept | None = None,
+        drift_metrics: FleetDriftMetrics | None = None,
     ) -> None:
         self.model = model
         self._warm = warm
@@ -81,6 +83,9 @@ class OwnedModel:
         self._versions = BoundedLabel(settings.max_versions_per_model)
         self.buffer = IngestBuffer(capacity_events=settings.drift_buffer_events, skipped=skipped)
         self._drift: Started | None = None
+        self._drift_metrics = drift_metrics
+        self._carried: CarriedVerdicts | None = None
+        """The previous owner's verdicts, carried over when this process adopted its calibration."""
         self._warmup_copy = WarmupCopy(model, states.warmups)
         """The drift warm-up as stored in Redis, for the next owner should this process die."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,6 +119,7 @@ class OwnedModel:
         self._looked_at = text(await self._redis.get(keys.drift_version(self.model)))
         self._drift = await self._states.start(self.model, warm=self._warm, kept=self._kept)
         self._warm = self._kept = None
+        await self._carry(self._drift)
         self._watch(self._drift)
         await self._ensure_group()
         await self._labelled.reload()
@@ -242,7 +248,8 @@ class OwnedModel:
         drift = self._drift
         if drift is None:
             return
-        if drift.monitor.phase.value == "monitoring" and not drift.stored:
+        phase = drift.monitor.phase.value  # read once: a calibration ending later in the round shows at the next one,
+        if phase == "monitoring" and not drift.stored:  # so "monitoring" is published once its state is stored
             await self._states.store(self.model, drift)
         await self._read_reference(drift)
         if not drift.watching:  # its uploaded reference lost: what comes is passed over, and counted
@@ -263,12 +270,16 @@ class OwnedModel:
             backlog=backlog,
             waiting_s=waiting_s,
             owner=self._leases.owner,
-            state=None if drift.watching else REFERENCE_LOST,
+            state=phase if drift.watching else REFERENCE_LOST,
             source=drift.source,
             lost=None if drift.lost is None else drift.lost.note(self.model),
             now_s=self._redis_now_s,  # read with the backlog: every sidecar's age_s is Redis's clock against it
+            carried=self._carried,
         )
-        if await self._leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()}):
+        values: dict[str, bytes | str] = {keys.drift_status(self.model): status.model_dump_json()}
+        if drift.stored and drift.built_from is not None and drift.watching and status.state == "monitoring":
+            values[keys.drift_verdicts(self.model)] = StoredVerdicts.of(status, drift.built_from).model_dump_json()
+        if await self._leases.set_if_owner(self.model, values):
             self._metrics.publish_drift_state(status)
         if self.views is not None:
             await self.views.record_history(status)
@@ -295,6 +306,7 @@ class OwnedModel:
             started = await self._states.recalibrate(self.model)
         if started is not None:
             self._drift = started
+            await self._carry(started)
             self._watch(started)
 
     async def _newer(self, drift: Started) -> Started | None:
@@ -317,6 +329,16 @@ class OwnedModel:
             stored = await self._states.references.get(self.model)
             if stored is not None and stored.id == drift.built_from:
                 drift.reference = stored
+
+    async def _carry(self, drift: Started) -> None:
+        """Carry the previous owner's verdicts over when ``drift`` runs the stored calibration they are of
+        (:mod:`monitors.fleet.carried`); none for any other monitor."""
+        carried = None
+        if drift.stored and drift.built_from is not None and drift.watching:
+            carried = await load(self._redis, self.model, calibration=drift.built_from)
+        self._carried = carried
+        if self._drift_metrics is not None:
+            self._drift_metrics.carry(self.model, carried)
 
     def _watch(self, drift: Started) -> None:
         if drift.watching:

@@ -26,10 +26,10 @@ from common.redis import REDIS_FAILED, cancelling, connect
 from monitors.cohort_admission import CohortAdmission
 from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
-from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
 from monitors.fleet.baselines import Baselines
+from monitors.fleet.carried import FleetDriftMetrics
 from monitors.fleet.drift_state import DriftStates, differences
 from monitors.fleet.lease import Leases, fair_share, parse_configs, strictest
 from monitors.fleet.metrics import MonitorMetrics
@@ -65,7 +65,7 @@ class MonitorProcess:
             ttl_ms=int(settings.monitor_lease_ttl_s * 1000),
         )
         self.metrics = MonitorMetrics(self.registry)
-        self.drift_metrics = DriftMetrics(registry=self.registry)
+        self.drift_metrics = FleetDriftMetrics(registry=self.registry)
         guard = CohortGuard(keys=settings.cohort_keys, max_values_per_key=settings.max_cohort_values, fleet=True)
         self.windows = WindowStore(
             guard=guard, horizon_s=settings.calibration_window_s, max_items=settings.calibration_window_max
@@ -288,6 +288,7 @@ class MonitorProcess:
             metrics=self.metrics,
             settings=self.settings,
             skipped=self.drift_metrics.skipped(model),
+            drift_metrics=self.drift_metrics,
             views=self._views(model),
             warm=self._warm.pop(model, None),
             kept=self.baselines.take(model),

@@ -9,10 +9,11 @@ from monitors.cohorts import ALL
 from monitors.collector import SeriesFigures
 from monitors.drift.monitor import DriftMonitor
 from monitors.estimates import MIN_LABELLED, estimate_cohorts
+from monitors.fleet.carried import CarriedVerdicts, verdict
 from monitors.fleet.results import (
+    REFERENCE_LOST,
     AccuracyEstimate,
     Bin,
-    DetectorVerdict,
     DriftStatus,
     QualityReport,
     SeriesQuality,
@@ -34,34 +35,33 @@ def drift_status(
     source: str | None = None,
     lost: str | None = None,
     now_s: float | None = None,
+    carried: CarriedVerdicts | None = None,
 ) -> DriftStatus:
-    """``state``: the monitor's phase unless given (``reference_lost``); ``source`` and ``lost``: see
-    :class:`DriftStatus`. ``now_s``: Redis's clock, which readers on other hosts compare ``updated_at`` with
-    (this host's when not given)."""
+    """``state``: the monitor's phase unless given (as read before its state was stored, or ``reference_lost``);
+    ``source`` and ``lost``: see :class:`DriftStatus`. ``now_s``: Redis's clock, which readers on other hosts compare
+    ``updated_at`` with (this host's when not given). ``carried``: the previous owner's verdicts, carried over a
+    takeover; ``examined`` counts this owner's records only."""
     collected, needed = monitor.warmup_progress or (None, None)
-    if state is not None:
+    if state == REFERENCE_LOST:
         collected = needed = None
+    own = monitor.results()
     return DriftStatus(
         model=model,
         state=state or monitor.phase.value,
         reference_source=source,
         reference_lost=lost,
-        detectors=tuple(
-            DetectorVerdict(
-                name=r.name, score=r.score, threshold=r.threshold, drift=r.drift, since=r.since, p_value=r.p_value
-            )
-            for r in monitor.results()
-        ),
+        detectors=tuple(verdict(r) for r in own) if carried is None else carried.merge(own),
         calibration_error=monitor.calibration_error,
         warmup_collected=collected,
         warmup_needed=needed,
         reference_rows=monitor.reference_rows,
         online_reference_rows=monitor.online_reference_rows,
-        examined=examined,
+        examined=examined + (0 if carried is None else carried.examined),
         backlog=backlog,
         oldest_waiting_s=waiting_s,
         owner=owner,
         updated_at=time.time() if now_s is None else now_s,
+        carried_over=None if carried is None else carried.over,
     )
 
 

@@ -31,6 +31,21 @@ class DetectorVerdict(_Result):
     since: float | None = None
     """Epoch seconds of the first drift verdict of the current run."""
     p_value: float | None = None
+    carried: bool = False
+    """The previous owner's verdict of the same calibration, carried over a takeover (see
+    :attr:`DriftStatus.carried_over`): this owner has no result of the detector yet. Absent from monitors of earlier
+    releases."""
+
+
+class CarriedOver(_Result):
+    """What a new owner carried over a takeover from the owner before it (``monitors.fleet.carried``)."""
+
+    owner: str
+    """The previous owner, whose verdicts (and ``since``) are shown until this owner's own replace them."""
+    updated_at: float
+    """When the previous owner last stored them (epoch seconds, Redis's clock)."""
+    examined: int
+    """Records the detectors of this calibration had examined before this owner took over (in ``examined``)."""
 
 
 class DriftStatus(_Result):
@@ -66,13 +81,18 @@ class DriftStatus(_Result):
     449-row upload of the digits). ``None`` before ``monitoring``, without an online detector, and from monitors of
     earlier releases."""
     examined: int = 0
-    """Records the detectors have examined since this owner took the model."""
+    """Records the detectors have examined since this owner took the model, plus, when it carried the previous
+    owner's verdicts over (:attr:`carried_over`), those its predecessors had examined under the same calibration."""
     backlog: int = 0
     """Records published but not examined yet (in Redis and in the owner's buffer)."""
     oldest_waiting_s: float = 0.0
     """Age of the oldest record not examined yet; 0 when none waits."""
     owner: str
     updated_at: float
+    carried_over: CarriedOver | None = None
+    """Set when this owner adopted the stored calibration at a takeover and carried its predecessor's verdicts over:
+    a detector it has no result of yet shows the predecessor's (``carried``), and an alarm that goes on keeps its
+    ``since``. ``None`` otherwise, and from monitors of earlier releases."""
 
 
 class Bin(_Result):

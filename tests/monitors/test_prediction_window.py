@@ -3,6 +3,8 @@ windows (one guard, so both agree on which values share ``__other__``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,29 @@ def test_the_ring_wraps_many_times_and_forget_drops_a_model() -> None:
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="max_items"):
         PredictionWindow(guard=CohortGuard(keys=[], max_values_per_key=1), max_items=0)
+
+
+def test_a_window_exported_and_restored_elsewhere_keeps_each_prediction_its_age() -> None:
+    """What a new owner restores (``PredictionWindow.export`` → ``restore``): every ring with its confidences, each
+    prediction aged as it was, so it leaves the window when it would have; those already past it are left out."""
+    guard = CohortGuard(keys=["region"], max_values_per_key=5)
+    old_clock, new_clock = Clock(), Clock()
+    old = PredictionWindow(guard=guard, horizon_s=100, clock=old_clock)
+    for i, region in enumerate(["eu", "us", "eu", "eu"]):
+        old_clock.now = 10.0 * i
+        old.append("m", "v1", {"region": region}, 0.5 + i / 10)
+    old_clock.now = 95.0  # ages 95, 85, 75, 65
+    exported = old.export("m")
+
+    new_clock.now = 5_000.0  # another process's clock
+    new = PredictionWindow(guard=guard, horizon_s=100, clock=new_clock)
+    series = [replace(s, ages_s=s.ages_s + 10.0) for s in exported]  # restored 10 s later: the oldest is past
+    assert new.restore("m", series, version=lambda v: f"{v}!") == 3 + 2 + 1  # all: 3, eu: 2, us: 1
+    confidences = {(s.key.version, s.key.cohort): s.confidence.tolist() for s in new.snapshots("m")}
+    assert confidences == {
+        ("v1!", "all"): [0.6, 0.7, 0.8],
+        ("v1!", "region=eu"): [0.7, 0.8],
+        ("v1!", "region=us"): [0.6],
+    }
+    new_clock.now += 6  # the one restored 95 s old leaves 5 s on, not 100 s after the restore
+    assert [s.confidence.tolist() for s in new.snapshots("m") if s.key.cohort == "all"] == [[0.7, 0.8]]
