@@ -47,6 +47,19 @@ class AttributionConfig(BaseModel):
     (until then no map is judged); later ones every ``sanity_every_s``."""
     sanity_max_similarity: float = Field(default=0.5, gt=-1.0, le=1.0)
     """Similarity at or above which a method is flagged as insensitive to the model."""
+    sanity_min_pairs: int = Field(default=8, ge=1)
+    """Measured pairs of maps (trained and randomised model, on one input) a sanity figure needs before it judges
+    maps. A figure on fewer (Grad-CAM's maps of zeros rank nothing and are left out) is stored as inconclusive and
+    the maps stay not judged by sanity; an older figure on fewer judges nothing either."""
+    sanity_seeds: int = Field(default=3, ge=1, le=16)
+    """Randomised copies of the model each sanity check averages over, with seeds that change from one check to
+    the next (check k draws seeds k x sanity_seeds onwards), so no single draw of random weights decides for every
+    map. Cost per check: one explanation of the ``sanity_samples`` inputs on the trained model plus one per seed
+    (the single-draw check cost two)."""
+    prediction_tie_tolerance: float = Field(default=0.01, ge=0.0, lt=1.0)
+    """The worker's model disagrees with the server's prediction (every map of the event is not trusted) when its
+    softmax probability of the reported class is below its own top class's by more than this. Within it the two
+    are a near tie that float error or half-precision serving can tip either way."""
     verdict_min_fidelity_gain: float = Field(default=0.0, ge=-1.0, lt=1.0)
     """Deletion gain above which a map beats random (``attribution_workers.verdict``)."""
     verdict_min_agreement: float = Field(default=0.2, ge=-1.0, le=1.0)
@@ -90,6 +103,7 @@ class AttributionConfig(BaseModel):
             min_fidelity_gain=self.verdict_min_fidelity_gain,
             min_agreement=self.verdict_min_agreement,
             max_convergence_delta=self.verdict_max_convergence_delta,
+            min_sanity_pairs=self.sanity_min_pairs,
         )
 
 

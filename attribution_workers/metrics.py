@@ -75,6 +75,14 @@ class WorkerMetrics:
             ["model", "method"],
             registry=registry,
         )
+        self.prediction_mismatch = Counter(
+            "vai_attribution_prediction_mismatch",
+            "Explained events on which the worker's model predicted another class than the model server reported "
+            "(probability of the reported class below the worker's top by more than prediction_tie_tolerance): "
+            "version skew or different weights. Their maps explain the reported class and are not trusted.",
+            ["model"],
+            registry=registry,
+        )
         self.redis_up = Gauge(
             "vai_worker_redis_up",
             "1 while the worker's Redis calls succeed, 0 during an outage (the worker waits it out).",
@@ -117,5 +125,5 @@ class WorkerMetrics:
     def start_counting(self, model: str) -> None:
         """Create ``model``'s counters at 0, so that their first increment is an increase Prometheus sees
         (``increase()`` cannot see a series that appears at 1: a first dead letter would never alert)."""
-        for counter in (self.dead_letters, self.dead_letters_trimmed, self.errors):
+        for counter in (self.dead_letters, self.dead_letters_trimmed, self.errors, self.prediction_mismatch):
             counter.labels(model)

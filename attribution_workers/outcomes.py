@@ -15,6 +15,7 @@ from sampler.explanation_records import (
     ExplanationSummary,
     Fidelity,
     StoredAttribution,
+    WorkerPrediction,
 )
 from sampler.verdicts import MethodTrust
 
@@ -45,8 +46,10 @@ def record_of(
     seconds: dict[str, float],
     now: float,
     trust: dict[str, MethodTrust],
+    prediction: WorkerPrediction | None = None,
 ) -> ExplanationRecord:
-    """The record of one explained event: every map (and the maps towards its label) with its figures."""
+    """The record of one explained event: every map (and the maps towards its label) with its figures, and what
+    the worker's own model predicted."""
     stored: dict[str, StoredAttribution] = {
         a.method: stored_attribution(
             a, explanation.target, fidelity.get(a.method), seconds[a.method], trust.get(a.method)
@@ -61,7 +64,12 @@ def record_of(
             for a in label.attributions
         }
     summary = ExplanationSummary.queued(event).model_copy(
-        update={"status": "done", "methods": methods, "trust": {m: trust[m] for m in methods}}
+        update={
+            "status": "done",
+            "methods": methods,
+            "trust": {m: trust[m] for m in methods},
+            "worker_prediction": prediction,
+        }
     )
     detail = ExplanationDetail(
         attributions=stored,

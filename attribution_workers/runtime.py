@@ -26,11 +26,10 @@ from attribution_workers.inspection_health import BaselineDraft, HealthSnapshot,
 from attribution_workers.loader import LoadedModel, load_model
 from attribution_workers.methods import MethodName
 from attribution_workers.outcomes import LABEL_SUFFIX, Outcome, failed, record_of
+from attribution_workers.prediction import worker_predictions
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
-from sampler.explanation_records import (
-    SanityFigure,
-)
+from sampler.explanation_records import SanityFigure
 from sampler.layers import LayerBaselineRecord
 
 MAX_LOGIT = math.sqrt(torch.finfo(torch.float32).max)
@@ -59,6 +58,9 @@ class BatchResult:
     """Layers left out of the batch's inspection because their figures could not be taken (the worker counts them)."""
     new_baselines: dict[str, BaselineDraft] = field(default_factory=dict)
     """Per version, this runtime's own activation-shift baseline, complete and not stored yet (to store)."""
+    prediction_mismatches: int = 0
+    """Explained events on which the worker's model disagreed with the server's prediction (the worker counts
+    them); their maps are not trusted and left out of ``fidelity_gain`` and ``agreement``."""
 
 
 class ModelRuntime:
@@ -76,6 +78,7 @@ class ModelRuntime:
         self.inspector = LayerInspector(self.model, config, name=name)
         self._health = LayerHealthTracker(window=config.inspect_window)
         self._last_sanity: float | None = None
+        self._sanity_runs = 0
         self._lock = threading.Lock()
         self._rule = config.verdict_rule()
 
@@ -131,14 +134,20 @@ class ModelRuntime:
             return False
         return self._last_sanity is None or time.monotonic() - self._last_sanity >= self.config.sanity_every_s
 
-    def sanity_check(self, *, seed: int = 0) -> list[RandomisationCheck]:
-        """Randomisation check of every method on the recent inputs."""
+    def sanity_check(self, *, seeds: Sequence[int] | None = None) -> list[RandomisationCheck]:
+        """Randomisation check of every method on the recent inputs, averaged over ``sanity_seeds`` randomised
+        copies of the model. ``seeds`` default: this runtime's k-th check draws ``k * sanity_seeds`` onwards, so
+        successive checks re-draw the random weights instead of repeating one draw (seed 0) for ever."""
         with self._lock:
             self._last_sanity = time.monotonic()
+            count = self.config.sanity_seeds
+            if seeds is None:
+                seeds = range(self._sanity_runs * count, (self._sanity_runs + 1) * count)
+            self._sanity_runs += 1
             inputs = torch.stack([tensor for tensor, _ in self._recent]).to(self.model.device)
             targets = torch.tensor([target for _, target in self._recent], device=self.model.device)
             return randomisation_check(
-                self._combined, inputs, targets, seed=seed, max_similarity=self.config.sanity_max_similarity
+                self._combined, inputs, targets, seeds=seeds, max_similarity=self.config.sanity_max_similarity
             )
 
     def _usable(self, events: Sequence[SampledEvent]) -> tuple[list[tuple[SampledEvent, torch.Tensor]], list[Outcome]]:
@@ -150,11 +159,11 @@ class ModelRuntime:
                 refused.append(failed(event, str(error), retry=False))
         return usable, refused
 
-    def _check_outputs(self, inputs: torch.Tensor, outputs: torch.Tensor | None) -> None:
+    def _check_outputs(self, inputs: torch.Tensor, outputs: torch.Tensor | None) -> torch.Tensor:
         """Finite inputs can give logits that are not finite, or too large (:data:`MAX_LOGIT`) for the methods'
         arithmetic; their maps and trust figures would mean nothing. Raises :class:`PermanentError` (the batch is
         then explained one event at a time, isolating the culprit). ``outputs``: the inspection pass's, when it
-        ran (else one forward pass here)."""
+        ran (else one forward pass here). Returns the logits ``[B, classes]``."""
         if outputs is None:
             with torch.no_grad():
                 outputs = self.model.module(inputs)
@@ -165,6 +174,7 @@ class ModelRuntime:
                 f"the model's outputs on this input cannot be attributed: {int(bad.max())} of {logits.shape[1]} "
                 f"logits are NaN, infinite or beyond ±{MAX_LOGIT:.1e}"
             )
+        return logits
 
     def _tensor(self, event: SampledEvent) -> torch.Tensor:
         if event.input is None:
@@ -210,7 +220,10 @@ class ModelRuntime:
         started = time.perf_counter()
         inspection = self.inspector.inspect(inputs[:count]) if self.inspector.layers else None
         inspection_seconds = time.perf_counter() - started
-        self._check_outputs(inputs[:count], None if inspection is None else inspection.outputs)
+        logits = self._check_outputs(inputs[:count], None if inspection is None else inspection.outputs)
+        predictions = worker_predictions(
+            logits, [event.predicted for event, _ in usable], tolerance=self.config.prediction_tie_tolerance
+        )
         explanations, seconds = self._run_methods(inputs, targets)
         fidelities = {
             method: deletion_fidelity(
@@ -226,18 +239,20 @@ class ModelRuntime:
         }
         matrices = [agreement([e]) if len(self.methods) >= 2 else None for e in explanations[:count]]
         agreements = [None if matrix is None else matrix.mean for matrix in matrices]
+        label_rows = {i: explanations[count + k] for k, (i, _) in enumerate(labelled)}
         trusts = [
             self._rule.row(
                 self.methods,
                 fidelity={m: fidelities[m][i] for m in self.methods},
                 agreement=matrices[i],
                 sanity=sanity,
-                convergence={a.method: a.relative_delta for a in explanations[i].attributions},
+                convergence=_relative_deltas(explanations[i]),
                 label_suffix=LABEL_SUFFIX,
+                label_convergence=_relative_deltas(label_rows.get(i)),
+                prediction=predictions[i],
             )
             for i in range(count)
         ]
-        label_rows = {i: explanations[count + k] for k, (i, _) in enumerate(labelled)}
         now = time.time()
         outcomes = [
             Outcome(
@@ -252,24 +267,30 @@ class ModelRuntime:
                     seconds,
                     now,
                     trusts[i],
+                    predictions[i],
                 )
             )
             for i, (event, _) in enumerate(usable)
         ]
-        for event, tensor in usable:
-            self._recent.append((tensor, event.predicted))
-        valid = [a for a in agreements if a is not None and math.isfinite(a)]
+        for (event, tensor), prediction in zip(usable, predictions, strict=True):
+            # The sanity check explains the class the worker's model predicts where it disagrees with the server.
+            self._recent.append((tensor, event.predicted if prediction.matches else prediction.predicted))
+        agreeing = [i for i, prediction in enumerate(predictions) if prediction.matches]
+        valid = [a for i in agreeing if (a := agreements[i]) is not None and math.isfinite(a)]
         return BatchResult(
             outcomes,
             seconds=seconds,
-            fidelity_gain={  # over the maps that ranked something (a constant map has no fidelity)
-                m: float(np.mean(gains)) for m in self.methods if (gains := [f.gain for f in fidelities[m] if f])
+            fidelity_gain={  # over the maps that ranked something (a constant map has no fidelity), of agreeing rows
+                m: float(np.mean(gains))
+                for m in self.methods
+                if (gains := [f.gain for i in agreeing if (f := fidelities[m][i])])
             },
             agreement=float(np.mean(valid)) if valid else None,
             layer_health=self._inspected(usable, outcomes, inspection),
             inspection_seconds=inspection_seconds,
             inspection_failed=() if inspection is None else inspection.failed,
             new_baselines=self._health.drafts(),
+            prediction_mismatches=len(predictions) - len(agreeing),
         )
 
     def _inspected(
@@ -312,6 +333,11 @@ class ModelRuntime:
             for row in range(len(inputs))
         ]
         return combined, seconds
+
+
+def _relative_deltas(explanation: Explanation | None) -> dict[str, float | None]:
+    """Integrated Gradients' relative convergence delta of an explanation's maps, by method (``None`` elsewhere)."""
+    return {} if explanation is None else {a.method: a.relative_delta for a in explanation.attributions}
 
 
 def _seed(request_id: str) -> int:

@@ -59,6 +59,15 @@ class Settlement:
             self._metrics.fidelity.labels(model, method).set(gain)
         if result.agreement is not None:
             self._metrics.agreement.labels(model).set(result.agreement)
+        if result.prediction_mismatches:
+            self._metrics.prediction_mismatch.labels(model).inc(result.prediction_mismatches)
+            log.warning(
+                "%s: the worker's model disagrees with the server's prediction on %d of %d events (version skew or "
+                "different weights?); their maps are not trusted",
+                model,
+                result.prediction_mismatches,
+                len(result.outcomes),
+            )
         offset_s = await self._redis_clock_offset_s()
         found = result.outcomes
         for index, outcome in enumerate(found):  # each alone: one that cannot be stored does not strand the others

@@ -221,19 +221,29 @@ class RandomisationCheck:
     signs are close to random, so the signed figure alone would flag almost nothing, while a
     magnitude pattern that survives the re-drawn weights is the insensitivity the check is
     for (a map whose sign the weights flip keeps its |map| exactly: flagged).
+
+    One draw of random weights is one sample of a noisy figure (Grad-CAM on 16 digits, seeds
+    0-3: -0.12, 0.30, 0.23, -0.10), so the check may average several draws (``seeds``): the
+    figures are means over the draws that measured a pair, and :attr:`draws` keeps each draw's.
     """
 
     method: MethodName
     absolute: float | None
-    """Mean Spearman of |attribution| over the support, trained vs randomised, over the measured inputs."""
+    """Mean Spearman of |attribution| over the support, trained vs randomised, over the measured inputs (averaged
+    over the draws)."""
     signed: float | None
-    """Mean Spearman of the signed attributions over the support, over the same inputs."""
+    """Mean Spearman of the signed attributions over the support, over the same inputs (averaged over the draws)."""
     max_similarity: float
     inputs: int
     """Inputs the check explained."""
     measured: int
     """Of them, those whose trained and randomised maps both rank something on the support (at least two elements,
-    not constant, no NaN): the pairs the figures average."""
+    not constant, no NaN): the pairs the figures average; with several draws, the fewest any draw measured."""
+    seeds: tuple[int, ...] = (0,)
+    """The seed of each randomised copy of the model."""
+    draws: tuple[float | None, ...] = ()
+    """Each draw's similarity (the larger of its two figures), in the order of ``seeds``; ``None``: that draw
+    measured no pair."""
 
     @property
     def similarity(self) -> float | None:
@@ -242,6 +252,12 @@ class RandomisationCheck:
         if self.absolute is None or self.signed is None:
             return None
         return max(self.absolute, self.signed)
+
+    @property
+    def spread(self) -> float | None:
+        """Largest minus smallest similarity of the draws that measured a pair; ``None`` with fewer than two."""
+        measured = [value for value in self.draws if value is not None]
+        return max(measured) - min(measured) if len(measured) >= 2 else None
 
     @property
     def flagged(self) -> bool:
@@ -254,32 +270,55 @@ def randomisation_check(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     *,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     max_similarity: float = 0.5,
 ) -> list[RandomisationCheck]:
-    """Compare each method's maps of ``inputs`` (a few recent ones) before and after re-drawing every weight."""
+    """Compare each method's maps of ``inputs`` (a few recent ones) before and after re-drawing every weight, once
+    per seed of ``seeds`` (each a randomised copy of the model; the trained maps are explained once). Cost: one
+    explanation of ``inputs`` per method, plus one per seed."""
+    if not seeds:
+        raise AttributionError("the randomisation check needs at least one seed")
     trained = explainer.explain(inputs, targets)
-    randomised = explainer.with_model(explainer.model.randomised(seed=seed)).explain(inputs, targets)
     baseline = explainer.model.baseline
     support = (inputs.to(baseline.device) != baseline).reshape(len(inputs), -1).cpu().numpy()
+    per_seed = [_compared(trained, _randomised(explainer, seed).explain(inputs, targets), support) for seed in seeds]
     checks = []
+    for method in trained[0].methods:
+        draws = [found[method] for found in per_seed]
+        absolute = [a for a, _, _ in draws if a is not None]
+        signed = [s for _, s, _ in draws if s is not None]
+        checks.append(
+            RandomisationCheck(
+                method=method,
+                absolute=float(np.mean(absolute)) if absolute else None,
+                signed=float(np.mean(signed)) if signed else None,
+                max_similarity=max_similarity,
+                inputs=len(inputs),
+                measured=min(count for _, _, count in draws),
+                seeds=tuple(seeds),
+                draws=tuple(None if a is None or s is None else max(a, s) for a, s, _ in draws),
+            )
+        )
+    return checks
+
+
+def _randomised(explainer: ExplainsModel, seed: int) -> ExplainsModel:
+    return explainer.with_model(explainer.model.randomised(seed=seed))
+
+
+def _compared(
+    trained: Sequence[Explanation], randomised: Sequence[Explanation], support: NDArray[np.bool_]
+) -> dict[MethodName, tuple[float | None, float | None, int]]:
+    """Per method: the mean |map| and signed Spearman over the support of the measured pairs, and their number."""
+    found = {}
     for method in trained[0].methods:
         before = stack_maps(trained, method).reshape(len(trained), -1).astype(np.float64)
         after = stack_maps(randomised, method).reshape(len(randomised), -1).astype(np.float64)
         absolute = _spearman_on(np.abs(before), np.abs(after), support)
         signed = _spearman_on(before, after, support)
         both = ~np.isnan(absolute) & ~np.isnan(signed)
-        checks.append(
-            RandomisationCheck(
-                method=method,
-                absolute=_mean_measured(absolute[both]),
-                signed=_mean_measured(signed[both]),
-                max_similarity=max_similarity,
-                inputs=len(both),
-                measured=int(np.count_nonzero(both)),
-            )
-        )
-    return checks
+        found[method] = (_mean_measured(absolute[both]), _mean_measured(signed[both]), int(np.count_nonzero(both)))
+    return found
 
 
 def _spearman_on(

@@ -13,6 +13,7 @@ from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.inspection_health import HealthSnapshot
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import BatchResult, ModelRuntime
+from attribution_workers.trust import RandomisationCheck
 from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED
 from sampler.contract import SampledEvent
@@ -134,27 +135,49 @@ class BatchUpkeep:
             log.exception("randomisation sanity check of %s failed", model)
             return
         for check in checks:
-            if check.similarity is None or not math.isfinite(check.similarity):  # JSON would store NaN as null
-                log.warning(
-                    "%s: %s sanity check measured none of %d inputs (blank or non-finite maps); not stored",
-                    model,
-                    check.method,
-                    check.inputs,
-                )
-                continue
-            self._metrics.sanity.labels(model, check.method).set(check.similarity)
-            figure = SanityFigure(
-                similarity=check.similarity,
-                flagged=check.flagged,
-                samples=check.measured,  # the pairs the similarity averages, not the configured sanity_samples
-                checked_at=time.time(),
-                model_digest=runtime.model.digest,
+            await self._store_sanity(model, runtime, check)
+
+    async def _store_sanity(self, model: str, runtime: ModelRuntime, check: RandomisationCheck) -> None:
+        """Store one method's figure for every worker's verdicts. A figure on fewer than ``sanity_min_pairs``
+        measured pairs is stored as inconclusive (shown, judging no map) and leaves the gauge alone, so one or two
+        pairs cannot raise or clear the sanity alert."""
+        if check.similarity is None or not math.isfinite(check.similarity):  # JSON would store NaN as null
+            log.warning(
+                "%s: %s sanity check measured none of %d inputs (blank or non-finite maps); not stored",
+                model,
+                check.method,
+                check.inputs,
             )
-            await self._store.save_sanity(model, check.method, figure)
-            if check.flagged:
-                log.warning(
-                    "%s: %s maps barely change on a randomised model (similarity %.2f)",
-                    model,
-                    check.method,
-                    check.similarity,
-                )
+            return
+        conclusive = check.measured >= runtime.config.sanity_min_pairs
+        if conclusive:
+            self._metrics.sanity.labels(model, check.method).set(check.similarity)
+        else:
+            log.warning(
+                "%s: %s sanity check measured only %d pairs of maps (sanity_min_pairs %d): stored as inconclusive, "
+                "its maps stay not judged by sanity",
+                model,
+                check.method,
+                check.measured,
+                runtime.config.sanity_min_pairs,
+            )
+        spread = check.spread
+        figure = SanityFigure(
+            similarity=check.similarity,
+            flagged=check.flagged,
+            samples=check.measured,  # the pairs the similarity averages, not the configured sanity_samples
+            checked_at=time.time(),
+            model_digest=runtime.model.digest,
+            conclusive=conclusive,
+            seeds=check.seeds,
+            seed_similarities=tuple(None if d is None or not math.isfinite(d) else d for d in check.draws),
+            similarity_spread=spread if spread is not None and math.isfinite(spread) else None,
+        )
+        await self._store.save_sanity(model, check.method, figure)
+        if check.flagged and conclusive:
+            log.warning(
+                "%s: %s maps barely change on a randomised model (similarity %.2f)",
+                model,
+                check.method,
+                check.similarity,
+            )

@@ -53,6 +53,29 @@ class StoredAttribution(ScaledHalf):
         return cls(**cls.encoded(values), target=target, **figures)
 
 
+class WorkerPrediction(BaseModel):
+    """What the attribution worker's own model makes of the input, beside the class the model server reported.
+
+    The maps explain the reported class (``ExplanationSummary.predicted``, what the engineer asks about) on the
+    worker's copy of the model. When that copy predicts another class (version skew between server and worker,
+    or other weights), the maps and their deletion figures describe a model that is not the one that served the
+    prediction, and every map of the explanation is *not trusted* (``attribution_workers.verdict``).
+    """
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    predicted: int
+    """The worker's model's top class on this input."""
+    probability: float
+    """The worker's model's softmax probability of the reported class, the class the maps explain."""
+    top_probability: float
+    """The worker's model's softmax probability of its own top class (``predicted``)."""
+    matches: bool
+    """Whether the worker's model agrees with the server: ``False`` only when ``probability`` is below
+    ``top_probability`` by more than the worker's ``prediction_tie_tolerance`` (a near tie, two classes within
+    float error or half-precision serving's rounding, is not a disagreement)."""
+
+
 class ExplanationSummary(BaseModel):
     """What lists show of an explanation. Its numbers are finite: a stored ``NaN`` reads as unreadable."""
 
@@ -72,6 +95,9 @@ class ExplanationSummary(BaseModel):
     trust: dict[str, MethodTrust] = Field(default_factory=dict)
     """Each method's verdict and figures towards the prediction, copied from the detail so that lists and the
     per-method aggregate read no maps."""
+    worker_prediction: WorkerPrediction | None = None
+    """The worker's own model's prediction on the input (done records); ``None`` while queued, when failed and in
+    records stored before it was kept."""
 
     @classmethod
     def queued(cls, event: SampledEvent) -> ExplanationSummary:
@@ -117,11 +143,24 @@ class SanityFigure(BaseModel):
     the trained and a randomised model (``attribution_workers.trust.RandomisationCheck``); high is bad."""
     flagged: bool
     samples: int
-    """Inputs whose pair of maps the figure averages."""
+    """Inputs whose pair of maps the figure averages: the fewest any one randomised copy measured (an input whose
+    trained or randomised map ranks nothing on its support is left out)."""
     checked_at: float
     model_digest: str | None = None
     """The checked model's identity (the worker's ``LoadedModel.digest``); a worker judges its maps only with
     figures of its own model (None: a figure of an older worker, judged by nobody)."""
+    conclusive: bool = True
+    """``samples`` reached the checking worker's ``sanity_min_pairs``. An inconclusive figure is stored and shown
+    but judges no map (its ``flagged`` is the raw comparison with the limit). Figures of older workers read as
+    conclusive here; the judging worker also requires ``samples >= sanity_min_pairs`` itself."""
+    seeds: tuple[int, ...] = ()
+    """The seeds of the randomised copies of the model the figure averages over (one draw of re-drawn weights
+    each); empty in figures of older workers, which drew one copy with seed 0."""
+    seed_similarities: tuple[float | None, ...] = ()
+    """The similarity of each draw, in the order of ``seeds`` (``None``: that draw measured no pair)."""
+    similarity_spread: float | None = None
+    """Largest minus smallest of ``seed_similarities``: how much the figure depends on the draw of random weights;
+    ``None`` with fewer than two measured draws and in figures of older workers."""
 
 
 class ExplanationQuery(BaseModel):

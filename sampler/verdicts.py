@@ -21,18 +21,23 @@ class Verdict(BaseModel):
 
     trusted: bool | None = None
     """The method passes its sanity check, every other measured part passes and one of them measured the map itself
-    (deletion or agreement); ``False`` when any part fails; ``None`` otherwise (not judged: the sanity check alone
-    judges the method, not the map, and before the method's first check the map parts alone judge nothing).
+    (deletion or agreement); ``False`` when any part fails, and for every map of an event on which the worker's
+    own model disagrees with the server's prediction (``ExplanationSummary.worker_prediction``: version skew or
+    other weights; the summary says so first); ``None`` otherwise (not judged: the sanity check alone judges the
+    method, not the map, and before the method's first conclusive check the map parts alone judge nothing).
     Records stored before that rule may be ``True`` with ``passes_sanity`` ``None``."""
     passes_sanity: bool | None = None
-    """The latest randomisation sanity check of this method on this model was not flagged."""
+    """The latest randomisation sanity check of this method on this model was not flagged; ``None`` before the
+    first check and while the latest rests on fewer pairs of maps than the worker's ``sanity_min_pairs``
+    (inconclusive)."""
     beats_random: bool | None = None
     """Deleting elements in the map's order lowers the target probability faster than random orders."""
     agrees: bool | None = None
     """The map ranks elements like the explanation's other methods (``None`` with one method)."""
     converges: bool | None = None
     """Integrated Gradients only: its convergence delta is a small enough share of the logit change it explains;
-    ``None`` for the other methods and in records stored before it was kept."""
+    ``None`` for the other methods and in records stored before it was kept (maps towards the label: before it
+    was judged there too)."""
     summary: str = "Not judged."
     """One plain sentence: the verdict, then the parts with their figures."""
     min_agreement: float | None = None
@@ -77,8 +82,14 @@ class MethodFigures(BaseModel):
     mean_agreement: float | None
     agreement_count: int
     trusted_share: float | None
-    """Share of trusted verdicts among the verdicts with at least one measured part."""
+    """Share of trusted verdicts among the judged verdicts (``trusted`` not ``None``) made after a sanity check of
+    the method (``passes_sanity`` not ``None``): before its first check a map can be failed on its own figures but
+    never trusted, so counting those verdicts biased the share low. ``None`` when there is none."""
     verdict_count: int
+    """The verdicts ``trusted_share`` is over."""
+    failed_before_sanity: int = 0
+    """Verdicts made before any sanity check of the method (or on an inconclusive one) that failed on the map's
+    own figures: not in ``trusted_share``."""
     latest_sanity: LatestSanity | None = None
     """``None`` before the method's first check on this model."""
 
@@ -114,7 +125,9 @@ def _figures(method: str, found: list[MethodTrust], latest: LatestSanity | None)
     sanity = [t.verdict.passes_sanity for t in found if t.verdict.passes_sanity is not None]
     gains = [t.fidelity_gain for t in found if t.fidelity_gain is not None and math.isfinite(t.fidelity_gain)]
     agreements = [t.agreement for t in found if t.agreement is not None and math.isfinite(t.agreement)]
-    trusted = [t.verdict.trusted for t in found if t.verdict.trusted is not None]
+    after_sanity = [t.verdict for t in found if t.verdict.passes_sanity is not None]
+    checked = [verdict.trusted for verdict in after_sanity if verdict.trusted is not None]
+    unchecked = [t for t in found if t.verdict.trusted is False and t.verdict.passes_sanity is None]
     return MethodFigures(
         method=method,
         explanations=len(found),
@@ -124,8 +137,9 @@ def _figures(method: str, found: list[MethodTrust], latest: LatestSanity | None)
         fidelity_count=len(gains),
         mean_agreement=_mean(agreements),
         agreement_count=len(agreements),
-        trusted_share=_share(trusted),
-        verdict_count=len(trusted),
+        trusted_share=_share(checked),
+        verdict_count=len(checked),
+        failed_before_sanity=len(unchecked),
         latest_sanity=latest,
     )
 

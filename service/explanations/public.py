@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import InvalidInput, NotFound
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
-from sampler.explanation_records import ExplanationQuery, ExplanationRecord, Fidelity, SanityFigure
+from sampler.explanation_records import ExplanationQuery, ExplanationRecord, Fidelity, SanityFigure, WorkerPrediction
 from sampler.explanations import ExplanationStore
 from sampler.layers import LayerStats
 from sampler.verdicts import Verdict
@@ -53,6 +53,10 @@ class ExplanationPublic(BaseModel):
     """Whether that similarity reached the model's configured limit (the method ignores the model)."""
     sanity_samples: dict[str, int] = {}
     """How many inputs' pairs of maps that check averages."""
+    sanity_conclusive: dict[str, bool] = {}
+    """Whether that check rests on enough pairs of maps (the worker's ``sanity_min_pairs``) to judge maps."""
+    sanity_spread: dict[str, float] = {}
+    """Largest minus smallest similarity over that check's draws of random weights (methods with two or more)."""
     sanity_checked_at: dict[str, float] = {}
     """When that check ran (epoch seconds). A map's verdict used the check in force when it was explained
     (``explained_at``), which may be an earlier one."""
@@ -60,6 +64,9 @@ class ExplanationPublic(BaseModel):
     input: dict[str, Any] | None = None
     explained_at: float | None = None
     layers: list[LayerStats] = []
+    worker_prediction: WorkerPrediction | None = None
+    """The attribution worker's own model's prediction on the input; ``matches: false`` means its model disagrees
+    with the server's (version skew or other weights) and no map of the event is trusted."""
     """The inspected layers' outputs on this input; ``activations.png?layer=`` draws the stored maps."""
 
 
@@ -146,6 +153,12 @@ def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> Exp
         sanity_similarity={m: sanity[m].similarity for m in record.summary.methods if m in sanity},
         sanity_flagged={m: sanity[m].flagged for m in record.summary.methods if m in sanity},
         sanity_samples={m: sanity[m].samples for m in record.summary.methods if m in sanity},
+        sanity_conclusive={m: sanity[m].conclusive for m in record.summary.methods if m in sanity},
+        sanity_spread={
+            m: spread
+            for m in record.summary.methods
+            if m in sanity and (spread := sanity[m].similarity_spread) is not None
+        },
         sanity_checked_at={m: sanity[m].checked_at for m in record.summary.methods if m in sanity},
         error=detail.error,
         input=model_input,

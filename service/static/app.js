@@ -419,6 +419,14 @@
     } else if (record.error) {
       parts.push(el("p", { class: "banner banner-queued" }, "Partial: ", record.error));
     }
+    const worker = record.worker_prediction;
+    if (worker && worker.matches === false) {
+      parts.push(el("p", { class: "banner banner-failed mismatch" },
+        `⚠ The worker's model predicts class ${worker.predicted} (p = ${number(worker.top_probability, 3)}) where the `,
+        `server reported class ${record.predicted} (p = ${number(worker.probability, 3)} on the worker's model): `,
+        "version skew or other weights? The maps explain the reported class on a model that does not predict it, ",
+        "so none of them is trusted."));
+    }
     parts.push(el("div", { class: "overview" }, renderInput(record.input, record.status), renderFacts(record)));
     if (record.status === "done" || Object.keys(record.attributions || {}).length) parts.push(renderTrust(record));
     if (Object.keys(record.attributions || {}).length || record.status === "done") parts.push(renderMaps(record));
@@ -639,7 +647,11 @@
         "tr",
         {},
         el("th", { scope: "row" }, method),
-        el("td", { class: "num" }, number(sanity[method], 2)),
+        el("td", { class: "num" }, number(sanity[method], 2),
+          present((record.sanity_spread || {})[method])
+            ? el("span", { class: "hint", title: "largest minus smallest over the check's draws of random weights" },
+              ` (spread ${number(record.sanity_spread[method], 2)})`)
+            : null),
         el("td", {}, sanityBadge(record, method)),
         el("td", { class: "num" }, present(samples[method]) ? String(samples[method]) : "—"),
         el("td", {}, timeElement(checkedAt[method])),
@@ -666,6 +678,10 @@
   function sanityBadge(record, method) {
     const similarity = (record.sanity_similarity || {})[method];
     if (typeof similarity !== "number") return el("span", { class: "muted" }, "not checked");
+    if ((record.sanity_conclusive || {})[method] === false) {
+      const pairs = (record.sanity_samples || {})[method];
+      return el("span", { class: "muted" }, `inconclusive (${present(pairs) ? pairs : "too few"} pairs of maps): judges no map`);
+    }
     const flagged = (record.sanity_flagged || {})[method];
     return (typeof flagged === "boolean" ? flagged : similarity >= SANITY_MAX)
       ? badge("warn", "⚠ map barely changes on a randomised model — don't trust it")

@@ -300,3 +300,26 @@ def test_the_randomisation_check_compares_the_maps_on_the_input_s_support_with_t
     assert check.signed is not None and signed[0] <= check.signed <= signed[1], check
     assert check.similarity == max(check.absolute, check.signed)
     assert check.flagged is flagged and check.measured == 16
+
+
+def test_the_randomisation_check_averages_its_draws_and_keeps_each(
+    digits_model: LoadedModel, digits_batch: Batch
+) -> None:
+    """One draw of random weights decided the figure (Integrated Gradients 0.41-0.45, Gradient SHAP 0.36-0.44 over
+    seeds 0-3, right under the 0.5 limit). The figures are the means over the draws; each draw's similarity is kept
+    and the pairs counted are the fewest any draw measured."""
+    images, targets = digits_batch
+    explainer = Explainer(digits_model, methods=["saliency", "gradcam"])
+    alone = {seed: randomisation_check(explainer, images, targets, seeds=(seed,)) for seed in (1, 2, 3)}
+
+    together = randomisation_check(explainer, images, targets, seeds=(1, 2, 3))
+
+    for index, check in enumerate(together):
+        singles = [alone[seed][index] for seed in (1, 2, 3)]
+        assert check.seeds == (1, 2, 3) and check.draws == tuple(single.similarity for single in singles)
+        assert check.absolute == pytest.approx(np.mean([single.absolute or np.nan for single in singles]))
+        assert check.signed == pytest.approx(np.mean([single.signed or np.nan for single in singles]))
+        assert check.measured == min(single.measured for single in singles)
+        assert check.spread is not None and check.spread > 0
+    with pytest.raises(AttributionError, match="at least one seed"):
+        randomisation_check(explainer, images, targets, seeds=())

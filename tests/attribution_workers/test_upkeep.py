@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from prometheus_client import CollectorRegistry
 from small_models import eager_digits, sampled_digit
@@ -38,26 +39,32 @@ def _events(split: DatasetSplit, versions: tuple[str, ...] = ("v1",), rows: int 
     ]
 
 
-def _ranking_pairs(runtime: ModelRuntime, events: list[SampledEvent]) -> int:
+def _ranking_pairs(runtime: ModelRuntime, events: list[SampledEvent], seeds: range) -> int:
     """Inputs whose Grad-CAM maps rank something on the input's support (the pixels off the baseline) on the trained
-    and on the randomised model (seed 0)."""
+    and on the randomised model, the fewest over the randomised copies of ``seeds``."""
     inputs = torch.stack([torch.from_numpy(e.input.decode()) for e in events if e.input is not None])
     targets = torch.tensor([e.predicted for e in events])
     support = (inputs != runtime.model.baseline).reshape(len(inputs), -1).numpy()
     explainer = Explainer(runtime.model, methods=["gradcam"])
-    maps = [
-        stack_maps(each.explain(inputs, targets), "gradcam").reshape(len(inputs), -1)
-        for each in (explainer, explainer.with_model(runtime.model.randomised(seed=0)))
-    ]
-    ranking = [[np.ptp(row[ink]) > 0 for row, ink in zip(found, support, strict=True)] for found in maps]
-    return sum(first and second for first, second in zip(*ranking, strict=True))
+
+    def ranking(each: Explainer) -> list[bool]:
+        found = stack_maps(each.explain(inputs, targets), "gradcam").reshape(len(inputs), -1)
+        return [bool(np.ptp(row[ink]) > 0) for row, ink in zip(found, support, strict=True)]
+
+    trained = ranking(explainer)
+    randomised = [ranking(explainer.with_model(runtime.model.randomised(seed=seed))) for seed in seeds]
+    return min(sum(a and b for a, b in zip(trained, other, strict=True)) for other in randomised)
 
 
 def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
     redis_url: str, digits_path: Path, digits_split: DatasetSplit
 ) -> None:
     """It stored ``sanity_samples`` whatever the check used; a Grad-CAM map of zeros ranks nothing, so its pair is
-    not part of the similarity, and the figure's ``samples`` says how many pairs are."""
+    not part of the similarity, and the figure's ``samples`` says how many pairs are (the fewest of any draw).
+
+    It also stored any figure that measured one pair as deciding "passes sanity" for every map of the method, from
+    one draw of random weights: a figure on fewer than ``sanity_min_pairs`` is stored as inconclusive and leaves the
+    gauge (and the alert on it) alone, and each figure keeps its draws' seeds and similarities."""
     config = AttributionConfig.model_validate(
         {
             "model": {"torchscript": str(digits_path), "input_shape": [1, 8, 8], "num_classes": 10},
@@ -67,12 +74,15 @@ def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
             "inspect_layers": [],
             "sanity_samples": SAMPLES,
             "sanity_every_s": 0.001,
+            "sanity_seeds": 2,
+            "sanity_min_pairs": SAMPLES,
         }
     )
     runtime = ModelRuntime("digits", config, device="cpu")
     events = _events(digits_split)
-    expected = _ranking_pairs(runtime, events)
+    expected = _ranking_pairs(runtime, events, seeds=range(2))
     assert 0 < expected < SAMPLES, "the first test digits include blank Grad-CAM maps"
+    registry = CollectorRegistry()
 
     async def scenario() -> dict[str, SanityFigure]:
         client = connect(redis_url, timeout_s=5)
@@ -80,7 +90,7 @@ def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
         upkeep = BatchUpkeep(
             store,
             LayerHealthStore(client),
-            WorkerMetrics(CollectorRegistry()),
+            WorkerMetrics(registry),
             baselines=LayerBaselineStore(client),
             worker="w",
             job_timeout_s=60,
@@ -95,8 +105,18 @@ def test_the_stored_sanity_figure_counts_the_inputs_it_was_measured_on(
 
     figures = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
-    assert figures["saliency"].samples == SAMPLES
-    assert figures["gradcam"].samples == expected
+    saliency, gradcam = figures["saliency"], figures["gradcam"]
+    assert saliency.samples == SAMPLES and saliency.conclusive
+    assert gradcam.samples == expected and not gradcam.conclusive
+    for figure in (saliency, gradcam):
+        draws = [draw for draw in figure.seed_similarities if draw is not None]
+        assert figure.seeds == (0, 1) and len(draws) == 2
+        assert figure.similarity_spread == pytest.approx(max(draws) - min(draws))
+
+    def gauge(method: str) -> float | None:
+        return registry.get_sample_value("vai_attribution_sanity_similarity", {"model": "digits", "method": method})
+
+    assert gauge("saliency") == pytest.approx(saliency.similarity) and gauge("gradcam") is None
 
 
 def test_every_version_of_a_mixed_batch_publishes_its_layer_health(

@@ -78,7 +78,7 @@ def test_the_summary_gives_the_failures_first_with_their_figures() -> None:
     )
     assert RULE.judge(sanity=PASSING_SANITY, fidelity=None, agreement=None).summary == (
         "Not judged: passes the sanity check (similarity 0.21 to a randomised model's maps) (deletion not tested; "
-        "agreement not measured; nothing about this map itself was measured)."
+        "agreement not measured; nothing about this map's ranking was measured)."
     )
 
 
@@ -247,3 +247,34 @@ def _spearman(first: NDArray[np.floating[Any]], second: NDArray[np.floating[Any]
     if first.std() == 0 or second.std() == 0:
         return 0.0
     return float(spearmanr(first, second).statistic)
+
+
+@pytest.mark.parametrize(
+    "figure",
+    [
+        pytest.param(
+            SanityFigure(similarity=0.1, flagged=False, samples=3, checked_at=1.0, conclusive=False),
+            id="stored-as-inconclusive",
+        ),
+        pytest.param(
+            SanityFigure.model_validate_json('{"similarity": 0.1, "flagged": false, "samples": 1, "checked_at": 1.0}'),
+            id="older-record-on-one-pair",
+        ),
+    ],
+)
+def test_a_sanity_figure_on_too_few_pairs_of_maps_judges_no_map(figure: SanityFigure) -> None:
+    """``upkeep`` stored any figure that measured one pair, so a single pair could decide "passes sanity" for every
+    map of the method. Below ``min_sanity_pairs`` the maps stay not judged by sanity, figures of older workers
+    included (they parse: the new fields have defaults)."""
+    verdict = RULE.judge(sanity=figure, fidelity=GOOD_DELETION, agreement=0.35)
+
+    assert (verdict.trusted, verdict.passes_sanity) == (None, None)
+    assert verdict.summary == (
+        "Not judged: beats random deletion (gain +0.30); agrees with the other methods (mean rho +0.35) "
+        f"(the sanity check measured only {figure.samples} pairs of maps, fewer than 8: not enough evidence)."
+    )
+    failing = RULE.judge(sanity=figure.model_copy(update={"flagged": True}), fidelity=GOOD_DELETION, agreement=0.35)
+    assert (failing.trusted, failing.passes_sanity) == (None, None), "nor can it fail them"
+    assert RULE.judge(
+        sanity=PASSING_SANITY.model_copy(update={"samples": 8}), fidelity=None, agreement=0.3
+    ).passes_sanity

@@ -114,7 +114,8 @@ def _expected(trusts: list[dict[str, MethodTrust]]) -> dict[str, Any]:
         sanity = [t.verdict.passes_sanity for t in found if t.verdict.passes_sanity is not None]
         gains = [t.fidelity_gain for t in found if t.fidelity_gain is not None]
         agreements = [t.agreement for t in found if t.agreement is not None]
-        trusted = [t.verdict.trusted for t in found if t.verdict.trusted is not None]
+        checked = [t.verdict for t in found if t.verdict.passes_sanity is not None]  # after a sanity check
+        trusted = [verdict.trusted for verdict in checked if verdict.trusted is not None]
         methods.append(
             {
                 "method": method,

@@ -33,7 +33,13 @@ from common import keys
 from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import drain_worker, serve_app, wait_until
-from sampler.explanation_records import ExplanationDetail, ExplanationRecord, ExplanationSummary, StoredAttribution
+from sampler.explanation_records import (
+    ExplanationDetail,
+    ExplanationRecord,
+    ExplanationSummary,
+    StoredAttribution,
+    WorkerPrediction,
+)
 from sampler.explanations import ExplanationStore
 from service.app import create_app
 from service.routes.ui import CONTENT_SECURITY_POLICY
@@ -281,6 +287,9 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     )
     assert [row[0] for row in rows] == METHODS
     for method, _, verdict, inputs, checked in rows:
+        if not figures["sanity_conclusive"][method]:  # 2 inputs a check here: fewer pairs than judge a map
+            assert verdict.startswith("inconclusive") and "don't trust it" not in verdict, (method, verdict)
+            continue
         assert ("don't trust it" in verdict) == (figures["sanity_similarity"][method] >= 0.5), (method, verdict)
         assert inputs == str(figures["sanity_samples"][method]) and checked.startswith("20"), (inputs, checked)
     # One verdict per method comes first in the trust section, then the figures behind it.
@@ -404,10 +413,28 @@ def test_viewer_uses_the_verdicts_threshold_and_refuses_answers_that_are_not_the
         confidence=0.9,
         timestamp=time.time() - 30,
     )
-    _save(redis_url, _done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued))
+    skewed = _done("skewed", 0.5)
+    skewed = skewed.model_copy(
+        update={
+            "summary": skewed.summary.model_copy(
+                update={
+                    "worker_prediction": WorkerPrediction(
+                        predicted=4, probability=6.5e-10, top_probability=0.98, matches=False
+                    )
+                }
+            )
+        }
+    )
+    _save(redis_url, _done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued), skewed)
     with serve_app(create_app(make_settings())) as base:
         browser.navigate(f"{base}/ui")
-        browser.wait_for("document.querySelectorAll('#list button.item').length === 3", "the list")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 4", "the list")
+        # The worker's model disagreeing with the server's prediction is said first, with both figures.
+        _show(browser, "digits/skewed")
+        banner = browser.evaluate("document.querySelector('#detail .mismatch')?.textContent || ''")
+        assert "predicts class 4" in banner and "reported class 3" in banner and "none of them is trusted" in banner
+        _show(browser, "digits/between")
+        assert browser.evaluate("document.querySelector('#detail .mismatch')") is None
         # One rule on one screen: the verdicts' threshold (0.2), not a second one of the viewer's own.
         _show(browser, "digits/between")
         agreement = browser.evaluate("document.querySelector('#detail .agreement').textContent")

@@ -1,0 +1,149 @@
+"""The worker's own model against the server's prediction: a disagreement (version skew, other weights) is recorded,
+counted, and makes every map of the event not trusted; a near tie is not a disagreement."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+from prometheus_client import CollectorRegistry
+from small_models import sampled_digit
+
+from attribution_workers.config import AttributionConfig
+from attribution_workers.prediction import worker_predictions
+from attribution_workers.runtime import ModelRuntime
+from attribution_workers.settings import WorkerSettings
+from common import keys
+from demo.models import digits
+from demo.models.training import DatasetSplit
+from helpers import drain_worker, hash_field
+from sampler.contract import SampledEvent
+from sampler.explanation_records import SanityFigure
+
+METHODS = ["saliency", "integrated_gradients"]
+
+
+def _section(digits_path: Path) -> dict[str, object]:
+    return {
+        "model": {"torchscript": str(digits_path), "input_shape": list(digits.INPUT_SHAPE), "num_classes": 10},
+        "methods": METHODS,
+        "ig_steps": 16,
+        "fidelity_steps": 4,
+        "fidelity_random_orders": 1,
+        "inspect_layers": [],
+    }
+
+
+def _rotated(split: DatasetSplit, rows: range, *, labelled: bool = False) -> list[SampledEvent]:
+    """Events whose reported class is the true one plus one, as logits rotated by one class (version skew) give;
+    the model is right on these digits, so it predicts the true class."""
+    return [
+        sampled_digit(
+            f"r{row}",
+            split.test.features[row],
+            predicted=(int(split.test.labels[row]) + 1) % 10,
+            label=int(split.test.labels[row]) if labelled else None,
+        )
+        for row in rows
+    ]
+
+
+def test_maps_of_a_class_the_worker_s_model_does_not_predict_are_not_trusted(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    """With logits rotated by one class every map targeted the reported class, which the worker's model gave a
+    probability of 6.5e-10, and read "Trusted: ... beats random deletion": the deletion curve starts near 0."""
+    runtime = ModelRuntime("digits", AttributionConfig.model_validate(_section(digits_path)), device="cpu")
+    passing = SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=1.0, model_digest=runtime.model.digest)
+    events = _rotated(digits_split, range(8), labelled=True)
+
+    result = runtime.explain(events, dict.fromkeys(METHODS, passing))
+
+    assert result.prediction_mismatches == 8
+    assert result.fidelity_gain == {} and result.agreement is None, "no mismatched map feeds the batch gauges"
+    for event, outcome in zip(events, result.outcomes, strict=True):
+        summary, detail = outcome.record.summary, outcome.record.detail
+        found = summary.worker_prediction
+        assert found is not None and not found.matches
+        assert found.predicted == event.label and found.top_probability > 0.9 and found.probability < 0.05
+        assert set(detail.attributions) == {*METHODS, *(f"{m}@label" for m in METHODS)}
+        for name, stored in detail.attributions.items():
+            assert stored.target == (event.label if name.endswith("@label") else event.predicted)
+            assert stored.verdict is not None and stored.verdict.trusted is False, (name, stored.verdict)
+            assert stored.verdict.summary.startswith(
+                "Not trusted: the worker's model disagrees with the server's prediction (it predicts class "
+                f"{event.label} at "
+            ), stored.verdict.summary
+            assert "probably version skew or different weights" in stored.verdict.summary
+        assert all(trust.verdict.trusted is False for trust in summary.trust.values())
+
+
+def test_agreeing_events_record_the_worker_s_prediction_and_are_judged_as_before(
+    digits_path: Path, digits_split: DatasetSplit
+) -> None:
+    runtime = ModelRuntime("digits", AttributionConfig.model_validate(_section(digits_path)), device="cpu")
+    events = [
+        sampled_digit(f"r{row}", digits_split.test.features[row], predicted=int(digits_split.test.labels[row]))
+        for row in range(4)
+    ]
+
+    result = runtime.explain(events, {})
+
+    assert result.prediction_mismatches == 0 and set(result.fidelity_gain) == set(METHODS)
+    for event, outcome in zip(events, result.outcomes, strict=True):
+        found = outcome.record.summary.worker_prediction
+        assert found is not None and found.matches and found.predicted == event.predicted
+        assert found.probability == found.top_probability
+        assert all("disagrees with the server" not in t.verdict.summary for t in outcome.record.summary.trust.values())
+
+
+@pytest.mark.parametrize(
+    ("gap", "matches"),
+    [
+        pytest.param(1e-6, True, id="float-error-tie-either-way"),
+        pytest.param(0.03, True, id="within-the-tolerance"),
+        pytest.param(0.1, False, id="clearly-below-the-top"),
+    ],
+)
+def test_a_near_tie_is_not_a_disagreement(gap: float, matches: bool) -> None:
+    """Two classes within float error of each other: the server's argmax may be either, and its class is the one
+    the engineer asked about. Only a probability clearly below the worker's top (by more than the tolerance, here
+    0.05) is a disagreement; the argmax alone would call the first two mismatches."""
+    logits = torch.full((1, 10), -20.0, dtype=torch.float64)
+    logits[0, 3] = 0.0
+    logits[0, 5] = math.log((1 + gap) / (1 - gap))  # p5 - p3 = gap, the rest next to nothing
+
+    (found,) = worker_predictions(logits, [3], tolerance=0.05)
+
+    assert found.predicted == 5 and found.top_probability - found.probability == pytest.approx(gap, rel=1e-3)
+    assert found.matches is matches
+
+
+def test_the_worker_counts_the_events_its_model_disagrees_on(
+    make_worker_settings: Callable[..., WorkerSettings],
+    digits_path: Path,
+    digits_split: DatasetSplit,
+    redis_client: redis.Redis,
+) -> None:
+    settings = make_worker_settings(
+        models={"digits": {"attribution": _section(digits_path)}}, worker_retry_after_ms=100
+    )
+    good = [
+        sampled_digit(f"ok{row}", digits_split.test.features[row], predicted=int(digits_split.test.labels[row]))
+        for row in range(3)
+    ]
+    for item in [*good, *_rotated(digits_split, range(3, 5))]:
+        redis_client.xadd(keys.sample_stream("digits"), item.encode())  # type: ignore[arg-type]  # redis-py's field types
+
+    def done() -> bool:
+        ids = ["ok0", "ok1", "ok2", "r3", "r4"]
+        return all(hash_field(redis_client, keys.explanation("digits", i), "status") == b"done" for i in ids)
+
+    registry = CollectorRegistry()
+    drain_worker(settings, done, registry=registry)
+
+    assert registry.get_sample_value("vai_attribution_prediction_mismatch_total", {"model": "digits"}) == 2
