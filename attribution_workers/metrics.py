@@ -33,6 +33,13 @@ class WorkerMetrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
+        self.models = Gauge(
+            "vai_worker_models",
+            "1 for each model this worker has loaded and explains (VaiModelNotExplained: samples queued for a model "
+            "no live worker loads).",
+            ["model"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "vai_dead_letters", "Stream entries moved to the dead-letter stream.", ["model"], registry=registry
         )
@@ -124,6 +131,8 @@ class WorkerMetrics:
 
     def start_counting(self, model: str) -> None:
         """Create ``model``'s counters at 0, so that their first increment is an increase Prometheus sees
-        (``increase()`` cannot see a series that appears at 1: a first dead letter would never alert)."""
+        (``increase()`` cannot see a series that appears at 1: a first dead letter would never alert), and say that
+        this worker explains ``model``."""
         for counter in (self.dead_letters, self.dead_letters_trimmed, self.errors, self.prediction_mismatch):
             counter.labels(model)
+        self.models.labels(model).set(1)

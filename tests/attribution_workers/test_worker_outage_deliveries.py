@@ -225,6 +225,7 @@ def test_entries_reclaimed_while_redis_refuses_writes_are_explained_once_it_acce
     assert redis_client.xlen(DEAD) == 0, stream_entries(redis_client, DEAD)[0][1][b"error"]
     assert [status(redis_client, f"img{i}") for i in range(3)] == [b"done"] * 3
     assert registry.get_sample_value("vai_dead_letters_total", {"model": "digits"}) == 0
+    assert registry.get_sample_value("vai_worker_models", {"model": "digits"}) == 1  # it says what it explains
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
 
 
