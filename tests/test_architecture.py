@@ -66,7 +66,45 @@ def test_packages_import_only_downwards() -> None:
 
 
 def test_no_import_cycles() -> None:
-    graph = _graph()
+    assert _cycles(_graph()) == []
+
+
+def _part_of_the_sidecar(module: str) -> str:
+    """``service.X`` for a module of the sidecar's subpackage ``X`` or its top-level module ``X``."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_the_sidecar_s_packages_import_one_way() -> None:
+    """Beyond modules: no two parts of ``service`` (``events``, ``decoding``, ``ingest``… and the top-level modules)
+    import each other, directly or round a loop."""
+    parts: dict[str, set[str]] = {}
+    for module, targets in _graph().items():
+        if module.startswith("service."):
+            part = parts.setdefault(_part_of_the_sidecar(module), set())
+            part.update(_part_of_the_sidecar(t) for t in targets if t.startswith("service."))
+    for part, targets in parts.items():
+        targets.discard(part)
+    assert len(parts) > 10
+    assert _cycles(parts) == []
+
+
+WEB = ("fastapi", "starlette")
+
+
+def test_only_the_sidecar_s_web_layer_imports_the_web_framework() -> None:
+    """Routes are thin over plain classes: inside ``service`` only ``app``, ``routes/`` and ``http/`` import FastAPI or
+    Starlette, and no other package does."""
+    offenders = sorted(
+        module
+        for module, path in _modules().items()
+        if any(name.split(".")[0] in WEB for name in _imports(path, module))
+        and not (module == "service.app" or module.startswith(("service.routes", "service.http")))
+    )
+    assert offenders == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -94,7 +132,7 @@ def test_no_import_cycles() -> None:
     for node in sorted(graph):
         if node not in index:
             visit(node)
-    assert cycles == []
+    return cycles
 
 
 def test_the_rules_see_real_imports() -> None:
