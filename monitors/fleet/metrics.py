@@ -10,7 +10,7 @@
 | ``vai_monitor_owned`` | gauge | model | 1 on the monitor process that owns the model |
 | ``vai_drift_monitoring`` | gauge | model | 1 while the drift detectors watch; 0 warming up or calibrating |
 | ``vai_drift_warmup_records`` | gauge | model | records collected for the reference while warming up (else 0) |
-| ``vai_drift_calibration_failed`` | gauge | model | 1 while the last drift calibration failed or left detectors out (why: ``/drift``) |
+| ``vai_drift_calibration_failed`` | gauge | model | 1: last calibration failed or left detectors out |
 | ``vai_monitor_members`` | gauge | | monitor processes alive, as this one sees them |
 | ``vai_monitor_drift_configs`` | gauge | | distinct drift settings among the live monitors (above 1: they differ) |
 | ``vai_estimated_accuracy`` | gauge | model, version, cohort | accuracy estimated from confidences alone (ATC) |
