@@ -136,9 +136,9 @@ def projection_json(
         "owner": header.owner,
         "other_width_count": header.other_width,
         "non_finite_count": placed.left_out,
+        "reference_rows": header.reference.total_rows,
+        "warning": placed.placed.warning,
     }
-    if placed.placed.warning is not None:
-        body["warning"] = placed.placed.warning
     return orjson.dumps(body)
 
 

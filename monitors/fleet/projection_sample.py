@@ -48,6 +48,8 @@ class ReferenceSample:
     from_traffic: bool = False
     taken_until: int = 0
     """The :attr:`Seen.seq` of the last record this owner took into it: production is drawn from later ones."""
+    total_rows: int | None = None
+    """Rows of the reference these are a seeded sample of (``None``: all of it is here)."""
 
     @classmethod
     def of(cls, stored: StoredReference, *, max_rows: int, seed: int) -> ReferenceSample:
@@ -62,6 +64,7 @@ class ReferenceSample:
             predicted=reference.predicted[rows] if outputs else None,
             confidence=reference.confidence[rows] if outputs else None,
             margin=None if stored.margin is None or not outputs else stored.margin[rows],
+            total_rows=len(reference) if len(rows) < len(reference) else None,
         )
 
     @property

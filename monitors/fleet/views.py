@@ -64,7 +64,10 @@ class Projection(_Result):
     owner: str = ""
     warning: str | None = None
     """What the reader must know to read the coordinates (e.g. a reference without variance: PCA has no axes), or
-    None. Absent from the views of older monitors."""
+    None (absent from the views of older monitors)."""
+    reference_rows: int | None = None
+    """Rows of the reference when the projection's reference points are a seeded sample of it (more rows than
+    ``VAI_PROJECTION_MAX_REFERENCE``); None when they are all of it, and in views of older monitors."""
     shown_reference: int | None = None
     """Reference points in ``points`` when they are a cut (``limit``) of ``reference_count``; None when every
     point is there."""

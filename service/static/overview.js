@@ -580,7 +580,10 @@
     const warning = typeof data.warning === "string"
       ? el("strong", { class: "projection-warning" }, `⚠ ${data.warning} `) : "";
     evidence(section, failed, warning,
-      `Observed pattern: ${counted(data.shown_reference, data.reference_count)} reference and `,
+      `Observed pattern: ${counted(data.shown_reference, data.reference_count)} reference`,
+      typeof data.reference_rows === "number" && data.reference_rows > data.reference_count
+        ? ` (a seeded sample of the reference's ${data.reference_rows} rows)` : "",
+      " and ",
       `${counted(data.shown_production, data.production_count)} recent production embeddings, `,
       `${data.method.toUpperCase()} to 2-D, computed `, since(data.computed_at), " in ",
       `${num(data.seconds, 2)} s; ${sampled} ringed points had been explained by then and link to their `,

@@ -524,3 +524,17 @@ def test_umap_puts_every_copy_of_a_row_on_one_point() -> None:
     again = umap_project("copies", reference, production[:12], UmapSettings())  # the fitted model, reused
     assert again.cached and np.array_equal(again.reference, result.reference)
     assert np.array_equal(again.production[10], again.production[11])
+
+
+@pytest.mark.parametrize("total", [pytest.param(30, id="all-of-it"), pytest.param(50, id="sampled")])
+def test_a_sampled_reference_says_how_many_rows_it_was_drawn_from(total: int) -> None:
+    """The projection's ``reference_count`` is the sample's; a page read "2000 reference embeddings" of 3,000."""
+    from monitors.drift.reference import Reference
+    from monitors.fleet.projection_sample import ReferenceSample
+    from monitors.fleet.references import StoredReference
+
+    embeddings = np.random.default_rng(0).normal(size=(total, 4)).astype(np.float32)
+    reference = Reference(np.zeros(total, dtype=np.int64), np.full(total, 0.9), embeddings)
+    sample = ReferenceSample.of(StoredReference("r", reference), max_rows=40, seed=1)
+    assert sample.embeddings is not None and len(sample.embeddings) == min(total, 40)
+    assert sample.total_rows == (total if total > 40 else None)

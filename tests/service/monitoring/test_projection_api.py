@@ -174,6 +174,8 @@ def test_projection_has_reference_and_production_points_with_working_click_throu
     sources = [p["source"] for p in limited["points"]]
     assert len(sources) == 50 and limited["shown_reference"] == sources.count("reference")
     assert (limited["reference_count"], limited["production_count"]) == (len(reference_x), 200), "the totals"
+    assert set(limited) - set(body) == {"shown_reference", "shown_production"}, "one shape, cut or not"
+    assert body["warning"] is None and body["reference_rows"] is None  # every reference row is drawn
     assert sources.count("reference") == round(50 * len(reference_x) / (len(reference_x) + 200))
 
 
