@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
@@ -224,14 +224,20 @@ class ProjectionPool:
         self._threads = threads
         self.umap_settings = umap or UmapSettings()
         self._executor: ProcessPoolExecutor | None = None
+        self._calls: set[Future[UmapResult]] = set()
+        """Calls submitted and not finished (a caller cancelled may leave one running): with none, ``close`` lets
+        the worker exit by itself (a killed one leaves its queue's semaphore for the resource tracker to report)."""
 
     async def umap(
         self, reference_id: str, reference: npt.NDArray[np.float32], production: npt.NDArray[np.float32]
     ) -> UmapResult:
         executor = self._start()
         call = partial(umap_project, reference_id, reference, production, self.umap_settings)
+        submitted = executor.submit(call)
+        self._calls.add(submitted)
+        submitted.add_done_callback(self._calls.discard)
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, call)
+            return await asyncio.wrap_future(submitted)
         except BrokenProcessPool:
             if self._executor is executor:  # not a fresh pool another model's call has started since
                 self.close()  # the worker died (killed, out of memory): the next call starts a fresh one
@@ -248,9 +254,13 @@ class ProjectionPool:
         return self._executor
 
     def close(self) -> None:
-        """Stop the worker now, even in the middle of a fit (a fit can take tens of seconds)."""
+        """Stop the worker now, even in the middle of a fit (a fit can take tens of seconds); an idle one is shut
+        down as the pool does it, so that it exits by itself."""
         executor, self._executor = self._executor, None
         if executor is None:
+            return
+        if all(call.done() for call in list(self._calls)):
+            executor.shutdown(wait=True, cancel_futures=True)
             return
         processes: dict[int, Any] = dict(getattr(executor, "_processes", None) or {})  # no public way to kill
         for process in processes.values():

@@ -4,6 +4,9 @@ and the capped drift-score history (real Redis, real digits embeddings)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -538,3 +541,35 @@ def test_a_sampled_reference_says_how_many_rows_it_was_drawn_from(total: int) ->
     sample = ReferenceSample.of(StoredReference("r", reference), max_rows=40, seed=1)
     assert sample.embeddings is not None and len(sample.embeddings) == min(total, 40)
     assert sample.total_rows == (total if total > 40 else None)
+
+
+_CLOSE_AFTER_A_FIT = """
+import asyncio
+import numpy as np
+from monitors.fleet.projection import ProjectionPool
+
+rows = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+pool = ProjectionPool()
+asyncio.run(pool.umap("ref", rows, rows[:5]))
+pool.close()
+print("closed")
+"""
+
+
+@pytest.mark.slow
+def test_closing_an_idle_umap_worker_leaks_nothing() -> None:
+    """The worker was killed even when idle, and the monitor's exit printed the resource tracker's "leaked
+    semaphore" warning after every demo that had drawn a UMAP projection."""
+    from helpers import REPO
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CLOSE_AFTER_A_FIT],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert done.stdout.strip() == "closed"
+    assert "leaked" not in done.stderr, done.stderr
