@@ -80,8 +80,8 @@ def test_the_sidecar_s_packages_import_one_way() -> None:
     parts: dict[str, set[str]] = {}
     for module, targets in _graph().items():
         if module.startswith("service."):
-            part = parts.setdefault(_part_of_the_sidecar(module), set())
-            part.update(_part_of_the_sidecar(t) for t in targets if t.startswith("service."))
+            imported = parts.setdefault(_part_of_the_sidecar(module), set())
+            imported.update(_part_of_the_sidecar(t) for t in targets if t.startswith("service."))
     for part, targets in parts.items():
         targets.discard(part)
     assert len(parts) > 10
