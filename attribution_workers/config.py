@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
+from attribution_workers.errors import AttributionError
 from attribution_workers.lime import LimeSettings
 from attribution_workers.loader import ModelSpec
 from attribution_workers.methods import MethodName
@@ -107,11 +109,36 @@ class AttributionConfig(BaseModel):
         )
 
 
+class ConfigError(AttributionError):
+    """One or more ``[models.NAME.attribution]`` sections do not validate; the message names each, one a line."""
+
+
 def attribution_configs(models: dict[str, Any]) -> dict[str, AttributionConfig]:
-    """Every model of the settings that has an ``attribution`` section."""
+    """Every model of the settings that has an ``attribution`` section.
+
+    A section that does not validate is a mistake in the file, not in this model's environment: the file is
+    refused as a whole (:class:`ConfigError`, every bad section named), before any model loads, like any other
+    invalid setting. Starting without the model would turn a typo in a setting into a model nobody explains."""
     found: dict[str, AttributionConfig] = {}
+    problems: list[str] = []
     for name, section in models.items():
         section = getattr(section, "attribution", None)
-        if section is not None:
+        if section is None:
+            continue
+        try:
             found[name] = AttributionConfig.model_validate(section)
+        except ValidationError as error:
+            problems += [f"{section_name(name)}: {_located(problem)}" for problem in error.errors(include_url=False)]
+    if problems:
+        raise ConfigError("\n".join(problems))
     return found
+
+
+def section_name(model: str) -> str:
+    """How the config file spells ``model``'s attribution section, to name it in messages."""
+    return f"[models.{model}.attribution]"
+
+
+def _located(problem: ErrorDetails) -> str:
+    where = ".".join(str(part) for part in problem["loc"])
+    return f"{where}: {problem['msg']}" if where else str(problem["msg"])

@@ -3,22 +3,29 @@
 Exit status: 0 after SIGTERM/SIGINT; :data:`~attribution_workers.bounded.EXIT_TIMED_OUT` (3) when a
 batch overran ``VAI_WORKER_JOB_TIMEOUT_S`` (its entries stay pending for the restarted worker). A Redis
 outage does not end the worker: it waits for Redis, also at start.
+
+A model that does not load does not stop the others: it is logged once at ERROR with the reason, exported as
+``vai_worker_model_load_failed{model}`` = 1, and the worker explains the models that loaded. Status 1 at start
+when none loads, when any does not under ``VAI_WORKER_REQUIRE_ALL_MODELS``, and when an attribution section does
+not validate (a mistake in the file, refused as a whole before anything loads); 2 without ``VAI_REDIS_URL``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import signal
+from collections.abc import Iterable
 
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
 from attribution_workers.bounded import EXIT_TIMED_OUT, WorkTimedOut
-from attribution_workers.config import attribution_configs
+from attribution_workers.config import ConfigError, attribution_configs, section_name
 from attribution_workers.errors import AttributionError
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
@@ -33,17 +40,78 @@ CLOSE_S = 2.0
 """How long closing the Redis connections may take at exit."""
 
 
-def build_runtimes(settings: WorkerSettings) -> dict[str, ModelRuntime]:
-    configs = attribution_configs(settings.models)
+@dataclasses.dataclass(frozen=True)
+class LoadFailure:
+    """Why one model of the config could not be loaded."""
+
+    reason: str
+    """``[models.NAME.attribution]: what went wrong``."""
+    error: Exception
+    expected: bool
+    """The error says what is wrong with the model or its files (:class:`AttributionError`, ``OSError``); otherwise
+    (a factory raising something else, a bug) its traceback is worth logging too."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModels:
+    """What the worker could load of its config: the runtimes to serve, and why each other model failed."""
+
+    runtimes: dict[str, ModelRuntime]
+    failures: dict[str, LoadFailure]
+
+
+def load_runtimes(settings: WorkerSettings) -> LoadedModels:
+    """Load every model of the config that loads, and say why each other one did not.
+
+    Per model: anything that goes wrong loading it (its file unreadable or not fitting the model, a factory that
+    does not import or raises, a method or layer the model does not have, CUDA missing or out of memory). For the
+    whole file (``SystemExit``): no ``attribution`` section at all, or a section that does not validate."""
+    try:
+        configs = attribution_configs(settings.models)
+    except ConfigError as error:
+        raise SystemExit(f"VAI_CONFIG_FILE: attribution sections that do not validate:\n{error}") from error
     if not configs:
         raise SystemExit("no model has an [models.NAME.attribution] section in VAI_CONFIG_FILE")
-    runtimes = {}
+    runtimes: dict[str, ModelRuntime] = {}
+    failures: dict[str, LoadFailure] = {}
     for name, config in configs.items():
         try:
             runtimes[name] = ModelRuntime(name, config, device=settings.worker_device)
-        except (AttributionError, OSError) as error:  # the config does not fit the model: say which, no traceback
-            raise SystemExit(f"[models.{name}.attribution]: {error}") from error
-    return runtimes
+        except Exception as error:  # one model's failure must not stop the worker for the others
+            expected = isinstance(error, AttributionError | OSError)
+            text = str(error) if expected else f"{type(error).__name__}: {error}"
+            failures[name] = LoadFailure(f"{section_name(name)}: {text}", error, expected)
+    return LoadedModels(runtimes, failures)
+
+
+def build_runtimes(settings: WorkerSettings) -> dict[str, ModelRuntime]:
+    """Every model of the config, or ``SystemExit`` naming each one that does not load (in-process callers and
+    tests, which want all or nothing; ``vai-sidecar worker`` serves what loads, see :func:`run_worker`)."""
+    loaded = load_runtimes(settings)
+    for failure in loaded.failures.values():
+        if not failure.expected:
+            raise failure.error
+    if loaded.failures:
+        raise SystemExit("\n".join(failure.reason for failure in loaded.failures.values()))
+    return loaded.runtimes
+
+
+def report_failures(settings: WorkerSettings, loaded: LoadedModels) -> bool:
+    """Log each model that did not load, once, at ERROR; False when the worker must not start (no model loaded,
+    or one failed under ``VAI_WORKER_REQUIRE_ALL_MODELS``)."""
+    for failure in loaded.failures.values():
+        log.error(
+            "%s; not explaining this model (vai_worker_model_load_failed)",
+            failure.reason,
+            exc_info=None if failure.expected else failure.error,
+        )
+    if not loaded.runtimes:
+        log.error("no model of VAI_CONFIG_FILE could be loaded: nothing to explain, exiting")
+        return False
+    if loaded.failures and settings.worker_require_all_models:
+        log.error("VAI_WORKER_REQUIRE_ALL_MODELS is set and %d model(s) did not load: exiting", len(loaded.failures))
+        return False
+    return True
 
 
 NO_REDIS = (
@@ -53,17 +121,25 @@ NO_REDIS = (
 
 
 def make_worker(
-    settings: WorkerSettings, runtimes: dict[str, ModelRuntime], registry: CollectorRegistry
+    settings: WorkerSettings,
+    runtimes: dict[str, ModelRuntime],
+    registry: CollectorRegistry,
+    *,
+    failed: Iterable[str] = (),
 ) -> AttributionWorker:
+    """The worker of ``runtimes``; ``failed``: the models of the config that did not load (exported as such)."""
     if settings.redis_url is None:
         raise SystemExit(NO_REDIS)
+    metrics = WorkerMetrics(registry)
+    for model in failed:
+        metrics.load_failed.labels(model).set(1)
     # Reads block for worker_block_ms, so the socket timeout must be longer than that.
     redis = connect(settings.redis_url, timeout_s=max(settings.redis_timeout_s, settings.worker_block_ms / 1000 + 5))
     return AttributionWorker(
         redis,
         ExplanationStore(redis, ttl_s=settings.explanation_ttl_s),
         runtimes,
-        WorkerMetrics(registry),
+        metrics,
         consumer=settings.worker_consumer or process_id(),
         batch_size=settings.worker_batch_size,
         block_ms=settings.worker_block_ms,
@@ -84,8 +160,11 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.worker_torch_threads:
         torch.set_num_threads(settings.worker_torch_threads)
     registry = CollectorRegistry()
-    runtimes = build_runtimes(settings)
-    worker = make_worker(settings, runtimes, registry)
+    loaded = load_runtimes(settings)
+    if not report_failures(settings, loaded):
+        return 1
+    runtimes = loaded.runtimes
+    worker = make_worker(settings, runtimes, registry, failed=loaded.failures)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
     for name, runtime in runtimes.items():

@@ -40,6 +40,15 @@ class WorkerMetrics:
             ["model"],
             registry=registry,
         )
+        self.load_failed = Gauge(
+            "vai_worker_model_load_failed",
+            "1 for each model of this worker's config that it could not load at start (its weights or TorchScript "
+            "file unreadable or not fitting the model, a factory that does not import, a method the model does not "
+            "support; the reason is in the worker's log): the worker explains its other models and not this one "
+            "until it is restarted.",
+            ["model"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "vai_dead_letters", "Stream entries moved to the dead-letter stream.", ["model"], registry=registry
         )

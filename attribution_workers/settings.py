@@ -51,6 +51,10 @@ class WorkerSettings(RoleSettings):
     """TTL of the worker's heartbeat key (refreshed every third of it)."""
     worker_metrics_port: int = Field(default=8001, ge=0, le=65535)
     """Port of the worker's own /metrics (0 disables it)."""
+    worker_require_all_models: bool = False
+    """Exit at start (status 1) when any model of the config fails to load. By default the worker logs each model
+    it cannot load, exports it as ``vai_worker_model_load_failed``, and explains the others; it exits only when no
+    model loads. Strict start suits a rollout that should halt on a bad model rather than go on without it."""
     worker_device: str | None = None
     """Torch device for attribution (``cuda``, ``cpu``); default CUDA when available."""
     worker_torch_threads: int = Field(default=1, ge=0)
