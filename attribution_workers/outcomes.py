@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.explainer import Attribution, Explanation
+from attribution_workers.loader import LoadedModel
 from attribution_workers.methods import MethodName
 from sampler.contract import SampledEvent
 from sampler.explanation_records import (
@@ -14,6 +16,7 @@ from sampler.explanation_records import (
     ExplanationRecord,
     ExplanationSummary,
     Fidelity,
+    MethodSettings,
     StoredAttribution,
     WorkerPrediction,
 )
@@ -35,6 +38,22 @@ class Outcome:
         return self.record.summary.status == "done"
 
 
+def method_settings(config: AttributionConfig, model: LoadedModel, methods: Sequence[MethodName]) -> MethodSettings:
+    """The settings of the methods that run, as the records keep them."""
+    ran = set(methods)
+    return MethodSettings(
+        fidelity_steps=config.fidelity_steps,
+        fidelity_random_orders=config.fidelity_random_orders,
+        ig_steps=config.ig_steps if "integrated_gradients" in ran else None,
+        shap_samples=config.shap_samples if ran & {"gradient_shap", "kernel_shap"} else None,
+        shap_stdev=config.shap_stdev if "gradient_shap" in ran else None,
+        lime_samples=config.lime_samples if "lime" in ran else None,
+        lime_patch=config.lime_settings().patch_edge(model.input_shape) if "lime" in ran else None,
+        occlusion_window=config.occlusion_window if "occlusion" in ran else None,
+        gradcam_layer=model.gradcam_layer_name if "gradcam" in ran else None,
+    )
+
+
 def record_of(
     methods: tuple[MethodName, ...],
     config: AttributionConfig,
@@ -47,9 +66,10 @@ def record_of(
     now: float,
     trust: dict[str, MethodTrust],
     prediction: WorkerPrediction | None = None,
+    settings: MethodSettings | None = None,
 ) -> ExplanationRecord:
-    """The record of one explained event: every map (and the maps towards its label) with its figures, and what
-    the worker's own model predicted."""
+    """The record of one explained event: every map (and the maps towards its label) with its figures, what the
+    worker's own model predicted, and the settings the maps were made with."""
     stored: dict[str, StoredAttribution] = {
         a.method: stored_attribution(
             a, explanation.target, fidelity.get(a.method), seconds[a.method], trust.get(a.method)
@@ -77,6 +97,7 @@ def record_of(
         input=event.input if config.store_inputs else None,
         explained_at=now,
         feature_names=config.feature_names,
+        settings=settings,
     )
     return ExplanationRecord(summary=summary, detail=detail)
 

@@ -25,7 +25,7 @@ from attribution_workers.inspection import BatchInspection, LayerInspector
 from attribution_workers.inspection_health import BaselineDraft, HealthSnapshot, LayerHealthTracker
 from attribution_workers.loader import LoadedModel, load_model
 from attribution_workers.methods import MethodName
-from attribution_workers.outcomes import LABEL_SUFFIX, Outcome, failed, record_of
+from attribution_workers.outcomes import LABEL_SUFFIX, Outcome, failed, method_settings, record_of
 from attribution_workers.prediction import worker_predictions
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
@@ -81,6 +81,8 @@ class ModelRuntime:
         self._sanity_runs = 0
         self._lock = threading.Lock()
         self._rule = config.verdict_rule()
+        self.settings = method_settings(config, self.model, self.methods)
+        """What each record keeps of how its maps were made."""
 
     def _explainer(self, methods: Sequence[MethodName] | None) -> Explainer:
         config = self.config
@@ -268,6 +270,7 @@ class ModelRuntime:
                     now,
                     trusts[i],
                     predictions[i],
+                    settings=self.settings,
                 )
             )
             for i, (event, _) in enumerate(usable)

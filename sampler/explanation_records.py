@@ -115,6 +115,28 @@ class ExplanationSummary(BaseModel):
         )
 
 
+class MethodSettings(BaseModel):
+    """The attribution settings an explanation's maps and figures were computed with (the worker's
+    ``[models.NAME.attribution]`` then), so that a figure stays readable after the config changes. A method's
+    settings are ``None`` when it did not run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fidelity_steps: int
+    fidelity_random_orders: int
+    ig_steps: int | None = None
+    shap_samples: int | None = None
+    """Gradient SHAP's and kernel SHAP's samples."""
+    shap_stdev: float | None = None
+    """Gradient SHAP's noise, in input units."""
+    lime_samples: int | None = None
+    lime_patch: int | None = None
+    """The edge of LIME's square patches as used on this input shape (the config may leave it to the worker)."""
+    occlusion_window: int | None = None
+    gradcam_layer: str | None = None
+    """The layer Grad-CAM's map is taken at."""
+
+
 class ExplanationDetail(BaseModel):
     attributions: dict[str, StoredAttribution] = Field(default_factory=dict)
     agreement: float | None = None
@@ -128,6 +150,8 @@ class ExplanationDetail(BaseModel):
     """The inspected layers' outputs on this input (``sampler.layers``)."""
     feature_maps: dict[str, FeatureMaps] = Field(default_factory=dict)
     """A few channels of some layers' outputs, by layer name; drawn on request, not in the JSON detail."""
+    settings: MethodSettings | None = None
+    """How the maps were made; ``None`` when the explanation failed, and in records stored before it was kept."""
 
 
 class ExplanationRecord(BaseModel):

@@ -13,7 +13,14 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import InvalidInput, NotFound
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
-from sampler.explanation_records import ExplanationQuery, ExplanationRecord, Fidelity, SanityFigure, WorkerPrediction
+from sampler.explanation_records import (
+    ExplanationQuery,
+    ExplanationRecord,
+    Fidelity,
+    MethodSettings,
+    SanityFigure,
+    WorkerPrediction,
+)
 from sampler.explanations import ExplanationStore
 from sampler.layers import LayerStats
 from sampler.verdicts import Verdict
@@ -64,6 +71,8 @@ class ExplanationPublic(BaseModel):
     input: dict[str, Any] | None = None
     explained_at: float | None = None
     layers: list[LayerStats] = []
+    settings: MethodSettings | None = None
+    """The attribution settings the maps were made with (``null`` in records stored before it was kept)."""
     worker_prediction: WorkerPrediction | None = None
     """The attribution worker's own model's prediction on the input; ``matches: false`` means its model disagrees
     with the server's (version skew or other weights) and no map of the event is trusted."""
@@ -164,6 +173,7 @@ def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> Exp
         input=model_input,
         explained_at=detail.explained_at,
         layers=detail.layers,
+        settings=detail.settings,
     )
 
 

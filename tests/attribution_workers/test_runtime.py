@@ -258,3 +258,15 @@ def test_each_sanity_check_draws_new_random_weights_and_averages_several(
     draws = [draw for draw in first.draws if draw is not None]
     assert len(draws) == 2 and first.draws != second.draws
     assert first.spread == pytest.approx(max(draws) - min(draws))
+
+
+def test_each_record_says_how_its_maps_were_made(digits_path: Path, digits_split: DatasetSplit) -> None:
+    """Without them a stored figure could not be read once the config changed (steps, samples, windows)."""
+    runtime = _runtime(digits_path, methods=["integrated_gradients", "occlusion"], ig_steps=8, occlusion_window=3)
+    (outcome,) = runtime.explain(_events(digits_split, range(1)), {}).outcomes
+
+    settings = outcome.record.detail.settings
+    assert settings is not None
+    assert (settings.ig_steps, settings.occlusion_window) == (8, 3)
+    assert (settings.fidelity_steps, settings.fidelity_random_orders) == (8, 2)
+    assert settings.lime_samples is None and settings.shap_samples is None and settings.gradcam_layer is None
