@@ -47,11 +47,6 @@ return taken
 another worker has claimed since (or that was acked) is left alone. ``JUSTID`` does not count a delivery."""
 
 
-def entry_time_s(entry_id: bytes) -> float:
-    """When the entry entered its stream, epoch seconds on Redis's clock: the first part of an id ``XADD *`` gave."""
-    return int(entry_id.split(b"-", 1)[0]) / 1000
-
-
 @dataclass(frozen=True, slots=True)
 class Delivery:
     entry_id: bytes

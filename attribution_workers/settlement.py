@@ -16,12 +16,12 @@ from redis.exceptions import ResponseError
 
 from attribution_workers import outcomes
 from attribution_workers.bounded import WorkTimedOut
-from attribution_workers.consumer import Delivery, GroupConsumer, entry_time_s
+from attribution_workers.consumer import Delivery, GroupConsumer
 from attribution_workers.failures import is_outage
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.outcomes import Outcome
 from attribution_workers.runtime import BatchResult
-from common.redis import REDIS_DOWN, REDIS_FAILED
+from common.redis import REDIS_DOWN, REDIS_FAILED, stream_entry_time_s
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanations import ExplanationStore
 
@@ -153,7 +153,7 @@ class Settlement:
             for method in summary.methods:
                 self._metrics.explanations.labels(model, method, status).inc()
             if stored and offset_s is not None:
-                waited_s = time.time() + offset_s - entry_time_s(delivery.entry_id)
+                waited_s = time.time() + offset_s - stream_entry_time_s(delivery.entry_id)
                 self._metrics.lag.labels(model).observe(max(0.0, waited_s))
             await self._consumer.finish(stream, delivery.entry_id)
             self.processed += 1

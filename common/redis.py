@@ -90,6 +90,48 @@ async def every(period_s: float, action: Callable[[], Awaitable[object]], *, wha
             log.exception("%s failed", what)
 
 
+async def rounds(
+    step: Callable[[], Awaitable[None]], *, period_s: float = 0.0, what: str, stopping: Callable[[], bool]
+) -> None:
+    """Run ``step`` at once, then every ``period_s`` (``0``: back to back), until ``stopping()`` or the task is
+    cancelled, riding out failures: a Redis failure is logged once until a round succeeds again (``what`` names the
+    loop) and retried after 0.5 s, any other failure logged each time and retried after 1 s. A cancellation can
+    reach the loop disguised (redis-py turns one inside its own timeout into ``TimeoutError``) or swallowed, so the
+    loop also checks, and ends by raising ``CancelledError``.
+
+    Unlike :func:`every` (wait first, every failure logged and waited out by the period): a loop of an owner that
+    reads or publishes as soon as it starts, and must neither spin nor flood the log while Redis is down."""
+    failing = False
+    while not stopping():
+        try:
+            await step()
+        except REDIS_FAILED as error:
+            if stopping() or cancelling():
+                raise asyncio.CancelledError from error
+            if not failing:
+                log.warning("%s: redis failed (%s: %s); retrying", what, type(error).__name__, error)
+            failing = True
+            await asyncio.sleep(0.5)
+            continue
+        except Exception:
+            log.exception("%s: %s failed", what, getattr(step, "__name__", step))
+            await asyncio.sleep(1.0)
+            continue
+        if stopping() or cancelling():
+            raise asyncio.CancelledError
+        if failing:
+            log.info("%s: redis is back", what)
+        failing = False
+        if period_s:
+            await asyncio.sleep(period_s)
+
+
+def stream_entry_time_s(entry_id: bytes | str) -> float:
+    """When Redis wrote a stream entry, epoch seconds on Redis's clock: the first part of an id ``XADD *`` gave
+    (``<milliseconds>-<sequence>``)."""
+    return int(text(entry_id).split("-", 1)[0]) / 1000
+
+
 @overload
 def text(value: bytes | str) -> str: ...
 @overload

@@ -12,8 +12,9 @@ Labels: ``model``, ``version`` and ``cohort`` (``all`` or ``key=value``, see
 | ``vai_calibration_ece`` | gauge | expected calibration error, 15 bins |
 | ``vai_calibration_mce`` | gauge | maximum calibration error over non-empty bins |
 | ``vai_brier_score`` | gauge | multi-class Brier score (only series whose events carry probability vectors) |
+| ``vai_brier_count`` | gauge | labelled predictions with a probability vector the Brier score is over (with it) |
 | ``vai_accuracy`` / ``_lower`` / ``_upper`` | gauge | accuracy and its 95% Wilson interval |
-| ``vai_cohort_window_events`` | gauge | labelled predictions in the window now |
+| ``vai_cohort_window_events`` | gauge | labelled predictions in the window now (what ECE, MCE and accuracy rest on) |
 | ``vai_cohort_labelled_total`` | counter | labelled predictions received since start |
 | ``vai_class_precision`` / ``vai_class_recall`` | gauge | per class, the ``max_classes`` classes with most support |
 """
@@ -29,7 +30,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitors.calibration import CalibrationReport, calibration_of
 from monitors.quality import ClassQuality, QualityReport, quality_of
-from monitors.window import SeriesKey, SeriesSnapshot, WindowStore
+from monitors.series import SeriesKey
+from monitors.window import SeriesSnapshot, WindowStore
 
 SERIES_LABELS = ("model", "version", "cohort")
 CLASS_LABELS = (*SERIES_LABELS, "class")
@@ -64,6 +66,9 @@ class _Families:
         self.ece = gauge("vai_calibration_ece", "Expected calibration error (top-label, 15 equal-width bins).")
         self.mce = gauge("vai_calibration_mce", "Maximum calibration error over non-empty bins.")
         self.brier = gauge("vai_brier_score", "Multi-class Brier score over events with a probability vector.")
+        self.brier_count = gauge(
+            "vai_brier_count", "Labelled predictions with a probability vector: what vai_brier_score rests on."
+        )
         self.accuracy = gauge("vai_accuracy", "Share of labelled predictions that were right.")
         self.lower = gauge("vai_accuracy_lower", "Lower end of the 95% Wilson interval of the accuracy.")
         self.upper = gauge("vai_accuracy_upper", "Upper end of the 95% Wilson interval of the accuracy.")
@@ -79,6 +84,7 @@ class _Families:
             self.ece,
             self.mce,
             self.brier,
+            self.brier_count,
             self.accuracy,
             self.lower,
             self.upper,
@@ -137,6 +143,7 @@ class QualityCollector(Collector):
         families.mce.add_metric(labels, calibration.mce)
         if calibration.brier_score is not None:
             families.brier.add_metric(labels, calibration.brier_score)
+            families.brier_count.add_metric(labels, calibration.brier_count)
         families.accuracy.add_metric(labels, quality.accuracy.value)
         families.lower.add_metric(labels, quality.accuracy.lower)
         families.upper.add_metric(labels, quality.accuracy.upper)

@@ -1,5 +1,5 @@
-"""Sliding windows of labelled predictions, one per (model, version, cohort slice), and of the
-confidences of every recent prediction (:class:`PredictionWindow`, behind accuracy estimates).
+"""Sliding windows of labelled predictions, one per (model, version, cohort slice); the confidences of every
+recent prediction are in :mod:`monitors.prediction_window`.
 
 Each window keeps the predictions appended in the last ``horizon_s`` seconds
 (by the store's clock at append time, so late labels are not dropped on
@@ -11,10 +11,8 @@ the whole it is shown beside cover one period. Windows that empty out are
 forgotten, so retired versions drop out of the metrics.
 
 With a fleet :class:`CohortGuard` (the monitor's), a prediction carrying a cohort value the fleet has
-not decided yet waits (tens of milliseconds) and joins its windows, ``all`` and every slice at once,
-when the value is decided (:meth:`WindowStore.release`, called by ``monitors.cohort_admission``):
-placed by the time it was appended at, so it leaves when it would have, and a snapshot never shows it
-in ``all`` but not in its slice.
+not decided yet is held until it is (:class:`monitors.series.Holding`, released by
+:meth:`WindowStore.release`).
 """
 
 from __future__ import annotations
@@ -22,27 +20,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
-import numpy as np
-from numpy.typing import NDArray
-
-from monitors.cohorts import ALL, CohortGuard
+from monitors.cohorts import CohortGuard
 from monitors.records import LabelledPrediction
+from monitors.series import Holding, SeriesKey, check_bounds, cut
 
 DEFAULT_HORIZON_S = 3600.0
 DEFAULT_MAX_ITEMS = 10_000
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class SeriesKey:
-    """One window: a model version and a cohort slice (``all`` or ``key=value``)."""
-
-    model: str
-    version: str
-    cohort: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,38 +38,6 @@ class SeriesSnapshot:
     """Predictions in the window, oldest first."""
     labelled_total: int
     """Predictions ever appended to this series since the process started."""
-
-
-class _Series(Protocol):
-    """A window of one series, its items in the order of their (store clock) times."""
-
-    @property
-    def size(self) -> int: ...
-
-    def evict(self, cutoff: float) -> None:
-        """Drop the items timed before ``cutoff``."""
-
-    def oldest(self) -> float: ...
-
-
-_SeriesT = TypeVar("_SeriesT", bound=_Series)
-
-
-def _cut(series: dict[SeriesKey, _SeriesT], model: str, cutoff: float) -> dict[SeriesKey, _SeriesT]:
-    """``model``'s non-empty windows, sorted by key, after evicting what is timed before ``cutoff``; each cohort
-    slice cut to the span of its version's ``all`` window, which the cap shortens first (it takes every event): a
-    slice reaching further back would mix older traffic into what is shown beside the whole. Windows that empty
-    out are removed from ``series``. Call it under the lock that guards ``series``."""
-    found = {key: series[key] for key in sorted(k for k in series if k.model == model)}
-    for window in found.values():
-        window.evict(cutoff)
-    starts = {key.version: window.oldest() for key, window in found.items() if key.cohort == ALL and window.size}
-    for key, window in list(found.items()):
-        if key.cohort != ALL and key.version in starts:
-            window.evict(starts[key.version])
-        if not window.size:
-            del series[key], found[key]
-    return found
 
 
 class _Labelled:
@@ -136,16 +90,15 @@ class WindowStore:
         max_items: int = DEFAULT_MAX_ITEMS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if horizon_s <= 0 or max_items < 1:
-            raise ValueError(f"horizon_s must be > 0 and max_items >= 1, got {horizon_s} and {max_items}")
+        check_bounds(horizon_s, max_items)
         self._guard = guard
         self._horizon_s = horizon_s
         self._max_items = max_items
         self._clock = clock
         self._windows: dict[SeriesKey, _Labelled] = {}
         self._totals: dict[SeriesKey, int] = {}
-        self._held: list[tuple[float, LabelledPrediction]] = []
-        """Predictions (with the time they were appended at) waiting for the fleet's decision of a cohort value."""
+        self._held: Holding[LabelledPrediction] = Holding(guard)
+        """Predictions waiting for the fleet's decision of a cohort value."""
         self._lock = threading.Lock()
 
     def append(self, record: LabelledPrediction, *, age_s: float = 0.0) -> None:
@@ -157,7 +110,7 @@ class WindowStore:
         at = now - max(age_s, 0.0)
         with self._lock:
             if slices is None:
-                self._held.append((at, record))
+                self._held.hold(at, record.model, record.cohort, record)
             else:
                 self._place(slices, at, record, now - self._horizon_s)
 
@@ -165,14 +118,9 @@ class WindowStore:
         """Place the held predictions whose values are decided now (with ``give_up``, every one: undecided values
         as ``__other__``), each at the time it was appended."""
         with self._lock:
-            held, self._held = self._held, []
             cutoff = self._clock() - self._horizon_s
-            for at, record in held:
-                slices = self._guard.slices(record.model, record.cohort, give_up=give_up)
-                if slices is None:
-                    self._held.append((at, record))
-                else:
-                    self._place(slices, at, record, cutoff)
+            for released in self._held.release(give_up=give_up):
+                self._place(released.slices, released.at, released.item, cutoff)
 
     def _place(self, slices: tuple[str, ...], at: float, record: LabelledPrediction, cutoff: float) -> None:
         """Add ``record`` to the windows of its version's ``slices`` (under the lock)."""
@@ -191,7 +139,7 @@ class WindowStore:
             for key in [key for key in self._windows if key.model == model]:
                 del self._windows[key]
                 self._totals.pop(key, None)
-            self._held = [(at, record) for at, record in self._held if record.model != model]
+            self._held.forget(model)
         self._guard.forget(model)
 
     def snapshots(self, model: str) -> list[SeriesSnapshot]:
@@ -201,187 +149,5 @@ class WindowStore:
         with self._lock:
             return [
                 SeriesSnapshot(key=key, records=window.records(), labelled_total=self._totals[key])
-                for key, window in _cut(self._windows, model, cutoff).items()
-            ]
-
-
-DEFAULT_RECENT_HORIZON_S = 900.0
-DEFAULT_RECENT_MAX_ITEMS = 5_000
-
-
-@dataclass(frozen=True, slots=True)
-class RecentSeries:
-    """One ring of a :class:`PredictionWindow` as exported to another process: how long before the export each
-    prediction was appended, and its confidence, oldest first."""
-
-    version: str
-    cohort: str
-    ages_s: NDArray[np.float64]
-    confidence: NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class ConfidenceSnapshot:
-    key: SeriesKey
-    confidence: NDArray[np.float64]
-    """Top-1 probabilities of the recent predictions, oldest first."""
-
-
-class _Ring:
-    """Append times and confidences into fixed arrays; the oldest go first."""
-
-    def __init__(self, capacity: int) -> None:
-        self.times = np.zeros(capacity, dtype=np.float64)
-        self.confidence = np.zeros(capacity, dtype=np.float64)
-        self.start = 0
-        self.size = 0
-
-    def append(self, now: float, confidence: float) -> None:
-        capacity = self.times.size
-        at = (self.start + self.size) % capacity
-        self.times[at], self.confidence[at] = now, confidence
-        if self.size < capacity:
-            self.size += 1
-        else:
-            self.start = (self.start + 1) % capacity
-
-    def evict(self, cutoff: float) -> None:
-        while self.size and self.times[self.start] < cutoff:
-            self.start = (self.start + 1) % self.times.size
-            self.size -= 1
-
-    def insert(self, now: float, confidence: float) -> None:
-        """Add an item timed ``now`` in time order (a held one comes late, near the end)."""
-        capacity = self.times.size
-        if not self.size or now >= self.times[(self.start + self.size - 1) % capacity]:
-            self.append(now, confidence)
-            return
-        if self.size == capacity:
-            if now < self.times[self.start]:
-                return  # older than every item kept: the first to go
-            self.start = (self.start + 1) % capacity
-            self.size -= 1
-        position = self.size
-        while position and self.times[(self.start + position - 1) % capacity] > now:
-            here, before = (self.start + position) % capacity, (self.start + position - 1) % capacity
-            self.times[here], self.confidence[here] = self.times[before], self.confidence[before]
-            position -= 1
-        at = (self.start + position) % capacity
-        self.times[at], self.confidence[at] = now, confidence
-        self.size += 1
-
-    def oldest(self) -> float:
-        return float(self.times[self.start])
-
-    def values(self) -> NDArray[np.float64]:
-        return np.asarray(self.confidence[self._order()], dtype=np.float64)
-
-    def stamped(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Times and confidences, oldest first (copies)."""
-        order = self._order()
-        return np.asarray(self.times[order], dtype=np.float64), np.asarray(self.confidence[order], dtype=np.float64)
-
-    def _order(self) -> NDArray[np.intp]:
-        return (self.start + np.arange(self.size)) % self.times.size
-
-
-class PredictionWindow:
-    """Top-1 probabilities of every prediction the monitor examined, labelled or not: one ring per
-    (model, version, cohort slice), the slices given by the same :class:`CohortGuard` as the labelled
-    windows. Each ring keeps the last ``horizon_s`` seconds (store clock), at most ``max_items``
-    (float64 time and confidence: 16 bytes each; the confidence exactly as the labelled windows hold it, so
-    one at an ATC threshold counts as it did when the threshold was fitted). The accuracy estimates are
-    shares of these. Thread-safe.
-    """
-
-    def __init__(
-        self,
-        *,
-        guard: CohortGuard,
-        horizon_s: float = DEFAULT_RECENT_HORIZON_S,
-        max_items: int = DEFAULT_RECENT_MAX_ITEMS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if horizon_s <= 0 or max_items < 1:
-            raise ValueError(f"horizon_s must be > 0 and max_items >= 1, got {horizon_s} and {max_items}")
-        self._guard = guard
-        self._horizon_s = horizon_s
-        self._max_items = max_items
-        self._clock = clock
-        self._rings: dict[SeriesKey, _Ring] = {}
-        self._held: list[tuple[float, str, str, Mapping[str, str], float]] = []
-        """(time, model, version, cohort, confidence) waiting for the fleet's decision of a cohort value."""
-        self._lock = threading.Lock()
-
-    def append(self, model: str, version: str, cohort: Mapping[str, str], confidence: float) -> None:
-        """Add a prediction's confidence to its version's ring and its cohort slices (one carrying an undecided
-        cohort value waits for the decision: :meth:`release`)."""
-        slices = self._guard.slices(model, cohort)
-        now = self._clock()
-        with self._lock:
-            if slices is None:
-                self._held.append((now, model, version, cohort, confidence))
-                return
-            for label in slices:
-                self._ring(SeriesKey(model, version, label)).append(now, confidence)
-
-    def release(self, *, give_up: bool) -> None:
-        """As :meth:`WindowStore.release`."""
-        with self._lock:
-            held, self._held = self._held, []
-            for entry in held:
-                at, model, version, cohort, confidence = entry
-                slices = self._guard.slices(model, cohort, give_up=give_up)
-                if slices is None:
-                    self._held.append(entry)
-                    continue
-                for label in slices:
-                    self._ring(SeriesKey(model, version, label)).insert(at, confidence)
-
-    def _ring(self, key: SeriesKey) -> _Ring:
-        ring = self._rings.get(key)
-        if ring is None:
-            ring = self._rings[key] = _Ring(self._max_items)
-        return ring
-
-    def forget(self, model: str) -> None:
-        with self._lock:
-            for key in [key for key in self._rings if key.model == model]:
-                del self._rings[key]
-            self._held = [entry for entry in self._held if entry[1] != model]
-
-    def export(self, model: str) -> list[RecentSeries]:
-        """``model``'s rings as :meth:`snapshots` cuts them, each prediction with its age (for a new owner:
-        :meth:`restore`)."""
-        now = self._clock()
-        with self._lock:
-            stamped = [(key, ring.stamped()) for key, ring in _cut(self._rings, model, now - self._horizon_s).items()]
-        return [RecentSeries(key.version, key.cohort, now - times, conf) for key, (times, conf) in stamped]
-
-    def restore(self, model: str, series: Iterable[RecentSeries], *, version: Callable[[str], str] = str) -> int:
-        """Put back rings another process exported (a previous owner's), each prediction timed its age before now,
-        among what the rings hold already; those past the horizon are left out. ``version`` maps a stored version
-        label to this process's (``BoundedLabel``). Returns the predictions put back."""
-        now = self._clock()
-        cutoff = now - self._horizon_s
-        restored = 0
-        with self._lock:
-            for one in series:
-                ring = self._ring(SeriesKey(model, version(one.version), one.cohort))
-                for age_s, confidence in zip(one.ages_s.tolist(), one.confidence.tolist(), strict=True):
-                    if now - age_s >= cutoff:
-                        ring.insert(now - age_s, confidence)
-                        restored += 1
-        return restored
-
-    def snapshots(self, model: str) -> list[ConfidenceSnapshot]:
-        """The non-empty rings of ``model`` after evicting expired predictions, sorted by key. Each slice is cut
-        to the span of its version's ``all`` ring, which ``max_items`` shortens first (it takes every event): a
-        slice reaching further back would mix older traffic into its estimate, and the whole could then lie
-        outside the range of its parts."""
-        cutoff = self._clock() - self._horizon_s
-        with self._lock:
-            return [
-                ConfidenceSnapshot(key=key, confidence=ring.values())
-                for key, ring in _cut(self._rings, model, cutoff).items()
+                for key, window in cut(self._windows, model, cutoff).items()
             ]

@@ -7,21 +7,18 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from redis.asyncio import Redis
 
 from common import keys
 from common.cardinality import BoundedLabel
-from monitors.collector import QualityCollector, SeriesFigures
+from common.redis import stream_entry_time_s
+from monitors.collector import SeriesFigures
 from monitors.feed import FeedFormatError, MonitoringRecord
-from monitors.fleet.lease import Leases
-from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.context import OwnerContext
 from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.recent_store import RecentStore, encode
 from monitors.fleet.reports import quality_report
 from monitors.fleet.results import QualityReport
-from monitors.fleet.settings import MonitorSettings
 from monitors.records import LabelledPrediction
-from monitors.window import PredictionWindow, WindowStore
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 RECENT_REQUESTS = 100_000
@@ -36,32 +33,25 @@ class LabelledFeed:
     def __init__(
         self,
         model: str,
+        context: OwnerContext,
         *,
-        redis: Redis,
-        readers: Redis,
-        leases: Leases,
-        windows: WindowStore,
-        recent: PredictionWindow,
-        collector: QualityCollector,
-        metrics: MonitorMetrics,
-        settings: MonitorSettings,
         versions: BoundedLabel,
         views: ModelViews | None,
         store: RecentStore | None = None,
     ) -> None:
         self.model = model
-        self._redis = redis
-        self._readers = readers
+        self._redis = context.redis
+        self._readers = context.readers
         """For the blocking read alone."""
-        self._leases = leases
-        self._windows = windows
-        self._recent = recent
-        self._collector = collector
-        self._metrics = metrics
-        self._settings = settings
+        self._leases = context.leases
+        self._windows = context.windows
+        self._recent = context.recent
+        self._collector = context.collector
+        self._metrics = context.metrics
+        self._settings = context.settings
         self._versions = versions
         self._views = views
-        self._store = store or RecentStore(redis, leases, horizon_s=settings.estimate_window_s)
+        self._store = store or RecentStore(context.redis, context.leases, horizon_s=context.settings.estimate_window_s)
         """Where the window of recent predictions is kept for the next owner."""
         self._last = "0-0"
         """The last labelled entry read."""
@@ -123,7 +113,7 @@ class LabelledFeed:
                     cohort=record.cohort,
                     probabilities=None if record.probabilities is None else np.asarray(record.probabilities),
                 ),
-                age_s=0.0 if replayed_at_s is None else replayed_at_s - _entry_time_s(entry_id),
+                age_s=0.0 if replayed_at_s is None else replayed_at_s - stream_entry_time_s(entry_id),
             )
             self._metrics.labelled.labels(self.model).inc()
             if self._views is not None:
@@ -163,8 +153,3 @@ class LabelledFeed:
             figures=figures,
         )
         return report, figures, recent
-
-
-def _entry_time_s(entry_id: bytes) -> float:
-    """When Redis wrote a stream entry, from its id (``<milliseconds>-<sequence>``)."""
-    return int(entry_id.split(b"-")[0]) / 1000

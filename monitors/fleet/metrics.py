@@ -14,7 +14,10 @@
 | ``vai_monitor_members`` | gauge | | monitor processes alive, as this one sees them |
 | ``vai_monitor_drift_configs`` | gauge | | distinct drift settings among the live monitors (above 1: they differ) |
 | ``vai_estimated_accuracy`` | gauge | model, version, cohort | accuracy estimated from confidences alone (ATC) |
+| ``vai_estimated_accuracy_predictions`` | gauge | model, version, cohort | recent predictions it is a share of |
+| ``vai_estimated_accuracy_fitted_on`` | gauge | model, version, cohort | labels its threshold was fitted on |
 | ``vai_calibration_temperature`` | gauge | model, version | temperature minimising the labelled window's NLL |
+| ``vai_calibration_temperature_count`` | gauge | model, version | probability vectors T was fitted on |
 | ``vai_calibration_ece_after_temperature`` | gauge | model, version | ECE the window would have after that scaling |
 | ``vai_monitor_projection_seconds`` | gauge | model, method | compute time of the latest embedding projection |
 
@@ -88,9 +91,27 @@ class MonitorMetrics:
             ("model", "version", "cohort"),
             registry=registry,
         )
+        self.estimate_predictions = Gauge(
+            "vai_estimated_accuracy_predictions",
+            "Recent predictions, labelled or not, vai_estimated_accuracy is the share of: what it rests on.",
+            ("model", "version", "cohort"),
+            registry=registry,
+        )
+        self.estimate_fitted_on = Gauge(
+            "vai_estimated_accuracy_fitted_on",
+            "Labelled predictions the threshold of vai_estimated_accuracy was fitted on (its cohort's, or all's).",
+            ("model", "version", "cohort"),
+            registry=registry,
+        )
         self.temperature = Gauge(
             "vai_calibration_temperature",
             "Temperature minimising the NLL of the labelled window.",
+            ("model", "version"),
+            registry=registry,
+        )
+        self.temperature_count = Gauge(
+            "vai_calibration_temperature_count",
+            "Labelled probability vectors the temperature (and the ECE after it) was fitted on.",
             ("model", "version"),
             registry=registry,
         )
@@ -109,12 +130,15 @@ class MonitorMetrics:
         )
 
     def publish_estimates(self, report: QualityReport) -> None:
-        """Set the estimate and temperature gauges of ``report``'s model; drop its series the report no longer has."""
+        """Set the estimate and temperature gauges of ``report``'s model, each with the count it rests on; drop its
+        series the report no longer has."""
+        model = report.model
         values: dict[Gauge, dict[tuple[str, ...], float]] = {
-            self.estimated_accuracy: {
-                (report.model, e.version, e.cohort): e.estimated_accuracy for e in report.estimates
-            },
+            self.estimated_accuracy: {(model, e.version, e.cohort): e.estimated_accuracy for e in report.estimates},
+            self.estimate_predictions: {(model, e.version, e.cohort): e.predictions for e in report.estimates},
+            self.estimate_fitted_on: {(model, e.version, e.cohort): e.fitted_on for e in report.estimates},
             self.temperature: {(report.model, t.version): t.temperature for t in report.temperature},
+            self.temperature_count: {(report.model, t.version): t.count for t in report.temperature},
             self.ece_after_temperature: {(report.model, t.version): t.ece_after for t in report.temperature},
         }
         seen = self._estimate_series.setdefault(report.model, {})

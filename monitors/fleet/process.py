@@ -30,6 +30,7 @@ from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
 from monitors.fleet.baselines import Baselines
 from monitors.fleet.carried import FleetDriftMetrics
+from monitors.fleet.context import OwnerContext
 from monitors.fleet.drift_state import DriftStates, differences
 from monitors.fleet.lease import Leases, fair_share, parse_configs, strictest
 from monitors.fleet.metrics import MonitorMetrics
@@ -37,7 +38,8 @@ from monitors.fleet.owned import OwnedModel
 from monitors.fleet.projection import ProjectionPool, UmapSettings
 from monitors.fleet.projection_views import ModelViews
 from monitors.fleet.settings import MonitorSettings
-from monitors.window import PredictionWindow, WindowStore
+from monitors.prediction_window import PredictionWindow
+from monitors.window import WindowStore
 
 log = logging.getLogger(__name__)
 READER_CONNECTIONS = 512
@@ -84,6 +86,20 @@ class MonitorProcess:
         self.runner = DriftRunner(
             max_batch_events=500, math_threads=settings.drift_threads, max_calibrations=settings.drift_calibrations
         )
+        self.context = OwnerContext(
+            redis=self.redis,
+            readers=self.readers,
+            leases=self.leases,
+            states=self.states,
+            runner=self.runner,
+            windows=self.windows,
+            recent=self.recent,
+            collector=self.quality,
+            metrics=self.metrics,
+            drift_metrics=self.drift_metrics,
+            settings=settings,
+        )
+        """What every owned model shares."""
         self.owned: dict[str, OwnedModel] = {}
         self._warm: dict[str, DriftMonitor] = {}
         """Warm-ups of models whose lease this process lost (a Redis outage past the TTL): resumed if it takes the
@@ -277,18 +293,7 @@ class MonitorProcess:
     async def _take(self, model: str) -> None:
         owned = OwnedModel(
             model,
-            redis=self.redis,
-            readers=self.readers,
-            leases=self.leases,
-            states=self.states,
-            runner=self.runner,
-            windows=self.windows,
-            recent=self.recent,
-            collector=self.quality,
-            metrics=self.metrics,
-            settings=self.settings,
-            skipped=self.drift_metrics.skipped(model),
-            drift_metrics=self.drift_metrics,
+            self.context,
             views=self._views(model),
             warm=self._warm.pop(model, None),
             kept=self.baselines.take(model),

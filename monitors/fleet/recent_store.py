@@ -29,7 +29,7 @@ from common import keys
 from common.codec import EncodedArray
 from common.redis import execute, queue_script, text
 from monitors.fleet.lease import Leases
-from monitors.window import PredictionWindow, RecentSeries
+from monitors.prediction_window import PredictionWindow, RecentSeries
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from monitors.fleet.results import (
     SeriesQuality,
     TemperatureScaling,
 )
+from monitors.prediction_window import ConfidenceSnapshot
 from monitors.temperature import temperature_of
-from monitors.window import ConfidenceSnapshot, SeriesSnapshot
+from monitors.window import SeriesSnapshot
 
 
 def drift_status(

@@ -19,11 +19,14 @@ REFERENCE_LOST = "reference_lost"
 ``DriftStatus.reference_lost``): nothing is watched until a reference is uploaded again."""
 
 
-class _Result(BaseModel):
+class Result(BaseModel):
+    """Base of what a monitor publishes (here and in :mod:`monitors.fleet.views`): frozen, and read by sidecars of
+    another release, so fields it does not know are ignored."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class DetectorVerdict(_Result):
+class DetectorVerdict(Result):
     name: str
     score: float
     threshold: float
@@ -37,7 +40,7 @@ class DetectorVerdict(_Result):
     releases."""
 
 
-class CarriedOver(_Result):
+class CarriedOver(Result):
     """What a new owner carried over a takeover from the owner before it (``monitors.fleet.carried``)."""
 
     owner: str
@@ -48,7 +51,7 @@ class CarriedOver(_Result):
     """Records the detectors of this calibration had examined before this owner took over (in ``examined``)."""
 
 
-class DriftStatus(_Result):
+class DriftStatus(Result):
     """The latest verdicts of a model's detectors, fed by every replica of the fleet."""
 
     v: int = FORMAT_VERSION
@@ -95,7 +98,7 @@ class DriftStatus(_Result):
     ``since``. ``None`` otherwise, and from monitors of earlier releases."""
 
 
-class Bin(_Result):
+class Bin(Result):
     lower: float
     upper: float
     count: int
@@ -103,7 +106,7 @@ class Bin(_Result):
     accuracy: float | None
 
 
-class SeriesQuality(_Result):
+class SeriesQuality(Result):
     """Calibration and accuracy of one (model version, cohort slice) over the labelled window."""
 
     version: str
@@ -130,7 +133,7 @@ class SeriesQuality(_Result):
         )
 
 
-class AccuracyEstimate(_Result):
+class AccuracyEstimate(Result):
     """Estimated accuracy of one (model version, cohort slice) from its recent predictions alone (ATC, see
     :mod:`monitors.estimates`): an estimate, not a measurement."""
 
@@ -150,7 +153,7 @@ class AccuracyEstimate(_Result):
     """Cohort slice the threshold was fitted on: this one, or ``all`` when this one has too few labels."""
 
 
-class TemperatureScaling(_Result):
+class TemperatureScaling(Result):
     """What one temperature ``T`` fitted on a version's labelled window would do (see :mod:`monitors.temperature`)."""
 
     version: str
@@ -163,7 +166,7 @@ class TemperatureScaling(_Result):
     """Labelled probability vectors of the version's window (cohort ``all``) the fit used."""
 
 
-class QualityReport(_Result):
+class QualityReport(Result):
     v: int = FORMAT_VERSION
     model: str
     window_s: float

@@ -10,7 +10,9 @@ from typing import Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from monitors.fleet.results import Result
 
 FORMAT_VERSION = 1
 METHODS = ("pca", "umap")
@@ -25,25 +27,21 @@ NOTE = (
 )
 
 
-class _Result(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class ProjectionPoint(_Result):
+class ProjectionPoint(Result):
     x: float
     y: float
     source: Literal["reference", "production"]
     time: float | None = None
     predicted: int | None = None
     label: int | None = None
-    cohort: dict[str, str] = {}
+    cohort: dict[str, str] = {}  # noqa: RUF012 (pydantic copies it; ruff cannot see Result is a BaseModel)
     request_id: str | None = None
     """Set only for production events a worker had explained (status ``done``) when the view was computed."""
     version: str | None = None
     """Model version of a production event (``None`` for reference points, and in views of older monitors)."""
 
 
-class Projection(_Result):
+class Projection(Result):
     v: int = FORMAT_VERSION
     model: str
     method: Method
@@ -115,22 +113,22 @@ def _evenly(points: list[ProjectionPoint], count: int) -> list[ProjectionPoint]:
     return [points[int(i)] for i in np.linspace(0, len(points) - 1, count).round().astype(int)]
 
 
-class ProjectionStatus(_Result):
+class ProjectionStatus(Result):
     """What the sidecar needs to say why a projection is missing."""
 
     v: int = FORMAT_VERSION
     methods: tuple[str, ...]
     """Methods the owning monitor computes (when asked for)."""
-    errors: dict[str, str] = {}
+    errors: dict[str, str] = {}  # noqa: RUF012 (pydantic copies it; ruff cannot see Result is a BaseModel)
     """Latest failure per method, cleared by its next success."""
-    waiting: dict[str, str] = {}
+    waiting: dict[str, str] = {}  # noqa: RUF012 (pydantic copies it; ruff cannot see Result is a BaseModel)
     """Why a method has nothing to show yet that more traffic will cure (e.g. too few embeddings so far)."""
-    blocked: dict[str, str] = {}
+    blocked: dict[str, str] = {}  # noqa: RUF012 (pydantic copies it; ruff cannot see Result is a BaseModel)
     """Why a method cannot be computed until something changes (e.g. the events carry no embedding)."""
     updated_at: float
 
 
-class HistoryPoint(_Result):
+class HistoryPoint(Result):
     time: float
     detector: str
     score: float
@@ -138,13 +136,13 @@ class HistoryPoint(_Result):
     drift: bool
 
 
-class DriftHistory(_Result):
+class DriftHistory(Result):
     model: str
     points: tuple[HistoryPoint, ...] = ()
     """Oldest first."""
 
 
-class Histogram(_Result):
+class Histogram(Result):
     edges: tuple[float, ...]
     """``len(counts) + 1`` bin edges; values beyond the last edge count in the last bin."""
     production: tuple[int, ...]
@@ -152,7 +150,7 @@ class Histogram(_Result):
     """``None`` when the reference has no such figure (an upload without probabilities)."""
 
 
-class Distributions(_Result):
+class Distributions(Result):
     v: int = FORMAT_VERSION
     model: str
     updated_at: float

@@ -10,7 +10,8 @@ from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector, SeriesFigures
 from monitors.quality import quality_of
 from monitors.records import LabelledPrediction
-from monitors.window import SeriesKey, WindowStore
+from monitors.series import SeriesKey
+from monitors.window import WindowStore
 
 
 def scrape(registry: CollectorRegistry) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -105,7 +106,33 @@ def test_no_brier_without_probability_vectors() -> None:
     measured(store, registry)
     samples = scrape(registry)
     assert "vai_brier_score" not in samples
+    assert "vai_brier_count" not in samples, "no count without its figure"
     assert samples["vai_calibration_ece"][key("all")] == pytest.approx(0.3)
+
+
+def test_the_brier_score_comes_with_the_count_of_events_it_rests_on() -> None:
+    """Events without a probability vector count in the ECE (``vai_cohort_window_events``) but not in the Brier
+    score: its own count says how much data it rests on."""
+    store = WindowStore(guard=CohortGuard(keys=[], max_values_per_key=1))
+    probabilities = np.array([0.2, 0.7, 0.1])
+    for i in range(10):
+        store.append(
+            LabelledPrediction(
+                model="digits",
+                version="v1",
+                predicted=1,
+                confidence=0.7,
+                label=1,
+                time_s=float(i),
+                probabilities=probabilities if i < 3 else None,
+            )
+        )
+    registry = CollectorRegistry()
+    measured(store, registry)
+    samples = scrape(registry)
+    assert samples["vai_cohort_window_events"][key("all")] == 10
+    assert samples["vai_brier_count"][key("all")] == 3
+    assert samples["vai_brier_score"][key("all")] == pytest.approx(0.09 + 0.04 + 0.01)
 
 
 def test_class_series_capped_by_support() -> None:

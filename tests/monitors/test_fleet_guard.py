@@ -7,8 +7,10 @@ import pytest
 
 from common.cardinality import OTHER
 from monitors.cohorts import ALL, UNDECIDED_PER_KEY, CohortGuard
+from monitors.prediction_window import PredictionWindow
 from monitors.records import LabelledPrediction
-from monitors.window import PredictionWindow, SeriesKey, WindowStore
+from monitors.series import SeriesKey
+from monitors.window import WindowStore
 
 
 class Clock:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from monitors.cohorts import CohortGuard
-from monitors.window import PredictionWindow
+from monitors.prediction_window import PredictionWindow
 
 
 class Clock:

@@ -7,7 +7,8 @@ import pytest
 from common.cardinality import OTHER
 from monitors.cohorts import ALL, CohortGuard
 from monitors.records import LabelledPrediction
-from monitors.window import SeriesKey, WindowStore
+from monitors.series import SeriesKey
+from monitors.window import WindowStore
 
 
 class FakeClock:

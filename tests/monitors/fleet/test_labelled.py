@@ -19,12 +19,17 @@ from common.cardinality import BoundedLabel
 from common.redis import connect
 from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
+from monitors.drift.runner import DriftRunner
 from monitors.feed import ENTRY_FIELD, MonitoringRecord
+from monitors.fleet.carried import FleetDriftMetrics
+from monitors.fleet.context import OwnerContext
+from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.labelled import LabelledFeed
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.settings import MonitorSettings
-from monitors.window import PredictionWindow, WindowStore
+from monitors.prediction_window import PredictionWindow
+from monitors.window import WindowStore
 
 HOUR_S = 3600.0
 
@@ -80,19 +85,21 @@ class Parts:
         client = connect(self._url, timeout_s=5)
         leases = Leases(client, owner="me", ttl_ms=5000)
         await leases.acquire("m")
-        feed = LabelledFeed(
-            "m",
+        drift_metrics = FleetDriftMetrics(registry=CollectorRegistry())
+        context = OwnerContext(
             redis=client,
             readers=client,
             leases=leases,
+            states=DriftStates(client, leases, config=self.settings.drift, metrics=drift_metrics),
+            runner=DriftRunner(),
             windows=self.windows,
             recent=self.recent,
             collector=self.collector,
             metrics=MonitorMetrics(self.registry),
+            drift_metrics=drift_metrics,
             settings=self.settings,
-            versions=BoundedLabel(5),
-            views=None,
         )
+        feed = LabelledFeed("m", context, versions=BoundedLabel(5), views=None)
         try:
             yield feed
         finally:

@@ -71,3 +71,13 @@ def test_an_entry_another_consumer_leaves_is_claimed_once_idle_past_the_ttl(
     wait_until(
         lambda: redis_client.xlen(FEED) == 0 and pending(redis_client) == 0, timeout_s=20, what="the entry claimed"
     )
+
+
+def test_each_task_of_an_owned_model_is_named_by_its_step(monitors: MonitorRunner, redis_client: redis.Redis) -> None:
+    """A stuck or failing task is logged by name: each names its step and the model, no two alike."""
+    redis_client.sadd(keys.MONITORED_MODELS, "m")
+    process = monitors.start()
+    wait_until(lambda: "m" in process.owned, what="the monitor to own m")
+    names = [task.get_name() for task in process.owned["m"]._tasks]
+    views = ["views-m-distributions", *(f"views-m-{method}" for method in process.settings.projection_methods)]
+    assert sorted(names) == sorted(["feed-m", "labelled-m", "status-m", "warmup-m", "quality-m", *views])

@@ -21,9 +21,10 @@ from monitors.estimates import fit_atc
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.reports import quality_report
 from monitors.fleet.results import DriftStatus
+from monitors.prediction_window import PredictionWindow
 from monitors.records import LabelledPrediction
 from monitors.temperature import fit_temperature
-from monitors.window import PredictionWindow, WindowStore
+from monitors.window import WindowStore
 
 pytestmark = TORCHSCRIPT_WARNINGS
 
@@ -194,3 +195,26 @@ def test_the_gauges_follow_the_latest_report_and_go_with_the_model() -> None:
     assert registry.get_sample_value("vai_drift_calibration_failed", {"model": "m"}) is None
     assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "all"}) is None
     assert registry.get_sample_value("vai_calibration_temperature", labels) is None
+
+
+def test_the_estimate_and_the_temperature_come_with_the_counts_they_rest_on() -> None:
+    """Each figure has a series saying how much data it rests on, with its labels, and goes with it."""
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    windows, recent = _windows(40, 10)
+    report = quality_report("m", windows.snapshots("m"), window_s=60, owner="me", recent=recent.snapshots("m"))
+    metrics.publish_estimates(report)
+    labels = {"model": "m", "version": "v1"}
+    eu = {**labels, "cohort": "region=eu"}
+    (estimate,) = [e for e in report.estimates if e.cohort == "region=eu"]
+    assert registry.get_sample_value("vai_estimated_accuracy_predictions", eu) == estimate.predictions == 10
+    assert registry.get_sample_value("vai_estimated_accuracy_fitted_on", eu) == estimate.fitted_on == 40
+    assert registry.get_sample_value("vai_calibration_temperature_count", labels) == report.temperature[0].count == 40
+    metrics.publish_estimates(report.chosen(cohort="all"))  # the eu slice went away: its counts too
+    assert registry.get_sample_value("vai_estimated_accuracy_predictions", eu) is None
+    assert registry.get_sample_value("vai_estimated_accuracy_fitted_on", eu) is None
+    assert registry.get_sample_value("vai_estimated_accuracy_predictions", {**labels, "cohort": "all"}) == 10
+    metrics.forget("m")
+    assert registry.get_sample_value("vai_estimated_accuracy_predictions", {**labels, "cohort": "all"}) is None
+    assert registry.get_sample_value("vai_estimated_accuracy_fitted_on", {**labels, "cohort": "all"}) is None
+    assert registry.get_sample_value("vai_calibration_temperature_count", labels) is None

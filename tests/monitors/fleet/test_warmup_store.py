@@ -280,7 +280,7 @@ def test_redis_refusing_the_warm_up_s_writes_delays_nothing_else(
     memory and the status is published; once Redis takes the writes again, the copy catches up, whole."""
     rng = np.random.default_rng(7)
     redis_client.sadd(keys.MONITORED_MODELS, "m")
-    with caplog.at_level(logging.WARNING, logger="monitors.fleet.owned"):
+    with caplog.at_level(logging.WARNING, logger="common.redis"):
         process = monitors.start(drift=CONFIG)
         wait_until(lambda: "m" in process.owned, what="m owned")
         first = send(redis_client, rng, 40)

@@ -1,0 +1,159 @@
+"""The prediction feed of an owned model: read into the drift buffer, with what a previous owner left pending claimed,
+and measured for the backlog the status reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from common import keys
+from common.cardinality import BoundedLabel
+from common.redis import execute, stream_entry_time_s
+from monitors.drift.base import DriftEvent
+from monitors.drift.buffer import IngestBuffer
+from monitors.feed import FeedFormatError, MonitoringRecord
+from monitors.fleet.context import OwnerContext
+from monitors.fleet.labelled import Entries
+from monitors.fleet.projection_views import ModelViews
+
+log = logging.getLogger(__name__)
+RECLAIM_EVERY_TTLS = 5
+"""After the take-over, entries another consumer left pending (idle past the lease's TTL) are claimed once every
+this many lease TTLs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The feed as Redis holds it. Examined entries are deleted, so its length is what waits and its head the
+    oldest."""
+
+    length: int
+    """Entries in the feed, not yet examined."""
+    head_s: float | None
+    """When the oldest of them entered the feed (Redis's clock); ``None`` when it is empty."""
+    now_s: float
+    """Redis's clock as it answered: every wait is measured against it, as the hosts' clocks may disagree."""
+
+
+class OwnedFeed:
+    """Reads ``vai:feed:{model}`` in the monitors' group into the drift buffer, the model's views and its window of
+    recent predictions; acknowledges and deletes what it took."""
+
+    def __init__(
+        self,
+        model: str,
+        context: OwnerContext,
+        *,
+        buffer: IngestBuffer,
+        versions: BoundedLabel,
+        views: ModelViews | None,
+    ) -> None:
+        self.model = model
+        self._context = context
+        self._buffer = buffer
+        self._versions = versions
+        self._views = views
+        self._feed = keys.prediction_feed(model)
+        self._claim_from: str | None = "0-0"
+        """Where the pass claiming pending entries goes on (``None`` between passes): the take-over starts one."""
+        self._claim_idle_ms = 0
+        """Idle time of the entries the pass claims: any at the take-over, then those idle past the lease's TTL."""
+        self._next_claim_s = 0.0
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._context.redis.xgroup_create(self._feed, keys.MONITOR_GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def read(self) -> None:
+        """One read (or claim) of at most what the buffer has room for, taken, acknowledged and deleted."""
+        settings = self._context.settings
+        if len(self._buffer) > settings.drift_buffer_events // 2:
+            await asyncio.sleep(0.05)  # the detectors are behind: leave the records in Redis, where lag shows
+            return
+        count = min(settings.monitor_read_batch, self._buffer.room)  # never more than fits: the rest waits
+        try:
+            entries = await (self._claim(count) if self._claim_due() else self._read_new(count))
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self.ensure_group()  # Redis came back empty
+            return
+        if entries:
+            self._take(entries)
+            ids = [entry_id for entry_id, _ in entries]
+            pipe = self._context.redis.pipeline(transaction=False)
+            pipe.xack(self._feed, keys.MONITOR_GROUP, *ids)
+            pipe.xdel(self._feed, *ids)  # so the stream's length is what waits (as with the sample streams)
+            await execute(pipe)
+
+    async def backlog(self) -> Backlog:
+        """The feed's length and head, and Redis's clock, in one round trip."""
+        pipe = self._context.redis.pipeline(transaction=False)
+        pipe.xlen(self._feed)
+        pipe.xrange(self._feed, count=1)
+        pipe.time()
+        length, head, (seconds, microseconds) = await execute(pipe)
+        return Backlog(
+            length=int(length),
+            head_s=stream_entry_time_s(head[0][0]) if head else None,
+            now_s=seconds + microseconds / 1e6,
+        )
+
+    def _claim_due(self) -> bool:
+        """Whether to claim pending entries now: a pass is going on, or the next one is due."""
+        if self._claim_from is None and time.monotonic() >= self._next_claim_s:
+            self._claim_from, self._claim_idle_ms = "0-0", self._context.leases.ttl_ms
+        return self._claim_from is not None
+
+    async def _claim(self, count: int) -> Entries:
+        """One page of the pending entries of the group (what a previous owner read and never acknowledged)."""
+        leases = self._context.leases
+        claim: Any = await self._context.redis.xautoclaim(
+            self._feed,
+            keys.MONITOR_GROUP,
+            leases.owner,
+            min_idle_time=self._claim_idle_ms,
+            start_id=self._claim_from or "0-0",
+            count=count,
+        )
+        cursor = claim[0].decode() if isinstance(claim[0], bytes) else str(claim[0])
+        self._claim_from = None if cursor == "0-0" else cursor
+        if self._claim_from is None:
+            self._next_claim_s = time.monotonic() + RECLAIM_EVERY_TTLS * leases.ttl_ms / 1000
+        entries: Entries = claim[1] or []
+        return entries
+
+    async def _read_new(self, count: int) -> Entries:
+        answer: Any = await self._context.readers.xreadgroup(
+            keys.MONITOR_GROUP, self._context.leases.owner, {self._feed: ">"}, count=count, block=500
+        )
+        entries: Entries = answer[0][1] if answer else []
+        return entries
+
+    def _take(self, entries: Entries) -> None:
+        for entry_id, fields in entries:
+            if not fields:
+                continue  # trimmed while pending
+            try:
+                record = MonitoringRecord.from_entry(self.model, fields)
+            except FeedFormatError as error:
+                self._context.metrics.invalid.labels(self.model).inc()
+                log.debug("skipping a feed entry of %s: %s", self.model, error)
+                continue
+            entered_s = stream_entry_time_s(entry_id)
+            self._buffer.append(
+                DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s, entered_s)
+            )
+            if self._views is not None:
+                self._views.observe(record)
+            self._context.recent.append(
+                self.model, self._versions(record.version), record.cohort, min(max(record.confidence, 0.0), 1.0)
+            )
