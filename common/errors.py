@@ -93,6 +93,15 @@ class InvalidInput(VaiError):
     status = 422
 
 
+class TooManyModels(InvalidInput):
+    """One more model would pass ``VAI_MAX_MODELS``: its slot (events, a reference, a sampling policy) is refused.
+    ``field`` is ``model``."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("field", "model")
+        super().__init__(message, **kwargs)
+
+
 class Unavailable(VaiError):
     """A dependency is down; the client should retry after ``retry_after_s``."""
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import orjson
 
 from common.cardinality import BoundedLabel
-from common.errors import InvalidInput, VaiError
+from common.errors import InvalidInput, TooManyModels, VaiError
 from monitors.cohorts import CohortGuard
 from sampler.contract import InputTensor
 from sampler.metrics import SamplerMetrics
@@ -112,15 +112,17 @@ class IngestHandler:
         return set(self._models)
 
     def register(self, model: str) -> None:
-        """Know ``model`` before any event of it (e.g. a drift reference); raises ``FieldError`` past the cap."""
+        """Know ``model`` before any event of it (e.g. a drift reference); raises ``TooManyModels`` past the cap."""
         if model not in self._models:
-            if len(self._models) >= self._settings.max_models:
-                raise FieldError(
-                    "model",
-                    f"unknown model and already {self._settings.max_models} models (raise VAI_MAX_MODELS)",
-                    reason="too_many_models",
-                )
+            if (refused := self._no_slot()) is not None:
+                raise TooManyModels(f"model: {refused}")
             self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
+
+    def _no_slot(self) -> str | None:
+        """Why one more model is refused, or ``None`` while there are fewer than ``VAI_MAX_MODELS``."""
+        if len(self._models) < self._settings.max_models:
+            return None
+        return f"unknown model and already {self._settings.max_models} models (raise VAI_MAX_MODELS)"
 
     def ingest(
         self, body: bytes, *, open_brackets: int | None = None, header_length: str | None = None
@@ -255,8 +257,10 @@ class IngestHandler:
         records the event once it passes them all."""
         if not request_id.isprintable():  # a newline or NUL in an id breaks logs, keys and the viewer's links
             raise FieldError("request_id", "must be printable text: no control characters")
-        if model not in self._models:
-            self.register(model)  # the cap's error, before any other check
+        if model not in self._models:  # the cap's error, before any other check: this event's rejection
+            if (refused := self._no_slot()) is not None:
+                raise FieldError("model", refused, reason="too_many_models")
+            self.register(model)
         known_dims = self.embedding_dims.get(model)
         if dims and known_dims is not None and known_dims != dims:
             raise FieldError(

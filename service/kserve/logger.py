@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,7 +46,7 @@ from common.errors import (
     VaiError,
 )
 from common.redis import REDIS_FAILED, execute
-from service.ingest.handler import IngestHandler, IngestResult
+from service.ingest.handler import IngestHandler, IngestResult, Rejection
 from service.kserve.cloudevents import CloudEvent, read_attributes, read_event
 from service.kserve.instances import events_body
 from service.kserve.payloads import Array, request_inputs, response_prediction
@@ -117,7 +118,7 @@ class KServeLogger:
         """Some model section has a ``kserve`` mapping."""
         return bool(self._mappings)
 
-    async def handle(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    async def handle(self, headers: Mapping[str, str], body: bytes) -> KServeReply:
         """One CloudEvent; a small summary for the logger, or a ``VaiError`` naming what is wrong. Each ends in
         exactly one ``vai_kserve_events_total`` outcome."""
         model = UNMAPPED
@@ -154,7 +155,7 @@ class KServeLogger:
             )
         return found
 
-    async def _request(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
+    async def _request(self, model: str, mapping: KServeMapping, event: CloudEvent) -> KServeReply:
         inputs = request_inputs(event, mapping)
         rows = None if inputs is None else inputs.rows
         if rows is not None and len(rows) > self._max_batch:  # its response would be refused: no orphan
@@ -198,7 +199,7 @@ class KServeLogger:
             await self._redis.zrem(keys.KSERVE_PENDING_INDEX, member)
         return bool(stored), current
 
-    async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> dict[str, Any]:
+    async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> KServeReply:
         prediction = response_prediction(event, mapping)
         try:
             previous = await self._join(model, event)
@@ -257,19 +258,23 @@ class KServeLogger:
         return sum(1 for gone in removed if gone)
 
 
-def _reply(outcome: str, model: str, event_id: str, result: IngestResult | None = None) -> dict[str, Any]:
-    """The answer to KServe's logger: always ``{"outcome", "model", "id", "accepted", "rejected"}``."""
-    rejected = [] if result is None else result.rejected
-    return {
-        "outcome": outcome,
-        "model": model,
-        "id": event_id,
-        "accepted": 0 if result is None else result.accepted,
-        "rejected": [
-            {"index": item.index, "request_id": item.request_id, "field": item.field, "error": item.error}
-            for item in rejected
-        ],
-    }
+@dataclass(frozen=True, slots=True)
+class KServeReply:
+    """The answer to KServe's logger, one per CloudEvent: its outcome, and what ingest made of its events (none for a
+    request, or a response not ingested). Serialises (orjson) as ``{"outcome", "model", "id", "accepted",
+    "rejected"}``."""
+
+    outcome: str
+    model: str
+    id: str
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _reply(outcome: str, model: str, event_id: str, result: IngestResult | None = None) -> KServeReply:
+    if result is None:
+        return KServeReply(outcome, model, event_id)
+    return KServeReply(outcome, model, event_id, result.accepted, list(result.rejected))
 
 
 def _encoded(row: Array) -> Any:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -32,6 +31,9 @@ from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, Proje
 from service.feed.labels import DelayedLabels
 from service.feed.writer import FeedWriter
 from service.metrics import FeedMetrics
+from service.monitoring.public import CalibrationPublic, DriftStatusPublic, ReferenceAccepted
+from service.monitoring.reference_upload import ModelSlots, parsed
+from service.monitoring.views import PublishedView, unknown_model
 
 log = logging.getLogger(__name__)
 _Result = TypeVar("_Result", bound=BaseModel)
@@ -44,17 +46,6 @@ class ReferenceOutcomeUnknown(VaiError):
     again blindly could store it twice (and make the monitor calibrate twice); the message says how to check."""
 
     status = 504
-
-
-@dataclass(frozen=True, slots=True)
-class PublishedView:
-    """A view as the owning monitor published it (``body`` is its JSON), or why there is none."""
-
-    body: bytes | None
-    monitored: bool
-    """Whether the model is known to the monitors (some replica published its records or a reference)."""
-    status: ProjectionStatus | None = None
-    """The owner's projection methods and errors (projections only)."""
 
 
 class Monitoring:
@@ -88,6 +79,21 @@ class Monitoring:
             yield
         finally:
             self._upload.release()
+
+    async def accept_reference(
+        self, model: str, body: bytes, content_type: str | None, slots: ModelSlots
+    ) -> ReferenceAccepted:
+        """Parse (in a worker thread), check and store an uploaded reference of ``model``, read under
+        :meth:`reference_upload`. ``slots`` (the ingest handler) holds the model's embedding width meanwhile and
+        gives it a model slot after the checks, so an upload they refuse takes none; before the write, so no
+        reference is stored for a model past ``VAI_MAX_MODELS`` (one Redis then fails keeps it)."""
+        reference, margin = await asyncio.to_thread(parsed, body, content_type)
+        dims = int(reference.embeddings.shape[1]) if reference.embeddings is not None else 0
+        with slots.embedding_width_claimed(model, dims):
+            await self.check_reference(reference)
+            slots.register(model)  # TooManyModels (422) past the cap
+            await self.set_reference(model, reference, margin=margin)
+        return ReferenceAccepted(model=model, rows=len(reference), dims=dims, outputs=reference.has_outputs)
 
     async def set_reference(
         self, model: str, reference: Reference, *, margin: npt.NDArray[np.float64] | None = None
@@ -130,8 +136,8 @@ class Monitoring:
             field="embeddings",
         )
 
-    async def drift_status(self, model: str) -> tuple[DriftStatus, float] | None:
-        """The published drift status and how old it is, in seconds: Redis's clock against the ``updated_at`` the
+    async def drift_status(self, model: str) -> DriftStatusPublic | None:
+        """The published drift status and how old it is (``age_s``): Redis's clock against the ``updated_at`` the
         owner stamped with Redis's clock, so neither host's clock (nor a skew between them) enters it."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(keys.drift_status(model))
@@ -143,11 +149,19 @@ class Monitoring:
         if body is None:
             return None
         status = self._published(DriftStatus, body, model, "drift status")
-        return status, max(0.0, seconds + microseconds / 1e6 - status.updated_at)
+        return DriftStatusPublic.of(status, max(0.0, seconds + microseconds / 1e6 - status.updated_at))
 
     async def quality(self, model: str) -> QualityReport | None:
         body = await self._get(keys.quality_report(model), "calibration")
         return None if body is None else self._published(QualityReport, body, model, "calibration")
+
+    async def calibration(self, model: str, *, version: str | None, cohort: str | None) -> CalibrationPublic:
+        """The published calibration narrowed to ``version`` and ``cohort`` (``None``: all); empty before any
+        labels, ``NotFound`` for a model the monitors do not know (a typo in a name is not "no labels yet")."""
+        report = await self.quality(model)
+        if report is None and not await self.monitored(model):
+            raise unknown_model(model)
+        return CalibrationPublic.of(model, None if report is None else report.chosen(version=version, cohort=cohort))
 
     async def monitored(self, model: str) -> bool:
         """Whether the monitors know ``model`` (some replica published its records or a reference)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Any
 
 import orjson
@@ -12,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from service.http.auth import Scope
 from service.routes.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc
+from service.sidecar import SidecarStatusPublic
 
 router = APIRouter()
 POLICY_BODY_BYTES = 64 * 1024
@@ -32,17 +32,17 @@ async def get_sampling(model: ModelPath, sidecar: SidecarDep) -> SamplingPolicy:
 
 @router.put("/v1/models/{model}/sampling", openapi_extra=json_body_doc(SamplingPolicyPatch))
 async def put_sampling(model: ModelPath, patch: PolicyPatchBody, sidecar: SidecarDep) -> SamplingPolicy:
-    return await sidecar.update_policy(model, patch)
+    return await sidecar.policy_sync.update(model, patch)
 
 
 @router.delete("/v1/models/{model}/sampling", dependencies=[AdminScope])
 async def delete_sampling(model: ModelPath, sidecar: SidecarDep) -> SamplingPolicy:
-    return await sidecar.reset_policy(model)
+    return await sidecar.policy_sync.reset(model)
 
 
 @router.get("/status", dependencies=[ReadScope])
-async def status(sidecar: SidecarDep) -> Response:
-    return _json(dataclasses.asdict(sidecar.status()))
+async def status(sidecar: SidecarDep) -> SidecarStatusPublic:
+    return sidecar.status()
 
 
 @router.api_route("/livez", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: some load balancers probe so

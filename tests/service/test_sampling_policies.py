@@ -75,7 +75,7 @@ def test_concurrent_changes_on_one_replica_both_show_at_once(make_client: Client
     assert both.items() <= answers[-1].items(), answers
     assert both.items() <= client.get(_path(f"m{trial}")).json().items()
     sidecar = sidecar_of(client)
-    assert sidecar._overrides_held[f"m{trial}"] == both
+    assert sidecar.policy_sync.held[f"m{trial}"] == both
 
 
 def _hgetall_calls(redis_client: redis.Redis) -> int:

@@ -35,7 +35,7 @@ from monitors.drift.base import DriftEvent
 from monitors.fleet.results import SeriesQuality
 from service.app import create_app
 from service.feed.writer import FeedWriter
-from service.routes.monitoring import newest
+from service.monitoring.public import newest
 from service.settings import SidecarSettings
 
 LABELLED = {"digits": {"delayed_labels": True}}
