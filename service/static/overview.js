@@ -230,10 +230,12 @@
     if (!VIEWS.some((v) => byId(v.id).dataset.state === "denied")) byId("message").hidden = true;
     const shown = byId("refreshed");
     const now = new Date().toLocaleTimeString();
-    if (loaded.some((done) => done !== false)) { // a view still loading from before counts as not failed
+    // true: loaded; false: failed; null: still loading from an earlier refresh (it loads again after), so neither
+    // "updated" (nothing new was shown) nor "nothing could be loaded" (it may yet be): the line is left as it was.
+    if (loaded.some((done) => done === true)) {
       state.updatedAt = now;
       shown.textContent = `updated ${now}`;
-    } else {
+    } else if (loaded.every((done) => done === false)) {
       shown.textContent = `⚠ nothing could be loaded at ${now}` +
         (state.updatedAt ? ` (last updated ${state.updatedAt})` : "");
     }
