@@ -20,6 +20,7 @@ import redis
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from common.embedded_redis import free_port
 from monitors.fleet.process import MonitorProcess
 from monitors.fleet.settings import MonitorSettings
 
@@ -134,6 +135,23 @@ def role_env(**values: str) -> dict[str, str]:
 def start_role(role: str, *args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
     """``vai-sidecar ROLE ARGS`` as a real process."""
     return subprocess.Popen([sys.executable, "-m", "common.cli", role, *args], cwd=cwd, env=env)
+
+
+def start_fleet_monitor(
+    redis_url: str, name: str, *, cwd: Path, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``vai-sidecar monitor`` process named ``name`` on a free metrics port, with short leases and reports (2 s,
+    0.5 s) for take-over tests, and ``settings`` (``VAI_*`` names); the process and its ``/metrics`` URL."""
+    port = free_port()
+    env = role_env(
+        VAI_REDIS_URL=redis_url,
+        VAI_MONITOR_ID=name,
+        VAI_MONITOR_METRICS_PORT=str(port),
+        VAI_MONITOR_LEASE_TTL_S="2",
+        VAI_MONITOR_REPORT_S="0.5",
+        **settings,
+    )
+    return start_role("monitor", env=env, cwd=cwd), f"http://127.0.0.1:{port}/metrics"
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout_s: float = 60.0) -> None:

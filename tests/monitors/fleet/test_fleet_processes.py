@@ -18,7 +18,7 @@ import redis
 
 from common import keys
 from common.embedded_redis import EmbeddedRedis, free_port
-from helpers import role_env, start_role, stop_process, wait_http, wait_until
+from helpers import role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
 from monitors.calibration import calibration_of
 from monitors.quality import quality_of
 from monitors.records import LabelledPrediction
@@ -63,18 +63,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             sidecars.append((f"http://127.0.0.1:{port}", process))
         monitors = {}
         for name in ("monitor-a", "monitor-b"):
-            port = free_port()
-            env = role_env(
-                VAI_REDIS_URL=server.url,
-                VAI_MONITOR_ID=name,
-                VAI_MONITOR_METRICS_PORT=str(port),
-                VAI_MONITOR_LEASE_TTL_S="2",
-                VAI_MONITOR_REPORT_S="0.5",
-                **FAST_DRIFT,
-            )
-            process = start_role("monitor", env=env, cwd=workdir)
-            processes.append(process)
-            monitors[name] = (process, f"http://127.0.0.1:{port}/metrics")
+            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **FAST_DRIFT)
+            processes.append(monitors[name][0])
         for url, process in sidecars:
             wait_http(f"{url}/livez", process)
         for process, metrics_url in monitors.values():

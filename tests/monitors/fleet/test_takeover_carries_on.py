@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common.embedded_redis import EmbeddedRedis, free_port
-from helpers import role_env, start_role, stop_process, wait_http, wait_until
+from helpers import role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -56,18 +56,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         processes.append(sidecar)
         monitors = {}
         for name in ("monitor-a", "monitor-b"):
-            metrics_port = free_port()
-            env = role_env(
-                VAI_REDIS_URL=server.url,
-                VAI_MONITOR_ID=name,
-                VAI_MONITOR_METRICS_PORT=str(metrics_port),
-                VAI_MONITOR_LEASE_TTL_S="2",
-                VAI_MONITOR_REPORT_S="0.5",
-                **DRIFT,
-            )
-            process = start_role("monitor", env=env, cwd=workdir)
-            processes.append(process)
-            monitors[name] = (process, f"http://127.0.0.1:{metrics_port}/metrics")
+            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **DRIFT)
+            processes.append(monitors[name][0])
         wait_http(f"http://127.0.0.1:{port}/livez", sidecar)
         for process, metrics_url in monitors.values():
             wait_http(metrics_url, process)
