@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 
 from common.errors import RedisUnavailable, VaiError
 from service.events.schemas import openapi_ingest_path
+from service.http.head import HeadAsGet
 from service.http.internal_errors import InternalErrors
 from service.ingest.handler import IngestResult
 from service.routes import explanations, kserve, monitoring, operations, ui
@@ -64,6 +65,7 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     app.include_router(kserve.router)
     app.include_router(ui.router)
     app.add_middleware(IngestRoute)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(InternalErrors)  # outermost of ours: a bug anywhere below is a 500, the connection kept
     app.add_exception_handler(VaiError, _vai_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
