@@ -64,8 +64,8 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     app.include_router(monitoring.router)
     app.include_router(kserve.router)
     app.include_router(ui.router)
+    app.add_middleware(HeadAsGet)  # inside IngestRoute: the ingest path pays nothing for it
     app.add_middleware(IngestRoute)
-    app.add_middleware(HeadAsGet)
     app.add_middleware(InternalErrors)  # outermost of ours: a bug anywhere below is a 500, the connection kept
     app.add_exception_handler(VaiError, _vai_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
