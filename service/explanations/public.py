@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,6 @@ from sampler.explanation_records import (
     SanityFigure,
     WorkerPrediction,
 )
-from sampler.explanations import ExplanationStore
 from sampler.layers import LayerStats
 from sampler.verdicts import Verdict
 
@@ -79,14 +79,21 @@ class ExplanationPublic(BaseModel):
     """The inspected layers' outputs on this input; ``activations.png?layer=`` draws the stored maps."""
 
 
-def parse_query(params: dict[str, str], *, default_model: str | None) -> ExplanationQuery:
-    """``ExplanationQuery`` from query parameters; 422 naming the parameter on a bad value."""
+def parse_query(params: dict[str, str], *, models: Sequence[str]) -> ExplanationQuery:
+    """``ExplanationQuery`` from query parameters; 422 naming the parameter on a bad value. ``models``: those
+    with stored explanations, the one taken when ``model`` is not given."""
     values: dict[str, Any] = {
         name: params[name] for name in ("version", "reason", "predicted", "limit") if name in params
     }
-    values["model"] = params.get("model") or default_model
+    values["model"] = params.get("model") or (models[0] if len(models) == 1 else None)
     if values["model"] is None:
-        raise InvalidInput("model: required (several models have explanations)", field="model")
+        why = (
+            "no model has explanations yet"
+            if not models
+            else f"{len(models)} models have explanations ({', '.join(repr(m) for m in models[:5])}"
+            + (", …)" if len(models) > 5 else ")")
+        )
+        raise InvalidInput(f"model: required: {why}", field="model")
     if "cohort" in params:
         key, sep, value = params["cohort"].partition(":")
         if not sep or not key or not value:
@@ -175,11 +182,6 @@ def to_public(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> Exp
         layers=detail.layers,
         settings=detail.settings,
     )
-
-
-async def default_model(store: ExplanationStore) -> str | None:
-    models = await store.models()
-    return models[0] if len(models) == 1 else None
 
 
 _NOT_SIGNED = {

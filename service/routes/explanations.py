@@ -20,7 +20,6 @@ from sampler.verdicts import LatestSanity, MethodTrustReport, method_trust_repor
 from service.explanations.layers import model_layers, render_activations
 from service.explanations.public import (
     ExplanationPublic,
-    default_model,
     encode_cursor,
     parse_query,
     render_heatmap,
@@ -79,7 +78,8 @@ async def list_explanations(
         "cursor": cursor,
     }
     params = {name: value for name, value in given.items() if value is not None}
-    query = parse_query(params, default_model=await default_model(sidecar.explanations))
+    models = [] if model else await sidecar.explanations.models()
+    query = parse_query(params, models=models)
     page = await sidecar.explanations.query(query)
     body = {
         "items": [item.model_dump() for item in page.items],

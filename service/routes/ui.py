@@ -57,5 +57,5 @@ async def asset(name: str) -> FileResponse:
     """One of the viewer's files; ``no-cache`` still lets the browser revalidate by ETag."""
     media_type = _ASSETS.get(name)
     if media_type is None:
-        raise NotFound(f"name: no viewer file {name!r}", field="name")
+        raise NotFound(f"name: no viewer file {name[:80]!r}", field="name")
     return FileResponse(STATIC_DIR / name, media_type=media_type, headers=_HEADERS)

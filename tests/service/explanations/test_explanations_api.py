@@ -261,3 +261,17 @@ def test_a_bad_limit_is_still_a_422_in_the_error_shape_naming_it(client: TestCli
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "limit"
     assert set(response.json()) == {"error", "field"}
+
+
+def test_a_list_without_model_says_truly_why_it_needs_one(client: TestClient, redis_url: str) -> None:
+    """It said "several models have explanations" when none had any."""
+    response = client.get("/v1/explanations")
+    assert response.status_code == 422 and response.json()["field"] == "model"
+    assert "no model has explanations yet" in response.json()["error"]
+    records = [
+        ExplanationRecord(summary=_summary(f"{model}1", 1.0).model_copy(update={"model": model}))
+        for model in ("alpha", "beta")
+    ]
+    _save(redis_url, *records)
+    response = client.get("/v1/explanations")
+    assert response.status_code == 422 and "2 models have explanations ('alpha', 'beta')" in response.json()["error"]
