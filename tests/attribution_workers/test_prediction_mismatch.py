@@ -147,3 +147,15 @@ def test_the_worker_counts_the_events_its_model_disagrees_on(
     drain_worker(settings, done, registry=registry)
 
     assert registry.get_sample_value("vai_attribution_prediction_mismatch_total", {"model": "digits"}) == 2
+
+
+def test_the_default_tolerance_takes_a_bfloat16_server_s_near_tie_for_the_same_model() -> None:
+    """A server running the same model in bfloat16 reported another class than the worker's float32 top with
+    probability gaps up to 0.030 on near-tied digits (an audit); the first default, 0.01, flagged its maps."""
+    default = AttributionConfig.model_fields["prediction_tie_tolerance"].default
+    logits = torch.full((1, 10), -20.0, dtype=torch.float64)
+    logits[0, 5] = math.log(1.03 / 0.97)  # p5 - p3 = 0.03
+
+    (found,) = worker_predictions(logits, [3], tolerance=default)
+
+    assert found.predicted == 5 and found.matches
