@@ -154,7 +154,8 @@ def test_the_default_tolerance_takes_a_bfloat16_server_s_near_tie_for_the_same_m
     probability gaps up to 0.030 on near-tied digits (an audit); the first default, 0.01, flagged its maps."""
     default = AttributionConfig.model_fields["prediction_tie_tolerance"].default
     logits = torch.full((1, 10), -20.0, dtype=torch.float64)
-    logits[0, 5] = math.log(1.03 / 0.97)  # p5 - p3 = 0.03
+    logits[0, 3] = 0.0
+    logits[0, 5] = math.log(1.03 / 0.97)  # p5 - p3 = 0.03, the rest next to nothing
 
     (found,) = worker_predictions(logits, [3], tolerance=default)
 
