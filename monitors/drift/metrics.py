@@ -96,6 +96,14 @@ class DriftMetrics:
         self._tests.labels(model, result.name).inc(tests)
         self._alarms.labels(model, result.name).inc(alarms)
 
+    def clear_verdicts(self, model: str) -> None:
+        """Drop ``model``'s latest-verdict gauges (score, threshold, detected, p-value): a new calibration replaced
+        the one they were of, and an alarm of the replaced reference must not stay up until new traffic arrives.
+        The counters stay: they count the tests that ran."""
+        for family in (self._score, self._threshold, self._detected, self._p_value):
+            for labels in [key for key in family._metrics if key[0] == model]:
+                family.remove(*labels)
+
     def forget(self, model: str) -> None:
         """Drop every series of ``model`` (this process no longer monitors it: another one exports them)."""
         labelled: tuple[Gauge | Counter, ...] = (

@@ -103,6 +103,7 @@ class OwnedDrift:
             started = await states.recalibrate(self.model)
         if started is not None:
             self._drift = started
+            self._context.drift_metrics.clear_verdicts(self.model)  # of the replaced calibration
             await self._carry(started)
             self._watch(started)
 

@@ -61,3 +61,19 @@ def test_forget_drops_the_counters_of_that_model_only(name: str) -> None:
     metrics.forget("digits")
     assert sample(registry, name, ONLINE) is None
     assert sample(registry, name, {**ONLINE, "model": "text"}) is not None
+
+
+def test_clearing_the_verdicts_drops_the_alarm_gauges_and_keeps_the_counters() -> None:
+    """A new reference replaced the calibration: its old alarm stayed at 1 until new traffic gave a result (never,
+    on a quiet model), and an alert on the gauge kept firing for a reference that was gone."""
+    registry = CollectorRegistry()
+    metrics = DriftMetrics(registry=registry)
+    metrics.record("digits", window(drift=True))
+    metrics.record("text", window(drift=True))
+
+    metrics.clear_verdicts("digits")
+
+    for name in ("vai_drift_detected", "vai_drift_score", "vai_drift_threshold", "vai_drift_p_value"):
+        assert sample(registry, name, CHI2) is None, name
+    assert sample(registry, "vai_drift_detected", {**CHI2, "model": "text"}) == 1.0
+    assert sample(registry, "vai_drift_alarms_total", CHI2) == 1
