@@ -79,11 +79,41 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
             ingest_path, components = openapi_ingest_path(IngestResult)
             schema["paths"] = {INGEST_PATH: ingest_path, **schema.get("paths", {})}
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            _document_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "field"],
+    "properties": {
+        "error": {"type": "string", "description": "What is wrong, naming the field"},
+        "field": {"type": ["string", "null"], "description": "The field at fault; null when none is"},
+    },
+    "additionalProperties": True,
+    "description": "Every error answer: 4xx for the request, 503 (with Retry-After) for a dependency",
+}
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every error answer has the one shape ``{"error", "field"}`` (``VaiError.body``): FastAPI documents its own
+    422 (``HTTPValidationError``, ``{"detail": [...]}``), which no route answers. Each operation's 422 and a ``4XX``
+    range point at ``Error`` instead."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = _ERROR_SCHEMA
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if "HTTPValidationError" in str(responses.get("422")):  # FastAPI's, not a documented answer of ours
+                responses["422"] = {"description": "Invalid input; the body names the field", "content": content}
+            responses.setdefault("4XX", {"description": "Refused (auth, not found, too large…)", "content": content})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
 
 
 def _answer(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:

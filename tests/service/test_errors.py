@@ -161,3 +161,16 @@ def test_a_bug_leaves_the_connection_open_for_the_next_request(
         finally:
             connection.close()
     assert "GET /bug: internal error (answered 500)" in caplog.text and "RuntimeError: a bug" in caplog.text
+
+
+def test_openapi_documents_the_one_error_shape_not_fastapi_s(client: TestClient) -> None:
+    """Every route's 422 was documented as FastAPI's {"detail": [...]}, which none answers."""
+    schema = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in str(schema)
+    error = schema["components"]["schemas"]["Error"]
+    operations = [op for item in schema["paths"].values() for op in item.values()]
+    assert all("4XX" in op["responses"] for op in operations)
+    refused = client.get("/v1/explanations", params={"model": "digits", "limit": "many"})
+    assert refused.status_code == 422 and set(error["required"]) <= set(refused.json())
+    documented = schema["paths"]["/v1/explanations"]["get"]["responses"]["422"]
+    assert documented["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
