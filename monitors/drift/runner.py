@@ -11,7 +11,7 @@ import time
 import torch
 from threadpoolctl import threadpool_limits
 
-from monitors.drift.base import DriftBatch
+from monitors.drift.base import DriftBatch, DriftEvent
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
 
@@ -88,15 +88,19 @@ class DriftRunner:
         processed = 0
         for monitor, buffer in pairs:
             self._start_calibration(monitor)
-            events = buffer.drain(self._max_batch)
-            if not events:
-                continue
-            processed += len(events)
-            try:
-                monitor.update(DriftBatch.from_events(events, width=monitor.embedding_width))
-            except Exception:
-                logger.exception("drift detection failed for model %s; %d events dropped", monitor.model, len(events))
+            with buffer.examine(self._max_batch) as events:  # settled once examined (or dropped on an error)
+                if not events:
+                    continue
+                processed += len(events)
+                self._update(monitor, events)
         return processed
+
+    @staticmethod
+    def _update(monitor: DriftMonitor, events: list[DriftEvent]) -> None:
+        try:
+            monitor.update(DriftBatch.from_events(events, width=monitor.embedding_width))
+        except Exception:
+            logger.exception("drift detection failed for model %s; %d events dropped", monitor.model, len(events))
 
     def _start_calibration(self, monitor: DriftMonitor) -> None:
         """A thread calibrating ``monitor`` unless one is at it (one that calibrated a replaced monitor is let go)."""

@@ -92,6 +92,10 @@ class OwnedModel:
                 log.error("monitor of %s: task %s did not stop within %.0f s", self.model, task.get_name(), timeout_s)
         self._tasks = []
         self._drift.stop()
+        try:  # what was examined need not be examined again; the rest stays pending for the next owner
+            await asyncio.wait_for(self._feed.settle(), timeout=timeout_s)
+        except Exception as error:  # Redis away: the next owner examines those again
+            log.debug("monitor of %s: examined entries not acknowledged at the stop: %s", self.model, error)
         self._context.windows.forget(self.model)
         self._context.recent.forget(self.model)
 
@@ -130,9 +134,8 @@ class OwnedModel:
         examined = self.buffer.taken_total
         metrics.examined.labels(self.model).inc(examined - self._examined_seen)
         self._examined_seen = examined
-        backlog = feed.length + len(self.buffer)
-        oldest = self.buffer.oldest_entered_s() or feed.head_s
-        waiting_s = max(0.0, feed.now_s - oldest) if oldest is not None and backlog else 0.0
+        backlog = feed.length  # the buffer's included: its entries are deleted once examined
+        waiting_s = max(0.0, feed.now_s - feed.head_s) if feed.head_s is not None and backlog else 0.0
         metrics.backlog.labels(self.model).set(backlog)
         metrics.oldest.labels(self.model).set(waiting_s)
         return drift_status(

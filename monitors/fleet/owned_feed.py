@@ -1,11 +1,18 @@
 """The prediction feed of an owned model: read into the drift buffer, with what a previous owner left pending claimed,
-and measured for the backlog the status reports."""
+and measured for the backlog the status reports.
+
+An entry is acknowledged and deleted only once the detectors have examined its record (or it was passed over on
+purpose: it did not decode, the buffer dropped it, its model's detectors do not watch): until then it stays pending
+in the group, so that an owner killed with records in its buffer leaves them to the next owner's claim. Records
+collected into a warm-up reference count as examined: the warm-up has its own copy in Redis
+(:mod:`monitors.fleet.warmup_store`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +36,11 @@ this many lease TTLs."""
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """The feed as Redis holds it. Examined entries are deleted, so its length is what waits and its head the
-    oldest."""
+    """The feed as Redis holds it. Examined entries are deleted (those examined so far just before it is measured),
+    so its length is what waits, read or not, and its head the oldest."""
 
     length: int
-    """Entries in the feed, not yet examined."""
+    """Entries in the feed, not yet examined (the drift buffer's included)."""
     head_s: float | None
     """When the oldest of them entered the feed (Redis's clock); ``None`` when it is empty."""
     now_s: float
@@ -42,7 +49,7 @@ class Backlog:
 
 class OwnedFeed:
     """Reads ``vai:feed:{model}`` in the monitors' group into the drift buffer, the model's views and its window of
-    recent predictions; acknowledges and deletes what it took."""
+    recent predictions; acknowledges and deletes what the detectors have examined."""
 
     def __init__(
         self,
@@ -64,6 +71,14 @@ class OwnedFeed:
         self._claim_idle_ms = 0
         """Idle time of the entries the pass claims: any at the take-over, then those idle past the lease's TTL."""
         self._next_claim_s = 0.0
+        self._unsettled: deque[bytes] = deque()
+        """Ids of the entries whose events are in the buffer (or being examined), in the order they were appended."""
+        self._unsettled_from = buffer.appended_total
+        """The buffer's number of the event of the first of them."""
+        self._settled: list[bytes] = []
+        """Ids to acknowledge and delete: examined, or passed over on purpose."""
+        self._held: set[bytes] = set()
+        """The ids of both, not to be claimed again while this owner holds them."""
 
     async def ensure_group(self) -> None:
         try:
@@ -73,39 +88,71 @@ class OwnedFeed:
                 raise
 
     async def read(self) -> None:
-        """One read (or claim) of at most what the buffer has room for, taken, acknowledged and deleted."""
+        """One read (or claim) of at most what the buffer has room for, taken; what is examined so far (and what
+        was passed over) acknowledged and deleted."""
         settings = self._context.settings
         if len(self._buffer) > settings.drift_buffer_events // 2:
             await asyncio.sleep(0.05)  # the detectors are behind: leave the records in Redis, where lag shows
-            return
-        count = min(settings.monitor_read_batch, self._buffer.room)  # never more than fits: the rest waits
-        try:
-            entries = await (self._claim(count) if self._claim_due() else self._read_new(count))
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            await self.ensure_group()  # Redis came back empty
-            return
-        if entries:
-            self._take(entries)
-            ids = [entry_id for entry_id, _ in entries]
-            pipe = self._context.redis.pipeline(transaction=False)
-            pipe.xack(self._feed, keys.MONITOR_GROUP, *ids)
-            pipe.xdel(self._feed, *ids)  # so the stream's length is what waits (as with the sample streams)
+        else:
+            count = min(settings.monitor_read_batch, self._buffer.room)  # never more than fits: the rest waits
+            try:
+                self._take(await (self._claim(count) if self._claim_due() else self._read_new(count)))
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                await self.ensure_group()  # Redis came back empty
+                return
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Acknowledge and delete what was examined so far (at a stop: the rest stays pending for the next owner)."""
+        pipe = self._context.redis.pipeline(transaction=False)
+        acked = self._ack(pipe)
+        if acked:
             await execute(pipe)
+            self._acked(acked)
 
     async def backlog(self) -> Backlog:
-        """The feed's length and head, and Redis's clock, in one round trip."""
+        """The feed's length and head, and Redis's clock, in one round trip (deleting first what was examined)."""
         pipe = self._context.redis.pipeline(transaction=False)
+        acked = self._ack(pipe)
         pipe.xlen(self._feed)
         pipe.xrange(self._feed, count=1)
         pipe.time()
-        length, head, (seconds, microseconds) = await execute(pipe)
+        *_, length, head, (seconds, microseconds) = await execute(pipe)
+        self._acked(acked)
         return Backlog(
             length=int(length),
             head_s=stream_entry_time_s(head[0][0]) if head else None,
             now_s=seconds + microseconds / 1e6,
         )
+
+    @property
+    def unsettled(self) -> int:
+        """Entries read into the buffer and not yet examined (pending in the group, under this owner)."""
+        self._collect_settled()
+        return len(self._unsettled)
+
+    def _collect_settled(self) -> None:
+        """Move the ids of the events the buffer has settled since to those to acknowledge."""
+        count = self._buffer.settled_total - self._unsettled_from
+        for _ in range(min(count, len(self._unsettled))):
+            self._settled.append(self._unsettled.popleft())
+        self._unsettled_from += max(count, 0)
+
+    def _ack(self, pipe: Any) -> list[bytes]:
+        """Queue on ``pipe`` the acknowledgement and deletion of what is settled; returns their ids."""
+        self._collect_settled()
+        ids = list(self._settled)
+        if ids:
+            pipe.xack(self._feed, keys.MONITOR_GROUP, *ids)
+            pipe.xdel(self._feed, *ids)  # so the stream's length is what waits (as with the sample streams)
+        return ids
+
+    def _acked(self, ids: list[bytes]) -> None:
+        done = set(ids)
+        self._settled = [entry_id for entry_id in self._settled if entry_id not in done]
+        self._held -= done
 
     def _claim_due(self) -> bool:
         """Whether to claim pending entries now: a pass is going on, or the next one is due."""
@@ -129,7 +176,8 @@ class OwnedFeed:
         if self._claim_from is None:
             self._next_claim_s = time.monotonic() + RECLAIM_EVERY_TTLS * leases.ttl_ms / 1000
         entries: Entries = claim[1] or []
-        return entries
+        # Idle past the TTL, what this owner holds in its buffer (the detectors behind) is claimed again: not retaken.
+        return [entry for entry in entries if _entry_id(entry[0]) not in self._held]
 
     async def _read_new(self, count: int) -> Entries:
         answer: Any = await self._context.readers.xreadgroup(
@@ -139,16 +187,21 @@ class OwnedFeed:
         return entries
 
     def _take(self, entries: Entries) -> None:
-        for entry_id, fields in entries:
+        for raw_id, fields in entries:
+            entry_id = _entry_id(raw_id)
+            self._held.add(entry_id)
             if not fields:
-                continue  # trimmed while pending
+                self._settled.append(entry_id)  # trimmed while pending
+                continue
             try:
                 record = MonitoringRecord.from_entry(self.model, fields)
             except FeedFormatError as error:
                 self._context.metrics.invalid.labels(self.model).inc()
                 log.debug("skipping a feed entry of %s: %s", self.model, error)
+                self._settled.append(entry_id)
                 continue
-            entered_s = stream_entry_time_s(entry_id)
+            entered_s = stream_entry_time_s(raw_id)
+            self._unsettled.append(entry_id)
             self._buffer.append(
                 DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s, entered_s)
             )
@@ -157,3 +210,7 @@ class OwnedFeed:
             self._context.recent.append(
                 self.model, self._versions(record.version), record.cohort, min(max(record.confidence, 0.0), 1.0)
             )
+
+
+def _entry_id(entry_id: bytes | str) -> bytes:
+    return entry_id if isinstance(entry_id, bytes) else entry_id.encode()
