@@ -49,7 +49,8 @@ def _shifts(inspector: LayerInspector, baseline: Images, recent: Images) -> dict
         for row in range(len(batch)):
             tracker.add("v1", inspection, row)
     snapshot = tracker.snapshot("v1")
-    assert snapshot is not None
+    if snapshot is None:
+        raise RuntimeError("the tracker kept no figures of the inputs it was given")
     return {
         layer.name: (layer.activation_shift, layer.shift_units, layer.units)
         for layer in snapshot.layers

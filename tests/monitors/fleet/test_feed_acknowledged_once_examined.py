@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -78,20 +77,24 @@ def test_what_an_owner_read_and_never_examined_is_claimed_and_examined_by_the_ne
     stall(first, gate)
     send(redis_client, RECORDS)
     wait_until(lambda: first.owned["m"].buffer.taken_total == RECORDS, what="the records read and handed on")
-    time.sleep(0.3)  # a few more feed and status rounds, each of which used to acknowledge what it had read
+    reads = _calls(redis_client, "xreadgroup")  # a few more feed rounds, each of which used to acknowledge them
+    wait_until(lambda: _calls(redis_client, "xreadgroup") >= reads + 3, what="more feed rounds")
     assert pending(redis_client, first.owner) == RECORDS
     assert redis_client.xlen(FEED) == RECORDS
     # The first owner stops answering (as if killed) with the records in its detectors' hands.
-    frozen = threading.Event()
-    monitors.run(first, _freeze(frozen, seconds=6.0))
-    wait_until(frozen.is_set, what="the first monitor frozen")
-    second = monitors.start()
-    wait_until(lambda: "m" in second.owned, timeout_s=5, what="the second monitor to take m over")
-    wait_until(
-        lambda: collected(second) >= RECORDS and redis_client.xlen(FEED) == 0 and pending(redis_client) == 0,
-        what="the left records claimed, examined, acknowledged and deleted",
-    )
-    assert collected(second) == RECORDS
+    frozen, released = threading.Event(), threading.Event()
+    monitors.run(first, _freeze(frozen, released))
+    try:
+        wait_until(frozen.is_set, what="the first monitor frozen")
+        second = monitors.start()
+        wait_until(lambda: "m" in second.owned, timeout_s=10, what="the second monitor to take m over")
+        wait_until(
+            lambda: collected(second) >= RECORDS and redis_client.xlen(FEED) == 0 and pending(redis_client) == 0,
+            what="the left records claimed, examined, acknowledged and deleted",
+        )
+        assert collected(second) == RECORDS
+    finally:
+        released.set()
 
 
 def test_an_owner_does_not_claim_again_what_it_holds_unexamined(
@@ -108,14 +111,16 @@ def test_an_owner_does_not_claim_again_what_it_holds_unexamined(
     send(redis_client, RECORDS)
     wait_until(lambda: process.owned["m"].buffer.taken_total == RECORDS, what="the records read and handed on")
     wait_until(lambda: _calls(redis_client, "xautoclaim") >= claims + 3, timeout_s=10, what="periodic claims")
-    time.sleep(1.5)  # past the TTL idle: the next claims see the held entries
-    wait_until(lambda: _calls(redis_client, "xautoclaim") >= claims + 5, timeout_s=10, what="more periodic claims")
+    wait_until(lambda: _idle_ms(redis_client) > process.leases.ttl_ms, what="the held entries idle past the TTL")
+    claims = _calls(redis_client, "xautoclaim")  # from here on, each claim finds the entries this owner holds
+    wait_until(lambda: _calls(redis_client, "xautoclaim") >= claims + 2, timeout_s=10, what="more periodic claims")
     gate.set()
     wait_until(
         lambda: collected(process) >= RECORDS and redis_client.xlen(FEED) == 0 and pending(redis_client) == 0,
         what="the records examined, acknowledged and deleted",
     )
-    time.sleep(0.5)
+    claims = _calls(redis_client, "xautoclaim")
+    wait_until(lambda: _calls(redis_client, "xautoclaim") >= claims + 1, timeout_s=10, what="a claim after that")
     assert collected(process) == RECORDS
 
 
@@ -124,11 +129,18 @@ def _calls(client: redis.Redis, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
-async def _freeze(frozen: threading.Event, *, seconds: float) -> None:
-    """Hold the loop's thread from a moment on: after this coroutine's result has reached the caller."""
-    asyncio.get_running_loop().call_later(0.1, _block, frozen, seconds)
+def _idle_ms(client: redis.Redis) -> int:
+    """How long the least idle pending entry of the feed has been idle."""
+    entries = client.xpending_range(FEED, keys.MONITOR_GROUP, "-", "+", 10_000)
+    return min((int(e["time_since_delivered"]) for e in entries), default=0)
 
 
-def _block(frozen: threading.Event, seconds: float) -> None:
+async def _freeze(frozen: threading.Event, released: threading.Event) -> None:
+    """Hold the loop's thread from a moment on (after this coroutine's result has reached the caller) until
+    ``released``: no lease renewed, no feed read, nothing acknowledged, as if the process had died."""
+    asyncio.get_running_loop().call_later(0.1, _block, frozen, released)
+
+
+def _block(frozen: threading.Event, released: threading.Event) -> None:
     frozen.set()
-    time.sleep(seconds)  # the loop's thread held: no lease renewed, no feed read, nothing acknowledged
+    released.wait(60)
