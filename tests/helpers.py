@@ -137,6 +137,17 @@ def start_role(role: str, *args: str, env: dict[str, str], cwd: Path) -> subproc
     return subprocess.Popen([sys.executable, "-m", "common.cli", role, *args], cwd=cwd, env=env)
 
 
+FAST_DRIFT = {
+    "VAI_DRIFT__REFERENCE_EVENTS": "400",
+    "VAI_DRIFT__MAX_REFERENCE": "200",
+    "VAI_DRIFT__ERT": "100",
+    "VAI_DRIFT__WINDOW_SIZE": "20",
+    "VAI_DRIFT__PCA_COMPONENTS": "8",
+    "VAI_DRIFT__WINDOW_TESTS": "false",
+}
+"""Drift settings of the multi-process fleet tests: a small warm-up, a short ERT, no window tests."""
+
+
 def start_fleet_monitor(
     redis_url: str, name: str, *, cwd: Path, **settings: str
 ) -> tuple[subprocess.Popen[bytes], str]:

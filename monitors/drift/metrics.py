@@ -83,11 +83,14 @@ class DriftMetrics:
 
     def record(self, model: str, result: DriftResult) -> None:
         """Expose one detector's latest verdict, and count the tests behind it and their alarms."""
-        self._score.labels(model, result.name).set(result.score)
-        self._threshold.labels(model, result.name).set(result.threshold)
-        self._detected.labels(model, result.name).set(1.0 if result.drift else 0.0)
-        if result.p_value is not None:
-            self._p_value.labels(model, result.name).set(result.p_value)
+        self.show(
+            model,
+            result.name,
+            score=result.score,
+            threshold=result.threshold,
+            drift=result.drift,
+            p_value=result.p_value,
+        )
         tests, alarms = 1, int(result.drift)
         if isinstance(result, OnlineResult):
             tests, alarms = result.events, result.alarms
@@ -95,6 +98,16 @@ class DriftMetrics:
         # Both counters are created together, at 0 alarms too, so that a rate over them sees the first alarm.
         self._tests.labels(model, result.name).inc(tests)
         self._alarms.labels(model, result.name).inc(alarms)
+
+    def show(
+        self, model: str, detector: str, *, score: float, threshold: float, drift: bool, p_value: float | None
+    ) -> None:
+        """Set one detector's latest-verdict gauges (score, threshold, detected, p-value), counting nothing."""
+        self._score.labels(model, detector).set(score)
+        self._threshold.labels(model, detector).set(threshold)
+        self._detected.labels(model, detector).set(1.0 if drift else 0.0)
+        if p_value is not None:
+            self._p_value.labels(model, detector).set(p_value)
 
     def clear_verdicts(self, model: str) -> None:
         """Drop ``model``'s latest-verdict gauges (score, threshold, detected, p-value): a new calibration replaced

@@ -174,11 +174,7 @@ class FleetDriftMetrics(DriftMetrics):
         for v in carried.verdicts:
             if carried.seen(v.name):
                 continue  # an own result already replaced it
-            self._score.labels(model, v.name).set(v.score)
-            self._threshold.labels(model, v.name).set(v.threshold)
-            self._detected.labels(model, v.name).set(1.0 if v.drift else 0.0)
-            if v.p_value is not None:
-                self._p_value.labels(model, v.name).set(v.p_value)
+            self.show(model, v.name, score=v.score, threshold=v.threshold, drift=v.drift, p_value=v.p_value)
 
     def record(self, model: str, result: DriftResult) -> None:
         super().record(model, result)

@@ -18,21 +18,12 @@ import redis
 
 from common import keys
 from common.embedded_redis import EmbeddedRedis, free_port
-from helpers import role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
+from helpers import FAST_DRIFT, role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
 from monitors.calibration import calibration_of
 from monitors.quality import quality_of
 from monitors.records import LabelledPrediction
 
 pytestmark = pytest.mark.slow
-
-FAST_DRIFT = {
-    "VAI_DRIFT__REFERENCE_EVENTS": "400",
-    "VAI_DRIFT__MAX_REFERENCE": "200",
-    "VAI_DRIFT__ERT": "100",
-    "VAI_DRIFT__WINDOW_SIZE": "20",
-    "VAI_DRIFT__PCA_COMPONENTS": "8",
-    "VAI_DRIFT__WINDOW_TESTS": "false",
-}
 
 
 @dataclass

@@ -17,19 +17,11 @@ import numpy as np
 import pytest
 
 from common.embedded_redis import EmbeddedRedis, free_port
-from helpers import role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
+from helpers import FAST_DRIFT, role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
 
 pytestmark = pytest.mark.slow
 
 MODEL = "delta"
-DRIFT = {
-    "VAI_DRIFT__REFERENCE_EVENTS": "400",
-    "VAI_DRIFT__MAX_REFERENCE": "200",
-    "VAI_DRIFT__ERT": "100",
-    "VAI_DRIFT__WINDOW_SIZE": "20",
-    "VAI_DRIFT__PCA_COMPONENTS": "8",
-    "VAI_DRIFT__WINDOW_TESTS": "false",
-}
 
 
 @dataclass
@@ -56,7 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         processes.append(sidecar)
         monitors = {}
         for name in ("monitor-a", "monitor-b"):
-            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **DRIFT)
+            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **FAST_DRIFT)
             processes.append(monitors[name][0])
         wait_http(f"http://127.0.0.1:{port}/livez", sidecar)
         for process, metrics_url in monitors.values():
