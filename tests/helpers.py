@@ -137,7 +137,7 @@ def start_role(role: str, *args: str, env: dict[str, str], cwd: Path) -> subproc
     return subprocess.Popen([sys.executable, "-m", "common.cli", role, *args], cwd=cwd, env=env)
 
 
-FAST_DRIFT = {
+PROCESS_DRIFT_ENV = {
     "VAI_DRIFT__REFERENCE_EVENTS": "400",
     "VAI_DRIFT__MAX_REFERENCE": "200",
     "VAI_DRIFT__ERT": "100",

@@ -18,7 +18,7 @@ import redis
 
 from common import keys
 from common.embedded_redis import EmbeddedRedis, free_port
-from helpers import FAST_DRIFT, role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
+from helpers import PROCESS_DRIFT_ENV, role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
 from monitors.calibration import calibration_of
 from monitors.quality import quality_of
 from monitors.records import LabelledPrediction
@@ -54,7 +54,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             sidecars.append((f"http://127.0.0.1:{port}", process))
         monitors = {}
         for name in ("monitor-a", "monitor-b"):
-            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **FAST_DRIFT)
+            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **PROCESS_DRIFT_ENV)
             processes.append(monitors[name][0])
         for url, process in sidecars:
             wait_http(f"{url}/livez", process)

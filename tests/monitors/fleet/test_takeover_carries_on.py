@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common.embedded_redis import EmbeddedRedis, free_port
-from helpers import FAST_DRIFT, role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
+from helpers import PROCESS_DRIFT_ENV, role_env, start_fleet_monitor, start_role, stop_process, wait_http, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         processes.append(sidecar)
         monitors = {}
         for name in ("monitor-a", "monitor-b"):
-            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **FAST_DRIFT)
+            monitors[name] = start_fleet_monitor(server.url, name, cwd=workdir, **PROCESS_DRIFT_ENV)
             processes.append(monitors[name][0])
         wait_http(f"http://127.0.0.1:{port}/livez", sidecar)
         for process, metrics_url in monitors.values():
