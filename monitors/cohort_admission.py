@@ -8,6 +8,10 @@ decision is taken once, in Redis, by :data:`_ADMIT` over one set per (model, key
 come, first admitted, atomically. Each answer carries the set's members, so a process learns every value
 admitted so far (once the set is full, every value is decided in the process without asking).
 
+The cap is the caller's: every role (sidecars and monitors) must run with the same ``VAI_MAX_COHORT_VALUES``
+(and ``VAI_COHORT_KEYS``), or their labels differ: a process with a lower cap than the set's size keeps only
+that many of its members and counts the rest as ``__other__``. Such a process logs one warning per (model, key).
+
 A process caches the decisions in its fleet :class:`CohortGuard` (a decided value never changes there, so
 the hot path stays a dict lookup). Values the guard has not seen decided are *undecided*: callers hold
 what carries them (the :class:`Holder` s), and :meth:`CohortAdmission.settle`, run every ``period_s`` by
@@ -116,6 +120,8 @@ class CohortAdmission:
         """When the rounds began failing (``None`` while Redis answers)."""
         self._next_try = 0.0
         self._next_refresh = clock() + refresh_s
+        self._overfull: set[tuple[str, str]] = set()
+        """(model, key)s whose set was found holding more values than this process's cap (warned once)."""
 
     async def run(self) -> None:
         """:meth:`settle` every ``period_s`` until cancelled; a round that fails never ends the task."""
@@ -176,7 +182,19 @@ class CohortAdmission:
         (answers,) = await execute(pipe)
         members: list[Any]
         for (model, key), members in zip(pairs, answers, strict=True):
-            self._guard.admit(model, key, sorted(text(member) for member in members))
+            admitted = sorted(text(member) for member in members)
+            if len(admitted) > self._guard.max_values and (model, key) not in self._overfull:
+                self._overfull.add((model, key))
+                log.warning(
+                    "the fleet admitted %d values of cohort key %s of model %s, more than VAI_MAX_COHORT_VALUES=%d "
+                    "here: this process labels the rest as __other__ where other processes do not; give every role "
+                    "the same VAI_MAX_COHORT_VALUES",
+                    len(admitted),
+                    key,
+                    model,
+                    self._guard.max_values,
+                )
+            self._guard.admit(model, key, admitted)
 
 
 def _counted(values: Iterable[str]) -> list[str | int]:

@@ -1,11 +1,16 @@
-"""Cohort slices: which ``cohort`` label each labelled prediction counts under.
+"""Cohort slices: which slice each labelled prediction counts under, and the labels a slice has in the metrics.
 
 Every labelled prediction belongs to the slice ``all`` of its (model, version)
 and, for each allowlisted cohort key it carries, to the slice ``key=value``.
 Each model's values of each key are kept closed by :class:`common.cardinality.BoundedLabel`
 (the rule of every labelled metric): later values share the slice ``key=__other__``. The
 bound is per model, so one model's values never take another's slots.
-Keys outside the allowlist are ignored. These strings are the ``cohort`` label of the metrics.
+Keys outside the allowlist are ignored; ``all`` is no key (it names the whole-model slice).
+
+``key=value`` names a slice inside the monitor (its windows, its reports, the API's ``cohort`` field). A metric
+spells it with two labels, as the sidecar's ``vai_cohort_events_total`` does (:func:`slice_labels`):
+``cohort="region", value="eu"``, and the whole-model slice ``cohort="all", value="all"``, so PromQL joins the
+monitor's series and the sidecar's counter ``on(model, cohort, value)``.
 
 A guard built with ``fleet=True`` (every sidecar's and monitor's) does not pick values in the order
 its own process sees them: the fleet decides once, in Redis (``monitors.cohort_admission``), and the
@@ -29,9 +34,24 @@ values are ``__other__`` at once. A decision round (every 50 ms) empties them, a
 every value is decided in the process: only a burst of new values before the first answer reaches this."""
 
 
+LABELS = ("cohort", "value")
+"""The labels of a slice in every metric: the key, and the value (``all`` and ``all`` for the whole model)."""
+
+
 def slice_label(key: str, value: str) -> str:
-    """The ``cohort`` label of one slice: ``key=value``."""
+    """The name of one slice: ``key=value``."""
     return f"{key}={value}"
+
+
+def slice_labels(name: str) -> tuple[str, str]:
+    """The ``cohort`` and ``value`` labels of the slice ``name``: ``(key, value)`` for ``key=value`` (the pair
+    the sidecar counts the event's value under in ``vai_cohort_events_total``), ``("all", "all")`` for ``all``."""
+    if name == ALL:
+        return ALL, ALL
+    key, separated, value = name.partition("=")
+    if not separated:
+        raise ValueError(f"{name!r} is no cohort slice: expected {ALL!r} or key=value")
+    return key, value
 
 
 class CohortGuard:
@@ -42,8 +62,11 @@ class CohortGuard:
             raise ValueError(f"max_values_per_key must be at least 1, got {max_values_per_key}")
         self._keys = tuple(dict.fromkeys(keys))
         for key in self._keys:
-            if not key or "=" in key:
-                raise ValueError(f"cohort key {key!r} must be non-empty and contain no '='")
+            if not key or "=" in key or key == ALL:
+                raise ValueError(
+                    f"cohort key {key!r} must be non-empty, contain no '=' and not be {ALL!r} (the whole-model "
+                    "slice's label): rename it in VAI_COHORT_KEYS"
+                )
         self._max_values = max_values_per_key
         self._fleet = fleet
         self._models: dict[str, dict[str, BoundedLabel]] = {}

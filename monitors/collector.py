@@ -4,8 +4,9 @@ A scrape never reads the windows or computes anything: the owner of a model meas
 event loop (:meth:`QualityCollector.measure`, with the report it publishes) and hands the figures over
 (:meth:`QualityCollector.publish`); a scrape exports the latest of each model.
 
-Labels: ``model``, ``version`` and ``cohort`` (``all`` or ``key=value``, see
-:mod:`monitors.cohorts`); per-class figures add ``class`` (the class index).
+Labels: ``model``, ``version``, ``cohort`` and ``value``: a slice's key and value, as the sidecar's
+``vai_cohort_events_total`` has them (``cohort="region", value="eu"``), the whole model version
+``cohort="all", value="all"`` (see :mod:`monitors.cohorts`); per-class figures add ``class`` (the class index).
 
 | metric | type | meaning |
 | --- | --- | --- |
@@ -29,11 +30,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitors.calibration import CalibrationReport, calibration_of
+from monitors.cohorts import LABELS, slice_labels
 from monitors.quality import ClassQuality, QualityReport, quality_of
 from monitors.series import SeriesKey
 from monitors.window import SeriesSnapshot, WindowStore
 
-SERIES_LABELS = ("model", "version", "cohort")
+SERIES_LABELS = ("model", "version", *LABELS)
 CLASS_LABELS = (*SERIES_LABELS, "class")
 
 
@@ -136,7 +138,7 @@ class QualityCollector(Collector):
 
     def _add(self, families: _Families, figures: SeriesFigures) -> None:
         key, calibration, quality = figures.key, figures.calibration, figures.quality
-        labels = [key.model, key.version, key.cohort]
+        labels = [key.model, key.version, *slice_labels(key.cohort)]
         families.total.add_metric(labels, figures.labelled_total)
         families.window.add_metric(labels, calibration.count)
         families.ece.add_metric(labels, calibration.ece)

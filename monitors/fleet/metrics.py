@@ -13,22 +13,27 @@
 | ``vai_drift_calibration_failed`` | gauge | model | 1: last calibration failed or left detectors out |
 | ``vai_monitor_members`` | gauge | | monitor processes alive, as this one sees them |
 | ``vai_monitor_drift_configs`` | gauge | | distinct drift settings among the live monitors (above 1: they differ) |
-| ``vai_estimated_accuracy`` | gauge | model, version, cohort | accuracy estimated from confidences alone (ATC) |
-| ``vai_estimated_accuracy_predictions`` | gauge | model, version, cohort | recent predictions it is a share of |
-| ``vai_estimated_accuracy_fitted_on`` | gauge | model, version, cohort | labels its threshold was fitted on |
+| ``vai_estimated_accuracy`` | gauge | model, version, cohort, value | accuracy estimated from confidences alone (ATC) |
+| ``vai_estimated_accuracy_predictions`` | gauge | model, version, cohort, value | recent predictions it is a share of |
+| ``vai_estimated_accuracy_fitted_on`` | gauge | model, version, cohort, value | labels its threshold was fitted on |
 | ``vai_calibration_temperature`` | gauge | model, version | temperature minimising the labelled window's NLL |
 | ``vai_calibration_temperature_count`` | gauge | model, version | probability vectors T was fitted on |
 | ``vai_calibration_ece_after_temperature`` | gauge | model, version | ECE the window would have after that scaling |
 | ``vai_monitor_projection_seconds`` | gauge | model, method | compute time of the latest embedding projection |
 
-Only the owner of a model exports its series, so each has exactly one source in the fleet.
+Only the owner of a model exports its series, so each has exactly one source in the fleet. ``cohort`` and
+``value`` are a slice's key and value as in the sidecar's ``vai_cohort_events_total`` (the whole model version:
+``all`` and ``all``, see :mod:`monitors.cohorts`).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from monitors.cohorts import LABELS, slice_labels
 from monitors.fleet.results import DriftStatus, QualityReport
+
+ESTIMATE_LABELS = ("model", "version", *LABELS)
 
 
 class MonitorMetrics:
@@ -88,19 +93,19 @@ class MonitorMetrics:
         self.estimated_accuracy = Gauge(
             "vai_estimated_accuracy",
             "Accuracy estimated from the confidences of recent predictions (ATC): an estimate, not a measurement.",
-            ("model", "version", "cohort"),
+            ESTIMATE_LABELS,
             registry=registry,
         )
         self.estimate_predictions = Gauge(
             "vai_estimated_accuracy_predictions",
             "Recent predictions, labelled or not, vai_estimated_accuracy is the share of: what it rests on.",
-            ("model", "version", "cohort"),
+            ESTIMATE_LABELS,
             registry=registry,
         )
         self.estimate_fitted_on = Gauge(
             "vai_estimated_accuracy_fitted_on",
             "Labelled predictions the threshold of vai_estimated_accuracy was fitted on (its cohort's, or all's).",
-            ("model", "version", "cohort"),
+            ESTIMATE_LABELS,
             registry=registry,
         )
         self.temperature = Gauge(
@@ -133,10 +138,11 @@ class MonitorMetrics:
         """Set the estimate and temperature gauges of ``report``'s model, each with the count it rests on; drop its
         series the report no longer has."""
         model = report.model
+        estimates = [((model, e.version, *slice_labels(e.cohort)), e) for e in report.estimates]
         values: dict[Gauge, dict[tuple[str, ...], float]] = {
-            self.estimated_accuracy: {(model, e.version, e.cohort): e.estimated_accuracy for e in report.estimates},
-            self.estimate_predictions: {(model, e.version, e.cohort): e.predictions for e in report.estimates},
-            self.estimate_fitted_on: {(model, e.version, e.cohort): e.fitted_on for e in report.estimates},
+            self.estimated_accuracy: {labels: e.estimated_accuracy for labels, e in estimates},
+            self.estimate_predictions: {labels: e.predictions for labels, e in estimates},
+            self.estimate_fitted_on: {labels: e.fitted_on for labels, e in estimates},
             self.temperature: {(report.model, t.version): t.temperature for t in report.temperature},
             self.temperature_count: {(report.model, t.version): t.count for t in report.temperature},
             self.ece_after_temperature: {(report.model, t.version): t.ece_after for t in report.temperature},

@@ -40,7 +40,8 @@ class MonitorSettings(RoleSettings):
     cohort_keys: CommaList = ()
     """Cohort keys that get their own calibration and accuracy series (allowlist)."""
     max_cohort_values: int = Field(default=20, ge=1)
-    """Distinct values kept per cohort key; the rest share the series ``key=__other__``."""
+    """Distinct values kept per cohort key; the rest share the series ``value="__other__"`` (give every role the
+    same cap)."""
     max_versions_per_model: int = Field(default=5, ge=1)
     """Distinct model versions kept as series per model; the rest count as ``__other__``."""
     calibration_window_s: float = Field(default=3600.0, gt=0)

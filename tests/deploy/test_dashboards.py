@@ -23,7 +23,13 @@ COMPOSE = ROOT / "docker-compose.yml"
 METRIC_NAME = re.compile(r"\bvai_[a-z0-9_]+\b")
 DATASOURCE_REFS = ({"type": "prometheus", "uid": "${datasource}"}, {"type": "prometheus", "uid": "prometheus"})
 # What Grafana substitutes before a query reaches Prometheus, for checking the PromQL offline.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$model": ".*"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "$model": ".*",
+    "$cohort": ".*",
+}
 
 
 def _dashboard() -> dict[str, Any]:
@@ -218,6 +224,26 @@ def test_template_variables() -> None:
     assert model["multi"] and model["includeAll"]
     # "All" as a regex keeps models that appear after the dashboard was loaded.
     assert model["allValue"] == ".*"
+    # Cohort keys as the sidecar counts them; the monitor's series carry the same cohort label.
+    cohort = variables["cohort"]
+    assert cohort["type"] == "query"
+    assert re.sub(r"\s", "", _variable_query(cohort)) == 'label_values(vai_cohort_events_total{model=~"$model"},cohort)'
+    assert cohort["multi"] and cohort["includeAll"] and cohort["allValue"] == ".*"
+
+
+def test_cohort_panels_read_the_slices_by_key_and_value() -> None:
+    """Every query of a cohort-sliced series keeps (or joins on) both labels of a slice, cohort and value: one of
+    them alone would merge the values of a key."""
+    sliced = ("vai_cohort_events_total", "vai_accuracy", "vai_cohort_window_events", "vai_cohort_labelled_total")
+    for panel in _queries():
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            if not any(re.search(rf"\b{name}\b", expr) for name in sliced) or 'cohort="all"' in expr:
+                continue
+            for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+                labels = {label.strip() for label in grouping.split(",")}
+                assert "cohort" not in labels or "value" in labels, f"{panel['title']}: {expr}"
+            assert "{{cohort}}={{value}}" in target["legendFormat"], panel["title"]
 
 
 def test_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ DRIFT_ALERT = "VaiModelDriftDetected"
 CLEAN_S = 45.0
 """Clean traffic watched by the calibrated detectors before the drift phase starts."""
 DRIFT_WINDOW, DRIFT_FOR = "60s", "15s"
-GRAFANA = {"$__rate_interval": "10s", "$__interval": "5s", "$__range": "5m", "$model": ".*"}
+GRAFANA = {"$__rate_interval": "10s", "$__interval": "5s", "$__range": "5m", "$model": ".*", "$cohort": ".*"}
 
 # What a healthy run of a few minutes legitimately leaves without series, and why.
 MAY_BE_EMPTY = {

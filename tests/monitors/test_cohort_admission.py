@@ -3,6 +3,7 @@ every process (and for a new owner), the set's TTL and its restoration, and an u
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,8 +35,8 @@ class Clock:
 class Process:
     """What one process holds: a fleet guard, a window store waiting on it, and their admission."""
 
-    def __init__(self, admission: Callable[[CohortGuard, WindowStore], CohortAdmission]) -> None:
-        self.guard = CohortGuard(keys=["region"], max_values_per_key=2, fleet=True)
+    def __init__(self, admission: Callable[[CohortGuard, WindowStore], CohortAdmission], *, cap: int = 2) -> None:
+        self.guard = CohortGuard(keys=["region"], max_values_per_key=cap, fleet=True)
         self.windows = WindowStore(guard=self.guard)
         self.admission = admission(self.guard, self.windows)
 
@@ -51,11 +52,14 @@ class Process:
 
 
 @asynccontextmanager
-async def processes(url: str, **options: Any) -> AsyncIterator[Callable[[], Process]]:
-    """Make processes whose admissions share one Redis client of ``url`` (``options``: the admission's)."""
+async def processes(url: str, **options: Any) -> AsyncIterator[Callable[..., Process]]:
+    """Make processes (``cap=2`` values per key) whose admissions share one Redis client of ``url`` (``options``:
+    the admission's)."""
     client = connect(url, timeout_s=0.5)
     try:
-        yield lambda: Process(lambda guard, windows: CohortAdmission(client, guard, [windows], **options))
+        yield lambda cap=2: Process(
+            lambda guard, windows: CohortAdmission(client, guard, [windows], **options), cap=cap
+        )
     finally:
         await client.aclose()
 
@@ -94,6 +98,30 @@ async def test_a_new_owner_gets_the_decisions_of_the_previous_one(redis_url: str
         await owner.admission.load("m")  # the new owner asks before its labels replay
         owner.see("ap", "us", "eu")
         assert owner.slices() == {ALL: 3, "region=eu": 1, "region=us": 1, f"region={OTHER}": 1}
+
+
+async def test_a_process_with_a_lower_cap_than_the_fleets_says_so_once(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every role must run with the same VAI_MAX_COHORT_VALUES: one with a lower cap keeps fewer of the admitted
+    values than the others (their labels differ), and warns."""
+    async with processes(redis_url) as process:
+        wider = process(cap=3)
+        wider.see("eu", "us", "ap")
+        await wider.admission.settle()
+        narrower = process(cap=2)
+        narrower.see("us", "eu")
+        with caplog.at_level(logging.WARNING, logger="monitors.cohort_admission"):
+            await narrower.admission.settle()
+            await narrower.admission.load("m")  # asks again: no second warning
+        narrower.see("ap")
+        assert [r.getMessage() for r in caplog.records if "VAI_MAX_COHORT_VALUES" in r.getMessage()] == [
+            "the fleet admitted 3 values of cohort key region of model m, more than VAI_MAX_COHORT_VALUES=2 here: "
+            "this process labels the rest as __other__ where other processes do not; give every role the same "
+            "VAI_MAX_COHORT_VALUES"
+        ]
+        assert wider.slices() == {ALL: 3, "region=eu": 1, "region=us": 1, "region=ap": 1}
+        assert narrower.slices() == {ALL: 3, "region=ap": 1, "region=eu": 1, f"region={OTHER}": 1}
 
 
 async def test_a_missing_set_starts_from_what_a_process_keeps(redis_url: str, redis_client: redis.Redis) -> None:

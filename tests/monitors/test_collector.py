@@ -31,8 +31,11 @@ def measured(store: WindowStore, registry: CollectorRegistry, **settings: int) -
     return collector
 
 
-def key(cohort: str, **extra: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted({"model": "digits", "version": "v1", "cohort": cohort, **extra}.items()))
+def key(cohort: str, value: str | None = None, **extra: str) -> tuple[tuple[str, str], ...]:
+    """The sorted labels of a series of model ``digits`` version ``v1``: cohort ``all`` (value ``all``), or a key
+    and its value."""
+    labels = {"model": "digits", "version": "v1", "cohort": cohort, "value": value or cohort, **extra}
+    return tuple(sorted(labels.items()))
 
 
 @pytest.fixture
@@ -65,11 +68,11 @@ def test_scrape_round_trip(store: WindowStore) -> None:
 
     samples = scrape(registry)
 
-    cohorts = {dict(labels)["cohort"] for labels in samples["vai_accuracy"]}
-    assert cohorts == {"all", "region=eu", "region=us", "region=__other__"}
+    cohorts = {(dict(labels)["cohort"], dict(labels)["value"]) for labels in samples["vai_accuracy"]}
+    assert cohorts == {("all", "all"), ("region", "eu"), ("region", "us"), ("region", "__other__")}
     (records,) = [s.records for s in store.snapshots("digits") if s.key == SeriesKey("digits", "v1", "region=eu")]
     calibration, quality = calibration_of(records), quality_of(records)
-    eu = key("region=eu")
+    eu = key("region", "eu")
     assert samples["vai_calibration_ece"][eu] == pytest.approx(calibration.ece)
     assert samples["vai_calibration_mce"][eu] == pytest.approx(calibration.mce)
     assert samples["vai_brier_score"][eu] == pytest.approx(calibration.brier_score)
@@ -77,10 +80,10 @@ def test_scrape_round_trip(store: WindowStore) -> None:
     assert samples["vai_accuracy_lower"][eu] == pytest.approx(quality.accuracy.lower)
     assert samples["vai_accuracy_upper"][eu] == pytest.approx(quality.accuracy.upper)
     assert samples["vai_cohort_window_events"][key("all")] == 600
-    assert samples["vai_cohort_labelled_total"][key("region=__other__")] == 300
-    assert samples["vai_accuracy"][key("region=eu")] > samples["vai_accuracy"][key("region=__other__")]
+    assert samples["vai_cohort_labelled_total"][key("region", "__other__")] == 300
+    assert samples["vai_accuracy"][key("region", "eu")] > samples["vai_accuracy"][key("region", "__other__")]
     for cls in quality.classes:
-        assert samples["vai_class_recall"][key("region=eu", **{"class": str(cls.class_index)})] == pytest.approx(
+        assert samples["vai_class_recall"][key("region", "eu", **{"class": str(cls.class_index)})] == pytest.approx(
             cls.recall
         )
 

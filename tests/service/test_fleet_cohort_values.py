@@ -41,11 +41,12 @@ def counted(registry: CollectorRegistry, events: int) -> dict[str, float]:
 
 
 def monitor_slices(registry: CollectorRegistry, events: int) -> dict[str, float]:
-    """The owning monitor's labelled predictions per cohort slice, once ``events`` are in ``all``."""
+    """The owning monitor's labelled predictions per cohort slice (``all``, or the value of key ``region``, as
+    ``vai_cohort_events_total`` labels it), once ``events`` are in ``all``."""
 
     def published() -> dict[str, float] | None:
         found = {
-            sample.labels["cohort"]: sample.value
+            sample.labels["value"]: sample.value
             for family in registry.collect()
             for sample in family.samples
             if sample.name == "vai_cohort_labelled_total" and sample.labels["model"] == "digits"
@@ -79,7 +80,7 @@ def test_replicas_and_monitors_label_by_the_same_values(
     post(second, reverse)
     assert counted(second_registry, 3) == {"eu": 1, "us": 1, "__other__": 1}  # "plain" carries no value
     assert redis_client.smembers(keys.cohort_values("digits", "region")) == {b"eu", b"us"}
-    expected = {"all": 3, "region=eu": 1, "region=us": 1, "region=__other__": 1}
+    expected = {"all": 3, "eu": 1, "us": 1, "__other__": 1}  # the values the replicas count by
     assert monitor_slices(monitor_registry, 3) == expected
 
     # Decided once: later events of the same values count as before, on either replica.

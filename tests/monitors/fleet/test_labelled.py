@@ -157,7 +157,7 @@ def test_the_report_takes_its_snapshots_off_the_event_loop(
     loop_thread = asyncio.run(publish())
     assert len(seen) == 2 and loop_thread not in seen, seen
     assert redis_client.get(keys.quality_report("m")) is not None
-    labels = {"model": "m", "version": "v1", "cohort": "all"}
+    labels = {"model": "m", "version": "v1", "cohort": "all", "value": "all"}
     assert parts.registry.get_sample_value("vai_cohort_window_events", labels) == 2, "the collector has the figures"
 
 
@@ -173,7 +173,9 @@ def test_a_report_is_exported_only_while_the_model_is_owned(parts: Parts, redis_
     asyncio.run(publish())
     assert redis_client.get(keys.quality_report("m")) is None
     assert (
-        parts.registry.get_sample_value("vai_cohort_window_events", {"model": "m", "version": "v1", "cohort": "all"})
+        parts.registry.get_sample_value(
+            "vai_cohort_window_events", {"model": "m", "version": "v1", "cohort": "all", "value": "all"}
+        )
         is None
     )
 

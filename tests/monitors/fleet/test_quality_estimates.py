@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from held_out_digits import TORCHSCRIPT_WARNINGS, load_held_out_digits
 from helpers import MonitorRunner, event, wait_until
-from monitors.cohorts import CohortGuard
+from monitors.cohorts import CohortGuard, slice_labels
 from monitors.estimates import fit_atc
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.reports import quality_report
@@ -119,18 +119,20 @@ def test_labels_posted_to_a_sidecar_give_estimates_and_a_temperature(
     assert temperature["ece_before"] == pytest.approx(series["all"]["ece"], abs=1e-12)
     assert temperature["temperature"] > 1.0 and temperature["ece_after"] < temperature["ece_before"]
 
-    def gauge(name: str, **labels: str) -> float | None:
+    def gauge(name: str, cohort: str | None = None) -> float | None:
+        """``name`` of the cohort slice ``cohort`` (``all`` or ``key=value``; ``None``: a series of no slice)."""
+        labels = {} if cohort is None else dict(zip(("cohort", "value"), slice_labels(cohort), strict=True))
         return monitor_registry.get_sample_value(name, {"model": "digits", "version": "unversioned", **labels})
 
     # The monitor writes its report to Redis, then its gauges (estimates first): the scrape may lag a moment.
-    wait_until(lambda: gauge("vai_cohort_window_events", cohort="all") == len(labelled), what="the window's gauges")
+    wait_until(lambda: gauge("vai_cohort_window_events", "all") == len(labelled), what="the window's gauges")
     for cohort, estimate in estimates.items():
-        assert gauge("vai_estimated_accuracy", cohort=cohort) == pytest.approx(estimate["estimated_accuracy"])
+        assert gauge("vai_estimated_accuracy", cohort) == pytest.approx(estimate["estimated_accuracy"])
     assert gauge("vai_calibration_temperature") == pytest.approx(temperature["temperature"])
     assert gauge("vai_calibration_ece_after_temperature") == pytest.approx(temperature["ece_after"])
     # The scrape exports the figures the report was computed with (the collector kept on the process).
-    assert gauge("vai_calibration_ece", cohort="all") == pytest.approx(series["all"]["ece"], abs=1e-12)
-    assert gauge("vai_cohort_window_events", cohort="all") == len(labelled)
+    assert gauge("vai_calibration_ece", "all") == pytest.approx(series["all"]["ece"], abs=1e-12)
+    assert gauge("vai_cohort_window_events", "all") == len(labelled)
 
 
 def _windows(labelled: int, recent: int) -> tuple[WindowStore, PredictionWindow]:
@@ -181,19 +183,19 @@ def test_the_gauges_follow_the_latest_report_and_go_with_the_model() -> None:
     report = quality_report("m", windows.snapshots("m"), window_s=60, owner="me", recent=recent.snapshots("m"))
     metrics.publish_estimates(report)
     labels = {"model": "m", "version": "v1"}
-    assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "region=eu"}) == pytest.approx(
-        report.estimates[1].estimated_accuracy
-    )
+    assert registry.get_sample_value(
+        "vai_estimated_accuracy", {**labels, "cohort": "region", "value": "eu"}
+    ) == pytest.approx(report.estimates[1].estimated_accuracy)
     metrics.publish_estimates(report.chosen(cohort="all"))  # the eu slice went away
-    assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "region=eu"}) is None
-    assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "all"}) is not None
+    assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "region", "value": "eu"}) is None
+    assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "all", "value": "all"}) is not None
     calibrating = DriftStatus(model="m", state="calibrating", calibration_error="boom", owner="me", updated_at=1.0)
     metrics.publish_drift_state(calibrating)
     assert registry.get_sample_value("vai_drift_calibration_failed", {"model": "m"}) == 1
     assert registry.get_sample_value("vai_drift_monitoring", {"model": "m"}) == 0
     metrics.forget("m")
     assert registry.get_sample_value("vai_drift_calibration_failed", {"model": "m"}) is None
-    assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "all"}) is None
+    assert registry.get_sample_value("vai_estimated_accuracy", {**labels, "cohort": "all", "value": "all"}) is None
     assert registry.get_sample_value("vai_calibration_temperature", labels) is None
 
 
@@ -205,7 +207,7 @@ def test_the_estimate_and_the_temperature_come_with_the_counts_they_rest_on() ->
     report = quality_report("m", windows.snapshots("m"), window_s=60, owner="me", recent=recent.snapshots("m"))
     metrics.publish_estimates(report)
     labels = {"model": "m", "version": "v1"}
-    eu = {**labels, "cohort": "region=eu"}
+    eu = {**labels, "cohort": "region", "value": "eu"}
     (estimate,) = [e for e in report.estimates if e.cohort == "region=eu"]
     assert registry.get_sample_value("vai_estimated_accuracy_predictions", eu) == estimate.predictions == 10
     assert registry.get_sample_value("vai_estimated_accuracy_fitted_on", eu) == estimate.fitted_on == 40
@@ -213,8 +215,17 @@ def test_the_estimate_and_the_temperature_come_with_the_counts_they_rest_on() ->
     metrics.publish_estimates(report.chosen(cohort="all"))  # the eu slice went away: its counts too
     assert registry.get_sample_value("vai_estimated_accuracy_predictions", eu) is None
     assert registry.get_sample_value("vai_estimated_accuracy_fitted_on", eu) is None
-    assert registry.get_sample_value("vai_estimated_accuracy_predictions", {**labels, "cohort": "all"}) == 10
+    assert (
+        registry.get_sample_value("vai_estimated_accuracy_predictions", {**labels, "cohort": "all", "value": "all"})
+        == 10
+    )
     metrics.forget("m")
-    assert registry.get_sample_value("vai_estimated_accuracy_predictions", {**labels, "cohort": "all"}) is None
-    assert registry.get_sample_value("vai_estimated_accuracy_fitted_on", {**labels, "cohort": "all"}) is None
+    assert (
+        registry.get_sample_value("vai_estimated_accuracy_predictions", {**labels, "cohort": "all", "value": "all"})
+        is None
+    )
+    assert (
+        registry.get_sample_value("vai_estimated_accuracy_fitted_on", {**labels, "cohort": "all", "value": "all"})
+        is None
+    )
     assert registry.get_sample_value("vai_calibration_temperature_count", labels) is None

@@ -126,7 +126,7 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
     wait_until(
         lambda: (
             monitor_registry.get_sample_value(
-                "vai_calibration_ece", {"model": "digits", "version": "unversioned", "cohort": "all"}
+                "vai_calibration_ece", {"model": "digits", "version": "unversioned", "cohort": "all", "value": "all"}
             )
             == pytest.approx(series["all"]["ece"])
         ),
@@ -217,7 +217,7 @@ def test_a_worse_cohort_shows_lower_accuracy_with_a_wider_interval(
 
     def figure(name: str) -> float | None:
         return monitor_registry.get_sample_value(
-            name, {"model": "digits", "version": "unversioned", "cohort": "region=eu"}
+            name, {"model": "digits", "version": "unversioned", "cohort": "region", "value": "eu"}
         )
 
     assert wait_until(lambda: figure("vai_cohort_labelled_total"), what="the monitor's cohort gauges") == 50
