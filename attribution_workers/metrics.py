@@ -99,6 +99,15 @@ class WorkerMetrics:
             ["model"],
             registry=registry,
         )
+        self.confidence_mismatch = Counter(
+            "vai_attribution_confidence_mismatch",
+            "Explained events on which the worker's model predicted the reported class, but at another confidence "
+            "than the model server reported (its probability of the class and the server's differ by more than "
+            "prediction_confidence_tolerance): version skew or different weights that agree on the class. Their "
+            "maps are not trusted. Not counted in vai_attribution_prediction_mismatch_total.",
+            ["model"],
+            registry=registry,
+        )
         self.redis_up = Gauge(
             "vai_worker_redis_up",
             "1 while the worker's Redis calls succeed, 0 during an outage (the worker waits it out).",
@@ -142,6 +151,12 @@ class WorkerMetrics:
         """Create ``model``'s counters at 0, so that their first increment is an increase Prometheus sees
         (``increase()`` cannot see a series that appears at 1: a first dead letter would never alert), and say that
         this worker explains ``model``."""
-        for counter in (self.dead_letters, self.dead_letters_trimmed, self.errors, self.prediction_mismatch):
+        for counter in (
+            self.dead_letters,
+            self.dead_letters_trimmed,
+            self.errors,
+            self.prediction_mismatch,
+            self.confidence_mismatch,
+        ):
             counter.labels(model)
         self.models.labels(model).set(1)

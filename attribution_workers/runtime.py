@@ -59,8 +59,13 @@ class BatchResult:
     new_baselines: dict[str, BaselineDraft] = field(default_factory=dict)
     """Per version, this runtime's own activation-shift baseline, complete and not stored yet (to store)."""
     prediction_mismatches: int = 0
-    """Explained events on which the worker's model disagreed with the server's prediction (the worker counts
-    them); their maps are not trusted and left out of ``fidelity_gain`` and ``agreement``."""
+    """Explained events on which the worker's model predicted another class than the server reported (the worker
+    counts them); their maps are not trusted and left out of ``fidelity_gain`` and ``agreement``."""
+    confidence_mismatches: int = 0
+    """Explained events on which the worker's model predicted the reported class at another confidence than the
+    server reported (counted apart from ``prediction_mismatches``; their maps are treated the same way)."""
+    confidence_unchecked: int = 0
+    """Explained events whose confidence could not be compared: no usable reported probability (logged)."""
 
 
 class ModelRuntime:
@@ -224,7 +229,11 @@ class ModelRuntime:
         inspection_seconds = time.perf_counter() - started
         logits = self._check_outputs(inputs[:count], None if inspection is None else inspection.outputs)
         predictions = worker_predictions(
-            logits, [event.predicted for event, _ in usable], tolerance=self.config.prediction_tie_tolerance
+            logits,
+            [event.predicted for event, _ in usable],
+            [event.confidence for event, _ in usable],
+            tolerance=self.config.prediction_tie_tolerance,
+            confidence_tolerance=self.config.prediction_confidence_tolerance,
         )
         explanations, seconds = self._run_methods(inputs, targets)
         fidelities = {
@@ -276,8 +285,8 @@ class ModelRuntime:
             for i, (event, _) in enumerate(usable)
         ]
         for (event, tensor), prediction in zip(usable, predictions, strict=True):
-            # The sanity check explains the class the worker's model predicts where it disagrees with the server.
-            self._recent.append((tensor, event.predicted if prediction.matches else prediction.predicted))
+            # The sanity check explains the class the worker's model predicts where it predicts another class.
+            self._recent.append((tensor, prediction.predicted if prediction.mismatch == "class" else event.predicted))
         agreeing = [i for i, prediction in enumerate(predictions) if prediction.matches]
         valid = [a for i in agreeing if (a := agreements[i]) is not None and math.isfinite(a)]
         return BatchResult(
@@ -293,7 +302,9 @@ class ModelRuntime:
             inspection_seconds=inspection_seconds,
             inspection_failed=() if inspection is None else inspection.failed,
             new_baselines=self._health.drafts(),
-            prediction_mismatches=len(predictions) - len(agreeing),
+            prediction_mismatches=sum(prediction.mismatch == "class" for prediction in predictions),
+            confidence_mismatches=sum(prediction.mismatch == "confidence" for prediction in predictions),
+            confidence_unchecked=sum(prediction.confidence_check == "skipped" for prediction in predictions),
         )
 
     def _inspected(

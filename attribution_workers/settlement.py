@@ -59,15 +59,7 @@ class Settlement:
             self._metrics.fidelity.labels(model, method).set(gain)
         if result.agreement is not None:
             self._metrics.agreement.labels(model).set(result.agreement)
-        if result.prediction_mismatches:
-            self._metrics.prediction_mismatch.labels(model).inc(result.prediction_mismatches)
-            log.warning(
-                "%s: the worker's model disagrees with the server's prediction on %d of %d events (version skew or "
-                "different weights?); their maps are not trusted",
-                model,
-                result.prediction_mismatches,
-                len(result.outcomes),
-            )
+        self._count_mismatches(model, result)
         offset_s = await self._redis_clock_offset_s()
         found = result.outcomes
         for index, outcome in enumerate(found):  # each alone: one that cannot be stored does not strand the others
@@ -77,6 +69,37 @@ class Settlement:
             except Exception as error:
                 later = [by_id[o.record.summary.request_id] for o in found[index + 1 :]]
                 await self.failed(model, stream, [delivery], error, in_hand=later)
+
+    def _count_mismatches(self, model: str, result: BatchResult) -> None:
+        """Count and log the events on which the worker's model was not the server's, by kind, and say when the
+        confidence could not be compared."""
+        total = len(result.outcomes)
+        if result.prediction_mismatches:
+            self._metrics.prediction_mismatch.labels(model).inc(result.prediction_mismatches)
+            log.warning(
+                "%s: the worker's model predicts another class than the server reported on %d of %d events "
+                "(version skew or different weights?); their maps are not trusted",
+                model,
+                result.prediction_mismatches,
+                total,
+            )
+        if result.confidence_mismatches:
+            self._metrics.confidence_mismatch.labels(model).inc(result.confidence_mismatches)
+            log.warning(
+                "%s: the worker's model predicts the reported class at another confidence than the server reported "
+                "on %d of %d events (version skew or different weights?); their maps are not trusted",
+                model,
+                result.confidence_mismatches,
+                total,
+            )
+        if result.confidence_unchecked:
+            log.warning(
+                "%s: %d of %d events reported no usable probability of their class: the worker's model's confidence "
+                "was not compared with the server's (their records say so)",
+                model,
+                result.confidence_unchecked,
+                total,
+            )
 
     async def failed(
         self,

@@ -44,7 +44,10 @@ worker's own model disagrees with the class the server reported (version skew, o
 every map of the event is *not trusted*, whatever its figures. The maps still explain the reported
 class, the one asked about, but on a model that does not predict it: the rotated-logits case gave
 the reported class a probability of 6.5e-10, so its deletion curve started near 0 and "beats
-random" meant nothing.
+random" meant nothing. The same holds when the worker's model predicts the reported class at
+another confidence than the server reported (``mismatch`` ``"confidence"``): the maps explain
+another function (:mod:`attribution_workers.prediction`). When the server reported no usable
+probability, the summary says the confidence was not compared; that alone judges nothing.
 """
 
 from __future__ import annotations
@@ -163,12 +166,8 @@ class VerdictRule:
         failed: list[str] = []
         passed: list[str] = []
         missing: list[str] = []
-        if prediction is not None and not prediction.matches:
-            failed.append(
-                f"the worker's model disagrees with the server's prediction (it predicts class {prediction.predicted} "
-                f"at {prediction.top_probability:.2g} and the reported class at {prediction.probability:.2g}: "
-                "probably version skew or different weights)"
-            )
+        if prediction is not None:
+            self._prediction(prediction, failed, missing)
         self._sanity(sanity, passed, failed, missing)
         if fidelity is None:
             missing.append("deletion not tested")
@@ -185,6 +184,23 @@ class VerdictRule:
         if convergence is not None:
             self._convergence(convergence, passed, failed)
         return failed, passed, missing
+
+    @staticmethod
+    def _prediction(prediction: WorkerPrediction, failed: list[str], missing: list[str]) -> None:
+        if prediction.mismatch == "class":
+            failed.append(
+                f"the worker's model disagrees with the server's prediction (it predicts class {prediction.predicted} "
+                f"at {prediction.top_probability:.2g} and the reported class at {prediction.probability:.2g}: "
+                "probably version skew or different weights)"
+            )
+        elif prediction.mismatch == "confidence":
+            failed.append(
+                "the worker's model predicts the reported class at another confidence than the server "
+                f"({prediction.probability:.2g} where the server reported {prediction.reported_probability:.2g}: "
+                "probably version skew or different weights)"
+            )
+        if prediction.confidence_check == "skipped":
+            missing.append("the server reported no probability to compare the worker's model's confidence with")
 
     def _sanity(self, sanity: SanityFigure | None, passed: list[str], failed: list[str], missing: list[str]) -> None:
         if sanity is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.codec import ScaledHalf
 from common.names import MODEL_PATTERN, VERSION_PATTERN
@@ -18,6 +18,10 @@ from sampler.policy import Reason
 from sampler.verdicts import MethodTrust, Verdict
 
 ExplanationStatus = Literal["queued", "done", "failed"]
+ConfidenceCheck = Literal["passed", "failed", "skipped"]
+"""The worker's comparison of its model's probability of the reported class with the server's."""
+Mismatch = Literal["class", "confidence"]
+"""Why the worker's model is not the server's: another class, or the same class at another confidence."""
 
 
 class Fidelity(BaseModel):
@@ -54,12 +58,14 @@ class StoredAttribution(ScaledHalf):
 
 
 class WorkerPrediction(BaseModel):
-    """What the attribution worker's own model makes of the input, beside the class the model server reported.
+    """What the attribution worker's own model makes of the input, beside what the model server reported.
 
     The maps explain the reported class (``ExplanationSummary.predicted``, what the engineer asks about) on the
-    worker's copy of the model. When that copy predicts another class (version skew between server and worker,
-    or other weights), the maps and their deletion figures describe a model that is not the one that served the
-    prediction, and every map of the explanation is *not trusted* (``attribution_workers.verdict``).
+    worker's copy of the model. When that copy is not the server's model (version skew between server and worker,
+    or other weights), the maps and their deletion figures describe a model that did not serve the prediction,
+    and every map of the explanation is *not trusted* (``attribution_workers.verdict``). Two checks see it:
+    the worker's model predicts another class (``mismatch`` ``"class"``), or it predicts the reported class at
+    another confidence than the server reported (``"confidence"``: same class, different function).
     """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
@@ -71,9 +77,36 @@ class WorkerPrediction(BaseModel):
     top_probability: float
     """The worker's model's softmax probability of its own top class (``predicted``)."""
     matches: bool
-    """Whether the worker's model agrees with the server: ``False`` only when ``probability`` is below
-    ``top_probability`` by more than the worker's ``prediction_tie_tolerance`` (a near tie, two classes within
-    float error or half-precision serving's rounding, is not a disagreement)."""
+    """Whether the worker's model agrees with the server; ``False`` when either check fails (``mismatch`` says
+    which)."""
+    reported_probability: float | None = None
+    """The server's probability of the reported class, which ``probability`` is compared with: the sampled
+    event's ``confidence`` (its top-1 probability, the softmax of its logits taken by the sidecar at ingest when
+    it sent logits). ``None`` when the event carried none usable (``confidence_check`` is then ``"skipped"``)
+    and in records stored before the check."""
+    confidence_check: ConfidenceCheck | None = None
+    """The confidence check: ``"failed"`` when ``probability`` and ``reported_probability`` differ by more than
+    the worker's ``prediction_confidence_tolerance``; ``"skipped"`` when the event carried no usable probability
+    (not a pass: the worker could not compare); ``None`` in records stored before the check."""
+    mismatch: Mismatch | None = None
+    """Why ``matches`` is ``False``: ``"class"`` when ``probability`` is below ``top_probability`` by more than
+    the worker's ``prediction_tie_tolerance`` (another class; a near tie, two classes within float error or
+    half-precision serving's rounding, is not a disagreement), else ``"confidence"`` (the same class at another
+    confidence). ``None`` when it matches. Records stored before the confidence check read ``"class"`` when
+    they do not match: it was the only check then."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_mismatch(cls, data: Any) -> Any:
+        """A record stored before ``mismatch`` was kept failed the class check, the only one then."""
+        if isinstance(data, dict) and data.get("matches") is False and "mismatch" not in data:
+            return {**data, "mismatch": "class"}
+        return data
+
+    @property
+    def confidence_gap(self) -> float | None:
+        """``|probability - reported_probability|``; ``None`` when the server reported none."""
+        return None if self.reported_probability is None else abs(self.probability - self.reported_probability)
 
 
 class ExplanationSummary(BaseModel):

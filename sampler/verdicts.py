@@ -22,9 +22,10 @@ class Verdict(BaseModel):
     trusted: bool | None = None
     """The method passes its sanity check, every other measured part passes and one of them measured the map itself
     (deletion or agreement); ``False`` when any part fails, and for every map of an event on which the worker's
-    own model disagrees with the server's prediction (``ExplanationSummary.worker_prediction``: version skew or
-    other weights; the summary says so first); ``None`` otherwise (not judged: the sanity check alone judges the
-    method, not the map, and before the method's first conclusive check the map parts alone judge nothing).
+    own model is not the server's: it predicts another class, or the reported class at another confidence
+    (``ExplanationSummary.worker_prediction.mismatch``: version skew or other weights; the summary says so
+    first); ``None`` otherwise (not judged: the sanity check alone judges the method, not the map, and before
+    the method's first conclusive check the map parts alone judge nothing).
     Records stored before that rule may be ``True`` with ``passes_sanity`` ``None``."""
     passes_sanity: bool | None = None
     """The latest randomisation sanity check of this method on this model was not flagged; ``None`` before the

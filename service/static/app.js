@@ -419,19 +419,41 @@
     } else if (record.error) {
       parts.push(el("p", { class: "banner banner-queued" }, "Partial: ", record.error));
     }
-    const worker = record.worker_prediction;
-    if (worker && worker.matches === false) {
-      parts.push(el("p", { class: "banner banner-failed mismatch" },
-        `⚠ The worker's model predicts class ${worker.predicted} (p = ${number(worker.top_probability, 3)}) where the `,
-        `server reported class ${record.predicted} (p = ${number(worker.probability, 3)} on the worker's model): `,
-        "version skew or other weights? The maps explain the reported class on a model that does not predict it, ",
-        "so none of them is trusted."));
-    }
+    const mismatch = renderMismatch(record);
+    if (mismatch) parts.push(mismatch);
     parts.push(el("div", { class: "overview" }, renderInput(record.input, record.status), renderFacts(record)));
     if (record.status === "done" || Object.keys(record.attributions || {}).length) parts.push(renderTrust(record));
     if (Object.keys(record.attributions || {}).length || record.status === "done") parts.push(renderMaps(record));
     if ((record.layers || []).length) parts.push(renderLayers(record));
     return parts;
+  }
+
+  // The worker's model against the server's: another class, or the reported class at another confidence
+  // (mismatch "confidence"); records stored before the confidence check carry no mismatch and mean a class.
+  function renderMismatch(record) {
+    const worker = record.worker_prediction;
+    if (!worker) return null;
+    if (worker.matches === false && worker.mismatch === "confidence") {
+      return el("p", { class: "banner banner-failed mismatch mismatch-confidence" },
+        `⚠ Same class, different confidence: the worker's model gives the reported class ${record.predicted} a `,
+        `probability of ${number(worker.probability, 3)} where the server reported `,
+        `${number(worker.reported_probability, 3)}: `,
+        "version skew or other weights? The maps explain another function than the server's model, ",
+        "so none of them is trusted.");
+    }
+    if (worker.matches === false) {
+      return el("p", { class: "banner banner-failed mismatch mismatch-class" },
+        `⚠ Other class: the worker's model predicts class ${worker.predicted} (p = ${number(worker.top_probability, 3)}) `,
+        `where the server reported class ${record.predicted} (p = ${number(worker.probability, 3)} on the worker's `,
+        "model): version skew or other weights? The maps explain the reported class on a model that does not ",
+        "predict it, so none of them is trusted.");
+    }
+    if (worker.confidence_check === "skipped") {
+      return el("p", { class: "muted unchecked" },
+        "The server reported no probability of its class: the worker could not check that its model is as sure ",
+        "as the server's (a different model that predicts the same class would go unnoticed).");
+    }
+    return null;
   }
 
   function fact(name, ...value) {

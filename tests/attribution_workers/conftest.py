@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import pytest
 import torch
 
 from attribution_workers.loader import LoadedModel
 from demo.models.training import DatasetSplit
+from sampler.contract import SampledEvent
+
+Served = Callable[[Sequence[SampledEvent]], list[SampledEvent]]
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +24,26 @@ def digits_batch(digits_model: LoadedModel, digits_split: DatasetSplit) -> tuple
 def tabular_batch(tabular_model: LoadedModel, tabular_split: DatasetSplit) -> tuple[torch.Tensor, torch.Tensor]:
     """The first 8 test rows and the model's predicted classes."""
     return _predicted(tabular_model, torch.from_numpy(tabular_split.test.features[:8]))
+
+
+@pytest.fixture(scope="session")
+def as_served(digits_model: LoadedModel) -> Served:
+    """Digits events with the ``confidence`` a server running the worker's very model reports: its softmax
+    probability of the reported class. ``sampled_digit`` reports 0.9 whatever the digit, which the worker's
+    confidence check rightly takes for another model's figure (the model gives most test digits 0.99 and more)."""
+
+    def served(events: Sequence[SampledEvent]) -> list[SampledEvent]:
+        shape = digits_model.input_shape
+        inputs = torch.stack([torch.from_numpy(e.input.decode()).reshape(shape) for e in events if e.input])
+        assert len(inputs) == len(events), "every event carries its input"
+        with torch.no_grad():
+            probabilities = digits_model.module(inputs).double().softmax(dim=1)
+        return [
+            event.model_copy(update={"confidence": float(probabilities[row, event.predicted])})
+            for row, event in enumerate(events)
+        ]
+
+    return served
 
 
 def _predicted(model: LoadedModel, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,11 @@
-"""The worker's own model against the server's prediction: a disagreement (version skew, other weights) is recorded,
-counted, and makes every map of the event not trusted; a near tie is not a disagreement."""
+"""The worker's own model against the server's prediction: another class, or the reported class at another
+confidence (version skew, other weights), is recorded with its reason, counted, and makes every map of the event not
+trusted; a near tie, or the same weights served in half precision, is not a disagreement."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,11 @@ from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import drain_worker, hash_field
 from sampler.contract import SampledEvent
-from sampler.explanation_records import SanityFigure
+from sampler.explanation_records import ExplanationSummary, SanityFigure
 
 METHODS = ["saliency", "integrated_gradients"]
+Served = Callable[[Sequence[SampledEvent]], list[SampledEvent]]
+"""The ``as_served`` fixture: events with the confidence the worker's own model gives."""
 
 
 def _section(digits_path: Path) -> dict[str, object]:
@@ -68,7 +71,7 @@ def test_maps_of_a_class_the_worker_s_model_does_not_predict_are_not_trusted(
     for event, outcome in zip(events, result.outcomes, strict=True):
         summary, detail = outcome.record.summary, outcome.record.detail
         found = summary.worker_prediction
-        assert found is not None and not found.matches
+        assert found is not None and not found.matches and found.mismatch == "class"
         assert found.predicted == event.label and found.top_probability > 0.9 and found.probability < 0.05
         assert set(detail.attributions) == {*METHODS, *(f"{m}@label" for m in METHODS)}
         for name, stored in detail.attributions.items():
@@ -83,21 +86,26 @@ def test_maps_of_a_class_the_worker_s_model_does_not_predict_are_not_trusted(
 
 
 def test_agreeing_events_record_the_worker_s_prediction_and_are_judged_as_before(
-    digits_path: Path, digits_split: DatasetSplit
+    digits_path: Path, digits_split: DatasetSplit, as_served: Served
 ) -> None:
     runtime = ModelRuntime("digits", AttributionConfig.model_validate(_section(digits_path)), device="cpu")
-    events = [
-        sampled_digit(f"r{row}", digits_split.test.features[row], predicted=int(digits_split.test.labels[row]))
-        for row in range(4)
-    ]
+    events = as_served(
+        [
+            sampled_digit(f"r{row}", digits_split.test.features[row], predicted=int(digits_split.test.labels[row]))
+            for row in range(4)
+        ]
+    )
 
     result = runtime.explain(events, {})
 
-    assert result.prediction_mismatches == 0 and set(result.fidelity_gain) == set(METHODS)
+    assert result.prediction_mismatches == 0 and result.confidence_mismatches == 0
+    assert set(result.fidelity_gain) == set(METHODS)
     for event, outcome in zip(events, result.outcomes, strict=True):
         found = outcome.record.summary.worker_prediction
         assert found is not None and found.matches and found.predicted == event.predicted
         assert found.probability == found.top_probability
+        assert found.mismatch is None and found.confidence_check == "passed"
+        assert found.reported_probability == event.confidence and found.confidence_gap == pytest.approx(0, abs=1e-6)
         assert all("disagrees with the server" not in t.verdict.summary for t in outcome.record.summary.trust.values())
 
 
@@ -117,36 +125,55 @@ def test_a_near_tie_is_not_a_disagreement(gap: float, matches: bool) -> None:
     logits[0, 3] = 0.0
     logits[0, 5] = math.log((1 + gap) / (1 - gap))  # p5 - p3 = gap, the rest next to nothing
 
-    (found,) = worker_predictions(logits, [3], tolerance=0.05)
+    reported = float(logits.softmax(dim=1)[0, 3])  # a server of the same model: its probability of class 3
+
+    (found,) = worker_predictions(logits, [3], [reported], tolerance=0.05, confidence_tolerance=0.05)
 
     assert found.predicted == 5 and found.top_probability - found.probability == pytest.approx(gap, rel=1e-3)
-    assert found.matches is matches
+    assert found.matches is matches and found.mismatch == (None if matches else "class")
+    assert found.confidence_check == "passed"
 
 
-def test_the_worker_counts_the_events_its_model_disagrees_on(
+def test_the_worker_counts_the_events_its_model_disagrees_on_by_kind(
     make_worker_settings: Callable[..., WorkerSettings],
     digits_path: Path,
     digits_split: DatasetSplit,
     redis_client: redis.Redis,
+    as_served: Served,
 ) -> None:
+    """Two events of another class, one of the reported class at another confidence (the server said 0.55 where
+    the worker's model gives the digit 0.99 or more), three that agree: each kind has its own counter."""
     settings = make_worker_settings(
         models={"digits": {"attribution": _section(digits_path)}}, worker_retry_after_ms=100
     )
-    good = [
-        sampled_digit(f"ok{row}", digits_split.test.features[row], predicted=int(digits_split.test.labels[row]))
-        for row in range(3)
-    ]
-    for item in [*good, *_rotated(digits_split, range(3, 5))]:
+    good = as_served(
+        [
+            sampled_digit(f"ok{row}", digits_split.test.features[row], predicted=int(digits_split.test.labels[row]))
+            for row in range(4)
+        ]
+    )
+    unsure = good[3].model_copy(update={"request_id": "unsure", "confidence": 0.55})
+    assert good[3].confidence > 0.99, "the worker's model is sure of this digit"
+    for item in [*good[:3], unsure, *_rotated(digits_split, range(4, 6))]:
         redis_client.xadd(keys.sample_stream("digits"), item.encode())  # type: ignore[arg-type]  # redis-py's field types
+    ids = ["ok0", "ok1", "ok2", "unsure", "r4", "r5"]
 
     def done() -> bool:
-        ids = ["ok0", "ok1", "ok2", "r3", "r4"]
         return all(hash_field(redis_client, keys.explanation("digits", i), "status") == b"done" for i in ids)
 
     registry = CollectorRegistry()
     drain_worker(settings, done, registry=registry)
 
     assert registry.get_sample_value("vai_attribution_prediction_mismatch_total", {"model": "digits"}) == 2
+    assert registry.get_sample_value("vai_attribution_confidence_mismatch_total", {"model": "digits"}) == 1
+    stored = {i: hash_field(redis_client, keys.explanation("digits", i), "summary") for i in ids}
+    kinds = {}
+    for request_id, summary in stored.items():
+        assert summary is not None
+        found = ExplanationSummary.model_validate_json(summary).worker_prediction
+        assert found is not None
+        kinds[request_id] = found.mismatch
+    assert kinds == {"ok0": None, "ok1": None, "ok2": None, "unsure": "confidence", "r4": "class", "r5": "class"}
 
 
 def test_the_default_tolerance_takes_a_bfloat16_server_s_near_tie_for_the_same_model() -> None:
@@ -157,6 +184,8 @@ def test_the_default_tolerance_takes_a_bfloat16_server_s_near_tie_for_the_same_m
     logits[0, 3] = 0.0
     logits[0, 5] = math.log(1.03 / 0.97)  # p5 - p3 = 0.03, the rest next to nothing
 
-    (found,) = worker_predictions(logits, [3], tolerance=default)
+    (found,) = worker_predictions(
+        logits, [3], [float(logits.softmax(dim=1)[0, 3])], tolerance=default, confidence_tolerance=0.05
+    )
 
     assert found.predicted == 5 and found.matches

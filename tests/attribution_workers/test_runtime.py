@@ -3,6 +3,7 @@ per-input deletion orders and the Gradient SHAP noise setting."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from attribution_workers.runtime import ModelRuntime
 from demo.models.training import DatasetSplit
 from sampler.contract import SampledEvent
 from sampler.explanation_records import SanityFigure
+
+Served = Callable[[Sequence[SampledEvent]], list[SampledEvent]]
+"""The ``as_served`` fixture: events with the confidence the worker's own model gives."""
 
 
 def _runtime(digits_path: Path, **settings: Any) -> ModelRuntime:
@@ -41,14 +45,14 @@ def _events(split: DatasetSplit, rows: range) -> list[SampledEvent]:
 
 
 def test_no_map_is_trusted_before_its_method_s_first_sanity_check(
-    digits_path: Path, digits_split: DatasetSplit
+    digits_path: Path, digits_split: DatasetSplit, as_served: Served
 ) -> None:
     """Before any check, 32 of 32 maps of integrated_gradients, gradient_shap and occlusion were stored as trusted;
     after the first check those methods were flagged and such maps got 0 of 16. A map explained before the check
     is not judged, whatever its deletion and agreement figures."""
     runtime = _runtime(digits_path, methods=["saliency", "integrated_gradients", "occlusion"])
 
-    result = runtime.explain(_events(digits_split, range(6)), {})
+    result = runtime.explain(as_served(_events(digits_split, range(6))), {})
 
     verdicts = [trust.verdict for outcome in result.outcomes for trust in outcome.record.summary.trust.values()]
     assert len(verdicts) == 18 and all(verdict.trusted is not True for verdict in verdicts)
@@ -207,21 +211,23 @@ def test_maps_towards_the_label_go_to_the_labelled_event_even_when_two_share_a_r
 
 
 def test_integrated_gradients_maps_towards_the_label_are_judged_on_their_convergence(
-    digits_path: Path, digits_split: DatasetSplit
+    digits_path: Path, digits_split: DatasetSplit, as_served: Served
 ) -> None:
     """``integrated_gradients@label`` with a delta of 13 times the 10% limit read ``converges: null`` and "nothing
     about this map itself was measured": only the maps towards the prediction were tested."""
     methods = ["saliency", "integrated_gradients"]
-    events = [
-        sampled_digit(
-            f"r{row}",
-            digits_split.test.features[row],
-            predicted=int(digits_split.test.labels[row]),
-            label=int(digits_split.test.labels[row + 1]),
-        )
-        for row in range(12)
-        if digits_split.test.labels[row] != digits_split.test.labels[row + 1]
-    ]
+    events = as_served(
+        [
+            sampled_digit(
+                f"r{row}",
+                digits_split.test.features[row],
+                predicted=int(digits_split.test.labels[row]),
+                label=int(digits_split.test.labels[row + 1]),
+            )
+            for row in range(12)
+            if digits_split.test.labels[row] != digits_split.test.labels[row + 1]
+        ]
+    )
 
     def label_verdicts(ig_steps: int) -> list[Any]:
         runtime = _runtime(digits_path, methods=methods, ig_steps=ig_steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from attribution_workers.verdict import VerdictRule
 from demo.models.training import DatasetSplit
 from sampler.contract import SampledEvent
 from sampler.explanation_records import Fidelity, SanityFigure
+
+Served = Callable[[Sequence[SampledEvent]], list[SampledEvent]]
+"""The ``as_served`` fixture: events with the confidence the worker's own model gives."""
 
 RULE = VerdictRule(min_fidelity_gain=0.0, min_agreement=0.2)
 PASSING_SANITY = SanityFigure(similarity=0.21, flagged=False, samples=16, checked_at=1.0)
@@ -184,7 +188,7 @@ def _events(split: DatasetSplit, count: int) -> list[SampledEvent]:
 
 
 def test_the_runtime_stores_a_verdict_with_every_map_and_its_figures_in_the_summary(
-    digits_path: Path, digits_split: DatasetSplit
+    digits_path: Path, digits_split: DatasetSplit, as_served: Served
 ) -> None:
     methods: list[MethodName] = ["gradcam", "saliency", "lime"]
     config = AttributionConfig.model_validate(
@@ -197,7 +201,7 @@ def test_the_runtime_stores_a_verdict_with_every_map_and_its_figures_in_the_summ
         }
     )
     runtime = ModelRuntime("digits", config, device="cpu")
-    events = _events(digits_split, 4)
+    events = as_served(_events(digits_split, 4))
 
     sanity = {  # figures measured on this very model: the runtime ignores those of other weights
         method: figure.model_copy(update={"model_digest": runtime.model.digest})
