@@ -20,6 +20,7 @@ from common.errors import RedisUnavailable, VaiError
 from service.events.schemas import openapi_ingest_path
 from service.http.head import HeadAsGet
 from service.http.internal_errors import InternalErrors
+from service.http.openapi import BODY, ERROR_REF, ERROR_SCHEMA, TOKEN, errors
 from service.ingest.handler import IngestResult
 from service.routes import explanations, kserve, monitoring, operations, ui
 from service.routes.ingest import INGEST_PATH, IngestRoute
@@ -87,33 +88,26 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     return app
 
 
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error", "field"],
-    "properties": {
-        "error": {"type": "string", "description": "What is wrong, naming the field"},
-        "field": {"type": ["string", "null"], "description": "The field at fault; null when none is"},
-    },
-    "additionalProperties": True,
-    "description": "Every error answer: 4xx for the request, 503 (with Retry-After) for a dependency",
-}
-
-
 def _document_errors(schema: dict[str, Any]) -> None:
-    """Every error answer has the one shape ``{"error", "field"}`` (``VaiError.body``): FastAPI documents its own
-    422 (``HTTPValidationError``, ``{"detail": [...]}``), which no route answers. Each operation's 422 and a ``4XX``
-    range point at ``Error`` instead."""
+    """Every error answer has the one shape ``Error`` (``VaiError.body``), and each route declares the statuses it
+    answers (``service.http.openapi.errors``). FastAPI documents its own 422 (``HTTPValidationError``,
+    ``{"detail": [...]}``), which no route answers: it points at ``Error`` instead. The ingest path, served outside
+    FastAPI's routing, gets the same error content, and its body's 400 and 408."""
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    schemas["Error"] = _ERROR_SCHEMA
-    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    schemas["Error"] = ERROR_SCHEMA
+    content = {"application/json": {"schema": {"$ref": ERROR_REF}}}
     for item in schema.get("paths", {}).values():
         for operation in item.values():
             responses = operation.setdefault("responses", {})
             if "HTTPValidationError" in str(responses.get("422")):  # FastAPI's, not a documented answer of ours
                 responses["422"] = {"description": "Invalid input; the body names the field", "content": content}
-            responses.setdefault("4XX", {"description": "Refused (auth, not found, too large…)", "content": content})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    ingest = schema["paths"][INGEST_PATH]["post"]["responses"]
+    ingest.update((str(status), answer) for status, answer in errors(*TOKEN, *BODY).items())
+    rejected = ingest["422"]  # {error, field} and the per-event rejections of the 202
+    both = {"allOf": [{"$ref": ERROR_REF}, ingest["202"]["content"]["application/json"]["schema"]]}
+    ingest["422"] = {**rejected, "content": {"application/json": {"schema": both}}}
 
 
 def _answer(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:

@@ -8,6 +8,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
 from common import keys
 from common.redis import REDIS_FAILED, connect, every
@@ -42,12 +43,49 @@ class SidecarStatusPublic(BaseModel):
     """What ``GET /status`` answers."""
 
     redis_up: bool
+    """Whether Redis answered a PING just now, within ``VAI_REDIS_TIMEOUT_S``: false as soon as the routes that need
+    Redis answer 503 (its request timeout is theirs), true again as soon as it answers."""
     buffered_events: int
     buffered_bytes: int
     buffer_max_events: int
     queue_lengths: dict[str, int]
     accepted: dict[str, int]
     auth_enabled: bool
+
+
+class RedisProbe:
+    """Whether Redis answers now, asked by ``GET /status``. The queue writer's own view of Redis lags: it learns
+    only when one of its writes or polls fails, on its longer timeout, and not at all while it has nothing to
+    write. The PING goes on a connection of its own (a request pool busy with slow reads does not read as an
+    outage), gives up after ``timeout_s`` (a hung Redis does not hang ``/status``), and the calls in flight share
+    one PING (a burst of probes is one round trip, not a queue of timeouts)."""
+
+    def __init__(self, redis: Redis, *, timeout_s: float) -> None:
+        self._redis = redis
+        self._timeout_s = timeout_s
+        self._pending: asyncio.Future[bool] | None = None
+
+    async def up(self) -> bool:
+        if self._pending is None:
+            pending = asyncio.ensure_future(self._ping())
+            pending.add_done_callback(self._done)
+            self._pending = pending
+        return await asyncio.shield(self._pending)  # a caller that goes away leaves the PING to the others
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    def _done(self, pending: asyncio.Future[bool]) -> None:
+        if self._pending is pending:
+            self._pending = None
+
+    async def _ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._redis.ping()
+        except REDIS_FAILED:  # the built-in TimeoutError is an OSError
+            return False
+        return True
 
 
 class Sidecar:
@@ -63,6 +101,10 @@ class Sidecar:
             settings.redis_url, timeout_s=max(settings.redis_writer_timeout_s, settings.redis_timeout_s)
         )
         """The background writers' own client: a longer timeout than the requests' (see the setting)."""
+        self.redis_probe = RedisProbe(
+            connect(settings.redis_url, timeout_s=settings.redis_timeout_s, max_connections=1),
+            timeout_s=settings.redis_timeout_s,
+        )
         self.auth = TokenAuth(settings)
         self.sampler = Sampler(settings.model_policy)
         self.sampler_metrics = SamplerMetrics(self.registry)
@@ -99,6 +141,7 @@ class Sidecar:
                 feed_metrics,
                 timeout_s=settings.redis_timeout_s,
                 label_retry_s=settings.label_join_retry_s,
+                cohort_keys=settings.cohort_keys,
             )
         metrics = IngestMetrics(self.registry)
         self.cohorts = CohortCounts(
@@ -184,10 +227,11 @@ class Sidecar:
             async with asyncio.timeout(CLOSE_S):
                 await self.redis.aclose()
                 await self.writer_redis.aclose()
+                await self.redis_probe.aclose()
 
-    def status(self) -> SidecarStatusPublic:
+    async def status(self) -> SidecarStatusPublic:
         return SidecarStatusPublic(
-            redis_up=self.writer.redis_up,
+            redis_up=await self.redis_probe.up(),
             buffered_events=self.writer.buffered,
             buffered_bytes=self.writer.buffered_bytes,
             buffer_max_events=self.settings.buffer_max_events,

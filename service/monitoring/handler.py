@@ -23,15 +23,17 @@ from redis.asyncio import Redis
 from common import keys
 from common.errors import InvalidInput, RedisUnavailable, Unavailable, VaiError
 from common.redis import REDIS_FAILED, execute
+from monitors.cohorts import ALL
 from monitors.drift.reference import Reference
 from monitors.fleet.lease import live_drift_settings, strictest
 from monitors.fleet.references import ReferenceStore, WriteUnconfirmed
-from monitors.fleet.results import DriftStatus, QualityReport
+from monitors.fleet.results import DriftStatus, QualityReport, SeriesQuality
 from monitors.fleet.views import WANTED_TTL_S, DriftHistory, HistoryPoint, ProjectionStatus
 from service.feed.labels import DelayedLabels
 from service.feed.writer import FeedWriter
 from service.metrics import FeedMetrics
-from service.monitoring.public import CalibrationPublic, DriftStatusPublic, ReferenceAccepted
+from service.monitoring.cohorts import KnownCohorts, no_labels_yet
+from service.monitoring.public import CalibrationPublic, DriftStatusPublic, ReferenceAccepted, newest
 from service.monitoring.reference_upload import ModelSlots, parsed
 from service.monitoring.views import PublishedView, unknown_model
 
@@ -52,9 +54,17 @@ class Monitoring:
     """The sidecar's monitoring routes' plain object: delayed labels, references, and the published figures."""
 
     def __init__(
-        self, redis: Redis, writer: FeedWriter, metrics: FeedMetrics, *, timeout_s: float, label_retry_s: float = 0.0
+        self,
+        redis: Redis,
+        writer: FeedWriter,
+        metrics: FeedMetrics,
+        *,
+        timeout_s: float,
+        label_retry_s: float = 0.0,
+        cohort_keys: tuple[str, ...] = (),
     ) -> None:
         self._redis = redis
+        self._cohorts = KnownCohorts(redis, cohort_keys=cohort_keys)
         self.references = ReferenceStore(redis)
         self.delayed_labels = DelayedLabels(redis, writer, metrics, timeout_s=timeout_s, retry_s=label_retry_s)
         self._upload = threading.Lock()
@@ -151,24 +161,40 @@ class Monitoring:
         status = self._published(DriftStatus, body, model, "drift status")
         return DriftStatusPublic.of(status, max(0.0, seconds + microseconds / 1e6 - status.updated_at))
 
-    async def quality(self, model: str) -> QualityReport | None:
-        body = await self._get(keys.quality_report(model), "calibration")
-        return None if body is None else self._published(QualityReport, body, model, "calibration")
-
     async def calibration(self, model: str, *, version: str | None, cohort: str | None) -> CalibrationPublic:
         """The published calibration narrowed to ``version`` and ``cohort`` (``None``: all); empty before any
-        labels, ``NotFound`` for a model the monitors do not know (a typo in a name is not "no labels yet")."""
-        report = await self.quality(model)
-        if report is None and not await self.monitored(model):
-            raise unknown_model(model)
+        labels of them. ``NotFound`` naming the model or cohort when the monitors never saw it (a typo in a name
+        is not "no labels yet")."""
+        report = await self._quality(model, cohort)
         return CalibrationPublic.of(model, None if report is None else report.chosen(version=version, cohort=cohort))
 
-    async def monitored(self, model: str) -> bool:
-        """Whether the monitors know ``model`` (some replica published its records or a reference)."""
+    async def reliability(self, model: str, *, version: str | None, cohort: str) -> SeriesQuality:
+        """The series the reliability diagram draws: of ``cohort`` (``all``: the whole model), of the newest
+        version unless ``version`` is given. ``NotFound`` as :meth:`calibration` for a name the monitors never
+        saw, and saying "yet" when they did but none of its predictions is labelled in the window: the picture
+        of no series cannot be drawn, where the JSON is an empty list."""
+        report = await self._quality(model, cohort)
+        series = () if report is None else report.chosen(version=version, cohort=cohort).series
+        if not series:
+            raise no_labels_yet(model, version=version, cohort=cohort)
+        return newest(series)
+
+    async def _quality(self, model: str, cohort: str | None) -> QualityReport | None:
+        """The published quality report of ``model`` (``None`` before the first), once ``model`` and ``cohort``
+        are known to the monitors; one round trip, two when ``cohort`` is not in the report."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.quality_report(model))
+        pipe.sismember(keys.MONITORED_MODELS, model)
         try:
-            return bool(await self._redis.sismember(keys.MONITORED_MODELS, model))
+            body, monitored = await execute(pipe)
         except REDIS_FAILED:
-            raise RedisUnavailable("redis: models not read") from None
+            raise RedisUnavailable("redis: calibration not read") from None
+        report = None if body is None else self._published(QualityReport, body, model, "calibration")
+        if report is None and not monitored:
+            raise unknown_model(model)
+        if cohort is not None and cohort != ALL:
+            await self._cohorts.check(model, cohort, report)
+        return report
 
     async def projection(self, model: str, method: str) -> PublishedView:
         """The published projection; asking marks it wanted, so the owner keeps computing it for a while."""
@@ -218,13 +244,6 @@ class Monitoring:
             raise Unavailable(f"{what} of model {model!r} cannot be read now; try again", retry_after_s=5) from None
         self._unreadable.discard((model, what))
         return found
-
-    async def _get(self, key: str, what: str) -> bytes | None:
-        try:
-            value: bytes | None = await self._redis.get(key)  # type: ignore[assignment]
-        except REDIS_FAILED:
-            raise RedisUnavailable(f"redis: {what} not read") from None
-        return value
 
 
 def _distinct_rows(reference: Reference) -> int:

@@ -25,12 +25,14 @@ from service.explanations.public import (
     render_heatmap,
     to_public,
 )
+from service.http.openapi import REDIS, TOKEN, errors
 from service.routes.deps import ModelPath, ReadScope, SidecarDep
 from service.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-router = APIRouter(dependencies=[ReadScope])
+router = APIRouter(dependencies=[ReadScope], responses=errors(*TOKEN, 422, REDIS))
+_NO_EVENT = "No sampled event of this model with this request_id (never sampled, past the retention, or unreadable)"
 RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 
@@ -106,7 +108,11 @@ async def get_method_trust(
     return await run_in_threadpool(method_trust_report, model, [summary.trust for summary in summaries], latest)
 
 
-@router.get("/v1/explanations/{model}/{request_id:path}/heatmap.png", response_class=Response)
+@router.get(
+    "/v1/explanations/{model}/{request_id:path}/heatmap.png",
+    response_class=Response,
+    responses=errors(why={404: f"{_NO_EVENT}, or no map of this method for it"}),
+)
 async def get_heatmap(
     model: ModelPath,
     request_id: RequestIdPath,
@@ -119,7 +125,11 @@ async def get_heatmap(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
-@router.get("/v1/explanations/{model}/{request_id:path}/activations.png", response_class=Response)
+@router.get(
+    "/v1/explanations/{model}/{request_id:path}/activations.png",
+    response_class=Response,
+    responses=errors(why={404: f"{_NO_EVENT}, or no feature maps of this layer for it"}),
+)
 async def get_activations(
     model: ModelPath,
     request_id: RequestIdPath,
@@ -132,7 +142,11 @@ async def get_activations(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
-@router.get("/v1/explanations/{model}/{request_id:path}", response_model=ExplanationPublic)
+@router.get(
+    "/v1/explanations/{model}/{request_id:path}",
+    response_model=ExplanationPublic,
+    responses=errors(why={404: _NO_EVENT}),
+)
 async def get_explanation(model: ModelPath, request_id: RequestIdPath, sidecar: SidecarDep) -> Response:
     """Declared after the PNG routes: a request id may hold ``/`` (sent as ``%2F`` or as is), so this route
     takes the rest of the path. Paths are matched decoded, so an id ending ``/heatmap.png`` or
@@ -150,7 +164,11 @@ def _public_json(record: ExplanationRecord, sanity: dict[str, SanityFigure]) -> 
     return to_json(to_public(record, sanity))
 
 
-@router.get("/v1/models/{model}/layers", summary="Layer health the attribution workers saw lately")
+@router.get(
+    "/v1/models/{model}/layers",
+    summary="Layer health the attribution workers saw lately",
+    responses=errors(why={404: "No attribution worker has inspected this model lately"}),
+)
 async def get_layers(model: ModelPath, sidecar: SidecarDep) -> ModelLayers:
     return await model_layers(sidecar.redis, model)
 

@@ -8,6 +8,7 @@ from starlette.requests import ClientDisconnect
 
 from common.errors import VaiError
 from service.http.auth import Scope
+from service.http.openapi import BODY, REDIS, TOKEN, errors
 from service.routes.deps import SidecarDep, read_body
 from service.sidecar import Sidecar
 
@@ -30,7 +31,22 @@ async def _read(request: Request, sidecar: Sidecar) -> bytes:
         raise
 
 
-@router.post("/v1/cloudevents")
+@router.post(
+    "/v1/cloudevents",
+    responses=errors(
+        *TOKEN,
+        *BODY,
+        422,
+        REDIS,
+        why={
+            400: "The body cannot be read, or is no CloudEvent 1.0 (the body names the attribute)",
+            401: "No bearer token, or an unknown one (unless VAI_KSERVE_OPEN)",
+            403: "The token may not ingest (unless VAI_KSERVE_OPEN)",
+            503: "Redis did not answer, and this request's inputs must wait in it for their response: "
+            "send it again after Retry-After seconds",
+        },
+    ),
+)
 async def cloudevents(request: Request, sidecar: SidecarDep) -> Response:
     """One CloudEvent (binary or structured mode) of an inference request or response; 200 with a summary."""
     body = await _read(request, sidecar)

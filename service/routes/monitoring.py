@@ -10,19 +10,28 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from common.errors import MonitorsOff, NotFound, Unavailable
+from common.errors import InvalidInput, MonitorsOff, NotFound, Unavailable
+from monitors.cohorts import ALL, slice_label
 from monitors.fleet.results import SeriesQuality
 from monitors.fleet.views import marked_stale
 from service.feed.labels import LabelIn
 from service.http.auth import Scope
+from service.http.openapi import BODY, REDIS, TOKEN, errors
 from service.monitoring.handler import Monitoring
-from service.monitoring.public import CalibrationPublic, DriftStatusPublic, ReferenceAccepted, newest
+from service.monitoring.public import CalibrationPublic, DriftStatusPublic, ReferenceAccepted
 from service.monitoring.views import unknown_model
 from service.routes.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc, read_body
 from service.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+_UNKNOWN_MODEL = "The monitors never saw this model (no events or reference published for it)"
+_UNREADABLE = (
+    "Redis did not answer, or what the owning monitor published cannot be read by this sidecar (a monitor of "
+    "another release); send it again after Retry-After seconds"
+)
+_VIEW = errors(*TOKEN, 409, 422, REDIS, why={404: _UNKNOWN_MODEL})
+"""What a view of the owning monitor's published figures answers besides its figures."""
 
 
 class LabelsIn(BaseModel):
@@ -51,7 +60,12 @@ LabelsBody = Annotated[
 ]
 
 
-@router.post("/v1/labels", summary="Join delayed ground truth to predictions", openapi_extra=json_body_doc(LabelsIn))
+@router.post(
+    "/v1/labels",
+    summary="Join delayed ground truth to predictions",
+    openapi_extra=json_body_doc(LabelsIn),
+    responses=errors(*TOKEN, *BODY, 409, 422, REDIS),
+)
 async def post_labels(body: LabelsBody, sidecar: SidecarDep) -> Response:
     result = await _monitoring(sidecar).delayed_labels.apply(body.labels, known=sidecar.ingest.known_models)
     return Response(orjson.dumps(result), media_type="application/json")
@@ -63,6 +77,18 @@ async def post_labels(body: LabelsBody, sidecar: SidecarDep) -> Response:
     status_code=202,
     response_model=ReferenceAccepted,
     summary="Set the drift reference: JSON {embeddings, probabilities?} or an .npy of embeddings",
+    responses=errors(
+        *TOKEN,
+        *BODY,
+        409,
+        422,
+        REDIS,
+        504,
+        why={
+            503: "Redis did not answer, or another reference is being uploaded to this sidecar; nothing was "
+            "stored: send it again after Retry-After seconds"
+        },
+    ),
 )
 async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep) -> ReferenceAccepted:
     monitoring = _monitoring(sidecar)
@@ -73,7 +99,12 @@ async def put_reference(model: ModelPath, request: Request, sidecar: SidecarDep)
         return await monitoring.accept_reference(model, body, request.headers.get("content-type"), sidecar.ingest)
 
 
-@router.get("/v1/models/{model}/drift", dependencies=[ReadScope], response_model=DriftStatusPublic)
+@router.get(
+    "/v1/models/{model}/drift",
+    dependencies=[ReadScope],
+    response_model=DriftStatusPublic,
+    responses=_VIEW | errors(why={404: "No monitor has published drift verdicts for this model yet", 503: _UNREADABLE}),
+)
 async def get_drift(model: ModelPath, sidecar: SidecarDep) -> Response:
     status = await _monitoring(sidecar).drift_status(model)
     if status is None:
@@ -85,7 +116,13 @@ async def get_drift(model: ModelPath, sidecar: SidecarDep) -> Response:
     return Response(status.to_json(), media_type="application/json")
 
 
-@router.get("/v1/models/{model}/calibration", dependencies=[ReadScope], response_model=CalibrationPublic)
+@router.get(
+    "/v1/models/{model}/calibration",
+    dependencies=[ReadScope],
+    response_model=CalibrationPublic,
+    responses=_VIEW
+    | errors(why={404: f"{_UNKNOWN_MODEL}, or this cohort (the body lists the known ones)", 503: _UNREADABLE}),
+)
 async def get_calibration(
     model: ModelPath,
     sidecar: SidecarDep,
@@ -96,21 +133,26 @@ async def get_calibration(
     return Response(calibration.to_json(), media_type="application/json")
 
 
-@router.get("/v1/models/{model}/calibration.png", dependencies=[ReadScope], response_class=Response)
+@router.get(
+    "/v1/models/{model}/calibration.png",
+    dependencies=[ReadScope],
+    response_class=Response,
+    responses=_VIEW
+    | errors(
+        why={
+            404: f"{_UNKNOWN_MODEL}, or this cohort (the body lists the known ones); or no prediction of this "
+            "version and cohort is labelled in the calibration window yet: nothing to draw",
+            503: _UNREADABLE,
+        }
+    ),
+)
 async def get_calibration_png(
     model: ModelPath,
     sidecar: SidecarDep,
     version: Annotated[str | None, Query(max_length=64)] = None,
-    cohort: Annotated[str, Query(max_length=300)] = "all",
+    cohort: Annotated[str, Query(max_length=300)] = ALL,
 ) -> Response:
-    report = await _monitoring(sidecar).quality(model)
-    series = report.chosen(version=version, cohort=_slice(cohort)).series if report is not None else ()
-    if not series:
-        if report is None or not report.series:
-            raise NotFound(f"model: no labelled predictions of {model!r}", field="model")
-        field = "cohort" if cohort != "all" else "version"
-        raise NotFound(f"{field}: no labelled predictions of {model!r} for this version and cohort", field=field)
-    chosen = newest(series)
+    chosen = await _monitoring(sidecar).reliability(model, version=version, cohort=_slice(cohort) or ALL)
     title = f"{model} {chosen.version} ({chosen.cohort})"
     png = await run_in_threadpool(_render_reliability, chosen, title)
     return Response(png, media_type="image/png")
@@ -118,11 +160,13 @@ async def get_calibration_png(
 
 def _slice(cohort: str | None) -> str | None:
     """A cohort slice as the series name it (``region=eu``), given so or as ``region:eu`` like the explanations'
-    filter takes it."""
-    if cohort is None or "=" in cohort or ":" not in cohort:
+    filter takes it; ``all`` is the whole model. 422 naming ``cohort`` for anything else."""
+    if cohort is None or cohort == ALL:
         return cohort
-    key, _, value = cohort.partition(":")
-    return f"{key}={value}"
+    key, separated, value = cohort.partition("=" if "=" in cohort else ":")
+    if not (separated and key and value):
+        raise InvalidInput(f"cohort: {cohort!r} is no cohort: use all, key=value or key:value", field="cohort")
+    return slice_label(key, value)
 
 
 def _render_reliability(series: SeriesQuality, title: str) -> bytes:
@@ -134,7 +178,19 @@ def _render_reliability(series: SeriesQuality, title: str) -> bytes:
 # --- model overview views (computed by the owning monitor, served as published) ------------------------
 
 
-@router.get("/v1/models/{model}/projection", dependencies=[ReadScope], summary="2-D embedding projection")
+@router.get(
+    "/v1/models/{model}/projection",
+    dependencies=[ReadScope],
+    summary="2-D embedding projection",
+    responses=_VIEW
+    | errors(
+        why={
+            409: "Monitors are off, or this projection cannot be computed until something changes (the body says what)",
+            503: "Redis did not answer, the projection is being computed or waits for traffic, or what the monitor "
+            "published cannot be read by this sidecar; ask again after Retry-After seconds",
+        }
+    ),
+)
 async def get_projection(
     model: ModelPath,
     sidecar: SidecarDep,
@@ -162,7 +218,12 @@ def _stale(body: bytes, error: str, model: str) -> bytes:
         raise Unavailable(f"the projection of model {model!r} cannot be read now; try again", retry_after_s=5) from None
 
 
-@router.get("/v1/models/{model}/drift/history", dependencies=[ReadScope], summary="Drift scores over time")
+@router.get(
+    "/v1/models/{model}/drift/history",
+    dependencies=[ReadScope],
+    summary="Drift scores over time",
+    responses=_VIEW,
+)
 async def get_drift_history(model: ModelPath, sidecar: SidecarDep) -> Response:
     history, monitored = await _monitoring(sidecar).drift_history(model)
     if not history.points and not monitored:
@@ -171,7 +232,16 @@ async def get_drift_history(model: ModelPath, sidecar: SidecarDep) -> Response:
 
 
 @router.get(
-    "/v1/models/{model}/distributions", dependencies=[ReadScope], summary="Confidence and margin now vs reference"
+    "/v1/models/{model}/distributions",
+    dependencies=[ReadScope],
+    summary="Confidence and margin now vs reference",
+    responses=_VIEW
+    | errors(
+        why={
+            503: "Redis did not answer, or the distributions are being computed by the owning monitor; ask again "
+            "after Retry-After seconds"
+        }
+    ),
 )
 async def get_distributions(model: ModelPath, sidecar: SidecarDep) -> Response:
     view = await _monitoring(sidecar).distributions(model)

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sampler.policy import SamplingPolicy, SamplingPolicyPatch
 from service.http.auth import Scope
+from service.http.openapi import BODY, REDIS, TOKEN, errors
 from service.routes.deps import AdminScope, ModelPath, ReadScope, SidecarDep, json_body, json_body_doc
 from service.sidecar import SidecarStatusPublic
 
@@ -25,24 +26,28 @@ def _json(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
 
 
-@router.get("/v1/models/{model}/sampling", dependencies=[ReadScope])
+@router.get("/v1/models/{model}/sampling", dependencies=[ReadScope], responses=errors(*TOKEN, 422))
 async def get_sampling(model: ModelPath, sidecar: SidecarDep) -> SamplingPolicy:
     return sidecar.sampler.policy(model)
 
 
-@router.put("/v1/models/{model}/sampling", openapi_extra=json_body_doc(SamplingPolicyPatch))
+@router.put(
+    "/v1/models/{model}/sampling",
+    openapi_extra=json_body_doc(SamplingPolicyPatch),
+    responses=errors(*TOKEN, *BODY, 422, REDIS),
+)
 async def put_sampling(model: ModelPath, patch: PolicyPatchBody, sidecar: SidecarDep) -> SamplingPolicy:
     return await sidecar.policy_sync.update(model, patch)
 
 
-@router.delete("/v1/models/{model}/sampling", dependencies=[AdminScope])
+@router.delete("/v1/models/{model}/sampling", dependencies=[AdminScope], responses=errors(*TOKEN, 422, REDIS))
 async def delete_sampling(model: ModelPath, sidecar: SidecarDep) -> SamplingPolicy:
     return await sidecar.policy_sync.reset(model)
 
 
-@router.get("/status", dependencies=[ReadScope])
+@router.get("/status", dependencies=[ReadScope], responses=errors(*TOKEN))
 async def status(sidecar: SidecarDep) -> SidecarStatusPublic:
-    return sidecar.status()
+    return await sidecar.status()
 
 
 @router.api_route("/livez", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: some load balancers probe so

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -262,3 +263,73 @@ def test_events_of_another_width_during_a_reference_upload_are_refused(
     assert during.status_code == 422 and during.json()["rejected"][0]["field"] == "embedding", during.text
     assert answers == [503]
     assert "digits" not in sidecar_of(client).ingest.embedding_dims, "a failed upload gives the width back"
+
+
+@contextlib.contextmanager
+def _redis_broken(server: EmbeddedRedis, how: str) -> Iterator[None]:
+    """Redis ``hung`` (SIGSTOP) or ``down`` (killed, then started again on its port) inside the block."""
+    if how == "hung":
+        with paused_redis(server.data_dir):
+            yield
+        return
+    server.kill()
+    try:
+        yield
+    finally:
+        server.start()
+
+
+def _redis_up(client: TestClient) -> bool:
+    answer = client.get("/status")
+    assert answer.status_code == 200, answer.text
+    up = answer.json()["redis_up"]
+    assert isinstance(up, bool)
+    return up
+
+
+@pytest.mark.parametrize("how", [pytest.param("hung", id="hung"), pytest.param("down", id="down")])
+def test_status_says_redis_is_down_as_soon_as_a_request_does_and_up_once_it_answers(
+    own_redis: EmbeddedRedis, make_client: Callable[..., TestClient], how: str
+) -> None:
+    """``redis_up`` once followed the queue writer, which notices only when its own calls fail: 5 s after Redis
+    hung (its timeout), and never while no model had sent events (nothing to poll), while every request that
+    needed Redis already answered 503."""
+    client = make_client(redis_url=own_redis.url, redis_timeout_s=0.2)
+    assert _redis_up(client)
+    with _redis_broken(own_redis, how):
+        assert client.get("/v1/explanations", params={"model": "digits"}).status_code == 503
+        failed_at = time.monotonic()
+        wait_until(lambda: not _redis_up(client), timeout_s=0.8, what="/status to say that Redis is down")
+        assert time.monotonic() - failed_at < 0.8
+    wait_until(lambda: _redis_up(client), timeout_s=5.0, what="/status to say that Redis is back")
+
+
+@pytest.mark.anyio
+async def test_status_asked_many_times_with_redis_hung_answers_within_one_timeout(
+    own_redis: EmbeddedRedis, make_settings: Callable[..., SidecarSettings]
+) -> None:
+    """Each ``/status`` waits for Redis no longer than ``VAI_REDIS_TIMEOUT_S``, and the calls in flight share one
+    PING on a connection of their own (not queued behind one another, nor behind the requests' pool)."""
+    sidecar = Sidecar(make_settings(redis_url=own_redis.url, redis_timeout_s=0.2))
+    direct = redis.Redis.from_url(own_redis.url)
+    try:
+        direct.config_resetstat()
+        assert all(answer.redis_up for answer in await asyncio.gather(*(sidecar.status() for _ in range(20))))
+        assert _pings(direct) == 1
+        with paused_redis(own_redis.data_dir):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answers = await asyncio.gather(*(sidecar.status() for _ in range(20)))
+            took = loop.time() - started
+        assert not any(answer.redis_up for answer in answers)
+        assert took < 1.0, f"{took:.2f} s: the calls waited for one another"
+        assert (await sidecar.status()).redis_up
+    finally:
+        direct.close()
+        await sidecar.stop(drain_timeout_s=1.0)
+
+
+def _pings(client: redis.Redis) -> int:
+    """PING commands the server has answered since its statistics were reset."""
+    stats = cast(dict[str, dict[str, int]], client.info("commandstats"))
+    return stats.get("cmdstat_ping", {}).get("calls", 0)

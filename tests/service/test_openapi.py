@@ -1,0 +1,169 @@
+"""The OpenAPI document says what each route really answers: every route is called with Redis stopped, without a
+token, with a token of each scope, and with a body it refuses; each answer's status must be declared for that
+route, its body must validate against the declared schema, and a 503's Retry-After must be declared and sent.
+Declared statuses a route cannot answer are caught too: a route that declares 503 answers it with Redis stopped,
+one that declares 401 and 403 answers them, one that declares 413 and 415 refuses a body with them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import jsonschema
+import pytest
+from fastapi.testclient import TestClient
+from kserve_events import REQUEST, cloudevent_headers
+
+from common.embedded_redis import EmbeddedRedis
+from helpers import event
+
+MODELS: dict[str, Any] = {
+    "iris": {"kserve": {"scores_are": "probabilities", "input": "instances"}},
+}
+"""A KServe mapping that keeps each request's inputs for its response: such a request needs Redis."""
+TOKENS = {"ingest_tokens": "i", "read_tokens": "r", "admin_tokens": "a"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request a route answers with its success when all is well."""
+
+    path: str
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.json is not None or self.content is not None
+
+
+ROUTES: dict[tuple[str, str], Call] = {
+    ("POST", "/v1/events"): Call("/v1/events", json=event()),
+    ("GET", "/v1/models/{model}/sampling"): Call("/v1/models/digits/sampling"),
+    ("PUT", "/v1/models/{model}/sampling"): Call("/v1/models/digits/sampling", json={"every_n": 7}),
+    ("DELETE", "/v1/models/{model}/sampling"): Call("/v1/models/digits/sampling"),
+    ("GET", "/status"): Call("/status"),
+    ("GET", "/v1/explanations"): Call("/v1/explanations?model=digits"),
+    ("GET", "/v1/explanations/{model}/methods"): Call("/v1/explanations/digits/methods"),
+    ("GET", "/v1/explanations/{model}/{request_id}/heatmap.png"): Call(
+        "/v1/explanations/digits/r1/heatmap.png?method=saliency"
+    ),
+    ("GET", "/v1/explanations/{model}/{request_id}/activations.png"): Call(
+        "/v1/explanations/digits/r1/activations.png?layer=conv1"
+    ),
+    ("GET", "/v1/explanations/{model}/{request_id}"): Call("/v1/explanations/digits/r1"),
+    ("GET", "/v1/models/{model}/layers"): Call("/v1/models/digits/layers"),
+    ("POST", "/v1/labels"): Call("/v1/labels", json={"labels": [{"model": "digits", "request_id": "r1", "label": 0}]}),
+    ("PUT", "/v1/models/{model}/reference"): Call(
+        "/v1/models/digits/reference", json={"embeddings": [[0.1 * i, 1.0 - 0.1 * i] for i in range(8)]}
+    ),
+    ("GET", "/v1/models/{model}/drift"): Call("/v1/models/digits/drift"),
+    ("GET", "/v1/models/{model}/calibration"): Call("/v1/models/digits/calibration"),
+    ("GET", "/v1/models/{model}/calibration.png"): Call("/v1/models/digits/calibration.png"),
+    ("GET", "/v1/models/{model}/projection"): Call("/v1/models/digits/projection"),
+    ("GET", "/v1/models/{model}/drift/history"): Call("/v1/models/digits/drift/history"),
+    ("GET", "/v1/models/{model}/distributions"): Call("/v1/models/digits/distributions"),
+    ("POST", "/v1/cloudevents"): Call(
+        "/v1/cloudevents",
+        content=json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode(),
+        headers=cloudevent_headers("ce-1", REQUEST, "iris"),
+    ),
+}
+"""Every route in the document, by method and documented path, and a request it would answer with success."""
+BODIES = [route for route, call in ROUTES.items() if call.has_body]
+
+
+def _send(client: TestClient, route: tuple[str, str], *, token: str | None = None) -> httpx2.Response:
+    call = ROUTES[route]
+    headers = dict(call.headers) | ({"authorization": f"Bearer {token}"} if token else {})
+    return client.request(route[0], call.path, json=call.json, content=call.content, headers=headers)
+
+
+def _declared(document: dict[str, Any], route: tuple[str, str]) -> dict[str, Any]:
+    responses: dict[str, Any] = document["paths"][route[1]][route[0].lower()]["responses"]
+    return responses
+
+
+def _check(document: dict[str, Any], route: tuple[str, str], answer: httpx2.Response) -> None:
+    """``answer``'s status is declared for ``route`` (not only within a range), its JSON body validates against the
+    declared schema, and a 503 sends the Retry-After it declares."""
+    declared = _declared(document, route).get(str(answer.status_code))
+    assert declared is not None, f"{route}: answered {answer.status_code}, not declared: {answer.text[:300]}"
+    if answer.status_code == 503:
+        assert "Retry-After" in declared.get("headers", {}), f"{route}: Retry-After not declared"
+        assert answer.headers["retry-after"].isdigit(), route
+    media_type = answer.headers["content-type"].split(";")[0]
+    if media_type != "application/json":
+        return
+    schema = declared["content"][media_type]["schema"]
+    validator = jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+    problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(answer.json())]
+    assert problems == [], f"{route} {answer.status_code}: {problems[:3]}"
+
+
+def test_every_route_in_the_document_is_exercised_here(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert documented == set(ROUTES)
+    assert not any("4XX" in _declared(document, route) for route in ROUTES), "a range says nothing of the route"
+
+
+def test_with_redis_stopped_every_route_answers_what_it_declares(
+    own_redis: EmbeddedRedis, make_client: Callable[..., TestClient]
+) -> None:
+    """A route that needs Redis answers 503 with Retry-After, declared; one that does not (ingest, the sampling
+    policy in memory, /status) answers as ever and declares no 503."""
+    client = make_client(redis_url=own_redis.url, redis_timeout_s=0.2, models=MODELS)
+    document = client.get("/openapi.json").json()
+    own_redis.kill()
+    try:
+        answers = {route: _send(client, route) for route in ROUTES}
+    finally:
+        own_redis.start()
+    for route, answer in answers.items():
+        _check(document, route, answer)
+    unavailable = {route for route, answer in answers.items() if answer.status_code == 503}
+    declaring = {route for route in ROUTES if "503" in _declared(document, route)}
+    assert unavailable == declaring
+    assert answers[("GET", "/status")].json()["redis_up"] is False
+
+
+def test_every_route_answers_what_it_declares_without_a_token_and_with_each_scope(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Without a token: 401 everywhere. With an ingest, read or admin token: 403 where its scope may not, and the
+    route's own answers where it may (Redis up, nothing stored: 404s, empty lists, accepted events)."""
+    client = make_client(models=MODELS, **TOKENS)
+    document = client.get("/openapi.json").json()
+    for route in ROUTES:
+        answers = [_send(client, route, token=token) for token in (None, "i", "r", "a")]
+        for answer in answers:
+            _check(document, route, answer)
+        assert {401, 403} <= {answer.status_code for answer in answers}, route
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"content-length": str(5 * 2**20)}, 413, id="too-large"),
+        pytest.param({"content-encoding": "gzip"}, 415, id="encoded"),
+    ],
+)
+def test_every_route_with_a_body_refuses_one_as_it_declares(
+    make_client: Callable[..., TestClient], headers: dict[str, str], status: int
+) -> None:
+    """Each body route's limit (8 MiB of events, 64 MiB of reference, 4 MiB of labels, 64 KiB of policy) lowered
+    where it is a setting; 5 MiB declared passes them all. Routes without a body declare neither."""
+    client = make_client(models=MODELS, max_body_bytes=1024, max_reference_bytes=1024)
+    document = client.get("/openapi.json").json()
+    for route in BODIES:
+        call = ROUTES[route]
+        answer = client.request(route[0], call.path, content=b"{}", headers=call.headers | headers)
+        assert answer.status_code == status, (route, answer.text)
+        _check(document, route, answer)
+    for route in set(ROUTES) - set(BODIES):
+        assert not {"413", "415"} & set(_declared(document, route)), route
