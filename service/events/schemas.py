@@ -59,7 +59,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     logits: Any = None
     """List of at least 2 finite numbers (exactly one of logits or probabilities)."""
     probabilities: Any = None
-    """List of at least 2 probabilities summing to 1 ± 1e-3."""
+    """List of at least 2 probabilities summing to 1 ± 0.01 (``PROBABILITY_TOLERANCE``)."""
     embedding: Any = None
     """List of finite floats; same length for every event of a model."""
     cohort: Annotated[dict[CohortText, CohortText], msgspec.Meta(max_length=32)] | None = None
