@@ -18,6 +18,19 @@ from collections.abc import Iterable
 
 OTHER = "__other__"
 """The label standing for every value past the limit."""
+WHOLE = "all"
+"""The cohort slice of a whole model version (``cohort="all", value="all"``): no cohort key may be named so."""
+
+
+def cohort_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a cohort key (``None`` when it can): the slice name ``key=value`` and the whole-model
+    slice ``all`` must stay unambiguous."""
+    if not key or "=" in key or key == WHOLE:
+        return (
+            f"cohort key {key!r} must be non-empty, contain no '=' and not be {WHOLE!r} (the whole-model slice's "
+            "label): rename it in VAI_COHORT_KEYS"
+        )
+    return None
 
 
 class BoundedLabel:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,8 +23,23 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from common.cardinality import cohort_key_problem
+
 CommaList = Annotated[tuple[str, ...], NoDecode]
 """A tuple of strings that the environment gives comma-separated (``VAI_COHORT_KEYS=region,device``)."""
+
+
+def _cohort_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    for key in keys:
+        problem = cohort_key_problem(key)
+        if problem is not None:
+            raise ValueError(problem)
+    return keys
+
+
+CohortKeys = Annotated[tuple[str, ...], NoDecode, AfterValidator(_cohort_keys)]
+"""Cohort keys, comma-separated in the environment; refused at start-up if one cannot name a slice
+(:func:`common.cardinality.cohort_key_problem`)."""
 
 
 class _OwnKeys(TomlConfigSettingsSource):

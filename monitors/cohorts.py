@@ -24,9 +24,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 
-from common.cardinality import OTHER, BoundedLabel
+from common.cardinality import OTHER, WHOLE, BoundedLabel, cohort_key_problem
 
-ALL = "all"
+ALL = WHOLE
 """The slice holding every event of a (model, version)."""
 UNDECIDED_PER_KEY = 256
 """Most undecided values a fleet guard notes per model and key (or ``max_values_per_key`` if larger); further
@@ -62,11 +62,9 @@ class CohortGuard:
             raise ValueError(f"max_values_per_key must be at least 1, got {max_values_per_key}")
         self._keys = tuple(dict.fromkeys(keys))
         for key in self._keys:
-            if not key or "=" in key or key == ALL:
-                raise ValueError(
-                    f"cohort key {key!r} must be non-empty, contain no '=' and not be {ALL!r} (the whole-model "
-                    "slice's label): rename it in VAI_COHORT_KEYS"
-                )
+            problem = cohort_key_problem(key)
+            if problem is not None:
+                raise ValueError(problem)
         self._max_values = max_values_per_key
         self._fleet = fleet
         self._models: dict[str, dict[str, BoundedLabel]] = {}

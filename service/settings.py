@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.names import MODEL_PATTERN, MODEL_RE
-from common.settings import CommaList, RoleSettings
+from common.settings import CohortKeys, CommaList, RoleSettings
 from sampler.policy import SamplingPolicy
 
 Tokens = CommaList
@@ -107,7 +107,7 @@ class SidecarSettings(RoleSettings):
     policies for further models (counting models with a stored policy)."""
     max_versions_per_model: int = Field(default=5, ge=1)
     """Distinct versions kept as metric labels per model; the rest count as ``__other__``."""
-    cohort_keys: Tokens = ()
+    cohort_keys: CohortKeys = ()
     """Cohort keys exported as metric labels (comma-separated allowlist)."""
     max_cohort_values: int = Field(default=20, ge=1)
     """Distinct values kept per cohort key; the rest count as ``__other__``."""

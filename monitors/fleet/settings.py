@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from common.settings import CommaList, RoleSettings
+from common.settings import CohortKeys, CommaList, RoleSettings
 from monitors.drift.config import DriftConfig
 from monitors.fleet.views import METHODS
 
@@ -37,7 +37,7 @@ class MonitorSettings(RoleSettings):
     """Drift calibrations this process runs at once (others wait their turn): each adds ~0.3 GB resident at its
     peak for a reference of 5,000 rows (~0.15 GB at 2,000), so ten references uploaded together stay in memory."""
 
-    cohort_keys: CommaList = ()
+    cohort_keys: CohortKeys = ()
     """Cohort keys that get their own calibration and accuracy series (allowlist)."""
     max_cohort_values: int = Field(default=20, ge=1)
     """Distinct values kept per cohort key; the rest share the series ``value="__other__"`` (give every role the

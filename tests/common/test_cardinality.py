@@ -3,8 +3,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from pydantic import ValidationError
 
-from common.cardinality import OTHER, BoundedLabel
+from common.cardinality import OTHER, BoundedLabel, cohort_key_problem
+from monitors.fleet.settings import MonitorSettings
+from service.settings import SidecarSettings
 
 
 def test_first_values_pass_and_later_ones_become_other() -> None:
@@ -62,3 +65,16 @@ def test_a_kept_value_stays_kept_whatever_is_kept_later() -> None:
     label.keep(["ap", "us"])  # another judge's later answer: the slot left goes to its first value
     assert sorted(label.kept) == ["ap", "eu"]
     assert label.known("us") == OTHER
+
+
+@pytest.mark.parametrize("key", ["all", "", "region=eu"])
+def test_a_key_that_cannot_name_a_cohort_slice_is_refused_by_every_role_at_start(key: str) -> None:
+    """``all`` names the whole-model slice (``cohort="all", value="all"``) and ``=`` separates a slice's key from
+    its value: a sidecar or monitor started with such a key would export series that cannot be told apart."""
+    assert cohort_key_problem(key) is not None
+    for role in (SidecarSettings, MonitorSettings):
+        with pytest.raises(ValidationError, match="cohort_keys") as refused:
+            role(cohort_keys=("region", key))
+        assert repr(key) in str(refused.value)
+    assert SidecarSettings(cohort_keys=("region", "device")).cohort_keys == ("region", "device")
+    assert cohort_key_problem("allregions") is None
