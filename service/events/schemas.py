@@ -103,7 +103,6 @@ def openapi_ingest_path(answer_type: type) -> tuple[dict[str, Any], dict[str, An
         [Event, Batch, answer_type], ref_template="#/components/schemas/{name}"
     )
     components = _json_schema_patterns(components)
-    error = {"description": "Refused; the body names the field: {error, field, ...}"}
     post = {
         "summary": 'Post one prediction event or {"events": [...]}',
         "operationId": "post_events",
@@ -113,10 +112,8 @@ def openapi_ingest_path(answer_type: type) -> tuple[dict[str, Any], dict[str, An
                 "description": "Accepted (some events may be rejected)",
                 "content": {"application/json": {"schema": answer}},
             },
-            "401": error,
-            "403": error,
-            "413": error,
-            "415": error,
+            # 400/401/403/408/413/415 and the 422's schema (the one error shape): the app adds them, with every
+            # route's (``service.http.openapi``), which this module may not import (service.http imports it).
             "422": {"description": "No valid event; the detail is the answer above plus {error, field}"},
         },
     }
