@@ -13,12 +13,14 @@ figures describe another model. On the worker's softmax probabilities ``p``, wit
 - **confidence**: the worker's model predicts the same class at another confidence when
   ``|p[c] - r| > prediction_confidence_tolerance`` (0.05 by default): other weights that happen to agree on the
   class (the server says 0.55, the worker's model 0.99) explain a different function. Measured on the digits CNN
-  (450 test digits and 10,800 corrupted ones, as in the demo's drift phase), the same weights served in
-  bfloat16 gave gaps up to 0.027 (0.009 on the clean digits), in float16 up to 0.003, logits rounded to one
-  decimal up to 0.023 and float32 probabilities rounded to bfloat16 up to 0.002; a worker whose weights came
-  from another training seed (four seeds) gave gaps above 0.05 on 6-9% of the clean digits and 42-53% of the
-  corrupted ones the class check passed (above 0.1: 4-5% and 31-43%). The check cannot see skew where both
-  models are sure (most clean digits: the median gap was 0.0002), only where they are not.
+  as the tests train it (``python -m benchmarks.confidence_gap --train-on all``: 450 test digits and 10,800
+  corrupted ones, as in the demo's drift phase), the same weights served in bfloat16 gave gaps up to 0.027
+  (0.009 on the clean digits), in float16 up to 0.003, logits rounded to one decimal up to 0.023 and float32
+  probabilities rounded to bfloat16 up to 0.002; a worker whose weights came from another training seed (four
+  seeds) gave gaps above 0.05 on 6-9% of the clean digits and 41-52% of the corrupted ones the class check
+  passed. The demo's model (trained on fewer digits) gives 0.020 and 14-17% / 47-56%. The check cannot see
+  skew where both models are sure (most clean digits: the median gap was at most 0.002), only where they are
+  not.
 
 ``r`` comes with every version-1 message: the sidecar computes it at ingest from the probabilities the server
 sent, or the softmax of its logits (``service.events.scores``). A reported probability outside [0, 1] is not a

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pytest
 import torch
+from small_models import served_confidences, served_logits
 
 from attribution_workers.loader import LoadedModel
 from demo.models.training import DatasetSplit
@@ -29,18 +31,18 @@ def tabular_batch(tabular_model: LoadedModel, tabular_split: DatasetSplit) -> tu
 @pytest.fixture(scope="session")
 def as_served(digits_model: LoadedModel) -> Served:
     """Digits events with the ``confidence`` a server running the worker's very model reports: its softmax
-    probability of the reported class. ``sampled_digit`` reports 0.9 whatever the digit, which the worker's
-    confidence check rightly takes for another model's figure (the model gives most test digits 0.99 and more)."""
+    probability of the reported class. ``sampled_digit`` reports 0.9 by default whatever the digit, which the
+    worker's confidence check rightly takes for another model's figure (the model gives most test digits 0.99
+    and more)."""
 
     def served(events: Sequence[SampledEvent]) -> list[SampledEvent]:
-        shape = digits_model.input_shape
-        inputs = torch.stack([torch.from_numpy(e.input.decode()).reshape(shape) for e in events if e.input])
+        inputs = [event.input.decode().reshape(digits_model.input_shape) for event in events if event.input]
         assert len(inputs) == len(events), "every event carries its input"
-        with torch.no_grad():
-            probabilities = digits_model.module(inputs).double().softmax(dim=1)
+        logits = served_logits(digits_model.module, np.stack(inputs))
+        confidences = served_confidences(logits, [event.predicted for event in events])
         return [
-            event.model_copy(update={"confidence": float(probabilities[row, event.predicted])})
-            for row, event in enumerate(events)
+            event.model_copy(update={"confidence": confidence})
+            for event, confidence in zip(events, confidences, strict=True)
         ]
 
     return served

@@ -17,6 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from small_models import served_logits
 
 from attribution_workers.settings import WorkerSettings
 from common import keys
@@ -43,9 +44,11 @@ def attribution_section(path: Path, **extra: Any) -> dict[str, Any]:
     return section
 
 
-def image_event(index: int, image: npt.NDArray[np.floating[Any]], predicted: int, **fields: Any) -> dict[str, Any]:
-    logits = np.full(10, -2.0)
-    logits[predicted] = 3.0
+def image_event(
+    index: int, image: npt.NDArray[np.floating[Any]], logits: npt.NDArray[np.floating[Any]], **fields: Any
+) -> dict[str, Any]:
+    """An event posting ``image`` with ``logits``: for a digit, the model's own (``served_logits``), as a server
+    running it sends them."""
     data = base64.b64encode(np.ascontiguousarray(image, dtype="<f4").tobytes()).decode()
     body = {
         "model": "digits",
@@ -84,13 +87,15 @@ def stored(client: redis.Redis, model: str = "digits") -> dict[str, bytes | None
 def test_sampled_events_become_explanations_with_every_method(
     worker_settings: Callable[..., WorkerSettings],
     make_client: Callable[..., TestClient],
+    digits_path: Path,
     digits_split: DatasetSplit,
     redis_client: redis.Redis,
 ) -> None:
     settings = worker_settings()
     client = make_client(sampling=SAMPLE_EVERY_EVENT)
     images, labels = digits_split.test.features[:6], digits_split.test.labels[:6]
-    events = [image_event(i, images[i], int(labels[i]), label=int(labels[(i + 1) % 6])) for i in range(6)]
+    logits = served_logits(digits_path, images)
+    events = [image_event(i, images[i], logits[i], label=int(labels[(i + 1) % 6])) for i in range(6)]
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 6
     wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 6, what="6 queued")
     assert set(stored(redis_client).values()) == {b"queued"}
@@ -105,7 +110,8 @@ def test_sampled_events_become_explanations_with_every_method(
     assert all(tuple(item["methods"]) == tuple(METHODS) for item in listing["items"])
 
     record = client.get("/v1/explanations/digits/img0").json()
-    assert record["predicted"] == int(labels[0])
+    assert record["predicted"] == int(labels[0])  # the model is right on these digits
+    assert record["worker_prediction"]["matches"] and record["worker_prediction"]["confidence_check"] == "passed"
     for method in METHODS:
         attribution = record["attributions"][method]
         assert attribution["shape"] == [1, 8, 8] and np.isfinite(np.asarray(attribution["values"])).all()
@@ -173,7 +179,8 @@ def test_poison_event_is_dead_lettered_after_max_deliveries_while_others_flow(
     rng = np.random.default_rng(0)
     rows = [rng.random(64).astype(np.float32) for _ in range(5)]
     rows[2][10] = POISON
-    client.post("/v1/events", json={"events": [image_event(i, row, 1) for i, row in enumerate(rows)]})
+    made_up = np.where(np.arange(10) == 1, 3.0, -2.0)  # nothing looks at the poison net's maps
+    client.post("/v1/events", json={"events": [image_event(i, row, made_up) for i, row in enumerate(rows)]})
     wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 5, what="5 queued")
 
     drain_worker(settings, lambda: redis_client.xlen(keys.dead_letter_stream("digits")) == 1, timeout_s=30)
@@ -190,16 +197,18 @@ def test_poison_event_is_dead_lettered_after_max_deliveries_while_others_flow(
 def test_lost_consumer_group_is_recreated(
     worker_settings: Callable[..., WorkerSettings],
     make_client: Callable[..., TestClient],
+    digits_path: Path,
     digits_split: DatasetSplit,
     redis_client: redis.Redis,
 ) -> None:
     settings = worker_settings()
     client = make_client(sampling=SAMPLE_EVERY_EVENT)
     image = digits_split.test.features[0]
+    event = image_event(0, image, served_logits(digits_path, image[None])[0])
 
     def lose_group_then_post() -> None:
         redis_client.flushall()  # what a Redis restarted without its data looks like
-        client.post("/v1/events", json=image_event(0, image, int(digits_split.test.labels[0])))
+        client.post("/v1/events", json=event)
 
     drain_worker(settings, lambda: stored(redis_client).get("img0") == b"done", before=lose_group_then_post)
 
@@ -256,8 +265,9 @@ def test_worker_killed_mid_batch_leaves_exactly_one_result_per_event(
 
     count = 16
     client = make_client(sampling=SAMPLE_EVERY_EVENT)
-    features, labels = digits_split.test.features, digits_split.test.labels
-    client.post("/v1/events", json={"events": [image_event(i, features[i], int(labels[i])) for i in range(count)]})
+    features = digits_split.test.features[:count]
+    logits = served_logits(digits_path, features)
+    client.post("/v1/events", json={"events": [image_event(i, features[i], logits[i]) for i in range(count)]})
     wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == count, what="all queued")
 
     config = tmp_path / "vai.toml"

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from PIL import Image
 from prometheus_client import CollectorRegistry
-from small_models import eager_digits, small_inspector
+from small_models import eager_digits, served_logits, small_inspector
 from torch import nn
 
 from attribution_workers.main import build_runtimes, make_worker
@@ -37,10 +37,8 @@ SAMPLE_EVERY_EVENT = {"every_n": 1, "max_per_second": 10_000}
 LAYERS = ["conv.0", "conv.1", "conv.3", "conv.4", "dense.1", "dense.2", "classifier"]
 
 
-def image_event(request_id: str, image: NDArray[np.float32]) -> dict[str, Any]:
+def image_event(request_id: str, image: NDArray[np.float32], logits: NDArray[np.float32]) -> dict[str, Any]:
     data = base64.b64encode(np.ascontiguousarray(image, dtype="<f4").tobytes()).decode()
-    logits = np.full(10, -2.0)
-    logits[0] = 3.0
     return {
         "model": "digits",
         "request_id": request_id,
@@ -70,10 +68,14 @@ def explain(
     runtimes: dict[str, ModelRuntime],
     images: NDArray[np.float32],
     prefix: str,
+    served_by: Path,
 ) -> CollectorRegistry:
-    """Post ``images`` to the sidecar, run an in-process worker until every one is explained; its metrics."""
-    for start in range(0, len(images), 16):
-        chunk = [image_event(f"{prefix}{start + i}", image) for i, image in enumerate(images[start : start + 16])]
+    """Post ``images`` to the sidecar with the logits a server running ``served_by`` returns, run an in-process
+    worker until every one is explained; its metrics."""
+    logits = served_logits(served_by, images)
+    events = [image_event(f"{prefix}{i}", x, row) for i, (x, row) in enumerate(zip(images, logits, strict=True))]
+    for start in range(0, len(events), 16):
+        chunk = events[start : start + 16]
         assert client.post("/v1/events", json={"events": chunk}).json()["accepted"] == len(chunk)
     stream = keys.sample_stream("digits")
     wait_until(lambda: redis_client.xlen(stream) == len(images), what="events queued")
@@ -104,11 +106,13 @@ def test_layers_png_and_reports_are_served_and_the_drift_phase_raises_the_shift(
     make_client: Callable[..., TestClient],
     redis_client: redis.Redis,
     digits_split: DatasetSplit,
+    digits_path: Path,
 ) -> None:
     client = make_client(sampling=SAMPLE_EVERY_EVENT)
     runtimes = build_runtimes(settings)  # one model state (and health window) for every phase
     images = digits_split.test.features
-    registry = explain(client, redis_client, settings, runtimes, images[:64], "clean")  # baseline 32, then 32 more
+    # baseline 32, then 32 more
+    registry = explain(client, redis_client, settings, runtimes, images[:64], "clean", digits_path)
 
     record = client.get("/v1/explanations/digits/clean0").json()
     assert record["status"] == "done" and "feature_maps" not in record
@@ -164,7 +168,7 @@ def test_layers_png_and_reports_are_served_and_the_drift_phase_raises_the_shift(
 
     clean = {name: shift(registry, name) for name in LAYERS}
     drifted, _ = corrupt(images[64:96], seed=3)  # the demo's drift phase: noise, blur, occlusion
-    registry = explain(client, redis_client, settings, runtimes, drifted, "drift")
+    registry = explain(client, redis_client, settings, runtimes, drifted, "drift", digits_path)
     for name, factor in (("conv.0", 3), ("conv.1", 3), ("conv.3", 2), ("conv.4", 2)):
         before, after = clean[name], shift(registry, name)
         assert before is not None and after is not None

@@ -21,6 +21,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
+from small_models import served_logits
 
 from attribution_workers.loader import ModelSpec, model_digest
 from attribution_workers.settings import WorkerSettings
@@ -247,9 +248,7 @@ def test_redis_down_is_a_503_with_retry_after(own_redis: EmbeddedRedis, make_set
     assert response.json()["error"] and str(own_redis.port) not in response.text
 
 
-def _image_event(index: int, image: NDArray[np.float32], predicted: int, label: int) -> dict[str, Any]:
-    logits = np.full(10, -2.0)
-    logits[predicted] = 3.0
+def _image_event(index: int, image: NDArray[np.float32], logits: NDArray[np.float32], label: int) -> dict[str, Any]:
     data = base64.b64encode(np.ascontiguousarray(image, dtype="<f4").tobytes()).decode()
     return {
         "model": "digits",
@@ -282,7 +281,8 @@ def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
     _save(redis_url, [], sanity={"saliency": flagged, "gradcam": passing})
     client = make_client(sampling={"every_n": 1, "max_per_second": 10_000})
     images, labels = digits_split.test.features[:6], digits_split.test.labels[:6]
-    events = [_image_event(i, images[i], int(labels[i]), int(labels[(i + 1) % 6])) for i in range(6)]
+    logits = served_logits(digits_path, images)  # what a server running the worker's model returns
+    events = [_image_event(i, images[i], logits[i], int(labels[(i + 1) % 6])) for i in range(6)]
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 6
     wait_until(lambda: redis_client.xlen(keys.sample_stream("digits")) == 6, what="6 queued")
 
@@ -294,7 +294,9 @@ def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
 
     details = [client.get(f"/v1/explanations/digits/img{i}").json() for i in range(6)]
     trusts = []
-    for detail in details:
+    for detail in details:  # the logits are the worker's model's own: it agrees on class and confidence
+        prediction = detail["worker_prediction"]
+        assert prediction["matches"] and prediction["confidence_check"] == "passed", prediction
         for name, attribution in detail["attributions"].items():
             verdict_fields = {
                 "trusted",
@@ -328,6 +330,11 @@ def test_the_worker_stores_verdicts_that_the_detail_and_the_aggregate_serve(
     assert by_method["saliency"]["sanity_pass_share"] == 0.0 and by_method["saliency"]["trusted_share"] == 0.0
     assert by_method["lime"]["sanity_checked"] == 0 and by_method["lime"]["sanity_pass_share"] is None
     assert by_method["gradcam"]["sanity_checked"] == 6 and by_method["lime"]["fidelity_count"] == 6
+    # Judged on their own figures, gradcam's maps (which pass the sanity check) are some trusted, some not
+    # (deletion no better than random, low agreement). Made-up logits (3.0 for the class, -2.0 for the rest:
+    # confidence 0.943) made the maps of 5 of these 6 digits, which the model gives 0.9997 and more, not
+    # trusted for the confidence mismatch whatever their figures.
+    assert 0 < by_method["gradcam"]["trusted_share"] < 1, by_method["gradcam"]
     assert all(math.isfinite(row["mean_agreement"]) for row in answer["methods"])
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
+from small_models import served_logits
 
 from attribution_workers.main import build_runtimes, make_worker
 from attribution_workers.settings import WorkerSettings
@@ -43,18 +44,19 @@ def inspected_site(
     }
     section = {"model": model, "methods": ["saliency"], "fidelity_steps": 2, "fidelity_random_orders": 1}
     worker_settings = make_worker_settings(models={"digits": {"attribution": section}})
+    images = digits_split.test.features[:2]
     events = [
         {
             "model": "digits",
             "request_id": f"img{index}",
-            "logits": [3.0 if k == index else -2.0 for k in range(10)],
+            "logits": logits.tolist(),
             "input": {
                 "shape": list(digits.INPUT_SHAPE),
                 "dtype": "float32",
                 "data": base64.b64encode(np.ascontiguousarray(image, dtype="<f4").tobytes()).decode(),
             },
         }
-        for index, image in enumerate(digits_split.test.features[:2])
+        for index, (image, logits) in enumerate(zip(images, served_logits(digits_path, images), strict=True))
     ]
     with serve_app(create_app(make_settings(sampling={"every_n": 1, "max_per_second": 10_000}))) as base:
         assert httpx.post(f"{base}/v1/events", json={"events": events}).json()["accepted"] == 2

@@ -26,6 +26,7 @@ import redis
 import torch
 from fastapi.testclient import TestClient
 from redis.asyncio import Redis as AsyncRedis
+from small_models import served_logits
 
 from attribution_workers.settings import WorkerSettings
 from cdp import Browser
@@ -127,9 +128,9 @@ def digits_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
     torch.set_num_threads(previous)
 
 
-def _image_event(index: int, image: npt.NDArray[np.float32], predicted: int, **fields: Any) -> dict[str, Any]:
-    logits = np.full(10, -2.0)
-    logits[predicted] = 3.0
+def _image_event(
+    index: int, image: npt.NDArray[np.float32], logits: npt.NDArray[np.float32], **fields: Any
+) -> dict[str, Any]:
     data = base64.b64encode(np.ascontiguousarray(image, dtype="<f4").tobytes()).decode()
     return {
         "model": "digits",
@@ -201,12 +202,13 @@ def stored_site(
     worker_settings = make_worker_settings(models={"digits": {"attribution": attribution}})
     now = time.time()
     images, labels = split.test.features, split.test.labels
+    logits = served_logits(path, images[:7])  # the model is right on these digits: it predicts their labels
     # img0's label differs from its prediction, so it also gets a map for the label's class.
     done = [
-        _image_event(i, images[i], int(labels[i]), label=int(labels[i] + (i == 0)) % 10, timestamp=now - 60 * i)
+        _image_event(i, images[i], logits[i], label=int(labels[i] + (i == 0)) % 10, timestamp=now - 60 * i)
         for i in range(6)
     ]
-    queued = _image_event(6, images[6], int(labels[6]), timestamp=now - 3600)
+    queued = _image_event(6, images[6], logits[6], timestamp=now - 3600)
     ingest = {"Authorization": "Bearer ingest-token"}
     with serve_app(create_app(settings)) as base:
         assert httpx.post(f"{base}/v1/events", json={"events": done}, headers=ingest).json()["accepted"] == 6
@@ -268,6 +270,8 @@ def test_viewer_shows_stored_explanations_in_chromium(stored_site: str, browser:
     browser.press("Enter", 13)
     browser.wait_for("document.getElementById('detail')?.dataset.state === 'ready'", "the first explanation")
     assert browser.evaluate("document.getElementById('detail-title').textContent") == "img0"
+    # The server's logits are the model's own: the worker's copy agrees on class and confidence, no banner.
+    assert browser.evaluate("document.querySelector('#detail p.mismatch')") is None
     browser.wait_for(
         "![...document.querySelectorAll('img.heatmap')].some(i => i.dataset.state === 'loading')", "maps", timeout_s=45
     )
@@ -367,7 +371,9 @@ def _save(redis_url: str, *records: ExplanationRecord) -> None:
     asyncio.run(save())
 
 
-def _done(request_id: str, agreement: float, *, model: str = "digits", age_s: float = 60) -> ExplanationRecord:
+def _done(
+    request_id: str, agreement: float, *, model: str = "digits", age_s: float = 60, confidence: float = 0.4
+) -> ExplanationRecord:
     """A finished record of two methods whose mean agreement is ``agreement`` (no verdicts stored)."""
     rng = np.random.default_rng(1)
     maps = {name: StoredAttribution.from_array(rng.normal(size=(1, 8, 8)), target=3) for name in ("saliency", "lime")}
@@ -378,11 +384,17 @@ def _done(request_id: str, agreement: float, *, model: str = "digits", age_s: fl
         status="done",
         reasons=("low_confidence",),
         predicted=3,
-        confidence=0.4,
+        confidence=confidence,
         timestamp=time.time() - age_s,
         methods=tuple(maps),
     )
     return ExplanationRecord(summary=summary, detail=ExplanationDetail(attributions=maps, agreement=agreement))
+
+
+def _checked(record: ExplanationRecord, prediction: WorkerPrediction) -> ExplanationRecord:
+    """``record`` with what the worker's own model made of its input."""
+    summary = record.summary.model_copy(update={"worker_prediction": prediction})
+    return record.model_copy(update={"summary": summary})
 
 
 def _show(browser: Browser, model_and_id: str) -> str:
@@ -413,26 +425,39 @@ def test_viewer_uses_the_verdicts_threshold_and_refuses_answers_that_are_not_the
         confidence=0.9,
         timestamp=time.time() - 30,
     )
-    skewed = _done("skewed", 0.5)
-    skewed = skewed.model_copy(
-        update={
-            "summary": skewed.summary.model_copy(
-                update={
-                    "worker_prediction": WorkerPrediction(
-                        predicted=4, probability=6.5e-10, top_probability=0.98, matches=False
-                    )
-                }
-            )
-        }
+    skewed = _checked(
+        _done("skewed", 0.5), WorkerPrediction(predicted=4, probability=6.5e-10, top_probability=0.98, matches=False)
     )
-    _save(redis_url, _done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued), skewed)
+    unsure = _checked(  # the reported class, at another confidence: other weights that agree on the class
+        _done("unsure", 0.5, confidence=0.55),
+        WorkerPrediction(
+            predicted=3,
+            probability=0.99,
+            top_probability=0.99,
+            matches=False,
+            reported_probability=0.55,
+            confidence_check="failed",
+            mismatch="confidence",
+        ),
+    )
+    _save(redis_url, _done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued), skewed, unsure)
     with serve_app(create_app(make_settings())) as base:
         browser.navigate(f"{base}/ui")
-        browser.wait_for("document.querySelectorAll('#list button.item').length === 4", "the list")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 5", "the list")
         # The worker's model disagreeing with the server's prediction is said first, with both figures.
         _show(browser, "digits/skewed")
         banner = browser.evaluate("document.querySelector('#detail .mismatch')?.textContent || ''")
         assert "predicts class 4" in banner and "reported class 3" in banner and "none of them is trusted" in banner
+        classes = browser.evaluate("[...document.querySelector('#detail .mismatch').classList]")
+        assert classes == ["banner", "banner-failed", "mismatch", "mismatch-class"], classes
+        # Same class at another confidence: a banner of its own kind, naming both probabilities.
+        _show(browser, "digits/unsure")
+        banner = browser.evaluate("document.querySelector('#detail .mismatch')?.textContent || ''")
+        assert banner.startswith("⚠ Same class, different confidence: "), banner
+        assert "reported class 3 a probability of 0.990 where the server reported 0.550" in banner, banner
+        assert "none of them is trusted" in banner, banner
+        classes = browser.evaluate("[...document.querySelector('#detail .mismatch').classList]")
+        assert classes == ["banner", "banner-failed", "mismatch", "mismatch-confidence"], classes
         _show(browser, "digits/between")
         assert browser.evaluate("document.querySelector('#detail .mismatch')") is None
         # One rule on one screen: the verdicts' threshold (0.2), not a second one of the viewer's own.
