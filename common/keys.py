@@ -252,7 +252,7 @@ monitor every lease round; a field counts while its monitor is a live member of 
 
 
 def drift_lost(model: str) -> str:
-    """JSON of the drift baseline Redis lost for a model (``monitors.fleet.drift_state.LostBaseline``): written by a
+    """JSON of the drift baseline Redis lost for a model (``monitors.fleet.drift_started.LostBaseline``): written by a
     monitor that saw Redis lose its data when no monitor kept that baseline to store back; read by every owner,
     deleted once the model has a reference or a calibrated state again."""
     return f"{PREFIX}:drift-lost:{model}"

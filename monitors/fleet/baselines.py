@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 
 from common import keys
 from common.redis import execute, text
-from monitors.fleet.drift_state import UPLOAD, WARMUP, WARMUP_VERSION, DriftStates, Kept, LostBaseline
+from monitors.fleet.drift_started import UPLOAD, WARMUP, WARMUP_VERSION, Kept, LostBaseline
+from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases
 
 log = logging.getLogger(__name__)

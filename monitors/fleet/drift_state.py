@@ -26,155 +26,41 @@ what it kept (only where Redis holds neither a state nor a reference, so nothing
 and marks the baselines nobody kept as lost (``vai:drift-lost:{model}``): an owner then waits for an
 uploaded reference again instead of warming up on today's traffic (``reference_lost`` on ``/drift``),
 or, for a warm-up reference, collects a new one saying so.
+
+What a start answers, and what is kept or marked lost, is in :mod:`monitors.fleet.drift_started`; the writes
+(state, restore, lost mark) are in :mod:`monitors.fleet.drift_store`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from common import keys
-from common.redis import execute, queue_script, text
+from common.redis import execute, text
 from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
-from monitors.drift.monitor import DriftMonitor, Phase
+from monitors.drift.monitor import DriftMonitor
 from monitors.drift.states import MonitorState
-from monitors.drift.warmup import WarmupMark
-from monitors.fleet.carried import StoredVerdicts
+from monitors.fleet.drift_started import WARMUP_VERSION, Kept, LostBaseline, Started
+from monitors.fleet.drift_store import DriftStore
 from monitors.fleet.lease import Leases
-from monitors.fleet.references import ReferenceStore, StoredReference, reference_fields
+from monitors.fleet.references import ReferenceStore
 from monitors.fleet.warmup_store import WarmupStore
 
 log = logging.getLogger(__name__)
-
-WARMUP_VERSION = "warmup-"
-"""Prefix of the version of a state calibrated on a warm-up (``reference_events`` events of traffic)."""
-WARMUP = "warmup"
-"""The ``reference_source`` of a monitor whose reference is (or will be) a warm-up."""
-UPLOAD = "upload:"
-"""Prefix of the ``reference_source`` of a monitor calibrated (or calibrating) on an uploaded reference."""
-
-_NEITHER = """
-for i = 1, 3 do if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end end
-"""
-_RESTORE = (
-    _NEITHER
-    + """
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2])
-if #ARGV > 3 then redis.call('HSET', KEYS[3], unpack(ARGV, 4)) end
-redis.call('SADD', KEYS[4], ARGV[3])
-redis.call('DEL', KEYS[5])
-return 1
-"""
-)
-"""Store back a state, its version and its reference (``ARGV[4..]``: field, value, ...), only where Redis holds none
-of the three: what an owner stored meanwhile is newer."""
-_MARK_LOST = (
-    _NEITHER
-    + """
-return redis.call('SET', KEYS[4], ARGV[1], 'NX') and 1 or 0
-"""
-)
-
-
-class LostBaseline(BaseModel):
-    """A model's drift baseline that Redis lost and no live monitor kept (``keys.drift_lost``)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    v: Literal[1] = 1
-    source: str
-    """``upload:<id>`` or ``warmup``: what the model's drift monitor was calibrated (or calibrating) on."""
-    at: float
-    """When a monitor found Redis had lost its data (epoch seconds)."""
-
-    @property
-    def uploaded(self) -> bool:
-        return self.source.startswith(UPLOAD)
-
-    def note(self, model: str) -> str:
-        """What ``/drift`` says of it."""
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))
-        lost = f"Redis lost its data (restarted empty or flushed; noticed {when}), and no live monitor had kept "
-        if self.uploaded:
-            return (
-                f"{lost}the uploaded reference {self.source.removeprefix(UPLOAD)} of this model and its calibration: "
-                f"drift is not watched until a reference is uploaded again (PUT /v1/models/{model}/reference)"
-            )
-        return (
-            f"{lost}the warm-up reference of this model and its calibration: a new warm-up on current traffic "
-            "becomes the reference (if the model may have drifted meanwhile, upload a reference instead)"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Kept:
-    """A calibrated drift monitor of a model this process no longer owns, with what it was calibrated on."""
-
-    monitor: DriftMonitor
-    version: str
-    reference: StoredReference | None
-    """The uploaded reference (``None`` for a warm-up: its rows are in the state)."""
-
-
-@dataclass(slots=True)
-class Started:
-    monitor: DriftMonitor
-    built_from: str | None
-    """Reference id the monitor calibrates (or was calibrated) on; ``None`` for a warm-up."""
-    stored: bool
-    """Whether its calibrated state is already in Redis."""
-    resumed: WarmupMark | None = None
-    """What of its warm-up is in Redis already: the stored warm-up it resumed."""
-    reference: StoredReference | None = None
-    """The uploaded reference it was built from, once read (kept to store back should Redis lose it)."""
-    foreign: str | None = None
-    """Why it runs the settings stored with the state rather than this process's (``None``: it runs ours)."""
-    rows: int | None = None
-    """Rows of the reference, when known (for :meth:`DriftStates.keeps_stored`)."""
-    dims: int | None = None
-    """Width of the uploaded reference's embeddings, when known."""
-    lost: LostBaseline | None = None
-    """The baseline Redis lost, until the model has a stored state again."""
-
-    @property
-    def watching(self) -> bool:
-        """Whether the monitor takes the model's records: not while its uploaded reference is lost."""
-        return self.lost is None or not self.lost.uploaded or self.built_from is not None
-
-    @property
-    def source(self) -> str:
-        """``upload:<id>``, or ``warmup``; the lost reference's while waiting for it."""
-        if not self.watching and self.lost is not None:
-            return self.lost.source
-        if self.built_from is None or self.built_from.startswith(WARMUP_VERSION):
-            return WARMUP
-        return f"{UPLOAD}{self.built_from}"
-
-    def kept(self) -> Kept | None:
-        """What to keep of it when the model is given up: a stored calibration (and its reference, once read)."""
-        if not self.stored or self.built_from is None or self.monitor.phase is not Phase.MONITORING:
-            return None
-        if self.reference is None and not self.built_from.startswith(WARMUP_VERSION):
-            return None  # its reference not read yet: it could not be stored back whole
-        return Kept(self.monitor, self.built_from, self.reference)
 
 
 class DriftStates:
     def __init__(self, redis: Redis, leases: Leases, *, config: DriftConfig, metrics: DriftMetrics) -> None:
         self._redis = redis
-        self._leases = leases
         self._config = config
         self._metrics = metrics
         self.references = ReferenceStore(redis)
+        self._store = DriftStore(redis, leases)
         self.warmups = WarmupStore(redis, leases)
         self.fleet: tuple[DriftConfig, ...] = ()
         """The drift settings of the live monitors, as the last lease round read them."""
@@ -223,44 +109,17 @@ class DriftStates:
         return Started(self._fresh(model), None, stored=False)
 
     async def store(self, model: str, started: Started) -> bool:
-        """Share a calibrated state, if this process still owns the model; with it, in the same call, an empty record
-        of its verdicts (``monitors.fleet.carried``): verdicts of the state it replaces are never carried over."""
-        version = started.built_from or f"{WARMUP_VERSION}{uuid.uuid4().hex}"
-        state = started.monitor.export_state().model_dump_json()
-        verdicts = StoredVerdicts(calibration=version, owner=self._leases.owner, updated_at=time.time())
-        written = await self._leases.set_if_owner(
-            model,
-            {
-                keys.drift_state(model): state,
-                keys.drift_version(model): version,
-                keys.drift_verdicts(model): verdicts.model_dump_json(),
-            },
-        )
-        if written:
-            started.built_from, started.stored, started.foreign, started.lost = version, True, None, None
-            await self._redis.delete(keys.drift_lost(model))
-            log.info("drift monitor of %s calibrated; state stored (%s)", model, version)
-        return written
+        """Share a calibrated state, if this process still owns the model (:meth:`DriftStore.store
+        <monitors.fleet.drift_store.DriftStore.store>`)."""
+        return await self._store.store(model, started)
 
     async def restore(self, model: str, kept: Kept) -> bool:
         """Store ``kept`` back (state, version and reference) if Redis holds none of them; whether it did."""
-        state = await asyncio.to_thread(lambda: kept.monitor.export_state().model_dump_json())  # off the lease loop
-        fields = [] if kept.reference is None else [p for f in reference_fields(kept.reference).items() for p in f]
-        names = [keys.drift_state(model), keys.drift_version(model), keys.drift_reference(model)]
-        written = await self._eval(
-            _RESTORE, [*names, keys.MONITORED_MODELS, keys.drift_lost(model)], [state, kept.version, model, *fields]
-        )
-        return bool(written)
+        return await self._store.restore(model, kept)
 
     async def mark_lost(self, model: str, lost: LostBaseline) -> bool:
         """Say that ``model``'s baseline is lost, unless Redis holds a state or a reference of it (or says so)."""
-        names = [
-            keys.drift_state(model),
-            keys.drift_version(model),
-            keys.drift_reference(model),
-            keys.drift_lost(model),
-        ]
-        return bool(await self._eval(_MARK_LOST, names, [lost.model_dump_json()]))
+        return await self._store.mark_lost(model, lost)
 
     def keeps_stored(self, config: DriftConfig, rows: int | None, dims: int | None) -> str | None:
         """Why a state calibrated with ``config`` (not ours) on a reference of ``rows`` (``dims``-d for an upload)
@@ -349,12 +208,6 @@ class DriftStates:
         if self._config.steady_steps_per_ert is not None:
             return self._config  # nothing depends on the reference
         return None if rows is None else self._config.resolved(rows)
-
-    async def _eval(self, script: str, names: list[str], args: list[bytes | str | int]) -> int:
-        pipe = self._redis.pipeline(transaction=False)
-        queue_script(pipe, script, names, args)
-        (answer,) = await execute(pipe)
-        return int(answer)
 
 
 def _lost(body: str | None) -> LostBaseline | None:

@@ -19,7 +19,7 @@ from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
 from monitors.fleet.carried import StoredVerdicts
 from monitors.fleet.context import OwnerContext
-from monitors.fleet.drift_state import Kept, Started
+from monitors.fleet.drift_started import Kept, Started
 from monitors.fleet.labelled import LabelledFeed
 from monitors.fleet.owned_drift import OwnedDrift
 from monitors.fleet.owned_feed import OwnedFeed

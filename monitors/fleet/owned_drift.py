@@ -10,7 +10,7 @@ from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
 from monitors.fleet.carried import CarriedVerdicts, load
 from monitors.fleet.context import OwnerContext
-from monitors.fleet.drift_state import UPLOAD, Kept, Started
+from monitors.fleet.drift_started import UPLOAD, Kept, Started
 from monitors.fleet.warmup_store import WarmupCopy
 
 log = logging.getLogger(__name__)

@@ -4,13 +4,14 @@ Computed once per model by its owning monitor (never on a sidecar's request path
 the lease in the same Lua call. A projection is computed only while some sidecar was asked for it in the
 last :data:`~monitors.fleet.views.WANTED_TTL_S` seconds, and recomputed only when the reference, the
 production sample or the labels changed. PCA runs in a thread, UMAP in the :class:`ProjectionPool` process.
+The histograms are computed in :mod:`monitors.fleet.distributions`; the reference the views compare with is held
+by :mod:`monitors.fleet.view_reference`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 
 import numpy as np
@@ -19,18 +20,19 @@ from redis.asyncio import Redis
 
 from common import keys
 from monitors.feed import MonitoringRecord
+from monitors.fleet.distributions import distributions_from_pairs
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.projection import PcaFrame, ProjectionPool, Unprojectable
 from monitors.fleet.projection_body import Chosen, Finite, Header, Placed, projection_json, stacked
-from monitors.fleet.projection_sample import ReferenceSample, Seen, StoredTraffic, ViewSamples, score_arrays
+from monitors.fleet.projection_sample import ReferenceSample, Seen, ViewSamples
 from monitors.fleet.references import ReferenceStore
 from monitors.fleet.results import DriftStatus
 from monitors.fleet.settings import MonitorSettings
-from monitors.fleet.views import Distributions, Histogram, HistoryPoint, ProjectionStatus
+from monitors.fleet.view_reference import ViewReference
+from monitors.fleet.views import HistoryPoint, ProjectionStatus
 
 log = logging.getLogger(__name__)
-BINS = 20
 _STATUS_FIELD, _DONE = "status", "done"
 """The explanation hash's status field and its finished value (``common.keys.explanation``; written by the
 sampler's store, which this package may not import)."""
@@ -63,7 +65,6 @@ class ModelViews:
         self.model = model
         self._redis = redis
         self._leases = leases
-        self._references = references
         self._pool = pool
         self._settings = settings
         self._metrics = metrics
@@ -73,7 +74,9 @@ class ModelViews:
             distribution_events=settings.distribution_events,
             traffic_rows=settings.drift.reference_events,
         )
-        self._reference: ReferenceSample | None = None
+        self._reference = ViewReference(
+            model, redis=redis, leases=leases, references=references, settings=settings, samples=self.samples
+        )
         self._pca: tuple[str, PcaFrame] | None = None
         self._done: dict[str, tuple[object, ...]] = {}
         self._errors: dict[str, str] = {}
@@ -83,8 +86,6 @@ class ModelViews:
         self._history_at = 0.0
         self._append = redis.register_script(_APPEND_IF_OWNER)
         self._done_flags = redis.register_script(_DONE_FLAGS)
-        self._adoption_tried = False
-        self._shared_traffic_id: str | None = None
 
     # --- intake (event loop, O(1)) -----------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class ModelViews:
             await self._publish_status()
             return
         pairs = list(self.samples.scores)  # copied on the loop, where the deque grows; numpy in the thread
-        result = await asyncio.to_thread(_distributions, self.model, pairs, reference, self._leases.owner)
+        result = await asyncio.to_thread(distributions_from_pairs, self.model, pairs, reference, self._leases.owner)
         await self._leases.set_if_owner(
             self.model,
             {keys.distributions(self.model): result.model_dump_json(), **self._status_value()},
@@ -220,45 +221,9 @@ class ModelViews:
     # --- shared ----------------------------------------------------------------------------------------
 
     async def reference(self) -> ReferenceSample | None:
-        """The uploaded reference (re-read when its id changes), else the traffic standing in for one: adopted
-        from the previous owner if it shared one, else the first traffic this owner saw (then shared)."""
-        latest = await self._references.latest_id(self.model)
-        if latest is None:
-            return await self._traffic_reference()
-        if self._reference is None or self._reference.id != latest:
-            stored = await self._references.get(self.model)
-            if stored is None:
-                return await self._traffic_reference()
-            self._reference = await asyncio.to_thread(
-                ReferenceSample.of,
-                stored,
-                max_rows=self._settings.projection_max_reference,
-                seed=self._settings.projection_seed,
-            )
-        return self._reference
-
-    async def _traffic_reference(self) -> ReferenceSample | None:
-        if not self._adoption_tried:
-            body = await self._redis.get(keys.projection_traffic_reference(self.model))
-            self._adoption_tried = True  # only once Redis answered: a failed read is tried again next refresh
-            if body is not None:
-                await self._adopt(body)
-        sample = self.samples.traffic_reference(self._leases.owner)
-        if sample is not None and sample.id != self._shared_traffic_id:
-            body = await asyncio.to_thread(lambda: StoredTraffic.of(sample).model_dump_json())
-            if await self._leases.set_if_owner(self.model, {keys.projection_traffic_reference(self.model): body}):
-                self._shared_traffic_id = sample.id
-        return sample
-
-    async def _adopt(self, body: bytes | str) -> None:
-        try:
-            sample = await asyncio.to_thread(lambda: StoredTraffic.model_validate_json(body).sample())
-        except ValueError as error:  # pydantic's ValidationError included: another release's record
-            log.warning("ignoring the unreadable traffic reference of %s: %s", self.model, error)
-            return
-        self.samples.adopt(sample)
-        self._shared_traffic_id = sample.id
-        log.info("projection reference of %s adopted from its previous owner (%s)", self.model, sample.id)
+        """The reference the views compare with (:meth:`ViewReference.get
+        <monitors.fleet.view_reference.ViewReference.get>`)."""
+        return await self._reference.get()
 
     def _status_value(self) -> dict[str, str | bytes]:
         status = ProjectionStatus(
@@ -292,61 +257,3 @@ def _flat(model: str, reference: ReferenceSample) -> str:
         "every reference point is drawn at (0, 0) and production along the embedding's first two dimensions, "
         f"directions that mean nothing. Upload a reference with varied embeddings (PUT /v1/models/{model}/reference)."
     )
-
-
-def distributions_of(
-    model: str,
-    confidence: npt.NDArray[np.float64],
-    margin: npt.NDArray[np.float64],
-    reference: ReferenceSample | None,
-    *,
-    owner: str = "",
-) -> Distributions:
-    """Confidence histograms on fixed edges [0, 1]; margin edges from 0 to the 99th percentile of both samples,
-    rounded up to a whole number."""
-    reference_confidence = None if reference is None else reference.confidence
-    reference_margin = None if reference is None else reference.margin
-    confidence_edges = decimal_edges(1, BINS)
-    pooled = [m for m in (margin, reference_margin) if m is not None and len(m)]
-    top = float(np.quantile(np.concatenate(pooled), 0.99)) if pooled else 1.0
-    margin_edges = decimal_edges(max(1, math.ceil(top)), BINS)
-    return Distributions(
-        model=model,
-        updated_at=time.time(),
-        production_count=len(confidence),
-        reference_count=0 if reference_confidence is None else len(reference_confidence),
-        confidence=_histogram(confidence_edges, confidence, reference_confidence),
-        margin=_histogram(margin_edges, margin, reference_margin),
-        owner=owner,
-    )
-
-
-def decimal_edges(top: int, bins: int) -> npt.NDArray[np.float64]:
-    """``bins + 1`` equal-width edges from 0 to ``top``, each the float nearest its decimal value (``k * top /
-    bins``, one rounding): 0.7, where ``linspace`` gives 0.7000000000000001 and so put a confidence of exactly
-    0.7, common among rounded probabilities, in the bin below."""
-    return np.arange(bins + 1, dtype=np.float64) * top / bins
-
-
-def bin_counts(edges: npt.NDArray[np.float64], values: npt.NDArray[np.float64]) -> tuple[int, ...]:
-    """Counts of ``values`` in ``[edges[k], edges[k + 1])``, the last bin closed; values beyond an end count in
-    the bin at that end. By comparison with the edges themselves, so a value equal to an edge opens its bin."""
-    index = np.searchsorted(edges, values, side="right") - 1
-    return tuple(int(c) for c in np.bincount(np.clip(index, 0, len(edges) - 2), minlength=len(edges) - 1))
-
-
-def _histogram(
-    edges: npt.NDArray[np.float64], production: npt.NDArray[np.float64], reference: npt.NDArray[np.float64] | None
-) -> Histogram:
-    return Histogram(
-        edges=tuple(float(e) for e in edges),
-        production=bin_counts(edges, production),
-        reference=None if reference is None else bin_counts(edges, reference),
-    )
-
-
-def _distributions(
-    model: str, pairs: list[tuple[float, float]], reference: ReferenceSample | None, owner: str
-) -> Distributions:
-    confidence, margin = score_arrays(pairs)
-    return distributions_of(model, confidence, margin, reference, owner=owner)

@@ -56,7 +56,7 @@ def test_leases_stay_with_their_owners_while_redis_is_full(
             return owners if counted and len(owners) == 2 and first.owned and second.owned else None
 
         owners = wait_until(shared, timeout_s=20, what="each monitor to count both and own one model")
-        with caplog.at_level(logging.WARNING, logger="monitors.fleet.process"):
+        with caplog.at_level(logging.WARNING, logger="monitors.fleet.lease_round"):
             fill(full)
             renewed = {model: 0 for model in owners}
             last = {model: full.pttl(keys.monitor_lease(model)) for model in owners}

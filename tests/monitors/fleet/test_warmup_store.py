@@ -22,7 +22,8 @@ from monitors.drift.config import DriftConfig
 from monitors.drift.metrics import DriftMetrics
 from monitors.drift.monitor import DriftMonitor
 from monitors.feed import ENTRY_FIELD, MonitoringRecord
-from monitors.fleet.drift_state import DriftStates, Started
+from monitors.fleet.drift_started import Started
+from monitors.fleet.drift_state import DriftStates
 from monitors.fleet.lease import Leases
 from monitors.fleet.process import MonitorProcess
 from monitors.fleet.references import ReferenceStore, reference_from_arrays

@@ -6,8 +6,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from monitors.fleet.distributions import BINS, distributions_of
 from monitors.fleet.projection_sample import ReferenceSample
-from monitors.fleet.projection_views import BINS, distributions_of
 
 
 def on_every_edge(top: int) -> npt.NDArray[np.float64]:
