@@ -2,22 +2,25 @@
 
     .venv/bin/python -m benchmarks.drift_ert [--data digits|sentences] [--corpus small|large] [--reference N]
         [--max-reference N] [--pca-share S] [--pca-components N|none] [--steady-steps-per-ert N] [--cache-dir DIR]
-        [--seeds 10] [--streams 200] [--sequential] [--before] [--random-split]
+        [--seeds 10] [--streams 200] [--sequential] [--before] [--random-split] [--ert 1000]
+        [--repeat-share S] [--repeat-inputs K] [--distinct-reference]
 
 For each seed (``DriftConfig(seed=s)``: the PCA rows, the detector's rows, the spare rows and the torch draws) the
 monitor is calibrated as deployed (default config: ERT 1000, window 50, 10,000 bootstrap samples; online detector
-only; ``--max-reference``, ``--pca-share``, ``--pca-components`` and ``--steady-steps-per-ert`` set those
-settings; without the last, ``steady_steps_per_ert`` is automatic as deployed: 1,000 from a reference of 5,000
-rows, else 0, printed per seed) and the script prints the last threshold, the run length of clean streams (the
-clean traffic replayed in shuffled passes, capped at 6 x ERT): its mean, which the ERT is, estimated as events
-observed / alarms (the maximum-likelihood mean of a geometric run length censored at the cap; at 6 x ERT a
-geometric run is capped 0.25% of the time), its median and the share alarming within 800 events (a geometric run
-length of mean 1000 has median 693 and alarms within 800 with probability 0.55, so a median within 25% of the ERT
-is not what a calibrated detector gives), and the median detection delay on each shift (one window of clean events
-first, trials alarming in it left out). ``--sequential`` also calibrates the same seed with
-``steady_steps_per_ert=0`` (every threshold from the ``10 x ERT`` bootstrap runs; the same split and draws
-otherwise). ``--before`` also calibrates the same detector rows the way alibi-detect does (each bootstrap sample
-re-splits them; the kept reference is one more random split).
+only; ``--ert`` sets the ERT, and with it the bootstrap samples, the cap and the early mark; ``--max-reference``,
+``--pca-share``, ``--pca-components`` and ``--steady-steps-per-ert`` set those settings; without the last,
+``steady_steps_per_ert`` is automatic as deployed: 1,000 from a reference of 5,000 rows, else 0, printed per seed)
+and the script prints the last threshold, the run length of clean streams (the clean traffic replayed in shuffled
+passes, capped at 6 x ERT): its mean, which the ERT is, estimated as events observed / alarms (the
+maximum-likelihood mean of a geometric run length censored at the cap; at 6 x ERT a geometric run is capped 0.25%
+of the time), its median and the share alarming within 0.8 x ERT events (a geometric run length of mean 1000 has
+median 693 and alarms within 800 with probability 0.55, so a median within 25% of the ERT is not what a calibrated
+detector gives); the share of the clean streams' events above their threshold (the detector is not reset after an
+alarm, so an alarm lasts while the window holds what set it off: a few times 1/ERT on clean traffic); and the
+median detection delay on each shift (one window of clean events first, trials alarming in it left out).
+``--sequential`` also calibrates the same seed with ``steady_steps_per_ert=0`` (every threshold from the
+``10 x ERT`` bootstrap runs; the same split and draws otherwise). ``--before`` also calibrates the same detector
+rows the way alibi-detect does (each bootstrap sample re-splits them; the kept reference is one more random split).
 
 Digits (default): the demo's CNN, trained without a held-out third of its training side; the reference
 is that held-out third (449 images, as ``vai-sidecar demo`` uploads it) and the clean traffic the test
@@ -41,6 +44,14 @@ sentences and a pool of 20,549), for references of ~10,000 rows: at ``--referenc
 calibration draws its windows from 7,450 rows (the 1,715 kept, 735 held out and the spare), and the clean
 streams replay 12,549 sentences.
 
+``--repeat-share S``: traffic that repeats inputs (a blank request, a cached query). ``--repeat-inputs K``
+(default 1) embeddings of the clean traffic, drawn once with a fixed seed, are the repeated inputs; the
+monitor's reference gets copies of them appended (K equal shares) until they are a share S of its rows,
+its own rows all kept, and each event of every stream (clean, and clean and shifted in the delay trials) is
+one of them with probability S. ``--distinct-reference`` calibrates on one row per distinct embedding of
+that reference (``steady_steps_per_ert`` still resolved on all its rows): what the online detector took
+before it kept copies (the same rows and draws, so the same thresholds).
+
 Run lengths are computed from the kernel matrix of the pool of rows at once
 (the statistic of every window of a stream from cumulative sums), not event by
 event; the first seed checks it against ``OnlineDriftDetector.scores``.
@@ -53,7 +64,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if not __package__:
@@ -78,7 +89,8 @@ from monitors.drift.reference import Reference
 from monitors.drift.states import OnlineState
 
 CAP_PER_ERT = 6
-EARLY = 800
+EARLY_PER_ERT = 0.8
+REPEATS_SEED = 7
 SHIFTS: tuple[tuple[str, tuple[Corruption, ...]], ...] = (("mixed", CORRUPTIONS), ("blur", ("blur",)))
 
 
@@ -104,6 +116,52 @@ class Data:
     traffic: NDArray[np.float32]
     shifts: tuple[tuple[str, NDArray[np.float32]], ...]
     described: str
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """Repeated inputs: pool rows ``[offset, offset + count)``, each event one of them with probability ``share``."""
+
+    offset: int
+    count: int
+    share: float
+
+    def into(self, rng: np.random.Generator, rows: NDArray[np.intp]) -> NDArray[np.intp]:
+        """``rows`` with each replaced, with probability ``share``, by one of the repeated inputs."""
+        if self.share <= 0:
+            return rows
+        copies = rng.random(len(rows)) < self.share
+        which = self.offset + rng.integers(0, self.count, len(rows))
+        return np.where(copies, which, rows)
+
+
+NO_REPEATS = Repeats(offset=0, count=1, share=0.0)
+
+
+def repeated_inputs(data: Data, count: int) -> NDArray[np.float32]:
+    """``count`` embeddings of the clean traffic that traffic and reference repeat (the same for every seed)."""
+    chosen = np.random.default_rng(REPEATS_SEED).choice(len(data.traffic), size=count, replace=False)
+    return np.ascontiguousarray(data.traffic[chosen])
+
+
+def with_copies(reference: Reference, repeated: NDArray[np.float32], share: float) -> Reference:
+    """``reference`` with copies of ``repeated`` (equal shares) appended until they are ``share`` of its rows,
+    shuffled with a fixed seed: a reference collected from traffic repeats an input as often as traffic does."""
+    if share <= 0:
+        return reference
+    copies = round(share / (1 - share) * len(reference))
+    which = np.arange(copies) % len(repeated)
+    embeddings = reference.embeddings
+    if embeddings is None:
+        raise SystemExit("the reference has no embeddings")
+    n = len(reference) + copies
+    order = np.random.default_rng(REPEATS_SEED).permutation(n)
+    return Reference(
+        predicted=np.concatenate([reference.predicted, np.zeros(copies, np.int64)])[order],
+        confidence=np.concatenate([reference.confidence, np.full(copies, 0.97)])[order],
+        embeddings=np.concatenate([embeddings, repeated[which]])[order],
+        has_outputs=reference.has_outputs,
+    )
 
 
 def digits_data(cache_dir: Path | None) -> Data:
@@ -195,17 +253,26 @@ class Pool:
         statistic: NDArray[np.float64] = self.k_xx_sum + 2 * pairs / (w * (w - 1)) - 2 * (means[t + w] - means[t]) / w
         return statistic
 
-    def first_alarm(self, rows: NDArray[np.intp]) -> int | None:
+    def above(self, rows: NDArray[np.intp]) -> NDArray[np.bool_]:
+        """Whether the statistic after each event of the stream is above its threshold."""
         steps = np.minimum(np.arange(1, len(rows) + 1), self.window - 1)
-        hits = np.nonzero(self.scores(rows) > self.thresholds[steps])[0]
+        above: NDArray[np.bool_] = self.scores(rows) > self.thresholds[steps]
+        return above
+
+    def first_alarm(self, rows: NDArray[np.intp]) -> int | None:
+        hits = np.nonzero(self.above(rows))[0]
         return int(hits[0]) + 1 if hits.size else None
 
 
-def deployed(data: Data, config: DriftConfig) -> tuple[Pca | None, Split, float, int]:
+def deployed(data: Data, config: DriftConfig, *, distinct: bool = False) -> tuple[Pca | None, Split, float, int]:
     """PCA, the online detector's split and thresholds, the calibration's seconds, and the steady steps per ERT
-    it used (``steady_steps_per_ert`` resolved on the reference)."""
+    it used (``steady_steps_per_ert`` resolved on the reference); ``distinct``: calibrated on one row per distinct
+    embedding of the reference, the settings resolved on all its rows."""
+    reference = data.reference
+    if distinct:
+        config, reference = config.resolved(len(reference)), reference.rows(reference.distinct_rows())
     monitor = DriftMonitor(
-        model=data.name, config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=data.reference
+        model=data.name, config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
     )
     started = time.perf_counter()
     monitor.calibrate()
@@ -242,11 +309,19 @@ def alibi_style(after: Split, config: DriftConfig, seed: int) -> tuple[Split, fl
     return split, took
 
 
-def run_lengths(pool: Pool, size: int, *, streams: int, cap: int) -> NDArray[np.int64]:
-    """First alarm of each clean stream; ``cap + 1`` for a stream without one (censored)."""
+def run_lengths(
+    pool: Pool, size: int, *, streams: int, cap: int, repeats: Repeats = NO_REPEATS
+) -> tuple[NDArray[np.int64], float]:
+    """First alarm of each clean stream (``cap + 1`` for a stream without one: censored), and the share of the
+    streams' events above their threshold (the detector not reset after an alarm)."""
     rng = np.random.default_rng(1)
-    found = [pool.first_alarm(passes(rng, cap, size)) for _ in range(streams)]
-    return np.array([cap + 1 if f is None else f for f in found])
+    found, above = [], 0
+    for _ in range(streams):
+        above_threshold = pool.above(repeats.into(rng, passes(rng, cap, size)))
+        hits = np.nonzero(above_threshold)[0]
+        found.append(int(hits[0]) + 1 if hits.size else None)
+        above += int(above_threshold.sum())
+    return np.array([cap + 1 if f is None else f for f in found]), above / (streams * cap)
 
 
 def censored_mean(lengths: NDArray[np.int64], cap: int) -> float:
@@ -255,12 +330,13 @@ def censored_mean(lengths: NDArray[np.int64], cap: int) -> float:
     return float(np.minimum(lengths, cap).sum() / alarms) if alarms else float("inf")
 
 
-def delay(pool: Pool, size: int, shifted: tuple[int, int], *, trials: int = 20) -> float:
+def delay(pool: Pool, size: int, shifted: tuple[int, int], *, trials: int = 20, repeats: Repeats = NO_REPEATS) -> float:
     """Median events after the shift (pool rows ``[offset, offset + count)``) until the alarm (a miss: infinite)."""
     (offset, count), w, delays = shifted, pool.window, []
     for trial in range(trials):
         rng = np.random.default_rng(1000 + trial)
         rows = np.concatenate([rng.permutation(size)[:w], offset + np.concatenate([rng.permutation(count)] * 2)])
+        rows = repeats.into(rng, rows)
         first = pool.first_alarm(rows)
         if first is not None and first <= w:
             continue
@@ -273,24 +349,44 @@ Summary = dict[str, list[tuple[float, float]]]
 
 
 def report(
-    label: str, split: Split, rows: NDArray[np.float32], data: Data, args: argparse.Namespace, summary: Summary
+    label: str,
+    split: Split,
+    rows: NDArray[np.float32],
+    data: Data,
+    args: argparse.Namespace,
+    summary: Summary,
+    repeats: Repeats = NO_REPEATS,
 ) -> str:
     """One seed's line for ``label``; its mean and median run also go into ``summary``."""
-    config, size = DriftConfig(), len(data.traffic)
-    cap = CAP_PER_ERT * config.ert
+    config, size = DriftConfig(ert=args.ert), len(data.traffic)
+    cap, early = CAP_PER_ERT * config.ert, round(EARLY_PER_ERT * config.ert)
     pool = Pool(split, rows, config.window_size)
-    lengths = run_lengths(pool, size, streams=args.streams, cap=cap)
+    lengths, above = run_lengths(pool, size, streams=args.streams, cap=cap, repeats=repeats)
     counts = [len(x) for _, x in data.shifts]
     offsets = np.cumsum([size, *counts[:-1]])
-    delays = [delay(pool, size, (int(offset), count)) for offset, count in zip(offsets, counts, strict=True)]
+    delays = [
+        delay(pool, size, (int(offset), count), repeats=repeats) for offset, count in zip(offsets, counts, strict=True)
+    ]
     mean, median = censored_mean(lengths, cap), float(np.median(np.minimum(lengths, cap)))
     summary.setdefault(label, []).append((mean, median))
+    copies = int(np.sum(_copies_in(split, rows, repeats)))
     return (
-        f"{label:10s} kept {len(split.ref_inds):4d}  threshold {split.thresholds[-1]:.5f}  "
-        f"mean run {mean:5.0f}  median run {median:5.0f}  within {EARLY}: {np.mean(lengths <= EARLY):4.0%}  "
-        f"capped {np.mean(lengths > cap):4.0%}  "
+        f"{label:10s} kept {len(split.ref_inds):4d} ({copies} copies)  threshold {split.thresholds[-1]:.5f}  "
+        f"mean run {mean:5.0f}  median run {median:5.0f}  within {early}: {np.mean(lengths <= early):4.0%}  "
+        f"capped {np.mean(lengths > cap):4.0%}  events above {above:6.2%}  "
         + "  ".join(f"delay {name} {d:4.0f}" for (name, _), d in zip(data.shifts, delays, strict=True))
     )
+
+
+def _copies_in(split: Split, rows: NDArray[np.float32], repeats: Repeats) -> NDArray[np.bool_]:
+    """Which kept reference rows are copies of a repeated input (none without repeats)."""
+    kept = split.reference[split.ref_inds]
+    if repeats.share <= 0:
+        return np.zeros(len(kept), dtype=bool)
+    repeated = rows[repeats.offset : repeats.offset + repeats.count]
+    # Projected in other batches than the stored rows: equal up to rounding.
+    found: NDArray[np.bool_] = (np.abs(kept[:, None, :] - repeated[None, :, :]).max(2) < 1e-4).any(1)
+    return found
 
 
 def summarise(summary: Summary, ert: int) -> None:
@@ -340,6 +436,19 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200, help="clean streams per seed")
     parser.add_argument("--before", action="store_true", help="also calibrate as alibi-detect does (re-split)")
     parser.add_argument("--sequential", action="store_true", help="also with steady_steps_per_ert=0")
+    parser.add_argument("--ert", type=int, default=1000, help="DriftConfig.ert (default 1000)")
+    parser.add_argument(
+        "--repeat-share",
+        type=float,
+        default=0.0,
+        help="share of the reference's rows and of every stream's events that are copies of repeated inputs",
+    )
+    parser.add_argument("--repeat-inputs", type=int, default=1, help="how many inputs repeat (default 1)")
+    parser.add_argument(
+        "--distinct-reference",
+        action="store_true",
+        help="calibrate on one row per distinct embedding of the reference (the online detector before it kept copies)",
+    )
     parser.add_argument(
         "--random-split",
         action="store_true",
@@ -349,10 +458,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+    if not 0 <= args.repeat_share < 1:
+        raise SystemExit("--repeat-share must be in [0, 1)")
     data_of = _data_source(args)
     first = data_of(0)
-    cap = CAP_PER_ERT * DriftConfig().ert
-    print(f"ERT 1000, window 50; {args.streams} clean streams per seed of {first.described}, capped at {cap}")
+    cap = CAP_PER_ERT * args.ert
+    print(
+        f"ERT {args.ert}, window {DriftConfig().window_size}; {args.streams} clean streams per seed of "
+        f"{first.described}, capped at {cap}"
+        + (
+            f"; {args.repeat_share:.0%} of reference rows and events copies of {args.repeat_inputs} input(s)"
+            + (", the reference deduplicated" if args.distinct_reference else "")
+            if args.repeat_share
+            else ""
+        )
+    )
     settings = {
         "max_reference": args.max_reference,
         "pca_share": args.pca_share,
@@ -363,24 +483,34 @@ def main() -> None:
         overrides["pca_components"] = args.pca_components
     summary: Summary = {}
     for seed in range(args.seeds):
-        config = DriftConfig(seed=seed, window_tests=False, **overrides)
+        config = DriftConfig(seed=seed, window_tests=False, ert=args.ert, **overrides)
         data = first if seed == 0 else data_of(seed)
-        pca, after, took, steady = deployed(data, config)
-        rows = np.concatenate([data.traffic, *(x for _, x in data.shifts)])
+        repeated = repeated_inputs(data, args.repeat_inputs)
+        data = replace(data, reference=with_copies(data.reference, repeated, args.repeat_share))
+        pca, after, took, steady = deployed(data, config, distinct=args.distinct_reference)
+        rows = np.concatenate([data.traffic, *(x for _, x in data.shifts), repeated])
         rows = rows if pca is None else pca.transform(rows)
+        repeats = Repeats(offset=len(rows) - len(repeated), count=len(repeated), share=args.repeat_share)
         if seed == 0:
-            check(after, rows[:300])
-        print(f"seed {seed}: calibration {took:.1f} s, steady_steps_per_ert {steady}", flush=True)
-        print("  " + report("deployed", after, rows, data, args, summary), flush=True)
+            check(after, rows[repeats.into(np.random.default_rng(2), np.arange(300))])
+        print(
+            f"seed {seed}: calibration {took:.1f} s, steady_steps_per_ert {steady}, reference "
+            f"{len(data.reference)} rows ({len(data.reference.distinct_rows())} distinct)",
+            flush=True,
+        )
+        print("  " + report("deployed", after, rows, data, args, summary, repeats), flush=True)
         if args.sequential:
-            _, sequential, took, _ = deployed(data, config.model_copy(update={"steady_steps_per_ert": 0}))
+            _, sequential, took, _ = deployed(
+                data, config.model_copy(update={"steady_steps_per_ert": 0}), distinct=args.distinct_reference
+            )
             if not np.array_equal(sequential.ref_inds, after.ref_inds):
                 raise SystemExit("the sequential calibration kept other rows than the deployed one")
-            print(f"  {report('sequential', sequential, rows, data, args, summary)}  ({took:.1f} s)", flush=True)
+            line = report("sequential", sequential, rows, data, args, summary, repeats)
+            print(f"  {line}  ({took:.1f} s)", flush=True)
         if args.before:
-            before, took = alibi_style(after, DriftConfig(), seed)
-            print(f"  {report('before', before, rows, data, args, summary)}  ({took:.1f} s)", flush=True)
-    summarise(summary, DriftConfig().ert)
+            before, took = alibi_style(after, DriftConfig(ert=args.ert), seed)
+            print(f"  {report('before', before, rows, data, args, summary, repeats)}  ({took:.1f} s)", flush=True)
+    summarise(summary, args.ert)
 
 
 def _data_source(args: argparse.Namespace) -> Callable[[int], Data]:
@@ -408,7 +538,7 @@ def check(split: Split, rows: NDArray[np.float32]) -> None:
 def state_of(split: Split) -> OnlineState:
     return OnlineState(
         method="mmd",
-        ert=1000,
+        ert=1000,  # scoring does not read it
         window_size=len(split.init_test_inds),
         n_bootstraps=10000,
         reference=EncodedArray.of(split.reference),

@@ -31,8 +31,9 @@ class DriftConfig(BaseModel):
     reference_events: int = Field(default=AUTO_STEADY_MIN_REFERENCE, ge=2)
     """Events collected as the reference when none is given (the ``warming_up`` phase).
 
-    When PCA applies, ``pca_share`` of them fit it; of the rest, ``max_reference`` are the multivariate
-    detectors' reference and the others only help calibrate the online detector. The default, 5,000, is the
+    When PCA applies, it takes ``pca_share`` of them (fitting on the distinct ones); of the rest, repeated
+    embeddings included, ``max_reference`` are the multivariate detectors' reference and the others only help
+    calibrate the online detector. The default, 5,000, is the
     size from which the online detector's run length holds per calibration, not only on average: on sentence
     embeddings every one of 10 (and of 20) calibration seeds within 25% of the ERT, against 7 of 10 at 2,000,
     the default until 2026-11-30 (README, Benchmarks). Lower it for a model with little traffic (the monitor
@@ -48,7 +49,9 @@ class DriftConfig(BaseModel):
     pca_components: int | None = Field(default=32, ge=1)
     """Embedding dimensions kept by PCA before the multivariate detectors; ``None`` keeps them all."""
     pca_share: float = Field(default=PCA_SHARE, gt=0.0, lt=1.0)
-    """Share of the reference rows that fit PCA (when it applies). No detector or calibration uses them:
+    """Share of the reference rows PCA takes (when it applies): that share of the distinct rows, which fit it, and
+    of the copies of an embedding, which are dropped, so the rows left repeat an input as often as the reference
+    does. No detector or calibration uses them:
     rows a projection was fitted on spread more along its axes than new rows do (~10% more variance
     with 1,000 of 384-d sentence embeddings), which reads as drift. A quarter (its other rows calibrate as
     spare rows), with ``steady_steps_per_ert``, narrowed the per-seed spread of run lengths on sentence
@@ -141,8 +144,8 @@ class DriftConfig(BaseModel):
         return self.model_copy(update={"steady_steps_per_ert": self.steady_steps_for(reference_rows)})
 
     def pca_rows(self, reference_rows: int) -> int:
-        """Rows of a reference of ``reference_rows`` that fit PCA: ``pca_share`` of them rounded down (a half is
-        ``reference_rows // 2``, as before the setting existed), at least 2, 1 left over."""
+        """Rows of a reference of ``reference_rows`` distinct rows that fit PCA: ``pca_share`` of them rounded down
+        (a half is ``reference_rows // 2``, as before the setting existed), at least 2, 1 left over."""
         return min(max(int(self.pca_share * reference_rows), 2), reference_rows - 1)
 
     @property
@@ -167,7 +170,14 @@ class DriftConfig(BaseModel):
         online detector's :attr:`least_reference` once PCA has taken its ``pca_share`` (when it applies, above
         ``pca_components`` dimensions), 2 without an online detector. A sidecar refuses a smaller upload at once
         instead of the monitor failing to calibrate it later; a warm-up is checked when it calibrates. ``width`` 0
-        (no PCA at any setting) gives what every width needs, the start-up check's bound."""
+        (no PCA at any setting) gives what every width needs, the start-up check's bound.
+
+        Copies of an embedding count once, though the MMD detector takes them (as traffic brings them): PCA fits on
+        distinct rows, LSDD needs distinct rows, and the bound asks the reference's variety, not its copies, to fill
+        the detector's reference: a warm-up of 5,000 health-check pings and a dozen real requests has the rows but
+        is no sample of traffic to calibrate on. So the bound stays one count of distinct rows, which a sidecar
+        counts in an upload, exact (one distinct row fewer leaves the online detector and window tests out,
+        whatever the copies) and enough (the rows PCA does not fit on then hold :attr:`least_reference` rows)."""
         if self.online_detector == "none":
             return 2
         least = self.least_reference

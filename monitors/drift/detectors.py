@@ -1,11 +1,12 @@
 """Building a model's drift detectors: from a reference (calibration) or from a stored state (adoption).
 
-Reference rows: the output tests and ``embedding_distance`` take every row. When PCA applies, ``pca_share`` of the
-distinct rows fit it and nothing else; of the distinct rows left, ``max_reference`` are the online detector's
-reference and the others (at most ``SPARE_PER_REFERENCE_ROW`` per reference row) are spare rows that only the online
-MMD detector's calibration sees; the window tests take ``max_reference`` of every row PCA did not fit on, repeated
-embeddings as often as they came (:func:`_reduced_rows`). alibi-detect is imported only for the online detector
-and the window tests.
+Reference rows: the output tests and ``embedding_distance`` take every row. When PCA applies, it takes
+``pca_share`` of the rows: that share of the distinct rows, which fit it and nothing else, and as large a share of
+the copies of an embedding, which nothing uses (:func:`_unfitted`). Of the rows left, repeated embeddings as often as
+they came (traffic repeats them as often), ``max_reference`` are the reference of the online MMD detector and of the
+window tests, and the others (at most ``SPARE_PER_REFERENCE_ROW`` per reference row) are spare rows that only the
+online MMD detector's calibration sees; the online LSDD detector takes ``max_reference`` rows, one per distinct
+embedding (:func:`_reduced_rows`). alibi-detect is imported only for the online detector and the window tests.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class Detectors:
 
     @property
     def online_rows(self) -> int | None:
-        """Reference rows the online detector compares each event's window against (one per distinct embedding, PCA's
-        share, the ``max_reference`` subsample and, for MMD, the rows held out to calibrate it); ``None`` without
-        one."""
+        """Reference rows the online detector compares each event's window against (after PCA's share, the
+        ``max_reference`` subsample and, for MMD, the rows held out to calibrate it; repeated embeddings as often as
+        they came, for LSDD one per distinct embedding); ``None`` without one."""
         if self.config.online_detector == "none" or not self.reduced:
             return None
         from monitors.drift.online import OnlineDriftDetector  # loaded already: these detectors were built with it
@@ -74,8 +75,9 @@ def build(
     """The detectors of ``reference``, calibrated with ``config`` resolved on it; ``generator`` seeds the online
     detector's calibration draws.
 
-    Every detector takes every row, repeated embeddings included, but the online detector, which takes one row per
-    distinct embedding (:func:`_reduced_rows`). A detector the reference cannot calibrate is left out and
+    The output tests and ``embedding_distance`` take every row, the online MMD detector and the window tests every
+    row PCA leaves, repeated embeddings included, and PCA and the online LSDD detector one row per distinct embedding
+    (:func:`_reduced_rows`). A detector the reference cannot calibrate is left out and
     :attr:`Detectors.off` says why, so that it cannot take the others with it: embeddings with too few distinct
     rows (:func:`_too_few_distinct`) leave the output tests and ``embedding_distance``."""
     rng = np.random.default_rng(config.seed)
@@ -136,9 +138,9 @@ class _Rows:
 
     pca: Pca | None
     online: NDArray[np.float32]
-    """One row per distinct embedding."""
+    """MMD: the same rows as ``window``; LSDD: one row per distinct embedding."""
     spare: NDArray[np.float32] | None
-    """More distinct rows that only calibrate the online detector."""
+    """More rows, copies included, that only calibrate the online MMD detector."""
     window: NDArray[np.float32]
     """Every row, repeated embeddings as often as they came."""
 
@@ -146,39 +148,63 @@ class _Rows:
 def _reduced_rows(
     reference: Reference, distinct: NDArray[np.intp], config: DriftConfig, rng: np.random.Generator
 ) -> _Rows:
-    """PCA fits on ``pca_share`` of the distinct rows; the online detector takes ``max_reference`` of the distinct
-    rows left (:meth:`Reference.subsample`) and spare ones, as before repeated rows were kept for the others
-    (same draws, same thresholds); the window tests take ``max_reference`` of every row PCA did not fit on.
+    """PCA takes ``pca_share`` of the rows (:func:`_unfitted`); of the rest, repeated embeddings as often as they
+    came, the online MMD detector and the window tests take ``max_reference`` (:meth:`Reference.subsample`) and the
+    online MMD detector's calibration up to ``SPARE_PER_REFERENCE_ROW`` times as many of the rows left as spare rows;
+    LSDD takes ``max_reference`` of the distinct rows PCA did not fit on. On a reference without repeated embeddings
+    every draw is as it was when every detector took distinct rows: same rows, same thresholds.
 
-    The online detector refuses repeated rows (``online._checked_reference``; its calibration draws windows of
-    distinct rows and :meth:`DriftConfig.least_rows`, which sidecars check uploads against, counts distinct ones).
-    Where traffic repeats an embedding the online detector's reference holds it once, so it can still read the
-    repeats as drift. The window tests take the copies of an embedding PCA fitted on one copy of: those are rows
-    PCA did not see, and traffic brings the same point as often."""
-    ref = reference.rows(distinct)
-    pca, detector_ref, fitted = None, ref, np.empty(0, dtype=np.intp)
-    if config.pca_components is not None and int(_embeddings(ref).shape[1]) > config.pca_components:
+    Traffic repeats an input (a blank request, a cached query) as often as the reference collected from it did, so
+    a detector that held it once read its copies as drift: windows of traffic with 30% copies of one input hold more
+    identical pairs than the online MMD detector's calibration windows, drawn from distinct rows, ever did. LSDD
+    keeps to distinct rows: its kernel centres are reference rows (``online._checked_reference``)."""
+    pca, unfitted, fitted = None, np.arange(len(reference), dtype=np.intp), np.empty(0, dtype=np.intp)
+    if config.pca_components is not None and int(_embeddings(reference).shape[1]) > config.pca_components:
+        ref = reference.rows(distinct)
         # Axes fitted on the rows the detectors compare against overstate the reference's spread along
         # them (sample-eigenvalue bias) and read as drift on clean data, so PCA gets disjoint rows.
-        pca_part, rest = ref.split_index(config.pca_rows(len(ref)), rng)
+        pca_part, _ = ref.split_index(config.pca_rows(len(ref)), rng)
         pca = Pca.fit(_embeddings(ref.rows(pca_part)), n_components=config.pca_components)
-        detector_ref, fitted = ref.rows(rest), distinct[pca_part]
-    kept, left = detector_ref.subsample(config.max_reference, rng)
-    online = _embeddings(kept)
+        fitted = distinct[pca_part]
+        unfitted = _unfitted(len(reference), distinct, fitted, rng)
+    kept, left = reference.rows(unfitted).subsample(config.max_reference, rng)
+    window = _embeddings(kept)
     spare = None if left is None else _embeddings(left.subsample(SPARE_PER_REFERENCE_ROW * len(kept), rng)[0])
-    window = online
-    if len(reference) - len(fitted) > len(detector_ref):  # repeated embeddings: the window tests take every copy
-        unfitted = np.setdiff1d(np.arange(len(reference), dtype=np.intp), fitted)
-        window = _embeddings(reference.rows(unfitted).subsample(config.max_reference, rng)[0])
+    online = window
+    if config.online_detector == "lsdd" and len(reference) > len(distinct):  # repeated embeddings: LSDD takes one
+        online = _embeddings(reference.rows(np.setdiff1d(distinct, fitted)).subsample(config.max_reference, rng)[0])
     if pca is None:
         return _Rows(pca=None, online=online, spare=spare, window=window)
-    reduced = pca.transform(online)
+    reduced = pca.transform(window)
     return _Rows(
         pca=pca,
-        online=reduced,
+        online=reduced if online is window else pca.transform(online),
         spare=None if spare is None else pca.transform(spare),
-        window=reduced if window is online else pca.transform(window),
+        window=reduced,
     )
+
+
+def _unfitted(
+    rows: int, distinct: NDArray[np.intp], fitted: NDArray[np.intp], rng: np.random.Generator
+) -> NDArray[np.intp]:
+    """The rows PCA leaves, in order: the distinct rows it did not fit on (``distinct`` less ``fitted``) and, of the
+    other ``rows`` (later copies of an embedding), as large a share, at random; PCA takes the rest of the copies
+    and drops them (a copy adds nothing to its fit).
+
+    So a repeated input is as frequent among the rows left as in the reference (in expectation; the first copy of
+    each embedding is the distinct row). Left every copy PCA did not fit on, the detectors held it more often: PCA
+    fitting on half the distinct rows, a reference with 30% copies of one input left them 46% copies, more identical
+    pairs than traffic brings (the window tests alarmed on every clean window, the online detector's runs at ERT 100
+    on clean digits traffic were 34-43 events). Copies of an embedding PCA fitted on may be left: those are rows PCA
+    did not see, and traffic brings the same point as often. Without copies nothing is drawn: the same draws as
+    before copies were kept."""
+    left = np.setdiff1d(distinct, fitted)
+    copies = np.setdiff1d(np.arange(rows, dtype=np.intp), distinct)
+    if not copies.size:
+        return left
+    share = len(left) / len(distinct)
+    chosen = rng.choice(copies.size, size=round(share * copies.size), replace=False)
+    return np.sort(np.concatenate([left, copies[chosen]]))
 
 
 def _too_few_distinct(rows: int, distinct: int, width: int, config: DriftConfig) -> str | None:

@@ -90,6 +90,9 @@ def held_out_mmd_thresholds(
     keep (the detector's held-out rows and any spare reference rows: every index of ``k_xx`` is a row).
     Each bootstrap sample is such a run: the ``W`` initial rows followed by ``W - 1`` distinct rows
     drawn from the kept and held-out rows together, scored against the kept rows less those drawn.
+    Distinct rows are distinct indices: rows may hold equal embeddings (a reference repeats an input as
+    traffic does), and two copies in a window are a pair with kernel 1, as in the deployed statistic,
+    which leaves out each row's pair with itself by position; only an index's own pair is zeroed here.
     Drawing from the held-out rows alone would take their own sampling error for the kept reference's
     (a few hundred rows are far too few: single calibrations were off by 3x either way); drawing from
     both shrinks that error in proportion (in a mean-shift picture, to the error of the kept rows'
@@ -163,7 +166,8 @@ def _chunks(total: int) -> list[int]:
 
 
 def _draw_runs(count: int, pool_size: int, window_size: int, generator: torch.Generator | None) -> torch.Tensor:
-    """``count`` runs of pool rows: the initial window ``[0, W)``, then ``W - 1`` distinct rows of the rest."""
+    """``count`` runs of pool rows: the initial window ``[0, W)``, then ``W - 1`` distinct rows (indices) of the
+    rest."""
     draws = (
         torch.rand(count, pool_size - window_size, generator=generator).argsort(1)[:, : window_size - 1] + window_size
     )
@@ -188,9 +192,10 @@ def steady_threshold(
     stationary stream is ``1 / ERT``, i.e. ``S_t > h`` at a step whose previous ``W - 1`` statistics
     were ``<= h`` (windows further back share no row with ``S_t``), counted per step whose previous
     ``W - 1`` were ``<= h``. The stream replays the kept and held-out rows (pool rows ``[W, n)``) in
-    shuffled blocks, no row twice within a window, each window scored against the kept rows it does
-    not hold; one step costs ``O(W)`` kernel look-ups, so ``1000 x ERT`` steps (~1,000 alarms,
-    Monte-Carlo error of the hazard ~3%) cost less than the ``10 x ERT`` sequential runs.
+    shuffled blocks, no row (index) twice within a window, though copies of an embedding at other
+    indices come together as traffic brings them, each window scored against the kept rows it does not
+    hold; one step costs ``O(W)`` kernel look-ups, so ``1000 x ERT`` steps (~1,000 alarms, Monte-Carlo
+    error of the hazard ~3%) cost less than the ``10 x ERT`` sequential runs.
     """
     z = _stream(k_pool.shape[0], window_size, n_steps, generator)
     segments = (z[start : start + STREAM_CHUNK + window_size - 1] for start in range(0, n_steps + 1, STREAM_CHUNK))

@@ -140,7 +140,7 @@ class DriftMonitor:
 
     @property
     def reference_rows(self) -> int | None:
-        """Rows of the reference as handed over (uploaded, or collected in the warm-up), before deduplication;
+        """Rows of the reference as handed over (uploaded, or collected in the warm-up), every row, copies included;
         ``None`` while warming up, and for a monitor rebuilt from a stored state whose size was not given."""
         with self._lock:
             return self._adopted_rows if self._reference is None else len(self._reference)
@@ -221,8 +221,8 @@ class DriftMonitor:
                 raise RuntimeError(f"model {self._model}: nothing to calibrate in phase {self._phase_locked().value}")
             self._calibrating, self._error, reference = True, None, self._reference
         try:
-            # Resolved on the rows as handed over (uploaded or collected), before deduplication and the PCA split:
-            # what an owner adopting the stored state can count again (``DriftStates.start``).
+            # Resolved on the rows as handed over (uploaded or collected), copies included, before the PCA split: what
+            # an owner adopting the stored state can count again (``DriftStates.start``).
             config = self._config.resolved(len(reference))
             # Seeded bootstrap: the same reference gives the same thresholds on every replica and rerun. The MMD
             # calibration draws from a generator of its own, so other models calibrating (or window tests

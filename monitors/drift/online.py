@@ -25,6 +25,17 @@ calibrated and restored detectors share it exactly. Scoring goes through
 ``score`` plus ``get_threshold``, never ``predict``, whose ``test_stats`` and
 ``drift_preds`` histories grow by one element per event, re-copied each time,
 for the life of the detector.
+
+The MMD detector's reference may hold copies of a row: traffic repeats inputs (a blank request, a cached
+query), and a reference collected from it repeats them as often. Kept, held-out and spare rows are then drawn
+with their copies, so the calibration's null windows repeat an input at the reference's rate, as clean traffic
+does. The unbiased statistic leaves out each row's pair with itself by position, not by value, so two copies
+are a pair of identical embeddings (kernel 1) in the calibration as in the deployed detector. With one row per
+distinct embedding, a clean window of traffic in which 30% of events were one input held far more identical
+pairs than any calibration window, and the detector alarmed far more often than its ERT allows. The bandwidth
+is taken over distinct rows (:func:`median_sigma`). LSDD still needs distinct rows: it takes ``2 x window`` of
+them as kernel centres, and copies among them make alibi-detect jitter the centres with an unseeded draw that
+the state does not keep.
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ class OnlineDriftDetector:
         (:func:`monitors.drift.mmd_thresholds.steady_threshold`); 0 keeps the bootstrap's.
         ``spare`` (MMD; LSDD ignores it): more undrifted rows, of the reference's width, that the
         detector does not keep, only calibrates on, as it does on its held-out rows.
+        ``reference`` (MMD) may hold copies of a row (see the module's docstring); LSDD refuses them.
         ``generator`` (MMD): the calibration's random draws, so that calibrations running at once in
         several threads cannot change each other's (torch's global generator when ``None``; LSDD always
         draws from it, inside alibi-detect).
@@ -78,7 +90,7 @@ class OnlineDriftDetector:
         The detector returned is rebuilt from the exported state, so a detector
         restored elsewhere from that state scores every event bit for bit alike.
         """
-        x = _checked_reference(reference, window_size)
+        x = _checked_reference(reference, window_size, method)
         sigma = median_sigma(x if method == "mmd" else standardise(x))
         kwargs = _backend_kwargs(
             x, ert=ert, window_size=window_size, n_bootstraps=n_bootstraps, sigma=sigma, device=device
@@ -171,17 +183,32 @@ class OnlineDriftDetector:
 
 
 def median_sigma(x: NDArray[np.float32]) -> float:
-    """Median heuristic bandwidth: ``sqrt(median pairwise squared distance / 2)``, as alibi-detect infers it."""
-    data = x.astype(np.float64)
+    """Median heuristic bandwidth over the distinct rows of ``x``: ``sqrt(median pairwise squared distance / 2)``,
+    as alibi-detect infers it from rows without copies.
+
+    Copies are left out: a reference drawn from traffic that repeats an input (a blank request, a cached query)
+    holds it as often, and its identical pairs (distance 0) would pull the median down with the input's share,
+    to 0 once over half the pairs are identical, though the spread of the embeddings is the same. The kernel is a
+    choice, not an estimate (any bandwidth gives a valid test when the calibration uses it too), so it is set by
+    the embeddings the reference holds, not by how often traffic repeats one; rows without copies give the
+    bandwidth they always gave, bit for bit. The bandwidth is stored in the state (``OnlineState.sigma``), so a
+    restored detector, including one calibrated before copies were kept, uses the one it was calibrated with."""
+    data = _distinct(x).astype(np.float64)
     norms = np.sum(data * data, axis=1)
     squared = norms[:, None] + norms[None, :] - 2.0 * data @ data.T
     upper = squared[np.triu_indices(len(data), k=1)]
-    sigma = float(np.sqrt(max(float(np.median(upper)), 0.0) / 2.0))
+    sigma = float(np.sqrt(max(float(np.median(upper)), 0.0) / 2.0)) if upper.size else 0.0
     if sigma <= 0.0:
         raise ValueError(
             "reference rows are (nearly) all identical: a kernel bandwidth cannot be set; collect a varied reference"
         )
     return float(np.float32(sigma))
+
+
+def _distinct(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The rows of ``x`` with copies left out, first copies in their order (``x`` itself when it has none)."""
+    _, first = np.unique(x, axis=0, return_index=True)
+    return x if len(first) == len(x) else x[np.sort(first)]
 
 
 def standardise(x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -191,12 +218,15 @@ def standardise(x: NDArray[np.float32]) -> NDArray[np.float32]:
     return scaled
 
 
-def _checked_reference(reference: NDArray[np.float32], window_size: int) -> NDArray[np.float32]:
+def _checked_reference(reference: NDArray[np.float32], window_size: int, method: OnlineMethod) -> NDArray[np.float32]:
     x = np.ascontiguousarray(reference, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"reference must be a (n, d) matrix, got shape {x.shape}")
-    if len(np.unique(x, axis=0)) != len(x):
-        raise ValueError("reference has duplicate rows: deduplicate it (Reference.prepare does)")
+    if method == "lsdd" and len(np.unique(x, axis=0)) != len(x):
+        raise ValueError(
+            "reference has duplicate rows: LSDD takes its kernel centres from the reference and needs distinct rows "
+            "(detectors._reduced_rows gives it one per distinct embedding)"
+        )
     if len(x) < 4 * window_size + 1:
         raise ValueError(f"reference has {len(x)} rows; window_size={window_size} needs at least {4 * window_size + 1}")
     return x

@@ -40,21 +40,27 @@ class Reference:
     def distinct_rows(self) -> NDArray[np.intp]:
         """Index of the first row of each distinct embedding, in order (every row without embeddings).
 
-        Only the online detector needs distinct rows (:mod:`monitors.drift.detectors`): the other detectors compare
-        windows in which a repeated input (a blank request, a cached query) comes as often as it came here, so they
-        take every row; a reference cut to one row per embedding read its repeats as drift in every window."""
+        Only PCA and the online LSDD detector take distinct rows, and :meth:`DriftConfig.least_rows` counts them
+        (:mod:`monitors.drift.detectors`): the other detectors compare windows in which a repeated input (a blank
+        request, a cached query) comes as often as it came here, so they take every row; a reference cut to one row
+        per embedding read its repeats as drift (the window tests in every window of 30% repeats, the online MMD
+        detector far more often than its ERT allows)."""
         if self.embeddings is None:
             return np.arange(len(self), dtype=np.intp)
         _, first = np.unique(self.embeddings, axis=0, return_index=True)
         return np.sort(first).astype(np.intp)
 
     def subsample(self, max_rows: int, rng: np.random.Generator) -> tuple[Reference, Reference | None]:
-        """A random subsample of at most ``max_rows`` rows and the rows left out (``None`` if none), order kept."""
+        """A random subsample of at most ``max_rows`` rows and the rows left out, order kept (``None`` if fewer than
+        two: a ``Reference`` holds two rows or more, and one row left out of ``max_rows + 1`` made a calibration
+        with spare rows fail, e.g. on a 2,001-row reference whose 1,001 rows after PCA's half are one more than the
+        default ``max_reference``; it is dropped)."""
         if len(self) <= max_rows:
             return self, None
         chosen = np.zeros(len(self), dtype=bool)
         chosen[rng.choice(len(self), size=max_rows, replace=False)] = True
-        return self.rows(np.flatnonzero(chosen)), self.rows(np.flatnonzero(~chosen))
+        left = np.flatnonzero(~chosen)
+        return self.rows(np.flatnonzero(chosen)), self.rows(left) if len(left) >= 2 else None
 
     def split(self, count: int, rng: np.random.Generator) -> tuple[Reference, Reference]:
         """``count`` random rows and the rest, disjoint (``count = len // 2``: two random halves)."""

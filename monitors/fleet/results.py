@@ -75,14 +75,14 @@ class DriftStatus(Result):
     warmup_needed: int | None = None
     """While ``warming_up``: records the reference takes (``VAI_DRIFT__REFERENCE_EVENTS``)."""
     reference_rows: int | None = None
-    """Rows of the reference as handed to the monitor (uploaded, or collected in the warm-up), before deduplication;
+    """Rows of the reference as handed to the monitor (uploaded, or collected in the warm-up), copies included;
     ``None`` while ``warming_up``, from an owner that adopted the stored calibration (the state does not keep the
     count), and from monitors of earlier releases."""
     online_reference_rows: int | None = None
-    """Reference rows the online detector's verdicts rest on: those it compares each window against, after
-    deduplication, PCA's share, the ``max_reference`` subsample and the rows held out to calibrate it (122 of a
-    449-row upload of the digits). ``None`` before ``monitoring``, without an online detector, and from monitors of
-    earlier releases."""
+    """Reference rows the online detector's verdicts rest on: those it compares each window against, after PCA's
+    share (copies kept; LSDD one per distinct embedding), the ``max_reference`` subsample and the rows held out to
+    calibrate it (122 of a 449-row upload of the digits). ``None`` before ``monitoring``, without an online
+    detector, and from monitors of earlier releases."""
     examined: int = 0
     """Records the detectors have examined since this owner took the model, plus, when it carried the previous
     owner's verdicts over (:attr:`carried_over`), those its predecessors had examined under the same calibration."""

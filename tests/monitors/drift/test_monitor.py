@@ -711,7 +711,8 @@ def test_a_calibration_waiting_its_turn_is_dropped_when_its_monitor_is_replaced(
 @pytest.mark.parametrize("width", [CONFIG.pca_components or 0, DIM], ids=["without-pca", "with-pca"])
 def test_least_rows_is_the_smallest_reference_that_calibrates(method: str, width: int) -> None:
     """What a sidecar refuses an upload below (``DriftConfig.least_rows``) is exactly where the online detector
-    starts to calibrate: one distinct row fewer leaves it out (saying so), and repeated rows do not count."""
+    starts to calibrate: one distinct row fewer leaves it out (saying so), and repeated rows do not count, though the
+    MMD detector takes them (as many as would fill its reference here)."""
     config = CONFIG.model_copy(update={"online_detector": method})
     least = config.least_rows(width)
     if width > (config.pca_components or 0):
@@ -724,7 +725,7 @@ def test_least_rows_is_the_smallest_reference_that_calibrates(method: str, width
         batch = events_batch(rng, rows)
         assert batch.embeddings is not None
         x = batch.embeddings[:, :width]
-        x = np.concatenate([x, x[:repeats]])  # repeated rows: the detectors see only distinct ones
+        x = np.concatenate([x, x[:repeats]])  # repeated rows: they count once
         reference = Reference(
             predicted=np.resize(batch.predicted, len(x)), confidence=np.resize(batch.confidence, len(x)), embeddings=x
         )
@@ -735,7 +736,7 @@ def test_least_rows_is_the_smallest_reference_that_calibrates(method: str, width
     enough = monitor_of(least)
     enough.calibrate()
     assert enough.online_reference_rows is not None and enough.calibration_error is None
-    fewer = monitor_of(least - 1, repeats=5)
+    fewer = monitor_of(least - 1, repeats=least)
     fewer.calibrate()  # the output tests and embedding_distance, without the online detector
     assert fewer.online_reference_rows is None
     assert fewer.calibration_error is not None and f"only {least - 1} distinct" in fewer.calibration_error

@@ -163,7 +163,7 @@ def test_update_counts_the_events_scored_and_those_above_their_threshold(calibra
 @pytest.mark.parametrize(
     ("reference", "message"),
     [
-        pytest.param(np.zeros((100, DIM), dtype=np.float32), "duplicate rows", id="duplicates"),
+        pytest.param(np.zeros((100, DIM), dtype=np.float32), "all identical", id="one-row-repeated"),
         pytest.param(np.random.default_rng(0).normal(size=(30, DIM)), "needs at least 41", id="too-small"),
     ],
 )

@@ -3,6 +3,8 @@ small references, all-zero embeddings, a model with one class; and the one decis
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -39,14 +41,23 @@ def traffic(rng: np.random.Generator, n: int, repeated: NDArray[np.float32], sha
     return DriftBatch(predicted=predicted, confidence=confidence, embeddings=x, time_s=1.0)
 
 
-def test_repeated_embeddings_are_no_drift_to_any_windowed_test() -> None:
+@pytest.mark.parametrize(
+    "pca_components", [pytest.param(None, id="no-pca"), pytest.param(8, id="pca-on-half-the-distinct-rows")]
+)
+def test_repeated_embeddings_are_no_drift_to_any_windowed_test(pca_components: int | None) -> None:
     """30% of the events one repeated input, in the reference as in the traffic: every windowed test stays near
     alpha on clean windows. With the reference cut to one row per embedding the output tests and window tests
-    alarmed on every window (the repeat's 30% read as new)."""
+    alarmed on every window (the repeat's 30% read as new); with PCA fitting on half the distinct rows and the
+    window tests given every copy it left, the repeat was 46% of their reference, and window_mmd and window_ks
+    alarmed on all 10 windows."""
     rng = np.random.default_rng(11)
     repeated = embeddings(rng, 1)[0]
     config = DriftConfig(
-        online_detector="none", reference_events=1000, window_events=WINDOW, n_permutations=50, pca_components=None
+        online_detector="none",
+        reference_events=1000,
+        window_events=WINDOW,
+        n_permutations=50,
+        pca_components=pca_components,
     )
     reference = Reference.from_batch(traffic(rng, 1000, repeated, 0.3))
     detectors = build("m", reference, config, DriftMetrics(registry=CollectorRegistry()), torch.Generator())
@@ -54,8 +65,15 @@ def test_repeated_embeddings_are_no_drift_to_any_windowed_test() -> None:
     windows = 10
     for _ in range(windows):
         window = traffic(rng, WINDOW, repeated, 0.3)
-        for detector in (*detectors.outputs, *detectors.embedded, *detectors.reduced):
-            for result in detector.update(window):
+        assert window.embeddings is not None
+        reduced = (
+            window if detectors.pca is None else replace(window, embeddings=detectors.pca.transform(window.embeddings))
+        )
+        fed = [(d, window) for d in (*detectors.outputs, *detectors.embedded)] + [
+            (d, reduced) for d in detectors.reduced
+        ]
+        for detector, batch in fed:
+            for result in detector.update(batch):
                 alarms[result.name] = alarms.get(result.name, 0) + int(result.drift)
     names = {"output_class_chi2", "output_confidence_ks", "embedding_distance", "window_mmd", "window_ks"}
     assert set(alarms) == names
@@ -158,3 +176,31 @@ def test_output_tests_decide_p_at_most_alpha() -> None:
     detector = OutputDrift.fit(predicted=predicted, confidence=confidence, window_events=200, p_value=1.0)
     results = detector.test(predicted=predicted, confidence=confidence)
     assert [(r.p_value, r.drift) for r in results] == [(1.0, True), (1.0, True)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "pca_components"),
+    [pytest.param(301, None, id="301-rows-without-pca"), pytest.param(602, 4, id="602-rows-pca-on-half")],
+)
+def test_one_row_more_than_max_reference_calibrates(rows: int, pca_components: int | None) -> None:
+    """The rows PCA leaves are ``max_reference`` + 1: the one left over is too few for spare rows and is dropped.
+    Held as a one-row reference it failed every calibration of such a reference (a 2,001-row upload of
+    768-d embeddings at the defaults), output tests included."""
+    config = DriftConfig(
+        reference_events=600,
+        max_reference=300,
+        pca_components=pca_components,
+        ert=50,
+        window_size=10,
+        n_bootstraps=500,
+        window_events=100,
+        n_permutations=50,
+    )
+    x = embeddings(np.random.default_rng(17), rows)
+    reference = Reference(predicted=np.zeros(rows, np.int64), confidence=np.full(rows, 0.9), embeddings=x)
+    monitor = DriftMonitor(
+        model="m", config=config, metrics=DriftMetrics(registry=CollectorRegistry()), reference=reference
+    )
+    monitor.calibrate()
+    assert monitor.phase is Phase.MONITORING and monitor.calibration_error is None
+    assert monitor.online_reference_rows == round(0.7 * (300 - 10))
