@@ -1,5 +1,11 @@
 """The confidences of every recent prediction, one ring per (model, version, cohort slice): behind the accuracy
-estimates (:mod:`monitors.estimates`), sliced and held as the labelled windows of :mod:`monitors.window` are."""
+estimates (:mod:`monitors.estimates`), sliced and held as the labelled windows of :mod:`monitors.window` are.
+
+A monitor that owns a model passes on its window to the next owner (:meth:`PredictionWindow.export`, then
+:meth:`PredictionWindow.restore`), and the next owner claims again the feed entries its predecessor read and never
+acknowledged. So that none of them is counted twice, the window keeps, per model, the ids of the feed entries
+whose predictions it counted and which are not acknowledged yet (:meth:`PredictionWindow.settle`), exports them
+with the rings, and does not count again a restored one delivered again."""
 
 from __future__ import annotations
 
@@ -27,6 +33,17 @@ class RecentSeries:
     cohort: str
     ages_s: NDArray[np.float64]
     confidence: NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCopy:
+    """A model's window as exported to another process (a next owner)."""
+
+    series: list[RecentSeries]
+    entries: frozenset[bytes] = frozenset()
+    """The feed entries counted in ``series`` (or counted before and since gone past the horizon or the cap) and not
+    acknowledged at the export: the next owner claims them again, and must not count them again. An entry whose
+    prediction waits for a cohort decision is not among them (nor in ``series``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +111,18 @@ class _Ring:
         return (self.start + np.arange(self.size)) % self.times.size
 
 
+class _Entries:
+    """The feed entries behind one model's rings that a next owner may be delivered again (not acknowledged)."""
+
+    def __init__(self) -> None:
+        self.counted: set[bytes] = set()
+        """In the rings (or gone from them since): counted."""
+        self.held: set[bytes] = set()
+        """Waiting for a cohort decision: counted once released."""
+        self.restored: set[bytes] = set()
+        """Counted by a previous owner, in the rings restored from it, and not delivered to this one (yet)."""
+
+
 class PredictionWindow:
     """Top-1 probabilities of every prediction the monitor examined, labelled or not: one ring per
     (model, version, cohort slice), the slices given by the same :class:`CohortGuard` as the labelled
@@ -117,18 +146,29 @@ class PredictionWindow:
         self._max_items = max_items
         self._clock = clock
         self._rings: dict[SeriesKey, _Ring] = {}
-        self._held: Holding[tuple[str, float]] = Holding(guard)
-        """(version, confidence) waiting for the fleet's decision of a cohort value."""
+        self._held: Holding[tuple[str, float, bytes | None]] = Holding(guard)
+        """(version, confidence, feed entry) waiting for the fleet's decision of a cohort value."""
+        self._entries: dict[str, _Entries] = {}
         self._lock = threading.Lock()
 
-    def append(self, model: str, version: str, cohort: Mapping[str, str], confidence: float) -> None:
+    def append(
+        self, model: str, version: str, cohort: Mapping[str, str], confidence: float, *, entry: bytes | None = None
+    ) -> None:
         """Add a prediction's confidence to its version's ring and its cohort slices (one carrying an undecided
-        cohort value waits for the decision: :meth:`release`)."""
+        cohort value waits for the decision: :meth:`release`). ``entry``: the id of the feed entry it came from,
+        remembered until :meth:`settle`; one a previous owner counted (:meth:`restore`) is not counted again."""
         slices = self._guard.slices(model, cohort)
         now = self._clock()
         with self._lock:
+            if entry is not None:
+                entries = self._entries.setdefault(model, _Entries())
+                if entry in entries.restored:  # in the rings already: now this owner's to acknowledge
+                    entries.restored.discard(entry)
+                    entries.counted.add(entry)
+                    return
+                (entries.counted if slices is not None else entries.held).add(entry)
             if slices is None:
-                self._held.hold(now, model, cohort, (version, confidence))
+                self._held.hold(now, model, cohort, (version, confidence, entry))
                 return
             for label in slices:
                 self._ring(SeriesKey(model, version, label)).append(now, confidence)
@@ -137,9 +177,31 @@ class PredictionWindow:
         """As :meth:`monitors.window.WindowStore.release`."""
         with self._lock:
             for released in self._held.release(give_up=give_up):
-                version, confidence = released.item
+                version, confidence, entry = released.item
+                entries = self._entries.get(released.model)
+                if entry is not None and entries is not None and entry in entries.held:  # not acknowledged since
+                    entries.held.discard(entry)
+                    entries.counted.add(entry)
                 for label in released.slices:
                     self._ring(SeriesKey(released.model, version, label)).insert(released.at, confidence)
+
+    def settle(self, model: str, entries: Iterable[bytes]) -> None:
+        """The feed entries acknowledged (``XACK`` answered): never delivered again, they are forgotten."""
+        with self._lock:
+            found = self._entries.get(model)
+            if found is not None:
+                done = set(entries)
+                found.counted -= done
+                found.held -= done
+                found.restored -= done
+
+    def claimed(self, model: str) -> None:
+        """A pass claiming every entry left pending in the group is over (after the last page was appended): the
+        restored entries it did not deliver had been acknowledged, and never will be; they are forgotten."""
+        with self._lock:
+            found = self._entries.get(model)
+            if found is not None:
+                found.restored.clear()
 
     def _ring(self, key: SeriesKey) -> _Ring:
         ring = self._rings.get(key)
@@ -152,24 +214,30 @@ class PredictionWindow:
             for key in [key for key in self._rings if key.model == model]:
                 del self._rings[key]
             self._held.forget(model)
+            self._entries.pop(model, None)
 
-    def export(self, model: str) -> list[RecentSeries]:
-        """``model``'s rings as :meth:`snapshots` cuts them, each prediction with its age (for a new owner:
-        :meth:`restore`)."""
+    def export(self, model: str) -> WindowCopy:
+        """``model``'s rings as :meth:`snapshots` cuts them, each prediction with its age, and the feed entries
+        counted in them and not acknowledged, read in one step (for a new owner: :meth:`restore`)."""
         now = self._clock()
         with self._lock:
             stamped = [(key, ring.stamped()) for key, ring in cut(self._rings, model, now - self._horizon_s).items()]
-        return [RecentSeries(key.version, key.cohort, now - times, conf) for key, (times, conf) in stamped]
+            found = self._entries.get(model)
+            entries = frozenset() if found is None else frozenset(found.counted | found.restored)
+        series = [RecentSeries(key.version, key.cohort, now - times, conf) for key, (times, conf) in stamped]
+        return WindowCopy(series, entries)
 
-    def restore(self, model: str, series: Iterable[RecentSeries], *, version: Callable[[str], str] = str) -> int:
+    def restore(self, model: str, copy: WindowCopy, *, version: Callable[[str], str] = str) -> int:
         """Put back rings another process exported (a previous owner's), each prediction timed its age before now,
         among what the rings hold already; those past the horizon are left out. ``version`` maps a stored version
-        label to this process's (``BoundedLabel``). Returns the predictions put back."""
+        label to this process's (``BoundedLabel``). Its feed entries delivered again are not counted again (until
+        :meth:`claimed`). Returns the predictions put back."""
         now = self._clock()
         cutoff = now - self._horizon_s
         restored = 0
         with self._lock:
-            for one in series:
+            self._entries.setdefault(model, _Entries()).restored.update(copy.entries)
+            for one in copy.series:
                 ring = self._ring(SeriesKey(model, version(one.version), one.cohort))
                 for age_s, confidence in zip(one.ages_s.tolist(), one.confidence.tolist(), strict=True):
                     if now - age_s >= cutoff:

@@ -125,10 +125,11 @@ class LabelledFeed:
         seconds, microseconds = await self._redis.time()
         now_s = seconds + microseconds / 1e6
         report, figures, recent = await asyncio.to_thread(self._measure, now_s)
-        owned = await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()})
-        if not owned:  # another monitor took the model: its series and its feed are not ours any more
+        # The window first: a next owner restores at least the predictions of every report it can see.
+        if not await self._store.save(self.model, recent):  # another monitor took the model: not ours any more
             return
-        await self._store.save(self.model, recent)
+        if not await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()}):
+            return
         if not stopping:
             self._metrics.publish_estimates(report)
             self._collector.publish(self.model, figures)
@@ -142,7 +143,6 @@ class LabelledFeed:
         ``now_s``, Redis's clock). It copies the windows and computes: run it in a worker thread, never on the event
         loop (which renews the leases)."""
         snapshots, figures = self._collector.measure(self.model)
-        recent = encode(self._recent.export(self.model), owner=self._leases.owner, at=now_s)
         report = quality_report(
             self.model,
             snapshots,
@@ -152,4 +152,7 @@ class LabelledFeed:
             min_labelled=self._settings.estimate_min_labelled,
             figures=figures,
         )
+        # After the report's snapshot, so that it holds every prediction the report counts; the rings and the feed
+        # entries counted in them and not acknowledged are read in one step (the next owner skips those).
+        recent = encode(self._recent.export(self.model), owner=self._leases.owner, at=now_s)
         return report, figures, recent

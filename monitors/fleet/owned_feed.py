@@ -5,7 +5,12 @@ An entry is acknowledged and deleted only once the detectors have examined its r
 purpose: it did not decode, the buffer dropped it, its model's detectors do not watch): until then it stays pending
 in the group, so that an owner killed with records in its buffer leaves them to the next owner's claim. Records
 collected into a warm-up reference count as examined: the warm-up has its own copy in Redis
-(:mod:`monitors.fleet.warmup_store`)."""
+(:mod:`monitors.fleet.warmup_store`).
+
+Each record read is counted at once in the window of recent predictions, with its entry's id until the entry is
+acknowledged (:meth:`~monitors.prediction_window.PredictionWindow.settle`): the window stored for the next owner
+names the entries it counted and left pending, and the next owner, having restored it before its first claim,
+examines those again without counting them again (:mod:`monitors.fleet.recent_store`)."""
 
 from __future__ import annotations
 
@@ -95,13 +100,16 @@ class OwnedFeed:
             await asyncio.sleep(0.05)  # the detectors are behind: leave the records in Redis, where lag shows
         else:
             count = min(settings.monitor_read_batch, self._buffer.room)  # never more than fits: the rest waits
+            claiming = self._claim_due()
             try:
-                self._take(await (self._claim(count) if self._claim_due() else self._read_new(count)))
+                self._take(await (self._claim(count) if claiming else self._read_new(count)))
             except ResponseError as error:
                 if "NOGROUP" not in str(error):
                     raise
                 await self.ensure_group()  # Redis came back empty
                 return
+            if claiming and self._claim_from is None:  # its last page taken: what was not delivered never will be
+                self._context.recent.claimed(self.model)
         await self.settle()
 
     async def settle(self) -> None:
@@ -153,6 +161,7 @@ class OwnedFeed:
         done = set(ids)
         self._settled = [entry_id for entry_id in self._settled if entry_id not in done]
         self._held -= done
+        self._context.recent.settle(self.model, done)
 
     def _claim_due(self) -> bool:
         """Whether to claim pending entries now: a pass is going on, or the next one is due."""
@@ -207,8 +216,12 @@ class OwnedFeed:
             )
             if self._views is not None:
                 self._views.observe(record)
-            self._context.recent.append(
-                self.model, self._versions(record.version), record.cohort, min(max(record.confidence, 0.0), 1.0)
+            self._context.recent.append(  # unless a previous owner counted it in the window this one restored
+                self.model,
+                self._versions(record.version),
+                record.cohort,
+                min(max(record.confidence, 0.0), 1.0),
+                entry=entry_id,
             )
 
 

@@ -12,6 +12,12 @@ and key at the defaults. A new owner restores it before it reads the feed, each 
 since the write (Redis's clock at both ends): the estimates are answered at once, over as many predictions as
 its predecessor's at its last report (what it examined after that report is missing). A copy that does not read
 back (another format) is ignored, logged.
+
+With the rings, read in the same step (:meth:`PredictionWindow.export`), it stores the ids of the feed entries
+counted in them and not yet acknowledged (format 2): those its predecessor read and never acknowledged, the new
+owner claims and examines again, and does not count them again; those read after the write it counts. Their
+number is bounded by what the owner holds unexamined, at most ``VAI_DRIFT_BUFFER_EVENTS`` (~20 bytes each). A
+copy of format 1 (the previous release's) has none: what it counted and left pending is counted twice.
 """
 
 from __future__ import annotations
@@ -19,17 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 from redis.asyncio import Redis
 
 from common import keys
 from common.codec import EncodedArray
 from common.redis import execute, queue_script, text
 from monitors.fleet.lease import Leases
-from monitors.prediction_window import PredictionWindow, RecentSeries
+from monitors.prediction_window import PredictionWindow, RecentSeries, WindowCopy
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +57,27 @@ class StoredSeries(BaseModel):
     """Top-1 probabilities, float64, in the same order."""
 
 
+EntryId = Annotated[str, StringConstraints(pattern=r"^[0-9]+-[0-9]+$", max_length=41)]
+"""A stream entry's id (``milliseconds-sequence``)."""
+
+
 class StoredWindow(BaseModel):
-    """A model's window of recent prediction confidences (format version 1)."""
+    """A model's window of recent prediction confidences (format version 2; version 1, without ``entries``, is
+    read as having none)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = 1
+    v: Literal[1, 2] = 2
     owner: str
     at: float
     """Redis's clock when it was written (epoch seconds)."""
     series: tuple[StoredSeries, ...] = ()
+    entries: tuple[EntryId, ...] = ()
+    """Ids of the feed entries counted in ``series`` and not acknowledged at the write, in id order (format 2)."""
 
 
-def encode(series: list[RecentSeries], *, owner: str, at: float) -> str:
-    """The JSON of ``series`` (:meth:`PredictionWindow.export`) written at ``at`` (Redis's clock)."""
+def encode(copy: WindowCopy, *, owner: str, at: float) -> str:
+    """The JSON of ``copy`` (:meth:`PredictionWindow.export`) written at ``at`` (Redis's clock)."""
     stored = tuple(
         StoredSeries(
             version=s.version,
@@ -72,13 +85,15 @@ def encode(series: list[RecentSeries], *, owner: str, at: float) -> str:
             ages_s=EncodedArray.of(np.asarray(s.ages_s, dtype=np.float32)),
             confidence=EncodedArray.of(np.asarray(s.confidence, dtype=np.float64)),
         )
-        for s in series
+        for s in copy.series
     )
-    return StoredWindow(owner=owner, at=at, series=stored).model_dump_json()
+    entries = tuple(sorted((entry.decode() for entry in copy.entries), key=_id_order))
+    return StoredWindow(owner=owner, at=at, series=stored, entries=entries).model_dump_json()
 
 
-def decode(body: str, *, now: float) -> list[RecentSeries]:
-    """The rings of a stored window, aged to ``now`` (Redis's clock); ``ValueError`` when it does not read back."""
+def decode(body: str, *, now: float) -> WindowCopy:
+    """The rings of a stored window, aged to ``now`` (Redis's clock), and its feed entries; ``ValueError`` when it
+    does not read back."""
     stored = StoredWindow.model_validate_json(body)
     elapsed = max(now - stored.at, 0.0)
     found = []
@@ -89,7 +104,12 @@ def decode(body: str, *, now: float) -> list[RecentSeries]:
         if not np.all((confidence >= 0.0) & (confidence <= 1.0)):
             raise ValueError(f"series {s.version}/{s.cohort}: confidences outside [0, 1]")
         found.append(RecentSeries(s.version, s.cohort, ages + elapsed, confidence))
-    return found
+    return WindowCopy(found, frozenset(entry.encode() for entry in stored.entries))
+
+
+def _id_order(entry: str) -> tuple[int, int]:
+    milliseconds, sequence = entry.split("-")
+    return int(milliseconds), int(sequence)
 
 
 class RecentStore:
@@ -117,10 +137,10 @@ class RecentStore:
         if body is None:
             return 0
         try:
-            series = await asyncio.to_thread(decode, text(body), now=seconds + microseconds / 1e6)
+            copy = await asyncio.to_thread(decode, text(body), now=seconds + microseconds / 1e6)
         except ValueError as error:  # pydantic's ValidationError is one
             log.warning("ignoring the stored window of recent predictions of %s: %s", model, error)
             return 0
-        restored = window.restore(model, series, version=version)
+        restored = window.restore(model, copy, version=version)
         log.info("window of recent predictions of %s restored from Redis: %d predictions", model, restored)
         return restored

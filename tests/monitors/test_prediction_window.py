@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from monitors.cohorts import CohortGuard
-from monitors.prediction_window import PredictionWindow
+from monitors.cohorts import ALL, CohortGuard
+from monitors.prediction_window import PredictionWindow, WindowCopy
 
 
 class Clock:
@@ -78,8 +78,8 @@ def test_a_window_exported_and_restored_elsewhere_keeps_each_prediction_its_age(
 
     new_clock.now = 5_000.0  # another process's clock
     new = PredictionWindow(guard=guard, horizon_s=100, clock=new_clock)
-    series = [replace(s, ages_s=s.ages_s + 10.0) for s in exported]  # restored 10 s later: the oldest is past
-    assert new.restore("m", series, version=lambda v: f"{v}!") == 3 + 2 + 1  # all: 3, eu: 2, us: 1
+    series = [replace(s, ages_s=s.ages_s + 10.0) for s in exported.series]  # restored 10 s later: the oldest is past
+    assert new.restore("m", WindowCopy(series), version=lambda v: f"{v}!") == 3 + 2 + 1  # all: 3, eu: 2, us: 1
     confidences = {(s.key.version, s.key.cohort): s.confidence.tolist() for s in new.snapshots("m")}
     assert confidences == {
         ("v1!", "all"): [0.6, 0.7, 0.8],
@@ -88,3 +88,81 @@ def test_a_window_exported_and_restored_elsewhere_keeps_each_prediction_its_age(
     }
     new_clock.now += 6  # the one restored 95 s old leaves 5 s on, not 100 s after the restore
     assert [s.confidence.tolist() for s in new.snapshots("m") if s.key.cohort == "all"] == [[0.7, 0.8]]
+
+
+def _window() -> PredictionWindow:
+    return PredictionWindow(guard=CohortGuard(keys=["region"], max_values_per_key=2, fleet=True))
+
+
+def _count(window: PredictionWindow) -> int:
+    return sum(s.confidence.size for s in window.snapshots("m") if s.key.cohort == ALL)
+
+
+def _take(window: PredictionWindow, ids: range, *, cohort: dict[str, str] | None = None) -> None:
+    """Feed entries ``ids`` read (or claimed again): each counted unless the window counted it already."""
+    for i in ids:
+        window.append("m", "v1", cohort or {}, 0.5, entry=f"{i}-0".encode())
+
+
+def _ids(ids: range) -> frozenset[bytes]:
+    return frozenset(f"{i}-0".encode() for i in ids)
+
+
+def test_a_chain_of_owners_counts_each_prediction_once() -> None:
+    """Owners killed one after the other, each claiming every entry its predecessors left unacknowledged: each
+    prediction is counted once, whether the owner stored its window before or after its claim."""
+    first = _window()
+    _take(first, range(30))
+    first.settle("m", _ids(range(10)))  # examined and acknowledged: never delivered again
+    stored = first.export("m")
+    assert (_count(first), stored.entries) == (30, _ids(range(10, 30)))
+    _take(first, range(30, 40))  # read after the window was stored
+    # The second owner restores the first's window, stores its own before its claim, then claims 10…39.
+    second = _window()
+    assert second.restore("m", stored) == 30
+    early = second.export("m")
+    assert early.entries == _ids(range(10, 30)), "not claimed yet: a third owner must not count them either"
+    _take(second, range(10, 40))
+    assert _count(second) == 40
+    second.claimed("m")
+    assert second.export("m").entries == _ids(range(10, 40)), "claimed, unacknowledged: this owner's to pass on"
+    # A third owner restores either of the second's windows and claims the same entries from the second.
+    for passed_on in (early, second.export("m")):
+        third = _window()
+        third.restore("m", passed_on)
+        _take(third, range(10, 40))
+        assert _count(third) == 40
+    # Acknowledged, the entries are forgotten; the claim over, so are the restored ones never delivered.
+    third.settle("m", _ids(range(10, 40)))
+    assert third.export("m").entries == frozenset()
+    fourth = _window()
+    fourth.restore("m", WindowCopy(early.series, early.entries | _ids(range(90, 95))))
+    fourth.claimed("m")
+    assert fourth.export("m").entries == frozenset()
+
+
+def test_a_prediction_waiting_for_a_cohort_decision_is_left_for_the_next_owner_to_count() -> None:
+    """Not in the rings at the export, an entry held for a cohort decision is not among those counted: the next owner
+    counts it. Released, it is; acknowledged while held, it is not remembered."""
+    window = _window()
+    _take(window, range(3), cohort={"region": "eu"})  # the fleet has not decided "eu" yet
+    stored = window.export("m")
+    assert (_count(window), stored.entries) == (0, frozenset())
+    window.settle("m", _ids(range(1)))
+    window.release(give_up=True)
+    assert (_count(window), window.export("m").entries) == (3, _ids(range(1, 3)))
+    successor = _window()
+    successor.restore("m", stored)
+    _take(successor, range(1, 3), cohort={"region": "eu"})
+    successor.release(give_up=True)
+    assert _count(successor) == 2
+
+
+def test_forget_drops_a_models_entries() -> None:
+    window = _window()
+    _take(window, range(3))
+    window.restore("m", WindowCopy([], _ids(range(5, 8))))
+    window.forget("m")
+    assert window.export("m") == WindowCopy([], frozenset())
+    _take(window, range(5, 8))
+    assert _count(window) == 3
