@@ -46,6 +46,23 @@ def eager_digits(digits_path: Path) -> dict[str, Any]:
     }
 
 
+CHECK_METHODS = ["saliency", "integrated_gradients"]
+"""Two quick methods, for tests of what the worker checks around the maps rather than of the maps."""
+
+
+def quick_digits_section(digits_path: Path) -> dict[str, Any]:
+    """An ``[models.digits.attribution]`` section of the scripted digits CNN with :data:`CHECK_METHODS` and the
+    fewest steps that still give every figure (deletion, agreement, convergence)."""
+    return {
+        "model": {"torchscript": str(digits_path), "input_shape": list(digits.INPUT_SHAPE), "num_classes": 10},
+        "methods": CHECK_METHODS,
+        "ig_steps": 16,
+        "fidelity_steps": 4,
+        "fidelity_random_orders": 1,
+        "inspect_layers": [],
+    }
+
+
 def served_logits(model: Path | nn.Module, inputs: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """The logits ``[N, classes]`` a server running ``model`` (a TorchScript file, or a module) returns for
     ``inputs`` ``[N, ...]``: what tests post for real inputs that a real worker explains. Made-up logits (one

@@ -12,7 +12,7 @@ import pytest
 import torch
 from numpy.typing import NDArray
 from safetensors.torch import load_file
-from small_models import sampled_digit
+from small_models import CHECK_METHODS, quick_digits_section, sampled_digit
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.prediction import worker_predictions
@@ -24,20 +24,12 @@ from sampler.contract import SampledEvent
 from sampler.explanation_records import SanityFigure
 from service.events.scores import summarise_matrix
 
-METHODS = ["saliency", "integrated_gradients"]
+METHODS = CHECK_METHODS
 DEFAULT = AttributionConfig.model_fields["prediction_confidence_tolerance"].default
 
 
 def _runtime(digits_path: Path) -> ModelRuntime:
-    section = {
-        "model": {"torchscript": str(digits_path), "input_shape": list(digits.INPUT_SHAPE), "num_classes": 10},
-        "methods": METHODS,
-        "ig_steps": 16,
-        "fidelity_steps": 4,
-        "fidelity_random_orders": 1,
-        "inspect_layers": [],
-    }
-    return ModelRuntime("digits", AttributionConfig.model_validate(section), device="cpu")
+    return ModelRuntime("digits", AttributionConfig.model_validate(quick_digits_section(digits_path)), device="cpu")
 
 
 def _explain(runtime: ModelRuntime, events: list[SampledEvent]) -> BatchResult:

@@ -12,33 +12,21 @@ import pytest
 import redis
 import torch
 from prometheus_client import CollectorRegistry
-from small_models import sampled_digit
+from small_models import CHECK_METHODS, quick_digits_section, sampled_digit
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.prediction import worker_predictions
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.settings import WorkerSettings
 from common import keys
-from demo.models import digits
 from demo.models.training import DatasetSplit
 from helpers import drain_worker, hash_field
 from sampler.contract import SampledEvent
 from sampler.explanation_records import ExplanationSummary, SanityFigure
 
-METHODS = ["saliency", "integrated_gradients"]
+METHODS = CHECK_METHODS
 Served = Callable[[Sequence[SampledEvent]], list[SampledEvent]]
 """The ``as_served`` fixture: events with the confidence the worker's own model gives."""
-
-
-def _section(digits_path: Path) -> dict[str, object]:
-    return {
-        "model": {"torchscript": str(digits_path), "input_shape": list(digits.INPUT_SHAPE), "num_classes": 10},
-        "methods": METHODS,
-        "ig_steps": 16,
-        "fidelity_steps": 4,
-        "fidelity_random_orders": 1,
-        "inspect_layers": [],
-    }
 
 
 def _rotated(split: DatasetSplit, rows: range, *, labelled: bool = False) -> list[SampledEvent]:
@@ -60,7 +48,7 @@ def test_maps_of_a_class_the_worker_s_model_does_not_predict_are_not_trusted(
 ) -> None:
     """With logits rotated by one class every map targeted the reported class, which the worker's model gave a
     probability of 6.5e-10, and read "Trusted: ... beats random deletion": the deletion curve starts near 0."""
-    runtime = ModelRuntime("digits", AttributionConfig.model_validate(_section(digits_path)), device="cpu")
+    runtime = ModelRuntime("digits", AttributionConfig.model_validate(quick_digits_section(digits_path)), device="cpu")
     passing = SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=1.0, model_digest=runtime.model.digest)
     events = _rotated(digits_split, range(8), labelled=True)
 
@@ -88,7 +76,7 @@ def test_maps_of_a_class_the_worker_s_model_does_not_predict_are_not_trusted(
 def test_agreeing_events_record_the_worker_s_prediction_and_are_judged_as_before(
     digits_path: Path, digits_split: DatasetSplit, as_served: Served
 ) -> None:
-    runtime = ModelRuntime("digits", AttributionConfig.model_validate(_section(digits_path)), device="cpu")
+    runtime = ModelRuntime("digits", AttributionConfig.model_validate(quick_digits_section(digits_path)), device="cpu")
     events = as_served(
         [
             sampled_digit(f"r{row}", digits_split.test.features[row], predicted=int(digits_split.test.labels[row]))
@@ -144,7 +132,7 @@ def test_the_worker_counts_the_events_its_model_disagrees_on_by_kind(
     """Two events of another class, one of the reported class at another confidence (the server said 0.55 where
     the worker's model gives the digit 0.99 or more), three that agree: each kind has its own counter."""
     settings = make_worker_settings(
-        models={"digits": {"attribution": _section(digits_path)}}, worker_retry_after_ms=100
+        models={"digits": {"attribution": quick_digits_section(digits_path)}}, worker_retry_after_ms=100
     )
     good = as_served(
         [
