@@ -101,8 +101,9 @@ class WorkerMetrics:
         )
         self.confidence_mismatch = Counter(
             "vai_attribution_confidence_mismatch",
-            "Explained events on which the worker's model predicted the reported class, but at another confidence "
-            "than the model server reported (its probability of the class and the server's differ by more than "
+            "Explained events on which the worker's model predicted the reported class (or one within "
+            "prediction_tie_tolerance of it), but at another confidence than the model server reported (its "
+            "probability of the class and the server's differ by more than "
             "prediction_confidence_tolerance): version skew or different weights that agree on the class. Their "
             "maps are not trusted. Not counted in vai_attribution_prediction_mismatch_total.",
             ["model"],

@@ -71,11 +71,12 @@ class Settlement:
                 await self.failed(model, stream, [delivery], error, in_hand=later)
 
     def _count_mismatches(self, model: str, result: BatchResult) -> None:
-        """Count and log the events on which the worker's model was not the server's, by kind, and say when the
-        confidence could not be compared."""
+        """Log the events on which the worker's model was not the server's, by kind, and say when the confidence
+        could not be compared. The counters count stored explanations only (:meth:`_settle_one`), as the explanation
+        lag's histogram does: the two make the share that ``VaiAttributionModelSkew`` watches, and a batch retried or
+        an explanation already stored would count on one side only."""
         total = len(result.outcomes)
         if result.prediction_mismatches:
-            self._metrics.prediction_mismatch.labels(model).inc(result.prediction_mismatches)
             log.warning(
                 "%s: the worker's model predicts another class than the server reported on %d of %d events "
                 "(version skew or different weights?); their maps are not trusted",
@@ -84,7 +85,6 @@ class Settlement:
                 total,
             )
         if result.confidence_mismatches:
-            self._metrics.confidence_mismatch.labels(model).inc(result.confidence_mismatches)
             log.warning(
                 "%s: the worker's model predicts the reported class at another confidence than the server reported "
                 "on %d of %d events (version skew or different weights?); their maps are not trusted",
@@ -178,6 +178,11 @@ class Settlement:
             if stored and offset_s is not None:
                 waited_s = time.time() + offset_s - stream_entry_time_s(delivery.entry_id)
                 self._metrics.lag.labels(model).observe(max(0.0, waited_s))
+                mismatch = None if summary.worker_prediction is None else summary.worker_prediction.mismatch
+                if mismatch == "class":
+                    self._metrics.prediction_mismatch.labels(model).inc()
+                elif mismatch == "confidence":
+                    self._metrics.confidence_mismatch.labels(model).inc()
             await self._consumer.finish(stream, delivery.entry_id)
             self.processed += 1
             return

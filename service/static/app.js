@@ -434,8 +434,10 @@
     const worker = record.worker_prediction;
     if (!worker) return null;
     if (worker.matches === false && worker.mismatch === "confidence") {
+      // Its top class may be another within prediction_tie_tolerance (a near tie the class check lets pass).
+      const kind = worker.predicted === record.predicted ? "Same class" : `Near tie (its top is class ${worker.predicted})`;
       return el("p", { class: "banner banner-failed mismatch mismatch-confidence" },
-        `⚠ Same class, different confidence: the worker's model gives the reported class ${record.predicted} a `,
+        `⚠ ${kind}, different confidence: the worker's model gives the reported class ${record.predicted} a `,
         `probability of ${number(worker.probability, 3)} where the server reported `,
         `${number(worker.reported_probability, 3)}: `,
         "version skew or other weights? The maps explain another function than the server's model, ",

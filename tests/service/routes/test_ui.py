@@ -440,10 +440,23 @@ def test_viewer_uses_the_verdicts_threshold_and_refuses_answers_that_are_not_the
             mismatch="confidence",
         ),
     )
-    _save(redis_url, _done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued), skewed, unsure)
+    tied = _checked(  # a near tie the class check lets pass (its top is class 5, 0.04 above 3), at another confidence
+        _done("tied", 0.5, confidence=0.40),
+        WorkerPrediction(
+            predicted=5,
+            probability=0.48,
+            top_probability=0.52,
+            matches=False,
+            reported_probability=0.40,
+            confidence_check="failed",
+            mismatch="confidence",
+        ),
+    )
+    records = (_done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued), skewed, unsure, tied)
+    _save(redis_url, *records)
     with serve_app(create_app(make_settings())) as base:
         browser.navigate(f"{base}/ui")
-        browser.wait_for("document.querySelectorAll('#list button.item').length === 5", "the list")
+        browser.wait_for("document.querySelectorAll('#list button.item').length === 6", "the list")
         # The worker's model disagreeing with the server's prediction is said first, with both figures.
         _show(browser, "digits/skewed")
         banner = browser.evaluate("document.querySelector('#detail .mismatch')?.textContent || ''")
@@ -458,6 +471,10 @@ def test_viewer_uses_the_verdicts_threshold_and_refuses_answers_that_are_not_the
         assert "none of them is trusted" in banner, banner
         classes = browser.evaluate("[...document.querySelector('#detail .mismatch').classList]")
         assert classes == ["banner", "banner-failed", "mismatch", "mismatch-confidence"], classes
+        # Not "same class" when the worker's top is another class within the tie tolerance.
+        _show(browser, "digits/tied")
+        banner = browser.evaluate("document.querySelector('#detail .mismatch')?.textContent || ''")
+        assert banner.startswith("⚠ Near tie (its top is class 5), different confidence: "), banner
         _show(browser, "digits/between")
         assert browser.evaluate("document.querySelector('#detail .mismatch')") is None
         # One rule on one screen: the verdicts' threshold (0.2), not a second one of the viewer's own.
