@@ -43,8 +43,12 @@ class SidecarStatusPublic(BaseModel):
     """What ``GET /status`` answers."""
 
     redis_up: bool
-    """Whether Redis answered a PING just now, within ``VAI_REDIS_TIMEOUT_S``: false as soon as the routes that need
-    Redis answer 503 (its request timeout is theirs), true again as soon as it answers."""
+    """Whether Redis answered a PING just now, within ``VAI_REDIS_TIMEOUT_S`` (the routes' request timeout): a Redis
+    down or hung shows as false at once, true again as soon as it answers. It says Redis answers, not that it
+    takes writes: a Redis refusing them (out of memory, ``maxmemory`` under ``noeviction``) still answers the PING
+    and shows as up, while the routes that write to it in the request (labels, a reference upload) answer 503 and
+    the queue writer counts the buffered records Redis refuses (``vai_feed_records_refused_total``, and
+    ``reason="redis_error"`` in ``vai_feed_records_dropped_total`` and ``vai_sample_dropped_total``)."""
     buffered_events: int
     buffered_bytes: int
     buffer_max_events: int
@@ -54,11 +58,12 @@ class SidecarStatusPublic(BaseModel):
 
 
 class RedisProbe:
-    """Whether Redis answers now, asked by ``GET /status``. The queue writer's own view of Redis lags: it learns
-    only when one of its writes or polls fails, on its longer timeout, and not at all while it has nothing to
-    write. The PING goes on a connection of its own (a request pool busy with slow reads does not read as an
-    outage), gives up after ``timeout_s`` (a hung Redis does not hang ``/status``), and the calls in flight share
-    one PING (a burst of probes is one round trip, not a queue of timeouts)."""
+    """Whether Redis answers a PING now, asked by ``GET /status``; not whether it takes writes (a Redis out of
+    memory answers a PING and refuses writes: see ``SidecarStatusPublic.redis_up``). The queue writer's own view
+    of Redis lags: it learns only when one of its writes or polls fails, on its longer timeout, and not at all
+    while it has nothing to write. The PING goes on a connection of its own (a request pool busy with slow reads
+    does not read as an outage), gives up after ``timeout_s`` (a hung Redis does not hang ``/status``), and the
+    calls in flight share one PING (a burst of probes is one round trip, not a queue of timeouts)."""
 
     def __init__(self, redis: Redis, *, timeout_s: float) -> None:
         self._redis = redis

@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import keys
 from common.errors import InvalidInput
+from common.probabilities import PROBABILITY_TOLERANCE
 from common.redis import REDIS_FAILED, execute, text
 from monitors.drift.reference import Reference
 
@@ -84,8 +85,10 @@ def reference_from_arrays(embeddings: Any, probabilities: Any) -> Reference:
         )
     if len(p) != len(x):
         raise InvalidInput(f"probabilities: {len(p)} rows for {len(x)} embeddings", field="probabilities")
-    if (p < 0).any() or (p > 1).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
-        raise InvalidInput("probabilities: every row must lie in [0, 1] and sum to 1 ± 1e-3", field="probabilities")
+    if (p < 0).any() or (p > 1).any() or not (np.abs(p.sum(axis=1) - 1.0) <= PROBABILITY_TOLERANCE).all():
+        raise InvalidInput(
+            f"probabilities: every row must lie in [0, 1] and sum to 1 ± {PROBABILITY_TOLERANCE}", field="probabilities"
+        )
     return Reference(predicted=p.argmax(axis=1).astype(np.int64), confidence=p.max(axis=1), embeddings=x)
 
 

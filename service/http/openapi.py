@@ -34,7 +34,8 @@ REDIS = 503
 """The answer of a route that needs Redis while Redis cannot answer."""
 
 _MEANINGS = {
-    400: "The body cannot be read: a Content-Length that is not a number, or a client gone before sending it all",
+    400: "The body cannot be read: the client went away before sending all of it. Malformed HTTP (a Content-Length "
+    "that is not a number, say) is refused by the HTTP server before the sidecar sees it, in plain text, not as Error",
     401: "No bearer token, or an unknown one",
     403: "The token is of a scope that may not do this",
     404: "Not found; the body names the field",

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from common.codec import DtypeName
+from common.probabilities import PROBABILITY_TOLERANCE as PROBABILITY_TOLERANCE  # importable from here too
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
 from sampler.contract import InputTensor
 from service.events.accepted import Accepted, Checked
@@ -16,11 +17,6 @@ from service.events.schemas import EventIn
 from service.events.scores import summarise_matrix
 from service.events.tensors import FLOAT32_MAX, BinaryTensor, Vector, beyond_float32, tensor_of, vector_of
 
-PROBABILITY_TOLERANCE = 1e-2
-"""How far from 1 a probability vector may sum. A server that computes its softmax in bfloat16 (common on GPUs)
-reports vectors off by up to its unit roundoff, 2**-8 ~ 0.0039 (0.0029 measured on the digits CNN, 44% of its
-vectors beyond the former 1e-3, whose events were refused); float16 stays within ~0.0004. What the check is
-for, a sigmoid per class or a softmax over another axis, sums far from 1."""
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
 _NUMBER_TYPES = (int, float)  # not bool: JSON true is no number
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000

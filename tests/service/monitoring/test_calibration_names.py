@@ -119,3 +119,41 @@ def test_before_any_report_a_known_cohort_is_empty_and_an_unknown_one_a_404(
         unknown = client.get(route, params={"cohort": "region=mars"})
         assert unknown.status_code == 404 and unknown.json()["field"] == "cohort", unknown.text
         assert "all, region=__other__, region=eu" in unknown.json()["error"]
+
+
+@pytest.fixture
+def separators_in_values(make_client: Callable[..., TestClient], redis_client: redis.Redis) -> TestClient:
+    """A sidecar slicing by ``region``, whose values ``a=b`` and ``a:b`` hold the two separators, both labelled."""
+    client = make_client(cohort_keys=("region",))
+    redis_client.sadd(keys.MONITORED_MODELS, "digits")
+    redis_client.sadd(keys.cohort_values("digits", "region"), "a=b", "a:b")
+    series = (_series("all", 20), _series("region=a=b", 20), _series("region=a:b", 20))
+    report = QualityReport(model="digits", window_s=3600.0, series=series, owner="m1", updated_at=1.0)
+    redis_client.set(keys.quality_report("digits"), report.model_dump_json())
+    return client
+
+
+@pytest.mark.parametrize(
+    ("cohort", "expected"),
+    [
+        pytest.param("region=a=b", "region=a=b", id="equals-spelling-value-with-equals"),
+        pytest.param("region:a=b", "region=a=b", id="colon-spelling-value-with-equals"),
+        pytest.param("region=a:b", "region=a:b", id="equals-spelling-value-with-colon"),
+        pytest.param("region:a:b", "region=a:b", id="colon-spelling-value-with-colon"),
+    ],
+)
+def test_both_spellings_find_a_slice_whose_value_holds_a_separator(
+    separators_in_values: TestClient, cohort: str, expected: str
+) -> None:
+    """``region:a=b`` was split at its ``=`` (key ``region:a``) and answered 404."""
+    answer = separators_in_values.get(JSON, params={"cohort": cohort})
+    assert answer.status_code == 200, answer.text
+    assert [s["cohort"] for s in answer.json()["series"]] == [expected]
+    assert separators_in_values.get(PNG, params={"cohort": cohort}).status_code == 200
+
+
+def test_text_with_both_separators_and_no_known_key_is_read_at_its_equals(separators_in_values: TestClient) -> None:
+    """Neither ``device`` nor ``device:a`` is this sidecar's key: the ``key=value`` reading names the slice."""
+    answer = separators_in_values.get(JSON, params={"cohort": "device:a=b"})
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["field"] == "cohort" and "device:a=b" in answer.json()["error"]
