@@ -48,7 +48,7 @@ class SidecarStatusPublic(BaseModel):
     takes writes: a Redis refusing them (out of memory, ``maxmemory`` under ``noeviction``) still answers the PING
     and shows as up, while the routes that write to it in the request (labels, a reference upload) answer 503 and
     the queue writer counts the buffered records Redis refuses (``vai_feed_records_refused_total``, and
-    ``reason="redis_error"`` in ``vai_feed_records_dropped_total`` and ``vai_sample_dropped_total``)."""
+    the reason ``redis_error`` of ``vai_feed_records_dropped_total`` and ``vai_sample_dropped_total``)."""
     buffered_events: int
     buffered_bytes: int
     buffer_max_events: int
