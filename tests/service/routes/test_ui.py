@@ -397,6 +397,23 @@ def _checked(record: ExplanationRecord, prediction: WorkerPrediction) -> Explana
     return record.model_copy(update={"summary": summary})
 
 
+def _confidence_mismatch(
+    request_id: str, *, reported: float, predicted: int, probability: float, top: float
+) -> ExplanationRecord:
+    """A done record of reported class 3 at ``reported`` on which the worker's model gives class 3 ``probability``
+    and its top class ``predicted`` ``top``: a confidence mismatch (the class check let it pass)."""
+    prediction = WorkerPrediction(
+        predicted=predicted,
+        probability=probability,
+        top_probability=top,
+        matches=False,
+        reported_probability=reported,
+        confidence_check="failed",
+        mismatch="confidence",
+    )
+    return _checked(_done(request_id, 0.5, confidence=reported), prediction)
+
+
 def _show(browser: Browser, model_and_id: str) -> str:
     """Open ``#model/id`` in the viewer; the detail's text once it has settled."""
     browser.evaluate(f"location.hash = {json.dumps(model_and_id)}")
@@ -428,30 +445,8 @@ def test_viewer_uses_the_verdicts_threshold_and_refuses_answers_that_are_not_the
     skewed = _checked(
         _done("skewed", 0.5), WorkerPrediction(predicted=4, probability=6.5e-10, top_probability=0.98, matches=False)
     )
-    unsure = _checked(  # the reported class, at another confidence: other weights that agree on the class
-        _done("unsure", 0.5, confidence=0.55),
-        WorkerPrediction(
-            predicted=3,
-            probability=0.99,
-            top_probability=0.99,
-            matches=False,
-            reported_probability=0.55,
-            confidence_check="failed",
-            mismatch="confidence",
-        ),
-    )
-    tied = _checked(  # a near tie the class check lets pass (its top is class 5, 0.04 above 3), at another confidence
-        _done("tied", 0.5, confidence=0.40),
-        WorkerPrediction(
-            predicted=5,
-            probability=0.48,
-            top_probability=0.52,
-            matches=False,
-            reported_probability=0.40,
-            confidence_check="failed",
-            mismatch="confidence",
-        ),
-    )
+    unsure = _confidence_mismatch("unsure", reported=0.55, predicted=3, probability=0.99, top=0.99)  # same class
+    tied = _confidence_mismatch("tied", reported=0.40, predicted=5, probability=0.48, top=0.52)  # a near tie (5 over 3)
     records = (_done("between", 0.25), _done("low", 0.1), ExplanationRecord(summary=queued), skewed, unsure, tied)
     _save(redis_url, *records)
     with serve_app(create_app(make_settings())) as base:
