@@ -30,6 +30,7 @@ class IngestBuffer:
         self._events: deque[DriftEvent] = deque(maxlen=capacity_events)
         self._skipped = skipped
         self._taken = 0
+        self._examined = 0
         self._appended = 0
         self._left = 0
         """Events that left the deque (drained or dropped): the number of the one at its head."""
@@ -45,6 +46,16 @@ class IngestBuffer:
     def taken_total(self) -> int:
         """Events handed to the detectors by :meth:`drain`."""
         return self._taken
+
+    @property
+    def examined_total(self) -> int:
+        """Events the detectors examined (:meth:`count_examined`): those taken less those the monitor skipped."""
+        return self._examined
+
+    def count_examined(self, events: int) -> None:
+        """Count ``events`` of a batch taken by :meth:`examine` as examined (called by the one thread examining)."""
+        with self._lock:
+            self._examined += events
 
     @property
     def appended_total(self) -> int:

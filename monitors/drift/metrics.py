@@ -13,7 +13,8 @@
 |   |   |   | between false alarms on clean traffic); online detectors only |
 | ``vai_embedding_distance`` | histogram | model | cosine distance of each embedding to the reference centroid |
 |   |   |   | (all-zero embeddings, which have no direction, left out) |
-| ``vai_drift_events_skipped_total`` | counter | model | events not examined (buffer full, or calibrating) |
+| ``vai_drift_events_skipped_total`` | counter | model | events not examined (buffer full, calibrating, not |
+|   |   |   | collected into a warm-up, or a batch the detectors failed on) |
 | ``vai_drift_embeddings_skipped_total`` | counter | model, reason | events examined without their embedding: |
 |   |   |   | ``missing`` (sent without one), ``width`` (another width than the reference's), |
 |   |   |   | ``too_large`` (values too large for float32 arithmetic, past ~1.8e19) |
@@ -149,3 +150,16 @@ class DriftMetrics:
 
     def distance_histogram(self, model: str) -> Histogram:
         return self._distance.labels(model)
+
+
+class Tally:
+    """A counter's increments, also summed here: what one call counted (:meth:`DriftMonitor.update
+    <monitors.drift.monitor.DriftMonitor.update>` tells the events it examined from those it skipped)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self.count = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self._counter.inc(amount)
+        self.count += amount

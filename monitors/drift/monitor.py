@@ -31,7 +31,7 @@ import torch
 from monitors.drift.base import DriftBatch, DriftResult
 from monitors.drift.config import DriftConfig
 from monitors.drift.detectors import Detectors, build, restore
-from monitors.drift.metrics import DriftMetrics
+from monitors.drift.metrics import DriftMetrics, Tally
 from monitors.drift.reference import Reference
 from monitors.drift.states import MonitorState
 from monitors.drift.tumbling import tail
@@ -82,6 +82,8 @@ class DriftMonitor:
         self._calibrating = False
         self._error: str | None = None
         self._results: dict[str, DriftResult] = {}
+        self._examined = 0
+        """Events :meth:`update` ran through the detectors or collected into the warm-up (not those it skipped)."""
 
     @classmethod
     def from_state(
@@ -187,19 +189,31 @@ class DriftMonitor:
         with self._lock:
             return tuple(self._results[name] for name in sorted(self._results))
 
+    @property
+    def examined_total(self) -> int:
+        """Events :meth:`update` ran through the detectors or collected into the warm-up: what was not skipped
+        (``vai_drift_events_skipped_total``: calibrating, or left out of the warm-up). An event examined without its
+        embedding counts here too (and in ``vai_drift_embeddings_skipped_total``)."""
+        with self._lock:
+            return self._examined
+
     def update(self, batch: DriftBatch) -> list[DriftResult]:
         """Take the next events: collect them, skip them, or run the detectors, depending on the phase."""
         with self._lock:
             detectors = self._detectors
             if detectors is None:
                 if self._reference is None:
-                    self._completed(self._warmup.take(batch, self._metrics.skipped(self._model)))
+                    skipped = Tally(self._metrics.skipped(self._model))
+                    self._completed(self._warmup.take(batch, skipped))
+                    # A warm-up let go of rows collected before (another width came) counts them as skipped now.
+                    self._examined += max(0, len(batch) - skipped.count)
                 else:  # calibrating
                     self._metrics.skipped(self._model).inc(len(batch))
                 return []
         done = _run(detectors, batch)  # outside the lock: readers of results() must not wait on detection
         results: list[DriftResult] = []
         with self._lock:
+            self._examined += len(batch)
             for result in done.results:
                 if not (math.isfinite(result.score) and math.isfinite(result.threshold)):  # no verdict: keep the last
                     continue
@@ -213,6 +227,10 @@ class DriftMonitor:
             self._model, missing=done.missing, other_width=done.other_width, too_large=done.too_large
         )
         return results
+
+    def pass_over(self, events: int) -> None:
+        """Count ``events`` as skipped: a batch the detectors failed on, which is not examined again."""
+        self._metrics.skipped(self._model).inc(events)
 
     def calibrate(self) -> None:
         """Fit PCA and detectors on the reference (slow); then the monitor is ``monitoring``."""

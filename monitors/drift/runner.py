@@ -92,15 +92,20 @@ class DriftRunner:
                 if not events:
                     continue
                 processed += len(events)
-                self._update(monitor, events)
+                buffer.count_examined(self._update(monitor, events))
         return processed
 
     @staticmethod
-    def _update(monitor: DriftMonitor, events: list[DriftEvent]) -> None:
+    def _update(monitor: DriftMonitor, events: list[DriftEvent]) -> int:
+        """The events of ``events`` that ``monitor`` examined (the others it counted as skipped)."""
+        before = monitor.examined_total  # this thread is the one that updates it
         try:
             monitor.update(DriftBatch.from_events(events, width=monitor.embedding_width))
         except Exception:
             logger.exception("drift detection failed for model %s; %d events dropped", monitor.model, len(events))
+            monitor.pass_over(len(events))
+            return 0
+        return monitor.examined_total - before
 
     def _start_calibration(self, monitor: DriftMonitor) -> None:
         """A thread calibrating ``monitor`` unless one is at it (one that calibrated a replaced monitor is let go)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from monitors.drift.base import DriftBatch
+from monitors.drift.metrics import Tally
 from monitors.drift.reference import Reference
 from monitors.drift.tumbling import concat, head, tail
 
@@ -57,7 +58,7 @@ class Warmup:
         self._width_unconfirmed = False
         """Rows resumed from another owner's copy whose width the feed has not shown yet (:meth:`resume`)."""
 
-    def take(self, batch: DriftBatch, skipped: Counter) -> Reference | None:
+    def take(self, batch: DriftBatch, skipped: Counter | Tally) -> Reference | None:
         """Collect ``batch`` (what is not collected is counted in ``skipped``); the reference once it is complete,
         after which the collected chunks are let go (the reference holds them)."""
         if self._width_unconfirmed and batch.sent_without < len(batch):

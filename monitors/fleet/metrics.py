@@ -2,7 +2,7 @@
 
 | metric | type | labels | meaning |
 | --- | --- | --- | --- |
-| ``vai_monitor_records_examined_total`` | counter | model | records the detectors have examined |
+| ``vai_monitor_records_examined_total`` | counter | model | records the detectors examined or the warm-up collected |
 | ``vai_monitor_labelled_records_total`` | counter | model | labelled records taken into the windows |
 | ``vai_monitor_records_invalid_total`` | counter | model | feed entries that did not decode (skipped) |
 | ``vai_monitor_backlog_records`` | gauge | model | records published and not yet examined |
@@ -40,7 +40,10 @@ class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         model = ("model",)
         self.examined = Counter(
-            "vai_monitor_records_examined", "Records examined by the drift detectors.", model, registry=registry
+            "vai_monitor_records_examined",
+            "Records examined by the drift detectors or collected into the warm-up.",
+            model,
+            registry=registry,
         )
         self.labelled = Counter(
             "vai_monitor_labelled_records", "Labelled records taken into the windows.", model, registry=registry

@@ -131,7 +131,7 @@ class OwnedModel:
         against the entries' ids (Redis's too), as the hosts' clocks may disagree; the backlog metrics set."""
         metrics = self._context.metrics
         feed = await self._feed.backlog()
-        examined = self.buffer.taken_total
+        examined = self.buffer.examined_total
         metrics.examined.labels(self.model).inc(examined - self._examined_seen)
         self._examined_seen = examined
         backlog = feed.length  # the buffer's included: its entries are deleted once examined

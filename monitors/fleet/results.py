@@ -84,8 +84,9 @@ class DriftStatus(Result):
     calibrate it (122 of a 449-row upload of the digits). ``None`` before ``monitoring``, without an online
     detector, and from monitors of earlier releases."""
     examined: int = 0
-    """Records the detectors have examined since this owner took the model, plus, when it carried the previous
-    owner's verdicts over (:attr:`carried_over`), those its predecessors had examined under the same calibration."""
+    """Records the detectors have examined (or the warm-up collected; not those skipped, e.g. while calibrating)
+    since this owner took the model, plus, when it carried the previous owner's verdicts over
+    (:attr:`carried_over`), those its predecessors had examined under the same calibration."""
     backlog: int = 0
     """Records published but not examined yet (in Redis and in the owner's buffer)."""
     oldest_waiting_s: float = 0.0

@@ -242,9 +242,13 @@ def test_demo_runs_the_whole_loop_then_stops_everything_by_itself(demo: Demo) ->
     ok = ("vai_explanations_total", (("method", "gradcam"), ("model", "digits"), ("status", "ok")))
     assert samples(worker_metrics.group(1)).get(ok, 0) > 0
     assert samples(f"{demo.base}/metrics")[("vai_events_total", (("model", "digits"), ("version", "v1")))] > 0
+
     # The monitor role: it owns the model (its lease), reads the feed and publishes for the sidecar to answer.
-    drift = httpx.get(f"{demo.base}/v1/models/digits/drift", timeout=2).json()
-    assert drift["state"] in ("calibrating", "monitoring") and drift["examined"] > 0, drift
+    def examining() -> dict[str, Any] | None:
+        drift: dict[str, Any] = httpx.get(f"{demo.base}/v1/models/digits/drift", timeout=2).json()
+        return drift if drift["state"] == "monitoring" and drift["examined"] > 0 else None
+
+    wait_until(examining, timeout_s=DURATION_S, what="the monitor to examine the demo's traffic")
     assert samples(monitor_metrics.group(1)).get(("vai_monitor_records_examined_total", (("model", "digits"),)), 0) > 0
 
     assert demo.process.wait(timeout=DURATION_S + 30) == 0

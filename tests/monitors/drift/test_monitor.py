@@ -80,10 +80,12 @@ def test_phases_warm_up_calibrate_monitor() -> None:
     assert monitor.warmup_progress is None
     monitor.update(events_batch(rng, 100))
     assert skipped(registry) == 150
+    assert monitor.examined_total == 600, "the rows collected into the warm-up; not those skipped"
 
     monitor.calibrate()
     assert phase(monitor) is Phase.MONITORING
     results = monitor.update(events_batch(rng, 100))
+    assert monitor.examined_total == 700
     assert {r.name for r in results} == {
         "mmd_online",
         "window_mmd",
@@ -365,6 +367,40 @@ def test_runner_warms_up_calibrates_in_background_and_detects(wait_until) -> Non
     finally:
         runner.stop()
     assert registry.get_sample_value("vai_drift_detected", {"model": "digits", "detector": "mmd_online"}) == 1.0
+
+
+def test_runner_counts_each_event_it_takes_once_as_examined_or_skipped(wait_until) -> None:  # type: ignore[no-untyped-def]
+    """Taken = examined + skipped: the warm-up's rows are examined, what comes past it and while calibrating is
+    skipped, and so is a batch the detectors failed on (it is not examined again)."""
+    rng = np.random.default_rng(6)
+    registry = CollectorRegistry()
+    metrics = DriftMetrics(registry=registry)
+    monitor = DriftMonitor(model="digits", config=CONFIG, metrics=metrics)
+    buffer = IngestBuffer(capacity_events=5_000, skipped=metrics.skipped("digits"))
+    runner = DriftRunner(poll_interval_s=0.01, max_batch_events=250)
+    runner.add(monitor=monitor, buffer=buffer)
+    runner.start()
+    try:
+        for event in as_events(events_batch(rng, 650)):  # 600 make the reference, 50 come past it
+            buffer.append(event)
+        wait_until(lambda: monitor.phase is Phase.MONITORING, timeout_s=60)
+        for event in as_events(events_batch(rng, 300)):
+            buffer.append(event)
+        wait_until(lambda: buffer.settled_total == 950, timeout_s=30)
+        assert buffer.examined_total + (skipped(registry) or 0) == buffer.taken_total == 950
+        assert 600 + 300 >= buffer.examined_total >= 600 and (skipped(registry) or 0) >= 50
+
+        def broken(batch: DriftBatch) -> list[DriftResult]:
+            raise RuntimeError("detector failure")
+
+        monitor.update = broken  # type: ignore[method-assign]  # a failing batch, on purpose
+        before = (buffer.examined_total, skipped(registry) or 0)
+        for event in as_events(events_batch(rng, 100)):
+            buffer.append(event)
+        wait_until(lambda: buffer.settled_total == 1050, timeout_s=30)
+    finally:
+        runner.stop()
+    assert (buffer.examined_total, skipped(registry)) == (before[0], before[1] + 100)
 
 
 def test_buffer_drops_oldest_and_counts() -> None:

@@ -61,9 +61,9 @@ def gate() -> Iterator[threading.Event]:
 def stall(process: MonitorProcess, gate: threading.Event) -> None:
     """The process's detectors wait for ``gate`` before they examine a batch (they were slow, or were killed)."""
 
-    def stalled(monitor: DriftMonitor, events: list[DriftEvent]) -> None:
+    def stalled(monitor: DriftMonitor, events: list[DriftEvent]) -> int:
         gate.wait(60)
-        DriftRunner._update(monitor, events)
+        return DriftRunner._update(monitor, events)
 
     process.runner._update = stalled  # type: ignore[method-assign]
 

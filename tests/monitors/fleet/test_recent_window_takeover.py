@@ -83,9 +83,9 @@ def stalled(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     gate = threading.Event()
     update = DriftRunner._update
 
-    def stall(monitor: DriftMonitor, events: list[DriftEvent]) -> None:
+    def stall(monitor: DriftMonitor, events: list[DriftEvent]) -> int:
         gate.wait(60)
-        update(monitor, events)
+        return update(monitor, events)
 
     monkeypatch.setattr(DriftRunner, "_update", staticmethod(stall))
     yield gate
