@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from common import keys
 from common.cardinality import BoundedLabel
@@ -20,6 +22,7 @@ from monitors.fleet.reports import quality_report
 from monitors.fleet.results import QualityReport
 from monitors.records import LabelledPrediction
 
+log = logging.getLogger(__name__)
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 RECENT_REQUESTS = 100_000
 """Request ids of labelled records remembered per model to leave out a second copy of one. A sidecar
@@ -61,9 +64,27 @@ class LabelledFeed:
     async def reload(self) -> None:
         """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must; each record
         is timed by its entry's id (Redis's clock, as is ``now``), so it leaves the window when it would have. Then
-        restore the window of recent predictions its predecessor stored (:mod:`monitors.fleet.recent_store`)."""
+        restore the window of recent predictions its predecessor stored (:mod:`monitors.fleet.recent_store`).
+        First of all, keep the versions its predecessor's report named (:meth:`_keep_reported_versions`)."""
+        await self._keep_reported_versions()
         await self._replay()
         await self._store.restore(self.model, self._recent, version=self._versions)
+
+    async def _keep_reported_versions(self) -> None:
+        """Keep the versions the model's last published report names, before any record is read. Both windows
+        hold only recent versions, while the predecessor kept every version it saw: without these, this owner's
+        first report would leave out a version seen earlier, and the sidecars answer 404 for it where they answered
+        before. Kept first, they also keep their series: a version the predecessor counted as ``__other__`` stays
+        so. A report of an earlier release names none; one that does not read back is passed over, logged."""
+        body = await self._redis.get(keys.quality_report(self.model))
+        if body is None:
+            return
+        try:
+            previous = QualityReport.model_validate_json(body)
+        except ValidationError as error:
+            log.warning("versions named by the last report of %s not kept: %s", self.model, str(error).splitlines()[0])
+            return
+        self._versions.keep(previous.versions or ())
 
     async def _replay(self) -> None:
         seconds, microseconds = await self._redis.time()
@@ -151,6 +172,7 @@ class LabelledFeed:
             recent=self._recent.snapshots(self.model),
             min_labelled=self._settings.estimate_min_labelled,
             figures=figures,
+            versions=self._versions.kept,  # after the windows' snapshots: each version of their series is kept
         )
         # After the report's snapshot, so that it holds every prediction the report counts; the rings and the feed
         # entries counted in them and not acknowledged are read in one step (the next owner skips those).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from monitors.cohorts import ALL
 from monitors.collector import SeriesFigures
@@ -148,9 +148,11 @@ def quality_report(
     recent: Sequence[ConfidenceSnapshot] = (),
     min_labelled: int = MIN_LABELLED,
     figures: Sequence[SeriesFigures] | None = None,
+    versions: Iterable[str] | None = None,
 ) -> QualityReport:
     """The report of one model: ``snapshots`` are its labelled windows, ``recent`` its recent predictions,
-    ``figures`` those of ``snapshots`` when they are already computed."""
+    ``figures`` those of ``snapshots`` when they are already computed, ``versions`` those seen (``None``: not
+    said, as by a monitor of an earlier release)."""
     if figures is None:
         figures = [SeriesFigures.of(s) for s in snapshots]
     return QualityReport(
@@ -159,6 +161,7 @@ def quality_report(
         series=tuple(series_quality(f) for f in figures),
         estimates=accuracy_estimates(snapshots, recent, min_labelled=min_labelled),
         temperature=temperature_scaling(snapshots, min_labelled=min_labelled),
+        versions=None if versions is None else tuple(sorted(versions)),
         owner=owner,
         updated_at=time.time(),
     )

@@ -176,6 +176,12 @@ class QualityReport(Result):
     """Per (version, cohort) with enough labels to fit on and recent predictions to estimate from."""
     temperature: tuple[TemperatureScaling, ...] = ()
     """Per version whose labelled window holds enough probability vectors."""
+    versions: tuple[str, ...] | None = None
+    """The versions the owner has seen in the model's predictions or labels (and those its predecessors' reports
+    named), sorted: at most ``VAI_MAX_VERSIONS_PER_MODEL``, those past it count as ``__other__``. A version seen
+    without labels yet is here and in no series, so a sidecar tells it from a typo. ``None`` from monitors of earlier
+    releases, which did not say: every version is then taken as known (an added field, read by old and new sidecars
+    alike, so ``v`` stays 1)."""
     owner: str
     updated_at: float
 

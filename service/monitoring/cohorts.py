@@ -76,10 +76,14 @@ def _named(report: QualityReport) -> set[str]:
     return {series.cohort for series in report.series} | {estimate.cohort for estimate in report.estimates}
 
 
+def listed(known: list[str]) -> str:
+    """``known`` as an error names them: the first ``LISTED``, the rest counted."""
+    return ", ".join(known[:LISTED]) + (f" and {len(known) - LISTED} more" if len(known) > LISTED else "")
+
+
 def _unknown(model: str, cohort: str, known: list[str]) -> NotFound:
-    listed = ", ".join(known[:LISTED]) + (f" and {len(known) - LISTED} more" if len(known) > LISTED else "")
     return NotFound(
-        f"cohort: the monitors know no cohort {cohort!r} of {model!r} (known: {listed}); a cohort is all or "
+        f"cohort: the monitors know no cohort {cohort!r} of {model!r} (known: {listed(known)}); a cohort is all or "
         "key=value, its key one of VAI_COHORT_KEYS, and values past VAI_MAX_COHORT_VALUES count as key=__other__",
         field="cohort",
     )

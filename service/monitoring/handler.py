@@ -35,6 +35,7 @@ from service.metrics import FeedMetrics
 from service.monitoring.cohorts import KnownCohorts, no_labels_yet
 from service.monitoring.public import CalibrationPublic, DriftStatusPublic, ReferenceAccepted, newest
 from service.monitoring.reference_upload import ModelSlots, parsed
+from service.monitoring.versions import check_version
 from service.monitoring.views import PublishedView, unknown_model
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,9 @@ class Monitoring:
 
     async def calibration(self, model: str, *, version: str | None, cohort: str | None) -> CalibrationPublic:
         """The published calibration narrowed to ``version`` and ``cohort`` (``None``: all); empty before any
-        labels of them. ``NotFound`` naming the model or cohort when the monitors never saw it (a typo in a name
-        is not "no labels yet")."""
-        report = await self._quality(model, cohort)
+        labels of them. ``NotFound`` naming the model, version or cohort when the monitors never saw it (a typo in
+        a name is not "no labels yet")."""
+        report = await self._quality(model, version, cohort)
         return CalibrationPublic.of(model, None if report is None else report.chosen(version=version, cohort=cohort))
 
     async def reliability(self, model: str, *, version: str | None, cohort: str) -> SeriesQuality:
@@ -173,15 +174,15 @@ class Monitoring:
         version unless ``version`` is given. ``NotFound`` as :meth:`calibration` for a name the monitors never
         saw, and saying "yet" when they did but none of its predictions is labelled in the window: the picture
         of no series cannot be drawn, where the JSON is an empty list."""
-        report = await self._quality(model, cohort)
+        report = await self._quality(model, version, cohort)
         series = () if report is None else report.chosen(version=version, cohort=cohort).series
         if not series:
             raise no_labels_yet(model, version=version, cohort=cohort)
         return newest(series)
 
-    async def _quality(self, model: str, cohort: str | None) -> QualityReport | None:
-        """The published quality report of ``model`` (``None`` before the first), once ``model`` and ``cohort``
-        are known to the monitors; one round trip, two when ``cohort`` is not in the report."""
+    async def _quality(self, model: str, version: str | None, cohort: str | None) -> QualityReport | None:
+        """The published quality report of ``model`` (``None`` before the first), once ``model``, ``version`` and
+        ``cohort`` are known to the monitors; one round trip, two when ``cohort`` is not in the report."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(keys.quality_report(model))
         pipe.sismember(keys.MONITORED_MODELS, model)
@@ -192,6 +193,8 @@ class Monitoring:
         report = None if body is None else self._published(QualityReport, body, model, "calibration")
         if report is None and not monitored:
             raise unknown_model(model)
+        if version is not None:
+            check_version(model, version, report)
         if cohort is not None and cohort != ALL:
             await self._cohorts.check(model, cohort, report)
         return report

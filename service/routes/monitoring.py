@@ -121,7 +121,9 @@ async def get_drift(model: ModelPath, sidecar: SidecarDep) -> Response:
     dependencies=[ReadScope],
     response_model=CalibrationPublic,
     responses=_VIEW
-    | errors(why={404: f"{_UNKNOWN_MODEL}, or this cohort (the body lists the known ones)", 503: _UNREADABLE}),
+    | errors(
+        why={404: f"{_UNKNOWN_MODEL}, or this version or cohort (the body lists the known ones)", 503: _UNREADABLE}
+    ),
 )
 async def get_calibration(
     model: ModelPath,
@@ -142,8 +144,8 @@ async def get_calibration(
     responses=_VIEW
     | errors(
         why={
-            404: f"{_UNKNOWN_MODEL}, or this cohort (the body lists the known ones); or no prediction of this "
-            "version and cohort is labelled in the calibration window yet: nothing to draw",
+            404: f"{_UNKNOWN_MODEL}, or this version or cohort (the body lists the known ones); or no prediction "
+            "of this version and cohort is labelled in the calibration window yet: nothing to draw",
             503: _UNREADABLE,
         }
     ),
