@@ -78,6 +78,8 @@ class GroupConsumer:
         self._batch_size = batch_size
         self._block_ms = block_ms
         self._retry_after_ms = retry_after_ms
+        self._claim_from: dict[str, bytes | str] = {}
+        """Where the next ``XAUTOCLAIM`` of each stream goes on from (:meth:`claim_idle`)."""
         self._max_deliveries = max_deliveries
         self._dead_max_entries = dead_letter_max_entries
         self._dead_ttl_s = dead_letter_ttl_s
@@ -134,21 +136,27 @@ class GroupConsumer:
         return found
 
     async def claim_idle(self, stream: str) -> list[Delivery]:
-        """Entries pending longer than ``retry_after_ms`` on any consumer, now ours, with their delivery counts."""
+        """Entries pending longer than ``retry_after_ms`` on any consumer, now ours, with their delivery counts.
+
+        One ``XAUTOCLAIM`` looks at no more than ten times ``batch_size`` pending entries, so each call goes on
+        from where the last one stopped (``0-0`` once the scan went round): always starting at the head, a head
+        of entries live workers hold (a busy fleet, a small batch size) would hide the idle ones behind it."""
         try:
-            _, entries, *deleted = await self._redis.xautoclaim(
+            cursor, entries, *deleted = await self._redis.xautoclaim(
                 stream,
                 keys.CONSUMER_GROUP,
                 self.consumer,
                 min_idle_time=self._retry_after_ms,
-                start_id="0-0",
+                start_id=self._claim_from.get(stream, "0-0"),
                 count=self._batch_size,
             )
         except ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
+            self._claim_from.pop(stream, None)
             await self.ensure_groups()
             return []
+        self._claim_from[stream] = cursor
         gone_ids: list[bytes] = list(deleted[0]) if deleted else []
         live = [(entry_id, fields) for entry_id, fields in entries if entry_id is not None and fields]
         if len(live) < len(entries):  # Redis < 7 reports trimmed entries without their ids

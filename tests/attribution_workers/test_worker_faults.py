@@ -329,6 +329,39 @@ def test_claimed_entries_keep_their_delivery_counts_between_other_workers_entrie
     assert asyncio.run(claim()) == [(entry_id, 4) for entry_id in idle]  # 3, and this claim
 
 
+def test_idle_entries_behind_more_fresh_ones_than_one_claim_looks_at_are_claimed(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """``XAUTOCLAIM`` looks at ten times its count of pending entries. A dead worker's entries behind more fresh
+    ones than that (live workers' batches in flight) were never reached while every claim started at the head;
+    going on from the returned cursor reaches them within a few steps, and goes round again after them."""
+    redis_client.xgroup_create(STREAM, keys.CONSUMER_GROUP, id="0", mkstream=True)
+    for i in range(200):
+        redis_client.xadd(STREAM, {"m": str(i).encode()})
+    redis_client.xreadgroup(keys.CONSUMER_GROUP, "busy", {STREAM: ">"}, count=200)  # fresh, not to be claimed
+    idle: list[Any] = [redis_client.xadd(STREAM, {"m": b"late"}) for _ in range(3)]
+    redis_client.xreadgroup(keys.CONSUMER_GROUP, "gone", {STREAM: ">"}, count=3)
+    redis_client.xclaim(STREAM, keys.CONSUMER_GROUP, "gone", 0, idle, idle=3_600_000)
+
+    async def claims() -> list[list[bytes]]:
+        client = connect(redis_url, timeout_s=2.0)
+        consumer = GroupConsumer(
+            client, [STREAM], consumer="me", batch_size=2, block_ms=10, retry_after_ms=60_000, max_deliveries=10
+        )
+        try:
+            return [[d.entry_id for d in await consumer.claim_idle(STREAM)] for _ in range(14)]
+        finally:
+            await client.aclose()
+
+    found = asyncio.run(claims())
+    assert sorted(entry_id for claim in found for entry_id in claim) == sorted(idle)
+    assert found[:9] == [[]] * 9, "the first nine claims look at the 180 fresh entries at the head"
+    assert redis_client.xpending(STREAM, keys.CONSUMER_GROUP)["consumers"] == [
+        {"name": b"busy", "pending": 200},
+        {"name": b"me", "pending": 3},
+    ]
+
+
 def test_a_model_s_failure_counters_start_at_zero_so_the_first_dead_letter_alerts(
     worker_settings: Callable[..., WorkerSettings], redis_client: redis.Redis
 ) -> None:
