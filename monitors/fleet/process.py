@@ -30,6 +30,7 @@ from monitors.fleet.lease_round import LeaseRound
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.owned import OwnedModel
 from monitors.fleet.owned_models import READER_CONNECTIONS, OwnedModels
+from monitors.fleet.persistence import warn_if_unpersisted
 from monitors.fleet.projection import ProjectionPool, UmapSettings
 from monitors.fleet.settings import MonitorSettings
 from monitors.prediction_window import PredictionWindow
@@ -130,6 +131,9 @@ class MonitorProcess:
         """Start, work until ``stop`` is set, then stop: the whole life of a monitor role."""
         await self.start()
         log.info("monitor %s started", self.owner)
+        with contextlib.suppress(TimeoutError, *REDIS_FAILED):  # Redis away at start: the lease loop says so
+            async with asyncio.timeout(5.0):
+                await warn_if_unpersisted(self.redis)
         try:
             await stop.wait()
         finally:
