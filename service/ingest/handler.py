@@ -130,6 +130,17 @@ class IngestHandler:
         ``open_brackets``: the body's count of b"[", when it was taken while reading (see ``BracketTally``).
         ``header_length``: ``Inference-Header-Content-Length`` of a body in the binary tensor extension.
         """
+        result = self.admit(body, open_brackets=open_brackets, header_length=header_length)
+        if not result.accepted:
+            first = result.rejected[0]
+            raise InvalidInput(
+                f"no valid event in the request; first: {first.error}", field=first.field, detail=_detail(result)
+            )
+        return result
+
+    def admit(self, body: bytes, *, open_brackets: int | None = None, header_length: str | None = None) -> IngestResult:
+        """:meth:`ingest`, with a body whose every event is rejected answered as such rather than raised (a KServe
+        response, whose CloudEvent is delivered once its events are rejected); a body that cannot be read raises."""
         received_at = self._clock()
         try:
             decoded = self._decoder.decode(body, open_brackets=open_brackets, header_length=header_length)
@@ -145,11 +156,6 @@ class IngestHandler:
         by_model = list(positions([event.model for event in accepted.events]))  # read by metrics, feed, sampling
         self._observer.observe(accepted, by_model)
         result.sampled = self._sampling.take(accepted, by_model)
-        if not accepted:
-            first = result.rejected[0]
-            raise InvalidInput(
-                f"no valid event in the request; first: {first.error}", field=first.field, detail=_detail(result)
-            )
         return result
 
     def _admit_each(self, decoded: list[Decoded], rejected: list[Rejection], *, received_at: float) -> Accepted:
@@ -218,7 +224,8 @@ class IngestHandler:
         rejected.append(Rejection(index, request_id, error.field, str(error)))
 
     def reject_body(self, reason: str) -> None:
-        """Count a request whose body was refused before it could be read (too large, bad headers)."""
+        """Count a request whose body was refused before it could be read (too large, bad headers), or an event
+        refused before it became one (a KServe v1 prediction that is no list of numbers)."""
         self._metrics.rejected.labels(reason).inc()
 
 

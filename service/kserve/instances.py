@@ -1,10 +1,12 @@
-"""The ingest API's events a KServe response becomes: one per instance, with what of the request and the
-CloudEvent's attributes each may keep (``service.kserve.logger`` joins them first)."""
+"""The ingest API's events a KServe response becomes: one per instance whose scores could be read, with what of the
+request and the CloudEvent's attributes each may keep (``service.kserve.logger`` joins them first); and what ingest
+made of them, told per instance."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -14,6 +16,7 @@ from common.names import VERSION_RE
 from common.numbers import ascii_decimal
 from service.events.errors import FieldError
 from service.events.schemas import MAX_COHORT_TEXT
+from service.ingest.handler import IngestHandler, IngestResult, Rejection
 from service.ingest.validation import timestamp_of
 from service.kserve.cloudevents import CloudEvent
 from service.kserve.payloads import Array, Prediction
@@ -34,9 +37,10 @@ def events_body(
     *,
     embedding_width: int | None,
 ) -> tuple[bytes, list[str]]:
-    """The events of one response, as the ingest API's JSON with compact tensors, and the parts left out of them
-    (one name per event and part). ``inputs``: the request's, one per prediction, when kept and matching in number
-    (``None`` for an instance whose input was unusable); ``embedding_width``: the model's, once known (an embedding
+    """The events of one response (one per instance whose scores could be read: :attr:`Prediction.readable`), as the
+    ingest API's JSON with compact tensors, and the parts left out of them (one name per event and part).
+    ``inputs``: the request's, one per prediction, when kept and matching in number (``None`` for an instance whose
+    input was unusable); ``embedding_width``: the model's, once known (an embedding
     of another width would have its event refused, and the prediction with it)."""
     metadata = {**(record.get("metadata") or {} if record is not None else {}), **event.metadata}
     common: dict[str, Any] = {
@@ -58,6 +62,8 @@ def events_body(
     embeddings = None if prediction.embeddings is None else _of_width(prediction.embeddings, embedding_width)
     events, dropped = [], []
     for index, scores in enumerate(prediction.scores):
+        if isinstance(scores, FieldError):  # no event: rejected by ingested()
+            continue
         item = {**common, "request_id": f"{event.id}:{index}", mapping.scores_are: _compact(scores)}
         if label_index is not None and label_index < scores.shape[-1]:
             item["label"] = label_index
@@ -74,6 +80,25 @@ def events_body(
         events.append(item)
         dropped.extend(left_out)
     return orjson.dumps({"events": events}), dropped
+
+
+def ingested(ingest: IngestHandler, body: bytes, prediction: Prediction, ce_id: str) -> IngestResult:
+    """What ingest made of a response's events (``body``, from :func:`events_body`), told per instance: each
+    rejection's ``index`` is its instance's, and each unreadable v1 prediction is rejected too, naming it (and
+    counted in ``vai_events_rejected_total`` as ingest counts the events it rejects).
+
+    A response whose every event is rejected is a result all the same, not the "no valid event" ``InvalidInput`` of
+    ``/v1/events``: KServe's logger logs any answer but 200 as a failed delivery, and by now the join has taken the
+    waiting request, so the CloudEvent ends in its join's outcome with its rejections."""
+    readable = prediction.readable
+    result = ingest.admit(body) if readable else IngestResult()
+    rejected = [replace(rejection, index=readable[rejection.index]) for rejection in result.rejected]
+    for index, row in enumerate(prediction.scores):
+        if isinstance(row, FieldError):
+            ingest.reject_body(row.reason)
+            rejected.append(Rejection(index, f"{ce_id}:{index}", row.field, str(row)))
+    rejected.sort(key=lambda rejection: rejection.index)
+    return IngestResult(result.accepted, rejected, result.sampled)
 
 
 def _of_width(embeddings: list[Array | None], width: int | None) -> list[Array | None]:

@@ -11,7 +11,9 @@ within one InferenceService):
   ingests one event per instance (request ids ``{ce-id}:{i}``) through the ordinary data plane;
   with no request waiting it is ingested at once without inputs (monitored, not explainable);
 - a request that finds the marker came after its response: it is dropped and counted;
-- a request whose response never comes is counted by :meth:`KServeLogger.sweep` once its TTL is past;
+- a request whose response never comes is counted by :meth:`KServeLogger.sweep` once its TTL is past. The index
+  is scored and swept on Redis's clock (``TIME`` in a script), never a replica's: with replicas' clocks apart, one
+  running ahead would count a request as expired while its key lives and its response can still join it;
 - a response whose join failed is ingested at once without inputs rather than answered 503: KServe's logger
   never retries, so a 503 would lose the prediction, and after a timeout the join may have run after all (a
   retry would find its own marker and be dropped as a duplicate). A request it did not consume expires as an
@@ -25,8 +27,7 @@ This module owns the stored record's format (``{"v": 1, "inputs", "metadata"}``)
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +46,10 @@ from common.errors import (
     Unauthorized,
     VaiError,
 )
-from common.redis import REDIS_FAILED, execute
+from common.redis import REDIS_FAILED, execute, queue_script
 from service.ingest.handler import IngestHandler, IngestResult, Rejection
 from service.kserve.cloudevents import CloudEvent, read_attributes, read_event
-from service.kserve.instances import events_body
+from service.kserve.instances import events_body, ingested
 from service.kserve.payloads import Array, request_inputs, response_prediction
 from service.metrics import KServeMetrics
 from service.settings import KServeMapping, SidecarSettings
@@ -58,6 +59,21 @@ MARKER = b"answered"
 """What a response leaves under the key: a request arriving later is dropped."""
 GRACE_S = 2.0
 """Past its key's TTL, an orphan is counted only after this, so a response just in time is never counted twice."""
+_INDEX = """
+local now = redis.call('TIME')
+return redis.call('ZADD', KEYS[1], 'NX', now[1] + now[2] / 1000000 + ARGV[2], ARGV[1])
+"""
+"""Index ``ARGV[1]`` (a join member), due ``ARGV[2]`` seconds from now by Redis's clock. A script that reads TIME and
+then writes must be replicated by its effects: the default since Redis 5 (GETDEL needs 6.2 already), so no
+``redis.replicate_commands()``, as in ``monitors.fleet.lease``."""
+_SWEEP = """
+local now = redis.call('TIME')
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now[1] + now[2] / 1000000 + ARGV[2], 'LIMIT', 0, ARGV[1])
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+"""Take at most ``ARGV[1]`` members due by Redis's clock (``ARGV[2]`` seconds ahead of it) out of the index, at once:
+each is returned to one sweeping replica only."""
 UNMAPPED = "__unmapped__"
 """The ``model`` label of events refused before a model was known."""
 
@@ -81,13 +97,11 @@ class KServeLogger:
         redis: Redis,
         ingest: IngestHandler,
         registry: CollectorRegistry,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._ingest = ingest
         self._ttl_s = settings.kserve_join_ttl_s
         self._max_batch = settings.max_batch
-        self._clock = clock
         self._mappings: dict[str, tuple[str, KServeMapping]] = {  # one section per service: SidecarSettings checks
             section.kserve.service or name: (name, section.kserve)
             for name, section in settings.models.items()
@@ -193,7 +207,7 @@ class KServeLogger:
         pipe.set(key, record, nx=True, ex=self._ttl_s)
         pipe.get(key)
         # indexed in the same transaction, so a response arriving at once always finds the entry to remove
-        pipe.zadd(keys.KSERVE_PENDING_INDEX, {member: self._clock() + self._ttl_s + GRACE_S}, nx=True)
+        queue_script(pipe, _INDEX, [keys.KSERVE_PENDING_INDEX], [member, self._ttl_s + GRACE_S])
         stored, current, _ = await execute(pipe)
         if not stored and current == MARKER:
             await self._redis.zrem(keys.KSERVE_PENDING_INDEX, member)
@@ -201,6 +215,12 @@ class KServeLogger:
 
     async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> KServeReply:
         prediction = response_prediction(event, mapping)
+        count = len(prediction.scores)
+        if not 1 <= count <= self._max_batch:  # before the join: its request is left to expire, counted once
+            where = prediction.field
+            raise InvalidInput(
+                f"{where}: {count} instances; a response holds 1 to {self._max_batch} (VAI_MAX_BATCH)", field=where
+            )
         try:
             previous = await self._join(model, event)
         except REDIS_FAILED:  # joined or not (a timeout), unknown: monitored without inputs (module docstring)
@@ -222,7 +242,7 @@ class KServeLogger:
         )
         width = self._ingest.embedding_dims.get(model)  # read after the last await: ingest sees the same
         body, dropped = events_body(model, mapping, event, prediction, record, inputs, embedding_width=width)
-        result = self._ingest.ingest(body)  # refused whole: counted by handle(), as invalid
+        result = ingested(self._ingest, body, prediction, event.id)  # every event rejected: still answered 200
         self.events.labels(model, outcome).inc()
         for part in dropped:
             self.dropped.labels(model, part).inc()
@@ -238,24 +258,18 @@ class KServeLogger:
         previous, _, _ = await execute(pipe)
         return previous if isinstance(previous, bytes) else None
 
-    async def sweep(self, *, now: float | None = None, limit: int = 1000) -> int:
-        """Count the requests whose response never came (each once, whichever replica sweeps); how many."""
+    async def sweep(self, *, ahead_s: float = 0.0, limit: int = 1000) -> int:
+        """Count the requests whose response never came (each once, whichever replica sweeps); how many. Due by
+        Redis's clock, ``ahead_s`` later (tests)."""
         try:
-            due: list[bytes] = await self._redis.zrangebyscore(  # type: ignore[assignment]
-                keys.KSERVE_PENDING_INDEX, "-inf", self._clock() if now is None else now, start=0, num=limit
-            )
-            if not due:
-                return 0
             pipe = self._redis.pipeline(transaction=False)
-            for member in due:
-                pipe.zrem(keys.KSERVE_PENDING_INDEX, member)
-            removed = await execute(pipe)
+            queue_script(pipe, _SWEEP, [keys.KSERVE_PENDING_INDEX], [limit, ahead_s])
+            (due,) = await execute(pipe)
         except REDIS_FAILED:
             return 0  # counted by a later sweep
-        for member, gone in zip(due, removed, strict=True):
-            if gone:
-                self.events.labels(keys.kserve_member_model(member.decode()), "request_expired").inc()
-        return sum(1 for gone in removed if gone)
+        for member in due:
+            self.events.labels(keys.kserve_member_model(member.decode()), "request_expired").inc()
+        return len(due)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,19 @@ into arrays per instance, as a model's ``kserve`` mapping names them (``service.
 envelope).
 
 A payload that cannot be read (neither v1 nor v2, its framing, its scores tensor) is an ``InvalidInput`` naming
-the field at fault. In one that can, a problem of one instance costs that instance alone: a scores row holding NaN
-or infinity is handed on for ingest to reject (that event only, as a v1 prediction); an embedding or an input that
-is unusable, for one instance or as a whole tensor, becomes ``None`` there, the event monitored without it.
+the field at fault. In one that can, a problem of one instance costs that instance alone: a v1 prediction that is
+no (nested) list of numbers becomes the ``FieldError`` naming it (``predictions[i]``), its event rejected and the
+others kept; a scores row holding NaN or infinity is handed on for ingest to reject (that event only); an
+embedding or an input that is unusable, for one instance or as a whole tensor, becomes ``None`` there, the event
+monitored without it. v1 values are numbers only: ``np.asarray`` would read ``"0.5"`` and ``true`` as numbers,
+which ``/v1/events`` refuses.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,9 @@ from service.kserve.cloudevents import HEADER_LENGTH, CloudEvent, payload_docume
 from service.settings import KServeMapping
 
 Array = npt.NDArray[Any]
+MAX_NESTING = 32
+"""Lists nested deeper than this are no v1 value (numpy 1's limit on an array's dimensions), refused before
+``np.asarray`` is given them."""
 V1_WHOLE_INSTANCE = "instances"
 """``input`` of a v1 mapping that takes each instance whole."""
 
@@ -32,12 +39,20 @@ V1_WHOLE_INSTANCE = "instances"
 class Prediction:
     """A response payload, per instance."""
 
-    scores: list[Array]
-    """One row per instance, as sent: a row holding NaN or infinity is rejected by ingest, that event alone."""
+    scores: list[Array | FieldError]
+    """One row per instance, as sent: a row holding NaN or infinity is rejected by ingest, that event alone; a v1
+    prediction that cannot be read is the error naming it (``predictions[i]``), its event rejected alone."""
     embeddings: list[Array | None] | None
     """One per instance (``None``: that instance's is missing or unusable, and it is monitored without one);
     ``None`` when the mapping names no embedding."""
     model_version: str | None
+    field: str
+    """Where the instances are (``predictions`` for v1, ``outputs`` for v2): what a refusal of their number names."""
+
+    @property
+    def readable(self) -> list[int]:
+        """The instances whose scores could be read, in order: those that become events for ingest."""
+        return [index for index, row in enumerate(self.scores) if not isinstance(row, FieldError)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +97,13 @@ def response_prediction(event: CloudEvent, mapping: KServeMapping) -> Prediction
         scores = _score_rows(tensors[scores_name])
         embeddings = None if mapping.embedding is None else _v2_embeddings(tensors.get(mapping.embedding), len(scores))
         version = document.get("model_version")
-        return Prediction(scores, embeddings, version if isinstance(version, str) and version else None)
+        version = version if isinstance(version, str) and version else None
+        return Prediction(list(scores), embeddings, version, "outputs")
     if isinstance(document.get("predictions"), list):
         items = document["predictions"]
-        return Prediction(
-            [_v1_array(item, mapping.scores, f"predictions[{i}]", np.float64) for i, item in enumerate(items)],
-            None if mapping.embedding is None else _v1_embeddings(items, mapping.embedding),
-            None,
-        )
+        rows = [_v1_scores(item, mapping.scores, f"predictions[{i}]") for i, item in enumerate(items)]
+        embeddings = None if mapping.embedding is None else _v1_embeddings(items, rows, mapping.embedding)
+        return Prediction(rows, embeddings, None, "predictions")
     raise InvalidInput("body: a response payload needs 'predictions' (v1) or 'outputs' (v2)", field="body")
 
 
@@ -151,8 +165,16 @@ def _instances(array: Array) -> list[Array]:
 def _v1_input(item: Any, key: str) -> Array | None:
     try:
         return _usable(_v1_array(item, key, "instances", np.float32, whole=V1_WHOLE_INSTANCE))
-    except InvalidInput:
+    except FieldError:
         return None
+
+
+def _v1_scores(item: Any, key: str | None, where: str) -> Array | FieldError:
+    """One v1 prediction's scores, or the error naming it: that instance's event is rejected, not the response."""
+    try:
+        return _v1_array(item, key, where, np.float64)
+    except FieldError as error:
+        return error
 
 
 def _usable(row: Array) -> Array | None:
@@ -189,9 +211,13 @@ def _v2_embeddings(entry: tuple[str, Any] | None, count: int) -> list[Array | No
     return [_embedding(row) for row in array]
 
 
-def _v1_embeddings(items: list[Any], key: str) -> list[Array | None]:
-    """Each prediction's embedding; ``None`` where a prediction has none, or an unusable one."""
-    return [_embedding(_v1_part(item, key)) for item in items]
+def _v1_embeddings(items: list[Any], scores: list[Array | FieldError], key: str) -> list[Array | None]:
+    """Each prediction's embedding; ``None`` where a prediction has none, or an unusable one, or is itself unreadable
+    (no event: its embedding must not set the width the others are held to)."""
+    return [
+        None if isinstance(row, FieldError) else _embedding(_v1_part(item, key))
+        for item, row in zip(items, scores, strict=True)
+    ]
 
 
 def _v1_part(item: Any, key: str) -> Array | None:
@@ -199,7 +225,7 @@ def _v1_part(item: Any, key: str) -> Array | None:
         return None
     try:
         return _v1_array(item, key, "predictions", np.float64)
-    except InvalidInput:
+    except FieldError:
         return None
 
 
@@ -217,6 +243,8 @@ def _has(item: Any, key: str) -> bool:
 
 
 def _v1_array(item: Any, key: str | None, where: str, dtype: type[np.generic], *, whole: str | None = None) -> Array:
+    """The value of ``item`` the mapping's ``key`` names (``item`` itself when ``key`` is ``None`` or ``whole``), as
+    an array; a ``FieldError`` naming ``where`` when it has none, or it is no (nested) list of numbers."""
     value = item
     if key is not None and key != whole:
         if isinstance(item, dict) and key in item:
@@ -224,12 +252,28 @@ def _v1_array(item: Any, key: str | None, where: str, dtype: type[np.generic], *
         elif isinstance(item, list) and key.isdigit() and int(key) < len(item):
             value = item[int(key)]
         else:
-            raise InvalidInput(f"{where}: has no {key!r} (kserve mapping)", field=where)
+            raise FieldError(where, f"has no {key!r} (kserve mapping)")
+    if not _numbers_only(value):
+        raise FieldError(where, "must be a (nested) list of numbers")
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # a value past the dtype's range: checked by the caller
             array = np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{where}: must be a (nested) list of numbers", field=where) from None
+    except (ValueError, TypeError, OverflowError):  # ragged, or an integer past float64
+        raise FieldError(where, "must be a (nested) list of numbers") from None
     if array.ndim == 0:
-        raise InvalidInput(f"{where}: must be a list of numbers, not one number", field=where)
+        raise FieldError(where, "must be a list of numbers, not one number")
     return array
+
+
+def _numbers_only(value: Any) -> bool:
+    """Whether ``value`` holds only JSON numbers (no text, no booleans, no nulls) in lists of one depth, nested at most
+    ``MAX_NESTING`` deep; read level by level, so that no nesting the JSON parser allows can exhaust the stack."""
+    level = [value]
+    for _ in range(MAX_NESTING + 1):
+        kinds = set(map(type, level))
+        if kinds <= {int, float}:  # the type of a boolean is bool: refused, as /v1/events refuses it
+            return True
+        if kinds != {list}:  # text, booleans, null, objects; or lists beside numbers (ragged)
+            return False
+        level = list(chain.from_iterable(level))
+    return False
