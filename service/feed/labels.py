@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from prometheus_client import Counter
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ConfigDict, ValidationError
 from redis.asyncio import Redis
 
 from common import keys
 from common.errors import InvalidInput, RedisUnavailable
-from common.names import MODEL_PATTERN
 from common.redis import REDIS_FAILED, execute, queue_script
 from monitors.feed import ENTRY_FIELD, FeedFormatError, MonitoringRecord
 from service.events.errors import first_problem
+from service.feed.label_body import LabelIn
 from service.feed.writer import LABELLED, FeedWriter
 from service.http.body import NOT_UNICODE, not_unicode_at, printable
 from service.metrics import FeedMetrics
@@ -67,20 +67,19 @@ class _Label(NamedTuple):
 _Found = MonitoringRecord | FeedFormatError | None
 """What a label found in Redis: its record, one that could not be read, or none."""
 
+_ANSWER = ConfigDict(json_schema_serialization_defaults_required=True)
+"""Of a result answered as JSON: every field is in the answer, those with a default too (OpenAPI says required)."""
+
 UNKNOWN_MODEL = "__unknown__"
 """The ``model`` label of labels for a model this replica has never seen and Redis has no record of."""
 
 
-class LabelIn(BaseModel):
-    """One delayed label of ``POST /v1/labels``."""
-
-    model: str = Field(pattern=MODEL_PATTERN)
-    request_id: str = Field(min_length=1, max_length=128)
-    label: int = Field(ge=0, strict=True)
-
-
 @dataclass(frozen=True, slots=True)
 class LabelVerdict:
+    """A label that did not join: found no prediction record, or refused (the error names the field)."""
+
+    __pydantic_config__ = _ANSWER
+
     index: int
     request_id: str | None
     """As sent (``None`` when the item had none, or not a string)."""
@@ -93,6 +92,10 @@ class LabelVerdict:
 
 @dataclass(slots=True)
 class LabelsResult:
+    """The answer to ``POST /v1/labels``: how many labels joined their prediction, and the others, by index."""
+
+    __pydantic_config__ = _ANSWER
+
     matched: int = 0
     unmatched: list[LabelVerdict] = field(default_factory=list)
     rejected: list[LabelVerdict] = field(default_factory=list)

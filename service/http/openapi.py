@@ -5,6 +5,7 @@ A route passes ``responses=errors(...)`` with the statuses it can answer (``TOKE
 ``BODY`` where it reads a body within a limit, ``REDIS`` where it needs Redis), and a meaning of its own where
 the general one says too little (what a 404 of this route means). ``tests/service/test_openapi.py`` checks every
 route's answers with Redis stopped, without a token and with a body past its limit against what it declares.
+A route that reads its body itself (``Request``) declares it with ``openapi_extra=request_body(...)``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def errors(*statuses: int, why: Mapping[int, str] | None = None) -> dict[int | s
     the error shape, with Retry-After on a 503 and WWW-Authenticate on a 401."""
     meanings = {status: _MEANINGS[status] for status in statuses} | dict(why or {})
     return {status: _answer(status, meaning) for status, meaning in sorted(meanings.items())}
+
+
+def request_body(description: str, schemas: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """``openapi_extra=`` declaring the body of a route that reads it itself (``Request``, not a body parameter, so
+    FastAPI declares none): what it is, and its schema by media type."""
+    content = {media_type: {"schema": schema} for media_type, schema in schemas.items()}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
 def _answer(status: int, meaning: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
+from pydantic import ConfigDict
 from redis.asyncio import Redis
 
 from common import keys
@@ -277,6 +278,8 @@ class KServeReply:
     """The answer to KServe's logger, one per CloudEvent: its outcome, and what ingest made of its events (none for a
     request, or a response not ingested). Serialises (orjson) as ``{"outcome", "model", "id", "accepted",
     "rejected"}``."""
+
+    __pydantic_config__ = ConfigDict(json_schema_serialization_defaults_required=True)  # every answer has them all
 
     outcome: str
     model: str

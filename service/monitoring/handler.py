@@ -19,10 +19,11 @@ import numpy.typing as npt
 import orjson
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from common import keys
 from common.errors import InvalidInput, RedisUnavailable, Unavailable, VaiError
-from common.redis import REDIS_FAILED, execute
+from common.redis import REDIS_FAILED, execute, queue_script
 from monitors.cohorts import ALL
 from monitors.drift.reference import Reference
 from monitors.fleet.lease import live_drift_settings, strictest
@@ -40,6 +41,15 @@ from service.monitoring.views import PublishedView, unknown_model
 
 log = logging.getLogger(__name__)
 _Result = TypeVar("_Result", bound=BaseModel)
+_WATCHED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[2], now_ms, '+inf')
+"""
+"""Whether a model is watched (non-zero): its lease is held (KEYS[1]), or some monitor is a live member
+(KEYS[2], scored by when each membership expires, by Redis's clock: the hosts' clocks may disagree) and will take
+it within a lease round. Reads only."""
 UPLOAD_BUSY_RETRY_S = 5
 """Retry-After of an upload refused while another reference is being read on this sidecar."""
 
@@ -205,23 +215,28 @@ class Monitoring:
         pipe.get(keys.projection(model, method))
         pipe.get(keys.projection_status(model))
         pipe.sismember(keys.MONITORED_MODELS, model)
+        _queue_watched(pipe, model)
         try:
-            body, status, monitored = await execute(pipe)
+            body, status, monitored, watched = await execute(pipe)
             if monitored:  # only models the monitors know: a reader cannot create keys for any name
                 await self._redis.set(keys.projection_wanted(model, method), b"1", ex=WANTED_TTL_S)
         except REDIS_FAILED:
             raise RedisUnavailable("redis: projection not read") from None
-        return PublishedView(body=body, monitored=bool(monitored), status=_projection_status(status))
+        return PublishedView(
+            body=body, monitored=bool(monitored), status=_projection_status(status), watched=bool(watched)
+        )
 
     async def distributions(self, model: str) -> PublishedView:
+        """The published distributions, whether the model is known to the monitors, and whether one watches it."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(keys.distributions(model))
         pipe.sismember(keys.MONITORED_MODELS, model)
+        _queue_watched(pipe, model)
         try:
-            body, monitored = await execute(pipe)
+            body, monitored, watched = await execute(pipe)
         except REDIS_FAILED:
             raise RedisUnavailable("redis: distributions not read") from None
-        return PublishedView(body=body, monitored=bool(monitored))
+        return PublishedView(body=body, monitored=bool(monitored), watched=bool(watched))
 
     async def drift_history(self, model: str) -> tuple[DriftHistory, bool]:
         """The model's drift-score history, oldest first, and whether the model is known to the monitors."""
@@ -247,6 +262,11 @@ class Monitoring:
             raise Unavailable(f"{what} of model {model!r} cannot be read now; try again", retry_after_s=5) from None
         self._unreadable.discard((model, what))
         return found
+
+
+def _queue_watched(pipe: Pipeline, model: str) -> None:
+    """Queue :data:`_WATCHED` of ``model`` on ``pipe``: one more reply, in the same round trip."""
+    queue_script(pipe, _WATCHED, [keys.monitor_lease(model), keys.MONITOR_MEMBERS], [])
 
 
 def _distinct_rows(reference: Reference) -> int:

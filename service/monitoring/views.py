@@ -16,6 +16,16 @@ def unknown_model(model: str) -> NotFound:
     )
 
 
+def no_monitor(model: str, what: str) -> NotFound:
+    """A view of a model no monitor owns or is alive to take: nothing will publish it until one runs, so a 503
+    (ask again) would be polled for ever. Said as ``/drift`` says it."""
+    return NotFound(
+        f"model: no monitor has published {what} of {model!r}, and none is running that would: no "
+        "`vai-sidecar monitor` owns the model or is alive on this Redis to take it",
+        field="model",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PublishedView:
     """A view as the owning monitor published it (``body`` is its JSON), or why there is none."""
@@ -25,6 +35,9 @@ class PublishedView:
     """Whether the model is known to the monitors (some replica published its records or a reference)."""
     status: ProjectionStatus | None = None
     """The owner's projection methods and errors (projections only)."""
+    watched: bool = True
+    """Whether a monitor owns the model (holds its lease) or is alive to take it: a view missing now is on its way.
+    Else none will come until a ``vai-sidecar monitor`` runs (an owner's status left in Redis says nothing then)."""
 
     def projection_current(self, method: str) -> bool:
         """Whether a ``body`` published by ``method`` is current: one left from before the method was blocked or
@@ -35,6 +48,8 @@ class PublishedView:
         """Why there is no current projection of ``model`` by ``method``, as the error to answer."""
         if not self.monitored:
             return unknown_model(model)
+        if not self.watched:
+            return no_monitor(model, f"a {method} projection")
         status = self.status
         if status is not None and method not in status.methods:
             enabled = ", ".join(status.methods) or "none"
@@ -61,6 +76,8 @@ class PublishedView:
         """Why there are no published distributions of ``model``, as the error to answer."""
         if not self.monitored:
             return unknown_model(model)
+        if not self.watched:
+            return no_monitor(model, "the distributions")
         return Unavailable(
             f"the distributions of {model!r} are being computed by its monitor; try again", retry_after_s=5
         )

@@ -8,7 +8,9 @@ from starlette.requests import ClientDisconnect
 
 from common.errors import VaiError
 from service.http.auth import Scope
-from service.http.openapi import BODY, REDIS, TOKEN, errors
+from service.http.openapi import BODY, REDIS, TOKEN, errors, request_body
+from service.kserve.cloudevents import HEADER_LENGTH, MAX_EVENT_ID, REQUEST_TYPE, RESPONSE_TYPE, STRUCTURED
+from service.kserve.logger import KServeReply
 from service.routes.deps import SidecarDep, read_body
 from service.sidecar import Sidecar
 
@@ -33,6 +35,41 @@ async def _read(request: Request, sidecar: Sidecar) -> bytes:
 
 @router.post(
     "/v1/cloudevents",
+    summary="A CloudEvent of KServe's inference logger",
+    response_model=KServeReply,
+    response_description="The CloudEvent's outcome (as vai_kserve_events_total counts it), and what ingest made of "
+    "its events: accepted, and the rejected ones by index (none for a request, or a response not ingested)",
+    openapi_extra=request_body(
+        "One CloudEvent 1.0. Binary mode (what KServe's logger sends): the attributes are ce-* headers "
+        "(ce-specversion, ce-id, ce-type required; ce-inferenceservicename names the mapped model) and the body is the "
+        f"payload as the model server saw it. Structured mode (Content-Type: {STRUCTURED}): one JSON object of the "
+        "attributes and the payload in data (or data_base64)",
+        {
+            "application/json": {
+                "type": "object",
+                "description": "Binary mode: a KServe v1 ({instances} / {predictions}) or Open Inference Protocol "
+                "v2 ({inputs} / {outputs}) payload",
+            },
+            "application/octet-stream": {
+                "type": "string",
+                "format": "binary",
+                "description": "Binary mode, the Open Inference Protocol's binary tensor extension: the JSON header "
+                f"(its length in the {HEADER_LENGTH} header), then the raw tensors",
+            },
+            STRUCTURED: {
+                "type": "object",
+                "required": ["specversion", "id", "type"],
+                "properties": {
+                    "specversion": {"const": "1.0"},
+                    "id": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID},
+                    "type": {"enum": [REQUEST_TYPE, RESPONSE_TYPE]},
+                    "inferenceservicename": {"type": "string"},
+                    "data": {"type": ["object", "string"], "description": "The payload (or data_base64)"},
+                    "data_base64": {"type": "string", "contentEncoding": "base64"},
+                },
+            },
+        },
+    ),
     responses=errors(
         *TOKEN,
         *BODY,

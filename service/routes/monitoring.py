@@ -7,14 +7,15 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import RootModel
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import InvalidInput, MonitorsOff, NotFound, Unavailable
 from monitors.cohorts import ALL, slice_label
 from monitors.fleet.results import SeriesQuality
 from monitors.fleet.views import marked_stale
-from service.feed.labels import LabelIn
+from service.feed.label_body import LabelsIn, labels_of
+from service.feed.labels import LabelsResult
 from service.http.auth import Scope
 from service.http.openapi import BODY, REDIS, TOKEN, errors
 from service.monitoring.handler import Monitoring
@@ -32,18 +33,16 @@ _UNREADABLE = (
 )
 _VIEW = errors(*TOKEN, 409, 422, REDIS, why={404: _UNKNOWN_MODEL})
 """What a view of the owning monitor's published figures answers besides its figures."""
+_NO_MONITOR = (
+    f"{_UNKNOWN_MODEL}; or it is not published and no `vai-sidecar monitor` owns the model or is alive on this Redis "
+    "to take it (nothing will publish it until one runs)"
+)
+"""The 404 of a view computed on demand by the owning monitor (projection, distributions)."""
 
 
-class LabelsIn(BaseModel):
-    """The body as documented (OpenAPI)."""
-
-    labels: list[LabelIn] = Field(min_length=1, max_length=10_000)
-
-
-class _LabelsEnvelope(BaseModel):
-    """The body as read: each label is checked on its own (one bad label does not cost the others)."""
-
-    labels: list[Any] = Field(min_length=1, max_length=10_000)
+class _LabelsBody(RootModel[Any]):
+    """The body as read: any JSON document, whose envelope :func:`labels_of` checks in the sender's terms (a model's
+    errors name its class); each label is checked on its own (one bad label does not cost the others)."""
 
 
 def _monitoring(sidecar: Sidecar) -> Monitoring:
@@ -55,8 +54,7 @@ def _monitoring(sidecar: Sidecar) -> Monitoring:
 LABELS_BODY_BYTES = 4 * 1024 * 1024
 """Most bytes of one ``POST /v1/labels`` (10,000 labels take about 1.5 MB)."""
 LabelsBody = Annotated[
-    _LabelsEnvelope,
-    json_body(_LabelsEnvelope, scope=Scope.INGEST, limit_bytes=LABELS_BODY_BYTES, text_checked_by_model=True),
+    _LabelsBody, json_body(_LabelsBody, scope=Scope.INGEST, limit_bytes=LABELS_BODY_BYTES, text_checked_by_model=True)
 ]
 
 
@@ -64,10 +62,13 @@ LabelsBody = Annotated[
     "/v1/labels",
     summary="Join delayed ground truth to predictions",
     openapi_extra=json_body_doc(LabelsIn),
+    response_model=LabelsResult,
+    response_description="How many labels joined their prediction; those that found no record, and those refused",
     responses=errors(*TOKEN, *BODY, 409, 422, REDIS),
 )
 async def post_labels(body: LabelsBody, sidecar: SidecarDep) -> Response:
-    result = await _monitoring(sidecar).delayed_labels.apply(body.labels, known=sidecar.ingest.known_models)
+    labels = labels_of(body.root)
+    result = await _monitoring(sidecar).delayed_labels.apply(labels, known=sidecar.ingest.known_models)
     return Response(orjson.dumps(result), media_type="application/json")
 
 
@@ -198,9 +199,10 @@ def _render_reliability(series: SeriesQuality, title: str) -> bytes:
     responses=_VIEW
     | errors(
         why={
+            404: _NO_MONITOR,
             409: "Monitors are off, or this projection cannot be computed until something changes (the body says what)",
-            503: "Redis did not answer, the projection is being computed or waits for traffic, or what the monitor "
-            "published cannot be read by this sidecar; ask again after Retry-After seconds",
+            503: "Redis did not answer, the projection is being computed by the model's monitor or waits for traffic, "
+            "or what the monitor published cannot be read by this sidecar; ask again after Retry-After seconds",
         }
     ),
 )
@@ -251,8 +253,9 @@ async def get_drift_history(model: ModelPath, sidecar: SidecarDep) -> Response:
     responses=_VIEW
     | errors(
         why={
-            503: "Redis did not answer, or the distributions are being computed by the owning monitor; ask again "
-            "after Retry-After seconds"
+            404: _NO_MONITOR,
+            503: "Redis did not answer, or the distributions are being computed by the model's monitor (one owns the "
+            "model or is alive to take it); ask again after Retry-After seconds",
         }
     ),
 )

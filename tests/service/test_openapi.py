@@ -15,7 +15,7 @@ import httpx2
 import jsonschema
 import pytest
 from fastapi.testclient import TestClient
-from kserve_events import REQUEST, cloudevent_headers
+from kserve_events import REQUEST, RESPONSE, cloudevent_headers
 
 from common.embedded_redis import EmbeddedRedis
 from helpers import event
@@ -167,3 +167,70 @@ def test_every_route_with_a_body_refuses_one_as_it_declares(
         _check(document, route, answer)
     for route in set(ROUTES) - set(BODIES):
         assert not {"413", "415"} & set(_declared(document, route)), route
+
+
+def _schema_of(document: dict[str, Any], route: tuple[str, str], status: str) -> dict[str, Any]:
+    """The declared JSON schema of ``route``'s ``status`` answer, with the document's components to resolve it."""
+    schema = _declared(document, route)[status]["content"]["application/json"]["schema"]
+    return {**schema, "components": document["components"]}
+
+
+def _problems(schema: dict[str, Any], answer: Any) -> list[str]:
+    return [error.message for error in jsonschema.Draft202012Validator(schema).iter_errors(answer)]
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "required"),
+    [
+        pytest.param(("POST", "/v1/labels"), {"matched", "unmatched", "rejected"}, None, id="labels"),
+        pytest.param(
+            ("POST", "/v1/cloudevents"),
+            {"outcome", "model", "id", "accepted", "rejected"},
+            None,
+            id="cloudevents",
+        ),
+    ],
+)
+def test_the_success_answer_of_labels_and_cloudevents_is_declared_with_its_fields(
+    make_client: Callable[..., TestClient], route: tuple[str, str], fields: set[str], required: set[str] | None
+) -> None:
+    """The 200 is declared as the typed result the route encodes (not an empty schema that any body validates
+    against): a real answer validates, one with a field of the wrong type does not, nor one missing a field it
+    requires (every field, unless ``required`` says fewer)."""
+    client = make_client(models=MODELS)
+    document = client.get("/openapi.json").json()
+    schema = _schema_of(document, route, "200")
+    if route[1] == "/v1/labels":
+        labels = [
+            {"model": "digits", "request_id": "r1", "label": 0},  # no prediction record: unmatched
+            {"model": "digits", "request_id": "r2", "label": -1},  # rejected
+        ]
+        answer = client.post("/v1/labels", json={"labels": labels})
+    else:
+        assert _send(client, ("POST", "/v1/cloudevents")).json()["outcome"] == "request_stored"
+        response = {"predictions": [[0.8, 0.15, 0.05]]}
+        answer = client.post("/v1/cloudevents", json=response, headers=cloudevent_headers("ce-1", RESPONSE, "iris"))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body) == fields and _problems(schema, body) == []
+    if route[1] == "/v1/labels":
+        assert (body["matched"], len(body["unmatched"]), len(body["rejected"])) == (0, 1, 1), body
+    else:
+        assert (body["outcome"], body["accepted"]) == ("joined", 1), body
+    missing_refused = {name for name in fields if _problems(schema, {k: v for k, v in body.items() if k != name})}
+    assert missing_refused == (fields if required is None else required)
+    for name in sorted(fields):
+        assert _problems(schema, body | {name: {"a": "dict"}}), f"{name} of any type"
+
+
+def test_the_cloudevents_body_is_declared_in_both_modes(client: TestClient) -> None:
+    """The route reads its body itself: binary mode (a JSON payload, or the binary tensor extension) and structured
+    mode are declared, the latter with the attributes it requires."""
+    body = client.get("/openapi.json").json()["paths"]["/v1/cloudevents"]["post"]["requestBody"]
+    content = body["content"]
+    assert body["required"] and set(content) == {
+        "application/json",
+        "application/octet-stream",
+        "application/cloudevents+json",
+    }
+    assert content["application/cloudevents+json"]["schema"]["required"] == ["specversion", "id", "type"]

@@ -12,7 +12,10 @@ so it cannot hold back every later batch. A connection opened for a request and 
 (``CutOff``: a sidecar or proxy refusing a body too large without reading it) is taken as a 413 that could
 not be read: the batch is split, and one event alone is given up after ``server_error_attempts`` (``rejected``).
 A label the sidecar took but matched to no prediction record (``unmatched`` in its answer) is lost: it is counted
-as ``unmatched``, not ``sent``.
+as ``unmatched``, not ``sent``. Unless an earlier attempt at it may have been applied with its answer lost (no answer,
+a cut-off, a 5xx or a gateway's 502/504): that attempt may have joined it, and a joined record is gone, so the sidecar
+answers the retry ``unmatched`` either way. Such a label is counted as ``unconfirmed`` and not warned about, as the
+duplicates a retried batch of events comes back with are counted as sent.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class Chunk:
     items: list[bytes]
     retried: bool = False
     """Already sent once (a 5xx or no answer): a duplicate refusal means an earlier attempt delivered it."""
+    maybe_applied: bool = False
+    """An earlier attempt may have been applied without its answer reaching us (no answer, a cut-off, a 5xx or a
+    gateway's 502/504; not an answered 408, 413, 429 or 503, which apply nothing): the sidecar may have joined its
+    labels, so those it now matches to nothing are ``unconfirmed``, not lost."""
     faults: int = 0
     """5xx answers (other than 502/503/504) and cut-off connections to this chunk alone."""
 
@@ -98,7 +105,7 @@ class BatchDelivery:
     def interrupted(self) -> None:
         """The sender stopped (cancelled) without the outcome of its attempt: that chunk may have arrived."""
         if self._in_flight and self._pending:
-            self._pending[0].retried = True
+            self._pending[0].retried = self._pending[0].maybe_applied = True
         self._in_flight = False
 
     def record_error(self, error: BaseException) -> float:
@@ -109,7 +116,7 @@ class BatchDelivery:
             log.debug("vai sidecar cut the connection off while a request was sent (%s)", error)
             return self._cut_off(error)
         log.debug("vai sidecar unreachable (%s); retrying", error)
-        return self._retry(self._policy.backoff_s(self._failures + 1))
+        return self._retry(self._policy.backoff_s(self._failures + 1), lost=True)
 
     def record_response(self, response: Response) -> float:
         """Settle the current chunk from the sidecar's answer; the delay before the next attempt."""
@@ -120,14 +127,16 @@ class BatchDelivery:
         if 200 <= status < 300:
             self._pending.popleft()
             answer = _answer(response.body)
-            unmatched = self._unmatched(chunk.items, answer) if self.kind == "labels" else 0
-            self._settle(size, rejected_in(answer, size - unmatched, chunk.retried), unmatched)
+            unmatched = self._unmatched(chunk, answer) if self.kind == "labels" else 0
+            rejected = rejected_in(answer, size - unmatched, chunk.retried)
+            self._settle(size, rejected, unmatched, unconfirmed=chunk.maybe_applied)
             return 0.0
         if status == 413 and size > 1:
-            self._split(retried=chunk.retried)
+            self._split()
             return 0.0
         if status in RETRY_STATUSES:
-            return self._retry(self._policy.retry_after_s(response.headers.get("retry-after"), self._failures + 1))
+            delay_s = self._policy.retry_after_s(response.headers.get("retry-after"), self._failures + 1)
+            return self._retry(delay_s, lost=status in (502, 504))  # a gateway's: the sidecar may have applied it
         if status >= 500:
             return self._server_error(response)
         self._pending.popleft()
@@ -144,18 +153,24 @@ class BatchDelivery:
         self._counters.add("failed", left)
         return left
 
-    def _retry(self, delay_s: float) -> float:
+    def _retry(self, delay_s: float, *, lost: bool) -> float:
+        """The current chunk again after ``delay_s``; ``lost``: this attempt may have been applied unanswered."""
         self._failures += 1
         chunk = self._pending[0]
         chunk.retried = True
+        chunk.maybe_applied |= lost
         self._counters.add("retried", len(chunk.items))
         return delay_s
 
-    def _split(self, *, retried: bool) -> None:
-        """The current chunk in two halves, in order, at the front."""
-        items = self._pending.popleft().items
+    def _split(self, *, lost: bool = False) -> None:
+        """The current chunk in two halves, in order, at the front, each as sent before (``lost``: and after an
+        attempt that may have been applied unanswered)."""
+        chunk = self._pending.popleft()
+        items, retried, maybe_applied = chunk.items, chunk.retried or lost, chunk.maybe_applied or lost
         half = len(items) // 2
-        self._pending.extendleft([Chunk(items[half:], retried), Chunk(items[:half], retried)])
+        self._pending.extendleft(
+            [Chunk(items[half:], retried, maybe_applied), Chunk(items[:half], retried, maybe_applied)]
+        )
 
     def _server_error(self, response: Response) -> float:
         """A 5xx that is not an outage may be one event's fault: given up alone, it is counted as errored."""
@@ -189,19 +204,23 @@ class BatchDelivery:
         chunk = self._pending[0]
         if len(chunk.items) > 1:
             self._counters.add("retried", len(chunk.items))
-            self._split(retried=True)
+            self._split(lost=True)
             self._failures += 1  # backed off as any failure: a sidecar failing every request is not hammered
             return self._policy.backoff_s(self._failures)
         chunk.faults += 1
         if chunk.faults < self._policy.server_error_attempts:
-            return self._retry(self._policy.retry_after_s(retry_after, self._failures + 1))
+            return self._retry(self._policy.retry_after_s(retry_after, self._failures + 1), lost=True)
         self._pending.popleft()
         return None
 
-    def _unmatched(self, items: list[bytes], answer: dict[str, Any]) -> int:
-        """Labels of a 2xx answer the sidecar matched to no prediction record (``unmatched`` entries): lost for good.
-        Warned about at most once a minute per model, with the fix."""
+    def _unmatched(self, chunk: Chunk, answer: dict[str, Any]) -> int:
+        """Labels of a 2xx answer the sidecar matched to no prediction record (``unmatched`` entries): lost for good,
+        and warned about at most once a minute per model, with the fix; unless an earlier attempt at ``chunk`` may
+        have joined them (``maybe_applied``): then nothing says they are lost, and nothing is warned."""
+        items = chunk.items
         unmatched = _entries(answer, "unmatched")[: len(items)]
+        if chunk.maybe_applied:
+            return len(unmatched)
         for model, count in Counter(_label_model(items, entry) for entry in unmatched).items():
             self._refusals.warn(
                 ("unmatched", model),
@@ -213,10 +232,12 @@ class BatchDelivery:
             )
         return len(unmatched)
 
-    def _settle(self, size: int, rejected: int, unmatched: int = 0) -> None:
+    def _settle(self, size: int, rejected: int, unmatched: int = 0, *, unconfirmed: bool = False) -> None:
+        """Count a settled chunk: ``unmatched`` labels as ``unconfirmed`` when an earlier attempt may have joined
+        them."""
         self._counters.add("sent", size - rejected - unmatched)
         self._counters.add("rejected", rejected)
-        self._counters.add("unmatched", unmatched)
+        self._counters.add("unconfirmed" if unconfirmed else "unmatched", unmatched)
         self._failures = 0
 
 

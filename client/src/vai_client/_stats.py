@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-OUTCOMES = ("sent", "dropped", "rejected", "retried", "failed", "errored", "unmatched")
+OUTCOMES = ("sent", "dropped", "rejected", "retried", "failed", "errored", "unmatched", "unconfirmed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,10 @@ class ClientStats:
     answered a server error (a 5xx other than 502/503/504) to it alone ``server_error_attempts`` times (the
     batch it came in was split to isolate it, and its other items went on). ``unmatched``: labels the sidecar took
     but matched to no prediction record (the model is not declared with ``delayed_labels``, the record expired,
-    or it was labelled already): lost, not sent. ``buffered``: waiting now (with a
+    or it was labelled already): lost, not sent. ``unconfirmed``: labels of a batch tried again after an attempt whose
+    answer was lost (no answer, a cut-off, a 5xx or a gateway's 502/504) that the sidecar then matched to no prediction
+    record: the lost attempt may have joined them (a joined record is gone, so the retry finds none), or they matched
+    nothing; not known, so neither sent nor lost, and not warned about. ``buffered``: waiting now (with a
     batch the asyncio client's sender was cancelled with, sent first by the exit hook), and ``buffered_bytes``
     what the tensors in the buffer hold (the figure ``max_buffer_bytes`` bounds).
     In a child made by ``fork()`` the counts start at zero: they describe what the child was given.
@@ -39,6 +42,7 @@ class ClientStats:
     failed: int = 0
     errored: int = 0
     unmatched: int = 0
+    unconfirmed: int = 0
     buffered: int = 0
     buffered_bytes: int = 0
 

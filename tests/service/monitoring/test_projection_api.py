@@ -247,8 +247,10 @@ def test_a_published_projection_this_sidecar_cannot_read_is_503_when_limited(
 
 
 def _published_with(redis_client: redis.Redis, **status: dict[str, str]) -> dict[str, Any]:
-    """A projection of 30 reference and 10 production points published for ``digits``, with the owner's status."""
+    """A projection of 30 reference and 10 production points published for ``digits``, with the owner's status (and
+    its lease: an owner's status with no monitor left says nothing)."""
     redis_client.sadd(keys.MONITORED_MODELS, "digits")
+    redis_client.set(keys.monitor_lease("digits"), b"the-owner", ex=600)
     points = [{"x": float(i), "y": 0.0, "source": "reference" if i < 30 else "production"} for i in range(40)]
     body = {"v": 1, "model": "digits", "method": "pca", "computed_at": time.time() - 600, "seconds": 0.1}
     body.update(reference_count=30, production_count=10, points=points)
