@@ -67,7 +67,9 @@ def _load(header: bytes) -> tuple[Any, bool, bool]:
     try:  # NaN/Infinity tokens or invalid UTF-8: read them, so that the event and field holding them get named
         document, unicode = lenient_json(header)
         return document, False, unicode
-    except (ValueError, RecursionError) as error:
+    except RecursionError:  # JSON all the same: deeper than the readers go (one event's field, most likely)
+        raise InvalidInput("body: the JSON header is nested too deeply to read", field="body") from None
+    except ValueError as error:
         raise InvalidInput(f"body: the JSON header is not valid JSON ({error})", field="body") from None
 
 

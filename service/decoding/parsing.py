@@ -6,19 +6,23 @@ that fails does the body get taken apart event by event, so that one bad
 event never costs the valid ones beside it. JSON that msgspec refuses (NaN or
 Infinity tokens are not JSON) is re-read by the standard library, which
 accepts them, so the error can name the event and field instead of failing
-the whole body.
+the whole body. A body nested deeper than these readers go is cut into its
+events without recursion (``service.decoding.nesting``), each then read alone.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from common.errors import InvalidInput
+from service.decoding.nesting import Item, NotJson, Scanned, depth_of, key_of
 from service.events.errors import FieldError
 from service.events.schemas import NUMBER_FIELDS, BatchIn, EventIn, RawBatchIn
 from service.events.tensors import BinaryTensor, vectors_of
@@ -29,6 +33,8 @@ _RAW_BATCH = msgspec.json.Decoder(RawBatchIn)
 _EVENT = msgspec.json.Decoder(EventIn)
 _UNREADABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 """What msgspec raises for bytes that are not (strict, UTF-8, reasonably shallow) JSON."""
+_MOST_MEMBERS = 64
+"""An event too deep to read, with more members than this, is named ``event``: an event has 10 fields."""
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?:\.events\[\d+\])?\.?(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -92,7 +98,9 @@ def _decode_one_by_one(body: bytes, *, max_batch: int) -> list[Decoded]:
 def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
     try:
         document, unicode = lenient_json(body)
-    except (ValueError, RecursionError) as error:
+    except RecursionError:
+        return _decode_deep(body, max_batch=max_batch)
+    except ValueError as error:
         raise InvalidInput(f"body: not valid JSON: {error}", field="body") from None
     if isinstance(document, dict) and set(document) == {"events"} and isinstance(document["events"], list):
         items: list[Any] = document["events"]
@@ -100,6 +108,68 @@ def _decode_lenient(body: bytes, *, max_batch: int) -> list[Decoded]:
     else:
         items = [document]
     return [decode_object(index, item, via_json=True, unicode=unicode) for index, item in enumerate(items)]
+
+
+def _decode_deep(body: bytes, *, max_batch: int) -> list[Decoded]:
+    """A body nested too deeply for the JSON readers, cut into its events without recursion
+    (``service.decoding.nesting``) and each read alone: only an event too deep to read is refused."""
+    try:
+        scanned = Scanned(body)
+        events = _events_of(scanned, max_batch=max_batch)
+        if events is None:
+            return [_too_deep(0, scanned, Item(0, len(body), 0))]
+        return [_decode_alone(index, scanned, event) for index, event in enumerate(events)]
+    except NotJson as error:
+        raise InvalidInput(f"body: not valid JSON: {error}", field="body") from None
+
+
+def _decode_alone(index: int, scanned: Scanned, event: Item) -> Decoded:
+    try:
+        item, unicode = lenient_json(scanned.text[event.start : event.end])
+    except RecursionError:
+        return _too_deep(index, scanned, event)
+    except ValueError as error:
+        raise InvalidInput(f"body: not valid JSON: events[{index}]: {error}", field="body") from None
+    return decode_object(index, item, via_json=True, unicode=unicode)
+
+
+def _events_of(scanned: Scanned, *, max_batch: int) -> list[Item] | None:
+    """The events of a ``{"events": [...]}`` body; ``None`` for any other JSON value (one event)."""
+    body = scanned.text
+    start = len(body) - len(body.lstrip())
+    end = scanned.end_of(start)
+    if body[end:].strip():
+        raise NotJson(f"text after the JSON value, at byte {end}")
+    one_member = body[start] == ord("{") and scanned.count(start) == 1
+    found = key_of(body, scanned.items(start)[0]) if one_member else None
+    if found is None or found[0] != "events" or body[found[1] : found[1] + 1] != b"[":
+        return None
+    after = scanned.end_of(found[1])
+    if body[after : end - 1].strip():
+        raise NotJson(f"text after the events array, at byte {after}")
+    check_count(scanned.count(found[1]), max_batch)
+    return scanned.items(found[1])
+
+
+def _too_deep(index: int, scanned: Scanned, event: Item) -> Rejected:
+    """An event no JSON reader here can read, refused naming its deepest member (``event`` when it is no
+    object), and its request id when that is a plain string."""
+    text = scanned.text
+    start = event.end - len(text[event.start : event.end].lstrip())
+    is_object = text[start : start + 1] == b"{" and scanned.count(start) <= _MOST_MEMBERS
+    members = scanned.items(start) if is_object else []
+    field, deepest, request_id = "event", -1, None
+    for member in members:
+        if (found := key_of(text, member)) is None:
+            continue
+        key, value_start = found
+        if member.depth > deepest:
+            field, deepest = printable(key), member.depth
+        if key == "request_id" and member.depth == 0:
+            with suppress(ValueError):
+                request_id = json.loads(text[value_start : member.end])
+    request_id = printable(request_id) if isinstance(request_id, str) else None
+    return Rejected(index, request_id, FieldError(field, "nested too deeply"))
 
 
 def decode_object(
@@ -124,7 +194,8 @@ def decode_object(
     except msgspec.ValidationError as error:
         return Rejected(index, request_id, field_error(error))
     except RecursionError:
-        return Rejected(index, request_id, FieldError("event", "nested too deeply"))
+        field = max(item, key=lambda key: depth_of(item[key])) if isinstance(item, dict) and item else "event"
+        return Rejected(index, request_id, FieldError(printable(str(field)), "nested too deeply"))
 
 
 def _non_finite_path(value: Any, path: str) -> str | None:

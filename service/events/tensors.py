@@ -297,20 +297,58 @@ def _from_numbers(
         raise FieldError(field, f"{len(flat)} values do not fill shape {shape}", reason="shape_mismatch")
     if dtype.kind == "b":
         return np.array(flat, dtype=dtype).reshape(shape)
+    if dtype.kind in "iu":
+        return _integers(flat, dtype, field).reshape(shape)
     try:
         wide = np.array(flat, dtype=np.float64)
     except OverflowError:  # an integer beyond float range
         raise FieldError(field, "holds a number beyond range", reason="non_finite") from None
     with np.errstate(over="ignore", invalid="ignore"):
         array = wide.astype(dtype)
-    if dtype.kind in "iu" and not (np.isfinite(wide).all() and (array == wide).all()):
-        raise FieldError(field, f"holds values that are not {dtype.name} integers", reason="bad_tensor")
     if finite and not np.isfinite(wide).all():
         raise FieldError(field, "holds NaN or infinite values", reason="non_finite")
     if finite and dtype.kind == "f" and dtype.itemsize < 8 and not all_finite(array):  # finite numbers, too large
         limit = float(np.finfo(dtype).max)
         raise FieldError(field, f"holds a value beyond {dtype.name} range (±{limit:.4g})", reason="non_finite")
     return array.reshape(shape)
+
+
+def _integers(flat: list[Any], dtype: np.dtype[Any], field: str) -> npt.NDArray[Any]:
+    """JSON numbers as an integer dtype, exactly: not through float64, which rounds integers past 2**53 and
+    cannot hold int64's or uint64's extremes. Every value must lie in the dtype's range, and a float is taken
+    only when it is an integer (``2.0``; not ``1.5``, NaN or infinity): numpy would truncate a float, and
+    (before numpy 2) wrap an integer out of range, without a word."""
+    inferred = _as_int64(flat)
+    if inferred is not None:  # the usual case: numpy's own pass, min and max vectorised
+        low, high = int(inferred.min()), int(inferred.max())
+    else:  # a float among them, or an integer past int64: checked in Python, whose integers are exact
+        if not all(item.is_integer() for item in flat if type(item) is float):
+            raise _not_integers(field, dtype)
+        flat = [int(item) for item in flat]
+        low, high = min(flat), max(flat)
+    limits = np.iinfo(dtype)
+    if low < limits.min or high > limits.max:
+        raise _not_integers(field, dtype)
+    return inferred.astype(dtype, copy=False) if inferred is not None else np.array(flat, dtype=dtype)
+
+
+def _as_int64(flat: list[Any]) -> npt.NDArray[Any] | None:
+    """``flat`` as numpy reads it when every value is an integer it can hold (int64, or uint64 in numpy 2);
+    ``None`` when numpy would read them as float64 (a float among them, or an integer past int64) or objects."""
+    try:
+        inferred = np.array(flat)
+    except OverflowError:
+        return None
+    return inferred if inferred.dtype.kind in "iu" else None
+
+
+def _not_integers(field: str, dtype: np.dtype[Any]) -> FieldError:
+    limits = np.iinfo(dtype)
+    return FieldError(
+        field,
+        f"holds values that are not {dtype.name} integers ({limits.min} to {limits.max})",
+        reason="bad_tensor",
+    )
 
 
 def _flatten(data: list[Any], into: list[Any], field: str, types: tuple[type, ...], shape: list[int]) -> None:

@@ -20,6 +20,8 @@ from service.events.tensors import FLOAT32_MAX, BinaryTensor, Vector, beyond_flo
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
 _NUMBER_TYPES = (int, float)  # not bool: JSON true is no number
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000
+_MAX_INPUT_DIMS = 8
+"""As many dimensions as a stored input may have (``sampler.contract.InputTensor.shape``)."""
 
 
 def check_lane_event(
@@ -212,6 +214,8 @@ def _input_of(value: Any) -> InputTensor | None:
 
 
 def _nested_input(value: list[Any]) -> InputTensor:
+    if _leading_depth(value) > _MAX_INPUT_DIMS:  # numpy calls a deeper list ragged (or reads up to 32 dimensions)
+        raise FieldError("input", f"a nested list has more than {_MAX_INPUT_DIMS} dimensions")
     try:
         array_in = np.asarray(value)
     except ValueError:
@@ -223,3 +227,12 @@ def _nested_input(value: list[Any]) -> InputTensor:
     if not np.isfinite(as_float).all():
         raise FieldError("input", "holds values that are not finite float32 numbers", reason="non_finite")
     return InputTensor.of(as_float)
+
+
+def _leading_depth(value: Any) -> int:
+    """How deep the first items of a nested list go (its dimensions, when it is rectangular), stopping one past
+    the limit: a few steps, however deep the list."""
+    depth, first = 0, value
+    while type(first) is list and depth <= _MAX_INPUT_DIMS:
+        depth, first = depth + 1, first[0] if first else None
+    return depth
