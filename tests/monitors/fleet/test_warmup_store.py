@@ -266,8 +266,16 @@ def test_a_resumed_warm_up_of_another_width_than_the_feed_s_is_replaced(
     wider += send(redis_client, rng, 30, width=16)
 
     def replaced() -> bool:
+        """Every record examined (the feed empty: a record read in a later batch than the one that let the resumed
+        rows go is collected after them) and the warm-up stored as far as it goes."""
         progress = resumed.warmup_progress
-        return resumed.embedding_width == 16 and progress is not None and stored_rows(redis_client) == progress[0]
+        settled = redis_client.xlen(keys.prediction_feed("m")) == 0
+        return (
+            settled
+            and resumed.embedding_width == 16
+            and progress is not None
+            and stored_rows(redis_client) == progress[0]
+        )
 
     wait_until(replaced, what="the fresh 16-d warm-up stored")
     count = stored_rows(redis_client)
