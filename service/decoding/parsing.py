@@ -35,6 +35,8 @@ _UNREADABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 """What msgspec raises for bytes that are not (strict, UTF-8, reasonably shallow) JSON."""
 _MOST_MEMBERS = 64
 """An event too deep to read, with more members than this, is named ``event``: an event has 10 fields."""
+_UNKNOWN = re.compile(r"^Object contains unknown field `(.*)`$", re.S)
+_BATCH_SHAPE = 'a batch is {"events": [event objects]}, one event an object of its own'
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?:\.events\[\d+\])?\.?(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -64,6 +66,7 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
         except msgspec.ValidationError as error:
             if "at `$.events[" in str(error):
                 return _decode_one_by_one(body, max_batch=max_batch)
+            _refuse_envelope(error)
             return [_decode_single(body)]
     except _UNREADABLE:
         return _decode_lenient(body, max_batch=max_batch)
@@ -74,6 +77,21 @@ def decode_body(body: bytes, *, max_batch: int) -> list[Decoded]:
 def looks_like_batch(body: bytes) -> bool:
     """Cheap guess so that a single event is decoded once (a wrong guess only costs a retry)."""
     return body.lstrip()[:12].replace(b" ", b"").startswith(b'{"events"')
+
+
+def _refuse_envelope(error: msgspec.ValidationError) -> None:
+    """``InvalidInput`` for a ``{"events": ...}`` body whose envelope is wrong: ``events`` no list of events, or a
+    key beside it. Anything else is left to the single-event reading, which names it (a body may be one event)."""
+    match = _PATH.match(str(error))
+    if match is None:
+        return
+    message, path = match.group("message"), match.group("path")
+    if path == "events":
+        raise InvalidInput(f"events: {message[:1].lower() + message[1:]}; {_BATCH_SHAPE}", field="events")
+    unknown = _UNKNOWN.match(message)
+    if not path and unknown is not None:
+        name = printable(unknown.group(1))
+        raise InvalidInput(f"{name}: unknown field beside events; {_BATCH_SHAPE}", field=name)
 
 
 def _decode_single(body: bytes) -> Decoded:
@@ -227,6 +245,8 @@ def field_error(error: msgspec.ValidationError) -> FieldError:
     match = _PATH.match(str(error))
     message = match.group("message") if match else str(error)
     path = (match.group("path") if match else None) or "event"
+    if path == "event" and message == "Object contains unknown field `labels`":  # a labels body sent here
+        return FieldError("labels", "not a field of an event; delayed labels go to POST /v1/labels")
     reason = "non_finite" if "out of range" in message else "invalid"
     return FieldError(path, message[:1].lower() + message[1:], reason=reason)
 

@@ -371,6 +371,36 @@ def test_bad_body_is_422_naming_the_field(
     assert _accepted(registry) == 0
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        pytest.param(b'{"events": {}}', "events", "events: expected `array`, got `object`", id="events-an-object"),
+        pytest.param(b'{"events": null}', "events", "events: expected `array`, got `null`", id="events-null"),
+        pytest.param(
+            b'{"events": [' + _event_bytes() + b'], "extra": 1}',
+            "extra",
+            "extra: unknown field beside events",
+            id="key-beside-events",
+        ),
+        pytest.param(
+            b'{"labels": [{"model": "digits", "request_id": "r1", "label": 1}]}',
+            "labels",
+            "labels: not a field of an event; delayed labels go to POST /v1/labels",
+            id="labels-sent-here",
+        ),
+    ],
+)
+def test_a_wrong_envelope_is_named_as_such_not_as_an_event_with_an_unknown_field(
+    make_client: ClientFactory, body: bytes, field: str, says: str
+) -> None:
+    """Once ``{"events": {}}`` was refused as "event: object contains unknown field `events`"."""
+    response = _post(make_client(), body)
+    assert response.status_code == 422, response.text
+    answer = response.json()
+    assert answer["field"] == field and says in answer["error"], answer
+    assert "unknown field `events`" not in response.text
+
+
 def test_batch_above_max_batch_is_refused_whole(make_client: ClientFactory) -> None:
     registry = CollectorRegistry()
     client = make_client(registry=registry, max_batch=3)
