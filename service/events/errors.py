@@ -20,4 +20,5 @@ def first_problem(error: ValidationError, *prefix: str) -> tuple[str, str]:
     ``"path: message"``, as every 4xx of ours names it."""
     first = error.errors()[0]
     field = ".".join([*prefix, *(str(part) for part in first["loc"])]) or "body"
-    return field, f"{field}: {first['msg']}"
+    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]  # pydantic: "Extra inputs..."
+    return field, f"{field}: {message}"

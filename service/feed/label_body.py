@@ -21,7 +21,10 @@ LABELS_SHAPE = f'{{"labels": [{LABEL_SHAPE}, ...]}}'
 
 
 class LabelIn(BaseModel):
-    """One delayed label of ``POST /v1/labels``."""
+    """One delayed label of ``POST /v1/labels``: a key of another name is refused (a misspelt ``label`` must not
+    read as a label without one), as ``/v1/events`` refuses an event's."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(pattern=MODEL_PATTERN)
     request_id: str = Field(min_length=1, max_length=128)

@@ -55,3 +55,15 @@ def test_one_label_that_is_no_object_is_rejected_in_the_senders_terms_and_the_ot
 def test_the_documented_body_refuses_other_keys(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()["paths"]["/v1/labels"]["post"]["requestBody"]
     assert schema["content"]["application/json"]["schema"]["additionalProperties"] is False
+
+
+def test_a_label_with_a_key_of_another_name_is_rejected_naming_it_and_the_others_go_on(client: TestClient) -> None:
+    """``lable`` misspelt: read as a label without one it would be refused as missing ``label`` anyway, but a key
+    beside a good ``label`` (``confidence``) was dropped unseen."""
+    answer = client.post("/v1/labels", json={"labels": [LABEL, {**LABEL, "request_id": "r2", "confidence": 0.9}]})
+    assert answer.status_code == 200, answer.text
+    (rejected,) = answer.json()["rejected"]
+    assert (rejected["index"], rejected["request_id"]) == (1, "r2") and rejected[
+        "error"
+    ] == "labels.1.confidence: unknown field"
+    assert [item["request_id"] for item in answer.json()["unmatched"]] == ["r1"]
