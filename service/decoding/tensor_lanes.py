@@ -41,7 +41,8 @@ from common.names import MODEL_RE, VERSION_RE
 from common.numbers import ascii_decimal
 from service.decoding.parsing import looks_like_batch
 from service.events.schemas import NUMBER_FIELDS, EventIn
-from service.events.tensors import OIP_DTYPES, all_finite, bools_valid, vector_length, widened
+from service.events.tensor_numbers import all_finite
+from service.events.tensors import OIP_DTYPES, bools_valid, vector_length, widened
 
 _BINARY_KEYS = frozenset(("name", "shape", "datatype", "parameters"))
 _TENSOR_FIELDS = frozenset((*NUMBER_FIELDS, "input"))

@@ -23,7 +23,8 @@ import numpy.typing as npt
 
 from common.errors import InvalidInput
 from service.events.errors import FieldError
-from service.events.tensors import DATA_AND_BINARY, BinaryTensor, all_finite, beyond_float32, tensor_of, vector_length
+from service.events.tensor_numbers import all_finite
+from service.events.tensors import DATA_AND_BINARY, BinaryTensor, beyond_float32, tensor_of, vector_length
 from service.kserve.cloudevents import HEADER_LENGTH, CloudEvent, payload_document
 from service.settings import KServeMapping
 
