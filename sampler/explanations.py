@@ -211,6 +211,17 @@ class ExplanationStore:
             members = await self._redis.smembers(keys.EXPLAINED_MODELS)
         return sorted(map(text, members))
 
+    async def fleet_knows(self, model: str) -> bool:
+        """Whether ``model`` is a model of this fleet: one with explanation records (a sampled event, even one still
+        queued), or one the monitors know (``keys.MONITORED_MODELS``: a replica published its events, or a reference
+        was uploaded). A view of no explanations then says "none finished yet", not "no such model"."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sismember(keys.EXPLAINED_MODELS, model)
+        pipe.sismember(keys.MONITORED_MODELS, model)
+        with _reading():
+            explained, monitored = await execute(pipe)
+        return bool(explained or monitored)
+
     async def query(self, query: ExplanationQuery) -> ScannedPage:
         """Newest first, filtered; examines at most ``examine_max`` index entries (see ``ScannedPage``)."""
         with _reading():

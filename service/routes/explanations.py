@@ -32,6 +32,11 @@ from service.sidecar import Sidecar
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 router = APIRouter(dependencies=[ReadScope], responses=errors(*TOKEN, 422, REDIS))
+_UNKNOWN_WHY = (
+    "no event of it received by this sidecar, sampled for explanation or published to the monitors, and no reference "
+    "of it"
+)
+_UNKNOWN_MODEL = f"No such model in this fleet: {_UNKNOWN_WHY}"
 _NO_EVENT = "No sampled event of this model with this request_id (never sampled, past the retention, or unreadable)"
 RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
@@ -92,20 +97,33 @@ async def list_explanations(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.get("/v1/explanations/{model}/methods", summary="Per attribution method: sanity, deletion, agreement, verdicts")
+@router.get(
+    "/v1/explanations/{model}/methods",
+    summary="Per attribution method: sanity, deletion, agreement, verdicts",
+    responses=errors(why={404: _UNKNOWN_MODEL}),
+)
 async def get_method_trust(
     model: ModelPath, sidecar: SidecarDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
 ) -> MethodTrustReport:
-    """Over the model's latest ``limit`` done explanations. Declared before the detail route, so an event whose
-    request_id is ``methods`` is not readable by id."""
+    """Over the model's latest ``limit`` done explanations; none (an empty report) for a model of the fleet whose
+    events are not explained yet, and a 404 for a name the fleet does not know: a typo is not "the workers are
+    behind". Declared before the detail route, so an event whose request_id is ``methods`` is not readable by id."""
     summaries = await sidecar.explanations.latest_done(model, limit=limit)
+    figures = await sidecar.explanations.sanity(model)
+    if not summaries and not figures and not await _known(sidecar, model):
+        raise NotFound(f"model: {model!r} is unknown to this fleet ({_UNKNOWN_WHY})", field="model")
     latest = {
         method: LatestSanity(
             similarity=figure.similarity, flagged=figure.flagged, samples=figure.samples, checked_at=figure.checked_at
         )
-        for method, figure in (await sidecar.explanations.sanity(model)).items()
+        for method, figure in figures.items()
     }
     return await run_in_threadpool(method_trust_report, model, [summary.trust for summary in summaries], latest)
+
+
+async def _known(sidecar: Sidecar, model: str) -> bool:
+    """This sidecar took the model's events (none sampled yet, say), or the fleet knows it."""
+    return model in sidecar.ingest.known_models or await sidecar.explanations.fleet_knows(model)
 
 
 @router.get(

@@ -23,7 +23,7 @@ from common.errors import Forbidden, MethodNotAllowed, PayloadTooLarge, RequestT
 from service.decoding.binary_body import HEADER_LENGTH
 from service.decoding.fast_parsing import BracketTally
 from service.http.auth import Scope
-from service.http.body import collect_body
+from service.http.body import BodyCutOff, collect_body
 from service.sidecar import Sidecar
 
 INGEST_PATH = "/v1/events"
@@ -100,6 +100,9 @@ async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes
         )
         raise
     except _Disconnected:  # the request ends unanswered, but not uncounted
+        sidecar.ingest.reject_body("disconnected")
+        raise
+    except BodyCutOff:  # the server's shutdown closes the connection mid-body: counted as a sender that left is
         sidecar.ingest.reject_body("disconnected")
         raise
     open_brackets = tally.count if tally is not None else None

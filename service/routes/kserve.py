@@ -8,6 +8,7 @@ from starlette.requests import ClientDisconnect
 
 from common.errors import VaiError
 from service.http.auth import Scope
+from service.http.body import BodyCutOff
 from service.http.openapi import BODY, REDIS, TOKEN, errors, request_body
 from service.kserve.cloudevents import HEADER_LENGTH, MAX_EVENT_ID, REQUEST_TYPE, RESPONSE_TYPE, STRUCTURED
 from service.kserve.logger import KServeReply
@@ -28,7 +29,7 @@ async def _read(request: Request, sidecar: Sidecar) -> bytes:
     except VaiError as error:
         sidecar.kserve.refused(request.headers, error)
         raise
-    except ClientDisconnect:
+    except (ClientDisconnect, BodyCutOff):  # the sender left, or the server's shutdown cut the body off
         sidecar.kserve.disconnected(request.headers)
         raise
 

@@ -9,13 +9,16 @@ under a Content-Security-Policy that allows only this origin's script and style,
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Response
+from fastapi.responses import FileResponse, HTMLResponse
 
 from common.errors import NotFound
-from service.routes.deps import ModelPath, ReadScope, SidecarDep
+from common.names import MODEL_RE
+from service.http.body import printable
+from service.routes.deps import ReadScope, SidecarDep
 
 STATIC_DIR = Path(__file__).parents[1] / "static"
 CONTENT_SECURITY_POLICY = (
@@ -31,6 +34,28 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+_NOT_A_MODEL = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <meta name="referrer" content="no-referrer">
+  <link rel="icon" href="data:,">
+  <title>Not a model name · vai-sidecar</title>
+  <link rel="stylesheet" href="/ui/static/app.css">
+</head>
+<body>
+  <header class="top"><div class="title-block"><h1>Model overview</h1></div></header>
+  <p class="message message-error" role="alert">“{name}” is not a valid model name: a model name is 1 to 64
+    letters, digits, “.”, “_” or “-”, and does not start with “.”. Check the address.
+    <a href="/ui">← sampled explanations</a></p>
+</body>
+</html>
+"""
+"""The overview's answer to a name no model can have (``{name}``: the name, escaped)."""
+_SHOWN_MAX = 80
+"""Characters of a refused name the page shows."""
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -40,8 +65,13 @@ async def viewer() -> FileResponse:
 
 
 @router.get("/ui/models/{model}")
-async def model_overview(model: ModelPath) -> FileResponse:
-    """The same page for every model: its script reads the model's name from the address."""
+async def model_overview(model: str) -> Response:
+    """The same page for every model: its script reads the model's name from the address. A name no model can
+    have is answered with a page saying so (422), not with the API's JSON error: a person reads this address."""
+    if MODEL_RE.match(model) is None:
+        shown = model if len(model) <= _SHOWN_MAX else f"{model[:_SHOWN_MAX]}…"
+        page = _NOT_A_MODEL.format(name=html.escape(printable(shown)))
+        return HTMLResponse(page, status_code=422, headers=_HEADERS)
     return FileResponse(STATIC_DIR / "overview.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
 
 

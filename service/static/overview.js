@@ -204,8 +204,14 @@
       },
     }, "Retry");
     const notYet = error instanceof NoData || (error instanceof ApiError && [0, 404, 503].includes(error.status));
-    const lead = notYet ? "No data yet" : "Not available";
+    const lead = unknownModel(error) ? "Unknown model" : notYet ? "No data yet" : "Not available";
     emptyBody(section).replaceChildren(el("p", { class: "empty" }, `${lead}: ${reason(error)} `, retry));
+  }
+
+  /** A 404 saying that the model itself is unknown (to the monitors, or to the fleet for explanations), not that
+   * its data has not come yet: a mistyped name must not read as "the workers are behind". */
+  function unknownModel(error) {
+    return error instanceof ApiError && error.status === 404 && /^model: .* is unknown\b/.test(error.message);
   }
 
   /** Where a view says it has nothing to show: its body, or the projection's plot (its side list and tooltip,
@@ -485,7 +491,8 @@
   async function loadMethods(section) {
     const m = await get(PATHS.methods, { limit: String(METHODS_LIMIT) });
     if (!m.explanations || !(m.methods || []).length) {
-      throw new NoData("no finished explanations among the most recent ones (are the workers behind?)");
+      throw new NoData("no finished explanations among the most recent ones (none sampled yet, or the workers " +
+        "are behind)");
     }
     const head = ["Method", "Trusted", "Passes sanity check", "Mean fidelity gain", "Mean agreement", "Explanations"];
     const rows = m.methods.map((r) => el("tr", {},

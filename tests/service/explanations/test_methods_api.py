@@ -30,7 +30,7 @@ from common.embedded_redis import EmbeddedRedis
 from common.redis import connect
 from demo.models import digits
 from demo.models.training import DatasetSplit
-from helpers import drain_worker, serve_app, wait_until
+from helpers import drain_worker, event, serve_app, wait_until
 from sampler.explanation_records import (
     ExplanationDetail,
     ExplanationRecord,
@@ -183,10 +183,41 @@ def test_the_aggregate_equals_a_direct_computation_over_the_stored_records(
     assert all(row["method"] in METHODS for row in response.json()["methods"])  # maps towards the label: not methods
 
 
-def test_a_model_without_explanations_has_no_methods(client: TestClient) -> None:
-    body = client.get("/v1/explanations/other/methods").json()
+@pytest.mark.parametrize(
+    "known_by",
+    [
+        pytest.param("events", id="events-received-here"),
+        pytest.param("queued", id="an-event-sampled-not-explained-yet"),
+        pytest.param("monitors", id="events-published-by-another-replica"),
+    ],
+)
+def test_a_known_model_without_explanations_has_no_methods(
+    client: TestClient, redis_url: str, redis_client: redis.Redis, known_by: str
+) -> None:
+    if known_by == "events":
+        assert client.post("/v1/events", json=event("r1", model="other")).status_code == 202
+    elif known_by == "queued":
+        record = _record(1, "queued", np.random.default_rng(1), ())
+        _save(redis_url, [record.model_copy(update={"summary": record.summary.model_copy(update={"model": "other"})})])
+    else:
+        redis_client.sadd(keys.MONITORED_MODELS, "other")
 
-    assert body == {"model": "other", "explanations": 0, "methods": []}
+    response = client.get("/v1/explanations/other/methods")
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"model": "other", "explanations": 0, "methods": []}
+
+
+def test_a_model_the_fleet_does_not_know_is_a_404_naming_it(client: TestClient, redis_url: str) -> None:
+    """A typo in a name is not "no finished explanations yet": the overview would blame the workers."""
+    _save(redis_url, [_record(1, "done", np.random.default_rng(2), ("saliency",))])  # digits is known, not digtis
+
+    response = client.get("/v1/explanations/digtis/methods")
+
+    assert response.status_code == 404
+    assert response.json()["field"] == "model"
+    assert response.json()["error"].startswith("model: 'digtis' is unknown to this fleet ("), response.text
+    assert client.get("/v1/explanations/digits/methods").status_code == 200
 
 
 @pytest.mark.parametrize("request_id", ["tenant/7/a b", "x?y#z%/", "a/methods"])
@@ -209,6 +240,7 @@ def test_a_request_id_holding_a_slash_is_readable_by_id(client: TestClient, redi
 def test_the_route_needs_the_read_token(make_client: Callable[..., TestClient]) -> None:
     client = make_client(read_tokens=("r",), ingest_tokens=("i",))
 
+    assert client.post("/v1/events", json=event(), headers={"authorization": "Bearer i"}).status_code == 202
     assert client.get("/v1/explanations/digits/methods").status_code == 401
     assert client.get("/v1/explanations/digits/methods", headers={"authorization": "Bearer i"}).status_code == 403
     assert client.get("/v1/explanations/digits/methods", headers={"authorization": "Bearer r"}).status_code == 200
@@ -240,6 +272,7 @@ def test_a_bad_model_name_is_a_422_naming_it(client: TestClient) -> None:
 def test_redis_down_is_a_503_with_retry_after(own_redis: EmbeddedRedis, make_settings: Callable[..., Any]) -> None:
     app = create_app(make_settings(redis_url=own_redis.url, redis_timeout_s=0.2))
     with serve_app(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+        assert http.post("/v1/events", json=event()).status_code == 202
         assert http.get("/v1/explanations/digits/methods").status_code == 200
         own_redis.kill()
         response = http.get("/v1/explanations/digits/methods")
