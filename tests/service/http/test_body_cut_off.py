@@ -45,7 +45,8 @@ try:
     )
 finally:
     counted = registry.get_sample_value("vai_events_rejected_total", {"reason": "disconnected"})
-    cloudevents = registry.get_sample_value("vai_kserve_events_total", {"model": "__unmapped__", "outcome": "disconnected"})
+    unmapped = {"model": "__unmapped__", "outcome": "disconnected"}
+    cloudevents = registry.get_sample_value("vai_kserve_events_total", unmapped)
     print(f"disconnected={counted} cloudevents={cloudevents}", flush=True)
 """
 """The app under uvicorn as ``vai-sidecar serve`` runs it (uvloop, httptools), with a 1 s graceful shutdown instead
