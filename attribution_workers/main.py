@@ -7,7 +7,8 @@ outage does not end the worker: it waits for Redis, also at start.
 A model that does not load does not stop the others: it is logged once at ERROR with the reason, exported as
 ``vai_worker_model_load_failed{model}`` = 1, and the worker explains the models that loaded. Status 1 at start
 when none loads, when any does not under ``VAI_WORKER_REQUIRE_ALL_MODELS``, and when an attribution section does
-not validate (a mistake in the file, refused as a whole before anything loads); 2 without ``VAI_REDIS_URL``.
+not validate (a mistake in the file, refused as a whole before anything loads); 2 without ``VAI_REDIS_URL``, and
+when its ``/metrics`` port cannot be bound (also checked before the models load).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from attribution_workers.settings import WorkerSettings
 from attribution_workers.worker import AttributionWorker
 from common.names import process_id
 from common.redis import REDIS_FAILED, connect
+from common.settings import SettingsError
 from sampler.explanations import ExplanationStore
 
 log = logging.getLogger(__name__)
@@ -160,13 +162,12 @@ def run_worker(settings: WorkerSettings) -> int:
     if settings.worker_torch_threads:
         torch.set_num_threads(settings.worker_torch_threads)
     registry = CollectorRegistry()
+    serve_metrics(settings, registry)
     loaded = load_runtimes(settings)
     if not report_failures(settings, loaded):
         return 1
     runtimes = loaded.runtimes
     worker = make_worker(settings, runtimes, registry, failed=loaded.failures)
-    if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
     for name, runtime in runtimes.items():
         log.info(
             "worker %s explains %s on %s with %s",
@@ -185,6 +186,21 @@ def run_worker(settings: WorkerSettings) -> int:
         logging.shutdown()
         os._exit(EXIT_TIMED_OUT)  # not sys.exit: the interpreter would wait for the hung thread
     return 0
+
+
+def serve_metrics(settings: WorkerSettings, registry: CollectorRegistry) -> None:
+    """Serve ``registry`` on ``worker_metrics_port`` (0: not at all), before the models load: a port in use used to
+    be found only after every model had loaded (minutes on a GPU for a large one), as a traceback naming no setting.
+    Until the worker is built the page is empty."""
+    if not settings.worker_metrics_port:
+        return
+    try:
+        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
+    except OSError as error:
+        raise SettingsError(
+            f"VAI_WORKER_METRICS_PORT (or --metrics-port) {settings.worker_metrics_port} on VAI_HOST {settings.host}: "
+            f"cannot serve /metrics: {error.strerror or error}"
+        ) from None
 
 
 async def _work(worker: AttributionWorker) -> None:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from common.settings import RoleSettings
+
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+"""The torch devices a worker explains on (``attribution_workers.loader.resolve_device``)."""
+
+
+def _device(value: object) -> object:
+    """``value`` checked at start-up: torch refused another (``tpu``) only as each model loaded, with a traceback per
+    model. Empty is unset, as for the other optional settings."""
+    if not isinstance(value, str):
+        return value
+    device = value.strip().lower()
+    if device and not DEVICE.fullmatch(device):
+        raise ValueError(f"{value!r} is not a device the worker can use: cpu, cuda or cuda:N (the GPU of index N)")
+    return device or None
 
 
 class ModelSection(BaseModel):
@@ -55,8 +70,8 @@ class WorkerSettings(RoleSettings):
     """Exit at start (status 1) when any model of the config fails to load. By default the worker logs each model
     it cannot load, exports it as ``vai_worker_model_load_failed``, and explains the others; it exits only when no
     model loads. Strict start suits a rollout that should halt on a bad model rather than go on without it."""
-    worker_device: str | None = None
-    """Torch device for attribution (``cuda``, ``cpu``); default CUDA when available."""
+    worker_device: Annotated[str | None, BeforeValidator(_device)] = None
+    """Torch device for attribution: ``cpu``, ``cuda`` or ``cuda:N``; default (unset or empty) CUDA when available."""
     worker_torch_threads: int = Field(default=1, ge=0)
     """Torch intra-op CPU threads of a worker (0: torch's default). Small models run fastest on one:
     measured here, 16 digits events with 5 methods went from 5-10 to ~115 events/s going from 2 threads to 1."""

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--duration must be 0 (until Ctrl-C) or more")
     overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     base = SidecarSettings(**overrides)
+    check_role_settings(base)
     base.configure_logging()
     if base.open_without_auth:
         log.error("refusing to bind %s with auth off: set VAI_*_TOKENS or bind 127.0.0.1", base.host)
@@ -68,6 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("the demo failed")
         code = 1
     return _leave(code)
+
+
+def check_role_settings(base: SidecarSettings) -> None:
+    """Build the monitor's and the worker's settings once before anything starts: they read the environment and the
+    file too (``VAI_DRIFT__*``, ``VAI_WORKER_*``), and a mistake found when their threads start was a traceback
+    after Redis and the model; raised here, ``vai-sidecar`` names it on one line. The Redis URL is never used."""
+    unused = "redis://127.0.0.1:6379/0"  # the embedded Redis's is known only once it runs
+    monitor_settings(base, redis_url=unused)
+    worker_settings(base, redis_url=unused, model_path=DATA_DIR / "models" / digits.HELD_OUT_FILE_NAME)
 
 
 def drift_after_s(duration_s: float | None) -> float:

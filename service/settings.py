@@ -13,10 +13,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.names import MODEL_PATTERN, MODEL_RE
-from common.settings import CohortKeys, CommaList, RoleSettings
+from common.settings import CohortKeys, CommaList, RoleSettings, errors_in_brief
 from sampler.policy import SamplingPolicy
 
 Tokens = CommaList
+STREAM_ROOM_MIN = 1_000
+"""Fewest stream entries ``VAI_STREAM_MAXLEN`` must allow beyond ``VAI_QUEUE_MAX_LENGTH``: ten of the macro nodes
+(``stream-node-max-entries``, 100) that ``XADD MAXLEN ~`` trims whole."""
 
 
 class KServeMapping(BaseModel):
@@ -134,7 +137,9 @@ class SidecarSettings(RoleSettings):
     queue_max_length: int = Field(default=10_000, ge=1)
     """Backlog per model stream above which new samples are dropped (``queue_full``)."""
     stream_maxlen: int = Field(default=50_000, ge=1)
-    """Approximate ``MAXLEN`` of each stream: a safety net far above the backlog cap."""
+    """Approximate ``MAXLEN`` of each stream: a safety net far above the backlog cap, at least twice it and 1,000
+    entries more. The cap is checked against a length polled every ``queue_poll_s`` while every replica writes, so
+    a stream overshoots it; what ``MAXLEN`` trims is lost unexplained and counted nowhere."""
     queue_poll_s: float = Field(default=1.0, gt=0)
     """How often queue lengths are read from Redis."""
     buffer_max_events: int = Field(default=10_000, ge=1)
@@ -183,7 +188,21 @@ class SidecarSettings(RoleSettings):
             try:
                 self.model_policy(name)
             except ValidationError as error:
-                raise ValueError(f"models.{name}.sampling: {error}") from None
+                raise ValueError(f"[models.{name}.sampling] {errors_in_brief(error)}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _check_stream_room(self) -> SidecarSettings:
+        """The backlog cap must act before ``MAXLEN`` does: at or above it, ``queue_full`` never fired and the
+        oldest samples were trimmed unexplained, without a counter."""
+        room = max(self.queue_max_length, STREAM_ROOM_MIN)
+        if self.stream_maxlen - self.queue_max_length < room:
+            raise ValueError(
+                f"VAI_STREAM_MAXLEN ({self.stream_maxlen}) must exceed VAI_QUEUE_MAX_LENGTH ({self.queue_max_length}) "
+                f"by at least {room} (the cap, and at least {STREAM_ROOM_MIN}): the backlog cap acts on a length "
+                "polled while every replica writes, and what XADD MAXLEN ~ trims is lost unexplained and uncounted; "
+                f"raise VAI_STREAM_MAXLEN to {self.queue_max_length + room} or lower VAI_QUEUE_MAX_LENGTH"
+            )
         return self
 
     @model_validator(mode="after")
