@@ -7,7 +7,10 @@ the same class to get a real server on a random port.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -21,6 +24,12 @@ import redis
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+LOCK_FILE = "embedded-redis.lock"
+"""In the data directory: locked (``flock``) while an embedded Redis runs on it, by us and by its redis-server."""
+
+
+class DataDirUnusable(RuntimeError):
+    """The data directory cannot hold this embedded Redis: it cannot be created, or another one runs on it."""
 
 
 def redis_server_binary() -> str:
@@ -60,6 +69,7 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self._append_only = append_only
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def log_file(self) -> Path:
@@ -70,7 +80,21 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, *, timeout_s: float = 10.0) -> EmbeddedRedis:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Lock the data directory (:class:`DataDirUnusable` when another embedded Redis holds it), then start
+        redis-server on it. The lock is held until :meth:`stop`, through any restart."""
+        locked_here = self._lock_fd is None
+        if locked_here:
+            self._lock_fd = _lock(self.data_dir)
+        try:
+            self._launch(timeout_s)
+        except BaseException:
+            if locked_here:
+                self._unlock()
+            raise
+        log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
+        return self
+
+    def _launch(self, timeout_s: float) -> None:
         command = [
             redis_server_binary(),
             "--port",
@@ -92,27 +116,36 @@ class EmbeddedRedis:
         ]
         # A session of its own: Ctrl-C in a terminal signals the whole foreground process group, and Redis must
         # not exit before the roles that write to it have stopped (we stop it last; it dies with us regardless).
+        # It inherits the lock: a redis-server that outlives us (still saving) keeps the directory to itself.
         self._process = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
             start_new_session=True,
+            pass_fds=() if self._lock_fd is None else (self._lock_fd,),
         )
         self._wait_ready(timeout_s)
-        log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
-        return self
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stop redis-server (it saves first), then release the data directory."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()  # redis-server saves and exits on SIGTERM
         try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            if process is None or process.poll() is not None:
+                return
+            process.terminate()  # redis-server saves and exits on SIGTERM
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # the lock goes with the last descriptor: ours, once our redis-server has exited
 
     def watch(self, stop: threading.Event, *, period_s: float = 1.0) -> None:
         """Start redis-server again (same port, same data) whenever it exits on its own, until ``stop`` is set;
@@ -137,7 +170,7 @@ class EmbeddedRedis:
                 wait_s = period_s
 
     def kill(self) -> None:
-        """Stop without a clean shutdown (for tests of an outage)."""
+        """Stop without a clean shutdown (for tests of an outage); the data directory stays locked."""
         process, self._process = self._process, None
         if process is not None:
             process.kill()
@@ -167,3 +200,29 @@ class EmbeddedRedis:
                     time.sleep(0.02)
         finally:
             client.close()
+
+
+def _lock(data_dir: Path) -> int:
+    """A descriptor holding the exclusive lock of ``data_dir`` (created if need be), our pid written in it. Two
+    redis-servers on one directory would append to one append-only file, and a restart would load both datasets."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        raise DataDirUnusable(f"{data_dir} exists and is not a directory") from None
+    except OSError as error:
+        raise DataDirUnusable(f"{data_dir} cannot hold the embedded Redis: {error.strerror or error}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if error.errno not in (errno.EAGAIN, errno.EACCES):
+            raise DataDirUnusable(f"{data_dir}: cannot lock {LOCK_FILE}: {error.strerror or error}") from None
+        raise DataDirUnusable(
+            f"{data_dir} is in use by another embedded Redis (started by process {holder or '?'}): each needs a "
+            "data directory of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from monitors.drift.detectors import preload
-from monitors.fleet.process import MonitorProcess
 from monitors.fleet.settings import MonitorSettings
+
+if TYPE_CHECKING:
+    from monitors.fleet.process import MonitorProcess
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +25,12 @@ def run_monitor(settings: MonitorSettings) -> int:
         log.error("the monitor needs VAI_REDIS_URL: the Redis its sidecars publish to")
         return 2
     registry = CollectorRegistry()
-    if settings.monitor_metrics_port:
-        start_http_server(settings.monitor_metrics_port, addr=settings.host, registry=registry)
+    if settings.monitor_metrics_port and not _serve_metrics(settings, registry):
+        return 2
+    # The detectors' libraries (torch, alibi-detect: ~2.5 s) load once the port is ours: a refused start is quick.
+    from monitors.drift.detectors import preload
+    from monitors.fleet.process import MonitorProcess
+
     process = MonitorProcess(settings, registry=registry)
     started = time.perf_counter()
     if preload(settings.drift):
@@ -34,6 +41,26 @@ def run_monitor(settings: MonitorSettings) -> int:
     gc.freeze()
     asyncio.run(_run(process))
     return 0
+
+
+def _serve_metrics(settings: MonitorSettings, registry: CollectorRegistry) -> bool:
+    """Serve ``/metrics``, or say in one line why it cannot be (a configuration error: the caller exits 2)."""
+    try:
+        start_http_server(settings.monitor_metrics_port, addr=settings.host, registry=registry)
+    except OSError as error:
+        in_use = error.errno == errno.EADDRINUSE
+        log.error(
+            "VAI_MONITOR_METRICS_PORT (--metrics-port): cannot serve /metrics on %s port %d: %s%s",
+            settings.host,
+            settings.monitor_metrics_port,
+            error.strerror or error,
+            " (another monitor on this host, or a second sidecar's embedded one?): give each its own port, or 0 for "
+            "no /metrics"
+            if in_use
+            else "",
+        )
+        return False
+    return True
 
 
 async def _run(process: MonitorProcess) -> None:

@@ -7,9 +7,10 @@ import signal
 import threading
 from pathlib import Path
 
+import pytest
 import redis
 
-from common.embedded_redis import EmbeddedRedis
+from common.embedded_redis import DataDirUnusable, EmbeddedRedis
 from helpers import redis_servers_in, wait_until
 
 
@@ -42,3 +43,37 @@ def test_a_redis_server_that_dies_is_started_again_with_its_data(tmp_path: Path)
         stop.set()
         client.close()
         server.stop()
+
+
+def test_a_data_directory_holds_one_embedded_redis_at_a_time(tmp_path: Path) -> None:
+    """Two redis-servers on one directory appended to one file, and a restart loaded both datasets mixed."""
+    first = EmbeddedRedis(data_dir=tmp_path / "redis", append_only=False).start()
+    second = EmbeddedRedis(data_dir=tmp_path / "redis", append_only=False)
+    try:
+        with pytest.raises(
+            DataDirUnusable, match=rf"in use by another embedded Redis \(started by process {os.getpid()}\)"
+        ):
+            second.start()
+        assert len(redis_servers_in(first.data_dir)) == 1
+        first.kill()
+        first.start()  # started again by its owner (as its watcher does): still the one holding the directory
+        with pytest.raises(DataDirUnusable):
+            second.start()
+        first.stop()
+        second.start()  # stopped: the directory is free
+        assert len(redis_servers_in(second.data_dir)) == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [pytest.param("a-file", id="a-file"), pytest.param("/proc/nope", id="not-creatable")],
+)
+def test_a_data_directory_that_cannot_be_one_is_refused_in_a_sentence(tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    server = EmbeddedRedis(data_dir=tmp_path / where)
+    with pytest.raises(DataDirUnusable, match=r"is not a directory|cannot hold the embedded Redis"):
+        server.start()
+    server.stop()

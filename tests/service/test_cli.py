@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from common.embedded_redis import free_port
 from helpers import event, redis_servers_in, wait_until
+from service.main import stop_child
 
 
 @pytest.fixture
@@ -174,3 +177,95 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=0.5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _serve(
+    cwd: Path, port: int, env: dict[str, str], *, stderr: int | Path = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """``vai-sidecar serve --port PORT`` in ``cwd``, with no ``VAI_*`` but ``env``; ``stderr`` to a file if a path."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
+    clean.update({"PYTHONPATH": str(Path(__file__).parents[2]), "VAI_LOG_LEVEL": "warning", **env})
+    command = [sys.executable, "-m", "common.cli", "serve", "--port", str(port)]
+    if isinstance(stderr, Path):
+        with stderr.open("wb") as sink:
+            return subprocess.Popen(command, cwd=cwd, env=clean, stderr=sink)
+    return subprocess.Popen(command, cwd=cwd, env=clean, stderr=stderr)
+
+
+def _refused(cwd: Path, port: int, **env: str) -> str:
+    """What ``serve`` wrote to stderr, having exited with status 2 (a configuration error)."""
+    process = _serve(cwd, port, env)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        stop_child(process)
+    text = stderr.decode(errors="replace")
+    assert process.returncode == 2, text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+    return text
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        pytest.param({"VAI_MONITOR_METRICS_PORT": "{port}"}, "VAI_MONITOR_METRICS_PORT", id="monitor-port-is-serve-s"),
+        pytest.param({"VAI_MONITOR_METRICS_PORT": "{taken}"}, "VAI_MONITOR_METRICS_PORT", id="monitor-port-in-use"),
+        pytest.param({"VAI_DRIFT__ERT": "abc"}, "VAI_DRIFT__ERT", id="bad-drift-variable"),
+        pytest.param({"VAI_CONFIG_FILE": "vai.toml"}, "vai.toml", id="bad-drift-section"),
+        pytest.param({"VAI_REDIS_DATA_DIR": "a-file"}, "VAI_REDIS_DATA_DIR", id="data-dir-is-a-file"),
+        pytest.param({"VAI_REDIS_DATA_DIR": "/proc/nope"}, "VAI_REDIS_DATA_DIR", id="data-dir-not-creatable"),
+    ],
+)
+def test_serve_refuses_a_setting_its_embedded_parts_cannot_run_with(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    """Each used to leave serve answering /livez while its embedded monitor failed and was started again for
+    ever (a 25-line traceback every 30 s), or to end in a traceback of the embedded Redis."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "vai.toml").write_text('[drift]\nert = "abc"\n')
+    port = free_port()
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # another sidecar's embedded monitor, say
+        values = {k: v.format(port=port, taken=taken.getsockname()[1]) for k, v in env.items()}
+        assert named in _refused(tmp_path, port, **values)
+    assert not (tmp_path / ".vai-data").exists(), "something started before the refusal"
+
+
+def test_a_second_serve_on_one_data_directory_is_refused(tmp_path: Path) -> None:
+    """Both redis-servers appended to one .vai-data/redis/appendonly.aof."""
+    first = _serve(tmp_path, free_port(), {"VAI_MONITORS_ENABLED": "false"}, stderr=tmp_path / "first.log")
+    try:
+        wait_until(lambda: redis_servers_in(tmp_path / ".vai-data" / "redis"), timeout_s=30, what="the first Redis")
+        stderr = _refused(tmp_path, free_port(), VAI_MONITORS_ENABLED="false")
+        assert (
+            "VAI_REDIS_DATA_DIR" in stderr
+            and f"in use by another embedded Redis (started by process {first.pid})" in stderr
+        )
+        assert len(redis_servers_in(tmp_path / ".vai-data" / "redis")) == 1
+        assert first.poll() is None
+    finally:
+        stop_child(first)
+    assert first.returncode == 0
+
+
+def test_an_embedded_monitor_refused_by_its_settings_is_not_started_again(tmp_path: Path, redis_url: str) -> None:
+    """Two sidecars of one host on one Redis: the second's monitor finds the metrics port taken by the first's, says
+    so once and is not started again (the first's covers the models: the leases share them)."""
+    port, log = free_port(), tmp_path / "serve.log"
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # the first sidecar's monitor
+        env = {"VAI_REDIS_URL": redis_url, "VAI_MONITOR_METRICS_PORT": str(taken.getsockname()[1])}
+        process = _serve(tmp_path, port, env, stderr=log)
+        try:
+            wait_until(lambda: "not started again" in log.read_text(), timeout_s=60, what="serve to give up")
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            assert "vai_embedded_monitor_up 0.0" in metrics
+            deadline = time.monotonic() + 4  # it used to be started again 2 s after it exited
+            while time.monotonic() < deadline:
+                assert _monitor_children(process.pid) == [], "the monitor was started again"
+                time.sleep(0.1)
+            assert httpx.get(f"http://127.0.0.1:{port}/livez").status_code == 200
+        finally:
+            stop_child(process)
+    text = log.read_text()
+    assert text.count("exited with status 2") == 1 and "Traceback" not in text, text
+    (gave_up,) = [line for line in text.splitlines() if "not started again" in line]
+    assert "VAI_MONITOR_METRICS_PORT" in gave_up and "Address already in use" in gave_up, gave_up
