@@ -34,24 +34,7 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-_NOT_A_MODEL = """<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <meta name="viewport" content="width=device-width, initial-scale=1">
-  <meta name="referrer" content="no-referrer">
-  <link rel="icon" href="data:,">
-  <title>Not a model name · vai-sidecar</title>
-  <link rel="stylesheet" href="/ui/static/app.css">
-</head>
-<body>
-  <header class="top"><div class="title-block"><h1>Model overview</h1></div></header>
-  <p class="message message-error" role="alert">“{name}” is not a valid model name: a model name is 1 to 64
-    letters, digits, “.”, “_” or “-”, and does not start with “.”. Check the address.
-    <a href="/ui">← sampled explanations</a></p>
-</body>
-</html>
-"""
+_NOT_A_MODEL = (STATIC_DIR / "not_a_model.html").read_text(encoding="utf-8")
 """The overview's answer to a name no model can have (``{name}``: the name, escaped)."""
 _SHOWN_MAX = 80
 """Characters of a refused name the page shows."""
