@@ -46,6 +46,21 @@ return taken
 """Set back by one the delivery count of each (id, count) still pending on this consumer at that count: an entry
 another worker has claimed since (or that was acked) is left alone. ``JUSTID`` does not count a delivery."""
 
+_REFRESH = """
+local kept = 0
+for i = 3, #ARGV do
+  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #held == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+"""Restart the idle time of each id still pending on this consumer (``XCLAIM`` to itself), so that no
+``XAUTOCLAIM`` takes it while it is being worked on; one acked, or claimed by another worker meanwhile, is left
+alone. ``JUSTID`` counts no delivery."""
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -204,6 +219,17 @@ class GroupConsumer:
         queue_script(pipe, _UNCOUNT, [stream], args)
         (taken,) = await execute(pipe)
         return int(taken)
+
+    async def refresh(self, stream: str, entry_ids: Iterable[bytes]) -> int:
+        """Restart the idle time of those of ``entry_ids`` still pending on this consumer, counting no delivery
+        (one round trip; see :mod:`attribution_workers.holding`); returns how many were."""
+        args: list[bytes | str | int] = [keys.CONSUMER_GROUP, self.consumer, *entry_ids]
+        if len(args) == 2:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        queue_script(pipe, _REFRESH, [stream], args)
+        (kept,) = await execute(pipe)
+        return int(kept)
 
     async def redis_time_s(self) -> float:
         """Redis's clock (``TIME``), the clock of the stream ids, in epoch seconds."""

@@ -8,6 +8,7 @@ returns, which may be never, so the worker ends its process rather than wait for
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 import zlib
@@ -36,6 +37,11 @@ MAX_LOGIT = math.sqrt(torch.finfo(torch.float32).max)
 """Largest |logit| the runtime attributes (about 1.8e19): the methods square and sum model outputs in float32
 (LIME's and Kernel SHAP's regressions), which overflows beyond the square root of float32's largest value. Real
 logits are a few tens; digits scaled by 1e37 give about 1e37, on which LIME's fit failed on infinities."""
+
+
+SEED_STARTS = 2**31
+"""Sanity seeds start at a random number below this: far below the ``2**64`` a ``torch.Generator`` takes, so the
+sequence of a process never runs out."""
 
 
 class PermanentError(AttributionError):
@@ -71,7 +77,11 @@ class BatchResult:
 class ModelRuntime:
     """Loads a model once and explains batches of its sampled events with every configured method."""
 
-    def __init__(self, name: str, config: AttributionConfig, *, device: str | None = None) -> None:
+    def __init__(
+        self, name: str, config: AttributionConfig, *, device: str | None = None, sanity_seed_start: int | None = None
+    ) -> None:
+        """``sanity_seed_start``: the first seed of the randomisation checks (default: drawn at random, see
+        :meth:`sanity_check`; tests pass one to be reproducible)."""
         self.name = name
         self.config = config
         self.model: LoadedModel = load_model(config.model, device=device)
@@ -84,6 +94,9 @@ class ModelRuntime:
         self._health = LayerHealthTracker(window=config.inspect_window)
         self._last_sanity: float | None = None
         self._sanity_runs = 0
+        self._seed_start = (
+            random.SystemRandom().randrange(SEED_STARTS) if sanity_seed_start is None else sanity_seed_start
+        )
         self._lock = threading.Lock()
         self._rule = config.verdict_rule()
         self.settings = method_settings(config, self.model, self.methods)
@@ -143,13 +156,16 @@ class ModelRuntime:
 
     def sanity_check(self, *, seeds: Sequence[int] | None = None) -> list[RandomisationCheck]:
         """Randomisation check of every method on the recent inputs, averaged over ``sanity_seeds`` randomised
-        copies of the model. ``seeds`` default: this runtime's k-th check draws ``k * sanity_seeds`` onwards, so
-        successive checks re-draw the random weights instead of repeating one draw (seed 0) for ever."""
+        copies of the model. ``seeds`` default: this runtime's k-th check draws ``start + k * sanity_seeds`` onwards,
+        so successive checks re-draw the random weights instead of repeating one draw for ever; ``start`` is drawn
+        per process, so a restarted worker, or another replica, does not begin again with the same draws (from 0,
+        each restart and every replica re-drew the first check's weights)."""
         with self._lock:
             self._last_sanity = time.monotonic()
             count = self.config.sanity_seeds
             if seeds is None:
-                seeds = range(self._sanity_runs * count, (self._sanity_runs + 1) * count)
+                first = self._seed_start + self._sanity_runs * count
+                seeds = range(first, first + count)
             self._sanity_runs += 1
             inputs = torch.stack([tensor for tensor, _ in self._recent]).to(self.model.device)
             targets = torch.tensor([target for _, target in self._recent], device=self.model.device)

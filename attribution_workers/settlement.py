@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from redis.exceptions import ResponseError
@@ -52,7 +53,7 @@ class Settlement:
         self, model: str, stream: str, events: list[tuple[Delivery, SampledEvent]], result: BatchResult
     ) -> None:
         """Record a batch's figures and end each of its entries by its outcome."""
-        by_id = {event.request_id: delivery for delivery, event in events}
+        ended = _paired(events, result.outcomes)
         for method, seconds in result.seconds.items():
             self._metrics.seconds.labels(model, method).observe(seconds)
         for method, gain in result.fidelity_gain.items():
@@ -61,13 +62,11 @@ class Settlement:
             self._metrics.agreement.labels(model).set(result.agreement)
         self._count_mismatches(model, result)
         offset_s = await self._redis_clock_offset_s()
-        found = result.outcomes
-        for index, outcome in enumerate(found):  # each alone: one that cannot be stored does not strand the others
-            delivery = by_id[outcome.record.summary.request_id]
+        for index, (delivery, outcome) in enumerate(ended):  # each alone: one not stored strands no other
             try:
                 await self._settle_one(model, stream, delivery, outcome, offset_s)
             except Exception as error:
-                later = [by_id[o.record.summary.request_id] for o in found[index + 1 :]]
+                later = [d for d, _ in ended[index + 1 :]]
                 await self.failed(model, stream, [delivery], error, in_hand=later)
 
     def _count_mismatches(self, model: str, result: BatchResult) -> None:
@@ -239,6 +238,17 @@ class Settlement:
                 self._clock_warned = True
                 log.warning("explanation lag not measured: Redis TIME failed: %s: %s", type(error).__name__, error)
             return None
+
+
+def _paired(events: list[tuple[Delivery, SampledEvent]], found: list[Outcome]) -> list[tuple[Delivery, Outcome]]:
+    """Each outcome with the entry it ends. The runtime gives one outcome per event, in its own order, named by
+    request id; two entries of one request id (a writer that sent a batch again after Redis took it) each get one
+    of that id's outcomes, in stream order: keyed by id alone, the last entry took both and the other stayed
+    pending until reclaimed and explained again."""
+    waiting: dict[str, deque[Delivery]] = {}
+    for delivery, event in events:
+        waiting.setdefault(event.request_id, deque()).append(delivery)
+    return [(waiting[outcome.record.summary.request_id].popleft(), outcome) for outcome in found]
 
 
 def _event_of(model: str, delivery: Delivery) -> SampledEvent | None:

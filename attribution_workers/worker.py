@@ -4,9 +4,11 @@ Delivery: entries are read with ``XREADGROUP``; an entry is acknowledged (and
 deleted) only after its result is stored; storing is idempotent by
 (model, request_id). A failed entry stays pending and is reclaimed with
 ``XAUTOCLAIM`` once it has been idle ``retry_after_ms`` (also how the entries of a
-dead consumer come back); after ``max_deliveries`` it moves to the dead-letter
-stream with its error. Entries that do not decode, or can never be explained,
-go there at once, unexecuted, and so do entries delivered more than
+dead consumer come back; while a worker works on entries it keeps them from
+looking idle, until the work's deadline: :mod:`attribution_workers.holding`);
+after ``max_deliveries`` it moves to the dead-letter stream with its error.
+Entries that do not decode, or can never be explained, go there at once,
+unexecuted, and so do entries delivered more than
 ``max_deliveries`` times (their worker died or timed out on each). A
 dead-lettered event's explanation record is marked ``failed`` with the error
 first (Redis failing that leaves the entry pending, to be settled again).
@@ -62,6 +64,7 @@ from redis.asyncio import Redis
 from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.consumer import Delivery, GroupConsumer
 from attribution_workers.failures import is_outage
+from attribution_workers.holding import EntryKeeper
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.reconnect import RedisOutage
 from attribution_workers.runtime import BatchResult, ModelRuntime
@@ -120,6 +123,7 @@ class AttributionWorker:
             dead_letter_ttl_s=dead_letter_ttl_s,
             dead_letter_max_input_bytes=dead_letter_max_input_bytes,
         )
+        self._keeper = EntryKeeper(self._consumer, retry_after_ms=retry_after_ms, job_timeout_s=job_timeout_s)
         self._settlement = Settlement(self._consumer, store, metrics, max_deliveries=max_deliveries)
         self._outage = RedisOutage(metrics.redis_up)
         self._upkeep = BatchUpkeep(
@@ -181,20 +185,33 @@ class AttributionWorker:
         await self._consumer.ensure_groups()
 
     async def step(self) -> int:
-        """Reclaim idle entries, read new ones, and process them; returns how many were handled."""
+        """Reclaim idle entries, read new ones, and process them; returns how many were handled. The entries in
+        hand, those waiting behind a batch included, are kept from looking idle meanwhile (:attr:`_keeper`)."""
         await self._settlement.uncount_owed()
-        handled = 0
-        for stream, model in self._streams.items():
-            claimed = await self._consumer.claim_idle(stream)
-            if claimed:
-                await self._process(model, stream, claimed)
-                handled += len(claimed)
-        for stream, deliveries in (await self._consumer.read_new()).items():
-            await self._process(self._streams[stream], stream, deliveries)
-            handled += len(deliveries)
-        return handled
+        async with self._keeper.keeping():
+            handled = 0
+            for stream, model in self._streams.items():
+                claimed = await self._consumer.claim_idle(stream)
+                if claimed:
+                    await self._process(model, stream, claimed)
+                    handled += len(claimed)
+            found = await self._consumer.read_new()
+            for stream, deliveries in found.items():
+                self._keeper.hold(stream, deliveries)
+            for stream, deliveries in found.items():
+                await self._process(self._streams[stream], stream, deliveries)
+                handled += len(deliveries)
+            return handled
 
     async def _process(self, model: str, stream: str, deliveries: list[Delivery]) -> None:
+        self._keeper.hold(stream, deliveries)
+        self._keeper.working()
+        try:
+            await self._settle_batch(model, stream, deliveries)
+        finally:  # settled, or left pending for a retry: idle from now on
+            self._keeper.release(stream, deliveries)
+
+    async def _settle_batch(self, model: str, stream: str, deliveries: list[Delivery]) -> None:
         events: list[tuple[Delivery, SampledEvent]] = []
         for index, delivery in enumerate(deliveries):
             try:
@@ -213,6 +230,7 @@ class AttributionWorker:
             await self._settlement.failed(model, stream, [d for d, _ in events], error)
             return
         await self._settlement.settle(model, stream, events, result)
+        self._keeper.working()  # a sanity check may run, as long as a batch, while other streams' entries wait
         try:
             await self._upkeep.after_batch(model, self._runtimes[model], result)
         except Exception as error:  # the entries are settled: nothing to retry
@@ -249,6 +267,7 @@ class AttributionWorker:
         batch = [e for _, e in events]
         sanity = await self._sanity_figures(model)
         baselines = await self._upkeep.stored_baselines(model, runtime, batch)
+        self._keeper.working()
         try:
             return await run_bounded(
                 lambda: runtime.explain(batch, sanity, baselines),

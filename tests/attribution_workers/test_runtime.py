@@ -23,7 +23,7 @@ Served = Callable[[Sequence[SampledEvent]], list[SampledEvent]]
 """The ``as_served`` fixture: events with the confidence the worker's own model gives."""
 
 
-def _runtime(digits_path: Path, **settings: Any) -> ModelRuntime:
+def _runtime(digits_path: Path, *, sanity_seed_start: int | None = 0, **settings: Any) -> ModelRuntime:
     config = AttributionConfig.model_validate(
         {
             "model": {"torchscript": str(digits_path), "input_shape": [1, 8, 8], "num_classes": 10},
@@ -33,7 +33,7 @@ def _runtime(digits_path: Path, **settings: Any) -> ModelRuntime:
             **settings,
         }
     )
-    return ModelRuntime("digits", config, device="cpu")
+    return ModelRuntime("digits", config, device="cpu", sanity_seed_start=sanity_seed_start)
 
 
 def _event(request_id: str, image: NDArray[np.float32], predicted: int) -> SampledEvent:
@@ -264,6 +264,21 @@ def test_each_sanity_check_draws_new_random_weights_and_averages_several(
     draws = [draw for draw in first.draws if draw is not None]
     assert len(draws) == 2 and first.draws != second.draws
     assert first.spread == pytest.approx(max(draws) - min(draws))
+
+
+def test_sanity_seeds_start_somewhere_else_in_every_process(digits_path: Path, digits_split: DatasetSplit) -> None:
+    """The seeds restarted at 0 in every worker process: after each restart, and on every replica, the first check
+    re-drew the same random weights. Each runtime now starts at a number of its own, and goes on from there."""
+    runtimes = [_runtime(digits_path, sanity_seed_start=None, methods=["saliency"], sanity_samples=4) for _ in "ab"]
+    for runtime in runtimes:
+        runtime.explain(_events(digits_split, range(4)), {})
+
+    (a_first,), (a_second,) = runtimes[0].sanity_check(), runtimes[0].sanity_check()
+    (b_first,) = runtimes[1].sanity_check()
+
+    count = len(a_first.seeds)
+    assert a_second.seeds == tuple(range(a_first.seeds[0] + count, a_first.seeds[0] + 2 * count))
+    assert a_first.seeds != b_first.seeds, "two processes (2**31 starts) drew the same seeds"
 
 
 def test_each_record_says_how_its_maps_were_made(digits_path: Path, digits_split: DatasetSplit) -> None:
