@@ -14,16 +14,16 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from attribution_workers.batch_result import BatchResult, merged
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Explainer, Explanation
 from attribution_workers.inspection import BatchInspection, LayerInspector
-from attribution_workers.inspection_health import BaselineDraft, HealthSnapshot, LayerHealthTracker
+from attribution_workers.inspection_health import HealthSnapshot, LayerHealthTracker
 from attribution_workers.loader import LoadedModel, load_model
 from attribution_workers.methods import MethodName
 from attribution_workers.outcomes import LABEL_SUFFIX, Outcome, failed, method_settings, record_of
@@ -47,31 +47,6 @@ sequence of a process never runs out."""
 class PermanentError(AttributionError):
     """This event can never be explained (no input, wrong shape, non-finite inputs or model outputs): dead-letter
     it without retrying."""
-
-
-@dataclass
-class BatchResult:
-    outcomes: list[Outcome]
-    seconds: dict[str, float] = field(default_factory=dict)
-    fidelity_gain: dict[str, float] = field(default_factory=dict)
-    agreement: float | None = None
-    layer_health: list[HealthSnapshot] = field(default_factory=list)
-    """Layer health after the batch of each model version in it, in order of first appearance (none when
-    nothing is inspected): during a rollout a batch mixes versions, and each has its own windows."""
-    inspection_seconds: float = 0.0
-    """Wall time of the batch's hooked forward pass and its per-layer summaries."""
-    inspection_failed: tuple[str, ...] = ()
-    """Layers left out of the batch's inspection because their figures could not be taken (the worker counts them)."""
-    new_baselines: dict[str, BaselineDraft] = field(default_factory=dict)
-    """Per version, this runtime's own activation-shift baseline, complete and not stored yet (to store)."""
-    prediction_mismatches: int = 0
-    """Explained events on which the worker's model predicted another class than the server reported (the worker
-    counts them); their maps are not trusted and left out of ``fidelity_gain`` and ``agreement``."""
-    confidence_mismatches: int = 0
-    """Explained events on which the worker's model predicted the reported class at another confidence than the
-    server reported (counted apart from ``prediction_mismatches``; their maps are treated the same way)."""
-    confidence_unchecked: int = 0
-    """Explained events whose confidence could not be compared: no usable reported probability (logged)."""
 
 
 class ModelRuntime:
@@ -135,14 +110,15 @@ class ModelRuntime:
             try:
                 result = self._explain_batch(usable, sanity)
             except Exception:  # isolate the culprit: one event at a time
-                result = BatchResult([])
+                parts: list[BatchResult] = []
                 for event, tensor in usable:
                     try:
-                        result.outcomes += self._explain_batch([(event, tensor)], sanity).outcomes
+                        parts.append(self._explain_batch([(event, tensor)], sanity))
                     except PermanentError as error:
-                        result.outcomes.append(failed(event, str(error), retry=False))
+                        parts.append(BatchResult([failed(event, str(error), retry=False)]))
                     except Exception as error:
-                        result.outcomes.append(failed(event, f"{type(error).__name__}: {error}", retry=True))
+                        parts.append(BatchResult([failed(event, f"{type(error).__name__}: {error}", retry=True)]))
+                result = merged(parts)
             result.outcomes = outcomes + result.outcomes
             return result
 

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from redis.exceptions import ResponseError
 
 from attribution_workers import outcomes
+from attribution_workers.batch_result import BatchResult
 from attribution_workers.bounded import WorkTimedOut
 from attribution_workers.consumer import Delivery, GroupConsumer
 from attribution_workers.failures import is_outage
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.outcomes import Outcome
-from attribution_workers.runtime import BatchResult
 from common.redis import REDIS_DOWN, REDIS_FAILED, stream_entry_time_s
 from sampler.contract import MessageError, SampledEvent
 from sampler.explanations import ExplanationStore

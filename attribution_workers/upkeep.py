@@ -9,10 +9,11 @@ import math
 import time
 from collections.abc import Sequence
 
+from attribution_workers.batch_result import BatchResult
 from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.inspection_health import HealthSnapshot
 from attribution_workers.metrics import WorkerMetrics
-from attribution_workers.runtime import BatchResult, ModelRuntime
+from attribution_workers.runtime import ModelRuntime
 from attribution_workers.trust import RandomisationCheck
 from common.errors import RedisUnavailable
 from common.redis import REDIS_FAILED

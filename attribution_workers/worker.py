@@ -61,13 +61,14 @@ from typing import NoReturn
 import orjson
 from redis.asyncio import Redis
 
+from attribution_workers.batch_result import BatchResult
 from attribution_workers.bounded import WorkTimedOut, run_bounded
 from attribution_workers.consumer import Delivery, GroupConsumer
 from attribution_workers.failures import is_outage
 from attribution_workers.holding import EntryKeeper
 from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.reconnect import RedisOutage
-from attribution_workers.runtime import BatchResult, ModelRuntime
+from attribution_workers.runtime import ModelRuntime
 from attribution_workers.settlement import Settlement
 from attribution_workers.upkeep import BatchUpkeep
 from common import keys

@@ -14,9 +14,10 @@ from numpy.typing import NDArray
 from safetensors.torch import load_file
 from small_models import CHECK_METHODS, quick_digits_section, sampled_digit
 
+from attribution_workers.batch_result import BatchResult
 from attribution_workers.config import AttributionConfig
 from attribution_workers.prediction import worker_predictions
-from attribution_workers.runtime import BatchResult, ModelRuntime
+from attribution_workers.runtime import ModelRuntime
 from demo.corruptions import corrupt
 from demo.models import digits
 from demo.models.training import DatasetSplit

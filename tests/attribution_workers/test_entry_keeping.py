@@ -14,13 +14,14 @@ import redis
 from prometheus_client import CollectorRegistry
 from small_models import sampled_digit
 
+from attribution_workers.batch_result import BatchResult
 from attribution_workers.bounded import WorkTimedOut
 from attribution_workers.config import AttributionConfig
 from attribution_workers.consumer import GroupConsumer
 from attribution_workers.holding import EntryKeeper
 from attribution_workers.loader import ModelSpec
 from attribution_workers.metrics import WorkerMetrics
-from attribution_workers.runtime import BatchResult, ModelRuntime
+from attribution_workers.runtime import ModelRuntime
 from attribution_workers.worker import AttributionWorker
 from common import keys
 from common.redis import connect

@@ -87,7 +87,7 @@ def test_the_first_sanity_check_is_due_as_soon_as_the_recent_window_is_full(
     ],
 )
 def test_an_input_whose_logits_cannot_be_attributed_is_refused_at_once_and_its_neighbours_explained(
-    digits_path: Path, digits_split: DatasetSplit, scale: float
+    digits_path: Path, digits_split: DatasetSplit, scale: float, as_served: Served
 ) -> None:
     """Finite pixels of 1e37 give logits of about 1e37, of 1e38 infinite ones: the maps were stored as "Trusted"
     (identical deletion figures, IG delta 1e30), and with LIME the batch failed as retryable (its regression
@@ -97,7 +97,7 @@ def test_an_input_whose_logits_cannot_be_attributed_is_refused_at_once_and_its_n
     with torch.no_grad():
         logits = runtime.model.module(torch.from_numpy(huge)[None])
     assert not torch.isfinite(logits).all() or logits.abs().max() > 1e30
-    events = [*_events(digits_split, range(2)), _event("huge", huge, 0)]
+    events = [*as_served(_events(digits_split, range(2))), _event("huge", huge, 0)]
 
     result = runtime.explain(events, {})
 
@@ -107,6 +107,10 @@ def test_an_input_whose_logits_cannot_be_attributed_is_refused_at_once_and_its_n
     assert not refused.ok and refused.retry is False
     assert refused.record.detail.error is not None
     assert refused.record.detail.error.startswith("the model's outputs on this input cannot be attributed")
+    # Explained one event at a time, the batch still gives its figures: only the outcomes were kept, so such a
+    # batch was missing from the method timings and the trust gauges.
+    assert set(result.seconds) == {"saliency", "integrated_gradients", "lime"} and all(result.seconds.values())
+    assert set(result.fidelity_gain) == set(result.seconds) and result.agreement is not None
 
 
 def test_each_input_gets_its_own_random_deletion_orders_reproducible_by_request_id(
