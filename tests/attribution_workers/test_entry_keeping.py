@@ -37,9 +37,8 @@ RETRY_AFTER_MS = 150
 
 
 class SlowRuntime(ModelRuntime):
-    """The digits runtime, taking ``delay_s`` longer over each batch, or hanging until ``release`` is set."""
+    """The digits runtime, holding each batch until ``release`` is set (a slow or hung batch)."""
 
-    delay_s = 0.0
     release: threading.Event | None = None
 
     def explain(
@@ -50,7 +49,6 @@ class SlowRuntime(ModelRuntime):
     ) -> BatchResult:
         if self.release is not None:
             self.release.wait()
-        time.sleep(self.delay_s)
         return super().explain(events, sanity, baselines)
 
 
@@ -109,7 +107,8 @@ def test_a_batch_slower_than_retry_after_is_not_taken_over_and_ends_once(
     slower than ``retry_after_ms`` (72 of 200 entries explained twice with two workers), each takeover counting a
     delivery. Here a batch takes eight times ``retry_after_ms`` while another worker keeps claiming."""
     model = runtime(digits_path)
-    model.delay_s = 8 * RETRY_AFTER_MS / 1000
+    model.release = threading.Event()  # opened once the batch has been in hand for 8 x retry_after_ms
+    slow_s = 8 * RETRY_AFTER_MS / 1000
     registries = {name: CollectorRegistry() for name in ("xA", "xB")}
     workers = {name: make_worker(redis_url, name, model, registries[name], max_deliveries=2) for name in registries}
     requests = [f"r{i}" for i in range(4)]
@@ -119,15 +118,19 @@ def test_a_batch_slower_than_retry_after_is_not_taken_over_and_ends_once(
             await workers["xA"].ensure_groups()
             post(redis_client, digits_split, *requests)
             slow = asyncio.create_task(workers["xA"].step())
+            began = time.monotonic()
             taken_by_b: list[int] = []
             while not slow.done():
                 taken_by_b.append(await workers["xB"].step())
+                if time.monotonic() - began >= slow_s and len(taken_by_b) > 10:
+                    model.release.set()  # type: ignore[union-attr]  # set above
                 await asyncio.sleep(0.02)
                 if not slow.done():
                     assert set(pending_on(redis_client, "xA")) <= {1}, "no delivery counted"
             assert await slow == len(requests)
             return taken_by_b
         finally:
+            model.release.set()  # type: ignore[union-attr]  # never left holding a thread
             for worker in workers.values():
                 await worker.aclose()
 

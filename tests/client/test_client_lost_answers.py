@@ -7,8 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import select
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,8 +37,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         answer = self.server.answer(self.path, body, self.headers)
         if answer is None:
-            if self.server.lose == "timeout":
-                time.sleep(3 * TIMEOUT_S)
+            if self.server.lose == "timeout":  # held until the client gives up on it and closes its end
+                select.select([self.connection], [], [], 3 * TIMEOUT_S)
             self.close_connection = True
             return
         status, payload = answer
