@@ -14,6 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_DIMS = 8
+"""Most dimensions of a tensor the sidecar takes (scores, embedding, input) or stores (a sampled input)."""
 DTYPES = {
     name: np.dtype(name).newbyteorder("<")
     for name in (

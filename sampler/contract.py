@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.codec import EncodedArray
+from common.codec import MAX_DIMS, EncodedArray
 from sampler.policy import Reason
 
 MESSAGE_FIELD = b"m"
@@ -30,7 +30,7 @@ class InputTensor(EncodedArray):
     subject: ClassVar[str] = "input"
     decode_error: ClassVar[type[ValueError]] = MessageError
 
-    shape: tuple[int, ...] = Field(min_length=1, max_length=8)
+    shape: tuple[int, ...] = Field(min_length=1, max_length=MAX_DIMS)
 
 
 class SampledEvent(BaseModel):

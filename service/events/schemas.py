@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from common.codec import MAX_DIMS
 from common.names import MODEL_PATTERN, MODEL_RE, VERSION_PATTERN, VERSION_RE
 
 _JSON_SCHEMA_PATTERNS = {MODEL_RE.pattern: MODEL_PATTERN, VERSION_RE.pattern: VERSION_PATTERN}
@@ -25,7 +26,7 @@ Version = Annotated[str, msgspec.Meta(pattern=VERSION_RE.pattern)]
 MAX_COHORT_TEXT = 128
 """Longest cohort key or value, in characters."""
 CohortText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_COHORT_TEXT)]
-Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=8)]
+Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=MAX_DIMS)]
 
 NUMBER_FIELDS = ("logits", "probabilities", "embedding")
 """The fields holding lists of numbers, the bulk of every event."""

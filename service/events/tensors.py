@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pybase64
 
-from common.codec import DTYPES
+from common.codec import DTYPES, MAX_DIMS
 from service.events.errors import FieldError
 from service.events.tensor_numbers import all_finite, from_numbers
 
@@ -49,7 +49,6 @@ _COMPACT_NAMES = {name: name for name in DTYPES}
 _FLOAT32 = DTYPES["float32"]
 OIP_DTYPES = {name: DTYPES[dtype] for name, dtype in OIP_DATATYPES.items()}
 """The same as numpy dtypes."""
-_MAX_DIMS = 8
 Vector = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 """Scores or an embedding: float32 when sent as float32 tensors, else float64."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -260,7 +259,7 @@ def _header_of(spec: dict[str, Any], field: str) -> tuple[np.dtype[Any], list[in
             f"{field}.{key}", f"unknown {key} {name!r}; use one of {', '.join(names)}", reason="bad_tensor"
         )
     shape = spec.get("shape")
-    if type(shape) is not list or not 1 <= len(shape) <= _MAX_DIMS:
+    if type(shape) is not list or not 1 <= len(shape) <= MAX_DIMS:
         raise _bad_shape(field)
     for size in shape:  # a loop, not all(): this runs twice per event
         if type(size) is not int or size < 1:
@@ -269,7 +268,7 @@ def _header_of(spec: dict[str, Any], field: str) -> tuple[np.dtype[Any], list[in
 
 
 def _bad_shape(field: str) -> FieldError:
-    return FieldError(f"{field}.shape", f"must be 1 to {_MAX_DIMS} positive integers", reason="bad_tensor")
+    return FieldError(f"{field}.shape", f"must be 1 to {MAX_DIMS} positive integers", reason="bad_tensor")
 
 
 def _base64(data: str, field: str) -> bytearray:

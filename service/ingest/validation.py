@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from common.codec import DtypeName
+from common.codec import MAX_DIMS, DtypeName
 from common.probabilities import PROBABILITY_TOLERANCE as PROBABILITY_TOLERANCE  # importable from here too
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
 from sampler.contract import InputTensor
@@ -20,8 +20,6 @@ from service.events.tensors import FLOAT32_MAX, BinaryTensor, Vector, beyond_flo
 _LATEST_EPOCH_S = 4_102_444_800.0  # 2100-01-01
 _NUMBER_TYPES = (int, float)  # not bool: JSON true is no number
 _MIN_CLASSES, _MAX_CLASSES = 2, 100_000
-_MAX_INPUT_DIMS = 8
-"""As many dimensions as a stored input may have (``sampler.contract.InputTensor.shape``)."""
 
 
 def check_lane_event(
@@ -214,8 +212,8 @@ def _input_of(value: Any) -> InputTensor | None:
 
 
 def _nested_input(value: list[Any]) -> InputTensor:
-    if _leading_depth(value) > _MAX_INPUT_DIMS:  # numpy calls a deeper list ragged (or reads up to 32 dimensions)
-        raise FieldError("input", f"a nested list has more than {_MAX_INPUT_DIMS} dimensions")
+    if _leading_depth(value) > MAX_DIMS:  # numpy calls a deeper list ragged (or reads up to 32 dimensions)
+        raise FieldError("input", f"a nested list has more than {MAX_DIMS} dimensions")
     try:
         array_in = np.asarray(value)
     except ValueError:
@@ -233,6 +231,6 @@ def _leading_depth(value: Any) -> int:
     """How deep the first items of a nested list go (its dimensions, when it is rectangular), stopping one past
     the limit: a few steps, however deep the list."""
     depth, first = 0, value
-    while type(first) is list and depth <= _MAX_INPUT_DIMS:
+    while type(first) is list and depth <= MAX_DIMS:
         depth, first = depth + 1, first[0] if first else None
     return depth
