@@ -1,12 +1,15 @@
 """Delayed labels: each joined to its prediction record, this replica's buffer first, then Redis.
 
-A record in Redis is read, checked against its label, and then published to the labelled feed and deleted in
-one script, only if it is still the record read (so a label counts once, on whichever replica it arrives). The
-script's first write is the ``XADD``: a Redis out of memory (``noeviction``) refuses it before anything is
-deleted, and the route answers 503, the record still waiting for the same label sent again. A label refused for
-its class (out of range for the prediction) leaves the record where it is, for the corrected label. A record
-still in this replica's buffer never reached Redis: its labelled record goes through the buffer, which keeps it
-until Redis takes it.
+A record in Redis is read, checked against its label, and then published to the labelled feed and replaced in one
+script, only if it is still the record read (so a label counts once, on whichever replica it arrives). What replaces
+it is a marker of the class it joined (``joined:<class>``, kept :data:`JOINED_TTL_S`): the same label sent again — a
+client's retry after an answer it lost — is answered ``matched`` and counted ``duplicate``, and another class for
+it is refused by name. A record joined from this replica's buffer leaves the same marker (best effort: not while
+Redis is down). The script's first write is the ``XADD``: a Redis out of memory (``noeviction``) refuses it before
+anything is replaced, and the route answers 503, the record still waiting for the same label sent again. A label
+refused for its class (out of range for the prediction) leaves the record where it is, for the corrected label. A
+record still in this replica's buffer never reached Redis: its labelled record goes through the buffer, which keeps
+it until Redis takes it.
 """
 
 from __future__ import annotations
@@ -32,23 +35,24 @@ from service.metrics import FeedMetrics
 
 log = logging.getLogger(__name__)
 _PUBLISH = """
-local maxlen, field, n = ARGV[1], ARGV[2], #KEYS / 2
+local maxlen, field, ttl, n = ARGV[1], ARGV[2], ARGV[3], #KEYS / 2
 local trimmed = {}
 for i = 1, n do
-  if redis.call('GET', KEYS[n + i]) == ARGV[2 + n + i] then
+  if redis.call('GET', KEYS[n + i]) == ARGV[3 + n + i] then
     local before = redis.call('XLEN', KEYS[i])
-    redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', field, ARGV[2 + i])
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', field, ARGV[3 + i])
     trimmed[i] = before + 1 - redis.call('XLEN', KEYS[i])
-    redis.call('DEL', KEYS[n + i])
+    redis.call('SET', KEYS[n + i], ARGV[3 + 2 * n + i], 'EX', ttl)
   else
     trimmed[i] = -1
   end
 end
 return trimmed
 """
-"""Per label: the labelled feed and the prediction record's key (KEYS), the labelled record and the record as read
-(ARGV, after ``MAXLEN`` and the entry's field). Publishes and deletes each record still as read; returns how many
-older entries ``MAXLEN`` trimmed, or -1 for a record gone meanwhile (another replica's label took it). The
+"""Per label: the labelled feed and the prediction record's key (KEYS), the labelled record, the record as read and
+its joined marker (ARGV, after ``MAXLEN``, the entry's field and the marker's TTL). Publishes each record still as
+read and replaces it with its marker; returns how many older entries ``MAXLEN`` trimmed, or -1 for a record gone
+or replaced meanwhile (another replica's label took it). The
 ``XADD`` is the first write: under ``maxmemory`` with ``noeviction`` Redis refuses it (the script has written
 nothing yet), so nothing is deleted; once a script has written, Redis lets the rest through."""
 
@@ -64,8 +68,24 @@ class _Label(NamedTuple):
     """The class."""
 
 
-_Found = MonitoringRecord | FeedFormatError | None
-"""What a label found in Redis: its record, one that could not be read, or none."""
+JOINED_TTL_S = 600
+"""How long a joined prediction record's key keeps the marker of the class it was labelled with: a label sent again
+within it (a retry) is recognised as the same label."""
+_JOINED = b"joined:"
+
+
+class _Joined(NamedTuple):
+    """A prediction record whose label joined already (its key holds the marker): the class it was labelled with."""
+
+    label: int
+
+
+def _marker(label: int) -> bytes:
+    return _JOINED + str(label).encode()
+
+
+_Found = MonitoringRecord | FeedFormatError | _Joined | None
+"""What a label found in Redis: its record, one that could not be read, the marker of one joined already, or none."""
 
 _ANSWER = ConfigDict(json_schema_serialization_defaults_required=True)
 """Of a result answered as JSON: every field is in the answer, those with a default too (OpenAPI says required)."""
@@ -97,6 +117,9 @@ class LabelsResult:
     __pydantic_config__ = _ANSWER
 
     matched: int = 0
+    duplicates: int = 0
+    """Of ``matched``: labels joined already by an earlier request with the same class (a retry), not counted again
+    in the calibration window (``vai_labels_total{matched="duplicate"}``)."""
     unmatched: list[LabelVerdict] = field(default_factory=list)
     rejected: list[LabelVerdict] = field(default_factory=list)
 
@@ -104,7 +127,7 @@ class LabelsResult:
 class DelayedLabels:
     """``POST /v1/labels``: joins each valid label to its prediction record and publishes the labelled record to the
     monitor's feed (a record from Redis in the call that takes it; one from this replica's buffer through it);
-    counts every label in ``vai_labels_total{model, matched}``."""
+    counts every label in ``vai_labels_total{model, matched}`` (``true``, ``duplicate``, ``false``, ``rejected``)."""
 
     def __init__(
         self, redis: Redis, writer: FeedWriter, metrics: FeedMetrics, *, timeout_s: float, retry_s: float = 0.0
@@ -142,6 +165,9 @@ class DelayedLabels:
                 self.writer.keep_taken()
         except TimeoutError:
             raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
+        await self._mark_joined(
+            [item for item, record in local if record is not None and item.label < record.num_classes]
+        )
         remote = await self._look_again(remote)
         for (index, _, _, label), record in local:
             if record is not None:
@@ -150,6 +176,8 @@ class DelayedLabels:
             index, model, request_id, label = item
             if found is None:
                 self._unmatched(result, item, known)
+            elif isinstance(found, _Joined):
+                self._joined_already(result, item, found.label)
             elif isinstance(found, FeedFormatError):
                 message = f"prediction record: {found}"
                 result.rejected.append(LabelVerdict(index, request_id, "rejected", message, model))
@@ -189,6 +217,32 @@ class DelayedLabels:
         except RedisUnavailable:
             return remote
         return [(item, again.get(item.position) if found is None else found) for item, found in remote]
+
+    async def _mark_joined(self, joined: list[_Label]) -> None:
+        """Leave the joined marker of each of ``joined`` (labels that took their record from this replica's buffer)
+        where its record would have been, unless a record of the same id is there. Best effort: a Redis that is down
+        or refuses costs only the recognition of a retry (answered ``unmatched`` as before)."""
+        if not joined or not self.writer.redis_up:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for item in joined:
+            pipe.set(keys.prediction(item.model, item.request_id), _marker(item.label), ex=JOINED_TTL_S, nx=True)
+        try:
+            await execute(pipe)
+        except REDIS_FAILED as error:
+            log.debug("joined labels not marked: %s", error)
+
+    def _joined_already(self, result: LabelsResult, item: _Label, joined: int) -> None:
+        """``item`` found the marker of a record joined to class ``joined``: the same label again is matched (and
+        counted ``duplicate``), another class is refused by name."""
+        index, model, request_id, label = item
+        if label != joined:
+            message = f"labels.{index}.label: the prediction was labelled {joined} already"
+            result.rejected.append(LabelVerdict(index, request_id, "rejected", message, model))
+            return
+        result.matched += 1
+        result.duplicates += 1
+        self.labels.labels(model, "duplicate").inc()
 
     def _unmatched(self, result: LabelsResult, item: _Label, known: set[str]) -> None:
         index, model, request_id, _ = item
@@ -230,9 +284,10 @@ class DelayedLabels:
             return []
         targets = [keys.labelled_feed(record.model) for _, record, _ in joins]
         targets += [keys.prediction(record.model, record.request_id) for _, record, _ in joins]
-        args: list[bytes | str | int] = [self.writer.stream_maxlen, ENTRY_FIELD]
+        args: list[bytes | str | int] = [self.writer.stream_maxlen, ENTRY_FIELD, JOINED_TTL_S]
         args += [record.labelled(label).blob() for (_, _, _, label), record, _ in joins]
         args += [body for _, _, body in joins]
+        args += [_marker(label) for (_, _, _, label), _, _ in joins]
         pipe = self._redis.pipeline(transaction=False)
         queue_script(pipe, _PUBLISH, targets, args)
         try:
@@ -295,9 +350,12 @@ class DelayedLabels:
 
 
 def _record(model: str, body: bytes | None) -> _Found:
-    """The prediction record ``body`` holds (``None`` for none), or why it cannot be read."""
+    """The prediction record ``body`` holds (``None`` for none), the marker of one joined already, or why it cannot
+    be read."""
     if body is None:
         return None
+    if body.startswith(_JOINED) and body[len(_JOINED) :].isdigit():
+        return _Joined(int(body[len(_JOINED) :]))
     try:
         return MonitoringRecord.from_blob(model, body)
     except FeedFormatError as error:

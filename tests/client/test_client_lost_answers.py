@@ -202,13 +202,14 @@ def _labels_counted(sidecar: str, matched: str) -> float:
 
 
 @pytest.mark.slow
-def test_a_real_sidecar_joins_labels_whose_answer_is_lost_and_the_client_says_unconfirmed(
+def test_a_real_sidecar_answers_labels_sent_again_after_a_lost_answer_as_matched_duplicates(
     sidecar: str, proxy: LosingProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Through a proxy that loses the sidecar's answer to one ``/v1/labels`` request: the sidecar joined its five
-    labels (``vai_labels_total{matched="true"}`` 5), the retry finds their records gone and is answered
-    ``unmatched``, and the client counts them ``unconfirmed``, without the warning. The first label, sent before the
-    model kept records (as ``test_labels_join_their_events`` shows), is truly unmatched: counted and warned."""
+    labels (``vai_labels_total{matched="true"}`` 5) and left a marker of each; the retry finds the markers and is
+    answered ``matched`` (counted ``duplicate``, not ``false``), so the client counts the labels sent, neither
+    unmatched nor unconfirmed. The first label, sent before the model kept records (as
+    ``test_labels_join_their_events`` shows), is truly unmatched: counted and warned."""
     client = Client(proxy.url, token=INGEST_TOKEN, timeout_s=TIMEOUT_S, retry_policy=FAST_RETRY)
     with caplog.at_level(logging.WARNING, logger="vai_client"):
         client.log(model="digits", request_id="first", logits=[3.0, 1.0, 0.5])
@@ -220,7 +221,8 @@ def test_a_real_sidecar_joins_labels_whose_answer_is_lost_and_the_client_says_un
         proxy.lose_next_labels = True
         _label_all(client, [f"r{i}" for i in range(5)])
     stats = client.stats
-    assert (stats.sent, stats.unmatched, stats.unconfirmed, stats.rejected) == (6, 1, 5, 0), stats
+    assert (stats.sent, stats.unmatched, stats.unconfirmed, stats.rejected) == (6 + 5, 1, 0, 0), stats
     assert len(_unmatched_warnings(caplog)) == 1 and "1 labels" in _unmatched_warnings(caplog)[0]
     assert wait_until(lambda: _labels_counted(sidecar, "true") == 5.0, what="five labels joined")
+    assert _labels_counted(sidecar, "duplicate") == 5.0 and _labels_counted(sidecar, "false") == 1.0
     assert client.close(5)

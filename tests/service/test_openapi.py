@@ -182,7 +182,7 @@ def _problems(schema: dict[str, Any], answer: Any) -> list[str]:
 @pytest.mark.parametrize(
     ("route", "fields", "required"),
     [
-        pytest.param(("POST", "/v1/labels"), {"matched", "unmatched", "rejected"}, None, id="labels"),
+        pytest.param(("POST", "/v1/labels"), {"matched", "duplicates", "unmatched", "rejected"}, None, id="labels"),
         pytest.param(
             ("POST", "/v1/cloudevents"),
             {"outcome", "model", "id", "accepted", "rejected"},

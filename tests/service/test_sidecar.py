@@ -141,7 +141,8 @@ async def test_labels_refused_with_503_are_neither_joined_nor_counted_so_a_retry
     own_redis: EmbeddedRedis, make_settings: Callable[..., SidecarSettings]
 ) -> None:
     """One label's record still waits in this replica, another's is in Redis, and Redis hangs: the 503 says
-    "try again", so nothing may be joined or counted yet; the retry then joins both, each counted once."""
+    "try again", so nothing may be joined or counted yet; the retry then joins both, each counted once, and a
+    retry after that (its answer lost) finds them joined with the same class: matched, counted as duplicates."""
     registry = CollectorRegistry()
     settings = make_settings(redis_url=own_redis.url, redis_timeout_s=0.2, label_records="all")
     sidecar = Sidecar(settings, registry=registry)
@@ -165,9 +166,22 @@ async def test_labels_refused_with_503_are_neither_joined_nor_counted_so_a_retry
         while await sidecar.feed.flush():
             pass
         direct = redis.Redis.from_url(own_redis.url)
-        assert direct.exists(keys.prediction("digits", "here")) == 0
         assert direct.xlen(keys.labelled_feed("digits")) == 2
+        # Each record, taken from here or from Redis, leaves the marker of its class where it was (or would be).
+        assert direct.mget([keys.prediction("digits", rid) for rid in ("in-redis", "here")]) == [b"joined:0"] * 2
         direct.close()
+        # The same labels sent once more (a retry whose answer was lost) are matched again, counted as duplicates
+        # and published nowhere; another class for one of them is refused by name.
+        again = await sidecar.monitoring.delayed_labels.apply(labels, known={"digits"})
+        assert (again.matched, again.duplicates, again.unmatched, again.rejected) == (2, 2, [], [])
+        other = await sidecar.monitoring.delayed_labels.apply([{**labels[1], "label": 1}], known={"digits"})
+        assert other.matched == 0 and [r.error for r in other.rejected] == [
+            "labels.0.label: the prediction was labelled 0 already"
+        ]
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 2
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "duplicate"}) == 2
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "rejected"}) == 1
+        assert len(sidecar.feed) == 0
     finally:
         await sidecar.stop(drain_timeout_s=1.0)
 

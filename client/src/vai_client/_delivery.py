@@ -13,9 +13,10 @@ so it cannot hold back every later batch. A connection opened for a request and 
 not be read: the batch is split, and one event alone is given up after ``server_error_attempts`` (``rejected``).
 A label the sidecar took but matched to no prediction record (``unmatched`` in its answer) is lost: it is counted
 as ``unmatched``, not ``sent``. Unless an earlier attempt at it may have been applied with its answer lost (no answer,
-a cut-off, a 5xx or a gateway's 502/504): that attempt may have joined it, and a joined record is gone, so the sidecar
-answers the retry ``unmatched`` either way. Such a label is counted as ``unconfirmed`` and not warned about, as the
-duplicates a retried batch of events comes back with are counted as sent.
+a cut-off, a 5xx or a gateway's 502/504): a sidecar answers a label it joined already ``matched`` for ten minutes
+after (a ``duplicate``), but past that, or from an earlier release, the retry is answered ``unmatched`` either way.
+Such a label is counted as ``unconfirmed`` and not warned about, as the duplicates a retried batch of events comes
+back with are counted as sent.
 """
 
 from __future__ import annotations

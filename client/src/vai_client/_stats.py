@@ -28,8 +28,9 @@ class ClientStats:
     but matched to no prediction record (the model is not declared with ``delayed_labels``, the record expired,
     or it was labelled already): lost, not sent. ``unconfirmed``: labels of a batch tried again after an attempt whose
     answer was lost (no answer, a cut-off, a 5xx or a gateway's 502/504) that the sidecar then matched to no prediction
-    record: the lost attempt may have joined them (a joined record is gone, so the retry finds none), or they matched
-    nothing; not known, so neither sent nor lost, and not warned about. ``buffered``: waiting now (with a
+    record: the lost attempt may have joined them (the sidecar recognises a label it joined for ten minutes, after
+    that the retry finds no record), or they matched nothing; not known, so neither sent nor lost, and not warned
+    about. ``buffered``: waiting now (with a
     batch the asyncio client's sender was cancelled with, sent first by the exit hook), and ``buffered_bytes``
     what the tensors in the buffer hold (the figure ``max_buffer_bytes`` bounds).
     In a child made by ``fork()`` the counts start at zero: they describe what the child was given.

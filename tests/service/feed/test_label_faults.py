@@ -49,7 +49,7 @@ def test_a_label_redis_cannot_publish_is_503_and_its_record_waits_for_it_again(
     assert answer["matched"] == 1 and answer["unmatched"] == []
     [record] = _labelled(redis_client)
     assert (record.request_id, record.label) == ("oom1", 2)
-    assert not redis_client.exists(keys.prediction("digits", "oom1"))
+    assert redis_client.get(keys.prediction("digits", "oom1")) == b"joined:2"
     assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 1
     written = {"model": "digits", "feed": "labelled"}
     assert registry.get_sample_value("vai_feed_records_written_total", written) == 1
@@ -83,12 +83,14 @@ def test_a_labelled_record_redis_refuses_waits_and_is_written_once_it_has_room(
 
 def test_a_record_another_label_took_or_replaced_since_it_was_read_is_left_alone(redis_client: redis.Redis) -> None:
     """Between the read and the publishing script another replica may take the record: the script publishes and
-    deletes only a record still as it was read."""
+    replaces (with the joined marker, for a while) only a record still as it was read."""
     feed, record = keys.labelled_feed("digits"), keys.prediction("digits", "r1")
     redis_client.set(record, b"written since")
-    assert redis_client.eval(_PUBLISH, 2, feed, record, 100, "r", b"labelled", b"as read") == [-1]
+    assert redis_client.eval(_PUBLISH, 2, feed, record, 100, "r", 60, b"labelled", b"as read", b"joined:1") == [-1]
     assert redis_client.get(record) == b"written since"
     assert not redis_client.exists(feed)
-    assert redis_client.eval(_PUBLISH, 2, feed, record, 100, "r", b"labelled", b"written since") == [0]
-    assert not redis_client.exists(record)
+    published = redis_client.eval(_PUBLISH, 2, feed, record, 100, "r", 60, b"labelled", b"written since", b"joined:1")
+    assert published == [0]
+    assert redis_client.get(record) == b"joined:1" and 0 < redis_client.ttl(record) <= 60
     assert [fields for _, fields in stream_entries(redis_client, feed)] == [{b"r": b"labelled"}]
+    assert redis_client.eval(_PUBLISH, 2, feed, record, 100, "r", 60, b"again", b"written since", b"joined:1") == [-1]

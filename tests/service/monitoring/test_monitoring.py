@@ -104,15 +104,21 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
         + [
             {"model": "digits", "request_id": "never-seen", "label": 1},
             {"model": "other", "request_id": "r1", "label": 1},
-            {"model": "digits", "request_id": "r0", "label": 0},
+            {"model": "digits", "request_id": "r0", "label": labels[0]},
+            {"model": "digits", "request_id": "r3", "label": (labels[3] + 1) % 3},
         ]
-    }  # r2 with a class the model does not have; r0 again: labelled already
+    }  # r2 with a class the model does not have; r0 again (a retry: a duplicate); r3 again with another class
     result = client.post("/v1/labels", json=body).json()
-    assert result["matched"] == 60 - 1, result
-    assert [u["request_id"] for u in result["unmatched"]] == ["never-seen", "r1", "r0"]
-    assert [r["request_id"] for r in result["rejected"]] == ["r2"]
+    assert (result["matched"], result["duplicates"]) == (60 - 1 + 1, 1), result
+    assert [u["request_id"] for u in result["unmatched"]] == ["never-seen", "r1"]
+    assert [(r["request_id"], r["error"].split(":")[0]) for r in result["rejected"]] == [
+        ("r2", "labels.2.label"),
+        ("r3", "labels.63.label"),
+    ]
+    assert "labelled" in result["rejected"][1]["error"]
     assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 59
-    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "false"}) == 2
+    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "duplicate"}) == 1
+    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "false"}) == 1
     assert registry.get_sample_value("vai_labels_total", {"model": "__unknown__", "matched": "false"}) == 1
     series = _series(client, 59)
     assert set(series) == {"all", "region=eu"}
@@ -699,10 +705,10 @@ def test_a_bad_label_is_rejected_by_name_and_the_others_join(make_client: Callab
     assert [(r["index"], r["error"].split(":")[0]) for r in answer.json()["rejected"]] == [
         (0, "labels.0.request_id"),
         (1, "labels.1.request_id"),
+        (2, "labels.2.label"),  # g0 was labelled 1 already: the rest went on
         (3, "labels.3.model"),
     ]
-    assert answer.json()["rejected"][2]["model"] == "d\\ud800"
-    assert answer.json()["unmatched"][0]["request_id"] == "g0"  # labelled already: the rest went on
+    assert answer.json()["rejected"][3]["model"] == "d\\ud800"
 
 
 @pytest.mark.parametrize(
