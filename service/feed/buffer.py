@@ -95,9 +95,11 @@ class FeedBuffer:
         self._waiting[key] = item
         return None
 
-    def keep_taken(self) -> None:
-        """The records taken since the last call were joined: they will not be written."""
+    def keep_taken(self) -> list[Pending]:
+        """The records taken since the last call were joined: they will not be written. Returns them."""
+        joined = list(self._lent.values())
         self._lent.clear()
+        return joined
 
     def next_batch(self, size: int) -> tuple[list[Pending], int]:
         """Up to ``size`` entries out of the queue, less those labels took; and how many entries left it."""

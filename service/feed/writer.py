@@ -13,7 +13,8 @@ MAXLEN ~`` per feed record, one Lua call for all records waiting for labels); on
 caught up it waits ``linger_s`` (50 ms) for records to gather, so a thinned feed costs ~20
 round trips a second instead of one per request (each costs ~0.2 ms of the sidecar's CPU).
 Every record not kept is counted in ``vai_feed_records_dropped_total{model, feed, reason}``:
-``budget``, ``buffer_full`` (Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
+``budget``, ``joined`` (a label-join record its label took before it reached Redis: needed no more),
+``buffer_full`` (Redis slow), ``redis_unavailable`` (Redis down; the oldest waiting are dropped) or
 ``redis_error`` (Redis refused the write, e.g. out of memory) or ``error`` (an unexpected error cost the
 batch; logged with its traceback, and the writer goes on). A labelled record Redis refuses for lack of memory is
 not dropped: it waits, within the bound, to be written again (``vai_feed_records_refused_total``), as it would
@@ -198,8 +199,10 @@ class FeedWriter:
             self._count_lost(lost)
 
     def keep_taken(self) -> None:
-        """The records taken since the last call were joined: they will not be written."""
-        self._buffer.keep_taken()
+        """The records taken since the last call were joined: they will not be written (counted as dropped, reason
+        ``joined``: their label came before they reached Redis, and needed them no more)."""
+        for item in self._buffer.keep_taken():
+            self._metrics.dropped.labels(item.model, item.feed, "joined").inc()
 
     # --- background --------------------------------------------------------------------------
 

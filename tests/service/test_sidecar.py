@@ -161,6 +161,8 @@ async def test_labels_refused_with_503_are_neither_joined_nor_counted_so_a_retry
         assert (result.matched, result.unmatched, result.rejected) == (2, [], [])
         assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 2
         assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "false"}) is None
+        joined = {"model": "digits", "feed": "label_join", "reason": "joined"}  # one count for each record, this one's
+        assert registry.get_sample_value("vai_feed_records_dropped_total", joined) == 1
         # The taken record leaves and its labelled one comes; the one from Redis is published already.
         assert len(sidecar.feed) == waiting - 1 + 1
         while await sidecar.feed.flush():
