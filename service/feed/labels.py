@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from prometheus_client import Counter
 from pydantic import ConfigDict, ValidationError
@@ -146,7 +147,7 @@ class DelayedLabels:
         ``InvalidInput`` when none is valid. On ``RedisUnavailable`` nothing was joined or counted, so the
         caller can send the same labels again."""
         result = LabelsResult()
-        labels = self._valid_labels(items, known=known, result=result)
+        labels = await _off_loop_if_many(len(items), self._valid_labels, items, known, result)
         models = {model for _, model, _, _ in labels}
         for model in models & known:  # a model this replica serves (bounded by VAI_MAX_MODELS) keeps records
             self.writer.mark_labelled(model)
@@ -251,8 +252,8 @@ class DelayedLabels:
 
     async def _join_remote(self, labels: list[_Label]) -> list[tuple[_Label, _Found]]:
         """What each of ``labels`` found in Redis. The record of each label that is one of its classes is on the
-        labelled feed (and deleted) when this returns, all in one script that Redis refuses as a whole, before it
-        deletes anything, when it is out of memory (``RedisUnavailable``)."""
+        labelled feed (and replaced by its marker) when this returns, all in one script that Redis refuses as a
+        whole, before it writes anything, when it is out of memory (``RedisUnavailable``)."""
         if not labels:
             return []
         try:
@@ -261,38 +262,33 @@ class DelayedLabels:
             )
         except REDIS_FAILED:
             raise RedisUnavailable("redis: labels not joined") from None
-        found = [(item, _record(item.model, body)) for item, body in zip(labels, bodies, strict=True)]
-        joins = [
-            (at, record, body)
-            for at, (body, (item, record)) in enumerate(zip(bodies, found, strict=True))
-            if isinstance(record, MonitoringRecord) and body is not None and item.label < record.num_classes
-        ]
-        trimmed = await self._publish([(found[at][0], record, body) for at, record, body in joins])
-        for (at, record, _), count in zip(joins, trimmed, strict=True):
+        found, joins = await _off_loop_if_many(len(labels), _read_records, labels, bodies)
+        trimmed = await self._publish(joins)
+        for join, count in zip(joins, trimmed, strict=True):
             if count < 0:  # another replica's label took it between the read and the script
-                found[at] = (found[at][0], None)
+                found[join.at] = (found[join.at][0], None)
                 continue
-            self._metrics.written.labels(record.model, LABELLED).inc()
+            self._metrics.written.labels(join.model, LABELLED).inc()
             if count:
-                self._metrics.trimmed.labels(record.model, LABELLED).inc(count)
+                self._metrics.trimmed.labels(join.model, LABELLED).inc(count)
         return found
 
-    async def _publish(self, joins: list[tuple[_Label, MonitoringRecord, bytes]]) -> list[int]:
-        """Run :data:`_PUBLISH` for ``joins`` (label, its record, the record as read); per join, how many entries
-        ``MAXLEN`` trimmed, or -1 when the record was gone."""
+    async def _publish(self, joins: list[_Join]) -> list[int]:
+        """Run :data:`_PUBLISH` for ``joins``; per join, how many entries ``MAXLEN`` trimmed, or -1 when the record
+        was gone."""
         if not joins:
             return []
-        targets = [keys.labelled_feed(record.model) for _, record, _ in joins]
-        targets += [keys.prediction(record.model, record.request_id) for _, record, _ in joins]
+        targets = [keys.labelled_feed(join.model) for join in joins]
+        targets += [keys.prediction(join.model, join.request_id) for join in joins]
         args: list[bytes | str | int] = [self.writer.stream_maxlen, ENTRY_FIELD, JOINED_TTL_S]
-        args += [record.labelled(label).blob() for (_, _, _, label), record, _ in joins]
-        args += [body for _, _, body in joins]
-        args += [_marker(label) for (_, _, _, label), _, _ in joins]
+        args += [join.labelled for join in joins]
+        args += [join.as_read for join in joins]
+        args += [join.marker for join in joins]
         pipe = self._redis.pipeline(transaction=False)
         queue_script(pipe, _PUBLISH, targets, args)
         try:
             (trimmed,) = await execute(pipe)
-        except REDIS_FAILED as error:  # out of memory included: nothing was deleted, the labels may come again
+        except REDIS_FAILED as error:  # out of memory included: nothing was written, the labels may come again
             log.debug("labels not joined: %s", error)
             raise RedisUnavailable("redis: labels not joined") from None
         return [int(count) for count in trimmed]
@@ -302,7 +298,7 @@ class DelayedLabels:
             model = verdict.model if verdict.model is not None and verdict.model in known else UNKNOWN_MODEL
             self.labels.labels(model, "rejected").inc()
 
-    def _valid_labels(self, items: list[Any], *, known: set[str], result: LabelsResult) -> list[_Label]:
+    def _valid_labels(self, items: list[Any], known: set[str], result: LabelsResult) -> list[_Label]:
         """The items that are labels, with their positions; the others go to ``result.rejected`` by name (their
         count waits for the end of the request: a 503 on the way must not count them twice when retried)."""
         labels: list[_Label] = []
@@ -347,6 +343,46 @@ class DelayedLabels:
             self.writer.offer(LABELLED, record.labelled(label))
         self.labels.labels(record.model, "true").inc()
         result.matched += 1
+
+
+class _Join(NamedTuple):
+    """A record a label joins, as the publishing script takes it."""
+
+    at: int
+    """The label's index among those looked up."""
+    model: str
+    request_id: str
+    labelled: bytes
+    """The labelled record to publish."""
+    as_read: bytes
+    """The prediction record as read (the script publishes only if it is still that)."""
+    marker: bytes
+    """What replaces it."""
+
+
+def _read_records(labels: list[_Label], bodies: list[bytes | None]) -> tuple[list[tuple[_Label, _Found]], list[_Join]]:
+    """What each label found, and the joins of those that found their record and name one of its classes."""
+    found = [(item, _record(item.model, body)) for item, body in zip(labels, bodies, strict=True)]
+    joins = [
+        _Join(at, item.model, item.request_id, record.labelled(item.label).blob(), body, _marker(item.label))
+        for at, ((item, record), body) in enumerate(zip(found, bodies, strict=True))
+        if isinstance(record, MonitoringRecord) and body is not None and item.label < record.num_classes
+    ]
+    return found, joins
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+OFF_LOOP_FROM = 200
+"""Labels from which a request's checks and records are handled in a worker thread: ~20 µs each of CPU (10,000
+labels ~0.2 s) would otherwise stall the event loop, and the events it takes in meanwhile."""
+
+
+async def _off_loop_if_many(count: int, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """``function(*args)``: in a worker thread when ``count`` labels are at least :data:`OFF_LOOP_FROM`."""
+    if count < OFF_LOOP_FROM:
+        return function(*args, **kwargs)
+    return await asyncio.to_thread(function, *args, **kwargs)
 
 
 def _record(model: str, body: bytes | None) -> _Found:

@@ -34,6 +34,7 @@ from helpers import (
 from monitors.drift.base import DriftEvent
 from monitors.fleet.results import SeriesQuality
 from service.app import create_app
+from service.feed.labels import OFF_LOOP_FROM
 from service.feed.writer import FeedWriter
 from service.monitoring.public import newest
 from service.settings import SidecarSettings
@@ -709,6 +710,29 @@ def test_a_bad_label_is_rejected_by_name_and_the_others_join(make_client: Callab
         (3, "labels.3.model"),
     ]
     assert answer.json()["rejected"][3]["model"] == "d\\ud800"
+
+
+def test_many_labels_are_checked_and_joined_off_the_event_loop_with_the_same_answers(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    """From ``OFF_LOOP_FROM`` labels a request's checks and records are handled in a worker thread: the verdicts,
+    their order and the counts are those of a small request."""
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, models=LABELLED)
+    ids = [f"m{i}" for i in range(OFF_LOOP_FROM + 50)]
+    for start in range(0, len(ids), 100):
+        batch = {"events": [event(i) for i in ids[start : start + 100]]}
+        assert client.post("/v1/events", json=batch).json()["accepted"] == len(batch["events"])
+    wait_until(lambda: redis_client.exists(keys.prediction("digits", ids[-1])), what="the last record in Redis")
+    items: list[Any] = [{"model": "digits", "request_id": i, "label": 1} for i in ids]
+    items[7] = {"model": "digits", "request_id": ids[7], "label": -1}
+    items.insert(100, {"model": "digits", "request_id": "never", "label": 1})
+    result = client.post("/v1/labels", json={"labels": items}).json()
+    assert result["matched"] == len(ids) - 1
+    assert [(r["index"], r["error"].split(":")[0]) for r in result["rejected"]] == [(7, "labels.7.label")]
+    assert [(u["index"], u["request_id"]) for u in result["unmatched"]] == [(100, "never")]
+    assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == len(ids) - 1
+    assert redis_client.xlen(keys.labelled_feed("digits")) == len(ids) - 1
 
 
 @pytest.mark.parametrize(
