@@ -60,13 +60,21 @@ MARKER = b"answered"
 """What a response leaves under the key: a request arriving later is dropped."""
 GRACE_S = 2.0
 """Past its key's TTL, an orphan is counted only after this, so a response just in time is never counted twice."""
-_INDEX = """
-local now = redis.call('TIME')
-return redis.call('ZADD', KEYS[1], 'NX', now[1] + now[2] / 1000000 + ARGV[2], ARGV[1])
+_STORE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], 'NX', now[1] + now[2] / 1000000 + ARGV[4], ARGV[3])
+  return {1}
+end
+return {0, redis.call('GET', KEYS[1])}
 """
-"""Index ``ARGV[1]`` (a join member), due ``ARGV[2]`` seconds from now by Redis's clock. A script that reads TIME and
-then writes must be replicated by its effects: the default since Redis 5 (GETDEL needs 6.2 already), so no
-``redis.replicate_commands()``, as in ``monitors.fleet.lease``."""
+"""Store a request's record (``ARGV[1]``, for ``ARGV[2]`` seconds) at ``KEYS[1]`` unless something is there (its
+own record already, or the marker of its response), and only then index its join member ``ARGV[3]`` in ``KEYS[2]``,
+due ``ARGV[4]`` seconds from now by Redis's clock: at once, so a response arriving meanwhile always finds the entry to
+remove, and never for a request whose response came first (the sweep would count it expired as well). Returns
+``{1}`` when stored, else ``{0, what is there}``. A script that reads TIME and then writes must be replicated by its
+effects: the default since Redis 5 (GETDEL needs 6.2 already), so no ``redis.replicate_commands()``, as in
+``monitors.fleet.lease``."""
 _SWEEP = """
 local now = redis.call('TIME')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now[1] + now[2] / 1000000 + ARGV[2], 'LIMIT', 0, ARGV[1])
@@ -204,15 +212,12 @@ class KServeLogger:
         is there now."""
         key = keys.kserve_pending(model, event.namespace, event.id)
         member = keys.kserve_join_member(model, event.namespace, event.id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(key, record, nx=True, ex=self._ttl_s)
-        pipe.get(key)
-        # indexed in the same transaction, so a response arriving at once always finds the entry to remove
-        queue_script(pipe, _INDEX, [keys.KSERVE_PENDING_INDEX], [member, self._ttl_s + GRACE_S])
-        stored, current, _ = await execute(pipe)
-        if not stored and current == MARKER:
-            await self._redis.zrem(keys.KSERVE_PENDING_INDEX, member)
-        return bool(stored), current
+        pipe = self._redis.pipeline(transaction=False)
+        queue_script(
+            pipe, _STORE, [key, keys.KSERVE_PENDING_INDEX], [record, self._ttl_s, member, self._ttl_s + GRACE_S]
+        )
+        ((stored, *current),) = await execute(pipe)
+        return bool(stored), current[0] if current else record
 
     async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> KServeReply:
         prediction = response_prediction(event, mapping)
