@@ -75,11 +75,6 @@ class IngestBuffer:
         with self._lock:
             return (self._events.maxlen or 0) - len(self._events)
 
-    def oldest_entered_s(self) -> float | None:
-        """When the oldest waiting event entered the feed (Redis's clock), if any is waiting and says so."""
-        with self._lock:
-            return self._events[0].entered_s if self._events else None
-
     def append(self, event: DriftEvent) -> None:
         with self._lock:
             dropped = len(self._events) == self._events.maxlen

@@ -22,8 +22,8 @@ PolicyPatchBody = Annotated[
 ]
 
 
-def _json(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+def _json(content: Any) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json")
 
 
 @router.get("/v1/models/{model}/sampling", dependencies=[ReadScope], responses=errors(*TOKEN, 422))
