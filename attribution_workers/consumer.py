@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from common import keys
 from common.redis import execute, queue_script, text
+from common.streams import SCAN_ROUND, claim_pending
 from sampler.contract import MESSAGE_FIELD
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class GroupConsumer:
         self._batch_size = batch_size
         self._block_ms = block_ms
         self._retry_after_ms = retry_after_ms
-        self._claim_from: dict[str, bytes | str] = {}
+        self._claim_from: dict[str, str] = {}
         """Where the next ``XAUTOCLAIM`` of each stream goes on from (:meth:`claim_idle`)."""
         self._max_deliveries = max_deliveries
         self._dead_max_entries = dead_letter_max_entries
@@ -157,12 +158,13 @@ class GroupConsumer:
         from where the last one stopped (``0-0`` once the scan went round): always starting at the head, a head
         of entries live workers hold (a busy fleet, a small batch size) would hide the idle ones behind it."""
         try:
-            cursor, entries, *deleted = await self._redis.xautoclaim(
+            claimed = await claim_pending(
+                self._redis,
                 stream,
                 keys.CONSUMER_GROUP,
                 self.consumer,
-                min_idle_time=self._retry_after_ms,
-                start_id=self._claim_from.get(stream, "0-0"),
+                min_idle_ms=self._retry_after_ms,
+                start=self._claim_from.get(stream, SCAN_ROUND),
                 count=self._batch_size,
             )
         except ResponseError as error:
@@ -171,29 +173,15 @@ class GroupConsumer:
             self._claim_from.pop(stream, None)
             await self.ensure_groups()
             return []
-        self._claim_from[stream] = cursor
-        gone_ids: list[bytes] = list(deleted[0]) if deleted else []
-        live = [(entry_id, fields) for entry_id, fields in entries if entry_id is not None and fields]
-        if len(live) < len(entries):  # Redis < 7 reports trimmed entries without their ids
-            gone_ids += await self._vanished(stream)
-        gone = [Delivery(entry_id, None, 0) for entry_id in gone_ids]
-        if not live:
+        self._claim_from[stream] = claimed.cursor
+        gone = [Delivery(entry_id, None, 0) for entry_id in claimed.vanished]  # acknowledged already
+        if not claimed.entries:
             return gone
-        counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in live])
+        counts = await self._delivery_counts(stream, [entry_id for entry_id, _ in claimed.entries])
         return gone + [
-            Delivery(entry_id, fields, counts.get(entry_id, self._max_deliveries)) for entry_id, fields in live
+            Delivery(entry_id, fields, counts.get(entry_id, self._max_deliveries))
+            for entry_id, fields in claimed.entries
         ]
-
-    async def _vanished(self, stream: str) -> list[bytes]:
-        """Ids pending on this consumer whose entries are no longer in the stream."""
-        pending: list[dict[str, Any]] = await self._redis.xpending_range(
-            stream, keys.CONSUMER_GROUP, min="-", max="+", count=self._batch_size * 4, consumername=self.consumer
-        )
-        ids = [item["message_id"] for item in pending]
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.xrange(stream, entry_id, entry_id, count=1)
-        return [entry_id for entry_id, found in zip(ids, await execute(pipe), strict=True) if not found]
 
     async def _delivery_counts(self, stream: str, entry_ids: list[bytes]) -> dict[bytes, int]:
         """The delivery count of each entry just claimed, asked for by its own id on this consumer (one round trip):

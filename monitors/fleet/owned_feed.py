@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from common import keys
 from common.cardinality import BoundedLabel
 from common.redis import execute, stream_entry_time_s
+from common.streams import SCAN_ROUND, claim_pending
 from monitors.drift.base import DriftEvent
 from monitors.drift.buffer import IngestBuffer
 from monitors.feed import FeedFormatError, MonitoringRecord
@@ -170,23 +171,31 @@ class OwnedFeed:
         return self._claim_from is not None
 
     async def _claim(self, count: int) -> Entries:
-        """One page of the pending entries of the group (what a previous owner read and never acknowledged)."""
+        """One page of the pending entries of the group (what a previous owner read and never acknowledged).
+
+        An entry the sidecars' ``MAXLEN`` trimmed while it was pending is acknowledged by the claim and not examined:
+        the sidecars counted it in ``vai_feed_records_trimmed_total`` as they trimmed it, so it is counted nowhere
+        else (one held in this owner's buffer is examined all the same)."""
         leases = self._context.leases
-        claim: Any = await self._context.redis.xautoclaim(
+        claimed = await claim_pending(
+            self._context.redis,
             self._feed,
             keys.MONITOR_GROUP,
             leases.owner,
-            min_idle_time=self._claim_idle_ms,
-            start_id=self._claim_from or "0-0",
+            min_idle_ms=self._claim_idle_ms,
+            start=self._claim_from or SCAN_ROUND,
             count=count,
         )
-        cursor = claim[0].decode() if isinstance(claim[0], bytes) else str(claim[0])
-        self._claim_from = None if cursor == "0-0" else cursor
+        self._claim_from = None if claimed.went_round else claimed.cursor
         if self._claim_from is None:
             self._next_claim_s = time.monotonic() + RECLAIM_EVERY_TTLS * leases.ttl_ms / 1000
-        entries: Entries = claim[1] or []
+        if claimed.vanished:
+            self._context.recent.settle(self.model, claimed.vanished)  # acknowledged: never delivered again
+            unexamined = [entry_id for entry_id in claimed.vanished if entry_id not in self._held]
+            if unexamined:
+                log.info("%d pending entries of the feed of %s were trimmed unexamined", len(unexamined), self.model)
         # Idle past the TTL, what this owner holds in its buffer (the detectors behind) is claimed again: not retaken.
-        return [entry for entry in entries if _entry_id(entry[0]) not in self._held]
+        return [entry for entry in claimed.entries if entry[0] not in self._held]
 
     async def _read_new(self, count: int) -> Entries:
         answer: Any = await self._context.readers.xreadgroup(
