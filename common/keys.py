@@ -38,6 +38,13 @@ def explanation(model: str, request_id: str) -> str:
     return f"{PREFIX}:expl:{model}:{request_id}"
 
 
+EXPLANATION_STATUS = "status"
+"""The field of an explanation hash (:func:`explanation`) holding its record's status, in the clear for scripts to
+read without parsing the summary (written by ``sampler.explanations``; read by the monitors' projection too)."""
+EXPLANATION_DONE = "done"
+"""The status of a finished explanation, its maps stored: final, never overwritten."""
+
+
 def explanation_index(model: str, facet: str = "time", value: str = "") -> str:
     """Sorted set of request ids by event time: all of a model's (``time``), or one facet value
     (``reason``, ``cohort`` as ``key=value``, ``predicted``, ``version``, and ``status`` ``done`` for finished ones)."""

@@ -46,15 +46,15 @@ from sampler.explanation_records import (
 log = logging.getLogger(__name__)
 
 
-_SAVE = """
-if redis.call('HGET', KEYS[1], 'status') == 'done' then return 0 end
+_SAVE = f"""
+if redis.call('HGET', KEYS[1], '{keys.EXPLANATION_STATUS}') == '{keys.EXPLANATION_DONE}' then return 0 end
 if ARGV[1] == 'queued' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 2, #KEYS - 1 do
   redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[7])
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3])
+redis.call('HSET', KEYS[1], '{keys.EXPLANATION_STATUS}', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[#KEYS], ARGV[8])
 return 1

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from redis.asyncio import Redis
 
 from common import keys
+from common.redis import execute, queue_script, text
 from monitors.feed import MonitoringRecord
 from monitors.fleet.distributions import distributions_from_pairs
 from monitors.fleet.lease import Leases
@@ -33,9 +34,6 @@ from monitors.fleet.view_reference import ViewReference
 from monitors.fleet.views import HistoryPoint, ProjectionStatus
 
 log = logging.getLogger(__name__)
-_STATUS_FIELD, _DONE = "status", "done"
-"""The explanation hash's status field and its finished value (``common.keys.explanation``; written by the
-sampler's store, which this package may not import)."""
 _DONE_FLAGS = """
 local flags = {}
 for i, name in ipairs(KEYS) do
@@ -84,8 +82,6 @@ class ModelViews:
         self._blocked: dict[str, str] = {}
         self._last_history: tuple[object, ...] | None = None
         self._history_at = 0.0
-        self._append = redis.register_script(_APPEND_IF_OWNER)
-        self._done_flags = redis.register_script(_DONE_FLAGS)
 
     # --- intake (event loop, O(1)) -----------------------------------------------------------------
 
@@ -108,10 +104,14 @@ class ModelViews:
             for d in status.detectors
         ]
         body = "[" + ",".join(p.model_dump_json() for p in points) + "]"
-        await self._append(
-            keys=[keys.monitor_lease(self.model), keys.drift_history(self.model)],
-            args=[self._leases.owner, self._settings.drift_history_max, body],
+        pipe = self._redis.pipeline(transaction=False)
+        queue_script(
+            pipe,
+            _APPEND_IF_OWNER,
+            [keys.monitor_lease(self.model), keys.drift_history(self.model)],
+            [self._leases.owner, self._settings.drift_history_max, body],
         )
+        await execute(pipe)
         self._last_history, self._history_at = verdicts, now
 
     # --- distributions -----------------------------------------------------------------------------
@@ -214,9 +214,10 @@ class ModelViews:
         if not request_ids:
             return []
         names = [keys.explanation(self.model, request_id) for request_id in request_ids]
-        flags = await self._done_flags(keys=names, args=[_STATUS_FIELD, _DONE])
-        text = flags.decode() if isinstance(flags, bytes) else str(flags)
-        return [flag == "1" for flag in text]
+        pipe = self._redis.pipeline(transaction=False)
+        queue_script(pipe, _DONE_FLAGS, names, [keys.EXPLANATION_STATUS, keys.EXPLANATION_DONE])
+        (flags,) = await execute(pipe)
+        return [flag == "1" for flag in text(flags)]
 
     # --- shared ----------------------------------------------------------------------------------------
 
