@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import ConnectionPool, Redis
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import keys
 from common.errors import InvalidInput
 from common.probabilities import PROBABILITY_TOLERANCE
-from common.redis import REDIS_FAILED, execute, text
+from common.redis import REDIS_DOWN, REDIS_FAILED, execute, text
 from monitors.drift.reference import Reference
 
 MAX_MARGIN = 1e6
@@ -36,7 +35,8 @@ _NUMERIC_KINDS = "iuf"
 
 
 class WriteUnconfirmed(Exception):
-    """A reference's write was sent but Redis did not confirm it in time: it may yet be stored, under ``id``."""
+    """A reference's write was sent but Redis did not confirm it (no answer in time, or the connection lost before
+    the answer): it may yet be stored, under ``id``."""
 
     def __init__(self, reference_id: str) -> None:
         super().__init__(reference_id)
@@ -148,8 +148,10 @@ class ReferenceStore:
         """Store ``reference`` (and its rows' margins, if known) as the model's newest; returns its id.
 
         Written on a connection of its own whose timeout grows with the reference's size (``WRITE_TIMEOUT_S``,
-        ``WRITE_BYTES_PER_S``). Should Redis still not confirm it in time, the id is read back; ``WriteUnconfirmed``
-        when it is not (yet) the stored one: the write may still take effect."""
+        ``WRITE_BYTES_PER_S``), opened (and pinged) first: a failure to reach Redis then means nothing was sent,
+        and is raised as it is. Once the write is under way, Redis may apply it however the call ends (no reply in
+        time, the connection lost before the reply came), so the id is read back; ``WriteUnconfirmed`` when it is
+        not (yet) the stored one: the write may still take effect. A refusal (a Redis error reply) is raised."""
         if reference.embeddings is None:
             raise ValueError("embeddings: a stored reference needs embeddings")
         reference_id = uuid.uuid4().hex
@@ -157,14 +159,16 @@ class ReferenceStore:
         size = sum(len(value) for value in fields.values() if isinstance(value, bytes))
         writer = self._writer(WRITE_TIMEOUT_S + size / WRITE_BYTES_PER_S)
         try:
+            await writer.ping()  # connected: from here on a lost answer may hide an applied write
             pipe = writer.pipeline(transaction=True)
             pipe.delete(keys.drift_reference(model))
             pipe.hset(keys.drift_reference(model), mapping=fields)  # type: ignore[arg-type]
             pipe.sadd(keys.MONITORED_MODELS, model)
-            await execute(pipe)
-        except RedisTimeoutError:
-            if await self._stored_id(model) != reference_id:
-                raise WriteUnconfirmed(reference_id) from None
+            try:
+                await execute(pipe)
+            except REDIS_DOWN:
+                if await self._stored_id(model) != reference_id:
+                    raise WriteUnconfirmed(reference_id) from None
         finally:
             await writer.aclose()
         return reference_id
