@@ -123,8 +123,9 @@ class Monitoring:
             return await self.references.put(model, reference, margin=margin)
         except WriteUnconfirmed as unconfirmed:
             raise ReferenceOutcomeUnknown(
-                f"redis: the reference was sent but its write was not confirmed in time; it may still be stored, "
-                f"as id {unconfirmed.id}. Before sending it again, check GET /v1/models/{model}/drift: "
+                "redis: the reference was sent but its write was not confirmed (no answer in time, or the "
+                f"connection lost); it may still be stored, as id {unconfirmed.id}. Before sending it again, "
+                f"check GET /v1/models/{model}/drift: "
                 f'"reference_source" becomes "upload:{unconfirmed.id}" once the monitor has taken it'
             ) from None
         except REDIS_FAILED:
