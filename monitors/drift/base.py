@@ -44,9 +44,6 @@ class DriftEvent:
     embedding: NDArray[np.floating[Any]] | Sequence[float] | None
     """As the request decoded it; stacked into a float32 batch in the runner, off the request path."""
     time_s: float
-    entered_s: float | None = None
-    """When its record entered the feed, Redis's clock (the entry id): how long it has waited is measured from this,
-    never from ``time_s``, which the client sets."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,11 +218,8 @@ class OwnedFeed:
                 log.debug("skipping a feed entry of %s: %s", self.model, error)
                 self._settled.append(entry_id)
                 continue
-            entered_s = stream_entry_time_s(raw_id)
             self._unsettled.append(entry_id)
-            self._buffer.append(
-                DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s, entered_s)
-            )
+            self._buffer.append(DriftEvent(record.predicted, record.confidence, record.embedding, record.time_s))
             if self._views is not None:
                 self._views.observe(record)
             self._context.recent.append(  # unless a previous owner counted it in the window this one restored
