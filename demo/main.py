@@ -265,8 +265,11 @@ def _model_file(cache_dir: Path) -> Path:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """The server's socket, bound here so a port in use fails early (``port`` 0 picks a free one)."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    """The server's socket, bound here so a port in use fails early (``port`` 0 picks a free one). Its protocol is
+    named: asyncio sets ``TCP_NODELAY`` on the connections it accepts only for a socket made with ``IPPROTO_TCP``, and
+    without it every response after the first on a keep-alive connection waited ~40 ms (Nagle and delayed ACKs)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
