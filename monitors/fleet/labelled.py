@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,13 @@ from monitors.records import LabelledPrediction
 
 log = logging.getLogger(__name__)
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
+Labels = list[tuple[str, int]]
+"""Labels taken, by request id."""
+PAGE = 2000
+"""Entries read from the labelled feed at a time."""
+REPLAYS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelled-replay")
+"""The thread where the pages of every replay are taken, one page at a time (the work holds the GIL: more threads at
+it would leave the event loop less of it, and the default executor, which the reports use, none)."""
 RECENT_REQUESTS = 100_000
 """Request ids of labelled records remembered per model to leave out a second copy of one. A sidecar
 whose write timed out sends the batch again (the first may have landed): at-least-once delivery, and a
@@ -60,12 +69,18 @@ class LabelledFeed:
         """The last labelled entry read."""
         self._taken: OrderedDict[str, None] = OrderedDict()
         """Request ids of the labelled records taken, oldest first (at most ``RECENT_REQUESTS``)."""
+        self._page: asyncio.Future[Labels] | None = None
+        """The page of the replay being taken in a worker thread (see :meth:`settled`)."""
 
     async def reload(self) -> None:
         """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must; each record
         is timed by its entry's id (Redis's clock, as is ``now``), so it leaves the window when it would have. Then
         restore the window of recent predictions its predecessor stored (:mod:`monitors.fleet.recent_store`).
-        First of all, keep the versions its predecessor's report named (:meth:`_keep_reported_versions`)."""
+        First of all, keep the versions its predecessor's report named (:meth:`_keep_reported_versions`).
+
+        The feed may hold a hundred thousand records: each page read is taken in a worker thread (:data:`REPLAYS`),
+        so the event loop (which renews the leases) is never held for long. Called again after a failure, the replay
+        goes on after the last record taken."""
         await self._keep_reported_versions()
         await self._replay()
         await self._store.restore(self.model, self._recent, version=self._versions)
@@ -90,23 +105,42 @@ class LabelledFeed:
         seconds, microseconds = await self._redis.time()
         now_s = seconds + microseconds / 1e6
         start = f"{int((now_s - self._settings.calibration_window_s) * 1000)}-0"
+        if self._last != "0-0":  # a replay that failed part way goes on where it stopped
+            start = "(" + self._last
+        loop = asyncio.get_running_loop()
         while True:
             entries: Entries = await self._redis.xrange(  # type: ignore[assignment]
-                keys.labelled_feed(self.model), min=start, count=2000
+                keys.labelled_feed(self.model), min=start, count=PAGE
             )
             if not entries:
                 return
-            self._take(entries, replayed_at_s=now_s)
+            self._page = loop.run_in_executor(REPLAYS, partial(self._take, entries, replayed_at_s=now_s))
+            self._label(await asyncio.shield(self._page))  # a cancel leaves the thread to finish: see settled()
             start = "(" + entries[-1][0].decode()
 
-    async def read(self) -> None:
-        answer: Any = await self._readers.xread({keys.labelled_feed(self.model): self._last}, count=2000, block=500)
-        if answer:
-            self._take(answer[0][1])
+    async def settled(self, *, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for the page of the replay a worker thread may still be taking: cancelling the
+        replay does not stop the thread, and the model's windows are forgotten only once nothing is put into them."""
+        page = self._page
+        if page is not None and not page.done():
+            await asyncio.wait([page], timeout=timeout_s)
 
-    def _take(self, entries: Entries, *, replayed_at_s: float | None = None) -> None:
+    async def read(self) -> None:
+        answer: Any = await self._readers.xread({keys.labelled_feed(self.model): self._last}, count=PAGE, block=500)
+        if answer:
+            self._label(self._take(answer[0][1]))
+
+    def _label(self, labels: Labels) -> None:
+        """Give the model's views the labels taken (on the event loop, where their sample grows)."""
+        if self._views is not None:
+            for request_id, label in labels:
+                self._views.label(request_id, label)
+
+    def _take(self, entries: Entries, *, replayed_at_s: float | None = None) -> Labels:
         """Take labelled entries into the windows: as read now, or (``replayed_at_s``, Redis's time) aged by their
-        ids."""
+        ids; returns the labels taken, by request id, for the views (:meth:`_label`). The windows are thread-safe:
+        the replay runs this in a worker thread, while nothing else reads the feed."""
+        labels: Labels = []
         for entry_id, fields in entries:
             self._last = entry_id.decode()
             try:
@@ -137,8 +171,8 @@ class LabelledFeed:
                 age_s=0.0 if replayed_at_s is None else replayed_at_s - stream_entry_time_s(entry_id),
             )
             self._metrics.labelled.labels(self.model).inc()
-            if self._views is not None:
-                self._views.label(record.request_id, record.label)
+            labels.append((record.request_id, record.label))
+        return labels
 
     async def publish_quality(self, *, stopping: bool) -> None:
         """The window's report to Redis and, unless ``stopping``, to this process's metrics; the window of recent

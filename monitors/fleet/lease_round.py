@@ -1,10 +1,14 @@
-"""One round of a monitor process's leases, run every ``ttl / 3`` by :class:`~monitors.fleet.process.MonitorProcess`.
+"""The leases of a monitor process: their renewal, and the lease round that shares the models out.
 
-The round renews the leases held, drops the models whose lease it lost, renews the process's membership and
-publishes its drift settings, gives one model back when it owns more than its share (so a newly started monitor
-gets work), and tries to take unowned models up to its share. The renewal comes first and alone decides what is
-lost: a full Redis refuses the membership's and the settings' writes (logged once, the round goes on) but renews
-leases.
+The leases held are renewed by a task of their own (:meth:`LeaseRound.keep_renewing`, every ``ttl / 3``), which
+nothing else holds up: neither a model being taken nor anything else of the round. Its renewal alone decides what is
+lost: a model whose lease it could not renew is dropped (once taken, when it was being taken). The leases of models
+being taken are renewed with the others.
+
+The round, every ``ttl / 3`` from :class:`~monitors.fleet.process.MonitorProcess`, renews the process's membership and
+publishes its drift settings, gives one model back when it owns more than its share (so a newly started monitor gets
+work), and tries to take unowned models up to its share. A full Redis refuses the membership's and the settings'
+writes (logged once, the round goes on) but renews leases.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common import keys
+from common.redis import REDIS_FAILED, cancelling
 from monitors.fleet.baselines import Baselines
 from monitors.fleet.drift_state import DriftStates, differences
 from monitors.fleet.lease import Leases, fair_share, parse_configs, strictest
@@ -51,6 +56,13 @@ class LeaseRound:
         self._settings = settings
         self._renewed_at = 0.0
         """When (event-loop time) the leases were last renewed: past their TTL without one, they are gone."""
+        self._taking: set[str] = set()
+        """Models being taken: their leases are renewed with those of the models owned."""
+        self._lost: set[str] = set()
+        """Models whose lease a renewal found lost while they were being taken: dropped once taken."""
+        self._dropping: set[str] = set()
+        """Models being dropped: not taken again before they are (two of one model would forget each other's
+        windows)."""
         self._unowned = 0
         """Models the live monitors could not own at the last round (warned about once)."""
         self._drift_config = settings.drift.model_dump_json()
@@ -67,19 +79,54 @@ class LeaseRound:
     def owner(self) -> str:
         return self._leases.owner
 
-    async def tick(self) -> None:
-        """One round of lease renewal, membership, hand-back and taking."""
+    async def keep_renewing(self) -> None:
+        """Renew the leases every third of their TTL until cancelled: the task ``monitor-renewals``. A failure never
+        ends it; Redis out of reach past the TTL gives up every model (:meth:`give_up_lapsed`)."""
+        period = self._settings.monitor_lease_ttl_s / 3
         loop = asyncio.get_running_loop()
-        until = loop.time() + self._settings.monitor_lease_ttl_s / 3  # a third of the lease's life from renewal
-        owned = self._models.owned
-        held = list(owned)
+        failing = False
+        while not cancelling():  # a cancel that redis-py swallowed still stops the loop
+            started = loop.time()
+            try:
+                await self.renew()
+            except REDIS_FAILED as error:
+                if cancelling():
+                    raise
+                if not failing:
+                    log.warning("monitor %s: renewing its leases failed (%s); retrying", self.owner, error)
+                failing = True
+                await self.give_up_lapsed(loop.time())
+            except Exception:  # the renewals must outlive any one failure
+                log.exception("monitor %s: renewing its leases failed", self.owner)
+            else:
+                if failing:
+                    log.info("monitor %s: its leases are renewed again", self.owner)
+                failing = False
+            await asyncio.sleep(max(period - (loop.time() - started), 0.0))  # a period apart, not after
+
+    async def renew(self) -> None:
+        """Renew the leases of the models owned and being taken, in one round trip; drop the models whose lease was
+        lost (one being taken, once it is)."""
+        loop = asyncio.get_running_loop()
+        held = list(dict.fromkeys([*self._models.owned, *sorted(self._taking)]))
         sent_at = loop.time()  # Redis starts the leases' TTL when it applies them, after this, never before
-        renewals = await self._leases.renew_all(held)  # first, and nothing but its failure gives a model up
+        renewals = await self._leases.renew_all(held)
         self._renewed_at = sent_at
         for model, renewed in zip(held, renewals, strict=True):
-            if not renewed:
+            if renewed:
+                continue
+            if model in self._taking:
+                self._lost.add(model)
+            elif model in self._models.owned:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
-                await self._models.drop(model, release=False)
+                await self._drop(model, release=False)
+
+    async def tick(self) -> None:
+        """One round of membership, drift settings, hand-back and taking (the leases are renewed by
+        :meth:`keep_renewing`)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._settings.monitor_lease_ttl_s / 3  # the next round's membership heartbeat is due
+        owned = self._models.owned
         await self._tolerated("its membership heartbeat", self._heartbeat)
         alive = self._alive
         self._metrics.members.set(alive)
@@ -90,22 +137,47 @@ class LeaseRound:
             del self._models.warm[model]
         for model in sorted(set(owned) - set(models)):  # no longer monitored: its series go too
             log.info("monitor %s gives up %s: no longer in %s", self.owner, model, keys.MONITORED_MODELS)
-            await self._models.drop(model, release=True, keep=False)
+            await self._drop(model, release=True, keep=False)
         await self._tolerated("the drift baselines", partial(self._baselines.round, models))  # before taking any
         share = min(fair_share(len(models), alive), MAX_MODELS)
         self._say_if_over(len(models), alive)
         if len(owned) > share:
-            await self._models.drop(sorted(owned)[-1], release=True)
+            await self._drop(sorted(owned)[-1], release=True)
             return
-        # Taking a model takes a few round trips; the leases held are renewed only at the next round, so a
-        # round stops taking a third of the lease's life after it renewed them (the rest wait for the next round).
+        # Taking a model takes a few round trips (its labelled window is rebuilt afterwards, in a task of its own);
+        # a round stops taking a third of the lease's life after it started, so that the next round's membership
+        # heartbeat is on time (the rest wait for the next round).
         took = 0
         for model in models:
             if len(owned) >= share or (took and loop.time() > until):  # one a round at least, however slow
                 break
-            if model not in owned and await self._leases.acquire(model):
-                await self._models.take(model)
+            if model not in owned and model not in self._dropping and await self._leases.acquire(model):
+                await self._take(model)
                 took += 1
+
+    async def _take(self, model: str) -> None:
+        """Take ``model``, whose lease this process has just acquired: its lease is renewed with the others while it
+        is taken, and it is dropped at once if a renewal found it lost meanwhile."""
+        self._taking.add(model)
+        try:
+            await self._models.take(model)
+        finally:
+            self._taking.discard(model)
+            lost = model in self._lost
+            self._lost.discard(model)
+        if lost and model in self._models.owned:
+            log.warning("monitor %s lost the lease of %s while taking it", self.owner, model)
+            await self._drop(model, release=False)
+
+    async def _drop(self, model: str, *, release: bool, keep: bool = True) -> None:
+        """Drop ``model`` unless it is no longer owned (the renewals and the round drop models each in their task)."""
+        if model not in self._models.owned:
+            return
+        self._dropping.add(model)
+        try:
+            await self._models.drop(model, release=release, keep=keep)
+        finally:
+            self._dropping.discard(model)
 
     async def _heartbeat(self) -> None:
         self._alive = await self._leases.heartbeat()
@@ -177,4 +249,4 @@ class LeaseRound:
         if owned and now - self._renewed_at > self._settings.monitor_lease_ttl_s:
             log.warning("monitor %s: leases not renewed within their TTL; giving up %d models", self.owner, len(owned))
             for model in list(owned):
-                await self._models.drop(model, release=False)
+                await self._drop(model, release=False)

@@ -3,6 +3,12 @@
 Its parts: the prediction feed (:mod:`monitors.fleet.owned_feed`), the drift monitor
 (:mod:`monitors.fleet.owned_drift`) and the labelled feed (:mod:`monitors.fleet.labelled`); each runs in a task
 named by its step and model (``feed-m``, ``status-m``, ``views-m-pca``…), in :func:`common.redis.rounds`.
+
+Taking the model (:meth:`OwnedModel.start`) is a few round trips: its drift monitor started (a stored calibration
+adopted) and its feed's group made. The labelled window is rebuilt from the labelled feed in the first round of the
+``labelled`` task, up to ``monitor_stream_maxlen`` records, which can take seconds; the model's other tasks start once
+it is (its feed is claimed only after the window of recent predictions is restored), and until then it publishes
+nothing. The lease, meanwhile, is renewed with the others (:mod:`monitors.fleet.lease_round`).
 """
 
 from __future__ import annotations
@@ -56,16 +62,30 @@ class OwnedModel:
         self._tasks: list[asyncio.Task[None]] = []
         self._examined_seen = 0
         self._stopping = False
+        self._loaded = False
+        """Whether the labelled window is rebuilt (and the model's other tasks started)."""
 
     async def start(self) -> None:
+        """Take the model: a few round trips; the labelled window is rebuilt in the ``labelled`` task."""
         await self._drift.start()
         await self._feed.ensure_group()
+        self._tasks = [self._run("labelled", self._read_labelled)]
+
+    async def _read_labelled(self) -> None:
+        """A round of the ``labelled`` task: the labelled feed read, once the window is rebuilt from it
+        (:meth:`LabelledFeed.reload`: retried by the task's loop should Redis fail, going on where it stopped) and
+        the model's other tasks are started."""
+        if self._loaded:
+            await self._labelled.read()
+            return
         await self._labelled.reload()
+        if self._stopping:  # redis-py can swallow a cancellation: start nothing for a model being given up
+            return
+        self._loaded = True
         self._context.metrics.owned.labels(self.model).set(1)
         status_s, report_s = self._context.settings.monitor_status_s, self._context.settings.monitor_report_s
-        self._tasks = [
+        self._tasks += [
             self._run("feed", self._feed.read),
-            self._run("labelled", self._labelled.read),
             self._run("status", self._publish_status, period_s=status_s),
             self._run("warmup", self._drift.store_warmup, period_s=status_s),
             self._run("quality", self._publish_quality, period_s=report_s),
@@ -84,13 +104,14 @@ class OwnedModel:
 
     async def stop(self, *, timeout_s: float = 5.0) -> None:
         self._stopping = True
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=timeout_s)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
             for task in stuck:
                 log.error("monitor of %s: task %s did not stop within %.0f s", self.model, task.get_name(), timeout_s)
-        self._tasks = []
+        await self._labelled.settled(timeout_s=timeout_s)  # a page of the replay in its thread: before the forgetting
         self._drift.stop()
         try:  # what was examined need not be examined again; the rest stays pending for the next owner
             await asyncio.wait_for(self._feed.settle(), timeout=timeout_s)

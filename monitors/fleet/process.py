@@ -1,9 +1,10 @@
 """The monitor process: take a fair share of the models' leases, run what each owned model needs.
 
-Here the process is wired (its Redis clients, stores, metrics and workers), started and stopped. Every
-``ttl / 3`` it runs a lease round (:mod:`monitors.fleet.lease_round`: renewals, membership, drift settings,
-hand-back and taking), which takes and drops models through :mod:`monitors.fleet.owned_models`. Detection
-runs in one background thread (:class:`DriftRunner`) for every owned model; Redis I/O stays on the event loop.
+Here the process is wired (its Redis clients, stores, metrics and workers), started and stopped. A task of its own
+renews the leases every ``ttl / 3``; every ``ttl / 3`` as well, another runs a lease round
+(:mod:`monitors.fleet.lease_round`: membership, drift settings, hand-back and taking), which takes and drops models
+through :mod:`monitors.fleet.owned_models`. Detection runs in one background thread (:class:`DriftRunner`) for every
+owned model; Redis I/O stays on the event loop.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class MonitorProcess:
             settings=settings,
         )
         self._task: asyncio.Task[None] | None = None
+        self._renewals: asyncio.Task[None] | None = None
         self._failing = False
         self.stopped = False
 
@@ -123,6 +125,7 @@ class MonitorProcess:
 
     async def start(self) -> None:
         self.runner.start()
+        self._renewals = asyncio.create_task(self.lease_round.keep_renewing(), name="monitor-renewals")
         self._task = asyncio.create_task(self._loop(), name="monitor-leases")
         if self.settings.cohort_keys:
             self._cohort_task = asyncio.create_task(self.cohorts.run(), name="cohort-admission")
@@ -145,7 +148,7 @@ class MonitorProcess:
         if self.stopped:
             return
         self.stopped = True
-        tasks = [task for task in (self._task, self._cohort_task) if task is not None]
+        tasks = [task for task in (self._task, self._renewals, self._cohort_task) if task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -180,8 +183,8 @@ class MonitorProcess:
                 if self._failing:
                     log.info("monitor %s: redis is back", self.owner)
                 self._failing = False
-            await asyncio.sleep(max(period - (loop.time() - started), 0.0))  # renewals a period apart, not after
+            await asyncio.sleep(max(period - (loop.time() - started), 0.0))  # rounds a period apart, not after
 
     async def tick(self) -> None:
-        """One round of lease renewal, membership, hand-back and taking."""
+        """One lease round: membership, drift settings, hand-back and taking (the leases are renewed apart)."""
         await self.lease_round.tick()

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common import keys
 from common.cardinality import BoundedLabel
@@ -24,7 +26,7 @@ from monitors.feed import ENTRY_FIELD, MonitoringRecord
 from monitors.fleet.carried import FleetDriftMetrics
 from monitors.fleet.context import OwnerContext
 from monitors.fleet.drift_state import DriftStates
-from monitors.fleet.labelled import LabelledFeed
+from monitors.fleet.labelled import PAGE, LabelledFeed
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.settings import MonitorSettings
@@ -195,3 +197,102 @@ def test_a_monitor_whose_clock_runs_ahead_trims_the_labelled_feed_by_redis_clock
 
     asyncio.run(publish())
     assert redis_client.xlen(keys.labelled_feed("m")) == 3
+
+
+def add_many(client: redis.Redis, count: int, *, age_s: float) -> None:
+    """``count`` labelled records of model ``m``, ``age_s`` old, in one round trip."""
+    entry_ms = int((time.time() - age_s) * 1000)
+    pipe = client.pipeline(transaction=False)
+    for index in range(count):
+        pipe.xadd(keys.labelled_feed("m"), {ENTRY_FIELD: labelled_blob(f"many-{index}")}, id=f"{entry_ms}-{index + 1}")
+    pipe.execute()
+
+
+def test_the_replay_takes_its_pages_off_the_event_loop(
+    parts: Parts, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new owner replays up to ``monitor_stream_maxlen`` labelled records (100,000): parsed and put into the windows
+    on the event loop, they held it for seconds, and with it the lease renewals."""
+    records = 2 * PAGE + 5
+    add_many(redis_client, records, age_s=60)
+    threads: set[str] = set()
+    append = parts.windows.append
+
+    def recorded(*args: Any, **kwargs: Any) -> None:
+        threads.add(threading.current_thread().name)
+        append(*args, **kwargs)
+
+    monkeypatch.setattr(parts.windows, "append", recorded)
+
+    async def reload() -> str:
+        async with parts.feed() as feed:
+            await feed.reload()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(reload())
+    assert threads and loop_thread not in threads, threads
+    assert len(parts.window_of()) == records
+
+
+def test_a_replay_that_failed_part_way_goes_on_where_it_stopped(
+    parts: Parts, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owned model's task retries a replay Redis broke off: no record is taken twice (nor counted a duplicate)."""
+    records = PAGE + 5
+    add_many(redis_client, records, age_s=60)
+    xrange = AsyncRedis.xrange
+    calls = itertools.count()
+
+    async def flaky(self: AsyncRedis, *args: Any, **kwargs: Any) -> Any:
+        if next(calls) == 1:  # the second page
+            raise RedisConnectionError("connection lost")
+        return await xrange(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncRedis, "xrange", flaky)
+
+    async def reload() -> None:
+        async with parts.feed() as feed:
+            with pytest.raises(RedisConnectionError):
+                await feed.reload()
+            assert len(parts.window_of()) == PAGE
+            await feed.reload()
+
+    asyncio.run(reload())
+    assert len(parts.window_of()) == records
+    assert parts.registry.get_sample_value("vai_monitor_labelled_duplicates_total", {"model": "m"}) is None
+    assert parts.registry.get_sample_value("vai_monitor_labelled_records_total", {"model": "m"}) == records
+
+
+def test_a_page_left_in_its_thread_by_a_cancelled_replay_is_waited_for(
+    parts: Parts, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the replay (the model given up) does not stop the thread taking a page: the owner waits for it
+    (``settled``) before it forgets the model's windows, or the page would land in them afterwards."""
+    add_many(redis_client, 10, age_s=60)
+    entered, release = threading.Event(), threading.Event()
+
+    async def run() -> None:
+        async with parts.feed() as feed:
+            take = feed._take
+
+            def held(entries: Any, **kwargs: Any) -> Any:
+                entered.set()
+                release.wait(10)
+                return take(entries, **kwargs)
+
+            monkeypatch.setattr(feed, "_take", held)
+            replay = asyncio.create_task(feed.reload())
+            await asyncio.to_thread(entered.wait, 10)
+            replay.cancel()
+            settled = asyncio.create_task(feed.settled(timeout_s=10))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert replay.done() and not settled.done(), "settled before the thread finished its page"
+            release.set()
+            await settled
+            assert len(parts.window_of()) == 10
+
+    try:
+        asyncio.run(run())
+    finally:
+        release.set()  # the replays' thread is the process's: never left held

@@ -58,9 +58,9 @@ def test_a_monitor_keeps_reading_and_renewing_with_many_models(
 def test_a_round_stops_taking_models_while_the_leases_it_took_still_hold(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    """Taking a model costs round trips, and the leases held are renewed once a round: a round stops taking
-    after a third of the lease's life, so no lease it took runs out before the next round renews it (taking
-    300 models in one round took over a second here, past a 1 s lease)."""
+    """Taking a model costs round trips: a round stops taking after a third of the lease's life, so that the next
+    round's membership heartbeat is on time, and no lease it took runs out within the round even without the
+    renewals (taking 300 models in one round took over a second here, past a 1 s lease)."""
     names = [f"t{index:03d}" for index in range(300)]
     redis_client.sadd(keys.MONITORED_MODELS, *names)
     settings = MonitorSettings(redis_url=redis_url, monitor_metrics_port=0, monitor_lease_ttl_s=1.0)
