@@ -17,6 +17,8 @@ from monitors.drift.monitor import DriftMonitor
 
 logger = logging.getLogger(__name__)
 BACKGROUND_NICENESS = 19
+FAILURE_LOG_EVERY_S = 60.0
+"""A failure of the runner's own (not a detector's) that repeats is logged with its traceback at most this often."""
 
 
 class DriftRunner:
@@ -25,7 +27,10 @@ class DriftRunner:
 
     ``start`` launches the loop; ``run_once`` does one pass synchronously (what
     the loop repeats, and what tests call). A detector error is logged and the
-    batch dropped; the loop goes on. ``stop`` does not wait for a calibration in
+    batch dropped; a calibration thread that cannot start is logged and tried
+    again at the next pass; any other failure of a pass is logged and the loop
+    goes on (a repeat at most once a minute with its traceback, at debug
+    otherwise). ``stop`` does not wait for a calibration in
     progress (alibi-detect's bootstrap cannot be interrupted); its daemon thread
     ends with the process.
     """
@@ -68,6 +73,9 @@ class DriftRunner:
         """The latest calibration thread of each watched model, with the monitor it calibrates."""
         self._failures: dict[str, str] = {}
         """The last calibration error of each model, so that a repeat is not logged again (under the lock)."""
+        self._said: dict[str, tuple[str, float]] = {}
+        """What of the runner's own failed (a pass, a model's calibration start): the error last logged with its
+        traceback, and when (the loop's thread alone)."""
 
     def add(self, *, monitor: DriftMonitor, buffer: IngestBuffer) -> None:
         """Watch ``monitor``'s model, replacing the monitor it had (a new reference, a restored state)."""
@@ -87,7 +95,10 @@ class DriftRunner:
             pairs = list(self._pairs.values())
         processed = 0
         for monitor, buffer in pairs:
-            self._start_calibration(monitor)
+            try:
+                self._start_calibration(monitor)
+            except Exception as error:  # no thread to be had, say: the other models' batches go on
+                self._failed(f"starting the drift calibration of model {monitor.model}", error)
             with buffer.examine(self._max_batch) as events:  # settled once examined (or dropped on an error)
                 if not events:
                     continue
@@ -148,11 +159,28 @@ class DriftRunner:
         self._limit_threads()
         while not self._stop.is_set():
             started = time.perf_counter()
-            if self.run_once() == 0:
+            try:
+                processed = self.run_once()
+            except Exception as error:  # the thread must outlive any one failure, or drift would go unwatched
+                self._failed("a drift detection pass", error)
+                processed = 0
+            if processed == 0:
                 self._stop.wait(self._poll_interval_s)
                 continue
             busy = time.perf_counter() - started
             self._stop.wait(busy * (1.0 - self._busy_share) / self._busy_share)
+
+    def _failed(self, what: str, error: Exception) -> None:
+        """Log a failure of ``what`` with its traceback, unless the same one was logged so in the last
+        ``FAILURE_LOG_EVERY_S`` (then at debug). Called from an ``except`` block."""
+        message = f"{type(error).__name__}: {error}"
+        now = time.monotonic()
+        said = self._said.get(what)
+        if said is not None and said[0] == message and now - said[1] < FAILURE_LOG_EVERY_S:
+            logger.debug("%s failed again: %s", what, message)
+            return
+        self._said[what] = (message, now)
+        logger.exception("%s failed; the drift runner goes on (repeats are logged once a minute)", what)
 
     def _calibrate(self, monitor: DriftMonitor) -> None:
         self._limit_threads()
