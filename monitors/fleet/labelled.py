@@ -104,8 +104,9 @@ class LabelledFeed:
     async def _replay(self) -> None:
         seconds, microseconds = await self._redis.time()
         now_s = seconds + microseconds / 1e6
-        start = f"{int((now_s - self._settings.calibration_window_s) * 1000)}-0"
-        if self._last != "0-0":  # a replay that failed part way goes on where it stopped
+        if self._last == "0-0":  # from the window's start; older entries the approximate trim left are never taken
+            self._last = start = f"{int((now_s - self._settings.calibration_window_s) * 1000)}-0"
+        else:  # a replay that failed part way goes on where it stopped
             start = "(" + self._last
         loop = asyncio.get_running_loop()
         while True:

@@ -133,6 +133,25 @@ def test_a_new_owner_keeps_the_windows_horizon(parts: Parts, redis_client: redis
     assert [r.time_s for r in snapshot.records] == [0.0] and snapshot.labelled_total == 2
 
 
+def test_labels_older_than_the_window_are_not_read_as_new_when_the_replay_found_none(
+    parts: Parts, redis_client: redis.Redis
+) -> None:
+    """The feed is trimmed approximately: entries older than the window may stay. A replay that finds nothing in the
+    window must leave the live reads after the window's start, not at the stream's head (they took the old labels as
+    new ones, age 0)."""
+    add_labelled(redis_client, "stale", age_s=2 * HOUR_S)
+
+    async def reload_then_read() -> None:
+        async with parts.feed() as feed:
+            await feed.reload()
+            add_labelled(redis_client, "fresh", age_s=0)
+            await feed.read()
+
+    asyncio.run(reload_then_read())
+    (snapshot,) = [s for s in parts.windows.snapshots("m") if s.key.cohort == "all"]
+    assert snapshot.labelled_total == 1
+
+
 def test_the_report_takes_its_snapshots_off_the_event_loop(
     parts: Parts, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
