@@ -1,15 +1,20 @@
-"""What one batch of explanations gives besides its outcomes (times, trust figures, layer health, mismatch counts),
-and :func:`merged`, the result of a batch explained one event at a time as one."""
+"""What one batch of explanations gives besides its outcomes (times, trust figures, layer health, mismatch counts):
+:func:`summarised` for a batch explained at once, :func:`merged` for one explained one event at a time."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from attribution_workers.inspection_health import BaselineDraft, HealthSnapshot
+from attribution_workers.methods import MethodName
 from attribution_workers.outcomes import Outcome
+from sampler.explanation_records import Fidelity, WorkerPrediction
+from sampler.verdicts import MethodTrust
 
 
 @dataclass
@@ -35,6 +40,52 @@ class BatchResult:
     server reported (counted apart from ``prediction_mismatches``; their maps are treated the same way)."""
     confidence_unchecked: int = 0
     """Explained events whose confidence could not be compared: no usable reported probability (logged)."""
+
+
+class RowFigures(NamedTuple):
+    """The trust figures of each event of a batch explained at once, by position."""
+
+    fidelities: dict[MethodName, list[Fidelity | None]]
+    """Deletion fidelity by method, one per event."""
+    agreements: list[float | None]
+    """Mean agreement between the methods (``None`` with one method)."""
+    trusts: list[dict[str, MethodTrust]]
+    """Each method's verdict and figures, by method."""
+
+
+def summarised(
+    outcomes: list[Outcome],
+    predictions: Sequence[WorkerPrediction],
+    figures: RowFigures,
+    *,
+    seconds: dict[str, float],
+    layer_health: list[HealthSnapshot],
+    inspection_seconds: float,
+    inspection_failed: tuple[str, ...],
+    new_baselines: dict[str, BaselineDraft],
+) -> BatchResult:
+    """The result of a batch explained at once: its events' fidelity and agreement averaged over those whose
+    prediction the worker's model matches (fidelity over the maps that ranked something: a constant map has none),
+    and their prediction mismatches counted."""
+    agreeing = [i for i, prediction in enumerate(predictions) if prediction.matches]
+    valid = [a for i in agreeing if (a := figures.agreements[i]) is not None and math.isfinite(a)]
+    return BatchResult(
+        outcomes,
+        seconds=seconds,
+        fidelity_gain={
+            method: float(np.mean(gains))
+            for method, found in figures.fidelities.items()
+            if (gains := [f.gain for i in agreeing if (f := found[i])])
+        },
+        agreement=float(np.mean(valid)) if valid else None,
+        layer_health=layer_health,
+        inspection_seconds=inspection_seconds,
+        inspection_failed=inspection_failed,
+        new_baselines=new_baselines,
+        prediction_mismatches=sum(prediction.mismatch == "class" for prediction in predictions),
+        confidence_mismatches=sum(prediction.mismatch == "confidence" for prediction in predictions),
+        confidence_unchecked=sum(prediction.confidence_check == "skipped" for prediction in predictions),
+    )
 
 
 def merged(parts: Sequence[BatchResult]) -> BatchResult:

@@ -14,11 +14,12 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from attribution_workers.batch_result import BatchResult, merged
+from attribution_workers.batch_result import BatchResult, RowFigures, merged, summarised
 from attribution_workers.config import AttributionConfig
 from attribution_workers.errors import AttributionError
 from attribution_workers.explainer import Explainer, Explanation
@@ -30,7 +31,7 @@ from attribution_workers.outcomes import LABEL_SUFFIX, Outcome, failed, method_s
 from attribution_workers.prediction import worker_predictions
 from attribution_workers.trust import RandomisationCheck, agreement, deletion_fidelity, randomisation_check
 from sampler.contract import MessageError, SampledEvent
-from sampler.explanation_records import SanityFigure
+from sampler.explanation_records import SanityFigure, WorkerPrediction
 from sampler.layers import LayerBaselineRecord
 
 MAX_LOGIT = math.sqrt(torch.finfo(torch.float32).max)
@@ -47,6 +48,19 @@ sequence of a process never runs out."""
 class PermanentError(AttributionError):
     """This event can never be explained (no input, wrong shape, non-finite inputs or model outputs): dead-letter
     it without retrying."""
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A batch's model inputs: one row per usable event towards its reported class, then one per event labelled
+    with another class, towards its label."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    count: int
+    """The number of usable events, whose rows come first."""
+    labelled: list[int]
+    """Positions of the labelled events, in the order of their label rows."""
 
 
 class ModelRuntime:
@@ -205,44 +219,79 @@ class ModelRuntime:
     def _explain_batch(
         self, usable: list[tuple[SampledEvent, torch.Tensor]], sanity: Mapping[str, SanityFigure]
     ) -> BatchResult:
-        rows = [(event, tensor, event.predicted) for event, tensor in usable]
+        """Explain usable events at once: inspect their layers, check the worker's own predictions, run every method
+        on every row, judge each event's maps, record them and keep the inputs for the sanity checks."""
+        rows = self._rows(usable)
+        started = time.perf_counter()
+        inspection = self.inspector.inspect(rows.inputs[: rows.count]) if self.inspector.layers else None
+        inspection_seconds = time.perf_counter() - started
+        predictions = self._predictions(usable, rows.inputs[: rows.count], inspection)
+        explanations, seconds = self._run_methods(rows.inputs, rows.targets)
+        labels = {i: explanations[rows.count + k] for k, i in enumerate(rows.labelled)}
+        figures = self._figures(usable, rows, explanations, labels, predictions, sanity)
+        outcomes = self._outcomes(usable, explanations, labels, figures, predictions, seconds)
+        self._remember(usable, predictions)
+        return summarised(
+            outcomes,
+            predictions,
+            figures,
+            seconds=seconds,
+            layer_health=self._inspected(usable, outcomes, inspection),
+            inspection_seconds=inspection_seconds,
+            inspection_failed=() if inspection is None else inspection.failed,
+            new_baselines=self._health.drafts(),
+        )
+
+    def _rows(self, usable: list[tuple[SampledEvent, torch.Tensor]]) -> _Rows:
         classes = self.config.model.num_classes
         labelled = [  # by position: two events of a batch may share a request id (duplicates are per replica)
             (i, event.label)
             for i, (event, _) in enumerate(usable)
             if event.label is not None and event.label != event.predicted and 0 <= event.label < classes
         ]
-        rows += [(*usable[i], label) for i, label in labelled]
-        inputs = torch.stack([tensor for _, tensor, _ in rows]).to(self.model.device)
-        targets = torch.tensor([target for _, _, target in rows], device=self.model.device)
-        count = len(usable)
-        started = time.perf_counter()
-        inspection = self.inspector.inspect(inputs[:count]) if self.inspector.layers else None
-        inspection_seconds = time.perf_counter() - started
-        logits = self._check_outputs(inputs[:count], None if inspection is None else inspection.outputs)
-        predictions = worker_predictions(
+        rows = [(tensor, event.predicted) for event, tensor in usable]
+        rows += [(usable[i][1], label) for i, label in labelled]
+        inputs = torch.stack([tensor for tensor, _ in rows]).to(self.model.device)
+        targets = torch.tensor([target for _, target in rows], device=self.model.device)
+        return _Rows(inputs, targets, len(usable), [i for i, _ in labelled])
+
+    def _predictions(
+        self, usable: list[tuple[SampledEvent, torch.Tensor]], inputs: torch.Tensor, inspection: BatchInspection | None
+    ) -> list[WorkerPrediction]:
+        """The worker's own prediction on each usable event, beside the server's (``inputs``: their rows)."""
+        logits = self._check_outputs(inputs, None if inspection is None else inspection.outputs)
+        return worker_predictions(
             logits,
             [event.predicted for event, _ in usable],
             [event.confidence for event, _ in usable],
             tolerance=self.config.prediction_tie_tolerance,
             confidence_tolerance=self.config.prediction_confidence_tolerance,
         )
-        explanations, seconds = self._run_methods(inputs, targets)
+
+    def _figures(
+        self,
+        usable: list[tuple[SampledEvent, torch.Tensor]],
+        rows: _Rows,
+        explanations: list[Explanation],
+        labels: Mapping[int, Explanation],
+        predictions: list[WorkerPrediction],
+        sanity: Mapping[str, SanityFigure],
+    ) -> RowFigures:
+        count = rows.count
+        seeds = [_seed(event.request_id) for event, _ in usable]
         fidelities = {
             method: deletion_fidelity(
                 self.model,
-                inputs[:count],
-                targets[:count],
+                rows.inputs[:count],
+                rows.targets[:count],
                 np.stack([e[method].values for e in explanations[:count]]),
                 steps=self.config.fidelity_steps,
                 random_orders=self.config.fidelity_random_orders,
-                seeds=[_seed(event.request_id) for event, _ in usable],
+                seeds=seeds,
             )
             for method in self.methods
         }
         matrices = [agreement([e]) if len(self.methods) >= 2 else None for e in explanations[:count]]
-        agreements = [None if matrix is None else matrix.mean for matrix in matrices]
-        label_rows = {i: explanations[count + k] for k, (i, _) in enumerate(labelled)}
         trusts = [
             self._rule.row(
                 self.methods,
@@ -251,53 +300,48 @@ class ModelRuntime:
                 sanity=sanity,
                 convergence=_relative_deltas(explanations[i]),
                 label_suffix=LABEL_SUFFIX,
-                label_convergence=_relative_deltas(label_rows.get(i)),
+                label_convergence=_relative_deltas(labels.get(i)),
                 prediction=predictions[i],
             )
             for i in range(count)
         ]
+        return RowFigures(fidelities, [None if matrix is None else matrix.mean for matrix in matrices], trusts)
+
+    def _outcomes(
+        self,
+        usable: list[tuple[SampledEvent, torch.Tensor]],
+        explanations: list[Explanation],
+        labels: Mapping[int, Explanation],
+        figures: RowFigures,
+        predictions: list[WorkerPrediction],
+        seconds: dict[str, float],
+    ) -> list[Outcome]:
         now = time.time()
-        outcomes = [
+        return [
             Outcome(
                 record_of(
                     self.methods,
                     self.config,
                     event,
                     explanations[i],
-                    label_rows.get(i),
-                    {m: fidelities[m][i] for m in self.methods},
-                    agreements[i],
+                    labels.get(i),
+                    {m: figures.fidelities[m][i] for m in self.methods},
+                    figures.agreements[i],
                     seconds,
                     now,
-                    trusts[i],
+                    figures.trusts[i],
                     predictions[i],
                     settings=self.settings,
                 )
             )
             for i, (event, _) in enumerate(usable)
         ]
+
+    def _remember(self, usable: list[tuple[SampledEvent, torch.Tensor]], predictions: list[WorkerPrediction]) -> None:
+        """Keep each input for the sanity checks, towards the class the worker's model predicts where it predicts
+        another class than the server."""
         for (event, tensor), prediction in zip(usable, predictions, strict=True):
-            # The sanity check explains the class the worker's model predicts where it predicts another class.
             self._recent.append((tensor, prediction.predicted if prediction.mismatch == "class" else event.predicted))
-        agreeing = [i for i, prediction in enumerate(predictions) if prediction.matches]
-        valid = [a for i in agreeing if (a := agreements[i]) is not None and math.isfinite(a)]
-        return BatchResult(
-            outcomes,
-            seconds=seconds,
-            fidelity_gain={  # over the maps that ranked something (a constant map has no fidelity), of agreeing rows
-                m: float(np.mean(gains))
-                for m in self.methods
-                if (gains := [f.gain for i in agreeing if (f := fidelities[m][i])])
-            },
-            agreement=float(np.mean(valid)) if valid else None,
-            layer_health=self._inspected(usable, outcomes, inspection),
-            inspection_seconds=inspection_seconds,
-            inspection_failed=() if inspection is None else inspection.failed,
-            new_baselines=self._health.drafts(),
-            prediction_mismatches=sum(prediction.mismatch == "class" for prediction in predictions),
-            confidence_mismatches=sum(prediction.mismatch == "confidence" for prediction in predictions),
-            confidence_unchecked=sum(prediction.confidence_check == "skipped" for prediction in predictions),
-        )
 
     def _inspected(
         self, usable: list[tuple[SampledEvent, torch.Tensor]], outcomes: list[Outcome], found: BatchInspection | None
