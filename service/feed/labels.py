@@ -4,8 +4,9 @@ A record in Redis is read, checked against its label, and then published to the 
 script, only if it is still the record read (so a label counts once, on whichever replica it arrives). What replaces
 it is a marker of the class it joined (``joined:<class>``, kept :data:`JOINED_TTL_S`): the same label sent again — a
 client's retry after an answer it lost — is answered ``matched`` and counted ``duplicate``, and another class for
-it is refused by name. A record joined from this replica's buffer leaves the same marker (best effort: not while
-Redis is down). The script's first write is the ``XADD``: a Redis out of memory (``noeviction``) refuses it before
+it is refused by name. A record joined from this replica's buffer (its label came before it was written, within
+~50 ms of its event) leaves no marker: its labelled record is still in memory, and a marker must never claim more than
+Redis holds. The script's first write is the ``XADD``: a Redis out of memory (``noeviction``) refuses it before
 anything is replaced, and the route answers 503, the record still waiting for the same label sent again. A label
 refused for its class (out of range for the prediction) leaves the record where it is, for the corrected label. A
 record still in this replica's buffer never reached Redis: its labelled record goes through the buffer, which keeps
@@ -166,13 +167,10 @@ class DelayedLabels:
                 self.writer.keep_taken()
         except TimeoutError:
             raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
-        await self._mark_joined(
-            [item for item, record in local if record is not None and item.label < record.num_classes]
-        )
-        remote = await self._look_again(remote)
-        for (index, _, _, label), record in local:
+        for (index, _, _, label), record in local:  # at once: a cancel from here on must not lose a taken record
             if record is not None:
                 self._join(result, index, record, label, offer=True)
+        remote = await self._look_again(remote)
         for item, found in remote:
             index, model, request_id, label = item
             if found is None:
@@ -209,7 +207,7 @@ class DelayedLabels:
         sent to this replica just after its event reached another one finds the record once that replica's
         writer has flushed it (within ~50 ms when Redis keeps up). A 503 on the second look loses nothing: the
         labels joined on the first are counted by the caller, the others are answered ``unmatched``."""
-        missing = [item for item, found in remote if found is None]
+        missing = [item for item, found in remote if _looks_again(found)]
         if not missing or self._retry_s <= 0:
             return remote
         await asyncio.sleep(self._retry_s)
@@ -217,21 +215,7 @@ class DelayedLabels:
             again = {item.position: found for item, found in await self._join_remote(missing)}
         except RedisUnavailable:
             return remote
-        return [(item, again.get(item.position) if found is None else found) for item, found in remote]
-
-    async def _mark_joined(self, joined: list[_Label]) -> None:
-        """Leave the joined marker of each of ``joined`` (labels that took their record from this replica's buffer)
-        where its record would have been, unless a record of the same id is there. Best effort: a Redis that is down
-        or refuses costs only the recognition of a retry (answered ``unmatched`` as before)."""
-        if not joined or not self.writer.redis_up:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for item in joined:
-            pipe.set(keys.prediction(item.model, item.request_id), _marker(item.label), ex=JOINED_TTL_S, nx=True)
-        try:
-            await execute(pipe)
-        except REDIS_FAILED as error:
-            log.debug("joined labels not marked: %s", error)
+        return [(item, again.get(item.position) if _looks_again(found) else found) for item, found in remote]
 
     def _joined_already(self, result: LabelsResult, item: _Label, joined: int) -> None:
         """``item`` found the marker of a record joined to class ``joined``: the same label again is matched (and
@@ -383,6 +367,12 @@ async def _off_loop_if_many(count: int, function: Callable[_P, _R], *args: _P.ar
     if count < OFF_LOOP_FROM:
         return function(*args, **kwargs)
     return await asyncio.to_thread(function, *args, **kwargs)
+
+
+def _looks_again(found: _Found) -> bool:
+    """Whether a label that found this looks once more: no record yet, or the marker of an earlier prediction of the
+    same request id (ids are unique per model, but one reused within the marker's life must not hide its record)."""
+    return found is None or isinstance(found, _Joined)
 
 
 def _record(model: str, body: bytes | None) -> _Found:

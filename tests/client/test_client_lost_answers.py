@@ -16,9 +16,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 from client_servers import INGEST_TOKEN
 from vai_client import Client, RetryPolicy
 
+from common import keys
 from helpers import wait_until
 
 FAST_RETRY = RetryPolicy(backoff_base_s=0.01, backoff_max_s=0.05)
@@ -203,7 +205,7 @@ def _labels_counted(sidecar: str, matched: str) -> float:
 
 @pytest.mark.slow
 def test_a_real_sidecar_answers_labels_sent_again_after_a_lost_answer_as_matched_duplicates(
-    sidecar: str, proxy: LosingProxy, caplog: pytest.LogCaptureFixture
+    sidecar: str, proxy: LosingProxy, caplog: pytest.LogCaptureFixture, redis_client: redis.Redis
 ) -> None:
     """Through a proxy that loses the sidecar's answer to one ``/v1/labels`` request: the sidecar joined its five
     labels (``vai_labels_total{matched="true"}`` 5) and left a marker of each; the retry finds the markers and is
@@ -218,6 +220,8 @@ def test_a_real_sidecar_answers_labels_sent_again_after_a_lost_answer_as_matched
         for i in range(5):
             client.log(model="digits", request_id=f"r{i}", logits=[3.0, 1.0, 0.5])
         assert client.flush(10)
+        waiting = [keys.prediction("digits", f"r{i}") for i in range(5)]  # joined from Redis: markers left
+        wait_until(lambda: redis_client.exists(*waiting) == 5, what="the records in Redis")
         proxy.lose_next_labels = True
         _label_all(client, [f"r{i}" for i in range(5)])
     stats = client.stats

@@ -169,19 +169,21 @@ async def test_labels_refused_with_503_are_neither_joined_nor_counted_so_a_retry
             pass
         direct = redis.Redis.from_url(own_redis.url)
         assert direct.xlen(keys.labelled_feed("digits")) == 2
-        # Each record, taken from here or from Redis, leaves the marker of its class where it was (or would be).
-        assert direct.mget([keys.prediction("digits", rid) for rid in ("in-redis", "here")]) == [b"joined:0"] * 2
+        # The record taken from Redis leaves the marker of its class; the one taken from here none (its labelled
+        # record was in memory only: a marker must not claim what Redis does not hold).
+        assert direct.mget([keys.prediction("digits", rid) for rid in ("in-redis", "here")]) == [b"joined:0", None]
         direct.close()
-        # The same labels sent once more (a retry whose answer was lost) are matched again, counted as duplicates
-        # and published nowhere; another class for one of them is refused by name.
+        # The same labels sent once more (a retry whose answer was lost): the one with a marker is matched again,
+        # counted as a duplicate and published nowhere; another class for it is refused by name.
         again = await sidecar.monitoring.delayed_labels.apply(labels, known={"digits"})
-        assert (again.matched, again.duplicates, again.unmatched, again.rejected) == (2, 2, [], [])
-        other = await sidecar.monitoring.delayed_labels.apply([{**labels[1], "label": 1}], known={"digits"})
+        assert (again.matched, again.duplicates, [u.request_id for u in again.unmatched]) == (1, 1, ["here"])
+        other = await sidecar.monitoring.delayed_labels.apply([{**labels[0], "label": 1}], known={"digits"})
         assert other.matched == 0 and [r.error for r in other.rejected] == [
             "labels.0.label: the prediction was labelled 0 already"
         ]
         assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 2
-        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "duplicate"}) == 2
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "duplicate"}) == 1
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "false"}) == 1
         assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "rejected"}) == 1
         assert len(sidecar.feed) == 0
     finally:

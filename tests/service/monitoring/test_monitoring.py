@@ -83,7 +83,7 @@ def _series(client: TestClient, count: int, **params: str) -> dict[str, dict[str
 
 
 def test_delayed_labels_join_predictions_and_feed_calibration(
-    make_client: Callable[..., TestClient], monitors: MonitorRunner
+    make_client: Callable[..., TestClient], monitors: MonitorRunner, redis_client: Any
 ) -> None:
     registry, monitor_registry = CollectorRegistry(), CollectorRegistry()
     monitors.start(registry=monitor_registry, cohort_keys=("region",))
@@ -96,6 +96,7 @@ def test_delayed_labels_join_predictions_and_feed_calibration(
         for i, p in enumerate(probabilities)
     ]
     assert client.post("/v1/events", json={"events": events}).json()["accepted"] == 60
+    wait_until(lambda: redis_client.exists(keys.prediction("digits", "r59")), what="the records in Redis")
 
     body = {
         "labels": [
@@ -595,6 +596,20 @@ def test_labels_sent_right_after_their_events_to_another_replica_join(
     assert labelling.post("/v1/labels", json=_label("never-sent")).json()["unmatched"][0]["request_id"] == "never-sent"
 
 
+def test_a_marker_left_by_an_earlier_prediction_of_the_id_does_not_hide_the_new_record(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
+    """A request id reused within the joined marker's life (ids should be unique per model): the label that finds
+    the old marker looks again like one that found nothing, and joins the new record once it is written."""
+    serving = make_client(models=LABELLED)
+    labelling = make_client(models=LABELLED, label_join_retry_s=1.0)
+    redis_client.set(keys.prediction("digits", "reused"), b"joined:2", ex=600)
+    assert serving.post("/v1/events", json=event("reused")).json()["accepted"] == 1
+    answer = labelling.post("/v1/labels", json=_label("reused", 1)).json()
+    assert (answer["matched"], answer["duplicates"], answer["rejected"]) == (1, 0, []), answer
+    assert redis_client.xlen(keys.labelled_feed("digits")) == 1
+
+
 def test_labels_first_sent_to_a_replica_that_never_served_the_model_still_turn_records_on(
     make_client: Callable[..., TestClient], redis_client: Any
 ) -> None:
@@ -664,10 +679,13 @@ def test_records_trimmed_before_the_monitor_read_them_are_counted(
     assert trimmed() > 0
 
 
-def test_a_bad_label_is_rejected_by_name_and_the_others_join(make_client: Callable[..., TestClient]) -> None:
+def test_a_bad_label_is_rejected_by_name_and_the_others_join(
+    make_client: Callable[..., TestClient], redis_client: Any
+) -> None:
     registry = CollectorRegistry()
     client = make_client(registry=registry, models=LABELLED)
     assert client.post("/v1/events", json={"events": [event("g0"), event("g1")]}).json()["accepted"] == 2
+    wait_until(lambda: redis_client.exists(keys.prediction("digits", "g1")), what="the records in Redis")
     items: list[Any] = [
         {"model": "digits", "request_id": "g0", "label": 1},
         {"model": "digits"},
