@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -36,3 +37,5 @@ class OwnerContext:
     metrics: MonitorMetrics
     drift_metrics: FleetDriftMetrics
     settings: MonitorSettings
+    rebuilds: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by the one owned model whose labelled window is being rebuilt (one replay at a time)."""

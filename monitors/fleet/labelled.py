@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -69,7 +69,8 @@ class LabelledFeed:
         """The last labelled entry read."""
         self._taken: OrderedDict[str, None] = OrderedDict()
         """Request ids of the labelled records taken, oldest first (at most ``RECENT_REQUESTS``)."""
-        self._page: asyncio.Future[Labels] | None = None
+        self._rebuilds = context.rebuilds
+        self._page: Future[Labels] | None = None
         """The page of the replay being taken in a worker thread (see :meth:`settled`)."""
 
     async def reload(self) -> None:
@@ -102,29 +103,36 @@ class LabelledFeed:
         self._versions.keep(previous.versions or ())
 
     async def _replay(self) -> None:
+        """The labelled window rebuilt from the feed; one model's replay at a time in a process (:data:`REPLAYS` is
+        one thread), so that each model taken comes online once its own is done, not all together at the end."""
+        async with self._rebuilds:
+            await self._replay_pages()
+
+    async def _replay_pages(self) -> None:
         seconds, microseconds = await self._redis.time()
         now_s = seconds + microseconds / 1e6
         if self._last == "0-0":  # from the window's start; older entries the approximate trim left are never taken
             self._last = start = f"{int((now_s - self._settings.calibration_window_s) * 1000)}-0"
         else:  # a replay that failed part way goes on where it stopped
             start = "(" + self._last
-        loop = asyncio.get_running_loop()
         while True:
             entries: Entries = await self._redis.xrange(  # type: ignore[assignment]
                 keys.labelled_feed(self.model), min=start, count=PAGE
             )
             if not entries:
                 return
-            self._page = loop.run_in_executor(REPLAYS, partial(self._take, entries, replayed_at_s=now_s))
-            self._label(await asyncio.shield(self._page))  # a cancel leaves the thread to finish: see settled()
+            self._page = REPLAYS.submit(partial(self._take, entries, replayed_at_s=now_s))
+            self._label(await asyncio.shield(asyncio.wrap_future(self._page)))  # a cancel: see settled()
             start = "(" + entries[-1][0].decode()
 
     async def settled(self, *, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) for the page of the replay a worker thread may still be taking: cancelling the
-        replay does not stop the thread, and the model's windows are forgotten only once nothing is put into them."""
+        replay does not stop the thread, and the model's windows are forgotten only once nothing is put into them.
+        A page not started yet is cancelled: it never will be."""
         page = self._page
-        if page is not None and not page.done():
-            await asyncio.wait([page], timeout=timeout_s)
+        if page is None or page.cancel() or page.done():
+            return
+        await asyncio.wait([asyncio.wrap_future(page)], timeout=timeout_s)
 
     async def read(self) -> None:
         answer: Any = await self._readers.xread({keys.labelled_feed(self.model): self._last}, count=PAGE, block=500)

@@ -26,7 +26,7 @@ from monitors.feed import ENTRY_FIELD, MonitoringRecord
 from monitors.fleet.carried import FleetDriftMetrics
 from monitors.fleet.context import OwnerContext
 from monitors.fleet.drift_state import DriftStates
-from monitors.fleet.labelled import PAGE, LabelledFeed
+from monitors.fleet.labelled import PAGE, REPLAYS, LabelledFeed
 from monitors.fleet.lease import Leases
 from monitors.fleet.metrics import MonitorMetrics
 from monitors.fleet.settings import MonitorSettings
@@ -84,9 +84,16 @@ class Parts:
     @asynccontextmanager
     async def feed(self) -> AsyncIterator[LabelledFeed]:
         """The feed, holding the model's lease."""
+        async with self.feeds("m") as (feed,):
+            yield feed
+
+    @asynccontextmanager
+    async def feeds(self, *models: str) -> AsyncIterator[tuple[LabelledFeed, ...]]:
+        """The feeds of ``models`` in one process (one context), holding their leases."""
         client = connect(self._url, timeout_s=5)
         leases = Leases(client, owner="me", ttl_ms=5000)
-        await leases.acquire("m")
+        for model in models:
+            await leases.acquire(model)
         drift_metrics = FleetDriftMetrics(registry=CollectorRegistry())
         context = OwnerContext(
             redis=client,
@@ -101,9 +108,8 @@ class Parts:
             drift_metrics=drift_metrics,
             settings=self.settings,
         )
-        feed = LabelledFeed("m", context, versions=BoundedLabel(5), views=None)
         try:
-            yield feed
+            yield tuple(LabelledFeed(model, context, versions=BoundedLabel(5), views=None) for model in models)
         finally:
             await client.aclose()
 
@@ -218,12 +224,13 @@ def test_a_monitor_whose_clock_runs_ahead_trims_the_labelled_feed_by_redis_clock
     assert redis_client.xlen(keys.labelled_feed("m")) == 3
 
 
-def add_many(client: redis.Redis, count: int, *, age_s: float) -> None:
-    """``count`` labelled records of model ``m``, ``age_s`` old, in one round trip."""
+def add_many(client: redis.Redis, count: int, *, age_s: float, model: str = "m") -> None:
+    """``count`` labelled records of ``model``, ``age_s`` old, in one round trip."""
     entry_ms = int((time.time() - age_s) * 1000)
     pipe = client.pipeline(transaction=False)
     for index in range(count):
-        pipe.xadd(keys.labelled_feed("m"), {ENTRY_FIELD: labelled_blob(f"many-{index}")}, id=f"{entry_ms}-{index + 1}")
+        fields = {ENTRY_FIELD: labelled_blob(f"many-{index}")}
+        pipe.xadd(keys.labelled_feed(model), fields, id=f"{entry_ms}-{index + 1}")  # type: ignore[arg-type]
     pipe.execute()
 
 
@@ -315,3 +322,53 @@ def test_a_page_left_in_its_thread_by_a_cancelled_replay_is_waited_for(
         asyncio.run(run())
     finally:
         release.set()  # the replays' thread is the process's: never left held
+
+
+def test_the_models_taken_together_rebuild_one_after_another(
+    parts: Parts, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One replay at a time in a process: the first model taken comes online once its own window is rebuilt, not
+    after every model's pages, taken in turns through the one replay thread."""
+    for model in ("a", "b"):
+        add_many(redis_client, PAGE + 5, age_s=60, model=model)
+    order: list[str] = []
+    take = LabelledFeed._take
+
+    def noted(self: LabelledFeed, entries: Any, **kwargs: Any) -> Any:
+        order.append(self.model)
+        return take(self, entries, **kwargs)
+
+    monkeypatch.setattr(LabelledFeed, "_take", noted)
+
+    async def rebuild() -> None:
+        async with parts.feeds("a", "b") as feeds:
+            await asyncio.gather(*(feed.reload() for feed in feeds))
+
+    asyncio.run(rebuild())
+    assert order == ["a", "a", "b", "b"]
+
+
+def test_a_page_not_started_when_its_replay_stops_never_lands(parts: Parts, redis_client: redis.Redis) -> None:
+    """A page still waiting for the replay thread when the model is given up is cancelled, so it never lands in
+    windows the owner forgot meanwhile."""
+    add_many(redis_client, 10, age_s=60)
+    release = threading.Event()
+    ahead = REPLAYS.submit(release.wait, 10)  # the thread busy with another page
+
+    async def run() -> None:
+        async with parts.feed() as feed:
+            replay = asyncio.create_task(feed.reload())
+            while feed._page is None:  # its first page handed to the thread
+                await asyncio.sleep(0.01)
+            replay.cancel()
+            await asyncio.gather(replay, return_exceptions=True)
+            await feed.settled(timeout_s=0.5)  # (the owner's wait is 5 s: the thread may be busy longer)
+            parts.windows.forget("m")
+
+    try:
+        asyncio.run(run())
+    finally:
+        release.set()
+    ahead.result(10)
+    REPLAYS.submit(lambda: None).result(10)  # whatever was queued behind has run
+    assert parts.window_of() == []
