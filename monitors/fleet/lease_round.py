@@ -60,6 +60,8 @@ class LeaseRound:
         """Models being taken: their leases are renewed with those of the models owned."""
         self._lost: set[str] = set()
         """Models whose lease a renewal found lost while they were being taken: dropped once taken."""
+        self._drops: set[asyncio.Task[None]] = set()
+        """Drops of lost leases under way, each in a task of its own (:meth:`_drop_apart`)."""
         self._dropping: set[str] = set()
         """Models being dropped: not taken again before they are (two of one model would forget each other's
         windows)."""
@@ -117,9 +119,26 @@ class LeaseRound:
                 continue
             if model in self._taking:
                 self._lost.add(model)
-            elif model in self._models.owned:
+            elif model in self._models.owned and model not in self._dropping:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
-                await self._drop(model, release=False)
+                self._drop_apart(model)
+
+    def _drop_apart(self, model: str) -> None:
+        """Drop ``model``, whose lease was lost, in a task of its own: stopping a model takes up to seconds, and the
+        other leases' renewals must not wait for it."""
+        task = asyncio.create_task(self._drop(model, release=False), name=f"monitor-drop-{model}")
+        self._drops.add(task)
+        task.add_done_callback(self._dropped)
+
+    def _dropped(self, task: asyncio.Task[None]) -> None:
+        self._drops.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("monitor %s: %s failed", self.owner, task.get_name(), exc_info=error)
+
+    async def drops_done(self, *, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for the drops of lost leases still under way (before the process stops)."""
+        if self._drops:
+            await asyncio.wait(set(self._drops), timeout=timeout_s)
 
     async def tick(self) -> None:
         """One round of membership, drift settings, hand-back and taking (the leases are renewed by
@@ -171,7 +190,7 @@ class LeaseRound:
 
     async def _drop(self, model: str, *, release: bool, keep: bool = True) -> None:
         """Drop ``model`` unless it is no longer owned (the renewals and the round drop models each in their task)."""
-        if model not in self._models.owned:
+        if model not in self._models.owned or model in self._dropping:
             return
         self._dropping.add(model)
         try:

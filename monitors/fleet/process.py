@@ -153,6 +153,7 @@ class MonitorProcess:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
+        await self.lease_round.drops_done(timeout_s=5.0)
         for model in list(self.owned):
             await self.models.drop(model, release=True)
         with contextlib.suppress(TimeoutError, *REDIS_FAILED):

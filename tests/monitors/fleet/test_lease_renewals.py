@@ -15,6 +15,7 @@ import redis
 from common import keys
 from helpers import MonitorRunner, wait_until
 from monitors.fleet.labelled import LabelledFeed
+from monitors.fleet.owned import OwnedModel
 from monitors.fleet.owned_drift import OwnedDrift
 from monitors.fleet.process import MonitorProcess
 
@@ -116,3 +117,29 @@ def test_a_model_whose_lease_is_lost_while_its_window_is_rebuilt_is_dropped(
     gate.released.set()
     assert redis_client.get(keys.quality_report("b")) is None
     assert redis_client.get(keys.monitor_lease("b")) == b"another monitor", "not released: it was not ours"
+
+
+def test_the_leases_are_renewed_while_a_lost_model_is_stopped(
+    gate: Gate, monitors: MonitorRunner, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose lease was lost is dropped in a task of its own: its stop (tasks, a replay page, the windows'
+    settling: up to seconds) holds up no other lease's renewal."""
+    stop = OwnedModel.stop
+
+    async def held(part: OwnedModel, **kwargs: Any) -> None:
+        if part.model == "b":
+            gate.entered.set()
+            while not gate.released.is_set():
+                await asyncio.sleep(0.01)
+        await stop(part, **kwargs)
+
+    monkeypatch.setattr(OwnedModel, "stop", held)
+    redis_client.sadd(keys.MONITORED_MODELS, "a", "b")
+    process = monitors.start(monitor_lease_ttl_s=TTL_S)
+    wait_until(lambda: sorted(process.owned) == ["a", "b"], what="both owned")
+    redis_client.set(keys.monitor_lease("b"), "another monitor", px=60_000)
+    wait_until(gate.entered.is_set, what="b being stopped")
+    wait_until(renewed_past_the_ttl(redis_client, process, ["a"]), what="a's lease renewed past the TTL")
+    gate.released.set()
+    wait_until(lambda: "b" not in process.owned, what="b dropped")
+    assert redis_client.get(keys.monitor_lease("b")) == b"another monitor"
