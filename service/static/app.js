@@ -778,6 +778,20 @@
     return el("span", {}, number(delta, 4), " ", mark);
   }
 
+  /** The method's time as the worker stored it: over the whole batch this event was explained in, shared by every
+   * event of that batch (the record does not say how many), so not this map's own cost. */
+  function batchTime(seconds) {
+    if (!present(seconds)) return "—";
+    const why = "the method's time over the whole batch of events explained with this one (the record does not " +
+      "keep the batch's size): not this map's own cost";
+    return el(
+      "span",
+      { title: why },
+      `${number(seconds, 3)} s`,
+      el("span", { class: "hint" }, " (whole batch, shared by its events)"),
+    );
+  }
+
   function mapCard(name, attribution, record, method) {
     const similarity = (record.sanity_similarity || {})[method];
     const target = name.includes("@") ? `class ${attribution.target} (the label)` : `class ${attribution.target}`;
@@ -791,7 +805,7 @@
         ? fact("Agreement", number(attribution.agreement, 2), el("span", { class: "hint" }, " (mean ρ, others)"))
         : null,
       present(delta) ? fact("Convergence δ", convergenceFigure(delta, attribution.verdict)) : null,
-      fact("Time", present(attribution.seconds) ? `${number(attribution.seconds, 3)} s` : "—"),
+      fact("Time of its batch", batchTime(attribution.seconds)),
       typeof similarity === "number" ? fact("Sanity", number(similarity, 2), " ", sanityBadge(record, method)) : null,
     );
     return el(

@@ -494,26 +494,75 @@
       throw new NoData("no finished explanations among the most recent ones (none sampled yet, or the workers " +
         "are behind)");
     }
-    const head = ["Method", "Trusted", "Passes sanity check", "Mean fidelity gain", "Mean agreement", "Explanations"];
-    const rows = m.methods.map((r) => el("tr", {},
-      el("th", { scope: "row" }, r.method),
-      el("td", {}, meter(r.trusted_share), typeof r.verdict_count === "number"
-        ? el("span", { class: "muted" }, ` of ${r.verdict_count}`) : null),
-      el("td", {}, meter(r.sanity_pass_share), el("span", { class: "muted" }, ` of ${r.sanity_checked} checked`)),
-      el("td", { class: "num" }, num(r.mean_fidelity_gain),
-        el("span", { class: "muted" }, ` (n = ${r.fidelity_count})`)),
-      el("td", { class: "num" }, num(r.mean_agreement, 2), typeof r.agreement_count === "number"
-        ? el("span", { class: "muted" }, ` (n = ${r.agreement_count})`) : null),
-      el("td", { class: "num" }, String(r.explanations))));
-    part(section, ".body").replaceChildren(el("table", { class: "data", "data-rows": rows.length },
-      el("caption", {}, "Trusted: passes the randomisation sanity check, beats random deletion and agrees with the ",
-        "others. Fidelity gain: area under the score as features are deleted in random order minus in the map's ",
-        "order (above 0 = better than random). Agreement: mean rank correlation with the other methods' maps."),
+    const head = ["Method", "Trusted", "Passes sanity check", "Latest sanity check", "Mean fidelity gain",
+      "Mean agreement"];
+    const rows = m.methods.flatMap((r) => [
+      el("tr", { class: "method", "data-method": r.method },
+        el("th", { scope: "row" }, r.method, el("span", { class: "muted explained" }, `${r.explanations} explained`)),
+        el("td", {}, meter(r.trusted_share), typeof r.verdict_count === "number"
+          ? el("span", { class: "muted" }, ` of ${r.verdict_count} judged`) : null),
+        el("td", {}, meter(r.sanity_pass_share), el("span", { class: "muted" }, ` of ${r.sanity_checked} checked`)),
+        el("td", { class: "latest-sanity" }, latestSanity(r.latest_sanity)),
+        el("td", { class: "num" }, num(r.mean_fidelity_gain),
+          el("span", { class: "muted" }, ` (n = ${r.fidelity_count})`)),
+        el("td", { class: "num" }, num(r.mean_agreement, 2), typeof r.agreement_count === "number"
+          ? el("span", { class: "muted" }, ` (n = ${r.agreement_count})`) : null)),
+      el("tr", { class: "accounting", "data-method": r.method },
+        el("td", { colspan: String(head.length) }, accounting(r))),
+    ]);
+    part(section, ".body").replaceChildren(el("table", { class: "data methods", "data-rows": m.methods.length },
+      el("caption", {}, "Checked: explained while a conclusive randomisation sanity check of the method was in ",
+        "force; passes: that check did. Trusted: passes it, beats random deletion and agrees with the others, ",
+        "among the checked verdicts. Latest check: similarity of the maps of the trained and a randomised model ",
+        "(high is bad) over the pairs of maps it measured. Fidelity gain: area under the score as features are ",
+        "deleted in random order minus in the map's order (above 0 = better than random). Agreement: mean rank ",
+        "correlation with the other methods' maps."),
       el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, rows)));
     evidence(section, `Observed pattern over ${m.explanations} sampled explanations `,
-      `(the latest ${METHODS_LIMIT} finished ones at most); `,
-      "sampling favours low-confidence and flagged events, so this is not a random sample of traffic.");
+      `(the latest ${METHODS_LIMIT} finished ones at most; the line under each method accounts for all of its `,
+      "own); sampling favours low-confidence and flagged events, so this is not a random sample of traffic.");
+  }
+
+  /** The method's latest sanity check: its verdict, then its figure, the pairs of maps it rests on and when. An
+   * inconclusive one (too few pairs: it judges no map) never reads as a pass, nor one whose ``conclusive`` the
+   * sidecar does not report (older sidecars): that is unknown. */
+  function latestSanity(latest) {
+    if (!latest) return el("span", { class: "muted" }, "not yet");
+    const figures = el("span", { class: "muted sanity-figures" },
+      `similarity ${num(latest.similarity, 2)} over ${latest.samples} pairs of maps, `, since(latest.checked_at));
+    let mark;
+    if (latest.conclusive === false) {
+      const why = "too few pairs of maps: neither a pass nor a failure, it judges no map";
+      mark = el("span", { class: "badge badge-none", title: why },
+        `inconclusive: only ${latest.samples} pairs measured`);
+    } else if (latest.conclusive !== true) {
+      mark = el("span", { class: "badge badge-none", title: "this sidecar does not say whether the check measured " +
+        "the pairs of maps it needs" }, `? conclusive not reported${latest.flagged ? ", flagged" : ""}`);
+    } else if (latest.flagged) {
+      mark = el("span", { class: "badge badge-warn", title: "the map barely changes on a randomised model" },
+        "⚠ flagged");
+    } else {
+      mark = el("span", { class: "badge badge-ok" }, "✓ passes");
+    }
+    return [mark, " ", figures];
+  }
+
+  /** Every explanation of the method in one of four parts that add up to the row's count: judged under a
+   * conclusive check (the Trusted share's n), explained under one but not judged, not trusted before any conclusive
+   * check (``failed_before_sanity``), and the rest explained before any conclusive check (in neither share). */
+  function accounting(r) {
+    const judged = typeof r.verdict_count === "number" ? r.verdict_count : 0;
+    const failed = typeof r.failed_before_sanity === "number" ? r.failed_before_sanity : 0;
+    const parts = [
+      [judged, "judged under a conclusive sanity check (the Trusted share's n)"],
+      [r.sanity_checked - judged, "checked but not judged (no figure of the map measured)"],
+      [failed, "not trusted before any conclusive check (a figure of the map failed, or the worker's model was " +
+        "not the server's)"],
+      [r.explanations - r.sanity_checked - failed, "explained before any conclusive sanity check (in neither share)"],
+    ].filter(([count]) => count > 0);
+    const listed = parts.map(([count, what]) => `${count} ${what}`).join("; ");
+    return el("span", { class: "muted" }, `Of ${r.explanations} explanations with ${r.method}: ${listed || "none"}.`);
   }
 
   async function loadLayers(section) {
@@ -544,8 +593,8 @@
           }, measured(layer.activation_shift) ? num(layer.activation_shift) : "n/a"));
       });
       return el("table", { class: "data", "data-rows": rows.length },
-        el("caption", {}, `worker ${report.worker} · version ${report.version} · ${report.samples} samples, `,
-          `figures over the last ${report.window} · `,
+        el("caption", {}, `worker ${report.worker} · version ${report.version} · figures over the last `,
+          `${report.window} inputs (${report.samples} inspected since the worker started) · `,
           "shift against ", report.baseline === "uploaded" ? "an uploaded reference"
             : report.baseline_stored ? ["the version's stored first window (worker ",
               `${report.baseline_worker}, taken `, since(report.baseline_taken_at), ")"]
@@ -554,12 +603,37 @@
         el("tbody", {}, rows));
     });
     part(section, ".body").replaceChildren(...blocks);
-    const samples = l.reports.reduce((total, r) => total + r.samples, 0);
-    const workers = new Set(l.reports.map((r) => r.worker)).size;
-    const versions = new Set(l.reports.map((r) => r.version)).size;
-    evidence(section, `Observed pattern over ${samples} sampled inputs of ${versions} model version(s) explained by `,
-      `${workers} worker(s); each table's caption gives the window its figures are over, and n the inputs each `,
-      "layer's figures rest on (those with a finite output); dead = never active across them.");
+    evidence(section, ...layersEvidence(l.reports));
+  }
+
+  /** What the layer figures shown rest on: the n of the tables (each layer's recent inputs with a finite output)
+   * and the baseline of the activation shift; the workers' cumulative count is said as such, apart. */
+  function layersEvidence(reports) {
+    // n of older workers' reports (no ``inputs``): their window
+    const inputs = reports.flatMap((r) => r.layers.map((layer) => (measured(layer.inputs) ? layer.inputs : r.window)));
+    const low = Math.min(...inputs);
+    const high = Math.max(...inputs);
+    const n = !inputs.length ? "no" : low === high ? `n = ${high}` : `n = ${low}–${high}`;
+    // A shift is measured once the recent window is full and clear of the baseline: the baseline is then the
+    // version's first window of the same size (or a reference uploaded for the model).
+    const shifted = reports.filter((r) => r.layers.some((layer) => measured(layer.activation_shift)));
+    const firstWindows = [...new Set(shifted.filter((r) => r.baseline !== "uploaded").map((r) => r.window))];
+    const baselines = [
+      ...firstWindows.sort((a, b) => a - b).map((size) => `the version's first ${size} inputs`),
+      shifted.some((r) => r.baseline === "uploaded") ? "an uploaded reference" : null,
+    ].filter(Boolean);
+    const shift = baselines.length
+      ? `the activation shift also on a baseline: ${baselines.join(" or ")}`
+      : "no activation shift measured yet (it needs a complete baseline and a recent window clear of it)";
+    const samples = reports.reduce((total, r) => total + r.samples, 0);
+    const workers = new Set(reports.map((r) => r.worker)).size;
+    const versions = new Set(reports.map((r) => r.version)).size;
+    return [
+      `Observed pattern: each figure rests on ${n} recent inputs (per layer in the n column: those of each `,
+      `table's window with a finite output); ${shift}. Dead = never active across them. `,
+      el("span", { class: "muted" }, `${samples} inputs inspected since start, all workers (${workers} worker(s), `,
+        `${versions} model version(s)); the figures rest only on the windows above.`),
+    ];
   }
 
   // --- projection -----------------------------------------------------------------------------

@@ -354,7 +354,97 @@ def test_each_layer_table_says_its_own_window_and_how_many_inputs_each_layer_res
     (v1,), (v2,) = rows[:1], rows[1:]
     assert v1[3].startswith("64") and "2 non-finite left out" in v1[3], v1
     assert v2[3] == "1", v2
-    assert "64" not in evidence and "each table's caption gives the window" in evidence, evidence
+    # What the figures rest on: the n of the tables (1 to 64), not the inputs inspected since start (201).
+    assert evidence.startswith("Observed pattern: each figure rests on n = 1–64 recent inputs"), evidence
+    assert "201 inputs inspected since start, all workers (1 worker(s), 2 model version(s))" in evidence, evidence
+    assert "no activation shift measured yet" in evidence, evidence
+    assert _page_errors(browser) == []
+
+
+def _demo_like_layers() -> dict[str, Any]:
+    """As the audit saw the demo: two workers of one version, windows of 64 (one layer at 41 finite inputs), shifts
+    against the version's stored first window of 64, and 10283 inputs inspected since start between them."""
+    layer = {"kind": "activation", "units": 16, "saturated_ratio": None, "dead_ratio": 0.0, "activation_shift": 0.2}
+    report = {"version": "v1", "window": 64, "baseline": "first_window", "baseline_stored": True}
+    report |= {"baseline_worker": "w1", "baseline_taken_at": time.time() - 600, "updated_at": time.time()}
+    first = {**report, "worker": "w1", "samples": 6000, "layers": [{**layer, "name": "relu", "inputs": 64}]}
+    second = {**report, "worker": "w2", "samples": 4283, "layers": [{**layer, "name": "relu", "inputs": 41}]}
+    return {"model": "digits", "reports": [first, second]}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_the_layer_evidence_states_the_n_of_its_figures_and_labels_the_cumulative_count(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    app = _Scripted(create_app(make_settings()), {"/v1/models/digits/layers": [(200, _demo_like_layers())]})
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('v-layers').dataset.state === 'ready'", "the layer tables")
+        evidence = browser.evaluate("document.querySelector('#v-layers .evidence').textContent")
+        captions = browser.evaluate("[...document.querySelectorAll('#v-layers caption')].map(c => c.textContent)")
+    assert "each figure rests on n = 41–64 recent inputs" in evidence, evidence
+    assert "the activation shift also on a baseline: the version's first 64 inputs" in evidence, evidence
+    assert "10283 inputs inspected since start, all workers" in evidence, evidence
+    assert "over 10283" not in evidence and "10283 sampled inputs" not in evidence, evidence
+    assert "figures over the last 64 inputs (6000 inspected since the worker started)" in captions[0], captions
+    assert _page_errors(browser) == []
+
+
+def _method(name: str, **fields: Any) -> dict[str, Any]:
+    """One method's figures over 200 explanations, as the audit saw Grad-CAM's: 63 explained under a conclusive
+    check (55 judged), 31 not trusted before one, the other 106 before any."""
+    figures = {"method": name, "explanations": 200, "sanity_checked": 63, "sanity_pass_share": 1.0}
+    figures |= {"mean_fidelity_gain": 0.1, "fidelity_count": 60, "mean_agreement": 0.3, "agreement_count": 60}
+    figures |= {"trusted_share": 17 / 55, "verdict_count": 55, "failed_before_sanity": 31, "latest_sanity": None}
+    return figures | fields
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_each_method_shows_its_latest_sanity_check_and_accounts_for_every_explanation(
+    make_settings: Callable[..., SidecarSettings], browser: Browser
+) -> None:
+    """An inconclusive latest check says so (never a pass); no check yet says "not yet"; a sidecar that does not
+    report ``conclusive`` leaves it unknown; each method's explanations are accounted for, adding up to its count."""
+    latest = {"similarity": 0.31, "flagged": False, "samples": 6, "checked_at": time.time() - 30}
+    methods = [
+        _method("gradcam", latest_sanity={**latest, "conclusive": False}),
+        _method("integrated_gradients", latest_sanity={**latest, "samples": 8, "conclusive": True}),
+        _method("occlusion", latest_sanity={**latest, "samples": 8, "flagged": True, "conclusive": True}),
+        _method("saliency", latest_sanity=latest),  # from a sidecar before ``conclusive``
+        _method("smoothgrad"),
+    ]
+    body = {"model": "digits", "explanations": 200, "methods": methods}
+    app = _Scripted(create_app(make_settings()), {"/v1/explanations/digits/methods": [(200, body)]})
+    with serve_app(app) as base:
+        browser.navigate(f"{base}/ui/models/digits")
+        browser.wait_for("document.getElementById('v-methods').dataset.state === 'ready'", "the methods table")
+        head = browser.evaluate("[...document.querySelectorAll('#v-methods thead th')].map(c => c.textContent)")
+        latest_shown = browser.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('#v-methods tr.method')].map(r =>"
+            " [r.dataset.method, r.querySelector('td.latest-sanity').textContent]))"
+        )
+        accounts = browser.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('#v-methods tr.accounting')].map(r =>"
+            " [r.dataset.method, r.textContent]))"
+        )
+    assert head[3] == "Latest sanity check", head
+    inconclusive = latest_shown["gradcam"]
+    assert inconclusive.startswith("inconclusive: only 6 pairs measured similarity 0.31 over 6 pairs"), inconclusive
+    assert inconclusive.endswith(" s ago") and "pass" not in inconclusive, inconclusive
+    assert latest_shown["integrated_gradients"].startswith("✓ passes similarity 0.31 over 8 pairs"), latest_shown
+    assert latest_shown["occlusion"].startswith("⚠ flagged similarity 0.31 over 8 pairs"), latest_shown
+    unknown = latest_shown["saliency"]
+    assert unknown.startswith("? conclusive not reported similarity") and "pass" not in unknown, unknown
+    assert latest_shown["smoothgrad"] == "not yet", latest_shown
+    account = accounts["gradcam"]
+    assert account.startswith("Of 200 explanations with gradcam: 55 judged under a conclusive sanity check"), account
+    assert "; 8 checked but not judged" in account, account
+    assert "; 31 not trusted before any conclusive check" in account, account
+    assert "; 106 explained before any conclusive sanity check" in account, account
+    counts = [int(n) for n in re.findall(r"(?:: |; )(\d+) ", account)]
+    assert sum(counts) == 200, (counts, account)
     assert _page_errors(browser) == []
 
 
@@ -526,7 +616,7 @@ def test_a_failed_refresh_keeps_the_drift_alarms_and_ages_what_it_keeps(
         for view in ("drift", "distributions", "methods"):
             browser.wait_for(f"document.getElementById('v-{view}').dataset.state === 'ready'", f"the {view} view")
         assert "mmd" in browser.evaluate(verdicts) and "▲ drift" in browser.evaluate(verdicts)
-        agreement = browser.evaluate("document.querySelector('#v-methods tbody tr').cells[4].textContent")
+        agreement = browser.evaluate("document.querySelector('#v-methods tbody tr').cells[5].textContent")
         assert agreement == "0.40 (n = 7)", agreement
         browser.click("#token-form button[type=submit]")  # refresh now, with Redis "down"
         browser.wait_for(f"{verdicts}.includes('Not refreshed')", "the verdict marked stale")

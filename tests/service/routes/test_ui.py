@@ -589,3 +589,31 @@ def _open(browser: Browser, request_id: str) -> None:
         " && document.getElementById('detail')?.dataset.state === 'ready'",
         f"the detail of {request_id}",
     )
+
+
+def _timed(request_id: str, seconds: float) -> ExplanationRecord:
+    """A done record whose two maps carry their method's time, as the worker stores it: that of the whole batch."""
+    record = _done(request_id, 0.5)
+    maps = {name: m.model_copy(update={"seconds": seconds}) for name, m in record.detail.attributions.items()}
+    return record.model_copy(update={"detail": record.detail.model_copy(update={"attributions": maps})})
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("chromium")
+def test_a_maps_time_is_labelled_as_its_batchs(
+    make_settings: Callable[..., SidecarSettings], redis_url: str, browser: Browser
+) -> None:
+    """Four events explained in one batch all carry the batch's 0.679 s: the card says it is the batch's time, not
+    the map's own."""
+    _save(redis_url, _timed("b1", 0.679))
+    with serve_app(create_app(make_settings())) as base:
+        browser.navigate(f"{base}/ui#digits/b1")
+        browser.wait_for("document.getElementById('detail')?.dataset.state === 'ready'", "the detail")
+        facts = browser.evaluate(
+            "[...document.querySelectorAll('figure.map')].map(f => Object.fromEntries([...f.querySelectorAll('dt')]"
+            ".map(d => [d.textContent, d.nextElementSibling.textContent])))"
+        )
+    assert len(facts) == 2 and "Time" not in facts[0], facts
+    for shown in facts:
+        assert shown["Time of its batch"] == "0.679 s (whole batch, shared by its events)", shown
+    assert [error for error in browser.errors if "status of 4" not in error] == []
