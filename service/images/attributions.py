@@ -10,6 +10,7 @@ strong.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -45,11 +46,93 @@ SIGNED_LEGEND = "blue: raises the class score   orange: lowers it   white: no ef
 """What the colours of a signed map mean; a method whose map is not signed passes its own ``legend``."""
 
 
+Box = tuple[float, float, float, float]
+"""(left, top, right, bottom) in pixels."""
+
+_TOP = 76
+"""Top of the panels, below the title and the panel captions."""
+_BELOW = _TOP + PANEL_PX + 10
+"""Top of the legend and of the data range, under the panels."""
+_COLUMN_LEFT = _MARGIN + 3 * PANEL_PX + 2 * _GAP
+"""Left edge of the colour bar's column (its min / max pointers); the bar itself starts 8 px to the right."""
+_HEATMAP_WIDTH = _COLUMN_LEFT + 130
+_COLUMN_GAP = 16
+"""Blank pixels between the legend's right edge and the colour bar's column."""
+_LEGEND_SIZE, _LEGEND_LINE = 12, 16
+_RANGE_SIZE, _RANGE_LINE = 10, 14
+_LEGEND_LINES = 4
+"""Most lines of legend; a longer one is cut with an ellipsis on the last."""
+
+
+@dataclass(frozen=True)
+class HeatmapLayout:
+    """Where the parts of an image heatmap below its panels go: the legend, wrapped within the panels' width, and
+    the colour bar's data range, in the bar's column. The boxes are those of the text as drawn (Pillow's
+    ``textbbox``), so that a test can check that they do not meet."""
+
+    width: int
+    height: int
+    legend: tuple[str, ...]
+    """The legend's lines."""
+    legend_box: Box
+    data_range: tuple[str, ...]
+    """``data range`` and the map's min and max, one a line."""
+    data_range_box: Box
+
+
+def heatmap_layout(legend: str, values: ArrayLike) -> HeatmapLayout:
+    """The layout :func:`render_image_heatmap` draws ``legend`` and the range of ``values`` with."""
+    array = np.asarray(values, dtype=np.float64)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    measure = Canvas(1, 1)
+    legend_width = _COLUMN_LEFT - _COLUMN_GAP - _MARGIN
+    lines = _wrapped(measure, legend, legend_width, size=_LEGEND_SIZE)
+    column_width = _HEATMAP_WIDTH - _MARGIN // 2 - _COLUMN_LEFT
+    data_range = tuple(
+        measure.fitted(text, column_width, size=_RANGE_SIZE)
+        for text in ("data range", f"min {number(low)}", f"max {number(high)}")
+    )
+    legend_box = _lines_box(measure, lines, (_MARGIN, _BELOW), _LEGEND_SIZE, _LEGEND_LINE)
+    range_box = _lines_box(measure, data_range, (_COLUMN_LEFT, _BELOW), _RANGE_SIZE, _RANGE_LINE)
+    bottom = max(legend_box[3], range_box[3], _BELOW)
+    return HeatmapLayout(_HEATMAP_WIDTH, round(bottom) + 14, lines, legend_box, data_range, range_box)
+
+
+def _wrapped(canvas: Canvas, text: str, width: float, *, size: float) -> tuple[str, ...]:
+    """``text`` broken between words into lines of at most ``width`` pixels (at most ``_LEGEND_LINES``; a word
+    too long for a line, and the last line of a longer text, are cut with an ellipsis); a text that fits is kept
+    whole, its spacing too."""
+    if canvas.text_width(text, size=size) <= width:
+        return (text,) if text else ()
+    lines: list[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and canvas.text_width(joined, size=size) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(canvas.fitted(word, width, size=size))
+    if len(lines) > _LEGEND_LINES:
+        lines = [*lines[: _LEGEND_LINES - 1], canvas.fitted(" ".join(lines[_LEGEND_LINES - 1 :]), width, size=size)]
+    return tuple(lines)
+
+
+def _lines_box(canvas: Canvas, lines: Sequence[str], corner: tuple[float, float], size: float, step: float) -> Box:
+    """The box of ``lines`` drawn from ``corner`` (their top left), one every ``step`` pixels."""
+    boxes = [
+        canvas.draw.textbbox((corner[0], corner[1] + index * step), line, font=canvas.font(size), anchor="la")
+        for index, line in enumerate(lines)
+    ]
+    if not boxes:
+        return (corner[0], corner[1], corner[0], corner[1])
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
 def render_image_heatmap(image: ArrayLike, attribution: ArrayLike, *, title: str, legend: str = SIGNED_LEGEND) -> bytes:
     """PNG of a 2-D ``image`` (grey), its same-shaped ``attribution`` and the map over the image.
 
     The map uses a diverging palette centred at 0 (colour bar with its range). Small inputs are
-    enlarged in whole blocks so every pixel stays visible; large ones are shrunk to the panel.
+    enlarged in whole blocks so every pixel stays visible; large ones are shrunk to the panel. The
+    legend is wrapped under the panels, clear of the colour bar's column (:func:`heatmap_layout`).
     """
     pixels = np.asarray(image, dtype=np.float64)
     values = np.asarray(attribution, dtype=np.float64)
@@ -69,17 +152,18 @@ def render_image_heatmap(image: ArrayLike, attribution: ArrayLike, *, title: str
         ("attribution", mapped),
         ("attribution over input", overlay),
     ]
-    width = 2 * _MARGIN + 3 * PANEL_PX + 2 * _GAP + 110
-    canvas = Canvas(width, 84 + PANEL_PX + 46)
-    canvas.text((_MARGIN, 18), canvas.fitted(title, width - 2 * _MARGIN, size=17), size=17)
-    top = 76
+    layout = heatmap_layout(legend, values)
+    canvas = Canvas(layout.width, layout.height)
+    canvas.text((_MARGIN, 18), canvas.fitted(title, layout.width - 2 * _MARGIN, size=17), size=17)
     for index, (caption, rgb) in enumerate(panels):
         left = _MARGIN + index * (PANEL_PX + _GAP)
-        canvas.text((left + PANEL_PX / 2, top - 10), caption, size=13, fill=MUTED, anchor="ms")
-        paste_panel(canvas, rgb, left, top, size_px=PANEL_PX)
-    _colour_bar(canvas, _MARGIN + 3 * PANEL_PX + 2 * _GAP + 8, top, values, limit)
-    note = canvas.fitted(legend, width - 2 * _MARGIN, size=12)
-    canvas.text((_MARGIN, top + PANEL_PX + 22), note, size=12, fill=MUTED, anchor="lm")
+        canvas.text((left + PANEL_PX / 2, _TOP - 10), caption, size=13, fill=MUTED, anchor="ms")
+        paste_panel(canvas, rgb, left, _TOP, size_px=PANEL_PX)
+    _colour_bar(canvas, _COLUMN_LEFT + 8, _TOP, values, limit)
+    for index, line in enumerate(layout.legend):
+        canvas.text((_MARGIN, _BELOW + index * _LEGEND_LINE), line, size=_LEGEND_SIZE, fill=MUTED)
+    for index, line in enumerate(layout.data_range):
+        canvas.text((_COLUMN_LEFT, _BELOW + index * _RANGE_LINE), line, size=_RANGE_SIZE, fill=MUTED)
     return canvas.png()
 
 
@@ -147,7 +231,8 @@ def _grey(pixels: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _colour_bar(canvas: Canvas, left: int, top: int, values: NDArray[np.float64], limit: float) -> None:
-    """Vertical palette strip, +limit at the top, with min / 0 / max labels and the data's range."""
+    """Vertical palette strip, +limit at the top, with +limit / 0 / -limit labels and pointers at the data's min and
+    max (their values are written under it, see :func:`heatmap_layout`)."""
     strip = DIVERGING[::-1][:, None, :].repeat(16, axis=1)
     bar = Image.fromarray(strip, mode="RGB").resize((16, PANEL_PX), Image.Resampling.BILINEAR)
     canvas.image.paste(bar, (left, top))
@@ -159,9 +244,6 @@ def _colour_bar(canvas: Canvas, left: int, top: int, values: NDArray[np.float64]
     for value in (float(values.min()), float(values.max())):
         y = top + PANEL_PX / 2 - value / limit * PANEL_PX / 2
         canvas.draw.polygon([(left - 2, y), (left - 8, y - 4), (left - 8, y + 4)], fill=INK)
-    canvas.text((left + 8, top + PANEL_PX + 16), "data range", size=10, fill=MUTED, anchor="mm")
-    data_range = f"{number(float(values.min()))} .. {number(float(values.max()))}"
-    canvas.text((left + 8, top + PANEL_PX + 30), data_range, size=10, fill=MUTED, anchor="mm")
 
 
 def _bar_axis(canvas: Canvas, x_of: Callable[[float], float], span: tuple[float, float], top: int, bottom: int) -> None:

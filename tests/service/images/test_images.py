@@ -189,8 +189,8 @@ def _record(values: NDArray[np.float64], model_input: NDArray[np.float64] | None
 @pytest.mark.parametrize(
     ("values", "model_input", "size"),
     [
-        pytest.param(np.ones((1, 8, 8)), np.ones((1, 8, 8)), (926, 370), id="image"),
-        pytest.param(np.ones((1, 8, 8)), None, (926, 370), id="image-without-input"),
+        pytest.param(np.ones((1, 8, 8)), np.ones((1, 8, 8)), (926, 378), id="image"),
+        pytest.param(np.ones((1, 8, 8)), None, (926, 378), id="image-without-input"),
         pytest.param(np.linspace(-1, 1, 30)[None, :], np.ones((1, 30)), (720, None), id="tabular"),
     ],
 )
