@@ -22,9 +22,10 @@ if larger; further ones are ``__other__`` at once), and its callers hold what ca
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from common.cardinality import OTHER, WHOLE, BoundedLabel, cohort_key_problem
+from common.errors import InvalidInput
 
 ALL = WHOLE
 """The slice holding every event of a (model, version)."""
@@ -52,6 +53,48 @@ def slice_labels(name: str) -> tuple[str, str]:
     if not separated:
         raise ValueError(f"{name!r} is no cohort slice: expected {ALL!r} or key=value")
     return key, value
+
+
+def parse_slice(text: str, cohort_keys: Collection[str] = ()) -> tuple[str, str] | None:
+    """The ``(key, value)`` of a cohort as a client names it in a ``cohort`` query parameter; ``None`` for ``all``
+    (the whole model). 422 naming ``cohort`` for anything else. Both the calibration views and the explanations'
+    filter read their parameter here.
+
+    A key never holds ``=`` but may hold ``:``, and a value may hold either. ``key=value`` is split at the first
+    ``=``: unambiguous, the spelling to prefer. ``key:value`` is split at a ``:``: the first one whose key is one of
+    ``cohort_keys`` (this process's ``VAI_COHORT_KEYS``), else the first. Text holding both (``device:a=b``) is
+    read as ``key:value`` only when that reading's key is one of ``cohort_keys`` and the ``=`` reading's is not.
+    So ``k8s:zone:eu`` names the key ``k8s:zone`` only where ``k8s:zone`` is an allowlisted key (``k8s:zone=eu``
+    names it everywhere)."""
+    if text == ALL:
+        return None
+    key, equals, value = text.partition("=")
+    colon = _colon_reading(key if equals else text, cohort_keys)
+    if colon is not None and (not equals or (colon[0] in cohort_keys and key not in cohort_keys)):
+        key, value = colon[0], f"{colon[1]}{equals}{value}"
+    if not (key and value):
+        raise InvalidInput(f"cohort: {text!r} is no cohort: use all, key=value or key:value", field="cohort")
+    return key, value
+
+
+def _colon_reading(text: str, cohort_keys: Collection[str]) -> tuple[str, str] | None:
+    """``text`` split at its first ``:`` whose key is one of ``cohort_keys``, else at its first ``:``; ``None``
+    without one."""
+    first: tuple[str, str] | None = None
+    at = text.find(":")
+    while at >= 0:
+        reading = text[:at], text[at + 1 :]
+        if reading[0] in cohort_keys:
+            return reading
+        first = first or reading
+        at = text.find(":", at + 1)
+    return first
+
+
+def slice_name(text: str, cohort_keys: Collection[str] = ()) -> str:
+    """The name of the slice a client names (see :func:`parse_slice`): ``key=value``, or ``all``."""
+    found = parse_slice(text, cohort_keys)
+    return ALL if found is None else slice_label(*found)
 
 
 class CohortGuard:

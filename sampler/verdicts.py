@@ -60,12 +60,23 @@ class MethodTrust(BaseModel):
 
 class LatestSanity(BaseModel):
     """A method's latest randomisation sanity check on the model (the verdicts counted in
-    ``sanity_pass_share`` used the check in force when each map was explained)."""
+    ``sanity_pass_share`` used the check in force when each map was explained).
+
+    The check passed only when it is ``conclusive`` and not ``flagged``. An inconclusive check (too few pairs of
+    maps) neither passes nor fails: ``flagged`` false then means nothing, and no map is judged by it."""
 
     similarity: float
+    """Similarity of the method's maps on the trained and on a randomised model, averaged over ``samples``
+    inputs; high is bad (the maps ignore the model)."""
     flagged: bool
+    """``similarity`` reached the configured limit. The raw comparison, also for an inconclusive check: read it
+    only with ``conclusive`` true."""
     samples: int
     """Inputs whose pair of maps (trained and randomised model) the similarity averages."""
+    conclusive: bool
+    """The check measured at least the pairs of maps it needs (the checking worker's ``sanity_min_pairs``) to
+    judge maps. False: it measured fewer (Grad-CAM's maps of zeros rank nothing and are left out), and its figure
+    is shown but is neither a pass nor a failure. Figures stored by workers older than this flag read true."""
     checked_at: float
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,9 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import InvalidInput, NotFound
 from common.timestamps import NotFinite, NoUtcOffset, TimestampError, parse_timestamp
+from monitors.cohorts import parse_slice
 from sampler.explanation_records import (
     ExplanationQuery,
     ExplanationRecord,
+    ExplanationSummary,
     Fidelity,
     MethodSettings,
     SanityFigure,
@@ -79,9 +81,26 @@ class ExplanationPublic(BaseModel):
     """The inspected layers' outputs on this input; ``activations.png?layer=`` draws the stored maps."""
 
 
-def parse_query(params: dict[str, str], *, models: Sequence[str]) -> ExplanationQuery:
+class ExplanationListPublic(BaseModel):
+    """``GET /v1/explanations``: a page of summaries, newest first."""
+
+    items: list[ExplanationSummary]
+    next_cursor: str | None
+    """Pass as ``cursor`` to continue; null when the scan reached the end of what matches."""
+    examined: int
+    """Index entries this request looked at."""
+    complete: bool
+    """False when the scan stopped at its bound before ``limit`` items were found: an empty or short page then
+    does not mean that nothing more matches; ``next_cursor`` continues it."""
+
+
+def parse_query(
+    params: Mapping[str, str], *, models: Sequence[str], cohort_keys: Collection[str] = ()
+) -> ExplanationQuery:
     """``ExplanationQuery`` from query parameters; 422 naming the parameter on a bad value. ``models``: those
-    with stored explanations, the one taken when ``model`` is not given."""
+    with stored explanations, the one taken when ``model`` is not given. ``cohort`` is read as every cohort
+    parameter is (:func:`monitors.cohorts.parse_slice`, with ``cohort_keys`` telling a key that holds ``:``);
+    ``all`` filters nothing."""
     values: dict[str, Any] = {
         name: params[name] for name in ("version", "reason", "predicted", "limit") if name in params
     }
@@ -95,10 +114,7 @@ def parse_query(params: dict[str, str], *, models: Sequence[str]) -> Explanation
         )
         raise InvalidInput(f"model: required: {why}", field="model")
     if "cohort" in params:
-        key, sep, value = params["cohort"].partition(":")
-        if not sep or not key or not value:
-            raise InvalidInput("cohort: use key:value, e.g. cohort=region:eu", field="cohort")
-        values["cohort"] = (key, value)
+        values["cohort"] = parse_slice(params["cohort"], cohort_keys)
     for name in ("since", "until"):
         if name in params:
             values[name] = _time_param(name, params[name])

@@ -7,24 +7,17 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated, TypeVar
 
-import orjson
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import NotFound
-from sampler.explanation_records import ExplanationRecord, ExplanationSummary, SanityFigure
+from sampler.explanation_records import ExplanationRecord, SanityFigure
 from sampler.layers import ModelLayers
-from sampler.verdicts import LatestSanity, MethodTrustReport, method_trust_report
+from sampler.verdicts import MethodTrustReport
 from service.explanations.layers import model_layers, render_activations
-from service.explanations.public import (
-    ExplanationPublic,
-    encode_cursor,
-    parse_query,
-    render_heatmap,
-    to_public,
-)
+from service.explanations.public import ExplanationListPublic, ExplanationPublic, render_heatmap, to_public
+from service.explanations.reads import UNKNOWN_MODEL, ExplanationReads
 from service.http.openapi import REDIS, TOKEN, errors
 from service.routes.deps import ModelPath, ReadScope, SidecarDep
 from service.sidecar import Sidecar
@@ -32,37 +25,31 @@ from service.sidecar import Sidecar
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 router = APIRouter(dependencies=[ReadScope], responses=errors(*TOKEN, 422, REDIS))
-_UNKNOWN_WHY = (
-    "no event of it received by this sidecar, sampled for explanation or published to the monitors, and no reference "
-    "of it"
-)
-_UNKNOWN_MODEL = f"No such model in this fleet: {_UNKNOWN_WHY}"
 _NO_EVENT = "No sampled event of this model with this request_id (never sampled, past the retention, or unreadable)"
 RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 
-class ExplanationListPublic(BaseModel):
-    items: list[ExplanationSummary]
-    next_cursor: str | None
-    """Pass as ``cursor`` to continue; null when the scan reached the end of what matches."""
-    examined: int
-    """Index entries this request looked at."""
-    complete: bool
-    """False when the scan stopped at its bound before ``limit`` items were found: an empty or short page then
-    does not mean that nothing more matches; ``next_cursor`` continues it."""
+def _reads(sidecar: Sidecar) -> ExplanationReads:
+    return ExplanationReads(
+        sidecar.explanations, known_here=sidecar.ingest.known_models, cohort_keys=sidecar.settings.cohort_keys
+    )
 
 
 @router.get(
     "/v1/explanations",
     summary="Stored explanations, newest first, filtered",
     response_model=ExplanationListPublic,
+    responses=errors(why={404: f"{UNKNOWN_MODEL} (nothing matches, and the fleet does not know the model)"}),
 )
 async def list_explanations(
     sidecar: SidecarDep,
     model: Annotated[str | None, Query(description="Required when several models have explanations")] = None,
     version: Annotated[str | None, Query(description="Model version")] = None,
     reason: Annotated[str | None, Query(description="every_n, low_confidence, low_margin or flagged_cohort")] = None,
-    cohort: Annotated[str | None, Query(description="key:value, e.g. region:eu")] = None,
+    cohort: Annotated[
+        str | None,
+        Query(description="key=value (or key:value), e.g. region=eu; all: no cohort filter"),
+    ] = None,
     predicted: Annotated[str | None, Query(description="Predicted class index")] = None,
     since: Annotated[str | None, Query(description="Epoch seconds or RFC 3339 with a UTC offset")] = None,
     until: Annotated[str | None, Query(description="Epoch seconds or RFC 3339 with a UTC offset")] = None,
@@ -72,7 +59,8 @@ async def list_explanations(
     """One request examines a bounded number of index entries: ``complete: false`` says the scan stopped there
     before ``limit`` items were found (an empty page then does not mean that nothing matches); ``next_cursor``
     continues it. Parameters are checked here, not by FastAPI, so that a bad one is a 422 naming it in the
-    error shape."""
+    error shape. A model the fleet does not know is a 404 naming ``model``, as on the methods route. The page is
+    the JSON of ``ExplanationListPublic``, written off the event loop when large."""
     given = {
         "model": model,
         "version": version,
@@ -85,22 +73,13 @@ async def list_explanations(
         "cursor": cursor,
     }
     params = {name: value for name, value in given.items() if value is not None}
-    models = [] if model else await sidecar.explanations.models()
-    query = parse_query(params, models=models)
-    page = await sidecar.explanations.query(query)
-    body = {
-        "items": [item.model_dump() for item in page.items],
-        "next_cursor": encode_cursor(page.next_cursor),
-        "examined": page.examined,
-        "complete": page.complete,
-    }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(await _reads(sidecar).listing(params), media_type="application/json")
 
 
 @router.get(
     "/v1/explanations/{model}/methods",
     summary="Per attribution method: sanity, deletion, agreement, verdicts",
-    responses=errors(why={404: _UNKNOWN_MODEL}),
+    responses=errors(why={404: UNKNOWN_MODEL}),
 )
 async def get_method_trust(
     model: ModelPath, sidecar: SidecarDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200
@@ -108,22 +87,7 @@ async def get_method_trust(
     """Over the model's latest ``limit`` done explanations; none (an empty report) for a model of the fleet whose
     events are not explained yet, and a 404 for a name the fleet does not know: a typo is not "the workers are
     behind". Declared before the detail route, so an event whose request_id is ``methods`` is not readable by id."""
-    summaries = await sidecar.explanations.latest_done(model, limit=limit)
-    figures = await sidecar.explanations.sanity(model)
-    if not summaries and not figures and not await _known(sidecar, model):
-        raise NotFound(f"model: {model!r} is unknown to this fleet ({_UNKNOWN_WHY})", field="model")
-    latest = {
-        method: LatestSanity(
-            similarity=figure.similarity, flagged=figure.flagged, samples=figure.samples, checked_at=figure.checked_at
-        )
-        for method, figure in figures.items()
-    }
-    return await run_in_threadpool(method_trust_report, model, [summary.trust for summary in summaries], latest)
-
-
-async def _known(sidecar: Sidecar, model: str) -> bool:
-    """This sidecar took the model's events (none sampled yet, say), or the fleet knows it."""
-    return model in sidecar.ingest.known_models or await sidecar.explanations.fleet_knows(model)
+    return await _reads(sidecar).method_report(model, limit=limit)
 
 
 @router.get(

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import RootModel
 from starlette.concurrency import run_in_threadpool
 
-from common.errors import InvalidInput, MonitorsOff, NotFound, Unavailable
-from monitors.cohorts import ALL, slice_label
+from common.errors import MonitorsOff, NotFound, Unavailable
+from monitors.cohorts import ALL, slice_name
 from monitors.fleet.results import SeriesQuality
 from monitors.fleet.views import marked_stale
 from service.feed.label_body import LabelsIn, labels_of
@@ -133,7 +133,7 @@ async def get_calibration(
     cohort: Annotated[str | None, Query(max_length=300)] = None,
 ) -> Response:
     calibration = await _monitoring(sidecar).calibration(
-        model, version=version, cohort=_slice(cohort, sidecar.settings.cohort_keys)
+        model, version=version, cohort=None if cohort is None else slice_name(cohort, sidecar.settings.cohort_keys)
     )
     return Response(calibration.to_json(), media_type="application/json")
 
@@ -158,29 +158,11 @@ async def get_calibration_png(
     cohort: Annotated[str, Query(max_length=300)] = ALL,
 ) -> Response:
     chosen = await _monitoring(sidecar).reliability(
-        model, version=version, cohort=_slice(cohort, sidecar.settings.cohort_keys) or ALL
+        model, version=version, cohort=slice_name(cohort, sidecar.settings.cohort_keys)
     )
     title = f"{model} {chosen.version} ({chosen.cohort})"
     png = await run_in_threadpool(_render_reliability, chosen, title)
     return Response(png, media_type="image/png")
-
-
-def _slice(cohort: str | None, cohort_keys: tuple[str, ...]) -> str | None:
-    """A cohort slice as the series name it (``region=eu``), given so or as ``region:eu`` like the explanations'
-    filter takes it; ``all`` is the whole model. 422 naming ``cohort`` for anything else.
-
-    A key never holds ``=`` but may hold ``:``, and a value may hold either: ``key=value`` is split at the first
-    ``=``, else ``key:value`` at the first ``:``. Text holding both (``device:a=b``) is read as ``key:value``
-    only when that reading's key is one of ``cohort_keys`` (this sidecar's) and the ``=`` reading's is not."""
-    if cohort is None or cohort == ALL:
-        return cohort
-    key, separated, value = cohort.partition("=")
-    by_colon = cohort.partition(":")
-    if not separated or (by_colon[1] and by_colon[0] in cohort_keys and key not in cohort_keys):
-        key, separated, value = by_colon
-    if not (separated and key and value):
-        raise InvalidInput(f"cohort: {cohort!r} is no cohort: use all, key=value or key:value", field="cohort")
-    return slice_label(key, value)
 
 
 def _render_reliability(series: SeriesQuality, title: str) -> bytes:

@@ -6,7 +6,9 @@ one that declares 401 and 403 answers them, one that declares 413 and 415 refuse
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +20,11 @@ from fastapi.testclient import TestClient
 from kserve_events import REQUEST, RESPONSE, cloudevent_headers
 
 from common.embedded_redis import EmbeddedRedis
+from common.redis import connect
 from helpers import event
+from sampler.explanation_records import ExplanationRecord, ExplanationSummary, WorkerPrediction
+from sampler.explanations import ExplanationStore
+from sampler.verdicts import MethodTrust, Verdict
 
 MODELS: dict[str, Any] = {
     "iris": {"kserve": {"scores_are": "probabilities", "input": "instances"}},
@@ -234,3 +240,74 @@ def test_the_cloudevents_body_is_declared_in_both_modes(client: TestClient) -> N
         "application/cloudevents+json",
     }
     assert content["application/cloudevents+json"]["schema"]["required"] == ["specversion", "id", "type"]
+
+
+def _undeclared(schema: dict[str, Any], body: Any, components: dict[str, Any], where: str = "") -> list[str]:
+    """Where ``body`` holds an object field its declared ``schema`` does not name (JSON Schema lets them pass), or
+    lacks one the schema requires; follows ``$ref``, ``anyOf``, ``items`` and ``additionalProperties``."""
+    if "$ref" in schema:
+        return _undeclared(components["schemas"][schema["$ref"].rsplit("/", 1)[1]], body, components, where)
+    if "anyOf" in schema:
+        fitting = [s for s in schema["anyOf"] if not _problems({**s, "components": components}, body)]
+        return _undeclared(fitting[0], body, components, where) if fitting else [f"{where}: fits no anyOf"]
+    found: list[str] = []
+    if isinstance(body, dict) and "properties" in schema:
+        declared = schema["properties"]
+        found += [f"{where}.{name}: not declared" for name in sorted(set(body) - set(declared))]
+        found += [f"{where}.{name}: required, absent" for name in schema.get("required", []) if name not in body]
+        for name in set(body) & set(declared):
+            found += _undeclared(declared[name], body[name], components, f"{where}.{name}")
+    elif isinstance(body, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for name, value in body.items():
+            found += _undeclared(schema["additionalProperties"], value, components, f"{where}.{name}")
+    elif isinstance(body, list) and "items" in schema:
+        for index, value in enumerate(body):
+            found += _undeclared(schema["items"], value, components, f"{where}[{index}]")
+    return found
+
+
+def _store_explained(redis_url: str) -> None:
+    """One done explanation of ``digits`` with every part of its summary filled, as a worker stores it."""
+    trust = {"saliency": MethodTrust(verdict=Verdict(trusted=True, passes_sanity=True), fidelity_gain=0.2)}
+    prediction = WorkerPrediction(predicted=1, probability=0.9, top_probability=0.9, matches=True)
+    summary = ExplanationSummary(
+        model="digits",
+        model_version="v1",
+        request_id="r1",
+        status="done",
+        reasons=("every_n",),
+        predicted=1,
+        confidence=0.9,
+        cohort={"region": "eu"},
+        timestamp=time.time(),
+        label=1,
+        methods=("saliency",),
+        trust=trust,
+        worker_prediction=prediction,
+    )
+
+    async def save() -> None:
+        redis = connect(redis_url, timeout_s=2.0)
+        await ExplanationStore(redis, ttl_s=3600).save(ExplanationRecord(summary=summary))
+        await redis.aclose()
+
+    asyncio.run(save())
+
+
+def test_the_explanation_list_answers_its_declared_schema_field_for_field(client: TestClient, redis_url: str) -> None:
+    """The route built its page by hand beside the model it declares: a field added to one and not the other would
+    drift unseen, as JSON Schema lets undeclared fields pass. Each object of a real page (a summary with every part
+    filled) has the fields its schema names and only those."""
+    _store_explained(redis_url)
+    document = client.get("/openapi.json").json()
+    route = ("GET", "/v1/explanations")
+    answer = client.get("/v1/explanations?model=digits")
+    _check(document, route, answer)
+    schema = _declared(document, route)["200"]["content"]["application/json"]["schema"]
+    assert _undeclared(schema, answer.json(), document["components"]) == []
+    item = answer.json()["items"][0]
+    assert (item["request_id"], item["worker_prediction"]["matches"], item["trust"]["saliency"]["fidelity_gain"]) == (
+        "r1",
+        True,
+        0.2,
+    )

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from common.embedded_redis import EmbeddedRedis
-from helpers import full_redis, paused_redis, serve_app
+from helpers import event, full_redis, paused_redis, serve_app
 from service.app import create_app
 
 READS = [
@@ -66,6 +66,7 @@ def _assert_unavailable(response: httpx.Response, port: int) -> None:
 @pytest.fixture
 def sidecar_url(own_redis: EmbeddedRedis, make_settings: Callable[..., Any]) -> Iterator[str]:
     with serve_app(create_app(make_settings(redis_url=own_redis.url, redis_timeout_s=0.2))) as url:
+        assert httpx.post(f"{url}/v1/events", json=event()).status_code == 202  # digits is a model of the fleet
         yield url
 
 

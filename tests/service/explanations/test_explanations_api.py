@@ -94,6 +94,7 @@ def test_a_filter_matching_nothing_examines_a_bounded_part_of_the_index_and_says
     redis_client.zadd(
         keys.explanation_index("digits", "predicted", "99"), {f"p{m}": T0 + i for i, m in enumerate(members)}
     )
+    redis_client.sadd(keys.EXPLAINED_MODELS, "digits")  # as the save script does with every record
     params = {"model": "digits", "cohort": "region:eu", "predicted": "99", "limit": "1"}
 
     first = client.get("/v1/explanations", params=params).json()
@@ -179,8 +180,42 @@ def test_the_methods_report_has_each_method_s_latest_sanity_check(
     rows = {row["method"]: row for row in client.get("/v1/explanations/digits/methods").json()["methods"]}
 
     assert rows["saliency"]["sanity_pass_share"] == 1.0
-    assert rows["saliency"]["latest_sanity"] == {"similarity": 0.7, "flagged": True, "samples": 7, "checked_at": T0 + 5}
+    assert rows["saliency"]["latest_sanity"] == {
+        "similarity": 0.7,
+        "flagged": True,
+        "samples": 7,
+        "conclusive": True,  # a figure stored without the flag (an older worker's) reads conclusive
+        "checked_at": T0 + 5,
+    }
     assert rows["gradcam"]["latest_sanity"] is None
+
+
+def test_an_inconclusive_latest_sanity_check_is_not_shown_as_a_pass(
+    client: TestClient, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The demo's Grad-CAM check often measures fewer pairs than ``sanity_min_pairs``: it read
+    ``{similarity: 0.002, flagged: false, samples: 7}``, a pass to any reader. ``conclusive`` says it is none."""
+    trust = {"gradcam": MethodTrust(verdict=Verdict()), "saliency": MethodTrust(verdict=Verdict(passes_sanity=True))}
+    summary = _summary("a", 1.0).model_copy(update={"methods": ("gradcam", "saliency"), "trust": trust})
+    _save(redis_url, ExplanationRecord(summary=summary))
+    figures = {
+        "gradcam": SanityFigure(similarity=0.002, flagged=False, samples=7, checked_at=T0 + 5, conclusive=False),
+        "saliency": SanityFigure(similarity=0.1, flagged=False, samples=16, checked_at=T0 + 6, conclusive=True),
+    }
+    for method, figure in figures.items():
+        redis_client.hset(keys.sanity("digits"), method, figure.model_dump_json())
+
+    rows = {row["method"]: row for row in client.get("/v1/explanations/digits/methods").json()["methods"]}
+
+    assert rows["gradcam"]["latest_sanity"] == {
+        "similarity": 0.002,
+        "flagged": False,
+        "samples": 7,
+        "conclusive": False,
+        "checked_at": T0 + 5,
+    }
+    assert rows["saliency"]["latest_sanity"]["conclusive"] is True
+    assert client.get("/v1/explanations/digits/a").json()["sanity_conclusive"] == {"gradcam": False, "saliency": True}
 
 
 @pytest.mark.parametrize(
