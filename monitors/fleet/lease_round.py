@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -31,6 +32,8 @@ from monitors.fleet.owned_models import MAX_MODELS, OwnedModels
 from monitors.fleet.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
+RETRY_S = 0.2
+"""How soon a renewal that failed is tried again (at most a third of the TTL)."""
 
 
 class LeaseRound:
@@ -56,6 +59,8 @@ class LeaseRound:
         self._settings = settings
         self._renewed_at = 0.0
         """When (event-loop time) the leases were last renewed: past their TTL without one, they are gone."""
+        self._fresh_until = 0.0
+        """Until when (``time.monotonic``) the leases held are surely this process's: the last renewal's TTL."""
         self._taking: set[str] = set()
         """Models being taken: their leases are renewed with those of the models owned."""
         self._lost: set[str] = set()
@@ -82,16 +87,19 @@ class LeaseRound:
         return self._leases.owner
 
     async def keep_renewing(self) -> None:
-        """Renew the leases every third of their TTL until cancelled: the task ``monitor-renewals``. A failure never
-        ends it; Redis out of reach past the TTL gives up every model (:meth:`give_up_lapsed`)."""
+        """Renew the leases every third of their TTL until cancelled: the task ``monitor-renewals``. A renewal that
+        fails is tried again soon (:data:`RETRY_S`), and one Redis does not answer is given up after a third of the
+        TTL and tried again at once, so that an outage shorter than the leases' remaining life costs none of them. A
+        failure never ends the task; Redis out of reach past the TTL gives up every model (:meth:`give_up_lapsed`)."""
         period = self._settings.monitor_lease_ttl_s / 3
         loop = asyncio.get_running_loop()
         failing = False
         while not cancelling():  # a cancel that redis-py swallowed still stops the loop
             started = loop.time()
             try:
-                await self.renew()
-            except REDIS_FAILED as error:
+                async with asyncio.timeout(period):  # a hung Redis (the socket timeout is 5 s) must not outlast leases
+                    sent = await self.renew()
+            except REDIS_FAILED as error:  # the timeout's TimeoutError is an OSError
                 if cancelling():
                     raise
                 if not failing:
@@ -101,19 +109,26 @@ class LeaseRound:
             except Exception:  # the renewals must outlive any one failure
                 log.exception("monitor %s: renewing its leases failed", self.owner)
             else:
-                if failing:
+                if failing and sent:  # with no lease held nothing was sent: Redis may still be out of reach
                     log.info("monitor %s: its leases are renewed again", self.owner)
-                failing = False
-            await asyncio.sleep(max(period - (loop.time() - started), 0.0))  # a period apart, not after
+                failing = failing and not sent
+            pause = min(RETRY_S, period) if failing and self._models.owned else period
+            await asyncio.sleep(max(pause - (loop.time() - started), 0.0))  # a period apart, not after
 
-    async def renew(self) -> None:
+    def leases_fresh(self) -> bool:
+        """Whether the leases held were renewed within their TTL (any thread). Past it, another monitor may own
+        their models already: ``/metrics`` leaves their series out (:class:`monitors.fleet.metrics.ServedMetrics`),
+        so that no model is exported by two monitors at once, even by a process paused (SIGSTOP) mid-scrape."""
+        return time.monotonic() < self._fresh_until
+
+    async def renew(self) -> bool:
         """Renew the leases of the models owned and being taken, in one round trip; drop the models whose lease was
-        lost (one being taken, once it is)."""
+        lost (one being taken, once it is). False when no lease is held (nothing sent)."""
         loop = asyncio.get_running_loop()
         held = list(dict.fromkeys([*self._models.owned, *sorted(self._taking)]))
-        sent_at = loop.time()  # Redis starts the leases' TTL when it applies them, after this, never before
-        renewals = await self._leases.renew_all(held)
-        self._renewed_at = sent_at
+        sent_at, fresh_until = loop.time(), time.monotonic() + self._settings.monitor_lease_ttl_s
+        renewals = await self._leases.renew_all(held)  # Redis starts the TTL when it applies it: after sent_at
+        self._renewed_at, self._fresh_until = sent_at, fresh_until
         for model, renewed in zip(held, renewals, strict=True):
             if renewed:
                 continue
@@ -122,6 +137,7 @@ class LeaseRound:
             elif model in self._models.owned and model not in self._dropping:
                 log.warning("monitor %s lost the lease of %s", self.owner, model)
                 self._drop_apart(model)
+        return bool(held)
 
     def _drop_apart(self, model: str) -> None:
         """Drop ``model``, whose lease was lost, in a task of its own: stopping a model takes up to seconds, and the

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from monitors.fleet.served_metrics import ServedMetrics
 from monitors.fleet.settings import MonitorSettings
 
 if TYPE_CHECKING:
@@ -25,13 +26,15 @@ def run_monitor(settings: MonitorSettings) -> int:
         log.error("the monitor needs VAI_REDIS_URL: the Redis its sidecars publish to")
         return 2
     registry = CollectorRegistry()
-    if settings.monitor_metrics_port and not _serve_metrics(settings, registry):
+    served = ServedMetrics(registry)
+    if settings.monitor_metrics_port and not _serve_metrics(settings, served):
         return 2
     # The detectors' libraries (torch, alibi-detect: ~2.5 s) load once the port is ours: a refused start is quick.
     from monitors.drift.detectors import preload
     from monitors.fleet.process import MonitorProcess
 
     process = MonitorProcess(settings, registry=registry)
+    served.fresh = process.lease_round.leases_fresh  # a model's series only while its lease is surely held
     started = time.perf_counter()
     if preload(settings.drift):
         log.info("drift detectors (alibi-detect) loaded in %.1f s", time.perf_counter() - started)
@@ -43,7 +46,7 @@ def run_monitor(settings: MonitorSettings) -> int:
     return 0
 
 
-def _serve_metrics(settings: MonitorSettings, registry: CollectorRegistry) -> bool:
+def _serve_metrics(settings: MonitorSettings, registry: ServedMetrics) -> bool:
     """Serve ``/metrics``, or say in one line why it cannot be (a configuration error: the caller exits 2)."""
     try:
         start_http_server(settings.monitor_metrics_port, addr=settings.host, registry=registry)
