@@ -226,6 +226,10 @@ class MonitorRunner:
             thread.join(10)
             loop.close()
 
+    def loop_of(self, process: MonitorProcess) -> asyncio.AbstractEventLoop:
+        """The event loop ``process`` runs on."""
+        return self._loops[id(process)][0]
+
     def run(self, process: MonitorProcess, coroutine: Any) -> Any:
         """Run a coroutine on ``process``'s loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loops[id(process)][0]).result(30)

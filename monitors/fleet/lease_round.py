@@ -115,10 +115,15 @@ class LeaseRound:
             pause = min(RETRY_S, period) if failing and self._models.owned else period
             await asyncio.sleep(max(pause - (loop.time() - started), 0.0))  # a period apart, not after
 
+    def exported(self, model: str) -> bool:
+        """Whether ``/metrics`` shows ``model``'s series (any thread): not while it is being dropped (its lease lost
+        or handed back: another monitor may own it already), nor once the leases may have lapsed."""
+        return model not in self._dropping and self.leases_fresh()
+
     def leases_fresh(self) -> bool:
         """Whether the leases held were renewed within their TTL (any thread). Past it, another monitor may own
-        their models already: ``/metrics`` leaves their series out (:class:`monitors.fleet.metrics.ServedMetrics`),
-        so that no model is exported by two monitors at once, even by a process paused (SIGSTOP) mid-scrape."""
+        their models already: ``/metrics`` leaves their series out (:mod:`monitors.fleet.served_metrics`), so that
+        no model is exported by two monitors at once, even by a process paused (SIGSTOP) mid-scrape."""
         return time.monotonic() < self._fresh_until
 
     async def renew(self) -> bool:
@@ -141,10 +146,18 @@ class LeaseRound:
 
     def _drop_apart(self, model: str) -> None:
         """Drop ``model``, whose lease was lost, in a task of its own: stopping a model takes up to seconds, and the
-        other leases' renewals must not wait for it."""
-        task = asyncio.create_task(self._drop(model, release=False), name=f"monitor-drop-{model}")
+        other leases' renewals must not wait for it. Its series leave ``/metrics`` at once (:meth:`exported`)."""
+        self._dropping.add(model)
+        task = asyncio.create_task(self._drop_lost(model), name=f"monitor-drop-{model}")
         self._drops.add(task)
         task.add_done_callback(self._dropped)
+
+    async def _drop_lost(self, model: str) -> None:
+        try:
+            if model in self._models.owned:
+                await self._models.drop(model, release=False)
+        finally:
+            self._dropping.discard(model)
 
     def _dropped(self, task: asyncio.Task[None]) -> None:
         self._drops.discard(task)

@@ -34,7 +34,7 @@ def run_monitor(settings: MonitorSettings) -> int:
     from monitors.fleet.process import MonitorProcess
 
     process = MonitorProcess(settings, registry=registry)
-    served.fresh = process.lease_round.leases_fresh  # a model's series only while its lease is surely held
+    served.exported = process.lease_round.exported  # a model's series only while its lease is surely held
     started = time.perf_counter()
     if preload(settings.drift):
         log.info("drift detectors (alibi-detect) loaded in %.1f s", time.perf_counter() - started)
