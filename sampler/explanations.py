@@ -338,11 +338,13 @@ def _parsed(raws: list[tuple[str, bytes]]) -> list[tuple[str, ExplanationSummary
 
 @contextlib.contextmanager
 def _reading() -> Iterator[None]:
-    """Redis failing a read (down, hung past the timeout, refusing) becomes ``RedisUnavailable`` (503)."""
+    """Redis failing a read (down, hung past the timeout, refusing) becomes ``RedisUnavailable`` (503). Logged at
+    debug: the answer says it, and a Redis outage is logged once by the writers (a warning per read was ~70 lines
+    per replica in a 20 s outage)."""
     try:
         yield
     except REDIS_FAILED as error:
-        log.warning("explanations not read: %s", error)
+        log.debug("explanations not read: %s", error)
         raise RedisUnavailable("explanations cannot be read now") from None
 
 
