@@ -117,6 +117,11 @@ class OwnedModel:
             await asyncio.wait_for(self._feed.settle(), timeout=timeout_s)
         except Exception as error:  # Redis away: the next owner examines those again
             log.debug("monitor of %s: examined entries not acknowledged at the stop: %s", self.model, error)
+        else:
+            try:
+                await asyncio.wait_for(self._publish_final_status(), timeout=timeout_s)
+            except Exception as error:
+                log.debug("monitor of %s: no last status at the stop: %s", self.model, error)
         self._context.windows.forget(self.model)
         self._context.recent.forget(self.model)
 
@@ -146,6 +151,16 @@ class OwnedModel:
             self._context.metrics.publish_drift_state(status)
         if self.views is not None:
             await self.views.record_history(status)
+
+    async def _publish_final_status(self) -> None:
+        """The status once more, once the stop has acknowledged what was examined: the next owner carries its
+        ``examined`` on from it, and the records examined since the last status would otherwise be acknowledged
+        and counted nowhere. Written only while the lease is still this process's (a hand-back, not a loss)."""
+        drift = await self._drift.current()
+        if drift is None:
+            return
+        status = await self._status(drift, drift.monitor.phase.value)
+        await self._context.leases.set_if_owner(self.model, {keys.drift_status(self.model): status.model_dump_json()})
 
     async def _status(self, drift: Started, phase: str) -> DriftStatus:
         """The status to publish, with what waits: the feed's backlog and the buffer's, both timed on Redis's clock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -125,3 +126,23 @@ def test_a_monitor_cut_off_from_redis_past_its_lease_stops_acting_as_owner(own_r
     finally:
         runner.stop(process)
         direct.close()
+
+
+def test_a_model_handed_back_publishes_what_it_examined_since_its_last_status(
+    monitors: MonitorRunner, redis_client: redis.Redis
+) -> None:
+    """The stop acknowledges every record examined: its last status says so, or the next owner, which carries the
+    count on from it, would count the records examined since the previous status nowhere."""
+    redis_client.sadd(keys.MONITORED_MODELS, "m")
+    process = monitors.start(monitor_status_s=3600.0)  # one status at the take, then none before the stop
+    rng = np.random.default_rng(5)
+    wait_until(lambda: redis_client.get(keys.drift_status("m")) is not None, what="the first status")
+    for index in range(30):
+        record = MonitoringRecord(
+            "m", f"r{index}", "v1", time.time(), 0, 0.9, 0.8, 2, embedding=rng.normal(size=8).astype(np.float32)
+        )
+        redis_client.xadd(keys.prediction_feed("m"), {b"r": record.blob()})
+    wait_until(lambda: _warmup_collected(process, "m") == 30, what="the records examined (collected)")
+    monitors.stop(process)
+    status = json.loads(redis_client.get(keys.drift_status("m")) or b"{}")
+    assert status["examined"] == 30
