@@ -167,25 +167,40 @@ class DelayedLabels:
                 self.writer.keep_taken()
         except TimeoutError:
             raise RedisUnavailable("redis: labels not joined (monitoring records still on their way)") from None
-        for (index, _, _, label), record in local:  # at once: a cancel from here on must not lose a taken record
+        # Counted at once, before the look-again's wait: a cancel from here on must not lose a taken record, nor
+        # leave one published uncounted.
+        for (index, _, _, label), record in local:
             if record is not None:
                 self._join(result, index, record, label, offer=True)
-        remote = await self._look_again(remote)
-        for item, found in remote:
-            index, model, request_id, label = item
-            if found is None:
-                self._unmatched(result, item, known)
-            elif isinstance(found, _Joined):
-                self._joined_already(result, item, found.label)
-            elif isinstance(found, FeedFormatError):
-                message = f"prediction record: {found}"
-                result.rejected.append(LabelVerdict(index, request_id, "rejected", message, model))
-            else:
-                self._join(result, index, found, label, offer=False)
+        published = [
+            (item, found)
+            for item, found in remote
+            if isinstance(found, MonitoringRecord) and item.label < found.num_classes
+        ]
+        for item, record in published:
+            self._join(result, item.position, record, item.label, offer=False)
+        done = {item.position for item, _ in published}
+        for item, found in await self._look_again(
+            [(item, found) for item, found in remote if item.position not in done]
+        ):
+            self._settle(result, item, found, known)
         result.unmatched.sort(key=lambda verdict: verdict.index)
         result.rejected.sort(key=lambda verdict: verdict.index)
         self._count_rejected(result.rejected, known)
         return result
+
+    def _settle(self, result: LabelsResult, item: _Label, found: _Found, known: set[str]) -> None:
+        """The verdict of a label by what it found in Redis, after its look again (a record found is joined)."""
+        index, model, request_id, label = item
+        if found is None:
+            self._unmatched(result, item, known)
+        elif isinstance(found, _Joined):
+            self._joined_already(result, item, found.label)
+        elif isinstance(found, FeedFormatError):
+            message = f"prediction record: {found}"
+            result.rejected.append(LabelVerdict(index, request_id, "rejected", message, model))
+        else:
+            self._join(result, index, found, label, offer=False)
 
     async def _announce_labelled(self, models: set[str]) -> None:
         """Of ``models``, none served here, those whose events other replicas publish (``keys.MONITORED_MODELS``)

@@ -137,6 +137,34 @@ async def test_a_stop_with_redis_hung_ends_within_its_one_deadline(
 
 
 @pytest.mark.anyio
+async def test_a_label_published_before_the_look_again_is_counted_though_the_request_is_cancelled(
+    own_redis: EmbeddedRedis, make_settings: Callable[..., SidecarSettings]
+) -> None:
+    """One label joins its record in Redis (published at once), another finds none and waits to look again: the
+    request cancelled during that wait (a client gone, a shutdown) still counts the published one, once."""
+    registry = CollectorRegistry()
+    settings = make_settings(redis_url=own_redis.url, label_records="all", label_join_retry_s=10.0)
+    sidecar = Sidecar(settings, registry=registry)
+    assert sidecar.feed is not None and sidecar.monitoring is not None
+    direct = redis.Redis.from_url(own_redis.url)
+    try:
+        assert sidecar.ingest.ingest(orjson.dumps(event("in-redis"))).accepted == 1
+        while await sidecar.feed.flush():
+            pass
+        labels = [{"model": "digits", "request_id": rid, "label": 0} for rid in ("in-redis", "never-seen")]
+        joining = asyncio.create_task(sidecar.monitoring.delayed_labels.apply(labels, known={"digits"}))
+        while not direct.exists(keys.labelled_feed("digits")):  # published: the other label now waits 10 s
+            await asyncio.sleep(0.01)
+        joining.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await joining
+        assert registry.get_sample_value("vai_labels_total", {"model": "digits", "matched": "true"}) == 1
+    finally:
+        direct.close()
+        await sidecar.stop(drain_timeout_s=1.0)
+
+
+@pytest.mark.anyio
 async def test_labels_refused_with_503_are_neither_joined_nor_counted_so_a_retry_counts_once(
     own_redis: EmbeddedRedis, make_settings: Callable[..., SidecarSettings]
 ) -> None:
