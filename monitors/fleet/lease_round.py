@@ -88,18 +88,19 @@ class LeaseRound:
 
     async def keep_renewing(self) -> None:
         """Renew the leases every third of their TTL until cancelled: the task ``monitor-renewals``. A renewal that
-        fails is tried again soon (:data:`RETRY_S`), and one Redis does not answer is given up after a third of the
-        TTL and tried again at once, so that an outage shorter than the leases' remaining life costs none of them. A
-        failure never ends the task; Redis out of reach past the TTL gives up every model (:meth:`give_up_lapsed`)."""
+        fails is tried again soon (:data:`RETRY_S`), so that a restart shorter than the leases' remaining life costs
+        none of them; one Redis is slow to answer is waited for (cut short, it may have been applied all the same,
+        and a busy monitor would give up leases it holds). A failure never ends the task; Redis out of reach past the
+        TTL gives up every model (:meth:`give_up_lapsed`), and ``/metrics`` leaves their series out from the TTL on
+        (:meth:`leases_fresh`)."""
         period = self._settings.monitor_lease_ttl_s / 3
         loop = asyncio.get_running_loop()
         failing = False
         while not cancelling():  # a cancel that redis-py swallowed still stops the loop
             started = loop.time()
             try:
-                async with asyncio.timeout(period):  # a hung Redis (the socket timeout is 5 s) must not outlast leases
-                    sent = await self.renew()
-            except REDIS_FAILED as error:  # the timeout's TimeoutError is an OSError
+                sent = await self.renew()
+            except REDIS_FAILED as error:
                 if cancelling():
                     raise
                 if not failing:
@@ -174,6 +175,10 @@ class LeaseRound:
         :meth:`keep_renewing`)."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self._settings.monitor_lease_ttl_s / 3  # the next round's membership heartbeat is due
+        # The leases as they stand now, and the lost ones dropped (their calibrations kept), before the baselines'
+        # round: a Redis that lost its data has lost the leases too, and what it gets back is what was kept.
+        await self.renew()
+        await self.drops_done(timeout_s=self._settings.monitor_lease_ttl_s)
         owned = self._models.owned
         await self._tolerated("its membership heartbeat", self._heartbeat)
         alive = self._alive
