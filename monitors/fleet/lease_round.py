@@ -58,9 +58,8 @@ class LeaseRound:
         self._metrics = metrics
         self._settings = settings
         self._renewed_at = 0.0
-        """When (event-loop time) the leases were last renewed: past their TTL without one, they are gone."""
-        self._fresh_until = 0.0
-        """Until when (``time.monotonic``) the leases held are surely this process's: the last renewal's TTL."""
+        """When (``time.monotonic``, any thread) the leases last renewed were sent: past their TTL without a renewal,
+        they are gone."""
         self._taking: set[str] = set()
         """Models being taken: their leases are renewed with those of the models owned."""
         self._lost: set[str] = set()
@@ -106,7 +105,7 @@ class LeaseRound:
                 if not failing:
                     log.warning("monitor %s: renewing its leases failed (%s); retrying", self.owner, error)
                 failing = True
-                await self.give_up_lapsed(loop.time())
+                await self.give_up_lapsed(time.monotonic())
             except Exception:  # the renewals must outlive any one failure
                 log.exception("monitor %s: renewing its leases failed", self.owner)
             else:
@@ -125,16 +124,15 @@ class LeaseRound:
         """Whether the leases held were renewed within their TTL (any thread). Past it, another monitor may own
         their models already: ``/metrics`` leaves their series out (:mod:`monitors.fleet.served_metrics`), so that
         no model is exported by two monitors at once, even by a process paused (SIGSTOP) mid-scrape."""
-        return time.monotonic() < self._fresh_until
+        return time.monotonic() < self._renewed_at + self._settings.monitor_lease_ttl_s
 
     async def renew(self) -> bool:
         """Renew the leases of the models owned and being taken, in one round trip; drop the models whose lease was
         lost (one being taken, once it is). False when no lease is held (nothing sent)."""
-        loop = asyncio.get_running_loop()
         held = list(dict.fromkeys([*self._models.owned, *sorted(self._taking)]))
-        sent_at, fresh_until = loop.time(), time.monotonic() + self._settings.monitor_lease_ttl_s
+        sent_at = time.monotonic()
         renewals = await self._leases.renew_all(held)  # Redis starts the TTL when it applies it: after sent_at
-        self._renewed_at, self._fresh_until = sent_at, fresh_until
+        self._renewed_at = sent_at
         for model, renewed in zip(held, renewals, strict=True):
             if renewed:
                 continue
@@ -149,16 +147,9 @@ class LeaseRound:
         """Drop ``model``, whose lease was lost, in a task of its own: stopping a model takes up to seconds, and the
         other leases' renewals must not wait for it. Its series leave ``/metrics`` at once (:meth:`exported`)."""
         self._dropping.add(model)
-        task = asyncio.create_task(self._drop_lost(model), name=f"monitor-drop-{model}")
+        task = asyncio.create_task(self._drop_marked(model, release=False), name=f"monitor-drop-{model}")
         self._drops.add(task)
         task.add_done_callback(self._dropped)
-
-    async def _drop_lost(self, model: str) -> None:
-        try:
-            if model in self._models.owned:
-                await self._models.drop(model, release=False)
-        finally:
-            self._dropping.discard(model)
 
     def _dropped(self, task: asyncio.Task[None]) -> None:
         self._drops.discard(task)
@@ -227,8 +218,13 @@ class LeaseRound:
         if model not in self._models.owned or model in self._dropping:
             return
         self._dropping.add(model)
+        await self._drop_marked(model, release=release, keep=keep)
+
+    async def _drop_marked(self, model: str, *, release: bool, keep: bool = True) -> None:
+        """Drop ``model``, marked as being dropped (out of ``/metrics``, not taken again), unless no longer owned."""
         try:
-            await self._models.drop(model, release=release, keep=keep)
+            if model in self._models.owned:
+                await self._models.drop(model, release=release, keep=keep)
         finally:
             self._dropping.discard(model)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -177,7 +178,7 @@ class MonitorProcess:
                 if not self._failing:
                     log.warning("monitor %s: redis failed (%s); retrying", self.owner, type(error).__name__)
                 self._failing = True
-                await self.lease_round.give_up_lapsed(loop.time())
+                await self.lease_round.give_up_lapsed(time.monotonic())
             except Exception:  # the lease loop must outlive any one failure, or every model would go unwatched
                 log.exception("monitor %s: lease round failed", self.owner)
             else:
