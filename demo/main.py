@@ -46,16 +46,24 @@ DEFAULT_DRIFT_AFTER_S = 60.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``vai-sidecar demo [--host H] [--port P] [--duration SECONDS]``."""
+    """``vai-sidecar demo [--host H] [--port P] [--duration SECONDS] [--drift-after SECONDS]``."""
     parser = argparse.ArgumentParser(prog="vai-sidecar demo", description="The whole loop on the digits CNN.")
     parser.add_argument("--host", help="bind address (default VAI_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default VAI_PORT or 8000)")
     parser.add_argument(
         "--duration", type=float, default=0.0, metavar="SECONDS", help="stop after this long (default 0: until Ctrl-C)"
     )
+    parser.add_argument(
+        "--drift-after",
+        type=float,
+        metavar="SECONDS",
+        help=f"when the drift phase starts (default {DEFAULT_DRIFT_AFTER_S:g}, or a third of --duration)",
+    )
     args = parser.parse_args(argv)
     if args.duration < 0:
         parser.error("--duration must be 0 (until Ctrl-C) or more")
+    if args.drift_after is not None and not 0 <= args.drift_after < math.inf:
+        parser.error("--drift-after must be a number of seconds, 0 or more")
     overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     base = SidecarSettings(**overrides)
     check_role_settings(base)
@@ -64,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("refusing to bind %s with auth off: set VAI_*_TOKENS or bind 127.0.0.1", base.host)
         return 2
     try:
-        code = run_demo(base, duration_s=args.duration)
+        code = run_demo(base, duration_s=args.duration, drift_after=args.drift_after)
     except Exception:  # logged here: a thread left running could abort the process before Python prints it
         log.exception("the demo failed")
         code = 1
@@ -80,15 +88,19 @@ def check_role_settings(base: SidecarSettings) -> None:
     worker_settings(base, redis_url=unused, model_path=DATA_DIR / "models" / digits.HELD_OUT_FILE_NAME)
 
 
-def drift_after_s(duration_s: float | None) -> float:
+def drift_after_s(duration_s: float | None, drift_after: float | None = None) -> float:
+    """When the drift phase starts: ``drift_after`` when given, else a third of the run or the default."""
+    if drift_after is not None:
+        return drift_after
     return duration_s / 3 if duration_s else DEFAULT_DRIFT_AFTER_S
 
 
-def run_demo(base: SidecarSettings, *, duration_s: float | None = None) -> int:
-    """Run until SIGINT/SIGTERM or for ``duration_s`` seconds (``None`` or 0: until a signal)."""
+def run_demo(base: SidecarSettings, *, duration_s: float | None = None, drift_after: float | None = None) -> int:
+    """Run until SIGINT/SIGTERM or for ``duration_s`` seconds (``None`` or 0: until a signal), with the drift
+    phase from ``drift_after`` seconds on (see :func:`drift_after_s`)."""
     _quiet_torchscript()
     torch.set_num_threads(1)  # a tiny model: more intra-op threads only spin against each other
-    demo = _Demo(duration_s or None)
+    demo = _Demo(duration_s or None, drift_after_s(duration_s or None, drift_after))
     previous = {signum: signal.signal(signum, demo.on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as stack:
@@ -151,8 +163,9 @@ class _Parts:
 class _Demo:
     """The run's life: a signal before the server is up aborts the set-up; after, it stops in order."""
 
-    def __init__(self, duration_s: float | None) -> None:
+    def __init__(self, duration_s: float | None, drift_after_s: float) -> None:
         self.duration_s = duration_s
+        self.drift_after_s = drift_after_s
         self.failed = False
         self._server: _Server | None = None
         self._stop_requested = False
@@ -190,7 +203,7 @@ class _Demo:
         if split.reference is not None:
             await asyncio.to_thread(traffic.put_reference, split.reference, token=admin[0] if admin else None)
         replay = asyncio.create_task(asyncio.to_thread(traffic.run, stop_traffic))
-        print(banner(base_url, parts.metrics_urls, self.duration_s), flush=True)
+        print(banner(base_url, parts.metrics_urls, self.duration_s, self.drift_after_s), flush=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.duration_s if self.duration_s else math.inf
         while not (self._stop_requested or parts.failed or loop.time() >= deadline):
@@ -213,14 +226,13 @@ class _Demo:
             base_url,
             model=model.eval(),
             split=replayed,
-            drift_after_s=drift_after_s(self.duration_s),
+            drift_after_s=self.drift_after_s,
             token=tokens[0] if tokens else None,
         )
 
 
-def banner(base_url: str, metrics_urls: dict[str, str], duration_s: float | None) -> str:
+def banner(base_url: str, metrics_urls: dict[str, str], duration_s: float | None, drift_at: float) -> str:
     """What to open, and what the phases are."""
-    drift_at = drift_after_s(duration_s)
     until = f"for {duration_s:g} s" if duration_s else "until Ctrl-C"
     return "\n".join(
         [

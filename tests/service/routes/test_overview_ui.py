@@ -643,12 +643,13 @@ class Demo:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    """``vai-sidecar demo`` until Ctrl-C (its drift phase starts after 60 s), auth off, on a free port."""
+    """``vai-sidecar demo`` until Ctrl-C, its drift phase from 20 s on (the default 60 s only waits longer for
+    the drift alarm the page shows), auth off, on a free port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAI_")}
     env.update({"PYTHONPATH": str(REPO), "VAI_LOG_LEVEL": "warning"})
     log = (tmp_path / "demo.log").open("wb")
-    command = [sys.executable, "-m", "common.cli", "demo", "--port", str(port)]
+    command = [sys.executable, "-m", "common.cli", "demo", "--port", str(port), "--drift-after", "20"]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield Demo(f"http://127.0.0.1:{port}", process)
