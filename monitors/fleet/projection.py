@@ -4,8 +4,9 @@ Both are fitted on the reference sample once per reference id and only *transfor
 point keeps its place between refreshes and production is drawn in the reference's coordinates.
 
 PCA is a centred SVD (milliseconds for a few thousand rows; run in a thread). UMAP's first fit costs
-seconds to tens of seconds (``import umap`` and numba's JIT included), so it runs in one spawned worker
-process (:class:`ProjectionPool`) that keeps the fitted models, and never stalls the monitor's event loop,
+seconds to tens of seconds (``import umap`` and numba's JIT included; the JIT's code is kept on disk by
+:mod:`monitors.fleet.jit_cache`, so only the machine's first process pays it in full), so it runs in one spawned
+worker process (:class:`ProjectionPool`) that keeps the fitted models, and never stalls the monitor's event loop,
 its lease renewals or its detectors. umap is imported in that process only.
 
 A reference neither method can be fitted on raises :class:`Unprojectable` (PCA: fewer than 2 rows; UMAP: fewer than
@@ -36,6 +37,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
+
+from monitors.fleet.jit_cache import keep_compiled
 
 Coordinates = npt.NDArray[np.float64]
 """Shape ``(n, 2)``."""
@@ -138,6 +141,7 @@ def fit_umap(reference: npt.NDArray[np.float32], settings: UmapSettings) -> Any:
         )
     import umap  # heavy (numba): only ever in the projection process or a benchmark
 
+    keep_compiled(("umap", "pynndescent"))
     model = umap.UMAP(
         n_components=2,
         n_neighbors=min(settings.n_neighbors, len(reference) - 1),
