@@ -43,7 +43,7 @@ BATCH = 16
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
-    runtime = _runtime(args.methods.split(","), args.cache_dir)
+    runtime = demo_runtime(args.methods.split(","), args.cache_dir)
     split = digits.load_digits_split(hold_out_reference=True)
     rng = np.random.default_rng(0)
     for phase in ("clean", "drift"):
@@ -55,11 +55,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"  {method:22} " + "  ".join(f"{key} {value}" for key, value in figures[method].items()))
 
 
-def _runtime(methods: list[str], cache_dir: Path) -> ModelRuntime:
+def demo_runtime(methods: Sequence[str], cache_dir: Path, *, sanity_samples: int = BATCH) -> ModelRuntime:
+    """The worker's runtime of the demo's digits CNN with the demo's attribution settings, layers not inspected;
+    ``sanity_samples`` 16 (one batch) here, as the figures in benchmarks/README.md were taken (the demo uses 32)."""
     section = {k: v for k, v in ATTRIBUTION.items() if not k.startswith(("inspect", "feature_map"))}
     model = digits.ensure_digits_model(cache_dir, hold_out_reference=True)
     spec = {"torchscript": str(model), "input_shape": list(digits.INPUT_SHAPE), "num_classes": digits.NUM_CLASSES}
-    config = AttributionConfig.model_validate({**section, "methods": methods, "inspect_layers": [], "model": spec})
+    config = AttributionConfig.model_validate(
+        {**section, "methods": list(methods), "inspect_layers": [], "model": spec, "sanity_samples": sanity_samples}
+    )
     return ModelRuntime("digits", config, device="cpu")
 
 
@@ -68,7 +72,7 @@ def _phase(runtime: ModelRuntime, phase: str, images: NDArray[np.float32], batch
     seen: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for number in range(batches):
         batch = images[number * BATCH : (number + 1) * BATCH]
-        result = runtime.explain(_events(runtime, batch, prefix=f"{phase}-{number}"), sanity)
+        result = runtime.explain(demo_events(runtime, batch, prefix=f"{phase}-{number}"), sanity)
         for outcome in result.outcomes:
             for method, trust in outcome.record.summary.trust.items():
                 for part in PARTS:
@@ -110,7 +114,8 @@ def _summary(values: dict[str, list[float]]) -> dict[str, str]:
     return shares | means
 
 
-def _events(runtime: ModelRuntime, images: NDArray[np.float32], *, prefix: str) -> list[SampledEvent]:
+def demo_events(runtime: ModelRuntime, images: NDArray[np.float32], *, prefix: str) -> list[SampledEvent]:
+    """``images`` as the sampled events of the demo's traffic, each with the model's own prediction."""
     with torch.no_grad():
         confidence, predicted = runtime.model.module(torch.from_numpy(images)).softmax(dim=1).max(dim=1)
     now = time.time()

@@ -43,6 +43,7 @@ ATTRIBUTION: dict[str, Any] = {
     "fidelity_steps": 8,
     "fidelity_random_orders": 2,
     "sanity_every_s": 60,
+    "sanity_samples": 32,
     "inspect_layers": ["conv.0", "conv.1", "conv.3", "conv.4", "dense.1", "dense.2", "classifier"],
     "inspect_window": 64,
     "feature_map_channels": 8,
