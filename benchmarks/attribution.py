@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
@@ -24,6 +22,7 @@ from attribution_workers.explainer import Explainer, stack_maps
 from attribution_workers.loader import LoadedModel, ModelSpec, load_model
 from attribution_workers.methods import METHOD_NAMES, MethodName
 from attribution_workers.trust import deletion_fidelity
+from benchmarks.options import add_cache_dir
 from demo.models import digits
 
 KERNEL_SHAP_SAMPLES = 128
@@ -105,12 +104,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="test images per batch (default: 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (default: 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "vai-sidecar-models",
-        help="where the trained model is kept (default: the temp dir)",
-    )
+    add_cache_dir(parser)
     return parser.parse_args(argv)
 
 

@@ -18,7 +18,6 @@ demo's (trained without the held-out reference) and is trained into ``--cache-di
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from numpy.typing import NDArray
 
 from attribution_workers.config import AttributionConfig
 from attribution_workers.runtime import ModelRuntime
+from benchmarks.options import add_cache_dir
 from demo.corruptions import corrupt
 from demo.models import digits
 from demo.settings import ATTRIBUTION, METHODS
@@ -142,12 +142,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: the demo's)")
     parser.add_argument("--batches", type=int, default=10, help="batches of 16 per phase (default: 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "vai-sidecar-models",
-        help="where the trained model is kept (default: the temp dir)",
-    )
+    add_cache_dir(parser)
     return parser.parse_args(argv)
 
 

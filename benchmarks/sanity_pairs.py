@@ -13,15 +13,14 @@ pairs and the share of inconclusive checks, with the median similarity.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from attribution_workers.config import AttributionConfig
 from benchmarks.method_trust import demo_events, demo_runtime
+from benchmarks.options import add_cache_dir
 from demo.corruptions import corrupt
 from demo.models import digits
 from demo.settings import METHODS
@@ -58,12 +57,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", type=lambda text: [int(v) for v in text.split(",")], default=[16, 32])
     parser.add_argument("--draws", type=int, default=12, help="checks per phase and size (default: 12)")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "vai-sidecar-models",
-        help="where the trained model is kept (default: the temp dir)",
-    )
+    add_cache_dir(parser)
     return parser.parse_args(argv)
 
 
