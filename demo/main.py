@@ -37,6 +37,7 @@ from demo.models.training import Split
 from demo.settings import DATA_DIR, METHODS, MODEL, monitor_settings, sidecar_settings, worker_settings
 from demo.traffic import DigitsTraffic
 from service.app import create_app
+from service.http.protocol import BoundedHttpToolsProtocol
 from service.settings import SidecarSettings
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,10 @@ class _Demo:
 
     def serve(self, parts: _Parts) -> int:
         config = uvicorn.Config(
-            create_app(parts.settings), log_level=parts.settings.log_level, http="httptools", access_log=False
+            create_app(parts.settings),
+            log_level=parts.settings.log_level,
+            http=BoundedHttpToolsProtocol,
+            access_log=False,
         )
         self._server = _Server(config)
         asyncio.run(self._serve(self._server, parts))

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from common.embedded_redis import DataDirUnusable, EmbeddedRedis, die_with_parent
 from monitors.fleet.settings import MonitorSettings
 from service.app import create_app
+from service.http.protocol import BoundedHttpToolsProtocol
 from service.settings import SidecarSettings
 
 log = logging.getLogger("vai_sidecar")
@@ -84,7 +85,7 @@ def serve_forever(settings: SidecarSettings) -> int:
             port=settings.port,
             log_level=settings.log_level,
             loop="uvloop",
-            http="httptools",
+            http=BoundedHttpToolsProtocol,  # httptools, with bounds on a request's head
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )

@@ -266,11 +266,12 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Run ``app`` (lifespan included) on a free loopback port in a thread; yield its base URL."""
+def serve_app(app: Any, *, http: type[asyncio.Protocol] | str = "auto") -> Iterator[str]:
+    """Run ``app`` (lifespan included) on a free loopback port in a thread, with uvicorn's ``http`` protocol;
+    yield its base URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    server = _Server(uvicorn.Config(app, log_level="warning", ws="none", lifespan="on"))
+    server = _Server(uvicorn.Config(app, log_level="warning", ws="none", lifespan="on", http=http))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
     thread.start()
     try:

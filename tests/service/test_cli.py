@@ -53,6 +53,9 @@ def test_serve_uses_an_embedded_redis_and_stops_it(served: tuple[str, subprocess
     response = httpx.post(f"{base}/v1/events", json={"events": [event("a"), event("b")]})
     assert response.status_code == 202
     assert [s["request_id"] for s in response.json()["sampled"]] == ["a", "b"]
+    # The server bounds a request's head (service.http.protocol): uvicorn alone kept 1 GB of headers.
+    refused = httpx.get(f"{base}/livez", headers={f"x-h{n}": "1" for n in range(150)})
+    assert (refused.status_code, refused.json()["field"]) == (431, "headers")
     wait_until(
         lambda: httpx.get(f"{base}/status").json()["queue_lengths"].get("digits") == 2,
         what="both samples in the embedded Redis stream",
