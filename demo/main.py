@@ -113,7 +113,7 @@ def run_demo(base: SidecarSettings, *, duration_s: float | None = None, drift_af
             # A fresh Redis each run: the last run's drift alarms and drifted labels would show in this one's clean
             # phase (the calibration window is an hour).
             shutil.rmtree(DATA_DIR / "demo-redis", ignore_errors=True)
-            redis = EmbeddedRedis(data_dir=DATA_DIR / "demo-redis")
+            redis = EmbeddedRedis(data_dir=DATA_DIR / "demo-redis", private=True)
             stack.callback(redis.stop)  # registered first: a signal during start() still stops it
             redis.start()
             model_path = _model_file(DATA_DIR / "models")

@@ -63,7 +63,7 @@ def serve_forever(settings: SidecarSettings) -> int:
     registry = CollectorRegistry()
     if settings.redis_url is None:
         try:
-            embedded = EmbeddedRedis(data_dir=settings.redis_data_dir).start()
+            embedded = EmbeddedRedis(data_dir=settings.redis_data_dir, private=True).start()
         except DataDirUnusable as error:
             log.error("VAI_REDIS_DATA_DIR: %s", error)
             return 2

@@ -15,11 +15,12 @@ from helpers import redis_servers_in, wait_until
 
 
 def test_a_redis_server_that_dies_is_started_again_with_its_data(tmp_path: Path) -> None:
-    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    """As serve runs it (private): started again with the same password, so its clients' URL still works."""
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", private=True).start()
     stop = threading.Event()
     watcher = threading.Thread(target=server.watch, args=(stop,), kwargs={"period_s": 0.05}, daemon=True)
     watcher.start()
-    client = redis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=1)
+    client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
     try:
         client.config_set("appendfsync", "always")
         client.set("kept", "yes")
@@ -77,3 +78,21 @@ def test_a_data_directory_that_cannot_be_one_is_refused_in_a_sentence(tmp_path: 
     with pytest.raises(DataDirUnusable, match=r"is not a directory|cannot hold the embedded Redis"):
         server.start()
     server.stop()
+
+
+def test_a_private_server_takes_only_clients_with_its_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any local user reached the sidecar's Redis: every stored input, and CONFIG SET dir + SAVE to write files."""
+    caplog.set_level("INFO", logger="common.embedded_redis")
+    with EmbeddedRedis(data_dir=tmp_path / "redis", private=True, append_only=False) as server:
+        (pid,) = redis_servers_in(server.data_dir)
+        password = server.url.split("@")[0].rsplit(":", 1)[1]
+        assert len(password) >= 32
+        with pytest.raises(redis.AuthenticationError), redis.Redis(port=server.port) as stranger:
+            stranger.config_set("dir", str(tmp_path))
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # ps shows every user that
+        assert (server.data_dir.stat().st_mode & 0o777) == 0o700
+    assert password not in caplog.text and f"127.0.0.1:{server.port}" in caplog.text
