@@ -23,7 +23,7 @@ import signal
 from collections.abc import Iterable
 
 import torch
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from attribution_workers.bounded import EXIT_TIMED_OUT, WorkTimedOut
 from attribution_workers.config import ConfigError, attribution_configs, section_name
@@ -32,6 +32,7 @@ from attribution_workers.metrics import WorkerMetrics
 from attribution_workers.runtime import ModelRuntime
 from attribution_workers.settings import WorkerSettings
 from attribution_workers.worker import AttributionWorker
+from common.metrics_server import start_metrics_server
 from common.names import process_id
 from common.redis import REDIS_FAILED, connect
 from common.settings import SettingsError
@@ -195,7 +196,7 @@ def serve_metrics(settings: WorkerSettings, registry: CollectorRegistry) -> None
     if not settings.worker_metrics_port:
         return
     try:
-        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
+        start_metrics_server(settings.worker_metrics_port, host=settings.host, registry=registry)
     except OSError as error:
         raise SettingsError(
             f"VAI_WORKER_METRICS_PORT (or --metrics-port) {settings.worker_metrics_port} on VAI_HOST {settings.host}: "

@@ -10,8 +10,9 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from common.metrics_server import start_metrics_server
 from monitors.fleet.served_metrics import ServedMetrics
 from monitors.fleet.settings import MonitorSettings
 
@@ -49,7 +50,7 @@ def run_monitor(settings: MonitorSettings) -> int:
 def _serve_metrics(settings: MonitorSettings, registry: ServedMetrics) -> bool:
     """Serve ``/metrics``, or say in one line why it cannot be (a configuration error: the caller exits 2)."""
     try:
-        start_http_server(settings.monitor_metrics_port, addr=settings.host, registry=registry)
+        start_metrics_server(settings.monitor_metrics_port, host=settings.host, registry=registry)
     except OSError as error:
         in_use = error.errno == errno.EADDRINUSE
         log.error(
