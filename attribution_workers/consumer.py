@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from common import keys
 from common.redis import execute, queue_script, text
-from common.streams import SCAN_ROUND, claim_pending
+from common.streams import SCAN_ROUND, claim_pending, forget_gone_consumers
 from sampler.contract import MESSAGE_FIELD
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,10 @@ class GroupConsumer:
         left until they are reclaimed. Returns how many were deleted."""
         gone = 0
         for stream in self._streams:
-            consumers: list[dict[str, Any]] = await self._redis.xinfo_consumers(stream, keys.CONSUMER_GROUP)
-            for consumer in consumers:
-                name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else str(consumer["name"])
-                if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > idle_ms:
-                    await self._redis.xgroup_delconsumer(stream, keys.CONSUMER_GROUP, name)
-                    gone += 1
+            forgotten = await forget_gone_consumers(
+                self._redis, stream, keys.CONSUMER_GROUP, keep=self.consumer, idle_ms=idle_ms
+            )
+            gone += len(forgotten)
         if gone:
             log.info("forgot %d consumers of workers gone for over %d s", gone, idle_ms // 1000)
         return gone

@@ -1,5 +1,6 @@
 """Consumer-group mechanics shared by the stream readers (the attribution workers on the sample streams, the
-monitors on the prediction feeds): claiming what another consumer left pending, alike on every Redis version.
+monitors on the prediction feeds): claiming what another consumer left pending, alike on every Redis version, and
+forgetting the consumers of processes that are gone.
 
 An entry deleted from the stream while pending (trimmed by the writers' ``MAXLEN ~``, or ``XDEL``) stays in the
 group's list of pending entries. ``XAUTOCLAIM`` on Redis 7 drops it from that list and names it in a third element
@@ -96,3 +97,18 @@ async def _vanished_on(
 
 def _as_bytes(entry_id: bytes | str) -> bytes:
     return entry_id if isinstance(entry_id, bytes) else entry_id.encode()
+
+
+async def forget_gone_consumers(redis: Redis, stream: str, group: str, *, keep: str, idle_ms: int) -> list[str]:
+    """Delete the consumers of ``group`` on ``stream`` other than ``keep`` that hold no pending entry and have not
+    read for ``idle_ms``: every process that ever read (a pod name with a pid) stays in the group otherwise, one
+    more with each restart or rollout. One with pending entries is left until they are claimed. Returns the names
+    deleted."""
+    gone = []
+    consumers: list[dict[str, Any]] = await redis.xinfo_consumers(stream, group)
+    for consumer in consumers:
+        name = text(consumer["name"])
+        if name != keep and consumer["pending"] == 0 and consumer["idle"] > idle_ms:
+            await redis.xgroup_delconsumer(stream, group, name)
+            gone.append(name)
+    return gone

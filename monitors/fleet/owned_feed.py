@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from common import keys
 from common.cardinality import BoundedLabel
 from common.redis import execute, stream_entry_time_s
-from common.streams import SCAN_ROUND, claim_pending
+from common.streams import SCAN_ROUND, claim_pending, forget_gone_consumers
 from monitors.drift.base import DriftEvent
 from monitors.drift.buffer import IngestBuffer
 from monitors.feed import FeedFormatError, MonitoringRecord
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 RECLAIM_EVERY_TTLS = 5
 """After the take-over, entries another consumer left pending (idle past the lease's TTL) are claimed once every
 this many lease TTLs."""
+GONE_AFTER_S = 600
+"""A consumer of a feed's group that has not read for this long and holds nothing pending is forgotten when a
+monitor takes the model: its monitor is gone, or owns the model no more (one that reads again is back at once)."""
+GONE_AFTER_MS = GONE_AFTER_S * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +91,18 @@ class OwnedFeed:
         """The ids of both, not to be claimed again while this owner holds them."""
 
     async def ensure_group(self) -> None:
+        """Create the feed's group if need be, and forget the consumers of monitors gone (one more per monitor
+        restart or rollout otherwise: a soak left two dead ones in every feed's group after two restarts)."""
+        redis = self._context.redis
         try:
-            await self._context.redis.xgroup_create(self._feed, keys.MONITOR_GROUP, id="0", mkstream=True)
+            await redis.xgroup_create(self._feed, keys.MONITOR_GROUP, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+        owner = self._context.leases.owner
+        gone = await forget_gone_consumers(redis, self._feed, keys.MONITOR_GROUP, keep=owner, idle_ms=GONE_AFTER_MS)
+        if gone:
+            log.info("forgot %d consumers of the feed of %s gone for over %d s", len(gone), self.model, GONE_AFTER_S)
 
     async def read(self) -> None:
         """One read (or claim) of at most what the buffer has room for, taken; what is examined so far (and what
