@@ -13,12 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Scope as AsgiScope
 
 from common.errors import RedisUnavailable, VaiError
 from service.events.schemas import openapi_ingest_path
 from service.http.head import HeadAsGet
+from service.http.hosts import LoopbackHostOnly
 from service.http.internal_errors import InternalErrors
 from service.http.openapi import BODY, ERROR_REF, ERROR_SCHEMA, TOKEN, errors
 from service.ingest.handler import IngestResult
@@ -28,6 +31,8 @@ from service.settings import SidecarSettings
 from service.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
+_CLOUDEVENTS_PATH = "/v1/cloudevents"
+"""``service.routes.kserve``'s route, which counts each CloudEvent it refuses."""
 
 
 def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -37,7 +42,10 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sidecar = Sidecar(settings, registry=registry)
         if not sidecar.auth.enabled:
-            log.warning("auth is off: no VAI_INGEST_TOKENS, VAI_READ_TOKENS or VAI_ADMIN_TOKENS set")
+            log.warning(
+                "auth is off: no VAI_INGEST_TOKENS, VAI_READ_TOKENS or VAI_ADMIN_TOKENS set; only requests addressed "
+                "to localhost, 127.0.0.0/8 or [::1] (the Host header) are answered"
+            )
         await sidecar.start()
         app.state.sidecar = sidecar
         try:
@@ -67,6 +75,8 @@ def create_app(settings: SidecarSettings, *, registry: CollectorRegistry | None 
     app.include_router(ui.router)
     app.add_middleware(HeadAsGet)  # inside IngestRoute: the ingest path pays nothing for it
     app.add_middleware(IngestRoute)
+    if not settings.auth_enabled:  # outside IngestRoute, for every path; with auth on, not even a layer to pass
+        app.add_middleware(LoopbackHostOnly, refused=_count_refused)
     app.add_middleware(InternalErrors)  # outermost of ours: a bug anywhere below is a 500, the connection kept
     app.add_exception_handler(VaiError, _vai_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -108,6 +118,16 @@ def _document_errors(schema: dict[str, Any]) -> None:
     rejected = ingest["422"]  # {error, field} and the per-event rejections of the 202
     both = {"allOf": [{"$ref": ERROR_REF}, ingest["202"]["content"]["application/json"]["schema"]]}
     ingest["422"] = {**rejected, "content": {"application/json": {"schema": both}}}
+
+
+def _count_refused(scope: AsgiScope, error: VaiError) -> None:
+    """A request ``LoopbackHostOnly`` refused (403), counted where its route counts its own refusals, as a token
+    of the wrong scope (``forbidden``): events and CloudEvents that never arrive must show on the dashboard."""
+    sidecar: Sidecar = scope["app"].state.sidecar
+    if scope["path"] == INGEST_PATH:
+        sidecar.ingest.reject_body("forbidden")
+    elif scope["path"] == _CLOUDEVENTS_PATH and scope["method"] == "POST":
+        sidecar.kserve.refused(Headers(scope=scope), error)
 
 
 def _answer(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:

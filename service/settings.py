@@ -8,15 +8,57 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from common.names import MODEL_PATTERN, MODEL_RE
-from common.settings import CohortKeys, CommaList, RoleSettings, errors_in_brief
+from common.settings import CohortKeys, RoleSettings, errors_in_brief
 from sampler.policy import SamplingPolicy
 
-Tokens = CommaList
+_TOKEN_BLANKS = " \t"
+"""What may surround a token in a comma-separated list: ASCII blanks only (``str.strip()`` takes U+0085, U+00A0 and
+the other Unicode spaces too)."""
+
+
+def _token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be a bearer token, without quoting it (it is a secret); None when it can."""
+    if not token:
+        return "is empty"
+    for position, character in enumerate(token, 1):
+        if not "!" <= character <= "~":
+            what = "a space" if character == " " else f"U+{ord(character):04X}"
+            return f"has {what} at character {position}"
+    return None
+
+
+def _check_tokens(tokens: tuple[str, ...]) -> tuple[str, ...]:
+    for number, token in enumerate(tokens, 1):
+        problem = _token_problem(token)
+        if problem is not None:
+            raise ValueError(
+                f"token {number} of {len(tokens)} {problem}; a bearer token is sent in a header: one or more visible "
+                "ASCII characters (! to ~), no spaces, control or non-ASCII characters"
+            )
+    return tokens
+
+
+def _token_list(value: object) -> object:
+    """Comma-separated tokens (the environment's form) split keeping every entry, so that an empty one is refused
+    rather than dropped, and stripped of ASCII blanks only; a value of blanks alone is no token (auth off), as an
+    empty variable is."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip(_TOKEN_BLANKS):
+        return ()
+    return tuple(part.strip(_TOKEN_BLANKS) for part in value.split(","))
+
+
+Tokens = Annotated[tuple[str, ...], NoDecode, AfterValidator(_check_tokens)]
+"""Bearer tokens, comma-separated in the environment; each must be one or more visible ASCII characters. An empty
+token matched an empty or blank ``Authorization: Bearer`` (after Python's ``str.strip()``, ``Bearer \\x85``), and
+a token with spaces or non-ASCII characters cannot be sent as it is in a header."""
 STREAM_ROOM_MIN = 1_000
 """Fewest stream entries ``VAI_STREAM_MAXLEN`` must allow beyond ``VAI_QUEUE_MAX_LENGTH``: ten of the macro nodes
 (``stream-node-max-entries``, 100) that ``XADD MAXLEN ~`` trims whole."""
@@ -88,6 +130,13 @@ class SidecarSettings(RoleSettings):
     """Bearer tokens allowed to read status and explanations (comma-separated)."""
     admin_tokens: Tokens = ()
     """Bearer tokens allowed to change policies; they may also ingest and read."""
+
+    @field_validator("ingest_tokens", "read_tokens", "admin_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        """A subclass's before-validator runs ahead of the base class's comma splitter, which drops empty entries
+        and strips Unicode spaces too."""
+        return _token_list(value)
 
     max_batch: int = Field(default=1000, ge=1)
     """Most events in one ``POST /v1/events``."""

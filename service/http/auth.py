@@ -8,6 +8,10 @@ import hmac
 from common.errors import Forbidden, Unauthorized
 from service.settings import SidecarSettings
 
+_BLANKS = " \t"
+"""What may surround the token: HTTP's blanks only. ``str.strip()`` also takes U+0085 and U+00A0, which a header
+carries as latin-1, so ``Bearer \\x85`` became an empty token."""
+
 
 class Scope(enum.Enum):
     INGEST = "ingest"
@@ -33,9 +37,10 @@ class TokenAuth:
         if not self.enabled:
             return
         scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip(_BLANKS)
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("authorization: send 'Authorization: Bearer <token>'", field="authorization")
-        presented = token.strip().encode()
+        presented = token.encode()
         if _known(presented, self._tokens[scope]):
             return
         if _known(presented, self._all):

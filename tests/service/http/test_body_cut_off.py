@@ -52,13 +52,13 @@ finally:
 """The app under uvicorn as ``vai-sidecar serve`` runs it (uvloop, httptools), with a 1 s graceful shutdown instead
 of serve's 10 s, printing the ingest counter once the server has stopped."""
 _HALF_SENT = [
-    b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     b'{"model": "digits", "request_id": "cut"',
-    b"PUT /v1/models/digits/reference HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000"
-    b'\r\n\r\n{"embeddings": [[0.1, ',
-    b"POST /v1/labels HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    b"PUT /v1/models/digits/reference HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 1000\r\n\r\n{"embeddings": [[0.1, ',
+    b"POST /v1/labels HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     b'{"labels": [',
-    b"POST /v1/cloudevents HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+    b"POST /v1/cloudevents HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
     b"ce-specversion: 1.0\r\nce-id: cut\r\nce-type: org.kubeflow.serving.inference.response\r\n\r\n"
     b'{"predictions": [',
 ]
