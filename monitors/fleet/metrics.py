@@ -13,6 +13,7 @@
 | ``vai_drift_calibration_failed`` | gauge | model | 1: last calibration failed or left detectors out |
 | ``vai_monitor_members`` | gauge | | monitor processes alive, as this one sees them |
 | ``vai_monitor_drift_configs`` | gauge | | distinct drift settings among the live monitors (above 1: they differ) |
+| ``vai_redis_used_memory_bytes``, ``vai_redis_maxmemory_bytes`` | gauge | | how full the shared Redis is |
 | ``vai_estimated_accuracy`` | gauge | model, version, cohort, value | accuracy estimated from confidences alone (ATC) |
 | ``vai_estimated_accuracy_predictions`` | gauge | model, version, cohort, value | recent predictions it is a share of |
 | ``vai_estimated_accuracy_fitted_on`` | gauge | model, version, cohort, value | labels its threshold was fitted on |

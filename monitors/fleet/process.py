@@ -34,6 +34,7 @@ from monitors.fleet.owned import OwnedModel
 from monitors.fleet.owned_models import READER_CONNECTIONS, OwnedModels
 from monitors.fleet.persistence import warn_if_unpersisted
 from monitors.fleet.projection import ProjectionPool, UmapSettings
+from monitors.fleet.redis_memory import RedisMemory
 from monitors.fleet.settings import MonitorSettings
 from monitors.prediction_window import PredictionWindow
 from monitors.window import WindowStore
@@ -72,6 +73,8 @@ class MonitorProcess:
         """Decides the cohort values the sidecars count by, in Redis; what carries an undecided one waits in the
         windows until then."""
         self._cohort_task: asyncio.Task[None] | None = None
+        self.redis_memory = RedisMemory(self.redis, self.registry)
+        self._memory_task: asyncio.Task[None] | None = None
         self.quality = QualityCollector(store=self.windows, registry=self.registry)
         """Exports the figures each owned model's report was last computed with (a scrape computes nothing)."""
         self.states = DriftStates(self.redis, self.leases, config=settings.drift, metrics=self.drift_metrics)
@@ -128,6 +131,7 @@ class MonitorProcess:
         self.runner.start()
         self._renewals = asyncio.create_task(self.lease_round.keep_renewing(), name="monitor-renewals")
         self._task = asyncio.create_task(self._loop(), name="monitor-leases")
+        self._memory_task = asyncio.create_task(self.redis_memory.run(), name="redis-memory")
         if self.settings.cohort_keys:
             self._cohort_task = asyncio.create_task(self.cohorts.run(), name="cohort-admission")
 
@@ -149,7 +153,9 @@ class MonitorProcess:
         if self.stopped:
             return
         self.stopped = True
-        tasks = [task for task in (self._task, self._renewals, self._cohort_task) if task is not None]
+        tasks = [
+            task for task in (self._task, self._renewals, self._cohort_task, self._memory_task) if task is not None
+        ]
         for task in tasks:
             task.cancel()
         if tasks:

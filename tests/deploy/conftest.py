@@ -14,6 +14,7 @@ from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
 from monitors.drift.metrics import DriftMetrics
 from monitors.fleet.metrics import MonitorMetrics
+from monitors.fleet.redis_memory import RedisMemory
 from monitors.window import WindowStore
 from sampler.metrics import SamplerMetrics
 from service.feed.writer import FeedWriter
@@ -60,6 +61,7 @@ def exported_names() -> frozenset[str]:
     # The worker runs as its own process (job vai-worker) with its own registry; names do not clash.
     WorkerMetrics(registry)
     MonitorMetrics(registry)
+    RedisMemory(cast("Redis", _NoRedis()), registry)
     FeedWriter(
         cast("Redis", _NoRedis()),
         FeedMetrics(registry),
