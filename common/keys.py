@@ -202,6 +202,12 @@ KSERVE_PENDING_INDEX = f"{PREFIX}:kserve-pending"
 (epoch s)."""
 
 
+def kserve_pending_of(model: str) -> str:
+    """Sorted set of ``model``'s waiting KServe requests (:func:`kserve_join_member`), scored by when their records
+    expire (epoch s, Redis's clock), with a TTL: what ``VAI_KSERVE_MAX_PENDING`` counts."""
+    return f"{KSERVE_PENDING_INDEX}:{model}"
+
+
 def kserve_join_member(model: str, namespace: str, ce_id: str) -> str:
     """A request's join scope: ``{model}:{len}:{namespace}:{ce_id}``. A ce-id is the caller's to choose (KServe takes
     it from the ``Ce-Id`` header), so it is unique only within one model and namespace. A model name holds no ``:``

@@ -7,6 +7,15 @@ Every key has a TTL (the retention); index entries older than the retention are
 trimmed on write. The sidecar marks an event ``queued`` when it is written to
 the stream, so it can be found before a worker explains it.
 
+Cohort values are indexed within the bounds of the metrics' cohort labels, or an event's 32 cohort pairs would each
+make a key that lives for the retention (200 events made 6,601): a pair is indexed only when its value is one the fleet
+admitted for that model and key (``keys.cohort_values``: the decisions of the cohort guard behind
+``vai_cohort_events_total``, ``monitors.cohort_admission``), which exist for the keys of ``VAI_COHORT_KEYS`` only, at
+most ``VAI_MAX_COHORT_VALUES`` per model and key. The save script reads them, so the sidecar's saves and the
+attribution worker's index alike. A value not admitted yet when its event is queued (its first events, until the next
+decision round: 50 ms) is indexed by a later save of the record, the worker's. Every pair stays in the record's
+summary; a list filter on a key that is not indexed is refused by the reader.
+
 A list request reads the smallest of its filters' indices and checks the others by membership (``ZMSCORE``,
 one round trip a chunk), so only summaries that match every filter are fetched and parsed; it examines at most
 ``examine_max`` index entries, and when that bound comes first it answers what it found with a cursor from where
@@ -49,10 +58,14 @@ log = logging.getLogger(__name__)
 _SAVE = f"""
 if redis.call('HGET', KEYS[1], '{keys.EXPLANATION_STATUS}') == '{keys.EXPLANATION_DONE}' then return 0 end
 if ARGV[1] == 'queued' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fixed = tonumber(ARGV[9])
 for i = 2, #KEYS - 1 do
-  redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[7])
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
+  local pair = i - fixed - 1
+  if pair < 0 or (pair % 2 == 0 and redis.call('SISMEMBER', KEYS[i + 1], ARGV[10 + pair / 2]) == 1) then
+    redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[7])
+    redis.call('EXPIRE', KEYS[i], ARGV[4])
+  end
 end
 redis.call('HSET', KEYS[1], '{keys.EXPLANATION_STATUS}', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -60,7 +73,10 @@ redis.call('SADD', KEYS[#KEYS], ARGV[8])
 return 1
 """
 """A ``done`` record is final: a later save of any status (a redelivered entry explained again) changes nothing.
-Indices first: a score Redis refuses fails the script before the record exists (scripts do not roll back)."""
+Indices first: a score Redis refuses fails the script before the record exists (scripts do not roll back).
+``KEYS[2..ARGV[9]]`` are the record's indices; after them come, per cohort pair, its value's index and the fleet's
+set of admitted values of its key (``ARGV[10..]``: the values, in order): the index is written only when the value is
+a member."""
 
 EXAMINE_MAX = 5_000
 """Index entries one list request examines at most (entries skipped as before its cursor do not count). A filter
@@ -75,15 +91,28 @@ _WARNED_MAX = 1024
 
 
 def _index_keys(summary: ExplanationSummary) -> list[str]:
+    """The indices a record is always written to (its cohort values' are written only if admitted: ``_SAVE``)."""
     model = summary.model
     found = [keys.explanation_index(model)]
     found += [keys.explanation_index(model, "reason", reason) for reason in summary.reasons]
-    found += [keys.explanation_index(model, "cohort", f"{k}={v}") for k, v in sorted(summary.cohort.items())]
     found.append(keys.explanation_index(model, "predicted", str(summary.predicted)))
     found.append(keys.explanation_index(model, "version", summary.model_version))
     if summary.status == "done":
         found.append(keys.explanation_index(model, "status", "done"))
     return found
+
+
+def _cohort_index_keys(summary: ExplanationSummary) -> tuple[list[str], list[str]]:
+    """Per cohort pair of ``summary``, its value's index and the set of its key's admitted values (alternating); and
+    the values."""
+    pairs = sorted(summary.cohort.items())
+    found: list[str] = []
+    for key, value in pairs:
+        found += [
+            keys.explanation_index(summary.model, "cohort", f"{key}={value}"),
+            keys.cohort_values(summary.model, key),
+        ]
+    return found, [value for _, value in pairs]
 
 
 class ScannedPage(ExplanationPage):
@@ -131,11 +160,12 @@ class ExplanationStore:
             if not math.isfinite(getattr(summary, name)):
                 raise InvalidInput(f"{name}: must be a finite number to store an explanation", field=name)
         index_keys = _index_keys(summary)
+        cohort_keys, cohort_values = _cohort_index_keys(summary)
         cutoff = time.time() - self._ttl_s
         queue_script(
             pipe,
             _SAVE,
-            [keys.explanation(summary.model, summary.request_id), *index_keys, keys.EXPLAINED_MODELS],
+            [keys.explanation(summary.model, summary.request_id), *index_keys, *cohort_keys, keys.EXPLAINED_MODELS],
             [
                 summary.status,
                 summary.model_dump_json(),
@@ -145,8 +175,20 @@ class ExplanationStore:
                 summary.request_id,
                 cutoff,
                 summary.model,
+                len(index_keys) + 1,
+                *cohort_values,
             ],
         )
+
+    async def cohort_admitted(self, model: str, key: str, value: str) -> tuple[bool, int]:
+        """Whether the fleet admitted ``value`` of ``model``'s cohort ``key`` (so indexes it), and how many values of
+        the key it admitted: at ``VAI_MAX_COHORT_VALUES``, a value not among them is refused for good."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sismember(keys.cohort_values(model, key), value)
+        pipe.scard(keys.cohort_values(model, key))
+        with _reading():
+            admitted, size = await execute(pipe)
+        return bool(admitted), int(size)
 
     async def get(self, model: str, request_id: str) -> ExplanationRecord | None:
         """The stored record; None when there is none, or it no longer parses (logged once)."""

@@ -171,6 +171,10 @@ class SidecarSettings(RoleSettings):
     """Recent request ids remembered per model to reject duplicates (0 disables)."""
     kserve_join_ttl_s: int = Field(default=60, ge=1)
     """How long a KServe request waits in Redis for its response (``POST /v1/cloudevents``); later, it is an orphan."""
+    kserve_max_pending: int = Field(default=10_000, ge=1)
+    """Most KServe requests of one model waiting in Redis for their responses, across replicas: a request past it is
+    not stored (counted ``pending_full``, answered 200) and its response is monitored without its inputs. Anyone who
+    can post CloudEvents could otherwise send requests whose responses never come until Redis is full."""
     kserve_open: bool = False
     """``POST /v1/cloudevents`` takes events without a token (KServe's logger cannot send one); every other route
     keeps its tokens. Anyone who reaches the port can then post events of the mapped models: let a Kubernetes

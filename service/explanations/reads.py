@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 
 from pydantic_core import to_json
 
-from common.errors import NotFound
+from common.errors import InvalidInput, NotFound
 from sampler.explanation_records import SanityFigure
 from sampler.explanations import ExplanationStore, ScannedPage
 from sampler.verdicts import LatestSanity, MethodTrustReport, method_trust_report
@@ -32,25 +32,58 @@ worker thread."""
 
 class ExplanationReads:
     """One request's reads of the stored explanations. ``known_here``: the models this sidecar took events of;
-    ``cohort_keys``: its ``VAI_COHORT_KEYS``, which tell where a ``key:value`` filter whose key holds ``:`` splits."""
+    ``cohort_keys``: its ``VAI_COHORT_KEYS``, the cohort keys indexed, which also tell where a ``key:value`` filter
+    whose key holds ``:`` splits; ``max_cohort_values``: its ``VAI_MAX_COHORT_VALUES``."""
 
-    def __init__(self, store: ExplanationStore, *, known_here: Collection[str], cohort_keys: Collection[str]) -> None:
+    def __init__(
+        self,
+        store: ExplanationStore,
+        *,
+        known_here: Collection[str],
+        cohort_keys: Collection[str],
+        max_cohort_values: int,
+    ) -> None:
         self._store = store
         self._known_here = known_here
         self._cohort_keys = cohort_keys
+        self._max_cohort_values = max_cohort_values
 
     async def listing(self, params: Mapping[str, str]) -> bytes:
         """The page ``params`` ask for, as the JSON of :class:`ExplanationListPublic`. 422 naming a bad parameter;
         404 naming ``model`` when nothing matches and the fleet does not know the model (a typo is not "no
-        explanations yet"); an empty page for a known model without (matching) explanations."""
+        explanations yet"); an empty page for a known model without (matching) explanations. A cohort filter on a
+        key that is not indexed (not in ``VAI_COHORT_KEYS``), or with an empty page on a value the fleet refused (so
+        never indexed: ``sampler.explanations``), is a 422 naming ``cohort``: "nothing matches" could be untrue."""
         models = [] if params.get("model") else await self._store.models()
         query = parse_query(params, models=models, cohort_keys=self._cohort_keys)
+        if query.cohort is not None and query.cohort[0] not in self._cohort_keys:
+            await self.require_known(query.model)  # a typo of the model is named first, as for every filter
+            raise InvalidInput(
+                f"cohort: the key {query.cohort[0]!r} is not indexed: explanations are listed by the cohort keys of "
+                f"VAI_COHORT_KEYS only ({', '.join(map(repr, self._cohort_keys)) or 'none set'})",
+                field="cohort",
+            )
         page = await self._store.query(query)
         if not page.items:
             await self.require_known(query.model)
+            if query.cohort is not None and page.complete:
+                await self._require_admitted(query.model, *query.cohort)
         if len(page.items) <= SERIALISED_ON_THE_LOOP:
             return _listing_json(page)
         return await asyncio.to_thread(_listing_json, page)
+
+    async def _require_admitted(self, model: str, key: str, value: str) -> None:
+        """Return unless the fleet refused ``value`` of ``model``'s ``key`` (it admitted ``VAI_MAX_COHORT_VALUES``
+        others), so never indexed it; else the 422 naming ``cohort``."""
+        admitted, size = await self._store.cohort_admitted(model, key, value)
+        if admitted or size < self._max_cohort_values:
+            return
+        raise InvalidInput(
+            f"cohort: the value {value!r} of {key!r} is not indexed: the fleet admitted VAI_MAX_COHORT_VALUES="
+            f"{self._max_cohort_values} other values of it for {model!r} first (it counts as __other__); list without "
+            "this filter",
+            field="cohort",
+        )
 
     async def method_report(self, model: str, *, limit: int) -> MethodTrustReport:
         """Per method over the model's latest ``limit`` done explanations, with its latest sanity check; an empty

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ import orjson
 
 from common.errors import BadRequest, InvalidInput
 from common.numbers import ascii_decimal
+from service.events.schemas import MAX_COHORT_TEXT
 from service.http.body import refuse_lone_surrogates
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -48,6 +49,12 @@ class CloudEvent:
     endpoint: str
     time: str | None
     metadata: dict[str, str]
+    """The ``ce-metadata`` values the mapping reads (its ``cohort_metadata`` and ``label_metadata`` keys), each of
+    at most ``MAX_COHORT_TEXT`` characters; other keys are never kept (they could fill Redis with the pending
+    request's record)."""
+    overlong: frozenset[str]
+    """The keys the mapping reads whose value was longer than ``MAX_COHORT_TEXT``: left out of :attr:`metadata`, and
+    counted as the part they were for (``cohort``, ``label``), as an over-long value always was."""
     payload: bytes | dict[str, Any]
     """The payload's bytes, or in structured mode its ``data`` object, already parsed."""
     header_length: str | None
@@ -55,6 +62,11 @@ class CloudEvent:
 
 MAX_EVENT_ID = 120
 """Longest ``ce-id``: its events' request ids, ``{ce-id}:{instance}``, must fit the 128 characters of one."""
+MAX_NAMESPACE = 63
+"""Longest ``ce-namespace``: a Kubernetes namespace is a DNS label (63 characters at most). It is part of a pending
+request's Redis key and index member, so a longer one is refused rather than stored."""
+SHOWN = 64
+"""Characters of a refused attribute value repeated in its error (the rest is elided: a header may be megabytes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +98,9 @@ def read_attributes(headers: Mapping[str, str], body: bytes) -> Attributes:
     return Attributes(values, body, headers.get(HEADER_LENGTH), "ce-")
 
 
-def read_event(attributes: Attributes) -> CloudEvent:
-    """The CloudEvent, its attributes checked; a ``BadRequest`` or ``InvalidInput`` naming the one at fault."""
+def read_event(attributes: Attributes, metadata_keys: Collection[str] = ()) -> CloudEvent:
+    """The CloudEvent, its attributes checked; a ``BadRequest`` or ``InvalidInput`` naming the one at fault.
+    ``metadata_keys``: the ``ce-metadata`` keys its model's mapping reads, the only ones kept."""
     values, prefix = attributes.values, attributes.prefix
     for name in ("specversion", "id", "type"):
         if values.get(name) in (None, ""):
@@ -104,12 +117,21 @@ def read_event(attributes: Attributes) -> CloudEvent:
             field=f"{prefix}id",
         )
     if values["specversion"] != "1.0":
-        raise BadRequest(f"{prefix}specversion: {values['specversion']!r} is not 1.0", field=f"{prefix}specversion")
+        raise BadRequest(
+            f"{prefix}specversion: {shown(values['specversion'])} is not 1.0", field=f"{prefix}specversion"
+        )
     if values["type"] not in (REQUEST_TYPE, RESPONSE_TYPE):
         raise BadRequest(
-            f"{prefix}type: {values['type']!r} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}", field=f"{prefix}type"
+            f"{prefix}type: {shown(values['type'])} is neither {REQUEST_TYPE} nor {RESPONSE_TYPE}",
+            field=f"{prefix}type",
         )
-    metadata = _metadata(values.get("metadata"), f"{prefix}metadata")
+    namespace = _text(values, "namespace")
+    if len(namespace) > MAX_NAMESPACE or not namespace.isprintable():
+        raise BadRequest(
+            f"{prefix}namespace: must be at most {MAX_NAMESPACE} printable characters (a Kubernetes namespace)",
+            field=f"{prefix}namespace",
+        )
+    metadata, overlong = _metadata(values.get("metadata"), f"{prefix}metadata", metadata_keys)
     payload: bytes | dict[str, Any]
     if attributes.body is not None:
         payload, header_length = attributes.body, attributes.header_length
@@ -119,14 +141,20 @@ def read_event(attributes: Attributes) -> CloudEvent:
         id=event_id,
         is_request=values["type"] == REQUEST_TYPE,
         service=attributes.service,
-        namespace=_text(values, "namespace"),
+        namespace=namespace,
         component=_text(values, "component") or "predictor",
         endpoint=str(values.get("endpoint") or "default"),
         time=values["time"] if isinstance(values.get("time"), str) else None,
         metadata=metadata,
+        overlong=overlong,
         payload=payload,
         header_length=header_length,
     )
+
+
+def shown(value: str) -> str:
+    """``value`` as an error repeats it: quoted, and at most ``SHOWN`` characters of it."""
+    return repr(value) if len(value) <= SHOWN else f"{value[:SHOWN]!r}… ({len(value)} characters)"
 
 
 def _text(attributes: dict[str, Any], name: str) -> str:
@@ -163,24 +191,33 @@ def _structured_payload(attributes: dict[str, Any]) -> tuple[bytes | dict[str, A
     return payload, str(length) if length is not None else None
 
 
-def _metadata(value: Any, field: str) -> dict[str, str]:
-    """``ce-metadata``: JSON of header name -> value, or -> list of values as KServe sends it (first kept)."""
+def _metadata(value: Any, field: str, wanted: Collection[str]) -> tuple[dict[str, str], frozenset[str]]:
+    """``ce-metadata``: JSON of header name -> value, or -> list of values as KServe sends it (first kept). Only the
+    ``wanted`` keys are kept, each value of at most ``MAX_COHORT_TEXT`` characters; the wanted keys whose value is
+    longer are returned apart. The whole document is parsed all the same, so malformed JSON is refused whatever it
+    holds."""
     if value is None or value == "":
-        return {}
+        return {}, frozenset()
     try:
         document = orjson.loads(value) if isinstance(value, str) else value  # refuses lone surrogate escapes
     except ValueError:
         raise BadRequest(f"{field}: not valid JSON", field=field) from None
     if document is None:  # JSON null: no metadata, as an absent attribute
-        return {}
+        return {}, frozenset()
     if not isinstance(document, dict):
         raise BadRequest(f"{field}: must be a JSON object", field=field)
     metadata: dict[str, str] = {}
-    for key, item in document.items():
+    overlong: set[str] = set()
+    for key in wanted:
+        item = document.get(key)
         first = item[0] if isinstance(item, list) and item else item
-        if isinstance(first, str):
-            metadata[str(key)] = first
-    return metadata
+        if not isinstance(first, str):
+            continue
+        if len(first) > MAX_COHORT_TEXT:
+            overlong.add(key)
+        else:
+            metadata[key] = first
+    return metadata, frozenset(overlong)
 
 
 def payload_document(event: CloudEvent) -> tuple[dict[str, Any], bytes]:

@@ -42,18 +42,20 @@ def events_body(
     ``inputs``: the request's, one per prediction, when kept and matching in number (``None`` for an instance whose
     input was unusable); ``embedding_width``: the model's, once known (an embedding
     of another width would have its event refused, and the prediction with it)."""
-    metadata = {**(record.get("metadata") or {} if record is not None else {}), **event.metadata}
+    metadata, overlong = _metadata(record, event)
     common: dict[str, Any] = {
         "model": model,
         "model_version": _version(prediction, event),
     }
     cohort = {key: metadata[key] for key in mapping.cohort_metadata if key in metadata}
     unusable = [key for key, value in cohort.items() if not 1 <= len(value) <= MAX_COHORT_TEXT]
+    unusable += [key for key in mapping.cohort_metadata if key in overlong]
     for key in unusable:  # an event with such a value would be refused whole, and the prediction lost
-        del cohort[key]
+        cohort.pop(key, None)
     if cohort:
         common["cohort"] = cohort
     label = metadata.get(mapping.label_metadata) if mapping.label_metadata is not None else None
+    label_sent = label is not None or mapping.label_metadata in overlong
     label_index = None if label is None else ascii_decimal(label.strip(), max_digits=9)
     timestamp = _timestamp(event)
     if timestamp is not None:
@@ -67,7 +69,7 @@ def events_body(
         item = {**common, "request_id": f"{event.id}:{index}", mapping.scores_are: _compact(scores)}
         if label_index is not None and label_index < scores.shape[-1]:
             item["label"] = label_index
-        elif label is not None:  # no class of this prediction: the event is monitored without it
+        elif label_sent:  # no class of this prediction: the event is monitored without it
             dropped.append("label")
         if embeddings is not None and embeddings[index] is not None:
             item["embedding"] = _compact(embeddings[index])
@@ -80,6 +82,21 @@ def events_body(
         events.append(item)
         dropped.extend(left_out)
     return orjson.dumps({"events": events}), dropped
+
+
+def _metadata(record: dict[str, Any] | None, event: CloudEvent) -> tuple[dict[str, str], set[str]]:
+    """The ``ce-metadata`` values of a response and of its request's record (the response's win, key by key), and
+    the keys whose value was too long to keep (:attr:`CloudEvent.overlong`). A record stored by an earlier release
+    may hold any key at any length: ``events_body`` still checks each value it uses."""
+    stored = record.get("metadata") if record is not None else None
+    listed = record.get("overlong") if record is not None else None
+    metadata = (
+        {key: value for key, value in stored.items() if isinstance(value, str)} if isinstance(stored, dict) else {}
+    )
+    overlong = {key for key in listed if isinstance(key, str)} if isinstance(listed, list) else set()
+    for key in event.overlong:
+        metadata.pop(key, None)
+    return metadata | event.metadata, (overlong - event.metadata.keys()) | event.overlong
 
 
 def ingested(ingest: IngestHandler, body: bytes, prediction: Prediction, ce_id: str) -> IngestResult:

@@ -6,7 +6,10 @@ two halves may reach different replicas, so they meet in Redis under
 ``keys.kserve_pending(model, namespace, ce_id)`` (a ce-id is the caller's to choose, so it is unique only
 within one InferenceService):
 
-- a request stores its model inputs there (``SET NX EX``) and its id in ``keys.KSERVE_PENDING_INDEX``;
+- a request stores its model inputs and the ``ce-metadata`` values its mapping reads there (``SET EX``, unless
+  something is there already) and its id in ``keys.KSERVE_PENDING_INDEX``, unless ``VAI_KSERVE_MAX_PENDING`` of
+  its model's requests wait already (``pending_full``: anyone who reaches ``/v1/cloudevents`` can send requests
+  that never get a response);
 - a response takes them (``GETDEL``) in one transaction that leaves a marker in their place, then
   ingests one event per instance (request ids ``{ce-id}:{i}``) through the ordinary data plane;
   with no request waiting it is ingested at once without inputs (monitored, not explainable);
@@ -22,7 +25,9 @@ within one InferenceService):
 Only the mapped component's events (``kserve.component``, default ``predictor``) are read: a transformer's
 request and response are the same inference seen from outside, and counted as ``other_component``.
 
-This module owns the stored record's format (``{"v": 1, "inputs", "metadata"}``) and its keys.
+This module owns the stored record's format (``{"v": 1, "inputs", "input_unusable", "metadata", "overlong"}``:
+``overlong`` lists the mapped keys whose value was too long to keep, absent in records of earlier releases, which
+ignore it) and its keys.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from common.errors import (
 )
 from common.redis import REDIS_FAILED, execute, queue_script
 from service.ingest.handler import IngestHandler, IngestResult, Rejection
-from service.kserve.cloudevents import CloudEvent, read_attributes, read_event
+from service.kserve.cloudevents import SHOWN, CloudEvent, read_attributes, read_event, shown
 from service.kserve.instances import events_body, ingested
 from service.kserve.payloads import Array, request_inputs, response_prediction
 from service.metrics import KServeMetrics
@@ -61,20 +66,27 @@ MARKER = b"answered"
 GRACE_S = 2.0
 """Past its key's TTL, an orphan is counted only after this, so a response just in time is never counted twice."""
 _STORE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  local now = redis.call('TIME')
-  redis.call('ZADD', KEYS[2], 'NX', now[1] + now[2] / 1000000 + ARGV[4], ARGV[3])
-  return {1}
-end
-return {0, redis.call('GET', KEYS[1])}
+local current = redis.call('GET', KEYS[1])
+if current then return {0, current} end
+local now = redis.call('TIME')
+now = now[1] + now[2] / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return {2} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], 'NX', now + ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[3], now + ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[2] + 1)
+return {1}
 """
 """Store a request's record (``ARGV[1]``, for ``ARGV[2]`` seconds) at ``KEYS[1]`` unless something is there (its
 own record already, or the marker of its response), and only then index its join member ``ARGV[3]`` in ``KEYS[2]``,
 due ``ARGV[4]`` seconds from now by Redis's clock: at once, so a response arriving meanwhile always finds the entry to
-remove, and never for a request whose response came first (the sweep would count it expired as well). Returns
-``{1}`` when stored, else ``{0, what is there}``. A script that reads TIME and then writes must be replicated by its
-effects: the default since Redis 5 (GETDEL needs 6.2 already), so no ``redis.replicate_commands()``, as in
-``monitors.fleet.lease``."""
+remove, and never for a request whose response came first (the sweep would count it expired as well). ``KEYS[3]``
+(:func:`keys.kserve_pending_of`) holds the model's pending members scored by when their keys expire: those past are
+trimmed first, and with ``ARGV[5]`` (``VAI_KSERVE_MAX_PENDING``) left the request is not stored. Returns ``{1}``
+when stored, ``{2}`` when the model has as many pending, else ``{0, what is there}``. A script that reads TIME and
+then writes must be replicated by its effects: the default since Redis 5 (GETDEL needs 6.2 already), so no
+``redis.replicate_commands()``, as in ``monitors.fleet.lease``."""
 _SWEEP = """
 local now = redis.call('TIME')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now[1] + now[2] / 1000000 + ARGV[2], 'LIMIT', 0, ARGV[1])
@@ -83,6 +95,8 @@ return due
 """
 """Take at most ``ARGV[1]`` members due by Redis's clock (``ARGV[2]`` seconds ahead of it) out of the index, at once:
 each is returned to one sweeping replica only."""
+_STORED = {1: "request_stored", 2: "pending_full"}
+"""The outcome of a request by the store script's answer (0, something there already: by what is there)."""
 UNMAPPED = "__unmapped__"
 """The ``model`` label of events refused before a model was known."""
 
@@ -108,6 +122,7 @@ class KServeLogger:
         registry: CollectorRegistry,
     ) -> None:
         self._redis = redis
+        self._max_pending = settings.kserve_max_pending
         self._ingest = ingest
         self._ttl_s = settings.kserve_join_ttl_s
         self._max_batch = settings.max_batch
@@ -116,6 +131,8 @@ class KServeLogger:
             for name, section in settings.models.items()
             if section.kserve is not None
         }
+        self._metadata_keys = {name: _metadata_keys(mapping) for name, mapping in self._mappings.values()}
+        """Per model, the ``ce-metadata`` keys its mapping reads: the only ones a CloudEvent keeps."""
         metrics = KServeMetrics(registry)
         self.events = metrics.events
         self.dropped = metrics.dropped
@@ -148,7 +165,7 @@ class KServeLogger:
         try:
             attributes = read_attributes(headers, body)
             model = self._model_of(attributes.service)  # a malformed CloudEvent still counts against its model
-            event = read_event(attributes)
+            event = read_event(attributes, self._metadata_keys.get(model, ()))
             model, mapping = self._mapping(event)
             if event.component != mapping.component:
                 self.events.labels(model, "other_component").inc()
@@ -172,8 +189,9 @@ class KServeLogger:
         found = self._mappings.get(event.service)
         if found is None:
             raise InvalidInput(
-                f"ce-inferenceservicename: no model section maps {event.service!r}; add "
-                f"[models.{event.service}.kserve] with at least scores_are (or kserve.service naming it) to the config",
+                f"ce-inferenceservicename: no model section maps {shown(event.service)}; add "
+                f"[models.{event.service if len(event.service) <= SHOWN else 'NAME'}.kserve] with at least scores_are "
+                "(or kserve.service naming it) to the config",
                 field="ce-inferenceservicename",
             )
         return found
@@ -192,32 +210,37 @@ class KServeLogger:
                 "inputs": None if rows is None else [None if row is None else _encoded(row) for row in rows],
                 "input_unusable": inputs is not None and rows is None,
                 "metadata": event.metadata,
+                "overlong": sorted(event.overlong),
             }
         )
         try:
             stored, current = await self._store(model, event, record)
         except REDIS_FAILED:
-            if _keeps(mapping, event, rows):
+            if _keeps(event, rows):
                 raise RedisUnavailable(
                     "redis is unavailable: KServe requests cannot wait for their responses"
                 ) from None
             self.events.labels(model, "redis_unavailable").inc()  # 200: its response is monitored all the same
             return _reply("redis_unavailable", model, event.id)
-        outcome = "request_stored" if stored else "request_dropped" if current == MARKER else "duplicate"
+        outcome = _STORED.get(stored) or ("request_dropped" if current == MARKER else "duplicate")
         self.events.labels(model, outcome).inc()
         return _reply(outcome, model, event.id)
 
-    async def _store(self, model: str, event: CloudEvent, record: bytes) -> tuple[bool, Any]:
-        """Store a request's record unless one (or the marker of its response) is there; whether it was, and what
-        is there now."""
+    async def _store(self, model: str, event: CloudEvent, record: bytes) -> tuple[int, Any]:
+        """Store a request's record unless one (or the marker of its response) is there, or
+        ``VAI_KSERVE_MAX_PENDING`` of the model's wait already; what the script answered (1 stored, 2 too many
+        pending, 0 something there) and what is there now."""
         key = keys.kserve_pending(model, event.namespace, event.id)
         member = keys.kserve_join_member(model, event.namespace, event.id)
         pipe = self._redis.pipeline(transaction=False)
         queue_script(
-            pipe, _STORE, [key, keys.KSERVE_PENDING_INDEX], [record, self._ttl_s, member, self._ttl_s + GRACE_S]
+            pipe,
+            _STORE,
+            [key, keys.KSERVE_PENDING_INDEX, keys.kserve_pending_of(model)],
+            [record, self._ttl_s, member, self._ttl_s + GRACE_S, self._max_pending],
         )
         ((stored, *current),) = await execute(pipe)
-        return bool(stored), current[0] if current else record
+        return int(stored), current[0] if current else None
 
     async def _response(self, model: str, mapping: KServeMapping, event: CloudEvent) -> KServeReply:
         prediction = response_prediction(event, mapping)
@@ -260,8 +283,10 @@ class KServeLogger:
         pipe = self._redis.pipeline(transaction=True)
         pipe.getdel(key)
         pipe.set(key, MARKER, ex=self._ttl_s)
-        pipe.zrem(keys.KSERVE_PENDING_INDEX, keys.kserve_join_member(model, event.namespace, event.id))
-        previous, _, _ = await execute(pipe)
+        member = keys.kserve_join_member(model, event.namespace, event.id)
+        pipe.zrem(keys.KSERVE_PENDING_INDEX, member)
+        pipe.zrem(keys.kserve_pending_of(model), member)
+        previous, *_ = await execute(pipe)
         return previous if isinstance(previous, bytes) else None
 
     async def sweep(self, *, ahead_s: float = 0.0, limit: int = 1000) -> int:
@@ -303,10 +328,16 @@ def _encoded(row: Array) -> Any:
     return EncodedArray.of(row).model_dump(mode="json")
 
 
-def _keeps(mapping: KServeMapping, event: CloudEvent, rows: list[Array | None] | None) -> bool:
-    """Whether a request holds anything for its response: a usable input, or metadata the mapping reads."""
+def _metadata_keys(mapping: KServeMapping) -> tuple[str, ...]:
+    """The ``ce-metadata`` keys ``mapping`` reads: its cohort keys and its label key."""
     wanted = [*mapping.cohort_metadata, *([] if mapping.label_metadata is None else [mapping.label_metadata])]
-    return any(row is not None for row in rows or ()) or any(key in event.metadata for key in wanted)
+    return tuple(dict.fromkeys(wanted))
+
+
+def _keeps(event: CloudEvent, rows: list[Array | None] | None) -> bool:
+    """Whether a request holds anything for its response: a usable input, or metadata the mapping reads (the only
+    metadata a CloudEvent keeps)."""
+    return any(row is not None for row in rows or ()) or bool(event.metadata)
 
 
 def _record(value: bytes | None) -> dict[str, Any] | None:

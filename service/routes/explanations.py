@@ -31,7 +31,10 @@ RequestIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 def _reads(sidecar: Sidecar) -> ExplanationReads:
     return ExplanationReads(
-        sidecar.explanations, known_here=sidecar.ingest.known_models, cohort_keys=sidecar.settings.cohort_keys
+        sidecar.explanations,
+        known_here=sidecar.ingest.known_models,
+        cohort_keys=sidecar.settings.cohort_keys,
+        max_cohort_values=sidecar.settings.max_cohort_values,
     )
 
 
@@ -48,7 +51,7 @@ async def list_explanations(
     reason: Annotated[str | None, Query(description="every_n, low_confidence, low_margin or flagged_cohort")] = None,
     cohort: Annotated[
         str | None,
-        Query(description="key=value (or key:value), e.g. region=eu; all: no cohort filter"),
+        Query(description="key=value (or key:value), e.g. region=eu, its key one of VAI_COHORT_KEYS; all: no filter"),
     ] = None,
     predicted: Annotated[str | None, Query(description="Predicted class index")] = None,
     since: Annotated[str | None, Query(description="Epoch seconds or RFC 3339 with a UTC offset")] = None,

@@ -92,7 +92,7 @@ def test_sampled_events_become_explanations_with_every_method(
     redis_client: redis.Redis,
 ) -> None:
     settings = worker_settings()
-    client = make_client(sampling=SAMPLE_EVERY_EVENT)
+    client = make_client(sampling=SAMPLE_EVERY_EVENT, cohort_keys=("region",))  # the keys the list filters by
     images, labels = digits_split.test.features[:6], digits_split.test.labels[:6]
     logits = served_logits(digits_path, images)
     events = [image_event(i, images[i], logits[i], label=int(labels[(i + 1) % 6])) for i in range(6)]

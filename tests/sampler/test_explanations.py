@@ -37,6 +37,13 @@ async def store(redis_url: str) -> AsyncIterator[ExplanationStore]:
     await client.aclose()
 
 
+def admit_regions(client: redis.Redis, *values: str) -> None:
+    """The fleet's decision that these ``region`` values of ``digits`` are labelled (``monitors.cohort_admission``,
+    which gives the set a TTL): only those are indexed."""
+    client.sadd(keys.cohort_values("digits", "region"), *values)
+    client.expire(keys.cohort_values("digits", "region"), 3600)
+
+
 def summary(request_id: str, timestamp: float, **fields: object) -> ExplanationSummary:
     values: dict[str, object] = {
         "model": "digits",
@@ -83,7 +90,8 @@ async def test_failed_record_is_replaced_by_a_later_success(store: ExplanationSt
     assert stored is not None and stored.summary.status == "done" and stored.detail.error is None
 
 
-async def test_filters_and_pages_newest_first(store: ExplanationStore) -> None:
+async def test_filters_and_pages_newest_first(store: ExplanationStore, redis_client: redis.Redis) -> None:
+    admit_regions(redis_client, "eu", "us")
     for i in range(10):
         await store.save(
             ExplanationRecord(
@@ -128,6 +136,7 @@ async def test_entries_older_than_the_retention_are_trimmed(store: ExplanationSt
 
 
 async def test_every_key_has_a_ttl(store: ExplanationStore, redis_client: redis.Redis) -> None:
+    admit_regions(redis_client, "eu")
     await store.save(ExplanationRecord(summary=summary("a", 10.0, cohort={"region": "eu"})))
     for key in redis_client.keys("vai:*"):
         if key != b"vai:expl-models":

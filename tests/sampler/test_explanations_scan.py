@@ -21,8 +21,9 @@ BOUND = 40
 
 
 @pytest.fixture
-async def make_store(redis_url: str) -> AsyncIterator[Callable[..., ExplanationStore]]:
+async def make_store(redis_url: str, redis_client: redis.Redis) -> AsyncIterator[Callable[..., ExplanationStore]]:
     client = connect(redis_url, timeout_s=2.0)
+    redis_client.sadd(keys.cohort_values("digits", "region"), "eu", "us", "apac")  # admitted by the fleet: indexed
     yield lambda **options: ExplanationStore(client, ttl_s=3600, **options)
     await client.aclose()
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from common import keys
 from common.redis import connect
-from helpers import event
+from helpers import event, wait_until
 from sampler.explanation_records import ExplanationRecord, ExplanationSummary, WorkerPrediction
 from sampler.explanations import ExplanationStore, ScannedPage
 from sampler.verdicts import MethodTrust, Verdict
@@ -91,19 +91,24 @@ def test_a_known_model_without_explanations_has_an_empty_complete_page(
     assert (response.json()["items"], response.json()["complete"]) == ([], True)
 
 
-def test_a_filter_matching_nothing_of_a_known_model_is_an_empty_page(client: TestClient, redis_url: str) -> None:
+def test_a_filter_matching_nothing_of_a_known_model_is_an_empty_page(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
     _save(redis_url, _summary("a", 1.0, cohort={"region": "eu"}))
 
-    response = client.get("/v1/explanations", params={"model": "digits", "cohort": "region=us"})
+    response = make_client(cohort_keys=("region",)).get(
+        "/v1/explanations", params={"model": "digits", "cohort": "region=us"}
+    )
 
     assert response.status_code == 200, response.text
     assert (response.json()["items"], response.json()["complete"]) == ([], True)
 
 
 @pytest.fixture
-def colon_keys(make_client: Callable[..., TestClient], redis_url: str) -> TestClient:
+def colon_keys(make_client: Callable[..., TestClient], redis_url: str, redis_client: redis.Redis) -> TestClient:
     """A sidecar whose cohort key ``k8s:zone`` holds ``:``; one record of each of ``k8s:zone=eu``, ``k8s:zone=us``
-    and of the other key ``k8s`` with the value ``zone:eu``."""
+    and of the other key ``k8s`` (not allowlisted, so not indexed) with the value ``zone:eu``."""
+    redis_client.sadd(keys.cohort_values("digits", "k8s:zone"), "eu", "us")  # admitted by the fleet: indexed
     _save(
         redis_url,
         _summary("zone-eu", 1.0, cohort={"k8s:zone": "eu"}),
@@ -118,7 +123,6 @@ def colon_keys(make_client: Callable[..., TestClient], redis_url: str) -> TestCl
     [
         pytest.param("k8s:zone=eu", ["zone-eu"], id="key-with-colon-equals-spelling"),
         pytest.param("k8s:zone:eu", ["zone-eu"], id="key-with-colon-colon-spelling"),
-        pytest.param("k8s=zone:eu", ["k8s-zone-eu"], id="value-with-colon-equals-spelling"),
         pytest.param("all", ["k8s-zone-eu", "zone-us", "zone-eu"], id="all-filters-nothing"),
     ],
 )
@@ -131,6 +135,17 @@ def test_a_cohort_key_holding_a_colon_is_found_in_both_spellings(
 
     assert response.status_code == 200, response.text
     assert [item["request_id"] for item in response.json()["items"]] == found
+
+
+def test_a_value_holding_a_colon_is_read_as_one_and_its_key_named_when_it_is_not_indexed(
+    colon_keys: TestClient,
+) -> None:
+    """``k8s=zone:eu`` names the key ``k8s``, which is no key of VAI_COHORT_KEYS: not indexed, so refused."""
+    response = colon_keys.get("/v1/explanations", params={"model": "digits", "cohort": "k8s=zone:eu"})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "cohort"
+    assert response.json()["error"].startswith("cohort: the key 'k8s' is not indexed")
 
 
 @pytest.mark.parametrize("cohort", ["eu", "region:", "=eu", ":", ""])
@@ -194,3 +209,61 @@ def test_the_page_is_its_declared_schema_written_off_the_loop_when_large(
     body = large.json()
     assert len(body["items"]) == count and body["items"][0]["worker_prediction"]["matches"] is True
     assert body == ExplanationListPublic.model_validate(body).model_dump(mode="json")
+
+
+def _sampled_client(make_client: Callable[..., TestClient]) -> TestClient:
+    """A sidecar sampling every event of ``digits``, its cohort key ``region`` allowlisted with room for 2 values."""
+    models = {"digits": {"sampling": {"every_n": 1, "max_per_second": 100_000}}}
+    return make_client(models=models, cohort_keys=("region",), max_cohort_values=2)
+
+
+def _records(redis_client: redis.Redis, count: int) -> None:
+    wait_until(
+        lambda: len(list(redis_client.scan_iter("vai:expl:digits:*", count=1000))) >= count,
+        what=f"{count} sampled events' records",
+    )
+
+
+@pytest.mark.parametrize(
+    "cohort",
+    [pytest.param("zone=a", id="key-not-allowlisted"), pytest.param("zone:a", id="key-not-allowlisted-colon")],
+)
+def test_a_filter_on_a_cohort_key_that_is_not_indexed_is_a_422_naming_cohort_not_an_empty_page(
+    make_client: Callable[..., TestClient], redis_client: redis.Redis, cohort: str
+) -> None:
+    """Only the keys of VAI_COHORT_KEYS are indexed: a filter on another matched nothing and answered an empty,
+    complete page, as if no record held it."""
+    client = _sampled_client(make_client)
+    assert client.post("/v1/events", json=event("a", cohort={"zone": "a", "region": "eu"})).status_code == 202
+    _records(redis_client, 1)
+
+    response = client.get("/v1/explanations", params={"model": "digits", "cohort": cohort})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "cohort"
+    assert response.json()["error"] == (
+        "cohort: the key 'zone' is not indexed: explanations are listed by the cohort keys of VAI_COHORT_KEYS only "
+        "('region')"
+    )
+    unknown = client.get("/v1/explanations", params={"model": "digtis", "cohort": cohort})
+    assert (unknown.status_code, unknown.json()["field"]) == (404, "model")  # a typo of the model is named first
+
+
+def test_a_filter_on_an_admitted_value_lists_it_and_one_on_a_refused_value_is_a_422_naming_cohort(
+    make_client: Callable[..., TestClient], redis_client: redis.Redis
+) -> None:
+    client = _sampled_client(make_client)
+    for index, region in enumerate(["eu", "us", "apac"]):
+        assert client.post("/v1/events", json=event(f"first-{index}", cohort={"region": region})).status_code == 202
+    wait_until(lambda: redis_client.scard(keys.cohort_values("digits", "region")) == 2, what="the fleet's decision")
+    assert client.post("/v1/events", json=event("later-eu", cohort={"region": "eu"})).status_code == 202
+    _records(redis_client, 4)
+
+    listed = client.get("/v1/explanations", params={"model": "digits", "cohort": "region=eu"})
+    assert listed.status_code == 200, listed.text
+    assert "later-eu" in [item["request_id"] for item in listed.json()["items"]]
+
+    refused = client.get("/v1/explanations", params={"model": "digits", "cohort": "region=apac"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["field"] == "cohort"
+    assert refused.json()["error"].startswith("cohort: the value 'apac' of 'region' is not indexed")

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -83,7 +84,7 @@ def test_a_bad_cursor_is_a_422_naming_it(client: TestClient, redis_url: str, cur
 
 
 def test_a_filter_matching_nothing_examines_a_bounded_part_of_the_index_and_says_so(
-    client: TestClient, redis_client: redis.Redis
+    make_client: Callable[..., TestClient], redis_client: redis.Redis
 ) -> None:
     """The audit's request: cohort and predicted class that never meet, over indices larger than the bound (5,000
     entries examined per request): the empty page says the scan stopped, and its cursor continues it."""
@@ -96,6 +97,7 @@ def test_a_filter_matching_nothing_examines_a_bounded_part_of_the_index_and_says
     )
     redis_client.sadd(keys.EXPLAINED_MODELS, "digits")  # as the save script does with every record
     params = {"model": "digits", "cohort": "region:eu", "predicted": "99", "limit": "1"}
+    client = make_client(cohort_keys=("region",))
 
     first = client.get("/v1/explanations", params=params).json()
     assert (first["items"], first["examined"], first["complete"]) == ([], 5_000, False)

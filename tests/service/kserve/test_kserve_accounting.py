@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kserve_events import REQUEST, RESPONSE, outcome_count, post_event
+from kserve_events import REQUEST, RESPONSE, cloudevent_headers, outcome_count, post_event
 from prometheus_client import CollectorRegistry
 
 from helpers import serve_app, wait_until
@@ -51,6 +51,13 @@ def _without(name: str) -> dict[str, str]:
         pytest.param(_without("ce-specversion"), PREDICTIONS, "ce-specversion", id="no-ce-specversion"),
         pytest.param(GOOD | {"ce-specversion": "0.3"}, PREDICTIONS, "ce-specversion", id="bad-ce-specversion"),
         pytest.param(GOOD | {"ce-metadata": "{not json"}, PREDICTIONS, "ce-metadata", id="bad-ce-metadata"),
+        pytest.param(
+            GOOD | {"ce-metadata": json.dumps({"X-Other": ["x" * 1000]}) + "x"},
+            PREDICTIONS,
+            "ce-metadata",
+            id="bad-ce-metadata-of-unread-keys",
+        ),
+        pytest.param(GOOD | {"ce-namespace": "n" * 64}, PREDICTIONS, "ce-namespace", id="ce-namespace-too-long"),
         pytest.param(STRUCTURED, _structured(), "data", id="structured-without-data"),
         pytest.param(STRUCTURED, _structured(id=7, data=PREDICTIONS), "id", id="structured-numeric-id"),
     ],
@@ -119,3 +126,55 @@ def test_a_bug_while_reading_a_cloudevent_still_ends_in_one_outcome(
     answer = post_event(client, GOOD, PREDICTIONS)
     assert answer.status_code == 500
     assert outcome_count(registry, "digits", "internal") == 1
+
+
+def _outcomes(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    """Every ``vai_kserve_events_total`` series with a count: (model, outcome) -> count."""
+    return {
+        (sample.labels["model"], sample.labels["outcome"]): sample.value
+        for metric in registry.collect()
+        if metric.name == "vai_kserve_events"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.value
+    }
+
+
+def test_every_cloudevent_ends_in_one_outcome_when_a_model_s_pending_requests_are_capped(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = CollectorRegistry()
+    client = make_client(registry=registry, models=MODELS, kserve_max_pending=2)
+    metadata = json.dumps({"X-Region": ["eu"], "X-Other": ["x" * 10_000]})
+
+    def send(ce_id: str, kind: str, **attributes: str) -> str:
+        headers = cloudevent_headers(ce_id, kind, "digits-isvc", metadata=metadata, **attributes)
+        answer = post_event(client, headers, {"instances": [[1.0]]} if kind == REQUEST else PREDICTIONS)
+        assert answer.status_code == 200, answer.text
+        outcome: str = answer.json()["outcome"]
+        return outcome
+
+    sent = [
+        send("a", REQUEST),
+        send("b", REQUEST),
+        send("c", REQUEST),  # a third waiting: refused
+        send("c", RESPONSE),  # ... and its response monitored alone
+        send("c", REQUEST),  # ... after which its request is late
+        send("a", REQUEST),
+        send("a", RESPONSE),
+        send("d", REQUEST),  # a's place
+        send("e", REQUEST, component="transformer"),
+    ]
+    assert sent == [
+        "request_stored",
+        "request_stored",
+        "pending_full",
+        "response_only",
+        "request_dropped",
+        "duplicate",
+        "joined",
+        "request_stored",
+        "other_component",
+    ]
+    counted = _outcomes(registry)
+    assert sum(counted.values()) == len(sent)
+    assert {outcome: counted[("digits", outcome)] for outcome in set(sent)} == {o: sent.count(o) for o in set(sent)}

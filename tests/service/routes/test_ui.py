@@ -197,7 +197,10 @@ def stored_site(
         **{"sanity_every_s": 0.001, "sanity_samples": 2},
     }
     settings = make_settings(
-        sampling={"every_n": 1, "max_per_second": 10_000}, read_tokens="read-token", ingest_tokens="ingest-token"
+        sampling={"every_n": 1, "max_per_second": 10_000},
+        read_tokens="read-token",
+        ingest_tokens="ingest-token",
+        cohort_keys=("region",),  # the cohort keys the explanations list filters by
     )
     worker_settings = make_worker_settings(models={"digits": {"attribution": attribution}})
     now = time.time()
