@@ -13,6 +13,10 @@ headers took a sidecar from 122 MB to 1.1 GB resident, and 2,000 connections eac
   was made or after the request's first byte (a keep-alive connection idle between requests is uvicorn's
   ``timeout_keep_alive``).
 
+A body answered before it arrived in full (a ``413`` that keeps the connection, so that the client reads it rather
+than a reset) is read and dropped for at most :data:`BODY_LINGER_S` more: each byte restarted uvicorn's keep-alive
+timer, and a client sending one byte every few seconds held the connection for as long as it liked.
+
 The body is bounded by the routes (``VAI_MAX_BODY_BYTES``, ``VAI_BODY_TIMEOUT_S``). Nothing here runs per event:
 a few additions per read of a request's head.
 """
@@ -31,6 +35,8 @@ MAX_HEADERS = 100
 """Most header lines of a request (the figure h2 and Go's servers use)."""
 HEAD_TIMEOUT_S = 10.0
 """Longest a request's head may take to arrive in full."""
+BODY_LINGER_S = 60.0
+"""Longest the rest of a body answered early is read and dropped (``VAI_BODY_TIMEOUT_S``'s default)."""
 LINGER_S = 2.0
 """How long a refused connection still reads (and drops) what the client sends before it is closed: closed at
 once with unread data, the kernel resets it, and the client loses the answer with it."""
@@ -44,6 +50,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     head_timeout_s = HEAD_TIMEOUT_S
     max_head_bytes = MAX_HEAD_BYTES
     max_headers = MAX_HEADERS
+    body_linger_s = BODY_LINGER_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -56,6 +63,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._body_linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -63,6 +71,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_linger()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -101,8 +110,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._stop_body_linger()
         if not self._refused:
             super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            self._body_linger = self.loop.call_later(self.body_linger_s, self.transport.close)
+
+    def _stop_body_linger(self) -> None:
+        if self._body_linger is not None:
+            self._body_linger.cancel()
+            self._body_linger = None
 
     def _check_head(self, size: int) -> bool:
         """Refuse the request if its head is past a bound; whether it was."""

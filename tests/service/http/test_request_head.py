@@ -18,9 +18,10 @@ from service.settings import SidecarSettings
 
 
 class _QuickHead(BoundedHttpToolsProtocol):
-    """The sidecar's protocol with a head timeout a test can wait for."""
+    """The sidecar's protocol with a head timeout and a body linger a test can wait for."""
 
     head_timeout_s = 0.5
+    body_linger_s = 0.5
 
 
 @pytest.fixture
@@ -46,6 +47,13 @@ def _exchange(address: tuple[str, int], *parts: bytes, pause_s: float = 0.0) -> 
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
     return int(status_line.split()[1]), headers, body
+
+
+def _post_head(length: int) -> bytes:
+    return (
+        b"POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % length
+    )
 
 
 def _get(path: str = "/livez", *extra: bytes) -> bytes:
@@ -126,3 +134,30 @@ def test_a_refused_head_is_answered_once(address: tuple[str, int]) -> None:
     lines = [b"x-h%d: 1\r\n" % number for number in range(150)]
     status, _, body = _exchange(address, _get("/livez", *lines) + b"\r\n" + b"x" * 70000)
     assert status == 431 and body.count(b'"error"') == 1
+
+
+def test_the_rest_of_a_body_answered_early_is_read_for_a_bounded_time(address: tuple[str, int]) -> None:
+    """A 413 on a declared length the server discards (the connection kept, so the client reads the answer): a
+    client trickling the rest kept the connection open for as long as it liked (100 s at a byte every 5 s)."""
+    head = _post_head(9_000_000)  # over the 8 MiB limit, under the length whose rest is discarded
+    with socket.create_connection(address, timeout=10) as connection:
+        connection.sendall(head + b"{")
+        answer = b""
+        while b'"field": "body"' not in answer and b'"field":"body"' not in answer:
+            answer += connection.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 5:
+            try:
+                connection.sendall(b" ")
+                connection.settimeout(0.1)
+                if connection.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed and time.monotonic() - started < 3
