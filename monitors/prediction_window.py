@@ -149,7 +149,21 @@ class PredictionWindow:
         self._held: Holding[tuple[str, float, bytes | None]] = Holding(guard)
         """(version, confidence, feed entry) waiting for the fleet's decision of a cohort value."""
         self._entries: dict[str, _Entries] = {}
+        self._changes: dict[str, int] = {}
+        """Per model, how many times a prediction was put into its rings (see :meth:`changes`)."""
+        self._settled: dict[str, int] = {}
+        """Per model, how many times feed entries it names were acknowledged (see :meth:`export_changes`)."""
         self._lock = threading.Lock()
+
+    def changes(self, model: str) -> int:
+        """A count that grows whenever a prediction of ``model`` is appended, released or restored: the same count
+        as at the last measure, and nothing but the passing of time has changed its rings since."""
+        return self._changes.get(model, 0)
+
+    def export_changes(self, model: str) -> int:
+        """As :meth:`changes`, growing also when the feed entries :meth:`export` names change (acknowledged): the
+        same count as at the last export, and nothing but the passing of time has changed what it would export."""
+        return self._changes.get(model, 0) + self._settled.get(model, 0)
 
     def append(
         self, model: str, version: str, cohort: Mapping[str, str], confidence: float, *, entry: bytes | None = None
@@ -160,6 +174,7 @@ class PredictionWindow:
         slices = self._guard.slices(model, cohort)
         now = self._clock()
         with self._lock:
+            self._changes[model] = self._changes.get(model, 0) + 1
             if entry is not None:
                 entries = self._entries.setdefault(model, _Entries())
                 if entry in entries.restored:  # in the rings already: now this owner's to acknowledge
@@ -177,6 +192,7 @@ class PredictionWindow:
         """As :meth:`monitors.window.WindowStore.release`."""
         with self._lock:
             for released in self._held.release(give_up=give_up):
+                self._changes[released.model] = self._changes.get(released.model, 0) + 1
                 version, confidence, entry = released.item
                 entries = self._entries.get(released.model)
                 if entry is not None and entries is not None and entry in entries.held:  # not acknowledged since
@@ -191,9 +207,12 @@ class PredictionWindow:
             found = self._entries.get(model)
             if found is not None:
                 done = set(entries)
+                before = len(found.counted) + len(found.held) + len(found.restored)
                 found.counted -= done
                 found.held -= done
                 found.restored -= done
+                if len(found.counted) + len(found.held) + len(found.restored) != before:  # the export changes
+                    self._settled[model] = self._settled.get(model, 0) + 1
 
     def claimed(self, model: str) -> None:
         """A pass claiming every entry left pending in the group is over (after the last page was appended): the
@@ -215,6 +234,8 @@ class PredictionWindow:
                 del self._rings[key]
             self._held.forget(model)
             self._entries.pop(model, None)
+            self._changes.pop(model, None)
+            self._settled.pop(model, None)
 
     def export(self, model: str) -> WindowCopy:
         """``model``'s rings as :meth:`snapshots` cuts them, each prediction with its age, and the feed entries
@@ -236,6 +257,7 @@ class PredictionWindow:
         cutoff = now - self._horizon_s
         restored = 0
         with self._lock:
+            self._changes[model] = self._changes.get(model, 0) + 1
             self._entries.setdefault(model, _Entries()).restored.update(copy.entries)
             for one in copy.series:
                 ring = self._ring(SeriesKey(model, version(one.version), one.cohort))
@@ -244,6 +266,12 @@ class PredictionWindow:
                         ring.insert(now - age_s, confidence)
                         restored += 1
         return restored
+
+    def versions(self, model: str) -> set[str]:
+        """The versions of ``model`` its rings hold a prediction of (after evicting expired ones); nothing copied."""
+        cutoff = self._clock() - self._horizon_s
+        with self._lock:
+            return {key.version for key in cut(self._rings, model, cutoff)}
 
     def snapshots(self, model: str) -> list[ConfidenceSnapshot]:
         """The non-empty rings of ``model`` after evicting expired predictions, sorted by key. Each slice is cut

@@ -99,6 +99,8 @@ class WindowStore:
         self._totals: dict[SeriesKey, int] = {}
         self._held: Holding[LabelledPrediction] = Holding(guard)
         """Predictions waiting for the fleet's decision of a cohort value."""
+        self._changes: dict[str, int] = {}
+        """Per model, how many times a prediction was put into its windows (see :meth:`changes`)."""
         self._lock = threading.Lock()
 
     def append(self, record: LabelledPrediction, *, age_s: float = 0.0) -> None:
@@ -109,10 +111,16 @@ class WindowStore:
         now = self._clock()
         at = now - max(age_s, 0.0)
         with self._lock:
+            self._changes[record.model] = self._changes.get(record.model, 0) + 1
             if slices is None:
                 self._held.hold(at, record.model, record.cohort, record)
             else:
                 self._place(slices, at, record, now - self._horizon_s)
+
+    def changes(self, model: str) -> int:
+        """A count that grows whenever a prediction of ``model`` is appended (or released into its windows): the
+        same count as at the last measure, and nothing but the passing of time has changed them since."""
+        return self._changes.get(model, 0)
 
     def release(self, *, give_up: bool) -> None:
         """Place the held predictions whose values are decided now (with ``give_up``, every one: undecided values
@@ -120,6 +128,7 @@ class WindowStore:
         with self._lock:
             cutoff = self._clock() - self._horizon_s
             for released in self._held.release(give_up=give_up):
+                self._changes[released.model] = self._changes.get(released.model, 0) + 1
                 self._place(released.slices, released.at, released.item, cutoff)
 
     def _place(self, slices: tuple[str, ...], at: float, record: LabelledPrediction, cutoff: float) -> None:
@@ -140,7 +149,14 @@ class WindowStore:
                 del self._windows[key]
                 self._totals.pop(key, None)
             self._held.forget(model)
+            self._changes.pop(model, None)
         self._guard.forget(model)
+
+    def versions(self, model: str) -> set[str]:
+        """The versions of ``model`` its windows hold a prediction of (after evicting expired ones); nothing copied."""
+        cutoff = self._clock() - self._horizon_s
+        with self._lock:
+            return {key.version for key in cut(self._windows, model, cutoff)}
 
     def snapshots(self, model: str) -> list[SeriesSnapshot]:
         """The non-empty windows of ``model`` after evicting expired predictions, sorted by key; each cohort slice

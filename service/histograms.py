@@ -67,6 +67,11 @@ class BatchHistogram:
             counts += found
             sum_[0] = sum(values, sum_[0])  # in order, as prometheus_client adds them
 
+    def remove(self, labels: tuple[str, ...]) -> None:
+        """Stop exporting the series of ``labels`` (as ``Histogram.remove``); nothing happens if it has none."""
+        with self._lock:
+            self._series.pop(labels, None)
+
     def _series_locked(self, labels: tuple[str, ...]) -> tuple[npt.NDArray[np.int64], list[float]]:
         series = self._series.get(labels)
         if series is None:

@@ -1,9 +1,18 @@
-"""The labelled side of an owned model: the labelled feed read into the window, and the quality report published."""
+"""The labelled side of an owned model: the labelled feed read into the window, and the quality report published.
+
+The report is measured and published when a record or label reached the model's windows since the last one, and
+at least every :data:`QUALITY_REFRESH_S` (labels leave the window as time passes, and readers show how old the
+report is); the window of recent predictions is stored for the next owner when it changed, at most every
+:data:`RECENT_SAVE_S` and once more when the model is handed back. Each measure lets go of the versions
+nothing in the windows holds any more (:data:`VERSION_GRACE_S`), so that a new version takes their slot.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -37,6 +46,17 @@ RECENT_REQUESTS = 100_000
 """Request ids of labelled records remembered per model to leave out a second copy of one. A sidecar
 whose write timed out sends the batch again (the first may have landed): at-least-once delivery, and a
 copy would count its event twice in the calibration figures. Copies arrive within seconds."""
+QUALITY_REFRESH_S = 30.0
+"""Longest time between two reports of a model with no new record or label: its labels leave the window as time
+passes (the figures change with nothing read), and ``updated_at`` says how old the figures are on ``/calibration``
+and the overview page. Between changes a report round costs no Redis call and no measure."""
+RECENT_SAVE_S = 30.0
+"""Shortest time between two writes of the window of recent predictions (written only when it changed, and once
+more at a hand-back): the whole window is one write (over a megabyte for a busy model), and a successor taking over
+from an owner that died misses at most the predictions counted in this long (plus one report) of it."""
+VERSION_GRACE_S = 60.0
+"""A version is let go only when the windows hold nothing of it and it was last read longer ago than this: a
+prediction read while the windows were measured, or waiting for a cohort decision (seconds), keeps it."""
 
 
 class LabelledFeed:
@@ -72,6 +92,14 @@ class LabelledFeed:
         self._rebuilds = context.rebuilds
         self._page: Future[Labels] | None = None
         """The page of the replay being taken in a worker thread (see :meth:`settled`)."""
+        self._measured: tuple[int, int] | None = None
+        """The windows' change counts at the last report (``None``: none yet)."""
+        self._next_report_s = 0.0
+        """When (``time.monotonic``) the report is due even if nothing changed."""
+        self._saved = -1
+        """The window of recent predictions' change count at its last write."""
+        self._next_save_s = 0.0
+        """When (``time.monotonic``) the window of recent predictions may be written again."""
 
     async def reload(self) -> None:
         """Rebuild the labelled window from the feed (trimmed to the window), as a new owner must; each record
@@ -83,15 +111,25 @@ class LabelledFeed:
         so the event loop (which renews the leases) is never held for long. Called again after a failure, the replay
         goes on after the last record taken."""
         await self._keep_reported_versions()
+        kept_at = self._versions.now()  # the report's versions were last used by then: unless the windows use them
         await self._replay()
         await self._store.restore(self.model, self._recent, version=self._versions)
+        held = await asyncio.to_thread(self._versions_held)
+        gone = self._versions.release(held, unused_since=math.nextafter(kept_at, math.inf))
+        if gone:
+            log.info("versions of %s its last report named and no window holds any more: %s", self.model, gone)
+
+    def _versions_held(self) -> set[str]:
+        """The versions the model's windows (labelled and recent) hold a prediction of."""
+        return self._windows.versions(self.model) | self._recent.versions(self.model)
 
     async def _keep_reported_versions(self) -> None:
-        """Keep the versions the model's last published report names, before any record is read. Both windows
-        hold only recent versions, while the predecessor kept every version it saw: without these, this owner's
-        first report would leave out a version seen earlier, and the sidecars answer 404 for it where they answered
-        before. Kept first, they also keep their series: a version the predecessor counted as ``__other__`` stays
-        so. A report of an earlier release names none; one that does not read back is passed over, logged."""
+        """Keep the versions the model's last published report names, before any record is read: kept first, they
+        keep their slots, and a version the predecessor counted as ``__other__`` stays so while they are in the
+        windows. Those the rebuilt windows hold nothing of are let go once they are rebuilt (:meth:`reload`), so an
+        owner carries on only versions still in use, not every version ever kept (a predecessor of an earlier
+        release named every one). A report of an earlier release may name none; one that does not read back is
+        passed over, logged."""
         body = await self._redis.get(keys.quality_report(self.model))
         if body is None:
             return
@@ -185,15 +223,24 @@ class LabelledFeed:
 
     async def publish_quality(self, *, stopping: bool) -> None:
         """The window's report to Redis and, unless ``stopping``, to this process's metrics; the window of recent
-        predictions stored for the next owner; the feed trimmed."""
+        predictions stored for the next owner when it changed (at most every :data:`RECENT_SAVE_S`); the feed
+        trimmed. Nothing at all (not a Redis call) while no record or label reached the windows since the last
+        report, until :data:`QUALITY_REFRESH_S` has passed."""
+        changes = (self._windows.changes(self.model), self._recent.changes(self.model))
+        exported = self._recent.export_changes(self.model)
+        save = exported != self._saved and time.monotonic() >= self._next_save_s
+        if changes == self._measured and not save and time.monotonic() < self._next_report_s:
+            return
         seconds, microseconds = await self._redis.time()
         now_s = seconds + microseconds / 1e6
-        report, figures, recent = await asyncio.to_thread(self._measure, now_s)
-        # The window first: a next owner restores at least the predictions of every report it can see.
-        if not await self._store.save(self.model, recent):  # another monitor took the model: not ours any more
+        since = self._versions.now() - VERSION_GRACE_S
+        report, figures, recent = await asyncio.to_thread(self._measure, now_s, unused_since=since, save=save)
+        # The window first (when it is written): a next owner restores at least the predictions of that report.
+        if recent is not None and not await self._save(recent, exported):  # another monitor took the model
             return
         if not await self._leases.set_if_owner(self.model, {keys.quality_report(self.model): report.model_dump_json()}):
             return
+        self._measured, self._next_report_s = changes, time.monotonic() + QUALITY_REFRESH_S
         if not stopping:
             self._metrics.publish_estimates(report)
             self._collector.publish(self.model, figures)
@@ -202,21 +249,49 @@ class LabelledFeed:
         horizon_ms = int((now_s - self._settings.calibration_window_s) * 1000)
         await self._redis.xtrim(keys.labelled_feed(self.model), minid=f"{horizon_ms}-0", approximate=True)
 
-    def _measure(self, now_s: float) -> tuple[QualityReport, list[SeriesFigures], str]:
-        """The model's report, the figures of its windows and the window of recent predictions to store (written at
-        ``now_s``, Redis's clock). It copies the windows and computes: run it in a worker thread, never on the event
-        loop (which renews the leases)."""
+    async def save_recent(self) -> None:
+        """Store the window of recent predictions if it changed since its last write, at once (a hand-back: the
+        next owner misses nothing of it). Fenced by the lease, as every write."""
+        changes = self._recent.export_changes(self.model)
+        if changes == self._saved:
+            return
+        seconds, microseconds = await self._redis.time()
+        copy = self._recent.export(self.model)
+        body = await asyncio.to_thread(encode, copy, owner=self._leases.owner, at=seconds + microseconds / 1e6)
+        await self._save(body, changes)
+
+    async def _save(self, body: str, changes: int) -> bool:
+        if not await self._store.save(self.model, body):
+            return False
+        self._saved, self._next_save_s = changes, time.monotonic() + RECENT_SAVE_S
+        return True
+
+    def _measure(
+        self, now_s: float, *, unused_since: float, save: bool
+    ) -> tuple[QualityReport, list[SeriesFigures], str | None]:
+        """The model's report, the figures of its windows and (``save``) the window of recent predictions to store
+        (written at ``now_s``, Redis's clock). Versions the windows hold nothing of and unused since
+        ``unused_since`` are let go (:meth:`~common.cardinality.BoundedLabel.release`): their series are gone
+        from the figures already, and their slots are the next versions'. It copies the windows and computes: run
+        it in a worker thread, never on the event loop (which renews the leases)."""
         snapshots, figures = self._collector.measure(self.model)
+        recent_snapshots = self._recent.snapshots(self.model)
+        held = {s.key.version for s in snapshots} | {r.key.version for r in recent_snapshots}
+        gone = self._versions.release(held, unused_since=unused_since)
+        if gone:
+            log.info("versions of %s no window holds any more, their slots freed: %s", self.model, gone)
         report = quality_report(
             self.model,
             snapshots,
             window_s=self._settings.calibration_window_s,
             owner=self._leases.owner,
-            recent=self._recent.snapshots(self.model),
+            recent=recent_snapshots,
             min_labelled=self._settings.estimate_min_labelled,
             figures=figures,
             versions=self._versions.kept,  # after the windows' snapshots: each version of their series is kept
         )
+        if not save:
+            return report, figures, None
         # After the report's snapshot, so that it holds every prediction the report counts; the rings and the feed
         # entries counted in them and not acknowledged are read in one step (the next owner skips those).
         recent = encode(self._recent.export(self.model), owner=self._leases.owner, at=now_s)

@@ -8,7 +8,9 @@ Taking the model (:meth:`OwnedModel.start`) is a few round trips: its drift moni
 adopted) and its feed's group made. The labelled window is rebuilt from the labelled feed in the first round of the
 ``labelled`` task, up to ``monitor_stream_maxlen`` records, which can take seconds; the model's other tasks start once
 it is (its feed is claimed only after the window of recent predictions is restored), and until then it publishes
-nothing. The lease, meanwhile, is renewed with the others (:mod:`monitors.fleet.lease_round`).
+nothing. The lease, meanwhile, is renewed with the others (:mod:`monitors.fleet.lease_round`). The ``quality`` task
+wakes every ``VAI_MONITOR_REPORT_S`` and measures, publishes and stores only what changed
+(:meth:`LabelledFeed.publish_quality`).
 """
 
 from __future__ import annotations
@@ -122,8 +124,20 @@ class OwnedModel:
                 await asyncio.wait_for(self._publish_final_status(), timeout=timeout_s)
             except Exception as error:
                 log.debug("monitor of %s: no last status at the stop: %s", self.model, error)
+            await self._save_recent(timeout_s=timeout_s)
         self._context.windows.forget(self.model)
         self._context.recent.forget(self.model)
+
+    async def _save_recent(self, *, timeout_s: float) -> None:
+        """The window of recent predictions stored once more at the stop (while owned it is written at most every
+        ``RECENT_SAVE_S``): a next owner taking the model handed back misses none of it. Not before the window is
+        rebuilt: what was restored so far is less than what is stored."""
+        if not self._loaded:
+            return
+        try:
+            await asyncio.wait_for(self._labelled.save_recent(), timeout=timeout_s)
+        except Exception as error:
+            log.debug("monitor of %s: window of recent predictions not stored at the stop: %s", self.model, error)
 
     def _run(
         self, step: str, action: Callable[[], Awaitable[None]], *, period_s: float = 0.0, part: str = ""

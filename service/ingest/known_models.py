@@ -1,17 +1,35 @@
 """The models a sidecar knows, as its ingest admits their events: a slot per model (``VAI_MAX_MODELS``) with its
 bounded version labels, each model's embedding width (its events', or an uploaded reference's until an event has
-it), and its recent request ids (a duplicate is refused). No HTTP here."""
+it), and its recent request ids (a duplicate is refused). No HTTP here.
+
+A model's version labels are at most ``VAI_MAX_VERSIONS_PER_MODEL`` at a time, and a version idle for
+:data:`VERSION_IDLE_S` gives its slot up (:meth:`KnownModels.versions_let_go` says which, so that their series are
+removed): the newest version takes it, and ``__other__`` is only what is beyond the cap at one time."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from common.cardinality import BoundedLabel
+from common.cardinality import OTHER, BoundedLabel
 from common.errors import InvalidInput, TooManyModels
 from service.events.errors import FieldError
 from service.settings import SidecarSettings
+
+VERSION_IDLE_S = 3600.0
+"""A version with no event for this long gives its label slot up, and its series are removed. The monitor's default
+calibration window (``VAI_CALIBRATION_WINDOW_S``): a version is exported here as long as its labelled figures can
+still be in the monitor's window, and an hour without one event is a version retired, not a quiet one (a version
+that comes back is admitted anew, its counters starting again from 0, as after a restart)."""
+VERSION_SWEEP_S = 60.0
+"""How often idle versions are looked for at all (when no new version is waiting for a slot): a request reads the
+clock once, and a version's series outlive its idle time by at most this much."""
+
+
+def _monotonic() -> float:
+    return time.monotonic()  # looked up at each call: a test moves this module's clock alone
 
 
 class KnownModels:
@@ -25,6 +43,9 @@ class KnownModels:
         self._width_by_upload: set[str] = set()
         """Models whose ``embedding_dims`` an uploaded reference set and no event has had since: a later upload
         may still change it (see :meth:`embedding_width_claimed`)."""
+        self._let_go: list[tuple[str, str]] = []
+        """(model, version) whose slot was given up since :meth:`versions_let_go` last said."""
+        self._next_sweep_s = _monotonic() + VERSION_SWEEP_S
         self._recent: dict[str, OrderedDict[str, None]] = {}
         """Recent request ids per model, oldest first. An OrderedDict: evicting a plain dict's first key
         (``next(iter(d))``) walks over every key deleted before it, ~8 µs per event at 10,000 ids."""
@@ -42,7 +63,7 @@ class KnownModels:
         if model not in self._models:
             if (refused := self._no_slot()) is not None:
                 raise TooManyModels(f"model: {refused}")
-            self._models[model] = BoundedLabel(self._settings.max_versions_per_model)
+            self._models[model] = BoundedLabel(self._settings.max_versions_per_model, clock=_monotonic)
 
     def _no_slot(self) -> str | None:
         """Why one more model is refused, or ``None`` while there are fewer than ``VAI_MAX_MODELS``."""
@@ -51,8 +72,31 @@ class KnownModels:
         return f"unknown model and already {self._settings.max_models} models (raise VAI_MAX_MODELS)"
 
     def version_label(self, model: str, version: str) -> str:
-        """The label of ``version`` among the known ``model``'s, taken now if there is room."""
-        return self._models[model](version)
+        """The label of ``version`` among the known ``model``'s, taken now if there is room, or the slot of a version
+        idle for :data:`VERSION_IDLE_S` (see :meth:`versions_let_go`). Call it once per distinct version of a
+        request: it marks the version used now."""
+        versions = self._models[model]
+        label = versions(version)
+        if label == OTHER and version != OTHER:  # every slot taken: one idle long enough is this version's
+            let_go = versions.release(unused_since=versions.now() - VERSION_IDLE_S)
+            if let_go:
+                self._let_go += [(model, gone) for gone in let_go]
+                label = versions(version)
+        return label
+
+    def versions_let_go(self) -> list[tuple[str, str]]:
+        """The (model, version) pairs that gave their slot up since the last call, idle for
+        :data:`VERSION_IDLE_S`: their series are to be removed before anything is counted again. Looks for idle
+        versions every :data:`VERSION_SWEEP_S`; otherwise one clock read (call it once per request)."""
+        now = _monotonic()
+        if now >= self._next_sweep_s:
+            self._next_sweep_s = now + VERSION_SWEEP_S
+            for model, versions in self._models.items():
+                self._let_go += [(model, gone) for gone in versions.release(unused_since=now - VERSION_IDLE_S)]
+        if not self._let_go:
+            return []
+        let_go, self._let_go = self._let_go, []
+        return let_go
 
     @contextlib.contextmanager
     def embedding_width_claimed(self, model: str, dims: int) -> Iterator[None]:

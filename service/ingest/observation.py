@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Hashable, Iterable
 from typing import TypeVar
 
+from prometheus_client import Counter as PromCounter
+
 from service.events.accepted import Accepted
 from service.feed.writer import FeedWriter
 from service.ingest.cohorts import CohortCounts
@@ -36,6 +38,24 @@ class IngestObserver:
         self._feed = feed
         self.counts: Counter[str] = Counter()
         """Accepted events per model since start (for /status)."""
+        self._children: dict[tuple[int, tuple[str, str]], PromCounter] = {}
+        """``counter.labels(model, version)`` of the version-labelled counters, cached (the lookup costs as much as
+        the increment) here rather than in ``IngestMetrics.child``, so that a version let go is forgotten."""
+
+    def _child(self, counter: PromCounter, labels: tuple[str, str]) -> PromCounter:
+        key = (id(counter), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = counter.labels(*labels)
+        return found
+
+    def _forget(self, labels: tuple[str, str]) -> None:
+        """Remove every series of a version let go (``KnownModels.versions_let_go``): its slot is another's now."""
+        for counter in (self._metrics.events, self._metrics.low_confidence):
+            counter.remove(*labels)
+            self._children.pop((id(counter), labels), None)
+        self._metrics.confidence.remove(labels)
+        self._metrics.margin.remove(labels)
 
     def observe(self, accepted: Accepted, by_model: list[tuple[str, list[int]]]) -> None:
         """Metrics and monitors for a request's accepted events, each metric touched once per label set."""
@@ -44,17 +64,19 @@ class IngestObserver:
             # taken in arrival order: the labels taken per event
             labels = (model, self._known.version_label(model, version))
             groups[labels] = sorted(groups[labels] + at) if labels in groups else at  # versions past the cap meet
+        for gone in self._known.versions_let_go():  # before counting: one let go and back at once starts anew
+            self._forget(gone)
         for labels, at in groups.items():
             every = len(at) == len(accepted)
             confidences = accepted.confidences if every else [accepted.confidences[i] for i in at]
             self._metrics.confidence.observe_many(labels, confidences)
             self._metrics.margin.observe_many(labels, accepted.margins if every else [accepted.margins[i] for i in at])
-            self._metrics.child(self._metrics.events, *labels).inc(len(at))
+            self._child(self._metrics.events, labels).inc(len(at))
             self.counts[labels[0]] += len(at)
             threshold = self._settings.low_confidence_threshold(labels[0])
             low = sum(confidence < threshold for confidence in confidences)
             if low:
-                self._metrics.child(self._metrics.low_confidence, *labels).inc(low)
+                self._child(self._metrics.low_confidence, labels).inc(low)
         self._cohorts.count(accepted.events)
         if self._feed is not None:
             self._feed_all(self._feed, accepted, by_model)

@@ -78,3 +78,16 @@ def test_a_key_that_cannot_name_a_cohort_slice_is_refused_by_every_role_at_start
         assert repr(key) in str(refused.value)
     assert SidecarSettings(cohort_keys=("region", "device")).cohort_keys == ("region", "device")
     assert cohort_key_problem("allregions") is None
+
+
+def test_a_value_let_go_frees_its_slot_for_the_next_new_value() -> None:
+    now = [0.0]
+    label = BoundedLabel(2, clock=lambda: now[0])
+    assert [label("v1"), label("v2"), label("v3")] == ["v1", "v2", OTHER]
+    now[0] = 10.0
+    label("v2")
+    assert label.release(unused_since=5.0) == ["v1"], "only the value unused since then"
+    assert label("v3") == "v3" and label("v4") == OTHER, "the freed slot is the next value's, and one only"
+    assert label.release({"v2", "v3"}, unused_since=100.0) == [], "values kept on purpose stay"
+    assert label.release(unused_since=100.0) == ["v2", "v3"]
+    assert label("v1") == "v1", "a value let go and seen again is a new admission"
