@@ -169,6 +169,11 @@ class SidecarSettings(RoleSettings):
     from the sampling policy's ``confidence_below``, so changing what is sampled never changes what is alerted on."""
     dedupe_window: int = Field(default=10_000, ge=0)
     """Recent request ids remembered per model to reject duplicates (0 disables)."""
+    max_embedding_dims: int = Field(default=8192, ge=2, le=1_000_000)
+    """Widest embedding accepted, on events and uploaded references (a wider one is refused naming ``embedding``):
+    a model's width is set by its first event, and the monitor keeps ``VAI_DRIFT__REFERENCE_EVENTS`` rows of it
+    (5,000 x 4 bytes x width: 164 MB at 8,192) in memory and in Redis while it warms up; 150 events of 500,000
+    values took a monitor from 0.5 to 1.2 GB and its stored warm-up to 286 MB."""
     kserve_join_ttl_s: int = Field(default=60, ge=1)
     """How long a KServe request waits in Redis for its response (``POST /v1/cloudevents``); later, it is an orphan."""
     kserve_max_pending: int = Field(default=10_000, ge=1)

@@ -105,6 +105,12 @@ class KnownModels:
         stored beside a reference they do not match. A width that only an earlier upload set (no event of it since)
         is replaced: that upload may have been the mistake. Put back as it was if the upload fails and no event
         has had the claimed width meanwhile."""
+        if dims > self._settings.max_embedding_dims:
+            raise InvalidInput(
+                f"embeddings: {dims} values per row, more than {self._settings.max_embedding_dims} "
+                "(VAI_MAX_EMBEDDING_DIMS)",
+                field="embeddings",
+            )
         known = self.embedding_dims.get(model)
         by_upload = model in self._width_by_upload
         if known is not None and not by_upload:
@@ -136,6 +142,12 @@ class KnownModels:
             if (refused := self._no_slot()) is not None:
                 raise FieldError("model", refused, reason="too_many_models")
             self.register(model)
+        if dims > self._settings.max_embedding_dims:
+            raise FieldError(
+                "embedding",
+                f"{dims} values: more than {self._settings.max_embedding_dims} (VAI_MAX_EMBEDDING_DIMS)",
+                reason="embedding_length",
+            )
         known_dims = self.embedding_dims.get(model)
         if dims and known_dims is not None and known_dims != dims:
             raise FieldError(
