@@ -140,7 +140,7 @@ def make_worker(
     redis = connect(settings.redis_url, timeout_s=max(settings.redis_timeout_s, settings.worker_block_ms / 1000 + 5))
     return AttributionWorker(
         redis,
-        ExplanationStore(redis, ttl_s=settings.explanation_ttl_s),
+        ExplanationStore(redis, ttl_s=settings.explanation_ttl_s, max_per_model=settings.explanations_max_per_model),
         runtimes,
         metrics,
         consumer=settings.worker_consumer or process_id(),

@@ -45,6 +45,15 @@ class WorkerSettings(RoleSettings):
     """Per-model sections of the config file; the worker explains those with an ``attribution`` section."""
     explanation_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     """Retention of stored explanations and their indices (every key gets this TTL)."""
+    explanations_max_per_model: int = Field(default=20_000, ge=1)
+    """Most explanation records kept per model, besides the retention: a save past it removes the model's oldest
+    records by event time (from every index too, at most 10 a save, so a lowered cap takes a few saves to reach). At
+    the shipped sampling budgets (20-50 samples/s per replica) the retention alone kept tens of GB, and Redis at its
+    ``maxmemory`` refuses every write of every role. 20,000 is ~100 MB per model at ~5 KB a record (the digits CNN's;
+    records of larger inputs and feature maps weigh more: size it so this times the record size times the models
+    explained fits your Redis) and, at 30 samples/s, the last ~11 minutes of a busy model, days of a quiet one. The
+    ``queued`` records of a model no worker explains are bounded by it too. Give the sidecars and the workers the same
+    value: whichever saves applies its own."""
     worker_consumer: str | None = None
     """Consumer name of an attribution worker in the group; default host-pid."""
     worker_batch_size: int = Field(default=16, ge=1)

@@ -112,6 +112,11 @@ class Unavailable(VaiError):
         super().__init__(message, **kwargs)
 
 
+class Overloaded(Unavailable):
+    """This process already holds as much as it may of something every request shares (the request bodies being
+    read: ``VAI_MAX_PENDING_BODY_BYTES``); nothing was applied, and the client should retry after ``retry_after_s``."""
+
+
 class RedisUnavailable(Unavailable):
     """Redis did not answer (down, hung, out of memory); the message never names its address."""
 

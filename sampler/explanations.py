@@ -7,6 +7,12 @@ Every key has a TTL (the retention); index entries older than the retention are
 trimmed on write. The sidecar marks an event ``queued`` when it is written to
 the stream, so it can be found before a worker explains it.
 
+Records are also capped by count per model (``max_per_model``, ``VAI_EXPLANATIONS_MAX_PER_MODEL``): at the shipped
+sampling budgets the retention alone kept tens of GB, far past Redis's ``maxmemory`` (at which it refuses every write
+of every role). A save that takes a model past the cap removes its oldest records by event time, their hashes and
+their entries in every index, at most ``REMOVED_PER_SAVE`` a save, in the save's own script. The ``queued`` records of
+a model no worker explains are bounded by the same cap.
+
 Cohort values are indexed within the bounds of the metrics' cohort labels, or an event's 32 cohort pairs would each
 make a key that lives for the retention (200 events made 6,601): a pair is indexed only when its value is one the fleet
 admitted for that model and key (``keys.cohort_values``: the decisions of the cohort guard behind
@@ -32,6 +38,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 from pydantic import ValidationError
@@ -55,28 +62,78 @@ from sampler.explanation_records import (
 log = logging.getLogger(__name__)
 
 
+INDICES_FIELD = "indices"
+"""The field of an explanation hash listing (JSON array) every index its record was written to, so that the cap
+removes its members from each without re-deriving their keys. Records of earlier releases have none: the cap removes
+them from the time index and deletes their hash, and their other index entries go with the retention (readers skip
+members whose hash is gone)."""
+
+MAX_PER_MODEL = 20_000
+"""Records kept per model by default (the settings' ``explanations_max_per_model``, which says why this many)."""
+
+REMOVED_PER_SAVE = 10
+"""Records one save removes for the cap at most: each costs a few ``ZREM`` and a ``DEL``, so a cap lowered below a
+large stored set converges over the next saves (each adds at most one record) instead of in one script that holds
+Redis for as long as it takes to delete them all."""
+
+_CAP_LOG_EVERY_S = 60.0
+"""Least time between two log lines counting the records removed for the cap."""
+
 _SAVE = f"""
-if redis.call('HGET', KEYS[1], '{keys.EXPLANATION_STATUS}') == '{keys.EXPLANATION_DONE}' then return 0 end
-if ARGV[1] == 'queued' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('HGET', KEYS[1], '{keys.EXPLANATION_STATUS}') == '{keys.EXPLANATION_DONE}' then return {{0, 0}} end
+if ARGV[1] == 'queued' and redis.call('EXISTS', KEYS[1]) == 1 then return {{0, 0}} end
+local function written_to(key)
+  local stored = redis.call('HGET', key, '{INDICES_FIELD}')
+  local ok, found = pcall(cjson.decode, stored or '[]')
+  if ok and type(found) == 'table' then return found end
+  return {{}}
+end
 local fixed = tonumber(ARGV[9])
+local written = {{}}
+for _, index in ipairs(written_to(KEYS[1])) do written[index] = true end
 for i = 2, #KEYS - 1 do
   local pair = i - fixed - 1
-  if pair < 0 or (pair % 2 == 0 and redis.call('SISMEMBER', KEYS[i + 1], ARGV[10 + pair / 2]) == 1) then
+  if pair < 0 or (pair % 2 == 0 and redis.call('SISMEMBER', KEYS[i + 1], ARGV[13 + pair / 2]) == 1) then
     redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[7])
     redis.call('EXPIRE', KEYS[i], ARGV[4])
+    written[KEYS[i]] = true
   end
 end
-redis.call('HSET', KEYS[1], '{keys.EXPLANATION_STATUS}', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3])
+local indices = {{}}
+for index in pairs(written) do indices[#indices + 1] = index end
+table.sort(indices)
+redis.call('HSET', KEYS[1], '{keys.EXPLANATION_STATUS}', ARGV[1], 'summary', ARGV[2], 'detail', ARGV[3],
+  '{INDICES_FIELD}', cjson.encode(indices))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[#KEYS], ARGV[8])
-return 1
+local over = math.min(redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[10]), tonumber(ARGV[12]))
+local removed = 0
+if over > 0 then
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
+    local key = ARGV[11] .. member
+    for _, index in ipairs(written_to(key)) do redis.call('ZREM', index, member) end
+    redis.call('ZREM', KEYS[2], member)
+    redis.call('DEL', key)
+    removed = removed + 1
+  end
+end
+return {{1, removed}}
 """
 """A ``done`` record is final: a later save of any status (a redelivered entry explained again) changes nothing.
 Indices first: a score Redis refuses fails the script before the record exists (scripts do not roll back).
-``KEYS[2..ARGV[9]]`` are the record's indices; after them come, per cohort pair, its value's index and the fleet's
-set of admitted values of its key (``ARGV[10..]``: the values, in order): the index is written only when the value is
-a member."""
+``KEYS[2..ARGV[9]]`` are the record's indices (``KEYS[2]`` the model's time index); after them come, per cohort pair,
+its value's index and the fleet's set of admitted values of its key (``ARGV[13..]``: the values, in order): the index
+is written only when the value is a member. The record keeps the indices it is in (``INDICES_FIELD``, the union over
+its saves).
+
+Then the cap (``ARGV[10]``: ``max_per_model``): while the model's time index holds more, its oldest members (by event
+time; the record just saved is one of them when it is older than every record kept, so a record the cap removed is
+not brought back by a later save) are removed, at most ``ARGV[12]`` per save: each from every index its record
+lists, from the time index, and its hash (``ARGV[11]`` is the hash key of a request id less the id). Answers
+``{stored, removed}``: ``stored`` 0 when a record was there already (done, or any for a ``queued`` save), and nothing
+changed."""
+
 
 EXAMINE_MAX = 5_000
 """Index entries one list request examines at most (entries skipped as before its cursor do not count). A filter
@@ -127,13 +184,23 @@ class ScannedPage(ExplanationPage):
 
 
 class ExplanationStore:
-    """Writes are idempotent by (model, request_id): a ``done`` record is never overwritten."""
+    """Writes are idempotent by (model, request_id): a ``done`` record is never overwritten. Each model keeps its
+    newest ``max_per_model`` records by event time, and none past the retention ``ttl_s`` (see ``_SAVE``)."""
 
-    def __init__(self, redis: Redis, *, ttl_s: int, examine_max: int = EXAMINE_MAX) -> None:
+    def __init__(
+        self, redis: Redis, *, ttl_s: int, max_per_model: int = MAX_PER_MODEL, examine_max: int = EXAMINE_MAX
+    ) -> None:
+        if max_per_model < 1:
+            raise ValueError(f"max_per_model must be at least 1, not {max_per_model}")
         self._redis = redis
         self._ttl_s = ttl_s
+        self._max_per_model = max_per_model
         self._examine_max = examine_max
         self._warned: set[tuple[str, str]] = set()
+        self.removed_by_cap: Counter[str] = Counter()
+        """Records this process's saves removed for the cap, per model (since it started)."""
+        self._unlogged: Counter[str] = Counter()
+        self._logged_at = -math.inf
 
     def mark_queued(self, pipe: Pipeline, event: SampledEvent) -> None:
         """Queue the 'queued' record of ``event`` on ``pipe`` (no-op in Redis if a record exists)."""
@@ -146,10 +213,33 @@ class ExplanationStore:
             await self.save(ExplanationRecord(summary=summary, detail=ExplanationDetail(error=error[:2000])))
 
     async def save(self, record: ExplanationRecord) -> bool:
-        """Store ``record``; ``False`` when a finished one was there already."""
+        """Store ``record``; ``False`` when a finished one was there already. ``True`` also when the cap removed it
+        at once (older than every record the model keeps)."""
         pipe = self._redis.pipeline(transaction=False)
         self._add_save(pipe, record)
-        (stored,) = await execute(pipe)
+        (reply,) = await execute(pipe)
+        return self.saved(record.summary.model, reply)
+
+    def saved(self, model: str, reply: object) -> bool:
+        """Whether the save script's ``reply`` (the result of a save queued on a pipeline: ``mark_queued``) stored
+        its record; counts the records it removed for the cap in ``removed_by_cap`` and logs them, a line a minute
+        at most."""
+        if not isinstance(reply, list) or len(reply) != 2:
+            return False  # an error Redis answered for this save (a pipeline run with raise_on_error=False)
+        stored, removed = int(reply[0]), int(reply[1])
+        if removed:
+            self.removed_by_cap[model] += removed
+            self._unlogged[model] += removed
+            now = time.monotonic()
+            if now - self._logged_at >= _CAP_LOG_EVERY_S:
+                self._logged_at = now
+                counts = ", ".join(f"{name}: {count}" for name, count in sorted(self._unlogged.items()))
+                self._unlogged.clear()
+                log.info(
+                    "removed the oldest explanations past VAI_EXPLANATIONS_MAX_PER_MODEL=%d per model (%s)",
+                    self._max_per_model,
+                    counts,
+                )
         return bool(stored)
 
     def _add_save(self, pipe: Pipeline, record: ExplanationRecord) -> None:
@@ -176,6 +266,9 @@ class ExplanationStore:
                 cutoff,
                 summary.model,
                 len(index_keys) + 1,
+                self._max_per_model,
+                keys.explanation(summary.model, ""),  # + a request id: its hash
+                REMOVED_PER_SAVE,
                 *cohort_values,
             ],
         )

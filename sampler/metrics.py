@@ -16,7 +16,9 @@ class SamplerMetrics:
         self.dropped = Counter(
             "vai_sample_dropped_total",
             "Sampled events not queued, by reason: budget, outside_retention (event time further from its receipt "
-            "than the explanation retention), queue_full, buffer_full, redis_unavailable, redis_error, error.",
+            "than the explanation retention), input_too_large (an input over VAI_MAX_INPUT_BYTES), queue_full "
+            "(the backlog's length at its cap), queue_bytes_full (its approximate bytes at theirs), buffer_full, "
+            "redis_unavailable, redis_error, error.",
             ["model", "reason"],
             registry=registry,
         )

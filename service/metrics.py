@@ -98,7 +98,8 @@ class KServeMetrics:
             "KServe logger CloudEvents by outcome (request_stored, joined, count_mismatch, response_only, "
             "request_dropped, request_expired, duplicate, other_component, invalid, redis_unavailable; pending_full: "
             "a request not stored as its model had the most requests waiting for responses; refused "
-            "before being read: unauthorized, forbidden, body_too_large, body_timeout, invalid_body, disconnected).",
+            "before being read: unauthorized, forbidden, body_too_large, body_timeout, body_budget, invalid_body, "
+            "disconnected).",
             ["model", "outcome"],
             registry=registry,
         )

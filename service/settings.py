@@ -142,6 +142,28 @@ class SidecarSettings(RoleSettings):
     """Most events in one ``POST /v1/events``."""
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413 without being read whole."""
+    max_pending_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Most bytes of request bodies being read at once, across every connection (each body counts its declared
+    length from its first byte, a chunked one its bytes so far); a body that would pass it gets 503 with
+    ``Retry-After``. Nothing else bounds them: each connection may hold up to its route's limit for up to
+    ``body_timeout_s``, and 60 connections sending 8 MiB each took a sidecar from 132 to 580 MB. 64 MiB is eight
+    bodies of ``max_body_bytes`` at once (a serving stack's are far smaller, and read in milliseconds), and about
+    what such a flood can add to a sidecar's memory. A drift-reference upload holds its length of it while it
+    arrives (one of the full ``max_reference_bytes`` leaves none for events meanwhile: raise this with that). At
+    least ``max_body_bytes`` and ``max_reference_bytes`` (checked at start-up)."""
+
+    @model_validator(mode="after")
+    def _check_body_budget(self) -> SidecarSettings:
+        """A body as large as its route allows must fit the budget, or it could never be read."""
+        largest = max(self.max_body_bytes, self.max_reference_bytes)
+        if self.max_pending_body_bytes < largest:
+            raise ValueError(
+                f"VAI_MAX_PENDING_BODY_BYTES ({self.max_pending_body_bytes}) must be at least VAI_MAX_BODY_BYTES "
+                f"({self.max_body_bytes}) and VAI_MAX_REFERENCE_BYTES ({self.max_reference_bytes}): a body of "
+                f"that size could never be read; raise it to {largest} or more"
+            )
+        return self
+
     max_reference_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest drift-reference upload accepted. 64 MiB holds what the detectors can use and more: an .npy of
     20,000 × 768 float32 rows (61 MB), or about 7,000 such rows as JSON (~12 characters a number); the
@@ -204,6 +226,16 @@ class SidecarSettings(RoleSettings):
     """Sampled events held in memory while Redis is slow or down."""
     buffer_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Bytes of encoded sampled events held in memory while Redis is slow or down."""
+    max_input_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest ``input`` a sampled event takes to its stream, as encoded there (base64, 4/3 of its raw bytes); a
+    sampled event with a larger one is not queued (counted ``input_too_large``) and is monitored all the same.
+    1 MiB holds a 224 × 224 × 3 float32 image (602 KB, 803 KB encoded); an input may otherwise be as large as a
+    body, and each waits in Redis until a worker explains it."""
+    queue_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Approximate bytes of a model's stream backlog (its polled length times the mean size of the entries this
+    replica queued for the model recently) above which new samples are dropped (``queue_bytes_full``). 64 MiB is ~80
+    entries of a 224 × 224 × 3 float32 image, or 10,000 of 6.7 KB; ``queue_max_length`` alone let a stream of large
+    inputs hold gigabytes, in a Redis shared by every model and role."""
     flush_batch: int = Field(default=200, ge=1)
     """Most stream entries written in one pipelined round trip."""
     flush_retry_s: float = Field(default=0.5, gt=0)
@@ -215,6 +247,15 @@ class SidecarSettings(RoleSettings):
     taken sends it again."""
     explanation_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     """Retention of stored explanations and their indices (every key gets this TTL)."""
+    explanations_max_per_model: int = Field(default=20_000, ge=1)
+    """Most explanation records kept per model, besides the retention: a save past it removes the model's oldest
+    records by event time (from every index too, at most 10 a save, so a lowered cap takes a few saves to reach). At
+    the shipped sampling budgets (20-50 samples/s per replica) the retention alone kept tens of GB, and Redis at its
+    ``maxmemory`` refuses every write of every role. 20,000 is ~100 MB per model at ~5 KB a record (the digits CNN's;
+    records of larger inputs and feature maps weigh more: size it so this times the record size times the models
+    explained fits your Redis) and, at 30 samples/s, the last ~11 minutes of a busy model, days of a quiet one. The
+    ``queued`` records of a model no worker explains are bounded by it too. Give the sidecars and the workers the same
+    value: whichever saves applies its own."""
 
     monitors_enabled: bool = True
     """Publish monitoring records and keep predictions for delayed labels (off: only the ingest metrics)."""

@@ -113,7 +113,9 @@ class Sidecar:
         self.auth = TokenAuth(settings)
         self.sampler = Sampler(settings.model_policy)
         self.sampler_metrics = SamplerMetrics(self.registry)
-        self.explanations = ExplanationStore(self.redis, ttl_s=settings.explanation_ttl_s)
+        self.explanations = ExplanationStore(
+            self.redis, ttl_s=settings.explanation_ttl_s, max_per_model=settings.explanations_max_per_model
+        )
         self.writer = QueueWriter(
             self.writer_redis,
             self.sampler_metrics,
@@ -124,6 +126,8 @@ class Sidecar:
             stream_maxlen=settings.stream_maxlen,
             queue_max_length=settings.queue_max_length,
             retry_s=settings.flush_retry_s,
+            max_input_bytes=settings.max_input_bytes,
+            queue_max_bytes=settings.queue_max_bytes,
         )
         self.feed: FeedWriter | None = None
         self.monitoring: Monitoring | None = None
@@ -173,7 +177,7 @@ class Sidecar:
         )
         self.kserve = KServeLogger(settings, redis=self.redis, ingest=self.ingest, registry=self.registry)
         self.projection_limits = ProjectionLimits()
-        self.body_deadlines = BodyDeadlines(settings.body_timeout_s)
+        self.body_deadlines = BodyDeadlines(settings.body_timeout_s, max_pending_bytes=settings.max_pending_body_bytes)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:

@@ -7,13 +7,21 @@ import asyncio
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from common.errors import BadRequest, InvalidInput, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from common.errors import (
+    BadRequest,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from common.numbers import ascii_decimal
 from service.events.errors import first_problem
 
@@ -42,11 +50,13 @@ async def collect_body(
     limit_setting: str | None = "VAI_MAX_BODY_BYTES",
     on_chunk: Callable[[bytes], None] | None = None,
 ) -> bytes:
-    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes``, and with 408 when
-    it has not all arrived within ``deadlines.timeout_s`` (a client that stops half-way would hold its
-    connection, and a graceful shutdown, for as long as it likes).
+    """The raw body, refusing with 413 as soon as it is known to exceed ``limit_bytes``, with 503 when the
+    process's bodies being read would pass ``deadlines.budget`` with it (its declared length at once, a chunked
+    body's bytes as they come), and with 408 when it has not all arrived within ``deadlines.timeout_s`` (a
+    client that stops half-way would hold its connection, and a graceful shutdown, for as long as it likes).
 
-    A read cancelled otherwise (a shutdown) raises :class:`BodyCutOff`, still a cancellation.
+    A read cancelled otherwise (a shutdown) raises :class:`BodyCutOff`, still a cancellation. The body's share of
+    the budget is given back however the read ends.
     ``limit_setting`` names the setting behind the limit in the error (``None``: a fixed limit).
     ``on_chunk`` sees every chunk as it arrives, while it is still in the CPU cache.
     """
@@ -62,14 +72,18 @@ async def collect_body(
         raise UnsupportedMediaType(
             f"content-encoding: {encoding!r} is not supported; send plain JSON", field="content-encoding"
         )
+    budget = deadlines.budget
     parts: list[bytes] = []
-    size = 0
+    size = held = 0
     task = deadlines.enter()
     try:
+        held = budget.take(declared or 0, declared=declared, limit_bytes=limit_bytes)  # refused: nothing held
         async for chunk in chunks:
             size += len(chunk)
-            if size > limit_bytes:
-                raise _too_large(limit_bytes, limit_setting)
+            if size > held:  # a chunked body (a declared one never passes its length: the server frames it)
+                if size > limit_bytes:
+                    raise _too_large(limit_bytes, limit_setting)
+                held += budget.take(size - held, declared=None, limit_bytes=limit_bytes)
             parts.append(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
@@ -83,8 +97,48 @@ async def collect_body(
         _SERVER_LOG.addFilter(_QUIET_CUT_OFFS)  # once: a logger holds a filter once
         raise BodyCutOff(f"body: cut off after {size} bytes: its request was cancelled (a shutdown)") from None
     finally:
+        budget.give_back(held)
         deadlines.leave(task)
     return b"".join(parts)
+
+
+class BodyBudget:
+    """The bytes of request bodies being read by the whole process, within ``max_pending_bytes``
+    (``VAI_MAX_PENDING_BODY_BYTES``; ``None``: no limit).
+
+    Each read may hold up to its route's limit for up to ``VAI_BODY_TIMEOUT_S``, and nothing else bounds how many
+    connections do so at once: 60 connections each sending 8 MiB less a byte took a sidecar from 132 to 580 MB,
+    held until they closed. A read takes its declared length before its first byte (a chunked one, its bytes as
+    they come) and gives it back when it ends, however it ends (:func:`collect_body`'s ``finally``); past the budget
+    it is answered 503 with ``Retry-After`` (:class:`Overloaded`). An integer add and compare per read.
+    """
+
+    RETRY_AFTER_S = 1
+    """Bodies in flight normally last milliseconds; a client told to wait longer would lose its events for nothing."""
+
+    def __init__(self, max_pending_bytes: int | None) -> None:
+        self.max_pending_bytes = max_pending_bytes
+        self._room = sys.maxsize if max_pending_bytes is None else max_pending_bytes
+        self.pending_bytes = 0
+        """Bytes held now by the reads under way."""
+
+    def take(self, size: int, *, declared: int | None, limit_bytes: int) -> int:
+        """Hold ``size`` more bytes (returned), or raise :class:`Overloaded` holding nothing more. ``declared``:
+        the body's declared length (``None``: chunked), which decides whether the 503 keeps the connection, as
+        a 413 does (:data:`LINGER_MIN_BYTES`)."""
+        if self.pending_bytes + size > self._room:
+            lingers = declared is not None and declared <= max(LINGER_MIN_BYTES, 4 * limit_bytes)
+            raise Overloaded(
+                f"body: this sidecar is reading as many request bodies as it may hold at once ({self._room} "
+                "bytes, VAI_MAX_PENDING_BODY_BYTES); send it again after Retry-After seconds",
+                field="body",
+                headers={"Retry-After": str(self.RETRY_AFTER_S)} | ({} if lingers else _CLOSE),
+            )
+        self.pending_bytes += size
+        return size
+
+    def give_back(self, size: int) -> None:
+        self.pending_bytes -= size
 
 
 class BodyCutOff(asyncio.CancelledError):
@@ -114,11 +168,20 @@ class BodyDeadlines:
     request, the path a serving stack that posts per prediction waits on. Here a read costs a dict entry;
     the sweep cancels a read past its deadline, which then raises ``RequestTimeout`` (up to ``sweep_s``
     late). A read whose task is cancelled for another reason too (a shutdown) is cancelled, as with
-    ``asyncio.timeout`` (:class:`BodyCutOff`).
+    ``asyncio.timeout`` (:class:`BodyCutOff`). The same reads share :attr:`budget` of bytes held.
     """
 
-    def __init__(self, timeout_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        *,
+        max_pending_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.timeout_s = timeout_s
+        self.budget = BodyBudget(max_pending_bytes)
+        """The bytes every read under way holds, within ``max_pending_bytes``: held here so that every route that
+        reads a body within a deadline reads it within the budget too."""
         self.sweep_s = min(1.0, timeout_s / 4)
         self._clock = clock
         self._reading: dict[asyncio.Task[Any], tuple[float, int]] = {}

@@ -29,8 +29,9 @@ ERROR_SCHEMA: dict[str, Any] = {
 
 TOKEN = (401, 403)
 """The answers of a route behind a bearer token (while tokens are configured)."""
-BODY = (400, 408, 413, 415)
-"""The answers of a route that reads a body within a limit, besides 422 for what it holds."""
+BODY = (400, 408, 413, 415, 503)
+"""The answers of a route that reads a body within a limit, besides 422 for what it holds (503: the bodies being
+read across every connection are at ``VAI_MAX_PENDING_BODY_BYTES``)."""
 REDIS = 503
 """The answer of a route that needs Redis while Redis cannot answer."""
 
@@ -45,8 +46,9 @@ _MEANINGS = {
     413: "The body is larger than this route's limit (not read past it)",
     415: "A Content-Encoding other than identity",
     422: "Invalid input; the body names the field",
-    503: "Redis did not answer (down, hung past VAI_REDIS_TIMEOUT_S, or refusing writes); nothing was applied. "
-    "Send it again after Retry-After seconds",
+    503: "Redis did not answer (down, hung past VAI_REDIS_TIMEOUT_S, or refusing writes), or, on a route that reads "
+    "a body, the sidecar was already reading VAI_MAX_PENDING_BODY_BYTES of bodies; nothing was applied. Send it "
+    "again after Retry-After seconds",
     504: "A write was sent but not confirmed in time; it may be stored",
 }
 _HEADERS = {

@@ -46,6 +46,7 @@ from common.codec import EncodedArray
 from common.errors import (
     Forbidden,
     InvalidInput,
+    Overloaded,
     PayloadTooLarge,
     RedisUnavailable,
     RequestTimeout,
@@ -106,6 +107,7 @@ REFUSED: dict[type[VaiError], str] = {
     Forbidden: "forbidden",
     PayloadTooLarge: "body_too_large",
     RequestTimeout: "body_timeout",
+    Overloaded: "body_budget",
 }
 """The outcome of a CloudEvent refused before it was read, by error (else ``invalid_body``)."""
 

@@ -19,7 +19,15 @@ import orjson
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from common.errors import Forbidden, MethodNotAllowed, PayloadTooLarge, RequestTimeout, Unauthorized, VaiError
+from common.errors import (
+    Forbidden,
+    MethodNotAllowed,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    VaiError,
+)
 from service.decoding.binary_body import HEADER_LENGTH
 from service.decoding.fast_parsing import BracketTally
 from service.http.auth import Scope
@@ -36,6 +44,12 @@ _REFUSED: dict[type[VaiError], str] = {
     Forbidden: "forbidden",
 }
 """``vai_events_rejected_total`` reasons of a request refused before its body is read."""
+_BODY_REFUSED: dict[type[VaiError], str] = {
+    PayloadTooLarge: "body_too_large",
+    RequestTimeout: "body_timeout",
+    Overloaded: "body_budget",
+}
+"""``vai_events_rejected_total`` reasons of a request refused while its body is read (else ``invalid_body``)."""
 
 
 class IngestRoute:
@@ -91,13 +105,7 @@ async def _ingest(sidecar: Sidecar, scope: AsgiScope, receive: Receive) -> bytes
             on_chunk=tally,
         )
     except VaiError as error:
-        sidecar.ingest.reject_body(
-            "body_too_large"
-            if isinstance(error, PayloadTooLarge)
-            else "body_timeout"
-            if isinstance(error, RequestTimeout)
-            else "invalid_body"
-        )
+        sidecar.ingest.reject_body(_BODY_REFUSED.get(type(error), "invalid_body"))
         raise
     except _Disconnected:  # the request ends unanswered, but not uncounted
         sidecar.ingest.reject_body("disconnected")

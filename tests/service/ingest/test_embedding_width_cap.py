@@ -9,12 +9,13 @@ from collections.abc import Callable
 
 import numpy as np
 from fastapi.testclient import TestClient
+from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
 from helpers import event
 
 
-def _compact(values: np.ndarray) -> dict[str, object]:
+def _compact(values: NDArray[np.float64]) -> dict[str, object]:
     data = base64.b64encode(values.astype("<f4").tobytes()).decode()
     return {"dtype": "float32", "shape": list(values.shape), "data": data}
 
