@@ -152,7 +152,8 @@ def start_fleet_monitor(
     redis_url: str, name: str, *, cwd: Path, **settings: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A ``vai-sidecar monitor`` process named ``name`` on a free metrics port, with short leases and reports (2 s,
-    0.5 s) for take-over tests, and ``settings`` (``VAI_*`` names); the process and its ``/metrics`` URL."""
+    0.5 s; the window of recent predictions stored with each report that changed it) for take-over tests, and
+    ``settings`` (``VAI_*`` names); the process and its ``/metrics`` URL."""
     port = free_port()
     env = role_env(
         VAI_REDIS_URL=redis_url,
@@ -160,6 +161,7 @@ def start_fleet_monitor(
         VAI_MONITOR_METRICS_PORT=str(port),
         VAI_MONITOR_LEASE_TTL_S="2",
         VAI_MONITOR_REPORT_S="0.5",
+        VAI_MONITOR_RECENT_SAVE_S="0",
         **settings,
     )
     return start_role("monitor", env=env, cwd=cwd), f"http://127.0.0.1:{port}/metrics"
@@ -205,6 +207,7 @@ class MonitorRunner:
             "monitor_lease_ttl_s": 1.0,
             "monitor_status_s": 0.1,
             "monitor_report_s": 0.1,
+            "monitor_recent_save_s": 0.0,  # stored with every report that changed it: what a successor restores
         }
         values.update(overrides)
         process = MonitorProcess(MonitorSettings(**values), registry=registry or CollectorRegistry())

@@ -3,7 +3,7 @@
 The report is measured and published when a record or label reached the model's windows since the last one, and
 at least every :data:`QUALITY_REFRESH_S` (labels leave the window as time passes, and readers show how old the
 report is); the window of recent predictions is stored for the next owner when it changed, at most every
-:data:`RECENT_SAVE_S` and once more when the model is handed back. Each measure lets go of the versions
+``VAI_MONITOR_RECENT_SAVE_S`` and once more when the model is handed back. Each measure lets go of the versions
 nothing in the windows holds any more (:data:`VERSION_GRACE_S`), so that a new version takes their slot.
 """
 
@@ -50,10 +50,6 @@ QUALITY_REFRESH_S = 30.0
 """Longest time between two reports of a model with no new record or label: its labels leave the window as time
 passes (the figures change with nothing read), and ``updated_at`` says how old the figures are on ``/calibration``
 and the overview page. Between changes a report round costs no Redis call and no measure."""
-RECENT_SAVE_S = 30.0
-"""Shortest time between two writes of the window of recent predictions (written only when it changed, and once
-more at a hand-back): the whole window is one write (over a megabyte for a busy model), and a successor taking over
-from an owner that died misses at most the predictions counted in this long (plus one report) of it."""
 VERSION_GRACE_S = 60.0
 """A version is let go only when the windows hold nothing of it and it was last read longer ago than this: a
 prediction read while the windows were measured, or waiting for a cohort decision (seconds), keeps it."""
@@ -223,7 +219,7 @@ class LabelledFeed:
 
     async def publish_quality(self, *, stopping: bool) -> None:
         """The window's report to Redis and, unless ``stopping``, to this process's metrics; the window of recent
-        predictions stored for the next owner when it changed (at most every :data:`RECENT_SAVE_S`); the feed
+        predictions stored for the next owner when it changed (at most every ``VAI_MONITOR_RECENT_SAVE_S``); the feed
         trimmed. Nothing at all (not a Redis call) while no record or label reached the windows since the last
         report, until :data:`QUALITY_REFRESH_S` has passed."""
         changes = (self._windows.changes(self.model), self._recent.changes(self.model))
@@ -263,7 +259,7 @@ class LabelledFeed:
     async def _save(self, body: str, changes: int) -> bool:
         if not await self._store.save(self.model, body):
             return False
-        self._saved, self._next_save_s = changes, time.monotonic() + RECENT_SAVE_S
+        self._saved, self._next_save_s = changes, time.monotonic() + self._settings.monitor_recent_save_s
         return True
 
     def _measure(

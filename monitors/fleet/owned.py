@@ -130,8 +130,8 @@ class OwnedModel:
 
     async def _save_recent(self, *, timeout_s: float) -> None:
         """The window of recent predictions stored once more at the stop (while owned it is written at most every
-        ``RECENT_SAVE_S``): a next owner taking the model handed back misses none of it. Not before the window is
-        rebuilt: what was restored so far is less than what is stored."""
+        ``VAI_MONITOR_RECENT_SAVE_S``): a next owner taking the model handed back misses none of it. Not before the
+        window is rebuilt: what was restored so far is less than what is stored."""
         if not self._loaded:
             return
         try:

@@ -26,6 +26,10 @@ class MonitorSettings(RoleSettings):
     """How often the drift verdicts and the backlog are published to Redis for the sidecars."""
     monitor_report_s: float = Field(default=2.0, gt=0)
     """How often calibration and quality figures are recomputed and published."""
+    monitor_recent_save_s: float = Field(default=30.0, ge=0)
+    """Shortest time between two writes of a model's window of recent predictions (written only when it changed,
+    and once more when the model is handed back): the whole window is one write, over a megabyte for a busy model,
+    and a successor taking over from an owner that died misses at most this long of it."""
 
     drift: DriftConfig = DriftConfig()
     """Drift detectors (``VAI_DRIFT__ERT=1000``, ``[drift]`` in the file)."""

@@ -1,6 +1,6 @@
 """The owner's quality rounds: nothing is measured, published or stored while no record or label reached the model's
 windows (the report refreshed every ``QUALITY_REFRESH_S`` all the same), and the window of recent predictions is
-written at most every ``RECENT_SAVE_S``, and once more at a hand-back (real Redis, in-process monitors)."""
+written at most every ``VAI_MONITOR_RECENT_SAVE_S``, and once more at a hand-back (real Redis, in-process monitors)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ _IDS = itertools.count()
 @pytest.fixture(autouse=True)
 def _short_periods(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(labelled, "QUALITY_REFRESH_S", REFRESH_S, raising=False)
-    monkeypatch.setattr(labelled, "RECENT_SAVE_S", SAVE_S, raising=False)
 
 
 def send(client: redis.Redis, count: int, *, label: bool = False) -> None:
@@ -71,7 +70,7 @@ def test_an_unchanged_model_is_reported_only_every_refresh(monitors: MonitorRunn
     refresh is due, and the stored window is not written again at all."""
     redis_client.sadd(keys.MONITORED_MODELS, "m")
     send(redis_client, 5, label=True)
-    process = monitors.start(monitor_report_s=0.05)
+    process = monitors.start(monitor_report_s=0.05, monitor_recent_save_s=SAVE_S)
     wait_until(lambda: read(process, 5) and labelled_in_report(redis_client, 5), timeout_s=15, what="all read")
     read_at = time.time()
     first = wait_until(
@@ -95,7 +94,7 @@ def test_the_recent_window_is_written_at_most_every_save_period(
 ) -> None:
     redis_client.sadd(keys.MONITORED_MODELS, "m")
     send(redis_client, 3)
-    process = monitors.start(monitor_report_s=0.05)
+    process = monitors.start(monitor_report_s=0.05, monitor_recent_save_s=SAVE_S)
     first = wait_until(lambda: (found := stored(redis_client)) is not None and found[1] == 3 and found, timeout_s=15)
     send(redis_client, 2)
     wait_until(lambda: read(process, 5), timeout_s=15, what="the next predictions read")
@@ -106,7 +105,7 @@ def test_the_recent_window_is_written_at_most_every_save_period(
 def test_a_hand_back_stores_the_latest_window(monitors: MonitorRunner, redis_client: redis.Redis) -> None:
     redis_client.sadd(keys.MONITORED_MODELS, "m")
     send(redis_client, 3)
-    process = monitors.start(monitor_report_s=0.05)
+    process = monitors.start(monitor_report_s=0.05, monitor_recent_save_s=SAVE_S)
     wait_until(lambda: (found := stored(redis_client)) is not None and found[1] == 3, timeout_s=15)
     send(redis_client, 2)
     wait_until(lambda: read(process, 5), timeout_s=15, what="the next predictions read")

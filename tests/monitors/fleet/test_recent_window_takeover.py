@@ -20,7 +20,6 @@ from monitors.drift.base import DriftEvent
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.runner import DriftRunner
 from monitors.feed import ENTRY_FIELD, MonitoringRecord
-from monitors.fleet import labelled
 from monitors.fleet.process import MonitorProcess
 from monitors.fleet.recent_store import RecentStore, StoredWindow
 
@@ -91,13 +90,6 @@ def stalled(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     monkeypatch.setattr(DriftRunner, "_update", staticmethod(stall))
     yield gate
     gate.set()
-
-
-@pytest.fixture(autouse=True)
-def _saved_every_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The window stored with every report that changed it (not at most every ``RECENT_SAVE_S``): what these tests
-    follow is which predictions a stored window names, not how often it is written."""
-    monkeypatch.setattr(labelled, "RECENT_SAVE_S", 0.0)
 
 
 @pytest.fixture

@@ -90,8 +90,9 @@ def test_rolling_versions_free_the_idle_ones_slots(monitors: MonitorRunner, redi
         wait_until(partial(counted_as_itself, redis_client, registry, version), timeout_s=15, what=f"{version} own")
         exported = exported_versions(registry)
         assert OTHER not in exported, exported
-    wait_until(lambda: exported_versions(registry) == {"v8"}, timeout_s=15, what="the idle versions' series gone")
-    assert (report(redis_client) or QualityReport(model="m", window_s=0, owner="", updated_at=0)).versions == ("v8",)
+    # v8 goes idle too after its window (a second): only it may be left, and then nothing
+    wait_until(lambda: exported_versions(registry) <= {"v8"}, timeout_s=15, what="the idle versions' series gone")
+    assert set(kept(redis_client)) <= {"v8"}
 
 
 def test_a_version_back_after_eviction_is_counted_as_itself(monitors: MonitorRunner, redis_client: redis.Redis) -> None:
