@@ -4,9 +4,9 @@ The one rule for every labelled metric (the sidecar's versions and cohort values
 monitor's versions and cohort slices): at most ``limit`` distinct values are kept at a
 time, further ones become ``__other__``, and a value that *is* the literal ``__other__``
 is never kept as a value of its own (it would merge with the rest). A kept value stays
-kept until its keeper lets it go (:meth:`BoundedLabel.release`): model versions are let
-go once idle, so the newest version takes a retired one's slot; cohort values never are
-(the fleet's decision, ``monitors.cohort_admission``).
+kept, unless its keeper lets it go (:meth:`ReleasableLabel.release`): model versions are
+let go once idle, so the newest version takes a retired one's slot; cohort values never
+are (the fleet's decision, ``monitors.cohort_admission``), and pay nothing per event for it.
 
 Who decides which values come first is the caller's: by default the order this process
 sees them in (:meth:`BoundedLabel.__call__`); cohort values are decided once for the
@@ -41,34 +41,24 @@ def cohort_key_problem(key: str) -> str | None:
 class BoundedLabel:
     """At most ``limit`` distinct values pass through at a time; others (and ``__other__``) become ``__other__``.
 
-    Thread-safe. Each value kept remembers when it was last asked for (``clock``, monotonic seconds): a value that
-    has gone unused can be let go (:meth:`release`), and its slot is then free for the next new value, so a
-    model that rolls out a version a week is not blind to its current version after ``limit`` weeks. A value let
-    go and seen again is a new admission (its own label again while there is room). Who lets values go, and when,
-    is the caller's: the sidecar after an idle time, the monitor once its windows hold nothing of it.
+    Thread-safe; a value already kept costs one set lookup, no lock. A value once kept stays kept (cohort values: the
+    fleet decides them once); :class:`ReleasableLabel` lets idle values go.
     """
 
-    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError(f"a label needs room for at least 1 value, got {limit}")
         self._limit = limit
-        self._clock = clock
         self._values: set[str] = set()
-        self._used: dict[str, float] = {}
-        """When each value kept was last asked for (written without the lock: see :meth:`release`)."""
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> str:
-        """``value``'s label, keeping it now if there is room (first come in this process, first kept). A value
-        already kept costs a set lookup, a clock read and a dict store, no lock."""
-        now = self._clock()
+        """``value``'s label, keeping it now if there is room (first come in this process, first kept)."""
         if value in self._values:
-            self._used[value] = now
             return value
         with self._lock:
             if value in self._values or (len(self._values) < self._limit and value != OTHER):
                 self._values.add(value)
-                self._used[value] = now
                 return value
         return OTHER
 
@@ -83,16 +73,57 @@ class BoundedLabel:
 
     def keep(self, values: Iterable[str]) -> None:
         """Keep ``values`` decided elsewhere (first come, first kept), within the limit: values already kept stay
-        and count towards it, those past it and the literal ``__other__`` are not kept. Each is used now."""
+        and count towards it, those past it and the literal ``__other__`` are not kept."""
+        with self._lock:
+            for value in values:
+                if value not in self._values:
+                    if len(self._values) >= self._limit:
+                        return
+                    if value != OTHER:
+                        self._values.add(value)
+
+    @property
+    def full(self) -> bool:
+        """Whether ``limit`` values are kept (a new one is ``__other__`` unless one is let go)."""
+        return len(self._values) >= self._limit
+
+    @property
+    def kept(self) -> list[str]:
+        """The values kept now (in no particular order)."""
+        with self._lock:
+            return list(self._values)
+
+
+class ReleasableLabel(BoundedLabel):
+    """A :class:`BoundedLabel` whose kept values remember when they were last asked for (``clock``, monotonic
+    seconds), so that values gone unused can be let go (:meth:`release`) and their slots taken by the next new
+    values: a model that rolls out a version a week is not blind to its current version after ``limit`` weeks. A
+    value let go and seen again is a new admission. Who lets values go, and when, is the caller's: the sidecar after
+    an idle time, the monitor once its windows hold nothing of it.
+    """
+
+    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(limit)
+        self._clock = clock
+        self._used: dict[str, float] = {}
+        """When each value kept was last asked for (written without the lock: see :meth:`release`)."""
+
+    def __call__(self, value: str) -> str:
+        """As :meth:`BoundedLabel.__call__`, noting the use: a value already kept costs a set lookup, a clock read
+        and a dict store, no lock."""
+        label = super().__call__(value)
+        if label == value:
+            self._used[value] = self._clock()
+        return label
+
+    def keep(self, values: Iterable[str]) -> None:
+        """As :meth:`BoundedLabel.keep`; each value kept is used now."""
+        values = list(values)
+        super().keep(values)
         now = self._clock()
         with self._lock:
             for value in values:
                 if value in self._values:
-                    self._used[value] = now
-                elif len(self._values) >= self._limit:
-                    return
-                elif value != OTHER:
-                    self._values.add(value)
                     self._used[value] = now
 
     def release(self, keep: Collection[str] = (), *, unused_since: float) -> list[str]:
@@ -113,14 +144,3 @@ class BoundedLabel:
     def now(self) -> float:
         """The clock the last uses are read on (for :meth:`release`)."""
         return self._clock()
-
-    @property
-    def full(self) -> bool:
-        """Whether ``limit`` values are kept (a new one is ``__other__`` unless one is let go)."""
-        return len(self._values) >= self._limit
-
-    @property
-    def kept(self) -> list[str]:
-        """The values kept now (in no particular order)."""
-        with self._lock:
-            return list(self._values)

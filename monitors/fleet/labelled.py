@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from common import keys
-from common.cardinality import BoundedLabel
+from common.cardinality import ReleasableLabel
 from common.redis import stream_entry_time_s
 from monitors.collector import SeriesFigures
 from monitors.feed import FeedFormatError, MonitoringRecord
@@ -63,7 +63,7 @@ class LabelledFeed:
         model: str,
         context: OwnerContext,
         *,
-        versions: BoundedLabel,
+        versions: ReleasableLabel,
         views: ModelViews | None,
         store: RecentStore | None = None,
     ) -> None:
@@ -267,7 +267,7 @@ class LabelledFeed:
     ) -> tuple[QualityReport, list[SeriesFigures], str | None]:
         """The model's report, the figures of its windows and (``save``) the window of recent predictions to store
         (written at ``now_s``, Redis's clock). Versions the windows hold nothing of and unused since
-        ``unused_since`` are let go (:meth:`~common.cardinality.BoundedLabel.release`): their series are gone
+        ``unused_since`` are let go (:meth:`~common.cardinality.ReleasableLabel.release`): their series are gone
         from the figures already, and their slots are the next versions'. It copies the windows and computes: run
         it in a worker thread, never on the event loop (which renews the leases)."""
         snapshots, figures = self._collector.measure(self.model)

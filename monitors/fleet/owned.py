@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from common import keys
-from common.cardinality import BoundedLabel
+from common.cardinality import ReleasableLabel
 from common.redis import rounds
 from monitors.drift.buffer import IngestBuffer
 from monitors.drift.monitor import DriftMonitor
@@ -54,7 +54,7 @@ class OwnedModel:
         self.model = model
         self._context = context
         self._skipped = context.drift_metrics.skipped(model)
-        versions = BoundedLabel(settings.max_versions_per_model)
+        versions = ReleasableLabel(settings.max_versions_per_model)
         self.buffer = IngestBuffer(capacity_events=settings.drift_buffer_events, skipped=self._skipped)
         self.views = views
         """Projection, drift history and distributions of the model overview."""

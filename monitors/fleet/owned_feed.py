@@ -24,7 +24,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from common import keys
-from common.cardinality import BoundedLabel
+from common.cardinality import ReleasableLabel
 from common.redis import execute, stream_entry_time_s
 from common.streams import SCAN_ROUND, claim_pending, forget_gone_consumers
 from monitors.drift.base import DriftEvent
@@ -67,7 +67,7 @@ class OwnedFeed:
         context: OwnerContext,
         *,
         buffer: IngestBuffer,
-        versions: BoundedLabel,
+        versions: ReleasableLabel,
         views: ModelViews | None,
     ) -> None:
         self.model = model

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from common.cardinality import OTHER, BoundedLabel
+from common.cardinality import OTHER, ReleasableLabel
 from common.errors import InvalidInput, TooManyModels
 from service.events.errors import FieldError
 from service.settings import SidecarSettings
@@ -37,7 +37,7 @@ class KnownModels:
 
     def __init__(self, settings: SidecarSettings) -> None:
         self._settings = settings
-        self._models: dict[str, BoundedLabel] = {}
+        self._models: dict[str, ReleasableLabel] = {}
         """Known models, each with the bounded set of its version labels."""
         self.embedding_dims: dict[str, int] = {}
         self._width_by_upload: set[str] = set()
@@ -63,7 +63,7 @@ class KnownModels:
         if model not in self._models:
             if (refused := self._no_slot()) is not None:
                 raise TooManyModels(f"model: {refused}")
-            self._models[model] = BoundedLabel(self._settings.max_versions_per_model, clock=_monotonic)
+            self._models[model] = ReleasableLabel(self._settings.max_versions_per_model, clock=_monotonic)
 
     def _no_slot(self) -> str | None:
         """Why one more model is refused, or ``None`` while there are fewer than ``VAI_MAX_MODELS``."""

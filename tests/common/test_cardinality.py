@@ -5,7 +5,7 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from common.cardinality import OTHER, BoundedLabel, cohort_key_problem
+from common.cardinality import OTHER, BoundedLabel, ReleasableLabel, cohort_key_problem
 from monitors.fleet.settings import MonitorSettings
 from service.settings import SidecarSettings
 
@@ -82,7 +82,7 @@ def test_a_key_that_cannot_name_a_cohort_slice_is_refused_by_every_role_at_start
 
 def test_a_value_let_go_frees_its_slot_for_the_next_new_value() -> None:
     now = [0.0]
-    label = BoundedLabel(2, clock=lambda: now[0])
+    label = ReleasableLabel(2, clock=lambda: now[0])
     assert [label("v1"), label("v2"), label("v3")] == ["v1", "v2", OTHER]
     now[0] = 10.0
     label("v2")

@@ -17,7 +17,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common import keys
-from common.cardinality import BoundedLabel
+from common.cardinality import ReleasableLabel
 from common.redis import connect
 from monitors.cohorts import CohortGuard
 from monitors.collector import QualityCollector
@@ -109,7 +109,7 @@ class Parts:
             settings=self.settings,
         )
         try:
-            yield tuple(LabelledFeed(model, context, versions=BoundedLabel(5), views=None) for model in models)
+            yield tuple(LabelledFeed(model, context, versions=ReleasableLabel(5), views=None) for model in models)
         finally:
             await client.aclose()
 

@@ -33,20 +33,34 @@ def address(make_settings: Callable[..., SidecarSettings]) -> Iterator[tuple[str
 
 def _exchange(address: tuple[str, int], *parts: bytes, pause_s: float = 0.0) -> tuple[int, dict[str, str], bytes]:
     """Send ``parts`` (pausing between them) and read the answer until the server closes the connection."""
+    received = b""
     with socket.create_connection(address, timeout=10) as connection:
         for part in parts:
             try:
                 connection.sendall(part)
             except (BrokenPipeError, ConnectionResetError):  # refused mid-way: its answer is waiting
                 break
-            time.sleep(pause_s)  # the gap between a slow client's writes is what is tested
-        received = b""
+            if pause_s and _answered_within(connection, pause_s):  # a slow client's gap, unless answered meanwhile
+                received = connection.recv(65536)
+                break
+        connection.settimeout(10)
         while chunk := connection.recv(65536):
             received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
     return int(status_line.split()[1]), headers, body
+
+
+def _answered_within(connection: socket.socket, seconds: float) -> bool:
+    """Wait up to ``seconds`` for the server to send something (or close), without reading it: the wait on the
+    socket itself, where a sleep would only hope the server is quiet meanwhile."""
+    connection.settimeout(seconds)
+    try:
+        connection.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _post_head(length: int) -> bytes:
@@ -115,7 +129,9 @@ def test_keep_alive_requests_and_bodies_pass(address: tuple[str, int]) -> None:
     with socket.create_connection(address, timeout=10) as connection:
         connection.sendall(_get() + b"\r\n")
         first = connection.recv(65536)
-        time.sleep(0.8)  # idle past the head timeout, within uvicorn's keep-alive (5 s)
+        # idle past the head timeout (0.5 s), within uvicorn's keep-alive (5 s): the server must not answer or close
+        assert not _answered_within(connection, 0.8)
+        connection.settimeout(10)
         connection.sendall(post)
         second = b""
         while b'"accepted"' not in second:
